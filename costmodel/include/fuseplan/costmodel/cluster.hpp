@@ -1,0 +1,77 @@
+// The Cluster contract: nodes x GPUs, device, intra-node link, inter-node network,
+// overheads and optional calibrated alpha/beta/gamma, read from versioned JSON.
+#pragma once
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/precision.hpp"
+
+namespace fuseplan {
+
+inline constexpr const char* kClusterSchema = "fuseplan.cluster/1";
+
+struct DeviceSpec {
+  std::string name;
+  std::map<Precision, double> peak_TFLOPS;  // absent precision = unsupported
+  double mem_bw_GBps = 0;
+  double mem_GiB = 0;
+  double compute_efficiency = 0.5;  // achievable fraction of peak FLOP/s
+  double memory_efficiency = 0.7;   // achievable fraction of memory bandwidth
+  double kernel_overhead_us = 0;    // fixed cost per layer pass (kernel launch)
+};
+
+struct IntraNodeLink {
+  std::string kind;        // "nvlink", "nvswitch", "pcie", "shm"
+  double bw_GBps = 0;      // per GPU, per direction, as a ring step sees it
+  double lat_us = 0;       // per message
+  int gpus_per_switch = 0; // PCIe: GPUs behind one switch uplink (for the simulator); 0 = n/a
+  double uplink_bw_GBps = 0;
+};
+
+struct InterNodeNetwork {
+  double nic_bw_Gbps = 0;  // per NIC, per direction
+  int nics_per_node = 1;   // rails; GPUs share NICs evenly
+  double lat_us = 0;       // per message, end to end
+  std::string topology = "fat-tree";  // "fat-tree", "torus", "dragonfly", "star"
+  double oversubscription = 1.0;      // fat-tree core oversubscription (simulator only)
+  bool gdr = true;                    // GPUDirect RDMA; false = staged through host memory
+  double host_copy_bw_GBps = 0;       // staging copy bandwidth (required when gdr = false)
+  double host_copy_lat_us = 0;
+};
+
+// Calibrated parameters of one algorithm's textbook formula (fuseplan calibrate).
+struct Calibration {
+  double alpha_us = 0, beta_us_per_MB = 0, gamma_us_per_MB = 0;
+};
+
+struct Cluster {
+  std::string name, description, source;  // source = file path or "builtin"
+  int nodes = 1, gpus_per_node = 1;
+  DeviceSpec device;
+  IntraNodeLink intra;
+  std::optional<InterNodeNetwork> inter;  // required when nodes > 1
+  double launch_overhead_us = 0;          // per collective call (kernel launch, negotiation)
+  std::optional<double> reduce_bw_GBps;   // reduction throughput; default from memory bandwidth
+  double input_samples_per_s_per_gpu = 0; // input pipeline throughput; 0 = never the bottleneck
+  std::map<std::string, Calibration> calibrated;
+  std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
+
+  int capacity() const { return nodes * gpus_per_node; }
+  double peak_flops(Precision p) const;  // FLOP/s; InputError if the device lacks it
+  // Seconds per byte reduced: three memory passes (two reads, one write) per byte.
+  double gamma_s_per_byte() const;
+};
+
+Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin);
+nlohmann::json cluster_to_json(const Cluster& c);
+// A shipped name (configs/clusters/NAME.json) or a path.
+Cluster load_cluster(const std::string& name_or_path);
+std::vector<std::string> shipped_cluster_names();
+std::string config_dir();
+// Checks `gpus` against the cluster; InputError naming `flag` otherwise.
+void check_gpu_count(const Cluster& c, int gpus, const std::string& flag);
+
+}  // namespace fuseplan

@@ -1,0 +1,51 @@
+// Binds the collective algorithms to a cluster and a GPU count: builds the two-level
+// network from the cluster file (or a calibrated textbook network), picks `auto`, adds
+// the per-call launch overhead, and caches profiles.
+#pragma once
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/collective.hpp"
+#include "fuseplan/costmodel/precision.hpp"
+
+namespace fuseplan {
+
+struct CollectiveOptions {
+  int group = 0;    // hierarchical group size; 0 = GPUs per node
+  int torus_x = 0;  // torus2d row length; 0 = automatic
+};
+
+struct CollectiveChoice {
+  const Algorithm* algorithm = nullptr;
+  Cost cost;
+  double launch_s = 0;
+  bool calibrated = false;
+  double total_s() const { return cost.total() + launch_s; }
+};
+
+class CollectiveModel {
+ public:
+  CollectiveModel(const Cluster& c, int gpus, CollectiveOptions opt = {});
+
+  // `algorithm` is a registered name or "auto" (the cheapest applicable one). Throws
+  // InputError if a named algorithm does not apply to this rank layout.
+  CollectiveChoice cost(std::string_view algorithm, int64_t count, Precision transfer) const;
+  // The arguments an algorithm sees for `count` elements (network from the cluster).
+  CollectiveArgs args(int64_t count, Precision transfer) const;
+  const Topo& topo() const { return topo_; }
+  const Net& net() const { return net_; }
+  int gpus() const { return topo_.ranks; }
+
+ private:
+  CollectiveChoice evaluate_one(const Algorithm& a, int64_t count, Precision transfer) const;
+  Topo topo_;
+  Net net_;
+  CollectiveOptions opt_;
+  double launch_s_ = 0;
+  std::map<std::string, Calibration, std::less<>> calibrated_;
+  mutable std::map<std::string, Profile, std::less<>> cache_;
+};
+
+}  // namespace fuseplan

@@ -1,0 +1,37 @@
+// Compute model: per-layer forward/backward time from a measured profile when the model
+// carries one, else a roofline: max(FLOPs / (peak x efficiency), bytes / (memory
+// bandwidth x efficiency)) + a kernel overhead, scaled by batch per GPU and precision.
+#pragma once
+#include <vector>
+
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/models/model.hpp"
+
+namespace fuseplan {
+
+struct LayerTime {
+  double fwd_s = 0, bwd_s = 0;
+  bool measured = false;
+};
+
+class ComputeModel {
+ public:
+  ComputeModel(const Model& m, const Cluster& c, int batch_per_gpu, Precision compute);
+
+  const std::vector<LayerTime>& layers() const { return layers_; }
+  double forward_s() const { return forward_s_; }
+  double backward_s() const { return backward_s_; }
+  // Optimizer step (LARS/SGD with momentum, FP32 master weights): memory bound.
+  double optimizer_s() const { return optimizer_s_; }
+  // Extra wait per iteration when the input pipeline is slower than compute.
+  double data_wait_s(double busy_s) const;
+  int measured_layers() const { return measured_; }
+
+ private:
+  std::vector<LayerTime> layers_;
+  double forward_s_ = 0, backward_s_ = 0, optimizer_s_ = 0;
+  double loader_s_ = 0;
+  int measured_ = 0;
+};
+
+}  // namespace fuseplan

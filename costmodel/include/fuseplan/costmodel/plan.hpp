@@ -1,0 +1,60 @@
+// The Plan contract: versioned JSON naming the model, cluster, batch, precisions and the
+// buckets (contiguous ranges of tensors in backward order, each with its allreduce
+// algorithm, stream and transfer precision). One loader/validator for every consumer.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/models/model.hpp"
+
+namespace fuseplan {
+
+inline constexpr const char* kPlanSchema = "fuseplan.plan/1";
+
+struct PlanBucket {
+  int begin = 0, end = 0;           // backward positions [begin, end); 0 = last forward tensor
+  std::string algorithm = "auto";   // a registered name or "auto"
+  int stream = 0;
+  Precision transfer = Precision::FP16;
+  bool pack = false;                // copy into a fusion buffer first (else a view)
+};
+
+struct Plan {
+  std::string model;                // model name
+  int tensors = 0;
+  int64_t params = 0;
+  std::string fingerprint;          // Model::fingerprint_hex()
+  std::string cluster;
+  int gpus = 1;
+  int batch_per_gpu = 1;
+  Precision compute = Precision::FP16;
+  std::string strategy;             // how the buckets were chosen
+  std::vector<PlanBucket> buckets;
+  nlohmann::json prediction;        // the prediction it was made with (informational)
+};
+
+nlohmann::json plan_to_json(const Plan& p);
+Plan plan_from_json(const nlohmann::json& j, const std::string& origin);
+Plan load_plan(const std::string& path);
+// Every tensor covered exactly once, in order; algorithms known; the model matches.
+void validate_plan(const Plan& p, const Model& m, const std::string& origin);
+int64_t bucket_elements(const Plan& p, const Model& m, const PlanBucket& b);
+
+// Bucket specs for quick what-ifs: "per-tensor", "single", "threshold:SIZE" (greedy in
+// backward order, Horovod-style), "splits:A,B,..." (backward positions that start a new
+// bucket). Throws InputError naming `flag`.
+std::vector<PlanBucket> buckets_from_spec(const std::string& spec, const Model& m, const std::string& algorithm,
+                                          Precision transfer, const std::string& flag = "--buckets");
+Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, Precision compute,
+               std::vector<PlanBucket> buckets, const std::string& strategy);
+
+// "64MiB", "25MB", "4K" (K, M, G = powers of 1024 like nccl-tests; KB, MB, GB = 1000;
+// KiB, MiB, GiB = 1024); throws InputError naming `flag`.
+int64_t parse_bytes(const std::string& s, const std::string& flag);
+// Writes atomically: a temporary file, then rename; nothing half-written on failure.
+void write_file_atomic(const std::string& path, const std::string& content);
+
+}  // namespace fuseplan

@@ -1,0 +1,38 @@
+// The analytic wait-free-backprop predictor (DESIGN.md, "The overlap model"): backward
+// runs layers in reverse; a bucket is ready when its last gradient is written (plus an
+// optional packing copy); its allreduce starts when its stream is free and lasts the
+// collective cost plus the launch overhead; streams running at once share bandwidth.
+// Iteration = forward + max(backward end, last allreduce end) + optimizer + data wait.
+#pragma once
+#include <cstdint>
+
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/compute.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/models/model.hpp"
+
+namespace fuseplan {
+
+struct TrainingGoal {
+  double epochs = 90;
+  int64_t dataset_size = 1281167;  // ImageNet-1k training set
+};
+
+// `plan` must have been validated against `model`. The collective and compute models
+// must be built for the plan's GPU count, batch and precision.
+Report predict(const Model& model, const Cluster& cluster, const Plan& plan, const CollectiveModel& coll,
+               const ComputeModel& compute, const TrainingGoal& goal = {}, bool with_timeline = true);
+
+// Bucket timing only (no timeline): the core the tuner calls many times.
+struct BucketTiming {
+  double ready_s, start_s, end_s;
+};
+std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready_s, const std::vector<double>& latency_s,
+                                           const std::vector<double>& bandwidth_s, const std::vector<int>& stream);
+
+// Time from the start of backward at which each backward position's gradient is ready.
+std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute);
+
+}  // namespace fuseplan

@@ -1,0 +1,68 @@
+// The Report and Timeline shared by prediction, simulation and measurement, and the
+// Chrome Trace Event writer (opens in ui.perfetto.dev and chrome://tracing).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/collective.hpp"
+#include "fuseplan/costmodel/precision.hpp"
+
+namespace fuseplan {
+
+struct TimelineEvent {
+  int rank = 0;
+  std::string stream;    // "compute", "comm0", ...
+  std::string name;
+  std::string category;  // "forward", "backward", "allreduce", "optimizer", "data"
+  double start_s = 0, dur_s = 0;
+  int64_t bytes = 0;
+};
+
+struct Timeline {
+  std::vector<TimelineEvent> events;
+  // {"traceEvents": [...]} with one process per rank and one thread per stream; complete
+  // events ("ph":"X") in microseconds, metadata events naming processes and threads.
+  nlohmann::json to_chrome_trace() const;
+  void write_chrome_trace(const std::string& path) const;  // atomic
+};
+
+struct BucketReport {
+  int index = 0;
+  int begin = 0, end = 0;           // backward positions
+  std::string first_tensor, last_tensor;  // names, in backward order
+  int64_t bytes = 0;
+  std::string algorithm;            // the algorithm used (resolved when the plan said auto)
+  bool auto_chosen = false;
+  int stream = 0;
+  Precision transfer = Precision::FP16;
+  double ready_s = 0, start_s = 0, end_s = 0;  // from the start of backward
+  Cost cost;                        // without the launch overhead
+  double launch_s = 0;
+};
+
+struct Report {
+  std::string source;               // "predicted", "simulated", "measured"
+  std::string model, cluster;
+  int gpus = 1, batch_per_gpu = 1;
+  Precision compute = Precision::FP16;
+  double iteration_s = 0;
+  double forward_s = 0, backward_s = 0, optimizer_s = 0, data_wait_s = 0;
+  double comm_busy_s = 0;           // sum of bucket allreduce durations
+  double comm_end_s = 0;            // last allreduce end, from the start of backward
+  double exposed_comm_s = 0;        // communication not hidden behind backward
+  double throughput_samples_s = 0;
+  double single_gpu_iteration_s = 0;
+  double scaling_efficiency = 0;    // single-GPU iteration time / iteration time
+  double epochs = 0;
+  int64_t dataset_size = 0;
+  int64_t iterations_to_train = 0;
+  double time_to_train_s = 0;
+  std::vector<BucketReport> buckets;
+  Timeline timeline;
+};
+
+nlohmann::json report_to_json(const Report& r, bool with_timeline = false);
+
+}  // namespace fuseplan

@@ -1,0 +1,240 @@
+// Cluster files: strict loading, validation and lookup of shipped clusters.
+#include "fuseplan/costmodel/cluster.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/json_reader.hpp"
+
+#ifndef FUSEPLAN_CONFIG_DIR
+#define FUSEPLAN_CONFIG_DIR "configs"
+#endif
+
+namespace fuseplan {
+
+namespace {
+// Reduction reads two operands and writes one result: three bytes of memory traffic per
+// byte reduced.
+constexpr double kReduceMemoryPasses = 3.0;
+
+const char* const kTopologies[] = {"fat-tree", "torus", "dragonfly", "star"};
+const char* const kIntraKinds[] = {"nvlink", "nvswitch", "pcie", "shm"};
+
+template <size_t N>
+bool one_of(const std::string& s, const char* const (&set)[N]) {
+  return std::find(std::begin(set), std::end(set), s) != std::end(set);
+}
+template <size_t N>
+std::string list(const char* const (&set)[N]) {
+  std::string out;
+  for (auto s : set) out += (out.empty() ? "" : ", ") + std::string(s);
+  return out;
+}
+
+bool path_exists(const nlohmann::json& root, const std::string& dotted) {
+  const nlohmann::json* cur = &root;
+  size_t start = 0;
+  while (start <= dotted.size()) {
+    size_t dot = dotted.find('.', start);
+    std::string part = dotted.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (!cur->is_object() || !cur->contains(part)) return false;
+    cur = &(*cur)[part];
+    if (dot == std::string::npos) return true;
+    start = dot + 1;
+  }
+  return false;
+}
+}  // namespace
+
+std::string config_dir() {
+  if (const char* env = std::getenv("FUSEPLAN_CONFIG_DIR")) return env;
+  return FUSEPLAN_CONFIG_DIR;
+}
+
+double Cluster::peak_flops(Precision p) const {
+  auto it = device.peak_TFLOPS.find(p);
+  if (it == device.peak_TFLOPS.end())
+    throw InputError(source + ": device " + device.name + " has no " + std::string(precision_name(p)) +
+                     " peak (device.peak_TFLOPS); choose another --precision");
+  return it->second * 1e12;
+}
+
+double Cluster::gamma_s_per_byte() const {
+  if (reduce_bw_GBps) return 1.0 / (*reduce_bw_GBps * 1e9);
+  return kReduceMemoryPasses / (device.mem_bw_GBps * 1e9 * device.memory_efficiency);
+}
+
+Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
+  JsonObject r(j, origin);
+  std::string schema = r.string("schema");
+  if (schema != kClusterSchema)
+    r.fail("schema", "unsupported schema '" + schema + "' (this build reads " + kClusterSchema + ")");
+  Cluster c;
+  c.source = origin;
+  c.name = r.string("name");
+  if (c.name.empty()) r.fail("name", "must not be empty");
+  c.description = r.opt_string("description").value_or("");
+  c.nodes = static_cast<int>(r.integer("nodes", 1, 1 << 20));
+  c.gpus_per_node = static_cast<int>(r.integer("gpus_per_node", 1, 1024));
+
+  auto d = r.object("device");
+  c.device.name = d.string("name");
+  auto peaks = d.object("peak_TFLOPS");
+  for (auto p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
+    std::string key(precision_name(p));
+    if (peaks.has(key)) c.device.peak_TFLOPS[p] = peaks.positive(key);
+    else peaks.opt_number(key);  // mark the key as known for the error message
+  }
+  peaks.finish();
+  if (c.device.peak_TFLOPS.empty()) d.fail("peak_TFLOPS", "needs at least one of fp32, fp16, bf16");
+  c.device.mem_bw_GBps = d.positive("mem_bw_GBps");
+  c.device.mem_GiB = d.opt_number("mem_GiB").value_or(0);
+  if (c.device.mem_GiB < 0) d.fail("mem_GiB", "must be >= 0");
+  c.device.compute_efficiency = d.positive("compute_efficiency");
+  c.device.memory_efficiency = d.positive("memory_efficiency");
+  if (c.device.compute_efficiency > 1) d.fail("compute_efficiency", "is a fraction of peak, must be <= 1");
+  if (c.device.memory_efficiency > 1) d.fail("memory_efficiency", "is a fraction of peak, must be <= 1");
+  c.device.kernel_overhead_us = d.opt_number("kernel_overhead_us").value_or(0);
+  if (c.device.kernel_overhead_us < 0) d.fail("kernel_overhead_us", "must be >= 0");
+  d.finish();
+
+  auto in = r.object("intra_node");
+  c.intra.kind = in.string("kind");
+  if (!one_of(c.intra.kind, kIntraKinds))
+    in.fail("kind", "unknown link kind '" + c.intra.kind + "' (valid: " + list(kIntraKinds) + ")");
+  c.intra.bw_GBps = in.positive("bw_GBps");
+  c.intra.lat_us = in.non_negative("lat_us");
+  c.intra.gpus_per_switch = static_cast<int>(in.opt_integer("gpus_per_switch", 1, 1024).value_or(0));
+  c.intra.uplink_bw_GBps = in.opt_number("uplink_bw_GBps").value_or(0);
+  if (c.intra.uplink_bw_GBps < 0) in.fail("uplink_bw_GBps", "must be >= 0");
+  in.finish();
+
+  if (auto net = r.opt_object("inter_node")) {
+    InterNodeNetwork n;
+    n.nic_bw_Gbps = net->positive("nic_bw_Gbps");
+    n.nics_per_node = static_cast<int>(net->integer("nics_per_node", 1, 64));
+    n.lat_us = net->non_negative("lat_us");
+    n.topology = net->string("topology");
+    if (!one_of(n.topology, kTopologies))
+      net->fail("topology", "unknown topology '" + n.topology + "' (valid: " + list(kTopologies) + ")");
+    n.oversubscription = net->opt_number("oversubscription").value_or(1.0);
+    if (n.oversubscription < 1) net->fail("oversubscription", "must be >= 1 (1 = full bisection)");
+    n.gdr = net->boolean("gdr");
+    n.host_copy_bw_GBps = net->opt_number("host_copy_bw_GBps").value_or(0);
+    n.host_copy_lat_us = net->opt_number("host_copy_lat_us").value_or(0);
+    if (n.host_copy_lat_us < 0) net->fail("host_copy_lat_us", "must be >= 0");
+    if (!n.gdr && !(n.host_copy_bw_GBps > 0))
+      net->fail("host_copy_bw_GBps", "must be > 0 when gdr is false (copies are staged through the host)");
+    net->finish();
+    c.inter = n;
+  } else if (c.nodes > 1) {
+    r.fail("inter_node", "missing: a cluster with more than one node needs an inter-node network");
+  }
+
+  c.launch_overhead_us = r.non_negative("launch_overhead_us");
+  if (auto rb = r.opt_number("reduce_bw_GBps")) {
+    if (!(*rb > 0)) r.fail("reduce_bw_GBps", "must be > 0");
+    c.reduce_bw_GBps = rb;
+  }
+  if (auto ip = r.opt_object("input_pipeline")) {
+    c.input_samples_per_s_per_gpu = ip->positive("samples_per_s_per_gpu");
+    ip->finish();
+  }
+  if (auto cal = r.opt_object("calibrated")) {
+    for (const auto& algo : cal->keys()) {
+      auto a = cal->object(algo);
+      Calibration k;
+      k.alpha_us = a.non_negative("alpha_us");
+      k.beta_us_per_MB = a.non_negative("beta_us_per_MB");
+      k.gamma_us_per_MB = a.non_negative("gamma_us_per_MB");
+      a.finish();
+      c.calibrated[algo] = k;  // algorithm names are checked by the collective registry
+    }
+    cal->finish();
+  }
+  if (auto prov = r.opt_object("provenance")) {
+    for (const auto& key : prov->keys()) {
+      std::string v = prov->string(key);
+      if (!path_exists(j, key)) prov->fail(key, "names no value in this file");
+      c.provenance[key] = v;
+    }
+    prov->finish();
+  }
+  r.finish();
+  return c;
+}
+
+nlohmann::json cluster_to_json(const Cluster& c) {
+  nlohmann::json peaks = nlohmann::json::object();
+  for (auto [p, v] : c.device.peak_TFLOPS) peaks[std::string(precision_name(p))] = v;
+  nlohmann::json j{{"schema", kClusterSchema},
+                   {"name", c.name},
+                   {"description", c.description},
+                   {"nodes", c.nodes},
+                   {"gpus_per_node", c.gpus_per_node},
+                   {"device",
+                    {{"name", c.device.name},
+                     {"peak_TFLOPS", peaks},
+                     {"mem_bw_GBps", c.device.mem_bw_GBps},
+                     {"mem_GiB", c.device.mem_GiB},
+                     {"compute_efficiency", c.device.compute_efficiency},
+                     {"memory_efficiency", c.device.memory_efficiency},
+                     {"kernel_overhead_us", c.device.kernel_overhead_us}}},
+                   {"intra_node", {{"kind", c.intra.kind}, {"bw_GBps", c.intra.bw_GBps}, {"lat_us", c.intra.lat_us}}},
+                   {"launch_overhead_us", c.launch_overhead_us}};
+  if (c.intra.gpus_per_switch) j["intra_node"]["gpus_per_switch"] = c.intra.gpus_per_switch;
+  if (c.intra.uplink_bw_GBps > 0) j["intra_node"]["uplink_bw_GBps"] = c.intra.uplink_bw_GBps;
+  if (c.inter) {
+    const auto& n = *c.inter;
+    j["inter_node"] = {{"nic_bw_Gbps", n.nic_bw_Gbps}, {"nics_per_node", n.nics_per_node},
+                       {"lat_us", n.lat_us},           {"topology", n.topology},
+                       {"oversubscription", n.oversubscription}, {"gdr", n.gdr}};
+    if (!n.gdr) {
+      j["inter_node"]["host_copy_bw_GBps"] = n.host_copy_bw_GBps;
+      j["inter_node"]["host_copy_lat_us"] = n.host_copy_lat_us;
+    }
+  }
+  if (c.reduce_bw_GBps) j["reduce_bw_GBps"] = *c.reduce_bw_GBps;
+  if (c.input_samples_per_s_per_gpu > 0)
+    j["input_pipeline"] = {{"samples_per_s_per_gpu", c.input_samples_per_s_per_gpu}};
+  for (const auto& [algo, k] : c.calibrated)
+    j["calibrated"][algo] = {{"alpha_us", k.alpha_us}, {"beta_us_per_MB", k.beta_us_per_MB}, {"gamma_us_per_MB", k.gamma_us_per_MB}};
+  for (const auto& [k, v] : c.provenance) j["provenance"][k] = v;
+  return j;
+}
+
+std::vector<std::string> shipped_cluster_names() {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(config_dir() + "/clusters", ec))
+    if (e.path().extension() == ".json") out.push_back(e.path().stem().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Cluster load_cluster(const std::string& name_or_path) {
+  std::string path = name_or_path;
+  bool is_path = name_or_path.find('/') != std::string::npos ||
+                 (name_or_path.size() > 5 && name_or_path.ends_with(".json"));
+  if (!is_path) {
+    path = config_dir() + "/clusters/" + name_or_path + ".json";
+    if (!std::filesystem::exists(path)) {
+      std::string names;
+      for (const auto& n : shipped_cluster_names()) names += (names.empty() ? "" : ", ") + n;
+      throw InputError("--cluster: unknown cluster '" + name_or_path + "' (shipped: " + names + "; or a .json path)");
+    }
+  }
+  return cluster_from_json(parse_json_file(path), path);
+}
+
+void check_gpu_count(const Cluster& c, int gpus, const std::string& flag) {
+  if (gpus < 1) throw InputError(flag + ": must be >= 1 (got " + std::to_string(gpus) + ")");
+  if (gpus > c.capacity())
+    throw InputError(flag + ": " + std::to_string(gpus) + " GPUs do not fit cluster " + c.name + " (" +
+                     std::to_string(c.nodes) + " nodes x " + std::to_string(c.gpus_per_node) + " = " +
+                     std::to_string(c.capacity()) + ")");
+}
+
+}  // namespace fuseplan

@@ -1,0 +1,93 @@
+// CollectiveModel: cluster file -> two-level network -> per-algorithm cost.
+#include "fuseplan/costmodel/collective_model.hpp"
+
+#include <limits>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan {
+
+CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions opt) : opt_(opt) {
+  check_gpu_count(c, gpus, "--gpus");
+  topo_ = {gpus, std::min(gpus, c.gpus_per_node)};
+  net_.intra_alpha = c.intra.lat_us * 1e-6;
+  net_.intra_beta = 1.0 / (c.intra.bw_GBps * 1e9);
+  if (c.inter) {
+    net_.inter_alpha = c.inter->lat_us * 1e-6;
+    net_.inter_beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9);
+    net_.nics_per_node = c.inter->nics_per_node;
+    if (!c.inter->gdr) {
+      // Without GPUDirect RDMA a message is copied device->host at the sender and
+      // host->device at the receiver, store-and-forward (not pipelined; conservative).
+      net_.stage_alpha = 2 * c.inter->host_copy_lat_us * 1e-6;
+      net_.stage_beta = 2.0 / (c.inter->host_copy_bw_GBps * 1e9);
+    }
+  }
+  net_.gamma = c.gamma_s_per_byte();
+  launch_s_ = c.launch_overhead_us * 1e-6;
+  if (opt_.group < 0) throw InputError("--group: must be >= 1");
+  if (opt_.torus_x < 0) throw InputError("--torus-x: must be >= 1");
+  for (const auto& [name, k] : c.calibrated) {
+    find_algorithm(name, c.source + ": $.calibrated");
+    calibrated_[name] = k;
+  }
+}
+
+CollectiveArgs CollectiveModel::args(int64_t count, Precision transfer) const {
+  CollectiveArgs a;
+  a.topo = topo_;
+  a.net = net_;
+  a.count = count;
+  a.elem_bytes = bytes_per_element(transfer);
+  a.group = opt_.group;
+  a.torus_x = opt_.torus_x;
+  return a;
+}
+
+CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, int64_t count, Precision transfer) const {
+  CollectiveArgs a = args(count, transfer);
+  CollectiveChoice ch;
+  ch.algorithm = &algo;
+  ch.launch_s = topo_.ranks > 1 ? launch_s_ : 0;
+  if (auto it = calibrated_.find(algo.name); it != calibrated_.end()) {
+    // A calibrated algorithm follows its textbook formula with the fitted constants.
+    a.net = Net::uniform(it->second.alpha_us * 1e-6, it->second.beta_us_per_MB * 1e-12,
+                         it->second.gamma_us_per_MB * 1e-12);
+    if (a.group == 0) a.group = topo_.per_node;
+    a.topo.per_node = 1;
+    ch.calibrated = true;
+    ch.cost = closed_form_cost(algo, a);
+    return ch;
+  }
+  if (algo.profile_depends_on_size) {
+    ch.cost = closed_form_cost(algo, a);
+    return ch;
+  }
+  auto it = cache_.find(algo.name);
+  if (it == cache_.end()) it = cache_.emplace(std::string(algo.name), algo.profile(a)).first;
+  ch.cost = evaluate(it->second, a.net, a.bytes());
+  return ch;
+}
+
+CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count, Precision transfer) const {
+  if (count <= 0) throw InputError("collective: element count must be > 0");
+  if (algorithm != "auto") {
+    const Algorithm& a = find_algorithm(algorithm);
+    std::string why = a.not_applicable(args(count, transfer));
+    if (!why.empty()) throw InputError("algorithm " + std::string(a.name) + " does not apply: " + why);
+    return evaluate_one(a, count, transfer);
+  }
+  CollectiveChoice best;
+  double best_t = std::numeric_limits<double>::infinity();
+  for (const auto& a : algorithms()) {
+    if (!a.not_applicable(args(count, transfer)).empty()) continue;
+    auto ch = evaluate_one(a, count, transfer);
+    if (ch.total_s() < best_t) {
+      best_t = ch.total_s();
+      best = ch;
+    }
+  }
+  return best;
+}
+
+}  // namespace fuseplan

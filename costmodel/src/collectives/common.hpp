@@ -1,0 +1,57 @@
+// Building blocks shared by the algorithm files: round classes from communication
+// patterns (closed forms) and the schedules of ring, halving-doubling and binomial phases.
+#pragma once
+#include <utility>
+#include <vector>
+
+#include "fuseplan/costmodel/collective.hpp"
+
+namespace fuseplan::coll {
+
+using Flows = std::vector<std::pair<int, int>>;
+
+// A round class from its pattern: which flows cross nodes and how many leave or enter
+// the busiest node. `flow` is the size of each flow, `port` the busiest rank's total.
+RoundClass round_class(const Topo& t, const Net& net, const Flows& flows, double flow, double port,
+                       double reduce, int repeat = 1);
+
+inline int64_t seg_begin(int64_t count, int parts, int i) { return count * i / parts; }
+inline int64_t seg_len(int64_t count, int parts, int i) {
+  return seg_begin(count, parts, i + 1) - seg_begin(count, parts, i);
+}
+
+int floor_log2(int x);
+inline bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+int ceil_log2(int x);
+
+// Appends `extra` round-by-round onto `s` starting at round `at` (parallel phases).
+void merge_rounds(Schedule& s, const Schedule& extra, size_t at);
+
+// Ring over `members` on elements [off, off+len): reduce-scatter then (optionally)
+// allgather. After the reduce-scatter, members[i] holds chunk (i+1) % M.
+void ring_reduce_scatter(Schedule& s, const std::vector<int>& members, int64_t off, int64_t len);
+void ring_allgather(Schedule& s, const std::vector<int>& members, int64_t off, int64_t len);
+Flows ring_flows(const std::vector<int>& members);
+
+// Recursive halving (distance doubling) reduce-scatter over a power-of-two member list.
+// Returns each member's final [lo, hi) range; allgather reverses it.
+std::vector<std::pair<int64_t, int64_t>> halving_reduce_scatter(Schedule& s, const std::vector<int>& members,
+                                                               int64_t off, int64_t len);
+void doubling_allgather(Schedule& s, const std::vector<int>& members,
+                        std::vector<std::pair<int64_t, int64_t>> ranges);
+
+// MPICH's fold for non-power-of-two p: the first 2r ranks pair up, even ranks hand
+// their data to the odd ones. Returns the p' = 2^floor(log2 p) ranks that continue.
+std::vector<int> fold_members(int p);
+
+std::vector<int> iota_members(int first, int n, int stride = 1);
+
+}  // namespace fuseplan::coll
+
+namespace fuseplan::coll {
+// The three-phase scheme on an X x Y grid (rows = X consecutive ranks): ring
+// reduce-scatter along rows, ring allreduce down each column on n/X, ring allgather
+// along rows. Used by hierarchical_rs (X = group) and torus2d (X = row length).
+Profile rs_ar_ag_profile(const CollectiveArgs& a, int X);
+Schedule rs_ar_ag_schedule(const CollectiveArgs& a, int X);
+}  // namespace fuseplan::coll

@@ -1,0 +1,74 @@
+// Hierarchical allreduce as in the 4-minute paper: binomial reduce to a master inside
+// each group of g ranks (a node by default, groups in parallel), ring allreduce of the
+// whole n among the p/g masters, binomial broadcast inside each group.
+// T = 2 ceil(lg g) alpha_l + ceil(lg g) n (2 beta_l + gamma) + ring(p/g masters, n).
+#include "common.hpp"
+
+namespace fuseplan {
+namespace {
+
+std::string not_applicable(const CollectiveArgs& a) {
+  int g = a.group_size();
+  if (a.topo.ranks % g)
+    return "needs the rank count (" + std::to_string(a.topo.ranks) + ") to be a multiple of the group size (" +
+           std::to_string(g) + ")";
+  return {};
+}
+
+// Binomial tree step with distance d: local ranks l with l % 2d == d send to l - d
+// (reduce), or for the broadcast l % 2d == 0 send to l + d.
+coll::Flows binomial_flows(int p, int g, int d, bool reduce) {
+  coll::Flows f;
+  for (int base = 0; base < p; base += g)
+    for (int l = 0; l < g; ++l) {
+      if (reduce && l % (2 * d) == d) f.emplace_back(base + l, base + l - d);
+      if (!reduce && l % (2 * d) == 0 && l + d < g) f.emplace_back(base + l, base + l + d);
+    }
+  return f;
+}
+
+// The broadcast starts at the largest power of two below g (0 when g = 1: no rounds).
+int top_distance(int g) { return g > 1 ? 1 << (coll::ceil_log2(g) - 1) : 0; }
+
+Profile profile(const CollectiveArgs& a) {
+  const int p = a.topo.ranks, g = a.group_size(), M = p / g;
+  Profile prof;
+  for (int d = 1; d < g; d <<= 1) prof.push_back(coll::round_class(a.topo, a.net, binomial_flows(p, g, d, true), 1, 1, 1));
+  if (M > 1) {
+    auto masters = coll::ring_flows(coll::iota_members(0, M, g));
+    prof.push_back(coll::round_class(a.topo, a.net, masters, 1.0 / M, 1.0 / M, 1.0 / M, M - 1));
+    prof.push_back(coll::round_class(a.topo, a.net, masters, 1.0 / M, 1.0 / M, 0, M - 1));
+  }
+  for (int d = top_distance(g); d >= 1; d >>= 1)
+    prof.push_back(coll::round_class(a.topo, a.net, binomial_flows(p, g, d, false), 1, 1, 0));
+  return prof;
+}
+
+Schedule schedule(const CollectiveArgs& a) {
+  const int p = a.topo.ranks, g = a.group_size(), M = p / g;
+  Schedule s;
+  for (int d = 1; d < g; d <<= 1) {
+    Round r;
+    for (auto [src, dst] : binomial_flows(p, g, d, true)) r.transfers.push_back({src, dst, 0, a.count, true});
+    s.rounds.push_back(std::move(r));
+  }
+  if (M > 1) {
+    auto masters = coll::iota_members(0, M, g);
+    coll::ring_reduce_scatter(s, masters, 0, a.count);
+    coll::ring_allgather(s, masters, 0, a.count);
+  }
+  for (int d = top_distance(g); d >= 1; d >>= 1) {
+    Round r;
+    for (auto [src, dst] : binomial_flows(p, g, d, false)) r.transfers.push_back({src, dst, 0, a.count, false});
+    s.rounds.push_back(std::move(r));
+  }
+  return s;
+}
+
+}  // namespace
+
+extern const Algorithm kHierarchical{
+    "hierarchical", "4-minute paper: reduce to a group master -> ring among masters -> broadcast in the group",
+    not_applicable, profile, schedule, false};
+
+}  // namespace fuseplan

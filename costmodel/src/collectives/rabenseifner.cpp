@@ -1,0 +1,69 @@
+// Rabenseifner allreduce: recursive-halving reduce-scatter + recursive-doubling allgather.
+// p = 2^k: T = 2 lgp alpha + 2n(p-1)/p beta + n(p-1)/p gamma. Otherwise MPICH's fold:
+// T = (2 lg p' + 2) alpha + (2(p'-1)/p' + 2) n beta + (1 + (p'-1)/p') n gamma.
+// Distance doubles while the vector halves, so the big early steps stay inside a node.
+#include "common.hpp"
+
+namespace fuseplan {
+namespace {
+
+std::string not_applicable(const CollectiveArgs&) { return {}; }
+
+Profile profile(const CollectiveArgs& a) {
+  const int p = a.topo.ranks;
+  if (p == 1) return {};
+  const int pof2 = 1 << coll::floor_log2(p), rem = p - pof2;
+  auto members = coll::fold_members(p);
+  coll::Flows fold;
+  for (int i = 0; i < rem; ++i) fold.emplace_back(2 * i, 2 * i + 1);
+  Profile prof;
+  if (rem) prof.push_back(coll::round_class(a.topo, a.net, fold, 1, 1, 1));
+  std::vector<RoundClass> rs;
+  double frac = 0.5;
+  for (int mask = 1; mask < pof2; mask <<= 1, frac /= 2) {
+    coll::Flows f;
+    for (int i = 0; i < pof2; ++i) f.emplace_back(members[i], members[i ^ mask]);
+    rs.push_back(coll::round_class(a.topo, a.net, f, frac, frac, frac));
+  }
+  prof.insert(prof.end(), rs.begin(), rs.end());
+  for (auto it = rs.rbegin(); it != rs.rend(); ++it) {  // allgather: same pairs, reversed
+    RoundClass ag = *it;
+    ag.reduce = 0;
+    prof.push_back(ag);
+  }
+  if (rem) {
+    coll::Flows unfold;
+    for (auto [x, y] : fold) unfold.emplace_back(y, x);
+    prof.push_back(coll::round_class(a.topo, a.net, unfold, 1, 1, 0));
+  }
+  return prof;
+}
+
+Schedule schedule(const CollectiveArgs& a) {
+  Schedule s;
+  const int p = a.topo.ranks;
+  if (p == 1) return s;
+  const int pof2 = 1 << coll::floor_log2(p), rem = p - pof2;
+  auto members = coll::fold_members(p);
+  if (rem) {
+    Round r;
+    for (int i = 0; i < rem; ++i) r.transfers.push_back({2 * i, 2 * i + 1, 0, a.count, true});
+    s.rounds.push_back(std::move(r));
+  }
+  auto ranges = coll::halving_reduce_scatter(s, members, 0, a.count);
+  coll::doubling_allgather(s, members, ranges);
+  if (rem) {
+    Round r;
+    for (int i = 0; i < rem; ++i) r.transfers.push_back({2 * i + 1, 2 * i, 0, a.count, false});
+    s.rounds.push_back(std::move(r));
+  }
+  return s;
+}
+
+}  // namespace
+
+extern const Algorithm kRabenseifner{
+    "rabenseifner", "recursive-halving reduce-scatter + recursive-doubling allgather (MPICH fold if p != 2^k)",
+    not_applicable, profile, schedule, false};
+
+}  // namespace fuseplan

@@ -1,0 +1,53 @@
+// Roofline and measured-profile compute model.
+#include "fuseplan/costmodel/compute.hpp"
+
+#include <algorithm>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan {
+
+namespace {
+// Backward reads the forward's inputs and outputs, writes input gradients and reads the
+// output gradients: about twice the forward traffic.
+constexpr double kBackwardTrafficRatio = 2.0;
+// Optimizer bytes per parameter: LARS norms read weight and gradient (8 B in FP32), then
+// the update reads the gradient (2-4 B), reads and writes the FP32 master (8 B) and the
+// momentum (8 B) and writes the half-precision copy (2 B): about 28 B per parameter.
+constexpr double kOptimizerBytesPerParam = 28.0;
+}  // namespace
+
+ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precision p) {
+  if (batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(batch) + ")");
+  const double flops = c.peak_flops(p) * c.device.compute_efficiency;
+  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency;
+  const double eb = bytes_per_element(p);
+  const double overhead = c.device.kernel_overhead_us * 1e-6;
+  for (const auto& l : m.layers) {
+    LayerTime t;
+    if (l.measured) {
+      // Measured at another batch size: scaled linearly (documented approximation).
+      double scale = double(batch) / l.measured->batch;
+      t = {l.measured->fwd_us * 1e-6 * scale, l.measured->bwd_us * 1e-6 * scale, true};
+      ++measured_;
+    } else {
+      double in_elems = 0;
+      for (int src : l.inputs) in_elems += src < 0 ? numel(m.input_shape) : numel(m.layers[src].out_shape);
+      if (l.inputs.empty()) in_elems = numel(l.in_shape);
+      double params = 0;
+      for (int i = 0; i < l.tensor_count; ++i) params += m.tensors[l.first_tensor + i].numel;
+      double fwd_bytes = (in_elems + numel(l.out_shape)) * batch * eb + params * eb;
+      t.fwd_s = std::max(l.fwd_flops * batch / flops, fwd_bytes / bw) + overhead;
+      t.bwd_s = std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
+    }
+    forward_s_ += t.fwd_s;
+    backward_s_ += t.bwd_s;
+    layers_.push_back(t);
+  }
+  optimizer_s_ = double(m.param_count()) * kOptimizerBytesPerParam / bw;
+  if (c.input_samples_per_s_per_gpu > 0) loader_s_ = batch / c.input_samples_per_s_per_gpu;
+}
+
+double ComputeModel::data_wait_s(double busy_s) const { return std::max(0.0, loader_s_ - busy_s); }
+
+}  // namespace fuseplan

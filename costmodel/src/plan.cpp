@@ -1,0 +1,218 @@
+// Plan JSON, validation, bucket specs and byte-size parsing.
+#include "fuseplan/costmodel/plan.hpp"
+
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "fuseplan/costmodel/collective.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/json_reader.hpp"
+
+namespace fuseplan {
+
+nlohmann::json plan_to_json(const Plan& p) {
+  nlohmann::json buckets = nlohmann::json::array();
+  for (const auto& b : p.buckets)
+    buckets.push_back({{"begin", b.begin},
+                       {"end", b.end},
+                       {"algorithm", b.algorithm},
+                       {"stream", b.stream},
+                       {"transfer", precision_name(b.transfer)},
+                       {"pack", b.pack}});
+  nlohmann::json j{{"schema", kPlanSchema},
+                   {"model", {{"name", p.model}, {"tensors", p.tensors}, {"params", p.params}, {"fingerprint", p.fingerprint}}},
+                   {"cluster", p.cluster},
+                   {"gpus", p.gpus},
+                   {"batch_per_gpu", p.batch_per_gpu},
+                   {"compute", precision_name(p.compute)},
+                   {"strategy", p.strategy},
+                   {"buckets", buckets}};
+  if (!p.prediction.is_null()) j["prediction"] = p.prediction;
+  return j;
+}
+
+Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
+  JsonObject r(j, origin);
+  std::string schema = r.string("schema");
+  if (schema != kPlanSchema) r.fail("schema", "unsupported schema '" + schema + "' (this build reads " + kPlanSchema + ")");
+  Plan p;
+  auto m = r.object("model");
+  p.model = m.string("name");
+  p.tensors = static_cast<int>(m.integer("tensors", 1, 1 << 30));
+  p.params = m.integer("params", 1, INT64_MAX);
+  p.fingerprint = m.string("fingerprint");
+  m.finish();
+  p.cluster = r.string("cluster");
+  p.gpus = static_cast<int>(r.integer("gpus", 1, 1 << 24));
+  p.batch_per_gpu = static_cast<int>(r.integer("batch_per_gpu", 1, 1 << 24));
+  p.compute = parse_precision(r.string("compute"), origin + ": $.compute");
+  p.strategy = r.opt_string("strategy").value_or("");
+  const auto& bs = r.array("buckets");
+  if (bs.empty()) r.fail("buckets", "must hold at least one bucket");
+  for (size_t i = 0; i < bs.size(); ++i) {
+    std::string path = "$.buckets[" + std::to_string(i) + "]";
+    JsonObject bo = element_object(bs[i], origin, path);
+    PlanBucket b;
+    b.begin = static_cast<int>(bo.integer("begin", 0, 1 << 30));
+    b.end = static_cast<int>(bo.integer("end", 1, 1 << 30));
+    b.algorithm = bo.string("algorithm");
+    if (b.algorithm != "auto") find_algorithm(b.algorithm, origin + ": " + path + ".algorithm");
+    b.stream = static_cast<int>(bo.opt_integer("stream", 0, 63).value_or(0));
+    b.transfer = parse_precision(bo.string("transfer"), origin + ": " + path + ".transfer");
+    b.pack = bo.opt_boolean("pack").value_or(false);
+    bo.finish();
+    p.buckets.push_back(b);
+  }
+  if (r.has("prediction")) p.prediction = r.raw("prediction");
+  r.finish();
+  return p;
+}
+
+Plan load_plan(const std::string& path) { return plan_from_json(parse_json_file(path), path); }
+
+void validate_plan(const Plan& p, const Model& m, const std::string& origin) {
+  const int n = static_cast<int>(m.tensors.size());
+  if (p.model != m.name || p.tensors != n || p.fingerprint != m.fingerprint_hex())
+    throw InputError(origin + ": plan is for model " + p.model + " (" + std::to_string(p.tensors) + " tensors, " +
+                     p.fingerprint + "), not " + m.name + " (" + std::to_string(n) + " tensors, " +
+                     m.fingerprint_hex() + ")");
+  int expect = 0;
+  for (size_t i = 0; i < p.buckets.size(); ++i) {
+    const auto& b = p.buckets[i];
+    std::string where = origin + ": $.buckets[" + std::to_string(i) + "]";
+    if (b.begin != expect)
+      throw InputError(where + ": begins at " + std::to_string(b.begin) + ", expected " + std::to_string(expect) +
+                       " (buckets must cover the tensors contiguously in backward order)");
+    if (b.end <= b.begin) throw InputError(where + ": empty bucket (end <= begin)");
+    if (b.end > n) throw InputError(where + ": end " + std::to_string(b.end) + " exceeds the tensor count " + std::to_string(n));
+    expect = b.end;
+  }
+  if (expect != n)
+    throw InputError(origin + ": buckets cover " + std::to_string(expect) + " of " + std::to_string(n) + " tensors");
+}
+
+int64_t bucket_elements(const Plan&, const Model& m, const PlanBucket& b) {
+  int64_t e = 0;
+  for (int pos = b.begin; pos < b.end; ++pos) e += m.tensors[m.tensor_at_backward(pos)].numel;
+  return e;
+}
+
+int64_t parse_bytes(const std::string& s, const std::string& flag) {
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) throw InputError(flag + ": '" + s + "' is not a size (examples: 4096, 4K, 25MB, 64MiB)");
+  double v = 0;
+  try {
+    v = std::stod(s.substr(0, i));
+  } catch (...) {
+    throw InputError(flag + ": '" + s + "' is not a size");
+  }
+  std::string unit = s.substr(i);
+  double mul = 0;
+  if (unit.empty() || unit == "B") mul = 1;
+  else if (unit == "K" || unit == "KiB") mul = 1024.0;
+  else if (unit == "M" || unit == "MiB") mul = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GiB") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "KB") mul = 1e3;
+  else if (unit == "MB") mul = 1e6;
+  else if (unit == "GB") mul = 1e9;
+  else throw InputError(flag + ": unknown size unit '" + unit + "' (valid: B, K, M, G, KB, MB, GB, KiB, MiB, GiB)");
+  double b = v * mul;
+  if (!(b >= 1) || b > 1e15) throw InputError(flag + ": size '" + s + "' out of range");
+  return static_cast<int64_t>(b);
+}
+
+std::vector<PlanBucket> buckets_from_spec(const std::string& spec, const Model& m, const std::string& algorithm,
+                                          Precision transfer, const std::string& flag) {
+  const int n = static_cast<int>(m.tensors.size());
+  std::vector<int> starts{0};  // backward positions that start a bucket
+  const std::string valid = " (valid: per-tensor, single, threshold:SIZE, splits:A,B,...)";
+  if (spec == "per-tensor") {
+    for (int i = 1; i < n; ++i) starts.push_back(i);
+  } else if (spec == "single") {
+  } else if (spec.rfind("threshold:", 0) == 0) {
+    int64_t limit = parse_bytes(spec.substr(10), flag);
+    int64_t cur = 0, eb = bytes_per_element(transfer);
+    for (int i = 0; i < n; ++i) {
+      int64_t t = m.tensors[m.tensor_at_backward(i)].numel * eb;
+      if (cur > 0 && cur + t > limit) {
+        starts.push_back(i);
+        cur = 0;
+      }
+      cur += t;
+    }
+  } else if (spec.rfind("splits:", 0) == 0) {
+    std::string rest = spec.substr(7);
+    size_t pos = 0;
+    while (pos <= rest.size() && !rest.empty()) {
+      size_t comma = rest.find(',', pos);
+      std::string tok = rest.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+      int v = 0;
+      try {
+        size_t used = 0;
+        v = std::stoi(tok, &used);
+        if (used != tok.size()) throw std::invalid_argument(tok);
+      } catch (...) {
+        throw InputError(flag + ": '" + tok + "' is not a tensor position" + valid);
+      }
+      if (v <= starts.back() || v >= n)
+        throw InputError(flag + ": split " + std::to_string(v) + " must increase and lie in [1, " + std::to_string(n - 1) + "]");
+      starts.push_back(v);
+      if (comma == std::string::npos) break;
+      pos = comma + 1;
+    }
+  } else {
+    throw InputError(flag + ": unknown bucket spec '" + spec + "'" + valid);
+  }
+  if (algorithm != "auto") find_algorithm(algorithm);
+  std::vector<PlanBucket> out;
+  for (size_t i = 0; i < starts.size(); ++i) {
+    PlanBucket b;
+    b.begin = starts[i];
+    b.end = i + 1 < starts.size() ? starts[i + 1] : n;
+    b.algorithm = algorithm;
+    b.transfer = transfer;
+    out.push_back(b);
+  }
+  return out;
+}
+
+Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, Precision compute,
+               std::vector<PlanBucket> buckets, const std::string& strategy) {
+  Plan p;
+  p.model = m.name;
+  p.tensors = static_cast<int>(m.tensors.size());
+  p.params = m.param_count();
+  p.fingerprint = m.fingerprint_hex();
+  p.cluster = cluster;
+  p.gpus = gpus;
+  p.batch_per_gpu = batch;
+  p.compute = compute;
+  p.strategy = strategy;
+  p.buckets = std::move(buckets);
+  return p;
+}
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw InputError(path + ": cannot write (directory missing or not writable)");
+    out << content;
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw RunError(path + ": write failed");
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw RunError(path + ": rename failed: " + ec.message());
+  }
+}
+
+}  // namespace fuseplan

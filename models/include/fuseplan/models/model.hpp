@@ -1,0 +1,84 @@
+// The Model contract: ordered layers (forward order) with shapes, parameter tensors and
+// per-sample FLOPs. Gradient order is the reverse of the forward tensor order.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fuseplan {
+
+using Shape = std::vector<int64_t>;  // per sample, no batch dimension
+int64_t numel(const Shape& s);
+std::string shape_str(const Shape& s);
+
+enum class LayerKind {
+  Conv2d, BatchNorm, Linear, MaxPool, AvgPool, AdaptiveAvgPool, ReLU, Add, Dropout,
+  Embedding, LayerNorm, Attention, GELU, Tanh, Flatten, TokenSelect, Custom
+};
+inline constexpr int kLayerKindCount = 17;
+std::string_view layer_kind_name(LayerKind k);
+std::optional<LayerKind> parse_layer_kind(std::string_view name);
+std::string layer_kind_list();  // "conv2d, batchnorm, ..." for error messages
+
+// What optimizers must know about a tensor: LARS and weight decay skip norms and biases.
+enum class TensorRole { Weight, Bias, NormScale, NormShift, Embedding };
+std::string_view tensor_role_name(TensorRole r);
+std::optional<TensorRole> parse_tensor_role(std::string_view name);
+bool role_skips_decay(TensorRole r);
+
+struct ParamTensor {
+  std::string name;   // framework name, e.g. "layer1.0.conv1.weight"
+  Shape shape;        // framework layout (torchvision / Hugging Face)
+  int64_t numel = 0;
+  int layer = 0;      // index of the owning layer
+  TensorRole role = TensorRole::Weight;
+};
+
+// Hyper-parameters a layer needs to be executed; zero where not applicable.
+struct LayerAttrs {
+  int kernel = 0, stride = 1, padding = 0, groups = 1;
+  int heads = 0;
+  double dropout = 0;
+  bool causal = false;
+  bool bias = false;
+  bool operator==(const LayerAttrs&) const = default;
+};
+
+// Measured per-sample times from a profile (optional; the roofline is used otherwise).
+struct MeasuredTime {
+  double fwd_us = 0, bwd_us = 0;  // per iteration at `batch`
+  int batch = 1;
+};
+
+struct Layer {
+  std::string name;
+  LayerKind kind = LayerKind::Custom;
+  std::vector<int> inputs;  // producer layer indices; -1 = the model input
+  Shape in_shape, out_shape;
+  LayerAttrs attrs;
+  int first_tensor = 0, tensor_count = 0;  // range in Model::tensors
+  double fwd_flops = 0, bwd_flops = 0;      // per sample
+  int64_t activation_elems = 0;              // elements this layer stores per sample
+  std::optional<MeasuredTime> measured;
+};
+
+struct Model {
+  std::string name;
+  Shape input_shape;
+  std::vector<Layer> layers;
+  std::vector<ParamTensor> tensors;  // forward order
+
+  int64_t param_count() const;
+  double fwd_flops() const;  // per sample
+  double bwd_flops() const;
+  int64_t activation_elems() const;
+  // 64-bit FNV-1a over tensor names and shapes: a plan names the model it was made for.
+  uint64_t fingerprint() const;
+  std::string fingerprint_hex() const;
+  // Tensor at backward position b (0 = the last forward tensor, whose gradient comes first).
+  int tensor_at_backward(int b) const { return static_cast<int>(tensors.size()) - 1 - b; }
+};
+
+}  // namespace fuseplan

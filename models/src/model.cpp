@@ -1,0 +1,145 @@
+// Model helpers: kind names, totals, fingerprint.
+#include "fuseplan/models/model.hpp"
+
+#include <array>
+#include <cstdio>
+
+namespace fuseplan {
+
+namespace {
+struct KindName {
+  LayerKind kind;
+  std::string_view name;
+};
+constexpr std::array<KindName, kLayerKindCount> kKindNames{{
+    {LayerKind::Conv2d, "conv2d"},
+    {LayerKind::BatchNorm, "batchnorm"},
+    {LayerKind::Linear, "linear"},
+    {LayerKind::MaxPool, "maxpool"},
+    {LayerKind::AvgPool, "avgpool"},
+    {LayerKind::AdaptiveAvgPool, "adaptive_avgpool"},
+    {LayerKind::ReLU, "relu"},
+    {LayerKind::Add, "add"},
+    {LayerKind::Dropout, "dropout"},
+    {LayerKind::Embedding, "embedding"},
+    {LayerKind::LayerNorm, "layernorm"},
+    {LayerKind::Attention, "attention"},
+    {LayerKind::GELU, "gelu"},
+    {LayerKind::Tanh, "tanh"},
+    {LayerKind::Flatten, "flatten"},
+    {LayerKind::TokenSelect, "token_select"},
+    {LayerKind::Custom, "custom"},
+}};
+// A new LayerKind must get a name here: the table size is tied to the enum's last value.
+static_assert(static_cast<int>(LayerKind::Custom) + 1 == kLayerKindCount);
+
+struct RoleName {
+  TensorRole role;
+  std::string_view name;
+};
+constexpr std::array<RoleName, 5> kRoleNames{{
+    {TensorRole::Weight, "weight"},
+    {TensorRole::Bias, "bias"},
+    {TensorRole::NormScale, "norm_scale"},
+    {TensorRole::NormShift, "norm_shift"},
+    {TensorRole::Embedding, "embedding"},
+}};
+}  // namespace
+
+int64_t numel(const Shape& s) {
+  int64_t n = 1;
+  for (auto d : s) n *= d;
+  return n;
+}
+
+std::string shape_str(const Shape& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) out += 'x';
+    out += std::to_string(s[i]);
+  }
+  return out.empty() ? "scalar" : out;
+}
+
+std::string_view layer_kind_name(LayerKind k) {
+  for (const auto& e : kKindNames)
+    if (e.kind == k) return e.name;
+  return "custom";
+}
+
+std::optional<LayerKind> parse_layer_kind(std::string_view name) {
+  for (const auto& e : kKindNames)
+    if (e.name == name) return e.kind;
+  return std::nullopt;
+}
+
+std::string layer_kind_list() {
+  std::string out;
+  for (const auto& e : kKindNames) out += (out.empty() ? "" : ", ") + std::string(e.name);
+  return out;
+}
+
+std::string_view tensor_role_name(TensorRole r) {
+  for (const auto& e : kRoleNames)
+    if (e.role == r) return e.name;
+  return "weight";
+}
+
+std::optional<TensorRole> parse_tensor_role(std::string_view name) {
+  for (const auto& e : kRoleNames)
+    if (e.name == name) return e.role;
+  return std::nullopt;
+}
+
+bool role_skips_decay(TensorRole r) {
+  return r == TensorRole::Bias || r == TensorRole::NormScale || r == TensorRole::NormShift;
+}
+
+int64_t Model::param_count() const {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += t.numel;
+  return n;
+}
+
+double Model::fwd_flops() const {
+  double f = 0;
+  for (const auto& l : layers) f += l.fwd_flops;
+  return f;
+}
+
+double Model::bwd_flops() const {
+  double f = 0;
+  for (const auto& l : layers) f += l.bwd_flops;
+  return f;
+}
+
+int64_t Model::activation_elems() const {
+  int64_t n = 0;
+  for (const auto& l : layers) n += l.activation_elems;
+  return n;
+}
+
+uint64_t Model::fingerprint() const {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const void* p, size_t n) {
+    auto b = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) {
+      h ^= b[i];
+      h *= 1099511628211ull;
+    }
+  };
+  for (const auto& t : tensors) {
+    mix(t.name.data(), t.name.size());
+    for (auto d : t.shape) mix(&d, sizeof d);
+    mix("|", 1);
+  }
+  return h;
+}
+
+std::string Model::fingerprint_hex() const {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(fingerprint()));
+  return buf;
+}
+
+}  // namespace fuseplan

@@ -1,0 +1,136 @@
+// Model JSON import/export ("fuseplan.model/1"); import validates every key and value.
+#include "fuseplan/models/model_json.hpp"
+
+#include <cstdint>
+#include <set>
+
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/json_reader.hpp"
+
+namespace fuseplan {
+
+nlohmann::json model_to_json(const Model& m) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& l : m.layers) {
+    nlohmann::json params = nlohmann::json::array();
+    for (int i = 0; i < l.tensor_count; ++i) {
+      const auto& t = m.tensors[l.first_tensor + i];
+      params.push_back({{"name", t.name}, {"shape", t.shape}, {"role", tensor_role_name(t.role)}});
+    }
+    nlohmann::json a = nlohmann::json::object();
+    if (l.attrs.kernel) a["kernel"] = l.attrs.kernel;
+    if (l.attrs.stride != 1) a["stride"] = l.attrs.stride;
+    if (l.attrs.padding) a["padding"] = l.attrs.padding;
+    if (l.attrs.groups != 1) a["groups"] = l.attrs.groups;
+    if (l.attrs.heads) a["heads"] = l.attrs.heads;
+    if (l.attrs.dropout) a["dropout"] = l.attrs.dropout;
+    if (l.attrs.causal) a["causal"] = true;
+    if (l.attrs.bias) a["bias"] = true;
+    nlohmann::json jl{{"name", l.name},
+                      {"kind", layer_kind_name(l.kind)},
+                      {"inputs", l.inputs},
+                      {"in_shape", l.in_shape},
+                      {"out_shape", l.out_shape},
+                      {"params", params},
+                      {"fwd_flops", l.fwd_flops},
+                      {"bwd_flops", l.bwd_flops},
+                      {"activation_elems", l.activation_elems}};
+    if (!a.empty()) jl["attrs"] = a;
+    if (l.measured)
+      jl["measured"] = {{"fwd_us", l.measured->fwd_us}, {"bwd_us", l.measured->bwd_us}, {"batch", l.measured->batch}};
+    layers.push_back(jl);
+  }
+  return {{"schema", kModelSchema}, {"name", m.name}, {"input_shape", m.input_shape}, {"layers", layers}};
+}
+
+namespace {
+Shape read_shape(JsonObject& o, const std::string& key) {
+  auto v = o.int_list(key, 1);
+  return Shape(v.begin(), v.end());
+}
+}  // namespace
+
+Model model_from_json(const nlohmann::json& j, const std::string& origin) {
+  JsonObject root(j, origin);
+  std::string schema = root.string("schema");
+  if (schema != kModelSchema)
+    root.fail("schema", "unsupported schema '" + schema + "' (this build reads " + kModelSchema + ")");
+  Model m;
+  m.name = root.string("name");
+  if (m.name.empty()) root.fail("name", "must not be empty");
+  m.input_shape = read_shape(root, "input_shape");
+  const auto& layers = root.array("layers");
+  if (layers.empty()) root.fail("layers", "must hold at least one layer");
+  std::set<std::string> tensor_names;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    std::string path = "$.layers[" + std::to_string(i) + "]";
+    JsonObject lo = element_object(layers[i], origin, path);
+    Layer l;
+    l.name = lo.string("name");
+    std::string kind = lo.string("kind");
+    auto k = parse_layer_kind(kind);
+    if (!k) lo.fail("kind", "unknown layer kind '" + kind + "' (valid: " + layer_kind_list() + ")");
+    l.kind = *k;
+    if (lo.has("inputs")) {
+      for (auto v : lo.int_list("inputs", -1)) {
+        if (v >= static_cast<int64_t>(i)) lo.fail("inputs", "must name earlier layers (or -1 for the model input)");
+        l.inputs.push_back(static_cast<int>(v));
+      }
+    } else {
+      l.inputs = {static_cast<int>(i) - 1};
+    }
+    if (lo.has("in_shape")) l.in_shape = read_shape(lo, "in_shape");
+    if (lo.has("out_shape")) l.out_shape = read_shape(lo, "out_shape");
+    l.fwd_flops = lo.non_negative("fwd_flops");
+    l.bwd_flops = lo.non_negative("bwd_flops");
+    l.activation_elems = lo.opt_integer("activation_elems", 0, INT64_MAX).value_or(numel(l.out_shape));
+    if (auto a = lo.opt_object("attrs")) {
+      l.attrs.kernel = static_cast<int>(a->opt_integer("kernel", 1, 1 << 20).value_or(0));
+      l.attrs.stride = static_cast<int>(a->opt_integer("stride", 1, 1 << 20).value_or(1));
+      l.attrs.padding = static_cast<int>(a->opt_integer("padding", 0, 1 << 20).value_or(0));
+      l.attrs.groups = static_cast<int>(a->opt_integer("groups", 1, 1 << 20).value_or(1));
+      l.attrs.heads = static_cast<int>(a->opt_integer("heads", 1, 1 << 20).value_or(0));
+      l.attrs.dropout = a->opt_number("dropout").value_or(0);
+      if (l.attrs.dropout < 0 || l.attrs.dropout >= 1) a->fail("dropout", "must be in [0, 1)");
+      l.attrs.causal = a->opt_boolean("causal").value_or(false);
+      l.attrs.bias = a->opt_boolean("bias").value_or(false);
+      a->finish();
+    }
+    if (auto mo = lo.opt_object("measured")) {
+      MeasuredTime t;
+      t.fwd_us = mo->non_negative("fwd_us");
+      t.bwd_us = mo->non_negative("bwd_us");
+      t.batch = static_cast<int>(mo->integer("batch", 1, 1 << 24));
+      mo->finish();
+      l.measured = t;
+    }
+    l.first_tensor = static_cast<int>(m.tensors.size());
+    const auto& params = lo.array("params");
+    for (size_t p = 0; p < params.size(); ++p) {
+      JsonObject po = element_object(params[p], origin, path + ".params[" + std::to_string(p) + "]");
+      ParamTensor t;
+      t.name = po.string("name");
+      if (t.name.empty()) po.fail("name", "must not be empty");
+      if (!tensor_names.insert(t.name).second) po.fail("name", "duplicate tensor name '" + t.name + "'");
+      t.shape = read_shape(po, "shape");
+      t.numel = numel(t.shape);
+      std::string role = po.opt_string("role").value_or("weight");
+      auto r = parse_tensor_role(role);
+      if (!r) po.fail("role", "unknown role '" + role + "' (valid: weight, bias, norm_scale, norm_shift, embedding)");
+      t.role = *r;
+      t.layer = static_cast<int>(i);
+      po.finish();
+      m.tensors.push_back(std::move(t));
+    }
+    l.tensor_count = static_cast<int>(params.size());
+    lo.finish();
+    m.layers.push_back(std::move(l));
+  }
+  root.finish();
+  if (m.tensors.empty()) throw InputError(origin + ": $.layers: the model has no parameter tensors");
+  return m;
+}
+
+Model load_model_file(const std::string& path) { return model_from_json(parse_json_file(path), path); }
+
+}  // namespace fuseplan

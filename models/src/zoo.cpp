@@ -1,0 +1,117 @@
+// The zoo table (name -> description -> builder) and model loading by name or path.
+#include "fuseplan/models/zoo.hpp"
+
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
+#include "zoo_internal.hpp"
+
+namespace fuseplan {
+
+namespace {
+using zoo_detail::CnnOptions;
+using zoo_detail::TransformerConfig;
+
+CnnOptions cnn(const ModelOptions& o, int default_res) {
+  CnnOptions c;
+  c.resolution = o.resolution.value_or(default_res);
+  c.channels = o.channels.value_or(3);
+  c.classes = o.classes.value_or(1000);
+  return c;
+}
+
+//                     name            vocab  positions hidden layers heads  inter  default seq
+const TransformerConfig kBertBase{"bert_base", 30522, 512, 768, 12, 12, 3072, 128};
+const TransformerConfig kBertLarge{"bert_large", 30522, 512, 1024, 24, 16, 4096, 128};
+const TransformerConfig kGpt2{"gpt2", 50257, 1024, 768, 12, 12, 3072, 1024};
+const TransformerConfig kGpt2Xl{"gpt2_xl", 50257, 1024, 1600, 48, 25, 6400, 1024};
+
+TransformerConfig with_seq(TransformerConfig c, const ModelOptions& o) {
+  if (o.seq_len) c.seq_len = *o.seq_len;
+  return c;
+}
+
+Model resnet_by_depth(const std::string& name, const ModelOptions& o) {
+  auto c = cnn(o, 224);
+  if (name == "resnet18") return zoo_detail::resnet(name, {2, 2, 2, 2}, false, c);
+  if (name == "resnet34") return zoo_detail::resnet(name, {3, 4, 6, 3}, false, c);
+  if (name == "resnet50") return zoo_detail::resnet(name, {3, 4, 6, 3}, true, c);
+  if (name == "resnet101") return zoo_detail::resnet(name, {3, 4, 23, 3}, true, c);
+  return zoo_detail::resnet(name, {3, 8, 36, 3}, true, c);
+}
+
+const std::vector<ZooEntry> kZoo{
+    {"alexnet", "AlexNet, torchvision layout (64-192-384-256-256)", false, 224, 64,
+     [](const ModelOptions& o) { return zoo_detail::alexnet(cnn(o, 224)); }},
+    {"alexnet_bn", "AlexNet-BN of the 4-minute paper: BN after conv1-5, pool5, fc6, fc7", false, 227, 64,
+     [](const ModelOptions& o) { return zoo_detail::alexnet_bn(cnn(o, 227)); }},
+    {"vgg16", "VGG-16 (configuration D), torchvision", false, 224, 32,
+     [](const ModelOptions& o) { return zoo_detail::vgg16(cnn(o, 224)); }},
+    {"resnet18", "ResNet-18, torchvision", false, 224, 32,
+     [](const ModelOptions& o) { return resnet_by_depth("resnet18", o); }},
+    {"resnet34", "ResNet-34, torchvision", false, 224, 32,
+     [](const ModelOptions& o) { return resnet_by_depth("resnet34", o); }},
+    {"resnet50", "ResNet-50 v1.5, torchvision", false, 224, 32,
+     [](const ModelOptions& o) { return resnet_by_depth("resnet50", o); }},
+    {"resnet101", "ResNet-101 v1.5, torchvision", false, 224, 32,
+     [](const ModelOptions& o) { return resnet_by_depth("resnet101", o); }},
+    {"resnet152", "ResNet-152 v1.5, torchvision", false, 224, 32,
+     [](const ModelOptions& o) { return resnet_by_depth("resnet152", o); }},
+    {"bert_base", "BERT-base (BertModel with pooler), Hugging Face", true, 128, 32,
+     [](const ModelOptions& o) { return zoo_detail::bert(with_seq(kBertBase, o)); }},
+    {"bert_large", "BERT-large (BertModel with pooler), Hugging Face", true, 128, 16,
+     [](const ModelOptions& o) { return zoo_detail::bert(with_seq(kBertLarge, o)); }},
+    {"gpt2", "GPT-2 124M (GPT2Model + tied LM head), Hugging Face", true, 1024, 8,
+     [](const ModelOptions& o) { return zoo_detail::gpt2(with_seq(kGpt2, o)); }},
+    {"gpt2_xl", "GPT-2 XL 1.5B (GPT2Model + tied LM head), Hugging Face", true, 1024, 2,
+     [](const ModelOptions& o) { return zoo_detail::gpt2(with_seq(kGpt2Xl, o)); }},
+};
+
+bool looks_like_path(const std::string& s) {
+  return s.find('/') != std::string::npos || (s.size() > 5 && s.substr(s.size() - 5) == ".json");
+}
+}  // namespace
+
+const std::vector<ZooEntry>& zoo() { return kZoo; }
+
+const ZooEntry* find_zoo(const std::string& name) {
+  for (const auto& e : kZoo)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+std::string zoo_names() {
+  std::string out;
+  for (const auto& e : kZoo) out += (out.empty() ? "" : ", ") + e.name;
+  return out;
+}
+
+Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
+  const ZooEntry* e = find_zoo(name);
+  if (!e) throw InputError("--model: unknown model '" + name + "' (zoo: " + zoo_names() + "; or a model .json path)");
+  if (e->is_transformer && (opt.resolution || opt.channels || opt.classes))
+    throw InputError("--resolution/--channels/--classes do not apply to " + name + " (a transformer; use --seq-len)");
+  if (!e->is_transformer && opt.seq_len)
+    throw InputError("--seq-len does not apply to " + name + " (a CNN; use --resolution)");
+  auto positive = [&](const std::optional<int>& v, const char* flag) {
+    if (v && *v <= 0) throw InputError(std::string(flag) + ": must be > 0 (got " + std::to_string(*v) + ")");
+  };
+  positive(opt.resolution, "--resolution");
+  positive(opt.channels, "--channels");
+  positive(opt.classes, "--classes");
+  positive(opt.seq_len, "--seq-len");
+  return e->build(opt);
+}
+
+Model load_model(const std::string& name_or_path, const ModelOptions& opt) {
+  if (!looks_like_path(name_or_path)) return build_zoo_model(name_or_path, opt);
+  if (opt.resolution || opt.channels || opt.classes || opt.seq_len)
+    throw InputError("--resolution/--channels/--classes/--seq-len apply to zoo models, not to " + name_or_path);
+  return load_model_file(name_or_path);
+}
+
+int default_batch_per_gpu(const std::string& name_or_path) {
+  const ZooEntry* e = find_zoo(name_or_path);
+  return e ? e->default_batch_per_gpu : 32;
+}
+
+}  // namespace fuseplan

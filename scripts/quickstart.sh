@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs dependencies, builds Release and runs the main job on the shipped defaults:
+# predict ResNet-50 (32 per GPU) on the 4-minute paper's P40 cluster at 1024 GPUs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+cmake --preset release >/dev/null
+cmake --build --preset release
+./build/release/cli/fuseplan predict "$@"
