@@ -92,9 +92,22 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   c.device.mem_bw_GBps = d.positive("mem_bw_GBps");
   c.device.mem_GiB = d.opt_number("mem_GiB").value_or(0);
   if (c.device.mem_GiB < 0) d.fail("mem_GiB", "must be >= 0");
-  c.device.compute_efficiency = d.positive("compute_efficiency");
+  // One fraction for every precision, or an object keyed like peak_TFLOPS.
+  if (d.has("compute_efficiency") && d.raw("compute_efficiency").is_object()) {
+    auto eff = d.object("compute_efficiency");
+    for (auto [p, peak] : c.device.peak_TFLOPS) {
+      std::string key(precision_name(p));
+      double e = eff.positive(key);
+      if (e > 1) eff.fail(key, "is a fraction of peak, must be <= 1");
+      c.device.compute_efficiency[p] = e;
+    }
+    eff.finish();
+  } else {
+    double e = d.positive("compute_efficiency");
+    if (e > 1) d.fail("compute_efficiency", "is a fraction of peak, must be <= 1");
+    for (auto [p, peak] : c.device.peak_TFLOPS) c.device.compute_efficiency[p] = e;
+  }
   c.device.memory_efficiency = d.positive("memory_efficiency");
-  if (c.device.compute_efficiency > 1) d.fail("compute_efficiency", "is a fraction of peak, must be <= 1");
   if (c.device.memory_efficiency > 1) d.fail("memory_efficiency", "is a fraction of peak, must be <= 1");
   c.device.kernel_overhead_us = d.opt_number("kernel_overhead_us").value_or(0);
   if (c.device.kernel_overhead_us < 0) d.fail("kernel_overhead_us", "must be >= 0");
@@ -168,7 +181,9 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
 
 nlohmann::json cluster_to_json(const Cluster& c) {
   nlohmann::json peaks = nlohmann::json::object();
+  nlohmann::json efficiency = nlohmann::json::object();
   for (auto [p, v] : c.device.peak_TFLOPS) peaks[std::string(precision_name(p))] = v;
+  for (auto [p, v] : c.device.compute_efficiency) efficiency[std::string(precision_name(p))] = v;
   nlohmann::json j{{"schema", kClusterSchema},
                    {"name", c.name},
                    {"description", c.description},
@@ -179,7 +194,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
                      {"peak_TFLOPS", peaks},
                      {"mem_bw_GBps", c.device.mem_bw_GBps},
                      {"mem_GiB", c.device.mem_GiB},
-                     {"compute_efficiency", c.device.compute_efficiency},
+                     {"compute_efficiency", efficiency},
                      {"memory_efficiency", c.device.memory_efficiency},
                      {"kernel_overhead_us", c.device.kernel_overhead_us}}},
                    {"intra_node", {{"kind", c.intra.kind}, {"bw_GBps", c.intra.bw_GBps}, {"lat_us", c.intra.lat_us}}},

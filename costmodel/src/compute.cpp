@@ -19,7 +19,7 @@ constexpr double kOptimizerBytesPerParam = 28.0;
 
 ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precision p) {
   if (batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(batch) + ")");
-  const double flops = c.peak_flops(p) * c.device.compute_efficiency;
+  const double flops = c.achievable_flops(p);
   const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency;
   const double eb = bytes_per_element(p);
   const double overhead = c.device.kernel_overhead_us * 1e-6;

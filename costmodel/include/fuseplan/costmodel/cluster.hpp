@@ -18,7 +18,7 @@ struct DeviceSpec {
   std::map<Precision, double> peak_TFLOPS;  // absent precision = unsupported
   double mem_bw_GBps = 0;
   double mem_GiB = 0;
-  double compute_efficiency = 0.5;  // achievable fraction of peak FLOP/s
+  std::map<Precision, double> compute_efficiency;  // achievable fraction of peak FLOP/s
   double memory_efficiency = 0.7;   // achievable fraction of memory bandwidth
   double kernel_overhead_us = 0;    // fixed cost per layer pass (kernel launch)
 };
@@ -61,6 +61,7 @@ struct Cluster {
 
   int capacity() const { return nodes * gpus_per_node; }
   double peak_flops(Precision p) const;  // FLOP/s; InputError if the device lacks it
+  double achievable_flops(Precision p) const { return peak_flops(p) * device.compute_efficiency.at(p); }
   // Seconds per byte reduced: three memory passes (two reads, one write) per byte.
   double gamma_s_per_byte() const;
 };

@@ -1,0 +1,36 @@
+// `fuseplan clusters`: the shipped cluster files, one line each.
+#include <iostream>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/cluster.hpp"
+
+namespace fuseplan::cli {
+
+void add_clusters_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("clusters", "List the shipped cluster files (configs/clusters/*.json)");
+  static bool json = false;
+  cmd->add_flag("--json", json, "print the parsed cluster files as JSON");
+  cmd->callback([] {
+    nlohmann::json out = nlohmann::json::array();
+    Table t({"<cluster", "nodes", "GPUs/node", "<device", "fp16 TFLOPS", "<intra-node", "<inter-node", "<description"});
+    for (const auto& name : shipped_cluster_names()) {
+      Cluster c = load_cluster(name);
+      out.push_back(cluster_to_json(c));
+      auto fp16 = c.device.peak_TFLOPS.count(Precision::FP16) ? fixed(c.device.peak_TFLOPS.at(Precision::FP16), 1) : "-";
+      std::string inter = "-";
+      if (c.inter)
+        inter = std::to_string(c.inter->nics_per_node) + " x " + fixed(c.inter->nic_bw_Gbps, 0) + " Gb/s " +
+                c.inter->topology + (c.inter->gdr ? ", GDR" : ", host-staged");
+      t.row({c.name, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
+             c.intra.kind + " " + fixed(c.intra.bw_GBps, 0) + " GB/s", inter, c.description});
+    }
+    if (json) std::cout << out.dump(2) << "\n";
+    else {
+      t.print(std::cout);
+      std::cout << "\nfrom " << config_dir() << "/clusters (override with FUSEPLAN_CONFIG_DIR); --cluster also takes a path\n";
+    }
+  });
+}
+
+}  // namespace fuseplan::cli

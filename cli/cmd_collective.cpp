@@ -1,0 +1,84 @@
+// `fuseplan collective`: the table NVIDIA nccl-tests' all_reduce_perf would print
+// (size, count, type, time, algbw, busbw), predicted by the cost model.
+#include <iostream>
+#include <memory>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+struct CollectiveFlags {
+  std::string algorithm = "auto", cluster = "tencent-p40", sizes = "4K:256M", precision = "fp32";
+  int gpus = 8, group = 0, torus_x = 0;
+  double step = 2;
+  bool json = false;
+};
+
+std::string algorithms_help() {
+  std::string h = "allreduce algorithm: auto (cheapest per size) or one of:";
+  for (const auto& a : algorithms()) h += "\n  " + std::string(a.name) + ": " + std::string(a.description);
+  return h;
+}
+}  // namespace
+
+void add_collective_command(CLI::App& app) {
+  auto f = std::make_shared<CollectiveFlags>();
+  auto* cmd = app.add_subcommand("collective", "Predict an allreduce sweep in the format of nccl-tests' all_reduce_perf");
+  cmd->add_option("--algorithm", f->algorithm, algorithms_help())->capture_default_str();
+  cmd->add_option("--gpus", f->gpus, "number of ranks")->capture_default_str();
+  cmd->add_option("--cluster", f->cluster, "shipped cluster name or a .json path")->capture_default_str();
+  cmd->add_option("--sizes", f->sizes, "MIN:MAX message bytes per rank, like nccl-tests -b/-e (K, M, G = 1024^n)")
+      ->capture_default_str();
+  cmd->add_option("--step-factor", f->step, "multiply the size by this each row, like nccl-tests -f")->capture_default_str();
+  cmd->add_option("--precision", f->precision, "element type: fp32 (nccl-tests float) | fp16 | bf16")->capture_default_str();
+  cmd->add_option("--group", f->group, "hierarchical group size in GPUs (default: GPUs per node)");
+  cmd->add_option("--torus-x", f->torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
+  cmd->callback([f] {
+    Cluster c = load_cluster(f->cluster);
+    Precision p = parse_precision(f->precision, "--precision");
+    auto colon = f->sizes.find(':');
+    std::string lo_s = f->sizes.substr(0, colon), hi_s = colon == std::string::npos ? lo_s : f->sizes.substr(colon + 1);
+    int64_t lo = parse_bytes(lo_s, "--sizes"), hi = parse_bytes(hi_s, "--sizes");
+    if (hi < lo) throw InputError("--sizes: MAX must be >= MIN");
+    if (!(f->step > 1)) throw InputError("--step-factor: must be > 1 (got " + fixed(f->step, 3) + ")");
+    if (f->algorithm != "auto") find_algorithm(f->algorithm);
+    CollectiveModel model(c, f->gpus, {f->group, f->torus_x});
+    const int eb = bytes_per_element(p);
+    const char* type = p == Precision::FP32 ? "float" : (p == Precision::FP16 ? "half" : "bfloat16");
+    nlohmann::json rows = nlohmann::json::array();
+    Table t({"size", "count", "<type", "<redop", "time", "algbw", "busbw", "<algorithm"});
+    for (double size = double(lo); size <= double(hi) * (1 + 1e-9); size *= f->step) {
+      int64_t count = std::max<int64_t>(1, static_cast<int64_t>(size) / eb);
+      int64_t bytes = count * eb;
+      auto ch = model.cost(f->algorithm, count, p);
+      double s = ch.total_s();
+      double alg = algbw_GBps(double(bytes), s), bus = busbw_GBps(double(bytes), s, f->gpus);
+      t.row({std::to_string(bytes), std::to_string(count), type, "sum", fixed(s * 1e6, 2), fixed(alg, 2), fixed(bus, 2),
+             std::string(ch.algorithm->name) + (ch.calibrated ? " (calibrated)" : "")});
+      rows.push_back({{"size_bytes", bytes}, {"count", count}, {"type", type}, {"time_us", s * 1e6}, {"algbw_GBps", alg},
+                      {"busbw_GBps", bus}, {"algorithm", ch.algorithm->name}, {"latency_us", ch.cost.latency_s * 1e6},
+                      {"bandwidth_us", ch.cost.bandwidth_s * 1e6}, {"reduce_us", ch.cost.reduce_s * 1e6},
+                      {"launch_us", ch.launch_s * 1e6}, {"rounds", ch.cost.rounds}});
+    }
+    if (f->json) {
+      std::cout << nlohmann::json{{"cluster", c.name}, {"gpus", f->gpus}, {"algorithm", f->algorithm}, {"rows", rows}}.dump(2)
+                << "\n";
+      return;
+    }
+    int nodes = (f->gpus + c.gpus_per_node - 1) / c.gpus_per_node;
+    std::cout << "# fuseplan collective: allreduce, " << f->gpus << " ranks on " << c.name << " (" << nodes
+              << " node" << (nodes == 1 ? "" : "s") << "), algorithm " << f->algorithm << ", predicted\n"
+              << "# time in us, algbw = bytes / time, busbw = algbw * 2(n-1)/n (nccl-tests definitions)\n#\n";
+    std::ostringstream os;
+    t.print(os, "  ");
+    std::cout << os.str();
+  });
+}
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,87 @@
+// `fuseplan models` (the zoo table) and `fuseplan show MODEL` (layers and tensors).
+#include <iostream>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/models/model_json.hpp"
+
+namespace fuseplan::cli {
+
+void ModelFlags::add(CLI::App* app, bool positional) {
+  const char* help = "zoo name (see `fuseplan models`) or a model .json path";
+  model_opt = positional ? app->add_option("model", model, help)->required() : app->add_option("--model", model, help)->capture_default_str();
+  app->add_option("--resolution", resolution, "CNN input height = width in pixels (zoo default: 224, alexnet_bn 227)");
+  app->add_option("--channels", channels, "CNN input channels (default 3)");
+  app->add_option("--classes", classes, "CNN classifier outputs (default 1000)");
+  app->add_option("--seq-len", seq_len, "transformer sequence length in tokens (bert 128, gpt2 1024)");
+}
+
+ModelOptions ModelFlags::options() const {
+  ModelOptions o;
+  if (resolution) o.resolution = resolution;
+  if (channels) o.channels = channels;
+  if (classes) o.classes = classes;
+  if (seq_len) o.seq_len = seq_len;
+  return o;
+}
+
+void add_models_commands(CLI::App& app) {
+  auto* models = app.add_subcommand("models", "List the model zoo: tensors, parameters, forward GFLOPs per sample");
+  static bool models_json = false;
+  models->add_flag("--json", models_json, "print JSON instead of a table");
+  models->callback([] {
+    nlohmann::json out = nlohmann::json::array();
+    Table t({"<model", "tensors", "parameters", "fwd GFLOPs", "bwd GFLOPs", "<input", "<description"});
+    for (const auto& e : zoo()) {
+      Model m = e.build({});
+      std::string input = e.is_transformer ? std::to_string(m.input_shape[0]) + " tokens" : shape_str(m.input_shape);
+      t.row({e.name, std::to_string(m.tensors.size()), grouped(m.param_count()), fixed(m.fwd_flops() / 1e9, 2),
+             fixed(m.bwd_flops() / 1e9, 2), input, e.description});
+      out.push_back({{"name", e.name}, {"tensors", m.tensors.size()}, {"params", m.param_count()},
+                     {"fwd_flops", m.fwd_flops()}, {"bwd_flops", m.bwd_flops()}, {"input_shape", m.input_shape},
+                     {"default_batch_per_gpu", e.default_batch_per_gpu}, {"description", e.description}});
+    }
+    if (models_json) std::cout << out.dump(2) << "\n";
+    else t.print(std::cout);
+  });
+
+  auto* show = app.add_subcommand("show", "Show one model layer by layer and tensor by tensor (or export its JSON)");
+  static ModelFlags mf;
+  static bool show_json = false;
+  static std::string export_path;
+  mf.add(show, true);
+  show->add_flag("--json", show_json, "print the model JSON (schema fuseplan.model/1) instead of tables");
+  show->add_option("--export", export_path, "write the model JSON to FILE (atomic)");
+  show->callback([] {
+    Model m = load_model(mf.model, mf.options());
+    if (!export_path.empty()) write_file_atomic(export_path, model_to_json(m).dump(1) + "\n");
+    if (show_json) {
+      std::cout << model_to_json(m).dump(1) << "\n";
+      return;
+    }
+    std::cout << m.name << ": " << m.layers.size() << " layers, " << m.tensors.size() << " tensors, "
+              << grouped(m.param_count()) << " parameters, " << fixed(m.fwd_flops() / 1e9, 3)
+              << " GFLOPs forward and " << fixed(m.bwd_flops() / 1e9, 3) << " backward per sample, input "
+              << shape_str(m.input_shape) << ", fingerprint " << m.fingerprint_hex() << "\n\nLayers (forward order)\n";
+    Table lt({"#", "<layer", "<kind", "<output", "params", "fwd MFLOPs", "bwd MFLOPs", "activations"});
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+      const auto& l = m.layers[i];
+      int64_t params = 0;
+      for (int k = 0; k < l.tensor_count; ++k) params += m.tensors[l.first_tensor + k].numel;
+      lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)), shape_str(l.out_shape), grouped(params),
+              fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops / 1e6, 2), grouped(l.activation_elems)});
+    }
+    lt.print(std::cout, "  ");
+    std::cout << "\nParameter tensors (fwd = forward index; bwd = gradient order, which plans use)\n";
+    Table tt({"fwd", "bwd", "<tensor", "<shape", "elements", "<role"});
+    for (size_t i = 0; i < m.tensors.size(); ++i) {
+      const auto& t = m.tensors[i];
+      tt.row({std::to_string(i), std::to_string(m.tensors.size() - 1 - i), t.name, shape_str(t.shape), grouped(t.numel),
+              std::string(tensor_role_name(t.role))});
+    }
+    tt.print(std::cout, "  ");
+  });
+}
+
+}  // namespace fuseplan::cli

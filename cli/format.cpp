@@ -1,0 +1,80 @@
+// Table and unit formatting.
+#include "format.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace fuseplan::cli {
+
+Table::Table(std::vector<std::string> headers) {
+  for (auto& h : headers) {
+    bool left = !h.empty() && h[0] == '<';
+    left_.push_back(left);
+    headers_.push_back(left ? h.substr(1) : h);
+  }
+}
+
+void Table::row(std::vector<std::string> cells) {
+  cells.resize(headers_.size());
+  rows_.push_back(std::move(cells));
+}
+
+void Table::print(std::ostream& os, const std::string& indent) const {
+  std::vector<size_t> w(headers_.size());
+  for (size_t c = 0; c < headers_.size(); ++c) {
+    w[c] = headers_[c].size();
+    for (const auto& r : rows_) w[c] = std::max(w[c], r[c].size());
+  }
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string out = indent;
+    for (size_t c = 0; c < cells.size(); ++c) {
+      std::string pad(w[c] - cells[c].size(), ' ');
+      out += left_[c] ? cells[c] + pad : pad + cells[c];
+      if (c + 1 < cells.size()) out += "  ";
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    os << out << '\n';
+  };
+  line(headers_);
+  for (const auto& r : rows_) line(r);
+}
+
+std::string fixed(double v, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+std::string grouped(int64_t v) {
+  std::string digits = std::to_string(v < 0 ? -v : v), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return v < 0 ? "-" + out : out;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return fixed(b, u == 0 ? 0 : 1) + " " + units[u];
+}
+
+std::string ms(double s, int decimals) { return fixed(s * 1e3, decimals); }
+
+std::string human_duration(double s) {
+  if (s < 1) return fixed(s * 1e3, 1) + " ms";
+  if (s < 120) return fixed(s, 1) + " s";
+  if (s < 2 * 3600) return fixed(s / 60, 1) + " min";
+  if (s < 2 * 86400) return fixed(s / 3600, 1) + " h";
+  return fixed(s / 86400, 1) + " days";
+}
+
+std::string percent(double f, int decimals) { return fixed(100 * f, decimals) + " %"; }
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,30 @@
+// Human-readable output helpers for the CLI: aligned tables and unit formatting.
+#pragma once
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace fuseplan::cli {
+
+class Table {
+ public:
+  // A header starting with '<' is left-aligned (the '<' is dropped); others right-aligned.
+  explicit Table(std::vector<std::string> headers);
+  void row(std::vector<std::string> cells);
+  void print(std::ostream& os, const std::string& indent = "") const;
+
+ private:
+  std::vector<std::string> headers_;
+  std::vector<bool> left_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+std::string fixed(double v, int decimals);
+std::string grouped(int64_t v);          // 25,557,032
+std::string human_bytes(double bytes);   // 97.5 MiB
+std::string ms(double seconds, int decimals = 2);
+std::string human_duration(double seconds);  // 6.6 min, 1.2 h
+std::string percent(double fraction, int decimals = 1);
+
+}  // namespace fuseplan::cli
