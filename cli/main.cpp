@@ -18,6 +18,15 @@ int main(int argc, char** argv) {
   fuseplan::cli::add_predict_command(app);
   fuseplan::cli::add_collective_command(app);
   try {
+    if (argc > 1 && argv[1][0] != '-') {
+      std::string first = argv[1], names;
+      bool known = false;
+      for (const auto* sub : app.get_subcommands({})) {
+        names += (names.empty() ? "" : ", ") + sub->get_name();
+        known = known || sub->get_name() == first;
+      }
+      if (!known) throw fuseplan::InputError("unknown command '" + first + "' (valid: " + names + ")");
+    }
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);

@@ -3,7 +3,8 @@
 // pipelined chunks. Tree A is NCCL's in-order btree over ranks; tree B mirrors it (p even)
 // or shifts it by one (p odd). Synchronous rounds: reduce phase H + k - 1 rounds (a node
 // of height h sends chunk c up in round h + c), then broadcast phase H + k - 1 rounds.
-// In steady state a rank moves 2 chunks of n/(2k) through each port per round, so
+// In steady state a rank moves 2 chunks of n/(2k) through each port per round (1 when
+// p = 2), so
 // T = 2(H + k - 1)(alpha + (n/k) beta) + (H + k - 1)(n/k) gamma, with k chosen to
 // minimise T: k* = sqrt((H-1) n (2 beta + gamma) / (2 alpha)), 1 <= k <= kMaxChunks.
 // As k grows T -> 2n beta + n gamma: NCCL's "tree algbw = busbw / 2". The closed form
@@ -98,9 +99,17 @@ Profile profile(const CollectiveArgs& a) {
         upf.emplace_back(r, t->up[r]);
         downf.emplace_back(t->up[r], r);
       }
+  // Steady-state chunks through the busiest port: children of both trees (reduce in,
+  // broadcast out) or parents of both trees; 2 for p > 2, 1 for p = 2.
+  int load = 0;
+  for (int r = 0; r < p; ++r) {
+    int children = static_cast<int>(A.down[r].size() + B.down[r].size());
+    int parents = (A.up[r] >= 0) + (B.up[r] >= 0);
+    load = std::max({load, children, parents});
+  }
   double chunk = 1.0 / (2 * k);
-  return {coll::round_class(a.topo, a.net, upf, chunk, 2 * chunk, 2 * chunk, H + k - 1),
-          coll::round_class(a.topo, a.net, downf, chunk, 2 * chunk, 0, H + k - 1)};
+  return {coll::round_class(a.topo, a.net, upf, chunk, load * chunk, load * chunk, H + k - 1),
+          coll::round_class(a.topo, a.net, downf, chunk, load * chunk, 0, H + k - 1)};
 }
 
 Schedule schedule(const CollectiveArgs& a) {

@@ -1,0 +1,105 @@
+// Cluster files: the shipped ones load; bad values are refused with file and JSON path.
+#include <catch2/catch.hpp>
+
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/json_reader.hpp"
+
+using namespace fuseplan;
+
+namespace {
+nlohmann::json p40() { return parse_json_file(config_dir() + "/clusters/tencent-p40.json"); }
+void expect_error(const nlohmann::json& j, const std::string& text) {
+  CHECK_THROWS_WITH(cluster_from_json(j, "c.json"), Catch::Contains(text));
+}
+}  // namespace
+
+TEST_CASE("shipped clusters load and hold the paper's scale") {
+  auto names = shipped_cluster_names();
+  for (const char* n : {"tencent-p40", "dgx1-v100", "dgx-a100", "dgx-h100", "local-cpu"})
+    CHECK(std::find(names.begin(), names.end(), n) != names.end());
+  for (const auto& n : names) {
+    INFO(n);
+    Cluster c = load_cluster(n);
+    CHECK(c.name == n);
+    CHECK(c.capacity() >= 2);
+  }
+  Cluster c = load_cluster("tencent-p40");
+  CHECK(c.capacity() >= 2048);
+  CHECK(c.inter->gdr);
+  CHECK(c.provenance.count("device.peak_TFLOPS.fp16"));
+  // Round trip through JSON keeps the values.
+  Cluster back = cluster_from_json(cluster_to_json(c), "mem");
+  CHECK(back.intra.bw_GBps == c.intra.bw_GBps);
+  CHECK(back.gamma_s_per_byte() == Approx(c.gamma_s_per_byte()));
+}
+
+TEST_CASE("cluster validation names the file and the JSON path") {
+  auto j = p40();
+  j["inter_node"]["nic_bw_Gbps"] = -100;
+  expect_error(j, "c.json: $.inter_node.nic_bw_Gbps: must be > 0");
+  j = p40();
+  j["nodes"] = 0;
+  expect_error(j, "$.nodes: must be in [1,");
+  j = p40();
+  j["device"]["colour"] = "green";
+  expect_error(j, "$.device.colour: unknown key");
+  j = p40();
+  j["device"]["compute_efficiency"] = 1.5;
+  expect_error(j, "must be <= 1");
+  j = p40();
+  j.erase("inter_node");
+  expect_error(j, "$.inter_node: missing");
+  j = p40();
+  j["inter_node"]["topology"] = "hypercube";
+  expect_error(j, "valid: fat-tree, torus, dragonfly, star");
+  j = p40();
+  j["inter_node"]["gdr"] = false;
+  expect_error(j, "host_copy_bw_GBps: must be > 0 when gdr is false");
+  j = p40();
+  j["provenance"]["device.colour"] = "made up";
+  expect_error(j, "names no value in this file");
+  j = p40();
+  j["intra_node"]["bw_GBps"] = "fast";
+  expect_error(j, "$.intra_node.bw_GBps: expected a number, got string");
+  CHECK_THROWS_WITH(parse_json_text("{\"schema\": ", "c.json"), Catch::Contains("c.json: malformed JSON"));
+}
+
+TEST_CASE("GPU counts are checked against the cluster") {
+  Cluster c = load_cluster("tencent-p40");
+  CHECK_THROWS_WITH(check_gpu_count(c, 0, "--gpus"), Catch::Contains("--gpus: must be >= 1"));
+  CHECK_THROWS_WITH(check_gpu_count(c, 4096, "--gpus"), Catch::Contains("do not fit cluster tencent-p40"));
+  CHECK_NOTHROW(check_gpu_count(c, 2048, "--gpus"));
+  CHECK_THROWS_WITH(load_cluster("tencent-p41"), Catch::Contains("shipped: dgx-a100"));
+}
+
+TEST_CASE("calibrated constants replace the topology model for that algorithm") {
+  auto j = p40();
+  j["calibrated"]["ring"] = {{"alpha_us", 10.0}, {"beta_us_per_MB", 100.0}, {"gamma_us_per_MB", 0.0}};
+  Cluster c = cluster_from_json(j, "c.json");
+  CollectiveModel m(c, 64);
+  auto ch = m.cost("ring", 1 << 20, Precision::FP32);
+  CHECK(ch.calibrated);
+  double n = 4.0 * (1 << 20);
+  CHECK(ch.cost.total() == Approx(2 * 63 * 10e-6 + 2 * n * 63 / 64 * 100e-12));
+  j["calibrated"]["warp"] = j["calibrated"]["ring"];
+  CHECK_THROWS_WITH(CollectiveModel(cluster_from_json(j, "c.json"), 64), Catch::Contains("unknown algorithm 'warp'"));
+}
+
+TEST_CASE("auto picks the cheapest applicable algorithm") {
+  Cluster c = load_cluster("dgx-a100");
+  CollectiveModel m(c, 64);
+  for (int64_t count : {256, 1 << 16, 1 << 22, 1 << 26}) {
+    auto best = m.cost("auto", count, Precision::FP16);
+    for (const auto& a : algorithms()) {
+      if (!a.not_applicable(m.args(count, Precision::FP16)).empty()) continue;
+      CHECK(best.total_s() <= m.cost(a.name, count, Precision::FP16).total_s() * (1 + 1e-12));
+    }
+  }
+  CollectiveModel odd(c, 12);  // 12 GPUs = 1.5 nodes: hierarchical does not apply
+  CHECK_THROWS_WITH(odd.cost("hierarchical", 1024, Precision::FP16), Catch::Contains("multiple of the group size"));
+  CHECK(odd.cost("auto", 1024, Precision::FP16).algorithm != nullptr);
+  // FP16 transfer halves the bytes.
+  CHECK(m.cost("ring", 1 << 24, Precision::FP16).total_s() < m.cost("ring", 1 << 24, Precision::FP32).total_s());
+}

@@ -1,0 +1,154 @@
+// Model zoo totals pinned to the reference frameworks, builder shapes, model JSON.
+#include <catch2/catch.hpp>
+
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+using namespace fuseplan;
+
+namespace {
+double macs_of_matmuls(const Model& m) {
+  double macs = 0;
+  for (const auto& l : m.layers) {
+    if (l.kind != LayerKind::Conv2d && l.kind != LayerKind::Linear) continue;
+    double bias = l.attrs.bias ? double(numel(l.out_shape)) : 0;
+    macs += (l.fwd_flops - bias) / 2;
+  }
+  return macs;
+}
+}  // namespace
+
+TEST_CASE("reference totals: parameters and tensor counts match torchvision and Hugging Face") {
+  struct Ref {
+    const char* name;
+    int64_t params;
+    size_t tensors;
+  };
+  // torchvision / transformers state_dict parameter totals (buffers excluded).
+  const Ref refs[] = {{"resnet50", 25557032, 161}, {"alexnet", 61100840, 16}, {"vgg16", 138357544, 32},
+                      {"resnet18", 11689512, 62},  {"resnet34", 21797672, 110}, {"resnet101", 44549160, 314},
+                      {"resnet152", 60192808, 467}, {"bert_base", 109482240, 199}, {"bert_large", 335141888, 391},
+                      {"gpt2", 124439808, 148},    {"gpt2_xl", 1557611200, 580}};
+  for (const auto& r : refs) {
+    INFO(r.name);
+    Model m = build_zoo_model(r.name);
+    CHECK(m.param_count() == r.params);
+    CHECK(m.tensors.size() == r.tensors);
+  }
+}
+
+TEST_CASE("resnet50 costs about 4.1 GMACs forward at 224x224") {
+  Model m = build_zoo_model("resnet50");
+  double gmacs = macs_of_matmuls(m) / 1e9;
+  CHECK(gmacs == Approx(4.09).margin(0.03));  // torchvision/fvcore: 4.09 GMACs
+  CHECK(m.layers.back().out_shape == Shape{1000});
+}
+
+TEST_CASE("tensor names and order follow the frameworks") {
+  Model r = build_zoo_model("resnet50");
+  CHECK(r.tensors.front().name == "conv1.weight");
+  CHECK(r.tensors[1].name == "bn1.weight");
+  CHECK(r.tensors[6].name == "layer1.0.conv2.weight");  // conv1, bn1.w/b, l1.0.conv1, bn1.w/b
+  CHECK(r.tensors[3].name == "layer1.0.conv1.weight");
+  CHECK(r.tensors.back().name == "fc.bias");
+  // Bottleneck registration order: conv1 bn1 conv2 bn2 conv3 bn3 downsample.0 downsample.1.
+  auto idx = [&](const std::string& n) {
+    for (size_t i = 0; i < r.tensors.size(); ++i)
+      if (r.tensors[i].name == n) return static_cast<int>(i);
+    return -1;
+  };
+  CHECK(idx("layer1.0.bn3.bias") + 1 == idx("layer1.0.downsample.0.weight"));
+  CHECK(idx("layer2.0.downsample.1.bias") + 1 == idx("layer2.1.conv1.weight"));
+  CHECK(r.tensors[idx("layer4.2.conv3.weight")].shape == Shape{2048, 512, 1, 1});
+
+  Model a = build_zoo_model("alexnet");
+  CHECK(a.tensors[0].name == "features.0.weight");
+  CHECK(a.tensors[10].name == "classifier.1.weight");
+  CHECK(a.tensors[10].shape == Shape{4096, 9216});
+
+  Model b = build_zoo_model("bert_base");
+  CHECK(b.tensors[0].name == "embeddings.word_embeddings.weight");
+  CHECK(b.tensors[5].name == "encoder.layer.0.attention.self.query.weight");
+  CHECK(b.tensors.back().name == "pooler.dense.bias");
+
+  Model g = build_zoo_model("gpt2");
+  CHECK(g.tensors[0].name == "wte.weight");
+  CHECK(g.tensors[4].name == "h.0.attn.c_attn.weight");
+  CHECK(g.tensors[4].shape == Shape{768, 2304});  // Conv1D stores [in, out]
+  CHECK(g.tensors.back().name == "ln_f.bias");
+}
+
+TEST_CASE("alexnet_bn puts BatchNorm after conv1-5, pool5, fc6 and fc7") {
+  Model m = build_zoo_model("alexnet_bn");
+  std::vector<std::string> bn_after;
+  for (size_t i = 1; i < m.layers.size(); ++i)
+    if (m.layers[i].kind == LayerKind::BatchNorm) bn_after.push_back(m.layers[m.layers[i].inputs[0]].name);
+  CHECK(bn_after == std::vector<std::string>{"conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7"});
+  CHECK(m.tensors.size() == 25);
+  // Convolutions and fc6/fc7 feed a BN and carry no bias; fc8 has one.
+  for (const auto& t : m.tensors)
+    if (t.role == TensorRole::Bias) CHECK(t.name == "fc8.bias");
+  CHECK(m.input_shape == Shape{3, 227, 227});
+}
+
+TEST_CASE("model options change shapes, and impossible shapes are refused") {
+  ModelOptions o;
+  o.resolution = 32;
+  o.classes = 10;
+  o.channels = 1;
+  Model r = build_zoo_model("resnet18", o);
+  CHECK(r.tensors.front().shape == Shape{64, 1, 7, 7});
+  CHECK(r.tensors.back().shape == Shape{10});
+  ModelOptions tiny;
+  tiny.resolution = 28;
+  CHECK_THROWS_AS(build_zoo_model("alexnet", tiny), InputError);
+  ModelOptions seq;
+  seq.seq_len = 4096;
+  CHECK_THROWS_WITH(build_zoo_model("gpt2", seq), Catch::Contains("exceeds the position table"));
+  CHECK_THROWS_WITH(build_zoo_model("resnet9"), Catch::Contains("zoo: alexnet"));
+  CHECK_THROWS_AS(build_zoo_model("bert_base", o), InputError);
+  ModelOptions short_seq;
+  short_seq.seq_len = 64;
+  CHECK(build_zoo_model("bert_base", short_seq).param_count() == 109482240);  // positions table stays 512
+}
+
+TEST_CASE("FLOPs: backward is about twice forward for matmul layers, the first conv skips its input gradient") {
+  Model m = build_zoo_model("resnet50");
+  const Layer& first = m.layers[0];
+  CHECK(first.bwd_flops == Approx(first.fwd_flops));
+  const Layer& fc = m.layers.back();
+  CHECK(fc.bwd_flops == Approx(2 * fc.fwd_flops));
+  CHECK(m.bwd_flops() / m.fwd_flops() == Approx(2.0).margin(0.1));
+}
+
+TEST_CASE("model JSON round-trips and rejects bad files") {
+  for (const auto& name : {"resnet50", "bert_base", "alexnet_bn"}) {
+    Model m = build_zoo_model(name);
+    Model back = model_from_json(model_to_json(m), "mem");
+    CHECK(back.fingerprint() == m.fingerprint());
+    CHECK(back.param_count() == m.param_count());
+    CHECK(back.fwd_flops() == Approx(m.fwd_flops()));
+    CHECK(back.layers.size() == m.layers.size());
+    CHECK(back.layers[3].attrs == m.layers[3].attrs);
+  }
+  nlohmann::json j = model_to_json(build_zoo_model("resnet18"));
+  auto bad = j;
+  bad["layers"][0]["colour"] = "red";
+  CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("x.json: $.layers[0].colour: unknown key"));
+  bad = j;
+  bad["layers"][1]["kind"] = "conv3d";
+  CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("unknown layer kind 'conv3d'"));
+  bad = j;
+  bad["layers"][0]["fwd_flops"] = -1;
+  CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("$.layers[0].fwd_flops: must be >= 0"));
+  bad = j;
+  bad["layers"][1]["params"] = j["layers"][0]["params"];
+  CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("duplicate tensor name"));
+  bad = j;
+  bad["schema"] = "fuseplan.model/9";
+  CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("unsupported schema"));
+  bad = j;
+  bad["layers"][2]["measured"] = {{"fwd_us", 10}, {"bwd_us", 20}, {"batch", 0}};
+  CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("measured.batch"));
+}

@@ -1,0 +1,190 @@
+// Predictor: the overlap timeline against hand calculations, plans and bucket specs,
+// multi-stream sharing, and the Chrome trace.
+#include <catch2/catch.hpp>
+
+#include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/models/builder.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+using namespace fuseplan;
+
+namespace {
+// A three-layer MLP whose layer times are measured (so the compute model is exact).
+Model toy() {
+  ModelBuilder b("toy", {1024});
+  int x = b.linear("l0", ModelBuilder::kInput, 1024, false);
+  x = b.linear("l1", x, 1024, false);
+  b.linear("l2", x, 1024, false);
+  Model m = b.finish();
+  // backward: l2 2 ms, l1 3 ms, l0 4 ms; forward 1 ms each.
+  double bwd[] = {4000, 3000, 2000};
+  for (int i = 0; i < 3; ++i) m.layers[i].measured = MeasuredTime{1000, bwd[i], 8};
+  return m;
+}
+
+Cluster toy_cluster(double bw_GBps, double lat_us) {
+  nlohmann::json j{{"schema", "fuseplan.cluster/1"},
+                   {"name", "toy"},
+                   {"nodes", 1},
+                   {"gpus_per_node", 4},
+                   {"device", {{"name", "d"}, {"peak_TFLOPS", {{"fp32", 1.0}}}, {"mem_bw_GBps", 1000}, {"compute_efficiency", 1.0}, {"memory_efficiency", 1.0}}},
+                   {"intra_node", {{"kind", "nvlink"}, {"bw_GBps", bw_GBps}, {"lat_us", lat_us}}},
+                   {"launch_overhead_us", 0},
+                   {"reduce_bw_GBps", 1e6}};
+  return cluster_from_json(j, "toy");
+}
+}  // namespace
+
+TEST_CASE("per-tensor buckets overlap backward exactly as the wait-free timeline says") {
+  Model m = toy();
+  Cluster c = toy_cluster(1.0, 0);  // 1 GB/s: a 4 MiB FP32 tensor takes 2*4MiB*3/4 / 1e9 s on a ring
+  ComputeModel compute(m, c, 8, Precision::FP32);
+  CollectiveModel coll(c, 4);
+  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("per-tensor", m, "ring", Precision::FP32), "per-tensor");
+  validate_plan(p, m, "test");
+  Report r = predict(m, c, p, coll, compute);
+  const double bytes = 1024.0 * 1024 * 4;
+  const double ar = 2 * bytes * 3 / 4 / 1e9 + 6 * 0.0 + bytes * 3 / 4 / 1e15;  // ring, 4 ranks
+  REQUIRE(r.buckets.size() == 3);
+  // Gradients: l2 ready at 2 ms, l1 at 5 ms, l0 at 9 ms.
+  CHECK(r.buckets[0].ready_s == Approx(0.002));
+  CHECK(r.buckets[0].start_s == Approx(0.002));
+  CHECK(r.buckets[0].end_s == Approx(0.002 + ar));
+  CHECK(r.buckets[1].start_s == Approx(std::max(0.005, 0.002 + ar)));
+  double end1 = r.buckets[1].start_s + ar;
+  CHECK(r.buckets[2].start_s == Approx(std::max(0.009, end1)));
+  double end2 = r.buckets[2].start_s + ar;
+  CHECK(r.comm_end_s == Approx(end2));
+  CHECK(r.exposed_comm_s == Approx(std::max(0.0, end2 - 0.009)));
+  CHECK(r.iteration_s == Approx(0.003 + std::max(0.009, end2) + r.optimizer_s));
+  CHECK(r.scaling_efficiency == Approx((0.012 + r.optimizer_s) / r.iteration_s));
+  CHECK(r.throughput_samples_s == Approx(32 / r.iteration_s));
+}
+
+TEST_CASE("one bucket after backward exposes its whole allreduce") {
+  Model m = toy();
+  Cluster c = toy_cluster(1.0, 10);
+  ComputeModel compute(m, c, 8, Precision::FP32);
+  CollectiveModel coll(c, 4);
+  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("single", m, "ring", Precision::FP32), "single");
+  Report r = predict(m, c, p, coll, compute);
+  REQUIRE(r.buckets.size() == 1);
+  CHECK(r.buckets[0].start_s == Approx(0.009));
+  CHECK(r.exposed_comm_s == Approx(r.buckets[0].end_s - r.buckets[0].start_s));
+  CHECK(r.exposed_comm_s == Approx(r.comm_busy_s));
+}
+
+TEST_CASE("streams: one stream equals the serial formula, two streams share bandwidth") {
+  std::vector<double> ready{0, 0}, lat{0, 0}, bw{1, 1};
+  auto serial = schedule_buckets(ready, lat, bw, {0, 0});
+  CHECK(serial[1].end_s == Approx(2));
+  auto shared = schedule_buckets(ready, lat, bw, {0, 1});
+  CHECK(shared[0].end_s == Approx(2));  // both progress at half rate
+  CHECK(shared[1].end_s == Approx(2));
+  // Latency parts overlap across streams; bandwidth parts do not gain.
+  auto lat_bound = schedule_buckets(ready, {1, 1}, {0, 0}, {0, 1});
+  CHECK(lat_bound[1].end_s == Approx(1));
+  // Staggered: bucket 1 arrives at 0.5 while bucket 0 runs alone, then they share.
+  auto stag = schedule_buckets({0, 0.5}, {0, 0}, {1, 1}, {0, 1});
+  CHECK(stag[0].end_s == Approx(1.5));
+  CHECK(stag[1].end_s == Approx(2.0));
+}
+
+TEST_CASE("plans: JSON round trip and validation against the model") {
+  Model m = build_zoo_model("resnet50");
+  auto b = buckets_from_spec("splits:10,76", m, "ring", Precision::FP16);
+  REQUIRE(b.size() == 3);
+  CHECK(b[1].begin == 10);
+  CHECK(b[2].begin == 76);
+  CHECK(b[2].end == 161);
+  Plan p = make_plan(m, "tencent-p40", 1024, 32, Precision::FP16, b, "splits");
+  Plan back = plan_from_json(plan_to_json(p), "mem");
+  CHECK_NOTHROW(validate_plan(back, m, "mem"));
+  CHECK(back.buckets.size() == 3);
+  CHECK(back.buckets[1].algorithm == "ring");
+
+  Model other = build_zoo_model("resnet18");
+  CHECK_THROWS_WITH(validate_plan(back, other, "plan.json"), Catch::Contains("plan is for model resnet50"));
+  Plan gap = back;
+  gap.buckets[1].begin = 11;
+  CHECK_THROWS_WITH(validate_plan(gap, m, "plan.json"), Catch::Contains("$.buckets[1]: begins at 11, expected 10"));
+  Plan short_plan = back;
+  short_plan.buckets.pop_back();
+  CHECK_THROWS_WITH(validate_plan(short_plan, m, "plan.json"), Catch::Contains("cover 76 of 161"));
+  auto j = plan_to_json(p);
+  j["buckets"][0]["algorithm"] = "magic";
+  CHECK_THROWS_WITH(plan_from_json(j, "plan.json"), Catch::Contains("plan.json: $.buckets[0].algorithm: unknown algorithm 'magic'"));
+  j = plan_to_json(p);
+  j["buckets"][0]["priority"] = 1;
+  CHECK_THROWS_WITH(plan_from_json(j, "plan.json"), Catch::Contains("$.buckets[0].priority: unknown key"));
+}
+
+TEST_CASE("bucket specs: threshold packs greedily in backward order") {
+  Model m = build_zoo_model("resnet50");
+  auto per = buckets_from_spec("per-tensor", m, "auto", Precision::FP16);
+  CHECK(per.size() == 161);
+  auto one = buckets_from_spec("single", m, "auto", Precision::FP16);
+  CHECK(one.size() == 1);
+  auto t = buckets_from_spec("threshold:25MB", m, "auto", Precision::FP16);
+  Plan p = make_plan(m, "x", 8, 32, Precision::FP16, t, "t");
+  for (const auto& b : t) {
+    int64_t bytes = bucket_elements(p, m, b) * 2;
+    if (b.end - b.begin > 1) CHECK(bytes <= 25000000);
+  }
+  CHECK(t.size() == 3);  // 51 MB of FP16 gradients
+  CHECK_THROWS_WITH(buckets_from_spec("splits:10,5", m, "auto", Precision::FP16), Catch::Contains("must increase"));
+  CHECK_THROWS_WITH(buckets_from_spec("threshold:64XB", m, "auto", Precision::FP16), Catch::Contains("unknown size unit"));
+  CHECK_THROWS_WITH(buckets_from_spec("every-other", m, "auto", Precision::FP16), Catch::Contains("valid: per-tensor"));
+  CHECK(parse_bytes("64MiB", "x") == 64 << 20);
+  CHECK(parse_bytes("25MB", "x") == 25000000);
+  CHECK(parse_bytes("4K", "x") == 4096);
+}
+
+TEST_CASE("the Chrome trace has the Trace Event fields and nests per thread") {
+  Model m = build_zoo_model("resnet18");
+  Cluster c = load_cluster("dgx-a100");
+  ComputeModel compute(m, c, 32, Precision::FP16);
+  CollectiveModel coll(c, 16);
+  Plan p = make_plan(m, c.name, 16, 32, Precision::FP16, buckets_from_spec("threshold:4MiB", m, "auto", Precision::FP16), "t");
+  Report r = predict(m, c, p, coll, compute);
+  auto trace = nlohmann::json::parse(r.timeline.to_chrome_trace().dump());
+  REQUIRE(trace["traceEvents"].is_array());
+  int complete = 0, meta = 0;
+  std::map<int, double> last_end;  // tid -> end, slices on one thread must not overlap
+  for (const auto& e : trace["traceEvents"]) {
+    REQUIRE(e.contains("ph"));
+    REQUIRE(e.contains("pid"));
+    REQUIRE(e.contains("tid"));
+    if (e["ph"] == "X") {
+      ++complete;
+      for (const char* k : {"name", "cat", "ts", "dur"}) REQUIRE(e.contains(k));
+      CHECK(e["dur"].get<double>() >= 0);
+      int tid = e["tid"];
+      CHECK(e["ts"].get<double>() >= last_end[tid] - 1e-6);
+      last_end[tid] = e["ts"].get<double>() + e["dur"].get<double>();
+    } else {
+      CHECK(e["ph"] == "M");
+      ++meta;
+    }
+  }
+  CHECK(complete == static_cast<int>(2 * m.layers.size() + p.buckets.size() + 1));
+  CHECK(meta >= 3);
+}
+
+TEST_CASE("predictions are deterministic and respond to the cluster the right way") {
+  Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("tencent-p40");
+  auto run = [&](int gpus, const char* spec) {
+    ComputeModel compute(m, c, 32, Precision::FP16);
+    CollectiveModel coll(c, gpus);
+    Plan p = make_plan(m, c.name, gpus, 32, Precision::FP16, buckets_from_spec(spec, m, "ring", Precision::FP16), spec);
+    return predict(m, c, p, coll, compute);
+  };
+  CHECK(report_to_json(run(1024, "single"), true).dump() == report_to_json(run(1024, "single"), true).dump());
+  // Flat ring per tensor pays 2(p-1) latencies 161 times: far worse than one bucket at 1024 GPUs.
+  CHECK(run(1024, "per-tensor").iteration_s > run(1024, "single").iteration_s);
+  // More GPUs, more ring latency.
+  CHECK(run(1024, "single").iteration_s > run(64, "single").iteration_s);
+  CHECK(run(1, "single").scaling_efficiency == Approx(1.0));
+}
