@@ -226,3 +226,14 @@ TEST_CASE("registry: unknown names list the valid ones") {
   CHECK(algorithms().size() == 8);
   CHECK(!algorithm_names().empty());
 }
+
+namespace fuseplan {
+int double_binary_tree_height(int ranks);
+}
+
+TEST_CASE("double binary tree height is ceil(lg p), as the chunk choice assumes") {
+  for (int p = 2; p <= 2100; ++p) {
+    INFO("p = " << p);
+    REQUIRE(double_binary_tree_height(p) == coll::ceil_log2(p));
+  }
+}

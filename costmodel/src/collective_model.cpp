@@ -59,12 +59,9 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, int64_t co
     ch.cost = closed_form_cost(algo, a);
     return ch;
   }
-  if (algo.profile_depends_on_size) {
-    ch.cost = closed_form_cost(algo, a);
-    return ch;
-  }
-  auto it = cache_.find(algo.name);
-  if (it == cache_.end()) it = cache_.emplace(std::string(algo.name), algo.profile(a)).first;
+  std::pair<std::string, int> key{std::string(algo.name), algo.profile_key ? algo.profile_key(a) : 0};
+  auto it = cache_.find(key);
+  if (it == cache_.end()) it = cache_.emplace(key, algo.profile(a)).first;
   ch.cost = evaluate(it->second, a.net, a.bytes());
   return ch;
 }

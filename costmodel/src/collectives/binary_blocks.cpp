@@ -112,6 +112,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kBinaryBlocks{
     "binary_blocks", "power-of-two blocks reduce-scatter, cascade up, allgather (no idle ranks for p != 2^k)",
-    not_applicable, profile, schedule, false};
+    not_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

@@ -69,7 +69,12 @@ Tree make_tree(int n, bool second) {
 
 int tree_height(int n) { return std::max(make_tree(n, false).max_depth, make_tree(n, true).max_depth); }
 
-int chunks(const CollectiveArgs& a, int H) {
+// The height without building the trees: NCCL's btree (and its mirror or shift) over n
+// ranks is ceil(lg n) deep (tests check this against the built trees).
+int height_fast(int n) { return coll::ceil_log2(n); }
+
+int chunks(const CollectiveArgs& a) {
+  const int H = height_fast(a.topo.ranks);
   const Net& net = a.net;
   bool inter = a.topo.nodes() > 1;
   double alpha = std::max(net.intra_alpha, inter ? net.inter_alpha + net.stage_alpha : 0.0);
@@ -91,7 +96,7 @@ Profile profile(const CollectiveArgs& a) {
   if (p == 1) return {};
   Tree A = make_tree(p, false), B = make_tree(p, true);
   int H = std::max(A.max_depth, B.max_depth);
-  int k = chunks(a, H);
+  int k = chunks(a);
   coll::Flows upf, downf;
   for (const Tree* t : {&A, &B})
     for (int r = 0; r < p; ++r)
@@ -118,7 +123,7 @@ Schedule schedule(const CollectiveArgs& a) {
   if (p == 1) return s;
   Tree trees[2] = {make_tree(p, false), make_tree(p, true)};
   int H = std::max(trees[0].max_depth, trees[1].max_depth);
-  int k = chunks(a, H);
+  int k = chunks(a);
   int64_t half = a.count / 2;
   auto chunk_of = [&](int t, int c) -> std::pair<int64_t, int64_t> {
     int64_t off = t == 0 ? 0 : half, len = t == 0 ? half : a.count - half;
@@ -150,6 +155,8 @@ Schedule schedule(const CollectiveArgs& a) {
   return s;
 }
 
+int chunk_key(const CollectiveArgs& a) { return chunks(a); }
+
 }  // namespace
 
 // Exposed for tests and the docs: the height of the taller of the two trees.
@@ -157,6 +164,6 @@ int double_binary_tree_height(int ranks) { return tree_height(ranks); }
 
 extern const Algorithm kDoubleBinaryTree{
     "double_binary_tree", "NCCL's two complementary pipelined binary trees, half the vector each",
-    not_applicable, profile, schedule, true};
+    not_applicable, profile, schedule, chunk_key};
 
 }  // namespace fuseplan

@@ -69,6 +69,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kHierarchical{
     "hierarchical", "4-minute paper: reduce to a group master -> ring among masters -> broadcast in the group",
-    not_applicable, profile, schedule, false};
+    not_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

@@ -24,6 +24,6 @@ Schedule schedule(const CollectiveArgs& a) { return coll::rs_ar_ag_schedule(a, a
 
 extern const Algorithm kHierarchicalRs{
     "hierarchical_rs", "intra-group ring reduce-scatter -> inter-group ring allreduce of n/g -> intra-group allgather",
-    not_applicable, profile, schedule, false};
+    not_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

@@ -64,6 +64,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kRabenseifner{
     "rabenseifner", "recursive-halving reduce-scatter + recursive-doubling allgather (MPICH fold if p != 2^k)",
-    not_applicable, profile, schedule, false};
+    not_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

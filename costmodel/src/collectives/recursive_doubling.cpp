@@ -59,6 +59,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kRecursiveDoubling{
     "recursive_doubling", "exchange the whole vector with partners at distance 1, 2, 4, ... (latency-optimal)",
-    not_applicable, profile, schedule, false};
+    not_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

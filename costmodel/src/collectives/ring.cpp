@@ -28,6 +28,6 @@ Schedule schedule(const CollectiveArgs& a) {
 }  // namespace
 
 extern const Algorithm kRing{"ring", "ring reduce-scatter + ring allgather over all ranks (node-major order)",
-                             not_applicable, profile, schedule, false};
+                             not_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

@@ -82,7 +82,9 @@ struct Algorithm {
   std::string (*not_applicable)(const CollectiveArgs&);
   Profile (*profile)(const CollectiveArgs&);  // the closed form
   Schedule (*schedule)(const CollectiveArgs&);
-  bool profile_depends_on_size;  // false: the profile can be cached per rank layout
+  // Null when the profile depends only on the rank layout (cached per layout); else a
+  // key of the size-dependent choices (the tree's chunk count) to cache by.
+  int (*profile_key)(const CollectiveArgs&);
 };
 
 const std::vector<Algorithm>& algorithms();

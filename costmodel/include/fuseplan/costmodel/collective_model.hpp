@@ -25,6 +25,7 @@ struct CollectiveChoice {
   double total_s() const { return cost.total() + launch_s; }
 };
 
+// Not thread-safe (it caches profiles): use one per thread.
 class CollectiveModel {
  public:
   CollectiveModel(const Cluster& c, int gpus, CollectiveOptions opt = {});
@@ -45,7 +46,7 @@ class CollectiveModel {
   CollectiveOptions opt_;
   double launch_s_ = 0;
   std::map<std::string, Calibration, std::less<>> calibrated_;
-  mutable std::map<std::string, Profile, std::less<>> cache_;
+  mutable std::map<std::pair<std::string, int>, Profile> cache_;  // (algorithm, profile key)
 };
 
 }  // namespace fuseplan
