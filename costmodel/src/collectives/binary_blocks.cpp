@@ -32,8 +32,6 @@ std::vector<Block> blocks_of(int p) {
   return b;
 }
 
-std::string not_applicable(const CollectiveArgs&) { return {}; }
-
 Profile profile(const CollectiveArgs& a) {
   const int p = a.topo.ranks;
   if (p == 1) return {};
@@ -112,6 +110,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kBinaryBlocks{
     "binary_blocks", "power-of-two blocks reduce-scatter, cascade up, allgather (no idle ranks for p != 2^k)",
-    not_applicable, profile, schedule, nullptr};
+    coll::always_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

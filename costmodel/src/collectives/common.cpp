@@ -134,6 +134,50 @@ std::vector<int> fold_members(int p) {
   return out;
 }
 
+Flows fold_flows(int p) {
+  Flows f;
+  for (int i = 0; i < p - (1 << floor_log2(p)); ++i) f.emplace_back(2 * i, 2 * i + 1);
+  return f;
+}
+
+Flows xor_flows(const std::vector<int>& m, int mask) {
+  Flows f;
+  for (size_t i = 0; i < m.size(); ++i) f.emplace_back(m[i], m[i ^ static_cast<size_t>(mask)]);
+  return f;
+}
+
+Flows reversed(const Flows& f) {
+  Flows out;
+  for (auto [x, y] : f) out.emplace_back(y, x);
+  return out;
+}
+
+void fold_in(Schedule& s, int p, int64_t count) {
+  auto f = fold_flows(p);
+  if (f.empty()) return;
+  Round r;
+  for (auto [src, dst] : f) r.transfers.push_back({src, dst, 0, count, true});
+  s.rounds.push_back(std::move(r));
+}
+
+void fold_out(Schedule& s, int p, int64_t count) {
+  auto f = fold_flows(p);
+  if (f.empty()) return;
+  Round r;
+  for (auto [src, dst] : reversed(f)) r.transfers.push_back({src, dst, 0, count, false});
+  s.rounds.push_back(std::move(r));
+}
+
+std::string always_applicable(const CollectiveArgs&) { return {}; }
+
+std::string needs_whole_groups(const CollectiveArgs& a) {
+  int g = a.group_size();
+  if (a.topo.ranks % g)
+    return "needs the rank count (" + std::to_string(a.topo.ranks) + ") to be a multiple of the group size (" +
+           std::to_string(g) + ")";
+  return {};
+}
+
 }  // namespace fuseplan::coll
 
 namespace fuseplan::coll {

@@ -1,6 +1,7 @@
 // Building blocks shared by the algorithm files: round classes from communication
 // patterns (closed forms) and the schedules of ring, halving-doubling and binomial phases.
 #pragma once
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -45,6 +46,20 @@ void doubling_allgather(Schedule& s, const std::vector<int>& members,
 std::vector<int> fold_members(int p);
 
 std::vector<int> iota_members(int first, int n, int stride = 1);
+
+// The fold's pairs (2i -> 2i+1, i < p - p') and its two rounds: in (reduce the whole
+// vector into the odd rank) and out (copy the result back to the even rank).
+Flows fold_flows(int p);
+// members[i] -> members[i ^ mask] for every i (a recursive halving/doubling step).
+Flows xor_flows(const std::vector<int>& members, int mask);
+Flows reversed(const Flows& f);
+void fold_in(Schedule& s, int p, int64_t count);
+void fold_out(Schedule& s, int p, int64_t count);
+
+// For algorithms that apply to every layout.
+std::string always_applicable(const CollectiveArgs&);
+// For the hierarchical forms: the rank count must be a multiple of the group size.
+std::string needs_whole_groups(const CollectiveArgs& a);
 
 }  // namespace fuseplan::coll
 

@@ -7,14 +7,6 @@
 namespace fuseplan {
 namespace {
 
-std::string not_applicable(const CollectiveArgs& a) {
-  int g = a.group_size();
-  if (a.topo.ranks % g)
-    return "needs the rank count (" + std::to_string(a.topo.ranks) + ") to be a multiple of the group size (" +
-           std::to_string(g) + ")";
-  return {};
-}
-
 // Binomial tree step with distance d: local ranks l with l % 2d == d send to l - d
 // (reduce), or for the broadcast l % 2d == 0 send to l + d.
 coll::Flows binomial_flows(int p, int g, int d, bool reduce) {
@@ -69,6 +61,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kHierarchical{
     "hierarchical", "4-minute paper: reduce to a group master -> ring among masters -> broadcast in the group",
-    not_applicable, profile, schedule, nullptr};
+    coll::needs_whole_groups, profile, schedule, nullptr};
 
 }  // namespace fuseplan

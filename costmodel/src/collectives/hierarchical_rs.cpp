@@ -9,14 +9,6 @@
 namespace fuseplan {
 namespace {
 
-std::string not_applicable(const CollectiveArgs& a) {
-  int g = a.group_size();
-  if (a.topo.ranks % g)
-    return "needs the rank count (" + std::to_string(a.topo.ranks) + ") to be a multiple of the group size (" +
-           std::to_string(g) + ")";
-  return {};
-}
-
 Profile profile(const CollectiveArgs& a) { return coll::rs_ar_ag_profile(a, a.group_size()); }
 Schedule schedule(const CollectiveArgs& a) { return coll::rs_ar_ag_schedule(a, a.group_size()); }
 
@@ -24,6 +16,6 @@ Schedule schedule(const CollectiveArgs& a) { return coll::rs_ar_ag_schedule(a, a
 
 extern const Algorithm kHierarchicalRs{
     "hierarchical_rs", "intra-group ring reduce-scatter -> inter-group ring allreduce of n/g -> intra-group allgather",
-    not_applicable, profile, schedule, nullptr};
+    coll::needs_whole_groups, profile, schedule, nullptr};
 
 }  // namespace fuseplan

@@ -7,23 +7,18 @@
 namespace fuseplan {
 namespace {
 
-std::string not_applicable(const CollectiveArgs&) { return {}; }
-
 Profile profile(const CollectiveArgs& a) {
   const int p = a.topo.ranks;
   if (p == 1) return {};
   const int pof2 = 1 << coll::floor_log2(p), rem = p - pof2;
   auto members = coll::fold_members(p);
-  coll::Flows fold;
-  for (int i = 0; i < rem; ++i) fold.emplace_back(2 * i, 2 * i + 1);
+  auto fold = coll::fold_flows(p);
   Profile prof;
   if (rem) prof.push_back(coll::round_class(a.topo, a.net, fold, 1, 1, 1));
   std::vector<RoundClass> rs;
   double frac = 0.5;
   for (int mask = 1; mask < pof2; mask <<= 1, frac /= 2) {
-    coll::Flows f;
-    for (int i = 0; i < pof2; ++i) f.emplace_back(members[i], members[i ^ mask]);
-    rs.push_back(coll::round_class(a.topo, a.net, f, frac, frac, frac));
+    rs.push_back(coll::round_class(a.topo, a.net, coll::xor_flows(members, mask), frac, frac, frac));
   }
   prof.insert(prof.end(), rs.begin(), rs.end());
   for (auto it = rs.rbegin(); it != rs.rend(); ++it) {  // allgather: same pairs, reversed
@@ -31,11 +26,7 @@ Profile profile(const CollectiveArgs& a) {
     ag.reduce = 0;
     prof.push_back(ag);
   }
-  if (rem) {
-    coll::Flows unfold;
-    for (auto [x, y] : fold) unfold.emplace_back(y, x);
-    prof.push_back(coll::round_class(a.topo, a.net, unfold, 1, 1, 0));
-  }
+  if (rem) prof.push_back(coll::round_class(a.topo, a.net, coll::reversed(fold), 1, 1, 0));
   return prof;
 }
 
@@ -43,20 +34,11 @@ Schedule schedule(const CollectiveArgs& a) {
   Schedule s;
   const int p = a.topo.ranks;
   if (p == 1) return s;
-  const int pof2 = 1 << coll::floor_log2(p), rem = p - pof2;
   auto members = coll::fold_members(p);
-  if (rem) {
-    Round r;
-    for (int i = 0; i < rem; ++i) r.transfers.push_back({2 * i, 2 * i + 1, 0, a.count, true});
-    s.rounds.push_back(std::move(r));
-  }
+  coll::fold_in(s, p, a.count);
   auto ranges = coll::halving_reduce_scatter(s, members, 0, a.count);
   coll::doubling_allgather(s, members, ranges);
-  if (rem) {
-    Round r;
-    for (int i = 0; i < rem; ++i) r.transfers.push_back({2 * i + 1, 2 * i, 0, a.count, false});
-    s.rounds.push_back(std::move(r));
-  }
+  coll::fold_out(s, p, a.count);
   return s;
 }
 
@@ -64,6 +46,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kRabenseifner{
     "rabenseifner", "recursive-halving reduce-scatter + recursive-doubling allgather (MPICH fold if p != 2^k)",
-    not_applicable, profile, schedule, nullptr};
+    coll::always_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan

@@ -5,8 +5,6 @@
 namespace fuseplan {
 namespace {
 
-std::string not_applicable(const CollectiveArgs&) { return {}; }
-
 Profile profile(const CollectiveArgs& a) {
   const int p = a.topo.ranks;
   if (p == 1) return {};
@@ -28,6 +26,6 @@ Schedule schedule(const CollectiveArgs& a) {
 }  // namespace
 
 extern const Algorithm kRing{"ring", "ring reduce-scatter + ring allgather over all ranks (node-major order)",
-                             not_applicable, profile, schedule, nullptr};
+                             coll::always_applicable, profile, schedule, nullptr};
 
 }  // namespace fuseplan
