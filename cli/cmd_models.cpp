@@ -11,18 +11,19 @@ namespace fuseplan::cli {
 void ModelFlags::add(CLI::App* app, bool positional) {
   const char* help = "zoo name (see `fuseplan models`) or a model .json path";
   model_opt = positional ? app->add_option("model", model, help)->required() : app->add_option("--model", model, help)->capture_default_str();
-  app->add_option("--resolution", resolution, "CNN input height = width in pixels (zoo default: 224, alexnet_bn 227)");
-  app->add_option("--channels", channels, "CNN input channels (default 3)");
-  app->add_option("--classes", classes, "CNN classifier outputs (default 1000)");
-  app->add_option("--seq-len", seq_len, "transformer sequence length in tokens (bert 128, gpt2 1024)");
+  resolution_opt = app->add_option("--resolution", resolution, "CNN input height = width in pixels (zoo default: 224, alexnet_bn 227)");
+  channels_opt = app->add_option("--channels", channels, "CNN input channels (default 3)");
+  classes_opt = app->add_option("--classes", classes, "CNN classifier outputs (default 1000)");
+  seq_len_opt = app->add_option("--seq-len", seq_len, "transformer sequence length in tokens (bert 128, gpt2 1024)");
 }
 
 ModelOptions ModelFlags::options() const {
   ModelOptions o;
-  if (resolution) o.resolution = resolution;
-  if (channels) o.channels = channels;
-  if (classes) o.classes = classes;
-  if (seq_len) o.seq_len = seq_len;
+  // Given on the command line at all (0 and negatives are refused by the zoo, not ignored).
+  if (resolution_opt->count()) o.resolution = resolution;
+  if (channels_opt->count()) o.channels = channels;
+  if (classes_opt->count()) o.classes = classes;
+  if (seq_len_opt->count()) o.seq_len = seq_len;
   return o;
 }
 

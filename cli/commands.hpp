@@ -10,7 +10,8 @@ namespace fuseplan::cli {
 struct ModelFlags {
   std::string model = "resnet50";
   int resolution = 0, channels = 0, classes = 0, seq_len = 0;
-  CLI::Option* model_opt = nullptr;
+  CLI::Option *model_opt = nullptr, *resolution_opt = nullptr, *channels_opt = nullptr, *classes_opt = nullptr,
+              *seq_len_opt = nullptr;
   void add(CLI::App* app, bool positional = false);
   ModelOptions options() const;
 };

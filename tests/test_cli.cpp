@@ -60,6 +60,7 @@ TEST_CASE("cli: bad flags and names exit 2 with one line naming them") {
   expect_bad("collective --sizes 1M:1K", "--sizes: MAX must be >= MIN");
   expect_bad("predict --model bert_base --resolution 64", "do not apply to bert_base");
   expect_bad("show alexnet --resolution 28", "output shape");
+  expect_bad("predict --model gpt2 --seq-len 0", "--seq-len: must be > 0");
   expect_bad("frobnicate", "frobnicate");
 }
 
