@@ -237,3 +237,21 @@ TEST_CASE("double binary tree height is ceil(lg p), as the chunk choice assumes"
     REQUIRE(double_binary_tree_height(p) == coll::ceil_log2(p));
   }
 }
+
+TEST_CASE("double binary tree follows its pipelined formula with a near-optimal chunk count") {
+  for (int p : {3, 8, 64, 100, 1024})
+    for (int64_t count : {int64_t(256), int64_t(1) << 16, int64_t(1) << 24}) {
+      INFO("p=" << p << " count=" << count);
+      auto a = uniform(p, count);
+      double n = a.bytes(), H = coll::ceil_log2(p), L = 2;
+      double t = cost("double_binary_tree", a), best = 1e300;
+      bool matches_some_k = false;
+      for (int k = 1; k <= 256 && k <= count / 2; ++k) {
+        double f = 2 * (H + k - 1) * (kAlpha + L * n / (2 * k) * kBeta) + (H + k - 1) * L * n / (2 * k) * kGamma;
+        best = std::min(best, f);
+        matches_some_k = matches_some_k || std::abs(f - t) <= 1e-12 * t;
+      }
+      CHECK(matches_some_k);
+      CHECK(t <= best * 1.01);
+    }
+}
