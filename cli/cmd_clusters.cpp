@@ -1,5 +1,6 @@
 // `fuseplan clusters`: the shipped cluster files, one line each.
 #include <iostream>
+#include <memory>
 
 #include "commands.hpp"
 #include "format.hpp"
@@ -9,9 +10,9 @@ namespace fuseplan::cli {
 
 void add_clusters_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("clusters", "List the shipped cluster files (configs/clusters/*.json)");
-  static bool json = false;
-  cmd->add_flag("--json", json, "print the parsed cluster files as JSON");
-  cmd->callback([] {
+  auto json = std::make_shared<bool>(false);
+  cmd->add_flag("--json", *json, "print the parsed cluster files as JSON");
+  cmd->callback([json] {
     nlohmann::json out = nlohmann::json::array();
     Table t({"<cluster", "nodes", "GPUs/node", "<device", "fp16 TFLOPS", "<intra-node", "<inter-node", "<description"});
     for (const auto& name : shipped_cluster_names()) {
@@ -25,7 +26,7 @@ void add_clusters_command(CLI::App& app) {
       t.row({c.name, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
              c.intra.kind + " " + fixed(c.intra.bw_GBps, 0) + " GB/s", inter, c.description});
     }
-    if (json) std::cout << out.dump(2) << "\n";
+    if (*json) std::cout << out.dump(2) << "\n";
     else {
       t.print(std::cout);
       std::cout << "\nfrom " << config_dir() << "/clusters (override with FUSEPLAN_CONFIG_DIR); --cluster also takes a path\n";

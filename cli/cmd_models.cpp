@@ -1,5 +1,6 @@
 // `fuseplan models` (the zoo table) and `fuseplan show MODEL` (layers and tensors).
 #include <iostream>
+#include <memory>
 
 #include "commands.hpp"
 #include "format.hpp"
@@ -29,9 +30,9 @@ ModelOptions ModelFlags::options() const {
 
 void add_models_commands(CLI::App& app) {
   auto* models = app.add_subcommand("models", "List the model zoo: tensors, parameters, forward GFLOPs per sample");
-  static bool models_json = false;
-  models->add_flag("--json", models_json, "print JSON instead of a table");
-  models->callback([] {
+  auto models_json = std::make_shared<bool>(false);
+  models->add_flag("--json", *models_json, "print JSON instead of a table");
+  models->callback([models_json] {
     nlohmann::json out = nlohmann::json::array();
     Table t({"<model", "tensors", "parameters", "fwd GFLOPs", "bwd GFLOPs", "<input", "<description"});
     for (const auto& e : zoo()) {
@@ -43,21 +44,24 @@ void add_models_commands(CLI::App& app) {
                      {"fwd_flops", m.fwd_flops()}, {"bwd_flops", m.bwd_flops()}, {"input_shape", m.input_shape},
                      {"default_batch_per_gpu", e.default_batch_per_gpu}, {"description", e.description}});
     }
-    if (models_json) std::cout << out.dump(2) << "\n";
+    if (*models_json) std::cout << out.dump(2) << "\n";
     else t.print(std::cout);
   });
 
   auto* show = app.add_subcommand("show", "Show one model layer by layer and tensor by tensor (or export its JSON)");
-  static ModelFlags mf;
-  static bool show_json = false;
-  static std::string export_path;
-  mf.add(show, true);
-  show->add_flag("--json", show_json, "print the model JSON (schema fuseplan.model/1) instead of tables");
-  show->add_option("--export", export_path, "write the model JSON to FILE (atomic)");
-  show->callback([] {
-    Model m = load_model(mf.model, mf.options());
-    if (!export_path.empty()) write_file_atomic(export_path, model_to_json(m).dump(1) + "\n");
-    if (show_json) {
+  struct ShowFlags {
+    ModelFlags model;
+    bool json = false;
+    std::string export_path;
+  };
+  auto f = std::make_shared<ShowFlags>();
+  f->model.add(show, true);
+  show->add_flag("--json", f->json, "print the model JSON (schema fuseplan.model/1) instead of tables");
+  show->add_option("--export", f->export_path, "write the model JSON to FILE (atomic)");
+  show->callback([f] {
+    Model m = load_model(f->model.model, f->model.options());
+    if (!f->export_path.empty()) write_file_atomic(f->export_path, model_to_json(m).dump(1) + "\n");
+    if (f->json) {
       std::cout << model_to_json(m).dump(1) << "\n";
       return;
     }

@@ -44,8 +44,7 @@ CollectiveArgs CollectiveModel::args(int64_t count, Precision transfer) const {
   return a;
 }
 
-CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, int64_t count, Precision transfer) const {
-  CollectiveArgs a = args(count, transfer);
+CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, CollectiveArgs a) const {
   CollectiveChoice ch;
   ch.algorithm = &algo;
   ch.launch_s = topo_.ranks > 1 ? launch_s_ : 0;
@@ -68,17 +67,18 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, int64_t co
 
 CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count, Precision transfer) const {
   if (count <= 0) throw InputError("collective: element count must be > 0");
+  const CollectiveArgs a = args(count, transfer);
   if (algorithm != "auto") {
-    const Algorithm& a = find_algorithm(algorithm);
-    std::string why = a.not_applicable(args(count, transfer));
-    if (!why.empty()) throw InputError("algorithm " + std::string(a.name) + " does not apply: " + why);
-    return evaluate_one(a, count, transfer);
+    const Algorithm& algo = find_algorithm(algorithm);
+    std::string why = algo.not_applicable(a);
+    if (!why.empty()) throw InputError("algorithm " + std::string(algo.name) + " does not apply: " + why);
+    return evaluate_one(algo, a);
   }
   CollectiveChoice best;
   double best_t = std::numeric_limits<double>::infinity();
-  for (const auto& a : algorithms()) {
-    if (!a.not_applicable(args(count, transfer)).empty()) continue;
-    auto ch = evaluate_one(a, count, transfer);
+  for (const auto& algo : algorithms()) {
+    if (!algo.not_applicable(a).empty()) continue;
+    auto ch = evaluate_one(algo, a);
     if (ch.total_s() < best_t) {
       best_t = ch.total_s();
       best = ch;

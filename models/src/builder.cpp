@@ -139,10 +139,8 @@ int ModelBuilder::adaptive_avgpool(const std::string& name, int from, int64_t ou
 
 int ModelBuilder::flatten(const std::string& name, int from) {
   const Shape s = in(from);
-  Layer l = make_layer(name, LayerKind::Flatten, {from}, s, {numel(s)});
-  l.activation_elems = 0;  // a view
-  int idx = push(std::move(l), {});
-  m_.layers[idx].activation_elems = 0;
+  int idx = push(make_layer(name, LayerKind::Flatten, {from}, s, {numel(s)}), {});
+  m_.layers[idx].activation_elems = 0;  // a view: stores nothing of its own
   return idx;
 }
 

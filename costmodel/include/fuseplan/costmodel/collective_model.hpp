@@ -40,7 +40,7 @@ class CollectiveModel {
   int gpus() const { return topo_.ranks; }
 
  private:
-  CollectiveChoice evaluate_one(const Algorithm& a, int64_t count, Precision transfer) const;
+  CollectiveChoice evaluate_one(const Algorithm& algo, CollectiveArgs a) const;
   Topo topo_;
   Net net_;
   CollectiveOptions opt_;
