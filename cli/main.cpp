@@ -28,9 +28,7 @@ int main(int argc, char** argv) {
       if (!known) throw fuseplan::InputError("unknown command '" + first + "' (valid: " + names + ")");
     }
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
+  } catch (const CLI::Success& e) {  // --help and friends: CLI11 prints, exit 0
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::cerr << "fuseplan: " << e.what() << " (see fuseplan --help)\n";

@@ -10,11 +10,11 @@ namespace {
 Profile profile(const CollectiveArgs& a) {
   const int p = a.topo.ranks;
   if (p == 1) return {};
-  const int pof2 = 1 << coll::floor_log2(p), rem = p - pof2;
+  const int pof2 = 1 << coll::floor_log2(p);
   auto members = coll::fold_members(p);
   auto fold = coll::fold_flows(p);
   Profile prof;
-  if (rem) prof.push_back(coll::round_class(a.topo, a.net, fold, 1, 1, 1));
+  if (!fold.empty()) prof.push_back(coll::round_class(a.topo, a.net, fold, 1, 1, 1));
   std::vector<RoundClass> rs;
   double frac = 0.5;
   for (int mask = 1; mask < pof2; mask <<= 1, frac /= 2) {
@@ -26,7 +26,7 @@ Profile profile(const CollectiveArgs& a) {
     ag.reduce = 0;
     prof.push_back(ag);
   }
-  if (rem) prof.push_back(coll::round_class(a.topo, a.net, coll::reversed(fold), 1, 1, 0));
+  if (!fold.empty()) prof.push_back(coll::round_class(a.topo, a.net, coll::reversed(fold), 1, 1, 0));
   return prof;
 }
 
