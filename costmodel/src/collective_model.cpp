@@ -27,6 +27,7 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
   launch_s_ = c.launch_overhead_us * 1e-6;
   if (opt_.group < 0) throw InputError("--group: must be >= 1");
   if (opt_.torus_x < 0) throw InputError("--torus-x: must be >= 1");
+  cache_.resize(algorithms().size());
   for (const auto& [name, k] : c.calibrated) {
     find_algorithm(name, c.source + ": $.calibrated");
     calibrated_[name] = k;
@@ -55,13 +56,20 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
     if (a.group == 0) a.group = topo_.per_node;
     a.topo.per_node = 1;
     ch.calibrated = true;
+    ch.variant = best_variant(algo, a);
     ch.cost = closed_form_cost(algo, a);
     return ch;
   }
-  std::pair<std::string, int> key{std::string(algo.name), algo.profile_key ? algo.profile_key(a) : 0};
-  auto it = cache_.find(key);
-  if (it == cache_.end()) it = cache_.emplace(key, algo.profile(a)).first;
-  ch.cost = evaluate(it->second, a.net, a.bytes());
+  auto& cached = cache_[static_cast<size_t>(&algo - algorithms().data())];
+  if (cached.empty())
+    for (a.variant = 0; a.variant < algo.variants; ++a.variant) cached.push_back(algo.profile(a));
+  for (a.variant = 0; a.variant < algo.variants; ++a.variant) {
+    Cost c = evaluate(cached[a.variant], a.net, a.bytes());
+    if (a.variant == 0 || c.total() < ch.cost.total()) {
+      ch.cost = c;
+      ch.variant = a.variant;
+    }
+  }
   return ch;
 }
 

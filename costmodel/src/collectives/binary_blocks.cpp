@@ -110,6 +110,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kBinaryBlocks{
     "binary_blocks", "power-of-two blocks reduce-scatter, cascade up, allgather (no idle ranks for p != 2^k)",
-    coll::always_applicable, profile, schedule, nullptr};
+    coll::always_applicable, profile, schedule, 1};
 
 }  // namespace fuseplan

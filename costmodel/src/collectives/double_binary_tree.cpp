@@ -5,20 +5,21 @@
 // of height h sends chunk c up in round h + c), then broadcast phase H + k - 1 rounds.
 // In steady state a rank moves 2 chunks of n/(2k) through each port per round (1 when
 // p = 2), so
-// T = 2(H + k - 1)(alpha + (n/k) beta) + (H + k - 1)(n/k) gamma, with k chosen to
-// minimise T: k* = sqrt((H-1) n (2 beta + gamma) / (2 alpha)), 1 <= k <= kMaxChunks.
+// T = 2(H + k - 1)(alpha + (n/k) beta) + (H + k - 1)(n/k) gamma. The chunk count is a
+// variant, k = 2^v for v = 0..8 (1..256 chunks), and callers take the cheapest: the
+// continuous optimum k* = sqrt((H-1) n (2 beta + gamma) / (2 alpha)) is within a factor
+// sqrt(2) of a power of two, and a fixed set of variants keeps T nondecreasing in n.
 // As k grows T -> 2n beta + n gamma: NCCL's "tree algbw = busbw / 2". The closed form
 // charges every round the steady-state load; replaying the schedule is slightly faster
 // in the pipeline's ramp-up and drain (tests bound the gap).
 #include <algorithm>
-#include <cmath>
 
 #include "common.hpp"
 
 namespace fuseplan {
 namespace {
 
-constexpr int kMaxChunks = 256;
+constexpr int kVariants = 9;  // k = 1, 2, 4, ..., 256 chunks
 
 struct Tree {
   std::vector<int> up;                  // parent, -1 at the root
@@ -69,21 +70,10 @@ Tree make_tree(int n, bool second) {
 
 int tree_height(int n) { return std::max(make_tree(n, false).max_depth, make_tree(n, true).max_depth); }
 
-// The height without building the trees: NCCL's btree (and its mirror or shift) over n
-// ranks is ceil(lg n) deep (tests check this against the built trees).
-int height_fast(int n) { return coll::ceil_log2(n); }
-
-int chunks(const CollectiveArgs& a) {
-  const int H = height_fast(a.topo.ranks);
-  const Net& net = a.net;
-  bool inter = a.topo.nodes() > 1;
-  double alpha = std::max(net.intra_alpha, inter ? net.inter_alpha + net.stage_alpha : 0.0);
-  double beta = std::max(net.intra_beta, inter ? net.inter_beta + net.stage_beta : 0.0);
-  double A = 2 * alpha, B = a.bytes() * (2 * beta + net.gamma);
-  int kmax = static_cast<int>(std::clamp<int64_t>(a.count / 2, 1, kMaxChunks));
-  if (A <= 0) return kmax;
-  double k = std::sqrt(std::max(0, H - 1) * B / A);
-  return std::clamp(static_cast<int>(std::lround(k)), 1, kmax);
+// The variant's chunk count; the schedule cannot cut fewer than one element per chunk.
+int chunks(const CollectiveArgs& a) { return 1 << std::clamp(a.variant, 0, kVariants - 1); }
+int schedule_chunks(const CollectiveArgs& a) {
+  return static_cast<int>(std::min<int64_t>(chunks(a), std::max<int64_t>(1, a.count / 2)));
 }
 
 std::string not_applicable(const CollectiveArgs& a) {
@@ -123,7 +113,7 @@ Schedule schedule(const CollectiveArgs& a) {
   if (p == 1) return s;
   Tree trees[2] = {make_tree(p, false), make_tree(p, true)};
   int H = std::max(trees[0].max_depth, trees[1].max_depth);
-  int k = chunks(a);
+  int k = schedule_chunks(a);
   int64_t half = a.count / 2;
   auto chunk_of = [&](int t, int c) -> std::pair<int64_t, int64_t> {
     int64_t off = t == 0 ? 0 : half, len = t == 0 ? half : a.count - half;
@@ -155,8 +145,6 @@ Schedule schedule(const CollectiveArgs& a) {
   return s;
 }
 
-int chunk_key(const CollectiveArgs& a) { return chunks(a); }
-
 }  // namespace
 
 // Exposed for tests and the docs: the height of the taller of the two trees.
@@ -164,6 +152,6 @@ int double_binary_tree_height(int ranks) { return tree_height(ranks); }
 
 extern const Algorithm kDoubleBinaryTree{
     "double_binary_tree", "NCCL's two complementary pipelined binary trees, half the vector each",
-    not_applicable, profile, schedule, chunk_key};
+    not_applicable, profile, schedule, kVariants};
 
 }  // namespace fuseplan

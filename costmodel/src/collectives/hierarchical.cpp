@@ -61,6 +61,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kHierarchical{
     "hierarchical", "4-minute paper: reduce to a group master -> ring among masters -> broadcast in the group",
-    coll::needs_whole_groups, profile, schedule, nullptr};
+    coll::needs_whole_groups, profile, schedule, 1};
 
 }  // namespace fuseplan

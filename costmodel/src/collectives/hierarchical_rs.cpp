@@ -16,6 +16,6 @@ Schedule schedule(const CollectiveArgs& a) { return coll::rs_ar_ag_schedule(a, a
 
 extern const Algorithm kHierarchicalRs{
     "hierarchical_rs", "intra-group ring reduce-scatter -> inter-group ring allreduce of n/g -> intra-group allgather",
-    coll::needs_whole_groups, profile, schedule, nullptr};
+    coll::needs_whole_groups, profile, schedule, 1};
 
 }  // namespace fuseplan

@@ -46,6 +46,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kRabenseifner{
     "rabenseifner", "recursive-halving reduce-scatter + recursive-doubling allgather (MPICH fold if p != 2^k)",
-    coll::always_applicable, profile, schedule, nullptr};
+    coll::always_applicable, profile, schedule, 1};
 
 }  // namespace fuseplan

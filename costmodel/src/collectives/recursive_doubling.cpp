@@ -41,6 +41,6 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kRecursiveDoubling{
     "recursive_doubling", "exchange the whole vector with partners at distance 1, 2, 4, ... (latency-optimal)",
-    coll::always_applicable, profile, schedule, nullptr};
+    coll::always_applicable, profile, schedule, 1};
 
 }  // namespace fuseplan

@@ -38,6 +38,33 @@ Net Net::uniform(double alpha, double beta, double gamma) {
   return n;
 }
 
+int best_variant(const Algorithm& a, const CollectiveArgs& args) {
+  if (args.variant >= 0 || a.variants == 1) return std::max(args.variant, 0);
+  CollectiveArgs v = args;
+  int best = 0;
+  double best_t = 0;
+  for (v.variant = 0; v.variant < a.variants; ++v.variant) {
+    double t = evaluate(a.profile(v), v.net, v.bytes()).total();
+    if (v.variant == 0 || t < best_t) {
+      best = v.variant;
+      best_t = t;
+    }
+  }
+  return best;
+}
+
+Cost closed_form_cost(const Algorithm& a, const CollectiveArgs& args) {
+  CollectiveArgs v = args;
+  v.variant = best_variant(a, args);
+  return evaluate(a.profile(v), v.net, v.bytes());
+}
+
+Schedule schedule_of(const Algorithm& a, const CollectiveArgs& args) {
+  CollectiveArgs v = args;
+  v.variant = best_variant(a, args);
+  return a.schedule(v);
+}
+
 int CollectiveArgs::group_size() const { return group > 0 ? group : std::min(topo.per_node, topo.ranks); }
 
 namespace {

@@ -26,6 +26,6 @@ Schedule schedule(const CollectiveArgs& a) {
 }  // namespace
 
 extern const Algorithm kRing{"ring", "ring reduce-scatter + ring allgather over all ranks (node-major order)",
-                             coll::always_applicable, profile, schedule, nullptr};
+                             coll::always_applicable, profile, schedule, 1};
 
 }  // namespace fuseplan

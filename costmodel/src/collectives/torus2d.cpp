@@ -32,6 +32,6 @@ Schedule schedule(const CollectiveArgs& a) { return a.topo.ranks == 1 ? Schedule
 }  // namespace
 
 extern const Algorithm kTorus2d{"torus2d", "2D torus: reduce-scatter along rows, allreduce down columns, allgather along rows",
-                                not_applicable, profile, schedule, nullptr};
+                                not_applicable, profile, schedule, 1};
 
 }  // namespace fuseplan

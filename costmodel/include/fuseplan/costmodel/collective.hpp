@@ -36,6 +36,7 @@ struct CollectiveArgs {
   int elem_bytes = 4;
   int group = 0;       // hierarchical group size; 0 = ranks per node
   int torus_x = 0;     // 2D-torus row length; 0 = automatic
+  int variant = -1;    // which of the algorithm's variants (the tree's chunking); -1 = cheapest
   double bytes() const { return double(count) * elem_bytes; }
   int group_size() const;
 };
@@ -82,9 +83,10 @@ struct Algorithm {
   std::string (*not_applicable)(const CollectiveArgs&);
   Profile (*profile)(const CollectiveArgs&);  // the closed form
   Schedule (*schedule)(const CollectiveArgs&);
-  // Null when the profile depends only on the rank layout (cached per layout); else a
-  // key of the size-dependent choices (the tree's chunk count) to cache by.
-  int (*profile_key)(const CollectiveArgs&);
+  // Size-independent variants (the tree's pipeline depths), selected by
+  // CollectiveArgs::variant; callers take the cheapest. A fixed set keeps every cost
+  // nondecreasing in the message size, which the tuner's pruning relies on.
+  int variants = 1;
 };
 
 const std::vector<Algorithm>& algorithms();
@@ -92,9 +94,12 @@ const std::vector<Algorithm>& algorithms();
 const Algorithm& find_algorithm(std::string_view name, const std::string& flag = "--algorithm");
 std::string algorithm_names();
 
-inline Cost closed_form_cost(const Algorithm& a, const CollectiveArgs& args) {
-  return evaluate(a.profile(args), args.net, args.bytes());
-}
+// The cheapest variant for these arguments (args.variant if it is already set).
+int best_variant(const Algorithm& a, const CollectiveArgs& args);
+// The closed form of the cheapest variant (or of args.variant if set).
+Cost closed_form_cost(const Algorithm& a, const CollectiveArgs& args);
+// The schedule of the cheapest variant (or of args.variant if set).
+Schedule schedule_of(const Algorithm& a, const CollectiveArgs& args);
 
 // Replays a schedule on the network of `args` with the same round rules as `evaluate`,
 // but from the actual transfers: per round, the slowest transfer, where a transfer's

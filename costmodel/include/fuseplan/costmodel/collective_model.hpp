@@ -5,6 +5,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective.hpp"
@@ -19,6 +20,7 @@ struct CollectiveOptions {
 
 struct CollectiveChoice {
   const Algorithm* algorithm = nullptr;
+  int variant = 0;  // the algorithm's cheapest variant (CollectiveArgs::variant)
   Cost cost;
   double launch_s = 0;
   bool calibrated = false;
@@ -46,7 +48,9 @@ class CollectiveModel {
   CollectiveOptions opt_;
   double launch_s_ = 0;
   std::map<std::string, Calibration, std::less<>> calibrated_;
-  mutable std::map<std::pair<std::string, int>, Profile> cache_;  // (algorithm, profile key)
+  // Profiles per algorithm (registry order), one per variant; a profile depends only on
+  // the rank layout and options, fixed for this model.
+  mutable std::vector<std::vector<Profile>> cache_;
 };
 
 }  // namespace fuseplan
