@@ -3,6 +3,9 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan::cli {
@@ -16,9 +19,43 @@ struct ModelFlags {
   ModelOptions options() const;
 };
 
+// Model, cluster, GPUs, batch, precisions, collective options and the training goal:
+// the setup shared by predict, tune, compare and whatif.
+struct SetupFlags {
+  ModelFlags model;
+  std::string cluster = "tencent-p40", precision = "fp16", transfer;
+  int gpus = 0, batch = 0, group = 0, torus_x = 0;
+  double epochs = 90;
+  int64_t dataset_size = 1281167;
+  CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
+  void add(CLI::App* app);
+
+  struct Resolved {
+    Model model;
+    Cluster cluster;
+    int gpus = 1, batch = 1;
+    Precision compute = Precision::FP16, transfer = Precision::FP16;
+  };
+  // Loads the model and cluster; GPUs default to 1024 (the paper's scale) capped at the
+  // cluster's size; batch to the model's default. Throws InputError naming the flag.
+  Resolved resolve() const;
+  CollectiveOptions collective() const { return {group, torus_x}; }
+  TrainingGoal goal() const { return {epochs, dataset_size}; }
+};
+
+// "fuseplan X: resnet50 on tencent-p40 (1024 GPUs = 128 nodes x 8), batch 32 per GPU, fp16 compute"
+std::string setup_line(const std::string& command, const Model& m, const Cluster& c, int gpus, int batch,
+                       Precision compute);
+
+// The per-bucket table (ready/start/end from backward start) and the iteration summary.
+void print_bucket_table(const Report& r);
+void print_iteration_summary(const Report& r);
+
 void add_models_commands(CLI::App& app);   // models, show
 void add_clusters_command(CLI::App& app);
 void add_predict_command(CLI::App& app);
 void add_collective_command(CLI::App& app);
+void add_tune_commands(CLI::App& app);     // tune, compare
+void add_whatif_command(CLI::App& app);
 
 }  // namespace fuseplan::cli

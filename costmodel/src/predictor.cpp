@@ -95,6 +95,21 @@ namespace {
 constexpr double kPackPasses = 2.0;
 }  // namespace
 
+BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
+                         std::string_view algorithm, Precision transfer, bool pack) {
+  BucketTerms t;
+  t.bytes = elems * bytes_per_element(transfer);
+  t.ready_s = last_ready_s;
+  if (pack)
+    t.ready_s += kPackPasses * double(t.bytes) / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+  if (coll.gpus() > 1) {
+    t.choice = coll.cost(algorithm, elems, transfer);
+    t.latency_s = t.choice.launch_s + t.choice.cost.latency_s + t.choice.cost.reduce_s;
+    t.bandwidth_s = t.choice.cost.bandwidth_s;
+  }
+  return t;
+}
+
 Report predict(const Model& model, const Cluster& cluster, const Plan& plan, const CollectiveModel& coll,
                const ComputeModel& compute, const TrainingGoal& goal, bool with_timeline) {
   if (coll.gpus() != plan.gpus)
@@ -114,36 +129,29 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.optimizer_s = compute.optimizer_s();
 
   const auto ready_pos = gradient_ready_times(model, compute);
-  const double mem_bw = cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency;
   std::vector<double> ready, lat, bw;
   std::vector<int> stream;
   for (size_t i = 0; i < plan.buckets.size(); ++i) {
     const auto& b = plan.buckets[i];
+    double last_ready = 0;
+    for (int pos = b.begin; pos < b.end; ++pos) last_ready = std::max(last_ready, ready_pos[pos]);
+    BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer, b.pack);
     BucketReport br;
     br.index = static_cast<int>(i);
     br.begin = b.begin;
     br.end = b.end;
     br.first_tensor = model.tensors[model.tensor_at_backward(b.begin)].name;
     br.last_tensor = model.tensors[model.tensor_at_backward(b.end - 1)].name;
-    int64_t elems = bucket_elements(plan, model, b);
-    br.bytes = elems * bytes_per_element(b.transfer);
+    br.bytes = t.bytes;
     br.stream = b.stream;
     br.transfer = b.transfer;
-    double rd = 0;
-    for (int pos = b.begin; pos < b.end; ++pos) rd = std::max(rd, ready_pos[pos]);
-    if (b.pack) rd += kPackPasses * double(br.bytes) / mem_bw;
-    if (plan.gpus > 1) {
-      CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
-      br.algorithm = std::string(ch.algorithm->name);
-      br.auto_chosen = b.algorithm == "auto";
-      br.cost = ch.cost;
-      br.launch_s = ch.launch_s;
-    } else {
-      br.algorithm = "none";
-    }
-    ready.push_back(rd);
-    lat.push_back(br.launch_s + br.cost.latency_s + br.cost.reduce_s);
-    bw.push_back(br.cost.bandwidth_s);
+    br.algorithm = t.choice.algorithm ? std::string(t.choice.algorithm->name) : "none";
+    br.auto_chosen = t.choice.algorithm && b.algorithm == "auto";
+    br.cost = t.choice.cost;
+    br.launch_s = t.choice.launch_s;
+    ready.push_back(t.ready_s);
+    lat.push_back(t.latency_s);
+    bw.push_back(t.bandwidth_s);
     stream.push_back(b.stream);
     r.buckets.push_back(br);
   }

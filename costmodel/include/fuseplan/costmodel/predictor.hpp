@@ -32,6 +32,19 @@ struct BucketTiming {
 std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready_s, const std::vector<double>& latency_s,
                                            const std::vector<double>& bandwidth_s, const std::vector<int>& stream);
 
+// One bucket's inputs to the schedule. The predictor and the tuner both build them here,
+// so the tuner's objective and the predictor's iteration time are the same doubles.
+struct BucketTerms {
+  double ready_s = 0;      // last gradient ready (+ the packing copy)
+  double latency_s = 0;    // launch + latency + reduction: not shared between streams
+  double bandwidth_s = 0;  // shared between streams that run at once
+  int64_t bytes = 0;
+  CollectiveChoice choice; // empty when there is one GPU
+};
+// `last_ready_s`: the latest ready time of the bucket's gradients (from backward start).
+BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
+                         std::string_view algorithm, Precision transfer, bool pack);
+
 // Time from the start of backward at which each backward position's gradient is ready.
 std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute);
 

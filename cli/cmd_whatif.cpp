@@ -1,0 +1,320 @@
+// `fuseplan whatif`: sweeps (table, CSV, JSON) and inverse capacity questions.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/whatif.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+
+struct WhatIfFlags {
+  std::string models = "resnet50", cluster = "tencent-p40", gpus = "1024", inter_bw, batch = "0";
+  std::string precisions = "fp16", transfer, algorithms = "auto", strategies = "optimal";
+  int segments = 2, group = 0, torus_x = 0, max_gpus = 0;
+  double epochs = 90;
+  int64_t dataset_size = 1281167;
+  std::string format = "table", out, deadline, solve = "bandwidth";
+  double target_efficiency = 0;
+  ModelFlags model_shape;  // --resolution etc. (its --model is unused here)
+};
+
+std::vector<std::string> split_list(const std::string& s, const std::string& flag) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ','))
+    if (!tok.empty()) out.push_back(tok);
+  if (out.empty()) throw InputError(flag + ": empty list");
+  return out;
+}
+
+double parse_number(const std::string& tok, const std::string& flag) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(tok, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (used != tok.size() || !std::isfinite(v)) throw InputError(flag + ": '" + tok + "' is not a number");
+  return v;
+}
+
+// "8,64,512", or "MIN:MAX" doubling from MIN, or "MIN:MAX:+STEP".
+std::vector<double> parse_range(const std::string& s, const std::string& flag, bool integers) {
+  std::vector<double> out;
+  for (const auto& tok : split_list(s, flag)) {
+    auto c1 = tok.find(':');
+    if (c1 == std::string::npos) {
+      out.push_back(parse_number(tok, flag));
+      continue;
+    }
+    auto c2 = tok.find(':', c1 + 1);
+    double lo = parse_number(tok.substr(0, c1), flag);
+    double hi = parse_number(tok.substr(c1 + 1, c2 == std::string::npos ? std::string::npos : c2 - c1 - 1), flag);
+    double step = 0;
+    if (c2 != std::string::npos) {
+      std::string st = tok.substr(c2 + 1);
+      if (st.empty() || st[0] != '+') throw InputError(flag + ": range step must look like +STEP (" + tok + ")");
+      step = parse_number(st.substr(1), flag);
+      if (!(step > 0)) throw InputError(flag + ": range step must be > 0 (" + tok + ")");
+    }
+    if (!(lo > 0) || hi < lo) throw InputError(flag + ": range '" + tok + "' needs 0 < MIN <= MAX");
+    for (double v = lo; v <= hi * (1 + 1e-12); v = step > 0 ? v + step : v * 2) out.push_back(v);
+  }
+  for (double v : out) {
+    if (!(v > 0)) throw InputError(flag + ": values must be > 0 (got " + fixed(v, 3) + ")");
+    if (integers && v != std::floor(v)) throw InputError(flag + ": values must be whole numbers (got " + fixed(v, 3) + ")");
+  }
+  return out;
+}
+
+std::vector<int> to_ints(const std::vector<double>& v) { return {v.begin(), v.end()}; }
+
+// A progress bar on stderr, shown once a sweep has run for a second (on a terminal, or
+// when FUSEPLAN_PROGRESS=1).
+class ProgressBar {
+ public:
+  ProgressBar() : start_(std::chrono::steady_clock::now()) {
+    const char* env = std::getenv("FUSEPLAN_PROGRESS");
+    enabled_ = env ? std::string(env) == "1" : isatty(fileno(stderr));
+  }
+  ~ProgressBar() {
+    if (shown_) std::cerr << "\n";
+  }
+  void operator()(size_t done, size_t total) {
+    if (!enabled_) return;
+    double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    if (t < 1.0 || (t - last_ < 0.1 && done < total)) return;
+    last_ = t;
+    shown_ = true;
+    const int width = 30;
+    int fill = static_cast<int>(width * double(done) / double(total));
+    double eta = done > 0 ? t * double(total - done) / double(done) : 0;
+    std::cerr << "\r[" << std::string(fill, '#') << std::string(width - fill, ' ') << "] " << done << "/" << total
+              << "  " << fixed(t, 1) << " s, about " << fixed(eta, 1) << " s left " << std::flush;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+  bool enabled_ = false, shown_ = false;
+  double last_ = 0;
+};
+
+const char* kCsvHeader =
+    "model,cluster,gpus,nodes,inter_bw_Gbps,batch_per_gpu,precision,algorithm,strategy,buckets,iteration_ms,"
+    "forward_ms,backward_ms,exposed_comm_ms,optimizer_ms,data_wait_ms,comm_busy_ms,scaling_efficiency,"
+    "throughput_samples_s,time_to_train_s";
+
+int nodes_of(const Cluster& c, int gpus) { return (gpus + c.gpus_per_node - 1) / c.gpus_per_node; }
+
+std::string csv_row(const WhatIfRow& r, const Cluster& c) {
+  const auto& p = r.point;
+  const auto& e = r.report;
+  std::ostringstream os;
+  os.precision(10);
+  os << p.model << "," << c.name << "," << p.gpus << "," << nodes_of(c, p.gpus) << "," << p.inter_bw_Gbps << ","
+     << p.batch_per_gpu << "," << precision_name(p.precision) << "," << p.algorithm << "," << strategy_name(p.strategy)
+     << "," << r.buckets << "," << e.iteration_s * 1e3 << "," << e.forward_s * 1e3 << "," << e.backward_s * 1e3 << ","
+     << e.exposed_comm_s * 1e3 << "," << e.optimizer_s * 1e3 << "," << e.data_wait_s * 1e3 << ","
+     << e.comm_busy_s * 1e3 << "," << e.scaling_efficiency << "," << e.throughput_samples_s << ","
+     << e.time_to_train_s;
+  return os.str();
+}
+
+nlohmann::json row_json(const WhatIfRow& r, const Cluster& c) {
+  const auto& p = r.point;
+  return {{"model", p.model},
+          {"cluster", c.name},
+          {"gpus", p.gpus},
+          {"nodes", nodes_of(c, p.gpus)},
+          {"inter_bw_Gbps", p.inter_bw_Gbps},
+          {"batch_per_gpu", p.batch_per_gpu},
+          {"precision", precision_name(p.precision)},
+          {"algorithm", p.algorithm},
+          {"strategy", strategy_name(p.strategy)},
+          {"buckets", r.buckets},
+          {"report", report_to_json(r.report)}};
+}
+
+void emit(const std::string& text, const std::string& out) {
+  if (out.empty()) std::cout << text;
+  else write_file_atomic(out, text);
+}
+
+void print_rows(const std::vector<WhatIfRow>& rows, const Cluster& c, const WhatIfFlags& f) {
+  if (f.format == "csv") {
+    std::string text = std::string(kCsvHeader) + "\n";
+    for (const auto& r : rows) text += csv_row(r, c) + "\n";
+    emit(text, f.out);
+  } else if (f.format == "json") {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& r : rows) a.push_back(row_json(r, c));
+    emit(a.dump(2) + "\n", f.out);
+  } else {
+    Table t({"<model", "GPUs", "inter Gbps", "batch", "<prec", "<algorithm", "<strategy", "buckets", "iteration ms",
+             "exposed ms", "efficiency", "samples/s", "time to train"});
+    for (const auto& r : rows) {
+      const auto& p = r.point;
+      t.row({p.model, std::to_string(p.gpus), p.inter_bw_Gbps > 0 ? fixed(p.inter_bw_Gbps, 1) : "-",
+             std::to_string(p.batch_per_gpu), std::string(precision_name(p.precision)), p.algorithm,
+             strategy_name(p.strategy), std::to_string(r.buckets), ms(r.report.iteration_s),
+             ms(r.report.exposed_comm_s), percent(r.report.scaling_efficiency),
+             grouped(static_cast<int64_t>(r.report.throughput_samples_s)), human_duration(r.report.time_to_train_s)});
+    }
+    std::ostringstream os;
+    t.print(os, "  ");
+    emit(os.str(), f.out);
+  }
+}
+
+void run_whatif(const WhatIfFlags& f) {
+  if (f.format != "table" && f.format != "csv" && f.format != "json")
+    throw InputError("--format: unknown value '" + f.format + "' (valid: table, csv, json)");
+  WhatIfSettings settings;
+  settings.model_options = f.model_shape.options();
+  settings.collective = {f.group, f.torus_x};
+  settings.goal = {f.epochs, f.dataset_size};
+  if (f.epochs <= 0) throw InputError("--epochs: must be > 0");
+  if (f.dataset_size <= 0) throw InputError("--dataset-size: must be > 0");
+  settings.tune.segments = f.segments;
+  if (!f.transfer.empty()) {
+    settings.transfer_follows_compute = false;
+    settings.tune.transfer = parse_precision(f.transfer, "--transfer");
+  }
+  WhatIfAxes axes;
+  axes.models = split_list(f.models, "--model");
+  axes.gpus = to_ints(parse_range(f.gpus, "--gpus", true));
+  if (!f.inter_bw.empty()) axes.inter_bw_Gbps = parse_range(f.inter_bw, "--inter-bw", false);
+  axes.batch_per_gpu = f.batch == "0" ? std::vector<int>{0} : to_ints(parse_range(f.batch, "--batch-per-gpu", true));
+  axes.precisions.clear();
+  for (const auto& p : split_list(f.precisions, "--precision")) axes.precisions.push_back(parse_precision(p, "--precision"));
+  axes.algorithms = split_list(f.algorithms, "--algorithm");
+  for (const auto& a : axes.algorithms)
+    if (a != "auto") find_algorithm(a);
+  axes.strategies.clear();
+  for (const auto& s : split_list(f.strategies, "--strategy")) axes.strategies.push_back(parse_strategy(s));
+  for (const auto& m : axes.models) load_model(m, settings.model_options);  // refuse unknown names up front
+
+  WhatIf w(load_cluster(f.cluster), settings);
+  ProgressBar bar;
+  Progress progress = [&bar](size_t d, size_t t) { bar(d, t); };
+
+  const bool inverse = f.target_efficiency != 0 || !f.deadline.empty();
+  if (!inverse) {
+    print_rows(w.sweep(axes, progress), w.cluster(), f);
+    return;
+  }
+  if (w.count(axes) != 1)
+    throw InputError("--target-efficiency/--deadline answer for one setup: give one value per axis (got " +
+                     std::to_string(w.count(axes)) + " combinations)");
+  WhatIfPoint p{axes.models[0], axes.gpus[0], axes.inter_bw_Gbps.empty() ? 0 : axes.inter_bw_Gbps[0],
+                axes.batch_per_gpu[0], axes.precisions[0], axes.algorithms[0], axes.strategies[0]};
+  std::vector<int> candidates = w.gpu_candidates();
+  if (f.max_gpus < 0) throw InputError("--max-gpus: must be >= 1");
+  if (f.max_gpus > 0) {
+    candidates.clear();
+    for (int g : w.gpu_candidates())
+      if (g <= f.max_gpus) candidates.push_back(g);
+    const int per = w.cluster().gpus_per_node;
+    for (int g = (w.cluster().capacity() / per + 1) * per; g <= f.max_gpus; g += per) candidates.push_back(g);
+    if (candidates.empty()) throw InputError("--max-gpus: must be >= 1");
+  }
+  nlohmann::json j;
+  WhatIfRow row;
+  std::string answer;
+  if (!f.deadline.empty()) {
+    if (f.target_efficiency != 0) throw InputError("--deadline and --target-efficiency are separate questions; ask one");
+    double deadline = parse_duration(f.deadline, "--deadline");
+    row = w.min_gpus_for_deadline(p, deadline, candidates, progress);
+    double gpu_hours = row.point.gpus * row.report.time_to_train_s / 3600;
+    answer = "fewest GPUs that train " + p.model + " for " + fixed(f.epochs, 0) + " epochs of " + grouped(f.dataset_size) +
+             " samples within " + f.deadline + ": " + std::to_string(row.point.gpus) + " GPUs (" +
+             std::to_string(nodes_of(w.cluster(), row.point.gpus)) + " nodes), " +
+             human_duration(row.report.time_to_train_s) + ", " + fixed(gpu_hours, 1) + " GPU-hours";
+    j = {{"question", "deadline"}, {"deadline_s", deadline}, {"gpus", row.point.gpus},
+         {"time_to_train_s", row.report.time_to_train_s}, {"gpu_hours", gpu_hours}};
+  } else if (f.solve == "bandwidth") {
+    double bw = w.min_bandwidth_for(p, f.target_efficiency, progress);
+    p.inter_bw_Gbps = bw;
+    row = w.evaluate(p);
+    answer = "minimum inter-node bandwidth for " + percent(f.target_efficiency) + " scaling efficiency with " +
+             p.model + " on " + std::to_string(p.gpus) + " GPUs: " + fixed(bw, 2) + " Gbps per NIC (" +
+             std::to_string(w.cluster().inter->nics_per_node) + " per node; the cluster has " +
+             fixed(w.cluster().inter->nic_bw_Gbps, 1) + ")";
+    j = {{"question", "target_efficiency"}, {"solve", "bandwidth"}, {"target", f.target_efficiency},
+         {"inter_bw_Gbps", bw}};
+  } else if (f.solve == "gpus") {
+    row = w.max_gpus_for(p, f.target_efficiency, candidates, progress);
+    answer = "most GPUs with at least " + percent(f.target_efficiency) + " scaling efficiency for " + p.model + ": " +
+             std::to_string(row.point.gpus) + " (" + percent(row.report.scaling_efficiency) + ")";
+    j = {{"question", "target_efficiency"}, {"solve", "gpus"}, {"target", f.target_efficiency},
+         {"gpus", row.point.gpus}};
+  } else {
+    throw InputError("--solve: unknown value '" + f.solve + "' (valid: bandwidth, gpus)");
+  }
+  if (f.format == "json") {
+    j["row"] = row_json(row, w.cluster());
+    emit(j.dump(2) + "\n", f.out);
+  } else if (f.format == "csv") {
+    print_rows({row}, w.cluster(), f);
+  } else {
+    std::cout << answer << "\n";
+    print_rows({row}, w.cluster(), f);
+  }
+}
+
+}  // namespace
+
+void add_whatif_command(CLI::App& app) {
+  auto f = std::make_shared<WhatIfFlags>();
+  auto* cmd = app.add_subcommand(
+      "whatif",
+      "Capacity planning: sweep models, GPUs, inter-node bandwidth, batch, precision, algorithm and strategy\n"
+      "(each point tuned and predicted), or ask inverse questions. Lists are comma-separated; numeric axes\n"
+      "also take MIN:MAX (doubling) or MIN:MAX:+STEP.");
+  cmd->add_option("--model", f->models, "model names or .json paths")->capture_default_str();
+  cmd->add_option("--cluster", f->cluster, "shipped cluster name or .json path (grown by whole nodes if --gpus asks "
+                                           "for more)")
+      ->capture_default_str();
+  cmd->add_option("--gpus", f->gpus, "GPU counts, e.g. 8:2048 or 64,512,1024")->capture_default_str();
+  cmd->add_option("--inter-bw", f->inter_bw, "inter-node bandwidth per NIC in Gbps, e.g. 25,100,400 (default: the "
+                                             "cluster's)");
+  cmd->add_option("--batch-per-gpu", f->batch, "samples per GPU (0 = the model's default)")->capture_default_str();
+  cmd->add_option("--precision", f->precisions, "compute precisions: fp16, bf16, fp32")->capture_default_str();
+  cmd->add_option("--transfer", f->transfer, "gradient transfer precision for every point (default: the compute one)");
+  cmd->add_option("--algorithm", f->algorithms, "allreduce algorithms: auto or names")->capture_default_str();
+  cmd->add_option("--strategy", f->strategies, "fusion strategies: " + strategy_names())->capture_default_str();
+  cmd->add_option("--segments", f->segments, "K for k-split")->capture_default_str();
+  cmd->add_option("--group", f->group, "hierarchical group size in GPUs (default: GPUs per node)");
+  cmd->add_option("--torus-x", f->torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  cmd->add_option("--epochs", f->epochs, "epochs for time to train")->capture_default_str();
+  cmd->add_option("--dataset-size", f->dataset_size, "samples per epoch (default: ImageNet-1k)");
+  cmd->add_option("--format", f->format, "table | csv | json")->capture_default_str();
+  cmd->add_option("--out", f->out, "write the table/CSV/JSON to FILE instead of stdout");
+  cmd->add_option("--target-efficiency", f->target_efficiency,
+                  "inverse: the scaling efficiency to reach, in (0, 1]; see --solve");
+  cmd->add_option("--solve", f->solve, "with --target-efficiency: bandwidth (minimum Gbps per NIC) | gpus (most GPUs)")
+      ->capture_default_str();
+  cmd->add_option("--deadline", f->deadline, "inverse: fewest GPUs that train --epochs of --dataset-size within "
+                                             "this time (90s, 10m, 2h, 1.5d)");
+  cmd->add_option("--max-gpus", f->max_gpus, "largest GPU count the inverse questions try (default: the cluster's "
+                                             "size; more grows it by whole nodes)");
+  cmd->add_option("--resolution", f->model_shape.resolution, "CNN input height = width in pixels");
+  f->model_shape.resolution_opt = cmd->get_option("--resolution");
+  f->model_shape.channels_opt = cmd->add_option("--channels", f->model_shape.channels, "CNN input channels");
+  f->model_shape.classes_opt = cmd->add_option("--classes", f->model_shape.classes, "CNN classifier outputs");
+  f->model_shape.seq_len_opt = cmd->add_option("--seq-len", f->model_shape.seq_len, "transformer sequence length");
+  cmd->callback([f] { run_whatif(*f); });
+}
+
+}  // namespace fuseplan::cli

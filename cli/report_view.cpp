@@ -1,0 +1,44 @@
+// Report views shared by predict and tune: the bucket table and the iteration summary.
+#include <iostream>
+
+#include "commands.hpp"
+#include "format.hpp"
+
+namespace fuseplan::cli {
+
+void print_bucket_table(const Report& r) {
+  const size_t kMaxRows = 40;
+  Table t({"bucket", "<tensors (bwd)", "<first .. last tensor", "bytes", "<algorithm", "ready ms", "start ms", "end ms",
+           "latency ms", "bandwidth ms"});
+  for (size_t i = 0; i < r.buckets.size(); ++i) {
+    const auto& b = r.buckets[i];
+    if (r.buckets.size() > kMaxRows && i == kMaxRows / 2) {
+      t.row({"...", "", "(" + std::to_string(r.buckets.size() - kMaxRows) + " more; --json lists all)"});
+      i = r.buckets.size() - kMaxRows / 2 - 1;
+      continue;
+    }
+    std::string range = b.end - b.begin == 1 ? std::to_string(b.begin) : std::to_string(b.begin) + "-" + std::to_string(b.end - 1);
+    std::string names = b.end - b.begin == 1 ? b.first_tensor : b.first_tensor + " .. " + b.last_tensor;
+    t.row({std::to_string(b.index), range, names, human_bytes(double(b.bytes)),
+           b.algorithm + (b.auto_chosen ? " (auto)" : "") + (b.stream ? " s" + std::to_string(b.stream) : ""),
+           ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3), ms(b.cost.bandwidth_s, 3)});
+  }
+  t.print(std::cout, "  ");
+  std::cout << "  (times from the start of backward; backward ends at " << ms(r.backward_s) << " ms)\n\n";
+}
+
+void print_iteration_summary(const Report& r) {
+  double hidden = r.comm_busy_s > 0 ? 1 - r.exposed_comm_s / r.comm_busy_s : 1;
+  std::cout << "  iteration time       " << ms(r.iteration_s) << " ms  = forward " << ms(r.forward_s) << " + backward "
+            << ms(r.backward_s) << " + exposed communication " << ms(r.exposed_comm_s) << " + optimizer "
+            << ms(r.optimizer_s) << " + data wait " << ms(r.data_wait_s) << "\n";
+  std::cout << "  communication        " << ms(r.comm_busy_s) << " ms busy, " << percent(hidden)
+            << " hidden behind backward\n";
+  std::cout << "  throughput           " << grouped(static_cast<int64_t>(r.throughput_samples_s)) << " samples/s\n";
+  std::cout << "  scaling efficiency   " << percent(r.scaling_efficiency) << " (one GPU: " << ms(r.single_gpu_iteration_s)
+            << " ms per iteration)\n";
+  std::cout << "  time to train        " << human_duration(r.time_to_train_s) << " (" << fixed(r.epochs, 0) << " epochs x "
+            << grouped(r.dataset_size) << " samples = " << grouped(r.iterations_to_train) << " iterations)\n";
+}
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,49 @@
+// The setup flags shared by predict, tune, compare and whatif.
+#include <algorithm>
+
+#include "commands.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+constexpr int kDefaultGpus = 1024;  // the paper's scale
+}
+
+void SetupFlags::add(CLI::App* app) {
+  model.add(app);
+  cluster_opt = app->add_option("--cluster", cluster, "shipped cluster name (see `fuseplan clusters`) or a .json path")
+                    ->capture_default_str();
+  gpus_opt = app->add_option("--gpus", gpus, "number of GPUs (ranks); default 1024, capped at the cluster's size");
+  batch_opt = app->add_option("--batch-per-gpu", batch,
+                              "samples per GPU per iteration (default: the model's, e.g. resnet50 32, alexnet_bn 64)");
+  precision_opt = app->add_option("--precision", precision, "compute precision: fp16 | bf16 | fp32")->capture_default_str();
+  app->add_option("--transfer", transfer, "gradient transfer precision: fp16 | bf16 | fp32 (default: the compute precision)");
+  app->add_option("--group", group, "hierarchical group size in GPUs (default: GPUs per node)");
+  app->add_option("--torus-x", torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  app->add_option("--epochs", epochs, "epochs for the time-to-train figure")->capture_default_str();
+  app->add_option("--dataset-size", dataset_size, "samples per epoch (default: ImageNet-1k, 1281167)");
+}
+
+SetupFlags::Resolved SetupFlags::resolve() const {
+  Resolved r;
+  r.model = load_model(model.model, model.options());
+  r.cluster = load_cluster(cluster);
+  r.gpus = gpus_opt->count() ? gpus : std::min(kDefaultGpus, r.cluster.capacity());
+  check_gpu_count(r.cluster, r.gpus, "--gpus");
+  r.batch = batch_opt->count() ? batch : default_batch_per_gpu(model.model);
+  if (r.batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(r.batch) + ")");
+  r.compute = parse_precision(precision, "--precision");
+  r.transfer = transfer.empty() ? r.compute : parse_precision(transfer, "--transfer");
+  return r;
+}
+
+std::string setup_line(const std::string& command, const Model& m, const Cluster& c, int gpus, int batch,
+                       Precision compute) {
+  int nodes = (gpus + c.gpus_per_node - 1) / c.gpus_per_node;
+  return "fuseplan " + command + ": " + m.name + " on " + c.name + " (" + std::to_string(gpus) + " GPUs = " +
+         std::to_string(nodes) + " nodes x " + std::to_string(std::min(gpus, c.gpus_per_node)) + "), batch " +
+         std::to_string(batch) + " per GPU, " + std::string(precision_name(compute)) + " compute";
+}
+
+}  // namespace fuseplan::cli

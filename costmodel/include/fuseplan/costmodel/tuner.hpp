@@ -1,0 +1,91 @@
+// The fusion tuner: chooses the gradient buckets (contiguous tensor ranges in backward
+// order) and each bucket's allreduce algorithm, judged by the analytic predictor.
+//   optimal      exact minimum over all contiguous partitions (one stream), by dynamic
+//                programming over prefixes with an exact pruning rule
+//   k-split      the same, with exactly K buckets (K = 2: the 4-minute paper's method)
+//   per-tensor   one allreduce per tensor (plain wait-free backprop)
+//   single       one allreduce after backward
+//   horovod      Horovod tensor fusion: greedy up to a byte threshold (64 MiB), fused in
+//                the transfer dtype, copied into a fusion buffer; optional cycle time
+//   ddp          PyTorch DDP: 1 MiB first bucket, then 25 MiB caps on FP32 parameter
+//                bytes, a bucket closes once it reaches its cap; copied into bucket buffers
+//   mgwfbp       MG-WFBP's greedy merge rule (Shi, Chu, Li, INFOCOM 2019)
+// Options beyond today's tools, evaluated by the predictor: several communication
+// streams sharing the links (AIACC), and FP32 transfer for chosen tensors.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
+
+namespace fuseplan {
+
+enum class Strategy { Optimal, KSplit, PerTensor, Single, Horovod, Ddp, Mgwfbp };
+inline constexpr Strategy kAllStrategies[] = {Strategy::Optimal, Strategy::KSplit,  Strategy::PerTensor,
+                                              Strategy::Single,  Strategy::Horovod, Strategy::Ddp,
+                                              Strategy::Mgwfbp};
+const char* strategy_name(Strategy s);
+std::string strategy_names();
+// Throws InputError naming `flag` and listing the valid names.
+Strategy parse_strategy(const std::string& s, const std::string& flag = "--strategy");
+
+// Which tensors travel in FP32 whatever the bucket's transfer precision: none, the
+// normalisation layers' weights and biases (norm), or those plus every bias (norm+bias).
+// A bucket holding any of them is sent in FP32.
+enum class Fp32Tensors { None, Norm, NormAndBias };
+Fp32Tensors parse_fp32_tensors(const std::string& s, const std::string& flag = "--fp32-tensors");
+const char* fp32_tensors_name(Fp32Tensors f);
+
+enum class Packing { Strategy, Pack, View };  // Strategy: horovod and ddp pack, the rest view
+
+struct TuneOptions {
+  Strategy strategy = Strategy::Optimal;
+  int segments = 2;                                  // k-split
+  int64_t horovod_threshold_bytes = int64_t(64) << 20;
+  double horovod_cycle_s = 0;                        // 0: pure threshold fusion
+  int64_t ddp_cap_bytes = int64_t(25) << 20;         // bucket_cap_mb = 25 (x 1024 x 1024)
+  int64_t ddp_first_bytes = int64_t(1) << 20;        // dist._DEFAULT_FIRST_BUCKET_BYTES
+  std::string algorithm = "auto";                    // per bucket: cheapest, or one name for all
+  Precision transfer = Precision::FP16;
+  Fp32Tensors fp32 = Fp32Tensors::None;
+  int streams = 1;                                   // buckets go round-robin to streams
+  Packing packing = Packing::Strategy;
+};
+
+struct TuneResult {
+  Plan plan;               // buckets with concrete algorithm names
+  Report report;           // the predictor's report of the plan
+  double objective_s = 0;  // the DP's last allreduce end (optimal, k-split), else report's
+  int64_t evaluations = 0; // bucket costs evaluated
+  double seconds = 0;      // wall time of the search
+};
+
+// Binds a model, cluster, GPU count, batch and compute precision; `run` tunes one
+// strategy. Not thread-safe (the collective model caches); one per thread.
+class Tuner {
+ public:
+  Tuner(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Precision compute,
+        CollectiveOptions coll = {}, TrainingGoal goal = {});
+  TuneResult run(const TuneOptions& opt) const;
+  // The prediction of a given plan under the same models (for brute-force checks).
+  Report evaluate(const Plan& p, bool with_timeline = false) const;
+  Plan plan_for(const std::vector<int>& starts, const TuneOptions& opt) const;
+  const Model& model() const { return model_; }
+  const CollectiveModel& collectives() const { return coll_; }
+  const ComputeModel& compute() const { return compute_; }
+
+ private:
+  std::vector<int> search(const TuneOptions& opt, double& objective, int64_t& evaluations) const;
+  const Model& model_;
+  const Cluster& cluster_;
+  int gpus_, batch_;
+  Precision compute_precision_;
+  TrainingGoal goal_;
+  CollectiveModel coll_;
+  ComputeModel compute_;
+  std::vector<double> ready_;  // per backward position, from backward start
+};
+
+}  // namespace fuseplan

@@ -1,0 +1,351 @@
+// The fusion tuner: the exact dynamic program and the baselines users know.
+#include "fuseplan/costmodel/tuner.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan {
+
+namespace {
+constexpr const char* kStrategyNames[] = {"optimal", "k-split", "per-tensor", "single", "horovod", "ddp", "mgwfbp"};
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// k-split keeps one parent row per segment count; refuse tables larger than this.
+constexpr int64_t kMaxKSplitCells = 100'000'000;
+}  // namespace
+
+const char* strategy_name(Strategy s) { return kStrategyNames[static_cast<int>(s)]; }
+
+std::string strategy_names() {
+  std::string out;
+  for (const char* n : kStrategyNames) out += (out.empty() ? "" : ", ") + std::string(n);
+  return out;
+}
+
+Strategy parse_strategy(const std::string& s, const std::string& flag) {
+  for (Strategy st : kAllStrategies)
+    if (s == strategy_name(st)) return st;
+  throw InputError(flag + ": unknown strategy '" + s + "' (valid: " + strategy_names() + ")");
+}
+
+Fp32Tensors parse_fp32_tensors(const std::string& s, const std::string& flag) {
+  if (s == "none") return Fp32Tensors::None;
+  if (s == "norm") return Fp32Tensors::Norm;
+  if (s == "norm+bias") return Fp32Tensors::NormAndBias;
+  throw InputError(flag + ": unknown value '" + s + "' (valid: none, norm, norm+bias)");
+}
+
+const char* fp32_tensors_name(Fp32Tensors f) {
+  switch (f) {
+    case Fp32Tensors::None: return "none";
+    case Fp32Tensors::Norm: return "norm";
+    case Fp32Tensors::NormAndBias: return "norm+bias";
+  }
+  return "none";
+}
+
+namespace {
+
+bool packs(const TuneOptions& opt) {
+  if (opt.packing != Packing::Strategy) return opt.packing == Packing::Pack;
+  return opt.strategy == Strategy::Horovod || opt.strategy == Strategy::Ddp;
+}
+
+bool keeps_fp32(const ParamTensor& t, Fp32Tensors f) {
+  bool norm = t.role == TensorRole::NormScale || t.role == TensorRole::NormShift;
+  if (f == Fp32Tensors::Norm) return norm;
+  if (f == Fp32Tensors::NormAndBias) return norm || t.role == TensorRole::Bias;
+  return false;
+}
+
+void check_options(const TuneOptions& opt, int tensors) {
+  if (opt.strategy == Strategy::KSplit && (opt.segments < 1 || opt.segments > tensors))
+    throw InputError("--segments: " + std::to_string(opt.segments) + " buckets asked for, the model has " +
+                     std::to_string(tensors) + " tensors (valid: 1.." + std::to_string(tensors) + ")");
+  if (opt.strategy == Strategy::KSplit && int64_t(opt.segments) * (tensors + 1) > kMaxKSplitCells)
+    throw InputError("--segments: " + std::to_string(opt.segments) + " x " + std::to_string(tensors) +
+                     " tensors is too large a table for k-split; use --strategy optimal");
+  if (opt.horovod_threshold_bytes < 0) throw InputError("--threshold: must be >= 0 bytes");
+  if (!(opt.horovod_cycle_s >= 0) || !std::isfinite(opt.horovod_cycle_s))
+    throw InputError("--cycle-time: must be >= 0 ms");
+  if (opt.ddp_cap_bytes <= 0) throw InputError("--ddp-cap: must be > 0 bytes");
+  if (opt.ddp_first_bytes <= 0) throw InputError("--ddp-first: must be > 0 bytes");
+  if (opt.streams < 1) throw InputError("--streams: must be >= 1");
+  if (opt.algorithm != "auto") find_algorithm(opt.algorithm);
+}
+
+// Bucket [i, j) of backward positions, costed exactly as the predictor costs it.
+class BucketCoster {
+ public:
+  BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt)
+      : cluster_(c), coll_(coll), opt_(opt), pack_(packs(opt)) {
+    const int n = static_cast<int>(m.tensors.size());
+    elems_.assign(n + 1, 0);
+    fp32_.assign(n + 1, 0);
+    for (int pos = 0; pos < n; ++pos) {
+      const auto& t = m.tensors[m.tensor_at_backward(pos)];
+      elems_[pos + 1] = elems_[pos] + t.numel;
+      fp32_[pos + 1] = fp32_[pos] + keeps_fp32(t, opt.fp32);
+    }
+  }
+  Precision transfer(int i, int j) const { return fp32_[j] > fp32_[i] ? Precision::FP32 : opt_.transfer; }
+  BucketTerms at(int i, int j, double last_ready) {
+    ++evaluations;
+    return bucket_terms(cluster_, coll_, last_ready, elems_[j] - elems_[i], opt_.algorithm, transfer(i, j), pack_);
+  }
+  int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
+  int64_t evaluations = 0;
+
+ private:
+  const Cluster& cluster_;
+  const CollectiveModel& coll_;
+  const TuneOptions& opt_;
+  bool pack_;
+  std::vector<int64_t> elems_;
+  std::vector<int> fp32_;
+};
+
+double end_after(double free_at, const BucketTerms& t) {
+  return std::max(t.ready_s, free_at) + t.latency_s + t.bandwidth_s;  // as schedule_buckets
+}
+
+// The dynamic program over prefixes (DESIGN.md, "The overlap model"): best[j] is the
+// earliest end of the last allreduce over any partition of positions [0, j) into
+// `segments` buckets (0 = any number). The end of a bucket [i, j) after prefix i is
+// max(best[i], R(i, j)) + C(i, j), nondecreasing in best[i], so prefixes combine
+// exactly. Pruning: R and C only grow as the bucket grows (i decreases; costs are
+// nondecreasing in bytes), so once R(i, j) + C(i, j) reaches the best end found, no
+// larger bucket can beat it and the scan over i stops.
+std::vector<int> dynamic_program(const std::vector<double>& ready, BucketCoster& cost, int segments, double& objective) {
+  const int n = static_cast<int>(ready.size());
+  const bool any = segments == 0;
+  const int layers = any ? 1 : segments;
+  std::vector<double> prefix_ready(n + 1, -kInf);
+  for (int i = 0; i < n; ++i) prefix_ready[i + 1] = std::max(prefix_ready[i], ready[i]);
+  // Layer k: the best end with exactly k + 1 buckets (any number when `any`).
+  std::vector<double> prev(n + 1, kInf), cur(n + 1, kInf);
+  std::vector<std::vector<int>> parent(layers, std::vector<int>(n + 1, 0));
+  for (int k = 0; k < layers; ++k) {
+    std::fill(cur.begin(), cur.end(), kInf);
+    cur[0] = any ? 0 : kInf;
+    // Exactly `segments` buckets: layer k covers at least k + 1 tensors and leaves at
+    // least segments - k - 1 for the later buckets.
+    const int j_lo = any ? 1 : k + 1;
+    const int j_hi = any ? n : n - (segments - k - 1);
+    for (int j = j_lo; j <= j_hi; ++j) {
+      if (!any && k == 0) {  // one bucket [0, j)
+        cur[j] = end_after(0, cost.at(0, j, prefix_ready[j]));
+        continue;
+      }
+      const std::vector<double>& before = any ? cur : prev;  // ends of the shorter prefixes
+      const int i_lo = any ? 0 : k;
+      double best = kInf, last_ready = -kInf;
+      for (int i = j - 1; i >= i_lo; --i) {
+        last_ready = std::max(last_ready, ready[i]);
+        BucketTerms t = cost.at(i, j, last_ready);
+        double end = end_after(before[i], t);
+        if (end < best) {
+          best = end;
+          parent[k][j] = i;
+        }
+        if (t.ready_s + t.latency_s + t.bandwidth_s >= best) break;
+      }
+      cur[j] = best;
+    }
+    std::swap(prev, cur);
+  }
+  objective = prev[n];
+  std::vector<int> starts;
+  for (int j = n, k = layers - 1; j > 0; k = any ? 0 : k - 1) {
+    j = parent[k][j];
+    starts.push_back(j);
+  }
+  std::reverse(starts.begin(), starts.end());
+  return starts;
+}
+
+// Among the many partitions that tie with the optimum (everything hidden behind
+// backward), prefer fewer buckets: walking forward, a bucket absorbs the next one when
+// the schedule's last allreduce end does not grow. After a merge, the first later
+// allreduce that ends no later than before lets every one after it do so too, which
+// cuts the check short.
+std::vector<int> merge_ties(const std::vector<double>& ready, BucketCoster& cost, const std::vector<int>& starts) {
+  const int n = static_cast<int>(ready.size());
+  struct B {
+    int begin, end;
+    BucketTerms t;
+    double finish;
+  };
+  auto terms = [&](int i, int j) { return cost.at(i, j, *std::max_element(ready.begin() + i, ready.begin() + j)); };
+  std::vector<B> bs;
+  for (size_t k = 0; k < starts.size(); ++k) {
+    int j = k + 1 < starts.size() ? starts[k + 1] : n;
+    bs.push_back({starts[k], j, terms(starts[k], j), 0});
+  }
+  auto reschedule = [&](size_t from) {
+    for (size_t k = from; k < bs.size(); ++k) bs[k].finish = end_after(k ? bs[k - 1].finish : 0, bs[k].t);
+  };
+  reschedule(0);
+  for (size_t k = 0; k + 1 < bs.size();) {
+    BucketTerms merged = terms(bs[k].begin, bs[k + 1].end);
+    double free_at = end_after(k ? bs[k - 1].finish : 0, merged);
+    bool accept = true;
+    for (size_t m = k + 2; m < bs.size(); ++m) {
+      if (free_at <= bs[m - 1].finish) break;  // back on (or ahead of) the old schedule
+      free_at = end_after(free_at, bs[m].t);
+      if (m + 1 == bs.size()) accept = free_at <= bs.back().finish;
+    }
+    if (k + 2 == bs.size()) accept = free_at <= bs.back().finish;
+    if (!accept) {
+      ++k;
+      continue;
+    }
+    bs[k].end = bs[k + 1].end;
+    bs[k].t = merged;
+    bs.erase(bs.begin() + static_cast<long>(k) + 1);
+    reschedule(k);
+  }
+  std::vector<int> out;
+  for (const auto& b : bs) out.push_back(b.begin);
+  return out;
+}
+
+// MG-WFBP (Shi, Chu, Li 2019; its reference code's merge rule): walking backward, the
+// next gradient joins the open group when it is ready before the group's allreduce
+// would end and either the allreduce has not started by then or waiting for it costs
+// less than the startup latency a merge saves.
+std::vector<int> mgwfbp(const std::vector<double>& ready, BucketCoster& cost) {
+  const int n = static_cast<int>(ready.size());
+  std::vector<int> starts{0};
+  int g = 0;
+  double prev_end = 0, last_ready = ready[0];
+  BucketTerms cur = cost.at(0, 1, last_ready);
+  for (int t = 1; t < n; ++t) {
+    const double start = std::max(prev_end, cur.ready_s);
+    const double end = start + cur.latency_s + cur.bandwidth_s;
+    const double alpha = cur.choice.launch_s + cur.choice.cost.latency_s;
+    const double r = ready[t];
+    bool merge = r < end && (start > r || r - start < alpha);
+    if (merge) {
+      last_ready = std::max(last_ready, r);
+    } else {
+      prev_end = end;
+      g = t;
+      starts.push_back(t);
+      last_ready = r;
+    }
+    cur = cost.at(g, t + 1, last_ready);
+  }
+  return starts;
+}
+
+}  // namespace
+
+Tuner::Tuner(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Precision compute,
+             CollectiveOptions coll, TrainingGoal goal)
+    : model_(m),
+      cluster_(c),
+      gpus_(gpus),
+      batch_(batch_per_gpu),
+      compute_precision_(compute),
+      goal_(goal),
+      coll_(c, gpus, coll),
+      compute_(m, c, batch_per_gpu, compute) {
+  if (m.tensors.empty()) throw InputError("model " + m.name + " has no parameter tensors to reduce");
+  ready_ = gradient_ready_times(m, compute_);
+}
+
+std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations) const {
+  const int n = static_cast<int>(model_.tensors.size());
+  BucketCoster cost(model_, cluster_, coll_, opt);
+  std::vector<int> starts{0};
+  objective = -1;
+  auto tensor_bytes = [&](int pos, int elem_bytes) {
+    return model_.tensors[model_.tensor_at_backward(pos)].numel * elem_bytes;
+  };
+  switch (opt.strategy) {
+    case Strategy::Optimal: starts = merge_ties(ready_, cost, dynamic_program(ready_, cost, 0, objective)); break;
+    case Strategy::KSplit: starts = dynamic_program(ready_, cost, opt.segments, objective); break;
+    case Strategy::PerTensor:
+      for (int i = 1; i < n; ++i) starts.push_back(i);
+      break;
+    case Strategy::Single: break;
+    case Strategy::Horovod: {
+      // Greedy in backward order: a tensor that would overflow the fusion buffer starts a
+      // new one (threshold 0 disables fusion). With a cycle time, only tensors ready by
+      // the same background-thread tick are fused.
+      int64_t fill = 0;
+      double tick = 0;
+      for (int i = 0; i < n; ++i) {
+        int64_t b = tensor_bytes(i, bytes_per_element(cost.transfer(i, i + 1)));
+        double t = opt.horovod_cycle_s > 0 ? std::ceil(ready_[i] / opt.horovod_cycle_s) : 0;
+        if (i > 0 && (fill + b > opt.horovod_threshold_bytes || t != tick)) {
+          starts.push_back(i);
+          fill = 0;
+        }
+        fill += b;
+        tick = t;
+      }
+      break;
+    }
+    case Strategy::Ddp: {
+      // compute_bucket_assignment_by_size: parameters in reverse order; a bucket closes
+      // once its FP32 parameter bytes reach the limit (first 1 MiB, then 25 MiB).
+      int64_t fill = 0, limit = opt.ddp_first_bytes;
+      for (int i = 0; i < n; ++i) {
+        fill += tensor_bytes(i, 4);
+        if (fill >= limit && i + 1 < n) {
+          starts.push_back(i + 1);
+          fill = 0;
+          limit = opt.ddp_cap_bytes;
+        }
+      }
+      break;
+    }
+    case Strategy::Mgwfbp: starts = mgwfbp(ready_, cost); break;
+  }
+  evaluations = cost.evaluations;
+  return starts;
+}
+
+Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) const {
+  const int n = static_cast<int>(model_.tensors.size());
+  BucketCoster cost(model_, cluster_, coll_, opt);
+  std::vector<PlanBucket> buckets;
+  for (size_t k = 0; k < starts.size(); ++k) {
+    PlanBucket b;
+    b.begin = starts[k];
+    b.end = k + 1 < starts.size() ? starts[k + 1] : n;
+    b.algorithm = opt.algorithm;
+    b.transfer = cost.transfer(b.begin, b.end);
+    b.stream = static_cast<int>(k % opt.streams);
+    b.pack = packs(opt);
+    buckets.push_back(b);
+  }
+  return make_plan(model_, cluster_.name, gpus_, batch_, compute_precision_, std::move(buckets),
+                   strategy_name(opt.strategy));
+}
+
+Report Tuner::evaluate(const Plan& p, bool with_timeline) const {
+  return predict(model_, cluster_, p, coll_, compute_, goal_, with_timeline);
+}
+
+TuneResult Tuner::run(const TuneOptions& opt) const {
+  check_options(opt, static_cast<int>(model_.tensors.size()));
+  auto t0 = std::chrono::steady_clock::now();
+  TuneResult r;
+  std::vector<int> starts = search(opt, r.objective_s, r.evaluations);
+  r.plan = plan_for(starts, opt);
+  r.report = evaluate(r.plan);
+  // Record the algorithm each bucket runs, so executors need not re-run the choice.
+  for (size_t k = 0; k < r.plan.buckets.size(); ++k)
+    if (r.report.buckets[k].algorithm != "none") r.plan.buckets[k].algorithm = r.report.buckets[k].algorithm;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (r.objective_s < 0) r.objective_s = r.report.comm_end_s;
+  return r;
+}
+
+}  // namespace fuseplan

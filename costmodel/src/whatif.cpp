@@ -1,0 +1,158 @@
+// What-if sweeps and inverse questions on top of the tuner and the predictor.
+#include "fuseplan/costmodel/whatif.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan {
+
+WhatIf::WhatIf(Cluster base, WhatIfSettings settings) : base_(std::move(base)), settings_(std::move(settings)) {}
+
+const Model& WhatIf::model(const std::string& name) const {
+  for (const auto& [n, m] : models_)
+    if (n == name) return m;
+  models_.emplace_back(name, load_model(name, settings_.model_options));
+  return models_.back().second;
+}
+
+size_t WhatIf::count(const WhatIfAxes& a) const {
+  return a.models.size() * a.gpus.size() * std::max<size_t>(1, a.inter_bw_Gbps.size()) * a.batch_per_gpu.size() *
+         a.precisions.size() * a.algorithms.size() * a.strategies.size();
+}
+
+WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
+  const Model& m = model(p.model);
+  Cluster c = base_;
+  // A what-if may ask for more GPUs than the cluster file has: grow it by whole nodes
+  // of the same kind.
+  if (p.gpus > c.capacity()) {
+    c.nodes = (p.gpus + c.gpus_per_node - 1) / c.gpus_per_node;
+    if (c.nodes > 1 && !c.inter)
+      throw InputError(base_.source + ": has no inter_node network, so it cannot grow to " + std::to_string(p.gpus) +
+                       " GPUs");
+  }
+  if (p.inter_bw_Gbps > 0) {
+    if (!c.inter) throw InputError("--inter-bw: cluster " + c.name + " has no inter-node network");
+    c.inter->nic_bw_Gbps = p.inter_bw_Gbps;
+  }
+  int batch = p.batch_per_gpu > 0 ? p.batch_per_gpu : default_batch_per_gpu(p.model);
+  Tuner tuner(m, c, p.gpus, batch, p.precision, settings_.collective, settings_.goal);
+  TuneOptions o = settings_.tune;
+  o.strategy = p.strategy;
+  o.algorithm = p.algorithm;
+  if (settings_.transfer_follows_compute) o.transfer = p.precision;
+  TuneResult r = tuner.run(o);
+  WhatIfRow row;
+  row.point = p;
+  row.point.batch_per_gpu = batch;
+  row.point.inter_bw_Gbps = c.inter ? c.inter->nic_bw_Gbps : 0;
+  row.buckets = static_cast<int>(r.plan.buckets.size());
+  row.report = std::move(r.report);
+  return row;
+}
+
+std::vector<WhatIfRow> WhatIf::sweep(const WhatIfAxes& a, const Progress& progress) const {
+  std::vector<WhatIfRow> rows;
+  const size_t total = count(a);
+  std::vector<double> bws = a.inter_bw_Gbps.empty() ? std::vector<double>{0} : a.inter_bw_Gbps;
+  for (const auto& model_name : a.models)
+    for (int g : a.gpus)
+      for (double bw : bws)
+        for (int b : a.batch_per_gpu)
+          for (Precision pr : a.precisions)
+            for (const auto& algo : a.algorithms)
+              for (Strategy st : a.strategies) {
+                rows.push_back(evaluate({model_name, g, bw, b, pr, algo, st}));
+                if (progress) progress(rows.size(), total);
+              }
+  return rows;
+}
+
+double WhatIf::min_bandwidth_for(WhatIfPoint p, double target, const Progress& progress) const {
+  if (!(target > 0 && target <= 1)) throw InputError("--target-efficiency: must be in (0, 1]");
+  if (!base_.inter) throw InputError("--target-efficiency: cluster " + base_.name + " has no inter-node bandwidth to solve for");
+  const double own = base_.inter->nic_bw_Gbps;
+  auto eff = [&](double bw) {
+    p.inter_bw_Gbps = bw;
+    return evaluate(p).report.scaling_efficiency;
+  };
+  double hi = own * 1000, lo = own / 1000;
+  if (eff(hi) < target)
+    throw InputError("--target-efficiency " + std::to_string(target) + " is unreachable: even " +
+                     std::to_string(hi) + " Gbps per NIC gives " + std::to_string(eff(hi)) +
+                     " (compute, launch overheads or intra-node links limit it)");
+  if (eff(lo) >= target) return lo;
+  // Efficiency does not fall as bandwidth grows: bisect on a log scale to 0.1%.
+  const int steps = static_cast<int>(std::ceil(std::log2(std::log(hi / lo) / std::log(1.001))));
+  for (int s = 0; s < steps; ++s) {
+    double mid = std::sqrt(lo * hi);
+    (eff(mid) >= target ? hi : lo) = mid;
+    if (progress) progress(s + 1, steps);
+  }
+  return hi;
+}
+
+WhatIfRow WhatIf::max_gpus_for(WhatIfPoint p, double target, const std::vector<int>& candidates,
+                               const Progress& progress) const {
+  if (!(target > 0 && target <= 1)) throw InputError("--target-efficiency: must be in (0, 1]");
+  std::optional<WhatIfRow> best;
+  double best_eff = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    p.gpus = candidates[i];
+    WhatIfRow r = evaluate(p);
+    best_eff = std::max(best_eff, r.report.scaling_efficiency);
+    if (r.report.scaling_efficiency >= target) best = std::move(r);
+    if (progress) progress(i + 1, candidates.size());
+  }
+  if (!best)
+    throw InputError("--target-efficiency " + std::to_string(target) + " is unreachable: the best of " +
+                     std::to_string(candidates.size()) + " GPU counts reaches " + std::to_string(best_eff));
+  return *best;
+}
+
+WhatIfRow WhatIf::min_gpus_for_deadline(WhatIfPoint p, double deadline_s, const std::vector<int>& candidates,
+                                        const Progress& progress) const {
+  if (!(deadline_s > 0)) throw InputError("--deadline: must be > 0");
+  double fastest = INFINITY;
+  int fastest_gpus = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    p.gpus = candidates[i];
+    WhatIfRow r = evaluate(p);
+    if (progress) progress(i + 1, candidates.size());
+    if (r.report.time_to_train_s <= deadline_s) return r;
+    if (r.report.time_to_train_s < fastest) {
+      fastest = r.report.time_to_train_s;
+      fastest_gpus = p.gpus;
+    }
+  }
+  throw InputError("--deadline: unreachable within " + std::to_string(candidates.back()) + " GPUs; the fastest is " +
+                   std::to_string(fastest / 60) + " min on " + std::to_string(fastest_gpus) +
+                   " GPUs (raise --max-gpus or relax the deadline)");
+}
+
+std::vector<int> WhatIf::gpu_candidates() const {
+  std::vector<int> out;
+  for (int g = 1; g < base_.gpus_per_node; g *= 2) out.push_back(g);
+  for (int n = 1; n <= base_.nodes; ++n) out.push_back(n * base_.gpus_per_node);
+  return out;
+}
+
+double parse_duration(const std::string& s, const std::string& flag) {
+  const std::string valid = " (e.g. 90s, 10m, 2h, 1.5d, or seconds)";
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (...) {
+    throw InputError(flag + ": '" + s + "' is not a duration" + valid);
+  }
+  std::string unit = s.substr(used);
+  double scale = unit.empty() || unit == "s" ? 1 : unit == "m" || unit == "min" ? 60 : unit == "h" ? 3600 : unit == "d" ? 86400 : -1;
+  if (scale < 0) throw InputError(flag + ": unknown unit '" + unit + "'" + valid);
+  if (!(v > 0) || !std::isfinite(v)) throw InputError(flag + ": must be > 0" + valid);
+  return v * scale;
+}
+
+}  // namespace fuseplan
