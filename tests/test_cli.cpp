@@ -140,3 +140,63 @@ TEST_CASE("cli: models, show, clusters and collective print what users expect") 
   CHECK(help.code == 0);
   CHECK_THAT(help.out, Catch::Contains("--batch-per-gpu"));
 }
+
+TEST_CASE("cli: tune writes a plan that predict reproduces; compare and whatif print their tables") {
+  std::string plan = tmp("tuned.json"), trace = tmp("tuned-trace.json");
+  Run t = run("tune --model alexnet_bn --gpus 256 --out " + plan + " --trace " + trace + " --json");
+  REQUIRE(t.code == 0);
+  auto j = nlohmann::json::parse(t.out);
+  double tuned = j["report"]["iteration_s"];
+  CHECK(j["versus"]["single"]["speedup"].get<double>() >= 1.0);
+  CHECK(j["versus"]["per-tensor"]["speedup"].get<double>() >= 1.0);
+  CHECK(std::filesystem::exists(trace));
+  Run p = run("predict --plan " + plan + " --json");
+  REQUIRE(p.code == 0);
+  CHECK(nlohmann::json::parse(p.out)["iteration_s"].get<double>() == Approx(tuned).epsilon(1e-12));
+
+  Run table = run("tune --strategy k-split --segments 2");
+  REQUIRE(table.code == 0);
+  CHECK_THAT(table.out, Catch::Contains("found 2 buckets"));
+  CHECK_THAT(table.out, Catch::Contains("versus single"));
+
+  Run c = run("compare --model resnet50 --gpus 64 --json");
+  REQUIRE(c.code == 0);
+  auto rows = nlohmann::json::parse(c.out)["strategies"];
+  REQUIRE(rows.size() == 7);
+  for (const auto& r : rows) CHECK(rows[0]["iteration_s"].get<double>() <= r["iteration_s"].get<double>() * (1 + 1e-12));
+
+  Run w = run("whatif --model alexnet_bn,resnet50 --gpus 8:64 --strategy optimal,ddp --format csv");
+  REQUIRE(w.code == 0);
+  CHECK(std::count(w.out.begin(), w.out.end(), '\n') == 1 + 2 * 4 * 2);
+  CHECK_THAT(w.out, Catch::StartsWith("model,cluster,gpus,nodes,inter_bw_Gbps"));
+  Run inv = run("whatif --model alexnet_bn --target-efficiency 0.95 --format json");
+  REQUIRE(inv.code == 0);
+  CHECK(nlohmann::json::parse(inv.out)["inter_bw_Gbps"].get<double>() > 0);
+  Run dl = run("whatif --deadline 15m --format json");
+  REQUIRE(dl.code == 0);
+  CHECK(nlohmann::json::parse(dl.out)["gpu_hours"].get<double>() > 0);
+}
+
+TEST_CASE("cli: tune, compare and whatif refuse bad input with exit 2") {
+  expect_bad("tune --strategy fastest", "--strategy: unknown strategy 'fastest' (valid: optimal, k-split");
+  expect_bad("tune --strategy k-split --segments 500", "--segments: 500 buckets asked for, the model has 161 tensors");
+  expect_bad("tune --strategy horovod --threshold -5MiB", "--threshold");
+  expect_bad("tune --streams 0", "--streams: must be >= 1");
+  expect_bad("tune --fp32-tensors all", "valid: none, norm, norm+bias");
+  expect_bad("tune --gpus 0", "--gpus: must be >= 1");
+  expect_bad("compare --model resnet9", "unknown model 'resnet9'");
+  expect_bad("whatif --target-efficiency 0.9999999 --model alexnet_bn", "is unreachable");
+  expect_bad("whatif --target-efficiency 1.5", "must be in (0, 1]");
+  expect_bad("whatif --deadline 1s", "--deadline: unreachable");
+  expect_bad("whatif --deadline soon", "--deadline: 'soon' is not a duration");
+  expect_bad("whatif --gpus 8,abc", "--gpus: 'abc' is not a number");
+  expect_bad("whatif --gpus 64:8", "needs 0 < MIN <= MAX");
+  expect_bad("whatif --inter-bw -100", "--inter-bw: values must be > 0");
+  expect_bad("whatif --cluster local-cpu --gpus 2 --inter-bw 100", "has no inter-node network");
+  expect_bad("whatif --format xml", "valid: table, csv, json");
+  expect_bad("whatif --gpus 8,64 --target-efficiency 0.9", "give one value per axis");
+  std::string out = tmp("never-written.csv");
+  std::filesystem::remove(out);
+  expect_bad("whatif --gpus 8,64 --model resnet9 --format csv --out " + out, "unknown model 'resnet9'");
+  CHECK_FALSE(std::filesystem::exists(out));
+}

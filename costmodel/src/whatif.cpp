@@ -3,10 +3,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <optional>
 
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan {
+
+namespace {
+std::string num(double v, const char* fmt = "%.4g") {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, v);
+  return buf;
+}
+}  // namespace
 
 WhatIf::WhatIf(Cluster base, WhatIfSettings settings) : base_(std::move(base)), settings_(std::move(settings)) {}
 
@@ -80,8 +90,8 @@ double WhatIf::min_bandwidth_for(WhatIfPoint p, double target, const Progress& p
   };
   double hi = own * 1000, lo = own / 1000;
   if (eff(hi) < target)
-    throw InputError("--target-efficiency " + std::to_string(target) + " is unreachable: even " +
-                     std::to_string(hi) + " Gbps per NIC gives " + std::to_string(eff(hi)) +
+    throw InputError("--target-efficiency " + num(target) + " is unreachable: even " + num(hi, "%.0f") +
+                     " Gbps per NIC gives " + num(eff(hi), "%.6f") +
                      " (compute, launch overheads or intra-node links limit it)");
   if (eff(lo) >= target) return lo;
   // Efficiency does not fall as bandwidth grows: bisect on a log scale to 0.1%.
@@ -107,8 +117,8 @@ WhatIfRow WhatIf::max_gpus_for(WhatIfPoint p, double target, const std::vector<i
     if (progress) progress(i + 1, candidates.size());
   }
   if (!best)
-    throw InputError("--target-efficiency " + std::to_string(target) + " is unreachable: the best of " +
-                     std::to_string(candidates.size()) + " GPU counts reaches " + std::to_string(best_eff));
+    throw InputError("--target-efficiency " + num(target) + " is unreachable: the best of " +
+                     std::to_string(candidates.size()) + " GPU counts reaches " + num(best_eff, "%.6f"));
   return *best;
 }
 
@@ -128,7 +138,7 @@ WhatIfRow WhatIf::min_gpus_for_deadline(WhatIfPoint p, double deadline_s, const 
     }
   }
   throw InputError("--deadline: unreachable within " + std::to_string(candidates.back()) + " GPUs; the fastest is " +
-                   std::to_string(fastest / 60) + " min on " + std::to_string(fastest_gpus) +
+                   num(fastest / 60, "%.2f") + " min on " + std::to_string(fastest_gpus) +
                    " GPUs (raise --max-gpus or relax the deadline)");
 }
 

@@ -1,0 +1,279 @@
+// The tuner: `optimal` and `k-split` equal the brute-force minimum over every contiguous
+// partition; `optimal` is never worse than a baseline; costs grow with size (the pruning's
+// premise); the baselines follow their published rules; what-if inverse questions.
+#include <catch2/catch.hpp>
+#include <random>
+
+#include "fuseplan/costmodel/tuner.hpp"
+#include "fuseplan/costmodel/whatif.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+using namespace fuseplan;
+
+namespace {
+
+// A model of `n` tensors (one or two per layer) with random sizes and measured times.
+Model random_model(std::mt19937_64& rng, int n) {
+  Model m;
+  m.name = "random" + std::to_string(n);
+  m.input_shape = {1};
+  std::uniform_real_distribution<double> log_size(1, 7.5), time_us(5, 3000), coin(0, 1);
+  int l = 0;
+  for (int t = 0; t < n; ++l) {
+    Layer layer;
+    layer.name = "layer" + std::to_string(l);
+    layer.inputs = {l - 1};
+    layer.in_shape = layer.out_shape = {1};
+    layer.first_tensor = t;
+    layer.tensor_count = (t + 1 < n && coin(rng) < 0.3) ? 2 : 1;
+    layer.measured = MeasuredTime{time_us(rng) / 2, time_us(rng), 32};
+    for (int k = 0; k < layer.tensor_count; ++k, ++t) {
+      ParamTensor p;
+      p.name = layer.name + (k == 0 ? ".weight" : ".bias");
+      p.numel = static_cast<int64_t>(std::pow(10.0, log_size(rng)));
+      p.shape = {p.numel};
+      p.layer = l;
+      p.role = k == 0 ? (coin(rng) < 0.2 ? TensorRole::NormScale : TensorRole::Weight) : TensorRole::Bias;
+      m.tensors.push_back(p);
+    }
+    m.layers.push_back(layer);
+  }
+  return m;
+}
+
+// Every partition of n tensors: bit i of `mask` set = a bucket starts at position i + 1.
+std::vector<int> starts_of(unsigned mask, int n) {
+  std::vector<int> s{0};
+  for (int i = 0; i + 1 < n; ++i)
+    if (mask >> i & 1u) s.push_back(i + 1);
+  return s;
+}
+
+double brute_force(const Tuner& t, const TuneOptions& o, int n, int segments) {
+  double best = INFINITY;
+  for (unsigned mask = 0; mask < (1u << (n - 1)); ++mask) {
+    auto s = starts_of(mask, n);
+    if (segments > 0 && static_cast<int>(s.size()) != segments) continue;
+    best = std::min(best, t.evaluate(t.plan_for(s, o)).iteration_s);
+  }
+  return best;
+}
+
+}  // namespace
+
+TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions") {
+  std::mt19937_64 rng(20261122);
+  std::vector<std::string> algos{"auto"};
+  for (const auto& a : algorithms()) algos.emplace_back(a.name);
+  int checked = 0;
+  for (const char* cname : {"tencent-p40", "dgx1-v100", "dgx-a100", "local-cpu"}) {
+    Cluster c = load_cluster(cname);
+    for (int gpus : {2, 8, 24, 64}) {
+      if (gpus > c.capacity()) continue;
+      std::uniform_int_distribution<int> len(2, 14);
+      Model m = random_model(rng, len(rng));
+      const int n = static_cast<int>(m.tensors.size());
+      Tuner t(m, c, gpus, 32, Precision::FP16);
+      for (const auto& algo : algos) {
+        TuneOptions o;
+        o.algorithm = algo;
+        o.fp32 = checked % 3 == 0 ? Fp32Tensors::Norm : Fp32Tensors::None;
+        o.packing = checked % 2 == 0 ? Packing::Pack : Packing::View;
+        o.strategy = Strategy::Optimal;
+        TuneResult r;
+        try {
+          r = t.run(o);
+        } catch (const InputError&) {
+          continue;  // the algorithm does not apply to this rank layout
+        }
+        INFO(cname << " gpus=" << gpus << " n=" << n << " algorithm=" << algo);
+        double brute = brute_force(t, o, n, 0);
+        CHECK(r.report.iteration_s == Approx(brute).epsilon(1e-9));
+        CHECK(r.report.iteration_s <= brute * (1 + 1e-9));
+        // The DP's own objective is the predictor's last allreduce end.
+        CHECK(r.objective_s >= r.report.comm_end_s * (1 - 1e-9));
+        o.strategy = Strategy::KSplit;
+        o.segments = 1 + checked % std::min(n, 4);
+        TuneResult k = t.run(o);
+        CHECK(static_cast<int>(k.plan.buckets.size()) == o.segments);
+        CHECK(k.report.iteration_s == Approx(brute_force(t, o, n, o.segments)).epsilon(1e-9));
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked > 60);
+}
+
+TEST_CASE("optimal is never worse than a baseline: zoo x clusters x {8, 64, 512, 2048} GPUs") {
+  for (const auto& entry : zoo()) {
+    Model m = entry.build({});
+    for (const auto& cname : shipped_cluster_names()) {
+      Cluster c = load_cluster(cname);
+      for (int gpus : {8, 64, 512, 2048}) {
+        if (gpus > c.capacity()) continue;
+        Tuner t(m, c, gpus, entry.default_batch_per_gpu, Precision::FP16);
+        TuneOptions o;
+        o.packing = Packing::View;  // the same conditions for every strategy
+        double optimal = t.run(o).report.iteration_s;
+        for (Strategy s : kAllStrategies) {
+          o.strategy = s;
+          INFO(entry.name << " on " << cname << " x " << gpus << ": " << strategy_name(s));
+          CHECK(optimal <= t.run(o).report.iteration_s * (1 + 1e-12));
+        }
+        o.strategy = Strategy::Horovod;
+        o.packing = Packing::Strategy;  // horovod and ddp as shipped copy into buffers
+        CHECK(optimal <= t.run(o).report.iteration_s * (1 + 1e-12));
+        o.packing = Packing::View;
+      }
+    }
+  }
+}
+
+TEST_CASE("every allreduce cost is nondecreasing in the message size (the DP's pruning premise)") {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> jitter(1.0, 1.3);
+  for (const auto& cname : shipped_cluster_names()) {
+    Cluster c = load_cluster(cname);
+    for (int gpus : {2, 6, 8, 24, 512, 2048}) {
+      if (gpus > c.capacity()) continue;
+      CollectiveModel coll(c, gpus);
+      for (const char* algo : {"auto", "ring", "double_binary_tree", "rabenseifner", "hierarchical", "torus2d"}) {
+        double prev = 0;
+        double count = 2;
+        bool applies = true;
+        while (count < 4e8 && applies) {
+          try {
+            double t = coll.cost(algo, static_cast<int64_t>(count), Precision::FP16).total_s();
+            INFO(cname << " gpus=" << gpus << " " << algo << " count=" << int64_t(count));
+            REQUIRE(t >= prev);
+            prev = t;
+          } catch (const InputError&) {
+            applies = false;
+          }
+          count = std::ceil(count * jitter(rng));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("baselines follow their rules") {
+  Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("tencent-p40");
+  Tuner t(m, c, 1024, 32, Precision::FP16);
+  TuneOptions o;
+  auto elems = [&](const PlanBucket& b) {
+    int64_t e = 0;
+    for (int pos = b.begin; pos < b.end; ++pos) e += m.tensors[m.tensor_at_backward(pos)].numel;
+    return e;
+  };
+  SECTION("per-tensor and single") {
+    o.strategy = Strategy::PerTensor;
+    CHECK(t.run(o).plan.buckets.size() == m.tensors.size());
+    o.strategy = Strategy::Single;
+    CHECK(t.run(o).plan.buckets.size() == 1);
+  }
+  SECTION("horovod: no bucket exceeds the threshold unless one tensor does; threshold 0 = no fusion") {
+    o.strategy = Strategy::Horovod;
+    o.horovod_threshold_bytes = 8 << 20;
+    auto p = t.run(o).plan;
+    CHECK(p.buckets.size() > 3);
+    for (size_t k = 0; k < p.buckets.size(); ++k) {
+      const auto& b = p.buckets[k];
+      CHECK(b.pack);
+      if (b.end - b.begin > 1) CHECK(elems(b) * 2 <= o.horovod_threshold_bytes);
+      // Greedy: the next tensor would not have fit.
+      if (k + 1 < p.buckets.size())
+        CHECK(elems(b) * 2 + m.tensors[m.tensor_at_backward(b.end)].numel * 2 > o.horovod_threshold_bytes);
+    }
+    o.horovod_threshold_bytes = 0;
+    CHECK(t.run(o).plan.buckets.size() == m.tensors.size());
+  }
+  SECTION("ddp: 1 MiB first bucket, then 25 MiB, on FP32 parameter bytes, closing once reached") {
+    o.strategy = Strategy::Ddp;
+    auto p = t.run(o).plan;
+    REQUIRE(p.buckets.size() >= 3);
+    CHECK(elems(p.buckets[0]) * 4 >= (1 << 20));
+    CHECK((elems(p.buckets[0]) - m.tensors[m.tensor_at_backward(p.buckets[0].end - 1)].numel) * 4 < (1 << 20));
+    for (size_t k = 1; k + 1 < p.buckets.size(); ++k) {
+      CHECK(elems(p.buckets[k]) * 4 >= (25 << 20));
+      CHECK((elems(p.buckets[k]) - m.tensors[m.tensor_at_backward(p.buckets[k].end - 1)].numel) * 4 < (25 << 20));
+    }
+  }
+  SECTION("streams: buckets go round-robin; fp32 tensors make their bucket FP32") {
+    o.strategy = Strategy::PerTensor;
+    o.streams = 3;
+    o.fp32 = Fp32Tensors::Norm;
+    auto r = t.run(o);
+    for (size_t k = 0; k < r.plan.buckets.size(); ++k) {
+      CHECK(r.plan.buckets[k].stream == static_cast<int>(k % 3));
+      auto role = m.tensors[m.tensor_at_backward(r.plan.buckets[k].begin)].role;
+      bool norm = role == TensorRole::NormScale || role == TensorRole::NormShift;
+      CHECK((r.plan.buckets[k].transfer == Precision::FP32) == norm);
+    }
+  }
+  SECTION("k-split with K = 2 on the paper's case finds one split and the plan names real algorithms") {
+    o.strategy = Strategy::KSplit;
+    auto r = t.run(o);
+    REQUIRE(r.plan.buckets.size() == 2);
+    for (const auto& b : r.plan.buckets) CHECK(b.algorithm != "auto");
+    validate_plan(r.plan, m, "tuned");
+  }
+  SECTION("bad options are refused") {
+    o.strategy = Strategy::KSplit;
+    o.segments = 162;
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("--segments: 162 buckets asked for, the model has 161 tensors"));
+    o.segments = 0;
+    CHECK_THROWS_AS(t.run(o), InputError);
+    o = {};
+    o.horovod_threshold_bytes = -1;
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("--threshold"));
+    o = {};
+    o.streams = 0;
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("--streams"));
+    CHECK_THROWS_WITH(parse_strategy("fastest"), Catch::Contains("valid: optimal, k-split, per-tensor"));
+  }
+}
+
+TEST_CASE("tuning is deterministic") {
+  Model m = build_zoo_model("gpt2");
+  Cluster c = load_cluster("dgx-a100");
+  Tuner t(m, c, 512, 8, Precision::BF16);
+  auto a = t.run({}), b = t.run({});
+  CHECK(plan_to_json(a.plan) == plan_to_json(b.plan));
+  CHECK(a.report.iteration_s == b.report.iteration_s);
+}
+
+TEST_CASE("what-if: sweeps and inverse questions") {
+  WhatIf w(load_cluster("tencent-p40"), {});
+  WhatIfAxes axes;
+  axes.models = {"alexnet_bn"};
+  axes.gpus = {64, 1024};
+  axes.strategies = {Strategy::Optimal, Strategy::Single};
+  auto rows = w.sweep(axes);
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0].report.scaling_efficiency >= rows[1].report.scaling_efficiency);
+  WhatIfPoint p{"alexnet_bn", 1024, 0, 64, Precision::FP16, "auto", Strategy::Optimal};
+  double bw = w.min_bandwidth_for(p, 0.95);
+  p.inter_bw_Gbps = bw;
+  CHECK(w.evaluate(p).report.scaling_efficiency >= 0.95);
+  p.inter_bw_Gbps = bw * 0.99;
+  CHECK(w.evaluate(p).report.scaling_efficiency < 0.95);
+  p.inter_bw_Gbps = 0;
+  CHECK_THROWS_WITH(w.min_bandwidth_for(p, 0.99999999), Catch::Contains("unreachable"));
+  CHECK_THROWS_AS(w.min_bandwidth_for(p, 1.5), InputError);
+  // Deadline: the answer trains in time and one node fewer would not (candidates ascend).
+  auto cands = w.gpu_candidates();
+  auto r = w.min_gpus_for_deadline(p, 600, cands);
+  CHECK(r.report.time_to_train_s <= 600);
+  auto it = std::find(cands.begin(), cands.end(), r.point.gpus);
+  REQUIRE(it != cands.begin());
+  p.gpus = *(it - 1);
+  CHECK(w.evaluate(p).report.time_to_train_s > 600);
+  CHECK_THROWS_WITH(w.min_gpus_for_deadline(p, 1, cands), Catch::Contains("unreachable"));
+  CHECK(parse_duration("10m", "--deadline") == 600);
+  CHECK(parse_duration("1.5h", "--deadline") == 5400);
+  CHECK_THROWS_AS(parse_duration("soon", "--deadline"), InputError);
+  CHECK_THROWS_AS(parse_duration("-3m", "--deadline"), InputError);
+}
