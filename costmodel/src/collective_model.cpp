@@ -82,11 +82,18 @@ CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count
     if (!why.empty()) throw InputError("algorithm " + std::string(algo.name) + " does not apply: " + why);
     return evaluate_one(algo, a);
   }
+  // Applicability depends on the rank layout and options, and on the size only below
+  // two elements (collective.hpp): cache it for the rest.
+  const auto& table = algorithms();
+  if (applicable_.empty()) {
+    CollectiveArgs two = args(2, transfer);
+    for (const auto& algo : table) applicable_.push_back(algo.not_applicable(two).empty());
+  }
   CollectiveChoice best;
   double best_t = std::numeric_limits<double>::infinity();
-  for (const auto& algo : algorithms()) {
-    if (!algo.not_applicable(a).empty()) continue;
-    auto ch = evaluate_one(algo, a);
+  for (size_t k = 0; k < table.size(); ++k) {
+    if (count >= 2 ? !applicable_[k] : !table[k].not_applicable(a).empty()) continue;
+    auto ch = evaluate_one(table[k], a);
     if (ch.total_s() < best_t) {
       best_t = ch.total_s();
       best = ch;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <list>
 
 #include "fuseplan/models/error.hpp"
 
@@ -180,33 +181,42 @@ std::vector<int> merge_ties(const std::vector<double>& ready, BucketCoster& cost
     double finish;
   };
   auto terms = [&](int i, int j) { return cost.at(i, j, *std::max_element(ready.begin() + i, ready.begin() + j)); };
-  std::vector<B> bs;
+  std::list<B> bs;
+  double free_at = 0;
   for (size_t k = 0; k < starts.size(); ++k) {
     int j = k + 1 < starts.size() ? starts[k + 1] : n;
-    bs.push_back({starts[k], j, terms(starts[k], j), 0});
+    B b{starts[k], j, terms(starts[k], j), 0};
+    b.finish = free_at = end_after(free_at, b.t);
+    bs.push_back(b);
   }
-  auto reschedule = [&](size_t from) {
-    for (size_t k = from; k < bs.size(); ++k) bs[k].finish = end_after(k ? bs[k - 1].finish : 0, bs[k].t);
-  };
-  reschedule(0);
-  for (size_t k = 0; k + 1 < bs.size();) {
-    BucketTerms merged = terms(bs[k].begin, bs[k + 1].end);
-    double free_at = end_after(k ? bs[k - 1].finish : 0, merged);
-    bool accept = true;
-    for (size_t m = k + 2; m < bs.size(); ++m) {
-      if (free_at <= bs[m - 1].finish) break;  // back on (or ahead of) the old schedule
-      free_at = end_after(free_at, bs[m].t);
-      if (m + 1 == bs.size()) accept = free_at <= bs.back().finish;
+  const double last_finish = bs.back().finish;
+  double before = 0;  // finish of the bucket before `cur`
+  for (auto cur = bs.begin(); std::next(cur) != bs.end();) {
+    auto next = std::next(cur);
+    BucketTerms merged = terms(cur->begin, next->end);
+    double f = end_after(before, merged);
+    // Follow the later allreduces until one ends no later than it did (then all do).
+    auto m = std::next(next);
+    double chain = f;
+    while (m != bs.end() && chain > std::prev(m)->finish) {
+      chain = end_after(chain, m->t);
+      ++m;
     }
-    if (k + 2 == bs.size()) accept = free_at <= bs.back().finish;
+    bool accept = m != bs.end() || chain <= last_finish;
     if (!accept) {
-      ++k;
+      before = cur->finish;
+      cur = next;
       continue;
     }
-    bs[k].end = bs[k + 1].end;
-    bs[k].t = merged;
-    bs.erase(bs.begin() + static_cast<long>(k) + 1);
-    reschedule(k);
+    cur->end = next->end;
+    cur->t = merged;
+    cur->finish = f;
+    bs.erase(next);
+    for (auto k = std::next(cur); k != bs.end(); ++k) {  // refresh finishes until unchanged
+      double nf = end_after(std::prev(k)->finish, k->t);
+      if (nf == k->finish) break;
+      k->finish = nf;
+    }
   }
   std::vector<int> out;
   for (const auto& b : bs) out.push_back(b.begin);

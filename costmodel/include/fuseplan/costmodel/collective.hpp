@@ -79,7 +79,8 @@ Cost evaluate(const Profile& p, const Net& net, double n_bytes);
 struct Algorithm {
   std::string_view name;
   std::string_view description;
-  // Empty if the algorithm applies to these arguments, else why it does not.
+  // Empty if the algorithm applies to these arguments, else why it does not. May depend
+  // on the element count only below two elements (callers cache the answer above).
   std::string (*not_applicable)(const CollectiveArgs&);
   Profile (*profile)(const CollectiveArgs&);  // the closed form
   Schedule (*schedule)(const CollectiveArgs&);

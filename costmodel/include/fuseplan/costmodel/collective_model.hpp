@@ -51,6 +51,7 @@ class CollectiveModel {
   // Profiles per algorithm (registry order), one per variant; a profile depends only on
   // the rank layout and options, fixed for this model.
   mutable std::vector<std::vector<Profile>> cache_;
+  mutable std::vector<bool> applicable_;  // per algorithm, for counts >= 2
 };
 
 }  // namespace fuseplan
