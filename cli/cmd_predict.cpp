@@ -36,6 +36,7 @@ Setup resolve(const PredictFlags& f) {
     s.model = load_model(u.model.model_opt->count() ? u.model.model : s.plan.model, u.model.options());
     validate_plan(s.plan, s.model, f.plan_path);
     s.cluster = load_cluster(u.cluster_opt->count() ? u.cluster : s.plan.cluster);
+    u.apply_overrides(s.cluster);
     if (u.gpus_opt->count() && u.gpus != s.plan.gpus)
       throw InputError("--gpus " + std::to_string(u.gpus) + " disagrees with " + f.plan_path + " (made for " +
                        std::to_string(s.plan.gpus) + " GPUs)");

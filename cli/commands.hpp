@@ -25,7 +25,7 @@ struct SetupFlags {
   ModelFlags model;
   std::string cluster = "tencent-p40", precision = "fp16", transfer;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
-  double epochs = 90;
+  double epochs = 90, inter_bw_Gbps = 0, inter_lat_us = -1;
   int64_t dataset_size = 1281167;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
   void add(CLI::App* app);
@@ -39,6 +39,8 @@ struct SetupFlags {
   // Loads the model and cluster; GPUs default to 1024 (the paper's scale) capped at the
   // cluster's size; batch to the model's default. Throws InputError naming the flag.
   Resolved resolve() const;
+  // --inter-bw / --inter-lat: what-if overrides of the cluster's inter-node network.
+  void apply_overrides(Cluster& c) const;
   CollectiveOptions collective() const { return {group, torus_x}; }
   TrainingGoal goal() const { return {epochs, dataset_size}; }
 };

@@ -21,6 +21,8 @@ void SetupFlags::add(CLI::App* app) {
   app->add_option("--transfer", transfer, "gradient transfer precision: fp16 | bf16 | fp32 (default: the compute precision)");
   app->add_option("--group", group, "hierarchical group size in GPUs (default: GPUs per node)");
   app->add_option("--torus-x", torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  app->add_option("--inter-bw", inter_bw_Gbps, "what-if: inter-node bandwidth per NIC in Gbps (default: the cluster's)");
+  app->add_option("--inter-lat", inter_lat_us, "what-if: inter-node latency in microseconds (default: the cluster's)");
   app->add_option("--epochs", epochs, "epochs for the time-to-train figure")->capture_default_str();
   app->add_option("--dataset-size", dataset_size, "samples per epoch (default: ImageNet-1k, 1281167)");
 }
@@ -29,6 +31,7 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   Resolved r;
   r.model = load_model(model.model, model.options());
   r.cluster = load_cluster(cluster);
+  apply_overrides(r.cluster);
   r.gpus = gpus_opt->count() ? gpus : std::min(kDefaultGpus, r.cluster.capacity());
   check_gpu_count(r.cluster, r.gpus, "--gpus");
   r.batch = batch_opt->count() ? batch : default_batch_per_gpu(model.model);
@@ -36,6 +39,16 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   r.compute = parse_precision(precision, "--precision");
   r.transfer = transfer.empty() ? r.compute : parse_precision(transfer, "--transfer");
   return r;
+}
+
+void SetupFlags::apply_overrides(Cluster& c) const {
+  const bool bw = inter_bw_Gbps != 0, lat = inter_lat_us != -1;
+  if ((bw || lat) && !c.inter)
+    throw InputError(std::string(bw ? "--inter-bw" : "--inter-lat") + ": cluster " + c.name + " has no inter-node network");
+  if (bw && !(inter_bw_Gbps > 0)) throw InputError("--inter-bw: must be > 0 Gbps");
+  if (lat && !(inter_lat_us >= 0)) throw InputError("--inter-lat: must be >= 0 us");
+  if (bw) c.inter->nic_bw_Gbps = inter_bw_Gbps;
+  if (lat) c.inter->lat_us = inter_lat_us;
 }
 
 std::string setup_line(const std::string& command, const Model& m, const Cluster& c, int gpus, int batch,
