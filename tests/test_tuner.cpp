@@ -105,6 +105,33 @@ TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions
   CHECK(checked > 60);
 }
 
+TEST_CASE("optimal's affine-tail fast path equals the exhaustive scan on larger models") {
+  std::mt19937_64 rng(99);
+  int faster = 0;
+  for (const char* cname : {"tencent-p40", "dgx1-v100", "dgx-a100", "dgx-h100"}) {
+    Cluster c = load_cluster(cname);
+    for (int gpus : {16, 256, 1024}) {
+      for (int len : {150, 400}) {
+        Model m = random_model(rng, len);
+        // Scale measured times down so that communication is backlogged at times.
+        for (auto& l : m.layers) l.measured->bwd_us *= (gpus == 1024 ? 0.05 : 1.0);
+        Tuner t(m, c, gpus, 32, Precision::FP16);
+        TuneOptions fast, slow;
+        slow.exhaustive_scan = true;
+        for (Packing pk : {Packing::View, Packing::Pack}) {
+          fast.packing = slow.packing = pk;
+          auto a = t.run(fast), b = t.run(slow);
+          INFO(cname << " gpus=" << gpus << " n=" << len);
+          CHECK(a.objective_s == Approx(b.objective_s).epsilon(1e-12));
+          CHECK(a.report.iteration_s == Approx(b.report.iteration_s).epsilon(1e-12));
+          faster += a.evaluations < b.evaluations / 2;
+        }
+      }
+    }
+  }
+  CHECK(faster > 0);  // the fast path did cut work somewhere
+}
+
 TEST_CASE("optimal is never worse than a baseline: zoo x clusters x {8, 64, 512, 2048} GPUs") {
   for (const auto& entry : zoo()) {
     Model m = entry.build({});

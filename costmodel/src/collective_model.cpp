@@ -73,6 +73,23 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
   return ch;
 }
 
+std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const {
+  std::vector<AffineTail> out;
+  if (!calibrated_.empty() || topo_.ranks == 1) return out;
+  cost("auto", 2, transfer);  // fills the applicability and profile caches
+  const auto& table = algorithms();
+  for (size_t k = 0; k < table.size(); ++k) {
+    if (!applicable_[k]) continue;
+    if (cache_[k].empty()) evaluate_one(table[k], args(2, transfer));
+    for (const auto& prof : cache_[k]) {
+      AffineTail t = affine_tail(prof, net_);
+      t.a += launch_s_;
+      out.push_back(t);
+    }
+  }
+  return out;
+}
+
 CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count, Precision transfer) const {
   if (count <= 0) throw InputError("collective: element count must be > 0");
   const CollectiveArgs a = args(count, transfer);

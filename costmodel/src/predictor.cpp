@@ -95,13 +95,16 @@ namespace {
 constexpr double kPackPasses = 2.0;
 }  // namespace
 
+double pack_time_s(const Cluster& cluster, int64_t bytes) {
+  return kPackPasses * double(bytes) / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+}
+
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
                          std::string_view algorithm, Precision transfer, bool pack) {
   BucketTerms t;
   t.bytes = elems * bytes_per_element(transfer);
   t.ready_s = last_ready_s;
-  if (pack)
-    t.ready_s += kPackPasses * double(t.bytes) / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+  if (pack) t.ready_s += pack_time_s(cluster, t.bytes);
   if (coll.gpus() > 1) {
     t.choice = coll.cost(algorithm, elems, transfer);
     t.latency_s = t.choice.launch_s + t.choice.cost.latency_s + t.choice.cost.reduce_s;

@@ -168,6 +168,122 @@ std::vector<int> dynamic_program(const std::vector<double>& ready, BucketCoster&
   return starts;
 }
 
+// A sparse table over a growing array: append in O(log n), range minimum (value, index)
+// in O(1) over any range of what has been appended.
+class GrowingRangeMin {
+ public:
+  explicit GrowingRangeMin(int capacity) : levels_(floor_log2(std::max(capacity, 1)) + 1) {
+    t_.assign(levels_, std::vector<std::pair<double, int>>(std::max(capacity, 1)));
+  }
+  void push(double v) {
+    const int i = n_++;
+    t_[0][i] = {v, i};
+    for (int k = 1; k < levels_ && i - (1 << k) + 1 >= 0; ++k) {
+      const int s = i - (1 << k) + 1;
+      t_[k][s] = std::min(t_[k - 1][s], t_[k - 1][s + (1 << (k - 1))]);
+    }
+  }
+  std::pair<double, int> min(int l, int r) const {  // inclusive, l <= r < size
+    const int k = floor_log2(r - l + 1);
+    return std::min(t_[k][l], t_[k][r - (1 << k) + 1]);
+  }
+
+ private:
+  static int floor_log2(int v) { return 31 - __builtin_clz(static_cast<unsigned>(v)); }
+  int levels_, n_ = 0;
+  std::vector<std::vector<std::pair<double, int>>> t_;
+};
+
+// The same dynamic program (any number of buckets), faster when communication is
+// backlogged. Beyond X bytes every algorithm's time is exactly affine, a_q + b_q x
+// (AffineTail), so for a bucket [i, j) that large the candidates split in two:
+//   caught up (best[i] <= R(i, j)): the end is R(i, j) + C(i, j), nondecreasing as the
+//     bucket grows, so only the largest such i matters;
+//   backlogged (best[i] > R(i, j)): the end is min over q of
+//     (best[i] - b_q S_i) + a_q + b_q S_j, a range minimum per algorithm over i.
+// Both sets are contiguous (best[] is nondecreasing in i, R(i, j) nonincreasing), found
+// by bisection. Buckets below X are scanned exactly as in dynamic_program, with the same
+// stopping rule. The chosen candidate's end is recomputed with the predictor's terms.
+std::vector<int> dynamic_program_tails(const std::vector<double>& ready, BucketCoster& cost,
+                                       std::vector<AffineTail> tails, int elem_bytes, double& objective) {
+  const int n = static_cast<int>(ready.size());
+  std::vector<double> S(n + 1, 0);
+  for (int i = 0; i < n; ++i) S[i + 1] = double(cost.elems(0, i + 1) * elem_bytes);
+  double X = 2.0 * elem_bytes;  // two elements: every algorithm applies
+  for (const auto& t : tails) X = std::max(X, t.from_bytes);
+  // Keep the lower envelope beyond X: drop a tail another beats everywhere there.
+  std::vector<AffineTail> env;
+  for (const auto& q : tails) {
+    bool dominated = false;
+    for (const auto& p : tails)
+      if (&p != &q && p.b <= q.b && p.a + p.b * X <= q.a + q.b * X &&
+          (p.b < q.b || p.a + p.b * X < q.a + q.b * X || &p < &q))
+        dominated = true;
+    if (!dominated) env.push_back(q);
+  }
+  GrowingRangeMin ready_max(n);  // of -ready
+  for (double r : ready) ready_max.push(-r);
+  auto last_ready = [&](int i, int j) { return -ready_max.min(i, j - 1).first; };
+  std::vector<GrowingRangeMin> g(env.size(), GrowingRangeMin(n + 1));
+  std::vector<double> best(n + 1, 0);
+  std::vector<int> parent(n + 1, 0);
+  for (auto& t : g) t.push(0);
+  for (int j = 1; j <= n; ++j) {
+    double b = kInf, lr = -kInf;
+    int arg = j - 1, i = j - 1;
+    auto consider = [&](int k, const BucketTerms& t) {
+      double end = end_after(best[k], t);
+      if (end < b) {
+        b = end;
+        arg = k;
+      }
+    };
+    bool stopped = false;
+    for (; i >= 0 && S[j] - S[i] < X; --i) {
+      lr = std::max(lr, ready[i]);
+      BucketTerms t = cost.at(i, j, lr);
+      consider(i, t);
+      if (t.ready_s + t.latency_s + t.bandwidth_s >= b) {
+        stopped = true;
+        break;
+      }
+    }
+    if (!stopped && i >= 0) {
+      // Far candidates [0, i]: find the last caught-up one, i0 (-1 if none).
+      auto caught_up = [&](int k) {
+        return best[k] <= cost.at(k, j, last_ready(k, j)).ready_s;
+      };
+      int lo = -1, hi = i + 1;  // caught_up(lo) holds (or lo = -1); caught_up(hi) fails (or hi = i + 1)
+      while (hi - lo > 1) {
+        int mid = lo + (hi - lo) / 2;
+        (caught_up(mid) ? lo : hi) = mid;
+      }
+      if (lo >= 0) consider(lo, cost.at(lo, j, last_ready(lo, j)));
+      if (lo + 1 <= i) {
+        double v = kInf;
+        int k = -1;
+        for (size_t q = 0; q < env.size(); ++q) {
+          auto [gv, gi] = g[q].min(lo + 1, i);
+          double e = gv + env[q].a + env[q].b * S[j];
+          if (e < v) {
+            v = e;
+            k = gi;
+          }
+        }
+        if (k >= 0) consider(k, cost.at(k, j, last_ready(k, j)));
+      }
+    }
+    best[j] = b;
+    parent[j] = arg;
+    for (size_t q = 0; q < env.size(); ++q) g[q].push(best[j] - env[q].b * S[j]);
+  }
+  objective = best[n];
+  std::vector<int> starts;
+  for (int j = n; j > 0; j = parent[j]) starts.push_back(parent[j]);
+  std::reverse(starts.begin(), starts.end());
+  return starts;
+}
+
 // Among the many partitions that tie with the optimum (everything hidden behind
 // backward), prefer fewer buckets: walking forward, a bucket absorbs the next one when
 // the schedule's last allreduce end does not grow. After a merge, the first later
@@ -277,7 +393,15 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
     return model_.tensors[model_.tensor_at_backward(pos)].numel * elem_bytes;
   };
   switch (opt.strategy) {
-    case Strategy::Optimal: starts = merge_ties(ready_, cost, dynamic_program(ready_, cost, 0, objective)); break;
+    case Strategy::Optimal: {
+      auto tails = opt.fp32 == Fp32Tensors::None && !opt.exhaustive_scan ? coll_.affine_tails(opt.transfer)
+                                                                          : std::vector<AffineTail>{};
+      starts = tails.empty() ? dynamic_program(ready_, cost, 0, objective)
+                             : dynamic_program_tails(ready_, cost, std::move(tails), bytes_per_element(opt.transfer),
+                                                     objective);
+      starts = merge_ties(ready_, cost, starts);
+      break;
+    }
     case Strategy::KSplit: starts = dynamic_program(ready_, cost, opt.segments, objective); break;
     case Strategy::PerTensor:
       for (int i = 1; i < n; ++i) starts.push_back(i);

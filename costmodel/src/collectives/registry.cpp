@@ -95,6 +95,32 @@ Cost evaluate(const Profile& p, const Net& net, double n) {
   return c;
 }
 
+AffineTail affine_tail(const Profile& p, const Net& net) {
+  AffineTail t;
+  for (const auto& r : p) {
+    // Each link class as intercept + slope x n, as intra_time and inter_time compute them.
+    double al = net.intra_alpha, sl = net.intra_beta * r.port;
+    double ag = net.inter_alpha + net.stage_alpha, sg = net.inter_beta * std::max(r.port, r.nic) + net.stage_beta * r.port;
+    double a = 0, s = 0;
+    if (r.intra && r.inter) {
+      const bool inter_wins = sg > sl || (sg == sl && ag > al);
+      a = inter_wins ? ag : al;
+      s = inter_wins ? sg : sl;
+      double other_a = inter_wins ? al : ag, other_s = inter_wins ? sl : sg;
+      if (other_a > a && s > other_s) t.from_bytes = std::max(t.from_bytes, (other_a - a) / (s - other_s));
+    } else if (r.intra) {
+      a = al;
+      s = sl;
+    } else if (r.inter) {
+      a = ag;
+      s = sg;
+    }
+    t.a += r.repeat * a;
+    t.b += r.repeat * s + r.repeat * net.gamma * r.reduce;
+  }
+  return t;
+}
+
 Cost replay(const Schedule& s, const CollectiveArgs& a) {
   const Topo& t = a.topo;
   const Net& net = a.net;

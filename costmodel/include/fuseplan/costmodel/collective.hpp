@@ -76,6 +76,13 @@ using Profile = std::vector<RoundClass>;
 // intra: a_l + b_l*port*n; inter: a_g + b_g*max(port, nic)*n (+ staging); plus gamma*reduce*n.
 Cost evaluate(const Profile& p, const Net& net, double n_bytes);
 
+// Beyond `from_bytes` a profile's time is exactly affine in the message size: every
+// round's slower link is then the one with the steeper slope. time(n) = a + b n there.
+struct AffineTail {
+  double a = 0, b = 0, from_bytes = 0;
+};
+AffineTail affine_tail(const Profile& p, const Net& net);
+
 struct Algorithm {
   std::string_view name;
   std::string_view description;

@@ -35,6 +35,10 @@ class CollectiveModel {
   // `algorithm` is a registered name or "auto" (the cheapest applicable one). Throws
   // InputError if a named algorithm does not apply to this rank layout.
   CollectiveChoice cost(std::string_view algorithm, int64_t count, Precision transfer) const;
+  // The affine tails (launch included) of every applicable algorithm and variant for
+  // messages of two elements or more, for the tuner's fast path; empty when some
+  // algorithm is calibrated (its cost then follows another network).
+  std::vector<AffineTail> affine_tails(Precision transfer) const;
   // The arguments an algorithm sees for `count` elements (network from the cluster).
   CollectiveArgs args(int64_t count, Precision transfer) const;
   const Topo& topo() const { return topo_; }

@@ -41,6 +41,8 @@ struct BucketTerms {
   int64_t bytes = 0;
   CollectiveChoice choice; // empty when there is one GPU
 };
+// Copying `bytes` into a fusion buffer: one read and one write at effective memory bandwidth.
+double pack_time_s(const Cluster& cluster, int64_t bytes);
 // `last_ready_s`: the latest ready time of the bucket's gradients (from backward start).
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
                          std::string_view algorithm, Precision transfer, bool pack);

@@ -52,6 +52,8 @@ struct TuneOptions {
   Fp32Tensors fp32 = Fp32Tensors::None;
   int streams = 1;                                   // buckets go round-robin to streams
   Packing packing = Packing::Strategy;
+  // optimal: skip the affine-tail fast path and scan every candidate (tests, benches).
+  bool exhaustive_scan = false;
 };
 
 struct TuneResult {
