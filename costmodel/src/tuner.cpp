@@ -134,7 +134,8 @@ std::vector<int> dynamic_program(const std::vector<double>& ready, BucketCoster&
     cur[0] = any ? 0 : kInf;
     // Exactly `segments` buckets: layer k covers at least k + 1 tensors and leaves at
     // least segments - k - 1 for the later buckets.
-    const int j_lo = any ? 1 : k + 1;
+    // The last layer only needs the whole model.
+    const int j_lo = any ? 1 : (k == layers - 1 ? n : k + 1);
     const int j_hi = any ? n : n - (segments - k - 1);
     for (int j = j_lo; j <= j_hi; ++j) {
       if (!any && k == 0) {  // one bucket [0, j)
