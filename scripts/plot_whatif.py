@@ -56,6 +56,13 @@ def label(row, varying):
     return ", ".join(f"{k.replace('_', ' ')} {row[k]}" if k != "strategy" else row[k] for k in varying) or row["strategy"]
 
 
+def save(plt, fig, path, written):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv")
@@ -86,11 +93,7 @@ def main():
         ax.set_title(f"{model}: predicted scaling efficiency ({mrows[0]['cluster']})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        path = os.path.join(a.out, f"efficiency-{model}.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        save(plt, fig, os.path.join(a.out, f"efficiency-{model}.png"), written)
 
         fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(mrows)), 5))
         xs = range(len(mrows))
@@ -104,11 +107,7 @@ def main():
         ax.set_ylabel("iteration time (ms)")
         ax.set_title(f"{model}: iteration breakdown")
         ax.legend(fontsize=8)
-        path = os.path.join(a.out, f"breakdown-{model}.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        save(plt, fig, os.path.join(a.out, f"breakdown-{model}.png"), written)
     for p in written:
         print(p)
 
