@@ -81,12 +81,13 @@ std::vector<double> parse_range(const std::string& s, const std::string& flag, b
 std::vector<int> to_ints(const std::vector<double>& v) { return {v.begin(), v.end()}; }
 
 // A progress bar on stderr, shown once a sweep has run for a second (on a terminal, or
-// when FUSEPLAN_PROGRESS=1).
+// when FUSEPLAN_PROGRESS=1; FUSEPLAN_PROGRESS_DELAY=S changes the second).
 class ProgressBar {
  public:
   ProgressBar() : start_(std::chrono::steady_clock::now()) {
     const char* env = std::getenv("FUSEPLAN_PROGRESS");
     enabled_ = env ? std::string(env) == "1" : isatty(fileno(stderr));
+    if (const char* d = std::getenv("FUSEPLAN_PROGRESS_DELAY")) delay_ = std::atof(d);
   }
   ~ProgressBar() {
     if (shown_) std::cerr << "\n";
@@ -94,7 +95,7 @@ class ProgressBar {
   void operator()(size_t done, size_t total) {
     if (!enabled_) return;
     double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    if (t < 1.0 || (t - last_ < 0.1 && done < total)) return;
+    if (t < delay_ || (shown_ && t - last_ < 0.1 && done < total)) return;
     last_ = t;
     shown_ = true;
     const int width = 30;
@@ -107,7 +108,7 @@ class ProgressBar {
  private:
   std::chrono::steady_clock::time_point start_;
   bool enabled_ = false, shown_ = false;
-  double last_ = 0;
+  double last_ = 0, delay_ = 1.0;
 };
 
 const char* kCsvHeader =

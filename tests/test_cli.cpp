@@ -15,8 +15,8 @@ struct Run {
   std::string out;
 };
 
-Run run(const std::string& args) {
-  std::string cmd = std::string(FUSEPLAN_BIN) + " " + args + " 2>&1";
+Run run_env(const std::string& env, const std::string& args) {
+  std::string cmd = env + " " + std::string(FUSEPLAN_BIN) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p);
   std::string out;
@@ -25,6 +25,8 @@ Run run(const std::string& args) {
   int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
+
+Run run(const std::string& args) { return run_env("", args); }
 
 std::string tmp(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() / "fuseplan-test-cli";
@@ -172,6 +174,11 @@ TEST_CASE("cli: tune writes a plan that predict reproduces; compare and whatif p
   Run inv = run("whatif --model alexnet_bn --target-efficiency 0.95 --format json");
   REQUIRE(inv.code == 0);
   CHECK(nlohmann::json::parse(inv.out)["inter_bw_Gbps"].get<double>() > 0);
+  Run bar = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv --out " + tmp("bar.csv"));
+  REQUIRE(bar.code == 0);
+  CHECK_THAT(bar.out, Catch::Contains("] 4/4"));
+  Run quiet = run("whatif --gpus 8:64 --format csv");  // not a terminal: no bar
+  CHECK_THAT(quiet.out, !Catch::Contains("] 4/4"));
   Run dl = run("whatif --deadline 15m --format json");
   REQUIRE(dl.code == 0);
   CHECK(nlohmann::json::parse(dl.out)["gpu_hours"].get<double>() > 0);
