@@ -55,7 +55,7 @@ std::string setup_line(const std::string& command, const Model& m, const Cluster
                        Precision compute) {
   int nodes = (gpus + c.gpus_per_node - 1) / c.gpus_per_node;
   return "fuseplan " + command + ": " + m.name + " on " + c.name + " (" + std::to_string(gpus) + " GPUs = " +
-         std::to_string(nodes) + " nodes x " + std::to_string(std::min(gpus, c.gpus_per_node)) + "), batch " +
+         std::to_string(nodes) + (nodes == 1 ? " node x " : " nodes x ") + std::to_string(std::min(gpus, c.gpus_per_node)) + "), batch " +
          std::to_string(batch) + " per GPU, " + std::string(precision_name(compute)) + " compute";
 }
 

@@ -216,6 +216,18 @@ TEST_CASE("baselines follow their rules") {
     }
     o.horovod_threshold_bytes = 0;
     CHECK(t.run(o).plan.buckets.size() == m.tensors.size());
+    // A cycle time fuses only gradients ready by the same tick: a tiny cycle gives one
+    // bucket per layer (a layer's tensors are ready together), a huge one changes nothing.
+    o.horovod_threshold_bytes = int64_t(64) << 20;
+    o.horovod_cycle_s = 1e-9;
+    auto per_layer = t.run(o).plan;
+    for (const auto& b : per_layer.buckets)
+      CHECK(m.tensors[m.tensor_at_backward(b.begin)].layer == m.tensors[m.tensor_at_backward(b.end - 1)].layer);
+    CHECK(per_layer.buckets.size() < m.tensors.size());
+    o.horovod_cycle_s = 0;
+    auto no_cycle = t.run(o).plan.buckets.size();
+    o.horovod_cycle_s = 1e3;
+    CHECK(t.run(o).plan.buckets.size() == no_cycle);
   }
   SECTION("ddp: 1 MiB first bucket, then 25 MiB, on FP32 parameter bytes, closing once reached") {
     o.strategy = Strategy::Ddp;
