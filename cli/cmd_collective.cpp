@@ -8,6 +8,7 @@
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/sim/simulator.hpp"
 
 namespace fuseplan::cli {
 
@@ -16,7 +17,7 @@ struct CollectiveFlags {
   std::string algorithm = "auto", cluster = "tencent-p40", sizes = "4K:256M", precision = "fp32";
   int gpus = 8, group = 0, torus_x = 0;
   double step = 2;
-  bool json = false;
+  bool json = false, simulate = false;
 };
 
 std::string algorithms_help() {
@@ -38,6 +39,8 @@ void add_collective_command(CLI::App& app) {
   cmd->add_option("--precision", f->precision, "element type: fp32 (nccl-tests float) | fp16 | bf16")->capture_default_str();
   cmd->add_option("--group", f->group, "hierarchical group size in GPUs (default: GPUs per node)");
   cmd->add_option("--torus-x", f->torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  cmd->add_flag("--simulate", f->simulate, "also replay each allreduce's schedule message by message in SimGrid "
+                                           "(one rank per host; adds the sim time and sim/model columns)");
   cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
   cmd->callback([f] {
     Cluster c = load_cluster(f->cluster);
@@ -52,19 +55,33 @@ void add_collective_command(CLI::App& app) {
     const int eb = bytes_per_element(p);
     const char* type = p == Precision::FP32 ? "float" : (p == Precision::FP16 ? "half" : "bfloat16");
     nlohmann::json rows = nlohmann::json::array();
-    Table t({"size", "count", "<type", "<redop", "time", "algbw", "busbw", "<algorithm"});
+    std::vector<std::string> head{"size", "count", "<type", "<redop", "time", "algbw", "busbw", "<algorithm"};
+    if (f->simulate) head.insert(head.end(), {"sim time", "sim/model"});
+    Table t(head);
     for (double size = double(lo); size <= double(hi) * (1 + 1e-9); size *= f->step) {
       int64_t count = std::max<int64_t>(1, static_cast<int64_t>(size) / eb);
       int64_t bytes = count * eb;
       auto ch = model.cost(f->algorithm, count, p);
       double s = ch.total_s();
       double alg = algbw_GBps(double(bytes), s), bus = busbw_GBps(double(bytes), s, f->gpus);
-      t.row({std::to_string(bytes), std::to_string(count), type, "sum", fixed(s * 1e6, 2), fixed(alg, 2), fixed(bus, 2),
-             std::string(ch.algorithm->name) + (ch.calibrated ? " (calibrated)" : "")});
-      rows.push_back({{"size_bytes", bytes}, {"count", count}, {"type", type}, {"time_us", s * 1e6}, {"algbw_GBps", alg},
-                      {"busbw_GBps", bus}, {"algorithm", ch.algorithm->name}, {"latency_us", ch.cost.latency_s * 1e6},
-                      {"bandwidth_us", ch.cost.bandwidth_s * 1e6}, {"reduce_us", ch.cost.reduce_s * 1e6},
-                      {"launch_us", ch.launch_s * 1e6}, {"rounds", ch.cost.rounds}});
+      std::vector<std::string> cells{std::to_string(bytes), std::to_string(count), type, "sum", fixed(s * 1e6, 2),
+                                     fixed(alg, 2), fixed(bus, 2),
+                                     std::string(ch.algorithm->name) + (ch.calibrated ? " (calibrated)" : "")};
+      nlohmann::json row{{"size_bytes", bytes}, {"count", count}, {"type", type}, {"time_us", s * 1e6}, {"algbw_GBps", alg},
+                         {"busbw_GBps", bus}, {"algorithm", ch.algorithm->name}, {"latency_us", ch.cost.latency_s * 1e6},
+                         {"bandwidth_us", ch.cost.bandwidth_s * 1e6}, {"reduce_us", ch.cost.reduce_s * 1e6},
+                         {"launch_us", ch.launch_s * 1e6}, {"rounds", ch.cost.rounds}};
+      if (f->simulate) {
+        // The simulator replays the messages; the launch overhead is added as in the model.
+        auto sim = sim::simulate_allreduce(c, f->gpus, std::string(ch.algorithm->name), count, p, {f->group, f->torus_x});
+        double st = sim.simulated_s + ch.launch_s;
+        cells.push_back(fixed(st * 1e6, 2));
+        cells.push_back(fixed(st / s, 3));
+        row["sim_time_us"] = st * 1e6;
+        row["sim_over_model"] = st / s;
+      }
+      t.row(cells);
+      rows.push_back(row);
     }
     if (f->json) {
       std::cout << nlohmann::json{{"cluster", c.name}, {"gpus", f->gpus}, {"algorithm", f->algorithm}, {"rows", rows}}.dump(2)

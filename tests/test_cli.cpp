@@ -207,3 +207,14 @@ TEST_CASE("cli: tune, compare and whatif refuse bad input with exit 2") {
   expect_bad("whatif --gpus 8,64 --model resnet9 --format csv --out " + out, "unknown model 'resnet9'");
   CHECK_FALSE(std::filesystem::exists(out));
 }
+
+TEST_CASE("cli: collective --simulate replays each size in SimGrid beside the model") {
+  Run r = run("collective --simulate --algorithm ring --gpus 16 --cluster dgx-a100 --sizes 64K:16M --step-factor 16 --json");
+  REQUIRE(r.code == 0);
+  auto rows = nlohmann::json::parse(r.out)["rows"];
+  REQUIRE(rows.size() == 3);
+  for (const auto& row : rows) CHECK(row["sim_over_model"].get<double>() == Approx(1.0).epsilon(0.01));
+  Run t = run("collective --simulate --gpus 8 --sizes 1M:1M");
+  REQUIRE(t.code == 0);
+  CHECK_THAT(t.out, Catch::Contains("sim/model"));
+}

@@ -1,0 +1,51 @@
+#include "isolated.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::sim {
+
+std::string run_isolated(const std::function<std::string()>& fn) {
+  int fd[2];
+  if (pipe(fd) != 0) throw RunError("simulator: pipe failed: " + std::string(std::strerror(errno)));
+  pid_t pid = fork();
+  if (pid < 0) throw RunError("simulator: fork failed: " + std::string(std::strerror(errno)));
+  if (pid == 0) {
+    close(fd[0]);
+    std::string out;
+    try {
+      out = fn();
+      out.insert(out.begin(), '0');
+    } catch (const InputError& e) {
+      out = std::string("2") + e.what();
+    } catch (const std::exception& e) {
+      out = std::string("1") + e.what();
+    }
+    for (size_t done = 0; done < out.size();) {
+      ssize_t w = write(fd[1], out.data() + done, out.size() - done);
+      if (w <= 0) break;
+      done += static_cast<size_t>(w);
+    }
+    close(fd[1]);
+    _exit(0);
+  }
+  close(fd[1]);
+  std::string out;
+  char buf[65536];
+  for (ssize_t r; (r = read(fd[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(r));
+  close(fd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || out.empty())
+    throw RunError("simulator: the SimGrid process died" +
+                   (WIFSIGNALED(status) ? " (signal " + std::to_string(WTERMSIG(status)) + ")" : std::string()));
+  if (out[0] == '2') throw InputError(out.substr(1));
+  if (out[0] == '1') throw RunError("simulator: " + out.substr(1));
+  return out.substr(1);
+}
+
+}  // namespace fuseplan::sim

@@ -1,0 +1,58 @@
+// Platform builder: split-duplex rank ports and node NICs, explicit routes.
+#include "platform.hpp"
+
+#include <algorithm>
+#include <limits>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::sim {
+
+namespace sg4 = simgrid::s4u;
+
+Platform build_platform(const Cluster& c, const Topo& topo, const Net& net) {
+  if (net.stage_alpha > 0 || net.stage_beta > 0)
+    throw InputError("simulate: cluster " + c.name + " stages inter-node messages through host memory (gdr false), "
+                     "which the simulator does not model yet");
+  Platform p;
+  auto* zone = sg4::create_full_zone("cluster");
+  // One "flop" = one byte reduced.
+  const double speed = net.gamma > 0 ? 1.0 / net.gamma : 1e18;
+  std::vector<sg4::Link*> port_up, port_down, nic_up, nic_down;
+  auto duplex = [&](const std::string& name, double beta, double alpha, std::vector<sg4::Link*>& up,
+                    std::vector<sg4::Link*>& down) {
+    double bw = beta > 0 ? 1.0 / beta : std::numeric_limits<double>::max() / 4;
+    auto* l = zone->create_split_duplex_link(name, bw);
+    l->set_latency(alpha / 2);
+    l->seal();
+    up.push_back(l->get_link_up());
+    down.push_back(l->get_link_down());
+  };
+  for (int r = 0; r < topo.ranks; ++r) {
+    p.hosts.push_back(zone->create_host(std::string("rank").append(std::to_string(r)), speed));
+    duplex(std::string("port").append(std::to_string(r)), net.intra_beta, net.intra_alpha, port_up, port_down);
+  }
+  // Every NIC is its own link; a rank sends and receives through NIC (local rank mod
+  // NICs per node), so one flow gets one NIC's bandwidth and a node's flows spread over
+  // its NICs (the cost model's max(port, per-NIC load)).
+  const int nics = std::max(1, net.nics_per_node);
+  for (int n = 0; n < topo.nodes() * nics; ++n)
+    duplex(std::string("nic").append(std::to_string(n)), net.inter_beta, net.inter_alpha, nic_up, nic_down);
+  auto nic_of = [&](int r) { return topo.node(r) * nics + (r % topo.per_node) % nics; };
+  using Dir = sg4::LinkInRoute::Direction;
+  for (int a = 0; a < topo.ranks; ++a)
+    for (int b = 0; b < topo.ranks; ++b) {
+      if (a == b) continue;
+      std::vector<sg4::LinkInRoute> links;
+      if (topo.node(a) == topo.node(b)) {
+        links = {sg4::LinkInRoute(port_up[a], Dir::NONE), sg4::LinkInRoute(port_down[b], Dir::NONE)};
+      } else {
+        links = {sg4::LinkInRoute(nic_up[nic_of(a)], Dir::NONE), sg4::LinkInRoute(nic_down[nic_of(b)], Dir::NONE)};
+      }
+      zone->add_route(p.hosts[a]->get_netpoint(), p.hosts[b]->get_netpoint(), nullptr, nullptr, links, false);
+    }
+  zone->seal();
+  return p;
+}
+
+}  // namespace fuseplan::sim
