@@ -1,6 +1,7 @@
 // Subcommand registration and the flags several subcommands share.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <iostream>
 #include <string>
 
 #include "fuseplan/costmodel/cluster.hpp"
@@ -50,8 +51,8 @@ std::string setup_line(const std::string& command, const Model& m, const Cluster
                        Precision compute);
 
 // The per-bucket table (ready/start/end from backward start) and the iteration summary.
-void print_bucket_table(const Report& r);
-void print_iteration_summary(const Report& r);
+void print_bucket_table(const Report& r, std::ostream& os = std::cout);
+void print_iteration_summary(const Report& r, std::ostream& os = std::cout);
 
 void add_models_commands(CLI::App& app);   // models, show
 void add_clusters_command(CLI::App& app);
@@ -59,5 +60,6 @@ void add_predict_command(CLI::App& app);
 void add_collective_command(CLI::App& app);
 void add_tune_commands(CLI::App& app);     // tune, compare
 void add_whatif_command(CLI::App& app);
+void add_simulate_command(CLI::App& app);
 
 }  // namespace fuseplan::cli

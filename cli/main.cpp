@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   fuseplan::cli::add_collective_command(app);
   fuseplan::cli::add_tune_commands(app);
   fuseplan::cli::add_whatif_command(app);
+  fuseplan::cli::add_simulate_command(app);
   try {
     if (argc > 1 && argv[1][0] != '-') {
       std::string first = argv[1], names;

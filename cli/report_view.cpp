@@ -6,7 +6,7 @@
 
 namespace fuseplan::cli {
 
-void print_bucket_table(const Report& r) {
+void print_bucket_table(const Report& r, std::ostream& os) {
   const size_t kMaxRows = 40;
   Table t({"bucket", "<tensors (bwd)", "<first .. last tensor", "bytes", "<algorithm", "ready ms", "start ms", "end ms",
            "latency ms", "bandwidth ms"});
@@ -23,21 +23,21 @@ void print_bucket_table(const Report& r) {
            b.algorithm + (b.auto_chosen ? " (auto)" : "") + (b.stream ? " s" + std::to_string(b.stream) : ""),
            ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3), ms(b.cost.bandwidth_s, 3)});
   }
-  t.print(std::cout, "  ");
-  std::cout << "  (times from the start of backward; backward ends at " << ms(r.backward_s) << " ms)\n\n";
+  t.print(os, "  ");
+  os << "  (times from the start of backward; backward ends at " << ms(r.backward_s) << " ms)\n\n";
 }
 
-void print_iteration_summary(const Report& r) {
+void print_iteration_summary(const Report& r, std::ostream& os) {
   double hidden = r.comm_busy_s > 0 ? 1 - r.exposed_comm_s / r.comm_busy_s : 1;
-  std::cout << "  iteration time       " << ms(r.iteration_s) << " ms  = forward " << ms(r.forward_s) << " + backward "
+  os << "  iteration time       " << ms(r.iteration_s) << " ms  = forward " << ms(r.forward_s) << " + backward "
             << ms(r.backward_s) << " + exposed communication " << ms(r.exposed_comm_s) << " + optimizer "
             << ms(r.optimizer_s) << " + data wait " << ms(r.data_wait_s) << "\n";
-  std::cout << "  communication        " << ms(r.comm_busy_s) << " ms busy, " << percent(hidden)
+  os << "  communication        " << ms(r.comm_busy_s) << " ms busy, " << percent(hidden)
             << " hidden behind backward\n";
-  std::cout << "  throughput           " << grouped(static_cast<int64_t>(r.throughput_samples_s)) << " samples/s\n";
-  std::cout << "  scaling efficiency   " << percent(r.scaling_efficiency) << " (one GPU: " << ms(r.single_gpu_iteration_s)
+  os << "  throughput           " << grouped(static_cast<int64_t>(r.throughput_samples_s)) << " samples/s\n";
+  os << "  scaling efficiency   " << percent(r.scaling_efficiency) << " (one GPU: " << ms(r.single_gpu_iteration_s)
             << " ms per iteration)\n";
-  std::cout << "  time to train        " << human_duration(r.time_to_train_s) << " (" << fixed(r.epochs, 0) << " epochs x "
+  os << "  time to train        " << human_duration(r.time_to_train_s) << " (" << fixed(r.epochs, 0) << " epochs x "
             << grouped(r.dataset_size) << " samples = " << grouped(r.iterations_to_train) << " iterations)\n";
 }
 

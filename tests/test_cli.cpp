@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -217,4 +218,25 @@ TEST_CASE("cli: collective --simulate replays each size in SimGrid beside the mo
   Run t = run("collective --simulate --gpus 8 --sizes 1M:1M");
   REQUIRE(t.code == 0);
   CHECK_THAT(t.out, Catch::Contains("sim/model"));
+}
+
+TEST_CASE("cli: simulate replays a tuned or saved plan and refuses bad options") {
+  std::string plan = tmp("sim-plan.json"), trace = tmp("sim-trace.json");
+  REQUIRE(run("tune --model alexnet_bn --gpus 16 --out " + plan).code == 0);
+  Run r = run("simulate --plan " + plan + " --trace " + trace + " --trace-ranks 2 --json");
+  REQUIRE(r.code == 0);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j["iteration_s"].get<double>() == Approx(j["predicted_iteration_s"].get<double>()).epsilon(0.01));
+  auto events = nlohmann::json::parse(std::ifstream(trace))["traceEvents"];
+  std::set<int> pids;
+  for (const auto& e : events) pids.insert(e["pid"].get<int>());
+  CHECK(pids == std::set<int>{0, 1});
+  Run t = run("simulate --gpus 16 --model alexnet_bn --straggler 3:1.5");
+  REQUIRE(t.code == 0);
+  CHECK_THAT(t.out, Catch::Contains("simulated / predicted"));
+  expect_bad("simulate --gpus 16 --straggler 16:2", "--straggler: rank 16 does not exist (valid: 0..15)");
+  expect_bad("simulate --gpus 16 --straggler 3", "is not RANK:FACTOR");
+  expect_bad("simulate --gpus 16 --network-model ns3", "valid: cm02, lv08, smpi");
+  expect_bad("simulate --gpus 16 --iterations 0", "--iterations: must be >= 1");
+  expect_bad("simulate --gpus 16 --jitter -1", "--jitter: must be >= 0");
 }

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/costmodel/tuner.hpp"
+#include "fuseplan/models/zoo.hpp"
 #include "fuseplan/sim/simulator.hpp"
 
 using namespace fuseplan;
@@ -68,4 +70,52 @@ TEST_CASE("simulated allreduce on two-level clusters (shared NICs, intra-node li
       }
     }
   }
+}
+
+namespace {
+// Simulates in a child process; returns the report JSON.
+nlohmann::json simulate(const Model& m, const Cluster& c, const Plan& p, const sim::SimOptions& o = {}) {
+  return nlohmann::json::parse(sim::run_isolated([&] { return report_to_json(sim::simulate_plan(m, c, p, {}, {}, o)).dump(); }));
+}
+}  // namespace
+
+TEST_CASE("a simulated iteration matches the predictor on a contention-free platform") {
+  Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("tencent-p40");
+  Tuner t(m, c, 64, 32, Precision::FP16);
+  for (Strategy s : {Strategy::Optimal, Strategy::Single, Strategy::PerTensor, Strategy::Horovod, Strategy::Ddp}) {
+    TuneOptions o;
+    o.strategy = s;
+    TuneResult r = t.run(o);
+    auto j = simulate(m, c, r.plan);
+    INFO(strategy_name(s));
+    CHECK(j["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
+    CHECK(j["comm_end_s"].get<double>() == Approx(r.report.comm_end_s).epsilon(0.01));
+    CHECK(j["source"] == "simulated");
+  }
+}
+
+TEST_CASE("stragglers and jitter slow the iteration; the same seed gives the same simulation") {
+  Model m = build_zoo_model("alexnet_bn");
+  Cluster c = load_cluster("tencent-p40");
+  Tuner t(m, c, 16, 64, Precision::FP16);
+  Plan p = t.run({}).plan;
+  double base = simulate(m, c, p)["iteration_s"];
+  sim::SimOptions slow;
+  slow.stragglers = {{3, 1.5}};
+  double straggled = simulate(m, c, p, slow)["iteration_s"];
+  // Everyone waits for rank 3's gradients: at least its extra compute.
+  double compute = t.compute().forward_s() + t.compute().backward_s();
+  CHECK(straggled >= base + 0.5 * compute * 0.99);
+  sim::SimOptions jit;
+  jit.jitter = 0.05;
+  jit.iterations = 3;
+  auto a = simulate(m, c, p, jit), b = simulate(m, c, p, jit);
+  CHECK(a.dump() == b.dump());
+  CHECK(a["iteration_s"].get<double>() > base);
+  jit.seed = 2;
+  CHECK(simulate(m, c, p, jit)["iteration_s"] != a["iteration_s"]);
+  sim::SimOptions bad;
+  bad.stragglers = {{16, 2.0}};
+  CHECK_THROWS_WITH(simulate(m, c, p, bad), Catch::Contains("rank 16 does not exist"));
 }

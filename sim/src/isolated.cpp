@@ -1,4 +1,4 @@
-#include "isolated.hpp"
+#include "fuseplan/sim/simulator.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>

@@ -14,10 +14,15 @@
 // host staging without GPUDirect RDMA (refused), stragglers (issue 4 continues).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
 
 namespace fuseplan::sim {
 
@@ -32,5 +37,29 @@ struct SimCollectiveResult {
 // reports back. Throws InputError for an inapplicable algorithm or unsupported cluster.
 SimCollectiveResult simulate_allreduce(const Cluster& cluster, int gpus, const std::string& algorithm,
                                        int64_t count, Precision transfer, CollectiveOptions opt = {});
+
+struct SimOptions {
+  int iterations = 1;
+  double jitter = 0;        // relative std. dev. of every compute duration (normal, >= 0)
+  uint64_t seed = 1;        // jitter draws: same seed, same simulation
+  std::vector<std::pair<int, double>> stragglers;  // rank, compute slowdown factor (> 0)
+  int trace_ranks = 4;      // ranks recorded in the timeline (the first ones)
+  std::string network_model = "cm02";  // cm02 (alpha-beta), lv08, smpi
+};
+
+// Simulates `iterations` training iterations of `plan` rank by rank: per rank, a compute
+// actor runs forward, then backward layer by layer, marking gradients ready; one actor
+// per communication stream starts each bucket's allreduce once its gradients are ready
+// (plus the packing copy) and its stream is free, after the launch overhead, and
+// replays the algorithm's schedule as messages; the optimizer step waits for every
+// bucket. Returns the predictor's Report with simulated timing (bucket times from rank
+// 0's last iteration, from its backward start). Must run in its own process: call it
+// inside run_isolated. Throws InputError on bad options.
+Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
+                     const TrainingGoal& goal, const SimOptions& opt);
+
+// Runs `fn` in a forked child (SimGrid: one simulation per process) and returns the
+// string it returned. InputError and RunError thrown by `fn` are rethrown here.
+std::string run_isolated(const std::function<std::string()>& fn);
 
 }  // namespace fuseplan::sim

@@ -1,0 +1,120 @@
+// `fuseplan simulate`: training iterations of a plan replayed rank by rank in SimGrid,
+// beside the analytic prediction of the same plan.
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/tuner.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/sim/simulator.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+
+struct SimulateFlags {
+  SetupFlags setup;
+  std::string plan_path, strategy = "optimal", network = "cm02", trace_path;
+  std::vector<std::string> stragglers;
+  sim::SimOptions opt;
+  bool json = false;
+};
+
+std::pair<int, double> parse_straggler(const std::string& s) {
+  auto colon = s.find(':');
+  try {
+    if (colon == std::string::npos) throw std::invalid_argument(s);
+    size_t u1 = 0, u2 = 0;
+    int rank = std::stoi(s.substr(0, colon), &u1);
+    double factor = std::stod(s.substr(colon + 1), &u2);
+    if (u1 != colon || u2 != s.size() - colon - 1) throw std::invalid_argument(s);
+    return {rank, factor};
+  } catch (const std::exception&) {
+    throw InputError("--straggler: '" + s + "' is not RANK:FACTOR (e.g. 3:1.5)");
+  }
+}
+
+void run_simulate(SimulateFlags& f) {
+  Model model;
+  Cluster cluster;
+  Plan plan;
+  if (!f.plan_path.empty()) {
+    plan = load_plan(f.plan_path);
+    const SetupFlags& u = f.setup;
+    model = load_model(u.model.model_opt->count() ? u.model.model : plan.model, u.model.options());
+    validate_plan(plan, model, f.plan_path);
+    cluster = load_cluster(u.cluster_opt->count() ? u.cluster : plan.cluster);
+    u.apply_overrides(cluster);
+    check_gpu_count(cluster, plan.gpus, f.plan_path + ": $.gpus");
+  } else {
+    auto s = f.setup.resolve();
+    model = std::move(s.model);
+    cluster = std::move(s.cluster);
+    Tuner tuner(model, cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal());
+    TuneOptions o;
+    o.strategy = parse_strategy(f.strategy);
+    o.transfer = s.transfer;
+    plan = tuner.run(o).plan;
+  }
+  f.opt.network_model = f.network;
+  f.opt.stragglers.clear();
+  for (const auto& s : f.stragglers) f.opt.stragglers.push_back(parse_straggler(s));
+  CollectiveModel coll(cluster, plan.gpus, f.setup.collective());
+  ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
+  const TrainingGoal goal = f.setup.goal();
+  Report predicted = predict(model, cluster, plan, coll, compute, goal, false);
+  std::string out = sim::run_isolated([&] {
+    Report r = sim::simulate_plan(model, cluster, plan, f.setup.collective(), goal, f.opt);
+    if (!f.trace_path.empty()) r.timeline.write_chrome_trace(f.trace_path);
+    std::ostringstream os;
+    if (f.json) {
+      nlohmann::json j = report_to_json(r);
+      j["predicted_iteration_s"] = predicted.iteration_s;
+      j["network_model"] = f.opt.network_model;
+      j["iterations"] = f.opt.iterations;
+      os << j.dump(2) << "\n";
+      return os.str();
+    }
+    os << setup_line("simulate", model, cluster, plan.gpus, plan.batch_per_gpu, plan.compute) << "\n";
+    os << "plan: " << (f.plan_path.empty() ? plan.strategy : f.plan_path) << ", " << plan.buckets.size()
+       << " buckets; SimGrid " << f.opt.network_model << ", " << f.opt.iterations << " iteration"
+       << (f.opt.iterations == 1 ? "" : "s") << (f.opt.jitter > 0 ? ", jitter " + fixed(f.opt.jitter, 3) : "")
+       << (f.opt.stragglers.empty() ? "" : ", " + std::to_string(f.opt.stragglers.size()) + " straggler(s)")
+       << "\n\n";
+    print_bucket_table(r, os);
+    print_iteration_summary(r, os);
+    os << "  predicted            " << ms(predicted.iteration_s) << " ms (simulated / predicted = "
+       << fixed(r.iteration_s / predicted.iteration_s, 4) << ")\n";
+    if (!f.trace_path.empty()) os << "  trace                " << f.trace_path << " (ranks 0.." << f.opt.trace_ranks - 1 << ")\n";
+    return os.str();
+  });
+  std::cout << out;
+}
+
+}  // namespace
+
+void add_simulate_command(CLI::App& app) {
+  auto f = std::make_shared<SimulateFlags>();
+  auto* cmd = app.add_subcommand("simulate",
+                                 "Replay training iterations of a plan rank by rank in SimGrid (compute, gradient\n"
+                                 "readiness, every allreduce message) and compare with the prediction.");
+  f->setup.add(cmd);
+  cmd->add_option("--plan", f->plan_path, "plan .json to simulate (default: tune one with --strategy)");
+  cmd->add_option("--strategy", f->strategy, "without --plan: the tuner strategy for the plan")->capture_default_str();
+  cmd->add_option("--iterations", f->opt.iterations, "iterations to simulate")->capture_default_str();
+  cmd->add_option("--jitter", f->opt.jitter, "relative std. dev. of every compute duration (seeded normal)")
+      ->capture_default_str();
+  cmd->add_option("--seed", f->opt.seed, "seed of the jitter")->capture_default_str();
+  cmd->add_option("--straggler", f->stragglers, "RANK:FACTOR, a rank whose compute is FACTOR times slower (repeatable)");
+  cmd->add_option("--network-model", f->network, "SimGrid network model: cm02 (alpha-beta) | lv08 | smpi")
+      ->capture_default_str();
+  cmd->add_option("--trace", f->trace_path, "write a Chrome trace of the traced ranks to FILE");
+  cmd->add_option("--trace-ranks", f->opt.trace_ranks, "how many ranks (the first ones) the trace shows")
+      ->capture_default_str();
+  cmd->add_flag("--json", f->json, "print the simulated report as JSON");
+  cmd->callback([f] { run_simulate(*f); });
+}
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,203 @@
+// Whole training iterations, rank by rank: compute actors mark gradients ready layer by
+// layer; communication actors (one per stream) run each bucket's allreduce schedule.
+#include <simgrid/s4u.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/sim/simulator.hpp"
+#include "platform.hpp"
+#include "replay_rounds.hpp"
+
+namespace fuseplan::sim {
+
+namespace sg4 = simgrid::s4u;
+
+namespace {
+
+struct BucketRun {
+  Schedule schedule;
+  int elem_bytes = 2;
+  double pack_s = 0, launch_s = 0;
+  int stream = 0, end = 0;  // end: backward positions [.., end) must be ready
+  std::string label;
+  int64_t bytes = 0;
+};
+
+// Per rank: how many gradients (backward positions, counted over all iterations) are
+// ready, when each bucket became ready, and how many streams finished each iteration.
+struct RankState {
+  sg4::MutexPtr mutex = sg4::Mutex::create();
+  sg4::ConditionVariablePtr cv = sg4::ConditionVariable::create();
+  int64_t ready = 0;
+  std::vector<double> bucket_ready_at;  // [iteration * buckets + b]
+  std::vector<int> streams_done;        // [iteration]
+};
+
+void check_options(const SimOptions& o, int gpus) {
+  check_network_model(o.network_model);
+  if (o.iterations < 1) throw InputError("--iterations: must be >= 1");
+  if (!(o.jitter >= 0) || !std::isfinite(o.jitter)) throw InputError("--jitter: must be >= 0");
+  if (o.trace_ranks < 0) throw InputError("--trace-ranks: must be >= 0");
+  for (const auto& [rank, factor] : o.stragglers) {
+    if (rank < 0 || rank >= gpus)
+      throw InputError("--straggler: rank " + std::to_string(rank) + " does not exist (valid: 0.." +
+                       std::to_string(gpus - 1) + ")");
+    if (!(factor > 0) || !std::isfinite(factor)) throw InputError("--straggler: factor must be > 0");
+  }
+}
+
+}  // namespace
+
+Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
+                     const TrainingGoal& goal, const SimOptions& opt) {
+  check_options(opt, plan.gpus);
+  if (!c.calibrated.empty())
+    throw InputError("simulate: cluster " + c.name + " has calibrated algorithms; the simulator uses its links");
+  const int P = plan.gpus, L = static_cast<int>(m.tensors.size()), N = opt.iterations;
+  CollectiveModel coll(c, P, coll_opt);
+  ComputeModel compute(m, c, plan.batch_per_gpu, plan.compute);
+  Report rep = predict(m, c, plan, coll, compute, goal, false);  // names, bytes, costs
+  rep.source = "simulated";
+
+  std::vector<BucketRun> runs;
+  int streams = 0;
+  for (size_t k = 0; k < plan.buckets.size(); ++k) {
+    const auto& b = plan.buckets[k];
+    BucketRun run;
+    run.stream = b.stream;
+    run.end = b.end;
+    run.bytes = rep.buckets[k].bytes;
+    run.label = "bucket " + std::to_string(k) + " " + rep.buckets[k].algorithm;
+    run.pack_s = b.pack ? pack_time_s(c, run.bytes) : 0;
+    if (P > 1) {
+      CollectiveChoice ch = coll.cost(b.algorithm, bucket_elements(plan, m, b), b.transfer);
+      CollectiveArgs args = coll.args(bucket_elements(plan, m, b), b.transfer);
+      args.variant = ch.variant;
+      run.schedule = ch.algorithm->schedule(args);
+      run.elem_bytes = args.elem_bytes;
+      run.launch_s = ch.launch_s;
+    }
+    streams = std::max(streams, b.stream + 1);
+    runs.push_back(std::move(run));
+  }
+  const int B = static_cast<int>(runs.size());
+  // Backward: after layer l (reverse order) the gradients up to this position are ready.
+  std::vector<int> ready_after(m.layers.size(), 0);
+  {
+    int upto = 0;
+    for (int l = static_cast<int>(m.layers.size()) - 1; l >= 0; --l) {
+      const Layer& layer = m.layers[l];
+      for (int i = 0; i < layer.tensor_count; ++i) upto = std::max(upto, m.tensor_at_backward(layer.first_tensor + i) + 1);
+      ready_after[l] = upto;
+    }
+  }
+
+  sg4::Engine e("fuseplan-sim");
+  configure_engine(opt.network_model);
+  Platform plat = build_platform(c, coll.topo(), coll.net());
+  std::vector<RankState> state(P);
+  for (auto& s : state) {
+    s.bucket_ready_at.assign(static_cast<size_t>(N) * B, 0);
+    s.streams_done.assign(N, 0);
+  }
+  std::vector<double> slow(P, 1.0);
+  for (const auto& [rank, factor] : opt.stragglers) slow[rank] *= factor;
+  std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0);
+  std::vector<std::vector<std::pair<double, double>>> bucket_times(P, std::vector<std::pair<double, double>>(B));
+  const double gamma = coll.net().gamma;
+  auto traced = [&](int r) { return r < opt.trace_ranks; };
+  std::vector<TimelineEvent> events;
+
+  for (int r = 0; r < P; ++r) {
+    sg4::Actor::create(std::string("compute").append(std::to_string(r)), plat.hosts[r], [&, r] {
+      std::mt19937_64 rng(opt.seed * 1000003u + static_cast<uint64_t>(r));
+      std::normal_distribution<double> noise(0.0, opt.jitter);
+      auto work = [&](double nominal, const std::string& name, const char* cat) {
+        double f = slow[r] * (opt.jitter > 0 ? std::max(0.1, 1 + noise(rng)) : 1.0);
+        double t0 = sg4::Engine::get_clock();
+        sg4::this_actor::sleep_for(nominal * f);
+        if (traced(r)) events.push_back({r, "compute", name, cat, t0, sg4::Engine::get_clock() - t0, 0});
+      };
+      RankState& s = state[r];
+      for (int it = 0; it < N; ++it) {
+        for (size_t l = 0; l < m.layers.size(); ++l) work(compute.layers()[l].fwd_s, m.layers[l].name, "forward");
+        last_bwd_start[r] = sg4::Engine::get_clock();
+        int next_bucket = 0;
+        for (int l = static_cast<int>(m.layers.size()) - 1; l >= 0; --l) {
+          work(compute.layers()[l].bwd_s, m.layers[l].name + " (bwd)", "backward");
+          std::unique_lock lock(*s.mutex);
+          s.ready = int64_t(it) * L + ready_after[l];
+          for (; next_bucket < B && runs[next_bucket].end <= ready_after[l]; ++next_bucket)
+            s.bucket_ready_at[size_t(it) * B + next_bucket] = sg4::Engine::get_clock();
+          s.cv->notify_all();
+        }
+        {
+          std::unique_lock lock(*s.mutex);
+          while (s.streams_done[it] < streams) s.cv->wait(lock);
+        }
+        work(compute.optimizer_s(), "optimizer", "optimizer");
+      }
+      iteration_end[r] = sg4::Engine::get_clock();
+    });
+    for (int st = 0; st < streams; ++st) {
+      sg4::Actor::create(std::string("comm").append(std::to_string(r)).append("_").append(std::to_string(st)),
+                         plat.hosts[r], [&, r, st] {
+        RankState& s = state[r];
+        for (int it = 0; it < N; ++it) {
+          for (int b = 0; b < B; ++b) {
+            const BucketRun& run = runs[b];
+            if (run.stream != st) continue;
+            {
+              std::unique_lock lock(*s.mutex);
+              while (s.ready < int64_t(it) * L + run.end) s.cv->wait(lock);
+            }
+            // The packing copy delays readiness, not the stream (as in the predictor).
+            double ready = s.bucket_ready_at[size_t(it) * B + b] + run.pack_s;
+            if (sg4::Engine::get_clock() < ready) sg4::this_actor::sleep_until(ready);
+            double start = sg4::Engine::get_clock();
+            if (P > 1) {
+              sg4::this_actor::sleep_for(run.launch_s);
+              run_rounds(run.schedule, r, run.elem_bytes, gamma, st);
+            }
+            double end = sg4::Engine::get_clock();
+            if (it == N - 1) bucket_times[r][b] = {start, end};
+            if (traced(r)) events.push_back({r, "comm" + std::to_string(st), run.label, "allreduce", start, end - start, run.bytes});
+          }
+          std::unique_lock lock(*s.mutex);
+          ++s.streams_done[it];
+          s.cv->notify_all();
+        }
+      });
+    }
+  }
+  e.run();
+
+  // Rank 0's last iteration, from its backward start; the iteration time is the mean
+  // over iterations of the slowest rank.
+  const double bwd0 = last_bwd_start[0];
+  rep.comm_busy_s = rep.comm_end_s = 0;
+  for (int b = 0; b < B; ++b) {
+    auto& br = rep.buckets[b];
+    br.ready_s = state[0].bucket_ready_at[size_t(N - 1) * B + b] + runs[b].pack_s - bwd0;
+    br.start_s = bucket_times[0][b].first - bwd0;
+    br.end_s = bucket_times[0][b].second - bwd0;
+    rep.comm_busy_s += br.end_s - br.start_s;
+    rep.comm_end_s = std::max(rep.comm_end_s, br.end_s);
+  }
+  double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N;
+  rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s);
+  rep.data_wait_s = compute.data_wait_s(busy);
+  rep.iteration_s = busy + rep.data_wait_s;
+  rep.scaling_efficiency = rep.single_gpu_iteration_s / rep.iteration_s;
+  rep.throughput_samples_s = double(P) * plan.batch_per_gpu / rep.iteration_s;
+  rep.time_to_train_s = double(rep.iterations_to_train) * rep.iteration_s;
+  std::stable_sort(events.begin(), events.end(),
+                   [](const TimelineEvent& a, const TimelineEvent& b) { return a.rank < b.rank; });
+  rep.timeline.events = std::move(events);
+  return rep;
+}
+
+}  // namespace fuseplan::sim

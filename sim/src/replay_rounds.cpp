@@ -1,0 +1,59 @@
+#include "replay_rounds.hpp"
+
+#include <simgrid/s4u.hpp>
+#include <xbt/log.h>
+
+#include <string>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::sim {
+
+namespace sg4 = simgrid::s4u;
+
+void configure_engine(const std::string& network_model) {
+  xbt_log_control_set("root.thres:critical");
+  if (network_model == "lv08") {
+    sg4::Engine::set_config("network/model:LV08");
+  } else if (network_model == "smpi") {
+    sg4::Engine::set_config("network/model:SMPI");
+  } else {
+    sg4::Engine::set_config("network/model:CM02");
+    sg4::Engine::set_config("network/crosstraffic:0");
+  }
+}
+
+void check_network_model(const std::string& name) {
+  if (name != "cm02" && name != "lv08" && name != "smpi")
+    throw InputError("--network-model: unknown model '" + name + "' (valid: cm02, lv08, smpi)");
+}
+
+namespace {
+sg4::Mailbox* box(int src, int dst, int channel) {
+  std::string name("m");
+  name.append(std::to_string(src)).append("_").append(std::to_string(dst)).append("_").append(std::to_string(channel));
+  return sg4::Mailbox::by_name(name);
+}
+char token;  // messages carry no data: only their simulated size matters
+}  // namespace
+
+void run_rounds(const Schedule& s, int rank, int elem_bytes, double gamma, int channel) {
+  for (const auto& round : s.rounds) {
+    std::vector<sg4::CommPtr> comms;
+    std::vector<void*> sinks(round.transfers.size(), nullptr);  // live until wait_all
+    double reduce_bytes = 0;
+    for (size_t k = 0; k < round.transfers.size(); ++k) {
+      const auto& x = round.transfers[k];
+      const auto bytes = static_cast<uint64_t>(x.count) * static_cast<uint64_t>(elem_bytes);
+      if (x.src == rank) comms.push_back(box(x.src, x.dst, channel)->put_async(&token, bytes));
+      if (x.dst == rank) {
+        comms.push_back(box(x.src, x.dst, channel)->get_async<void>(&sinks[k]));
+        if (x.reduce) reduce_bytes += double(bytes);
+      }
+    }
+    sg4::Comm::wait_all(comms);
+    if (reduce_bytes > 0 && gamma > 0) sg4::this_actor::sleep_for(reduce_bytes * gamma);
+  }
+}
+
+}  // namespace fuseplan::sim
