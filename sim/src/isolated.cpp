@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "fuseplan/models/error.hpp"
@@ -10,6 +11,7 @@
 namespace fuseplan::sim {
 
 std::string run_isolated(const std::function<std::string()>& fn) {
+  std::fflush(nullptr);  // the child must not repeat what the parent has buffered
   int fd[2];
   if (pipe(fd) != 0) throw RunError("simulator: pipe failed: " + std::string(std::strerror(errno)));
   pid_t pid = fork();

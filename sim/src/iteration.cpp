@@ -108,6 +108,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
   std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0);
   std::vector<std::vector<std::pair<double, double>>> bucket_times(P, std::vector<std::pair<double, double>>(B));
   const double gamma = coll.net().gamma;
+  Mailboxes boxes(P, std::max(streams, 1));
   auto traced = [&](int r) { return r < opt.trace_ranks; };
   std::vector<TimelineEvent> events;
 
@@ -160,7 +161,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
             double start = sg4::Engine::get_clock();
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
-              run_rounds(run.schedule, r, run.elem_bytes, gamma, st);
+              run_rounds(run.schedule, r, run.elem_bytes, gamma, st, boxes);
             }
             double end = sg4::Engine::get_clock();
             if (it == N - 1) bucket_times[r][b] = {start, end};

@@ -30,9 +30,10 @@ std::string simulate_child(const Cluster& c, int gpus, const std::string& algori
   int64_t messages = 0;
   for (const auto& round : sched.rounds) messages += static_cast<int64_t>(round.transfers.size());
   const double gamma = coll.net().gamma;
+  Mailboxes boxes(gpus, 1);
   for (int r = 0; r < gpus; ++r) {
     sg4::Actor::create(std::string("rank").append(std::to_string(r)), plat.hosts[r], [&, r] {
-      run_rounds(sched, r, args.elem_bytes, gamma, 0);
+      run_rounds(sched, r, args.elem_bytes, gamma, 0, boxes);
       finish[r] = sg4::Engine::get_clock();
     });
   }
