@@ -13,7 +13,12 @@ namespace sg4 = simgrid::s4u;
 
 void configure_engine(const std::string& network_model) {
   xbt_log_control_set("root.thres:critical");
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer cannot follow user-level stack switches: one thread per actor.
+  sg4::Engine::set_config("contexts/factory:thread");
+#else
   sg4::Engine::set_config("contexts/factory:raw");  // the fastest context switches
+#endif
   if (network_model == "lv08") {
     sg4::Engine::set_config("network/model:LV08");
   } else if (network_model == "smpi") {
