@@ -31,21 +31,11 @@ Setup resolve(const PredictFlags& f) {
   const SetupFlags& u = f.setup;
   if (!f.plan_path.empty()) {
     if (f.buckets_opt->count()) throw InputError("--plan and --buckets are exclusive: a plan file carries its buckets");
-    s.plan = load_plan(f.plan_path);
+    auto loaded = u.load_plan_file(f.plan_path);
+    s.model = std::move(loaded.model);
+    s.cluster = std::move(loaded.cluster);
+    s.plan = std::move(loaded.plan);
     s.plan_origin = f.plan_path;
-    s.model = load_model(u.model.model_opt->count() ? u.model.model : s.plan.model, u.model.options());
-    validate_plan(s.plan, s.model, f.plan_path);
-    s.cluster = load_cluster(u.cluster_opt->count() ? u.cluster : s.plan.cluster);
-    u.apply_overrides(s.cluster);
-    if (u.gpus_opt->count() && u.gpus != s.plan.gpus)
-      throw InputError("--gpus " + std::to_string(u.gpus) + " disagrees with " + f.plan_path + " (made for " +
-                       std::to_string(s.plan.gpus) + " GPUs)");
-    if (u.batch_opt->count() && u.batch != s.plan.batch_per_gpu)
-      throw InputError("--batch-per-gpu " + std::to_string(u.batch) + " disagrees with " + f.plan_path + " (" +
-                       std::to_string(s.plan.batch_per_gpu) + ")");
-    if (u.precision_opt->count() && parse_precision(u.precision, "--precision") != s.plan.compute)
-      throw InputError("--precision disagrees with " + f.plan_path);
-    check_gpu_count(s.cluster, s.plan.gpus, f.plan_path + ": $.gpus");
     return s;
   }
   auto r = u.resolve();

@@ -41,13 +41,10 @@ void run_simulate(SimulateFlags& f) {
   Cluster cluster;
   Plan plan;
   if (!f.plan_path.empty()) {
-    plan = load_plan(f.plan_path);
-    const SetupFlags& u = f.setup;
-    model = load_model(u.model.model_opt->count() ? u.model.model : plan.model, u.model.options());
-    validate_plan(plan, model, f.plan_path);
-    cluster = load_cluster(u.cluster_opt->count() ? u.cluster : plan.cluster);
-    u.apply_overrides(cluster);
-    check_gpu_count(cluster, plan.gpus, f.plan_path + ": $.gpus");
+    auto loaded = f.setup.load_plan_file(f.plan_path);
+    model = std::move(loaded.model);
+    cluster = std::move(loaded.cluster);
+    plan = std::move(loaded.plan);
   } else {
     auto s = f.setup.resolve();
     model = std::move(s.model);

@@ -6,6 +6,7 @@
 
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/zoo.hpp"
 
@@ -42,6 +43,15 @@ struct SetupFlags {
   Resolved resolve() const;
   // --inter-bw / --inter-lat: what-if overrides of the cluster's inter-node network.
   void apply_overrides(Cluster& c) const;
+  // A saved plan with the model and cluster it names (--model/--cluster override them),
+  // validated against the model; the --inter-* overrides apply; --gpus, --batch-per-gpu
+  // and --precision, if given, must agree with it.
+  struct PlanSetup {
+    Model model;
+    Cluster cluster;
+    Plan plan;
+  };
+  PlanSetup load_plan_file(const std::string& path) const;
   CollectiveOptions collective() const { return {group, torus_x}; }
   TrainingGoal goal() const { return {epochs, dataset_size}; }
 };

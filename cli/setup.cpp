@@ -41,6 +41,25 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   return r;
 }
 
+SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const {
+  PlanSetup s;
+  s.plan = load_plan(path);
+  s.model = load_model(model.model_opt->count() ? model.model : s.plan.model, model.options());
+  validate_plan(s.plan, s.model, path);
+  s.cluster = load_cluster(cluster_opt->count() ? cluster : s.plan.cluster);
+  apply_overrides(s.cluster);
+  check_gpu_count(s.cluster, s.plan.gpus, path + ": $.gpus");
+  if (gpus_opt->count() && gpus != s.plan.gpus)
+    throw InputError("--gpus " + std::to_string(gpus) + " disagrees with " + path + " (made for " +
+                     std::to_string(s.plan.gpus) + " GPUs)");
+  if (batch_opt->count() && batch != s.plan.batch_per_gpu)
+    throw InputError("--batch-per-gpu " + std::to_string(batch) + " disagrees with " + path + " (" +
+                     std::to_string(s.plan.batch_per_gpu) + ")");
+  if (precision_opt->count() && parse_precision(precision, "--precision") != s.plan.compute)
+    throw InputError("--precision disagrees with " + path);
+  return s;
+}
+
 void SetupFlags::apply_overrides(Cluster& c) const {
   const bool bw = inter_bw_Gbps != 0, lat = inter_lat_us != -1;
   if ((bw || lat) && !c.inter)
