@@ -1,5 +1,6 @@
 // `fuseplan tune` (one strategy -> a plan file and its prediction) and `fuseplan compare`
 // (every strategy side by side on one setup).
+#include <algorithm>
 #include <iostream>
 #include <memory>
 
@@ -7,6 +8,7 @@
 #include "format.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/sim/simulator.hpp"
 
 namespace fuseplan::cli {
 
@@ -18,7 +20,8 @@ struct TuneFlags {
   std::string fp32 = "none", pack = "strategy";
   int segments = 2, streams = 1;
   double cycle_ms = 0;
-  std::string out, trace_path;
+  std::string out, trace_path, validate;
+  int top = 3;
   bool json = false;
 
   void add(CLI::App* cmd, bool with_strategy) {
@@ -79,6 +82,69 @@ nlohmann::json gain_json(const Report& r, const Report& base) {
   return {{"iteration_s", base.iteration_s}, {"speedup", base.iteration_s / r.iteration_s}};
 }
 
+struct Validated {
+  std::string label;
+  int buckets;
+  double predicted_s, simulated_s;
+};
+
+// --validate sim: the K best distinct plans by prediction (the tuned one, every strategy,
+// k-split with 2..4 buckets), each simulated in SimGrid, ranked again.
+std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOptions& o, const TuneResult& tuned,
+                                              const Cluster& cluster, const TuneFlags& f) {
+  if (f.top < 1) throw InputError("--top: must be >= 1");
+  std::vector<std::pair<std::string, TuneResult>> cands{{strategy_name(o.strategy), tuned}};
+  for (Strategy st : kAllStrategies) {
+    TuneOptions c = o;
+    c.strategy = st;
+    if (st == Strategy::KSplit) {
+      for (int k = 2; k <= std::min(4, static_cast<int>(tuner.model().tensors.size())); ++k) {
+        c.segments = k;
+        cands.emplace_back("k-split (K=" + std::to_string(k) + ")", tuner.run(c));
+      }
+    } else {
+      cands.emplace_back(strategy_name(st), tuner.run(c));
+    }
+  }
+  std::vector<std::pair<std::string, TuneResult>> distinct;
+  for (auto& c : cands) {
+    bool seen = false;
+    for (const auto& d : distinct) seen = seen || plan_to_json(d.second.plan)["buckets"] == plan_to_json(c.second.plan)["buckets"];
+    if (!seen) distinct.push_back(std::move(c));
+  }
+  std::stable_sort(distinct.begin(), distinct.end(), [](const auto& a, const auto& b) {
+    return a.second.report.iteration_s < b.second.report.iteration_s;
+  });
+  distinct.resize(std::min<size_t>(distinct.size(), static_cast<size_t>(f.top)));
+  std::vector<Validated> out;
+  for (const auto& [label, r] : distinct) {
+    std::string sim_s = sim::run_isolated([&] {
+      return std::to_string(
+          sim::simulate_plan(tuner.model(), cluster, r.plan, f.setup.collective(), f.setup.goal(), {}).iteration_s);
+    });
+    out.push_back({label, static_cast<int>(r.plan.buckets.size()), r.report.iteration_s, std::stod(sim_s)});
+  }
+  return out;
+}
+
+void print_validation(const std::vector<Validated>& v) {
+  std::cout << "\n  validated by simulation (SimGrid, the " << v.size() << " best distinct plans by prediction):\n";
+  Table t({"<plan", "buckets", "predicted ms", "simulated ms", "sim/pred", "sim rank"});
+  std::vector<size_t> order(v.size());
+  for (size_t i = 0; i < v.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a].simulated_s < v[b].simulated_s; });
+  std::vector<size_t> sim_rank(v.size());
+  for (size_t i = 0; i < order.size(); ++i) sim_rank[order[i]] = i + 1;
+  for (size_t i = 0; i < v.size(); ++i)
+    t.row({v[i].label, std::to_string(v[i].buckets), ms(v[i].predicted_s), ms(v[i].simulated_s),
+           fixed(v[i].simulated_s / v[i].predicted_s, 4), std::to_string(sim_rank[i])});
+  t.print(std::cout, "    ");
+  bool same = true;
+  for (size_t i = 0; i < order.size(); ++i) same = same && order[i] == i;
+  if (same) std::cout << "    the simulation keeps the predicted ranking\n";
+  else std::cout << "    the simulation CHANGES the ranking: fastest simulated is " << v[order[0]].label << "\n";
+}
+
 void run_tune(const TuneFlags& f) {
   auto s = f.setup.resolve();
   Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal());
@@ -96,12 +162,18 @@ void run_tune(const TuneFlags& f) {
                          {"scaling_efficiency", r.scaling_efficiency}};
   if (!f.out.empty()) write_file_atomic(f.out, plan_to_json(res.plan).dump(1) + "\n");
   if (!f.trace_path.empty()) tuner.evaluate(res.plan, true).timeline.write_chrome_trace(f.trace_path);
+  if (!f.validate.empty() && f.validate != "sim") throw InputError("--validate: unknown value '" + f.validate + "' (valid: sim)");
+  std::vector<Validated> validated;
+  if (f.validate == "sim") validated = validate_by_simulation(tuner, o, res, s.cluster, f);
   if (f.json) {
     nlohmann::json j{{"plan", plan_to_json(res.plan)},
                      {"report", report_to_json(r)},
                      {"tuning_s", res.seconds},
                      {"bucket_costs_evaluated", res.evaluations},
                      {"versus", {{"single", gain_json(r, single)}, {"per-tensor", gain_json(r, per_tensor)}}}};
+    for (const auto& v : validated)
+      j["validation"].push_back({{"plan", v.label}, {"buckets", v.buckets}, {"predicted_s", v.predicted_s},
+                                 {"simulated_s", v.simulated_s}});
     std::cout << j.dump(2) << "\n";
     return;
   }
@@ -120,6 +192,7 @@ void run_tune(const TuneFlags& f) {
   };
   versus("single", single);
   versus("per-tensor", per_tensor);
+  if (!validated.empty()) print_validation(validated);
   if (!f.out.empty()) std::cout << "  plan written to      " << f.out << " (run it: fuseplan predict --plan " << f.out << ")\n";
   else std::cout << "  (--out FILE writes the plan)\n";
   if (!f.trace_path.empty()) std::cout << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
@@ -187,6 +260,8 @@ void add_tune_commands(CLI::App& app) {
   tf->add(tune, true);
   tune->add_option("--out", tf->out, "write the plan (schema fuseplan.plan/1) to FILE");
   tune->add_option("--trace", tf->trace_path, "write a Chrome trace of the tuned iteration to FILE");
+  tune->add_option("--validate", tf->validate, "sim: re-rank the --top best plans by SimGrid simulation");
+  tune->add_option("--top", tf->top, "with --validate: how many plans to simulate")->capture_default_str();
   tune->add_flag("--json", tf->json, "print the plan, its report and the gains as JSON");
   tune->callback([tf] { run_tune(*tf); });
 

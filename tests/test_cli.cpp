@@ -242,3 +242,14 @@ TEST_CASE("cli: simulate replays a tuned or saved plan and refuses bad options")
   expect_bad("simulate --gpus 16 --iterations 0", "--iterations: must be >= 1");
   expect_bad("simulate --gpus 16 --jitter -1", "--jitter: must be >= 0");
 }
+
+TEST_CASE("cli: tune --validate sim re-ranks the best plans by simulation") {
+  Run r = run_stdout("tune --model alexnet_bn --gpus 16 --validate sim --top 2 --json");
+  REQUIRE(r.code == 0);
+  auto v = nlohmann::json::parse(r.out)["validation"];
+  REQUIRE(v.size() == 2);
+  for (const auto& x : v) CHECK(x["simulated_s"].get<double>() == Approx(x["predicted_s"].get<double>()).epsilon(0.01));
+  CHECK(v[0]["predicted_s"].get<double>() <= v[1]["predicted_s"].get<double>());
+  expect_bad("tune --validate measure", "--validate: unknown value 'measure' (valid: sim)");
+  expect_bad("tune --validate sim --top 0", "--top: must be >= 1");
+}
