@@ -119,3 +119,23 @@ TEST_CASE("stragglers and jitter slow the iteration; the same seed gives the sam
   bad.stragglers = {{16, 2.0}};
   CHECK_THROWS_WITH(simulate(m, c, p, bad), Catch::Contains("rank 16 does not exist"));
 }
+
+TEST_CASE("an oversubscribed fat-tree slows what crosses the core, as a hand calculation says") {
+  // 16 nodes of one rank, 8 nodes per leaf, 4:1 oversubscribed core.
+  Cluster c = one_rank_per_node(16);
+  c.inter->nodes_per_leaf = 8;
+  c.inter->oversubscription = 4;
+  const int64_t count = int64_t(32) << 20;  // 64 MiB of FP16
+  const double n = 2.0 * double(count), beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9);
+  // Recursive doubling exchanges the whole vector at distances 1, 2, 4, 8: at distance 8
+  // all 8 nodes of a leaf cross the core at once, each at a quarter of its NIC's rate:
+  // the closed form misses 3 n beta.
+  auto rd = sim::simulate_allreduce(c, 16, "recursive_doubling", count, Precision::FP16);
+  CHECK(rd.simulated_s == Approx(rd.closed_form_s + 3 * n * beta).epsilon(0.01));
+  CHECK(rd.simulated_s > 1.3 * rd.closed_form_s);
+  // A node-major ring crosses the core with one flow each way: no slowdown.
+  auto ring = sim::simulate_allreduce(c, 16, "ring", count, Precision::FP16);
+  CHECK(ring.simulated_s == Approx(ring.closed_form_s).epsilon(0.01));
+  c.inter->nodes_per_leaf = 0;
+  CHECK_THROWS_WITH(sim::simulate_allreduce(c, 16, "ring", count, Precision::FP16), Catch::Contains("nodes_per_leaf"));
+}

@@ -134,6 +134,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       net->fail("topology", "unknown topology '" + n.topology + "' (valid: " + list(kTopologies) + ")");
     n.oversubscription = net->opt_number("oversubscription").value_or(1.0);
     if (n.oversubscription < 1) net->fail("oversubscription", "must be >= 1 (1 = full bisection)");
+    n.nodes_per_leaf = static_cast<int>(net->opt_integer("nodes_per_leaf", 1, 1 << 20).value_or(0));
     n.gdr = net->boolean("gdr");
     n.host_copy_bw_GBps = net->opt_number("host_copy_bw_GBps").value_or(0);
     n.host_copy_lat_us = net->opt_number("host_copy_lat_us").value_or(0);
@@ -206,6 +207,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
     j["inter_node"] = {{"nic_bw_Gbps", n.nic_bw_Gbps}, {"nics_per_node", n.nics_per_node},
                        {"lat_us", n.lat_us},           {"topology", n.topology},
                        {"oversubscription", n.oversubscription}, {"gdr", n.gdr}};
+    if (n.nodes_per_leaf > 0) j["inter_node"]["nodes_per_leaf"] = n.nodes_per_leaf;
     if (!n.gdr) {
       j["inter_node"]["host_copy_bw_GBps"] = n.host_copy_bw_GBps;
       j["inter_node"]["host_copy_lat_us"] = n.host_copy_lat_us;

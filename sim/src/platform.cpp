@@ -39,6 +39,18 @@ Platform build_platform(const Cluster& c, const Topo& topo, const Net& net) {
   for (int n = 0; n < topo.nodes() * nics; ++n)
     duplex(std::string("nic").append(std::to_string(n)), net.inter_beta, net.inter_alpha, nic_up, nic_down);
   auto nic_of = [&](int r) { return topo.node(r) * nics + (r % topo.per_node) % nics; };
+  // An oversubscribed fat-tree: the nodes under a leaf switch share its uplink to the
+  // core, (nodes per leaf x NICs x NIC bandwidth) / oversubscription each way.
+  int per_leaf = 0;
+  std::vector<sg4::Link*> leaf_up, leaf_down;
+  if (c.inter && c.inter->topology == "fat-tree" && c.inter->oversubscription > 1) {
+    per_leaf = c.inter->nodes_per_leaf;
+    if (per_leaf < 1)
+      throw InputError("simulate: " + c.source + ": inter_node.oversubscription > 1 needs inter_node.nodes_per_leaf");
+    for (int leaf = 0; leaf * per_leaf < topo.nodes(); ++leaf)
+      duplex(std::string("leaf").append(std::to_string(leaf)),
+             net.inter_beta * c.inter->oversubscription / (double(per_leaf) * nics), 0.0, leaf_up, leaf_down);
+  }
   using Dir = sg4::LinkInRoute::Direction;
   for (int a = 0; a < topo.ranks; ++a)
     for (int b = 0; b < topo.ranks; ++b) {
@@ -47,7 +59,13 @@ Platform build_platform(const Cluster& c, const Topo& topo, const Net& net) {
       if (topo.node(a) == topo.node(b)) {
         links = {sg4::LinkInRoute(port_up[a], Dir::NONE), sg4::LinkInRoute(port_down[b], Dir::NONE)};
       } else {
-        links = {sg4::LinkInRoute(nic_up[nic_of(a)], Dir::NONE), sg4::LinkInRoute(nic_down[nic_of(b)], Dir::NONE)};
+        links = {sg4::LinkInRoute(nic_up[nic_of(a)], Dir::NONE)};
+        int la = per_leaf ? topo.node(a) / per_leaf : 0, lb = per_leaf ? topo.node(b) / per_leaf : 0;
+        if (la != lb) {
+          links.emplace_back(leaf_up[la], Dir::NONE);
+          links.emplace_back(leaf_down[lb], Dir::NONE);
+        }
+        links.emplace_back(nic_down[nic_of(b)], Dir::NONE);
       }
       zone->add_route(p.hosts[a]->get_netpoint(), p.hosts[b]->get_netpoint(), nullptr, nullptr, links, false);
     }

@@ -37,6 +37,7 @@ struct InterNodeNetwork {
   double lat_us = 0;       // per message, end to end
   std::string topology = "fat-tree";  // "fat-tree", "torus", "dragonfly", "star"
   double oversubscription = 1.0;      // fat-tree core oversubscription (simulator only)
+  int nodes_per_leaf = 0;             // fat-tree: nodes under one leaf switch; 0 = not given
   bool gdr = true;                    // GPUDirect RDMA; false = staged through host memory
   double host_copy_bw_GBps = 0;       // staging copy bandwidth (required when gdr = false)
   double host_copy_lat_us = 0;
