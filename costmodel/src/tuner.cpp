@@ -78,97 +78,6 @@ void check_options(const TuneOptions& opt, int tensors) {
   if (opt.algorithm != "auto") find_algorithm(opt.algorithm);
 }
 
-// Bucket [i, j) of backward positions, costed exactly as the predictor costs it.
-class BucketCoster {
- public:
-  BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt)
-      : cluster_(c), coll_(coll), opt_(opt), pack_(packs(opt)) {
-    const int n = static_cast<int>(m.tensors.size());
-    elems_.assign(n + 1, 0);
-    fp32_.assign(n + 1, 0);
-    for (int pos = 0; pos < n; ++pos) {
-      const auto& t = m.tensors[m.tensor_at_backward(pos)];
-      elems_[pos + 1] = elems_[pos] + t.numel;
-      fp32_[pos + 1] = fp32_[pos] + keeps_fp32(t, opt.fp32);
-    }
-  }
-  Precision transfer(int i, int j) const { return fp32_[j] > fp32_[i] ? Precision::FP32 : opt_.transfer; }
-  BucketTerms at(int i, int j, double last_ready) {
-    ++evaluations;
-    return bucket_terms(cluster_, coll_, last_ready, elems_[j] - elems_[i], opt_.algorithm, transfer(i, j), pack_);
-  }
-  int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
-  int64_t evaluations = 0;
-
- private:
-  const Cluster& cluster_;
-  const CollectiveModel& coll_;
-  const TuneOptions& opt_;
-  bool pack_;
-  std::vector<int64_t> elems_;
-  std::vector<int> fp32_;
-};
-
-double end_after(double free_at, const BucketTerms& t) {
-  return std::max(t.ready_s, free_at) + t.latency_s + t.bandwidth_s;  // as schedule_buckets
-}
-
-// The dynamic program over prefixes (DESIGN.md, "The overlap model"): best[j] is the
-// earliest end of the last allreduce over any partition of positions [0, j) into
-// `segments` buckets (0 = any number). The end of a bucket [i, j) after prefix i is
-// max(best[i], R(i, j)) + C(i, j), nondecreasing in best[i], so prefixes combine
-// exactly. Pruning: R and C only grow as the bucket grows (i decreases; costs are
-// nondecreasing in bytes), so once R(i, j) + C(i, j) reaches the best end found, no
-// larger bucket can beat it and the scan over i stops.
-std::vector<int> dynamic_program(const std::vector<double>& ready, BucketCoster& cost, int segments, double& objective) {
-  const int n = static_cast<int>(ready.size());
-  const bool any = segments == 0;
-  const int layers = any ? 1 : segments;
-  std::vector<double> prefix_ready(n + 1, -kInf);
-  for (int i = 0; i < n; ++i) prefix_ready[i + 1] = std::max(prefix_ready[i], ready[i]);
-  // Layer k: the best end with exactly k + 1 buckets (any number when `any`).
-  std::vector<double> prev(n + 1, kInf), cur(n + 1, kInf);
-  std::vector<std::vector<int>> parent(layers, std::vector<int>(n + 1, 0));
-  for (int k = 0; k < layers; ++k) {
-    std::fill(cur.begin(), cur.end(), kInf);
-    cur[0] = any ? 0 : kInf;
-    // Exactly `segments` buckets: layer k covers at least k + 1 tensors and leaves at
-    // least segments - k - 1 for the later buckets.
-    // The last layer only needs the whole model.
-    const int j_lo = any ? 1 : (k == layers - 1 ? n : k + 1);
-    const int j_hi = any ? n : n - (segments - k - 1);
-    for (int j = j_lo; j <= j_hi; ++j) {
-      if (!any && k == 0) {  // one bucket [0, j)
-        cur[j] = end_after(0, cost.at(0, j, prefix_ready[j]));
-        continue;
-      }
-      const std::vector<double>& before = any ? cur : prev;  // ends of the shorter prefixes
-      const int i_lo = any ? 0 : k;
-      double best = kInf, last_ready = -kInf;
-      for (int i = j - 1; i >= i_lo; --i) {
-        last_ready = std::max(last_ready, ready[i]);
-        BucketTerms t = cost.at(i, j, last_ready);
-        double end = end_after(before[i], t);
-        if (end < best) {
-          best = end;
-          parent[k][j] = i;
-        }
-        if (t.ready_s + t.latency_s + t.bandwidth_s >= best) break;
-      }
-      cur[j] = best;
-    }
-    std::swap(prev, cur);
-  }
-  objective = prev[n];
-  std::vector<int> starts;
-  for (int j = n, k = layers - 1; j > 0; k = any ? 0 : k - 1) {
-    j = parent[k][j];
-    starts.push_back(j);
-  }
-  std::reverse(starts.begin(), starts.end());
-  return starts;
-}
-
 // A sparse table over a growing array: append in O(log n), range minimum (value, index)
 // in O(1) over any range of what has been appended.
 class GrowingRangeMin {
@@ -195,6 +104,100 @@ class GrowingRangeMin {
   std::vector<std::vector<std::pair<double, int>>> t_;
 };
 
+// Bucket [i, j) of backward positions, costed exactly as the predictor costs it (its
+// ready time is the latest of its gradients', a range maximum).
+class BucketCoster {
+ public:
+  BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt,
+               const std::vector<double>& ready)
+      : cluster_(c), coll_(coll), opt_(opt), pack_(packs(opt)), neg_ready_(static_cast<int>(ready.size())) {
+    const int n = static_cast<int>(m.tensors.size());
+    for (double r : ready) neg_ready_.push(-r);
+    elems_.assign(n + 1, 0);
+    fp32_.assign(n + 1, 0);
+    for (int pos = 0; pos < n; ++pos) {
+      const auto& t = m.tensors[m.tensor_at_backward(pos)];
+      elems_[pos + 1] = elems_[pos] + t.numel;
+      fp32_[pos + 1] = fp32_[pos] + keeps_fp32(t, opt.fp32);
+    }
+  }
+  Precision transfer(int i, int j) const { return fp32_[j] > fp32_[i] ? Precision::FP32 : opt_.transfer; }
+  double last_ready(int i, int j) const { return -neg_ready_.min(i, j - 1).first; }
+  BucketTerms at(int i, int j) {
+    ++evaluations;
+    return bucket_terms(cluster_, coll_, last_ready(i, j), elems_[j] - elems_[i], opt_.algorithm, transfer(i, j), pack_);
+  }
+  int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
+  int tensors() const { return static_cast<int>(elems_.size()) - 1; }
+  int64_t evaluations = 0;
+
+ private:
+  const Cluster& cluster_;
+  const CollectiveModel& coll_;
+  const TuneOptions& opt_;
+  bool pack_;
+  GrowingRangeMin neg_ready_;  // of -ready: range maxima of the ready times
+  std::vector<int64_t> elems_;
+  std::vector<int> fp32_;
+};
+
+double end_after(double free_at, const BucketTerms& t) {
+  return std::max(t.ready_s, free_at) + t.latency_s + t.bandwidth_s;  // as schedule_buckets
+}
+
+// The dynamic program over prefixes (DESIGN.md, "The overlap model"): best[j] is the
+// earliest end of the last allreduce over any partition of positions [0, j) into
+// `segments` buckets (0 = any number). The end of a bucket [i, j) after prefix i is
+// max(best[i], R(i, j)) + C(i, j), nondecreasing in best[i], so prefixes combine
+// exactly. Pruning: R and C only grow as the bucket grows (i decreases; costs are
+// nondecreasing in bytes), so once R(i, j) + C(i, j) reaches the best end found, no
+// larger bucket can beat it and the scan over i stops.
+std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective) {
+  const int n = cost.tensors();
+  const bool any = segments == 0;
+  const int layers = any ? 1 : segments;
+  // Layer k: the best end with exactly k + 1 buckets (any number when `any`).
+  std::vector<double> prev(n + 1, kInf), cur(n + 1, kInf);
+  std::vector<std::vector<int>> parent(layers, std::vector<int>(n + 1, 0));
+  for (int k = 0; k < layers; ++k) {
+    std::fill(cur.begin(), cur.end(), kInf);
+    cur[0] = any ? 0 : kInf;
+    // Exactly `segments` buckets: layer k covers at least k + 1 tensors and leaves at
+    // least segments - k - 1 for the later buckets.
+    // The last layer only needs the whole model.
+    const int j_lo = any ? 1 : (k == layers - 1 ? n : k + 1);
+    const int j_hi = any ? n : n - (segments - k - 1);
+    for (int j = j_lo; j <= j_hi; ++j) {
+      if (!any && k == 0) {  // one bucket [0, j)
+        cur[j] = end_after(0, cost.at(0, j));
+        continue;
+      }
+      const std::vector<double>& before = any ? cur : prev;  // ends of the shorter prefixes
+      const int i_lo = any ? 0 : k;
+      double best = kInf;
+      for (int i = j - 1; i >= i_lo; --i) {
+        BucketTerms t = cost.at(i, j);
+        double end = end_after(before[i], t);
+        if (end < best) {
+          best = end;
+          parent[k][j] = i;
+        }
+        if (t.ready_s + t.latency_s + t.bandwidth_s >= best) break;
+      }
+      cur[j] = best;
+    }
+    std::swap(prev, cur);
+  }
+  objective = prev[n];
+  std::vector<int> starts;
+  for (int j = n, k = layers - 1; j > 0; k = any ? 0 : k - 1) {
+    j = parent[k][j];
+    starts.push_back(j);
+  }
+  std::reverse(starts.begin(), starts.end());
+  return starts;
+}
+
 // The same dynamic program (any number of buckets), faster when communication is
 // backlogged. Beyond X bytes every algorithm's time is exactly affine, a_q + b_q x
 // (AffineTail), so for a bucket [i, j) that large the candidates split in two:
@@ -205,9 +208,9 @@ class GrowingRangeMin {
 // Both sets are contiguous (best[] is nondecreasing in i, R(i, j) nonincreasing), found
 // by bisection. Buckets below X are scanned exactly as in dynamic_program, with the same
 // stopping rule. The chosen candidate's end is recomputed with the predictor's terms.
-std::vector<int> dynamic_program_tails(const std::vector<double>& ready, BucketCoster& cost,
-                                       std::vector<AffineTail> tails, int elem_bytes, double& objective) {
-  const int n = static_cast<int>(ready.size());
+std::vector<int> dynamic_program_tails(BucketCoster& cost, std::vector<AffineTail> tails, int elem_bytes,
+                                       double& objective) {
+  const int n = cost.tensors();
   std::vector<double> S(n + 1, 0);
   for (int i = 0; i < n; ++i) S[i + 1] = double(cost.elems(0, i + 1) * elem_bytes);
   double X = 2.0 * elem_bytes;  // two elements: every algorithm applies
@@ -222,15 +225,12 @@ std::vector<int> dynamic_program_tails(const std::vector<double>& ready, BucketC
         dominated = true;
     if (!dominated) env.push_back(q);
   }
-  GrowingRangeMin ready_max(n);  // of -ready
-  for (double r : ready) ready_max.push(-r);
-  auto last_ready = [&](int i, int j) { return -ready_max.min(i, j - 1).first; };
   std::vector<GrowingRangeMin> g(env.size(), GrowingRangeMin(n + 1));
   std::vector<double> best(n + 1, 0);
   std::vector<int> parent(n + 1, 0);
   for (auto& t : g) t.push(0);
   for (int j = 1; j <= n; ++j) {
-    double b = kInf, lr = -kInf;
+    double b = kInf;
     int arg = j - 1, i = j - 1;
     auto consider = [&](int k, const BucketTerms& t) {
       double end = end_after(best[k], t);
@@ -241,8 +241,7 @@ std::vector<int> dynamic_program_tails(const std::vector<double>& ready, BucketC
     };
     bool stopped = false;
     for (; i >= 0 && S[j] - S[i] < X; --i) {
-      lr = std::max(lr, ready[i]);
-      BucketTerms t = cost.at(i, j, lr);
+      BucketTerms t = cost.at(i, j);
       consider(i, t);
       if (t.ready_s + t.latency_s + t.bandwidth_s >= b) {
         stopped = true;
@@ -252,14 +251,14 @@ std::vector<int> dynamic_program_tails(const std::vector<double>& ready, BucketC
     if (!stopped && i >= 0) {
       // Far candidates [0, i]: find the last caught-up one, i0 (-1 if none).
       auto caught_up = [&](int k) {
-        return best[k] <= cost.at(k, j, last_ready(k, j)).ready_s;
+        return best[k] <= cost.at(k, j).ready_s;
       };
       int lo = -1, hi = i + 1;  // caught_up(lo) holds (or lo = -1); caught_up(hi) fails (or hi = i + 1)
       while (hi - lo > 1) {
         int mid = lo + (hi - lo) / 2;
         (caught_up(mid) ? lo : hi) = mid;
       }
-      if (lo >= 0) consider(lo, cost.at(lo, j, last_ready(lo, j)));
+      if (lo >= 0) consider(lo, cost.at(lo, j));
       if (lo + 1 <= i) {
         double v = kInf;
         int k = -1;
@@ -271,7 +270,7 @@ std::vector<int> dynamic_program_tails(const std::vector<double>& ready, BucketC
             k = gi;
           }
         }
-        if (k >= 0) consider(k, cost.at(k, j, last_ready(k, j)));
+        if (k >= 0) consider(k, cost.at(k, j));
       }
     }
     best[j] = b;
@@ -290,19 +289,18 @@ std::vector<int> dynamic_program_tails(const std::vector<double>& ready, BucketC
 // the schedule's last allreduce end does not grow. After a merge, the first later
 // allreduce that ends no later than before lets every one after it do so too, which
 // cuts the check short.
-std::vector<int> merge_ties(const std::vector<double>& ready, BucketCoster& cost, const std::vector<int>& starts) {
-  const int n = static_cast<int>(ready.size());
+std::vector<int> merge_ties(BucketCoster& cost, const std::vector<int>& starts) {
+  const int n = cost.tensors();
   struct B {
     int begin, end;
     BucketTerms t;
     double finish;
   };
-  auto terms = [&](int i, int j) { return cost.at(i, j, *std::max_element(ready.begin() + i, ready.begin() + j)); };
   std::list<B> bs;
   double free_at = 0;
   for (size_t k = 0; k < starts.size(); ++k) {
     int j = k + 1 < starts.size() ? starts[k + 1] : n;
-    B b{starts[k], j, terms(starts[k], j), 0};
+    B b{starts[k], j, cost.at(starts[k], j), 0};
     b.finish = free_at = end_after(free_at, b.t);
     bs.push_back(b);
   }
@@ -310,7 +308,7 @@ std::vector<int> merge_ties(const std::vector<double>& ready, BucketCoster& cost
   double before = 0;  // finish of the bucket before `cur`
   for (auto cur = bs.begin(); std::next(cur) != bs.end();) {
     auto next = std::next(cur);
-    BucketTerms merged = terms(cur->begin, next->end);
+    BucketTerms merged = cost.at(cur->begin, next->end);
     double f = end_after(before, merged);
     // Follow the later allreduces until one ends no later than it did (then all do).
     auto m = std::next(next);
@@ -348,23 +346,20 @@ std::vector<int> mgwfbp(const std::vector<double>& ready, BucketCoster& cost) {
   const int n = static_cast<int>(ready.size());
   std::vector<int> starts{0};
   int g = 0;
-  double prev_end = 0, last_ready = ready[0];
-  BucketTerms cur = cost.at(0, 1, last_ready);
+  double prev_end = 0;
+  BucketTerms cur = cost.at(0, 1);
   for (int t = 1; t < n; ++t) {
     const double start = std::max(prev_end, cur.ready_s);
     const double end = start + cur.latency_s + cur.bandwidth_s;
     const double alpha = cur.choice.launch_s + cur.choice.cost.latency_s;
     const double r = ready[t];
     bool merge = r < end && (start > r || r - start < alpha);
-    if (merge) {
-      last_ready = std::max(last_ready, r);
-    } else {
+    if (!merge) {
       prev_end = end;
       g = t;
       starts.push_back(t);
-      last_ready = r;
     }
-    cur = cost.at(g, t + 1, last_ready);
+    cur = cost.at(g, t + 1);
   }
   return starts;
 }
@@ -387,7 +382,7 @@ Tuner::Tuner(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Prec
 
 std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations) const {
   const int n = static_cast<int>(model_.tensors.size());
-  BucketCoster cost(model_, cluster_, coll_, opt);
+  BucketCoster cost(model_, cluster_, coll_, opt, ready_);
   std::vector<int> starts{0};
   objective = -1;
   auto tensor_bytes = [&](int pos, int elem_bytes) {
@@ -397,13 +392,13 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
     case Strategy::Optimal: {
       auto tails = opt.fp32 == Fp32Tensors::None && !opt.exhaustive_scan ? coll_.affine_tails(opt.transfer)
                                                                           : std::vector<AffineTail>{};
-      starts = tails.empty() ? dynamic_program(ready_, cost, 0, objective)
-                             : dynamic_program_tails(ready_, cost, std::move(tails), bytes_per_element(opt.transfer),
+      starts = tails.empty() ? dynamic_program(cost, 0, objective)
+                             : dynamic_program_tails(cost, std::move(tails), bytes_per_element(opt.transfer),
                                                      objective);
-      starts = merge_ties(ready_, cost, starts);
+      starts = merge_ties(cost, starts);
       break;
     }
-    case Strategy::KSplit: starts = dynamic_program(ready_, cost, opt.segments, objective); break;
+    case Strategy::KSplit: starts = dynamic_program(cost, opt.segments, objective); break;
     case Strategy::PerTensor:
       for (int i = 1; i < n; ++i) starts.push_back(i);
       break;
@@ -448,7 +443,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
 
 Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) const {
   const int n = static_cast<int>(model_.tensors.size());
-  BucketCoster cost(model_, cluster_, coll_, opt);
+  BucketCoster cost(model_, cluster_, coll_, opt, ready_);
   std::vector<PlanBucket> buckets;
   for (size_t k = 0; k < starts.size(); ++k) {
     PlanBucket b;
