@@ -45,6 +45,12 @@ CollectiveArgs CollectiveModel::args(int64_t count, Precision transfer) const {
   return a;
 }
 
+Schedule CollectiveModel::schedule(const CollectiveChoice& choice, int64_t count, Precision transfer) const {
+  CollectiveArgs a = args(count, transfer);
+  a.variant = choice.variant;
+  return choice.algorithm->schedule(a);
+}
+
 CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, CollectiveArgs a) const {
   CollectiveChoice ch;
   ch.algorithm = &algo;

@@ -54,8 +54,6 @@ void check_options(const SimOptions& o, int gpus) {
 Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
                      const TrainingGoal& goal, const SimOptions& opt) {
   check_options(opt, plan.gpus);
-  if (!c.calibrated.empty())
-    throw InputError("simulate: cluster " + c.name + " has calibrated algorithms; the simulator uses its links");
   const int P = plan.gpus, L = static_cast<int>(m.tensors.size()), N = opt.iterations;
   CollectiveModel coll(c, P, coll_opt);
   ComputeModel compute(m, c, plan.batch_per_gpu, plan.compute);
@@ -73,11 +71,10 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
     run.label = "bucket " + std::to_string(k) + " " + rep.buckets[k].algorithm;
     run.pack_s = b.pack ? pack_time_s(c, run.bytes) : 0;
     if (P > 1) {
-      CollectiveChoice ch = coll.cost(b.algorithm, bucket_elements(plan, m, b), b.transfer);
-      CollectiveArgs args = coll.args(bucket_elements(plan, m, b), b.transfer);
-      args.variant = ch.variant;
-      run.schedule = ch.algorithm->schedule(args);
-      run.elem_bytes = args.elem_bytes;
+      const int64_t elems = bucket_elements(plan, m, b);
+      CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
+      run.schedule = coll.schedule(ch, elems, b.transfer);
+      run.elem_bytes = bytes_per_element(b.transfer);
       run.launch_s = ch.launch_s;
     }
     streams = std::max(streams, b.stream + 1);

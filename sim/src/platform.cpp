@@ -11,6 +11,8 @@ namespace fuseplan::sim {
 namespace sg4 = simgrid::s4u;
 
 Platform build_platform(const Cluster& c, const Topo& topo, const Net& net) {
+  if (!c.calibrated.empty())
+    throw InputError("simulate: cluster " + c.name + " has calibrated algorithms; the simulator uses its links");
   if (net.stage_alpha > 0 || net.stage_beta > 0)
     throw InputError("simulate: cluster " + c.name + " stages inter-node messages through host memory (gdr false), "
                      "which the simulator does not model yet");

@@ -19,9 +19,7 @@ std::string simulate_child(const Cluster& c, int gpus, const std::string& algori
                            CollectiveOptions opt) {
   CollectiveModel coll(c, gpus, opt);
   CollectiveChoice ch = coll.cost(algorithm, count, transfer);  // validates and picks `auto`
-  CollectiveArgs args = coll.args(count, transfer);
-  args.variant = ch.variant;
-  Schedule sched = ch.algorithm->schedule(args);
+  Schedule sched = coll.schedule(ch, count, transfer);
 
   sg4::Engine e("fuseplan-sim");
   configure_engine();
@@ -33,7 +31,7 @@ std::string simulate_child(const Cluster& c, int gpus, const std::string& algori
   Mailboxes boxes(gpus, 1);
   for (int r = 0; r < gpus; ++r) {
     sg4::Actor::create(std::string("rank").append(std::to_string(r)), plat.hosts[r], [&, r] {
-      run_rounds(sched, r, args.elem_bytes, gamma, 0, boxes);
+      run_rounds(sched, r, bytes_per_element(transfer), gamma, 0, boxes);
       finish[r] = sg4::Engine::get_clock();
     });
   }
@@ -50,8 +48,6 @@ std::string simulate_child(const Cluster& c, int gpus, const std::string& algori
 SimCollectiveResult simulate_allreduce(const Cluster& cluster, int gpus, const std::string& algorithm, int64_t count,
                                        Precision transfer, CollectiveOptions opt) {
   if (count <= 0) throw InputError("simulate: element count must be > 0");
-  if (!cluster.calibrated.empty())
-    throw InputError("simulate: cluster " + cluster.name + " has calibrated algorithms; the simulator uses its links");
   auto j = nlohmann::json::parse(
       run_isolated([&] { return simulate_child(cluster, gpus, algorithm, count, transfer, opt); }));
   SimCollectiveResult r;

@@ -39,6 +39,9 @@ class CollectiveModel {
   // messages of two elements or more, for the tuner's fast path; empty when some
   // algorithm is calibrated (its cost then follows another network).
   std::vector<AffineTail> affine_tails(Precision transfer) const;
+  // The schedule whose cost `choice` is (its algorithm and variant), for simulators and
+  // executors.
+  Schedule schedule(const CollectiveChoice& choice, int64_t count, Precision transfer) const;
   // The arguments an algorithm sees for `count` elements (network from the cluster).
   CollectiveArgs args(int64_t count, Precision transfer) const;
   const Topo& topo() const { return topo_; }
