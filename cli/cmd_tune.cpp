@@ -108,8 +108,8 @@ std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOpti
   }
   std::vector<std::pair<std::string, TuneResult>> distinct;
   for (auto& c : cands) {
-    bool seen = false;
-    for (const auto& d : distinct) seen = seen || plan_to_json(d.second.plan)["buckets"] == plan_to_json(c.second.plan)["buckets"];
+    bool seen = std::any_of(distinct.begin(), distinct.end(),
+                            [&](const auto& d) { return d.second.plan.buckets == c.second.plan.buckets; });
     if (!seen) distinct.push_back(std::move(c));
   }
   std::stable_sort(distinct.begin(), distinct.end(), [](const auto& a, const auto& b) {

@@ -20,6 +20,7 @@ struct PlanBucket {
   int stream = 0;
   Precision transfer = Precision::FP16;
   bool pack = false;                // copy into a fusion buffer first (else a view)
+  bool operator==(const PlanBucket&) const = default;
 };
 
 struct Plan {
