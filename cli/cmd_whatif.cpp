@@ -204,7 +204,6 @@ void run_whatif(const WhatIfFlags& f) {
     if (a != "auto") find_algorithm(a);
   axes.strategies.clear();
   for (const auto& s : split_list(f.strategies, "--strategy")) axes.strategies.push_back(parse_strategy(s));
-  for (const auto& m : axes.models) load_model(m, settings.model_options);  // refuse unknown names up front
 
   WhatIf w(load_cluster(f.cluster), settings);
   ProgressBar bar;

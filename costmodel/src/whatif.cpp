@@ -64,6 +64,7 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
 }
 
 std::vector<WhatIfRow> WhatIf::sweep(const WhatIfAxes& a, const Progress& progress) const {
+  for (const auto& name : a.models) model(name);  // refuse an unknown name before any work
   std::vector<WhatIfRow> rows;
   const size_t total = count(a);
   std::vector<double> bws = a.inter_bw_Gbps.empty() ? std::vector<double>{0} : a.inter_bw_Gbps;
