@@ -63,6 +63,22 @@ TEST_CASE("cluster validation names the file and the JSON path") {
   j = p40();
   j["intra_node"]["bw_GBps"] = "fast";
   expect_error(j, "$.intra_node.bw_GBps: expected a number, got string");
+  j = p40();
+  j["inter_node"]["torus_dims"] = {8, 8};
+  expect_error(j, "torus_dims: only applies to topology torus");
+  j["inter_node"]["topology"] = "torus";
+  expect_error(j, "torus_dims: must multiply to the node count 256");
+  j["inter_node"]["torus_dims"] = {8, 8, 4};
+  CHECK(cluster_from_json(j, "c.json").inter->torus_dims == std::vector<int>{8, 8, 4});
+  CHECK(cluster_from_json(cluster_to_json(cluster_from_json(j, "c.json")), "x").inter->torus_dims.size() == 3);
+  j = p40();
+  j["inter_node"]["topology"] = "dragonfly";
+  j["inter_node"]["dragonfly"] = {{"groups", 8}, {"routers_per_group", 4}, {"nodes_per_router", 4}};
+  expect_error(j, "must equal the node count 256");
+  j["inter_node"]["dragonfly"]["groups"] = 16;
+  CHECK(cluster_from_json(j, "c.json").inter->dragonfly->groups == 16);
+  j["inter_node"]["fabric_link_bw_Gbps"] = -1;
+  expect_error(j, "fabric_link_bw_Gbps: must be > 0");
   CHECK_THROWS_WITH(parse_json_text("{\"schema\": ", "c.json"), Catch::Contains("c.json: malformed JSON"));
 }
 

@@ -135,6 +135,32 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
     n.oversubscription = net->opt_number("oversubscription").value_or(1.0);
     if (n.oversubscription < 1) net->fail("oversubscription", "must be >= 1 (1 = full bisection)");
     n.nodes_per_leaf = static_cast<int>(net->opt_integer("nodes_per_leaf", 1, 1 << 20).value_or(0));
+    if (net->has("torus_dims")) {
+      if (n.topology != "torus") net->fail("torus_dims", "only applies to topology torus");
+      int64_t product = 1;
+      for (int64_t d : net->int_list("torus_dims", 1)) {
+        if (d > (1 << 20)) net->fail("torus_dims", "dimension too large");
+        n.torus_dims.push_back(static_cast<int>(d));
+        product *= d;
+        if (product > (1 << 24)) net->fail("torus_dims", "too many nodes");
+      }
+      if (n.torus_dims.empty() || product != c.nodes)
+        net->fail("torus_dims", "must multiply to the node count " + std::to_string(c.nodes));
+    }
+    if (auto df = net->opt_object("dragonfly")) {
+      if (n.topology != "dragonfly") net->fail("dragonfly", "only applies to topology dragonfly");
+      InterNodeNetwork::Dragonfly d;
+      d.groups = static_cast<int>(df->integer("groups", 1, 1 << 16));
+      d.routers_per_group = static_cast<int>(df->integer("routers_per_group", 1, 1 << 12));
+      d.nodes_per_router = static_cast<int>(df->integer("nodes_per_router", 1, 1 << 12));
+      if (int64_t(d.groups) * d.routers_per_group * d.nodes_per_router != c.nodes)
+        df->fail("groups", "groups x routers_per_group x nodes_per_router must equal the node count " +
+                               std::to_string(c.nodes));
+      df->finish();
+      n.dragonfly = d;
+    }
+    n.fabric_link_bw_Gbps = net->opt_number("fabric_link_bw_Gbps").value_or(0);
+    if (n.fabric_link_bw_Gbps < 0) net->fail("fabric_link_bw_Gbps", "must be > 0");
     n.gdr = net->boolean("gdr");
     n.host_copy_bw_GBps = net->opt_number("host_copy_bw_GBps").value_or(0);
     n.host_copy_lat_us = net->opt_number("host_copy_lat_us").value_or(0);
@@ -208,6 +234,12 @@ nlohmann::json cluster_to_json(const Cluster& c) {
                        {"lat_us", n.lat_us},           {"topology", n.topology},
                        {"oversubscription", n.oversubscription}, {"gdr", n.gdr}};
     if (n.nodes_per_leaf > 0) j["inter_node"]["nodes_per_leaf"] = n.nodes_per_leaf;
+    if (!n.torus_dims.empty()) j["inter_node"]["torus_dims"] = n.torus_dims;
+    if (n.dragonfly)
+      j["inter_node"]["dragonfly"] = {{"groups", n.dragonfly->groups},
+                                      {"routers_per_group", n.dragonfly->routers_per_group},
+                                      {"nodes_per_router", n.dragonfly->nodes_per_router}};
+    if (n.fabric_link_bw_Gbps > 0) j["inter_node"]["fabric_link_bw_Gbps"] = n.fabric_link_bw_Gbps;
     if (!n.gdr) {
       j["inter_node"]["host_copy_bw_GBps"] = n.host_copy_bw_GBps;
       j["inter_node"]["host_copy_lat_us"] = n.host_copy_lat_us;

@@ -38,6 +38,13 @@ struct InterNodeNetwork {
   std::string topology = "fat-tree";  // "fat-tree", "torus", "dragonfly", "star"
   double oversubscription = 1.0;      // fat-tree core oversubscription (simulator only)
   int nodes_per_leaf = 0;             // fat-tree: nodes under one leaf switch; 0 = not given
+  // The simulator's fabric (the closed form assumes full bisection whatever the topology):
+  std::vector<int> torus_dims;        // torus: nodes per dimension, product = nodes
+  struct Dragonfly {
+    int groups = 0, routers_per_group = 0, nodes_per_router = 0;  // product = nodes
+  };
+  std::optional<Dragonfly> dragonfly;
+  double fabric_link_bw_Gbps = 0;     // torus and dragonfly links, per direction; 0 = nic_bw_Gbps
   bool gdr = true;                    // GPUDirect RDMA; false = staged through host memory
   double host_copy_bw_GBps = 0;       // staging copy bandwidth (required when gdr = false)
   double host_copy_lat_us = 0;
