@@ -19,6 +19,7 @@ namespace {
 
 struct BucketRun {
   Schedule schedule;
+  ScheduleIndex index;
   int elem_bytes = 2;
   double pack_s = 0, launch_s = 0;
   int stream = 0, end = 0;  // end: backward positions [.., end) must be ready
@@ -74,6 +75,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
       const int64_t elems = bucket_elements(plan, m, b);
       CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
       run.schedule = coll.schedule(ch, elems, b.transfer);
+      run.index = ScheduleIndex(run.schedule, P);
       run.elem_bytes = bytes_per_element(b.transfer);
       run.launch_s = ch.launch_s;
     }
@@ -158,7 +160,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
             double start = sg4::Engine::get_clock();
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
-              run_rounds(run.schedule, r, run.elem_bytes, gamma, st, boxes);
+              run_rounds(run.schedule, run.index, r, run.elem_bytes, gamma, st, boxes);
             }
             double end = sg4::Engine::get_clock();
             if (it == N - 1) bucket_times[r][b] = {start, end};

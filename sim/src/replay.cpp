@@ -20,6 +20,7 @@ std::string simulate_child(const Cluster& c, int gpus, const std::string& algori
   CollectiveModel coll(c, gpus, opt);
   CollectiveChoice ch = coll.cost(algorithm, count, transfer);  // validates and picks `auto`
   Schedule sched = coll.schedule(ch, count, transfer);
+  const ScheduleIndex index(sched, gpus);
 
   sg4::Engine e("fuseplan-sim");
   configure_engine();
@@ -31,7 +32,7 @@ std::string simulate_child(const Cluster& c, int gpus, const std::string& algori
   Mailboxes boxes(gpus, 1);
   for (int r = 0; r < gpus; ++r) {
     sg4::Actor::create(std::string("rank").append(std::to_string(r)), plat.hosts[r], [&, r] {
-      run_rounds(sched, r, bytes_per_element(transfer), gamma, 0, boxes);
+      run_rounds(sched, index, r, bytes_per_element(transfer), gamma, 0, boxes);
       finish[r] = sg4::Engine::get_clock();
     });
   }

@@ -3,6 +3,7 @@
 #include <simgrid/s4u.hpp>
 #include <xbt/log.h>
 
+#include <algorithm>
 #include <string>
 
 #include "fuseplan/models/error.hpp"
@@ -51,17 +52,52 @@ sg4::Mailbox* Mailboxes::get(int src, int dst, int channel) {
   return m;
 }
 
-void run_rounds(const Schedule& s, int rank, int elem_bytes, double gamma, int channel, Mailboxes& boxes) {
-  for (const auto& round : s.rounds) {
-    std::vector<sg4::CommPtr> comms;
-    std::vector<void*> sinks(round.transfers.size(), nullptr);  // live until wait_all
+ScheduleIndex::ScheduleIndex(const Schedule& s, int ranks) : ranks_(ranks) {
+  const size_t stride = size_t(ranks) + 1;
+  offsets_.assign(s.rounds.size() * stride, 0);
+  size_t total = 0;
+  for (const auto& round : s.rounds) total += 2 * round.transfers.size();
+  if (total > UINT32_MAX) throw InputError("simulate: the schedule has too many messages to replay");
+  entries_.resize(total);
+  std::vector<uint32_t> count(ranks);
+  uint32_t base = 0;
+  for (size_t k = 0; k < s.rounds.size(); ++k) {
+    const auto& xs = s.rounds[k].transfers;
+    std::fill(count.begin(), count.end(), 0);
+    for (const auto& x : xs) {
+      ++count[x.src];
+      if (x.dst != x.src) ++count[x.dst];
+    }
+    uint32_t* off = offsets_.data() + k * stride;
+    off[0] = base;
+    for (int r = 0; r < ranks; ++r) off[r + 1] = off[r] + count[r];
+    std::vector<uint32_t> fill(off, off + ranks);
+    for (uint32_t t = 0; t < xs.size(); ++t) {
+      entries_[fill[xs[t].src]++] = t;
+      if (xs[t].dst != xs[t].src) entries_[fill[xs[t].dst]++] = t;
+    }
+    base = off[ranks];
+  }
+  entries_.resize(base);
+}
+
+void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, double gamma, int channel,
+                Mailboxes& boxes) {
+  std::vector<sg4::CommPtr> comms;
+  std::vector<void*> sinks;  // live until wait_all
+  for (size_t k = 0; k < s.rounds.size(); ++k) {
+    const auto& round = s.rounds[k];
+    const auto [first, last] = index.of(static_cast<int>(k), rank);
+    comms.clear();
+    sinks.assign(size_t(last - first), nullptr);
     double reduce_bytes = 0;
-    for (size_t k = 0; k < round.transfers.size(); ++k) {
-      const auto& x = round.transfers[k];
+    for (const uint32_t* t = first; t != last; ++t) {
+      const auto& x = round.transfers[*t];
+      void*& sink = sinks[size_t(t - first)];
       const auto bytes = static_cast<uint64_t>(x.count) * static_cast<uint64_t>(elem_bytes);
       if (x.src == rank) comms.push_back(boxes.get(x.src, x.dst, channel)->put_async(&token, bytes));
       if (x.dst == rank) {
-        comms.push_back(boxes.get(x.src, x.dst, channel)->get_async<void>(&sinks[k]));
+        comms.push_back(boxes.get(x.src, x.dst, channel)->get_async<void>(&sink));
         if (x.reduce) reduce_bytes += double(bytes);
       }
     }

@@ -2,7 +2,9 @@
 // a collective schedule.
 #pragma once
 #include <simgrid/s4u.hpp>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fuseplan/costmodel/collective.hpp"
@@ -29,9 +31,27 @@ class Mailboxes {
   std::vector<simgrid::s4u::Mailbox*> table_;
 };
 
+// Which transfers of each round of a schedule touch each rank, so that a rank's replay
+// reads its own transfers instead of scanning every round whole (which made a P-rank
+// ring cost P^3).
+class ScheduleIndex {
+ public:
+  ScheduleIndex() = default;
+  ScheduleIndex(const Schedule& s, int ranks);
+  // Indices into s.rounds[round].transfers of those with `rank` as source or destination.
+  std::pair<const uint32_t*, const uint32_t*> of(int round, int rank) const {
+    const size_t at = size_t(round) * size_t(ranks_ + 1) + size_t(rank);
+    return {entries_.data() + offsets_[at], entries_.data() + offsets_[at + 1]};
+  }
+
+ private:
+  int ranks_ = 0;
+  std::vector<uint32_t> offsets_, entries_;
+};
+
 // Rank `rank`'s part of `s`: per round, post its sends and receives (one mailbox per
 // sender, receiver and `channel`, so concurrent streams never match each other's
 // messages), wait for them, then reduce what it received at `gamma` seconds per byte.
-void run_rounds(const Schedule& s, int rank, int elem_bytes, double gamma, int channel, Mailboxes& boxes);
+void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, double gamma, int channel, Mailboxes& boxes);
 
 }  // namespace fuseplan::sim
