@@ -5,6 +5,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "progress.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/error.hpp"
@@ -17,7 +18,7 @@ struct CollectiveFlags {
   std::string algorithm = "auto", cluster = "tencent-p40", sizes = "4K:256M", precision = "fp32";
   int gpus = 8, group = 0, torus_x = 0;
   double step = 2;
-  bool json = false, simulate = false;
+  bool json = false, simulate = false, quiet = false;
 };
 
 std::string algorithms_help() {
@@ -42,6 +43,7 @@ void add_collective_command(CLI::App& app) {
   cmd->add_flag("--simulate", f->simulate, "also replay each allreduce's schedule message by message in SimGrid "
                                            "(one rank per host; adds the sim time and sim/model columns)");
   cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
+  cmd->add_flag("--quiet", f->quiet, "with --simulate: no progress on stderr");
   cmd->callback([f] {
     Cluster c = load_cluster(f->cluster);
     Precision p = parse_precision(f->precision, "--precision");
@@ -58,6 +60,9 @@ void add_collective_command(CLI::App& app) {
     std::vector<std::string> head{"size", "count", "<type", "<redop", "time", "algbw", "busbw", "<algorithm"};
     if (f->simulate) head.insert(head.end(), {"sim time", "sim/model"});
     Table t(head);
+    int64_t sizes = 0, simulated = 0;
+    for (double size = double(lo); size <= double(hi) * (1 + 1e-9); size *= f->step) ++sizes;
+    ProgressBar bar("sizes simulated", f->quiet || !f->simulate);
     for (double size = double(lo); size <= double(hi) * (1 + 1e-9); size *= f->step) {
       int64_t count = std::max<int64_t>(1, static_cast<int64_t>(size) / eb);
       int64_t bytes = count * eb;
@@ -79,6 +84,7 @@ void add_collective_command(CLI::App& app) {
         cells.push_back(fixed(st / s, 3));
         row["sim_time_us"] = st * 1e6;
         row["sim_over_model"] = st / s;
+        bar(++simulated, sizes);
       }
       t.row(cells);
       rows.push_back(row);

@@ -6,6 +6,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "progress.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/sim/simulator.hpp"
@@ -19,7 +20,7 @@ struct SimulateFlags {
   std::string plan_path, strategy = "optimal", network = "cm02", trace_path;
   std::vector<std::string> stragglers;
   sim::SimOptions opt;
-  bool json = false;
+  bool json = false, quiet = false;
 };
 
 std::pair<int, double> parse_straggler(const std::string& s) {
@@ -63,7 +64,12 @@ void run_simulate(SimulateFlags& f) {
   const TrainingGoal goal = f.setup.goal();
   Report predicted = predict(model, cluster, plan, coll, compute, goal, false);
   std::string out = sim::run_isolated([&] {
-    Report r = sim::simulate_plan(model, cluster, plan, f.setup.collective(), goal, f.opt);
+    Report r;
+    {
+      ProgressBar bar("rank-rounds", f.quiet);
+      f.opt.progress = [&bar](int64_t done, int64_t total) { bar(done, total); };
+      r = sim::simulate_plan(model, cluster, plan, f.setup.collective(), goal, f.opt);
+    }
     if (!f.trace_path.empty()) r.timeline.write_chrome_trace(f.trace_path);
     std::ostringstream os;
     if (f.json) {
@@ -111,6 +117,7 @@ void add_simulate_command(CLI::App& app) {
   cmd->add_option("--trace-ranks", f->opt.trace_ranks, "how many ranks (the first ones) the trace shows")
       ->capture_default_str();
   cmd->add_flag("--json", f->json, "print the simulated report as JSON");
+  cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
   cmd->callback([f] { run_simulate(*f); });
 }
 

@@ -6,6 +6,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "progress.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/sim/simulator.hpp"
@@ -22,7 +23,7 @@ struct TuneFlags {
   double cycle_ms = 0;
   std::string out, trace_path, validate;
   int top = 3;
-  bool json = false;
+  bool json = false, quiet = false;
 
   void add(CLI::App* cmd, bool with_strategy) {
     setup.add(cmd);
@@ -117,12 +118,14 @@ std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOpti
   });
   distinct.resize(std::min<size_t>(distinct.size(), static_cast<size_t>(f.top)));
   std::vector<Validated> out;
+  ProgressBar bar("plans simulated", f.quiet);
   for (const auto& [label, r] : distinct) {
     std::string sim_s = sim::run_isolated([&] {
       return std::to_string(
           sim::simulate_plan(tuner.model(), cluster, r.plan, f.setup.collective(), f.setup.goal(), {}).iteration_s);
     });
     out.push_back({label, static_cast<int>(r.plan.buckets.size()), r.report.iteration_s, std::stod(sim_s)});
+    bar(int64_t(out.size()), int64_t(distinct.size()));
   }
   return out;
 }
@@ -262,6 +265,7 @@ void add_tune_commands(CLI::App& app) {
   tune->add_option("--trace", tf->trace_path, "write a Chrome trace of the tuned iteration to FILE");
   tune->add_option("--validate", tf->validate, "sim: re-rank the --top best plans by SimGrid simulation");
   tune->add_option("--top", tf->top, "with --validate: how many plans to simulate")->capture_default_str();
+  tune->add_flag("--quiet", tf->quiet, "with --validate: no progress on stderr");
   tune->add_flag("--json", tf->json, "print the plan, its report and the gains as JSON");
   tune->callback([tf] { run_tune(*tf); });
 

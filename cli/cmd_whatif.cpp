@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "progress.hpp"
 #include "fuseplan/costmodel/whatif.hpp"
 #include "fuseplan/models/error.hpp"
 
@@ -24,6 +25,7 @@ struct WhatIfFlags {
   int64_t dataset_size = 1281167;
   std::string format = "table", out, deadline, solve = "bandwidth";
   double target_efficiency = 0;
+  bool quiet = false;
   ModelFlags model_shape;  // --resolution etc. (its --model is unused here)
 };
 
@@ -79,37 +81,6 @@ std::vector<double> parse_range(const std::string& s, const std::string& flag, b
 }
 
 std::vector<int> to_ints(const std::vector<double>& v) { return {v.begin(), v.end()}; }
-
-// A progress bar on stderr, shown once a sweep has run for a second (on a terminal, or
-// when FUSEPLAN_PROGRESS=1; FUSEPLAN_PROGRESS_DELAY=S changes the second).
-class ProgressBar {
- public:
-  ProgressBar() : start_(std::chrono::steady_clock::now()) {
-    const char* env = std::getenv("FUSEPLAN_PROGRESS");
-    enabled_ = env ? std::string(env) == "1" : isatty(fileno(stderr));
-    if (const char* d = std::getenv("FUSEPLAN_PROGRESS_DELAY")) delay_ = std::atof(d);
-  }
-  ~ProgressBar() {
-    if (shown_) std::cerr << "\n";
-  }
-  void operator()(size_t done, size_t total) {
-    if (!enabled_) return;
-    double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    if (t < delay_ || (shown_ && t - last_ < 0.1 && done < total)) return;
-    last_ = t;
-    shown_ = true;
-    const int width = 30;
-    int fill = static_cast<int>(width * double(done) / double(total));
-    double eta = done > 0 ? t * double(total - done) / double(done) : 0;
-    std::cerr << "\r[" << std::string(fill, '#') << std::string(width - fill, ' ') << "] " << done << "/" << total
-              << "  " << fixed(t, 1) << " s, about " << fixed(eta, 1) << " s left " << std::flush;
-  }
-
- private:
-  std::chrono::steady_clock::time_point start_;
-  bool enabled_ = false, shown_ = false;
-  double last_ = 0, delay_ = 1.0;
-};
 
 const char* kCsvHeader =
     "model,cluster,gpus,nodes,inter_bw_Gbps,batch_per_gpu,precision,algorithm,strategy,buckets,iteration_ms,"
@@ -206,8 +177,8 @@ void run_whatif(const WhatIfFlags& f) {
   for (const auto& s : split_list(f.strategies, "--strategy")) axes.strategies.push_back(parse_strategy(s));
 
   WhatIf w(load_cluster(f.cluster), settings);
-  ProgressBar bar;
-  Progress progress = [&bar](size_t d, size_t t) { bar(d, t); };
+  ProgressBar bar("configurations", f.quiet);
+  Progress progress = [&bar](size_t d, size_t t) { bar(int64_t(d), int64_t(t)); };
 
   const bool inverse = f.target_efficiency != 0 || !f.deadline.empty();
   if (!inverse) {
@@ -301,6 +272,7 @@ void add_whatif_command(CLI::App& app) {
   cmd->add_option("--dataset-size", f->dataset_size, "samples per epoch (default: ImageNet-1k)");
   cmd->add_option("--format", f->format, "table | csv | json")->capture_default_str();
   cmd->add_option("--out", f->out, "write the table/CSV/JSON to FILE instead of stdout");
+  cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
   cmd->add_option("--target-efficiency", f->target_efficiency,
                   "inverse: the scaling efficiency to reach, in (0, 1]; see --solve");
   cmd->add_option("--solve", f->solve, "with --target-efficiency: bandwidth (minimum Gbps per NIC) | gpus (most GPUs)")

@@ -83,6 +83,9 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
     runs.push_back(std::move(run));
   }
   const int B = static_cast<int>(runs.size());
+  StepCounter steps;
+  for (const auto& run : runs) steps.total += int64_t(run.schedule.rounds.size()) * P * N;
+  steps.report = opt.progress;
   // Backward: after layer l (reverse order) the gradients up to this position are ready.
   std::vector<int> ready_after(m.layers.size(), 0);
   {
@@ -160,7 +163,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
             double start = sg4::Engine::get_clock();
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
-              run_rounds(run.schedule, run.index, r, run.elem_bytes, gamma, st, boxes);
+              run_rounds(run.schedule, run.index, r, run.elem_bytes, gamma, st, boxes, &steps);
             }
             double end = sg4::Engine::get_clock();
             if (it == N - 1) bucket_times[r][b] = {start, end};
@@ -174,6 +177,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
     }
   }
   e.run();
+  if (opt.progress) opt.progress(steps.done, steps.total);
 
   // Rank 0's last iteration, from its backward start; the iteration time is the mean
   // over iterations of the slowest rank.

@@ -38,14 +38,17 @@ std::string numbered(const char* prefix, int i, int j) {
 }
 
 // The links between node `a` and node `b` (a != b) on the inter-node fabric, beyond the
-// two NICs. On a full-bisection fabric: the unlimited core link.
+// two NICs. On a full-bisection fabric: the source's unlimited core link.
 class Fabric {
  public:
   Fabric(const Cluster& c, const Net& net, sg4::NetZone* root) {
-    // SimGrid forbids empty routes: a full-bisection core is one unshared, unlimited link.
-    core_ = root->create_link("core", std::numeric_limits<double>::max() / 4)
-                ->set_sharing_policy(sg4::Link::SharingPolicy::FATPIPE)
-                ->seal();
+    // SimGrid forbids empty routes: at full bisection a node reaches the core through an
+    // unshared, unlimited link of its own (one link for all would tie every flow of the
+    // simulation into one constraint, which makes each flow event cost O(flows)).
+    for (int node = 0; node < c.nodes; ++node)
+      core_.push_back(root->create_link(numbered("core", node), std::numeric_limits<double>::max() / 4)
+                          ->set_sharing_policy(sg4::Link::SharingPolicy::FATPIPE)
+                          ->seal());
     if (!c.inter) return;
     const auto& n = *c.inter;
     const double link_beta = n.fabric_link_bw_Gbps > 0 ? net.inter_beta * n.nic_bw_Gbps / n.fabric_link_bw_Gbps
@@ -100,7 +103,7 @@ class Fabric {
     } else if (df_.groups > 0) {
       dragonfly_path(a, b, r);
     }
-    if (r.empty()) r.emplace_back(core_, Dir::NONE);
+    if (r.empty()) r.emplace_back(core_[a], Dir::NONE);
     return r;
   }
 
@@ -162,7 +165,7 @@ class Fabric {
     r.emplace_back(i < j ? l.up : l.down, Dir::NONE);
   }
 
-  sg4::Link* core_ = nullptr;
+  std::vector<sg4::Link*> core_;
   int per_leaf_ = 0;
   std::vector<Duplex> leaf_;
   std::vector<int> dims_;

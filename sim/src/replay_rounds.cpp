@@ -19,6 +19,9 @@ void configure_engine(const std::string& network_model) {
   sg4::Engine::set_config("contexts/factory:thread");
 #else
   sg4::Engine::set_config("contexts/factory:raw");  // the fastest context switches
+  // KiB. Replay actors are shallow; small stacks (the default is 8 MiB) halved the time
+  // of a 1024-rank ring (fewer cache and TLB misses on context switches).
+  sg4::Engine::set_config("contexts/stack-size:128");
 #endif
   if (network_model == "lv08") {
     sg4::Engine::set_config("network/model:LV08");
@@ -82,7 +85,7 @@ ScheduleIndex::ScheduleIndex(const Schedule& s, int ranks) : ranks_(ranks) {
 }
 
 void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, double gamma, int channel,
-                Mailboxes& boxes) {
+                Mailboxes& boxes, StepCounter* steps) {
   std::vector<sg4::CommPtr> comms;
   std::vector<void*> sinks;  // live until wait_all
   for (size_t k = 0; k < s.rounds.size(); ++k) {
@@ -103,6 +106,7 @@ void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int ele
     }
     sg4::Comm::wait_all(comms);
     if (reduce_bytes > 0 && gamma > 0) sg4::this_actor::sleep_for(reduce_bytes * gamma);
+    if (steps) steps->step();
   }
 }
 

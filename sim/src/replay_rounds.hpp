@@ -3,6 +3,7 @@
 #pragma once
 #include <simgrid/s4u.hpp>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,9 +50,19 @@ class ScheduleIndex {
   std::vector<uint32_t> offsets_, entries_;
 };
 
+// Counts replayed rounds (one rank's round is one step) and reports now and then.
+struct StepCounter {
+  int64_t done = 0, total = 0;
+  std::function<void(int64_t, int64_t)> report;
+  void step() {
+    if ((++done & 1023) == 0 && report) report(done, total);
+  }
+};
+
 // Rank `rank`'s part of `s`: per round, post its sends and receives (one mailbox per
 // sender, receiver and `channel`, so concurrent streams never match each other's
 // messages), wait for them, then reduce what it received at `gamma` seconds per byte.
-void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, double gamma, int channel, Mailboxes& boxes);
+void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, double gamma, int channel, Mailboxes& boxes,
+                StepCounter* steps = nullptr);
 
 }  // namespace fuseplan::sim

@@ -45,6 +45,9 @@ struct SimOptions {
   std::vector<std::pair<int, double>> stragglers;  // rank, compute slowdown factor (> 0)
   int trace_ranks = 4;      // ranks recorded in the timeline (the first ones)
   std::string network_model = "cm02";  // cm02 (alpha-beta), lv08, smpi
+  // Called now and then with (rank-rounds replayed, total): one rank's round of one
+  // bucket's schedule is a step. Runs inside the simulating process.
+  std::function<void(int64_t, int64_t)> progress;
 };
 
 // Simulates `iterations` training iterations of `plan` rank by rank: per rank, a compute

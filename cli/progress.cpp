@@ -1,0 +1,44 @@
+#include "progress.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "format.hpp"
+
+namespace fuseplan::cli {
+
+ProgressBar::ProgressBar(std::string what, bool quiet)
+    : what_(std::move(what)), start_(std::chrono::steady_clock::now()), tty_(isatty(fileno(stderr))) {
+  const char* env = std::getenv("FUSEPLAN_PROGRESS");
+  enabled_ = !quiet && (env ? std::string(env) != "0" : true);
+  if (const char* d = std::getenv("FUSEPLAN_PROGRESS_DELAY")) delay_ = std::atof(d);
+}
+
+ProgressBar::~ProgressBar() {
+  if (shown_ && tty_) std::cerr << "\n";
+}
+
+void ProgressBar::operator()(int64_t done, int64_t total) {
+  if (!enabled_ || total <= 0) return;
+  double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double every = tty_ ? 0.1 : 5.0;
+  if (t < delay_ || done == last_done_ || (shown_ && t - last_ < every && done < total)) return;
+  last_done_ = done;
+  last_ = t;
+  shown_ = true;
+  double eta = done > 0 ? t * double(total - done) / double(done) : 0;
+  std::string counts = std::to_string(done) + "/" + std::to_string(total) + " " + what_ + "  " + fixed(t, 1) +
+                       " s, about " + fixed(eta, 1) + " s left";
+  if (tty_) {
+    const int width = 30;
+    int fill = static_cast<int>(width * double(done) / double(total));
+    std::cerr << "\r[" << std::string(fill, '#') << std::string(width - fill, ' ') << "] " << counts << " " << std::flush;
+  } else {
+    std::cerr << "progress: " << counts << "\n" << std::flush;
+  }
+}
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,29 @@
+// Progress on stderr for long runs: nothing for the first seconds, then a bar redrawn in
+// place on a terminal, or a line every few seconds when stderr is a file or a pipe.
+// --quiet turns it off; FUSEPLAN_PROGRESS=0|1 forces it off or on; FUSEPLAN_PROGRESS_DELAY=S
+// sets when it first appears (default 2 s).
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace fuseplan::cli {
+
+class ProgressBar {
+ public:
+  // `what` names the steps ("rank-rounds", "configurations").
+  ProgressBar(std::string what, bool quiet);
+  ~ProgressBar();
+  ProgressBar(const ProgressBar&) = delete;
+  ProgressBar& operator=(const ProgressBar&) = delete;
+  void operator()(int64_t done, int64_t total);
+
+ private:
+  std::string what_;
+  std::chrono::steady_clock::time_point start_;
+  bool enabled_ = false, tty_ = false, shown_ = false;
+  double last_ = 0, delay_ = 2.0;
+  int64_t last_done_ = -1;
+};
+
+}  // namespace fuseplan::cli
