@@ -13,7 +13,8 @@ namespace fuseplan::cli {
 ProgressBar::ProgressBar(std::string what, bool quiet)
     : what_(std::move(what)), start_(std::chrono::steady_clock::now()), tty_(isatty(fileno(stderr))) {
   const char* env = std::getenv("FUSEPLAN_PROGRESS");
-  enabled_ = !quiet && (env ? std::string(env) != "0" : true);
+  // Silent when stderr is not a terminal unless forced; --quiet wins (flag over env).
+  enabled_ = !quiet && (env ? std::string(env) == "1" : tty_);
   if (const char* d = std::getenv("FUSEPLAN_PROGRESS_DELAY")) delay_ = std::atof(d);
 }
 

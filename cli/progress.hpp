@@ -1,7 +1,7 @@
 // Progress on stderr for long runs: nothing for the first seconds, then a bar redrawn in
-// place on a terminal, or a line every few seconds when stderr is a file or a pipe.
-// --quiet turns it off; FUSEPLAN_PROGRESS=0|1 forces it off or on; FUSEPLAN_PROGRESS_DELAY=S
-// sets when it first appears (default 2 s).
+// place on a terminal; silent when stderr is not a terminal unless FUSEPLAN_PROGRESS=1,
+// which prints a line every 5 s instead. --quiet turns it off whatever the environment;
+// FUSEPLAN_PROGRESS=0 too; FUSEPLAN_PROGRESS_DELAY=S sets when it first appears (default 2 s).
 #pragma once
 #include <chrono>
 #include <cstdint>

@@ -180,9 +180,9 @@ TEST_CASE("cli: tune writes a plan that predict reproduces; compare and whatif p
   Run bar = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv --out " + tmp("bar.csv"));
   REQUIRE(bar.code == 0);
   CHECK_THAT(bar.out, Catch::Contains("progress: 4/4 configurations"));  // not a terminal: lines, no bar
-  Run quiet = run_env("FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv --quiet");
+  Run quiet = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv --quiet");
   CHECK_THAT(quiet.out, !Catch::Contains("configurations"));
-  Run late = run("whatif --gpus 8:64 --format csv");  // done before the 2 s delay: nothing
+  Run late = run_env("FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv");  // not a terminal: silent
   CHECK_THAT(late.out, !Catch::Contains("configurations"));
   Run dl = run("whatif --deadline 15m --format json");
   REQUIRE(dl.code == 0);
@@ -238,9 +238,9 @@ TEST_CASE("cli: simulate replays a tuned or saved plan and refuses bad options")
   Run t = run("simulate --gpus 16 --model alexnet_bn --straggler 3:1.5");
   REQUIRE(t.code == 0);
   CHECK_THAT(t.out, Catch::Contains("simulated / predicted"));
-  Run progress = run_env("FUSEPLAN_PROGRESS_DELAY=0", "simulate --gpus 16 --model alexnet_bn");
+  Run progress = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "simulate --gpus 16 --model alexnet_bn");
   CHECK_THAT(progress.out, Catch::Contains("rank-rounds"));
-  Run quiet = run_env("FUSEPLAN_PROGRESS_DELAY=0", "simulate --gpus 16 --model alexnet_bn --quiet");
+  Run quiet = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "simulate --gpus 16 --model alexnet_bn --quiet");
   REQUIRE(quiet.code == 0);
   CHECK_THAT(quiet.out, !Catch::Contains("rank-rounds"));
   expect_bad("simulate --gpus 16 --straggler 16:2", "--straggler: rank 16 does not exist (valid: 0..15)");
