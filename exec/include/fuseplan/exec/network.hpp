@@ -1,0 +1,103 @@
+// A trainable network instantiated from a models/ Model (the planner's own definition),
+// run layer by layer on a Backend. Parameters and gradients each live in one flat buffer
+// laid out in gradient (backward) order, so a plan's bucket [begin, end) of backward
+// positions is one contiguous range.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/exec/ops.hpp"
+#include "fuseplan/models/model.hpp"
+
+namespace fuseplan::exec {
+
+struct NetworkOptions {
+  Precision precision = Precision::FP32;  // storage of parameters, activations, gradients
+  uint64_t seed = 1;                      // weight initialisation and dropout masks
+  float bn_momentum = 0.1f, bn_eps = 1e-5f;
+};
+
+// One parameter tensor's place in the flat buffers.
+struct TensorSlot {
+  std::string name;
+  Shape shape;
+  TensorRole role = TensorRole::Weight;
+  int layer = 0;
+  int64_t offset = 0, numel = 0;  // in elements, in the flat buffers
+};
+
+struct LayerTiming {
+  double fwd_s = 0, bwd_s = 0;  // summed over calls
+  int64_t calls = 0;
+};
+
+class Network {
+ public:
+  // Throws InputError for a layer kind the trainer cannot run.
+  Network(const Model& m, int batch, Backend& be, const NetworkOptions& opt = {});
+  ~Network();
+  Network(const Network&) = delete;
+  Network& operator=(const Network&) = delete;
+
+  const Model& model() const { return model_; }
+  int batch() const { return batch_; }
+  Precision precision() const { return opt_.precision; }
+  // Slots by backward position (0 = the last forward tensor, at offset 0).
+  const std::vector<TensorSlot>& slots() const { return slots_; }
+  int64_t param_count() const { return params_n_; }
+  float* params() { return params_; }  // working weights (half-rounded in mixed precision)
+  float* grads() { return grads_; }
+  // BatchNorm running statistics, all layers, in forward order (part of a checkpoint).
+  std::vector<float>& running_stats() { return running_; }
+
+  // Refuses (InputError naming `what`) unless `other` has the same tensors (names,
+  // shapes, order): the planner and the executor must never disagree about tensors.
+  void check_same_tensors(const Model& other, const std::string& what) const;
+
+  // Forward of a batch of `batch()` samples (input: batch x input_shape floats).
+  // `dropout_rng` draws dropout masks in training.
+  void forward(const float* input, bool training, std::mt19937_64& dropout_rng);
+  const float* logits() const;
+  int classes() const;
+  // Loss of the last forward against `labels`, and backward: gradients of every
+  // parameter, multiplied by `loss_scale`, into grads(). After each layer's backward
+  // `on_ready(backward positions complete)` is called (the executor starts allreduces).
+  double backward(const int32_t* labels, float smoothing, float loss_scale, int* correct,
+                  const std::function<void(int)>& on_ready = {});
+  // Loss and accuracy only (evaluation).
+  double loss(const int32_t* labels, float smoothing, int* correct);
+
+  const std::vector<LayerTiming>& timings() const { return timings_; }
+  void reset_timings();
+
+ private:
+  struct Node;
+  void init_weights();
+  void forward_layer(int l, bool training, std::mt19937_64& rng);
+  void backward_layer(int l);
+  const float* input_of(int l, int k) const;
+  float* grad_of_input(int l, int k);
+
+  Model model_;
+  int batch_;
+  Backend& be_;
+  NetworkOptions opt_;
+  std::vector<TensorSlot> slots_;
+  std::vector<int> slot_of_tensor_;  // forward tensor index -> backward position
+  int64_t params_n_ = 0;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+  std::vector<Node> nodes_;
+  std::vector<float> running_;
+  const float* input_ = nullptr;
+  float* dlogits_ = nullptr;
+  std::vector<int32_t> labels_;
+  std::vector<LayerTiming> timings_;
+  std::vector<int> ready_after_;  // backward positions complete after layer l's backward
+};
+
+}  // namespace fuseplan::exec

@@ -1,0 +1,89 @@
+// The backend interface: every layer operation the trainer needs, forward and backward,
+// on NCHW float buffers the backend owns. The CPU backend implements it with OpenBLAS
+// (im2col + GEMM) and OpenMP; a CUDA backend (cuDNN, cuBLAS) implements the same calls.
+// Backward calls ADD into input gradients (dx), because an activation feeding several
+// layers (a residual branch) receives the sum of their gradients; parameter gradients
+// (dw, db) are overwritten.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "fuseplan/costmodel/precision.hpp"
+
+namespace fuseplan::exec {
+
+struct ConvShape {
+  int n = 0, c = 0, h = 0, w = 0;  // input
+  int k = 0, r = 0;                // output channels, square kernel size
+  int stride = 1, pad = 0;
+  int p = 0, q = 0;                // output height, width
+};
+
+struct PoolShape {
+  int n = 0, c = 0, h = 0, w = 0;
+  int kernel = 0, stride = 1, pad = 0;
+  int p = 0, q = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Buffers of floats owned by the backend (host memory on CPU, device memory on GPU).
+  virtual float* alloc(size_t n) = 0;
+  virtual void free(float* p) = 0;
+  virtual void zero(float* p, size_t n) = 0;
+  // Rounds to the nearest value of precision p where half precision is stored (nothing
+  // for FP32): the CPU's emulation of half-precision storage, a cast on a GPU.
+  virtual void round(Precision p, float* x, size_t n) = 0;
+
+  // y = conv(x, w) + b; w is [k, c, r, r], b may be null.
+  virtual void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) = 0;
+  // dx += conv^T(dy, w) (dx may be null: the model input), dw = ..., db = ... (db may be null).
+  virtual void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx,
+                               float* dw, float* db) = 0;
+  // y = x w^T + b; x [n, in], w [out, in], b may be null.
+  virtual void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) = 0;
+  virtual void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx,
+                               float* dw, float* db) = 0;
+  // Training: batch statistics (saved as mean and 1/sqrt(var + eps)), running averages
+  // updated with `momentum` (PyTorch's convention: running = (1 - m) running + m batch,
+  // unbiased variance). Evaluation: the running averages.
+  virtual void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                                       float* y, float* save_mean, float* save_invstd, float* running_mean,
+                                       float* running_var, float momentum, float eps) = 0;
+  virtual void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                                      float* y, const float* running_mean, const float* running_var, float eps) = 0;
+  virtual void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                                  const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                                  float* dbeta) = 0;
+  virtual void relu_forward(size_t n, const float* x, float* y) = 0;
+  virtual void relu_backward(size_t n, const float* y, const float* dy, float* dx) = 0;
+  // argmax: one int per output element (the flat input index of the maximum).
+  virtual void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) = 0;
+  virtual void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) = 0;
+  // Average pooling with padding counted (PyTorch's count_include_pad=True).
+  virtual void avgpool_forward(const PoolShape& s, const float* x, float* y) = 0;
+  virtual void avgpool_backward(const PoolShape& s, const float* dy, float* dx) = 0;
+  // Adaptive average pooling to p x q (PyTorch's bins: floor(i h / p) .. ceil((i+1) h / p)).
+  virtual void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) = 0;
+  virtual void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) = 0;
+  virtual void add_forward(size_t n, const float* a, const float* b, float* y) = 0;
+  virtual void accumulate(size_t n, const float* dy, float* dx) = 0;  // dx += dy
+  // y = x * mask where mask holds 0 or 1 / (1 - p), drawn by the caller.
+  virtual void dropout_forward(size_t n, const float* x, const float* mask, float* y) = 0;
+  virtual void dropout_backward(size_t n, const float* dy, const float* mask, float* dx) = 0;
+  // Mean softmax cross-entropy over n rows of `classes` logits against integer labels,
+  // with label smoothing eps (target 1 - eps + eps / classes on the label, eps / classes
+  // elsewhere). Writes dlogits = scale x d(loss)/d(logits); returns the loss and counts
+  // the rows whose largest logit is the label.
+  virtual double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing,
+                              float scale, float* dlogits, int* correct) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace fuseplan::exec

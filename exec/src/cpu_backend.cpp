@@ -1,0 +1,408 @@
+// The CPU backend: convolutions as im2col + OpenBLAS SGEMM over the whole batch (one
+// large GEMM instead of one per sample), everything else as OpenMP loops. Loops that
+// sum over the batch run one channel per thread, so results do not depend on the thread
+// schedule.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "fuseplan/exec/half.hpp"
+#include "fuseplan/exec/ops.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::exec {
+
+namespace {
+
+// cols [c*r*r, n*p*q]: column (img, oy, ox) holds the receptive field of that output.
+void im2col(const ConvShape& s, const float* x, float* cols) {
+  const int64_t npq = int64_t(s.n) * s.p * s.q;
+#pragma omp parallel for schedule(static)
+  for (int row = 0; row < s.c * s.r * s.r; ++row) {
+    const int ch = row / (s.r * s.r), ky = (row / s.r) % s.r, kx = row % s.r;
+    float* out = cols + int64_t(row) * npq;
+    for (int img = 0; img < s.n; ++img) {
+      const float* plane = x + (int64_t(img) * s.c + ch) * s.h * s.w;
+      for (int oy = 0; oy < s.p; ++oy) {
+        const int iy = oy * s.stride - s.pad + ky;
+        float* o = out + (int64_t(img) * s.p + oy) * s.q;
+        if (iy < 0 || iy >= s.h) {
+          std::fill(o, o + s.q, 0.0f);
+          continue;
+        }
+        for (int ox = 0; ox < s.q; ++ox) {
+          const int ix = ox * s.stride - s.pad + kx;
+          o[ox] = (ix >= 0 && ix < s.w) ? plane[iy * s.w + ix] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// dx += col2im(cols). Parallel over input channels: each channel's plane is written by
+// one thread only.
+void col2im_add(const ConvShape& s, const float* cols, float* dx) {
+  const int64_t npq = int64_t(s.n) * s.p * s.q;
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < s.c; ++ch) {
+    for (int ky = 0; ky < s.r; ++ky)
+      for (int kx = 0; kx < s.r; ++kx) {
+        const float* in = cols + int64_t((ch * s.r + ky) * s.r + kx) * npq;
+        for (int img = 0; img < s.n; ++img) {
+          float* plane = dx + (int64_t(img) * s.c + ch) * s.h * s.w;
+          for (int oy = 0; oy < s.p; ++oy) {
+            const int iy = oy * s.stride - s.pad + ky;
+            if (iy < 0 || iy >= s.h) continue;
+            const float* c = in + (int64_t(img) * s.p + oy) * s.q;
+            for (int ox = 0; ox < s.q; ++ox) {
+              const int ix = ox * s.stride - s.pad + kx;
+              if (ix >= 0 && ix < s.w) plane[iy * s.w + ix] += c[ox];
+            }
+          }
+        }
+      }
+  }
+}
+
+// [k, n*pq] (GEMM layout) <-> [n, k, pq] (NCHW).
+void knpq_to_nkpq(int n, int k, int pq, const float* a, float* b) {
+#pragma omp parallel for schedule(static)
+  for (int img = 0; img < n; ++img)
+    for (int ch = 0; ch < k; ++ch)
+      std::memcpy(b + (int64_t(img) * k + ch) * pq, a + (int64_t(ch) * n + img) * pq, sizeof(float) * size_t(pq));
+}
+void nkpq_to_knpq(int n, int k, int pq, const float* a, float* b) {
+#pragma omp parallel for schedule(static)
+  for (int ch = 0; ch < k; ++ch)
+    for (int img = 0; img < n; ++img)
+      std::memcpy(b + (int64_t(ch) * n + img) * pq, a + (int64_t(img) * k + ch) * pq, sizeof(float) * size_t(pq));
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+
+  float* alloc(size_t n) override {
+    void* p = std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64));
+    if (!p) throw RunError("cpu backend: out of memory allocating " + std::to_string(n) + " floats");
+    return static_cast<float*>(p);
+  }
+  void free(float* p) override { std::free(p); }
+  void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
+  void round(Precision p, float* x, size_t n) override { round_buffer(p, x, n); }
+
+  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
+    const int K = s.c * s.r * s.r, pq = s.p * s.q;
+    const int64_t npq = int64_t(s.n) * pq;
+    cols_.resize(size_t(K) * size_t(npq));
+    tmp_.resize(size_t(s.k) * size_t(npq));
+    im2col(s, x, cols_.data());
+    // tmp [k, npq] = w [k, K] x cols [K, npq]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.k, int(npq), K, 1.0f, w, K, cols_.data(), int(npq), 0.0f,
+                tmp_.data(), int(npq));
+    if (b) {
+#pragma omp parallel for schedule(static)
+      for (int ch = 0; ch < s.k; ++ch)
+        for (int64_t i = 0; i < npq; ++i) tmp_[size_t(ch * npq + i)] += b[ch];
+    }
+    knpq_to_nkpq(s.n, s.k, pq, tmp_.data(), y);
+  }
+
+  void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    const int K = s.c * s.r * s.r, pq = s.p * s.q;
+    const int64_t npq = int64_t(s.n) * pq;
+    cols_.resize(size_t(K) * size_t(npq));
+    tmp_.resize(size_t(s.k) * size_t(npq));
+    nkpq_to_knpq(s.n, s.k, pq, dy, tmp_.data());  // dy as [k, npq]
+    im2col(s, x, cols_.data());
+    // dw [k, K] = dy [k, npq] x cols^T [npq, K]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.k, K, int(npq), 1.0f, tmp_.data(), int(npq), cols_.data(),
+                int(npq), 0.0f, dw, K);
+    if (db) {
+#pragma omp parallel for schedule(static)
+      for (int ch = 0; ch < s.k; ++ch) {
+        double sum = 0;
+        for (int64_t i = 0; i < npq; ++i) sum += tmp_[size_t(ch * npq + i)];
+        db[ch] = float(sum);
+      }
+    }
+    if (dx) {
+      // cols [K, npq] = w^T [K, k] x dy [k, npq], then scattered back onto dx.
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, int(npq), s.k, 1.0f, w, K, tmp_.data(), int(npq), 0.0f,
+                  cols_.data(), int(npq));
+      col2im_add(s, cols_.data(), dx);
+    }
+  }
+
+  void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) override {
+    if (b) {
+      for (int i = 0; i < n; ++i) std::memcpy(y + int64_t(i) * out, b, sizeof(float) * size_t(out));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, b ? 1.0f : 0.0f, y, out);
+  }
+
+  void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    // dw [out, in] = dy^T [out, n] x x [n, in]
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 0.0f, dw, in);
+    if (db) {
+      for (int o = 0; o < out; ++o) {
+        double sum = 0;
+        for (int i = 0; i < n; ++i) sum += dy[int64_t(i) * out + o];
+        db[o] = float(sum);
+      }
+    }
+    // dx [n, in] += dy [n, out] x w [out, in]
+    if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+  }
+
+  void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
+                               float* save_mean, float* save_invstd, float* running_mean, float* running_var,
+                               float momentum, float eps) override {
+    const double count = double(n) * hw;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < c; ++ch) {
+      double sum = 0, sq = 0;
+      for (int img = 0; img < n; ++img) {
+        const float* p = x + (int64_t(img) * c + ch) * hw;
+        for (int i = 0; i < hw; ++i) sum += p[i];
+      }
+      const double mean = sum / count;
+      for (int img = 0; img < n; ++img) {
+        const float* p = x + (int64_t(img) * c + ch) * hw;
+        for (int i = 0; i < hw; ++i) sq += (p[i] - mean) * (p[i] - mean);
+      }
+      const double var = sq / count;
+      const float invstd = float(1.0 / std::sqrt(var + eps));
+      save_mean[ch] = float(mean);
+      save_invstd[ch] = invstd;
+      running_mean[ch] = float((1 - momentum) * running_mean[ch] + momentum * mean);
+      running_var[ch] = float((1 - momentum) * running_var[ch] + momentum * (count > 1 ? var * count / (count - 1) : var));
+      const float a = gamma[ch] * invstd, bshift = beta[ch] - float(mean) * a;
+      for (int img = 0; img < n; ++img) {
+        const float* p = x + (int64_t(img) * c + ch) * hw;
+        float* q = y + (int64_t(img) * c + ch) * hw;
+        for (int i = 0; i < hw; ++i) q[i] = p[i] * a + bshift;
+      }
+    }
+  }
+
+  void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
+                              const float* running_mean, const float* running_var, float eps) override {
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < c; ++ch) {
+      const float a = gamma[ch] / std::sqrt(running_var[ch] + eps), bshift = beta[ch] - running_mean[ch] * a;
+      for (int img = 0; img < n; ++img) {
+        const float* p = x + (int64_t(img) * c + ch) * hw;
+        float* q = y + (int64_t(img) * c + ch) * hw;
+        for (int i = 0; i < hw; ++i) q[i] = p[i] * a + bshift;
+      }
+    }
+  }
+
+  void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                          const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                          float* dbeta) override {
+    const double count = double(n) * hw;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < c; ++ch) {
+      const float mean = save_mean[ch], invstd = save_invstd[ch];
+      double sum_dy = 0, sum_dy_xhat = 0;
+      for (int img = 0; img < n; ++img) {
+        const float* p = x + (int64_t(img) * c + ch) * hw;
+        const float* g = dy + (int64_t(img) * c + ch) * hw;
+        for (int i = 0; i < hw; ++i) {
+          sum_dy += g[i];
+          sum_dy_xhat += g[i] * (p[i] - mean) * invstd;
+        }
+      }
+      dgamma[ch] = float(sum_dy_xhat);
+      dbeta[ch] = float(sum_dy);
+      // dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat))
+      const float k = gamma[ch] * invstd, mdy = float(sum_dy / count), mdyx = float(sum_dy_xhat / count);
+      for (int img = 0; img < n; ++img) {
+        const float* p = x + (int64_t(img) * c + ch) * hw;
+        const float* g = dy + (int64_t(img) * c + ch) * hw;
+        float* d = dx + (int64_t(img) * c + ch) * hw;
+        for (int i = 0; i < hw; ++i) d[i] += k * (g[i] - mdy - (p[i] - mean) * invstd * mdyx);
+      }
+    }
+  }
+
+  void relu_forward(size_t n, const float* x, float* y) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) y[i] = x[i] > 0 ? x[i] : 0.0f;
+  }
+  void relu_backward(size_t n, const float* y, const float* dy, float* dx) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) dx[i] += y[i] > 0 ? dy[i] : 0.0f;
+  }
+
+  void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {
+#pragma omp parallel for schedule(static)
+    for (int plane = 0; plane < s.n * s.c; ++plane) {
+      const float* in = x + int64_t(plane) * s.h * s.w;
+      for (int oy = 0; oy < s.p; ++oy)
+        for (int ox = 0; ox < s.q; ++ox) {
+          float best = -std::numeric_limits<float>::infinity();
+          int at = -1;
+          for (int ky = 0; ky < s.kernel; ++ky)
+            for (int kx = 0; kx < s.kernel; ++kx) {
+              int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
+              if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
+              float v = in[iy * s.w + ix];
+              if (v > best || at < 0 || std::isnan(v)) {
+                best = v;
+                at = iy * s.w + ix;
+              }
+            }
+          const int64_t o = (int64_t(plane) * s.p + oy) * s.q + ox;
+          y[o] = best;
+          argmax[o] = at;
+        }
+    }
+  }
+  void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) override {
+#pragma omp parallel for schedule(static)
+    for (int plane = 0; plane < s.n * s.c; ++plane) {
+      float* d = dx + int64_t(plane) * s.h * s.w;
+      const int64_t base = int64_t(plane) * s.p * s.q;
+      for (int i = 0; i < s.p * s.q; ++i) d[argmax[base + i]] += dy[base + i];
+    }
+  }
+
+  void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    const float inv = 1.0f / float(s.kernel * s.kernel);
+#pragma omp parallel for schedule(static)
+    for (int plane = 0; plane < s.n * s.c; ++plane) {
+      const float* in = x + int64_t(plane) * s.h * s.w;
+      for (int oy = 0; oy < s.p; ++oy)
+        for (int ox = 0; ox < s.q; ++ox) {
+          float sum = 0;
+          for (int ky = 0; ky < s.kernel; ++ky)
+            for (int kx = 0; kx < s.kernel; ++kx) {
+              int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
+              if (iy >= 0 && iy < s.h && ix >= 0 && ix < s.w) sum += in[iy * s.w + ix];
+            }
+          y[(int64_t(plane) * s.p + oy) * s.q + ox] = sum * inv;
+        }
+    }
+  }
+  void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    const float inv = 1.0f / float(s.kernel * s.kernel);
+#pragma omp parallel for schedule(static)
+    for (int plane = 0; plane < s.n * s.c; ++plane) {
+      float* d = dx + int64_t(plane) * s.h * s.w;
+      for (int oy = 0; oy < s.p; ++oy)
+        for (int ox = 0; ox < s.q; ++ox) {
+          const float g = dy[(int64_t(plane) * s.p + oy) * s.q + ox] * inv;
+          for (int ky = 0; ky < s.kernel; ++ky)
+            for (int kx = 0; kx < s.kernel; ++kx) {
+              int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
+              if (iy >= 0 && iy < s.h && ix >= 0 && ix < s.w) d[iy * s.w + ix] += g;
+            }
+        }
+    }
+  }
+
+  void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+#pragma omp parallel for schedule(static)
+    for (int plane = 0; plane < s.n * s.c; ++plane) {
+      const float* in = x + int64_t(plane) * s.h * s.w;
+      for (int oy = 0; oy < s.p; ++oy) {
+        const int y0 = oy * s.h / s.p, y1 = ((oy + 1) * s.h + s.p - 1) / s.p;
+        for (int ox = 0; ox < s.q; ++ox) {
+          const int x0 = ox * s.w / s.q, x1 = ((ox + 1) * s.w + s.q - 1) / s.q;
+          float sum = 0;
+          for (int iy = y0; iy < y1; ++iy)
+            for (int ix = x0; ix < x1; ++ix) sum += in[iy * s.w + ix];
+          y[(int64_t(plane) * s.p + oy) * s.q + ox] = sum / float((y1 - y0) * (x1 - x0));
+        }
+      }
+    }
+  }
+  void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+#pragma omp parallel for schedule(static)
+    for (int plane = 0; plane < s.n * s.c; ++plane) {
+      float* d = dx + int64_t(plane) * s.h * s.w;
+      for (int oy = 0; oy < s.p; ++oy) {
+        const int y0 = oy * s.h / s.p, y1 = ((oy + 1) * s.h + s.p - 1) / s.p;
+        for (int ox = 0; ox < s.q; ++ox) {
+          const int x0 = ox * s.w / s.q, x1 = ((ox + 1) * s.w + s.q - 1) / s.q;
+          const float g = dy[(int64_t(plane) * s.p + oy) * s.q + ox] / float((y1 - y0) * (x1 - x0));
+          for (int iy = y0; iy < y1; ++iy)
+            for (int ix = x0; ix < x1; ++ix) d[iy * s.w + ix] += g;
+        }
+      }
+    }
+  }
+
+  void add_forward(size_t n, const float* a, const float* b, float* y) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+  }
+  void accumulate(size_t n, const float* dy, float* dx) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) dx[i] += dy[i];
+  }
+  void dropout_forward(size_t n, const float* x, const float* mask, float* y) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) y[i] = x[i] * mask[i];
+  }
+  void dropout_backward(size_t n, const float* dy, const float* mask, float* dx) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) dx[i] += dy[i] * mask[i];
+  }
+
+  double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing, float scale,
+                      float* dlogits, int* correct) override {
+    double loss = 0;
+    int right = 0;
+    const double off = double(smoothing) / classes, on = 1.0 - smoothing + off;
+    for (int i = 0; i < n; ++i) {
+      const float* z = logits + int64_t(i) * classes;
+      float* d = dlogits + int64_t(i) * classes;
+      const int label = labels[i];
+      int best = 0;
+      for (int j = 1; j < classes; ++j)
+        if (z[j] > z[best]) best = j;
+      right += best == label;
+      double sum = 0;
+      for (int j = 0; j < classes; ++j) sum += std::exp(double(z[j]) - z[best]);
+      const double log_sum = std::log(sum) + z[best];
+      for (int j = 0; j < classes; ++j) {
+        const double target = j == label ? on : off;
+        const double logp = double(z[j]) - log_sum;
+        loss -= target * logp;
+        d[j] = float(scale * (std::exp(logp) - target) / n);
+      }
+    }
+    if (correct) *correct = right;
+    return loss / n;
+  }
+
+ private:
+  std::vector<float> cols_, tmp_;  // im2col and GEMM scratch, reused across layers
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+void round_buffer(Precision p, float* x, size_t n) {
+  if (p == Precision::FP16) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) x[i] = round_fp16(x[i]);
+  } else if (p == Precision::BF16) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) x[i] = round_bf16(x[i]);
+  }
+}
+
+}  // namespace fuseplan::exec

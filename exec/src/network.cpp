@@ -1,0 +1,314 @@
+// Network: the Model's layer graph executed on a Backend, flat parameter and gradient
+// buffers in backward order, half-precision storage emulated by rounding.
+#include "fuseplan/exec/network.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::exec {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+int dim(const Shape& s, size_t i) { return i < s.size() ? static_cast<int>(s[i]) : 1; }
+}  // namespace
+
+struct Network::Node {
+  int64_t out_elems = 0;  // per sample
+  float* out = nullptr;   // [batch, out_shape]
+  float* dout = nullptr;  // gradient of out (summed over consumers)
+  int weight = -1, bias = -1;  // backward positions of the layer's tensors, -1 = none
+  ConvShape conv;
+  PoolShape pool;
+  int64_t running = -1;                // BatchNorm: offset of [mean, var] in running_
+  std::vector<float> save_mean, save_invstd;
+  std::vector<int32_t> argmax;         // MaxPool
+  float* mask = nullptr;               // Dropout
+};
+
+Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& opt)
+    : model_(m), batch_(batch), be_(be), opt_(opt) {
+  if (batch < 1) throw InputError("--batch: must be >= 1");
+  const int T = static_cast<int>(m.tensors.size());
+  // Flat buffers in backward order.
+  slots_.resize(T);
+  slot_of_tensor_.resize(T);
+  for (int b = 0; b < T; ++b) {
+    const ParamTensor& t = m.tensors[m.tensor_at_backward(b)];
+    slots_[b] = {t.name, t.shape, t.role, t.layer, params_n_, t.numel};
+    slot_of_tensor_[m.tensor_at_backward(b)] = b;
+    params_n_ += t.numel;
+  }
+  params_ = be_.alloc(size_t(std::max<int64_t>(params_n_, 1)));
+  grads_ = be_.alloc(size_t(std::max<int64_t>(params_n_, 1)));
+  be_.zero(grads_, size_t(std::max<int64_t>(params_n_, 1)));
+
+  nodes_.resize(m.layers.size());
+  timings_.resize(m.layers.size());
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    const Layer& L = m.layers[l];
+    Node& n = nodes_[l];
+    auto unsupported = [&](const std::string& why) {
+      throw InputError("model " + m.name + ": layer " + L.name + " (" + std::string(layer_kind_name(L.kind)) +
+                       "): " + why);
+    };
+    switch (L.kind) {
+      case LayerKind::Conv2d: case LayerKind::BatchNorm: case LayerKind::Linear: case LayerKind::MaxPool:
+      case LayerKind::AvgPool: case LayerKind::AdaptiveAvgPool: case LayerKind::ReLU: case LayerKind::Add:
+      case LayerKind::Dropout: case LayerKind::Flatten:
+        break;
+      default:
+        unsupported("not supported by the trainer (it runs CNNs: conv2d, batchnorm, linear, maxpool, avgpool, "
+                    "adaptive_avgpool, relu, add, dropout, flatten)");
+    }
+    const size_t want_inputs = L.kind == LayerKind::Add ? 2 : 1;
+    if (L.inputs.size() != want_inputs) unsupported("expects " + std::to_string(want_inputs) + " input(s)");
+    for (int i = 0; i < L.tensor_count; ++i) {
+      const ParamTensor& t = m.tensors[L.first_tensor + i];
+      const int b = slot_of_tensor_[L.first_tensor + i];
+      if (t.role == TensorRole::Bias || t.role == TensorRole::NormShift) n.bias = b;
+      else n.weight = b;
+    }
+    n.out_elems = numel(L.out_shape);
+    if (n.out_elems <= 0) unsupported("has no output shape");
+    n.out = be_.alloc(size_t(batch) * size_t(n.out_elems));
+    n.dout = be_.alloc(size_t(batch) * size_t(n.out_elems));
+    if (L.kind == LayerKind::Conv2d) {
+      if (L.attrs.groups != 1) unsupported("grouped convolutions are not supported");
+      if (n.weight < 0) unsupported("has no weight");
+      n.conv = {batch, dim(L.in_shape, 0), dim(L.in_shape, 1), dim(L.in_shape, 2), dim(L.out_shape, 0), L.attrs.kernel,
+                L.attrs.stride, L.attrs.padding, dim(L.out_shape, 1), dim(L.out_shape, 2)};
+      if (slots_[n.weight].numel != int64_t(n.conv.k) * n.conv.c * n.conv.r * n.conv.r)
+        unsupported("weight shape does not match its channels and kernel");
+    } else if (L.kind == LayerKind::MaxPool || L.kind == LayerKind::AvgPool || L.kind == LayerKind::AdaptiveAvgPool) {
+      n.pool = {batch, dim(L.in_shape, 0), dim(L.in_shape, 1), dim(L.in_shape, 2), L.attrs.kernel,
+                L.attrs.stride, L.attrs.padding, dim(L.out_shape, 1), dim(L.out_shape, 2)};
+      if (L.kind == LayerKind::MaxPool) n.argmax.resize(size_t(batch) * size_t(n.out_elems));
+    } else if (L.kind == LayerKind::BatchNorm) {
+      const int c = dim(L.in_shape, 0);
+      n.running = static_cast<int64_t>(running_.size());
+      running_.insert(running_.end(), size_t(c), 0.0f);  // mean
+      running_.insert(running_.end(), size_t(c), 1.0f);  // var
+      n.save_mean.resize(size_t(c));
+      n.save_invstd.resize(size_t(c));
+    } else if (L.kind == LayerKind::Linear) {
+      if (n.weight < 0) unsupported("has no weight");
+      const Shape& w = slots_[n.weight].shape;
+      if (w.size() != 2 || w[0] != numel(L.out_shape) || w[1] != numel(L.in_shape))
+        unsupported("weight must be [out, in] (transposed weights are not supported)");
+    } else if (L.kind == LayerKind::Dropout) {
+      n.mask = be_.alloc(size_t(batch) * size_t(n.out_elems));
+    }
+  }
+  if (nodes_.empty() || m.layers.back().out_shape.size() != 1)
+    throw InputError("model " + m.name + ": the last layer must output one logit per class");
+  dlogits_ = nodes_.back().dout;
+  ready_after_.assign(m.layers.size(), 0);
+  int upto = 0;
+  for (int l = static_cast<int>(m.layers.size()) - 1; l >= 0; --l) {
+    const Layer& L = m.layers[l];
+    for (int i = 0; i < L.tensor_count; ++i) upto = std::max(upto, slot_of_tensor_[L.first_tensor + i] + 1);
+    ready_after_[l] = upto;
+  }
+  init_weights();
+}
+
+Network::~Network() {
+  be_.free(params_);
+  be_.free(grads_);
+  for (auto& n : nodes_) {
+    be_.free(n.out);
+    be_.free(n.dout);
+    if (n.mask) be_.free(n.mask);
+  }
+}
+
+// torchvision's initialisation: Kaiming normal (fan out, ReLU) for convolutions, uniform
+// +-1/sqrt(fan in) for linear layers, BatchNorm scale 1 and shift 0, conv biases 0.
+void Network::init_weights() {
+  std::mt19937_64 rng(opt_.seed);
+  std::vector<float> host(size_t(params_n_), 0.0f);
+  for (size_t l = 0; l < model_.layers.size(); ++l) {
+    const Layer& L = model_.layers[l];
+    const Node& n = nodes_[l];
+    auto fill = [&](int slot, auto&& draw) {
+      if (slot < 0) return;
+      const TensorSlot& s = slots_[slot];
+      for (int64_t i = 0; i < s.numel; ++i) host[size_t(s.offset + i)] = draw();
+    };
+    if (L.kind == LayerKind::Conv2d) {
+      std::normal_distribution<float> d(0.0f, std::sqrt(2.0f / float(n.conv.k * n.conv.r * n.conv.r)));
+      fill(n.weight, [&] { return d(rng); });
+    } else if (L.kind == LayerKind::Linear) {
+      const float bound = 1.0f / std::sqrt(float(numel(L.in_shape)));
+      std::uniform_real_distribution<float> d(-bound, bound);
+      fill(n.weight, [&] { return d(rng); });
+      fill(n.bias, [&] { return d(rng); });
+    } else if (L.kind == LayerKind::BatchNorm) {
+      fill(n.weight, [] { return 1.0f; });
+    }
+  }
+  std::copy(host.begin(), host.end(), params_);
+  be_.round(opt_.precision, params_, size_t(params_n_));
+}
+
+void Network::check_same_tensors(const Model& other, const std::string& what) const {
+  auto fail = [&](const std::string& why) {
+    throw InputError(what + ": model " + other.name + " does not match the trainer's " + model_.name + ": " + why);
+  };
+  if (other.tensors.size() != model_.tensors.size())
+    fail(std::to_string(other.tensors.size()) + " tensors, the trainer has " + std::to_string(model_.tensors.size()));
+  for (size_t i = 0; i < model_.tensors.size(); ++i) {
+    const auto& a = model_.tensors[i];
+    const auto& b = other.tensors[i];
+    if (a.name != b.name || a.shape != b.shape)
+      fail("tensor " + std::to_string(i) + " is " + b.name + " " + shape_str(b.shape) + ", the trainer's is " + a.name +
+           " " + shape_str(a.shape));
+  }
+}
+
+const float* Network::input_of(int l, int k) const {
+  const int src = model_.layers[l].inputs[k];
+  return src < 0 ? input_ : nodes_[src].out;
+}
+
+float* Network::grad_of_input(int l, int k) {
+  const int src = model_.layers[l].inputs[k];
+  return src < 0 ? nullptr : nodes_[src].dout;
+}
+
+void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
+  input_ = input;
+  for (size_t l = 0; l < nodes_.size(); ++l) {
+    auto t0 = Clock::now();
+    forward_layer(static_cast<int>(l), training, rng);
+    be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
+    timings_[l].fwd_s += since(t0);
+  }
+}
+
+void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
+  const Layer& L = model_.layers[l];
+  Node& n = nodes_[l];
+  const float* x = input_of(l, 0);
+  const size_t total = size_t(batch_) * size_t(n.out_elems);
+  auto param = [&](int slot) -> const float* { return slot < 0 ? nullptr : params_ + slots_[slot].offset; };
+  switch (L.kind) {
+    case LayerKind::Conv2d: be_.conv2d_forward(n.conv, x, param(n.weight), param(n.bias), n.out); break;
+    case LayerKind::Linear:
+      be_.linear_forward(batch_, static_cast<int>(numel(L.in_shape)), static_cast<int>(n.out_elems), x, param(n.weight),
+                         param(n.bias), n.out);
+      break;
+    case LayerKind::BatchNorm: {
+      const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
+      float* mean = running_.data() + n.running;
+      if (training)
+        be_.batchnorm_forward_train(batch_, c, hw, x, param(n.weight), param(n.bias), n.out, n.save_mean.data(),
+                                    n.save_invstd.data(), mean, mean + c, opt_.bn_momentum, opt_.bn_eps);
+      else
+        be_.batchnorm_forward_eval(batch_, c, hw, x, param(n.weight), param(n.bias), n.out, mean, mean + c, opt_.bn_eps);
+      break;
+    }
+    case LayerKind::ReLU: be_.relu_forward(total, x, n.out); break;
+    case LayerKind::MaxPool: be_.maxpool_forward(n.pool, x, n.out, n.argmax.data()); break;
+    case LayerKind::AvgPool: be_.avgpool_forward(n.pool, x, n.out); break;
+    case LayerKind::AdaptiveAvgPool: be_.adaptive_avgpool_forward(n.pool, x, n.out); break;
+    case LayerKind::Add: be_.add_forward(total, x, input_of(l, 1), n.out); break;
+    case LayerKind::Dropout: {
+      // The mask is drawn on the host in sample order (the same mask on every backend for
+      // a seed); a device backend would copy it over.
+      const float p = static_cast<float>(L.attrs.dropout);
+      if (training && p > 0) {
+        std::bernoulli_distribution keep(1.0 - p);
+        for (size_t i = 0; i < total; ++i) n.mask[i] = keep(rng) ? 1.0f / (1.0f - p) : 0.0f;
+      } else {
+        std::fill(n.mask, n.mask + total, 1.0f);
+      }
+      be_.dropout_forward(total, x, n.mask, n.out);
+      break;
+    }
+    case LayerKind::Flatten:
+      be_.zero(n.out, total);
+      be_.accumulate(total, x, n.out);
+      break;
+    default: break;  // refused in the constructor
+  }
+}
+
+const float* Network::logits() const { return nodes_.back().out; }
+int Network::classes() const { return static_cast<int>(nodes_.back().out_elems); }
+
+double Network::loss(const int32_t* labels, float smoothing, int* correct) {
+  return be_.softmax_xent(batch_, classes(), logits(), labels, smoothing, 1.0f, dlogits_, correct);
+}
+
+double Network::backward(const int32_t* labels, float smoothing, float loss_scale, int* correct,
+                         const std::function<void(int)>& on_ready) {
+  for (auto& n : nodes_) be_.zero(n.dout, size_t(batch_) * size_t(n.out_elems));
+  // dlogits carries the loss scale, so every gradient below is scaled (and can overflow
+  // FP16, which the loss scaler detects).
+  const double value = be_.softmax_xent(batch_, classes(), logits(), labels, smoothing, loss_scale, dlogits_, correct);
+  for (int l = static_cast<int>(nodes_.size()) - 1; l >= 0; --l) {
+    auto t0 = Clock::now();
+    // All consumers of this layer's output have run: its gradient is complete and is
+    // stored in half precision from here on.
+    be_.round(opt_.precision, nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
+    backward_layer(l);
+    const Node& n = nodes_[l];
+    for (int slot : {n.weight, n.bias})
+      if (slot >= 0) be_.round(opt_.precision, grads_ + slots_[slot].offset, size_t(slots_[slot].numel));
+    timings_[l].bwd_s += since(t0);
+    ++timings_[l].calls;
+    if (on_ready) on_ready(ready_after_[l]);
+  }
+  return value;
+}
+
+void Network::backward_layer(int l) {
+  const Layer& L = model_.layers[l];
+  Node& n = nodes_[l];
+  const float* x = input_of(l, 0);
+  float* dx = grad_of_input(l, 0);
+  const size_t total = size_t(batch_) * size_t(n.out_elems);
+  auto param = [&](int slot) -> const float* { return slot < 0 ? nullptr : params_ + slots_[slot].offset; };
+  auto grad = [&](int slot) -> float* { return slot < 0 ? nullptr : grads_ + slots_[slot].offset; };
+  switch (L.kind) {
+    case LayerKind::Conv2d: be_.conv2d_backward(n.conv, x, param(n.weight), n.dout, dx, grad(n.weight), grad(n.bias)); break;
+    case LayerKind::Linear:
+      be_.linear_backward(batch_, static_cast<int>(numel(L.in_shape)), static_cast<int>(n.out_elems), x,
+                          param(n.weight), n.dout, dx, grad(n.weight), grad(n.bias));
+      break;
+    case LayerKind::BatchNorm: {
+      const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
+      std::vector<float> scratch;
+      if (!dx) {  // BatchNorm on the model input: its gradient is discarded
+        scratch.assign(total, 0.0f);
+        dx = scratch.data();
+      }
+      be_.batchnorm_backward(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean.data(), n.save_invstd.data(), dx,
+                             grad(n.weight), grad(n.bias));
+      break;
+    }
+    case LayerKind::ReLU: if (dx) be_.relu_backward(total, n.out, n.dout, dx); break;
+    case LayerKind::MaxPool: if (dx) be_.maxpool_backward(n.pool, n.dout, n.argmax.data(), dx); break;
+    case LayerKind::AvgPool: if (dx) be_.avgpool_backward(n.pool, n.dout, dx); break;
+    case LayerKind::AdaptiveAvgPool: if (dx) be_.adaptive_avgpool_backward(n.pool, n.dout, dx); break;
+    case LayerKind::Add:
+      if (dx) be_.accumulate(total, n.dout, dx);
+      if (float* dx2 = grad_of_input(l, 1)) be_.accumulate(total, n.dout, dx2);
+      break;
+    case LayerKind::Dropout: if (dx) be_.dropout_backward(total, n.dout, n.mask, dx); break;
+    case LayerKind::Flatten: if (dx) be_.accumulate(total, n.dout, dx); break;
+    default: break;
+  }
+}
+
+void Network::reset_timings() {
+  for (auto& t : timings_) t = {};
+}
+
+}  // namespace fuseplan::exec

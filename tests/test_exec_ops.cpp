@@ -1,0 +1,230 @@
+// The CPU backend's ops: every backward against central finite differences of its
+// forward (small shapes, a random linear functional of the output as the loss), and
+// half-precision rounding against the IEEE definitions.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "fuseplan/exec/half.hpp"
+#include "fuseplan/exec/ops.hpp"
+
+using namespace fuseplan;
+using namespace fuseplan::exec;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += double(a[i]) * b[i];
+  return s;
+}
+
+// Compares `analytic` (d loss / d x) with central differences of `loss` over x, at up to
+// 60 evenly spread positions.
+void check_grad(const char* what, std::vector<float>& x, const std::vector<float>& analytic,
+                const std::function<double()>& loss, double eps = 1e-2) {
+  REQUIRE(analytic.size() == x.size());
+  const size_t step = std::max<size_t>(1, x.size() / 60);
+  for (size_t i = 0; i < x.size(); i += step) {
+    const float saved = x[i];
+    x[i] = saved + float(eps);
+    double up = loss();
+    x[i] = saved - float(eps);
+    double down = loss();
+    x[i] = saved;
+    double numeric = (up - down) / (2 * eps);
+    INFO(what << "[" << i << "] analytic " << analytic[i] << " numeric " << numeric);
+    CHECK(std::abs(analytic[i] - numeric) <= 2e-2 * std::abs(numeric) + 2e-3);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("conv2d backward matches finite differences (stride 2, padding 1, bias)") {
+  auto be = make_cpu_backend();
+  ConvShape s{2, 3, 7, 6, 4, 3, 2, 1, 4, 3};
+  auto x = randn(size_t(s.n * s.c * s.h * s.w), 1), w = randn(size_t(s.k * s.c * s.r * s.r), 2, 0.3f),
+       b = randn(size_t(s.k), 3);
+  const size_t ny = size_t(s.n * s.k * s.p * s.q);
+  auto g = randn(ny, 4);  // loss = sum(g * y)
+  std::vector<float> y(ny);
+  auto loss = [&] {
+    be->conv2d_forward(s, x.data(), w.data(), b.data(), y.data());
+    return dot(g, y);
+  };
+  std::vector<float> dx(x.size(), 0.0f), dw(w.size()), db(b.size());
+  be->conv2d_backward(s, x.data(), w.data(), g.data(), dx.data(), dw.data(), db.data());
+  check_grad("dx", x, dx, loss);
+  check_grad("dw", w, dw, loss);
+  check_grad("db", b, db, loss);
+  // dx accumulates: a second backward adds the same again.
+  std::vector<float> dx2 = dx;
+  be->conv2d_backward(s, x.data(), w.data(), g.data(), dx2.data(), dw.data(), db.data());
+  CHECK(dx2[5] == Approx(2 * dx[5]));
+}
+
+TEST_CASE("linear backward matches finite differences") {
+  auto be = make_cpu_backend();
+  const int n = 3, in = 5, out = 4;
+  auto x = randn(n * in, 1), w = randn(out * in, 2), b = randn(out, 3), g = randn(n * out, 4);
+  std::vector<float> y(n * out);
+  auto loss = [&] {
+    be->linear_forward(n, in, out, x.data(), w.data(), b.data(), y.data());
+    return dot(g, y);
+  };
+  std::vector<float> dx(x.size(), 0.0f), dw(w.size()), db(b.size());
+  be->linear_backward(n, in, out, x.data(), w.data(), g.data(), dx.data(), dw.data(), db.data());
+  check_grad("dx", x, dx, loss);
+  check_grad("dw", w, dw, loss);
+  check_grad("db", b, db, loss);
+}
+
+TEST_CASE("batchnorm backward (batch statistics) matches finite differences") {
+  auto be = make_cpu_backend();
+  const int n = 4, c = 3, hw = 5;
+  auto x = randn(n * c * hw, 1, 2.0f), gamma = randn(c, 2), beta = randn(c, 3), g = randn(n * c * hw, 4);
+  std::vector<float> y(x.size()), mean(c), invstd(c), rm(c, 0.0f), rv(c, 1.0f);
+  auto loss = [&] {
+    be->batchnorm_forward_train(n, c, hw, x.data(), gamma.data(), beta.data(), y.data(), mean.data(), invstd.data(),
+                                rm.data(), rv.data(), 0.1f, 1e-5f);
+    return dot(g, y);
+  };
+  loss();
+  std::vector<float> dx(x.size(), 0.0f), dgamma(c), dbeta(c);
+  be->batchnorm_backward(n, c, hw, x.data(), gamma.data(), g.data(), mean.data(), invstd.data(), dx.data(),
+                         dgamma.data(), dbeta.data());
+  check_grad("dx", x, dx, loss);
+  check_grad("dgamma", gamma, dgamma, loss);
+  check_grad("dbeta", beta, dbeta, loss);
+  // Evaluation uses the running averages: with mean 0 and variance 1 it is gamma x + beta.
+  std::vector<float> zeros(c, 0.0f), ones(c, 1.0f);
+  be->batchnorm_forward_eval(n, c, hw, x.data(), gamma.data(), beta.data(), y.data(), zeros.data(), ones.data(), 0.0f);
+  CHECK(y[7] == Approx(gamma[(7 / hw) % c] * x[7] + beta[(7 / hw) % c]));
+}
+
+TEST_CASE("relu, pooling, add and dropout backward match finite differences") {
+  auto be = make_cpu_backend();
+  // Inputs spread out so that no element sits on a kink (relu at 0, pooling ties).
+  auto spread = [](size_t n, uint64_t seed) {
+    auto v = randn(n, seed);
+    for (size_t i = 0; i < n; ++i) v[i] = v[i] + (v[i] >= 0 ? 0.1f : -0.1f) + 0.013f * float(i % 7);
+    return v;
+  };
+  SECTION("relu") {
+    auto x = spread(40, 1), g = randn(40, 2);
+    std::vector<float> y(40);
+    auto loss = [&] {
+      be->relu_forward(40, x.data(), y.data());
+      return dot(g, y);
+    };
+    loss();
+    std::vector<float> dx(40, 0.0f);
+    be->relu_backward(40, y.data(), g.data(), dx.data());
+    check_grad("relu", x, dx, loss, 1e-3);
+  }
+  SECTION("maxpool 3x3 stride 2 padding 1") {
+    PoolShape s{2, 2, 7, 7, 3, 2, 1, 4, 4};
+    auto x = spread(2 * 2 * 49, 3), g = randn(2 * 2 * 16, 4);
+    std::vector<float> y(g.size());
+    std::vector<int32_t> arg(g.size());
+    auto loss = [&] {
+      be->maxpool_forward(s, x.data(), y.data(), arg.data());
+      return dot(g, y);
+    };
+    loss();
+    std::vector<float> dx(x.size(), 0.0f);
+    be->maxpool_backward(s, g.data(), arg.data(), dx.data());
+    check_grad("maxpool", x, dx, loss, 1e-3);
+  }
+  SECTION("avgpool and adaptive avgpool") {
+    PoolShape s{2, 2, 7, 7, 3, 2, 1, 4, 4};
+    auto x = randn(2 * 2 * 49, 5), g = randn(2 * 2 * 16, 6);
+    std::vector<float> y(g.size());
+    auto loss = [&] {
+      be->avgpool_forward(s, x.data(), y.data());
+      return dot(g, y);
+    };
+    std::vector<float> dx(x.size(), 0.0f);
+    be->avgpool_backward(s, g.data(), dx.data());
+    check_grad("avgpool", x, dx, loss);
+    PoolShape a{2, 2, 7, 5, 0, 1, 0, 3, 2};  // uneven bins, as PyTorch forms them
+    auto xa = randn(2 * 2 * 35, 8);
+    std::vector<float> ya(2 * 2 * 6), ga = randn(ya.size(), 7);
+    auto aloss = [&] {
+      be->adaptive_avgpool_forward(a, xa.data(), ya.data());
+      return dot(ga, ya);
+    };
+    std::vector<float> dxa(xa.size(), 0.0f);
+    be->adaptive_avgpool_backward(a, ga.data(), dxa.data());
+    check_grad("adaptive", xa, dxa, aloss);
+  }
+  SECTION("add and dropout") {
+    auto a = randn(30, 1), b = randn(30, 2), g = randn(30, 3), mask(std::vector<float>(30));
+    for (size_t i = 0; i < 30; ++i) mask[i] = i % 3 ? 1.0f / 0.7f : 0.0f;
+    std::vector<float> y(30), t(30);
+    auto loss = [&] {
+      be->add_forward(30, a.data(), b.data(), t.data());
+      be->dropout_forward(30, t.data(), mask.data(), y.data());
+      return dot(g, y);
+    };
+    std::vector<float> dt(30, 0.0f), da(30, 0.0f), dbb(30, 0.0f);
+    be->dropout_backward(30, g.data(), mask.data(), dt.data());
+    be->accumulate(30, dt.data(), da.data());
+    be->accumulate(30, dt.data(), dbb.data());
+    check_grad("add a", a, da, loss);
+    check_grad("add b", b, dbb, loss);
+  }
+}
+
+TEST_CASE("softmax cross-entropy with label smoothing: loss, accuracy and gradient") {
+  auto be = make_cpu_backend();
+  const int n = 3, classes = 5;
+  auto z = randn(n * classes, 1, 2.0f);
+  std::vector<int32_t> labels{1, 4, 0};
+  std::vector<float> d(z.size());
+  auto loss = [&] { return be->softmax_xent(n, classes, z.data(), labels.data(), 0.1f, 1.0f, d.data(), nullptr); };
+  int correct = -1;
+  be->softmax_xent(n, classes, z.data(), labels.data(), 0.1f, 1.0f, d.data(), &correct);
+  std::vector<float> grad = d;
+  check_grad("dlogits", z, grad, loss, 1e-3);
+  CHECK(correct >= 0);
+  // Uniform logits: the loss is log(classes) whatever the smoothing.
+  std::vector<float> flat(z.size(), 0.0f);
+  CHECK(be->softmax_xent(n, classes, flat.data(), labels.data(), 0.1f, 1.0f, d.data(), nullptr) ==
+        Approx(std::log(5.0)));
+  // The loss scale multiplies the gradient only.
+  be->softmax_xent(n, classes, z.data(), labels.data(), 0.1f, 1024.0f, d.data(), nullptr);
+  CHECK(d[2] == Approx(1024.0f * grad[2]));
+}
+
+TEST_CASE("half-precision rounding follows IEEE FP16 and BF16 (round to nearest even)") {
+  CHECK(round_fp16(1.0f) == 1.0f);
+  CHECK(round_fp16(65504.0f) == 65504.0f);                  // largest FP16
+  CHECK(std::isinf(round_fp16(65520.0f)));                  // rounds up past it
+  CHECK(round_fp16(65519.0f) == 65504.0f);
+  CHECK(round_fp16(1.0f + 1.0f / 2048) == 1.0f);            // halfway: to even
+  CHECK(round_fp16(1.0f + 3.0f / 2048) == 1.0f + 2.0f / 1024);
+  CHECK(round_fp16(std::ldexp(1.0f, -24)) == std::ldexp(1.0f, -24));  // smallest subnormal
+  CHECK(round_fp16(std::ldexp(1.0f, -26)) == 0.0f);
+  CHECK(round_fp16(-std::ldexp(3.0f, -25)) == -std::ldexp(1.0f, -23));  // 1.5 ulp -> 2 ulp (even)
+  CHECK(std::isnan(round_fp16(std::nanf(""))));
+  CHECK(round_bf16(1.0f + 1.0f / 256) == 1.0f);             // halfway: to even
+  CHECK(round_bf16(1.0f + 3.0f / 256) == 1.0f + 2.0f / 128);
+  CHECK(round_bf16(-2.0f - 1.0f / 64) == -2.0f - 1.0f / 64);  // exactly representable
+  // Every FP16 value survives a round trip.
+  for (uint32_t h = 0; h < 0x7c00; ++h) {
+    float f = fp16_to_float(static_cast<uint16_t>(h));
+    REQUIRE(fp16_bits(f) == h);
+  }
+}
