@@ -228,3 +228,69 @@ TEST_CASE("half-precision rounding follows IEEE FP16 and BF16 (round to nearest 
     REQUIRE(fp16_bits(f) == h);
   }
 }
+
+#include "fuseplan/exec/network.hpp"
+#include "fuseplan/models/builder.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+namespace {
+// conv+bias -> bn -> relu -> maxpool -> conv -> bn -> add (residual) -> relu ->
+// adaptive avgpool -> flatten -> linear: every wiring case of the zoo CNNs.
+Model tiny_cnn() {
+  ModelBuilder b("tiny", {2, 8, 8});
+  int x = b.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, true);
+  x = b.batchnorm("bn1", x);
+  x = b.relu("relu1", x);
+  int p = b.maxpool("pool", x, 2, 2);
+  int y = b.conv("conv2", p, 4, 3, 1, 1, false);
+  y = b.batchnorm("bn2", y);
+  y = b.add("add", y, p);
+  y = b.relu("relu2", y);
+  y = b.adaptive_avgpool("gap", y, 1, 1);
+  y = b.flatten("flat", y);
+  b.linear("fc", y, 3, true);
+  return b.finish();
+}
+}  // namespace
+
+TEST_CASE("a whole network's parameter gradients match finite differences; buffers are in backward order") {
+  auto be = make_cpu_backend();
+  Model m = tiny_cnn();
+  const int batch = 4;
+  Network net(m, batch, *be, {});
+  // Backward order: the last forward tensor (fc.bias) first, at offset 0.
+  REQUIRE(net.slots().front().name == "fc.bias");
+  CHECK(net.slots().front().offset == 0);
+  CHECK(net.slots().back().name == "conv1.weight");
+  CHECK(net.slots().back().offset + net.slots().back().numel == net.param_count());
+  auto input = randn(size_t(batch) * 2 * 8 * 8, 11);
+  std::vector<int32_t> labels{0, 2, 1, 2};
+  std::mt19937_64 rng(1);
+  std::vector<int> ready;
+  net.forward(input.data(), true, rng);
+  net.backward(labels.data(), 0.0f, 1.0f, nullptr, [&](int r) { ready.push_back(r); });
+  CHECK(ready.back() == static_cast<int>(m.tensors.size()));
+  CHECK(std::is_sorted(ready.begin(), ready.end()));
+  std::vector<float> params(net.params(), net.params() + net.param_count());
+  std::vector<float> grads(net.grads(), net.grads() + net.param_count());
+  auto loss = [&] {
+    std::copy(params.begin(), params.end(), net.params());
+    net.forward(input.data(), true, rng);
+    return net.loss(labels.data(), 0.0f, nullptr);
+  };
+  check_grad("params", params, grads, loss, 1e-3);
+}
+
+TEST_CASE("the network refuses layers it cannot run and models that differ") {
+  auto be = make_cpu_backend();
+  CHECK_THROWS_WITH(Network(build_zoo_model("bert_base"), 2, *be), Catch::Contains("not supported by the trainer"));
+  Network net(tiny_cnn(), 2, *be);
+  net.check_same_tensors(tiny_cnn(), "--plan");
+  Model other = tiny_cnn();
+  other.tensors[3].name = "renamed";
+  CHECK_THROWS_WITH(net.check_same_tensors(other, "--plan"), Catch::Contains("tensor 3 is renamed"));
+  other = tiny_cnn();
+  other.tensors.pop_back();
+  CHECK_THROWS_AS(net.check_same_tensors(other, "--plan"), InputError);
+}
