@@ -22,7 +22,7 @@ ProgressBar::~ProgressBar() {
   if (shown_ && tty_) std::cerr << "\n";
 }
 
-void ProgressBar::operator()(int64_t done, int64_t total) {
+void ProgressBar::operator()(int64_t done, int64_t total, const std::string& extra) {
   if (!enabled_ || total <= 0) return;
   double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double every = tty_ ? 0.1 : 5.0;
@@ -32,7 +32,7 @@ void ProgressBar::operator()(int64_t done, int64_t total) {
   shown_ = true;
   double eta = done > 0 ? t * double(total - done) / double(done) : 0;
   std::string counts = std::to_string(done) + "/" + std::to_string(total) + " " + what_ + "  " + fixed(t, 1) +
-                       " s, about " + fixed(eta, 1) + " s left";
+                       " s, about " + fixed(eta, 1) + " s left" + (extra.empty() ? "" : "  " + extra);
   if (tty_) {
     const int width = 30;
     int fill = static_cast<int>(width * double(done) / double(total));

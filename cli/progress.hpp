@@ -16,7 +16,8 @@ class ProgressBar {
   ~ProgressBar();
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
-  void operator()(int64_t done, int64_t total);
+  // `extra` is shown after the counts (the trainer's loss, samples/s, loss scale).
+  void operator()(int64_t done, int64_t total, const std::string& extra = "");
 
  private:
   std::string what_;

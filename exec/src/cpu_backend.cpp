@@ -3,6 +3,7 @@
 // sum over the batch run one channel per thread, so results do not depend on the thread
 // schedule.
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -394,6 +395,12 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+void set_cpu_threads(int n) {
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+int cpu_threads() { return omp_get_max_threads(); }
 
 void round_buffer(Precision p, float* x, size_t n) {
   if (p == Precision::FP16) {

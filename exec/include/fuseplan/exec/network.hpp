@@ -53,6 +53,7 @@ class Network {
   float* grads() { return grads_; }
   // BatchNorm running statistics, all layers, in forward order (part of a checkpoint).
   std::vector<float>& running_stats() { return running_; }
+  const std::vector<float>& running_stats() const { return running_; }
 
   // Refuses (InputError naming `what`) unless `other` has the same tensors (names,
   // shapes, order): the planner and the executor must never disagree about tensors.

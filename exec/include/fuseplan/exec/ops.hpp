@@ -85,5 +85,8 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
+// Threads of the CPU backend (OpenMP loops and OpenBLAS); default: all cores.
+void set_cpu_threads(int n);
+int cpu_threads();
 
 }  // namespace fuseplan::exec

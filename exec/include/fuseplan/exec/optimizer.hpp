@@ -1,0 +1,82 @@
+// The optimizer of the 4-minute paper: FP32 master weights, LARS (layer-wise adaptive
+// rate scaling) with momentum on unscaled gradients, no LARS and no weight decay for
+// BatchNorm parameters and biases; linear warm-up, then polynomial decay (power 2);
+// dynamic loss scaling that skips the whole step on overflow. Plain SGD with momentum
+// for comparison.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/exec/network.hpp"
+
+namespace fuseplan::exec {
+
+enum class OptimizerKind { Lars, Sgd };
+OptimizerKind parse_optimizer(const std::string& s);  // InputError naming --optimizer
+
+struct OptimizerOptions {
+  OptimizerKind kind = OptimizerKind::Lars;
+  double lr = 0.1;             // peak learning rate, reached at the end of warm-up
+  double momentum = 0.9;
+  double weight_decay = 5e-4;  // weights only; BatchNorm parameters and biases get none
+  double trust = 0.001;        // LARS trust coefficient (eta)
+  double eps = 1e-9;           // LARS: added to the denominator
+  int64_t warmup_steps = 0;    // linear warm-up from 0 to lr
+  int64_t total_steps = 1;     // then lr (1 - progress)^power down to 0 at total_steps
+  double power = 2;
+};
+
+class Optimizer {
+ public:
+  // Masters start as a copy of the network's (FP32) initial weights.
+  Optimizer(const Network& net, const float* initial_params, const OptimizerOptions& opt);
+
+  double lr_at(int64_t step) const;
+  // One update at `step` from grads (multiplied by loss_scale in backward): unscales in
+  // FP32, updates masters and momenta, writes the masters rounded to the working
+  // precision into `params`.
+  void step(int64_t step, const float* grads, float loss_scale, float* params, Precision working);
+
+  std::vector<float>& masters() { return masters_; }
+  std::vector<float>& momenta() { return momenta_; }
+  const std::vector<float>& masters() const { return masters_; }
+  const std::vector<float>& momenta() const { return momenta_; }
+  const OptimizerOptions& options() const { return opt_; }
+  // The last step's LARS local rate of slot `b` (1 where LARS does not apply).
+  double local_rate(int slot) const { return local_rate_[size_t(slot)]; }
+
+ private:
+  struct Slot {
+    int64_t offset, numel;
+    bool plain;  // BatchNorm parameter or bias: no LARS, no weight decay
+  };
+  OptimizerOptions opt_;
+  std::vector<Slot> slots_;
+  std::vector<float> masters_, momenta_;
+  std::vector<double> local_rate_;
+};
+
+// Dynamic loss scaling: start at 2^16, double after `window` good steps in a row, halve
+// on overflow (and the step is skipped).
+class LossScaler {
+ public:
+  explicit LossScaler(float initial = 65536.0f, int window = 2000) : scale_(initial), window_(window) {}
+  float scale() const { return scale_; }
+  int good_steps() const { return good_; }
+  int64_t skipped() const { return skipped_; }
+  // true = apply this step; false = overflow, skip it.
+  bool update(bool overflow);
+  void restore(float scale, int good, int64_t skipped) { scale_ = scale, good_ = good, skipped_ = skipped; }
+
+ private:
+  float scale_;
+  int window_, good_ = 0;
+  int64_t skipped_ = 0;
+};
+
+// true if any of the n values is infinite or NaN.
+bool has_overflow(const float* x, int64_t n);
+
+}  // namespace fuseplan::exec

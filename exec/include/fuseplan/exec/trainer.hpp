@@ -1,0 +1,84 @@
+// The single-process training loop: loader -> forward -> loss -> backward -> loss-scale
+// check -> optimizer, with per-epoch evaluation, metrics, a per-layer timing profile and
+// atomic checkpoints that a resumed run continues bit for bit.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "fuseplan/exec/data.hpp"
+#include "fuseplan/exec/network.hpp"
+#include "fuseplan/exec/optimizer.hpp"
+
+namespace fuseplan::exec {
+
+struct TrainOptions {
+  int batch = 64;
+  double epochs = 1;             // may be fractional
+  int64_t max_steps = 0;         // stop after this many steps in total (0 = no limit)
+  Precision precision = Precision::FP32;
+  OptimizerOptions optimizer;    // warmup_steps and total_steps are derived from the epochs
+  double warmup_epochs = 0;
+  float label_smoothing = 0;
+  uint64_t seed = 1;
+  bool augment = false;
+  bool evaluate = true;          // test accuracy after every epoch
+  int64_t checkpoint_every = 0;  // steps; 0 = never
+  std::string checkpoint_path;   // where checkpoints are written
+  std::string resume_path;       // continue from this checkpoint
+  int64_t inject_overflow_at = -1;  // test hook: make this step's gradients overflow
+  int loss_scale_window = 2000;
+};
+
+struct StepRecord {
+  int64_t step = 0, epoch = 0;
+  double loss = 0, lr = 0;
+  float loss_scale = 1;
+  bool skipped = false;
+};
+
+struct EpochRecord {
+  int64_t epoch = 0, steps = 0;
+  double train_loss = 0, train_accuracy = 0, test_accuracy = -1, test_loss = 0;
+  double seconds = 0, samples_per_s = 0, data_wait_s = 0;
+  float loss_scale = 1;
+  int64_t skipped_steps = 0;
+};
+
+struct TrainResult {
+  std::vector<StepRecord> steps;
+  std::vector<EpochRecord> epochs;
+  double seconds = 0;
+  int64_t samples = 0;
+};
+
+// Called after every step (for the progress bar): the step just done, steps in total.
+using StepCallback = std::function<void(const StepRecord&, int64_t total_steps, double samples_per_s)>;
+
+class Trainer {
+ public:
+  Trainer(const Model& model, const Dataset& train, const Dataset* test, Backend& backend, const TrainOptions& opt);
+  TrainResult run(const StepCallback& on_step = {});
+  Network& network() { return net_; }
+  // Writes the checkpoint of the current state to `path` atomically (temporary file,
+  // flush, fsync, rename).
+  void save_checkpoint(const std::string& path) const;
+
+ private:
+  void load_checkpoint(const std::string& path);
+  double evaluate(const Dataset& d, double* loss);
+
+  Model model_;
+  const Dataset& train_;
+  const Dataset* test_;
+  Backend& be_;
+  TrainOptions opt_;
+  Network net_;
+  Optimizer optim_;
+  LossScaler scaler_;
+  std::mt19937_64 dropout_rng_;
+  int64_t step_ = 0, epoch_ = 0, position_ = 0;
+};
+
+}  // namespace fuseplan::exec

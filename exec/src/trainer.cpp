@@ -1,0 +1,310 @@
+#include "fuseplan/exec/trainer.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::exec {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+int64_t steps_per_epoch(const Dataset& d, int batch) { return d.size() / batch; }
+
+OptimizerOptions schedule(const TrainOptions& o, const Dataset& train) {
+  if (o.batch < 1) throw InputError("--batch: must be >= 1");
+  if (o.batch > train.size())
+    throw InputError("--batch: " + std::to_string(o.batch) + " is larger than the data set (" +
+                     std::to_string(train.size()) + " samples)");
+  if (!(o.epochs > 0)) throw InputError("--epochs: must be > 0");
+  if (o.warmup_epochs < 0 || o.warmup_epochs > o.epochs) throw InputError("--warmup-epochs: must be in [0, --epochs]");
+  if (o.label_smoothing < 0 || o.label_smoothing >= 1) throw InputError("--label-smoothing: must be in [0, 1)");
+  OptimizerOptions s = o.optimizer;
+  const double per = double(steps_per_epoch(train, o.batch));
+  s.total_steps = std::max<int64_t>(1, int64_t(std::ceil(o.epochs * per)));
+  s.warmup_steps = int64_t(std::round(o.warmup_epochs * per));
+  return s;
+}
+
+NetworkOptions network_options(const TrainOptions& o) {
+  NetworkOptions n;
+  n.precision = o.precision;
+  n.seed = o.seed;
+  return n;
+}
+
+// Checkpoint layout (little-endian, this machine's): magic, version, then the fields in
+// the order below, then a CRC-32 of everything before it.
+constexpr char kMagic[8] = {'F', 'P', 'C', 'K', 'P', 'T', '0', '1'};
+
+class Writer {
+ public:
+  template <class T>
+  void put(const T& v) {
+    bytes_.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  void put_floats(const std::vector<float>& v) {
+    put(int64_t(v.size()));
+    bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  }
+  void put_string(const std::string& s) {
+    put(int64_t(s.size()));
+    bytes_ += s;
+  }
+  std::string finish() {
+    const uint32_t crc = uint32_t(crc32(0, reinterpret_cast<const Bytef*>(bytes_.data()), uInt(bytes_.size())));
+    put(crc);
+    return bytes_;
+  }
+  std::string bytes_;
+};
+
+class Reader {
+ public:
+  Reader(std::string bytes, std::string path) : bytes_(std::move(bytes)), path_(std::move(path)) {
+    if (bytes_.size() < sizeof kMagic + 4 || std::memcmp(bytes_.data(), kMagic, sizeof kMagic) != 0)
+      fail("not a fuseplan checkpoint");
+    uint32_t stored;
+    std::memcpy(&stored, bytes_.data() + bytes_.size() - 4, 4);
+    if (uint32_t(crc32(0, reinterpret_cast<const Bytef*>(bytes_.data()), uInt(bytes_.size() - 4))) != stored)
+      fail("corrupt (checksum mismatch)");
+    at_ = sizeof kMagic;
+    end_ = bytes_.size() - 4;
+  }
+  template <class T>
+  T get() {
+    T v;
+    need(sizeof v);
+    std::memcpy(&v, bytes_.data() + at_, sizeof v);
+    at_ += sizeof v;
+    return v;
+  }
+  void get_floats(std::vector<float>& v, const char* what) {
+    const int64_t n = get<int64_t>();
+    if (n != int64_t(v.size()))
+      fail(std::string(what) + " has " + std::to_string(n) + " values, the run has " + std::to_string(v.size()));
+    need(size_t(n) * sizeof(float));
+    std::memcpy(v.data(), bytes_.data() + at_, size_t(n) * sizeof(float));
+    at_ += size_t(n) * sizeof(float);
+  }
+  std::string get_string() {
+    const int64_t n = get<int64_t>();
+    if (n < 0) fail("corrupt");
+    need(size_t(n));
+    std::string s = bytes_.substr(at_, size_t(n));
+    at_ += size_t(n);
+    return s;
+  }
+  [[noreturn]] void fail(const std::string& why) const { throw InputError("--resume " + path_ + ": " + why); }
+
+ private:
+  void need(size_t n) const {
+    if (at_ + n > end_) fail("truncated");
+  }
+  std::string bytes_, path_;
+  size_t at_ = 0, end_ = 0;
+};
+
+}  // namespace
+
+Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, Backend& backend,
+                 const TrainOptions& opt)
+    : model_(model),
+      train_(train),
+      test_(test),
+      be_(backend),
+      opt_(opt),
+      net_(model, opt.batch, backend, network_options(opt)),
+      optim_(net_, net_.params(), schedule(opt, train)),
+      scaler_(opt.precision == Precision::FP16 ? 65536.0f : 1.0f, opt.loss_scale_window),
+      dropout_rng_(opt.seed ^ 0x5deece66dull) {
+  if (model.input_shape != Shape{train.channels, train.height, train.width})
+    throw InputError("--model: " + model.name + " takes input " + shape_str(model.input_shape) + " but " + train.name +
+                     " has " + shape_str(Shape{train.channels, train.height, train.width}) +
+                     " (set --resolution/--channels)");
+  if (net_.classes() != train.classes)
+    throw InputError("--model: " + model.name + " has " + std::to_string(net_.classes()) + " classes but " +
+                     train.name + " has " + std::to_string(train.classes) + " (set --classes)");
+  if (!opt.resume_path.empty()) load_checkpoint(opt.resume_path);
+}
+
+TrainResult Trainer::run(const StepCallback& on_step) {
+  TrainResult res;
+  const int64_t per_epoch = steps_per_epoch(train_, opt_.batch);
+  int64_t total = optim_.options().total_steps;
+  if (opt_.max_steps > 0) total = std::min(total, opt_.max_steps);
+  const bool dynamic_scale = opt_.precision == Precision::FP16;
+  Loader loader(train_, {opt_.batch, opt_.seed, true, opt_.augment, 4}, epoch_, position_);
+  auto t_run = Clock::now(), t_epoch = Clock::now();
+  double wait_at_epoch = 0, loss_sum = 0;
+  int64_t correct_sum = 0, epoch_steps = 0;
+  while (step_ < total) {
+    Batch b = loader.next();
+    if (b.epoch != epoch_ || b.position != position_) throw RunError("trainer: loader out of step");
+    net_.forward(b.input.data(), true, dropout_rng_);
+    const float scale = scaler_.scale();
+    int correct = 0;
+    const double loss = net_.backward(b.labels.data(), opt_.label_smoothing, scale, &correct);
+    if (step_ == opt_.inject_overflow_at) net_.grads()[0] = std::numeric_limits<float>::infinity();
+    const bool overflow = has_overflow(net_.grads(), net_.param_count());
+    bool apply = !overflow;
+    if (dynamic_scale) apply = scaler_.update(overflow);
+    else if (overflow) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
+    // A skipped step changes nothing: no LARS, no momentum, no weight update.
+    if (apply) optim_.step(step_, net_.grads(), scale, net_.params(), opt_.precision);
+    StepRecord rec{step_, epoch_, loss, optim_.lr_at(step_), scale, !apply};
+    res.steps.push_back(rec);
+    loss_sum += loss;
+    correct_sum += correct;
+    ++epoch_steps;
+    ++step_;
+    res.samples += opt_.batch;
+    position_ += opt_.batch;
+    if (on_step) on_step(rec, total, double(res.samples) / std::max(1e-9, since(t_run)));
+    const bool epoch_done = position_ + opt_.batch > per_epoch * opt_.batch;
+    if (epoch_done || step_ == total) {
+      EpochRecord e;
+      e.epoch = epoch_;
+      e.steps = epoch_steps;
+      e.train_loss = loss_sum / double(epoch_steps);
+      e.train_accuracy = double(correct_sum) / double(epoch_steps * opt_.batch);
+      e.seconds = since(t_epoch);
+      e.samples_per_s = double(epoch_steps * opt_.batch) / e.seconds;
+      e.data_wait_s = loader.wait_s() - wait_at_epoch;
+      e.loss_scale = scaler_.scale();
+      e.skipped_steps = scaler_.skipped();
+      if (opt_.evaluate && test_) e.test_accuracy = evaluate(*test_, &e.test_loss);
+      res.epochs.push_back(e);
+      wait_at_epoch = loader.wait_s();
+      loss_sum = 0;
+      correct_sum = epoch_steps = 0;
+      t_epoch = Clock::now();
+      if (epoch_done) {
+        ++epoch_;
+        position_ = 0;
+      }
+    }
+    if (opt_.checkpoint_every > 0 && step_ % opt_.checkpoint_every == 0 && !opt_.checkpoint_path.empty())
+      save_checkpoint(opt_.checkpoint_path);
+  }
+  res.seconds = since(t_run);
+  return res;
+}
+
+// Accuracy and mean loss over the whole set, in batches of the training batch size (the
+// last one padded with repeats, which are not counted). BatchNorm uses running averages.
+double Trainer::evaluate(const Dataset& d, double* loss) {
+  const int B = opt_.batch, C = net_.classes();
+  const int64_t e = d.sample_elems();
+  std::vector<float> input(size_t(B * e));
+  std::vector<int32_t> labels(static_cast<size_t>(B));
+  int64_t right = 0;
+  double loss_sum = 0;
+  std::mt19937_64 unused(0);
+  for (int64_t first = 0; first < d.size(); first += B) {
+    const int64_t count = std::min<int64_t>(B, d.size() - first);
+    fill_plain(d, first, count, input.data(), labels.data());
+    for (int64_t i = count; i < B; ++i) {
+      std::copy(input.begin(), input.begin() + e, input.begin() + i * e);
+      labels[size_t(i)] = labels[0];
+    }
+    net_.forward(input.data(), false, unused);
+    const float* z = net_.logits();
+    for (int64_t i = 0; i < count; ++i) {
+      const float* row = z + i * C;
+      int best = 0;
+      for (int j = 1; j < C; ++j)
+        if (row[j] > row[best]) best = j;
+      right += best == labels[size_t(i)];
+      double sum = 0;
+      for (int j = 0; j < C; ++j) sum += std::exp(double(row[j]) - row[best]);
+      loss_sum += std::log(sum) + row[best] - row[labels[size_t(i)]];
+    }
+  }
+  if (loss) *loss = loss_sum / double(d.size());
+  return double(right) / double(d.size());
+}
+
+void Trainer::save_checkpoint(const std::string& path) const {
+  Writer w;
+  w.bytes_.append(kMagic, sizeof kMagic);
+  w.put(model_.fingerprint());
+  w.put(int32_t(opt_.batch));
+  w.put(opt_.seed);
+  w.put(int32_t(opt_.precision));
+  w.put_string(train_.name);
+  w.put(step_);
+  w.put(epoch_);
+  w.put(position_);
+  w.put(scaler_.scale());
+  w.put(int32_t(scaler_.good_steps()));
+  w.put(scaler_.skipped());
+  std::ostringstream rng;
+  rng << dropout_rng_;
+  w.put_string(rng.str());
+  w.put_floats(optim_.masters());
+  w.put_floats(optim_.momenta());
+  w.put_floats(net_.running_stats());
+  const std::string bytes = w.finish();
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw InputError("--checkpoint " + path + ": cannot write: " + std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n <= 0) {
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw RunError("checkpoint " + path + ": write failed: " + std::strerror(errno));
+    }
+    done += size_t(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    throw RunError("checkpoint " + path + ": could not be committed: " + std::strerror(errno));
+  }
+}
+
+void Trainer::load_checkpoint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError("--resume " + path + ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  Reader r(ss.str(), path);
+  if (r.get<uint64_t>() != model_.fingerprint()) r.fail("was written for another model (fingerprint differs)");
+  if (r.get<int32_t>() != opt_.batch) r.fail("was written with another --batch");
+  if (r.get<uint64_t>() != opt_.seed) r.fail("was written with another --seed");
+  if (r.get<int32_t>() != int32_t(opt_.precision)) r.fail("was written with another --precision");
+  if (r.get_string() != train_.name) r.fail("was written for another --dataset");
+  step_ = r.get<int64_t>();
+  epoch_ = r.get<int64_t>();
+  position_ = r.get<int64_t>();
+  const float scale = r.get<float>();
+  const int32_t good = r.get<int32_t>();
+  const int64_t skipped = r.get<int64_t>();
+  scaler_.restore(scale, good, skipped);
+  std::istringstream rng(r.get_string());
+  rng >> dropout_rng_;
+  if (!rng) r.fail("corrupt random state");
+  r.get_floats(optim_.masters(), "master weights");
+  r.get_floats(optim_.momenta(), "momenta");
+  r.get_floats(net_.running_stats(), "batchnorm statistics");
+  if (step_ < 0 || epoch_ < 0 || position_ < 0) r.fail("corrupt position");
+  float* p = net_.params();
+  for (size_t i = 0; i < optim_.masters().size(); ++i) p[i] = optim_.masters()[i];
+  be_.round(opt_.precision, p, optim_.masters().size());
+}
+
+}  // namespace fuseplan::exec
