@@ -73,6 +73,13 @@ void run_train(TrainFlags& f) {
   mo.resolution = f.resolution > 0 ? f.resolution : train.height;
   mo.channels = f.channels > 0 ? f.channels : train.channels;
   mo.classes = f.classes > 0 ? f.classes : train.classes;
+  if (const ZooEntry* z = find_zoo(f.model); z && z->is_transformer) {
+    std::string cnns;
+    for (const auto& e : zoo())
+      if (!e.is_transformer) cnns += (cnns.empty() ? "" : ", ") + e.name;
+    throw InputError("--model: " + f.model + " is a transformer, not supported by the trainer (valid: " + cnns +
+                     ", or a CNN model .json)");
+  }
   Model model = load_model(f.model, mo);
 
   auto backend = exec::make_cpu_backend();

@@ -16,8 +16,9 @@ struct Run {
   std::string out;
 };
 
-Run run_env(const std::string& env, const std::string& args, bool with_stderr = true) {
-  std::string cmd = env + " " + std::string(FUSEPLAN_BIN) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+Run run_env(const std::string& env, const std::string& args, bool with_stderr = true,
+            const std::string& bin = FUSEPLAN_BIN) {
+  std::string cmd = env + " " + bin + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p);
   std::string out;
@@ -39,9 +40,11 @@ std::string tmp(const std::string& name) {
 
 void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
-void expect_bad(const std::string& args, const std::string& text) {
-  INFO("fuseplan " << args);
-  Run r = run(args);
+Run run_exec(const std::string& args) { return run_env("", args, true, FUSEPLAN_EXEC_BIN); }
+
+void expect_bad(const std::string& args, const std::string& text, bool exec = false) {
+  INFO((exec ? "fuseplan-exec " : "fuseplan ") << args);
+  Run r = exec ? run_exec(args) : run(args);
   CHECK(r.code == 2);
   CHECK_THAT(r.out, Catch::Contains(text));
   // One line: the message and nothing else.
@@ -259,4 +262,34 @@ TEST_CASE("cli: tune --validate sim re-ranks the best plans by simulation") {
   CHECK(v[0]["predicted_s"].get<double>() <= v[1]["predicted_s"].get<double>());
   expect_bad("tune --validate measure", "--validate: unknown value 'measure' (valid: sim)");
   expect_bad("tune --validate sim --top 0", "--top: must be >= 1");
+}
+
+TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refuses bad input with exit 2") {
+  const std::string metrics = tmp("metrics.json"), profile = tmp("profile.json");
+  std::filesystem::remove(metrics);
+  Run r = run_exec("train --dataset synthetic --synthetic-size 256 --model resnet18 --resolution 16 --batch 32 "
+                   "--max-steps 3 --precision fp16 --quiet --metrics " + metrics + " --profile " + profile);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("3 steps"));
+  auto m = nlohmann::json::parse(std::ifstream(metrics));
+  CHECK(m["steps"].size() == 3);
+  CHECK(m["precision"] == "fp16");
+  auto p = nlohmann::json::parse(std::ifstream(profile));
+  CHECK(p["schema"] == "fuseplan.profile/1");
+  CHECK(p["layers"].size() > 60);
+  CHECK(p["layers"][0]["fwd_us"].get<double>() > 0);
+  const std::string base = "train --dataset synthetic --synthetic-size 64 --max-steps 1 ";
+  expect_bad(base + "--precision fp8", "--precision: unknown precision 'fp8'", true);
+  expect_bad(base + "--optimizer adam", "--optimizer: unknown optimizer 'adam' (valid: lars, sgd)", true);
+  expect_bad("train --dataset imagenet", "--dataset: unknown data set 'imagenet' (valid: fashion-mnist, synthetic)", true);
+  expect_bad(base + "--model bert_base", "not supported by the trainer", true);
+  expect_bad(base + "--model resnet9", "unknown model 'resnet9'", true);
+  expect_bad(base + "--batch 0", "--batch", true);
+  expect_bad(base + "--batch 1000", "larger than the data set", true);
+  expect_bad(base + "--lr -1", "--lr: must be > 0", true);
+  expect_bad(base + "--resume " + tmp("nothing.bin"), "cannot open", true);
+  expect_bad(base + "--checkpoint-every 5", "--checkpoint-every: needs --checkpoint FILE", true);
+  expect_bad("train --data-dir /nonexistent", "dataset-fashion-mnist", true);
+  expect_bad("fly", "unknown command 'fly' (valid: train)", true);
 }
