@@ -25,7 +25,7 @@ struct ModelFlags {
 // the setup shared by predict, tune, compare and whatif.
 struct SetupFlags {
   ModelFlags model;
-  std::string cluster = "tencent-p40", precision = "fp16", transfer;
+  std::string cluster = "tencent-p40", precision = "fp16", transfer, profile;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
   double epochs = 90, inter_bw_Gbps = 0, inter_lat_us = -1;
   int64_t dataset_size = 1281167;

@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "commands.hpp"
+#include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan::cli {
@@ -21,6 +22,9 @@ void SetupFlags::add(CLI::App* app) {
   app->add_option("--transfer", transfer, "gradient transfer precision: fp16 | bf16 | fp32 (default: the compute precision)");
   app->add_option("--group", group, "hierarchical group size in GPUs (default: GPUs per node)");
   app->add_option("--torus-x", torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  app->add_option("--profile", profile,
+                  "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
+                  "roofline");
   app->add_option("--inter-bw", inter_bw_Gbps, "what-if: inter-node bandwidth per NIC in Gbps (default: the cluster's)");
   app->add_option("--inter-lat", inter_lat_us, "what-if: inter-node latency in microseconds (default: the cluster's)");
   app->add_option("--epochs", epochs, "epochs for the time-to-train figure")->capture_default_str();
@@ -30,6 +34,7 @@ void SetupFlags::add(CLI::App* app) {
 SetupFlags::Resolved SetupFlags::resolve() const {
   Resolved r;
   r.model = load_model(model.model, model.options());
+  if (!profile.empty()) apply_profile(r.model, profile);
   r.cluster = load_cluster(cluster);
   apply_overrides(r.cluster);
   r.gpus = gpus_opt->count() ? gpus : std::min(kDefaultGpus, r.cluster.capacity());
@@ -45,6 +50,7 @@ SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const 
   PlanSetup s;
   s.plan = load_plan(path);
   s.model = load_model(model.model_opt->count() ? model.model : s.plan.model, model.options());
+  if (!profile.empty()) apply_profile(s.model, profile);
   validate_plan(s.plan, s.model, path);
   s.cluster = load_cluster(cluster_opt->count() ? cluster : s.plan.cluster);
   apply_overrides(s.cluster);

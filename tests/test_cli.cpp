@@ -279,6 +279,15 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   CHECK(p["schema"] == "fuseplan.profile/1");
   CHECK(p["layers"].size() > 60);
   CHECK(p["layers"][0]["fwd_us"].get<double>() > 0);
+  // The planner reads the profile: the predicted forward time is the measured one.
+  double fwd_us = 0;
+  for (const auto& l : p["layers"]) fwd_us += l["fwd_us"].get<double>();
+  Run pr = run_stdout("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 1 "
+                      "--batch-per-gpu 32 --json --profile " + profile);
+  REQUIRE(pr.code == 0);
+  CHECK(nlohmann::json::parse(pr.out)["forward_s"].get<double>() == Approx(fwd_us * 1e-6).epsilon(1e-6));
+  expect_bad("predict --model resnet18 --cluster local-cpu --gpus 1 --profile " + profile,
+             "the profile was measured on model resnet18");
   const std::string base = "train --dataset synthetic --synthetic-size 64 --max-steps 1 ";
   expect_bad(base + "--precision fp8", "--precision: unknown precision 'fp8'", true);
   expect_bad(base + "--optimizer adam", "--optimizer: unknown optimizer 'adam' (valid: lars, sgd)", true);

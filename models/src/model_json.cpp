@@ -133,4 +133,34 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
 
 Model load_model_file(const std::string& path) { return model_from_json(parse_json_file(path), path); }
 
+void apply_profile(Model& m, const std::string& path) {
+  const nlohmann::json j = parse_json_file(path);  // JsonObject keeps a reference
+  JsonObject r(j, path);
+  if (r.string("schema") != kProfileSchema) r.fail("schema", std::string("must be ") + kProfileSchema);
+  const std::string name = r.string("model"), fp = r.string("fingerprint");
+  if (fp != m.fingerprint_hex())
+    r.fail("fingerprint", "the profile was measured on model " + name + " (fingerprint " + fp + "), not on " + m.name +
+                              " as configured (fingerprint " + m.fingerprint_hex() +
+                              "; same --model, --resolution, --channels, --classes?)");
+  r.string("device");
+  r.string("precision");
+  r.integer("batch", 1, 1 << 24);
+  const auto& layers = r.array("layers");
+  if (layers.size() != m.layers.size())
+    r.fail("layers", "has " + std::to_string(layers.size()) + " layers, the model " + std::to_string(m.layers.size()));
+  std::vector<MeasuredTime> times;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    JsonObject lo = element_object(layers[l], path, "$.layers[" + std::to_string(l) + "]");
+    if (lo.string("name") != m.layers[l].name) lo.fail("name", "expected layer " + m.layers[l].name);
+    MeasuredTime t;
+    t.fwd_us = lo.non_negative("fwd_us");
+    t.bwd_us = lo.non_negative("bwd_us");
+    t.batch = static_cast<int>(lo.integer("batch", 1, 1 << 24));
+    lo.finish();
+    times.push_back(t);
+  }
+  r.finish();
+  for (size_t l = 0; l < layers.size(); ++l) m.layers[l].measured = times[l];
+}
+
 }  // namespace fuseplan

@@ -14,4 +14,10 @@ nlohmann::json model_to_json(const Model& m);
 Model model_from_json(const nlohmann::json& j, const std::string& origin);
 Model load_model_file(const std::string& path);
 
+inline constexpr const char* kProfileSchema = "fuseplan.profile/1";
+// Sets every layer's `measured` times from a profile file (fuseplan-exec train
+// --profile). The profile must be for this model: same fingerprint (tensor names and
+// shapes) and the same layer names in the same order. InputError naming the file.
+void apply_profile(Model& m, const std::string& path);
+
 }  // namespace fuseplan
