@@ -112,7 +112,7 @@ void run_train(TrainFlags& f) {
                         {"data_wait_s", e.data_wait_s}, {"loss_scale", e.loss_scale}, {"skipped_steps", e.skipped_steps}});
     for (const auto& s : result.steps)
       steps.push_back({{"step", s.step}, {"epoch", s.epoch}, {"loss", s.loss}, {"lr", s.lr}, {"loss_scale", s.loss_scale},
-                       {"skipped", s.skipped}});
+                       {"skipped", s.skipped}, {"seconds", s.seconds}});
     nlohmann::json j{{"schema", "fuseplan.metrics/1"}, {"model", model.name}, {"dataset", train.name},
                      {"batch", f.opt.batch}, {"precision", precision_name(f.opt.precision)}, {"optimizer", f.optimizer},
                      {"lr", f.opt.optimizer.lr}, {"threads", exec::cpu_threads()}, {"seconds", result.seconds},

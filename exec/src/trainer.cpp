@@ -151,6 +151,7 @@ TrainResult Trainer::run(const StepCallback& on_step) {
   double wait_at_epoch = 0, loss_sum = 0;
   int64_t correct_sum = 0, epoch_steps = 0;
   while (step_ < total) {
+    const auto t_step = Clock::now();
     Batch b = loader.next();
     if (b.epoch != epoch_ || b.position != position_) throw RunError("trainer: loader out of step");
     net_.forward(b.input.data(), true, dropout_rng_);
@@ -164,7 +165,7 @@ TrainResult Trainer::run(const StepCallback& on_step) {
     else if (overflow) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
     // A skipped step changes nothing: no LARS, no momentum, no weight update.
     if (apply) optim_.step(step_, net_.grads(), scale, net_.params(), opt_.precision);
-    StepRecord rec{step_, epoch_, loss, optim_.lr_at(step_), scale, !apply};
+    StepRecord rec{step_, epoch_, loss, optim_.lr_at(step_), scale, !apply, since(t_step)};
     res.steps.push_back(rec);
     loss_sum += loss;
     correct_sum += correct;

@@ -36,6 +36,7 @@ struct StepRecord {
   double loss = 0, lr = 0;
   float loss_scale = 1;
   bool skipped = false;
+  double seconds = 0;  // wall time of the step, waiting for data included
 };
 
 struct EpochRecord {
