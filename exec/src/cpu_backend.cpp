@@ -84,6 +84,26 @@ void nkpq_to_knpq(int n, int k, int pq, const float* a, float* b) {
       std::memcpy(b + (int64_t(ch) * n + img) * pq, a + (int64_t(img) * k + ch) * pq, sizeof(float) * size_t(pq));
 }
 
+// Grow-only scratch: unlike std::vector::resize, growing does not zero-fill (every
+// user overwrites what it reads), and layers of different sizes never shrink it.
+class Scratch {
+ public:
+  float* get(size_t n) {
+    if (n > size_) {
+      std::free(data_);
+      data_ = static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64));
+      if (!data_) throw RunError("cpu backend: out of memory allocating " + std::to_string(n) + " floats");
+      size_ = n;
+    }
+    return data_;
+  }
+  ~Scratch() { std::free(data_); }
+
+ private:
+  float* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
@@ -100,44 +120,44 @@ class CpuBackend final : public Backend {
   void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
     const int K = s.c * s.r * s.r, pq = s.p * s.q;
     const int64_t npq = int64_t(s.n) * pq;
-    cols_.resize(size_t(K) * size_t(npq));
-    tmp_.resize(size_t(s.k) * size_t(npq));
-    im2col(s, x, cols_.data());
+    float* cols = cols_.get(size_t(K) * size_t(npq));
+    float* tmp = tmp_.get(size_t(s.k) * size_t(npq));
+    im2col(s, x, cols);
     // tmp [k, npq] = w [k, K] x cols [K, npq]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.k, int(npq), K, 1.0f, w, K, cols_.data(), int(npq), 0.0f,
-                tmp_.data(), int(npq));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.k, int(npq), K, 1.0f, w, K, cols, int(npq), 0.0f, tmp,
+                int(npq));
     if (b) {
 #pragma omp parallel for schedule(static)
       for (int ch = 0; ch < s.k; ++ch)
-        for (int64_t i = 0; i < npq; ++i) tmp_[size_t(ch * npq + i)] += b[ch];
+        for (int64_t i = 0; i < npq; ++i) tmp[ch * npq + i] += b[ch];
     }
-    knpq_to_nkpq(s.n, s.k, pq, tmp_.data(), y);
+    knpq_to_nkpq(s.n, s.k, pq, tmp, y);
   }
 
   void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
                        float* db) override {
     const int K = s.c * s.r * s.r, pq = s.p * s.q;
     const int64_t npq = int64_t(s.n) * pq;
-    cols_.resize(size_t(K) * size_t(npq));
-    tmp_.resize(size_t(s.k) * size_t(npq));
-    nkpq_to_knpq(s.n, s.k, pq, dy, tmp_.data());  // dy as [k, npq]
-    im2col(s, x, cols_.data());
+    float* cols = cols_.get(size_t(K) * size_t(npq));
+    float* tmp = tmp_.get(size_t(s.k) * size_t(npq));
+    nkpq_to_knpq(s.n, s.k, pq, dy, tmp);  // dy as [k, npq]
+    im2col(s, x, cols);
     // dw [k, K] = dy [k, npq] x cols^T [npq, K]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.k, K, int(npq), 1.0f, tmp_.data(), int(npq), cols_.data(),
-                int(npq), 0.0f, dw, K);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.k, K, int(npq), 1.0f, tmp, int(npq), cols, int(npq), 0.0f, dw,
+                K);
     if (db) {
 #pragma omp parallel for schedule(static)
       for (int ch = 0; ch < s.k; ++ch) {
         double sum = 0;
-        for (int64_t i = 0; i < npq; ++i) sum += tmp_[size_t(ch * npq + i)];
+        for (int64_t i = 0; i < npq; ++i) sum += tmp[ch * npq + i];
         db[ch] = float(sum);
       }
     }
     if (dx) {
       // cols [K, npq] = w^T [K, k] x dy [k, npq], then scattered back onto dx.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, int(npq), s.k, 1.0f, w, K, tmp_.data(), int(npq), 0.0f,
-                  cols_.data(), int(npq));
-      col2im_add(s, cols_.data(), dx);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, int(npq), s.k, 1.0f, w, K, tmp, int(npq), 0.0f, cols,
+                  int(npq));
+      col2im_add(s, cols, dx);
     }
   }
 
@@ -389,7 +409,7 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  std::vector<float> cols_, tmp_;  // im2col and GEMM scratch, reused across layers
+  Scratch cols_, tmp_;  // im2col and GEMM scratch, reused across layers
 };
 
 }  // namespace
