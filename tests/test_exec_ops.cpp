@@ -294,3 +294,33 @@ TEST_CASE("the network refuses layers it cannot run and models that differ") {
   other.tensors.pop_back();
   CHECK_THROWS_AS(net.check_same_tensors(other, "--plan"), InputError);
 }
+
+TEST_CASE("the zoo CNNs run forward and backward at a chosen resolution, channels and classes") {
+  auto be = make_cpu_backend();
+  struct Case {
+    const char* name;
+    int resolution;
+  };
+  for (Case c : {Case{"alexnet_bn", 64}, Case{"vgg16", 32}, Case{"resnet18", 28}, Case{"resnet50", 32}}) {
+    INFO(c.name);
+    ModelOptions o;
+    o.resolution = c.resolution;
+    o.channels = 1;
+    o.classes = 10;
+    Model m = build_zoo_model(c.name, o);
+    Network net(m, 2, *be, {});
+    net.check_same_tensors(build_zoo_model(c.name, o), "--model");
+    auto input = randn(size_t(2 * c.resolution * c.resolution), 3);
+    std::vector<int32_t> labels{3, 7};
+    std::mt19937_64 rng(1);
+    net.forward(input.data(), true, rng);
+    int ready = 0;
+    double loss = net.backward(labels.data(), 0.1f, 1.0f, nullptr, [&](int r) { ready = r; });
+    CHECK(std::isfinite(loss));
+    CHECK(ready == static_cast<int>(m.tensors.size()));
+    double norm = 0;
+    for (int64_t i = 0; i < net.param_count(); ++i) norm += double(net.grads()[i]) * net.grads()[i];
+    CHECK(std::isfinite(norm));
+    CHECK(norm > 0);
+  }
+}
