@@ -148,7 +148,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--dataset", f->dataset, "fashion-mnist | synthetic")->capture_default_str();
   cmd->add_option("--data-dir", f->data_dir, "Fashion-MNIST IDX .gz files")->capture_default_str();
   cmd->add_option("--synthetic-size", f->synthetic_size, "synthetic: training samples")->capture_default_str();
-  cmd->add_option("--resolution", f->resolution, "input height = width in pixels (default: the data set's)");
+  cmd->add_option("--resolution", f->resolution,
+                  "model input height = width in pixels; images are resized (bilinear) to it (default: the data set's)");
   cmd->add_option("--channels", f->channels, "input channels (default: the data set's)");
   cmd->add_option("--classes", f->classes, "classes (default: the data set's)");
   cmd->add_option("--batch", f->opt.batch, "samples per step")->capture_default_str();

@@ -16,9 +16,9 @@ using namespace fuseplan::exec;
 
 namespace {
 
-Model small_cnn(int width = 8) {
+Model small_cnn(int width = 8, int resolution = 8) {
   const int classes = 4;
-  ModelBuilder b("small", {1, 8, 8});
+  ModelBuilder b("small", {1, resolution, resolution});
   int x = b.conv("conv1", ModelBuilder::kInput, width, 3, 1, 1, false);
   x = b.batchnorm("bn1", x);
   x = b.relu("relu1", x);
@@ -200,4 +200,26 @@ TEST_CASE("data: the loader's batches depend only on seed, epoch and position") 
   Batch again = b.next();
   CHECK(again.input == first[12].input);
   CHECK(again.labels == first[12].labels);
+}
+
+TEST_CASE("data: images are resized (bilinear, as PyTorch's interpolate) to the model's resolution") {
+  const float ramp[2] = {0.0f, 1.0f};
+  float up[4];
+  resize_bilinear(ramp, 1, 1, 2, up, 1, 4);
+  CHECK(up[0] == Approx(0.0f));
+  CHECK(up[1] == Approx(0.25f));
+  CHECK(up[2] == Approx(0.75f));
+  CHECK(up[3] == Approx(1.0f));
+  // A model at 12x12 trains on 8x8 images and is evaluated on resized test images.
+  auto be = make_cpu_backend();
+  auto [train, test] = split(make_synthetic(256 + 64, 1, 8, 8, 4, 7), 256);
+  TrainOptions o = base_options(Precision::FP32);
+  o.evaluate = true;
+  o.augment = false;
+  o.optimizer.kind = OptimizerKind::Sgd;
+  Trainer t(small_cnn(8, 12), train, &test, *be, o);
+  auto r = t.run();
+  CHECK(r.epochs.back().test_accuracy > 0.8);
+  Dataset rgb = make_synthetic(64, 3, 8, 8, 4, 1);
+  CHECK_THROWS_WITH(Trainer(small_cnn(), rgb, nullptr, *be, o), Catch::Contains("--channels"));
 }

@@ -116,12 +116,37 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool s
   return order;
 }
 
-void fill_plain(const Dataset& d, int64_t first, int64_t count, float* out, int32_t* labels) {
+void resize_bilinear(const float* in, int c, int h, int w, float* out, int oh, int ow) {
+  const float sy = float(h) / float(oh), sx = float(w) / float(ow);
+  for (int ch = 0; ch < c; ++ch) {
+    const float* p = in + int64_t(ch) * h * w;
+    for (int y = 0; y < oh; ++y) {
+      const float fy = std::max(0.0f, (float(y) + 0.5f) * sy - 0.5f);
+      const int y0 = std::min(int(fy), h - 1), y1 = std::min(y0 + 1, h - 1);
+      const float wy = fy - float(y0);
+      for (int x = 0; x < ow; ++x) {
+        const float fx = std::max(0.0f, (float(x) + 0.5f) * sx - 0.5f);
+        const int x0 = std::min(int(fx), w - 1), x1 = std::min(x0 + 1, w - 1);
+        const float wx = fx - float(x0);
+        out[(int64_t(ch) * oh + y) * ow + x] = (1 - wy) * ((1 - wx) * p[y0 * w + x0] + wx * p[y0 * w + x1]) +
+                                               wy * ((1 - wx) * p[y1 * w + x0] + wx * p[y1 * w + x1]);
+      }
+    }
+  }
+}
+
+void fill_plain(const Dataset& d, int64_t first, int64_t count, float* out, int32_t* labels, int height, int width) {
   const int64_t e = d.sample_elems();
+  const int oh = height > 0 ? height : d.height, ow = width > 0 ? width : d.width;
+  const bool resize = oh != d.height || ow != d.width;
+  const int64_t oe = int64_t(d.channels) * oh * ow;
   const float scale = 1.0f / (255.0f * d.std), shift = d.mean / d.std;
+  std::vector<float> plain(size_t(resize ? e : 0));
   for (int64_t i = 0; i < count; ++i) {
     const uint8_t* src = d.pixels.data() + (first + i) * e;
-    for (int64_t j = 0; j < e; ++j) out[i * e + j] = float(src[j]) * scale - shift;
+    float* dst = resize ? plain.data() : out + i * oe;
+    for (int64_t j = 0; j < e; ++j) dst[j] = float(src[j]) * scale - shift;
+    if (resize) resize_bilinear(plain.data(), d.channels, d.height, d.width, out + i * oe, oh, ow);
     labels[i] = d.labels[size_t(first + i)];
   }
 }
@@ -171,16 +196,20 @@ void Loader::run(int64_t epoch, int64_t position) {
 Batch Loader::make(int64_t epoch, int64_t position, const std::vector<int64_t>& order) const {
   const int c = data_.channels, h = data_.height, w = data_.width;
   const int64_t e = data_.sample_elems();
+  const int oh = opt_.height > 0 ? opt_.height : h, ow = opt_.width > 0 ? opt_.width : w;
+  const bool resize = oh != h || ow != w;
+  const int64_t oe = int64_t(c) * oh * ow;
+  std::vector<float> plain(size_t(resize ? e : 0));
   Batch b;
   b.epoch = epoch;
   b.position = position;
-  b.input.resize(size_t(opt_.batch * e));
+  b.input.resize(size_t(opt_.batch * oe));
   b.labels.resize(size_t(opt_.batch));
   const float scale = 1.0f / (255.0f * data_.std), shift = data_.mean / data_.std;
   for (int i = 0; i < opt_.batch; ++i) {
     const int64_t idx = order[size_t(position + i)];
     const uint8_t* src = data_.pixels.data() + idx * e;
-    float* dst = b.input.data() + i * e;
+    float* dst = resize ? plain.data() : b.input.data() + i * oe;
     b.labels[size_t(i)] = data_.labels[size_t(idx)];
     int dy = 0, dx = 0;
     bool flip = false;
@@ -199,6 +228,7 @@ Batch Loader::make(int64_t epoch, int64_t position, const std::vector<int64_t>& 
           const float v = inside ? float(src[(ch * h + sy) * w + sx]) : 0.0f;
           dst[(ch * h + y) * w + x] = v * scale - shift;
         }
+    if (resize) resize_bilinear(plain.data(), c, h, w, b.input.data() + i * oe, oh, ow);
   }
   return b;
 }

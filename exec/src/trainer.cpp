@@ -130,10 +130,10 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
       optim_(net_, net_.params(), schedule(opt, train)),
       scaler_(opt.precision == Precision::FP16 ? 65536.0f : 1.0f, opt.loss_scale_window),
       dropout_rng_(opt.seed ^ 0x5deece66dull) {
-  if (model.input_shape != Shape{train.channels, train.height, train.width})
+  // Images are resized (bilinear) to the model's resolution; channels must agree.
+  if (model.input_shape.size() != 3 || model.input_shape[0] != train.channels)
     throw InputError("--model: " + model.name + " takes input " + shape_str(model.input_shape) + " but " + train.name +
-                     " has " + shape_str(Shape{train.channels, train.height, train.width}) +
-                     " (set --resolution/--channels)");
+                     " has " + shape_str(Shape{train.channels, train.height, train.width}) + " (set --channels)");
   if (net_.classes() != train.classes)
     throw InputError("--model: " + model.name + " has " + std::to_string(net_.classes()) + " classes but " +
                      train.name + " has " + std::to_string(train.classes) + " (set --classes)");
@@ -146,7 +146,8 @@ TrainResult Trainer::run(const StepCallback& on_step) {
   int64_t total = optim_.options().total_steps;
   if (opt_.max_steps > 0) total = std::min(total, opt_.max_steps);
   const bool dynamic_scale = opt_.precision == Precision::FP16;
-  Loader loader(train_, {opt_.batch, opt_.seed, true, opt_.augment, 4}, epoch_, position_);
+  const int h = static_cast<int>(model_.input_shape[1]), w = static_cast<int>(model_.input_shape[2]);
+  Loader loader(train_, {opt_.batch, opt_.seed, true, opt_.augment, 4, h, w}, epoch_, position_);
   auto t_run = Clock::now(), t_epoch = Clock::now();
   double wait_at_epoch = 0, loss_sum = 0;
   int64_t correct_sum = 0, epoch_steps = 0;
@@ -208,7 +209,8 @@ TrainResult Trainer::run(const StepCallback& on_step) {
 // last one padded with repeats, which are not counted). BatchNorm uses running averages.
 double Trainer::evaluate(const Dataset& d, double* loss) {
   const int B = opt_.batch, C = net_.classes();
-  const int64_t e = d.sample_elems();
+  const int h = static_cast<int>(model_.input_shape[1]), w = static_cast<int>(model_.input_shape[2]);
+  const int64_t e = int64_t(d.channels) * h * w;
   std::vector<float> input(size_t(B * e));
   std::vector<int32_t> labels(static_cast<size_t>(B));
   int64_t right = 0;
@@ -216,7 +218,7 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
   std::mt19937_64 unused(0);
   for (int64_t first = 0; first < d.size(); first += B) {
     const int64_t count = std::min<int64_t>(B, d.size() - first);
-    fill_plain(d, first, count, input.data(), labels.data());
+    fill_plain(d, first, count, input.data(), labels.data(), h, w);
     for (int64_t i = count; i < B; ++i) {
       std::copy(input.begin(), input.begin() + e, input.begin() + i * e);
       labels[size_t(i)] = labels[0];

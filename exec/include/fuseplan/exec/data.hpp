@@ -48,6 +48,7 @@ struct LoaderOptions {
   uint64_t seed = 1;
   bool shuffle = true, augment = false;  // augment: random crop (pad 2) and horizontal flip
   int prefetch = 4;                       // batches prepared ahead
+  int height = 0, width = 0;              // resize to this (bilinear) when the model wants it; 0 = as stored
 };
 
 // Produces the batches of epochs [epoch, ...) from `position` on, in a background
@@ -79,7 +80,11 @@ class Loader {
 
 // The sample order of an epoch: a seeded permutation (identity without shuffle).
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
-// Normalised samples [first, first + count) in dataset order, no augmentation (evaluation).
-void fill_plain(const Dataset& d, int64_t first, int64_t count, float* out, int32_t* labels);
+// Normalised samples [first, first + count) in dataset order, no augmentation
+// (evaluation), resized to height x width if those are given (0 = as stored).
+void fill_plain(const Dataset& d, int64_t first, int64_t count, float* out, int32_t* labels, int height = 0,
+                int width = 0);
+// Bilinear resize of c planes h x w to oh x ow (PyTorch's interpolate, align_corners=False).
+void resize_bilinear(const float* in, int c, int h, int w, float* out, int oh, int ow);
 
 }  // namespace fuseplan::exec
