@@ -51,27 +51,54 @@ void check_grad(const char* what, std::vector<float>& x, const std::vector<float
 
 }  // namespace
 
-TEST_CASE("conv2d backward matches finite differences (stride 2, padding 1, bias)") {
-  auto be = make_cpu_backend();
-  ConvShape s{2, 3, 7, 6, 4, 3, 2, 1, 4, 3};
-  auto x = randn(size_t(s.n * s.c * s.h * s.w), 1), w = randn(size_t(s.k * s.c * s.r * s.r), 2, 0.3f),
-       b = randn(size_t(s.k), 3);
-  const size_t ny = size_t(s.n * s.k * s.p * s.q);
-  auto g = randn(ny, 4);  // loss = sum(g * y)
-  std::vector<float> y(ny);
-  auto loss = [&] {
-    be->conv2d_forward(s, x.data(), w.data(), b.data(), y.data());
-    return dot(g, y);
-  };
-  std::vector<float> dx(x.size(), 0.0f), dw(w.size()), db(b.size());
-  be->conv2d_backward(s, x.data(), w.data(), g.data(), dx.data(), dw.data(), db.data());
-  check_grad("dx", x, dx, loss);
-  check_grad("dw", w, dw, loss);
-  check_grad("db", b, db, loss);
-  // dx accumulates: a second backward adds the same again.
-  std::vector<float> dx2 = dx;
-  be->conv2d_backward(s, x.data(), w.data(), g.data(), dx2.data(), dw.data(), db.data());
-  CHECK(dx2[5] == Approx(2 * dx[5]));
+TEST_CASE("conv2d backward matches finite differences (stride 2, padding 1, bias), every implementation") {
+  std::vector<CpuConv> kinds{CpuConv::Im2col};
+  if (cpu_has_dnnl()) kinds.push_back(CpuConv::Dnnl);
+  for (CpuConv kind : kinds) {
+    auto be = make_cpu_backend(kind);
+    INFO(be->name());
+    for (bool bias : {true, false}) {
+      ConvShape s{2, 3, 7, 6, 4, 3, 2, 1, 4, 3};
+      auto x = randn(size_t(s.n * s.c * s.h * s.w), 1), w = randn(size_t(s.k * s.c * s.r * s.r), 2, 0.3f),
+           b = randn(size_t(s.k), 3);
+      const size_t ny = size_t(s.n * s.k * s.p * s.q);
+      auto g = randn(ny, 4);  // loss = sum(g * y)
+      std::vector<float> y(ny);
+      auto loss = [&] {
+        be->conv2d_forward(s, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+        return dot(g, y);
+      };
+      std::vector<float> dx(x.size(), 0.0f), dw(w.size()), db(b.size(), 0.0f);
+      be->conv2d_backward(s, x.data(), w.data(), g.data(), dx.data(), dw.data(), bias ? db.data() : nullptr);
+      check_grad("dx", x, dx, loss);
+      check_grad("dw", w, dw, loss);
+      if (bias) check_grad("db", b, db, loss);
+      // dx accumulates: a second backward adds the same again.
+      std::vector<float> dx2 = dx;
+      be->conv2d_backward(s, x.data(), w.data(), g.data(), dx2.data(), dw.data(), bias ? db.data() : nullptr);
+      CHECK(dx2[5] == Approx(2 * dx[5]));
+    }
+  }
+}
+
+TEST_CASE("oneDNN convolutions agree with im2col + SGEMM (the reference) on a ResNet-like layer") {
+  if (!cpu_has_dnnl()) {
+    WARN("built without oneDNN; skipped");
+    return;
+  }
+  auto ref = make_cpu_backend(CpuConv::Im2col), dn = make_cpu_backend(CpuConv::Dnnl);
+  ConvShape s{4, 16, 14, 14, 32, 3, 2, 1, 7, 7};
+  auto x = randn(size_t(s.n * s.c * s.h * s.w), 1), w = randn(size_t(s.k * s.c * 9), 2, 0.1f),
+       dy = randn(size_t(s.n * s.k * s.p * s.q), 3);
+  std::vector<float> y1(dy.size()), y2(dy.size()), dx1(x.size(), 0.0f), dx2(x.size(), 0.0f), dw1(w.size()),
+      dw2(w.size());
+  ref->conv2d_forward(s, x.data(), w.data(), nullptr, y1.data());
+  dn->conv2d_forward(s, x.data(), w.data(), nullptr, y2.data());
+  ref->conv2d_backward(s, x.data(), w.data(), dy.data(), dx1.data(), dw1.data(), nullptr);
+  dn->conv2d_backward(s, x.data(), w.data(), dy.data(), dx2.data(), dw2.data(), nullptr);
+  for (size_t i = 0; i < y1.size(); i += 7) REQUIRE(y2[i] == Approx(y1[i]).margin(1e-4));
+  for (size_t i = 0; i < dx1.size(); i += 7) REQUIRE(dx2[i] == Approx(dx1[i]).margin(1e-4));
+  for (size_t i = 0; i < dw1.size(); i += 3) REQUIRE(dw2[i] == Approx(dw1[i]).margin(1e-3));
 }
 
 TEST_CASE("linear backward matches finite differences") {

@@ -15,6 +15,17 @@
 #include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/models/error.hpp"
+#ifdef FUSEPLAN_HAVE_DNNL
+#include "dnnl_conv.hpp"
+#else
+namespace fuseplan::exec {
+class DnnlConv {  // without oneDNN: never constructed
+ public:
+  void forward(const ConvShape&, const float*, const float*, const float*, float*) {}
+  void backward(const ConvShape&, const float*, const float*, const float*, float*, float*, float*) {}
+};
+}  // namespace fuseplan::exec
+#endif
 
 namespace fuseplan::exec {
 
@@ -106,7 +117,14 @@ class Scratch {
 
 class CpuBackend final : public Backend {
  public:
-  std::string name() const override { return "cpu"; }
+  explicit CpuBackend(CpuConv conv) {
+#ifdef FUSEPLAN_HAVE_DNNL
+    if (conv != CpuConv::Im2col) dnnl_ = std::make_unique<DnnlConv>();
+#else
+    if (conv == CpuConv::Dnnl) throw InputError("cpu backend: built without oneDNN (install libdnnl-dev and rebuild)");
+#endif
+  }
+  std::string name() const override { return dnnl_ ? "cpu (oneDNN convolutions)" : "cpu (im2col + OpenBLAS)"; }
 
   float* alloc(size_t n) override {
     void* p = std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64));
@@ -118,6 +136,7 @@ class CpuBackend final : public Backend {
   void round(Precision p, float* x, size_t n) override { round_buffer(p, x, n); }
 
   void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
+    if (dnnl_) return dnnl_->forward(s, x, w, b, y);
     const int K = s.c * s.r * s.r, pq = s.p * s.q;
     const int64_t npq = int64_t(s.n) * pq;
     float* cols = cols_.get(size_t(K) * size_t(npq));
@@ -136,6 +155,13 @@ class CpuBackend final : public Backend {
 
   void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
                        float* db) override {
+    if (dnnl_) {
+      // oneDNN overwrites the input gradient; ours accumulates (residual branches).
+      float* g = dx ? tmp_.get(size_t(s.n) * s.c * s.h * s.w) : nullptr;
+      dnnl_->backward(s, x, w, dy, g, dw, db);
+      if (dx) accumulate(size_t(s.n) * s.c * s.h * s.w, g, dx);
+      return;
+    }
     const int K = s.c * s.r * s.r, pq = s.p * s.q;
     const int64_t npq = int64_t(s.n) * pq;
     float* cols = cols_.get(size_t(K) * size_t(npq));
@@ -410,11 +436,20 @@ class CpuBackend final : public Backend {
 
  private:
   Scratch cols_, tmp_;  // im2col and GEMM scratch, reused across layers
+  std::unique_ptr<DnnlConv> dnnl_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(CpuConv conv) { return std::make_unique<CpuBackend>(conv); }
+
+bool cpu_has_dnnl() {
+#ifdef FUSEPLAN_HAVE_DNNL
+  return true;
+#else
+  return false;
+#endif
+}
 
 void set_cpu_threads(int n) {
   omp_set_num_threads(n);

@@ -174,6 +174,9 @@ TrainResult Trainer::run(const StepCallback& on_step) {
     ++step_;
     res.samples += opt_.batch;
     position_ += opt_.batch;
+    // The per-layer profile leaves out the warm-up step (first touch of every buffer,
+    // oneDNN primitive creation) when there are others.
+    if (res.steps.size() == 1 && step_ < total) net_.reset_timings();
     if (on_step) on_step(rec, total, double(res.samples) / std::max(1e-9, since(t_run)));
     const bool epoch_done = position_ + opt_.batch > per_epoch * opt_.batch;
     if (epoch_done || step_ == total) {

@@ -84,7 +84,11 @@ class Backend {
                               float scale, float* dlogits, int* correct) = 0;
 };
 
-std::unique_ptr<Backend> make_cpu_backend();
+// Convolutions on the CPU: oneDNN's primitives when the build found libdnnl-dev (Auto
+// picks them), or im2col + OpenBLAS SGEMM (always available, the reference).
+enum class CpuConv { Auto, Im2col, Dnnl };
+std::unique_ptr<Backend> make_cpu_backend(CpuConv conv = CpuConv::Auto);
+bool cpu_has_dnnl();
 // Threads of the CPU backend (OpenMP loops and OpenBLAS); default: all cores.
 void set_cpu_threads(int n);
 int cpu_threads();
