@@ -126,6 +126,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
+    ap.add_argument("--conv", default="auto", help="fuseplan-exec --conv: auto | im2col | onednn")
     a = ap.parse_args()
     fuseplan = os.path.join(a.build, "cli", "fuseplan")
     exe = os.path.join(a.build, "cli", "fuseplan-exec")
@@ -136,7 +137,7 @@ def main():
         model = json.load(open(mpath))
         subprocess.run([exe, "train", "--model", a.model, "--dataset", "synthetic", "--synthetic-size",
                         str(a.batch * (a.steps + 3)), "--batch", str(a.batch), "--max-steps", str(a.steps + 3),
-                        "--optimizer", "sgd", "--threads", str(a.threads), "--no-eval", "--quiet", "--profile", ppath,
+                        "--optimizer", "sgd", "--threads", str(a.threads), "--conv", a.conv, "--no-eval", "--quiet", "--profile", ppath,
                         "--metrics", metrics], check=True, stdout=subprocess.DEVNULL)
         steps = json.load(open(metrics))["steps"][3:]
         ours = statistics.median(s["seconds"] for s in steps)
@@ -146,7 +147,7 @@ def main():
             k = "avgpool" if layer["kind"] == "adaptive_avgpool" else layer["kind"]
             ours_kind[k] = ours_kind.get(k, 0.0) + (t["fwd_us"] + t["bwd_us"]) / 1e6
     theirs, theirs_kind, version = run_pytorch(model, a.batch, a.steps, a.threads)
-    print(f"step time, {a.model} 28x28x1, batch {a.batch}, fp32, SGD, {a.threads} threads "
+    print(f"step time, {a.model} 28x28x1, batch {a.batch}, fp32, SGD, {a.threads} threads, --conv {a.conv} "
           f"(median of {a.steps} steps after 3 warm-up; PyTorch {version})")
     print(f"  fuseplan-exec {ours * 1e3:9.1f} ms   PyTorch {theirs * 1e3:9.1f} ms   ratio {ours / theirs:5.2f}x")
     print("  forward + backward per layer type (ms per step; PyTorch: profiler self time, 3 steps):")

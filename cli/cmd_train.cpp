@@ -20,7 +20,7 @@ namespace {
 
 struct TrainFlags {
   std::string model = "resnet18", dataset = "fashion-mnist", data_dir = exec::kFashionMnistDir, precision = "fp32";
-  std::string optimizer = "lars", metrics_path, profile_path, checkpoint_path, resume_path;
+  std::string optimizer = "lars", conv = "auto", metrics_path, profile_path, checkpoint_path, resume_path;
   int resolution = 0, channels = 0, classes = 0, threads = 0;
   int64_t synthetic_size = 4096, max_steps = 0, checkpoint_every = 0;
   exec::TrainOptions opt;
@@ -82,7 +82,7 @@ void run_train(TrainFlags& f) {
   }
   Model model = load_model(f.model, mo);
 
-  auto backend = exec::make_cpu_backend();
+  auto backend = exec::make_cpu_backend(exec::parse_cpu_conv(f.conv));
   exec::Trainer trainer(model, train, &test, *backend, f.opt);
   ProgressBar bar("steps", f.quiet);
   auto result = trainer.run([&](const exec::StepRecord& s, int64_t total, double rate) {
@@ -93,7 +93,8 @@ void run_train(TrainFlags& f) {
 
   std::cout << "fuseplan-exec train: " << model.name << " (" << grouped(model.param_count()) << " parameters) on "
             << train.name << ", batch " << f.opt.batch << ", " << precision_name(f.opt.precision) << ", "
-            << f.optimizer << " lr " << f.opt.optimizer.lr << ", " << exec::cpu_threads() << " threads\n\n";
+            << f.optimizer << " lr " << f.opt.optimizer.lr << ", " << exec::cpu_threads() << " threads, "
+            << backend->name() << "\n\n";
   Table t({"epoch", "steps", "train loss", "train acc", "test acc", "s", "samples/s", "data wait s", "loss scale",
            "skipped"});
   for (const auto& e : result.epochs)
@@ -170,6 +171,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--seed", f->opt.seed, "weights, data order, augmentation, dropout")->capture_default_str();
   cmd->add_flag("--augment", f->opt.augment, "random crops (padding 2) and horizontal flips");
   cmd->add_option("--threads", f->threads, "compute threads (default: OpenMP's, all cores)");
+  cmd->add_option("--conv", f->conv, "convolutions: auto (= im2col) | im2col (OpenBLAS SGEMM) | onednn (libdnnl-dev)")
+      ->capture_default_str();
   cmd->add_option("--checkpoint", f->checkpoint_path, "checkpoint file (written atomically)");
   cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (0 = never)")
       ->capture_default_str();

@@ -119,7 +119,7 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(CpuConv conv) {
 #ifdef FUSEPLAN_HAVE_DNNL
-    if (conv != CpuConv::Im2col) dnnl_ = std::make_unique<DnnlConv>();
+    if (conv == CpuConv::Dnnl) dnnl_ = std::make_unique<DnnlConv>();
 #else
     if (conv == CpuConv::Dnnl) throw InputError("cpu backend: built without oneDNN (install libdnnl-dev and rebuild)");
 #endif
@@ -442,6 +442,13 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(CpuConv conv) { return std::make_unique<CpuBackend>(conv); }
+
+CpuConv parse_cpu_conv(const std::string& s) {
+  if (s == "auto") return CpuConv::Auto;
+  if (s == "im2col") return CpuConv::Im2col;
+  if (s == "onednn") return CpuConv::Dnnl;
+  throw InputError("--conv: unknown convolution '" + s + "' (valid: auto, im2col, onednn)");
+}
 
 bool cpu_has_dnnl() {
 #ifdef FUSEPLAN_HAVE_DNNL
