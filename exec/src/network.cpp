@@ -19,6 +19,7 @@ int dim(const Shape& s, size_t i) { return i < s.size() ? static_cast<int>(s[i])
 
 struct Network::Node {
   int64_t out_elems = 0;  // per sample
+  DeviceBuffer out_buf, dout_buf, mask_buf;
   float* out = nullptr;   // [batch, out_shape]
   float* dout = nullptr;  // gradient of out (summed over consumers)
   int weight = -1, bias = -1;  // backward positions of the layer's tensors, -1 = none
@@ -27,7 +28,7 @@ struct Network::Node {
   int64_t running = -1;                // BatchNorm: offset of [mean, var] in running_
   std::vector<float> save_mean, save_invstd;
   std::vector<int32_t> argmax;         // MaxPool
-  float* mask = nullptr;               // Dropout
+  float* mask = nullptr;               // Dropout: 0 or 1 / (1 - p) per element
 };
 
 Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& opt)
@@ -43,9 +44,9 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     slot_of_tensor_[m.tensor_at_backward(b)] = b;
     params_n_ += t.numel;
   }
-  params_ = be_.alloc(size_t(std::max<int64_t>(params_n_, 1)));
-  grads_ = be_.alloc(size_t(std::max<int64_t>(params_n_, 1)));
-  be_.zero(grads_, size_t(std::max<int64_t>(params_n_, 1)));
+  params_ = DeviceBuffer(be_, size_t(std::max<int64_t>(params_n_, 1)));
+  grads_ = DeviceBuffer(be_, size_t(std::max<int64_t>(params_n_, 1)));
+  be_.zero(grads_.get(), size_t(std::max<int64_t>(params_n_, 1)));
 
   nodes_.resize(m.layers.size());
   timings_.resize(m.layers.size());
@@ -75,8 +76,10 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     }
     n.out_elems = numel(L.out_shape);
     if (n.out_elems <= 0) unsupported("has no output shape");
-    n.out = be_.alloc(size_t(batch) * size_t(n.out_elems));
-    n.dout = be_.alloc(size_t(batch) * size_t(n.out_elems));
+    n.out_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems));
+    n.dout_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems));
+    n.out = n.out_buf.get();
+    n.dout = n.dout_buf.get();
     if (L.kind == LayerKind::Conv2d) {
       if (L.attrs.groups != 1) unsupported("grouped convolutions are not supported");
       if (n.weight < 0) unsupported("has no weight");
@@ -101,7 +104,8 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
       if (w.size() != 2 || w[0] != numel(L.out_shape) || w[1] != numel(L.in_shape))
         unsupported("weight must be [out, in] (transposed weights are not supported)");
     } else if (L.kind == LayerKind::Dropout) {
-      n.mask = be_.alloc(size_t(batch) * size_t(n.out_elems));
+      n.mask_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems));
+      n.mask = n.mask_buf.get();
     }
   }
   if (nodes_.empty() || m.layers.back().out_shape.size() != 1)
@@ -117,15 +121,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   init_weights();
 }
 
-Network::~Network() {
-  be_.free(params_);
-  be_.free(grads_);
-  for (auto& n : nodes_) {
-    be_.free(n.out);
-    be_.free(n.dout);
-    if (n.mask) be_.free(n.mask);
-  }
-}
+Network::~Network() = default;
 
 // torchvision's initialisation: Kaiming normal (fan out, ReLU) for convolutions, uniform
 // +-1/sqrt(fan in) for linear layers, BatchNorm scale 1 and shift 0, conv biases 0.
@@ -152,8 +148,8 @@ void Network::init_weights() {
       fill(n.weight, [] { return 1.0f; });
     }
   }
-  std::copy(host.begin(), host.end(), params_);
-  be_.round(opt_.precision, params_, size_t(params_n_));
+  std::copy(host.begin(), host.end(), params_.get());
+  be_.round(opt_.precision, params_.get(), size_t(params_n_));
 }
 
 void Network::check_same_tensors(const Model& other, const std::string& what) const {
@@ -196,7 +192,7 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
   Node& n = nodes_[l];
   const float* x = input_of(l, 0);
   const size_t total = size_t(batch_) * size_t(n.out_elems);
-  auto param = [&](int slot) -> const float* { return slot < 0 ? nullptr : params_ + slots_[slot].offset; };
+  auto param = [&](int slot) -> const float* { return slot < 0 ? nullptr : params_.get() + slots_[slot].offset; };
   switch (L.kind) {
     case LayerKind::Conv2d: be_.conv2d_forward(n.conv, x, param(n.weight), param(n.bias), n.out); break;
     case LayerKind::Linear:
@@ -260,7 +256,7 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     backward_layer(l);
     const Node& n = nodes_[l];
     for (int slot : {n.weight, n.bias})
-      if (slot >= 0) be_.round(opt_.precision, grads_ + slots_[slot].offset, size_t(slots_[slot].numel));
+      if (slot >= 0) be_.round(opt_.precision, grads_.get() + slots_[slot].offset, size_t(slots_[slot].numel));
     timings_[l].bwd_s += since(t0);
     ++timings_[l].calls;
     if (on_ready) on_ready(ready_after_[l]);
@@ -274,8 +270,8 @@ void Network::backward_layer(int l) {
   const float* x = input_of(l, 0);
   float* dx = grad_of_input(l, 0);
   const size_t total = size_t(batch_) * size_t(n.out_elems);
-  auto param = [&](int slot) -> const float* { return slot < 0 ? nullptr : params_ + slots_[slot].offset; };
-  auto grad = [&](int slot) -> float* { return slot < 0 ? nullptr : grads_ + slots_[slot].offset; };
+  auto param = [&](int slot) -> const float* { return slot < 0 ? nullptr : params_.get() + slots_[slot].offset; };
+  auto grad = [&](int slot) -> float* { return slot < 0 ? nullptr : grads_.get() + slots_[slot].offset; };
   switch (L.kind) {
     case LayerKind::Conv2d: be_.conv2d_backward(n.conv, x, param(n.weight), n.dout, dx, grad(n.weight), grad(n.bias)); break;
     case LayerKind::Linear:

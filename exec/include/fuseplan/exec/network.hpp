@@ -39,7 +39,7 @@ class Network {
  public:
   // Throws InputError for a layer kind the trainer cannot run.
   Network(const Model& m, int batch, Backend& be, const NetworkOptions& opt = {});
-  ~Network();
+  ~Network();  // out of line: Node is defined in network.cpp
   Network(const Network&) = delete;
   Network& operator=(const Network&) = delete;
 
@@ -49,8 +49,8 @@ class Network {
   // Slots by backward position (0 = the last forward tensor, at offset 0).
   const std::vector<TensorSlot>& slots() const { return slots_; }
   int64_t param_count() const { return params_n_; }
-  float* params() { return params_; }  // working weights (half-rounded in mixed precision)
-  float* grads() { return grads_; }
+  float* params() { return params_.get(); }  // working weights (half-rounded in mixed precision)
+  float* grads() { return grads_.get(); }
   // BatchNorm running statistics, all layers, in forward order (part of a checkpoint).
   std::vector<float>& running_stats() { return running_; }
   const std::vector<float>& running_stats() const { return running_; }
@@ -90,8 +90,7 @@ class Network {
   std::vector<TensorSlot> slots_;
   std::vector<int> slot_of_tensor_;  // forward tensor index -> backward position
   int64_t params_n_ = 0;
-  float* params_ = nullptr;
-  float* grads_ = nullptr;
+  DeviceBuffer params_, grads_;
   std::vector<Node> nodes_;
   std::vector<float> running_;
   const float* input_ = nullptr;

@@ -92,6 +92,36 @@ class Backend {
 enum class CpuConv { Auto, Im2col, Dnnl };
 CpuConv parse_cpu_conv(const std::string& s);  // InputError naming --conv
 std::unique_ptr<Backend> make_cpu_backend(CpuConv conv = CpuConv::Auto);
+
+// A buffer a backend owns, freed when this goes (so a constructor that throws halfway
+// leaks nothing).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend& be, size_t n) : be_(&be), p_(be.alloc(n)) {}
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : be_(o.be_), p_(o.p_) { o.p_ = nullptr; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_;
+      p_ = o.p_;
+      o.p_ = nullptr;
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  float* get() const { return p_; }
+
+ private:
+  void reset() {
+    if (p_) be_->free(p_);
+    p_ = nullptr;
+  }
+  Backend* be_ = nullptr;
+  float* p_ = nullptr;
+};
 bool cpu_has_dnnl();
 // Threads of the CPU backend (OpenMP loops and OpenBLAS); default: all cores.
 void set_cpu_threads(int n);
