@@ -89,6 +89,10 @@ void run_train(TrainFlags& f) {
     bar(s.step + 1, total,
         "epoch " + std::to_string(s.epoch) + "  loss " + fixed(s.loss, 4) + "  " + fixed(rate, 0) + " samples/s" +
             (f.opt.precision == Precision::FP16 ? "  scale " + fixed(s.loss_scale, 0) : ""));
+  }, [&](const exec::EpochRecord& e) {
+    bar.note("epoch " + std::to_string(e.epoch) + " done in " + fixed(e.seconds, 1) + " s: train loss " +
+             fixed(e.train_loss, 4) + ", train acc " + percent(e.train_accuracy, 2) +
+             (e.test_accuracy >= 0 ? ", test acc " + percent(e.test_accuracy, 2) : ""));
   });
 
   std::cout << "fuseplan-exec train: " << model.name << " (" << grouped(model.param_count()) << " parameters) on "

@@ -42,4 +42,13 @@ void ProgressBar::operator()(int64_t done, int64_t total, const std::string& ext
   }
 }
 
+void ProgressBar::note(const std::string& line) {
+  if (!enabled_) return;
+  if (tty_)
+    std::cerr << "\r\033[K" << line << "\n" << std::flush;
+  else
+    std::cerr << "progress: " << line << "\n" << std::flush;
+  last_done_ = -1;
+}
+
 }  // namespace fuseplan::cli

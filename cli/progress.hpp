@@ -18,6 +18,8 @@ class ProgressBar {
   ProgressBar& operator=(const ProgressBar&) = delete;
   // `extra` is shown after the counts (the trainer's loss, samples/s, loss scale).
   void operator()(int64_t done, int64_t total, const std::string& extra = "");
+  // A line that stays (an epoch's result) when progress is shown; the bar redraws below it.
+  void note(const std::string& line);
 
  private:
   std::string what_;

@@ -140,7 +140,7 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
   if (!opt.resume_path.empty()) load_checkpoint(opt.resume_path);
 }
 
-TrainResult Trainer::run(const StepCallback& on_step) {
+TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_epoch) {
   TrainResult res;
   const int64_t per_epoch = steps_per_epoch(train_, opt_.batch);
   int64_t total = optim_.options().total_steps;
@@ -192,6 +192,7 @@ TrainResult Trainer::run(const StepCallback& on_step) {
       e.skipped_steps = scaler_.skipped();
       if (opt_.evaluate && test_) e.test_accuracy = evaluate(*test_, &e.test_loss);
       res.epochs.push_back(e);
+      if (on_epoch) on_epoch(e);
       wait_at_epoch = loader.wait_s();
       loss_sum = 0;
       correct_sum = epoch_steps = 0;

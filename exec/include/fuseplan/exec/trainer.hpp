@@ -56,11 +56,13 @@ struct TrainResult {
 
 // Called after every step (for the progress bar): the step just done, steps in total.
 using StepCallback = std::function<void(const StepRecord&, int64_t total_steps, double samples_per_s)>;
+// Called after every epoch (with its test accuracy when evaluated).
+using EpochCallback = std::function<void(const EpochRecord&)>;
 
 class Trainer {
  public:
   Trainer(const Model& model, const Dataset& train, const Dataset* test, Backend& backend, const TrainOptions& opt);
-  TrainResult run(const StepCallback& on_step = {});
+  TrainResult run(const StepCallback& on_step = {}, const EpochCallback& on_epoch = {});
   Network& network() { return net_; }
   // Writes the checkpoint of the current state to `path` atomically (temporary file,
   // flush, fsync, rename).
