@@ -153,8 +153,11 @@ void fill_plain(const Dataset& d, int64_t first, int64_t count, float* out, int3
 
 Loader::Loader(const Dataset& data, const LoaderOptions& opt, int64_t epoch, int64_t position)
     : data_(data), opt_(opt) {
-  if (opt.batch < 1 || opt.batch > data.size())
-    throw InputError("--batch: must be between 1 and the data set size " + std::to_string(data.size()));
+  if (opt.ranks < 1 || opt.rank < 0 || opt.rank >= opt.ranks)
+    throw InputError("loader: rank " + std::to_string(opt.rank) + " of " + std::to_string(opt.ranks));
+  if (opt.batch < 1 || opt.global_batch() > data.size())
+    throw InputError("--batch: " + std::to_string(opt.batch) + (opt.ranks > 1 ? " x " + std::to_string(opt.ranks) + " ranks" : "") +
+                     " must be between 1 and the data set size " + std::to_string(data.size()));
   thread_ = std::thread([this, epoch, position] { run(epoch, position); });
 }
 
@@ -179,10 +182,10 @@ Batch Loader::next() {
 }
 
 void Loader::run(int64_t epoch, int64_t position) {
-  const int64_t per_epoch = batches_per_epoch() * opt_.batch;
+  const int64_t global = opt_.global_batch(), per_epoch = batches_per_epoch() * global;
   for (;; ++epoch, position = 0) {
     const auto order = epoch_order(data_.size(), opt_.seed, epoch, opt_.shuffle);
-    for (; position + opt_.batch <= per_epoch; position += opt_.batch) {
+    for (; position + global <= per_epoch; position += global) {
       Batch b = make(epoch, position, order);
       std::unique_lock lock(mutex_);
       cv_.wait(lock, [this] { return stop_ || int(queue_.size()) < opt_.prefetch; });
@@ -207,7 +210,7 @@ Batch Loader::make(int64_t epoch, int64_t position, const std::vector<int64_t>& 
   b.labels.resize(size_t(opt_.batch));
   const float scale = 1.0f / (255.0f * data_.std), shift = data_.mean / data_.std;
   for (int i = 0; i < opt_.batch; ++i) {
-    const int64_t idx = order[size_t(position + i)];
+    const int64_t idx = order[size_t(position + int64_t(opt_.rank) * opt_.batch + i)];
     const uint8_t* src = data_.pixels.data() + idx * e;
     float* dst = resize ? plain.data() : b.input.data() + i * oe;
     b.labels[size_t(i)] = data_.labels[size_t(idx)];

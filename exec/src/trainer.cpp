@@ -21,18 +21,27 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-int64_t steps_per_epoch(const Dataset& d, int batch) { return d.size() / batch; }
+int64_t steps_per_epoch(const Dataset& d, int64_t global_batch) { return d.size() / global_batch; }
+
+// Dropout masks depend on (seed, rank, step) only, so a resumed run draws the same ones.
+uint64_t dropout_seed(uint64_t seed, int rank, int64_t step) {
+  uint64_t x = seed ^ 0x5deece66dull ^ (uint64_t(rank) << 40) ^ (uint64_t(step) * 0x9e3779b97f4a7c15ull);
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
 
 OptimizerOptions schedule(const TrainOptions& o, const Dataset& train) {
   if (o.batch < 1) throw InputError("--batch: must be >= 1");
-  if (o.batch > train.size())
-    throw InputError("--batch: " + std::to_string(o.batch) + " is larger than the data set (" +
+  if (o.global_batch() > train.size())
+    throw InputError("--batch: " + std::to_string(o.batch) +
+                     (o.ranks() > 1 ? " x " + std::to_string(o.ranks()) + " ranks" : "") + " is larger than the data set (" +
                      std::to_string(train.size()) + " samples)");
   if (!(o.epochs > 0)) throw InputError("--epochs: must be > 0");
   if (o.warmup_epochs < 0 || o.warmup_epochs > o.epochs) throw InputError("--warmup-epochs: must be in [0, --epochs]");
   if (o.label_smoothing < 0 || o.label_smoothing >= 1) throw InputError("--label-smoothing: must be in [0, 1)");
   OptimizerOptions s = o.optimizer;
-  const double per = double(steps_per_epoch(train, o.batch));
+  const double per = double(steps_per_epoch(train, o.global_batch()));
   s.total_steps = std::max<int64_t>(1, int64_t(std::ceil(o.epochs * per)));
   s.warmup_steps = int64_t(std::round(o.warmup_epochs * per));
   return s;
@@ -47,7 +56,7 @@ NetworkOptions network_options(const TrainOptions& o) {
 
 // Checkpoint layout (little-endian, this machine's): magic, version, then the fields in
 // the order below, then a CRC-32 of everything before it.
-constexpr char kMagic[8] = {'F', 'P', 'C', 'K', 'P', 'T', '0', '1'};
+constexpr char kMagic[8] = {'F', 'P', 'C', 'K', 'P', 'T', '0', '2'};
 
 class Writer {
  public:
@@ -129,7 +138,7 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
       net_(model, opt.batch, backend, network_options(opt)),
       optim_(net_, net_.params(), schedule(opt, train)),
       scaler_(opt.precision == Precision::FP16 ? 65536.0f : 1.0f, opt.loss_scale_window),
-      dropout_rng_(opt.seed ^ 0x5deece66dull) {
+      dropout_rng_(dropout_seed(opt.seed, opt.exchange ? opt.exchange->rank() : 0, 0)) {
   // Images are resized (bilinear) to the model's resolution; channels must agree.
   if (model.input_shape.size() != 3 || model.input_shape[0] != train.channels)
     throw InputError("--model: " + model.name + " takes input " + shape_str(model.input_shape) + " but " + train.name +
@@ -142,12 +151,14 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
 
 TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_epoch) {
   TrainResult res;
-  const int64_t per_epoch = steps_per_epoch(train_, opt_.batch);
+  const int64_t global = opt_.global_batch(), per_epoch = steps_per_epoch(train_, global);
+  GradientExchange* ex = opt_.exchange;
+  const int rank = ex ? ex->rank() : 0;
   int64_t total = optim_.options().total_steps;
   if (opt_.max_steps > 0) total = std::min(total, opt_.max_steps);
   const bool dynamic_scale = opt_.precision == Precision::FP16;
   const int h = static_cast<int>(model_.input_shape[1]), w = static_cast<int>(model_.input_shape[2]);
-  Loader loader(train_, {opt_.batch, opt_.seed, true, opt_.augment, 4, h, w}, epoch_, position_);
+  Loader loader(train_, {opt_.batch, opt_.seed, true, opt_.augment, 4, h, w, rank, opt_.ranks()}, epoch_, position_);
   auto t_run = Clock::now(), t_epoch = Clock::now();
   double wait_at_epoch = 0, loss_sum = 0;
   int64_t correct_sum = 0, epoch_steps = 0;
@@ -155,38 +166,57 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
     const auto t_step = Clock::now();
     Batch b = loader.next();
     if (b.epoch != epoch_ || b.position != position_) throw RunError("trainer: loader out of step");
+    const auto t_fwd = Clock::now();
+    dropout_rng_.seed(dropout_seed(opt_.seed, rank, step_));
     net_.forward(b.input.data(), true, dropout_rng_);
     const float scale = scaler_.scale();
     int correct = 0;
-    const double loss = net_.backward(b.labels.data(), opt_.label_smoothing, scale, &correct);
+    const auto t_bwd = Clock::now();
+    if (ex) ex->begin_step();
+    const double loss = net_.backward(b.labels.data(), opt_.label_smoothing, scale, &correct,
+                                      ex ? std::function<void(int)>([ex](int k) { ex->ready(k); }) : nullptr);
+    const auto t_wait = Clock::now();
+    if (ex) ex->finish();
+    const auto t_opt = Clock::now();
     if (step_ == opt_.inject_overflow_at) net_.grads()[0] = std::numeric_limits<float>::infinity();
+    // After the exchange every rank holds the same sums, so all of them agree on overflow.
     const bool overflow = has_overflow(net_.grads(), net_.param_count());
     bool apply = !overflow;
     if (dynamic_scale) apply = scaler_.update(overflow);
     else if (overflow) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
-    // A skipped step changes nothing: no LARS, no momentum, no weight update.
-    if (apply) optim_.step(step_, net_.grads(), scale, net_.params(), opt_.precision);
+    // A skipped step changes nothing: no LARS, no momentum, no weight update. Dividing by
+    // the loss scale times the ranks turns the summed gradients into the mean.
+    if (apply) optim_.step(step_, net_.grads(), scale * float(opt_.ranks()), net_.params(), opt_.precision);
     StepRecord rec{step_, epoch_, loss, optim_.lr_at(step_), scale, !apply, since(t_step)};
+    auto span = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+    rec.data_s = span(t_step, t_fwd);
+    rec.forward_s = span(t_fwd, t_bwd);
+    rec.backward_s = span(t_bwd, t_wait);
+    rec.comm_wait_s = span(t_wait, t_opt);
+    rec.optimizer_s = since(t_opt);
     res.steps.push_back(rec);
     loss_sum += loss;
     correct_sum += correct;
     ++epoch_steps;
     ++step_;
-    res.samples += opt_.batch;
-    position_ += opt_.batch;
+    res.samples += global;
+    position_ += global;
     // The per-layer profile leaves out the warm-up step (first touch of every buffer,
     // oneDNN primitive creation) when there are others.
     if (res.steps.size() == 1 && step_ < total) net_.reset_timings();
     if (on_step) on_step(rec, total, double(res.samples) / std::max(1e-9, since(t_run)));
-    const bool epoch_done = position_ + opt_.batch > per_epoch * opt_.batch;
+    const bool epoch_done = position_ + global > per_epoch * global;
     if (epoch_done || step_ == total) {
       EpochRecord e;
       e.epoch = epoch_;
       e.steps = epoch_steps;
-      e.train_loss = loss_sum / double(epoch_steps);
-      e.train_accuracy = double(correct_sum) / double(epoch_steps * opt_.batch);
+      // Means over every rank's samples.
+      double sums[2] = {loss_sum, double(correct_sum)};
+      if (ex) ex->sum(sums, 2);
+      e.train_loss = sums[0] / double(epoch_steps * opt_.ranks());
+      e.train_accuracy = sums[1] / double(epoch_steps * global);
       e.seconds = since(t_epoch);
-      e.samples_per_s = double(epoch_steps * opt_.batch) / e.seconds;
+      e.samples_per_s = double(epoch_steps * global) / e.seconds;
       e.data_wait_s = loader.wait_s() - wait_at_epoch;
       e.loss_scale = scaler_.scale();
       e.skipped_steps = scaler_.skipped();
@@ -202,16 +232,24 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
         position_ = 0;
       }
     }
-    if (opt_.checkpoint_every > 0 && step_ % opt_.checkpoint_every == 0 && !opt_.checkpoint_path.empty())
-      save_checkpoint(opt_.checkpoint_path);
+    if (opt_.checkpoint_every > 0 && step_ % opt_.checkpoint_every == 0 && !opt_.checkpoint_path.empty()) {
+      // The ranks hold the same weights and optimizer state; rank 0's BatchNorm
+      // statistics are the ones kept (and evaluated with).
+      if (ex) ex->broadcast(net_.running_stats().data(), int64_t(net_.running_stats().size()));
+      if (rank == 0) save_checkpoint(opt_.checkpoint_path);
+    }
   }
   res.seconds = since(t_run);
   return res;
 }
 
 // Accuracy and mean loss over the whole set, in batches of the training batch size (the
-// last one padded with repeats, which are not counted). BatchNorm uses running averages.
+// last one padded with repeats, which are not counted). BatchNorm uses running averages,
+// rank 0's on every rank (as DDP broadcasts its buffers); the ranks share the batches.
 double Trainer::evaluate(const Dataset& d, double* loss) {
+  GradientExchange* ex = opt_.exchange;
+  const int rank = ex ? ex->rank() : 0, ranks = opt_.ranks();
+  if (ex) ex->broadcast(net_.running_stats().data(), int64_t(net_.running_stats().size()));
   const int B = opt_.batch, C = net_.classes();
   const int h = static_cast<int>(model_.input_shape[1]), w = static_cast<int>(model_.input_shape[2]);
   const int64_t e = int64_t(d.channels) * h * w;
@@ -220,7 +258,7 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
   int64_t right = 0;
   double loss_sum = 0;
   std::mt19937_64 unused(0);
-  for (int64_t first = 0; first < d.size(); first += B) {
+  for (int64_t first = int64_t(rank) * B; first < d.size(); first += int64_t(ranks) * B) {
     const int64_t count = std::min<int64_t>(B, d.size() - first);
     fill_plain(d, first, count, input.data(), labels.data(), h, w);
     for (int64_t i = count; i < B; ++i) {
@@ -240,8 +278,10 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
       loss_sum += std::log(sum) + row[best] - row[labels[size_t(i)]];
     }
   }
-  if (loss) *loss = loss_sum / double(d.size());
-  return double(right) / double(d.size());
+  double sums[2] = {double(right), loss_sum};
+  if (ex) ex->sum(sums, 2);
+  if (loss) *loss = sums[1] / double(d.size());
+  return sums[0] / double(d.size());
 }
 
 void Trainer::save_checkpoint(const std::string& path) const {
@@ -249,6 +289,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
   w.bytes_.append(kMagic, sizeof kMagic);
   w.put(model_.fingerprint());
   w.put(int32_t(opt_.batch));
+  w.put(int32_t(opt_.ranks()));
   w.put(opt_.seed);
   w.put(int32_t(opt_.precision));
   w.put_string(train_.name);
@@ -258,9 +299,6 @@ void Trainer::save_checkpoint(const std::string& path) const {
   w.put(scaler_.scale());
   w.put(int32_t(scaler_.good_steps()));
   w.put(scaler_.skipped());
-  std::ostringstream rng;
-  rng << dropout_rng_;
-  w.put_string(rng.str());
   w.put_floats(optim_.masters());
   w.put_floats(optim_.momenta());
   w.put_floats(net_.running_stats());
@@ -292,6 +330,8 @@ void Trainer::load_checkpoint(const std::string& path) {
   Reader r(ss.str(), path);
   if (r.get<uint64_t>() != model_.fingerprint()) r.fail("was written for another model (fingerprint differs)");
   if (r.get<int32_t>() != opt_.batch) r.fail("was written with another --batch");
+  if (const int32_t n = r.get<int32_t>(); n != opt_.ranks())
+    r.fail("was written by " + std::to_string(n) + " ranks, this run has " + std::to_string(opt_.ranks()));
   if (r.get<uint64_t>() != opt_.seed) r.fail("was written with another --seed");
   if (r.get<int32_t>() != int32_t(opt_.precision)) r.fail("was written with another --precision");
   if (r.get_string() != train_.name) r.fail("was written for another --dataset");
@@ -302,9 +342,6 @@ void Trainer::load_checkpoint(const std::string& path) {
   const int32_t good = r.get<int32_t>();
   const int64_t skipped = r.get<int64_t>();
   scaler_.restore(scale, good, skipped);
-  std::istringstream rng(r.get_string());
-  rng >> dropout_rng_;
-  if (!rng) r.fail("corrupt random state");
   r.get_floats(optim_.masters(), "master weights");
   r.get_floats(optim_.momenta(), "momenta");
   r.get_floats(net_.running_stats(), "batchnorm statistics");

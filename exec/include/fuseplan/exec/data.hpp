@@ -49,10 +49,14 @@ struct LoaderOptions {
   bool shuffle = true, augment = false;  // augment: random crop (pad 2) and horizontal flip
   int prefetch = 4;                       // batches prepared ahead
   int height = 0, width = 0;              // resize to this (bilinear) when the model wants it; 0 = as stored
+  // Data parallelism: a global batch is `ranks` x `batch` consecutive samples of the
+  // epoch order; this loader yields the `rank`-th slice of each.
+  int rank = 0, ranks = 1;
+  int64_t global_batch() const { return int64_t(batch) * ranks; }
 };
 
-// Produces the batches of epochs [epoch, ...) from `position` on, in a background
-// thread; a partial last batch of an epoch is dropped (its samples come first in the
+// Produces the batches of epochs [epoch, ...) from `position` (the first sample of a
+// global batch in the epoch order) on, in a background thread; a partial last batch of an epoch is dropped (its samples come first in the
 // next epoch's shuffle with another order).
 class Loader {
  public:
@@ -62,7 +66,7 @@ class Loader {
   Loader& operator=(const Loader&) = delete;
   Batch next();                 // blocks while the queue is empty
   double wait_s() const { return wait_s_; }  // time next() spent blocked, in total
-  int64_t batches_per_epoch() const { return data_.size() / opt_.batch; }
+  int64_t batches_per_epoch() const { return data_.size() / opt_.global_batch(); }
 
  private:
   void run(int64_t epoch, int64_t position);

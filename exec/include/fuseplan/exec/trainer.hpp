@@ -13,8 +13,26 @@
 
 namespace fuseplan::exec {
 
+// What the trainer needs from data parallelism (implemented over MPI by the plan
+// executor, exec/exchange.hpp). Every rank runs the same steps on its own slice of each
+// global batch; after finish() the gradients are the sums over the ranks.
+class GradientExchange {
+ public:
+  virtual ~GradientExchange() = default;
+  virtual int rank() const = 0;
+  virtual int ranks() const = 0;
+  virtual void begin_step() = 0;
+  // Backward positions [0, positions) are final on this rank (Network's on_ready).
+  virtual void ready(int positions) = 0;
+  // Blocks until every bucket is summed over the ranks, in place in the gradients.
+  virtual void finish() = 0;
+  // Small blocking collectives off the hot path (metrics, BatchNorm statistics).
+  virtual void sum(double* v, int n) = 0;
+  virtual void broadcast(float* v, int64_t n) = 0;  // from rank 0
+};
+
 struct TrainOptions {
-  int batch = 64;
+  int batch = 64;                // per rank
   double epochs = 1;             // may be fractional
   int64_t max_steps = 0;         // stop after this many steps in total (0 = no limit)
   Precision precision = Precision::FP32;
@@ -29,6 +47,9 @@ struct TrainOptions {
   std::string resume_path;       // continue from this checkpoint
   int64_t inject_overflow_at = -1;  // test hook: make this step's gradients overflow
   int loss_scale_window = 2000;
+  GradientExchange* exchange = nullptr;  // data parallelism across ranks (none: one process)
+  int ranks() const { return exchange ? exchange->ranks() : 1; }
+  int64_t global_batch() const { return int64_t(batch) * ranks(); }
 };
 
 struct StepRecord {
@@ -37,6 +58,9 @@ struct StepRecord {
   float loss_scale = 1;
   bool skipped = false;
   double seconds = 0;  // wall time of the step, waiting for data included
+  // Where the step's time went: waiting for data, forward, backward (allreduces run
+  // alongside), waiting for the last allreduces after backward, optimizer.
+  double data_s = 0, forward_s = 0, backward_s = 0, comm_wait_s = 0, optimizer_s = 0;
 };
 
 struct EpochRecord {
