@@ -46,6 +46,10 @@ inline float round_bf16(float f) {
   return std::bit_cast<float>(x & 0xffff0000u);
 }
 
+// BF16 bits of `f` (round to nearest even) and back.
+inline uint16_t bf16_bits(float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(round_bf16(f)) >> 16); }
+inline float bf16_to_float(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
+
 inline float round_to(Precision p, float f) {
   switch (p) {
     case Precision::FP16: return round_fp16(f);

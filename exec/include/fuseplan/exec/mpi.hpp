@@ -1,0 +1,198 @@
+// MPI for the plan executor: the world and its rank layout across nodes, one allreduce
+// in flight on a buffer (the library's MPI_Iallreduce, or a costmodel schedule replayed
+// as point-to-point messages), and the GradientExchange that runs a plan's buckets while
+// backward goes on.
+#pragma once
+#include <mpi.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fuseplan/costmodel/collective.hpp"
+#include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/exec/trainer.hpp"
+
+namespace fuseplan::exec {
+
+struct RankLayout {
+  int rank = 0, ranks = 1;
+  int local_rank = 0, local_ranks = 1;  // on this node (MPI_COMM_TYPE_SHARED)
+  int node = 0, nodes = 1;
+  std::vector<int> node_of_rank;        // nodes numbered in order of their first rank
+  // Ranks numbered node by node with the same count on every node but the last, as
+  // fuseplan's schedules place them (mpirun's default --map-by slot does).
+  bool node_major = true;
+  int per_node = 1;                     // ranks on the first node
+  Topo topo() const { return {ranks, per_node}; }
+};
+
+// MPI_Init_thread (asking for MPI_THREAD_MULTIPLE, which a communication thread needs)
+// and MPI_Finalize. One per process.
+class MpiWorld {
+ public:
+  MpiWorld(int* argc, char*** argv);
+  ~MpiWorld();
+  MpiWorld(const MpiWorld&) = delete;
+  MpiWorld& operator=(const MpiWorld&) = delete;
+
+  const RankLayout& layout() const { return layout_; }
+  int rank() const { return layout_.rank; }
+  int ranks() const { return layout_.ranks; }
+  bool thread_multiple() const { return thread_multiple_; }
+  MPI_Comm comm() const { return MPI_COMM_WORLD; }
+  void barrier();
+  void sum(double* v, int n);
+  double max(double v);
+  void broadcast(float* v, int64_t n, int root = 0);
+  // Each rank's `v`, gathered on every rank (rank order).
+  std::vector<double> allgather(const std::vector<double>& v);
+  // Ends every rank of the job (after a one-line message on this rank's stderr).
+  [[noreturn]] void abort(int code);
+  // Whether this process was started by mpirun/srun (else it is a singleton).
+  static bool launched();
+
+ private:
+  RankLayout layout_;
+  bool thread_multiple_ = false;
+};
+
+// How one allreduce runs: "mpi" (MPI_Iallreduce) or a costmodel algorithm with the
+// variant the cost model chose; `transfer` below FP32 sends 16-bit values.
+struct AllreduceSpec {
+  std::string algorithm = "ring";
+  int variant = 0;
+  Precision transfer = Precision::FP32;
+  int group = 0, torus_x = 0;  // hierarchical group size, torus row (0 = automatic)
+};
+
+// Names accepted by AllreduceSpec::algorithm: "mpi" and every costmodel algorithm.
+std::string executor_algorithm_names();
+
+// One allreduce (sum) of `count` floats in place, non-blocking: start() posts, test()
+// moves it on (the next round of a schedule) without blocking. An FP32 transfer works
+// straight on the caller's buffer; FP16/BF16 transfers go through a 16-bit copy (on a
+// GPU the gradients would already be 16-bit) and every addition is rounded to it.
+class Allreduce {
+ public:
+  Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const AllreduceSpec& spec, int tag);
+  ~Allreduce();
+  Allreduce(const Allreduce&) = delete;
+  Allreduce& operator=(const Allreduce&) = delete;
+
+  void start(float* data);
+  bool test();  // true once the sums are in the buffer
+  void wait();  // blocks until done
+  bool done() const { return done_; }
+  // Ranks whose messages the current round still waits for (for a dead-rank message).
+  std::vector<int> waiting_on() const;
+  int64_t count() const { return count_; }
+  const std::string& algorithm() const { return spec_.algorithm; }
+  int rounds() const { return int(rounds_.size()); }
+
+ private:
+  struct Piece {
+    int peer = 0;
+    int64_t offset = 0, count = 0;
+    bool reduce = false, in_place = false;
+    int64_t scratch = 0;  // element offset in scratch_ (receives not in place)
+  };
+  struct MyRound {
+    std::vector<Piece> sends, recvs;
+  };
+  void post_round();
+  void finish_round();
+  void complete();
+  void* elem(void* base, int64_t i) const;
+
+  MPI_Comm comm_;
+  int me_ = 0, tag_ = 0;
+  int64_t count_ = 0;
+  AllreduceSpec spec_;
+  bool mpi_ = false, half_ = false;
+  std::vector<MyRound> rounds_;
+  size_t round_ = 0;
+  std::vector<MPI_Request> requests_;
+  std::vector<uint16_t> staging_, scratch16_;
+  std::vector<float> scratch32_;
+  float* data_ = nullptr;
+  bool active_ = false, done_ = false;
+};
+
+struct ExchangeBucket {
+  int begin = 0, end = 0;        // backward positions [begin, end)
+  int64_t offset = 0, count = 0; // in the flat gradient buffer
+  int stream = 0;                // buckets of one stream run one after another
+  AllreduceSpec spec;
+};
+
+struct ExchangeOptions {
+  // Progress: a communication thread (needs MPI_THREAD_MULTIPLE) or polling from the
+  // training thread after every layer's backward.
+  bool thread = false;
+  double poll_us = 50;      // communication thread: sleep between polls that found nothing
+  double timeout_s = 60;    // a bucket not done after this long: a rank died or hangs
+};
+
+// A bucket's allreduce in the last step, seconds from the start of that step's backward.
+struct BucketTiming {
+  double ready_s = 0, start_s = 0, end_s = 0;
+};
+
+// Runs a plan's buckets over MPI: each bucket's allreduce is posted the moment its last
+// gradient is written (on_ready), straight from the flat gradient buffer.
+class PlanExchange final : public GradientExchange {
+ public:
+  PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBucket> buckets, const ExchangeOptions& opt);
+  ~PlanExchange() override;
+
+  int rank() const override { return world_.rank(); }
+  int ranks() const override { return world_.ranks(); }
+  void begin_step() override;
+  void ready(int positions) override;
+  void finish() override;
+  void sum(double* v, int n) override { world_.sum(v, n); }
+  void broadcast(float* v, int64_t n) override { world_.broadcast(v, n); }
+
+  void set_timeout(double s) { opt_.timeout_s = s; }
+  const std::vector<ExchangeBucket>& buckets() const { return buckets_; }
+  const std::vector<BucketTiming>& timings() const { return timings_; }  // of the last step
+  std::chrono::steady_clock::time_point step_origin() const { return origin_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  double now() const { return std::chrono::duration<double>(Clock::now() - origin_).count(); }
+  bool pump();  // starts what may start, tests what runs; true if all buckets are done
+  void check_timeouts();
+  void thread_main();
+
+  MpiWorld& world_;
+  float* grads_;
+  std::vector<ExchangeBucket> buckets_;
+  ExchangeOptions opt_;
+  std::vector<MPI_Comm> stream_comms_;
+  std::vector<std::unique_ptr<Allreduce>> ops_;
+  std::vector<BucketTiming> timings_;
+  std::vector<std::vector<int>> stream_order_;  // bucket indices per stream, in order
+  std::vector<size_t> stream_next_;             // next bucket of each stream to start
+  std::vector<int> stream_running_;             // bucket running on each stream, or -1
+  Clock::time_point origin_;
+  std::atomic<int> ready_count_{0};  // buckets [0, ready_count_) are ready (set by the training thread)
+  int done_count_ = 0;
+  bool in_step_ = false;  // guarded by mutex_ with a communication thread
+  // Communication thread.
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::thread thread_;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+}  // namespace fuseplan::exec

@@ -1,0 +1,455 @@
+#include "fuseplan/exec/mpi.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <limits>
+#include <map>
+
+#include "fuseplan/exec/half.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::exec {
+
+namespace {
+
+void check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    throw RunError(std::string("MPI: ") + what + " failed: " + std::string(text, size_t(len)));
+  }
+}
+
+// Sums of 16-bit values for MPI_Iallreduce, rounded after every addition like the
+// schedules' reductions.
+void sum_fp16(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = fp16_bits(fp16_to_float(a[i]) + fp16_to_float(b[i]));
+}
+void sum_bf16(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = bf16_bits(bf16_to_float(a[i]) + bf16_to_float(b[i]));
+}
+MPI_Op g_sum_fp16 = MPI_OP_NULL, g_sum_bf16 = MPI_OP_NULL;
+
+int as_int(int64_t n, const char* what) {
+  if (n > std::numeric_limits<int>::max())
+    throw InputError(std::string(what) + ": " + std::to_string(n) + " elements in one message (at most 2^31 - 1)");
+  return static_cast<int>(n);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------- MpiWorld
+
+MpiWorld::MpiWorld(int* argc, char*** argv) {
+  int provided = 0;
+  check(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
+  thread_multiple_ = provided >= MPI_THREAD_MULTIPLE;
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  RankLayout& l = layout_;
+  MPI_Comm_rank(MPI_COMM_WORLD, &l.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &l.ranks);
+  MPI_Comm local;
+  check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, l.rank, MPI_INFO_NULL, &local), "node split");
+  MPI_Comm_rank(local, &l.local_rank);
+  MPI_Comm_size(local, &l.local_ranks);
+  // A node is named by its lowest world rank; number nodes in order of those.
+  int leader = l.rank;
+  MPI_Bcast(&leader, 1, MPI_INT, 0, local);
+  MPI_Comm_free(&local);
+  std::vector<int> leaders(size_t(l.ranks));
+  MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  std::map<int, int> index;
+  for (int x : leaders) index.emplace(x, 0);
+  int k = 0;
+  for (auto& [lead, i] : index) i = k++;
+  l.nodes = k;
+  l.node_of_rank.resize(leaders.size());
+  for (size_t r = 0; r < leaders.size(); ++r) l.node_of_rank[r] = index[leaders[r]];
+  l.node = l.node_of_rank[size_t(l.rank)];
+  l.per_node = int(std::count(l.node_of_rank.begin(), l.node_of_rank.end(), 0));
+  for (int r = 0; r < l.ranks; ++r)
+    if (l.node_of_rank[size_t(r)] != r / l.per_node) l.node_major = false;
+  MPI_Op_create(&sum_fp16, 1, &g_sum_fp16);
+  MPI_Op_create(&sum_bf16, 1, &g_sum_bf16);
+}
+
+MpiWorld::~MpiWorld() {
+  MPI_Op_free(&g_sum_fp16);
+  MPI_Op_free(&g_sum_bf16);
+  MPI_Finalize();
+}
+
+bool MpiWorld::launched() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID", "MPI_LOCALNRANKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+void MpiWorld::barrier() { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+void MpiWorld::sum(double* v, int n) {
+  check(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+}
+
+double MpiWorld::max(double v) {
+  check(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  return v;
+}
+
+void MpiWorld::broadcast(float* v, int64_t n, int root) {
+  for (int64_t at = 0; at < n;) {
+    const int chunk = static_cast<int>(std::min<int64_t>(n - at, 1 << 30));
+    check(MPI_Bcast(v + at, chunk, MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Bcast");
+    at += chunk;
+  }
+}
+
+std::vector<double> MpiWorld::allgather(const std::vector<double>& v) {
+  std::vector<double> all(v.size() * size_t(ranks()));
+  check(MPI_Allgather(v.data(), int(v.size()), MPI_DOUBLE, all.data(), int(v.size()), MPI_DOUBLE, MPI_COMM_WORLD),
+        "MPI_Allgather");
+  return all;
+}
+
+void MpiWorld::abort(int code) {
+  std::cerr << std::flush;
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+// ---------------------------------------------------------------------------- Allreduce
+
+std::string executor_algorithm_names() {
+  std::string s = "mpi";
+  for (const auto& a : algorithms()) s += ", " + std::string(a.name);
+  return s;
+}
+
+Allreduce::Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const AllreduceSpec& spec, int tag)
+    : comm_(comm), tag_(tag), count_(count), spec_(spec) {
+  MPI_Comm_rank(comm, &me_);
+  half_ = spec.transfer != Precision::FP32;
+  mpi_ = spec.algorithm == "mpi";
+  as_int(count, "allreduce");
+  if (mpi_ || topo.ranks == 1 || count == 0) return;
+  const Algorithm& algo = find_algorithm(spec.algorithm, "algorithm");
+  CollectiveArgs args;
+  args.topo = topo;
+  args.net = Net::uniform(1e-6, 1e-9, 0);  // the schedule does not depend on it
+  args.count = count;
+  args.elem_bytes = bytes_per_element(spec.transfer);
+  args.group = spec.group;
+  args.torus_x = spec.torus_x;
+  args.variant = spec.variant;
+  if (std::string why = algo.not_applicable(args); !why.empty())
+    throw InputError("algorithm " + spec.algorithm + " does not apply to " + std::to_string(topo.ranks) + " ranks: " + why);
+  const Schedule s = schedule_of(algo, args);
+  int64_t scratch_max = 0;
+  for (const Round& r : s.rounds) {
+    MyRound mine;
+    for (const Transfer& t : r.transfers) {
+      if (t.src == me_ && t.dst != me_) mine.sends.push_back({t.dst, t.offset, t.count, t.reduce, false, 0});
+      if (t.dst == me_ && t.src != me_) mine.recvs.push_back({t.src, t.offset, t.count, t.reduce, false, 0});
+    }
+    if (mine.sends.empty() && mine.recvs.empty()) continue;
+    // A copy lands in place unless one of this round's sends reads that range (a round's
+    // sends carry the state from before the round).
+    int64_t scratch = 0;
+    for (Piece& p : mine.recvs) {
+      bool overlaps = false;
+      for (const Piece& q : mine.sends)
+        overlaps |= p.offset < q.offset + q.count && q.offset < p.offset + p.count;
+      p.in_place = !p.reduce && !overlaps;
+      if (!p.in_place) {
+        p.scratch = scratch;
+        scratch += p.count;
+      }
+    }
+    scratch_max = std::max(scratch_max, scratch);
+    rounds_.push_back(std::move(mine));
+  }
+  if (half_) scratch16_.resize(size_t(scratch_max));
+  else scratch32_.resize(size_t(scratch_max));
+}
+
+Allreduce::~Allreduce() {
+  // A run that ends in an error may leave requests behind; MPI_Abort follows.
+  for (MPI_Request& r : requests_)
+    if (r != MPI_REQUEST_NULL) MPI_Cancel(&r);
+}
+
+void* Allreduce::elem(void* base, int64_t i) const {
+  return half_ ? static_cast<void*>(static_cast<uint16_t*>(base) + i) : static_cast<void*>(static_cast<float*>(base) + i);
+}
+
+void Allreduce::start(float* data) {
+  if (active_) throw RunError("allreduce started twice");
+  data_ = data;
+  done_ = false;
+  active_ = true;
+  round_ = 0;
+  void* buf = data;
+  if (half_) {
+    staging_.resize(size_t(count_));
+    if (spec_.transfer == Precision::FP16)
+      for (int64_t i = 0; i < count_; ++i) staging_[size_t(i)] = fp16_bits(data[i]);
+    else
+      for (int64_t i = 0; i < count_; ++i) staging_[size_t(i)] = bf16_bits(data[i]);
+    buf = staging_.data();
+  }
+  if (mpi_) {
+    int size = 1;
+    MPI_Comm_size(comm_, &size);
+    if (size > 1 && count_ > 0) {
+      requests_.assign(1, MPI_REQUEST_NULL);
+      MPI_Op op = !half_ ? MPI_SUM : spec_.transfer == Precision::FP16 ? g_sum_fp16 : g_sum_bf16;
+      check(MPI_Iallreduce(MPI_IN_PLACE, buf, int(count_), half_ ? MPI_UINT16_T : MPI_FLOAT, op, comm_, &requests_[0]),
+            "MPI_Iallreduce");
+    }
+  } else if (!rounds_.empty()) {
+    post_round();
+  }
+  if (requests_.empty()) complete();
+}
+
+void Allreduce::post_round() {
+  const MyRound& r = rounds_[round_];
+  const MPI_Datatype type = half_ ? MPI_UINT16_T : MPI_FLOAT;
+  void* buf = half_ ? static_cast<void*>(staging_.data()) : static_cast<void*>(data_);
+  void* scratch = half_ ? static_cast<void*>(scratch16_.data()) : static_cast<void*>(scratch32_.data());
+  requests_.assign(r.recvs.size() + r.sends.size(), MPI_REQUEST_NULL);
+  size_t k = 0;
+  for (const Piece& p : r.recvs)
+    check(MPI_Irecv(elem(p.in_place ? buf : scratch, p.in_place ? p.offset : p.scratch), int(p.count), type, p.peer,
+                    tag_, comm_, &requests_[k++]),
+          "MPI_Irecv");
+  for (const Piece& p : r.sends)
+    check(MPI_Isend(elem(buf, p.offset), int(p.count), type, p.peer, tag_, comm_, &requests_[k++]), "MPI_Isend");
+}
+
+void Allreduce::finish_round() {
+  const MyRound& r = rounds_[round_];
+  for (const Piece& p : r.recvs) {
+    if (p.in_place) continue;
+    if (!half_) {
+      float* dst = data_ + p.offset;
+      const float* src = scratch32_.data() + p.scratch;
+      if (p.reduce)
+        for (int64_t i = 0; i < p.count; ++i) dst[i] += src[i];
+      else
+        std::memcpy(dst, src, size_t(p.count) * sizeof(float));
+    } else {
+      uint16_t* dst = staging_.data() + p.offset;
+      const uint16_t* src = scratch16_.data() + p.scratch;
+      if (!p.reduce)
+        std::memcpy(dst, src, size_t(p.count) * sizeof(uint16_t));
+      else if (spec_.transfer == Precision::FP16)
+        for (int64_t i = 0; i < p.count; ++i) dst[i] = fp16_bits(fp16_to_float(dst[i]) + fp16_to_float(src[i]));
+      else
+        for (int64_t i = 0; i < p.count; ++i) dst[i] = bf16_bits(bf16_to_float(dst[i]) + bf16_to_float(src[i]));
+    }
+  }
+}
+
+void Allreduce::complete() {
+  requests_.clear();
+  if (half_) {
+    if (spec_.transfer == Precision::FP16)
+      for (int64_t i = 0; i < count_; ++i) data_[i] = fp16_to_float(staging_[size_t(i)]);
+    else
+      for (int64_t i = 0; i < count_; ++i) data_[i] = bf16_to_float(staging_[size_t(i)]);
+  }
+  active_ = false;
+  done_ = true;
+}
+
+bool Allreduce::test() {
+  if (!active_) return done_;
+  for (;;) {
+    int flag = 0;
+    check(MPI_Testall(int(requests_.size()), requests_.data(), &flag, MPI_STATUSES_IGNORE), "MPI_Testall");
+    if (!flag) return false;
+    if (mpi_) break;
+    finish_round();
+    if (++round_ == rounds_.size()) break;
+    post_round();
+  }
+  complete();
+  return true;
+}
+
+void Allreduce::wait() {
+  while (active_) {
+    check(MPI_Waitall(int(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+    test();
+  }
+}
+
+std::vector<int> Allreduce::waiting_on() const {
+  std::vector<int> peers;
+  if (!active_) return peers;
+  if (mpi_) return {-1};  // inside the library: unknown
+  const MyRound& r = rounds_[round_];
+  for (size_t k = 0; k < r.recvs.size(); ++k)
+    if (requests_[k] != MPI_REQUEST_NULL) peers.push_back(r.recvs[k].peer);
+  for (size_t k = 0; k < r.sends.size(); ++k)
+    if (requests_[r.recvs.size() + k] != MPI_REQUEST_NULL) peers.push_back(r.sends[k].peer);
+  std::sort(peers.begin(), peers.end());
+  peers.erase(std::unique(peers.begin(), peers.end()), peers.end());
+  return peers;
+}
+
+// ---------------------------------------------------------------------------- PlanExchange
+
+PlanExchange::PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBucket> buckets,
+                           const ExchangeOptions& opt)
+    : world_(world), grads_(grads), buckets_(std::move(buckets)), opt_(opt) {
+  if (opt.thread && !world.thread_multiple())
+    throw InputError("--progress thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use --progress poll)");
+  int streams = 0;
+  for (const auto& b : buckets_) streams = std::max(streams, b.stream + 1);
+  stream_comms_.assign(size_t(streams), MPI_COMM_NULL);
+  // One communicator per stream: MPI_Iallreduce calls must be posted in the same order on
+  // every rank, which holds within a stream but not across streams.
+  for (auto& c : stream_comms_) check(MPI_Comm_dup(world.comm(), &c), "MPI_Comm_dup");
+  stream_order_.resize(size_t(streams));
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    const auto& b = buckets_[i];
+    stream_order_[size_t(b.stream)].push_back(int(i));
+    ops_.push_back(std::make_unique<Allreduce>(stream_comms_[size_t(b.stream)], world.layout().topo(), b.count, b.spec,
+                                               int(i)));
+  }
+  timings_.resize(buckets_.size());
+  stream_next_.assign(size_t(streams), 0);
+  stream_running_.assign(size_t(streams), -1);
+  if (opt.thread) thread_ = std::thread([this] { thread_main(); });
+}
+
+PlanExchange::~PlanExchange() {
+  if (thread_.joinable()) {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  ops_.clear();
+  for (auto& c : stream_comms_) MPI_Comm_free(&c);
+}
+
+void PlanExchange::begin_step() {
+  std::lock_guard lock(mutex_);
+  origin_ = Clock::now();
+  ready_count_.store(0);
+  done_count_ = 0;
+  std::fill(stream_next_.begin(), stream_next_.end(), 0);
+  std::fill(stream_running_.begin(), stream_running_.end(), -1);
+  for (auto& t : timings_) t = {};
+  in_step_ = true;
+}
+
+void PlanExchange::ready(int positions) {
+  int n = ready_count_.load(std::memory_order_relaxed);
+  const int before = n;
+  const double t = now();
+  while (n < int(buckets_.size()) && buckets_[size_t(n)].end <= positions) timings_[size_t(n++)].ready_s = t;
+  if (n != before) ready_count_.store(n, std::memory_order_release);
+  if (!opt_.thread) {
+    pump();
+  } else if (n != before) {
+    std::lock_guard lock(mutex_);  // the thread checks for new buckets under the lock
+    cv_.notify_all();
+  }
+}
+
+// Runs in the communication thread, or in the training thread when polling.
+bool PlanExchange::pump() {
+  const int ready = ready_count_.load(std::memory_order_acquire);
+  for (size_t s = 0; s < stream_order_.size(); ++s) {
+    for (;;) {
+      int& running = stream_running_[s];
+      if (running >= 0) {
+        if (!ops_[size_t(running)]->test()) break;
+        timings_[size_t(running)].end_s = now();
+        ++done_count_;
+        running = -1;
+      }
+      if (stream_next_[s] == stream_order_[s].size()) break;
+      const int b = stream_order_[s][stream_next_[s]];
+      if (b >= ready) break;
+      ++stream_next_[s];
+      running = b;
+      timings_[size_t(b)].start_s = now();
+      ops_[size_t(b)]->start(grads_ + buckets_[size_t(b)].offset);
+    }
+  }
+  check_timeouts();
+  return done_count_ == int(buckets_.size());
+}
+
+void PlanExchange::check_timeouts() {
+  const double t = now();
+  for (int b : stream_running_) {
+    if (b < 0 || t - timings_[size_t(b)].start_s < opt_.timeout_s) continue;
+    std::string peers;
+    for (int p : ops_[size_t(b)]->waiting_on()) peers += (peers.empty() ? "" : ", ") + (p < 0 ? "?" : std::to_string(p));
+    throw RunError("rank " + std::to_string(rank()) + ": the allreduce of bucket " + std::to_string(b) + " (" +
+                   ops_[size_t(b)]->algorithm() + ") got no answer from rank " + peers + " in " +
+                   std::to_string(t - timings_[size_t(b)].start_s).substr(0, 5) + " s: a rank died or hangs");
+  }
+}
+
+void PlanExchange::thread_main() {
+  std::unique_lock lock(mutex_);
+  while (!stop_) {
+    if (!in_step_ || error_) {
+      cv_.wait(lock);
+      continue;
+    }
+    lock.unlock();
+    const int seen = ready_count_.load(std::memory_order_acquire);
+    bool all = false;
+    std::exception_ptr error;
+    try {
+      all = pump();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    if (error || all) {
+      error_ = error;
+      in_step_ = !all;
+      cv_.notify_all();
+      continue;
+    }
+    if (std::all_of(stream_running_.begin(), stream_running_.end(), [](int b) { return b < 0; }))
+      cv_.wait(lock, [&] { return stop_ || ready_count_.load() != seen; });  // nothing to poll
+    else
+      cv_.wait_for(lock, std::chrono::duration<double, std::micro>(opt_.poll_us));
+  }
+}
+
+void PlanExchange::finish() {
+  if (opt_.thread) {
+    std::unique_lock lock(mutex_);
+    cv_.notify_all();
+    cv_.wait(lock, [this] { return !in_step_ || error_; });
+    if (error_) std::rethrow_exception(error_);
+    return;
+  }
+  while (!pump()) {
+  }
+  in_step_ = false;
+}
+
+}  // namespace fuseplan::exec

@@ -1,0 +1,206 @@
+// The executor's allreduces over real MPI ranks (run by CTest under mpiexec with 2, 3
+// and 4 ranks): every algorithm and transfer precision against a reference sum, the same
+// result on every rank, a plan's buckets posted during a (fake) backward with both
+// progress modes, and the timeout that names a silent rank.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "fuseplan/exec/half.hpp"
+#include "fuseplan/exec/mpi.hpp"
+#include "fuseplan/models/error.hpp"
+
+using namespace fuseplan;
+using namespace fuseplan::exec;
+
+namespace {
+
+MpiWorld* g_world = nullptr;
+
+// Rank r's value i: multiples of 1/8 below 64, so every partial sum of up to 4 ranks is
+// exact in FP16 and BF16 too; the reference sum is then exact whatever the order.
+float value(int rank, int64_t i) { return float((rank * 37 + i * 11) % 29) * 0.125f - 1.5f; }
+
+std::vector<std::string> all_algorithms() {
+  std::vector<std::string> names = {"mpi"};
+  for (const auto& a : algorithms()) names.emplace_back(a.name);
+  return names;
+}
+
+bool applies(const std::string& name, const Topo& topo, int64_t count, Precision p) {
+  if (name == "mpi") return true;
+  CollectiveArgs a;
+  a.topo = topo;
+  a.count = count;
+  a.elem_bytes = bytes_per_element(p);
+  return find_algorithm(name).not_applicable(a).empty();
+}
+
+// The same bytes on every rank.
+bool same_everywhere(const std::vector<float>& v) {
+  double h = 0;
+  for (size_t i = 0; i < v.size(); ++i) h += double(v[i]) * double(i % 101 + 1);
+  std::vector<double> all = g_world->allgather({h});
+  for (double x : all)
+    if (x != all[0]) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("mpi: every algorithm and transfer precision sums exactly, the same on every rank") {
+  const MpiWorld& w = *g_world;
+  const Topo topo = w.layout().topo();
+  int checked = 0;
+  for (const std::string& name : all_algorithms())
+    for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16})
+      for (int64_t count : {int64_t(1), int64_t(7), int64_t(1000), int64_t(100003)}) {
+        if (!applies(name, topo, count, p)) continue;
+        CAPTURE(name, precision_name(p), count, w.ranks());
+        AllreduceSpec spec;
+        spec.algorithm = name;
+        spec.transfer = p;
+        Allreduce op(w.comm(), topo, count, spec, 7);
+        std::vector<float> data(static_cast<size_t>(count));
+        for (int64_t i = 0; i < count; ++i) data[size_t(i)] = value(w.rank(), i);
+        op.start(data.data());
+        op.wait();
+        int wrong = 0;
+        for (int64_t i = 0; i < count; ++i) {
+          float want = 0;
+          for (int r = 0; r < w.ranks(); ++r) want += value(r, i);
+          wrong += data[size_t(i)] != want;
+        }
+        CHECK(wrong == 0);
+        CHECK(same_everywhere(data));
+        ++checked;
+      }
+  CHECK(checked >= 3 * 4 * 4);  // mpi, ring, recursive doubling at least, 3 precisions, 4 sizes
+}
+
+TEST_CASE("mpi: random FP32 data matches a double-precision reference within rounding") {
+  const MpiWorld& w = *g_world;
+  const int64_t count = 50001;
+  auto draw = [](int rank, int64_t i) {
+    uint64_t x = uint64_t(rank) * 0x9e3779b97f4a7c15ull + uint64_t(i) * 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 29;
+    x *= 0x94d049bb133111ebull;
+    return float(double(x >> 11) / double(1ull << 53) * 2.0 - 1.0);
+  };
+  for (const std::string& name : all_algorithms()) {
+    if (!applies(name, w.layout().topo(), count, Precision::FP32)) continue;
+    CAPTURE(name);
+    AllreduceSpec spec;
+    spec.algorithm = name;
+    Allreduce op(w.comm(), w.layout().topo(), count, spec, 3);
+    std::vector<float> data(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) data[size_t(i)] = draw(w.rank(), i);
+    op.start(data.data());
+    while (!op.test()) {
+    }
+    double worst = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      double want = 0;
+      for (int r = 0; r < w.ranks(); ++r) want += draw(r, i);
+      worst = std::max(worst, std::abs(data[size_t(i)] - want));
+    }
+    CHECK(worst < 1e-6 * w.ranks());
+    CHECK(same_everywhere(data));
+  }
+}
+
+TEST_CASE("mpi: a plan's buckets run during backward, polled or on a communication thread") {
+  MpiWorld& w = *g_world;
+  // 6 "tensors" of different sizes in backward order, 4 buckets on 2 streams.
+  const std::vector<int64_t> sizes = {1000, 20000, 3, 50000, 7, 4096};
+  std::vector<int64_t> offsets = {0};
+  for (int64_t s : sizes) offsets.push_back(offsets.back() + s);
+  auto bucket = [&](int b, int e, const char* algo, int stream, Precision p) {
+    ExchangeBucket x;
+    x.begin = b;
+    x.end = e;
+    x.offset = offsets[size_t(b)];
+    x.count = offsets[size_t(e)] - offsets[size_t(b)];
+    x.stream = stream;
+    x.spec.algorithm = algo;
+    x.spec.transfer = p;
+    return x;
+  };
+  const std::string second = w.ranks() == 3 ? "binary_blocks" : "rabenseifner";
+  CHECK(w.thread_multiple());  // Debian's Open MPI provides it; the thread mode needs it
+  for (bool thread : {false, true}) {
+    if (thread && !w.thread_multiple()) continue;
+    CAPTURE(thread);
+    std::vector<float> grads(size_t(offsets.back()));
+    PlanExchange ex(w, grads.data(),
+                    {bucket(0, 2, "ring", 0, Precision::FP32), bucket(2, 3, "mpi", 1, Precision::FP16),
+                     bucket(3, 5, second.c_str(), 0, Precision::BF16), bucket(5, 6, "recursive_doubling", 1, Precision::FP32)},
+                    {thread, 20, 30});
+    for (int step = 0; step < 3; ++step) {
+      for (size_t i = 0; i < grads.size(); ++i) grads[i] = value(w.rank(), int64_t(i) + step);
+      ex.begin_step();
+      for (int k = 1; k <= 6; ++k) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a layer's backward
+        ex.ready(k);
+      }
+      ex.finish();
+      int wrong = 0;
+      for (size_t i = 0; i < grads.size(); ++i) {
+        float want = 0;
+        for (int r = 0; r < w.ranks(); ++r) want += value(r, int64_t(i) + step);
+        wrong += grads[i] != want;
+      }
+      CHECK(wrong == 0);
+      for (const BucketTiming& t : ex.timings()) {
+        CHECK(t.ready_s > 0);
+        CHECK(t.start_s >= t.ready_s);
+        CHECK(t.end_s >= t.start_s);
+      }
+      // Buckets of one stream run one after another.
+      CHECK(ex.timings()[2].start_s >= ex.timings()[0].end_s);
+      CHECK(ex.timings()[3].start_s >= ex.timings()[1].end_s);
+    }
+  }
+}
+
+TEST_CASE("mpi: a rank that does not answer is named after the timeout") {
+  MpiWorld& w = *g_world;
+  std::vector<float> grads(1000, 1.0f);
+  ExchangeBucket b;
+  b.end = 1;
+  b.count = 1000;
+  b.spec.algorithm = "ring";
+  // Only rank 0 is impatient; the others wait for rank 1 as long as it takes.
+  PlanExchange ex(w, grads.data(), {b}, {false, 20, w.rank() == 0 ? 0.3 : 60.0});
+  if (w.rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // silent for a while
+  ex.begin_step();
+  if (w.rank() == 0) {
+    try {
+      ex.ready(1);
+      ex.finish();
+      FAIL("no timeout");
+    } catch (const RunError& e) {
+      // With more ranks, rank 0 may be waiting on a rank that itself waits on rank 1.
+      CHECK_THAT(e.what(), Catch::Contains(w.ranks() == 2 ? "got no answer from rank 1" : "got no answer from rank"));
+    }
+    ex.set_timeout(60);  // then let the exchange complete, so that the job ends cleanly
+  } else {
+    ex.ready(1);
+  }
+  ex.finish();
+  CHECK(grads[0] == float(w.ranks()));
+}
+
+int main(int argc, char** argv) {
+  MpiWorld world(&argc, &argv);
+  g_world = &world;
+  Catch::Session session;
+  if (int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
+  const int failed = session.run();
+  // Any rank's failure fails the job.
+  const double worst = world.max(failed);
+  return worst > 0 ? 1 : 0;
+}
