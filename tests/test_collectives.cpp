@@ -223,8 +223,19 @@ TEST_CASE("algbw and busbw follow nccl-tests") {
 
 TEST_CASE("registry: unknown names list the valid ones") {
   CHECK_THROWS_WITH(find_algorithm("butterfly"), Catch::Contains("valid: auto, ring, recursive_doubling"));
-  CHECK(algorithms().size() == 8);
+  CHECK(algorithms().size() == 9);
   CHECK(!algorithm_names().empty());
+}
+
+TEST_CASE("registry: the executor's mpi baseline costs the ring and auto never picks it") {
+  for (int64_t n : {int64_t(16), int64_t(1) << 20, int64_t(1) << 26}) {
+    auto a = uniform(8, n);
+    CHECK(cost("mpi", a) == cost("ring", a));
+  }
+  CHECK(!find_algorithm("mpi").automatic);
+  int automatic = 0;
+  for (const auto& a : algorithms()) automatic += a.automatic;
+  CHECK(automatic == 8);
 }
 
 namespace fuseplan {

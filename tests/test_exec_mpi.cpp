@@ -25,13 +25,12 @@ MpiWorld* g_world = nullptr;
 float value(int rank, int64_t i) { return float((rank * 37 + i * 11) % 29) * 0.125f - 1.5f; }
 
 std::vector<std::string> all_algorithms() {
-  std::vector<std::string> names = {"mpi"};
+  std::vector<std::string> names;
   for (const auto& a : algorithms()) names.emplace_back(a.name);
   return names;
 }
 
 bool applies(const std::string& name, const Topo& topo, int64_t count, Precision p) {
-  if (name == "mpi") return true;
   CollectiveArgs a;
   a.topo = topo;
   a.count = count;

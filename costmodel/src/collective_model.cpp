@@ -85,7 +85,7 @@ std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const 
   cost("auto", 2, transfer);  // fills the applicability and profile caches
   const auto& table = algorithms();
   for (size_t k = 0; k < table.size(); ++k) {
-    if (!applicable_[k]) continue;
+    if (!applicable_[k] || !table[k].automatic) continue;
     if (cache_[k].empty()) evaluate_one(table[k], args(2, transfer));
     for (const auto& prof : cache_[k]) {
       AffineTail t = affine_tail(prof, net_);
@@ -115,7 +115,7 @@ CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count
   CollectiveChoice best;
   double best_t = std::numeric_limits<double>::infinity();
   for (size_t k = 0; k < table.size(); ++k) {
-    if (count >= 2 ? !applicable_[k] : !table[k].not_applicable(a).empty()) continue;
+    if (!table[k].automatic || (count >= 2 ? !applicable_[k] : !table[k].not_applicable(a).empty())) continue;
     auto ch = evaluate_one(table[k], a);
     if (ch.total_s() < best_t) {
       best_t = ch.total_s();

@@ -128,20 +128,14 @@ void MpiWorld::abort(int code) {
 
 // ---------------------------------------------------------------------------- Allreduce
 
-std::string executor_algorithm_names() {
-  std::string s = "mpi";
-  for (const auto& a : algorithms()) s += ", " + std::string(a.name);
-  return s;
-}
-
 Allreduce::Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const AllreduceSpec& spec, int tag)
     : comm_(comm), tag_(tag), count_(count), spec_(spec) {
   MPI_Comm_rank(comm, &me_);
   half_ = spec.transfer != Precision::FP32;
-  mpi_ = spec.algorithm == "mpi";
+  const Algorithm& algo = find_algorithm(spec.algorithm, "algorithm");
+  mpi_ = algo.name == "mpi";
   as_int(count, "allreduce");
   if (mpi_ || topo.ranks == 1 || count == 0) return;
-  const Algorithm& algo = find_algorithm(spec.algorithm, "algorithm");
   CollectiveArgs args;
   args.topo = topo;
   args.net = Net::uniform(1e-6, 1e-9, 0);  // the schedule does not depend on it

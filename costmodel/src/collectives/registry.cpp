@@ -9,12 +9,12 @@
 namespace fuseplan {
 
 extern const Algorithm kRing, kRecursiveDoubling, kRabenseifner, kBinaryBlocks, kDoubleBinaryTree,
-    kHierarchical, kHierarchicalRs, kTorus2d;
+    kHierarchical, kHierarchicalRs, kTorus2d, kMpi;
 
 const std::vector<Algorithm>& algorithms() {
   static const std::vector<Algorithm> table{kRing,           kRecursiveDoubling, kRabenseifner,
                                             kBinaryBlocks,   kDoubleBinaryTree,  kHierarchical,
-                                            kHierarchicalRs, kTorus2d};
+                                            kHierarchicalRs, kTorus2d,          kMpi};
   return table;
 }
 

@@ -27,5 +27,12 @@ Schedule schedule(const CollectiveArgs& a) {
 
 extern const Algorithm kRing{"ring", "ring reduce-scatter + ring allgather over all ranks (node-major order)",
                              coll::always_applicable, profile, schedule, 1};
+// The executor's baseline: the MPI library's own MPI_Iallreduce. Open MPI's tuned
+// component runs a (segmented) ring for the large messages that gradients are, so the
+// model and the simulator use the ring until a calibration says otherwise.
+extern const Algorithm kMpi{"mpi",
+                            "the MPI library's MPI_Iallreduce (executor); modelled as the ring unless calibrated; "
+                            "never picked by auto",
+                            coll::always_applicable, profile, schedule, 1, false};
 
 }  // namespace fuseplan

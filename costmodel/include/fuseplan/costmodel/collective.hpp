@@ -95,6 +95,8 @@ struct Algorithm {
   // CollectiveArgs::variant; callers take the cheapest. A fixed set keeps every cost
   // nondecreasing in the message size, which the tuner's pruning relies on.
   int variants = 1;
+  // Whether `auto` considers it (the executor's "mpi" baseline is only used by name).
+  bool automatic = true;
 };
 
 const std::vector<Algorithm>& algorithms();

@@ -64,7 +64,7 @@ class MpiWorld {
   bool thread_multiple_ = false;
 };
 
-// How one allreduce runs: "mpi" (MPI_Iallreduce) or a costmodel algorithm with the
+// How one allreduce runs: "mpi" (MPI_Iallreduce) or another costmodel algorithm with the
 // variant the cost model chose; `transfer` below FP32 sends 16-bit values.
 struct AllreduceSpec {
   std::string algorithm = "ring";
@@ -72,9 +72,6 @@ struct AllreduceSpec {
   Precision transfer = Precision::FP32;
   int group = 0, torus_x = 0;  // hierarchical group size, torus row (0 = automatic)
 };
-
-// Names accepted by AllreduceSpec::algorithm: "mpi" and every costmodel algorithm.
-std::string executor_algorithm_names();
 
 // One allreduce (sum) of `count` floats in place, non-blocking: start() posts, test()
 // moves it on (the next round of a schedule) without blocking. An FP32 transfer works
