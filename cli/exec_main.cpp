@@ -1,5 +1,5 @@
-// fuseplan-exec: the executor's front end (training on this machine; distributed plan
-// execution comes with issue 6).
+// fuseplan-exec: the executor's front end: `train` (one process) and `run` (a plan across
+// MPI ranks).
 #include <CLI/CLI.hpp>
 
 #include "commands.hpp"
@@ -11,5 +11,6 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.get_formatter()->column_width(34);
   fuseplan::cli::add_train_command(app);
+  fuseplan::cli::add_run_command(app);
   return fuseplan::cli::run_app(app, argc, argv, "fuseplan-exec");
 }

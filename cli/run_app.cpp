@@ -25,7 +25,8 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
     std::cerr << prog + ": " << e.what() << " (see " << prog << " --help)\n";
     return 2;
   } catch (const InputError& e) {
-    std::cerr << prog + ": " << e.what() << "\n";
+    // An empty message: another rank of the same job has said it.
+    if (*e.what()) std::cerr << prog + ": " << e.what() << "\n";
     return 2;
   } catch (const RunError& e) {
     std::cerr << prog + ": error: " << e.what() << "\n";

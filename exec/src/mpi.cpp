@@ -65,7 +65,7 @@ MpiWorld::MpiWorld(int* argc, char*** argv) {
   int leader = l.rank;
   MPI_Bcast(&leader, 1, MPI_INT, 0, local);
   MPI_Comm_free(&local);
-  std::vector<int> leaders(size_t(l.ranks));
+  std::vector<int> leaders(static_cast<size_t>(l.ranks));
   MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, MPI_COMM_WORLD);
   std::map<int, int> index;
   for (int x : leaders) index.emplace(x, 0);
@@ -118,6 +118,24 @@ std::vector<double> MpiWorld::allgather(const std::vector<double>& v) {
   check(MPI_Allgather(v.data(), int(v.size()), MPI_DOUBLE, all.data(), int(v.size()), MPI_DOUBLE, MPI_COMM_WORLD),
         "MPI_Allgather");
   return all;
+}
+
+std::vector<std::string> MpiWorld::gather_text(const std::string& text) {
+  const int n = as_int(int64_t(text.size()), "gather");
+  std::vector<int> sizes(static_cast<size_t>(ranks())), at(static_cast<size_t>(ranks()));
+  check(MPI_Gather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Gather");
+  int64_t total = 0;
+  for (size_t r = 0; r < sizes.size(); ++r) {
+    at[r] = as_int(total, "gather");
+    total += sizes[r];
+  }
+  std::string all(size_t(rank() == 0 ? total : 0), '\0');
+  check(MPI_Gatherv(text.data(), n, MPI_CHAR, all.data(), sizes.data(), at.data(), MPI_CHAR, 0, MPI_COMM_WORLD),
+        "MPI_Gatherv");
+  std::vector<std::string> out;
+  if (rank() == 0)
+    for (size_t r = 0; r < sizes.size(); ++r) out.push_back(all.substr(size_t(at[r]), size_t(sizes[r])));
+  return out;
 }
 
 void MpiWorld::abort(int code) {

@@ -50,6 +50,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
 
   nodes_.resize(m.layers.size());
   timings_.resize(m.layers.size());
+  spans_.resize(m.layers.size());
   for (size_t l = 0; l < m.layers.size(); ++l) {
     const Layer& L = m.layers[l];
     Node& n = nodes_[l];
@@ -183,7 +184,10 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
     be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
-    timings_[l].fwd_s += since(t0);
+    const double d = since(t0);
+    timings_[l].fwd_s += d;
+    spans_[l].fwd_start = t0;
+    spans_[l].fwd_s = d;
   }
 }
 
@@ -257,8 +261,11 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     const Node& n = nodes_[l];
     for (int slot : {n.weight, n.bias})
       if (slot >= 0) be_.round(opt_.precision, grads_.get() + slots_[slot].offset, size_t(slots_[slot].numel));
-    timings_[l].bwd_s += since(t0);
+    const double d = since(t0);
+    timings_[l].bwd_s += d;
     ++timings_[l].calls;
+    spans_[l].bwd_start = t0;
+    spans_[l].bwd_s = d;
     if (on_ready) on_ready(ready_after_[l]);
   }
   return value;

@@ -54,6 +54,8 @@ class MpiWorld {
   void broadcast(float* v, int64_t n, int root = 0);
   // Each rank's `v`, gathered on every rank (rank order).
   std::vector<double> allgather(const std::vector<double>& v);
+  // Every rank's text on rank 0 (rank order); empty on the others.
+  std::vector<std::string> gather_text(const std::string& text);
   // Ends every rank of the job (after a one-line message on this rank's stderr).
   [[noreturn]] void abort(int code);
   // Whether this process was started by mpirun/srun (else it is a singleton).

@@ -3,6 +3,7 @@
 // laid out in gradient (backward) order, so a plan's bucket [begin, end) of backward
 // positions is one contiguous range.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <random>
@@ -28,6 +29,12 @@ struct TensorSlot {
   TensorRole role = TensorRole::Weight;
   int layer = 0;
   int64_t offset = 0, numel = 0;  // in elements, in the flat buffers
+};
+
+// A layer's last forward and backward call, on the steady clock (for timelines).
+struct LayerSpan {
+  std::chrono::steady_clock::time_point fwd_start, bwd_start;
+  double fwd_s = 0, bwd_s = 0;
 };
 
 struct LayerTiming {
@@ -73,6 +80,7 @@ class Network {
   double loss(const int32_t* labels, float smoothing, int* correct);
 
   const std::vector<LayerTiming>& timings() const { return timings_; }
+  const std::vector<LayerSpan>& last_spans() const { return spans_; }
   void reset_timings();
 
  private:
@@ -97,6 +105,7 @@ class Network {
   float* dlogits_ = nullptr;
   std::vector<int32_t> labels_;
   std::vector<LayerTiming> timings_;
+  std::vector<LayerSpan> spans_;
   std::vector<int> ready_after_;  // backward positions complete after layer l's backward
 };
 

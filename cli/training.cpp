@@ -1,0 +1,167 @@
+#include "training.hpp"
+
+#include "format.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/exec/ops.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+namespace fuseplan::cli {
+
+void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
+  TrainFlags* f = &flags;
+  f->model_opt = cmd->add_option("--model", f->model, "zoo CNN (alexnet_bn, resnet18, resnet50, vgg16, ...) or a model .json")
+      ->capture_default_str();
+  cmd->add_option("--dataset", f->dataset, "fashion-mnist | synthetic")->capture_default_str();
+  cmd->add_option("--data-dir", f->data_dir, "Fashion-MNIST IDX .gz files")->capture_default_str();
+  cmd->add_option("--synthetic-size", f->synthetic_size, "synthetic: training samples")->capture_default_str();
+  cmd->add_option("--resolution", f->resolution,
+                  "model input height = width in pixels; images are resized (bilinear) to it (default: the data set's)");
+  cmd->add_option("--channels", f->channels, "input channels (default: the data set's)");
+  cmd->add_option("--classes", f->classes, "classes (default: the data set's)");
+  f->batch_opt = cmd->add_option("--batch", f->opt.batch, "samples per step")->capture_default_str();
+  f->epochs_opt = cmd->add_option("--epochs", f->opt.epochs, "epochs (fractions allowed)")->capture_default_str();
+  cmd->add_option("--max-steps", f->max_steps, "stop after this many steps (0 = no limit)")->capture_default_str();
+  f->precision_opt = cmd->add_option("--precision", f->precision,
+                  "fp32 | fp16 | bf16: storage of weights, activations and gradients (FP32 masters; emulated on CPU)")
+      ->capture_default_str();
+  cmd->add_option("--optimizer", f->optimizer, "lars | sgd (both with momentum)")->capture_default_str();
+  cmd->add_option("--lr", f->opt.optimizer.lr, "peak learning rate (after warm-up)")->capture_default_str();
+  cmd->add_option("--momentum", f->opt.optimizer.momentum, "momentum")->capture_default_str();
+  cmd->add_option("--weight-decay", f->opt.optimizer.weight_decay, "weight decay (not for BatchNorm and biases)")
+      ->capture_default_str();
+  cmd->add_option("--lars-trust", f->opt.optimizer.trust, "LARS trust coefficient eta")->capture_default_str();
+  cmd->add_option("--warmup-epochs", f->opt.warmup_epochs, "linear warm-up, then polynomial decay (power 2)")
+      ->capture_default_str();
+  cmd->add_option("--label-smoothing", f->opt.label_smoothing, "label smoothing epsilon")->capture_default_str();
+  cmd->add_option("--seed", f->opt.seed, "weights, data order, augmentation, dropout")->capture_default_str();
+  cmd->add_flag("--augment", f->opt.augment, "random crops (padding 2) and horizontal flips");
+  cmd->add_option("--threads", f->threads, "compute threads (default: OpenMP's, all cores)");
+  cmd->add_option("--conv", f->conv, "convolutions: auto (= im2col) | im2col (OpenBLAS SGEMM) | onednn (libdnnl-dev)")
+      ->capture_default_str();
+  cmd->add_option("--checkpoint", f->checkpoint_path, "checkpoint file (written atomically)");
+  cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (0 = never)")
+      ->capture_default_str();
+  cmd->add_option("--resume", f->resume_path, "continue from this checkpoint");
+  cmd->add_option("--metrics", f->metrics_path, "write per-epoch and per-step metrics JSON to FILE");
+  cmd->add_option("--profile", f->profile_path, "write per-layer forward/backward times (fuseplan.profile/1) to FILE");
+  cmd->add_flag("--no-eval", f->no_eval, "skip the test-set evaluation after each epoch");
+  cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
+}
+
+void prepare_training(TrainFlags& f) {
+  if (f.threads < 0) throw InputError("--threads: must be >= 1");
+  if (f.threads > 0) exec::set_cpu_threads(f.threads);
+  f.opt.precision = parse_precision(f.precision, "--precision");
+  f.opt.optimizer.kind = exec::parse_optimizer(f.optimizer);
+  f.opt.max_steps = f.max_steps;
+  f.opt.checkpoint_every = f.checkpoint_every;
+  f.opt.checkpoint_path = f.checkpoint_path;
+  f.opt.resume_path = f.resume_path;
+  f.opt.evaluate = !f.no_eval;
+  if (f.checkpoint_every < 0) throw InputError("--checkpoint-every: must be >= 0");
+  if (f.checkpoint_every > 0 && f.checkpoint_path.empty()) throw InputError("--checkpoint-every: needs --checkpoint FILE");
+
+}
+
+TrainingData load_training(const TrainFlags& f, const std::string& model_name) {
+  TrainingData d;
+  exec::Dataset& train = d.train;
+  exec::Dataset& test = d.test;
+  if (f.dataset == "fashion-mnist") {
+    train = exec::load_fashion_mnist(f.data_dir, "train");
+    test = exec::load_fashion_mnist(f.data_dir, "test");
+  } else if (f.dataset == "synthetic") {
+    if (f.synthetic_size < 2) throw InputError("--synthetic-size: must be >= 2");
+    const int res = f.resolution > 0 ? f.resolution : 28, ch = f.channels > 0 ? f.channels : 1,
+              cl = f.classes > 0 ? f.classes : 10;
+    // One draw, split: the test samples share the class prototypes, only their noise is new.
+    auto [tr, te] = exec::split(exec::make_synthetic(f.synthetic_size + std::max<int64_t>(2, f.synthetic_size / 4), ch,
+                                                     res, res, cl, f.opt.seed),
+                                f.synthetic_size);
+    train = std::move(tr);
+    test = std::move(te);
+  } else {
+    throw InputError("--dataset: unknown data set '" + f.dataset + "' (valid: fashion-mnist, synthetic)");
+  }
+  // The data set sets the model's input and classes unless the flags say otherwise.
+  ModelOptions mo;
+  mo.resolution = f.resolution > 0 ? f.resolution : train.height;
+  mo.channels = f.channels > 0 ? f.channels : train.channels;
+  mo.classes = f.classes > 0 ? f.classes : train.classes;
+  if (const ZooEntry* z = find_zoo(model_name); z && z->is_transformer) {
+    std::string cnns;
+    for (const auto& e : zoo())
+      if (!e.is_transformer) cnns += (cnns.empty() ? "" : ", ") + e.name;
+    throw InputError("--model: " + model_name + " is a transformer, not supported by the trainer (valid: " + cnns +
+                     ", or a CNN model .json)");
+  }
+  d.model = load_model(model_name, mo);
+  return d;}
+
+void write_metrics(const std::string& path, const TrainFlags& f, const Model& model, const exec::Dataset& train,
+                   const exec::TrainResult& result, int ranks) {
+    nlohmann::json epochs = nlohmann::json::array(), steps = nlohmann::json::array();
+    for (const auto& e : result.epochs)
+      epochs.push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
+                        {"train_accuracy", e.train_accuracy}, {"test_accuracy", e.test_accuracy},
+                        {"test_loss", e.test_loss}, {"seconds", e.seconds}, {"samples_per_s", e.samples_per_s},
+                        {"data_wait_s", e.data_wait_s}, {"loss_scale", e.loss_scale}, {"skipped_steps", e.skipped_steps}});
+    for (const auto& s : result.steps)
+      steps.push_back({{"step", s.step}, {"epoch", s.epoch}, {"loss", s.loss}, {"lr", s.lr}, {"loss_scale", s.loss_scale},
+                       {"skipped", s.skipped}, {"seconds", s.seconds}});
+    nlohmann::json j{{"schema", "fuseplan.metrics/1"}, {"model", model.name}, {"dataset", train.name},
+                     {"batch", f.opt.batch}, {"ranks", ranks}, {"precision", precision_name(f.opt.precision)}, {"optimizer", f.optimizer},
+                     {"lr", f.opt.optimizer.lr}, {"threads", exec::cpu_threads()}, {"seconds", result.seconds},
+                     {"epochs", epochs}, {"steps", steps}};
+    write_file_atomic(path, j.dump(2) + "\n");
+  }
+
+void write_profile(const std::string& path, const TrainFlags& f, const Model& model, const exec::Network& net) {
+    // Per-layer forward and backward time per step, at this batch: the `measured` fields
+    // of the model format (fuseplan.model/1), so the model file with them is a profile.
+    nlohmann::json layers = nlohmann::json::array();
+    const auto& timings = net.timings();
+    for (size_t l = 0; l < model.layers.size(); ++l) {
+      const auto& tm = timings[l];
+      const double n = double(std::max<int64_t>(1, tm.calls));
+      layers.push_back({{"name", model.layers[l].name}, {"fwd_us", tm.fwd_s / n * 1e6}, {"bwd_us", tm.bwd_s / n * 1e6},
+                        {"batch", f.opt.batch}});
+    }
+    nlohmann::json j{{"schema", "fuseplan.profile/1"}, {"model", model.name}, {"fingerprint", model.fingerprint_hex()},
+                     {"device", "cpu (" + std::to_string(exec::cpu_threads()) + " threads)"},
+                     {"precision", precision_name(f.opt.precision)}, {"batch", f.opt.batch}, {"layers", layers}};
+    write_file_atomic(path, j.dump(2) + "\n");
+  
+}
+
+exec::StepCallback step_progress(ProgressBar& bar, const TrainFlags& f) {
+  return [&bar, fp16 = f.opt.precision == Precision::FP16](const exec::StepRecord& s, int64_t total, double rate) {
+    bar(s.step + 1, total,
+        "epoch " + std::to_string(s.epoch) + "  loss " + fixed(s.loss, 4) + "  " + fixed(rate, 0) + " samples/s" +
+            (fp16 ? "  scale " + fixed(s.loss_scale, 0) : ""));
+  };
+}
+
+exec::EpochCallback epoch_progress(ProgressBar& bar) {
+  return [&bar](const exec::EpochRecord& e) {
+    bar.note("epoch " + std::to_string(e.epoch) + " done in " + fixed(e.seconds, 1) + " s: train loss " +
+             fixed(e.train_loss, 4) + ", train acc " + percent(e.train_accuracy, 2) +
+             (e.test_accuracy >= 0 ? ", test acc " + percent(e.test_accuracy, 2) : ""));
+  };
+}
+
+void print_epochs(std::ostream& os, const exec::TrainResult& result) {
+  Table t({"epoch", "steps", "train loss", "train acc", "test acc", "s", "samples/s", "data wait s", "loss scale",
+           "skipped"});
+  for (const auto& e : result.epochs)
+    t.row({std::to_string(e.epoch), std::to_string(e.steps), fixed(e.train_loss, 4), percent(e.train_accuracy, 2),
+           e.test_accuracy < 0 ? "-" : percent(e.test_accuracy, 2), fixed(e.seconds, 1), fixed(e.samples_per_s, 0),
+           fixed(e.data_wait_s, 2), fixed(e.loss_scale, 0), std::to_string(e.skipped_steps)});
+  t.print(os, "  ");
+}
+
+}  // namespace fuseplan::cli
