@@ -29,7 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 struct RunFlags {
   TrainFlags t;
-  std::string plan_path, cluster, progress = "poll", trace_path, report_path;
+  std::string plan_path, cluster, progress = "thread", trace_path, report_path;
   int64_t iterations = 20;
   int warmup = 2;
   double poll_us = 50, timeout_s = 60;
@@ -122,9 +122,11 @@ void run_run(RunFlags& f) {
   } catch (const InputError& e) {
     setup_error = e.what();
   }
-  const double failed = world.max(setup_error.empty() ? 0.0 : double(rank) + 1.0);
-  if (failed > 0) {
-    const bool speak = !setup_error.empty() && (rank == 0 || int(failed) - 1 == rank);
+  // The lowest failing rank speaks; every rank exits 2.
+  const int P = world.ranks();
+  const int first_failed = P - int(world.max(setup_error.empty() ? 0.0 : double(P - rank)));
+  if (first_failed < P) {
+    const bool speak = rank == first_failed;
     throw InputError(speak ? (rank == 0 ? setup_error : "rank " + std::to_string(rank) + ": " + setup_error) : "");
   }
 
@@ -246,7 +248,6 @@ void run_run(RunFlags& f) {
     const std::vector<std::string> traces = world.gather_text(events.dump());
     if (rank != 0) return;
 
-    const int P = world.ranks();
     auto avg = [&](size_t k) {
       double s = 0;
       for (int r = 0; r < P; ++r) s += all[size_t(r) * width + k];

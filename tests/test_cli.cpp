@@ -302,3 +302,74 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad("train --data-dir /nonexistent", "dataset-fashion-mnist", true);
   expect_bad("fly", "unknown command 'fly' (valid: train)", true);
 }
+
+namespace {
+// fuseplan-exec under mpiexec with `np` ranks, one compute thread each.
+Run run_mpi(int np, const std::string& args) {
+  return run_env("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1", args, true,
+                 std::string(FUSEPLAN_MPIEXEC) + " -np " + std::to_string(np) + " --oversubscribe " + FUSEPLAN_EXEC_BIN);
+}
+}  // namespace
+
+TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatches") {
+  const std::string plan = tmp("run-plan.json"), report = tmp("run-report.json"), trace = tmp("run-trace.json");
+  const std::string model = "--model resnet18 --resolution 16 --channels 1 --classes 10";
+  Run p = run("predict " + model + " --cluster local-cpu --gpus 2 --batch-per-gpu 8 --precision fp32 "
+              "--buckets threshold:1MiB --save-plan " + plan);
+  REQUIRE(p.code == 0);
+  const auto planned = nlohmann::json::parse(std::ifstream(plan));
+  const std::string data = " --dataset synthetic --synthetic-size 128 --resolution 16";
+  for (const char* progress : {"thread", "poll"}) {
+    CAPTURE(progress);
+    std::filesystem::remove(report);
+    Run r = run_mpi(2, "run --plan " + plan + data + " --iterations 3 --warmup 1 --progress " + progress +
+                           " --report " + report + " --trace " + trace);
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.out, Catch::Contains("resnet18 x 2 ranks"));
+    const auto rep = nlohmann::json::parse(std::ifstream(report));
+    CHECK(rep.at("source") == "measured");
+    CHECK(rep.at("gpus") == 2);
+    REQUIRE(rep.at("buckets").size() == planned.at("buckets").size());
+    for (const auto& b : rep.at("buckets")) {
+      CHECK(b.at("start_s").get<double>() >= b.at("ready_s").get<double>());
+      CHECK(b.at("end_s").get<double>() > b.at("start_s").get<double>());
+    }
+    const auto tr = nlohmann::json::parse(std::ifstream(trace));
+    std::set<int> ranks_with_allreduce;
+    for (const auto& e : tr.at("traceEvents"))
+      if (e.value("cat", "") == "allreduce") ranks_with_allreduce.insert(e.at("pid").get<int>());
+    CHECK(ranks_with_allreduce == std::set<int>{0, 1});
+  }
+  // Mismatches are refused before training, with one line from one rank.
+  Run n = run_mpi(3, "run --plan " + plan + data);
+  CHECK(n.code == 2);
+  CHECK_THAT(n.out, Catch::Contains("made for 2 GPUs, but this job has 3 ranks"));
+  Run m = run_mpi(2, "run --plan " + plan + data + " --model vgg16");
+  CHECK(m.code == 2);
+  CHECK_THAT(m.out, Catch::Contains(plan));
+  Run b = run_mpi(2, "run --plan " + plan + data + " --batch 4");
+  CHECK(b.code == 2);
+  CHECK_THAT(b.out, Catch::Contains("--batch 4 disagrees"));
+  // Said once (by rank 0), whatever mpiexec adds about the exit code.
+  CHECK(b.out.find("disagrees") == b.out.rfind("disagrees"));
+  Run g = run_mpi(2, "run --plan " + plan + data + " --progress spin");
+  CHECK(g.code == 2);
+  CHECK_THAT(g.out, Catch::Contains("valid: poll, thread"));
+}
+
+TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of hanging") {
+  const std::string plan = tmp("kill-plan.json");
+  REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
+              "--batch-per-gpu 8 --precision fp32 --buckets single --save-plan " + plan).code == 0);
+  // Rank 1 (the newest child of mpiexec) is killed after a few seconds; `timeout` would
+  // answer 124 if the job hung.
+  const std::string job = std::string(FUSEPLAN_MPIEXEC) + " -np 2 --oversubscribe " + FUSEPLAN_EXEC_BIN + " run --plan " +
+                          plan + " --dataset synthetic --synthetic-size 128 --resolution 16 --iterations 100000 --quiet";
+  Run r = run_env("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 sh -c '" +
+                      job + " & pid=$!; sleep 4; pkill -9 -n -P $pid; wait $pid'",
+                  "", true, "");
+  INFO(r.out);
+  CHECK(r.code != 0);
+  CHECK(r.code != 124);
+}
