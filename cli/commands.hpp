@@ -71,9 +71,11 @@ void add_collective_command(CLI::App& app);
 void add_tune_commands(CLI::App& app);     // tune, compare
 void add_whatif_command(CLI::App& app);
 void add_simulate_command(CLI::App& app);
+void add_calibrate_command(CLI::App& app);
 // fuseplan-exec
 void add_train_command(CLI::App& app);
 void add_run_command(CLI::App& app);
+void add_sweep_command(CLI::App& app);
 // Parses and runs `app`; library errors become exit codes (2 bad input, 1 failed run).
 int run_app(CLI::App& app, int argc, char** argv, const std::string& prog);
 

@@ -12,5 +12,6 @@ int main(int argc, char** argv) {
   app.get_formatter()->column_width(34);
   fuseplan::cli::add_train_command(app);
   fuseplan::cli::add_run_command(app);
+  fuseplan::cli::add_sweep_command(app);
   return fuseplan::cli::run_app(app, argc, argv, "fuseplan-exec");
 }

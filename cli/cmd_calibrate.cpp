@@ -1,0 +1,96 @@
+// `fuseplan calibrate`: fits each measured algorithm's alpha, beta and gamma (an allreduce
+// sweep from `fuseplan-exec sweep`, or nccl-tests all_reduce_perf output) and writes them
+// into a copy of the cluster file; --holdout checks the fit on sizes it did not see.
+#include <iostream>
+#include <memory>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/calibrate.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+
+struct CalibrateFlags {
+  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out;
+  int ranks = 0, per_node = 0;
+  bool holdout = false;
+};
+
+void run_calibrate(const CalibrateFlags& f) {
+  if (f.sweep.empty() == f.nccl_tests.empty()) throw InputError("calibrate: give exactly one of --sweep and --nccl-tests");
+  Cluster c = load_cluster(f.cluster);
+  std::vector<Sweep> sweeps;
+  if (!f.sweep.empty()) sweeps = load_sweep(f.sweep);
+  else sweeps.push_back(load_nccl_tests(f.nccl_tests, f.as, f.ranks, f.per_node));
+  const std::string source = f.sweep.empty() ? f.nccl_tests : f.sweep;
+  const double launch_s = c.launch_overhead_us * 1e-6;
+  std::cout << "fuseplan calibrate: " << source << " on " << sweeps.front().ranks << " ranks ("
+            << sweeps.front().per_node << " per node), cluster " << c.name << " (launch overhead "
+            << fixed(c.launch_overhead_us, 1) << " us kept apart)\n\n";
+  Table t({"<algorithm", "sizes", "alpha us", "beta us/MB", "gamma us/MB", "busbw GB/s", "mean err", "max err",
+           f.holdout ? "holdout mean" : "", f.holdout ? "holdout max" : ""});
+  for (const Sweep& s : sweeps) {
+    const Algorithm& algo = find_algorithm(s.algorithm, source + ": algorithm");
+    CalibrationFit fit = fit_calibration(algo, s, launch_s);
+    std::string hold_mean, hold_max;
+    if (f.holdout) {
+      // Fit on every other size, judge on the rest.
+      std::vector<bool> use(s.points.size());
+      for (size_t i = 0; i < use.size(); ++i) use[i] = i % 2 == 0;
+      CalibrationFit half = fit_calibration(algo, s, launch_s, use);
+      double m = 0, x = 0;
+      int n = 0;
+      for (size_t i = 1; i < s.points.size(); i += 2, ++n) {
+        const double e = std::abs(half.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds;
+        m += e;
+        x = std::max(x, e);
+      }
+      hold_mean = n ? percent(m / n, 1) : "-";
+      hold_max = n ? percent(x, 1) : "-";
+    }
+    const double beta_bus = fit.k.beta_us_per_MB > 0 ? 1e6 / fit.k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
+    t.row({s.algorithm, std::to_string(s.points.size()), fixed(fit.k.alpha_us, 2), fixed(fit.k.beta_us_per_MB, 2),
+           fixed(fit.k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-", percent(fit.mean_rel_err, 1),
+           percent(fit.max_rel_err, 1), hold_mean, hold_max});
+    c.calibrated[s.algorithm] = fit.k;
+    c.provenance["calibrated." + s.algorithm] = "fuseplan calibrate: " + source + ", " +
+                                                std::to_string(s.points.size()) + " sizes on " +
+                                                std::to_string(s.ranks) + " ranks, mean error " +
+                                                percent(fit.mean_rel_err, 1);
+  }
+  t.print(std::cout, "  ");
+  std::cout << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for\n";
+  if (!f.out.empty()) {
+    c.name += "-calibrated";
+    c.description += " (calibrated: " + source + ")";
+    write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
+    std::cout << "  wrote " << f.out << " (use it as --cluster)\n";
+  }
+}
+
+}  // namespace
+
+void add_calibrate_command(CLI::App& app) {
+  auto f = std::make_shared<CalibrateFlags>();
+  auto* cmd = app.add_subcommand(
+      "calibrate",
+      "Fit the communication model to measurements: each algorithm's alpha, beta, gamma by least\n"
+      "squares (relative error) from `fuseplan-exec sweep --out` or nccl-tests all_reduce_perf output,\n"
+      "written into a copy of the cluster file. Compute is calibrated by the executor's profile\n"
+      "(fuseplan-exec run/train --profile), which predict, tune and verify take as --profile.");
+  cmd->add_option("--cluster", f->cluster, "cluster file to calibrate (shipped name or path)")->capture_default_str();
+  cmd->add_option("--sweep", f->sweep, "fuseplan.sweep/1 file from `mpirun -np N fuseplan-exec sweep --out FILE`");
+  cmd->add_option("--nccl-tests", f->nccl_tests, "nccl-tests all_reduce_perf output (text, or -J JSON)");
+  cmd->add_option("--as", f->as, "--nccl-tests: the algorithm whose formula the measurements fit")->capture_default_str();
+  cmd->add_option("--ranks", f->ranks, "--nccl-tests: ranks (default: the '#  Rank' lines or JSON devices)");
+  cmd->add_option("--per-node", f->per_node, "--nccl-tests: ranks per node (default: all on one node)");
+  cmd->add_flag("--holdout", f->holdout, "also fit on every other size and report the error on the others");
+  cmd->add_option("--out", f->out, "write the calibrated cluster file here");
+  cmd->callback([f] { run_calibrate(*f); });
+}
+
+}  // namespace fuseplan::cli

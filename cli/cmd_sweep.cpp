@@ -1,0 +1,142 @@
+// `fuseplan-exec sweep`: an allreduce sweep across MPI ranks like nccl-tests'
+// all_reduce_perf (time, algbw, busbw per size and algorithm) for `fuseplan calibrate`.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/exec/mpi.hpp"
+#include "fuseplan/models/error.hpp"
+#include "progress.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+
+struct SweepFlags {
+  std::string algorithms = "mpi,ring,recursive_doubling,rabenseifner", sizes = "4K:256M", precision = "fp32", out;
+  int factor = 2, warmup = 3, iterations = 0;
+  double seconds_per_size = 0.2;
+  bool quiet = false;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+
+void run_sweep(const SweepFlags& f) {
+  exec::MpiWorld world(nullptr, nullptr);
+  std::vector<std::string> algos;
+  std::vector<int64_t> sizes;
+  Precision p = Precision::FP32;
+  std::string error;
+  try {
+    p = parse_precision(f.precision, "--precision");
+    algos = split_list(f.algorithms);
+    if (algos.empty()) throw InputError("--algorithms: empty list");
+    for (const auto& a : algos) find_algorithm(a, "--algorithms");
+    const auto colon = f.sizes.find(':');
+    const int64_t lo = parse_bytes(f.sizes.substr(0, colon), "--sizes");
+    const int64_t hi = colon == std::string::npos ? lo : parse_bytes(f.sizes.substr(colon + 1), "--sizes");
+    if (lo < 1 || hi < lo) throw InputError("--sizes: MIN:MAX with 1 <= MIN <= MAX (got " + f.sizes + ")");
+    if (f.factor < 2) throw InputError("--factor: must be >= 2");
+    if (f.warmup < 0 || f.iterations < 0) throw InputError("--warmup/--iterations: must be >= 0");
+    if (!(f.seconds_per_size > 0)) throw InputError("--seconds-per-size: must be > 0");
+    if (world.ranks() < 2) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
+    for (int64_t s = lo; s <= hi; s *= f.factor) sizes.push_back(s);
+  } catch (const InputError& e) {
+    error = e.what();
+  }
+  if (world.max(error.empty() ? 0 : 1) > 0) throw InputError(world.rank() == 0 ? error : "");
+
+  const int eb = bytes_per_element(p);
+  const bool talk = world.rank() == 0;
+  if (talk)
+    std::cout << "# fuseplan-exec sweep: allreduce (sum) on " << world.ranks() << " ranks, " << world.layout().nodes
+              << " node(s), " << world.layout().per_node << " per node, " << precision_name(p) << "\n"
+              << "#        size       count  algorithm                time(us)  algbw(GB/s)  busbw(GB/s)  iters\n";
+  nlohmann::json points = nlohmann::json::array();
+  ProgressBar bar("sizes", f.quiet || !talk);
+  int64_t done = 0;
+  std::vector<float> buf;
+  int tag = 0;
+  for (const auto& a : algos)
+    for (int64_t bytes : sizes) {
+      const int64_t count = std::max<int64_t>(1, bytes / eb);
+      exec::AllreduceSpec spec;
+      spec.algorithm = a;
+      spec.transfer = p;
+      exec::Allreduce op(world.comm(), world.layout().topo(), count, spec, tag++ % 30000);
+      buf.assign(size_t(count), 1.0f);
+      auto once = [&] {
+        op.start(buf.data());
+        op.wait();
+      };
+      once();  // also checks the result: every rank contributed ones
+      if (buf[0] != float(world.ranks()) || buf[size_t(count - 1)] != float(world.ranks()))
+        throw RunError("sweep: " + a + " at " + std::to_string(bytes) + " B gave a wrong sum");
+      for (int i = 0; i < f.warmup; ++i) once();
+      int iters = f.iterations;
+      if (iters == 0) {  // enough for about --seconds-per-size, agreed by all ranks
+        double t = 1e9;  // the fastest of three (this machine is shared and noisy)
+        for (int k = 0; k < 3; ++k) {
+          world.barrier();
+          const auto t0 = std::chrono::steady_clock::now();
+          once();
+          t = std::min(t, world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+        }
+        iters = int(std::clamp(f.seconds_per_size / std::max(t, 1e-7), 5.0, 2000.0));
+      }
+      world.barrier();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < iters; ++i) once();
+      const double t =
+          world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()) / iters;
+      const double nb = double(count) * eb;
+      if (talk) {
+        char line[200];
+        std::snprintf(line, sizeof line, "%13.0f %11lld  %-22s %10.2f %12.3f %12.3f %6d\n", nb, (long long)count,
+                      a.c_str(), t * 1e6, algbw_GBps(nb, t), busbw_GBps(nb, t, world.ranks()), iters);
+        std::cout << line << std::flush;
+      }
+      points.push_back({{"algorithm", a}, {"bytes", nb}, {"seconds", t}, {"iterations", iters}});
+      bar(++done, int64_t(algos.size() * sizes.size()));
+    }
+  if (talk && !f.out.empty()) {
+    nlohmann::json j{{"schema", "fuseplan.sweep/1"}, {"ranks", world.ranks()}, {"per_node", world.layout().per_node},
+                     {"precision", precision_name(p)}, {"host", "fuseplan-exec sweep"}, {"points", points}};
+    write_file_atomic(f.out, j.dump(2) + "\n");
+  }
+}
+
+}  // namespace
+
+void add_sweep_command(CLI::App& app) {
+  auto f = std::make_shared<SweepFlags>();
+  auto* cmd = app.add_subcommand("sweep",
+                                 "Allreduce sweep across MPI ranks (like nccl-tests' all_reduce_perf): time, algbw and\n"
+                                 "busbw per size and algorithm; --out writes it for `fuseplan calibrate --sweep`.");
+  cmd->add_option("--algorithms", f->algorithms, "comma-separated: mpi and fuseplan's algorithms")->capture_default_str();
+  cmd->add_option("--sizes", f->sizes, "MIN:MAX message bytes (4K, 256M, 64MiB, ...)")->capture_default_str();
+  cmd->add_option("--factor", f->factor, "size step factor")->capture_default_str();
+  cmd->add_option("--precision", f->precision, "element type: fp32 | fp16 | bf16")->capture_default_str();
+  cmd->add_option("--warmup", f->warmup, "untimed allreduces per size")->capture_default_str();
+  cmd->add_option("--iterations", f->iterations, "timed allreduces per size (0 = enough for --seconds-per-size)")
+      ->capture_default_str();
+  cmd->add_option("--seconds-per-size", f->seconds_per_size, "target timing per size when --iterations is 0")
+      ->capture_default_str();
+  cmd->add_option("--out", f->out, "write the sweep (fuseplan.sweep/1) to FILE");
+  cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
+  cmd->callback([f] { run_sweep(*f); });
+}
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,46 @@
+// Calibration of the communication model from measurements: an allreduce sweep (time per
+// message size, from `fuseplan-exec sweep` or NVIDIA nccl-tests) fitted by least squares
+// to the alpha, beta and gamma of an algorithm's textbook formula, as the cluster file's
+// `calibrated` section holds them (CollectiveModel then costs that algorithm with them).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/collective.hpp"
+
+namespace fuseplan {
+
+struct SweepPoint {
+  double bytes = 0, seconds = 0;
+};
+
+// One algorithm's measured sweep on `ranks` ranks with `elem_bytes` per element.
+struct Sweep {
+  std::string algorithm;  // a registered algorithm name
+  int ranks = 2, per_node = 1, elem_bytes = 4;
+  std::vector<SweepPoint> points;
+};
+
+struct CalibrationFit {
+  Calibration k;
+  std::vector<double> predicted_s;       // the fitted formula at every point
+  double mean_rel_err = 0, max_rel_err = 0;
+};
+
+// The calibrated formula's time for `bytes` (as CollectiveModel computes it: the flat
+// textbook network, `group` for hierarchical algorithms), plus `launch_s`.
+double calibrated_time(const Algorithm& a, const Sweep& s, const Calibration& k, double bytes, double launch_s);
+
+// Non-negative least squares on relative errors (every size counts alike) of the times
+// minus `launch_s`. Only points whose index passes `use` are fitted; errors are reported
+// over all points. Throws InputError if fewer than two points are fitted.
+CalibrationFit fit_calibration(const Algorithm& a, const Sweep& s, double launch_s, const std::vector<bool>& use = {});
+
+// Sweeps from files: fuseplan.sweep/1 (fuseplan-exec sweep), or nccl-tests
+// all_reduce_perf output (its text table or -J JSON), whose points are attributed to
+// `as_algorithm` on `ranks` ranks. Throw InputError naming the file.
+std::vector<Sweep> load_sweep(const std::string& path);
+Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, int ranks, int per_node);
+
+}  // namespace fuseplan

@@ -1,0 +1,241 @@
+#include "fuseplan/costmodel/calibrate.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan {
+
+namespace {
+
+// The arguments CollectiveModel's calibrated path evaluates: the flat textbook network
+// over `ranks`, hierarchical groups of the sweep's ranks per node.
+CollectiveArgs flat_args(const Sweep& s, double bytes, const Net& net) {
+  CollectiveArgs a;
+  a.topo = {s.ranks, 1};
+  a.group = s.per_node;
+  a.net = net;
+  a.elem_bytes = s.elem_bytes;
+  a.count = std::max<int64_t>(1, int64_t(std::llround(bytes / s.elem_bytes)));
+  return a;
+}
+
+// Coefficients of alpha, beta, gamma in the formula at this size: the cost is linear in
+// them on the flat network (every round's slower link is the same kind).
+std::array<double, 3> coefficients(const Algorithm& algo, const Sweep& s, double bytes, int variant) {
+  std::array<double, 3> c{};
+  for (int k = 0; k < 3; ++k) {
+    CollectiveArgs a = flat_args(s, bytes, Net::uniform(k == 0, k == 1, k == 2));
+    a.variant = variant;
+    c[size_t(k)] = closed_form_cost(algo, a).total();
+  }
+  return c;
+}
+
+// Solves the 3x3 (or smaller) normal equations restricted to the variables in `mask`.
+bool solve(const std::array<std::array<double, 3>, 3>& A, const std::array<double, 3>& b, unsigned mask,
+           std::array<double, 3>& x) {
+  std::vector<int> idx;
+  for (int k = 0; k < 3; ++k)
+    if (mask & (1u << k)) idx.push_back(k);
+  const size_t n = idx.size();
+  std::vector<std::vector<double>> M(n, std::vector<double>(n + 1));
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j < n; ++j) M[i][j] = A[size_t(idx[i])][size_t(idx[j])];
+    M[i][n] = b[size_t(idx[i])];
+  }
+  for (size_t c = 0; c < n; ++c) {  // Gaussian elimination, partial pivoting
+    size_t p = c;
+    for (size_t r = c + 1; r < n; ++r)
+      if (std::abs(M[r][c]) > std::abs(M[p][c])) p = r;
+    if (std::abs(M[p][c]) < 1e-300) return false;
+    std::swap(M[p], M[c]);
+    for (size_t r = 0; r < n; ++r) {
+      if (r == c) continue;
+      const double f = M[r][c] / M[c][c];
+      for (size_t k = c; k <= n; ++k) M[r][k] -= f * M[c][k];
+    }
+  }
+  x = {0, 0, 0};
+  for (size_t i = 0; i < n; ++i) x[size_t(idx[i])] = M[i][n] / M[i][i];
+  return true;
+}
+
+}  // namespace
+
+double calibrated_time(const Algorithm& a, const Sweep& s, const Calibration& k, double bytes, double launch_s) {
+  CollectiveArgs args = flat_args(s, bytes, Net::uniform(k.alpha_us * 1e-6, k.beta_us_per_MB * 1e-12, k.gamma_us_per_MB * 1e-12));
+  return closed_form_cost(a, args).total() + launch_s;
+}
+
+CalibrationFit fit_calibration(const Algorithm& algo, const Sweep& s, double launch_s, const std::vector<bool>& use) {
+  if (s.ranks < 2) throw InputError("calibrate: a sweep needs 2 or more ranks (got " + std::to_string(s.ranks) + ")");
+  // The variant (the tree's pipeline depth) as a typical network picks it.
+  const int variant = best_variant(algo, flat_args(s, 1 << 20, Net::uniform(5e-6, 1e-10, 1e-11)));
+  // Minimise sum ((model - t) / t)^2 over the fitted points: rows scaled by 1/t.
+  std::array<std::array<double, 3>, 3> A{};
+  std::array<double, 3> b{};
+  int fitted = 0;
+  std::vector<std::array<double, 3>> coef;
+  for (size_t i = 0; i < s.points.size(); ++i) {
+    const SweepPoint& p = s.points[i];
+    if (!(p.seconds > 0) || !(p.bytes > 0)) throw InputError("calibrate: sweep point with a non-positive size or time");
+    coef.push_back(coefficients(algo, s, p.bytes, variant));
+    if (!use.empty() && !use[i]) continue;
+    const double w = 1.0 / p.seconds, y = (p.seconds - launch_s) * w;
+    for (int r = 0; r < 3; ++r) {
+      for (int c = 0; c < 3; ++c) A[size_t(r)][size_t(c)] += coef.back()[size_t(r)] * w * coef.back()[size_t(c)] * w;
+      b[size_t(r)] += coef.back()[size_t(r)] * w * y;
+    }
+    ++fitted;
+  }
+  if (fitted < 2) throw InputError("calibrate: " + s.algorithm + " needs at least two sizes to fit");
+  // Non-negative least squares by trying every support (three variables: eight sets).
+  std::array<double, 3> best{};
+  double best_err = std::numeric_limits<double>::infinity();
+  for (unsigned mask = 1; mask < 8; ++mask) {
+    std::array<double, 3> x;
+    if (!solve(A, b, mask, x)) continue;
+    if (x[0] < 0 || x[1] < 0 || x[2] < 0) continue;
+    double err = 0;
+    for (size_t i = 0; i < s.points.size(); ++i) {
+      if (!use.empty() && !use[i]) continue;
+      const double m = coef[i][0] * x[0] + coef[i][1] * x[1] + coef[i][2] * x[2] + launch_s;
+      err += std::pow((m - s.points[i].seconds) / s.points[i].seconds, 2);
+    }
+    if (err < best_err) {
+      best_err = err;
+      best = x;
+    }
+  }
+  CalibrationFit f;
+  f.k = {best[0] * 1e6, best[1] * 1e12, best[2] * 1e12};
+  for (size_t i = 0; i < s.points.size(); ++i) {
+    const double m = coef[i][0] * best[0] + coef[i][1] * best[1] + coef[i][2] * best[2] + launch_s;
+    f.predicted_s.push_back(m);
+    const double e = std::abs(m - s.points[i].seconds) / s.points[i].seconds;
+    f.mean_rel_err += e / double(s.points.size());
+    f.max_rel_err = std::max(f.max_rel_err, e);
+  }
+  return f;
+}
+
+std::vector<Sweep> load_sweep(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError("--sweep " + path + ": cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw InputError("--sweep " + path + ": not JSON (" + std::string(e.what()) + ")");
+  }
+  auto bad = [&](const std::string& why) { return InputError("--sweep " + path + ": " + why); };
+  if (!j.is_object() || j.value("schema", "") != "fuseplan.sweep/1") throw bad("not a fuseplan.sweep/1 file");
+  for (const auto& [key, v] : j.items())
+    if (key != "schema" && key != "ranks" && key != "per_node" && key != "precision" && key != "host" && key != "points")
+      throw bad("unknown key '" + key + "' (valid: schema, ranks, per_node, precision, host, points)");
+  std::vector<Sweep> out;
+  try {
+    const int ranks = j.at("ranks").get<int>(), per_node = j.at("per_node").get<int>();
+    const int elem = bytes_per_element(parse_precision(j.at("precision").get<std::string>(), "--sweep " + path + ": $.precision"));
+    if (ranks < 2 || per_node < 1) throw bad("ranks must be >= 2 and per_node >= 1");
+    for (const auto& p : j.at("points")) {
+      const std::string algo = p.at("algorithm").get<std::string>();
+      find_algorithm(algo, "--sweep " + path + ": $.points[].algorithm");
+      auto it = std::find_if(out.begin(), out.end(), [&](const Sweep& s) { return s.algorithm == algo; });
+      if (it == out.end()) {
+        out.push_back({algo, ranks, per_node, elem, {}});
+        it = out.end() - 1;
+      }
+      it->points.push_back({p.at("bytes").get<double>(), p.at("seconds").get<double>()});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(std::string("malformed (") + e.what() + ")");
+  }
+  if (out.empty()) throw bad("no points");
+  return out;
+}
+
+Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, int ranks, int per_node) {
+  std::ifstream in(path);
+  if (!in) throw InputError("--nccl-tests " + path + ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  auto bad = [&](const std::string& why) { return InputError("--nccl-tests " + path + ": " + why); };
+  find_algorithm(as_algorithm, "--as");
+  Sweep s{as_algorithm, ranks, per_node, 4, {}};
+  auto elem_of = [&](const std::string& type) {
+    if (type == "float" || type == "float32" || type == "int32" || type == "uint32") return 4;
+    if (type == "half" || type == "float16" || type == "bfloat16" || type == "bf16") return 2;
+    if (type == "double" || type == "float64" || type == "int64" || type == "uint64") return 8;
+    if (type == "int8" || type == "uint8" || type == "fp8_e4m3" || type == "fp8_e5m2") return 1;
+    throw bad("unknown data type '" + type + "'");
+  };
+  int devices = 0;
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && text[first] == '{') {
+    // -J: the results are objects with size, type and out_of_place.time (us).
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const std::exception& e) {
+      throw bad(std::string("not JSON (") + e.what() + ")");
+    }
+    std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& v) {
+      if (v.is_object()) {
+        if (v.contains("size") && v.contains("out_of_place") && v["out_of_place"].is_object()) {
+          s.elem_bytes = elem_of(v.value("type", "float"));
+          const auto& o = v["out_of_place"];
+          const double t = o.contains("time") ? o["time"].get<double>() : o.at("cpu_time").get<double>();
+          s.points.push_back({v["size"].get<double>(), t * 1e-6});
+          return;
+        }
+        if (v.contains("devices") && v["devices"].is_array()) devices = int(v["devices"].size());
+        for (const auto& [k, x] : v.items()) walk(x);
+      } else if (v.is_array()) {
+        for (const auto& x : v) walk(x);
+      }
+    };
+    try {
+      walk(j);
+    } catch (const nlohmann::json::exception& e) {
+      throw bad(std::string("malformed (") + e.what() + ")");
+    }
+  } else {
+    // The text table: size count type redop [root] time algbw busbw #wrong (out of place) ...
+    std::istringstream lines(text);
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.rfind("#  Rank", 0) == 0) ++devices;
+      if (line.empty() || line[0] == '#') continue;
+      std::istringstream tok(line);
+      std::vector<std::string> t;
+      for (std::string w; tok >> w;) t.push_back(w);
+      if (t.size() < 8 || t[0].find_first_not_of("0123456789") != std::string::npos) continue;
+      const size_t at = t.size() >= 13 ? 5 : 4;  // nccl-tests >= 2.13 print a root column
+      try {
+        s.elem_bytes = elem_of(t[2]);
+        s.points.push_back({std::stod(t[0]), std::stod(t[at]) * 1e-6});
+      } catch (const std::logic_error&) {
+        throw bad("cannot read the line '" + line + "'");
+      }
+    }
+  }
+  if (s.points.empty()) throw bad("no all_reduce_perf result lines");
+  if (s.ranks <= 0) s.ranks = devices;
+  if (s.ranks < 2) throw bad("cannot tell the rank count (give --ranks)");
+  if (s.per_node <= 0) s.per_node = s.ranks;
+  // Sizes below one element per rank measure only launch latency; keep them (they fit alpha).
+  return s;
+}
+
+}  // namespace fuseplan
