@@ -115,6 +115,13 @@ void run_run(RunFlags& f) {
     if (!(f.poll_us >= 0)) throw InputError("--poll-us: must be >= 0");
     if (f.progress != "poll" && f.progress != "thread")
       throw InputError("--progress: unknown mode '" + f.progress + "' (valid: poll, thread)");
+    // The model's input and classes as the plan recorded them, unless flags say otherwise.
+    if (!f.t.model_opt->count()) {
+      const ModelOptions& po = plan.model_options;
+      if (f.t.resolution == 0 && po.resolution) f.t.resolution = *po.resolution;
+      if (f.t.channels == 0 && po.channels) f.t.channels = *po.channels;
+      if (f.t.classes == 0 && po.classes) f.t.classes = *po.classes;
+    }
     data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan.model);
     validate_plan(plan, data.model, f.plan_path);
     cluster = load_cluster(f.cluster.empty() ? plan.cluster : f.cluster);
@@ -337,7 +344,7 @@ void run_run(RunFlags& f) {
     if (plan.prediction.is_object() && plan.prediction.contains("iteration_s"))
       std::cout << "  the plan's own prediction (" << plan.cluster << "): "
                 << fixed(plan.prediction.at("iteration_s").get<double>() * 1e3, 2) << " ms per iteration\n";
-    if (!f.report_path.empty()) write_file_atomic(f.report_path, report_to_json(rep, false).dump(2) + "\n");
+    if (!f.report_path.empty()) write_file_atomic(f.report_path, report_to_json(rep, true).dump(2) + "\n");
     if (!f.trace_path.empty()) rep.timeline.write_chrome_trace(f.trace_path);
     if (!f.t.metrics_path.empty()) write_metrics(f.t.metrics_path, f.t, data.model, data.train, result, P);
     if (!f.t.profile_path.empty()) write_profile(f.t.profile_path, f.t, data.model, net);

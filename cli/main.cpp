@@ -19,5 +19,6 @@ int main(int argc, char** argv) {
   fuseplan::cli::add_whatif_command(app);
   fuseplan::cli::add_simulate_command(app);
   fuseplan::cli::add_calibrate_command(app);
+  fuseplan::cli::add_verify_command(app);
   return fuseplan::cli::run_app(app, argc, argv, "fuseplan");
 }

@@ -49,7 +49,14 @@ SetupFlags::Resolved SetupFlags::resolve() const {
 SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const {
   PlanSetup s;
   s.plan = load_plan(path);
-  s.model = load_model(model.model_opt->count() ? model.model : s.plan.model, model.options());
+  // The model as the plan recorded it, unless flags say otherwise.
+  ModelOptions mo = model.options();
+  if (!model.model_opt->count()) {
+    if (!mo.resolution) mo.resolution = s.plan.model_options.resolution;
+    if (!mo.channels) mo.channels = s.plan.model_options.channels;
+    if (!mo.classes) mo.classes = s.plan.model_options.classes;
+  }
+  s.model = load_model(model.model_opt->count() ? model.model : s.plan.model, mo);
   if (!profile.empty()) apply_profile(s.model, profile);
   validate_plan(s.plan, s.model, path);
   s.cluster = load_cluster(cluster_opt->count() ? cluster : s.plan.cluster);

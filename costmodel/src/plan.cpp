@@ -29,6 +29,11 @@ nlohmann::json plan_to_json(const Plan& p) {
                    {"compute", precision_name(p.compute)},
                    {"strategy", p.strategy},
                    {"buckets", buckets}};
+  nlohmann::json o = nlohmann::json::object();
+  if (p.model_options.resolution) o["resolution"] = *p.model_options.resolution;
+  if (p.model_options.channels) o["channels"] = *p.model_options.channels;
+  if (p.model_options.classes) o["classes"] = *p.model_options.classes;
+  if (!o.empty()) j["model"]["options"] = o;
   if (!p.prediction.is_null()) j["prediction"] = p.prediction;
   return j;
 }
@@ -43,6 +48,16 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   p.tensors = static_cast<int>(m.integer("tensors", 1, 1 << 30));
   p.params = m.integer("params", 1, INT64_MAX);
   p.fingerprint = m.string("fingerprint");
+  if (auto o = m.opt_object("options")) {
+    auto get = [&](const char* key) -> std::optional<int> {
+      if (auto v = o->opt_integer(key, 1, 1 << 20)) return static_cast<int>(*v);
+      return std::nullopt;
+    };
+    p.model_options.resolution = get("resolution");
+    p.model_options.channels = get("channels");
+    p.model_options.classes = get("classes");
+    o->finish();
+  }
   m.finish();
   p.cluster = r.string("cluster");
   p.gpus = static_cast<int>(r.integer("gpus", 1, 1 << 24));
@@ -186,6 +201,13 @@ Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, 
   p.tensors = static_cast<int>(m.tensors.size());
   p.params = m.param_count();
   p.fingerprint = m.fingerprint_hex();
+  // A CNN's input (channels x resolution x resolution) and classes (the last layer's width).
+  if (m.input_shape.size() == 3 && m.input_shape[1] == m.input_shape[2] && !m.layers.empty() &&
+      m.layers.back().out_shape.size() == 1) {
+    p.model_options.channels = static_cast<int>(m.input_shape[0]);
+    p.model_options.resolution = static_cast<int>(m.input_shape[1]);
+    p.model_options.classes = static_cast<int>(m.layers.back().out_shape[0]);
+  }
   p.cluster = cluster;
   p.gpus = gpus;
   p.batch_per_gpu = batch;

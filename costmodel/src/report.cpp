@@ -1,9 +1,11 @@
 // Report JSON and the Chrome trace writer.
 #include "fuseplan/costmodel/report.hpp"
 
+#include <fstream>
 #include <map>
 
 #include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/models/error.hpp"
 
 namespace fuseplan {
 
@@ -75,6 +77,78 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                    {"buckets", buckets}};
   if (with_timeline) j["timeline"] = r.timeline.to_chrome_trace();
   return j;
+}
+
+Timeline timeline_from_chrome_trace(const nlohmann::json& trace) {
+  Timeline t;
+  std::map<std::pair<int, int>, std::string> streams;
+  for (const auto& e : trace.at("traceEvents"))
+    if (e.value("ph", "") == "M" && e.value("name", "") == "thread_name")
+      streams[{e.at("pid").get<int>(), e.at("tid").get<int>()}] = e.at("args").at("name").get<std::string>();
+  for (const auto& e : trace.at("traceEvents")) {
+    if (e.value("ph", "") != "X") continue;
+    TimelineEvent x;
+    x.rank = e.at("pid").get<int>();
+    x.stream = streams[{x.rank, e.at("tid").get<int>()}];
+    x.name = e.at("name").get<std::string>();
+    x.category = e.value("cat", "");
+    x.start_s = e.at("ts").get<double>() * 1e-6;
+    x.dur_s = e.at("dur").get<double>() * 1e-6;
+    if (e.contains("args")) x.bytes = e["args"].value("bytes", int64_t(0));
+    t.events.push_back(std::move(x));
+  }
+  return t;
+}
+
+Report report_from_json(const nlohmann::json& j, const std::string& origin) {
+  Report r;
+  try {
+    r.source = j.at("source").get<std::string>();
+    r.model = j.at("model").get<std::string>();
+    r.cluster = j.at("cluster").get<std::string>();
+    r.gpus = j.at("gpus").get<int>();
+    r.batch_per_gpu = j.at("batch_per_gpu").get<int>();
+    r.compute = parse_precision(j.at("compute").get<std::string>(), origin + ": $.compute");
+    for (auto [key, field] : {std::pair{"iteration_s", &r.iteration_s}, {"forward_s", &r.forward_s},
+                              {"backward_s", &r.backward_s}, {"optimizer_s", &r.optimizer_s},
+                              {"data_wait_s", &r.data_wait_s}, {"comm_busy_s", &r.comm_busy_s},
+                              {"comm_end_s", &r.comm_end_s}, {"exposed_comm_s", &r.exposed_comm_s},
+                              {"throughput_samples_s", &r.throughput_samples_s}})
+      *field = j.at(key).get<double>();
+    for (const auto& b : j.at("buckets")) {
+      BucketReport x;
+      x.index = b.at("index").get<int>();
+      x.begin = b.at("begin").get<int>();
+      x.end = b.at("end").get<int>();
+      x.first_tensor = b.value("first_tensor", "");
+      x.last_tensor = b.value("last_tensor", "");
+      x.bytes = b.at("bytes").get<int64_t>();
+      x.algorithm = b.at("algorithm").get<std::string>();
+      x.auto_chosen = b.value("auto", false);
+      x.stream = b.value("stream", 0);
+      x.transfer = parse_precision(b.at("transfer").get<std::string>(), origin + ": $.buckets[].transfer");
+      x.ready_s = b.at("ready_s").get<double>();
+      x.start_s = b.at("start_s").get<double>();
+      x.end_s = b.at("end_s").get<double>();
+      r.buckets.push_back(std::move(x));
+    }
+    if (j.contains("timeline")) r.timeline = timeline_from_chrome_trace(j.at("timeline"));
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(origin + ": not a fuseplan report (" + std::string(e.what()) + ")");
+  }
+  return r;
+}
+
+Report load_report(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError(path + ": cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw InputError(path + ": not JSON (" + std::string(e.what()) + ")");
+  }
+  return report_from_json(j, path);
 }
 
 }  // namespace fuseplan

@@ -9,6 +9,7 @@
 
 #include "fuseplan/costmodel/precision.hpp"
 #include "fuseplan/models/model.hpp"
+#include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan {
 
@@ -28,6 +29,9 @@ struct Plan {
   int tensors = 0;
   int64_t params = 0;
   std::string fingerprint;          // Model::fingerprint_hex()
+  // The CNN input and classes the plan was made for ($.model.options), so that readers
+  // rebuild the same model without repeating --resolution, --channels, --classes.
+  ModelOptions model_options;
   std::string cluster;
   int gpus = 1;
   int batch_per_gpu = 1;

@@ -64,5 +64,11 @@ struct Report {
 };
 
 nlohmann::json report_to_json(const Report& r, bool with_timeline = false);
+// Reads what report_to_json wrote (a measured report from `fuseplan-exec run --report`);
+// throws InputError naming `origin`.
+Report report_from_json(const nlohmann::json& j, const std::string& origin);
+Report load_report(const std::string& path);
+// Complete events of a Chrome trace written by Timeline (streams from thread names).
+Timeline timeline_from_chrome_trace(const nlohmann::json& trace);
 
 }  // namespace fuseplan

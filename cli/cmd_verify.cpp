@@ -1,0 +1,126 @@
+// `fuseplan verify`: predicted vs simulated vs measured for one plan, side by side: the
+// iteration and its phases and every bucket's start and end, with the relative error of
+// the prediction and the simulation against the measurement; a combined trace.
+#include <cmath>
+#include <iostream>
+#include <memory>
+
+#include "commands.hpp"
+#include "format.hpp"
+#include "fuseplan/costmodel/compute.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/models/error.hpp"
+#include "fuseplan/sim/simulator.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+
+struct VerifyFlags {
+  SetupFlags setup;
+  std::string plan_path, measured_path, trace_path;
+  bool no_sim = false, json = false;
+};
+
+std::string rel_err(double model, double measured) {
+  if (!(std::abs(measured) > 1e-12)) return "-";
+  const double e = (model - measured) / measured;
+  return (e >= 0 ? "+" : "") + fixed(100 * e, 1) + " %";
+}
+
+void run_verify(VerifyFlags& f) {
+  auto loaded = f.setup.load_plan_file(f.plan_path);
+  const Model& model = loaded.model;
+  const Cluster& cluster = loaded.cluster;
+  const Plan& plan = loaded.plan;
+  const Report measured = load_report(f.measured_path);
+  if (measured.model != plan.model || measured.gpus != plan.gpus || measured.batch_per_gpu != plan.batch_per_gpu ||
+      measured.buckets.size() != plan.buckets.size())
+    throw InputError("--measured " + f.measured_path + ": measures " + measured.model + " x " +
+                     std::to_string(measured.gpus) + " ranks, batch " + std::to_string(measured.batch_per_gpu) + ", " +
+                     std::to_string(measured.buckets.size()) + " buckets; the plan has " + plan.model + " x " +
+                     std::to_string(plan.gpus) + ", batch " + std::to_string(plan.batch_per_gpu) + ", " +
+                     std::to_string(plan.buckets.size()) + " buckets");
+  CollectiveModel coll(cluster, plan.gpus, f.setup.collective());
+  ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
+  const Report predicted = predict(model, cluster, plan, coll, compute, f.setup.goal(), true);
+  std::optional<Report> simulated;
+  if (!f.no_sim) {
+    const std::string out = sim::run_isolated([&] {
+      sim::SimOptions o;
+      return report_to_json(sim::simulate_plan(model, cluster, plan, f.setup.collective(), f.setup.goal(), o)).dump();
+    });
+    simulated = report_from_json(nlohmann::json::parse(out), "simulation");
+  }
+
+  struct Row {
+    std::string name;
+    double p, s, m;
+  };
+  std::vector<Row> rows = {
+      {"iteration", predicted.iteration_s, simulated ? simulated->iteration_s : NAN, measured.iteration_s},
+      {"forward", predicted.forward_s, simulated ? simulated->forward_s : NAN, measured.forward_s},
+      {"backward", predicted.backward_s, simulated ? simulated->backward_s : NAN, measured.backward_s},
+      {"exposed communication", predicted.exposed_comm_s, simulated ? simulated->exposed_comm_s : NAN,
+       measured.exposed_comm_s},
+      {"last allreduce end", predicted.comm_end_s, simulated ? simulated->comm_end_s : NAN, measured.comm_end_s},
+      {"optimizer", predicted.optimizer_s, simulated ? simulated->optimizer_s : NAN, measured.optimizer_s}};
+  for (size_t b = 0; b < plan.buckets.size(); ++b) {
+    const auto* sb = simulated ? &simulated->buckets[b] : nullptr;
+    rows.push_back({"bucket " + std::to_string(b) + " start", predicted.buckets[b].start_s, sb ? sb->start_s : NAN,
+                    measured.buckets[b].start_s});
+    rows.push_back({"bucket " + std::to_string(b) + " end", predicted.buckets[b].end_s, sb ? sb->end_s : NAN,
+                    measured.buckets[b].end_s});
+  }
+  auto ms = [](double s) { return std::isnan(s) ? std::string("-") : fixed(s * 1e3, 2); };
+  if (f.json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& r : rows)
+      j.push_back({{"metric", r.name}, {"predicted_s", r.p}, {"simulated_s", simulated ? nlohmann::json(r.s) : nullptr},
+                   {"measured_s", r.m}});
+    std::cout << nlohmann::json{{"plan", f.plan_path}, {"cluster", cluster.name}, {"rows", j}}.dump(2) << "\n";
+  } else {
+    std::cout << "fuseplan verify: " << plan.model << " x " << plan.gpus << " GPUs, batch " << plan.batch_per_gpu
+              << ", " << plan.buckets.size() << " buckets; predicted and simulated on " << cluster.name
+              << ", measured: " << measured.cluster << "\n  (times in ms; bucket times from the start of backward; "
+              << "errors relative to the measurement)\n\n";
+    Table t({"<", "predicted", "simulated", "measured", "pred err", "sim err"});
+    for (const auto& r : rows)
+      t.row({r.name, ms(r.p), ms(r.s), ms(r.m), rel_err(r.p, r.m), simulated ? rel_err(r.s, r.m) : "-"});
+    t.print(std::cout, "  ");
+  }
+  if (!f.trace_path.empty()) {
+    // Measured ranks as they are; the prediction as process 1000, its iteration placed at
+    // the start of the last measured iteration of rank 0.
+    Timeline all = measured.timeline;
+    double last_start = 0;
+    for (const auto& e : measured.timeline.events)
+      if (e.rank == 0 && e.category == "data") last_start = std::max(last_start, e.start_s + e.dur_s);
+    for (TimelineEvent e : predicted.timeline.events) {
+      if (e.rank != 0) continue;
+      e.rank = 1000;
+      e.stream = "predicted " + e.stream;
+      e.start_s += last_start;
+      all.events.push_back(std::move(e));
+    }
+    all.write_chrome_trace(f.trace_path);
+  }
+}
+
+}  // namespace
+
+void add_verify_command(CLI::App& app) {
+  auto f = std::make_shared<VerifyFlags>();
+  auto* cmd = app.add_subcommand("verify",
+                                 "Predicted vs simulated vs measured for a plan: iteration, phases and every bucket's\n"
+                                 "start and end, with relative errors (the measurement from fuseplan-exec run --report).");
+  cmd->add_option("--plan", f->plan_path, "the plan that was run")->required();
+  cmd->add_option("--measured", f->measured_path, "fuseplan-exec run --report FILE")->required();
+  f->setup.add(cmd);
+  cmd->add_flag("--no-sim", f->no_sim, "skip the SimGrid simulation");
+  cmd->add_option("--trace", f->trace_path, "Chrome trace: measured ranks and the predicted iteration");
+  cmd->add_flag("--json", f->json, "print the table as JSON");
+  cmd->callback([f] { run_verify(*f); });
+}
+
+}  // namespace fuseplan::cli
