@@ -1,0 +1,126 @@
+// Calibration: the least-squares fit recovers the constants a sweep was made with, the
+// hold-out check, nccl-tests import (text and -J JSON), and refusals of bad files.
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+
+#include "fuseplan/costmodel/calibrate.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/models/error.hpp"
+
+using namespace fuseplan;
+
+namespace {
+Sweep synthetic(const std::string& algo, int ranks, const Calibration& k, double launch_s) {
+  Sweep s{algo, ranks, 1, 4, {}};
+  for (double bytes = 4096; bytes <= 256.0 * (1 << 20); bytes *= 2)
+    s.points.push_back({bytes, calibrated_time(find_algorithm(algo), s, k, bytes, launch_s)});
+  return s;
+}
+std::string data(const std::string& name) { return std::string(FUSEPLAN_TEST_DATA) + "/" + name; }
+}  // namespace
+
+TEST_CASE("calibrate: the fit recovers alpha, beta and gamma from an exact sweep") {
+  const Calibration k{7.5, 120.0, 30.0};
+  for (const char* algo : {"ring", "recursive_doubling", "rabenseifner", "mpi"})
+    for (int ranks : {2, 4, 8}) {
+      CAPTURE(algo, ranks);
+      const Sweep s = synthetic(algo, ranks, k, 5e-6);
+      const CalibrationFit f = fit_calibration(find_algorithm(algo), s, 5e-6);
+      CHECK(f.max_rel_err < 1e-6);
+      CHECK(f.k.alpha_us == Approx(k.alpha_us).epsilon(1e-4));
+      // Beta and gamma multiply terms proportional to n in these formulas (the ring's
+      // 2(p-1)/p n beta + (p-1)/p n gamma): one sweep fixes only that combination, which
+      // the fit reproduces exactly (max error above), putting it into beta.
+      const double per_byte = std::string(algo) == "recursive_doubling" ? 1.0 : 0.5;
+      CHECK(f.k.beta_us_per_MB + per_byte * f.k.gamma_us_per_MB ==
+            Approx(k.beta_us_per_MB + per_byte * k.gamma_us_per_MB).epsilon(1e-4));
+    }
+}
+
+TEST_CASE("calibrate: constants are never negative, and a hold-out half is predicted") {
+  Sweep s = synthetic("ring", 4, {3.0, 200.0, 0.0}, 0);
+  // Noise of +-3 % alternating: the fit stays close and non-negative.
+  for (size_t i = 0; i < s.points.size(); ++i) s.points[i].seconds *= i % 2 ? 1.03 : 0.97;
+  std::vector<bool> even(s.points.size());
+  for (size_t i = 0; i < even.size(); ++i) even[i] = i % 2 == 0;
+  const CalibrationFit f = fit_calibration(find_algorithm("ring"), s, 0, even);
+  CHECK(f.k.alpha_us >= 0);
+  CHECK(f.k.gamma_us_per_MB >= 0);
+  for (size_t i = 1; i < s.points.size(); i += 2)
+    CHECK(std::abs(f.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds < 0.08);
+  CHECK_THROWS_AS(fit_calibration(find_algorithm("ring"), Sweep{"ring", 4, 1, 4, {{4096, 1e-5}}}, 0), InputError);
+}
+
+TEST_CASE("calibrate: nccl-tests all_reduce_perf text and -J JSON are read") {
+  const Sweep t = load_nccl_tests(data("nccl-tests-allreduce.txt"), "ring", 0, 0);
+  CHECK(t.ranks == 4);  // from the '#  Rank' lines
+  CHECK(t.elem_bytes == 4);
+  REQUIRE(t.points.size() == 8);
+  CHECK(t.points[0].bytes == 1024);
+  // The file's out-of-place times follow the ring with alpha 2.5 us and 4 GB/s links.
+  const CalibrationFit f = fit_calibration(find_algorithm("ring"), t, 0);
+  CHECK(f.k.alpha_us == Approx(2.5).epsilon(0.02));
+  CHECK(f.k.beta_us_per_MB + f.k.gamma_us_per_MB * 0.5 == Approx(250).epsilon(0.02));
+  const Sweep j = load_nccl_tests(data("nccl-tests-allreduce.json"), "double_binary_tree", 0, 0);
+  CHECK(j.ranks == 2);
+  CHECK(j.elem_bytes == 2);
+  REQUIRE(j.points.size() == 3);
+  CHECK(j.points[2].seconds == Approx(95e-6));
+  CHECK_THROWS_WITH(load_nccl_tests(data("nccl-tests-allreduce.txt"), "butterfly", 0, 0),
+                    Catch::Contains("unknown algorithm 'butterfly'"));
+  CHECK_THROWS_AS(load_nccl_tests(data("golden-model.json"), "ring", 2, 1), InputError);
+  CHECK_THROWS_AS(load_sweep(data("nccl-tests-allreduce.txt")), InputError);
+}
+
+TEST_CASE("calibrate: sweep files are validated") {
+  const auto dir = std::filesystem::temp_directory_path() / "fuseplan-test-calibrate";
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& text) {
+    const std::string p = (dir / "s.json").string();
+    std::ofstream(p) << text;
+    return p;
+  };
+  const auto good = load_sweep(write(R"({"schema":"fuseplan.sweep/1","ranks":2,"per_node":2,"precision":"fp16",
+    "host":"x","points":[{"algorithm":"ring","bytes":4096,"seconds":1e-5,"iterations":10},
+    {"algorithm":"mpi","bytes":4096,"seconds":2e-5}]})"));
+  REQUIRE(good.size() == 2);
+  CHECK(good[0].elem_bytes == 2);
+  CHECK_THROWS_WITH(load_sweep(write(R"({"schema":"fuseplan.sweep/1","ranks":2,"per_node":2,"precision":"fp32",
+    "points":[{"algorithm":"spin","bytes":1,"seconds":1}]})")),
+                    Catch::Contains("unknown algorithm 'spin'"));
+  CHECK_THROWS_WITH(load_sweep(write(R"({"schema":"fuseplan.sweep/1","ranks":2,"per_node":2,"precision":"fp32",
+    "color":1,"points":[]})")),
+                    Catch::Contains("unknown key 'color'"));
+  CHECK_THROWS_AS(load_sweep(write("{")), InputError);
+}
+
+TEST_CASE("report: a measured report reads back with its buckets and timeline") {
+  Report r;
+  r.source = "measured";
+  r.model = "resnet18";
+  r.cluster = "here";
+  r.gpus = 2;
+  r.iteration_s = 0.25;
+  r.exposed_comm_s = 0.01;
+  BucketReport b;
+  b.index = 0;
+  b.end = 3;
+  b.algorithm = "ring";
+  b.bytes = 4096;
+  b.ready_s = 0.1;
+  b.start_s = 0.11;
+  b.end_s = 0.2;
+  r.buckets.push_back(b);
+  r.timeline.events.push_back({1, "comm0", "bucket 0 ring", "allreduce", 0.11, 0.09, 4096});
+  const Report back = report_from_json(report_to_json(r, true), "test");
+  CHECK(back.iteration_s == r.iteration_s);
+  REQUIRE(back.buckets.size() == 1);
+  CHECK(back.buckets[0].start_s == b.start_s);
+  REQUIRE(back.timeline.events.size() == 1);
+  CHECK(back.timeline.events[0].stream == "comm0");
+  CHECK(back.timeline.events[0].rank == 1);
+  CHECK(back.timeline.events[0].dur_s == Approx(0.09));
+  CHECK_THROWS_AS(report_from_json(nlohmann::json{{"source", "x"}}, "test"), InputError);
+}
