@@ -341,6 +341,12 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
       if (e.value("cat", "") == "allreduce") ranks_with_allreduce.insert(e.at("pid").get<int>());
     CHECK(ranks_with_allreduce == std::set<int>{0, 1});
   }
+  // The measurement against the prediction and the simulation of the same plan.
+  Run v = run("verify --plan " + plan + " --measured " + report);
+  INFO(v.out);
+  CHECK(v.code == 0);
+  CHECK_THAT(v.out, Catch::Contains("pred err") && Catch::Contains("bucket 0 start"));
+  CHECK(run("verify --plan " + plan + " --measured " + plan).code == 2);  // not a report
   // Mismatches are refused before training, with one line from one rank.
   Run n = run_mpi(3, "run --plan " + plan + data);
   CHECK(n.code == 2);
@@ -372,4 +378,24 @@ TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of 
   INFO(r.out);
   CHECK(r.code != 0);
   CHECK(r.code != 124);
+}
+
+TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that predict then uses") {
+  const std::string sweep = tmp("sweep.json"), cal = tmp("calibrated.json");
+  Run w = run_mpi(2, "sweep --algorithms ring,mpi --sizes 4K:256K --iterations 3 --warmup 1 --out " + sweep);
+  INFO(w.out);
+  REQUIRE(w.code == 0);
+  CHECK_THAT(w.out, Catch::Contains("busbw"));
+  Run c = run("calibrate --cluster local-cpu --sweep " + sweep + " --holdout --out " + cal);
+  INFO(c.out);
+  REQUIRE(c.code == 0);
+  CHECK_THAT(c.out, Catch::Contains("holdout mean"));
+  const auto j = nlohmann::json::parse(std::ifstream(cal));
+  CHECK(j.at("calibrated").contains("ring"));
+  CHECK(j.at("calibrated").contains("mpi"));
+  CHECK(run("predict --model resnet18 --cluster " + cal + " --gpus 2 --algorithm ring").code == 0);
+  expect_bad("calibrate --sweep " + sweep + " --nccl-tests " + sweep, "exactly one of --sweep and --nccl-tests");
+  Run bad = run_mpi(2, "sweep --algorithms ring,spin");
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
 }
