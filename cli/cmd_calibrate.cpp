@@ -8,6 +8,7 @@
 #include "format.hpp"
 #include "fuseplan/costmodel/calibrate.hpp"
 #include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/exec/discover.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan::cli {
@@ -17,10 +18,78 @@ namespace {
 struct CalibrateFlags {
   std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out;
   int ranks = 0, per_node = 0;
-  bool holdout = false;
+  bool holdout = false, discover = false;
 };
 
+// A draft cluster file of this machine: the CPU executor's template (local-cpu) with
+// what hwloc and rdma-core report; every discovered value says so in `provenance`.
+void run_discover(const CalibrateFlags& f) {
+  const exec::MachineInfo m = exec::discover_machine();
+  std::cout << "fuseplan calibrate --discover: " << (m.cpu_model.empty() ? "unknown CPU" : m.cpu_model) << "\n"
+            << "  hwloc: " << m.packages << " package(s), " << m.cores << " cores, " << m.pus << " hardware threads, "
+            << m.gpus.size() << " GPU(s), " << m.nics.size() << " network device(s)\n";
+  for (const auto& g : m.gpus) std::cout << "    GPU " << g << "\n";
+  for (const auto& n : m.nics) std::cout << "    network " << n << "\n";
+  if (m.rdma_ports.empty())
+    std::cout << "  rdma-core: " << m.rdma_note
+              << ": ranks talk over TCP and shared memory; calibrate that path with fuseplan-exec sweep\n";
+  for (const auto& r : m.rdma_ports)
+    std::cout << "  rdma-core: " << r.device << " port " << r.port << ": " << r.link_layer
+              << (r.link_layer == "ethernet" ? " (RoCE)" : "") << ", " << (r.active ? "active" : "down") << ", "
+              << r.width << " " << r.speed << " = " << fixed(r.gbps, 1) << " Gb/s\n";
+  Cluster c = load_cluster(f.cluster);
+  c.provenance.clear();
+  c.calibrated.clear();
+  c.name = "discovered";
+  c.description = "Draft from fuseplan calibrate --discover on " + (m.cpu_model.empty() ? "this machine" : m.cpu_model);
+  c.nodes = 1;
+  if (!m.gpus.empty()) {
+    c.gpus_per_node = int(m.gpus.size());
+    c.provenance["gpus_per_node"] = "discovered: hwloc GPU OS devices";
+    c.provenance["device.name"] = "template " + f.cluster + ": set the GPU's datasheet values";
+  } else {
+    c.gpus_per_node = std::max(1, m.cores);
+    c.device.name = m.cpu_model.empty() ? c.device.name : m.cpu_model;
+    c.provenance["gpus_per_node"] = "discovered: hwloc cores (one rank per core)";
+    c.provenance["device.name"] = "discovered: /proc/cpuinfo";
+  }
+  int active = 0;
+  double gbps = 0;
+  std::string port;
+  for (const auto& r : m.rdma_ports)
+    if (r.active) {
+      ++active;
+      if (r.gbps > gbps) {
+        gbps = r.gbps;
+        port = r.device + ":" + std::to_string(r.port) + " " + r.link_layer + " " + r.width + " " + r.speed;
+      }
+    }
+  if (active > 0 && gbps > 0) {
+    InterNodeNetwork n;
+    n.nic_bw_Gbps = gbps;
+    n.nics_per_node = active;
+    n.lat_us = 2;
+    c.inter = n;
+    c.provenance["inter_node.nic_bw_Gbps"] = "discovered: ibv_query_port " + port;
+    c.provenance["inter_node.nics_per_node"] = "discovered: active RDMA ports";
+    c.provenance["inter_node.lat_us"] = "assumption: RDMA latency; calibrate";
+  } else {
+    c.inter.reset();
+  }
+  c.provenance["intra_node.bw_GBps"] = "template " + f.cluster + ": calibrate (fuseplan-exec sweep)";
+  if (!f.out.empty()) {
+    const nlohmann::json j = cluster_to_json(c);
+    cluster_from_json(j, f.out);  // the draft must read back
+    write_file_atomic(f.out, j.dump(2) + "\n");
+    std::cout << "  wrote the draft " << f.out << " (check the values marked as template or assumption)\n";
+  }
+}
+
 void run_calibrate(const CalibrateFlags& f) {
+  if (f.discover) {
+    if (!f.sweep.empty() || !f.nccl_tests.empty()) throw InputError("--discover: give it without --sweep/--nccl-tests");
+    return run_discover(f);
+  }
   if (f.sweep.empty() == f.nccl_tests.empty()) throw InputError("calibrate: give exactly one of --sweep and --nccl-tests");
   Cluster c = load_cluster(f.cluster);
   std::vector<Sweep> sweeps;
@@ -89,7 +158,10 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--ranks", f->ranks, "--nccl-tests: ranks (default: the '#  Rank' lines or JSON devices)");
   cmd->add_option("--per-node", f->per_node, "--nccl-tests: ranks per node (default: all on one node)");
   cmd->add_flag("--holdout", f->holdout, "also fit on every other size and report the error on the others");
-  cmd->add_option("--out", f->out, "write the calibrated cluster file here");
+  cmd->add_option("--out", f->out, "write the calibrated (or discovered) cluster file here");
+  cmd->add_flag("--discover", f->discover,
+                "draft a cluster file of this machine: hwloc (sockets, cores, GPUs, NICs) and rdma-core\n"
+                "(each RDMA port's link layer, speed, width); the template is --cluster");
   cmd->callback([f] { run_calibrate(*f); });
 }
 

@@ -2,7 +2,8 @@
 # Installs the Debian packages fuseplan needs, only those that are missing (idempotent).
 set -euo pipefail
 packages=(cmake g++ make pkg-config nlohmann-json3-dev libcli11-dev catch2 libsimgrid-dev python3
-  libopenblas-openmp-dev libdnnl-dev zlib1g-dev dataset-fashion-mnist openmpi-bin libopenmpi-dev)
+  libopenblas-openmp-dev libdnnl-dev zlib1g-dev dataset-fashion-mnist openmpi-bin libopenmpi-dev
+  libhwloc-dev libibverbs-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -399,3 +399,16 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK(bad.code == 2);
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
 }
+
+TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that reads back") {
+  const std::string draft = tmp("discovered.json");
+  Run d = run("calibrate --discover --out " + draft);
+  INFO(d.out);
+  REQUIRE(d.code == 0);
+  CHECK_THAT(d.out, Catch::Contains("hwloc:") && Catch::Contains("rdma-core:"));
+  const auto j = nlohmann::json::parse(std::ifstream(draft));
+  CHECK(j.at("gpus_per_node").get<int>() >= 1);
+  CHECK(j.at("provenance").at("gpus_per_node").get<std::string>().find("discovered") == 0);
+  CHECK(run("predict --model resnet18 --cluster " + draft + " --gpus 1").code == 0);
+  expect_bad("calibrate --discover --sweep x.json", "--discover: give it without --sweep/--nccl-tests");
+}
