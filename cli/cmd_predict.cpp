@@ -42,7 +42,7 @@ Setup resolve(const PredictFlags& f) {
   s.model = std::move(r.model);
   s.cluster = std::move(r.cluster);
   auto buckets = buckets_from_spec(f.buckets, s.model, f.algorithm, r.transfer);
-  s.plan = make_plan(s.model, s.cluster.name, r.gpus, r.batch, r.compute, buckets, f.buckets);
+  s.plan = make_plan(s.model, cluster_reference(s.cluster), r.gpus, r.batch, r.compute, buckets, f.buckets);
   s.plan_origin = "--buckets";
   return s;
 }
@@ -62,7 +62,7 @@ void print_reference(const Setup& s, const CollectiveModel& coll, const ComputeM
   std::cout << "\n  for reference, other fusions on the same setup (algorithm auto):\n";
   Table t({"<fusion", "buckets", "iteration ms", "exposed comm ms", "efficiency"});
   for (const char* spec : {"per-tensor", "single", "threshold:64MiB", "threshold:25MB"}) {
-    Plan p = make_plan(s.model, s.cluster.name, s.plan.gpus, s.plan.batch_per_gpu, s.plan.compute,
+    Plan p = make_plan(s.model, cluster_reference(s.cluster), s.plan.gpus, s.plan.batch_per_gpu, s.plan.compute,
                        buckets_from_spec(spec, s.model, "auto", transfer), spec);
     Report r = predict(s.model, s.cluster, p, coll, compute, goal, false);
     t.row({spec, std::to_string(p.buckets.size()), ms(r.iteration_s), ms(r.exposed_comm_s), percent(r.scaling_efficiency)});

@@ -12,6 +12,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "mpi_setup.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
@@ -84,8 +85,6 @@ double mean(const std::vector<double>& v) {
 void run_run(RunFlags& f) {
   exec::MpiWorld world(nullptr, nullptr);
   const int rank = world.rank();
-  // Set-up errors are the same on every rank (same files and flags), so rank 0 reports
-  // them; a rank that fails alone says so itself.
   std::string setup_error;
   Plan plan;
   TrainingData data;
@@ -129,13 +128,8 @@ void run_run(RunFlags& f) {
   } catch (const InputError& e) {
     setup_error = e.what();
   }
-  // The lowest failing rank speaks; every rank exits 2.
+  agree_on_setup(world, setup_error, "fuseplan-exec");
   const int P = world.ranks();
-  const int first_failed = P - int(world.max(setup_error.empty() ? 0.0 : double(P - rank)));
-  if (first_failed < P) {
-    const bool speak = rank == first_failed;
-    throw InputError(speak ? (rank == 0 ? setup_error : "rank " + std::to_string(rank) + ": " + setup_error) : "");
-  }
 
   try {
     auto backend = exec::make_cpu_backend(exec::parse_cpu_conv(f.t.conv));

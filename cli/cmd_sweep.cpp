@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "mpi_setup.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/mpi.hpp"
 #include "fuseplan/models/error.hpp"
@@ -56,7 +57,7 @@ void run_sweep(const SweepFlags& f) {
   } catch (const InputError& e) {
     error = e.what();
   }
-  if (world.max(error.empty() ? 0 : 1) > 0) throw InputError(world.rank() == 0 ? error : "");
+  agree_on_setup(world, error, "fuseplan-exec");
 
   const int eb = bytes_per_element(p);
   const bool talk = world.rank() == 0;

@@ -300,7 +300,7 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--resume " + tmp("nothing.bin"), "cannot open", true);
   expect_bad(base + "--checkpoint-every 5", "--checkpoint-every: needs --checkpoint FILE", true);
   expect_bad("train --data-dir /nonexistent", "dataset-fashion-mnist", true);
-  expect_bad("fly", "unknown command 'fly' (valid: train, run)", true);
+  expect_bad("fly", "unknown command 'fly' (valid: train, run, sweep)", true);
 }
 
 namespace {

@@ -278,6 +278,16 @@ Cluster load_cluster(const std::string& name_or_path) {
   return cluster_from_json(parse_json_file(path), path);
 }
 
+std::string cluster_reference(const Cluster& c) {
+  namespace fs = std::filesystem;
+  if (c.source.empty() || c.source == "builtin") return c.name;
+  std::error_code ec;
+  const fs::path shipped = fs::path(config_dir()) / "clusters" / (c.name + ".json");
+  if (fs::equivalent(shipped, c.source, ec)) return c.name;
+  const fs::path abs = fs::absolute(c.source, ec);
+  return ec ? c.source : abs.string();
+}
+
 void check_gpu_count(const Cluster& c, int gpus, const std::string& flag) {
   if (gpus < 1) throw InputError(flag + ": must be >= 1 (got " + std::to_string(gpus) + ")");
   if (gpus > c.capacity())

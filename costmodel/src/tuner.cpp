@@ -455,7 +455,7 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
     b.pack = packs(opt);
     buckets.push_back(b);
   }
-  return make_plan(model_, cluster_.name, gpus_, batch_, compute_precision_, std::move(buckets),
+  return make_plan(model_, cluster_reference(cluster_), gpus_, batch_, compute_precision_, std::move(buckets),
                    strategy_name(opt.strategy));
 }
 

@@ -78,6 +78,9 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin);
 nlohmann::json cluster_to_json(const Cluster& c);
 // A shipped name (configs/clusters/NAME.json) or a path.
 Cluster load_cluster(const std::string& name_or_path);
+// How a plan names the cluster so that load_cluster finds it again: the shipped name, or
+// the absolute path of the file it was read from.
+std::string cluster_reference(const Cluster& c);
 std::vector<std::string> shipped_cluster_names();
 std::string config_dir();
 // Checks `gpus` against the cluster; InputError naming `flag` otherwise.
