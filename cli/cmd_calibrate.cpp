@@ -16,7 +16,7 @@ namespace fuseplan::cli {
 namespace {
 
 struct CalibrateFlags {
-  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out;
+  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out, fit_sizes;
   int ranks = 0, per_node = 0;
   bool holdout = false, discover = false;
 };
@@ -96,6 +96,18 @@ void run_calibrate(const CalibrateFlags& f) {
   if (!f.sweep.empty()) sweeps = load_sweep(f.sweep);
   else sweeps.push_back(load_nccl_tests(f.nccl_tests, f.as, f.ranks, f.per_node));
   const std::string source = f.sweep.empty() ? f.nccl_tests : f.sweep;
+  if (!f.fit_sizes.empty()) {
+    // Fit where the plans operate (gradient buckets), not where protocols and caches
+    // change the slope (small messages, cache-resident sizes).
+    const auto colon = f.fit_sizes.find(':');
+    if (colon == std::string::npos) throw InputError("--fit-sizes: MIN:MAX (e.g. 256K:256M)");
+    const double lo = double(parse_bytes(f.fit_sizes.substr(0, colon), "--fit-sizes"));
+    const double hi = double(parse_bytes(f.fit_sizes.substr(colon + 1), "--fit-sizes"));
+    for (Sweep& s : sweeps) {
+      std::erase_if(s.points, [&](const SweepPoint& p) { return p.bytes < lo || p.bytes > hi; });
+      if (s.points.size() < 2) throw InputError("--fit-sizes: fewer than two sizes of " + s.algorithm + " in " + f.fit_sizes);
+    }
+  }
   const double launch_s = c.launch_overhead_us * 1e-6;
   std::cout << "fuseplan calibrate: " << source << " on " << sweeps.front().ranks << " ranks ("
             << sweeps.front().per_node << " per node), cluster " << c.name << " (launch overhead "
@@ -157,6 +169,7 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--as", f->as, "--nccl-tests: the algorithm whose formula the measurements fit")->capture_default_str();
   cmd->add_option("--ranks", f->ranks, "--nccl-tests: ranks (default: the '#  Rank' lines or JSON devices)");
   cmd->add_option("--per-node", f->per_node, "--nccl-tests: ranks per node (default: all on one node)");
+  cmd->add_option("--fit-sizes", f->fit_sizes, "fit only the sizes in MIN:MAX (e.g. 256K:256M, the buckets' range)");
   cmd->add_flag("--holdout", f->holdout, "also fit on every other size and report the error on the others");
   cmd->add_option("--out", f->out, "write the calibrated (or discovered) cluster file here");
   cmd->add_flag("--discover", f->discover,

@@ -45,7 +45,13 @@ void run_verify(VerifyFlags& f) {
   ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
   const Report predicted = predict(model, cluster, plan, coll, compute, f.setup.goal(), true);
   std::optional<Report> simulated;
-  if (!f.no_sim) {
+  std::string no_sim_reason;
+  if (!f.no_sim && !cluster.calibrated.empty())
+    no_sim_reason = "not simulated: " + cluster.name +
+                    " is calibrated per algorithm, the simulator uses its links (give --cluster an uncalibrated file)";
+  else if (f.no_sim)
+    no_sim_reason = "not simulated (--no-sim)";
+  if (no_sim_reason.empty()) {
     const std::string out = sim::run_isolated([&] {
       sim::SimOptions o;
       return report_to_json(sim::simulate_plan(model, cluster, plan, f.setup.collective(), f.setup.goal(), o)).dump();
@@ -88,6 +94,7 @@ void run_verify(VerifyFlags& f) {
     for (const auto& r : rows)
       t.row({r.name, ms(r.p), ms(r.s), ms(r.m), rel_err(r.p, r.m), simulated ? rel_err(r.s, r.m) : "-"});
     t.print(std::cout, "  ");
+    if (!no_sim_reason.empty()) std::cout << "\n  " << no_sim_reason << "\n";
   }
   if (!f.trace_path.empty()) {
     // Measured ranks as they are; the prediction as process 1000, its iteration placed at

@@ -16,7 +16,8 @@ shape="--model $model --resolution 28 --channels 1 --classes 10 --gpus $ranks --
 mkdir -p "$out"
 echo "== sweep and calibrate"
 $mpi $B/fuseplan-exec sweep --algorithms mpi,ring,recursive_doubling,rabenseifner --quiet --out $out/sweep.json
-$B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --holdout --out $out/cal.json
+$B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --holdout --out $out/all-sizes.json
+$B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --fit-sizes 256K:256M --holdout --out $out/cal.json
 echo "== per-layer profile (one bucket, $ranks ranks)"
 $B/fuseplan predict $shape --cluster $out/cal.json --buckets single --save-plan $out/profile-plan.json >/dev/null
 $mpi $B/fuseplan-exec run --plan $out/profile-plan.json --dataset synthetic --iterations 10 --quiet \
