@@ -341,7 +341,7 @@ void run_run(RunFlags& f) {
     if (!f.report_path.empty()) write_file_atomic(f.report_path, report_to_json(rep, true).dump(2) + "\n");
     if (!f.trace_path.empty()) rep.timeline.write_chrome_trace(f.trace_path);
     if (!f.t.metrics_path.empty()) write_metrics(f.t.metrics_path, f.t, data.model, data.train, result, P);
-    if (!f.t.profile_path.empty()) write_profile(f.t.profile_path, f.t, data.model, net);
+    if (!f.t.profile_path.empty()) write_profile(f.t.profile_path, f.t, data.model, net, result);
   } catch (const RunError& e) {
     std::cerr << "fuseplan-exec run: rank " << rank << ": error: " << e.what() << "\n";
     world.abort(1);

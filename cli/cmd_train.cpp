@@ -35,7 +35,7 @@ void run_train(TrainFlags& f) {
   std::cout << "\n  " << result.steps.size() << " steps in " << fixed(result.seconds, 1) << " s\n";
 
   if (!f.metrics_path.empty()) write_metrics(f.metrics_path, f, model, train, result);
-  if (!f.profile_path.empty()) write_profile(f.profile_path, f, model, trainer.network());
+  if (!f.profile_path.empty()) write_profile(f.profile_path, f, model, trainer.network(), result);
 }
 
 }  // namespace

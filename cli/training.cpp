@@ -120,22 +120,26 @@ void write_metrics(const std::string& path, const TrainFlags& f, const Model& mo
     write_file_atomic(path, j.dump(2) + "\n");
   }
 
-void write_profile(const std::string& path, const TrainFlags& f, const Model& model, const exec::Network& net) {
-    // Per-layer forward and backward time per step, at this batch: the `measured` fields
-    // of the model format (fuseplan.model/1), so the model file with them is a profile.
-    nlohmann::json layers = nlohmann::json::array();
-    const auto& timings = net.timings();
-    for (size_t l = 0; l < model.layers.size(); ++l) {
-      const auto& tm = timings[l];
-      const double n = double(std::max<int64_t>(1, tm.calls));
-      layers.push_back({{"name", model.layers[l].name}, {"fwd_us", tm.fwd_s / n * 1e6}, {"bwd_us", tm.bwd_s / n * 1e6},
-                        {"batch", f.opt.batch}});
-    }
-    nlohmann::json j{{"schema", "fuseplan.profile/1"}, {"model", model.name}, {"fingerprint", model.fingerprint_hex()},
-                     {"device", "cpu (" + std::to_string(exec::cpu_threads()) + " threads)"},
-                     {"precision", precision_name(f.opt.precision)}, {"batch", f.opt.batch}, {"layers", layers}};
-    write_file_atomic(path, j.dump(2) + "\n");
-  
+void write_profile(const std::string& path, const TrainFlags& f, const Model& model, const exec::Network& net,
+                   const exec::TrainResult& result) {
+  // Per-layer forward and backward time per step at this batch (the `measured` fields of
+  // the model format), and the optimizer step, leaving out the first (warm-up) step.
+  nlohmann::json layers = nlohmann::json::array();
+  const auto& timings = net.timings();
+  for (size_t l = 0; l < model.layers.size(); ++l) {
+    const auto& tm = timings[l];
+    const double n = double(std::max<int64_t>(1, tm.calls));
+    layers.push_back({{"name", model.layers[l].name}, {"fwd_us", tm.fwd_s / n * 1e6}, {"bwd_us", tm.bwd_s / n * 1e6},
+                      {"batch", f.opt.batch}});
+  }
+  double opt_s = 0;
+  size_t n = 0;
+  for (size_t k = result.steps.size() > 1 ? 1 : 0; k < result.steps.size(); ++k, ++n) opt_s += result.steps[k].optimizer_s;
+  nlohmann::json j{{"schema", "fuseplan.profile/1"}, {"model", model.name}, {"fingerprint", model.fingerprint_hex()},
+                   {"device", "cpu (" + std::to_string(exec::cpu_threads()) + " threads)"},
+                   {"precision", precision_name(f.opt.precision)}, {"batch", f.opt.batch}, {"layers", layers}};
+  if (n > 0) j["optimizer_us"] = opt_s / double(n) * 1e6;
+  write_file_atomic(path, j.dump(2) + "\n");
 }
 
 exec::StepCallback step_progress(ProgressBar& bar, const TrainFlags& f) {

@@ -44,6 +44,7 @@ void write_metrics(const std::string& path, const TrainFlags& f, const Model& mo
 exec::StepCallback step_progress(ProgressBar& bar, const TrainFlags& f);
 exec::EpochCallback epoch_progress(ProgressBar& bar);
 void print_epochs(std::ostream& os, const exec::TrainResult& result);
-void write_profile(const std::string& path, const TrainFlags& f, const Model& model, const exec::Network& net);
+void write_profile(const std::string& path, const TrainFlags& f, const Model& model, const exec::Network& net,
+                   const exec::TrainResult& result);
 
 }  // namespace fuseplan::cli

@@ -286,6 +286,11 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
                       "--batch-per-gpu 32 --json --profile " + profile);
   REQUIRE(pr.code == 0);
   CHECK(nlohmann::json::parse(pr.out)["forward_s"].get<double>() == Approx(fwd_us * 1e-6).epsilon(1e-6));
+  // ... and the measured optimizer step.
+  REQUIRE(p.contains("optimizer_us"));
+  CHECK(p["optimizer_us"].get<double>() > 0);
+  CHECK(nlohmann::json::parse(pr.out)["optimizer_s"].get<double>() ==
+        Approx(p["optimizer_us"].get<double>() * 1e-6).epsilon(1e-6));
   expect_bad("predict --model resnet18 --cluster local-cpu --gpus 1 --profile " + profile,
              "the profile was measured on model resnet18");
   const std::string base = "train --dataset synthetic --synthetic-size 64 --max-steps 1 ";

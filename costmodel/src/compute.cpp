@@ -44,7 +44,9 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
     backward_s_ += t.bwd_s;
     layers_.push_back(t);
   }
-  optimizer_s_ = double(m.param_count()) * kOptimizerBytesPerParam / bw;
+  // The optimizer touches every parameter once whatever the batch: a measured step is used as is.
+  optimizer_s_ = m.measured_optimizer_us ? *m.measured_optimizer_us * 1e-6
+                                         : double(m.param_count()) * kOptimizerBytesPerParam / bw;
   if (c.input_samples_per_s_per_gpu > 0) loader_s_ = batch / c.input_samples_per_s_per_gpu;
 }
 

@@ -145,6 +145,8 @@ void apply_profile(Model& m, const std::string& path) {
   r.string("device");
   r.string("precision");
   r.integer("batch", 1, 1 << 24);
+  const std::optional<double> optimizer_us = r.opt_number("optimizer_us");
+  if (optimizer_us && *optimizer_us < 0) r.fail("optimizer_us", "must be >= 0");
   const auto& layers = r.array("layers");
   if (layers.size() != m.layers.size())
     r.fail("layers", "has " + std::to_string(layers.size()) + " layers, the model " + std::to_string(m.layers.size()));
@@ -161,6 +163,7 @@ void apply_profile(Model& m, const std::string& path) {
   }
   r.finish();
   for (size_t l = 0; l < layers.size(); ++l) m.layers[l].measured = times[l];
+  m.measured_optimizer_us = optimizer_us;
 }
 
 }  // namespace fuseplan

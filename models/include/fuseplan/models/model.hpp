@@ -69,6 +69,9 @@ struct Model {
   Shape input_shape;
   std::vector<Layer> layers;
   std::vector<ParamTensor> tensors;  // forward order
+  // Measured optimizer step (all parameters) and the batch it was measured at, from a
+  // profile's optional `optimizer_us`.
+  std::optional<double> measured_optimizer_us;
 
   int64_t param_count() const;
   double fwd_flops() const;  // per sample
