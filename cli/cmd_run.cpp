@@ -3,6 +3,7 @@
 // backward, with the plan's algorithm and transfer precision; measures every layer and
 // bucket on every rank into the shared Report and Timeline.
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <iostream>
@@ -35,7 +36,6 @@ struct RunFlags {
   int warmup = 2;
   double poll_us = 50, timeout_s = 60;
   int trace_steps = 2;
-  CLI::Option* iterations_opt = nullptr;
 };
 
 // The plan's buckets as the executor runs them: flat-buffer ranges and the algorithm
@@ -105,7 +105,12 @@ void run_run(RunFlags& f) {
                        std::string(precision_name(plan.compute)) + ")");
     f.t.opt.batch = plan.batch_per_gpu;
     f.t.precision = precision_name(plan.compute);
-    if (f.t.threads == 0) f.t.threads = usable_cores();
+    // Threads per rank: --threads, else OMP_NUM_THREADS, else the cores this rank may use
+    // (mpirun binds each rank to its share), divided among the node's ranks when unbound.
+    if (f.t.threads == 0 && !std::getenv("OMP_NUM_THREADS")) {
+      const int cores = usable_cores(), online = int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+      f.t.threads = cores < online ? cores : std::max(1, cores / world.layout().local_ranks);
+    }
     prepare_training(f.t);
     if (f.iterations < 1) throw InputError("--iterations: must be >= 1");
     if (f.warmup < 0) throw InputError("--warmup: must be >= 0");
@@ -360,9 +365,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--plan", f->plan_path, "plan .json (fuseplan tune/predict --save-plan); its GPUs = the ranks")
       ->required();
   add_training_flags(cmd, f->t);
-  f->iterations_opt = cmd->add_option("--iterations", f->iterations,
-                                      "measured iterations after the warm-up (ignored with --epochs)")
-                          ->capture_default_str();
+  cmd->add_option("--iterations", f->iterations,
+                 "measured iterations after the warm-up (ignored with --epochs)")
+      ->capture_default_str();
   cmd->add_option("--warmup", f->warmup, "iterations before measuring (first touch of buffers)")->capture_default_str();
   cmd->add_option("--cluster", f->cluster, "cluster whose cost model resolves `auto` buckets (default: the plan's)");
   cmd->add_option("--progress", f->progress,
