@@ -417,3 +417,37 @@ TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that 
   CHECK(run("predict --model resnet18 --cluster " + draft + " --gpus 1").code == 0);
   expect_bad("calibrate --discover --sweep x.json", "--discover: give it without --sweep/--nccl-tests");
 }
+
+TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the losses bit for bit") {
+  const std::string plan = tmp("resume-plan.json"), ckpt = tmp("resume.ckpt");
+  REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
+              "--batch-per-gpu 8 --precision fp32 --buckets threshold:1MiB --save-plan " + plan).code == 0);
+  const std::string base = "run --plan " + plan + " --dataset synthetic --synthetic-size 128 --epochs 1 --no-eval "
+                           "--warmup 0 --quiet --threads 1 ";
+  auto losses = [](const std::string& path) {
+    std::vector<double> l;
+    const auto metrics = nlohmann::json::parse(std::ifstream(path));
+    for (const auto& s : metrics.at("steps")) {
+      CHECK(!s.at("skipped").get<bool>());  // real updates, restored by the checkpoint
+      l.push_back(s.at("loss").get<double>());
+    }
+    return l;
+  };
+  Run whole = run_mpi(2, base + "--max-steps 4 --metrics " + tmp("whole.json"));
+  INFO(whole.out);
+  REQUIRE(whole.code == 0);
+  std::filesystem::remove(ckpt);
+  Run first = run_mpi(2, base + "--max-steps 2 --checkpoint " + ckpt + " --checkpoint-every 2");
+  REQUIRE(first.code == 0);
+  Run second = run_mpi(2, base + "--max-steps 4 --resume " + ckpt + " --metrics " + tmp("resumed.json"));
+  INFO(second.out);
+  REQUIRE(second.code == 0);
+  const auto a = losses(tmp("whole.json")), b = losses(tmp("resumed.json"));
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 2);
+  CHECK(b[0] == a[2]);
+  CHECK(b[1] == a[3]);
+  // A checkpoint of 2 ranks is refused by 1.
+  Run one = run_env("", base + "--max-steps 4 --resume " + ckpt, true, FUSEPLAN_EXEC_BIN);
+  CHECK(one.code == 2);
+}
