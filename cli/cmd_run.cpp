@@ -136,35 +136,47 @@ void run_run(RunFlags& f) {
   agree_on_setup(world, setup_error, "fuseplan-exec");
   const int P = world.ranks();
 
+  // The trainer sizes its data sharding through the exchange, and the exchange needs the
+  // trainer's gradient buffer: the trainer gets this forwarder, bound to the real one below.
+  struct Deferred final : exec::GradientExchange {
+    exec::MpiWorld& w;
+    exec::PlanExchange* real = nullptr;
+    explicit Deferred(exec::MpiWorld& world) : w(world) {}
+    int rank() const override { return w.rank(); }
+    int ranks() const override { return w.ranks(); }
+    void begin_step() override { real->begin_step(); }
+    void ready(int k) override { real->ready(k); }
+    void finish() override { real->finish(); }
+    void sum(double* v, int n) override { w.sum(v, n); }
+    void broadcast(float* v, int64_t n) override { w.broadcast(v, n); }
+  } deferred(world);
+  // Local set-up that can still refuse the input (a checkpoint, an algorithm that does not
+  // apply to this layout): agreed on before the exchange's collective set-up.
+  std::unique_ptr<exec::Backend> backend;
+  std::unique_ptr<exec::Trainer> trainer_ptr;
+  std::vector<exec::ExchangeBucket> buckets;
   try {
-    auto backend = exec::make_cpu_backend(exec::parse_cpu_conv(f.t.conv));
-    // The exchange needs the network's gradient buffer: a trainer without exchange owns it,
-    // so build the trainer first and attach the exchange through its options.
-    const bool measure_only = !f.t.epochs_opt->count();
+    backend = exec::make_cpu_backend(exec::parse_cpu_conv(f.t.conv));
     const int64_t per_epoch = data.train.size() / (int64_t(plan.batch_per_gpu) * world.ranks());
     if (per_epoch < 1) throw InputError("--dataset: fewer samples than one global batch");
-    if (measure_only) {
+    if (!f.t.epochs_opt->count()) {  // a measurement: --warmup + --iterations steps
       f.t.opt.max_steps = f.warmup + f.iterations;
       f.t.opt.epochs = double(f.t.opt.max_steps) / double(per_epoch);
       f.t.opt.evaluate = false;
     }
-    // A placeholder exchange sizes the data sharding; the real one is bound below.
-    struct Deferred final : exec::GradientExchange {
-      exec::MpiWorld& w;
-      exec::PlanExchange* real = nullptr;
-      explicit Deferred(exec::MpiWorld& world) : w(world) {}
-      int rank() const override { return w.rank(); }
-      int ranks() const override { return w.ranks(); }
-      void begin_step() override { real->begin_step(); }
-      void ready(int k) override { real->ready(k); }
-      void finish() override { real->finish(); }
-      void sum(double* v, int n) override { w.sum(v, n); }
-      void broadcast(float* v, int64_t n) override { w.broadcast(v, n); }
-    } deferred(world);
+    if (f.progress == "thread" && !world.thread_multiple())
+      throw InputError("--progress thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use --progress poll)");
     f.t.opt.exchange = &deferred;
-    exec::Trainer trainer(data.model, data.train, &data.test, *backend, f.t.opt);
+    trainer_ptr = std::make_unique<exec::Trainer>(data.model, data.train, &data.test, *backend, f.t.opt);
+    buckets = resolve_buckets(plan, data.model, trainer_ptr->network(), cluster);
+  } catch (const InputError& e) {
+    setup_error = e.what();
+  }
+  agree_on_setup(world, setup_error, "fuseplan-exec");
+
+  try {
+    exec::Trainer& trainer = *trainer_ptr;
     exec::Network& net = trainer.network();
-    auto buckets = resolve_buckets(plan, data.model, net, cluster);
     exec::ExchangeOptions xo;
     xo.thread = f.progress == "thread";
     xo.poll_us = f.poll_us;

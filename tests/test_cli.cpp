@@ -447,7 +447,11 @@ TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the lo
   REQUIRE(b.size() == 2);
   CHECK(b[0] == a[2]);
   CHECK(b[1] == a[3]);
-  // A checkpoint of 2 ranks is refused by 1.
+  // A checkpoint of 2 ranks is refused by 1, and by 2 ranks of another seed, said once.
   Run one = run_env("", base + "--max-steps 4 --resume " + ckpt, true, FUSEPLAN_EXEC_BIN);
   CHECK(one.code == 2);
+  Run seed = run_mpi(2, base + "--max-steps 4 --seed 7 --resume " + ckpt);
+  CHECK(seed.code == 2);
+  CHECK(seed.out.find("another --seed") != std::string::npos);
+  CHECK(seed.out.find("another --seed") == seed.out.rfind("another --seed"));
 }
