@@ -156,7 +156,7 @@ void run_run(RunFlags& f) {
   std::unique_ptr<exec::Trainer> trainer_ptr;
   std::vector<exec::ExchangeBucket> buckets;
   try {
-    backend = exec::make_cpu_backend(exec::parse_cpu_conv(f.t.conv));
+    backend = make_training_backend(f.t, world.layout().local_rank);
     const int64_t per_epoch = data.train.size() / (int64_t(plan.batch_per_gpu) * world.ranks());
     if (per_epoch < 1) throw InputError("--dataset: fewer samples than one global batch");
     if (!f.t.epochs_opt->count()) {  // a measurement: --warmup + --iterations steps

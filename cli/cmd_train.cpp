@@ -22,7 +22,7 @@ namespace {
 void run_train(TrainFlags& f) {
   prepare_training(f);
   auto [train, test, model] = load_training(f, f.model);
-  auto backend = exec::make_cpu_backend(exec::parse_cpu_conv(f.conv));
+  auto backend = make_training_backend(f);
   exec::Trainer trainer(model, train, &test, *backend, f.opt);
   ProgressBar bar("steps", f.quiet);
   auto result = trainer.run(step_progress(bar, f), epoch_progress(bar));

@@ -42,6 +42,9 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
   cmd->add_option("--threads", f->threads, "compute threads (default: OpenMP's, all cores)");
   cmd->add_option("--conv", f->conv, "convolutions: auto (= im2col) | im2col (OpenBLAS SGEMM) | onednn (libdnnl-dev)")
       ->capture_default_str();
+  cmd->add_option("--backend", f->backend, "cpu | cuda (cuDNN, cuBLAS; docs/gpu.md)")->capture_default_str();
+  cmd->add_option("--device", f->device, "cuda: the GPU (default: the rank's local rank modulo the GPUs)");
+  cmd->add_flag("--no-tf32", f->no_tf32, "cuda: strict FP32 convolutions and GEMMs (default: TF32 tensor cores)");
   cmd->add_option("--checkpoint", f->checkpoint_path, "checkpoint file (written atomically)");
   cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (0 = never)")
       ->capture_default_str();
@@ -65,6 +68,20 @@ void prepare_training(TrainFlags& f) {
   if (f.checkpoint_every < 0) throw InputError("--checkpoint-every: must be >= 0");
   if (f.checkpoint_every > 0 && f.checkpoint_path.empty()) throw InputError("--checkpoint-every: needs --checkpoint FILE");
 
+}
+
+std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int local_rank) {
+  const exec::BackendKind kind = exec::parse_backend(f.backend);
+  if (kind == exec::BackendKind::Cpu) {
+    if (f.device >= 0) throw InputError("--device: only with --backend cuda");
+    return exec::make_cpu_backend(exec::parse_cpu_conv(f.conv));
+  }
+  if (f.conv != "auto") throw InputError("--conv: only with --backend cpu (cuda uses cuDNN)");
+  const int count = exec::cuda_device_count();
+  exec::CudaOptions o;
+  o.device = f.device >= 0 ? f.device : (count > 0 ? local_rank % count : 0);
+  o.tf32 = !f.no_tf32;
+  return exec::make_cuda_backend(o);
 }
 
 TrainingData load_training(const TrainFlags& f, const std::string& model_name) {
@@ -136,7 +153,8 @@ void write_profile(const std::string& path, const TrainFlags& f, const Model& mo
   size_t n = 0;
   for (size_t k = result.steps.size() > 1 ? 1 : 0; k < result.steps.size(); ++k, ++n) opt_s += result.steps[k].optimizer_s;
   nlohmann::json j{{"schema", "fuseplan.profile/1"}, {"model", model.name}, {"fingerprint", model.fingerprint_hex()},
-                   {"device", "cpu (" + std::to_string(exec::cpu_threads()) + " threads)"},
+                   {"device", f.backend == "cpu" ? "cpu (" + std::to_string(exec::cpu_threads()) + " threads)"
+                                                 : net.backend().name()},
                    {"precision", precision_name(f.opt.precision)}, {"batch", f.opt.batch}, {"layers", layers}};
   if (n > 0) j["optimizer_us"] = opt_s / double(n) * 1e6;
   write_file_atomic(path, j.dump(2) + "\n");

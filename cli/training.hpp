@@ -2,6 +2,7 @@
 // set and model they select, and the metrics and profile files they write.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <memory>
 #include <ostream>
 #include <string>
 
@@ -15,8 +16,9 @@ namespace fuseplan::cli {
 struct TrainFlags {
   CLI::Option *model_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr, *epochs_opt = nullptr;
   std::string model = "resnet18", dataset = "fashion-mnist", data_dir = exec::kFashionMnistDir, precision = "fp32";
-  std::string optimizer = "lars", conv = "auto", metrics_path, profile_path, checkpoint_path, resume_path;
-  int resolution = 0, channels = 0, classes = 0, threads = 0;
+  std::string optimizer = "lars", conv = "auto", backend = "cpu", metrics_path, profile_path, checkpoint_path, resume_path;
+  int resolution = 0, channels = 0, classes = 0, threads = 0, device = -1;
+  bool no_tf32 = false;
   int64_t synthetic_size = 4096, max_steps = 0, checkpoint_every = 0;
   exec::TrainOptions opt;
   bool quiet = false, no_eval = false;
@@ -27,6 +29,11 @@ struct TrainFlags {
 void add_training_flags(CLI::App* cmd, TrainFlags& f);
 // Checks the flags and copies them into f.opt (threads are set here). Throws InputError.
 void prepare_training(TrainFlags& f);
+
+// The backend the flags select (--backend, --conv, --device, --no-tf32); a CUDA rank
+// takes device `local_rank` modulo the devices it sees unless --device says. Throws
+// InputError.
+std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int local_rank = 0);
 
 struct TrainingData {
   exec::Dataset train, test;

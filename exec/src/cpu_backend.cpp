@@ -134,6 +134,7 @@ class CpuBackend final : public Backend {
   void free(float* p) override { std::free(p); }
   void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
   void round(Precision p, float* x, size_t n) override { round_buffer(p, x, n); }
+  void copy_in(float* dst, const float* host, size_t n) override { std::memcpy(dst, host, n * sizeof(float)); }
 
   void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
     if (dnnl_) return dnnl_->forward(s, x, w, b, y);
@@ -448,6 +449,16 @@ CpuConv parse_cpu_conv(const std::string& s) {
   if (s == "im2col") return CpuConv::Im2col;
   if (s == "onednn") return CpuConv::Dnnl;
   throw InputError("--conv: unknown convolution '" + s + "' (valid: auto, im2col, onednn)");
+}
+
+BackendKind parse_backend(const std::string& s) {
+  if (s == "cpu") return BackendKind::Cpu;
+  if (s == "cuda") {
+    if (!cuda_backend_built())
+      throw InputError("--backend cuda: this build has no CUDA backend (CMake found no nvcc; valid here: cpu)");
+    return BackendKind::Cuda;
+  }
+  throw InputError("--backend: unknown backend '" + s + "' (valid: cpu, cuda)");
 }
 
 bool cpu_has_dnnl() {

@@ -25,9 +25,12 @@ struct Network::Node {
   int weight = -1, bias = -1;  // backward positions of the layer's tensors, -1 = none
   ConvShape conv;
   PoolShape pool;
-  int64_t running = -1;                // BatchNorm: offset of [mean, var] in running_
-  std::vector<float> save_mean, save_invstd;
-  std::vector<int32_t> argmax;         // MaxPool
+  int64_t running = -1;                // BatchNorm: offset of [mean, var] in the running statistics
+  DeviceBuffer save_buf;               // BatchNorm: batch mean, then 1 / std
+  float* save_mean = nullptr;
+  float* save_invstd = nullptr;
+  DeviceBuffer argmax_buf;             // MaxPool: int32 indices in a float-sized buffer
+  int32_t* argmax = nullptr;
   float* mask = nullptr;               // Dropout: 0 or 1 / (1 - p) per element
 };
 
@@ -48,6 +51,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   grads_ = DeviceBuffer(be_, size_t(std::max<int64_t>(params_n_, 1)));
   be_.zero(grads_.get(), size_t(std::max<int64_t>(params_n_, 1)));
 
+  std::vector<float> running_init;
   nodes_.resize(m.layers.size());
   timings_.resize(m.layers.size());
   spans_.resize(m.layers.size());
@@ -91,14 +95,19 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     } else if (L.kind == LayerKind::MaxPool || L.kind == LayerKind::AvgPool || L.kind == LayerKind::AdaptiveAvgPool) {
       n.pool = {batch, dim(L.in_shape, 0), dim(L.in_shape, 1), dim(L.in_shape, 2), L.attrs.kernel,
                 L.attrs.stride, L.attrs.padding, dim(L.out_shape, 1), dim(L.out_shape, 2)};
-      if (L.kind == LayerKind::MaxPool) n.argmax.resize(size_t(batch) * size_t(n.out_elems));
+      if (L.kind == LayerKind::MaxPool) {
+        static_assert(sizeof(int32_t) == sizeof(float));
+        n.argmax_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems));
+        n.argmax = reinterpret_cast<int32_t*>(n.argmax_buf.get());
+      }
     } else if (L.kind == LayerKind::BatchNorm) {
       const int c = dim(L.in_shape, 0);
-      n.running = static_cast<int64_t>(running_.size());
-      running_.insert(running_.end(), size_t(c), 0.0f);  // mean
-      running_.insert(running_.end(), size_t(c), 1.0f);  // var
-      n.save_mean.resize(size_t(c));
-      n.save_invstd.resize(size_t(c));
+      n.running = static_cast<int64_t>(running_init.size());
+      running_init.insert(running_init.end(), size_t(c), 0.0f);  // mean
+      running_init.insert(running_init.end(), size_t(c), 1.0f);  // var
+      n.save_buf = DeviceBuffer(be_, 2 * size_t(c));
+      n.save_mean = n.save_buf.get();
+      n.save_invstd = n.save_mean + c;
     } else if (L.kind == LayerKind::Linear) {
       if (n.weight < 0) unsupported("has no weight");
       const Shape& w = slots_[n.weight].shape;
@@ -111,6 +120,10 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   }
   if (nodes_.empty() || m.layers.back().out_shape.size() != 1)
     throw InputError("model " + m.name + ": the last layer must output one logit per class");
+  running_n_ = running_init.size();
+  running_ = DeviceBuffer(be_, std::max<size_t>(running_n_, 1));
+  if (running_n_) be_.copy_in(running_.get(), running_init.data(), running_n_);
+  input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)));
   dlogits_ = nodes_.back().dout;
   ready_after_.assign(m.layers.size(), 0);
   int upto = 0;
@@ -149,7 +162,7 @@ void Network::init_weights() {
       fill(n.weight, [] { return 1.0f; });
     }
   }
-  std::copy(host.begin(), host.end(), params_.get());
+  be_.copy_in(params_.get(), host.data(), host.size());
   be_.round(opt_.precision, params_.get(), size_t(params_n_));
 }
 
@@ -179,7 +192,9 @@ float* Network::grad_of_input(int l, int k) {
 }
 
 void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
-  input_ = input;
+  // Into the backend's memory (device memory on a GPU).
+  be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
+  input_ = input_buf_.get();
   for (size_t l = 0; l < nodes_.size(); ++l) {
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
@@ -205,29 +220,29 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
       break;
     case LayerKind::BatchNorm: {
       const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
-      float* mean = running_.data() + n.running;
+      float* mean = running_.get() + n.running;
       if (training)
-        be_.batchnorm_forward_train(batch_, c, hw, x, param(n.weight), param(n.bias), n.out, n.save_mean.data(),
-                                    n.save_invstd.data(), mean, mean + c, opt_.bn_momentum, opt_.bn_eps);
+        be_.batchnorm_forward_train(batch_, c, hw, x, param(n.weight), param(n.bias), n.out, n.save_mean,
+                                    n.save_invstd, mean, mean + c, opt_.bn_momentum, opt_.bn_eps);
       else
         be_.batchnorm_forward_eval(batch_, c, hw, x, param(n.weight), param(n.bias), n.out, mean, mean + c, opt_.bn_eps);
       break;
     }
     case LayerKind::ReLU: be_.relu_forward(total, x, n.out); break;
-    case LayerKind::MaxPool: be_.maxpool_forward(n.pool, x, n.out, n.argmax.data()); break;
+    case LayerKind::MaxPool: be_.maxpool_forward(n.pool, x, n.out, n.argmax); break;
     case LayerKind::AvgPool: be_.avgpool_forward(n.pool, x, n.out); break;
     case LayerKind::AdaptiveAvgPool: be_.adaptive_avgpool_forward(n.pool, x, n.out); break;
     case LayerKind::Add: be_.add_forward(total, x, input_of(l, 1), n.out); break;
     case LayerKind::Dropout: {
       // The mask is drawn on the host in sample order (the same mask on every backend for
-      // a seed); a device backend would copy it over.
+      // a seed) and copied into the backend's memory.
       const float p = static_cast<float>(L.attrs.dropout);
+      std::vector<float> mask(total, 1.0f);
       if (training && p > 0) {
         std::bernoulli_distribution keep(1.0 - p);
-        for (size_t i = 0; i < total; ++i) n.mask[i] = keep(rng) ? 1.0f / (1.0f - p) : 0.0f;
-      } else {
-        std::fill(n.mask, n.mask + total, 1.0f);
+        for (size_t i = 0; i < total; ++i) mask[i] = keep(rng) ? 1.0f / (1.0f - p) : 0.0f;
       }
+      be_.copy_in(n.mask, mask.data(), total);
       be_.dropout_forward(total, x, n.mask, n.out);
       break;
     }
@@ -287,17 +302,18 @@ void Network::backward_layer(int l) {
       break;
     case LayerKind::BatchNorm: {
       const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
-      std::vector<float> scratch;
+      DeviceBuffer scratch;
       if (!dx) {  // BatchNorm on the model input: its gradient is discarded
-        scratch.assign(total, 0.0f);
-        dx = scratch.data();
+        scratch = DeviceBuffer(be_, total);
+        be_.zero(scratch.get(), total);
+        dx = scratch.get();
       }
-      be_.batchnorm_backward(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean.data(), n.save_invstd.data(), dx,
+      be_.batchnorm_backward(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean, n.save_invstd, dx,
                              grad(n.weight), grad(n.bias));
       break;
     }
     case LayerKind::ReLU: if (dx) be_.relu_backward(total, n.out, n.dout, dx); break;
-    case LayerKind::MaxPool: if (dx) be_.maxpool_backward(n.pool, n.dout, n.argmax.data(), dx); break;
+    case LayerKind::MaxPool: if (dx) be_.maxpool_backward(n.pool, n.dout, n.argmax, dx); break;
     case LayerKind::AvgPool: if (dx) be_.avgpool_backward(n.pool, n.dout, dx); break;
     case LayerKind::AdaptiveAvgPool: if (dx) be_.adaptive_avgpool_backward(n.pool, n.dout, dx); break;
     case LayerKind::Add:

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <span>
 #include <sstream>
 
 #include "fuseplan/models/error.hpp"
@@ -64,7 +65,7 @@ class Writer {
   void put(const T& v) {
     bytes_.append(reinterpret_cast<const char*>(&v), sizeof v);
   }
-  void put_floats(const std::vector<float>& v) {
+  void put_floats(std::span<const float> v) {
     put(int64_t(v.size()));
     bytes_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
   }
@@ -100,7 +101,7 @@ class Reader {
     at_ += sizeof v;
     return v;
   }
-  void get_floats(std::vector<float>& v, const char* what) {
+  void get_floats(std::span<float> v, const char* what) {
     const int64_t n = get<int64_t>();
     if (n != int64_t(v.size()))
       fail(std::string(what) + " has " + std::to_string(n) + " values, the run has " + std::to_string(v.size()));

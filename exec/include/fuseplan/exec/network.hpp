@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,7 @@ class Network {
   Network& operator=(const Network&) = delete;
 
   const Model& model() const { return model_; }
+  const Backend& backend() const { return be_; }
   int batch() const { return batch_; }
   Precision precision() const { return opt_.precision; }
   // Slots by backward position (0 = the last forward tensor, at offset 0).
@@ -59,8 +61,8 @@ class Network {
   float* params() { return params_.get(); }  // working weights (half-rounded in mixed precision)
   float* grads() { return grads_.get(); }
   // BatchNorm running statistics, all layers, in forward order (part of a checkpoint).
-  std::vector<float>& running_stats() { return running_; }
-  const std::vector<float>& running_stats() const { return running_; }
+  std::span<float> running_stats() { return {running_.get(), running_n_}; }
+  std::span<const float> running_stats() const { return {running_.get(), running_n_}; }
 
   // Refuses (InputError naming `what`) unless `other` has the same tensors (names,
   // shapes, order): the planner and the executor must never disagree about tensors.
@@ -100,7 +102,9 @@ class Network {
   int64_t params_n_ = 0;
   DeviceBuffer params_, grads_;
   std::vector<Node> nodes_;
-  std::vector<float> running_;
+  DeviceBuffer running_;
+  size_t running_n_ = 0;
+  DeviceBuffer input_buf_;
   const float* input_ = nullptr;
   float* dlogits_ = nullptr;
   std::vector<int32_t> labels_;

@@ -39,6 +39,8 @@ class Backend {
   // Rounds to the nearest value of precision p where half precision is stored (nothing
   // for FP32): the CPU's emulation of half-precision storage, a cast on a GPU.
   virtual void round(Precision p, float* x, size_t n) = 0;
+  // Copies n floats from host memory into a buffer of this backend.
+  virtual void copy_in(float* dst, const float* host, size_t n) = 0;
 
   // y = conv(x, w) + b; w is [k, c, r, r], b may be null.
   virtual void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) = 0;
@@ -123,6 +125,23 @@ class DeviceBuffer {
   float* p_ = nullptr;
 };
 bool cpu_has_dnnl();
+
+// The CUDA backend (exec/src/cuda_backend.cu, docs/gpu.md): cuDNN, cuBLAS and CUDA
+// kernels, built whenever CMake finds nvcc. `tf32`: FP32 convolutions and GEMMs may use
+// TF32 tensor cores (PyTorch's default); off = strict FP32 (the parity tests).
+struct CudaOptions {
+  int device = 0;
+  bool tf32 = true;
+};
+bool cuda_backend_built();
+int cuda_device_count();  // 0 without a driver or a device (or without the CUDA build)
+// InputError when the build has no CUDA backend, no device is visible or `device` is out
+// of range.
+std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& opt = {});
+
+// --backend: cpu | cuda.
+enum class BackendKind { Cpu, Cuda };
+BackendKind parse_backend(const std::string& s);  // InputError naming --backend
 // Threads of the CPU backend (OpenMP loops and OpenBLAS); default: all cores.
 void set_cpu_threads(int n);
 int cpu_threads();

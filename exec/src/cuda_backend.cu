@@ -1,0 +1,549 @@
+// The CUDA backend: convolutions and BatchNorm through cuDNN 9 (its convolution and
+// batch-normalisation calls), linear layers through cuBLAS, everything else as small
+// CUDA kernels. Same interface and semantics as the CPU backend (ops.hpp): backward adds
+// into dx, parameter gradients are overwritten.
+//
+// What is still a first stage (docs/gpu.md):
+// - buffers are CUDA managed memory, so the host-side optimizer, checkpoints and MPI
+//   exchange read them unchanged; every call ends with a stream synchronisation, so
+//   host code and per-layer timers see finished work. Both cost throughput.
+// - storage is FP32; FP16/BF16 storage is a cast-and-back on the device (round()), and
+//   the arithmetic is FP32 (TF32 on tensor cores when CudaOptions::tf32).
+// Convolution algorithms are cuDNN's heuristics' first deterministic choice, and every
+// reduction kernel has a fixed order, so results do not change from run to run.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "fuseplan/exec/ops.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan::exec {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+void check(cudnnStatus_t e, const char* what) {
+  if (e != CUDNN_STATUS_SUCCESS) throw std::runtime_error(std::string("cuDNN: ") + what + ": " + cudnnGetErrorString(e));
+}
+void check(cublasStatus_t e, const char* what) {
+  if (e != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLAS: ") + what + ": status " + std::to_string(int(e)));
+}
+
+constexpr int kThreads = 256;
+int blocks_for(size_t n) { return static_cast<int>(std::min<size_t>((n + kThreads - 1) / kThreads, 65535 * 8)); }
+
+#define FUSEPLAN_GRID_LOOP(i, n) \
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < (n); i += size_t(gridDim.x) * blockDim.x)
+
+__global__ void k_round_fp16(float* x, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) x[i] = __half2float(__float2half_rn(x[i]));
+}
+__global__ void k_round_bf16(float* x, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) x[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
+}
+__global__ void k_relu_fwd(const float* x, float* y, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) y[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+__global__ void k_relu_bwd(const float* y, const float* dy, float* dx, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) dx[i] += y[i] > 0 ? dy[i] : 0.0f;
+}
+__global__ void k_add(const float* a, const float* b, float* y, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) y[i] = a[i] + b[i];
+}
+__global__ void k_accumulate(const float* dy, float* dx, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) dx[i] += dy[i];
+}
+__global__ void k_mul(const float* x, const float* m, float* y, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) y[i] = x[i] * m[i];
+}
+__global__ void k_mul_acc(const float* dy, const float* m, float* dx, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) dx[i] += dy[i] * m[i];
+}
+// y[row, j] += b[j] over n rows of `out`.
+__global__ void k_bias_rows(float* y, const float* b, int n, int out) {
+  FUSEPLAN_GRID_LOOP(i, size_t(n) * out) y[i] += b[i % out];
+}
+// db[j] = sum over rows of dy[row, j], one thread per column, rows in order.
+__global__ void k_col_sums(const float* dy, float* db, int n, int out) {
+  FUSEPLAN_GRID_LOOP(j, size_t(out)) {
+    float s = 0;
+    for (int r = 0; r < n; ++r) s += dy[size_t(r) * out + j];
+    db[j] = s;
+  }
+}
+
+struct PoolArgs {
+  int planes, h, w, kernel, stride, pad, p, q;
+};
+PoolArgs pool_args(const PoolShape& s) { return {s.n * s.c, s.h, s.w, s.kernel, s.stride, s.pad, s.p, s.q}; }
+
+__global__ void k_maxpool_fwd(PoolArgs a, const float* x, float* y, int32_t* argmax) {
+  FUSEPLAN_GRID_LOOP(o, size_t(a.planes) * a.p * a.q) {
+    const int ox = int(o % a.q), oy = int(o / a.q % a.p);
+    const size_t plane = o / (size_t(a.p) * a.q);
+    const float* in = x + plane * a.h * a.w;
+    float best = -INFINITY;
+    int at = -1;
+    for (int ky = 0; ky < a.kernel; ++ky)
+      for (int kx = 0; kx < a.kernel; ++kx) {
+        const int iy = oy * a.stride - a.pad + ky, ix = ox * a.stride - a.pad + kx;
+        if (iy < 0 || iy >= a.h || ix < 0 || ix >= a.w) continue;
+        const float v = in[iy * a.w + ix];
+        if (v > best || at < 0 || isnan(v)) {
+          best = v;
+          at = iy * a.w + ix;
+        }
+      }
+    y[o] = best;
+    argmax[o] = at;
+  }
+}
+// Output rows oy whose window [oy s - pad, oy s - pad + k) holds input row i.
+__device__ void window_range(int i, int stride, int pad, int k, int outs, int& lo, int& hi) {
+  const int num = i + pad - k + 1;  // oy s >= num
+  lo = num <= 0 ? 0 : (num + stride - 1) / stride;
+  hi = min(outs - 1, (i + pad) / stride);
+}
+// Gathered per input element (no atomics): dx[i] += dy of the outputs whose argmax is i.
+__global__ void k_maxpool_bwd(PoolArgs a, const float* dy, const int32_t* argmax, float* dx) {
+  FUSEPLAN_GRID_LOOP(e, size_t(a.planes) * a.h * a.w) {
+    const int ix = int(e % a.w), iy = int(e / a.w % a.h);
+    const size_t plane = e / (size_t(a.h) * a.w);
+    int y0, y1, x0, x1;
+    window_range(iy, a.stride, a.pad, a.kernel, a.p, y0, y1);
+    window_range(ix, a.stride, a.pad, a.kernel, a.q, x0, x1);
+    const int self = iy * a.w + ix;
+    float g = 0;
+    for (int oy = y0; oy <= y1; ++oy)
+      for (int ox = x0; ox <= x1; ++ox) {
+        const size_t o = (plane * a.p + oy) * a.q + ox;
+        if (argmax[o] == self) g += dy[o];
+      }
+    dx[e] += g;
+  }
+}
+__global__ void k_avgpool_fwd(PoolArgs a, const float* x, float* y) {
+  FUSEPLAN_GRID_LOOP(o, size_t(a.planes) * a.p * a.q) {
+    const int ox = int(o % a.q), oy = int(o / a.q % a.p);
+    const float* in = x + o / (size_t(a.p) * a.q) * a.h * a.w;
+    float sum = 0;
+    for (int ky = 0; ky < a.kernel; ++ky)
+      for (int kx = 0; kx < a.kernel; ++kx) {
+        const int iy = oy * a.stride - a.pad + ky, ix = ox * a.stride - a.pad + kx;
+        if (iy >= 0 && iy < a.h && ix >= 0 && ix < a.w) sum += in[iy * a.w + ix];
+      }
+    y[o] = sum / float(a.kernel * a.kernel);
+  }
+}
+__global__ void k_avgpool_bwd(PoolArgs a, const float* dy, float* dx) {
+  FUSEPLAN_GRID_LOOP(e, size_t(a.planes) * a.h * a.w) {
+    const int ix = int(e % a.w), iy = int(e / a.w % a.h);
+    const size_t plane = e / (size_t(a.h) * a.w);
+    int y0, y1, x0, x1;
+    window_range(iy, a.stride, a.pad, a.kernel, a.p, y0, y1);
+    window_range(ix, a.stride, a.pad, a.kernel, a.q, x0, x1);
+    float g = 0;
+    for (int oy = y0; oy <= y1; ++oy)
+      for (int ox = x0; ox <= x1; ++ox) g += dy[(plane * a.p + oy) * a.q + ox];
+    dx[e] += g / float(a.kernel * a.kernel);
+  }
+}
+// PyTorch's adaptive bins: floor(i h / p) .. ceil((i + 1) h / p).
+__device__ int bin_lo(int o, int in, int out) { return o * in / out; }
+__device__ int bin_hi(int o, int in, int out) { return ((o + 1) * in + out - 1) / out; }
+__global__ void k_adaptive_fwd(PoolArgs a, const float* x, float* y) {
+  FUSEPLAN_GRID_LOOP(o, size_t(a.planes) * a.p * a.q) {
+    const int ox = int(o % a.q), oy = int(o / a.q % a.p);
+    const float* in = x + o / (size_t(a.p) * a.q) * a.h * a.w;
+    const int y0 = bin_lo(oy, a.h, a.p), y1 = bin_hi(oy, a.h, a.p);
+    const int x0 = bin_lo(ox, a.w, a.q), x1 = bin_hi(ox, a.w, a.q);
+    float sum = 0;
+    for (int iy = y0; iy < y1; ++iy)
+      for (int ix = x0; ix < x1; ++ix) sum += in[iy * a.w + ix];
+    y[o] = sum / float((y1 - y0) * (x1 - x0));
+  }
+}
+__global__ void k_adaptive_bwd(PoolArgs a, const float* dy, float* dx) {
+  FUSEPLAN_GRID_LOOP(e, size_t(a.planes) * a.h * a.w) {
+    const int ix = int(e % a.w), iy = int(e / a.w % a.h);
+    const size_t plane = e / (size_t(a.h) * a.w);
+    float g = 0;
+    for (int oy = 0; oy < a.p; ++oy) {
+      const int y0 = bin_lo(oy, a.h, a.p), y1 = bin_hi(oy, a.h, a.p);
+      if (iy < y0 || iy >= y1) continue;
+      for (int ox = 0; ox < a.q; ++ox) {
+        const int x0 = bin_lo(ox, a.w, a.q), x1 = bin_hi(ox, a.w, a.q);
+        if (ix >= x0 && ix < x1) g += dy[(plane * a.p + oy) * a.q + ox] / float((y1 - y0) * (x1 - x0));
+      }
+    }
+    dx[e] += g;
+  }
+}
+// One thread per row: loss (smoothed targets), dlogits = scale (softmax - target) / n,
+// and whether the largest logit is the label. The host sums the rows in order.
+__global__ void k_softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing,
+                               float scale, float* dlogits, double* row_loss, int* row_right) {
+  FUSEPLAN_GRID_LOOP(i, size_t(n)) {
+    const float* z = logits + i * classes;
+    float* d = dlogits + i * classes;
+    const int label = labels[i];
+    int best = 0;
+    for (int j = 1; j < classes; ++j)
+      if (z[j] > z[best]) best = j;
+    row_right[i] = best == label;
+    const double off = double(smoothing) / classes, on = 1.0 - smoothing + off;
+    double sum = 0;
+    for (int j = 0; j < classes; ++j) sum += exp(double(z[j]) - z[best]);
+    const double log_sum = log(sum) + z[best];
+    double loss = 0;
+    for (int j = 0; j < classes; ++j) {
+      const double target = j == label ? on : off;
+      const double logp = double(z[j]) - log_sum;
+      loss -= target * logp;
+      d[j] = float(scale * (exp(logp) - target) / n);
+    }
+    row_loss[i] = loss;
+  }
+}
+
+class CudnnTensor {
+ public:
+  CudnnTensor(int n, int c, int h, int w) {
+    check(cudnnCreateTensorDescriptor(&d_), "tensor descriptor");
+    check(cudnnSetTensor4dDescriptor(d_, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w), "tensor shape");
+  }
+  ~CudnnTensor() { cudnnDestroyTensorDescriptor(d_); }
+  CudnnTensor(const CudnnTensor&) = delete;
+  CudnnTensor& operator=(const CudnnTensor&) = delete;
+  cudnnTensorDescriptor_t get() const { return d_; }
+
+ private:
+  cudnnTensorDescriptor_t d_ = nullptr;
+};
+
+// Descriptors and chosen algorithms of one convolution shape (made once, reused).
+struct ConvPlan {
+  ConvPlan(const ConvShape& s, bool tf32) : x(s.n, s.c, s.h, s.w), y(s.n, s.k, s.p, s.q), bias(1, s.k, 1, 1) {
+    check(cudnnCreateFilterDescriptor(&w), "filter descriptor");
+    check(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s.k, s.c, s.r, s.r), "filter shape");
+    check(cudnnCreateConvolutionDescriptor(&conv), "convolution descriptor");
+    check(cudnnSetConvolution2dDescriptor(conv, s.pad, s.pad, s.stride, s.stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                          CUDNN_DATA_FLOAT),
+          "convolution shape");
+    check(cudnnSetConvolutionMathType(conv, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), "math type");
+  }
+  ~ConvPlan() {
+    cudnnDestroyConvolutionDescriptor(conv);
+    cudnnDestroyFilterDescriptor(w);
+  }
+  ConvPlan(const ConvPlan&) = delete;
+  ConvPlan& operator=(const ConvPlan&) = delete;
+  CudnnTensor x, y, bias;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnConvolutionFwdAlgo_t fwd{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+  size_t fwd_ws = 0, data_ws = 0, filter_ws = 0;
+};
+
+// The first deterministic algorithm in cuDNN's heuristic order that runs.
+template <class Perf>
+const Perf& first_deterministic(const Perf* perf, int found, const char* what) {
+  for (int i = 0; i < found; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].determinism == CUDNN_DETERMINISTIC) return perf[i];
+  throw std::runtime_error(std::string("cuDNN: no deterministic algorithm for the ") + what);
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaOptions& opt) : opt_(opt) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
+      throw InputError("--backend cuda: no CUDA device is visible on this machine");
+    if (opt.device < 0 || opt.device >= count)
+      throw InputError("--device " + std::to_string(opt.device) + ": this machine has " + std::to_string(count) +
+                       " CUDA device(s), 0.." + std::to_string(count - 1));
+    check(cudaSetDevice(opt.device), "set device");
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
+    check(cudnnCreate(&dnn_), "create handle");
+    check(cudnnSetStream(dnn_, stream_), "set stream");
+    check(cublasCreate(&blas_), "create handle");
+    check(cublasSetStream(blas_, stream_), "set stream");
+    check(cublasSetMathMode(blas_, opt.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH), "math mode");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, opt.device), "device properties");
+    name_ = std::string("cuda (") + prop.name + ", cuDNN " + std::to_string(cudnnGetVersion()) +
+            (opt.tf32 ? ", TF32" : ", strict FP32") + ")";
+  }
+  ~CudaBackend() override {
+    plans_.clear();
+    if (workspace_) cudaFree(workspace_);
+    if (scratch_) cudaFree(scratch_);
+    cublasDestroy(blas_);
+    cudnnDestroy(dnn_);
+    cudaStreamDestroy(stream_);
+  }
+  std::string name() const override { return name_; }
+
+  float* alloc(size_t n) override {
+    void* p = nullptr;
+    check(cudaMallocManaged(&p, std::max<size_t>(n, 1) * sizeof(float)), "managed allocation");
+    return static_cast<float*>(p);
+  }
+  void free(float* p) override { cudaFree(p); }
+  void zero(float* p, size_t n) override {
+    check(cudaMemsetAsync(p, 0, n * sizeof(float), stream_), "memset");
+    done();
+  }
+  void round(Precision p, float* x, size_t n) override {
+    if (p == Precision::FP16) k_round_fp16<<<blocks_for(n), kThreads, 0, stream_>>>(x, n);
+    if (p == Precision::BF16) k_round_bf16<<<blocks_for(n), kThreads, 0, stream_>>>(x, n);
+    done();
+  }
+  void copy_in(float* dst, const float* host, size_t n) override {
+    check(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyDefault, stream_), "copy in");
+    done();
+  }
+
+  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
+    ConvPlan& c = plan(s);
+    const float one = 1, zero = 0;
+    check(cudnnConvolutionForward(dnn_, &one, c.x.get(), x, c.w, w, c.conv, c.fwd, workspace(c.fwd_ws), c.fwd_ws,
+                                  &zero, c.y.get(), y),
+          "convolution forward");
+    if (b) check(cudnnAddTensor(dnn_, &one, c.bias.get(), b, &one, c.y.get(), y), "convolution bias");
+    done();
+  }
+  void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    ConvPlan& c = plan(s);
+    const float one = 1, zero = 0;
+    check(cudnnConvolutionBackwardFilter(dnn_, &one, c.x.get(), x, c.y.get(), dy, c.conv, c.bwd_filter,
+                                         workspace(c.filter_ws), c.filter_ws, &zero, c.w, dw),
+          "convolution backward filter");
+    if (db) check(cudnnConvolutionBackwardBias(dnn_, &one, c.y.get(), dy, &zero, c.bias.get(), db), "backward bias");
+    if (dx)
+      check(cudnnConvolutionBackwardData(dnn_, &one, c.w, w, c.y.get(), dy, c.conv, c.bwd_data, workspace(c.data_ws),
+                                         c.data_ws, &one, c.x.get(), dx),
+            "convolution backward data");
+    done();
+  }
+
+  // Row-major [n, in] x [out, in]^T through column-major cuBLAS: y^T = w x^T.
+  void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) override {
+    const float one = 1, zero = 0;
+    check(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x, in, &zero, y, out), "linear");
+    if (b) k_bias_rows<<<blocks_for(size_t(n) * out), kThreads, 0, stream_>>>(y, b, n, out);
+    done();
+  }
+  void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    const float one = 1, zero = 0;
+    // dw^T [in, out] = x^T dy; dx^T [in, n] += w^T dy^T.
+    check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero, dw, in), "linear dw");
+    if (dx) check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy, out, &one, dx, in), "linear dx");
+    if (db) k_col_sums<<<blocks_for(size_t(out)), kThreads, 0, stream_>>>(dy, db, n, out);
+    done();
+  }
+
+  void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
+                               float* save_mean, float* save_invstd, float* running_mean, float* running_var,
+                               float momentum, float eps) override {
+    CudnnTensor t(n, c, hw, 1), p(1, c, 1, 1);
+    const float one = 1, zero = 0;
+    check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
+                                                 p.get(), gamma, beta, momentum, running_mean, running_var,
+                                                 bn_eps(eps), save_mean, save_invstd),
+          "batchnorm forward");
+    done();
+  }
+  void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
+                              const float* running_mean, const float* running_var, float eps) override {
+    CudnnTensor t(n, c, hw, 1), p(1, c, 1, 1);
+    const float one = 1, zero = 0;
+    check(cudnnBatchNormalizationForwardInference(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
+                                                  p.get(), gamma, beta, running_mean, running_var, bn_eps(eps)),
+          "batchnorm inference");
+    done();
+  }
+  void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                          const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                          float* dbeta) override {
+    CudnnTensor t(n, c, hw, 1), p(1, c, 1, 1);
+    const float one = 1, zero = 0;
+    check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t.get(), x, t.get(),
+                                          dy, t.get(), dx, p.get(), gamma, dgamma, dbeta, saved_eps_, save_mean,
+                                          save_invstd),
+          "batchnorm backward");
+    done();
+  }
+
+  void relu_forward(size_t n, const float* x, float* y) override {
+    k_relu_fwd<<<blocks_for(n), kThreads, 0, stream_>>>(x, y, n);
+    done();
+  }
+  void relu_backward(size_t n, const float* y, const float* dy, float* dx) override {
+    k_relu_bwd<<<blocks_for(n), kThreads, 0, stream_>>>(y, dy, dx, n);
+    done();
+  }
+  void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {
+    k_maxpool_fwd<<<blocks_for(size_t(s.n) * s.c * s.p * s.q), kThreads, 0, stream_>>>(pool_args(s), x, y, argmax);
+    done();
+  }
+  void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) override {
+    k_maxpool_bwd<<<blocks_for(size_t(s.n) * s.c * s.h * s.w), kThreads, 0, stream_>>>(pool_args(s), dy, argmax, dx);
+    done();
+  }
+  void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    k_avgpool_fwd<<<blocks_for(size_t(s.n) * s.c * s.p * s.q), kThreads, 0, stream_>>>(pool_args(s), x, y);
+    done();
+  }
+  void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    k_avgpool_bwd<<<blocks_for(size_t(s.n) * s.c * s.h * s.w), kThreads, 0, stream_>>>(pool_args(s), dy, dx);
+    done();
+  }
+  void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    k_adaptive_fwd<<<blocks_for(size_t(s.n) * s.c * s.p * s.q), kThreads, 0, stream_>>>(pool_args(s), x, y);
+    done();
+  }
+  void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    k_adaptive_bwd<<<blocks_for(size_t(s.n) * s.c * s.h * s.w), kThreads, 0, stream_>>>(pool_args(s), dy, dx);
+    done();
+  }
+  void add_forward(size_t n, const float* a, const float* b, float* y) override {
+    k_add<<<blocks_for(n), kThreads, 0, stream_>>>(a, b, y, n);
+    done();
+  }
+  void accumulate(size_t n, const float* dy, float* dx) override {
+    k_accumulate<<<blocks_for(n), kThreads, 0, stream_>>>(dy, dx, n);
+    done();
+  }
+  void dropout_forward(size_t n, const float* x, const float* mask, float* y) override {
+    k_mul<<<blocks_for(n), kThreads, 0, stream_>>>(x, mask, y, n);
+    done();
+  }
+  void dropout_backward(size_t n, const float* dy, const float* mask, float* dx) override {
+    k_mul_acc<<<blocks_for(n), kThreads, 0, stream_>>>(dy, mask, dx, n);
+    done();
+  }
+  double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing, float scale,
+                      float* dlogits, int* correct) override {
+    // Scratch: labels in, per-row loss and hit out (the labels may be host memory).
+    const size_t bytes = size_t(n) * (sizeof(double) + 2 * sizeof(int32_t));
+    char* s = static_cast<char*>(scratch(bytes));
+    auto* row_loss = reinterpret_cast<double*>(s);
+    auto* dev_labels = reinterpret_cast<int32_t*>(s + size_t(n) * sizeof(double));
+    int32_t* row_right = dev_labels + n;
+    check(cudaMemcpyAsync(dev_labels, labels, size_t(n) * sizeof(int32_t), cudaMemcpyDefault, stream_), "labels");
+    float* d = dlogits;
+    k_softmax_xent<<<blocks_for(size_t(n)), kThreads, 0, stream_>>>(n, classes, logits, dev_labels, smoothing, scale,
+                                                                     d, row_loss, row_right);
+    std::vector<double> loss(static_cast<size_t>(n));
+    std::vector<int32_t> right(static_cast<size_t>(n));
+    check(cudaMemcpyAsync(loss.data(), row_loss, loss.size() * sizeof(double), cudaMemcpyDefault, stream_), "loss");
+    check(cudaMemcpyAsync(right.data(), row_right, right.size() * sizeof(int32_t), cudaMemcpyDefault, stream_), "hits");
+    done();
+    double sum = 0;
+    int hits = 0;
+    for (int i = 0; i < n; ++i) sum += loss[size_t(i)], hits += right[size_t(i)];
+    if (correct) *correct = hits;
+    return sum / n;
+  }
+
+ private:
+  // Every call finishes before it returns (see the top of this file).
+  void done() {
+    check(cudaGetLastError(), "kernel launch");
+    check(cudaStreamSynchronize(stream_), "synchronise");
+  }
+  double bn_eps(float eps) {
+    if (double(eps) < CUDNN_BN_MIN_EPSILON)
+      throw InputError("batchnorm epsilon " + std::to_string(eps) + " is below cuDNN's minimum " +
+                       std::to_string(CUDNN_BN_MIN_EPSILON));
+    saved_eps_ = eps;
+    return eps;
+  }
+  ConvPlan& plan(const ConvShape& s) {
+    const auto key = std::make_tuple(s.n, s.c, s.h, s.w, s.k, s.r, s.stride, s.pad);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return *it->second;
+    auto c = std::make_unique<ConvPlan>(s, opt_.tf32);
+    constexpr int kMax = 16;
+    int found = 0;
+    cudnnConvolutionFwdAlgoPerf_t fwd[kMax];
+    check(cudnnGetConvolutionForwardAlgorithm_v7(dnn_, c->x.get(), c->w, c->conv, c->y.get(), kMax, &found, fwd),
+          "forward algorithms");
+    const auto& f = first_deterministic(fwd, found, "convolution forward");
+    c->fwd = f.algo, c->fwd_ws = f.memory;
+    cudnnConvolutionBwdDataAlgoPerf_t data[kMax];
+    check(cudnnGetConvolutionBackwardDataAlgorithm_v7(dnn_, c->w, c->y.get(), c->conv, c->x.get(), kMax, &found, data),
+          "backward data algorithms");
+    const auto& d = first_deterministic(data, found, "convolution backward data");
+    c->bwd_data = d.algo, c->data_ws = d.memory;
+    cudnnConvolutionBwdFilterAlgoPerf_t filt[kMax];
+    check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(dnn_, c->x.get(), c->y.get(), c->conv, c->w, kMax, &found, filt),
+          "backward filter algorithms");
+    const auto& w = first_deterministic(filt, found, "convolution backward filter");
+    c->bwd_filter = w.algo, c->filter_ws = w.memory;
+    return *plans_.emplace(key, std::move(c)).first->second;
+  }
+  void* workspace(size_t bytes) {
+    if (bytes > workspace_bytes_) {
+      if (workspace_) check(cudaFree(workspace_), "free workspace");
+      workspace_ = nullptr;
+      check(cudaMalloc(&workspace_, bytes), "workspace");
+      workspace_bytes_ = bytes;
+    }
+    return workspace_;
+  }
+  void* scratch(size_t bytes) {
+    if (bytes > scratch_bytes_) {
+      if (scratch_) check(cudaFree(scratch_), "free scratch");
+      scratch_ = nullptr;
+      check(cudaMalloc(&scratch_, bytes), "scratch");
+      scratch_bytes_ = bytes;
+    }
+    return scratch_;
+  }
+
+  CudaOptions opt_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cudnnHandle_t dnn_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::map<std::tuple<int, int, int, int, int, int, int, int>, std::unique_ptr<ConvPlan>> plans_;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
+};
+
+}  // namespace
+
+bool cuda_backend_built() { return true; }
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) return 0;
+  return count;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& opt) { return std::make_unique<CudaBackend>(opt); }
+
+}  // namespace fuseplan::exec

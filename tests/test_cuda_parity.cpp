@@ -1,0 +1,304 @@
+// Parity of the CUDA backend with the CPU backend: every op on the same random inputs,
+// compared by the normalised error max|gpu - cpu| / max|cpu| (strict FP32 tight; TF32
+// tensor cores and half-precision inputs looser), and one LARS training step of a small
+// ResNet. Prints one line per op (the closing note's table). Exits 77 (CTest: skipped)
+// where no CUDA device is visible, so CI, which has no GPU, compiles it and skips it.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fuseplan/exec/network.hpp"
+#include "fuseplan/exec/ops.hpp"
+#include "fuseplan/exec/optimizer.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+using namespace fuseplan;
+using namespace fuseplan::exec;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double norm_error(const float* gpu, const float* cpu, size_t n) {
+  double diff = 0, ref = 1e-30;
+  for (size_t i = 0; i < n; ++i) {
+    diff = std::max(diff, std::abs(double(gpu[i]) - double(cpu[i])));
+    ref = std::max(ref, std::abs(double(cpu[i])));
+  }
+  return diff / ref;
+}
+
+// The largest error seen per op and mode, printed at the end.
+std::map<std::string, double>& table() {
+  static std::map<std::string, double> t;
+  return t;
+}
+
+// The same op on both backends: buffers made from host vectors, results compared.
+struct Pair {
+  Backend& cpu;
+  Backend& gpu;
+  std::string mode;
+  double tol;
+  std::vector<DeviceBuffer> keep;
+
+  // A buffer on each backend holding `v`.
+  std::pair<float*, float*> put(const std::vector<float>& v) {
+    keep.emplace_back(cpu, v.size());
+    float* c = keep.back().get();
+    cpu.copy_in(c, v.data(), v.size());
+    keep.emplace_back(gpu, v.size());
+    float* g = keep.back().get();
+    gpu.copy_in(g, v.data(), v.size());
+    return {c, g};
+  }
+  std::pair<float*, float*> zeros(size_t n) { return put(std::vector<float>(n, 0.0f)); }
+  // Managed memory: the host reads the GPU buffer once the (synchronous) call returned.
+  void expect(const std::string& op, std::pair<float*, float*> b, size_t n, double scale = 1) {
+    const double e = norm_error(b.second, b.first, n) * scale;
+    double& worst = table()[op + " (" + mode + ")"];
+    worst = std::max(worst, e);
+    INFO(op << " " << mode << ": normalised error " << e);
+    CHECK(e <= tol);
+  }
+};
+
+// Every op (forward and backward) once, inputs rounded to `in` precision.
+void all_ops(Pair& t, Precision in) {
+  auto data = [&](size_t n, uint64_t seed, float scale = 1.0f) {
+    auto v = randn(n, seed, scale);
+    if (in == Precision::FP16) for (auto& x : v) x = __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, x) & 0xffffe000u);
+    if (in == Precision::BF16) for (auto& x : v) x = __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, x) & 0xffff0000u);
+    return v;
+  };
+  {  // conv2d: 3x3 stride 2 padding 1 with bias, and 1x1
+    for (auto [r, stride, pad] : {std::tuple{3, 2, 1}, std::tuple{1, 1, 0}, std::tuple{7, 2, 3}}) {
+      ConvShape s{4, 8, 12, 12, 16, r, stride, pad, 0, 0};
+      s.p = (s.h + 2 * pad - r) / stride + 1, s.q = s.p;
+      const size_t nx = size_t(s.n) * s.c * s.h * s.w, nw = size_t(s.k) * s.c * r * r, ny = size_t(s.n) * s.k * s.p * s.q;
+      auto x = t.put(data(nx, 1)), w = t.put(data(nw, 2, 0.2f)), b = t.put(data(size_t(s.k), 3)),
+           y = t.zeros(ny), dy = t.put(data(ny, 4)), dx = t.put(data(nx, 5)), dw = t.zeros(nw), db = t.zeros(size_t(s.k));
+      t.cpu.conv2d_forward(s, x.first, w.first, b.first, y.first);
+      t.gpu.conv2d_forward(s, x.second, w.second, b.second, y.second);
+      t.expect("conv2d forward", y, ny);
+      t.cpu.conv2d_backward(s, x.first, w.first, dy.first, dx.first, dw.first, db.first);
+      t.gpu.conv2d_backward(s, x.second, w.second, dy.second, dx.second, dw.second, db.second);
+      t.expect("conv2d backward dx (accumulated)", dx, nx);
+      t.expect("conv2d backward dw", dw, nw);
+      t.expect("conv2d backward db", db, size_t(s.k));
+    }
+  }
+  {  // linear
+    const int n = 16, in_f = 96, out = 10;
+    auto x = t.put(data(size_t(n) * in_f, 6)), w = t.put(data(size_t(out) * in_f, 7, 0.1f)),
+         b = t.put(data(size_t(out), 8)), y = t.zeros(size_t(n) * out), dy = t.put(data(size_t(n) * out, 9)),
+         dx = t.put(data(size_t(n) * in_f, 10)), dw = t.zeros(size_t(out) * in_f), db = t.zeros(size_t(out));
+    t.cpu.linear_forward(n, in_f, out, x.first, w.first, b.first, y.first);
+    t.gpu.linear_forward(n, in_f, out, x.second, w.second, b.second, y.second);
+    t.expect("linear forward", y, size_t(n) * out);
+    t.cpu.linear_backward(n, in_f, out, x.first, w.first, dy.first, dx.first, dw.first, db.first);
+    t.gpu.linear_backward(n, in_f, out, x.second, w.second, dy.second, dx.second, dw.second, db.second);
+    t.expect("linear backward dx (accumulated)", dx, size_t(n) * in_f);
+    t.expect("linear backward dw", dw, size_t(out) * in_f);
+    t.expect("linear backward db", db, size_t(out));
+  }
+  {  // batchnorm
+    const int n = 8, c = 6, hw = 25;
+    const size_t total = size_t(n) * c * hw;
+    auto xv = data(total, 11);
+    for (size_t i = 0; i < total; ++i) xv[i] = xv[i] * 2 + float(i / hw % c);  // per-channel offsets
+    auto x = t.put(xv), g = t.put(data(size_t(c), 12)), be = t.put(data(size_t(c), 13)), y = t.zeros(total),
+         mean = t.zeros(size_t(c)), invstd = t.zeros(size_t(c)), rm = t.put(std::vector<float>(size_t(c), 0.5f)),
+         rv = t.put(std::vector<float>(size_t(c), 2.0f)), dy = t.put(data(total, 14)), dx = t.put(data(total, 15)),
+         dg = t.zeros(size_t(c)), db = t.zeros(size_t(c));
+    t.cpu.batchnorm_forward_train(n, c, hw, x.first, g.first, be.first, y.first, mean.first, invstd.first, rm.first,
+                                  rv.first, 0.1f, 1e-5f);
+    t.gpu.batchnorm_forward_train(n, c, hw, x.second, g.second, be.second, y.second, mean.second, invstd.second,
+                                  rm.second, rv.second, 0.1f, 1e-5f);
+    t.expect("batchnorm forward (train)", y, total);
+    t.expect("batchnorm saved mean", mean, size_t(c));
+    t.expect("batchnorm saved 1/std", invstd, size_t(c));
+    t.expect("batchnorm running mean", rm, size_t(c));
+    t.expect("batchnorm running variance", rv, size_t(c));
+    t.cpu.batchnorm_backward(n, c, hw, x.first, g.first, dy.first, mean.first, invstd.first, dx.first, dg.first, db.first);
+    t.gpu.batchnorm_backward(n, c, hw, x.second, g.second, dy.second, mean.second, invstd.second, dx.second, dg.second,
+                             db.second);
+    t.expect("batchnorm backward dx (accumulated)", dx, total);
+    t.expect("batchnorm backward dgamma", dg, size_t(c));
+    t.expect("batchnorm backward dbeta", db, size_t(c));
+    auto ye = t.zeros(total);
+    t.cpu.batchnorm_forward_eval(n, c, hw, x.first, g.first, be.first, ye.first, rm.first, rv.first, 1e-5f);
+    t.gpu.batchnorm_forward_eval(n, c, hw, x.second, g.second, be.second, ye.second, rm.second, rv.second, 1e-5f);
+    t.expect("batchnorm forward (eval)", ye, total);
+  }
+  {  // pooling: max 3x3/2 pad 1, avg 2x2/2, adaptive 7x7 -> 3x3 (uneven bins)
+    for (int kind = 0; kind < 3; ++kind) {
+      PoolShape s{2, 3, 7, 7, kind == 1 ? 2 : 3, 2, kind == 0 ? 1 : 0, 0, 0};
+      if (kind == 2) s.p = s.q = 3;
+      else s.p = s.q = (s.h + 2 * s.pad - s.kernel) / s.stride + 1;
+      const size_t nx = size_t(s.n) * s.c * s.h * s.w, ny = size_t(s.n) * s.c * s.p * s.q;
+      auto x = t.put(data(nx, 16)), y = t.zeros(ny), dy = t.put(data(ny, 17)), dx = t.put(data(nx, 18)),
+           arg = t.zeros(ny);
+      const char* name = kind == 0 ? "maxpool" : kind == 1 ? "avgpool" : "adaptive avgpool";
+      auto* ac = reinterpret_cast<int32_t*>(arg.first);
+      auto* ag = reinterpret_cast<int32_t*>(arg.second);
+      if (kind == 0) t.cpu.maxpool_forward(s, x.first, y.first, ac), t.gpu.maxpool_forward(s, x.second, y.second, ag);
+      if (kind == 1) t.cpu.avgpool_forward(s, x.first, y.first), t.gpu.avgpool_forward(s, x.second, y.second);
+      if (kind == 2) t.cpu.adaptive_avgpool_forward(s, x.first, y.first), t.gpu.adaptive_avgpool_forward(s, x.second, y.second);
+      t.expect(std::string(name) + " forward", y, ny);
+      if (kind == 0) {
+        CHECK(std::equal(ac, ac + ny, ag));
+        t.cpu.maxpool_backward(s, dy.first, ac, dx.first), t.gpu.maxpool_backward(s, dy.second, ag, dx.second);
+      }
+      if (kind == 1) t.cpu.avgpool_backward(s, dy.first, dx.first), t.gpu.avgpool_backward(s, dy.second, dx.second);
+      if (kind == 2)
+        t.cpu.adaptive_avgpool_backward(s, dy.first, dx.first), t.gpu.adaptive_avgpool_backward(s, dy.second, dx.second);
+      t.expect(std::string(name) + " backward (accumulated)", dx, nx);
+    }
+  }
+  {  // elementwise
+    const size_t n = 1000;
+    auto a = t.put(data(n, 19)), b = t.put(data(n, 20)), y = t.zeros(n), d = t.put(data(n, 21));
+    t.cpu.relu_forward(n, a.first, y.first), t.gpu.relu_forward(n, a.second, y.second);
+    t.expect("relu forward", y, n);
+    t.cpu.relu_backward(n, y.first, b.first, d.first), t.gpu.relu_backward(n, y.second, b.second, d.second);
+    t.expect("relu backward (accumulated)", d, n);
+    t.cpu.add_forward(n, a.first, b.first, y.first), t.gpu.add_forward(n, a.second, b.second, y.second);
+    t.expect("add", y, n);
+    t.cpu.accumulate(n, a.first, d.first), t.gpu.accumulate(n, a.second, d.second);
+    t.expect("accumulate", d, n);
+    std::vector<float> mask(n);
+    for (size_t i = 0; i < n; ++i) mask[i] = i % 3 ? 2.0f : 0.0f;
+    auto m = t.put(mask);
+    t.cpu.dropout_forward(n, a.first, m.first, y.first), t.gpu.dropout_forward(n, a.second, m.second, y.second);
+    t.expect("dropout forward", y, n);
+    t.cpu.dropout_backward(n, b.first, m.first, d.first), t.gpu.dropout_backward(n, b.second, m.second, d.second);
+    t.expect("dropout backward (accumulated)", d, n);
+  }
+  {  // softmax cross-entropy with label smoothing
+    const int n = 32, classes = 10;
+    std::vector<int32_t> labels(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) labels[size_t(i)] = (i * 7) % classes;
+    auto z = t.put(data(size_t(n) * classes, 22, 3.0f)), d = t.zeros(size_t(n) * classes);
+    int rc = 0, rg = 0;
+    const double lc = t.cpu.softmax_xent(n, classes, z.first, labels.data(), 0.1f, 1024.0f, d.first, &rc);
+    const double lg = t.gpu.softmax_xent(n, classes, z.second, labels.data(), 0.1f, 1024.0f, d.second, &rg);
+    CHECK(rc == rg);
+    const double e = std::abs(lg - lc) / std::abs(lc);
+    table()["softmax cross-entropy loss (" + t.mode + ")"] = std::max(table()["softmax cross-entropy loss (" + t.mode + ")"], e);
+    CHECK(e <= t.tol);
+    t.expect("softmax cross-entropy dlogits", d, size_t(n) * classes);
+  }
+}
+
+std::unique_ptr<Backend> gpu(bool tf32) {
+  CudaOptions o;
+  o.tf32 = tf32;
+  return make_cuda_backend(o);
+}
+
+}  // namespace
+
+TEST_CASE("every CUDA op matches the CPU op: strict FP32") {
+  auto c = make_cpu_backend();
+  auto g = gpu(false);
+  Pair t{*c, *g, "fp32 strict", 1e-5, {}};
+  all_ops(t, Precision::FP32);
+}
+
+TEST_CASE("every CUDA op matches the CPU op: TF32 tensor cores, half-precision inputs") {
+  auto c = make_cpu_backend();
+  auto g = gpu(true);
+  Pair a{*c, *g, "tf32", 5e-3, {}};
+  all_ops(a, Precision::FP32);
+  Pair h{*c, *g, "fp16 inputs, tf32", 5e-3, {}};
+  all_ops(h, Precision::FP16);
+  Pair b{*c, *g, "bf16 inputs, tf32", 5e-3, {}};
+  all_ops(b, Precision::BF16);
+}
+
+TEST_CASE("half-precision rounding on the GPU is the CPU's, bit for bit") {
+  auto c = make_cpu_backend();
+  auto g = gpu(false);
+  std::vector<float> v = randn(4096, 30, 100.0f);
+  v.insert(v.end(), {0.0f, -0.0f, 65504.0f, 65520.0f, 1e5f, 6e-8f, 1e-8f, 3.0e38f, INFINITY, -INFINITY});
+  for (Precision p : {Precision::FP16, Precision::BF16}) {
+    Pair t{*c, *g, std::string(precision_name(p)), 0, {}};
+    auto b = t.put(v);
+    c->round(p, b.first, v.size());
+    g->round(p, b.second, v.size());
+    CHECK(std::memcmp(b.first, b.second, v.size() * sizeof(float)) == 0);
+    t.expect("round to " + std::string(precision_name(p)), b, v.size());
+  }
+}
+
+TEST_CASE("one LARS step of a small ResNet on the GPU matches the CPU step") {
+  for (Precision p : {Precision::FP32, Precision::FP16}) {
+    ModelOptions mo;
+    mo.resolution = 32, mo.channels = 3, mo.classes = 10;
+    const Model m = build_zoo_model("resnet18", mo);
+    auto c = make_cpu_backend();
+    auto g = gpu(p == Precision::FP32 ? false : true);
+    NetworkOptions no;
+    no.precision = p;
+    Network nc(m, 8, *c, no), ng(m, 8, *g, no);
+    OptimizerOptions oo;
+    oo.lr = 2.0;
+    oo.total_steps = 10;
+    Optimizer oc(nc, nc.params(), oo), og(ng, ng.params(), oo);
+    const auto input = randn(size_t(8) * 3 * 32 * 32, 40);
+    std::vector<int32_t> labels{0, 1, 2, 3, 4, 5, 6, 7};
+    std::mt19937_64 rc(1), rg(1);
+    nc.forward(input.data(), true, rc);
+    ng.forward(input.data(), true, rg);
+    int hc = 0, hg = 0;
+    const float scale = p == Precision::FP16 ? 1024.0f : 1.0f;
+    const double lc = nc.backward(labels.data(), 0.1f, scale, &hc);
+    const double lg = ng.backward(labels.data(), 0.1f, scale, &hg);
+    const size_t n = size_t(nc.param_count());
+    const double loss_err = std::abs(lg - lc) / lc;
+    const double grad_err = norm_error(ng.grads(), nc.grads(), n);
+    oc.step(3, nc.grads(), scale, nc.params(), p);
+    og.step(3, ng.grads(), scale, ng.params(), p);
+    const double param_err = norm_error(ng.params(), nc.params(), n);
+    const std::string mode = p == Precision::FP32 ? "fp32 strict" : "fp16 storage, tf32";
+    table()["resnet18 step: loss (" + mode + ")"] = loss_err;
+    table()["resnet18 step: gradients (" + mode + ")"] = grad_err;
+    table()["resnet18 step: weights after LARS (" + mode + ")"] = param_err;
+    const double tol = p == Precision::FP32 ? 1e-4 : 2e-2;
+    CHECK(loss_err <= tol);
+    CHECK(grad_err <= tol * 10);
+    CHECK(param_err <= tol);
+  }
+}
+
+int main(int argc, char** argv) {
+  Catch::Session session;
+  if (int rc = session.applyCommandLine(argc, argv)) return rc;
+  const auto& cfg = session.configData();
+  const bool listing = cfg.listTests || cfg.listTestNamesOnly || cfg.listTags || cfg.listReporters;
+  if (!listing && cuda_device_count() == 0) {
+    std::printf("no CUDA device visible: skipped\n");
+    return 77;
+  }
+  const int failed = session.run();
+  if (!listing) {
+    std::printf("\n%-62s %s\n", "op (mode)", "max normalised error");
+    for (const auto& [op, e] : table()) std::printf("%-62s %.3g\n", op.c_str(), e);
+  }
+  return failed ? 1 : 0;
+}
