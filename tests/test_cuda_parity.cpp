@@ -246,43 +246,75 @@ TEST_CASE("half-precision rounding on the GPU is the CPU's, bit for bit") {
   }
 }
 
+// One forward, backward and LARS update of ResNet-18 (32x32, batch 8) from the same
+// weights and inputs. In FP32 the GPU step must match the CPU step tightly. In FP16/BF16
+// storage every activation is rounded, so a last-bit difference in one layer's sum can
+// flip later roundings: there the GPU may differ from the CPU by no more than the CPU's
+// own half-precision step differs from its FP32 step (twice that, as margin). The loss
+// is one number from half-precision logits, where that difference can cancel by chance:
+// it may also be off by 4 units of the precision's relative spacing (2^-10 FP16, 2^-7 BF16).
+struct StepResult {
+  double loss;
+  std::vector<float> grads, params;
+};
+StepResult lars_step(Backend& be, Precision p) {
+  ModelOptions mo;
+  mo.resolution = 32, mo.channels = 3, mo.classes = 10;
+  const Model m = build_zoo_model("resnet18", mo);
+  NetworkOptions no;
+  no.precision = p;
+  Network net(m, 8, be, no);
+  OptimizerOptions oo;
+  oo.lr = 2.0;
+  oo.total_steps = 10;
+  Optimizer opt(net, net.params(), oo);
+  const auto input = randn(size_t(8) * 3 * 32 * 32, 40);
+  std::vector<int32_t> labels{0, 1, 2, 3, 4, 5, 6, 7};
+  std::mt19937_64 rng(1);
+  net.forward(input.data(), true, rng);
+  int hits = 0;
+  const float scale = p == Precision::FP16 ? 1024.0f : 1.0f;
+  StepResult r;
+  r.loss = net.backward(labels.data(), 0.1f, scale, &hits);
+  const size_t n = size_t(net.param_count());
+  r.grads.assign(net.grads(), net.grads() + n);
+  for (auto& g : r.grads) g /= scale;
+  opt.step(3, net.grads(), scale, net.params(), p);
+  r.params.assign(net.params(), net.params() + n);
+  return r;
+}
+
 TEST_CASE("one LARS step of a small ResNet on the GPU matches the CPU step") {
-  for (Precision p : {Precision::FP32, Precision::FP16}) {
-    ModelOptions mo;
-    mo.resolution = 32, mo.channels = 3, mo.classes = 10;
-    const Model m = build_zoo_model("resnet18", mo);
-    auto c = make_cpu_backend();
-    auto g = gpu(p == Precision::FP32 ? false : true);
-    NetworkOptions no;
-    no.precision = p;
-    Network nc(m, 8, *c, no), ng(m, 8, *g, no);
-    OptimizerOptions oo;
-    oo.lr = 2.0;
-    oo.total_steps = 10;
-    Optimizer oc(nc, nc.params(), oo), og(ng, ng.params(), oo);
-    const auto input = randn(size_t(8) * 3 * 32 * 32, 40);
-    std::vector<int32_t> labels{0, 1, 2, 3, 4, 5, 6, 7};
-    std::mt19937_64 rc(1), rg(1);
-    nc.forward(input.data(), true, rc);
-    ng.forward(input.data(), true, rg);
-    int hc = 0, hg = 0;
-    const float scale = p == Precision::FP16 ? 1024.0f : 1.0f;
-    const double lc = nc.backward(labels.data(), 0.1f, scale, &hc);
-    const double lg = ng.backward(labels.data(), 0.1f, scale, &hg);
-    const size_t n = size_t(nc.param_count());
-    const double loss_err = std::abs(lg - lc) / lc;
-    const double grad_err = norm_error(ng.grads(), nc.grads(), n);
-    oc.step(3, nc.grads(), scale, nc.params(), p);
-    og.step(3, ng.grads(), scale, ng.params(), p);
-    const double param_err = norm_error(ng.params(), nc.params(), n);
-    const std::string mode = p == Precision::FP32 ? "fp32 strict" : "fp16 storage, tf32";
+  auto c = make_cpu_backend();
+  const StepResult cpu32 = lars_step(*c, Precision::FP32);
+  for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
+    auto g = gpu(p != Precision::FP32);
+    const StepResult cpu = p == Precision::FP32 ? cpu32 : lars_step(*c, p), dev = lars_step(*g, p);
+    const size_t n = cpu.grads.size();
+    const double loss_err = std::abs(dev.loss - cpu.loss) / cpu.loss;
+    const double grad_err = norm_error(dev.grads.data(), cpu.grads.data(), n);
+    const double param_err = norm_error(dev.params.data(), cpu.params.data(), n);
+    const std::string mode = p == Precision::FP32 ? "fp32 strict" : std::string(precision_name(p)) + " storage, tf32";
     table()["resnet18 step: loss (" + mode + ")"] = loss_err;
     table()["resnet18 step: gradients (" + mode + ")"] = grad_err;
     table()["resnet18 step: weights after LARS (" + mode + ")"] = param_err;
-    const double tol = p == Precision::FP32 ? 1e-4 : 2e-2;
-    CHECK(loss_err <= tol);
-    CHECK(grad_err <= tol * 10);
-    CHECK(param_err <= tol);
+    if (p == Precision::FP32) {
+      CHECK(loss_err <= 1e-4);
+      CHECK(grad_err <= 1e-3);
+      CHECK(param_err <= 1e-4);
+      continue;
+    }
+    const double ref_loss = std::abs(cpu.loss - cpu32.loss) / cpu32.loss,
+                 ref_grad = norm_error(cpu.grads.data(), cpu32.grads.data(), n),
+                 ref_param = norm_error(cpu.params.data(), cpu32.params.data(), n);
+    const std::string ref = "resnet18 step, CPU " + std::string(precision_name(p)) + " vs CPU fp32 (the bound): ";
+    table()[ref + "loss"] = ref_loss;
+    table()[ref + "gradients"] = ref_grad;
+    table()[ref + "weights"] = ref_param;
+    const double spacing = p == Precision::FP16 ? 0x1p-10 : 0x1p-7;
+    CHECK(loss_err <= std::max(2 * ref_loss, 4 * spacing));
+    CHECK(grad_err <= std::max(2 * ref_grad, 1e-3));
+    CHECK(param_err <= std::max(2 * ref_param, 1e-4));
   }
 }
 
