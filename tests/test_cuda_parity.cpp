@@ -67,8 +67,9 @@ struct Pair {
     return {c, g};
   }
   std::pair<float*, float*> zeros(size_t n) { return put(std::vector<float>(n, 0.0f)); }
-  // Managed memory: the host reads the GPU buffer once the (synchronous) call returned.
+  // Managed memory: the host reads the GPU buffer once the stream has finished.
   void expect(const std::string& op, std::pair<float*, float*> b, size_t n, double scale = 1) {
+    gpu.synchronize();
     const double e = norm_error(b.second, b.first, n) * scale;
     double& worst = table()[op + " (" + mode + ")"];
     worst = std::max(worst, e);
@@ -282,6 +283,23 @@ StepResult lars_step(Backend& be, Precision p) {
   opt.step(3, net.grads(), scale, net.params(), p);
   r.params.assign(net.params(), net.params() + n);
   return r;
+}
+
+TEST_CASE("the overflow check finds an infinity or a NaN anywhere, as the CPU's") {
+  auto c = make_cpu_backend();
+  auto g = gpu(false);
+  const size_t n = 3'000'001;
+  for (float bad : {INFINITY, -INFINITY, NAN})
+    for (size_t at : {size_t(0), n / 2, n - 1}) {
+      std::vector<float> v = randn(n, 50);
+      Pair t{*c, *g, "", 0, {}};
+      auto b = t.put(v);
+      CHECK_FALSE(g->nonfinite(b.second, n));
+      v[at] = bad;
+      auto b2 = t.put(v);
+      CHECK(c->nonfinite(b2.first, n));
+      CHECK(g->nonfinite(b2.second, n));
+    }
 }
 
 TEST_CASE("one LARS step of a small ResNet on the GPU matches the CPU step") {

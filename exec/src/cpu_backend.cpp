@@ -134,7 +134,43 @@ class CpuBackend final : public Backend {
   void free(float* p) override { std::free(p); }
   void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
   void round(Precision p, float* x, size_t n) override { round_buffer(p, x, n); }
-  void copy_in(float* dst, const float* host, size_t n) override { std::memcpy(dst, host, n * sizeof(float)); }
+  void copy_in(float* dst, const float* src, size_t n) override { std::memmove(dst, src, n * sizeof(float)); }
+  bool nonfinite(const float* x, size_t n) override {
+    bool bad = false;
+#pragma omp parallel for reduction(|| : bad) schedule(static)
+    for (size_t i = 0; i < n; ++i) bad = bad || !std::isfinite(x[i]);
+    return bad;
+  }
+  void optimizer_step(const std::vector<OptimizerSlot>& slots, const OptimizerStep& o, float* masters, float* momenta,
+                      const float* grads, float* params, double* local_rates) override {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t k = 0; k < slots.size(); ++k) {
+      const OptimizerSlot& s = slots[k];
+      float* w = masters + s.offset;
+      float* v = momenta + s.offset;
+      const float* g = grads + s.offset;
+      double rate = o.lr, decay = s.plain ? 0.0 : o.weight_decay;
+      local_rates[k] = 1.0;
+      if (o.lars && !s.plain) {
+        // Local rate eta ||w|| / (||g|| + wd ||w||), on the unscaled gradient.
+        double ww = 0, gg = 0;
+        for (int64_t i = 0; i < s.numel; ++i) {
+          ww += double(w[i]) * w[i];
+          gg += double(g[i]) * g[i];
+        }
+        const double wn = std::sqrt(ww), gn = std::sqrt(gg) * o.inv_scale;
+        const double local = (wn > 0 && gn > 0) ? o.trust * wn / (gn + o.weight_decay * wn + o.eps) : 1.0;
+        local_rates[k] = local;
+        rate = o.lr * local;
+      }
+      for (int64_t i = 0; i < s.numel; ++i) {
+        const double grad = double(g[i]) * o.inv_scale + decay * w[i];
+        v[i] = float(o.momentum * v[i] + rate * grad);
+        w[i] -= v[i];
+        params[s.offset + i] = round_to(o.working, w[i]);
+      }
+    }
+  }
 
   void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
     if (dnnl_) return dnnl_->forward(s, x, w, b, y);

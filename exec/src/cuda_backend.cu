@@ -4,9 +4,9 @@
 // into dx, parameter gradients are overwritten.
 //
 // What is still a first stage (docs/gpu.md):
-// - buffers are CUDA managed memory, so the host-side optimizer, checkpoints and MPI
-//   exchange read them unchanged; every call ends with a stream synchronisation, so
-//   host code and per-layer timers see finished work. Both cost throughput.
+// - buffers are CUDA managed memory, so checkpoints and the MPI exchange read them on the
+//   host unchanged (after synchronize(), which the network calls once per layer for its
+//   per-layer timers). The optimizer and the overflow check run on the device.
 // - storage is FP32; FP16/BF16 storage is a cast-and-back on the device (round()), and
 //   the arithmetic is FP32 (TF32 on tensor cores when CudaOptions::tf32).
 // Convolution algorithms are cuDNN's heuristics' first deterministic choice, and every
@@ -220,6 +220,55 @@ __global__ void k_softmax_xent(int n, int classes, const float* logits, const in
   }
 }
 
+// The optimizer, per slot (blockIdx.y): first the LARS norms, one block per slot summing
+// in a fixed order (double), then the update over the slot's elements.
+struct DevSlot {
+  int64_t offset, numel;
+  int plain;
+};
+__global__ void k_lars_rates(const DevSlot* slots, const float* w, const float* g, double inv_scale, double lr,
+                             double trust, double wd, double eps, int lars, double* rates) {
+  const DevSlot s = slots[blockIdx.x];
+  __shared__ double sw[kThreads], sg[kThreads];
+  double ww = 0, gg = 0;
+  if (lars && !s.plain)
+    for (int64_t i = threadIdx.x; i < s.numel; i += blockDim.x) {
+      const double a = w[s.offset + i], b = g[s.offset + i];
+      ww += a * a, gg += b * b;
+    }
+  sw[threadIdx.x] = ww, sg[threadIdx.x] = gg;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) sw[threadIdx.x] += sw[threadIdx.x + half], sg[threadIdx.x] += sg[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    double local = 1.0;
+    if (lars && !s.plain) {
+      const double wn = sqrt(sw[0]), gn = sqrt(sg[0]) * inv_scale;
+      if (wn > 0 && gn > 0) local = trust * wn / (gn + wd * wn + eps);
+    }
+    rates[blockIdx.x] = local;
+  }
+}
+__global__ void k_optimizer_update(const DevSlot* slots, const double* rates, float* w, float* v, const float* g,
+                                   float* params, double lr, double m, double wd, double inv_scale, int working) {
+  const DevSlot s = slots[blockIdx.y];
+  const double rate = lr * rates[blockIdx.y], decay = s.plain ? 0.0 : wd;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < s.numel; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = s.offset + i;
+    const double grad = double(g[k]) * inv_scale + decay * w[k];
+    const float vk = float(m * v[k] + rate * grad);
+    v[k] = vk;
+    const float wk = w[k] - vk;
+    w[k] = wk;
+    params[k] = working == 1 ? __half2float(__float2half_rn(wk)) : working == 2 ? __bfloat162float(__float2bfloat16_rn(wk)) : wk;
+  }
+}
+__global__ void k_nonfinite(const float* x, size_t n, int* flag) {
+  FUSEPLAN_GRID_LOOP(i, n) if (!isfinite(x[i])) *flag = 1;
+}
+
 class CudnnTensor {
  public:
   CudnnTensor(int n, int c, int h, int w) {
@@ -318,6 +367,44 @@ class CudaBackend final : public Backend {
   void copy_in(float* dst, const float* host, size_t n) override {
     check(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyDefault, stream_), "copy in");
     done();
+  }
+
+  void synchronize() override { check(cudaStreamSynchronize(stream_), "synchronise"); }
+  bool nonfinite(const float* x, size_t n) override {
+    int* flag = static_cast<int*>(scratch(sizeof(int)));
+    check(cudaMemsetAsync(flag, 0, sizeof(int), stream_), "memset");
+    if (n) k_nonfinite<<<blocks_for(n), kThreads, 0, stream_>>>(x, n, flag);
+    int host = 0;
+    check(cudaMemcpyAsync(&host, flag, sizeof(int), cudaMemcpyDeviceToHost, stream_), "overflow flag");
+    synchronize();
+    return host != 0;
+  }
+  void optimizer_step(const std::vector<OptimizerSlot>& slots, const OptimizerStep& o, float* masters, float* momenta,
+                      const float* grads, float* params, double* local_rates) override {
+    if (slots.empty()) return;
+    const size_t k = slots.size();
+    if (dev_slots_.size() != k) {  // the slot table, uploaded once
+      std::vector<DevSlot> table;
+      for (const auto& s : slots) table.push_back({s.offset, s.numel, s.plain ? 1 : 0});
+      dev_slots_buf_.reset();
+      void* p = nullptr;
+      check(cudaMalloc(&p, k * (sizeof(DevSlot) + sizeof(double))), "optimizer slots");
+      dev_slots_buf_ = std::unique_ptr<void, CudaFree>(p);
+      check(cudaMemcpy(p, table.data(), k * sizeof(DevSlot), cudaMemcpyHostToDevice), "optimizer slots");
+      dev_slots_ = table;
+    }
+    auto* table = static_cast<DevSlot*>(dev_slots_buf_.get());
+    auto* rates = reinterpret_cast<double*>(table + k);
+    int64_t largest = 0;
+    for (const auto& s : slots) largest = std::max(largest, s.numel);
+    k_lars_rates<<<unsigned(k), kThreads, 0, stream_>>>(table, masters, grads, o.inv_scale, o.lr, o.trust,
+                                                        o.weight_decay, o.eps, o.lars ? 1 : 0, rates);
+    const int working = o.working == Precision::FP16 ? 1 : o.working == Precision::BF16 ? 2 : 0;
+    const dim3 grid(unsigned(std::min<int64_t>((largest + kThreads - 1) / kThreads, 1024)), unsigned(k));
+    k_optimizer_update<<<grid, kThreads, 0, stream_>>>(table, rates, masters, momenta, grads, params, o.lr,
+                                                      o.momentum, o.weight_decay, o.inv_scale, working);
+    check(cudaMemcpyAsync(local_rates, rates, k * sizeof(double), cudaMemcpyDeviceToHost, stream_), "local rates");
+    synchronize();  // local_rates is host memory the caller reads
   }
 
   void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
@@ -458,6 +545,7 @@ class CudaBackend final : public Backend {
     check(cudaMemcpyAsync(loss.data(), row_loss, loss.size() * sizeof(double), cudaMemcpyDefault, stream_), "loss");
     check(cudaMemcpyAsync(right.data(), row_right, right.size() * sizeof(int32_t), cudaMemcpyDefault, stream_), "hits");
     done();
+    synchronize();  // the host reads loss and right
     double sum = 0;
     int hits = 0;
     for (int i = 0; i < n; ++i) sum += loss[size_t(i)], hits += right[size_t(i)];
@@ -466,11 +554,11 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  // Every call finishes before it returns (see the top of this file).
-  void done() {
-    check(cudaGetLastError(), "kernel launch");
-    check(cudaStreamSynchronize(stream_), "synchronise");
-  }
+  // Calls are asynchronous on the backend's stream; launch errors surface here.
+  void done() { check(cudaGetLastError(), "kernel launch"); }
+  struct CudaFree {
+    void operator()(void* p) const { cudaFree(p); }
+  };
   double bn_eps(float eps) {
     if (double(eps) < CUDNN_BN_MIN_EPSILON)
       throw InputError("batchnorm epsilon " + std::to_string(eps) + " is below cuDNN's minimum " +
@@ -531,6 +619,8 @@ class CudaBackend final : public Backend {
   size_t workspace_bytes_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  std::vector<DevSlot> dev_slots_;
+  std::unique_ptr<void, CudaFree> dev_slots_buf_;
   double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
 };
 

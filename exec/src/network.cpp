@@ -199,6 +199,7 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
     be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
+    be_.synchronize();  // the layer's time, and (backward) its gradients readable by the host
     const double d = since(t0);
     timings_[l].fwd_s += d;
     spans_[l].fwd_start = t0;
@@ -276,6 +277,7 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     const Node& n = nodes_[l];
     for (int slot : {n.weight, n.bias})
       if (slot >= 0) be_.round(opt_.precision, grads_.get() + slots_[slot].offset, size_t(slots_[slot].numel));
+    be_.synchronize();  // the layer's time, and (backward) its gradients readable by the host
     const double d = since(t0);
     timings_[l].bwd_s += d;
     ++timings_[l].calls;

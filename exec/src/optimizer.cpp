@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "fuseplan/exec/half.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan::exec {
@@ -15,14 +14,16 @@ OptimizerKind parse_optimizer(const std::string& s) {
 }
 
 Optimizer::Optimizer(const Network& net, const float* initial_params, const OptimizerOptions& opt)
-    : opt_(opt),
-      masters_(initial_params, initial_params + net.param_count()),
-      momenta_(size_t(net.param_count()), 0.0f) {
+    : opt_(opt), be_(net.backend()), n_(size_t(net.param_count())) {
   if (!(opt.lr > 0)) throw InputError("--lr: must be > 0");
   if (opt.momentum < 0 || opt.momentum >= 1) throw InputError("--momentum: must be in [0, 1)");
   if (opt.weight_decay < 0) throw InputError("--weight-decay: must be >= 0");
   if (!(opt.trust > 0)) throw InputError("--lars-trust: must be > 0");
   if (opt.total_steps < 1 || opt.warmup_steps < 0) throw InputError("--epochs: the schedule needs at least one step");
+  masters_ = DeviceBuffer(be_, std::max<size_t>(n_, 1));
+  momenta_ = DeviceBuffer(be_, std::max<size_t>(n_, 1));
+  be_.copy_in(masters_.get(), initial_params, n_);
+  be_.zero(momenta_.get(), std::max<size_t>(n_, 1));
   for (const auto& s : net.slots())
     slots_.push_back({s.offset, s.numel, s.role == TensorRole::Bias || s.role == TensorRole::NormScale ||
                                              s.role == TensorRole::NormShift});
@@ -37,34 +38,12 @@ double Optimizer::lr_at(int64_t step) const {
 }
 
 void Optimizer::step(int64_t step, const float* grads, float loss_scale, float* params, Precision working) {
-  const double lr = lr_at(step), m = opt_.momentum, wd = opt_.weight_decay;
-  const double inv = 1.0 / double(loss_scale);
-#pragma omp parallel for schedule(dynamic, 1)
-  for (size_t k = 0; k < slots_.size(); ++k) {
-    const Slot& s = slots_[k];
-    float* w = masters_.data() + s.offset;
-    float* v = momenta_.data() + s.offset;
-    const float* g = grads + s.offset;
-    double rate = lr, decay = s.plain ? 0.0 : wd;
-    if (opt_.kind == OptimizerKind::Lars && !s.plain) {
-      // Local rate eta ||w|| / (||g|| + wd ||w||), on the unscaled gradient.
-      double ww = 0, gg = 0;
-      for (int64_t i = 0; i < s.numel; ++i) {
-        ww += double(w[i]) * w[i];
-        gg += double(g[i]) * g[i];
-      }
-      const double wn = std::sqrt(ww), gn = std::sqrt(gg) * inv;
-      const double local = (wn > 0 && gn > 0) ? opt_.trust * wn / (gn + wd * wn + opt_.eps) : 1.0;
-      local_rate_[k] = local;
-      rate = lr * local;
-    }
-    for (int64_t i = 0; i < s.numel; ++i) {
-      const double grad = double(g[i]) * inv + decay * w[i];
-      v[i] = float(m * v[i] + rate * grad);
-      w[i] -= v[i];
-      params[s.offset + i] = round_to(working, w[i]);
-    }
-  }
+  Backend::OptimizerStep o;
+  o.lr = lr_at(step), o.momentum = opt_.momentum, o.weight_decay = opt_.weight_decay;
+  o.trust = opt_.trust, o.eps = opt_.eps, o.inv_scale = 1.0 / double(loss_scale);
+  o.lars = opt_.kind == OptimizerKind::Lars;
+  o.working = working;
+  be_.optimizer_step(slots_, o, masters_.get(), momenta_.get(), grads, params, local_rate_.data());
 }
 
 bool LossScaler::update(bool overflow) {
@@ -81,11 +60,5 @@ bool LossScaler::update(bool overflow) {
   return true;
 }
 
-bool has_overflow(const float* x, int64_t n) {
-  bool bad = false;
-#pragma omp parallel for reduction(|| : bad) schedule(static)
-  for (int64_t i = 0; i < n; ++i) bad = bad || !std::isfinite(x[i]);
-  return bad;
-}
 
 }  // namespace fuseplan::exec

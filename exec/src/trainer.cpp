@@ -181,13 +181,14 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
     const auto t_opt = Clock::now();
     if (step_ == opt_.inject_overflow_at) net_.grads()[0] = std::numeric_limits<float>::infinity();
     // After the exchange every rank holds the same sums, so all of them agree on overflow.
-    const bool overflow = has_overflow(net_.grads(), net_.param_count());
+    const bool overflow = be_.nonfinite(net_.grads(), size_t(net_.param_count()));
     bool apply = !overflow;
     if (dynamic_scale) apply = scaler_.update(overflow);
     else if (overflow) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
     // A skipped step changes nothing: no LARS, no momentum, no weight update. Dividing by
     // the loss scale times the ranks turns the summed gradients into the mean.
     if (apply) optim_.step(step_, net_.grads(), scale * float(opt_.ranks()), net_.params(), opt_.precision);
+    be_.synchronize();
     StepRecord rec{step_, epoch_, loss, optim_.lr_at(step_), scale, !apply, since(t_step)};
     auto span = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
     rec.data_s = span(t_step, t_fwd);
@@ -300,6 +301,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
   w.put(scaler_.scale());
   w.put(int32_t(scaler_.good_steps()));
   w.put(scaler_.skipped());
+  be_.synchronize();
   w.put_floats(optim_.masters());
   w.put_floats(optim_.momenta());
   w.put_floats(net_.running_stats());
@@ -324,6 +326,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
 }
 
 void Trainer::load_checkpoint(const std::string& path) {
+  be_.synchronize();  // the host writes into the backend's memory below
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError("--resume " + path + ": cannot open");
   std::stringstream ss;
@@ -348,7 +351,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   r.get_floats(net_.running_stats(), "batchnorm statistics");
   if (step_ < 0 || epoch_ < 0 || position_ < 0) r.fail("corrupt position");
   float* p = net_.params();
-  for (size_t i = 0; i < optim_.masters().size(); ++i) p[i] = optim_.masters()[i];
+  be_.copy_in(p, optim_.masters().data(), optim_.masters().size());
   be_.round(opt_.precision, p, optim_.masters().size());
 }
 

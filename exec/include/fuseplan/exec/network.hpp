@@ -52,7 +52,7 @@ class Network {
   Network& operator=(const Network&) = delete;
 
   const Model& model() const { return model_; }
-  const Backend& backend() const { return be_; }
+  Backend& backend() const { return be_; }
   int batch() const { return batch_; }
   Precision precision() const { return opt_.precision; }
   // Slots by backward position (0 = the last forward tensor, at offset 0).

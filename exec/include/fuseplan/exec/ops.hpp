@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "fuseplan/costmodel/precision.hpp"
 
@@ -39,8 +40,29 @@ class Backend {
   // Rounds to the nearest value of precision p where half precision is stored (nothing
   // for FP32): the CPU's emulation of half-precision storage, a cast on a GPU.
   virtual void round(Precision p, float* x, size_t n) = 0;
-  // Copies n floats from host memory into a buffer of this backend.
-  virtual void copy_in(float* dst, const float* host, size_t n) = 0;
+  // Copies n floats from host memory or from this backend's memory into a buffer of this
+  // backend.
+  virtual void copy_in(float* dst, const float* src, size_t n) = 0;
+  // Waits until every call made so far has finished (nothing on the CPU; the stream on a
+  // GPU), before host code reads the backend's memory or a clock.
+  virtual void synchronize() {}
+  // true if any of the n values is infinite or NaN (the loss scaler's overflow check).
+  virtual bool nonfinite(const float* x, size_t n) = 0;
+  // The optimizer's update (optimizer.hpp), on FP32 masters and momenta in this backend's
+  // memory, per parameter tensor (slot). Writes the masters rounded to `working` into
+  // params and each slot's LARS local rate (1 where LARS does not apply) into
+  // local_rates (host memory, one per slot).
+  struct OptimizerSlot {
+    int64_t offset = 0, numel = 0;
+    bool plain = false;  // BatchNorm parameter or bias: no LARS, no weight decay
+  };
+  struct OptimizerStep {
+    double lr = 0, momentum = 0, weight_decay = 0, trust = 0, eps = 0, inv_scale = 1;
+    bool lars = false;
+    Precision working = Precision::FP32;
+  };
+  virtual void optimizer_step(const std::vector<OptimizerSlot>& slots, const OptimizerStep& o, float* masters,
+                              float* momenta, const float* grads, float* params, double* local_rates) = 0;
 
   // y = conv(x, w) + b; w is [k, c, r, r], b may be null.
   virtual void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) = 0;

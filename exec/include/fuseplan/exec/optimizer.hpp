@@ -5,6 +5,7 @@
 // for comparison.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,9 @@ struct OptimizerOptions {
 
 class Optimizer {
  public:
-  // Masters start as a copy of the network's (FP32) initial weights.
+  // Masters start as a copy of the network's (FP32) initial weights. Masters and momenta
+  // live in the network's backend's memory and the update runs there
+  // (Backend::optimizer_step).
   Optimizer(const Network& net, const float* initial_params, const OptimizerOptions& opt);
 
   double lr_at(int64_t step) const;
@@ -39,22 +42,21 @@ class Optimizer {
   // precision into `params`.
   void step(int64_t step, const float* grads, float loss_scale, float* params, Precision working);
 
-  std::vector<float>& masters() { return masters_; }
-  std::vector<float>& momenta() { return momenta_; }
-  const std::vector<float>& masters() const { return masters_; }
-  const std::vector<float>& momenta() const { return momenta_; }
+  // Host code reads these after Backend::synchronize().
+  std::span<float> masters() { return {masters_.get(), n_}; }
+  std::span<float> momenta() { return {momenta_.get(), n_}; }
+  std::span<const float> masters() const { return {masters_.get(), n_}; }
+  std::span<const float> momenta() const { return {momenta_.get(), n_}; }
   const OptimizerOptions& options() const { return opt_; }
   // The last step's LARS local rate of slot `b` (1 where LARS does not apply).
   double local_rate(int slot) const { return local_rate_[size_t(slot)]; }
 
  private:
-  struct Slot {
-    int64_t offset, numel;
-    bool plain;  // BatchNorm parameter or bias: no LARS, no weight decay
-  };
   OptimizerOptions opt_;
-  std::vector<Slot> slots_;
-  std::vector<float> masters_, momenta_;
+  Backend& be_;
+  size_t n_;
+  std::vector<Backend::OptimizerSlot> slots_;
+  DeviceBuffer masters_, momenta_;
   std::vector<double> local_rate_;
 };
 
@@ -76,7 +78,5 @@ class LossScaler {
   int64_t skipped_ = 0;
 };
 
-// true if any of the n values is infinite or NaN.
-bool has_overflow(const float* x, int64_t n);
 
 }  // namespace fuseplan::exec
