@@ -17,6 +17,7 @@
 
 #include "fuseplan/exec/network.hpp"
 #include "fuseplan/exec/ops.hpp"
+#include "random_data.hpp"
 #include "fuseplan/exec/optimizer.hpp"
 #include "fuseplan/models/zoo.hpp"
 
@@ -24,14 +25,6 @@ using namespace fuseplan;
 using namespace fuseplan::exec;
 
 namespace {
-
-std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
 
 double norm_error(const float* gpu, const float* cpu, size_t n) {
   double diff = 0, ref = 1e-30;

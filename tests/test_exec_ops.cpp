@@ -10,19 +10,12 @@
 
 #include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/ops.hpp"
+#include "random_data.hpp"
 
 using namespace fuseplan;
 using namespace fuseplan::exec;
 
 namespace {
-
-std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
 
 double dot(const std::vector<float>& a, const std::vector<float>& b) {
   double s = 0;

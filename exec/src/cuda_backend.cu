@@ -318,6 +318,29 @@ const Perf& first_deterministic(const Perf* perf, int found, const char* what) {
   throw std::runtime_error(std::string("cuDNN: no deterministic algorithm for the ") + what);
 }
 
+// Device memory that grows to the largest size asked for (cudaFree waits for the work
+// that still uses the old block).
+class GrowingBuffer {
+ public:
+  GrowingBuffer() = default;
+  ~GrowingBuffer() { cudaFree(p_); }
+  GrowingBuffer(const GrowingBuffer&) = delete;
+  GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+  void* at_least(size_t bytes, const char* what) {
+    if (bytes > bytes_) {
+      check(cudaFree(p_), what);
+      p_ = nullptr, bytes_ = 0;
+      check(cudaMalloc(&p_, bytes), what);
+      bytes_ = bytes;
+    }
+    return p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaOptions& opt) : opt_(opt) {
@@ -341,8 +364,6 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     plans_.clear();
-    if (workspace_) cudaFree(workspace_);
-    if (scratch_) cudaFree(scratch_);
     cublasDestroy(blas_);
     cudnnDestroy(dnn_);
     cudaStreamDestroy(stream_);
@@ -360,9 +381,8 @@ class CudaBackend final : public Backend {
     done();
   }
   void round(Precision p, float* x, size_t n) override {
-    if (p == Precision::FP16) k_round_fp16<<<blocks_for(n), kThreads, 0, stream_>>>(x, n);
-    if (p == Precision::BF16) k_round_bf16<<<blocks_for(n), kThreads, 0, stream_>>>(x, n);
-    done();
+    if (p == Precision::FP16) launch(k_round_fp16, n, x, n);
+    if (p == Precision::BF16) launch(k_round_bf16, n, x, n);
   }
   void copy_in(float* dst, const float* host, size_t n) override {
     check(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyDefault, stream_), "copy in");
@@ -373,7 +393,7 @@ class CudaBackend final : public Backend {
   bool nonfinite(const float* x, size_t n) override {
     int* flag = static_cast<int*>(scratch(sizeof(int)));
     check(cudaMemsetAsync(flag, 0, sizeof(int), stream_), "memset");
-    if (n) k_nonfinite<<<blocks_for(n), kThreads, 0, stream_>>>(x, n, flag);
+    launch(k_nonfinite, n, x, n, flag);
     int host = 0;
     check(cudaMemcpyAsync(&host, flag, sizeof(int), cudaMemcpyDeviceToHost, stream_), "overflow flag");
     synchronize();
@@ -435,8 +455,7 @@ class CudaBackend final : public Backend {
   void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) override {
     const float one = 1, zero = 0;
     check(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x, in, &zero, y, out), "linear");
-    if (b) k_bias_rows<<<blocks_for(size_t(n) * out), kThreads, 0, stream_>>>(y, b, n, out);
-    done();
+    if (b) launch(k_bias_rows, size_t(n) * out, y, b, n, out);
   }
   void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx, float* dw,
                        float* db) override {
@@ -444,8 +463,7 @@ class CudaBackend final : public Backend {
     // dw^T [in, out] = x^T dy; dx^T [in, n] += w^T dy^T.
     check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero, dw, in), "linear dw");
     if (dx) check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy, out, &one, dx, in), "linear dx");
-    if (db) k_col_sums<<<blocks_for(size_t(out)), kThreads, 0, stream_>>>(dy, db, n, out);
-    done();
+    if (db) launch(k_col_sums, size_t(out), dy, db, n, out);
   }
 
   void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
@@ -481,52 +499,40 @@ class CudaBackend final : public Backend {
   }
 
   void relu_forward(size_t n, const float* x, float* y) override {
-    k_relu_fwd<<<blocks_for(n), kThreads, 0, stream_>>>(x, y, n);
-    done();
+    launch(k_relu_fwd, n, x, y, n);
   }
   void relu_backward(size_t n, const float* y, const float* dy, float* dx) override {
-    k_relu_bwd<<<blocks_for(n), kThreads, 0, stream_>>>(y, dy, dx, n);
-    done();
+    launch(k_relu_bwd, n, y, dy, dx, n);
   }
   void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {
-    k_maxpool_fwd<<<blocks_for(size_t(s.n) * s.c * s.p * s.q), kThreads, 0, stream_>>>(pool_args(s), x, y, argmax);
-    done();
+    launch(k_maxpool_fwd, size_t(s.n) * s.c * s.p * s.q, pool_args(s), x, y, argmax);
   }
   void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) override {
-    k_maxpool_bwd<<<blocks_for(size_t(s.n) * s.c * s.h * s.w), kThreads, 0, stream_>>>(pool_args(s), dy, argmax, dx);
-    done();
+    launch(k_maxpool_bwd, size_t(s.n) * s.c * s.h * s.w, pool_args(s), dy, argmax, dx);
   }
   void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
-    k_avgpool_fwd<<<blocks_for(size_t(s.n) * s.c * s.p * s.q), kThreads, 0, stream_>>>(pool_args(s), x, y);
-    done();
+    launch(k_avgpool_fwd, size_t(s.n) * s.c * s.p * s.q, pool_args(s), x, y);
   }
   void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
-    k_avgpool_bwd<<<blocks_for(size_t(s.n) * s.c * s.h * s.w), kThreads, 0, stream_>>>(pool_args(s), dy, dx);
-    done();
+    launch(k_avgpool_bwd, size_t(s.n) * s.c * s.h * s.w, pool_args(s), dy, dx);
   }
   void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
-    k_adaptive_fwd<<<blocks_for(size_t(s.n) * s.c * s.p * s.q), kThreads, 0, stream_>>>(pool_args(s), x, y);
-    done();
+    launch(k_adaptive_fwd, size_t(s.n) * s.c * s.p * s.q, pool_args(s), x, y);
   }
   void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
-    k_adaptive_bwd<<<blocks_for(size_t(s.n) * s.c * s.h * s.w), kThreads, 0, stream_>>>(pool_args(s), dy, dx);
-    done();
+    launch(k_adaptive_bwd, size_t(s.n) * s.c * s.h * s.w, pool_args(s), dy, dx);
   }
   void add_forward(size_t n, const float* a, const float* b, float* y) override {
-    k_add<<<blocks_for(n), kThreads, 0, stream_>>>(a, b, y, n);
-    done();
+    launch(k_add, n, a, b, y, n);
   }
   void accumulate(size_t n, const float* dy, float* dx) override {
-    k_accumulate<<<blocks_for(n), kThreads, 0, stream_>>>(dy, dx, n);
-    done();
+    launch(k_accumulate, n, dy, dx, n);
   }
   void dropout_forward(size_t n, const float* x, const float* mask, float* y) override {
-    k_mul<<<blocks_for(n), kThreads, 0, stream_>>>(x, mask, y, n);
-    done();
+    launch(k_mul, n, x, mask, y, n);
   }
   void dropout_backward(size_t n, const float* dy, const float* mask, float* dx) override {
-    k_mul_acc<<<blocks_for(n), kThreads, 0, stream_>>>(dy, mask, dx, n);
-    done();
+    launch(k_mul_acc, n, dy, mask, dx, n);
   }
   double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing, float scale,
                       float* dlogits, int* correct) override {
@@ -556,6 +562,13 @@ class CudaBackend final : public Backend {
  private:
   // Calls are asynchronous on the backend's stream; launch errors surface here.
   void done() { check(cudaGetLastError(), "kernel launch"); }
+  // A grid-stride kernel over n elements on the stream (nothing for n = 0).
+  template <class... Params, class... Args>
+  void launch(void (*kernel)(Params...), size_t n, Args... args) {
+    if (n == 0) return;
+    kernel<<<blocks_for(n), kThreads, 0, stream_>>>(args...);
+    done();
+  }
   struct CudaFree {
     void operator()(void* p) const { cudaFree(p); }
   };
@@ -590,24 +603,8 @@ class CudaBackend final : public Backend {
     c->bwd_filter = w.algo, c->filter_ws = w.memory;
     return *plans_.emplace(key, std::move(c)).first->second;
   }
-  void* workspace(size_t bytes) {
-    if (bytes > workspace_bytes_) {
-      if (workspace_) check(cudaFree(workspace_), "free workspace");
-      workspace_ = nullptr;
-      check(cudaMalloc(&workspace_, bytes), "workspace");
-      workspace_bytes_ = bytes;
-    }
-    return workspace_;
-  }
-  void* scratch(size_t bytes) {
-    if (bytes > scratch_bytes_) {
-      if (scratch_) check(cudaFree(scratch_), "free scratch");
-      scratch_ = nullptr;
-      check(cudaMalloc(&scratch_, bytes), "scratch");
-      scratch_bytes_ = bytes;
-    }
-    return scratch_;
-  }
+  void* workspace(size_t bytes) { return workspace_.at_least(bytes, "cuDNN workspace"); }
+  void* scratch(size_t bytes) { return scratch_.at_least(bytes, "scratch"); }
 
   CudaOptions opt_;
   std::string name_;
@@ -615,10 +612,7 @@ class CudaBackend final : public Backend {
   cudnnHandle_t dnn_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   std::map<std::tuple<int, int, int, int, int, int, int, int>, std::unique_ptr<ConvPlan>> plans_;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
-  void* scratch_ = nullptr;
-  size_t scratch_bytes_ = 0;
+  GrowingBuffer workspace_, scratch_;
   std::vector<DevSlot> dev_slots_;
   std::unique_ptr<void, CudaFree> dev_slots_buf_;
   double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
