@@ -71,12 +71,12 @@ void prepare_training(TrainFlags& f) {
 }
 
 std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int local_rank) {
+  if (f.backend == "cuda" && f.conv != "auto") throw InputError("--conv: only with --backend cpu (cuda uses cuDNN)");
   const exec::BackendKind kind = exec::parse_backend(f.backend);
   if (kind == exec::BackendKind::Cpu) {
     if (f.device >= 0) throw InputError("--device: only with --backend cuda");
     return exec::make_cpu_backend(exec::parse_cpu_conv(f.conv));
   }
-  if (f.conv != "auto") throw InputError("--conv: only with --backend cpu (cuda uses cuDNN)");
   const int count = exec::cuda_device_count();
   exec::CudaOptions o;
   o.device = f.device >= 0 ? f.device : (count > 0 ? local_rank % count : 0);

@@ -306,6 +306,10 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--checkpoint-every 5", "--checkpoint-every: needs --checkpoint FILE", true);
   expect_bad("train --data-dir /nonexistent", "dataset-fashion-mnist", true);
   expect_bad("fly", "unknown command 'fly' (valid: train, run, sweep)", true);
+  expect_bad(base + "--backend tpu", "--backend: unknown backend 'tpu' (valid: cpu, cuda)", true);
+  expect_bad(base + "--device 0", "--device: only with --backend cuda", true);
+  // Refused before any device is looked for, so the same with and without a GPU.
+  expect_bad(base + "--backend cuda --conv im2col", "--conv: only with --backend cpu", true);
 }
 
 namespace {
