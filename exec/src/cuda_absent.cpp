@@ -5,7 +5,6 @@
 
 namespace fuseplan::exec {
 
-bool cuda_backend_built() { return false; }
 int cuda_device_count() { return 0; }
 std::unique_ptr<Backend> make_cuda_backend(const CudaOptions&) {
   throw InputError("--backend cuda: this build has no CUDA backend (CMake found no nvcc; valid here: cpu)");

@@ -118,19 +118,29 @@ __device__ void window_range(int i, int stride, int pad, int k, int outs, int& l
   lo = num <= 0 ? 0 : (num + stride - 1) / stride;
   hi = min(outs - 1, (i + pad) / stride);
 }
+// Input element e of a pooling layer: its plane, row and column, and the outputs
+// [y0, y1] x [x0, x1] whose windows hold it (the backward kernels gather from these).
+struct InputWindows {
+  size_t plane;
+  int iy, ix, y0, y1, x0, x1;
+};
+__device__ InputWindows input_windows(const PoolArgs& a, size_t e) {
+  InputWindows w;
+  w.ix = int(e % a.w), w.iy = int(e / a.w % a.h);
+  w.plane = e / (size_t(a.h) * a.w);
+  window_range(w.iy, a.stride, a.pad, a.kernel, a.p, w.y0, w.y1);
+  window_range(w.ix, a.stride, a.pad, a.kernel, a.q, w.x0, w.x1);
+  return w;
+}
 // Gathered per input element (no atomics): dx[i] += dy of the outputs whose argmax is i.
 __global__ void k_maxpool_bwd(PoolArgs a, const float* dy, const int32_t* argmax, float* dx) {
   FUSEPLAN_GRID_LOOP(e, size_t(a.planes) * a.h * a.w) {
-    const int ix = int(e % a.w), iy = int(e / a.w % a.h);
-    const size_t plane = e / (size_t(a.h) * a.w);
-    int y0, y1, x0, x1;
-    window_range(iy, a.stride, a.pad, a.kernel, a.p, y0, y1);
-    window_range(ix, a.stride, a.pad, a.kernel, a.q, x0, x1);
-    const int self = iy * a.w + ix;
+    const InputWindows w = input_windows(a, e);
+    const int self = w.iy * a.w + w.ix;
     float g = 0;
-    for (int oy = y0; oy <= y1; ++oy)
-      for (int ox = x0; ox <= x1; ++ox) {
-        const size_t o = (plane * a.p + oy) * a.q + ox;
+    for (int oy = w.y0; oy <= w.y1; ++oy)
+      for (int ox = w.x0; ox <= w.x1; ++ox) {
+        const size_t o = (w.plane * a.p + oy) * a.q + ox;
         if (argmax[o] == self) g += dy[o];
       }
     dx[e] += g;
@@ -151,14 +161,10 @@ __global__ void k_avgpool_fwd(PoolArgs a, const float* x, float* y) {
 }
 __global__ void k_avgpool_bwd(PoolArgs a, const float* dy, float* dx) {
   FUSEPLAN_GRID_LOOP(e, size_t(a.planes) * a.h * a.w) {
-    const int ix = int(e % a.w), iy = int(e / a.w % a.h);
-    const size_t plane = e / (size_t(a.h) * a.w);
-    int y0, y1, x0, x1;
-    window_range(iy, a.stride, a.pad, a.kernel, a.p, y0, y1);
-    window_range(ix, a.stride, a.pad, a.kernel, a.q, x0, x1);
+    const InputWindows w = input_windows(a, e);
     float g = 0;
-    for (int oy = y0; oy <= y1; ++oy)
-      for (int ox = x0; ox <= x1; ++ox) g += dy[(plane * a.p + oy) * a.q + ox];
+    for (int oy = w.y0; oy <= w.y1; ++oy)
+      for (int ox = w.x0; ox <= w.x1; ++ox) g += dy[(w.plane * a.p + oy) * a.q + ox];
     dx[e] += g / float(a.kernel * a.kernel);
   }
 }
@@ -225,6 +231,7 @@ __global__ void k_softmax_xent(int n, int classes, const float* logits, const in
 struct DevSlot {
   int64_t offset, numel;
   int plain;
+  bool operator==(const DevSlot&) const = default;
 };
 __global__ void k_lars_rates(const DevSlot* slots, const float* w, const float* g, double inv_scale, double lr,
                              double trust, double wd, double eps, int lars, double* rates) {
@@ -384,8 +391,8 @@ class CudaBackend final : public Backend {
     if (p == Precision::FP16) launch(k_round_fp16, n, x, n);
     if (p == Precision::BF16) launch(k_round_bf16, n, x, n);
   }
-  void copy_in(float* dst, const float* host, size_t n) override {
-    check(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyDefault, stream_), "copy in");
+  void copy_in(float* dst, const float* src, size_t n) override {
+    check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDefault, stream_), "copy in");
     done();
   }
 
@@ -403,25 +410,29 @@ class CudaBackend final : public Backend {
                       const float* grads, float* params, double* local_rates) override {
     if (slots.empty()) return;
     const size_t k = slots.size();
-    if (dev_slots_.size() != k) {  // the slot table, uploaded once
-      std::vector<DevSlot> table;
-      for (const auto& s : slots) table.push_back({s.offset, s.numel, s.plain ? 1 : 0});
+    std::vector<DevSlot> table;
+    int64_t largest = 0;
+    for (const auto& s : slots) {
+      table.push_back({s.offset, s.numel, s.plain ? 1 : 0});
+      largest = std::max(largest, s.numel);
+    }
+    // The slot table on the device, uploaded again only when another optimizer's slots
+    // come (two optimizers may share this backend).
+    if (table != dev_slots_) {
       dev_slots_buf_.reset();
       void* p = nullptr;
       check(cudaMalloc(&p, k * (sizeof(DevSlot) + sizeof(double))), "optimizer slots");
       dev_slots_buf_ = std::unique_ptr<void, CudaFree>(p);
       check(cudaMemcpy(p, table.data(), k * sizeof(DevSlot), cudaMemcpyHostToDevice), "optimizer slots");
-      dev_slots_ = table;
+      dev_slots_ = std::move(table);
     }
-    auto* table = static_cast<DevSlot*>(dev_slots_buf_.get());
-    auto* rates = reinterpret_cast<double*>(table + k);
-    int64_t largest = 0;
-    for (const auto& s : slots) largest = std::max(largest, s.numel);
-    k_lars_rates<<<unsigned(k), kThreads, 0, stream_>>>(table, masters, grads, o.inv_scale, o.lr, o.trust,
+    auto* dev_table = static_cast<DevSlot*>(dev_slots_buf_.get());
+    auto* rates = reinterpret_cast<double*>(dev_table + k);
+    k_lars_rates<<<unsigned(k), kThreads, 0, stream_>>>(dev_table, masters, grads, o.inv_scale, o.lr, o.trust,
                                                         o.weight_decay, o.eps, o.lars ? 1 : 0, rates);
     const int working = o.working == Precision::FP16 ? 1 : o.working == Precision::BF16 ? 2 : 0;
     const dim3 grid(unsigned(std::min<int64_t>((largest + kThreads - 1) / kThreads, 1024)), unsigned(k));
-    k_optimizer_update<<<grid, kThreads, 0, stream_>>>(table, rates, masters, momenta, grads, params, o.lr,
+    k_optimizer_update<<<grid, kThreads, 0, stream_>>>(dev_table, rates, masters, momenta, grads, params, o.lr,
                                                       o.momentum, o.weight_decay, o.inv_scale, working);
     check(cudaMemcpyAsync(local_rates, rates, k * sizeof(double), cudaMemcpyDeviceToHost, stream_), "local rates");
     synchronize();  // local_rates is host memory the caller reads
@@ -619,8 +630,6 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
-
-bool cuda_backend_built() { return true; }
 
 int cuda_device_count() {
   int count = 0;

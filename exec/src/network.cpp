@@ -123,7 +123,8 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   running_n_ = running_init.size();
   running_ = DeviceBuffer(be_, std::max<size_t>(running_n_, 1));
   if (running_n_) be_.copy_in(running_.get(), running_init.data(), running_n_);
-  input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)));
+  if (!be_.reads_host_memory())
+    input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)));
   dlogits_ = nodes_.back().dout;
   ready_after_.assign(m.layers.size(), 0);
   int upto = 0;
@@ -192,9 +193,11 @@ float* Network::grad_of_input(int l, int k) {
 }
 
 void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
-  // Into the backend's memory (device memory on a GPU).
-  be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
-  input_ = input_buf_.get();
+  input_ = input;
+  if (!be_.reads_host_memory()) {  // into the backend's memory (device memory on a GPU)
+    be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
+    input_ = input_buf_.get();
+  }
   for (size_t l = 0; l < nodes_.size(); ++l) {
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);

@@ -60,5 +60,4 @@ bool LossScaler::update(bool overflow) {
   return true;
 }
 
-
 }  // namespace fuseplan::exec

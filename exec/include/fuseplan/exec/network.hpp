@@ -104,7 +104,7 @@ class Network {
   std::vector<Node> nodes_;
   DeviceBuffer running_;
   size_t running_n_ = 0;
-  DeviceBuffer input_buf_;
+  DeviceBuffer input_buf_;  // the input in the backend's memory (none where it reads host memory)
   const float* input_ = nullptr;
   float* dlogits_ = nullptr;
   std::vector<int32_t> labels_;

@@ -43,6 +43,9 @@ class Backend {
   // Copies n floats from host memory or from this backend's memory into a buffer of this
   // backend.
   virtual void copy_in(float* dst, const float* src, size_t n) = 0;
+  // true where the backend's calls read host memory as is (the CPU): the network then
+  // hands its input over without a copy.
+  virtual bool reads_host_memory() const { return false; }
   // Waits until every call made so far has finished (nothing on the CPU; the stream on a
   // GPU), before host code reads the backend's memory or a clock.
   virtual void synchronize() {}
@@ -155,7 +158,6 @@ struct CudaOptions {
   int device = 0;
   bool tf32 = true;
 };
-bool cuda_backend_built();
 int cuda_device_count();  // 0 without a driver or a device (or without the CUDA build)
 // InputError when the build has no CUDA backend, no device is visible or `device` is out
 // of range.

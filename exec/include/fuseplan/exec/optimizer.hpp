@@ -78,5 +78,4 @@ class LossScaler {
   int64_t skipped_ = 0;
 };
 
-
 }  // namespace fuseplan::exec

@@ -69,7 +69,7 @@ struct Model {
   Shape input_shape;
   std::vector<Layer> layers;
   std::vector<ParamTensor> tensors;  // forward order
-  // Measured optimizer step (all parameters) and the batch it was measured at, from a
+  // Measured optimizer step (all parameters; it does not depend on the batch), from a
   // profile's optional `optimizer_us`.
   std::optional<double> measured_optimizer_us;
 
