@@ -10,13 +10,15 @@
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/discover.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
+#include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan::cli {
 
 namespace {
 
 struct CalibrateFlags {
-  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out, fit_sizes;
+  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out, fit_sizes, plan, measured, profile;
   int ranks = 0, per_node = 0;
   bool holdout = false, discover = false;
 };
@@ -85,13 +87,60 @@ void run_discover(const CalibrateFlags& f) {
   }
 }
 
+void fit_communication(const CalibrateFlags& f, Cluster& c);
+void fit_overlap(const CalibrateFlags& f, Cluster& c);
+
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
     if (!f.sweep.empty() || !f.nccl_tests.empty()) throw InputError("--discover: give it without --sweep/--nccl-tests");
     return run_discover(f);
   }
-  if (f.sweep.empty() == f.nccl_tests.empty()) throw InputError("calibrate: give exactly one of --sweep and --nccl-tests");
+  if (!f.sweep.empty() && !f.nccl_tests.empty()) throw InputError("calibrate: give --sweep or --nccl-tests, not both");
+  if (f.plan.empty() != f.measured.empty()) throw InputError("calibrate: --plan and --measured go together");
+  if (f.sweep.empty() && f.nccl_tests.empty() && f.plan.empty())
+    throw InputError("calibrate: give --sweep, --nccl-tests or --plan with --measured (or --discover)");
   Cluster c = load_cluster(f.cluster);
+  if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
+  if (!f.plan.empty()) fit_overlap(f, c);
+  if (!f.out.empty()) {
+    if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
+    write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
+    std::cout << "  wrote " << f.out << " (use it as --cluster)\n";
+  }
+}
+
+// The sharing of the processor between backward and communication, fitted to a measured
+// run of a plan that overlaps them (on the cluster as calibrated so far).
+void fit_overlap(const CalibrateFlags& f, Cluster& c) {
+  struct {
+    Plan plan;
+    Model model;
+  } loaded;
+  loaded.plan = load_plan(f.plan);
+  loaded.model = load_model(loaded.plan.model, loaded.plan.model_options);
+  if (!f.profile.empty()) apply_profile(loaded.model, f.profile);
+  validate_plan(loaded.plan, loaded.model, f.plan);
+  const Report measured = load_report(f.measured);
+  if (measured.model != loaded.plan.model || measured.gpus != loaded.plan.gpus ||
+      measured.batch_per_gpu != loaded.plan.batch_per_gpu || measured.buckets.size() != loaded.plan.buckets.size())
+    throw InputError("--measured " + f.measured + ": measures another run than --plan " + f.plan + " (" +
+                     measured.model + " x " + std::to_string(measured.gpus) + " ranks, " +
+                     std::to_string(measured.buckets.size()) + " buckets)");
+  check_gpu_count(c, loaded.plan.gpus, "--plan");
+  const SharingFit fit = fit_sharing(loaded.model, c, loaded.plan, measured, {});
+  auto pct = [](double e) { return (e >= 0 ? "+" : "") + fixed(100 * e, 1) + " %"; };
+  std::cout << "\n  overlap: " << f.plan << " measured in " << f.measured << " (" << loaded.plan.buckets.size()
+            << " buckets" << (f.profile.empty() ? ", no --profile: modelled compute" : ", profile " + f.profile)
+            << ")\n    comm_compute_sharing = " << fixed(fit.sigma, 3) << ": backward " << pct(fit.backward_err)
+            << ", last allreduce end " << pct(fit.comm_end_err) << ", iteration " << pct(fit.iteration_err)
+            << " (free overlap: iteration " << pct(fit.iteration_err_free) << ")\n";
+  c.comm_compute_sharing = fit.sigma;
+  c.provenance["comm_compute_sharing"] = "fuseplan calibrate: " + f.plan + " measured in " + f.measured +
+                                         ", iteration error " + pct(fit.iteration_err);
+  if (fit.sigma == 0) c.provenance.erase("comm_compute_sharing");  // not written when 0
+}
+
+void fit_communication(const CalibrateFlags& f, Cluster& c) {
   std::vector<Sweep> sweeps;
   if (!f.sweep.empty()) sweeps = load_sweep(f.sweep);
   else sweeps.push_back(load_nccl_tests(f.nccl_tests, f.as, f.ranks, f.per_node));
@@ -145,12 +194,7 @@ void run_calibrate(const CalibrateFlags& f) {
   }
   t.print(std::cout, "  ");
   std::cout << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for\n";
-  if (!f.out.empty()) {
-    c.name += "-calibrated";
-    c.description += " (calibrated: " + source + ")";
-    write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
-    std::cout << "  wrote " << f.out << " (use it as --cluster)\n";
-  }
+  c.description += " (calibrated: " + source + ")";
 }
 
 }  // namespace
@@ -171,6 +215,11 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--per-node", f->per_node, "--nccl-tests: ranks per node (default: all on one node)");
   cmd->add_option("--fit-sizes", f->fit_sizes, "fit only the sizes in MIN:MAX (e.g. 256K:256M, the buckets' range)");
   cmd->add_flag("--holdout", f->holdout, "also fit on every other size and report the error on the others");
+  cmd->add_option("--plan", f->plan,
+                  "a plan whose allreduces overlap backward: with --measured, fit comm_compute_sharing\n"
+                  "(how much a running allreduce slows backward and is slowed by it)");
+  cmd->add_option("--measured", f->measured, "--plan's measured report (fuseplan-exec run --report)");
+  cmd->add_option("--profile", f->profile, "--plan: measured per-layer times (fuseplan-exec run --profile)");
   cmd->add_option("--out", f->out, "write the calibrated (or discovered) cluster file here");
   cmd->add_flag("--discover", f->discover,
                 "draft a cluster file of this machine: hwloc (sockets, cores, GPUs, NICs) and rdma-core\n"

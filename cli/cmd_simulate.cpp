@@ -90,6 +90,10 @@ void run_simulate(SimulateFlags& f) {
     print_iteration_summary(r, os);
     os << "  predicted            " << ms(predicted.iteration_s) << " ms (simulated / predicted = "
        << fixed(r.iteration_s / predicted.iteration_s, 4) << ")\n";
+    if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
+      os << "  note                 the simulator overlaps communication with backward for free; the prediction\n"
+         << "                       shares the processor (comm_compute_sharing " << fixed(cluster.comm_compute_sharing, 2)
+         << ")\n";
     if (!f.trace_path.empty()) os << "  trace                " << f.trace_path << " (ranks 0.." << f.opt.trace_ranks - 1 << ")\n";
     return os.str();
   });

@@ -95,6 +95,10 @@ void run_verify(VerifyFlags& f) {
       t.row({r.name, ms(r.p), ms(r.s), ms(r.m), rel_err(r.p, r.m), simulated ? rel_err(r.s, r.m) : "-"});
     t.print(std::cout, "  ");
     if (!no_sim_reason.empty()) std::cout << "\n  " << no_sim_reason << "\n";
+    if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
+      std::cout << (no_sim_reason.empty() ? "\n" : "") << "  predicted with comm_compute_sharing "
+                << fixed(cluster.comm_compute_sharing, 2)
+                << (simulated ? " (the simulation overlaps communication with backward for free)\n" : "\n");
   }
   if (!f.trace_path.empty()) {
     // Measured ranks as they are; the prediction as process 1000, its iteration placed at

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 6's loop on this machine with 2 ranks: sweep -> calibrate -> profile -> tune ->
-# run (tuned, per-tensor, single) -> verify, and the step time against PyTorch DDP.
+# Issue 6's loop on this machine with 2 ranks: sweep -> calibrate -> profile -> run the
+# free-overlap optimum and fit comm_compute_sharing to it -> tune -> run (tuned,
+# per-tensor, single) -> verify, and the step time against PyTorch DDP.
 # MODEL / BATCH / RANKS / ITERS override the defaults (ResNet-18 at 28x28x1, 10 classes,
 # 16 per rank: communication is a visible share of the step). Output: build/loop/.
 set -euo pipefail
@@ -17,16 +18,26 @@ mkdir -p "$out"
 echo "== sweep and calibrate"
 $mpi $B/fuseplan-exec sweep --algorithms mpi,ring,recursive_doubling,rabenseifner --quiet --out $out/sweep.json
 $B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --holdout --out $out/all-sizes.json
-$B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --fit-sizes 256K:256M --holdout --out $out/cal.json
+$B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --fit-sizes 256K:256M --holdout --out $out/cal-comm.json
 echo "== per-layer profile (one bucket, $ranks ranks)"
-$B/fuseplan predict $shape --cluster $out/cal.json --buckets single --save-plan $out/profile-plan.json >/dev/null
+$B/fuseplan predict $shape --cluster $out/cal-comm.json --buckets single --save-plan $out/profile-plan.json >/dev/null
 $mpi $B/fuseplan-exec run --plan $out/profile-plan.json --dataset synthetic --iterations 10 --quiet \
   --profile $out/profile.json >/dev/null
+echo "== processor sharing: the free-overlap optimum, measured, fits comm_compute_sharing"
+python3 -c "import json; c=json.load(open('$out/cal-comm.json')); c.pop('comm_compute_sharing', None); \
+c.get('provenance', {}).pop('comm_compute_sharing', None); json.dump(c, open('$out/cal-free.json', 'w'), indent=2)"
+$B/fuseplan tune $shape --cluster $out/cal-free.json --profile $out/profile.json --strategy optimal --out $out/free.json >/dev/null
+$mpi $B/fuseplan-exec run --plan $out/free.json --dataset synthetic --iterations "$iters" --quiet \
+  --report $out/measured-free.json >$out/run-free.txt
+$B/fuseplan calibrate --cluster $out/cal-comm.json --plan $out/free.json --measured $out/measured-free.json \
+  --profile $out/profile.json --out $out/cal.json
 echo "== plans"
 for s in optimal per-tensor single; do
   $B/fuseplan tune $shape --cluster $out/cal.json --profile $out/profile.json --strategy $s --out $out/$s.json >/dev/null
 done
 echo "== run and verify"
+$B/fuseplan verify --plan $out/free.json --measured $out/measured-free.json --cluster $out/cal-free.json \
+  --profile $out/profile.json --no-sim | sed -n '4,9p' | sed "s/^/[free-overlap model] /"
 for s in optimal per-tensor single; do
   $mpi $B/fuseplan-exec run --plan $out/$s.json --dataset synthetic --iterations "$iters" --quiet \
     --report $out/measured-$s.json --trace $out/trace-$s.json >$out/run-$s.txt
@@ -35,7 +46,7 @@ for s in optimal per-tensor single; do
   head -12 $out/verify-$s.txt | sed -n '4,11p' | sed "s/^/[$s] /"
 done
 echo "== measured iteration per plan"
-for s in optimal per-tensor single; do
+for s in free optimal per-tensor single; do
   python3 -c "import json,sys; r=json.load(open('$out/measured-$s.json')); print(f'  {\"$s\":<11} {r[\"iteration_s\"]*1e3:8.2f} ms  exposed {r[\"exposed_comm_s\"]*1e3:6.2f} ms  {len(r[\"buckets\"])} buckets')"
 done
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then

@@ -5,6 +5,8 @@
 #include <fstream>
 
 #include "fuseplan/costmodel/calibrate.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/models/zoo.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/models/error.hpp"
@@ -123,4 +125,22 @@ TEST_CASE("report: a measured report reads back with its buckets and timeline") 
   CHECK(back.timeline.events[0].rank == 1);
   CHECK(back.timeline.events[0].dur_s == Approx(0.09));
   CHECK_THROWS_AS(report_from_json(nlohmann::json{{"source", "x"}}, "test"), InputError);
+}
+
+TEST_CASE("calibrate: the processor sharing is recovered from a run it predicted") {
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Cluster c = load_cluster("local-cpu");
+  c.comm_compute_sharing = 0.6;
+  Plan p = make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec("splits:20,40", m, "ring", Precision::FP32),
+                     "test");
+  CollectiveModel coll(c, 2);
+  ComputeModel compute(m, c, 16, Precision::FP32);
+  const Report measured = predict(m, c, p, coll, compute);
+  c.comm_compute_sharing = 0;
+  SharingFit fit = fit_sharing(m, c, p, measured, {});
+  CHECK(fit.sigma == Approx(0.6));
+  CHECK(std::abs(fit.iteration_err) < 1e-9);
+  CHECK(fit.iteration_err_free < 0);  // free overlap predicts it too fast
+  p.gpus = 1;
+  CHECK_THROWS_AS(fit_sharing(m, c, p, measured, {}), InputError);
 }

@@ -403,10 +403,35 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK(j.at("calibrated").contains("ring"));
   CHECK(j.at("calibrated").contains("mpi"));
   CHECK(run("predict --model resnet18 --cluster " + cal + " --gpus 2 --algorithm ring").code == 0);
-  expect_bad("calibrate --sweep " + sweep + " --nccl-tests " + sweep, "exactly one of --sweep and --nccl-tests");
+  expect_bad("calibrate --sweep " + sweep + " --nccl-tests " + sweep, "give --sweep or --nccl-tests, not both");
+  expect_bad("calibrate", "give --sweep, --nccl-tests or --plan with --measured");
   Run bad = run_mpi(2, "sweep --algorithms ring,spin");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
+}
+
+TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing into the cluster file") {
+  // The "measurement" is the prediction on local-cpu (sharing 1): the fit must find 1 again.
+  const std::string plan = tmp("overlap-plan.json"), measured = tmp("overlap-measured.json"),
+                    out = tmp("overlap-cal.json"), other = tmp("overlap-other.json");
+  Run p = run("predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
+              "--batch-per-gpu 16 --precision fp32 --buckets splits:20,40 --save-plan " + plan + " --json");
+  REQUIRE(p.code == 0);
+  std::ofstream(measured) << p.out;
+  Run c = run("calibrate --cluster local-cpu --plan " + plan + " --measured " + measured + " --out " + out);
+  INFO(c.out);
+  REQUIRE(c.code == 0);
+  CHECK_THAT(c.out, Catch::Contains("comm_compute_sharing = 1.000") && Catch::Contains("free overlap: iteration -"));
+  const auto j = nlohmann::json::parse(std::ifstream(out));
+  CHECK(j.at("comm_compute_sharing").get<double>() == 1.0);
+  CHECK(j.at("provenance").contains("comm_compute_sharing"));
+  expect_bad("calibrate --plan " + plan, "--plan and --measured go together");
+  REQUIRE(run("predict --model resnet50 --cluster local-cpu --gpus 2 --save-plan " + other).code == 0);
+  expect_bad("calibrate --plan " + other + " --measured " + measured, "measures another run than --plan");
+  CHECK(!std::filesystem::exists(tmp("never-written.json")));
+  expect_bad("calibrate --plan " + other + " --measured " + measured + " --out " + tmp("never-written.json"),
+             "measures another run");
+  CHECK(!std::filesystem::exists(tmp("never-written.json")));
 }
 
 TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that reads back") {

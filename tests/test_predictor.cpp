@@ -188,3 +188,85 @@ TEST_CASE("predictions are deterministic and respond to the cluster the right wa
   CHECK(run(1024, "single").iteration_s > run(64, "single").iteration_s);
   CHECK(run(1, "single").scaling_efficiency == Approx(1.0));
 }
+
+TEST_CASE("processor sharing: hand-checked stretch of backward and communication") {
+  // Backward steps of 4 and 6 ms; bucket 0 ready after step 0 (4 ms of communication),
+  // bucket 1 after step 1 (1 ms).
+  const std::vector<double> steps{0.004, 0.006};
+  const std::vector<SharedBucket> bs{{0, 0, 0, 0.004, 0}, {1, 0, 0, 0.001, 0}};
+  // sigma = 1: from 4 ms both run at half rate; the allreduce's 4 ms take 8 (to 12 ms),
+  // backward has done 4 of its 6 ms by then and ends at 14; bucket 1 ends at 15 = the
+  // total work: nothing is hidden.
+  SharedTiming one = schedule_shared(steps, bs, 1.0);
+  CHECK(one.buckets[0].start_s == Approx(0.004));
+  CHECK(one.buckets[0].end_s == Approx(0.012));
+  CHECK(one.backward_end_s == Approx(0.014));
+  CHECK(one.buckets[1].start_s == Approx(0.014));
+  CHECK(one.comm_end_s == Approx(0.015));
+  // sigma = 0.5: both at 2/3: the allreduce ends at 4 + 6 = 10 ms, backward has 2 ms left.
+  SharedTiming half = schedule_shared(steps, bs, 0.5);
+  CHECK(half.buckets[0].end_s == Approx(0.010));
+  CHECK(half.backward_end_s == Approx(0.012));
+  CHECK(half.comm_end_s == Approx(0.013));
+  // sigma = 0: free overlap, the allreduce ends at 8 ms behind backward's 10.
+  SharedTiming free = schedule_shared(steps, bs, 0.0);
+  CHECK(free.buckets[0].end_s == Approx(0.008));
+  CHECK(free.backward_end_s == Approx(0.010));
+  CHECK(free.comm_end_s == Approx(0.011));
+  // A packing delay and a latency part: bucket 0 ready at 4 + 1 ms (backward alone until
+  // then: 5 ms left), latency 1 ms; from 5 ms both run at half rate, the allreduce's 5 ms
+  // and backward's 5 ms both end at 15; bucket 1 at 16.
+  SharedTiming lat = schedule_shared(steps, {{0, 0.001, 0.001, 0.004, 0}, {1, 0, 0, 0.001, 0}}, 1.0);
+  CHECK(lat.buckets[0].ready_s == Approx(0.005));
+  CHECK(lat.buckets[0].end_s == Approx(0.015));
+  CHECK(lat.backward_end_s == Approx(0.015));
+  CHECK(lat.comm_end_s == Approx(0.016));
+}
+
+TEST_CASE("processor sharing: sigma 0 is the free-overlap predictor, sigma > 0 stretches backward") {
+  Model m = toy();
+  Cluster c = toy_cluster(1.0, 0);
+  ComputeModel compute(m, c, 8, Precision::FP32);
+  CollectiveModel coll(c, 4);
+  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("per-tensor", m, "ring", Precision::FP32),
+                     "per-tensor");
+  const Report free = predict(m, c, p, coll, compute);
+  // The shared schedule at sigma = 0 gives the same times as the free-overlap path.
+  std::vector<SharedBucket> bs;
+  for (int i = 0; i < 3; ++i)
+    bs.push_back({i, 0, free.buckets[i].cost.latency_s + free.buckets[i].cost.reduce_s + free.buckets[i].launch_s,
+                  free.buckets[i].cost.bandwidth_s, 0});
+  SharedTiming zero = schedule_shared(backward_steps_s(compute), bs, 0.0);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(zero.buckets[i].start_s == Approx(free.buckets[i].start_s).epsilon(1e-12));
+    CHECK(zero.buckets[i].end_s == Approx(free.buckets[i].end_s).epsilon(1e-12));
+  }
+  CHECK(zero.backward_end_s == Approx(free.backward_s).epsilon(1e-12));
+  c.comm_compute_sharing = 1.0;
+  const Report shared = predict(m, c, p, coll, compute);
+  CHECK(shared.backward_s > free.backward_s);
+  CHECK(shared.comm_end_s >= free.comm_end_s);
+  // One processor: backward plus the allreduces' work, whatever overlaps (no gaps here:
+  // each gradient is ready before the previous allreduce ends... or backward runs).
+  double work = compute.backward_s();
+  for (const auto& b : free.buckets) work += b.end_s - b.start_s;
+  CHECK(shared.comm_end_s == Approx(work).epsilon(1e-9));
+  // The single-GPU iteration is not stretched; the timeline's backward is.
+  CHECK(shared.single_gpu_iteration_s == Approx(free.single_gpu_iteration_s));
+  double bwd_events = 0;
+  for (const auto& e : shared.timeline.events)
+    if (e.category == "backward") bwd_events += e.dur_s;
+  CHECK(bwd_events == Approx(shared.backward_s));
+}
+
+TEST_CASE("processor sharing: the cluster key is validated and written back") {
+  Cluster c = load_cluster("local-cpu");
+  nlohmann::json j = cluster_to_json(c);
+  j["comm_compute_sharing"] = 0.25;
+  CHECK(cluster_from_json(j, "t").comm_compute_sharing == 0.25);
+  CHECK(cluster_to_json(cluster_from_json(j, "t"))["comm_compute_sharing"] == 0.25);
+  for (double bad : {-0.1, 1.5}) {
+    j["comm_compute_sharing"] = bad;
+    CHECK_THROWS_AS(cluster_from_json(j, "t"), InputError);
+  }
+}

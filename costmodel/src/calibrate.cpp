@@ -9,7 +9,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "fuseplan/costmodel/compute.hpp"
 #include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan {
@@ -236,6 +238,34 @@ Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, 
   if (s.per_node <= 0) s.per_node = s.ranks;
   // Sizes below one element per rank measure only launch latency; keep them (they fit alpha).
   return s;
+}
+
+SharingFit fit_sharing(const Model& model, const Cluster& cluster, const Plan& plan, const Report& measured,
+                       const CollectiveOptions& coll_opt) {
+  if (plan.gpus < 2) throw InputError("--plan: one rank has no communication to overlap (need >= 2 GPUs)");
+  if (!(measured.backward_s > 0) || !(measured.comm_end_s > 0) || !(measured.iteration_s > 0))
+    throw InputError("--measured: no backward, allreduce or iteration time to fit against");
+  Cluster c = cluster;
+  CollectiveModel coll(c, plan.gpus, coll_opt);
+  ComputeModel compute(model, c, plan.batch_per_gpu, plan.compute);
+  auto rel = [](double model_s, double measured_s) { return (model_s - measured_s) / measured_s; };
+  constexpr int kSteps = 200;
+  SharingFit best;
+  double best_sq = std::numeric_limits<double>::infinity();
+  for (int k = 0; k <= kSteps; ++k) {
+    c.comm_compute_sharing = double(k) / kSteps;
+    const Report r = predict(model, c, plan, coll, compute, {}, false);
+    const double eb = rel(r.backward_s, measured.backward_s), ec = rel(r.comm_end_s, measured.comm_end_s);
+    if (k == 0) best.iteration_err_free = rel(r.iteration_s, measured.iteration_s);
+    if (eb * eb + ec * ec < best_sq) {
+      best_sq = eb * eb + ec * ec;
+      best.sigma = c.comm_compute_sharing;
+      best.backward_err = eb;
+      best.comm_end_err = ec;
+      best.iteration_err = rel(r.iteration_s, measured.iteration_s);
+    }
+  }
+  return best;
 }
 
 }  // namespace fuseplan

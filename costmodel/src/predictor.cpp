@@ -21,6 +21,100 @@ std::vector<double> gradient_ready_times(const Model& model, const ComputeModel&
   return ready;
 }
 
+std::vector<int> gradient_ready_steps(const Model& model) {
+  std::vector<int> step(model.tensors.size(), 0);
+  int k = 0;
+  for (int l = static_cast<int>(model.layers.size()) - 1; l >= 0; --l, ++k) {
+    const Layer& layer = model.layers[l];
+    for (int i = 0; i < layer.tensor_count; ++i) step[model.tensor_at_backward(layer.first_tensor + i)] = k;
+  }
+  return step;
+}
+
+std::vector<double> backward_steps_s(const ComputeModel& compute) {
+  std::vector<double> s;
+  for (auto l = compute.layers().rbegin(); l != compute.layers().rend(); ++l) s.push_back(l->bwd_s);
+  return s;
+}
+
+SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, double sigma) {
+  const size_t n = bs.size(), L = step_s.size();
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  SharedTiming out;
+  out.buckets.resize(n);
+  out.step_end_s.assign(L, 0);
+  int streams = 0;
+  for (const auto& b : bs) streams = std::max(streams, b.stream + 1);
+  std::vector<std::vector<size_t>> queue(streams);
+  for (size_t i = 0; i < n; ++i) queue[bs[i].stream].push_back(i);
+  std::vector<std::vector<size_t>> made_ready(L);  // buckets that become ready after each step
+  for (size_t i = 0; i < n; ++i) made_ready.at(bs[i].after_step).push_back(i);
+  std::vector<double> ready(n, kInf);
+  struct Active {
+    long bucket = -1;  // -1 = idle
+    bool in_bw = false;
+    double rem = 0;
+    size_t next = 0;
+  };
+  std::vector<Active> st(streams);
+  size_t step = 0, done = 0;
+  double now = 0, comp_rem = L ? step_s[0] : 0;
+  auto eps = [&] { return 1e-12 * std::max(1.0, now); };
+  while (step < L || done < n) {
+    while (step < L && comp_rem <= eps()) {  // steps that end now
+      out.step_end_s[step] = now;
+      for (size_t b : made_ready[step]) ready[b] = now + bs[b].delay_s;
+      if (++step < L) comp_rem = step_s[step];
+    }
+    for (int s = 0; s < streams; ++s) {
+      auto& a = st[s];
+      if (a.bucket < 0 && a.next < queue[s].size() && ready[queue[s][a.next]] <= now) {
+        size_t b = queue[s][a.next++];
+        a.bucket = static_cast<long>(b);
+        a.in_bw = false;
+        a.rem = bs[b].latency_s;
+        out.buckets[b] = {ready[b], now, now};
+      }
+    }
+    int active = 0, sharing = 0;
+    for (const auto& a : st) {
+      active += a.bucket >= 0;
+      sharing += a.bucket >= 0 && a.in_bw;
+    }
+    const bool computing = step < L;
+    const double comp_rate = 1 / (1 + sigma * active);
+    const double comm_rate = computing ? 1 / (1 + sigma) : 1.0;
+    double dt = computing ? comp_rem / comp_rate : kInf;
+    for (int s = 0; s < streams; ++s) {
+      const auto& a = st[s];
+      if (a.bucket >= 0) dt = std::min(dt, (a.in_bw ? a.rem * sharing : a.rem) / comm_rate);
+      else if (a.next < queue[s].size() && ready[queue[s][a.next]] < kInf)
+        dt = std::min(dt, ready[queue[s][a.next]] - now);
+    }
+    if (!(dt < kInf)) break;  // unreachable: every bucket follows some step
+    dt = std::max(dt, 0.0);
+    now += dt;
+    if (computing) comp_rem -= dt * comp_rate;
+    for (auto& a : st) {
+      if (a.bucket < 0) continue;
+      a.rem -= dt * comm_rate / (a.in_bw ? sharing : 1);
+      while (a.bucket >= 0 && a.rem <= eps()) {
+        if (!a.in_bw) {
+          a.in_bw = true;
+          a.rem = bs[a.bucket].bandwidth_s;
+        } else {
+          out.buckets[a.bucket].end_s = now;
+          out.comm_end_s = std::max(out.comm_end_s, now);
+          a.bucket = -1;
+          ++done;
+        }
+      }
+    }
+  }
+  out.backward_end_s = L ? out.step_end_s.back() : 0;
+  return out;
+}
+
 std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready, const std::vector<double>& lat,
                                            const std::vector<double>& bw, const std::vector<int>& stream) {
   const size_t n = ready.size();
@@ -132,12 +226,19 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.optimizer_s = compute.optimizer_s();
 
   const auto ready_pos = gradient_ready_times(model, compute);
+  const auto ready_step = gradient_ready_steps(model);
+  const bool shared = cluster.comm_compute_sharing > 0 && plan.gpus > 1;
   std::vector<double> ready, lat, bw;
   std::vector<int> stream;
+  std::vector<SharedBucket> shared_buckets;
   for (size_t i = 0; i < plan.buckets.size(); ++i) {
     const auto& b = plan.buckets[i];
     double last_ready = 0;
-    for (int pos = b.begin; pos < b.end; ++pos) last_ready = std::max(last_ready, ready_pos[pos]);
+    int after_step = 0;
+    for (int pos = b.begin; pos < b.end; ++pos) {
+      last_ready = std::max(last_ready, ready_pos[pos]);
+      after_step = std::max(after_step, ready_step[pos]);
+    }
     BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer, b.pack);
     BucketReport br;
     br.index = static_cast<int>(i);
@@ -156,9 +257,22 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     lat.push_back(t.latency_s);
     bw.push_back(t.bandwidth_s);
     stream.push_back(b.stream);
+    shared_buckets.push_back({after_step, t.ready_s - last_ready, t.latency_s, t.bandwidth_s, b.stream});
     r.buckets.push_back(br);
   }
-  auto timing = schedule_buckets(ready, lat, bw, stream);
+  // Backward steps' end times (backward order): stretched when communication shares the
+  // processor, the compute model's otherwise.
+  std::vector<double> step_end = backward_steps_s(compute);
+  std::vector<BucketTiming> timing;
+  if (shared) {
+    SharedTiming st = schedule_shared(step_end, shared_buckets, cluster.comm_compute_sharing);
+    timing = std::move(st.buckets);
+    step_end = std::move(st.step_end_s);
+    r.backward_s = st.backward_end_s;
+  } else {
+    timing = schedule_buckets(ready, lat, bw, stream);
+    for (size_t k = 1; k < step_end.size(); ++k) step_end[k] += step_end[k - 1];
+  }
   for (size_t i = 0; i < timing.size(); ++i) {
     r.buckets[i].ready_s = timing[i].ready_s;
     r.buckets[i].start_s = timing[i].start_s;
@@ -170,7 +284,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   double busy = r.forward_s + std::max(r.backward_s, r.comm_end_s) + r.optimizer_s;
   r.data_wait_s = compute.data_wait_s(busy);
   r.iteration_s = busy + r.data_wait_s;
-  double single_busy = r.forward_s + r.backward_s + r.optimizer_s;
+  double single_busy = r.forward_s + compute.backward_s() + r.optimizer_s;
   r.single_gpu_iteration_s = single_busy + compute.data_wait_s(single_busy);
   r.scaling_efficiency = r.single_gpu_iteration_s / r.iteration_s;
   r.throughput_samples_s = double(plan.gpus) * plan.batch_per_gpu / r.iteration_s;
@@ -190,10 +304,10 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
       t += d;
     }
     const double bwd_start = t;
-    for (int l = static_cast<int>(model.layers.size()) - 1; l >= 0; --l) {
-      double d = compute.layers()[l].bwd_s;
-      ev.push_back({0, "compute", model.layers[l].name + " (bwd)", "backward", t, d, 0});
-      t += d;
+    for (size_t k = 0; k < step_end.size(); ++k) {
+      double begin = k ? step_end[k - 1] : 0;
+      ev.push_back({0, "compute", model.layers[model.layers.size() - 1 - k].name + " (bwd)", "backward",
+                    bwd_start + begin, step_end[k] - begin, 0});
     }
     for (const auto& b : r.buckets)
       ev.push_back({0, "comm" + std::to_string(b.stream),

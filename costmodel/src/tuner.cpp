@@ -364,6 +364,97 @@ std::vector<int> mgwfbp(const std::vector<double>& ready, BucketCoster& cost) {
   return starts;
 }
 
+// With processor sharing (Cluster::comm_compute_sharing > 0) communication stretches
+// backward, so a bucket's ready time depends on the allreduces before it and the dynamic
+// program's objective (free overlap) is only a lower bound. The search then refines its
+// partition by hill climbing on the predictor's own schedule (schedule_shared): move a
+// boundary anywhere between its neighbours, drop it, or (any bucket count) add one;
+// take the best strict improvement until none is left. Starting points: the partition
+// given and one bucket.
+class SharedSearch {
+ public:
+  SharedSearch(BucketCoster& cost, const Model& m, const ComputeModel& compute, double sigma, int streams)
+      : cost_(cost), steps_(backward_steps_s(compute)), ready_step_(gradient_ready_steps(m)), sigma_(sigma),
+        streams_(streams) {}
+
+  // The last allreduce end (>= the stretched backward end), as predict() computes it.
+  double objective(const std::vector<int>& starts) {
+    const int n = cost_.tensors();
+    std::vector<SharedBucket> bs;
+    for (size_t k = 0; k < starts.size(); ++k) {
+      const int i = starts[k], j = k + 1 < starts.size() ? starts[k + 1] : n;
+      BucketTerms t = cost_.at(i, j);
+      int after = 0;
+      for (int pos = i; pos < j; ++pos) after = std::max(after, ready_step_[pos]);
+      bs.push_back({after, t.ready_s - cost_.last_ready(i, j), t.latency_s, t.bandwidth_s,
+                    static_cast<int>(k % streams_)});
+    }
+    return schedule_shared(steps_, bs, sigma_).comm_end_s;
+  }
+
+  std::vector<int> refine(const std::vector<int>& from, bool keep_count, double& best_objective) {
+    std::vector<int> best = climb(from, keep_count);
+    best_objective = objective(best);
+    if (!keep_count && from.size() > 1) {
+      std::vector<int> single = climb({0}, false);
+      double v = objective(single);
+      if (v < best_objective) {
+        best = std::move(single);
+        best_objective = v;
+      }
+    }
+    return best;
+  }
+
+ private:
+  std::vector<int> climb(std::vector<int> cur, bool keep_count) {
+    const int n = cost_.tensors();
+    double value = objective(cur);
+    for (;;) {
+      std::vector<int> best_move;
+      double best_value = value;
+      auto consider = [&](std::vector<int> cand) {
+        double v = objective(cand);
+        if (v < best_value * (1 - 1e-12)) {
+          best_value = v;
+          best_move = std::move(cand);
+        }
+      };
+      for (size_t b = 1; b < cur.size(); ++b) {
+        const int lo = cur[b - 1] + 1, hi = b + 1 < cur.size() ? cur[b + 1] - 1 : n - 1;
+        for (int p = lo; p <= hi; ++p) {
+          if (p == cur[b]) continue;
+          std::vector<int> cand = cur;
+          cand[b] = p;
+          consider(std::move(cand));
+        }
+        if (!keep_count) {
+          std::vector<int> cand = cur;
+          cand.erase(cand.begin() + static_cast<long>(b));
+          consider(std::move(cand));
+        }
+      }
+      if (!keep_count)
+        for (int p = 1; p < n; ++p) {
+          auto at = std::lower_bound(cur.begin(), cur.end(), p);
+          if (at != cur.end() && *at == p) continue;
+          std::vector<int> cand = cur;
+          cand.insert(cand.begin() + (at - cur.begin()), p);
+          consider(std::move(cand));
+        }
+      if (best_move.empty()) return cur;
+      cur = std::move(best_move);
+      value = best_value;
+    }
+  }
+
+  BucketCoster& cost_;
+  std::vector<double> steps_;
+  std::vector<int> ready_step_;
+  double sigma_;
+  int streams_;
+};
+
 }  // namespace
 
 Tuner::Tuner(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Precision compute,
@@ -436,6 +527,11 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       break;
     }
     case Strategy::Mgwfbp: starts = mgwfbp(ready_, cost); break;
+  }
+  const bool searched = opt.strategy == Strategy::Optimal || opt.strategy == Strategy::KSplit;
+  if (searched && cluster_.comm_compute_sharing > 0 && gpus_ > 1) {
+    SharedSearch shared(cost, model_, compute_, cluster_.comm_compute_sharing, opt.streams);
+    starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
   }
   evaluations = cost.evaluations;
   return starts;

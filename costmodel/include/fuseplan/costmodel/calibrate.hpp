@@ -8,6 +8,10 @@
 
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/models/model.hpp"
 
 namespace fuseplan {
 
@@ -42,5 +46,18 @@ CalibrationFit fit_calibration(const Algorithm& a, const Sweep& s, double launch
 // `as_algorithm` on `ranks` ranks. Throw InputError naming the file.
 std::vector<Sweep> load_sweep(const std::string& path);
 Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, int ranks, int per_node);
+
+// The processor sharing between backward and communication (Cluster::comm_compute_sharing)
+// that brings the predictor's backward end and last allreduce end closest to a measured
+// run of a plan whose allreduces overlap backward: least squares of the two relative
+// errors over sigma = 0, 0.005, .., 1 (the lowest of equal minima). `model` must carry
+// the measured per-layer profile and `plan` be validated against it.
+struct SharingFit {
+  double sigma = 0;
+  double backward_err = 0, comm_end_err = 0, iteration_err = 0;  // signed, at sigma
+  double iteration_err_free = 0;                                   // signed, at sigma = 0
+};
+SharingFit fit_sharing(const Model& model, const Cluster& cluster, const Plan& plan, const Report& measured,
+                       const CollectiveOptions& coll_opt);
 
 }  // namespace fuseplan

@@ -64,6 +64,11 @@ struct Cluster {
   double launch_overhead_us = 0;          // per collective call (kernel launch, negotiation)
   std::optional<double> reduce_bw_GBps;   // reduction throughput; default from memory bandwidth
   double input_samples_per_s_per_gpu = 0; // input pipeline throughput; 0 = never the bottleneck
+  // How much a running allreduce takes from the rank's computation (processor sharing,
+  // DESIGN.md "The overlap model"): 0 = free overlap (copy engines, NIC offload); 1 = the
+  // allreduce and backward share one processor equally (CPU ranks whose communication
+  // is memory copies and additions by the same core).
+  double comm_compute_sharing = 0;
   std::map<std::string, Calibration> calibrated;
   std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
 

@@ -49,5 +49,30 @@ BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, do
 
 // Time from the start of backward at which each backward position's gradient is ready.
 std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute);
+// For each backward position, the backward step (0 = the last layer, run first) whose
+// end makes its gradient ready.
+std::vector<int> gradient_ready_steps(const Model& model);
+// The layers' backward times in backward order (the last layer first).
+std::vector<double> backward_steps_s(const ComputeModel& compute);
+
+// Backward and the allreduces sharing one processor (Cluster::comm_compute_sharing
+// sigma > 0). While k allreduces run, backward proceeds at rate 1 / (1 + sigma k) and,
+// while backward runs, each allreduce at rate 1 / (1 + sigma); the bandwidth parts of
+// concurrent allreduces share the links as in schedule_buckets. A bucket is ready
+// `delay_s` (its packing copy) after the end of backward step `after_step`. With
+// sigma = 1 on one stream this is processor sharing of one core by two threads:
+// overlapping saves nothing but the gaps, the total work stays.
+struct SharedBucket {
+  int after_step = 0;
+  double delay_s = 0, latency_s = 0, bandwidth_s = 0;
+  int stream = 0;
+};
+struct SharedTiming {
+  std::vector<BucketTiming> buckets;
+  std::vector<double> step_end_s;  // backward order
+  double backward_end_s = 0, comm_end_s = 0;
+};
+SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& buckets,
+                             double sigma);
 
 }  // namespace fuseplan
