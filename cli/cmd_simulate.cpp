@@ -91,9 +91,8 @@ void run_simulate(SimulateFlags& f) {
     os << "  predicted            " << ms(predicted.iteration_s) << " ms (simulated / predicted = "
        << fixed(r.iteration_s / predicted.iteration_s, 4) << ")\n";
     if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
-      os << "  note                 the simulator overlaps communication with backward for free; the prediction\n"
-         << "                       shares the processor (comm_compute_sharing " << fixed(cluster.comm_compute_sharing, 2)
-         << ")\n";
+      os << "  processor sharing    comm_compute_sharing " << fixed(cluster.comm_compute_sharing, 2)
+         << " (communication and backward slow each other)\n";
     if (!f.trace_path.empty()) os << "  trace                " << f.trace_path << " (ranks 0.." << f.opt.trace_ranks - 1 << ")\n";
     return os.str();
   });

@@ -98,7 +98,7 @@ void run_verify(VerifyFlags& f) {
     if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
       std::cout << (no_sim_reason.empty() ? "\n" : "") << "  predicted with comm_compute_sharing "
                 << fixed(cluster.comm_compute_sharing, 2)
-                << (simulated ? " (the simulation overlaps communication with backward for free)\n" : "\n");
+                << " (communication and backward slow each other)\n";
   }
   if (!f.trace_path.empty()) {
     // Measured ranks as they are; the prediction as process 1000, its iteration placed at

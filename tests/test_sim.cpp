@@ -98,6 +98,39 @@ TEST_CASE("a simulated iteration matches the predictor on a contention-free plat
   }
 }
 
+TEST_CASE("processor sharing: the simulated iteration matches the predictor's shared schedule") {
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Cluster c = load_cluster("local-cpu");
+  c.gpus_per_node = 4;  // one node, shared memory: contention-free for 2 and 4 ranks alone
+  int checked = 0;
+  for (double sigma : {0.5, 1.0}) {
+    c.comm_compute_sharing = sigma;
+    for (int gpus : {2, 4}) {
+      Tuner t(m, c, gpus, 16, Precision::FP32);
+      for (Strategy s : {Strategy::Optimal, Strategy::Single, Strategy::PerTensor}) {
+        TuneOptions o;
+        o.strategy = s;
+        o.algorithm = "ring";
+        TuneResult r = t.run(o);
+        auto j = simulate(m, c, r.plan);
+        INFO("sigma " << sigma << " gpus " << gpus << " " << strategy_name(s));
+        CHECK(j["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
+        CHECK(j["comm_end_s"].get<double>() == Approx(r.report.comm_end_s).epsilon(0.01));
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked == 12);
+  // Sharing costs time: the same plan simulated with free overlap is faster.
+  Tuner t(m, c, 2, 16, Precision::FP32);
+  TuneOptions o;
+  o.strategy = Strategy::PerTensor;
+  Plan p = t.run(o).plan;
+  const double shared = simulate(m, c, p)["iteration_s"];
+  c.comm_compute_sharing = 0;
+  CHECK(simulate(m, c, p)["iteration_s"].get<double>() < shared * 0.99);
+}
+
 TEST_CASE("stragglers and jitter slow the iteration; the same seed gives the same simulation") {
   Model m = build_zoo_model("alexnet_bn");
   Cluster c = load_cluster("tencent-p40");

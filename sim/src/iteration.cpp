@@ -35,6 +35,22 @@ struct RankState {
   int64_t ready = 0;
   std::vector<double> bucket_ready_at;  // [iteration * buckets + b]
   std::vector<int> streams_done;        // [iteration]
+  // Processor sharing (Cluster::comm_compute_sharing > 0): whether the compute actor is
+  // working, how many allreduces run, and per stream the service its allreduce has had
+  // (time at rate 1 / (1 + sigma) while computing, 1 otherwise) since `since`.
+  bool computing = false;
+  int comm_active = 0;
+  std::vector<double> service, since;
+  std::vector<bool> active;
+
+  // Brings every running allreduce's service up to `now` (before `computing` changes).
+  void accrue(double now, double sigma) {
+    for (size_t st = 0; st < active.size(); ++st)
+      if (active[st]) {
+        service[st] += (now - since[st]) * (computing ? 1 / (1 + sigma) : 1.0);
+        since[st] = now;
+      }
+  }
 };
 
 void check_options(const SimOptions& o, int gpus) {
@@ -101,10 +117,19 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
   configure_engine(opt.network_model);
   Platform plat = build_platform(c, coll.topo(), coll.net());
   std::vector<RankState> state(P);
+  const int stream_count = std::max(streams, 1);
   for (auto& s : state) {
     s.bucket_ready_at.assign(static_cast<size_t>(N) * B, 0);
     s.streams_done.assign(N, 0);
+    s.service.assign(stream_count, 0);
+    s.since.assign(stream_count, 0);
+    s.active.assign(stream_count, false);
   }
+  // Processor sharing as the predictor models it (schedule_shared): while k allreduces
+  // run, computation proceeds at 1 / (1 + sigma k); an allreduce's messages move at the
+  // network's speed, and the allreduce then holds its stream until its service (rate
+  // 1 / (1 + sigma) while the rank computes) has caught up with the time its messages took.
+  const double sigma = P > 1 ? c.comm_compute_sharing : 0;
   std::vector<double> slow(P, 1.0);
   for (const auto& [rank, factor] : opt.stragglers) slow[rank] *= factor;
   std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0);
@@ -121,7 +146,22 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
       auto work = [&](double nominal, const std::string& name, const char* cat) {
         double f = slow[r] * (opt.jitter > 0 ? std::max(0.1, 1 + noise(rng)) : 1.0);
         double t0 = sg4::Engine::get_clock();
-        sg4::this_actor::sleep_for(nominal * f);
+        if (sigma == 0) {
+          sg4::this_actor::sleep_for(nominal * f);
+        } else {
+          RankState& s = state[r];
+          std::unique_lock lock(*s.mutex);
+          s.accrue(t0, sigma);
+          s.computing = true;
+          for (double left = nominal * f; left > 1e-12 * std::max(1.0, sg4::Engine::get_clock());) {
+            const double rate = 1 / (1 + sigma * s.comm_active), from = sg4::Engine::get_clock();
+            s.cv->wait_until(lock, from + left / rate);  // or earlier, when an allreduce starts or ends
+            left -= (sg4::Engine::get_clock() - from) * rate;
+          }
+          s.accrue(sg4::Engine::get_clock(), sigma);
+          s.computing = false;
+          s.cv->notify_all();
+        }
         if (traced(r)) events.push_back({r, "compute", name, cat, t0, sg4::Engine::get_clock() - t0, 0});
       };
       RankState& s = state[r];
@@ -161,9 +201,32 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
             double ready = s.bucket_ready_at[size_t(it) * B + b] + run.pack_s;
             if (sg4::Engine::get_clock() < ready) sg4::this_actor::sleep_until(ready);
             double start = sg4::Engine::get_clock();
+            if (sigma > 0) {
+              std::unique_lock lock(*s.mutex);
+              s.accrue(start, sigma);
+              s.active[st] = true;
+              s.service[st] = 0;
+              s.since[st] = start;
+              ++s.comm_active;
+              s.cv->notify_all();  // the compute actor's rate changes
+            }
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
               run_rounds(run.schedule, run.index, r, run.elem_bytes, gamma, st, boxes, &steps);
+            }
+            if (sigma > 0) {
+              std::unique_lock lock(*s.mutex);
+              const double needed = sg4::Engine::get_clock() - start;
+              for (;;) {
+                const double now = sg4::Engine::get_clock();
+                s.accrue(now, sigma);
+                const double owed = needed - s.service[st];
+                if (owed <= 1e-12 * std::max(1.0, now)) break;
+                s.cv->wait_until(lock, now + owed * (s.computing ? 1 + sigma : 1.0));
+              }
+              s.active[st] = false;
+              --s.comm_active;
+              s.cv->notify_all();
             }
             double end = sg4::Engine::get_clock();
             if (it == N - 1) bucket_times[r][b] = {start, end};
