@@ -139,6 +139,11 @@ void write_metrics(const std::string& path, const TrainFlags& f, const Model& mo
 
 void write_profile(const std::string& path, const TrainFlags& f, const Model& model, const exec::Network& net,
                    const exec::TrainResult& result) {
+  write_file_atomic(path, profile_json(f, model, net, result).dump(2) + "\n");
+}
+
+nlohmann::json profile_json(const TrainFlags& f, const Model& model, const exec::Network& net,
+                            const exec::TrainResult& result) {
   // Per-layer forward and backward time per step at this batch (the `measured` fields of
   // the model format), and the optimizer step, leaving out the first (warm-up) step.
   nlohmann::json layers = nlohmann::json::array();
@@ -157,7 +162,7 @@ void write_profile(const std::string& path, const TrainFlags& f, const Model& mo
                                                  : net.backend().name()},
                    {"precision", precision_name(f.opt.precision)}, {"batch", f.opt.batch}, {"layers", layers}};
   if (n > 0) j["optimizer_us"] = opt_s / double(n) * 1e6;
-  write_file_atomic(path, j.dump(2) + "\n");
+  return j;
 }
 
 exec::StepCallback step_progress(ProgressBar& bar, const TrainFlags& f) {

@@ -1,6 +1,7 @@
 // What `fuseplan-exec train` and `fuseplan-exec run` share: the training flags, the data
 // set and model they select, and the metrics and profile files they write.
 #pragma once
+#include <nlohmann/json.hpp>
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <ostream>
@@ -51,6 +52,9 @@ void write_metrics(const std::string& path, const TrainFlags& f, const Model& mo
 exec::StepCallback step_progress(ProgressBar& bar, const TrainFlags& f);
 exec::EpochCallback epoch_progress(ProgressBar& bar);
 void print_epochs(std::ostream& os, const exec::TrainResult& result);
+// The per-layer profile (fuseplan.profile/1) of this process's steps.
+nlohmann::json profile_json(const TrainFlags& f, const Model& model, const exec::Network& net,
+                            const exec::TrainResult& result);
 void write_profile(const std::string& path, const TrainFlags& f, const Model& model, const exec::Network& net,
                    const exec::TrainResult& result);
 
