@@ -20,6 +20,7 @@
 #include "fuseplan/exec/mpi.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/exec/nccl.hpp"
 #include "progress.hpp"
 #include "training.hpp"
 
@@ -31,7 +32,7 @@ using Clock = std::chrono::steady_clock;
 
 struct RunFlags {
   TrainFlags t;
-  std::string plan_path, cluster, progress = "thread", trace_path, report_path;
+  std::string plan_path, cluster, progress = "thread", trace_path, report_path, comm;
   int64_t iterations = 20;
   int warmup = 2;
   double poll_us = 50, timeout_s = 60;
@@ -119,6 +120,11 @@ void run_run(RunFlags& f) {
     if (!(f.poll_us >= 0)) throw InputError("--poll-us: must be >= 0");
     if (f.progress != "poll" && f.progress != "thread")
       throw InputError("--progress: unknown mode '" + f.progress + "' (valid: poll, thread)");
+    if (f.comm.empty()) f.comm = f.t.backend == "cuda" && exec::nccl_built() ? "nccl" : "mpi";
+    if (f.comm != "nccl" && f.comm != "mpi") throw InputError("--comm: unknown '" + f.comm + "' (valid: nccl, mpi)");
+    if (f.comm == "nccl" && f.t.backend != "cuda") throw InputError("--comm nccl: needs --backend cuda");
+    if (f.comm == "nccl" && !exec::nccl_built())
+      throw InputError("--comm nccl: this build has no NCCL (it needs the CUDA backend and nccl.h; use --comm mpi)");
     // The model's input and classes as the plan recorded them, unless flags say otherwise.
     if (!f.t.model_opt->count()) {
       const ModelOptions& po = plan.model_options;
@@ -140,7 +146,7 @@ void run_run(RunFlags& f) {
   // trainer's gradient buffer: the trainer gets this forwarder, bound to the real one below.
   struct Deferred final : exec::GradientExchange {
     exec::MpiWorld& w;
-    exec::PlanExchange* real = nullptr;
+    exec::TimedExchange* real = nullptr;
     explicit Deferred(exec::MpiWorld& world) : w(world) {}
     int rank() const override { return w.rank(); }
     int ranks() const override { return w.ranks(); }
@@ -181,7 +187,10 @@ void run_run(RunFlags& f) {
     xo.thread = f.progress == "thread";
     xo.poll_us = f.poll_us;
     xo.timeout_s = f.timeout_s;
-    exec::PlanExchange exchange(world, net.grads(), buckets, xo);
+    std::unique_ptr<exec::TimedExchange> exchange_ptr =
+        f.comm == "nccl" ? exec::make_nccl_exchange(world, *backend, net.grads(), buckets, f.timeout_s)
+                         : std::make_unique<exec::PlanExchange>(world, net.grads(), buckets, xo);
+    exec::TimedExchange& exchange = *exchange_ptr;
     deferred.real = &exchange;
 
     if (rank == 0 && world.layout().per_node != std::min(cluster.gpus_per_node, plan.gpus))
@@ -323,7 +332,8 @@ void run_run(RunFlags& f) {
     std::cout << "fuseplan-exec run: " << rep.model << " x " << P << " ranks on " << world.layout().nodes << " node"
               << (world.layout().nodes > 1 ? "s" : "") << ", batch " << plan.batch_per_gpu << " per rank, "
               << precision_name(plan.compute) << ", " << plan.buckets.size() << " buckets (" << plan.strategy
-              << "), progress " << f.progress << ", " << exec::cpu_threads() << " threads per rank, "
+              << "), " << (f.comm == "nccl" ? "NCCL" : "MPI, progress " + f.progress) << ", "
+              << exec::cpu_threads() << " threads per rank, "
               << backend->name() << "\n\n";
     if (!result.epochs.empty() && f.t.epochs_opt->count()) {
       print_epochs(std::cout, result);
@@ -406,6 +416,8 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--warmup", f->warmup, "iterations before measuring (first touch of buffers)")->capture_default_str();
   cmd->add_option("--cluster", f->cluster, "cluster whose cost model resolves `auto` buckets (default: the plan's)");
+  cmd->add_option("--comm", f->comm,
+                  "gradient exchange: nccl (default with --backend cuda: NCCL on communication streams) | mpi");
   cmd->add_option("--progress", f->progress,
                   "how allreduces advance during backward: poll (between layers) | thread (a communication thread)")
       ->capture_default_str();

@@ -371,6 +371,12 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   Run g = run_mpi(2, "run --plan " + plan + data + " --progress spin");
   CHECK(g.code == 2);
   CHECK_THAT(g.out, Catch::Contains("valid: poll, thread"));
+  Run c = run_mpi(2, "run --plan " + plan + data + " --comm carrier-pigeon");
+  CHECK(c.code == 2);
+  CHECK_THAT(c.out, Catch::Contains("valid: nccl, mpi"));
+  Run nc = run_mpi(2, "run --plan " + plan + data + " --comm nccl");
+  CHECK(nc.code == 2);
+  CHECK_THAT(nc.out, Catch::Contains("--comm nccl: needs --backend cuda"));
 }
 
 TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of hanging") {

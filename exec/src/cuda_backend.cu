@@ -376,6 +376,7 @@ class CudaBackend final : public Backend {
     cudaStreamDestroy(stream_);
   }
   std::string name() const override { return name_; }
+  void* native_stream() override { return stream_; }
 
   float* alloc(size_t n) override {
     void* p = nullptr;

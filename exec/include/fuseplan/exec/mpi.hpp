@@ -145,9 +145,16 @@ struct BucketTiming {
   double ready_s = 0, start_s = 0, end_s = 0;
 };
 
+// A GradientExchange that reports when each bucket's allreduce ran in the last step.
+class TimedExchange : public GradientExchange {
+ public:
+  virtual const std::vector<BucketTiming>& timings() const = 0;  // of the last step
+  virtual std::chrono::steady_clock::time_point step_origin() const = 0;  // its backward start
+};
+
 // Runs a plan's buckets over MPI: each bucket's allreduce is posted the moment its last
 // gradient is written (on_ready), straight from the flat gradient buffer.
-class PlanExchange final : public GradientExchange {
+class PlanExchange final : public TimedExchange {
  public:
   PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBucket> buckets, const ExchangeOptions& opt);
   ~PlanExchange() override;
@@ -162,8 +169,8 @@ class PlanExchange final : public GradientExchange {
 
   void set_timeout(double s) { opt_.timeout_s = s; }
   const std::vector<ExchangeBucket>& buckets() const { return buckets_; }
-  const std::vector<BucketTiming>& timings() const { return timings_; }  // of the last step
-  std::chrono::steady_clock::time_point step_origin() const { return origin_; }
+  const std::vector<BucketTiming>& timings() const override { return timings_; }
+  std::chrono::steady_clock::time_point step_origin() const override { return origin_; }
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -32,6 +32,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // The device stream the backend computes on (a cudaStream_t), null on the CPU.
+  virtual void* native_stream() { return nullptr; }
 
   // Buffers of floats owned by the backend (host memory on CPU, device memory on GPU).
   virtual float* alloc(size_t n) = 0;
