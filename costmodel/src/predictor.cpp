@@ -37,80 +37,132 @@ std::vector<double> backward_steps_s(const ComputeModel& compute) {
   return s;
 }
 
-SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, double sigma) {
-  const size_t n = bs.size(), L = step_s.size();
-  constexpr double kInf = std::numeric_limits<double>::infinity();
-  SharedTiming out;
-  out.buckets.resize(n);
-  out.step_end_s.assign(L, 0);
-  int streams = 0;
-  for (const auto& b : bs) streams = std::max(streams, b.stream + 1);
-  std::vector<std::vector<size_t>> queue(streams);
-  for (size_t i = 0; i < n; ++i) queue[bs[i].stream].push_back(i);
-  std::vector<std::vector<size_t>> made_ready(L);  // buckets that become ready after each step
-  for (size_t i = 0; i < n; ++i) made_ready.at(bs[i].after_step).push_back(i);
-  std::vector<double> ready(n, kInf);
+namespace {
+
+// Allreduces on FIFO streams (buckets of one stream in order). The latency part of an
+// allreduce runs on its own; the bandwidth parts of concurrent allreduces share the links
+// equally (processor sharing), as AIACC's streams share one NIC. `rate` scales every
+// allreduce's progress (the processor they share with backward; 1 = all theirs).
+class StreamSet {
+ public:
+  StreamSet(const std::vector<int>& stream, const std::vector<double>& lat, const std::vector<double>& bw,
+            std::vector<BucketTiming>& out)
+      : lat_(lat), bw_(bw), out_(out) {
+    int streams = 0;
+    for (int s : stream) streams = std::max(streams, s + 1);
+    queue_.resize(streams);
+    st_.resize(streams);
+    for (size_t i = 0; i < stream.size(); ++i) queue_[stream[i]].push_back(i);
+  }
+
+  // Starts each idle stream's next bucket if it is ready by `now` (`ready`: infinity = not yet).
+  void start(double now, const std::vector<double>& ready) {
+    for (size_t s = 0; s < st_.size(); ++s) {
+      auto& a = st_[s];
+      if (a.bucket < 0 && a.next < queue_[s].size() && ready[queue_[s][a.next]] <= now) {
+        size_t b = queue_[s][a.next++];
+        a.bucket = static_cast<long>(b);
+        a.in_bw = false;
+        a.rem = lat_[b];
+        out_[b] = {ready[b], now, now};
+      }
+    }
+  }
+  int active() const {
+    int k = 0;
+    for (const auto& a : st_) k += a.bucket >= 0;
+    return k;
+  }
+  // Time to the next phase end at `rate`, or to the next queued bucket's ready time.
+  double next_event(double now, double rate, const std::vector<double>& ready) const {
+    const int sharing = in_bandwidth();
+    double dt = std::numeric_limits<double>::infinity();
+    for (size_t s = 0; s < st_.size(); ++s) {
+      const auto& a = st_[s];
+      if (a.bucket >= 0) dt = std::min(dt, (a.in_bw ? a.rem * sharing : a.rem) / rate);
+      else if (a.next < queue_[s].size()) dt = std::min(dt, ready[queue_[s][a.next]] - now);
+    }
+    return dt;
+  }
+  // Advances by `dt` at `rate` to `now`; returns how many allreduces ended.
+  size_t advance(double now, double dt, double rate) {
+    const int sharing = in_bandwidth();
+    size_t ended = 0;
+    for (auto& a : st_) {
+      if (a.bucket < 0) continue;
+      a.rem -= dt * rate / (a.in_bw ? sharing : 1);
+      // Relative tolerance: several streams can finish in the same instant.
+      while (a.bucket >= 0 && a.rem <= 1e-12 * std::max(1.0, now)) {
+        if (!a.in_bw) {
+          a.in_bw = true;
+          a.rem = bw_[a.bucket];
+        } else {
+          out_[a.bucket].end_s = now;
+          a.bucket = -1;
+          ++ended;
+        }
+      }
+    }
+    return ended;
+  }
+
+ private:
+  int in_bandwidth() const {
+    int k = 0;
+    for (const auto& a : st_) k += a.bucket >= 0 && a.in_bw;
+    return k;
+  }
   struct Active {
     long bucket = -1;  // -1 = idle
     bool in_bw = false;
     double rem = 0;
     size_t next = 0;
   };
-  std::vector<Active> st(streams);
+  const std::vector<double>& lat_;
+  const std::vector<double>& bw_;
+  std::vector<BucketTiming>& out_;
+  std::vector<std::vector<size_t>> queue_;
+  std::vector<Active> st_;
+};
+
+}  // namespace
+
+SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, double sigma) {
+  const size_t n = bs.size(), L = step_s.size();
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  SharedTiming out;
+  out.buckets.resize(n);
+  out.step_end_s.assign(L, 0);
+  std::vector<int> stream;
+  std::vector<double> lat, bw, ready(n, kInf);
+  std::vector<std::vector<size_t>> made_ready(L);  // buckets that become ready after each step
+  for (size_t i = 0; i < n; ++i) {
+    stream.push_back(bs[i].stream);
+    lat.push_back(bs[i].latency_s);
+    bw.push_back(bs[i].bandwidth_s);
+    made_ready.at(bs[i].after_step).push_back(i);
+  }
+  StreamSet streams(stream, lat, bw, out.buckets);
   size_t step = 0, done = 0;
   double now = 0, comp_rem = L ? step_s[0] : 0;
-  auto eps = [&] { return 1e-12 * std::max(1.0, now); };
   while (step < L || done < n) {
-    while (step < L && comp_rem <= eps()) {  // steps that end now
+    while (step < L && comp_rem <= 1e-12 * std::max(1.0, now)) {  // steps that end now
       out.step_end_s[step] = now;
       for (size_t b : made_ready[step]) ready[b] = now + bs[b].delay_s;
       if (++step < L) comp_rem = step_s[step];
     }
-    for (int s = 0; s < streams; ++s) {
-      auto& a = st[s];
-      if (a.bucket < 0 && a.next < queue[s].size() && ready[queue[s][a.next]] <= now) {
-        size_t b = queue[s][a.next++];
-        a.bucket = static_cast<long>(b);
-        a.in_bw = false;
-        a.rem = bs[b].latency_s;
-        out.buckets[b] = {ready[b], now, now};
-      }
-    }
-    int active = 0, sharing = 0;
-    for (const auto& a : st) {
-      active += a.bucket >= 0;
-      sharing += a.bucket >= 0 && a.in_bw;
-    }
+    streams.start(now, ready);
     const bool computing = step < L;
-    const double comp_rate = 1 / (1 + sigma * active);
+    const double comp_rate = 1 / (1 + sigma * streams.active());
     const double comm_rate = computing ? 1 / (1 + sigma) : 1.0;
-    double dt = computing ? comp_rem / comp_rate : kInf;
-    for (int s = 0; s < streams; ++s) {
-      const auto& a = st[s];
-      if (a.bucket >= 0) dt = std::min(dt, (a.in_bw ? a.rem * sharing : a.rem) / comm_rate);
-      else if (a.next < queue[s].size() && ready[queue[s][a.next]] < kInf)
-        dt = std::min(dt, ready[queue[s][a.next]] - now);
-    }
+    double dt = std::min(computing ? comp_rem / comp_rate : kInf, streams.next_event(now, comm_rate, ready));
     if (!(dt < kInf)) break;  // unreachable: every bucket follows some step
     dt = std::max(dt, 0.0);
     now += dt;
     if (computing) comp_rem -= dt * comp_rate;
-    for (auto& a : st) {
-      if (a.bucket < 0) continue;
-      a.rem -= dt * comm_rate / (a.in_bw ? sharing : 1);
-      while (a.bucket >= 0 && a.rem <= eps()) {
-        if (!a.in_bw) {
-          a.in_bw = true;
-          a.rem = bs[a.bucket].bandwidth_s;
-        } else {
-          out.buckets[a.bucket].end_s = now;
-          out.comm_end_s = std::max(out.comm_end_s, now);
-          a.bucket = -1;
-          ++done;
-        }
-      }
-    }
+    done += streams.advance(now, dt, comm_rate);
   }
+  for (const auto& b : out.buckets) out.comm_end_s = std::max(out.comm_end_s, b.end_s);
   out.backward_end_s = L ? out.step_end_s.back() : 0;
   return out;
 }
@@ -129,57 +181,14 @@ std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready, con
     }
     return out;
   }
-  // Several streams: each is FIFO in bucket order; the latency part of an allreduce runs
-  // on its own, the bandwidth parts of concurrent allreduces share the links equally
-  // (processor sharing), as AIACC's streams share one NIC.
-  int streams = *std::max_element(stream.begin(), stream.end()) + 1;
-  std::vector<std::vector<size_t>> queue(streams);
-  for (size_t i = 0; i < n; ++i) queue[stream[i]].push_back(i);
-  struct Active {
-    long bucket = -1;  // -1 = idle
-    bool in_bw = false;
-    double rem = 0;
-    size_t next = 0;
-  };
-  std::vector<Active> st(streams);
+  StreamSet streams(stream, lat, bw, out);
   double now = 0;
   size_t done = 0;
   while (done < n) {
-    for (int s = 0; s < streams; ++s) {
-      auto& a = st[s];
-      if (a.bucket < 0 && a.next < queue[s].size() && ready[queue[s][a.next]] <= now) {
-        size_t b = queue[s][a.next++];
-        a.bucket = static_cast<long>(b);
-        a.in_bw = false;
-        a.rem = lat[b];
-        out[b] = {ready[b], now, now};
-      }
-    }
-    int sharing = 0;
-    for (const auto& a : st) sharing += (a.bucket >= 0 && a.in_bw);
-    double dt = std::numeric_limits<double>::infinity();
-    for (int s = 0; s < streams; ++s) {
-      const auto& a = st[s];
-      if (a.bucket >= 0) dt = std::min(dt, a.in_bw ? a.rem * sharing : a.rem);
-      else if (a.next < queue[s].size()) dt = std::min(dt, ready[queue[s][a.next]] - now);
-    }
-    dt = std::max(dt, 0.0);
+    streams.start(now, ready);
+    const double dt = std::max(streams.next_event(now, 1.0, ready), 0.0);
     now += dt;
-    for (auto& a : st) {
-      if (a.bucket < 0) continue;
-      a.rem -= a.in_bw ? dt / sharing : dt;
-      // Relative tolerance: several streams can finish in the same instant.
-      while (a.bucket >= 0 && a.rem <= 1e-12 * std::max(1.0, now)) {
-        if (!a.in_bw) {
-          a.in_bw = true;
-          a.rem = bw[a.bucket];
-        } else {
-          out[a.bucket].end_s = now;
-          a.bucket = -1;
-          ++done;
-        }
-      }
-    }
+    done += streams.advance(now, dt, 1.0);
   }
   return out;
 }
