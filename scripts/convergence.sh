@@ -15,22 +15,24 @@ cmake --preset release >/dev/null
 cmake --build --preset release --target fuseplan-exec >/dev/null
 out=build/convergence
 mkdir -p "$out"
+# optimizer batch precision lr warm-up-epochs weight-decay
 runs=(
-  "lars 4096 fp32 8.0 2"
-  "sgd 128 fp32 0.1 1"
-  "sgd 128 fp16 0.1 1"
-  "sgd 128 bf16 0.1 1"
+  "lars 4096 fp32 8.0 2 5e-4"
+  "lars 2048 fp32 5.0 1 1e-3"
+  "sgd 128 fp32 0.1 1 5e-4"
+  "sgd 128 fp16 0.1 1 5e-4"
+  "sgd 128 bf16 0.1 1 5e-4"
 )
 augment=()
 [ "${AUGMENT:-0}" = 1 ] && augment=(--augment)
 printf '%-9s %6s %-9s %-9s %9s %7s %9s\n' model batch optimizer precision test_acc epochs seconds
 for run in "${runs[@]}"; do
-  read -r opt batch prec lr warmup <<<"$run"
+  read -r opt batch prec lr warmup wd <<<"$run"
   name="resnet18-$opt-$batch-$prec"
   [[ "$name" =~ ${ONLY:-.} ]] || continue
   FUSEPLAN_PROGRESS=1 build/release/cli/fuseplan-exec train --model resnet18 --dataset fashion-mnist --batch "$batch" \
     --epochs "$epochs" --optimizer "$opt" --lr "$lr" --warmup-epochs "$(python3 -c "print(min($warmup, $epochs / 2))")" \
-    --precision "$prec" "${augment[@]}" --metrics "$out/$name.json" >"$out/$name.txt" 2>"$out/$name.log"
+    --precision "$prec" --weight-decay "$wd" "${augment[@]}" --metrics "$out/$name.json" >"$out/$name.txt" 2>"$out/$name.log"
   python3 - "$out/$name.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
