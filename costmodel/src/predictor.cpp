@@ -9,18 +9,6 @@
 
 namespace fuseplan {
 
-std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute) {
-  std::vector<double> ready(model.tensors.size(), 0);
-  double t = 0;
-  for (int l = static_cast<int>(model.layers.size()) - 1; l >= 0; --l) {
-    t += compute.layers()[l].bwd_s;
-    const Layer& layer = model.layers[l];
-    for (int i = 0; i < layer.tensor_count; ++i)
-      ready[model.tensor_at_backward(layer.first_tensor + i)] = t;
-  }
-  return ready;
-}
-
 std::vector<int> gradient_ready_steps(const Model& model) {
   std::vector<int> step(model.tensors.size(), 0);
   int k = 0;
@@ -35,6 +23,14 @@ std::vector<double> backward_steps_s(const ComputeModel& compute) {
   std::vector<double> s;
   for (auto l = compute.layers().rbegin(); l != compute.layers().rend(); ++l) s.push_back(l->bwd_s);
   return s;
+}
+
+std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute) {
+  std::vector<double> end = backward_steps_s(compute);
+  for (size_t k = 1; k < end.size(); ++k) end[k] += end[k - 1];
+  std::vector<double> ready;
+  for (int step : gradient_ready_steps(model)) ready.push_back(end[size_t(step)]);
+  return ready;
 }
 
 namespace {
