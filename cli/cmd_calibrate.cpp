@@ -112,32 +112,25 @@ void run_calibrate(const CalibrateFlags& f) {
 // The sharing of the processor between backward and communication, fitted to a measured
 // run of a plan that overlaps them (on the cluster as calibrated so far).
 void fit_overlap(const CalibrateFlags& f, Cluster& c) {
-  struct {
-    Plan plan;
-    Model model;
-  } loaded;
-  loaded.plan = load_plan(f.plan);
-  loaded.model = load_model(loaded.plan.model, loaded.plan.model_options);
-  if (!f.profile.empty()) apply_profile(loaded.model, f.profile);
-  validate_plan(loaded.plan, loaded.model, f.plan);
-  const Report measured = load_report(f.measured);
-  if (measured.model != loaded.plan.model || measured.gpus != loaded.plan.gpus ||
-      measured.batch_per_gpu != loaded.plan.batch_per_gpu || measured.buckets.size() != loaded.plan.buckets.size())
-    throw InputError("--measured " + f.measured + ": measures another run than --plan " + f.plan + " (" +
-                     measured.model + " x " + std::to_string(measured.gpus) + " ranks, " +
-                     std::to_string(measured.buckets.size()) + " buckets)");
-  check_gpu_count(c, loaded.plan.gpus, "--plan");
-  const SharingFit fit = fit_sharing(loaded.model, c, loaded.plan, measured, {});
+  const Plan plan = load_plan(f.plan);
+  Model model = load_model(plan.model, plan.model_options);
+  if (!f.profile.empty()) apply_profile(model, f.profile);
+  validate_plan(plan, model, f.plan);
+  const Report measured = load_measured_run(f.measured, plan, f.plan);
+  check_gpu_count(c, plan.gpus, "--plan");
+  const SharingFit fit = fit_sharing(model, c, plan, measured, {});
   auto pct = [](double e) { return (e >= 0 ? "+" : "") + fixed(100 * e, 1) + " %"; };
-  std::cout << "\n  overlap: " << f.plan << " measured in " << f.measured << " (" << loaded.plan.buckets.size()
+  std::cout << "\n  overlap: " << f.plan << " measured in " << f.measured << " (" << plan.buckets.size()
             << " buckets" << (f.profile.empty() ? ", no --profile: modelled compute" : ", profile " + f.profile)
             << ")\n    comm_compute_sharing = " << fixed(fit.sigma, 3) << ": backward " << pct(fit.backward_err)
             << ", last allreduce end " << pct(fit.comm_end_err) << ", iteration " << pct(fit.iteration_err)
             << " (free overlap: iteration " << pct(fit.iteration_err_free) << ")\n";
   c.comm_compute_sharing = fit.sigma;
-  c.provenance["comm_compute_sharing"] = "fuseplan calibrate: " + f.plan + " measured in " + f.measured +
-                                         ", iteration error " + pct(fit.iteration_err);
-  if (fit.sigma == 0) c.provenance.erase("comm_compute_sharing");  // not written when 0
+  if (fit.sigma > 0)
+    c.provenance["comm_compute_sharing"] = "fuseplan calibrate: " + f.plan + " measured in " + f.measured +
+                                           ", iteration error " + pct(fit.iteration_err);
+  else
+    c.provenance.erase("comm_compute_sharing");  // 0 is not written, so nothing may point at it
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {

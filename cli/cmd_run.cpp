@@ -18,9 +18,9 @@
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/exec/mpi.hpp"
+#include "fuseplan/exec/nccl.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/models/error.hpp"
-#include "fuseplan/exec/nccl.hpp"
 #include "progress.hpp"
 #include "training.hpp"
 
@@ -373,18 +373,17 @@ void run_run(RunFlags& f) {
     if (!f.trace_path.empty()) rep.timeline.write_chrome_trace(f.trace_path);
     if (!f.t.metrics_path.empty()) write_metrics(f.t.metrics_path, f.t, data.model, data.train, result, P);
     if (!f.t.profile_path.empty()) {
-      auto compute_s = [](const nlohmann::json& p) {
-        double s = 0;
-        for (const auto& l : p.at("layers")) s += l.at("fwd_us").get<double>() + l.at("bwd_us").get<double>();
-        return s;
-      };
       nlohmann::json slowest;
       int slowest_rank = 0;
+      double slowest_us = -1;
       for (size_t r = 0; r < profiles.size(); ++r) {
         nlohmann::json p = nlohmann::json::parse(profiles[r]);
-        if (r == 0 || compute_s(p) > compute_s(slowest)) {
+        double us = 0;  // forward + backward per step
+        for (const auto& l : p.at("layers")) us += l.at("fwd_us").get<double>() + l.at("bwd_us").get<double>();
+        if (us > slowest_us) {
           slowest = std::move(p);
           slowest_rank = static_cast<int>(r);
+          slowest_us = us;
         }
       }
       slowest["device"] = slowest.at("device").get<std::string>() + ", rank " + std::to_string(slowest_rank) +

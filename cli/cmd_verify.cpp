@@ -33,14 +33,7 @@ void run_verify(VerifyFlags& f) {
   const Model& model = loaded.model;
   const Cluster& cluster = loaded.cluster;
   const Plan& plan = loaded.plan;
-  const Report measured = load_report(f.measured_path);
-  if (measured.model != plan.model || measured.gpus != plan.gpus || measured.batch_per_gpu != plan.batch_per_gpu ||
-      measured.buckets.size() != plan.buckets.size())
-    throw InputError("--measured " + f.measured_path + ": measures " + measured.model + " x " +
-                     std::to_string(measured.gpus) + " ranks, batch " + std::to_string(measured.batch_per_gpu) + ", " +
-                     std::to_string(measured.buckets.size()) + " buckets; the plan has " + plan.model + " x " +
-                     std::to_string(plan.gpus) + ", batch " + std::to_string(plan.batch_per_gpu) + ", " +
-                     std::to_string(plan.buckets.size()) + " buckets");
+  const Report measured = load_measured_run(f.measured_path, plan, f.plan_path);
   CollectiveModel coll(cluster, plan.gpus, f.setup.collective());
   ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
   const Report predicted = predict(model, cluster, plan, coll, compute, f.setup.goal(), true);

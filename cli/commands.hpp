@@ -56,6 +56,10 @@ struct SetupFlags {
   TrainingGoal goal() const { return {epochs, dataset_size}; }
 };
 
+// A measured report (fuseplan-exec run --report) of `plan`: the same model, rank count,
+// batch and bucket count, or InputError naming both files.
+Report load_measured_run(const std::string& measured_path, const Plan& plan, const std::string& plan_path);
+
 // "fuseplan X: resnet50 on tencent-p40 (1024 GPUs = 128 nodes x 8), batch 32 per GPU, fp16 compute"
 std::string setup_line(const std::string& command, const Model& m, const Cluster& c, int gpus, int batch,
                        Precision compute);

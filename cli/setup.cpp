@@ -83,6 +83,18 @@ void SetupFlags::apply_overrides(Cluster& c) const {
   if (lat) c.inter->lat_us = inter_lat_us;
 }
 
+Report load_measured_run(const std::string& measured_path, const Plan& plan, const std::string& plan_path) {
+  Report measured = load_report(measured_path);
+  if (measured.model != plan.model || measured.gpus != plan.gpus || measured.batch_per_gpu != plan.batch_per_gpu ||
+      measured.buckets.size() != plan.buckets.size())
+    throw InputError("--measured " + measured_path + ": measures another run than --plan " + plan_path + ": " +
+                     measured.model + " x " + std::to_string(measured.gpus) + " ranks, batch " +
+                     std::to_string(measured.batch_per_gpu) + ", " + std::to_string(measured.buckets.size()) +
+                     " buckets; the plan has " + plan.model + " x " + std::to_string(plan.gpus) + ", batch " +
+                     std::to_string(plan.batch_per_gpu) + ", " + std::to_string(plan.buckets.size()) + " buckets");
+  return measured;
+}
+
 std::string setup_line(const std::string& command, const Model& m, const Cluster& c, int gpus, int batch,
                        Precision compute) {
   int nodes = (gpus + c.gpus_per_node - 1) / c.gpus_per_node;
