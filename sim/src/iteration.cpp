@@ -36,12 +36,13 @@ struct RankState {
   std::vector<double> bucket_ready_at;  // [iteration * buckets + b]
   std::vector<int> streams_done;        // [iteration]
   // Processor sharing (Cluster::comm_compute_sharing > 0): whether the compute actor is
-  // working, how many allreduces run, and per stream the service its allreduce has had
-  // (time at rate 1 / (1 + sigma) while computing, 1 otherwise) since `since`.
+  // working, which streams run an allreduce, and per stream the service its allreduce has
+  // had (time at rate 1 / (1 + sigma) while computing, 1 otherwise) since `since`.
   bool computing = false;
-  int comm_active = 0;
   std::vector<double> service, since;
   std::vector<bool> active;
+
+  int comm_active() const { return static_cast<int>(std::count(active.begin(), active.end(), true)); }
 
   // Brings every running allreduce's service up to `now` (before `computing` changes).
   void accrue(double now, double sigma) {
@@ -154,7 +155,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
           s.accrue(t0, sigma);
           s.computing = true;
           for (double left = nominal * f; left > 1e-12 * std::max(1.0, sg4::Engine::get_clock());) {
-            const double rate = 1 / (1 + sigma * s.comm_active), from = sg4::Engine::get_clock();
+            const double rate = 1 / (1 + sigma * s.comm_active()), from = sg4::Engine::get_clock();
             s.cv->wait_until(lock, from + left / rate);  // or earlier, when an allreduce starts or ends
             left -= (sg4::Engine::get_clock() - from) * rate;
           }
@@ -207,7 +208,6 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
               s.active[st] = true;
               s.service[st] = 0;
               s.since[st] = start;
-              ++s.comm_active;
               s.cv->notify_all();  // the compute actor's rate changes
             }
             if (P > 1) {
@@ -225,7 +225,6 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
                 s.cv->wait_until(lock, now + owed * (s.computing ? 1 + sigma : 1.0));
               }
               s.active[st] = false;
-              --s.comm_active;
               s.cv->notify_all();
             }
             double end = sg4::Engine::get_clock();
