@@ -92,8 +92,6 @@ class NcclExchange final : public TimedExchange {
       }
       if (widest > 0) check(cudaMalloc(&s.half, size_t(widest) * 2), "16-bit transfer buffer");
     }
-    local_ranks_ = l.local_ranks;
-    local_rank_ = l.local_rank;
     events_.resize(buckets_.size());
     for (auto& e : events_)
       for (cudaEvent_t* ev : {&e.ready, &e.start, &e.end}) check(cudaEventCreate(ev), "event");
@@ -105,7 +103,7 @@ class NcclExchange final : public TimedExchange {
       for (cudaEvent_t ev : {e.ready, e.start, e.end}) cudaEventDestroy(ev);
     cudaEventDestroy(origin_ev_);
     for (auto& s : streams_) {
-      cudaStreamSynchronize(s.stream);
+      if (!aborted_) cudaStreamSynchronize(s.stream);  // after an abort it may never end
       for (ncclComm_t c : {s.all, s.node, s.roots, s.same_local})
         if (c) ncclCommDestroy(c);
       cudaFree(s.half);
@@ -117,10 +115,7 @@ class NcclExchange final : public TimedExchange {
   int rank() const override { return world_.rank(); }
   int ranks() const override { return world_.ranks(); }
   void sum(double* v, int n) override { world_.sum(v, n); }
-  void broadcast(float* v, int64_t n) override {
-    check(cudaStreamSynchronize(compute_), "synchronise before a broadcast");
-    world_.broadcast(v, n);
-  }
+  void broadcast(float* v, int64_t n) override { world_.broadcast(v, n); }
 
   void begin_step() override {
     origin_ = std::chrono::steady_clock::now();
@@ -155,9 +150,12 @@ class NcclExchange final : public TimedExchange {
         if (q != cudaErrorNotReady) check(q, "allreduce");
         ncclResult_t async = ncclSuccess;
         ncclCommGetAsyncError(streams_[size_t(buckets_[b].stream)].all, &async);
-        check(async, "allreduce");
+        if (async != ncclSuccess) {  // NCCL's rule: a communicator with an async error is aborted
+          abort_all();
+          check(async, "allreduce");
+        }
         if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_) {
-          for (auto& s : streams_) ncclCommAbort(s.all), s.all = nullptr;
+          abort_all();
           throw RunError("rank " + std::to_string(rank()) + ": the NCCL allreduce of bucket " + std::to_string(b) +
                          " did not finish in " + std::to_string(int(timeout_s_)) + " s: a rank died or hangs");
         }
@@ -186,6 +184,18 @@ class NcclExchange final : public TimedExchange {
     cudaEvent_t ready = nullptr, start = nullptr, end = nullptr;
   };
 
+  // Every communicator aborted (its kernels give up), so that nothing waits on a dead rank.
+  void abort_all() {
+    for (auto& s : streams_)
+      for (ncclComm_t* c : {&s.all, &s.node, &s.roots, &s.same_local}) {
+        if (*c) ncclCommAbort(*c);
+        *c = nullptr;
+      }
+    if (world_comm_) ncclCommAbort(world_comm_);
+    world_comm_ = nullptr;
+    aborted_ = true;
+  }
+
   double elapsed(cudaEvent_t e) const {
     float ms = 0;
     check(cudaEventElapsedTime(&ms, origin_ev_, e), "event time");
@@ -203,11 +213,12 @@ class NcclExchange final : public TimedExchange {
       k_to_bf16<<<blocks_for(n), kThreads, 0, s.stream>>>(data, static_cast<__nv_bfloat16*>(s.half), n), buf = s.half;
     const ncclDataType_t t = nccl_type(p);
     const size_t elem = p == Precision::FP32 ? 4 : 2;
-    if (b.spec.algorithm == "hierarchical_rs" && s.node && n % local_ranks_ == 0) {
+    const RankLayout& l = world_.layout();
+    if (b.spec.algorithm == "hierarchical_rs" && s.node && n % l.local_ranks == 0) {
       // Reduce-scatter in the node, allreduce of each shard across nodes (among the ranks
       // with the same local rank), allgather in the node.
-      const size_t shard = size_t(n / local_ranks_);
-      char* mine = static_cast<char*>(buf) + size_t(local_rank_) * shard * elem;
+      const size_t shard = size_t(n / l.local_ranks);
+      char* mine = static_cast<char*>(buf) + size_t(l.local_rank) * shard * elem;
       check(ncclReduceScatter(buf, mine, shard, t, ncclSum, s.node, s.stream), "ncclReduceScatter");
       check(ncclAllReduce(mine, mine, shard, t, ncclSum, s.same_local, s.stream), "ncclAllReduce");
       check(ncclAllGather(mine, buf, shard, t, s.node, s.stream), "ncclAllGather");
@@ -237,7 +248,7 @@ class NcclExchange final : public TimedExchange {
   cudaEvent_t origin_ev_ = nullptr;
   std::chrono::steady_clock::time_point origin_;
   size_t next_ = 0;
-  int local_ranks_ = 1, local_rank_ = 0;
+  bool aborted_ = false;
 };
 
 }  // namespace
