@@ -39,10 +39,7 @@ void run_verify(VerifyFlags& f) {
   const Report predicted = predict(model, cluster, plan, coll, compute, f.setup.goal(), true);
   std::optional<Report> simulated;
   std::string no_sim_reason;
-  if (!f.no_sim && !cluster.calibrated.empty())
-    no_sim_reason = "not simulated: " + cluster.name +
-                    " is calibrated per algorithm, the simulator uses its links (give --cluster an uncalibrated file)";
-  else if (f.no_sim)
+  if (f.no_sim)
     no_sim_reason = "not simulated (--no-sim)";
   if (no_sim_reason.empty()) {
     const std::string out = sim::run_isolated([&] {

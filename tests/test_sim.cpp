@@ -131,6 +131,47 @@ TEST_CASE("processor sharing: the simulated iteration matches the predictor's sh
   CHECK(simulate(m, c, p)["iteration_s"].get<double>() < shared * 0.99);
 }
 
+TEST_CASE("a calibrated cluster is simulated on its calibration's flat network and matches the predictor") {
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Cluster c = load_cluster("local-cpu");
+  c.gpus_per_node = 4;
+  c.calibrated["ring"] = {0.0, 103.5, 0.0};
+  c.calibrated["rabenseifner"] = {5.9, 196.9, 12.0};
+  c.calibrated["recursive_doubling"] = {28.7, 253.6, 0.0};
+  int checked = 0;
+  for (double sigma : {0.0, 1.0}) {
+    c.comm_compute_sharing = sigma;
+    for (int gpus : {2, 4}) {
+      Tuner t(m, c, gpus, 16, Precision::FP32);
+      // binary_blocks is not calibrated: on one node it keeps the shared-memory link's constants.
+      for (const char* algo : {"ring", "rabenseifner", "recursive_doubling", "binary_blocks"}) {
+        for (Strategy s : {Strategy::Optimal, Strategy::PerTensor}) {
+          TuneOptions o;
+          o.strategy = s;
+          o.algorithm = algo;
+          TuneResult r = t.run(o);
+          auto j = simulate(m, c, r.plan);
+          INFO("sigma " << sigma << " gpus " << gpus << " " << algo << " " << strategy_name(s));
+          CHECK(j["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
+          CHECK(j["comm_end_s"].get<double>() == Approx(r.report.comm_end_s).epsilon(0.01));
+          ++checked;
+        }
+      }
+    }
+  }
+  CHECK(checked == 32);
+  // The fitted constants, not the links, price a calibrated algorithm's messages.
+  auto ring = sim::simulate_allreduce(c, 2, "ring", int64_t(4) << 20, Precision::FP32);
+  CHECK(ring.simulated_s == Approx(16.777216 * 103.5e-6).epsilon(0.01));
+  CHECK(ring.closed_form_s == Approx(ring.simulated_s).epsilon(0.01));
+  // Across nodes an uncalibrated algorithm has no place on the flat network.
+  Cluster two = load_cluster("dgx-a100");
+  two.calibrated["ring"] = {10.0, 50.0, 0.0};
+  CHECK(sim::simulate_allreduce(two, 16, "ring", 1 << 20, Precision::FP16).simulated_s > 0);
+  CHECK_THROWS_WITH(sim::simulate_allreduce(two, 16, "hierarchical", 1 << 20, Precision::FP16),
+                    Catch::Contains("is calibrated for ring only"));
+}
+
 TEST_CASE("stragglers and jitter slow the iteration; the same seed gives the same simulation") {
   Model m = build_zoo_model("alexnet_bn");
   Cluster c = load_cluster("tencent-p40");

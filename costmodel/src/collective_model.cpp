@@ -79,6 +79,11 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
   return ch;
 }
 
+const Calibration* CollectiveModel::calibration(std::string_view algorithm) const {
+  auto it = calibrated_.find(algorithm);
+  return it == calibrated_.end() ? nullptr : &it->second;
+}
+
 std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const {
   std::vector<AffineTail> out;
   if (!calibrated_.empty() || topo_.ranks == 1) return out;

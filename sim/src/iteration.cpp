@@ -20,6 +20,7 @@ namespace {
 struct BucketRun {
   Schedule schedule;
   ScheduleIndex index;
+  Wire wire;
   int elem_bytes = 2;
   double pack_s = 0, launch_s = 0;
   int stream = 0, end = 0;  // end: backward positions [.., end) must be ready
@@ -93,6 +94,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
       CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
       run.schedule = coll.schedule(ch, elems, b.transfer);
       run.index = ScheduleIndex(run.schedule, P);
+      run.wire = wire_for(c, coll, ch);
       run.elem_bytes = bytes_per_element(b.transfer);
       run.launch_s = ch.launch_s;
     }
@@ -135,7 +137,6 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
   for (const auto& [rank, factor] : opt.stragglers) slow[rank] *= factor;
   std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0);
   std::vector<std::vector<std::pair<double, double>>> bucket_times(P, std::vector<std::pair<double, double>>(B));
-  const double gamma = coll.net().gamma;
   Mailboxes boxes(P, std::max(streams, 1));
   auto traced = [&](int r) { return r < opt.trace_ranks; };
   std::vector<TimelineEvent> events;
@@ -212,7 +213,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
             }
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
-              run_rounds(run.schedule, run.index, r, run.elem_bytes, gamma, st, boxes, &steps);
+              run_rounds(run.schedule, run.index, r, run.elem_bytes, run.wire, st, boxes, &steps);
             }
             if (sigma > 0) {
               std::unique_lock lock(*s.mutex);

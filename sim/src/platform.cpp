@@ -174,11 +174,45 @@ class Fabric {
   std::vector<Duplex> local_, global_;
 };
 
+// The calibrated clusters' flat network: rank a reaches rank b through a's port up and
+// b's port down, both latency-free (the wire adds each round's latency).
+Platform flat_platform(const Topo& topo) {
+  Platform p;
+  auto* zone = sg4::create_full_zone("flat");
+  std::vector<Duplex> ports;
+  for (int r = 0; r < topo.ranks; ++r) {
+    p.hosts.push_back(zone->create_host(numbered("rank", r), 1e18));
+    ports.push_back(make_duplex(zone, numbered("port", r), 1 / kFlatBytesPerS, 0.0));
+  }
+  for (int a = 0; a < topo.ranks; ++a)
+    for (int b = 0; b < topo.ranks; ++b)
+      if (a != b)
+        zone->add_route(p.hosts[a]->get_netpoint(), p.hosts[b]->get_netpoint(), nullptr, nullptr,
+                        {{ports[a].up, Dir::NONE}, {ports[b].down, Dir::NONE}}, false);
+  zone->seal();
+  return p;
+}
+
 }  // namespace
 
+Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice) {
+  if (c.calibrated.empty()) return {1, 0, coll.net().gamma};
+  if (const Calibration* k = coll.calibration(choice.algorithm->name))
+    return {k->beta_us_per_MB * 1e-12 * kFlatBytesPerS, k->alpha_us * 1e-6, k->gamma_us_per_MB * 1e-12};
+  if (coll.topo().nodes() > 1) {
+    std::string names;
+    for (const auto& [name, k] : c.calibrated) names += (names.empty() ? "" : ", ") + name;
+    throw InputError("simulate: " + c.source + " is calibrated for " + names + " only; " +
+                     std::string(choice.algorithm->name) +
+                     " across nodes cannot run on the calibration's flat network (calibrate it too, or give an "
+                     "uncalibrated cluster file)");
+  }
+  const Net& n = coll.net();
+  return {n.intra_beta * kFlatBytesPerS, n.intra_alpha, n.gamma};
+}
+
 Platform build_platform(const Cluster& c, const Topo& topo, const Net& net) {
-  if (!c.calibrated.empty())
-    throw InputError("simulate: cluster " + c.name + " has calibrated algorithms; the simulator uses its links");
+  if (!c.calibrated.empty()) return flat_platform(topo);
   if (net.stage_alpha > 0 || net.stage_beta > 0)
     throw InputError("simulate: cluster " + c.name + " stages inter-node messages through host memory (gdr false), "
                      "which the simulator does not model yet");

@@ -4,6 +4,7 @@
 #include <xbt/log.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "fuseplan/models/error.hpp"
@@ -84,7 +85,7 @@ ScheduleIndex::ScheduleIndex(const Schedule& s, int ranks) : ranks_(ranks) {
   entries_.resize(base);
 }
 
-void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, double gamma, int channel,
+void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, const Wire& wire, int channel,
                 Mailboxes& boxes, StepCounter* steps) {
   std::vector<sg4::CommPtr> comms;
   std::vector<void*> sinks;  // live until wait_all
@@ -98,14 +99,16 @@ void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int ele
       const auto& x = round.transfers[*t];
       void*& sink = sinks[size_t(t - first)];
       const auto bytes = static_cast<uint64_t>(x.count) * static_cast<uint64_t>(elem_bytes);
-      if (x.src == rank) comms.push_back(boxes.get(x.src, x.dst, channel)->put_async(&token, bytes));
+      const auto sent = wire.scale == 1 ? bytes : static_cast<uint64_t>(std::llround(double(bytes) * wire.scale));
+      if (x.src == rank) comms.push_back(boxes.get(x.src, x.dst, channel)->put_async(&token, sent));
       if (x.dst == rank) {
         comms.push_back(boxes.get(x.src, x.dst, channel)->get_async<void>(&sink));
         if (x.reduce) reduce_bytes += double(bytes);
       }
     }
     sg4::Comm::wait_all(comms);
-    if (reduce_bytes > 0 && gamma > 0) sg4::this_actor::sleep_for(reduce_bytes * gamma);
+    if (!comms.empty() && wire.round_latency_s > 0) sg4::this_actor::sleep_for(wire.round_latency_s);
+    if (reduce_bytes > 0 && wire.gamma > 0) sg4::this_actor::sleep_for(reduce_bytes * wire.gamma);
     if (steps) steps->step();
   }
 }

@@ -59,10 +59,21 @@ struct StepCounter {
   }
 };
 
+// What one collective's messages cost on the platform. On a cluster file's own links a
+// message is its size (`scale` 1) and the links carry the latency. A calibrated cluster
+// runs on a flat platform of latency-free ports (platform.hpp): each message is sent as
+// `scale` times its size, and every round adds the fitted per-round latency.
+struct Wire {
+  double scale = 1;            // simulated bytes per byte
+  double round_latency_s = 0;  // added to each round
+  double gamma = 0;            // seconds per byte reduced
+};
+
 // Rank `rank`'s part of `s`: per round, post its sends and receives (one mailbox per
 // sender, receiver and `channel`, so concurrent streams never match each other's
-// messages), wait for them, then reduce what it received at `gamma` seconds per byte.
-void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, double gamma, int channel, Mailboxes& boxes,
-                StepCounter* steps = nullptr);
+// messages), wait for them (and the wire's round latency), then reduce what it received
+// at the wire's gamma seconds per byte.
+void run_rounds(const Schedule& s, const ScheduleIndex& index, int rank, int elem_bytes, const Wire& wire, int channel,
+                Mailboxes& boxes, StepCounter* steps = nullptr);
 
 }  // namespace fuseplan::sim

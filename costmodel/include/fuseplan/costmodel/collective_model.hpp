@@ -46,6 +46,8 @@ class CollectiveModel {
   CollectiveArgs args(int64_t count, Precision transfer) const;
   const Topo& topo() const { return topo_; }
   const Net& net() const { return net_; }
+  // The fitted constants of a calibrated algorithm; nullptr when it is not calibrated.
+  const Calibration* calibration(std::string_view algorithm) const;
   int gpus() const { return topo_.ranks; }
 
  private:
