@@ -1,6 +1,7 @@
 // `fuseplan calibrate`: fits each measured algorithm's alpha, beta and gamma (an allreduce
 // sweep from `fuseplan-exec sweep`, or nccl-tests all_reduce_perf output) and writes them
 // into a copy of the cluster file; --holdout checks the fit on sizes it did not see.
+#include <cmath>
 #include <iostream>
 #include <memory>
 
@@ -19,7 +20,8 @@ namespace {
 
 struct CalibrateFlags {
   std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out, fit_sizes, plan, measured, profile;
-  int ranks = 0, per_node = 0;
+  int ranks = 0, per_node = 0, max_segments = 4;
+  double segment_tolerance = 0.05;
   bool holdout = false, discover = false;
 };
 
@@ -85,6 +87,17 @@ void run_discover(const CalibrateFlags& f) {
     write_file_atomic(f.out, j.dump(2) + "\n");
     std::cout << "  wrote the draft " << f.out << " (check the values marked as template or assumption)\n";
   }
+}
+
+// 4K, 256M, 1G, or the bytes when not a whole number of KiB.
+std::string bytes_label(double b) {
+  const char* units[] = {"", "K", "M", "G"};
+  int u = 0;
+  while (u < 3 && b >= 1024 && std::fmod(b, 1024) == 0) {
+    b /= 1024;
+    ++u;
+  }
+  return fixed(b, 0) + units[u];
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c);
@@ -154,17 +167,17 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
   std::cout << "fuseplan calibrate: " << source << " on " << sweeps.front().ranks << " ranks ("
             << sweeps.front().per_node << " per node), cluster " << c.name << " (launch overhead "
             << fixed(c.launch_overhead_us, 1) << " us kept apart)\n\n";
-  Table t({"<algorithm", "sizes", "alpha us", "beta us/MB", "gamma us/MB", "busbw GB/s", "mean err", "max err",
+  Table t({"<algorithm", "<sizes", "alpha us", "beta us/MB", "gamma us/MB", "busbw GB/s", "mean err", "max err",
            f.holdout ? "holdout mean" : "", f.holdout ? "holdout max" : ""});
   for (const Sweep& s : sweeps) {
     const Algorithm& algo = find_algorithm(s.algorithm, source + ": algorithm");
-    CalibrationFit fit = fit_calibration(algo, s, launch_s);
+    const SegmentedFit fit = fit_segments(algo, s, launch_s, f.max_segments, f.segment_tolerance);
     std::string hold_mean, hold_max;
     if (f.holdout) {
       // Fit on every other size, judge on the rest.
       std::vector<bool> use(s.points.size());
       for (size_t i = 0; i < use.size(); ++i) use[i] = i % 2 == 0;
-      CalibrationFit half = fit_calibration(algo, s, launch_s, use);
+      const SegmentedFit half = fit_segments(algo, s, launch_s, f.max_segments, f.segment_tolerance, use);
       double m = 0, x = 0;
       int n = 0;
       for (size_t i = 1; i < s.points.size(); i += 2, ++n) {
@@ -175,14 +188,23 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
       hold_mean = n ? percent(m / n, 1) : "-";
       hold_max = n ? percent(x, 1) : "-";
     }
-    const double beta_bus = fit.k.beta_us_per_MB > 0 ? 1e6 / fit.k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
-    t.row({s.algorithm, std::to_string(s.points.size()), fixed(fit.k.alpha_us, 2), fixed(fit.k.beta_us_per_MB, 2),
-           fixed(fit.k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-", percent(fit.mean_rel_err, 1),
-           percent(fit.max_rel_err, 1), hold_mean, hold_max});
-    c.calibrated[s.algorithm] = fit.k;
+    const bool several = fit.segments.size() > 1;
+    for (const SegmentFit& seg : fit.segments) {
+      const Calibration& k = seg.k;
+      const double beta_bus = k.beta_us_per_MB > 0 ? 1e6 / k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
+      t.row({s.algorithm, bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes), fixed(k.alpha_us, 2),
+             fixed(k.beta_us_per_MB, 2), fixed(k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-",
+             percent(seg.mean_rel_err, 1), percent(seg.max_rel_err, 1), several ? "" : hold_mean,
+             several ? "" : hold_max});
+    }
+    if (several)
+      t.row({s.algorithm, "all (" + std::to_string(fit.segments.size()) + " ranges)", "", "", "", "",
+             percent(fit.mean_rel_err, 1), percent(fit.max_rel_err, 1), hold_mean, hold_max});
+    c.calibrated[s.algorithm] = fit.constants();
     c.provenance["calibrated." + s.algorithm] = "fuseplan calibrate: " + source + ", " +
                                                 std::to_string(s.points.size()) + " sizes on " +
-                                                std::to_string(s.ranks) + " ranks, mean error " +
+                                                std::to_string(s.ranks) + " ranks in " +
+                                                std::to_string(fit.segments.size()) + " range(s), mean error " +
                                                 percent(fit.mean_rel_err, 1);
   }
   t.print(std::cout, "  ");
@@ -207,6 +229,12 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--ranks", f->ranks, "--nccl-tests: ranks (default: the '#  Rank' lines or JSON devices)");
   cmd->add_option("--per-node", f->per_node, "--nccl-tests: ranks per node (default: all on one node)");
   cmd->add_option("--fit-sizes", f->fit_sizes, "fit only the sizes in MIN:MAX (e.g. 256K:256M, the buckets' range)");
+  cmd->add_option("--max-segments", f->max_segments,
+                  "fit each algorithm in up to N size ranges of >= 3 sizes (1 = one straight line)")
+      ->capture_default_str();
+  cmd->add_option("--segment-tolerance", f->segment_tolerance,
+                  "a size range grows while its fit's max relative error stays within this")
+      ->capture_default_str();
   cmd->add_flag("--holdout", f->holdout, "also fit on every other size and report the error on the others");
   cmd->add_option("--plan", f->plan,
                   "a plan whose allreduces overlap backward: with --measured, fit comm_compute_sharing\n"

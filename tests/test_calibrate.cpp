@@ -55,6 +55,37 @@ TEST_CASE("calibrate: constants are never negative, and a hold-out half is predi
   CHECK_THROWS_AS(fit_calibration(find_algorithm("ring"), Sweep{"ring", 4, 1, 4, {{4096, 1e-5}}}, 0), InputError);
 }
 
+TEST_CASE("calibrate: a sweep whose slope changes is fitted in size ranges") {
+  // Cache-resident sizes (up to 4 MiB) at 80 us/MB, then 220 us/MB: one line misses both.
+  const Calibration small{3.0, 80.0, 0.0}, large{40.0, 220.0, 0.0};
+  Sweep s{"ring", 2, 2, 4, {}};
+  for (double bytes = 4096; bytes <= 256.0 * (1 << 20); bytes *= 2)
+    s.points.push_back({bytes, calibrated_time(find_algorithm("ring"), s, bytes <= 4 << 20 ? small : large, bytes, 0)});
+  const Algorithm& ring = find_algorithm("ring");
+  const SegmentedFit one = fit_segments(ring, s, 0, 1, 0.05);
+  CHECK(one.segments.size() == 1);
+  CHECK(one.max_rel_err > 0.2);
+  const SegmentedFit two = fit_segments(ring, s, 0, 4, 0.01);
+  REQUIRE(two.segments.size() == 2);
+  CHECK(two.segments[0].k.to_bytes == 4 << 20);
+  CHECK(two.segments[1].k.from_bytes == 8 << 20);
+  CHECK(two.segments[0].k.beta_us_per_MB == Approx(80.0).epsilon(1e-4));
+  CHECK(two.segments[1].k.beta_us_per_MB == Approx(220.0).epsilon(1e-4));
+  CHECK(two.segments[1].k.alpha_us == Approx(40.0).epsilon(1e-3));
+  CHECK(two.max_rel_err < 1e-6);  // every measured size lies inside a range
+  // A hold-out half: ranges from the even sizes predict the odd ones, except where the
+  // slope changes between two fitted sizes (the blend there is a straight line).
+  std::vector<bool> even(s.points.size());
+  for (size_t i = 0; i < even.size(); ++i) even[i] = i % 2 == 0;
+  const SegmentedFit half = fit_segments(ring, s, 0, 4, 0.01, even);
+  int close = 0;
+  for (size_t i = 1; i < s.points.size(); i += 2)
+    close += std::abs(half.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds < 0.01;
+  CHECK(close >= int(s.points.size() / 2) - 1);
+  CHECK_THROWS_WITH(fit_segments(ring, s, 0, 0, 0.05), Catch::Contains("--max-segments"));
+  CHECK_THROWS_WITH(fit_segments(ring, s, 0, 2, 0), Catch::Contains("--segment-tolerance"));
+}
+
 TEST_CASE("calibrate: nccl-tests all_reduce_perf text and -J JSON are read") {
   const Sweep t = load_nccl_tests(data("nccl-tests-allreduce.txt"), "ring", 0, 0);
   CHECK(t.ranks == 4);  // from the '#  Rank' lines

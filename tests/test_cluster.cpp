@@ -103,6 +103,45 @@ TEST_CASE("calibrated constants replace the topology model for that algorithm") 
   CHECK_THROWS_WITH(CollectiveModel(cluster_from_json(j, "c.json"), 64), Catch::Contains("unknown algorithm 'warp'"));
 }
 
+TEST_CASE("calibrated size segments: the segment of the size, blended between, validated, written back") {
+  auto j = p40();
+  j["calibrated"]["ring"] = {{"segments",
+                              {{{"from_bytes", 0}, {"to_bytes", 1 << 20}, {"alpha_us", 2.0}, {"beta_us_per_MB", 80.0},
+                                {"gamma_us_per_MB", 0.0}},
+                               {{"from_bytes", 4 << 20}, {"to_bytes", 64 << 20}, {"alpha_us", 50.0},
+                                {"beta_us_per_MB", 200.0}, {"gamma_us_per_MB", 0.0}}}}};
+  const Cluster c = cluster_from_json(j, "c.json");
+  REQUIRE(c.calibrated.at("ring").size() == 2);
+  CollectiveModel m(c, 2);
+  auto ring = [&](double bytes) { return m.cost("ring", int64_t(bytes / 4), Precision::FP32).cost.total(); };
+  // Two ranks: the ring is 2 alpha + n beta.
+  CHECK(ring(1 << 19) == Approx(2 * 2e-6 + 524288 * 80e-12));
+  CHECK(ring(16 << 20) == Approx(2 * 50e-6 + 16777216 * 200e-12));
+  CHECK(ring(1024.0 * (1 << 20)) == Approx(2 * 50e-6 + 1073741824 * 200e-12));  // beyond: the last segment
+  // Halfway between 1 and 4 MiB: the constants (and so the time) blend half and half.
+  const double mid = 2.5 * (1 << 20);
+  CHECK(ring(mid) == Approx(0.5 * (2 * 2e-6 + mid * 80e-12) + 0.5 * (2 * 50e-6 + mid * 200e-12)));
+  // The time is continuous at the segments' ends.
+  CHECK(ring((1 << 20) + 4) == Approx(ring(1 << 20)).epsilon(1e-5));
+  CHECK(ring((4 << 20) - 4) == Approx(ring(4 << 20)).epsilon(1e-5));
+  const Cluster back = cluster_from_json(cluster_to_json(c), "back");
+  REQUIRE(back.calibrated.at("ring").size() == 2);
+  CHECK(back.calibrated.at("ring")[1].from_bytes == 4 << 20);
+  CHECK(back.calibrated.at("ring")[1].beta_us_per_MB == 200.0);
+  auto bad = j;
+  bad["calibrated"]["ring"]["segments"][1]["from_bytes"] = 1 << 19;
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("previous segment"));
+  bad = j;
+  bad["calibrated"]["ring"]["segments"][0]["to_bytes"] = -1;
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("to_bytes"));
+  bad = j;
+  bad["calibrated"]["ring"]["segments"] = nlohmann::json::array();
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("at least one segment"));
+  bad = j;
+  bad["calibrated"]["ring"]["segments"][0]["colour"] = 1;
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("colour"));
+}
+
 TEST_CASE("auto picks the cheapest applicable algorithm") {
   Cluster c = load_cluster("dgx-a100");
   CollectiveModel m(c, 64);

@@ -135,9 +135,10 @@ TEST_CASE("a calibrated cluster is simulated on its calibration's flat network a
   Model m = load_model("resnet18", {28, 1, 10, {}});
   Cluster c = load_cluster("local-cpu");
   c.gpus_per_node = 4;
-  c.calibrated["ring"] = {0.0, 103.5, 0.0};
-  c.calibrated["rabenseifner"] = {5.9, 196.9, 12.0};
-  c.calibrated["recursive_doubling"] = {28.7, 253.6, 0.0};
+  // The ring in two size ranges (cache-resident messages are cheaper per byte).
+  c.calibrated["ring"] = {Calibration{0.0, 80.0, 0.0, 0, 4 << 20}, Calibration{0.0, 220.0, 0.0, 8 << 20, 256 << 20}};
+  c.calibrated["rabenseifner"] = {Calibration{5.9, 196.9, 12.0}};
+  c.calibrated["recursive_doubling"] = {Calibration{28.7, 253.6, 0.0}};
   int checked = 0;
   for (double sigma : {0.0, 1.0}) {
     c.comm_compute_sharing = sigma;
@@ -160,13 +161,20 @@ TEST_CASE("a calibrated cluster is simulated on its calibration's flat network a
     }
   }
   CHECK(checked == 32);
-  // The fitted constants, not the links, price a calibrated algorithm's messages.
-  auto ring = sim::simulate_allreduce(c, 2, "ring", int64_t(4) << 20, Precision::FP32);
-  CHECK(ring.simulated_s == Approx(16.777216 * 103.5e-6).epsilon(0.01));
+  // The fitted constants of the message's size range, not the links, price a calibrated
+  // algorithm's messages (2 ranks: the ring moves n bytes per rank); between two ranges
+  // the constants blend (6 MiB: halfway from 4 to 8 MiB, beta 150).
+  auto ring = sim::simulate_allreduce(c, 2, "ring", int64_t(1) << 20, Precision::FP32);
+  CHECK(ring.simulated_s == Approx(4.194304 * 80e-6).epsilon(0.01));
   CHECK(ring.closed_form_s == Approx(ring.simulated_s).epsilon(0.01));
+  ring = sim::simulate_allreduce(c, 2, "ring", int64_t(3) << 19, Precision::FP32);
+  CHECK(ring.simulated_s == Approx(6.291456 * 150e-6).epsilon(0.01));
+  CHECK(ring.closed_form_s == Approx(ring.simulated_s).epsilon(0.01));
+  ring = sim::simulate_allreduce(c, 2, "ring", int64_t(16) << 20, Precision::FP32);
+  CHECK(ring.simulated_s == Approx(67.108864 * 220e-6).epsilon(0.01));
   // Across nodes an uncalibrated algorithm has no place on the flat network.
   Cluster two = load_cluster("dgx-a100");
-  two.calibrated["ring"] = {10.0, 50.0, 0.0};
+  two.calibrated["ring"] = {Calibration{10.0, 50.0, 0.0}};
   CHECK(sim::simulate_allreduce(two, 16, "ring", 1 << 20, Precision::FP16).simulated_s > 0);
   CHECK_THROWS_WITH(sim::simulate_allreduce(two, 16, "hierarchical", 1 << 20, Precision::FP16),
                     Catch::Contains("is calibrated for ring only"));

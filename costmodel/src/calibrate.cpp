@@ -130,6 +130,64 @@ CalibrationFit fit_calibration(const Algorithm& algo, const Sweep& s, double lau
   return f;
 }
 
+std::vector<Calibration> SegmentedFit::constants() const {
+  std::vector<Calibration> out;
+  for (const auto& seg : segments) out.push_back(seg.k);
+  return out;
+}
+
+SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s, int max_segments, double tolerance,
+                          const std::vector<bool>& use) {
+  if (max_segments < 1) throw InputError("--max-segments: must be >= 1");
+  if (!(tolerance > 0)) throw InputError("--segment-tolerance: must be > 0");
+  std::vector<size_t> idx;  // the fitted points, by size
+  for (size_t i = 0; i < s.points.size(); ++i)
+    if (use.empty() || use[i]) idx.push_back(i);
+  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return s.points[a].bytes < s.points[b].bytes; });
+  const size_t n = idx.size(), min_sizes = 3;
+  // The fit over idx[i..j] and its errors on those sizes.
+  auto fit_range = [&](size_t i, size_t j) {
+    std::vector<bool> mask(s.points.size(), false);
+    for (size_t q = i; q <= j; ++q) mask[idx[q]] = true;
+    const CalibrationFit f = fit_calibration(algo, s, launch_s, mask);
+    SegmentFit seg;
+    seg.k = f.k;
+    seg.k.from_bytes = s.points[idx[i]].bytes;
+    seg.k.to_bytes = s.points[idx[j]].bytes;
+    seg.sizes = int(j - i + 1);
+    for (size_t q = i; q <= j; ++q) {
+      const double e = std::abs(f.predicted_s[idx[q]] - s.points[idx[q]].seconds) / s.points[idx[q]].seconds;
+      seg.mean_rel_err += e / seg.sizes;
+      seg.max_rel_err = std::max(seg.max_rel_err, e);
+    }
+    return seg;
+  };
+  if (n < 2) throw InputError("calibrate: " + s.algorithm + " needs at least two sizes to fit");
+  SegmentedFit out;
+  for (size_t i = 0; i < n;) {
+    size_t j = n - 1;
+    if (int(out.segments.size()) + 1 < max_segments && n - i >= 2 * min_sizes) {
+      // The longest range within tolerance that leaves none or enough sizes behind it.
+      j = i + min_sizes - 1;
+      for (size_t end = j; end < n; ++end) {
+        if (end + 1 < n && n - end - 1 < min_sizes) continue;
+        if (fit_range(i, end).max_rel_err <= tolerance) j = end;
+      }
+    }
+    out.segments.push_back(fit_range(i, j));
+    i = j + 1;
+  }
+  const std::vector<Calibration> k = out.constants();
+  for (const SweepPoint& p : s.points) {
+    const double m = calibrated_time(algo, s, calibration_at(k, p.bytes), p.bytes, launch_s);
+    out.predicted_s.push_back(m);
+    const double e = std::abs(m - p.seconds) / p.seconds;
+    out.mean_rel_err += e / double(s.points.size());
+    out.max_rel_err = std::max(out.max_rel_err, e);
+  }
+  return out;
+}
+
 std::vector<Sweep> load_sweep(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw InputError("--sweep " + path + ": cannot open");

@@ -186,14 +186,34 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
     ip->finish();
   }
   if (auto cal = r.opt_object("calibrated")) {
+    auto constants = [](JsonObject& o, Calibration& k) {
+      k.alpha_us = o.non_negative("alpha_us");
+      k.beta_us_per_MB = o.non_negative("beta_us_per_MB");
+      k.gamma_us_per_MB = o.non_negative("gamma_us_per_MB");
+    };
     for (const auto& algo : cal->keys()) {
       auto a = cal->object(algo);
-      Calibration k;
-      k.alpha_us = a.non_negative("alpha_us");
-      k.beta_us_per_MB = a.non_negative("beta_us_per_MB");
-      k.gamma_us_per_MB = a.non_negative("gamma_us_per_MB");
+      std::vector<Calibration> segments;
+      if (auto list = a.opt_array("segments")) {
+        const nlohmann::json& items = *list;
+        if (items.empty()) a.fail("segments", "needs at least one segment");
+        for (size_t i = 0; i < items.size(); ++i) {
+          auto o = element_object(items[i], origin, a.where("segments") + "[" + std::to_string(i) + "]");
+          Calibration k;
+          constants(o, k);
+          k.from_bytes = o.non_negative("from_bytes");
+          k.to_bytes = o.non_negative("to_bytes");
+          if (k.to_bytes < k.from_bytes) o.fail("to_bytes", "must be >= from_bytes");
+          if (!segments.empty() && !(k.from_bytes > segments.back().to_bytes))
+            o.fail("from_bytes", "must be above the previous segment's to_bytes (segments ascend, disjoint)");
+          o.finish();
+          segments.push_back(k);
+        }
+      } else {
+        constants(a, segments.emplace_back());
+      }
       a.finish();
-      c.calibrated[algo] = k;  // algorithm names are checked by the collective registry
+      c.calibrated[algo] = segments;  // algorithm names are checked by the collective registry
     }
     cal->finish();
   }
@@ -252,10 +272,41 @@ nlohmann::json cluster_to_json(const Cluster& c) {
   if (c.reduce_bw_GBps) j["reduce_bw_GBps"] = *c.reduce_bw_GBps;
   if (c.input_samples_per_s_per_gpu > 0)
     j["input_pipeline"] = {{"samples_per_s_per_gpu", c.input_samples_per_s_per_gpu}};
-  for (const auto& [algo, k] : c.calibrated)
-    j["calibrated"][algo] = {{"alpha_us", k.alpha_us}, {"beta_us_per_MB", k.beta_us_per_MB}, {"gamma_us_per_MB", k.gamma_us_per_MB}};
+  for (const auto& [algo, segments] : c.calibrated) {
+    auto constants = [](const Calibration& k) {
+      return nlohmann::json{{"alpha_us", k.alpha_us}, {"beta_us_per_MB", k.beta_us_per_MB}, {"gamma_us_per_MB", k.gamma_us_per_MB}};
+    };
+    if (segments.size() == 1) {
+      j["calibrated"][algo] = constants(segments[0]);
+      continue;
+    }
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& k : segments) {
+      nlohmann::json o = constants(k);
+      o["from_bytes"] = k.from_bytes;
+      o["to_bytes"] = k.to_bytes;
+      list.push_back(o);
+    }
+    j["calibrated"][algo] = {{"segments", list}};
+  }
   for (const auto& [k, v] : c.provenance) j["provenance"][k] = v;
   return j;
+}
+
+Calibration calibration_at(const std::vector<Calibration>& segments, double bytes) {
+  if (segments.empty()) throw std::logic_error("calibration_at: no segments");
+  size_t k = 0;
+  while (k + 1 < segments.size() && bytes >= segments[k + 1].from_bytes) ++k;
+  const Calibration& a = segments[k];
+  if (k + 1 == segments.size() || bytes <= a.to_bytes) return a;
+  const Calibration& b = segments[k + 1];  // bytes lies between a.to_bytes and b.from_bytes
+  const double w = (bytes - a.to_bytes) / (b.from_bytes - a.to_bytes);
+  Calibration m;
+  m.alpha_us = (1 - w) * a.alpha_us + w * b.alpha_us;
+  m.beta_us_per_MB = (1 - w) * a.beta_us_per_MB + w * b.beta_us_per_MB;
+  m.gamma_us_per_MB = (1 - w) * a.gamma_us_per_MB + w * b.gamma_us_per_MB;
+  m.from_bytes = m.to_bytes = bytes;
+  return m;
 }
 
 std::vector<std::string> shipped_cluster_names() {

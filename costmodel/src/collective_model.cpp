@@ -55,10 +55,10 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
   CollectiveChoice ch;
   ch.algorithm = &algo;
   ch.launch_s = topo_.ranks > 1 ? launch_s_ : 0;
-  if (auto it = calibrated_.find(algo.name); it != calibrated_.end()) {
-    // A calibrated algorithm follows its textbook formula with the fitted constants.
-    a.net = Net::uniform(it->second.alpha_us * 1e-6, it->second.beta_us_per_MB * 1e-12,
-                         it->second.gamma_us_per_MB * 1e-12);
+  if (auto k = calibration(algo.name, a.bytes())) {
+    // A calibrated algorithm follows its textbook formula with the constants fitted for
+    // this message size.
+    a.net = Net::uniform(k->alpha_us * 1e-6, k->beta_us_per_MB * 1e-12, k->gamma_us_per_MB * 1e-12);
     if (a.group == 0) a.group = topo_.per_node;
     a.topo.per_node = 1;
     ch.calibrated = true;
@@ -79,9 +79,10 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
   return ch;
 }
 
-const Calibration* CollectiveModel::calibration(std::string_view algorithm) const {
+std::optional<Calibration> CollectiveModel::calibration(std::string_view algorithm, double bytes) const {
   auto it = calibrated_.find(algorithm);
-  return it == calibrated_.end() ? nullptr : &it->second;
+  if (it == calibrated_.end()) return std::nullopt;
+  return calibration_at(it->second, bytes);
 }
 
 std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const {

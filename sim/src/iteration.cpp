@@ -94,7 +94,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
       CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
       run.schedule = coll.schedule(ch, elems, b.transfer);
       run.index = ScheduleIndex(run.schedule, P);
-      run.wire = wire_for(c, coll, ch);
+      run.wire = wire_for(c, coll, ch, double(elems) * bytes_per_element(b.transfer));
       run.elem_bytes = bytes_per_element(b.transfer);
       run.launch_s = ch.launch_s;
     }

@@ -195,9 +195,9 @@ Platform flat_platform(const Topo& topo) {
 
 }  // namespace
 
-Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice) {
+Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, double bytes) {
   if (c.calibrated.empty()) return {1, 0, coll.net().gamma};
-  if (const Calibration* k = coll.calibration(choice.algorithm->name))
+  if (const auto k = coll.calibration(choice.algorithm->name, bytes))
     return {k->beta_us_per_MB * 1e-12 * kFlatBytesPerS, k->alpha_us * 1e-6, k->gamma_us_per_MB * 1e-12};
   if (coll.topo().nodes() > 1) {
     std::string names;

@@ -23,10 +23,11 @@ Platform build_platform(const Cluster& c, const Topo& topo, const Net& net);
 
 inline constexpr double kFlatBytesPerS = 1e9;
 
-// How `choice`'s messages cost on the platform build_platform makes for `c`. On a
+// How `choice`'s messages cost on the platform build_platform makes for `c`, for an
+// allreduce of `bytes` (a calibration's constants depend on the size). On a
 // calibrated cluster an uncalibrated algorithm has the intra-node link's constants when
 // the ranks share one node; across nodes it is refused (InputError): the flat network
 // has no nodes.
-Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice);
+Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, double bytes);
 
 }  // namespace fuseplan::sim

@@ -41,6 +41,27 @@ double calibrated_time(const Algorithm& a, const Sweep& s, const Calibration& k,
 // over all points. Throws InputError if fewer than two points are fitted.
 CalibrationFit fit_calibration(const Algorithm& a, const Sweep& s, double launch_s, const std::vector<bool>& use = {});
 
+// A piecewise fit: the sweep's sizes cut into at most `max_segments` ranges of at least
+// three sizes, each fitted as fit_calibration does. Greedy from the smallest size: each
+// range is the longest whose fit stays within `tolerance` (max relative error), or
+// three sizes when none does; the last range takes what is left. Between ranges the
+// constants blend (calibration_at). Caches and transport protocols change the slope of
+// a measured allreduce (a ring runs at 11 GB/s on a cache-resident 1 MiB and 4.5 GB/s
+// at 64 MiB here), which one straight line cannot follow.
+struct SegmentFit {
+  Calibration k;  // with from_bytes / to_bytes: the first and last fitted size
+  int sizes = 0;
+  double mean_rel_err = 0, max_rel_err = 0;  // over its own fitted sizes
+};
+struct SegmentedFit {
+  std::vector<SegmentFit> segments;
+  std::vector<double> predicted_s;  // at every point, through calibration_at
+  double mean_rel_err = 0, max_rel_err = 0;  // over every point
+  std::vector<Calibration> constants() const;
+};
+SegmentedFit fit_segments(const Algorithm& a, const Sweep& s, double launch_s, int max_segments, double tolerance,
+                          const std::vector<bool>& use = {});
+
 // Sweeps from files: fuseplan.sweep/1 (fuseplan-exec sweep), or nccl-tests
 // all_reduce_perf output (its text table or -J JSON), whose points are attributed to
 // `as_algorithm` on `ranks` ranks. Throw InputError naming the file.

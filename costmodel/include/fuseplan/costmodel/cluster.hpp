@@ -50,10 +50,17 @@ struct InterNodeNetwork {
   double host_copy_lat_us = 0;
 };
 
-// Calibrated parameters of one algorithm's textbook formula (fuseplan calibrate).
+// Calibrated parameters of one algorithm's textbook formula (fuseplan calibrate), for
+// messages of from_bytes..to_bytes (the sweep sizes they were fitted on; 0 = unbounded).
 struct Calibration {
   double alpha_us = 0, beta_us_per_MB = 0, gamma_us_per_MB = 0;
+  double from_bytes = 0, to_bytes = 0;
 };
+
+// The constants for a message of `bytes` from an algorithm's size segments (ascending,
+// disjoint): the segment holding it; between two segments, the two blended linearly in
+// bytes, so the time is continuous in the size; outside them, the nearest segment.
+Calibration calibration_at(const std::vector<Calibration>& segments, double bytes);
 
 struct Cluster {
   std::string name, description, source;  // source = file path or "builtin"
@@ -69,7 +76,7 @@ struct Cluster {
   // allreduce and backward share one processor equally (CPU ranks whose communication
   // is memory copies and additions by the same core).
   double comm_compute_sharing = 0;
-  std::map<std::string, Calibration> calibrated;
+  std::map<std::string, std::vector<Calibration>> calibrated;  // per algorithm, size segments
   std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
 
   int capacity() const { return nodes * gpus_per_node; }

@@ -3,6 +3,7 @@
 // the per-call launch overhead, and caches profiles.
 #pragma once
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,8 +47,9 @@ class CollectiveModel {
   CollectiveArgs args(int64_t count, Precision transfer) const;
   const Topo& topo() const { return topo_; }
   const Net& net() const { return net_; }
-  // The fitted constants of a calibrated algorithm; nullptr when it is not calibrated.
-  const Calibration* calibration(std::string_view algorithm) const;
+  // The fitted constants of a calibrated algorithm for a message of `bytes`
+  // (calibration_at); nullopt when it is not calibrated.
+  std::optional<Calibration> calibration(std::string_view algorithm, double bytes) const;
   int gpus() const { return topo_.ranks; }
 
  private:
@@ -56,7 +58,7 @@ class CollectiveModel {
   Net net_;
   CollectiveOptions opt_;
   double launch_s_ = 0;
-  std::map<std::string, Calibration, std::less<>> calibrated_;
+  std::map<std::string, std::vector<Calibration>, std::less<>> calibrated_;
   // Profiles per algorithm (registry order), one per variant; a profile depends only on
   // the rank layout and options, fixed for this model.
   mutable std::vector<std::vector<Profile>> cache_;
