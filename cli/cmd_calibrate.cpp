@@ -19,7 +19,8 @@ namespace fuseplan::cli {
 namespace {
 
 struct CalibrateFlags {
-  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out, fit_sizes, plan, measured, profile;
+  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out, fit_sizes, profile;
+  std::vector<std::string> plans, measured, fit;
   int ranks = 0, per_node = 0, max_segments = 4;
   double segment_tolerance = 0.05;
   bool holdout = false, discover = false;
@@ -109,12 +110,14 @@ void run_calibrate(const CalibrateFlags& f) {
     return run_discover(f);
   }
   if (!f.sweep.empty() && !f.nccl_tests.empty()) throw InputError("calibrate: give --sweep or --nccl-tests, not both");
-  if (f.plan.empty() != f.measured.empty()) throw InputError("calibrate: --plan and --measured go together");
-  if (f.sweep.empty() && f.nccl_tests.empty() && f.plan.empty())
+  if (f.plans.size() != f.measured.size())
+    throw InputError("calibrate: give one --measured per --plan (" + std::to_string(f.plans.size()) + " plans, " +
+                     std::to_string(f.measured.size()) + " measured)");
+  if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty())
     throw InputError("calibrate: give --sweep, --nccl-tests or --plan with --measured (or --discover)");
   Cluster c = load_cluster(f.cluster);
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
-  if (!f.plan.empty()) fit_overlap(f, c);
+  if (!f.plans.empty()) fit_overlap(f, c);
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
     write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
@@ -122,28 +125,52 @@ void run_calibrate(const CalibrateFlags& f) {
   }
 }
 
-// The sharing of the processor between backward and communication, fitted to a measured
-// run of a plan that overlaps them (on the cluster as calibrated so far).
+// The processor sharing between backward and communication and the per-bucket dispatch
+// overhead, fitted to measured runs of plans that overlap them (on the cluster as
+// calibrated so far).
 void fit_overlap(const CalibrateFlags& f, Cluster& c) {
-  const Plan plan = load_plan(f.plan);
-  Model model = load_model(plan.model, plan.model_options);
-  if (!f.profile.empty()) apply_profile(model, f.profile);
-  validate_plan(plan, model, f.plan);
-  const Report measured = load_measured_run(f.measured, plan, f.plan);
-  check_gpu_count(c, plan.gpus, "--plan");
-  const SharingFit fit = fit_sharing(model, c, plan, measured, {});
+  bool sharing = false, dispatch = false;
+  std::vector<std::string> what = f.fit;
+  if (what.empty()) what = f.plans.size() > 1 ? std::vector<std::string>{"sharing", "dispatch"} : std::vector<std::string>{"sharing"};
+  for (const auto& name : what) {
+    if (name == "sharing") sharing = true;
+    else if (name == "dispatch") dispatch = true;
+    else throw InputError("--fit: unknown '" + name + "' (valid: sharing, dispatch)");
+  }
+  std::vector<OverlapRun> runs;
+  for (size_t i = 0; i < f.plans.size(); ++i) {
+    OverlapRun run{Model{}, load_plan(f.plans[i]), {}};
+    run.model = load_model(run.plan.model, run.plan.model_options);
+    if (!f.profile.empty()) apply_profile(run.model, f.profile);
+    validate_plan(run.plan, run.model, f.plans[i]);
+    run.measured = load_measured_run(f.measured[i], run.plan, f.plans[i]);
+    runs.push_back(std::move(run));
+  }
+  const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
   auto pct = [](double e) { return (e >= 0 ? "+" : "") + fixed(100 * e, 1) + " %"; };
-  std::cout << "\n  overlap: " << f.plan << " measured in " << f.measured << " (" << plan.buckets.size()
-            << " buckets" << (f.profile.empty() ? ", no --profile: modelled compute" : ", profile " + f.profile)
-            << ")\n    comm_compute_sharing = " << fixed(fit.sigma, 3) << ": backward " << pct(fit.backward_err)
-            << ", last allreduce end " << pct(fit.comm_end_err) << ", iteration " << pct(fit.iteration_err)
-            << " (free overlap: iteration " << pct(fit.iteration_err_free) << ")\n";
+  std::cout << "\n  overlap: " << runs.size() << " measured run(s)"
+            << (f.profile.empty() ? ", no --profile: modelled compute" : ", profile " + f.profile) << "\n"
+            << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (sharing ? " (fitted)" : " (kept)")
+            << ", dispatch_overhead_us = " << fixed(fit.dispatch_us, 1) << (dispatch ? " (fitted)" : " (kept)") << "\n";
+  if (fit.dispatch_at_bound) std::cout << "    the dispatch overhead reached the search's bound (2000 us)\n";
+  Table t({"<plan", "buckets", "backward", "allreduce end", "iteration", "iteration before"});
+  std::string sources;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto& a = fit.after[i];
+    t.row({f.plans[i], std::to_string(runs[i].plan.buckets.size()), pct(a.backward), pct(a.comm_end), pct(a.iteration),
+           pct(fit.before[i].iteration)});
+    sources += (i ? ", " : "") + f.plans[i] + " (" + pct(a.iteration) + ")";
+  }
+  t.print(std::cout, "    ");
+  std::cout << "    (errors of the prediction against each measurement; before = the cluster as given)\n";
+  const std::string provenance = "fuseplan calibrate: fitted to " + sources;
   c.comm_compute_sharing = fit.sigma;
-  if (fit.sigma > 0)
-    c.provenance["comm_compute_sharing"] = "fuseplan calibrate: " + f.plan + " measured in " + f.measured +
-                                           ", iteration error " + pct(fit.iteration_err);
-  else
-    c.provenance.erase("comm_compute_sharing");  // 0 is not written, so nothing may point at it
+  c.dispatch_overhead_us = fit.dispatch_us;
+  // 0 is not written, so nothing may point at it.
+  if (sharing) c.provenance.erase("comm_compute_sharing");
+  if (sharing && fit.sigma > 0) c.provenance["comm_compute_sharing"] = provenance;
+  if (dispatch) c.provenance.erase("dispatch_overhead_us");
+  if (dispatch && fit.dispatch_us > 0) c.provenance["dispatch_overhead_us"] = provenance;
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
@@ -236,10 +263,13 @@ void add_calibrate_command(CLI::App& app) {
                   "a size range grows while its fit's max relative error stays within this")
       ->capture_default_str();
   cmd->add_flag("--holdout", f->holdout, "also fit on every other size and report the error on the others");
-  cmd->add_option("--plan", f->plan,
-                  "a plan whose allreduces overlap backward: with --measured, fit comm_compute_sharing\n"
-                  "(how much a running allreduce slows backward and is slowed by it)");
-  cmd->add_option("--measured", f->measured, "--plan's measured report (fuseplan-exec run --report)");
+  cmd->add_option("--plan", f->plans,
+                  "a plan whose allreduces overlap backward, with its --measured run (repeat both for\n"
+                  "several runs): fit comm_compute_sharing and dispatch_overhead_us (see --fit)");
+  cmd->add_option("--measured", f->measured, "each --plan's measured report (fuseplan-exec run --report), in order");
+  cmd->add_option("--fit", f->fit,
+                  "--plan: what to fit, of sharing,dispatch (default: sharing for one run, both for several)")
+      ->delimiter(',');
   cmd->add_option("--profile", f->profile, "--plan: measured per-layer times (fuseplan-exec run --profile)");
   cmd->add_option("--out", f->out, "write the calibrated (or discovered) cluster file here");
   cmd->add_flag("--discover", f->discover,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 6's loop on this machine with 2 ranks: sweep -> calibrate -> profile -> run the
-# free-overlap optimum and fit comm_compute_sharing to it -> tune -> run (tuned,
-# per-tensor, single) -> verify, and the step time against PyTorch DDP.
+# Issue 6's loop on this machine with 2 ranks: sweep -> calibrate (size ranges) ->
+# profile -> run the free-overlap optimum and per-tensor and fit comm_compute_sharing
+# and dispatch_overhead_us to them -> tune -> run (tuned, per-tensor, single, single
+# through MPI_Iallreduce) -> verify, and the step time against PyTorch DDP.
 # MODEL / BATCH / RANKS / ITERS override the defaults (ResNet-18 at 28x28x1, 10 classes,
 # 16 per rank: communication is a visible share of the step). Output: build/loop/.
 set -euo pipefail
@@ -23,22 +24,26 @@ echo "== per-layer profile (one bucket, $ranks ranks)"
 $B/fuseplan predict $shape --cluster $out/cal-comm.json --buckets single --save-plan $out/profile-plan.json >/dev/null
 $mpi $B/fuseplan-exec run --plan $out/profile-plan.json --dataset synthetic --iterations 10 --quiet \
   --profile $out/profile.json >/dev/null
-echo "== processor sharing: the free-overlap optimum, measured, fits comm_compute_sharing"
-python3 -c "import json; c=json.load(open('$out/cal-comm.json')); c.pop('comm_compute_sharing', None); \
-c.get('provenance', {}).pop('comm_compute_sharing', None); json.dump(c, open('$out/cal-free.json', 'w'), indent=2)"
-$B/fuseplan tune $shape --cluster $out/cal-free.json --profile $out/profile.json --strategy optimal --out $out/free.json >/dev/null
-$mpi $B/fuseplan-exec run --plan $out/free.json --dataset synthetic --iterations "$iters" --quiet \
-  --report $out/measured-free.json >$out/run-free.txt
-$B/fuseplan calibrate --cluster $out/cal-comm.json --plan $out/free.json --measured $out/measured-free.json \
-  --profile $out/profile.json --out $out/cal.json
-echo "== plans"
+echo "== overlap: the free-overlap optimum and per-tensor, measured, fit comm_compute_sharing and dispatch_overhead_us"
+python3 -c "import json; c=json.load(open('$out/cal-comm.json')); p=c.get('provenance', {}); \
+[(c.pop(k, None), p.pop(k, None)) for k in ('comm_compute_sharing', 'dispatch_overhead_us')]; \
+json.dump(c, open('$out/cal-free.json', 'w'), indent=2)"
+for s in optimal per-tensor; do
+  $B/fuseplan tune $shape --cluster $out/cal-free.json --profile $out/profile.json --strategy $s --out $out/fit-$s.json >/dev/null
+  $mpi $B/fuseplan-exec run --plan $out/fit-$s.json --dataset synthetic --iterations "$iters" --quiet \
+    --report $out/measured-fit-$s.json >$out/run-fit-$s.txt
+done
+$B/fuseplan calibrate --cluster $out/cal-comm.json --profile $out/profile.json --out $out/cal.json \
+  --plan $out/fit-optimal.json --measured $out/measured-fit-optimal.json \
+  --plan $out/fit-per-tensor.json --measured $out/measured-fit-per-tensor.json
+echo "== plans (single-mpi: one bucket through the library's MPI_Iallreduce, a framework's default)"
 for s in optimal per-tensor single; do
   $B/fuseplan tune $shape --cluster $out/cal.json --profile $out/profile.json --strategy $s --out $out/$s.json >/dev/null
 done
-echo "== run and verify"
-$B/fuseplan verify --plan $out/free.json --measured $out/measured-free.json --cluster $out/cal-free.json \
-  --profile $out/profile.json --no-sim | sed -n '4,9p' | sed "s/^/[free-overlap model] /"
-for s in optimal per-tensor single; do
+$B/fuseplan tune $shape --cluster $out/cal.json --profile $out/profile.json --strategy single --algorithm mpi \
+  --out $out/single-mpi.json >/dev/null
+echo "== run and verify (fresh runs, not the ones fitted)"
+for s in optimal per-tensor single single-mpi; do
   $mpi $B/fuseplan-exec run --plan $out/$s.json --dataset synthetic --iterations "$iters" --quiet \
     --report $out/measured-$s.json --trace $out/trace-$s.json >$out/run-$s.txt
   $B/fuseplan verify --plan $out/$s.json --measured $out/measured-$s.json --cluster $out/cal.json \
@@ -46,7 +51,7 @@ for s in optimal per-tensor single; do
   head -12 $out/verify-$s.txt | sed -n '4,11p' | sed "s/^/[$s] /"
 done
 echo "== measured iteration per plan"
-for s in free optimal per-tensor single; do
+for s in fit-optimal fit-per-tensor optimal per-tensor single single-mpi; do
   python3 -c "import json,sys; r=json.load(open('$out/measured-$s.json')); print(f'  {\"$s\":<11} {r[\"iteration_s\"]*1e3:8.2f} ms  exposed {r[\"exposed_comm_s\"]*1e3:6.2f} ms  {len(r[\"buckets\"])} buckets')"
 done
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then

@@ -158,20 +158,36 @@ TEST_CASE("report: a measured report reads back with its buckets and timeline") 
   CHECK_THROWS_AS(report_from_json(nlohmann::json{{"source", "x"}}, "test"), InputError);
 }
 
-TEST_CASE("calibrate: the processor sharing is recovered from a run it predicted") {
+TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from runs they predicted") {
   Model m = load_model("resnet18", {28, 1, 10, {}});
   Cluster c = load_cluster("local-cpu");
   c.comm_compute_sharing = 0.6;
-  Plan p = make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec("splits:20,40", m, "ring", Precision::FP32),
-                     "test");
-  CollectiveModel coll(c, 2);
-  ComputeModel compute(m, c, 16, Precision::FP32);
-  const Report measured = predict(m, c, p, coll, compute);
+  c.dispatch_overhead_us = 250;
+  auto run = [&](const std::string& spec) {
+    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32),
+                              "test"), {}};
+    CollectiveModel coll(c, 2);
+    ComputeModel compute(m, c, 16, Precision::FP32);
+    r.measured = predict(m, c, r.plan, coll, compute);
+    return r;
+  };
+  const std::vector<OverlapRun> runs = {run("splits:20,40"), run("per-tensor")};
   c.comm_compute_sharing = 0;
-  SharingFit fit = fit_sharing(m, c, p, measured, {});
-  CHECK(fit.sigma == Approx(0.6));
-  CHECK(std::abs(fit.iteration_err) < 1e-9);
-  CHECK(fit.iteration_err_free < 0);  // free overlap predicts it too fast
-  p.gpus = 1;
-  CHECK_THROWS_AS(fit_sharing(m, c, p, measured, {}), InputError);
+  c.dispatch_overhead_us = 0;
+  const OverlapFit both = fit_overlap(c, runs, true, true, {});
+  CHECK(both.sigma == Approx(0.6).margin(0.006));
+  CHECK(both.dispatch_us == Approx(250).margin(1));
+  for (const auto& e : both.after) CHECK(std::abs(e.iteration) < 0.005);
+  CHECK(both.before[1].iteration < -0.05);  // 62 buckets without their dispatch: too fast
+  // Sharing alone on the few-bucket run, dispatch kept at the cluster's.
+  c.dispatch_overhead_us = 250;
+  const OverlapFit one = fit_overlap(c, {runs[0]}, true, false, {});
+  CHECK(one.sigma == Approx(0.6).margin(0.006));
+  CHECK(one.dispatch_us == 250);
+  CHECK(std::abs(one.after[0].iteration) < 1e-6);
+  CHECK(one.before[0].iteration < 0);  // free overlap predicts it too fast
+  std::vector<OverlapRun> single = {runs[0]};
+  single[0].plan.gpus = 1;
+  CHECK_THROWS_AS(fit_overlap(c, single, true, false, {}), InputError);
+  CHECK_THROWS_AS(fit_overlap(c, {}, true, false, {}), InputError);
 }

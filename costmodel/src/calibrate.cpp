@@ -298,32 +298,65 @@ Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, 
   return s;
 }
 
-SharingFit fit_sharing(const Model& model, const Cluster& cluster, const Plan& plan, const Report& measured,
+OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, bool fit_sigma, bool fit_dispatch,
                        const CollectiveOptions& coll_opt) {
-  if (plan.gpus < 2) throw InputError("--plan: one rank has no communication to overlap (need >= 2 GPUs)");
-  if (!(measured.backward_s > 0) || !(measured.comm_end_s > 0) || !(measured.iteration_s > 0))
-    throw InputError("--measured: no backward, allreduce or iteration time to fit against");
-  Cluster c = cluster;
-  CollectiveModel coll(c, plan.gpus, coll_opt);
-  ComputeModel compute(model, c, plan.batch_per_gpu, plan.compute);
-  auto rel = [](double model_s, double measured_s) { return (model_s - measured_s) / measured_s; };
-  constexpr int kSteps = 200;
-  SharingFit best;
-  double best_sq = std::numeric_limits<double>::infinity();
-  for (int k = 0; k <= kSteps; ++k) {
-    c.comm_compute_sharing = double(k) / kSteps;
-    const Report r = predict(model, c, plan, coll, compute, {}, false);
-    const double eb = rel(r.backward_s, measured.backward_s), ec = rel(r.comm_end_s, measured.comm_end_s);
-    if (k == 0) best.iteration_err_free = rel(r.iteration_s, measured.iteration_s);
-    if (eb * eb + ec * ec < best_sq) {
-      best_sq = eb * eb + ec * ec;
-      best.sigma = c.comm_compute_sharing;
-      best.backward_err = eb;
-      best.comm_end_err = ec;
-      best.iteration_err = rel(r.iteration_s, measured.iteration_s);
-    }
+  if (runs.empty()) throw InputError("calibrate: no measured run to fit");
+  std::vector<ComputeModel> compute;
+  for (const OverlapRun& run : runs) {
+    if (run.plan.gpus < 2) throw InputError("--plan: one rank has no communication to overlap (need >= 2 GPUs)");
+    const Report& m = run.measured;
+    if (!(m.backward_s > 0) || !(m.comm_end_s > 0) || !(m.iteration_s > 0))
+      throw InputError("--measured: no backward, allreduce or iteration time to fit against");
+    check_gpu_count(cluster, run.plan.gpus, "--plan");
+    compute.emplace_back(run.model, cluster, run.plan.batch_per_gpu, run.plan.compute);
   }
-  return best;
+  auto rel = [](double model_s, double measured_s) { return (model_s - measured_s) / measured_s; };
+  // The squared errors at (sigma, dispatch); the per-run errors into `errs` if given.
+  auto evaluate = [&](double sigma, double dispatch_us, std::vector<OverlapFit::Errors>* errs) {
+    Cluster c = cluster;
+    c.comm_compute_sharing = sigma;
+    c.dispatch_overhead_us = dispatch_us;
+    double sq = 0;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const OverlapRun& run = runs[i];
+      CollectiveModel coll(c, run.plan.gpus, coll_opt);
+      const Report r = predict(run.model, c, run.plan, coll, compute[i], {}, false);
+      const OverlapFit::Errors e{rel(r.backward_s, run.measured.backward_s), rel(r.comm_end_s, run.measured.comm_end_s),
+                                 rel(r.iteration_s, run.measured.iteration_s)};
+      sq += e.backward * e.backward + e.comm_end * e.comm_end;
+      if (errs) errs->push_back(e);
+    }
+    return sq;
+  };
+  constexpr double kMaxDispatchUs = 2000;
+  double best_sigma = cluster.comm_compute_sharing, best_dispatch = cluster.dispatch_overhead_us;
+  double best_sq = std::numeric_limits<double>::infinity();
+  // Grid over [lo, hi] by step per fitted value (the cluster's value otherwise).
+  auto search = [&](double s_lo, double s_hi, double s_step, double d_lo, double d_hi, double d_step) {
+    const int ns = fit_sigma ? int(std::lround((s_hi - s_lo) / s_step)) : 0;
+    const int nd = fit_dispatch ? int(std::lround((d_hi - d_lo) / d_step)) : 0;
+    const double s0 = best_sigma, d0 = best_dispatch;
+    for (int i = 0; i <= ns; ++i)
+      for (int k = 0; k <= nd; ++k) {
+        const double sigma = fit_sigma ? s_lo + i * s_step : s0, dispatch = fit_dispatch ? d_lo + k * d_step : d0;
+        const double sq = evaluate(sigma, dispatch, nullptr);
+        if (sq < best_sq) {
+          best_sq = sq;
+          best_sigma = sigma;
+          best_dispatch = dispatch;
+        }
+      }
+  };
+  search(0, 1, 0.05, 0, kMaxDispatchUs, 20);
+  search(std::max(0.0, best_sigma - 0.05), std::min(1.0, best_sigma + 0.05), 0.005, std::max(0.0, best_dispatch - 20),
+         std::min(kMaxDispatchUs, best_dispatch + 20), 0.5);
+  OverlapFit fit;
+  fit.sigma = best_sigma;
+  fit.dispatch_us = best_dispatch;
+  fit.dispatch_at_bound = fit_dispatch && best_dispatch >= kMaxDispatchUs;
+  evaluate(cluster.comm_compute_sharing, cluster.dispatch_overhead_us, &fit.before);
+  evaluate(best_sigma, best_dispatch, &fit.after);
+  return fit;
 }
 
 }  // namespace fuseplan

@@ -2,6 +2,7 @@
 #include "fuseplan/costmodel/cluster.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 
@@ -174,6 +175,9 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   }
 
   c.launch_overhead_us = r.non_negative("launch_overhead_us");
+  c.dispatch_overhead_us = r.opt_number("dispatch_overhead_us").value_or(0);
+  if (!(c.dispatch_overhead_us >= 0) || !std::isfinite(c.dispatch_overhead_us))
+    r.fail("dispatch_overhead_us", "must be >= 0");
   c.comm_compute_sharing = r.opt_number("comm_compute_sharing").value_or(0);
   if (!(c.comm_compute_sharing >= 0 && c.comm_compute_sharing <= 1))
     r.fail("comm_compute_sharing", "must be between 0 (free overlap) and 1 (one shared processor)");
@@ -250,6 +254,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
                    {"intra_node", {{"kind", c.intra.kind}, {"bw_GBps", c.intra.bw_GBps}, {"lat_us", c.intra.lat_us}}},
                    {"launch_overhead_us", c.launch_overhead_us}};
   if (c.comm_compute_sharing > 0) j["comm_compute_sharing"] = c.comm_compute_sharing;
+  if (c.dispatch_overhead_us > 0) j["dispatch_overhead_us"] = c.dispatch_overhead_us;
   if (c.intra.gpus_per_switch) j["intra_node"]["gpus_per_switch"] = c.intra.gpus_per_switch;
   if (c.intra.uplink_bw_GBps > 0) j["intra_node"]["uplink_bw_GBps"] = c.intra.uplink_bw_GBps;
   if (c.inter) {

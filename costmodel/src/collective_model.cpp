@@ -24,7 +24,7 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
     }
   }
   net_.gamma = c.gamma_s_per_byte();
-  launch_s_ = c.launch_overhead_us * 1e-6;
+  launch_s_ = (c.launch_overhead_us + c.dispatch_overhead_us) * 1e-6;
   if (opt_.group < 0) throw InputError("--group: must be >= 1");
   if (opt_.torus_x < 0) throw InputError("--torus-x: must be >= 1");
   cache_.resize(algorithms().size());

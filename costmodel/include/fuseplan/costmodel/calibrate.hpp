@@ -68,17 +68,28 @@ SegmentedFit fit_segments(const Algorithm& a, const Sweep& s, double launch_s, i
 std::vector<Sweep> load_sweep(const std::string& path);
 Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, int ranks, int per_node);
 
-// The processor sharing between backward and communication (Cluster::comm_compute_sharing)
-// that brings the predictor's backward end and last allreduce end closest to a measured
-// run of a plan whose allreduces overlap backward: least squares of the two relative
-// errors over sigma = 0, 0.005, .., 1 (the lowest of equal minima). `model` must carry
-// the measured per-layer profile and `plan` be validated against it.
-struct SharingFit {
-  double sigma = 0;
-  double backward_err = 0, comm_end_err = 0, iteration_err = 0;  // signed, at sigma
-  double iteration_err_free = 0;                                   // signed, at sigma = 0
+// What a plan's run adds to the sweep's communication model, fitted to measured runs of
+// plans whose allreduces overlap backward: the processor sharing between backward and
+// communication (Cluster::comm_compute_sharing) and the per-bucket dispatch overhead
+// (Cluster::dispatch_overhead_us). Least squares of the relative errors of the
+// predictor's backward end and last allreduce end over every run, on a grid (sigma 0..1
+// by 0.05, dispatch 0..2000 us by 20 us) refined around its best point (by 0.005 and
+// 0.5 us); the lowest of equal minima. A value not fitted keeps the cluster's. Two runs
+// with different bucket counts tell the two apart (one alone fits both badly).
+struct OverlapRun {
+  Model model;    // with the measured per-layer profile
+  Plan plan;      // validated against `model`
+  Report measured;
 };
-SharingFit fit_sharing(const Model& model, const Cluster& cluster, const Plan& plan, const Report& measured,
+struct OverlapFit {
+  double sigma = 0, dispatch_us = 0;
+  struct Errors {
+    double backward = 0, comm_end = 0, iteration = 0;  // signed, relative
+  };
+  std::vector<Errors> before, after;  // per run: the cluster as given, and as fitted
+  bool dispatch_at_bound = false;     // the fit wanted more than the grid's 2000 us
+};
+OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, bool fit_sigma, bool fit_dispatch,
                        const CollectiveOptions& coll_opt);
 
 }  // namespace fuseplan

@@ -76,6 +76,11 @@ struct Cluster {
   // allreduce and backward share one processor equally (CPU ranks whose communication
   // is memory copies and additions by the same core).
   double comm_compute_sharing = 0;
+  // Per bucket, what a training step adds to each allreduce beyond what a back-to-back
+  // sweep measures: the executor handing the ready bucket to its communication stream and
+  // waking up for each round of messages (a CPU thread sharing a core). Fitted to plan
+  // runs by fuseplan calibrate --plan; counted with launch_overhead_us in every bucket.
+  double dispatch_overhead_us = 0;
   std::map<std::string, std::vector<Calibration>> calibrated;  // per algorithm, size segments
   std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
 
