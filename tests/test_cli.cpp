@@ -416,22 +416,42 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
 }
 
-TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing into the cluster file") {
-  // The "measurement" is the prediction on local-cpu (sharing 1): the fit must find 1 again.
+TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispatch_overhead_us into the cluster file") {
+  // The "measurements" are predictions on local-cpu (sharing 0.83, dispatch 351 us): the
+  // fit must find them again, from a cluster file without them.
   const std::string plan = tmp("overlap-plan.json"), measured = tmp("overlap-measured.json"),
-                    out = tmp("overlap-cal.json"), other = tmp("overlap-other.json");
-  Run p = run("predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
-              "--batch-per-gpu 16 --precision fp32 --buckets splits:20,40 --save-plan " + plan + " --json");
+                    pt = tmp("overlap-pt.json"), pt_measured = tmp("overlap-pt-measured.json"),
+                    bare = tmp("overlap-bare.json"), out = tmp("overlap-cal.json"), other = tmp("overlap-other.json");
+  const std::string shape = "predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu "
+                            "--gpus 2 --batch-per-gpu 16 --precision fp32 --json ";
+  Run p = run(shape + "--buckets splits:20,40 --save-plan " + plan);
   REQUIRE(p.code == 0);
   std::ofstream(measured) << p.out;
-  Run c = run("calibrate --cluster local-cpu --plan " + plan + " --measured " + measured + " --out " + out);
-  INFO(c.out);
-  REQUIRE(c.code == 0);
-  CHECK_THAT(c.out, Catch::Contains("comm_compute_sharing = 1.000") && Catch::Contains("free overlap: iteration -"));
+  Run q = run(shape + "--buckets per-tensor --save-plan " + pt);
+  REQUIRE(q.code == 0);
+  std::ofstream(pt_measured) << q.out;
+  auto c = nlohmann::json::parse(std::ifstream(std::string(FUSEPLAN_CONFIG_DIR) + "/clusters/local-cpu.json"));
+  for (const char* key : {"comm_compute_sharing", "dispatch_overhead_us"}) {
+    c.erase(key);
+    c["provenance"].erase(key);
+  }
+  std::ofstream(bare) << c.dump(2);
+  Run both = run("calibrate --cluster " + bare + " --plan " + plan + " --measured " + measured + " --plan " + pt +
+                 " --measured " + pt_measured + " --out " + out);
+  INFO(both.out);
+  REQUIRE(both.code == 0);
+  CHECK_THAT(both.out, Catch::Contains("comm_compute_sharing = 0.830 (fitted), dispatch_overhead_us = 351.0 (fitted)"));
   const auto j = nlohmann::json::parse(std::ifstream(out));
-  CHECK(j.at("comm_compute_sharing").get<double>() == 1.0);
-  CHECK(j.at("provenance").contains("comm_compute_sharing"));
-  expect_bad("calibrate --plan " + plan, "--plan and --measured go together");
+  CHECK(j.at("comm_compute_sharing").get<double>() == Approx(0.83));
+  CHECK(j.at("dispatch_overhead_us").get<double>() == Approx(351));
+  CHECK(j.at("provenance").contains("dispatch_overhead_us"));
+  // One run: sharing alone, the dispatch kept at the file's.
+  Run one = run("calibrate --cluster local-cpu --plan " + plan + " --measured " + measured);
+  INFO(one.out);
+  REQUIRE(one.code == 0);
+  CHECK_THAT(one.out, Catch::Contains("comm_compute_sharing = 0.830 (fitted), dispatch_overhead_us = 351.0 (kept)"));
+  expect_bad("calibrate --plan " + plan, "give one --measured per --plan (1 plans, 0 measured)");
+  expect_bad("calibrate --plan " + plan + " --measured " + measured + " --fit sharing,speed", "--fit: unknown 'speed'");
   REQUIRE(run("predict --model resnet50 --cluster local-cpu --gpus 2 --save-plan " + other).code == 0);
   expect_bad("calibrate --plan " + other + " --measured " + measured, "measures another run than --plan");
   CHECK(!std::filesystem::exists(tmp("never-written.json")));
