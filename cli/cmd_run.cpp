@@ -266,7 +266,12 @@ void run_run(RunFlags& f) {
       mine.push_back(column([b](const StepSample& s) { return s.buckets[b].start_s; }));
       mine.push_back(column([b](const StepSample& s) { return s.buckets[b].end_s; }));
     }
-    for (const auto& s : samples) mine.push_back(s.seconds);
+    // Then every step's phases and bucket times, to find the rank each step waited for.
+    const size_t head = mine.size(), per_step = 6 + 3 * buckets.size();
+    for (const auto& s : samples) {
+      mine.insert(mine.end(), {s.seconds, s.data, s.forward, s.backward, s.wait, s.optimizer});
+      for (const auto& t : s.buckets) mine.insert(mine.end(), {t.ready_s, t.start_s, t.end_s});
+    }
     const size_t width = mine.size();
     const std::vector<double> all = world.allgather(mine);
     nlohmann::json events = nlohmann::json::array();
@@ -279,15 +284,37 @@ void run_run(RunFlags& f) {
         world.gather_text(f.t.profile_path.empty() ? "" : profile_json(f.t, data.model, net, result).dump());
     if (rank != 0) return;
 
-    auto avg = [&](size_t k) {
-      double s = 0;
-      for (int r = 0; r < P; ++r) s += all[size_t(r) * width + k];
-      return s / P;
-    };
     auto worst = [&](size_t k) {
       double s = 0;
       for (int r = 0; r < P; ++r) s = std::max(s, all[size_t(r) * width + k]);
       return s;
+    };
+    // Step k's value j on rank r (j: 0 step, 1 data, 2 forward, 3 backward, 4 wait,
+    // 5 optimizer, 6 + 3b.. bucket b's ready, start, end).
+    auto at = [&](int r, size_t k, size_t j) { return all[size_t(r) * width + head + k * per_step + j]; };
+    // Each step's critical rank: the slowest in forward + backward. Every allreduce waits
+    // for it, and it is the rank the predictor's profile describes (the slowest), so the
+    // phases are its; a faster rank's wait for it shows only in the spread.
+    const size_t S = samples.size();
+    std::vector<int> critical(S, 0), critical_steps(P, 0);
+    double spread = 0;
+    for (size_t k = 0; k < S; ++k) {
+      double lo = 1e300, hi = -1;
+      for (int r = 0; r < P; ++r) {
+        const double c = at(r, k, 2) + at(r, k, 3);
+        if (c > hi) {
+          hi = c;
+          critical[k] = r;
+        }
+        lo = std::min(lo, c);
+      }
+      spread += (hi - lo) / double(S);
+      ++critical_steps[size_t(critical[k])];
+    }
+    auto avg = [&](size_t j) {
+      double s = 0;
+      for (size_t k = 0; k < S; ++k) s += at(critical[k], k, j);
+      return s / double(S);
     };
     Report rep;
     rep.source = "measured";
@@ -298,7 +325,7 @@ void run_run(RunFlags& f) {
     rep.batch_per_gpu = plan.batch_per_gpu;
     rep.compute = plan.compute;
     rep.iteration_s = worst(0);  // the slowest rank's mean step
-    rep.data_wait_s = avg(1);
+    rep.data_wait_s = avg(1);  // the critical rank's, step by step
     rep.forward_s = avg(2);
     rep.backward_s = avg(3);
     rep.exposed_comm_s = avg(4);
@@ -343,12 +370,12 @@ void run_run(RunFlags& f) {
     for (size_t k = 0; k < samples.size(); ++k) {
       if (samples.size() > 40 && k % (samples.size() / 20) != 0 && k + 1 != samples.size()) continue;
       double w = 0;
-      for (int r = 0; r < P; ++r) w = std::max(w, all[size_t(r) * width + 6 + 3 * buckets.size() + k]);
+      for (int r = 0; r < P; ++r) w = std::max(w, at(r, k, 0));
       it.row({std::to_string(f.warmup + int64_t(k)), fixed(w * 1e3, 2)});
     }
     it.print(std::cout, "  ");
     std::cout << "\n  measured over " << samples.size() << " iterations after " << f.warmup
-              << " warm-up (means; ranks averaged):\n";
+              << " warm-up (means over steps of each step's critical rank: the slowest in forward + backward)\n";
     Table ph({"<phase", "ms"});
     ph.row({"iteration (slowest rank)", fixed(rep.iteration_s * 1e3, 2)});
     ph.row({"data wait", fixed(rep.data_wait_s * 1e3, 2)});
@@ -357,6 +384,13 @@ void run_run(RunFlags& f) {
     ph.row({"exposed communication", fixed(rep.exposed_comm_s * 1e3, 2)});
     ph.row({"optimizer", fixed(rep.optimizer_s * 1e3, 2)});
     ph.print(std::cout, "  ");
+    if (P > 1) {
+      std::cout << "  rank imbalance: forward + backward differ by " << fixed(spread * 1e3, 2)
+                << " ms per step between the fastest and the slowest rank; critical rank per step:";
+      for (int r = 0; r < P; ++r)
+        if (critical_steps[size_t(r)] > 0) std::cout << " " << r << " (" << critical_steps[size_t(r)] << ")";
+      std::cout << "\n";
+    }
     std::cout << "\n";
     Table bt({"bucket", "<tensors", "bytes", "<algorithm", "stream", "ready ms", "start ms", "end ms", "busy ms"});
     for (const auto& b : rep.buckets)

@@ -335,10 +335,16 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
                            " --report " + report + " --trace " + trace);
     INFO(r.out);
     REQUIRE(r.code == 0);
-    CHECK_THAT(r.out, Catch::Contains("resnet18 x 2 ranks"));
+    CHECK_THAT(r.out, Catch::Contains("resnet18 x 2 ranks") && Catch::Contains("rank imbalance: forward + backward differ by"));
     const auto rep = nlohmann::json::parse(std::ifstream(report));
     CHECK(rep.at("source") == "measured");
     CHECK(rep.at("gpus") == 2);
+    // The phases are one rank's per step (the critical one): they fit in the slowest
+    // rank's mean step.
+    double phases = 0;
+    for (const char* k : {"data_wait_s", "forward_s", "backward_s", "exposed_comm_s", "optimizer_s"})
+      phases += rep.at(k).get<double>();
+    CHECK(phases <= rep.at("iteration_s").get<double>() * 1.001);
     REQUIRE(rep.at("buckets").size() == planned.at("buckets").size());
     for (const auto& b : rep.at("buckets")) {
       CHECK(b.at("start_s").get<double>() >= b.at("ready_s").get<double>());
