@@ -163,19 +163,51 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
     return seg;
   };
   if (n < 2) throw InputError("calibrate: " + s.algorithm + " needs at least two sizes to fit");
-  SegmentedFit out;
-  for (size_t i = 0; i < n;) {
-    size_t j = n - 1;
-    if (int(out.segments.size()) + 1 < max_segments && n - i >= 2 * min_sizes) {
-      // The longest range within tolerance that leaves none or enough sizes behind it.
-      j = i + min_sizes - 1;
-      for (size_t end = j; end < n; ++end) {
-        if (end + 1 < n && n - end - 1 < min_sizes) continue;
-        if (fit_range(i, end).max_rel_err <= tolerance) j = end;
+  // Every admissible range's fit and squared error (sum over its sizes), then per range
+  // count the partition of the sizes with the least total squared error (dynamic
+  // programming over where the last range starts).
+  const size_t K = std::min<size_t>(size_t(max_segments), std::max<size_t>(1, n / min_sizes));
+  std::vector<std::vector<SegmentFit>> range(n, std::vector<SegmentFit>(n));
+  std::vector<std::vector<double>> sse(n, std::vector<double>(n, std::numeric_limits<double>::infinity()));
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = i + (n < min_sizes ? n - 1 : min_sizes - 1); j < n; ++j) {
+      range[i][j] = fit_range(i, j);
+      const Calibration& k = range[i][j].k;
+      double e2 = 0;
+      for (size_t q = i; q <= j; ++q) {
+        const SweepPoint& p = s.points[idx[q]];
+        const double e = (calibrated_time(algo, s, k, p.bytes, launch_s) - p.seconds) / p.seconds;
+        e2 += e * e;
       }
+      sse[i][j] = e2;
     }
-    out.segments.push_back(fit_range(i, j));
-    i = j + 1;
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  // best[m][j]: least error of sizes 0..j in m + 1 ranges; from[m][j]: where the last starts.
+  std::vector<std::vector<double>> best(K, std::vector<double>(n, kInf));
+  std::vector<std::vector<size_t>> from(K, std::vector<size_t>(n, 0));
+  for (size_t j = 0; j < n; ++j) best[0][j] = sse[0][j];
+  for (size_t m = 1; m < K; ++m)
+    for (size_t j = 0; j < n; ++j)
+      for (size_t i = 1; i <= j; ++i)
+        if (best[m - 1][i - 1] + sse[i][j] < best[m][j]) {
+          best[m][j] = best[m - 1][i - 1] + sse[i][j];
+          from[m][j] = i;
+        }
+  // The fewest ranges whose every size is within tolerance; else the most allowed.
+  SegmentedFit out;
+  for (size_t m = 0; m < K; ++m) {
+    if (!(best[m][n - 1] < kInf)) continue;
+    std::vector<SegmentFit> segs;
+    for (size_t j = n - 1, level = m;; --level) {
+      const size_t i = level == 0 ? 0 : from[level][j];
+      segs.insert(segs.begin(), range[i][j]);
+      if (level == 0) break;
+      j = i - 1;
+    }
+    out.segments = segs;
+    bool within = true;
+    for (const auto& seg : segs) within = within && seg.max_rel_err <= tolerance;
+    if (within) break;
   }
   const std::vector<Calibration> k = out.constants();
   for (const SweepPoint& p : s.points) {
