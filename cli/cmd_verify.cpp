@@ -37,6 +37,24 @@ void run_verify(VerifyFlags& f) {
   CollectiveModel coll(cluster, plan.gpus, f.setup.collective());
   ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
   const Report predicted = predict(model, cluster, plan, coll, compute, f.setup.goal(), true);
+  // Compute drift: forward has no communication, so a measured forward away from the
+  // profile's says the machine ran at another speed than when it was profiled (shared
+  // machines drift by 10-30 % within minutes). The prediction again with the profile
+  // scaled to this run's forward speed separates that from the communication model.
+  std::optional<Report> at_speed;
+  const bool profiled = !model.layers.empty() && model.layers.front().measured.has_value();
+  const double drift = predicted.forward_s > 0 ? measured.forward_s / predicted.forward_s : 1;
+  if (profiled && std::abs(drift - 1) > 0.02) {
+    Model scaled = model;
+    for (Layer& l : scaled.layers)
+      if (l.measured) {
+        l.measured->fwd_us *= drift;
+        l.measured->bwd_us *= drift;
+      }
+    if (scaled.measured_optimizer_us) *scaled.measured_optimizer_us *= drift;
+    ComputeModel scaled_compute(scaled, cluster, plan.batch_per_gpu, plan.compute);
+    at_speed = predict(scaled, cluster, plan, coll, scaled_compute, f.setup.goal(), false);
+  }
   std::optional<Report> simulated;
   std::string no_sim_reason;
   if (f.no_sim)
@@ -74,7 +92,12 @@ void run_verify(VerifyFlags& f) {
     for (const auto& r : rows)
       j.push_back({{"metric", r.name}, {"predicted_s", r.p}, {"simulated_s", simulated ? nlohmann::json(r.s) : nullptr},
                    {"measured_s", r.m}});
-    std::cout << nlohmann::json{{"plan", f.plan_path}, {"cluster", cluster.name}, {"rows", j}}.dump(2) << "\n";
+    nlohmann::json out{{"plan", f.plan_path}, {"cluster", cluster.name}, {"rows", j}};
+    if (at_speed)
+      out["at_measured_compute_speed"] = {{"compute_scale", drift},
+                                          {"iteration_s", at_speed->iteration_s},
+                                          {"comm_end_s", at_speed->comm_end_s}};
+    std::cout << out.dump(2) << "\n";
   } else {
     std::cout << "fuseplan verify: " << plan.model << " x " << plan.gpus << " GPUs, batch " << plan.batch_per_gpu
               << ", " << plan.buckets.size() << " buckets; predicted and simulated on " << cluster.name
@@ -85,6 +108,11 @@ void run_verify(VerifyFlags& f) {
       t.row({r.name, ms(r.p), ms(r.s), ms(r.m), rel_err(r.p, r.m), simulated ? rel_err(r.s, r.m) : "-"});
     t.print(std::cout, "  ");
     if (!no_sim_reason.empty()) std::cout << "\n  " << no_sim_reason << "\n";
+    if (at_speed)
+      std::cout << "\n  compute drift: this run's forward (no communication in it) took " << fixed(drift, 3)
+                << "x the profile's;\n  with the profile scaled by it, predicted iteration " << ms(at_speed->iteration_s)
+                << " ms (" << rel_err(at_speed->iteration_s, measured.iteration_s) << "), last allreduce end "
+                << ms(at_speed->comm_end_s) << " ms (" << rel_err(at_speed->comm_end_s, measured.comm_end_s) << ")\n";
     if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
       std::cout << (no_sim_reason.empty() ? "\n" : "") << "  predicted with comm_compute_sharing "
                 << fixed(cluster.comm_compute_sharing, 2)

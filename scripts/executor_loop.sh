@@ -22,7 +22,7 @@ $B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --holdout --ou
 $B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --fit-sizes 256K:256M --holdout --out $out/cal-comm.json
 echo "== per-layer profile (one bucket, $ranks ranks)"
 $B/fuseplan predict $shape --cluster $out/cal-comm.json --buckets single --save-plan $out/profile-plan.json >/dev/null
-$mpi $B/fuseplan-exec run --plan $out/profile-plan.json --dataset synthetic --iterations 10 --quiet \
+$mpi $B/fuseplan-exec run --plan $out/profile-plan.json --dataset synthetic --iterations 20 --quiet \
   --profile $out/profile.json >/dev/null
 echo "== overlap: the free-overlap optimum and per-tensor, measured, fit comm_compute_sharing and dispatch_overhead_us"
 python3 -c "import json; c=json.load(open('$out/cal-comm.json')); p=c.get('provenance', {}); \
@@ -37,17 +37,21 @@ $B/fuseplan calibrate --cluster $out/cal-comm.json --profile $out/profile.json -
   --plan $out/fit-optimal.json --measured $out/measured-fit-optimal.json \
   --plan $out/fit-per-tensor.json --measured $out/measured-fit-per-tensor.json
 echo "== plans (single-mpi: one bucket through the library's MPI_Iallreduce, a framework's default)"
+# This machine's speed drifts by 10-20 % over minutes: the plans are tuned and verified
+# with a profile taken again right before their runs.
+$mpi $B/fuseplan-exec run --plan $out/profile-plan.json --dataset synthetic --iterations 20 --quiet \
+  --profile $out/profile-plans.json >/dev/null
 for s in optimal per-tensor single; do
-  $B/fuseplan tune $shape --cluster $out/cal.json --profile $out/profile.json --strategy $s --out $out/$s.json >/dev/null
+  $B/fuseplan tune $shape --cluster $out/cal.json --profile $out/profile-plans.json --strategy $s --out $out/$s.json >/dev/null
 done
-$B/fuseplan tune $shape --cluster $out/cal.json --profile $out/profile.json --strategy single --algorithm mpi \
+$B/fuseplan tune $shape --cluster $out/cal.json --profile $out/profile-plans.json --strategy single --algorithm mpi \
   --out $out/single-mpi.json >/dev/null
 echo "== run and verify (fresh runs, not the ones fitted)"
 for s in optimal per-tensor single single-mpi; do
   $mpi $B/fuseplan-exec run --plan $out/$s.json --dataset synthetic --iterations "$iters" --quiet \
     --report $out/measured-$s.json --trace $out/trace-$s.json >$out/run-$s.txt
   $B/fuseplan verify --plan $out/$s.json --measured $out/measured-$s.json --cluster $out/cal.json \
-    --profile $out/profile.json --trace $out/verify-$s.json >$out/verify-$s.txt
+    --profile $out/profile-plans.json --trace $out/verify-$s.json >$out/verify-$s.txt
   head -12 $out/verify-$s.txt | sed -n '4,11p' | sed "s/^/[$s] /"
 done
 echo "== measured iteration per plan"
