@@ -339,12 +339,16 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
     const auto rep = nlohmann::json::parse(std::ifstream(report));
     CHECK(rep.at("source") == "measured");
     CHECK(rep.at("gpus") == 2);
-    // The phases are one rank's per step (the critical one), and the ranks' steps are
-    // synchronous: they add up to the iteration, up to the untimed gaps and clock skew.
+    // The phases are one rank's per step (the critical one): they make up most of the
+    // iteration (the slowest rank's mean step) and never much more; on a loaded machine
+    // the ranks' steps drift apart, hence the wide bounds.
     double phases = 0;
-    for (const char* k : {"data_wait_s", "forward_s", "backward_s", "exposed_comm_s", "optimizer_s"})
+    for (const char* k : {"data_wait_s", "forward_s", "backward_s", "exposed_comm_s", "optimizer_s"}) {
+      CHECK(rep.at(k).get<double>() >= 0);
       phases += rep.at(k).get<double>();
-    CHECK(phases == Approx(rep.at("iteration_s").get<double>()).epsilon(0.1));
+    }
+    CHECK(phases > 0.5 * rep.at("iteration_s").get<double>());
+    CHECK(phases < 1.1 * rep.at("iteration_s").get<double>());
     REQUIRE(rep.at("buckets").size() == planned.at("buckets").size());
     for (const auto& b : rep.at("buckets")) {
       CHECK(b.at("start_s").get<double>() >= b.at("ready_s").get<double>());
