@@ -77,12 +77,6 @@ struct StepSample {
   std::vector<exec::BucketTiming> buckets;
 };
 
-double mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / double(v.size());
-}
-
 void run_run(RunFlags& f) {
   exec::MpiWorld world(nullptr, nullptr);
   const int rank = world.rank();
@@ -249,25 +243,10 @@ void run_run(RunFlags& f) {
         epoch_progress(bar));
     if (samples.empty()) throw InputError("--iterations: no step after the warm-up was measured");
 
-    // Per rank: mean of each phase and of each bucket's times; gathered on every rank.
-    auto column = [&](auto get) {
-      std::vector<double> v;
-      for (const auto& s : samples) v.push_back(get(s));
-      return mean(v);
-    };
-    std::vector<double> mine = {column([](const StepSample& s) { return s.seconds; }),
-                                column([](const StepSample& s) { return s.data; }),
-                                column([](const StepSample& s) { return s.forward; }),
-                                column([](const StepSample& s) { return s.backward; }),
-                                column([](const StepSample& s) { return s.wait; }),
-                                column([](const StepSample& s) { return s.optimizer; })};
-    for (size_t b = 0; b < buckets.size(); ++b) {
-      mine.push_back(column([b](const StepSample& s) { return s.buckets[b].ready_s; }));
-      mine.push_back(column([b](const StepSample& s) { return s.buckets[b].start_s; }));
-      mine.push_back(column([b](const StepSample& s) { return s.buckets[b].end_s; }));
-    }
-    // Then every step's phases and bucket times, to find the rank each step waited for.
-    const size_t head = mine.size(), per_step = 6 + 3 * buckets.size();
+    // Per rank, every step's phases and bucket times (gathered on every rank), to find
+    // the rank each step waited for.
+    const size_t per_step = 6 + 3 * buckets.size();
+    std::vector<double> mine;
     for (const auto& s : samples) {
       mine.insert(mine.end(), {s.seconds, s.data, s.forward, s.backward, s.wait, s.optimizer});
       for (const auto& t : s.buckets) mine.insert(mine.end(), {t.ready_s, t.start_s, t.end_s});
@@ -284,14 +263,9 @@ void run_run(RunFlags& f) {
         world.gather_text(f.t.profile_path.empty() ? "" : profile_json(f.t, data.model, net, result).dump());
     if (rank != 0) return;
 
-    auto worst = [&](size_t k) {
-      double s = 0;
-      for (int r = 0; r < P; ++r) s = std::max(s, all[size_t(r) * width + k]);
-      return s;
-    };
     // Step k's value j on rank r (j: 0 step, 1 data, 2 forward, 3 backward, 4 wait,
     // 5 optimizer, 6 + 3b.. bucket b's ready, start, end).
-    auto at = [&](int r, size_t k, size_t j) { return all[size_t(r) * width + head + k * per_step + j]; };
+    auto at = [&](int r, size_t k, size_t j) { return all[size_t(r) * width + k * per_step + j]; };
     // Each step's critical rank: the slowest in forward + backward. Every allreduce waits
     // for it, and it is the rank the predictor's profile describes (the slowest), so the
     // phases are its; a faster rank's wait for it shows only in the spread.
@@ -324,7 +298,11 @@ void run_run(RunFlags& f) {
     rep.gpus = P;
     rep.batch_per_gpu = plan.batch_per_gpu;
     rep.compute = plan.compute;
-    rep.iteration_s = worst(0);  // the slowest rank's mean step
+    for (int r = 0; r < P; ++r) {  // the slowest rank's mean step
+      double sum = 0;
+      for (size_t k = 0; k < S; ++k) sum += at(r, k, 0);
+      rep.iteration_s = std::max(rep.iteration_s, sum / double(S));
+    }
     rep.data_wait_s = avg(1);  // the critical rank's, step by step
     rep.forward_s = avg(2);
     rep.backward_s = avg(3);
