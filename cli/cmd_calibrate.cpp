@@ -147,7 +147,6 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
     runs.push_back(std::move(run));
   }
   const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
-  auto pct = [](double e) { return (e >= 0 ? "+" : "") + fixed(100 * e, 1) + " %"; };
   std::cout << "\n  overlap: " << runs.size() << " measured run(s)"
             << (f.profile.empty() ? ", no --profile: modelled compute" : ", profile " + f.profile) << "\n"
             << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (sharing ? " (fitted)" : " (kept)")
@@ -157,9 +156,9 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
   std::string sources;
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& a = fit.after[i];
-    t.row({f.plans[i], std::to_string(runs[i].plan.buckets.size()), pct(a.backward), pct(a.comm_end), pct(a.iteration),
-           pct(fit.before[i].iteration)});
-    sources += (i ? ", " : "") + f.plans[i] + " (" + pct(a.iteration) + ")";
+    t.row({f.plans[i], std::to_string(runs[i].plan.buckets.size()), signed_percent(a.backward),
+           signed_percent(a.comm_end), signed_percent(a.iteration), signed_percent(fit.before[i].iteration)});
+    sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(a.iteration) + ")";
   }
   t.print(std::cout, "    ");
   std::cout << "    (errors of the prediction against each measurement; before = the cluster as given)\n";

@@ -24,8 +24,7 @@ struct VerifyFlags {
 
 std::string rel_err(double model, double measured) {
   if (!(std::abs(measured) > 1e-12)) return "-";
-  const double e = (model - measured) / measured;
-  return (e >= 0 ? "+" : "") + fixed(100 * e, 1) + " %";
+  return signed_percent((model - measured) / measured);
 }
 
 void run_verify(VerifyFlags& f) {

@@ -55,6 +55,11 @@ std::string grouped(int64_t v) {
   return v < 0 ? "-" + out : out;
 }
 
+std::string signed_percent(double fraction) {
+  std::string out = fraction >= 0 ? "+" : "";
+  return out.append(fixed(100 * fraction, 1)).append(" %");
+}
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;

@@ -26,5 +26,6 @@ std::string human_bytes(double bytes);   // 97.5 MiB
 std::string ms(double seconds, int decimals = 2);
 std::string human_duration(double seconds);  // 6.6 min, 1.2 h
 std::string percent(double fraction, int decimals = 1);
+std::string signed_percent(double fraction);  // +12.3 %, -4.0 %
 
 }  // namespace fuseplan::cli
