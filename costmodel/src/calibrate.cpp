@@ -145,8 +145,8 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
     if (use.empty() || use[i]) idx.push_back(i);
   std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return s.points[a].bytes < s.points[b].bytes; });
   const size_t n = idx.size(), min_sizes = 3;
-  // The fit over idx[i..j] and its errors on those sizes.
-  auto fit_range = [&](size_t i, size_t j) {
+  // The fit over idx[i..j], its errors on those sizes and their sum of squares.
+  auto fit_range = [&](size_t i, size_t j, double& sq) {
     std::vector<bool> mask(s.points.size(), false);
     for (size_t q = i; q <= j; ++q) mask[idx[q]] = true;
     const CalibrationFit f = fit_calibration(algo, s, launch_s, mask);
@@ -155,10 +155,12 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
     seg.k.from_bytes = s.points[idx[i]].bytes;
     seg.k.to_bytes = s.points[idx[j]].bytes;
     seg.sizes = int(j - i + 1);
+    sq = 0;
     for (size_t q = i; q <= j; ++q) {
       const double e = std::abs(f.predicted_s[idx[q]] - s.points[idx[q]].seconds) / s.points[idx[q]].seconds;
       seg.mean_rel_err += e / seg.sizes;
       seg.max_rel_err = std::max(seg.max_rel_err, e);
+      sq += e * e;
     }
     return seg;
   };
@@ -170,17 +172,7 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
   std::vector<std::vector<SegmentFit>> range(n, std::vector<SegmentFit>(n));
   std::vector<std::vector<double>> sse(n, std::vector<double>(n, std::numeric_limits<double>::infinity()));
   for (size_t i = 0; i < n; ++i)
-    for (size_t j = i + (n < min_sizes ? n - 1 : min_sizes - 1); j < n; ++j) {
-      range[i][j] = fit_range(i, j);
-      const Calibration& k = range[i][j].k;
-      double e2 = 0;
-      for (size_t q = i; q <= j; ++q) {
-        const SweepPoint& p = s.points[idx[q]];
-        const double e = (calibrated_time(algo, s, k, p.bytes, launch_s) - p.seconds) / p.seconds;
-        e2 += e * e;
-      }
-      sse[i][j] = e2;
-    }
+    for (size_t j = i + (n < min_sizes ? n - 1 : min_sizes - 1); j < n; ++j) range[i][j] = fit_range(i, j, sse[i][j]);
   constexpr double kInf = std::numeric_limits<double>::infinity();
   // best[m][j]: least error of sizes 0..j in m + 1 ranges; from[m][j]: where the last starts.
   std::vector<std::vector<double>> best(K, std::vector<double>(n, kInf));
