@@ -2,6 +2,7 @@
 // (size, count, type, time, algbw, busbw), predicted by the cost model.
 #include <iostream>
 #include <memory>
+#include <sstream>
 
 #include "commands.hpp"
 #include "format.hpp"
@@ -15,11 +16,45 @@ namespace fuseplan::cli {
 
 namespace {
 struct CollectiveFlags {
-  std::string algorithm = "auto", cluster = "tencent-p40", sizes = "4K:256M", precision = "fp32";
+  std::string algorithm = "auto", cluster = "tencent-p40", sizes = "4K:256M", precision = "fp32", nccl_version;
   int gpus = 8, group = 0, torus_x = 0;
   double step = 2;
-  bool json = false, simulate = false, quiet = false;
+  bool json = false, simulate = false, quiet = false, nccl_table = false;
 };
+
+// NCCL's view of the job as NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=GRAPH,TUNING prints it: the
+// channel graphs and the latency / bandwidth table of allreduce.
+void print_nccl_table(const NcclContext& ctx, std::ostream& os) {
+  const NcclSystem& s = ctx.system;
+  os << "# NCCL " << s.release << " tuning model: " << s.ranks << " ranks on " << s.nodes << " node"
+     << (s.nodes == 1 ? "" : "s") << ", sm" << s.compute_capability << ", " << (s.nvlink ? "NVLink" : "PCI")
+     << " inside nodes, CPU " << s.cpu << (s.nvls ? ", NVLink SHARP" : "") << (s.collnet ? ", CollNet (SHARP)" : "")
+     << "\n#\n";
+  Table g({"<graph", "channels", "bw intra GB/s", "bw inter GB/s", "<pattern", "<from"});
+  for (int a = 0; a < kNcclAlgos; ++a) {
+    const NcclGraph& x = s.graphs[size_t(a)];
+    if (x.channels == 0) continue;
+    g.row({std::string(nccl_algo_name(NcclAlgo(a))), std::to_string(x.channels), fixed(x.bw_intra_GBps, 1),
+           fixed(x.bw_inter_GBps, 1), NcclAlgo(a) == NcclAlgo::Tree ? (x.tree_pattern ? "tree" : "balanced tree") : "",
+           x.origin});
+  }
+  std::ostringstream gs;
+  g.print(gs, "#  ");
+  os << gs.str() << "#\n";
+  Table t({"<allreduce", "LL lat us", "LL algbw", "LL128 lat us", "LL128 algbw", "Simple lat us", "Simple algbw"});
+  for (int a = 0; a < kNcclAlgos; ++a) {
+    std::vector<std::string> row{std::string(nccl_algo_name(NcclAlgo(a)))};
+    for (int p = 0; p < kNcclProtos; ++p) {
+      const bool on = ctx.tuning.enabled(NcclAlgo(a), NcclProto(p));
+      row.push_back(on ? fixed(ctx.tuning.latency_us[size_t(a)][size_t(p)], 1) : "-");
+      row.push_back(on ? fixed(ctx.tuning.bandwidth_GBps[size_t(a)][size_t(p)], 1) : "-");
+    }
+    t.row(row);
+  }
+  std::ostringstream ts;
+  t.print(ts, "#  ");
+  os << ts.str() << "#  (algbw in GB/s; - = disabled here)\n#\n";
+}
 
 std::string algorithms_help() {
   std::string h = "allreduce algorithm: auto (cheapest per size) or one of:";
@@ -42,6 +77,10 @@ void add_collective_command(CLI::App& app) {
   cmd->add_option("--torus-x", f->torus_x, "torus2d row length in GPUs (default: square-ish grid)");
   cmd->add_flag("--simulate", f->simulate, "also replay each allreduce's schedule message by message in SimGrid "
                                            "(one rank per host; adds the sim time and sim/model columns)");
+  add_nccl_version_option(cmd, f->nccl_version);
+  cmd->add_flag("--nccl-table", f->nccl_table,
+                "on an NCCL cluster, also print NCCL's channel graphs and latency/bandwidth table (as "
+                "NCCL_DEBUG_SUBSYS=TUNING does)");
   cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
   cmd->add_flag("--quiet", f->quiet, "with --simulate: no progress on stderr");
   cmd->callback([f] {
@@ -53,7 +92,9 @@ void add_collective_command(CLI::App& app) {
     if (hi < lo) throw InputError("--sizes: MAX must be >= MIN");
     if (!(f->step > 1)) throw InputError("--step-factor: must be > 1 (got " + fixed(f->step, 3) + ")");
     if (f->algorithm != "auto") find_algorithm(f->algorithm);
-    CollectiveModel model(c, f->gpus, {f->group, f->torus_x});
+    CollectiveModel model(c, f->gpus, {f->group, f->torus_x, f->nccl_version});
+    if (f->nccl_table && !model.nccl())
+      throw InputError("--nccl-table: cluster " + c.name + " runs " + c.library + ", not NCCL");
     const int eb = bytes_per_element(p);
     const char* type = p == Precision::FP32 ? "float" : (p == Precision::FP16 ? "half" : "bfloat16");
     nlohmann::json rows = nlohmann::json::array();
@@ -69,16 +110,20 @@ void add_collective_command(CLI::App& app) {
       auto ch = model.cost(f->algorithm, count, p);
       double s = ch.total_s();
       double alg = algbw_GBps(double(bytes), s), bus = busbw_GBps(double(bytes), s, f->gpus);
+      const std::string variant = CollectiveModel::variant_name(ch);
       std::vector<std::string> cells{std::to_string(bytes), std::to_string(count), type, "sum", fixed(s * 1e6, 2),
                                      fixed(alg, 2), fixed(bus, 2),
-                                     std::string(ch.algorithm->name) + (ch.calibrated ? " (calibrated)" : "")};
+                                     std::string(ch.algorithm->name) + (variant.empty() ? "" : " " + variant) +
+                                         (ch.calibrated ? " (calibrated)" : "")};
       nlohmann::json row{{"size_bytes", bytes}, {"count", count}, {"type", type}, {"time_us", s * 1e6}, {"algbw_GBps", alg},
-                         {"busbw_GBps", bus}, {"algorithm", ch.algorithm->name}, {"latency_us", ch.cost.latency_s * 1e6},
+                         {"busbw_GBps", bus}, {"algorithm", ch.algorithm->name}, {"variant", variant},
+                         {"latency_us", ch.cost.latency_s * 1e6},
                          {"bandwidth_us", ch.cost.bandwidth_s * 1e6}, {"reduce_us", ch.cost.reduce_s * 1e6},
                          {"launch_us", ch.launch_s * 1e6}, {"rounds", ch.cost.rounds}};
       if (f->simulate) {
         // The simulator replays the messages; the launch overhead is added as in the model.
-        auto sim = sim::simulate_allreduce(c, f->gpus, std::string(ch.algorithm->name), count, p, {f->group, f->torus_x});
+        auto sim = sim::simulate_allreduce(c, f->gpus, std::string(ch.algorithm->name), count, p,
+                                           {f->group, f->torus_x, f->nccl_version});
         double st = sim.simulated_s + ch.launch_s;
         cells.push_back(fixed(st * 1e6, 2));
         cells.push_back(fixed(st / s, 3));
@@ -98,6 +143,7 @@ void add_collective_command(CLI::App& app) {
     std::cout << "# fuseplan collective: allreduce, " << f->gpus << " ranks on " << c.name << " (" << nodes
               << " node" << (nodes == 1 ? "" : "s") << "), algorithm " << f->algorithm << ", predicted\n"
               << "# time in us, algbw = bytes / time, busbw = algbw * 2(n-1)/n (nccl-tests definitions)\n#\n";
+    if (f->nccl_table) print_nccl_table(*model.nccl(), std::cout);
     std::ostringstream os;
     t.print(os, "  ");
     std::cout << os.str();

@@ -21,6 +21,7 @@ struct WhatIfFlags {
   std::string models = "resnet50", cluster = "tencent-p40", gpus = "1024", inter_bw, batch = "0";
   std::string precisions = "fp16", transfer, algorithms = "auto", strategies = "optimal";
   int segments = 2, group = 0, torus_x = 0, max_gpus = 0;
+  std::string nccl_version;
   double epochs = 90;
   int64_t dataset_size = 1281167;
   std::string format = "table", out, deadline, solve = "bandwidth";
@@ -154,7 +155,7 @@ void run_whatif(const WhatIfFlags& f) {
     throw InputError("--format: unknown value '" + f.format + "' (valid: table, csv, json)");
   WhatIfSettings settings;
   settings.model_options = f.model_shape.options();
-  settings.collective = {f.group, f.torus_x};
+  settings.collective = {f.group, f.torus_x, f.nccl_version};
   settings.goal = {f.epochs, f.dataset_size};
   if (f.epochs <= 0) throw InputError("--epochs: must be > 0");
   if (f.dataset_size <= 0) throw InputError("--dataset-size: must be > 0");
@@ -268,6 +269,7 @@ void add_whatif_command(CLI::App& app) {
   cmd->add_option("--segments", f->segments, "K for k-split")->capture_default_str();
   cmd->add_option("--group", f->group, "hierarchical group size in GPUs (default: GPUs per node)");
   cmd->add_option("--torus-x", f->torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  add_nccl_version_option(cmd, f->nccl_version);
   cmd->add_option("--epochs", f->epochs, "epochs for time to train")->capture_default_str();
   cmd->add_option("--dataset-size", f->dataset_size, "samples per epoch (default: ImageNet-1k)");
   cmd->add_option("--format", f->format, "table | csv | json")->capture_default_str();

@@ -25,7 +25,7 @@ struct ModelFlags {
 // the setup shared by predict, tune, compare and whatif.
 struct SetupFlags {
   ModelFlags model;
-  std::string cluster = "tencent-p40", precision = "fp16", transfer, profile;
+  std::string cluster = "tencent-p40", precision = "fp16", transfer, profile, nccl_version;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
   double epochs = 90, inter_bw_Gbps = 0, inter_lat_us = -1;
   int64_t dataset_size = 1281167;
@@ -52,9 +52,12 @@ struct SetupFlags {
     Plan plan;
   };
   PlanSetup load_plan_file(const std::string& path) const;
-  CollectiveOptions collective() const { return {group, torus_x}; }
+  CollectiveOptions collective() const { return {group, torus_x, nccl_version}; }
   TrainingGoal goal() const { return {epochs, dataset_size}; }
 };
+
+// --nccl-version, listing the NCCL releases whose tuning constants the model carries.
+void add_nccl_version_option(CLI::App* app, std::string& release);
 
 // A measured report (fuseplan-exec run --report) of `plan`: the same model, rank count,
 // batch and bucket count, or InputError naming both files.

@@ -22,6 +22,7 @@ void SetupFlags::add(CLI::App* app) {
   app->add_option("--transfer", transfer, "gradient transfer precision: fp16 | bf16 | fp32 (default: the compute precision)");
   app->add_option("--group", group, "hierarchical group size in GPUs (default: GPUs per node)");
   app->add_option("--torus-x", torus_x, "torus2d row length in GPUs (default: square-ish grid)");
+  add_nccl_version_option(app, nccl_version);
   app->add_option("--profile", profile,
                   "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
                   "roofline");
@@ -29,6 +30,14 @@ void SetupFlags::add(CLI::App* app) {
   app->add_option("--inter-lat", inter_lat_us, "what-if: inter-node latency in microseconds (default: the cluster's)");
   app->add_option("--epochs", epochs, "epochs for the time-to-train figure")->capture_default_str();
   app->add_option("--dataset-size", dataset_size, "samples per epoch (default: ImageNet-1k, 1281167)");
+}
+
+void add_nccl_version_option(CLI::App* app, std::string& release) {
+  std::string valid;
+  for (const auto& r : nccl_releases()) valid += (valid.empty() ? "" : " | ") + r;
+  app->add_option("--nccl-version", release,
+                  "NCCL release whose tuning constants price NCCL clusters: " + valid +
+                      " (2.20 = 2.19-2.22, 2.23 = 2.23 and later; default: the cluster file's, else the newest)");
 }
 
 SetupFlags::Resolved SetupFlags::resolve() const {

@@ -22,6 +22,9 @@ constexpr double kReduceMemoryPasses = 3.0;
 
 const char* const kTopologies[] = {"fat-tree", "torus", "dragonfly", "star"};
 const char* const kIntraKinds[] = {"nvlink", "nvswitch", "pcie", "shm"};
+const char* const kLibraries[] = {"mpi", "nccl"};
+const char* const kCpus[] = {"intel", "amd", "arm", "power"};
+const char* const kNcclGraphs[] = {"ring", "tree", "collnet_direct", "collnet_chain", "nvls"};
 
 template <size_t N>
 bool one_of(const std::string& s, const char* const (&set)[N]) {
@@ -112,6 +115,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   if (c.device.memory_efficiency > 1) d.fail("memory_efficiency", "is a fraction of peak, must be <= 1");
   c.device.kernel_overhead_us = d.opt_number("kernel_overhead_us").value_or(0);
   if (c.device.kernel_overhead_us < 0) d.fail("kernel_overhead_us", "must be >= 0");
+  c.device.compute_capability = static_cast<int>(d.opt_integer("compute_capability", 30, 200).value_or(0));
+  c.device.pcie_gen = static_cast<int>(d.opt_integer("pcie_gen", 1, 7).value_or(0));
   d.finish();
 
   auto in = r.object("intra_node");
@@ -123,6 +128,12 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   c.intra.gpus_per_switch = static_cast<int>(in.opt_integer("gpus_per_switch", 1, 1024).value_or(0));
   c.intra.uplink_bw_GBps = in.opt_number("uplink_bw_GBps").value_or(0);
   if (c.intra.uplink_bw_GBps < 0) in.fail("uplink_bw_GBps", "must be >= 0");
+  c.intra.nvlink_links = static_cast<int>(in.opt_integer("nvlink_links", 1, 64).value_or(0));
+  c.intra.nvlink_sharp = in.opt_boolean("nvlink_sharp").value_or(false);
+  c.intra.p2p = in.opt_boolean("p2p").value_or(true);
+  const bool nvlink = c.intra.kind == "nvlink" || c.intra.kind == "nvswitch";
+  if (c.intra.nvlink_links > 0 && !nvlink) in.fail("nvlink_links", "only applies to kind nvlink or nvswitch");
+  if (c.intra.nvlink_sharp && c.intra.kind != "nvswitch") in.fail("nvlink_sharp", "needs kind nvswitch");
   in.finish();
 
   if (auto net = r.opt_object("inter_node")) {
@@ -168,10 +179,48 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
     if (n.host_copy_lat_us < 0) net->fail("host_copy_lat_us", "must be >= 0");
     if (!n.gdr && !(n.host_copy_bw_GBps > 0))
       net->fail("host_copy_bw_GBps", "must be > 0 when gdr is false (copies are staged through the host)");
+    n.sharp = net->opt_boolean("sharp").value_or(false);
     net->finish();
     c.inter = n;
   } else if (c.nodes > 1) {
     r.fail("inter_node", "missing: a cluster with more than one node needs an inter-node network");
+  }
+
+  c.library = r.opt_string("library").value_or("mpi");
+  if (!one_of(c.library, kLibraries))
+    r.fail("library", "unknown communication library '" + c.library + "' (valid: " + list(kLibraries) + ")");
+  if (auto nc = r.opt_object("nccl")) {
+    if (c.library != "nccl") nc->fail("release", "the nccl section needs \"library\": \"nccl\"");
+    c.nccl.release = nc->opt_string("release").value_or("");
+    c.nccl.cpu = nc->opt_string("cpu").value_or("intel");
+    if (!one_of(c.nccl.cpu, kCpus)) nc->fail("cpu", "unknown CPU '" + c.nccl.cpu + "' (valid: " + list(kCpus) + ")");
+    if (auto graphs = nc->opt_object("graphs")) {
+      for (const auto& name : graphs->keys()) {
+        if (!one_of(name, kNcclGraphs))
+          graphs->fail(name, "unknown NCCL graph (valid: " + list(kNcclGraphs) + "; nvls covers NVLS and NVLS Tree)");
+        auto g = graphs->object(name);
+        NcclGraph x;
+        x.channels = static_cast<int>(g.integer("channels", 1, 64));
+        x.bw_intra_GBps = g.positive("bw_intra_GBps");
+        x.bw_inter_GBps = g.positive("bw_inter_GBps");
+        x.latency_inter_us = g.opt_number("latency_inter_us").value_or(0);
+        if (!(x.latency_inter_us >= 0)) g.fail("latency_inter_us", "must be >= 0");
+        x.tree_pattern = g.opt_boolean("tree_pattern").value_or(false);
+        g.finish();
+        c.nccl.graphs[name] = x;
+      }
+      graphs->finish();
+    }
+    if (auto k = nc->opt_object("constants")) {
+      for (const auto& name : k->keys()) c.nccl.constants[name] = k->non_negative(name);
+      k->finish();
+    }
+    nc->finish();
+  }
+  if (c.library == "nccl") {
+    if (c.device.compute_capability < 60)
+      r.fail("device", "needs compute_capability (the CUDA sm, e.g. 80 or 90) when library is nccl");
+    nccl_constants(c.nccl.release, c.nccl.constants, origin);  // the release and constant names exist
   }
 
   c.launch_overhead_us = r.non_negative("launch_overhead_us");
@@ -194,6 +243,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       k.alpha_us = o.non_negative("alpha_us");
       k.beta_us_per_MB = o.non_negative("beta_us_per_MB");
       k.gamma_us_per_MB = o.non_negative("gamma_us_per_MB");
+      k.variant = static_cast<int>(o.opt_integer("variant", 0, 1 << 10).value_or(-1));
     };
     for (const auto& algo : cal->keys()) {
       auto a = cal->object(algo);
@@ -253,6 +303,24 @@ nlohmann::json cluster_to_json(const Cluster& c) {
                      {"kernel_overhead_us", c.device.kernel_overhead_us}}},
                    {"intra_node", {{"kind", c.intra.kind}, {"bw_GBps", c.intra.bw_GBps}, {"lat_us", c.intra.lat_us}}},
                    {"launch_overhead_us", c.launch_overhead_us}};
+  if (c.device.compute_capability > 0) j["device"]["compute_capability"] = c.device.compute_capability;
+  if (c.device.pcie_gen > 0) j["device"]["pcie_gen"] = c.device.pcie_gen;
+  if (c.intra.nvlink_links > 0) j["intra_node"]["nvlink_links"] = c.intra.nvlink_links;
+  if (c.intra.nvlink_sharp) j["intra_node"]["nvlink_sharp"] = true;
+  if (!c.intra.p2p) j["intra_node"]["p2p"] = false;
+  if (c.library != "mpi") j["library"] = c.library;
+  if (c.library == "nccl") {
+    nlohmann::json n = nlohmann::json::object();
+    if (!c.nccl.release.empty()) n["release"] = c.nccl.release;
+    if (c.nccl.cpu != "intel") n["cpu"] = c.nccl.cpu;
+    for (const auto& [name, g] : c.nccl.graphs) {
+      n["graphs"][name] = {{"channels", g.channels}, {"bw_intra_GBps", g.bw_intra_GBps}, {"bw_inter_GBps", g.bw_inter_GBps}};
+      if (g.latency_inter_us > 0) n["graphs"][name]["latency_inter_us"] = g.latency_inter_us;
+      if (g.tree_pattern) n["graphs"][name]["tree_pattern"] = true;
+    }
+    for (const auto& [name, v] : c.nccl.constants) n["constants"][name] = v;
+    if (!n.empty()) j["nccl"] = n;
+  }
   if (c.comm_compute_sharing > 0) j["comm_compute_sharing"] = c.comm_compute_sharing;
   if (c.dispatch_overhead_us > 0) j["dispatch_overhead_us"] = c.dispatch_overhead_us;
   if (c.intra.gpus_per_switch) j["intra_node"]["gpus_per_switch"] = c.intra.gpus_per_switch;
@@ -269,6 +337,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
                                       {"routers_per_group", n.dragonfly->routers_per_group},
                                       {"nodes_per_router", n.dragonfly->nodes_per_router}};
     if (n.fabric_link_bw_Gbps > 0) j["inter_node"]["fabric_link_bw_Gbps"] = n.fabric_link_bw_Gbps;
+    if (n.sharp) j["inter_node"]["sharp"] = true;
     if (!n.gdr) {
       j["inter_node"]["host_copy_bw_GBps"] = n.host_copy_bw_GBps;
       j["inter_node"]["host_copy_lat_us"] = n.host_copy_lat_us;
@@ -279,7 +348,9 @@ nlohmann::json cluster_to_json(const Cluster& c) {
     j["input_pipeline"] = {{"samples_per_s_per_gpu", c.input_samples_per_s_per_gpu}};
   for (const auto& [algo, segments] : c.calibrated) {
     auto constants = [](const Calibration& k) {
-      return nlohmann::json{{"alpha_us", k.alpha_us}, {"beta_us_per_MB", k.beta_us_per_MB}, {"gamma_us_per_MB", k.gamma_us_per_MB}};
+      nlohmann::json o{{"alpha_us", k.alpha_us}, {"beta_us_per_MB", k.beta_us_per_MB}, {"gamma_us_per_MB", k.gamma_us_per_MB}};
+      if (k.variant >= 0) o["variant"] = k.variant;
+      return o;
     };
     if (segments.size() == 1) {
       j["calibrated"][algo] = constants(segments[0]);
@@ -311,6 +382,7 @@ Calibration calibration_at(const std::vector<Calibration>& segments, double byte
   m.beta_us_per_MB = (1 - w) * a.beta_us_per_MB + w * b.beta_us_per_MB;
   m.gamma_us_per_MB = (1 - w) * a.gamma_us_per_MB + w * b.gamma_us_per_MB;
   m.from_bytes = m.to_bytes = bytes;
+  m.variant = a.variant == b.variant ? a.variant : -1;
   return m;
 }
 

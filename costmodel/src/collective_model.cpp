@@ -32,6 +32,15 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
     find_algorithm(name, c.source + ": $.calibrated");
     calibrated_[name] = k;
   }
+  library_ = c.library;
+  if (c.library == "nccl") {
+    auto ctx = std::make_shared<NcclContext>();
+    ctx->system = nccl_system(c, gpus, opt_.nccl_release, "--nccl-version");
+    ctx->tuning = nccl_tune(ctx->system);
+    nccl_ = std::move(ctx);
+  } else if (!opt_.nccl_release.empty()) {
+    throw InputError("--nccl-version: cluster " + c.name + " runs " + c.library + ", not NCCL");
+  }
 }
 
 CollectiveArgs CollectiveModel::args(int64_t count, Precision transfer) const {
@@ -42,6 +51,7 @@ CollectiveArgs CollectiveModel::args(int64_t count, Precision transfer) const {
   a.elem_bytes = bytes_per_element(transfer);
   a.group = opt_.group;
   a.torus_x = opt_.torus_x;
+  a.nccl = nccl_.get();
   return a;
 }
 
@@ -61,9 +71,17 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
     a.net = Net::uniform(k->alpha_us * 1e-6, k->beta_us_per_MB * 1e-12, k->gamma_us_per_MB * 1e-12);
     if (a.group == 0) a.group = topo_.per_node;
     a.topo.per_node = 1;
+    a.nccl = nullptr;  // the fitted form: alpha + beta n for NCCL's algorithms
+    if (k->variant >= 0 && k->variant < algo.variants) a.variant = k->variant;  // the depth it was fitted with
     ch.calibrated = true;
     ch.variant = best_variant(algo, a);
     ch.cost = closed_form_cost(algo, a);
+    return ch;
+  }
+  if (algo.direct && a.nccl) {
+    ch.variant = best_variant(algo, a);
+    a.variant = ch.variant;
+    ch.cost = algo.direct(a);
     return ch;
   }
   auto& cached = cache_[static_cast<size_t>(&algo - algorithms().data())];
@@ -87,11 +105,11 @@ std::optional<Calibration> CollectiveModel::calibration(std::string_view algorit
 
 std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const {
   std::vector<AffineTail> out;
-  if (!calibrated_.empty() || topo_.ranks == 1) return out;
+  if (!calibrated_.empty() || topo_.ranks == 1 || library_ == "nccl") return out;
   cost("auto", 2, transfer);  // fills the applicability and profile caches
   const auto& table = algorithms();
   for (size_t k = 0; k < table.size(); ++k) {
-    if (!applicable_[k] || !table[k].automatic) continue;
+    if (!applicable_[k] || !table[k].automatic || table[k].library != library_) continue;
     if (cache_[k].empty()) evaluate_one(table[k], args(2, transfer));
     for (const auto& prof : cache_[k]) {
       AffineTail t = affine_tail(prof, net_);
@@ -121,7 +139,9 @@ CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count
   CollectiveChoice best;
   double best_t = std::numeric_limits<double>::infinity();
   for (size_t k = 0; k < table.size(); ++k) {
-    if (!table[k].automatic || (count >= 2 ? !applicable_[k] : !table[k].not_applicable(a).empty())) continue;
+    if (!table[k].automatic || table[k].library != library_ ||
+        (count >= 2 ? !applicable_[k] : !table[k].not_applicable(a).empty()))
+      continue;
     auto ch = evaluate_one(table[k], a);
     if (ch.total_s() < best_t) {
       best_t = ch.total_s();
@@ -129,6 +149,18 @@ CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count
     }
   }
   return best;
+}
+
+bool CollectiveModel::monotone(std::string_view algorithm) const {
+  if (algorithm != "auto") return find_algorithm(algorithm).monotone;
+  for (const auto& a : algorithms())
+    if (a.automatic && a.library == library_ && !a.monotone) return false;
+  return true;
+}
+
+std::string CollectiveModel::variant_name(const CollectiveChoice& c) {
+  if (!c.algorithm || !c.algorithm->variant_name || c.calibrated) return "";
+  return c.algorithm->variant_name(c.variant);
 }
 
 }  // namespace fuseplan

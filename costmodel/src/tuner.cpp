@@ -129,6 +129,8 @@ class BucketCoster {
   }
   int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
   int tensors() const { return static_cast<int>(elems_.size()) - 1; }
+  // Whether costs grow with the bucket (the pruning's premise; NCCL's are not monotone).
+  bool monotone() const { return coll_.monotone(opt_.algorithm); }
   int64_t evaluations = 0;
 
  private:
@@ -151,11 +153,13 @@ double end_after(double free_at, const BucketTerms& t) {
 // max(best[i], R(i, j)) + C(i, j), nondecreasing in best[i], so prefixes combine
 // exactly. Pruning: R and C only grow as the bucket grows (i decreases; costs are
 // nondecreasing in bytes), so once R(i, j) + C(i, j) reaches the best end found, no
-// larger bucket can beat it and the scan over i stops.
+// larger bucket can beat it and the scan over i stops. NCCL's costs are not monotone in
+// bytes (its tree correction factors): then every i is scanned, O(L^2).
 std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective) {
   const int n = cost.tensors();
   const bool any = segments == 0;
   const int layers = any ? 1 : segments;
+  const bool prune = cost.monotone();
   // Layer k: the best end with exactly k + 1 buckets (any number when `any`).
   std::vector<double> prev(n + 1, kInf), cur(n + 1, kInf);
   std::vector<std::vector<int>> parent(layers, std::vector<int>(n + 1, 0));
@@ -182,7 +186,7 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
           best = end;
           parent[k][j] = i;
         }
-        if (t.ready_s + t.latency_s + t.bandwidth_s >= best) break;
+        if (prune && t.ready_s + t.latency_s + t.bandwidth_s >= best) break;
       }
       cur[j] = best;
     }

@@ -162,7 +162,10 @@ Allreduce::Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const Allre
   args.group = spec.group;
   args.torus_x = spec.torus_x;
   args.variant = spec.variant;
-  if (std::string why = algo.not_applicable(args); !why.empty())
+  // NCCL's algorithms run here as their point-to-point schedules (a plan made for an
+  // NCCL cluster, executed by the MPI exchange); NCCL's own applicability needs its view
+  // of the cluster, which the executor has no use for.
+  if (std::string why = algo.not_applicable(args); !why.empty() && algo.library != "nccl")
     throw InputError("algorithm " + spec.algorithm + " does not apply to " + std::to_string(topo.ranks) + " ranks: " + why);
   const Schedule s = schedule_of(algo, args);
   int64_t scratch_max = 0;

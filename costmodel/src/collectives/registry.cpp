@@ -9,12 +9,16 @@
 namespace fuseplan {
 
 extern const Algorithm kRing, kRecursiveDoubling, kRabenseifner, kBinaryBlocks, kDoubleBinaryTree,
-    kHierarchical, kHierarchicalRs, kTorus2d, kMpi;
+    kHierarchical, kHierarchicalRs, kTorus2d, kMpi, kNccl, kNcclRing, kNcclTree, kNcclNvls, kNcclNvlsTree,
+    kNcclCollnetDirect, kNcclCollnetChain;
 
+// The textbook algorithms (MPI clusters), the executor's MPI baseline, then NCCL's
+// (NCCL clusters): `nccl` is NCCL's own choice among the rest.
 const std::vector<Algorithm>& algorithms() {
-  static const std::vector<Algorithm> table{kRing,           kRecursiveDoubling, kRabenseifner,
-                                            kBinaryBlocks,   kDoubleBinaryTree,  kHierarchical,
-                                            kHierarchicalRs, kTorus2d,          kMpi};
+  static const std::vector<Algorithm> table{kRing,          kRecursiveDoubling, kRabenseifner,      kBinaryBlocks,
+                                            kDoubleBinaryTree, kHierarchical,   kHierarchicalRs,    kTorus2d,
+                                            kMpi,           kNccl,              kNcclRing,          kNcclTree,
+                                            kNcclNvls,      kNcclNvlsTree,      kNcclCollnetDirect, kNcclCollnetChain};
   return table;
 }
 
@@ -38,13 +42,19 @@ Net Net::uniform(double alpha, double beta, double gamma) {
   return n;
 }
 
+// The closed form of args.variant: NCCL's direct formula when it applies, else the profile.
+Cost variant_cost(const Algorithm& a, const CollectiveArgs& v) {
+  if (a.direct && v.nccl) return a.direct(v);
+  return evaluate(a.profile(v), v.net, v.bytes());
+}
+
 int best_variant(const Algorithm& a, const CollectiveArgs& args) {
   if (args.variant >= 0 || a.variants == 1) return std::max(args.variant, 0);
   CollectiveArgs v = args;
   int best = 0;
   double best_t = 0;
   for (v.variant = 0; v.variant < a.variants; ++v.variant) {
-    double t = evaluate(a.profile(v), v.net, v.bytes()).total();
+    double t = variant_cost(a, v).total();
     if (v.variant == 0 || t < best_t) {
       best = v.variant;
       best_t = t;
@@ -56,7 +66,7 @@ int best_variant(const Algorithm& a, const CollectiveArgs& args) {
 Cost closed_form_cost(const Algorithm& a, const CollectiveArgs& args) {
   CollectiveArgs v = args;
   v.variant = best_variant(a, args);
-  return evaluate(a.profile(v), v.net, v.bytes());
+  return variant_cost(a, v);
 }
 
 Schedule schedule_of(const Algorithm& a, const CollectiveArgs& args) {

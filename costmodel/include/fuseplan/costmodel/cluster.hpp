@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/costmodel/precision.hpp"
 
 namespace fuseplan {
@@ -21,6 +22,8 @@ struct DeviceSpec {
   std::map<Precision, double> compute_efficiency;  // achievable fraction of peak FLOP/s
   double memory_efficiency = 0.7;   // achievable fraction of memory bandwidth
   double kernel_overhead_us = 0;    // fixed cost per layer pass (kernel launch)
+  int compute_capability = 0;       // CUDA sm (70, 80, 90, ...); required when the cluster runs NCCL
+  int pcie_gen = 0;                 // the GPU's PCIe generation (x16); 0 = from the compute capability
 };
 
 struct IntraNodeLink {
@@ -29,6 +32,12 @@ struct IntraNodeLink {
   double lat_us = 0;       // per message
   int gpus_per_switch = 0; // PCIe: GPUs behind one switch uplink (for the simulator); 0 = n/a
   double uplink_bw_GBps = 0;
+  // As NCCL sees the node (library nccl): NVLinks per GPU (NCCL rates each link by the
+  // GPU's generation); NVLink SHARP on the NVSwitches (NVLS); PCIe peer-to-peer between
+  // GPUs (false: through host memory, as on consumer cards).
+  int nvlink_links = 0;
+  bool nvlink_sharp = false;
+  bool p2p = true;
 };
 
 struct InterNodeNetwork {
@@ -48,6 +57,18 @@ struct InterNodeNetwork {
   bool gdr = true;                    // GPUDirect RDMA; false = staged through host memory
   double host_copy_bw_GBps = 0;       // staging copy bandwidth (required when gdr = false)
   double host_copy_lat_us = 0;
+  bool sharp = false;                 // the switches reduce (SHARP): NCCL's CollNet algorithms
+};
+
+// How NCCL runs on the cluster (library nccl): the release whose tuning constants apply,
+// the host CPU (NCCL's LL bandwidth and network overhead depend on it), channel graphs
+// pinned as NCCL's INFO log printed them (by algorithm name; derived otherwise) and
+// overrides of named tuning constants (nccl_constant_rows()).
+struct NcclSettings {
+  std::string release;        // "" = the newest
+  std::string cpu = "intel";  // intel, amd, arm, power
+  std::map<std::string, NcclGraph> graphs;
+  std::map<std::string, double> constants;
 };
 
 // Calibrated parameters of one algorithm's textbook formula (fuseplan calibrate), for
@@ -55,6 +76,7 @@ struct InterNodeNetwork {
 struct Calibration {
   double alpha_us = 0, beta_us_per_MB = 0, gamma_us_per_MB = 0;
   double from_bytes = 0, to_bytes = 0;
+  int variant = -1;  // the variant (the tree's pipeline depth) the constants were fitted with; -1 = cheapest
 };
 
 // The constants for a message of `bytes` from an algorithm's size segments (ascending,
@@ -65,6 +87,10 @@ Calibration calibration_at(const std::vector<Calibration>& segments, double byte
 struct Cluster {
   std::string name, description, source;  // source = file path or "builtin"
   int nodes = 1, gpus_per_node = 1;
+  // The communication library the cluster's jobs use: "nccl" (GPU clusters; `auto` and
+  // plans choose among what NCCL runs) or "mpi" (the textbook algorithms).
+  std::string library = "mpi";
+  NcclSettings nccl;
   DeviceSpec device;
   IntraNodeLink intra;
   std::optional<InterNodeNetwork> inter;  // required when nodes > 1

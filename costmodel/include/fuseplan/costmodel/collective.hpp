@@ -9,6 +9,8 @@
 
 namespace fuseplan {
 
+struct NcclContext;
+
 // Ranks placed node-major: rank r lives on node r / per_node (the last node may be partial).
 struct Topo {
   int ranks = 1;
@@ -37,6 +39,9 @@ struct CollectiveArgs {
   int group = 0;       // hierarchical group size; 0 = ranks per node
   int torus_x = 0;     // 2D-torus row length; 0 = automatic
   int variant = -1;    // which of the algorithm's variants (the tree's chunking); -1 = cheapest
+  // NCCL's view of the cluster (its graphs and tuning tables) when the cluster runs NCCL;
+  // the NCCL algorithms apply only with it.
+  const NcclContext* nccl = nullptr;
   double bytes() const { return double(count) * elem_bytes; }
   int group_size() const;
 };
@@ -97,6 +102,19 @@ struct Algorithm {
   int variants = 1;
   // Whether `auto` considers it (the executor's "mpi" baseline is only used by name).
   bool automatic = true;
+  // The communication library that runs it: "mpi" (the textbook algorithms, run by the
+  // CPU executor) or "nccl" (NCCL's algorithms; `auto` on a cluster considers those of
+  // its own library only).
+  std::string_view library = "mpi";
+  // A closed form computed directly instead of from `profile` (NCCL's tuning model, whose
+  // latency is not a sum of rounds); used when CollectiveArgs::nccl is set. `profile` is
+  // then the form calibration fits (alpha + beta n per size range).
+  Cost (*direct)(const CollectiveArgs&) = nullptr;
+  // What variant v is, for reports ("tree/LL128"); nullptr when variants are unnamed.
+  std::string (*variant_name)(int) = nullptr;
+  // Whether its cost is nondecreasing in the message size for a fixed variant (the
+  // tuner's pruning relies on it; NCCL's tree correction factors break it).
+  bool monotone = true;
 };
 
 const std::vector<Algorithm>& algorithms();

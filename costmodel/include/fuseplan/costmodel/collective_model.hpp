@@ -3,6 +3,7 @@
 // the per-call launch overhead, and caches profiles.
 #pragma once
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,6 +11,7 @@
 
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective.hpp"
+#include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/costmodel/precision.hpp"
 
 namespace fuseplan {
@@ -17,6 +19,7 @@ namespace fuseplan {
 struct CollectiveOptions {
   int group = 0;    // hierarchical group size; 0 = GPUs per node
   int torus_x = 0;  // torus2d row length; 0 = automatic
+  std::string nccl_release;  // NCCL tuning constants of this release; "" = the cluster's (else the newest)
 };
 
 struct CollectiveChoice {
@@ -33,12 +36,14 @@ class CollectiveModel {
  public:
   CollectiveModel(const Cluster& c, int gpus, CollectiveOptions opt = {});
 
-  // `algorithm` is a registered name or "auto" (the cheapest applicable one). Throws
+  // `algorithm` is a registered name or "auto": the cheapest applicable algorithm of the
+  // cluster's library (on an NCCL cluster that is `nccl`, NCCL's own choice). Throws
   // InputError if a named algorithm does not apply to this rank layout.
   CollectiveChoice cost(std::string_view algorithm, int64_t count, Precision transfer) const;
   // The affine tails (launch included) of every applicable algorithm and variant for
   // messages of two elements or more, for the tuner's fast path; empty when some
-  // algorithm is calibrated (its cost then follows another network).
+  // algorithm is calibrated (its cost then follows another network) or when `auto` runs
+  // NCCL (whose costs are not affine in the size).
   std::vector<AffineTail> affine_tails(Precision transfer) const;
   // The schedule whose cost `choice` is (its algorithm and variant), for simulators and
   // executors.
@@ -51,6 +56,15 @@ class CollectiveModel {
   // (calibration_at); nullopt when it is not calibrated.
   std::optional<Calibration> calibration(std::string_view algorithm, double bytes) const;
   int gpus() const { return topo_.ranks; }
+  // NCCL's view of the cluster (graphs, tuning tables); nullptr unless it runs NCCL.
+  const NcclContext* nccl() const { return nccl_.get(); }
+  // The cluster's communication library ("nccl" or "mpi"): what `auto` chooses among.
+  const std::string& library() const { return library_; }
+  // Whether `algorithm`'s cost ("auto" included) is nondecreasing in the message size (the
+  // tuner's pruning needs it; NCCL's tree correction factors break it).
+  bool monotone(std::string_view algorithm) const;
+  // "tree/LL128" for NCCL's choices, "" when the algorithm's variants are unnamed.
+  static std::string variant_name(const CollectiveChoice& c);
 
  private:
   CollectiveChoice evaluate_one(const Algorithm& algo, CollectiveArgs a) const;
@@ -58,6 +72,8 @@ class CollectiveModel {
   Net net_;
   CollectiveOptions opt_;
   double launch_s_ = 0;
+  std::string library_;
+  std::shared_ptr<const NcclContext> nccl_;
   std::map<std::string, std::vector<Calibration>, std::less<>> calibrated_;
   // Profiles per algorithm (registry order), one per variant; a profile depends only on
   // the rank layout and options, fixed for this model.
