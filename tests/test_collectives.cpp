@@ -223,7 +223,7 @@ TEST_CASE("algbw and busbw follow nccl-tests") {
 
 TEST_CASE("registry: unknown names list the valid ones") {
   CHECK_THROWS_WITH(find_algorithm("butterfly"), Catch::Contains("valid: auto, ring, recursive_doubling"));
-  CHECK(algorithms().size() == 9);
+  CHECK(algorithms().size() == 16);  // 8 textbook, mpi, nccl and NCCL's six algorithms
   CHECK(!algorithm_names().empty());
 }
 
@@ -233,9 +233,14 @@ TEST_CASE("registry: the executor's mpi baseline costs the ring and auto never p
     CHECK(cost("mpi", a) == cost("ring", a));
   }
   CHECK(!find_algorithm("mpi").automatic);
-  int automatic = 0;
-  for (const auto& a : algorithms()) automatic += a.automatic;
+  int automatic = 0, nccl = 0;
+  for (const auto& a : algorithms()) {
+    automatic += a.automatic && a.library == "mpi";
+    nccl += a.automatic && a.library == "nccl";
+  }
   CHECK(automatic == 8);
+  CHECK(nccl == 1);  // on NCCL clusters auto is NCCL's own choice
+  CHECK(find_algorithm("nccl").automatic);
 }
 
 namespace fuseplan {

@@ -1,0 +1,303 @@
+// NCCL's tuning model: the formulas against hand-worked cases (one node on NVLink, two
+// nodes over eight rails, four PCIe nodes on the older release), NCCL's choice against
+// the argmin of those formulas, the emulated channel search on shipped clusters, cluster
+// validation, `auto` on NCCL clusters, and the NCCL algorithms' schedules on real data.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/nccl.hpp"
+#include "fuseplan/models/error.hpp"
+
+using namespace fuseplan;
+
+namespace {
+
+NcclGraph graph(int channels, double intra, double inter, bool tree_pattern = false) {
+  NcclGraph g;
+  g.channels = channels;
+  g.bw_intra_GBps = intra;
+  g.bw_inter_GBps = inter;
+  g.tree_pattern = tree_pattern;
+  return g;
+}
+
+NcclSystem system_of(const std::string& release, int ranks, int nodes, int cc, bool nvlink, const std::string& cpu) {
+  NcclSystem s;
+  s.k = nccl_constants(release, {}, "test");
+  s.release = s.k.release;
+  s.ranks = ranks;
+  s.nodes = nodes;
+  s.compute_capability = cc;
+  s.nvlink = nvlink;
+  s.nvswitch = nvlink;
+  s.cpu = cpu;
+  return s;
+}
+
+double lat(const NcclTuning& t, NcclAlgo a, NcclProto p) { return t.latency_us[size_t(a)][size_t(p)]; }
+double bw(const NcclTuning& t, NcclAlgo a, NcclProto p) { return t.bandwidth_GBps[size_t(a)][size_t(p)]; }
+
+constexpr auto Tree = NcclAlgo::Tree, Ring = NcclAlgo::Ring, NvlsTree = NcclAlgo::NvlsTree;
+constexpr auto LL = NcclProto::LL, LL128 = NcclProto::LL128, Simple = NcclProto::Simple;
+
+}  // namespace
+
+TEST_CASE("nccl tuning: one node, 8 GPUs on NVLink (sm80, 12 channels x 20 GB/s), by hand") {
+  NcclSystem s = system_of("2.23", 8, 1, 80, true, "intel");
+  s.graphs[size_t(Ring)] = graph(12, 20, 20);
+  s.graphs[size_t(Tree)] = graph(12, 20, 20);
+  s.comm_channels = 24;
+  const NcclTuning t = nccl_tune(s);
+  // Ring: busBw = 12 x 20 = 240, algBw = busBw x 8 / 14; lat = base + 14 steps x NVLink.
+  CHECK(bw(t, Ring, Simple) == Approx(240.0 * 8 / 14));
+  CHECK(lat(t, Ring, Simple) == Approx(8.4 + 14 * 3.4));
+  CHECK(bw(t, Ring, LL) == Approx(87.7 * 8 / 14));  // min(llMaxBw Ampere-N1, 240 x .5)
+  CHECK(lat(t, Ring, LL) == Approx(6.6 + 14 * 0.6));
+  CHECK(bw(t, Ring, LL128) == Approx(240 * 0.92 * 8 / 14));  // under 12 x 20 per channel
+  CHECK(lat(t, Ring, LL128) == Approx(14 + 14 * 1.9));
+  // Tree: min(240 x .92, 12 x 24) x .5; lat = base + 2 (7 x NVLink).
+  CHECK(bw(t, Tree, Simple) == Approx(220.8 * 0.5));
+  CHECK(lat(t, Tree, Simple) == Approx(8.4 + 2 * 7 * 4.0));
+  CHECK(bw(t, Tree, LL) == Approx(220.8 / 3.8 * 0.5));
+  CHECK(lat(t, Tree, LL) == Approx(6.8 + 2 * 7 * 0.6));
+  CHECK(bw(t, Tree, LL128) == Approx(220.8 * 7 / 9 * 0.5));
+  CHECK(lat(t, Tree, LL128) == Approx(14 + 2 * 7 * 1.25));
+  // No NVLS, CollNet or NVLS Tree here.
+  for (auto a : {NcclAlgo::Nvls, NvlsTree, NcclAlgo::CollNetDirect, NcclAlgo::CollNetChain})
+    for (int p = 0; p < kNcclProtos; ++p) CHECK(!t.enabled(a, NcclProto(p)));
+  // Times: 1 MiB on the ring, and the tree's correction factor (log2(1 MiB / 64) = 14).
+  const double MiB = 1 << 20;
+  CHECK(nccl_time(s, t, Ring, Simple, MiB).total_us() == Approx(56.0 + MiB / (1000 * 240.0 * 8 / 14)));
+  CHECK(nccl_time(s, t, Tree, Simple, MiB).total_us() == Approx(64.4 + MiB / (1000 * 110.4 * 0.5)));
+  CHECK(nccl_time(s, t, Tree, LL128, MiB).total_us() == Approx(31.5 + MiB / (1000 * 220.8 * 7 / 9 * 0.5 * 0.6)));
+  // NCCL's choice: ring LL at 1 MiB (35.9 us beats LL128's 48.9), ring Simple at 64 MiB.
+  NcclPick p = nccl_choose(s, t, MiB);
+  CHECK(p.algo == Ring);
+  CHECK(p.proto == LL);
+  p = nccl_choose(s, t, 64 * MiB);
+  CHECK(p.algo == Ring);
+  CHECK(p.proto == Simple);
+}
+
+TEST_CASE("nccl tuning: two nodes x 8 H100 over 8 rails (ring 8 x 45, NVLS 8 x 40/48), by hand") {
+  NcclSystem s = system_of("2.23", 16, 2, 90, true, "intel");
+  s.nvls = true;
+  s.graphs[size_t(Ring)] = graph(8, 45, 45);
+  s.graphs[size_t(Tree)] = graph(8, 45, 45, true);
+  s.graphs[size_t(NcclAlgo::Nvls)] = s.graphs[size_t(NvlsTree)] = graph(8, 40, 48);
+  s.comm_channels = 16;
+  const NcclTuning t = nccl_tune(s);
+  // Ring: nInter = 2 (nNodes - 1) = 2 steps at the network latency, 28 at max(NVLink, 3 x 1 us).
+  CHECK(bw(t, Ring, Simple) == Approx(360.0 * 16 / 30));
+  CHECK(lat(t, Ring, Simple) == Approx(8.4 + 28 * 3.4 + 2 * 14.0));
+  CHECK(lat(t, Ring, LL) == Approx(6.6 + 28 * 1.0 + 2 * 2.7));
+  CHECK(bw(t, Ring, LL) == Approx(39.0 * 16 / 30));  // llMaxBw Intel-N2
+  CHECK(bw(t, Ring, LL128) == Approx(8 * 36.7 * 16 / 30));
+  CHECK(lat(t, Ring, LL128) == Approx(14 + 28 * 1.9 + 2 * 4.0));
+  // Tree on the TREE pattern: min(360 x .92, 8 x 41.4) x .85 x .5.
+  CHECK(bw(t, Tree, Simple) == Approx(331.2 * 0.85 * 0.5));
+  CHECK(lat(t, Tree, Simple) == Approx(8.4 + 2 * (7 * 4.0 + 1 * 14)));
+  // NVLS Tree: 8 x min(40, 48) x 5/6; lat = NVLink NVLS + 2 log2(2) x network.
+  CHECK(bw(t, NvlsTree, Simple) == Approx(320.0 * 5 / 6));
+  CHECK(lat(t, NvlsTree, Simple) == Approx(25 + 2 * 14));
+  CHECK(!t.enabled(NcclAlgo::Nvls, Simple));  // NVLS across nodes needs CollNet
+  // The ring's plateau: Simple across nodes costs 1.4x its latency from 64 B per channel and rank.
+  const double plateau = 64.0 * 16 * 16;
+  CHECK(nccl_time(s, t, Ring, Simple, plateau - 64).latency_us == Approx(131.6));
+  CHECK(nccl_time(s, t, Ring, Simple, plateau).latency_us == Approx(131.6 * 1.4));
+  // Above a few hundred KiB NVLS Tree wins.
+  CHECK(nccl_choose(s, t, 64 << 20).algo == NvlsTree);
+  CHECK(nccl_choose(s, t, 1024).proto == LL);
+}
+
+TEST_CASE("nccl tuning: four PCIe nodes x 4 (sm86, AMD) on release 2.20, by hand") {
+  NcclSystem s = system_of("2.20", 16, 4, 86, false, "amd");
+  s.graphs[size_t(Ring)] = graph(2, 12, 12);
+  s.graphs[size_t(Tree)] = graph(2, 12, 12);
+  s.comm_channels = 4;
+  const NcclTuning t = nccl_tune(s);
+  // 2.20: nInter = 2 nNodes, Ring LL at 1/4, Tree Simple 28 us per hop and no base latency.
+  CHECK(bw(t, Ring, Simple) == Approx(24.0 * 16 / 30));
+  CHECK(lat(t, Ring, Simple) == Approx(8.4 + (30 - 8) * 6.0 + 8 * 14.0));  // netOverhead AMD 2 us x 3
+  CHECK(bw(t, Ring, LL) == Approx(6.0 * 16 / 30));                         // min(19.0 AMD-N4, 24 / 4)
+  CHECK(lat(t, Ring, LL) == Approx(6.6 + 22 * 2.0 + 8 * 2.7));
+  CHECK(bw(t, Tree, Simple) == Approx(24 * 0.92 * 0.5));
+  CHECK(lat(t, Tree, Simple) == Approx(0 + 2 * (3 * 28 + 2 * 28)));
+  CHECK(bw(t, Tree, LL) == Approx(24 * 0.92 / 3.8 * 0.5));
+  CHECK(lat(t, Tree, LL) == Approx(6.8 + 2 * (3 * 1.0 + 2 * 5.0)));
+  for (auto a : {Ring, Tree}) CHECK(!t.enabled(a, LL128));  // PCIe: LL128 off
+  // The same system on 2.23 differs where the table says so.
+  NcclSystem n = s;
+  n.k = nccl_constants("2.23", {}, "test");
+  n.release = "2.23";
+  const NcclTuning u = nccl_tune(n);
+  CHECK(lat(u, Ring, Simple) == Approx(8.4 + (30 - 6) * 6.0 + 6 * 14.0));
+  CHECK(bw(u, Ring, LL) == Approx(12.0 * 16 / 30));
+  CHECK(lat(u, Tree, Simple) == Approx(8.4 + 2 * (3 * 4.0 + 2 * 14.0)));
+}
+
+TEST_CASE("nccl: the choice is the argmin of NCCL's formulas, and `auto` on an NCCL cluster is that choice") {
+  for (const char* cname : {"dgx-a100", "dgx-h100", "dgx1-v100"}) {
+    Cluster c = load_cluster(cname);
+    for (int gpus : {2, 8, 16, 64, 1024}) {
+      if (gpus > c.capacity()) continue;
+      CollectiveModel m(c, gpus);
+      REQUIRE(m.nccl() != nullptr);
+      for (int64_t count = 1; count < (int64_t(1) << 31); count *= 7) {
+        const double bytes = double(count) * 2;
+        double best = -1;
+        for (int a = 0; a < kNcclAlgos; ++a)
+          for (int p = 0; p < kNcclProtos; ++p) {
+            const double x = nccl_time(m.nccl()->system, m.nccl()->tuning, NcclAlgo(a), NcclProto(p), bytes).total_us();
+            if (x >= 0 && (best < 0 || x < best)) best = x;
+          }
+        const CollectiveChoice ch = m.cost("auto", count, Precision::FP16);
+        INFO(cname << " x " << gpus << " bytes " << bytes);
+        CHECK(std::string(ch.algorithm->name) == "nccl");
+        CHECK(ch.cost.total() * 1e6 == Approx(best).epsilon(1e-12));
+        const NcclPick pick = nccl_choose(m.nccl()->system, m.nccl()->tuning, bytes);
+        CHECK(ch.variant == int(pick.algo) * kNcclProtos + int(pick.proto));
+        // Each named NCCL algorithm costs its cheapest protocol; none beats the choice.
+        for (const char* name : {"nccl_ring", "nccl_tree", "nccl_nvls", "nccl_nvls_tree"}) {
+          if (!find_algorithm(name).not_applicable(m.args(count, Precision::FP16)).empty()) continue;
+          CHECK(m.cost(name, count, Precision::FP16).cost.total() >= ch.cost.total() * (1 - 1e-12));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("nccl: the emulated channel search on shipped clusters") {
+  auto ring = [](const char* cname, int gpus) {
+    CollectiveModel m(load_cluster(cname), gpus);
+    return m.nccl()->system.graphs[size_t(Ring)];
+  };
+  // DGX A100, one node: 6 channels at 40 GB/s cover the 240 GB/s of 12 NVLinks, duplicated to 12 x 20.
+  NcclGraph g = ring("dgx-a100", 8);
+  CHECK(g.channels == 12);
+  CHECK(g.bw_intra_GBps == 20);
+  // Two nodes: the GPU-NIC path (PCIe Gen4, 24 GB/s) sets 8 channels x 24 over 8 rails.
+  g = ring("dgx-a100", 16);
+  CHECK(g.channels == 8);
+  CHECK(g.bw_inter_GBps == 24);
+  // DGX H100, two nodes: 8 x 45 (48 would need 8 x 48 > 18 x 20.6 on NVLink); NVLS 8 x 40 / 48.
+  g = ring("dgx-h100", 16);
+  CHECK(g.channels == 8);
+  CHECK(g.bw_inter_GBps == 45);
+  CollectiveModel h(load_cluster("dgx-h100"), 16);
+  const NcclGraph& nv = h.nccl()->system.graphs[size_t(NcclAlgo::Nvls)];
+  CHECK(nv.channels == 8);
+  CHECK(nv.bw_intra_GBps == 40);
+  CHECK(nv.bw_inter_GBps == 48);
+  // One H100 node: 6 x 60 duplicated to 12 x 30.
+  g = ring("dgx-h100", 8);
+  CHECK(g.channels == 12);
+  CHECK(g.bw_intra_GBps == 30);
+}
+
+TEST_CASE("nccl: graphs pinned in the cluster file replace the derived ones") {
+  Cluster c = load_cluster("dgx-a100");
+  NcclGraph pinned = graph(4, 10, 10);
+  c.nccl.graphs["ring"] = pinned;
+  CollectiveModel m(c, 16);
+  const NcclGraph& g = m.nccl()->system.graphs[size_t(Ring)];
+  CHECK(g.channels == 4);
+  CHECK(g.bw_inter_GBps == 10);
+  CHECK(g.origin.find("cluster file") != std::string::npos);
+  // A constant override reaches the table.
+  c.nccl.constants["hw_lat_us.net.ring.Simple"] = 100;
+  CollectiveModel o(c, 16);
+  CHECK(lat(o.nccl()->tuning, Ring, Simple) > lat(m.nccl()->tuning, Ring, Simple) + 100);
+}
+
+TEST_CASE("nccl: MPI clusters never run NCCL's algorithms; releases and constants are validated") {
+  Cluster p40 = load_cluster("tencent-p40");
+  CollectiveModel m(p40, 16);
+  CHECK(m.nccl() == nullptr);
+  CHECK(std::string(m.cost("auto", 1 << 20, Precision::FP16).algorithm->library) == "mpi");
+  CHECK_THROWS_WITH(m.cost("nccl", 1 << 20, Precision::FP16), Catch::Contains("does not run NCCL"));
+  CHECK_THROWS_WITH(CollectiveModel(p40, 16, {0, 0, "2.23"}), Catch::Contains("--nccl-version"));
+  Cluster a100 = load_cluster("dgx-a100");
+  CHECK_THROWS_WITH(CollectiveModel(a100, 16, {0, 0, "2.99"}), Catch::Contains("unknown NCCL release '2.99'"));
+  CHECK_NOTHROW(CollectiveModel(a100, 16, {0, 0, "2.20"}));
+  // The textbook algorithms stay available by name for what-if comparisons.
+  CollectiveModel n(a100, 16);
+  CHECK(std::string(n.cost("ring", 1 << 20, Precision::FP16).algorithm->name) == "ring");
+  CHECK(!n.cost("ring", 1 << 20, Precision::FP16).calibrated);
+}
+
+TEST_CASE("nccl: cluster files say their library; the NCCL keys are checked") {
+  nlohmann::json j = cluster_to_json(load_cluster("dgx-h100"));
+  CHECK(j["library"] == "nccl");
+  CHECK_NOTHROW(cluster_from_json(j, "c.json"));
+  auto bad = j;
+  bad["library"] = "gloo";
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("$.library") && Catch::Contains("valid: mpi, nccl"));
+  bad = j;
+  bad["device"].erase("compute_capability");
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("compute_capability"));
+  bad = j;
+  bad["nccl"]["constants"]["hw_lat_us.net.ring.Fast"] = 1;
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("$.nccl.constants.hw_lat_us.net.ring.Fast"));
+  bad = j;
+  bad["nccl"]["graphs"]["rings"] = {{"channels", 1}, {"bw_intra_GBps", 1}, {"bw_inter_GBps", 1}};
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("unknown NCCL graph"));
+  bad = j;
+  bad["nccl"]["release"] = "1.0";
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("unknown NCCL release"));
+  nlohmann::json mpi = cluster_to_json(load_cluster("tencent-p40"));
+  mpi["nccl"] = {{"release", "2.23"}};
+  CHECK_THROWS_WITH(cluster_from_json(mpi, "c.json"), Catch::Contains("library"));
+  // Round trip of pinned graphs and overrides.
+  j["nccl"]["graphs"]["ring"] = {{"channels", 12}, {"bw_intra_GBps", 20}, {"bw_inter_GBps", 20}};
+  j["nccl"]["constants"]["hw_lat_us.net.ring.Simple"] = 9.5;
+  Cluster c = cluster_from_json(j, "c.json");
+  CHECK(c.nccl.graphs.at("ring").channels == 12);
+  CHECK(cluster_to_json(c)["nccl"] == j["nccl"]);
+}
+
+TEST_CASE("nccl: every NCCL algorithm's schedule computes the sum on every rank") {
+  for (const char* cname : {"dgx-a100", "dgx-h100"}) {
+    Cluster c = load_cluster(cname);
+    for (int gpus : {2, 3, 8, 12, 16, 24, 32}) {
+      CollectiveModel m(c, gpus);
+      for (const char* name : {"nccl", "nccl_ring", "nccl_tree", "nccl_nvls", "nccl_nvls_tree"}) {
+        for (int64_t count : {int64_t(1), int64_t(7), int64_t(1000), int64_t(4099)}) {
+          const Algorithm& a = find_algorithm(name);
+          CollectiveArgs args = m.args(count, Precision::FP32);
+          if (!a.not_applicable(args).empty()) continue;
+          for (int v = 0; v < a.variants; ++v) {
+            args.variant = v;
+            Schedule s = a.schedule(args);
+            std::vector<std::vector<double>> buf(gpus, std::vector<double>(size_t(count)));
+            std::vector<double> want(size_t(count), 0);
+            for (int r = 0; r < gpus; ++r)
+              for (int64_t i = 0; i < count; ++i) {
+                buf[r][size_t(i)] = double((r * 31 + i * 7) % 13);
+                want[size_t(i)] += buf[r][size_t(i)];
+              }
+            apply_schedule(s, buf);
+            INFO(cname << " " << name << " v" << v << " gpus=" << gpus << " count=" << count);
+            for (int r = 0; r < gpus; ++r) REQUIRE(buf[r] == want);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("nccl: the ring's channels cross nodes on different rails") {
+  CollectiveModel m(load_cluster("dgx-a100"), 16);
+  CollectiveArgs a = m.args(1 << 16, Precision::FP16);
+  a.variant = 2;
+  Schedule s = find_algorithm("nccl_ring").schedule(a);
+  std::set<int> senders;  // local ranks that send across nodes
+  for (const auto& r : s.rounds)
+    for (const auto& x : r.transfers)
+      if (x.src / 8 != x.dst / 8) senders.insert(x.src % 8);
+  CHECK(senders.size() == 8);  // 8 channels, one rail each
+}
