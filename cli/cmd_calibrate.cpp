@@ -19,12 +19,22 @@ namespace fuseplan::cli {
 namespace {
 
 struct CalibrateFlags {
-  std::string cluster = "local-cpu", sweep, nccl_tests, as = "ring", out, fit_sizes, profile;
+  std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, profile;
   std::vector<std::string> plans, measured, fit;
   int ranks = 0, per_node = 0, max_segments = 4;
   double segment_tolerance = 0.05;
-  bool holdout = false, discover = false;
+  bool holdout = false, discover = false, accept_degenerate = false;
+  CLI::Option* cluster_opt = nullptr;
 };
+
+// A fit that cannot stand for the measurements: a bandwidth term at its bound (infinite
+// bandwidth), or a mean error far beyond the tolerance the ranges were cut for.
+std::string degenerate(const SegmentFit& seg, double tolerance) {
+  if (!(seg.k.beta_us_per_MB > 0) && !(seg.k.gamma_us_per_MB > 0))
+    return "beta at its bound 0 (infinite bandwidth): too few or too noisy sizes";
+  if (seg.mean_rel_err > 4 * tolerance) return "mean error " + percent(seg.mean_rel_err, 1) + " above 4 x the tolerance";
+  return "";
+}
 
 // A draft cluster file of this machine: the CPU executor's template (local-cpu) with
 // what hwloc and rdma-core report; every discovered value says so in `provenance`.
@@ -115,6 +125,13 @@ void run_calibrate(const CalibrateFlags& f) {
                      std::to_string(f.measured.size()) + " measured)");
   if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty())
     throw InputError("calibrate: give --sweep, --nccl-tests or --plan with --measured (or --discover)");
+  if (!f.nccl_tests.empty() && !f.cluster_opt->count()) {
+    std::string names;
+    for (const auto& n : shipped_cluster_names())
+      if (load_cluster(n).library == "nccl") names += (names.empty() ? "" : ", ") + n;
+    throw InputError("--nccl-tests: give --cluster, the cluster the log was measured on (shipped NCCL clusters: " +
+                     names + "; or a .json path)");
+  }
   Cluster c = load_cluster(f.cluster);
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, c);
@@ -174,8 +191,19 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
   std::vector<Sweep> sweeps;
-  if (!f.sweep.empty()) sweeps = load_sweep(f.sweep);
-  else sweeps.push_back(load_nccl_tests(f.nccl_tests, f.as, f.ranks, f.per_node));
+  if (!f.sweep.empty()) {
+    if (!f.as.empty()) throw InputError("--as: only with --nccl-tests (a sweep file names its algorithms)");
+    sweeps = load_sweep(f.sweep);
+  } else {
+    // NCCL logs fit NCCL's model on NCCL clusters (alpha + beta n per size range).
+    const std::string as = !f.as.empty() ? f.as : c.library == "nccl" ? "nccl" : "ring";
+    sweeps.push_back(load_nccl_tests(f.nccl_tests, as, f.ranks, f.per_node));
+    const Sweep& s = sweeps.back();
+    check_gpu_count(c, s.ranks, "--nccl-tests " + f.nccl_tests + " (" + std::to_string(s.ranks) + " ranks)");
+    if (s.ranks > s.per_node && s.per_node != c.gpus_per_node)
+      std::cout << "note: the log ran " << s.per_node << " ranks per node, cluster " << c.name << " has "
+                << c.gpus_per_node << " GPUs per node\n";
+  }
   const std::string source = f.sweep.empty() ? f.nccl_tests : f.sweep;
   if (!f.fit_sizes.empty()) {
     // Fit where the plans operate (gradient buckets), not where protocols and caches
@@ -189,10 +217,15 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
       if (s.points.size() < 2) throw InputError("--fit-sizes: fewer than two sizes of " + s.algorithm + " in " + f.fit_sizes);
     }
   }
-  const double launch_s = c.launch_overhead_us * 1e-6;
+  // A sweep through the executor includes the per-call launch overhead, which the model
+  // adds apart; nccl-tests times are the library's own (no framework overhead).
+  const double launch_s = f.sweep.empty() ? 0 : c.launch_overhead_us * 1e-6;
   std::cout << "fuseplan calibrate: " << source << " on " << sweeps.front().ranks << " ranks ("
-            << sweeps.front().per_node << " per node), cluster " << c.name << " (launch overhead "
-            << fixed(c.launch_overhead_us, 1) << " us kept apart)\n\n";
+            << sweeps.front().per_node << " per node), cluster " << c.name << " ("
+            << (f.sweep.empty() ? "nccl-tests times: no launch overhead to keep apart"
+                                : "launch overhead " + fixed(c.launch_overhead_us, 1) + " us kept apart")
+            << ")\n\n";
+  std::vector<std::string> bad;
   Table t({"<algorithm", "<sizes", "alpha us", "beta us/MB", "gamma us/MB", "busbw GB/s", "mean err", "max err",
            f.holdout ? "holdout mean" : "", f.holdout ? "holdout max" : ""});
   for (const Sweep& s : sweeps) {
@@ -218,7 +251,11 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
     for (const SegmentFit& seg : fit.segments) {
       const Calibration& k = seg.k;
       const double beta_bus = k.beta_us_per_MB > 0 ? 1e6 / k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
-      t.row({s.algorithm, bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes), fixed(k.alpha_us, 2),
+      const std::string why = degenerate(seg, f.segment_tolerance);
+      if (!why.empty())
+        bad.push_back(s.algorithm + " " + bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes) + ": " + why);
+      t.row({s.algorithm + (why.empty() ? "" : " (degenerate)"),
+             bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes), fixed(k.alpha_us, 2),
              fixed(k.beta_us_per_MB, 2), fixed(k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-",
              percent(seg.mean_rel_err, 1), percent(seg.max_rel_err, 1), several ? "" : hold_mean,
              several ? "" : hold_max});
@@ -234,7 +271,13 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
                                                 percent(fit.mean_rel_err, 1);
   }
   t.print(std::cout, "  ");
-  std::cout << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for\n";
+  std::cout << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for"
+            << (sweeps.front().algorithm == "nccl" ? " (nccl: time = alpha + beta x bytes, 1 / beta = algbw)" : "")
+            << "\n";
+  for (const auto& b : bad) std::cout << "  degenerate fit: " << b << "\n";
+  if (!bad.empty() && !f.out.empty() && !f.accept_degenerate)
+    throw InputError("calibrate: " + std::to_string(bad.size()) + " degenerate fit(s), not written to " + f.out +
+                     " (give more sizes, --fit-sizes, or --accept-degenerate to write them anyway)");
   c.description += " (calibrated: " + source + ")";
 }
 
@@ -248,12 +291,19 @@ void add_calibrate_command(CLI::App& app) {
       "squares (relative error) from `fuseplan-exec sweep --out` or nccl-tests all_reduce_perf output,\n"
       "written into a copy of the cluster file. Compute is calibrated by the executor's profile\n"
       "(fuseplan-exec run/train --profile), which predict, tune and verify take as --profile.");
-  cmd->add_option("--cluster", f->cluster, "cluster file to calibrate (shipped name or path)")->capture_default_str();
+  f->cluster_opt = cmd->add_option("--cluster", f->cluster,
+                                   "cluster file to calibrate (shipped name or path); required with --nccl-tests")
+                       ->capture_default_str();
   cmd->add_option("--sweep", f->sweep, "fuseplan.sweep/1 file from `mpirun -np N fuseplan-exec sweep --out FILE`");
   cmd->add_option("--nccl-tests", f->nccl_tests, "nccl-tests all_reduce_perf output (text, or -J JSON)");
-  cmd->add_option("--as", f->as, "--nccl-tests: the algorithm whose formula the measurements fit")->capture_default_str();
+  cmd->add_option("--as", f->as,
+                  "--nccl-tests: the algorithm whose formula the measurements fit (default: nccl on NCCL clusters, "
+                  "NCCL's model as alpha + beta n per size range; ring elsewhere)");
   cmd->add_option("--ranks", f->ranks, "--nccl-tests: ranks (default: the '#  Rank' lines or JSON devices)");
-  cmd->add_option("--per-node", f->per_node, "--nccl-tests: ranks per node (default: all on one node)");
+  cmd->add_option("--per-node", f->per_node,
+                  "--nccl-tests: ranks per node (default: from the host names of the '#  Rank' lines, else one node)");
+  cmd->add_flag("--accept-degenerate", f->accept_degenerate,
+                "write the file even when a fit is degenerate (a bandwidth at its bound, errors far above tolerance)");
   cmd->add_option("--fit-sizes", f->fit_sizes, "fit only the sizes in MIN:MAX (e.g. 256K:256M, the buckets' range)");
   cmd->add_option("--max-segments", f->max_segments,
                   "fit each algorithm in up to N size ranges of >= 3 sizes (1 = one straight line)")

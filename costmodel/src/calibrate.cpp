@@ -75,13 +75,15 @@ bool solve(const std::array<std::array<double, 3>, 3>& A, const std::array<doubl
 
 double calibrated_time(const Algorithm& a, const Sweep& s, const Calibration& k, double bytes, double launch_s) {
   CollectiveArgs args = flat_args(s, bytes, Net::uniform(k.alpha_us * 1e-6, k.beta_us_per_MB * 1e-12, k.gamma_us_per_MB * 1e-12));
+  if (k.variant >= 0 && k.variant < a.variants) args.variant = k.variant;  // as CollectiveModel does
   return closed_form_cost(a, args).total() + launch_s;
 }
 
-CalibrationFit fit_calibration(const Algorithm& algo, const Sweep& s, double launch_s, const std::vector<bool>& use) {
-  if (s.ranks < 2) throw InputError("calibrate: a sweep needs 2 or more ranks (got " + std::to_string(s.ranks) + ")");
-  // The variant (the tree's pipeline depth) as a typical network picks it.
-  const int variant = best_variant(algo, flat_args(s, 1 << 20, Net::uniform(5e-6, 1e-10, 1e-11)));
+namespace {
+
+// The least-squares fit of one variant's formula (fit_calibration).
+CalibrationFit fit_variant(const Algorithm& algo, const Sweep& s, double launch_s, const std::vector<bool>& use,
+                           int variant) {
   // Minimise sum ((model - t) / t)^2 over the fitted points: rows scaled by 1/t.
   std::array<std::array<double, 3>, 3> A{};
   std::array<double, 3> b{};
@@ -120,6 +122,8 @@ CalibrationFit fit_calibration(const Algorithm& algo, const Sweep& s, double lau
   }
   CalibrationFit f;
   f.k = {best[0] * 1e6, best[1] * 1e12, best[2] * 1e12};
+  f.k.variant = algo.variants > 1 ? variant : -1;
+  f.fitted_sq = best_err;
   for (size_t i = 0; i < s.points.size(); ++i) {
     const double m = coef[i][0] * best[0] + coef[i][1] * best[1] + coef[i][2] * best[2] + launch_s;
     f.predicted_s.push_back(m);
@@ -128,6 +132,22 @@ CalibrationFit fit_calibration(const Algorithm& algo, const Sweep& s, double lau
     f.max_rel_err = std::max(f.max_rel_err, e);
   }
   return f;
+}
+
+}  // namespace
+
+CalibrationFit fit_calibration(const Algorithm& algo, const Sweep& s, double launch_s, const std::vector<bool>& use) {
+  if (s.ranks < 2) throw InputError("calibrate: a sweep needs 2 or more ranks (got " + std::to_string(s.ranks) + ")");
+  // Every variant (the tree's pipeline depth) is fitted and the best kept, and the
+  // constants remember it: prediction then uses the depth they were fitted with. NCCL's
+  // algorithms fit one form (alpha + beta n) whatever their variant.
+  const int variants = algo.direct ? 1 : algo.variants;
+  CalibrationFit best;
+  for (int v = 0; v < variants; ++v) {
+    CalibrationFit f = fit_variant(algo, s, launch_s, use, v);
+    if (v == 0 || f.fitted_sq < best.fitted_sq) best = std::move(f);
+  }
+  return best;
 }
 
 std::vector<Calibration> SegmentedFit::constants() const {
@@ -246,80 +266,6 @@ std::vector<Sweep> load_sweep(const std::string& path) {
   }
   if (out.empty()) throw bad("no points");
   return out;
-}
-
-Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, int ranks, int per_node) {
-  std::ifstream in(path);
-  if (!in) throw InputError("--nccl-tests " + path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
-  auto bad = [&](const std::string& why) { return InputError("--nccl-tests " + path + ": " + why); };
-  find_algorithm(as_algorithm, "--as");
-  Sweep s{as_algorithm, ranks, per_node, 4, {}};
-  auto elem_of = [&](const std::string& type) {
-    if (type == "float" || type == "float32" || type == "int32" || type == "uint32") return 4;
-    if (type == "half" || type == "float16" || type == "bfloat16" || type == "bf16") return 2;
-    if (type == "double" || type == "float64" || type == "int64" || type == "uint64") return 8;
-    if (type == "int8" || type == "uint8" || type == "fp8_e4m3" || type == "fp8_e5m2") return 1;
-    throw bad("unknown data type '" + type + "'");
-  };
-  int devices = 0;
-  const size_t first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string::npos && text[first] == '{') {
-    // -J: the results are objects with size, type and out_of_place.time (us).
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const std::exception& e) {
-      throw bad(std::string("not JSON (") + e.what() + ")");
-    }
-    std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& v) {
-      if (v.is_object()) {
-        if (v.contains("size") && v.contains("out_of_place") && v["out_of_place"].is_object()) {
-          s.elem_bytes = elem_of(v.value("type", "float"));
-          const auto& o = v["out_of_place"];
-          const double t = o.contains("time") ? o["time"].get<double>() : o.at("cpu_time").get<double>();
-          s.points.push_back({v["size"].get<double>(), t * 1e-6});
-          return;
-        }
-        if (v.contains("devices") && v["devices"].is_array()) devices = int(v["devices"].size());
-        for (const auto& [k, x] : v.items()) walk(x);
-      } else if (v.is_array()) {
-        for (const auto& x : v) walk(x);
-      }
-    };
-    try {
-      walk(j);
-    } catch (const nlohmann::json::exception& e) {
-      throw bad(std::string("malformed (") + e.what() + ")");
-    }
-  } else {
-    // The text table: size count type redop [root] time algbw busbw #wrong (out of place) ...
-    std::istringstream lines(text);
-    std::string line;
-    while (std::getline(lines, line)) {
-      if (line.rfind("#  Rank", 0) == 0) ++devices;
-      if (line.empty() || line[0] == '#') continue;
-      std::istringstream tok(line);
-      std::vector<std::string> t;
-      for (std::string w; tok >> w;) t.push_back(w);
-      if (t.size() < 8 || t[0].find_first_not_of("0123456789") != std::string::npos) continue;
-      const size_t at = t.size() >= 13 ? 5 : 4;  // nccl-tests >= 2.13 print a root column
-      try {
-        s.elem_bytes = elem_of(t[2]);
-        s.points.push_back({std::stod(t[0]), std::stod(t[at]) * 1e-6});
-      } catch (const std::logic_error&) {
-        throw bad("cannot read the line '" + line + "'");
-      }
-    }
-  }
-  if (s.points.empty()) throw bad("no all_reduce_perf result lines");
-  if (s.ranks <= 0) s.ranks = devices;
-  if (s.ranks < 2) throw bad("cannot tell the rank count (give --ranks)");
-  if (s.per_node <= 0) s.per_node = s.ranks;
-  // Sizes below one element per rank measure only launch latency; keep them (they fit alpha).
-  return s;
 }
 
 OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, bool fit_sigma, bool fit_dispatch,

@@ -27,9 +27,10 @@ struct Sweep {
 };
 
 struct CalibrationFit {
-  Calibration k;
+  Calibration k;                         // with the variant it was fitted with (k.variant)
   std::vector<double> predicted_s;       // the fitted formula at every point
   double mean_rel_err = 0, max_rel_err = 0;
+  double fitted_sq = 0;                  // sum of squared relative errors over the fitted points
 };
 
 // The calibrated formula's time for `bytes` (as CollectiveModel computes it: the flat
@@ -38,7 +39,10 @@ double calibrated_time(const Algorithm& a, const Sweep& s, const Calibration& k,
 
 // Non-negative least squares on relative errors (every size counts alike) of the times
 // minus `launch_s`. Only points whose index passes `use` are fitted; errors are reported
-// over all points. Throws InputError if fewer than two points are fitted.
+// over all points. Algorithms with variants (the tree's pipeline depth) are fitted per
+// variant and the best fit kept, with its variant in k.variant (prediction then uses that
+// depth, not the one another network would pick). NCCL's algorithms fit alpha + beta n.
+// Throws InputError if fewer than two points are fitted.
 CalibrationFit fit_calibration(const Algorithm& a, const Sweep& s, double launch_s, const std::vector<bool>& use = {});
 
 // A piecewise fit: the sweep's sizes cut into at most `max_segments` ranges of at least
