@@ -56,7 +56,13 @@ Row evaluate(const std::filesystem::path& file, const std::string& release) {
   Row r;
   r.log = file.stem().string();
   r.cluster = log.header.count("cluster") ? log.header.at("cluster") : "";
-  r.nccl = log.nccl_version.empty() ? (log.header.count("nccl") ? "?" : "?") : log.nccl_version;
+  // The release the log printed, else the first word of the header's "# nccl:" line.
+  r.nccl = log.nccl_version;
+  if (r.nccl.empty() && log.header.count("nccl")) {
+    const std::string h = log.header.at("nccl");
+    r.nccl = h.substr(0, h.find(' '));
+    if (r.nccl.empty() || !std::isdigit(static_cast<unsigned char>(r.nccl[0]))) r.nccl = "?";
+  }
   if (r.cluster.empty()) throw InputError(file.string() + ": no '# cluster:' header line");
   if (log.ranks < 2 || log.per_node < 1) throw InputError(file.string() + ": rank layout unknown");
   Cluster c = load_cluster(r.cluster);

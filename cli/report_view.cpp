@@ -20,7 +20,8 @@ void print_bucket_table(const Report& r, std::ostream& os) {
     std::string range = b.end - b.begin == 1 ? std::to_string(b.begin) : std::to_string(b.begin) + "-" + std::to_string(b.end - 1);
     std::string names = b.end - b.begin == 1 ? b.first_tensor : b.first_tensor + " .. " + b.last_tensor;
     t.row({std::to_string(b.index), range, names, human_bytes(double(b.bytes)),
-           b.algorithm + (b.auto_chosen ? " (auto)" : "") + (b.stream ? " s" + std::to_string(b.stream) : ""),
+           b.algorithm + (b.variant.empty() ? "" : " " + b.variant) + (b.auto_chosen ? " (auto)" : "") +
+               (b.stream ? " s" + std::to_string(b.stream) : ""),
            ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3), ms(b.cost.bandwidth_s, 3)});
   }
   t.print(os, "  ");

@@ -301,3 +301,127 @@ TEST_CASE("nccl: the ring's channels cross nodes on different rails") {
       if (x.src / 8 != x.dst / 8) senders.insert(x.src % 8);
   CHECK(senders.size() == 8);  // 8 channels, one rail each
 }
+
+// ---------------------------------------------------------------------------- nccl-tests logs
+
+#include <filesystem>
+#include <fstream>
+
+#include "fuseplan/costmodel/calibrate.hpp"
+#include "fuseplan/costmodel/nccl_tests.hpp"
+
+namespace {
+std::string write_tmp(const std::string& name, const std::string& text) {
+  auto dir = std::filesystem::temp_directory_path() / "fuseplan-test-nccl";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / name).string();
+  std::ofstream(path) << text;
+  return path;
+}
+const char* kHead =
+    "# nThread 1 nGpus 1 minBytes 8 maxBytes 64 step: 2(factor) warmup iters: 5 iters: 20 agg iters: 1\n"
+    "#  Rank  0 Group  0 Pid   1 on      nodeA device  0 [0000:04:00] NVIDIA H100 80GB HBM3\n"
+    "#  Rank  1 Group  0 Pid   2 on      nodeA device  1 [0000:05:00] NVIDIA H100 80GB HBM3\n"
+    "#  Rank  2 Group  0 Pid   3 on      nodeB device  0 [0000:04:00] NVIDIA H100 80GB HBM3\n"
+    "#  Rank  3 Group  0 Pid   4 on      nodeB device  1 [0000:05:00] NVIDIA H100 80GB HBM3\n"
+    "NCCL version 2.21.5+cuda12.4\n"
+    "#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong\n";
+}  // namespace
+
+TEST_CASE("nccl-tests logs: every shipped log parses, with its layout and header") {
+  int logs = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(FUSEPLAN_TEST_DATA) + "/nccl-tests")) {
+    const NcclTestsLog log = read_nccl_tests(e.path().string());
+    INFO(e.path());
+    CHECK(!log.points.empty());
+    CHECK(log.ranks >= 8);
+    CHECK(log.per_node >= 4);
+    CHECK(log.ranks % log.per_node == 0);
+    CHECK(!log.header.at("source").empty());
+    CHECK(!log.header.at("hardware").empty());
+    CHECK(!log.header.at("nccl").empty());
+    CHECK_NOTHROW(load_cluster(log.header.at("cluster")));
+    ++logs;
+  }
+  CHECK(logs >= 8);
+  const NcclTestsLog h = read_nccl_tests(std::string(FUSEPLAN_TEST_DATA) + "/nccl-tests/h100-ndr-4x8.txt");
+  CHECK(h.ranks == 32);
+  CHECK(h.per_node == 8);  // from the host names
+  CHECK(h.hosts.size() == 4);
+  CHECK(h.nccl_version == "2.26.2");
+  CHECK(h.points.size() == 32);
+}
+
+TEST_CASE("nccl-tests logs: ranks per node from host names, MPI prefixes, NCCL's printed choices") {
+  const std::string path = write_tmp(
+      "ok.txt", std::string(kHead) + "[1,0]<stdout>:           8             2     float     sum      -1    20.00    0.00    0.00      0    20.00    0.00    0.00      0\n"
+                "node:1:2 [0] NCCL INFO AllReduce: 8 Bytes -> Algo RING proto LL channel{Lo..Hi}={0..1}\n"
+                "          64            16     float     sum      -1    21.00    0.00    0.00      0    21.00    0.00    0.00      0\n"
+                "# Avg bus bandwidth    : 0.00\n");
+  const NcclTestsLog log = read_nccl_tests(path);
+  CHECK(log.ranks == 4);
+  CHECK(log.per_node == 2);
+  CHECK(log.points.size() == 2);
+  CHECK(log.points[1].second == Approx(21e-6));
+  CHECK(log.nccl_version == "2.21.5");
+  REQUIRE(log.choices.size() == 1);
+  CHECK(log.choices[0].algo == "ring");
+  CHECK(log.choices[0].proto == "ll");
+  // calibrate reads the layout: 4 ranks, 2 per node (not all on one node).
+  const Sweep s = load_nccl_tests(path, "nccl", 0, 0);
+  CHECK(s.ranks == 4);
+  CHECK(s.per_node == 2);
+}
+
+TEST_CASE("nccl-tests logs: garbage rows and missing columns are refused with the line number") {
+  const std::string garbage = write_tmp(
+      "garbage.txt", std::string(kHead) + "           8             2     float     sum      -1    20.00    0.00    0.00      0    20.00    0.00    0.00      0\n"
+                     "          64            16     float     sum      -1    abc    0.00    0.00      0    21.00    0.00    0.00      0\n");
+  CHECK_THROWS_WITH(read_nccl_tests(garbage), Catch::Contains("line 9") && Catch::Contains("cannot read the row"));
+  const std::string short_row = write_tmp("short.txt", std::string(kHead) + "          64            16     float     sum\n");
+  CHECK_THROWS_WITH(read_nccl_tests(short_row), Catch::Contains("line 8") && Catch::Contains("at least 8 columns"));
+  const std::string type = write_tmp(
+      "type.txt", std::string(kHead) + "          64            16     float128     sum      -1    20.00    0.00    0.00      0    20.00    0.00    0.00      0\n");
+  CHECK_THROWS_WITH(read_nccl_tests(type), Catch::Contains("line 8") && Catch::Contains("unknown data type"));
+  const std::string count = write_tmp(
+      "count.txt", std::string(kHead) + "          64            15     float     sum      -1    20.00    0.00    0.00      0    20.00    0.00    0.00      0\n");
+  CHECK_THROWS_WITH(read_nccl_tests(count), Catch::Contains("is not the size"));
+  const std::string empty = write_tmp("empty.txt", kHead);
+  CHECK_THROWS_WITH(read_nccl_tests(empty), Catch::Contains("no all_reduce_perf result rows"));
+  CHECK_THROWS_WITH(read_nccl_tests("/nonexistent/log.txt"), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("nccl calibration: NCCL's form per size range, fitted on a log, recovers its own prediction") {
+  // A log made by the model itself is fitted back within rounding.
+  Cluster c = load_cluster("dgx-h100");
+  CollectiveModel m(c, 16);
+  Sweep s{"nccl", 16, 8, 4, {}};
+  for (double b = 1 << 20; b <= double(1 << 30); b *= 2)
+    s.points.push_back({b, m.cost("auto", int64_t(b) / 4, Precision::FP32).cost.total()});
+  const SegmentedFit fit = fit_segments(find_algorithm("nccl"), s, 0, 4, 0.01);
+  CHECK(fit.max_rel_err < 0.01);
+  // Written into the cluster, the calibrated `nccl` follows the fit.
+  c.calibrated["nccl"] = fit.constants();
+  CollectiveModel k(c, 16);
+  const CollectiveChoice ch = k.cost("auto", (64 << 20) / 4, Precision::FP32);
+  CHECK(ch.calibrated);
+  CHECK(ch.cost.total() == Approx(m.cost("auto", (64 << 20) / 4, Precision::FP32).cost.total()).epsilon(0.01));
+}
+
+TEST_CASE("calibration remembers the tree's pipeline depth it was fitted with") {
+  // Measurements made by the double binary tree at one depth: the fit finds that depth
+  // and prediction uses it, whatever depth another network would choose.
+  Sweep s{"double_binary_tree", 16, 1, 4, {}};
+  CollectiveArgs a;
+  a.topo = {16, 1};
+  a.net = Net::uniform(20e-6, 1.0 / 10e9, 0);
+  a.variant = 2;
+  for (double b = 1 << 16; b <= double(1 << 28); b *= 2) {
+    a.count = int64_t(b) / 4;
+    s.points.push_back({b, closed_form_cost(find_algorithm("double_binary_tree"), a).total()});
+  }
+  const CalibrationFit f = fit_calibration(find_algorithm("double_binary_tree"), s, 0);
+  CHECK(f.k.variant == 2);
+  CHECK(f.max_rel_err < 1e-6);
+  CHECK(f.k.alpha_us == Approx(20).epsilon(1e-6));
+}

@@ -281,3 +281,39 @@ TEST_CASE("a dragonfly fabric: the global link between two groups is shared, as 
   c.inter->dragonfly.reset();
   CHECK_THROWS_WITH(sim::simulate_allreduce(c, 4, "ring", count, Precision::FP16), Catch::Contains("dragonfly"));
 }
+
+TEST_CASE("NCCL clusters: a simulated NCCL allreduce equals NCCL's closed form without contention") {
+  for (const char* cname : {"dgx-a100", "dgx-h100"}) {
+    Cluster c = load_cluster(cname);
+    for (int p : {8, 16, 32}) {
+      for (const char* algo : {"nccl", "nccl_ring", "nccl_tree", "nccl_nvls_tree"}) {
+        for (int64_t bytes : {int64_t(4) << 10, int64_t(1) << 20, int64_t(64) << 20}) {
+          INFO(cname << " " << algo << " p=" << p << " bytes=" << bytes);
+          sim::SimCollectiveResult r;
+          try {
+            r = sim::simulate_allreduce(c, p, algo, bytes / 2, Precision::FP16);
+          } catch (const InputError&) {
+            continue;  // not on this system (NVLS Tree needs NVLink SHARP and nodes)
+          }
+          CHECK(r.simulated_s == Approx(r.closed_form_s).epsilon(0.01));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("NCCL clusters: a shared rail shows in the simulation, not in the closed form") {
+  // Two GPUs of each node on one NIC rail (nics_per_node 4 for 8 GPUs): the ring's
+  // channels that cross nodes share rails, which the closed form does not see.
+  Cluster c = load_cluster("dgx-a100");
+  NcclGraph ring;  // NCCL's graph pinned as it prints it on 8 rails: 8 channels x 24 GB/s
+  ring.channels = 8;
+  ring.bw_intra_GBps = ring.bw_inter_GBps = 24;
+  c.nccl.graphs["ring"] = ring;
+  const auto full = sim::simulate_allreduce(c, 16, "nccl_ring", (256 << 20) / 2, Precision::FP16);
+  c.inter->nics_per_node = 4;
+  const auto shared = sim::simulate_allreduce(c, 16, "nccl_ring", (256 << 20) / 2, Precision::FP16);
+  CHECK(shared.closed_form_s == Approx(full.closed_form_s));
+  CHECK(full.simulated_s == Approx(full.closed_form_s).epsilon(0.01));
+  CHECK(shared.simulated_s > full.simulated_s * 1.2);
+}

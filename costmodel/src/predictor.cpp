@@ -256,6 +256,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     br.transfer = b.transfer;
     br.algorithm = t.choice.algorithm ? std::string(t.choice.algorithm->name) : "none";
     br.auto_chosen = t.choice.algorithm && b.algorithm == "auto";
+    br.variant = CollectiveModel::variant_name(t.choice);
     br.cost = t.choice.cost;
     br.launch_s = t.choice.launch_s;
     ready.push_back(t.ready_s);

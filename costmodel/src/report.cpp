@@ -43,6 +43,7 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                        {"last_tensor", b.last_tensor},
                        {"bytes", b.bytes},
                        {"algorithm", b.algorithm},
+                       {"variant", b.variant},
                        {"auto", b.auto_chosen},
                        {"stream", b.stream},
                        {"transfer", precision_name(b.transfer)},
@@ -124,6 +125,7 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
       x.last_tensor = b.value("last_tensor", "");
       x.bytes = b.at("bytes").get<int64_t>();
       x.algorithm = b.at("algorithm").get<std::string>();
+      x.variant = b.value("variant", "");
       x.auto_chosen = b.value("auto", false);
       x.stream = b.value("stream", 0);
       x.transfer = parse_precision(b.at("transfer").get<std::string>(), origin + ": $.buckets[].transfer");

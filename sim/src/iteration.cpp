@@ -94,7 +94,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
       CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
       run.schedule = coll.schedule(ch, elems, b.transfer);
       run.index = ScheduleIndex(run.schedule, P);
-      run.wire = wire_for(c, coll, ch, double(elems) * bytes_per_element(b.transfer));
+      run.wire = wire_for(c, coll, ch, elems, b.transfer, run.schedule);
       run.elem_bytes = bytes_per_element(b.transfer);
       run.launch_s = ch.launch_s;
     }
@@ -118,7 +118,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
 
   sg4::Engine e("fuseplan-sim");
   configure_engine(opt.network_model);
-  Platform plat = build_platform(c, coll.topo(), coll.net());
+  Platform plat = build_platform(c, coll.topo(), platform_net(c, coll));
   std::vector<RankState> state(P);
   const int stream_count = std::max(streams, 1);
   for (auto& s : state) {

@@ -195,7 +195,64 @@ Platform flat_platform(const Topo& topo) {
 
 }  // namespace
 
-Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, double bytes) {
+namespace {
+
+// The time a schedule's messages take on the links NCCL's bandwidth figure assumes: per
+// round, the busiest link's bytes over its bandwidth, inside a node through the sender's
+// port up and the receiver's port down (as build_platform routes them), between nodes
+// through a rail of its own per GPU (NCCL's channels spread over the rails). The platform
+// itself may have fewer NICs than GPUs: the sharing then shows in the simulation only.
+double busiest_link_s(const Schedule& s, const Topo& t, const Net& net, int elem_bytes) {
+  const int nics = std::max(1, t.per_node);
+  std::vector<double> port_up(t.ranks), port_down(t.ranks), nic_up(size_t(t.nodes()) * nics),
+      nic_down(size_t(t.nodes()) * nics);
+  double total = 0;
+  for (const auto& round : s.rounds) {
+    if (round.transfers.empty()) continue;
+    double worst = 0;
+    for (const auto& x : round.transfers) {
+      const double b = double(x.count) * elem_bytes;
+      if (t.node(x.src) == t.node(x.dst)) {
+        worst = std::max({worst, (port_up[x.src] += b) * net.intra_beta, (port_down[x.dst] += b) * net.intra_beta});
+      } else {
+        const size_t up = size_t(t.node(x.src)) * nics + (x.src % t.per_node) % nics;
+        const size_t down = size_t(t.node(x.dst)) * nics + (x.dst % t.per_node) % nics;
+        worst = std::max({worst, (nic_up[up] += b) * net.inter_beta, (nic_down[down] += b) * net.inter_beta});
+      }
+    }
+    total += worst;
+    for (const auto& x : round.transfers) {
+      port_up[x.src] = port_down[x.dst] = 0;
+      nic_up[size_t(t.node(x.src)) * nics + (x.src % t.per_node) % nics] = 0;
+      nic_down[size_t(t.node(x.dst)) * nics + (x.dst % t.per_node) % nics] = 0;
+    }
+  }
+  return total;
+}
+
+}  // namespace
+
+Net platform_net(const Cluster& c, const CollectiveModel& coll) {
+  Net n = coll.net();
+  if (coll.nccl() && c.calibrated.empty()) n.intra_alpha = n.inter_alpha = n.stage_alpha = 0;
+  return n;
+}
+
+Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, int64_t count,
+              Precision transfer, const Schedule& schedule) {
+  const double bytes = double(count) * bytes_per_element(transfer);
+  if (coll.nccl() && c.calibrated.empty()) {
+    int rounds = 0;
+    for (const auto& r : schedule.rounds) rounds += !r.transfers.empty();
+    if (rounds == 0) return {1, 0, 0};
+    Wire w{1, choice.cost.latency_s / rounds, coll.net().gamma};
+    if (choice.algorithm->library == "nccl") {
+      const double replayed = busiest_link_s(schedule, coll.topo(), coll.net(), bytes_per_element(transfer));
+      if (replayed > 0) w.scale = choice.cost.bandwidth_s / replayed;
+      w.gamma = 0;  // NCCL's bandwidth term includes the (pipelined) reduction
+    }
+    return w;
+  }
   if (c.calibrated.empty()) return {1, 0, coll.net().gamma};
   if (const auto k = coll.calibration(choice.algorithm->name, bytes))
     return {k->beta_us_per_MB * 1e-12 * kFlatBytesPerS, k->alpha_us * 1e-6, k->gamma_us_per_MB * 1e-12};

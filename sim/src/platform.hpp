@@ -23,11 +23,19 @@ Platform build_platform(const Cluster& c, const Topo& topo, const Net& net);
 
 inline constexpr double kFlatBytesPerS = 1e9;
 
+// The network the platform's links carry: the cost model's, except on NCCL clusters, whose
+// links are latency-free (each collective's latency is NCCL's, carried by its Wire).
+Net platform_net(const Cluster& c, const CollectiveModel& coll);
+
 // How `choice`'s messages cost on the platform build_platform makes for `c`, for an
-// allreduce of `bytes` (a calibration's constants depend on the size). On a
-// calibrated cluster an uncalibrated algorithm has the intra-node link's constants when
-// the ranks share one node; across nodes it is refused (InputError): the flat network
-// has no nodes.
-Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, double bytes);
+// allreduce of `count` elements replaying `schedule` (a calibration's constants depend on
+// the size). On a calibrated cluster an uncalibrated algorithm has the intra-node link's
+// constants when the ranks share one node; across nodes it is refused (InputError): the
+// flat network has no nodes. On an NCCL cluster NCCL's algorithms keep the cluster's
+// links (ports, NIC rails, fabric), so contention shows, with messages scaled so that
+// without contention the replay takes NCCL's bandwidth time and each round adds its share
+// of NCCL's latency; the textbook algorithms spread their own latency over their rounds.
+Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, int64_t count,
+              Precision transfer, const Schedule& schedule);
 
 }  // namespace fuseplan::sim

@@ -24,11 +24,11 @@ std::string simulate_child(const Cluster& c, int gpus, const std::string& algori
 
   sg4::Engine e("fuseplan-sim");
   configure_engine();
-  Platform plat = build_platform(c, coll.topo(), coll.net());
+  Platform plat = build_platform(c, coll.topo(), platform_net(c, coll));
   std::vector<double> finish(gpus, 0);
   int64_t messages = 0;
   for (const auto& round : sched.rounds) messages += static_cast<int64_t>(round.transfers.size());
-  const Wire wire = wire_for(c, coll, ch, double(count) * bytes_per_element(transfer));
+  const Wire wire = wire_for(c, coll, ch, count, transfer, sched);
   Mailboxes boxes(gpus, 1);
   for (int r = 0; r < gpus; ++r) {
     sg4::Actor::create(std::string("rank").append(std::to_string(r)), plat.hosts[r], [&, r] {

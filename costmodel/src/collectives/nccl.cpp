@@ -30,6 +30,7 @@ Schedule schedule(const CollectiveArgs& a) {
     case NcclAlgo::Ring:
       return coll::nccl_ring_schedule(a, a.nccl ? a.nccl->system.graphs[size_t(NcclAlgo::Ring)].channels : 1);
     case NcclAlgo::Tree: return coll::nccl_tree_schedule(a);
+    case NcclAlgo::NvlsTree: return coll::nccl_nvls_tree_schedule(a);
     default: return coll::nccl_hierarchical_schedule(a);
   }
 }

@@ -90,6 +90,29 @@ Schedule chain(int first, int size, int64_t count, int chunks, bool reduce) {
 
 }  // namespace
 
+namespace {
+
+// The double binary tree over `nodes` members (member k = rank k * stride + local) on
+// elements [off, off + len).
+Schedule tree_across(const CollectiveArgs& a, int stride, int local, int64_t off, int64_t len) {
+  CollectiveArgs heads = a;
+  heads.topo = {a.topo.nodes(), 1};
+  heads.count = len;
+  heads.nccl = nullptr;
+  heads.variant = -1;
+  heads.net = Net::uniform(1e-6, 1e-10, 1e-11);
+  Schedule tree = schedule_of(kDoubleBinaryTree, heads);
+  for (auto& round : tree.rounds)
+    for (auto& x : round.transfers) {
+      x.src = x.src * stride + local;
+      x.dst = x.dst * stride + local;
+      x.offset += off;
+    }
+  return tree;
+}
+
+}  // namespace
+
 Schedule nccl_tree_schedule(const CollectiveArgs& a) {
   Schedule s;
   const Topo& t = a.topo;
@@ -102,21 +125,8 @@ Schedule nccl_tree_schedule(const CollectiveArgs& a) {
     merge_rounds(down, chain(first, size, a.count, chunks, false), 0);
   }
   s = up;
-  if (t.nodes() > 1) {
-    // The double binary tree over the nodes' first GPUs (node k's head is rank k * G).
-    CollectiveArgs heads = a;
-    heads.topo = {t.nodes(), 1};
-    heads.nccl = nullptr;
-    heads.variant = -1;
-    heads.net = Net::uniform(1e-6, 1e-10, 1e-11);
-    Schedule tree = schedule_of(kDoubleBinaryTree, heads);
-    for (auto& round : tree.rounds)
-      for (auto& x : round.transfers) {
-        x.src *= t.per_node;
-        x.dst *= t.per_node;
-      }
-    merge_rounds(s, tree, s.rounds.size());
-  }
+  // The double binary tree over the nodes' first GPUs (node k's head is rank k * G).
+  if (t.nodes() > 1) merge_rounds(s, tree_across(a, t.per_node, 0, 0, a.count), s.rounds.size());
   merge_rounds(s, down, s.rounds.size());
   return s;
 }
@@ -126,6 +136,29 @@ Schedule nccl_hierarchical_schedule(const CollectiveArgs& a) {
   if (t.ranks == 1) return {};
   if (t.ranks % t.per_node != 0 || t.per_node == 1) return nccl_ring_schedule(a, 1);
   return rs_ar_ag_schedule(a, t.per_node);
+}
+
+Schedule nccl_nvls_tree_schedule(const CollectiveArgs& a) {
+  const Topo& t = a.topo;
+  const int G = t.per_node;
+  if (t.ranks == 1 || t.nodes() == 1 || t.ranks % G != 0 || G == 1 || a.count < G) return nccl_hierarchical_schedule(a);
+  Schedule s, across, gather;
+  for (int node = 0; node < t.nodes(); ++node) {
+    const std::vector<int> m = iota_members(node * G, G);
+    Schedule rs, ag;
+    ring_reduce_scatter(rs, m, 0, a.count);
+    ring_allgather(ag, m, 0, a.count);
+    merge_rounds(s, rs, 0);
+    merge_rounds(gather, ag, 0);
+  }
+  // After the ring reduce-scatter local rank i holds share (i + 1) % G.
+  for (int i = 0; i < G; ++i) {
+    const int share = (i + 1) % G;
+    merge_rounds(across, tree_across(a, G, i, seg_begin(a.count, G, share), seg_len(a.count, G, share)), 0);
+  }
+  merge_rounds(s, across, s.rounds.size());
+  merge_rounds(s, gather, s.rounds.size());
+  return s;
 }
 
 }  // namespace fuseplan::coll

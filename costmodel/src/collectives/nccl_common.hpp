@@ -32,5 +32,8 @@ Schedule nccl_tree_schedule(const CollectiveArgs& a);
 // NVLS / CollNet equivalents: reduce-scatter inside the node, allreduce of a 1/G share
 // across nodes, allgather inside the node (the ring when the last node is partial).
 Schedule nccl_hierarchical_schedule(const CollectiveArgs& a);
+// NVLS Tree's equivalent: reduce-scatter inside each node, one double binary tree across
+// the nodes per share (local rank g of every node reduces share g), allgather inside.
+Schedule nccl_nvls_tree_schedule(const CollectiveArgs& a);
 
 }  // namespace fuseplan::coll

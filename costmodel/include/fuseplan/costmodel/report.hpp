@@ -34,6 +34,7 @@ struct BucketReport {
   std::string first_tensor, last_tensor;  // names, in backward order
   int64_t bytes = 0;
   std::string algorithm;            // the algorithm used (resolved when the plan said auto)
+  std::string variant;              // which of its variants, where named ("nvls_tree/Simple" for nccl)
   bool auto_chosen = false;
   int stream = 0;
   Precision transfer = Precision::FP16;
