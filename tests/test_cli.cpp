@@ -542,3 +542,44 @@ TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the lo
   CHECK(seed.out.find("another --seed") != std::string::npos);
   CHECK(seed.out.find("another --seed") == seed.out.rfind("another --seed"));
 }
+
+TEST_CASE("cli: NCCL clusters: collective shows NCCL's table and choices; nccl-tests logs calibrate them") {
+  const std::string log = std::string(FUSEPLAN_TEST_DATA) + "/nccl-tests/h100-ndr-2x8.txt";
+  Run c = run("collective --cluster dgx-h100 --gpus 16 --sizes 1M:64M --step-factor 64 --nccl-table");
+  CHECK(c.code == 0);
+  CHECK_THAT(c.out, Catch::Contains("NCCL 2.23 tuning model: 16 ranks on 2 nodes"));
+  CHECK_THAT(c.out, Catch::Contains("nccl nvls_tree/Simple"));
+  Run old = run("collective --cluster dgx-h100 --gpus 16 --sizes 64M:64M --nccl-version 2.20 --json");
+  CHECK(old.code == 0);
+  CHECK(nlohmann::json::parse(old.out)["rows"][0]["algorithm"] == "nccl");
+  expect_bad("collective --cluster tencent-p40 --nccl-table", "--nccl-table: cluster tencent-p40 runs mpi, not NCCL");
+  expect_bad("collective --cluster dgx-h100 --nccl-version 9.9", "unknown NCCL release '9.9'");
+  expect_bad("predict --cluster tencent-p40 --nccl-version 2.23", "--nccl-version: cluster tencent-p40 runs mpi");
+  expect_bad("calibrate --nccl-tests " + log, "--nccl-tests: give --cluster");
+  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-h100 --as butterfly", "--as: unknown algorithm 'butterfly'");
+  const std::string bad = tmp("bad-log.txt");
+  write(bad, "#       size         count      type   redop    root     time   algbw   busbw #wrong\n"
+             "        1024           256     float     sum      -1    15.38    0.07    0.10       0    15.28    0.07    0.10       0\n"
+             "        4096          1024     float     sum      -1    x.54    0.25    0.37       0    16.44    0.25    0.37       0\n");
+  expect_bad("calibrate --nccl-tests " + bad + " --cluster dgx-h100 --ranks 16", "line 3: cannot read the row");
+  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-a100 --ranks 2048", "do not fit cluster dgx-a100");
+  // A fit from the log, written and used: the 8 B .. 256 B range is too noisy to fit
+  // (degenerate), so the file is written only when asked to, or with --fit-sizes.
+  const std::string out = tmp("h100-calibrated.json");
+  std::filesystem::remove(out);
+  Run deg = run("calibrate --nccl-tests " + log + " --cluster dgx-h100 --out " + out);
+  CHECK(deg.code == 2);
+  CHECK_THAT(deg.out, Catch::Contains("degenerate fit"));
+  CHECK(!std::filesystem::exists(out));
+  Run ok = run("calibrate --nccl-tests " + log + " --cluster dgx-h100 --fit-sizes 64K:16G --holdout --out " + out);
+  INFO(ok.out);
+  CHECK(ok.code == 0);
+  CHECK_THAT(ok.out, Catch::Contains("on 16 ranks (8 per node)"));
+  CHECK_THAT(ok.out, Catch::Contains("no launch overhead to keep apart"));
+  Run p = run("collective --cluster " + out + " --gpus 16 --sizes 256M:256M --json");
+  CHECK(p.code == 0);
+  const auto row = nlohmann::json::parse(p.out)["rows"][0];
+  // The log measured 1282.8 us for 256 MiB; the calibrated model (plus the cluster's 8 us
+  // framework launch overhead) is within a few percent of it.
+  CHECK(row["time_us"].get<double>() == Approx(1282.8 + 8).epsilon(0.05));
+}
