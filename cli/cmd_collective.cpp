@@ -19,8 +19,30 @@ struct CollectiveFlags {
   std::string algorithm = "auto", cluster = "tencent-p40", sizes = "4K:256M", precision = "fp32", nccl_version;
   int gpus = 8, group = 0, torus_x = 0;
   double step = 2;
-  bool json = false, simulate = false, quiet = false, nccl_table = false;
+  bool json = false, simulate = false, quiet = false, nccl_table = false, nccl_constants = false;
 };
+
+// NCCL's tuning constants, one row each: name, value per release, source.
+void print_nccl_constants(std::ostream& os) {
+  std::vector<std::string> head{"<constant"};
+  for (const auto& r : nccl_releases()) head.push_back(r);
+  head.push_back("<source");
+  Table t(head);
+  for (const auto& row : nccl_constant_rows()) {
+    std::vector<std::string> cells{row.name};
+    for (double v : row.values) {
+      std::ostringstream x;
+      x << v;  // shortest form: 6.8, 14, 0.263158
+      cells.push_back(x.str());
+    }
+    cells.push_back(row.source);
+    t.row(cells);
+  }
+  std::ostringstream ts;
+  t.print(ts, "");
+  os << "# NCCL tuning constants (allreduce), per release; override any in a cluster file's nccl.constants\n"
+     << ts.str();
+}
 
 // NCCL's view of the job as NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=GRAPH,TUNING prints it: the
 // channel graphs and the latency / bandwidth table of allreduce.
@@ -81,9 +103,12 @@ void add_collective_command(CLI::App& app) {
   cmd->add_flag("--nccl-table", f->nccl_table,
                 "on an NCCL cluster, also print NCCL's channel graphs and latency/bandwidth table (as "
                 "NCCL_DEBUG_SUBSYS=TUNING does)");
+  cmd->add_flag("--nccl-constants", f->nccl_constants,
+                "print NCCL's tuning constants (name, value per release, source) and exit");
   cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
   cmd->add_flag("--quiet", f->quiet, "with --simulate: no progress on stderr");
   cmd->callback([f] {
+    if (f->nccl_constants) return print_nccl_constants(std::cout);
     Cluster c = load_cluster(f->cluster);
     Precision p = parse_precision(f->precision, "--precision");
     auto colon = f->sizes.find(':');
