@@ -27,11 +27,15 @@ struct CalibrateFlags {
   CLI::Option* cluster_opt = nullptr;
 };
 
-// A fit that cannot stand for the measurements: a bandwidth term at its bound (infinite
-// bandwidth), or a mean error far beyond the tolerance the ranges were cut for.
-std::string degenerate(const SegmentFit& seg, double tolerance) {
-  if (!(seg.k.beta_us_per_MB > 0) && !(seg.k.gamma_us_per_MB > 0))
-    return "beta at its bound 0 (infinite bandwidth): too few or too noisy sizes";
+// A fit that cannot stand for the measurements: nothing fitted (every constant 0), no
+// bandwidth term in the range of the largest sizes (infinite bandwidth there; below, a
+// latency-bound range may fit beta 0), or a mean error far beyond the tolerance the
+// ranges were cut for.
+std::string degenerate(const SegmentFit& seg, bool largest, double tolerance) {
+  const Calibration& k = seg.k;
+  if (!(k.alpha_us > 0) && !(k.beta_us_per_MB > 0) && !(k.gamma_us_per_MB > 0)) return "every constant at its bound 0";
+  if (largest && !(k.beta_us_per_MB > 0) && !(k.gamma_us_per_MB > 0))
+    return "beta at its bound 0 for the largest sizes (infinite bandwidth): too few or too noisy sizes";
   if (seg.mean_rel_err > 4 * tolerance) return "mean error " + percent(seg.mean_rel_err, 1) + " above 4 x the tolerance";
   return "";
 }
@@ -251,7 +255,7 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
     for (const SegmentFit& seg : fit.segments) {
       const Calibration& k = seg.k;
       const double beta_bus = k.beta_us_per_MB > 0 ? 1e6 / k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
-      const std::string why = degenerate(seg, f.segment_tolerance);
+      const std::string why = degenerate(seg, &seg == &fit.segments.back(), f.segment_tolerance);
       if (!why.empty())
         bad.push_back(s.algorithm + " " + bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes) + ": " + why);
       t.row({s.algorithm + (why.empty() ? "" : " (degenerate)"),

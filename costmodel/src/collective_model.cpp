@@ -1,6 +1,7 @@
 // CollectiveModel: cluster file -> two-level network -> per-algorithm cost.
 #include "fuseplan/costmodel/collective_model.hpp"
 
+#include <cmath>
 #include <limits>
 
 #include "fuseplan/models/error.hpp"
@@ -152,10 +153,26 @@ CollectiveChoice CollectiveModel::cost(std::string_view algorithm, int64_t count
 }
 
 bool CollectiveModel::monotone(std::string_view algorithm) const {
-  if (algorithm != "auto") return find_algorithm(algorithm).monotone;
+  if (algorithm != "auto") return find_algorithm(algorithm).monotone || calibrated_.count(algorithm);
   for (const auto& a : algorithms())
-    if (a.automatic && a.library == library_ && !a.monotone) return false;
+    if (a.automatic && a.library == library_ && !a.monotone && !calibrated_.count(a.name)) return false;
   return true;
+}
+
+double CollectiveModel::lower_bound_s(std::string_view algorithm, int64_t count, Precision transfer) const {
+  if (monotone(algorithm)) return cost(algorithm, count, transfer).total_s();
+  const CollectiveArgs a = args(count, transfer);
+  const double launch = topo_.ranks > 1 ? launch_s_ : 0;
+  double best = std::numeric_limits<double>::infinity();
+  for (const auto& algo : algorithms()) {
+    const bool wanted = algorithm == "auto" ? algo.automatic && algo.library == library_ : algo.name == algorithm;
+    if (!wanted || !algo.not_applicable(a).empty()) continue;
+    const double b = calibrated_.count(algo.name) ? cost(algo.name, count, transfer).cost.total()
+                     : algo.lower_bound                ? algo.lower_bound(a)
+                                                       : 0;  // no bound known: no pruning
+    best = std::min(best, b);
+  }
+  return std::isfinite(best) ? best + launch : 0;
 }
 
 std::string CollectiveModel::variant_name(const CollectiveChoice& c) {

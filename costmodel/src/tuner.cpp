@@ -110,7 +110,8 @@ class BucketCoster {
  public:
   BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt,
                const std::vector<double>& ready)
-      : cluster_(c), coll_(coll), opt_(opt), pack_(packs(opt)), neg_ready_(static_cast<int>(ready.size())) {
+      : cluster_(c), coll_(coll), opt_(opt), pack_(packs(opt)), monotone_(coll.monotone(opt.algorithm)),
+        neg_ready_(static_cast<int>(ready.size())) {
     const int n = static_cast<int>(m.tensors.size());
     for (double r : ready) neg_ready_.push(-r);
     elems_.assign(n + 1, 0);
@@ -129,15 +130,20 @@ class BucketCoster {
   }
   int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
   int tensors() const { return static_cast<int>(elems_.size()) - 1; }
-  // Whether costs grow with the bucket (the pruning's premise; NCCL's are not monotone).
-  bool monotone() const { return coll_.monotone(opt_.algorithm); }
+  // A bound of R + C for bucket [i, j) and every larger bucket [i', j), i' < i: the terms
+  // themselves when costs grow with the bucket, else the cost model's monotone lower bound
+  // (NCCL's costs are not monotone: its tree correction factors).
+  double grown_bound(int i, int j, const BucketTerms& t) const {
+    if (monotone_) return t.ready_s + t.latency_s + t.bandwidth_s;
+    return t.ready_s + coll_.lower_bound_s(opt_.algorithm, elems(i, j), transfer(i, j));
+  }
   int64_t evaluations = 0;
 
  private:
   const Cluster& cluster_;
   const CollectiveModel& coll_;
   const TuneOptions& opt_;
-  bool pack_;
+  bool pack_, monotone_;
   GrowingRangeMin neg_ready_;  // of -ready: range maxima of the ready times
   std::vector<int64_t> elems_;
   std::vector<int> fp32_;
@@ -154,12 +160,12 @@ double end_after(double free_at, const BucketTerms& t) {
 // exactly. Pruning: R and C only grow as the bucket grows (i decreases; costs are
 // nondecreasing in bytes), so once R(i, j) + C(i, j) reaches the best end found, no
 // larger bucket can beat it and the scan over i stops. NCCL's costs are not monotone in
-// bytes (its tree correction factors): then every i is scanned, O(L^2).
+// bytes (its tree correction factors): the scan then stops on a monotone lower bound of
+// C instead (BucketCoster::grown_bound), which is as exact.
 std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective) {
   const int n = cost.tensors();
   const bool any = segments == 0;
   const int layers = any ? 1 : segments;
-  const bool prune = cost.monotone();
   // Layer k: the best end with exactly k + 1 buckets (any number when `any`).
   std::vector<double> prev(n + 1, kInf), cur(n + 1, kInf);
   std::vector<std::vector<int>> parent(layers, std::vector<int>(n + 1, 0));
@@ -186,7 +192,7 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
           best = end;
           parent[k][j] = i;
         }
-        if (prune && t.ready_s + t.latency_s + t.bandwidth_s >= best) break;
+        if (cost.grown_bound(i, j, t) >= best) break;
       }
       cur[j] = best;
     }

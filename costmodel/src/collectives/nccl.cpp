@@ -34,6 +34,7 @@ Schedule schedule(const CollectiveArgs& a) {
     default: return coll::nccl_hierarchical_schedule(a);
   }
 }
+double lower_bound(const CollectiveArgs& a) { return coll::nccl_lower_bound(a, NcclAlgo::Ring, true); }
 std::string variant_name(int v) {
   return std::string(nccl_algo_name(algo_of(v))) + "/" + std::string(nccl_proto_name(proto_of(v)));
 }
@@ -52,6 +53,7 @@ extern const Algorithm kNccl{.name = "nccl",
                              .library = "nccl",
                              .direct = direct,
                              .variant_name = variant_name,
-                             .monotone = false};
+                             .monotone = false,
+                             .lower_bound = lower_bound};
 
 }  // namespace fuseplan

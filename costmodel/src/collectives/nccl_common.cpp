@@ -2,6 +2,7 @@
 #include "nccl_common.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace fuseplan {
@@ -44,6 +45,19 @@ Profile nccl_affine_profile(const CollectiveArgs& a) {
 }
 
 std::string nccl_proto_variant_name(int v) { return std::string(nccl_proto_name(NcclProto(v))); }
+
+double nccl_lower_bound(const CollectiveArgs& args, NcclAlgo a, bool any) {
+  if (!args.nccl || args.topo.ranks < 2) return 0;
+  const NcclTuning& t = args.nccl->tuning;
+  double best = std::numeric_limits<double>::infinity();
+  for (int ai = 0; ai < kNcclAlgos; ++ai) {
+    if (!any && NcclAlgo(ai) != a) continue;
+    for (int p = 0; p < kNcclProtos; ++p)
+      if (t.enabled(NcclAlgo(ai), NcclProto(p)))
+        best = std::min(best, t.latency_us[size_t(ai)][size_t(p)] + args.bytes() / (1000 * t.bandwidth_GBps[size_t(ai)][size_t(p)]));
+  }
+  return std::isfinite(best) ? best * 1e-6 : 0;
+}
 
 Schedule nccl_ring_schedule(const CollectiveArgs& a, int channels) {
   Schedule s;

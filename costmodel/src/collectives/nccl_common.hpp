@@ -19,6 +19,10 @@ std::string nccl_not_applicable(const CollectiveArgs& args, NcclAlgo a);
 // whole message, nothing reduced apart).
 Profile nccl_affine_profile(const CollectiveArgs&);
 std::string nccl_proto_variant_name(int v);  // "LL", "LL128", "Simple"
+// A bound of NCCL's time for `a` (or every algorithm when `any`) at this and every larger
+// size: lat + bytes / algBw without the tree's correction factors (all <= 1) and the
+// ring's plateau (>= 1), the minimum over enabled protocols. Nondecreasing in the size.
+double nccl_lower_bound(const CollectiveArgs& args, NcclAlgo a, bool any = false);
 
 // Schedules (point-to-point equivalents; NVLS and CollNet reduce in switches, which a
 // schedule of messages between ranks cannot express).

@@ -10,6 +10,7 @@ namespace {
 
 std::string not_applicable(const CollectiveArgs& a) { return coll::nccl_not_applicable(a, NcclAlgo::Tree); }
 Cost direct(const CollectiveArgs& a) { return coll::nccl_cost(a, NcclAlgo::Tree, NcclProto(a.variant < 0 ? 2 : a.variant)); }
+double lower_bound(const CollectiveArgs& a) { return coll::nccl_lower_bound(a, NcclAlgo::Tree); }
 
 }  // namespace
 
@@ -24,6 +25,7 @@ extern const Algorithm kNcclTree{.name = "nccl_tree",
                                  .library = "nccl",
                                  .direct = direct,
                                  .variant_name = coll::nccl_proto_variant_name,
-                                 .monotone = false};
+                                 .monotone = false,
+                                 .lower_bound = lower_bound};
 
 }  // namespace fuseplan

@@ -115,6 +115,9 @@ struct Algorithm {
   // Whether its cost is nondecreasing in the message size for a fixed variant (the
   // tuner's pruning relies on it; NCCL's tree correction factors break it).
   bool monotone = true;
+  // For an algorithm that is not monotone: a bound (seconds) of its closed form at this
+  // size and every larger one, nondecreasing in the size, so the tuner can still prune.
+  double (*lower_bound)(const CollectiveArgs&) = nullptr;
 };
 
 const std::vector<Algorithm>& algorithms();

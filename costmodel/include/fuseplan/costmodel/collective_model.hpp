@@ -61,8 +61,12 @@ class CollectiveModel {
   // The cluster's communication library ("nccl" or "mpi"): what `auto` chooses among.
   const std::string& library() const { return library_; }
   // Whether `algorithm`'s cost ("auto" included) is nondecreasing in the message size (the
-  // tuner's pruning needs it; NCCL's tree correction factors break it).
+  // tuner's pruning needs it; NCCL's tree correction factors break it). Calibrated
+  // algorithms count as monotone (nonnegative constants, blended continuously).
   bool monotone(std::string_view algorithm) const;
+  // A bound of the total (launch included) of `algorithm` at `count` elements and every
+  // larger count, nondecreasing: the cost itself when monotone.
+  double lower_bound_s(std::string_view algorithm, int64_t count, Precision transfer) const;
   // "tree/LL128" for NCCL's choices, "" when the algorithm's variants are unnamed.
   static std::string variant_name(const CollectiveChoice& c);
 
