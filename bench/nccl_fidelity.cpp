@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -189,5 +190,22 @@ int main(int argc, char** argv) {
   std::printf("#\n# over logs (median of the per-log medians): uncalibrated %s %% from 1 MiB (target <= 10), %s %% below "
               "(target <= 20); calibrated hold-out %s %% (target <= 3)\n",
               pct(median(big_meds)).c_str(), pct(median(small_meds)).c_str(), pct(median(hold_meds)).c_str());
+  // NCCL's choices as users reported them (NCCL_DEBUG_SUBSYS=TUNING), size by size.
+  const std::filesystem::path choices = std::filesystem::path(dir).parent_path() / "nccl-choices";
+  if (std::filesystem::exists(choices)) {
+    std::printf("#\n# NCCL's printed choices against `nccl`'s:\n");
+    for (const auto& e : std::filesystem::directory_iterator(choices)) {
+      if (e.path().extension() != ".json") continue;
+      const auto j = nlohmann::json::parse(std::ifstream(e.path()));
+      CollectiveModel m(load_cluster(j.at("cluster").get<std::string>()), j.at("gpus").get<int>(), {0, 0, release});
+      int same = 0, all = 0;
+      for (const auto& r : j.at("choices"))
+        for (double b = r.at("from_bytes").get<double>(); b <= r.at("to_bytes").get<double>(); b *= 2, ++all)
+          same += CollectiveModel::variant_name(m.cost("auto", std::max<int64_t>(1, int64_t(b) / 4), Precision::FP32)) ==
+                  r.at("algorithm").get<std::string>() + "/" + r.at("protocol").get<std::string>();
+      std::printf("#   %s (%s x %d): %d of %d sizes the same\n", e.path().stem().c_str(),
+                  j.at("cluster").get<std::string>().c_str(), j.at("gpus").get<int>(), same, all);
+    }
+  }
   return 0;
 }

@@ -425,3 +425,18 @@ TEST_CASE("calibration remembers the tree's pipeline depth it was fitted with") 
   CHECK(f.max_rel_err < 1e-6);
   CHECK(f.k.alpha_us == Approx(20).epsilon(1e-6));
 }
+
+TEST_CASE("nccl: the choice NCCL printed on a real HGX H100 node (NCCL 2.26.2) is the model's, size by size") {
+  const auto j = nlohmann::json::parse(std::ifstream(std::string(FUSEPLAN_TEST_DATA) + "/nccl-choices/hgx-h100-1x8.json"));
+  CollectiveModel m(load_cluster(j.at("cluster").get<std::string>()), j.at("gpus").get<int>());
+  int checked = 0;
+  for (const auto& range : j.at("choices"))
+    for (double b = range.at("from_bytes").get<double>(); b <= range.at("to_bytes").get<double>(); b *= 2) {
+      const CollectiveChoice ch = m.cost("auto", std::max<int64_t>(1, int64_t(b) / 4), Precision::FP32);
+      INFO(b << " bytes");
+      CHECK(CollectiveModel::variant_name(ch) ==
+            range.at("algorithm").get<std::string>() + "/" + range.at("protocol").get<std::string>());
+      ++checked;
+    }
+  CHECK(checked == 32);
+}
