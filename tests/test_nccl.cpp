@@ -114,6 +114,30 @@ TEST_CASE("nccl tuning: two nodes x 8 H100 over 8 rails (ring 8 x 45, NVLS 8 x 4
   CHECK(nccl_choose(s, t, 1024).proto == LL);
 }
 
+TEST_CASE("nccl tuning: four nodes x 8 H100 over 8 rails (beyond two nodes: bwInter, N4 caps), by hand") {
+  NcclSystem s = system_of("2.23", 32, 4, 90, true, "intel");
+  s.nvls = true;
+  s.graphs[size_t(Ring)] = graph(8, 45, 45);
+  s.graphs[size_t(Tree)] = graph(8, 45, 45, true);
+  s.graphs[size_t(NcclAlgo::Nvls)] = s.graphs[size_t(NvlsTree)] = graph(8, 40, 48);
+  s.comm_channels = 16;
+  const NcclTuning t = nccl_tune(s);
+  CHECK(bw(t, Ring, Simple) == Approx(360.0 * 32 / 62));
+  CHECK(lat(t, Ring, Simple) == Approx(8.4 + (62 - 6) * 3.4 + 6 * 14.0));
+  CHECK(bw(t, Ring, LL) == Approx(20.4 * 32 / 62));  // llMaxBw Intel-N4
+  CHECK(lat(t, Ring, LL) == Approx(6.6 + 56 * 1.0 + 6 * 2.7));
+  CHECK(bw(t, Ring, LL128) == Approx(8 * 36.7 * 32 / 62));
+  CHECK(lat(t, Ring, LL128) == Approx(14 + 56 * 1.9 + 6 * 4.0));
+  CHECK(bw(t, Tree, Simple) == Approx(8 * 36.0 * 0.85 * 0.5));  // perChMaxTreeBw Hopper-N4
+  CHECK(lat(t, Tree, Simple) == Approx(8.4 + 2 * (7 * 4.0 + 2 * 14)));
+  CHECK(bw(t, Tree, LL128) == Approx(8 * 29.0 * 0.85 * 0.5));   // perChMaxTreeLL128Bw Hopper-N4
+  CHECK(lat(t, Tree, LL128) == Approx(14 + 2 * (7 * 1.25 + 2 * 8.5)));
+  CHECK(bw(t, NvlsTree, Simple) == Approx(8 * 24.0 * 5 / 6));   // min(40, 48 / 2) beyond 2 nodes
+  CHECK(lat(t, NvlsTree, Simple) == Approx(25 + 2 * 2 * 14));
+  // At 1 GiB the ring (185.8 GB/s) beats NVLS Tree (160): NCCL runs Ring on 4 nodes.
+  CHECK(nccl_choose(s, t, double(1 << 30)).algo == Ring);
+}
+
 TEST_CASE("nccl tuning: four PCIe nodes x 4 (sm86, AMD) on release 2.20, by hand") {
   NcclSystem s = system_of("2.20", 16, 4, 86, false, "amd");
   s.graphs[size_t(Ring)] = graph(2, 12, 12);
