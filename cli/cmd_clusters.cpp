@@ -14,7 +14,8 @@ void add_clusters_command(CLI::App& app) {
   cmd->add_flag("--json", *json, "print the parsed cluster files as JSON");
   cmd->callback([json] {
     nlohmann::json out = nlohmann::json::array();
-    Table t({"<cluster", "nodes", "GPUs/node", "<device", "fp16 TFLOPS", "<intra-node", "<inter-node", "<description"});
+    Table t({"<cluster", "<library", "nodes", "GPUs/node", "<device", "fp16 TFLOPS", "<intra-node", "<inter-node",
+             "<description"});
     for (const auto& name : shipped_cluster_names()) {
       Cluster c = load_cluster(name);
       out.push_back(cluster_to_json(c));
@@ -23,7 +24,7 @@ void add_clusters_command(CLI::App& app) {
       if (c.inter)
         inter = std::to_string(c.inter->nics_per_node) + " x " + fixed(c.inter->nic_bw_Gbps, 0) + " Gb/s " +
                 c.inter->topology + (c.inter->gdr ? ", GDR" : ", host-staged");
-      t.row({c.name, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
+      t.row({c.name, c.library, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
              c.intra.kind + " " + fixed(c.intra.bw_GBps, 0) + " GB/s", inter, c.description});
     }
     if (*json) std::cout << out.dump(2) << "\n";
