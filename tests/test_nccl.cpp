@@ -38,6 +38,20 @@ NcclSystem system_of(const std::string& release, int ranks, int nodes, int cc, b
   return s;
 }
 
+constexpr auto kRing = NcclAlgo::Ring, kTree = NcclAlgo::Tree;
+
+// H100 nodes of 8 over 8 rails, as the shipped dgx-h100 derives them: ring and tree 8 x
+// 45 GB/s (the TREE pattern), NVLS 8 x 40 inside / 48 across.
+NcclSystem h100_nodes(int nodes) {
+  NcclSystem s = system_of("2.23", 8 * nodes, nodes, 90, true, "intel");
+  s.nvls = true;
+  s.graphs[size_t(kRing)] = graph(8, 45, 45);
+  s.graphs[size_t(kTree)] = graph(8, 45, 45, true);
+  s.graphs[size_t(NcclAlgo::Nvls)] = s.graphs[size_t(NcclAlgo::NvlsTree)] = graph(8, 40, 48);
+  s.comm_channels = 16;
+  return s;
+}
+
 double lat(const NcclTuning& t, NcclAlgo a, NcclProto p) { return t.latency_us[size_t(a)][size_t(p)]; }
 double bw(const NcclTuning& t, NcclAlgo a, NcclProto p) { return t.bandwidth_GBps[size_t(a)][size_t(p)]; }
 
@@ -84,12 +98,7 @@ TEST_CASE("nccl tuning: one node, 8 GPUs on NVLink (sm80, 12 channels x 20 GB/s)
 }
 
 TEST_CASE("nccl tuning: two nodes x 8 H100 over 8 rails (ring 8 x 45, NVLS 8 x 40/48), by hand") {
-  NcclSystem s = system_of("2.23", 16, 2, 90, true, "intel");
-  s.nvls = true;
-  s.graphs[size_t(Ring)] = graph(8, 45, 45);
-  s.graphs[size_t(Tree)] = graph(8, 45, 45, true);
-  s.graphs[size_t(NcclAlgo::Nvls)] = s.graphs[size_t(NvlsTree)] = graph(8, 40, 48);
-  s.comm_channels = 16;
+  NcclSystem s = h100_nodes(2);
   const NcclTuning t = nccl_tune(s);
   // Ring: nInter = 2 (nNodes - 1) = 2 steps at the network latency, 28 at max(NVLink, 3 x 1 us).
   CHECK(bw(t, Ring, Simple) == Approx(360.0 * 16 / 30));
@@ -115,12 +124,7 @@ TEST_CASE("nccl tuning: two nodes x 8 H100 over 8 rails (ring 8 x 45, NVLS 8 x 4
 }
 
 TEST_CASE("nccl tuning: four nodes x 8 H100 over 8 rails (beyond two nodes: bwInter, N4 caps), by hand") {
-  NcclSystem s = system_of("2.23", 32, 4, 90, true, "intel");
-  s.nvls = true;
-  s.graphs[size_t(Ring)] = graph(8, 45, 45);
-  s.graphs[size_t(Tree)] = graph(8, 45, 45, true);
-  s.graphs[size_t(NcclAlgo::Nvls)] = s.graphs[size_t(NvlsTree)] = graph(8, 40, 48);
-  s.comm_channels = 16;
+  NcclSystem s = h100_nodes(4);
   const NcclTuning t = nccl_tune(s);
   CHECK(bw(t, Ring, Simple) == Approx(360.0 * 32 / 62));
   CHECK(lat(t, Ring, Simple) == Approx(8.4 + (62 - 6) * 3.4 + 6 * 14.0));
