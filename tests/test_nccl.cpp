@@ -175,28 +175,60 @@ TEST_CASE("nccl: the choice is the argmin of NCCL's formulas, and `auto` on an N
       if (gpus > c.capacity()) continue;
       CollectiveModel m(c, gpus);
       REQUIRE(m.nccl() != nullptr);
+      const NcclSystem& sys = m.nccl()->system;
+      const NcclTuning& tun = m.nccl()->tuning;
       for (int64_t count = 1; count < (int64_t(1) << 31); count *= 7) {
         const double bytes = double(count) * 2;
+        int best_a = -1, best_p = -1;
         double best = -1;
         for (int a = 0; a < kNcclAlgos; ++a)
           for (int p = 0; p < kNcclProtos; ++p) {
-            const double x = nccl_time(m.nccl()->system, m.nccl()->tuning, NcclAlgo(a), NcclProto(p), bytes).total_us();
-            if (x >= 0 && (best < 0 || x < best)) best = x;
+            const double x = nccl_time(sys, tun, NcclAlgo(a), NcclProto(p), bytes).total_us();
+            if (x >= 0 && (best < 0 || x < best)) {
+              best = x;
+              best_a = a;
+              best_p = p;
+            }
           }
         const CollectiveChoice ch = m.cost("auto", count, Precision::FP16);
         INFO(cname << " x " << gpus << " bytes " << bytes);
         CHECK(std::string(ch.algorithm->name) == "nccl");
-        CHECK(ch.cost.total() * 1e6 == Approx(best).epsilon(1e-12));
-        const NcclPick pick = nccl_choose(m.nccl()->system, m.nccl()->tuning, bytes);
-        CHECK(ch.variant == int(pick.algo) * kNcclProtos + int(pick.proto));
-        // Each named NCCL algorithm costs its cheapest protocol; none beats the choice.
-        for (const char* name : {"nccl_ring", "nccl_tree", "nccl_nvls", "nccl_nvls_tree"}) {
-          if (!find_algorithm(name).not_applicable(m.args(count, Precision::FP16)).empty()) continue;
-          CHECK(m.cost(name, count, Precision::FP16).cost.total() >= ch.cost.total() * (1 - 1e-12));
+        // NCCL's argmin is what runs; its time with fuseplan's refinements is the prediction.
+        CHECK(ch.variant == best_a * kNcclProtos + best_p);
+        const NcclPick pick = nccl_choose(sys, tun, bytes);
+        CHECK(int(pick.algo) == best_a);
+        CHECK(int(pick.proto) == best_p);
+        CHECK(ch.cost.total() * 1e6 ==
+              Approx(nccl_refined_time(sys, tun, pick.algo, pick.proto, bytes).total_us()).epsilon(1e-12));
+        if (pick.algo != NvlsTree) CHECK(ch.cost.total() * 1e6 == Approx(best).epsilon(1e-12));
+        // A named NCCL algorithm runs the protocol NCCL would pick for it.
+        for (const char* name : {"nccl_ring", "nccl_tree"}) {
+          const CollectiveChoice one = m.cost(name, count, Precision::FP16);
+          const NcclAlgo a = std::string(name) == "nccl_ring" ? Ring : Tree;
+          CHECK(one.variant == nccl_choose_protocol(sys, tun, a, bytes));
         }
       }
     }
   }
+}
+
+TEST_CASE("nccl: fuseplan's refinement of NVLS Tree adds to NCCL's time, never chooses, and can be turned off") {
+  Cluster c = load_cluster("dgx-h100");
+  CollectiveModel m(c, 16);
+  const NcclSystem& sys = m.nccl()->system;
+  const NcclTuning& tun = m.nccl()->tuning;
+  const double MiB = 1 << 20;
+  for (double b : {1 * MiB, 16 * MiB, 64 * MiB, 1024 * MiB}) {
+    const NcclTime pure = nccl_time(sys, tun, NvlsTree, Simple, b), refined = nccl_refined_time(sys, tun, NvlsTree, Simple, b);
+    CHECK(refined.latency_us == Approx(pure.latency_us + 20 + 135 * std::min(1.0, b / (64 * MiB))));
+    CHECK(refined.bandwidth_us == Approx(pure.bandwidth_us / 0.94));
+  }
+  CHECK(nccl_refined_time(sys, tun, Ring, Simple, 64 * MiB).total_us() == nccl_time(sys, tun, Ring, Simple, 64 * MiB).total_us());
+  for (const char* k : {"fuseplan.nvls_tree_extra_lat_us", "fuseplan.nvls_tree_fill_us"}) c.nccl.constants[k] = 0;
+  c.nccl.constants["fuseplan.nvls_tree_bw_efficiency"] = 1;
+  CollectiveModel plain(c, 16);
+  const CollectiveChoice ch = plain.cost("auto", int64_t(64 * MiB) / 4, Precision::FP32);
+  CHECK(ch.cost.total() * 1e6 == Approx(nccl_time(sys, tun, NvlsTree, Simple, 64 * MiB).total_us()));
 }
 
 TEST_CASE("nccl: the emulated channel search on shipped clusters") {

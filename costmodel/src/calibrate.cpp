@@ -147,7 +147,30 @@ CalibrationFit fit_calibration(const Algorithm& algo, const Sweep& s, double lau
     CalibrationFit f = fit_variant(algo, s, launch_s, use, v);
     if (v == 0 || f.fitted_sq < best.fitted_sq) best = std::move(f);
   }
-  return best;
+  // One robust pass: sizes the fit misses by more than four times its median error (and
+  // by more than 10 %) are left out and the rest refitted (a log's first row often times
+  // the warm-up; a noisy machine spikes once). At least three sizes stay.
+  std::vector<double> errs;
+  std::vector<size_t> fitted;
+  for (size_t i = 0; i < s.points.size(); ++i)
+    if (use.empty() || use[i]) {
+      fitted.push_back(i);
+      errs.push_back(std::abs(best.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds);
+    }
+  std::vector<double> sorted = errs;
+  std::nth_element(sorted.begin(), sorted.begin() + long(sorted.size() / 2), sorted.end());
+  const double cut = std::max(0.1, 4 * sorted[sorted.size() / 2]);
+  std::vector<bool> kept(s.points.size(), false);
+  size_t n = 0;
+  for (size_t q = 0; q < fitted.size(); ++q)
+    if (errs[q] <= cut) kept[fitted[q]] = true, ++n;
+  if (n == fitted.size() || n < 3) return best;
+  CalibrationFit robust;
+  for (int v = 0; v < variants; ++v) {
+    CalibrationFit f = fit_variant(algo, s, launch_s, kept, v);
+    if (v == 0 || f.fitted_sq < robust.fitted_sq) robust = std::move(f);
+  }
+  return robust;
 }
 
 std::vector<Calibration> SegmentedFit::constants() const {

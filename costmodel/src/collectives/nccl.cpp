@@ -1,7 +1,8 @@
 // `nccl`: NCCL's own choice. The variants are every (algorithm, protocol) of NCCL's
-// tuning model, v = algorithm * 3 + protocol in NCCL's order; the cheapest variant is
-// NCCL's argmin of ncclTopoGetAlgoTime (ties to NCCL's loop order), and its time is the
-// prediction. The schedule is the chosen algorithm's. On an NCCL cluster `auto` is this.
+// tuning model, v = algorithm * 3 + protocol in NCCL's order; the variant run is NCCL's
+// argmin of ncclTopoGetAlgoTime (ties to NCCL's loop order), and its time with fuseplan's
+// measured refinements (nccl_refined_time) is the prediction. The schedule is the chosen
+// algorithm's. On an NCCL cluster `auto` is this.
 #include "nccl_common.hpp"
 
 namespace fuseplan {
@@ -16,14 +17,15 @@ std::string not_applicable(const CollectiveArgs& a) {
   if (!a.nccl) return coll::nccl_not_applicable(a, NcclAlgo::Ring);
   return "";
 }
+// NCCL's argmin by its own formula (the refined time predicts, it does not choose).
+int choose(const CollectiveArgs& a) {
+  if (!a.nccl) return 0;
+  const NcclPick p = nccl_choose(a.nccl->system, a.nccl->tuning, a.bytes());
+  return int(p.algo) * kNcclProtos + int(p.proto);
+}
 Cost direct(const CollectiveArgs& a) {
-  if (a.variant < 0) {
-    const NcclPick p = nccl_choose(a.nccl->system, a.nccl->tuning, a.bytes());
-    CollectiveArgs v = a;
-    v.variant = int(p.algo) * kNcclProtos + int(p.proto);
-    return coll::nccl_cost(v, p.algo, p.proto);
-  }
-  return coll::nccl_cost(a, algo_of(a.variant), proto_of(a.variant));
+  const int v = a.variant < 0 ? choose(a) : a.variant;
+  return coll::nccl_cost(a, algo_of(v), proto_of(v));
 }
 Schedule schedule(const CollectiveArgs& a) {
   switch (algo_of(a.variant)) {
@@ -54,6 +56,7 @@ extern const Algorithm kNccl{.name = "nccl",
                              .direct = direct,
                              .variant_name = variant_name,
                              .monotone = false,
-                             .lower_bound = lower_bound};
+                             .lower_bound = lower_bound,
+                             .choose = choose};
 
 }  // namespace fuseplan

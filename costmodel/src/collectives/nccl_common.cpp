@@ -13,8 +13,9 @@ namespace fuseplan::coll {
 
 Cost nccl_cost(const CollectiveArgs& args, NcclAlgo a, NcclProto p) {
   Cost c;
+  if (args.topo.ranks < 2) return c;  // nothing to reduce
   const NcclContext& ctx = *args.nccl;
-  const NcclTime t = nccl_time(ctx.system, ctx.tuning, a, p, args.bytes());
+  const NcclTime t = nccl_refined_time(ctx.system, ctx.tuning, a, p, args.bytes());
   if (t.latency_us < 0) {
     c.latency_s = std::numeric_limits<double>::infinity();
     return c;
@@ -45,6 +46,11 @@ Profile nccl_affine_profile(const CollectiveArgs& a) {
 }
 
 std::string nccl_proto_variant_name(int v) { return std::string(nccl_proto_name(NcclProto(v))); }
+
+int nccl_protocol_choice(const CollectiveArgs& args, NcclAlgo a) {
+  if (!args.nccl) return 0;
+  return std::max(0, nccl_choose_protocol(args.nccl->system, args.nccl->tuning, a, args.bytes()));
+}
 
 double nccl_lower_bound(const CollectiveArgs& args, NcclAlgo a, bool any) {
   if (!args.nccl || args.topo.ranks < 2) return 0;

@@ -9,8 +9,9 @@
 
 namespace fuseplan::coll {
 
-// NCCL's time for `a` with protocol `p` as a Cost (latency + bandwidth; the reduction is
-// pipelined into the bandwidth term); infinite latency when NCCL would not run it.
+// The time of `a` with protocol `p` as a Cost (NCCL's formula with fuseplan's measured
+// refinements, nccl_refined_time; the reduction is pipelined into the bandwidth term);
+// infinite latency when NCCL would not run it.
 Cost nccl_cost(const CollectiveArgs& args, NcclAlgo a, NcclProto p);
 // Why `a` does not apply: no NCCL context (the cluster runs MPI), or every protocol of
 // `a` is disabled here (NCCL's reason).
@@ -19,6 +20,8 @@ std::string nccl_not_applicable(const CollectiveArgs& args, NcclAlgo a);
 // whole message, nothing reduced apart).
 Profile nccl_affine_profile(const CollectiveArgs&);
 std::string nccl_proto_variant_name(int v);  // "LL", "LL128", "Simple"
+// The protocol NCCL picks for `a` by its own formula (the variant of a one-algorithm file).
+int nccl_protocol_choice(const CollectiveArgs& args, NcclAlgo a);
 // A bound of NCCL's time for `a` (or every algorithm when `any`) at this and every larger
 // size: lat + bytes / algBw without the tree's correction factors (all <= 1) and the
 // ring's plateau (>= 1), the minimum over enabled protocols. Nondecreasing in the size.

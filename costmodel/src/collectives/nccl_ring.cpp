@@ -10,6 +10,7 @@ namespace fuseplan {
 namespace {
 
 std::string not_applicable(const CollectiveArgs& a) { return coll::nccl_not_applicable(a, NcclAlgo::Ring); }
+int choose(const CollectiveArgs& a) { return coll::nccl_protocol_choice(a, NcclAlgo::Ring); }
 Cost direct(const CollectiveArgs& a) { return coll::nccl_cost(a, NcclAlgo::Ring, NcclProto(a.variant < 0 ? 2 : a.variant)); }
 Schedule schedule(const CollectiveArgs& a) {
   return coll::nccl_ring_schedule(a, a.nccl ? a.nccl->system.graphs[size_t(NcclAlgo::Ring)].channels : 1);
@@ -27,6 +28,7 @@ extern const Algorithm kNcclRing{.name = "nccl_ring",
                                  .automatic = false,
                                  .library = "nccl",
                                  .direct = direct,
-                                 .variant_name = coll::nccl_proto_variant_name};
+                                 .variant_name = coll::nccl_proto_variant_name,
+                                 .choose = choose};
 
 }  // namespace fuseplan

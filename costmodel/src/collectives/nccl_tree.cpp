@@ -9,6 +9,7 @@ namespace fuseplan {
 namespace {
 
 std::string not_applicable(const CollectiveArgs& a) { return coll::nccl_not_applicable(a, NcclAlgo::Tree); }
+int choose(const CollectiveArgs& a) { return coll::nccl_protocol_choice(a, NcclAlgo::Tree); }
 Cost direct(const CollectiveArgs& a) { return coll::nccl_cost(a, NcclAlgo::Tree, NcclProto(a.variant < 0 ? 2 : a.variant)); }
 double lower_bound(const CollectiveArgs& a) { return coll::nccl_lower_bound(a, NcclAlgo::Tree); }
 
@@ -26,6 +27,7 @@ extern const Algorithm kNcclTree{.name = "nccl_tree",
                                  .direct = direct,
                                  .variant_name = coll::nccl_proto_variant_name,
                                  .monotone = false,
-                                 .lower_bound = lower_bound};
+                                 .lower_bound = lower_bound,
+                                 .choose = choose};
 
 }  // namespace fuseplan

@@ -50,6 +50,7 @@ Cost variant_cost(const Algorithm& a, const CollectiveArgs& v) {
 
 int best_variant(const Algorithm& a, const CollectiveArgs& args) {
   if (args.variant >= 0 || a.variants == 1) return std::max(args.variant, 0);
+  if (a.choose && a.direct && args.nccl) return a.choose(args);
   CollectiveArgs v = args;
   int best = 0;
   double best_t = 0;

@@ -103,7 +103,7 @@ double pci_GBps(int gen, const NcclConstants& k) { return k("pci_gen3_x16_GBps")
 
 int default_pcie_gen(int cc) {
   if (cc >= 100) return 6;
-  if (cc >= 90 && cc != 89) return 5;
+  if (cc >= 90) return 5;
   if (cc >= 80) return 4;  // A100, A30/A40 (86), RTX 40 (89)
   return 3;
 }

@@ -74,9 +74,8 @@ NcclTuning nccl_tune(const NcclSystem& s) {
     const std::string an(nccl_algo_name(a));
     const bool collnet = a == NcclAlgo::CollNetDirect || a == NcclAlgo::CollNetChain;
     const bool nvls = a == NcclAlgo::Nvls || a == NcclAlgo::NvlsTree;
-    // Which link's hardware latency applies inside a node: NVLink or PCI; "net" across.
+    // Which link's hardware latency applies inside a node: NVLink or PCI.
     const std::string intra_hw = s.nvlink ? "nvlink" : "pci";
-    const std::string hw = nNodes == 1 ? intra_hw : "net";
     for (int pi = 0; pi < kNcclProtos; ++pi) {
       const NcclProto p = NcclProto(pi);
       const std::string pn(nccl_proto_name(p));
@@ -136,7 +135,6 @@ NcclTuning nccl_tune(const NcclSystem& s) {
           intraLat = std::max(intraLat, netOverhead);
           const int nInter = nNodes == 1 ? 0 : 2 * (nNodes - int(k("ring_inter_steps_minus_one")));
           lat += (nsteps - nInter) * intraLat + nInter * interLat;
-          (void)hw;
           break;
         }
         case NcclAlgo::Tree: lat += 2 * ((local - 1) * intraLat + log2i(nNodes) * interLat); break;
@@ -179,6 +177,29 @@ NcclTime nccl_time(const NcclSystem& s, const NcclTuning& t, NcclAlgo a, NcclPro
   r.latency_us = lat;
   r.bandwidth_us = bytes / (1000 * bw);
   return r;
+}
+
+NcclTime nccl_refined_time(const NcclSystem& s, const NcclTuning& t, NcclAlgo a, NcclProto p, double bytes) {
+  NcclTime r = nccl_time(s, t, a, p, bytes);
+  if (r.latency_us < 0 || a != NcclAlgo::NvlsTree) return r;
+  const NcclConstants& k = s.k;
+  r.latency_us += k("fuseplan.nvls_tree_extra_lat_us") +
+                  k("fuseplan.nvls_tree_fill_us") * std::min(1.0, bytes / std::max(1.0, k("fuseplan.nvls_tree_fill_bytes")));
+  r.bandwidth_us /= std::max(1e-6, k("fuseplan.nvls_tree_bw_efficiency"));
+  return r;
+}
+
+int nccl_choose_protocol(const NcclSystem& s, const NcclTuning& t, NcclAlgo a, double bytes) {
+  int best = -1;
+  double best_us = 0;
+  for (int p = 0; p < kNcclProtos; ++p) {
+    const NcclTime x = nccl_time(s, t, a, NcclProto(p), bytes);
+    if (x.latency_us >= 0 && (best < 0 || x.total_us() < best_us)) {
+      best = p;
+      best_us = x.total_us();
+    }
+  }
+  return best;
 }
 
 NcclPick nccl_choose(const NcclSystem& s, const NcclTuning& t, double bytes) {

@@ -118,6 +118,10 @@ struct Algorithm {
   // For an algorithm that is not monotone: a bound (seconds) of its closed form at this
   // size and every larger one, nondecreasing in the size, so the tuner can still prune.
   double (*lower_bound)(const CollectiveArgs&) = nullptr;
+  // The variant the library itself runs, where it decides by its own model rather than by
+  // this closed form (NCCL picks by its tuning formula; the closed form adds measured
+  // refinements): then the variant is this, not the cheapest. Used when `direct` is.
+  int (*choose)(const CollectiveArgs&) = nullptr;
 };
 
 const std::vector<Algorithm>& algorithms();

@@ -93,13 +93,21 @@ struct NcclTime {
 };
 NcclTime nccl_time(const NcclSystem& s, const NcclTuning& t, NcclAlgo a, NcclProto p, double bytes);
 
-// NCCL's choice: the fastest enabled algorithm and protocol, ties to NCCL's loop order.
+// The time the job takes when NCCL runs (a, p): NCCL's formula plus fuseplan's measured
+// refinements (the `fuseplan.*` constants: NVLS Tree's pipeline fill, extra latency and
+// achieved bandwidth, fitted to public logs). NCCL chooses by nccl_time; this predicts.
+NcclTime nccl_refined_time(const NcclSystem& s, const NcclTuning& t, NcclAlgo a, NcclProto p, double bytes);
+
+// NCCL's choice: the fastest enabled algorithm and protocol by NCCL's own formula, ties to
+// NCCL's loop order.
 struct NcclPick {
   NcclAlgo algo = NcclAlgo::Ring;
   NcclProto proto = NcclProto::Simple;
   NcclTime time;
 };
 NcclPick nccl_choose(const NcclSystem& s, const NcclTuning& t, double bytes);
+// The same among the protocols of one algorithm (-1 when none is enabled).
+int nccl_choose_protocol(const NcclSystem& s, const NcclTuning& t, NcclAlgo a, double bytes);
 
 // What the collective algorithms need: the system and its tables, built once per
 // CollectiveModel.
