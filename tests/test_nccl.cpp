@@ -500,3 +500,24 @@ TEST_CASE("nccl: the choice NCCL printed on a real HGX H100 node (NCCL 2.26.2) i
     }
   CHECK(checked == 32);
 }
+
+TEST_CASE("nccl calibration: between two size ranges the cheaper line, as NCCL switches protocols") {
+  // A latency-bound range and a bandwidth-bound range: between them NCCL runs whichever is
+  // cheaper, so the calibrated time is the lower of the two lines, not a blend.
+  std::vector<Calibration> k(2);
+  k[0] = {30, 80, 0, 512, 512 << 10, -1};     // 30 us + 80 us/MB, up to 512 KiB
+  k[1] = {66, 6, 0, 2 << 20, 32 << 20, -1};   // 66 us + 6 us/MB, from 2 MiB
+  const double mib = 1 << 20;
+  auto time = [&](const Calibration& c, double b) { return c.alpha_us + c.beta_us_per_MB * b * 1e-6; };
+  const Calibration at1 = calibration_at(k, mib, true);
+  CHECK(time(at1, mib) == Approx(std::min(30 + 80 * mib * 1e-6, 66 + 6 * mib * 1e-6)));
+  CHECK(time(calibration_at(k, mib, false), mib) > time(at1, mib) + 10);  // the blend is far above
+  // Inside a range its own constants, whatever the mode.
+  CHECK(calibration_at(k, 4096, true).alpha_us == 30);
+  CHECK(calibration_at(k, 8 * mib, true).alpha_us == 66);
+  // A cluster calibrated for nccl uses the cheaper line.
+  Cluster c = load_cluster("dgx-h100");
+  c.calibrated["nccl"] = k;
+  CollectiveModel m(c, 16);
+  CHECK(m.cost("auto", int64_t(mib) / 4, Precision::FP32).cost.total() * 1e6 == Approx(time(at1, mib)));
+}

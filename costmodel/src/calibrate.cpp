@@ -246,7 +246,7 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
   }
   const std::vector<Calibration> k = out.constants();
   for (const SweepPoint& p : s.points) {
-    const double m = calibrated_time(algo, s, calibration_at(k, p.bytes), p.bytes, launch_s);
+    const double m = calibrated_time(algo, s, calibration_at(k, p.bytes, algo.library == "nccl"), p.bytes, launch_s);
     out.predicted_s.push_back(m);
     const double e = std::abs(m - p.seconds) / p.seconds;
     out.mean_rel_err += e / double(s.points.size());

@@ -369,13 +369,17 @@ nlohmann::json cluster_to_json(const Cluster& c) {
   return j;
 }
 
-Calibration calibration_at(const std::vector<Calibration>& segments, double bytes) {
+Calibration calibration_at(const std::vector<Calibration>& segments, double bytes, bool cheaper_line) {
   if (segments.empty()) throw std::logic_error("calibration_at: no segments");
   size_t k = 0;
   while (k + 1 < segments.size() && bytes >= segments[k + 1].from_bytes) ++k;
   const Calibration& a = segments[k];
   if (k + 1 == segments.size() || bytes <= a.to_bytes) return a;
   const Calibration& b = segments[k + 1];  // bytes lies between a.to_bytes and b.from_bytes
+  if (cheaper_line) {
+    auto line = [&](const Calibration& c) { return c.alpha_us + (c.beta_us_per_MB + c.gamma_us_per_MB) * bytes * 1e-6; };
+    return line(b) < line(a) ? b : a;
+  }
   const double w = (bytes - a.to_bytes) / (b.from_bytes - a.to_bytes);
   Calibration m;
   m.alpha_us = (1 - w) * a.alpha_us + w * b.alpha_us;

@@ -101,7 +101,7 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
 std::optional<Calibration> CollectiveModel::calibration(std::string_view algorithm, double bytes) const {
   auto it = calibrated_.find(algorithm);
   if (it == calibrated_.end()) return std::nullopt;
-  return calibration_at(it->second, bytes);
+  return calibration_at(it->second, bytes, find_algorithm(algorithm).library == "nccl");
 }
 
 std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const {

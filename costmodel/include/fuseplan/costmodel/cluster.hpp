@@ -82,7 +82,10 @@ struct Calibration {
 // The constants for a message of `bytes` from an algorithm's size segments (ascending,
 // disjoint): the segment holding it; between two segments, the two blended linearly in
 // bytes, so the time is continuous in the size; outside them, the nearest segment.
-Calibration calibration_at(const std::vector<Calibration>& segments, double bytes);
+// `cheaper_line`: between two segments of a form alpha + beta n (NCCL's), the one whose
+// line is lower there instead of a blend: NCCL switches protocol or algorithm where the
+// next one gets cheaper, which a blend of the two smears over the whole gap.
+Calibration calibration_at(const std::vector<Calibration>& segments, double bytes, bool cheaper_line = false);
 
 struct Cluster {
   std::string name, description, source;  // source = file path or "builtin"
