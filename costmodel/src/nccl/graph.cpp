@@ -187,9 +187,8 @@ NcclSystem nccl_system(const Cluster& c, int ranks, const std::string& release, 
     const double total = per_node > 1 ? n.total * per_node / (per_node - 1.0) : n.total;
     Found f = pass1(n, sp, total, max_channels, cc, k);
     double intra = f.speed;
-    for (double up = faster(sp, intra); up > 0 && intra < 2 * f.speed && (per_node == 1 || std::floor(n.gpu_port / up + 1e-9) >= f.channels);
-         up = faster(sp, intra))
-      intra = up;
+    auto fits = [&](double s_intra) { return per_node == 1 || std::floor(n.gpu_port / s_intra + 1e-9) >= f.channels; };
+    for (double up = faster(sp, intra); up > 0 && intra < 2 * f.speed && fits(up); up = faster(sp, intra)) intra = up;
     s.graphs[size_t(NcclAlgo::Tree)] = graph_of(f, intra, f.speed, cc >= 90, derived);
   }
   // NVLS: one channel per GPU of the node (its head), each costing 2s on the head's
