@@ -304,6 +304,9 @@ TEST_CASE("nccl: cluster files say their library; the NCCL keys are checked") {
   bad["nccl"]["constants"]["hw_lat_us.net.ring.Fast"] = 1;
   CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("$.nccl.constants.hw_lat_us.net.ring.Fast"));
   bad = j;
+  bad["nccl"]["constants"]["fuseplan.nvls_tree_bw_efficiency"] = 0;
+  CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("must be a fraction in (0, 1]"));
+  bad = j;
   bad["nccl"]["graphs"]["rings"] = {{"channels", 1}, {"bw_intra_GBps", 1}, {"bw_inter_GBps", 1}};
   CHECK_THROWS_WITH(cluster_from_json(bad, "c.json"), Catch::Contains("unknown NCCL graph"));
   bad = j;

@@ -191,6 +191,9 @@ NcclConstants nccl_constants(const std::string& release, const std::map<std::str
       throw InputError(flag + ": $.nccl.constants." + name +
                        ": no such NCCL constant (the table is in docs/nccl.md; e.g. hw_lat_us.net.ring.Simple)");
     if (!(v >= 0) || !std::isfinite(v)) throw InputError(flag + ": $.nccl.constants." + name + ": must be a number >= 0");
+    const bool fraction = name.ends_with("_efficiency") || name.ends_with("_factor") || name == "speed_step_floor";
+    if (fraction && !(v > 0 && (v <= 1 || name.starts_with("ring_plateau") || name == "net_overhead_simple_factor")))
+      throw InputError(flag + ": $.nccl.constants." + name + ": must be a fraction in (0, 1]");
     it->second = v;
   }
   return k;
