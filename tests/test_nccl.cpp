@@ -524,3 +524,32 @@ TEST_CASE("nccl calibration: between two size ranges the cheaper line, as NCCL s
   CollectiveModel m(c, 16);
   CHECK(m.cost("auto", int64_t(mib) / 4, Precision::FP32).cost.total() * 1e6 == Approx(time(at1, mib)));
 }
+
+TEST_CASE("nccl: the times NCCL itself printed on H100 systems equal the model's, on the shipped dgx-h100") {
+  // NCCL_DEBUG_SUBSYS=TUNING prints "<bytes> Bytes -> Algo <a> proto <p> time <us>": its
+  // own ncclTopoGetAlgoTime for the pick, which nccl_time reproduces from the shipped
+  // cluster alone (graphs from the emulated search, constants of the default release).
+  // The 8-byte time is all latency (base + 2 x (7 NVLink hops + 1 network hop) of LL);
+  // the 768 MiB one is all bandwidth (8 channels of NVLink on one node).
+  struct Printed {
+    const char* source;
+    int ranks;
+    double bytes;
+    NcclAlgo algo;
+    NcclProto proto;
+    double time_us;
+  };
+  const Printed printed[] = {
+      // NVIDIA/nccl issue #1595: one 8 x H100 NVLink node, "805306368 Bytes -> Algo 1 proto 2 time 3970.683594"
+      {"NVIDIA/nccl#1595", 8, 805306368, Ring, Simple, 3970.683594},
+      // NVIDIA/nccl issue #1453: two 8 x H100 nodes, "8 Bytes -> Algo 0 proto 0 time 25.200924"
+      {"NVIDIA/nccl#1453", 16, 8, Tree, LL, 25.200924},
+  };
+  const Cluster c = load_cluster("dgx-h100");
+  for (const Printed& p : printed) {
+    const NcclSystem s = nccl_system(c, p.ranks, "", "test");
+    const NcclTuning t = nccl_tune(s);
+    INFO(p.source);
+    CHECK(nccl_time(s, t, p.algo, p.proto, p.bytes).total_us() == Approx(p.time_us).epsilon(1e-4));
+  }
+}
