@@ -1,7 +1,9 @@
 // The setup flags shared by predict, tune, compare and whatif.
 #include <algorithm>
+#include <iostream>
 
 #include "commands.hpp"
+#include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/error.hpp"
 
@@ -9,7 +11,15 @@ namespace fuseplan::cli {
 
 namespace {
 constexpr int kDefaultGpus = 1024;  // the paper's scale
+
+// Refuses a model whose replicated state does not fit the cluster's GPU; warns (stderr,
+// one line) when the activations at the batch push it over.
+void check_fits(const Model& m, const Cluster& c, int batch, Precision compute, Precision transfer,
+                const std::string& flag) {
+  const std::string warning = check_memory(m, c, batch, compute, transfer, flag);
+  if (!warning.empty()) std::cerr << "fuseplan: " << warning << "\n";
 }
+}  // namespace
 
 void SetupFlags::add(CLI::App* app) {
   model.add(app);
@@ -52,6 +62,7 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   if (r.batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(r.batch) + ")");
   r.compute = parse_precision(precision, "--precision");
   r.transfer = transfer.empty() ? r.compute : parse_precision(transfer, "--transfer");
+  check_fits(r.model, r.cluster, r.batch, r.compute, r.transfer, "--model " + r.model.name);
   return r;
 }
 
@@ -79,6 +90,10 @@ SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const 
                      std::to_string(s.plan.batch_per_gpu) + ")");
   if (precision_opt->count() && parse_precision(precision, "--precision") != s.plan.compute)
     throw InputError("--precision disagrees with " + path);
+  Precision widest = Precision::FP16;  // the fusion buffers at the widest transfer precision the plan uses
+  for (const auto& b : s.plan.buckets)
+    if (bytes_per_element(b.transfer) > bytes_per_element(widest)) widest = b.transfer;
+  check_fits(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute, widest, path + ": $.model");
   return s;
 }
 

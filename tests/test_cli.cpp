@@ -40,6 +40,12 @@ std::string tmp(const std::string& name) {
 
 void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 Run run_exec(const std::string& args) { return run_env("", args, true, FUSEPLAN_EXEC_BIN); }
 
 void expect_bad(const std::string& args, const std::string& text, bool exec = false) {
@@ -584,4 +590,34 @@ TEST_CASE("cli: NCCL clusters: collective shows NCCL's table and choices; nccl-t
   // The log measured 1282.8 us for 256 MiB; the calibrated model (plus the cluster's 8 us
   // framework launch overhead) is within a few percent of it.
   CHECK(row["time_us"].get<double>() == Approx(1282.8 + 8).epsilon(0.05));
+}
+
+TEST_CASE("cli: memory per GPU: a warning with the figures past the GPU's memory, a refusal when no batch fits") {
+  // States fit 80 GB, activations at 64 per GPU do not: one warning line, the prediction
+  // still printed (JSON on stdout stays parseable).
+  const std::string args = "predict --model gpt2_xl --cluster dgx-h100 --gpus 16 --batch-per-gpu 64";
+  Run both = run(args);
+  REQUIRE(both.code == 0);
+  CHECK_THAT(both.out, Catch::Contains("fuseplan: warning: gpt2_xl at batch 64 per GPU needs about") &&
+                           Catch::Contains("has 80 GiB. Batch "));
+  Run json = run_stdout(args + " --json");
+  REQUIRE(json.code == 0);
+  CHECK(nlohmann::json::parse(json.out)["batch_per_gpu"] == 64);
+  CHECK_THAT(run("predict --model gpt2_xl --cluster dgx-h100 --gpus 16 --batch-per-gpu 2").out,
+             !Catch::Contains("warning"));
+  // A 16 GiB GPU cannot hold GPT-2 XL's replicated states: refused, from flags and from a plan.
+  auto c = nlohmann::json::parse(std::ifstream(std::string(FUSEPLAN_CONFIG_DIR) + "/clusters/dgx-h100.json"));
+  c["device"]["mem_GiB"] = 16;
+  const std::string small = tmp("h100-16g.json"), plan = tmp("gpt2xl-plan.json");
+  write(small, c.dump());
+  expect_bad("predict --model gpt2_xl --gpus 16 --batch-per-gpu 1 --cluster " + small,
+             "--model gpt2_xl: gpt2_xl does not fit one GPU");
+  REQUIRE(run("predict --model gpt2_xl --cluster dgx-h100 --gpus 16 --batch-per-gpu 2 --save-plan " + plan).code == 0);
+  expect_bad("predict --plan " + plan + " --cluster " + small, plan + ": $.model: gpt2_xl does not fit one GPU");
+  // whatif sweeps every point and warns once per model, batch and precision that does not fit.
+  Run sweep = run("whatif --model gpt2_xl,resnet50 --cluster " + small + " --gpus 16,32 --batch-per-gpu 2 --quiet");
+  REQUIRE(sweep.code == 0);
+  CHECK(count_of(sweep.out, "warning:") == 1);
+  CHECK_THAT(sweep.out, Catch::Contains("warning: --model gpt2_xl: gpt2_xl does not fit one GPU"));
+  CHECK(count_of(sweep.out, "resnet50 ") == 2);
 }

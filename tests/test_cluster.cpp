@@ -2,9 +2,11 @@
 #include <catch2/catch.hpp>
 
 #include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
+#include "fuseplan/models/zoo.hpp"
 
 using namespace fuseplan;
 
@@ -158,4 +160,39 @@ TEST_CASE("auto picks the cheapest applicable algorithm") {
   CHECK(odd.cost("auto", 1024, Precision::FP16).algorithm != nullptr);
   // FP16 transfer halves the bytes.
   CHECK(m.cost("ring", 1 << 24, Precision::FP16).total_s() < m.cost("ring", 1 << 24, Precision::FP32).total_s());
+}
+
+TEST_CASE("memory per GPU: the replicated states and the activations, held against the cluster's GPU") {
+  const Model resnet = load_model("resnet50", {});
+  const double params = double(resnet.param_count());
+  MemoryEstimate e = estimate_memory(resnet, 32, Precision::FP16, Precision::FP32);
+  CHECK(e.weights == params * 2);
+  CHECK(e.gradients == params * 2);
+  CHECK(e.fusion_buffers == params * 4);
+  CHECK(e.optimizer == params * 8);  // FP32 masters and momenta
+  CHECK(e.activations == double(resnet.activation_elems()) * 32 * 2);
+  CHECK(estimate_memory(resnet, 64, Precision::FP16, Precision::FP32).activations == Approx(2 * e.activations));
+  // ResNet-50 at 32 per GPU fits a P40 (24 GiB): no warning.
+  Cluster c = load_cluster("tencent-p40");
+  CHECK(check_memory(resnet, c, 32, Precision::FP16, Precision::FP16, "--model").empty());
+  // GPT-2 XL at 64 per GPU on 80 GB: the states fit, the activations do not; the warning
+  // names the figures and the largest batch that fits, and that batch does fit.
+  const Model gpt = load_model("gpt2_xl", {});
+  Cluster h = load_cluster("dgx-h100");
+  const std::string w = check_memory(gpt, h, 64, Precision::FP16, Precision::FP16, "--model");
+  CHECK_THAT(w, Catch::Contains("needs about") && Catch::Contains("has 80 GiB") && Catch::Contains("per GPU fits"));
+  const auto at = w.find("Batch ");
+  REQUIRE(at != std::string::npos);
+  const int fits = std::stoi(w.substr(at + 6));
+  CHECK(fits >= 1);
+  CHECK(fits < 64);
+  CHECK(check_memory(gpt, h, fits, Precision::FP16, Precision::FP16, "--model").empty());
+  CHECK(!check_memory(gpt, h, fits + 1, Precision::FP16, Precision::FP16, "--model").empty());
+  // A GPU smaller than the replicated states: refused, whatever the batch.
+  h.device.mem_GiB = 16;
+  CHECK_THROWS_WITH(check_memory(gpt, h, 1, Precision::FP16, Precision::FP16, "--model gpt2_xl"),
+                    Catch::Contains("--model gpt2_xl: gpt2_xl does not fit one GPU") && Catch::Contains("has 16 GiB"));
+  // Unknown device memory (0): no check.
+  h.device.mem_GiB = 0;
+  CHECK(check_memory(gpt, h, 4096, Precision::FP32, Precision::FP32, "--model").empty());
 }

@@ -1,6 +1,8 @@
 // What-if sweeps and inverse questions on top of the tuner and the predictor.
 #include "fuseplan/costmodel/whatif.hpp"
 
+#include "fuseplan/costmodel/memory.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -60,6 +62,12 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   row.point.inter_bw_Gbps = c.inter ? c.inter->nic_bw_Gbps : 0;
   row.buckets = static_cast<int>(r.plan.buckets.size());
   row.report = std::move(r.report);
+  // A sweep reports every point; a model that does not fit is warned of, not refused.
+  try {
+    row.memory_warning = check_memory(m, c, batch, p.precision, o.transfer, "--model " + p.model);
+  } catch (const InputError& e) {
+    row.memory_warning = std::string("warning: ") + e.what();
+  }
   return row;
 }
 

@@ -44,6 +44,7 @@ struct WhatIfRow {
   WhatIfPoint point;
   int buckets = 0;
   Report report;  // without timeline
+  std::string memory_warning;  // check_memory's warning (or refusal, as a warning) at this point; "" = fits
 };
 
 // Called after each point with (done, total).
