@@ -87,7 +87,7 @@ void run_run(RunFlags& f) {
   try {
     plan = load_plan(f.plan_path);
     if (plan.gpus != world.ranks())
-      throw InputError("--plan " + f.plan_path + ": made for " + std::to_string(plan.gpus) + " GPUs, but this job has " +
+      throw InputError("--plan " + f.plan_path + ": made for " + count_of(plan.gpus, "GPU") + ", but this job has " +
                        std::to_string(world.ranks()) + " ranks (mpirun -np " + std::to_string(plan.gpus) + ")");
     if (!world.layout().node_major)
       throw InputError("mpirun placed ranks across nodes out of order; fuseplan's schedules number ranks node by node "

@@ -98,8 +98,8 @@ void run_verify(VerifyFlags& f) {
                                           {"comm_end_s", at_speed->comm_end_s}};
     std::cout << out.dump(2) << "\n";
   } else {
-    std::cout << "fuseplan verify: " << plan.model << " x " << plan.gpus << " GPUs, batch " << plan.batch_per_gpu
-              << ", " << plan.buckets.size() << " buckets; predicted and simulated on " << cluster.name
+    std::cout << "fuseplan verify: " << plan.model << " x " << count_of(plan.gpus, "GPU") << ", batch " << plan.batch_per_gpu
+              << ", " << count_of(int64_t(plan.buckets.size()), "bucket") << "; predicted and simulated on " << cluster.name
               << ", measured: " << measured.cluster << "\n  (times in ms; bucket times from the start of backward; "
               << "errors relative to the measurement)\n\n";
     Table t({"<", "predicted", "simulated", "measured", "pred err", "sim err"});

@@ -220,8 +220,8 @@ void run_whatif(const WhatIfFlags& f) {
     row = w.min_gpus_for_deadline(p, deadline, candidates, progress);
     double gpu_hours = row.point.gpus * row.report.time_to_train_s / 3600;
     answer = "fewest GPUs that train " + p.model + " for " + fixed(f.epochs, 0) + " epochs of " + grouped(f.dataset_size) +
-             " samples within " + f.deadline + ": " + std::to_string(row.point.gpus) + " GPUs (" +
-             std::to_string(nodes_of(w.cluster(), row.point.gpus)) + " nodes), " +
+             " samples within " + f.deadline + ": " + count_of(row.point.gpus, "GPU") + " (" +
+             count_of(nodes_of(w.cluster(), row.point.gpus), "node") + "), " +
              human_duration(row.report.time_to_train_s) + ", " + fixed(gpu_hours, 1) + " GPU-hours";
     j = {{"question", "deadline"}, {"deadline_s", deadline}, {"gpus", row.point.gpus},
          {"time_to_train_s", row.report.time_to_train_s}, {"gpu_hours", gpu_hours}};
@@ -230,17 +230,21 @@ void run_whatif(const WhatIfFlags& f) {
     p.inter_bw_Gbps = bw;
     row = w.evaluate(p);
     answer = "minimum inter-node bandwidth for " + percent(f.target_efficiency) + " scaling efficiency with " +
-             p.model + " on " + std::to_string(p.gpus) + " GPUs: " + fixed(bw, 2) + " Gbps per NIC (" +
+             p.model + " on " + count_of(p.gpus, "GPU") + ": " + fixed(bw, 2) + " Gbps per NIC (" +
              std::to_string(w.cluster().inter->nics_per_node) + " per node; the cluster has " +
              fixed(w.cluster().inter->nic_bw_Gbps, 1) + ")";
     j = {{"question", "target_efficiency"}, {"solve", "bandwidth"}, {"target", f.target_efficiency},
          {"inter_bw_Gbps", bw}};
   } else if (f.solve == "gpus") {
     row = w.max_gpus_for(p, f.target_efficiency, candidates, progress);
+    // The largest count searched reached the target: the answer is the search's cap, not
+    // a limit of the setup, and says so.
+    const bool capped = row.point.gpus == candidates.back();
     answer = "most GPUs with at least " + percent(f.target_efficiency) + " scaling efficiency for " + p.model + ": " +
-             std::to_string(row.point.gpus) + " (" + percent(row.report.scaling_efficiency) + ")";
+             std::to_string(row.point.gpus) + " (" + percent(row.report.scaling_efficiency) + ")" +
+             (capped ? "; that is the largest count searched, so more may qualify (--max-gpus searches further)" : "");
     j = {{"question", "target_efficiency"}, {"solve", "gpus"}, {"target", f.target_efficiency},
-         {"gpus", row.point.gpus}};
+         {"gpus", row.point.gpus}, {"search_cap_reached", capped}};
   } else {
     throw InputError("--solve: unknown value '" + f.solve + "' (valid: bandwidth, gpus)");
   }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 namespace fuseplan::cli {
 
@@ -43,6 +44,8 @@ void Table::print(std::ostream& os, const std::string& indent) const {
 std::string fixed(double v, int decimals) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  // A value that rounds to zero prints as 0, never "-0.0".
+  if (buf[0] == '-' && std::strspn(buf + 1, "0.") == std::strlen(buf + 1)) return buf + 1;
   return buf;
 }
 
@@ -78,6 +81,10 @@ std::string human_duration(double s) {
   if (s < 2 * 3600) return fixed(s / 60, 1) + " min";
   if (s < 2 * 86400) return fixed(s / 3600, 1) + " h";
   return fixed(s / 86400, 1) + " days";
+}
+
+std::string count_of(int64_t n, const std::string& noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
 }
 
 std::string percent(double f, int decimals) { return fixed(100 * f, decimals) + " %"; }

@@ -27,5 +27,6 @@ std::string ms(double seconds, int decimals = 2);
 std::string human_duration(double seconds);  // 6.6 min, 1.2 h
 std::string percent(double fraction, int decimals = 1);
 std::string signed_percent(double fraction);  // +12.3 %, -4.0 %
+std::string count_of(int64_t n, const std::string& noun);  // "1 GPU", "16 GPUs" (plural adds s)
 
 }  // namespace fuseplan::cli

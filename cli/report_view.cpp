@@ -1,4 +1,5 @@
 // Report views shared by predict and tune: the bucket table and the iteration summary.
+#include <algorithm>
 #include <iostream>
 
 #include "commands.hpp"
@@ -29,12 +30,16 @@ void print_bucket_table(const Report& r, std::ostream& os) {
 }
 
 void print_iteration_summary(const Report& r, std::ostream& os) {
-  double hidden = r.comm_busy_s > 0 ? 1 - r.exposed_comm_s / r.comm_busy_s : 1;
+  // Exposed time can exceed the allreduces' busy time (a measured run waits on slower
+  // ranks, a jittered one on stragglers): nothing is hidden then, and the summary says so
+  // instead of printing a negative share.
+  const double hidden = r.comm_busy_s > 0 ? std::clamp(1 - r.exposed_comm_s / r.comm_busy_s, 0.0, 1.0) : 1;
+  const bool waits = r.exposed_comm_s > r.comm_busy_s * (1 + 1e-9) && r.comm_busy_s > 0;
   os << "  iteration time       " << ms(r.iteration_s) << " ms  = forward " << ms(r.forward_s) << " + backward "
             << ms(r.backward_s) << " + exposed communication " << ms(r.exposed_comm_s) << " + optimizer "
             << ms(r.optimizer_s) << " + data wait " << ms(r.data_wait_s) << "\n";
-  os << "  communication        " << ms(r.comm_busy_s) << " ms busy, " << percent(hidden)
-            << " hidden behind backward\n";
+  os << "  communication        " << ms(r.comm_busy_s) << " ms busy, " << percent(hidden) << " hidden behind backward"
+     << (waits ? " (exposed exceeds busy: the rest is waiting on other ranks)" : "") << "\n";
   os << "  throughput           " << grouped(static_cast<int64_t>(r.throughput_samples_s)) << " samples/s\n";
   os << "  scaling efficiency   " << percent(r.scaling_efficiency) << " (one GPU: " << ms(r.single_gpu_iteration_s)
             << " ms per iteration)\n";

@@ -3,11 +3,16 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan::cli {
 
 int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
+  std::string releases;
+  for (const auto& r : nccl_releases()) releases += (releases.empty() ? "" : ", ") + r;
+  app.set_version_flag("--version", prog + " " FUSEPLAN_VERSION " (NCCL tuning constants of releases " + releases + ")",
+                       "print the version and exit");
   try {
     if (argc > 1 && argv[1][0] != '-') {
       std::string first = argv[1], names;

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "format.hpp"
 #include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/error.hpp"
@@ -84,7 +85,7 @@ SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const 
   check_gpu_count(s.cluster, s.plan.gpus, path + ": $.gpus");
   if (gpus_opt->count() && gpus != s.plan.gpus)
     throw InputError("--gpus " + std::to_string(gpus) + " disagrees with " + path + " (made for " +
-                     std::to_string(s.plan.gpus) + " GPUs)");
+                     count_of(s.plan.gpus, "GPU") + ")");
   if (batch_opt->count() && batch != s.plan.batch_per_gpu)
     throw InputError("--batch-per-gpu " + std::to_string(batch) + " disagrees with " + path + " (" +
                      std::to_string(s.plan.batch_per_gpu) + ")");
@@ -122,7 +123,7 @@ Report load_measured_run(const std::string& measured_path, const Plan& plan, con
 std::string setup_line(const std::string& command, const Model& m, const Cluster& c, int gpus, int batch,
                        Precision compute) {
   int nodes = (gpus + c.gpus_per_node - 1) / c.gpus_per_node;
-  return "fuseplan " + command + ": " + m.name + " on " + c.name + " (" + std::to_string(gpus) + " GPUs = " +
+  return "fuseplan " + command + ": " + m.name + " on " + c.name + " (" + count_of(gpus, "GPU") + " = " +
          std::to_string(nodes) + (nodes == 1 ? " node x " : " nodes x ") + std::to_string(std::min(gpus, c.gpus_per_node)) + "), batch " +
          std::to_string(batch) + " per GPU, " + std::string(precision_name(compute)) + " compute";
 }

@@ -621,3 +621,31 @@ TEST_CASE("cli: memory per GPU: a warning with the figures past the GPU's memory
   CHECK_THAT(sweep.out, Catch::Contains("warning: --model gpt2_xl: gpt2_xl does not fit one GPU"));
   CHECK(count_of(sweep.out, "resnet50 ") == 2);
 }
+
+TEST_CASE("cli: --version, plurals, no negative shares, search caps named") {
+  for (const char* bin : {FUSEPLAN_BIN, FUSEPLAN_EXEC_BIN}) {
+    Run v = run_env("", "--version", true, bin);
+    CHECK(v.code == 0);
+    CHECK_THAT(v.out, Catch::Contains(" 0.") && Catch::Contains("NCCL tuning constants of releases 2.20, 2.23"));
+  }
+  CHECK_THAT(run("predict --model resnet18 --cluster dgx-h100 --gpus 1").out,
+             Catch::Contains("(1 GPU = 1 node x 1)") && Catch::Contains("1 bucket\n"));
+  // A jittered simulation waits on stragglers longer than its allreduces run: nothing is
+  // hidden, and the summary says why instead of printing a negative share.
+  Run sim = run_stdout("simulate --model resnet18 --cluster tencent-p40 --gpus 16 --jitter 1 --quiet");
+  REQUIRE(sim.code == 0);
+  CHECK_THAT(sim.out, Catch::Contains("0.0 % hidden behind backward (exposed exceeds busy"));
+  CHECK_THAT(sim.out, !Catch::Contains("-0.0") && !Catch::Contains(" -"));
+  // A GPU count that is the search's cap is named as such.
+  Run cap = run_stdout("whatif --model resnet50 --cluster dgx-h100 --target-efficiency 0.5 --solve gpus --quiet");
+  REQUIRE(cap.code == 0);
+  CHECK_THAT(cap.out, Catch::Contains(": 1024 (") && Catch::Contains("the largest count searched"));
+  Run capj = run_stdout("whatif --model resnet50 --cluster dgx-h100 --target-efficiency 0.5 --solve gpus --quiet --format json");
+  REQUIRE(capj.code == 0);
+  CHECK(nlohmann::json::parse(capj.out)["search_cap_reached"] == true);
+  // AlexNet at 8 per GPU on the P40s falls below 50 % past 24 GPUs: a limit of the setup.
+  Run low = run_stdout("whatif --model alexnet_bn --cluster tencent-p40 --batch-per-gpu 8 --target-efficiency 0.5 "
+                       "--solve gpus --quiet --format json");
+  REQUIRE(low.code == 0);
+  CHECK(nlohmann::json::parse(low.out)["search_cap_reached"] == false);
+}
