@@ -202,6 +202,21 @@ TEST_CASE("cli: tune, compare and whatif refuse bad input with exit 2") {
   expect_bad("tune --strategy fastest", "--strategy: unknown strategy 'fastest' (valid: optimal, k-split");
   expect_bad("tune --strategy k-split --segments 500", "--segments: 500 buckets asked for, the model has 161 tensors");
   expect_bad("tune --strategy horovod --threshold -5MiB", "--threshold");
+  // Units: a bare size is refused with the unit named, except DDP's cap (MiB, as bucket_cap_mb).
+  expect_bad("tune --strategy horovod --threshold 64", "--threshold: '64' needs a unit (e.g. 64MiB");
+  expect_bad("tune --strategy ddp --ddp-first 1", "--ddp-first: '1' needs a unit");
+  expect_bad("predict --buckets threshold:64", "--buckets: '64' needs a unit");
+  expect_bad("whatif --deadline 10", "--deadline: '10' needs a unit: s, m, h or d");
+  {
+    auto buckets = [](const std::string& cap) {
+      Run r = run_stdout("tune --strategy ddp --gpus 16 --json --ddp-cap " + cap);
+      REQUIRE(r.code == 0);
+      return nlohmann::json::parse(r.out)["plan"]["buckets"].size();
+    };
+    CHECK(buckets("25") == buckets("25MiB"));
+    CHECK(buckets("25") < buckets("4MiB"));
+  }
+  CHECK(run("tune --strategy horovod --threshold 0 --gpus 16").code == 0);  // 0 = no fusion, no unit needed
   expect_bad("tune --streams 0", "--streams: must be >= 1");
   expect_bad("tune --fp32-tensors all", "valid: none, norm, norm+bias");
   expect_bad("tune --gpus 0", "--gpus: must be >= 1");

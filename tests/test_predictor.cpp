@@ -139,6 +139,16 @@ TEST_CASE("bucket specs: threshold packs greedily in backward order") {
   CHECK(parse_bytes("64MiB", "x") == 64 << 20);
   CHECK(parse_bytes("25MB", "x") == 25000000);
   CHECK(parse_bytes("4K", "x") == 4096);
+  // A bare number: bytes like nccl-tests' -b/-e, MiB like DDP's bucket_cap_mb, or refused.
+  CHECK(parse_bytes("4096", "x") == 4096);
+  CHECK(parse_bytes("25", "x", BareNumber::MiB) == 25 << 20);
+  CHECK(parse_bytes("4MB", "x", BareNumber::MiB) == 4000000);
+  CHECK_THROWS_WITH(parse_bytes("64", "--threshold", BareNumber::Refused),
+                    Catch::Contains("--threshold: '64' needs a unit (e.g. 64MiB"));
+  CHECK(parse_bytes("64B", "x", BareNumber::Refused) == 64);
+  CHECK(parse_bytes("0", "x", BareNumber::Refused, true) == 0);
+  CHECK_THROWS(parse_bytes("0", "x", BareNumber::Refused));
+  CHECK_THROWS_WITH(buckets_from_spec("threshold:64", m, "auto", Precision::FP16), Catch::Contains("needs a unit"));
 }
 
 TEST_CASE("the Chrome trace has the Trace Event fields and nests per thread") {

@@ -318,6 +318,7 @@ TEST_CASE("what-if: sweeps and inverse questions") {
   CHECK(parse_duration("1.5h", "--deadline") == 5400);
   CHECK_THROWS_AS(parse_duration("soon", "--deadline"), InputError);
   CHECK_THROWS_AS(parse_duration("-3m", "--deadline"), InputError);
+  CHECK_THROWS_WITH(parse_duration("600", "--deadline"), Catch::Contains("--deadline: '600' needs a unit: s, m, h or d"));
 }
 
 TEST_CASE("processor sharing: the search climbs from the free-overlap optimum on the shared schedule") {

@@ -114,7 +114,7 @@ int64_t bucket_elements(const Plan&, const Model& m, const PlanBucket& b) {
   return e;
 }
 
-int64_t parse_bytes(const std::string& s, const std::string& flag) {
+int64_t parse_bytes(const std::string& s, const std::string& flag, BareNumber bare, bool zero_ok) {
   size_t i = 0;
   while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
   if (i == 0) throw InputError(flag + ": '" + s + "' is not a size (examples: 4096, 4K, 25MB, 64MiB)");
@@ -125,8 +125,13 @@ int64_t parse_bytes(const std::string& s, const std::string& flag) {
     throw InputError(flag + ": '" + s + "' is not a size");
   }
   std::string unit = s.substr(i);
+  if (zero_ok && v == 0 && (unit.empty() || unit == "B")) return 0;
+  if (unit.empty() && bare == BareNumber::Refused)
+    throw InputError(flag + ": '" + s + "' needs a unit (e.g. " + s + "MiB, " + s + "MB or " + s +
+                     "B; valid: B, K, M, G, KB, MB, GB, KiB, MiB, GiB)");
   double mul = 0;
-  if (unit.empty() || unit == "B") mul = 1;
+  if (unit.empty()) mul = bare == BareNumber::MiB ? 1024.0 * 1024 : 1;
+  else if (unit == "B") mul = 1;
   else if (unit == "K" || unit == "KiB") mul = 1024.0;
   else if (unit == "M" || unit == "MiB") mul = 1024.0 * 1024;
   else if (unit == "G" || unit == "GiB") mul = 1024.0 * 1024 * 1024;
@@ -148,7 +153,7 @@ std::vector<PlanBucket> buckets_from_spec(const std::string& spec, const Model& 
     for (int i = 1; i < n; ++i) starts.push_back(i);
   } else if (spec == "single") {
   } else if (spec.rfind("threshold:", 0) == 0) {
-    int64_t limit = parse_bytes(spec.substr(10), flag);
+    int64_t limit = parse_bytes(spec.substr(10), flag, BareNumber::Refused);
     int64_t cur = 0, eb = bytes_per_element(transfer);
     for (int i = 0; i < n; ++i) {
       int64_t t = m.tensors[m.tensor_at_backward(i)].numel * eb;

@@ -159,7 +159,7 @@ std::vector<int> WhatIf::gpu_candidates() const {
 }
 
 double parse_duration(const std::string& s, const std::string& flag) {
-  const std::string valid = " (e.g. 90s, 10m, 2h, 1.5d, or seconds)";
+  const std::string valid = " (e.g. 90s, 10m, 2h, 1.5d)";
   size_t used = 0;
   double v = 0;
   try {
@@ -168,7 +168,8 @@ double parse_duration(const std::string& s, const std::string& flag) {
     throw InputError(flag + ": '" + s + "' is not a duration" + valid);
   }
   std::string unit = s.substr(used);
-  double scale = unit.empty() || unit == "s" ? 1 : unit == "m" || unit == "min" ? 60 : unit == "h" ? 3600 : unit == "d" ? 86400 : -1;
+  if (unit.empty()) throw InputError(flag + ": '" + s + "' needs a unit: s, m, h or d" + valid);
+  double scale = unit == "s" ? 1 : unit == "m" || unit == "min" ? 60 : unit == "h" ? 3600 : unit == "d" ? 86400 : -1;
   if (scale < 0) throw InputError(flag + ": unknown unit '" + unit + "'" + valid);
   if (!(v > 0) || !std::isfinite(v)) throw InputError(flag + ": must be > 0" + valid);
   return v * scale;

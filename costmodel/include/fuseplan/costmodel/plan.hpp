@@ -56,9 +56,16 @@ std::vector<PlanBucket> buckets_from_spec(const std::string& spec, const Model& 
 Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, Precision compute,
                std::vector<PlanBucket> buckets, const std::string& strategy);
 
+// What a number without a unit means to a size flag: bytes where the peer tool's own flag
+// takes bytes (nccl-tests' -b/-e), MiB where it takes MB (PyTorch DDP's bucket_cap_mb,
+// whose MB are 2^20 bytes), and otherwise nothing: `--threshold 64` is refused with the
+// unit named rather than read as 64 bytes. A bare 0 passes where `zero_ok`.
+enum class BareNumber { Bytes, MiB, Refused };
+
 // "64MiB", "25MB", "4K" (K, M, G = powers of 1024 like nccl-tests; KB, MB, GB = 1000;
 // KiB, MiB, GiB = 1024); throws InputError naming `flag`.
-int64_t parse_bytes(const std::string& s, const std::string& flag);
+int64_t parse_bytes(const std::string& s, const std::string& flag, BareNumber bare = BareNumber::Bytes,
+                    bool zero_ok = false);
 // Writes atomically: a temporary file, then rename; nothing half-written on failure.
 void write_file_atomic(const std::string& path, const std::string& content);
 

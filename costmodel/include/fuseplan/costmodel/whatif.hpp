@@ -82,7 +82,8 @@ class WhatIf {
   mutable std::vector<std::pair<std::string, Model>> models_;
 };
 
-// "10m", "2h", "90s", "1.5d", "600" (seconds); throws InputError naming `flag`.
+// "10m", "2h", "90s", "1.5d" (a bare number is refused: seconds or minutes?); throws
+// InputError naming `flag`.
 double parse_duration(const std::string& s, const std::string& flag);
 
 }  // namespace fuseplan
