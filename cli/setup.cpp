@@ -1,6 +1,7 @@
 // The setup flags shared by predict, tune, compare and whatif.
 #include <algorithm>
 #include <iostream>
+#include <optional>
 
 #include "commands.hpp"
 #include "format.hpp"
@@ -19,6 +20,18 @@ void check_fits(const Model& m, const Cluster& c, int batch, Precision compute, 
                 const std::string& flag) {
   const std::string warning = check_memory(m, c, batch, compute, transfer, flag);
   if (!warning.empty()) std::cerr << "fuseplan: " << warning << "\n";
+}
+
+// A profile's layer times hold for the precision they were measured at: another one is
+// refused. Another batch is scaled linearly (the compute model's rule), said on stderr.
+void check_profile(const ProfileInfo& p, const std::string& path, int batch, Precision compute) {
+  if (p.precision != precision_name(compute))
+    throw InputError("--profile " + path + ": measured at " + p.precision + ", the prediction is at " +
+                     std::string(precision_name(compute)) + " (profile again with --precision " +
+                     std::string(precision_name(compute)) + ", or predict with --precision " + p.precision + ")");
+  if (p.batch != batch)
+    std::cerr << "fuseplan: warning: --profile " << path << " was measured at batch " << p.batch << " per GPU; its "
+              << "layer times are scaled linearly to batch " << batch << " (small batches often run below that)\n";
 }
 }  // namespace
 
@@ -54,7 +67,8 @@ void add_nccl_version_option(CLI::App* app, std::string& release) {
 SetupFlags::Resolved SetupFlags::resolve() const {
   Resolved r;
   r.model = load_model(model.model, model.options());
-  if (!profile.empty()) apply_profile(r.model, profile);
+  std::optional<ProfileInfo> measured;
+  if (!profile.empty()) measured = apply_profile(r.model, profile);
   r.cluster = load_cluster(cluster);
   apply_overrides(r.cluster);
   r.gpus = gpus_opt->count() ? gpus : std::min(kDefaultGpus, r.cluster.capacity());
@@ -63,6 +77,7 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   if (r.batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(r.batch) + ")");
   r.compute = parse_precision(precision, "--precision");
   r.transfer = transfer.empty() ? r.compute : parse_precision(transfer, "--transfer");
+  if (measured) check_profile(*measured, profile, r.batch, r.compute);
   check_fits(r.model, r.cluster, r.batch, r.compute, r.transfer, "--model " + r.model.name);
   return r;
 }
@@ -78,7 +93,8 @@ SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const 
     if (!mo.classes) mo.classes = s.plan.model_options.classes;
   }
   s.model = load_model(model.model_opt->count() ? model.model : s.plan.model, mo);
-  if (!profile.empty()) apply_profile(s.model, profile);
+  std::optional<ProfileInfo> measured;
+  if (!profile.empty()) measured = apply_profile(s.model, profile);
   validate_plan(s.plan, s.model, path);
   s.cluster = load_cluster(cluster_opt->count() ? cluster : s.plan.cluster);
   apply_overrides(s.cluster);
@@ -91,6 +107,7 @@ SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const 
                      std::to_string(s.plan.batch_per_gpu) + ")");
   if (precision_opt->count() && parse_precision(precision, "--precision") != s.plan.compute)
     throw InputError("--precision disagrees with " + path);
+  if (measured) check_profile(*measured, profile, s.plan.batch_per_gpu, s.plan.compute);
   Precision widest = Precision::FP16;  // the fusion buffers at the widest transfer precision the plan uses
   for (const auto& b : s.plan.buckets)
     if (bytes_per_element(b.transfer) > bytes_per_element(widest)) widest = b.transfer;

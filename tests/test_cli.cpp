@@ -314,6 +314,15 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
         Approx(p["optimizer_us"].get<double>() * 1e-6).epsilon(1e-6));
   expect_bad("predict --model resnet18 --cluster local-cpu --gpus 1 --profile " + profile,
              "the profile was measured on model resnet18");
+  // Its precision must be the prediction's; another batch is scaled, and said.
+  const std::string small = "predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu "
+                            "--gpus 1 --profile " + profile;
+  expect_bad(small + " --batch-per-gpu 32 --precision fp32",
+             "--profile " + profile + ": measured at fp16, the prediction is at fp32");
+  CHECK_THAT(run(small + " --batch-per-gpu 32").out, !Catch::Contains("warning"));
+  Run other = run(small + " --batch-per-gpu 16");
+  CHECK(other.code == 0);
+  CHECK_THAT(other.out, Catch::Contains("warning: --profile " + profile + " was measured at batch 32 per GPU"));
   const std::string base = "train --dataset synthetic --synthetic-size 64 --max-steps 1 ";
   expect_bad(base + "--precision fp8", "--precision: unknown precision 'fp8'", true);
   expect_bad(base + "--optimizer adam", "--optimizer: unknown optimizer 'adam' (valid: lars, sgd)", true);

@@ -133,7 +133,7 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
 
 Model load_model_file(const std::string& path) { return model_from_json(parse_json_file(path), path); }
 
-void apply_profile(Model& m, const std::string& path) {
+ProfileInfo apply_profile(Model& m, const std::string& path) {
   const nlohmann::json j = parse_json_file(path);  // JsonObject keeps a reference
   JsonObject r(j, path);
   if (r.string("schema") != kProfileSchema) r.fail("schema", std::string("must be ") + kProfileSchema);
@@ -142,9 +142,10 @@ void apply_profile(Model& m, const std::string& path) {
     r.fail("fingerprint", "the profile was measured on model " + name + " (fingerprint " + fp + "), not on " + m.name +
                               " as configured (fingerprint " + m.fingerprint_hex() +
                               "; same --model, --resolution, --channels, --classes?)");
-  r.string("device");
-  r.string("precision");
-  r.integer("batch", 1, 1 << 24);
+  ProfileInfo info;
+  info.device = r.string("device");
+  info.precision = r.string("precision");
+  info.batch = static_cast<int>(r.integer("batch", 1, 1 << 24));
   const std::optional<double> optimizer_us = r.opt_number("optimizer_us");
   if (optimizer_us && *optimizer_us < 0) r.fail("optimizer_us", "must be >= 0");
   const auto& layers = r.array("layers");
@@ -164,6 +165,7 @@ void apply_profile(Model& m, const std::string& path) {
   r.finish();
   for (size_t l = 0; l < layers.size(); ++l) m.layers[l].measured = times[l];
   m.measured_optimizer_us = optimizer_us;
+  return info;
 }
 
 }  // namespace fuseplan

@@ -18,6 +18,11 @@ inline constexpr const char* kProfileSchema = "fuseplan.profile/1";
 // Sets every layer's `measured` times from a profile file (fuseplan-exec train
 // --profile). The profile must be for this model: same fingerprint (tensor names and
 // shapes) and the same layer names in the same order. InputError naming the file.
-void apply_profile(Model& m, const std::string& path);
+// Returns what the profile says it measured, for the caller to hold against its setup.
+struct ProfileInfo {
+  std::string device, precision;  // as written by the profiler ("fp32", "fp16", "bf16")
+  int batch = 1;
+};
+ProfileInfo apply_profile(Model& m, const std::string& path);
 
 }  // namespace fuseplan
