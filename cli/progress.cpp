@@ -13,8 +13,9 @@ namespace fuseplan::cli {
 ProgressBar::ProgressBar(std::string what, bool quiet)
     : what_(std::move(what)), start_(std::chrono::steady_clock::now()), tty_(isatty(fileno(stderr))) {
   const char* env = std::getenv("FUSEPLAN_PROGRESS");
-  // Silent when stderr is not a terminal unless forced; --quiet wins (flag over env).
-  enabled_ = !quiet && (env ? std::string(env) == "1" : tty_);
+  // --quiet wins (flag over env); FUSEPLAN_PROGRESS=0 silences, anything else keeps it on.
+  enabled_ = !quiet && !(env && std::string(env) == "0");
+  if (!tty_) delay_ = every_ = 10.0;  // lines for a log: only runs past 10 s, every 10 s
   if (const char* d = std::getenv("FUSEPLAN_PROGRESS_DELAY")) delay_ = std::atof(d);
 }
 
@@ -25,8 +26,7 @@ ProgressBar::~ProgressBar() {
 void ProgressBar::operator()(int64_t done, int64_t total, const std::string& extra) {
   if (!enabled_ || total <= 0) return;
   double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const double every = tty_ ? 0.1 : 5.0;
-  if (t < delay_ || done == last_done_ || (shown_ && t - last_ < every && done < total)) return;
+  if (t < delay_ || done == last_done_ || (shown_ && t - last_ < every_ && done < total)) return;
   last_done_ = done;
   last_ = t;
   shown_ = true;

@@ -1,7 +1,8 @@
-// Progress on stderr for long runs: nothing for the first seconds, then a bar redrawn in
-// place on a terminal; silent when stderr is not a terminal unless FUSEPLAN_PROGRESS=1,
-// which prints a line every 5 s instead. --quiet turns it off whatever the environment;
-// FUSEPLAN_PROGRESS=0 too; FUSEPLAN_PROGRESS_DELAY=S sets when it first appears (default 2 s).
+// Progress on stderr for long runs: on a terminal, a bar redrawn in place after 2 s; off a
+// terminal (a log file, a batch job), a `progress:` line every 10 s once the run passes
+// 10 s, so a long run is never silent. --quiet turns it off whatever the environment,
+// FUSEPLAN_PROGRESS=0 too (=1 forces it on); FUSEPLAN_PROGRESS_DELAY=S sets when it first
+// appears.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -25,7 +26,7 @@ class ProgressBar {
   std::string what_;
   std::chrono::steady_clock::time_point start_;
   bool enabled_ = false, tty_ = false, shown_ = false;
-  double last_ = 0, delay_ = 2.0;
+  double last_ = 0, delay_ = 2.0, every_ = 0.1;
   int64_t last_done_ = -1;
 };
 

@@ -28,9 +28,11 @@ Run run_env(const std::string& env, const std::string& args, bool with_stderr = 
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
-Run run(const std::string& args) { return run_env("", args); }
+// Progress lines off (a run past 10 s on a slow machine would print them); the progress
+// tests set it themselves.
+Run run(const std::string& args) { return run_env("FUSEPLAN_PROGRESS=0", args); }
 // Standard output only (sanitizer builds warn about SimGrid's stack switches on stderr).
-Run run_stdout(const std::string& args) { return run_env("", args, false); }
+Run run_stdout(const std::string& args) { return run_env("FUSEPLAN_PROGRESS=0", args, false); }
 
 std::string tmp(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() / "fuseplan-test-cli";
@@ -46,7 +48,7 @@ size_t count_of(const std::string& text, const std::string& what) {
   return n;
 }
 
-Run run_exec(const std::string& args) { return run_env("", args, true, FUSEPLAN_EXEC_BIN); }
+Run run_exec(const std::string& args) { return run_env("FUSEPLAN_PROGRESS=0", args, true, FUSEPLAN_EXEC_BIN); }
 
 void expect_bad(const std::string& args, const std::string& text, bool exec = false) {
   INFO((exec ? "fuseplan-exec " : "fuseplan ") << args);
@@ -191,8 +193,14 @@ TEST_CASE("cli: tune writes a plan that predict reproduces; compare and whatif p
   CHECK_THAT(bar.out, Catch::Contains("progress: 4/4 configurations"));  // not a terminal: lines, no bar
   Run quiet = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv --quiet");
   CHECK_THAT(quiet.out, !Catch::Contains("configurations"));
-  Run late = run_env("FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv");  // not a terminal: silent
-  CHECK_THAT(late.out, !Catch::Contains("configurations"));
+  // Off a terminal progress is on by default, as lines (runs past FUSEPLAN_PROGRESS_DELAY,
+  // 10 s unless set); FUSEPLAN_PROGRESS=0 silences it; a run shorter than 10 s says nothing.
+  Run log = run_env("FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv");
+  CHECK_THAT(log.out, Catch::Contains("progress: 4/4 configurations"));
+  Run off = run_env("FUSEPLAN_PROGRESS=0 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv");
+  CHECK_THAT(off.out, !Catch::Contains("configurations"));
+  Run brief = run_env("", "whatif --gpus 8:64 --format csv");
+  CHECK_THAT(brief.out, !Catch::Contains("configurations"));
   Run dl = run("whatif --deadline 15m --format json");
   REQUIRE(dl.code == 0);
   CHECK(nlohmann::json::parse(dl.out)["gpu_hours"].get<double>() > 0);
@@ -345,7 +353,7 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
 namespace {
 // fuseplan-exec under mpiexec with `np` ranks, one compute thread each.
 Run run_mpi(int np, const std::string& args) {
-  return run_env("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1", args, true,
+  return run_env("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 FUSEPLAN_PROGRESS=0", args, true,
                  std::string(FUSEPLAN_MPIEXEC) + " -np " + std::to_string(np) + " --oversubscribe " + FUSEPLAN_EXEC_BIN);
 }
 }  // namespace
