@@ -33,6 +33,17 @@ void check_profile(const ProfileInfo& p, const std::string& path, int batch, Pre
     std::cerr << "fuseplan: warning: --profile " << path << " was measured at batch " << p.batch << " per GPU; its "
               << "layer times are scaled linearly to batch " << batch << " (small batches often run below that)\n";
 }
+
+// A global batch past what the model's literature trained to baseline accuracy: the
+// prediction is of speed, not of convergence, and the warning says so.
+void check_global_batch(const Model& m, int gpus, int batch) {
+  const auto limit = published_batch_limit(m);
+  const int64_t global = int64_t(gpus) * batch;
+  if (limit && global > limit->samples)
+    std::cerr << "fuseplan: warning: global batch " << grouped(global) << " (" << count_of(gpus, "GPU") << " x "
+              << batch << ") is past the largest published for " << m.name << " at baseline accuracy, "
+              << grouped(limit->samples) << " (" << limit->source << "); this predicts speed, not convergence\n";
+}
 }  // namespace
 
 void SetupFlags::add(CLI::App* app) {
@@ -79,6 +90,7 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   r.transfer = transfer.empty() ? r.compute : parse_precision(transfer, "--transfer");
   if (measured) check_profile(*measured, profile, r.batch, r.compute);
   check_fits(r.model, r.cluster, r.batch, r.compute, r.transfer, "--model " + r.model.name);
+  check_global_batch(r.model, r.gpus, r.batch);
   return r;
 }
 
@@ -112,6 +124,7 @@ SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const 
   for (const auto& b : s.plan.buckets)
     if (bytes_per_element(b.transfer) > bytes_per_element(widest)) widest = b.transfer;
   check_fits(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute, widest, path + ": $.model");
+  check_global_batch(s.model, s.plan.gpus, s.plan.batch_per_gpu);
   return s;
 }
 

@@ -681,3 +681,18 @@ TEST_CASE("cli: --version, plurals, no negative shares, search caps named") {
   REQUIRE(low.code == 0);
   CHECK(nlohmann::json::parse(low.out)["search_cap_reached"] == false);
 }
+
+TEST_CASE("cli: a global batch past the model's published largest is warned of, with the source") {
+  // ResNet-50: 65,536 (the 4-minute paper). 2048 x 32 = 65,536 passes; 2048 x 64 does not.
+  CHECK_THAT(run("predict --gpus 2048 --batch-per-gpu 32").out, !Catch::Contains("warning"));
+  Run past = run("predict --gpus 2048 --batch-per-gpu 64");
+  REQUIRE(past.code == 0);
+  CHECK_THAT(past.out, Catch::Contains("warning: global batch 131,072 (2048 GPUs x 64) is past the largest published "
+                                       "for resnet50 at baseline accuracy, 65,536 (") &&
+                           Catch::Contains("4-minute paper"));
+  // GPT-2's limit is in tokens: 3.2M / 1024 = 3,125 sequences, twice as many at 512 tokens.
+  CHECK_THAT(run("predict --model gpt2 --cluster dgx-h100 --gpus 512 --batch-per-gpu 8").out,
+             Catch::Contains("past the largest published for gpt2 at baseline accuracy, 3,125"));
+  CHECK_THAT(run("predict --model gpt2 --seq-len 512 --cluster dgx-h100 --gpus 512 --batch-per-gpu 8").out,
+             !Catch::Contains("warning"));
+}

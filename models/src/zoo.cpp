@@ -1,6 +1,8 @@
 // The zoo table (name -> description -> builder) and model loading by name or path.
 #include "fuseplan/models/zoo.hpp"
 
+#include <algorithm>
+
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "zoo_internal.hpp"
@@ -112,6 +114,18 @@ Model load_model(const std::string& name_or_path, const ModelOptions& opt) {
 int default_batch_per_gpu(const std::string& name_or_path) {
   const ZooEntry* e = find_zoo(name_or_path);
   return e ? e->default_batch_per_gpu : 32;
+}
+
+std::optional<PublishedBatch> published_batch_limit(const Model& m) {
+  const std::string& n = m.name;
+  auto starts = [&](const char* prefix) { return n.rfind(prefix, 0) == 0; };
+  if (starts("alexnet")) return PublishedBatch{65536, "AlexNet-BN at 64K, Jia et al. 2018 (the 4-minute paper)"};
+  if (starts("resnet")) return PublishedBatch{65536, "ResNet-50 at 64K, Jia et al. 2018 (the 4-minute paper)"};
+  if (starts("bert_")) return PublishedBatch{65536, "BERT at 64K sequences with LAMB, You et al. 2020 (arXiv:1904.00962)"};
+  if (starts("gpt2") && !m.input_shape.empty() && m.input_shape[0] > 0)
+    return PublishedBatch{std::max<int64_t>(1, int64_t(3.2e6) / m.input_shape[0]),
+                          "3.2M tokens per batch for GPT-3 175B, Brown et al. 2020 (arXiv:2005.14165)"};
+  return std::nullopt;
 }
 
 }  // namespace fuseplan

@@ -34,4 +34,13 @@ Model build_zoo_model(const std::string& name, const ModelOptions& opt = {});
 Model load_model(const std::string& name_or_path, const ModelOptions& opt = {});
 int default_batch_per_gpu(const std::string& name_or_path);
 
+// The largest global batch a zoo model's literature reports at baseline accuracy, with
+// its source; none for models without one (VGG-16, model files). For GPT-2 the limit is
+// in tokens, so sequences = tokens / the model's sequence length.
+struct PublishedBatch {
+  int64_t samples = 0;
+  std::string source;
+};
+std::optional<PublishedBatch> published_batch_limit(const Model& m);
+
 }  // namespace fuseplan
