@@ -136,7 +136,7 @@ def main():
         subprocess.run([fuseplan, "show", a.model, *shape, "--export", mpath], check=True, stdout=subprocess.DEVNULL)
         model = json.load(open(mpath))
         subprocess.run([exe, "train", "--model", a.model, "--dataset", "synthetic", "--synthetic-size",
-                        str(a.batch * (a.steps + 3)), "--batch", str(a.batch), "--max-steps", str(a.steps + 3),
+                        str(a.batch * (a.steps + 3)), "--batch-per-gpu", str(a.batch), "--max-steps", str(a.steps + 3),
                         "--optimizer", "sgd", "--threads", str(a.threads), "--conv", a.conv, "--no-eval", "--quiet", "--profile", ppath,
                         "--metrics", metrics], check=True, stdout=subprocess.DEVNULL)
         steps = json.load(open(metrics))["steps"][3:]

@@ -14,7 +14,7 @@ namespace {
 struct PredictFlags {
   SetupFlags setup;
   std::string plan_path, buckets = "threshold:64MiB", algorithm = "auto";
-  std::string trace_path, save_plan;
+  std::string trace_path, out;
   bool json = false;
   CLI::Option* buckets_opt = nullptr;
 };
@@ -86,7 +86,7 @@ void add_predict_command(CLI::App& app) {
                                                "(see `fuseplan collective --help`)")
       ->capture_default_str();
   cmd->add_option("--trace", f->trace_path, "write a Chrome trace (JSON for ui.perfetto.dev) to FILE");
-  cmd->add_option("--save-plan", f->save_plan, "write the plan that was predicted (with its prediction) to FILE");
+  cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
   cmd->add_flag("--json", f->json, "print the report as JSON");
   cmd->callback([f] {
     Setup s = resolve(*f);
@@ -95,11 +95,11 @@ void add_predict_command(CLI::App& app) {
     TrainingGoal goal = f->setup.goal();
     Report r = predict(s.model, s.cluster, s.plan, coll, compute, goal);
     if (!f->trace_path.empty()) r.timeline.write_chrome_trace(f->trace_path);
-    if (!f->save_plan.empty()) {
+    if (!f->out.empty()) {
       Plan p = s.plan;
       p.prediction = {{"iteration_s", r.iteration_s}, {"exposed_comm_s", r.exposed_comm_s},
                       {"scaling_efficiency", r.scaling_efficiency}};
-      write_file_atomic(f->save_plan, plan_to_json(p).dump(1) + "\n");
+      write_file_atomic(f->out, plan_to_json(p).dump(1) + "\n");
     }
     if (f->json) {
       std::cout << report_to_json(r).dump(2) << "\n";

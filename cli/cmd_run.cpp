@@ -93,7 +93,7 @@ void run_run(RunFlags& f) {
       throw InputError("mpirun placed ranks across nodes out of order; fuseplan's schedules number ranks node by node "
                        "(use --map-by slot)");
     if (f.t.batch_opt->count() && f.t.opt.batch != plan.batch_per_gpu)
-      throw InputError("--batch " + std::to_string(f.t.opt.batch) + " disagrees with " + f.plan_path + " (" +
+      throw InputError("--batch-per-gpu " + std::to_string(f.t.opt.batch) + " disagrees with " + f.plan_path + " (" +
                        std::to_string(plan.batch_per_gpu) + " per GPU)");
     if (f.t.precision_opt->count() && parse_precision(f.t.precision, "--precision") != plan.compute)
       throw InputError("--precision " + f.t.precision + " disagrees with " + f.plan_path + " (" +
@@ -419,7 +419,7 @@ void add_run_command(CLI::App& app) {
       "Execute a plan across MPI ranks (mpirun -np N fuseplan-exec run --plan P): data-parallel\n"
       "training with one allreduce per bucket, posted as soon as its last gradient is written\n"
       "during backward; measures every layer and bucket on every rank.");
-  cmd->add_option("--plan", f->plan_path, "plan .json (fuseplan tune/predict --save-plan); its GPUs = the ranks")
+  cmd->add_option("--plan", f->plan_path, "plan .json (fuseplan tune/predict --out); its GPUs = the ranks")
       ->required();
   add_training_flags(cmd, f->t);
   cmd->add_option("--iterations", f->iterations,

@@ -20,8 +20,8 @@ namespace fuseplan::cli {
 namespace {
 
 struct SweepFlags {
-  std::string algorithms = "mpi,ring,recursive_doubling,rabenseifner", sizes = "4K:256M", precision = "fp32", out;
-  int factor = 2, warmup = 3, iterations = 0;
+  std::string algorithm = "mpi,ring,recursive_doubling,rabenseifner", sizes = "4K:256M", precision = "fp32", out;
+  int step_factor = 2, warmup = 3, iterations = 0;
   double seconds_per_size = 0.2;
   bool quiet = false;
 };
@@ -42,18 +42,18 @@ void run_sweep(const SweepFlags& f) {
   std::string error;
   try {
     p = parse_precision(f.precision, "--precision");
-    algos = split_list(f.algorithms);
-    if (algos.empty()) throw InputError("--algorithms: empty list");
-    for (const auto& a : algos) find_algorithm(a, "--algorithms");
+    algos = split_list(f.algorithm);
+    if (algos.empty()) throw InputError("--algorithm: empty list");
+    for (const auto& a : algos) find_algorithm(a, "--algorithm");
     const auto colon = f.sizes.find(':');
     const int64_t lo = parse_bytes(f.sizes.substr(0, colon), "--sizes");
     const int64_t hi = colon == std::string::npos ? lo : parse_bytes(f.sizes.substr(colon + 1), "--sizes");
     if (lo < 1 || hi < lo) throw InputError("--sizes: MIN:MAX with 1 <= MIN <= MAX (got " + f.sizes + ")");
-    if (f.factor < 2) throw InputError("--factor: must be >= 2");
+    if (f.step_factor < 2) throw InputError("--step-factor: must be >= 2");
     if (f.warmup < 0 || f.iterations < 0) throw InputError("--warmup/--iterations: must be >= 0");
     if (!(f.seconds_per_size > 0)) throw InputError("--seconds-per-size: must be > 0");
     if (world.ranks() < 2) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
-    for (int64_t s = lo; s <= hi; s *= f.factor) sizes.push_back(s);
+    for (int64_t s = lo; s <= hi; s *= f.step_factor) sizes.push_back(s);
   } catch (const InputError& e) {
     error = e.what();
   }
@@ -126,9 +126,9 @@ void add_sweep_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("sweep",
                                  "Allreduce sweep across MPI ranks (like nccl-tests' all_reduce_perf): time, algbw and\n"
                                  "busbw per size and algorithm; --out writes it for `fuseplan calibrate --sweep`.");
-  cmd->add_option("--algorithms", f->algorithms, "comma-separated: mpi and fuseplan's algorithms")->capture_default_str();
+  cmd->add_option("--algorithm", f->algorithm, "allreduce algorithms, comma-separated: mpi and fuseplan's")->capture_default_str();
   cmd->add_option("--sizes", f->sizes, "MIN:MAX message bytes (4K, 256M, 64MiB, ...)")->capture_default_str();
-  cmd->add_option("--factor", f->factor, "size step factor")->capture_default_str();
+  cmd->add_option("--step-factor", f->step_factor, "multiply the size by this each row, like nccl-tests -f")->capture_default_str();
   cmd->add_option("--precision", f->precision, "element type: fp32 | fp16 | bf16")->capture_default_str();
   cmd->add_option("--warmup", f->warmup, "untimed allreduces per size")->capture_default_str();
   cmd->add_option("--iterations", f->iterations, "timed allreduces per size (0 = enough for --seconds-per-size)")

@@ -17,10 +17,9 @@ namespace {
 
 struct TuneFlags {
   SetupFlags setup;
-  std::string strategy = "optimal", algorithm = "auto", threshold = "64MiB", ddp_cap = "25", ddp_first = "1MiB";
-  std::string fp32 = "none", pack = "strategy";
-  int segments = 2, streams = 1;
-  double cycle_ms = 0;
+  FusionFlags fusion;
+  std::string strategy = "optimal", algorithm = "auto";
+  int segments = 2;
   std::string out, trace_path, validate;
   int top = 3;
   bool json = false, quiet = false;
@@ -33,23 +32,7 @@ struct TuneFlags {
         ->capture_default_str();
     cmd->add_option("--algorithm", algorithm, "allreduce algorithm: auto (cheapest per bucket) or one name for all")
         ->capture_default_str();
-    cmd->add_option("--threshold", threshold,
-                    "horovod: fusion threshold with a unit, e.g. 64MiB (HOROVOD_FUSION_THRESHOLD; 0 = no fusion)")
-        ->capture_default_str();
-    cmd->add_option("--cycle-time", cycle_ms, "horovod: background cycle in ms (HOROVOD_CYCLE_TIME; 0 = threshold only)")
-        ->capture_default_str();
-    cmd->add_option("--ddp-cap", ddp_cap,
-                    "ddp: bucket cap; a bare number is MiB, as DDP's bucket_cap_mb (25 = 25 MiB), else a size such as 4MB")
-        ->capture_default_str();
-    cmd->add_option("--ddp-first", ddp_first, "ddp: first bucket cap with a unit, e.g. 1MiB")->capture_default_str();
-    cmd->add_option("--fp32-tensors", fp32, "tensors sent in FP32 whatever --transfer: none | norm | norm+bias "
-                                            "(a bucket holding one is sent in FP32)")
-        ->capture_default_str();
-    cmd->add_option("--streams", streams, "communication streams sharing the links; buckets go round-robin (AIACC)")
-        ->capture_default_str();
-    cmd->add_option("--pack", pack, "copy gradients into a fusion buffer: strategy (horovod, ddp copy; others use "
-                                    "views) | pack | view")
-        ->capture_default_str();
+    fusion.add(cmd);
   }
 
   TuneOptions options(Precision transfer) const {
@@ -57,17 +40,8 @@ struct TuneFlags {
     o.strategy = parse_strategy(strategy);
     o.segments = segments;
     o.algorithm = algorithm;
-    o.horovod_threshold_bytes = parse_bytes(threshold, "--threshold", BareNumber::Refused, true);
-    o.horovod_cycle_s = cycle_ms * 1e-3;
-    o.ddp_cap_bytes = parse_bytes(ddp_cap, "--ddp-cap", BareNumber::MiB);
-    o.ddp_first_bytes = parse_bytes(ddp_first, "--ddp-first", BareNumber::Refused);
     o.transfer = transfer;
-    o.fp32 = parse_fp32_tensors(fp32);
-    o.streams = streams;
-    if (pack == "strategy") o.packing = Packing::Strategy;
-    else if (pack == "pack") o.packing = Packing::Pack;
-    else if (pack == "view") o.packing = Packing::View;
-    else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, view)");
+    fusion.apply(o);
     return o;
   }
 };
@@ -253,7 +227,7 @@ void run_compare(const TuneFlags& f) {
   }
   t.print(std::cout, "  ");
   std::cout << "\n  vs ddp / vs horovod: speed-up of the iteration over PyTorch DDP (25 MiB buckets) and Horovod ("
-            << f.threshold << " fusion) on the same setup; > 1 is faster.\n";
+            << f.fusion.threshold << " fusion) on the same setup; > 1 is faster.\n";
 }
 
 }  // namespace

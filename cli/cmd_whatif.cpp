@@ -13,6 +13,7 @@
 #include "progress.hpp"
 #include "fuseplan/costmodel/whatif.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
 
 namespace fuseplan::cli {
 
@@ -22,12 +23,14 @@ struct WhatIfFlags {
   std::string models = "resnet50", cluster = "tencent-p40", gpus = "1024", inter_bw, batch = "0";
   std::string precisions = "fp16", transfer, algorithms = "auto", strategies = "optimal";
   int segments = 2, group = 0, torus_x = 0, max_gpus = 0;
-  std::string nccl_version;
+  std::string nccl_version, profile;
+  double inter_lat_us = -1;
+  FusionFlags fusion;
   double epochs = 90;
   int64_t dataset_size = 1281167;
-  std::string format = "table", out, deadline, solve = "bandwidth";
+  std::string format = "table", out, deadline, solve = "bandwidth";  // format: from --json / --csv
   double target_efficiency = 0;
-  bool quiet = false;
+  bool quiet = false, json = false, csv = false;
   ModelFlags model_shape;  // --resolution etc. (its --model is unused here)
 };
 
@@ -161,8 +164,6 @@ void print_rows(const std::vector<WhatIfRow>& rows, const Cluster& c, const What
 }
 
 void run_whatif(const WhatIfFlags& f) {
-  if (f.format != "table" && f.format != "csv" && f.format != "json")
-    throw InputError("--format: unknown value '" + f.format + "' (valid: table, csv, json)");
   WhatIfSettings settings;
   settings.model_options = f.model_shape.options();
   settings.collective = {f.group, f.torus_x, f.nccl_version};
@@ -170,6 +171,7 @@ void run_whatif(const WhatIfFlags& f) {
   if (f.epochs <= 0) throw InputError("--epochs: must be > 0");
   if (f.dataset_size <= 0) throw InputError("--dataset-size: must be > 0");
   settings.tune.segments = f.segments;
+  f.fusion.apply(settings.tune);
   if (!f.transfer.empty()) {
     settings.transfer_follows_compute = false;
     settings.tune.transfer = parse_precision(f.transfer, "--transfer");
@@ -187,7 +189,30 @@ void run_whatif(const WhatIfFlags& f) {
   axes.strategies.clear();
   for (const auto& s : split_list(f.strategies, "--strategy")) axes.strategies.push_back(parse_strategy(s));
 
-  WhatIf w(load_cluster(f.cluster), settings);
+  Cluster base = load_cluster(f.cluster);
+  if (f.inter_lat_us != -1) {
+    if (!base.inter) throw InputError("--inter-lat: cluster " + base.name + " has no inter-node network");
+    if (!(f.inter_lat_us >= 0)) throw InputError("--inter-lat: must be >= 0 us");
+    base.inter->lat_us = f.inter_lat_us;
+  }
+  if (!f.profile.empty()) {
+    // A profile is one model's layer times at one precision: every point must be of both.
+    if (axes.models.size() != 1)
+      throw InputError("--profile " + f.profile + ": measured times are of one model; give one --model");
+    Model m = load_model(axes.models[0], settings.model_options);
+    const ProfileInfo info = apply_profile(m, f.profile);
+    for (Precision p : axes.precisions)
+      if (precision_name(p) != info.precision)
+        throw InputError("--profile " + f.profile + ": measured at " + info.precision + ", --precision asks for " +
+                         std::string(precision_name(p)) + " (profile again at that precision, or drop it from the list)");
+    for (int b : axes.batch_per_gpu)
+      if (b != info.batch && !(b == 0 && default_batch_per_gpu(axes.models[0]) == info.batch))
+        std::cerr << "fuseplan: warning: --profile " << f.profile << " was measured at batch " << info.batch
+                  << " per GPU; its layer times are scaled linearly to batch "
+                  << (b ? b : default_batch_per_gpu(axes.models[0])) << "\n";
+    settings.profile = f.profile;
+  }
+  WhatIf w(std::move(base), settings);
   ProgressBar bar("configurations", f.quiet);
   Progress progress = [&bar](size_t d, size_t t) { bar(int64_t(d), int64_t(t)); };
 
@@ -285,9 +310,15 @@ void add_whatif_command(CLI::App& app) {
   cmd->add_option("--group", f->group, "hierarchical group size in GPUs (default: GPUs per node)");
   cmd->add_option("--torus-x", f->torus_x, "torus2d row length in GPUs (default: square-ish grid)");
   add_nccl_version_option(cmd, f->nccl_version);
+  f->fusion.add(cmd);
+  cmd->add_option("--inter-lat", f->inter_lat_us, "inter-node latency in microseconds (default: the cluster's)");
+  cmd->add_option("--profile", f->profile,
+                  "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
+                  "roofline; one --model and its precision");
   cmd->add_option("--epochs", f->epochs, "epochs for time to train")->capture_default_str();
   cmd->add_option("--dataset-size", f->dataset_size, "samples per epoch (default: ImageNet-1k)");
-  cmd->add_option("--format", f->format, "table | csv | json")->capture_default_str();
+  auto* json = cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
+  cmd->add_flag("--csv", f->csv, "print CSV rows instead of the table")->excludes(json);
   cmd->add_option("--out", f->out, "write the table/CSV/JSON to FILE instead of stdout");
   cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
   cmd->add_option("--target-efficiency", f->target_efficiency,
@@ -303,7 +334,10 @@ void add_whatif_command(CLI::App& app) {
   f->model_shape.channels_opt = cmd->add_option("--channels", f->model_shape.channels, "CNN input channels");
   f->model_shape.classes_opt = cmd->add_option("--classes", f->model_shape.classes, "CNN classifier outputs");
   f->model_shape.seq_len_opt = cmd->add_option("--seq-len", f->model_shape.seq_len, "transformer sequence length");
-  cmd->callback([f] { run_whatif(*f); });
+  cmd->callback([f] {
+    f->format = f->json ? "json" : f->csv ? "csv" : "table";
+    run_whatif(*f);
+  });
 }
 
 }  // namespace fuseplan::cli

@@ -8,6 +8,7 @@
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan::cli {
@@ -54,6 +55,16 @@ struct SetupFlags {
   PlanSetup load_plan_file(const std::string& path) const;
   CollectiveOptions collective() const { return {group, torus_x, nccl_version}; }
   TrainingGoal goal() const { return {epochs, dataset_size}; }
+};
+
+// The fusion strategies' own settings (Horovod's threshold and cycle, DDP's caps), the
+// FP32 tensors, streams and packing: shared by tune, compare and whatif.
+struct FusionFlags {
+  std::string threshold = "64MiB", ddp_cap = "25", ddp_first = "1MiB", fp32 = "none", pack = "strategy";
+  int streams = 1;
+  double cycle_ms = 0;
+  void add(CLI::App* app);
+  void apply(TuneOptions& o) const;  // throws InputError naming the flag
 };
 
 // --nccl-version, listing the NCCL releases whose tuning constants the model carries.

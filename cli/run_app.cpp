@@ -1,12 +1,68 @@
 // The one place where library errors become exit codes: 2 for bad input (one line naming
 // the file or flag), 1 for a failed run, 0 otherwise. Both binaries call it.
 #include <iostream>
+#include <set>
+#include <string_view>
+#include <vector>
 
 #include "commands.hpp"
 #include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan::cli {
+
+namespace {
+
+// Old spellings, one name per concept now (docs/formats.md, "One vocabulary"): still
+// accepted, with a warning naming the new one. `format_value`: --format X becomes --X
+// (--format table: the default, dropped).
+struct Renamed {
+  std::string_view program, command, old_name, new_name;
+};
+constexpr Renamed kRenamed[] = {
+    {"fuseplan-exec", "train", "--batch", "--batch-per-gpu"},
+    {"fuseplan-exec", "run", "--batch", "--batch-per-gpu"},
+    {"fuseplan-exec", "sweep", "--factor", "--step-factor"},
+    {"fuseplan-exec", "sweep", "--algorithms", "--algorithm"},
+    {"fuseplan", "predict", "--save-plan", "--out"},
+    {"fuseplan", "whatif", "--format", "--json | --csv"},
+};
+
+// argv with the old spellings of `command`'s flags replaced, a warning per old name.
+std::vector<std::string> rename_flags(int argc, char** argv, const std::string& prog) {
+  std::vector<std::string> args(argv, argv + argc);
+  if (argc < 2) return args;
+  const std::string command = argv[1];
+  std::set<std::string_view> warned;
+  for (size_t i = 2; i < args.size(); ++i) {
+    if (args[i] == "--") break;
+    for (const Renamed& r : kRenamed) {
+      if (r.program != prog || r.command != command) continue;
+      const std::string& a = args[i];
+      const bool eq = a.size() > r.old_name.size() && a.compare(0, r.old_name.size(), r.old_name) == 0 &&
+                      a[r.old_name.size()] == '=';
+      if (a != r.old_name && !eq) continue;
+      const std::string value = eq ? a.substr(r.old_name.size() + 1) : i + 1 < args.size() ? args[i + 1] : "";
+      if (r.old_name == "--format" && value != "table" && value != "csv" && value != "json")
+        throw InputError("--format: unknown value '" + value + "' (valid: table, csv, json; now --csv or --json)");
+      if (warned.insert(r.old_name).second)
+        std::cerr << prog << ": warning: " << r.old_name << " is now " << r.new_name
+                  << " (the old spelling still works for now)\n";
+      if (r.old_name == "--format") {  // --format X -> --X; table is the default
+        const size_t n = eq ? 1 : 2;
+        args.erase(args.begin() + std::ptrdiff_t(i), args.begin() + std::ptrdiff_t(i + n));
+        if (value != "table") args.insert(args.begin() + std::ptrdiff_t(i), "--" + value);
+        else --i;
+      } else {
+        args[i] = std::string(r.new_name) + (eq ? a.substr(r.old_name.size()) : "");
+      }
+      break;
+    }
+  }
+  return args;
+}
+
+}  // namespace
 
 int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
   std::string releases;
@@ -23,7 +79,10 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
       }
       if (!known) throw InputError("unknown command '" + first + "' (valid: " + names + ")");
     }
-    app.parse(argc, argv);
+    std::vector<std::string> args = rename_flags(argc, argv, prog);
+    std::vector<char*> ptrs;
+    for (auto& a : args) ptrs.push_back(a.data());
+    app.parse(int(ptrs.size()), ptrs.data());
   } catch (const CLI::Success& e) {  // --help and friends: CLI11 prints, exit 0
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

@@ -22,6 +22,25 @@ void check_fits(const Model& m, const Cluster& c, int batch, Precision compute, 
   if (!warning.empty()) std::cerr << "fuseplan: " << warning << "\n";
 }
 
+// Whether a plan's `cluster` (a name or path, perhaps gone) names cluster `c`.
+bool same_cluster(const Cluster& c, const std::string& named) {
+  try {
+    return load_cluster(named).name == c.name;
+  } catch (const InputError&) {
+    return false;
+  }
+}
+
+// More GPUs than the cluster file has: grown by whole nodes (as whatif does), said on stderr.
+Cluster grown(const Cluster& c, int gpus, const std::string& flag) {
+  Cluster g = grown_to(c, gpus, flag);
+  if (g.nodes != c.nodes)
+    std::cerr << "fuseplan: note: cluster " << c.name << " has " << count_of(c.capacity(), "GPU") << "; grown by whole "
+              << "nodes to " << count_of(g.nodes, "node") << " for " << count_of(gpus, "GPU")
+              << " (a what-if: the same nodes and network)\n";
+  return g;
+}
+
 // A profile's layer times hold for the precision they were measured at: another one is
 // refused. Another batch is scaled linearly (the compute model's rule), said on stderr.
 void check_profile(const ProfileInfo& p, const std::string& path, int batch, Precision compute) {
@@ -67,6 +86,40 @@ void SetupFlags::add(CLI::App* app) {
   app->add_option("--dataset-size", dataset_size, "samples per epoch (default: ImageNet-1k, 1281167)");
 }
 
+void FusionFlags::add(CLI::App* cmd) {
+  cmd->add_option("--threshold", threshold,
+                  "horovod: fusion threshold with a unit, e.g. 64MiB (HOROVOD_FUSION_THRESHOLD; 0 = no fusion)")
+      ->capture_default_str();
+  cmd->add_option("--cycle-time", cycle_ms, "horovod: background cycle in ms (HOROVOD_CYCLE_TIME; 0 = threshold only)")
+      ->capture_default_str();
+  cmd->add_option("--ddp-cap", ddp_cap,
+                  "ddp: bucket cap; a bare number is MiB, as DDP's bucket_cap_mb (25 = 25 MiB), else a size such as 4MB")
+      ->capture_default_str();
+  cmd->add_option("--ddp-first", ddp_first, "ddp: first bucket cap with a unit, e.g. 1MiB")->capture_default_str();
+  cmd->add_option("--fp32-tensors", fp32, "tensors sent in FP32 whatever --transfer: none | norm | norm+bias "
+                                          "(a bucket holding one is sent in FP32)")
+      ->capture_default_str();
+  cmd->add_option("--streams", streams, "communication streams sharing the links; buckets go round-robin (AIACC)")
+      ->capture_default_str();
+  cmd->add_option("--pack", pack, "copy gradients into a fusion buffer: strategy (horovod, ddp copy; others use "
+                                  "views) | pack | view")
+      ->capture_default_str();
+}
+
+void FusionFlags::apply(TuneOptions& o) const {
+  o.horovod_threshold_bytes = parse_bytes(threshold, "--threshold", BareNumber::Refused, true);
+  if (!(cycle_ms >= 0)) throw InputError("--cycle-time: must be >= 0 ms");
+  o.horovod_cycle_s = cycle_ms * 1e-3;
+  o.ddp_cap_bytes = parse_bytes(ddp_cap, "--ddp-cap", BareNumber::MiB);
+  o.ddp_first_bytes = parse_bytes(ddp_first, "--ddp-first", BareNumber::Refused);
+  o.fp32 = parse_fp32_tensors(fp32);
+  o.streams = streams;
+  if (pack == "strategy") o.packing = Packing::Strategy;
+  else if (pack == "pack") o.packing = Packing::Pack;
+  else if (pack == "view") o.packing = Packing::View;
+  else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, view)");
+}
+
 void add_nccl_version_option(CLI::App* app, std::string& release) {
   std::string valid;
   for (const auto& r : nccl_releases()) valid += (valid.empty() ? "" : " | ") + r;
@@ -83,7 +136,7 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   r.cluster = load_cluster(cluster);
   apply_overrides(r.cluster);
   r.gpus = gpus_opt->count() ? gpus : std::min(kDefaultGpus, r.cluster.capacity());
-  check_gpu_count(r.cluster, r.gpus, "--gpus");
+  r.cluster = grown(r.cluster, r.gpus, "--gpus");
   r.batch = batch_opt->count() ? batch : default_batch_per_gpu(model.model);
   if (r.batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(r.batch) + ")");
   r.compute = parse_precision(precision, "--precision");
@@ -109,8 +162,11 @@ SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const 
   if (!profile.empty()) measured = apply_profile(s.model, profile);
   validate_plan(s.plan, s.model, path);
   s.cluster = load_cluster(cluster_opt->count() ? cluster : s.plan.cluster);
+  if (cluster_opt->count() && !same_cluster(s.cluster, s.plan.cluster))
+    std::cerr << "fuseplan: warning: --cluster " << cluster << " is not the cluster " << path << " was made for ("
+              << s.plan.cluster << "); its buckets and algorithms are priced on " << s.cluster.name << " as they are\n";
   apply_overrides(s.cluster);
-  check_gpu_count(s.cluster, s.plan.gpus, path + ": $.gpus");
+  s.cluster = grown(s.cluster, s.plan.gpus, path + ": $.gpus");
   if (gpus_opt->count() && gpus != s.plan.gpus)
     throw InputError("--gpus " + std::to_string(gpus) + " disagrees with " + path + " (made for " +
                      count_of(s.plan.gpus, "GPU") + ")");

@@ -22,7 +22,7 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
                   "model input height = width in pixels; images are resized (bilinear) to it (default: the data set's)");
   cmd->add_option("--channels", f->channels, "input channels (default: the data set's)");
   cmd->add_option("--classes", f->classes, "classes (default: the data set's)");
-  f->batch_opt = cmd->add_option("--batch", f->opt.batch, "samples per step")->capture_default_str();
+  f->batch_opt = cmd->add_option("--batch-per-gpu", f->opt.batch, "samples per rank (a GPU, or a CPU process) per step")->capture_default_str();
   f->epochs_opt = cmd->add_option("--epochs", f->opt.epochs, "epochs (fractions allowed)")->capture_default_str();
   cmd->add_option("--max-steps", f->max_steps, "stop after this many steps (0 = no limit)")->capture_default_str();
   f->precision_opt = cmd->add_option("--precision", f->precision,

@@ -30,7 +30,7 @@ for run in "${runs[@]}"; do
   read -r opt batch prec lr warmup wd <<<"$run"
   name="resnet18-$opt-$batch-$prec"
   [[ "$name" =~ ${ONLY:-.} ]] || continue
-  FUSEPLAN_PROGRESS=1 build/release/cli/fuseplan-exec train --model resnet18 --dataset fashion-mnist --batch "$batch" \
+  FUSEPLAN_PROGRESS=1 build/release/cli/fuseplan-exec train --model resnet18 --dataset fashion-mnist --batch-per-gpu "$batch" \
     --epochs "$epochs" --optimizer "$opt" --lr "$lr" --warmup-epochs "$(python3 -c "print(min($warmup, $epochs / 2))")" \
     --precision "$prec" --weight-decay "$wd" "${augment[@]}" --metrics "$out/$name.json" >"$out/$name.txt" 2>"$out/$name.log"
   python3 - "$out/$name.json" <<'PY'

@@ -17,11 +17,11 @@ mpi="mpirun -np $ranks --oversubscribe"
 shape="--model $model --resolution 28 --channels 1 --classes 10 --gpus $ranks --batch-per-gpu $batch --precision fp32"
 mkdir -p "$out"
 echo "== sweep and calibrate"
-$mpi $B/fuseplan-exec sweep --algorithms mpi,ring,recursive_doubling,rabenseifner --quiet --out $out/sweep.json
+$mpi $B/fuseplan-exec sweep --algorithm mpi,ring,recursive_doubling,rabenseifner --quiet --out $out/sweep.json
 $B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --holdout --out $out/all-sizes.json
 $B/fuseplan calibrate --cluster local-cpu --sweep $out/sweep.json --fit-sizes 256K:256M --holdout --out $out/cal-comm.json
 echo "== per-layer profile (one bucket, $ranks ranks)"
-$B/fuseplan predict $shape --cluster $out/cal-comm.json --buckets single --save-plan $out/profile-plan.json >/dev/null
+$B/fuseplan predict $shape --cluster $out/cal-comm.json --buckets single --out $out/profile-plan.json >/dev/null
 $mpi $B/fuseplan-exec run --plan $out/profile-plan.json --dataset synthetic --iterations 20 --quiet \
   --profile $out/profile.json >/dev/null
 echo "== overlap: the free-overlap optimum and per-tensor, measured, fit comm_compute_sharing and dispatch_overhead_us"

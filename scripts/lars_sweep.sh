@@ -14,7 +14,7 @@ name="b$batch-lr$lr-wu$wu$(printf '%s' "$*" | tr -d ' ')"
 cmake --preset release >/dev/null
 cmake --build --preset release --target fuseplan-exec >/dev/null
 mkdir -p build/lars-sweep
-FUSEPLAN_PROGRESS=1 build/release/cli/fuseplan-exec train --model resnet18 --dataset fashion-mnist --batch "$batch" \
+FUSEPLAN_PROGRESS=1 build/release/cli/fuseplan-exec train --model resnet18 --dataset fashion-mnist --batch-per-gpu "$batch" \
   --epochs "$epochs" --optimizer lars --lr "$lr" --warmup-epochs "$wu" --precision fp32 "$@" \
   --metrics "build/lars-sweep/$name.json" >"build/lars-sweep/$name.txt" 2>"build/lars-sweep/$name.log"
 tail -3 "build/lars-sweep/$name.txt"

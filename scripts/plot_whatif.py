@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""Plots a `fuseplan whatif --format csv` sweep (needs Debian's python3-matplotlib).
+"""Plots a `fuseplan whatif --csv` sweep (needs Debian's python3-matplotlib).
 
   fuseplan whatif --model resnet50,alexnet_bn --gpus 8:2048 \
-      --strategy optimal,horovod,ddp,single --format csv --out sweep.csv
+      --strategy optimal,horovod,ddp,single --csv --out sweep.csv
   scripts/plot_whatif.py sweep.csv --out plots/   (Debian's /usr/bin/python3)
 
 Writes, per model:
@@ -38,10 +38,10 @@ def read_rows(path):
     except OSError as e:
         fail(f"{path}: {e.strerror}")
     if not rows:
-        fail(f"{path}: no rows (expected the CSV of `fuseplan whatif --format csv`)")
+        fail(f"{path}: no rows (expected the CSV of `fuseplan whatif --csv`)")
     missing = [k for k in NEEDED if k not in rows[0]]
     if missing:
-        fail(f"{path}: missing columns {', '.join(missing)} (expected `fuseplan whatif --format csv`)")
+        fail(f"{path}: missing columns {', '.join(missing)} (expected `fuseplan whatif --csv`)")
     for i, r in enumerate(rows, start=2):
         try:
             r["gpus"] = int(r["gpus"])

@@ -62,7 +62,7 @@ void expect_bad(const std::string& args, const std::string& text, bool exec = fa
 
 TEST_CASE("cli: bad flags and names exit 2 with one line naming them") {
   expect_bad("predict --gpus 0", "--gpus: must be >= 1");
-  expect_bad("predict --gpus 4096", "do not fit cluster tencent-p40");
+  expect_bad("predict --cluster local-cpu --gpus 4", "no inter-node network to join them");
   expect_bad("predict --model resnet9", "unknown model 'resnet9'");
   expect_bad("predict --cluster nowhere", "unknown cluster 'nowhere'");
   expect_bad("predict --algorithm butterfly", "unknown algorithm 'butterfly' (valid: auto, ring");
@@ -100,7 +100,7 @@ TEST_CASE("cli: bad files exit 2 naming the file and JSON path") {
   expect_bad("predict --plan " + tmp("missing-plan.json"), "cannot open file");
   // A plan for another model.
   std::string plan = tmp("r18.json");
-  Run made = run("predict --model resnet18 --gpus 16 --save-plan " + plan);
+  Run made = run("predict --model resnet18 --gpus 16 --out " + plan);
   REQUIRE(made.code == 0);
   expect_bad("predict --plan " + plan + " --model resnet50", "plan is for model resnet18");
   expect_bad("predict --plan " + plan + " --gpus 32", "disagrees with");
@@ -110,7 +110,7 @@ TEST_CASE("cli: bad files exit 2 naming the file and JSON path") {
 
 TEST_CASE("cli: predict defaults run the paper's setup and write a trace and a plan") {
   std::string trace = tmp("trace.json"), plan = tmp("plan.json");
-  Run r = run("predict --trace " + trace + " --save-plan " + plan);
+  Run r = run("predict --trace " + trace + " --out " + plan);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("resnet50 on tencent-p40 (1024 GPUs = 128 nodes x 8)"));
   CHECK_THAT(r.out, Catch::Contains("scaling efficiency"));
@@ -181,27 +181,27 @@ TEST_CASE("cli: tune writes a plan that predict reproduces; compare and whatif p
   REQUIRE(rows.size() == 7);
   for (const auto& r : rows) CHECK(rows[0]["iteration_s"].get<double>() <= r["iteration_s"].get<double>() * (1 + 1e-12));
 
-  Run w = run("whatif --model alexnet_bn,resnet50 --gpus 8:64 --strategy optimal,ddp --format csv");
+  Run w = run("whatif --model alexnet_bn,resnet50 --gpus 8:64 --strategy optimal,ddp --csv");
   REQUIRE(w.code == 0);
   CHECK(std::count(w.out.begin(), w.out.end(), '\n') == 1 + 2 * 4 * 2);
   CHECK_THAT(w.out, Catch::StartsWith("model,cluster,gpus,nodes,inter_bw_Gbps"));
-  Run inv = run("whatif --model alexnet_bn --target-efficiency 0.95 --format json");
+  Run inv = run("whatif --model alexnet_bn --target-efficiency 0.95 --json");
   REQUIRE(inv.code == 0);
   CHECK(nlohmann::json::parse(inv.out)["inter_bw_Gbps"].get<double>() > 0);
-  Run bar = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv --out " + tmp("bar.csv"));
+  Run bar = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --csv --out " + tmp("bar.csv"));
   REQUIRE(bar.code == 0);
   CHECK_THAT(bar.out, Catch::Contains("progress: 4/4 configurations"));  // not a terminal: lines, no bar
-  Run quiet = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv --quiet");
+  Run quiet = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --csv --quiet");
   CHECK_THAT(quiet.out, !Catch::Contains("configurations"));
   // Off a terminal progress is on by default, as lines (runs past FUSEPLAN_PROGRESS_DELAY,
   // 10 s unless set); FUSEPLAN_PROGRESS=0 silences it; a run shorter than 10 s says nothing.
-  Run log = run_env("FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv");
+  Run log = run_env("FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --csv");
   CHECK_THAT(log.out, Catch::Contains("progress: 4/4 configurations"));
-  Run off = run_env("FUSEPLAN_PROGRESS=0 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --format csv");
+  Run off = run_env("FUSEPLAN_PROGRESS=0 FUSEPLAN_PROGRESS_DELAY=0", "whatif --gpus 8:64 --csv");
   CHECK_THAT(off.out, !Catch::Contains("configurations"));
-  Run brief = run_env("", "whatif --gpus 8:64 --format csv");
+  Run brief = run_env("", "whatif --gpus 8:64 --csv");
   CHECK_THAT(brief.out, !Catch::Contains("configurations"));
-  Run dl = run("whatif --deadline 15m --format json");
+  Run dl = run("whatif --deadline 15m --json");
   REQUIRE(dl.code == 0);
   CHECK(nlohmann::json::parse(dl.out)["gpu_hours"].get<double>() > 0);
 }
@@ -237,11 +237,11 @@ TEST_CASE("cli: tune, compare and whatif refuse bad input with exit 2") {
   expect_bad("whatif --gpus 64:8", "needs 0 < MIN <= MAX");
   expect_bad("whatif --inter-bw -100", "--inter-bw: values must be > 0");
   expect_bad("whatif --cluster local-cpu --gpus 2 --inter-bw 100", "has no inter-node network");
-  expect_bad("whatif --format xml", "valid: table, csv, json");
+  expect_bad("whatif --format xml", "valid: table, csv, json");  // the old spelling still checks its value
   expect_bad("whatif --gpus 8,64 --target-efficiency 0.9", "give one value per axis");
   std::string out = tmp("never-written.csv");
   std::filesystem::remove(out);
-  expect_bad("whatif --gpus 8,64 --model resnet9 --format csv --out " + out, "unknown model 'resnet9'");
+  expect_bad("whatif --gpus 8,64 --model resnet9 --csv --out " + out, "unknown model 'resnet9'");
   CHECK_FALSE(std::filesystem::exists(out));
 }
 
@@ -296,7 +296,7 @@ TEST_CASE("cli: tune --validate sim re-ranks the best plans by simulation") {
 TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refuses bad input with exit 2") {
   const std::string metrics = tmp("metrics.json"), profile = tmp("profile.json");
   std::filesystem::remove(metrics);
-  Run r = run_exec("train --dataset synthetic --synthetic-size 256 --model resnet18 --resolution 16 --batch 32 "
+  Run r = run_exec("train --dataset synthetic --synthetic-size 256 --model resnet18 --resolution 16 --batch-per-gpu 32 "
                    "--max-steps 3 --precision fp16 --quiet --metrics " + metrics + " --profile " + profile);
   INFO(r.out);
   REQUIRE(r.code == 0);
@@ -337,8 +337,8 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad("train --dataset imagenet", "--dataset: unknown data set 'imagenet' (valid: fashion-mnist, synthetic)", true);
   expect_bad(base + "--model bert_base", "not supported by the trainer", true);
   expect_bad(base + "--model resnet9", "unknown model 'resnet9'", true);
-  expect_bad(base + "--batch 0", "--batch", true);
-  expect_bad(base + "--batch 1000", "larger than the data set", true);
+  expect_bad(base + "--batch-per-gpu 0", "--batch-per-gpu", true);
+  expect_bad(base + "--batch-per-gpu 1000", "larger than the data set", true);
   expect_bad(base + "--lr -1", "--lr: must be > 0", true);
   expect_bad(base + "--resume " + tmp("nothing.bin"), "cannot open", true);
   expect_bad(base + "--checkpoint-every 5", "--checkpoint-every: needs --checkpoint FILE", true);
@@ -362,7 +362,7 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   const std::string plan = tmp("run-plan.json"), report = tmp("run-report.json"), trace = tmp("run-trace.json");
   const std::string model = "--model resnet18 --resolution 16 --channels 1 --classes 10";
   Run p = run("predict " + model + " --cluster local-cpu --gpus 2 --batch-per-gpu 8 --precision fp32 "
-              "--buckets threshold:1MiB --save-plan " + plan);
+              "--buckets threshold:1MiB --out " + plan);
   REQUIRE(p.code == 0);
   const auto planned = nlohmann::json::parse(std::ifstream(plan));
   const std::string data = " --dataset synthetic --synthetic-size 128 --resolution 16";
@@ -433,9 +433,9 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   Run m = run_mpi(2, "run --plan " + plan + data + " --model vgg16");
   CHECK(m.code == 2);
   CHECK_THAT(m.out, Catch::Contains(plan));
-  Run b = run_mpi(2, "run --plan " + plan + data + " --batch 4");
+  Run b = run_mpi(2, "run --plan " + plan + data + " --batch-per-gpu 4");
   CHECK(b.code == 2);
-  CHECK_THAT(b.out, Catch::Contains("--batch 4 disagrees"));
+  CHECK_THAT(b.out, Catch::Contains("--batch-per-gpu 4 disagrees"));
   // Said once (by rank 0), whatever mpiexec adds about the exit code.
   CHECK(b.out.find("disagrees") == b.out.rfind("disagrees"));
   Run g = run_mpi(2, "run --plan " + plan + data + " --progress spin");
@@ -452,7 +452,7 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
 TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of hanging") {
   const std::string plan = tmp("kill-plan.json");
   REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
-              "--batch-per-gpu 8 --precision fp32 --buckets single --save-plan " + plan).code == 0);
+              "--batch-per-gpu 8 --precision fp32 --buckets single --out " + plan).code == 0);
   // Rank 1 (the newest child of mpiexec) is killed after a few seconds; `timeout` would
   // answer 124 if the job hung.
   const std::string job = std::string(FUSEPLAN_MPIEXEC) + " -np 2 --oversubscribe " + FUSEPLAN_EXEC_BIN + " run --plan " +
@@ -467,7 +467,7 @@ TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of 
 
 TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that predict then uses") {
   const std::string sweep = tmp("sweep.json"), cal = tmp("calibrated.json");
-  Run w = run_mpi(2, "sweep --algorithms ring,mpi --sizes 4K:256K --iterations 3 --warmup 1 --out " + sweep);
+  Run w = run_mpi(2, "sweep --algorithm ring,mpi --sizes 4K:256K --iterations 3 --warmup 1 --out " + sweep);
   INFO(w.out);
   REQUIRE(w.code == 0);
   CHECK_THAT(w.out, Catch::Contains("busbw"));
@@ -483,7 +483,7 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK(run("predict --model resnet18 --cluster " + cal + " --gpus 2 --algorithm ring").code == 0);
   expect_bad("calibrate --sweep " + sweep + " --nccl-tests " + sweep, "give --sweep or --nccl-tests, not both");
   expect_bad("calibrate", "give --sweep, --nccl-tests or --plan with --measured");
-  Run bad = run_mpi(2, "sweep --algorithms ring,spin");
+  Run bad = run_mpi(2, "sweep --algorithm ring,spin");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
 }
@@ -496,10 +496,10 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
                     bare = tmp("overlap-bare.json"), out = tmp("overlap-cal.json"), other = tmp("overlap-other.json");
   const std::string shape = "predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu "
                             "--gpus 2 --batch-per-gpu 16 --precision fp32 --json ";
-  Run p = run(shape + "--buckets splits:20,40 --save-plan " + plan);
+  Run p = run(shape + "--buckets splits:20,40 --out " + plan);
   REQUIRE(p.code == 0);
   std::ofstream(measured) << p.out;
-  Run q = run(shape + "--buckets per-tensor --save-plan " + pt);
+  Run q = run(shape + "--buckets per-tensor --out " + pt);
   REQUIRE(q.code == 0);
   std::ofstream(pt_measured) << q.out;
   auto c = nlohmann::json::parse(std::ifstream(std::string(FUSEPLAN_CONFIG_DIR) + "/clusters/local-cpu.json"));
@@ -524,7 +524,7 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
   CHECK_THAT(one.out, Catch::Contains("comm_compute_sharing = 0.830 (fitted), dispatch_overhead_us = 351.0 (kept)"));
   expect_bad("calibrate --plan " + plan, "give one --measured per --plan (1 plans, 0 measured)");
   expect_bad("calibrate --plan " + plan + " --measured " + measured + " --fit sharing,speed", "--fit: unknown 'speed'");
-  REQUIRE(run("predict --model resnet50 --cluster local-cpu --gpus 2 --save-plan " + other).code == 0);
+  REQUIRE(run("predict --model resnet50 --cluster local-cpu --gpus 2 --out " + other).code == 0);
   expect_bad("calibrate --plan " + other + " --measured " + measured, "measures another run than --plan");
   CHECK(!std::filesystem::exists(tmp("never-written.json")));
   expect_bad("calibrate --plan " + other + " --measured " + measured + " --out " + tmp("never-written.json"),
@@ -548,7 +548,7 @@ TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that 
 TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the losses bit for bit") {
   const std::string plan = tmp("resume-plan.json"), ckpt = tmp("resume.ckpt");
   REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
-              "--batch-per-gpu 8 --precision fp32 --buckets threshold:1MiB --save-plan " + plan).code == 0);
+              "--batch-per-gpu 8 --precision fp32 --buckets threshold:1MiB --out " + plan).code == 0);
   const std::string base = "run --plan " + plan + " --dataset synthetic --synthetic-size 128 --epochs 1 --no-eval "
                            "--warmup 0 --quiet --threads 1 ";
   auto losses = [](const std::string& path) {
@@ -644,7 +644,7 @@ TEST_CASE("cli: memory per GPU: a warning with the figures past the GPU's memory
   write(small, c.dump());
   expect_bad("predict --model gpt2_xl --gpus 16 --batch-per-gpu 1 --cluster " + small,
              "--model gpt2_xl: gpt2_xl does not fit one GPU");
-  REQUIRE(run("predict --model gpt2_xl --cluster dgx-h100 --gpus 16 --batch-per-gpu 2 --save-plan " + plan).code == 0);
+  REQUIRE(run("predict --model gpt2_xl --cluster dgx-h100 --gpus 16 --batch-per-gpu 2 --out " + plan).code == 0);
   expect_bad("predict --plan " + plan + " --cluster " + small, plan + ": $.model: gpt2_xl does not fit one GPU");
   // whatif sweeps every point and warns once per model, batch and precision that does not fit.
   Run sweep = run("whatif --model gpt2_xl,resnet50 --cluster " + small + " --gpus 16,32 --batch-per-gpu 2 --quiet");
@@ -672,12 +672,12 @@ TEST_CASE("cli: --version, plurals, no negative shares, search caps named") {
   Run cap = run_stdout("whatif --model resnet50 --cluster dgx-h100 --target-efficiency 0.5 --solve gpus --quiet");
   REQUIRE(cap.code == 0);
   CHECK_THAT(cap.out, Catch::Contains(": 1024 (") && Catch::Contains("the largest count searched"));
-  Run capj = run_stdout("whatif --model resnet50 --cluster dgx-h100 --target-efficiency 0.5 --solve gpus --quiet --format json");
+  Run capj = run_stdout("whatif --model resnet50 --cluster dgx-h100 --target-efficiency 0.5 --solve gpus --quiet --json");
   REQUIRE(capj.code == 0);
   CHECK(nlohmann::json::parse(capj.out)["search_cap_reached"] == true);
   // AlexNet at 8 per GPU on the P40s falls below 50 % past 24 GPUs: a limit of the setup.
   Run low = run_stdout("whatif --model alexnet_bn --cluster tencent-p40 --batch-per-gpu 8 --target-efficiency 0.5 "
-                       "--solve gpus --quiet --format json");
+                       "--solve gpus --quiet --json");
   REQUIRE(low.code == 0);
   CHECK(nlohmann::json::parse(low.out)["search_cap_reached"] == false);
 }
@@ -695,4 +695,75 @@ TEST_CASE("cli: a global batch past the model's published largest is warned of, 
              Catch::Contains("past the largest published for gpt2 at baseline accuracy, 3,125"));
   CHECK_THAT(run("predict --model gpt2 --seq-len 512 --cluster dgx-h100 --gpus 512 --batch-per-gpu 8").out,
              !Catch::Contains("warning"));
+}
+
+TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow alike, whatif takes tune's flags") {
+  // Renamed flags: the old spelling gives the new one's result and one warning naming it.
+  const std::string a = tmp("vocab-a.json"), b = tmp("vocab-b.json");
+  Run old_name = run("predict --model alexnet_bn --gpus 16 --save-plan " + a);
+  REQUIRE(old_name.code == 0);
+  CHECK(count_of(old_name.out, "warning: --save-plan is now --out") == 1);
+  REQUIRE(run("predict --model alexnet_bn --gpus 16 --out " + b).code == 0);
+  CHECK(nlohmann::json::parse(std::ifstream(a)) == nlohmann::json::parse(std::ifstream(b)));
+  Run fmt = run_stdout("whatif --model alexnet_bn --gpus 8,16 --format=csv --quiet");
+  Run csv = run_stdout("whatif --model alexnet_bn --gpus 8,16 --csv --quiet");
+  REQUIRE(fmt.code == 0);
+  CHECK(fmt.out == csv.out);
+  CHECK_THAT(run("whatif --model alexnet_bn --gpus 8 --format json --quiet").out,
+             Catch::Contains("warning: --format is now --json | --csv"));
+  Run table = run_stdout("whatif --model alexnet_bn --gpus 8 --format table --quiet");
+  CHECK(table.code == 0);
+  CHECK_THAT(table.out, Catch::Contains("iteration ms"));
+  Run both = run("whatif --json --csv");
+  CHECK(both.code == 2);
+  Run ex = run_exec("train --batch 8 --help");  // the alias maps before --help prints
+  CHECK(ex.code == 0);
+  CHECK_THAT(ex.out, Catch::Contains("warning: --batch is now --batch-per-gpu"));
+  CHECK_THAT(ex.out, Catch::Contains("--batch-per-gpu"));
+  CHECK_THAT(run_exec("sweep --help").out, Catch::Contains("--step-factor"));
+  // An alias belongs to its command: --batch is not a `fuseplan predict` flag.
+  CHECK(run("predict --batch 8").code == 2);
+
+  // More GPUs than the file has: predict, tune and whatif all grow it by whole nodes.
+  Run grown = run("predict --model alexnet_bn --cluster tencent-p40 --gpus 4096");
+  REQUIRE(grown.code == 0);
+  CHECK_THAT(grown.out, Catch::Contains("note: cluster tencent-p40 has 2048 GPUs; grown by whole nodes to 512 nodes"));
+  CHECK_THAT(run("tune --model alexnet_bn --cluster tencent-p40 --gpus 4096").out, Catch::Contains("grown by whole nodes"));
+  Run w = run_stdout("whatif --model alexnet_bn --cluster tencent-p40 --gpus 4096 --json --quiet");
+  REQUIRE(w.code == 0);
+  Run t = run_stdout("tune --model alexnet_bn --cluster tencent-p40 --gpus 4096 --json");
+  REQUIRE(t.code == 0);
+  CHECK(nlohmann::json::parse(w.out)[0]["report"]["iteration_s"].get<double>() ==
+        Approx(nlohmann::json::parse(t.out)["report"]["iteration_s"].get<double>()).epsilon(1e-12));
+  expect_bad("whatif --cluster local-cpu --gpus 4", "no inter-node network to join them");
+
+  // A plan priced on another cluster than its own: said, not silent.
+  Run other = run("predict --plan " + a + " --cluster dgx-a100");
+  CHECK(other.code == 0);
+  CHECK_THAT(other.out, Catch::Contains("warning: --cluster dgx-a100 is not the cluster"));
+  CHECK(count_of(run("predict --plan " + a).out, "warning") == 0);
+
+  // whatif takes tune's fusion flags, --inter-lat and --profile, with tune's units.
+  auto iteration = [](const Run& r) {
+    return nlohmann::json::parse(r.out)[0]["report"]["iteration_s"].get<double>();
+  };
+  const std::string hv = "whatif --model resnet50 --gpus 64 --strategy horovod --json --quiet ";
+  const double t64 = iteration(run_stdout(hv + "--threshold 64MiB"));
+  const double t1 = iteration(run_stdout(hv + "--threshold 1MiB"));
+  CHECK(t64 != t1);
+  CHECK(iteration(run_stdout(hv + "--threshold 1MiB")) ==
+        Approx(nlohmann::json::parse(run_stdout("tune --model resnet50 --gpus 64 --strategy horovod "
+                                                 "--threshold 1MiB --json").out)["report"]["iteration_s"].get<double>())
+            .epsilon(1e-12));
+  expect_bad("whatif --threshold 64", "--threshold");
+  const std::string ddp = "whatif --model resnet50 --gpus 64 --strategy ddp --json --quiet ";
+  CHECK(iteration(run_stdout(ddp + "--ddp-cap 25")) == iteration(run_stdout(ddp + "--ddp-cap 25MiB")));
+  CHECK(iteration(run_stdout(ddp + "--ddp-cap 25")) != iteration(run_stdout(ddp + "--ddp-cap 1MiB")));
+  const std::string base = "whatif --model resnet50 --gpus 64 --json --quiet ";
+  CHECK(iteration(run_stdout(base + "--inter-lat 500")) > iteration(run_stdout(base)));
+  CHECK(iteration(run_stdout(base + "--streams 2")) > 0);
+  expect_bad("whatif --streams 0", "--streams: must be >= 1");
+  expect_bad("whatif --cluster local-cpu --gpus 2 --inter-lat 5", "--inter-lat: cluster local-cpu has no inter-node");
+  expect_bad("whatif --profile /nonexistent/p.json", "/nonexistent/p.json");
+  expect_bad("whatif --model resnet50,alexnet_bn --profile /nonexistent/p.json", "give one --model");
 }

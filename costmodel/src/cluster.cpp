@@ -432,4 +432,16 @@ void check_gpu_count(const Cluster& c, int gpus, const std::string& flag) {
                      std::to_string(c.capacity()) + ")");
 }
 
+Cluster grown_to(Cluster c, int gpus, const std::string& flag) {
+  if (gpus < 1) throw InputError(flag + ": must be >= 1 (got " + std::to_string(gpus) + ")");
+  if (gpus <= c.capacity()) return c;
+  const int nodes = (gpus + c.gpus_per_node - 1) / c.gpus_per_node;
+  if (nodes > 1 && !c.inter)
+    throw InputError(flag + ": " + std::to_string(gpus) + " GPUs need " + std::to_string(nodes) + " nodes, and cluster " +
+                     c.name + " has no inter-node network to join them (its size: " + std::to_string(c.capacity()) +
+                     " GPUs)");
+  c.nodes = nodes;
+  return c;
+}
+
 }  // namespace fuseplan

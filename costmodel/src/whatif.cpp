@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
 
 namespace fuseplan {
 
@@ -25,7 +26,9 @@ WhatIf::WhatIf(Cluster base, WhatIfSettings settings) : base_(std::move(base)), 
 const Model& WhatIf::model(const std::string& name) const {
   for (const auto& [n, m] : models_)
     if (n == name) return m;
-  models_.emplace_back(name, load_model(name, settings_.model_options));
+  Model m = load_model(name, settings_.model_options);
+  if (!settings_.profile.empty()) apply_profile(m, settings_.profile);
+  models_.emplace_back(name, std::move(m));
   return models_.back().second;
 }
 
@@ -36,15 +39,8 @@ size_t WhatIf::count(const WhatIfAxes& a) const {
 
 WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   const Model& m = model(p.model);
-  Cluster c = base_;
-  // A what-if may ask for more GPUs than the cluster file has: grow it by whole nodes
-  // of the same kind.
-  if (p.gpus > c.capacity()) {
-    c.nodes = (p.gpus + c.gpus_per_node - 1) / c.gpus_per_node;
-    if (c.nodes > 1 && !c.inter)
-      throw InputError(base_.source + ": has no inter_node network, so it cannot grow to " + std::to_string(p.gpus) +
-                       " GPUs");
-  }
+  // A what-if may ask for more GPUs than the cluster file has: grown by whole nodes.
+  Cluster c = grown_to(base_, p.gpus, "--gpus");
   if (p.inter_bw_Gbps > 0) {
     if (!c.inter) throw InputError("--inter-bw: cluster " + c.name + " has no inter-node network");
     c.inter->nic_bw_Gbps = p.inter_bw_Gbps;

@@ -33,9 +33,9 @@ uint64_t dropout_seed(uint64_t seed, int rank, int64_t step) {
 }
 
 OptimizerOptions schedule(const TrainOptions& o, const Dataset& train) {
-  if (o.batch < 1) throw InputError("--batch: must be >= 1");
+  if (o.batch < 1) throw InputError("--batch-per-gpu: must be >= 1");
   if (o.global_batch() > train.size())
-    throw InputError("--batch: " + std::to_string(o.batch) +
+    throw InputError("--batch-per-gpu: " + std::to_string(o.batch) +
                      (o.ranks() > 1 ? " x " + std::to_string(o.ranks()) + " ranks" : "") + " is larger than the data set (" +
                      std::to_string(train.size()) + " samples)");
   if (!(o.epochs > 0)) throw InputError("--epochs: must be > 0");

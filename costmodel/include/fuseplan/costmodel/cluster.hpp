@@ -131,5 +131,10 @@ std::vector<std::string> shipped_cluster_names();
 std::string config_dir();
 // Checks `gpus` against the cluster; InputError naming `flag` otherwise.
 void check_gpu_count(const Cluster& c, int gpus, const std::string& flag);
+// The cluster grown by whole nodes of the same kind to hold `gpus` (unchanged when they
+// fit): what predict, tune, compare, simulate and whatif do when asked for more GPUs
+// than the file has. InputError naming `flag` when it has no inter-node network to join
+// more nodes, or `gpus` < 1.
+Cluster grown_to(Cluster c, int gpus, const std::string& flag);
 
 }  // namespace fuseplan

@@ -28,6 +28,7 @@ struct WhatIfSettings {
   TrainingGoal goal;
   TuneOptions tune;        // strategy, algorithm and transfer are set per point
   bool transfer_follows_compute = true;  // else tune.transfer
+  std::string profile;     // measured layer times (fuseplan.profile/1) for every model; "" = the roofline
 };
 
 struct WhatIfPoint {
