@@ -91,7 +91,8 @@ int main() {
   row("synthetic, comm-heavy, p40 x 1024", syn_comm, p40, 1024, 32, Strategy::Optimal, 3);
   row("synthetic, comm-heavy, a100 x 1024", syn_comm, a100, 1024, 32, Strategy::Optimal, 3);
 
-  WhatIf w(p40, {});
+  const WhatIfSettings settings;
+  WhatIf w(p40, settings);
   WhatIfAxes axes;
   axes.models = {"resnet50"};
   axes.gpus = {8, 16, 32, 64, 128, 256, 512, 1024, 2048};

@@ -47,6 +47,7 @@ void run_discover(const CalibrateFlags& f) {
   std::cout << "fuseplan calibrate --discover: " << (m.cpu_model.empty() ? "unknown CPU" : m.cpu_model) << "\n"
             << "  hwloc: " << m.packages << " package(s), " << m.cores << " cores, " << m.pus << " hardware threads, "
             << m.gpus.size() << " GPU(s), " << m.nics.size() << " network device(s)\n";
+  if (!m.topology_note.empty()) std::cout << "    " << m.topology_note << "\n";
   for (const auto& g : m.gpus) std::cout << "    GPU " << g << "\n";
   for (const auto& n : m.nics) std::cout << "    network " << n << "\n";
   if (m.rdma_ports.empty())

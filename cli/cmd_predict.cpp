@@ -92,7 +92,7 @@ void add_predict_command(CLI::App& app) {
     Setup s = resolve(*f);
     CollectiveModel coll(s.cluster, s.plan.gpus, f->setup.collective());
     ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);
-    TrainingGoal goal = f->setup.goal();
+    TrainingGoal goal = f->setup.goal(s.model);
     Report r = predict(s.model, s.cluster, s.plan, coll, compute, goal);
     if (!f->trace_path.empty()) r.timeline.write_chrome_trace(f->trace_path);
     if (!f->out.empty()) {

@@ -50,7 +50,7 @@ void run_simulate(SimulateFlags& f) {
     auto s = f.setup.resolve();
     model = std::move(s.model);
     cluster = std::move(s.cluster);
-    Tuner tuner(model, cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal());
+    Tuner tuner(model, cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(model));
     TuneOptions o;
     o.strategy = parse_strategy(f.strategy);
     o.transfer = s.transfer;
@@ -61,7 +61,7 @@ void run_simulate(SimulateFlags& f) {
   for (const auto& s : f.stragglers) f.opt.stragglers.push_back(parse_straggler(s));
   CollectiveModel coll(cluster, plan.gpus, f.setup.collective());
   ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
-  const TrainingGoal goal = f.setup.goal();
+  const TrainingGoal goal = f.setup.goal(model);
   Report predicted = predict(model, cluster, plan, coll, compute, goal, false);
   std::string out = sim::run_isolated([&] {
     Report r;

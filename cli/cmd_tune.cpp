@@ -99,7 +99,7 @@ std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOpti
   for (const auto& [label, r] : distinct) {
     std::string sim_s = sim::run_isolated([&] {
       return std::to_string(
-          sim::simulate_plan(tuner.model(), cluster, r.plan, f.setup.collective(), f.setup.goal(), {}).iteration_s);
+          sim::simulate_plan(tuner.model(), cluster, r.plan, f.setup.collective(), f.setup.goal(tuner.model()), {}).iteration_s);
     });
     out.push_back({label, static_cast<int>(r.plan.buckets.size()), r.report.iteration_s, std::stod(sim_s)});
     bar(int64_t(out.size()), int64_t(distinct.size()));
@@ -127,7 +127,7 @@ void print_validation(const std::vector<Validated>& v) {
 
 void run_tune(const TuneFlags& f) {
   auto s = f.setup.resolve();
-  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal());
+  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneOptions o = f.options(s.transfer);
   TuneResult res = tuner.run(o);
   TuneOptions base = o;
@@ -180,7 +180,7 @@ void run_tune(const TuneFlags& f) {
 
 void run_compare(const TuneFlags& f) {
   auto s = f.setup.resolve();
-  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal());
+  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneOptions o = f.options(s.transfer);
   std::vector<TuneResult> results;
   const TuneResult *ddp = nullptr, *horovod = nullptr;

@@ -35,7 +35,7 @@ void run_verify(VerifyFlags& f) {
   const Report measured = load_measured_run(f.measured_path, plan, f.plan_path);
   CollectiveModel coll(cluster, plan.gpus, f.setup.collective());
   ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
-  const Report predicted = predict(model, cluster, plan, coll, compute, f.setup.goal(), true);
+  const Report predicted = predict(model, cluster, plan, coll, compute, f.setup.goal(model), true);
   // Compute drift: forward has no communication, so a measured forward away from the
   // profile's says the machine ran at another speed than when it was profiled (shared
   // machines drift by 10-30 % within minutes). The prediction again with the profile
@@ -52,7 +52,7 @@ void run_verify(VerifyFlags& f) {
       }
     if (scaled.measured_optimizer_us) *scaled.measured_optimizer_us *= drift;
     ComputeModel scaled_compute(scaled, cluster, plan.batch_per_gpu, plan.compute);
-    at_speed = predict(scaled, cluster, plan, coll, scaled_compute, f.setup.goal(), false);
+    at_speed = predict(scaled, cluster, plan, coll, scaled_compute, f.setup.goal(model), false);
   }
   std::optional<Report> simulated;
   std::string no_sim_reason;
@@ -61,7 +61,7 @@ void run_verify(VerifyFlags& f) {
   if (no_sim_reason.empty()) {
     const std::string out = sim::run_isolated([&] {
       sim::SimOptions o;
-      return report_to_json(sim::simulate_plan(model, cluster, plan, f.setup.collective(), f.setup.goal(), o)).dump();
+      return report_to_json(sim::simulate_plan(model, cluster, plan, f.setup.collective(), f.setup.goal(model), o)).dump();
     });
     simulated = report_from_json(nlohmann::json::parse(out), "simulation");
   }

@@ -26,8 +26,7 @@ struct WhatIfFlags {
   std::string nccl_version, profile;
   double inter_lat_us = -1;
   FusionFlags fusion;
-  double epochs = 90;
-  int64_t dataset_size = 1281167;
+  GoalFlags goal;
   std::string format = "table", out, deadline, solve = "bandwidth";  // format: from --json / --csv
   double target_efficiency = 0;
   bool quiet = false, json = false, csv = false;
@@ -167,9 +166,7 @@ void run_whatif(const WhatIfFlags& f) {
   WhatIfSettings settings;
   settings.model_options = f.model_shape.options();
   settings.collective = {f.group, f.torus_x, f.nccl_version};
-  settings.goal = {f.epochs, f.dataset_size};
-  if (f.epochs <= 0) throw InputError("--epochs: must be > 0");
-  if (f.dataset_size <= 0) throw InputError("--dataset-size: must be > 0");
+  settings.goal = [&f](const Model& m) { return f.goal.goal(m); };
   settings.tune.segments = f.segments;
   f.fusion.apply(settings.tune);
   if (!f.transfer.empty()) {
@@ -244,11 +241,10 @@ void run_whatif(const WhatIfFlags& f) {
     double deadline = parse_duration(f.deadline, "--deadline");
     row = w.min_gpus_for_deadline(p, deadline, candidates, progress);
     double gpu_hours = row.point.gpus * row.report.time_to_train_s / 3600;
-    answer = "fewest GPUs that train " + p.model + " for " + fixed(f.epochs, 0) + " epochs of " + grouped(f.dataset_size) +
-             " samples within " + f.deadline + ": " + count_of(row.point.gpus, "GPU") + " (" +
+    answer = "fewest GPUs that train " + p.model + " (" + row.report.goal + ") within " + f.deadline + ": " + count_of(row.point.gpus, "GPU") + " (" +
              count_of(nodes_of(w.cluster(), row.point.gpus), "node") + "), " +
              human_duration(row.report.time_to_train_s) + ", " + fixed(gpu_hours, 1) + " GPU-hours";
-    j = {{"question", "deadline"}, {"deadline_s", deadline}, {"gpus", row.point.gpus},
+    j = {{"question", "deadline"}, {"deadline_s", deadline}, {"goal", row.report.goal}, {"gpus", row.point.gpus},
          {"time_to_train_s", row.report.time_to_train_s}, {"gpu_hours", gpu_hours}};
   } else if (f.solve == "bandwidth") {
     double bw = w.min_bandwidth_for(p, f.target_efficiency, progress);
@@ -315,8 +311,7 @@ void add_whatif_command(CLI::App& app) {
   cmd->add_option("--profile", f->profile,
                   "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
                   "roofline; one --model and its precision");
-  cmd->add_option("--epochs", f->epochs, "epochs for time to train")->capture_default_str();
-  cmd->add_option("--dataset-size", f->dataset_size, "samples per epoch (default: ImageNet-1k)");
+  f->goal.add(cmd);
   auto* json = cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
   cmd->add_flag("--csv", f->csv, "print CSV rows instead of the table")->excludes(json);
   cmd->add_option("--out", f->out, "write the table/CSV/JSON to FILE instead of stdout");
@@ -325,7 +320,7 @@ void add_whatif_command(CLI::App& app) {
                   "inverse: the scaling efficiency to reach, in (0, 1]; see --solve");
   cmd->add_option("--solve", f->solve, "with --target-efficiency: bandwidth (minimum Gbps per NIC) | gpus (most GPUs)")
       ->capture_default_str();
-  cmd->add_option("--deadline", f->deadline, "inverse: fewest GPUs that train --epochs of --dataset-size within "
+  cmd->add_option("--deadline", f->deadline, "inverse: fewest GPUs that reach the training goal (the model family's, or --epochs, --dataset-size, --tokens) within "
                                              "this time (90s, 10m, 2h, 1.5d)");
   cmd->add_option("--max-gpus", f->max_gpus, "largest GPU count the inverse questions try (default: the cluster's "
                                              "size; more grows it by whole nodes)");

@@ -22,14 +22,24 @@ struct ModelFlags {
   ModelOptions options() const;
 };
 
+// What "trained" means for time to train: the model family's goal (training_goal),
+// unless --epochs / --dataset-size or --tokens say otherwise.
+struct GoalFlags {
+  double epochs = 0, tokens = 0;
+  int64_t dataset_size = 0;
+  CLI::Option *epochs_opt = nullptr, *dataset_opt = nullptr, *tokens_opt = nullptr;
+  void add(CLI::App* app);
+  TrainingGoal goal(const Model& m) const;  // InputError naming the flag
+};
+
 // Model, cluster, GPUs, batch, precisions, collective options and the training goal:
 // the setup shared by predict, tune, compare and whatif.
 struct SetupFlags {
   ModelFlags model;
   std::string cluster = "tencent-p40", precision = "fp16", transfer, profile, nccl_version;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
-  double epochs = 90, inter_bw_Gbps = 0, inter_lat_us = -1;
-  int64_t dataset_size = 1281167;
+  double inter_bw_Gbps = 0, inter_lat_us = -1;
+  GoalFlags goal_flags;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
   void add(CLI::App* app);
 
@@ -54,7 +64,7 @@ struct SetupFlags {
   };
   PlanSetup load_plan_file(const std::string& path) const;
   CollectiveOptions collective() const { return {group, torus_x, nccl_version}; }
-  TrainingGoal goal() const { return {epochs, dataset_size}; }
+  TrainingGoal goal(const Model& m) const { return goal_flags.goal(m); }
 };
 
 // The fusion strategies' own settings (Horovod's threshold and cycle, DDP's caps), the

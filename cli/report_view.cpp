@@ -43,8 +43,8 @@ void print_iteration_summary(const Report& r, std::ostream& os) {
   os << "  throughput           " << grouped(static_cast<int64_t>(r.throughput_samples_s)) << " samples/s\n";
   os << "  scaling efficiency   " << percent(r.scaling_efficiency) << " (one GPU: " << ms(r.single_gpu_iteration_s)
             << " ms per iteration)\n";
-  os << "  time to train        " << human_duration(r.time_to_train_s) << " (" << fixed(r.epochs, 0) << " epochs x "
-            << grouped(r.dataset_size) << " samples = " << grouped(r.iterations_to_train) << " iterations)\n";
+  os << "  time to train        " << human_duration(r.time_to_train_s) << " (" << grouped(r.iterations_to_train)
+     << " iterations: " << r.goal << ")\n";
 }
 
 }  // namespace fuseplan::cli

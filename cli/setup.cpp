@@ -1,5 +1,6 @@
 // The setup flags shared by predict, tune, compare and whatif.
 #include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <optional>
 
@@ -82,8 +83,49 @@ void SetupFlags::add(CLI::App* app) {
                   "roofline");
   app->add_option("--inter-bw", inter_bw_Gbps, "what-if: inter-node bandwidth per NIC in Gbps (default: the cluster's)");
   app->add_option("--inter-lat", inter_lat_us, "what-if: inter-node latency in microseconds (default: the cluster's)");
-  app->add_option("--epochs", epochs, "epochs for the time-to-train figure")->capture_default_str();
-  app->add_option("--dataset-size", dataset_size, "samples per epoch (default: ImageNet-1k, 1281167)");
+  goal_flags.add(app);
+}
+
+void GoalFlags::add(CLI::App* app) {
+  epochs_opt = app->add_option("--epochs", epochs,
+                               "time to train: epochs over --dataset-size (default: the model family's goal, e.g. "
+                               "ResNet 90 epochs of ImageNet-1k, AlexNet 95)");
+  dataset_opt = app->add_option("--dataset-size", dataset_size,
+                                "time to train: samples per epoch (default: the family's data set, e.g. ImageNet-1k "
+                                "1281167)");
+  tokens_opt = app->add_option("--tokens", tokens,
+                               "time to train: a token budget, e.g. 300e9 (default for BERT 131e9, GPT-2 300e9)");
+}
+
+TrainingGoal GoalFlags::goal(const Model& m) const {
+  TrainingGoal g = training_goal(m);
+  const bool epochs_given = epochs_opt && epochs_opt->count(), dataset_given = dataset_opt && dataset_opt->count();
+  if (tokens_opt && tokens_opt->count()) {
+    if (epochs_given || dataset_given)
+      throw InputError("--tokens: a token budget and --epochs/--dataset-size are two goals; give one");
+    if (!(tokens > 0)) throw InputError("--tokens: must be > 0");
+    if (sequence_length(m) < 1)
+      throw InputError("--tokens: " + m.name + " has no sequence length (not a zoo transformer); use --epochs and "
+                       "--dataset-size");
+    g.tokens = tokens;
+    g.what = grouped(int64_t(tokens)) + " tokens (--tokens)";
+    return g;
+  }
+  if (!epochs_given && !dataset_given) return g;
+  if (g.tokens > 0 && !dataset_given)
+    throw InputError("--epochs: " + m.name + "'s goal is a token budget (" + g.what + "); give --tokens, or "
+                     "--dataset-size in sequences with --epochs");
+  if (epochs_given && !(epochs > 0)) throw InputError("--epochs: must be > 0");
+  if (dataset_given && dataset_size <= 0) throw InputError("--dataset-size: must be > 0");
+  if (epochs_given) g.epochs = epochs;
+  if (dataset_given) g.dataset_size = dataset_size;
+  if (g.tokens > 0 && !epochs_given) g.epochs = 1;
+  g.tokens = 0;
+  g.what = fixed(g.epochs, g.epochs == std::floor(g.epochs) ? 0 : 2) + (g.epochs == 1 ? " epoch" : " epochs") + " x " +
+           grouped(g.dataset_size) + " samples (" +
+           (epochs_given && dataset_given ? "--epochs, --dataset-size" : epochs_given ? "--epochs" : "--dataset-size") +
+           ")";
+  return g;
 }
 
 void FusionFlags::add(CLI::App* cmd) {

@@ -1,6 +1,7 @@
 // Predictor: the overlap timeline against hand calculations, plans and bucket specs,
 // multi-stream sharing, and the Chrome trace.
 #include <catch2/catch.hpp>
+#include <cmath>
 
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/builder.hpp"
@@ -279,4 +280,75 @@ TEST_CASE("processor sharing: the cluster key is validated and written back") {
     j["comm_compute_sharing"] = bad;
     CHECK_THROWS_AS(cluster_from_json(j, "t"), InputError);
   }
+}
+
+TEST_CASE("training goal: each model family's, named with its source, and a token budget for language models") {
+  const TrainingGoal resnet = training_goal(load_model("resnet50"));
+  CHECK(resnet.epochs == 90);
+  CHECK(resnet.dataset_size == 1281167);
+  CHECK(resnet.tokens == 0);
+  CHECK_THAT(resnet.what, Catch::Contains("ImageNet-1k"));
+  CHECK(training_goal(load_model("alexnet_bn")).epochs == 95);
+  const TrainingGoal fashion = training_goal(load_model("resnet18", {28, 1, 10, {}}));
+  CHECK(fashion.dataset_size == 60000);
+  CHECK_THAT(fashion.what, Catch::Contains("Fashion-MNIST"));
+  // A CNN of another shape: ImageNet's goal, said to be assumed.
+  CHECK_THAT(training_goal(load_model("resnet18", {64, 3, 200, {}})).what, Catch::Contains("assumed"));
+  const Model bert = load_model("bert_large");
+  const TrainingGoal bg = training_goal(bert);
+  CHECK(bg.tokens == 1e6 * 256 * 512);
+  CHECK(sequence_length(bert) == 128);
+  CHECK(sequence_length(load_model("resnet50")) == 0);
+  CHECK(training_goal(load_model("gpt2")).tokens == 300e9);
+
+  // Iterations to train: the goal's samples (sequences for tokens) over the global batch.
+  const Cluster c = load_cluster("dgx-a100");
+  const Plan plan = make_plan(bert, "dgx-a100", 64, 8, Precision::FP16,
+                              buckets_from_spec("single", bert, "auto", Precision::FP16), "single");
+  CollectiveModel coll(c, 64);
+  ComputeModel compute(bert, c, 8, Precision::FP16);
+  const Report r = predict(bert, c, plan, coll, compute, bg, false);
+  CHECK(r.iterations_to_train == int64_t(std::ceil(1e6 * 256 * 512 / 128.0 / (64 * 8))));
+  CHECK(r.time_to_train_s == Approx(double(r.iterations_to_train) * r.iteration_s));
+  CHECK(r.tokens == bg.tokens);
+  CHECK(r.epochs == 0);
+  CHECK(r.goal == bg.what);
+  CHECK(r.throughput_samples_s == Approx(64 * 8 / r.iteration_s));
+  CHECK(r.scaling_efficiency == Approx(r.single_gpu_iteration_s / r.iteration_s));
+}
+
+TEST_CASE("report: the JSON round trip is lossless and the reader is strict") {
+  const Model m = load_model("resnet50");
+  const Cluster c = load_cluster("dgx-h100");
+  const Plan plan = make_plan(m, "dgx-h100", 16, 32, Precision::FP16,
+                              buckets_from_spec("threshold:25MB", m, "auto", Precision::FP16), "threshold");
+  CollectiveModel coll(c, 16);
+  ComputeModel compute(m, c, 32, Precision::FP16);
+  const Report r = predict(m, c, plan, coll, compute, training_goal(m), true);
+  const nlohmann::json j = report_to_json(r, true);
+  CHECK(j.at("schema") == kReportSchema);
+  CHECK(report_to_json(report_from_json(j, "test"), true) == j);
+
+  auto refused = [&](nlohmann::json bad, const std::string& what) {
+    INFO(what);
+    CHECK_THROWS_WITH(report_from_json(bad, "r.json"), Catch::Contains("r.json") && Catch::Contains(what));
+  };
+  nlohmann::json extra = j;
+  extra["colour"] = 1;
+  refused(extra, "colour");
+  nlohmann::json deep = j;
+  deep["buckets"][0]["colour"] = 1;
+  refused(deep, "$.buckets[0]");
+  nlohmann::json old = j;
+  old.erase("schema");
+  refused(old, "schema");
+  nlohmann::json other = j;
+  other["schema"] = "fuseplan.report/0";
+  refused(other, "fuseplan.report/1");
+  nlohmann::json missing = j;
+  missing.erase("time_to_train_s");
+  refused(missing, "time_to_train_s");
+  nlohmann::json source = j;
+  source["source"] = "guessed";
+  refused(source, "valid: predicted, simulated, measured");
 }

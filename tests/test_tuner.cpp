@@ -288,7 +288,8 @@ TEST_CASE("tuning is deterministic") {
 }
 
 TEST_CASE("what-if: sweeps and inverse questions") {
-  WhatIf w(load_cluster("tencent-p40"), {});
+  const WhatIfSettings settings;
+  WhatIf w(load_cluster("tencent-p40"), settings);
   WhatIfAxes axes;
   axes.models = {"alexnet_bn"};
   axes.gpus = {64, 1024};

@@ -54,7 +54,14 @@ bool path_exists(const nlohmann::json& root, const std::string& dotted) {
 
 std::string config_dir() {
   if (const char* env = std::getenv("FUSEPLAN_CONFIG_DIR")) return env;
-  return FUSEPLAN_CONFIG_DIR;
+  // An installed binary: PREFIX/bin/fuseplan reads PREFIX/share/fuseplan/configs.
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const std::filesystem::path installed = exe.parent_path().parent_path() / "share" / "fuseplan" / "configs";
+    if (std::filesystem::is_directory(installed / "clusters", ec)) return installed.string();
+  }
+  return FUSEPLAN_CONFIG_DIR;  // the source tree's, for binaries run from the build tree
 }
 
 double Cluster::peak_flops(Precision p) const {

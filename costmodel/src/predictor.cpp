@@ -292,13 +292,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.iteration_s = busy + r.data_wait_s;
   double single_busy = r.forward_s + compute.backward_s() + r.optimizer_s;
   r.single_gpu_iteration_s = single_busy + compute.data_wait_s(single_busy);
-  r.scaling_efficiency = r.single_gpu_iteration_s / r.iteration_s;
-  r.throughput_samples_s = double(plan.gpus) * plan.batch_per_gpu / r.iteration_s;
-  r.epochs = goal.epochs;
-  r.dataset_size = goal.dataset_size;
-  r.iterations_to_train = static_cast<int64_t>(std::ceil(goal.epochs * double(goal.dataset_size) /
-                                                         (double(plan.gpus) * plan.batch_per_gpu)));
-  r.time_to_train_s = double(r.iterations_to_train) * r.iteration_s;
+  finish_report(r, goal, sequence_length(model));
 
   if (with_timeline) {
     auto& ev = r.timeline.events;

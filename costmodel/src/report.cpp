@@ -1,13 +1,31 @@
 // Report JSON and the Chrome trace writer.
 #include "fuseplan/costmodel/report.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <map>
 
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/json_reader.hpp"
 
 namespace fuseplan {
+
+namespace {
+// "90 epochs x 1,281,167 samples"
+std::string format_goal_epochs(double epochs, int64_t samples) {
+  std::string n = std::to_string(samples), grouped;
+  for (size_t i = 0; i < n.size(); ++i) {
+    if (i && (n.size() - i) % 3 == 0) grouped += ',';
+    grouped += n[i];
+  }
+  char e[32];
+  std::snprintf(e, sizeof e, "%g", epochs);
+  return std::string(e) + (epochs == 1 ? " epoch" : " epochs") + " x " + grouped + " samples";
+}
+}  // namespace
 
 nlohmann::json Timeline::to_chrome_trace() const {
   nlohmann::json ev = nlohmann::json::array();
@@ -54,7 +72,8 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                        {"bandwidth_s", b.cost.bandwidth_s},
                        {"reduce_s", b.cost.reduce_s},
                        {"launch_s", b.launch_s}});
-  nlohmann::json j{{"source", r.source},
+  nlohmann::json j{{"schema", kReportSchema},
+                   {"source", r.source},
                    {"model", r.model},
                    {"cluster", r.cluster},
                    {"gpus", r.gpus},
@@ -73,29 +92,37 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                    {"scaling_efficiency", r.scaling_efficiency},
                    {"epochs", r.epochs},
                    {"dataset_size", r.dataset_size},
+                   {"tokens", r.tokens},
+                   {"goal", r.goal},
                    {"iterations_to_train", r.iterations_to_train},
                    {"time_to_train_s", r.time_to_train_s},
                    {"buckets", buckets}};
-  if (with_timeline) j["timeline"] = r.timeline.to_chrome_trace();
+  if (with_timeline) j["timeline"] = timeline_to_json(r.timeline);
   return j;
 }
 
-Timeline timeline_from_chrome_trace(const nlohmann::json& trace) {
+nlohmann::json timeline_to_json(const Timeline& t) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const auto& e : t.events)
+    a.push_back({{"rank", e.rank}, {"stream", e.stream}, {"name", e.name}, {"category", e.category},
+                 {"start_s", e.start_s}, {"dur_s", e.dur_s}, {"bytes", e.bytes}});
+  return a;
+}
+
+Timeline timeline_from_json(const nlohmann::json& events, const std::string& origin, const std::string& path) {
+  if (!events.is_array()) throw InputError(origin + ": " + path + ": expected an array of events");
   Timeline t;
-  std::map<std::pair<int, int>, std::string> streams;
-  for (const auto& e : trace.at("traceEvents"))
-    if (e.value("ph", "") == "M" && e.value("name", "") == "thread_name")
-      streams[{e.at("pid").get<int>(), e.at("tid").get<int>()}] = e.at("args").at("name").get<std::string>();
-  for (const auto& e : trace.at("traceEvents")) {
-    if (e.value("ph", "") != "X") continue;
+  for (size_t i = 0; i < events.size(); ++i) {
+    JsonObject e = element_object(events[i], origin, path + "[" + std::to_string(i) + "]");
     TimelineEvent x;
-    x.rank = e.at("pid").get<int>();
-    x.stream = streams[{x.rank, e.at("tid").get<int>()}];
-    x.name = e.at("name").get<std::string>();
-    x.category = e.value("cat", "");
-    x.start_s = e.at("ts").get<double>() * 1e-6;
-    x.dur_s = e.at("dur").get<double>() * 1e-6;
-    if (e.contains("args")) x.bytes = e["args"].value("bytes", int64_t(0));
+    x.rank = int(e.integer("rank", 0, INT32_MAX));
+    x.stream = e.string("stream");
+    x.name = e.string("name");
+    x.category = e.string("category");
+    x.start_s = e.number("start_s");
+    x.dur_s = e.non_negative("dur_s");
+    x.bytes = e.integer("bytes", 0, INT64_MAX);
+    e.finish();
     t.events.push_back(std::move(x));
   }
   return t;
@@ -103,54 +130,83 @@ Timeline timeline_from_chrome_trace(const nlohmann::json& trace) {
 
 Report report_from_json(const nlohmann::json& j, const std::string& origin) {
   Report r;
-  try {
-    r.source = j.at("source").get<std::string>();
-    r.model = j.at("model").get<std::string>();
-    r.cluster = j.at("cluster").get<std::string>();
-    r.gpus = j.at("gpus").get<int>();
-    r.batch_per_gpu = j.at("batch_per_gpu").get<int>();
-    r.compute = parse_precision(j.at("compute").get<std::string>(), origin + ": $.compute");
-    for (auto [key, field] : {std::pair{"iteration_s", &r.iteration_s}, {"forward_s", &r.forward_s},
-                              {"backward_s", &r.backward_s}, {"optimizer_s", &r.optimizer_s},
-                              {"data_wait_s", &r.data_wait_s}, {"comm_busy_s", &r.comm_busy_s},
-                              {"comm_end_s", &r.comm_end_s}, {"exposed_comm_s", &r.exposed_comm_s},
-                              {"throughput_samples_s", &r.throughput_samples_s}})
-      *field = j.at(key).get<double>();
-    for (const auto& b : j.at("buckets")) {
-      BucketReport x;
-      x.index = b.at("index").get<int>();
-      x.begin = b.at("begin").get<int>();
-      x.end = b.at("end").get<int>();
-      x.first_tensor = b.value("first_tensor", "");
-      x.last_tensor = b.value("last_tensor", "");
-      x.bytes = b.at("bytes").get<int64_t>();
-      x.algorithm = b.at("algorithm").get<std::string>();
-      x.variant = b.value("variant", "");
-      x.auto_chosen = b.value("auto", false);
-      x.stream = b.value("stream", 0);
-      x.transfer = parse_precision(b.at("transfer").get<std::string>(), origin + ": $.buckets[].transfer");
-      x.ready_s = b.at("ready_s").get<double>();
-      x.start_s = b.at("start_s").get<double>();
-      x.end_s = b.at("end_s").get<double>();
-      r.buckets.push_back(std::move(x));
-    }
-    if (j.contains("timeline")) r.timeline = timeline_from_chrome_trace(j.at("timeline"));
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(origin + ": not a fuseplan report (" + std::string(e.what()) + ")");
+  if (!j.is_object()) throw InputError(origin + ": not a fuseplan report (expected a JSON object)");
+  JsonObject o(j, origin);
+  const std::string schema = o.string("schema");
+  if (schema != kReportSchema)
+    o.fail("schema", "'" + schema + "' is not " + kReportSchema + " (reports written before it: run them again)");
+  r.source = o.string("source");
+  if (r.source != "predicted" && r.source != "simulated" && r.source != "measured")
+    o.fail("source", "unknown '" + r.source + "' (valid: predicted, simulated, measured)");
+  r.model = o.string("model");
+  r.cluster = o.string("cluster");
+  r.gpus = int(o.integer("gpus", 1, 1 << 24));
+  r.batch_per_gpu = int(o.integer("batch_per_gpu", 1, 1 << 30));
+  r.compute = parse_precision(o.string("compute"), origin + ": $.compute");
+  for (auto [key, field] : {std::pair{"iteration_s", &r.iteration_s}, {"forward_s", &r.forward_s},
+                            {"backward_s", &r.backward_s}, {"optimizer_s", &r.optimizer_s},
+                            {"data_wait_s", &r.data_wait_s}, {"comm_busy_s", &r.comm_busy_s},
+                            {"comm_end_s", &r.comm_end_s}, {"exposed_comm_s", &r.exposed_comm_s},
+                            {"throughput_samples_s", &r.throughput_samples_s},
+                            {"single_gpu_iteration_s", &r.single_gpu_iteration_s},
+                            {"scaling_efficiency", &r.scaling_efficiency}, {"epochs", &r.epochs},
+                            {"tokens", &r.tokens}, {"time_to_train_s", &r.time_to_train_s}})
+    *field = o.non_negative(key);
+  r.dataset_size = o.integer("dataset_size", 0, INT64_MAX);
+  r.iterations_to_train = o.integer("iterations_to_train", 0, INT64_MAX);
+  r.goal = o.string("goal");
+  const nlohmann::json& buckets = o.array("buckets");
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    JsonObject b = element_object(buckets[i], origin, "$.buckets[" + std::to_string(i) + "]");
+    BucketReport x;
+    x.index = int(b.integer("index", 0, INT32_MAX));
+    x.begin = int(b.integer("begin", 0, INT32_MAX));
+    x.end = int(b.integer("end", x.begin + 1, INT32_MAX));
+    x.first_tensor = b.string("first_tensor");
+    x.last_tensor = b.string("last_tensor");
+    x.bytes = b.integer("bytes", 0, INT64_MAX);
+    x.algorithm = b.string("algorithm");
+    x.variant = b.string("variant");
+    x.auto_chosen = b.boolean("auto");
+    x.stream = int(b.integer("stream", 0, INT32_MAX));
+    x.transfer = parse_precision(b.string("transfer"), b.where("transfer"));
+    x.ready_s = b.number("ready_s");
+    x.start_s = b.number("start_s");
+    x.end_s = b.number("end_s");
+    x.cost.latency_s = b.non_negative("latency_s");
+    x.cost.bandwidth_s = b.non_negative("bandwidth_s");
+    x.cost.reduce_s = b.non_negative("reduce_s");
+    x.launch_s = b.non_negative("launch_s");
+    b.finish();
+    r.buckets.push_back(std::move(x));
   }
+  if (o.has("timeline")) r.timeline = timeline_from_json(o.raw("timeline"), origin, "$.timeline");
+  o.finish();
   return r;
 }
 
-Report load_report(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw InputError(path + ": cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw InputError(path + ": not JSON (" + std::string(e.what()) + ")");
+Report load_report(const std::string& path) { return report_from_json(parse_json_file(path), path); }
+
+void finish_report(Report& r, const TrainingGoal& goal, int seq_len) {
+  r.comm_busy_s = r.comm_end_s = 0;
+  for (const auto& b : r.buckets) {
+    r.comm_busy_s += b.end_s - b.start_s;
+    r.comm_end_s = std::max(r.comm_end_s, b.end_s);
   }
-  return report_from_json(j, path);
+  const double global = double(r.gpus) * r.batch_per_gpu;
+  r.throughput_samples_s = global / r.iteration_s;
+  r.scaling_efficiency = r.single_gpu_iteration_s > 0 ? r.single_gpu_iteration_s / r.iteration_s : 0;
+  if (goal.tokens > 0 && seq_len < 1)
+    throw InputError("--tokens: model " + r.model + " has no sequence length (not a zoo transformer); use --epochs "
+                     "and --dataset-size");
+  r.epochs = goal.tokens > 0 ? 0 : goal.epochs;
+  r.dataset_size = goal.tokens > 0 ? 0 : goal.dataset_size;
+  r.tokens = goal.tokens;
+  r.goal = !goal.what.empty() ? goal.what
+           : goal.tokens > 0  ? std::to_string(int64_t(goal.tokens)) + " tokens"
+                              : format_goal_epochs(goal.epochs, goal.dataset_size);
+  r.iterations_to_train = static_cast<int64_t>(std::ceil(goal.samples(seq_len) / global));
+  r.time_to_train_s = double(r.iterations_to_train) * r.iteration_s;
 }
 
 }  // namespace fuseplan

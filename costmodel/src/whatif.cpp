@@ -46,7 +46,8 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
     c.inter->nic_bw_Gbps = p.inter_bw_Gbps;
   }
   int batch = p.batch_per_gpu > 0 ? p.batch_per_gpu : default_batch_per_gpu(p.model);
-  Tuner tuner(m, c, p.gpus, batch, p.precision, settings_.collective, settings_.goal);
+  Tuner tuner(m, c, p.gpus, batch, p.precision, settings_.collective,
+              settings_.goal ? settings_.goal(m) : training_goal(m));
   TuneOptions o = settings_.tune;
   o.strategy = p.strategy;
   o.algorithm = p.algorithm;

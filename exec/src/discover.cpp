@@ -1,14 +1,20 @@
 #include "fuseplan/exec/discover.hpp"
 
+#ifdef FUSEPLAN_HAVE_HWLOC
 #include <hwloc.h>
+#endif
+#ifdef FUSEPLAN_HAVE_IBVERBS
 #include <infiniband/verbs.h>
+#endif
 
 #include <fstream>
+#include <thread>
 
 namespace fuseplan::exec {
 
 namespace {
 
+#ifdef FUSEPLAN_HAVE_IBVERBS
 // IB port width and speed codes (ibv_query_port) -> lanes and Gb/s per lane.
 int lanes(uint8_t width) {
   switch (width) {
@@ -34,6 +40,7 @@ double lane_gbps(uint32_t speed, std::string* name) {
     default: *name = "unknown"; return 0;
   }
 }
+#endif
 
 }  // namespace
 
@@ -45,6 +52,7 @@ MachineInfo discover_machine() {
       m.cpu_model = line.substr(line.find(':') + 2);
       break;
     }
+#ifdef FUSEPLAN_HAVE_HWLOC
   hwloc_topology_t topo;
   if (hwloc_topology_init(&topo) == 0) {
     hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
@@ -64,6 +72,13 @@ MachineInfo discover_machine() {
     }
     hwloc_topology_destroy(topo);
   }
+#else
+  m.pus = m.cores = int(std::thread::hardware_concurrency());
+  m.packages = 1;
+  m.topology_note = "built without hwloc (libhwloc-dev): cores are the threads this machine reports, GPUs and "
+                    "NICs unseen";
+#endif
+#ifdef FUSEPLAN_HAVE_IBVERBS
   int n = 0;
   ibv_device** list = ibv_get_device_list(&n);
   if (!list || n == 0) {
@@ -92,6 +107,9 @@ MachineInfo discover_machine() {
     if (m.rdma_ports.empty()) m.rdma_note = "RDMA devices without usable ports";
   }
   if (list) ibv_free_device_list(list);
+#else
+  m.rdma_note = "built without rdma-core (libibverbs-dev): RDMA ports unseen";
+#endif
   return m;
 }
 

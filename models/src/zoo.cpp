@@ -128,4 +128,45 @@ std::optional<PublishedBatch> published_batch_limit(const Model& m) {
   return std::nullopt;
 }
 
+int sequence_length(const Model& m) {
+  const ZooEntry* e = find_zoo(m.name);
+  return e && e->is_transformer && m.input_shape.size() == 1 ? int(m.input_shape[0]) : 0;
+}
+
+TrainingGoal training_goal(const Model& m) {
+  const std::string& n = m.name;
+  auto starts = [&](const char* prefix) { return n.rfind(prefix, 0) == 0; };
+  const ZooEntry* e = find_zoo(n);
+  TrainingGoal g;  // ImageNet-1k, 90 epochs
+  if (e && e->is_transformer) {
+    if (starts("bert_")) {
+      g.tokens = 1e6 * 256 * 512;
+      g.what = "131B tokens: BERT's pre-training, 1M steps x 256 sequences x 512 tokens (Devlin et al. 2019, "
+               "arXiv:1810.04805)";
+    } else {
+      g.tokens = 300e9;
+      g.what = "300B tokens: the budget of every GPT-3 model (Brown et al. 2020, arXiv:2005.14165)";
+    }
+    return g;
+  }
+  const Shape& in = m.input_shape;
+  const Shape out = m.layers.empty() ? Shape{} : m.layers.back().out_shape;
+  const bool imagenet = e && in.size() == 3 && in[0] == 3 && in[1] >= 64 && out.size() == 1 && out[0] == 1000;
+  const bool fashion = in.size() == 3 && in[0] == 1 && in[1] == 28 && in[2] == 28 && out.size() == 1 && out[0] == 10;
+  if (imagenet && starts("alexnet")) {
+    g.epochs = 95;
+    g.what = "95 epochs of ImageNet-1k (1,281,167 images), AlexNet's in the 4-minute paper (Jia et al. 2018)";
+  } else if (imagenet) {
+    g.what = "90 epochs of ImageNet-1k (1,281,167 images), the standard ResNet schedule (Goyal et al. 2017)";
+  } else if (fashion) {
+    g.epochs = 6;
+    g.dataset_size = 60000;
+    g.what = "6 epochs of Fashion-MNIST (60,000 images), this project's convergence runs (scripts/convergence.sh)";
+  } else {
+    g.what = "90 epochs of 1,281,167 samples: ImageNet-1k's, assumed for " + n +
+             " (no data set of its shape is known; set --epochs and --dataset-size)";
+  }
+  return g;
+}
+
 }  // namespace fuseplan

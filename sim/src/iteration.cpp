@@ -245,22 +245,17 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
   // Rank 0's last iteration, from its backward start; the iteration time is the mean
   // over iterations of the slowest rank.
   const double bwd0 = last_bwd_start[0];
-  rep.comm_busy_s = rep.comm_end_s = 0;
   for (int b = 0; b < B; ++b) {
     auto& br = rep.buckets[b];
     br.ready_s = state[0].bucket_ready_at[size_t(N - 1) * B + b] + runs[b].pack_s - bwd0;
     br.start_s = bucket_times[0][b].first - bwd0;
     br.end_s = bucket_times[0][b].second - bwd0;
-    rep.comm_busy_s += br.end_s - br.start_s;
-    rep.comm_end_s = std::max(rep.comm_end_s, br.end_s);
   }
   double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N;
   rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s);
   rep.data_wait_s = compute.data_wait_s(busy);
   rep.iteration_s = busy + rep.data_wait_s;
-  rep.scaling_efficiency = rep.single_gpu_iteration_s / rep.iteration_s;
-  rep.throughput_samples_s = double(P) * plan.batch_per_gpu / rep.iteration_s;
-  rep.time_to_train_s = double(rep.iterations_to_train) * rep.iteration_s;
+  finish_report(rep, goal, sequence_length(m));
   std::stable_sort(events.begin(), events.end(),
                    [](const TimelineEvent& a, const TimelineEvent& b) { return a.rank < b.rank; });
   rep.timeline.events = std::move(events);

@@ -15,11 +15,6 @@
 
 namespace fuseplan {
 
-struct TrainingGoal {
-  double epochs = 90;
-  int64_t dataset_size = 1281167;  // ImageNet-1k training set
-};
-
 // `plan` must have been validated against `model`. The collective and compute models
 // must be built for the plan's GPU count, batch and precision.
 Report predict(const Model& model, const Cluster& cluster, const Plan& plan, const CollectiveModel& coll,

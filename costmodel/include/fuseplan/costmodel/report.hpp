@@ -8,6 +8,7 @@
 
 #include "fuseplan/costmodel/collective.hpp"
 #include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan {
 
@@ -56,20 +57,34 @@ struct Report {
   double throughput_samples_s = 0;
   double single_gpu_iteration_s = 0;
   double scaling_efficiency = 0;    // single-GPU iteration time / iteration time
-  double epochs = 0;
+  double epochs = 0;                // the training goal: epochs x dataset_size samples,
   int64_t dataset_size = 0;
+  double tokens = 0;                // or a token budget (epochs and dataset_size 0)
+  std::string goal;                 // named: "90 epochs of ImageNet-1k (1,281,167 images), ..."
   int64_t iterations_to_train = 0;
   double time_to_train_s = 0;
   std::vector<BucketReport> buckets;
   Timeline timeline;
 };
 
+inline constexpr const char* kReportSchema = "fuseplan.report/1";
+
+// The figures every Report derives the same way, whoever timed it (predictor, simulator,
+// executor): communication busy and end from its buckets, throughput, scaling efficiency
+// (0 when single_gpu_iteration_s is unknown), and the goal's iterations and time to
+// train. Needs iteration_s, gpus, batch_per_gpu and the buckets' times; `seq_len` turns
+// a token goal into sequences.
+void finish_report(Report& r, const TrainingGoal& goal, int seq_len);
+
 nlohmann::json report_to_json(const Report& r, bool with_timeline = false);
-// Reads what report_to_json wrote (a measured report from `fuseplan-exec run --report`);
-// throws InputError naming `origin`.
+// Reads what report_to_json wrote, strictly: the schema key, every field, no unknown
+// key (a lossless round trip). Throws InputError naming `origin` and the JSON path.
 Report report_from_json(const nlohmann::json& j, const std::string& origin);
 Report load_report(const std::string& path);
-// Complete events of a Chrome trace written by Timeline (streams from thread names).
-Timeline timeline_from_chrome_trace(const nlohmann::json& trace);
+// A timeline's events as JSON objects in seconds (rank, stream, name, category,
+// start_s, dur_s, bytes): the report's `timeline`, read back bit for bit (the Chrome
+// trace's microseconds would round). The reader names `origin` and `path` on bad input.
+nlohmann::json timeline_to_json(const Timeline& t);
+Timeline timeline_from_json(const nlohmann::json& events, const std::string& origin, const std::string& path);
 
 }  // namespace fuseplan

@@ -25,7 +25,8 @@ struct WhatIfAxes {
 struct WhatIfSettings {
   ModelOptions model_options;
   CollectiveOptions collective;
-  TrainingGoal goal;
+  // Each model's goal for time to train; empty: its family's (training_goal).
+  std::function<TrainingGoal(const Model&)> goal;
   TuneOptions tune;        // strategy, algorithm and transfer are set per point
   bool transfer_follows_compute = true;  // else tune.transfer
   std::string profile;     // measured layer times (fuseplan.profile/1) for every model; "" = the roofline

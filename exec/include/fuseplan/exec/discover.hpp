@@ -23,6 +23,7 @@ struct MachineInfo {
   std::vector<std::string> nics;     // network OS devices
   std::vector<RdmaPort> rdma_ports;  // empty: no RDMA devices (TCP / shared memory)
   std::string rdma_note;             // why there are none, when there are none
+  std::string topology_note;         // what is unseen, when built without hwloc
 };
 
 MachineInfo discover_machine();

@@ -43,4 +43,25 @@ struct PublishedBatch {
 };
 std::optional<PublishedBatch> published_batch_limit(const Model& m);
 
+// What "trained" means, for time to train: epochs over a data set (image models) or a
+// token budget (language models). The default is ImageNet-1k's 90 epochs.
+struct TrainingGoal {
+  double epochs = 90;
+  int64_t dataset_size = 1281167;  // samples per epoch (ImageNet-1k's training set)
+  double tokens = 0;               // > 0: train on this many tokens instead of epochs
+  std::string what;                // named in reports: "90 epochs of ImageNet-1k (1,281,167 images)"
+  // Samples (sequences, for a token budget) the goal trains on; `seq_len` turns tokens
+  // into sequences.
+  double samples(int seq_len) const { return tokens > 0 ? tokens / double(seq_len) : epochs * double(dataset_size); }
+};
+// The goal of the model's family in its literature, with the source in `what`:
+// ResNets, VGG and other ImageNet-shaped CNNs 90 epochs of ImageNet-1k; AlexNet 95
+// (the 4-minute paper); a 28x28 single-channel 10-class CNN Fashion-MNIST's 60,000
+// images x 6 epochs (this project's convergence runs); BERT its pre-training's 1M steps
+// x 256 x 512 tokens; GPT-2 300B tokens (GPT-3's budget). Anything else: ImageNet-1k's
+// 90 epochs, named as assumed.
+TrainingGoal training_goal(const Model& m);
+// The model's sequence length (transformers), else 0.
+int sequence_length(const Model& m);
+
 }  // namespace fuseplan
