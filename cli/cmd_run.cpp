@@ -3,9 +3,11 @@
 // backward, with the plan's algorithm and transfer precision; measures every layer and
 // bucket on every rank into the shared Report and Timeline.
 #include <sched.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -17,10 +19,12 @@
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/exec/measure.hpp"
 #include "fuseplan/exec/mpi.hpp"
 #include "fuseplan/exec/nccl.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
 #include "progress.hpp"
 #include "training.hpp"
 
@@ -37,6 +41,7 @@ struct RunFlags {
   int warmup = 2;
   double poll_us = 50, timeout_s = 60;
   int trace_steps = 2;
+  bool verify = false;
 };
 
 // The plan's buckets as the executor runs them: flat-buffer ranges and the algorithm
@@ -72,69 +77,204 @@ int usable_cores() {
   return std::max(1, CPU_COUNT(&set));
 }
 
-struct StepSample {
-  double seconds, data, forward, backward, wait, optimizer;
-  std::vector<exec::BucketTiming> buckets;
-};
-
-void run_run(RunFlags& f) {
-  exec::MpiWorld world(nullptr, nullptr);
-  const int rank = world.rank();
-  std::string setup_error;
+// The run's scenario, bound once on every rank: the plan, the data set and model, the
+// cluster whose cost model resolves `auto`.
+struct Bound {
   Plan plan;
   TrainingData data;
   Cluster cluster;
+};
+
+Bound bind(RunFlags& f, exec::MpiWorld& world) {
+  Bound b;
+  b.plan = load_plan(f.plan_path);
+  const Plan& plan = b.plan;
+  if (plan.gpus != world.ranks())
+    throw InputError("--plan " + f.plan_path + ": made for " + count_of(plan.gpus, "GPU") + ", but this job has " +
+                     std::to_string(world.ranks()) + " ranks (mpirun -np " + std::to_string(plan.gpus) + ")");
+  if (!world.layout().node_major)
+    throw InputError("mpirun placed ranks across nodes out of order; fuseplan's schedules number ranks node by node "
+                     "(use --map-by slot)");
+  if (f.t.batch_opt->count() && f.t.opt.batch != plan.batch_per_gpu)
+    throw InputError("--batch-per-gpu " + std::to_string(f.t.opt.batch) + " disagrees with " + f.plan_path + " (" +
+                     std::to_string(plan.batch_per_gpu) + " per GPU)");
+  if (f.t.precision_opt->count() && parse_precision(f.t.precision, "--precision") != plan.compute)
+    throw InputError("--precision " + f.t.precision + " disagrees with " + f.plan_path + " (" +
+                     std::string(precision_name(plan.compute)) + ")");
+  f.t.opt.batch = plan.batch_per_gpu;
+  f.t.precision = precision_name(plan.compute);
+  // Threads per rank: --threads, else OMP_NUM_THREADS, else the cores this rank may use
+  // (mpirun binds each rank to its share), divided among the node's ranks when unbound.
+  if (f.t.threads == 0 && !std::getenv("OMP_NUM_THREADS")) {
+    const int cores = usable_cores(), online = int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+    f.t.threads = cores < online ? cores : std::max(1, cores / world.layout().local_ranks);
+  }
+  prepare_training(f.t);
+  if (f.iterations < 1) throw InputError("--iterations: must be >= 1");
+  if (f.warmup < 0) throw InputError("--warmup: must be >= 0");
+  if (f.trace_steps < 0) throw InputError("--trace-steps: must be >= 0");
+  if (!(f.timeout_s > 0)) throw InputError("--timeout: must be > 0 seconds");
+  if (!(f.poll_us >= 0)) throw InputError("--poll-us: must be >= 0");
+  if (f.progress != "poll" && f.progress != "thread")
+    throw InputError("--progress: unknown mode '" + f.progress + "' (valid: poll, thread)");
+  if (f.comm.empty()) f.comm = f.t.backend == "cuda" && exec::nccl_built() ? "nccl" : "mpi";
+  if (f.comm != "nccl" && f.comm != "mpi") throw InputError("--comm: unknown '" + f.comm + "' (valid: nccl, mpi)");
+  if (f.comm == "nccl" && f.t.backend != "cuda") throw InputError("--comm nccl: needs --backend cuda");
+  if (f.comm == "nccl" && !exec::nccl_built())
+    throw InputError("--comm nccl: this build has no NCCL (it needs the CUDA backend and nccl.h; use --comm mpi)");
+  // The model's input and classes as the plan recorded them, unless flags say otherwise.
+  if (!f.t.model_opt->count()) {
+    const ModelOptions& po = plan.model_options;
+    if (f.t.resolution == 0 && po.resolution) f.t.resolution = *po.resolution;
+    if (f.t.channels == 0 && po.channels) f.t.channels = *po.channels;
+    if (f.t.classes == 0 && po.classes) f.t.classes = *po.classes;
+  }
+  b.data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan.model);
+  validate_plan(plan, b.data.model, f.plan_path);
+  b.cluster = load_cluster(f.cluster.empty() ? plan.cluster : f.cluster);
+  check_gpu_count(b.cluster, plan.gpus, "--plan " + f.plan_path + ": $.gpus");
+  return b;
+}
+
+// What the measured Report describes: the plan's buckets as they ran.
+exec::MeasuredSetup measured_setup(const Bound& b, const exec::Network& net,
+                                   const std::vector<exec::ExchangeBucket>& buckets, const exec::RankLayout& layout) {
+  exec::MeasuredSetup m;
+  m.model = b.data.model.name;
+  m.cluster = "this machine (" + count_of(layout.nodes, "node") + ", " + std::to_string(layout.ranks) + " ranks)";
+  m.batch_per_gpu = b.plan.batch_per_gpu;
+  m.compute = b.plan.compute;
+  m.goal = training_goal(b.data.model);
+  m.seq_len = sequence_length(b.data.model);
+  for (size_t k = 0; k < buckets.size(); ++k) {
+    BucketReport br;
+    br.index = int(k);
+    br.begin = buckets[k].begin;
+    br.end = buckets[k].end;
+    br.first_tensor = net.slots()[size_t(br.begin)].name;
+    br.last_tensor = net.slots()[size_t(br.end - 1)].name;
+    br.bytes = buckets[k].count * bytes_per_element(buckets[k].spec.transfer);
+    br.algorithm = buckets[k].spec.algorithm;
+    br.auto_chosen = b.plan.buckets[k].algorithm == "auto";
+    br.stream = buckets[k].stream;
+    br.transfer = buckets[k].spec.transfer;
+    m.buckets.push_back(br);
+  }
+  return m;
+}
+
+void print_measurement(std::ostream& os, const exec::Measurement& m, int warmup, int ranks) {
+  const Report& rep = m.report;
+  Table it({"iteration", "ms (slowest rank)"});
+  const size_t S = m.step_s.size();
+  for (size_t k = 0; k < S; ++k) {
+    if (S > 40 && k % (S / 20) != 0 && k + 1 != S) continue;
+    it.row({std::to_string(int64_t(warmup) + int64_t(k)), fixed(m.step_s[k] * 1e3, 2)});
+  }
+  it.print(os, "  ");
+  os << "\n  measured over " << count_of(int64_t(S), "iteration") << " after " << warmup
+     << " warm-up (means over steps of each step's critical rank: the slowest in forward + backward)\n";
+  Table ph({"<phase", "ms"});
+  ph.row({"iteration (slowest rank)", fixed(rep.iteration_s * 1e3, 2)});
+  ph.row({"data wait", fixed(rep.data_wait_s * 1e3, 2)});
+  ph.row({"forward", fixed(rep.forward_s * 1e3, 2)});
+  ph.row({"backward", fixed(rep.backward_s * 1e3, 2)});
+  ph.row({"exposed communication", fixed(rep.exposed_comm_s * 1e3, 2)});
+  ph.row({"optimizer", fixed(rep.optimizer_s * 1e3, 2)});
+  ph.print(os, "  ");
+  if (ranks > 1) {
+    os << "  rank imbalance: forward + backward differ by " << fixed(m.spread_s * 1e3, 2)
+       << " ms per step between the fastest and the slowest rank; critical rank per step:";
+    for (int r = 0; r < ranks; ++r)
+      if (m.critical_steps[size_t(r)] > 0) os << " " << r << " (" << m.critical_steps[size_t(r)] << ")";
+    os << "\n";
+  }
+  os << "\n";
+  Table bt({"bucket", "<tensors", "bytes", "<algorithm", "stream", "ready ms", "start ms", "end ms", "busy ms"});
+  for (const auto& b : rep.buckets)
+    bt.row({std::to_string(b.index), std::to_string(b.begin) + ".." + std::to_string(b.end - 1),
+            human_bytes(double(b.bytes)), b.algorithm + (b.auto_chosen ? " (auto)" : ""), std::to_string(b.stream),
+            fixed(b.ready_s * 1e3, 2), fixed(b.start_s * 1e3, 2), fixed(b.end_s * 1e3, 2),
+            fixed((b.end_s - b.start_s) * 1e3, 2)});
+  bt.print(os, "  ");
+  os << "\n  throughput " << fixed(rep.throughput_samples_s, 1) << " samples/s\n";
+}
+
+// The slowest rank's per-layer profile (forward + backward): a data-parallel step waits
+// for it, so that is what predictions must use. Rank 0 only (empty JSON elsewhere).
+nlohmann::json slowest_profile(exec::MpiWorld& world, const nlohmann::json& mine, int* slowest_rank) {
+  const std::vector<std::string> profiles = world.gather_text(mine.dump());
+  nlohmann::json slowest;
+  double slowest_us = -1;
+  for (size_t r = 0; r < profiles.size(); ++r) {
+    nlohmann::json p = nlohmann::json::parse(profiles[r]);
+    double us = 0;
+    for (const auto& l : p.at("layers")) us += l.at("fwd_us").get<double>() + l.at("bwd_us").get<double>();
+    if (us > slowest_us) {
+      slowest = std::move(p);
+      *slowest_rank = static_cast<int>(r);
+      slowest_us = us;
+    }
+  }
+  if (!slowest.is_null())
+    slowest["device"] = slowest.at("device").get<std::string>() + ", rank " + std::to_string(*slowest_rank) +
+                        " (the slowest of " + std::to_string(world.ranks()) + ")";
+  return slowest;
+}
+
+// What rank 0 keeps for --verify, which runs `fuseplan verify` after MPI is finalized
+// (SimGrid, which the verify table simulates with, exports MPI symbols of its own, so
+// fuseplan-exec does not link it): the files it reads, temporary unless asked for.
+struct ForVerify {
+  std::string report_path, profile_path;
+  std::vector<std::string> temporary;
+};
+
+std::string temporary_file(const std::string& what) {
+  std::string path = (std::filesystem::temp_directory_path() / ("fuseplan-run-" + what + "-XXXXXX")).string();
+  const int fd = mkstemp(path.data());
+  if (fd < 0) throw RunError("--verify: cannot create a temporary file in " + std::filesystem::temp_directory_path().string());
+  close(fd);
+  return path;
+}
+
+// `fuseplan verify` beside this binary, on this run's report and profile; its exit code.
+int run_verify(const RunFlags& f, const ForVerify& v) {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::string fuseplan = (self.parent_path() / "fuseplan").string();
+  if (ec || access(fuseplan.c_str(), X_OK) != 0)
+    throw RunError("--verify: no fuseplan binary beside fuseplan-exec (" + fuseplan + ")");
+  std::vector<std::string> args{fuseplan, "verify", "--plan", f.plan_path, "--measured", v.report_path,
+                                "--profile", v.profile_path};
+  if (!f.cluster.empty()) args.insert(args.end(), {"--cluster", f.cluster});
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::cout.flush();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) < 0) throw RunError("--verify: cannot run " + fuseplan);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
+std::optional<ForVerify> run_run(RunFlags& f) {
+  exec::MpiWorld world(nullptr, nullptr);
+  const int rank = world.rank();
+  std::string setup_error;
+  Bound bound;
   try {
-    plan = load_plan(f.plan_path);
-    if (plan.gpus != world.ranks())
-      throw InputError("--plan " + f.plan_path + ": made for " + count_of(plan.gpus, "GPU") + ", but this job has " +
-                       std::to_string(world.ranks()) + " ranks (mpirun -np " + std::to_string(plan.gpus) + ")");
-    if (!world.layout().node_major)
-      throw InputError("mpirun placed ranks across nodes out of order; fuseplan's schedules number ranks node by node "
-                       "(use --map-by slot)");
-    if (f.t.batch_opt->count() && f.t.opt.batch != plan.batch_per_gpu)
-      throw InputError("--batch-per-gpu " + std::to_string(f.t.opt.batch) + " disagrees with " + f.plan_path + " (" +
-                       std::to_string(plan.batch_per_gpu) + " per GPU)");
-    if (f.t.precision_opt->count() && parse_precision(f.t.precision, "--precision") != plan.compute)
-      throw InputError("--precision " + f.t.precision + " disagrees with " + f.plan_path + " (" +
-                       std::string(precision_name(plan.compute)) + ")");
-    f.t.opt.batch = plan.batch_per_gpu;
-    f.t.precision = precision_name(plan.compute);
-    // Threads per rank: --threads, else OMP_NUM_THREADS, else the cores this rank may use
-    // (mpirun binds each rank to its share), divided among the node's ranks when unbound.
-    if (f.t.threads == 0 && !std::getenv("OMP_NUM_THREADS")) {
-      const int cores = usable_cores(), online = int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
-      f.t.threads = cores < online ? cores : std::max(1, cores / world.layout().local_ranks);
-    }
-    prepare_training(f.t);
-    if (f.iterations < 1) throw InputError("--iterations: must be >= 1");
-    if (f.warmup < 0) throw InputError("--warmup: must be >= 0");
-    if (f.trace_steps < 0) throw InputError("--trace-steps: must be >= 0");
-    if (!(f.timeout_s > 0)) throw InputError("--timeout: must be > 0 seconds");
-    if (!(f.poll_us >= 0)) throw InputError("--poll-us: must be >= 0");
-    if (f.progress != "poll" && f.progress != "thread")
-      throw InputError("--progress: unknown mode '" + f.progress + "' (valid: poll, thread)");
-    if (f.comm.empty()) f.comm = f.t.backend == "cuda" && exec::nccl_built() ? "nccl" : "mpi";
-    if (f.comm != "nccl" && f.comm != "mpi") throw InputError("--comm: unknown '" + f.comm + "' (valid: nccl, mpi)");
-    if (f.comm == "nccl" && f.t.backend != "cuda") throw InputError("--comm nccl: needs --backend cuda");
-    if (f.comm == "nccl" && !exec::nccl_built())
-      throw InputError("--comm nccl: this build has no NCCL (it needs the CUDA backend and nccl.h; use --comm mpi)");
-    // The model's input and classes as the plan recorded them, unless flags say otherwise.
-    if (!f.t.model_opt->count()) {
-      const ModelOptions& po = plan.model_options;
-      if (f.t.resolution == 0 && po.resolution) f.t.resolution = *po.resolution;
-      if (f.t.channels == 0 && po.channels) f.t.channels = *po.channels;
-      if (f.t.classes == 0 && po.classes) f.t.classes = *po.classes;
-    }
-    data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan.model);
-    validate_plan(plan, data.model, f.plan_path);
-    cluster = load_cluster(f.cluster.empty() ? plan.cluster : f.cluster);
-    check_gpu_count(cluster, plan.gpus, "--plan " + f.plan_path + ": $.gpus");
+    bound = bind(f, world);
   } catch (const InputError& e) {
     setup_error = e.what();
   }
   agree_on_setup(world, setup_error, "fuseplan-exec");
-  const int P = world.ranks();
+  const Plan& plan = bound.plan;
+  TrainingData& data = bound.data;
 
   // The trainer sizes its data sharding through the exchange, and the exchange needs the
   // trainer's gradient buffer: the trainer gets this forwarder, bound to the real one below.
@@ -168,7 +308,7 @@ void run_run(RunFlags& f) {
       throw InputError("--progress thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use --progress poll)");
     f.t.opt.exchange = &deferred;
     trainer_ptr = std::make_unique<exec::Trainer>(data.model, data.train, &data.test, *backend, f.t.opt);
-    buckets = resolve_buckets(plan, data.model, trainer_ptr->network(), cluster);
+    buckets = resolve_buckets(plan, data.model, trainer_ptr->network(), bound.cluster);
   } catch (const InputError& e) {
     setup_error = e.what();
   }
@@ -187,18 +327,17 @@ void run_run(RunFlags& f) {
     exec::TimedExchange& exchange = *exchange_ptr;
     deferred.real = &exchange;
 
-    if (rank == 0 && world.layout().per_node != std::min(cluster.gpus_per_node, plan.gpus))
-      std::cerr << "fuseplan-exec run: note: " << cluster.name << " has " << cluster.gpus_per_node
+    if (rank == 0 && world.layout().per_node != std::min(bound.cluster.gpus_per_node, plan.gpus))
+      std::cerr << "fuseplan-exec run: note: " << bound.cluster.name << " has " << bound.cluster.gpus_per_node
                 << " GPUs per node, this job " << world.layout().per_node
                 << " ranks per node; the schedules follow the job's layout\n";
 
     // Samples of the measured steps, and the timeline of the last few, relative to a
     // barrier after warm-up (the ranks' clocks agree to the barrier's skew).
-    std::vector<StepSample> samples;
+    std::vector<exec::StepSample> samples;
     Timeline timeline;
     Clock::time_point t_sync = Clock::now();
     const int64_t total_steps = f.t.opt.max_steps > 0 ? f.t.opt.max_steps : -1;
-    auto rel = [&](Clock::time_point t) { return std::chrono::duration<double>(t - t_sync).count(); };
     ProgressBar bar("steps", f.t.quiet || rank != 0);
     auto progress = step_progress(bar, f.t);
     if (f.warmup == 0) {
@@ -214,196 +353,47 @@ void run_run(RunFlags& f) {
             return;
           }
           if (s.step < f.warmup) return;
-          samples.push_back({s.seconds, s.data_s, s.forward_s, s.backward_s, s.comm_wait_s, s.optimizer_s,
-                             exchange.timings()});
+          samples.push_back(exec::step_sample(s, exchange.timings()));
           const int64_t last = total_steps > 0 ? total_steps : total;
-          if (s.step < last - f.trace_steps) return;
-          const auto& spans = net.last_spans();
-          const auto& layers = data.model.layers;
-          const double bwd0 = rel(exchange.step_origin());
-          const std::string it = " #" + std::to_string(s.step);
-          const double fwd0 = rel(spans.front().fwd_start);
-          timeline.events.push_back({rank, "compute", "data" + it, "data", fwd0 - s.data_s, s.data_s, 0});
-          for (size_t l = 0; l < layers.size(); ++l) {
-            timeline.events.push_back(
-                {rank, "compute", layers[l].name + it, "forward", rel(spans[l].fwd_start), spans[l].fwd_s, 0});
-            timeline.events.push_back(
-                {rank, "compute", layers[l].name + it, "backward", rel(spans[l].bwd_start), spans[l].bwd_s, 0});
-          }
-          for (size_t b = 0; b < buckets.size(); ++b) {
-            const auto& t = exchange.timings()[b];
-            timeline.events.push_back({rank, "comm" + std::to_string(buckets[b].stream),
-                                       "bucket " + std::to_string(b) + " " + buckets[b].spec.algorithm, "allreduce",
-                                       bwd0 + t.start_s, t.end_s - t.start_s,
-                                       buckets[b].count * bytes_per_element(buckets[b].spec.transfer)});
-          }
-          timeline.events.push_back({rank, "compute", "optimizer" + it, "optimizer",
-                                     bwd0 + s.backward_s + s.comm_wait_s, s.optimizer_s, 0});
+          if (s.step >= last - f.trace_steps) trace_step(timeline, rank, s, data.model, net, buckets, exchange, t_sync);
         },
         epoch_progress(bar));
     if (samples.empty()) throw InputError("--iterations: no step after the warm-up was measured");
 
-    // Per rank, every step's phases and bucket times (gathered on every rank), to find
-    // the rank each step waited for.
-    const size_t per_step = 6 + 3 * buckets.size();
-    std::vector<double> mine;
-    for (const auto& s : samples) {
-      mine.insert(mine.end(), {s.seconds, s.data, s.forward, s.backward, s.wait, s.optimizer});
-      for (const auto& t : s.buckets) mine.insert(mine.end(), {t.ready_s, t.start_s, t.end_s});
-    }
-    const size_t width = mine.size();
-    const std::vector<double> all = world.allgather(mine);
-    nlohmann::json events = nlohmann::json::array();
-    for (const auto& e : timeline.events)
-      events.push_back({e.rank, e.stream, e.name, e.category, e.start_s, e.dur_s, e.bytes});
-    const std::vector<std::string> traces = world.gather_text(events.dump());
-    // The profile of the slowest rank (forward + backward): a data-parallel step waits for
-    // it, so that is what predictions must use.
-    const std::vector<std::string> profiles =
-        world.gather_text(f.t.profile_path.empty() ? "" : profile_json(f.t, data.model, net, result).dump());
-    if (rank != 0) return;
+    const std::optional<exec::Measurement> m =
+        exec::measure(world, samples, timeline, measured_setup(bound, net, buckets, world.layout()));
+    int slowest_rank = 0;
+    const nlohmann::json profile = !f.t.profile_path.empty() || f.verify  // the same on every rank
+                                       ? slowest_profile(world, profile_json(f.t, data.model, net, result), &slowest_rank)
+                                       : nlohmann::json();
+    if (rank != 0) return std::nullopt;
 
-    // Step k's value j on rank r (j: 0 step, 1 data, 2 forward, 3 backward, 4 wait,
-    // 5 optimizer, 6 + 3b.. bucket b's ready, start, end).
-    auto at = [&](int r, size_t k, size_t j) { return all[size_t(r) * width + k * per_step + j]; };
-    // Each step's critical rank: the slowest in forward + backward. Every allreduce waits
-    // for it, and it is the rank the predictor's profile describes (the slowest), so the
-    // phases are its; a faster rank's wait for it shows only in the spread.
-    const size_t S = samples.size();
-    std::vector<int> critical(S, 0), critical_steps(P, 0);
-    double spread = 0;
-    for (size_t k = 0; k < S; ++k) {
-      double lo = 1e300, hi = -1;
-      for (int r = 0; r < P; ++r) {
-        const double c = at(r, k, 2) + at(r, k, 3);
-        if (c > hi) {
-          hi = c;
-          critical[k] = r;
-        }
-        lo = std::min(lo, c);
-      }
-      spread += (hi - lo) / double(S);
-      ++critical_steps[size_t(critical[k])];
-    }
-    auto avg = [&](size_t j) {
-      double s = 0;
-      for (size_t k = 0; k < S; ++k) s += at(critical[k], k, j);
-      return s / double(S);
-    };
-    Report rep;
-    rep.source = "measured";
-    rep.model = data.model.name;
-    rep.cluster = "this machine (" + std::to_string(world.layout().nodes) + " node" +
-                  (world.layout().nodes > 1 ? "s" : "") + ", " + std::to_string(P) + " ranks)";
-    rep.gpus = P;
-    rep.batch_per_gpu = plan.batch_per_gpu;
-    rep.compute = plan.compute;
-    for (int r = 0; r < P; ++r) {  // the slowest rank's mean step
-      double sum = 0;
-      for (size_t k = 0; k < S; ++k) sum += at(r, k, 0);
-      rep.iteration_s = std::max(rep.iteration_s, sum / double(S));
-    }
-    rep.data_wait_s = avg(1);  // the critical rank's, step by step
-    rep.forward_s = avg(2);
-    rep.backward_s = avg(3);
-    rep.exposed_comm_s = avg(4);
-    rep.optimizer_s = avg(5);
-    rep.throughput_samples_s = double(plan.batch_per_gpu) * P / rep.iteration_s;
-    for (size_t b = 0; b < buckets.size(); ++b) {
-      BucketReport br;
-      br.index = int(b);
-      br.begin = buckets[b].begin;
-      br.end = buckets[b].end;
-      br.first_tensor = net.slots()[size_t(br.begin)].name;
-      br.last_tensor = net.slots()[size_t(br.end - 1)].name;
-      br.bytes = buckets[b].count * bytes_per_element(buckets[b].spec.transfer);
-      br.algorithm = buckets[b].spec.algorithm;
-      br.auto_chosen = plan.buckets[b].algorithm == "auto";
-      br.stream = buckets[b].stream;
-      br.transfer = buckets[b].spec.transfer;
-      br.ready_s = avg(6 + 3 * b);
-      br.start_s = avg(7 + 3 * b);
-      br.end_s = avg(8 + 3 * b);
-      rep.comm_busy_s += br.end_s - br.start_s;
-      rep.comm_end_s = std::max(rep.comm_end_s, br.end_s);
-      rep.buckets.push_back(br);
-    }
-    for (const std::string& t : traces)
-      for (const auto& e : nlohmann::json::parse(t))
-        rep.timeline.events.push_back({e[0].get<int>(), e[1].get<std::string>(), e[2].get<std::string>(),
-                                       e[3].get<std::string>(), e[4].get<double>(), e[5].get<double>(),
-                                       e[6].get<int64_t>()});
-
-    std::cout << "fuseplan-exec run: " << rep.model << " x " << P << " ranks on " << world.layout().nodes << " node"
-              << (world.layout().nodes > 1 ? "s" : "") << ", batch " << plan.batch_per_gpu << " per rank, "
-              << precision_name(plan.compute) << ", " << plan.buckets.size() << " buckets (" << plan.strategy
-              << "), " << (f.comm == "nccl" ? "NCCL" : "MPI, progress " + f.progress) << ", "
-              << exec::cpu_threads() << " threads per rank, "
-              << backend->name() << "\n\n";
+    const Report& rep = m->report;
+    std::cout << "fuseplan-exec run: " << rep.model << " x " << world.ranks() << " ranks on "
+              << count_of(world.layout().nodes, "node") << ", batch " << plan.batch_per_gpu << " per rank, "
+              << precision_name(plan.compute) << ", " << count_of(int64_t(plan.buckets.size()), "bucket") << " ("
+              << plan.strategy << "), " << (f.comm == "nccl" ? "NCCL" : "MPI, progress " + f.progress) << ", "
+              << exec::cpu_threads() << " threads per rank, " << backend->name() << "\n\n";
     if (!result.epochs.empty() && f.t.epochs_opt->count()) {
       print_epochs(std::cout, result);
       std::cout << "\n";
     }
-    Table it({"iteration", "ms (slowest rank)"});
-    for (size_t k = 0; k < samples.size(); ++k) {
-      if (samples.size() > 40 && k % (samples.size() / 20) != 0 && k + 1 != samples.size()) continue;
-      double w = 0;
-      for (int r = 0; r < P; ++r) w = std::max(w, at(r, k, 0));
-      it.row({std::to_string(f.warmup + int64_t(k)), fixed(w * 1e3, 2)});
-    }
-    it.print(std::cout, "  ");
-    std::cout << "\n  measured over " << samples.size() << " iterations after " << f.warmup
-              << " warm-up (means over steps of each step's critical rank: the slowest in forward + backward)\n";
-    Table ph({"<phase", "ms"});
-    ph.row({"iteration (slowest rank)", fixed(rep.iteration_s * 1e3, 2)});
-    ph.row({"data wait", fixed(rep.data_wait_s * 1e3, 2)});
-    ph.row({"forward", fixed(rep.forward_s * 1e3, 2)});
-    ph.row({"backward", fixed(rep.backward_s * 1e3, 2)});
-    ph.row({"exposed communication", fixed(rep.exposed_comm_s * 1e3, 2)});
-    ph.row({"optimizer", fixed(rep.optimizer_s * 1e3, 2)});
-    ph.print(std::cout, "  ");
-    if (P > 1) {
-      std::cout << "  rank imbalance: forward + backward differ by " << fixed(spread * 1e3, 2)
-                << " ms per step between the fastest and the slowest rank; critical rank per step:";
-      for (int r = 0; r < P; ++r)
-        if (critical_steps[size_t(r)] > 0) std::cout << " " << r << " (" << critical_steps[size_t(r)] << ")";
-      std::cout << "\n";
-    }
-    std::cout << "\n";
-    Table bt({"bucket", "<tensors", "bytes", "<algorithm", "stream", "ready ms", "start ms", "end ms", "busy ms"});
-    for (const auto& b : rep.buckets)
-      bt.row({std::to_string(b.index), std::to_string(b.begin) + ".." + std::to_string(b.end - 1),
-              human_bytes(double(b.bytes)), b.algorithm + (b.auto_chosen ? " (auto)" : ""), std::to_string(b.stream),
-              fixed(b.ready_s * 1e3, 2), fixed(b.start_s * 1e3, 2), fixed(b.end_s * 1e3, 2),
-              fixed((b.end_s - b.start_s) * 1e3, 2)});
-    bt.print(std::cout, "  ");
-    std::cout << "\n  throughput " << fixed(rep.throughput_samples_s, 1) << " samples/s\n";
+    print_measurement(std::cout, *m, f.warmup, world.ranks());
     if (plan.prediction.is_object() && plan.prediction.contains("iteration_s"))
       std::cout << "  the plan's own prediction (" << plan.cluster << "): "
                 << fixed(plan.prediction.at("iteration_s").get<double>() * 1e3, 2) << " ms per iteration\n";
-    if (!f.report_path.empty()) write_file_atomic(f.report_path, report_to_json(rep, true).dump(2) + "\n");
+    ForVerify v{f.report_path, f.t.profile_path, {}};
+    for (std::string* p : {&v.report_path, &v.profile_path})
+      if (f.verify && p->empty()) v.temporary.push_back(*p = temporary_file(p == &v.report_path ? "report" : "profile"));
+    if (!v.report_path.empty()) write_file_atomic(v.report_path, report_to_json(rep, true).dump(2) + "\n");
     if (!f.trace_path.empty()) rep.timeline.write_chrome_trace(f.trace_path);
-    if (!f.t.metrics_path.empty()) write_metrics(f.t.metrics_path, f.t, data.model, data.train, result, P);
-    if (!f.t.profile_path.empty()) {
-      nlohmann::json slowest;
-      int slowest_rank = 0;
-      double slowest_us = -1;
-      for (size_t r = 0; r < profiles.size(); ++r) {
-        nlohmann::json p = nlohmann::json::parse(profiles[r]);
-        double us = 0;  // forward + backward per step
-        for (const auto& l : p.at("layers")) us += l.at("fwd_us").get<double>() + l.at("bwd_us").get<double>();
-        if (us > slowest_us) {
-          slowest = std::move(p);
-          slowest_rank = static_cast<int>(r);
-          slowest_us = us;
-        }
-      }
-      slowest["device"] = slowest.at("device").get<std::string>() + ", rank " + std::to_string(slowest_rank) +
-                          " (the slowest of " + std::to_string(P) + ")";
-      write_file_atomic(f.t.profile_path, slowest.dump(2) + "\n");
+    if (!f.t.metrics_path.empty()) write_metrics(f.t.metrics_path, f.t, data.model, data.train, result, world.ranks());
+    if (!v.profile_path.empty()) write_file_atomic(v.profile_path, profile.dump(2) + "\n");
+    if (!f.t.profile_path.empty())
       std::cout << "  profile of rank " << slowest_rank << " (the slowest in forward + backward) written to "
                 << f.t.profile_path << "\n";
-    }
+    if (!f.verify) return std::nullopt;
+    return v;
   } catch (const RunError& e) {
     std::cerr << "fuseplan-exec run: rank " << rank << ": error: " << e.what() << "\n";
     world.abort(1);
@@ -439,7 +429,18 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--trace", f->trace_path, "Chrome trace of the last --trace-steps iterations, a track per rank and stream");
   cmd->add_option("--trace-steps", f->trace_steps, "iterations in the trace")->capture_default_str();
   cmd->add_option("--report", f->report_path, "the measured Report as JSON (the predictor's format)");
-  cmd->callback([f] { run_run(*f); });
+  cmd->add_flag("--verify", f->verify,
+                "after the run, the verify table: predicted (with this run's per-layer profile, the slowest "
+                "rank's) and simulated on the plan's cluster against the measurement, as `fuseplan verify` prints");
+  cmd->callback([f] {
+    const std::optional<ForVerify> v = run_run(*f);  // MPI is finalized here
+    if (!v) return;
+    std::cout << "\n";
+    const int code = run_verify(*f, *v);
+    for (const auto& p : v->temporary) std::filesystem::remove(p);
+    if (code == 2) throw InputError("");  // `fuseplan verify` said why
+    if (code != 0) throw RunError("--verify: fuseplan verify failed (exit " + std::to_string(code) + ")");
+  });
 }
 
 }  // namespace fuseplan::cli

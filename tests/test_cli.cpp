@@ -426,6 +426,30 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   const auto at = nlohmann::json::parse(sj.out).at("at_measured_compute_speed");
   CHECK(at.at("compute_scale").get<double>() == Approx(1.5));
   CHECK(at.at("iteration_s").get<double>() > iter * 1.3);
+  // run --verify: the same table after the run, predicted with the run's own profile;
+  // its temporary report and profile are gone afterwards.
+  Run rv = run_mpi(2, "run --plan " + plan + data + " --iterations 2 --warmup 1 --verify");
+  INFO(rv.out);
+  REQUIRE(rv.code == 0);
+  CHECK_THAT(rv.out, Catch::Contains("throughput") && Catch::Contains("fuseplan verify: resnet18 x 2 GPUs") &&
+                         Catch::Contains("pred err") && Catch::Contains("bucket 0 start"));
+  CHECK(rv.out.find("pred err") > rv.out.find("throughput"));
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::temp_directory_path()))
+    CHECK(e.path().filename().string().rfind("fuseplan-run-", 0) != 0);
+  // The measured report: schema, goal and time to train, read back losslessly by verify.
+  const auto measured = nlohmann::json::parse(std::ifstream(report));
+  CHECK(measured.at("schema") == "fuseplan.report/1");
+  CHECK_THAT(measured.at("goal").get<std::string>(), Catch::Contains("assumed"));  // 16x16 inputs: no known data set
+  CHECK(measured.at("time_to_train_s").get<double>() > 0);
+  // Event names are the predicted ones (trace_name), with the step as the iteration.
+  std::set<std::string> names;
+  for (const auto& e : measured.at("timeline")) {
+    CHECK(e.at("iteration").get<int>() >= 1);
+    names.insert(e.at("name").get<std::string>());
+  }
+  CHECK(names.count("conv1 (bwd)") == 1);
+  CHECK(names.count("optimizer") == 1);
+  CHECK(names.count("data wait") == 1);
   // Mismatches are refused before training, with one line from one rank.
   Run n = run_mpi(3, "run --plan " + plan + data);
   CHECK(n.code == 2);

@@ -1,5 +1,7 @@
 #include "fuseplan/costmodel/calibrate.hpp"
 
+#include "fuseplan/costmodel/compare.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -303,7 +305,6 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
     check_gpu_count(cluster, run.plan.gpus, "--plan");
     compute.emplace_back(run.model, cluster, run.plan.batch_per_gpu, run.plan.compute);
   }
-  auto rel = [](double model_s, double measured_s) { return (model_s - measured_s) / measured_s; };
   // The squared errors at (sigma, dispatch); the per-run errors into `errs` if given.
   auto evaluate = [&](double sigma, double dispatch_us, std::vector<OverlapFit::Errors>* errs) {
     Cluster c = cluster;
@@ -314,8 +315,8 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
       const OverlapRun& run = runs[i];
       CollectiveModel coll(c, run.plan.gpus, coll_opt);
       const Report r = predict(run.model, c, run.plan, coll, compute[i], {}, false);
-      const OverlapFit::Errors e{rel(r.backward_s, run.measured.backward_s), rel(r.comm_end_s, run.measured.comm_end_s),
-                                 rel(r.iteration_s, run.measured.iteration_s)};
+      const ReportErrors x = report_errors(r, run.measured);  // measured times are > 0 (checked above)
+      const OverlapFit::Errors e{x.backward, x.comm_end, x.iteration};
       sq += e.backward * e.backward + e.comm_end * e.comm_end;
       if (errs) errs->push_back(e);
     }

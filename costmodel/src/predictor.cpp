@@ -297,23 +297,22 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   if (with_timeline) {
     auto& ev = r.timeline.events;
     double t = r.data_wait_s;
-    if (r.data_wait_s > 0) ev.push_back({0, "compute", "data wait", "data", 0, r.data_wait_s, 0});
+    if (r.data_wait_s > 0) ev.push_back({0, "compute", trace_name::kDataWait, "data", 0, r.data_wait_s, 0});
     for (size_t l = 0; l < model.layers.size(); ++l) {
       double d = compute.layers()[l].fwd_s;
-      ev.push_back({0, "compute", model.layers[l].name, "forward", t, d, 0});
+      ev.push_back({0, "compute", trace_name::forward(model.layers[l].name), "forward", t, d, 0});
       t += d;
     }
     const double bwd_start = t;
     for (size_t k = 0; k < step_end.size(); ++k) {
       double begin = k ? step_end[k - 1] : 0;
-      ev.push_back({0, "compute", model.layers[model.layers.size() - 1 - k].name + " (bwd)", "backward",
+      ev.push_back({0, "compute", trace_name::backward(model.layers[model.layers.size() - 1 - k].name), "backward",
                     bwd_start + begin, step_end[k] - begin, 0});
     }
     for (const auto& b : r.buckets)
-      ev.push_back({0, "comm" + std::to_string(b.stream),
-                    "bucket " + std::to_string(b.index) + " " + b.algorithm, "allreduce", bwd_start + b.start_s,
-                    b.end_s - b.start_s, b.bytes});
-    ev.push_back({0, "compute", "optimizer", "optimizer", bwd_start + std::max(r.backward_s, r.comm_end_s),
+      ev.push_back({0, "comm" + std::to_string(b.stream), trace_name::bucket(b.index, b.algorithm), "allreduce",
+                    bwd_start + b.start_s, b.end_s - b.start_s, b.bytes});
+    ev.push_back({0, "compute", trace_name::kOptimizer, "optimizer", bwd_start + std::max(r.backward_s, r.comm_end_s),
                   r.optimizer_s, 0});
   }
   return r;

@@ -43,7 +43,8 @@ nlohmann::json Timeline::to_chrome_trace() const {
     }
     nlohmann::json x{{"ph", "X"}, {"name", e.name}, {"cat", e.category}, {"ts", e.start_s * 1e6},
                      {"dur", e.dur_s * 1e6}, {"pid", e.rank}, {"tid", it->second}};
-    if (e.bytes) x["args"] = {{"bytes", e.bytes}};
+    if (e.bytes) x["args"]["bytes"] = e.bytes;
+    if (e.iteration >= 0) x["args"]["iteration"] = e.iteration;
     ev.push_back(std::move(x));
   }
   return {{"traceEvents", ev}, {"displayTimeUnit", "ms"}};
@@ -105,7 +106,7 @@ nlohmann::json timeline_to_json(const Timeline& t) {
   nlohmann::json a = nlohmann::json::array();
   for (const auto& e : t.events)
     a.push_back({{"rank", e.rank}, {"stream", e.stream}, {"name", e.name}, {"category", e.category},
-                 {"start_s", e.start_s}, {"dur_s", e.dur_s}, {"bytes", e.bytes}});
+                 {"start_s", e.start_s}, {"dur_s", e.dur_s}, {"bytes", e.bytes}, {"iteration", e.iteration}});
   return a;
 }
 
@@ -122,6 +123,7 @@ Timeline timeline_from_json(const nlohmann::json& events, const std::string& ori
     x.start_s = e.number("start_s");
     x.dur_s = e.non_negative("dur_s");
     x.bytes = e.integer("bytes", 0, INT64_MAX);
+    x.iteration = int(e.integer("iteration", -1, INT32_MAX));
     e.finish();
     t.events.push_back(std::move(x));
   }

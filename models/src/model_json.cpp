@@ -135,6 +135,10 @@ Model load_model_file(const std::string& path) { return model_from_json(parse_js
 
 ProfileInfo apply_profile(Model& m, const std::string& path) {
   const nlohmann::json j = parse_json_file(path);  // JsonObject keeps a reference
+  return apply_profile_json(m, j, path);
+}
+
+ProfileInfo apply_profile_json(Model& m, const nlohmann::json& j, const std::string& path) {
   JsonObject r(j, path);
   if (r.string("schema") != kProfileSchema) r.fail("schema", std::string("must be ") + kProfileSchema);
   const std::string name = r.string("model"), fp = r.string("fingerprint");

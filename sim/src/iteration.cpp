@@ -87,7 +87,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
     run.stream = b.stream;
     run.end = b.end;
     run.bytes = rep.buckets[k].bytes;
-    run.label = "bucket " + std::to_string(k) + " " + rep.buckets[k].algorithm;
+    run.label = trace_name::bucket(int(k), rep.buckets[k].algorithm);
     run.pack_s = b.pack ? pack_time_s(c, run.bytes) : 0;
     if (P > 1) {
       const int64_t elems = bucket_elements(plan, m, b);
@@ -145,6 +145,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
     sg4::Actor::create(std::string("compute").append(std::to_string(r)), plat.hosts[r], [&, r] {
       std::mt19937_64 rng(opt.seed * 1000003u + static_cast<uint64_t>(r));
       std::normal_distribution<double> noise(0.0, opt.jitter);
+      int it = 0;
       auto work = [&](double nominal, const std::string& name, const char* cat) {
         double f = slow[r] * (opt.jitter > 0 ? std::max(0.1, 1 + noise(rng)) : 1.0);
         double t0 = sg4::Engine::get_clock();
@@ -164,15 +165,16 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
           s.computing = false;
           s.cv->notify_all();
         }
-        if (traced(r)) events.push_back({r, "compute", name, cat, t0, sg4::Engine::get_clock() - t0, 0});
+        if (traced(r)) events.push_back({r, "compute", name, cat, t0, sg4::Engine::get_clock() - t0, 0, it});
       };
       RankState& s = state[r];
-      for (int it = 0; it < N; ++it) {
-        for (size_t l = 0; l < m.layers.size(); ++l) work(compute.layers()[l].fwd_s, m.layers[l].name, "forward");
+      for (; it < N; ++it) {
+        for (size_t l = 0; l < m.layers.size(); ++l)
+          work(compute.layers()[l].fwd_s, trace_name::forward(m.layers[l].name), "forward");
         last_bwd_start[r] = sg4::Engine::get_clock();
         int next_bucket = 0;
         for (int l = static_cast<int>(m.layers.size()) - 1; l >= 0; --l) {
-          work(compute.layers()[l].bwd_s, m.layers[l].name + " (bwd)", "backward");
+          work(compute.layers()[l].bwd_s, trace_name::backward(m.layers[l].name), "backward");
           std::unique_lock lock(*s.mutex);
           s.ready = int64_t(it) * L + ready_after[l];
           for (; next_bucket < B && runs[next_bucket].end <= ready_after[l]; ++next_bucket)
@@ -183,7 +185,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
           std::unique_lock lock(*s.mutex);
           while (s.streams_done[it] < streams) s.cv->wait(lock);
         }
-        work(compute.optimizer_s(), "optimizer", "optimizer");
+        work(compute.optimizer_s(), trace_name::kOptimizer, "optimizer");
       }
       iteration_end[r] = sg4::Engine::get_clock();
     });
@@ -230,7 +232,8 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
             }
             double end = sg4::Engine::get_clock();
             if (it == N - 1) bucket_times[r][b] = {start, end};
-            if (traced(r)) events.push_back({r, "comm" + std::to_string(st), run.label, "allreduce", start, end - start, run.bytes});
+            if (traced(r))
+              events.push_back({r, "comm" + std::to_string(st), run.label, "allreduce", start, end - start, run.bytes, it});
           }
           std::unique_lock lock(*s.mutex);
           ++s.streams_done[it];

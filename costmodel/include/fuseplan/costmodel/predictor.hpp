@@ -21,9 +21,6 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
                const ComputeModel& compute, const TrainingGoal& goal = {}, bool with_timeline = true);
 
 // Bucket timing only (no timeline): the core the tuner calls many times.
-struct BucketTiming {
-  double ready_s, start_s, end_s;
-};
 std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready_s, const std::vector<double>& latency_s,
                                            const std::vector<double>& bandwidth_s, const std::vector<int>& stream);
 

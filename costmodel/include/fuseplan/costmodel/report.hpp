@@ -12,14 +12,32 @@
 
 namespace fuseplan {
 
+// When a bucket's allreduce ran, seconds from the start of backward: what the predictor
+// schedules, the simulator replays and the executor measures.
+struct BucketTiming {
+  double ready_s = 0, start_s = 0, end_s = 0;
+};
+
 struct TimelineEvent {
   int rank = 0;
   std::string stream;    // "compute", "comm0", ...
-  std::string name;
+  std::string name;      // trace_name's: the same for predicted, simulated and measured events
   std::string category;  // "forward", "backward", "allreduce", "optimizer", "data"
   double start_s = 0, dur_s = 0;
   int64_t bytes = 0;
+  int iteration = -1;    // which iteration, where a trace holds several (-1: the one predicted)
 };
+
+// Event names, one set for predicted, simulated and measured traces.
+namespace trace_name {
+inline std::string forward(const std::string& layer) { return layer; }
+inline std::string backward(const std::string& layer) { return layer + " (bwd)"; }
+inline std::string bucket(int index, const std::string& algorithm) {
+  return "bucket " + std::to_string(index) + " " + algorithm;
+}
+inline constexpr const char* kOptimizer = "optimizer";
+inline constexpr const char* kDataWait = "data wait";
+}  // namespace trace_name
 
 struct Timeline {
   std::vector<TimelineEvent> events;

@@ -18,6 +18,7 @@
 
 #include "fuseplan/costmodel/collective.hpp"
 #include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/exec/trainer.hpp"
 
 namespace fuseplan::exec {
@@ -140,15 +141,11 @@ struct ExchangeOptions {
   double timeout_s = 60;    // a bucket not done after this long: a rank died or hangs
 };
 
-// A bucket's allreduce in the last step, seconds from the start of that step's backward.
-struct BucketTiming {
-  double ready_s = 0, start_s = 0, end_s = 0;
-};
-
 // A GradientExchange that reports when each bucket's allreduce ran in the last step.
 class TimedExchange : public GradientExchange {
  public:
-  virtual const std::vector<BucketTiming>& timings() const = 0;  // of the last step
+  // Each bucket's allreduce in the last step, from the start of that step's backward.
+  virtual const std::vector<BucketTiming>& timings() const = 0;
   virtual std::chrono::steady_clock::time_point step_origin() const = 0;  // its backward start
 };
 

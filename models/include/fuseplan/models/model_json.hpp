@@ -24,5 +24,7 @@ struct ProfileInfo {
   int batch = 1;
 };
 ProfileInfo apply_profile(Model& m, const std::string& path);
+// The same from a profile in memory; `origin` names it in errors.
+ProfileInfo apply_profile_json(Model& m, const nlohmann::json& profile, const std::string& origin);
 
 }  // namespace fuseplan

@@ -1,0 +1,104 @@
+// Predicted vs simulated vs measured for one plan: the rows, the drift diagnostic, the
+// table, its JSON and the combined trace.
+#include "verify_view.hpp"
+
+#include <cmath>
+
+#include "format.hpp"
+#include "fuseplan/costmodel/compute.hpp"
+#include "fuseplan/sim/simulator.hpp"
+
+namespace fuseplan::cli {
+
+namespace {
+std::string rel_err(double model, double measured) {
+  const double e = relative_error(model, measured);
+  return std::isnan(e) ? "-" : signed_percent(e);
+}
+std::string ms_or_dash(double s) { return std::isnan(s) ? std::string("-") : fixed(s * 1e3, 2); }
+}  // namespace
+
+Verification verify_plan(const Model& model, const Cluster& cluster, const Plan& plan, const CollectiveOptions& coll_opt,
+                         const TrainingGoal& goal, const Report& measured, bool simulate) {
+  Verification v;
+  CollectiveModel coll(cluster, plan.gpus, coll_opt);
+  ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
+  v.predicted = predict(model, cluster, plan, coll, compute, goal, true);
+  const bool profiled = !model.layers.empty() && model.layers.front().measured.has_value();
+  v.drift = v.predicted.forward_s > 0 ? measured.forward_s / v.predicted.forward_s : 1;
+  if (profiled && std::abs(v.drift - 1) > 0.02) {
+    Model scaled = model;
+    for (Layer& l : scaled.layers)
+      if (l.measured) {
+        l.measured->fwd_us *= v.drift;
+        l.measured->bwd_us *= v.drift;
+      }
+    if (scaled.measured_optimizer_us) *scaled.measured_optimizer_us *= v.drift;
+    ComputeModel scaled_compute(scaled, cluster, plan.batch_per_gpu, plan.compute);
+    v.at_speed = predict(scaled, cluster, plan, coll, scaled_compute, goal, false);
+  }
+  if (simulate) {
+    const std::string out = sim::run_isolated([&] {
+      return report_to_json(sim::simulate_plan(model, cluster, plan, coll_opt, goal, sim::SimOptions{})).dump();
+    });
+    v.simulated = report_from_json(nlohmann::json::parse(out), "simulation");
+  } else {
+    v.no_sim_reason = "not simulated (--no-sim)";
+  }
+  v.rows = compare_reports(v.predicted, v.simulated ? &*v.simulated : nullptr, measured);
+  return v;
+}
+
+void print_verification(std::ostream& os, const Verification& v, const Plan& plan, const Cluster& cluster,
+                        const Report& measured, const std::string& command) {
+  os << command << ": " << plan.model << " x " << count_of(plan.gpus, "GPU") << ", batch " << plan.batch_per_gpu << ", "
+     << count_of(int64_t(plan.buckets.size()), "bucket") << "; predicted and simulated on " << cluster.name
+     << ", measured: " << measured.cluster << "\n  (times in ms; bucket times from the start of backward; "
+     << "errors relative to the measurement)\n\n";
+  Table t({"<", "predicted", "simulated", "measured", "pred err", "sim err"});
+  for (const auto& r : v.rows)
+    t.row({r.metric, ms_or_dash(r.predicted_s), ms_or_dash(r.simulated_s), ms_or_dash(r.measured_s),
+           rel_err(r.predicted_s, r.measured_s), v.simulated ? rel_err(r.simulated_s, r.measured_s) : "-"});
+  t.print(os, "  ");
+  if (!v.no_sim_reason.empty()) os << "\n  " << v.no_sim_reason << "\n";
+  if (v.at_speed)
+    os << "\n  compute drift: this run's forward (no communication in it) took " << fixed(v.drift, 3)
+       << "x the profile's;\n  with the profile scaled by it, predicted iteration " << ms_or_dash(v.at_speed->iteration_s)
+       << " ms (" << rel_err(v.at_speed->iteration_s, measured.iteration_s) << "), last allreduce end "
+       << ms_or_dash(v.at_speed->comm_end_s) << " ms (" << rel_err(v.at_speed->comm_end_s, measured.comm_end_s)
+       << ")\n";
+  if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
+    os << (v.no_sim_reason.empty() ? "\n" : "") << "  predicted with comm_compute_sharing "
+       << fixed(cluster.comm_compute_sharing, 2) << " (communication and backward slow each other)\n";
+}
+
+nlohmann::json verification_json(const Verification& v, const std::string& plan_path, const Cluster& cluster) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& r : v.rows)
+    rows.push_back({{"metric", r.metric},
+                    {"predicted_s", r.predicted_s},
+                    {"simulated_s", v.simulated ? nlohmann::json(r.simulated_s) : nullptr},
+                    {"measured_s", r.measured_s}});
+  nlohmann::json out{{"plan", plan_path}, {"cluster", cluster.name}, {"rows", rows}};
+  if (v.at_speed)
+    out["at_measured_compute_speed"] = {
+        {"compute_scale", v.drift}, {"iteration_s", v.at_speed->iteration_s}, {"comm_end_s", v.at_speed->comm_end_s}};
+  return out;
+}
+
+void write_verification_trace(const std::string& path, const Verification& v, const Report& measured) {
+  Timeline all = measured.timeline;
+  double last_start = 0;
+  for (const auto& e : measured.timeline.events)
+    if (e.rank == 0 && e.category == "data") last_start = std::max(last_start, e.start_s + e.dur_s);
+  for (TimelineEvent e : v.predicted.timeline.events) {
+    if (e.rank != 0) continue;
+    e.rank = 1000;
+    e.stream = "predicted " + e.stream;
+    e.start_s += last_start;
+    all.events.push_back(std::move(e));
+  }
+  all.write_chrome_trace(path);
+}
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,39 @@
+// The verify table: a plan's prediction (and its SimGrid replay) against its measured
+// run, shared by `fuseplan verify` and `fuseplan-exec run --verify`.
+#pragma once
+#include <optional>
+#include <ostream>
+#include <string>
+
+#include "fuseplan/costmodel/compare.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
+
+namespace fuseplan::cli {
+
+struct Verification {
+  Report predicted;                   // with its timeline
+  std::optional<Report> simulated;    // none with simulate = false
+  std::string no_sim_reason;
+  // Compute drift: forward has no communication, so a measured forward away from the
+  // profile's says the machine ran at another speed than when it was profiled (shared
+  // machines drift by 10-30 % within minutes). The prediction again with the profile
+  // scaled to the run's forward speed separates that from the communication model.
+  double drift = 1;
+  std::optional<Report> at_speed;
+  std::vector<ComparisonRow> rows;
+};
+
+// `model` carries the measured profile when there is one. Simulates in an isolated
+// process (SimGrid's engine is one per process).
+Verification verify_plan(const Model& model, const Cluster& cluster, const Plan& plan, const CollectiveOptions& coll,
+                         const TrainingGoal& goal, const Report& measured, bool simulate);
+
+void print_verification(std::ostream& os, const Verification& v, const Plan& plan, const Cluster& cluster,
+                        const Report& measured, const std::string& command);
+nlohmann::json verification_json(const Verification& v, const std::string& plan_path, const Cluster& cluster);
+// Measured ranks as they are; the prediction as process 1000, its iteration placed at
+// the start of rank 0's last measured iteration.
+void write_verification_trace(const std::string& path, const Verification& v, const Report& measured);
+
+}  // namespace fuseplan::cli

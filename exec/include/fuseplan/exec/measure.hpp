@@ -1,0 +1,58 @@
+// The executor's runner output: a run's steps, measured on every rank, gathered into the
+// measured Report on rank 0 (the third runner beside the predictor and the simulator,
+// finished by the same finish_report). Each step's critical rank, the slowest in forward
+// + backward, is the one every allreduce waits for and the one the predictor's profile
+// describes, so the phases are its; a faster rank's wait shows only in the spread.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/exec/mpi.hpp"
+#include "fuseplan/exec/network.hpp"
+#include "fuseplan/exec/trainer.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+namespace fuseplan::exec {
+
+// One measured step on this rank: its phases and each bucket's allreduce.
+struct StepSample {
+  double seconds = 0, data_s = 0, forward_s = 0, backward_s = 0, wait_s = 0, optimizer_s = 0;
+  std::vector<BucketTiming> buckets;  // from this step's backward start
+};
+StepSample step_sample(const StepRecord& s, const std::vector<BucketTiming>& buckets);
+
+// Appends step `s`'s events on `rank` to `t`: data wait, every layer's forward and
+// backward, every bucket's allreduce and the optimizer, in seconds from `origin`, named
+// as predicted and simulated events are (trace_name), with the step as the iteration.
+void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, const Network& net,
+                const std::vector<ExchangeBucket>& buckets, const TimedExchange& exchange,
+                std::chrono::steady_clock::time_point origin);
+
+// What the measured Report describes: the run's setup and its buckets as they ran
+// (index, range, tensor names, bytes, algorithm, stream, transfer; measure sets times).
+struct MeasuredSetup {
+  std::string model, cluster;
+  int batch_per_gpu = 1;
+  Precision compute = Precision::FP32;
+  std::vector<BucketReport> buckets;
+  TrainingGoal goal;
+  int seq_len = 0;
+};
+
+struct Measurement {
+  Report report;                    // source "measured", with every rank's trace events
+  std::vector<double> step_s;       // each measured step: the slowest rank's time
+  double spread_s = 0;              // mean forward + backward gap between the fastest and slowest rank
+  std::vector<int> critical_steps;  // per rank: the steps in which it was the slowest
+};
+
+// Collective: every rank passes its samples (the same count on each) and its events;
+// rank 0 gets the Measurement, the others nothing. The Report's iteration is the
+// slowest rank's mean step; its phases and bucket times the means over steps of each
+// step's critical rank.
+std::optional<Measurement> measure(MpiWorld& world, const std::vector<StepSample>& samples, const Timeline& local,
+                                   const MeasuredSetup& setup);
+
+}  // namespace fuseplan::exec

@@ -1,0 +1,111 @@
+// Gathering every rank's measured steps into one Report.
+#include "fuseplan/exec/measure.hpp"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+namespace fuseplan::exec {
+
+StepSample step_sample(const StepRecord& s, const std::vector<BucketTiming>& buckets) {
+  return {s.seconds, s.data_s, s.forward_s, s.backward_s, s.comm_wait_s, s.optimizer_s, buckets};
+}
+
+void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, const Network& net,
+                const std::vector<ExchangeBucket>& buckets, const TimedExchange& exchange,
+                std::chrono::steady_clock::time_point origin) {
+  auto rel = [&](std::chrono::steady_clock::time_point p) { return std::chrono::duration<double>(p - origin).count(); };
+  const auto& spans = net.last_spans();
+  const auto& layers = model.layers;
+  const int it = int(s.step);
+  const double bwd0 = rel(exchange.step_origin()), fwd0 = rel(spans.front().fwd_start);
+  t.events.push_back({rank, "compute", trace_name::kDataWait, "data", fwd0 - s.data_s, s.data_s, 0, it});
+  for (size_t l = 0; l < layers.size(); ++l)
+    t.events.push_back({rank, "compute", trace_name::forward(layers[l].name), "forward", rel(spans[l].fwd_start),
+                        spans[l].fwd_s, 0, it});
+  for (size_t l = layers.size(); l-- > 0;)  // backward order, as predicted and simulated
+    t.events.push_back({rank, "compute", trace_name::backward(layers[l].name), "backward", rel(spans[l].bwd_start),
+                        spans[l].bwd_s, 0, it});
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    const BucketTiming& x = exchange.timings()[b];
+    t.events.push_back({rank, "comm" + std::to_string(buckets[b].stream),
+                        trace_name::bucket(int(b), buckets[b].spec.algorithm), "allreduce", bwd0 + x.start_s,
+                        x.end_s - x.start_s, buckets[b].count * bytes_per_element(buckets[b].spec.transfer), it});
+  }
+  t.events.push_back({rank, "compute", trace_name::kOptimizer, "optimizer", bwd0 + s.backward_s + s.comm_wait_s,
+                      s.optimizer_s, 0, it});
+}
+
+std::optional<Measurement> measure(MpiWorld& world, const std::vector<StepSample>& samples, const Timeline& local,
+                                   const MeasuredSetup& setup) {
+  // Per rank, every step's phases and bucket times, flattened: step k's value j is at
+  // k * per_step + j (j: 0 step, 1 data, 2 forward, 3 backward, 4 wait, 5 optimizer,
+  // 6 + 3b.. bucket b's ready, start, end).
+  const size_t B = setup.buckets.size(), per_step = 6 + 3 * B;
+  std::vector<double> mine;
+  for (const auto& s : samples) {
+    mine.insert(mine.end(), {s.seconds, s.data_s, s.forward_s, s.backward_s, s.wait_s, s.optimizer_s});
+    for (const auto& t : s.buckets) mine.insert(mine.end(), {t.ready_s, t.start_s, t.end_s});
+  }
+  const size_t width = mine.size();
+  const std::vector<double> all = world.allgather(mine);
+  const std::vector<std::string> traces = world.gather_text(timeline_to_json(local).dump());
+  if (world.rank() != 0) return std::nullopt;
+
+  const int P = world.ranks();
+  const size_t S = samples.size();
+  auto at = [&](int r, size_t k, size_t j) { return all[size_t(r) * width + k * per_step + j]; };
+  Measurement out;
+  std::vector<int> critical(S, 0);
+  out.critical_steps.assign(size_t(P), 0);
+  out.step_s.assign(S, 0);
+  for (size_t k = 0; k < S; ++k) {
+    double lo = 1e300, hi = -1;
+    for (int r = 0; r < P; ++r) {
+      const double c = at(r, k, 2) + at(r, k, 3);
+      if (c > hi) {
+        hi = c;
+        critical[k] = r;
+      }
+      lo = std::min(lo, c);
+      out.step_s[k] = std::max(out.step_s[k], at(r, k, 0));
+    }
+    out.spread_s += (hi - lo) / double(S);
+    ++out.critical_steps[size_t(critical[k])];
+  }
+  auto avg = [&](size_t j) {
+    double s = 0;
+    for (size_t k = 0; k < S; ++k) s += at(critical[k], k, j);
+    return s / double(S);
+  };
+  Report& rep = out.report;
+  rep.source = "measured";
+  rep.model = setup.model;
+  rep.cluster = setup.cluster;
+  rep.gpus = P;
+  rep.batch_per_gpu = setup.batch_per_gpu;
+  rep.compute = setup.compute;
+  for (int r = 0; r < P; ++r) {  // the slowest rank's mean step
+    double sum = 0;
+    for (size_t k = 0; k < S; ++k) sum += at(r, k, 0);
+    rep.iteration_s = std::max(rep.iteration_s, sum / double(S));
+  }
+  rep.data_wait_s = avg(1);
+  rep.forward_s = avg(2);
+  rep.backward_s = avg(3);
+  rep.exposed_comm_s = avg(4);
+  rep.optimizer_s = avg(5);
+  rep.buckets = setup.buckets;
+  for (size_t b = 0; b < B; ++b) {
+    rep.buckets[b].ready_s = avg(6 + 3 * b);
+    rep.buckets[b].start_s = avg(7 + 3 * b);
+    rep.buckets[b].end_s = avg(8 + 3 * b);
+  }
+  for (size_t r = 0; r < traces.size(); ++r) {
+    const Timeline t = timeline_from_json(nlohmann::json::parse(traces[r]), "rank " + std::to_string(r), "$");
+    rep.timeline.events.insert(rep.timeline.events.end(), t.events.begin(), t.events.end());
+  }
+  finish_report(rep, setup.goal, setup.seq_len);
+  return out;
+}
+
+}  // namespace fuseplan::exec
