@@ -394,8 +394,14 @@ std::optional<ForVerify> run_run(RunFlags& f) {
                 << f.t.profile_path << "\n";
     if (!f.verify) return std::nullopt;
     return v;
+  } catch (const InputError& e) {  // after set-up: one rank's, so the job is aborted
+    std::cerr << "fuseplan-exec run: rank " << rank << ": " << e.what() << "\n";
+    world.abort(2);
   } catch (const RunError& e) {
     std::cerr << "fuseplan-exec run: rank " << rank << ": error: " << e.what() << "\n";
+    world.abort(1);
+  } catch (const std::exception& e) {
+    std::cerr << "fuseplan-exec run: rank " << rank << ": internal error: " << e.what() << "\n";
     world.abort(1);
   }
 }

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "device_check.hpp"
 #include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "random_data.hpp"
@@ -343,4 +344,13 @@ TEST_CASE("the zoo CNNs run forward and backward at a chosen resolution, channel
     CHECK(std::isfinite(norm));
     CHECK(norm > 0);
   }
+}
+
+TEST_CASE("device errors: typed, with the call site; the user's (no GPU, out of memory) exit 2, the rest 1") {
+  const int line = __LINE__ + 1;
+  auto fail = [](bool user) { fuseplan::exec::device_failure("CUDA: cudaMalloc: out of memory", user, std::source_location::current()); };
+  CHECK_THROWS_AS(fail(true), fuseplan::InputError);
+  CHECK_THROWS_AS(fail(false), fuseplan::RunError);
+  CHECK_THROWS_WITH(fail(true), Catch::Contains("CUDA: cudaMalloc: out of memory (") &&
+                                    Catch::Contains("test_exec_ops.cpp:" + std::to_string(line) + ")"));
 }

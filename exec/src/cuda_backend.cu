@@ -26,21 +26,33 @@
 #include <vector>
 
 #include "fuseplan/exec/ops.hpp"
+#include "device_check.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan::exec {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+void check(cudaError_t e, const char* what, std::source_location at = std::source_location::current()) {
+  if (e == cudaSuccess) return;
+  const bool oom = e == cudaErrorMemoryAllocation;
+  const bool no_gpu = e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver || e == cudaErrorInvalidDevice;
+  device_failure(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e) +
+                     (oom ? " (a smaller --batch-per-gpu or --precision fp16 may fit)" : "") +
+                     (no_gpu ? " (--backend cpu runs without a GPU)" : ""),
+                 oom || no_gpu, at);
 }
-void check(cudnnStatus_t e, const char* what) {
-  if (e != CUDNN_STATUS_SUCCESS) throw std::runtime_error(std::string("cuDNN: ") + what + ": " + cudnnGetErrorString(e));
+void check(cudnnStatus_t e, const char* what, std::source_location at = std::source_location::current()) {
+  if (e == CUDNN_STATUS_SUCCESS) return;
+  const bool oom = e == CUDNN_STATUS_ALLOC_FAILED;
+  device_failure(std::string("cuDNN: ") + what + ": " + cudnnGetErrorString(e) +
+                     (oom ? " (a smaller --batch-per-gpu may fit)" : ""),
+                 oom, at);
 }
-void check(cublasStatus_t e, const char* what) {
-  if (e != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS: ") + what + ": status " + std::to_string(int(e)));
+void check(cublasStatus_t e, const char* what, std::source_location at = std::source_location::current()) {
+  if (e == CUBLAS_STATUS_SUCCESS) return;
+  const bool oom = e == CUBLAS_STATUS_ALLOC_FAILED;
+  device_failure(std::string("cuBLAS: ") + what + ": status " + std::to_string(int(e)), oom, at);
 }
 
 constexpr int kThreads = 256;
@@ -322,7 +334,8 @@ template <class Perf>
 const Perf& first_deterministic(const Perf* perf, int found, const char* what) {
   for (int i = 0; i < found; ++i)
     if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].determinism == CUDNN_DETERMINISTIC) return perf[i];
-  throw std::runtime_error(std::string("cuDNN: no deterministic algorithm for the ") + what);
+  device_failure(std::string("cuDNN: no deterministic algorithm for the ") + what, false,
+                 std::source_location::current());
 }
 
 // Device memory that grows to the largest size asked for (cudaFree waits for the work

@@ -1,3 +1,4 @@
+#include "device_check.hpp"
 #include "fuseplan/exec/mpi.hpp"
 
 #include <unistd.h>
@@ -16,12 +17,12 @@ namespace fuseplan::exec {
 
 namespace {
 
-void check(int rc, const char* what) {
+void check(int rc, const char* what, std::source_location at = std::source_location::current()) {
   if (rc != MPI_SUCCESS) {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, text, &len);
-    throw RunError(std::string("MPI: ") + what + " failed: " + std::string(text, size_t(len)));
+    device_failure(std::string("MPI: ") + what + " failed: " + std::string(text, size_t(len)), false, at);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "device_check.hpp"
 #include "fuseplan/exec/nccl.hpp"
 #include "fuseplan/models/error.hpp"
 
@@ -19,11 +20,14 @@ namespace fuseplan::exec {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw RunError(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+void check(cudaError_t e, const char* what, std::source_location at = std::source_location::current()) {
+  if (e != cudaSuccess)
+    device_failure(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e), e == cudaErrorMemoryAllocation, at);
 }
-void check(ncclResult_t r, const char* what) {
-  if (r != ncclSuccess) throw RunError(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r));
+void check(ncclResult_t r, const char* what, std::source_location at = std::source_location::current()) {
+  // ncclInvalidUsage and ncclInvalidArgument are fuseplan's mistakes, not the user's;
+  // ncclSystemError and ncclRemoteError are the machine's (a network, a peer died).
+  if (r != ncclSuccess) device_failure(std::string("NCCL: ") + what + ": " + ncclGetErrorString(r), false, at);
 }
 
 constexpr int kThreads = 256;
