@@ -44,17 +44,17 @@ std::string degenerate(const SegmentFit& seg, bool largest, double tolerance) {
 // what hwloc and rdma-core report; every discovered value says so in `provenance`.
 void run_discover(const CalibrateFlags& f) {
   const exec::MachineInfo m = exec::discover_machine();
-  std::cout << "fuseplan calibrate --discover: " << (m.cpu_model.empty() ? "unknown CPU" : m.cpu_model) << "\n"
+  out() << "fuseplan calibrate --discover: " << (m.cpu_model.empty() ? "unknown CPU" : m.cpu_model) << "\n"
             << "  hwloc: " << m.packages << " package(s), " << m.cores << " cores, " << m.pus << " hardware threads, "
             << m.gpus.size() << " GPU(s), " << m.nics.size() << " network device(s)\n";
-  if (!m.topology_note.empty()) std::cout << "    " << m.topology_note << "\n";
-  for (const auto& g : m.gpus) std::cout << "    GPU " << g << "\n";
-  for (const auto& n : m.nics) std::cout << "    network " << n << "\n";
+  if (!m.topology_note.empty()) out() << "    " << m.topology_note << "\n";
+  for (const auto& g : m.gpus) out() << "    GPU " << g << "\n";
+  for (const auto& n : m.nics) out() << "    network " << n << "\n";
   if (m.rdma_ports.empty())
-    std::cout << "  rdma-core: " << m.rdma_note
+    out() << "  rdma-core: " << m.rdma_note
               << ": ranks talk over TCP and shared memory; calibrate that path with fuseplan-exec sweep\n";
   for (const auto& r : m.rdma_ports)
-    std::cout << "  rdma-core: " << r.device << " port " << r.port << ": " << r.link_layer
+    out() << "  rdma-core: " << r.device << " port " << r.port << ": " << r.link_layer
               << (r.link_layer == "ethernet" ? " (RoCE)" : "") << ", " << (r.active ? "active" : "down") << ", "
               << r.width << " " << r.speed << " = " << fixed(r.gbps, 1) << " Gb/s\n";
   Cluster c = load_cluster(f.cluster);
@@ -101,7 +101,7 @@ void run_discover(const CalibrateFlags& f) {
     const nlohmann::json j = cluster_to_json(c);
     cluster_from_json(j, f.out);  // the draft must read back
     write_file_atomic(f.out, j.dump(2) + "\n");
-    std::cout << "  wrote the draft " << f.out << " (check the values marked as template or assumption)\n";
+    out() << "  wrote the draft " << f.out << " (check the values marked as template or assumption)\n";
   }
 }
 
@@ -143,7 +143,7 @@ void run_calibrate(const CalibrateFlags& f) {
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
     write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
-    std::cout << "  wrote " << f.out << " (use it as --cluster)\n";
+    out() << "  wrote " << f.out << " (use it as --cluster)\n";
   }
 }
 
@@ -169,11 +169,11 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
     runs.push_back(std::move(run));
   }
   const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
-  std::cout << "\n  overlap: " << runs.size() << " measured run(s)"
+  out() << "\n  overlap: " << runs.size() << " measured run(s)"
             << (f.profile.empty() ? ", no --profile: modelled compute" : ", profile " + f.profile) << "\n"
             << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (sharing ? " (fitted)" : " (kept)")
             << ", dispatch_overhead_us = " << fixed(fit.dispatch_us, 1) << (dispatch ? " (fitted)" : " (kept)") << "\n";
-  if (fit.dispatch_at_bound) std::cout << "    the dispatch overhead reached the search's bound (2000 us)\n";
+  if (fit.dispatch_at_bound) out() << "    the dispatch overhead reached the search's bound (2000 us)\n";
   Table t({"<plan", "buckets", "backward", "allreduce end", "iteration", "iteration before"});
   std::string sources;
   for (size_t i = 0; i < runs.size(); ++i) {
@@ -182,8 +182,8 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
            signed_percent(a.comm_end), signed_percent(a.iteration), signed_percent(fit.before[i].iteration)});
     sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(a.iteration) + ")";
   }
-  t.print(std::cout, "    ");
-  std::cout << "    (errors of the prediction against each measurement; before = the cluster as given)\n";
+  t.print(out(), "    ");
+  out() << "    (errors of the prediction against each measurement; before = the cluster as given)\n";
   const std::string provenance = "fuseplan calibrate: fitted to " + sources;
   c.comm_compute_sharing = fit.sigma;
   c.dispatch_overhead_us = fit.dispatch_us;
@@ -206,7 +206,7 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
     const Sweep& s = sweeps.back();
     check_gpu_count(c, s.ranks, "--nccl-tests " + f.nccl_tests + " (" + std::to_string(s.ranks) + " ranks)");
     if (s.ranks > s.per_node && s.per_node != c.gpus_per_node)
-      std::cout << "note: the log ran " << s.per_node << " ranks per node, cluster " << c.name << " has "
+      out() << "note: the log ran " << s.per_node << " ranks per node, cluster " << c.name << " has "
                 << c.gpus_per_node << " GPUs per node\n";
   }
   const std::string source = f.sweep.empty() ? f.nccl_tests : f.sweep;
@@ -225,7 +225,7 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
   // A sweep through the executor includes the per-call launch overhead, which the model
   // adds apart; nccl-tests times are the library's own (no framework overhead).
   const double launch_s = f.sweep.empty() ? 0 : c.launch_overhead_us * 1e-6;
-  std::cout << "fuseplan calibrate: " << source << " on " << sweeps.front().ranks << " ranks ("
+  out() << "fuseplan calibrate: " << source << " on " << sweeps.front().ranks << " ranks ("
             << sweeps.front().per_node << " per node), cluster " << c.name << " ("
             << (f.sweep.empty() ? "nccl-tests times: no launch overhead to keep apart"
                                 : "launch overhead " + fixed(c.launch_overhead_us, 1) + " us kept apart")
@@ -275,11 +275,11 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
                                                 std::to_string(fit.segments.size()) + " range(s), mean error " +
                                                 percent(fit.mean_rel_err, 1);
   }
-  t.print(std::cout, "  ");
-  std::cout << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for"
+  t.print(out(), "  ");
+  out() << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for"
             << (sweeps.front().algorithm == "nccl" ? " (nccl: time = alpha + beta x bytes, 1 / beta = algbw)" : "")
             << "\n";
-  for (const auto& b : bad) std::cout << "  degenerate fit: " << b << "\n";
+  for (const auto& b : bad) out() << "  degenerate fit: " << b << "\n";
   if (!bad.empty() && !f.out.empty() && !f.accept_degenerate)
     throw InputError("calibrate: " + std::to_string(bad.size()) + " degenerate fit(s), not written to " + f.out +
                      " (give more sizes, --fit-sizes, or --accept-degenerate to write them anyway)");

@@ -13,12 +13,12 @@ void add_clusters_command(CLI::App& app) {
   auto json = std::make_shared<bool>(false);
   cmd->add_flag("--json", *json, "print the parsed cluster files as JSON");
   cmd->callback([json] {
-    nlohmann::json out = nlohmann::json::array();
+    nlohmann::json rows = nlohmann::json::array();
     Table t({"<cluster", "<library", "nodes", "GPUs/node", "<device", "fp16 TFLOPS", "<intra-node", "<inter-node",
              "<description"});
     for (const auto& name : shipped_cluster_names()) {
       Cluster c = load_cluster(name);
-      out.push_back(cluster_to_json(c));
+      rows.push_back(cluster_to_json(c));
       auto fp16 = c.device.peak_TFLOPS.count(Precision::FP16) ? fixed(c.device.peak_TFLOPS.at(Precision::FP16), 1) : "-";
       std::string inter = "-";
       if (c.inter)
@@ -27,10 +27,10 @@ void add_clusters_command(CLI::App& app) {
       t.row({c.name, c.library, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
              c.intra.kind + " " + fixed(c.intra.bw_GBps, 0) + " GB/s", inter, c.description});
     }
-    if (*json) std::cout << out.dump(2) << "\n";
+    if (*json) out() << rows.dump(2) << "\n";
     else {
-      t.print(std::cout);
-      std::cout << "\nfrom " << config_dir() << "/clusters (override with FUSEPLAN_CONFIG_DIR); --cluster also takes a path\n";
+      t.print(out());
+      out() << "\nfrom " << config_dir() << "/clusters (override with FUSEPLAN_CONFIG_DIR); --cluster also takes a path\n";
     }
   });
 }

@@ -38,10 +38,8 @@ void print_nccl_constants(std::ostream& os) {
     cells.push_back(row.source);
     t.row(cells);
   }
-  std::ostringstream ts;
-  t.print(ts, "");
-  os << "# NCCL tuning constants (allreduce), per release; override any in a cluster file's nccl.constants\n"
-     << ts.str();
+  os << "# NCCL tuning constants (allreduce), per release; override any in a cluster file's nccl.constants\n";
+  t.print(os, "");
 }
 
 // NCCL's view of the job as NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=GRAPH,TUNING prints it: the
@@ -60,9 +58,8 @@ void print_nccl_table(const NcclContext& ctx, std::ostream& os) {
            fixed(x.bw_inter_GBps, 1), NcclAlgo(a) == NcclAlgo::Tree ? (x.tree_pattern ? "tree" : "balanced tree") : "",
            x.origin});
   }
-  std::ostringstream gs;
-  g.print(gs, "#  ");
-  os << gs.str() << "#\n";
+  g.print(os, "#  ");
+  os << "#\n";
   Table t({"<allreduce", "LL lat us", "LL algbw", "LL128 lat us", "LL128 algbw", "Simple lat us", "Simple algbw"});
   for (int a = 0; a < kNcclAlgos; ++a) {
     std::vector<std::string> row{std::string(nccl_algo_name(NcclAlgo(a)))};
@@ -73,9 +70,8 @@ void print_nccl_table(const NcclContext& ctx, std::ostream& os) {
     }
     t.row(row);
   }
-  std::ostringstream ts;
-  t.print(ts, "#  ");
-  os << ts.str() << "#  (algbw in GB/s; - = disabled here)\n#\n";
+  t.print(os, "#  ");
+  os << "#  (algbw in GB/s; - = disabled here)\n#\n";
 }
 
 std::string algorithms_help() {
@@ -108,7 +104,7 @@ void add_collective_command(CLI::App& app) {
   cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
   cmd->add_flag("--quiet", f->quiet, "with --simulate: no progress on stderr");
   cmd->callback([f] {
-    if (f->nccl_constants) return print_nccl_constants(std::cout);
+    if (f->nccl_constants) return print_nccl_constants(out());
     Cluster c = load_cluster(f->cluster);
     Precision p = parse_precision(f->precision, "--precision");
     auto colon = f->sizes.find(':');
@@ -160,18 +156,16 @@ void add_collective_command(CLI::App& app) {
       rows.push_back(row);
     }
     if (f->json) {
-      std::cout << nlohmann::json{{"cluster", c.name}, {"gpus", f->gpus}, {"algorithm", f->algorithm}, {"rows", rows}}.dump(2)
+      out() << nlohmann::json{{"cluster", c.name}, {"gpus", f->gpus}, {"algorithm", f->algorithm}, {"rows", rows}}.dump(2)
                 << "\n";
       return;
     }
     int nodes = (f->gpus + c.gpus_per_node - 1) / c.gpus_per_node;
-    std::cout << "# fuseplan collective: allreduce, " << f->gpus << " ranks on " << c.name << " (" << nodes
+    out() << "# fuseplan collective: allreduce, " << f->gpus << " ranks on " << c.name << " (" << nodes
               << " node" << (nodes == 1 ? "" : "s") << "), algorithm " << f->algorithm << ", predicted\n"
               << "# time in us, algbw = bytes / time, busbw = algbw * 2(n-1)/n (nccl-tests definitions)\n#\n";
-    if (f->nccl_table) print_nccl_table(*model.nccl(), std::cout);
-    std::ostringstream os;
-    t.print(os, "  ");
-    std::cout << os.str();
+    if (f->nccl_table) print_nccl_table(*model.nccl(), out());
+    t.print(out(), "  ");
   });
 }
 

@@ -33,19 +33,19 @@ void add_models_commands(CLI::App& app) {
   auto models_json = std::make_shared<bool>(false);
   models->add_flag("--json", *models_json, "print JSON instead of a table");
   models->callback([models_json] {
-    nlohmann::json out = nlohmann::json::array();
+    nlohmann::json rows = nlohmann::json::array();
     Table t({"<model", "tensors", "parameters", "fwd GFLOPs", "bwd GFLOPs", "<input", "<description"});
     for (const auto& e : zoo()) {
       Model m = e.build({});
       std::string input = e.is_transformer ? std::to_string(m.input_shape[0]) + " tokens" : shape_str(m.input_shape);
       t.row({e.name, std::to_string(m.tensors.size()), grouped(m.param_count()), fixed(m.fwd_flops() / 1e9, 2),
              fixed(m.bwd_flops() / 1e9, 2), input, e.description});
-      out.push_back({{"name", e.name}, {"tensors", m.tensors.size()}, {"params", m.param_count()},
+      rows.push_back({{"name", e.name}, {"tensors", m.tensors.size()}, {"params", m.param_count()},
                      {"fwd_flops", m.fwd_flops()}, {"bwd_flops", m.bwd_flops()}, {"input_shape", m.input_shape},
                      {"default_batch_per_gpu", e.default_batch_per_gpu}, {"description", e.description}});
     }
-    if (*models_json) std::cout << out.dump(2) << "\n";
-    else t.print(std::cout);
+    if (*models_json) out() << rows.dump(2) << "\n";
+    else t.print(out());
   });
 
   auto* show = app.add_subcommand("show", "Show one model layer by layer and tensor by tensor (or export its JSON)");
@@ -62,10 +62,10 @@ void add_models_commands(CLI::App& app) {
     Model m = load_model(f->model.model, f->model.options());
     if (!f->export_path.empty()) write_file_atomic(f->export_path, model_to_json(m).dump(1) + "\n");
     if (f->json) {
-      std::cout << model_to_json(m).dump(1) << "\n";
+      out() << model_to_json(m).dump(1) << "\n";
       return;
     }
-    std::cout << m.name << ": " << m.layers.size() << " layers, " << m.tensors.size() << " tensors, "
+    out() << m.name << ": " << m.layers.size() << " layers, " << m.tensors.size() << " tensors, "
               << grouped(m.param_count()) << " parameters, " << fixed(m.fwd_flops() / 1e9, 3)
               << " GFLOPs forward and " << fixed(m.bwd_flops() / 1e9, 3) << " backward per sample, input "
               << shape_str(m.input_shape) << ", fingerprint " << m.fingerprint_hex() << "\n\nLayers (forward order)\n";
@@ -77,15 +77,15 @@ void add_models_commands(CLI::App& app) {
       lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)), shape_str(l.out_shape), grouped(params),
               fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops / 1e6, 2), grouped(l.activation_elems)});
     }
-    lt.print(std::cout, "  ");
-    std::cout << "\nParameter tensors (fwd = forward index; bwd = gradient order, which plans use)\n";
+    lt.print(out(), "  ");
+    out() << "\nParameter tensors (fwd = forward index; bwd = gradient order, which plans use)\n";
     Table tt({"fwd", "bwd", "<tensor", "<shape", "elements", "<role"});
     for (size_t i = 0; i < m.tensors.size(); ++i) {
       const auto& t = m.tensors[i];
       tt.row({std::to_string(i), std::to_string(m.tensors.size() - 1 - i), t.name, shape_str(t.shape), grouped(t.numel),
               std::string(tensor_role_name(t.role))});
     }
-    tt.print(std::cout, "  ");
+    tt.print(out(), "  ");
   });
 }
 

@@ -48,18 +48,18 @@ Setup resolve(const PredictFlags& f) {
 }
 
 void print_report(const Report& r, const Setup& s, const PredictFlags& f) {
-  std::cout << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
-  std::cout << "plan: " << (s.plan.strategy.empty() ? s.plan_origin : s.plan.strategy) << ", " << r.buckets.size()
+  out() << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
+  out() << "plan: " << (s.plan.strategy.empty() ? s.plan_origin : s.plan.strategy) << ", " << r.buckets.size()
             << " bucket" << (r.buckets.size() == 1 ? "" : "s") << "\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
-  if (!f.trace_path.empty()) std::cout << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
+  if (!f.trace_path.empty()) out() << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
 }
 
 // The same model, cluster and GPUs with the fusions users know, for scale.
 void print_reference(const Setup& s, const CollectiveModel& coll, const ComputeModel& compute, const TrainingGoal& goal,
                      Precision transfer) {
-  std::cout << "\n  for reference, other fusions on the same setup (algorithm auto):\n";
+  out() << "\n  for reference, other fusions on the same setup (algorithm auto):\n";
   Table t({"<fusion", "buckets", "iteration ms", "exposed comm ms", "efficiency"});
   for (const char* spec : {"per-tensor", "single", "threshold:64MiB", "threshold:25MB"}) {
     Plan p = make_plan(s.model, cluster_reference(s.cluster), s.plan.gpus, s.plan.batch_per_gpu, s.plan.compute,
@@ -67,7 +67,7 @@ void print_reference(const Setup& s, const CollectiveModel& coll, const ComputeM
     Report r = predict(s.model, s.cluster, p, coll, compute, goal, false);
     t.row({spec, std::to_string(p.buckets.size()), ms(r.iteration_s), ms(r.exposed_comm_s), percent(r.scaling_efficiency)});
   }
-  t.print(std::cout, "    ");
+  t.print(out(), "    ");
 }
 }  // namespace
 
@@ -102,7 +102,7 @@ void add_predict_command(CLI::App& app) {
       write_file_atomic(f->out, plan_to_json(p).dump(1) + "\n");
     }
     if (f->json) {
-      std::cout << report_to_json(r).dump(2) << "\n";
+      out() << report_to_json(r).dump(2) << "\n";
       return;
     }
     print_report(r, s, *f);

@@ -369,18 +369,18 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (rank != 0) return std::nullopt;
 
     const Report& rep = m->report;
-    std::cout << "fuseplan-exec run: " << rep.model << " x " << world.ranks() << " ranks on "
+    out() << "fuseplan-exec run: " << rep.model << " x " << world.ranks() << " ranks on "
               << count_of(world.layout().nodes, "node") << ", batch " << plan.batch_per_gpu << " per rank, "
               << precision_name(plan.compute) << ", " << count_of(int64_t(plan.buckets.size()), "bucket") << " ("
               << plan.strategy << "), " << (f.comm == "nccl" ? "NCCL" : "MPI, progress " + f.progress) << ", "
               << exec::cpu_threads() << " threads per rank, " << backend->name() << "\n\n";
     if (!result.epochs.empty() && f.t.epochs_opt->count()) {
-      print_epochs(std::cout, result);
-      std::cout << "\n";
+      print_epochs(out(), result);
+      out() << "\n";
     }
-    print_measurement(std::cout, *m, f.warmup, world.ranks());
+    print_measurement(out(), *m, f.warmup, world.ranks());
     if (plan.prediction.is_object() && plan.prediction.contains("iteration_s"))
-      std::cout << "  the plan's own prediction (" << plan.cluster << "): "
+      out() << "  the plan's own prediction (" << plan.cluster << "): "
                 << fixed(plan.prediction.at("iteration_s").get<double>() * 1e3, 2) << " ms per iteration\n";
     ForVerify v{f.report_path, f.t.profile_path, {}};
     for (std::string* p : {&v.report_path, &v.profile_path})
@@ -390,7 +390,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (!f.t.metrics_path.empty()) write_metrics(f.t.metrics_path, f.t, data.model, data.train, result, world.ranks());
     if (!v.profile_path.empty()) write_file_atomic(v.profile_path, profile.dump(2) + "\n");
     if (!f.t.profile_path.empty())
-      std::cout << "  profile of rank " << slowest_rank << " (the slowest in forward + backward) written to "
+      out() << "  profile of rank " << slowest_rank << " (the slowest in forward + backward) written to "
                 << f.t.profile_path << "\n";
     if (!f.verify) return std::nullopt;
     return v;
@@ -441,7 +441,7 @@ void add_run_command(CLI::App& app) {
   cmd->callback([f] {
     const std::optional<ForVerify> v = run_run(*f);  // MPI is finalized here
     if (!v) return;
-    std::cout << "\n";
+    out() << "\n";
     const int code = run_verify(*f, *v);
     for (const auto& p : v->temporary) std::filesystem::remove(p);
     if (code == 2) throw InputError("");  // `fuseplan verify` said why

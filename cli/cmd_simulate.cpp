@@ -63,7 +63,7 @@ void run_simulate(SimulateFlags& f) {
   ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
   const TrainingGoal goal = f.setup.goal(model);
   Report predicted = predict(model, cluster, plan, coll, compute, goal, false);
-  std::string out = sim::run_isolated([&] {
+  std::string text = sim::run_isolated([&] {
     Report r;
     {
       ProgressBar bar("rank-rounds", f.quiet);
@@ -78,6 +78,10 @@ void run_simulate(SimulateFlags& f) {
       j["network_model"] = f.opt.network_model;
       j["iterations"] = f.opt.iterations;
       os << j.dump(2) << "\n";
+      return os.str();
+    }
+    if (csv_output()) {
+      print_bucket_table(r, os);
       return os.str();
     }
     os << setup_line("simulate", model, cluster, plan.gpus, plan.batch_per_gpu, plan.compute) << "\n";
@@ -96,7 +100,7 @@ void run_simulate(SimulateFlags& f) {
     if (!f.trace_path.empty()) os << "  trace                " << f.trace_path << " (ranks 0.." << f.opt.trace_ranks - 1 << ")\n";
     return os.str();
   });
-  std::cout << out;
+  (csv_output() ? std::cout : out()) << text;  // the child wrote CSV itself under --csv
 }
 
 }  // namespace

@@ -62,9 +62,10 @@ void run_sweep(const SweepFlags& f) {
   const int eb = bytes_per_element(p);
   const bool talk = world.rank() == 0;
   if (talk)
-    std::cout << "# fuseplan-exec sweep: allreduce (sum) on " << world.ranks() << " ranks, " << world.layout().nodes
+    out() << "# fuseplan-exec sweep: allreduce (sum) on " << world.ranks() << " ranks, " << world.layout().nodes
               << " node(s), " << world.layout().per_node << " per node, " << precision_name(p) << "\n"
               << "#        size       count  algorithm                time(us)  algbw(GB/s)  busbw(GB/s)  iters\n";
+  if (talk && csv_output()) std::cout << "size,count,algorithm,time_us,algbw_GBps,busbw_GBps,iterations\n";
   nlohmann::json points = nlohmann::json::array();
   ProgressBar bar("sizes", f.quiet || !talk);
   int64_t done = 0;
@@ -107,7 +108,10 @@ void run_sweep(const SweepFlags& f) {
         char line[200];
         std::snprintf(line, sizeof line, "%13.0f %11lld  %-22s %10.2f %12.3f %12.3f %6d\n", nb, (long long)count,
                       a.c_str(), t * 1e6, algbw_GBps(nb, t), busbw_GBps(nb, t, world.ranks()), iters);
-        std::cout << line << std::flush;
+        out() << line << std::flush;
+        if (csv_output())
+          std::cout << nb << "," << count << "," << a << "," << t * 1e6 << "," << algbw_GBps(nb, t) << ","
+                    << busbw_GBps(nb, t, world.ranks()) << "," << iters << std::endl;
       }
       points.push_back({{"algorithm", a}, {"bytes", nb}, {"seconds", t}, {"iterations", iters}});
       bar(++done, int64_t(algos.size() * sizes.size()));

@@ -27,12 +27,12 @@ void run_train(TrainFlags& f) {
   ProgressBar bar("steps", f.quiet);
   auto result = trainer.run(step_progress(bar, f), epoch_progress(bar));
 
-  std::cout << "fuseplan-exec train: " << model.name << " (" << grouped(model.param_count()) << " parameters) on "
+  out() << "fuseplan-exec train: " << model.name << " (" << grouped(model.param_count()) << " parameters) on "
             << train.name << ", batch " << f.opt.batch << ", " << precision_name(f.opt.precision) << ", "
             << f.optimizer << " lr " << f.opt.optimizer.lr << ", " << exec::cpu_threads() << " threads, "
             << backend->name() << "\n\n";
-  print_epochs(std::cout, result);
-  std::cout << "\n  " << result.steps.size() << " steps in " << fixed(result.seconds, 1) << " s\n";
+  print_epochs(out(), result);
+  out() << "\n  " << result.steps.size() << " steps in " << fixed(result.seconds, 1) << " s\n";
 
   if (!f.metrics_path.empty()) write_metrics(f.metrics_path, f, model, train, result);
   if (!f.profile_path.empty()) write_profile(f.profile_path, f, model, trainer.network(), result);

@@ -94,21 +94,21 @@ std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOpti
     return a.second.report.iteration_s < b.second.report.iteration_s;
   });
   distinct.resize(std::min<size_t>(distinct.size(), static_cast<size_t>(f.top)));
-  std::vector<Validated> out;
+  std::vector<Validated> ranked;
   ProgressBar bar("plans simulated", f.quiet);
   for (const auto& [label, r] : distinct) {
     std::string sim_s = sim::run_isolated([&] {
       return std::to_string(
           sim::simulate_plan(tuner.model(), cluster, r.plan, f.setup.collective(), f.setup.goal(tuner.model()), {}).iteration_s);
     });
-    out.push_back({label, static_cast<int>(r.plan.buckets.size()), r.report.iteration_s, std::stod(sim_s)});
-    bar(int64_t(out.size()), int64_t(distinct.size()));
+    ranked.push_back({label, static_cast<int>(r.plan.buckets.size()), r.report.iteration_s, std::stod(sim_s)});
+    bar(int64_t(ranked.size()), int64_t(distinct.size()));
   }
-  return out;
+  return ranked;
 }
 
 void print_validation(const std::vector<Validated>& v) {
-  std::cout << "\n  validated by simulation (SimGrid, the " << v.size() << " best distinct plans by prediction):\n";
+  out() << "\n  validated by simulation (SimGrid, the " << v.size() << " best distinct plans by prediction):\n";
   Table t({"<plan", "buckets", "predicted ms", "simulated ms", "sim/pred", "sim rank"});
   std::vector<size_t> order(v.size());
   for (size_t i = 0; i < v.size(); ++i) order[i] = i;
@@ -118,11 +118,11 @@ void print_validation(const std::vector<Validated>& v) {
   for (size_t i = 0; i < v.size(); ++i)
     t.row({v[i].label, std::to_string(v[i].buckets), ms(v[i].predicted_s), ms(v[i].simulated_s),
            fixed(v[i].simulated_s / v[i].predicted_s, 4), std::to_string(sim_rank[i])});
-  t.print(std::cout, "    ");
+  t.print(out(), "    ");
   bool same = true;
   for (size_t i = 0; i < order.size(); ++i) same = same && order[i] == i;
-  if (same) std::cout << "    the simulation keeps the predicted ranking\n";
-  else std::cout << "    the simulation CHANGES the ranking: fastest simulated is " << v[order[0]].label << "\n";
+  if (same) out() << "    the simulation keeps the predicted ranking\n";
+  else out() << "    the simulation CHANGES the ranking: fastest simulated is " << v[order[0]].label << "\n";
 }
 
 void run_tune(const TuneFlags& f) {
@@ -154,17 +154,17 @@ void run_tune(const TuneFlags& f) {
     for (const auto& v : validated)
       j["validation"].push_back({{"plan", v.label}, {"buckets", v.buckets}, {"predicted_s", v.predicted_s},
                                  {"simulated_s", v.simulated_s}});
-    std::cout << j.dump(2) << "\n";
+    out() << j.dump(2) << "\n";
     return;
   }
-  std::cout << setup_line("tune", s.model, s.cluster, s.gpus, s.batch, s.compute) << "\n";
-  std::cout << "strategy: " << options_line(o) << "\n";
-  std::cout << "found " << r.buckets.size() << " bucket" << (r.buckets.size() == 1 ? "" : "s") << " in "
+  out() << setup_line("tune", s.model, s.cluster, s.gpus, s.batch, s.compute) << "\n";
+  out() << "strategy: " << options_line(o) << "\n";
+  out() << "found " << r.buckets.size() << " bucket" << (r.buckets.size() == 1 ? "" : "s") << " in "
             << ms(res.seconds, 3) << " ms (" << grouped(res.evaluations) << " bucket costs evaluated)\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
   auto versus = [&](const char* name, const Report& b) {
-    std::cout << "  versus " << name << std::string(13 - std::string(name).size(), ' ') << ms(b.iteration_s)
+    out() << "  versus " << name << std::string(13 - std::string(name).size(), ' ') << ms(b.iteration_s)
               << " ms: " << fixed(b.iteration_s / r.iteration_s, 3) << "x ("
               << (b.iteration_s >= r.iteration_s ? fixed((1 - r.iteration_s / b.iteration_s) * 100, 1) + "% less time"
                                                  : fixed((r.iteration_s / b.iteration_s - 1) * 100, 1) + "% more time")
@@ -173,9 +173,9 @@ void run_tune(const TuneFlags& f) {
   versus("single", single);
   versus("per-tensor", per_tensor);
   if (!validated.empty()) print_validation(validated);
-  if (!f.out.empty()) std::cout << "  plan written to      " << f.out << " (run it: fuseplan predict --plan " << f.out << ")\n";
-  else std::cout << "  (--out FILE writes the plan)\n";
-  if (!f.trace_path.empty()) std::cout << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
+  if (!f.out.empty()) out() << "  plan written to      " << f.out << " (run it: fuseplan predict --plan " << f.out << ")\n";
+  else out() << "  (--out FILE writes the plan)\n";
+  if (!f.trace_path.empty()) out() << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
 }
 
 void run_compare(const TuneFlags& f) {
@@ -208,15 +208,15 @@ void run_compare(const TuneFlags& f) {
                          for (size_t k = 1; k < r.plan.buckets.size(); ++k) a.push_back(r.plan.buckets[k].begin);
                          return a;
                        }()}});
-    std::cout << nlohmann::json{{"model", s.model.name}, {"cluster", s.cluster.name}, {"gpus", s.gpus},
+    out() << nlohmann::json{{"model", s.model.name}, {"cluster", s.cluster.name}, {"gpus", s.gpus},
                                 {"batch_per_gpu", s.batch}, {"strategies", rows}}
                      .dump(2)
               << "\n";
     return;
   }
-  std::cout << setup_line("compare", s.model, s.cluster, s.gpus, s.batch, s.compute) << "\n";
+  out() << setup_line("compare", s.model, s.cluster, s.gpus, s.batch, s.compute) << "\n";
   o.strategy = Strategy::Optimal;
-  std::cout << "options: " << options_line(o).substr(std::string("optimal, ").size()) << "\n\n";
+  out() << "options: " << options_line(o).substr(std::string("optimal, ").size()) << "\n\n";
   Table t({"<strategy", "buckets", "iteration ms", "exposed comm ms", "efficiency", "vs ddp", "vs horovod", "tuned in ms"});
   for (const auto& r : results) {
     std::string name = r.plan.strategy;
@@ -225,8 +225,8 @@ void run_compare(const TuneFlags& f) {
            percent(r.report.scaling_efficiency), fixed(ddp->report.iteration_s / r.report.iteration_s, 3) + "x",
            fixed(horovod->report.iteration_s / r.report.iteration_s, 3) + "x", ms(r.seconds, 3)});
   }
-  t.print(std::cout, "  ");
-  std::cout << "\n  vs ddp / vs horovod: speed-up of the iteration over PyTorch DDP (25 MiB buckets) and Horovod ("
+  t.print(out(), "  ");
+  out() << "\n  vs ddp / vs horovod: speed-up of the iteration over PyTorch DDP (25 MiB buckets) and Horovod ("
             << f.fusion.threshold << " fusion) on the same setup; > 1 is faster.\n";
 }
 

@@ -23,9 +23,9 @@ void run_verify(VerifyFlags& f) {
   const Verification v = verify_plan(loaded.model, loaded.cluster, loaded.plan, f.setup.collective(),
                                      f.setup.goal(loaded.model), measured, !f.no_sim);
   if (f.json)
-    std::cout << verification_json(v, f.plan_path, loaded.cluster).dump(2) << "\n";
+    out() << verification_json(v, f.plan_path, loaded.cluster).dump(2) << "\n";
   else
-    print_verification(std::cout, v, loaded.plan, loaded.cluster, measured, "fuseplan verify");
+    print_verification(out(), v, loaded.plan, loaded.cluster, measured, "fuseplan verify");
   if (!f.trace_path.empty()) write_verification_trace(f.trace_path, v, measured);
 }
 

@@ -4,6 +4,7 @@
 #include <iostream>
 #include <string>
 
+#include "format.hpp"
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
@@ -89,8 +90,8 @@ std::string setup_line(const std::string& command, const Model& m, const Cluster
                        Precision compute);
 
 // The per-bucket table (ready/start/end from backward start) and the iteration summary.
-void print_bucket_table(const Report& r, std::ostream& os = std::cout);
-void print_iteration_summary(const Report& r, std::ostream& os = std::cout);
+void print_bucket_table(const Report& r, std::ostream& os = out());
+void print_iteration_summary(const Report& r, std::ostream& os = out());
 
 void add_models_commands(CLI::App& app);   // models, show
 void add_clusters_command(CLI::App& app);

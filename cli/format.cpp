@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iostream>
 
 namespace fuseplan::cli {
 
@@ -21,7 +22,43 @@ void Table::row(std::vector<std::string> cells) {
   rows_.push_back(std::move(cells));
 }
 
+namespace {
+bool g_csv = false;
+bool g_csv_first = true;
+struct NullBuffer : std::streambuf {
+  int overflow(int c) override { return c; }
+};
+
+std::string csv_cell(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+}  // namespace
+
+void set_csv_output(bool on) { g_csv = on; }
+bool csv_output() { return g_csv; }
+
+std::ostream& out() {
+  static NullBuffer null_buffer;
+  static std::ostream null_stream(&null_buffer);
+  return g_csv ? null_stream : std::cout;
+}
+
 void Table::print(std::ostream& os, const std::string& indent) const {
+  if (g_csv) {  // the prose stream is a sink under --csv: tables go to stdout
+    std::ostream& to = &os == &out() ? std::cout : os;
+    if (!g_csv_first) to << '\n';
+    g_csv_first = false;
+    auto line = [&](const std::vector<std::string>& cells) {
+      for (size_t c = 0; c < cells.size(); ++c) to << (c ? "," : "") << csv_cell(cells[c]);
+      to << '\n';
+    };
+    line(headers_);
+    for (const auto& r : rows_) line(r);
+    return;
+  }
   std::vector<size_t> w(headers_.size());
   for (size_t c = 0; c < headers_.size(); ++c) {
     w[c] = headers_[c].size();

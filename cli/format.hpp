@@ -20,6 +20,13 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
+// --csv: tables print as CSV (several separated by a blank line) and the prose around
+// them goes to out(), a sink then, so that stdout holds only CSV. Without it out() is
+// std::cout.
+void set_csv_output(bool on);
+bool csv_output();
+std::ostream& out();
+
 std::string fixed(double v, int decimals);
 std::string grouped(int64_t v);          // 25,557,032
 std::string human_bytes(double bytes);   // 97.5 MiB

@@ -26,10 +26,12 @@ void print_bucket_table(const Report& r, std::ostream& os) {
            ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3), ms(b.cost.bandwidth_s, 3)});
   }
   t.print(os, "  ");
+  if (csv_output()) return;
   os << "  (times from the start of backward; backward ends at " << ms(r.backward_s) << " ms)\n\n";
 }
 
 void print_iteration_summary(const Report& r, std::ostream& os) {
+  if (csv_output()) return;
   // Exposed time can exceed the allreduces' busy time (a measured run waits on slower
   // ranks, a jittered one on stragglers): nothing is hidden then, and the summary says so
   // instead of printing a negative share.

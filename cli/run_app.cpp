@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "format.hpp"
 #include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/models/error.hpp"
 
@@ -69,6 +70,14 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
   for (const auto& r : nccl_releases()) releases += (releases.empty() ? "" : ", ") + r;
   app.set_version_flag("--version", prog + " " FUSEPLAN_VERSION " (NCCL tuning constants of releases " + releases + ")",
                        "print the version and exit");
+  // --csv on every command that prints tables (whatif has its own, for its rows).
+  for (auto* sub : app.get_subcommands({})) {
+    if (sub->get_option_no_throw("--csv")) continue;
+    auto* csv = sub->add_flag_function("--csv", [](int64_t n) { set_csv_output(n > 0); },
+                                       "print the tables as CSV (several separated by a blank line), nothing else on "
+                                       "stdout");
+    if (auto* json = sub->get_option_no_throw("--json")) csv->excludes(json);
+  }
   try {
     if (argc > 1 && argv[1][0] != '-') {
       std::string first = argv[1], names;

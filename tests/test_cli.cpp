@@ -791,3 +791,64 @@ TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow
   expect_bad("whatif --profile /nonexistent/p.json", "/nonexistent/p.json");
   expect_bad("whatif --model resnet50,alexnet_bn --profile /nonexistent/p.json", "give one --model");
 }
+
+namespace {
+// CSV blocks (separated by blank lines) into rows of fields, with RFC 4180 quoting.
+std::vector<std::vector<std::vector<std::string>>> csv_blocks(const std::string& text) {
+  std::vector<std::vector<std::vector<std::string>>> blocks(1);
+  std::vector<std::string> row;
+  std::string field;
+  bool quoted = false, any = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') field += text[++i];
+      else if (c == '"') quoted = false;
+      else field += c;
+    } else if (c == '"') {
+      quoted = any = true;
+    } else if (c == ',') {
+      row.push_back(field);
+      field.clear();
+      any = true;
+    } else if (c == '\n') {
+      if (!any && field.empty()) {
+        if (!blocks.back().empty()) blocks.emplace_back();
+      } else {
+        row.push_back(field);
+        blocks.back().push_back(row);
+      }
+      row.clear();
+      field.clear();
+      any = false;
+    } else {
+      field += c;
+      any = true;
+    }
+  }
+  if (blocks.back().empty()) blocks.pop_back();
+  return blocks;
+}
+}  // namespace
+
+TEST_CASE("cli: --csv on every command that prints a table: only CSV on stdout, rows as wide as their header") {
+  for (const std::string args :
+       {"models", "show alexnet_bn", "clusters", "predict --model alexnet_bn", "collective --gpus 16 --cluster dgx-a100",
+        "tune --model alexnet_bn", "compare --model alexnet_bn", "simulate --model alexnet_bn --gpus 8 --quiet"}) {
+    INFO(args);
+    Run r = run_stdout(args + " --csv");
+    REQUIRE(r.code == 0);
+    const auto blocks = csv_blocks(r.out);
+    REQUIRE(!blocks.empty());
+    for (const auto& b : blocks) {
+      REQUIRE(b.size() >= 2);  // a header and rows
+      for (const auto& row : b) CHECK(row.size() == b.front().size());
+    }
+  }
+  const auto buckets = csv_blocks(run_stdout("predict --model alexnet_bn --csv").out).front();
+  CHECK(buckets.front().front() == "bucket");
+  CHECK(buckets.front().at(5) == "ready ms");
+  // CSV and JSON are two machine outputs: one at a time.
+  CHECK(run("predict --json --csv").code == 2);
+  CHECK_THAT(run_exec("train --help").out, Catch::Contains("--csv"));
+}
