@@ -97,8 +97,7 @@ void add_predict_command(CLI::App& app) {
     if (!f->trace_path.empty()) r.timeline.write_chrome_trace(f->trace_path);
     if (!f->out.empty()) {
       Plan p = s.plan;
-      p.prediction = {{"iteration_s", r.iteration_s}, {"exposed_comm_s", r.exposed_comm_s},
-                      {"scaling_efficiency", r.scaling_efficiency}};
+      p.prediction = plan_prediction(r);
       write_file_atomic(f->out, plan_to_json(p).dump(1) + "\n");
     }
     if (f->json) {

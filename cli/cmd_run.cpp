@@ -379,9 +379,9 @@ std::optional<ForVerify> run_run(RunFlags& f) {
       out() << "\n";
     }
     print_measurement(out(), *m, f.warmup, world.ranks());
-    if (plan.prediction.is_object() && plan.prediction.contains("iteration_s"))
-      out() << "  the plan's own prediction (" << plan.cluster << "): "
-                << fixed(plan.prediction.at("iteration_s").get<double>() * 1e3, 2) << " ms per iteration\n";
+    if (plan.prediction)
+      out() << "  the plan's own prediction (" << plan.cluster << "): " << fixed(plan.prediction->iteration_s * 1e3, 2)
+            << " ms per iteration\n";
     ForVerify v{f.report_path, f.t.profile_path, {}};
     for (std::string* p : {&v.report_path, &v.profile_path})
       if (f.verify && p->empty()) v.temporary.push_back(*p = temporary_file(p == &v.report_path ? "report" : "profile"));

@@ -119,6 +119,22 @@ TEST_CASE("plans: JSON round trip and validation against the model") {
   j = plan_to_json(p);
   j["buckets"][0]["priority"] = 1;
   CHECK_THROWS_WITH(plan_from_json(j, "plan.json"), Catch::Contains("$.buckets[0].priority: unknown key"));
+
+  // The prediction a plan carries is typed: it reads back, and anything else is refused.
+  CHECK_FALSE(back.prediction);
+  Plan predicted = p;
+  predicted.prediction = PlanPrediction{0.25, 0.01, 0.2, 0.9};
+  const Plan again = plan_from_json(plan_to_json(predicted), "mem");
+  REQUIRE(again.prediction);
+  CHECK(again.prediction->iteration_s == 0.25);
+  CHECK(again.prediction->comm_end_s == 0.2);
+  CHECK(plan_to_json(again) == plan_to_json(predicted));
+  j = plan_to_json(predicted);
+  j["prediction"]["colour"] = 1;
+  CHECK_THROWS_WITH(plan_from_json(j, "plan.json"), Catch::Contains("$.prediction.colour: unknown key"));
+  j = plan_to_json(predicted);
+  j["prediction"]["iteration_s"] = "fast";
+  CHECK_THROWS_WITH(plan_from_json(j, "plan.json"), Catch::Contains("$.prediction.iteration_s"));
 }
 
 TEST_CASE("bucket specs: threshold packs greedily in backward order") {

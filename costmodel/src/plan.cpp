@@ -1,6 +1,8 @@
 // Plan JSON, validation, bucket specs and byte-size parsing.
 #include "fuseplan/costmodel/plan.hpp"
 
+#include "fuseplan/costmodel/report.hpp"
+
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -34,7 +36,11 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (p.model_options.channels) o["channels"] = *p.model_options.channels;
   if (p.model_options.classes) o["classes"] = *p.model_options.classes;
   if (!o.empty()) j["model"]["options"] = o;
-  if (!p.prediction.is_null()) j["prediction"] = p.prediction;
+  if (p.prediction)
+    j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
+                       {"exposed_comm_s", p.prediction->exposed_comm_s},
+                       {"comm_end_s", p.prediction->comm_end_s},
+                       {"scaling_efficiency", p.prediction->scaling_efficiency}};
   return j;
 }
 
@@ -80,9 +86,21 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
     bo.finish();
     p.buckets.push_back(b);
   }
-  if (r.has("prediction")) p.prediction = r.raw("prediction");
+  if (auto po = r.opt_object("prediction")) {
+    PlanPrediction x;
+    x.iteration_s = po->positive("iteration_s");
+    x.exposed_comm_s = po->non_negative("exposed_comm_s");
+    x.comm_end_s = po->opt_number("comm_end_s").value_or(0);  // absent in plans of `predict` before it was typed
+    x.scaling_efficiency = po->non_negative("scaling_efficiency");
+    po->finish();
+    p.prediction = x;
+  }
   r.finish();
   return p;
+}
+
+PlanPrediction plan_prediction(const Report& r) {
+  return {r.iteration_s, r.exposed_comm_s, r.comm_end_s, r.scaling_efficiency};
 }
 
 Plan load_plan(const std::string& path) { return plan_from_json(parse_json_file(path), path); }

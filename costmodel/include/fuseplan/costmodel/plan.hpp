@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,14 @@ struct PlanBucket {
   bool operator==(const PlanBucket&) const = default;
 };
 
+struct Report;
+
+// A plan's prediction on the cluster it was made for, kept in the plan file.
+struct PlanPrediction {
+  double iteration_s = 0, exposed_comm_s = 0, comm_end_s = 0, scaling_efficiency = 0;
+};
+PlanPrediction plan_prediction(const Report& r);
+
 struct Plan {
   std::string model;                // model name
   int tensors = 0;
@@ -38,7 +47,7 @@ struct Plan {
   Precision compute = Precision::FP16;
   std::string strategy;             // how the buckets were chosen
   std::vector<PlanBucket> buckets;
-  nlohmann::json prediction;        // the prediction it was made with (informational)
+  std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)
 };
 
 nlohmann::json plan_to_json(const Plan& p);
