@@ -9,15 +9,7 @@
 
 namespace fuseplan {
 
-std::vector<int> gradient_ready_steps(const Model& model) {
-  std::vector<int> step(model.tensors.size(), 0);
-  int k = 0;
-  for (int l = static_cast<int>(model.layers.size()) - 1; l >= 0; --l, ++k) {
-    const Layer& layer = model.layers[l];
-    for (int i = 0; i < layer.tensor_count; ++i) step[model.tensor_at_backward(layer.first_tensor + i)] = k;
-  }
-  return step;
-}
+std::vector<int> gradient_ready_steps(const Model& model) { return model.ready_steps(); }
 
 std::vector<double> backward_steps_s(const ComputeModel& compute) {
   std::vector<double> s;

@@ -126,13 +126,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   if (!be_.reads_host_memory())
     input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)));
   dlogits_ = nodes_.back().dout;
-  ready_after_.assign(m.layers.size(), 0);
-  int upto = 0;
-  for (int l = static_cast<int>(m.layers.size()) - 1; l >= 0; --l) {
-    const Layer& L = m.layers[l];
-    for (int i = 0; i < L.tensor_count; ++i) upto = std::max(upto, slot_of_tensor_[L.first_tensor + i] + 1);
-    ready_after_[l] = upto;
-  }
+  ready_after_ = m.ready_prefix_after();  // slots are backward positions
   init_weights();
 }
 

@@ -1,6 +1,7 @@
 // Model helpers: kind names, totals, fingerprint.
 #include "fuseplan/models/model.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 
@@ -134,6 +135,26 @@ uint64_t Model::fingerprint() const {
     mix("|", 1);
   }
   return h;
+}
+
+std::vector<int> Model::ready_steps() const {
+  std::vector<int> step(tensors.size(), 0);
+  int k = 0;
+  for (int l = static_cast<int>(layers.size()) - 1; l >= 0; --l, ++k)
+    for (int i = 0; i < layers[size_t(l)].tensor_count; ++i)
+      step[size_t(tensor_at_backward(layers[size_t(l)].first_tensor + i))] = k;
+  return step;
+}
+
+std::vector<int> Model::ready_prefix_after() const {
+  std::vector<int> upto_after(layers.size(), 0);
+  int upto = 0;
+  for (int l = static_cast<int>(layers.size()) - 1; l >= 0; --l) {
+    const Layer& layer = layers[size_t(l)];
+    for (int i = 0; i < layer.tensor_count; ++i) upto = std::max(upto, tensor_at_backward(layer.first_tensor + i) + 1);
+    upto_after[size_t(l)] = upto;
+  }
+  return upto_after;
 }
 
 std::string Model::fingerprint_hex() const {

@@ -106,15 +106,7 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
   for (const auto& run : runs) steps.total += int64_t(run.schedule.rounds.size()) * P * N;
   steps.report = opt.progress;
   // Backward: after layer l (reverse order) the gradients up to this position are ready.
-  std::vector<int> ready_after(m.layers.size(), 0);
-  {
-    int upto = 0;
-    for (int l = static_cast<int>(m.layers.size()) - 1; l >= 0; --l) {
-      const Layer& layer = m.layers[l];
-      for (int i = 0; i < layer.tensor_count; ++i) upto = std::max(upto, m.tensor_at_backward(layer.first_tensor + i) + 1);
-      ready_after[l] = upto;
-    }
-  }
+  const std::vector<int> ready_after = m.ready_prefix_after();
 
   sg4::Engine e("fuseplan-sim");
   configure_engine(opt.network_model);

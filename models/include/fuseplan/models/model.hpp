@@ -82,6 +82,13 @@ struct Model {
   std::string fingerprint_hex() const;
   // Tensor at backward position b (0 = the last forward tensor, whose gradient comes first).
   int tensor_at_backward(int b) const { return static_cast<int>(tensors.size()) - 1 - b; }
+  // Gradient readiness, the one rule the predictor, the simulator and the executor share.
+  // Backward runs the layers in reverse; step k runs layer L - 1 - k. For each backward
+  // position: the step whose end writes its gradient.
+  std::vector<int> ready_steps() const;
+  // For each layer (forward index): once backward has run it, positions [0, n) are all
+  // written (n = this layer's value): what a bucket ending at n waits for.
+  std::vector<int> ready_prefix_after() const;
 };
 
 }  // namespace fuseplan
