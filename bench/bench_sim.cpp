@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
       TuneResult r = t.run(o);
       auto t0 = std::chrono::steady_clock::now();
       std::string out = sim::run_isolated([&] {
-        Report s = sim::simulate_plan(m, c, r.plan, {}, {}, {});
+        Report s = sim::simulate_plan_here(m, c, r.plan, {}, {}, {});
         rusage u{};
         getrusage(RUSAGE_SELF, &u);
         double cpu = double(u.ru_utime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec) + double(u.ru_stime.tv_sec) +

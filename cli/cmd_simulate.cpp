@@ -63,44 +63,37 @@ void run_simulate(SimulateFlags& f) {
   ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
   const TrainingGoal goal = f.setup.goal(model);
   Report predicted = predict(model, cluster, plan, coll, compute, goal, false);
-  std::string text = sim::run_isolated([&] {
-    Report r;
-    {
-      ProgressBar bar("rank-rounds", f.quiet);
-      f.opt.progress = [&bar](int64_t done, int64_t total) { bar(done, total); };
-      r = sim::simulate_plan(model, cluster, plan, f.setup.collective(), goal, f.opt);
-    }
-    if (!f.trace_path.empty()) r.timeline.write_chrome_trace(f.trace_path);
-    std::ostringstream os;
-    if (f.json) {
-      nlohmann::json j = report_to_json(r);
-      j["predicted_iteration_s"] = predicted.iteration_s;
-      j["network_model"] = f.opt.network_model;
-      j["iterations"] = f.opt.iterations;
-      os << j.dump(2) << "\n";
-      return os.str();
-    }
-    if (csv_output()) {
-      print_bucket_table(r, os);
-      return os.str();
-    }
-    os << setup_line("simulate", model, cluster, plan.gpus, plan.batch_per_gpu, plan.compute) << "\n";
-    os << "plan: " << (f.plan_path.empty() ? plan.strategy : f.plan_path) << ", " << plan.buckets.size()
-       << " buckets; SimGrid " << f.opt.network_model << ", " << f.opt.iterations << " iteration"
-       << (f.opt.iterations == 1 ? "" : "s") << (f.opt.jitter > 0 ? ", jitter " + fixed(f.opt.jitter, 3) : "")
-       << (f.opt.stragglers.empty() ? "" : ", " + std::to_string(f.opt.stragglers.size()) + " straggler(s)")
-       << "\n\n";
-    print_bucket_table(r, os);
-    print_iteration_summary(r, os);
-    os << "  predicted            " << ms(predicted.iteration_s) << " ms (simulated / predicted = "
-       << fixed(r.iteration_s / predicted.iteration_s, 4) << ")\n";
-    if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
-      os << "  processor sharing    comm_compute_sharing " << fixed(cluster.comm_compute_sharing, 2)
-         << " (communication and backward slow each other)\n";
-    if (!f.trace_path.empty()) os << "  trace                " << f.trace_path << " (ranks 0.." << f.opt.trace_ranks - 1 << ")\n";
-    return os.str();
-  });
-  (csv_output() ? std::cout : out()) << text;  // the child wrote CSV itself under --csv
+  Report r;
+  {
+    ProgressBar bar("rank-rounds", f.quiet);
+    f.opt.progress = [&bar](int64_t done, int64_t total) { bar(done, total); };
+    r = sim::simulate_plan(model, cluster, plan, f.setup.collective(), goal, f.opt);
+  }
+  if (!f.trace_path.empty()) r.timeline.write_chrome_trace(f.trace_path);
+  if (f.json) {
+    nlohmann::json j = report_to_json(r);
+    j["predicted_iteration_s"] = predicted.iteration_s;
+    j["network_model"] = f.opt.network_model;
+    j["iterations"] = f.opt.iterations;
+    out() << j.dump(2) << "\n";
+    return;
+  }
+  std::ostream& os = out();
+  os << setup_line("simulate", model, cluster, plan.gpus, plan.batch_per_gpu, plan.compute) << "\n";
+  os << "plan: " << (f.plan_path.empty() ? plan.strategy : f.plan_path) << ", " << plan.buckets.size()
+     << " buckets; SimGrid " << f.opt.network_model << ", " << f.opt.iterations << " iteration"
+     << (f.opt.iterations == 1 ? "" : "s") << (f.opt.jitter > 0 ? ", jitter " + fixed(f.opt.jitter, 3) : "")
+     << (f.opt.stragglers.empty() ? "" : ", " + std::to_string(f.opt.stragglers.size()) + " straggler(s)")
+     << "\n\n";
+  print_bucket_table(r, os);
+  print_iteration_summary(r, os);
+  os << "  predicted            " << ms(predicted.iteration_s) << " ms (simulated / predicted = "
+     << fixed(r.iteration_s / predicted.iteration_s, 4) << ")\n";
+  if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
+    os << "  processor sharing    comm_compute_sharing " << fixed(cluster.comm_compute_sharing, 2)
+       << " (communication and backward slow each other)\n";
+  if (!f.trace_path.empty())
+    os << "  trace                " << f.trace_path << " (ranks 0.." << f.opt.trace_ranks - 1 << ")\n";
 }
 
 }  // namespace

@@ -97,11 +97,10 @@ std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOpti
   std::vector<Validated> ranked;
   ProgressBar bar("plans simulated", f.quiet);
   for (const auto& [label, r] : distinct) {
-    std::string sim_s = sim::run_isolated([&] {
-      return std::to_string(
-          sim::simulate_plan(tuner.model(), cluster, r.plan, f.setup.collective(), f.setup.goal(tuner.model()), {}).iteration_s);
-    });
-    ranked.push_back({label, static_cast<int>(r.plan.buckets.size()), r.report.iteration_s, std::stod(sim_s)});
+    const double sim_s =
+        sim::simulate_plan(tuner.model(), cluster, r.plan, f.setup.collective(), f.setup.goal(tuner.model()), {})
+            .iteration_s;
+    ranked.push_back({label, static_cast<int>(r.plan.buckets.size()), r.report.iteration_s, sim_s});
     bar(int64_t(ranked.size()), int64_t(distinct.size()));
   }
   return ranked;

@@ -37,6 +37,10 @@ void ProgressBar::operator()(int64_t done, int64_t total, const std::string& ext
     const int width = 30;
     int fill = static_cast<int>(width * double(done) / double(total));
     std::cerr << "\r[" << std::string(fill, '#') << std::string(width - fill, ' ') << "] " << counts << " " << std::flush;
+    if (done >= total) {  // finished: the line ends here (also when drawn by a child process)
+      std::cerr << "\n" << std::flush;
+      shown_ = false;
+    }
   } else {
     std::cerr << "progress: " << counts << "\n" << std::flush;
   }

@@ -38,10 +38,7 @@ Verification verify_plan(const Model& model, const Cluster& cluster, const Plan&
     v.at_speed = predict(scaled, cluster, plan, coll, scaled_compute, goal, false);
   }
   if (simulate) {
-    const std::string out = sim::run_isolated([&] {
-      return report_to_json(sim::simulate_plan(model, cluster, plan, coll_opt, goal, sim::SimOptions{})).dump();
-    });
-    v.simulated = report_from_json(nlohmann::json::parse(out), "simulation");
+    v.simulated = sim::simulate_plan(model, cluster, plan, coll_opt, goal, sim::SimOptions{});
   } else {
     v.no_sim_reason = "not simulated (--no-sim)";
   }

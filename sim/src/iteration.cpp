@@ -72,6 +72,13 @@ void check_options(const SimOptions& o, int gpus) {
 
 Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
                      const TrainingGoal& goal, const SimOptions& opt) {
+  const std::string json = run_isolated(
+      [&] { return report_to_json(simulate_plan_here(m, c, plan, coll_opt, goal, opt), true).dump(); });
+  return report_from_json(nlohmann::json::parse(json), "the simulation");
+}
+
+Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
+                          const TrainingGoal& goal, const SimOptions& opt) {
   check_options(opt, plan.gpus);
   const int P = plan.gpus, L = static_cast<int>(m.tensors.size()), N = opt.iterations;
   CollectiveModel coll(c, P, coll_opt);

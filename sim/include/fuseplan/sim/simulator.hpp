@@ -56,10 +56,15 @@ struct SimOptions {
 // (plus the packing copy) and its stream is free, after the launch overhead, and
 // replays the algorithm's schedule as messages; the optimizer step waits for every
 // bucket. Returns the predictor's Report with simulated timing (bucket times from rank
-// 0's last iteration, from its backward start). Must run in its own process: call it
-// inside run_isolated. Throws InputError on bad options.
+// 0's last iteration, from its backward start). It runs in a child process of its own
+// (SimGrid: one engine per process; `opt.progress` is called there) and its Report comes
+// back losslessly (fuseplan.report/1). Throws InputError on bad options.
 Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
                      const TrainingGoal& goal, const SimOptions& opt);
+// The same in this process, for a caller that isolates it itself (run_isolated), as the
+// benchmark does to measure the child's memory and CPU time.
+Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
+                          const TrainingGoal& goal, const SimOptions& opt);
 
 // Runs `fn` in a forked child (SimGrid: one simulation per process) and returns the
 // string it returned. InputError and RunError thrown by `fn` are rethrown here.
