@@ -19,37 +19,29 @@ struct PredictFlags {
   CLI::Option* buckets_opt = nullptr;
 };
 
-struct Setup {
-  Model model;
-  Cluster cluster;
-  Plan plan;
-  std::string plan_origin;
-};
-
-Setup resolve(const PredictFlags& f) {
-  Setup s;
+// The scenario: a plan file, bound, or a bucket spec on the setup the flags give.
+Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   const SetupFlags& u = f.setup;
   if (!f.plan_path.empty()) {
     if (f.buckets_opt->count()) throw InputError("--plan and --buckets are exclusive: a plan file carries its buckets");
-    auto loaded = u.load_plan_file(f.plan_path);
-    s.model = std::move(loaded.model);
-    s.cluster = std::move(loaded.cluster);
-    s.plan = std::move(loaded.plan);
-    s.plan_origin = f.plan_path;
-    return s;
+    *plan_origin = f.plan_path;
+    return u.load_plan_file(f.plan_path);
   }
-  auto r = u.resolve();
+  auto r = u.resolve();  // checked there: cluster size, memory, global batch
+  Scenario s;
   s.model = std::move(r.model);
   s.cluster = std::move(r.cluster);
   auto buckets = buckets_from_spec(f.buckets, s.model, f.algorithm, r.transfer);
   s.plan = make_plan(s.model, cluster_reference(s.cluster), r.gpus, r.batch, r.compute, buckets, f.buckets);
-  s.plan_origin = "--buckets";
+  s.collective = u.collective();
+  s.goal = u.goal(s.model);
+  *plan_origin = "--buckets";
   return s;
 }
 
-void print_report(const Report& r, const Setup& s, const PredictFlags& f) {
+void print_report(const Report& r, const Scenario& s, const std::string& plan_origin, const PredictFlags& f) {
   out() << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
-  out() << "plan: " << (s.plan.strategy.empty() ? s.plan_origin : s.plan.strategy) << ", " << r.buckets.size()
+  out() << "plan: " << (s.plan.strategy.empty() ? plan_origin : s.plan.strategy) << ", " << r.buckets.size()
             << " bucket" << (r.buckets.size() == 1 ? "" : "s") << "\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
@@ -57,7 +49,7 @@ void print_report(const Report& r, const Setup& s, const PredictFlags& f) {
 }
 
 // The same model, cluster and GPUs with the fusions users know, for scale.
-void print_reference(const Setup& s, const CollectiveModel& coll, const ComputeModel& compute, const TrainingGoal& goal,
+void print_reference(const Scenario& s, const CollectiveModel& coll, const ComputeModel& compute, const TrainingGoal& goal,
                      Precision transfer) {
   out() << "\n  for reference, other fusions on the same setup (algorithm auto):\n";
   Table t({"<fusion", "buckets", "iteration ms", "exposed comm ms", "efficiency"});
@@ -89,11 +81,9 @@ void add_predict_command(CLI::App& app) {
   cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
   cmd->add_flag("--json", f->json, "print the report as JSON");
   cmd->callback([f] {
-    Setup s = resolve(*f);
-    CollectiveModel coll(s.cluster, s.plan.gpus, f->setup.collective());
-    ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);
-    TrainingGoal goal = f->setup.goal(s.model);
-    Report r = predict(s.model, s.cluster, s.plan, coll, compute, goal);
+    std::string plan_origin;
+    const Scenario s = resolve(*f, &plan_origin);
+    Report r = predict(s);
     if (!f->trace_path.empty()) r.timeline.write_chrome_trace(f->trace_path);
     if (!f->out.empty()) {
       Plan p = s.plan;
@@ -104,8 +94,12 @@ void add_predict_command(CLI::App& app) {
       out() << report_to_json(r).dump(2) << "\n";
       return;
     }
-    print_report(r, s, *f);
-    if (s.plan.gpus > 1) print_reference(s, coll, compute, goal, s.plan.buckets.front().transfer);
+    print_report(r, s, plan_origin, *f);
+    if (s.plan.gpus > 1) {
+      CollectiveModel coll(s.cluster, s.plan.gpus, s.collective);
+      ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);
+      print_reference(s, coll, compute, s.goal, s.plan.buckets.front().transfer);
+    }
   });
 }
 

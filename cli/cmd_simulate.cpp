@@ -38,36 +38,33 @@ std::pair<int, double> parse_straggler(const std::string& s) {
 }
 
 void run_simulate(SimulateFlags& f) {
-  Model model;
-  Cluster cluster;
-  Plan plan;
+  Scenario s;
   if (!f.plan_path.empty()) {
-    auto loaded = f.setup.load_plan_file(f.plan_path);
-    model = std::move(loaded.model);
-    cluster = std::move(loaded.cluster);
-    plan = std::move(loaded.plan);
+    s = f.setup.load_plan_file(f.plan_path);
   } else {
-    auto s = f.setup.resolve();
-    model = std::move(s.model);
-    cluster = std::move(s.cluster);
-    Tuner tuner(model, cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(model));
+    auto r = f.setup.resolve();
+    s.model = std::move(r.model);
+    s.cluster = std::move(r.cluster);
+    s.collective = f.setup.collective();
+    s.goal = f.setup.goal(s.model);
+    Tuner tuner(s.model, s.cluster, r.gpus, r.batch, r.compute, s.collective, s.goal);
     TuneOptions o;
     o.strategy = parse_strategy(f.strategy);
-    o.transfer = s.transfer;
-    plan = tuner.run(o).plan;
+    o.transfer = r.transfer;
+    s.plan = tuner.run(o).plan;
   }
+  const Model& model = s.model;
+  const Cluster& cluster = s.cluster;
+  const Plan& plan = s.plan;
   f.opt.network_model = f.network;
   f.opt.stragglers.clear();
   for (const auto& s : f.stragglers) f.opt.stragglers.push_back(parse_straggler(s));
-  CollectiveModel coll(cluster, plan.gpus, f.setup.collective());
-  ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
-  const TrainingGoal goal = f.setup.goal(model);
-  Report predicted = predict(model, cluster, plan, coll, compute, goal, false);
+  const Report predicted = predict(s, false);
   Report r;
   {
     ProgressBar bar("rank-rounds", f.quiet);
     f.opt.progress = [&bar](int64_t done, int64_t total) { bar(done, total); };
-    r = sim::simulate_plan(model, cluster, plan, f.setup.collective(), goal, f.opt);
+    r = sim::simulate_plan(s, f.opt);
   }
   if (!f.trace_path.empty()) r.timeline.write_chrome_trace(f.trace_path);
   if (f.json) {

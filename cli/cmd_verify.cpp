@@ -18,10 +18,9 @@ struct VerifyFlags {
 };
 
 void run_verify(VerifyFlags& f) {
-  auto loaded = f.setup.load_plan_file(f.plan_path);
+  const Scenario loaded = f.setup.load_plan_file(f.plan_path);
   const Report measured = load_measured_run(f.measured_path, loaded.plan, f.plan_path);
-  const Verification v = verify_plan(loaded.model, loaded.cluster, loaded.plan, f.setup.collective(),
-                                     f.setup.goal(loaded.model), measured, !f.no_sim);
+  const Verification v = verify_plan(loaded, measured, !f.no_sim);
   if (f.json)
     out() << verification_json(v, f.plan_path, loaded.cluster).dump(2) << "\n";
   else

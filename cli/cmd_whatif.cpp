@@ -127,16 +127,16 @@ void emit(const std::string& text, const std::string& out) {
   else write_file_atomic(out, text);
 }
 
-// Each memory warning once (stderr), however many rows share the model, batch and precision.
-void warn_memory(const std::vector<WhatIfRow>& rows) {
+// Each warning once (stderr: memory, global batch), however many rows share it.
+void warn(const std::vector<WhatIfRow>& rows) {
   std::set<std::string> said;
   for (const auto& r : rows)
-    if (!r.memory_warning.empty() && said.insert(r.memory_warning).second)
-      std::cerr << "fuseplan: " << r.memory_warning << "\n";
+    for (const auto& w : r.warnings)
+      if (said.insert(w).second) std::cerr << "fuseplan: " << w << "\n";
 }
 
 void print_rows(const std::vector<WhatIfRow>& rows, const Cluster& c, const WhatIfFlags& f) {
-  warn_memory(rows);
+  warn(rows);
   if (f.format == "csv") {
     std::string text = std::string(kCsvHeader) + "\n";
     for (const auto& r : rows) text += csv_row(r, c) + "\n";
@@ -269,8 +269,8 @@ void run_whatif(const WhatIfFlags& f) {
   } else {
     throw InputError("--solve: unknown value '" + f.solve + "' (valid: bandwidth, gpus)");
   }
-  warn_memory({row});
-  if (f.format == "json") {
+  if (f.format == "json") {  // print_rows warns in the other formats
+    warn({row});
     j["row"] = row_json(row, w.cluster());
     emit(j.dump(2) + "\n", f.out);
   } else if (f.format == "csv") {

@@ -9,6 +9,7 @@
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/zoo.hpp"
 
@@ -55,15 +56,11 @@ struct SetupFlags {
   Resolved resolve() const;
   // --inter-bw / --inter-lat: what-if overrides of the cluster's inter-node network.
   void apply_overrides(Cluster& c) const;
-  // A saved plan with the model and cluster it names (--model/--cluster override them),
-  // validated against the model; the --inter-* overrides apply; --gpus, --batch-per-gpu
+  // A saved plan bound with the model and cluster it names (--model/--cluster override
+  // them) and the training goal: bind_scenario's checks, its warnings on stderr; the
+  // --inter-* overrides apply; --gpus, --batch-per-gpu
   // and --precision, if given, must agree with it.
-  struct PlanSetup {
-    Model model;
-    Cluster cluster;
-    Plan plan;
-  };
-  PlanSetup load_plan_file(const std::string& path) const;
+  Scenario load_plan_file(const std::string& path) const;
   CollectiveOptions collective() const { return {group, torus_x, nccl_version}; }
   TrainingGoal goal(const Model& m) const { return goal_flags.goal(m); }
 };

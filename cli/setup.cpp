@@ -6,7 +6,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
-#include "fuseplan/costmodel/memory.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/error.hpp"
 
@@ -15,14 +15,6 @@ namespace fuseplan::cli {
 namespace {
 constexpr int kDefaultGpus = 1024;  // the paper's scale
 
-// Refuses a model whose replicated state does not fit the cluster's GPU; warns (stderr,
-// one line) when the activations at the batch push it over.
-void check_fits(const Model& m, const Cluster& c, int batch, Precision compute, Precision transfer,
-                const std::string& flag) {
-  const std::string warning = check_memory(m, c, batch, compute, transfer, flag);
-  if (!warning.empty()) std::cerr << "fuseplan: " << warning << "\n";
-}
-
 // Whether a plan's `cluster` (a name or path, perhaps gone) names cluster `c`.
 bool same_cluster(const Cluster& c, const std::string& named) {
   try {
@@ -30,16 +22,6 @@ bool same_cluster(const Cluster& c, const std::string& named) {
   } catch (const InputError&) {
     return false;
   }
-}
-
-// More GPUs than the cluster file has: grown by whole nodes (as whatif does), said on stderr.
-Cluster grown(const Cluster& c, int gpus, const std::string& flag) {
-  Cluster g = grown_to(c, gpus, flag);
-  if (g.nodes != c.nodes)
-    std::cerr << "fuseplan: note: cluster " << c.name << " has " << count_of(c.capacity(), "GPU") << "; grown by whole "
-              << "nodes to " << count_of(g.nodes, "node") << " for " << count_of(gpus, "GPU")
-              << " (a what-if: the same nodes and network)\n";
-  return g;
 }
 
 // A profile's layer times hold for the precision they were measured at: another one is
@@ -54,15 +36,9 @@ void check_profile(const ProfileInfo& p, const std::string& path, int batch, Pre
               << "layer times are scaled linearly to batch " << batch << " (small batches often run below that)\n";
 }
 
-// A global batch past what the model's literature trained to baseline accuracy: the
-// prediction is of speed, not of convergence, and the warning says so.
-void check_global_batch(const Model& m, int gpus, int batch) {
-  const auto limit = published_batch_limit(m);
-  const int64_t global = int64_t(gpus) * batch;
-  if (limit && global > limit->samples)
-    std::cerr << "fuseplan: warning: global batch " << grouped(global) << " (" << count_of(gpus, "GPU") << " x "
-              << batch << ") is past the largest published for " << m.name << " at baseline accuracy, "
-              << grouped(limit->samples) << " (" << limit->source << "); this predicts speed, not convergence\n";
+// Binding's notes and warnings, one line each on stderr.
+void say(const std::vector<std::string>& warnings) {
+  for (const auto& w : warnings) std::cerr << "fuseplan: " << w << "\n";
 }
 }  // namespace
 
@@ -178,51 +154,47 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   r.cluster = load_cluster(cluster);
   apply_overrides(r.cluster);
   r.gpus = gpus_opt->count() ? gpus : std::min(kDefaultGpus, r.cluster.capacity());
-  r.cluster = grown(r.cluster, r.gpus, "--gpus");
   r.batch = batch_opt->count() ? batch : default_batch_per_gpu(model.model);
   if (r.batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(r.batch) + ")");
   r.compute = parse_precision(precision, "--precision");
   r.transfer = transfer.empty() ? r.compute : parse_precision(transfer, "--transfer");
   if (measured) check_profile(*measured, profile, r.batch, r.compute);
-  check_fits(r.model, r.cluster, r.batch, r.compute, r.transfer, "--model " + r.model.name);
-  check_global_batch(r.model, r.gpus, r.batch);
+  std::vector<std::string> warnings;
+  r.cluster = check_setup(r.model, r.cluster, r.gpus, r.batch, r.compute, r.transfer, "--gpus",
+                          "--model " + r.model.name, warnings);
+  say(warnings);
   return r;
 }
 
-SetupFlags::PlanSetup SetupFlags::load_plan_file(const std::string& path) const {
-  PlanSetup s;
-  s.plan = load_plan(path);
+Scenario SetupFlags::load_plan_file(const std::string& path) const {
+  Plan plan = load_plan(path);
   // The model as the plan recorded it, unless flags say otherwise.
   ModelOptions mo = model.options();
   if (!model.model_opt->count()) {
-    if (!mo.resolution) mo.resolution = s.plan.model_options.resolution;
-    if (!mo.channels) mo.channels = s.plan.model_options.channels;
-    if (!mo.classes) mo.classes = s.plan.model_options.classes;
+    if (!mo.resolution) mo.resolution = plan.model_options.resolution;
+    if (!mo.channels) mo.channels = plan.model_options.channels;
+    if (!mo.classes) mo.classes = plan.model_options.classes;
   }
-  s.model = load_model(model.model_opt->count() ? model.model : s.plan.model, mo);
+  Model m = load_model(model.model_opt->count() ? model.model : plan.model, mo);
   std::optional<ProfileInfo> measured;
-  if (!profile.empty()) measured = apply_profile(s.model, profile);
-  validate_plan(s.plan, s.model, path);
-  s.cluster = load_cluster(cluster_opt->count() ? cluster : s.plan.cluster);
-  if (cluster_opt->count() && !same_cluster(s.cluster, s.plan.cluster))
+  if (!profile.empty()) measured = apply_profile(m, profile);
+  Cluster c = load_cluster(cluster_opt->count() ? cluster : plan.cluster);
+  if (cluster_opt->count() && !same_cluster(c, plan.cluster))
     std::cerr << "fuseplan: warning: --cluster " << cluster << " is not the cluster " << path << " was made for ("
-              << s.plan.cluster << "); its buckets and algorithms are priced on " << s.cluster.name << " as they are\n";
-  apply_overrides(s.cluster);
-  s.cluster = grown(s.cluster, s.plan.gpus, path + ": $.gpus");
-  if (gpus_opt->count() && gpus != s.plan.gpus)
+              << plan.cluster << "); its buckets and algorithms are priced on " << c.name << " as they are\n";
+  apply_overrides(c);
+  if (gpus_opt->count() && gpus != plan.gpus)
     throw InputError("--gpus " + std::to_string(gpus) + " disagrees with " + path + " (made for " +
-                     count_of(s.plan.gpus, "GPU") + ")");
-  if (batch_opt->count() && batch != s.plan.batch_per_gpu)
+                     count_of(plan.gpus, "GPU") + ")");
+  if (batch_opt->count() && batch != plan.batch_per_gpu)
     throw InputError("--batch-per-gpu " + std::to_string(batch) + " disagrees with " + path + " (" +
-                     std::to_string(s.plan.batch_per_gpu) + ")");
-  if (precision_opt->count() && parse_precision(precision, "--precision") != s.plan.compute)
+                     std::to_string(plan.batch_per_gpu) + ")");
+  if (precision_opt->count() && parse_precision(precision, "--precision") != plan.compute)
     throw InputError("--precision disagrees with " + path);
-  if (measured) check_profile(*measured, profile, s.plan.batch_per_gpu, s.plan.compute);
-  Precision widest = Precision::FP16;  // the fusion buffers at the widest transfer precision the plan uses
-  for (const auto& b : s.plan.buckets)
-    if (bytes_per_element(b.transfer) > bytes_per_element(widest)) widest = b.transfer;
-  check_fits(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute, widest, path + ": $.model");
-  check_global_batch(s.model, s.plan.gpus, s.plan.batch_per_gpu);
+  if (measured) check_profile(*measured, profile, plan.batch_per_gpu, plan.compute);
+  TrainingGoal g = goal(m);
+  Scenario s = bind_scenario(std::move(m), std::move(c), std::move(plan), collective(), std::move(g), path);
+  say(s.warnings);
   return s;
 }
 

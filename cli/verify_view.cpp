@@ -18,12 +18,11 @@ std::string rel_err(double model, double measured) {
 std::string ms_or_dash(double s) { return std::isnan(s) ? std::string("-") : fixed(s * 1e3, 2); }
 }  // namespace
 
-Verification verify_plan(const Model& model, const Cluster& cluster, const Plan& plan, const CollectiveOptions& coll_opt,
-                         const TrainingGoal& goal, const Report& measured, bool simulate) {
+Verification verify_plan(const Scenario& s, const Report& measured, bool simulate) {
+  const Model& model = s.model;
+  const Plan& plan = s.plan;
   Verification v;
-  CollectiveModel coll(cluster, plan.gpus, coll_opt);
-  ComputeModel compute(model, cluster, plan.batch_per_gpu, plan.compute);
-  v.predicted = predict(model, cluster, plan, coll, compute, goal, true);
+  v.predicted = predict(s, true);
   const bool profiled = !model.layers.empty() && model.layers.front().measured.has_value();
   v.drift = v.predicted.forward_s > 0 ? measured.forward_s / v.predicted.forward_s : 1;
   if (profiled && std::abs(v.drift - 1) > 0.02) {
@@ -34,11 +33,12 @@ Verification verify_plan(const Model& model, const Cluster& cluster, const Plan&
         l.measured->bwd_us *= v.drift;
       }
     if (scaled.measured_optimizer_us) *scaled.measured_optimizer_us *= v.drift;
-    ComputeModel scaled_compute(scaled, cluster, plan.batch_per_gpu, plan.compute);
-    v.at_speed = predict(scaled, cluster, plan, coll, scaled_compute, goal, false);
+    CollectiveModel coll(s.cluster, plan.gpus, s.collective);
+    ComputeModel scaled_compute(scaled, s.cluster, plan.batch_per_gpu, plan.compute);
+    v.at_speed = predict(scaled, s.cluster, plan, coll, scaled_compute, s.goal, false);
   }
   if (simulate) {
-    v.simulated = sim::simulate_plan(model, cluster, plan, coll_opt, goal, sim::SimOptions{});
+    v.simulated = sim::simulate_plan(s, sim::SimOptions{});
   } else {
     v.no_sim_reason = "not simulated (--no-sim)";
   }

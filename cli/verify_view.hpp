@@ -8,6 +8,7 @@
 #include "fuseplan/costmodel/compare.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 
 namespace fuseplan::cli {
 
@@ -24,10 +25,9 @@ struct Verification {
   std::vector<ComparisonRow> rows;
 };
 
-// `model` carries the measured profile when there is one. Simulates in an isolated
+// The scenario's model carries the measured profile when there is one. Simulates in an isolated
 // process (SimGrid's engine is one per process).
-Verification verify_plan(const Model& model, const Cluster& cluster, const Plan& plan, const CollectiveOptions& coll,
-                         const TrainingGoal& goal, const Report& measured, bool simulate);
+Verification verify_plan(const Scenario& s, const Report& measured, bool simulate);
 
 void print_verification(std::ostream& os, const Verification& v, const Plan& plan, const Cluster& cluster,
                         const Report& measured, const std::string& command);

@@ -852,3 +852,13 @@ TEST_CASE("cli: --csv on every command that prints a table: only CSV on stdout, 
   CHECK(run("predict --json --csv").code == 2);
   CHECK_THAT(run_exec("train --help").out, Catch::Contains("--csv"));
 }
+
+TEST_CASE("cli: whatif's inverse answers carry the global-batch and memory warnings of the point they answer") {
+  Run r = run("whatif --model resnet50 --deadline 3m --batch-per-gpu 64 --max-gpus 4096 --quiet");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("warning: global batch ") && Catch::Contains("past the largest published for "
+                                                                                 "resnet50") &&
+                        Catch::Contains("4-minute paper"));
+  CHECK(count_of(r.out, "warning: global batch") == 1);
+}

@@ -317,3 +317,42 @@ TEST_CASE("NCCL clusters: a shared rail shows in the simulation, not in the clos
   CHECK(full.simulated_s == Approx(full.closed_form_s).epsilon(0.01));
   CHECK(shared.simulated_s > full.simulated_s * 1.2);
 }
+
+TEST_CASE("run contract: a scenario bound once runs on the predictor and the simulator alike") {
+  const Model m = build_zoo_model("alexnet_bn");
+  const Cluster c = load_cluster("tencent-p40");
+  Plan plan = make_plan(m, "tencent-p40", 16, 64, Precision::FP16,
+                        buckets_from_spec("threshold:25MB", m, "auto", Precision::FP16), "threshold:25MB");
+  const Scenario s = bind_scenario(m, c, plan, {}, training_goal(m), "plan.json");
+  CHECK(s.warnings.empty());
+  const Report p = predict(s), x = sim::simulate_plan(s, {});
+  CHECK(p.source == "predicted");
+  CHECK(x.source == "simulated");
+  for (const Report* r : {&p, &x}) {
+    CHECK(r->goal == s.goal.what);
+    CHECK(r->buckets.size() == plan.buckets.size());
+    CHECK(r->time_to_train_s == Approx(double(r->iterations_to_train) * r->iteration_s));
+    CHECK(r->throughput_samples_s == Approx(16 * 64 / r->iteration_s));
+  }
+  CHECK(x.iteration_s == Approx(p.iteration_s).epsilon(0.01));
+  // The simulated Report crossed a process boundary as JSON: bit for bit.
+  CHECK(report_to_json(report_from_json(report_to_json(x, true), "x"), true) == report_to_json(x, true));
+
+  // Binding checks once: the plan against the model, the cluster's size (grown, with a
+  // note), the memory per GPU and the global batch.
+  CHECK_THROWS_WITH(bind_scenario(build_zoo_model("resnet18"), c, plan, {}, {}, "plan.json"),
+                    Catch::Contains("plan.json") && Catch::Contains("resnet18"));
+  Plan big = plan;
+  big.gpus = 4096;
+  const Scenario grown = bind_scenario(m, c, big, {}, {}, "big.json");
+  CHECK(grown.cluster.nodes == 512);
+  REQUIRE(grown.warnings.size() == 2);
+  CHECK_THAT(grown.warnings[0], Catch::Contains("grown by whole nodes to 512 nodes"));
+  CHECK_THAT(grown.warnings[1], Catch::Contains("global batch 262,144"));
+  const Model gpt = build_zoo_model("gpt2_xl");
+  Plan huge = make_plan(gpt, "tencent-p40", 16, 1, Precision::FP16,
+                        buckets_from_spec("single", gpt, "auto", Precision::FP16), "single");
+  Cluster small = c;
+  small.device.mem_GiB = 8;  // GPT-2 XL's replicated states alone take about 20 GiB
+  CHECK_THROWS_WITH(bind_scenario(gpt, small, huge, {}, {}, "huge.json"), Catch::Contains("GiB"));
+}

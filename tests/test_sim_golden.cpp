@@ -21,7 +21,7 @@ namespace {
 
 const std::string kData = FUSEPLAN_TEST_DATA;
 
-struct Scenario {
+struct GoldenCase {
   std::string name;
   int gpus;
   int gpus_per_node;
@@ -29,7 +29,7 @@ struct Scenario {
   sim::SimOptions opt;
 };
 
-Plan make_plan(const Model& m, const Cluster& c, const Scenario& s) {
+Plan make_plan(const Model& m, const Cluster& c, const GoldenCase& s) {
   Plan p;
   p.model = m.name;
   p.tensors = static_cast<int>(m.tensors.size());
@@ -59,7 +59,7 @@ std::string event_log(const Report& r) {
   return os.str();
 }
 
-std::string simulate_log(const Scenario& s) {
+std::string simulate_log(const GoldenCase& s) {
   Model m = load_model_file(kData + "/golden-model.json");
   Cluster c = load_cluster(kData + "/golden-cluster.json");
   c.gpus_per_node = s.gpus_per_node;
@@ -69,7 +69,7 @@ std::string simulate_log(const Scenario& s) {
   return event_log(sim::simulate_plan(m, c, p, {}, {}, o));  // the Report comes back from its process losslessly
 }
 
-void check_golden(const Scenario& s) {
+void check_golden(const GoldenCase& s) {
   const std::string path = kData + "/golden/" + s.name + ".log";
   std::string got = simulate_log(s);
   if (const char* u = std::getenv("FUSEPLAN_UPDATE_GOLDEN"); u && std::string(u) == "1") {
@@ -115,7 +115,7 @@ PlanBucket bucket(int begin, int end, const char* algorithm) {
 }  // namespace
 
 TEST_CASE("golden: 2 ranks in one node, ring, two buckets (and a hand calculation)") {
-  Scenario s{"ring_2ranks", 2, 2, {bucket(0, 2, "ring"), bucket(2, 4, "ring")}, {}};
+  GoldenCase s{"ring_2ranks", 2, 2, {bucket(0, 2, "ring"), bucket(2, 4, "ring")}, {}};
   check_golden(s);
   // Bucket 0 = fc3.bias + fc3.weight = 2570 FP16 elements; each rank owns 1285 (2570 B).
   // Ring on 2 ranks: launch 5 us, a reduce-scatter step (2 us latency + 2570 B at 1 GB/s),
@@ -129,13 +129,13 @@ TEST_CASE("golden: 2 ranks in one node, ring, two buckets (and a hand calculatio
 }
 
 TEST_CASE("golden: 4 ranks on 2 nodes, hierarchical, a straggler") {
-  Scenario s{"hierarchical_4ranks_straggler", 4, 2, {bucket(0, 4, "hierarchical")}, {}};
+  GoldenCase s{"hierarchical_4ranks_straggler", 4, 2, {bucket(0, 4, "hierarchical")}, {}};
   s.opt.stragglers = {{3, 1.5}};
   check_golden(s);
 }
 
 TEST_CASE("golden: 3 ranks on 2 nodes, rabenseifner, jitter, two iterations") {
-  Scenario s{"rabenseifner_3ranks_jitter", 3, 2, {bucket(0, 2, "rabenseifner"), bucket(2, 4, "rabenseifner")}, {}};
+  GoldenCase s{"rabenseifner_3ranks_jitter", 3, 2, {bucket(0, 2, "rabenseifner"), bucket(2, 4, "rabenseifner")}, {}};
   s.opt.jitter = 0.1;
   s.opt.seed = 7;
   s.opt.iterations = 2;
@@ -143,7 +143,7 @@ TEST_CASE("golden: 3 ranks on 2 nodes, rabenseifner, jitter, two iterations") {
 }
 
 TEST_CASE("golden: 4 ranks on 4 nodes, 2:1 oversubscribed leaves, recursive doubling") {
-  Scenario s{"recursive_doubling_4nodes_oversubscribed", 4, 1, {bucket(0, 4, "recursive_doubling")}, {}};
+  GoldenCase s{"recursive_doubling_4nodes_oversubscribed", 4, 1, {bucket(0, 4, "recursive_doubling")}, {}};
   check_golden(s);
   // The whole gradient (267284 B) is exchanged at distance 1 inside a leaf (10 us + n at
   // 1 GB/s), then at distance 2 across leaves, where the two flows of a leaf share its

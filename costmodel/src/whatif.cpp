@@ -1,7 +1,7 @@
 // What-if sweeps and inverse questions on top of the tuner and the predictor.
 #include "fuseplan/costmodel/whatif.hpp"
 
-#include "fuseplan/costmodel/memory.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -59,11 +59,12 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   row.point.inter_bw_Gbps = c.inter ? c.inter->nic_bw_Gbps : 0;
   row.buckets = static_cast<int>(r.plan.buckets.size());
   row.report = std::move(r.report);
-  // A sweep reports every point; a model that does not fit is warned of, not refused.
+  // A sweep reports every point: a model that does not fit is warned of, not refused;
+  // so is a global batch past the literature's (check_setup, as predict and tune do).
   try {
-    row.memory_warning = check_memory(m, c, batch, p.precision, o.transfer, "--model " + p.model);
+    check_setup(m, c, p.gpus, batch, p.precision, o.transfer, "--gpus", "--model " + p.model, row.warnings);
   } catch (const InputError& e) {
-    row.memory_warning = std::string("warning: ") + e.what();
+    row.warnings.push_back(std::string("warning: ") + e.what());
   }
   return row;
 }

@@ -77,6 +77,10 @@ Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, Collect
   return report_from_json(nlohmann::json::parse(json), "the simulation");
 }
 
+Report simulate_plan(const Scenario& s, const SimOptions& opt) {
+  return simulate_plan(s.model, s.cluster, s.plan, s.collective, s.goal, opt);
+}
+
 Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
                           const TrainingGoal& goal, const SimOptions& opt) {
   check_options(opt, plan.gpus);

@@ -46,7 +46,8 @@ struct WhatIfRow {
   WhatIfPoint point;
   int buckets = 0;
   Report report;  // without timeline
-  std::string memory_warning;  // check_memory's warning (or refusal, as a warning) at this point; "" = fits
+  // check_setup's at this point: memory (a refusal as a warning) and global batch
+  std::vector<std::string> warnings;
 };
 
 // Called after each point with (done, total).

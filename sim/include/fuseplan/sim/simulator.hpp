@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
@@ -61,6 +62,8 @@ struct SimOptions {
 // back losslessly (fuseplan.report/1). Throws InputError on bad options.
 Report simulate_plan(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
                      const TrainingGoal& goal, const SimOptions& opt);
+// The simulator on a bound scenario.
+Report simulate_plan(const Scenario& s, const SimOptions& opt);
 // The same in this process, for a caller that isolates it itself (run_isolated), as the
 // benchmark does to measure the child's memory and CPU time.
 Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,

@@ -1,0 +1,44 @@
+// The run contract's input: a scenario (model, cluster, plan, collective options,
+// training goal) bound and validated once, then handed to any of the three runners:
+// predict (here), sim::simulate_plan and, on a real machine, exec::measure.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/models/zoo.hpp"
+
+namespace fuseplan {
+
+struct Scenario {
+  Model model;
+  Cluster cluster;  // grown to the plan's GPUs where the file holds fewer
+  Plan plan;        // validated against `model`
+  CollectiveOptions collective;
+  TrainingGoal goal;
+  std::vector<std::string> warnings;  // what binding found worth a line on stderr
+};
+
+// A setup's checks before there is a plan (tune, compare, whatif and bind_scenario): the
+// cluster grown by whole nodes to hold `gpus` (a note), the per-GPU memory (refused when
+// the replicated states cannot fit, a warning when the activations at the batch push it
+// over) and a global batch past the largest the model's literature trained at. Returns
+// the cluster to use; appends the notes and warnings. InputError naming `gpus_origin`
+// (where the GPU count came from) or `model_origin` (where the model did).
+Cluster check_setup(const Model& model, const Cluster& cluster, int gpus, int batch, Precision compute,
+                    Precision transfer, const std::string& gpus_origin, const std::string& model_origin,
+                    std::vector<std::string>& warnings);
+
+// Binds a plan: validated against the model (fingerprint and coverage), then
+// check_setup at the plan's GPUs, batch, precision and widest transfer. InputError
+// naming `origin` (the plan's file).
+Scenario bind_scenario(Model model, Cluster cluster, Plan plan, CollectiveOptions collective, TrainingGoal goal,
+                       const std::string& origin);
+
+// The predictor on a bound scenario.
+Report predict(const Scenario& s, bool with_timeline = true);
+
+}  // namespace fuseplan
