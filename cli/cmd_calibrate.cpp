@@ -161,12 +161,13 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
   }
   std::vector<OverlapRun> runs;
   for (size_t i = 0; i < f.plans.size(); ++i) {
-    OverlapRun run{Model{}, load_plan(f.plans[i]), {}};
-    run.model = load_model(run.plan.model, run.plan.model_options);
-    if (!f.profile.empty()) apply_profile(run.model, f.profile);
-    validate_plan(run.plan, run.model, f.plans[i]);
-    run.measured = load_measured_run(f.measured[i], run.plan, f.plans[i]);
-    runs.push_back(std::move(run));
+    Plan plan = load_plan(f.plans[i]);
+    Model model = load_model(plan.model, plan.model_options);
+    if (!f.profile.empty()) apply_profile(model, f.profile);
+    // Bound on the cluster being calibrated (its warnings are about training, not this fit).
+    Scenario s = bind_scenario(std::move(model), c, std::move(plan), {}, {}, f.plans[i]);
+    Report measured = load_measured_run(f.measured[i], s.plan, f.plans[i]);
+    runs.push_back({std::move(s.model), std::move(s.plan), std::move(measured)});
   }
   const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
   out() << "\n  overlap: " << runs.size() << " measured run(s)"

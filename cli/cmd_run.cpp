@@ -44,32 +44,6 @@ struct RunFlags {
   bool verify = false;
 };
 
-// The plan's buckets as the executor runs them: flat-buffer ranges and the algorithm
-// (and variant) the cost model resolves `auto` to on the plan's cluster.
-std::vector<exec::ExchangeBucket> resolve_buckets(const Plan& plan, const Model& model, const exec::Network& net,
-                                                  const Cluster& cluster) {
-  CollectiveModel cm(cluster, plan.gpus);
-  std::vector<exec::ExchangeBucket> out;
-  const auto& slots = net.slots();
-  for (const PlanBucket& b : plan.buckets) {
-    exec::ExchangeBucket x;
-    x.begin = b.begin;
-    x.end = b.end;
-    x.offset = slots[size_t(b.begin)].offset;
-    x.count = slots[size_t(b.end - 1)].offset + slots[size_t(b.end - 1)].numel - x.offset;
-    if (x.count != bucket_elements(plan, model, b)) throw RunError("run: bucket layout differs from the plan's");
-    x.stream = b.stream;
-    x.spec.transfer = b.transfer;
-    if (plan.gpus > 1) {
-      const CollectiveChoice c = cm.cost(b.algorithm, x.count, b.transfer);
-      x.spec.algorithm = std::string(c.algorithm->name);
-      x.spec.variant = c.variant;
-    }
-    out.push_back(x);
-  }
-  return out;
-}
-
 // Cores this process may run on (mpirun binds each rank to its share).
 int usable_cores() {
   cpu_set_t set;
@@ -134,33 +108,6 @@ Bound bind(RunFlags& f, exec::MpiWorld& world) {
   b.cluster = load_cluster(f.cluster.empty() ? plan.cluster : f.cluster);
   check_gpu_count(b.cluster, plan.gpus, "--plan " + f.plan_path + ": $.gpus");
   return b;
-}
-
-// What the measured Report describes: the plan's buckets as they ran.
-exec::MeasuredSetup measured_setup(const Bound& b, const exec::Network& net,
-                                   const std::vector<exec::ExchangeBucket>& buckets, const exec::RankLayout& layout) {
-  exec::MeasuredSetup m;
-  m.model = b.data.model.name;
-  m.cluster = "this machine (" + count_of(layout.nodes, "node") + ", " + std::to_string(layout.ranks) + " ranks)";
-  m.batch_per_gpu = b.plan.batch_per_gpu;
-  m.compute = b.plan.compute;
-  m.goal = training_goal(b.data.model);
-  m.seq_len = sequence_length(b.data.model);
-  for (size_t k = 0; k < buckets.size(); ++k) {
-    BucketReport br;
-    br.index = int(k);
-    br.begin = buckets[k].begin;
-    br.end = buckets[k].end;
-    br.first_tensor = net.slots()[size_t(br.begin)].name;
-    br.last_tensor = net.slots()[size_t(br.end - 1)].name;
-    br.bytes = buckets[k].count * bytes_per_element(buckets[k].spec.transfer);
-    br.algorithm = buckets[k].spec.algorithm;
-    br.auto_chosen = b.plan.buckets[k].algorithm == "auto";
-    br.stream = buckets[k].stream;
-    br.transfer = buckets[k].spec.transfer;
-    m.buckets.push_back(br);
-  }
-  return m;
 }
 
 void print_measurement(std::ostream& os, const exec::Measurement& m, int warmup, int ranks) {
@@ -308,7 +255,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
       throw InputError("--progress thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use --progress poll)");
     f.t.opt.exchange = &deferred;
     trainer_ptr = std::make_unique<exec::Trainer>(data.model, data.train, &data.test, *backend, f.t.opt);
-    buckets = resolve_buckets(plan, data.model, trainer_ptr->network(), bound.cluster);
+    buckets = exec::plan_buckets(plan, data.model, trainer_ptr->network(), bound.cluster);
   } catch (const InputError& e) {
     setup_error = e.what();
   }
@@ -361,7 +308,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (samples.empty()) throw InputError("--iterations: no step after the warm-up was measured");
 
     const std::optional<exec::Measurement> m =
-        exec::measure(world, samples, timeline, measured_setup(bound, net, buckets, world.layout()));
+        exec::measure(world, samples, timeline, exec::measured_setup(plan, data.model, net, buckets, world.layout()));
     int slowest_rank = 0;
     const nlohmann::json profile = !f.t.profile_path.empty() || f.verify  // the same on every rank
                                        ? slowest_profile(world, profile_json(f.t, data.model, net, result), &slowest_rank)

@@ -157,7 +157,7 @@ TEST_CASE("cli: models, show, clusters and collective print what users expect") 
   CHECK_THAT(help.out, Catch::Contains("--batch-per-gpu"));
 }
 
-TEST_CASE("cli: tune writes a plan that predict reproduces; compare and whatif print their tables") {
+TEST_CASE("cli: tune writes a plan that predict reproduces - compare and whatif print their tables") {
   std::string plan = tmp("tuned.json"), trace = tmp("tuned-trace.json");
   Run t = run("tune --model alexnet_bn --gpus 256 --out " + plan + " --trace " + trace + " --json");
   REQUIRE(t.code == 0);
@@ -607,7 +607,7 @@ TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the lo
   CHECK(seed.out.find("another --seed") == seed.out.rfind("another --seed"));
 }
 
-TEST_CASE("cli: NCCL clusters: collective shows NCCL's table and choices; nccl-tests logs calibrate them") {
+TEST_CASE("cli: NCCL clusters: collective shows NCCL's table and choices - nccl-tests logs calibrate them") {
   const std::string log = std::string(FUSEPLAN_TEST_DATA) + "/nccl-tests/h100-ndr-2x8.txt";
   Run c = run("collective --cluster dgx-h100 --gpus 16 --sizes 1M:64M --step-factor 64 --nccl-table");
   CHECK(c.code == 0);

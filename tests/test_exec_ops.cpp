@@ -275,7 +275,7 @@ Model tiny_cnn() {
 }
 }  // namespace
 
-TEST_CASE("a whole network's parameter gradients match finite differences; buffers are in backward order") {
+TEST_CASE("a whole network's parameter gradients match finite differences - buffers are in backward order") {
   auto be = make_cpu_backend();
   Model m = tiny_cnn();
   const int batch = 4;
@@ -346,7 +346,7 @@ TEST_CASE("the zoo CNNs run forward and backward at a chosen resolution, channel
   }
 }
 
-TEST_CASE("device errors: typed, with the call site; the user's (no GPU, out of memory) exit 2, the rest 1") {
+TEST_CASE("device errors: typed, with the call site - the user's (no GPU, out of memory) exit 2, the rest 1") {
   const int line = __LINE__ + 1;
   auto fail = [](bool user) { fuseplan::exec::device_failure("CUDA: cudaMalloc: out of memory", user, std::source_location::current()); };
   CHECK_THROWS_AS(fail(true), fuseplan::InputError);

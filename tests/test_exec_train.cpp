@@ -75,7 +75,7 @@ TEST_CASE("trainer: a small CNN learns a learnable data set in fp32, fp16 and bf
   }
 }
 
-TEST_CASE("trainer: an overflow skips the whole step and halves the loss scale; training continues") {
+TEST_CASE("trainer: an overflow skips the whole step and halves the loss scale - training continues") {
   auto be = make_cpu_backend();
   Dataset d = make_synthetic(256, 1, 8, 8, 4, 1);
   TrainOptions o = base_options(Precision::FP16);

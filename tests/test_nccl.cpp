@@ -274,7 +274,7 @@ TEST_CASE("nccl: graphs pinned in the cluster file replace the derived ones") {
   CHECK(lat(o.nccl()->tuning, Ring, Simple) > lat(m.nccl()->tuning, Ring, Simple) + 100);
 }
 
-TEST_CASE("nccl: MPI clusters never run NCCL's algorithms; releases and constants are validated") {
+TEST_CASE("nccl: MPI clusters never run NCCL's algorithms - releases and constants are validated") {
   Cluster p40 = load_cluster("tencent-p40");
   CollectiveModel m(p40, 16);
   CHECK(m.nccl() == nullptr);
@@ -290,7 +290,7 @@ TEST_CASE("nccl: MPI clusters never run NCCL's algorithms; releases and constant
   CHECK(!n.cost("ring", 1 << 20, Precision::FP16).calibrated);
 }
 
-TEST_CASE("nccl: cluster files say their library; the NCCL keys are checked") {
+TEST_CASE("nccl: cluster files say their library - the NCCL keys are checked") {
   nlohmann::json j = cluster_to_json(load_cluster("dgx-h100"));
   CHECK(j["library"] == "nccl");
   CHECK_NOTHROW(cluster_from_json(j, "c.json"));

@@ -180,7 +180,7 @@ TEST_CASE("a calibrated cluster is simulated on its calibration's flat network a
                     Catch::Contains("is calibrated for ring only"));
 }
 
-TEST_CASE("stragglers and jitter slow the iteration; the same seed gives the same simulation") {
+TEST_CASE("stragglers and jitter slow the iteration - the same seed gives the same simulation") {
   Model m = build_zoo_model("alexnet_bn");
   Cluster c = load_cluster("tencent-p40");
   Tuner t(m, c, 16, 64, Precision::FP16);

@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/models/error.hpp"
+
 namespace fuseplan::exec {
 
 StepSample step_sample(const StepRecord& s, const std::vector<BucketTiming>& buckets) {
@@ -33,6 +36,57 @@ void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, 
   }
   t.events.push_back({rank, "compute", trace_name::kOptimizer, "optimizer", bwd0 + s.backward_s + s.comm_wait_s,
                       s.optimizer_s, 0, it});
+}
+
+std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, const Network& net,
+                                         const Cluster& cluster) {
+  CollectiveModel cm(cluster, plan.gpus);
+  std::vector<ExchangeBucket> out;
+  const auto& slots = net.slots();
+  for (const PlanBucket& b : plan.buckets) {
+    ExchangeBucket x;
+    x.begin = b.begin;
+    x.end = b.end;
+    x.offset = slots[size_t(b.begin)].offset;
+    x.count = slots[size_t(b.end - 1)].offset + slots[size_t(b.end - 1)].numel - x.offset;
+    if (x.count != bucket_elements(plan, model, b)) throw RunError("run: bucket layout differs from the plan's");
+    x.stream = b.stream;
+    x.spec.transfer = b.transfer;
+    if (plan.gpus > 1) {
+      const CollectiveChoice c = cm.cost(b.algorithm, x.count, b.transfer);
+      x.spec.algorithm = std::string(c.algorithm->name);
+      x.spec.variant = c.variant;
+    }
+    out.push_back(x);
+  }
+  return out;
+}
+
+MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network& net,
+                             const std::vector<ExchangeBucket>& buckets, const RankLayout& layout) {
+  MeasuredSetup m;
+  m.model = model.name;
+  m.cluster = "this machine (" + std::to_string(layout.nodes) + (layout.nodes == 1 ? " node, " : " nodes, ") +
+              std::to_string(layout.ranks) + " ranks)";
+  m.batch_per_gpu = plan.batch_per_gpu;
+  m.compute = plan.compute;
+  m.goal = training_goal(model);
+  m.seq_len = sequence_length(model);
+  for (size_t k = 0; k < buckets.size(); ++k) {
+    BucketReport br;
+    br.index = int(k);
+    br.begin = buckets[k].begin;
+    br.end = buckets[k].end;
+    br.first_tensor = net.slots()[size_t(br.begin)].name;
+    br.last_tensor = net.slots()[size_t(br.end - 1)].name;
+    br.bytes = buckets[k].count * bytes_per_element(buckets[k].spec.transfer);
+    br.algorithm = buckets[k].spec.algorithm;
+    br.auto_chosen = plan.buckets[k].algorithm == "auto";
+    br.stream = buckets[k].stream;
+    br.transfer = buckets[k].spec.transfer;
+    m.buckets.push_back(br);
+  }
+  return m;
 }
 
 std::optional<Measurement> measure(MpiWorld& world, const std::vector<StepSample>& samples, const Timeline& local,

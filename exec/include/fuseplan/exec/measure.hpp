@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/exec/mpi.hpp"
 #include "fuseplan/exec/network.hpp"
@@ -40,6 +42,16 @@ struct MeasuredSetup {
   TrainingGoal goal;
   int seq_len = 0;
 };
+
+// The plan's buckets as the executor runs them: flat-buffer ranges and the algorithm
+// (and variant) the cost model resolves `auto` to on `cluster`. RunError when the
+// network's layout differs from the plan's.
+std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, const Network& net,
+                                         const Cluster& cluster);
+// The MeasuredSetup of `plan` run with `buckets` on this job's `layout`, for the model's
+// family's training goal.
+MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network& net,
+                             const std::vector<ExchangeBucket>& buckets, const RankLayout& layout);
 
 struct Measurement {
   Report report;                    // source "measured", with every rank's trace events
