@@ -10,7 +10,8 @@ What does not run, and why, is printed:
   - ./scripts/quickstart.sh and ./scripts/test.sh: they are this run's own set-up;
   - GPU commands (--backend cuda) where no GPU is visible (nvidia-smi);
   - scripts/plot_whatif.py without python3-matplotlib;
-  - blocks with mpirun unless --with-mpi (the CTest suite `docs_commands_mpi`, label slow).
+  - blocks with mpirun unless --with-mpi (the CTest suite `docs_commands_mpi`, label slow,
+    run alone); they measure this machine, so a failing one runs once more, said so.
 Training commands without --max-steps or --epochs limits are capped at 3 steps
 (--max-steps 3 --no-eval appended): the command line and its set-up are checked, not
 the hours of training; FUSEPLAN_DOCS_FULL=1 runs them as written.
@@ -58,6 +59,15 @@ def commands(body):
     return out
 
 
+def workdir(source):
+    """A fresh directory with the fixtures and scripts/ the examples use."""
+    work = tempfile.mkdtemp(prefix="fuseplan-docs-")
+    for name, src in FIXTURES.items():
+        shutil.copy(os.path.join(source, src), os.path.join(work, name))
+    os.symlink(os.path.join(source, "scripts"), os.path.join(work, "scripts"))
+    return work
+
+
 def gpu_visible():
     return shutil.which("nvidia-smi") is not None and subprocess.run(
         ["nvidia-smi", "-L"], capture_output=True).returncode == 0
@@ -101,14 +111,19 @@ def main():
             ran += 1
         if len(script) == 1:
             continue
-        work = tempfile.mkdtemp(prefix="fuseplan-docs-")
-        for name, src in FIXTURES.items():
-            shutil.copy(os.path.join(source, src), os.path.join(work, name))
-        os.symlink(os.path.join(source, "scripts"), os.path.join(work, "scripts"))
+        work = workdir(source)
         env = dict(os.environ, PATH=bindir + os.pathsep + os.environ["PATH"], FUSEPLAN_PROGRESS="0",
                    OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                    OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
         r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True)
+        if r.returncode != 0 and uses_mpi:
+            # Blocks with mpirun measure this machine (a sweep, then calibrate on it): on a
+            # loaded machine calibrate may refuse a fit as degenerate, as documented. Once
+            # more, from scratch, said in the output.
+            print(f"retry    {rel}:{line_no} (exit {r.returncode}; it measures this machine)")
+            shutil.rmtree(work, ignore_errors=True)
+            work = workdir(source)
+            r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             failed += 1
             tail = "\n".join((r.stdout + r.stderr).strip().split("\n")[-15:])
