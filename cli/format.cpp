@@ -86,15 +86,6 @@ std::string fixed(double v, int decimals) {
   return buf;
 }
 
-std::string grouped(int64_t v) {
-  std::string digits = std::to_string(v < 0 ? -v : v), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return v < 0 ? "-" + out : out;
-}
-
 std::string signed_percent(double fraction) {
   std::string out = fraction >= 0 ? "+" : "";
   return out.append(fixed(100 * fraction, 1)).append(" %");
@@ -118,10 +109,6 @@ std::string human_duration(double s) {
   if (s < 2 * 3600) return fixed(s / 60, 1) + " min";
   if (s < 2 * 86400) return fixed(s / 3600, 1) + " h";
   return fixed(s / 86400, 1) + " days";
-}
-
-std::string count_of(int64_t n, const std::string& noun) {
-  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
 }
 
 std::string percent(double f, int decimals) { return fixed(100 * f, decimals) + " %"; }

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/models/text.hpp"  // grouped, count_of
+
 namespace fuseplan::cli {
 
 class Table {
@@ -28,12 +30,10 @@ bool csv_output();
 std::ostream& out();
 
 std::string fixed(double v, int decimals);
-std::string grouped(int64_t v);          // 25,557,032
 std::string human_bytes(double bytes);   // 97.5 MiB
 std::string ms(double seconds, int decimals = 2);
 std::string human_duration(double seconds);  // 6.6 min, 1.2 h
 std::string percent(double fraction, int decimals = 1);
 std::string signed_percent(double fraction);  // +12.3 %, -4.0 %
-std::string count_of(int64_t n, const std::string& noun);  // "1 GPU", "16 GPUs" (plural adds s)
 
 }  // namespace fuseplan::cli

@@ -1,6 +1,5 @@
 // The setup flags shared by predict, tune, compare and whatif.
 #include <algorithm>
-#include <cmath>
 #include <iostream>
 #include <optional>
 
@@ -97,8 +96,7 @@ TrainingGoal GoalFlags::goal(const Model& m) const {
   if (dataset_given) g.dataset_size = dataset_size;
   if (g.tokens > 0 && !epochs_given) g.epochs = 1;
   g.tokens = 0;
-  g.what = fixed(g.epochs, g.epochs == std::floor(g.epochs) ? 0 : 2) + (g.epochs == 1 ? " epoch" : " epochs") + " x " +
-           grouped(g.dataset_size) + " samples (" +
+  g.what = epochs_goal(g.epochs, g.dataset_size) + " (" +
            (epochs_given && dataset_given ? "--epochs, --dataset-size" : epochs_given ? "--epochs" : "--dataset-size") +
            ")";
   return g;

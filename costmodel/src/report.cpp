@@ -3,29 +3,16 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
 #include <map>
 
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
 
-namespace {
-// "90 epochs x 1,281,167 samples"
-std::string format_goal_epochs(double epochs, int64_t samples) {
-  std::string n = std::to_string(samples), grouped;
-  for (size_t i = 0; i < n.size(); ++i) {
-    if (i && (n.size() - i) % 3 == 0) grouped += ',';
-    grouped += n[i];
-  }
-  char e[32];
-  std::snprintf(e, sizeof e, "%g", epochs);
-  return std::string(e) + (epochs == 1 ? " epoch" : " epochs") + " x " + grouped + " samples";
-}
-}  // namespace
 
 nlohmann::json Timeline::to_chrome_trace() const {
   nlohmann::json ev = nlohmann::json::array();
@@ -205,8 +192,8 @@ void finish_report(Report& r, const TrainingGoal& goal, int seq_len) {
   r.dataset_size = goal.tokens > 0 ? 0 : goal.dataset_size;
   r.tokens = goal.tokens;
   r.goal = !goal.what.empty() ? goal.what
-           : goal.tokens > 0  ? std::to_string(int64_t(goal.tokens)) + " tokens"
-                              : format_goal_epochs(goal.epochs, goal.dataset_size);
+           : goal.tokens > 0  ? grouped(int64_t(goal.tokens)) + " tokens"
+                              : epochs_goal(goal.epochs, goal.dataset_size);
   r.iterations_to_train = static_cast<int64_t>(std::ceil(goal.samples(seq_len) / global));
   r.time_to_train_s = double(r.iterations_to_train) * r.iteration_s;
 }

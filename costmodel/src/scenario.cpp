@@ -4,28 +4,17 @@
 #include "fuseplan/costmodel/compute.hpp"
 #include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
-
-namespace {
-std::string grouped(int64_t v) {  // 1,281,167
-  std::string n = std::to_string(v), out;
-  for (size_t i = 0; i < n.size(); ++i) {
-    if (i && (n.size() - i) % 3 == 0) out += ',';
-    out += n[i];
-  }
-  return out;
-}
-std::string gpus_text(int64_t n) { return std::to_string(n) + (n == 1 ? " GPU" : " GPUs"); }
-}  // namespace
 
 Cluster check_setup(const Model& model, const Cluster& cluster, int gpus, int batch, Precision compute,
                     Precision transfer, const std::string& gpus_origin, const std::string& model_origin,
                     std::vector<std::string>& warnings) {
   Cluster c = grown_to(cluster, gpus, gpus_origin);
   if (c.nodes != cluster.nodes)
-    warnings.push_back("note: cluster " + cluster.name + " has " + gpus_text(cluster.capacity()) +
-                       "; grown by whole nodes to " + std::to_string(c.nodes) + " nodes for " + gpus_text(gpus) +
+    warnings.push_back("note: cluster " + cluster.name + " has " + count_of(cluster.capacity(), "GPU") +
+                       "; grown by whole nodes to " + count_of(c.nodes, "node") + " for " + count_of(gpus, "GPU") +
                        " (a what-if: the same nodes and network)");
   const std::string memory = check_memory(model, c, batch, compute, transfer, model_origin);
   if (!memory.empty()) warnings.push_back(memory);
@@ -34,7 +23,7 @@ Cluster check_setup(const Model& model, const Cluster& cluster, int gpus, int ba
   const auto limit = published_batch_limit(model);
   const int64_t global = int64_t(gpus) * batch;
   if (limit && global > limit->samples)
-    warnings.push_back("warning: global batch " + grouped(global) + " (" + gpus_text(gpus) + " x " +
+    warnings.push_back("warning: global batch " + grouped(global) + " (" + count_of(gpus, "GPU") + " x " +
                        std::to_string(batch) + ") is past the largest published for " + model.name +
                        " at baseline accuracy, " + grouped(limit->samples) + " (" + limit->source +
                        "); this predicts speed, not convergence");

@@ -6,6 +6,7 @@
 
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan::exec {
 
@@ -66,8 +67,7 @@ MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network
                              const std::vector<ExchangeBucket>& buckets, const RankLayout& layout) {
   MeasuredSetup m;
   m.model = model.name;
-  m.cluster = "this machine (" + std::to_string(layout.nodes) + (layout.nodes == 1 ? " node, " : " nodes, ") +
-              std::to_string(layout.ranks) + " ranks)";
+  m.cluster = "this machine (" + count_of(layout.nodes, "node") + ", " + count_of(layout.ranks, "rank") + ")";
   m.batch_per_gpu = plan.batch_per_gpu;
   m.compute = plan.compute;
   m.goal = training_goal(model);

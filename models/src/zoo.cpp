@@ -2,9 +2,11 @@
 #include "fuseplan/models/zoo.hpp"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
+#include "fuseplan/models/text.hpp"
 #include "zoo_internal.hpp"
 
 namespace fuseplan {
@@ -126,6 +128,12 @@ std::optional<PublishedBatch> published_batch_limit(const Model& m) {
     return PublishedBatch{std::max<int64_t>(1, int64_t(3.2e6) / m.input_shape[0]),
                           "3.2M tokens per batch for GPT-3 175B, Brown et al. 2020 (arXiv:2005.14165)"};
   return std::nullopt;
+}
+
+std::string epochs_goal(double epochs, int64_t samples) {
+  char e[32];
+  std::snprintf(e, sizeof e, "%g", epochs);
+  return std::string(e) + (epochs == 1 ? " epoch" : " epochs") + " x " + grouped(samples) + " samples";
 }
 
 int sequence_length(const Model& m) {

@@ -61,6 +61,8 @@ struct TrainingGoal {
 // x 256 x 512 tokens; GPT-2 300B tokens (GPT-3's budget). Anything else: ImageNet-1k's
 // 90 epochs, named as assumed.
 TrainingGoal training_goal(const Model& m);
+// "90 epochs x 1,281,167 samples": a goal in epochs, as reports name it.
+std::string epochs_goal(double epochs, int64_t samples);
 // The model's sequence length (transformers), else 0.
 int sequence_length(const Model& m);
 
