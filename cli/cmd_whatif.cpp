@@ -27,7 +27,7 @@ struct WhatIfFlags {
   double inter_lat_us = -1;
   FusionFlags fusion;
   GoalFlags goal;
-  std::string format = "table", out, deadline, solve = "bandwidth";  // format: from --json / --csv
+  std::string out, deadline, solve = "bandwidth";
   double target_efficiency = 0;
   bool quiet = false, json = false, csv = false;
   ModelFlags model_shape;  // --resolution etc. (its --model is unused here)
@@ -137,11 +137,11 @@ void warn(const std::vector<WhatIfRow>& rows) {
 
 void print_rows(const std::vector<WhatIfRow>& rows, const Cluster& c, const WhatIfFlags& f) {
   warn(rows);
-  if (f.format == "csv") {
+  if (f.csv) {
     std::string text = std::string(kCsvHeader) + "\n";
     for (const auto& r : rows) text += csv_row(r, c) + "\n";
     emit(text, f.out);
-  } else if (f.format == "json") {
+  } else if (f.json) {
     nlohmann::json a = nlohmann::json::array();
     for (const auto& r : rows) a.push_back(row_json(r, c));
     emit(a.dump(2) + "\n", f.out);
@@ -199,14 +199,7 @@ void run_whatif(const WhatIfFlags& f) {
     Model m = load_model(axes.models[0], settings.model_options);
     const ProfileInfo info = apply_profile(m, f.profile);
     for (Precision p : axes.precisions)
-      if (precision_name(p) != info.precision)
-        throw InputError("--profile " + f.profile + ": measured at " + info.precision + ", --precision asks for " +
-                         std::string(precision_name(p)) + " (profile again at that precision, or drop it from the list)");
-    for (int b : axes.batch_per_gpu)
-      if (b != info.batch && !(b == 0 && default_batch_per_gpu(axes.models[0]) == info.batch))
-        std::cerr << "fuseplan: warning: --profile " << f.profile << " was measured at batch " << info.batch
-                  << " per GPU; its layer times are scaled linearly to batch "
-                  << (b ? b : default_batch_per_gpu(axes.models[0])) << "\n";
+      for (int b : axes.batch_per_gpu) check_profile(info, f.profile, b ? b : default_batch_per_gpu(axes.models[0]), p);
     settings.profile = f.profile;
   }
   WhatIf w(std::move(base), settings);
@@ -269,11 +262,11 @@ void run_whatif(const WhatIfFlags& f) {
   } else {
     throw InputError("--solve: unknown value '" + f.solve + "' (valid: bandwidth, gpus)");
   }
-  if (f.format == "json") {  // print_rows warns in the other formats
+  if (f.json) {  // print_rows warns in the other formats
     warn({row});
     j["row"] = row_json(row, w.cluster());
     emit(j.dump(2) + "\n", f.out);
-  } else if (f.format == "csv") {
+  } else if (f.csv) {
     print_rows({row}, w.cluster(), f);
   } else {
     std::cout << answer << "\n";
@@ -329,10 +322,7 @@ void add_whatif_command(CLI::App& app) {
   f->model_shape.channels_opt = cmd->add_option("--channels", f->model_shape.channels, "CNN input channels");
   f->model_shape.classes_opt = cmd->add_option("--classes", f->model_shape.classes, "CNN classifier outputs");
   f->model_shape.seq_len_opt = cmd->add_option("--seq-len", f->model_shape.seq_len, "transformer sequence length");
-  cmd->callback([f] {
-    f->format = f->json ? "json" : f->csv ? "csv" : "table";
-    run_whatif(*f);
-  });
+  cmd->callback([f] { run_whatif(*f); });
 }
 
 }  // namespace fuseplan::cli

@@ -11,6 +11,7 @@
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
+#include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan::cli {
@@ -74,6 +75,10 @@ struct FusionFlags {
   void add(CLI::App* app);
   void apply(TuneOptions& o) const;  // throws InputError naming the flag
 };
+
+// A profile's layer times hold for the precision they were measured at: another one is
+// refused (InputError). Another batch is scaled linearly, said on stderr.
+void check_profile(const ProfileInfo& p, const std::string& path, int batch, Precision compute);
 
 // --nccl-version, listing the NCCL releases whose tuning constants the model carries.
 void add_nccl_version_option(CLI::App* app, std::string& release);

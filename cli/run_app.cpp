@@ -14,9 +14,9 @@ namespace fuseplan::cli {
 
 namespace {
 
-// Old spellings, one name per concept now (docs/formats.md, "One vocabulary"): still
-// accepted, with a warning naming the new one. `format_value`: --format X becomes --X
-// (--format table: the default, dropped).
+// Old spellings, one name per concept now (the table in README.md): still accepted, with
+// a warning naming the new one. whatif's --format X becomes --X (--format table, the
+// default, is dropped).
 struct Renamed {
   std::string_view program, command, old_name, new_name;
 };

@@ -23,6 +23,12 @@ bool same_cluster(const Cluster& c, const std::string& named) {
   }
 }
 
+// Binding's notes and warnings, one line each on stderr.
+void say(const std::vector<std::string>& warnings) {
+  for (const auto& w : warnings) std::cerr << "fuseplan: " << w << "\n";
+}
+}  // namespace
+
 // A profile's layer times hold for the precision they were measured at: another one is
 // refused. Another batch is scaled linearly (the compute model's rule), said on stderr.
 void check_profile(const ProfileInfo& p, const std::string& path, int batch, Precision compute) {
@@ -34,12 +40,6 @@ void check_profile(const ProfileInfo& p, const std::string& path, int batch, Pre
     std::cerr << "fuseplan: warning: --profile " << path << " was measured at batch " << p.batch << " per GPU; its "
               << "layer times are scaled linearly to batch " << batch << " (small batches often run below that)\n";
 }
-
-// Binding's notes and warnings, one line each on stderr.
-void say(const std::vector<std::string>& warnings) {
-  for (const auto& w : warnings) std::cerr << "fuseplan: " << w << "\n";
-}
-}  // namespace
 
 void SetupFlags::add(CLI::App* app) {
   model.add(app);

@@ -862,3 +862,16 @@ TEST_CASE("cli: whatif's inverse answers carry the global-batch and memory warni
                         Catch::Contains("4-minute paper"));
   CHECK(count_of(r.out, "warning: global batch") == 1);
 }
+
+TEST_CASE("cli: whatif --profile holds the profile to each point's precision and batch, as predict does") {
+  const std::string profile = tmp("whatif-profile.json");
+  REQUIRE(run_exec("train --dataset synthetic --synthetic-size 128 --max-steps 2 --no-eval --quiet --profile " + profile)
+              .code == 0);
+  const std::string base = "whatif --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu "
+                           "--gpus 2 --quiet --profile " + profile;
+  Run ok = run(base + " --precision fp32 --batch-per-gpu 32");
+  INFO(ok.out);
+  CHECK(ok.code == 0);
+  CHECK_THAT(ok.out, Catch::Contains("was measured at batch 64 per GPU; its layer times are scaled linearly to batch 32"));
+  expect_bad(base + " --precision fp16", "measured at fp32, the prediction is at fp16");
+}
