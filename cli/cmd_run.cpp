@@ -389,8 +389,14 @@ void add_run_command(CLI::App& app) {
     const std::optional<ForVerify> v = run_run(*f);  // MPI is finalized here
     if (!v) return;
     out() << "\n";
+    struct RemoveAfter {  // the temporary report and profile, however verify ends
+      const std::vector<std::string>& files;
+      ~RemoveAfter() {
+        std::error_code ec;
+        for (const auto& p : files) std::filesystem::remove(p, ec);
+      }
+    } remove_after{v->temporary};
     const int code = run_verify(*f, *v);
-    for (const auto& p : v->temporary) std::filesystem::remove(p);
     if (code == 2) throw InputError("");  // `fuseplan verify` said why
     if (code != 0) throw RunError("--verify: fuseplan verify failed (exit " + std::to_string(code) + ")");
   });

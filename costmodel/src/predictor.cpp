@@ -275,9 +275,8 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     r.buckets[i].ready_s = timing[i].ready_s;
     r.buckets[i].start_s = timing[i].start_s;
     r.buckets[i].end_s = timing[i].end_s;
-    r.comm_busy_s += timing[i].end_s - timing[i].start_s;
-    r.comm_end_s = std::max(r.comm_end_s, timing[i].end_s);
   }
+  sum_buckets(r);
   r.exposed_comm_s = std::max(0.0, r.comm_end_s - r.backward_s);
   double busy = r.forward_s + std::max(r.backward_s, r.comm_end_s) + r.optimizer_s;
   r.data_wait_s = compute.data_wait_s(busy);

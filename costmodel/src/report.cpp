@@ -176,12 +176,15 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
 
 Report load_report(const std::string& path) { return report_from_json(parse_json_file(path), path); }
 
-void finish_report(Report& r, const TrainingGoal& goal, int seq_len) {
+void sum_buckets(Report& r) {
   r.comm_busy_s = r.comm_end_s = 0;
   for (const auto& b : r.buckets) {
     r.comm_busy_s += b.end_s - b.start_s;
     r.comm_end_s = std::max(r.comm_end_s, b.end_s);
   }
+}
+
+void finish_report(Report& r, const TrainingGoal& goal, int seq_len) {
   const double global = double(r.gpus) * r.batch_per_gpu;
   r.throughput_samples_s = global / r.iteration_s;
   r.scaling_efficiency = r.single_gpu_iteration_s > 0 ? r.single_gpu_iteration_s / r.iteration_s : 0;

@@ -154,6 +154,7 @@ std::optional<Measurement> measure(MpiWorld& world, const std::vector<StepSample
     rep.buckets[b].start_s = avg(7 + 3 * b);
     rep.buckets[b].end_s = avg(8 + 3 * b);
   }
+  sum_buckets(rep);
   for (size_t r = 0; r < traces.size(); ++r) {
     const Timeline t = timeline_from_json(nlohmann::json::parse(traces[r]), "rank " + std::to_string(r), "$");
     rep.timeline.events.insert(rep.timeline.events.end(), t.events.begin(), t.events.end());

@@ -257,6 +257,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     br.start_s = bucket_times[0][b].first - bwd0;
     br.end_s = bucket_times[0][b].second - bwd0;
   }
+  sum_buckets(rep);
   double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N;
   rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s);
   rep.data_wait_s = compute.data_wait_s(busy);

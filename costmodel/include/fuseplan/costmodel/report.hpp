@@ -88,10 +88,11 @@ struct Report {
 inline constexpr const char* kReportSchema = "fuseplan.report/1";
 
 // The figures every Report derives the same way, whoever timed it (predictor, simulator,
-// executor): communication busy and end from its buckets, throughput, scaling efficiency
-// (0 when single_gpu_iteration_s is unknown), and the goal's iterations and time to
-// train. Needs iteration_s, gpus, batch_per_gpu and the buckets' times; `seq_len` turns
-// a token goal into sequences.
+// executor). sum_buckets: communication busy and end from the buckets' times (the
+// predictor needs them for its iteration). finish_report: throughput, scaling efficiency
+// (0 when single_gpu_iteration_s is unknown) and the goal's iterations and time to train,
+// from iteration_s, gpus and batch_per_gpu; `seq_len` turns a token goal into sequences.
+void sum_buckets(Report& r);
 void finish_report(Report& r, const TrainingGoal& goal, int seq_len);
 
 nlohmann::json report_to_json(const Report& r, bool with_timeline = false);
