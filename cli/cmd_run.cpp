@@ -217,7 +217,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   try {
     bound = bind(f, world);
   } catch (const InputError& e) {
-    setup_error = e.what();
+    setup_error = with_flags(e);
   }
   agree_on_setup(world, setup_error, "fuseplan-exec");
   const Plan& plan = bound.plan;
@@ -257,7 +257,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     trainer_ptr = std::make_unique<exec::Trainer>(data.model, data.train, &data.test, *backend, f.t.opt);
     buckets = exec::plan_buckets(plan, data.model, trainer_ptr->network(), bound.cluster);
   } catch (const InputError& e) {
-    setup_error = e.what();
+    setup_error = with_flags(e);
   }
   agree_on_setup(world, setup_error, "fuseplan-exec");
 
@@ -342,7 +342,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (!f.verify) return std::nullopt;
     return v;
   } catch (const InputError& e) {  // after set-up: one rank's, so the job is aborted
-    std::cerr << "fuseplan-exec run: rank " << rank << ": " << e.what() << "\n";
+    std::cerr << "fuseplan-exec run: rank " << rank << ": " << with_flags(e) << "\n";
     world.abort(2);
   } catch (const RunError& e) {
     std::cerr << "fuseplan-exec run: rank " << rank << ": error: " << e.what() << "\n";

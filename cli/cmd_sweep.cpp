@@ -55,7 +55,7 @@ void run_sweep(const SweepFlags& f) {
     if (world.ranks() < 2) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
     for (int64_t s = lo; s <= hi; s *= f.step_factor) sizes.push_back(s);
   } catch (const InputError& e) {
-    error = e.what();
+    error = with_flags(e);
   }
   agree_on_setup(world, error, "fuseplan-exec");
 

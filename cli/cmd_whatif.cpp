@@ -132,7 +132,7 @@ void warn(const std::vector<WhatIfRow>& rows) {
   std::set<std::string> said;
   for (const auto& r : rows)
     for (const auto& w : r.warnings)
-      if (said.insert(w).second) std::cerr << "fuseplan: " << w << "\n";
+      if (said.insert(w).second) std::cerr << "fuseplan: " << with_flags(w) << "\n";
 }
 
 void print_rows(const std::vector<WhatIfRow>& rows, const Cluster& c, const WhatIfFlags& f) {

@@ -78,6 +78,14 @@ void Table::print(std::ostream& os, const std::string& indent) const {
   for (const auto& r : rows_) line(r);
 }
 
+std::string flag_of(std::string_view field) {
+  std::string flag = "--" + std::string(field.substr(field.rfind('.') + 1));
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
+
+std::string with_flags(std::string_view text) { return render_fields(text, flag_of); }
+
 std::string fixed(double v, int decimals) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, v);

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/models/error.hpp"
 #include "fuseplan/models/text.hpp"  // grouped, count_of
 
 namespace fuseplan::cli {
@@ -28,6 +29,14 @@ class Table {
 void set_csv_output(bool on);
 bool csv_output();
 std::ostream& out();
+
+// The libraries name inputs by field ("{tuner.segments}", models/error.hpp); the command
+// line spells each as its flag: the name's last part, '_' as '-' ("--segments"), since
+// every flag is named after the field it sets.
+std::string flag_of(std::string_view field);
+// Library text (an error, a warning) with its field names spelled as flags.
+std::string with_flags(std::string_view text);
+inline std::string with_flags(const InputError& e) { return e.render(flag_of); }
 
 std::string fixed(double v, int decimals);
 std::string human_bytes(double bytes);   // 97.5 MiB

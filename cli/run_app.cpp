@@ -99,7 +99,7 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
     return 2;
   } catch (const InputError& e) {
     // An empty message: another rank of the same job has said it.
-    if (*e.what()) std::cerr << prog + ": " << e.what() << "\n";
+    if (*e.what()) std::cerr << prog + ": " << with_flags(e) << "\n";
     return 2;
   } catch (const RunError& e) {
     std::cerr << prog + ": error: " << e.what() << "\n";

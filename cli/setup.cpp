@@ -25,7 +25,7 @@ bool same_cluster(const Cluster& c, const std::string& named) {
 
 // Binding's notes and warnings, one line each on stderr.
 void say(const std::vector<std::string>& warnings) {
-  for (const auto& w : warnings) std::cerr << "fuseplan: " << w << "\n";
+  for (const auto& w : warnings) std::cerr << "fuseplan: " << with_flags(w) << "\n";
 }
 }  // namespace
 

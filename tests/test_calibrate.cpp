@@ -82,8 +82,8 @@ TEST_CASE("calibrate: a sweep whose slope changes is fitted in size ranges") {
   for (size_t i = 1; i < s.points.size(); i += 2)
     close += std::abs(half.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds < 0.01;
   CHECK(close >= int(s.points.size() / 2) - 1);
-  CHECK_THROWS_WITH(fit_segments(ring, s, 0, 0, 0.05), Catch::Contains("--max-segments"));
-  CHECK_THROWS_WITH(fit_segments(ring, s, 0, 2, 0), Catch::Contains("--segment-tolerance"));
+  CHECK_THROWS_WITH(fit_segments(ring, s, 0, 0, 0.05), Catch::Contains("calibrate.max_segments"));
+  CHECK_THROWS_WITH(fit_segments(ring, s, 0, 2, 0), Catch::Contains("calibrate.segment_tolerance"));
 }
 
 TEST_CASE("calibrate: nccl-tests all_reduce_perf text and -J JSON are read") {

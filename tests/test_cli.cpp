@@ -293,7 +293,7 @@ TEST_CASE("cli: tune --validate sim re-ranks the best plans by simulation") {
   expect_bad("tune --validate sim --top 0", "--top: must be >= 1");
 }
 
-TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refuses bad input with exit 2") {
+TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refuses bad input with exit 2", "[exec]") {
   const std::string metrics = tmp("metrics.json"), profile = tmp("profile.json");
   std::filesystem::remove(metrics);
   Run r = run_exec("train --dataset synthetic --synthetic-size 256 --model resnet18 --resolution 16 --batch-per-gpu 32 "
@@ -358,7 +358,7 @@ Run run_mpi(int np, const std::string& args) {
 }
 }  // namespace
 
-TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatches") {
+TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatches", "[exec]") {
   const std::string plan = tmp("run-plan.json"), report = tmp("run-report.json"), trace = tmp("run-trace.json");
   const std::string model = "--model resnet18 --resolution 16 --channels 1 --classes 10";
   Run p = run("predict " + model + " --cluster local-cpu --gpus 2 --batch-per-gpu 8 --precision fp32 "
@@ -473,7 +473,7 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   CHECK_THAT(nc.out, Catch::Contains("--comm nccl: needs --backend cuda"));
 }
 
-TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of hanging") {
+TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of hanging", "[exec]") {
   const std::string plan = tmp("kill-plan.json");
   REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
               "--batch-per-gpu 8 --precision fp32 --buckets single --out " + plan).code == 0);
@@ -489,7 +489,7 @@ TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of 
   CHECK(r.code != 124);
 }
 
-TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that predict then uses") {
+TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that predict then uses", "[exec]") {
   const std::string sweep = tmp("sweep.json"), cal = tmp("calibrated.json");
   Run w = run_mpi(2, "sweep --algorithm ring,mpi --sizes 4K:256K --iterations 3 --warmup 1 --out " + sweep);
   INFO(w.out);
@@ -569,7 +569,7 @@ TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that 
   expect_bad("calibrate --discover --sweep x.json", "--discover: give it without --sweep/--nccl-tests");
 }
 
-TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the losses bit for bit") {
+TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the losses bit for bit", "[exec]") {
   const std::string plan = tmp("resume-plan.json"), ckpt = tmp("resume.ckpt");
   REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
               "--batch-per-gpu 8 --precision fp32 --buckets threshold:1MiB --out " + plan).code == 0);
@@ -678,7 +678,7 @@ TEST_CASE("cli: memory per GPU: a warning with the figures past the GPU's memory
   CHECK(count_of(sweep.out, "resnet50 ") == 2);
 }
 
-TEST_CASE("cli: --version, plurals, no negative shares, search caps named") {
+TEST_CASE("cli: --version, plurals, no negative shares, search caps named", "[exec]") {
   for (const char* bin : {FUSEPLAN_BIN, FUSEPLAN_EXEC_BIN}) {
     Run v = run_env("", "--version", true, bin);
     CHECK(v.code == 0);
@@ -721,7 +721,7 @@ TEST_CASE("cli: a global batch past the model's published largest is warned of, 
              !Catch::Contains("warning"));
 }
 
-TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow alike, whatif takes tune's flags") {
+TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow alike, whatif takes tune's flags", "[exec]") {
   // Renamed flags: the old spelling gives the new one's result and one warning naming it.
   const std::string a = tmp("vocab-a.json"), b = tmp("vocab-b.json");
   Run old_name = run("predict --model alexnet_bn --gpus 16 --save-plan " + a);
@@ -831,7 +831,7 @@ std::vector<std::vector<std::vector<std::string>>> csv_blocks(const std::string&
 }
 }  // namespace
 
-TEST_CASE("cli: --csv on every command that prints a table: only CSV on stdout, rows as wide as their header") {
+TEST_CASE("cli: --csv on every command that prints a table: only CSV on stdout, rows as wide as their header", "[exec]") {
   for (const std::string args :
        {"models", "show alexnet_bn", "clusters", "predict --model alexnet_bn", "collective --gpus 16 --cluster dgx-a100",
         "tune --model alexnet_bn", "compare --model alexnet_bn", "simulate --model alexnet_bn --gpus 8 --quiet"}) {
@@ -863,7 +863,7 @@ TEST_CASE("cli: whatif's inverse answers carry the global-batch and memory warni
   CHECK(count_of(r.out, "warning: global batch") == 1);
 }
 
-TEST_CASE("cli: whatif --profile holds the profile to each point's precision and batch, as predict does") {
+TEST_CASE("cli: whatif --profile holds the profile to each point's precision and batch, as predict does", "[exec]") {
   const std::string profile = tmp("whatif-profile.json");
   REQUIRE(run_exec("train --dataset synthetic --synthetic-size 128 --max-steps 2 --no-eval --quiet --profile " + profile)
               .code == 0);

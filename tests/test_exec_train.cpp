@@ -152,7 +152,7 @@ TEST_CASE("trainer: corrupt or mismatched checkpoints are refused with a clear m
   CHECK_THROWS_WITH(Trainer(small_cnn(6), d, nullptr, *be, r), Catch::Contains("another model"));
   TrainOptions b = r;
   b.batch = 32;
-  CHECK_THROWS_WITH(Trainer(small_cnn(), d, nullptr, *be, b), Catch::Contains("another --batch"));
+  CHECK_THROWS_WITH(Trainer(small_cnn(), d, nullptr, *be, b), Catch::Contains("another batch_per_gpu"));
   // Flip one byte in the middle: the checksum catches it.
   std::string bytes;
   {
@@ -221,5 +221,5 @@ TEST_CASE("data: images are resized (bilinear, as PyTorch's interpolate) to the 
   auto r = t.run();
   CHECK(r.epochs.back().test_accuracy > 0.8);
   Dataset rgb = make_synthetic(64, 3, 8, 8, 4, 1);
-  CHECK_THROWS_WITH(Trainer(small_cnn(), rgb, nullptr, *be, o), Catch::Contains("--channels"));
+  CHECK_THROWS_WITH(Trainer(small_cnn(), rgb, nullptr, *be, o), Catch::Contains("(set model.channels)"));
 }

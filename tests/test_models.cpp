@@ -152,3 +152,35 @@ TEST_CASE("model JSON round-trips and rejects bad files") {
   bad["layers"][2]["measured"] = {{"fwd_us", 10}, {"bwd_us", 20}, {"batch", 0}};
   CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("measured.batch"));
 }
+
+TEST_CASE("errors name fields, not flags: what() prints them bare, render() spells them as a program does") {
+  // A library call's refusal names the input by its field.
+  try {
+    ModelOptions o;
+    o.resolution = 0;
+    build_zoo_model("resnet50", o);
+    FAIL("resolution 0 was accepted");
+  } catch (const InputError& e) {
+    CHECK(std::string(e.what()) == "model.resolution: must be > 0 (got 0)");
+    const auto angled = [](std::string_view f) {
+      std::string s(1, '<');
+      s.append(f).push_back('>');
+      return s;
+    };
+    CHECK(e.render(angled) == "<model.resolution>: must be > 0 (got 0)");
+  }
+  // Several names in one message; text around them, braces and dashes in values untouched.
+  const std::string text = field("tuner.segments") + " {x} --y /a/{b}: use " + field("tuner.strategy") + " optimal";
+  CHECK(bare_fields(text) == "tuner.segments {x} --y /a/{b}: use tuner.strategy optimal");
+  const auto dashed = [](std::string_view f) {
+    std::string s("--");
+    s.append(f.substr(f.rfind('.') + 1));
+    return s;
+  };
+  CHECK(render_fields(text, dashed) == "--segments {x} --y /a/{b}: use --strategy optimal");
+  // An unmatched marker is kept as it is.
+  CHECK(bare_fields("a \x1f" "b") == "a \x1f" "b");
+  // The marked text travels (another process, a warning) and renders the same there.
+  const InputError e(text);
+  CHECK(InputError(e.text()).render([](std::string_view f) { return std::string(f); }) == e.what());
+}

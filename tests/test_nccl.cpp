@@ -280,7 +280,7 @@ TEST_CASE("nccl: MPI clusters never run NCCL's algorithms - releases and constan
   CHECK(m.nccl() == nullptr);
   CHECK(std::string(m.cost("auto", 1 << 20, Precision::FP16).algorithm->library) == "mpi");
   CHECK_THROWS_WITH(m.cost("nccl", 1 << 20, Precision::FP16), Catch::Contains("does not run NCCL"));
-  CHECK_THROWS_WITH(CollectiveModel(p40, 16, {0, 0, "2.23"}), Catch::Contains("--nccl-version"));
+  CHECK_THROWS_WITH(CollectiveModel(p40, 16, {0, 0, "2.23"}), Catch::Contains("collective.nccl_version"));
   Cluster a100 = load_cluster("dgx-a100");
   CHECK_THROWS_WITH(CollectiveModel(a100, 16, {0, 0, "2.99"}), Catch::Contains("unknown NCCL release '2.99'"));
   CHECK_NOTHROW(CollectiveModel(a100, 16, {0, 0, "2.20"}));

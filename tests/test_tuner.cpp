@@ -265,15 +265,15 @@ TEST_CASE("baselines follow their rules") {
   SECTION("bad options are refused") {
     o.strategy = Strategy::KSplit;
     o.segments = 162;
-    CHECK_THROWS_WITH(t.run(o), Catch::Contains("--segments: 162 buckets asked for, the model has 161 tensors"));
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("tuner.segments: 162 buckets asked for, the model has 161 tensors"));
     o.segments = 0;
     CHECK_THROWS_AS(t.run(o), InputError);
     o = {};
     o.horovod_threshold_bytes = -1;
-    CHECK_THROWS_WITH(t.run(o), Catch::Contains("--threshold"));
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("tuner.threshold"));
     o = {};
     o.streams = 0;
-    CHECK_THROWS_WITH(t.run(o), Catch::Contains("--streams"));
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("tuner.streams"));
     CHECK_THROWS_WITH(parse_strategy("fastest"), Catch::Contains("valid: optimal, k-split, per-tensor"));
   }
 }

@@ -183,8 +183,8 @@ std::vector<Calibration> SegmentedFit::constants() const {
 
 SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s, int max_segments, double tolerance,
                           const std::vector<bool>& use) {
-  if (max_segments < 1) throw InputError("--max-segments: must be >= 1");
-  if (!(tolerance > 0)) throw InputError("--segment-tolerance: must be > 0");
+  if (max_segments < 1) throw InputError(field("calibrate.max_segments") + ": must be >= 1");
+  if (!(tolerance > 0)) throw InputError(field("calibrate.segment_tolerance") + ": must be > 0");
   std::vector<size_t> idx;  // the fitted points, by size
   for (size_t i = 0; i < s.points.size(); ++i)
     if (use.empty() || use[i]) idx.push_back(i);
@@ -259,14 +259,14 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
 
 std::vector<Sweep> load_sweep(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw InputError("--sweep " + path + ": cannot open");
+  if (!in) throw InputError(field("calibrate.sweep") + " " + path + ": cannot open");
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(in);
   } catch (const std::exception& e) {
-    throw InputError("--sweep " + path + ": not JSON (" + std::string(e.what()) + ")");
+    throw InputError(field("calibrate.sweep") + " " + path + ": not JSON (" + std::string(e.what()) + ")");
   }
-  auto bad = [&](const std::string& why) { return InputError("--sweep " + path + ": " + why); };
+  auto bad = [&](const std::string& why) { return InputError(field("calibrate.sweep") + " " + path + ": " + why); };
   if (!j.is_object() || j.value("schema", "") != "fuseplan.sweep/1") throw bad("not a fuseplan.sweep/1 file");
   for (const auto& [key, v] : j.items())
     if (key != "schema" && key != "ranks" && key != "per_node" && key != "precision" && key != "host" && key != "points")
@@ -274,11 +274,11 @@ std::vector<Sweep> load_sweep(const std::string& path) {
   std::vector<Sweep> out;
   try {
     const int ranks = j.at("ranks").get<int>(), per_node = j.at("per_node").get<int>();
-    const int elem = bytes_per_element(parse_precision(j.at("precision").get<std::string>(), "--sweep " + path + ": $.precision"));
+    const int elem = bytes_per_element(parse_precision(j.at("precision").get<std::string>(), field("calibrate.sweep") + " " + path + ": $.precision"));
     if (ranks < 2 || per_node < 1) throw bad("ranks must be >= 2 and per_node >= 1");
     for (const auto& p : j.at("points")) {
       const std::string algo = p.at("algorithm").get<std::string>();
-      find_algorithm(algo, "--sweep " + path + ": $.points[].algorithm");
+      find_algorithm(algo, field("calibrate.sweep") + " " + path + ": $.points[].algorithm");
       auto it = std::find_if(out.begin(), out.end(), [&](const Sweep& s) { return s.algorithm == algo; });
       if (it == out.end()) {
         out.push_back({algo, ranks, per_node, elem, {}});
@@ -298,11 +298,11 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
   if (runs.empty()) throw InputError("calibrate: no measured run to fit");
   std::vector<ComputeModel> compute;
   for (const OverlapRun& run : runs) {
-    if (run.plan.gpus < 2) throw InputError("--plan: one rank has no communication to overlap (need >= 2 GPUs)");
+    if (run.plan.gpus < 2) throw InputError(field("plan") + ": one rank has no communication to overlap (need >= 2 GPUs)");
     const Report& m = run.measured;
     if (!(m.backward_s > 0) || !(m.comm_end_s > 0) || !(m.iteration_s > 0))
-      throw InputError("--measured: no backward, allreduce or iteration time to fit against");
-    check_gpu_count(cluster, run.plan.gpus, "--plan");
+      throw InputError(field("measured") + ": no backward, allreduce or iteration time to fit against");
+    check_gpu_count(cluster, run.plan.gpus, field("plan"));
     compute.emplace_back(run.model, cluster, run.plan.batch_per_gpu, run.plan.compute);
   }
   // The squared errors at (sigma, dispatch); the per-run errors into `errs` if given.

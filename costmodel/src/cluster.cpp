@@ -68,7 +68,7 @@ double Cluster::peak_flops(Precision p) const {
   auto it = device.peak_TFLOPS.find(p);
   if (it == device.peak_TFLOPS.end())
     throw InputError(source + ": device " + device.name + " has no " + std::string(precision_name(p)) +
-                     " peak (device.peak_TFLOPS); choose another --precision");
+                     " peak (device.peak_TFLOPS); choose another " + field("precision"));
   return it->second * 1e12;
 }
 
@@ -415,7 +415,7 @@ Cluster load_cluster(const std::string& name_or_path) {
     if (!std::filesystem::exists(path)) {
       std::string names;
       for (const auto& n : shipped_cluster_names()) names += (names.empty() ? "" : ", ") + n;
-      throw InputError("--cluster: unknown cluster '" + name_or_path + "' (shipped: " + names + "; or a .json path)");
+      throw InputError(field("cluster") + ": unknown cluster '" + name_or_path + "' (shipped: " + names + "; or a .json path)");
     }
   }
   return cluster_from_json(parse_json_file(path), path);

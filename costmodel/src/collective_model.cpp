@@ -9,7 +9,7 @@
 namespace fuseplan {
 
 CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions opt) : opt_(opt) {
-  check_gpu_count(c, gpus, "--gpus");
+  check_gpu_count(c, gpus, field("gpus"));
   topo_ = {gpus, std::min(gpus, c.gpus_per_node)};
   net_.intra_alpha = c.intra.lat_us * 1e-6;
   net_.intra_beta = 1.0 / (c.intra.bw_GBps * 1e9);
@@ -26,8 +26,8 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
   }
   net_.gamma = c.gamma_s_per_byte();
   launch_s_ = (c.launch_overhead_us + c.dispatch_overhead_us) * 1e-6;
-  if (opt_.group < 0) throw InputError("--group: must be >= 1");
-  if (opt_.torus_x < 0) throw InputError("--torus-x: must be >= 1");
+  if (opt_.group < 0) throw InputError(field("collective.group") + ": must be >= 1");
+  if (opt_.torus_x < 0) throw InputError(field("collective.torus_x") + ": must be >= 1");
   cache_.resize(algorithms().size());
   for (const auto& [name, k] : c.calibrated) {
     find_algorithm(name, c.source + ": $.calibrated");
@@ -36,11 +36,11 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
   library_ = c.library;
   if (c.library == "nccl") {
     auto ctx = std::make_shared<NcclContext>();
-    ctx->system = nccl_system(c, gpus, opt_.nccl_release, "--nccl-version");
+    ctx->system = nccl_system(c, gpus, opt_.nccl_release, field("collective.nccl_version"));
     ctx->tuning = nccl_tune(ctx->system);
     nccl_ = std::move(ctx);
   } else if (!opt_.nccl_release.empty()) {
-    throw InputError("--nccl-version: cluster " + c.name + " runs " + c.library + ", not NCCL");
+    throw InputError(field("collective.nccl_version") + ": cluster " + c.name + " runs " + c.library + ", not NCCL");
   }
 }
 

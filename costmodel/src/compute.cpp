@@ -18,7 +18,7 @@ constexpr double kOptimizerBytesPerParam = 28.0;
 }  // namespace
 
 ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precision p) {
-  if (batch < 1) throw InputError("--batch-per-gpu: must be >= 1 (got " + std::to_string(batch) + ")");
+  if (batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1 (got " + std::to_string(batch) + ")");
   const double flops = c.achievable_flops(p);
   const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency;
   const double eb = bytes_per_element(p);

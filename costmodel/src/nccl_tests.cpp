@@ -162,16 +162,16 @@ NcclTestsLog read_nccl_tests(const std::string& path, const std::string& flag) {
 }
 
 Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, int ranks, int per_node) {
-  find_algorithm(as_algorithm, "--as");
+  find_algorithm(as_algorithm, field("nccl_tests.as"));
   const NcclTestsLog log = read_nccl_tests(path);
   Sweep s{as_algorithm, ranks, per_node, log.elem_bytes, {}};
   for (const auto& [bytes, seconds] : log.points) s.points.push_back({bytes, seconds});
   if (s.ranks <= 0) s.ranks = log.ranks;
-  if (s.ranks < 2) throw InputError("--nccl-tests " + path + ": cannot tell the rank count (give --ranks)");
+  if (s.ranks < 2) throw InputError(field("nccl_tests") + " " + path + ": cannot tell the rank count (give " + field("nccl_tests.ranks") + ")");
   // Ranks per node: the flag, else the host names in the "#  Rank" lines, else one node.
   if (s.per_node <= 0) s.per_node = log.per_node > 0 && s.ranks == log.ranks ? log.per_node : s.ranks;
   if (s.per_node > s.ranks)
-    throw InputError("--per-node: " + std::to_string(s.per_node) + " is more than the " + std::to_string(s.ranks) + " ranks");
+    throw InputError(field("nccl_tests.per_node") + ": " + std::to_string(s.per_node) + " is more than the " + std::to_string(s.ranks) + " ranks");
   return s;
 }
 

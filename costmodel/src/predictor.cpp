@@ -209,8 +209,8 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   if (coll.gpus() != plan.gpus)
     throw InputError("plan is for " + std::to_string(plan.gpus) + " GPUs, the prediction asks for " +
                      std::to_string(coll.gpus()));
-  if (goal.epochs <= 0) throw InputError("--epochs: must be > 0");
-  if (goal.dataset_size <= 0) throw InputError("--dataset-size: must be > 0");
+  if (goal.epochs <= 0) throw InputError(field("goal.epochs") + ": must be > 0");
+  if (goal.dataset_size <= 0) throw InputError(field("goal.dataset_size") + ": must be > 0");
   Report r;
   r.source = "predicted";
   r.model = model.name;

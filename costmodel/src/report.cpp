@@ -189,8 +189,8 @@ void finish_report(Report& r, const TrainingGoal& goal, int seq_len) {
   r.throughput_samples_s = global / r.iteration_s;
   r.scaling_efficiency = r.single_gpu_iteration_s > 0 ? r.single_gpu_iteration_s / r.iteration_s : 0;
   if (goal.tokens > 0 && seq_len < 1)
-    throw InputError("--tokens: model " + r.model + " has no sequence length (not a zoo transformer); use --epochs "
-                     "and --dataset-size");
+    throw InputError(field("goal.tokens") + ": model " + r.model + " has no sequence length (not a zoo transformer); use " + field("goal.epochs") + " "
+                     "and " + field("goal.dataset_size"));
   r.epochs = goal.tokens > 0 ? 0 : goal.epochs;
   r.dataset_size = goal.tokens > 0 ? 0 : goal.dataset_size;
   r.tokens = goal.tokens;

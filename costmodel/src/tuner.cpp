@@ -64,17 +64,17 @@ bool keeps_fp32(const ParamTensor& t, Fp32Tensors f) {
 
 void check_options(const TuneOptions& opt, int tensors) {
   if (opt.strategy == Strategy::KSplit && (opt.segments < 1 || opt.segments > tensors))
-    throw InputError("--segments: " + std::to_string(opt.segments) + " buckets asked for, the model has " +
+    throw InputError(field("tuner.segments") + ": " + std::to_string(opt.segments) + " buckets asked for, the model has " +
                      std::to_string(tensors) + " tensors (valid: 1.." + std::to_string(tensors) + ")");
   if (opt.strategy == Strategy::KSplit && int64_t(opt.segments) * (tensors + 1) > kMaxKSplitCells)
-    throw InputError("--segments: " + std::to_string(opt.segments) + " x " + std::to_string(tensors) +
-                     " tensors is too large a table for k-split; use --strategy optimal");
-  if (opt.horovod_threshold_bytes < 0) throw InputError("--threshold: must be >= 0 bytes");
+    throw InputError(field("tuner.segments") + ": " + std::to_string(opt.segments) + " x " + std::to_string(tensors) +
+                     " tensors is too large a table for k-split; use " + field("tuner.strategy") + " optimal");
+  if (opt.horovod_threshold_bytes < 0) throw InputError(field("tuner.threshold") + ": must be >= 0 bytes");
   if (!(opt.horovod_cycle_s >= 0) || !std::isfinite(opt.horovod_cycle_s))
-    throw InputError("--cycle-time: must be >= 0 ms");
-  if (opt.ddp_cap_bytes <= 0) throw InputError("--ddp-cap: must be > 0 bytes");
-  if (opt.ddp_first_bytes <= 0) throw InputError("--ddp-first: must be > 0 bytes");
-  if (opt.streams < 1) throw InputError("--streams: must be >= 1");
+    throw InputError(field("tuner.cycle_time") + ": must be >= 0 ms");
+  if (opt.ddp_cap_bytes <= 0) throw InputError(field("tuner.ddp_cap") + ": must be > 0 bytes");
+  if (opt.ddp_first_bytes <= 0) throw InputError(field("tuner.ddp_first") + ": must be > 0 bytes");
+  if (opt.streams < 1) throw InputError(field("tuner.streams") + ": must be >= 1");
   if (opt.algorithm != "auto") find_algorithm(opt.algorithm);
 }
 

@@ -40,9 +40,9 @@ size_t WhatIf::count(const WhatIfAxes& a) const {
 WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   const Model& m = model(p.model);
   // A what-if may ask for more GPUs than the cluster file has: grown by whole nodes.
-  Cluster c = grown_to(base_, p.gpus, "--gpus");
+  Cluster c = grown_to(base_, p.gpus, field("gpus"));
   if (p.inter_bw_Gbps > 0) {
-    if (!c.inter) throw InputError("--inter-bw: cluster " + c.name + " has no inter-node network");
+    if (!c.inter) throw InputError(field("whatif.inter_bw") + ": cluster " + c.name + " has no inter-node network");
     c.inter->nic_bw_Gbps = p.inter_bw_Gbps;
   }
   int batch = p.batch_per_gpu > 0 ? p.batch_per_gpu : default_batch_per_gpu(p.model);
@@ -62,9 +62,9 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   // A sweep reports every point: a model that does not fit is warned of, not refused;
   // so is a global batch past the literature's (check_setup, as predict and tune do).
   try {
-    check_setup(m, c, p.gpus, batch, p.precision, o.transfer, "--gpus", "--model " + p.model, row.warnings);
+    check_setup(m, c, p.gpus, batch, p.precision, o.transfer, field("gpus"), field("model") + " " + p.model, row.warnings);
   } catch (const InputError& e) {
-    row.warnings.push_back(std::string("warning: ") + e.what());
+    row.warnings.push_back("warning: " + e.text());
   }
   return row;
 }
@@ -88,8 +88,8 @@ std::vector<WhatIfRow> WhatIf::sweep(const WhatIfAxes& a, const Progress& progre
 }
 
 double WhatIf::min_bandwidth_for(WhatIfPoint p, double target, const Progress& progress) const {
-  if (!(target > 0 && target <= 1)) throw InputError("--target-efficiency: must be in (0, 1]");
-  if (!base_.inter) throw InputError("--target-efficiency: cluster " + base_.name + " has no inter-node bandwidth to solve for");
+  if (!(target > 0 && target <= 1)) throw InputError(field("whatif.target_efficiency") + ": must be in (0, 1]");
+  if (!base_.inter) throw InputError(field("whatif.target_efficiency") + ": cluster " + base_.name + " has no inter-node bandwidth to solve for");
   const double own = base_.inter->nic_bw_Gbps;
   auto eff = [&](double bw) {
     p.inter_bw_Gbps = bw;
@@ -97,7 +97,7 @@ double WhatIf::min_bandwidth_for(WhatIfPoint p, double target, const Progress& p
   };
   double hi = own * 1000, lo = own / 1000;
   if (eff(hi) < target)
-    throw InputError("--target-efficiency " + num(target) + " is unreachable: even " + num(hi, "%.0f") +
+    throw InputError(field("whatif.target_efficiency") + " " + num(target) + " is unreachable: even " + num(hi, "%.0f") +
                      " Gbps per NIC gives " + num(eff(hi), "%.6f") +
                      " (compute, launch overheads or intra-node links limit it)");
   if (eff(lo) >= target) return lo;
@@ -113,7 +113,7 @@ double WhatIf::min_bandwidth_for(WhatIfPoint p, double target, const Progress& p
 
 WhatIfRow WhatIf::max_gpus_for(WhatIfPoint p, double target, const std::vector<int>& candidates,
                                const Progress& progress) const {
-  if (!(target > 0 && target <= 1)) throw InputError("--target-efficiency: must be in (0, 1]");
+  if (!(target > 0 && target <= 1)) throw InputError(field("whatif.target_efficiency") + ": must be in (0, 1]");
   std::optional<WhatIfRow> best;
   double best_eff = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
@@ -124,14 +124,14 @@ WhatIfRow WhatIf::max_gpus_for(WhatIfPoint p, double target, const std::vector<i
     if (progress) progress(i + 1, candidates.size());
   }
   if (!best)
-    throw InputError("--target-efficiency " + num(target) + " is unreachable: the best of " +
+    throw InputError(field("whatif.target_efficiency") + " " + num(target) + " is unreachable: the best of " +
                      std::to_string(candidates.size()) + " GPU counts reaches " + num(best_eff, "%.6f"));
   return *best;
 }
 
 WhatIfRow WhatIf::min_gpus_for_deadline(WhatIfPoint p, double deadline_s, const std::vector<int>& candidates,
                                         const Progress& progress) const {
-  if (!(deadline_s > 0)) throw InputError("--deadline: must be > 0");
+  if (!(deadline_s > 0)) throw InputError(field("whatif.deadline") + ": must be > 0");
   double fastest = INFINITY;
   int fastest_gpus = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
@@ -144,9 +144,9 @@ WhatIfRow WhatIf::min_gpus_for_deadline(WhatIfPoint p, double deadline_s, const 
       fastest_gpus = p.gpus;
     }
   }
-  throw InputError("--deadline: unreachable within " + std::to_string(candidates.back()) + " GPUs; the fastest is " +
+  throw InputError(field("whatif.deadline") + ": unreachable within " + std::to_string(candidates.back()) + " GPUs; the fastest is " +
                    num(fastest / 60, "%.2f") + " min on " + std::to_string(fastest_gpus) +
-                   " GPUs (raise --max-gpus or relax the deadline)");
+                   " GPUs (raise " + field("whatif.max_gpus") + " or relax the deadline)");
 }
 
 std::vector<int> WhatIf::gpu_candidates() const {

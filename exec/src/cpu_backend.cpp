@@ -485,13 +485,13 @@ CpuConv parse_cpu_conv(const std::string& s) {
   if (s == "auto") return CpuConv::Auto;
   if (s == "im2col") return CpuConv::Im2col;
   if (s == "onednn") return CpuConv::Dnnl;
-  throw InputError("--conv: unknown convolution '" + s + "' (valid: auto, im2col, onednn)");
+  throw InputError(field("backend.conv") + ": unknown convolution '" + s + "' (valid: auto, im2col, onednn)");
 }
 
 BackendKind parse_backend(const std::string& s) {
   if (s == "cpu") return BackendKind::Cpu;
   if (s == "cuda") return BackendKind::Cuda;  // make_cuda_backend refuses a build without it
-  throw InputError("--backend: unknown backend '" + s + "' (valid: cpu, cuda)");
+  throw InputError(field("backend") + ": unknown backend '" + s + "' (valid: cpu, cuda)");
 }
 
 bool cpu_has_dnnl() {

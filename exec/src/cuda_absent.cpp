@@ -7,7 +7,7 @@ namespace fuseplan::exec {
 
 int cuda_device_count() { return 0; }
 std::unique_ptr<Backend> make_cuda_backend(const CudaOptions&) {
-  throw InputError("--backend cuda: this build has no CUDA backend (CMake found no nvcc; valid here: cpu)");
+  throw InputError(field("backend") + " cuda: this build has no CUDA backend (CMake found no nvcc; valid here: cpu)");
 }
 
 }  // namespace fuseplan::exec

@@ -38,15 +38,15 @@ void check(cudaError_t e, const char* what, std::source_location at = std::sourc
   const bool oom = e == cudaErrorMemoryAllocation;
   const bool no_gpu = e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver || e == cudaErrorInvalidDevice;
   device_failure(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e) +
-                     (oom ? " (a smaller --batch-per-gpu or --precision fp16 may fit)" : "") +
-                     (no_gpu ? " (--backend cpu runs without a GPU)" : ""),
+                     (oom ? " (a smaller " + field("batch_per_gpu") + " or " + field("precision") + " fp16 may fit)" : "") +
+                     (no_gpu ? " (" + field("backend") + " cpu runs without a GPU)" : ""),
                  oom || no_gpu, at);
 }
 void check(cudnnStatus_t e, const char* what, std::source_location at = std::source_location::current()) {
   if (e == CUDNN_STATUS_SUCCESS) return;
   const bool oom = e == CUDNN_STATUS_ALLOC_FAILED;
   device_failure(std::string("cuDNN: ") + what + ": " + cudnnGetErrorString(e) +
-                     (oom ? " (a smaller --batch-per-gpu may fit)" : ""),
+                     (oom ? " (a smaller " + field("batch_per_gpu") + " may fit)" : ""),
                  oom, at);
 }
 void check(cublasStatus_t e, const char* what, std::source_location at = std::source_location::current()) {
@@ -366,9 +366,9 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(const CudaOptions& opt) : opt_(opt) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
-      throw InputError("--backend cuda: no CUDA device is visible on this machine");
+      throw InputError(field("backend") + " cuda: no CUDA device is visible on this machine");
     if (opt.device < 0 || opt.device >= count)
-      throw InputError("--device " + std::to_string(opt.device) + ": this machine has " + std::to_string(count) +
+      throw InputError(field("backend.device") + " " + std::to_string(opt.device) + ": this machine has " + std::to_string(count) +
                        " CUDA device(s), 0.." + std::to_string(count - 1));
     check(cudaSetDevice(opt.device), "set device");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");

@@ -15,7 +15,7 @@ namespace {
 std::vector<uint8_t> read_gz(const std::string& path) {
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f)
-    throw InputError(path + ": cannot open (install the Debian package dataset-fashion-mnist, or pass --data-dir)");
+    throw InputError(path + ": cannot open (install the Debian package dataset-fashion-mnist, or pass " + field("train.data_dir") + ")");
   std::vector<uint8_t> out;
   uint8_t buf[1 << 16];
   int n;
@@ -156,7 +156,7 @@ Loader::Loader(const Dataset& data, const LoaderOptions& opt, int64_t epoch, int
   if (opt.ranks < 1 || opt.rank < 0 || opt.rank >= opt.ranks)
     throw InputError("loader: rank " + std::to_string(opt.rank) + " of " + std::to_string(opt.ranks));
   if (opt.batch < 1 || opt.global_batch() > data.size())
-    throw InputError("--batch-per-gpu: " + std::to_string(opt.batch) + (opt.ranks > 1 ? " x " + std::to_string(opt.ranks) + " ranks" : "") +
+    throw InputError(field("batch_per_gpu") + ": " + std::to_string(opt.batch) + (opt.ranks > 1 ? " x " + std::to_string(opt.ranks) + " ranks" : "") +
                      " must be between 1 and the data set size " + std::to_string(data.size()));
   thread_ = std::thread([this, epoch, position] { run(epoch, position); });
 }

@@ -330,7 +330,7 @@ PlanExchange::PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBu
                            const ExchangeOptions& opt)
     : world_(world), grads_(grads), buckets_(std::move(buckets)), opt_(opt) {
   if (opt.thread && !world.thread_multiple())
-    throw InputError("--progress thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use --progress poll)");
+    throw InputError(field("comm.progress") + " thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use " + field("comm.progress") + " poll)");
   int streams = 0;
   for (const auto& b : buckets_) streams = std::max(streams, b.stream + 1);
   stream_comms_.assign(size_t(streams), MPI_COMM_NULL);

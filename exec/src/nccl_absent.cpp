@@ -8,7 +8,7 @@ namespace fuseplan::exec {
 bool nccl_built() { return false; }
 
 std::unique_ptr<TimedExchange> make_nccl_exchange(MpiWorld&, Backend&, float*, std::vector<ExchangeBucket>, double) {
-  throw InputError("--comm nccl: this build has no NCCL (it needs the CUDA backend and nccl.h; use --comm mpi)");
+  throw InputError(field("comm") + " nccl: this build has no NCCL (it needs the CUDA backend and nccl.h; use " + field("comm") + " mpi)");
 }
 
 }  // namespace fuseplan::exec

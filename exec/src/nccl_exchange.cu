@@ -69,7 +69,7 @@ class NcclExchange final : public TimedExchange {
         buckets_(std::move(buckets)),
         timeout_s_(timeout_s),
         timings_(buckets_.size()) {
-    if (!compute_) throw InputError("--comm nccl: needs --backend cuda");
+    if (!compute_) throw InputError(field("comm") + " nccl: needs " + field("backend") + " cuda");
     const RankLayout& l = world.layout();
     ncclUniqueId id;
     if (world.rank() == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");

@@ -36,7 +36,7 @@ struct Network::Node {
 
 Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& opt)
     : model_(m), batch_(batch), be_(be), opt_(opt) {
-  if (batch < 1) throw InputError("--batch-per-gpu: must be >= 1");
+  if (batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1");
   const int T = static_cast<int>(m.tensors.size());
   // Flat buffers in backward order.
   slots_.resize(T);

@@ -10,16 +10,16 @@ namespace fuseplan::exec {
 OptimizerKind parse_optimizer(const std::string& s) {
   if (s == "lars") return OptimizerKind::Lars;
   if (s == "sgd") return OptimizerKind::Sgd;
-  throw InputError("--optimizer: unknown optimizer '" + s + "' (valid: lars, sgd)");
+  throw InputError(field("optimizer") + ": unknown optimizer '" + s + "' (valid: lars, sgd)");
 }
 
 Optimizer::Optimizer(const Network& net, const float* initial_params, const OptimizerOptions& opt)
     : opt_(opt), be_(net.backend()), n_(size_t(net.param_count())) {
-  if (!(opt.lr > 0)) throw InputError("--lr: must be > 0");
-  if (opt.momentum < 0 || opt.momentum >= 1) throw InputError("--momentum: must be in [0, 1)");
-  if (opt.weight_decay < 0) throw InputError("--weight-decay: must be >= 0");
-  if (!(opt.trust > 0)) throw InputError("--lars-trust: must be > 0");
-  if (opt.total_steps < 1 || opt.warmup_steps < 0) throw InputError("--epochs: the schedule needs at least one step");
+  if (!(opt.lr > 0)) throw InputError(field("optimizer.lr") + ": must be > 0");
+  if (opt.momentum < 0 || opt.momentum >= 1) throw InputError(field("optimizer.momentum") + ": must be in [0, 1)");
+  if (opt.weight_decay < 0) throw InputError(field("optimizer.weight_decay") + ": must be >= 0");
+  if (!(opt.trust > 0)) throw InputError(field("optimizer.lars_trust") + ": must be > 0");
+  if (opt.total_steps < 1 || opt.warmup_steps < 0) throw InputError(field("train.epochs") + ": the schedule needs at least one step");
   masters_ = DeviceBuffer(be_, std::max<size_t>(n_, 1));
   momenta_ = DeviceBuffer(be_, std::max<size_t>(n_, 1));
   be_.copy_in(masters_.get(), initial_params, n_);

@@ -33,14 +33,14 @@ uint64_t dropout_seed(uint64_t seed, int rank, int64_t step) {
 }
 
 OptimizerOptions schedule(const TrainOptions& o, const Dataset& train) {
-  if (o.batch < 1) throw InputError("--batch-per-gpu: must be >= 1");
+  if (o.batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1");
   if (o.global_batch() > train.size())
-    throw InputError("--batch-per-gpu: " + std::to_string(o.batch) +
+    throw InputError(field("batch_per_gpu") + ": " + std::to_string(o.batch) +
                      (o.ranks() > 1 ? " x " + std::to_string(o.ranks()) + " ranks" : "") + " is larger than the data set (" +
                      std::to_string(train.size()) + " samples)");
-  if (!(o.epochs > 0)) throw InputError("--epochs: must be > 0");
-  if (o.warmup_epochs < 0 || o.warmup_epochs > o.epochs) throw InputError("--warmup-epochs: must be in [0, --epochs]");
-  if (o.label_smoothing < 0 || o.label_smoothing >= 1) throw InputError("--label-smoothing: must be in [0, 1)");
+  if (!(o.epochs > 0)) throw InputError(field("train.epochs") + ": must be > 0");
+  if (o.warmup_epochs < 0 || o.warmup_epochs > o.epochs) throw InputError(field("train.warmup_epochs") + ": must be in [0, " + field("train.epochs") + "]");
+  if (o.label_smoothing < 0 || o.label_smoothing >= 1) throw InputError(field("train.label_smoothing") + ": must be in [0, 1)");
   OptimizerOptions s = o.optimizer;
   const double per = double(steps_per_epoch(train, o.global_batch()));
   s.total_steps = std::max<int64_t>(1, int64_t(std::ceil(o.epochs * per)));
@@ -117,7 +117,7 @@ class Reader {
     at_ += size_t(n);
     return s;
   }
-  [[noreturn]] void fail(const std::string& why) const { throw InputError("--resume " + path_ + ": " + why); }
+  [[noreturn]] void fail(const std::string& why) const { throw InputError(field("train.resume") + " " + path_ + ": " + why); }
 
  private:
   void need(size_t n) const {
@@ -142,11 +142,11 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
       dropout_rng_(dropout_seed(opt.seed, opt.exchange ? opt.exchange->rank() : 0, 0)) {
   // Images are resized (bilinear) to the model's resolution; channels must agree.
   if (model.input_shape.size() != 3 || model.input_shape[0] != train.channels)
-    throw InputError("--model: " + model.name + " takes input " + shape_str(model.input_shape) + " but " + train.name +
-                     " has " + shape_str(Shape{train.channels, train.height, train.width}) + " (set --channels)");
+    throw InputError(field("model") + ": " + model.name + " takes input " + shape_str(model.input_shape) + " but " + train.name +
+                     " has " + shape_str(Shape{train.channels, train.height, train.width}) + " (set " + field("model.channels") + ")");
   if (net_.classes() != train.classes)
-    throw InputError("--model: " + model.name + " has " + std::to_string(net_.classes()) + " classes but " +
-                     train.name + " has " + std::to_string(train.classes) + " (set --classes)");
+    throw InputError(field("model") + ": " + model.name + " has " + std::to_string(net_.classes()) + " classes but " +
+                     train.name + " has " + std::to_string(train.classes) + " (set " + field("model.classes") + ")");
   if (!opt.resume_path.empty()) load_checkpoint(opt.resume_path);
 }
 
@@ -308,7 +308,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
   const std::string bytes = w.finish();
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw InputError("--checkpoint " + path + ": cannot write: " + std::strerror(errno));
+  if (fd < 0) throw InputError(field("train.checkpoint") + " " + path + ": cannot write: " + std::strerror(errno));
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
@@ -328,17 +328,17 @@ void Trainer::save_checkpoint(const std::string& path) const {
 void Trainer::load_checkpoint(const std::string& path) {
   be_.synchronize();  // the host writes into the backend's memory below
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError("--resume " + path + ": cannot open");
+  if (!in) throw InputError(field("train.resume") + " " + path + ": cannot open");
   std::stringstream ss;
   ss << in.rdbuf();
   Reader r(ss.str(), path);
   if (r.get<uint64_t>() != model_.fingerprint()) r.fail("was written for another model (fingerprint differs)");
-  if (r.get<int32_t>() != opt_.batch) r.fail("was written with another --batch");
+  if (r.get<int32_t>() != opt_.batch) r.fail("was written with another " + field("batch_per_gpu"));
   if (const int32_t n = r.get<int32_t>(); n != opt_.ranks())
     r.fail("was written by " + std::to_string(n) + " ranks, this run has " + std::to_string(opt_.ranks()));
-  if (r.get<uint64_t>() != opt_.seed) r.fail("was written with another --seed");
-  if (r.get<int32_t>() != int32_t(opt_.precision)) r.fail("was written with another --precision");
-  if (r.get_string() != train_.name) r.fail("was written for another --dataset");
+  if (r.get<uint64_t>() != opt_.seed) r.fail("was written with another " + field("train.seed"));
+  if (r.get<int32_t>() != int32_t(opt_.precision)) r.fail("was written with another " + field("precision"));
+  if (r.get_string() != train_.name) r.fail("was written for another " + field("train.dataset"));
   step_ = r.get<int64_t>();
   epoch_ = r.get<int64_t>();
   position_ = r.get<int64_t>();

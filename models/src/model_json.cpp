@@ -145,7 +145,7 @@ ProfileInfo apply_profile_json(Model& m, const nlohmann::json& j, const std::str
   if (fp != m.fingerprint_hex())
     r.fail("fingerprint", "the profile was measured on model " + name + " (fingerprint " + fp + "), not on " + m.name +
                               " as configured (fingerprint " + m.fingerprint_hex() +
-                              "; same --model, --resolution, --channels, --classes?)");
+                              "; same " + field("model") + ", " + field("model.resolution") + ", " + field("model.channels") + ", " + field("model.classes") + "?)");
   ProfileInfo info;
   info.device = r.string("device");
   info.precision = r.string("precision");

@@ -91,25 +91,25 @@ std::string zoo_names() {
 
 Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
   const ZooEntry* e = find_zoo(name);
-  if (!e) throw InputError("--model: unknown model '" + name + "' (zoo: " + zoo_names() + "; or a model .json path)");
+  if (!e) throw InputError(field("model") + ": unknown model '" + name + "' (zoo: " + zoo_names() + "; or a model .json path)");
   if (e->is_transformer && (opt.resolution || opt.channels || opt.classes))
-    throw InputError("--resolution/--channels/--classes do not apply to " + name + " (a transformer; use --seq-len)");
+    throw InputError(field("model.resolution") + "/" + field("model.channels") + "/" + field("model.classes") + " do not apply to " + name + " (a transformer; use " + field("model.seq_len") + ")");
   if (!e->is_transformer && opt.seq_len)
-    throw InputError("--seq-len does not apply to " + name + " (a CNN; use --resolution)");
-  auto positive = [&](const std::optional<int>& v, const char* flag) {
-    if (v && *v <= 0) throw InputError(std::string(flag) + ": must be > 0 (got " + std::to_string(*v) + ")");
+    throw InputError(field("model.seq_len") + " does not apply to " + name + " (a CNN; use " + field("model.resolution") + ")");
+  auto positive = [&](const std::optional<int>& v, const std::string& flag) {
+    if (v && *v <= 0) throw InputError(flag + ": must be > 0 (got " + std::to_string(*v) + ")");
   };
-  positive(opt.resolution, "--resolution");
-  positive(opt.channels, "--channels");
-  positive(opt.classes, "--classes");
-  positive(opt.seq_len, "--seq-len");
+  positive(opt.resolution, field("model.resolution"));
+  positive(opt.channels, field("model.channels"));
+  positive(opt.classes, field("model.classes"));
+  positive(opt.seq_len, field("model.seq_len"));
   return e->build(opt);
 }
 
 Model load_model(const std::string& name_or_path, const ModelOptions& opt) {
   if (!looks_like_path(name_or_path)) return build_zoo_model(name_or_path, opt);
   if (opt.resolution || opt.channels || opt.classes || opt.seq_len)
-    throw InputError("--resolution/--channels/--classes/--seq-len apply to zoo models, not to " + name_or_path);
+    throw InputError(field("model.resolution") + "/" + field("model.channels") + "/" + field("model.classes") + "/" + field("model.seq_len") + " apply to zoo models, not to " + name_or_path);
   return load_model_file(name_or_path);
 }
 
@@ -172,7 +172,7 @@ TrainingGoal training_goal(const Model& m) {
     g.what = "6 epochs of Fashion-MNIST (60,000 images), this project's convergence runs (scripts/convergence.sh)";
   } else {
     g.what = "90 epochs of 1,281,167 samples: ImageNet-1k's, assumed for " + n +
-             " (no data set of its shape is known; set --epochs and --dataset-size)";
+             " (no data set of its shape is known: give the training goal's epochs and data set size)";
   }
   return g;
 }

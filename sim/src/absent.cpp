@@ -8,7 +8,7 @@ namespace fuseplan::sim {
 namespace {
 [[noreturn]] void no_simgrid() {
   throw InputError("simulation: this build has no SimGrid (Debian's libsimgrid-dev); install it and rebuild, or "
-                   "use the predictor (predict, tune, compare, verify --no-sim)");
+                   "use the predictor, which needs no simulator");
 }
 }  // namespace
 

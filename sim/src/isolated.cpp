@@ -23,7 +23,7 @@ std::string run_isolated(const std::function<std::string()>& fn) {
       out = fn();
       out.insert(out.begin(), '0');
     } catch (const InputError& e) {
-      out = std::string("2") + e.what();
+      out = std::string("2") + e.text();  // field names kept for the caller to spell
     } catch (const std::exception& e) {
       out = std::string("1") + e.what();
     }

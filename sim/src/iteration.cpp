@@ -57,14 +57,14 @@ struct RankState {
 
 void check_options(const SimOptions& o, int gpus) {
   check_network_model(o.network_model);
-  if (o.iterations < 1) throw InputError("--iterations: must be >= 1");
-  if (!(o.jitter >= 0) || !std::isfinite(o.jitter)) throw InputError("--jitter: must be >= 0");
-  if (o.trace_ranks < 0) throw InputError("--trace-ranks: must be >= 0");
+  if (o.iterations < 1) throw InputError(field("sim.iterations") + ": must be >= 1");
+  if (!(o.jitter >= 0) || !std::isfinite(o.jitter)) throw InputError(field("sim.jitter") + ": must be >= 0");
+  if (o.trace_ranks < 0) throw InputError(field("sim.trace_ranks") + ": must be >= 0");
   for (const auto& [rank, factor] : o.stragglers) {
     if (rank < 0 || rank >= gpus)
-      throw InputError("--straggler: rank " + std::to_string(rank) + " does not exist (valid: 0.." +
+      throw InputError(field("sim.straggler") + ": rank " + std::to_string(rank) + " does not exist (valid: 0.." +
                        std::to_string(gpus - 1) + ")");
-    if (!(factor > 0) || !std::isfinite(factor)) throw InputError("--straggler: factor must be > 0");
+    if (!(factor > 0) || !std::isfinite(factor)) throw InputError(field("sim.straggler") + ": factor must be > 0");
   }
 }
 

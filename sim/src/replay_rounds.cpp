@@ -36,7 +36,7 @@ void configure_engine(const std::string& network_model) {
 
 void check_network_model(const std::string& name) {
   if (name != "cm02" && name != "lv08" && name != "smpi")
-    throw InputError("--network-model: unknown model '" + name + "' (valid: cm02, lv08, smpi)");
+    throw InputError(field("sim.network_model") + ": unknown model '" + name + "' (valid: cm02, lv08, smpi)");
 }
 
 namespace {

@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "fuseplan/models/error.hpp"
+
 namespace fuseplan {
 
 struct NcclContext;
@@ -126,7 +128,7 @@ struct Algorithm {
 
 const std::vector<Algorithm>& algorithms();
 // Throws InputError listing the valid names ("auto" is handled by CollectiveModel).
-const Algorithm& find_algorithm(std::string_view name, const std::string& flag = "--algorithm");
+const Algorithm& find_algorithm(std::string_view name, const std::string& flag = field("algorithm"));
 std::string algorithm_names();
 
 // The cheapest variant for these arguments (args.variant if it is already set).

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/models/error.hpp"
+
 namespace fuseplan {
 
 struct NcclTestsChoice {
@@ -33,6 +35,6 @@ struct NcclTestsLog {
 // ("[1,0]<stdout>:") are stripped; other lines (NCCL INFO, warnings) are skipped. A
 // "# layout: N nodes x G ranks" header line stands in for missing "#  Rank" lines.
 // Throws InputError naming `flag`, the file and the line.
-NcclTestsLog read_nccl_tests(const std::string& path, const std::string& flag = "--nccl-tests");
+NcclTestsLog read_nccl_tests(const std::string& path, const std::string& flag = field("nccl_tests"));
 
 }  // namespace fuseplan

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/models/error.hpp"
 #include "fuseplan/costmodel/precision.hpp"
 #include "fuseplan/models/model.hpp"
 #include "fuseplan/models/zoo.hpp"
@@ -61,7 +62,7 @@ int64_t bucket_elements(const Plan& p, const Model& m, const PlanBucket& b);
 // backward order, Horovod-style), "splits:A,B,..." (backward positions that start a new
 // bucket). Throws InputError naming `flag`.
 std::vector<PlanBucket> buckets_from_spec(const std::string& spec, const Model& m, const std::string& algorithm,
-                                          Precision transfer, const std::string& flag = "--buckets");
+                                          Precision transfer, const std::string& flag = field("buckets"));
 Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, Precision compute,
                std::vector<PlanBucket> buckets, const std::string& strategy);
 

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/models/error.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
 
@@ -29,13 +30,13 @@ inline constexpr Strategy kAllStrategies[] = {Strategy::Optimal, Strategy::KSpli
 const char* strategy_name(Strategy s);
 std::string strategy_names();
 // Throws InputError naming `flag` and listing the valid names.
-Strategy parse_strategy(const std::string& s, const std::string& flag = "--strategy");
+Strategy parse_strategy(const std::string& s, const std::string& flag = field("tuner.strategy"));
 
 // Which tensors travel in FP32 whatever the bucket's transfer precision: none, the
 // normalisation layers' weights and biases (norm), or those plus every bias (norm+bias).
 // A bucket holding any of them is sent in FP32.
 enum class Fp32Tensors { None, Norm, NormAndBias };
-Fp32Tensors parse_fp32_tensors(const std::string& s, const std::string& flag = "--fp32-tensors");
+Fp32Tensors parse_fp32_tensors(const std::string& s, const std::string& flag = field("tuner.fp32_tensors"));
 const char* fp32_tensors_name(Fp32Tensors f);
 
 enum class Packing { Strategy, Pack, View };  // Strategy: horovod and ddp pack, the rest view

@@ -1,14 +1,43 @@
 // Typed errors shared by every fuseplan library; only main() turns them into exit codes.
+//
+// Library code names what is wrong by its field, never by a program's flag: a JSON path
+// into a file ("cluster.json: $.inter_node.nic_bw_Gbps") or an input of a library call,
+// marked with field() (field("tuner.segments") + ": must be >= 1"; the names are listed
+// in docs/design.md, "The run contract"). what() prints the names bare ("tuner.segments:
+// must be >= 1"); a program spells them its own way with render() (the command line:
+// `--segments`, cli/format.hpp).
 #pragma once
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace fuseplan {
 
-// Bad input from the user (a file, a flag, a value): main prints it on one line, exit 2.
+// How a program spells a field name ("tuner.segments" -> "--segments").
+using FieldSpelling = std::function<std::string(std::string_view field)>;
+
+// A field's name, marked in a message for render_fields (between two ASCII unit
+// separators, which no file name or value in a message holds).
+std::string field(std::string_view name);
+
+// `text` with each field() name replaced by spell(name).
+std::string render_fields(std::string_view text, const FieldSpelling& spell);
+
+// The names bare: field("tuner.segments") + ": ..." -> "tuner.segments: ...".
+std::string bare_fields(std::string_view text);
+
+// Bad input from the user (a file, a field, a value): main prints it on one line, exit 2.
 class InputError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit InputError(const std::string& text) : std::runtime_error(bare_fields(text)), text_(text) {}
+  // The message with its field names spelled by `spell`.
+  std::string render(const FieldSpelling& spell) const { return render_fields(text_, spell); }
+  // The message as written, names marked (to pass it on: another process, a warning).
+  const std::string& text() const { return text_; }
+
+ private:
+  std::string text_;
 };
 
 // A run that failed for another reason (I/O, an internal limit): exit 1.

@@ -1,0 +1,31 @@
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan {
+
+std::string field(std::string_view name) {
+  std::string marked(1, '\x1f');
+  marked.append(name);
+  marked.push_back('\x1f');
+  return marked;
+}
+
+std::string render_fields(std::string_view text, const FieldSpelling& spell) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const size_t end = text[i] == '\x1f' ? text.find('\x1f', i + 1) : std::string_view::npos;
+    if (end == std::string_view::npos) {
+      out += text[i];
+      continue;
+    }
+    out += spell(text.substr(i + 1, end - i - 1));
+    i = end;
+  }
+  return out;
+}
+
+std::string bare_fields(std::string_view text) {
+  return render_fields(text, [](std::string_view f) { return std::string(f); });
+}
+
+}  // namespace fuseplan
