@@ -19,7 +19,7 @@
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
-#include "fuseplan/exec/measure.hpp"
+#include "fuseplan/exec/run.hpp"
 #include "fuseplan/exec/mpi.hpp"
 #include "fuseplan/exec/nccl.hpp"
 #include "fuseplan/exec/ops.hpp"
@@ -31,8 +31,6 @@
 namespace fuseplan::cli {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 struct RunFlags {
   TrainFlags t;
@@ -147,28 +145,6 @@ void print_measurement(std::ostream& os, const exec::Measurement& m, int warmup,
   os << "\n  throughput " << fixed(rep.throughput_samples_s, 1) << " samples/s\n";
 }
 
-// The slowest rank's per-layer profile (forward + backward): a data-parallel step waits
-// for it, so that is what predictions must use. Rank 0 only (empty JSON elsewhere).
-nlohmann::json slowest_profile(exec::MpiWorld& world, const nlohmann::json& mine, int* slowest_rank) {
-  const std::vector<std::string> profiles = world.gather_text(mine.dump());
-  nlohmann::json slowest;
-  double slowest_us = -1;
-  for (size_t r = 0; r < profiles.size(); ++r) {
-    nlohmann::json p = nlohmann::json::parse(profiles[r]);
-    double us = 0;
-    for (const auto& l : p.at("layers")) us += l.at("fwd_us").get<double>() + l.at("bwd_us").get<double>();
-    if (us > slowest_us) {
-      slowest = std::move(p);
-      *slowest_rank = static_cast<int>(r);
-      slowest_us = us;
-    }
-  }
-  if (!slowest.is_null())
-    slowest["device"] = slowest.at("device").get<std::string>() + ", rank " + std::to_string(*slowest_rank) +
-                        " (the slowest of " + std::to_string(world.ranks()) + ")";
-  return slowest;
-}
-
 // What rank 0 keeps for --verify, which runs `fuseplan verify` after MPI is finalized
 // (SimGrid, which the verify table simulates with, exports MPI symbols of its own, so
 // fuseplan-exec does not link it): the files it reads, temporary unless asked for.
@@ -223,98 +199,36 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   const Plan& plan = bound.plan;
   TrainingData& data = bound.data;
 
-  // The trainer sizes its data sharding through the exchange, and the exchange needs the
-  // trainer's gradient buffer: the trainer gets this forwarder, bound to the real one below.
-  struct Deferred final : exec::GradientExchange {
-    exec::MpiWorld& w;
-    exec::TimedExchange* real = nullptr;
-    explicit Deferred(exec::MpiWorld& world) : w(world) {}
-    int rank() const override { return w.rank(); }
-    int ranks() const override { return w.ranks(); }
-    void begin_step() override { real->begin_step(); }
-    void ready(int k) override { real->ready(k); }
-    void finish() override { real->finish(); }
-    void sum(double* v, int n) override { w.sum(v, n); }
-    void broadcast(float* v, int64_t n) override { w.broadcast(v, n); }
-  } deferred(world);
-  // Local set-up that can still refuse the input (a checkpoint, an algorithm that does not
-  // apply to this layout): agreed on before the exchange's collective set-up.
   std::unique_ptr<exec::Backend> backend;
-  std::unique_ptr<exec::Trainer> trainer_ptr;
-  std::vector<exec::ExchangeBucket> buckets;
   try {
     backend = make_training_backend(f.t, world.layout().local_rank);
-    const int64_t per_epoch = data.train.size() / (int64_t(plan.batch_per_gpu) * world.ranks());
-    if (per_epoch < 1) throw InputError("--dataset: fewer samples than one global batch");
-    if (!f.t.epochs_opt->count()) {  // a measurement: --warmup + --iterations steps
-      f.t.opt.max_steps = f.warmup + f.iterations;
-      f.t.opt.epochs = double(f.t.opt.max_steps) / double(per_epoch);
-      f.t.opt.evaluate = false;
-    }
-    if (f.progress == "thread" && !world.thread_multiple())
-      throw InputError("--progress thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use --progress poll)");
-    f.t.opt.exchange = &deferred;
-    trainer_ptr = std::make_unique<exec::Trainer>(data.model, data.train, &data.test, *backend, f.t.opt);
-    buckets = exec::plan_buckets(plan, data.model, trainer_ptr->network(), bound.cluster);
   } catch (const InputError& e) {
     setup_error = with_flags(e);
   }
   agree_on_setup(world, setup_error, "fuseplan-exec");
 
+  exec::PlanRunOptions o;
+  o.train = f.t.opt;
+  o.train_epochs = f.t.epochs_opt->count() > 0;
+  o.warmup = f.warmup;
+  o.iterations = f.iterations;
+  o.trace_steps = f.trace_steps;
+  o.comm = f.comm;
+  o.exchange = {f.progress == "thread", f.poll_us, f.timeout_s};
+  ProgressBar bar("steps", f.t.quiet || rank != 0);
+  o.on_step = step_progress(bar, f.t);
+  o.on_epoch = epoch_progress(bar);
+  if (!f.t.profile_path.empty() || f.verify)  // the same on every rank
+    o.profile_of = [&](const exec::Network& net, const exec::TrainResult& result) {
+      return profile_json(f.t, data.model, net, result);
+    };
+  o.agree = [&](const InputError* e) { agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec"); };
   try {
-    exec::Trainer& trainer = *trainer_ptr;
-    exec::Network& net = trainer.network();
-    exec::ExchangeOptions xo;
-    xo.thread = f.progress == "thread";
-    xo.poll_us = f.poll_us;
-    xo.timeout_s = f.timeout_s;
-    std::unique_ptr<exec::TimedExchange> exchange_ptr =
-        f.comm == "nccl" ? exec::make_nccl_exchange(world, *backend, net.grads(), buckets, f.timeout_s)
-                         : std::make_unique<exec::PlanExchange>(world, net.grads(), buckets, xo);
-    exec::TimedExchange& exchange = *exchange_ptr;
-    deferred.real = &exchange;
-
-    if (rank == 0 && world.layout().per_node != std::min(bound.cluster.gpus_per_node, plan.gpus))
-      std::cerr << "fuseplan-exec run: note: " << bound.cluster.name << " has " << bound.cluster.gpus_per_node
-                << " GPUs per node, this job " << world.layout().per_node
-                << " ranks per node; the schedules follow the job's layout\n";
-
-    // Samples of the measured steps, and the timeline of the last few, relative to a
-    // barrier after warm-up (the ranks' clocks agree to the barrier's skew).
-    std::vector<exec::StepSample> samples;
-    Timeline timeline;
-    Clock::time_point t_sync = Clock::now();
-    const int64_t total_steps = f.t.opt.max_steps > 0 ? f.t.opt.max_steps : -1;
-    ProgressBar bar("steps", f.t.quiet || rank != 0);
-    auto progress = step_progress(bar, f.t);
-    if (f.warmup == 0) {
-      world.barrier();
-      t_sync = Clock::now();
-    }
-    auto result = trainer.run(
-        [&](const exec::StepRecord& s, int64_t total, double rate) {
-          progress(s, total, rate);
-          if (s.step + 1 == f.warmup) {
-            world.barrier();
-            t_sync = Clock::now();
-            return;
-          }
-          if (s.step < f.warmup) return;
-          samples.push_back(exec::step_sample(s, exchange.timings()));
-          const int64_t last = total_steps > 0 ? total_steps : total;
-          if (s.step >= last - f.trace_steps) trace_step(timeline, rank, s, data.model, net, buckets, exchange, t_sync);
-        },
-        epoch_progress(bar));
-    if (samples.empty()) throw InputError("--iterations: no step after the warm-up was measured");
-
-    const std::optional<exec::Measurement> m =
-        exec::measure(world, samples, timeline, exec::measured_setup(plan, data.model, net, buckets, world.layout()));
-    int slowest_rank = 0;
-    const nlohmann::json profile = !f.t.profile_path.empty() || f.verify  // the same on every rank
-                                       ? slowest_profile(world, profile_json(f.t, data.model, net, result), &slowest_rank)
-                                       : nlohmann::json();
+    const exec::PlanRun run = exec::run_plan(world, plan, data.model, bound.cluster, data.train, &data.test, *backend, o);
     if (rank != 0) return std::nullopt;
-
+    for (const auto& n : run.notes) std::cerr << "fuseplan-exec run: note: " << n << "\n";
+    const exec::TrainResult& result = run.result;
+    const std::optional<exec::Measurement>& m = run.measurement;
     const Report& rep = m->report;
     out() << "fuseplan-exec run: " << rep.model << " x " << world.ranks() << " ranks on "
               << count_of(world.layout().nodes, "node") << ", batch " << plan.batch_per_gpu << " per rank, "
@@ -335,13 +249,14 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (!v.report_path.empty()) write_file_atomic(v.report_path, report_to_json(rep, true).dump(2) + "\n");
     if (!f.trace_path.empty()) rep.timeline.write_chrome_trace(f.trace_path);
     if (!f.t.metrics_path.empty()) write_metrics(f.t.metrics_path, f.t, data.model, data.train, result, world.ranks());
-    if (!v.profile_path.empty()) write_file_atomic(v.profile_path, profile.dump(2) + "\n");
+    if (!v.profile_path.empty()) write_file_atomic(v.profile_path, run.profile.dump(2) + "\n");
     if (!f.t.profile_path.empty())
-      out() << "  profile of rank " << slowest_rank << " (the slowest in forward + backward) written to "
+      out() << "  profile of rank " << run.profile_rank << " (the slowest in forward + backward) written to "
                 << f.t.profile_path << "\n";
     if (!f.verify) return std::nullopt;
     return v;
   } catch (const InputError& e) {  // after set-up: one rank's, so the job is aborted
+    if (!*e.what()) throw;            // the ranks' agreed set-up refusal, said already
     std::cerr << "fuseplan-exec run: rank " << rank << ": " << with_flags(e) << "\n";
     world.abort(2);
   } catch (const RunError& e) {

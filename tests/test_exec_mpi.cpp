@@ -9,8 +9,13 @@
 #include <thread>
 #include <vector>
 
+#include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/mpi.hpp"
+#include "fuseplan/exec/ops.hpp"
+#include "fuseplan/exec/run.hpp"
+#include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
 
 using namespace fuseplan;
@@ -191,6 +196,60 @@ TEST_CASE("mpi: a rank that does not answer is named after the timeout") {
   }
   ex.finish();
   CHECK(grads[0] == float(w.ranks()));
+}
+
+TEST_CASE("mpi: run_plan, the measure runner, runs a plan and gathers the measured Report on rank 0") {
+  MpiWorld& w = *g_world;
+  ModelBuilder b("tiny", {1, 8, 8});
+  int x = b.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, false);
+  x = b.relu("relu1", x);
+  x = b.flatten("flat", x);
+  b.linear("fc", x, 4, true);
+  const Model m = b.finish();
+  Cluster c = load_cluster("local-cpu");
+  c.gpus_per_node = w.ranks();
+  const Plan plan = make_plan(m, "local-cpu", w.ranks(), 4, Precision::FP32,
+                              buckets_from_spec("splits:1", m, "ring", Precision::FP32), "test");
+  const Dataset train = make_synthetic(64 * w.ranks(), 1, 8, 8, 4, 7);
+  auto be = make_cpu_backend();
+  PlanRunOptions o;
+  o.train.batch = plan.batch_per_gpu;
+  o.warmup = 1;
+  o.iterations = 3;
+  int agreed = 0;
+  o.agree = [&](const InputError* e) {
+    ++agreed;
+    CHECK(e == nullptr);
+  };
+  o.profile_of = [](const Network&, const TrainResult&) {
+    return nlohmann::json{{"device", "cpu"}, {"layers", nlohmann::json::array()}};
+  };
+  const PlanRun run = run_plan(w, plan, m, c, train, nullptr, *be, o);
+  CHECK(agreed == 1);
+  CHECK(run.result.steps.size() == 4);  // warm-up + iterations
+  if (w.rank() == 0) {
+    REQUIRE(run.measurement);
+    const Report& r = run.measurement->report;
+    CHECK(r.buckets.size() == plan.buckets.size());
+    CHECK(r.iteration_s > 0);
+    CHECK(run.measurement->step_s.size() == 3);
+    CHECK(run.profile.at("device").get<std::string>().find("the slowest of " + std::to_string(w.ranks())) !=
+          std::string::npos);
+  } else {
+    CHECK_FALSE(run.measurement);
+  }
+  // A refusal is handed to the agreement, not thrown past it.
+  PlanRunOptions bad = o;
+  bad.train.batch = plan.batch_per_gpu;
+  const Dataset tiny = make_synthetic(1, 1, 8, 8, 4, 7);
+  bool refused = false;
+  bad.agree = [&](const InputError* e) {
+    refused = e != nullptr;
+    if (e) CHECK_THAT(std::string(e->what()), Catch::Contains("train.dataset: fewer samples than one global batch"));
+    throw InputError("");
+  };
+  CHECK_THROWS_AS(run_plan(w, plan, m, c, tiny, nullptr, *be, bad), InputError);
+  CHECK(refused);
 }
 
 int main(int argc, char** argv) {

@@ -1,0 +1,128 @@
+// The measure runner: a plan run across MPI ranks, measured into the Report.
+#include "fuseplan/exec/run.hpp"
+
+#include <chrono>
+#include <memory>
+
+#include "fuseplan/exec/nccl.hpp"
+#include "fuseplan/models/text.hpp"
+
+namespace fuseplan::exec {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The trainer sizes its data sharding through the exchange, and the exchange needs the
+// trainer's gradient buffer: the trainer gets this forwarder, bound to the real one later.
+struct Deferred final : GradientExchange {
+  MpiWorld& w;
+  TimedExchange* real = nullptr;
+  explicit Deferred(MpiWorld& world) : w(world) {}
+  int rank() const override { return w.rank(); }
+  int ranks() const override { return w.ranks(); }
+  void begin_step() override { real->begin_step(); }
+  void ready(int k) override { real->ready(k); }
+  void finish() override { real->finish(); }
+  void sum(double* v, int n) override { w.sum(v, n); }
+  void broadcast(float* v, int64_t n) override { w.broadcast(v, n); }
+};
+
+// The slowest rank's profile (forward + backward): a data-parallel step waits for it, so
+// that is what predictions must use. Rank 0 only (null elsewhere).
+nlohmann::json slowest_profile(MpiWorld& world, const nlohmann::json& mine, int* slowest_rank) {
+  const std::vector<std::string> profiles = world.gather_text(mine.dump());
+  nlohmann::json slowest;
+  double slowest_us = -1;
+  for (size_t r = 0; r < profiles.size(); ++r) {
+    nlohmann::json p = nlohmann::json::parse(profiles[r]);
+    double us = 0;
+    for (const auto& l : p.at("layers")) us += l.at("fwd_us").get<double>() + l.at("bwd_us").get<double>();
+    if (us > slowest_us) {
+      slowest = std::move(p);
+      *slowest_rank = static_cast<int>(r);
+      slowest_us = us;
+    }
+  }
+  if (!slowest.is_null())
+    slowest["device"] = slowest.at("device").get<std::string>() + ", rank " + std::to_string(*slowest_rank) +
+                        " (the slowest of " + std::to_string(world.ranks()) + ")";
+  return slowest;
+}
+
+}  // namespace
+
+PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cluster& cluster, const Dataset& train,
+                 const Dataset* test, Backend& backend, PlanRunOptions o) {
+  const int rank = world.rank();
+  Deferred deferred(world);
+  // Local set-up that can still refuse the input (a checkpoint, an algorithm that does not
+  // apply to this layout): agreed on before the exchange's collective set-up.
+  std::unique_ptr<Trainer> trainer_ptr;
+  std::vector<ExchangeBucket> buckets;
+  std::optional<InputError> refused;
+  try {
+    const int64_t per_epoch = train.size() / (int64_t(plan.batch_per_gpu) * world.ranks());
+    if (per_epoch < 1) throw InputError(field("train.dataset") + ": fewer samples than one global batch");
+    if (!o.train_epochs) {  // a measurement: warmup + iterations steps
+      o.train.max_steps = o.warmup + o.iterations;
+      o.train.epochs = double(o.train.max_steps) / double(per_epoch);
+      o.train.evaluate = false;
+    }
+    if (o.exchange.thread && !world.thread_multiple())
+      throw InputError(field("comm.progress") + " thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use " +
+                       field("comm.progress") + " poll)");
+    o.train.exchange = &deferred;
+    trainer_ptr = std::make_unique<Trainer>(model, train, test, backend, o.train);
+    buckets = plan_buckets(plan, model, trainer_ptr->network(), cluster);
+  } catch (const InputError& e) {
+    refused = e;
+  }
+  if (o.agree) o.agree(refused ? &*refused : nullptr);
+  else if (refused) throw *refused;
+
+  Trainer& trainer = *trainer_ptr;
+  Network& net = trainer.network();
+  std::unique_ptr<TimedExchange> exchange_ptr =
+      o.comm == "nccl" ? make_nccl_exchange(world, backend, net.grads(), buckets, o.exchange.timeout_s)
+                       : std::make_unique<PlanExchange>(world, net.grads(), buckets, o.exchange);
+  TimedExchange& exchange = *exchange_ptr;
+  deferred.real = &exchange;
+
+  PlanRun run;
+  if (rank == 0 && world.layout().per_node != std::min(cluster.gpus_per_node, plan.gpus))
+    run.notes.push_back(cluster.name + " has " + std::to_string(cluster.gpus_per_node) + " GPUs per node, this job " +
+                        std::to_string(world.layout().per_node) + " ranks per node; the schedules follow the job's layout");
+
+  // Samples of the measured steps, and the timeline of the last few, relative to a
+  // barrier after warm-up (the ranks' clocks agree to the barrier's skew).
+  std::vector<StepSample> samples;
+  Timeline timeline;
+  Clock::time_point t_sync = Clock::now();
+  const int64_t total_steps = o.train.max_steps > 0 ? o.train.max_steps : -1;
+  if (o.warmup == 0) {
+    world.barrier();
+    t_sync = Clock::now();
+  }
+  run.result = trainer.run(
+      [&](const StepRecord& s, int64_t total, double rate) {
+        if (o.on_step) o.on_step(s, total, rate);
+        if (s.step + 1 == o.warmup) {
+          world.barrier();
+          t_sync = Clock::now();
+          return;
+        }
+        if (s.step < o.warmup) return;
+        samples.push_back(step_sample(s, exchange.timings()));
+        const int64_t last = total_steps > 0 ? total_steps : total;
+        if (s.step >= last - o.trace_steps) trace_step(timeline, rank, s, model, net, buckets, exchange, t_sync);
+      },
+      o.on_epoch);
+  if (samples.empty()) throw InputError(field("run.iterations") + ": no step after the warm-up was measured");
+
+  run.measurement = measure(world, samples, timeline, measured_setup(plan, model, net, buckets, world.layout()));
+  if (o.profile_of) run.profile = slowest_profile(world, o.profile_of(net, run.result), &run.profile_rank);
+  return run;
+}
+
+}  // namespace fuseplan::exec
