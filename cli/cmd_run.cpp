@@ -3,7 +3,6 @@
 // backward, with the plan's algorithm and transfer precision; measures every layer and
 // bucket on every rank into the shared Report and Timeline.
 #include <sched.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,7 +10,6 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "commands.hpp"
 #include "format.hpp"
@@ -19,6 +17,7 @@
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/exec/run.hpp"
 #include "fuseplan/exec/mpi.hpp"
 #include "fuseplan/exec/nccl.hpp"
@@ -26,6 +25,7 @@
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "progress.hpp"
+#include "run_view.hpp"
 #include "training.hpp"
 
 namespace fuseplan::cli {
@@ -52,15 +52,13 @@ int usable_cores() {
 // The run's scenario, bound once on every rank: the plan, the data set and model, the
 // cluster whose cost model resolves `auto`.
 struct Bound {
-  Plan plan;
+  Scenario scenario;  // through bind_scenario, as predict and simulate bind theirs
   TrainingData data;
-  Cluster cluster;
 };
 
 Bound bind(RunFlags& f, exec::MpiWorld& world) {
   Bound b;
-  b.plan = load_plan(f.plan_path);
-  const Plan& plan = b.plan;
+  const Plan plan = load_plan(f.plan_path);
   if (plan.gpus != world.ranks())
     throw InputError("--plan " + f.plan_path + ": made for " + count_of(plan.gpus, "GPU") + ", but this job has " +
                      std::to_string(world.ranks()) + " ranks (mpirun -np " + std::to_string(plan.gpus) + ")");
@@ -102,87 +100,9 @@ Bound bind(RunFlags& f, exec::MpiWorld& world) {
     if (f.t.classes == 0 && po.classes) f.t.classes = *po.classes;
   }
   b.data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan.model);
-  validate_plan(plan, b.data.model, f.plan_path);
-  b.cluster = load_cluster(f.cluster.empty() ? plan.cluster : f.cluster);
-  check_gpu_count(b.cluster, plan.gpus, "--plan " + f.plan_path + ": $.gpus");
+  b.scenario = bind_scenario(b.data.model, load_cluster(f.cluster.empty() ? plan.cluster : f.cluster), plan, {},
+                             training_goal(b.data.model), "--plan " + f.plan_path);
   return b;
-}
-
-void print_measurement(std::ostream& os, const exec::Measurement& m, int warmup, int ranks) {
-  const Report& rep = m.report;
-  Table it({"iteration", "ms (slowest rank)"});
-  const size_t S = m.step_s.size();
-  for (size_t k = 0; k < S; ++k) {
-    if (S > 40 && k % (S / 20) != 0 && k + 1 != S) continue;
-    it.row({std::to_string(int64_t(warmup) + int64_t(k)), fixed(m.step_s[k] * 1e3, 2)});
-  }
-  it.print(os, "  ");
-  os << "\n  measured over " << count_of(int64_t(S), "iteration") << " after " << warmup
-     << " warm-up (means over steps of each step's critical rank: the slowest in forward + backward)\n";
-  Table ph({"<phase", "ms"});
-  ph.row({"iteration (slowest rank)", fixed(rep.iteration_s * 1e3, 2)});
-  ph.row({"data wait", fixed(rep.data_wait_s * 1e3, 2)});
-  ph.row({"forward", fixed(rep.forward_s * 1e3, 2)});
-  ph.row({"backward", fixed(rep.backward_s * 1e3, 2)});
-  ph.row({"exposed communication", fixed(rep.exposed_comm_s * 1e3, 2)});
-  ph.row({"optimizer", fixed(rep.optimizer_s * 1e3, 2)});
-  ph.print(os, "  ");
-  if (ranks > 1) {
-    os << "  rank imbalance: forward + backward differ by " << fixed(m.spread_s * 1e3, 2)
-       << " ms per step between the fastest and the slowest rank; critical rank per step:";
-    for (int r = 0; r < ranks; ++r)
-      if (m.critical_steps[size_t(r)] > 0) os << " " << r << " (" << m.critical_steps[size_t(r)] << ")";
-    os << "\n";
-  }
-  os << "\n";
-  Table bt({"bucket", "<tensors", "bytes", "<algorithm", "stream", "ready ms", "start ms", "end ms", "busy ms"});
-  for (const auto& b : rep.buckets)
-    bt.row({std::to_string(b.index), std::to_string(b.begin) + ".." + std::to_string(b.end - 1),
-            human_bytes(double(b.bytes)), b.algorithm + (b.auto_chosen ? " (auto)" : ""), std::to_string(b.stream),
-            fixed(b.ready_s * 1e3, 2), fixed(b.start_s * 1e3, 2), fixed(b.end_s * 1e3, 2),
-            fixed((b.end_s - b.start_s) * 1e3, 2)});
-  bt.print(os, "  ");
-  os << "\n  throughput " << fixed(rep.throughput_samples_s, 1) << " samples/s\n";
-}
-
-// What rank 0 keeps for --verify, which runs `fuseplan verify` after MPI is finalized
-// (SimGrid, which the verify table simulates with, exports MPI symbols of its own, so
-// fuseplan-exec does not link it): the files it reads, temporary unless asked for.
-struct ForVerify {
-  std::string report_path, profile_path;
-  std::vector<std::string> temporary;
-};
-
-std::string temporary_file(const std::string& what) {
-  std::string path = (std::filesystem::temp_directory_path() / ("fuseplan-run-" + what + "-XXXXXX")).string();
-  const int fd = mkstemp(path.data());
-  if (fd < 0) throw RunError("--verify: cannot create a temporary file in " + std::filesystem::temp_directory_path().string());
-  close(fd);
-  return path;
-}
-
-// `fuseplan verify` beside this binary, on this run's report and profile; its exit code.
-int run_verify(const RunFlags& f, const ForVerify& v) {
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  const std::string fuseplan = (self.parent_path() / "fuseplan").string();
-  if (ec || access(fuseplan.c_str(), X_OK) != 0)
-    throw RunError("--verify: no fuseplan binary beside fuseplan-exec (" + fuseplan + ")");
-  std::vector<std::string> args{fuseplan, "verify", "--plan", f.plan_path, "--measured", v.report_path,
-                                "--profile", v.profile_path};
-  if (!f.cluster.empty()) args.insert(args.end(), {"--cluster", f.cluster});
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::cout.flush();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  if (pid < 0 || waitpid(pid, &status, 0) < 0) throw RunError("--verify: cannot run " + fuseplan);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
 std::optional<ForVerify> run_run(RunFlags& f) {
@@ -196,8 +116,10 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     setup_error = with_flags(e);
   }
   agree_on_setup(world, setup_error, "fuseplan-exec");
-  const Plan& plan = bound.plan;
+  const Plan& plan = bound.scenario.plan;
   TrainingData& data = bound.data;
+  if (rank == 0)
+    for (const auto& w : bound.scenario.warnings) std::cerr << "fuseplan-exec run: " << with_flags(w) << "\n";
 
   std::unique_ptr<exec::Backend> backend;
   try {
@@ -224,7 +146,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     };
   o.agree = [&](const InputError* e) { agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec"); };
   try {
-    const exec::PlanRun run = exec::run_plan(world, plan, data.model, bound.cluster, data.train, &data.test, *backend, o);
+    const exec::PlanRun run = exec::run_plan(world, plan, data.model, bound.scenario.cluster, data.train, &data.test, *backend, o);
     if (rank != 0) return std::nullopt;
     for (const auto& n : run.notes) std::cerr << "fuseplan-exec run: note: " << n << "\n";
     const exec::TrainResult& result = run.result;
@@ -311,7 +233,7 @@ void add_run_command(CLI::App& app) {
         for (const auto& p : files) std::filesystem::remove(p, ec);
       }
     } remove_after{v->temporary};
-    const int code = run_verify(*f, *v);
+    const int code = run_verify(f->plan_path, f->cluster, *v);
     if (code == 2) throw InputError("");  // `fuseplan verify` said why
     if (code != 0) throw RunError("--verify: fuseplan verify failed (exit " + std::to_string(code) + ")");
   });
