@@ -27,19 +27,6 @@ struct CalibrateFlags {
   CLI::Option* cluster_opt = nullptr;
 };
 
-// A fit that cannot stand for the measurements: nothing fitted (every constant 0), no
-// bandwidth term in the range of the largest sizes (infinite bandwidth there; below, a
-// latency-bound range may fit beta 0), or a mean error far beyond the tolerance the
-// ranges were cut for.
-std::string degenerate(const SegmentFit& seg, bool largest, double tolerance) {
-  const Calibration& k = seg.k;
-  if (!(k.alpha_us > 0) && !(k.beta_us_per_MB > 0) && !(k.gamma_us_per_MB > 0)) return "every constant at its bound 0";
-  if (largest && !(k.beta_us_per_MB > 0) && !(k.gamma_us_per_MB > 0))
-    return "beta at its bound 0 for the largest sizes (infinite bandwidth): too few or too noisy sizes";
-  if (seg.mean_rel_err > 4 * tolerance) return "mean error " + percent(seg.mean_rel_err, 1) + " above 4 x the tolerance";
-  return "";
-}
-
 // A draft cluster file of this machine: the CPU executor's template (local-cpu) with
 // what hwloc and rdma-core report; every discovered value says so in `provenance`.
 void run_discover(const CalibrateFlags& f) {
@@ -57,46 +44,7 @@ void run_discover(const CalibrateFlags& f) {
     out() << "  rdma-core: " << r.device << " port " << r.port << ": " << r.link_layer
               << (r.link_layer == "ethernet" ? " (RoCE)" : "") << ", " << (r.active ? "active" : "down") << ", "
               << r.width << " " << r.speed << " = " << fixed(r.gbps, 1) << " Gb/s\n";
-  Cluster c = load_cluster(f.cluster);
-  c.provenance.clear();
-  c.calibrated.clear();
-  c.name = "discovered";
-  c.description = "Draft from fuseplan calibrate --discover on " + (m.cpu_model.empty() ? "this machine" : m.cpu_model);
-  c.nodes = 1;
-  if (!m.gpus.empty()) {
-    c.gpus_per_node = int(m.gpus.size());
-    c.provenance["gpus_per_node"] = "discovered: hwloc GPU OS devices";
-    c.provenance["device.name"] = "template " + f.cluster + ": set the GPU's datasheet values";
-  } else {
-    c.gpus_per_node = std::max(1, m.cores);
-    c.device.name = m.cpu_model.empty() ? c.device.name : m.cpu_model;
-    c.provenance["gpus_per_node"] = "discovered: hwloc cores (one rank per core)";
-    c.provenance["device.name"] = "discovered: /proc/cpuinfo";
-  }
-  int active = 0;
-  double gbps = 0;
-  std::string port;
-  for (const auto& r : m.rdma_ports)
-    if (r.active) {
-      ++active;
-      if (r.gbps > gbps) {
-        gbps = r.gbps;
-        port = r.device + ":" + std::to_string(r.port) + " " + r.link_layer + " " + r.width + " " + r.speed;
-      }
-    }
-  if (active > 0 && gbps > 0) {
-    InterNodeNetwork n;
-    n.nic_bw_Gbps = gbps;
-    n.nics_per_node = active;
-    n.lat_us = 2;
-    c.inter = n;
-    c.provenance["inter_node.nic_bw_Gbps"] = "discovered: ibv_query_port " + port;
-    c.provenance["inter_node.nics_per_node"] = "discovered: active RDMA ports";
-    c.provenance["inter_node.lat_us"] = "assumption: RDMA latency; calibrate";
-  } else {
-    c.inter.reset();
-  }
-  c.provenance["intra_node.bw_GBps"] = "template " + f.cluster + ": calibrate (fuseplan-exec sweep)";
+  const Cluster c = exec::draft_cluster(m, load_cluster(f.cluster), f.cluster);
   if (!f.out.empty()) {
     const nlohmann::json j = cluster_to_json(c);
     cluster_from_json(j, f.out);  // the draft must read back
@@ -185,14 +133,7 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
   }
   t.print(out(), "    ");
   out() << "    (errors of the prediction against each measurement; before = the cluster as given)\n";
-  const std::string provenance = "fuseplan calibrate: fitted to " + sources;
-  c.comm_compute_sharing = fit.sigma;
-  c.dispatch_overhead_us = fit.dispatch_us;
-  // 0 is not written, so nothing may point at it.
-  if (sharing) c.provenance.erase("comm_compute_sharing");
-  if (sharing && fit.sigma > 0) c.provenance["comm_compute_sharing"] = provenance;
-  if (dispatch) c.provenance.erase("dispatch_overhead_us");
-  if (dispatch && fit.dispatch_us > 0) c.provenance["dispatch_overhead_us"] = provenance;
+  apply_overlap_fit(c, fit, sharing, dispatch, sources);
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
@@ -216,12 +157,8 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
     // change the slope (small messages, cache-resident sizes).
     const auto colon = f.fit_sizes.find(':');
     if (colon == std::string::npos) throw InputError("--fit-sizes: MIN:MAX (e.g. 256K:256M)");
-    const double lo = double(parse_bytes(f.fit_sizes.substr(0, colon), "--fit-sizes"));
-    const double hi = double(parse_bytes(f.fit_sizes.substr(colon + 1), "--fit-sizes"));
-    for (Sweep& s : sweeps) {
-      std::erase_if(s.points, [&](const SweepPoint& p) { return p.bytes < lo || p.bytes > hi; });
-      if (s.points.size() < 2) throw InputError("--fit-sizes: fewer than two sizes of " + s.algorithm + " in " + f.fit_sizes);
-    }
+    restrict_sizes(sweeps, double(parse_bytes(f.fit_sizes.substr(0, colon), "--fit-sizes")),
+                   double(parse_bytes(f.fit_sizes.substr(colon + 1), "--fit-sizes")), "--fit-sizes " + f.fit_sizes);
   }
   // A sweep through the executor includes the per-call launch overhead, which the model
   // adds apart; nccl-tests times are the library's own (no framework overhead).
@@ -234,47 +171,27 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
   std::vector<std::string> bad;
   Table t({"<algorithm", "<sizes", "alpha us", "beta us/MB", "gamma us/MB", "busbw GB/s", "mean err", "max err",
            f.holdout ? "holdout mean" : "", f.holdout ? "holdout max" : ""});
-  for (const Sweep& s : sweeps) {
-    const Algorithm& algo = find_algorithm(s.algorithm, source + ": algorithm");
-    const SegmentedFit fit = fit_segments(algo, s, launch_s, f.max_segments, f.segment_tolerance);
-    std::string hold_mean, hold_max;
-    if (f.holdout) {
-      // Fit on every other size, judge on the rest.
-      std::vector<bool> use(s.points.size());
-      for (size_t i = 0; i < use.size(); ++i) use[i] = i % 2 == 0;
-      const SegmentedFit half = fit_segments(algo, s, launch_s, f.max_segments, f.segment_tolerance, use);
-      double m = 0, x = 0;
-      int n = 0;
-      for (size_t i = 1; i < s.points.size(); i += 2, ++n) {
-        const double e = std::abs(half.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds;
-        m += e;
-        x = std::max(x, e);
-      }
-      hold_mean = n ? percent(m / n, 1) : "-";
-      hold_max = n ? percent(x, 1) : "-";
-    }
+  const std::vector<CommCalibration> fits =
+      calibrate_communication(c, sweeps, {source, launch_s, f.max_segments, f.segment_tolerance, f.holdout});
+  for (const CommCalibration& x : fits) {
+    const SegmentedFit& fit = x.fit;
+    const std::string hold_mean = x.holdout_mean ? percent(*x.holdout_mean, 1) : f.holdout ? "-" : "";
+    const std::string hold_max = x.holdout_max ? percent(*x.holdout_max, 1) : f.holdout ? "-" : "";
     const bool several = fit.segments.size() > 1;
-    for (const SegmentFit& seg : fit.segments) {
+    for (size_t i = 0; i < fit.segments.size(); ++i) {
+      const SegmentFit& seg = fit.segments[i];
       const Calibration& k = seg.k;
       const double beta_bus = k.beta_us_per_MB > 0 ? 1e6 / k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
-      const std::string why = degenerate(seg, &seg == &fit.segments.back(), f.segment_tolerance);
-      if (!why.empty())
-        bad.push_back(s.algorithm + " " + bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes) + ": " + why);
-      t.row({s.algorithm + (why.empty() ? "" : " (degenerate)"),
-             bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes), fixed(k.alpha_us, 2),
-             fixed(k.beta_us_per_MB, 2), fixed(k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-",
-             percent(seg.mean_rel_err, 1), percent(seg.max_rel_err, 1), several ? "" : hold_mean,
-             several ? "" : hold_max});
+      const std::string& why = x.degenerate[i];
+      const std::string range = bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes);
+      if (!why.empty()) bad.push_back(x.algorithm + " " + range + ": " + why);
+      t.row({x.algorithm + (why.empty() ? "" : " (degenerate)"), range, fixed(k.alpha_us, 2), fixed(k.beta_us_per_MB, 2),
+             fixed(k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-", percent(seg.mean_rel_err, 1),
+             percent(seg.max_rel_err, 1), several ? "" : hold_mean, several ? "" : hold_max});
     }
     if (several)
-      t.row({s.algorithm, "all (" + std::to_string(fit.segments.size()) + " ranges)", "", "", "", "",
+      t.row({x.algorithm, "all (" + std::to_string(fit.segments.size()) + " ranges)", "", "", "", "",
              percent(fit.mean_rel_err, 1), percent(fit.max_rel_err, 1), hold_mean, hold_max});
-    c.calibrated[s.algorithm] = fit.constants();
-    c.provenance["calibrated." + s.algorithm] = "fuseplan calibrate: " + source + ", " +
-                                                std::to_string(s.points.size()) + " sizes on " +
-                                                std::to_string(s.ranks) + " ranks in " +
-                                                std::to_string(fit.segments.size()) + " range(s), mean error " +
-                                                percent(fit.mean_rel_err, 1);
   }
   t.print(out(), "  ");
   out() << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for"
@@ -284,7 +201,6 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
   if (!bad.empty() && !f.out.empty() && !f.accept_degenerate)
     throw InputError("calibrate: " + std::to_string(bad.size()) + " degenerate fit(s), not written to " + f.out +
                      " (give more sizes, --fit-sizes, or --accept-degenerate to write them anyway)");
-  c.description += " (calibrated: " + source + ")";
 }
 
 }  // namespace

@@ -191,3 +191,38 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
   CHECK_THROWS_AS(fit_overlap(c, single, true, false, {}), InputError);
   CHECK_THROWS_AS(fit_overlap(c, {}, true, false, {}), InputError);
 }
+
+TEST_CASE("calibrate: calibrate_communication writes the fits into the cluster, held out and judged") {
+  Cluster c = load_cluster("local-cpu");
+  std::vector<Sweep> sweeps{synthetic("ring", 4, {3.0, 200.0, 10.0}, 0), synthetic("recursive_doubling", 4, {5.0, 90.0, 0}, 0)};
+  restrict_sizes(sweeps, 65536, 64.0 * (1 << 20), "sizes");
+  for (const Sweep& s : sweeps) {
+    CHECK(s.points.front().bytes == 65536);
+    CHECK(s.points.back().bytes == 64.0 * (1 << 20));
+  }
+  const auto fits = calibrate_communication(c, sweeps, {"sweep.json", 0, 4, 0.05, true});
+  REQUIRE(fits.size() == 2);
+  for (const auto& f : fits) {
+    CAPTURE(f.algorithm);
+    CHECK(f.fit.max_rel_err < 1e-6);  // exact sweeps
+    REQUIRE(f.holdout_mean);
+    CHECK(*f.holdout_mean < 1e-6);
+    CHECK(f.degenerate == std::vector<std::string>(f.fit.segments.size(), ""));
+    CHECK(c.calibrated.count(f.algorithm) == 1);
+    CHECK_THAT(c.provenance.at("calibrated." + f.algorithm), Catch::Contains("sweep.json"));
+  }
+  CHECK_THAT(c.description, Catch::EndsWith("(calibrated: sweep.json)"));
+  // Degenerate ranges: nothing fitted, infinite bandwidth at the largest sizes, errors far
+  // beyond the tolerance.
+  SegmentFit zero;
+  CHECK(degenerate_fit(zero, false, 0.05) == "every constant at its bound 0");
+  SegmentFit latency_only;
+  latency_only.k.alpha_us = 5;
+  CHECK(degenerate_fit(latency_only, false, 0.05).empty());
+  CHECK_THAT(degenerate_fit(latency_only, true, 0.05), Catch::Contains("infinite bandwidth"));
+  SegmentFit noisy;
+  noisy.k.beta_us_per_MB = 100;
+  noisy.mean_rel_err = 0.3;
+  CHECK(degenerate_fit(noisy, true, 0.05) == "mean error 30.0 % above 4 x the tolerance");
+  CHECK_THROWS_WITH(restrict_sizes(sweeps, 1, 2, "sizes 1:2"), Catch::Contains("sizes 1:2: fewer than two sizes of ring"));
+}

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -351,6 +352,72 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
   evaluate(cluster.comm_compute_sharing, cluster.dispatch_overhead_us, &fit.before);
   evaluate(best_sigma, best_dispatch, &fit.after);
   return fit;
+}
+
+std::string degenerate_fit(const SegmentFit& seg, bool largest, double tolerance) {
+  const Calibration& k = seg.k;
+  if (!(k.alpha_us > 0) && !(k.beta_us_per_MB > 0) && !(k.gamma_us_per_MB > 0)) return "every constant at its bound 0";
+  if (largest && !(k.beta_us_per_MB > 0) && !(k.gamma_us_per_MB > 0))
+    return "beta at its bound 0 for the largest sizes (infinite bandwidth): too few or too noisy sizes";
+  if (seg.mean_rel_err > 4 * tolerance) {
+    char b[96];
+    std::snprintf(b, sizeof b, "mean error %.1f %% above 4 x the tolerance", 100 * seg.mean_rel_err);
+    return b;
+  }
+  return "";
+}
+
+void restrict_sizes(std::vector<Sweep>& sweeps, double lo, double hi, const std::string& origin) {
+  for (Sweep& s : sweeps) {
+    std::erase_if(s.points, [&](const SweepPoint& p) { return p.bytes < lo || p.bytes > hi; });
+    if (s.points.size() < 2) throw InputError(origin + ": fewer than two sizes of " + s.algorithm + " in that range");
+  }
+}
+
+std::vector<CommCalibration> calibrate_communication(Cluster& cluster, const std::vector<Sweep>& sweeps,
+                                                     const CommCalibrationOptions& o) {
+  std::vector<CommCalibration> out;
+  for (const Sweep& s : sweeps) {
+    const Algorithm& algo = find_algorithm(s.algorithm, o.source + ": algorithm");
+    CommCalibration c{s.algorithm, fit_segments(algo, s, o.launch_s, o.max_segments, o.tolerance), {}, {}, {}};
+    if (o.holdout) {
+      std::vector<bool> use(s.points.size());
+      for (size_t i = 0; i < use.size(); ++i) use[i] = i % 2 == 0;
+      const SegmentedFit half = fit_segments(algo, s, o.launch_s, o.max_segments, o.tolerance, use);
+      double sum = 0, worst = 0;
+      int n = 0;
+      for (size_t i = 1; i < s.points.size(); i += 2, ++n) {
+        const double e = std::abs(half.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds;
+        sum += e;
+        worst = std::max(worst, e);
+      }
+      if (n) {
+        c.holdout_mean = sum / n;
+        c.holdout_max = worst;
+      }
+    }
+    for (const SegmentFit& seg : c.fit.segments)
+      c.degenerate.push_back(degenerate_fit(seg, &seg == &c.fit.segments.back(), o.tolerance));
+    cluster.calibrated[s.algorithm] = c.fit.constants();
+    char err[32];
+    std::snprintf(err, sizeof err, "%.1f %%", 100 * c.fit.mean_rel_err);
+    cluster.provenance["calibrated." + s.algorithm] =
+        "fuseplan calibrate: " + o.source + ", " + std::to_string(s.points.size()) + " sizes on " +
+        std::to_string(s.ranks) + " ranks in " + std::to_string(c.fit.segments.size()) + " range(s), mean error " + err;
+    out.push_back(std::move(c));
+  }
+  cluster.description += " (calibrated: " + o.source + ")";
+  return out;
+}
+
+void apply_overlap_fit(Cluster& c, const OverlapFit& fit, bool fit_sigma, bool fit_dispatch, const std::string& sources) {
+  const std::string provenance = "fuseplan calibrate: fitted to " + sources;
+  c.comm_compute_sharing = fit.sigma;
+  c.dispatch_overhead_us = fit.dispatch_us;
+  if (fit_sigma) c.provenance.erase("comm_compute_sharing");
+  if (fit_sigma && fit.sigma > 0) c.provenance["comm_compute_sharing"] = provenance;
+  if (fit_dispatch) c.provenance.erase("dispatch_overhead_us");
+  if (fit_dispatch && fit.dispatch_us > 0) c.provenance["dispatch_overhead_us"] = provenance;
 }
 
 }  // namespace fuseplan

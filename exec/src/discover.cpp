@@ -7,6 +7,7 @@
 #include <infiniband/verbs.h>
 #endif
 
+#include <algorithm>
 #include <fstream>
 #include <thread>
 
@@ -111,6 +112,49 @@ MachineInfo discover_machine() {
   m.rdma_note = "built without rdma-core (libibverbs-dev): RDMA ports unseen";
 #endif
   return m;
+}
+
+Cluster draft_cluster(const MachineInfo& m, Cluster c, const std::string& template_name) {
+  c.provenance.clear();
+  c.calibrated.clear();
+  c.name = "discovered";
+  c.description = "Draft from machine discovery (hwloc, rdma-core) on " + (m.cpu_model.empty() ? "this machine" : m.cpu_model);
+  c.nodes = 1;
+  if (!m.gpus.empty()) {
+    c.gpus_per_node = int(m.gpus.size());
+    c.provenance["gpus_per_node"] = "discovered: hwloc GPU OS devices";
+    c.provenance["device.name"] = "template " + template_name + ": set the GPU's datasheet values";
+  } else {
+    c.gpus_per_node = std::max(1, m.cores);
+    c.device.name = m.cpu_model.empty() ? c.device.name : m.cpu_model;
+    c.provenance["gpus_per_node"] = "discovered: hwloc cores (one rank per core)";
+    c.provenance["device.name"] = "discovered: /proc/cpuinfo";
+  }
+  int active = 0;
+  double gbps = 0;
+  std::string port;
+  for (const auto& r : m.rdma_ports)
+    if (r.active) {
+      ++active;
+      if (r.gbps > gbps) {
+        gbps = r.gbps;
+        port = r.device + ":" + std::to_string(r.port) + " " + r.link_layer + " " + r.width + " " + r.speed;
+      }
+    }
+  if (active > 0 && gbps > 0) {
+    InterNodeNetwork n;
+    n.nic_bw_Gbps = gbps;
+    n.nics_per_node = active;
+    n.lat_us = 2;
+    c.inter = n;
+    c.provenance["inter_node.nic_bw_Gbps"] = "discovered: ibv_query_port " + port;
+    c.provenance["inter_node.nics_per_node"] = "discovered: active RDMA ports";
+    c.provenance["inter_node.lat_us"] = "assumption: RDMA latency; calibrate";
+  } else {
+    c.inter.reset();
+  }
+  c.provenance["intra_node.bw_GBps"] = "template " + template_name + ": calibrate (fuseplan-exec sweep)";
+  return c;
 }
 
 }  // namespace fuseplan::exec

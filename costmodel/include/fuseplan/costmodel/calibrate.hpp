@@ -3,6 +3,7 @@
 // to the alpha, beta and gamma of an algorithm's textbook formula, as the cluster file's
 // `calibrated` section holds them (CollectiveModel then costs that algorithm with them).
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,36 @@ struct SegmentedFit {
 SegmentedFit fit_segments(const Algorithm& a, const Sweep& s, double launch_s, int max_segments, double tolerance,
                           const std::vector<bool>& use = {});
 
+// Why a fitted size range cannot stand for the measurements, "" when it can: nothing
+// fitted (every constant 0), no bandwidth term in the range of the largest sizes
+// (`largest`: infinite bandwidth there; below, a latency-bound range may fit beta 0), or
+// a mean error beyond 4 x the tolerance the ranges were cut for.
+std::string degenerate_fit(const SegmentFit& seg, bool largest, double tolerance);
+
+// Keeps each sweep's sizes in [lo, hi] (fit where the plans operate, not where protocols
+// and caches change the slope). InputError naming `origin` when fewer than two remain.
+void restrict_sizes(std::vector<Sweep>& sweeps, double lo, double hi, const std::string& origin);
+
+// The communication calibration of a cluster from measured sweeps: each sweep fitted in
+// size ranges (fit_segments), optionally held out (fitted on every other size, judged on
+// the rest), each range judged (degenerate_fit); the constants written into
+// cluster.calibrated, with provenance naming `source`.
+struct CommCalibrationOptions {
+  std::string source;     // the measurements' file
+  double launch_s = 0;    // per-call overhead inside the times, kept apart
+  int max_segments = 4;
+  double tolerance = 0.05;
+  bool holdout = false;
+};
+struct CommCalibration {
+  std::string algorithm;
+  SegmentedFit fit;
+  std::vector<std::string> degenerate;          // per range, degenerate_fit's answer
+  std::optional<double> holdout_mean, holdout_max;  // relative errors on the held-out sizes
+};
+std::vector<CommCalibration> calibrate_communication(Cluster& cluster, const std::vector<Sweep>& sweeps,
+                                                     const CommCalibrationOptions& o);
+
 // Sweeps from files: fuseplan.sweep/1 (fuseplan-exec sweep), or nccl-tests
 // all_reduce_perf output (its text table or -J JSON), whose points are attributed to
 // `as_algorithm` on `ranks` ranks. Throw InputError naming the file.
@@ -95,5 +126,10 @@ struct OverlapFit {
 };
 OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, bool fit_sigma, bool fit_dispatch,
                        const CollectiveOptions& coll_opt);
+
+// Writes an overlap fit into the cluster: the fitted values with provenance naming
+// `sources` (a value of 0 is not written, so no provenance points at it).
+void apply_overlap_fit(Cluster& cluster, const OverlapFit& fit, bool fit_sigma, bool fit_dispatch,
+                       const std::string& sources);
 
 }  // namespace fuseplan

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/costmodel/cluster.hpp"
+
 namespace fuseplan::exec {
 
 struct RdmaPort {
@@ -27,5 +29,11 @@ struct MachineInfo {
 };
 
 MachineInfo discover_machine();
+
+// A draft cluster file of this machine: `template_cluster` (named `template_name`) with
+// what discovery saw (GPUs, or one rank per core; the fastest active RDMA port as the
+// inter-node network); every value says in `provenance` whether it was discovered,
+// assumed or kept from the template.
+Cluster draft_cluster(const MachineInfo& m, Cluster template_cluster, const std::string& template_name);
 
 }  // namespace fuseplan::exec
