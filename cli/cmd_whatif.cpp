@@ -1,16 +1,12 @@
 // `fuseplan whatif`: sweeps (table, CSV, JSON) and inverse capacity questions.
-#include <unistd.h>
 
-#include <chrono>
-#include <cstdio>
 #include <iostream>
 #include <memory>
-#include <set>
-#include <sstream>
 
 #include "commands.hpp"
 #include "format.hpp"
 #include "progress.hpp"
+#include "whatif_view.hpp"
 #include "fuseplan/costmodel/whatif.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
@@ -33,134 +29,7 @@ struct WhatIfFlags {
   ModelFlags model_shape;  // --resolution etc. (its --model is unused here)
 };
 
-std::vector<std::string> split_list(const std::string& s, const std::string& flag) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string tok;
-  while (std::getline(ss, tok, ','))
-    if (!tok.empty()) out.push_back(tok);
-  if (out.empty()) throw InputError(flag + ": empty list");
-  return out;
-}
-
-double parse_number(const std::string& tok, const std::string& flag) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(tok, &used);
-  } catch (...) {
-    used = 0;
-  }
-  if (used != tok.size() || !std::isfinite(v)) throw InputError(flag + ": '" + tok + "' is not a number");
-  return v;
-}
-
-// "8,64,512", or "MIN:MAX" doubling from MIN, or "MIN:MAX:+STEP".
-std::vector<double> parse_range(const std::string& s, const std::string& flag, bool integers) {
-  std::vector<double> out;
-  for (const auto& tok : split_list(s, flag)) {
-    auto c1 = tok.find(':');
-    if (c1 == std::string::npos) {
-      out.push_back(parse_number(tok, flag));
-      continue;
-    }
-    auto c2 = tok.find(':', c1 + 1);
-    double lo = parse_number(tok.substr(0, c1), flag);
-    double hi = parse_number(tok.substr(c1 + 1, c2 == std::string::npos ? std::string::npos : c2 - c1 - 1), flag);
-    double step = 0;
-    if (c2 != std::string::npos) {
-      std::string st = tok.substr(c2 + 1);
-      if (st.empty() || st[0] != '+') throw InputError(flag + ": range step must look like +STEP (" + tok + ")");
-      step = parse_number(st.substr(1), flag);
-      if (!(step > 0)) throw InputError(flag + ": range step must be > 0 (" + tok + ")");
-    }
-    if (!(lo > 0) || hi < lo) throw InputError(flag + ": range '" + tok + "' needs 0 < MIN <= MAX");
-    for (double v = lo; v <= hi * (1 + 1e-12); v = step > 0 ? v + step : v * 2) out.push_back(v);
-  }
-  for (double v : out) {
-    if (!(v > 0)) throw InputError(flag + ": values must be > 0 (got " + fixed(v, 3) + ")");
-    if (integers && v != std::floor(v)) throw InputError(flag + ": values must be whole numbers (got " + fixed(v, 3) + ")");
-  }
-  return out;
-}
-
 std::vector<int> to_ints(const std::vector<double>& v) { return {v.begin(), v.end()}; }
-
-const char* kCsvHeader =
-    "model,cluster,gpus,nodes,inter_bw_Gbps,batch_per_gpu,precision,algorithm,strategy,buckets,iteration_ms,"
-    "forward_ms,backward_ms,exposed_comm_ms,optimizer_ms,data_wait_ms,comm_busy_ms,scaling_efficiency,"
-    "throughput_samples_s,time_to_train_s";
-
-int nodes_of(const Cluster& c, int gpus) { return (gpus + c.gpus_per_node - 1) / c.gpus_per_node; }
-
-std::string csv_row(const WhatIfRow& r, const Cluster& c) {
-  const auto& p = r.point;
-  const auto& e = r.report;
-  std::ostringstream os;
-  os.precision(10);
-  os << p.model << "," << c.name << "," << p.gpus << "," << nodes_of(c, p.gpus) << "," << p.inter_bw_Gbps << ","
-     << p.batch_per_gpu << "," << precision_name(p.precision) << "," << p.algorithm << "," << strategy_name(p.strategy)
-     << "," << r.buckets << "," << e.iteration_s * 1e3 << "," << e.forward_s * 1e3 << "," << e.backward_s * 1e3 << ","
-     << e.exposed_comm_s * 1e3 << "," << e.optimizer_s * 1e3 << "," << e.data_wait_s * 1e3 << ","
-     << e.comm_busy_s * 1e3 << "," << e.scaling_efficiency << "," << e.throughput_samples_s << ","
-     << e.time_to_train_s;
-  return os.str();
-}
-
-nlohmann::json row_json(const WhatIfRow& r, const Cluster& c) {
-  const auto& p = r.point;
-  return {{"model", p.model},
-          {"cluster", c.name},
-          {"gpus", p.gpus},
-          {"nodes", nodes_of(c, p.gpus)},
-          {"inter_bw_Gbps", p.inter_bw_Gbps},
-          {"batch_per_gpu", p.batch_per_gpu},
-          {"precision", precision_name(p.precision)},
-          {"algorithm", p.algorithm},
-          {"strategy", strategy_name(p.strategy)},
-          {"buckets", r.buckets},
-          {"report", report_to_json(r.report)}};
-}
-
-void emit(const std::string& text, const std::string& out) {
-  if (out.empty()) std::cout << text;
-  else write_file_atomic(out, text);
-}
-
-// Each warning once (stderr: memory, global batch), however many rows share it.
-void warn(const std::vector<WhatIfRow>& rows) {
-  std::set<std::string> said;
-  for (const auto& r : rows)
-    for (const auto& w : r.warnings)
-      if (said.insert(w).second) std::cerr << "fuseplan: " << with_flags(w) << "\n";
-}
-
-void print_rows(const std::vector<WhatIfRow>& rows, const Cluster& c, const WhatIfFlags& f) {
-  warn(rows);
-  if (f.csv) {
-    std::string text = std::string(kCsvHeader) + "\n";
-    for (const auto& r : rows) text += csv_row(r, c) + "\n";
-    emit(text, f.out);
-  } else if (f.json) {
-    nlohmann::json a = nlohmann::json::array();
-    for (const auto& r : rows) a.push_back(row_json(r, c));
-    emit(a.dump(2) + "\n", f.out);
-  } else {
-    Table t({"<model", "GPUs", "inter Gbps", "batch", "<prec", "<algorithm", "<strategy", "buckets", "iteration ms",
-             "exposed ms", "efficiency", "samples/s", "time to train"});
-    for (const auto& r : rows) {
-      const auto& p = r.point;
-      t.row({p.model, std::to_string(p.gpus), p.inter_bw_Gbps > 0 ? fixed(p.inter_bw_Gbps, 1) : "-",
-             std::to_string(p.batch_per_gpu), std::string(precision_name(p.precision)), p.algorithm,
-             strategy_name(p.strategy), std::to_string(r.buckets), ms(r.report.iteration_s),
-             ms(r.report.exposed_comm_s), percent(r.report.scaling_efficiency),
-             grouped(static_cast<int64_t>(r.report.throughput_samples_s)), human_duration(r.report.time_to_train_s)});
-    }
-    std::ostringstream os;
-    t.print(os, "  ");
-    emit(os.str(), f.out);
-  }
-}
 
 void run_whatif(const WhatIfFlags& f) {
   WhatIfSettings settings;
@@ -208,7 +77,7 @@ void run_whatif(const WhatIfFlags& f) {
 
   const bool inverse = f.target_efficiency != 0 || !f.deadline.empty();
   if (!inverse) {
-    print_rows(w.sweep(axes, progress), w.cluster(), f);
+    print_rows(w.sweep(axes, progress), w.cluster(), {f.csv, f.json, f.out});
     return;
   }
   if (w.count(axes) != 1)
@@ -216,16 +85,8 @@ void run_whatif(const WhatIfFlags& f) {
                      std::to_string(w.count(axes)) + " combinations)");
   WhatIfPoint p{axes.models[0], axes.gpus[0], axes.inter_bw_Gbps.empty() ? 0 : axes.inter_bw_Gbps[0],
                 axes.batch_per_gpu[0], axes.precisions[0], axes.algorithms[0], axes.strategies[0]};
-  std::vector<int> candidates = w.gpu_candidates();
   if (f.max_gpus < 0) throw InputError("--max-gpus: must be >= 1");
-  if (f.max_gpus > 0) {
-    candidates.clear();
-    for (int g : w.gpu_candidates())
-      if (g <= f.max_gpus) candidates.push_back(g);
-    const int per = w.cluster().gpus_per_node;
-    for (int g = (w.cluster().capacity() / per + 1) * per; g <= f.max_gpus; g += per) candidates.push_back(g);
-    if (candidates.empty()) throw InputError("--max-gpus: must be >= 1");
-  }
+  const std::vector<int> candidates = w.gpu_candidates(f.max_gpus);
   nlohmann::json j;
   WhatIfRow row;
   std::string answer;
@@ -267,10 +128,10 @@ void run_whatif(const WhatIfFlags& f) {
     j["row"] = row_json(row, w.cluster());
     emit(j.dump(2) + "\n", f.out);
   } else if (f.csv) {
-    print_rows({row}, w.cluster(), f);
+    print_rows({row}, w.cluster(), {f.csv, f.json, f.out});
   } else {
     std::cout << answer << "\n";
-    print_rows({row}, w.cluster(), f);
+    print_rows({row}, w.cluster(), {f.csv, f.json, f.out});
   }
 }
 

@@ -320,6 +320,18 @@ TEST_CASE("what-if: sweeps and inverse questions") {
   CHECK_THROWS_AS(parse_duration("soon", "--deadline"), InputError);
   CHECK_THROWS_AS(parse_duration("-3m", "--deadline"), InputError);
   CHECK_THROWS_WITH(parse_duration("600", "--deadline"), Catch::Contains("--deadline: '600' needs a unit: s, m, h or d"));
+  // Axes: lists, doubling ranges, stepped ranges; whole numbers where asked.
+  CHECK(parse_range("8,64,512", "gpus", true) == std::vector<double>{8, 64, 512});
+  CHECK(parse_range("8:64", "gpus", true) == std::vector<double>{8, 16, 32, 64});
+  CHECK(parse_range("100:400:+100", "bw", false) == std::vector<double>{100, 200, 300, 400});
+  CHECK_THROWS_WITH(parse_range("1.5", "gpus", true), Catch::Contains("gpus: values must be whole numbers"));
+  CHECK_THROWS_WITH(parse_range("64:8", "gpus", true), Catch::Contains("needs 0 < MIN <= MAX"));
+  CHECK_THROWS_WITH(parse_range("8:64:2", "gpus", true), Catch::Contains("+STEP"));
+  CHECK_THROWS_WITH(split_list(",,", "model"), Catch::Contains("model: empty list"));
+  // Candidates past the cluster's capacity grow by whole nodes up to the cap.
+  const auto capped = w.gpu_candidates(w.cluster().capacity() + 3 * w.cluster().gpus_per_node);
+  CHECK(capped.back() == w.cluster().capacity() + 3 * w.cluster().gpus_per_node);
+  CHECK(w.gpu_candidates(2) == std::vector<int>{1, 2});
 }
 
 TEST_CASE("processor sharing: the search climbs from the free-overlap optimum on the shared schedule") {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <optional>
+#include <sstream>
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
@@ -171,6 +172,75 @@ double parse_duration(const std::string& s, const std::string& flag) {
   if (scale < 0) throw InputError(flag + ": unknown unit '" + unit + "'" + valid);
   if (!(v > 0) || !std::isfinite(v)) throw InputError(flag + ": must be > 0" + valid);
   return v * scale;
+}
+
+namespace {
+std::string number_text(double v) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.3f", v);
+  return b;
+}
+}  // namespace
+
+std::vector<std::string> split_list(const std::string& s, const std::string& flag) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ','))
+    if (!tok.empty()) out.push_back(tok);
+  if (out.empty()) throw InputError(flag + ": empty list");
+  return out;
+}
+
+double parse_number(const std::string& tok, const std::string& flag) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(tok, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (used != tok.size() || !std::isfinite(v)) throw InputError(flag + ": '" + tok + "' is not a number");
+  return v;
+}
+
+// "8,64,512", or "MIN:MAX" doubling from MIN, or "MIN:MAX:+STEP".
+std::vector<double> parse_range(const std::string& s, const std::string& flag, bool integers) {
+  std::vector<double> out;
+  for (const auto& tok : split_list(s, flag)) {
+    auto c1 = tok.find(':');
+    if (c1 == std::string::npos) {
+      out.push_back(parse_number(tok, flag));
+      continue;
+    }
+    auto c2 = tok.find(':', c1 + 1);
+    double lo = parse_number(tok.substr(0, c1), flag);
+    double hi = parse_number(tok.substr(c1 + 1, c2 == std::string::npos ? std::string::npos : c2 - c1 - 1), flag);
+    double step = 0;
+    if (c2 != std::string::npos) {
+      std::string st = tok.substr(c2 + 1);
+      if (st.empty() || st[0] != '+') throw InputError(flag + ": range step must look like +STEP (" + tok + ")");
+      step = parse_number(st.substr(1), flag);
+      if (!(step > 0)) throw InputError(flag + ": range step must be > 0 (" + tok + ")");
+    }
+    if (!(lo > 0) || hi < lo) throw InputError(flag + ": range '" + tok + "' needs 0 < MIN <= MAX");
+    for (double v = lo; v <= hi * (1 + 1e-12); v = step > 0 ? v + step : v * 2) out.push_back(v);
+  }
+  for (double v : out) {
+    if (!(v > 0)) throw InputError(flag + ": values must be > 0 (got " + number_text(v) + ")");
+    if (integers && v != std::floor(v)) throw InputError(flag + ": values must be whole numbers (got " + number_text(v) + ")");
+  }
+  return out;
+}
+
+std::vector<int> WhatIf::gpu_candidates(int max_gpus) const {
+  if (max_gpus <= 0) return gpu_candidates();
+  std::vector<int> out;
+  for (int g : gpu_candidates())
+    if (g <= max_gpus) out.push_back(g);
+  const int per = base_.gpus_per_node;
+  for (int g = (base_.capacity() / per + 1) * per; g <= max_gpus; g += per) out.push_back(g);
+  return out;
 }
 
 }  // namespace fuseplan

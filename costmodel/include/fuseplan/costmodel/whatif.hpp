@@ -76,6 +76,8 @@ class WhatIf {
   // GPU counts worth trying on this cluster: 1, 2, 4, ... up to a node, then every whole
   // number of nodes up to the cluster's capacity.
   std::vector<int> gpu_candidates() const;
+  // The same up to `max_gpus`, growing by whole nodes past the cluster's capacity.
+  std::vector<int> gpu_candidates(int max_gpus) const;
   const Cluster& cluster() const { return base_; }
 
  private:
@@ -88,5 +90,11 @@ class WhatIf {
 // "10m", "2h", "90s", "1.5d" (a bare number is refused: seconds or minutes?); throws
 // InputError naming `flag`.
 double parse_duration(const std::string& s, const std::string& flag);
+
+// An axis of values: "8,64,512", "MIN:MAX" (doubling from MIN) or "MIN:MAX:+STEP", each
+// > 0 (and whole with `integers`). InputError naming `flag`.
+std::vector<double> parse_range(const std::string& s, const std::string& flag, bool integers);
+// A comma-separated list, empty items dropped; InputError naming `flag` when empty.
+std::vector<std::string> split_list(const std::string& s, const std::string& flag);
 
 }  // namespace fuseplan
