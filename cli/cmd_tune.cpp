@@ -70,30 +70,7 @@ struct Validated {
 // k-split with 2..4 buckets), each simulated in SimGrid, ranked again.
 std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOptions& o, const TuneResult& tuned,
                                               const Cluster& cluster, const TuneFlags& f) {
-  if (f.top < 1) throw InputError("--top: must be >= 1");
-  std::vector<std::pair<std::string, TuneResult>> cands{{strategy_name(o.strategy), tuned}};
-  for (Strategy st : kAllStrategies) {
-    TuneOptions c = o;
-    c.strategy = st;
-    if (st == Strategy::KSplit) {
-      for (int k = 2; k <= std::min(4, static_cast<int>(tuner.model().tensors.size())); ++k) {
-        c.segments = k;
-        cands.emplace_back("k-split (K=" + std::to_string(k) + ")", tuner.run(c));
-      }
-    } else {
-      cands.emplace_back(strategy_name(st), tuner.run(c));
-    }
-  }
-  std::vector<std::pair<std::string, TuneResult>> distinct;
-  for (auto& c : cands) {
-    bool seen = std::any_of(distinct.begin(), distinct.end(),
-                            [&](const auto& d) { return d.second.plan.buckets == c.second.plan.buckets; });
-    if (!seen) distinct.push_back(std::move(c));
-  }
-  std::stable_sort(distinct.begin(), distinct.end(), [](const auto& a, const auto& b) {
-    return a.second.report.iteration_s < b.second.report.iteration_s;
-  });
-  distinct.resize(std::min<size_t>(distinct.size(), static_cast<size_t>(f.top)));
+  const std::vector<LabelledPlan> distinct = best_distinct_plans(tuner, o, tuned, f.top);
   std::vector<Validated> ranked;
   ProgressBar bar("plans simulated", f.quiet);
   for (const auto& [label, r] : distinct) {

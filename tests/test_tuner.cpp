@@ -375,3 +375,21 @@ TEST_CASE("processor sharing: the search climbs from the free-overlap optimum on
   WARN("shared-schedule search at the brute-force optimum in " << at_brute << " of " << cases << " cases");
   CHECK(at_brute * 10 >= cases * 8);
 }
+
+TEST_CASE("tuner: the best distinct plans for --validate sim, ranked by prediction") {
+  const Model m = build_zoo_model("resnet50");
+  const Cluster c = load_cluster("tencent-p40");  // the tuner keeps a reference
+  const Tuner t(m, c, 64, 32, Precision::FP16);
+  TuneOptions o;
+  const TuneResult tuned = t.run(o);
+  const auto best = best_distinct_plans(t, o, tuned, 3);
+  REQUIRE(best.size() == 3);
+  CHECK(best[0].label == "optimal");  // the optimum is never beaten by prediction
+  CHECK(best[0].result.report.iteration_s == tuned.report.iteration_s);
+  for (size_t i = 1; i < best.size(); ++i) {
+    CHECK(best[i - 1].result.report.iteration_s <= best[i].result.report.iteration_s);
+    for (size_t j = 0; j < i; ++j) CHECK_FALSE(best[i].result.plan.buckets == best[j].result.plan.buckets);
+  }
+  CHECK(best_distinct_plans(t, o, tuned, 100).size() <= 1 + std::size(kAllStrategies) + 2);
+  CHECK_THROWS_WITH(best_distinct_plans(t, o, tuned, 0), Catch::Contains("tuner.top: must be >= 1"));
+}

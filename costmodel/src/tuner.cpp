@@ -584,4 +584,32 @@ TuneResult Tuner::run(const TuneOptions& opt) const {
   return r;
 }
 
+std::vector<LabelledPlan> best_distinct_plans(const Tuner& tuner, const TuneOptions& o, const TuneResult& tuned, int top) {
+  if (top < 1) throw InputError(field("tuner.top") + ": must be >= 1");
+  std::vector<LabelledPlan> cands{{std::string(strategy_name(o.strategy)), tuned}};
+  for (Strategy st : kAllStrategies) {
+    TuneOptions c = o;
+    c.strategy = st;
+    if (st == Strategy::KSplit) {
+      for (int k = 2; k <= std::min(4, static_cast<int>(tuner.model().tensors.size())); ++k) {
+        c.segments = k;
+        cands.push_back({"k-split (K=" + std::to_string(k) + ")", tuner.run(c)});
+      }
+    } else {
+      cands.push_back({std::string(strategy_name(st)), tuner.run(c)});
+    }
+  }
+  std::vector<LabelledPlan> distinct;
+  for (auto& c : cands) {
+    const bool seen = std::any_of(distinct.begin(), distinct.end(),
+                                  [&](const LabelledPlan& d) { return d.result.plan.buckets == c.result.plan.buckets; });
+    if (!seen) distinct.push_back(std::move(c));
+  }
+  std::stable_sort(distinct.begin(), distinct.end(), [](const LabelledPlan& a, const LabelledPlan& b) {
+    return a.result.report.iteration_s < b.result.report.iteration_s;
+  });
+  distinct.resize(std::min<size_t>(distinct.size(), static_cast<size_t>(top)));
+  return distinct;
+}
+
 }  // namespace fuseplan

@@ -91,4 +91,14 @@ class Tuner {
   std::vector<double> ready_;  // per backward position, from backward start
 };
 
+// The `top` best distinct plans by prediction among the tuned one (`tuned`, labelled by
+// o's strategy), every strategy's and k-split's with 2..4 buckets: what `tune --validate
+// sim` simulates. Plans with the same buckets count once (the first label kept); ordered
+// by predicted iteration, ties in that order. InputError when top < 1.
+struct LabelledPlan {
+  std::string label;
+  TuneResult result;
+};
+std::vector<LabelledPlan> best_distinct_plans(const Tuner& tuner, const TuneOptions& o, const TuneResult& tuned, int top);
+
 }  // namespace fuseplan
