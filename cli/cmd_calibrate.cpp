@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "calibrate_view.hpp"
 #include "format.hpp"
 #include "fuseplan/costmodel/calibrate.hpp"
 #include "fuseplan/costmodel/plan.hpp"
@@ -31,19 +32,7 @@ struct CalibrateFlags {
 // what hwloc and rdma-core report; every discovered value says so in `provenance`.
 void run_discover(const CalibrateFlags& f) {
   const exec::MachineInfo m = exec::discover_machine();
-  out() << "fuseplan calibrate --discover: " << (m.cpu_model.empty() ? "unknown CPU" : m.cpu_model) << "\n"
-            << "  hwloc: " << m.packages << " package(s), " << m.cores << " cores, " << m.pus << " hardware threads, "
-            << m.gpus.size() << " GPU(s), " << m.nics.size() << " network device(s)\n";
-  if (!m.topology_note.empty()) out() << "    " << m.topology_note << "\n";
-  for (const auto& g : m.gpus) out() << "    GPU " << g << "\n";
-  for (const auto& n : m.nics) out() << "    network " << n << "\n";
-  if (m.rdma_ports.empty())
-    out() << "  rdma-core: " << m.rdma_note
-              << ": ranks talk over TCP and shared memory; calibrate that path with fuseplan-exec sweep\n";
-  for (const auto& r : m.rdma_ports)
-    out() << "  rdma-core: " << r.device << " port " << r.port << ": " << r.link_layer
-              << (r.link_layer == "ethernet" ? " (RoCE)" : "") << ", " << (r.active ? "active" : "down") << ", "
-              << r.width << " " << r.speed << " = " << fixed(r.gbps, 1) << " Gb/s\n";
+  print_machine(out(), m);
   const Cluster c = exec::draft_cluster(m, load_cluster(f.cluster), f.cluster);
   if (!f.out.empty()) {
     const nlohmann::json j = cluster_to_json(c);
@@ -51,17 +40,6 @@ void run_discover(const CalibrateFlags& f) {
     write_file_atomic(f.out, j.dump(2) + "\n");
     out() << "  wrote the draft " << f.out << " (check the values marked as template or assumption)\n";
   }
-}
-
-// 4K, 256M, 1G, or the bytes when not a whole number of KiB.
-std::string bytes_label(double b) {
-  const char* units[] = {"", "K", "M", "G"};
-  int u = 0;
-  while (u < 3 && b >= 1024 && std::fmod(b, 1024) == 0) {
-    b /= 1024;
-    ++u;
-  }
-  return fixed(b, 0) + units[u];
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c);
@@ -118,21 +96,10 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
     runs.push_back({std::move(s.model), std::move(s.plan), std::move(measured)});
   }
   const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
-  out() << "\n  overlap: " << runs.size() << " measured run(s)"
-            << (f.profile.empty() ? ", no --profile: modelled compute" : ", profile " + f.profile) << "\n"
-            << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (sharing ? " (fitted)" : " (kept)")
-            << ", dispatch_overhead_us = " << fixed(fit.dispatch_us, 1) << (dispatch ? " (fitted)" : " (kept)") << "\n";
-  if (fit.dispatch_at_bound) out() << "    the dispatch overhead reached the search's bound (2000 us)\n";
-  Table t({"<plan", "buckets", "backward", "allreduce end", "iteration", "iteration before"});
+  print_overlap_fit(out(), fit, runs, f.plans, sharing, dispatch, f.profile);
   std::string sources;
-  for (size_t i = 0; i < runs.size(); ++i) {
-    const auto& a = fit.after[i];
-    t.row({f.plans[i], std::to_string(runs[i].plan.buckets.size()), signed_percent(a.backward),
-           signed_percent(a.comm_end), signed_percent(a.iteration), signed_percent(fit.before[i].iteration)});
-    sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(a.iteration) + ")";
-  }
-  t.print(out(), "    ");
-  out() << "    (errors of the prediction against each measurement; before = the cluster as given)\n";
+  for (size_t i = 0; i < runs.size(); ++i)
+    sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(fit.after[i].iteration) + ")";
   apply_overlap_fit(c, fit, sharing, dispatch, sources);
 }
 
@@ -168,35 +135,9 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
             << (f.sweep.empty() ? "nccl-tests times: no launch overhead to keep apart"
                                 : "launch overhead " + fixed(c.launch_overhead_us, 1) + " us kept apart")
             << ")\n\n";
-  std::vector<std::string> bad;
-  Table t({"<algorithm", "<sizes", "alpha us", "beta us/MB", "gamma us/MB", "busbw GB/s", "mean err", "max err",
-           f.holdout ? "holdout mean" : "", f.holdout ? "holdout max" : ""});
   const std::vector<CommCalibration> fits =
       calibrate_communication(c, sweeps, {source, launch_s, f.max_segments, f.segment_tolerance, f.holdout});
-  for (const CommCalibration& x : fits) {
-    const SegmentedFit& fit = x.fit;
-    const std::string hold_mean = x.holdout_mean ? percent(*x.holdout_mean, 1) : f.holdout ? "-" : "";
-    const std::string hold_max = x.holdout_max ? percent(*x.holdout_max, 1) : f.holdout ? "-" : "";
-    const bool several = fit.segments.size() > 1;
-    for (size_t i = 0; i < fit.segments.size(); ++i) {
-      const SegmentFit& seg = fit.segments[i];
-      const Calibration& k = seg.k;
-      const double beta_bus = k.beta_us_per_MB > 0 ? 1e6 / k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
-      const std::string& why = x.degenerate[i];
-      const std::string range = bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes);
-      if (!why.empty()) bad.push_back(x.algorithm + " " + range + ": " + why);
-      t.row({x.algorithm + (why.empty() ? "" : " (degenerate)"), range, fixed(k.alpha_us, 2), fixed(k.beta_us_per_MB, 2),
-             fixed(k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-", percent(seg.mean_rel_err, 1),
-             percent(seg.max_rel_err, 1), several ? "" : hold_mean, several ? "" : hold_max});
-    }
-    if (several)
-      t.row({x.algorithm, "all (" + std::to_string(fit.segments.size()) + " ranges)", "", "", "", "",
-             percent(fit.mean_rel_err, 1), percent(fit.max_rel_err, 1), hold_mean, hold_max});
-  }
-  t.print(out(), "  ");
-  out() << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for"
-            << (sweeps.front().algorithm == "nccl" ? " (nccl: time = alpha + beta x bytes, 1 / beta = algbw)" : "")
-            << "\n";
+  const std::vector<std::string> bad = print_comm_fits(out(), fits, f.holdout);
   for (const auto& b : bad) out() << "  degenerate fit: " << b << "\n";
   if (!bad.empty() && !f.out.empty() && !f.accept_degenerate)
     throw InputError("calibrate: " + std::to_string(bad.size()) + " degenerate fit(s), not written to " + f.out +

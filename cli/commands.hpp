@@ -94,6 +94,13 @@ std::string setup_line(const std::string& command, const Model& m, const Cluster
 // The per-bucket table (ready/start/end from backward start) and the iteration summary.
 void print_bucket_table(const Report& r, std::ostream& os = out());
 void print_iteration_summary(const Report& r, std::ostream& os = out());
+// tune --validate sim: plans ranked by prediction, simulated, ranked again.
+struct Validated {
+  std::string label;
+  int buckets;
+  double predicted_s, simulated_s;
+};
+void print_validation(const std::vector<Validated>& v);
 
 void add_models_commands(CLI::App& app);   // models, show
 void add_clusters_command(CLI::App& app);

@@ -49,4 +49,22 @@ void print_iteration_summary(const Report& r, std::ostream& os) {
      << " iterations: " << r.goal << ")\n";
 }
 
+void print_validation(const std::vector<Validated>& v) {
+  out() << "\n  validated by simulation (SimGrid, the " << v.size() << " best distinct plans by prediction):\n";
+  Table t({"<plan", "buckets", "predicted ms", "simulated ms", "sim/pred", "sim rank"});
+  std::vector<size_t> order(v.size());
+  for (size_t i = 0; i < v.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a].simulated_s < v[b].simulated_s; });
+  std::vector<size_t> sim_rank(v.size());
+  for (size_t i = 0; i < order.size(); ++i) sim_rank[order[i]] = i + 1;
+  for (size_t i = 0; i < v.size(); ++i)
+    t.row({v[i].label, std::to_string(v[i].buckets), ms(v[i].predicted_s), ms(v[i].simulated_s),
+           fixed(v[i].simulated_s / v[i].predicted_s, 4), std::to_string(sim_rank[i])});
+  t.print(out(), "    ");
+  bool same = true;
+  for (size_t i = 0; i < order.size(); ++i) same = same && order[i] == i;
+  if (same) out() << "    the simulation keeps the predicted ranking\n";
+  else out() << "    the simulation CHANGES the ranking: fastest simulated is " << v[order[0]].label << "\n";
+}
+
 }  // namespace fuseplan::cli

@@ -1,0 +1,84 @@
+// `fuseplan calibrate`'s tables.
+#include "calibrate_view.hpp"
+
+#include <cmath>
+
+#include "format.hpp"
+
+namespace fuseplan::cli {
+
+std::string bytes_label(double b) {
+  const char* units[] = {"", "K", "M", "G"};
+  int u = 0;
+  while (u < 3 && b >= 1024 && std::fmod(b, 1024) == 0) {
+    b /= 1024;
+    ++u;
+  }
+  return fixed(b, 0) + units[u];
+}
+
+void print_machine(std::ostream& os, const exec::MachineInfo& m) {
+  os << "fuseplan calibrate --discover: " << (m.cpu_model.empty() ? "unknown CPU" : m.cpu_model) << "\n"
+     << "  hwloc: " << m.packages << " package(s), " << m.cores << " cores, " << m.pus << " hardware threads, "
+     << m.gpus.size() << " GPU(s), " << m.nics.size() << " network device(s)\n";
+  if (!m.topology_note.empty()) os << "    " << m.topology_note << "\n";
+  for (const auto& g : m.gpus) os << "    GPU " << g << "\n";
+  for (const auto& n : m.nics) os << "    network " << n << "\n";
+  if (m.rdma_ports.empty())
+    os << "  rdma-core: " << m.rdma_note
+       << ": ranks talk over TCP and shared memory; calibrate that path with fuseplan-exec sweep\n";
+  for (const auto& r : m.rdma_ports)
+    os << "  rdma-core: " << r.device << " port " << r.port << ": " << r.link_layer
+       << (r.link_layer == "ethernet" ? " (RoCE)" : "") << ", " << (r.active ? "active" : "down") << ", "
+       << r.width << " " << r.speed << " = " << fixed(r.gbps, 1) << " Gb/s\n";
+}
+
+std::vector<std::string> print_comm_fits(std::ostream& os, const std::vector<CommCalibration>& fits, bool holdout) {
+  std::vector<std::string> bad;
+  Table t({"<algorithm", "<sizes", "alpha us", "beta us/MB", "gamma us/MB", "busbw GB/s", "mean err", "max err",
+           holdout ? "holdout mean" : "", holdout ? "holdout max" : ""});
+  for (const CommCalibration& x : fits) {
+    const SegmentedFit& fit = x.fit;
+    const std::string hold_mean = x.holdout_mean ? percent(*x.holdout_mean, 1) : holdout ? "-" : "";
+    const std::string hold_max = x.holdout_max ? percent(*x.holdout_max, 1) : holdout ? "-" : "";
+    const bool several = fit.segments.size() > 1;
+    for (size_t i = 0; i < fit.segments.size(); ++i) {
+      const SegmentFit& seg = fit.segments[i];
+      const Calibration& k = seg.k;
+      const double beta_bus = k.beta_us_per_MB > 0 ? 1e6 / k.beta_us_per_MB / 1e3 : 0;  // GB/s per link
+      const std::string& why = x.degenerate[i];
+      const std::string range = bytes_label(k.from_bytes) + ".." + bytes_label(k.to_bytes);
+      if (!why.empty()) bad.push_back(x.algorithm + " " + range + ": " + why);
+      t.row({x.algorithm + (why.empty() ? "" : " (degenerate)"), range, fixed(k.alpha_us, 2), fixed(k.beta_us_per_MB, 2),
+             fixed(k.gamma_us_per_MB, 2), beta_bus > 0 ? fixed(beta_bus, 2) : "-", percent(seg.mean_rel_err, 1),
+             percent(seg.max_rel_err, 1), several ? "" : hold_mean, several ? "" : hold_max});
+    }
+    if (several)
+      t.row({x.algorithm, "all (" + std::to_string(fit.segments.size()) + " ranges)", "", "", "", "",
+             percent(fit.mean_rel_err, 1), percent(fit.max_rel_err, 1), hold_mean, hold_max});
+  }
+  t.print(os, "  ");
+  os << "\n  busbw here = 1 / beta: the per-link bandwidth the formula's beta stands for"
+     << (!fits.empty() && fits.front().algorithm == "nccl" ? " (nccl: time = alpha + beta x bytes, 1 / beta = algbw)" : "")
+     << "\n";
+  return bad;
+}
+
+void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,
+                       const std::vector<std::string>& plans, bool sharing, bool dispatch, const std::string& profile) {
+  os << "\n  overlap: " << runs.size() << " measured run(s)"
+     << (profile.empty() ? ", no --profile: modelled compute" : ", profile " + profile) << "\n"
+     << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (sharing ? " (fitted)" : " (kept)")
+     << ", dispatch_overhead_us = " << fixed(fit.dispatch_us, 1) << (dispatch ? " (fitted)" : " (kept)") << "\n";
+  if (fit.dispatch_at_bound) os << "    the dispatch overhead reached the search's bound (2000 us)\n";
+  Table t({"<plan", "buckets", "backward", "allreduce end", "iteration", "iteration before"});
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto& a = fit.after[i];
+    t.row({plans[i], std::to_string(runs[i].plan.buckets.size()), signed_percent(a.backward),
+           signed_percent(a.comm_end), signed_percent(a.iteration), signed_percent(fit.before[i].iteration)});
+  }
+  t.print(os, "    ");
+  os << "    (errors of the prediction against each measurement; before = the cluster as given)\n";
+}
+
+}  // namespace fuseplan::cli

@@ -1,0 +1,21 @@
+// What `fuseplan calibrate` prints: the machine it discovered, the communication fits
+// and the overlap fit.
+#pragma once
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "fuseplan/costmodel/calibrate.hpp"
+#include "fuseplan/exec/discover.hpp"
+
+namespace fuseplan::cli {
+
+// 4K, 256M, 1G, or the bytes when not a whole number of KiB.
+std::string bytes_label(double b);
+void print_machine(std::ostream& os, const exec::MachineInfo& m);
+// The fits per algorithm and size range; returns the degenerate ranges, one line each.
+std::vector<std::string> print_comm_fits(std::ostream& os, const std::vector<CommCalibration>& fits, bool holdout);
+void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,
+                       const std::vector<std::string>& plans, bool sharing, bool dispatch, const std::string& profile);
+
+}  // namespace fuseplan::cli
