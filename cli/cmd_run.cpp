@@ -2,8 +2,6 @@
 // allreduce per bucket, posted the moment the bucket's last gradient is written during
 // backward, with the plan's algorithm and transfer precision; measures every layer and
 // bucket on every rank into the shared Report and Timeline.
-#include <sched.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -42,18 +40,12 @@ struct RunFlags {
   bool verify = false;
 };
 
-// Cores this process may run on (mpirun binds each rank to its share).
-int usable_cores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-  return std::max(1, CPU_COUNT(&set));
-}
-
 // The run's scenario, bound once on every rank: the plan, the data set and model, the
 // cluster whose cost model resolves `auto`.
 struct Bound {
   Scenario scenario;  // through bind_scenario, as predict and simulate bind theirs
   TrainingData data;
+  exec::PlanRunOptions run;  // checked; the trainer's options and callbacks come later
 };
 
 Bound bind(RunFlags& f, exec::MpiWorld& world) {
@@ -75,23 +67,16 @@ Bound bind(RunFlags& f, exec::MpiWorld& world) {
   f.t.precision = precision_name(plan.compute);
   // Threads per rank: --threads, else OMP_NUM_THREADS, else the cores this rank may use
   // (mpirun binds each rank to its share), divided among the node's ranks when unbound.
-  if (f.t.threads == 0 && !std::getenv("OMP_NUM_THREADS")) {
-    const int cores = usable_cores(), online = int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
-    f.t.threads = cores < online ? cores : std::max(1, cores / world.layout().local_ranks);
-  }
+  if (f.t.threads == 0 && !std::getenv("OMP_NUM_THREADS")) f.t.threads = exec::default_threads(world.layout());
   prepare_training(f.t);
-  if (f.iterations < 1) throw InputError("--iterations: must be >= 1");
-  if (f.warmup < 0) throw InputError("--warmup: must be >= 0");
-  if (f.trace_steps < 0) throw InputError("--trace-steps: must be >= 0");
-  if (!(f.timeout_s > 0)) throw InputError("--timeout: must be > 0 seconds");
-  if (!(f.poll_us >= 0)) throw InputError("--poll-us: must be >= 0");
   if (f.progress != "poll" && f.progress != "thread")
     throw InputError("--progress: unknown mode '" + f.progress + "' (valid: poll, thread)");
-  if (f.comm.empty()) f.comm = f.t.backend == "cuda" && exec::nccl_built() ? "nccl" : "mpi";
-  if (f.comm != "nccl" && f.comm != "mpi") throw InputError("--comm: unknown '" + f.comm + "' (valid: nccl, mpi)");
-  if (f.comm == "nccl" && f.t.backend != "cuda") throw InputError("--comm nccl: needs --backend cuda");
-  if (f.comm == "nccl" && !exec::nccl_built())
-    throw InputError("--comm nccl: this build has no NCCL (it needs the CUDA backend and nccl.h; use --comm mpi)");
+  b.run.warmup = f.warmup;
+  b.run.iterations = f.iterations;
+  b.run.trace_steps = f.trace_steps;
+  b.run.comm = f.comm;
+  b.run.exchange = {f.progress == "thread", f.poll_us, f.timeout_s};
+  exec::check_run_options(b.run, f.t.backend == "cuda");
   // The model's input and classes as the plan recorded them, unless flags say otherwise.
   if (!f.t.model_opt->count()) {
     const ModelOptions& po = plan.model_options;
@@ -129,14 +114,9 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   }
   agree_on_setup(world, setup_error, "fuseplan-exec");
 
-  exec::PlanRunOptions o;
+  exec::PlanRunOptions& o = bound.run;
   o.train = f.t.opt;
   o.train_epochs = f.t.epochs_opt->count() > 0;
-  o.warmup = f.warmup;
-  o.iterations = f.iterations;
-  o.trace_steps = f.trace_steps;
-  o.comm = f.comm;
-  o.exchange = {f.progress == "thread", f.poll_us, f.timeout_s};
   ProgressBar bar("steps", f.t.quiet || rank != 0);
   o.on_step = step_progress(bar, f.t);
   o.on_epoch = epoch_progress(bar);
@@ -155,7 +135,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     out() << "fuseplan-exec run: " << rep.model << " x " << world.ranks() << " ranks on "
               << count_of(world.layout().nodes, "node") << ", batch " << plan.batch_per_gpu << " per rank, "
               << precision_name(plan.compute) << ", " << count_of(int64_t(plan.buckets.size()), "bucket") << " ("
-              << plan.strategy << "), " << (f.comm == "nccl" ? "NCCL" : "MPI, progress " + f.progress) << ", "
+              << plan.strategy << "), " << (o.comm == "nccl" ? "NCCL" : "MPI, progress " + f.progress) << ", "
               << exec::cpu_threads() << " threads per rank, " << backend->name() << "\n\n";
     if (!result.epochs.empty() && f.t.epochs_opt->count()) {
       print_epochs(out(), result);

@@ -250,6 +250,19 @@ TEST_CASE("mpi: run_plan, the measure runner, runs a plan and gathers the measur
   };
   CHECK_THROWS_AS(run_plan(w, plan, m, c, tiny, nullptr, *be, bad), InputError);
   CHECK(refused);
+  // The caller's options are checked by field; the exchange defaults to MPI on the CPU.
+  PlanRunOptions opts;
+  opts.comm = "";
+  check_run_options(opts, false);
+  CHECK(opts.comm == "mpi");
+  opts.iterations = 0;
+  CHECK_THROWS_WITH(check_run_options(opts, false), Catch::Contains("run.iterations: must be >= 1"));
+  opts.iterations = 1;
+  opts.comm = "nccl";
+  CHECK_THROWS_WITH(check_run_options(opts, false), Catch::Contains("comm nccl: needs backend cuda"));
+  opts.comm = "gloo";
+  CHECK_THROWS_WITH(check_run_options(opts, false), Catch::Contains("comm: unknown 'gloo' (valid: nccl, mpi)"));
+  CHECK(default_threads(w.layout()) >= 1);
 }
 
 int main(int argc, char** argv) {

@@ -1,6 +1,10 @@
 // The measure runner: a plan run across MPI ranks, measured into the Report.
 #include "fuseplan/exec/run.hpp"
 
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <memory>
 
@@ -51,6 +55,28 @@ nlohmann::json slowest_profile(MpiWorld& world, const nlohmann::json& mine, int*
 }
 
 }  // namespace
+
+void check_run_options(PlanRunOptions& o, bool cuda_backend) {
+  if (o.iterations < 1) throw InputError(field("run.iterations") + ": must be >= 1");
+  if (o.warmup < 0) throw InputError(field("run.warmup") + ": must be >= 0");
+  if (o.trace_steps < 0) throw InputError(field("run.trace_steps") + ": must be >= 0");
+  if (!(o.exchange.timeout_s > 0)) throw InputError(field("comm.timeout") + ": must be > 0 seconds");
+  if (!(o.exchange.poll_us >= 0)) throw InputError(field("comm.poll_us") + ": must be >= 0");
+  if (o.comm.empty()) o.comm = cuda_backend && nccl_built() ? "nccl" : "mpi";
+  if (o.comm != "nccl" && o.comm != "mpi")
+    throw InputError(field("comm") + ": unknown '" + o.comm + "' (valid: nccl, mpi)");
+  if (o.comm == "nccl" && !cuda_backend) throw InputError(field("comm") + " nccl: needs " + field("backend") + " cuda");
+  if (o.comm == "nccl" && !nccl_built())
+    throw InputError(field("comm") + " nccl: this build has no NCCL (it needs the CUDA backend and nccl.h; use " +
+                     field("comm") + " mpi)");
+}
+
+int default_threads(const RankLayout& layout) {
+  cpu_set_t set;
+  const int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
+  const int online = int(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  return cores < online ? cores : std::max(1, cores / layout.local_ranks);
+}
 
 PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cluster& cluster, const Dataset& train,
                  const Dataset* test, Backend& backend, PlanRunOptions o) {

@@ -37,6 +37,16 @@ struct PlanRunOptions {
   std::function<void(const InputError*)> agree;
 };
 
+// Checks the options a caller set (steps, trace, exchange): InputError naming the field
+// (run.iterations, run.warmup, run.trace_steps, comm, comm.progress, comm.timeout,
+// comm.poll_us). An empty `comm` becomes the default: NCCL with the CUDA backend where
+// NCCL is built, else MPI.
+void check_run_options(PlanRunOptions& o, bool cuda_backend);
+
+// Compute threads per rank when nothing says: the cores this rank may use, divided among
+// the node's ranks when mpirun did not bind them.
+int default_threads(const RankLayout& layout);
+
 struct PlanRun {
   std::optional<Measurement> measurement;  // rank 0
   TrainResult result;                      // this rank's
