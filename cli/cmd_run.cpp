@@ -160,12 +160,15 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   } catch (const InputError& e) {  // after set-up: one rank's, so the job is aborted
     if (!*e.what()) throw;            // the ranks' agreed set-up refusal, said already
     std::cerr << "fuseplan-exec run: rank " << rank << ": " << with_flags(e) << "\n";
+    discard_outputs();
     world.abort(2);
   } catch (const RunError& e) {
     std::cerr << "fuseplan-exec run: rank " << rank << ": error: " << e.what() << "\n";
+    discard_outputs();
     world.abort(1);
   } catch (const std::exception& e) {
     std::cerr << "fuseplan-exec run: rank " << rank << ": internal error: " << e.what() << "\n";
+    discard_outputs();
     world.abort(1);
   }
 }
@@ -213,6 +216,7 @@ void add_run_command(CLI::App& app) {
         for (const auto& p : files) std::filesystem::remove(p, ec);
       }
     } remove_after{v->temporary};
+    commit_outputs();  // the run succeeded: its report and profile are what verify reads
     const int code = run_verify(f->plan_path, f->cluster, *v);
     if (code == 2) throw InputError("");  // `fuseplan verify` said why
     if (code != 0) throw RunError("--verify: fuseplan verify failed (exit " + std::to_string(code) + ")");

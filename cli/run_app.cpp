@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/models/error.hpp"
 
@@ -78,6 +79,9 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
                                        "stdout");
     if (auto* json = sub->get_option_no_throw("--json")) csv->excludes(json);
   }
+  struct DiscardUncommitted {  // a failed command's outputs (commit_outputs empties the list)
+    ~DiscardUncommitted() { discard_outputs(); }
+  } discard;
   try {
     if (argc > 1 && argv[1][0] != '-') {
       std::string first = argv[1], names;
@@ -91,7 +95,9 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
     std::vector<std::string> args = rename_flags(argc, argv, prog);
     std::vector<char*> ptrs;
     for (auto& a : args) ptrs.push_back(a.data());
+    stage_outputs(true);  // outputs land only once the command has succeeded
     app.parse(int(ptrs.size()), ptrs.data());
+    commit_outputs();
   } catch (const CLI::Success& e) {  // --help and friends: CLI11 prints, exit 0
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

@@ -875,3 +875,39 @@ TEST_CASE("cli: whatif --profile holds the profile to each point's precision and
   CHECK_THAT(ok.out, Catch::Contains("was measured at batch 64 per GPU; its layer times are scaled linearly to batch 32"));
   expect_bad(base + " --precision fp16", "measured at fp32, the prediction is at fp16");
 }
+
+TEST_CASE("cli: a failed command leaves existing output files byte-identical, a successful one writes them all") {
+  const std::string plan = tmp("keep-plan.json"), trace = tmp("keep-trace.json");
+  auto reset = [&] {
+    write(plan, "OLD PLAN\n");
+    write(trace, "OLD TRACE\n");
+  };
+  auto text = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  // Each fails after the point where it used to write --out.
+  const std::vector<std::string> failing = {
+      "tune --model alexnet_bn --gpus 16 --out " + plan + " --trace " + trace + " --validate bogus",
+      "predict --model alexnet_bn --gpus 16 --out " + plan + " --trace /nonexistent-dir/t.json",
+      "tune --model alexnet_bn --gpus 16 --out " + plan + " --trace " + tmp(""),  // a directory
+  };
+  for (const auto& args : failing) {
+    INFO(args);
+    reset();
+    const Run r = run(args);
+    CHECK(r.code == 2);
+    CHECK(text(plan) == "OLD PLAN\n");
+    CHECK(text(trace) == "OLD TRACE\n");
+    bool strays = false;
+    for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(plan).parent_path()))
+      strays = strays || e.path().string().find(".tmp") != std::string::npos;
+    CHECK_FALSE(strays);
+  }
+  CHECK_THAT(run("tune --model alexnet_bn --gpus 16 --out " + tmp("")).out, Catch::Contains(": is a directory (give a file name)"));
+  reset();
+  const Run ok = run("tune --model alexnet_bn --gpus 16 --out " + plan + " --trace " + trace);
+  CHECK(ok.code == 0);
+  CHECK(text(plan).find("fuseplan.plan/1") != std::string::npos);
+  CHECK(text(trace).find("traceEvents") != std::string::npos);
+}

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "fuseplan/costmodel/collective.hpp"
 #include "fuseplan/models/error.hpp"
@@ -240,8 +241,32 @@ Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, 
   return p;
 }
 
+namespace {
+struct Staged {
+  bool on = false;
+  std::vector<std::pair<std::string, std::string>> files;  // path, temporary
+};
+Staged& staged() {
+  static Staged s;
+  return s;
+}
+
+void rename_into_place(const std::string& tmp, const std::string& path) {
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw RunError(path + ": rename failed: " + ec.message());
+  }
+}
+}  // namespace
+
 void write_file_atomic(const std::string& path, const std::string& content) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw InputError(path + ": is a directory (give a file name)");
+  Staged& st = staged();
   std::string tmp = path + ".tmp";
+  if (st.on) tmp.append(".").append(std::to_string(st.files.size()));
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw InputError(path + ": cannot write (directory missing or not writable)");
@@ -252,12 +277,36 @@ void write_file_atomic(const std::string& path, const std::string& content) {
       throw RunError(path + ": write failed");
     }
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw RunError(path + ": rename failed: " + ec.message());
+  if (!st.on) return rename_into_place(tmp, path);
+  for (auto& [p, t] : st.files)
+    if (p == path) {
+      std::remove(t.c_str());
+      t = tmp;
+      return;
+    }
+  st.files.emplace_back(path, tmp);
+}
+
+void stage_outputs(bool on) { staged().on = on; }
+
+void commit_outputs() {
+  Staged& st = staged();
+  std::vector<std::pair<std::string, std::string>> files;
+  files.swap(st.files);
+  for (size_t i = 0; i < files.size(); ++i) {
+    try {
+      rename_into_place(files[i].second, files[i].first);
+    } catch (...) {
+      for (size_t j = i + 1; j < files.size(); ++j) std::remove(files[j].second.c_str());
+      throw;
+    }
   }
+}
+
+void discard_outputs() {
+  Staged& st = staged();
+  for (const auto& f : st.files) std::remove(f.second.c_str());
+  st.files.clear();
 }
 
 }  // namespace fuseplan

@@ -77,6 +77,17 @@ enum class BareNumber { Bytes, MiB, Refused };
 int64_t parse_bytes(const std::string& s, const std::string& flag, BareNumber bare = BareNumber::Bytes,
                     bool zero_ok = false);
 // Writes atomically: a temporary file, then rename; nothing half-written on failure.
+// InputError when `path` is a directory or cannot be written.
 void write_file_atomic(const std::string& path, const std::string& content);
+
+// A command's outputs land together, only once it has succeeded: while staging is on
+// (the command line turns it on for every command), write_file_atomic writes the
+// temporary file at once (so a full disk or a missing directory still fails the
+// command) and commit_outputs() renames every staged file into place; discard_outputs()
+// removes them, leaving existing files byte-identical. A path staged twice keeps the
+// last content.
+void stage_outputs(bool on);
+void commit_outputs();
+void discard_outputs();
 
 }  // namespace fuseplan
