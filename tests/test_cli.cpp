@@ -90,7 +90,7 @@ TEST_CASE("cli: bad files exit 2 naming the file and JSON path") {
   c["intra_node"]["bw_GBps"] = -10;
   std::string neg = tmp("negative.json");
   write(neg, c.dump());
-  expect_bad("predict --cluster " + neg, neg + ": $.intra_node.bw_GBps: must be > 0");
+  expect_bad("predict --cluster " + neg, neg + ": $.intra_node.bw_GBps: must be in [0.001, 1e+06] GB/s (got -10)");
   c["intra_node"]["bw_GBps"] = 10;
   c["intra_node"]["bandwidth"] = 10;
   std::string unk = tmp("unknown-key.json");

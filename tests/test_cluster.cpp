@@ -40,7 +40,7 @@ TEST_CASE("shipped clusters load and hold the paper's scale") {
 TEST_CASE("cluster validation names the file and the JSON path") {
   auto j = p40();
   j["inter_node"]["nic_bw_Gbps"] = -100;
-  expect_error(j, "c.json: $.inter_node.nic_bw_Gbps: must be > 0");
+  expect_error(j, "c.json: $.inter_node.nic_bw_Gbps: must be in [0.008, 8e+06] Gb/s (got -100)");
   j = p40();
   j["nodes"] = 0;
   expect_error(j, "$.nodes: must be in [1,");
@@ -49,7 +49,7 @@ TEST_CASE("cluster validation names the file and the JSON path") {
   expect_error(j, "$.device.colour: unknown key");
   j = p40();
   j["device"]["compute_efficiency"] = 1.5;
-  expect_error(j, "must be <= 1");
+  expect_error(j, "$.device.compute_efficiency: must be in [0.0001, 1] of peak");
   j = p40();
   j.erase("inter_node");
   expect_error(j, "$.inter_node: missing");
@@ -80,8 +80,40 @@ TEST_CASE("cluster validation names the file and the JSON path") {
   j["inter_node"]["dragonfly"]["groups"] = 16;
   CHECK(cluster_from_json(j, "c.json").inter->dragonfly->groups == 16);
   j["inter_node"]["fabric_link_bw_Gbps"] = -1;
-  expect_error(j, "fabric_link_bw_Gbps: must be > 0");
+  expect_error(j, "fabric_link_bw_Gbps: must be in [0.008, 8e+06] Gb/s (got -1)");
   CHECK_THROWS_WITH(parse_json_text("{\"schema\": ", "c.json"), Catch::Contains("c.json: malformed JSON"));
+}
+
+TEST_CASE("cluster values are held to physical ranges: tiny, denormal and huge numbers are refused") {
+  struct Case {
+    std::vector<std::string> path;
+    double value;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"inter_node", "nic_bw_Gbps"}, 5e-324, "$.inter_node.nic_bw_Gbps: must be in [0.008, 8e+06] Gb/s"},
+      {{"inter_node", "nic_bw_Gbps"}, 1e300, "$.inter_node.nic_bw_Gbps: must be in"},
+      {{"inter_node", "lat_us"}, 1e-308, "$.inter_node.lat_us: must be in [1e-06, 1e+06] us, or 0"},
+      {{"intra_node", "bw_GBps"}, 1e-300, "$.intra_node.bw_GBps: must be in [0.001, 1e+06] GB/s"},
+      {{"intra_node", "lat_us"}, 1e7, "$.intra_node.lat_us: must be in"},
+      {{"device", "peak_TFLOPS", "fp32"}, 5e-324, "$.device.peak_TFLOPS.fp32: must be in [0.0001, 100000] TFLOPS"},
+      {{"device", "mem_bw_GBps"}, 1e-320, "$.device.mem_bw_GBps: must be in"},
+      {{"device", "compute_efficiency"}, 1e-300, "$.device.compute_efficiency: must be in [0.0001, 1]"},
+      {{"launch_overhead_us"}, 1e-310, "$.launch_overhead_us: must be in [1e-06, 1e+06] us, or 0"},
+  };
+  for (const auto& c : cases) {
+    auto j = p40();
+    nlohmann::json* at = &j;
+    for (const auto& k : c.path) at = &(*at)[k];
+    *at = c.value;
+    INFO(c.says);
+    expect_error(j, c.says);
+  }
+  // Exactly 0 stays a value where it means "none" (no latency, no overhead).
+  auto j = p40();
+  j["inter_node"]["lat_us"] = 0;
+  j["launch_overhead_us"] = 0;
+  CHECK(cluster_from_json(j, "c.json").inter->lat_us == 0);
 }
 
 TEST_CASE("GPU counts are checked against the cluster") {

@@ -20,6 +20,22 @@ namespace {
 // byte reduced.
 constexpr double kReduceMemoryPasses = 3.0;
 
+// Physical ranges of a cluster file's values (docs/formats.md): wide enough for any real
+// machine, narrow enough that no time becomes infinite and no simulated link degenerate
+// (SimGrid aborts on bandwidths and latencies near the double's limits).
+constexpr double kMinTFLOPS = 1e-4, kMinGBps = 1e-3, kMaxGBps = 1e6;  // 1 MB/s .. 1 PB/s
+constexpr double kMinUs = 1e-6, kMaxUs = 1e6;                        // 1 ps .. 1 s, or exactly 0
+constexpr double kMinFraction = 1e-4;
+
+// A value that may be exactly 0 (none) or within [lo, hi]; `required` makes it present.
+std::optional<double> zero_or(JsonObject& o, const std::string& key, double lo, double hi, const std::string& unit,
+                              bool required = false) {
+  if (!required && !o.has(key)) return o.opt_number(key);
+  const double v = o.number(key);
+  if (v == 0) return 0.0;
+  return o.in_range(key, lo, hi, unit + ", or 0");
+}
+
 const char* const kTopologies[] = {"fat-tree", "torus", "dragonfly", "star"};
 const char* const kIntraKinds[] = {"nvlink", "nvswitch", "pcie", "shm"};
 const char* const kLibraries[] = {"mpi", "nccl"};
@@ -95,33 +111,28 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   auto peaks = d.object("peak_TFLOPS");
   for (auto p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
     std::string key(precision_name(p));
-    if (peaks.has(key)) c.device.peak_TFLOPS[p] = peaks.positive(key);
+    if (peaks.has(key)) c.device.peak_TFLOPS[p] = peaks.in_range(key, kMinTFLOPS, 1e5, "TFLOPS");
     else peaks.opt_number(key);  // mark the key as known for the error message
   }
   peaks.finish();
   if (c.device.peak_TFLOPS.empty()) d.fail("peak_TFLOPS", "needs at least one of fp32, fp16, bf16");
-  c.device.mem_bw_GBps = d.positive("mem_bw_GBps");
-  c.device.mem_GiB = d.opt_number("mem_GiB").value_or(0);
-  if (c.device.mem_GiB < 0) d.fail("mem_GiB", "must be >= 0");
+  c.device.mem_bw_GBps = d.in_range("mem_bw_GBps", kMinGBps, kMaxGBps, "GB/s");
+  c.device.mem_GiB = d.opt_in_range("mem_GiB", 0, 1e5, "GiB").value_or(0);
   // One fraction for every precision, or an object keyed like peak_TFLOPS.
   if (d.has("compute_efficiency") && d.raw("compute_efficiency").is_object()) {
     auto eff = d.object("compute_efficiency");
     for (auto [p, peak] : c.device.peak_TFLOPS) {
       std::string key(precision_name(p));
-      double e = eff.positive(key);
-      if (e > 1) eff.fail(key, "is a fraction of peak, must be <= 1");
+      const double e = eff.in_range(key, kMinFraction, 1, "of peak");
       c.device.compute_efficiency[p] = e;
     }
     eff.finish();
   } else {
-    double e = d.positive("compute_efficiency");
-    if (e > 1) d.fail("compute_efficiency", "is a fraction of peak, must be <= 1");
+    const double e = d.in_range("compute_efficiency", kMinFraction, 1, "of peak");
     for (auto [p, peak] : c.device.peak_TFLOPS) c.device.compute_efficiency[p] = e;
   }
-  c.device.memory_efficiency = d.positive("memory_efficiency");
-  if (c.device.memory_efficiency > 1) d.fail("memory_efficiency", "is a fraction of peak, must be <= 1");
-  c.device.kernel_overhead_us = d.opt_number("kernel_overhead_us").value_or(0);
-  if (c.device.kernel_overhead_us < 0) d.fail("kernel_overhead_us", "must be >= 0");
+  c.device.memory_efficiency = d.in_range("memory_efficiency", kMinFraction, 1, "of peak");
+  c.device.kernel_overhead_us = zero_or(d, "kernel_overhead_us", kMinUs, kMaxUs, "us").value_or(0);
   c.device.compute_capability = static_cast<int>(d.opt_integer("compute_capability", 30, 200).value_or(0));
   c.device.pcie_gen = static_cast<int>(d.opt_integer("pcie_gen", 1, 7).value_or(0));
   d.finish();
@@ -130,11 +141,10 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   c.intra.kind = in.string("kind");
   if (!one_of(c.intra.kind, kIntraKinds))
     in.fail("kind", "unknown link kind '" + c.intra.kind + "' (valid: " + list(kIntraKinds) + ")");
-  c.intra.bw_GBps = in.positive("bw_GBps");
-  c.intra.lat_us = in.non_negative("lat_us");
+  c.intra.bw_GBps = in.in_range("bw_GBps", kMinGBps, kMaxGBps, "GB/s");
+  c.intra.lat_us = zero_or(in, "lat_us", kMinUs, kMaxUs, "us", true).value();
   c.intra.gpus_per_switch = static_cast<int>(in.opt_integer("gpus_per_switch", 1, 1024).value_or(0));
-  c.intra.uplink_bw_GBps = in.opt_number("uplink_bw_GBps").value_or(0);
-  if (c.intra.uplink_bw_GBps < 0) in.fail("uplink_bw_GBps", "must be >= 0");
+  c.intra.uplink_bw_GBps = zero_or(in, "uplink_bw_GBps", kMinGBps, kMaxGBps, "GB/s").value_or(0);
   c.intra.nvlink_links = static_cast<int>(in.opt_integer("nvlink_links", 1, 64).value_or(0));
   c.intra.nvlink_sharp = in.opt_boolean("nvlink_sharp").value_or(false);
   c.intra.p2p = in.opt_boolean("p2p").value_or(true);
@@ -145,14 +155,13 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
 
   if (auto net = r.opt_object("inter_node")) {
     InterNodeNetwork n;
-    n.nic_bw_Gbps = net->positive("nic_bw_Gbps");
+    n.nic_bw_Gbps = net->in_range("nic_bw_Gbps", 8 * kMinGBps, 8 * kMaxGBps, "Gb/s");
     n.nics_per_node = static_cast<int>(net->integer("nics_per_node", 1, 64));
-    n.lat_us = net->non_negative("lat_us");
+    n.lat_us = zero_or(*net, "lat_us", kMinUs, kMaxUs, "us", true).value();
     n.topology = net->string("topology");
     if (!one_of(n.topology, kTopologies))
       net->fail("topology", "unknown topology '" + n.topology + "' (valid: " + list(kTopologies) + ")");
-    n.oversubscription = net->opt_number("oversubscription").value_or(1.0);
-    if (n.oversubscription < 1) net->fail("oversubscription", "must be >= 1 (1 = full bisection)");
+    n.oversubscription = net->opt_in_range("oversubscription", 1, 1e4, "(1 = full bisection)").value_or(1.0);
     n.nodes_per_leaf = static_cast<int>(net->opt_integer("nodes_per_leaf", 1, 1 << 20).value_or(0));
     if (net->has("torus_dims")) {
       if (n.topology != "torus") net->fail("torus_dims", "only applies to topology torus");
@@ -178,12 +187,10 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       df->finish();
       n.dragonfly = d;
     }
-    n.fabric_link_bw_Gbps = net->opt_number("fabric_link_bw_Gbps").value_or(0);
-    if (n.fabric_link_bw_Gbps < 0) net->fail("fabric_link_bw_Gbps", "must be > 0");
+    n.fabric_link_bw_Gbps = net->opt_in_range("fabric_link_bw_Gbps", 8 * kMinGBps, 8 * kMaxGBps, "Gb/s").value_or(0);
     n.gdr = net->boolean("gdr");
-    n.host_copy_bw_GBps = net->opt_number("host_copy_bw_GBps").value_or(0);
-    n.host_copy_lat_us = net->opt_number("host_copy_lat_us").value_or(0);
-    if (n.host_copy_lat_us < 0) net->fail("host_copy_lat_us", "must be >= 0");
+    n.host_copy_bw_GBps = net->opt_in_range("host_copy_bw_GBps", kMinGBps, kMaxGBps, "GB/s").value_or(0);
+    n.host_copy_lat_us = zero_or(*net, "host_copy_lat_us", kMinUs, kMaxUs, "us").value_or(0);
     if (!n.gdr && !(n.host_copy_bw_GBps > 0))
       net->fail("host_copy_bw_GBps", "must be > 0 when gdr is false (copies are staged through the host)");
     n.sharp = net->opt_boolean("sharp").value_or(false);
@@ -208,10 +215,9 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
         auto g = graphs->object(name);
         NcclGraph x;
         x.channels = static_cast<int>(g.integer("channels", 1, 64));
-        x.bw_intra_GBps = g.positive("bw_intra_GBps");
-        x.bw_inter_GBps = g.positive("bw_inter_GBps");
-        x.latency_inter_us = g.opt_number("latency_inter_us").value_or(0);
-        if (!(x.latency_inter_us >= 0)) g.fail("latency_inter_us", "must be >= 0");
+        x.bw_intra_GBps = g.in_range("bw_intra_GBps", kMinGBps, kMaxGBps, "GB/s");
+        x.bw_inter_GBps = g.in_range("bw_inter_GBps", kMinGBps, kMaxGBps, "GB/s");
+        x.latency_inter_us = zero_or(g, "latency_inter_us", kMinUs, kMaxUs, "us").value_or(0);
         x.tree_pattern = g.opt_boolean("tree_pattern").value_or(false);
         g.finish();
         c.nccl.graphs[name] = x;
@@ -219,7 +225,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       graphs->finish();
     }
     if (auto k = nc->opt_object("constants")) {
-      for (const auto& name : k->keys()) c.nccl.constants[name] = k->non_negative(name);
+      for (const auto& name : k->keys()) c.nccl.constants[name] = k->in_range(name, 0, 1e9, "");
       k->finish();
     }
     nc->finish();
@@ -230,26 +236,21 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
     nccl_constants(c.nccl.release, c.nccl.constants, origin);  // the release and constant names exist
   }
 
-  c.launch_overhead_us = r.non_negative("launch_overhead_us");
-  c.dispatch_overhead_us = r.opt_number("dispatch_overhead_us").value_or(0);
-  if (!(c.dispatch_overhead_us >= 0) || !std::isfinite(c.dispatch_overhead_us))
-    r.fail("dispatch_overhead_us", "must be >= 0");
+  c.launch_overhead_us = zero_or(r, "launch_overhead_us", kMinUs, kMaxUs, "us", true).value();
+  c.dispatch_overhead_us = zero_or(r, "dispatch_overhead_us", kMinUs, kMaxUs, "us").value_or(0);
   c.comm_compute_sharing = r.opt_number("comm_compute_sharing").value_or(0);
   if (!(c.comm_compute_sharing >= 0 && c.comm_compute_sharing <= 1))
     r.fail("comm_compute_sharing", "must be between 0 (free overlap) and 1 (one shared processor)");
-  if (auto rb = r.opt_number("reduce_bw_GBps")) {
-    if (!(*rb > 0)) r.fail("reduce_bw_GBps", "must be > 0");
-    c.reduce_bw_GBps = rb;
-  }
+  c.reduce_bw_GBps = r.opt_in_range("reduce_bw_GBps", kMinGBps, kMaxGBps, "GB/s");
   if (auto ip = r.opt_object("input_pipeline")) {
-    c.input_samples_per_s_per_gpu = ip->positive("samples_per_s_per_gpu");
+    c.input_samples_per_s_per_gpu = ip->in_range("samples_per_s_per_gpu", 1e-3, 1e9, "samples/s");
     ip->finish();
   }
   if (auto cal = r.opt_object("calibrated")) {
     auto constants = [](JsonObject& o, Calibration& k) {
-      k.alpha_us = o.non_negative("alpha_us");
-      k.beta_us_per_MB = o.non_negative("beta_us_per_MB");
-      k.gamma_us_per_MB = o.non_negative("gamma_us_per_MB");
+      k.alpha_us = zero_or(o, "alpha_us", kMinUs, kMaxUs, "us", true).value();
+      k.beta_us_per_MB = zero_or(o, "beta_us_per_MB", 1e-9, 1e12, "us/MB", true).value();
+      k.gamma_us_per_MB = zero_or(o, "gamma_us_per_MB", 1e-9, 1e12, "us/MB", true).value();
       k.variant = static_cast<int>(o.opt_integer("variant", 0, 1 << 10).value_or(-1));
     };
     for (const auto& algo : cal->keys()) {
@@ -262,8 +263,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
           auto o = element_object(items[i], origin, a.where("segments") + "[" + std::to_string(i) + "]");
           Calibration k;
           constants(o, k);
-          k.from_bytes = o.non_negative("from_bytes");
-          k.to_bytes = o.non_negative("to_bytes");
+          k.from_bytes = o.in_range("from_bytes", 0, 1e15, "bytes");
+          k.to_bytes = o.in_range("to_bytes", 0, 1e15, "bytes");
           if (k.to_bytes < k.from_bytes) o.fail("to_bytes", "must be >= from_bytes");
           if (!segments.empty() && !(k.from_bytes > segments.back().to_bytes))
             o.fail("from_bytes", "must be above the previous segment's to_bytes (segments ascend, disjoint)");

@@ -2,6 +2,7 @@
 #include "fuseplan/models/json_reader.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -84,6 +85,28 @@ double JsonObject::non_negative(const std::string& key) {
   double v = number(key);
   if (v < 0) fail(key, "must be >= 0 (got " + j_.at(key).dump() + ")");
   return v;
+}
+
+namespace {
+std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
+}
+}  // namespace
+
+double JsonObject::in_range(const std::string& key, double lo, double hi, const std::string& unit) {
+  const double v = number(key);
+  if (!(v >= lo && v <= hi))
+    fail(key, "must be in [" + num(lo) + ", " + num(hi) + "]" + (unit.empty() ? "" : " " + unit) + " (got " +
+                  j_.at(key).dump() + ")");
+  return v;
+}
+
+std::optional<double> JsonObject::opt_in_range(const std::string& key, double lo, double hi, const std::string& unit) {
+  asked_.insert(key);
+  if (!has(key)) return std::nullopt;
+  return in_range(key, lo, hi, unit);
 }
 
 std::optional<double> JsonObject::opt_number(const std::string& key) {

@@ -23,6 +23,10 @@ class JsonObject {
   double positive(const std::string& key);       // > 0
   double non_negative(const std::string& key);   // >= 0
   std::optional<double> opt_number(const std::string& key);
+  // A physical value within [lo, hi] (`unit` names the unit in the message): a tiny or
+  // huge number that passes "> 0" would make times infinite or the simulator abort.
+  double in_range(const std::string& key, double lo, double hi, const std::string& unit);
+  std::optional<double> opt_in_range(const std::string& key, double lo, double hi, const std::string& unit);
   int64_t integer(const std::string& key, int64_t min, int64_t max);
   std::optional<int64_t> opt_integer(const std::string& key, int64_t min, int64_t max);
   std::string string(const std::string& key);
