@@ -1,5 +1,6 @@
 // `fuseplan collective`: the table NVIDIA nccl-tests' all_reduce_perf would print
 // (size, count, type, time, algbw, busbw), predicted by the cost model.
+#include <cmath>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -111,7 +112,13 @@ void add_collective_command(CLI::App& app) {
     std::string lo_s = f->sizes.substr(0, colon), hi_s = colon == std::string::npos ? lo_s : f->sizes.substr(colon + 1);
     int64_t lo = parse_bytes(lo_s, "--sizes"), hi = parse_bytes(hi_s, "--sizes");
     if (hi < lo) throw InputError("--sizes: MAX must be >= MIN");
-    if (!(f->step > 1)) throw InputError("--step-factor: must be > 1 (got " + fixed(f->step, 3) + ")");
+    if (!(f->step > 1) || !std::isfinite(f->step))
+      throw InputError("--step-factor: must be > 1 (got " + fixed(f->step, 3) + ")");
+    // Every row must move the size on: at most kMaxRows sizes between MIN and MAX.
+    constexpr double kMaxRows = 10000;
+    if (std::log(double(hi) / double(lo)) / std::log(f->step) + 1 > kMaxRows)
+      throw InputError("--step-factor: " + fixed(f->step, 6) + " makes more than " + fixed(kMaxRows, 0) + " sizes from " +
+                       lo_s + " to " + hi_s + " (a larger factor, or a narrower --sizes)");
     if (f->algorithm != "auto") find_algorithm(f->algorithm);
     CollectiveModel model(c, f->gpus, {f->group, f->torus_x, f->nccl_version});
     if (f->nccl_table && !model.nccl())

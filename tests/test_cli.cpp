@@ -61,7 +61,7 @@ void expect_bad(const std::string& args, const std::string& text, bool exec = fa
 }  // namespace
 
 TEST_CASE("cli: bad flags and names exit 2 with one line naming them") {
-  expect_bad("predict --gpus 0", "--gpus: must be >= 1");
+  expect_bad("predict --gpus 0", "--gpus: must be in [1, 1048576] (got 0)");
   expect_bad("predict --cluster local-cpu --gpus 4", "no inter-node network to join them");
   expect_bad("predict --model resnet9", "unknown model 'resnet9'");
   expect_bad("predict --cluster nowhere", "unknown cluster 'nowhere'");
@@ -76,7 +76,7 @@ TEST_CASE("cli: bad flags and names exit 2 with one line naming them") {
   expect_bad("collective --sizes 1M:1K", "--sizes: MAX must be >= MIN");
   expect_bad("predict --model bert_base --resolution 64", "do not apply to bert_base");
   expect_bad("show alexnet --resolution 28", "output shape");
-  expect_bad("predict --model gpt2 --seq-len 0", "--seq-len: must be > 0");
+  expect_bad("predict --model gpt2 --seq-len 0", "--seq-len: must be in [1, 131072] (got 0)");
   expect_bad("frobnicate", "frobnicate");
 }
 
@@ -227,7 +227,7 @@ TEST_CASE("cli: tune, compare and whatif refuse bad input with exit 2") {
   CHECK(run("tune --strategy horovod --threshold 0 --gpus 16").code == 0);  // 0 = no fusion, no unit needed
   expect_bad("tune --streams 0", "--streams: must be >= 1");
   expect_bad("tune --fp32-tensors all", "valid: none, norm, norm+bias");
-  expect_bad("tune --gpus 0", "--gpus: must be >= 1");
+  expect_bad("tune --gpus 0", "--gpus: must be in [1, 1048576] (got 0)");
   expect_bad("compare --model resnet9", "unknown model 'resnet9'");
   expect_bad("whatif --target-efficiency 0.9999999 --model alexnet_bn", "is unreachable");
   expect_bad("whatif --target-efficiency 1.5", "must be in (0, 1]");
@@ -910,4 +910,49 @@ TEST_CASE("cli: a failed command leaves existing output files byte-identical, a 
   CHECK(ok.code == 0);
   CHECK(text(plan).find("fuseplan.plan/1") != std::string::npos);
   CHECK(text(trace).find("traceEvents") != std::string::npos);
+}
+
+TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the flag or file and JSON path") {
+  auto file = [](const std::string& name, const std::string& text) {
+    const std::string path = tmp(name);
+    write(path, text);
+    return path;
+  };
+  std::ifstream in(std::string(FUSEPLAN_CONFIG_DIR) + "/clusters/tencent-p40.json");
+  const auto p40 = nlohmann::json::parse(in);
+  auto cluster_with = [&](const std::string& name, const std::vector<std::string>& path, double v) {
+    nlohmann::json c = p40;
+    nlohmann::json* at = &c;
+    for (const auto& k : path) at = &(*at)[k];
+    *at = v;
+    return file(name, c.dump());
+  };
+  const std::string denormal = cluster_with("denormal.json", {"inter_node", "nic_bw_Gbps"}, 5e-324);
+  const std::string tiny_lat = cluster_with("tiny-lat.json", {"inter_node", "lat_us"}, 1e-308);
+  const std::string overflow = file("overflow.json", R"({"schema": "fuseplan.cluster/1", "name": "x", "nodes": 1e999})");
+  const std::string dup = file("dup.json", R"({"schema": "fuseplan.cluster/1", "name": "x", "name": "y"})");
+  const std::string sweep_schema = file("sweep-schema.json", R"({"schema": {}, "points": []})");
+  const std::string sweep_ranks = file(
+      "sweep-ranks.json",
+      R"({"schema": "fuseplan.sweep/1", "ranks": 2147483647, "per_node": 1, "precision": "fp32", "points": []})");
+  const std::string sweep_tiny = file("sweep-tiny.json", R"({"schema": "fuseplan.sweep/1", "ranks": 2, "per_node": 2,
+      "precision": "fp32", "points": [{"algorithm": "ring", "bytes": 1024, "seconds": 1e-308}]})");
+  const std::string huge_tensor = file("huge-tensor.json", R"({"schema": "fuseplan.model/1", "name": "huge",
+      "input_shape": [3, 8, 8], "layers": [{"name": "fc", "kind": "linear", "fwd_flops": 1, "bwd_flops": 1,
+      "params": [{"name": "fc.weight", "shape": [4611686018427387904, 4], "role": "weight"}]}]})");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"simulate --model alexnet_bn --gpus 16 --cluster " + denormal, "$.inter_node.nic_bw_Gbps: must be in"},
+      {"predict --model alexnet_bn --gpus 16 --cluster " + tiny_lat, "$.inter_node.lat_us: must be in"},
+      {"predict --cluster " + overflow, "malformed JSON: number overflow"},
+      {"predict --cluster " + dup, "the key 'name' appears twice"},
+      {"calibrate --sweep " + sweep_schema, "$.schema: expected a string"},
+      {"calibrate --sweep " + sweep_ranks, "$.ranks: must be in [2, 1048576]"},
+      {"calibrate --sweep " + sweep_tiny, "$.points[0].seconds: must be in"},
+      {"show " + huge_tensor, "more than 2^48 elements"},
+      {"collective --step-factor 1.0000000000000002 --sizes 1K:1M", "--step-factor: 1.000000 makes more than 10000 sizes"},
+      {"whatif --model alexnet_bn --gpus 1000000000", "--gpus: must be in [1, 1048576]"},
+      {"predict --model resnet50 --resolution 100000", "--resolution: must be in [1, 8192]"},
+      {"tune --model alexnet_bn --gpus 16 --out " + tmp(""), "is a directory"},
+  };
+  for (const auto& [args, says] : cases) expect_bad(args, says);
 }

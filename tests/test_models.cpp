@@ -161,13 +161,13 @@ TEST_CASE("errors name fields, not flags: what() prints them bare, render() spel
     build_zoo_model("resnet50", o);
     FAIL("resolution 0 was accepted");
   } catch (const InputError& e) {
-    CHECK(std::string(e.what()) == "model.resolution: must be > 0 (got 0)");
+    CHECK(std::string(e.what()) == "model.resolution: must be in [1, 8192] (got 0)");
     const auto angled = [](std::string_view f) {
       std::string s(1, '<');
       s.append(f).push_back('>');
       return s;
     };
-    CHECK(e.render(angled) == "<model.resolution>: must be > 0 (got 0)");
+    CHECK(e.render(angled) == "<model.resolution>: must be in [1, 8192] (got 0)");
   }
   // Several names in one message; text around them, braces and dashes in values untouched.
   const std::string text = field("tuner.segments") + " {x} --y /a/{b}: use " + field("tuner.strategy") + " optimal";

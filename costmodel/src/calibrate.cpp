@@ -16,6 +16,7 @@
 #include "fuseplan/costmodel/precision.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/json_reader.hpp"
 
 namespace fuseplan {
 
@@ -259,38 +260,42 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
 }
 
 std::vector<Sweep> load_sweep(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw InputError(field("calibrate.sweep") + " " + path + ": cannot open");
+  const std::string origin = field("calibrate.sweep") + " " + path;
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw InputError(field("calibrate.sweep") + " " + path + ": not JSON (" + std::string(e.what()) + ")");
+  {
+    std::ifstream in(path);
+    if (!in) throw InputError(origin + ": cannot open");
   }
-  auto bad = [&](const std::string& why) { return InputError(field("calibrate.sweep") + " " + path + ": " + why); };
-  if (!j.is_object() || j.value("schema", "") != "fuseplan.sweep/1") throw bad("not a fuseplan.sweep/1 file");
-  for (const auto& [key, v] : j.items())
-    if (key != "schema" && key != "ranks" && key != "per_node" && key != "precision" && key != "host" && key != "points")
-      throw bad("unknown key '" + key + "' (valid: schema, ranks, per_node, precision, host, points)");
+  try {
+    j = parse_json_file(path);
+  } catch (const InputError& e) {
+    throw InputError(field("calibrate.sweep") + " " + e.text());
+  }
+  JsonObject r(j, origin);
+  if (r.string("schema") != "fuseplan.sweep/1") r.fail("schema", "must be \"fuseplan.sweep/1\"");
+  const int ranks = static_cast<int>(r.integer("ranks", 2, kMaxGpus));
+  const int per_node = static_cast<int>(r.integer("per_node", 1, ranks));
+  const int elem = bytes_per_element(parse_precision(r.string("precision"), origin + ": $.precision"));
+  r.opt_string("host");
+  const nlohmann::json& points = r.array("points");
   std::vector<Sweep> out;
-  try {
-    const int ranks = j.at("ranks").get<int>(), per_node = j.at("per_node").get<int>();
-    const int elem = bytes_per_element(parse_precision(j.at("precision").get<std::string>(), field("calibrate.sweep") + " " + path + ": $.precision"));
-    if (ranks < 2 || per_node < 1) throw bad("ranks must be >= 2 and per_node >= 1");
-    for (const auto& p : j.at("points")) {
-      const std::string algo = p.at("algorithm").get<std::string>();
-      find_algorithm(algo, field("calibrate.sweep") + " " + path + ": $.points[].algorithm");
-      auto it = std::find_if(out.begin(), out.end(), [&](const Sweep& s) { return s.algorithm == algo; });
-      if (it == out.end()) {
-        out.push_back({algo, ranks, per_node, elem, {}});
-        it = out.end() - 1;
-      }
-      it->points.push_back({p.at("bytes").get<double>(), p.at("seconds").get<double>()});
+  for (size_t i = 0; i < points.size(); ++i) {
+    JsonObject p = element_object(points[i], origin, "$.points[" + std::to_string(i) + "]");
+    const std::string algo = p.string("algorithm");
+    find_algorithm(algo, origin + ": " + p.where("algorithm"));
+    const double bytes = p.in_range("bytes", 1, 1e15, "bytes");
+    const double seconds = p.in_range("seconds", 1e-9, 1e4, "s");
+    p.opt_integer("iterations", 1, int64_t(1) << 40);
+    p.finish();
+    auto it = std::find_if(out.begin(), out.end(), [&](const Sweep& s) { return s.algorithm == algo; });
+    if (it == out.end()) {
+      out.push_back({algo, ranks, per_node, elem, {}});
+      it = out.end() - 1;
     }
-  } catch (const nlohmann::json::exception& e) {
-    throw bad(std::string("malformed (") + e.what() + ")");
+    it->points.push_back({bytes, seconds});
   }
-  if (out.empty()) throw bad("no points");
+  r.finish();
+  if (out.empty()) r.fail("points", "no points");
   return out;
 }
 

@@ -149,7 +149,7 @@ NcclTestsLog read_nccl_tests(const std::string& path, const std::string& flag) {
       log.per_node = uniform ? n0 : 0;
     }
     // The shipped logs' header says the layout where the quoted output lost the Rank lines.
-    static const std::regex layout(R"((\d+)\s+nodes?\s+x\s+(\d+)\s+ranks)");
+    static const std::regex layout(R"((\d{1,7})\s+nodes?\s+x\s+(\d{1,4})\s+ranks)");
     std::smatch lm;
     if (auto it = log.header.find("layout"); it != log.header.end() && std::regex_search(it->second, lm, layout)) {
       const int nodes = std::stoi(lm[1]), per = std::stoi(lm[2]);
@@ -168,6 +168,9 @@ Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, 
   for (const auto& [bytes, seconds] : log.points) s.points.push_back({bytes, seconds});
   if (s.ranks <= 0) s.ranks = log.ranks;
   if (s.ranks < 2) throw InputError(field("nccl_tests") + " " + path + ": cannot tell the rank count (give " + field("nccl_tests.ranks") + ")");
+  if (s.ranks > kMaxGpus)
+    throw InputError(field("nccl_tests.ranks") + ": " + std::to_string(s.ranks) + " ranks is past the largest job, " +
+                     std::to_string(kMaxGpus));
   // Ranks per node: the flag, else the host names in the "#  Rank" lines, else one node.
   if (s.per_node <= 0) s.per_node = log.per_node > 0 && s.ranks == log.ranks ? log.per_node : s.ranks;
   if (s.per_node > s.ranks)

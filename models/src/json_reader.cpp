@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <cerrno>
 #include <fstream>
 #include <sstream>
 
@@ -11,15 +13,31 @@
 namespace fuseplan {
 
 nlohmann::json parse_json_text(const std::string& text, const std::string& origin) {
+  // Duplicate keys: nlohmann keeps the last; a strict reader refuses them. One set of
+  // keys per open object, checked as each key is parsed.
+  std::vector<std::set<std::string>> open;
+  std::string duplicate;
+  auto check = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (event == E::object_start) open.emplace_back();
+    else if (event == E::object_end && !open.empty()) open.pop_back();
+    else if (event == E::key && !open.empty() && !open.back().insert(parsed.get<std::string>()).second &&
+             duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  nlohmann::json j;
   try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+    j = nlohmann::json::parse(text, check);
+  } catch (const nlohmann::json::exception& e) {  // syntax, and numbers beyond a double (1e999)
     std::string msg = e.what();
     // nlohmann prefixes "[json.exception.parse_error.101] "; keep the readable part.
     auto pos = msg.find("] ");
     if (pos != std::string::npos) msg = msg.substr(pos + 2);
     throw InputError(origin + ": malformed JSON: " + msg);
   }
+  if (!duplicate.empty()) throw InputError(origin + ": malformed JSON: the key '" + duplicate + "' appears twice in one object");
+  return j;
 }
 
 nlohmann::json parse_json_file(const std::string& path) {
@@ -27,6 +45,7 @@ nlohmann::json parse_json_file(const std::string& path) {
   if (!in) throw InputError(path + ": cannot open file");
   std::ostringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) throw InputError(path + ": cannot read (" + std::string(std::strerror(errno)) + ")");
   return parse_json_text(ss.str(), path);
 }
 

@@ -44,8 +44,18 @@ nlohmann::json model_to_json(const Model& m) {
 }
 
 namespace {
+// A tensor of more elements than this is no model's (GPT-3's largest is about 2^29); the
+// products below stay far from int64's limit.
+constexpr int64_t kMaxElements = int64_t(1) << 48;
+
 Shape read_shape(JsonObject& o, const std::string& key) {
   auto v = o.int_list(key, 1);
+  int64_t elements = 1;
+  for (int64_t d : v) {
+    if (d > kMaxElements / elements)
+      o.fail(key, "more than 2^48 elements (a shape beyond any model, or a typo)");
+    elements *= d;
+  }
   return Shape(v.begin(), v.end());
 }
 }  // namespace

@@ -96,13 +96,15 @@ Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
     throw InputError(field("model.resolution") + "/" + field("model.channels") + "/" + field("model.classes") + " do not apply to " + name + " (a transformer; use " + field("model.seq_len") + ")");
   if (!e->is_transformer && opt.seq_len)
     throw InputError(field("model.seq_len") + " does not apply to " + name + " (a CNN; use " + field("model.resolution") + ")");
-  auto positive = [&](const std::optional<int>& v, const std::string& flag) {
-    if (v && *v <= 0) throw InputError(flag + ": must be > 0 (got " + std::to_string(*v) + ")");
+  // Bounds past any trained model's, so that no tensor or table grows without limit.
+  auto within = [&](const std::optional<int>& v, const std::string& flag, int hi) {
+    if (v && (*v <= 0 || *v > hi))
+      throw InputError(flag + ": must be in [1, " + std::to_string(hi) + "] (got " + std::to_string(*v) + ")");
   };
-  positive(opt.resolution, field("model.resolution"));
-  positive(opt.channels, field("model.channels"));
-  positive(opt.classes, field("model.classes"));
-  positive(opt.seq_len, field("model.seq_len"));
+  within(opt.resolution, field("model.resolution"), 8192);
+  within(opt.channels, field("model.channels"), 4096);
+  within(opt.classes, field("model.classes"), 1 << 20);
+  within(opt.seq_len, field("model.seq_len"), 1 << 17);
   return e->build(opt);
 }
 

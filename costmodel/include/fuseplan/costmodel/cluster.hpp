@@ -129,12 +129,16 @@ Cluster load_cluster(const std::string& name_or_path);
 std::string cluster_reference(const Cluster& c);
 std::vector<std::string> shipped_cluster_names();
 std::string config_dir();
+// The largest job any command is asked about (GPUs, ranks): 2^20, a thousand times the
+// largest published data-parallel runs; past it, per-GPU tables would not fit memory.
+inline constexpr int kMaxGpus = 1 << 20;
+
 // Checks `gpus` against the cluster; InputError naming `flag` otherwise.
 void check_gpu_count(const Cluster& c, int gpus, const std::string& flag);
 // The cluster grown by whole nodes of the same kind to hold `gpus` (unchanged when they
 // fit): what predict, tune, compare, simulate and whatif do when asked for more GPUs
 // than the file has. InputError naming `flag` when it has no inter-node network to join
-// more nodes, or `gpus` < 1.
+// more nodes, or `gpus` outside 1..kMaxGpus.
 Cluster grown_to(Cluster c, int gpus, const std::string& flag);
 
 }  // namespace fuseplan
