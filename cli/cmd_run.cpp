@@ -100,7 +100,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   } catch (const InputError& e) {
     setup_error = with_flags(e);
   }
-  agree_on_setup(world, setup_error, "fuseplan-exec");
+  agree_on_setup(world, setup_error, "fuseplan-exec", setup_wait_s(f.timeout_s));
   const Plan& plan = bound.scenario.plan;
   TrainingData& data = bound.data;
   if (rank == 0)
@@ -112,7 +112,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   } catch (const InputError& e) {
     setup_error = with_flags(e);
   }
-  agree_on_setup(world, setup_error, "fuseplan-exec");
+  agree_on_setup(world, setup_error, "fuseplan-exec", setup_wait_s(f.timeout_s));
 
   exec::PlanRunOptions& o = bound.run;
   o.train = f.t.opt;
@@ -124,7 +124,9 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     o.profile_of = [&](const exec::Network& net, const exec::TrainResult& result) {
       return profile_json(f.t, data.model, net, result);
     };
-  o.agree = [&](const InputError* e) { agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec"); };
+  o.agree = [&](const InputError* e) {
+    agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec", setup_wait_s(f.timeout_s));
+  };
   try {
     const exec::PlanRun run = exec::run_plan(world, plan, data.model, bound.scenario.cluster, data.train, &data.test, *backend, o);
     if (rank != 0) return std::nullopt;
@@ -197,7 +199,8 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--poll-us", f->poll_us, "thread: sleep between polls that found nothing, microseconds")
       ->capture_default_str();
-  cmd->add_option("--timeout", f->timeout_s, "seconds a bucket may wait for the other ranks before the job stops")
+  cmd->add_option("--timeout", f->timeout_s,
+                  "seconds a bucket, or a rank at set-up, may wait for the other ranks before the job stops")
       ->capture_default_str();
   cmd->add_option("--trace", f->trace_path, "Chrome trace of the last --trace-steps iterations, a track per rank and stream");
   cmd->add_option("--trace-steps", f->trace_steps, "iterations in the trace")->capture_default_str();

@@ -22,7 +22,7 @@ namespace {
 struct SweepFlags {
   std::string algorithm = "mpi,ring,recursive_doubling,rabenseifner", sizes = "4K:256M", precision = "fp32", out;
   int step_factor = 2, warmup = 3, iterations = 0;
-  double seconds_per_size = 0.2;
+  double seconds_per_size = 0.2, timeout_s = 60;
   bool quiet = false;
 };
 
@@ -52,12 +52,13 @@ void run_sweep(const SweepFlags& f) {
     if (f.step_factor < 2) throw InputError("--step-factor: must be >= 2");
     if (f.warmup < 0 || f.iterations < 0) throw InputError("--warmup/--iterations: must be >= 0");
     if (!(f.seconds_per_size > 0)) throw InputError("--seconds-per-size: must be > 0");
+    if (!(f.timeout_s > 0)) throw InputError("--timeout: must be > 0 seconds");
     if (world.ranks() < 2) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
     for (int64_t s = lo; s <= hi; s *= f.step_factor) sizes.push_back(s);
   } catch (const InputError& e) {
     error = with_flags(e);
   }
-  agree_on_setup(world, error, "fuseplan-exec");
+  agree_on_setup(world, error, "fuseplan-exec", setup_wait_s(f.timeout_s));
 
   const int eb = bytes_per_element(p);
   const bool talk = world.rank() == 0;
@@ -132,6 +133,8 @@ void add_sweep_command(CLI::App& app) {
                                  "busbw per size and algorithm; --out writes it for `fuseplan calibrate --sweep`.");
   cmd->add_option("--algorithm", f->algorithm, "allreduce algorithms, comma-separated: mpi and fuseplan's")->capture_default_str();
   cmd->add_option("--sizes", f->sizes, "MIN:MAX message bytes (4K, 256M, 64MiB, ...)")->capture_default_str();
+  cmd->add_option("--timeout", f->timeout_s, "seconds a rank waits for the others at set-up before the job stops")
+      ->capture_default_str();
   cmd->add_option("--step-factor", f->step_factor, "multiply the size by this each row, like nccl-tests -f")->capture_default_str();
   cmd->add_option("--precision", f->precision, "element type: fp32 | fp16 | bf16")->capture_default_str();
   cmd->add_option("--warmup", f->warmup, "untimed allreduces per size")->capture_default_str();

@@ -2,6 +2,8 @@
 // agree whether any failed, and the lowest failing rank says why, before MPI_Finalize
 // (so that mpirun does not end it before it has spoken). Every rank then exits 2.
 #pragma once
+#include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
@@ -10,10 +12,25 @@
 
 namespace fuseplan::cli {
 
-inline void agree_on_setup(exec::MpiWorld& world, const std::string& error, const std::string& prog) {
-  const int P = world.ranks(), rank = world.rank();
-  const int first_failed = P - int(world.max(error.empty() ? 0.0 : double(P - rank)));
-  if (first_failed == P) return;
+// How long a rank waits for the others at set-up: the command's --timeout, or 60 s while
+// that flag is itself the input being refused.
+inline double setup_wait_s(double timeout_s) { return timeout_s > 0 && timeout_s < 1e6 ? timeout_s : 60; }
+
+// `timeout_s` bounds each wait: a rank that never arrives (stopped, dead) ends the job
+// with a line naming it. FUSEPLAN_FAULT_STOP_RANK=R stops rank R (SIGSTOP) here, for the
+// fault tests.
+inline void agree_on_setup(exec::MpiWorld& world, const std::string& error, const std::string& prog,
+                           double timeout_s) {
+  const int rank = world.rank();
+  if (const char* stop = std::getenv("FUSEPLAN_FAULT_STOP_RANK"); stop && std::atoi(stop) == rank) raise(SIGSTOP);
+  int first_failed = -1;
+  try {
+    first_failed = world.agree(!error.empty(), timeout_s);
+  } catch (const RunError& e) {
+    std::cerr << prog << ": " << e.what() << std::endl;
+    world.abort(1);
+  }
+  if (first_failed < 0) return;
   if (rank == first_failed)
     std::cerr << prog << ": " << (rank == 0 ? "" : "rank " + std::to_string(rank) + ": ") << error << std::endl;
   world.barrier();

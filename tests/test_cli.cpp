@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -487,6 +488,41 @@ TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of 
   INFO(r.out);
   CHECK(r.code != 0);
   CHECK(r.code != 124);
+}
+
+TEST_CASE("cli: a rank stopped at set-up or during steps ends the job within --timeout, the silent rank named", "[exec]") {
+  const std::string plan = tmp("stop-plan.json");
+  REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
+              "--batch-per-gpu 8 --precision fp32 --buckets single --out " + plan).code == 0);
+  const std::string job = std::string(FUSEPLAN_MPIEXEC) + " -np 2 --oversubscribe -x FUSEPLAN_FAULT_STOP_RANK " +
+                          FUSEPLAN_EXEC_BIN + " run --plan " + plan +
+                          " --dataset synthetic --synthetic-size 128 --resolution 16 --iterations 100000 --quiet --timeout 3";
+  const std::string env = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 ";
+  // `timeout 100` answers 124 if the job hung; the bound asked of the job is the 3 s
+  // timeout plus start-up and MPI's abort, well under a minute.
+  struct Case {
+    std::string what, shell, says;
+  };
+  const std::vector<Case> cases = {
+      {"rank 1 stopped at set-up", env + "FUSEPLAN_FAULT_STOP_RANK=1 timeout 100 " + job,
+       "rank 0: no answer from rank 1 within 3.0 s while the ranks agreed on their set-up"},
+      {"rank 0 stopped at set-up", env + "FUSEPLAN_FAULT_STOP_RANK=0 timeout 100 " + job,
+       "rank 1: no answer from rank 0 within 3.0 s while the ranks agreed on their set-up"},
+      {"rank 1 stopped during steps",
+       env + "FUSEPLAN_FAULT_STOP_RANK=-1 timeout 100 sh -c '" + job + " & pid=$!; sleep 5; pkill -STOP -n -P $pid; wait $pid'",
+       "got no answer from rank 1"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.what);
+    const auto start = std::chrono::steady_clock::now();
+    const Run r = run_env("", c.shell, true, "");
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    INFO(r.out);
+    CHECK(r.code != 0);
+    CHECK(r.code != 124);
+    CHECK(took < 60);
+    CHECK_THAT(r.out, Catch::Contains(c.says));
+  }
 }
 
 TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that predict then uses", "[exec]") {

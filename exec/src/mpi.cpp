@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -137,6 +139,71 @@ std::vector<std::string> MpiWorld::gather_text(const std::string& text) {
   if (rank() == 0)
     for (size_t r = 0; r < sizes.size(); ++r) out.push_back(all.substr(size_t(at[r]), size_t(sizes[r])));
   return out;
+}
+
+namespace {
+constexpr int kAgreeTag = 0x5e7;
+
+// Polls `requests` until all are complete or `timeout_s` passes; returns which are done.
+std::vector<bool> wait_within(std::vector<MPI_Request>& requests, double timeout_s) {
+  std::vector<bool> done(requests.size(), false);
+  const auto start = std::chrono::steady_clock::now();
+  for (useconds_t nap = 100;; nap = std::min<useconds_t>(nap * 2, 10000)) {
+    bool all = true;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (done[i]) continue;
+      int flag = 0;
+      MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE);
+      done[i] = flag != 0;
+      all = all && done[i];
+    }
+    if (all) return done;
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s) return done;
+    usleep(nap);
+  }
+}
+}  // namespace
+
+int MpiWorld::agree(bool failed, double timeout_s) {
+  const int P = ranks(), me = rank();
+  auto silent = [&](const std::vector<int>& who, const std::string& waiting) {
+    std::string names;
+    for (int r : who) names += (names.empty() ? "" : ", ") + std::to_string(r);
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%.1f", timeout_s);
+    return RunError("rank " + std::to_string(me) + ": no answer from rank " + names + " within " + secs + " s " + waiting +
+                    " (a rank stopped, died or is stuck)");
+  };
+  int decision = -1;
+  if (me == 0) {
+    std::vector<int> status(size_t(P), 0);
+    std::vector<MPI_Request> recv(size_t(P - 1));
+    for (int r = 1; r < P; ++r)
+      MPI_Irecv(&status[size_t(r)], 1, MPI_INT, r, kAgreeTag, MPI_COMM_WORLD, &recv[size_t(r - 1)]);
+    const std::vector<bool> done = wait_within(recv, timeout_s);
+    std::vector<int> missing;
+    for (int r = 1; r < P; ++r)
+      if (!done[size_t(r - 1)]) missing.push_back(r);
+    if (!missing.empty()) throw silent(missing, "while the ranks agreed on their set-up");
+    status[0] = failed ? 1 : 0;
+    for (int r = 0; r < P && decision < 0; ++r)
+      if (status[size_t(r)]) decision = r;
+    std::vector<MPI_Request> send(size_t(P - 1));
+    for (int r = 1; r < P; ++r) MPI_Isend(&decision, 1, MPI_INT, r, kAgreeTag, MPI_COMM_WORLD, &send[size_t(r - 1)]);
+    const std::vector<bool> sent = wait_within(send, timeout_s);
+    missing.clear();
+    for (int r = 1; r < P; ++r)
+      if (!sent[size_t(r - 1)]) missing.push_back(r);
+    if (!missing.empty()) throw silent(missing, "while the ranks agreed on their set-up");
+  } else {
+    int mine = failed ? 1 : 0;
+    std::vector<MPI_Request> req(2);
+    MPI_Isend(&mine, 1, MPI_INT, 0, kAgreeTag, MPI_COMM_WORLD, &req[0]);
+    MPI_Irecv(&decision, 1, MPI_INT, 0, kAgreeTag, MPI_COMM_WORLD, &req[1]);
+    const std::vector<bool> done = wait_within(req, timeout_s);
+    if (!done[0] || !done[1]) throw silent({0}, "while the ranks agreed on their set-up");
+  }
+  return decision;
 }
 
 void MpiWorld::abort(int code) {
