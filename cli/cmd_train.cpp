@@ -24,6 +24,7 @@ void run_train(TrainFlags& f) {
   auto [train, test, model] = load_training(f, f.model);
   auto backend = make_training_backend(f);
   exec::Trainer trainer(model, train, &test, *backend, f.opt);
+  if (const auto& r = trainer.resumed()) std::cerr << "fuseplan-exec train: " << r->line() << "\n";
   ProgressBar bar("steps", f.quiet);
   auto result = trainer.run(step_progress(bar, f), epoch_progress(bar));
 

@@ -634,6 +634,9 @@ TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the lo
   REQUIRE(b.size() == 2);
   CHECK(b[0] == a[2]);
   CHECK(b[1] == a[3]);
+  // It says what it resumed and what is left, once.
+  CHECK_THAT(second.out, Catch::Contains("note: resumed " + ckpt + " at step 2 (epoch 0), loss scale 1: 2 steps remain"));
+  CHECK(count_of(second.out, "resumed ") == 1);
   // A checkpoint of 2 ranks is refused by 1, and by 2 ranks of another seed, said once.
   Run one = run_env("", base + "--max-steps 4 --resume " + ckpt, true, FUSEPLAN_EXEC_BIN);
   CHECK(one.code == 2);

@@ -129,7 +129,13 @@ TEST_CASE("trainer: resume from a checkpoint reproduces the uninterrupted run bi
     Trainer(small_cnn(), d, nullptr, *be, first).run();
     TrainOptions second = o;
     second.resume_path = first.checkpoint_path;
-    auto rest = Trainer(small_cnn(), d, nullptr, *be, second).run();
+    Trainer resumed(small_cnn(), d, nullptr, *be, second);
+    REQUIRE(resumed.resumed());
+    CHECK(resumed.resumed()->step == 21);
+    CHECK(resumed.resumed()->epoch == 1);
+    CHECK(resumed.resumed()->remaining == int64_t(full.steps.size()) - 21);
+    CHECK_THAT(resumed.resumed()->line(), Catch::Contains("at step 21 (epoch 1)") && Catch::Contains("steps remain"));
+    auto rest = resumed.run();
     REQUIRE(rest.steps.size() + 21 == full.steps.size());
     INFO(precision_name(p));
     for (size_t i = 0; i < rest.steps.size(); ++i) {

@@ -116,6 +116,8 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
   deferred.real = &exchange;
 
   PlanRun run;
+  if (rank == 0 && trainer.resumed())
+    run.notes.push_back(trainer.resumed()->line() + (o.train_epochs ? "" : "; warm-up and iterations count from step 0"));
   if (rank == 0 && world.layout().per_node != std::min(cluster.gpus_per_node, plan.gpus))
     run.notes.push_back(cluster.name + " has " + std::to_string(cluster.gpus_per_node) + " GPUs per node, this job " +
                         std::to_string(world.layout().per_node) + " ranks per node; the schedules follow the job's layout");

@@ -353,6 +353,17 @@ void Trainer::load_checkpoint(const std::string& path) {
   float* p = net_.params();
   be_.copy_in(p, optim_.masters().data(), optim_.masters().size());
   be_.round(opt_.precision, p, optim_.masters().size());
+  int64_t total = optim_.options().total_steps;
+  if (opt_.max_steps > 0) total = std::min(total, opt_.max_steps);
+  resumed_ = Resumed{path, step_, epoch_, std::max<int64_t>(0, total - step_), scale};
+}
+
+std::string Trainer::Resumed::line() const {
+  char scale[32];
+  std::snprintf(scale, sizeof scale, "%g", double(loss_scale));
+  return "resumed " + path + " at step " + std::to_string(step) + " (epoch " + std::to_string(epoch) +
+         "), loss scale " + scale + ": " + std::to_string(remaining) + (remaining == 1 ? " step remains" : " steps remain") +
+         (remaining == 0 ? " (the run had already reached its steps)" : "");
 }
 
 }  // namespace fuseplan::exec

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,15 @@ class Trainer {
   Trainer(const Model& model, const Dataset& train, const Dataset* test, Backend& backend, const TrainOptions& opt);
   TrainResult run(const StepCallback& on_step = {}, const EpochCallback& on_epoch = {});
   Network& network() { return net_; }
+  // Where a run resumed from a checkpoint starts, and what it has left to do; a line for
+  // the user ("resumed ... at step 120 (epoch 2), loss scale 1024: 80 steps remain").
+  struct Resumed {
+    std::string path;
+    int64_t step = 0, epoch = 0, remaining = 0;
+    float loss_scale = 1;
+    std::string line() const;
+  };
+  const std::optional<Resumed>& resumed() const { return resumed_; }
   // Writes the checkpoint of the current state to `path` atomically (temporary file,
   // flush, fsync, rename).
   void save_checkpoint(const std::string& path) const;
@@ -106,6 +116,7 @@ class Trainer {
   LossScaler scaler_;
   std::mt19937_64 dropout_rng_;
   int64_t step_ = 0, epoch_ = 0, position_ = 0;
+  std::optional<Resumed> resumed_;
 };
 
 }  // namespace fuseplan::exec
