@@ -995,3 +995,12 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
   };
   for (const auto& [args, says] : cases) expect_bad(args, says);
 }
+
+TEST_CASE("cli: a SimGrid process that dies is one line, without its backtrace") {
+  const Run r = run_env("FUSEPLAN_PROGRESS=0 FUSEPLAN_FAULT_SIM_ABORT=1", "simulate --model alexnet_bn --gpus 16");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Catch::Contains("simulator: the SimGrid process died (signal 6, Aborted), saying "
+                                    "'[simgrid] a fatal error (fault test)'; the same command reproduces it"));
+  CHECK_THAT(r.out, !Catch::Contains("Backtrace"));
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+}
