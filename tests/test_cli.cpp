@@ -974,6 +974,9 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
   const std::string sweep_ranks = file(
       "sweep-ranks.json",
       R"({"schema": "fuseplan.sweep/1", "ranks": 2147483647, "per_node": 1, "precision": "fp32", "points": []})");
+  const std::string nccl_underflow = file("nccl-underflow.txt",
+      "#       size         count      type   redop    root     time   algbw   busbw #wrong\n"
+      "           8  5e-324  float  sum  -1  68.52  0.00  0.00  0  24.70  0.00  0.00  0\n");
   const std::string sweep_tiny = file("sweep-tiny.json", R"({"schema": "fuseplan.sweep/1", "ranks": 2, "per_node": 2,
       "precision": "fp32", "points": [{"algorithm": "ring", "bytes": 1024, "seconds": 1e-308}]})");
   const std::string huge_tensor = file("huge-tensor.json", R"({"schema": "fuseplan.model/1", "name": "huge",
@@ -988,10 +991,12 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"calibrate --sweep " + sweep_ranks, "$.ranks: must be in [2, 1048576]"},
       {"calibrate --sweep " + sweep_tiny, "$.points[0].seconds: must be in"},
       {"show " + huge_tensor, "more than 2^48 elements"},
+      {"calibrate --cluster dgx-h100 --ranks 16 --nccl-tests " + nccl_underflow, "line 2: count 5e-324 x 4 bytes is not the size 8"},
       {"collective --step-factor 1.0000000000000002 --sizes 1K:1M", "--step-factor: 1.000000 makes more than 10000 sizes"},
       {"whatif --model alexnet_bn --gpus 1000000000", "--gpus: must be in [1, 1048576]"},
       {"predict --model resnet50 --resolution 100000", "--resolution: must be in [1, 8192]"},
       {"tune --model alexnet_bn --gpus 16 --out " + tmp(""), "is a directory"},
+      {"predict --cluster " + std::string(5000, 'x'), "--cluster: unknown cluster 'xxx"},
   };
   for (const auto& [args, says] : cases) expect_bad(args, says);
 }

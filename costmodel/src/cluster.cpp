@@ -413,10 +413,12 @@ Cluster load_cluster(const std::string& name_or_path) {
                  (name_or_path.size() > 5 && name_or_path.ends_with(".json"));
   if (!is_path) {
     path = config_dir() + "/clusters/" + name_or_path + ".json";
-    if (!std::filesystem::exists(path)) {
+    std::error_code ec;  // a name too long for a file is unknown too, not a library error
+    if (!std::filesystem::exists(path, ec)) {
       std::string names;
       for (const auto& n : shipped_cluster_names()) names += (names.empty() ? "" : ", ") + n;
-      throw InputError(field("cluster") + ": unknown cluster '" + name_or_path + "' (shipped: " + names + "; or a .json path)");
+      const std::string shown = name_or_path.size() > 80 ? name_or_path.substr(0, 77) + "..." : name_or_path;
+      throw InputError(field("cluster") + ": unknown cluster '" + shown + "' (shipped: " + names + "; or a .json path)");
     }
   }
   return cluster_from_json(parse_json_file(path), path);

@@ -33,6 +33,10 @@ bool is_number(const std::string& s) {
   return end == s.c_str() + s.size() && std::isfinite(v);
 }
 
+// The value of a token is_number accepted (strtod: an underflow is a tiny number, not an
+// exception as std::stod would throw).
+double value_of(const std::string& s) { return std::strtod(s.c_str(), nullptr); }
+
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return char(std::tolower(c)); });
   return s;
@@ -110,7 +114,7 @@ NcclTestsLog read_nccl_tests(const std::string& path, const std::string& flag) {
                            std::to_string(code % 100);
       }
       if (std::regex_search(line, m, choice_line)) {
-        log.choices.push_back({std::stod(m[1]), lower(m[2]), lower(m[3])});
+        log.choices.push_back({value_of(m[1]), lower(m[2]), lower(m[3])});
         continue;
       }
       const size_t c = line.find_first_not_of(" \t");
@@ -135,9 +139,10 @@ NcclTestsLog read_nccl_tests(const std::string& path, const std::string& flag) {
       if (!is_number(t[0]) || !is_number(t[1]) || at + 2 >= t.size() || !is_number(t[at]) || !is_number(t[at + 1]) ||
           !is_number(t[at + 2]))
         throw bad(where + "cannot read the row '" + line + "' (size, count, time, algbw and busbw must be numbers)");
-      const double bytes = std::stod(t[0]), seconds = std::stod(t[at]) * 1e-6;
-      if (!(bytes > 0) || !(seconds > 0)) throw bad(where + "size and time must be > 0");
-      if (std::abs(std::stod(t[1]) * eb - bytes) > 0.5)
+      const double bytes = value_of(t[0]), seconds = value_of(t[at]) * 1e-6;
+      if (!(bytes >= 1 && bytes <= 1e15)) throw bad(where + "size must be in [1, 1e15] bytes (got " + t[0] + ")");
+      if (!(seconds >= 1e-9 && seconds <= 1e4)) throw bad(where + "time must be in [0.001, 1e10] us (got " + t[at] + ")");
+      if (std::abs(value_of(t[1]) * eb - bytes) > 0.5)
         throw bad(where + "count " + t[1] + " x " + std::to_string(eb) + " bytes is not the size " + t[0]);
       log.elem_bytes = eb;
       log.points.push_back({bytes, seconds});
