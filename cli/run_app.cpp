@@ -1,5 +1,6 @@
 // The one place where library errors become exit codes: 2 for bad input (one line naming
 // the file or flag), 1 for a failed run, 0 otherwise. Both binaries call it.
+#include <cstdlib>
 #include <iostream>
 #include <set>
 #include <string_view>
@@ -71,6 +72,28 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
   for (const auto& r : nccl_releases()) releases += (releases.empty() ? "" : ", ") + r;
   app.set_version_flag("--version", prog + " " FUSEPLAN_VERSION " (NCCL tuning constants of releases " + releases + ")",
                        "print the version and exit");
+  // A flag that is given is a value, never "the default": flags whose default is a 0 or
+  // -1 sentinel refuse that sentinel when given (their help says what leaving them out
+  // does).
+  auto given = [](bool zero_ok) {
+    return CLI::Validator(
+        [zero_ok](std::string& v) -> std::string {
+          char* end = nullptr;
+          const double x = std::strtod(v.c_str(), &end);
+          if (v.empty() || end != v.c_str() + v.size()) return "";  // not one number: its parser decides
+          if (zero_ok ? x >= 0 : x > 0) return "";
+          return std::string("must be ") + (zero_ok ? ">= 0" : "> 0") + " (got " + v +
+                 "; leave the flag out for its default)";
+        },
+        zero_ok ? ">= 0" : "> 0");
+  };
+  for (auto* sub : app.get_subcommands({})) {
+    for (const char* name : {"--group", "--torus-x", "--target-efficiency", "--max-gpus", "--ranks", "--per-node",
+                             "--threads", "--resolution", "--channels", "--classes", "--inter-bw"})
+      if (auto* o = sub->get_option_no_throw(name)) o->check(given(false));
+    for (const char* name : {"--inter-lat", "--device"})
+      if (auto* o = sub->get_option_no_throw(name)) o->check(given(true));
+  }
   // --csv on every command that prints tables (whatif has its own, for its rows).
   for (auto* sub : app.get_subcommands({})) {
     if (sub->get_option_no_throw("--csv")) continue;

@@ -236,7 +236,7 @@ TEST_CASE("cli: tune, compare and whatif refuse bad input with exit 2") {
   expect_bad("whatif --deadline soon", "--deadline: 'soon' is not a duration");
   expect_bad("whatif --gpus 8,abc", "--gpus: 'abc' is not a number");
   expect_bad("whatif --gpus 64:8", "needs 0 < MIN <= MAX");
-  expect_bad("whatif --inter-bw -100", "--inter-bw: values must be > 0");
+  expect_bad("whatif --inter-bw -100", "--inter-bw: must be > 0 (got -100; leave the flag out for its default)");
   expect_bad("whatif --cluster local-cpu --gpus 2 --inter-bw 100", "has no inter-node network");
   expect_bad("whatif --format xml", "valid: table, csv, json");  // the old spelling still checks its value
   expect_bad("whatif --gpus 8,64 --target-efficiency 0.9", "give one value per axis");
@@ -997,6 +997,14 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"predict --model resnet50 --resolution 100000", "--resolution: must be in [1, 8192]"},
       {"tune --model alexnet_bn --gpus 16 --out " + tmp(""), "is a directory"},
       {"predict --cluster " + std::string(5000, 'x'), "--cluster: unknown cluster 'xxx"},
+      // A flag given is a value, never "the default" that its 0 or -1 stands for.
+      {"whatif --group 0", "--group: must be > 0 (got 0; leave the flag out for its default)"},
+      {"whatif --torus-x 0", "--torus-x: must be > 0"},
+      {"whatif --inter-lat -1", "--inter-lat: must be >= 0 (got -1"},
+      {"whatif --target-efficiency 0", "--target-efficiency: must be > 0"},
+      {"whatif --max-gpus 0", "--max-gpus: must be > 0"},
+      {"predict --resolution 0", "--resolution: must be > 0"},
+      {"calibrate --ranks 0 --nccl-tests x", "--ranks: must be > 0"},
   };
   for (const auto& [args, says] : cases) expect_bad(args, says);
 }
