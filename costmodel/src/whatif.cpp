@@ -174,14 +174,6 @@ double parse_duration(const std::string& s, const std::string& flag) {
   return v * scale;
 }
 
-namespace {
-std::string number_text(double v) {
-  char b[48];
-  std::snprintf(b, sizeof b, "%.3f", v);
-  return b;
-}
-}  // namespace
-
 std::vector<std::string> split_list(const std::string& s, const std::string& flag) {
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -227,8 +219,8 @@ std::vector<double> parse_range(const std::string& s, const std::string& flag, b
     for (double v = lo; v <= hi * (1 + 1e-12); v = step > 0 ? v + step : v * 2) out.push_back(v);
   }
   for (double v : out) {
-    if (!(v > 0)) throw InputError(flag + ": values must be > 0 (got " + number_text(v) + ")");
-    if (integers && v != std::floor(v)) throw InputError(flag + ": values must be whole numbers (got " + number_text(v) + ")");
+    if (!(v > 0)) throw InputError(flag + ": values must be > 0 (got " + num(v, "%.3f") + ")");
+    if (integers && v != std::floor(v)) throw InputError(flag + ": values must be whole numbers (got " + num(v, "%.3f") + ")");
   }
   return out;
 }
