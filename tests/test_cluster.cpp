@@ -114,6 +114,11 @@ TEST_CASE("cluster values are held to physical ranges: tiny, denormal and huge n
   j["inter_node"]["lat_us"] = 0;
   j["launch_overhead_us"] = 0;
   CHECK(cluster_from_json(j, "c.json").inter->lat_us == 0);
+  // Fitted constants multiply: a fit's tiny rounding reads back; a huge one does not.
+  j["calibrated"]["ring"] = {{"alpha_us", 1e-13}, {"beta_us_per_MB", 2e-12}, {"gamma_us_per_MB", 0}};
+  CHECK(cluster_from_json(j, "c.json").calibrated.at("ring").front().alpha_us == 1e-13);
+  j["calibrated"]["ring"]["beta_us_per_MB"] = 1e300;
+  expect_error(j, "$.calibrated.ring.beta_us_per_MB: must be in [0, 1e+12] us/MB");
 }
 
 TEST_CASE("GPU counts are checked against the cluster") {

@@ -248,9 +248,10 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   }
   if (auto cal = r.opt_object("calibrated")) {
     auto constants = [](JsonObject& o, Calibration& k) {
-      k.alpha_us = zero_or(o, "alpha_us", kMinUs, kMaxUs, "us", true).value();
-      k.beta_us_per_MB = zero_or(o, "beta_us_per_MB", 1e-9, 1e12, "us/MB", true).value();
-      k.gamma_us_per_MB = zero_or(o, "gamma_us_per_MB", 1e-9, 1e12, "us/MB", true).value();
+      // Fitted constants multiply (a tiny one is a fit's rounding, harmless): only bounded above.
+      k.alpha_us = o.in_range("alpha_us", 0, kMaxUs, "us");
+      k.beta_us_per_MB = o.in_range("beta_us_per_MB", 0, 1e12, "us/MB");
+      k.gamma_us_per_MB = o.in_range("gamma_us_per_MB", 0, 1e12, "us/MB");
       k.variant = static_cast<int>(o.opt_integer("variant", 0, 1 << 10).value_or(-1));
     };
     for (const auto& algo : cal->keys()) {
