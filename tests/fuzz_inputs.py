@@ -10,6 +10,8 @@ with an existing output file, and fails on:
   - "internal error" in the output (bad input must be named, not crash);
   - a run past its time limit (a hang);
   - a failed run that changed the existing output file or left a temporary file.
+Formats: cluster, model, plan, sweep, nccl-tests (text and -J JSON); with fuseplan-exec
+built, also profile and checkpoint, and with mpirun the measured report (verify).
 
 usage: fuzz_inputs.py BIN_DIR SOURCE_DIR [--seconds N] [--seed S] [--formats a,b]
 Prints per format: runs, exits by code, failures; exit 1 on any failure (with the
@@ -175,6 +177,16 @@ def main():
                                                 "--checkpoint", ckpt, "--checkpoint-every", "2"],
                        check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         formats["profile"] = ("json", prof, lambda f, o: [fp, "predict", "--plan", plan1, "--profile", f, "--out", o])
+        mpirun = shutil.which("mpirun")
+        if mpirun:  # a measured report of the 2-rank plan, for verify
+            report = seed_path("report.json")
+            subprocess.run([mpirun, "-np", "2", "--oversubscribe", fx, "run", "--plan", plan, "--dataset", "synthetic",
+                            "--synthetic-size", "64", "--resolution", "16", "--iterations", "2", "--warmup", "1",
+                            "--quiet", "--report", report], check=True, capture_output=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+                                    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1"))
+            formats["measured-report"] = ("json", report, lambda f, o: [fp, "verify", "--plan", plan, "--measured", f,
+                                                                       "--no-sim", "--json"])
         formats["checkpoint"] = ("bytes", ckpt, lambda f, o: [fx, "train"] + small + [
             "--dataset", "synthetic", "--synthetic-size", "64", "--batch-per-gpu", "8", "--max-steps", "3", "--no-eval",
             "--quiet", "--resume", f, "--metrics", o])
