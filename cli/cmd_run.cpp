@@ -92,6 +92,7 @@ Bound bind(RunFlags& f, exec::MpiWorld& world) {
 
 std::optional<ForVerify> run_run(RunFlags& f) {
   exec::MpiWorld world(nullptr, nullptr);
+  world.set_timeout(setup_wait_s(f.timeout_s));  // no collective waits past --timeout for a silent rank
   const int rank = world.rank();
   std::string setup_error;
   Bound bound;

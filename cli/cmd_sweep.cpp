@@ -36,6 +36,7 @@ std::vector<std::string> split_list(const std::string& s) {
 
 void run_sweep(const SweepFlags& f) {
   exec::MpiWorld world(nullptr, nullptr);
+  world.set_timeout(setup_wait_s(f.timeout_s));  // no collective waits past --timeout for a silent rank
   std::vector<std::string> algos;
   std::vector<int64_t> sizes;
   Precision p = Precision::FP32;

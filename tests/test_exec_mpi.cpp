@@ -265,6 +265,24 @@ TEST_CASE("mpi: run_plan, the measure runner, runs a plan and gathers the measur
   CHECK(default_threads(w.layout()) >= 1);
 }
 
+TEST_CASE("mpi: a collective waits no longer than the world's timeout, then names the call") {
+  MpiWorld& w = *g_world;
+  static double v[1] = {1};  // outlives the call: the late ranks complete it afterwards
+  w.set_timeout(1);
+  if (w.rank() == 0) {
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_THROWS_WITH(w.sum(v, 1), Catch::Contains("rank 0: no answer from the other ranks within 1.0 s in a sum "
+                                                   "across the ranks"));
+    CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 10);
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // silent past rank 0's timeout
+    w.sum(v, 1);  // joins the sum rank 0 posted
+  }
+  w.set_timeout(0);
+  w.barrier();  // everything above completes; the ranks are in step again
+  CHECK(w.max(double(w.rank())) == w.ranks() - 1);
+}
+
 int main(int argc, char** argv) {
   MpiWorld world(&argc, &argv);
   g_world = &world;

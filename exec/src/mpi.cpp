@@ -97,47 +97,88 @@ bool MpiWorld::launched() {
   return false;
 }
 
-void MpiWorld::barrier() { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+void MpiWorld::wait(MPI_Request& r, const char* what) const {
+  if (!(timeout_s_ > 0)) {
+    check(MPI_Wait(&r, MPI_STATUS_IGNORE), what);
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  useconds_t nap = 0;
+  for (int tries = 0;; ++tries) {
+    int done = 0;
+    check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), what);
+    if (done) return;
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (waited > timeout_s_) {
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%.1f", timeout_s_);
+      throw RunError("rank " + std::to_string(rank()) + ": no answer from the other ranks within " + secs + " s in " +
+                     what + " (a rank stopped, died or is stuck)");
+    }
+    // Spin first (a step's small sums finish in microseconds), then sleep, up to 5 ms.
+    if (tries >= 200) {
+      nap = nap == 0 ? 50 : std::min<useconds_t>(nap * 2, 5000);
+      usleep(nap);
+    }
+  }
+}
+
+void MpiWorld::barrier() {
+  MPI_Request r;
+  check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
+  wait(r, "a barrier");
+}
 
 void MpiWorld::sum(double* v, int n) {
-  check(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+  MPI_Request r;
+  check(MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
+  wait(r, "a sum across the ranks");
 }
 
 double MpiWorld::max(double v) {
-  check(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  MPI_Request r;
+  check(MPI_Iallreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
+  wait(r, "a maximum across the ranks");
   return v;
 }
 
 void MpiWorld::broadcast(float* v, int64_t n, int root) {
   for (int64_t at = 0; at < n;) {
     const int chunk = static_cast<int>(std::min<int64_t>(n - at, 1 << 30));
-    check(MPI_Bcast(v + at, chunk, MPI_FLOAT, root, MPI_COMM_WORLD), "MPI_Bcast");
+    MPI_Request r;
+    check(MPI_Ibcast(v + at, chunk, MPI_FLOAT, root, MPI_COMM_WORLD, &r), "MPI_Ibcast");
+    wait(r, "a broadcast");
     at += chunk;
   }
 }
 
 std::vector<double> MpiWorld::allgather(const std::vector<double>& v) {
   std::vector<double> all(v.size() * size_t(ranks()));
-  check(MPI_Allgather(v.data(), int(v.size()), MPI_DOUBLE, all.data(), int(v.size()), MPI_DOUBLE, MPI_COMM_WORLD),
-        "MPI_Allgather");
+  MPI_Request r;
+  check(MPI_Iallgather(v.data(), int(v.size()), MPI_DOUBLE, all.data(), int(v.size()), MPI_DOUBLE, MPI_COMM_WORLD, &r),
+        "MPI_Iallgather");
+  wait(r, "a gather of every rank's measurements");
   return all;
 }
 
 std::vector<std::string> MpiWorld::gather_text(const std::string& text) {
   const int n = as_int(int64_t(text.size()), "gather");
   std::vector<int> sizes(static_cast<size_t>(ranks())), at(static_cast<size_t>(ranks()));
-  check(MPI_Gather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Gather");
+  MPI_Request r;
+  check(MPI_Igather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, MPI_COMM_WORLD, &r), "MPI_Igather");
+  wait(r, "a gather on rank 0");
   int64_t total = 0;
-  for (size_t r = 0; r < sizes.size(); ++r) {
-    at[r] = as_int(total, "gather");
-    total += sizes[r];
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    at[i] = as_int(total, "gather");
+    total += sizes[i];
   }
   std::string all(size_t(rank() == 0 ? total : 0), '\0');
-  check(MPI_Gatherv(text.data(), n, MPI_CHAR, all.data(), sizes.data(), at.data(), MPI_CHAR, 0, MPI_COMM_WORLD),
-        "MPI_Gatherv");
+  check(MPI_Igatherv(text.data(), n, MPI_CHAR, all.data(), sizes.data(), at.data(), MPI_CHAR, 0, MPI_COMM_WORLD, &r),
+        "MPI_Igatherv");
+  wait(r, "a gather on rank 0");
   std::vector<std::string> out;
   if (rank() == 0)
-    for (size_t r = 0; r < sizes.size(); ++r) out.push_back(all.substr(size_t(at[r]), size_t(sizes[r])));
+    for (size_t i = 0; i < sizes.size(); ++i) out.push_back(all.substr(size_t(at[i]), size_t(sizes[i])));
   return out;
 }
 

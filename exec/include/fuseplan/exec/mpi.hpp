@@ -49,6 +49,10 @@ class MpiWorld {
   int ranks() const { return layout_.ranks; }
   bool thread_multiple() const { return thread_multiple_; }
   MPI_Comm comm() const { return MPI_COMM_WORLD; }
+  // Bounds every collective below (barrier, sums, broadcast, gathers): past `seconds`
+  // without the other ranks, RunError naming this rank and the call, instead of a hang
+  // (a stopped or dead rank). 0, the default, waits as long as MPI does.
+  void set_timeout(double seconds) { timeout_s_ = seconds; }
   void barrier();
   void sum(double* v, int n);
   double max(double v);
@@ -68,8 +72,12 @@ class MpiWorld {
   static bool launched();
 
  private:
+  // Waits for `r` within the timeout (polling), or as MPI_Wait does without one.
+  void wait(MPI_Request& r, const char* what) const;
+
   RankLayout layout_;
   bool thread_multiple_ = false;
+  double timeout_s_ = 0;
 };
 
 // How one allreduce runs: "mpi" (MPI_Iallreduce) or another costmodel algorithm with the
