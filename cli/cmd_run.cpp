@@ -101,7 +101,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   } catch (const InputError& e) {
     setup_error = with_flags(e);
   }
-  agree_on_setup(world, setup_error, "fuseplan-exec", setup_wait_s(f.timeout_s));
+  agree_on_setup(world, setup_error, "fuseplan-exec");
   const Plan& plan = bound.scenario.plan;
   TrainingData& data = bound.data;
   if (rank == 0)
@@ -113,7 +113,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   } catch (const InputError& e) {
     setup_error = with_flags(e);
   }
-  agree_on_setup(world, setup_error, "fuseplan-exec", setup_wait_s(f.timeout_s));
+  agree_on_setup(world, setup_error, "fuseplan-exec");
 
   exec::PlanRunOptions& o = bound.run;
   o.train = f.t.opt;
@@ -126,7 +126,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
       return profile_json(f.t, data.model, net, result);
     };
   o.agree = [&](const InputError* e) {
-    agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec", setup_wait_s(f.timeout_s));
+    agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec");
   };
   try {
     const exec::PlanRun run = exec::run_plan(world, plan, data.model, bound.scenario.cluster, data.train, &data.test, *backend, o);

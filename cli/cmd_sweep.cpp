@@ -59,7 +59,7 @@ void run_sweep(const SweepFlags& f) {
   } catch (const InputError& e) {
     error = with_flags(e);
   }
-  agree_on_setup(world, error, "fuseplan-exec", setup_wait_s(f.timeout_s));
+  agree_on_setup(world, error, "fuseplan-exec");
 
   const int eb = bytes_per_element(p);
   const bool talk = world.rank() == 0;

@@ -12,20 +12,19 @@
 
 namespace fuseplan::cli {
 
-// How long a rank waits for the others at set-up: the command's --timeout, or 60 s while
-// that flag is itself the input being refused.
+// How long a rank waits for the others (MpiWorld::set_timeout): the command's --timeout,
+// or 60 s while that flag is itself the input being refused.
 inline double setup_wait_s(double timeout_s) { return timeout_s > 0 && timeout_s < 1e6 ? timeout_s : 60; }
 
-// `timeout_s` bounds each wait: a rank that never arrives (stopped, dead) ends the job
-// with a line naming it. FUSEPLAN_FAULT_STOP_RANK=R stops rank R (SIGSTOP) here, for the
-// fault tests.
-inline void agree_on_setup(exec::MpiWorld& world, const std::string& error, const std::string& prog,
-                           double timeout_s) {
+// Each wait is bounded by the world's timeout: a rank that never arrives (stopped, dead)
+// ends the job with a line naming it. FUSEPLAN_FAULT_STOP_RANK=R stops rank R (SIGSTOP)
+// here, for the fault tests.
+inline void agree_on_setup(exec::MpiWorld& world, const std::string& error, const std::string& prog) {
   const int rank = world.rank();
   if (const char* stop = std::getenv("FUSEPLAN_FAULT_STOP_RANK"); stop && std::atoi(stop) == rank) raise(SIGSTOP);
   int first_failed = -1;
   try {
-    first_failed = world.agree(!error.empty(), timeout_s);
+    first_failed = world.agree(!error.empty());
   } catch (const RunError& e) {
     std::cerr << prog << ": " << e.what() << std::endl;
     world.abort(1);

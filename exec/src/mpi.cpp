@@ -97,30 +97,48 @@ bool MpiWorld::launched() {
   return false;
 }
 
-void MpiWorld::wait(MPI_Request& r, const char* what) const {
-  if (!(timeout_s_ > 0)) {
-    check(MPI_Wait(&r, MPI_STATUS_IGNORE), what);
-    return;
-  }
+namespace {
+// Polls `requests` until all are complete or `timeout_s` (> 0) passes, spinning first
+// (a step's small collectives finish in microseconds), then sleeping up to 5 ms; which
+// are done.
+std::vector<bool> wait_within(std::vector<MPI_Request>& requests, double timeout_s, const char* what) {
+  std::vector<bool> done(requests.size(), false);
   const auto start = std::chrono::steady_clock::now();
   useconds_t nap = 0;
   for (int tries = 0;; ++tries) {
-    int done = 0;
-    check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), what);
-    if (done) return;
-    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (waited > timeout_s_) {
-      char secs[32];
-      std::snprintf(secs, sizeof secs, "%.1f", timeout_s_);
-      throw RunError("rank " + std::to_string(rank()) + ": no answer from the other ranks within " + secs + " s in " +
-                     what + " (a rank stopped, died or is stuck)");
+    bool all = true;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (done[i]) continue;
+      int flag = 0;
+      check(MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE), what);
+      done[i] = flag != 0;
+      all = all && done[i];
     }
-    // Spin first (a step's small sums finish in microseconds), then sleep, up to 5 ms.
+    if (all) return done;
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s) return done;
     if (tries >= 200) {
       nap = nap == 0 ? 50 : std::min<useconds_t>(nap * 2, 5000);
       usleep(nap);
     }
   }
+}
+
+// "rank 0: no answer from rank 1 within 5.0 s while ... (a rank stopped, died or is stuck)"
+RunError silent(int me, const std::string& from, double timeout_s, const std::string& during) {
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.1f", timeout_s);
+  return RunError("rank " + std::to_string(me) + ": no answer from " + from + " within " + secs + " s " + during +
+                  " (a rank stopped, died or is stuck)");
+}
+}  // namespace
+
+void MpiWorld::wait(MPI_Request& r, const char* what) const {
+  if (!(timeout_s_ > 0)) {
+    check(MPI_Wait(&r, MPI_STATUS_IGNORE), what);
+    return;
+  }
+  std::vector<MPI_Request> one{r};
+  if (!wait_within(one, timeout_s_, what)[0]) throw silent(rank(), "the other ranks", timeout_s_, std::string("in ") + what);
 }
 
 void MpiWorld::barrier() {
@@ -184,36 +202,18 @@ std::vector<std::string> MpiWorld::gather_text(const std::string& text) {
 
 namespace {
 constexpr int kAgreeTag = 0x5e7;
-
-// Polls `requests` until all are complete or `timeout_s` passes; returns which are done.
-std::vector<bool> wait_within(std::vector<MPI_Request>& requests, double timeout_s) {
-  std::vector<bool> done(requests.size(), false);
-  const auto start = std::chrono::steady_clock::now();
-  for (useconds_t nap = 100;; nap = std::min<useconds_t>(nap * 2, 10000)) {
-    bool all = true;
-    for (size_t i = 0; i < requests.size(); ++i) {
-      if (done[i]) continue;
-      int flag = 0;
-      MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE);
-      done[i] = flag != 0;
-      all = all && done[i];
-    }
-    if (all) return done;
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s) return done;
-    usleep(nap);
-  }
-}
+constexpr const char* kAgreeing = "while the ranks agreed on their set-up";
 }  // namespace
 
-int MpiWorld::agree(bool failed, double timeout_s) {
+int MpiWorld::agree(bool failed) {
   const int P = ranks(), me = rank();
-  auto silent = [&](const std::vector<int>& who, const std::string& waiting) {
+  // Without a timeout, as long as MPI waits.
+  const double timeout_s = timeout_s_ > 0 ? timeout_s_ : std::numeric_limits<double>::infinity();
+  auto missing_of = [&](const std::vector<bool>& done) {
     std::string names;
-    for (int r : who) names += (names.empty() ? "" : ", ") + std::to_string(r);
-    char secs[32];
-    std::snprintf(secs, sizeof secs, "%.1f", timeout_s);
-    return RunError("rank " + std::to_string(me) + ": no answer from rank " + names + " within " + secs + " s " + waiting +
-                    " (a rank stopped, died or is stuck)");
+    for (int r = 1; r < P; ++r)
+      if (!done[size_t(r - 1)]) names += (names.empty() ? "" : ", ") + std::to_string(r);
+    return names;
   };
   int decision = -1;
   if (me == 0) {
@@ -221,28 +221,22 @@ int MpiWorld::agree(bool failed, double timeout_s) {
     std::vector<MPI_Request> recv(size_t(P - 1));
     for (int r = 1; r < P; ++r)
       MPI_Irecv(&status[size_t(r)], 1, MPI_INT, r, kAgreeTag, MPI_COMM_WORLD, &recv[size_t(r - 1)]);
-    const std::vector<bool> done = wait_within(recv, timeout_s);
-    std::vector<int> missing;
-    for (int r = 1; r < P; ++r)
-      if (!done[size_t(r - 1)]) missing.push_back(r);
-    if (!missing.empty()) throw silent(missing, "while the ranks agreed on their set-up");
+    if (const std::string m = missing_of(wait_within(recv, timeout_s, "MPI_Irecv")); !m.empty())
+      throw silent(me, "rank " + m, timeout_s, kAgreeing);
     status[0] = failed ? 1 : 0;
     for (int r = 0; r < P && decision < 0; ++r)
       if (status[size_t(r)]) decision = r;
     std::vector<MPI_Request> send(size_t(P - 1));
     for (int r = 1; r < P; ++r) MPI_Isend(&decision, 1, MPI_INT, r, kAgreeTag, MPI_COMM_WORLD, &send[size_t(r - 1)]);
-    const std::vector<bool> sent = wait_within(send, timeout_s);
-    missing.clear();
-    for (int r = 1; r < P; ++r)
-      if (!sent[size_t(r - 1)]) missing.push_back(r);
-    if (!missing.empty()) throw silent(missing, "while the ranks agreed on their set-up");
+    if (const std::string m = missing_of(wait_within(send, timeout_s, "MPI_Isend")); !m.empty())
+      throw silent(me, "rank " + m, timeout_s, kAgreeing);
   } else {
     int mine = failed ? 1 : 0;
     std::vector<MPI_Request> req(2);
     MPI_Isend(&mine, 1, MPI_INT, 0, kAgreeTag, MPI_COMM_WORLD, &req[0]);
     MPI_Irecv(&decision, 1, MPI_INT, 0, kAgreeTag, MPI_COMM_WORLD, &req[1]);
-    const std::vector<bool> done = wait_within(req, timeout_s);
-    if (!done[0] || !done[1]) throw silent({0}, "while the ranks agreed on their set-up");
+    const std::vector<bool> done = wait_within(req, timeout_s, "MPI_Irecv");
+    if (!done[0] || !done[1]) throw silent(me, "rank 0", timeout_s, kAgreeing);
   }
   return decision;
 }

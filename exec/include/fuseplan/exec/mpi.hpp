@@ -63,9 +63,10 @@ class MpiWorld {
   std::vector<std::string> gather_text(const std::string& text);
   // The ranks agree whether any failed (set-up): each rank's `failed` gathered on rank 0,
   // the lowest failing rank sent back to all; returns it, or -1 when none failed. Every
-  // wait is bounded by `timeout_s`: a rank that does not answer (stopped, dead, or stuck
-  // in its own set-up) makes the others throw RunError naming it, instead of hanging.
-  int agree(bool failed, double timeout_s);
+  // wait is bounded by the timeout (set_timeout): a rank that does not answer (stopped,
+  // dead, or stuck in its own set-up) makes the others throw RunError naming it, instead
+  // of hanging.
+  int agree(bool failed);
   // Ends every rank of the job (after a one-line message on this rank's stderr).
   [[noreturn]] void abort(int code);
   // Whether this process was started by mpirun/srun (else it is a singleton).
