@@ -6,7 +6,6 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -262,10 +261,6 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
 std::vector<Sweep> load_sweep(const std::string& path) {
   const std::string origin = field("calibrate.sweep") + " " + path;
   nlohmann::json j;
-  {
-    std::ifstream in(path);
-    if (!in) throw InputError(origin + ": cannot open");
-  }
   try {
     j = parse_json_file(path);
   } catch (const InputError& e) {

@@ -435,9 +435,15 @@ std::string cluster_reference(const Cluster& c) {
   return ec ? c.source : abs.string();
 }
 
-void check_gpu_count(const Cluster& c, int gpus, const std::string& flag) {
+namespace {
+void check_gpu_range(int gpus, const std::string& flag) {
   if (gpus < 1 || gpus > kMaxGpus)
     throw InputError(flag + ": must be in [1, " + std::to_string(kMaxGpus) + "] (got " + std::to_string(gpus) + ")");
+}
+}  // namespace
+
+void check_gpu_count(const Cluster& c, int gpus, const std::string& flag) {
+  check_gpu_range(gpus, flag);
   if (gpus > c.capacity())
     throw InputError(flag + ": " + std::to_string(gpus) + " GPUs do not fit cluster " + c.name + " (" +
                      std::to_string(c.nodes) + " nodes x " + std::to_string(c.gpus_per_node) + " = " +
@@ -445,8 +451,7 @@ void check_gpu_count(const Cluster& c, int gpus, const std::string& flag) {
 }
 
 Cluster grown_to(Cluster c, int gpus, const std::string& flag) {
-  if (gpus < 1 || gpus > kMaxGpus)
-    throw InputError(flag + ": must be in [1, " + std::to_string(kMaxGpus) + "] (got " + std::to_string(gpus) + ")");
+  check_gpu_range(gpus, flag);
   if (gpus <= c.capacity()) return c;
   const int nodes = (gpus + c.gpus_per_node - 1) / c.gpus_per_node;
   if (nodes > 1 && !c.inter)
