@@ -102,14 +102,9 @@ Row evaluate(const std::filesystem::path& file, const std::string& release) {
   for (const auto& [b, t] : pts) s.points.push_back({b, t});
   std::vector<double> hold, hold_big;
   if (s.points.size() >= 4) {
-    std::vector<bool> use(s.points.size());
-    for (size_t i = 0; i < use.size(); ++i) use[i] = i % 2 == 0;
-    const SegmentedFit fit = fit_segments(find_algorithm("nccl"), s, 0, 4, 0.05, use);
-    for (size_t i = 1; i < s.points.size(); i += 2) {
-      const double e = std::abs(fit.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds;
-      hold.push_back(e);
-      if (s.points[i].bytes >= kMiB) hold_big.push_back(e);
-    }
+    hold = holdout_errors(find_algorithm("nccl"), s, 0, 4, 0.05);
+    for (size_t k = 0; k < hold.size(); ++k)
+      if (s.points[2 * k + 1].bytes >= kMiB) hold_big.push_back(hold[k]);
   }
   r.hold_med = median(hold);
   r.hold_big_med = median(hold_big);

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -354,6 +355,17 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
   return fit;
 }
 
+std::vector<double> holdout_errors(const Algorithm& a, const Sweep& s, double launch_s, int max_segments,
+                                   double tolerance) {
+  std::vector<bool> use(s.points.size());
+  for (size_t i = 0; i < use.size(); ++i) use[i] = i % 2 == 0;
+  const SegmentedFit half = fit_segments(a, s, launch_s, max_segments, tolerance, use);
+  std::vector<double> errors;
+  for (size_t i = 1; i < s.points.size(); i += 2)
+    errors.push_back(std::abs(half.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds);
+  return errors;
+}
+
 std::string degenerate_fit(const SegmentFit& seg, bool largest, double tolerance) {
   const Calibration& k = seg.k;
   if (!(k.alpha_us > 0) && !(k.beta_us_per_MB > 0) && !(k.gamma_us_per_MB > 0)) return "every constant at its bound 0";
@@ -381,19 +393,10 @@ std::vector<CommCalibration> calibrate_communication(Cluster& cluster, const std
     const Algorithm& algo = find_algorithm(s.algorithm, o.source + ": algorithm");
     CommCalibration c{s.algorithm, fit_segments(algo, s, o.launch_s, o.max_segments, o.tolerance), {}, {}, {}};
     if (o.holdout) {
-      std::vector<bool> use(s.points.size());
-      for (size_t i = 0; i < use.size(); ++i) use[i] = i % 2 == 0;
-      const SegmentedFit half = fit_segments(algo, s, o.launch_s, o.max_segments, o.tolerance, use);
-      double sum = 0, worst = 0;
-      int n = 0;
-      for (size_t i = 1; i < s.points.size(); i += 2, ++n) {
-        const double e = std::abs(half.predicted_s[i] - s.points[i].seconds) / s.points[i].seconds;
-        sum += e;
-        worst = std::max(worst, e);
-      }
-      if (n) {
-        c.holdout_mean = sum / n;
-        c.holdout_max = worst;
+      const std::vector<double> e = holdout_errors(algo, s, o.launch_s, o.max_segments, o.tolerance);
+      if (!e.empty()) {
+        c.holdout_mean = std::accumulate(e.begin(), e.end(), 0.0) / double(e.size());
+        c.holdout_max = *std::max_element(e.begin(), e.end());
       }
     }
     for (const SegmentFit& seg : c.fit.segments)

@@ -67,6 +67,11 @@ struct SegmentedFit {
 SegmentedFit fit_segments(const Algorithm& a, const Sweep& s, double launch_s, int max_segments, double tolerance,
                           const std::vector<bool>& use = {});
 
+// The hold-out check: fit_segments on every other point (indices 0, 2, 4, ...), judged
+// on the rest; the relative error of each held-out point (indices 1, 3, 5, ...), in order.
+std::vector<double> holdout_errors(const Algorithm& a, const Sweep& s, double launch_s, int max_segments,
+                                   double tolerance);
+
 // Why a fitted size range cannot stand for the measurements, "" when it can: nothing
 // fitted (every constant 0), no bandwidth term in the range of the largest sizes
 // (`largest`: infinite bandwidth there; below, a latency-bound range may fit beta 0), or
