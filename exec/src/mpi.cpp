@@ -241,6 +241,12 @@ int MpiWorld::agree(bool failed) {
   return decision;
 }
 
+void check_progress_mode(const MpiWorld& world, const ExchangeOptions& opt) {
+  if (opt.thread && !world.thread_multiple())
+    throw InputError(field("comm.progress") + " thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use " +
+                     field("comm.progress") + " poll)");
+}
+
 void MpiWorld::abort(int code) {
   std::cerr << std::flush;
   MPI_Abort(MPI_COMM_WORLD, code);
@@ -431,8 +437,7 @@ std::vector<int> Allreduce::waiting_on() const {
 PlanExchange::PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBucket> buckets,
                            const ExchangeOptions& opt)
     : world_(world), grads_(grads), buckets_(std::move(buckets)), opt_(opt) {
-  if (opt.thread && !world.thread_multiple())
-    throw InputError(field("comm.progress") + " thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use " + field("comm.progress") + " poll)");
+  check_progress_mode(world, opt);
   int streams = 0;
   for (const auto& b : buckets_) streams = std::max(streams, b.stream + 1);
   stream_comms_.assign(size_t(streams), MPI_COMM_NULL);

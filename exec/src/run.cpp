@@ -95,9 +95,7 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
       o.train.epochs = double(o.train.max_steps) / double(per_epoch);
       o.train.evaluate = false;
     }
-    if (o.exchange.thread && !world.thread_multiple())
-      throw InputError(field("comm.progress") + " thread: this MPI library does not provide MPI_THREAD_MULTIPLE (use " +
-                       field("comm.progress") + " poll)");
+    check_progress_mode(world, o.exchange);
     o.train.exchange = &deferred;
     trainer_ptr = std::make_unique<Trainer>(model, train, test, backend, o.train);
     buckets = plan_buckets(plan, model, trainer_ptr->network(), cluster);

@@ -155,6 +155,10 @@ struct ExchangeOptions {
   double timeout_s = 60;    // a bucket not done after this long: a rank died or hangs
 };
 
+// InputError when `opt` asks for a communication thread and MPI cannot run one
+// (MPI_THREAD_MULTIPLE): checked by PlanExchange, and by run_plan before the ranks agree.
+void check_progress_mode(const MpiWorld& world, const ExchangeOptions& opt);
+
 // A GradientExchange that reports when each bucket's allreduce ran in the last step.
 class TimedExchange : public GradientExchange {
  public:
