@@ -155,8 +155,7 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
   const int64_t global = opt_.global_batch(), per_epoch = steps_per_epoch(train_, global);
   GradientExchange* ex = opt_.exchange;
   const int rank = ex ? ex->rank() : 0;
-  int64_t total = optim_.options().total_steps;
-  if (opt_.max_steps > 0) total = std::min(total, opt_.max_steps);
+  const int64_t total = total_steps();
   const bool dynamic_scale = opt_.precision == Precision::FP16;
   const int h = static_cast<int>(model_.input_shape[1]), w = static_cast<int>(model_.input_shape[2]);
   Loader loader(train_, {opt_.batch, opt_.seed, true, opt_.augment, 4, h, w, rank, opt_.ranks()}, epoch_, position_);
@@ -353,9 +352,12 @@ void Trainer::load_checkpoint(const std::string& path) {
   float* p = net_.params();
   be_.copy_in(p, optim_.masters().data(), optim_.masters().size());
   be_.round(opt_.precision, p, optim_.masters().size());
-  int64_t total = optim_.options().total_steps;
-  if (opt_.max_steps > 0) total = std::min(total, opt_.max_steps);
-  resumed_ = Resumed{path, step_, epoch_, std::max<int64_t>(0, total - step_), scale};
+  resumed_ = Resumed{path, step_, epoch_, std::max<int64_t>(0, total_steps() - step_), scale};
+}
+
+int64_t Trainer::total_steps() const {
+  const int64_t schedule = optim_.options().total_steps;
+  return opt_.max_steps > 0 ? std::min(schedule, opt_.max_steps) : schedule;
 }
 
 std::string Trainer::Resumed::line() const {

@@ -104,6 +104,7 @@ class Trainer {
 
  private:
   void load_checkpoint(const std::string& path);
+  int64_t total_steps() const;  // the schedule's, capped by max_steps
   double evaluate(const Dataset& d, double* loss);
 
   Model model_;
