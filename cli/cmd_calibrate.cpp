@@ -88,7 +88,7 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
   std::vector<OverlapRun> runs;
   for (size_t i = 0; i < f.plans.size(); ++i) {
     Plan plan = load_plan(f.plans[i]);
-    Model model = load_model(plan.model, plan.model_options);
+    Model model = load_model(plan_model_ref(plan), plan.model_options);
     if (!f.profile.empty()) apply_profile(model, f.profile);
     // Bound on the cluster being calibrated (its warnings are about training, not this fit).
     Scenario s = bind_scenario(std::move(model), c, std::move(plan), {}, {}, f.plans[i]);

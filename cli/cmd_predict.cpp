@@ -88,7 +88,7 @@ void add_predict_command(CLI::App& app) {
     if (!f->out.empty()) {
       Plan p = s.plan;
       p.prediction = plan_prediction(r);
-      write_file_atomic(f->out, plan_to_json(p).dump(1) + "\n");
+      write_file_atomic(f->out, plan_to_json_at(p, f->out).dump(1) + "\n");
     }
     if (f->json) {
       out() << report_to_json(r).dump(2) << "\n";

@@ -84,7 +84,7 @@ Bound bind(RunFlags& f, exec::MpiWorld& world) {
     if (f.t.channels == 0 && po.channels) f.t.channels = *po.channels;
     if (f.t.classes == 0 && po.classes) f.t.classes = *po.classes;
   }
-  b.data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan.model);
+  b.data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan_model_ref(plan));
   b.scenario = bind_scenario(b.data.model, load_cluster(f.cluster.empty() ? plan.cluster : f.cluster), plan, {},
                              training_goal(b.data.model), "--plan " + f.plan_path);
   return b;

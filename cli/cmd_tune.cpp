@@ -89,7 +89,7 @@ void run_tune(const TuneFlags& f) {
   Report per_tensor = tuner.run(base).report;
   const Report& r = res.report;
   res.plan.prediction = plan_prediction(r);
-  if (!f.out.empty()) write_file_atomic(f.out, plan_to_json(res.plan).dump(1) + "\n");
+  if (!f.out.empty()) write_file_atomic(f.out, plan_to_json_at(res.plan, f.out).dump(1) + "\n");
   if (!f.trace_path.empty()) tuner.evaluate(res.plan, true).timeline.write_chrome_trace(f.trace_path);
   if (!f.validate.empty() && f.validate != "sim") throw InputError("--validate: unknown value '" + f.validate + "' (valid: sim)");
   std::vector<Validated> validated;

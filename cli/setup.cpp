@@ -173,7 +173,7 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
     if (!mo.channels) mo.channels = plan.model_options.channels;
     if (!mo.classes) mo.classes = plan.model_options.classes;
   }
-  Model m = load_model(model.model_opt->count() ? model.model : plan.model, mo);
+  Model m = load_model(model.model_opt->count() ? model.model : plan_model_ref(plan), mo);
   std::optional<ProfileInfo> measured;
   if (!profile.empty()) measured = apply_profile(m, profile);
   Cluster c = load_cluster(cluster_opt->count() ? cluster : plan.cluster);

@@ -3,10 +3,13 @@
 #include "format.hpp"
 
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
+#include "fuseplan/models/text.hpp"
 #include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan::cli {
@@ -84,8 +87,29 @@ std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int lo
   return exec::make_cuda_backend(o);
 }
 
-TrainingData load_training(const TrainFlags& f, const std::string& model_name) {
+namespace {
+// A model file fixes its input and classes: the flags that set a zoo model's are refused,
+// and synthetic data takes the model's shape.
+void fit_flags_to_model_file(TrainFlags& f, const Model& m, const std::string& path) {
+  if (f.resolution > 0 || f.channels > 0 || f.classes > 0)
+    throw InputError("--resolution/--channels/--classes: set a zoo model's input and classes; " + path +
+                     " fixes its own (" + shape_str(m.input_shape) + " in)");
+  if (m.input_shape.size() != 3)
+    throw InputError("--model " + path + ": the trainer takes CNNs with a [C,H,W] input; " + m.name + " has " +
+                     shape_str(m.input_shape));
+  f.channels = static_cast<int>(m.input_shape[0]);
+  f.resolution = static_cast<int>(m.input_shape[1]);
+  f.classes = static_cast<int>(numel(m.layers.back().out_shape));
+}
+}  // namespace
+
+TrainingData load_training(TrainFlags f, const std::string& model_name) {
   TrainingData d;
+  std::optional<Model> file_model;
+  if (names_a_file(model_name)) {
+    file_model = load_model_file(model_name);
+    fit_flags_to_model_file(f, *file_model, model_name);
+  }
   exec::Dataset& train = d.train;
   exec::Dataset& test = d.test;
   if (f.dataset == "fashion-mnist") {
@@ -104,6 +128,10 @@ TrainingData load_training(const TrainFlags& f, const std::string& model_name) {
   } else {
     throw InputError("--dataset: unknown data set '" + f.dataset + "' (valid: fashion-mnist, synthetic)");
   }
+  if (file_model) {
+    d.model = std::move(*file_model);
+    return d;
+  }
   // The data set sets the model's input and classes unless the flags say otherwise.
   ModelOptions mo;
   mo.resolution = f.resolution > 0 ? f.resolution : train.height;
@@ -117,7 +145,8 @@ TrainingData load_training(const TrainFlags& f, const std::string& model_name) {
                      ", or a CNN model .json)");
   }
   d.model = load_model(model_name, mo);
-  return d;}
+  return d;
+}
 
 void write_metrics(const std::string& path, const TrainFlags& f, const Model& model, const exec::Dataset& train,
                    const exec::TrainResult& result, int ranks) {

@@ -41,7 +41,7 @@ struct TrainingData {
   Model model;  // at the data set's resolution, channels and classes unless flags say otherwise
 };
 // Loads the data set and the model `model_name` (a zoo CNN or a model .json).
-TrainingData load_training(const TrainFlags& f, const std::string& model_name);
+TrainingData load_training(TrainFlags f, const std::string& model_name);
 
 // fuseplan.metrics/1 and fuseplan.profile/1 (per-layer forward/backward time per step at
 // the per-rank batch), written atomically.

@@ -474,6 +474,39 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   CHECK_THAT(nc.out, Catch::Contains("--comm nccl: needs --backend cuda"));
 }
 
+TEST_CASE("cli: a plan made for a model file carries the file, relative to the plan; train and run take the file", "[exec]") {
+  namespace fs = std::filesystem;
+  const fs::path root = tmp("travel");
+  fs::remove_all(root);
+  fs::create_directories(root / "models");
+  fs::create_directories(root / "plans");
+  const std::string model = (root / "models" / "net.json").string(), plan = (root / "plans" / "p.json").string();
+  write(model, run_stdout("show resnet18 --resolution 16 --channels 1 --classes 10 --json").out);
+  REQUIRE(run("tune --model " + model + " --cluster local-cpu --gpus 2 --batch-per-gpu 8 --precision fp32 --out " + plan).code == 0);
+  const auto planned = nlohmann::json::parse(std::ifstream(plan));
+  CHECK(planned.at("model").at("file") == "../models/net.json");
+  CHECK_FALSE(planned.at("model").contains("options"));
+  // From another directory, and after the two directories moved together.
+  const fs::path moved = tmp("travel-moved");
+  fs::remove_all(moved);
+  fs::rename(root, moved);
+  const std::string moved_plan = (moved / "plans" / "p.json").string();
+  const Run p = run_env("cd / && FUSEPLAN_PROGRESS=0", "predict --plan " + moved_plan);
+  INFO(p.out);
+  CHECK(p.code == 0);
+  CHECK_THAT(p.out, Catch::Contains("resnet18 on local-cpu"));
+  const std::string moved_model = (moved / "models" / "net.json").string();
+  const Run t = run_env("FUSEPLAN_PROGRESS=0", "train --model " + moved_model + " --dataset synthetic --synthetic-size 64 "
+                        "--batch-per-gpu 8 --max-steps 2 --no-eval --quiet", true, FUSEPLAN_EXEC_BIN);
+  INFO(t.out);
+  CHECK(t.code == 0);
+  CHECK(run_exec("train --model " + moved_model + " --resolution 28").code == 2);
+  const Run r = run_mpi(2, "run --plan " + moved_plan + " --dataset synthetic --synthetic-size 64 --iterations 2 --warmup 1");
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("resnet18 x 2 ranks"));
+}
+
 TEST_CASE("cli: when a rank of fuseplan-exec run dies, the job stops instead of hanging", "[exec]") {
   const std::string plan = tmp("kill-plan.json");
   REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
@@ -1011,6 +1044,31 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"calibrate --ranks 0 --nccl-tests x", "--ranks: must be > 0"},
   };
   for (const auto& [args, says] : cases) expect_bad(args, says);
+}
+
+TEST_CASE("cli: a model file whose shapes or FLOPs disagree with its layers is refused with exit 2, naming the layer") {
+  const nlohmann::json zoo = nlohmann::json::parse(run("show resnet18 --json").out);
+  auto model_with = [&](const std::string& name, auto&& edit) {
+    nlohmann::json m = zoo;
+    edit(m["layers"]);
+    const std::string path = tmp(name);
+    write(path, m.dump());
+    return path;
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {model_with("conv-in.json", [](auto& l) { l[4]["params"][0]["shape"] = {64, 32, 3, 3}; }),
+       "$.layers[4] (layer1.0.conv1, conv2d): layer1.0.conv1.weight has shape 64x32x3x3"},
+      {model_with("out-shape.json", [](auto& l) { l[4]["out_shape"] = {64, 28, 28}; }),
+       "$.layers[4] (layer1.0.conv1, conv2d): out_shape 64x28x28 is not what"},
+      {model_with("flops.json", [](auto& l) { l[4]["fwd_flops"] = 1; }),
+       "$.layers[4] (layer1.0.conv1, conv2d): fwd_flops 1 is not what the kind and shapes give"},
+      {model_with("relu-weight.json", [](auto& l) { l[2]["params"] = {{{"name", "relu.weight"}, {"shape", {64}}}}; }),
+       "$.layers[2] (relu, relu): has 1 parameter tensor; a layer of this kind has none"},
+  };
+  for (const auto& [path, says] : cases) {
+    expect_bad("show " + path, says);
+    expect_bad("predict --gpus 8 --cluster dgx-a100 --model " + path, says);
+  }
 }
 
 TEST_CASE("cli: a SimGrid process that dies is one line, without its backtrace") {

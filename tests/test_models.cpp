@@ -153,6 +153,55 @@ TEST_CASE("model JSON round-trips and rejects bad files") {
   CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains("measured.batch"));
 }
 
+TEST_CASE("model files: FLOPs and shapes left out are derived as the zoo derives them") {
+  for (const auto& name : {"resnet18", "bert_base", "alexnet_bn"}) {
+    const Model zoo = build_zoo_model(name);
+    nlohmann::json j = model_to_json(zoo);
+    for (auto& l : j["layers"]) {
+      for (const char* key : {"fwd_flops", "bwd_flops", "in_shape", "activation_elems"}) l.erase(key);
+      if (l["kind"] != "adaptive_avgpool") l.erase("out_shape");
+    }
+    const Model back = model_from_json(j, "bare.json");
+    REQUIRE(back.layers.size() == zoo.layers.size());
+    for (size_t i = 0; i < zoo.layers.size(); ++i) {
+      CHECK(back.layers[i].out_shape == zoo.layers[i].out_shape);
+      CHECK(back.layers[i].fwd_flops == zoo.layers[i].fwd_flops);
+      CHECK(back.layers[i].bwd_flops == zoo.layers[i].bwd_flops);
+      CHECK(back.layers[i].activation_elems == zoo.layers[i].activation_elems);
+    }
+    CHECK(back.fingerprint() == zoo.fingerprint());
+  }
+}
+
+TEST_CASE("model files: shapes and FLOPs that disagree with the layer kind are refused, naming the layer") {
+  const nlohmann::json j = model_to_json(build_zoo_model("resnet18"));
+  REQUIRE(j["layers"][4]["name"] == "layer1.0.conv1");
+  auto refused = [&](auto&& edit, const std::string& says) {
+    nlohmann::json bad = j;
+    edit(bad["layers"]);
+    CHECK_THROWS_WITH(model_from_json(bad, "x.json"), Catch::Contains(says));
+  };
+  refused([](auto& l) { l[4]["params"][0]["shape"] = {64, 32, 3, 3}; },
+          "x.json: $.layers[4] (layer1.0.conv1, conv2d): layer1.0.conv1.weight has shape 64x32x3x3; input 64x56x56 "
+          "with groups 1 calls for 64x64x3x3");
+  refused([](auto& l) { l[4]["out_shape"] = {64, 28, 28}; },
+          "$.layers[4] (layer1.0.conv1, conv2d): out_shape 64x28x28 is not what a conv2d of 64x56x56 gives, 64x56x56");
+  refused([](auto& l) { l[4]["fwd_flops"] = 1; },
+          "$.layers[4] (layer1.0.conv1, conv2d): fwd_flops 1 is not what the kind and shapes give, 2.31211e+08");
+  refused([](auto& l) { l[2]["params"] = {{{"name", "relu.weight"}, {"shape", {64}}}}; },
+          "$.layers[2] (relu, relu): has 1 parameter tensor; a layer of this kind has none");
+  refused([](auto& l) { l[5]["in_shape"] = {64, 28, 28}; },
+          "$.layers[5] (layer1.0.bn1, batchnorm): in_shape 64x28x28 is not what its input (layer layer1.0.conv1) gives, 64x56x56");
+  refused([](auto& l) { l[5]["params"][0]["shape"] = {32}; }, "layer1.0.bn1.weight has shape 32; input 64x56x56 calls for 64");
+  refused([](auto& l) { l.back()["params"][0]["shape"] = {1000, 256}; }, "(fc, linear): fc.weight has shape 1000x256");
+  refused([](auto& l) { l[9]["inputs"] = {8}; }, "(layer1.0.add, add): has 1 inputs; a layer of this kind takes 2");
+  refused([](auto& l) { l[0]["kind"] = "custom"; l[0].erase("fwd_flops"); }, "a custom layer needs fwd_flops and bwd_flops");
+  // Within 1 % (rounding in another tool) is accepted.
+  nlohmann::json close = j;
+  close["layers"][4]["fwd_flops"] = close["layers"][4]["fwd_flops"].get<double>() * 1.005;
+  CHECK_NOTHROW(model_from_json(close, "x.json"));
+}
+
 TEST_CASE("errors name fields, not flags: what() prints them bare, render() spells them as a program does") {
   // A library call's refusal names the input by its field.
   try {

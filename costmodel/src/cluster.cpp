@@ -8,6 +8,7 @@
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
+#include "fuseplan/models/text.hpp"
 
 #ifndef FUSEPLAN_CONFIG_DIR
 #define FUSEPLAN_CONFIG_DIR "configs"
@@ -410,9 +411,7 @@ std::vector<std::string> shipped_cluster_names() {
 
 Cluster load_cluster(const std::string& name_or_path) {
   std::string path = name_or_path;
-  bool is_path = name_or_path.find('/') != std::string::npos ||
-                 (name_or_path.size() > 5 && name_or_path.ends_with(".json"));
-  if (!is_path) {
+  if (!names_a_file(name_or_path)) {
     path = config_dir() + "/clusters/" + name_or_path + ".json";
     std::error_code ec;  // a name too long for a file is unknown too, not a library error
     if (!std::filesystem::exists(path, ec)) {

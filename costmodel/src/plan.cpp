@@ -12,6 +12,7 @@
 #include "fuseplan/costmodel/collective.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
 
@@ -37,6 +38,7 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (p.model_options.channels) o["channels"] = *p.model_options.channels;
   if (p.model_options.classes) o["classes"] = *p.model_options.classes;
   if (!o.empty()) j["model"]["options"] = o;
+  if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.prediction)
     j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
                        {"exposed_comm_s", p.prediction->exposed_comm_s},
@@ -55,6 +57,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   p.tensors = static_cast<int>(m.integer("tensors", 1, 1 << 30));
   p.params = m.integer("params", 1, INT64_MAX);
   p.fingerprint = m.string("fingerprint");
+  p.model_file = m.opt_string("file").value_or("");
   if (auto o = m.opt_object("options")) {
     auto get = [&](const char* key) -> std::optional<int> {
       if (auto v = o->opt_integer(key, 1, 1 << 20)) return static_cast<int>(*v);
@@ -104,7 +107,35 @@ PlanPrediction plan_prediction(const Report& r) {
   return {r.iteration_s, r.exposed_comm_s, r.comm_end_s, r.scaling_efficiency};
 }
 
-Plan load_plan(const std::string& path) { return plan_from_json(parse_json_file(path), path); }
+namespace {
+// `file` as seen from the directory of `plan_path` (written), or back (read).
+std::string relative_to_plan(const std::string& file, const std::string& plan_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path dir = fs::absolute(fs::path(plan_path), ec).parent_path();
+  const fs::path rel = fs::absolute(fs::path(file), ec).lexically_normal().lexically_relative(dir);
+  return rel.empty() ? file : rel.string();
+}
+std::string from_plan(const std::string& file, const std::string& plan_path) {
+  namespace fs = std::filesystem;
+  if (fs::path(file).is_absolute()) return file;
+  return (fs::path(plan_path).parent_path() / file).lexically_normal().string();
+}
+}  // namespace
+
+Plan load_plan(const std::string& path) {
+  Plan p = plan_from_json(parse_json_file(path), path);
+  if (!p.model_file.empty()) p.model_file = from_plan(p.model_file, path);
+  if (names_a_file(p.cluster)) p.cluster = from_plan(p.cluster, path);
+  return p;
+}
+
+nlohmann::json plan_to_json_at(const Plan& p, const std::string& path) {
+  Plan q = p;
+  if (!q.model_file.empty()) q.model_file = relative_to_plan(q.model_file, path);
+  if (names_a_file(q.cluster)) q.cluster = relative_to_plan(q.cluster, path);
+  return plan_to_json(q);
+}
 
 void validate_plan(const Plan& p, const Model& m, const std::string& origin) {
   const int n = static_cast<int>(m.tensors.size());
@@ -222,11 +253,12 @@ Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, 
                std::vector<PlanBucket> buckets, const std::string& strategy) {
   Plan p;
   p.model = m.name;
+  p.model_file = m.file;
   p.tensors = static_cast<int>(m.tensors.size());
   p.params = m.param_count();
   p.fingerprint = m.fingerprint_hex();
   // A CNN's input (channels x resolution x resolution) and classes (the last layer's width).
-  if (m.input_shape.size() == 3 && m.input_shape[1] == m.input_shape[2] && !m.layers.empty() &&
+  if (m.file.empty() && m.input_shape.size() == 3 && m.input_shape[1] == m.input_shape[2] && !m.layers.empty() &&
       m.layers.back().out_shape.size() == 1) {
     p.model_options.channels = static_cast<int>(m.input_shape[0]);
     p.model_options.resolution = static_cast<int>(m.input_shape[1]);

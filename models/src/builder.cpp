@@ -248,6 +248,11 @@ int ModelBuilder::token_select(const std::string& name, int from) {
   return push(std::move(l), {});
 }
 
+int ModelBuilder::custom(Layer l, std::vector<ParamTensor> params) {
+  for (int from : l.inputs) in(from);  // a reference to no layer throws
+  return push(std::move(l), std::move(params));
+}
+
 Model ModelBuilder::finish() {
   if (m_.layers.empty()) throw InputError("model " + m_.name + ": no layers");
   return std::move(m_);

@@ -6,6 +6,7 @@
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
+#include "model_rebuild.hpp"
 
 namespace fuseplan {
 
@@ -72,6 +73,7 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
   const auto& layers = root.array("layers");
   if (layers.empty()) root.fail("layers", "must hold at least one layer");
   std::set<std::string> tensor_names;
+  std::vector<model_detail::GivenLayer> given;
   for (size_t i = 0; i < layers.size(); ++i) {
     std::string path = "$.layers[" + std::to_string(i) + "]";
     JsonObject lo = element_object(layers[i], origin, path);
@@ -89,10 +91,13 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
     } else {
       l.inputs = {static_cast<int>(i) - 1};
     }
-    if (lo.has("in_shape")) l.in_shape = read_shape(lo, "in_shape");
-    if (lo.has("out_shape")) l.out_shape = read_shape(lo, "out_shape");
-    l.fwd_flops = lo.non_negative("fwd_flops");
-    l.bwd_flops = lo.non_negative("bwd_flops");
+    model_detail::GivenLayer g{lo.has("in_shape"), lo.has("out_shape"), lo.has("fwd_flops"), lo.has("bwd_flops"),
+                               lo.has("activation_elems")};
+    given.push_back(g);
+    if (g.in_shape) l.in_shape = read_shape(lo, "in_shape");
+    if (g.out_shape) l.out_shape = read_shape(lo, "out_shape");
+    if (g.fwd_flops) l.fwd_flops = lo.non_negative("fwd_flops");
+    if (g.bwd_flops) l.bwd_flops = lo.non_negative("bwd_flops");
     l.activation_elems = lo.opt_integer("activation_elems", 0, INT64_MAX).value_or(numel(l.out_shape));
     if (auto a = lo.opt_object("attrs")) {
       l.attrs.kernel = static_cast<int>(a->opt_integer("kernel", 1, 1 << 20).value_or(0));
@@ -138,10 +143,14 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
   }
   root.finish();
   if (m.tensors.empty()) throw InputError(origin + ": $.layers: the model has no parameter tensors");
-  return m;
+  return model_detail::rebuild_model(m, given, origin);
 }
 
-Model load_model_file(const std::string& path) { return model_from_json(parse_json_file(path), path); }
+Model load_model_file(const std::string& path) {
+  Model m = model_from_json(parse_json_file(path), path);
+  m.file = path;
+  return m;
+}
 
 ProfileInfo apply_profile(Model& m, const std::string& path) {
   const nlohmann::json j = parse_json_file(path);  // JsonObject keeps a reference

@@ -13,4 +13,8 @@ std::string grouped(int64_t v) {
 
 std::string count_of(int64_t n, const std::string& noun) { return std::to_string(n) + " " + noun + (n == 1 ? "" : "s"); }
 
+bool names_a_file(const std::string& s) {
+  return s.find('/') != std::string::npos || (s.size() > 5 && s.ends_with(".json"));
+}
+
 }  // namespace fuseplan

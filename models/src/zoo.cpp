@@ -70,10 +70,8 @@ const std::vector<ZooEntry> kZoo{
      [](const ModelOptions& o) { return zoo_detail::gpt2(with_seq(kGpt2Xl, o)); }},
 };
 
-bool looks_like_path(const std::string& s) {
-  return s.find('/') != std::string::npos || (s.size() > 5 && s.substr(s.size() - 5) == ".json");
-}
 }  // namespace
+
 
 const std::vector<ZooEntry>& zoo() { return kZoo; }
 
@@ -109,7 +107,7 @@ Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
 }
 
 Model load_model(const std::string& name_or_path, const ModelOptions& opt) {
-  if (!looks_like_path(name_or_path)) return build_zoo_model(name_or_path, opt);
+  if (!names_a_file(name_or_path)) return build_zoo_model(name_or_path, opt);
   if (opt.resolution || opt.channels || opt.classes || opt.seq_len)
     throw InputError(field("model.resolution") + "/" + field("model.channels") + "/" + field("model.classes") + "/" + field("model.seq_len") + " apply to zoo models, not to " + name_or_path);
   return load_model_file(name_or_path);

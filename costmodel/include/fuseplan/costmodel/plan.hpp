@@ -36,13 +36,17 @@ PlanPrediction plan_prediction(const Report& r);
 
 struct Plan {
   std::string model;                // model name
+  // The model's .json when it is not a zoo model ($.model.file): written relative to the
+  // plan's directory by save_plan, read back relative to it by load_plan, so that a plan
+  // and its model travel together. Empty for zoo models.
+  std::string model_file;
   int tensors = 0;
   int64_t params = 0;
   std::string fingerprint;          // Model::fingerprint_hex()
   // The CNN input and classes the plan was made for ($.model.options), so that readers
   // rebuild the same model without repeating --resolution, --channels, --classes.
   ModelOptions model_options;
-  std::string cluster;
+  std::string cluster;              // shipped name, or a .json path (relative to the plan, as model_file)
   int gpus = 1;
   int batch_per_gpu = 1;
   Precision compute = Precision::FP16;
@@ -53,7 +57,12 @@ struct Plan {
 
 nlohmann::json plan_to_json(const Plan& p);
 Plan plan_from_json(const nlohmann::json& j, const std::string& origin);
+// Reads a plan file; its model and cluster paths are taken relative to its directory.
 Plan load_plan(const std::string& path);
+// The plan as written to `path`: model and cluster paths made relative to its directory.
+nlohmann::json plan_to_json_at(const Plan& p, const std::string& path);
+// What `--model` loads for this plan: its model file, else its zoo name.
+inline const std::string& plan_model_ref(const Plan& p) { return p.model_file.empty() ? p.model : p.model_file; }
 // Every tensor covered exactly once, in order; algorithms known; the model matches.
 void validate_plan(const Plan& p, const Model& m, const std::string& origin);
 int64_t bucket_elements(const Plan& p, const Model& m, const PlanBucket& b);

@@ -37,8 +37,13 @@ class ModelBuilder {
   // Scaled dot-product attention: inputs q, k, v ([S, H] each), or one fused [S, 3H].
   int attention(const std::string& name, const std::vector<int>& from, int heads, bool causal);
   int token_select(const std::string& name, int from);  // [S, H] -> [H] (first token)
+  // A layer of a kind the builder does not know, taken as given (shapes, FLOPs, tensors).
+  int custom(Layer l, std::vector<ParamTensor> params);
 
   const Shape& shape(int layer) const;
+  // The model so far, for a caller that adjusts what the builder derived (the file reader
+  // keeps a file's tensor names and measured times).
+  Model& building() { return m_; }
   Model finish();
 
  private:

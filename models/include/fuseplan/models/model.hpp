@@ -66,6 +66,7 @@ struct Layer {
 
 struct Model {
   std::string name;
+  std::string file;  // the .json it was read from; empty for a zoo model
   Shape input_shape;
   std::vector<Layer> layers;
   std::vector<ParamTensor> tensors;  // forward order
