@@ -474,7 +474,7 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   CHECK_THAT(nc.out, Catch::Contains("--comm nccl: needs --backend cuda"));
 }
 
-TEST_CASE("cli: a plan made for a model file carries the file, relative to the plan; train and run take the file", "[exec]") {
+TEST_CASE("cli: a plan made for a model file carries the file relative to the plan, and train and run take the file", "[exec]") {
   namespace fs = std::filesystem;
   const fs::path root = tmp("travel");
   fs::remove_all(root);

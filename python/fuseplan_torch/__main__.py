@@ -1,0 +1,78 @@
+"""python3 -m fuseplan_torch export | run | sweep (docs/pytorch.md).
+
+Bad input is one line naming the flag or file, exit code 2; no output file is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from . import jobs
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage first)
+        print("fuseplan_torch: " + message, file=sys.stderr)
+        sys.exit(2)
+
+
+def _input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("factory", help="module factory, package.module:function (e.g. torchvision.models:resnet50)")
+    p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
+    p.add_argument("--input-shape", required=True, help="per-sample input shape, e.g. 3,224,224 or 128 (token ids)")
+    p.add_argument("--input-dtype", default="float", choices=["float", "long"], help="float images or long token ids")
+    p.add_argument("--vocab", type=int, default=0, help="long inputs: token ids are drawn below this (required)")
+    p.add_argument("--seed", type=int, default=1, help="weights and synthetic data")
+    p.add_argument("--name", default="", help="model name in the files (default: the factory's function name)")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = _Parser(prog="python3 -m fuseplan_torch", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ex = sub.add_parser("export", help="a module as fuseplan.model/1, optionally with measured layer times")
+    _input_flags(ex)
+    ex.add_argument("--out", required=True, help="model file to write")
+    ex.add_argument("--profile", default="", help="also time every layer and write fuseplan.profile/1 here")
+    ex.add_argument("--batch", type=int, default=8, help="--profile: samples per timed batch")
+    ex.add_argument("--warmup", type=int, default=3, help="--profile: untimed runs per layer")
+    ex.add_argument("--steps", type=int, default=10, help="--profile: timed runs per layer (the median is kept)")
+    ex.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+
+    run = sub.add_parser("run", help="train on N local ranks (gloo) with a plan (PlanDDP) or torch DDP, measured")
+    _input_flags(run)
+    run.add_argument("--plan", default="", help="fuseplan.plan/1 to follow (PlanDDP); without it: torch DDP")
+    run.add_argument("--bucket-cap-mb", type=float, default=25.0, help="without --plan: DDP's bucket_cap_mb")
+    run.add_argument("--ranks", type=int, default=2, help="processes (gloo, this machine)")
+    run.add_argument("--batch", type=int, default=0, help="samples per rank (default: the plan's, else 8)")
+    run.add_argument("--warmup", type=int, default=3)
+    run.add_argument("--iterations", type=int, default=10)
+    run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default: cores / ranks)")
+    run.add_argument("--report", default="", help="--plan: write the measured fuseplan.report/1 here")
+
+    sw = sub.add_parser("sweep", help="time gloo's allreduce on N local ranks (fuseplan.sweep/1 for `fuseplan calibrate`)")
+    sw.add_argument("--ranks", type=int, default=2)
+    sw.add_argument("--sizes", default="4K:64M", help="bytes from:to, doubling (K, M suffixes)")
+    sw.add_argument("--iterations", type=int, default=10)
+    sw.add_argument("--threads", type=int, default=1)
+    sw.add_argument("--out", required=True)
+
+    a = ap.parse_args(argv)
+    try:
+        if a.command == "export":
+            jobs.export_command(a)
+        elif a.command == "run":
+            jobs.run_command(a)
+        else:
+            jobs.sweep_command(a)
+    except jobs.UsageError as e:
+        print("fuseplan_torch: " + str(e), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""What `python3 -m fuseplan_torch` runs: export, a measured gloo job, an allreduce sweep."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import statistics
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from .model_export import export_model, write_json
+from .plan_ddp import PlanDDP, PlanError, load_plan
+from .profile import profile_layers
+from .runner import measure_plan, measure_step_time
+
+
+class UsageError(Exception):
+    """Bad input: one line naming the flag or file."""
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise UsageError("%s: must be >= 1 (got %d)" % (flag, value))
+    return value
+
+
+def build_module(a: Any) -> Tuple[nn.Module, str]:
+    if ":" not in a.factory:
+        raise UsageError("factory: '%s' is not package.module:function" % a.factory)
+    mod_name, fn_name = a.factory.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise UsageError("factory: %s: %s" % (a.factory, e))
+    try:
+        kwargs = json.loads(a.kwargs)
+    except ValueError as e:
+        raise UsageError("--kwargs: not JSON: %s" % e)
+    if not isinstance(kwargs, dict):
+        raise UsageError("--kwargs: must be a JSON object")
+    torch.manual_seed(a.seed)
+    module = fn(**kwargs)
+    if not isinstance(module, nn.Module):
+        raise UsageError("factory: %s returned a %s, not a torch.nn.Module" % (a.factory, type(module).__name__))
+    return module, a.name or fn_name
+
+
+def input_shape(a: Any) -> List[int]:
+    try:
+        shape = [int(d) for d in a.input_shape.split(",")]
+    except ValueError:
+        raise UsageError("--input-shape: '%s' is not comma-separated integers" % a.input_shape)
+    if not shape or any(d < 1 for d in shape):
+        raise UsageError("--input-shape: every dimension must be >= 1")
+    if a.input_dtype == "long" and a.vocab < 1:
+        raise UsageError("--vocab: required (>= 1) with --input-dtype long")
+    return shape
+
+
+def make_batch(a: Any, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = [batch] + input_shape(a)
+    if a.input_dtype == "long":
+        return torch.randint(0, a.vocab, shape, generator=g)
+    return torch.randn(shape, generator=g)
+
+
+def _writable(path: str, flag: str) -> None:
+    if os.path.isdir(path):
+        raise UsageError("%s: %s is a directory (give a file name)" % (flag, path))
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError("%s: directory %s does not exist" % (flag, directory))
+
+
+def export_command(a: Any) -> None:
+    _writable(a.out, "--out")
+    if a.profile:
+        _writable(a.profile, "--profile")
+        for v, flag in ((a.batch, "--batch"), (a.steps, "--steps")):
+            _positive(v, flag)
+    if a.threads:
+        torch.set_num_threads(_positive(a.threads, "--threads"))
+    module, name = build_module(a)
+    example = make_batch(a, 2, a.seed)
+    doc, info, gm, nodes = export_model(module, example, name=name)
+    outputs = [(a.out, doc)]
+    if a.profile:
+        prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, make_batch(a, a.batch, a.seed + 1),
+                                     a.warmup, a.steps, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
+        outputs.append((a.profile, prof))
+        print("profile: %d layers at batch %d: %.2f ms forward + backward layer by layer, %.2f ms as one model "
+              "(optimizer %.2f ms)" % (len(nodes), a.batch, pinfo.layers_us / 1e3, pinfo.whole_step_us / 1e3,
+                                       pinfo.optimizer_us / 1e3))
+    for path, d in outputs:  # only once everything is measured
+        write_json(d, path)
+    tensors = sum(len(l["params"]) for l in doc["layers"])
+    print("exported %s: %d layers, %d tensors, fingerprint %s -> %s" %
+          (name, len(doc["layers"]), tensors, info.fingerprint, a.out))
+    if not info.order_matches:
+        print("warning: %d gradients became ready out of the file's layer order (first: %s); fuseplan assumes "
+              "reverse layer order" % (len(info.out_of_order), ", ".join(info.out_of_order[:3])))
+    if info.estimated:
+        print("warning: FLOPs estimated (one per output element) for %d custom layers: %s; a --profile measures them"
+              % (len(info.estimated), ", ".join(info.estimated[:5])))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(ranks: int, fn: Any, args: Tuple[Any, ...]) -> None:
+    """Runs fn(rank, ranks, *args) in `ranks` processes joined by a gloo process group."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(_free_port())
+    mp.spawn(_entry, args=(ranks, fn, args), nprocs=ranks, join=True)
+
+
+def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...]) -> None:
+    dist.init_process_group("gloo", rank=rank, world_size=ranks)
+    try:
+        fn(rank, ranks, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _threads(a: Any, ranks: int) -> int:
+    return a.threads if a.threads > 0 else max(1, (os.cpu_count() or 1) // ranks)
+
+
+def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Tensor) -> List[str]:
+    """The plan's tensor order: from its model file when it names one, else a fresh export."""
+    model = plan["model"]
+    if "file" in model:
+        path = os.path.join(os.path.dirname(os.path.abspath(plan["_path"])), model["file"])
+        with open(path) as f:
+            doc = json.load(f)
+    else:
+        doc = export_model(module, example)[0]
+    return [p["name"] for l in doc["layers"] for p in l["params"]]
+
+
+def run_command(a: Any) -> None:
+    _positive(a.ranks, "--ranks")
+    _positive(a.iterations, "--iterations")
+    if a.report:
+        if not a.plan:
+            raise UsageError("--report: needs --plan (a DDP run has no buckets to report)")
+        _writable(a.report, "--report")
+    plan = None
+    if a.plan:
+        try:
+            plan = load_plan(a.plan)
+        except (OSError, ValueError) as e:
+            raise UsageError("--plan %s: %s" % (a.plan, e))
+        if plan["gpus"] != a.ranks:
+            raise UsageError("--ranks %d: --plan %s is for %d ranks" % (a.ranks, a.plan, plan["gpus"]))
+        if a.batch and a.batch != plan["batch_per_gpu"]:
+            raise UsageError("--batch %d disagrees with --plan %s (%d per rank)" % (a.batch, a.plan, plan["batch_per_gpu"]))
+    batch = plan["batch_per_gpu"] if plan else (a.batch or 8)
+    input_shape(a)
+    build_module(a)  # a bad factory fails here, once, not in every rank
+    spawn(a.ranks, _run_rank, (a, plan, batch))
+
+
+def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], batch: int) -> None:
+    torch.set_num_threads(_threads(a, ranks))
+    module, _ = build_module(a)
+    inputs = make_batch(a, batch, a.seed + 100 + rank)
+    module.eval()  # the output's shape, for the labels (batch statistics of one sample would fail)
+    with torch.no_grad():
+        out = module(inputs[:1])
+    module.train()
+    out = out if torch.is_tensor(out) else out[0]
+    g = torch.Generator().manual_seed(a.seed + 200 + rank)
+    labels = torch.randint(0, out.shape[-1], (batch,) + tuple(out.shape[1:-1]), generator=g)
+    if plan is not None:
+        ddp = PlanDDP(module, plan, plan_tensor_names(plan, module, inputs[:2]))
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+        report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
+        ddp.close()
+        if rank == 0:
+            if a.report:
+                write_json(report, a.report)
+            print("PlanDDP %s x %d ranks: %.2f ms per iteration (forward %.2f, backward %.2f, exposed "
+                  "communication %.2f, optimizer %.2f), %d buckets" %
+                  (report["model"], ranks, report["iteration_s"] * 1e3, report["forward_s"] * 1e3,
+                   report["backward_s"] * 1e3, report["exposed_comm_s"] * 1e3, report["optimizer_s"] * 1e3,
+                   len(report["buckets"])))
+        return
+    ddp = nn.parallel.DistributedDataParallel(module, bucket_cap_mb=a.bucket_cap_mb)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+    times = measure_step_time(ddp, inputs, labels, opt, a.warmup, a.iterations)
+    if rank == 0:
+        print("DDP bucket_cap_mb=%g x %d ranks: %.2f ms per iteration (median of %d)" %
+              (a.bucket_cap_mb, ranks, statistics.median(times) * 1e3, len(times)))
+
+
+def parse_bytes(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise UsageError("--sizes: '%s' is not a size (e.g. 4K, 64M)" % text)
+
+
+def sweep_command(a: Any) -> None:
+    _writable(a.out, "--out")
+    _positive(a.ranks, "--ranks")
+    _positive(a.iterations, "--iterations")
+    if a.ranks < 2:
+        raise UsageError("--ranks: a sweep needs >= 2 ranks")
+    lo, _, hi = a.sizes.partition(":")
+    first, last = parse_bytes(lo), parse_bytes(hi or lo)
+    if first < 4 or last < first:
+        raise UsageError("--sizes: need 4 <= from <= to (got %s)" % a.sizes)
+    spawn(a.ranks, _sweep_rank, (a, first, last))
+
+
+def _sweep_rank(rank: int, ranks: int, a: Any, first: int, last: int) -> None:
+    torch.set_num_threads(a.threads)
+    points = []
+    size = first
+    while size <= last:
+        buf = torch.ones(size // 4)
+        for _ in range(2):
+            dist.all_reduce(buf)
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(a.iterations):
+            dist.all_reduce(buf)
+        t = torch.tensor([(time.perf_counter() - t0) / a.iterations], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        points.append({"algorithm": "ring", "bytes": size, "seconds": float(t.item()), "iterations": a.iterations})
+        size *= 2
+    if rank == 0:
+        write_json({"schema": "fuseplan.sweep/1", "ranks": ranks, "per_node": ranks, "precision": "fp32",
+                    "host": "gloo (torch.distributed) on " + socket.gethostname(), "points": points}, a.out)
+        print("sweep: %d sizes, %d to %d bytes -> %s" % (len(points), first, last, a.out))

@@ -1,0 +1,368 @@
+"""A PyTorch module as a fuseplan.model/1 file: layers from torch.fx, shapes from a real
+forward, parameters in registration order, and the order gradients become ready in a real
+backward.
+
+Known layer kinds are written with their kind, attributes, shapes and parameters only:
+fuseplan derives their FLOPs from those when it reads the file, with the formulas the zoo
+uses, and checks every shape (docs/formats.md). Everything else is a `custom` layer whose
+FLOPs are counted here from shapes (matrix products, softmax, element-wise operations) or,
+for an operation this module does not know, estimated as one per output element and
+listed in `ExportInfo.estimated`.
+"""
+from __future__ import annotations
+
+import json
+import operator
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+MODEL_SCHEMA = "fuseplan.model/1"
+
+# Leaf modules whose kind fuseplan knows (its ModelBuilder derives their FLOPs).
+_MODULE_KINDS: List[Tuple[type, str]] = [
+    (nn.Conv2d, "conv2d"), (nn.BatchNorm2d, "batchnorm"), (nn.Linear, "linear"),
+    (nn.MaxPool2d, "maxpool"), (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"),
+    (nn.ReLU, "relu"), (nn.Dropout, "dropout"), (nn.Embedding, "embedding"), (nn.LayerNorm, "layernorm"),
+    (nn.GELU, "gelu"), (nn.Tanh, "tanh"), (nn.Flatten, "flatten"),
+]
+_FUNCTION_KINDS: Dict[Any, str] = {
+    operator.add: "add", operator.iadd: "add", torch.add: "add",
+    F.relu: "relu", torch.relu: "relu", F.gelu: "gelu", torch.tanh: "tanh", F.dropout: "dropout",
+    torch.flatten: "flatten",
+}
+_METHOD_KINDS = {"add": "add", "add_": "add", "relu": "relu", "relu_": "relu", "tanh": "tanh", "flatten": "flatten"}
+
+# Custom operations whose FLOPs follow from shapes (a multiply-add counts 2, as in fuseplan).
+_MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
+_SOFTMAX = {F.softmax, torch.softmax, "softmax", F.log_softmax, "log_softmax"}
+_SOFTMAX_PER_ELEM = 5  # max, sub, exp, sum, div (fuseplan's builder)
+_ELEMENTWISE = {operator.mul, operator.truediv, operator.sub, operator.imul, operator.isub, operator.itruediv,
+                torch.mul, torch.div, torch.sub, torch.where, torch.sqrt, torch.rsqrt, torch.exp, torch.pow,
+                operator.pow, torch.sigmoid, F.silu, "mul", "div", "sub", "masked_fill", "masked_fill_",
+                "pow", "sqrt", "rsqrt", "exp", "sigmoid", "mean", "sum", "float", "type_as", "to"}
+# Operations that move no arithmetic (views, copies of layout, indexing).
+_VIEWS = {"view", "reshape", "permute", "transpose", "contiguous", "split", "chunk", "unsqueeze", "squeeze",
+          "expand", "narrow", "__getitem__", "t", operator.getitem, torch.reshape, torch.transpose,
+          torch.permute, torch.split, torch.chunk, torch.unsqueeze, torch.squeeze, torch.cat, torch.stack,
+          "size", "dim", getattr}
+
+
+@dataclass
+class ExportInfo:
+    """What an export found beyond the model file itself."""
+    gradient_order: List[str] = field(default_factory=list)   # tensor names as their gradients became ready
+    order_matches: bool = True    # gradient_order is the reverse of the file's tensor order
+    out_of_order: List[str] = field(default_factory=list)     # tensors whose gradient came elsewhere
+    estimated: List[str] = field(default_factory=list)        # custom layers whose FLOPs are estimated
+    fingerprint: str = ""
+
+
+def fingerprint(tensors: Sequence[Tuple[str, Sequence[int]]]) -> str:
+    """fuseplan's model fingerprint: 64-bit FNV-1a over tensor names, int64 dimensions, '|'."""
+    h = 1469598103934665603
+    def mix(data: bytes) -> None:
+        nonlocal h
+        for b in data:
+            h ^= b
+            h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    for name, shape in tensors:
+        mix(name.encode())
+        for d in shape:
+            mix(struct.pack("<q", int(d)))
+        mix(b"|")
+    return "%016x" % h
+
+
+class _ScopeTracer(fx.Tracer):
+    """torch.fx's tracer, recording for each node the module path it was traced in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope: List[str] = []
+
+    def call_module(self, m: nn.Module, forward: Callable, args: Any, kwargs: Any) -> Any:
+        self.scope.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.scope.pop()
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta["fuseplan_scope"] = self.scope[-1] if self.scope else ""
+        return node
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _ScopeTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+
+
+def _module_kind(m: nn.Module) -> Optional[str]:
+    for cls, kind in _MODULE_KINDS:
+        if type(m) is cls:
+            return kind
+    return None
+
+
+def _pair_is_square(v: Any) -> Optional[int]:
+    if isinstance(v, int):
+        return v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1] and isinstance(v[0], int):
+        return v[0]
+    return None
+
+
+def _module_attrs(m: nn.Module, kind: str) -> Optional[Dict[str, Any]]:
+    """fuseplan attributes of a known module, or None when fuseplan cannot model it (then custom)."""
+    if kind == "conv2d":
+        k, s, p = _pair_is_square(m.kernel_size), _pair_is_square(m.stride), _pair_is_square(m.padding)
+        if None in (k, s, p) or _pair_is_square(m.dilation) != 1:
+            return None
+        return {"kernel": k, "stride": s, "padding": p, "groups": m.groups, "bias": m.bias is not None}
+    if kind in ("maxpool", "avgpool"):
+        k, p = _pair_is_square(m.kernel_size), _pair_is_square(m.padding)
+        s = _pair_is_square(m.stride if m.stride is not None else m.kernel_size)
+        if None in (k, s, p) or m.ceil_mode or (kind == "maxpool" and _pair_is_square(m.dilation) != 1):
+            return None
+        return {"kernel": k, "stride": s, "padding": p}
+    if kind == "dropout":
+        return {"dropout": m.p}
+    if kind in ("batchnorm", "layernorm"):
+        return {} if all(p is not None for p in (m.weight, m.bias)) else None
+    if kind == "gelu":
+        return {}
+    if kind == "flatten":
+        return {} if m.start_dim == 1 and m.end_dim == -1 else None
+    return {}
+
+
+def _role(kind: str, local_name: str) -> str:
+    if kind in ("batchnorm", "layernorm"):
+        return "norm_scale" if local_name == "weight" else "norm_shift"
+    if kind == "embedding":
+        return "embedding"
+    return "bias" if local_name.endswith("bias") else "weight"
+
+
+def _shape(node: fx.Node) -> Optional[List[int]]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    return [int(d) for d in meta.shape]
+
+
+def _per_sample(shape: Optional[List[int]]) -> List[int]:
+    return list(shape[1:]) if shape else []
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _target_key(node: fx.Node) -> Any:
+    return node.target if node.op == "call_function" else str(node.target)
+
+
+def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int]) -> Tuple[float, float, bool]:
+    """Forward and backward FLOPs per sample of a custom operation, and whether estimated."""
+    key = _target_key(node)
+    elems = float(_numel(out))
+    if key in _MATMULS and len(in_shapes) == 2 and in_shapes[0] and in_shapes[1]:
+        k = in_shapes[0][-1]
+        f = 2.0 * elems * k
+        return f, 2 * f, False
+    if key in _SOFTMAX:
+        return _SOFTMAX_PER_ELEM * elems, _SOFTMAX_PER_ELEM * elems, False
+    if key in _VIEWS:
+        return 0.0, 0.0, False
+    if key in _ELEMENTWISE:
+        return elems, elems, False
+    return elems, elems, True
+
+
+def _name_of(target: Any) -> str:
+    if isinstance(target, str):
+        return target.strip("_")
+    name = getattr(target, "__name__", str(target))
+    return name.strip("_")
+
+
+def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[str] = None,
+                 graph: Optional[fx.GraphModule] = None) -> Tuple[Dict[str, Any], ExportInfo, fx.GraphModule, List[fx.Node]]:
+    """The model as a fuseplan.model/1 dict, what was found about it, the traced graph and
+    the graph node of each layer (for profiling)."""
+    gm = graph if graph is not None else trace(model)
+    was_training = model.training
+    model.eval()  # shapes only; batch statistics of a batch of one would fail
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example_inputs)
+    model.train(was_training)
+
+    modules = dict(gm.named_modules())
+    calls: Dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    seen_calls: Dict[str, int] = {}
+    used_names: Dict[str, int] = {}
+    seen_params: Dict[int, str] = {}
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    layer_of: Dict[fx.Node, int] = {}
+    layers: List[Dict[str, Any]] = []
+    layer_nodes: List[fx.Node] = []
+    info = ExportInfo()
+    input_shape: List[int] = []
+
+    def producer(arg: Any) -> Optional[int]:
+        if isinstance(arg, fx.Node):
+            if arg.op == "placeholder":
+                return -1
+            return layer_of.get(arg)
+        return None
+
+    def unique(base: str) -> str:
+        count = used_names.get(base, 0)
+        used_names[base] = count + 1
+        return base if count == 0 else "%s_%d" % (base, count)
+
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            if not input_shape:
+                input_shape = _per_sample(_shape(n))
+            continue
+        if n.op in ("output", "get_attr"):
+            continue
+        out = _shape(n)
+        if out is None:  # not a tensor (a size, a tuple): no layer
+            continue
+        tensor_args = [a for a in n.all_input_nodes if _shape(a) is not None or a.op == "placeholder"]
+        inputs = [p for p in (producer(a) for a in tensor_args) if p is not None]
+        in_shapes = [_per_sample(_shape(a)) for a in tensor_args if _shape(a) is not None]
+        layer: Dict[str, Any] = {"inputs": inputs or [len(layers) - 1], "out_shape": _per_sample(out)}
+        if in_shapes:
+            layer["in_shape"] = in_shapes[0]
+        params: List[Dict[str, Any]] = []
+        kind: Optional[str] = None
+        attrs: Optional[Dict[str, Any]] = {}
+        if n.op == "call_module":
+            m = modules[n.target]
+            seen_calls[n.target] = seen_calls.get(n.target, 0) + 1
+            lname = n.target if calls[n.target] == 1 else "%s_%d" % (n.target, seen_calls[n.target])
+            kind = _module_kind(m)
+            attrs = _module_attrs(m, kind) if kind else None
+            if attrs is None:
+                kind = None
+            for local, p in m.named_parameters():
+                if id(p) in seen_params:
+                    continue  # tied, or a module called again: the first use owns it
+                seen_params[id(p)] = param_names[id(p)]
+                params.append({"name": param_names[id(p)], "shape": list(p.shape),
+                               "role": _role(kind or "custom", local)})
+        else:
+            scope = n.meta.get("fuseplan_scope", "")
+            base = _name_of(n.target)
+            lname = unique((scope + "." if scope else "") + base)
+            if n.op == "call_function":
+                kind = _FUNCTION_KINDS.get(n.target)
+            else:
+                kind = _METHOD_KINDS.get(str(n.target))
+            if kind == "add" and (len(inputs) != 2 or in_shapes[0] != in_shapes[-1] or layer["out_shape"] != in_shapes[0]):
+                kind = None  # a broadcast or a scalar: element-wise custom
+            if kind == "flatten" and len(layer["out_shape"]) != 1:
+                kind = None
+            if kind == "dropout":
+                attrs = {"dropout": float(n.kwargs.get("p", n.args[1] if len(n.args) > 1 else 0.5))}
+            for a in n.all_input_nodes:  # parameters used directly (F.linear(x, self.w))
+                if a.op == "get_attr":
+                    p = gm.get_parameter(a.target) if _is_param(gm, a.target) else None
+                    if p is not None and id(p) not in seen_params:
+                        seen_params[id(p)] = a.target
+                        params.append({"name": a.target, "shape": list(p.shape), "role": _role("custom", a.target)})
+                        kind = None
+        layer = {"name": lname, "kind": kind or "custom", **layer, "params": params}
+        if kind:
+            if attrs:
+                layer["attrs"] = attrs
+        else:
+            fwd, bwd, estimated = _custom_flops(n, in_shapes, layer["out_shape"])
+            layer["fwd_flops"], layer["bwd_flops"] = fwd, bwd
+            if estimated:
+                info.estimated.append(lname)
+            if layer["kind"] == "custom" and not in_shapes:
+                layer.pop("in_shape", None)
+        layer_of[n] = len(layers)
+        layers.append(layer)
+        layer_nodes.append(n)
+
+    missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params]
+    if missing:
+        raise ValueError("parameters not used by the traced forward: " + ", ".join(missing[:5]))
+    tensors = [(p["name"], p["shape"]) for l in layers for p in l["params"]]
+    info.fingerprint = fingerprint(tensors)
+    doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
+           "input_shape": input_shape, "layers": layers}
+    _gradient_order(model, example_inputs, info, {p["name"]: i for i, l in enumerate(layers) for p in l["params"]})
+    return doc, info, gm, layer_nodes
+
+
+def _is_param(gm: fx.GraphModule, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, layer_of: Dict[str, int]) -> None:
+    """Runs one real backward and records the order in which each tensor's gradient is
+    written. fuseplan takes a layer's gradients as ready when backward has run the layer
+    (in reverse forward order); the order within a layer does not matter to it, so a
+    tensor is out of order only when its layer comes before a later layer's gradients."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order: List[str] = []
+    handles = [p.register_hook(lambda g, n=names[id(p)]: order.append(n) or g)
+               for p in model.parameters() if p.requires_grad]
+    try:
+        model.zero_grad(set_to_none=True)
+        out = model(example)
+        (out.float().sum() if torch.is_tensor(out) else sum(o.float().sum() for o in out)).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    info.gradient_order = order
+    lowest = None
+    for n in order:
+        layer = layer_of[n]
+        if lowest is not None and layer > lowest:
+            info.out_of_order.append(n)
+        lowest = layer if lowest is None else min(lowest, layer)
+    info.order_matches = not info.out_of_order and len(order) == len(layer_of)
+
+
+def write_json(doc: Dict[str, Any], path: str) -> None:
+    """Writes through a temporary file and a rename: an interrupted write leaves no half file."""
+    import os
+    import tempfile
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fuseplan-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,228 @@
+"""Data-parallel training that follows a fuseplan plan exactly.
+
+`PlanDDP` wraps a module. Each plan bucket gets a flat buffer; during backward, a hook on
+every parameter copies its gradient into its bucket's slot, and the moment a bucket's
+last gradient is in, its allreduce starts asynchronously on the process group of its plan
+stream, in the plan's transfer precision (fp16/bf16 buffers where the plan says so). Buckets
+of one stream start in plan order. When backward ends, the wrapper waits for the
+outstanding allreduces (the exposed communication), averages and writes every parameter's
+`.grad`. A thread per stream waits on that stream's allreduces in order and records when
+each one ended; with ready (the last gradient in) and start (the call), that is each
+bucket's measured timeline, in seconds from the start of backward.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .model_export import fingerprint
+
+PLAN_SCHEMA = "fuseplan.plan/1"
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class PlanError(ValueError):
+    """A plan that does not fit the module (one line naming the plan file and JSON path)."""
+
+
+@dataclass
+class BucketTimes:
+    ready_s: float = 0.0
+    start_s: float = 0.0
+    end_s: float = 0.0
+
+
+@dataclass
+class _Bucket:
+    index: int
+    begin: int
+    end: int
+    stream: int
+    transfer: str
+    params: List[nn.Parameter]
+    offsets: List[int]
+    numel: int
+    buffer: torch.Tensor
+    pending: int = 0
+    work: Any = None
+    wire: Optional[torch.Tensor] = None
+
+
+@dataclass
+class StepTimes:
+    """One step of one rank: what PlanDDP measured during its backward."""
+    backward_start: float = 0.0
+    backward_end: float = 0.0       # autograd done (the end-of-backward callback)
+    comm_wait_s: float = 0.0        # waiting for allreduces after backward (exposed)
+    buckets: List[BucketTimes] = field(default_factory=list)
+
+
+def load_plan(path: str) -> Dict[str, Any]:
+    with open(path) as f:
+        plan = json.load(f)
+    if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
+        raise PlanError("%s: $.schema: not a %s file" % (path, PLAN_SCHEMA))
+    plan["_path"] = path
+    return plan
+
+
+class PlanDDP(nn.Module):
+    """`module` trained data-parallel with `plan`'s buckets, streams and transfer precision.
+
+    `tensor_names` lists the module's parameters in the model file's (forward) order, as
+    `export_model` wrote them; the plan's backward positions refer to its reverse. The
+    module's parameter names and shapes must give the plan's fingerprint.
+    """
+
+    def __init__(self, module: nn.Module, plan: Dict[str, Any], tensor_names: Sequence[str],
+                 process_group: Optional[Any] = None) -> None:
+        super().__init__()
+        self.module = module
+        self.plan = plan
+        self.tensor_names = list(tensor_names)
+        origin = plan.get("_path", "plan")
+        params = dict(module.named_parameters())
+        missing = [n for n in tensor_names if n not in params]
+        if missing:
+            raise PlanError("%s: $.model: the module has no parameter %s" % (origin, missing[0]))
+        fp = fingerprint([(n, list(params[n].shape)) for n in tensor_names])
+        if fp != plan["model"]["fingerprint"] or len(tensor_names) != plan["model"]["tensors"]:
+            raise PlanError("%s: $.model.fingerprint: the plan is for %s (%s), the module's parameters give %s" %
+                            (origin, plan["model"]["name"], plan["model"]["fingerprint"], fp))
+        self.world = dist.get_world_size(process_group)
+        if self.world != plan["gpus"]:
+            raise PlanError("%s: $.gpus: the plan is for %d ranks, the process group has %d" %
+                            (origin, plan["gpus"], self.world))
+        base = process_group if process_group is not None else dist.group.WORLD
+        streams = sorted({int(b.get("stream", 0)) for b in plan["buckets"]})
+        # One process group per plan stream: allreduces on different streams run concurrently.
+        ranks = list(range(self.world))
+        self.groups = {s: (base if s == streams[0] else dist.new_group(ranks)) for s in streams}
+        count = len(tensor_names)
+        self.buckets: List[_Bucket] = []
+        self.bucket_of: Dict[int, int] = {}
+        self.slot_of: Dict[int, int] = {}
+        for i, b in enumerate(plan["buckets"]):
+            ps = [params[tensor_names[count - 1 - pos]] for pos in range(b["begin"], b["end"])]
+            offsets, n = [], 0
+            for p in ps:
+                offsets.append(n)
+                n += p.numel()
+            bucket = _Bucket(i, b["begin"], b["end"], int(b.get("stream", 0)), b["transfer"], ps, offsets, n,
+                             torch.zeros(n, dtype=torch.float32, device=ps[0].device))
+            for slot, p in enumerate(ps):
+                self.bucket_of[id(p)] = i
+                self.slot_of[id(p)] = slot
+            self.buckets.append(bucket)
+        self.by_stream = {s: [b for b in self.buckets if b.stream == s] for s in streams}
+        self.next_launch = {s: 0 for s in streams}
+        self.handles = [p.register_hook(self._hook(p)) for p in module.parameters() if p.requires_grad]
+        self.step = StepTimes()
+        self.steps: List[StepTimes] = []
+        self.in_backward = False
+        self.lock = threading.Lock()
+        self.waiters = {s: _Waiter() for s in streams}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def start_backward(self) -> None:
+        """Marks the start of backward (the origin of the bucket times); call right before
+        `loss.backward()`."""
+        self.step = StepTimes(backward_start=time.perf_counter(), buckets=[BucketTimes() for _ in self.buckets])
+        for b in self.buckets:
+            b.pending = len(b.params)
+        for s in self.next_launch:
+            self.next_launch[s] = 0
+        self.in_backward = True
+
+    def _hook(self, p: nn.Parameter):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            if not self.in_backward:
+                return grad
+            b = self.buckets[self.bucket_of[id(p)]]
+            slot = self.slot_of[id(p)]
+            b.buffer[b.offsets[slot]:b.offsets[slot] + p.numel()].copy_(grad.reshape(-1))
+            now = time.perf_counter()
+            b.pending -= 1
+            if b.pending == 0:
+                self.step.buckets[b.index].ready_s = now - self.step.backward_start
+                self._launch_ready(b.stream)
+                if all(x.pending == 0 for x in self.buckets):
+                    torch.autograd.Variable._execution_engine.queue_callback(self._finish)
+            return grad
+        return hook
+
+    def _launch_ready(self, stream: int) -> None:
+        order = self.by_stream[stream]
+        while self.next_launch[stream] < len(order) and order[self.next_launch[stream]].pending == 0:
+            b = order[self.next_launch[stream]]
+            self.next_launch[stream] += 1
+            wire = b.buffer if b.transfer == "fp32" else b.buffer.to(_DTYPES[b.transfer])
+            b.wire = wire
+            self.step.buckets[b.index].start_s = time.perf_counter() - self.step.backward_start
+            b.work = dist.all_reduce(wire, group=self.groups[stream], async_op=True)
+            self.waiters[stream].watch(b.work, self.step.buckets[b.index], self.step.backward_start)
+
+    def _finish(self) -> None:
+        t0 = time.perf_counter()
+        self.step.backward_end = t0  # autograd has run every node
+        for s, w in self.waiters.items():
+            w.drain()
+        self.step.comm_wait_s = time.perf_counter() - t0
+        for b in self.buckets:
+            total = b.wire if b.wire is not None else b.buffer
+            avg = total.to(torch.float32) / self.world  # a new tensor: the gradients view into it
+            for p, off in zip(b.params, b.offsets):
+                p.grad = avg[off:off + p.numel()].view_as(p)
+            b.work, b.wire = None, None
+        self.in_backward = False
+        self.steps.append(self.step)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        for w in self.waiters.values():
+            w.stop()
+
+
+class _Waiter:
+    """Waits on one stream's allreduces in order, recording when each ended."""
+
+    def __init__(self) -> None:
+        self.q: "queue.Queue[Any]" = queue.Queue()
+        self.done = threading.Semaphore(0)
+        self.outstanding = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def watch(self, work: Any, times: BucketTimes, origin: float) -> None:
+        self.outstanding += 1
+        self.q.put((work, times, origin))
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            work, times, origin = item
+            work.wait()
+            times.end_s = time.perf_counter() - origin
+            self.done.release()
+
+    def drain(self) -> None:
+        while self.outstanding:
+            self.done.acquire()
+            self.outstanding -= 1
+
+    def stop(self) -> None:
+        self.q.put(None)
+        self.thread.join()

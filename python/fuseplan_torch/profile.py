@@ -1,0 +1,145 @@
+"""Measured per-layer forward and backward times as a fuseplan.profile/1 file.
+
+Each layer of an export is timed on its own: the traced graph is run once on the profiling
+batch to capture every layer's inputs, then each layer's operation is run again on copies
+of them, forward and then backward (its gradient with respect to its inputs and
+parameters), after `warmup` runs, and the median of `steps` runs is kept. Timing layers
+apart leaves out what a whole-model run shares between them (cache reuse, fused kernels,
+framework overhead between layers): the sum of the layer times is compared with a
+whole-model step in `ProfileInfo.whole_step_us` so that the gap is visible, not hidden.
+On CUDA, each timing synchronises the device.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+PROFILE_SCHEMA = "fuseplan.profile/1"
+
+
+@dataclass
+class ProfileInfo:
+    layers_us: float = 0.0       # sum of the per-layer forward + backward medians
+    whole_step_us: float = 0.0   # median forward + backward of the whole model
+    optimizer_us: float = 0.0
+
+
+class _Capture(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: Dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_us(fn: Callable[[], None], prepare: Callable[[], Any], warmup: int, steps: int,
+               device: torch.device) -> float:
+    times = []
+    for i in range(warmup + steps):
+        state = prepare()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn(state)
+        _sync(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def _fresh(v: Any, grad: bool) -> Any:
+    if torch.is_tensor(v):
+        c = v.detach().clone()
+        if grad and c.is_floating_point():
+            # Not a leaf, so that in-place layers (ReLU(inplace=True), +=) may write it; the
+            # clone's backward passes the gradient through.
+            c = c.requires_grad_(True).clone()
+        return c
+    if isinstance(v, (tuple, list)):
+        return type(v)(_fresh(x, grad) for x in v)
+    return v
+
+
+def _call(gm: fx.GraphModule, n: fx.Node, args: Any, kwargs: Any) -> Any:
+    if n.op == "call_module":
+        return gm.get_submodule(n.target)(*args, **kwargs)
+    if n.op == "call_function":
+        return n.target(*args, **kwargs)
+    self_obj, *rest = args
+    return getattr(self_obj, n.target)(*rest, **kwargs)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu: " + (platform.processor() or platform.machine()) + ", %d threads" % torch.get_num_threads()
+
+
+def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.Node], doc: Dict[str, Any],
+                   fingerprint: str, batch_input: torch.Tensor, warmup: int = 3, steps: int = 10,
+                   optimizer: Optional[torch.optim.Optimizer] = None) -> Tuple[Dict[str, Any], ProfileInfo]:
+    """Times every layer of an export (model_export.export_model's graph and layer nodes) at
+    the batch of `batch_input`: the fuseplan.profile/1 document, and the whole-model step
+    beside the sum of the layers. With `optimizer`, its step over gradients of this batch
+    is timed too (`optimizer_us`)."""
+    device = batch_input.device
+    model.train()
+    cap = _Capture(gm)
+    cap.run(batch_input)
+    values = cap.values
+    batch = int(batch_input.shape[0])
+    layers = []
+    for layer, n in zip(doc["layers"], layer_nodes):
+        def prepare(grad: bool = True, n: fx.Node = n) -> Any:
+            args = fx.node.map_arg(n.args, lambda a: _fresh(values[a], grad) if a in values else a)
+            kwargs = fx.node.map_arg(n.kwargs, lambda a: _fresh(values[a], grad) if a in values else a)
+            return args, kwargs
+
+        def forward(state: Any, n: fx.Node = n) -> None:
+            with torch.no_grad():
+                _call(gm, n, *state)
+
+        fwd = _median_us(forward, lambda: prepare(False), warmup, steps, device)
+
+        def prepare_backward(n: fx.Node = n) -> Any:
+            args, kwargs = prepare(True)
+            out = _call(gm, n, args, kwargs)
+            return out
+
+        def backward(out: Any) -> None:
+            if torch.is_tensor(out) and out.requires_grad:
+                out.backward(torch.ones_like(out))
+
+        bwd = _median_us(backward, prepare_backward, warmup, steps, device)
+        layers.append({"name": layer["name"], "fwd_us": fwd, "bwd_us": bwd, "batch": batch})
+    model.zero_grad(set_to_none=True)
+
+    info = ProfileInfo(layers_us=sum(l["fwd_us"] + l["bwd_us"] for l in layers))
+
+    def whole(state: Any) -> None:
+        out = model(batch_input)
+        out.float().sum().backward()
+
+    info.whole_step_us = _median_us(whole, lambda: model.zero_grad(set_to_none=True), warmup, steps, device)
+    doc_out = {"schema": PROFILE_SCHEMA, "model": doc["name"], "fingerprint": fingerprint,
+               "device": _device_name(device), "precision": "fp32", "batch": batch, "layers": layers}
+    if optimizer is not None:
+        whole(None)  # gradients for the optimizer to apply
+        info.optimizer_us = _median_us(lambda s: optimizer.step(), lambda: None, warmup, steps, device)
+        doc_out["optimizer_us"] = info.optimizer_us
+    model.zero_grad(set_to_none=True)
+    return doc_out, info

@@ -1,0 +1,109 @@
+"""Measured training steps of a torch.distributed job, and the Report `fuseplan verify` reads.
+
+`measure_plan` runs warm-up and measured steps through a PlanDDP and returns, on rank 0,
+the fuseplan.report/1 document (`source: measured`): per step the critical rank (the
+slowest in forward + backward, the rank every allreduce waits for) is taken, as
+fuseplan-exec does, and its phases and bucket times are averaged over the steps.
+`measure_ddp` times torch's DistributedDataParallel the same way (iteration only: DDP's
+overlap cannot be taken apart from outside).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .plan_ddp import PlanDDP
+
+REPORT_SCHEMA = "fuseplan.report/1"
+_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def _loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
+    logits = out if torch.is_tensor(out) else out[0]
+    return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
+    steps: List[Dict[str, Any]] = []
+    for i in range(warmup + iterations):
+        if i == warmup:
+            dist.barrier()
+        optimizer.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss = _loss(ddp(inputs), labels)
+        t1 = time.perf_counter()
+        ddp.start_backward()
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        if i < warmup:
+            continue
+        st = ddp.steps[-1]
+        steps.append({"forward_s": t1 - t0, "backward_s": st.backward_end - st.backward_start,
+                      "exposed_comm_s": t2 - st.backward_end, "optimizer_s": t3 - t2, "iteration_s": t3 - t0,
+                      "buckets": [(b.ready_s, b.start_s, b.end_s) for b in st.buckets]})
+    gathered: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, steps)
+    if dist.get_rank() != 0:
+        return None
+    return _report(ddp, gathered, int(inputs.shape[0]))
+
+
+def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> Dict[str, Any]:
+    plan = ddp.plan
+    n = len(ranks[0])
+    critical = [max(ranks, key=lambda r: r[s]["forward_s"] + r[s]["backward_s"])[s] for s in range(n)]
+    mean = lambda key: statistics.fmean(c[key] for c in critical)
+    iteration = statistics.fmean(max(r[s]["iteration_s"] for r in ranks) for s in range(n))
+    buckets = []
+    names = ddp.tensor_names
+    for i, b in enumerate(plan["buckets"]):
+        ready, start, end = (statistics.fmean(c["buckets"][i][k] for c in critical) for k in range(3))
+        tb = ddp.buckets[i]
+        first, last = names[len(names) - 1 - b["begin"]], names[len(names) - b["end"]]
+        buckets.append({"index": i, "begin": b["begin"], "end": b["end"], "first_tensor": first, "last_tensor": last,
+                        "bytes": tb.numel * _BYTES[b["transfer"]], "algorithm": b["algorithm"], "variant": "gloo",
+                        "auto": False, "stream": int(b.get("stream", 0)), "transfer": b["transfer"],
+                        "ready_s": ready, "start_s": start, "end_s": end, "latency_s": 0.0, "bandwidth_s": 0.0,
+                        "reduce_s": 0.0, "launch_s": 0.0})
+    comm_busy = sum(b["end_s"] - b["start_s"] for b in buckets)
+    comm_end = max((b["end_s"] for b in buckets), default=0.0)
+    world = dist.get_world_size()
+    return {"schema": REPORT_SCHEMA, "source": "measured", "model": plan["model"]["name"],
+            "cluster": "this machine (torch.distributed %s, %d ranks)" % (dist.get_backend(), world),
+            "gpus": world, "batch_per_gpu": batch, "compute": plan["compute"],
+            "iteration_s": iteration, "forward_s": mean("forward_s"), "backward_s": mean("backward_s"),
+            "optimizer_s": mean("optimizer_s"), "data_wait_s": 0.0, "comm_busy_s": comm_busy,
+            "comm_end_s": comm_end, "exposed_comm_s": mean("exposed_comm_s"),
+            "throughput_samples_s": world * batch / iteration, "single_gpu_iteration_s": 0.0,
+            "scaling_efficiency": 0.0, "epochs": 0.0, "dataset_size": 0, "tokens": 0.0,
+            "goal": "none (measured steps only)", "iterations_to_train": 0, "time_to_train_s": 0.0,
+            "buckets": buckets}
+
+
+def measure_step_time(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                      optimizer: torch.optim.Optimizer, warmup: int, iterations: int,
+                      before_backward: Callable[[], None] = lambda: None) -> List[float]:
+    """Per-step iteration times (the slowest rank's, on every rank) of any data-parallel module."""
+    times = []
+    for i in range(warmup + iterations):
+        if i == warmup:
+            dist.barrier()
+        optimizer.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss = _loss(model(inputs), labels)
+        before_backward()
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    t = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
