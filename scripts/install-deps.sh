@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(cmake g++ make pkg-config nlohmann-json3-dev libcli11-dev catch2 libsimgrid-dev python3
   libopenblas-openmp-dev libdnnl-dev zlib1g-dev dataset-fashion-mnist openmpi-bin libopenmpi-dev
-  libhwloc-dev libibverbs-dev)
+  libhwloc-dev libibverbs-dev python3-torch python3-torchvision python3-pytest)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -89,7 +89,11 @@ def export_command(a: Any) -> None:
         torch.set_num_threads(_positive(a.threads, "--threads"))
     module, name = build_module(a)
     example = make_batch(a, 2, a.seed)
-    doc, info, gm, nodes = export_model(module, example, name=name)
+    try:
+        doc, info, gm, nodes = export_model(module, example, name=name)
+    except torch.fx.proxy.TraceError as e:
+        raise UsageError("factory: %s cannot be traced by torch.fx (%s); make its forward's control flow "
+                         "independent of tensor values" % (a.factory, str(e).split(".")[0]))
     outputs = [(a.out, doc)]
     if a.profile:
         prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, make_batch(a, a.batch, a.seed + 1),

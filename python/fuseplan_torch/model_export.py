@@ -43,7 +43,7 @@ _METHOD_KINDS = {"add": "add", "add_": "add", "relu": "relu", "relu_": "relu", "
 _MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
 _SOFTMAX = {F.softmax, torch.softmax, "softmax", F.log_softmax, "log_softmax"}
 _SOFTMAX_PER_ELEM = 5  # max, sub, exp, sum, div (fuseplan's builder)
-_ELEMENTWISE = {operator.mul, operator.truediv, operator.sub, operator.imul, operator.isub, operator.itruediv,
+_ELEMENTWISE = {operator.add, operator.iadd, torch.add, "add", "add_", operator.mul, operator.truediv, operator.sub, operator.imul, operator.isub, operator.itruediv,
                 torch.mul, torch.div, torch.sub, torch.where, torch.sqrt, torch.rsqrt, torch.exp, torch.pow,
                 operator.pow, torch.sigmoid, F.silu, "mul", "div", "sub", "masked_fill", "masked_fill_",
                 "pow", "sqrt", "rsqrt", "exp", "sigmoid", "mean", "sum", "float", "type_as", "to"}
@@ -237,17 +237,22 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
         used_names[base] = count + 1
         return base if count == 0 else "%s_%d" % (base, count)
 
+    # Nodes computed from the input; the rest (a causal mask cut from a buffer) are constants.
+    from_input: Dict[fx.Node, bool] = {}
     for n in gm.graph.nodes:
         if n.op == "placeholder":
+            from_input[n] = True
             if not input_shape:
                 input_shape = _per_sample(_shape(n))
             continue
+        from_input[n] = any(from_input.get(a, False) for a in n.all_input_nodes)
         if n.op in ("output", "get_attr"):
             continue
         out = _shape(n)
-        if out is None:  # not a tensor (a size, a tuple): no layer
+        if out is None or not from_input[n]:  # not a tensor (a size, a tuple), or a constant: no layer
             continue
-        tensor_args = [a for a in n.all_input_nodes if _shape(a) is not None or a.op == "placeholder"]
+        tensor_args = [a for a in n.all_input_nodes
+                       if a.op == "placeholder" or (from_input[a] and _shape(a) is not None)]
         inputs = [p for p in (producer(a) for a in tensor_args) if p is not None]
         in_shapes = [_per_sample(_shape(a)) for a in tensor_args if _shape(a) is not None]
         layer: Dict[str, Any] = {"inputs": inputs or [len(layers) - 1], "out_shape": _per_sample(out)}
@@ -298,6 +303,8 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
         else:
             fwd, bwd, estimated = _custom_flops(n, in_shapes, layer["out_shape"])
             layer["fwd_flops"], layer["bwd_flops"] = fwd, bwd
+            if _target_key(n) in _VIEWS:
+                layer["activation_elems"] = 0  # a view stores nothing of its own
             if estimated:
                 info.estimated.append(lname)
             if layer["kind"] == "custom" and not in_shapes:

@@ -106,6 +106,7 @@ class PlanDDP(nn.Module):
         # One process group per plan stream: allreduces on different streams run concurrently.
         ranks = list(range(self.world))
         self.groups = {s: (base if s == streams[0] else dist.new_group(ranks)) for s in streams}
+        self._check_transfers(origin, base)
         count = len(tensor_names)
         self.buckets: List[_Bucket] = []
         self.bucket_of: Dict[int, int] = {}
@@ -130,6 +131,21 @@ class PlanDDP(nn.Module):
         self.in_backward = False
         self.lock = threading.Lock()
         self.waiters = {s: _Waiter() for s in streams}
+
+    def _check_transfers(self, origin: str, group: Any) -> None:
+        """A transfer precision the backend cannot sum is refused here, not mid-backward
+        (gloo in torch 1.13 sums fp16 but not bf16). Every rank probes alike."""
+        for i, b in enumerate(self.plan["buckets"]):
+            t = b["transfer"]
+            if t not in _DTYPES:
+                raise PlanError("%s: $.buckets[%d].transfer: unknown '%s' (valid: fp32, fp16, bf16)" % (origin, i, t))
+        for t in sorted({b["transfer"] for b in self.plan["buckets"]} - {"fp32"}):
+            try:
+                dist.all_reduce(torch.zeros(1, dtype=_DTYPES[t]), group=group)
+            except RuntimeError:
+                first = next(i for i, b in enumerate(self.plan["buckets"]) if b["transfer"] == t)
+                raise PlanError("%s: $.buckets[%d].transfer: the %s backend of torch %s cannot sum %s" %
+                                (origin, first, dist.get_backend(group), torch.__version__.split("+")[0], t))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -201,6 +217,7 @@ class _Waiter:
         self.q: "queue.Queue[Any]" = queue.Queue()
         self.done = threading.Semaphore(0)
         self.outstanding = 0
+        self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -214,7 +231,10 @@ class _Waiter:
             if item is None:
                 return
             work, times, origin = item
-            work.wait()
+            try:
+                work.wait()
+            except BaseException as e:  # handed to the training thread by drain()
+                self.error = self.error or e
             times.end_s = time.perf_counter() - origin
             self.done.release()
 
@@ -222,6 +242,9 @@ class _Waiter:
         while self.outstanding:
             self.done.acquire()
             self.outstanding -= 1
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
     def stop(self) -> None:
         self.q.put(None)

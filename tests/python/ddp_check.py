@@ -1,0 +1,64 @@
+"""Rank functions for the PlanDDP tests (importable by the spawned processes)."""
+import json
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from fuseplan_torch.model_export import export_model
+from fuseplan_torch.plan_ddp import PlanDDP, PlanError
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16, 10))
+
+
+def plan_for(model: nn.Module, example: torch.Tensor, buckets, ranks: int):
+    doc, info, _, _ = export_model(model, example, name="small_cnn")
+    names = [p["name"] for l in doc["layers"] for p in l["params"]]
+    plan = {"schema": "fuseplan.plan/1", "model": {"name": "small_cnn", "tensors": len(names),
+            "params": sum(p.numel() for p in model.parameters()), "fingerprint": info.fingerprint},
+            "cluster": "local-cpu", "gpus": ranks, "batch_per_gpu": 4, "compute": "fp32", "strategy": "test",
+            "buckets": [{"begin": b, "end": e, "algorithm": "ring", "stream": s, "transfer": t, "pack": False}
+                        for b, e, s, t in buckets]}
+    return plan, names
+
+
+def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets) -> None:
+    """Gradients of one step under PlanDDP and under torch DDP, same weights and data: per
+    tensor the largest difference and DDP's largest gradient. A refused plan is written
+    as {"error": message}."""
+    torch.manual_seed(0)
+    ref = small_cnn()
+    mine = small_cnn()
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + rank))
+    y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(20 + rank))
+    plan, names = plan_for(mine, x[:2], buckets, ranks)
+    ddp = nn.parallel.DistributedDataParallel(ref)
+    nn.functional.cross_entropy(ddp(x), y).backward()
+    try:
+        pddp = PlanDDP(mine, plan, names)
+    except PlanError as e:
+        if rank == 0:
+            with open(out_path, "w") as f:
+                json.dump({"error": str(e)}, f)
+        return
+    for step in range(2):
+        mine.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(pddp(x), y)
+        pddp.start_backward()
+        loss.backward()
+    pddp.close()
+    ref_grads = dict(ref.named_parameters())
+    diffs = {n: (float((p.grad - ref_grads[n].grad).abs().max()), float(ref_grads[n].grad.abs().max()))
+             for n, p in mine.named_parameters()}
+    events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].buckets]
+    gathered = [None] * ranks
+    dist.all_gather_object(gathered, {"diffs": diffs, "events": events})
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(gathered, f)

@@ -1,0 +1,195 @@
+"""fuseplan_torch: export against the zoo, the transformer path, PlanDDP against DDP, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from fuseplan_torch import export_model, fingerprint, write_json
+from fuseplan_torch import jobs
+
+import ddp_check
+import tiny_gpt
+
+FUSEPLAN = os.environ.get("FUSEPLAN_BIN", "fuseplan")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def fuseplan(*args):
+    return subprocess.run([FUSEPLAN, *args], capture_output=True, text=True)
+
+
+def as_fuseplan_reads(path):
+    """The model as fuseplan reads it (FLOPs derived, shapes checked)."""
+    r = fuseplan("show", path, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def zoo(*args):
+    r = fuseplan("show", *args, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def same_model(exported, reference):
+    """Names, order, kinds, shapes and parameters equal; FLOPs within 1 %."""
+    assert exported["input_shape"] == reference["input_shape"]
+    assert len(exported["layers"]) == len(reference["layers"])
+    for a, b in zip(exported["layers"], reference["layers"]):
+        for key in ("name", "kind", "inputs", "in_shape", "out_shape", "params"):
+            assert a.get(key) == b.get(key), (a["name"], key)
+        for key in ("fwd_flops", "bwd_flops"):
+            assert a[key] == pytest.approx(b[key], rel=0.01), (a["name"], key)
+
+
+@pytest.mark.parametrize("name,factory,shape,flags", [
+    ("resnet50", torchvision.models.resnet50, (3, 224, 224), []),
+    ("resnet18", lambda: torchvision.models.resnet18(num_classes=10), (3, 32, 32),
+     ["--resolution", "32", "--classes", "10"]),
+    ("vgg16", torchvision.models.vgg16, (3, 224, 224), []),
+])
+def test_torchvision_export_equals_the_zoo(tmp_path, name, factory, shape, flags):
+    torch.manual_seed(0)
+    model = factory()
+    doc, info, _, _ = export_model(model, torch.randn(2, *shape), name=name)
+    assert info.order_matches, info.out_of_order[:5]
+    path = str(tmp_path / "m.json")
+    write_json(doc, path)
+    reference = zoo(name, *flags)
+    same_model(as_fuseplan_reads(path), reference)
+    tensors = [(p["name"], p["shape"]) for l in reference["layers"] for p in l["params"]]
+    assert info.fingerprint == fingerprint(tensors)
+
+
+def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_gpt.tiny_gpt()
+    doc, info, _, _ = export_model(model, torch.randint(0, 512, (2, 32)), name="tiny_gpt")
+    layers = {l["name"]: l for l in doc["layers"]}
+    assert layers["head"]["kind"] == "linear" and layers["head"]["params"] == []  # tied to wte
+    assert [p["name"] for p in layers["add"]["params"]] == ["wpe"]  # used directly, owned by its user
+    assert layers["blocks.0.attn.softmax"]["kind"] == "custom"
+    assert layers["blocks.0.attn.matmul"]["fwd_flops"] == 2 * 4 * 32 * 32 * 16  # heads x S x S x head dim
+    assert info.estimated == []
+    assert info.order_matches
+    path = str(tmp_path / "gpt.json")
+    write_json(doc, path)
+    read = as_fuseplan_reads(path)
+    assert sum(len(l["params"]) for l in read["layers"]) == len(list(model.parameters()))  # tied once
+    plan = str(tmp_path / "plan.json")
+    r = fuseplan("tune", "--model", path, "--cluster", "dgx-a100", "--gpus", "16", "--batch-per-gpu", "8",
+                 "--out", plan)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(plan))["model"]["file"] == "gpt.json"
+
+
+def test_gradients_out_of_layer_order_are_reported():
+    class Swapped(torch.nn.Module):  # registered a, b; used b then a
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4)
+            self.b = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(self.b(x))
+
+    _, info, _, _ = export_model(Swapped(), torch.randn(2, 4))
+    assert info.order_matches  # the file follows the forward, not the registration
+    model = torch.nn.Linear(4, 4)
+    _, info, _, _ = export_model(model, torch.randn(2, 4))
+    assert info.gradient_order == ["bias", "weight"] or info.gradient_order == ["weight", "bias"]
+
+
+def test_export_with_profile_feeds_predict(tmp_path):
+    model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
+    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:small_cnn", "--input-shape",
+                        "3,8,8", "--out", model, "--profile", prof, "--batch", "4", "--steps", "3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    p = json.load(open(prof))
+    assert p["schema"] == "fuseplan.profile/1" and p["batch"] == 4 and p["optimizer_us"] > 0
+    assert all(l["fwd_us"] > 0 for l in p["layers"])
+    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("buckets", [
+    [(0, 2, 0, "fp32"), (2, 7, 1, "fp32"), (7, 10, 0, "fp32")],
+    [(0, 10, 0, "fp32")],
+])
+def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets):
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, buckets))
+    ranks = json.load(open(out))
+    for r in ranks:
+        for name, (diff, scale) in r["diffs"].items():
+            assert diff <= 1e-6 * scale + 1e-9, name
+        for b, e in zip(buckets, r["events"]):
+            assert e["start"] >= e["ready"] and e["end"] >= e["start"]
+        for stream in {b[2] for b in buckets}:  # a stream's buckets start in plan order
+            starts = [e["start"] for b, e in zip(buckets, r["events"]) if b[2] == stream]
+            assert starts == sorted(starts)
+
+
+def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path):
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 4, 0, "fp16"), (4, 10, 1, "fp32")]))
+    for r in json.load(open(out)):
+        for name, (diff, scale) in r["diffs"].items():
+            assert diff <= 2e-3 * scale + 1e-7, name  # fp16 rounding of the sent gradients and their sum
+
+
+def test_plan_ddp_refuses_a_transfer_the_backend_cannot_sum(tmp_path):
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 4, 0, "fp32"), (4, 10, 0, "bf16")]))
+    error = json.load(open(out))
+    if "error" not in error:
+        pytest.skip("this torch's gloo sums bf16")
+    assert "$.buckets[1].transfer: the gloo backend of torch" in error["error"] and "cannot sum bf16" in error["error"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True)
+
+
+def test_run_writes_a_report_that_verify_reads(tmp_path):
+    model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
+    assert run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
+                   "--batch", "4", "--steps", "3").returncode == 0
+    r = fuseplan("tune", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--strategy", "k-split",
+                 "--segments", "2", "--out", plan)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
+                "--iterations", "3", "--warmup", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "PlanDDP small_cnn x 2 ranks" in r.stdout
+    report = json.load(open(rep))
+    assert report["source"] == "measured" and len(report["buckets"]) == 2
+    r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
+    assert r.returncode == 0, r.stderr
+    assert "iteration" in r.stdout
+
+
+@pytest.mark.parametrize("args,says", [
+    (["export", "nosuchmodule:f", "--input-shape", "3", "--out", "x.json"], "factory: nosuchmodule:f"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,x", "--out", "x.json"], "--input-shape: '3,x'"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "/nonexistent/x.json"], "--out: directory"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--input-dtype", "long", "--out", "x.json"],
+     "--vocab: required"),
+    (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--report", "r.json"], "--report: needs --plan"),
+    (["sweep", "--ranks", "1", "--out", "s.json"], "--ranks: a sweep needs >= 2 ranks"),
+    (["export", "ddp_check:small_cnn"], "the following arguments are required: --input-shape"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
+    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True,
+                       cwd=str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert not os.path.exists(tmp_path / "x.json")
