@@ -62,3 +62,30 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)
+
+
+def ddp_buckets(rank: int, ranks: int, out_path: str, first_bytes: int, cap_mb: float) -> None:
+    """The buckets torch DDP forms (from the third step, after its rebuild) with a first-bucket
+    cap and bucket_cap_mb, as lists of parameter names in the order DDP reduces them."""
+    import torchvision
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    dist._DEFAULT_FIRST_BUCKET_BYTES = first_bytes
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cap_mb)
+    seen = []
+
+    def hook(state, bucket):
+        seen.append([names[id(p)] for p in bucket.parameters()])
+        return allreduce_hook(state, bucket)
+
+    ddp.register_comm_hook(None, hook)
+    x = torch.randn(2, 3, 32, 32)
+    for step in range(3):
+        seen.clear()
+        ddp(x).sum().backward()
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(seen, f)

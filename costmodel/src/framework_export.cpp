@@ -1,0 +1,190 @@
+// A plan in DDP, Horovod and DeepSpeed settings (framework_export.hpp).
+#include "fuseplan/costmodel/framework_export.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+
+namespace fuseplan {
+
+namespace {
+constexpr int64_t kMiB = int64_t(1) << 20;
+// Horovod's shortest practical cycle (HOROVOD_CYCLE_TIME, ms): with groups, each group
+// waits for at most one cycle of its background thread; the prediction leaves it out.
+constexpr double kHorovodCycleMs = 0.1;
+
+std::set<int> starts_of(const Plan& p) {
+  std::set<int> s;
+  for (const auto& b : p.buckets)
+    if (b.begin > 0) s.insert(b.begin);
+  return s;
+}
+
+std::vector<int> as_starts(const std::set<int>& s) {
+  std::vector<int> v{0};
+  v.insert(v.end(), s.begin(), s.end());
+  return v;
+}
+
+// The algorithm the plan gives every bucket, or auto when its buckets differ.
+std::string common_algorithm(const Plan& p) {
+  for (const auto& b : p.buckets)
+    if (b.algorithm != p.buckets.front().algorithm) return "auto";
+  return p.buckets.front().algorithm;
+}
+
+TuneOptions options_like(const Plan& p) {
+  TuneOptions o;
+  o.algorithm = common_algorithm(p);
+  o.transfer = p.buckets.front().transfer;
+  o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers
+  return o;
+}
+
+int64_t tensor_elements(const Model& m, int backward_position) {
+  return m.tensors[m.tensor_at_backward(backward_position)].numel;
+}
+
+struct Candidate {
+  FrameworkSettings s;
+  double iteration_s = 0;
+};
+
+bool closer(const Candidate& a, const Candidate& b) {
+  const int da = a.s.boundaries_missing + a.s.boundaries_extra, db = b.s.boundaries_missing + b.s.boundaries_extra;
+  if (da != db) return da < db;
+  if (a.iteration_s != b.iteration_s) return a.iteration_s < b.iteration_s;
+  return a.s.cap_units < b.s.cap_units;
+}
+
+void score(FrameworkSettings& s, const Plan& plan) {
+  const std::set<int> want = starts_of(plan), got = starts_of(s.approximation);
+  s.boundaries_missing = s.boundaries_extra = 0;
+  for (int b : want) s.boundaries_missing += got.count(b) ? 0 : 1;
+  for (int b : got) s.boundaries_extra += want.count(b) ? 0 : 1;
+}
+
+// DeepSpeed ZeRO-1/2 (stage_1_and_2.py): gradients join the current bucket in the order
+// they become ready; one that would take it past reduce_bucket_size elements has the
+// bucket reduced first.
+std::vector<int> deepspeed_starts(const Model& m, int64_t cap_elements) {
+  std::vector<int> starts{0};
+  int64_t fill = 0;
+  const int n = static_cast<int>(m.tensors.size());
+  for (int i = 0; i < n; ++i) {
+    const int64_t e = tensor_elements(m, i);
+    if (fill > 0 && fill + e > cap_elements) {
+      starts.push_back(i);
+      fill = 0;
+    }
+    fill += e;
+  }
+  return starts;
+}
+
+// The bucket_cap_mb torch reads back as `cap_bytes` or just below (it truncates
+// bucket_cap_mb * 1024 * 1024; a cap a byte lower closes the same buckets).
+double printed_mib(int64_t cap_bytes) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.9g", double(cap_bytes) / double(kMiB));
+  return std::strtod(buf, nullptr);
+}
+}  // namespace
+
+Framework parse_framework(const std::string& s, const std::string& flag) {
+  if (s == "ddp") return Framework::Ddp;
+  if (s == "horovod") return Framework::Horovod;
+  if (s == "deepspeed") return Framework::DeepSpeed;
+  throw InputError(flag + ": unknown framework '" + s + "' (valid: ddp, horovod, deepspeed)");
+}
+
+const char* framework_name(Framework f) {
+  switch (f) {
+    case Framework::Ddp: return "ddp";
+    case Framework::Horovod: return "horovod";
+    case Framework::DeepSpeed: return "deepspeed";
+  }
+  return "?";
+}
+
+FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Framework framework) {
+  const Model& m = tuner.model();
+  validate_plan(plan, m, field("export.plan"));
+  const Report plan_report = tuner.evaluate(plan);
+  TuneOptions o = options_like(plan);
+  std::vector<int64_t> elements;  // per plan bucket
+  for (const auto& b : plan.buckets) elements.push_back(bucket_elements(plan, m, b));
+
+  std::vector<Candidate> candidates;
+  auto consider = [&](FrameworkSettings s) {
+    s.framework = framework;
+    score(s, plan);
+    s.plan_predicted = plan_report;
+    Candidate c{std::move(s), 0};
+    c.iteration_s = c.s.predicted.iteration_s;
+    candidates.push_back(std::move(c));
+  };
+  switch (framework) {
+    case Framework::Ddp: {
+      // Caps that close a bucket exactly where one of the plan's ends (DDP counts FP32
+      // parameter bytes), and one past the largest; torch's own first bucket and one that
+      // is the plan's first.
+      o.strategy = Strategy::Ddp;
+      std::set<int64_t> caps, firsts{o.ddp_first_bytes, 4 * elements.front()};
+      for (int64_t e : elements) caps.insert(4 * e);
+      caps.insert(4 * (*std::max_element(elements.begin(), elements.end())) * 2);
+      for (int64_t first : firsts)
+        for (int64_t bytes : caps) {
+          FrameworkSettings s;
+          s.cap = printed_mib(bytes);
+          s.cap_units = static_cast<int64_t>(s.cap * double(kMiB));
+          if (s.cap_units < 1) continue;
+          s.first_bucket_bytes = o.ddp_first_bytes = first;
+          o.ddp_cap_bytes = s.cap_units;
+          TuneResult r = tuner.run(o);
+          s.approximation = std::move(r.plan);
+          s.predicted = std::move(r.report);
+          consider(std::move(s));
+        }
+      break;
+    }
+    case Framework::DeepSpeed: {
+      std::set<int64_t> caps(elements.begin(), elements.end());
+      for (int64_t cap : caps) {
+        FrameworkSettings s;
+        s.cap = double(cap);
+        s.cap_units = cap;
+        s.approximation = tuner.plan_for(deepspeed_starts(m, cap), o);
+        s.approximation.strategy = "deepspeed";
+        s.predicted = tuner.evaluate(s.approximation);
+        consider(std::move(s));
+      }
+      break;
+    }
+    case Framework::Horovod: {
+      FrameworkSettings s;
+      s.approximation = tuner.plan_for(as_starts(starts_of(plan)), o);
+      for (size_t k = 0; k < plan.buckets.size(); ++k) {  // the plan's own algorithms and precisions
+        s.approximation.buckets[k].algorithm = plan.buckets[k].algorithm;
+        s.approximation.buckets[k].transfer = plan.buckets[k].transfer;
+        s.approximation.buckets[k].stream = plan.buckets[k].stream;
+      }
+      s.approximation.strategy = "horovod groups";
+      for (const auto& b : plan.buckets) {
+        std::vector<std::string> names;
+        for (int pos = b.begin; pos < b.end; ++pos) names.push_back(m.tensors[m.tensor_at_backward(pos)].name);
+        s.groups.push_back(std::move(names));
+        s.fusion_threshold_bytes =
+            std::max(s.fusion_threshold_bytes, bucket_elements(plan, m, b) * bytes_per_element(b.transfer));
+      }
+      s.cycle_time_ms = kHorovodCycleMs;
+      s.predicted = tuner.evaluate(s.approximation);
+      consider(std::move(s));
+      break;
+    }
+  }
+  return std::min_element(candidates.begin(), candidates.end(), closer)->s;
+}
+
+}  // namespace fuseplan
