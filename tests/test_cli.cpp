@@ -64,6 +64,8 @@ void expect_bad(const std::string& args, const std::string& text, bool exec = fa
 TEST_CASE("cli: bad flags and names exit 2 with one line naming them") {
   expect_bad("predict --gpus 0", "--gpus: must be in [1, 1048576] (got 0)");
   expect_bad("predict --cluster local-cpu --gpus 4", "no inter-node network to join them");
+  expect_bad("export --to fsdp --plan x.json", "--to: unknown framework 'fsdp' (valid: ddp, horovod, deepspeed)");
+  expect_bad("export --to ddp --plan /nonexistent/plan.json", "/nonexistent/plan.json: cannot open file");
   expect_bad("predict --model resnet9", "unknown model 'resnet9'");
   expect_bad("predict --cluster nowhere", "unknown cluster 'nowhere'");
   expect_bad("predict --algorithm butterfly", "unknown algorithm 'butterfly' (valid: auto, ring");

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <random>
 
+#include "fuseplan/costmodel/framework_export.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/costmodel/whatif.hpp"
 #include "fuseplan/models/error.hpp"
@@ -392,4 +393,52 @@ TEST_CASE("tuner: the best distinct plans for --validate sim, ranked by predicti
   }
   CHECK(best_distinct_plans(t, o, tuned, 100).size() <= 1 + std::size(kAllStrategies) + 2);
   CHECK_THROWS_WITH(best_distinct_plans(t, o, tuned, 0), Catch::Contains("tuner.top: must be >= 1"));
+}
+
+TEST_CASE("framework export: each framework's settings form the buckets fuseplan prices") {
+  const Model m = build_zoo_model("resnet50");
+  const Cluster c = load_cluster("tencent-p40");
+  const Tuner t(m, c, 64, 32, Precision::FP16);
+  auto elems = [&](const PlanBucket& b) {
+    int64_t e = 0;
+    for (int pos = b.begin; pos < b.end; ++pos) e += m.tensors[m.tensor_at_backward(pos)].numel;
+    return e;
+  };
+  TuneOptions o;
+  o.strategy = Strategy::KSplit;
+  o.segments = 4;
+  const Plan plan = t.run(o).plan;
+  SECTION("horovod: one group per bucket, the plan's tensors, a threshold that holds each") {
+    const FrameworkSettings s = framework_settings(t, plan, Framework::Horovod);
+    REQUIRE(s.groups.size() == plan.buckets.size());
+    CHECK(s.boundaries_missing + s.boundaries_extra == 0);
+    for (size_t k = 0; k < plan.buckets.size(); ++k) {
+      const auto& b = plan.buckets[k];
+      REQUIRE(s.groups[k].size() == size_t(b.end - b.begin));
+      CHECK(s.groups[k].front() == m.tensors[m.tensor_at_backward(b.begin)].name);
+      CHECK(s.fusion_threshold_bytes >= elems(b) * 2);
+    }
+    CHECK(s.predicted.iteration_s >= s.plan_predicted.iteration_s);  // Horovod copies into its buffer
+  }
+  SECTION("ddp: a plan DDP itself made is found exactly, with its caps") {
+    TuneOptions d;
+    d.strategy = Strategy::Ddp;
+    d.ddp_cap_bytes = int64_t(10) << 20;
+    const Plan ddp_plan = t.run(d).plan;
+    const FrameworkSettings s = framework_settings(t, ddp_plan, Framework::Ddp);
+    CHECK(s.boundaries_missing + s.boundaries_extra == 0);
+    CHECK(s.approximation.buckets.size() == ddp_plan.buckets.size());
+  }
+  SECTION("ddp and deepspeed: the chosen cap's buckets follow the framework's rule") {
+    const FrameworkSettings ds = framework_settings(t, plan, Framework::DeepSpeed);
+    const auto& bs = ds.approximation.buckets;
+    for (size_t k = 0; k < bs.size(); ++k) {
+      if (bs[k].end - bs[k].begin > 1) CHECK(elems(bs[k]) <= ds.cap_units);
+      if (k + 1 < bs.size()) CHECK(elems(bs[k]) + m.tensors[m.tensor_at_backward(bs[k].end)].numel > ds.cap_units);
+    }
+    const FrameworkSettings dd = framework_settings(t, plan, Framework::Ddp);
+    CHECK(dd.cap_units > 0);
+    CHECK(dd.boundaries_missing + dd.boundaries_extra <= int(plan.buckets.size()) + 1);
+  }
+  CHECK_THROWS_WITH(parse_framework("fsdp"), Catch::Contains("export.to: unknown framework 'fsdp' (valid: ddp, horovod, deepspeed)"));
 }
