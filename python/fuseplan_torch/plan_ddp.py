@@ -2,13 +2,15 @@
 
 `PlanDDP` wraps a module. Each plan bucket gets a flat buffer; during backward, a hook on
 every parameter copies its gradient into its bucket's slot, and the moment a bucket's
-last gradient is in, its allreduce starts asynchronously on the process group of its plan
-stream, in the plan's transfer precision (fp16/bf16 buffers where the plan says so). Buckets
-of one stream start in plan order. When backward ends, the wrapper waits for the
-outstanding allreduces (the exposed communication), averages and writes every parameter's
-`.grad`. A thread per stream waits on that stream's allreduces in order and records when
-each one ended; with ready (the last gradient in) and start (the call), that is each
-bucket's measured timeline, in seconds from the start of backward.
+last gradient is in, it is handed to its plan stream, in the plan's transfer precision
+(fp16/bf16 buffers where the plan says so). A stream is a thread with its own process
+group that runs its buckets' allreduces one after another in plan order, as a CUDA stream
+runs NCCL's (gloo would otherwise run two collectives of one group at once on its worker
+threads); it records when each started and ended. When backward ends, the wrapper waits
+for the outstanding allreduces (the exposed communication), averages in place and copies
+the result into every parameter's `.grad`. Ready (the last gradient in), start and end
+are each bucket's measured timeline, in seconds from the start of backward. The copies in
+and out of the flat buffers are what `fuseplan tune --pack pack` prices.
 """
 from __future__ import annotations
 
@@ -52,7 +54,6 @@ class _Bucket:
     numel: int
     buffer: torch.Tensor
     pending: int = 0
-    work: Any = None
     wire: Optional[torch.Tensor] = None
 
 
@@ -125,12 +126,20 @@ class PlanDDP(nn.Module):
             self.buckets.append(bucket)
         self.by_stream = {s: [b for b in self.buckets if b.stream == s] for s in streams}
         self.next_launch = {s: 0 for s in streams}
-        self.handles = [p.register_hook(self._hook(p)) for p in module.parameters() if p.requires_grad]
+        # A hook on each parameter's gradient accumulator runs once its .grad holds this
+        # backward's gradient (summed with what was there, as DDP sees it).
+        self.accumulators = []
+        self.handles = []
+        for p in module.parameters():
+            if p.requires_grad:
+                acc = p.view_as(p).grad_fn.next_functions[0][0]
+                self.accumulators.append(acc)  # kept alive: autograd holds it only during backward
+                self.handles.append(acc.register_hook(self._hook(p)))
         self.step = StepTimes()
         self.steps: List[StepTimes] = []
         self.in_backward = False
         self.lock = threading.Lock()
-        self.waiters = {s: _Waiter() for s in streams}
+        self.streams = {s: _Stream(self.groups[s]) for s in streams}
 
     def _check_transfers(self, origin: str, group: Any) -> None:
         """A transfer precision the backend cannot sum is refused here, not mid-backward
@@ -161,12 +170,12 @@ class PlanDDP(nn.Module):
         self.in_backward = True
 
     def _hook(self, p: nn.Parameter):
-        def hook(grad: torch.Tensor) -> torch.Tensor:
+        def hook(*unused: Any) -> None:
             if not self.in_backward:
-                return grad
+                return
             b = self.buckets[self.bucket_of[id(p)]]
             slot = self.slot_of[id(p)]
-            b.buffer[b.offsets[slot]:b.offsets[slot] + p.numel()].copy_(grad.reshape(-1))
+            b.buffer[b.offsets[slot]:b.offsets[slot] + p.numel()].copy_(p.grad.reshape(-1))
             now = time.perf_counter()
             b.pending -= 1
             if b.pending == 0:
@@ -174,7 +183,6 @@ class PlanDDP(nn.Module):
                 self._launch_ready(b.stream)
                 if all(x.pending == 0 for x in self.buckets):
                     torch.autograd.Variable._execution_engine.queue_callback(self._finish)
-            return grad
         return hook
 
     def _launch_ready(self, stream: int) -> None:
@@ -182,38 +190,38 @@ class PlanDDP(nn.Module):
         while self.next_launch[stream] < len(order) and order[self.next_launch[stream]].pending == 0:
             b = order[self.next_launch[stream]]
             self.next_launch[stream] += 1
-            wire = b.buffer if b.transfer == "fp32" else b.buffer.to(_DTYPES[b.transfer])
-            b.wire = wire
-            self.step.buckets[b.index].start_s = time.perf_counter() - self.step.backward_start
-            b.work = dist.all_reduce(wire, group=self.groups[stream], async_op=True)
-            self.waiters[stream].watch(b.work, self.step.buckets[b.index], self.step.backward_start)
+            b.wire = b.buffer if b.transfer == "fp32" else b.buffer.to(_DTYPES[b.transfer])
+            self.streams[stream].submit(b.wire, self.step.buckets[b.index], self.step.backward_start)
 
     def _finish(self) -> None:
         t0 = time.perf_counter()
         self.step.backward_end = t0  # autograd has run every node
-        for s, w in self.waiters.items():
-            w.drain()
+        for st in self.streams.values():
+            st.drain()
         self.step.comm_wait_s = time.perf_counter() - t0
-        for b in self.buckets:
-            total = b.wire if b.wire is not None else b.buffer
-            avg = total.to(torch.float32) / self.world  # a new tensor: the gradients view into it
+        for b in self.buckets:  # in place: no allocation per step
+            if b.wire is not None and b.wire is not b.buffer:
+                b.buffer.copy_(b.wire)
+            b.buffer.div_(self.world)
             for p, off in zip(b.params, b.offsets):
-                p.grad = avg[off:off + p.numel()].view_as(p)
-            b.work, b.wire = None, None
+                p.grad.copy_(b.buffer[off:off + p.numel()].view_as(p))
+            b.wire = None
         self.in_backward = False
         self.steps.append(self.step)
 
     def close(self) -> None:
         for h in self.handles:
             h.remove()
-        for w in self.waiters.values():
-            w.stop()
+        for st in self.streams.values():
+            st.stop()
 
 
-class _Waiter:
-    """Waits on one stream's allreduces in order, recording when each ended."""
+class _Stream:
+    """One plan stream: a thread that allreduces its buckets one at a time, in the order
+    they were submitted, on its own process group, recording each one's start and end."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: Any) -> None:
+        self.group = group
         self.q: "queue.Queue[Any]" = queue.Queue()
         self.done = threading.Semaphore(0)
         self.outstanding = 0
@@ -221,18 +229,19 @@ class _Waiter:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def watch(self, work: Any, times: BucketTimes, origin: float) -> None:
+    def submit(self, wire: torch.Tensor, times: BucketTimes, origin: float) -> None:
         self.outstanding += 1
-        self.q.put((work, times, origin))
+        self.q.put((wire, times, origin))
 
     def _run(self) -> None:
         while True:
             item = self.q.get()
             if item is None:
                 return
-            work, times, origin = item
+            wire, times, origin = item
+            times.start_s = time.perf_counter() - origin
             try:
-                work.wait()
+                dist.all_reduce(wire, group=self.group, async_op=True).wait()
             except BaseException as e:  # handed to the training thread by drain()
                 self.error = self.error or e
             times.end_s = time.perf_counter() - origin

@@ -131,9 +131,9 @@ def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets):
             assert diff <= 1e-6 * scale + 1e-9, name
         for b, e in zip(buckets, r["events"]):
             assert e["start"] >= e["ready"] and e["end"] >= e["start"]
-        for stream in {b[2] for b in buckets}:  # a stream's buckets start in plan order
-            starts = [e["start"] for b, e in zip(buckets, r["events"]) if b[2] == stream]
-            assert starts == sorted(starts)
+        for stream in {b[2] for b in buckets}:  # a stream runs its buckets one at a time, in plan order
+            mine = [e for b, e in zip(buckets, r["events"]) if b[2] == stream]
+            assert all(a["end"] <= b["start"] for a, b in zip(mine, mine[1:]))
 
 
 def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path):
