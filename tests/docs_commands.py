@@ -61,11 +61,12 @@ def commands(body):
 
 
 def workdir(source):
-    """A fresh directory with the fixtures and scripts/ the examples use."""
+    """A fresh directory with the fixtures, scripts/ and python/ the examples use."""
     work = tempfile.mkdtemp(prefix="fuseplan-docs-")
     for name, src in FIXTURES.items():
         shutil.copy(os.path.join(source, src), os.path.join(work, name))
-    os.symlink(os.path.join(source, "scripts"), os.path.join(work, "scripts"))
+    for d in ("scripts", "python"):
+        os.symlink(os.path.join(source, d), os.path.join(work, d))
     return work
 
 
@@ -86,6 +87,10 @@ def main():
     full = os.environ.get("FUSEPLAN_DOCS_FULL") == "1"
     gpu, mpl = gpu_visible(), has_matplotlib()
     has_exec = os.path.exists(os.path.join(bindir, "fuseplan-exec"))
+    # The PyTorch examples' python3 is Debian's (python3-torch), as docs/pytorch.md says,
+    # whatever python3 comes first on this PATH.
+    shim = tempfile.mkdtemp(prefix="fuseplan-docs-bin-")
+    os.symlink("/usr/bin/python3", os.path.join(shim, "python3"))
     ran = skipped = failed = 0
     for rel, line_no, body in blocks(source):
         cmds = commands(body)
@@ -120,7 +125,8 @@ def main():
         if len(script) == 1:
             continue
         work = workdir(source)
-        env = dict(os.environ, PATH=bindir + os.pathsep + os.environ["PATH"], FUSEPLAN_PROGRESS="0",
+        env = dict(os.environ, PATH=os.pathsep.join([bindir, shim, os.environ["PATH"]]),
+                   FUSEPLAN_PROGRESS="0",
                    OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                    OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
         r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True)
@@ -139,6 +145,7 @@ def main():
         else:
             print(f"ok       {rel}:{line_no}: {len(script) // 2} commands")
         shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(shim, ignore_errors=True)
     print(f"\n{ran} commands run, {skipped} skipped, {failed} blocks failed")
     sys.exit(1 if failed else 0)
 

@@ -7,10 +7,12 @@ last gradient is in, it is handed to its plan stream, in the plan's transfer pre
 group that runs its buckets' allreduces one after another in plan order, as a CUDA stream
 runs NCCL's (gloo would otherwise run two collectives of one group at once on its worker
 threads); it records when each started and ended. When backward ends, the wrapper waits
-for the outstanding allreduces (the exposed communication), averages in place and copies
-the result into every parameter's `.grad`. Ready (the last gradient in), start and end
-are each bucket's measured timeline, in seconds from the start of backward. The copies in
-and out of the flat buffers are what `fuseplan tune --pack pack` prices.
+for the outstanding allreduces (the exposed communication) and averages in place; every
+parameter's `.grad` is a view of its bucket from then on (as DDP's gradient_as_bucket_view),
+so with `zero_grad(set_to_none=False)` gradients accumulate in the buckets and are not
+copied at all; a fresh `.grad` is copied in when it is ready. Ready (the last gradient in), start and end
+are each bucket's measured timeline, in seconds from the start of backward. The copy into the
+flat buffers is what `fuseplan tune --pack pack` prices.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class _Bucket:
     offsets: List[int]
     numel: int
     buffer: torch.Tensor
+    views: List[torch.Tensor]      # each parameter's slot, shaped as the parameter
     pending: int = 0
     wire: Optional[torch.Tensor] = None
 
@@ -118,8 +121,10 @@ class PlanDDP(nn.Module):
             for p in ps:
                 offsets.append(n)
                 n += p.numel()
-            bucket = _Bucket(i, b["begin"], b["end"], int(b.get("stream", 0)), b["transfer"], ps, offsets, n,
-                             torch.zeros(n, dtype=torch.float32, device=ps[0].device))
+            buffer = torch.zeros(n, dtype=torch.float32, device=ps[0].device)
+            views = [buffer[o:o + p.numel()].view_as(p) for p, o in zip(ps, offsets)]
+            bucket = _Bucket(i, b["begin"], b["end"], int(b.get("stream", 0)), b["transfer"], ps, offsets, n, buffer,
+                             views)
             for slot, p in enumerate(ps):
                 self.bucket_of[id(p)] = i
                 self.slot_of[id(p)] = slot
@@ -174,8 +179,9 @@ class PlanDDP(nn.Module):
             if not self.in_backward:
                 return
             b = self.buckets[self.bucket_of[id(p)]]
-            slot = self.slot_of[id(p)]
-            b.buffer[b.offsets[slot]:b.offsets[slot] + p.numel()].copy_(p.grad.reshape(-1))
+            view = b.views[self.slot_of[id(p)]]
+            if p.grad.data_ptr() != view.data_ptr():  # a fresh .grad (after zero_grad(set_to_none=True))
+                view.copy_(p.grad)
             now = time.perf_counter()
             b.pending -= 1
             if b.pending == 0:
@@ -199,12 +205,13 @@ class PlanDDP(nn.Module):
         for st in self.streams.values():
             st.drain()
         self.step.comm_wait_s = time.perf_counter() - t0
-        for b in self.buckets:  # in place: no allocation per step
+        for b in self.buckets:  # in place: no allocation, no copy out
             if b.wire is not None and b.wire is not b.buffer:
                 b.buffer.copy_(b.wire)
             b.buffer.div_(self.world)
-            for p, off in zip(b.params, b.offsets):
-                p.grad.copy_(b.buffer[off:off + p.numel()].view_as(p))
+            for p, view in zip(b.params, b.views):
+                if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                    p.grad = view  # .grad is a view of the bucket from now on, as DDP's gradient_as_bucket_view
             b.wire = None
         self.in_backward = False
         self.steps.append(self.step)

@@ -27,10 +27,11 @@ def plan_for(model: nn.Module, example: torch.Tensor, buckets, ranks: int):
     return plan, names
 
 
-def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets) -> None:
+def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none: bool = True) -> None:
     """Gradients of one step under PlanDDP and under torch DDP, same weights and data: per
-    tensor the largest difference and DDP's largest gradient. A refused plan is written
-    as {"error": message}."""
+    tensor the largest difference and DDP's largest gradient, after two steps that zero the
+    gradients first (set_to_none) or accumulate them (both average what .grad holds). A
+    refused plan is written as {"error": message}."""
     torch.manual_seed(0)
     ref = small_cnn()
     mine = small_cnn()
@@ -39,7 +40,10 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets) -> None:
     y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(20 + rank))
     plan, names = plan_for(mine, x[:2], buckets, ranks)
     ddp = nn.parallel.DistributedDataParallel(ref)
-    nn.functional.cross_entropy(ddp(x), y).backward()
+    for step in range(2):
+        if set_to_none:
+            ref.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(ddp(x), y).backward()
     try:
         pddp = PlanDDP(mine, plan, names)
     except PlanError as e:
@@ -48,7 +52,8 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets) -> None:
                 json.dump({"error": str(e)}, f)
         return
     for step in range(2):
-        mine.zero_grad(set_to_none=True)
+        if set_to_none:
+            mine.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(pddp(x), y)
         pddp.start_backward()
         loss.backward()

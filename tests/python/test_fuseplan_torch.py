@@ -16,6 +16,9 @@ import tiny_gpt
 
 FUSEPLAN = os.environ.get("FUSEPLAN_BIN", "fuseplan")
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/: the schema validator
+import validate_schemas  # noqa: E402
+MODEL_SCHEMA = validate_schemas.load_schema(os.path.dirname(os.path.dirname(HERE)), "model")
 
 
 def fuseplan(*args):
@@ -61,6 +64,7 @@ def test_torchvision_export_equals_the_zoo(tmp_path, name, factory, shape, flags
     write_json(doc, path)
     reference = zoo(name, *flags)
     same_model(as_fuseplan_reads(path), reference)
+    assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []
     tensors = [(p["name"], p["shape"]) for l in reference["layers"] for p in l["params"]]
     assert info.fingerprint == fingerprint(tensors)
 
@@ -76,6 +80,7 @@ def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
     assert layers["blocks.0.attn.matmul"]["fwd_flops"] == 2 * 4 * 32 * 32 * 16  # heads x S x S x head dim
     assert info.estimated == []
     assert info.order_matches
+    assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []
     path = str(tmp_path / "gpt.json")
     write_json(doc, path)
     read = as_fuseplan_reads(path)
@@ -134,6 +139,16 @@ def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets):
         for stream in {b[2] for b in buckets}:  # a stream runs its buckets one at a time, in plan order
             mine = [e for b, e in zip(buckets, r["events"]) if b[2] == stream]
             assert all(a["end"] <= b["start"] for a, b in zip(mine, mine[1:]))
+
+
+def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path):
+    """Two backwards without zeroing: both average the accumulated .grad (DDP's semantics);
+    PlanDDP's .grad are views of its buckets by then, accumulated in place."""
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 3, 0, "fp32"), (3, 10, 1, "fp32")], False))
+    for r in json.load(open(out)):
+        for name, (diff, scale) in r["diffs"].items():
+            assert diff <= 1e-6 * scale + 1e-9, name
 
 
 def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path):
