@@ -6,7 +6,8 @@ PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--rounds 3] [--iterations 8] [--models resnet18,resnet50,tiny_gpt]
 
-Per model: export with measured layer times (python3 -m fuseplan_torch export), a gloo
+Per model: export with measured layer times (python3 -m fuseplan_torch export, timed on
+as many ranks side by side as the job has, as they load the machine), a gloo
 allreduce sweep calibrating the cluster (once), `fuseplan tune` (ring for every bucket,
 fp32 transfer: what gloo runs; packed, as PlanDDP copies into flat buffers), `fuseplan
 export --to ddp`. Then one gloo job per model
@@ -105,8 +106,7 @@ def main():
         model, prof, plan = (os.path.join(work, name + s) for s in (".json", "-profile.json", "-plan.json"))
         common = [factory, "--kwargs", json.dumps(kwargs), "--input-shape", shape, "--input-dtype", dtype,
                   "--name", name] + (["--vocab", str(vocab)] if vocab else [])
-        sh(*py, "export", *common, "--out", model, "--profile", prof, "--batch", str(batch),
-           "--threads", str(max(1, (os.cpu_count() or 1) // a.ranks)))
+        sh(*py, "export", *common, "--out", model, "--profile", prof, "--batch", str(batch), "--ranks", str(a.ranks))
         sh(fuseplan, "tune", "--model", model, "--profile", prof, "--cluster", cal, "--gpus", str(a.ranks),
            "--batch-per-gpu", str(batch), "--precision", "fp32", "--algorithm", "ring", "--pack", "pack", "--out", plan)
         settings = json.loads(sh(fuseplan, "export", "--plan", plan, "--to", "ddp", "--profile", prof, "--json"))

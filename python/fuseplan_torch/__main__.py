@@ -40,7 +40,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex.add_argument("--batch", type=int, default=8, help="--profile: samples per timed batch")
     ex.add_argument("--warmup", type=int, default=3, help="--profile: untimed runs per layer")
     ex.add_argument("--steps", type=int, default=10, help="--profile: timed runs per layer (the median is kept)")
-    ex.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ex.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's; with --ranks: cores / ranks)")
+    ex.add_argument("--ranks", type=int, default=1,
+                    help="--profile: time on this many processes side by side, as a data-parallel job of that many "
+                         "ranks loads this machine, keeping the slowest rank's time per layer")
 
     run = sub.add_parser("run", help="train on N local ranks (gloo) with a plan (PlanDDP) or torch DDP, measured")
     _input_flags(run)

@@ -83,7 +83,7 @@ def export_command(a: Any) -> None:
     _writable(a.out, "--out")
     if a.profile:
         _writable(a.profile, "--profile")
-        for v, flag in ((a.batch, "--batch"), (a.steps, "--steps")):
+        for v, flag in ((a.batch, "--batch"), (a.steps, "--steps"), (a.ranks, "--ranks")):
             _positive(v, flag)
     if a.threads:
         torch.set_num_threads(_positive(a.threads, "--threads"))
@@ -96,12 +96,26 @@ def export_command(a: Any) -> None:
                          "independent of tensor values" % (a.factory, str(e).split(".")[0]))
     outputs = [(a.out, doc)]
     if a.profile:
-        prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, make_batch(a, a.batch, a.seed + 1),
-                                     a.warmup, a.steps, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
+        if a.ranks > 1:
+            result = os.path.join(os.path.dirname(os.path.abspath(a.profile)), ".fuseplan-profile-%d.json" % os.getpid())
+            try:
+                spawn(a.ranks, _profile_rank, (a, result))
+                with open(result) as f:
+                    prof, pinfo = json.load(f), None
+            finally:
+                if os.path.exists(result):
+                    os.unlink(result)
+        else:
+            prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, make_batch(a, a.batch, a.seed + 1),
+                                         a.warmup, a.steps, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
         outputs.append((a.profile, prof))
-        print("profile: %d layers at batch %d: %.2f ms forward + backward layer by layer, %.2f ms as one model "
-              "(optimizer %.2f ms)" % (len(nodes), a.batch, pinfo.layers_us / 1e3, pinfo.whole_step_us / 1e3,
-                                       pinfo.optimizer_us / 1e3))
+        if pinfo is not None:
+            print("profile: %d layers at batch %d: %.2f ms forward + backward layer by layer, %.2f ms as one model "
+                  "(optimizer %.2f ms)" % (len(nodes), a.batch, pinfo.layers_us / 1e3, pinfo.whole_step_us / 1e3,
+                                           pinfo.optimizer_us / 1e3))
+        else:
+            print("profile: %d layers at batch %d, timed on %d ranks side by side, the slowest rank's time per layer"
+                  % (len(nodes), a.batch, a.ranks))
     for path, d in outputs:  # only once everything is measured
         write_json(d, path)
     tensors = sum(len(l["params"]) for l in doc["layers"])
@@ -113,6 +127,29 @@ def export_command(a: Any) -> None:
     if info.estimated:
         print("warning: FLOPs estimated (one per output element) for %d custom layers: %s; a --profile measures them"
               % (len(info.estimated), ", ".join(info.estimated[:5])))
+
+
+def _profile_rank(rank: int, ranks: int, a: Any, result: str) -> None:
+    """One of `ranks` processes profiling the same layers at the same moments (a barrier
+    before each timing), as the ranks of a data-parallel job load the machine; rank 0
+    keeps the slowest rank's time per layer, as fuseplan-exec's profile does."""
+    torch.set_num_threads(_threads(a, ranks))
+    module, name = build_module(a)
+    doc, info, gm, nodes = export_model(module, make_batch(a, 2, a.seed), name=name)
+    prof, _ = profile_layers(module, gm, nodes, doc, info.fingerprint, make_batch(a, a.batch, a.seed + 1 + rank),
+                             a.warmup, a.steps, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9),
+                             sync=dist.barrier)
+    gathered: List[Any] = [None] * ranks
+    dist.all_gather_object(gathered, prof)
+    if rank == 0:
+        for i, layer in enumerate(prof["layers"]):
+            for key in ("fwd_us", "bwd_us"):
+                layer[key] = max(p["layers"][i][key] for p in gathered)
+        if "optimizer_us" in prof:
+            prof["optimizer_us"] = max(p["optimizer_us"] for p in gathered)
+        prof["device"] += ", %d ranks side by side (the slowest per layer)" % ranks
+        with open(result, "w") as f:
+            json.dump(prof, f)
 
 
 def _free_port() -> int:
@@ -137,7 +174,7 @@ def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...]) -> None:
 
 
 def _threads(a: Any, ranks: int) -> int:
-    return a.threads if a.threads > 0 else max(1, (os.cpu_count() or 1) // ranks)
+    return a.threads if getattr(a, "threads", 0) > 0 else max(1, (os.cpu_count() or 1) // ranks)
 
 
 def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Tensor) -> List[str]:

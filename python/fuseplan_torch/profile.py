@@ -91,11 +91,14 @@ def _device_name(device: torch.device) -> str:
 
 def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.Node], doc: Dict[str, Any],
                    fingerprint: str, batch_input: torch.Tensor, warmup: int = 3, steps: int = 10,
-                   optimizer: Optional[torch.optim.Optimizer] = None) -> Tuple[Dict[str, Any], ProfileInfo]:
+                   optimizer: Optional[torch.optim.Optimizer] = None,
+                   sync: Callable[[], None] = lambda: None) -> Tuple[Dict[str, Any], ProfileInfo]:
     """Times every layer of an export (model_export.export_model's graph and layer nodes) at
     the batch of `batch_input`: the fuseplan.profile/1 document, and the whole-model step
     beside the sum of the layers. With `optimizer`, its step over gradients of this batch
-    is timed too (`optimizer_us`)."""
+    is timed too (`optimizer_us`). `sync` runs before each timing: ranks profiling side by
+    side (`export --ranks`) time each layer at the same moment, under the same load as in
+    a data-parallel job."""
     device = batch_input.device
     model.train()
     cap = _Capture(gm)
@@ -113,6 +116,7 @@ def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.No
             with torch.no_grad():
                 _call(gm, n, *state)
 
+        sync()
         fwd = _median_us(forward, lambda: prepare(False), warmup, steps, device)
 
         def prepare_backward(n: fx.Node = n) -> Any:
@@ -124,6 +128,7 @@ def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.No
             if torch.is_tensor(out) and out.requires_grad:
                 out.backward(torch.ones_like(out))
 
+        sync()
         bwd = _median_us(backward, prepare_backward, warmup, steps, device)
         layers.append({"name": layer["name"], "fwd_us": fwd, "bwd_us": bwd, "batch": batch})
     model.zero_grad(set_to_none=True)
@@ -134,11 +139,13 @@ def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.No
         out = model(batch_input)
         out.float().sum().backward()
 
+    sync()
     info.whole_step_us = _median_us(whole, lambda: model.zero_grad(set_to_none=True), warmup, steps, device)
     doc_out = {"schema": PROFILE_SCHEMA, "model": doc["name"], "fingerprint": fingerprint,
                "device": _device_name(device), "precision": "fp32", "batch": batch, "layers": layers}
     if optimizer is not None:
         whole(None)  # gradients for the optimizer to apply
+        sync()
         info.optimizer_us = _median_us(lambda s: optimizer.step(), lambda: None, warmup, steps, device)
         doc_out["optimizer_us"] = info.optimizer_us
     model.zero_grad(set_to_none=True)

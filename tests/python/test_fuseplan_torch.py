@@ -118,6 +118,15 @@ def test_export_with_profile_feeds_predict(tmp_path):
     p = json.load(open(prof))
     assert p["schema"] == "fuseplan.profile/1" and p["batch"] == 4 and p["optimizer_us"] > 0
     assert all(l["fwd_us"] > 0 for l in p["layers"])
+    side_by_side = str(tmp_path / "p2.json")
+    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:small_cnn", "--input-shape",
+                        "3,8,8", "--out", model, "--profile", side_by_side, "--batch", "4", "--steps", "3",
+                        "--ranks", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    p2 = json.load(open(side_by_side))
+    assert p2["device"].endswith("2 ranks side by side (the slowest per layer)")
+    assert [l["name"] for l in p2["layers"]] == [l["name"] for l in p["layers"]]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".fuseplan")]  # no temporary left
     r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
                  "--batch-per-gpu", "4", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
@@ -221,6 +230,8 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
      "--vocab: required"),
     (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--report", "r.json"], "--report: needs --plan"),
     (["sweep", "--ranks", "1", "--out", "s.json"], "--ranks: a sweep needs >= 2 ranks"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "p.json",
+      "--ranks", "0"], "--ranks: must be >= 1 (got 0)"),
     (["export", "ddp_check:small_cnn"], "the following arguments are required: --input-shape"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
