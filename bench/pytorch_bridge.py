@@ -9,8 +9,8 @@ PlanDDP run. Not a test; it prints figures.
 Per model: export with measured layer times (python3 -m fuseplan_torch export, timed on
 as many ranks side by side as the job has, as they load the machine), a gloo
 allreduce sweep calibrating the cluster (once), `fuseplan tune` (ring for every bucket,
-fp32 transfer: what gloo runs; packed, as PlanDDP copies into flat buffers), `fuseplan
-export --to ddp`. Then one gloo job per model
+fp32 transfer: what gloo runs; packed, as PlanDDP copies into flat buffers; two streams,
+as gloo runs two collectives at once, which DDP uses), `fuseplan export --to ddp`. Then one gloo job per model
 alternates the three trainers round by round (each on its own copy of the same weights,
 same data), so machine drift hits all three alike; the median step over all rounds is
 reported. Runs with Debian's /usr/bin/python3 (python3-torch).
@@ -108,7 +108,8 @@ def main():
                   "--name", name] + (["--vocab", str(vocab)] if vocab else [])
         sh(*py, "export", *common, "--out", model, "--profile", prof, "--batch", str(batch), "--ranks", str(a.ranks))
         sh(fuseplan, "tune", "--model", model, "--profile", prof, "--cluster", cal, "--gpus", str(a.ranks),
-           "--batch-per-gpu", str(batch), "--precision", "fp32", "--algorithm", "ring", "--pack", "pack", "--out", plan)
+           "--batch-per-gpu", str(batch), "--precision", "fp32", "--algorithm", "ring", "--pack", "pack",
+           "--streams", "2", "--out", plan)
         settings = json.loads(sh(fuseplan, "export", "--plan", plan, "--to", "ddp", "--profile", prof, "--json"))
         from fuseplan_torch.plan_ddp import load_plan
         p = load_plan(plan)

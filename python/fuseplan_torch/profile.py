@@ -2,8 +2,8 @@
 
 Each layer of an export is timed on its own: the traced graph is run once on the profiling
 batch to capture every layer's inputs, then each layer's operation is run again on copies
-of them, forward and then backward (its gradient with respect to its inputs and
-parameters), after `warmup` runs, and the median of `steps` runs is kept. Timing layers
+of them, forward (recording the autograd graph, as training does) and then backward (its
+gradient with respect to its inputs and parameters), after `warmup` runs, and the median of `steps` runs is kept. Timing layers
 apart leaves out what a whole-model run shares between them (cache reuse, fused kernels,
 framework overhead between layers): the sum of the layer times is compared with a
 whole-model step in `ProfileInfo.whole_step_us` so that the gap is visible, not hidden.
@@ -113,11 +113,10 @@ def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.No
             return args, kwargs
 
         def forward(state: Any, n: fx.Node = n) -> None:
-            with torch.no_grad():
-                _call(gm, n, *state)
+            _call(gm, n, *state)  # recording the graph for backward, as training does
 
         sync()
-        fwd = _median_us(forward, lambda: prepare(False), warmup, steps, device)
+        fwd = _median_us(forward, lambda: prepare(True), warmup, steps, device)
 
         def prepare_backward(n: fx.Node = n) -> Any:
             args, kwargs = prepare(True)

@@ -92,6 +92,17 @@ def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
     assert json.load(open(plan))["model"]["file"] == "gpt.json"
 
 
+def test_the_export_api_writes_model_and_profile(tmp_path):
+    import fuseplan_torch
+    model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
+    info = fuseplan_torch.export(ddp_check.small_cnn(), torch.randn(2, 3, 8, 8), model, profile=prof,
+                                 name="small_cnn", profile_inputs=torch.randn(4, 3, 8, 8), steps=2)
+    assert json.load(open(prof))["fingerprint"] == info.fingerprint
+    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+
+
 def test_gradients_out_of_layer_order_are_reported():
     class Swapped(torch.nn.Module):  # registered a, b; used b then a
         def __init__(self):
