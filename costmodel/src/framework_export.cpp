@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <set>
+#include <utility>
 
 namespace fuseplan {
 
@@ -92,19 +93,20 @@ double printed_mib(int64_t cap_bytes) {
 }
 }  // namespace
 
+namespace {
+constexpr std::pair<Framework, const char*> kFrameworks[] = {
+    {Framework::Ddp, "ddp"}, {Framework::Horovod, "horovod"}, {Framework::DeepSpeed, "deepspeed"}};
+}  // namespace
+
 Framework parse_framework(const std::string& s, const std::string& flag) {
-  if (s == "ddp") return Framework::Ddp;
-  if (s == "horovod") return Framework::Horovod;
-  if (s == "deepspeed") return Framework::DeepSpeed;
+  for (auto [f, name] : kFrameworks)
+    if (s == name) return f;
   throw InputError(flag + ": unknown framework '" + s + "' (valid: ddp, horovod, deepspeed)");
 }
 
 const char* framework_name(Framework f) {
-  switch (f) {
-    case Framework::Ddp: return "ddp";
-    case Framework::Horovod: return "horovod";
-    case Framework::DeepSpeed: return "deepspeed";
-  }
+  for (auto [g, name] : kFrameworks)
+    if (f == g) return name;
   return "?";
 }
 

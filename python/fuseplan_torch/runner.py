@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,23 +28,30 @@ def _loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
-def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
-    steps: List[Dict[str, Any]] = []
+def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 warmup: int, iterations: int, before_backward: Callable[[], None]) -> Iterator[Tuple[float, ...]]:
+    """Runs warm-up and measured steps (a barrier between them) and yields each measured
+    step's times: forward start, forward end, backward end, optimizer end."""
     for i in range(warmup + iterations):
         if i == warmup:
             dist.barrier()
         optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        loss = _loss(ddp(inputs), labels)
+        loss = _loss(model(inputs), labels)
         t1 = time.perf_counter()
-        ddp.start_backward()
+        before_backward()
         loss.backward()
         t2 = time.perf_counter()
         optimizer.step()
         t3 = time.perf_counter()
-        if i < warmup:
-            continue
+        if i >= warmup:
+            yield t0, t1, t2, t3
+
+
+def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
+    steps: List[Dict[str, Any]] = []
+    for t0, t1, t2, t3 in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations, ddp.start_backward):
         st = ddp.steps[-1]
         steps.append({"forward_s": t1 - t0, "backward_s": st.backward_end - st.backward_start,
                       "exposed_comm_s": t2 - st.backward_end, "optimizer_s": t3 - t2, "iteration_s": t3 - t0,
@@ -92,18 +99,8 @@ def measure_step_time(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
                       optimizer: torch.optim.Optimizer, warmup: int, iterations: int,
                       before_backward: Callable[[], None] = lambda: None) -> List[float]:
     """Per-step iteration times (the slowest rank's, on every rank) of any data-parallel module."""
-    times = []
-    for i in range(warmup + iterations):
-        if i == warmup:
-            dist.barrier()
-        optimizer.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        loss = _loss(model(inputs), labels)
-        before_backward()
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = [t3 - t0 for t0, _, _, t3 in _timed_steps(model, inputs, labels, optimizer, warmup, iterations,
+                                                      before_backward)]
     t = torch.tensor(times, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
