@@ -105,13 +105,23 @@ class PlanDDP(nn.Module):
         if self.world != plan["gpus"]:
             raise PlanError("%s: $.gpus: the plan is for %d ranks, the process group has %d" %
                             (origin, plan["gpus"], self.world))
-        base = process_group if process_group is not None else dist.group.WORLD
-        streams = sorted({int(b.get("stream", 0)) for b in plan["buckets"]})
-        # One process group per plan stream: allreduces on different streams run concurrently.
-        ranks = list(range(self.world))
-        self.groups = {s: (base if s == streams[0] else dist.new_group(ranks)) for s in streams}
-        self._check_transfers(origin, base)
         count = len(tensor_names)
+        expect = 0
+        for i, b in enumerate(plan["buckets"]):
+            if b["begin"] != expect or not expect < b["end"] <= count:
+                raise PlanError("%s: $.buckets[%d]: [%s, %s) does not continue the buckets before it at %d within "
+                                "the %d tensors" % (origin, i, b["begin"], b["end"], expect, count))
+            expect = b["end"]
+        if expect != count:
+            raise PlanError("%s: $.buckets: cover tensors [0, %d) of %d" % (origin, expect, count))
+        if process_group is not None and process_group != dist.group.WORLD:
+            raise PlanError("%s: PlanDDP runs on the default (world) process group; its streams are groups of all "
+                            "ranks" % origin)
+        # One process group per plan stream, none shared with the caller's collectives:
+        # allreduces on different streams run concurrently.
+        streams = sorted({int(b.get("stream", 0)) for b in plan["buckets"]})
+        self.groups = {s: dist.new_group(list(range(self.world))) for s in streams}
+        self._check_transfers(origin, self.groups[streams[0]])
         self.buckets: List[_Bucket] = []
         self.bucket_of: Dict[int, int] = {}
         self.slot_of: Dict[int, int] = {}

@@ -171,6 +171,31 @@ def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path):
             assert diff <= 1e-6 * scale + 1e-9, name
 
 
+def test_plan_ddp_refuses_a_plan_that_does_not_fit(tmp_path):
+    import torch.distributed as dist
+    from fuseplan_torch.plan_ddp import PlanDDP, PlanError
+    dist.init_process_group("gloo", init_method="file://" + str(tmp_path / "pg"), rank=0, world_size=1)
+    try:
+        model = ddp_check.small_cnn()
+        plan, names = ddp_check.plan_for(model, torch.randn(2, 3, 8, 8), [(0, 4, 0, "fp32"), (4, 10, 0, "fp32")], 1)
+        plan["_path"] = "p.json"
+        bad = json.loads(json.dumps(plan))
+        bad["buckets"][1]["begin"] = 5
+        with pytest.raises(PlanError, match=r"p.json: \$.buckets\[1\]: \[5, 10\) does not continue"):
+            PlanDDP(model, bad, names)
+        bad = json.loads(json.dumps(plan))
+        bad["model"]["fingerprint"] = "0000000000000000"
+        with pytest.raises(PlanError, match=r"p.json: \$.model.fingerprint: the plan is for small_cnn"):
+            PlanDDP(model, bad, names)
+        bad = json.loads(json.dumps(plan))
+        bad["gpus"] = 2
+        with pytest.raises(PlanError, match=r"p.json: \$.gpus: the plan is for 2 ranks, the process group has 1"):
+            PlanDDP(model, bad, names)
+        PlanDDP(model, plan, names).close()
+    finally:
+        dist.destroy_process_group()
+
+
 def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path):
     out = str(tmp_path / "out.json")
     jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 4, 0, "fp16"), (4, 10, 1, "fp32")]))
