@@ -5,10 +5,8 @@ Bad input is one line naming the flag or file, exit code 2; no output file is to
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from . import jobs
 

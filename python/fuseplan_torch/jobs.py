@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .model_export import export_model, write_json
-from .plan_ddp import PlanDDP, PlanError, load_plan
+from .plan_ddp import PlanDDP, PlanError, check_plan, load_plan
 from .profile import profile_layers
 from .runner import measure_plan, measure_step_time
 
@@ -208,7 +208,12 @@ def run_command(a: Any) -> None:
             raise UsageError("--batch %d disagrees with --plan %s (%d per rank)" % (a.batch, a.plan, plan["batch_per_gpu"]))
     batch = plan["batch_per_gpu"] if plan else (a.batch or 8)
     input_shape(a)
-    build_module(a)  # a bad factory fails here, once, not in every rank
+    module, _ = build_module(a)  # a bad factory or a plan for another module fails here, once
+    if plan is not None:
+        try:
+            check_plan(plan, module, plan_tensor_names(plan, module, make_batch(a, 2, a.seed)))
+        except PlanError as e:
+            raise UsageError("--plan " + str(e))
     spawn(a.ranks, _run_rank, (a, plan, batch))
 
 

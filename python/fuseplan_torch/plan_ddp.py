@@ -78,6 +78,29 @@ def load_plan(path: str) -> Dict[str, Any]:
     return plan
 
 
+def check_plan(plan: Dict[str, Any], module: nn.Module, tensor_names: Sequence[str]) -> None:
+    """PlanError unless `plan` is for this module (its parameters, in the model file's order
+    `tensor_names`, give the plan's fingerprint) and its buckets cover the tensors once, in
+    order."""
+    origin = plan.get("_path", "plan")
+    params = dict(module.named_parameters())
+    missing = [n for n in tensor_names if n not in params]
+    if missing:
+        raise PlanError("%s: $.model: the module has no parameter %s" % (origin, missing[0]))
+    fp = fingerprint([(n, list(params[n].shape)) for n in tensor_names])
+    if fp != plan["model"]["fingerprint"] or len(tensor_names) != plan["model"]["tensors"]:
+        raise PlanError("%s: $.model.fingerprint: the plan is for %s (%s), the module's parameters give %s" %
+                        (origin, plan["model"]["name"], plan["model"]["fingerprint"], fp))
+    count, expect = len(tensor_names), 0
+    for i, b in enumerate(plan["buckets"]):
+        if b["begin"] != expect or not expect < b["end"] <= count:
+            raise PlanError("%s: $.buckets[%d]: [%s, %s) does not continue the buckets before it at %d within "
+                            "the %d tensors" % (origin, i, b["begin"], b["end"], expect, count))
+        expect = b["end"]
+    if expect != count:
+        raise PlanError("%s: $.buckets: cover tensors [0, %d) of %d" % (origin, expect, count))
+
+
 class PlanDDP(nn.Module):
     """`module` trained data-parallel with `plan`'s buckets, streams and transfer precision.
 
@@ -93,27 +116,13 @@ class PlanDDP(nn.Module):
         self.plan = plan
         self.tensor_names = list(tensor_names)
         origin = plan.get("_path", "plan")
+        check_plan(plan, module, tensor_names)
         params = dict(module.named_parameters())
-        missing = [n for n in tensor_names if n not in params]
-        if missing:
-            raise PlanError("%s: $.model: the module has no parameter %s" % (origin, missing[0]))
-        fp = fingerprint([(n, list(params[n].shape)) for n in tensor_names])
-        if fp != plan["model"]["fingerprint"] or len(tensor_names) != plan["model"]["tensors"]:
-            raise PlanError("%s: $.model.fingerprint: the plan is for %s (%s), the module's parameters give %s" %
-                            (origin, plan["model"]["name"], plan["model"]["fingerprint"], fp))
+        count = len(tensor_names)
         self.world = dist.get_world_size(process_group)
         if self.world != plan["gpus"]:
             raise PlanError("%s: $.gpus: the plan is for %d ranks, the process group has %d" %
                             (origin, plan["gpus"], self.world))
-        count = len(tensor_names)
-        expect = 0
-        for i, b in enumerate(plan["buckets"]):
-            if b["begin"] != expect or not expect < b["end"] <= count:
-                raise PlanError("%s: $.buckets[%d]: [%s, %s) does not continue the buckets before it at %d within "
-                                "the %d tensors" % (origin, i, b["begin"], b["end"], expect, count))
-            expect = b["end"]
-        if expect != count:
-            raise PlanError("%s: $.buckets: cover tensors [0, %d) of %d" % (origin, expect, count))
         if process_group is not None and process_group != dist.group.WORLD:
             raise PlanError("%s: PlanDDP runs on the default (world) process group; its streams are groups of all "
                             "ranks" % origin)

@@ -256,6 +256,9 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
     assert r.returncode == 0, r.stderr
     assert "iteration" in r.stdout
+    r = run_cli("run", "torchvision.models:resnet18", "--input-shape", "3,8,8", "--plan", plan)  # another module
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--plan " + plan + ": $.model" in r.stderr
 
 
 @pytest.mark.parametrize("args,says", [
