@@ -545,10 +545,10 @@ TEST_CASE("cli: a rank stopped at set-up or during steps ends the job within --t
        "rank 1: no answer from rank 0 within 3.0 s while the ranks agreed on their set-up", ""},
       {"rank 1 stopped during steps",
        env + "FUSEPLAN_FAULT_STOP_RANK=-1 timeout 100 sh -c '" + job + " & pid=$!; sleep 5; pkill -STOP -n -P $pid; wait $pid'",
-       // Rank 0 waits either in a bucket's allreduce (which names the silent rank) or in
-       // one of the step's world collectives, a loss or overflow sum (which names the call).
+       // Rank 0 waits either in a bucket's allreduce or in one of the step's world
+       // collectives, a loss or overflow sum; both name the silent rank.
        "the allreduce of bucket 0 (ring) got no answer from rank 1 in 3.0",
-       "rank 0: no answer from the other ranks within 3.0 s in a sum across the ranks"},
+       "rank 0: no answer from rank 1 within 3.0 s in a sum across the ranks"},
   };
   for (const auto& c : cases) {
     INFO(c.what);

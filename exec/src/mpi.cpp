@@ -138,7 +138,44 @@ void MpiWorld::wait(MPI_Request& r, const char* what) const {
     return;
   }
   std::vector<MPI_Request> one{r};
-  if (!wait_within(one, timeout_s_, what)[0]) throw silent(rank(), "the other ranks", timeout_s_, std::string("in ") + what);
+  if (!wait_within(one, timeout_s_, what)[0]) throw silent(rank(), roll_call(), timeout_s_, std::string("in ") + what);
+}
+
+namespace {
+constexpr int kRollCallTag = 0x5e8;
+
+// "1, 3": the ranks (from 1) whose request in `done` did not complete.
+std::string missing_ranks(const std::vector<bool>& done) {
+  std::string names;
+  for (size_t i = 0; i < done.size(); ++i)
+    if (!done[i]) names += (names.empty() ? "" : ", ") + std::to_string(i + 1);
+  return names;
+}
+}  // namespace
+
+std::string MpiWorld::roll_call() const {
+  const int P = ranks(), me = rank();
+  if (me != 0) {
+    MPI_Request send;
+    MPI_Isend(&me, 1, MPI_INT, 0, kRollCallTag, MPI_COMM_WORLD, &send);
+    std::vector<MPI_Request> one{send};
+    wait_within(one, timeout_s_, "MPI_Isend");  // rank 0 may be the silent one
+    return "the other ranks";
+  }
+  // Every rank still there entered the collective within about a step of rank 0 and
+  // reports once its own wait times out: another timeout covers it.
+  std::vector<int> from(size_t(P), 0);
+  std::vector<MPI_Request> recv(size_t(P - 1));
+  for (int r = 1; r < P; ++r)
+    MPI_Irecv(&from[size_t(r)], 1, MPI_INT, r, kRollCallTag, MPI_COMM_WORLD, &recv[size_t(r - 1)]);
+  const std::vector<bool> done = wait_within(recv, timeout_s_, "MPI_Irecv");
+  for (size_t i = 0; i < recv.size(); ++i)
+    if (!done[i]) {
+      MPI_Cancel(&recv[i]);
+      MPI_Request_free(&recv[i]);
+    }
+  const std::string silent_ranks = missing_ranks(done);
+  return silent_ranks.empty() ? "the other ranks" : "rank " + silent_ranks;
 }
 
 void MpiWorld::barrier() {
@@ -209,26 +246,20 @@ int MpiWorld::agree(bool failed) {
   const int P = ranks(), me = rank();
   // Without a timeout, as long as MPI waits.
   const double timeout_s = timeout_s_ > 0 ? timeout_s_ : std::numeric_limits<double>::infinity();
-  auto missing_of = [&](const std::vector<bool>& done) {
-    std::string names;
-    for (int r = 1; r < P; ++r)
-      if (!done[size_t(r - 1)]) names += (names.empty() ? "" : ", ") + std::to_string(r);
-    return names;
-  };
   int decision = -1;
   if (me == 0) {
     std::vector<int> status(size_t(P), 0);
     std::vector<MPI_Request> recv(size_t(P - 1));
     for (int r = 1; r < P; ++r)
       MPI_Irecv(&status[size_t(r)], 1, MPI_INT, r, kAgreeTag, MPI_COMM_WORLD, &recv[size_t(r - 1)]);
-    if (const std::string m = missing_of(wait_within(recv, timeout_s, "MPI_Irecv")); !m.empty())
+    if (const std::string m = missing_ranks(wait_within(recv, timeout_s, "MPI_Irecv")); !m.empty())
       throw silent(me, "rank " + m, timeout_s, kAgreeing);
     status[0] = failed ? 1 : 0;
     for (int r = 0; r < P && decision < 0; ++r)
       if (status[size_t(r)]) decision = r;
     std::vector<MPI_Request> send(size_t(P - 1));
     for (int r = 1; r < P; ++r) MPI_Isend(&decision, 1, MPI_INT, r, kAgreeTag, MPI_COMM_WORLD, &send[size_t(r - 1)]);
-    if (const std::string m = missing_of(wait_within(send, timeout_s, "MPI_Isend")); !m.empty())
+    if (const std::string m = missing_ranks(wait_within(send, timeout_s, "MPI_Isend")); !m.empty())
       throw silent(me, "rank " + m, timeout_s, kAgreeing);
   } else {
     int mine = failed ? 1 : 0;

@@ -51,7 +51,9 @@ class MpiWorld {
   MPI_Comm comm() const { return MPI_COMM_WORLD; }
   // Bounds every collective below (barrier, sums, broadcast, gathers): past `seconds`
   // without the other ranks, RunError naming this rank and the call, instead of a hang
-  // (a stopped or dead rank). 0, the default, waits as long as MPI does.
+  // (a stopped or dead rank). On rank 0 it also names the silent ranks: the ranks still
+  // there report to rank 0 once their own wait has timed out, and those that do not
+  // within another `seconds` are named. 0, the default, waits as long as MPI does.
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   void barrier();
   void sum(double* v, int n);
@@ -75,6 +77,9 @@ class MpiWorld {
  private:
   // Waits for `r` within the timeout (polling), or as MPI_Wait does without one.
   void wait(MPI_Request& r, const char* what) const;
+  // After a collective timed out: on rank 0, "rank 1, 3" for the ranks that do not report
+  // within the timeout; on the others (which report to rank 0), "the other ranks".
+  std::string roll_call() const;
 
   RankLayout layout_;
   bool thread_multiple_ = false;
