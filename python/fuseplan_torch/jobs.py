@@ -45,7 +45,10 @@ def build_module(a: Any) -> Tuple[nn.Module, str]:
     if not isinstance(kwargs, dict):
         raise UsageError("--kwargs: must be a JSON object")
     torch.manual_seed(a.seed)
-    module = fn(**kwargs)
+    try:
+        module = fn(**kwargs)
+    except Exception as e:  # the user's factory: its failure is theirs to read, in one line
+        raise UsageError("factory: %s(**%s) raised %s: %s" % (a.factory, a.kwargs, type(e).__name__, e))
     if not isinstance(module, nn.Module):
         raise UsageError("factory: %s returned a %s, not a torch.nn.Module" % (a.factory, type(module).__name__))
     return module, a.name or fn_name
@@ -200,6 +203,8 @@ def run_command(a: Any) -> None:
     if a.plan:
         try:
             plan = load_plan(a.plan)
+        except PlanError as e:  # names the file and JSON path itself
+            raise UsageError("--plan " + str(e))
         except (OSError, ValueError) as e:
             raise UsageError("--plan %s: %s" % (a.plan, e))
         if plan["gpus"] != a.ranks:

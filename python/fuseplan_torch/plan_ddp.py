@@ -69,11 +69,39 @@ class StepTimes:
     buckets: List[BucketTimes] = field(default_factory=list)
 
 
+# What PlanDDP reads of a plan: key, type, and for numbers the least value
+# (docs/schemas/fuseplan.plan-1.schema.json has the whole format).
+_PLAN_KEYS = {"model": dict, "gpus": (int, 1), "batch_per_gpu": (int, 1), "compute": str, "buckets": list}
+_MODEL_KEYS = {"name": str, "tensors": (int, 1), "fingerprint": str}
+_BUCKET_KEYS = {"begin": (int, 0), "end": (int, 1), "algorithm": str, "transfer": str}
+
+
+def _check_keys(obj: Any, keys: Dict[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise PlanError("%s: expected an object" % where)
+    for key, spec in keys.items():
+        kind, least = spec if isinstance(spec, tuple) else (spec, None)
+        if key not in obj:
+            raise PlanError("%s.%s: missing" % (where, key))
+        v = obj[key]
+        if not isinstance(v, kind) or isinstance(v, bool) or (least is not None and v < least):
+            raise PlanError("%s.%s: expected %s%s (got %r)" % (where, key, kind.__name__,
+                                                              "" if least is None else " >= %d" % least, v))
+
+
 def load_plan(path: str) -> Dict[str, Any]:
+    """A fuseplan.plan/1 file, its keys that PlanDDP reads checked (PlanError naming the file
+    and JSON path; OSError and ValueError for a file that cannot be read or is not JSON)."""
     with open(path) as f:
         plan = json.load(f)
     if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
         raise PlanError("%s: $.schema: not a %s file" % (path, PLAN_SCHEMA))
+    _check_keys(plan, _PLAN_KEYS, path + ": $")
+    _check_keys(plan["model"], _MODEL_KEYS, path + ": $.model")
+    if not plan["buckets"]:
+        raise PlanError("%s: $.buckets: empty" % path)
+    for i, b in enumerate(plan["buckets"]):
+        _check_keys(b, _BUCKET_KEYS, "%s: $.buckets[%d]" % (path, i))
     plan["_path"] = path
     return plan
 

@@ -171,6 +171,24 @@ def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path):
             assert diff <= 1e-6 * scale + 1e-9, name
 
 
+def test_a_plan_file_missing_what_plan_ddp_reads_is_refused_naming_the_path(tmp_path):
+    from fuseplan_torch.plan_ddp import PlanError, load_plan
+    path = str(tmp_path / "p.json")
+    for doc, says in [({"schema": "fuseplan.plan/1"}, "p.json: $.model: missing"),
+                      ({"schema": "fuseplan.plan/1", "model": {"name": "m", "tensors": 2, "fingerprint": "f"},
+                        "gpus": 0, "batch_per_gpu": 1, "compute": "fp32", "buckets": []}, "$.gpus: expected int >= 1"),
+                      ({"schema": "fuseplan.plan/1", "model": {"name": "m", "tensors": 2, "fingerprint": "f"},
+                        "gpus": 2, "batch_per_gpu": 1, "compute": "fp32", "buckets": [{"begin": 0}]},
+                       "$.buckets[0].end: missing")]:
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        with pytest.raises(PlanError) as e:
+            load_plan(path)
+        assert says in str(e.value)
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", path)
+    assert r.returncode == 2 and "$.buckets[0].end: missing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
 def test_plan_ddp_refuses_a_plan_that_does_not_fit(tmp_path):
     import torch.distributed as dist
     from fuseplan_torch.plan_ddp import PlanDDP, PlanError
@@ -272,6 +290,10 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "p.json",
       "--ranks", "0"], "--ranks: must be >= 1 (got 0)"),
     (["export", "ddp_check:small_cnn"], "the following arguments are required: --input-shape"),
+    (["export", "torchvision.models:resnet18", "--kwargs", '{"bogus": 1}', "--input-shape", "3,8,8", "--out", "x.json"],
+     "raised TypeError"),
+    (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "/nonexistent/p.json"],
+     "--plan /nonexistent/p.json: [Errno 2]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     r = subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True,
