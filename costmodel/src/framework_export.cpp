@@ -22,12 +22,6 @@ std::set<int> starts_of(const Plan& p) {
   return s;
 }
 
-std::vector<int> as_starts(const std::set<int>& s) {
-  std::vector<int> v{0};
-  v.insert(v.end(), s.begin(), s.end());
-  return v;
-}
-
 // The algorithm the plan gives every bucket, or auto when its buckets differ.
 std::string common_algorithm(const Plan& p) {
   for (const auto& b : p.buckets)
@@ -47,16 +41,11 @@ int64_t tensor_elements(const Model& m, int backward_position) {
   return m.tensors[m.tensor_at_backward(backward_position)].numel;
 }
 
-struct Candidate {
-  FrameworkSettings s;
-  double iteration_s = 0;
-};
-
-bool closer(const Candidate& a, const Candidate& b) {
-  const int da = a.s.boundaries_missing + a.s.boundaries_extra, db = b.s.boundaries_missing + b.s.boundaries_extra;
+bool closer(const FrameworkSettings& a, const FrameworkSettings& b) {
+  const int da = a.boundaries_missing + a.boundaries_extra, db = b.boundaries_missing + b.boundaries_extra;
   if (da != db) return da < db;
-  if (a.iteration_s != b.iteration_s) return a.iteration_s < b.iteration_s;
-  return a.s.cap_units < b.s.cap_units;
+  if (a.predicted.iteration_s != b.predicted.iteration_s) return a.predicted.iteration_s < b.predicted.iteration_s;
+  return a.cap_units < b.cap_units;
 }
 
 void score(FrameworkSettings& s, const Plan& plan) {
@@ -113,19 +102,15 @@ const char* framework_name(Framework f) {
 FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Framework framework) {
   const Model& m = tuner.model();
   validate_plan(plan, m, field("export.plan"));
-  const Report plan_report = tuner.evaluate(plan);
   TuneOptions o = options_like(plan);
   std::vector<int64_t> elements;  // per plan bucket
   for (const auto& b : plan.buckets) elements.push_back(bucket_elements(plan, m, b));
 
-  std::vector<Candidate> candidates;
+  std::vector<FrameworkSettings> candidates;
   auto consider = [&](FrameworkSettings s) {
     s.framework = framework;
     score(s, plan);
-    s.plan_predicted = plan_report;
-    Candidate c{std::move(s), 0};
-    c.iteration_s = c.s.predicted.iteration_s;
-    candidates.push_back(std::move(c));
+    candidates.push_back(std::move(s));
   };
   switch (framework) {
     case Framework::Ddp: {
@@ -165,20 +150,18 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
       break;
     }
     case Framework::Horovod: {
+      // The plan's own buckets, algorithms, precisions and streams, copied into Horovod's buffer.
       FrameworkSettings s;
-      s.approximation = tuner.plan_for(as_starts(starts_of(plan)), o);
-      for (size_t k = 0; k < plan.buckets.size(); ++k) {  // the plan's own algorithms and precisions
-        s.approximation.buckets[k].algorithm = plan.buckets[k].algorithm;
-        s.approximation.buckets[k].transfer = plan.buckets[k].transfer;
-        s.approximation.buckets[k].stream = plan.buckets[k].stream;
-      }
+      s.approximation = plan;
       s.approximation.strategy = "horovod groups";
-      for (const auto& b : plan.buckets) {
+      s.approximation.prediction.reset();
+      for (size_t k = 0; k < plan.buckets.size(); ++k) {
+        const PlanBucket& b = plan.buckets[k];
+        s.approximation.buckets[k].pack = true;
         std::vector<std::string> names;
         for (int pos = b.begin; pos < b.end; ++pos) names.push_back(m.tensors[m.tensor_at_backward(pos)].name);
         s.groups.push_back(std::move(names));
-        s.fusion_threshold_bytes =
-            std::max(s.fusion_threshold_bytes, bucket_elements(plan, m, b) * bytes_per_element(b.transfer));
+        s.fusion_threshold_bytes = std::max(s.fusion_threshold_bytes, elements[k] * bytes_per_element(b.transfer));
       }
       s.cycle_time_ms = kHorovodCycleMs;
       s.predicted = tuner.evaluate(s.approximation);
@@ -186,7 +169,9 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
       break;
     }
   }
-  return std::min_element(candidates.begin(), candidates.end(), closer)->s;
+  FrameworkSettings best = *std::min_element(candidates.begin(), candidates.end(), closer);
+  best.plan_predicted = tuner.evaluate(plan);
+  return best;
 }
 
 }  // namespace fuseplan

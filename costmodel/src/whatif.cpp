@@ -5,21 +5,17 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <optional>
 #include <sstream>
 
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/text.hpp"
 #include "fuseplan/models/model_json.hpp"
 
 namespace fuseplan {
 
 namespace {
-std::string num(double v, const char* fmt = "%.4g") {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, fmt, v);
-  return buf;
-}
+std::string num(double v, const char* fmt = "%.4g") { return formatted(v, fmt); }
 }  // namespace
 
 WhatIf::WhatIf(Cluster base, WhatIfSettings settings) : base_(std::move(base)), settings_(std::move(settings)) {}

@@ -2,13 +2,13 @@
 #include "fuseplan/models/json_reader.hpp"
 
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <cerrno>
 #include <fstream>
 #include <sstream>
 
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
 
@@ -107,11 +107,7 @@ double JsonObject::non_negative(const std::string& key) {
 }
 
 namespace {
-std::string num(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", v);
-  return b;
-}
+std::string num(double v) { return formatted(v, "%g"); }
 }  // namespace
 
 double JsonObject::in_range(const std::string& key, double lo, double hi, const std::string& unit) {

@@ -3,10 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 
 #include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan::model_detail {
 
@@ -62,7 +62,7 @@ class Rebuild {
       bad("has " + std::to_string(l.inputs.size()) + " inputs; a layer of this kind takes " + std::to_string(n));
   }
 
-  const Shape& producer_shape(int from) const { return from < 0 ? file_.input_shape : b_.shape(from); }
+  const Shape& producer_shape(int from) const { return b_.shape(from); }  // from = -1: the model input
 
   void check_input_shape(const Layer& l) const {
     if (!given_[index_].in_shape || l.inputs.empty()) return;
@@ -201,14 +201,8 @@ class Rebuild {
   void check_flops(const char* key, bool given, double file, double derived) const {
     if (!given || file == derived) return;
     if (std::abs(file - derived) > kFlopsTolerance * std::max(file, derived))
-      bad(std::string(key) + " " + format_double(file) + " is not what the kind and shapes give, " +
-          format_double(derived) + " (leave it out: fuseplan derives it)");
-  }
-
-  static std::string format_double(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.6g", v);
-    return buf;
+      bad(std::string(key) + " " + formatted(file, "%.6g") + " is not what the kind and shapes give, " +
+          formatted(derived, "%.6g") + " (leave it out: fuseplan derives it)");
   }
 
   const Model& file_;

@@ -1,5 +1,7 @@
 #include "fuseplan/models/text.hpp"
 
+#include <cstdio>
+
 namespace fuseplan {
 
 std::string grouped(int64_t v) {
@@ -12,6 +14,12 @@ std::string grouped(int64_t v) {
 }
 
 std::string count_of(int64_t n, const std::string& noun) { return std::to_string(n) + " " + noun + (n == 1 ? "" : "s"); }
+
+std::string formatted(double v, const char* printf_format) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, printf_format, v);
+  return buf;
+}
 
 bool names_a_file(const std::string& s) {
   return s.find('/') != std::string::npos || (s.size() > 5 && s.ends_with(".json"));
