@@ -55,11 +55,7 @@ def compare_rank(rank, ranks, spec, plan, names, ddp_settings, rounds, iteration
                            vocab=vocab, seed=1, name="")
     copies = [jobs.build_module(a)[0] for _ in range(3)]
     inputs = jobs.make_batch(a, batch, 100 + rank)
-    copies[0].eval()
-    with torch.no_grad():
-        width = copies[0](inputs[:1]).shape
-    copies[0].train()
-    labels = torch.randint(0, width[-1], (batch,) + tuple(width[1:-1]), generator=torch.Generator().manual_seed(rank))
+    labels = jobs.make_labels(copies[0], inputs, rank)
     planned = PlanDDP(copies[0], plan, names)
     opt_plan = torch.optim.SGD(planned.parameters(), lr=0.01, momentum=0.9)
     default = nn.parallel.DistributedDataParallel(copies[1])

@@ -177,7 +177,7 @@ def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...]) -> None:
 
 
 def _threads(a: Any, ranks: int) -> int:
-    return a.threads if getattr(a, "threads", 0) > 0 else max(1, (os.cpu_count() or 1) // ranks)
+    return a.threads if a.threads > 0 else max(1, (os.cpu_count() or 1) // ranks)
 
 
 def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Tensor) -> List[str]:
@@ -214,27 +214,35 @@ def run_command(a: Any) -> None:
     batch = plan["batch_per_gpu"] if plan else (a.batch or 8)
     input_shape(a)
     module, _ = build_module(a)  # a bad factory or a plan for another module fails here, once
+    names: List[str] = []
     if plan is not None:
+        names = plan_tensor_names(plan, module, make_batch(a, 2, a.seed))
         try:
-            check_plan(plan, module, plan_tensor_names(plan, module, make_batch(a, 2, a.seed)))
+            check_plan(plan, module, names)
         except PlanError as e:
             raise UsageError("--plan " + str(e))
-    spawn(a.ranks, _run_rank, (a, plan, batch))
+    spawn(a.ranks, _run_rank, (a, plan, names, batch))
 
 
-def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], batch: int) -> None:
-    torch.set_num_threads(_threads(a, ranks))
-    module, _ = build_module(a)
-    inputs = make_batch(a, batch, a.seed + 100 + rank)
-    module.eval()  # the output's shape, for the labels (batch statistics of one sample would fail)
+def make_labels(module: nn.Module, inputs: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random class labels shaped as the module's output without its last dimension
+    ([batch] for a classifier, [batch, tokens] for a language model)."""
+    module.eval()  # the output's shape (batch statistics of one sample would fail)
     with torch.no_grad():
         out = module(inputs[:1])
     module.train()
     out = out if torch.is_tensor(out) else out[0]
-    g = torch.Generator().manual_seed(a.seed + 200 + rank)
-    labels = torch.randint(0, out.shape[-1], (batch,) + tuple(out.shape[1:-1]), generator=g)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, out.shape[-1], (inputs.shape[0],) + tuple(out.shape[1:-1]), generator=g)
+
+
+def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], names: List[str], batch: int) -> None:
+    torch.set_num_threads(_threads(a, ranks))
+    module, _ = build_module(a)
+    inputs = make_batch(a, batch, a.seed + 100 + rank)
+    labels = make_labels(module, inputs, a.seed + 200 + rank)
     if plan is not None:
-        ddp = PlanDDP(module, plan, plan_tensor_names(plan, module, inputs[:2]))
+        ddp = PlanDDP(module, plan, names)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
         report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
         ddp.close()

@@ -52,7 +52,6 @@ class _Bucket:
     stream: int
     transfer: str
     params: List[nn.Parameter]
-    offsets: List[int]
     numel: int
     buffer: torch.Tensor
     views: List[torch.Tensor]      # each parameter's slot, shaped as the parameter
@@ -164,14 +163,10 @@ class PlanDDP(nn.Module):
         self.slot_of: Dict[int, int] = {}
         for i, b in enumerate(plan["buckets"]):
             ps = [params[tensor_names[count - 1 - pos]] for pos in range(b["begin"], b["end"])]
-            offsets, n = [], 0
-            for p in ps:
-                offsets.append(n)
-                n += p.numel()
+            n = sum(p.numel() for p in ps)
             buffer = torch.zeros(n, dtype=torch.float32, device=ps[0].device)
-            views = [buffer[o:o + p.numel()].view_as(p) for p, o in zip(ps, offsets)]
-            bucket = _Bucket(i, b["begin"], b["end"], int(b.get("stream", 0)), b["transfer"], ps, offsets, n, buffer,
-                             views)
+            views = [flat.view_as(p) for p, flat in zip(ps, buffer.split([p.numel() for p in ps]))]
+            bucket = _Bucket(i, b["begin"], b["end"], int(b.get("stream", 0)), b["transfer"], ps, n, buffer, views)
             for slot, p in enumerate(ps):
                 self.bucket_of[id(p)] = i
                 self.slot_of[id(p)] = slot
