@@ -105,7 +105,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   const Plan& plan = bound.scenario.plan;
   TrainingData& data = bound.data;
   if (rank == 0)
-    for (const auto& w : bound.scenario.warnings) std::cerr << "fuseplan-exec run: " << with_flags(w) << "\n";
+    for (const auto& w : bound.scenario.warnings) err_line("fuseplan-exec run: " + with_flags(w));
 
   std::unique_ptr<exec::Backend> backend;
   try {
@@ -131,7 +131,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   try {
     const exec::PlanRun run = exec::run_plan(world, plan, data.model, bound.scenario.cluster, data.train, &data.test, *backend, o);
     if (rank != 0) return std::nullopt;
-    for (const auto& n : run.notes) std::cerr << "fuseplan-exec run: note: " << n << "\n";
+    for (const auto& n : run.notes) err_line("fuseplan-exec run: note: " + n);
     const exec::TrainResult& result = run.result;
     const std::optional<exec::Measurement>& m = run.measurement;
     const Report& rep = m->report;
@@ -162,15 +162,15 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     return v;
   } catch (const InputError& e) {  // after set-up: one rank's, so the job is aborted
     if (!*e.what()) throw;            // the ranks' agreed set-up refusal, said already
-    std::cerr << "fuseplan-exec run: rank " << rank << ": " << with_flags(e) << "\n";
+    err_line("fuseplan-exec run: rank " + std::to_string(rank) + ": " + with_flags(e));
     discard_outputs();
     world.abort(2);
   } catch (const RunError& e) {
-    std::cerr << "fuseplan-exec run: rank " << rank << ": error: " << e.what() << "\n";
+    err_line("fuseplan-exec run: rank " + std::to_string(rank) + ": error: " + e.what());
     discard_outputs();
     world.abort(1);
   } catch (const std::exception& e) {
-    std::cerr << "fuseplan-exec run: rank " << rank << ": internal error: " << e.what() << "\n";
+    err_line("fuseplan-exec run: rank " + std::to_string(rank) + ": internal error: " + e.what());
     discard_outputs();
     world.abort(1);
   }

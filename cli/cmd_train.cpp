@@ -24,7 +24,7 @@ void run_train(TrainFlags& f) {
   auto [train, test, model] = load_training(f, f.model);
   auto backend = make_training_backend(f);
   exec::Trainer trainer(model, train, &test, *backend, f.opt);
-  if (const auto& r = trainer.resumed()) std::cerr << "fuseplan-exec train: " << r->line() << "\n";
+  if (const auto& r = trainer.resumed()) err_line("fuseplan-exec train: " + r->line());
   ProgressBar bar("steps", f.quiet);
   auto result = trainer.run(step_progress(bar, f), epoch_progress(bar));
 

@@ -40,6 +40,13 @@ std::string csv_cell(const std::string& s) {
 void set_csv_output(bool on) { g_csv = on; }
 bool csv_output() { return g_csv; }
 
+void err_line(const std::string& line) {
+  std::cout.flush();  // what came before it on stdout stays before it
+  const std::string text = line + "\n";
+  std::cerr.write(text.data(), std::streamsize(text.size()));
+  std::cerr.flush();
+}
+
 std::ostream& out() {
   static NullBuffer null_buffer;
   static std::ostream null_stream(&null_buffer);

@@ -29,6 +29,9 @@ class Table {
 void set_csv_output(bool on);
 bool csv_output();
 std::ostream& out();
+// One line on stderr in a single write: under mpirun, which forwards a rank's stdout and
+// stderr separately, a line written piece by piece can be cut by the other stream's text.
+void err_line(const std::string& line);
 
 // The libraries name inputs by field ("{tuner.segments}", models/error.hpp); the command
 // line spells each as its flag: the name's last part, '_' as '-' ("--segments"), since

@@ -124,17 +124,17 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
   } catch (const CLI::Success& e) {  // --help and friends: CLI11 prints, exit 0
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << prog + ": " << e.what() << " (see " << prog << " --help)\n";
+    err_line(prog + ": " + e.what() + " (see " + prog + " --help)");
     return 2;
   } catch (const InputError& e) {
     // An empty message: another rank of the same job has said it.
-    if (*e.what()) std::cerr << prog + ": " << with_flags(e) << "\n";
+    if (*e.what()) err_line(prog + ": " + with_flags(e));
     return 2;
   } catch (const RunError& e) {
-    std::cerr << prog + ": error: " << e.what() << "\n";
+    err_line(prog + ": error: " + e.what());
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << prog + ": internal error: " << e.what() << "\n";
+    err_line(prog + ": internal error: " + e.what());
     return 1;
   }
   return 0;
