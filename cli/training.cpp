@@ -43,7 +43,7 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
   cmd->add_option("--seed", f->opt.seed, "weights, data order, augmentation, dropout")->capture_default_str();
   cmd->add_flag("--augment", f->opt.augment, "random crops (padding 2) and horizontal flips");
   cmd->add_option("--threads", f->threads, "compute threads (default: OpenMP's, all cores)");
-  cmd->add_option("--conv", f->conv, "convolutions: auto (= im2col) | im2col (OpenBLAS SGEMM) | onednn (libdnnl-dev)")
+  cmd->add_option("--conv", f->conv, "convolutions: auto (onednn where built with libdnnl-dev, else im2col) | im2col (OpenBLAS SGEMM) | onednn")
       ->capture_default_str();
   cmd->add_option("--backend", f->backend, "cpu | cuda (cuDNN, cuBLAS; docs/gpu.md)")->capture_default_str();
   cmd->add_option("--device", f->device, "cuda: the GPU (default: the rank's local rank modulo the GPUs)");

@@ -1,11 +1,13 @@
-// The CPU backend: convolutions as im2col + OpenBLAS SGEMM over the whole batch (one
-// large GEMM instead of one per sample), everything else as OpenMP loops. Loops that
-// sum over the batch run one channel per thread, so results do not depend on the thread
-// schedule.
+// The CPU backend: convolutions through oneDNN where the build has it (dnnl_conv.cpp),
+// else as im2col + OpenBLAS SGEMM over the whole batch (one large GEMM instead of one per
+// sample); everything else as OpenMP loops. Loops that sum over the batch run one
+// channel per thread, so results do not depend on the thread schedule.
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -19,10 +21,11 @@
 #include "dnnl_conv.hpp"
 #else
 namespace fuseplan::exec {
+inline std::string dnnl_kernels() { return ""; }
 class DnnlConv {  // without oneDNN: never constructed
  public:
   void forward(const ConvShape&, const float*, const float*, const float*, float*) {}
-  void backward(const ConvShape&, const float*, const float*, const float*, float*, float*, float*) {}
+  void backward(const ConvShape&, const float*, const float*, const float*, float*, float*, float*, bool) {}
 };
 }  // namespace fuseplan::exec
 #endif
@@ -97,13 +100,21 @@ void nkpq_to_knpq(int n, int k, int pq, const float* a, float* b) {
 
 // Grow-only scratch: unlike std::vector::resize, growing does not zero-fill (every
 // user overwrites what it reads), and layers of different sizes never shrink it.
+// n floats, 64-byte aligned. (Transparent huge pages were tried for the large buffers:
+// 8x fewer first-touch faults but more system time, the kernel compacting memory for
+// them; not used.)
+float* host_alloc(size_t n) {
+  void* p = std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64));
+  if (!p) throw RunError("cpu backend: out of memory allocating " + std::to_string(n) + " floats");
+  return static_cast<float*>(p);
+}
+
 class Scratch {
  public:
   float* get(size_t n) {
     if (n > size_) {
       std::free(data_);
-      data_ = static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64));
-      if (!data_) throw RunError("cpu backend: out of memory allocating " + std::to_string(n) + " floats");
+      data_ = host_alloc(n);
       size_ = n;
     }
     return data_;
@@ -119,28 +130,31 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(CpuConv conv) {
 #ifdef FUSEPLAN_HAVE_DNNL
-    if (conv == CpuConv::Dnnl) dnnl_ = std::make_unique<DnnlConv>();
+    if (conv != CpuConv::Im2col) dnnl_ = std::make_unique<DnnlConv>();
 #else
     if (conv == CpuConv::Dnnl) throw InputError("cpu backend: built without oneDNN (install libdnnl-dev and rebuild)");
 #endif
   }
-  std::string name() const override { return dnnl_ ? "cpu (oneDNN convolutions)" : "cpu (im2col + OpenBLAS)"; }
-
-  float* alloc(size_t n) override {
-    void* p = std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64));
-    if (!p) throw RunError("cpu backend: out of memory allocating " + std::to_string(n) + " floats");
-    return static_cast<float*>(p);
+  // The kernels that run: oneDNN's release and ISA for convolutions, OpenBLAS's core for
+  // the GEMMs (linear layers, and convolutions without oneDNN).
+  std::string name() const override {
+    const std::string blas = std::string("OpenBLAS ") + openblas_get_corename();
+    return dnnl_ ? "cpu (convolutions: " + dnnl_kernels() + "; GEMM: " + blas + ")" : "cpu (im2col + " + blas + ")";
   }
+
+  float* alloc(size_t n) override { return host_alloc(n); }
   void free(float* p) override { std::free(p); }
   void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
   void round(Precision p, float* x, size_t n) override { round_buffer(p, x, n); }
   bool reads_host_memory() const override { return true; }
   void copy_in(float* dst, const float* src, size_t n) override { std::memmove(dst, src, n * sizeof(float)); }
   bool nonfinite(const float* x, size_t n) override {
-    bool bad = false;
-#pragma omp parallel for reduction(|| : bad) schedule(static)
-    for (size_t i = 0; i < n; ++i) bad = bad || !std::isfinite(x[i]);
-    return bad;
+    // An infinity or NaN has every exponent bit set; OR-ing a flag per value (no early
+    // exit) lets the loop vectorise.
+    uint32_t bad = 0;
+#pragma omp parallel for simd reduction(| : bad) schedule(static)
+    for (size_t i = 0; i < n; ++i) bad |= uint32_t((std::bit_cast<uint32_t>(x[i]) & 0x7f800000u) == 0x7f800000u);
+    return bad != 0;
   }
   void optimizer_step(const std::vector<OptimizerSlot>& slots, const OptimizerStep& o, float* masters, float* momenta,
                       const float* grads, float* params, double* local_rates) override {
@@ -164,12 +178,15 @@ class CpuBackend final : public Backend {
         local_rates[k] = local;
         rate = o.lr * local;
       }
+      float* p = params + s.offset;
+#pragma omp simd
       for (int64_t i = 0; i < s.numel; ++i) {
         const double grad = double(g[i]) * o.inv_scale + decay * w[i];
         v[i] = float(o.momentum * v[i] + rate * grad);
         w[i] -= v[i];
-        params[s.offset + i] = round_to(o.working, w[i]);
+        p[i] = w[i];
       }
+      round_span(o.working, p, size_t(s.numel));  // the working copy in its precision
     }
   }
 
@@ -194,10 +211,7 @@ class CpuBackend final : public Backend {
   void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
                        float* db) override {
     if (dnnl_) {
-      // oneDNN overwrites the input gradient; ours accumulates (residual branches).
-      float* g = dx ? tmp_.get(size_t(s.n) * s.c * s.h * s.w) : nullptr;
-      dnnl_->backward(s, x, w, dy, g, dw, db);
-      if (dx) accumulate(size_t(s.n) * s.c * s.h * s.w, g, dx);
+      dnnl_->backward(s, x, w, dy, dx, dw, db, true);  // the input gradient accumulates (residual branches)
       return;
     }
     const int K = s.c * s.r * s.r, pq = s.p * s.q;
@@ -253,14 +267,18 @@ class CpuBackend final : public Backend {
     const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
+      // Two passes (mean, then squared deviations: no cancellation), each a SIMD
+      // reduction in double (several partial sums, not one serial chain).
       double sum = 0, sq = 0;
       for (int img = 0; img < n; ++img) {
         const float* p = x + (int64_t(img) * c + ch) * hw;
+#pragma omp simd reduction(+ : sum)
         for (int i = 0; i < hw; ++i) sum += p[i];
       }
       const double mean = sum / count;
       for (int img = 0; img < n; ++img) {
         const float* p = x + (int64_t(img) * c + ch) * hw;
+#pragma omp simd reduction(+ : sq)
         for (int i = 0; i < hw; ++i) sq += (p[i] - mean) * (p[i] - mean);
       }
       const double var = sq / count;
@@ -302,6 +320,7 @@ class CpuBackend final : public Backend {
       for (int img = 0; img < n; ++img) {
         const float* p = x + (int64_t(img) * c + ch) * hw;
         const float* g = dy + (int64_t(img) * c + ch) * hw;
+#pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
         for (int i = 0; i < hw; ++i) {
           sum_dy += g[i];
           sum_dy_xhat += g[i] * (p[i] - mean) * invstd;
@@ -325,8 +344,11 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) y[i] = x[i] > 0 ? x[i] : 0.0f;
   }
   void relu_backward(size_t n, const float* y, const float* dy, float* dx) override {
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; ++i) dx[i] += y[i] > 0 ? dy[i] : 0.0f;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+      const float g = dy[i];  // read unconditionally, so the loop vectorises (a select, not a branch)
+      dx[i] += y[i] > 0 ? g : 0.0f;
+    }
   }
 
   void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {
@@ -508,13 +530,51 @@ void set_cpu_threads(int n) {
 }
 int cpu_threads() { return omp_get_max_threads(); }
 
-void round_buffer(Precision p, float* x, size_t n) {
+namespace {
+
+// FP16 rounding with the F16C instructions (vcvtps2ph with round to nearest even, then
+// back), eight values at a time: the same values as round_fp16, which handles the rest.
+// The conversion quiets a NaN but keeps its payload; round_fp16 gives the canonical
+// quiet NaN, so NaNs are replaced by it (with their sign) to agree bit for bit.
+__attribute__((target("avx2,f16c"))) void round_fp16_f16c(float* x, size_t n) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 r = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256 nan = _mm256_or_ps(_mm256_and_ps(v, sign), qnan);
+    _mm256_storeu_ps(x + i, _mm256_blendv_ps(r, nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  }
+  for (; i < n; ++i) x[i] = round_fp16(x[i]);
+}
+
+bool has_f16c() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return yes;
+}
+
+}  // namespace
+
+void round_span(Precision p, float* x, size_t n) {
   if (p == Precision::FP16) {
-#pragma omp parallel for schedule(static)
+    if (has_f16c()) return round_fp16_f16c(x, n);
     for (size_t i = 0; i < n; ++i) x[i] = round_fp16(x[i]);
   } else if (p == Precision::BF16) {
-#pragma omp parallel for schedule(static)
+#pragma omp simd
     for (size_t i = 0; i < n; ++i) x[i] = round_bf16(x[i]);
+  }
+}
+
+void round_buffer(Precision p, float* x, size_t n) {
+  if (p == Precision::FP32) return;
+  // Chunks of 64 KiB per task: large buffers split across threads, small ones not at all.
+  constexpr size_t chunk = 16384;
+  const int64_t chunks = int64_t((n + chunk - 1) / chunk);
+  if (chunks <= 1) return round_span(p, x, n);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const size_t lo = size_t(c) * chunk;
+    round_span(p, x + lo, std::min(chunk, n - lo));
   }
 }
 

@@ -2,8 +2,12 @@
 
 #include <dnnl.hpp>
 
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <tuple>
+
+#include "fuseplan/models/error.hpp"
 
 namespace fuseplan::exec {
 
@@ -14,11 +18,37 @@ using Key = std::tuple<int, int, int, int, int, int, int, int, bool>;
 
 Key key_of(const ConvShape& s, bool bias) { return {s.n, s.c, s.h, s.w, s.k, s.r, s.stride, s.pad, bias}; }
 
+// Primitives for one shape. The user's buffers are plain NCHW / OIHW (`*_plain`); the
+// primitives are created with format `any`, so oneDNN picks its blocked layouts (nChw16c
+// and the like on AVX-512), for which it has direct JIT kernels; with plain layouts it
+// falls back to im2col + GEMM, as slow as ours.
 struct Prims {
-  dnnl::memory::desc src, wei, bias, dst;
+  dnnl::memory::desc src_plain, wei_plain, bias, dst_plain;
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
+  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
   dnnl::convolution_forward fwd;
   dnnl::convolution_backward_data bwd_data;
   dnnl::convolution_backward_weights bwd_weights;
+};
+
+// A growable 64-byte-aligned buffer for one operand in oneDNN's layout.
+class Buffer {
+ public:
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(data_);
+      data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      if (!data_) throw RunError("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
+      size_ = bytes;
+    }
+    return data_;
+  }
+  ~Buffer() { std::free(data_); }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
 };
 }  // namespace
 
@@ -26,67 +56,131 @@ struct DnnlConv::Impl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
   std::map<Key, Prims> cache;
+  // One buffer per operand slot: two inputs, the weights (or their gradient), one output.
+  // Layers run one at a time, so every shape shares them.
+  Buffer in_a, in_b, wei, out;
 
   Prims& get(const ConvShape& s, bool bias) {
     auto it = cache.find(key_of(s, bias));
     if (it != cache.end()) return it->second;
     Prims p;
-    p.src = dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::f32, tag::nchw);
-    p.wei = dnnl::memory::desc({s.k, s.c, s.r, s.r}, dt::f32, tag::oihw);
+    p.src_plain = dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::f32, tag::nchw);
+    p.wei_plain = dnnl::memory::desc({s.k, s.c, s.r, s.r}, dt::f32, tag::oihw);
     p.bias = dnnl::memory::desc({s.k}, dt::f32, tag::x);
-    p.dst = dnnl::memory::desc({s.n, s.k, s.p, s.q}, dt::f32, tag::nchw);
+    p.dst_plain = dnnl::memory::desc({s.n, s.k, s.p, s.q}, dt::f32, tag::nchw);
+    const dnnl::memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, tag::any), wei({s.k, s.c, s.r, s.r}, dt::f32, tag::any),
+        dst({s.n, s.k, s.p, s.q}, dt::f32, tag::any);
     const dnnl::memory::dims strides{s.stride, s.stride}, pad_l{s.pad, s.pad},
         pad_r{(s.p - 1) * s.stride + s.r - s.h - s.pad, (s.q - 1) * s.stride + s.r - s.w - s.pad};
-    auto fwd_d = bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                        dnnl::algorithm::convolution_direct, p.src, p.wei, p.bias,
-                                                        p.dst, strides, pad_l, pad_r)
-                      : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                        dnnl::algorithm::convolution_direct, p.src, p.wei, p.dst,
-                                                        strides, pad_l, pad_r);
-    dnnl::convolution_forward::primitive_desc fwd_pd(fwd_d, eng);
-    p.fwd = dnnl::convolution_forward(fwd_pd);
-    dnnl::convolution_backward_data::desc bd_d(dnnl::algorithm::convolution_direct, p.src, p.wei, p.dst, strides,
-                                               pad_l, pad_r);
-    p.bwd_data = dnnl::convolution_backward_data(dnnl::convolution_backward_data::primitive_desc(bd_d, eng, fwd_pd));
-    auto bw_d = bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src, p.wei,
-                                                                p.bias, p.dst, strides, pad_l, pad_r)
-                     : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src, p.wei,
-                                                                p.dst, strides, pad_l, pad_r);
-    p.bwd_weights =
-        dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(bw_d, eng, fwd_pd));
+    const auto fwd_d = bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                              dnnl::algorithm::convolution_direct, src, wei, p.bias,
+                                                              dst, strides, pad_l, pad_r)
+                            : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                              dnnl::algorithm::convolution_direct, src, wei, dst,
+                                                              strides, pad_l, pad_r);
+    p.fwd_pd = dnnl::convolution_forward::primitive_desc(fwd_d, eng);
+    const dnnl::convolution_backward_data::desc bd_d(dnnl::algorithm::convolution_direct, src, wei, dst, strides,
+                                                     pad_l, pad_r);
+    p.bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(bd_d, eng, p.fwd_pd);
+    const auto bw_d = bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src, wei,
+                                                                      p.bias, dst, strides, pad_l, pad_r)
+                           : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src, wei,
+                                                                      dst, strides, pad_l, pad_r);
+    p.bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(bw_d, eng, p.fwd_pd);
+    p.fwd = dnnl::convolution_forward(p.fwd_pd);
+    p.bwd_data = dnnl::convolution_backward_data(p.bwd_data_pd);
+    p.bwd_weights = dnnl::convolution_backward_weights(p.bwd_weights_pd);
     return cache.emplace(key_of(s, bias), std::move(p)).first->second;
   }
 
-  dnnl::memory mem(const dnnl::memory::desc& d, const float* ptr) {
+  dnnl::memory plain(const dnnl::memory::desc& d, const float* ptr) {
     return dnnl::memory(d, eng, const_cast<float*>(ptr));  // oneDNN takes non-const handles
   }
+  // An input in the primitive's layout `want`: the user's buffer itself when the layouts
+  // agree, else a reordered copy in `buf`.
+  dnnl::memory input(const dnnl::memory::desc& want, const dnnl::memory::desc& have, const float* ptr, Buffer& buf) {
+    dnnl::memory user = plain(have, ptr);
+    if (want == have) return user;
+    dnnl::memory m(want, eng, buf.get(want.get_size()));
+    dnnl::reorder(user, m).execute(strm, user, m);
+    return m;
+  }
+  // An output in the primitive's layout `want`, written back to the user's buffer by
+  // `finish` (added to it when `add`).
+  dnnl::memory output(const dnnl::memory::desc& want, const dnnl::memory::desc& have, float* ptr, Buffer& buf,
+                      bool add) {
+    if (want == have && !add) return plain(have, ptr);
+    return dnnl::memory(want, eng, buf.get(want.get_size()));
+  }
+  void finish(dnnl::memory m, const dnnl::memory::desc& have, float* ptr, bool add) {
+    if (m.get_data_handle() == ptr) return;
+    dnnl::memory user = plain(have, ptr);
+    dnnl::primitive_attr attr;
+    if (add) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.0f);  // the reorder adds onto what the buffer holds (residual branches)
+      attr.set_post_ops(ops);
+    }
+    dnnl::reorder(dnnl::reorder::primitive_desc(m, user, attr)).execute(strm, m, user);
+  }
 };
+
+std::string dnnl_kernels() {
+  const dnnl_version_t* v = dnnl_version();
+  std::string isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41: isa = "sse41"; break;
+    case dnnl::cpu_isa::avx: isa = "avx"; break;
+    case dnnl::cpu_isa::avx2: isa = "avx2"; break;
+    case dnnl::cpu_isa::avx2_vnni: isa = "avx2_vnni"; break;
+    case dnnl::cpu_isa::avx512_core: isa = "avx512_core"; break;
+    case dnnl::cpu_isa::avx512_core_vnni: isa = "avx512_core_vnni"; break;
+    case dnnl::cpu_isa::avx512_core_bf16: isa = "avx512_core_bf16"; break;
+    case dnnl::cpu_isa::avx512_core_amx: isa = "avx512_core_amx"; break;
+    default: isa = "isa " + std::to_string(int(dnnl::get_effective_cpu_isa()));
+  }
+  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) + " " +
+         isa;
+}
 
 DnnlConv::DnnlConv() : impl_(std::make_unique<Impl>()) {}
 DnnlConv::~DnnlConv() = default;
 
 void DnnlConv::forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
-  Prims& p = impl_->get(s, b != nullptr);
-  std::unordered_map<int, dnnl::memory> args{
-      {DNNL_ARG_SRC, impl_->mem(p.src, x)}, {DNNL_ARG_WEIGHTS, impl_->mem(p.wei, w)}, {DNNL_ARG_DST, impl_->mem(p.dst, y)}};
-  if (b) args.emplace(DNNL_ARG_BIAS, impl_->mem(p.bias, b));
-  p.fwd.execute(impl_->strm, args);
-  impl_->strm.wait();
+  Impl& I = *impl_;
+  Prims& p = I.get(s, b != nullptr);
+  const dnnl::memory src = I.input(p.fwd_pd.src_desc(), p.src_plain, x, I.in_a);
+  const dnnl::memory wei = I.input(p.fwd_pd.weights_desc(), p.wei_plain, w, I.wei);
+  const dnnl::memory dst = I.output(p.fwd_pd.dst_desc(), p.dst_plain, y, I.out, false);
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}};
+  if (b) args.emplace(DNNL_ARG_BIAS, I.plain(p.bias, b));
+  p.fwd.execute(I.strm, args);
+  I.finish(dst, p.dst_plain, y, false);
+  I.strm.wait();
 }
 
 void DnnlConv::backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
-                        float* db) {
-  Prims& p = impl_->get(s, db != nullptr);
-  if (dx)
-    p.bwd_data.execute(impl_->strm, {{DNNL_ARG_DIFF_DST, impl_->mem(p.dst, dy)},
-                                     {DNNL_ARG_WEIGHTS, impl_->mem(p.wei, w)},
-                                     {DNNL_ARG_DIFF_SRC, impl_->mem(p.src, dx)}});
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, impl_->mem(p.src, x)},
-                                             {DNNL_ARG_DIFF_DST, impl_->mem(p.dst, dy)},
-                                             {DNNL_ARG_DIFF_WEIGHTS, impl_->mem(p.wei, dw)}};
-  if (db) args.emplace(DNNL_ARG_DIFF_BIAS, impl_->mem(p.bias, db));
-  p.bwd_weights.execute(impl_->strm, args);
-  impl_->strm.wait();
+                        float* db, bool accumulate_dx) {
+  Impl& I = *impl_;
+  Prims& p = I.get(s, db != nullptr);
+  dnnl::memory diff_dst;  // dy in bwd_data's layout, reused by bwd_weights when theirs agrees
+  if (dx) {
+    diff_dst = I.input(p.bwd_data_pd.diff_dst_desc(), p.dst_plain, dy, I.in_a);
+    const dnnl::memory wei = I.input(p.bwd_data_pd.weights_desc(), p.wei_plain, w, I.wei);
+    const dnnl::memory diff_src = I.output(p.bwd_data_pd.diff_src_desc(), p.src_plain, dx, I.out, accumulate_dx);
+    p.bwd_data.execute(I.strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, diff_src}});
+    I.finish(diff_src, p.src_plain, dx, accumulate_dx);
+  }
+  const dnnl::memory src = I.input(p.bwd_weights_pd.src_desc(), p.src_plain, x, I.in_b);
+  if (!dx || diff_dst.get_desc() != p.bwd_weights_pd.diff_dst_desc())
+    diff_dst = I.input(p.bwd_weights_pd.diff_dst_desc(), p.dst_plain, dy, I.in_a);
+  const dnnl::memory diff_wei = I.output(p.bwd_weights_pd.diff_weights_desc(), p.wei_plain, dw, I.wei, false);
+  std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_wei}};
+  if (db) args.emplace(DNNL_ARG_DIFF_BIAS, I.plain(p.bias, db));
+  p.bwd_weights.execute(I.strm, args);
+  I.finish(diff_wei, p.wei_plain, dw, false);
+  I.strm.wait();
 }
 
 }  // namespace fuseplan::exec

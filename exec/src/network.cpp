@@ -126,6 +126,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   if (!be_.reads_host_memory())
     input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)));
   dlogits_ = nodes_.back().dout;
+  dout_ready_.assign(nodes_.size(), 0);
   ready_after_ = m.ready_prefix_after();  // slots are backward positions
   init_weights();
 }
@@ -261,12 +262,17 @@ double Network::loss(const int32_t* labels, float smoothing, int* correct) {
 
 double Network::backward(const int32_t* labels, float smoothing, float loss_scale, int* correct,
                          const std::function<void(int)>& on_ready) {
-  for (auto& n : nodes_) be_.zero(n.dout, size_t(batch_) * size_t(n.out_elems));
+  // Gradients accumulate over a node's consumers, so each starts at zero: zeroed just
+  // before its first consumer's backward (while the buffer is about to be used, so the
+  // zeros are still in cache), not all at once up front. dlogits is written whole below.
+  std::fill(dout_ready_.begin(), dout_ready_.end(), 0);
+  dout_ready_.back() = 1;
   // dlogits carries the loss scale, so every gradient below is scaled (and can overflow
   // FP16, which the loss scaler detects).
   const double value = be_.softmax_xent(batch_, classes(), logits(), labels, smoothing, loss_scale, dlogits_, correct);
   for (int l = static_cast<int>(nodes_.size()) - 1; l >= 0; --l) {
     auto t0 = Clock::now();
+    zero_dout_once(l);  // an output nothing consumed
     // All consumers of this layer's output have run: its gradient is complete and is
     // stored in half precision from here on.
     be_.round(opt_.precision, nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
@@ -285,8 +291,15 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
   return value;
 }
 
+void Network::zero_dout_once(int l) {
+  if (l < 0 || dout_ready_[size_t(l)]) return;
+  be_.zero(nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
+  dout_ready_[size_t(l)] = 1;
+}
+
 void Network::backward_layer(int l) {
   const Layer& L = model_.layers[l];
+  for (int src : L.inputs) zero_dout_once(src);
   Node& n = nodes_[l];
   const float* x = input_of(l, 0);
   float* dx = grad_of_input(l, 0);

@@ -58,7 +58,10 @@ inline float round_to(Precision p, float f) {
   }
 }
 
-// Rounds n values in place to precision p (nothing for FP32).
+// Rounds n values in place to precision p (nothing for FP32): round_buffer across the
+// CPU threads, round_span in the calling thread. FP16 uses the F16C instructions where
+// the CPU has them (the same values as round_fp16).
 void round_buffer(Precision p, float* x, size_t n);
+void round_span(Precision p, float* x, size_t n);
 
 }  // namespace fuseplan::exec

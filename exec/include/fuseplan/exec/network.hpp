@@ -90,6 +90,7 @@ class Network {
   void init_weights();
   void forward_layer(int l, bool training, std::mt19937_64& rng);
   void backward_layer(int l);
+  void zero_dout_once(int l);  // zeroes node l's gradient unless done this backward
   const float* input_of(int l, int k) const;
   float* grad_of_input(int l, int k);
 
@@ -111,6 +112,7 @@ class Network {
   std::vector<LayerTiming> timings_;
   std::vector<LayerSpan> spans_;
   std::vector<int> ready_after_;  // backward positions complete after layer l's backward
+  std::vector<char> dout_ready_;  // per node: its gradient zeroed (or written) in this backward
 };
 
 }  // namespace fuseplan::exec
