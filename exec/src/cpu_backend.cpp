@@ -214,6 +214,17 @@ class CpuBackend final : public Backend {
       dnnl_->backward(s, x, w, dy, dx, dw, db, true);  // the input gradient accumulates (residual branches)
       return;
     }
+    im2col_backward(s, x, w, dy, dx, dw, db);
+  }
+  void conv2d_backward_set(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                           float* db) override {
+    if (dnnl_) return dnnl_->backward(s, x, w, dy, dx, dw, db, false);
+    if (dx) zero(dx, size_t(s.n) * s.c * s.h * s.w);
+    im2col_backward(s, x, w, dy, dx, dw, db);
+  }
+
+  void im2col_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) {
     const int K = s.c * s.r * s.r, pq = s.p * s.q;
     const int64_t npq = int64_t(s.n) * pq;
     float* cols = cols_.get(size_t(K) * size_t(npq));
@@ -312,6 +323,17 @@ class CpuBackend final : public Backend {
   void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                           const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                           float* dbeta) override {
+    batchnorm_backward_impl<true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta);
+  }
+  void batchnorm_backward_set(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                              const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                              float* dbeta) override {
+    batchnorm_backward_impl<false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta);
+  }
+  template <bool Add>
+  void batchnorm_backward_impl(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                               const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                               float* dbeta) {
     const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
@@ -334,7 +356,11 @@ class CpuBackend final : public Backend {
         const float* p = x + (int64_t(img) * c + ch) * hw;
         const float* g = dy + (int64_t(img) * c + ch) * hw;
         float* d = dx + (int64_t(img) * c + ch) * hw;
-        for (int i = 0; i < hw; ++i) d[i] += k * (g[i] - mdy - (p[i] - mean) * invstd * mdyx);
+        for (int i = 0; i < hw; ++i) {
+          const float v = k * (g[i] - mdy - (p[i] - mean) * invstd * mdyx);
+          if constexpr (Add) d[i] += v;
+          else d[i] = v;
+        }
       }
     }
   }
@@ -349,6 +375,17 @@ class CpuBackend final : public Backend {
       const float g = dy[i];  // read unconditionally, so the loop vectorises (a select, not a branch)
       dx[i] += y[i] > 0 ? g : 0.0f;
     }
+  }
+  void relu_backward_set(size_t n, const float* y, const float* dy, float* dx) override {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+      const float g = dy[i];
+      dx[i] = y[i] > 0 ? g : 0.0f;
+    }
+  }
+  void assign(size_t n, const float* dy, float* dx) override {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) dx[i] = dy[i];
   }
 
   void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {

@@ -297,9 +297,22 @@ void Network::zero_dout_once(int l) {
   dout_ready_[size_t(l)] = 1;
 }
 
+bool Network::first_write(int l, int k) {
+  const int src = model_.layers[l].inputs[k];
+  if (src < 0 || dout_ready_[size_t(src)]) return false;
+  dout_ready_[size_t(src)] = 1;
+  return true;
+}
+
 void Network::backward_layer(int l) {
   const Layer& L = model_.layers[l];
-  for (int src : L.inputs) zero_dout_once(src);
+  // The first consumer of a tensor writes its gradient (the *_set calls); later ones add.
+  // Layers without a writing variant get a zeroed gradient to add to.
+  const bool set = first_write(l, 0);
+  const bool writes = L.kind == LayerKind::Conv2d || L.kind == LayerKind::BatchNorm || L.kind == LayerKind::ReLU ||
+                      L.kind == LayerKind::Add || L.kind == LayerKind::Flatten;
+  if (set && !writes) be_.zero(grad_of_input(l, 0), size_t(batch_) * size_t(numel(L.in_shape)));
+  for (size_t k = 1; k < L.inputs.size(); ++k) zero_dout_once(L.inputs[k]);
   Node& n = nodes_[l];
   const float* x = input_of(l, 0);
   float* dx = grad_of_input(l, 0);
@@ -307,7 +320,12 @@ void Network::backward_layer(int l) {
   auto param = [&](int slot) -> const float* { return slot < 0 ? nullptr : params_.get() + slots_[slot].offset; };
   auto grad = [&](int slot) -> float* { return slot < 0 ? nullptr : grads_.get() + slots_[slot].offset; };
   switch (L.kind) {
-    case LayerKind::Conv2d: be_.conv2d_backward(n.conv, x, param(n.weight), n.dout, dx, grad(n.weight), grad(n.bias)); break;
+    case LayerKind::Conv2d:
+      if (set)
+        be_.conv2d_backward_set(n.conv, x, param(n.weight), n.dout, dx, grad(n.weight), grad(n.bias));
+      else
+        be_.conv2d_backward(n.conv, x, param(n.weight), n.dout, dx, grad(n.weight), grad(n.bias));
+      break;
     case LayerKind::Linear:
       be_.linear_backward(batch_, static_cast<int>(numel(L.in_shape)), static_cast<int>(n.out_elems), x,
                           param(n.weight), n.dout, dx, grad(n.weight), grad(n.bias));
@@ -317,23 +335,33 @@ void Network::backward_layer(int l) {
       DeviceBuffer scratch;
       if (!dx) {  // BatchNorm on the model input: its gradient is discarded
         scratch = DeviceBuffer(be_, total);
-        be_.zero(scratch.get(), total);
         dx = scratch.get();
       }
-      be_.batchnorm_backward(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean, n.save_invstd, dx,
-                             grad(n.weight), grad(n.bias));
+      if (set || scratch.get())
+        be_.batchnorm_backward_set(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean, n.save_invstd, dx,
+                                   grad(n.weight), grad(n.bias));
+      else
+        be_.batchnorm_backward(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean, n.save_invstd, dx,
+                               grad(n.weight), grad(n.bias));
       break;
     }
-    case LayerKind::ReLU: if (dx) be_.relu_backward(total, n.out, n.dout, dx); break;
+    case LayerKind::ReLU:
+      if (dx && set) be_.relu_backward_set(total, n.out, n.dout, dx);
+      else if (dx) be_.relu_backward(total, n.out, n.dout, dx);
+      break;
     case LayerKind::MaxPool: if (dx) be_.maxpool_backward(n.pool, n.dout, n.argmax, dx); break;
     case LayerKind::AvgPool: if (dx) be_.avgpool_backward(n.pool, n.dout, dx); break;
     case LayerKind::AdaptiveAvgPool: if (dx) be_.adaptive_avgpool_backward(n.pool, n.dout, dx); break;
     case LayerKind::Add:
-      if (dx) be_.accumulate(total, n.dout, dx);
+      if (dx && set) be_.assign(total, n.dout, dx);
+      else if (dx) be_.accumulate(total, n.dout, dx);
       if (float* dx2 = grad_of_input(l, 1)) be_.accumulate(total, n.dout, dx2);
       break;
     case LayerKind::Dropout: if (dx) be_.dropout_backward(total, n.dout, n.mask, dx); break;
-    case LayerKind::Flatten: if (dx) be_.accumulate(total, n.dout, dx); break;
+    case LayerKind::Flatten:
+      if (dx && set) be_.assign(total, n.dout, dx);
+      else if (dx) be_.accumulate(total, n.dout, dx);
+      break;
     default: break;
   }
 }

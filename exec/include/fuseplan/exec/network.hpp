@@ -91,6 +91,7 @@ class Network {
   void forward_layer(int l, bool training, std::mt19937_64& rng);
   void backward_layer(int l);
   void zero_dout_once(int l);  // zeroes node l's gradient unless done this backward
+  bool first_write(int l, int k);  // layer l is input k's first consumer in this backward (marks it)
   const float* input_of(int l, int k) const;
   float* grad_of_input(int l, int k);
 

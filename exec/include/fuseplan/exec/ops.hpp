@@ -102,6 +102,29 @@ class Backend {
   virtual void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) = 0;
   virtual void add_forward(size_t n, const float* a, const float* b, float* y) = 0;
   virtual void accumulate(size_t n, const float* dy, float* dx) = 0;  // dx += dy
+  // The same with the input gradient written instead of added to (dx holds anything
+  // before): for the first consumer of a tensor in backward, which saves zeroing dx and
+  // reading it back. The defaults zero dx and add; a backend overrides them where that
+  // traffic matters (the CPU's, whose layers are memory-bound).
+  virtual void conv2d_backward_set(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx,
+                                   float* dw, float* db) {
+    if (dx) zero(dx, size_t(s.n) * size_t(s.c) * size_t(s.h) * size_t(s.w));
+    conv2d_backward(s, x, w, dy, dx, dw, db);
+  }
+  virtual void batchnorm_backward_set(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                                      const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                                      float* dbeta) {
+    zero(dx, size_t(n) * size_t(c) * size_t(hw));
+    batchnorm_backward(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta);
+  }
+  virtual void relu_backward_set(size_t n, const float* y, const float* dy, float* dx) {
+    zero(dx, n);
+    relu_backward(n, y, dy, dx);
+  }
+  virtual void assign(size_t n, const float* dy, float* dx) {  // dx = dy
+    zero(dx, n);
+    accumulate(n, dy, dx);
+  }
   // y = x * mask where mask holds 0 or 1 / (1 - p), drawn by the caller.
   virtual void dropout_forward(size_t n, const float* x, const float* mask, float* y) = 0;
   virtual void dropout_backward(size_t n, const float* dy, const float* mask, float* dx) = 0;
