@@ -37,7 +37,8 @@ def kind_of_op(name):
     """PyTorch profiler op -> fuseplan layer kind."""
     n = name.lower()
     for key, kind in (("conv", "conv2d"), ("batch_norm", "batchnorm"), ("max_pool", "maxpool"),
-                      ("avg_pool", "avgpool"), ("relu", "relu"), ("threshold", "relu"), ("addmm", "linear"),
+                      ("avg_pool", "avgpool"), ("mean", "avgpool"),  # adaptive pooling to 1x1 runs as a mean
+                      ("relu", "relu"), ("threshold", "relu"), ("addmm", "linear"),
                       ("linear", "linear"), ("::mm", "linear"), ("::t", "linear"), ("dropout", "dropout"),
                       ("log_softmax", "loss"), ("nll_loss", "loss"), ("cross_entropy", "loss"),
                       ("add", "add"), ("view", "flatten"), ("flatten", "flatten"), ("reshape", "flatten")):

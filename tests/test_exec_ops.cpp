@@ -326,6 +326,25 @@ TEST_CASE("a whole network's parameter gradients match finite differences - buff
   check_grad("params", params, grads, loss, 1e-3);
 }
 
+TEST_CASE("half-precision storage: every output and gradient of a step lies on the FP16 / BF16 grid") {
+  // tiny_cnn has relu and max pooling after rounded layers (their rounding is skipped),
+  // a relu after an add, and a gradient summed over two consumers (the residual).
+  auto be = make_cpu_backend();
+  Model m = tiny_cnn();
+  for (Precision p : {Precision::FP16, Precision::BF16}) {
+    INFO(precision_name(p));
+    NetworkOptions o;
+    o.precision = p;
+    Network net(m, 4, *be, o);
+    auto input = randn(size_t(4) * 2 * 8 * 8, 11);
+    std::vector<int32_t> labels{0, 2, 1, 2};
+    std::mt19937_64 rng(1);
+    net.forward(input.data(), true, rng);
+    net.backward(labels.data(), 0.0f, 1024.0f, nullptr, {});
+    CHECK(net.stored_in_precision());
+  }
+}
+
 TEST_CASE("the network refuses layers it cannot run and models that differ") {
   auto be = make_cpu_backend();
   CHECK_THROWS_WITH(Network(build_zoo_model("bert_base"), 2, *be), Catch::Contains("not supported by the trainer"));

@@ -3,9 +3,11 @@
 #include "fuseplan/exec/network.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 
+#include "fuseplan/exec/half.hpp"
 #include "fuseplan/models/error.hpp"
 
 namespace fuseplan::exec {
@@ -128,6 +130,27 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   dlogits_ = nodes_.back().dout;
   dout_ready_.assign(nodes_.size(), 0);
   ready_after_ = m.ready_prefix_after();  // slots are backward positions
+  // Half precision is stored by rounding each output and gradient, except where the op
+  // cannot leave the half-precision grid: ReLU, max pooling and flatten pass values of a
+  // rounded input through (or zero them), so their outputs need no rounding; a gradient
+  // whose only contribution comes from a ReLU or flatten is the consumer's rounded
+  // gradient, passed through or zeroed, likewise. (The model input is not rounded, so
+  // layers reading it keep their rounding.) stored_in_precision() checks it.
+  std::vector<int> consumers(nodes_.size(), 0), last(nodes_.size(), -1);
+  for (size_t l = 0; l < m.layers.size(); ++l)
+    for (int src : m.layers[l].inputs)
+      if (src >= 0) ++consumers[size_t(src)], last[size_t(src)] = int(l);
+  auto passes_values = [&](int l, bool backward) {
+    const LayerKind k = m.layers[size_t(l)].kind;
+    return k == LayerKind::ReLU || k == LayerKind::Flatten || (!backward && k == LayerKind::MaxPool);
+  };
+  exact_out_.assign(nodes_.size(), 0);
+  exact_dout_.assign(nodes_.size(), 0);
+  for (size_t l = 0; l < nodes_.size(); ++l) {
+    const auto& in = m.layers[l].inputs;
+    exact_out_[l] = passes_values(int(l), false) && in.size() == 1 && in[0] >= 0;
+    exact_dout_[l] = consumers[l] == 1 && passes_values(last[l], true);
+  }
   init_weights();
 }
 
@@ -196,7 +219,7 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
   for (size_t l = 0; l < nodes_.size(); ++l) {
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
-    be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
+    if (!exact_out_[l]) be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
     be_.synchronize();  // the layer's time, and (backward) its gradients readable by the host
     const double d = since(t0);
     timings_[l].fwd_s += d;
@@ -253,6 +276,15 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
   }
 }
 
+bool Network::stored_in_precision() const {
+  if (!be_.reads_host_memory()) throw RunError("stored_in_precision: the backend's memory is not the host's");
+  for (const Node& n : nodes_)
+    for (const float* p : {static_cast<const float*>(n.out), static_cast<const float*>(n.dout)})
+      for (int64_t i = 0; i < int64_t(batch_) * n.out_elems; ++i)
+        if (std::bit_cast<uint32_t>(round_to(opt_.precision, p[i])) != std::bit_cast<uint32_t>(p[i])) return false;
+  return true;
+}
+
 const float* Network::logits() const { return nodes_.back().out; }
 int Network::classes() const { return static_cast<int>(nodes_.back().out_elems); }
 
@@ -275,7 +307,7 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     zero_dout_once(l);  // an output nothing consumed
     // All consumers of this layer's output have run: its gradient is complete and is
     // stored in half precision from here on.
-    be_.round(opt_.precision, nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
+    if (!exact_dout_[l]) be_.round(opt_.precision, nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
     backward_layer(l);
     const Node& n = nodes_[l];
     for (int slot : {n.weight, n.bias})

@@ -71,6 +71,10 @@ class Network {
   // Forward of a batch of `batch()` samples (input: batch x input_shape floats).
   // `dropout_rng` draws dropout masks in training.
   void forward(const float* input, bool training, std::mt19937_64& dropout_rng);
+  // Every layer output and gradient of the last step holds a value of the storage
+  // precision (FP16 / BF16 grid; always true in FP32): the check that skipping the
+  // rounding where an op cannot leave the grid loses nothing. Host-memory backends only.
+  bool stored_in_precision() const;
   const float* logits() const;
   int classes() const;
   // Loss of the last forward against `labels`, and backward: gradients of every
@@ -113,6 +117,7 @@ class Network {
   std::vector<LayerTiming> timings_;
   std::vector<LayerSpan> spans_;
   std::vector<int> ready_after_;  // backward positions complete after layer l's backward
+  std::vector<char> exact_out_, exact_dout_;  // per node: its output / gradient needs no half-precision rounding
   std::vector<char> dout_ready_;  // per node: its gradient zeroed (or written) in this backward
 };
 
