@@ -17,6 +17,7 @@
 #include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/models/error.hpp"
+#include "host_scratch.hpp"
 #ifdef FUSEPLAN_HAVE_DNNL
 #include "dnnl_conv.hpp"
 #else
@@ -97,34 +98,6 @@ void nkpq_to_knpq(int n, int k, int pq, const float* a, float* b) {
     for (int img = 0; img < n; ++img)
       std::memcpy(b + (int64_t(ch) * n + img) * pq, a + (int64_t(img) * k + ch) * pq, sizeof(float) * size_t(pq));
 }
-
-// Grow-only scratch: unlike std::vector::resize, growing does not zero-fill (every
-// user overwrites what it reads), and layers of different sizes never shrink it.
-// n floats, 64-byte aligned. (Transparent huge pages were tried for the large buffers:
-// 8x fewer first-touch faults but more system time, the kernel compacting memory for
-// them; not used.)
-float* host_alloc(size_t n) {
-  void* p = std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64));
-  if (!p) throw RunError("cpu backend: out of memory allocating " + std::to_string(n) + " floats");
-  return static_cast<float*>(p);
-}
-
-class Scratch {
- public:
-  float* get(size_t n) {
-    if (n > size_) {
-      std::free(data_);
-      data_ = host_alloc(n);
-      size_ = n;
-    }
-    return data_;
-  }
-  ~Scratch() { std::free(data_); }
-
- private:
-  float* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 class CpuBackend final : public Backend {
  public:

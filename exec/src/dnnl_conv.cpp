@@ -2,12 +2,10 @@
 
 #include <dnnl.hpp>
 
-#include <cstdlib>
 #include <map>
-#include <string>
 #include <tuple>
 
-#include "fuseplan/models/error.hpp"
+#include "host_scratch.hpp"
 
 namespace fuseplan::exec {
 
@@ -32,24 +30,6 @@ struct Prims {
   dnnl::convolution_backward_weights bwd_weights;
 };
 
-// A growable 64-byte-aligned buffer for one operand in oneDNN's layout.
-class Buffer {
- public:
-  void* get(size_t bytes) {
-    if (bytes > size_) {
-      std::free(data_);
-      data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-      if (!data_) throw RunError("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
-      size_ = bytes;
-    }
-    return data_;
-  }
-  ~Buffer() { std::free(data_); }
-
- private:
-  void* data_ = nullptr;
-  size_t size_ = 0;
-};
 }  // namespace
 
 struct DnnlConv::Impl {
@@ -58,7 +38,7 @@ struct DnnlConv::Impl {
   std::map<Key, Prims> cache;
   // One buffer per operand slot: two inputs, the weights (or their gradient), one output.
   // Layers run one at a time, so every shape shares them.
-  Buffer in_a, in_b, wei, out;
+  Scratch in_a, in_b, wei, out;
 
   Prims& get(const ConvShape& s, bool bias) {
     auto it = cache.find(key_of(s, bias));
@@ -98,19 +78,19 @@ struct DnnlConv::Impl {
   }
   // An input in the primitive's layout `want`: the user's buffer itself when the layouts
   // agree, else a reordered copy in `buf`.
-  dnnl::memory input(const dnnl::memory::desc& want, const dnnl::memory::desc& have, const float* ptr, Buffer& buf) {
+  dnnl::memory input(const dnnl::memory::desc& want, const dnnl::memory::desc& have, const float* ptr, Scratch& buf) {
     dnnl::memory user = plain(have, ptr);
     if (want == have) return user;
-    dnnl::memory m(want, eng, buf.get(want.get_size()));
+    dnnl::memory m(want, eng, buf.get((want.get_size() + sizeof(float) - 1) / sizeof(float)));
     dnnl::reorder(user, m).execute(strm, user, m);
     return m;
   }
   // An output in the primitive's layout `want`, written back to the user's buffer by
   // `finish` (added to it when `add`).
-  dnnl::memory output(const dnnl::memory::desc& want, const dnnl::memory::desc& have, float* ptr, Buffer& buf,
+  dnnl::memory output(const dnnl::memory::desc& want, const dnnl::memory::desc& have, float* ptr, Scratch& buf,
                       bool add) {
     if (want == have && !add) return plain(have, ptr);
-    return dnnl::memory(want, eng, buf.get(want.get_size()));
+    return dnnl::memory(want, eng, buf.get((want.get_size() + sizeof(float) - 1) / sizeof(float)));
   }
   void finish(dnnl::memory m, const dnnl::memory::desc& have, float* ptr, bool add) {
     if (m.get_data_handle() == ptr) return;
