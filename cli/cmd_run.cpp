@@ -201,7 +201,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--poll-us", f->poll_us, "thread: sleep between polls that found nothing, microseconds")
       ->capture_default_str();
   cmd->add_option("--timeout", f->timeout_s,
-                  "seconds a bucket, or a rank at set-up, may wait for the other ranks before the job stops")
+                  "seconds a bucket, or a rank at set-up, may wait for the other ranks before the job stops (a checkpoint write: half of it)")
       ->capture_default_str();
   cmd->add_option("--trace", f->trace_path, "Chrome trace of the last --trace-steps iterations, a track per rank and stream");
   cmd->add_option("--trace-steps", f->trace_steps, "iterations in the trace")->capture_default_str();

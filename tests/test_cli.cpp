@@ -1,5 +1,6 @@
 // End-to-end: run the fuseplan binary; bad input gives one line naming the flag or file
 // and exit code 2, good input gives parseable output and files.
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
@@ -642,6 +643,30 @@ TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that 
   CHECK(j.at("provenance").at("gpus_per_node").get<std::string>().find("discovered") == 0);
   CHECK(run("predict --model resnet18 --cluster " + draft + " --gpus 1").code == 0);
   expect_bad("calibrate --discover --sweep x.json", "--discover: give it without --sweep/--nccl-tests");
+}
+
+TEST_CASE("cli: a checkpoint write that does not finish stops fuseplan-exec run within --timeout, the old file kept", "[exec]") {
+  // A FIFO where the temporary checkpoint goes: opening it for writing blocks until a
+  // reader comes, as a hung network file system would.
+  const std::string plan = tmp("hung-plan.json"), ckpt = tmp("hung.ckpt");
+  REQUIRE(run("predict --model resnet18 --resolution 16 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
+              "--batch-per-gpu 8 --precision fp32 --buckets threshold:1MiB --out " + plan).code == 0);
+  std::filesystem::remove(ckpt + ".tmp");
+  REQUIRE(::mkfifo((ckpt + ".tmp").c_str(), 0644) == 0);
+  std::ofstream(ckpt) << "the previous checkpoint";
+  const auto t0 = std::chrono::steady_clock::now();
+  Run r = run_mpi(2, "run --plan " + plan + " --dataset synthetic --synthetic-size 128 --max-steps 3 --no-eval "
+                     "--warmup 0 --quiet --threads 1 --timeout 2 --checkpoint " + ckpt + " --checkpoint-every 1");
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(r.out);
+  CHECK(r.code != 0);
+  // Rank 0 gives up after half of --timeout, before the others give up on rank 0.
+  CHECK_THAT(r.out, Catch::Contains("checkpoint " + ckpt + ": not written within 1 s: the file system does not answer"));
+  CHECK(took < 60);  // without the bound: forever
+  std::ifstream in(ckpt);
+  std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(kept == "the previous checkpoint");
+  std::filesystem::remove(ckpt + ".tmp");
 }
 
 TEST_CASE("cli: fuseplan-exec run resumes a 2-rank checkpoint and repeats the losses bit for bit", "[exec]") {

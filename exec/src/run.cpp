@@ -97,6 +97,10 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
     }
     check_progress_mode(world, o.exchange);
     o.train.exchange = &deferred;
+    // Rank 0 writes the checkpoint while the others wait in the next step's collectives,
+    // for comm.timeout at most; half of it for the write lets rank 0 say why it is late
+    // (a file system that does not answer) before they give up on it.
+    o.train.checkpoint_timeout_s = o.exchange.timeout_s / 2;
     trainer_ptr = std::make_unique<Trainer>(model, train, test, backend, o.train);
     buckets = plan_buckets(plan, model, trainer_ptr->network(), cluster);
   } catch (const InputError& e) {

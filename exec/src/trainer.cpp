@@ -5,15 +5,20 @@
 #include <zlib.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <sstream>
+#include <thread>
 
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan::exec {
 
@@ -285,6 +290,10 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
   return sums[0] / double(d.size());
 }
 
+namespace {
+void write_checkpoint_file(const std::string& path, const std::string& bytes);
+}  // namespace
+
 void Trainer::save_checkpoint(const std::string& path) const {
   Writer w;
   w.bytes_.append(kMagic, sizeof kMagic);
@@ -304,7 +313,42 @@ void Trainer::save_checkpoint(const std::string& path) const {
   w.put_floats(optim_.masters());
   w.put_floats(optim_.momenta());
   w.put_floats(net_.running_stats());
-  const std::string bytes = w.finish();
+  std::string bytes = w.finish();
+  const double limit = opt_.checkpoint_timeout_s;
+  if (!(limit > 0)) return write_checkpoint_file(path, bytes);
+  // The write runs in a thread of its own, so that a file system which does not answer
+  // (a hung network mount) cannot hold the run past the limit. The thread is left behind
+  // if it does not return: the error ends the process, and the old checkpoint stays, as
+  // the new one is renamed into place only once complete.
+  struct Pending {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    std::exception_ptr error;
+  };
+  auto pending = std::make_shared<Pending>();
+  std::thread([pending, path, bytes = std::move(bytes)] {
+    std::exception_ptr error;
+    try {
+      write_checkpoint_file(path, bytes);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lock(pending->m);
+    pending->error = error;
+    pending->done = true;
+    pending->cv.notify_one();
+  }).detach();
+  std::unique_lock<std::mutex> lock(pending->m);
+  if (!pending->cv.wait_for(lock, std::chrono::duration<double>(limit), [&] { return pending->done; }))
+    throw RunError("checkpoint " + path + ": not written within " + formatted(limit, "%g") +
+                   " s: the file system does not answer; the previous checkpoint is kept");
+  if (pending->error) std::rethrow_exception(pending->error);
+}
+
+namespace {
+// The checkpoint file: a temporary file beside it, written, synced and renamed into place.
+void write_checkpoint_file(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw InputError(field("train.checkpoint") + " " + path + ": cannot write: " + std::strerror(errno));
@@ -323,6 +367,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
     throw RunError("checkpoint " + path + ": could not be committed: " + std::strerror(errno));
   }
 }
+}  // namespace
 
 void Trainer::load_checkpoint(const std::string& path) {
   be_.synchronize();  // the host writes into the backend's memory below

@@ -45,6 +45,10 @@ struct TrainOptions {
   bool evaluate = true;          // test accuracy after every epoch
   int64_t checkpoint_every = 0;  // steps; 0 = never
   std::string checkpoint_path;   // where checkpoints are written
+  // A checkpoint write that has not finished after this long is given up (a file system
+  // that does not answer): an error naming the file, the previous checkpoint kept. 0 =
+  // wait as long as it takes. fuseplan-exec run sets it to half its comm.timeout.
+  double checkpoint_timeout_s = 0;
   std::string resume_path;       // continue from this checkpoint
   int64_t inject_overflow_at = -1;  // test hook: make this step's gradients overflow
   int loss_scale_window = 2000;
