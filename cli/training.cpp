@@ -27,7 +27,7 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
   cmd->add_option("--classes", f->classes, "classes (default: the data set's)");
   f->batch_opt = cmd->add_option("--batch-per-gpu", f->opt.batch, "samples per rank (a GPU, or a CPU process) per step")->capture_default_str();
   f->epochs_opt = cmd->add_option("--epochs", f->opt.epochs, "epochs (fractions allowed)")->capture_default_str();
-  cmd->add_option("--max-steps", f->max_steps, "stop after this many steps (0 = no limit)")->capture_default_str();
+  cmd->add_option("--max-steps", f->max_steps, "stop after this many steps (default: no limit)");
   f->precision_opt = cmd->add_option("--precision", f->precision,
                   "fp32 | fp16 | bf16: storage of weights, activations and gradients (FP32 masters; emulated on CPU)")
       ->capture_default_str();
@@ -49,8 +49,7 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
   cmd->add_option("--device", f->device, "cuda: the GPU (default: the rank's local rank modulo the GPUs)");
   cmd->add_flag("--no-tf32", f->no_tf32, "cuda: strict FP32 convolutions and GEMMs (default: TF32 tensor cores)");
   cmd->add_option("--checkpoint", f->checkpoint_path, "checkpoint file (written atomically)");
-  cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (0 = never)")
-      ->capture_default_str();
+  cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (default: none)");
   cmd->add_option("--resume", f->resume_path, "continue from this checkpoint");
   cmd->add_option("--metrics", f->metrics_path, "write per-epoch and per-step metrics JSON to FILE");
   cmd->add_option("--profile", f->profile_path, "write per-layer forward/backward times (fuseplan.profile/1) to FILE");

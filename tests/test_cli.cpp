@@ -352,6 +352,13 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--device 0", "--device: only with --backend cuda", true);
   // Refused before any device is looked for, so the same with and without a GPU.
   expect_bad(base + "--backend cuda --conv im2col", "--conv: only with --backend cpu", true);
+  // A flag given is a value: no 0 or -1 standing for "no limit" or "never".
+  expect_bad(base + "--max-steps 0", "--max-steps: must be > 0 (got 0; leave the flag out for its default)", true);
+  expect_bad(base + "--max-steps -1", "--max-steps: must be > 0 (got -1", true);
+  expect_bad(base + "--checkpoint-every 0 --checkpoint x", "--checkpoint-every: must be > 0 (got 0", true);
+  expect_bad(base + "--epochs nan", "--epochs: must be > 0", true);
+  expect_bad(base + "--label-smoothing 2", "--label-smoothing: must be in [0, 1)", true);
+  expect_bad(base + "--warmup-epochs -1", "--warmup-epochs: must be in [0, --epochs]", true);
 }
 
 namespace {
@@ -1069,6 +1076,14 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"whatif --max-gpus 0", "--max-gpus: must be > 0"},
       {"predict --resolution 0", "--resolution: must be > 0"},
       {"calibrate --ranks 0 --nccl-tests x", "--ranks: must be > 0"},
+      {"predict --model alexnet_bn --gpus 16 --inter-bw -3", "--inter-bw: must be > 0 (got -3"},
+      {"tune --model alexnet_bn --gpus 16 --strategy k-split --segments 0", "--segments: 0 buckets asked for"},
+      {"collective --sizes 1M:1K", "--sizes: MAX must be >= MIN"},
+      {"collective --sizes 0:1K", "--sizes: size '0' out of range"},
+      {"whatif --model alexnet_bn --gpus 16:8", "--gpus: range '16:8' needs 0 < MIN <= MAX"},
+      {"compare --model alexnet_bn --gpus nan", "--gpus"},
+      {"predict --profile /dev/null --model alexnet_bn --gpus 16", "/dev/null: malformed JSON"},
+      {"predict --model alexnet_bn --gpus 16 --out /proc/x", "/proc/x: cannot write"},
   };
   for (const auto& [args, says] : cases) expect_bad(args, says);
 }
