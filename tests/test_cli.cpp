@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -1085,7 +1086,29 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"predict --profile /dev/null --model alexnet_bn --gpus 16", "/dev/null: malformed JSON"},
       {"predict --model alexnet_bn --gpus 16 --out /proc/x", "/proc/x: cannot write"},
   };
-  for (const auto& [args, says] : cases) expect_bad(args, says);
+  // Each case also gets an existing output file where its command writes one (and the
+  // case is not about that file): the refusal leaves it byte-identical.
+  const std::string existing = tmp("hostile-existing.out");
+  const std::map<std::string, std::string> output_flag = {
+      {"predict", "--out"}, {"tune", "--out"}, {"whatif", "--out"}, {"calibrate", "--out"},
+      {"export", "--out"},  {"show", "--export"}, {"simulate", "--trace"}, {"verify", "--trace"}};
+  int with_output = 0;
+  for (const auto& [args, says] : cases) {
+    const std::string command = args.substr(0, args.find(' '));
+    const auto flag = output_flag.find(command);
+    if (flag == output_flag.end() || args.find(" " + flag->second + " ") != std::string::npos) {
+      expect_bad(args, says);
+      continue;
+    }
+    write(existing, "EXISTING\n");
+    expect_bad(args + " " + flag->second + " " + existing, says);
+    std::ifstream in(existing);
+    std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    INFO(args);
+    CHECK(kept == "EXISTING\n");
+    ++with_output;
+  }
+  CHECK(with_output >= 20);
 }
 
 TEST_CASE("cli: a model file whose shapes or FLOPs disagree with its layers is refused with exit 2, naming the layer") {
