@@ -94,9 +94,12 @@ def export_command(a: Any) -> None:
     example = make_batch(a, 2, a.seed)
     try:
         doc, info, gm, nodes = export_model(module, example, name=name)
-    except torch.fx.proxy.TraceError as e:
-        raise UsageError("factory: %s cannot be traced by torch.fx (%s); make its forward's control flow "
-                         "independent of tensor values" % (a.factory, str(e).split(".")[0]))
+    except ValueError as e:  # untraceable, with parameters outside its leaf modules
+        raise UsageError("factory: %s: %s" % (a.factory, e))
+    if info.method == "modules":
+        print("note: torch.fx cannot trace %s (%s); exported from the %d leaf-module calls of a real forward: "
+              "what runs between modules (functional adds, views, control flow) is not in the file"
+              % (a.factory, info.untraced, len(doc["layers"])))
     outputs = [(a.out, doc)]
     if a.profile:
         if a.ranks > 1:

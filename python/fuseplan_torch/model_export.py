@@ -62,6 +62,10 @@ class ExportInfo:
     out_of_order: List[str] = field(default_factory=list)     # tensors whose gradient came elsewhere
     estimated: List[str] = field(default_factory=list)        # custom layers whose FLOPs are estimated
     fingerprint: str = ""
+    # "fx" (torch.fx traced the forward), or "modules" (it could not: the layers are the
+    # leaf modules as a real forward called them; `untraced` says why fx failed).
+    method: str = "fx"
+    untraced: str = ""
 
 
 def fingerprint(tensors: Sequence[Tuple[str, Sequence[int]]]) -> str:
@@ -200,10 +204,16 @@ def _name_of(target: Any) -> str:
 
 
 def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[str] = None,
-                 graph: Optional[fx.GraphModule] = None) -> Tuple[Dict[str, Any], ExportInfo, fx.GraphModule, List[fx.Node]]:
+                 graph: Optional[fx.GraphModule] = None) -> Tuple[Dict[str, Any], ExportInfo, Optional[fx.GraphModule], List[Any]]:
     """The model as a fuseplan.model/1 dict, what was found about it, the traced graph and
-    the graph node of each layer (for profiling)."""
-    gm = graph if graph is not None else trace(model)
+    the graph node of each layer (for profiling). A forward that torch.fx cannot trace
+    (control flow on tensor values) is exported from its leaf modules instead
+    (export_by_modules): the graph is then None and each layer's entry a ModuleCall."""
+    try:
+        gm = graph if graph is not None else trace(model)
+    except Exception as e:  # TraceError for `if tensor:`, TypeError for float(tensor), ...: a real forward decides
+        return export_by_modules(model, example_inputs, name,
+                                 reason="%s: %s" % (type(e).__name__, str(e).split("\n")[0]))
     was_training = model.training
     model.eval()  # shapes only; batch statistics of a batch of one would fail
     with torch.no_grad():
@@ -322,6 +332,134 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
            "input_shape": input_shape, "layers": layers}
     _gradient_order(model, example_inputs, info, {p["name"]: i for i, l in enumerate(layers) for p in l["params"]})
     return doc, info, gm, layer_nodes
+
+
+@dataclass
+class ModuleCall:
+    """A layer of an export by modules: the `call`-th call (from 0) of the leaf module at
+    `path`, or (path "") a view between modules that the next module's input needed."""
+    path: str
+    call: int
+
+
+def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Optional[str] = None,
+                      reason: str = "") -> Tuple[Dict[str, Any], ExportInfo, None, List[ModuleCall]]:
+    """The model from its leaf modules (those without children), in the order a real
+    forward calls them: kinds, attributes, shapes and parameters as the fx export gives
+    them. What runs between modules (a functional add, a view, a loop's bookkeeping) is not
+    seen: a layer's producer is the module whose output it reads (by tensor, or by storage
+    for a view of it), else the latest earlier layer of the same output shape, else the
+    one before it. Parameters used outside any leaf module cannot be placed and are
+    refused."""
+    leaves = [(path, m) for path, m in model.named_modules() if path and not list(m.children())]
+    records: List[Tuple[str, Any, Any]] = []
+
+    def hook(path: str) -> Callable:
+        def record(m: nn.Module, inputs: Any, output: Any) -> None:
+            records.append((path, inputs, output))
+        return record
+
+    handles = [m.register_forward_hook(hook(path)) for path, m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+    def first_tensor(v: Any) -> Optional[torch.Tensor]:
+        if torch.is_tensor(v):
+            return v
+        if isinstance(v, (tuple, list)):
+            for x in v:
+                t = first_tensor(x)
+                if t is not None:
+                    return t
+        return None
+
+    modules = dict(model.named_modules())
+    calls: Dict[str, int] = {}
+    for path, _, _ in records:
+        calls[path] = calls.get(path, 0) + 1
+    seen_calls: Dict[str, int] = {}
+    seen_params: Dict[int, str] = {}
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    by_tensor: Dict[int, int] = {}
+    by_storage: Dict[int, int] = {}
+    layers: List[Dict[str, Any]] = []
+    entries: List[ModuleCall] = []
+    info = ExportInfo(method="modules", untraced=reason)
+    input_ids = {id(example_inputs)}
+    input_ptrs = {example_inputs.data_ptr()}
+    for path, inputs, output in records:
+        out = first_tensor(output)
+        x = first_tensor(inputs)
+        if out is None:
+            continue
+        k = seen_calls.get(path, 0)
+        seen_calls[path] = k + 1
+        in_shape = _per_sample(list(x.shape)) if x is not None else []
+        out_shape = _per_sample(list(out.shape))
+        if x is None or id(x) in input_ids or (x.data_ptr() in input_ptrs and id(x) not in by_tensor):
+            producer = -1
+        elif id(x) in by_tensor:
+            producer = by_tensor[id(x)]
+        elif x.data_ptr() in by_storage:
+            producer = by_storage[x.data_ptr()]
+        else:  # made between modules: the latest layer of that shape stands for it
+            producer = next((i for i in range(len(layers) - 1, -1, -1) if layers[i]["out_shape"] == in_shape),
+                            len(layers) - 1)
+        lname = path if calls[path] == 1 else "%s_%d" % (path, k + 1)
+        given = layers[producer]["out_shape"] if producer >= 0 else _per_sample(list(example_inputs.shape))
+        if in_shape and given != in_shape and _numel(given) == _numel(in_shape):
+            # A view between modules (torch.flatten before a linear layer): a layer of its own,
+            # as the fx export has it, so that every layer reads the shape its producer gives.
+            view: Dict[str, Any] = {"name": lname + ".input_view", "kind": "flatten" if len(in_shape) == 1 else "custom",
+                                    "inputs": [producer], "in_shape": given, "out_shape": in_shape, "params": []}
+            if view["kind"] == "custom":
+                view.update({"fwd_flops": 0.0, "bwd_flops": 0.0, "activation_elems": 0})
+            producer = len(layers)
+            layers.append(view)
+            entries.append(ModuleCall("", -1))
+        m = modules[path]
+        kind = _module_kind(m)
+        attrs = _module_attrs(m, kind) if kind else None
+        if attrs is None:
+            kind = None
+        params = []
+        for local, p in m.named_parameters():
+            if id(p) in seen_params:
+                continue
+            seen_params[id(p)] = param_names[id(p)]
+            params.append({"name": param_names[id(p)], "shape": list(p.shape), "role": _role(kind or "custom", local)})
+        layer: Dict[str, Any] = {"name": lname, "kind": kind or "custom", "inputs": [producer],
+                                 "out_shape": out_shape, "params": params}
+        if in_shape:
+            layer["in_shape"] = in_shape
+        if kind and attrs:
+            layer["attrs"] = attrs
+        if not kind:
+            elems = float(_numel(out_shape))
+            layer["fwd_flops"], layer["bwd_flops"] = elems, elems
+            info.estimated.append(lname)
+        by_tensor[id(out)] = len(layers)
+        by_storage[out.data_ptr()] = len(layers)
+        layers.append(layer)
+        entries.append(ModuleCall(path, k))
+    missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params]
+    if missing:
+        raise ValueError("torch.fx cannot trace this forward (%s), and parameters used outside its leaf modules "
+                         "cannot be placed without it: %s" % (reason, ", ".join(missing[:5])))
+    if not layers:
+        raise ValueError("torch.fx cannot trace this forward (%s), and it calls no leaf module" % reason)
+    info.fingerprint = fingerprint([(p["name"], p["shape"]) for l in layers for p in l["params"]])
+    doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
+           "input_shape": _per_sample(list(example_inputs.shape)), "layers": layers}
+    _gradient_order(model, example_inputs, info, {p["name"]: i for i, l in enumerate(layers) for p in l["params"]})
+    return doc, info, None, entries
 
 
 def _is_param(gm: fx.GraphModule, target: str) -> bool:

@@ -89,7 +89,51 @@ def _device_name(device: torch.device) -> str:
     return "cpu: " + (platform.processor() or platform.machine()) + ", %d threads" % torch.get_num_threads()
 
 
-def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.Node], doc: Dict[str, Any],
+def _captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
+                    batch_input: torch.Tensor) -> List[Tuple[Callable, Any, Any]]:
+    """Each layer's operation and the inputs a real forward of `batch_input` gave it: from
+    the traced graph, or (an export by modules) from hooks on the leaf modules."""
+    if gm is not None:
+        cap = _Capture(gm)
+        cap.run(batch_input)
+        values = cap.values
+        out = []
+        for n in layer_nodes:
+            args = fx.node.map_arg(n.args, lambda a: values[a] if a in values else a)
+            kwargs = fx.node.map_arg(n.kwargs, lambda a: values[a] if a in values else a)
+            out.append((lambda *a, n=n, **k: _call(gm, n, a, k), args, kwargs))
+        return out
+    modules = dict(model.named_modules())
+    wanted = {(e.path, e.call) for e in layer_nodes}
+    seen: Dict[str, int] = {}
+    inputs: Dict[Tuple[str, int], Any] = {}
+
+    def hook(path: str) -> Callable:
+        def record(m: nn.Module, args: Any) -> None:
+            k = seen.get(path, 0)
+            seen[path] = k + 1
+            if (path, k) in wanted:
+                inputs[(path, k)] = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
+        return record
+
+    handles = [modules[p].register_forward_pre_hook(hook(p)) for p in {e.path for e in layer_nodes if e.path}]
+    try:
+        with torch.no_grad():
+            model(batch_input)
+    finally:
+        for h in handles:
+            h.remove()
+    calls: List[Tuple[Callable, Any, Any]] = []
+    for i, e in enumerate(layer_nodes):
+        if e.path:
+            calls.append((modules[e.path], inputs[(e.path, e.call)], {}))
+        else:  # a view between modules, timed as a view of the next module's input
+            nxt = layer_nodes[i + 1]
+            calls.append((lambda t: t.view(t.shape), inputs[(nxt.path, nxt.call)][:1], {}))
+    return calls
+
+
+def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any], doc: Dict[str, Any],
                    fingerprint: str, batch_input: torch.Tensor, warmup: int = 3, steps: int = 10,
                    optimizer: Optional[torch.optim.Optimizer] = None,
                    sync: Callable[[], None] = lambda: None) -> Tuple[Dict[str, Any], ProfileInfo]:
@@ -101,27 +145,22 @@ def profile_layers(model: nn.Module, gm: fx.GraphModule, layer_nodes: List[fx.No
     a data-parallel job."""
     device = batch_input.device
     model.train()
-    cap = _Capture(gm)
-    cap.run(batch_input)
-    values = cap.values
+    calls = _captured_calls(model, gm, layer_nodes, batch_input)
     batch = int(batch_input.shape[0])
     layers = []
-    for layer, n in zip(doc["layers"], layer_nodes):
-        def prepare(grad: bool = True, n: fx.Node = n) -> Any:
-            args = fx.node.map_arg(n.args, lambda a: _fresh(values[a], grad) if a in values else a)
-            kwargs = fx.node.map_arg(n.kwargs, lambda a: _fresh(values[a], grad) if a in values else a)
-            return args, kwargs
+    for layer, (fn, args0, kwargs0) in zip(doc["layers"], calls):
+        def prepare(grad: bool = True, args0: Any = args0, kwargs0: Any = kwargs0) -> Any:
+            return _fresh(args0, grad), {k: _fresh(v, grad) for k, v in kwargs0.items()}
 
-        def forward(state: Any, n: fx.Node = n) -> None:
-            _call(gm, n, *state)  # recording the graph for backward, as training does
+        def forward(state: Any, fn: Callable = fn) -> None:
+            fn(*state[0], **state[1])  # recording the graph for backward, as training does
 
         sync()
         fwd = _median_us(forward, lambda: prepare(True), warmup, steps, device)
 
-        def prepare_backward(n: fx.Node = n) -> Any:
+        def prepare_backward(fn: Callable = fn) -> Any:
             args, kwargs = prepare(True)
-            out = _call(gm, n, args, kwargs)
-            return out
+            return fn(*args, **kwargs)
 
         def backward(out: Any) -> None:
             if torch.is_tensor(out) and out.requires_grad:

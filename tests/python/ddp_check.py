@@ -94,3 +94,44 @@ def ddp_buckets(rank: int, ranks: int, out_path: str, first_bytes: int, cap_mb: 
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(seen, f)
+
+
+class GatedCNN(nn.Module):
+    """A forward whose control flow depends on tensor values, which torch.fx cannot trace,
+    with a functional residual add and a flatten between modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.relu1(self.bn1(self.conv1(x)))
+        if float(y.mean()) > -1.0:  # always taken, but decided on a value
+            y = y + self.bn2(self.conv2(y))
+        return self.fc(torch.flatten(self.pool(self.relu2(y)), 1))
+
+
+def gated_cnn():
+    return GatedCNN()
+
+
+class GatedScale(GatedCNN):
+    """GatedCNN with a parameter of its own, used outside any leaf module."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return super().forward(x) * self.scale
+
+
+def gated_scale():
+    return GatedScale()

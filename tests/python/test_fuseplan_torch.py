@@ -103,6 +103,35 @@ def test_the_export_api_writes_model_and_profile(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_a_forward_torch_fx_cannot_trace_is_exported_from_its_modules(tmp_path):
+    model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
+    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:gated_cnn", "--input-shape",
+                        "3,8,8", "--out", model, "--profile", prof, "--batch", "4", "--steps", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "note: torch.fx cannot trace ddp_check:gated_cnn (TypeError: float() argument" in r.stdout
+    doc = as_fuseplan_reads(model)  # every layer reads the shape its producer gives
+    names = [l["name"] for l in doc["layers"]]
+    # The leaf modules as the forward called them; the flatten before fc is a layer of
+    # its own; the functional residual add is not seen.
+    assert names == ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "pool", "fc.input_view", "fc"]
+    assert [l["kind"] for l in doc["layers"]][-2:] == ["flatten", "linear"]
+    module = ddp_check.gated_cnn()
+    assert json.load(open(model))["layers"][0]["params"][0]["name"] == "conv1.weight"
+    assert fingerprint([(n, list(p.shape)) for n, p in module.named_parameters()]) == \
+        json.load(open(prof))["fingerprint"]
+    assert [l["name"] for l in json.load(open(prof))["layers"]] == names
+    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+    # A parameter used outside the leaf modules has no place without torch.fx: refused.
+    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:gated_scale", "--input-shape",
+                        "3,8,8", "--out", str(tmp_path / "s.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "parameters used outside its leaf modules cannot be placed without it: scale" in r.stderr
+    assert not os.path.exists(tmp_path / "s.json")
+
+
 def test_gradients_out_of_layer_order_are_reported():
     class Swapped(torch.nn.Module):  # registered a, b; used b then a
         def __init__(self):
