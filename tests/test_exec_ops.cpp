@@ -88,9 +88,17 @@ TEST_CASE("oneDNN convolutions agree with im2col + SGEMM (the reference) on a Re
   std::vector<float> y1(dy.size()), y2(dy.size()), dx1(x.size(), 0.0f), dx2(x.size(), 0.0f), dw1(w.size()),
       dw2(w.size());
   ref->conv2d_forward(s, x.data(), w.data(), nullptr, y1.data());
-  dn->conv2d_forward(s, x.data(), w.data(), nullptr, y2.data());
   ref->conv2d_backward(s, x.data(), w.data(), dy.data(), dx1.data(), dw1.data(), nullptr);
-  dn->conv2d_backward(s, x.data(), w.data(), dy.data(), dx2.data(), dw2.data(), nullptr);
+  // oneDNN's backend keeps 16- and 32-channel activations in its blocked layout: in through
+  // import_activation, out (to NCHW order) through flatten_forward.
+  REQUIRE(dn->blocked(16) == dn->blocked(32));
+  std::vector<float> xb(x.size()), dyb(dy.size()), yb(y2.size()), dxb(x.size(), 0.0f);
+  dn->import_activation(s.n, s.c, s.h * s.w, x.data(), xb.data());
+  dn->import_activation(s.n, s.k, s.p * s.q, dy.data(), dyb.data());
+  dn->conv2d_forward(s, xb.data(), w.data(), nullptr, yb.data());
+  dn->conv2d_backward(s, xb.data(), w.data(), dyb.data(), dxb.data(), dw2.data(), nullptr);
+  dn->flatten_forward(s.n, s.k, s.p * s.q, yb.data(), y2.data());
+  dn->flatten_forward(s.n, s.c, s.h * s.w, dxb.data(), dx2.data());
   for (size_t i = 0; i < y1.size(); i += 7) REQUIRE(y2[i] == Approx(y1[i]).margin(1e-4));
   for (size_t i = 0; i < dx1.size(); i += 7) REQUIRE(dx2[i] == Approx(dx1[i]).margin(1e-4));
   for (size_t i = 0; i < dw1.size(); i += 3) REQUIRE(dw2[i] == Approx(dw1[i]).margin(1e-3));
@@ -324,6 +332,48 @@ TEST_CASE("a whole network's parameter gradients match finite differences - buff
     return net.loss(labels.data(), 0.0f, nullptr);
   };
   check_grad("params", params, grads, loss, 1e-3);
+}
+
+TEST_CASE("a network on oneDNN's blocked layout equals the same network on NCHW im2col, logits and gradients") {
+  if (!cpu_has_dnnl()) {
+    WARN("built without oneDNN; skipped");
+    return;
+  }
+  // 16- and 32-channel activations (blocked on AVX-512 and AVX2 machines): the input
+  // imported, convolutions with and without bias, BatchNorm, ReLU, max and average
+  // pooling, a residual add, flatten of a 2 x 2 plane (reordered to NCHW for the linear
+  // layer), and a second head through adaptive pooling.
+  ModelBuilder b("blocked", {16, 8, 8});
+  int x = b.conv("conv1", ModelBuilder::kInput, 32, 3, 1, 1, true);
+  x = b.batchnorm("bn1", x);
+  x = b.relu("relu1", x);
+  int p = b.maxpool("pool", x, 3, 2, 1);
+  int y = b.conv("conv2", p, 32, 3, 1, 1, false);
+  y = b.batchnorm("bn2", y);
+  y = b.add("add", y, p);
+  y = b.relu("relu2", y);
+  y = b.avgpool("avg", y, 2, 2);
+  y = b.flatten("flat", y);
+  b.linear("fc", y, 5, true);
+  const Model m = b.finish();
+  auto dn = make_cpu_backend(CpuConv::Dnnl), ref = make_cpu_backend(CpuConv::Im2col);
+  INFO(dn->name());
+  if (!dn->blocked(16)) WARN("oneDNN has no blocked layout on this CPU: both networks run NCHW");
+  const int batch = 3;
+  Network a(m, batch, *dn, {}), r(m, batch, *ref, {});
+  auto input = randn(size_t(batch) * 16 * 8 * 8, 21);
+  std::vector<int32_t> labels{0, 4, 2};
+  std::mt19937_64 rng1(1), rng2(1);
+  a.forward(input.data(), true, rng1);
+  r.forward(input.data(), true, rng2);
+  for (int i = 0; i < batch * 5; ++i) REQUIRE(a.logits()[i] == Approx(r.logits()[i]).margin(1e-4));
+  a.backward(labels.data(), 0.0f, 1.0f, nullptr, {});
+  r.backward(labels.data(), 0.0f, 1.0f, nullptr, {});
+  for (int64_t i = 0; i < a.param_count(); ++i) REQUIRE(a.grads()[i] == Approx(r.grads()[i]).margin(1e-4));
+  // Evaluation (running statistics) too.
+  a.forward(input.data(), false, rng1);
+  r.forward(input.data(), false, rng2);
+  for (int i = 0; i < batch * 5; ++i) REQUIRE(a.logits()[i] == Approx(r.logits()[i]).margin(1e-4));
 }
 
 TEST_CASE("half-precision storage: every output and gradient of a step lies on the FP16 / BF16 grid") {

@@ -19,15 +19,35 @@
 #include "fuseplan/models/error.hpp"
 #include "host_scratch.hpp"
 #ifdef FUSEPLAN_HAVE_DNNL
+#include "cpu_blocked.hpp"
 #include "dnnl_conv.hpp"
 #else
 namespace fuseplan::exec {
 inline std::string dnnl_kernels() { return ""; }
+inline int dnnl_block() { return 0; }
 class DnnlConv {  // without oneDNN: never constructed
  public:
+  explicit DnnlConv(int) {}
   void forward(const ConvShape&, const float*, const float*, const float*, float*) {}
   void backward(const ConvShape&, const float*, const float*, const float*, float*, float*, float*, bool) {}
 };
+namespace blocked {  // without oneDNN there is no blocked layout (block 0): never called
+inline void import_nchw(int, int, int, int, const float*, float*) {}
+inline void flatten_forward(int, int, int, int, const float*, float*) {}
+inline void flatten_backward(int, int, int, int, const float*, float*, bool) {}
+inline void batchnorm_forward_train(int, int, int, int, const float*, const float*, const float*, float*, float*,
+                                    float*, float*, float*, float, float) {}
+inline void batchnorm_forward_eval(int, int, int, int, const float*, const float*, const float*, float*,
+                                   const float*, const float*, float) {}
+inline void batchnorm_backward(int, int, int, int, const float*, const float*, const float*, const float*,
+                               const float*, float*, float*, float*, bool) {}
+inline void maxpool_forward(int, const PoolShape&, const float*, float*, int32_t*) {}
+inline void maxpool_backward(int, const PoolShape&, const float*, const int32_t*, float*) {}
+inline void avgpool_forward(int, const PoolShape&, const float*, float*) {}
+inline void avgpool_backward(int, const PoolShape&, const float*, float*) {}
+inline void adaptive_avgpool_forward(int, const PoolShape&, const float*, float*) {}
+inline void adaptive_avgpool_backward(int, const PoolShape&, const float*, float*) {}
+}  // namespace blocked
 }  // namespace fuseplan::exec
 #endif
 
@@ -103,7 +123,10 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(CpuConv conv) {
 #ifdef FUSEPLAN_HAVE_DNNL
-    if (conv != CpuConv::Im2col) dnnl_ = std::make_unique<DnnlConv>();
+    if (conv != CpuConv::Im2col) {
+      block_ = dnnl_block();
+      dnnl_ = std::make_unique<DnnlConv>(block_);
+    }
 #else
     if (conv == CpuConv::Dnnl) throw InputError("cpu backend: built without oneDNN (install libdnnl-dev and rebuild)");
 #endif
@@ -116,6 +139,22 @@ class CpuBackend final : public Backend {
   }
 
   float* alloc(size_t n) override { return host_alloc(n); }
+
+  // With oneDNN, activations whose channels fill whole blocks stay in its blocked layout
+  // between layers (its convolutions' native one): no reorder per convolution.
+  bool blocked(int c) const override { return block_ > 0 && c % block_ == 0; }
+  void import_activation(int n, int c, int hw, const float* plain, float* dst) override {
+    if (blocked(c) && hw > 1) return blocked::import_nchw(block_, n, c, hw, plain, dst);
+    std::memmove(dst, plain, sizeof(float) * size_t(n) * size_t(c) * size_t(hw));
+  }
+  void flatten_forward(int n, int c, int hw, const float* x, float* y) override {
+    if (blocked(c) && hw > 1) return blocked::flatten_forward(block_, n, c, hw, x, y);
+    assign(size_t(n) * size_t(c) * size_t(hw), x, y);
+  }
+  void flatten_backward(int n, int c, int hw, const float* dy, float* dx, bool add) override {
+    if (blocked(c) && hw > 1) return blocked::flatten_backward(block_, n, c, hw, dy, dx, add);
+    Backend::flatten_backward(n, c, hw, dy, dx, add);
+  }
   void free(float* p) override { std::free(p); }
   void zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
   void round(Precision p, float* x, size_t n) override { round_buffer(p, x, n); }
@@ -248,6 +287,9 @@ class CpuBackend final : public Backend {
   void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                                float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                                float momentum, float eps) override {
+    if (blocked(c) && hw > 1)
+      return blocked::batchnorm_forward_train(block_, n, c, hw, x, gamma, beta, y, save_mean, save_invstd,
+                                              running_mean, running_var, momentum, eps);
     const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
@@ -282,6 +324,8 @@ class CpuBackend final : public Backend {
 
   void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                               const float* running_mean, const float* running_var, float eps) override {
+    if (blocked(c) && hw > 1)
+      return blocked::batchnorm_forward_eval(block_, n, c, hw, x, gamma, beta, y, running_mean, running_var, eps);
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
       const float a = gamma[ch] / std::sqrt(running_var[ch] + eps), bshift = beta[ch] - running_mean[ch] * a;
@@ -307,6 +351,9 @@ class CpuBackend final : public Backend {
   void batchnorm_backward_impl(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                                float* dbeta) {
+    if (blocked(c) && hw > 1)
+      return blocked::batchnorm_backward(block_, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta,
+                                         Add);
     const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
@@ -362,6 +409,7 @@ class CpuBackend final : public Backend {
   }
 
   void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {
+    if (blocked_pool(s)) return blocked::maxpool_forward(block_, s, x, y, argmax);
 #pragma omp parallel for schedule(static)
     for (int plane = 0; plane < s.n * s.c; ++plane) {
       const float* in = x + int64_t(plane) * s.h * s.w;
@@ -386,6 +434,7 @@ class CpuBackend final : public Backend {
     }
   }
   void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) override {
+    if (blocked_pool(s)) return blocked::maxpool_backward(block_, s, dy, argmax, dx);
 #pragma omp parallel for schedule(static)
     for (int plane = 0; plane < s.n * s.c; ++plane) {
       float* d = dx + int64_t(plane) * s.h * s.w;
@@ -395,6 +444,7 @@ class CpuBackend final : public Backend {
   }
 
   void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    if (blocked_pool(s)) return blocked::avgpool_forward(block_, s, x, y);
     const float inv = 1.0f / float(s.kernel * s.kernel);
 #pragma omp parallel for schedule(static)
     for (int plane = 0; plane < s.n * s.c; ++plane) {
@@ -412,6 +462,7 @@ class CpuBackend final : public Backend {
     }
   }
   void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    if (blocked_pool(s)) return blocked::avgpool_backward(block_, s, dy, dx);
     const float inv = 1.0f / float(s.kernel * s.kernel);
 #pragma omp parallel for schedule(static)
     for (int plane = 0; plane < s.n * s.c; ++plane) {
@@ -429,6 +480,7 @@ class CpuBackend final : public Backend {
   }
 
   void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    if (blocked_pool(s)) return blocked::adaptive_avgpool_forward(block_, s, x, y);
 #pragma omp parallel for schedule(static)
     for (int plane = 0; plane < s.n * s.c; ++plane) {
       const float* in = x + int64_t(plane) * s.h * s.w;
@@ -445,6 +497,7 @@ class CpuBackend final : public Backend {
     }
   }
   void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    if (blocked_pool(s)) return blocked::adaptive_avgpool_backward(block_, s, dy, dx);
 #pragma omp parallel for schedule(static)
     for (int plane = 0; plane < s.n * s.c; ++plane) {
       float* d = dx + int64_t(plane) * s.h * s.w;
@@ -505,8 +558,13 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // A pooling whose input or output is more than one position per channel, on blocked
+  // channels (at 1 x 1 the two layouts are the same).
+  bool blocked_pool(const PoolShape& s) const { return blocked(s.c) && (s.h * s.w > 1 || s.p * s.q > 1); }
+
   Scratch cols_, tmp_;  // im2col and GEMM scratch, reused across layers
   std::unique_ptr<DnnlConv> dnnl_;
+  int block_ = 0;  // channels per block of the blocked layout (0: NCHW only)
 };
 
 }  // namespace

@@ -39,17 +39,23 @@ struct DnnlConv::Impl {
   // One buffer per operand slot: two inputs, the weights (or their gradient), one output.
   // Layers run one at a time, so every shape shares them.
   Scratch in_a, in_b, wei, out;
+  int block = 0;  // channels per block of the blocked activation layout (0: NCHW only)
 
   Prims& get(const ConvShape& s, bool bias) {
     auto it = cache.find(key_of(s, bias));
     if (it != cache.end()) return it->second;
     Prims p;
-    p.src_plain = dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::f32, tag::nchw);
+    // The activations as the backend stores them: channel-blocked where blocked(c) (the
+    // primitive takes them as they are), else NCHW (the primitive picks its layout and
+    // the operand is reordered); weights are OIHW in the parameter buffer.
+    const tag blk = block == 16 ? tag::nChw16c : tag::nChw8c;
+    const bool src_blocked = block && s.c % block == 0, dst_blocked = block && s.k % block == 0;
+    p.src_plain = dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::f32, src_blocked ? blk : tag::nchw);
     p.wei_plain = dnnl::memory::desc({s.k, s.c, s.r, s.r}, dt::f32, tag::oihw);
     p.bias = dnnl::memory::desc({s.k}, dt::f32, tag::x);
-    p.dst_plain = dnnl::memory::desc({s.n, s.k, s.p, s.q}, dt::f32, tag::nchw);
-    const dnnl::memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, tag::any), wei({s.k, s.c, s.r, s.r}, dt::f32, tag::any),
-        dst({s.n, s.k, s.p, s.q}, dt::f32, tag::any);
+    p.dst_plain = dnnl::memory::desc({s.n, s.k, s.p, s.q}, dt::f32, dst_blocked ? blk : tag::nchw);
+    const dnnl::memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, src_blocked ? blk : tag::any),
+        wei({s.k, s.c, s.r, s.r}, dt::f32, tag::any), dst({s.n, s.k, s.p, s.q}, dt::f32, dst_blocked ? blk : tag::any);
     const dnnl::memory::dims strides{s.stride, s.stride}, pad_l{s.pad, s.pad},
         pad_r{(s.p - 1) * s.stride + s.r - s.h - s.pad, (s.q - 1) * s.stride + s.r - s.w - s.pad};
     const auto fwd_d = bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
@@ -123,7 +129,16 @@ std::string dnnl_kernels() {
          isa;
 }
 
-DnnlConv::DnnlConv() : impl_(std::make_unique<Impl>()) {}
+int dnnl_block() {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  if (isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
+      isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx)
+    return 16;
+  if (isa == dnnl::cpu_isa::avx2 || isa == dnnl::cpu_isa::avx2_vnni) return 8;
+  return 0;
+}
+
+DnnlConv::DnnlConv(int block) : impl_(std::make_unique<Impl>()) { impl_->block = block; }
 DnnlConv::~DnnlConv() = default;
 
 void DnnlConv::forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {

@@ -125,7 +125,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   running_n_ = running_init.size();
   running_ = DeviceBuffer(be_, std::max<size_t>(running_n_, 1));
   if (running_n_) be_.copy_in(running_.get(), running_init.data(), running_n_);
-  if (!be_.reads_host_memory())
+  if (!be_.reads_host_memory() || input_blocked())
     input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)));
   dlogits_ = nodes_.back().dout;
   dout_ready_.assign(nodes_.size(), 0);
@@ -212,7 +212,11 @@ float* Network::grad_of_input(int l, int k) {
 
 void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
   input_ = input;
-  if (!be_.reads_host_memory()) {  // into the backend's memory (device memory on a GPU)
+  if (input_blocked()) {  // into the backend's blocked layout
+    const int c = dim(model_.input_shape, 0);
+    be_.import_activation(batch_, c, int(numel(model_.input_shape) / c), input, input_buf_.get());
+    input_ = input_buf_.get();
+  } else if (!be_.reads_host_memory()) {  // into the backend's memory (device memory on a GPU)
     be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
     input_ = input_buf_.get();
   }
@@ -268,12 +272,23 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
       be_.dropout_forward(total, x, n.mask, n.out);
       break;
     }
-    case LayerKind::Flatten:
-      be_.zero(n.out, total);
-      be_.accumulate(total, x, n.out);
+    case LayerKind::Flatten: {
+      const auto [c, hw] = channels_and_plane(L.in_shape);
+      be_.flatten_forward(batch_, c, hw, x, n.out);
       break;
+    }
     default: break;  // refused in the constructor
   }
+}
+
+bool Network::input_blocked() const {
+  return model_.input_shape.size() == 3 && be_.blocked(dim(model_.input_shape, 0));
+}
+
+// A per-sample shape as channels and the rest: [c, h, w] -> (c, h w); [f] -> (f, 1).
+std::pair<int, int> Network::channels_and_plane(const Shape& shape) {
+  const int c = shape.empty() ? 1 : static_cast<int>(shape[0]);
+  return {c, static_cast<int>(numel(shape) / std::max(c, 1))};
 }
 
 bool Network::stored_in_precision() const {
@@ -391,8 +406,10 @@ void Network::backward_layer(int l) {
       break;
     case LayerKind::Dropout: if (dx) be_.dropout_backward(total, n.dout, n.mask, dx); break;
     case LayerKind::Flatten:
-      if (dx && set) be_.assign(total, n.dout, dx);
-      else if (dx) be_.accumulate(total, n.dout, dx);
+      if (dx) {
+        const auto [c, hw] = channels_and_plane(L.in_shape);
+        be_.flatten_backward(batch_, c, hw, n.dout, dx, !set);
+      }
       break;
     default: break;
   }

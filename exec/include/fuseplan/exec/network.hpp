@@ -95,6 +95,8 @@ class Network {
   void forward_layer(int l, bool training, std::mt19937_64& rng);
   void backward_layer(int l);
   void zero_dout_once(int l);  // zeroes node l's gradient unless done this backward
+  bool input_blocked() const;  // the model input is brought into the backend's blocked layout
+  static std::pair<int, int> channels_and_plane(const Shape& shape);
   bool first_write(int l, int k);  // layer l is input k's first consumer in this backward (marks it)
   const float* input_of(int l, int k) const;
   float* grad_of_input(int l, int k);

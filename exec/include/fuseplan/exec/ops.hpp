@@ -102,6 +102,29 @@ class Backend {
   virtual void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) = 0;
   virtual void add_forward(size_t n, const float* a, const float* b, float* y) = 0;
   virtual void accumulate(size_t n, const float* dy, float* dx) = 0;  // dx += dy
+  // Activation layout. A backend may keep an activation [n, c, h, w] whose channel count
+  // c is a multiple of its block in a channel-blocked layout ([n, c / B, h, w, B], oneDNN's
+  // nChw16c), which its convolutions read and write without reordering: blocked(c) says
+  // so. Element-wise ops do not care; the ops that are given shapes (convolution,
+  // BatchNorm, pooling) follow it; the network brings the model input into it and
+  // flattens out of it through the calls below. With hw = 1 both layouts coincide.
+  virtual bool blocked(int c) const {
+    (void)c;
+    return false;
+  }
+  virtual void import_activation(int n, int c, int hw, const float* plain, float* dst) {
+    (void)c, (void)hw;
+    copy_in(dst, plain, size_t(n) * size_t(c) * size_t(hw));
+  }
+  // y [n, c * hw] in NCHW order from x; backward: dx from dy, added when `add`.
+  virtual void flatten_forward(int n, int c, int hw, const float* x, float* y) {
+    assign(size_t(n) * size_t(c) * size_t(hw), x, y);
+  }
+  virtual void flatten_backward(int n, int c, int hw, const float* dy, float* dx, bool add) {
+    if (add) accumulate(size_t(n) * size_t(c) * size_t(hw), dy, dx);
+    else assign(size_t(n) * size_t(c) * size_t(hw), dy, dx);
+  }
+
   // The same with the input gradient written instead of added to (dx holds anything
   // before): for the first consumer of a tensor in backward, which saves zeroing dx and
   // reading it back. The defaults zero dx and add; a backend overrides them where that
