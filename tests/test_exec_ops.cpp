@@ -288,22 +288,24 @@ TEST_CASE("buffer rounding (F16C where the CPU has it, threads) equals the scala
 
 namespace {
 // conv+bias -> bn -> relu -> maxpool -> conv -> bn -> add (residual) -> relu ->
-// adaptive avgpool -> flatten -> linear: every wiring case of the zoo CNNs.
-Model tiny_cnn() {
-  ModelBuilder b("tiny", {2, 8, 8});
-  int x = b.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, true);
+// adaptive avgpool (or a 2 x 2 average pooling, which leaves a 2 x 2 plane) -> flatten
+// -> linear: every wiring case of the zoo CNNs.
+Model residual_cnn(const std::string& name, int in_channels, int channels, int classes, bool global_pool) {
+  ModelBuilder b(name, {in_channels, 8, 8});
+  int x = b.conv("conv1", ModelBuilder::kInput, channels, 3, 1, 1, true);
   x = b.batchnorm("bn1", x);
   x = b.relu("relu1", x);
-  int p = b.maxpool("pool", x, 2, 2);
-  int y = b.conv("conv2", p, 4, 3, 1, 1, false);
+  int p = global_pool ? b.maxpool("pool", x, 2, 2) : b.maxpool("pool", x, 3, 2, 1);
+  int y = b.conv("conv2", p, channels, 3, 1, 1, false);
   y = b.batchnorm("bn2", y);
   y = b.add("add", y, p);
   y = b.relu("relu2", y);
-  y = b.adaptive_avgpool("gap", y, 1, 1);
+  y = global_pool ? b.adaptive_avgpool("gap", y, 1, 1) : b.avgpool("avg", y, 2, 2);
   y = b.flatten("flat", y);
-  b.linear("fc", y, 3, true);
+  b.linear("fc", y, classes, true);
   return b.finish();
 }
+Model tiny_cnn() { return residual_cnn("tiny", 2, 4, 3, true); }
 }  // namespace
 
 TEST_CASE("a whole network's parameter gradients match finite differences - buffers are in backward order") {
@@ -340,22 +342,10 @@ TEST_CASE("a network on oneDNN's blocked layout equals the same network on NCHW 
     return;
   }
   // 16- and 32-channel activations (blocked on AVX-512 and AVX2 machines): the input
-  // imported, convolutions with and without bias, BatchNorm, ReLU, max and average
-  // pooling, a residual add, flatten of a 2 x 2 plane (reordered to NCHW for the linear
-  // layer), and a second head through adaptive pooling.
-  ModelBuilder b("blocked", {16, 8, 8});
-  int x = b.conv("conv1", ModelBuilder::kInput, 32, 3, 1, 1, true);
-  x = b.batchnorm("bn1", x);
-  x = b.relu("relu1", x);
-  int p = b.maxpool("pool", x, 3, 2, 1);
-  int y = b.conv("conv2", p, 32, 3, 1, 1, false);
-  y = b.batchnorm("bn2", y);
-  y = b.add("add", y, p);
-  y = b.relu("relu2", y);
-  y = b.avgpool("avg", y, 2, 2);
-  y = b.flatten("flat", y);
-  b.linear("fc", y, 5, true);
-  const Model m = b.finish();
+  // imported, convolutions with and without bias, BatchNorm, ReLU, overlapping max
+  // pooling, a residual add, average pooling, flatten of a 2 x 2 plane (reordered to NCHW
+  // for the linear layer).
+  const Model m = residual_cnn("blocked", 16, 32, 5, false);
   auto dn = make_cpu_backend(CpuConv::Dnnl), ref = make_cpu_backend(CpuConv::Im2col);
   INFO(dn->name());
   if (!dn->blocked(16)) WARN("oneDNN has no blocked layout on this CPU: both networks run NCHW");

@@ -16,36 +16,28 @@ inline int64_t at(int B, int cb_count, int hw, int img, int cb, int64_t i) {
 }
 }  // namespace
 
-void import_nchw(int B, int n, int c, int hw, const float* plain, float* dst) {
+// Calls f(plain, blocked) with the offsets of every element of an [n, c, hw] activation
+// in NCHW and in the blocked layout (threads over images and channel blocks).
+template <typename F>
+void each_element(int B, int n, int c, int hw, F f) {
   const int CB = c / B;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int img = 0; img < n; ++img)
     for (int cb = 0; cb < CB; ++cb)
       for (int i = 0; i < hw; ++i)
-        for (int l = 0; l < B; ++l)
-          dst[at(B, CB, hw, img, cb, i) + l] = plain[(int64_t(img) * c + cb * B + l) * hw + i];
+        for (int l = 0; l < B; ++l) f((int64_t(img) * c + cb * B + l) * hw + i, at(B, CB, hw, img, cb, i) + l);
+}
+
+void import_nchw(int B, int n, int c, int hw, const float* plain, float* dst) {
+  each_element(B, n, c, hw, [&](int64_t p, int64_t b) { dst[b] = plain[p]; });
 }
 
 void flatten_forward(int B, int n, int c, int hw, const float* x, float* y) {
-  const int CB = c / B;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int img = 0; img < n; ++img)
-    for (int cb = 0; cb < CB; ++cb)
-      for (int l = 0; l < B; ++l)
-        for (int i = 0; i < hw; ++i) y[(int64_t(img) * c + cb * B + l) * hw + i] = x[at(B, CB, hw, img, cb, i) + l];
+  each_element(B, n, c, hw, [&](int64_t p, int64_t b) { y[p] = x[b]; });
 }
 
 void flatten_backward(int B, int n, int c, int hw, const float* dy, float* dx, bool add) {
-  const int CB = c / B;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int img = 0; img < n; ++img)
-    for (int cb = 0; cb < CB; ++cb)
-      for (int i = 0; i < hw; ++i)
-        for (int l = 0; l < B; ++l) {
-          const float g = dy[(int64_t(img) * c + cb * B + l) * hw + i];
-          float& d = dx[at(B, CB, hw, img, cb, i) + l];
-          d = add ? d + g : g;
-        }
+  each_element(B, n, c, hw, [&](int64_t p, int64_t b) { dx[b] = add ? dx[b] + dy[p] : dy[p]; });
 }
 
 void batchnorm_forward_train(int B, int n, int c, int hw, const float* x, const float* gamma, const float* beta,
