@@ -16,12 +16,13 @@ using Key = std::tuple<int, int, int, int, int, int, int, int, bool>;
 
 Key key_of(const ConvShape& s, bool bias) { return {s.n, s.c, s.h, s.w, s.k, s.r, s.stride, s.pad, bias}; }
 
-// Primitives for one shape. The user's buffers are plain NCHW / OIHW (`*_plain`); the
-// primitives are created with format `any`, so oneDNN picks its blocked layouts (nChw16c
-// and the like on AVX-512), for which it has direct JIT kernels; with plain layouts it
-// falls back to im2col + GEMM, as slow as ours.
+// Primitives for one shape, and the layouts of the caller's buffers (`*_user`): blocked
+// activations where their channels fill whole blocks, else NCHW; OIHW weights. Operands
+// the caller holds in NCHW / OIHW are left to oneDNN (format `any`: its blocked layouts,
+// for which it has direct JIT kernels; on plain layouts it falls back to im2col + GEMM)
+// and reordered on each call.
 struct Prims {
-  dnnl::memory::desc src_plain, wei_plain, bias, dst_plain;
+  dnnl::memory::desc src_user, wei_user, bias, dst_user;
   dnnl::convolution_forward::primitive_desc fwd_pd;
   dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
   dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
@@ -50,10 +51,10 @@ struct DnnlConv::Impl {
     // the operand is reordered); weights are OIHW in the parameter buffer.
     const tag blk = block == 16 ? tag::nChw16c : tag::nChw8c;
     const bool src_blocked = block && s.c % block == 0, dst_blocked = block && s.k % block == 0;
-    p.src_plain = dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::f32, src_blocked ? blk : tag::nchw);
-    p.wei_plain = dnnl::memory::desc({s.k, s.c, s.r, s.r}, dt::f32, tag::oihw);
+    p.src_user = dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::f32, src_blocked ? blk : tag::nchw);
+    p.wei_user = dnnl::memory::desc({s.k, s.c, s.r, s.r}, dt::f32, tag::oihw);
     p.bias = dnnl::memory::desc({s.k}, dt::f32, tag::x);
-    p.dst_plain = dnnl::memory::desc({s.n, s.k, s.p, s.q}, dt::f32, dst_blocked ? blk : tag::nchw);
+    p.dst_user = dnnl::memory::desc({s.n, s.k, s.p, s.q}, dt::f32, dst_blocked ? blk : tag::nchw);
     const dnnl::memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, src_blocked ? blk : tag::any),
         wei({s.k, s.c, s.r, s.r}, dt::f32, tag::any), dst({s.n, s.k, s.p, s.q}, dt::f32, dst_blocked ? blk : tag::any);
     const dnnl::memory::dims strides{s.stride, s.stride}, pad_l{s.pad, s.pad},
@@ -144,13 +145,13 @@ DnnlConv::~DnnlConv() = default;
 void DnnlConv::forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
   Impl& I = *impl_;
   Prims& p = I.get(s, b != nullptr);
-  const dnnl::memory src = I.input(p.fwd_pd.src_desc(), p.src_plain, x, I.in_a);
-  const dnnl::memory wei = I.input(p.fwd_pd.weights_desc(), p.wei_plain, w, I.wei);
-  const dnnl::memory dst = I.output(p.fwd_pd.dst_desc(), p.dst_plain, y, I.out, false);
+  const dnnl::memory src = I.input(p.fwd_pd.src_desc(), p.src_user, x, I.in_a);
+  const dnnl::memory wei = I.input(p.fwd_pd.weights_desc(), p.wei_user, w, I.wei);
+  const dnnl::memory dst = I.output(p.fwd_pd.dst_desc(), p.dst_user, y, I.out, false);
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}};
   if (b) args.emplace(DNNL_ARG_BIAS, I.plain(p.bias, b));
   p.fwd.execute(I.strm, args);
-  I.finish(dst, p.dst_plain, y, false);
+  I.finish(dst, p.dst_user, y, false);
   I.strm.wait();
 }
 
@@ -160,21 +161,21 @@ void DnnlConv::backward(const ConvShape& s, const float* x, const float* w, cons
   Prims& p = I.get(s, db != nullptr);
   dnnl::memory diff_dst;  // dy in bwd_data's layout, reused by bwd_weights when theirs agrees
   if (dx) {
-    diff_dst = I.input(p.bwd_data_pd.diff_dst_desc(), p.dst_plain, dy, I.in_a);
-    const dnnl::memory wei = I.input(p.bwd_data_pd.weights_desc(), p.wei_plain, w, I.wei);
-    const dnnl::memory diff_src = I.output(p.bwd_data_pd.diff_src_desc(), p.src_plain, dx, I.out, accumulate_dx);
+    diff_dst = I.input(p.bwd_data_pd.diff_dst_desc(), p.dst_user, dy, I.in_a);
+    const dnnl::memory wei = I.input(p.bwd_data_pd.weights_desc(), p.wei_user, w, I.wei);
+    const dnnl::memory diff_src = I.output(p.bwd_data_pd.diff_src_desc(), p.src_user, dx, I.out, accumulate_dx);
     p.bwd_data.execute(I.strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, diff_src}});
-    I.finish(diff_src, p.src_plain, dx, accumulate_dx);
+    I.finish(diff_src, p.src_user, dx, accumulate_dx);
   }
-  const dnnl::memory src = I.input(p.bwd_weights_pd.src_desc(), p.src_plain, x, I.in_b);
+  const dnnl::memory src = I.input(p.bwd_weights_pd.src_desc(), p.src_user, x, I.in_b);
   if (!dx || diff_dst.get_desc() != p.bwd_weights_pd.diff_dst_desc())
-    diff_dst = I.input(p.bwd_weights_pd.diff_dst_desc(), p.dst_plain, dy, I.in_a);
-  const dnnl::memory diff_wei = I.output(p.bwd_weights_pd.diff_weights_desc(), p.wei_plain, dw, I.wei, false);
+    diff_dst = I.input(p.bwd_weights_pd.diff_dst_desc(), p.dst_user, dy, I.in_a);
+  const dnnl::memory diff_wei = I.output(p.bwd_weights_pd.diff_weights_desc(), p.wei_user, dw, I.wei, false);
   std::unordered_map<int, dnnl::memory> args{
       {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_wei}};
   if (db) args.emplace(DNNL_ARG_DIFF_BIAS, I.plain(p.bias, db));
   p.bwd_weights.execute(I.strm, args);
-  I.finish(diff_wei, p.wei_plain, dw, false);
+  I.finish(diff_wei, p.wei_user, dw, false);
   I.strm.wait();
 }
 
