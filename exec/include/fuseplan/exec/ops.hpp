@@ -159,10 +159,10 @@ class Backend {
                               float scale, float* dlogits, int* correct) = 0;
 };
 
-// Convolutions on the CPU: oneDNN's primitives on its blocked layouts (nChw16c and the
-// like, operands reordered per call) when the build found libdnnl-dev (Auto picks them
-// then), or im2col + one OpenBLAS SGEMM over the batch (always available, the reference;
-// Auto without oneDNN).
+// Convolutions on the CPU: oneDNN's primitives when the build found libdnnl-dev (Auto
+// picks them then; activations whose channels fill whole blocks are then kept in its
+// blocked layout, Backend::blocked), or im2col + one OpenBLAS SGEMM over the batch on
+// NCHW (always available, the reference; Auto without oneDNN).
 enum class CpuConv { Auto, Im2col, Dnnl };
 CpuConv parse_cpu_conv(const std::string& s);  // InputError naming --conv
 std::unique_ptr<Backend> make_cpu_backend(CpuConv conv = CpuConv::Auto);
