@@ -334,6 +334,27 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
     return doc, info, gm, layer_nodes
 
 
+def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: torch.Tensor) -> List[Tuple[str, Any, Any]]:
+    """Every call of the modules at `paths` in one forward of `example_inputs` (without
+    autograd), in call order: (path, inputs, output)."""
+    records: List[Tuple[str, Any, Any]] = []
+
+    def hook(path: str) -> Callable:
+        def record(m: nn.Module, inputs: Any, output: Any) -> None:
+            records.append((path, inputs, output))
+        return record
+
+    modules = dict(model.named_modules())
+    handles = [modules[p].register_forward_hook(hook(p)) for p in set(paths)]
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return records
+
+
 @dataclass
 class ModuleCall:
     """A layer of an export by modules: the `call`-th call (from 0) of the leaf module at
@@ -351,23 +372,12 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
     for a view of it), else the latest earlier layer of the same output shape, else the
     one before it. Parameters used outside any leaf module cannot be placed and are
     refused."""
-    leaves = [(path, m) for path, m in model.named_modules() if path and not list(m.children())]
-    records: List[Tuple[str, Any, Any]] = []
-
-    def hook(path: str) -> Callable:
-        def record(m: nn.Module, inputs: Any, output: Any) -> None:
-            records.append((path, inputs, output))
-        return record
-
-    handles = [m.register_forward_hook(hook(path)) for path, m in leaves]
+    leaves = [path for path, m in model.named_modules() if path and not list(m.children())]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(example_inputs)
+        records = module_calls(model, leaves, example_inputs)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
 
     def first_tensor(v: Any) -> Optional[torch.Tensor]:

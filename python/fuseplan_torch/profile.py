@@ -21,6 +21,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .model_export import module_calls
+
 PROFILE_SCHEMA = "fuseplan.profile/1"
 
 
@@ -104,25 +106,11 @@ def _captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes:
             out.append((lambda *a, n=n, **k: _call(gm, n, a, k), args, kwargs))
         return out
     modules = dict(model.named_modules())
-    wanted = {(e.path, e.call) for e in layer_nodes}
     seen: Dict[str, int] = {}
     inputs: Dict[Tuple[str, int], Any] = {}
-
-    def hook(path: str) -> Callable:
-        def record(m: nn.Module, args: Any) -> None:
-            k = seen.get(path, 0)
-            seen[path] = k + 1
-            if (path, k) in wanted:
-                inputs[(path, k)] = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
-        return record
-
-    handles = [modules[p].register_forward_pre_hook(hook(p)) for p in {e.path for e in layer_nodes if e.path}]
-    try:
-        with torch.no_grad():
-            model(batch_input)
-    finally:
-        for h in handles:
-            h.remove()
+    for path, args, _ in module_calls(model, [e.path for e in layer_nodes if e.path], batch_input):
+        inputs[(path, seen.get(path, 0))] = args
+        seen[path] = seen.get(path, 0) + 1
     calls: List[Tuple[Callable, Any, Any]] = []
     for i, e in enumerate(layer_nodes):
         if e.path:
