@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <unistd.h>
 
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/ops.hpp"
@@ -102,48 +103,94 @@ void fit_flags_to_model_file(TrainFlags& f, const Model& m, const std::string& p
 }
 }  // namespace
 
+namespace {
+// The zoo-model options the flags set (those not given stay unset).
+ModelOptions flag_model_options(const TrainFlags& f) {
+  ModelOptions mo;
+  if (f.resolution > 0) mo.resolution = f.resolution;
+  if (f.channels > 0) mo.channels = f.channels;
+  if (f.classes > 0) mo.classes = f.classes;
+  return mo;
+}
+
+// A run that cannot fit in this machine's memory is refused before anything is allocated
+// (exit 2, naming the flags that size it) instead of ending in std::bad_alloc or the
+// kernel's out-of-memory killer.
+void check_fits_in_memory(double bytes, const std::string& what, const std::string& flags) {
+  const double have = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+  if (have > 0 && bytes > have)
+    throw InputError(flags + ": " + what + " needs " + fixed(bytes / double(1 << 30), 1) + " GiB, more than this machine's " +
+                     fixed(have / double(1 << 30), 1) + " GiB of memory");
+}
+
+// A lower bound of what the CPU network holds: every layer's output and its gradient in
+// FP32 at this batch, and weights, gradients, FP32 masters and momenta. (The CUDA backend
+// holds them on the GPU, which cudaMalloc checks.)
+void check_network_fits(const Model& m, const TrainFlags& f) {
+  if (f.backend != "cpu") return;
+  double activations = 0;
+  for (const Layer& l : m.layers) activations += double(numel(l.out_shape));
+  const double bytes = 2 * 4 * activations * double(f.opt.batch) + 4 * 4 * double(m.param_count());
+  check_fits_in_memory(bytes, "the network (" + m.name + ": activations and their gradients at this batch, weights)",
+                       "--model " + m.name + ", --resolution " + std::to_string(m.input_shape.size() == 3 ? m.input_shape[1] : 0) +
+                           ", --batch-per-gpu " + std::to_string(f.opt.batch));
+}
+}  // namespace
+
 TrainingData load_training(TrainFlags f, const std::string& model_name) {
   TrainingData d;
   std::optional<Model> file_model;
   if (names_a_file(model_name)) {
     file_model = load_model_file(model_name);
     fit_flags_to_model_file(f, *file_model, model_name);
-  }
-  exec::Dataset& train = d.train;
-  exec::Dataset& test = d.test;
-  if (f.dataset == "fashion-mnist") {
-    train = exec::load_fashion_mnist(f.data_dir, "train");
-    test = exec::load_fashion_mnist(f.data_dir, "test");
-  } else if (f.dataset == "synthetic") {
-    if (f.synthetic_size < 2) throw InputError("--synthetic-size: must be >= 2");
-    const int res = f.resolution > 0 ? f.resolution : 28, ch = f.channels > 0 ? f.channels : 1,
-              cl = f.classes > 0 ? f.classes : 10;
-    // One draw, split: the test samples share the class prototypes, only their noise is new.
-    auto [tr, te] = exec::split(exec::make_synthetic(f.synthetic_size + std::max<int64_t>(2, f.synthetic_size / 4), ch,
-                                                     res, res, cl, f.opt.seed),
-                                f.synthetic_size);
-    train = std::move(tr);
-    test = std::move(te);
-  } else {
-    throw InputError("--dataset: unknown data set '" + f.dataset + "' (valid: fashion-mnist, synthetic)");
-  }
-  if (file_model) {
-    d.model = std::move(*file_model);
-    return d;
-  }
-  // The data set sets the model's input and classes unless the flags say otherwise.
-  ModelOptions mo;
-  mo.resolution = f.resolution > 0 ? f.resolution : train.height;
-  mo.channels = f.channels > 0 ? f.channels : train.channels;
-  mo.classes = f.classes > 0 ? f.classes : train.classes;
-  if (const ZooEntry* z = find_zoo(model_name); z && z->is_transformer) {
+  } else if (const ZooEntry* z = find_zoo(model_name); z && z->is_transformer) {
     std::string cnns;
     for (const auto& e : zoo())
       if (!e.is_transformer) cnns += (cnns.empty() ? "" : ", ") + e.name;
     throw InputError("--model: " + model_name + " is a transformer, not supported by the trainer (valid: " + cnns +
                      ", or a CNN model .json)");
   }
-  d.model = load_model(model_name, mo);
+  // The data set sets a zoo model's input and classes unless the flags say otherwise.
+  auto model_for = [&](const exec::Dataset& data) {
+    if (file_model) return std::move(*file_model);
+    ModelOptions mo;
+    mo.resolution = f.resolution > 0 ? f.resolution : data.height;
+    mo.channels = f.channels > 0 ? f.channels : data.channels;
+    mo.classes = f.classes > 0 ? f.classes : data.classes;
+    return load_model(model_name, mo);
+  };
+  exec::Dataset& train = d.train;
+  exec::Dataset& test = d.test;
+  if (f.dataset == "fashion-mnist") {
+    train = exec::load_fashion_mnist(f.data_dir, "train");
+    test = exec::load_fashion_mnist(f.data_dir, "test");
+    d.model = model_for(train);
+    check_network_fits(d.model, f);
+  } else if (f.dataset == "synthetic") {
+    if (f.synthetic_size < 2) throw InputError("--synthetic-size: must be >= 2");
+    check_model_options(flag_model_options(f));
+    // The data take the model's shape (the flags', else 1 x 28 x 28 in 10 classes); both
+    // are checked against the memory before the data are drawn.
+    exec::Dataset shape;
+    shape.channels = f.channels > 0 ? f.channels : 1;
+    shape.height = shape.width = f.resolution > 0 ? f.resolution : 28;
+    shape.classes = f.classes > 0 ? f.classes : 10;
+    d.model = model_for(shape);
+    check_network_fits(d.model, f);
+    const int64_t extra = std::max<int64_t>(2, f.synthetic_size / 4);
+    check_fits_in_memory((double(f.synthetic_size) + double(extra)) * double(shape.sample_elems()),
+                         "the synthetic data set (one byte per pixel)",
+                         "--synthetic-size " + std::to_string(f.synthetic_size) + ", --resolution " +
+                             std::to_string(shape.height));
+    // One draw, split: the test samples share the class prototypes, only their noise is new.
+    auto [tr, te] = exec::split(exec::make_synthetic(f.synthetic_size + extra, shape.channels, shape.height, shape.width,
+                                                     shape.classes, f.opt.seed),
+                                f.synthetic_size);
+    train = std::move(tr);
+    test = std::move(te);
+  } else {
+    throw InputError("--dataset: unknown data set '" + f.dataset + "' (valid: fashion-mnist, synthetic)");
+  }
   return d;
 }
 

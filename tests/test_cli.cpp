@@ -67,7 +67,7 @@ TEST_CASE("cli: bad flags and names exit 2 with one line naming them") {
   expect_bad("predict --gpus 0", "--gpus: must be in [1, 1048576] (got 0)");
   expect_bad("predict --cluster local-cpu --gpus 4", "no inter-node network to join them");
   expect_bad("export --to fsdp --plan x.json", "--to: unknown framework 'fsdp' (valid: ddp, horovod, deepspeed)");
-  expect_bad("export --to ddp --plan /nonexistent/plan.json", "/nonexistent/plan.json: cannot open file");
+  expect_bad("export --to ddp --plan /nonexistent/plan.json", "/nonexistent/plan.json: cannot open (No such file or directory)");
   expect_bad("predict --model resnet9", "unknown model 'resnet9'");
   expect_bad("predict --cluster nowhere", "unknown cluster 'nowhere'");
   expect_bad("predict --algorithm butterfly", "unknown algorithm 'butterfly' (valid: auto, ring");
@@ -102,7 +102,7 @@ TEST_CASE("cli: bad files exit 2 naming the file and JSON path") {
   write(unk, c.dump());
   expect_bad("predict --cluster " + unk, "$.intra_node.bandwidth: unknown key");
 
-  expect_bad("predict --plan " + tmp("missing-plan.json"), "cannot open file");
+  expect_bad("predict --plan " + tmp("missing-plan.json"), "cannot open (No such file or directory)");
   // A plan for another model.
   std::string plan = tmp("r18.json");
   Run made = run("predict --model resnet18 --gpus 16 --out " + plan);
@@ -110,7 +110,7 @@ TEST_CASE("cli: bad files exit 2 naming the file and JSON path") {
   expect_bad("predict --plan " + plan + " --model resnet50", "plan is for model resnet18");
   expect_bad("predict --plan " + plan + " --gpus 32", "disagrees with");
   expect_bad("predict --model resnet50 --plan " + plan + " --buckets single", "exclusive");
-  expect_bad("show " + tmp("missing-model.json"), "cannot open file");
+  expect_bad("show " + tmp("missing-model.json"), "cannot open (No such file");
 }
 
 TEST_CASE("cli: predict defaults run the paper's setup and write a trace and a plan") {
@@ -360,6 +360,17 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--epochs nan", "--epochs: must be > 0", true);
   expect_bad(base + "--label-smoothing 2", "--label-smoothing: must be in [0, 1)", true);
   expect_bad(base + "--warmup-epochs -1", "--warmup-epochs: must be in [0, --epochs]", true);
+  for (const char* flag : {"--threads", "--resolution", "--channels", "--classes"})
+    expect_bad(base + flag + " 0", std::string(flag) + ": must be > 0 (got 0; leave the flag out for its default)", true);
+  // What cannot fit in memory is refused before anything is allocated, not a std::bad_alloc.
+  expect_bad(base + "--resolution 100000", "--resolution: must be in [1, 8192] (got 100000)", true);
+  expect_bad(base + "--resolution 8192",
+             "--model resnet18, --resolution 8192, --batch-per-gpu 64: the network (resnet18: activations and their "
+             "gradients at this batch, weights) needs 5248.2 GiB, more than this machine's",
+             true);
+  expect_bad("train --dataset synthetic --synthetic-size 9223372036854775807",
+             "--synthetic-size 9223372036854775807, --resolution 28: the synthetic data set (one byte per pixel) needs", true);
+  expect_bad(base + "--resume " + tmp(""), ": is a directory (give a file)", true);
 }
 
 namespace {
@@ -1054,8 +1065,29 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
   const std::string huge_tensor = file("huge-tensor.json", R"({"schema": "fuseplan.model/1", "name": "huge",
       "input_shape": [3, 8, 8], "layers": [{"name": "fc", "kind": "linear", "fwd_flops": 1, "bwd_flops": 1,
       "params": [{"name": "fc.weight", "shape": [4611686018427387904, 4], "role": "weight"}]}]})");
+  const std::string tiny_peak = cluster_with("tiny-peak.json", {"device", "peak_TFLOPS", "fp16"}, 5e-324);
+  auto model_with_shape = [&](const std::string& name, const std::string& dims) {
+    return file(name, R"({"schema": "fuseplan.model/1", "name": "huge", "input_shape": [3, 8, 8], "layers": [{"name": "fc",
+        "kind": "linear", "fwd_flops": 1, "bwd_flops": 1, "params": [{"name": "fc.weight", "shape": [)" + dims +
+                          R"(], "role": "weight"}]}]})");
+  };
+  const std::string tensor_2p80 = model_with_shape("tensor-2p80.json", "1208925819614629174706176, 4");
+  const std::string tensor_2p63 = model_with_shape("tensor-2p63.json", "9223372036854775808");
+  const std::string nccl_inf = file("nccl-inf.txt",
+      "#       size         count      type   redop    root     time   algbw   busbw #wrong\n"
+      "           8             2     float     sum      -1      inf    0.00    0.00      0    24.70    0.00    0.00      0\n");
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"simulate --model alexnet_bn --gpus 16 --cluster " + denormal, "$.inter_node.nic_bw_Gbps: must be in"},
+      {"tune --model alexnet_bn --gpus 16 --cluster " + denormal, "$.inter_node.nic_bw_Gbps: must be in"},
+      {"tune --model alexnet_bn --gpus 16 --cluster " + tiny_peak, "$.device.peak_TFLOPS.fp16: must be in [0.0001, 100000] TFLOPS (got 5e-324)"},
+      {"show " + tensor_2p80, "$.layers[0].params[0].shape[0]: expected an integer >= 1"},
+      {"predict --gpus 8 --cluster dgx-a100 --model " + tensor_2p63, "$.layers[0].params[0].shape[0]: expected an integer >= 1"},
+      {"calibrate --cluster dgx-h100 --ranks 16 --nccl-tests " + nccl_inf, "line 2: cannot read the row"},
+      {"predict --cluster " + tmp(""), ": is a directory (give a file)"},
+      {"predict --cluster /tmp/\xff\xfe.json", "/tmp/\xff\xfe.json: cannot open (No such file or directory)"},
+      {"predict --model alexnet_bn --gpus 16 --epochs nan", "--epochs: must be > 0"},
+      {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
+      {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},
       {"predict --model alexnet_bn --gpus 16 --cluster " + tiny_lat, "$.inter_node.lat_us: must be in"},
       {"predict --cluster " + overflow, "malformed JSON: number overflow"},
       {"predict --cluster " + dup, "the key 'name' appears twice"},

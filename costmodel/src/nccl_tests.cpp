@@ -75,11 +75,7 @@ void read_json(const std::string& text, NcclTestsLog& log, const std::function<I
 }  // namespace
 
 NcclTestsLog read_nccl_tests(const std::string& path, const std::string& flag) {
-  std::ifstream in(path);
-  if (!in) throw InputError(flag + " " + path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  const std::string text = read_input_file(path, flag + " " + path);
   NcclTestsLog log;
   log.path = path;
   auto bad = [&](const std::string& why) { return InputError(flag + " " + path + ": " + why); };

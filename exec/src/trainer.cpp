@@ -371,11 +371,7 @@ void write_checkpoint_file(const std::string& path, const std::string& bytes) {
 
 void Trainer::load_checkpoint(const std::string& path) {
   be_.synchronize();  // the host writes into the backend's memory below
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(field("train.resume") + " " + path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  Reader r(ss.str(), path);
+  Reader r(read_input_file(path, field("train.resume") + " " + path), path);
   if (r.get<uint64_t>() != model_.fingerprint()) r.fail("was written for another model (fingerprint differs)");
   if (r.get<int32_t>() != opt_.batch) r.fail("was written with another " + field("batch_per_gpu"));
   if (const int32_t n = r.get<int32_t>(); n != opt_.ranks())

@@ -1,5 +1,11 @@
 #include "fuseplan/models/error.hpp"
 
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
 namespace fuseplan {
 
 std::string field(std::string_view name) {
@@ -26,6 +32,19 @@ std::string render_fields(std::string_view text, const FieldSpelling& spell) {
 
 std::string bare_fields(std::string_view text) {
   return render_fields(text, [](std::string_view f) { return std::string(f); });
+}
+
+std::string read_input_file(const std::string& path, const std::string& label) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw InputError(label + ": is a directory (give a file)");
+  errno = 0;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(label + ": cannot open (" + std::strerror(errno ? errno : ENOENT) + ")");
+  std::ostringstream text;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) text.write(buf, in.gcount());
+  if (in.bad()) throw InputError(label + ": cannot read (" + std::strerror(errno ? errno : EIO) + ")");
+  return text.str();
 }
 
 }  // namespace fuseplan

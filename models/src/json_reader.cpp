@@ -3,9 +3,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <cerrno>
-#include <fstream>
-#include <sstream>
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/text.hpp"
@@ -41,12 +38,7 @@ nlohmann::json parse_json_text(const std::string& text, const std::string& origi
 }
 
 nlohmann::json parse_json_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw InputError(path + ": cannot open file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw InputError(path + ": cannot read (" + std::string(std::strerror(errno)) + ")");
-  return parse_json_text(ss.str(), path);
+  return parse_json_text(read_input_file(path, path), path);
 }
 
 static const char* type_name_of(const nlohmann::json& j) { return j.type_name(); }

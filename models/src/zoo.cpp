@@ -94,6 +94,11 @@ Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
     throw InputError(field("model.resolution") + "/" + field("model.channels") + "/" + field("model.classes") + " do not apply to " + name + " (a transformer; use " + field("model.seq_len") + ")");
   if (!e->is_transformer && opt.seq_len)
     throw InputError(field("model.seq_len") + " does not apply to " + name + " (a CNN; use " + field("model.resolution") + ")");
+  check_model_options(opt);
+  return e->build(opt);
+}
+
+void check_model_options(const ModelOptions& opt) {
   // Bounds past any trained model's, so that no tensor or table grows without limit.
   auto within = [&](const std::optional<int>& v, const std::string& flag, int hi) {
     if (v && (*v <= 0 || *v > hi))
@@ -103,7 +108,6 @@ Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
   within(opt.channels, field("model.channels"), 4096);
   within(opt.classes, field("model.classes"), 1 << 20);
   within(opt.seq_len, field("model.seq_len"), 1 << 17);
-  return e->build(opt);
 }
 
 Model load_model(const std::string& name_or_path, const ModelOptions& opt) {

@@ -40,6 +40,12 @@ class InputError : public std::runtime_error {
   std::string text_;
 };
 
+// The whole content of a file the user named, or an InputError that says why it cannot
+// be read: "LABEL: is a directory (give a file)", "LABEL: cannot open (No such file or
+// directory)", "LABEL: cannot read (...)". `label` names the file the way the caller's
+// messages do (the path, or the flag and the path).
+std::string read_input_file(const std::string& path, const std::string& label);
+
 // A run that failed for another reason (I/O, an internal limit): exit 1.
 class RunError : public std::runtime_error {
  public:

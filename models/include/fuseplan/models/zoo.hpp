@@ -29,6 +29,8 @@ const ZooEntry* find_zoo(const std::string& name);
 std::string zoo_names();  // comma-separated, for error messages
 // Builds a zoo model; unknown names and options that do not apply throw InputError.
 Model build_zoo_model(const std::string& name, const ModelOptions& opt = {});
+// The ranges build_zoo_model holds the options to (InputError naming the field).
+void check_model_options(const ModelOptions& opt);
 
 // A zoo name, or a path to a model JSON file (anything with '/' or ending in .json).
 Model load_model(const std::string& name_or_path, const ModelOptions& opt = {});
