@@ -17,11 +17,12 @@ namespace fuseplan::cli {
 inline double setup_wait_s(double timeout_s) { return timeout_s > 0 && timeout_s < 1e6 ? timeout_s : 60; }
 
 // Each wait is bounded by the world's timeout: a rank that never arrives (stopped, dead)
-// ends the job with a line naming it. FUSEPLAN_FAULT_STOP_RANK=R stops rank R (SIGSTOP)
-// here, for the fault tests.
+// ends the job with a line naming it. For the fault tests, FUSEPLAN_FAULT_STOP_RANK=R
+// stops rank R (SIGSTOP) here, and FUSEPLAN_FAULT_KILL_RANK=R kills it (SIGKILL).
 inline void agree_on_setup(exec::MpiWorld& world, const std::string& error, const std::string& prog) {
   const int rank = world.rank();
   if (const char* stop = std::getenv("FUSEPLAN_FAULT_STOP_RANK"); stop && std::atoi(stop) == rank) raise(SIGSTOP);
+  if (const char* kill = std::getenv("FUSEPLAN_FAULT_KILL_RANK"); kill && std::atoi(kill) == rank) raise(SIGKILL);
   int first_failed = -1;
   try {
     first_failed = world.agree(!error.empty());
