@@ -16,6 +16,9 @@
 namespace fuseplan::cli {
 
 namespace {
+// Every row of the sweep must move the size on: at most this many sizes between MIN and MAX.
+constexpr int kMaxRows = 10000;
+
 struct CollectiveFlags {
   std::string algorithm = "auto", cluster = "tencent-p40", sizes = "4K:256M", precision = "fp32", nccl_version;
   int gpus = 8, group = 0, torus_x = 0;
@@ -90,7 +93,9 @@ void add_collective_command(CLI::App& app) {
   cmd->add_option("--cluster", f->cluster, "shipped cluster name or a .json path")->capture_default_str();
   cmd->add_option("--sizes", f->sizes, "MIN:MAX message bytes per rank, like nccl-tests -b/-e (K, M, G = 1024^n)")
       ->capture_default_str();
-  cmd->add_option("--step-factor", f->step, "multiply the size by this each row, like nccl-tests -f")->capture_default_str();
+  cmd->add_option("--step-factor", f->step,
+                  "multiply the size by this each row, like nccl-tests -f (> 1, at most " + std::to_string(kMaxRows) + " sizes)")
+      ->capture_default_str();
   cmd->add_option("--precision", f->precision, "element type: fp32 (nccl-tests float) | fp16 | bf16")->capture_default_str();
   cmd->add_option("--group", f->group, "hierarchical group size in GPUs (default: GPUs per node)");
   cmd->add_option("--torus-x", f->torus_x, "torus2d row length in GPUs (default: square-ish grid)");
@@ -114,10 +119,8 @@ void add_collective_command(CLI::App& app) {
     if (hi < lo) throw InputError("--sizes: MAX must be >= MIN");
     if (!(f->step > 1) || !std::isfinite(f->step))
       throw InputError("--step-factor: must be > 1 (got " + fixed(f->step, 3) + ")");
-    // Every row must move the size on: at most kMaxRows sizes between MIN and MAX.
-    constexpr double kMaxRows = 10000;
-    if (std::log(double(hi) / double(lo)) / std::log(f->step) + 1 > kMaxRows)
-      throw InputError("--step-factor: " + fixed(f->step, 6) + " makes more than " + fixed(kMaxRows, 0) + " sizes from " +
+    if (std::log(double(hi) / double(lo)) / std::log(f->step) + 1 > double(kMaxRows))
+      throw InputError("--step-factor: " + fixed(f->step, 6) + " makes more than " + std::to_string(kMaxRows) + " sizes from " +
                        lo_s + " to " + hi_s + " (a larger factor, or a narrower --sizes)");
     if (f->algorithm != "auto") find_algorithm(f->algorithm);
     CollectiveModel model(c, f->gpus, {f->group, f->torus_x, f->nccl_version});

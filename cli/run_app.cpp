@@ -11,6 +11,7 @@
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan::cli {
 
@@ -95,6 +96,14 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
     for (const char* name : {"--inter-lat", "--device"})
       if (auto* o = sub->get_option_no_throw(name)) o->check(given(true));
   }
+  // Sizes, counts and ranks are bounded; the help says how.
+  const std::vector<std::pair<const char*, int>> ranges = {
+      {"--gpus", kMaxGpus},          {"--ranks", kMaxGpus},        {"--resolution", kMaxResolution},
+      {"--channels", kMaxChannels},  {"--classes", kMaxClasses},   {"--seq-len", kMaxSeqLen}};
+  for (auto* sub : app.get_subcommands({}))
+    for (const auto& [name, hi] : ranges)
+      if (auto* o = sub->get_option_no_throw(name))
+        o->description(o->get_description() + " (1 to " + std::to_string(hi) + ")");
   // --csv on every command that prints tables (whatif has its own, for its rows).
   for (auto* sub : app.get_subcommands({})) {
     if (sub->get_option_no_throw("--csv")) continue;

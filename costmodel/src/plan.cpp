@@ -190,7 +190,7 @@ int64_t parse_bytes(const std::string& s, const std::string& flag, BareNumber ba
   else if (unit == "GB") mul = 1e9;
   else throw InputError(flag + ": unknown size unit '" + unit + "' (valid: B, K, M, G, KB, MB, GB, KiB, MiB, GiB)");
   double b = v * mul;
-  if (!(b >= 1) || b > 1e15) throw InputError(flag + ": size '" + s + "' out of range");
+  if (!(b >= 1) || b > 1e15) throw InputError(flag + ": size '" + s + "' out of range [1 B, 1e15 B]");
   return static_cast<int64_t>(b);
 }
 

@@ -99,15 +99,14 @@ Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
 }
 
 void check_model_options(const ModelOptions& opt) {
-  // Bounds past any trained model's, so that no tensor or table grows without limit.
   auto within = [&](const std::optional<int>& v, const std::string& flag, int hi) {
     if (v && (*v <= 0 || *v > hi))
       throw InputError(flag + ": must be in [1, " + std::to_string(hi) + "] (got " + std::to_string(*v) + ")");
   };
-  within(opt.resolution, field("model.resolution"), 8192);
-  within(opt.channels, field("model.channels"), 4096);
-  within(opt.classes, field("model.classes"), 1 << 20);
-  within(opt.seq_len, field("model.seq_len"), 1 << 17);
+  within(opt.resolution, field("model.resolution"), kMaxResolution);
+  within(opt.channels, field("model.channels"), kMaxChannels);
+  within(opt.classes, field("model.classes"), kMaxClasses);
+  within(opt.seq_len, field("model.seq_len"), kMaxSeqLen);
 }
 
 Model load_model(const std::string& name_or_path, const ModelOptions& opt) {

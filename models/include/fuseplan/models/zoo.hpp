@@ -29,7 +29,9 @@ const ZooEntry* find_zoo(const std::string& name);
 std::string zoo_names();  // comma-separated, for error messages
 // Builds a zoo model; unknown names and options that do not apply throw InputError.
 Model build_zoo_model(const std::string& name, const ModelOptions& opt = {});
-// The ranges build_zoo_model holds the options to (InputError naming the field).
+// The ranges build_zoo_model holds the options to, [1, max] (InputError naming the
+// field): past any trained model's, so that no tensor or table grows without limit.
+inline constexpr int kMaxResolution = 8192, kMaxChannels = 4096, kMaxClasses = 1 << 20, kMaxSeqLen = 1 << 17;
 void check_model_options(const ModelOptions& opt);
 
 // A zoo name, or a path to a model JSON file (anything with '/' or ending in .json).
