@@ -361,3 +361,67 @@ TEST_CASE("report: the JSON round trip is lossless and the reader is strict") {
     CHECK_THROWS_WITH(report_from_json(bad, "r.json"), Catch::Contains("r.json") && Catch::Contains(what));
   }
 }
+
+TEST_CASE("compute per layer class: the device's efficiencies given per class are today's roofline") {
+  const Model vgg = load_model("vgg16");
+  const Cluster plain = load_cluster("dgx-a100");
+  nlohmann::json j = cluster_to_json(plain);
+  for (int k = 0; k < kComputeClassCount; ++k)
+    j["device"]["by_kind"][std::string(compute_class_name(ComputeClass(k)))] = {
+        {"compute_efficiency", j["device"]["compute_efficiency"]}, {"memory_efficiency", j["device"]["memory_efficiency"]}};
+  const Cluster same = cluster_from_json(j, "t");
+  CHECK(same.device.by_kind.size() == size_t(kComputeClassCount));
+  for (Precision p : {Precision::FP32, Precision::FP16}) {
+    const ComputeModel a(vgg, plain, 32, p), b(vgg, same, 32, p);
+    for (size_t l = 0; l < vgg.layers.size(); ++l) {
+      CHECK(a.layers()[l].fwd_s == b.layers()[l].fwd_s);
+      CHECK(a.layers()[l].bwd_s == b.layers()[l].bwd_s);
+    }
+  }
+}
+
+TEST_CASE("compute per layer class: a class's efficiency prices its layers only, and a profile still overrides it") {
+  Model r50 = load_model("resnet50");
+  CHECK(compute_class_of(r50.layers[0]) == ComputeClass::ConvStem);  // conv1: 3 input channels
+  int kxk = -1, one = -1, bn = -1;
+  for (size_t l = 0; l < r50.layers.size(); ++l) {
+    const ComputeClass k = compute_class_of(r50.layers[l]);
+    if (k == ComputeClass::ConvKxK && kxk < 0) kxk = int(l);
+    if (k == ComputeClass::Conv1x1 && one < 0) one = int(l);
+    if (k == ComputeClass::Norm && bn < 0) bn = int(l);
+  }
+  REQUIRE((kxk > 0 && one > 0 && bn > 0));
+  const Cluster plain = load_cluster("dgx-a100");
+  nlohmann::json j = cluster_to_json(plain);
+  // Half the device's FP16 efficiency for KxK convolutions, FP32 left to the device.
+  const double e16 = plain.device.compute_efficiency.at(Precision::FP16);
+  j["device"]["by_kind"]["conv_kxk"] = {{"compute_efficiency", {{"fp16", e16 / 2}}}};
+  j["device"]["by_kind"]["norm"] = {{"memory_efficiency", plain.device.memory_efficiency / 4}};
+  const Cluster kinds = cluster_from_json(j, "t");
+  CHECK(cluster_from_json(cluster_to_json(kinds), "t2").device.by_kind.size() == 2);  // written back
+  const double overhead = plain.device.kernel_overhead_us * 1e-6;
+  const ComputeModel a(r50, plain, 64, Precision::FP16), b(r50, kinds, 64, Precision::FP16);
+  // A compute-bound 3x3 convolution takes twice as long, less the fixed overhead.
+  CHECK(b.layers()[kxk].fwd_s - overhead == Approx(2 * (a.layers()[kxk].fwd_s - overhead)).epsilon(1e-12));
+  CHECK(b.layers()[one].fwd_s == a.layers()[one].fwd_s);
+  CHECK(b.layers()[bn].fwd_s - overhead == Approx(4 * (a.layers()[bn].fwd_s - overhead)).epsilon(1e-12));
+  const ComputeModel a32(r50, plain, 64, Precision::FP32), b32(r50, kinds, 64, Precision::FP32);
+  CHECK(b32.layers()[kxk].fwd_s == a32.layers()[kxk].fwd_s);
+  // Measured layers keep their times whatever the class's efficiency.
+  r50.layers[kxk].measured = MeasuredTime{123, 456, 64};
+  CHECK(ComputeModel(r50, kinds, 64, Precision::FP16).layers()[kxk].fwd_s == Approx(123e-6));
+}
+
+TEST_CASE("compute per layer class: bad by_kind entries are refused naming the JSON path") {
+  nlohmann::json j = cluster_to_json(load_cluster("dgx-a100"));
+  auto refused = [&](const nlohmann::json& by_kind, const std::string& says) {
+    j["device"]["by_kind"] = by_kind;
+    CHECK_THROWS_WITH(cluster_from_json(j, "c.json"), Catch::Contains(says));
+  };
+  refused({{"conv3x3", {{"compute_efficiency", 0.5}}}},
+          "$.device.by_kind.conv3x3: unknown layer class (valid: conv_kxk, conv_1x1, conv_grouped, conv_stem, gemm");
+  refused({{"gemm", nlohmann::json::object()}}, "$.device.by_kind.gemm.compute_efficiency: missing");
+  refused({{"gemm", {{"compute_efficiency", 1.5}}}}, "$.device.by_kind.gemm.compute_efficiency: must be in");
+  refused({{"gemm", {{"compute_efficiency", {{"fp8", 0.5}}}}}}, "fp8");
+  refused({{"norm", {{"memory_efficiency", 0}}}}, "$.device.by_kind.norm.memory_efficiency: must be in");
+}

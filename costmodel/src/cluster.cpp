@@ -81,6 +81,24 @@ std::string config_dir() {
   return FUSEPLAN_CONFIG_DIR;  // the source tree's, for binaries run from the build tree
 }
 
+std::string_view compute_class_name(ComputeClass k) {
+  static constexpr std::string_view kNames[kComputeClassCount] = {
+      "conv_kxk", "conv_1x1", "conv_grouped", "conv_stem", "gemm", "attention",
+      "norm",     "elementwise", "pool",      "embedding", "other"};
+  return kNames[static_cast<int>(k)];
+}
+
+double DeviceSpec::compute_efficiency_of(ComputeClass k, Precision p) const {
+  if (auto it = by_kind.find(k); it != by_kind.end())
+    if (auto e = it->second.compute.find(p); e != it->second.compute.end()) return e->second;
+  return compute_efficiency.at(p);
+}
+
+double DeviceSpec::memory_efficiency_of(ComputeClass k) const {
+  if (auto it = by_kind.find(k); it != by_kind.end() && it->second.memory) return *it->second.memory;
+  return memory_efficiency;
+}
+
 double Cluster::peak_flops(Precision p) const {
   auto it = device.peak_TFLOPS.find(p);
   if (it == device.peak_TFLOPS.end())
@@ -133,6 +151,33 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
     for (auto [p, peak] : c.device.peak_TFLOPS) c.device.compute_efficiency[p] = e;
   }
   c.device.memory_efficiency = d.in_range("memory_efficiency", kMinFraction, 1, "of peak");
+  if (d.has("by_kind")) {
+    auto kinds = d.object("by_kind");
+    for (const std::string& key : kinds.keys()) {
+      std::optional<ComputeClass> k;
+      for (int i = 0; i < kComputeClassCount; ++i)
+        if (compute_class_name(ComputeClass(i)) == key) k = ComputeClass(i);
+      if (!k) {
+        std::string names;
+        for (int i = 0; i < kComputeClassCount; ++i) names += (i ? ", " : "") + std::string(compute_class_name(ComputeClass(i)));
+        kinds.fail(key, "unknown layer class (valid: " + names + ")");
+      }
+      auto one = kinds.object(key);
+      ClassEfficiency& e = c.device.by_kind[*k];
+      if (one.has("compute_efficiency") && one.raw("compute_efficiency").is_object()) {
+        auto eff = one.object("compute_efficiency");
+        for (auto [p, peak] : c.device.peak_TFLOPS)
+          if (auto v = eff.opt_in_range(std::string(precision_name(p)), kMinFraction, 1, "of peak")) e.compute[p] = *v;
+        eff.finish();
+      } else if (auto v = one.opt_in_range("compute_efficiency", kMinFraction, 1, "of peak")) {
+        for (auto [p, peak] : c.device.peak_TFLOPS) e.compute[p] = *v;
+      }
+      e.memory = one.opt_in_range("memory_efficiency", kMinFraction, 1, "of peak");
+      if (e.compute.empty() && !e.memory) one.fail("compute_efficiency", "missing: give compute_efficiency, memory_efficiency or both");
+      one.finish();
+    }
+    kinds.finish();
+  }
   c.device.kernel_overhead_us = zero_or(d, "kernel_overhead_us", kMinUs, kMaxUs, "us").value_or(0);
   c.device.compute_capability = static_cast<int>(d.opt_integer("compute_capability", 30, 200).value_or(0));
   c.device.pcie_gen = static_cast<int>(d.opt_integer("pcie_gen", 1, 7).value_or(0));
@@ -313,6 +358,12 @@ nlohmann::json cluster_to_json(const Cluster& c) {
                      {"kernel_overhead_us", c.device.kernel_overhead_us}}},
                    {"intra_node", {{"kind", c.intra.kind}, {"bw_GBps", c.intra.bw_GBps}, {"lat_us", c.intra.lat_us}}},
                    {"launch_overhead_us", c.launch_overhead_us}};
+  for (const auto& [k, e] : c.device.by_kind) {
+    nlohmann::json one = nlohmann::json::object();
+    for (auto [p, v] : e.compute) one["compute_efficiency"][std::string(precision_name(p))] = v;
+    if (e.memory) one["memory_efficiency"] = *e.memory;
+    j["device"]["by_kind"][std::string(compute_class_name(k))] = one;
+  }
   if (c.device.compute_capability > 0) j["device"]["compute_capability"] = c.device.compute_capability;
   if (c.device.pcie_gen > 0) j["device"]["pcie_gen"] = c.device.pcie_gen;
   if (c.intra.nvlink_links > 0) j["intra_node"]["nvlink_links"] = c.intra.nvlink_links;

@@ -17,9 +17,35 @@ constexpr double kBackwardTrafficRatio = 2.0;
 constexpr double kOptimizerBytesPerParam = 28.0;
 }  // namespace
 
+ComputeClass compute_class_of(const Layer& l) {
+  switch (l.kind) {
+    case LayerKind::Conv2d:
+      if (l.attrs.groups > 1) return ComputeClass::ConvGrouped;
+      if (!l.in_shape.empty() && l.in_shape[0] <= 4) return ComputeClass::ConvStem;
+      return l.attrs.kernel == 1 ? ComputeClass::Conv1x1 : ComputeClass::ConvKxK;
+    case LayerKind::Linear: return ComputeClass::Gemm;
+    case LayerKind::Attention: return ComputeClass::Attention;
+    case LayerKind::BatchNorm:
+    case LayerKind::LayerNorm: return ComputeClass::Norm;
+    case LayerKind::ReLU:
+    case LayerKind::Add:
+    case LayerKind::Dropout:
+    case LayerKind::GELU:
+    case LayerKind::Tanh: return ComputeClass::Elementwise;
+    case LayerKind::MaxPool:
+    case LayerKind::AvgPool:
+    case LayerKind::AdaptiveAvgPool: return ComputeClass::Pool;
+    case LayerKind::Embedding:
+    case LayerKind::TokenSelect: return ComputeClass::Embedding;
+    case LayerKind::Flatten:
+    case LayerKind::Custom: return ComputeClass::Other;
+  }
+  return ComputeClass::Other;
+}
+
 ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precision p) {
   if (batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1 (got " + std::to_string(batch) + ")");
-  const double flops = c.achievable_flops(p);
+  const double peak = c.peak_flops(p);
   const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency;
   const double eb = bytes_per_element(p);
   const double overhead = c.device.kernel_overhead_us * 1e-6;
@@ -36,9 +62,12 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
       if (l.inputs.empty()) in_elems = numel(l.in_shape);
       double params = 0;
       for (int i = 0; i < l.tensor_count; ++i) params += m.tensors[l.first_tensor + i].numel;
+      const ComputeClass k = compute_class_of(l);
+      const double flops = peak * c.device.compute_efficiency_of(k, p);
+      const double layer_bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(k);
       double fwd_bytes = (in_elems + numel(l.out_shape)) * batch * eb + params * eb;
-      t.fwd_s = std::max(l.fwd_flops * batch / flops, fwd_bytes / bw) + overhead;
-      t.bwd_s = std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
+      t.fwd_s = std::max(l.fwd_flops * batch / flops, fwd_bytes / layer_bw) + overhead;
+      t.bwd_s = std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / layer_bw) + overhead;
     }
     forward_s_ += t.fwd_s;
     backward_s_ += t.bwd_s;

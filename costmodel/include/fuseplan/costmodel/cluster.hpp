@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fuseplan/costmodel/nccl.hpp"
@@ -14,6 +15,22 @@ namespace fuseplan {
 
 inline constexpr const char* kClusterSchema = "fuseplan.cluster/1";
 
+// Classes of layers that reach different fractions of a device's peak: convolutions by
+// shape class (a KxK kernel with K > 1, a 1x1 kernel, grouped or depthwise, a stem with
+// at most 4 input channels), GEMMs (linear layers), attention, normalisation,
+// element-wise ops, pooling, embeddings, and the rest (compute_class_of, compute.hpp).
+enum class ComputeClass {
+  ConvKxK, Conv1x1, ConvGrouped, ConvStem, Gemm, Attention, Norm, Elementwise, Pool, Embedding, Other
+};
+inline constexpr int kComputeClassCount = 11;
+std::string_view compute_class_name(ComputeClass k);  // "conv_kxk", "conv_1x1", ...
+
+// A class's own achievable fractions (device.by_kind); what it leaves out is the device's.
+struct ClassEfficiency {
+  std::map<Precision, double> compute;  // fraction of peak FLOP/s, per precision
+  std::optional<double> memory;         // fraction of memory bandwidth
+};
+
 struct DeviceSpec {
   std::string name;
   std::map<Precision, double> peak_TFLOPS;  // absent precision = unsupported
@@ -21,6 +38,9 @@ struct DeviceSpec {
   double mem_GiB = 0;
   std::map<Precision, double> compute_efficiency;  // achievable fraction of peak FLOP/s
   double memory_efficiency = 0.7;   // achievable fraction of memory bandwidth
+  std::map<ComputeClass, ClassEfficiency> by_kind;  // per layer class; empty = one roofline
+  double compute_efficiency_of(ComputeClass k, Precision p) const;
+  double memory_efficiency_of(ComputeClass k) const;
   double kernel_overhead_us = 0;    // fixed cost per layer pass (kernel launch)
   int compute_capability = 0;       // CUDA sm (70, 80, 90, ...); required when the cluster runs NCCL
   int pcie_gen = 0;                 // the GPU's PCIe generation (x16); 0 = from the compute capability
@@ -115,7 +135,6 @@ struct Cluster {
 
   int capacity() const { return nodes * gpus_per_node; }
   double peak_flops(Precision p) const;  // FLOP/s; InputError if the device lacks it
-  double achievable_flops(Precision p) const { return peak_flops(p) * device.compute_efficiency.at(p); }
   // Seconds per byte reduced: three memory passes (two reads, one write) per byte.
   double gamma_s_per_byte() const;
 };

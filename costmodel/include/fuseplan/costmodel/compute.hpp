@@ -1,6 +1,8 @@
 // Compute model: per-layer forward/backward time from a measured profile when the model
 // carries one, else a roofline: max(FLOPs / (peak x efficiency), bytes / (memory
 // bandwidth x efficiency)) + a kernel overhead, scaled by batch per GPU and precision.
+// The efficiencies are the layer class's where the cluster gives them (device.by_kind),
+// else the device's: with no by_kind, one roofline for every layer.
 #pragma once
 #include <vector>
 
@@ -13,6 +15,9 @@ struct LayerTime {
   double fwd_s = 0, bwd_s = 0;
   bool measured = false;
 };
+
+// The class whose efficiencies price a layer (DeviceSpec::by_kind).
+ComputeClass compute_class_of(const Layer& l);
 
 class ComputeModel {
  public:
