@@ -103,7 +103,9 @@ void add_simulate_command(CLI::App& app) {
   f->setup.add(cmd);
   cmd->add_option("--plan", f->plan_path, "plan .json to simulate (default: tune one with --strategy)");
   cmd->add_option("--strategy", f->strategy, "without --plan: the tuner strategy for the plan")->capture_default_str();
-  cmd->add_option("--iterations", f->opt.iterations, "iterations to simulate")->capture_default_str();
+  cmd->add_option("--iterations", f->opt.iterations,
+                  "iterations to simulate (1 to " + std::to_string(sim::kMaxSimIterations) + ")")
+      ->capture_default_str();
   cmd->add_option("--jitter", f->opt.jitter, "relative std. dev. of every compute duration (seeded normal)")
       ->capture_default_str();
   cmd->add_option("--seed", f->opt.seed, "seed of the jitter")->capture_default_str();

@@ -143,7 +143,8 @@ void add_whatif_command(CLI::App& app) {
       "whatif",
       "Capacity planning: sweep models, GPUs, inter-node bandwidth, batch, precision, algorithm and strategy\n"
       "(each point tuned and predicted), or ask inverse questions. Lists are comma-separated; numeric axes\n"
-      "also take MIN:MAX (doubling) or MIN:MAX:+STEP.");
+      "also take MIN:MAX (doubling) or MIN:MAX:+STEP (at most " + std::to_string(kMaxRangeValues) + " values a list, " +
+          std::to_string(kMaxWhatIfPoints) + " configurations).");
   cmd->add_option("--model", f->models, "model names or .json paths")->capture_default_str();
   cmd->add_option("--cluster", f->cluster, "shipped cluster name or .json path (grown by whole nodes if --gpus asks "
                                            "for more)")

@@ -1086,6 +1086,11 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"predict --model alexnet_bn --gpus 16 --epochs nan", "--epochs: must be > 0"},
       {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
       {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},
+      // Counts and ranges are bounded: a mistyped one is refused, not run for hours.
+      {"simulate --model alexnet_bn --gpus 16 --iterations 1000000000", "--iterations: must be in [1, 1000] (got 1000000000)"},
+      {"whatif --model alexnet_bn --gpus 1:1048576:+1", "--gpus: range '1:1048576:+1' makes more than 10000 values"},
+      {"whatif --model alexnet_bn --gpus 1:1000:+1 --batch-per-gpu 1:200:+1",
+       "the sweep has 200000 configurations (the product of its lists), more than 100000"},
       {"predict --model alexnet_bn --gpus 16 --cluster " + tiny_lat, "$.inter_node.lat_us: must be in"},
       {"predict --cluster " + overflow, "malformed JSON: number overflow"},
       {"predict --cluster " + dup, "the key 'name' appears twice"},

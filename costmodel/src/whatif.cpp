@@ -70,6 +70,9 @@ std::vector<WhatIfRow> WhatIf::sweep(const WhatIfAxes& a, const Progress& progre
   for (const auto& name : a.models) model(name);  // refuse an unknown name before any work
   std::vector<WhatIfRow> rows;
   const size_t total = count(a);
+  if (total > kMaxWhatIfPoints)
+    throw InputError("the sweep has " + std::to_string(total) + " configurations (the product of its lists), more than " +
+                     std::to_string(kMaxWhatIfPoints) + "; narrow a list");
   std::vector<double> bws = a.inter_bw_Gbps.empty() ? std::vector<double>{0} : a.inter_bw_Gbps;
   for (const auto& model_name : a.models)
     for (int g : a.gpus)
@@ -199,6 +202,8 @@ std::vector<double> parse_range(const std::string& s, const std::string& flag, b
     auto c1 = tok.find(':');
     if (c1 == std::string::npos) {
       out.push_back(parse_number(tok, flag));
+      if (out.size() > kMaxRangeValues)
+        throw InputError(flag + ": more than " + std::to_string(kMaxRangeValues) + " values");
       continue;
     }
     auto c2 = tok.find(':', c1 + 1);
@@ -212,6 +217,10 @@ std::vector<double> parse_range(const std::string& s, const std::string& flag, b
       if (!(step > 0)) throw InputError(flag + ": range step must be > 0 (" + tok + ")");
     }
     if (!(lo > 0) || hi < lo) throw InputError(flag + ": range '" + tok + "' needs 0 < MIN <= MAX");
+    const double values = step > 0 ? (hi - lo) / step + 1 : std::log2(hi / lo) + 1;
+    if (!(values + double(out.size()) <= double(kMaxRangeValues)))
+      throw InputError(flag + ": range '" + tok + "' makes more than " + std::to_string(kMaxRangeValues) +
+                       " values (a larger step, or a narrower range)");
     for (double v = lo; v <= hi * (1 + 1e-12); v = step > 0 ? v + step : v * 2) out.push_back(v);
   }
   for (double v : out) {

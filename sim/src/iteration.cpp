@@ -57,7 +57,9 @@ struct RankState {
 
 void check_options(const SimOptions& o, int gpus) {
   check_network_model(o.network_model);
-  if (o.iterations < 1) throw InputError(field("sim.iterations") + ": must be >= 1");
+  if (o.iterations < 1 || o.iterations > kMaxSimIterations)
+    throw InputError(field("sim.iterations") + ": must be in [1, " + std::to_string(kMaxSimIterations) + "] (got " +
+                     std::to_string(o.iterations) + ")");
   if (!(o.jitter >= 0) || !std::isfinite(o.jitter)) throw InputError(field("sim.jitter") + ": must be >= 0");
   if (o.trace_ranks < 0) throw InputError(field("sim.trace_ranks") + ": must be >= 0");
   for (const auto& [rank, factor] : o.stragglers) {

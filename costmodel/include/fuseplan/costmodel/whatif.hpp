@@ -93,7 +93,11 @@ double parse_duration(const std::string& s, const std::string& flag);
 
 // An axis of values: "8,64,512", "MIN:MAX" (doubling from MIN) or "MIN:MAX:+STEP", each
 // > 0 (and whole with `integers`). InputError naming `flag`.
+// At most kMaxRangeValues values per list (InputError past it).
 std::vector<double> parse_range(const std::string& s, const std::string& flag, bool integers);
+// Bounds that keep a mistyped range from running for hours: values per axis, and points
+// (the product of the axes) per sweep.
+inline constexpr size_t kMaxRangeValues = 10'000, kMaxWhatIfPoints = 100'000;
 // A comma-separated list, empty items dropped; InputError naming `flag` when empty.
 std::vector<std::string> split_list(const std::string& s, const std::string& flag);
 

@@ -39,8 +39,12 @@ struct SimCollectiveResult {
 SimCollectiveResult simulate_allreduce(const Cluster& cluster, int gpus, const std::string& algorithm,
                                        int64_t count, Precision transfer, CollectiveOptions opt = {});
 
+// Iterations one simulation replays at most: the steady state shows after a few, and a
+// bound keeps a mistyped count from running for days.
+inline constexpr int kMaxSimIterations = 1000;
+
 struct SimOptions {
-  int iterations = 1;
+  int iterations = 1;       // 1 .. kMaxSimIterations
   double jitter = 0;        // relative std. dev. of every compute duration (normal, >= 0)
   uint64_t seed = 1;        // jitter draws: same seed, same simulation
   std::vector<std::pair<int, double>> stragglers;  // rank, compute slowdown factor (> 0)
