@@ -32,52 +32,8 @@ TF_P100 = {"vgg16": (154, 64), "resnet50": (219, 64), "resnet152": (91.8, 64), "
 FITTED_ON = ("vgg16", "resnet50")
 P100_CLUSTERS = ("p100-horovod", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 
-# Published runs. base_gpus: the publication's efficiency is throughput(N) /
-# (N / base_gpus x throughput(base_gpus)). per_gpu: published images/s per GPU, if given.
-CASES = [
-    {"name": "horovod-resnet101", "model": "resnet101", "cluster": "p100-horovod", "gpus": 512, "batch": 64,
-     "precision": "fp32", "flags": ["--buckets", "threshold:64MiB", "--algorithm", "ring"],
-     "published": 0.90, "base_gpus": 1, "per_gpu": None,
-     "source": "Horovod benchmarks (Sergeev and Del Balso 2018, arXiv 1802.05799; Horovod docs): 512 P100, "
-               "25 Gbit/s RoCE, synthetic data, 90 % scaling efficiency",
-     "strategy": "Horovod tensor fusion (64 MB, its 2018 default), NCCL 2 ring"},
-    {"name": "horovod-vgg16", "model": "vgg16", "cluster": "p100-horovod", "gpus": 512, "batch": 64,
-     "precision": "fp32", "flags": ["--buckets", "threshold:64MiB", "--algorithm", "ring"],
-     "published": 0.68, "base_gpus": 1, "per_gpu": None,
-     "source": "Horovod benchmarks (as above): VGG-16, 68 % scaling efficiency at 512 GPUs",
-     "strategy": "Horovod tensor fusion (64 MB), NCCL 2 ring"},
-    {"name": "goyal-resnet50", "model": "resnet50", "cluster": "p100-bigbasin", "gpus": 256, "batch": 32,
-     "precision": "fp32", "flags": ["--buckets", "per-tensor", "--algorithm", "hierarchical"],
-     "published": 0.90, "base_gpus": 8, "per_gpu": None,
-     "source": "Goyal et al. 2017 (arXiv 1706.02677): 256 P100 in 32 Big Basin servers, 50 GbE, about 90 % "
-               "scaling efficiency from 8 to 256 GPUs",
-     "strategy": "Caffe2 + Gloo: per-gradient allreduce as backward produces it; intra-server reduce, "
-                 "inter-server allreduce, intra-server broadcast (modelled as hierarchical)"},
-    {"name": "aiacc-resnet50", "model": "resnet50", "cluster": "p100-aiacc", "gpus": 512, "batch": 64,
-     "precision": "fp32", "flags": ["--buckets", "threshold:64MiB", "--algorithm", "hierarchical",
-                                    "--transfer", "fp16"],
-     "published": 462 / 512, "base_gpus": 1, "per_gpu": None,
-     "source": "Alibaba Cloud AIACC (../shared/reference/seed-alibaba-aiacc.txt): ResNet-50 on 512 P100, "
-               "462x one GPU",
-     "strategy": "AIACC: fusion, hierarchical allreduce, FP16 transfer (batch per GPU not stated: 64 assumed)"},
-    {"name": "tf-dgx1-vgg16", "model": "vgg16", "cluster": "p100-dgx1", "gpus": 8, "batch": 64,
-     "precision": "fp32", "flags": ["--buckets", "per-tensor", "--algorithm", "ring"],
-     "published": 1081 / (8 * 154), "base_gpus": 1, "per_gpu": 1081 / 8,
-     "source": "TensorFlow benchmarks (May 2017): DGX-1, VGG16 replicated with NCCL, 154 images/s on 1 P100, "
-               "1081 on 8",
-     "strategy": "tf_cnn_benchmarks variable_update=replicated: one NCCL allreduce per variable"},
-    {"name": "tencent-resnet50-1024", "model": "resnet50", "cluster": "tencent-p40", "gpus": 1024, "batch": 32,
-     "precision": "fp16", "flags": ["--buckets", "splits:89", "--algorithm", "hierarchical"],
-     "published": 0.99, "base_gpus": 1, "per_gpu": None,
-     "source": "Jia et al. 2018, the 4-minute paper (../shared/reference/seed-tencent-4min.txt): ResNet-50 "
-               "scaling about 99 % on 1024 P40",
-     "strategy": "two fused segments split at layer 76/77 (backward position 89, docs/reproduce-4min.md), hierarchical allreduce, FP16 storage"},
-    {"name": "tencent-resnet50-2048", "model": "resnet50", "cluster": "tencent-p40", "gpus": 2048, "batch": 32,
-     "precision": "fp16", "flags": ["--buckets", "splits:89", "--algorithm", "hierarchical"],
-     "published": 0.97, "base_gpus": 1, "per_gpu": None,
-     "source": "Jia et al. 2018 (as above): ResNet-50 scaling 97 % on 2048 P40",
-     "strategy": "as above"},
-]
+# Published runs, with sources and strategies: bench/published_scaling.json.
+CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
 
 
 def predict(binary, model, cluster, gpus, batch, precision, flags=()):
@@ -181,7 +137,7 @@ def main():
                      "predicted_per_gpu": per_gpu, "source": c["source"], "strategy": c["strategy"]})
     within = sum(1 for r in rows if "published" in r and abs(r["predicted"] - r["published"]) <= 0.03)
     print(f"\n# within 3 points: {within} of {len(CASES)} cases (target: all held-out cases)")
-    print("# sources and strategies: bench/published_scaling.py CASES; clusters: configs/clusters/*.json provenance")
+    print("# sources and strategies: bench/published_scaling.json; clusters: configs/clusters/*.json provenance")
     if a.json:
         print(json.dumps(rows, indent=1))
     return 0
