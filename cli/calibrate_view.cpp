@@ -81,4 +81,19 @@ void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vecto
   os << "    (errors of the prediction against each measurement; before = the cluster as given)\n";
 }
 
+void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, const std::string& precision) {
+  Table t({"<class", "layers", "measured ms", "roofline ms", "<fitted", "value", "after ms"});
+  for (const ClassFit& f : fits)
+    t.row({std::string(compute_class_name(f.k)), std::to_string(f.layers), fixed(f.measured_s * 1e3, 3),
+           fixed(f.before_s * 1e3, 3),
+           f.memory ? "memory_efficiency" : "compute_efficiency." + precision, fixed(f.value, 4) + (f.bound.empty() ? "" : " *"),
+           fixed(f.after_s * 1e3, 3)});
+  t.print(os, "  ");
+  os << "  (forward + backward per iteration; roofline = the cluster as given)\n";
+  for (const ClassFit& f : fits)
+    if (!f.bound.empty())
+      os << "  * " << compute_class_name(f.k) << ": at its bound, " << f.bound
+         << " (written as the closest value, marked so in the provenance)\n";
+}
+
 }  // namespace fuseplan::cli

@@ -1,5 +1,5 @@
-// What `fuseplan calibrate` prints: the machine it discovered, the communication fits
-// and the overlap fit.
+// What `fuseplan calibrate` prints: the machine it discovered, the communication fits,
+// the overlap fit and the compute fit per layer class.
 #pragma once
 #include <ostream>
 #include <string>
@@ -17,5 +17,6 @@ void print_machine(std::ostream& os, const exec::MachineInfo& m);
 std::vector<std::string> print_comm_fits(std::ostream& os, const std::vector<CommCalibration>& fits, bool holdout);
 void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,
                        const std::vector<std::string>& plans, bool sharing, bool dispatch, const std::string& profile);
+void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, const std::string& precision);
 
 }  // namespace fuseplan::cli

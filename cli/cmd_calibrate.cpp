@@ -20,7 +20,7 @@ namespace fuseplan::cli {
 namespace {
 
 struct CalibrateFlags {
-  std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, profile;
+  std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, profile, model;
   std::vector<std::string> plans, measured, fit;
   int ranks = 0, per_node = 0, max_segments = 4;
   double segment_tolerance = 0.05;
@@ -44,6 +44,7 @@ void run_discover(const CalibrateFlags& f) {
 
 void fit_communication(const CalibrateFlags& f, Cluster& c);
 void fit_overlap(const CalibrateFlags& f, Cluster& c);
+void fit_compute(const CalibrateFlags& f, Cluster& c);
 
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
@@ -54,8 +55,10 @@ void run_calibrate(const CalibrateFlags& f) {
   if (f.plans.size() != f.measured.size())
     throw InputError("calibrate: give one --measured per --plan (" + std::to_string(f.plans.size()) + " plans, " +
                      std::to_string(f.measured.size()) + " measured)");
-  if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty())
-    throw InputError("calibrate: give --sweep, --nccl-tests or --plan with --measured (or --discover)");
+  if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty() && f.profile.empty())
+    throw InputError("calibrate: give --sweep, --nccl-tests, --plan with --measured, or --profile with --model (or --discover)");
+  if (!f.model.empty() && (f.profile.empty() || !f.plans.empty()))
+    throw InputError("--model: only with --profile and without --plan (the layer classes' compute fit)");
   if (!f.nccl_tests.empty() && !f.cluster_opt->count()) {
     std::string names;
     for (const auto& n : shipped_cluster_names())
@@ -66,6 +69,7 @@ void run_calibrate(const CalibrateFlags& f) {
   Cluster c = load_cluster(f.cluster);
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, c);
+  if (!f.profile.empty() && f.plans.empty()) fit_compute(f, c);
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
     write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
@@ -101,6 +105,24 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
   for (size_t i = 0; i < runs.size(); ++i)
     sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(fit.after[i].iteration) + ")";
   apply_overlap_fit(c, fit, sharing, dispatch, sources);
+}
+
+// Each layer class's efficiency from measured layer times (a profile of fuseplan-exec or
+// of the PyTorch bridge), written into the cluster's device.by_kind.
+void fit_compute(const CalibrateFlags& f, Cluster& c) {
+  if (f.model.empty())
+    throw InputError("--profile: give --model, the model it was measured on (a zoo name or the model .json)");
+  Model m = load_model(f.model);
+  const ProfileInfo info = apply_profile(m, f.profile);
+  const Precision p = parse_precision(info.precision, "--profile " + f.profile + ": precision");
+  out() << "fuseplan calibrate: compute per layer class from " << f.profile << " (" << m.name << ", batch "
+        << info.batch << ", " << info.precision << (info.device.empty() ? "" : ", " + info.device) << "), cluster "
+        << c.name << " (" << c.device.name << ")\n\n";
+  const std::vector<ClassFit> fits = fit_compute_classes(c, m, info.batch, p);
+  print_compute_fits(out(), fits, info.precision);
+  apply_compute_fit(c, fits, p,
+                    "fuseplan calibrate --profile " + f.profile + " (" + m.name + ", batch " + std::to_string(info.batch) +
+                        ", " + info.precision + ")");
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
@@ -152,8 +174,9 @@ void add_calibrate_command(CLI::App& app) {
       "calibrate",
       "Fit the communication model to measurements: each algorithm's alpha, beta, gamma by least\n"
       "squares (relative error) from `fuseplan-exec sweep --out` or nccl-tests all_reduce_perf output,\n"
-      "written into a copy of the cluster file. Compute is calibrated by the executor's profile\n"
-      "(fuseplan-exec run/train --profile), which predict, tune and verify take as --profile.");
+      "written into a copy of the cluster file. Compute: --profile with --model fits each layer class's\n"
+      "efficiency (device.by_kind) to measured layer times (fuseplan-exec run/train --profile, or the\n"
+      "PyTorch bridge's); predict, tune and verify also take a profile as --profile.");
   f->cluster_opt = cmd->add_option("--cluster", f->cluster,
                                    "cluster file to calibrate (shipped name or path); required with --nccl-tests")
                        ->capture_default_str();
@@ -182,7 +205,10 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--fit", f->fit,
                   "--plan: what to fit, of sharing,dispatch (default: sharing for one run, both for several)")
       ->delimiter(',');
-  cmd->add_option("--profile", f->profile, "--plan: measured per-layer times (fuseplan-exec run --profile)");
+  cmd->add_option("--profile", f->profile,
+                  "measured per-layer times (fuseplan.profile/1): with --plan, the runs' compute; with --model\n"
+                  "alone, fit each layer class's efficiency (device.by_kind) to them");
+  cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   cmd->add_option("--out", f->out, "write the calibrated (or discovered) cluster file here");
   cmd->add_flag("--discover", f->discover,
                 "draft a cluster file of this machine: hwloc (sockets, cores, GPUs, NICs) and rdma-core\n"

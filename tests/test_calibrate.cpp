@@ -10,6 +10,7 @@
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
 
 using namespace fuseplan;
 
@@ -225,4 +226,65 @@ TEST_CASE("calibrate: calibrate_communication writes the fits into the cluster, 
   noisy.mean_rel_err = 0.3;
   CHECK(degenerate_fit(noisy, true, 0.05) == "mean error 30.0 % above 4 x the tolerance");
   CHECK_THROWS_WITH(restrict_sizes(sweeps, 1, 2, "sizes 1:2"), Catch::Contains("sizes 1:2: fewer than two sizes of ring"));
+}
+
+namespace {
+// The profile a cluster's roofline gives `m` at `batch` and `p` (fuseplan.profile/1).
+nlohmann::json roofline_profile(const Model& m, const Cluster& c, int batch, Precision p) {
+  const ComputeModel cm(m, c, batch, p);
+  nlohmann::json layers = nlohmann::json::array();
+  for (size_t l = 0; l < m.layers.size(); ++l)
+    layers.push_back({{"name", m.layers[l].name}, {"fwd_us", cm.layers()[l].fwd_s * 1e6},
+                      {"bwd_us", cm.layers()[l].bwd_s * 1e6}, {"batch", batch}});
+  return {{"schema", "fuseplan.profile/1"}, {"model", m.name}, {"fingerprint", m.fingerprint_hex()},
+          {"device", c.device.name}, {"precision", std::string(precision_name(p))}, {"batch", batch}, {"layers", layers}};
+}
+}  // namespace
+
+TEST_CASE("calibrate: each layer class's efficiency is recovered from a profile its roofline made") {
+  const Cluster plain = load_cluster("dgx-a100");
+  nlohmann::json j = cluster_to_json(plain);
+  j["device"]["by_kind"] = {{"conv_kxk", {{"compute_efficiency", {{"fp16", 0.31}}}}},
+                            {"conv_1x1", {{"compute_efficiency", {{"fp16", 0.22}}}}},
+                            {"norm", {{"memory_efficiency", 0.41}}}};
+  const Cluster truth = cluster_from_json(j, "truth");
+  Model m = load_model("resnet50");
+  const nlohmann::json profile = roofline_profile(m, truth, 32, Precision::FP16);
+  apply_profile_json(m, profile, "profile");
+  const std::vector<ClassFit> fits = fit_compute_classes(plain, m, 32, Precision::FP16);
+  std::map<ComputeClass, ClassFit> by;
+  for (const auto& f : fits) by[f.k] = f;
+  REQUIRE(by.count(ComputeClass::ConvKxK));
+  CHECK_FALSE(by[ComputeClass::ConvKxK].memory);
+  CHECK(by[ComputeClass::ConvKxK].value == Approx(0.31).epsilon(1e-6));
+  CHECK(by[ComputeClass::Conv1x1].value == Approx(0.22).epsilon(1e-6));
+  CHECK(by[ComputeClass::Norm].memory);
+  CHECK(by[ComputeClass::Norm].value == Approx(0.41).epsilon(1e-6));
+  // Classes the truth left to the device come back as the device's values.
+  CHECK(by[ComputeClass::Elementwise].value == Approx(plain.device.memory_efficiency).epsilon(1e-6));
+  for (const auto& f : fits) {
+    INFO(compute_class_name(f.k));
+    CHECK(f.bound.empty());
+    CHECK(f.after_s == Approx(f.measured_s).epsilon(1e-9));
+  }
+  // Written back, the cluster predicts the profile's compute without it.
+  Cluster fitted = plain;
+  apply_compute_fit(fitted, fits, Precision::FP16, "test");
+  const Cluster reread = cluster_from_json(cluster_to_json(fitted), "fitted");
+  const ComputeModel a(load_model("resnet50"), reread, 32, Precision::FP16), b(load_model("resnet50"), truth, 32, Precision::FP16);
+  CHECK(a.forward_s() + a.backward_s() == Approx(b.forward_s() + b.backward_s()).epsilon(1e-6));
+  CHECK(reread.provenance.at("device.by_kind.conv_kxk") == "test: " + std::to_string(by[ComputeClass::ConvKxK].layers) + " layers");
+}
+
+TEST_CASE("calibrate: a class measured faster than its roofline can be is at its bound, and says so") {
+  const Cluster plain = load_cluster("dgx-a100");
+  Model m = load_model("resnet18");
+  nlohmann::json profile = roofline_profile(m, plain, 16, Precision::FP32);
+  for (auto& l : profile["layers"]) l["fwd_us"] = l["bwd_us"] = 1e-3;  // far below any roofline
+  apply_profile_json(m, profile, "profile");
+  for (const auto& f : fit_compute_classes(plain, m, 16, Precision::FP32)) {
+    INFO(compute_class_name(f.k));
+    CHECK_THAT(f.bound, Catch::Contains("measured faster than the roofline at"));
+    CHECK(f.value == (f.memory ? 1.0 : 4.0));
+  }
 }

@@ -283,7 +283,7 @@ TEST_CASE("cli: simulate replays a tuned or saved plan and refuses bad options")
   expect_bad("simulate --gpus 16 --straggler 16:2", "--straggler: rank 16 does not exist (valid: 0..15)");
   expect_bad("simulate --gpus 16 --straggler 3", "is not RANK:FACTOR");
   expect_bad("simulate --gpus 16 --network-model ns3", "valid: cm02, lv08, smpi");
-  expect_bad("simulate --gpus 16 --iterations 0", "--iterations: must be >= 1");
+  expect_bad("simulate --gpus 16 --iterations 0", "--iterations: must be in [1, 1000] (got 0)");
   expect_bad("simulate --gpus 16 --jitter -1", "--jitter: must be >= 0");
 }
 
@@ -597,7 +597,7 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK(j.at("calibrated").contains("mpi"));
   CHECK(run("predict --model resnet18 --cluster " + cal + " --gpus 2 --algorithm ring").code == 0);
   expect_bad("calibrate --sweep " + sweep + " --nccl-tests " + sweep, "give --sweep or --nccl-tests, not both");
-  expect_bad("calibrate", "give --sweep, --nccl-tests or --plan with --measured");
+  expect_bad("calibrate", "give --sweep, --nccl-tests, --plan with --measured, or --profile with --model");
   Run bad = run_mpi(2, "sweep --algorithm ring,spin");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
@@ -979,6 +979,30 @@ TEST_CASE("cli: whatif's inverse answers carry the global-batch and memory warni
                                                                                  "resnet50") &&
                         Catch::Contains("4-minute paper"));
   CHECK(count_of(r.out, "warning: global batch") == 1);
+}
+
+TEST_CASE("cli: calibrate --profile --model fits each layer class's efficiency into the cluster file", "[exec]") {
+  const std::string profile = tmp("class-profile.json"), model = tmp("class-model.json"), out = tmp("class-cluster.json");
+  REQUIRE(run_exec("train --dataset synthetic --synthetic-size 128 --max-steps 2 --no-eval --quiet --profile " + profile)
+              .code == 0);
+  REQUIRE(run("show resnet18 --resolution 28 --channels 1 --classes 10 --export " + model).code == 0);
+  const Run r = run("calibrate --cluster local-cpu --profile " + profile + " --model " + model + " --out " + out);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("compute per layer class from " + profile + " (resnet18, batch 64, fp32"));
+  CHECK_THAT(r.out, Catch::Contains("conv_kxk") && Catch::Contains("compute_efficiency.fp32"));
+  const auto j = nlohmann::json::parse(std::ifstream(out));
+  CHECK(j["device"]["by_kind"].contains("conv_kxk"));
+  CHECK(j["device"]["by_kind"].contains("norm"));
+  CHECK_THAT(j["provenance"]["device.by_kind.conv_kxk"].get<std::string>(),
+             Catch::Contains("fuseplan calibrate --profile " + profile + " (resnet18, batch 64, fp32): 16 layers"));
+  CHECK(run("predict --cluster " + out + " --model " + model + " --gpus 1 --batch-per-gpu 64 --precision fp32").code == 0);
+  expect_bad("calibrate --cluster local-cpu --profile " + profile,
+             "--profile: give --model, the model it was measured on (a zoo name or the model .json)");
+  expect_bad("calibrate --cluster local-cpu --model resnet18 --sweep x.json",
+             "--model: only with --profile and without --plan");
+  expect_bad("calibrate --cluster local-cpu --profile " + profile + " --model resnet50",
+             "the profile was measured on model resnet18");
 }
 
 TEST_CASE("cli: whatif --profile holds the profile to each point's precision and batch, as predict does", "[exec]") {

@@ -17,6 +17,7 @@
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
 
@@ -421,6 +422,83 @@ void apply_overlap_fit(Cluster& c, const OverlapFit& fit, bool fit_sigma, bool f
   if (fit_sigma && fit.sigma > 0) c.provenance["comm_compute_sharing"] = provenance;
   if (fit_dispatch) c.provenance.erase("dispatch_overhead_us");
   if (fit_dispatch && fit.dispatch_us > 0) c.provenance["dispatch_overhead_us"] = provenance;
+}
+
+std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m, int batch, Precision p) {
+  std::vector<ClassFit> fits;
+  for (int ki = 0; ki < kComputeClassCount; ++ki) {
+    const ComputeClass k = ComputeClass(ki);
+    std::vector<size_t> layers;
+    double measured = 0, flops_s = 0, bytes_s = 0;
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+      const Layer& layer = m.layers[l];
+      if (compute_class_of(layer) != k || layer.fwd_flops + layer.bwd_flops <= 0) continue;
+      if (!layer.measured)
+        throw InputError(field("profile") + ": layer " + layer.name + " has no measured time (the profile must cover every layer)");
+      layers.push_back(l);
+      const double scale = double(batch) / layer.measured->batch;
+      measured += (layer.measured->fwd_us + layer.measured->bwd_us) * 1e-6 * scale;
+      // Which term sets the class's time under the cluster as given.
+      Cluster flops_only = cluster, bytes_only = cluster;
+      flops_only.device.by_kind[k].memory = 1e9;  // bytes free: the FLOP term alone
+      bytes_only.device.by_kind[k].compute[p] = 1e9;
+      const LayerTime f = roofline_time(m, l, flops_only, batch, p), b = roofline_time(m, l, bytes_only, batch, p);
+      flops_s += f.fwd_s + f.bwd_s;
+      bytes_s += b.fwd_s + b.bwd_s;
+    }
+    if (layers.empty()) continue;
+    ClassFit fit;
+    fit.k = k;
+    fit.layers = static_cast<int>(layers.size());
+    fit.measured_s = measured;
+    fit.memory = bytes_s > flops_s;
+    auto predicted = [&](double value) {
+      Cluster c = cluster;
+      if (fit.memory) c.device.by_kind[k].memory = value;
+      else c.device.by_kind[k].compute[p] = value;
+      double t = 0;
+      for (size_t l : layers) {
+        const LayerTime lt = roofline_time(m, l, c, batch, p);
+        t += lt.fwd_s + lt.bwd_s;
+      }
+      return t;
+    };
+    fit.before_s = 0;
+    for (size_t l : layers) {
+      const LayerTime lt = roofline_time(m, l, cluster, batch, p);
+      fit.before_s += lt.fwd_s + lt.bwd_s;
+    }
+    // The roofline falls as the efficiency grows: bisect on a log scale.
+    const double lo_bound = 1e-4, hi_bound = fit.memory ? 1.0 : 4.0;
+    if (measured < predicted(hi_bound)) {
+      fit.value = hi_bound;
+      fit.bound = "measured faster than the roofline at " + formatted(hi_bound, "%g") + " of peak";
+    } else if (measured > predicted(lo_bound)) {
+      fit.value = lo_bound;
+      fit.bound = "measured slower than the roofline at " + formatted(lo_bound, "%g") + " of peak";
+    } else {
+      double lo = std::log(lo_bound), hi = std::log(hi_bound);
+      for (int i = 0; i < 100; ++i) {
+        const double mid = (lo + hi) / 2;
+        (predicted(std::exp(mid)) > measured ? lo : hi) = mid;
+      }
+      fit.value = std::exp((lo + hi) / 2);
+    }
+    fit.after_s = predicted(fit.value);
+    fits.push_back(fit);
+  }
+  return fits;
+}
+
+void apply_compute_fit(Cluster& cluster, const std::vector<ClassFit>& fits, Precision p, const std::string& source) {
+  for (const ClassFit& f : fits) {
+    ClassEfficiency& e = cluster.device.by_kind[f.k];
+    if (f.memory) e.memory = f.value;
+    else e.compute[p] = f.value;
+    cluster.provenance["device.by_kind." + std::string(compute_class_name(f.k))] =
+        source + ": " + count_of(f.layers, "layer") +
+        (f.bound.empty() ? "" : " (at its bound: " + f.bound + "; the closest the roofline comes)");
+  }
 }
 
 }  // namespace fuseplan

@@ -43,13 +43,30 @@ ComputeClass compute_class_of(const Layer& l) {
   return ComputeClass::Other;
 }
 
-ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precision p) {
-  if (batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1 (got " + std::to_string(batch) + ")");
-  const double peak = c.peak_flops(p);
-  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency;
+LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batch, Precision p) {
+  const Layer& l = m.layers[layer];
+  const ComputeClass k = compute_class_of(l);
+  const double flops = c.peak_flops(p) * c.device.compute_efficiency_of(k, p);
+  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(k);
   const double eb = bytes_per_element(p);
   const double overhead = c.device.kernel_overhead_us * 1e-6;
-  for (const auto& l : m.layers) {
+  double in_elems = 0;
+  for (int src : l.inputs) in_elems += src < 0 ? numel(m.input_shape) : numel(m.layers[src].out_shape);
+  if (l.inputs.empty()) in_elems = numel(l.in_shape);
+  double params = 0;
+  for (int i = 0; i < l.tensor_count; ++i) params += m.tensors[l.first_tensor + i].numel;
+  const double fwd_bytes = (in_elems + numel(l.out_shape)) * batch * eb + params * eb;
+  LayerTime t;
+  t.fwd_s = std::max(l.fwd_flops * batch / flops, fwd_bytes / bw) + overhead;
+  t.bwd_s = std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
+  return t;
+}
+
+ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precision p) {
+  if (batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1 (got " + std::to_string(batch) + ")");
+  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency;
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const Layer& l = m.layers[i];
     LayerTime t;
     if (l.measured) {
       // Measured at another batch size: scaled linearly (documented approximation).
@@ -57,17 +74,7 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
       t = {l.measured->fwd_us * 1e-6 * scale, l.measured->bwd_us * 1e-6 * scale, true};
       ++measured_;
     } else {
-      double in_elems = 0;
-      for (int src : l.inputs) in_elems += src < 0 ? numel(m.input_shape) : numel(m.layers[src].out_shape);
-      if (l.inputs.empty()) in_elems = numel(l.in_shape);
-      double params = 0;
-      for (int i = 0; i < l.tensor_count; ++i) params += m.tensors[l.first_tensor + i].numel;
-      const ComputeClass k = compute_class_of(l);
-      const double flops = peak * c.device.compute_efficiency_of(k, p);
-      const double layer_bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(k);
-      double fwd_bytes = (in_elems + numel(l.out_shape)) * batch * eb + params * eb;
-      t.fwd_s = std::max(l.fwd_flops * batch / flops, fwd_bytes / layer_bw) + overhead;
-      t.bwd_s = std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / layer_bw) + overhead;
+      t = roofline_time(m, i, c, batch, p);
     }
     forward_s_ += t.fwd_s;
     backward_s_ += t.bwd_s;

@@ -137,4 +137,25 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
 void apply_overlap_fit(Cluster& cluster, const OverlapFit& fit, bool fit_sigma, bool fit_dispatch,
                        const std::string& sources);
 
+// Per layer class, the efficiency that makes the roofline reproduce measured layer times
+// (a profile applied to `m`, measured at `batch` and precision `p`): for each class with
+// FLOPs, the value whose summed forward + backward roofline equals the class's measured
+// sum (bisection; the roofline is monotone in it). Classes whose time the FLOPs set
+// (under the cluster as given) fit compute_efficiency at `p`, up to 4 (fewer operations
+// than the direct FLOPs, as Winograd does); those the bytes set fit memory_efficiency.
+// The others keep the cluster's values while one class is fitted.
+struct ClassFit {
+  ComputeClass k = ComputeClass::Other;
+  int layers = 0;
+  double measured_s = 0, before_s = 0, after_s = 0;  // forward + backward per iteration
+  bool memory = false;  // memory_efficiency fitted (else compute_efficiency)
+  double value = 0;
+  std::string bound;    // non-empty: the value is at its bound, and why
+};
+std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m, int batch, Precision p);
+
+// Writes the fitted classes into the cluster's device.by_kind, with provenance `source`
+// (a value at its bound, the closest the roofline comes, says so).
+void apply_compute_fit(Cluster& cluster, const std::vector<ClassFit>& fits, Precision p, const std::string& source);
+
 }  // namespace fuseplan

@@ -18,6 +18,8 @@ struct LayerTime {
 
 // The class whose efficiencies price a layer (DeviceSpec::by_kind).
 ComputeClass compute_class_of(const Layer& l);
+// Layer `layer`'s roofline time at `batch` (whether or not it carries a measured time).
+LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batch, Precision p);
 
 class ComputeModel {
  public:
