@@ -10,8 +10,10 @@ with an existing output file, and fails on:
   - "internal error" in the output (bad input must be named, not crash);
   - a run past its time limit (a hang);
   - a failed run that changed the existing output file or left a temporary file.
-Formats: cluster, model, plan, sweep, nccl-tests (text and -J JSON); with fuseplan-exec
-built, also profile and checkpoint, and with mpirun the measured report (verify).
+Formats: cluster (with per-class efficiencies, and an NCCL one), model, plan, sweep,
+nccl-tests (text and -J JSON); with fuseplan-exec built, also profile (read by predict,
+and fitted per layer class by calibrate) and checkpoint, and with mpirun the measured
+report (verify).
 
 usage: fuzz_inputs.py BIN_DIR SOURCE_DIR [--seconds N] [--seed S] [--formats a,b]
 Prints per format: runs, exits by code, failures; exit 1 on any failure (with the
@@ -158,8 +160,11 @@ def main():
                    "points": [{"algorithm": "ring", "bytes": 4096 * 2**i, "seconds": 2e-5 * (1 + 0.3 * 2**i),
                                "iterations": 10} for i in range(8)]}, f)
     formats = {
-        "cluster": ("json", os.path.join(a.source, "configs/clusters/tencent-p40.json"),
+        # A cluster with per-class efficiencies (device.by_kind), and an NCCL one (its nccl section).
+        "cluster": ("json", os.path.join(a.source, "configs/clusters/p100-horovod.json"),
                     lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16", "--out", o]),
+        "cluster-nccl": ("json", os.path.join(a.source, "configs/clusters/dgx-h100.json"),
+                         lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16", "--out", o]),
         "model": ("json", os.path.join(a.source, "tests/data/golden-model.json"),
                   lambda f, o: [fp, "predict", "--model", f, "--cluster", "local-cpu", "--gpus", "2", "--out", o]),
         "plan": ("json", plan, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
@@ -177,6 +182,12 @@ def main():
                                                 "--checkpoint", ckpt, "--checkpoint-every", "2"],
                        check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         formats["profile"] = ("json", prof, lambda f, o: [fp, "predict", "--plan", plan1, "--profile", f, "--out", o])
+        # The same profile fitted per layer class into a cluster (calibrate --profile --model).
+        small_model = seed_path("small-model.json")
+        subprocess.run([fp, "show", small[1]] + small[2:] + ["--export", small_model], check=True,
+                       capture_output=True)
+        formats["profile-fit"] = ("json", prof, lambda f, o: [fp, "calibrate", "--cluster", "local-cpu", "--profile", f,
+                                                              "--model", small_model, "--out", o])
         mpirun = shutil.which("mpirun")
         if mpirun:  # a measured report of the 2-rank plan, for verify
             report = seed_path("report.json")
