@@ -470,12 +470,13 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
     }
     // The roofline falls as the efficiency grows: bisect on a log scale.
     const double lo_bound = 1e-4, hi_bound = fit.memory ? 1.0 : 4.0;
+    const std::string of = fit.memory ? " of the memory bandwidth" : " x peak FLOP/s";
     if (measured < predicted(hi_bound)) {
       fit.value = hi_bound;
-      fit.bound = "measured faster than the roofline at " + formatted(hi_bound, "%g") + " of peak";
+      fit.bound = "measured faster than the roofline at " + formatted(hi_bound, "%g") + of;
     } else if (measured > predicted(lo_bound)) {
       fit.value = lo_bound;
-      fit.bound = "measured slower than the roofline at " + formatted(lo_bound, "%g") + " of peak";
+      fit.bound = "measured slower than the roofline at " + formatted(lo_bound, "%g") + of;
     } else {
       double lo = std::log(lo_bound), hi = std::log(hi_bound);
       for (int i = 0; i < 100; ++i) {
