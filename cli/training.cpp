@@ -101,9 +101,7 @@ void fit_flags_to_model_file(TrainFlags& f, const Model& m, const std::string& p
   f.resolution = static_cast<int>(m.input_shape[1]);
   f.classes = static_cast<int>(numel(m.layers.back().out_shape));
 }
-}  // namespace
 
-namespace {
 // The zoo-model options the flags set (those not given stay unset).
 ModelOptions flag_model_options(const TrainFlags& f) {
   ModelOptions mo;
