@@ -34,6 +34,9 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+// Timed allreduces per size at most (a mistyped count would run for days).
+constexpr int kMaxIterations = 100'000;
+
 void run_sweep(const SweepFlags& f) {
   exec::MpiWorld world(nullptr, nullptr);
   world.set_timeout(setup_wait_s(f.timeout_s));  // no collective waits past --timeout for a silent rank
@@ -54,7 +57,15 @@ void run_sweep(const SweepFlags& f) {
     if (f.warmup < 0 || f.iterations < 0) throw InputError("--warmup/--iterations: must be >= 0");
     if (!(f.seconds_per_size > 0)) throw InputError("--seconds-per-size: must be > 0");
     if (!(f.timeout_s > 0)) throw InputError("--timeout: must be > 0 seconds");
+    if (f.iterations > kMaxIterations || f.warmup > kMaxIterations)
+      throw InputError("--warmup/--iterations: at most " + std::to_string(kMaxIterations));
     if (world.ranks() < 2) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
+    // The largest message's buffer and the algorithm's scratch (a lower bound: two FP32
+    // copies per element) on every rank of this node, against the machine's memory.
+    check_fits_in_memory(8.0 * double(hi / bytes_per_element(p)) * world.layout().per_node,
+                         "the largest message on this node's " + std::to_string(world.layout().per_node) +
+                             " ranks",
+                         "--sizes " + f.sizes);
     for (int64_t s = lo; s <= hi; s *= f.step_factor) sizes.push_back(s);
   } catch (const InputError& e) {
     error = with_flags(e);
@@ -133,13 +144,16 @@ void add_sweep_command(CLI::App& app) {
                                  "Allreduce sweep across MPI ranks (like nccl-tests' all_reduce_perf): time, algbw and\n"
                                  "busbw per size and algorithm; --out writes it for `fuseplan calibrate --sweep`.");
   cmd->add_option("--algorithm", f->algorithm, "allreduce algorithms, comma-separated: mpi and fuseplan's")->capture_default_str();
-  cmd->add_option("--sizes", f->sizes, "MIN:MAX message bytes (4K, 256M, 64MiB, ...)")->capture_default_str();
+  cmd->add_option("--sizes", f->sizes,
+                  "MIN:MAX message bytes (4K, 256M, 64MiB, ...; the largest must fit in the node's memory)")
+      ->capture_default_str();
   cmd->add_option("--timeout", f->timeout_s, "seconds a rank waits for the others at set-up before the job stops")
       ->capture_default_str();
   cmd->add_option("--step-factor", f->step_factor, "multiply the size by this each row, like nccl-tests -f")->capture_default_str();
   cmd->add_option("--precision", f->precision, "element type: fp32 | fp16 | bf16")->capture_default_str();
-  cmd->add_option("--warmup", f->warmup, "untimed allreduces per size")->capture_default_str();
-  cmd->add_option("--iterations", f->iterations, "timed allreduces per size (0 = enough for --seconds-per-size)")
+  cmd->add_option("--warmup", f->warmup, "untimed allreduces per size (at most " + std::to_string(kMaxIterations) + ")")->capture_default_str();
+  cmd->add_option("--iterations", f->iterations, "timed allreduces per size (0 = enough for --seconds-per-size; at most " +
+                      std::to_string(kMaxIterations) + ")")
       ->capture_default_str();
   cmd->add_option("--seconds-per-size", f->seconds_per_size, "target timing per size when --iterations is 0")
       ->capture_default_str();

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <unistd.h>
 
 namespace fuseplan::cli {
 
@@ -92,6 +93,13 @@ std::string flag_of(std::string_view field) {
 }
 
 std::string with_flags(std::string_view text) { return render_fields(text, flag_of); }
+
+void check_fits_in_memory(double bytes, const std::string& what, const std::string& flags) {
+  const double have = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+  if (have > 0 && bytes > have)
+    throw InputError(flags + ": " + what + " needs " + fixed(bytes / double(1 << 30), 1) + " GiB, more than this machine's " +
+                     fixed(have / double(1 << 30), 1) + " GiB of memory");
+}
 
 std::string fixed(double v, int decimals) {
   char buf[64];

@@ -43,6 +43,11 @@ inline std::string with_flags(const InputError& e) { return e.render(flag_of); }
 
 std::string fixed(double v, int decimals);
 std::string human_bytes(double bytes);   // 97.5 MiB
+// A run that cannot fit in this machine's memory is refused before anything is allocated
+// (InputError naming `flags`, the flags that size it) instead of ending in std::bad_alloc
+// or the kernel's out-of-memory killer: "FLAGS: WHAT needs N GiB, more than this
+// machine's M GiB of memory".
+void check_fits_in_memory(double bytes, const std::string& what, const std::string& flags);
 std::string ms(double seconds, int decimals = 2);
 std::string human_duration(double seconds);  // 6.6 min, 1.2 h
 std::string percent(double fraction, int decimals = 1);

@@ -4,7 +4,6 @@
 
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <unistd.h>
 
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/ops.hpp"
@@ -109,16 +108,6 @@ ModelOptions flag_model_options(const TrainFlags& f) {
   if (f.channels > 0) mo.channels = f.channels;
   if (f.classes > 0) mo.classes = f.classes;
   return mo;
-}
-
-// A run that cannot fit in this machine's memory is refused before anything is allocated
-// (exit 2, naming the flags that size it) instead of ending in std::bad_alloc or the
-// kernel's out-of-memory killer.
-void check_fits_in_memory(double bytes, const std::string& what, const std::string& flags) {
-  const double have = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
-  if (have > 0 && bytes > have)
-    throw InputError(flags + ": " + what + " needs " + fixed(bytes / double(1 << 30), 1) + " GiB, more than this machine's " +
-                     fixed(have / double(1 << 30), 1) + " GiB of memory");
 }
 
 // A lower bound of what the CPU network holds: every layer's output and its gradient in

@@ -601,6 +601,13 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   Run bad = run_mpi(2, "sweep --algorithm ring,spin");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
+  // Sizes past the node's memory and counts that would run for days are refused up front.
+  const Run big = run_mpi(2, "sweep --sizes 4K:900000G");
+  CHECK(big.code == 2);
+  CHECK_THAT(big.out, Catch::Contains("--sizes 4K:900000G: the largest message on this node's 2 ranks needs 3600000.0 GiB"));
+  const Run many = run_mpi(2, "sweep --iterations 100000000");
+  CHECK(many.code == 2);
+  CHECK_THAT(many.out, Catch::Contains("--warmup/--iterations: at most 100000"));
 }
 
 TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispatch_overhead_us into the cluster file") {
