@@ -11,6 +11,7 @@
 #include <set>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 
 namespace {
@@ -409,7 +410,26 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
       phases += rep.at(k).get<double>();
     }
     CHECK(phases > 0.5 * rep.at("iteration_s").get<double>());
-    CHECK(phases < 1.1 * rep.at("iteration_s").get<double>());
+    // Each step's phases are its critical rank's, whose step they are part of, so their
+    // mean is at most the mean of the per-step slowest times the run prints (the report's
+    // iteration, the slowest rank's mean step, can be below it when the ranks take turns
+    // being slow).
+    std::istringstream lines(r.out);
+    std::string line;
+    double steps_ms = 0;
+    int steps = 0;
+    for (bool table = false; std::getline(lines, line);) {
+      if (line.find("ms (slowest rank)") != std::string::npos) table = true;
+      else if (table && line.find_first_not_of(' ') == std::string::npos) break;
+      else if (table) {
+        std::istringstream row(line);
+        int k = 0;
+        double ms = 0;
+        if (row >> k >> ms) steps_ms += ms, ++steps;
+      }
+    }
+    REQUIRE(steps == 3);
+    CHECK(phases <= steps_ms / steps * 1e-3 * 1.001 + 1e-4);
     REQUIRE(rep.at("buckets").size() == planned.at("buckets").size());
     for (const auto& b : rep.at("buckets")) {
       CHECK(b.at("start_s").get<double>() >= b.at("ready_s").get<double>());
