@@ -11,15 +11,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/models/error.hpp"
 #include "host_scratch.hpp"
-#ifdef FUSEPLAN_HAVE_DNNL
 #include "cpu_blocked.hpp"
+#ifdef FUSEPLAN_HAVE_DNNL
 #include "dnnl_conv.hpp"
 #else
 namespace fuseplan::exec {
@@ -31,23 +30,6 @@ class DnnlConv {  // without oneDNN: never constructed
   void forward(const ConvShape&, const float*, const float*, const float*, float*) {}
   void backward(const ConvShape&, const float*, const float*, const float*, float*, float*, float*, bool) {}
 };
-namespace blocked {  // without oneDNN there is no blocked layout (block 0): never called
-inline void import_nchw(int, int, int, int, const float*, float*) {}
-inline void flatten_forward(int, int, int, int, const float*, float*) {}
-inline void flatten_backward(int, int, int, int, const float*, float*, bool) {}
-inline void batchnorm_forward_train(int, int, int, int, const float*, const float*, const float*, float*, float*,
-                                    float*, float*, float*, float, float) {}
-inline void batchnorm_forward_eval(int, int, int, int, const float*, const float*, const float*, float*,
-                                   const float*, const float*, float) {}
-inline void batchnorm_backward(int, int, int, int, const float*, const float*, const float*, const float*,
-                               const float*, float*, float*, float*, bool) {}
-inline void maxpool_forward(int, const PoolShape&, const float*, float*, int32_t*) {}
-inline void maxpool_backward(int, const PoolShape&, const float*, const int32_t*, float*) {}
-inline void avgpool_forward(int, const PoolShape&, const float*, float*) {}
-inline void avgpool_backward(int, const PoolShape&, const float*, float*) {}
-inline void adaptive_avgpool_forward(int, const PoolShape&, const float*, float*) {}
-inline void adaptive_avgpool_backward(int, const PoolShape&, const float*, float*) {}
-}  // namespace blocked
 }  // namespace fuseplan::exec
 #endif
 
@@ -408,109 +390,24 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) dx[i] = dy[i];
   }
 
+  // Pooling: NCHW is the blocked layout with blocks of one channel.
   void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {
-    if (blocked_pool(s)) return blocked::maxpool_forward(block_, s, x, y, argmax);
-#pragma omp parallel for schedule(static)
-    for (int plane = 0; plane < s.n * s.c; ++plane) {
-      const float* in = x + int64_t(plane) * s.h * s.w;
-      for (int oy = 0; oy < s.p; ++oy)
-        for (int ox = 0; ox < s.q; ++ox) {
-          float best = -std::numeric_limits<float>::infinity();
-          int at = -1;
-          for (int ky = 0; ky < s.kernel; ++ky)
-            for (int kx = 0; kx < s.kernel; ++kx) {
-              int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
-              if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
-              float v = in[iy * s.w + ix];
-              if (v > best || at < 0 || std::isnan(v)) {
-                best = v;
-                at = iy * s.w + ix;
-              }
-            }
-          const int64_t o = (int64_t(plane) * s.p + oy) * s.q + ox;
-          y[o] = best;
-          argmax[o] = at;
-        }
-    }
+    blocked::maxpool_forward(pool_block(s), s, x, y, argmax);
   }
   void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) override {
-    if (blocked_pool(s)) return blocked::maxpool_backward(block_, s, dy, argmax, dx);
-#pragma omp parallel for schedule(static)
-    for (int plane = 0; plane < s.n * s.c; ++plane) {
-      float* d = dx + int64_t(plane) * s.h * s.w;
-      const int64_t base = int64_t(plane) * s.p * s.q;
-      for (int i = 0; i < s.p * s.q; ++i) d[argmax[base + i]] += dy[base + i];
-    }
+    blocked::maxpool_backward(pool_block(s), s, dy, argmax, dx);
   }
-
   void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
-    if (blocked_pool(s)) return blocked::avgpool_forward(block_, s, x, y);
-    const float inv = 1.0f / float(s.kernel * s.kernel);
-#pragma omp parallel for schedule(static)
-    for (int plane = 0; plane < s.n * s.c; ++plane) {
-      const float* in = x + int64_t(plane) * s.h * s.w;
-      for (int oy = 0; oy < s.p; ++oy)
-        for (int ox = 0; ox < s.q; ++ox) {
-          float sum = 0;
-          for (int ky = 0; ky < s.kernel; ++ky)
-            for (int kx = 0; kx < s.kernel; ++kx) {
-              int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
-              if (iy >= 0 && iy < s.h && ix >= 0 && ix < s.w) sum += in[iy * s.w + ix];
-            }
-          y[(int64_t(plane) * s.p + oy) * s.q + ox] = sum * inv;
-        }
-    }
+    blocked::avgpool_forward(pool_block(s), s, x, y);
   }
   void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
-    if (blocked_pool(s)) return blocked::avgpool_backward(block_, s, dy, dx);
-    const float inv = 1.0f / float(s.kernel * s.kernel);
-#pragma omp parallel for schedule(static)
-    for (int plane = 0; plane < s.n * s.c; ++plane) {
-      float* d = dx + int64_t(plane) * s.h * s.w;
-      for (int oy = 0; oy < s.p; ++oy)
-        for (int ox = 0; ox < s.q; ++ox) {
-          const float g = dy[(int64_t(plane) * s.p + oy) * s.q + ox] * inv;
-          for (int ky = 0; ky < s.kernel; ++ky)
-            for (int kx = 0; kx < s.kernel; ++kx) {
-              int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
-              if (iy >= 0 && iy < s.h && ix >= 0 && ix < s.w) d[iy * s.w + ix] += g;
-            }
-        }
-    }
+    blocked::avgpool_backward(pool_block(s), s, dy, dx);
   }
-
   void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
-    if (blocked_pool(s)) return blocked::adaptive_avgpool_forward(block_, s, x, y);
-#pragma omp parallel for schedule(static)
-    for (int plane = 0; plane < s.n * s.c; ++plane) {
-      const float* in = x + int64_t(plane) * s.h * s.w;
-      for (int oy = 0; oy < s.p; ++oy) {
-        const int y0 = oy * s.h / s.p, y1 = ((oy + 1) * s.h + s.p - 1) / s.p;
-        for (int ox = 0; ox < s.q; ++ox) {
-          const int x0 = ox * s.w / s.q, x1 = ((ox + 1) * s.w + s.q - 1) / s.q;
-          float sum = 0;
-          for (int iy = y0; iy < y1; ++iy)
-            for (int ix = x0; ix < x1; ++ix) sum += in[iy * s.w + ix];
-          y[(int64_t(plane) * s.p + oy) * s.q + ox] = sum / float((y1 - y0) * (x1 - x0));
-        }
-      }
-    }
+    blocked::adaptive_avgpool_forward(pool_block(s), s, x, y);
   }
   void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
-    if (blocked_pool(s)) return blocked::adaptive_avgpool_backward(block_, s, dy, dx);
-#pragma omp parallel for schedule(static)
-    for (int plane = 0; plane < s.n * s.c; ++plane) {
-      float* d = dx + int64_t(plane) * s.h * s.w;
-      for (int oy = 0; oy < s.p; ++oy) {
-        const int y0 = oy * s.h / s.p, y1 = ((oy + 1) * s.h + s.p - 1) / s.p;
-        for (int ox = 0; ox < s.q; ++ox) {
-          const int x0 = ox * s.w / s.q, x1 = ((ox + 1) * s.w + s.q - 1) / s.q;
-          const float g = dy[(int64_t(plane) * s.p + oy) * s.q + ox] / float((y1 - y0) * (x1 - x0));
-          for (int iy = y0; iy < y1; ++iy)
-            for (int ix = x0; ix < x1; ++ix) d[iy * s.w + ix] += g;
-        }
-      }
-    }
+    blocked::adaptive_avgpool_backward(pool_block(s), s, dy, dx);
   }
 
   void add_forward(size_t n, const float* a, const float* b, float* y) override {
@@ -558,9 +455,12 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  // A pooling whose input or output is more than one position per channel, on blocked
-  // channels (at 1 x 1 the two layouts are the same).
-  bool blocked_pool(const PoolShape& s) const { return blocked(s.c) && (s.h * s.w > 1 || s.p * s.q > 1); }
+  // Channels per block of a pooling's activations: the blocked layout's where its input or
+  // output is more than one position per channel (at 1 x 1 the two layouts are the same),
+  // else 1 (NCHW).
+  int pool_block(const PoolShape& s) const {
+    return blocked(s.c) && (s.h * s.w > 1 || s.p * s.q > 1) ? block_ : 1;
+  }
 
   Scratch cols_, tmp_;  // im2col and GEMM scratch, reused across layers
   std::unique_ptr<DnnlConv> dnnl_;

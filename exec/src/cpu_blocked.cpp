@@ -2,8 +2,10 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace fuseplan::exec::blocked {
@@ -139,125 +141,130 @@ void batchnorm_backward(int B, int n, int c, int hw, const float* x, const float
 }
 
 // Pooling: one plane per (image, channel block), B channels per position.
-void maxpool_forward(int B, const PoolShape& s, const float* x, float* y, int32_t* argmax) {
+namespace {
+// An output position's window: input rows [y0, y1) and columns [x0, x1) of its plane.
+struct Window {
+  int y0, y1, x0, x1, w;
+  // g(pos) for each input position pos = iy * w + ix, row by row.
+  template <typename G>
+  void each(G g) const {
+    for (int iy = y0; iy < y1; ++iy)
+      for (int ix = x0; ix < x1; ++ix) g(iy * w + ix);
+  }
+  float area() const { return float((y1 - y0) * (x1 - x0)); }
+};
+
+// A kernel x kernel window at the stride, clipped to the plane (padding holds nothing).
+Window kernel_window(const PoolShape& s, int oy, int ox) {
+  const int y = oy * s.stride - s.pad, x = ox * s.stride - s.pad;
+  return {std::max(y, 0), std::min(y + s.kernel, s.h), std::max(x, 0), std::min(x + s.kernel, s.w), s.w};
+}
+
+// Adaptive pooling's window: rows [floor(oy h / p), ceil((oy + 1) h / p)), columns alike.
+Window adaptive_window(const PoolShape& s, int oy, int ox) {
+  return {oy * s.h / s.p, ((oy + 1) * s.h + s.p - 1) / s.p, ox * s.w / s.q, ((ox + 1) * s.w + s.q - 1) / s.q, s.w};
+}
+
+// f(in, out, window) for every output position of every plane (threads over planes): `in`
+// is the offset of the plane's first input element, `out` of the position's first output
+// element; positions hold B channels side by side.
+template <typename Block, typename WindowOf, typename F>
+void each_output(Block B, const PoolShape& s, WindowOf window_of, F f) {
   const int planes = s.n * (s.c / B);
 #pragma omp parallel for schedule(static)
-  for (int plane = 0; plane < planes; ++plane) {
-    const float* in = x + int64_t(plane) * s.h * s.w * B;
+  for (int plane = 0; plane < planes; ++plane)
     for (int oy = 0; oy < s.p; ++oy)
-      for (int ox = 0; ox < s.q; ++ox) {
-        float best[kMaxBlock];
-        int32_t where[kMaxBlock];
-        for (int l = 0; l < B; ++l) best[l] = -std::numeric_limits<float>::infinity(), where[l] = -1;
-        for (int ky = 0; ky < s.kernel; ++ky)
-          for (int kx = 0; kx < s.kernel; ++kx) {
-            const int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
-            if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
-            const float* v = in + int64_t(iy * s.w + ix) * B;
-            for (int l = 0; l < B; ++l)
-              if (v[l] > best[l] || where[l] < 0 || std::isnan(v[l])) best[l] = v[l], where[l] = iy * s.w + ix;
-          }
-        const int64_t o = ((int64_t(plane) * s.p + oy) * s.q + ox) * B;
-        for (int l = 0; l < B; ++l) y[o + l] = best[l], argmax[o + l] = where[l];
-      }
-  }
+      for (int ox = 0; ox < s.q; ++ox)
+        f(int64_t(plane) * s.h * s.w * B, ((int64_t(plane) * s.p + oy) * s.q + ox) * B, window_of(s, oy, ox));
+}
+// f(B) with B a compile-time 1 for NCHW (B = 1), so that its lane loops compile to scalar
+// code, else f(B) as given.
+template <typename F>
+void with_block(int B, F f) {
+  if (B == 1) f(std::integral_constant<int, 1>{});
+  else f(B);
+}
+}  // namespace
+
+void maxpool_forward(int block, const PoolShape& s, const float* x, float* y, int32_t* argmax) {
+  with_block(block, [&](auto B) {
+    each_output(B, s, kernel_window, [&](int64_t in, int64_t o, const Window& win) {
+      float best[kMaxBlock];
+      int32_t where[kMaxBlock];
+      for (int l = 0; l < B; ++l) best[l] = -std::numeric_limits<float>::infinity(), where[l] = -1;
+      win.each([&](int pos) {
+        const float* v = x + in + int64_t(pos) * B;
+        for (int l = 0; l < B; ++l)
+          if (v[l] > best[l] || where[l] < 0 || std::isnan(v[l])) best[l] = v[l], where[l] = pos;
+      });
+      for (int l = 0; l < B; ++l) y[o + l] = best[l], argmax[o + l] = where[l];
+    });
+  });
 }
 
-void maxpool_backward(int B, const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) {
-  const int planes = s.n * (s.c / B);
-#pragma omp parallel for schedule(static)
-  for (int plane = 0; plane < planes; ++plane) {
-    float* d = dx + int64_t(plane) * s.h * s.w * B;
-    const int64_t base = int64_t(plane) * s.p * s.q * B;
-    for (int64_t i = 0; i < int64_t(s.p) * s.q; ++i)
-      for (int l = 0; l < B; ++l) d[int64_t(argmax[base + i * B + l]) * B + l] += dy[base + i * B + l];
-  }
-}
-
-void avgpool_forward(int B, const PoolShape& s, const float* x, float* y) {
-  const float inv = 1.0f / float(s.kernel * s.kernel);
-  const int planes = s.n * (s.c / B);
-#pragma omp parallel for schedule(static)
-  for (int plane = 0; plane < planes; ++plane) {
-    const float* in = x + int64_t(plane) * s.h * s.w * B;
-    for (int oy = 0; oy < s.p; ++oy)
-      for (int ox = 0; ox < s.q; ++ox) {
-        float sum[kMaxBlock] = {};
-        for (int ky = 0; ky < s.kernel; ++ky)
-          for (int kx = 0; kx < s.kernel; ++kx) {
-            const int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
-            if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
-            const float* v = in + int64_t(iy * s.w + ix) * B;
-            for (int l = 0; l < B; ++l) sum[l] += v[l];
-          }
-        const int64_t o = ((int64_t(plane) * s.p + oy) * s.q + ox) * B;
-        for (int l = 0; l < B; ++l) y[o + l] = sum[l] * inv;
-      }
-  }
-}
-
-void avgpool_backward(int B, const PoolShape& s, const float* dy, float* dx) {
-  const float inv = 1.0f / float(s.kernel * s.kernel);
-  const int planes = s.n * (s.c / B);
-#pragma omp parallel for schedule(static)
-  for (int plane = 0; plane < planes; ++plane) {
-    float* d = dx + int64_t(plane) * s.h * s.w * B;
-    for (int oy = 0; oy < s.p; ++oy)
-      for (int ox = 0; ox < s.q; ++ox) {
-        const float* g = dy + ((int64_t(plane) * s.p + oy) * s.q + ox) * B;
-        for (int ky = 0; ky < s.kernel; ++ky)
-          for (int kx = 0; kx < s.kernel; ++kx) {
-            const int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
-            if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
-            float* v = d + int64_t(iy * s.w + ix) * B;
-            for (int l = 0; l < B; ++l) v[l] += g[l] * inv;
-          }
-      }
-  }
-}
-
-void adaptive_avgpool_forward(int B, const PoolShape& s, const float* x, float* y) {
-  const int planes = s.n * (s.c / B);
-#pragma omp parallel for schedule(static)
-  for (int plane = 0; plane < planes; ++plane) {
-    const float* in = x + int64_t(plane) * s.h * s.w * B;
-    for (int oy = 0; oy < s.p; ++oy) {
-      const int y0 = oy * s.h / s.p, y1 = ((oy + 1) * s.h + s.p - 1) / s.p;
-      for (int ox = 0; ox < s.q; ++ox) {
-        const int x0 = ox * s.w / s.q, x1 = ((ox + 1) * s.w + s.q - 1) / s.q;
-        float sum[kMaxBlock] = {};
-        for (int iy = y0; iy < y1; ++iy)
-          for (int ix = x0; ix < x1; ++ix) {
-            const float* v = in + int64_t(iy * s.w + ix) * B;
-            for (int l = 0; l < B; ++l) sum[l] += v[l];
-          }
-        const float area = float((y1 - y0) * (x1 - x0));
-        const int64_t o = ((int64_t(plane) * s.p + oy) * s.q + ox) * B;
-        for (int l = 0; l < B; ++l) y[o + l] = sum[l] / area;
-      }
+void maxpool_backward(int block, const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) {
+  with_block(block, [&](auto B) {
+    const int planes = s.n * (s.c / B);
+    #pragma omp parallel for schedule(static)
+    for (int plane = 0; plane < planes; ++plane) {
+      float* d = dx + int64_t(plane) * s.h * s.w * B;
+      const int64_t base = int64_t(plane) * s.p * s.q * B;
+      for (int64_t i = 0; i < int64_t(s.p) * s.q; ++i)
+        for (int l = 0; l < B; ++l) d[int64_t(argmax[base + i * B + l]) * B + l] += dy[base + i * B + l];
     }
-  }
+  });
 }
 
-void adaptive_avgpool_backward(int B, const PoolShape& s, const float* dy, float* dx) {
-  const int planes = s.n * (s.c / B);
-#pragma omp parallel for schedule(static)
-  for (int plane = 0; plane < planes; ++plane) {
-    float* d = dx + int64_t(plane) * s.h * s.w * B;
-    for (int oy = 0; oy < s.p; ++oy) {
-      const int y0 = oy * s.h / s.p, y1 = ((oy + 1) * s.h + s.p - 1) / s.p;
-      for (int ox = 0; ox < s.q; ++ox) {
-        const int x0 = ox * s.w / s.q, x1 = ((ox + 1) * s.w + s.q - 1) / s.q;
-        const float area = float((y1 - y0) * (x1 - x0));
-        const float* g = dy + ((int64_t(plane) * s.p + oy) * s.q + ox) * B;
-        for (int iy = y0; iy < y1; ++iy)
-          for (int ix = x0; ix < x1; ++ix) {
-            float* v = d + int64_t(iy * s.w + ix) * B;
-            for (int l = 0; l < B; ++l) v[l] += g[l] / area;
-          }
-      }
-    }
-  }
+// Average pooling divides by the whole kernel (padding counts as zeros); adaptive pooling
+// by its window's area.
+void avgpool_forward(int block, const PoolShape& s, const float* x, float* y) {
+  with_block(block, [&](auto B) {
+    const float inv = 1.0f / float(s.kernel * s.kernel);
+    each_output(B, s, kernel_window, [&](int64_t in, int64_t o, const Window& win) {
+      float sum[kMaxBlock] = {};
+      win.each([&](int pos) {
+        const float* v = x + in + int64_t(pos) * B;
+        for (int l = 0; l < B; ++l) sum[l] += v[l];
+      });
+      for (int l = 0; l < B; ++l) y[o + l] = sum[l] * inv;
+    });
+  });
+}
+
+void avgpool_backward(int block, const PoolShape& s, const float* dy, float* dx) {
+  with_block(block, [&](auto B) {
+    const float inv = 1.0f / float(s.kernel * s.kernel);
+    each_output(B, s, kernel_window, [&](int64_t in, int64_t o, const Window& win) {
+      win.each([&](int pos) {
+        float* v = dx + in + int64_t(pos) * B;
+        for (int l = 0; l < B; ++l) v[l] += dy[o + l] * inv;
+      });
+    });
+  });
+}
+
+void adaptive_avgpool_forward(int block, const PoolShape& s, const float* x, float* y) {
+  with_block(block, [&](auto B) {
+    each_output(B, s, adaptive_window, [&](int64_t in, int64_t o, const Window& win) {
+      float sum[kMaxBlock] = {};
+      win.each([&](int pos) {
+        const float* v = x + in + int64_t(pos) * B;
+        for (int l = 0; l < B; ++l) sum[l] += v[l];
+      });
+      for (int l = 0; l < B; ++l) y[o + l] = sum[l] / win.area();
+    });
+  });
+}
+
+void adaptive_avgpool_backward(int block, const PoolShape& s, const float* dy, float* dx) {
+  with_block(block, [&](auto B) {
+    each_output(B, s, adaptive_window, [&](int64_t in, int64_t o, const Window& win) {
+      win.each([&](int pos) {
+        float* v = dx + in + int64_t(pos) * B;
+        for (int l = 0; l < B; ++l) v[l] += dy[o + l] / win.area();
+      });
+    });
+  });
 }
 
 }  // namespace fuseplan::exec::blocked

@@ -1,7 +1,8 @@
 // The CPU backend's ops on channel-blocked activations ([n, c / B, h, w, B], oneDNN's
 // nChw16c / nChw8c), which its oneDNN convolutions read and write: BatchNorm, pooling,
 // the input's import and flattening. Same arithmetic as the NCHW ops in cpu_backend.cpp,
-// the B channels of a block side by side in the innermost (vectorised) loop.
+// the B channels of a block side by side in the innermost (vectorised) loop. With B = 1
+// the layout is NCHW: the backend's pooling is these functions for either layout.
 #pragma once
 #include <cstddef>
 #include <cstdint>
