@@ -25,11 +25,14 @@ def fuseplan(*args):
     return subprocess.run([FUSEPLAN, *args], capture_output=True, text=True)
 
 
+def run_cli(*args, cwd=None):
+    """python3 -m fuseplan_torch ARGS."""
+    return subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True, cwd=cwd)
+
+
 def as_fuseplan_reads(path):
     """The model as fuseplan reads it (FLOPs derived, shapes checked)."""
-    r = fuseplan("show", path, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return zoo(path)
 
 
 def zoo(*args):
@@ -105,9 +108,8 @@ def test_the_export_api_writes_model_and_profile(tmp_path):
 
 def test_a_forward_torch_fx_cannot_trace_is_exported_from_its_modules(tmp_path):
     model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
-    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:gated_cnn", "--input-shape",
-                        "3,8,8", "--out", model, "--profile", prof, "--batch", "4", "--steps", "2"],
-                       capture_output=True, text=True)
+    r = run_cli("export", "ddp_check:gated_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
+                "--batch", "4", "--steps", "2")
     assert r.returncode == 0, r.stderr
     assert "note: torch.fx cannot trace ddp_check:gated_cnn (TypeError: float() argument" in r.stdout
     doc = as_fuseplan_reads(model)  # every layer reads the shape its producer gives
@@ -125,8 +127,7 @@ def test_a_forward_torch_fx_cannot_trace_is_exported_from_its_modules(tmp_path):
                  "--batch-per-gpu", "4", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     # A parameter used outside the leaf modules has no place without torch.fx: refused.
-    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:gated_scale", "--input-shape",
-                        "3,8,8", "--out", str(tmp_path / "s.json")], capture_output=True, text=True)
+    r = run_cli("export", "ddp_check:gated_scale", "--input-shape", "3,8,8", "--out", str(tmp_path / "s.json"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "parameters used outside its leaf modules cannot be placed without it: scale" in r.stderr
     assert not os.path.exists(tmp_path / "s.json")
@@ -151,17 +152,15 @@ def test_gradients_out_of_layer_order_are_reported():
 
 def test_export_with_profile_feeds_predict(tmp_path):
     model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
-    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:small_cnn", "--input-shape",
-                        "3,8,8", "--out", model, "--profile", prof, "--batch", "4", "--steps", "3"],
-                       capture_output=True, text=True)
+    r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
+                "--batch", "4", "--steps", "3")
     assert r.returncode == 0, r.stderr
     p = json.load(open(prof))
     assert p["schema"] == "fuseplan.profile/1" and p["batch"] == 4 and p["optimizer_us"] > 0
     assert all(l["fwd_us"] > 0 for l in p["layers"])
     side_by_side = str(tmp_path / "p2.json")
-    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", "export", "ddp_check:small_cnn", "--input-shape",
-                        "3,8,8", "--out", model, "--profile", side_by_side, "--batch", "4", "--steps", "3",
-                        "--ranks", "2"], capture_output=True, text=True)
+    r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", side_by_side,
+                "--batch", "4", "--steps", "3", "--ranks", "2")
     assert r.returncode == 0, r.stderr
     p2 = json.load(open(side_by_side))
     assert p2["device"].endswith("2 ranks side by side (the slowest per layer)")
@@ -282,10 +281,6 @@ def test_exported_ddp_settings_form_the_buckets_fuseplan_predicted(tmp_path):
     assert [sorted(b) for b in formed] == [sorted(b) for b in predicted]
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True)
-
-
 def test_run_writes_a_report_that_verify_reads(tmp_path):
     model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
     assert run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
@@ -325,8 +320,7 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
      "--plan /nonexistent/p.json: [Errno 2]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
-    r = subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True,
-                       cwd=str(tmp_path))
+    r = run_cli(*args, cwd=str(tmp_path))
     assert r.returncode == 2, r.stderr
     assert says in r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
