@@ -429,7 +429,7 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
   for (int ki = 0; ki < kComputeClassCount; ++ki) {
     const ComputeClass k = ComputeClass(ki);
     std::vector<size_t> layers;
-    double measured = 0, flops_s = 0, bytes_s = 0;
+    double measured = 0;
     for (size_t l = 0; l < m.layers.size(); ++l) {
       const Layer& layer = m.layers[l];
       if (compute_class_of(layer) != k || layer.fwd_flops + layer.bwd_flops <= 0) continue;
@@ -438,24 +438,10 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
       layers.push_back(l);
       const double scale = double(batch) / layer.measured->batch;
       measured += (layer.measured->fwd_us + layer.measured->bwd_us) * 1e-6 * scale;
-      // Which term sets the class's time under the cluster as given.
-      Cluster flops_only = cluster, bytes_only = cluster;
-      flops_only.device.by_kind[k].memory = 1e9;  // bytes free: the FLOP term alone
-      bytes_only.device.by_kind[k].compute[p] = 1e9;
-      const LayerTime f = roofline_time(m, l, flops_only, batch, p), b = roofline_time(m, l, bytes_only, batch, p);
-      flops_s += f.fwd_s + f.bwd_s;
-      bytes_s += b.fwd_s + b.bwd_s;
     }
     if (layers.empty()) continue;
-    ClassFit fit;
-    fit.k = k;
-    fit.layers = static_cast<int>(layers.size());
-    fit.measured_s = measured;
-    fit.memory = bytes_s > flops_s;
-    auto predicted = [&](double value) {
-      Cluster c = cluster;
-      if (fit.memory) c.device.by_kind[k].memory = value;
-      else c.device.by_kind[k].compute[p] = value;
+    // The class's forward + backward roofline on cluster c.
+    auto class_time = [&](const Cluster& c) {
       double t = 0;
       for (size_t l : layers) {
         const LayerTime lt = roofline_time(m, l, c, batch, p);
@@ -463,11 +449,24 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
       }
       return t;
     };
-    fit.before_s = 0;
-    for (size_t l : layers) {
-      const LayerTime lt = roofline_time(m, l, cluster, batch, p);
-      fit.before_s += lt.fwd_s + lt.bwd_s;
-    }
+    ClassFit fit;
+    fit.k = k;
+    fit.layers = static_cast<int>(layers.size());
+    fit.measured_s = measured;
+    fit.before_s = class_time(cluster);
+    // Which term sets the class's time under the cluster as given: each alone, the other free.
+    Cluster trial = cluster;
+    trial.device.by_kind[k].memory = 1e9;
+    const double flops_s = class_time(trial);
+    trial = cluster;
+    trial.device.by_kind[k].compute[p] = 1e9;
+    fit.memory = class_time(trial) > flops_s;
+    trial = cluster;
+    auto predicted = [&](double value) {
+      if (fit.memory) trial.device.by_kind[k].memory = value;
+      else trial.device.by_kind[k].compute[p] = value;
+      return class_time(trial);
+    };
     // The roofline falls as the efficiency grows: bisect on a log scale.
     const double lo_bound = 1e-4, hi_bound = fit.memory ? 1.0 : 4.0;
     const std::string of = fit.memory ? " of the memory bandwidth" : " x peak FLOP/s";
