@@ -67,6 +67,27 @@ bool path_exists(const nlohmann::json& root, const std::string& dotted) {
   }
   return false;
 }
+
+// An efficiency per precision the device has: one number for all, or an object keyed like
+// peak_TFLOPS. `required`: the key, and in an object every precision, must be there; else
+// what is absent is left out (the caller's default applies).
+std::map<Precision, double> efficiency_per_precision(JsonObject& o, const std::string& key, const DeviceSpec& d,
+                                                     double hi, bool required) {
+  std::map<Precision, double> out;
+  if (o.has(key) && o.raw(key).is_object()) {
+    auto eff = o.object(key);
+    for (auto [p, peak] : d.peak_TFLOPS) {
+      const std::string name(precision_name(p));
+      if (required) out[p] = eff.in_range(name, kMinFraction, hi, "of peak");
+      else if (auto v = eff.opt_in_range(name, kMinFraction, hi, "of peak")) out[p] = *v;
+    }
+    eff.finish();
+  } else if (const std::optional<double> v = required ? o.in_range(key, kMinFraction, hi, "of peak")
+                                                      : o.opt_in_range(key, kMinFraction, hi, "of peak")) {
+    for (auto [p, peak] : d.peak_TFLOPS) out[p] = *v;
+  }
+  return out;
+}
 }  // namespace
 
 std::string config_dir() {
@@ -137,19 +158,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   if (c.device.peak_TFLOPS.empty()) d.fail("peak_TFLOPS", "needs at least one of fp32, fp16, bf16");
   c.device.mem_bw_GBps = d.in_range("mem_bw_GBps", kMinGBps, kMaxGBps, "GB/s");
   c.device.mem_GiB = d.opt_in_range("mem_GiB", 0, 1e5, "GiB").value_or(0);
-  // One fraction for every precision, or an object keyed like peak_TFLOPS.
-  if (d.has("compute_efficiency") && d.raw("compute_efficiency").is_object()) {
-    auto eff = d.object("compute_efficiency");
-    for (auto [p, peak] : c.device.peak_TFLOPS) {
-      std::string key(precision_name(p));
-      const double e = eff.in_range(key, kMinFraction, 1, "of peak");
-      c.device.compute_efficiency[p] = e;
-    }
-    eff.finish();
-  } else {
-    const double e = d.in_range("compute_efficiency", kMinFraction, 1, "of peak");
-    for (auto [p, peak] : c.device.peak_TFLOPS) c.device.compute_efficiency[p] = e;
-  }
+  c.device.compute_efficiency = efficiency_per_precision(d, "compute_efficiency", c.device, 1, true);
   c.device.memory_efficiency = d.in_range("memory_efficiency", kMinFraction, 1, "of peak");
   // A class's compute efficiency counts the layer's direct FLOPs, so it may pass 1 where
   // the library does fewer operations: Winograd F(4x4, 3x3) multiplies 4x less than a
@@ -168,15 +177,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       }
       auto one = kinds.object(key);
       ClassEfficiency& e = c.device.by_kind[*k];
-      if (one.has("compute_efficiency") && one.raw("compute_efficiency").is_object()) {
-        auto eff = one.object("compute_efficiency");
-        for (auto [p, peak] : c.device.peak_TFLOPS)
-          if (auto v = eff.opt_in_range(std::string(precision_name(p)), kMinFraction, kMaxClassEfficiency, "of peak"))
-            e.compute[p] = *v;
-        eff.finish();
-      } else if (auto v = one.opt_in_range("compute_efficiency", kMinFraction, kMaxClassEfficiency, "of peak")) {
-        for (auto [p, peak] : c.device.peak_TFLOPS) e.compute[p] = *v;
-      }
+      e.compute = efficiency_per_precision(one, "compute_efficiency", c.device, kMaxClassEfficiency, false);
       e.memory = one.opt_in_range("memory_efficiency", kMinFraction, 1, "of peak");
       if (e.compute.empty() && !e.memory) one.fail("compute_efficiency", "missing: give compute_efficiency, memory_efficiency or both");
       one.finish();
