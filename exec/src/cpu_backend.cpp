@@ -126,15 +126,15 @@ class CpuBackend final : public Backend {
   // between layers (its convolutions' native one): no reorder per convolution.
   bool blocked(int c) const override { return block_ > 0 && c % block_ == 0; }
   void import_activation(int n, int c, int hw, const float* plain, float* dst) override {
-    if (blocked(c) && hw > 1) return blocked::import_nchw(block_, n, c, hw, plain, dst);
+    if (in_blocks(c, hw)) return blocked::import_nchw(block_, n, c, hw, plain, dst);
     std::memmove(dst, plain, sizeof(float) * size_t(n) * size_t(c) * size_t(hw));
   }
   void flatten_forward(int n, int c, int hw, const float* x, float* y) override {
-    if (blocked(c) && hw > 1) return blocked::flatten_forward(block_, n, c, hw, x, y);
+    if (in_blocks(c, hw)) return blocked::flatten_forward(block_, n, c, hw, x, y);
     assign(size_t(n) * size_t(c) * size_t(hw), x, y);
   }
   void flatten_backward(int n, int c, int hw, const float* dy, float* dx, bool add) override {
-    if (blocked(c) && hw > 1) return blocked::flatten_backward(block_, n, c, hw, dy, dx, add);
+    if (in_blocks(c, hw)) return blocked::flatten_backward(block_, n, c, hw, dy, dx, add);
     Backend::flatten_backward(n, c, hw, dy, dx, add);
   }
   void free(float* p) override { std::free(p); }
@@ -269,7 +269,7 @@ class CpuBackend final : public Backend {
   void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                                float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                                float momentum, float eps) override {
-    if (blocked(c) && hw > 1)
+    if (in_blocks(c, hw))
       return blocked::batchnorm_forward_train(block_, n, c, hw, x, gamma, beta, y, save_mean, save_invstd,
                                               running_mean, running_var, momentum, eps);
     const double count = double(n) * hw;
@@ -306,7 +306,7 @@ class CpuBackend final : public Backend {
 
   void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                               const float* running_mean, const float* running_var, float eps) override {
-    if (blocked(c) && hw > 1)
+    if (in_blocks(c, hw))
       return blocked::batchnorm_forward_eval(block_, n, c, hw, x, gamma, beta, y, running_mean, running_var, eps);
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
@@ -333,7 +333,7 @@ class CpuBackend final : public Backend {
   void batchnorm_backward_impl(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                                float* dbeta) {
-    if (blocked(c) && hw > 1)
+    if (in_blocks(c, hw))
       return blocked::batchnorm_backward(block_, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta,
                                          Add);
     const double count = double(n) * hw;
@@ -455,11 +455,13 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // Whether an activation of c channels and hw positions each runs the blocked ops (at
+  // hw = 1 the two layouts are the same, and the NCHW ops serve).
+  bool in_blocks(int c, int hw) const { return blocked(c) && hw > 1; }
   // Channels per block of a pooling's activations: the blocked layout's where its input or
-  // output is more than one position per channel (at 1 x 1 the two layouts are the same),
-  // else 1 (NCHW).
+  // output is in blocks, else 1 (NCHW).
   int pool_block(const PoolShape& s) const {
-    return blocked(s.c) && (s.h * s.w > 1 || s.p * s.q > 1) ? block_ : 1;
+    return in_blocks(s.c, s.h * s.w) || in_blocks(s.c, s.p * s.q) ? block_ : 1;
   }
 
   Scratch cols_, tmp_;  // im2col and GEMM scratch, reused across layers
