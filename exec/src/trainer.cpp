@@ -9,12 +9,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
-#include <sstream>
 #include <thread>
 
 #include "fuseplan/models/error.hpp"
@@ -291,7 +289,26 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
 }
 
 namespace {
-void write_checkpoint_file(const std::string& path, const std::string& bytes);
+// The checkpoint file: a temporary file beside it, written, synced and renamed into place.
+void write_checkpoint_file(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw InputError(field("train.checkpoint") + " " + path + ": cannot write: " + std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n <= 0) {
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw RunError("checkpoint " + path + ": write failed: " + std::strerror(errno));
+    }
+    done += size_t(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    throw RunError("checkpoint " + path + ": could not be committed: " + std::strerror(errno));
+  }
+}
 }  // namespace
 
 void Trainer::save_checkpoint(const std::string& path) const {
@@ -346,28 +363,6 @@ void Trainer::save_checkpoint(const std::string& path) const {
   if (pending->error) std::rethrow_exception(pending->error);
 }
 
-namespace {
-// The checkpoint file: a temporary file beside it, written, synced and renamed into place.
-void write_checkpoint_file(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw InputError(field("train.checkpoint") + " " + path + ": cannot write: " + std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) {
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw RunError("checkpoint " + path + ": write failed: " + std::strerror(errno));
-    }
-    done += size_t(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    throw RunError("checkpoint " + path + ": could not be committed: " + std::strerror(errno));
-  }
-}
-}  // namespace
 
 void Trainer::load_checkpoint(const std::string& path) {
   be_.synchronize();  // the host writes into the backend's memory below
