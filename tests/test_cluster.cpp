@@ -142,6 +142,61 @@ TEST_CASE("calibrated constants replace the topology model for that algorithm") 
   CHECK_THROWS_WITH(CollectiveModel(cluster_from_json(j, "c.json"), 64), Catch::Contains("unknown algorithm 'warp'"));
 }
 
+TEST_CASE("the transport's achieved fraction of line rate slows inter-node bandwidth on MPI clusters") {
+  // tencent-p40 (MPI library) states no transport: line rate. Stated RoCE: large
+  // inter-node messages reach 0.75 of its 100 Gb/s.
+  auto j = p40();
+  Cluster wire = cluster_from_json(j, "c.json");
+  CHECK(wire.inter->fraction(wire.library) == 1);
+  j["inter_node"]["transport"] = "roce";
+  Cluster roce = cluster_from_json(j, "c.json");
+  CHECK(roce.inter->fraction(roce.library) == Approx(0.75));
+  j["inter_node"].erase("transport");
+  // Rabenseifner among 32 single-GPU nodes: every step crosses the network, so its
+  // bandwidth term grows by exactly 1 / 0.75 and nothing else changes.
+  j["gpus_per_node"] = 1;
+  j["nodes"] = 64;
+  Cluster wire1 = cluster_from_json(j, "c.json");
+  j["inter_node"]["transport"] = "roce";
+  Cluster roce1 = cluster_from_json(j, "c.json");
+  const int64_t count = int64_t(1) << 24;
+  auto a = CollectiveModel(wire1, 32).cost("rabenseifner", count, Precision::FP32).cost;
+  auto b = CollectiveModel(roce1, 32).cost("rabenseifner", count, Precision::FP32).cost;
+  CHECK(b.bandwidth_s == Approx(a.bandwidth_s / 0.75));
+  CHECK(b.latency_s == Approx(a.latency_s));
+  CHECK(b.reduce_s == Approx(a.reduce_s));
+  // The file's own figure wins over the transport's, and is written back.
+  j["inter_node"]["achieved_fraction"] = 0.9;
+  Cluster own = cluster_from_json(j, "c.json");
+  CHECK(own.inter->fraction(own.library) == Approx(0.9));
+  CHECK(cluster_to_json(own)["inter_node"]["achieved_fraction"] == 0.9);
+  CHECK(cluster_to_json(own)["inter_node"]["transport"] == "roce");
+  // Every named transport has a published figure in (0, 1].
+  for (const char* t : {"infiniband", "roce", "tcp", "efa"}) {
+    INFO(t);
+    REQUIRE(transport_fraction(t));
+    CHECK(*transport_fraction(t) > 0);
+    CHECK(*transport_fraction(t) <= 1);
+  }
+  CHECK(!transport_fraction("pigeon"));
+  // NCCL clusters keep NCCL's own model unless the file states a figure.
+  auto n = parse_json_file(config_dir() + "/clusters/dgx-h100.json");
+  n["inter_node"]["transport"] = "roce";
+  Cluster nccl = cluster_from_json(n, "n.json");
+  CHECK(nccl.inter->fraction(nccl.library) == 1);
+  n["inter_node"]["achieved_fraction"] = 0.5;
+  Cluster halved = cluster_from_json(n, "n.json");
+  CHECK(CollectiveModel(halved, 32).cost("auto", count, Precision::FP32).total_s() >
+        CollectiveModel(nccl, 32).cost("auto", count, Precision::FP32).total_s());
+  // Bad values name the path and the valid choices or range.
+  j = p40();
+  j["inter_node"]["transport"] = "carrier-pigeon";
+  expect_error(j, "$.inter_node.transport: unknown transport 'carrier-pigeon' (valid: infiniband, roce, tcp, efa)");
+  j = p40();
+  j["inter_node"]["achieved_fraction"] = 1.5;
+  expect_error(j, "$.inter_node.achieved_fraction: must be in [0.01, 1]");
+}
+
 TEST_CASE("calibrated size segments: the segment of the size, blended between, validated, written back") {
   auto j = p40();
   j["calibrated"]["ring"] = {{"segments",

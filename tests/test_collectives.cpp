@@ -50,9 +50,9 @@ double bb_tb(int p, double n) {
   if (s.size() > 1) t += kAlpha + n * kBeta;
   return t;
 }
-double hier_tb(int p, int g, double n) {
+double hier_tb(int p, int g, double n, double (*masters)(int, double) = ring_tb) {
   int lgg = coll::ceil_log2(g);
-  return 2 * lgg * kAlpha + lgg * n * (2 * kBeta + kGamma) + (p / g > 1 ? ring_tb(p / g, n) : 0);
+  return 2 * lgg * kAlpha + lgg * n * (2 * kBeta + kGamma) + (p / g > 1 ? masters(p / g, n) : 0);
 }
 double three_phase_tb(int p, int X, double n) {
   int Y = p / X;
@@ -88,6 +88,7 @@ TEST_CASE("closed forms equal the textbook formulas on a uniform network") {
     CHECK(cost("binary_blocks", uniform(p, count)) == Approx(bb_tb(p, n)).epsilon(1e-12));
     if (p % 4 == 0) {
       CHECK(cost("hierarchical", uniform(p, count, 4)) == Approx(hier_tb(p, 4, n)).epsilon(1e-12));
+      CHECK(cost("hierarchical_hd", uniform(p, count, 4)) == Approx(hier_tb(p, 4, n, rab_tb)).epsilon(1e-12));
       CHECK(cost("hierarchical_rs", uniform(p, count, 4)) == Approx(three_phase_tb(p, 4, n)).epsilon(1e-12));
     }
   }
@@ -170,7 +171,7 @@ TEST_CASE("every schedule computes the sum on every rank") {
         CollectiveArgs a = uniform(p, count);
         a.topo.per_node = p >= 8 ? 4 : 1;
         a.group = p % 4 == 0 ? 4 : 0;
-        if (algo.name == "hierarchical" || algo.name == "hierarchical_rs") a.group = p % 4 == 0 ? 4 : (p % 2 == 0 ? 2 : 1);
+        if (algo.name.substr(0, 12) == "hierarchical") a.group = p % 4 == 0 ? 4 : (p % 2 == 0 ? 2 : 1);
         if (!algo.not_applicable(a).empty()) continue;
         check_sum(algo, a);
       }
@@ -223,7 +224,7 @@ TEST_CASE("algbw and busbw follow nccl-tests") {
 
 TEST_CASE("registry: unknown names list the valid ones") {
   CHECK_THROWS_WITH(find_algorithm("butterfly"), Catch::Contains("valid: auto, ring, recursive_doubling"));
-  CHECK(algorithms().size() == 16);  // 8 textbook, mpi, nccl and NCCL's six algorithms
+  CHECK(algorithms().size() == 17);  // 8 textbook, mpi, nccl and NCCL's six algorithms
   CHECK(!algorithm_names().empty());
 }
 
@@ -238,7 +239,7 @@ TEST_CASE("registry: the executor's mpi baseline costs the ring and auto never p
     automatic += a.automatic && a.library == "mpi";
     nccl += a.automatic && a.library == "nccl";
   }
-  CHECK(automatic == 8);
+  CHECK(automatic == 9);
   CHECK(nccl == 1);  // on NCCL clusters auto is NCCL's own choice
   CHECK(find_algorithm("nccl").automatic);
 }

@@ -64,7 +64,7 @@ TEST_CASE("simulated allreduce on two-level clusters (shared NICs, intra-node li
   for (const char* cname : {"dgx1-v100", "dgx-a100", "tencent-p40"}) {
     Cluster c = load_cluster(cname);
     for (int p : {8, 16, 32}) {
-      for (const char* algo : {"ring", "hierarchical", "hierarchical_rs", "rabenseifner", "torus2d"}) {
+      for (const char* algo : {"ring", "hierarchical", "hierarchical_hd", "hierarchical_rs", "rabenseifner", "torus2d"}) {
         if (std::string(cname) == "tencent-p40" && (std::string(algo) == "rabenseifner" || std::string(algo) == "torus2d"))
           continue;
         INFO(cname << " " << algo << " p=" << p);
@@ -211,7 +211,7 @@ TEST_CASE("an oversubscribed fat-tree slows what crosses the core, as a hand cal
   c.inter->nodes_per_leaf = 8;
   c.inter->oversubscription = 4;
   const int64_t count = int64_t(32) << 20;  // 64 MiB of FP16
-  const double n = 2.0 * double(count), beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9);
+  const double n = 2.0 * double(count), beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9 * c.inter->fraction(c.library));
   // Recursive doubling exchanges the whole vector at distances 1, 2, 4, 8: at distance 8
   // all 8 nodes of a leaf cross the core at once, each at a quarter of its NIC's rate:
   // the closed form misses 3 n beta.
@@ -246,7 +246,7 @@ TEST_CASE("a torus fabric: dimension-order routes share links, as a hand calcula
   c.inter->topology = "torus";
   c.inter->torus_dims = {8};
   const int64_t count = int64_t(8) << 20;
-  const double n = 2.0 * double(count), beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9);
+  const double n = 2.0 * double(count), beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9 * c.inter->fraction(c.library));
   // Neighbours only: one flow per link and direction.
   auto ring = sim::simulate_allreduce(c, 8, "ring", count, Precision::FP16);
   CHECK(ring.simulated_s == Approx(ring.closed_form_s).epsilon(0.01));
@@ -272,7 +272,7 @@ TEST_CASE("a dragonfly fabric: the global link between two groups is shared, as 
   c.inter->topology = "dragonfly";
   c.inter->dragonfly = InterNodeNetwork::Dragonfly{2, 2, 1};
   const int64_t count = int64_t(8) << 20;
-  const double n = 2.0 * double(count), beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9);
+  const double n = 2.0 * double(count), beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9 * c.inter->fraction(c.library));
   auto rd = sim::simulate_allreduce(c, 4, "recursive_doubling", count, Precision::FP16);
   CHECK(rd.simulated_s == Approx(rd.closed_form_s + n * beta).epsilon(0.01));
   auto ring = sim::simulate_allreduce(c, 4, "ring", count, Precision::FP16);

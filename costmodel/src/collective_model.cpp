@@ -15,7 +15,7 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
   net_.intra_beta = 1.0 / (c.intra.bw_GBps * 1e9);
   if (c.inter) {
     net_.inter_alpha = c.inter->lat_us * 1e-6;
-    net_.inter_beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9);
+    net_.inter_beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9 * c.inter->fraction(c.library));
     net_.nics_per_node = c.inter->nics_per_node;
     if (!c.inter->gdr) {
       // Without GPUDirect RDMA a message is copied device->host at the sender and

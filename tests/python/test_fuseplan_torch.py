@@ -171,6 +171,40 @@ def test_export_with_profile_feeds_predict(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_a_pytorch_profile_calibrates_the_compute_per_layer_class(tmp_path):
+    """The bridge's measured layer times fit the cluster's per-class efficiencies
+    (`fuseplan calibrate --profile --model`); the calibrated cluster then predicts the
+    measured forward + backward of the classes the fit did not pin at a bound."""
+    model, prof, cal = str(tmp_path / "m.json"), str(tmp_path / "p.json"), str(tmp_path / "cal.json")
+    r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
+                "--batch", "4", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    r = fuseplan("calibrate", "--cluster", "local-cpu", "--profile", prof, "--model", model, "--out", cal)
+    assert r.returncode == 0, r.stderr
+    by_kind = json.load(open(cal))["device"]["by_kind"]
+    assert "conv_kxk" in by_kind and "fp32" in by_kind["conv_kxk"]["compute_efficiency"]
+    # The fit's table: class, layers, measured ms, roofline ms, fitted key, value, after ms.
+    rows = [line.split() for line in r.stdout.splitlines()
+            if line.startswith("  ") and len(line.split()) >= 7 and line.split()[1].isdigit()]
+    assert {row[0] for row in rows} >= {"conv_kxk", "conv_stem", "norm"}
+    prof_doc = json.load(open(prof))
+    # A flatten is a view: no work to price, so no class to fit.
+    views = {l["name"] for l in json.load(open(model))["layers"] if l["kind"] == "flatten"}
+    measured_ms = sum(l["fwd_us"] + l["bwd_us"] for l in prof_doc["layers"] if l["name"] not in views) / 1e3
+    assert sum(float(row[2]) for row in rows) == pytest.approx(measured_ms, abs=0.001 * len(rows))
+    for row in rows:
+        if row[-1] != "*":  # a class fitted inside its range reproduces its measured time
+            assert float(row[-1]) == pytest.approx(float(row[2]), abs=0.001), row
+    after_ms = sum(float(row[7] if row[-1] == "*" else row[6]) for row in rows)
+    trace = str(tmp_path / "trace.json")
+    r = fuseplan("predict", "--model", model, "--cluster", cal, "--gpus", "1", "--batch-per-gpu",
+                 str(prof_doc["batch"]), "--precision", "fp32", "--trace", trace)
+    assert r.returncode == 0, r.stderr
+    predicted_ms = sum(e["dur"] for e in json.load(open(trace))["traceEvents"]
+                       if e.get("cat") in ("forward", "backward") and e["name"] not in views) / 1e3
+    assert predicted_ms == pytest.approx(after_ms, rel=1e-2)
+
+
 @pytest.mark.parametrize("buckets", [
     [(0, 2, 0, "fp32"), (2, 7, 1, "fp32"), (7, 10, 0, "fp32")],
     [(0, 10, 0, "fp32")],

@@ -125,18 +125,19 @@ void doubling_allgather(Schedule& s, const std::vector<int>& m, std::vector<std:
   }
 }
 
-std::vector<int> fold_members(int p) {
-  int pof2 = 1 << floor_log2(p);
-  int rem = p - pof2;
+std::vector<int> fold_members(const std::vector<int>& m) {
+  const int p = static_cast<int>(m.size());
+  const int rem = p - (1 << floor_log2(p));
   std::vector<int> out;
   for (int i = 0; i < p; ++i)
-    if (i >= 2 * rem || i % 2 == 1) out.push_back(i);
+    if (i >= 2 * rem || i % 2 == 1) out.push_back(m[i]);
   return out;
 }
 
-Flows fold_flows(int p) {
+Flows fold_flows(const std::vector<int>& m) {
+  const int p = static_cast<int>(m.size());
   Flows f;
-  for (int i = 0; i < p - (1 << floor_log2(p)); ++i) f.emplace_back(2 * i, 2 * i + 1);
+  for (int i = 0; i < p - (1 << floor_log2(p)); ++i) f.emplace_back(m[2 * i], m[2 * i + 1]);
   return f;
 }
 
@@ -152,20 +153,47 @@ Flows reversed(const Flows& f) {
   return out;
 }
 
-void fold_in(Schedule& s, int p, int64_t count) {
-  auto f = fold_flows(p);
+void fold_in(Schedule& s, const std::vector<int>& m, int64_t count) {
+  auto f = fold_flows(m);
   if (f.empty()) return;
   Round r;
   for (auto [src, dst] : f) r.transfers.push_back({src, dst, 0, count, true});
   s.rounds.push_back(std::move(r));
 }
 
-void fold_out(Schedule& s, int p, int64_t count) {
-  auto f = fold_flows(p);
+void fold_out(Schedule& s, const std::vector<int>& m, int64_t count) {
+  auto f = fold_flows(m);
   if (f.empty()) return;
   Round r;
   for (auto [src, dst] : reversed(f)) r.transfers.push_back({src, dst, 0, count, false});
   s.rounds.push_back(std::move(r));
+}
+
+void rabenseifner_profile(Profile& prof, const Topo& t, const Net& net, const std::vector<int>& m) {
+  if (m.size() < 2) return;
+  const auto members = fold_members(m);
+  const auto fold = fold_flows(m);
+  if (!fold.empty()) prof.push_back(round_class(t, net, fold, 1, 1, 1));
+  std::vector<RoundClass> rs;
+  double frac = 0.5;
+  for (size_t mask = 1; mask < members.size(); mask <<= 1, frac /= 2)
+    rs.push_back(round_class(t, net, xor_flows(members, static_cast<int>(mask)), frac, frac, frac));
+  prof.insert(prof.end(), rs.begin(), rs.end());
+  for (auto it = rs.rbegin(); it != rs.rend(); ++it) {  // allgather: same pairs, reversed
+    RoundClass ag = *it;
+    ag.reduce = 0;
+    prof.push_back(ag);
+  }
+  if (!fold.empty()) prof.push_back(round_class(t, net, reversed(fold), 1, 1, 0));
+}
+
+void rabenseifner_schedule(Schedule& s, const std::vector<int>& m, int64_t count) {
+  if (m.size() < 2) return;
+  const auto members = fold_members(m);
+  fold_in(s, m, count);
+  auto ranges = halving_reduce_scatter(s, members, 0, count);
+  doubling_allgather(s, members, ranges);
+  fold_out(s, m, count);
 }
 
 std::string always_applicable(const CollectiveArgs&) { return {}; }

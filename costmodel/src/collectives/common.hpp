@@ -41,20 +41,27 @@ std::vector<std::pair<int64_t, int64_t>> halving_reduce_scatter(Schedule& s, con
 void doubling_allgather(Schedule& s, const std::vector<int>& members,
                         std::vector<std::pair<int64_t, int64_t>> ranges);
 
-// MPICH's fold for non-power-of-two p: the first 2r ranks pair up, even ranks hand
-// their data to the odd ones. Returns the p' = 2^floor(log2 p) ranks that continue.
-std::vector<int> fold_members(int p);
+// MPICH's fold for a group whose size p is not a power of two: its first 2r members
+// (r = p - p') pair up, even ones hand their data to the odd ones. Returns the
+// p' = 2^floor(log2 p) members that continue. `m` lists the group's ranks.
+std::vector<int> fold_members(const std::vector<int>& m);
 
 std::vector<int> iota_members(int first, int n, int stride = 1);
 
-// The fold's pairs (2i -> 2i+1, i < p - p') and its two rounds: in (reduce the whole
-// vector into the odd rank) and out (copy the result back to the even rank).
-Flows fold_flows(int p);
+// The fold's pairs (m[2i] -> m[2i+1], i < p - p') and its two rounds: in (reduce the
+// whole vector into the odd member) and out (copy the result back to the even one).
+Flows fold_flows(const std::vector<int>& m);
 // members[i] -> members[i ^ mask] for every i (a recursive halving/doubling step).
 Flows xor_flows(const std::vector<int>& members, int mask);
 Flows reversed(const Flows& f);
-void fold_in(Schedule& s, int p, int64_t count);
-void fold_out(Schedule& s, int p, int64_t count);
+void fold_in(Schedule& s, const std::vector<int>& m, int64_t count);
+void fold_out(Schedule& s, const std::vector<int>& m, int64_t count);
+
+// Rabenseifner's allreduce of `count` elements among the ranks `m` (the fold when their
+// number is not a power of two, recursive-halving reduce-scatter, recursive-doubling
+// allgather, the unfold): its round classes appended to `prof`, its rounds to `s`.
+void rabenseifner_profile(Profile& prof, const Topo& t, const Net& net, const std::vector<int>& m);
+void rabenseifner_schedule(Schedule& s, const std::vector<int>& m, int64_t count);
 
 // For algorithms that apply to every layout.
 std::string always_applicable(const CollectiveArgs&);

@@ -10,9 +10,10 @@ Profile profile(const CollectiveArgs& a) {
   const int p = a.topo.ranks;
   if (p == 1) return {};
   const int pof2 = 1 << coll::floor_log2(p);
-  auto members = coll::fold_members(p);
+  const auto all = coll::iota_members(0, p);
+  auto members = coll::fold_members(all);
   Profile prof;
-  auto fold = coll::fold_flows(p);
+  auto fold = coll::fold_flows(all);
   if (!fold.empty()) prof.push_back(coll::round_class(a.topo, a.net, fold, 1, 1, 1));
   for (int mask = 1; mask < pof2; mask <<= 1) {
     prof.push_back(coll::round_class(a.topo, a.net, coll::xor_flows(members, mask), 1, 1, 1));
@@ -26,14 +27,15 @@ Schedule schedule(const CollectiveArgs& a) {
   const int p = a.topo.ranks;
   if (p == 1) return s;
   const int pof2 = 1 << coll::floor_log2(p);
-  auto members = coll::fold_members(p);
-  coll::fold_in(s, p, a.count);
+  const auto all = coll::iota_members(0, p);
+  auto members = coll::fold_members(all);
+  coll::fold_in(s, all, a.count);
   for (int mask = 1; mask < pof2; mask <<= 1) {
     Round r;
     for (auto [src, dst] : coll::xor_flows(members, mask)) r.transfers.push_back({src, dst, 0, a.count, true});
     s.rounds.push_back(std::move(r));
   }
-  coll::fold_out(s, p, a.count);
+  coll::fold_out(s, all, a.count);
   return s;
 }
 

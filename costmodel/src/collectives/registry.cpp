@@ -9,16 +9,16 @@
 namespace fuseplan {
 
 extern const Algorithm kRing, kRecursiveDoubling, kRabenseifner, kBinaryBlocks, kDoubleBinaryTree,
-    kHierarchical, kHierarchicalRs, kTorus2d, kMpi, kNccl, kNcclRing, kNcclTree, kNcclNvls, kNcclNvlsTree,
+    kHierarchical, kHierarchicalHd, kHierarchicalRs, kTorus2d, kMpi, kNccl, kNcclRing, kNcclTree, kNcclNvls, kNcclNvlsTree,
     kNcclCollnetDirect, kNcclCollnetChain;
 
 // The textbook algorithms (MPI clusters), the executor's MPI baseline, then NCCL's
 // (NCCL clusters): `nccl` is NCCL's own choice among the rest.
 const std::vector<Algorithm>& algorithms() {
-  static const std::vector<Algorithm> table{kRing,          kRecursiveDoubling, kRabenseifner,      kBinaryBlocks,
-                                            kDoubleBinaryTree, kHierarchical,   kHierarchicalRs,    kTorus2d,
-                                            kMpi,           kNccl,              kNcclRing,          kNcclTree,
-                                            kNcclNvls,      kNcclNvlsTree,      kNcclCollnetDirect, kNcclCollnetChain};
+  static const std::vector<Algorithm> table{
+      kRing,      kRecursiveDoubling, kRabenseifner, kBinaryBlocks, kDoubleBinaryTree, kHierarchical,
+      kHierarchicalHd, kHierarchicalRs, kTorus2d, kMpi, kNccl, kNcclRing, kNcclTree, kNcclNvls, kNcclNvlsTree,
+      kNcclCollnetDirect, kNcclCollnetChain};
   return table;
 }
 

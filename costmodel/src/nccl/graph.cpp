@@ -161,7 +161,7 @@ NcclSystem nccl_system(const Cluster& c, int ranks, const std::string& release, 
   }
   if (s.nodes > 1 && c.inter) {
     n.nics = c.inter->nics_per_node;
-    n.nic_path = std::min(pci, c.inter->nic_bw_Gbps / 8.0);
+    n.nic_path = std::min(pci, c.inter->nic_bw_Gbps / 8.0 * c.inter->fraction(c.library));
     if (!c.inter->gdr) n.nic_path = std::min(n.nic_path, c.inter->host_copy_bw_GBps);
   }
   n.max_bw = std::min(s.nodes > 1 ? n.nic_path : kInf, per_node > 1 ? n.gpu_port : kInf);

@@ -78,7 +78,20 @@ struct InterNodeNetwork {
   double host_copy_bw_GBps = 0;       // staging copy bandwidth (required when gdr = false)
   double host_copy_lat_us = 0;
   bool sharp = false;                 // the switches reduce (SHARP): NCCL's CollNet algorithms
+  // What a large message reaches of nic_bw_Gbps in practice. `transport` names the wire
+  // protocol ("infiniband", "roce", "tcp", "efa"; "" = not stated); `achieved_fraction`
+  // is the file's own figure, if any. fraction() resolves them: the file's figure, else on
+  // MPI clusters the transport's published figure (transport_fraction), else 1 (NCCL
+  // clusters: NCCL's model derives the achieved bandwidth itself; no transport stated).
+  std::string transport;
+  std::optional<double> achieved_fraction;
+  double fraction(std::string_view library) const;
 };
+
+// The fraction of line rate that large point-to-point transfers of a collective library
+// reach over each transport, from public measurements (sources in cluster.cpp and
+// docs/formats.md); nullopt for a transport without a figure.
+std::optional<double> transport_fraction(std::string_view transport);
 
 // How NCCL runs on the cluster (library nccl): the release whose tuning constants apply,
 // the host CPU (NCCL's LL bandwidth and network overhead depend on it), channel graphs
