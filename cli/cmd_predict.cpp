@@ -15,7 +15,7 @@ struct PredictFlags {
   SetupFlags setup;
   std::string plan_path, buckets = "threshold:64MiB", algorithm = "auto";
   std::string trace_path, out;
-  bool json = false;
+  bool json = false, pack = false;
   CLI::Option* buckets_opt = nullptr;
 };
 
@@ -24,6 +24,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   const SetupFlags& u = f.setup;
   if (!f.plan_path.empty()) {
     if (f.buckets_opt->count()) throw InputError("--plan and --buckets are exclusive: a plan file carries its buckets");
+    if (f.pack) throw InputError("--plan and --pack are exclusive: a plan file says which buckets are packed");
     *plan_origin = f.plan_path;
     return u.load_plan_file(f.plan_path);
   }
@@ -32,6 +33,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   s.model = std::move(r.model);
   s.cluster = std::move(r.cluster);
   auto buckets = buckets_from_spec(f.buckets, s.model, f.algorithm, r.transfer);
+  for (auto& b : buckets) b.pack = f.pack && b.end - b.begin > 1;  // one tensor needs no fusion buffer
   s.plan = make_plan(s.model, cluster_reference(s.cluster), r.gpus, r.batch, r.compute, buckets, f.buckets);
   s.collective = u.collective();
   s.goal = u.goal(s.model);
@@ -77,6 +79,9 @@ void add_predict_command(CLI::App& app) {
   cmd->add_option("--algorithm", f->algorithm, "allreduce algorithm for every bucket of --buckets: auto or a name "
                                                "(see `fuseplan collective --help`)")
       ->capture_default_str();
+  cmd->add_flag("--pack", f->pack, "--buckets: copy each bucket of several tensors into a fusion buffer before its "
+                                   "allreduce, as Horovod does (default: buckets are views, as DDP's "
+                                   "gradient_as_bucket_view)");
   cmd->add_option("--trace", f->trace_path, "write a Chrome trace (JSON for ui.perfetto.dev) to FILE");
   cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
   cmd->add_flag("--json", f->json, "print the report as JSON");
