@@ -16,6 +16,8 @@ struct PredictFlags {
   std::string plan_path, buckets = "threshold:64MiB", algorithm = "auto";
   std::string trace_path, out;
   bool json = false, pack = false;
+  double cycle_ms = 0;
+  CLI::Option* cycle_opt = nullptr;
   CLI::Option* buckets_opt = nullptr;
 };
 
@@ -25,9 +27,12 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   if (!f.plan_path.empty()) {
     if (f.buckets_opt->count()) throw InputError("--plan and --buckets are exclusive: a plan file carries its buckets");
     if (f.pack) throw InputError("--plan and --pack are exclusive: a plan file says which buckets are packed");
+    if (f.cycle_opt->count()) throw InputError("--plan and --cycle-time are exclusive: a plan file carries its cycle_ms");
     *plan_origin = f.plan_path;
     return u.load_plan_file(f.plan_path);
   }
+  if (!(f.cycle_ms >= 0 && f.cycle_ms <= kMaxCycleMs))
+    throw InputError("--cycle-time: must be in [0, 1000] ms (got " + formatted(f.cycle_ms, "%g") + ")");
   auto r = u.resolve();  // checked there: cluster size, memory, global batch
   Scenario s;
   s.model = std::move(r.model);
@@ -35,6 +40,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   auto buckets = buckets_from_spec(f.buckets, s.model, f.algorithm, r.transfer);
   for (auto& b : buckets) b.pack = f.pack && b.end - b.begin > 1;  // one tensor needs no fusion buffer
   s.plan = make_plan(s.model, cluster_reference(s.cluster), r.gpus, r.batch, r.compute, buckets, f.buckets);
+  s.plan.cycle_s = f.cycle_ms * 1e-3;
   s.collective = u.collective();
   s.goal = u.goal(s.model);
   *plan_origin = "--buckets";
@@ -82,6 +88,9 @@ void add_predict_command(CLI::App& app) {
   cmd->add_flag("--pack", f->pack, "--buckets: copy each bucket of several tensors into a fusion buffer before its "
                                    "allreduce, as Horovod does (default: buckets are views, as DDP's "
                                    "gradient_as_bucket_view)");
+  f->cycle_opt = cmd->add_option("--cycle-time", f->cycle_ms,
+                                 "--buckets: the framework's background cycle in ms (Horovod's HOROVOD_CYCLE_TIME): "
+                                 "a ready bucket waits for the next tick (0 = none; at most 1000)");
   cmd->add_option("--trace", f->trace_path, "write a Chrome trace (JSON for ui.perfetto.dev) to FILE");
   cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
   cmd->add_flag("--json", f->json, "print the report as JSON");

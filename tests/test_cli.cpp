@@ -114,7 +114,7 @@ TEST_CASE("cli: bad files exit 2 naming the file and JSON path") {
   expect_bad("show " + tmp("missing-model.json"), "cannot open (No such file");
 }
 
-TEST_CASE("cli: predict --pack delays each fused bucket by its copy into the fusion buffer") {
+TEST_CASE("cli: predict --pack and --cycle-time price the fusion buffer copy and the background cycle of Horovod") {
   const std::string setup = "predict --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
                             "--precision fp32 --buckets threshold:64MiB --algorithm ring --json";
   Run view = run(setup), packed = run(setup + " --pack");
@@ -134,6 +134,20 @@ TEST_CASE("cli: predict --pack delays each fused bucket by its copy into the fus
   }
   CHECK(b["iteration_s"].get<double>() >= a["iteration_s"].get<double>());
   expect_bad("predict --model resnet18 --gpus 16 --pack --plan " + tmp("r18.json"), "--plan and --pack are exclusive");
+  expect_bad("predict --cycle-time 5 --plan " + tmp("r18.json"), "--plan and --cycle-time are exclusive");
+  expect_bad("predict --cycle-time 2000", "--cycle-time: must be in [0, 1000] ms (got 2000)");
+  expect_bad("predict --cycle-time nan", "--cycle-time");
+  // A cycle delays each bucket to the next tick and is kept in the plan --out writes.
+  const std::string plan = tmp("cycled.json");
+  Run cycled = run(setup + " --pack --cycle-time 5 --out " + plan);
+  REQUIRE(cycled.code == 0);
+  auto c = nlohmann::json::parse(cycled.out);
+  for (const auto& bucket : c["buckets"]) {
+    const double ticks = bucket["ready_s"].get<double>() / 0.005;
+    CHECK(ticks == Approx(std::round(ticks)).margin(1e-9));
+  }
+  std::ifstream pf(plan);
+  CHECK(nlohmann::json::parse(pf)["cycle_ms"] == Approx(5.0));
 }
 
 TEST_CASE("cli: predict defaults run the paper's setup and write a trace and a plan") {

@@ -77,6 +77,37 @@ TEST_CASE("one bucket after backward exposes its whole allreduce") {
   CHECK(r.exposed_comm_s == Approx(r.comm_busy_s));
 }
 
+TEST_CASE("a framework cycle launches each ready bucket at the next tick of its thread") {
+  CHECK(next_tick(0.0123, 0) == 0.0123);
+  CHECK(next_tick(0.0123, 0.005) == Approx(0.015));
+  CHECK(next_tick(0.015, 0.005) == Approx(0.015));  // ready on a tick: launched at it
+  CHECK(next_tick(0.0, 0.005) == 0);
+  Model m = toy();
+  Cluster c = toy_cluster(1.0, 0);
+  ComputeModel compute(m, c, 8, Precision::FP32);
+  CollectiveModel coll(c, 4);
+  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("per-tensor", m, "ring", Precision::FP32), "per-tensor");
+  Report free_run = predict(m, c, p, coll, compute);
+  p.cycle_s = 0.004;  // gradients ready at 2, 5 and 9 ms: launched at 4, 8 and 12
+  Report cycled = predict(m, c, p, coll, compute);
+  const double ar = free_run.buckets[0].end_s - free_run.buckets[0].start_s;
+  REQUIRE(cycled.buckets.size() == 3);
+  CHECK(cycled.buckets[0].ready_s == Approx(0.004));
+  CHECK(cycled.buckets[1].ready_s == Approx(0.008));
+  CHECK(cycled.buckets[2].ready_s == Approx(0.012));
+  CHECK(cycled.buckets[0].start_s == Approx(0.004));
+  CHECK(cycled.buckets[1].start_s == Approx(std::max(0.008, 0.004 + ar)));
+  CHECK(cycled.comm_end_s > free_run.comm_end_s);
+  CHECK(cycled.iteration_s >= free_run.iteration_s);
+  // Written to the plan file in ms and read back; out of range is refused.
+  auto j = plan_to_json(p);
+  CHECK(j["cycle_ms"] == Approx(4.0));
+  CHECK(plan_from_json(j, "p.json").cycle_s == Approx(0.004));
+  CHECK(!plan_to_json(make_plan(m, "toy", 4, 8, Precision::FP32, p.buckets, "x")).contains("cycle_ms"));
+  j["cycle_ms"] = 5000;
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.cycle_ms: must be in [0, 1000] ms"));
+}
+
 TEST_CASE("streams: one stream equals the serial formula, two streams share bandwidth") {
   std::vector<double> ready{0, 0}, lat{0, 0}, bw{1, 1};
   auto serial = schedule_buckets(ready, lat, bw, {0, 0});

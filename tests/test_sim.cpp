@@ -96,6 +96,22 @@ TEST_CASE("a simulated iteration matches the predictor on a contention-free plat
     CHECK(j["comm_end_s"].get<double>() == Approx(r.report.comm_end_s).epsilon(0.01));
     CHECK(j["source"] == "simulated");
   }
+  // Horovod with its 2018 default cycle (5 ms): the simulated background thread launches
+  // each fused bucket at the predictor's tick.
+  TuneOptions o;
+  o.strategy = Strategy::Horovod;
+  o.horovod_cycle_s = 0.005;
+  TuneResult r = t.run(o);
+  REQUIRE(r.plan.cycle_s == 0.005);
+  auto j = simulate(m, c, r.plan);
+  CHECK(j["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
+  CHECK(j["comm_end_s"].get<double>() == Approx(r.report.comm_end_s).epsilon(0.01));
+  for (size_t b = 0; b < r.report.buckets.size(); ++b) {
+    INFO("bucket " << b);
+    CHECK(j["buckets"][b]["ready_s"].get<double>() == Approx(r.report.buckets[b].ready_s).epsilon(1e-6));
+    const double ticks = r.report.buckets[b].ready_s / 0.005;
+    CHECK(ticks == Approx(std::round(ticks)).margin(1e-6));
+  }
 }
 
 TEST_CASE("processor sharing: the simulated iteration matches the predictor's shared schedule") {

@@ -12,7 +12,7 @@ namespace fuseplan {
 namespace {
 constexpr int64_t kMiB = int64_t(1) << 20;
 // Horovod's shortest practical cycle (HOROVOD_CYCLE_TIME, ms): with groups, each group
-// waits for at most one cycle of its background thread; the prediction leaves it out.
+// waits for at most one cycle of its background thread, which the prediction prices.
 constexpr double kHorovodCycleMs = 0.1;
 
 std::set<int> starts_of(const Plan& p) {
@@ -164,6 +164,7 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
         s.fusion_threshold_bytes = std::max(s.fusion_threshold_bytes, elements[k] * bytes_per_element(b.transfer));
       }
       s.cycle_time_ms = kHorovodCycleMs;
+      s.approximation.cycle_s = kHorovodCycleMs * 1e-3;
       s.predicted = tuner.evaluate(s.approximation);
       consider(std::move(s));
       break;

@@ -39,6 +39,7 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (p.model_options.classes) o["classes"] = *p.model_options.classes;
   if (!o.empty()) j["model"]["options"] = o;
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
+  if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
   if (p.prediction)
     j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
                        {"exposed_comm_s", p.prediction->exposed_comm_s},
@@ -74,6 +75,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   p.batch_per_gpu = static_cast<int>(r.integer("batch_per_gpu", 1, 1 << 24));
   p.compute = parse_precision(r.string("compute"), origin + ": $.compute");
   p.strategy = r.opt_string("strategy").value_or("");
+  p.cycle_s = r.opt_in_range("cycle_ms", 0, kMaxCycleMs, "ms").value_or(0) * 1e-3;
   const auto& bs = r.array("buckets");
   if (bs.empty()) r.fail("buckets", "must hold at least one bucket");
   for (size_t i = 0; i < bs.size(); ++i) {

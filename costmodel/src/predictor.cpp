@@ -190,6 +190,12 @@ double pack_time_s(const Cluster& cluster, int64_t bytes) {
   return kPackPasses * double(bytes) / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
 }
 
+double next_tick(double t, double cycle_s) {
+  if (!(cycle_s > 0)) return t;
+  // A bucket ready within a rounding error of a tick goes at that tick.
+  return std::ceil(t / cycle_s * (1 - 1e-12)) * cycle_s;
+}
+
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
                          std::string_view algorithm, Precision transfer, bool pack) {
   BucketTerms t;
@@ -237,6 +243,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
       after_step = std::max(after_step, ready_step[pos]);
     }
     BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer, b.pack);
+    t.ready_s = next_tick(t.ready_s, plan.cycle_s);
     BucketReport br;
     br.index = static_cast<int>(i);
     br.begin = b.begin;

@@ -561,8 +561,11 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
     b.pack = packs(opt);
     buckets.push_back(b);
   }
-  return make_plan(model_, cluster_reference(cluster_), gpus_, batch_, compute_precision_, std::move(buckets),
-                   strategy_name(opt.strategy));
+  Plan p = make_plan(model_, cluster_reference(cluster_), gpus_, batch_, compute_precision_, std::move(buckets),
+                     strategy_name(opt.strategy));
+  // Horovod's background thread launches a fused bucket at its next tick.
+  if (opt.strategy == Strategy::Horovod) p.cycle_s = opt.horovod_cycle_s;
+  return p;
 }
 
 Report Tuner::evaluate(const Plan& p, bool with_timeline) const {

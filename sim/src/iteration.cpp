@@ -206,8 +206,10 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
               std::unique_lock lock(*s.mutex);
               while (s.ready < int64_t(it) * L + run.end) s.cv->wait(lock);
             }
-            // The packing copy delays readiness, not the stream (as in the predictor).
-            double ready = s.bucket_ready_at[size_t(it) * B + b] + run.pack_s;
+            // The packing copy and the framework's cycle delay readiness, not the stream
+            // (as in the predictor); ticks count from this rank's backward start.
+            const double bwd = last_bwd_start[r];
+            double ready = bwd + next_tick(s.bucket_ready_at[size_t(it) * B + b] + run.pack_s - bwd, plan.cycle_s);
             if (sg4::Engine::get_clock() < ready) sg4::this_actor::sleep_until(ready);
             double start = sg4::Engine::get_clock();
             if (sigma > 0) {
@@ -255,7 +257,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   const double bwd0 = last_bwd_start[0];
   for (int b = 0; b < B; ++b) {
     auto& br = rep.buckets[b];
-    br.ready_s = state[0].bucket_ready_at[size_t(N - 1) * B + b] + runs[b].pack_s - bwd0;
+    br.ready_s = next_tick(state[0].bucket_ready_at[size_t(N - 1) * B + b] + runs[b].pack_s - bwd0, plan.cycle_s);
     br.start_s = bucket_times[0][b].first - bwd0;
     br.end_s = bucket_times[0][b].second - bwd0;
   }

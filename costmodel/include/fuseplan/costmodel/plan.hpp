@@ -16,6 +16,8 @@
 namespace fuseplan {
 
 inline constexpr const char* kPlanSchema = "fuseplan.plan/1";
+// The longest framework cycle a plan may name (Horovod's autotuner searches 1-100 ms).
+inline constexpr double kMaxCycleMs = 1000;
 
 struct PlanBucket {
   int begin = 0, end = 0;           // backward positions [begin, end); 0 = last forward tensor
@@ -52,6 +54,10 @@ struct Plan {
   Precision compute = Precision::FP16;
   std::string strategy;             // how the buckets were chosen
   std::vector<PlanBucket> buckets;
+  // The framework's background cycle ($.cycle_ms; Horovod's HOROVOD_CYCLE_TIME): a bucket
+  // whose gradients are ready waits for the next tick of the thread that launches
+  // allreduces, ticks counted from the start of backward. 0 = launched at once.
+  double cycle_s = 0;
   std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)
 };
 

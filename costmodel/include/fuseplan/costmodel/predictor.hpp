@@ -35,6 +35,10 @@ struct BucketTerms {
 };
 // Copying `bytes` into a fusion buffer: one read and one write at effective memory bandwidth.
 double pack_time_s(const Cluster& cluster, int64_t bytes);
+// When a bucket ready at `t` (seconds from the start of backward) is launched by a
+// framework thread that ticks every `cycle_s` (Plan::cycle_s): the first tick at or after
+// `t`; `t` itself when there is no cycle.
+double next_tick(double t, double cycle_s);
 // `last_ready_s`: the latest ready time of the bucket's gradients (from backward start).
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
                          std::string_view algorithm, Precision transfer, bool pack);
