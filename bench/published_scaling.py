@@ -10,8 +10,10 @@ predicted per-GPU throughput beside the published one where the source gives it.
 
 The P100 clusters' compute efficiencies are FITTED to two single-GPU throughputs of
 TensorFlow's 2017 benchmarks (VGG-16 and ResNet-50, `--fit` recomputes them); the same
-constants serve every P100 case, and two more single-GPU throughputs (ResNet-152,
-AlexNet) are held out and printed. Nothing is fitted to a scaling result.
+constants serve every P100 case, and five more single-GPU throughputs of that table are
+held out and printed. dgx1-v100 and dgx-a100 carry one convolution efficiency per
+precision FITTED to ResNet-50's single-GPU rate in NVIDIA's DeepLearningExamples; the
+8-GPU rates of the same tables are cases. Nothing is fitted to a scaling result.
 
 usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json]
 """
@@ -32,6 +34,16 @@ ROOT = os.path.dirname(HERE)
 TF_P100 = {("vgg16", 64): 154, ("resnet50", 64): 219, ("resnet152", 64): 91.8, ("alexnet", 512): 2987,
            ("vgg16", 32): 144, ("resnet50", 32): 195, ("resnet152", 32): 82.7}
 FITTED_ON = (("vgg16", 64), ("resnet50", 64))
+
+# Single-GPU ResNet-50 v1.5 training throughput on V100 and A100, images/s: NVIDIA
+# DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/README.md ("Training
+# performance", pytorch-21.03 NGC container), batch per GPU from its configs.yml. On A100
+# "FP32" is PyTorch's default TF32 convolutions on tensor cores, priced against the
+# non-tensor FP32 peak of the cluster file (so the fitted efficiency exceeds 1). One
+# efficiency per precision for both convolution classes (one rate cannot separate them):
+# (cluster, precision, batch, images/s).
+DLE_FITS = (("dgx1-v100", "fp32", 112, 356), ("dgx1-v100", "fp16", 256, 1156),
+            ("dgx-a100", "fp32", 256, 938), ("dgx-a100", "fp16", 256, 2470))
 P100_CLUSTERS = ("p100-horovod", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
@@ -87,6 +99,38 @@ def fit(binary):
     return kxk, one
 
 
+def fit_conv(binary, cluster, precision, batch, target):
+    """The one efficiency of conv_kxk and conv_1x1 in `precision` that gives ResNet-50 `target`
+    images/s on one GPU of `cluster`; the file's other precisions and classes stay."""
+    base = json.load(open(cluster_path(cluster)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, cluster + ".json")
+
+        def rate(e):
+            c = json.loads(json.dumps(base))
+            for k in ("conv_kxk", "conv_1x1"):
+                c["device"].setdefault("by_kind", {}).setdefault(k, {"compute_efficiency": {}})
+                c["device"]["by_kind"][k]["compute_efficiency"][precision] = e
+            json.dump(c, open(path, "w"))
+            return single_gpu_rate(binary, "resnet50", path, batch, precision)
+
+        return solve(rate, target)
+
+
+def check_dle(binary):
+    """Refits DLE_FITS; returns the clusters whose shipped values differ."""
+    stale = []
+    for cluster, precision, batch, target in DLE_FITS:
+        e = fit_conv(binary, cluster, precision, batch, target)
+        print(f"{cluster} {precision}: by_kind.conv_kxk = conv_1x1 = {e} (ResNet-50 {target} images/s, batch {batch})")
+        k = json.load(open(cluster_path(cluster)))["device"].get("by_kind", {})
+        for cls in ("conv_kxk", "conv_1x1"):
+            shipped = k.get(cls, {}).get("compute_efficiency", {}).get(precision)
+            if shipped is None or abs(shipped - e) > 1e-3:
+                stale.append(f"{cluster} ({cls}, {precision})")
+    return stale
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "cli", "fuseplan"))
@@ -104,10 +148,11 @@ def main():
             if abs(k["conv_kxk"]["compute_efficiency"] - kxk) > 1e-3 or \
                abs(k["conv_1x1"]["compute_efficiency"] - one) > 1e-3:
                 stale.append(name)
+        stale += check_dle(a.bin)
         if stale:
             print("published_scaling: the shipped values differ from the fit in " + ", ".join(stale))
             return 1
-        print("the shipped P100 clusters carry these values: " + ", ".join(P100_CLUSTERS))
+        print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100")))
         return 0
 
     rows = []
