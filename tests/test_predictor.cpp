@@ -36,6 +36,11 @@ Cluster toy_cluster(double bw_GBps, double lat_us) {
                    {"reduce_bw_GBps", 1e6}};
   return cluster_from_json(j, "toy");
 }
+
+// The toy model on 4 GPUs at batch 8, FP32, every bucket of `spec` on the ring.
+Plan toy_plan(const Model& m, const char* spec) {
+  return make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32), spec);
+}
 }  // namespace
 
 TEST_CASE("per-tensor buckets overlap backward exactly as the wait-free timeline says") {
@@ -43,7 +48,7 @@ TEST_CASE("per-tensor buckets overlap backward exactly as the wait-free timeline
   Cluster c = toy_cluster(1.0, 0);  // 1 GB/s: a 4 MiB FP32 tensor takes 2*4MiB*3/4 / 1e9 s on a ring
   ComputeModel compute(m, c, 8, Precision::FP32);
   CollectiveModel coll(c, 4);
-  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("per-tensor", m, "ring", Precision::FP32), "per-tensor");
+  Plan p = toy_plan(m, "per-tensor");
   validate_plan(p, m, "test");
   Report r = predict(m, c, p, coll, compute);
   const double bytes = 1024.0 * 1024 * 4;
@@ -69,7 +74,7 @@ TEST_CASE("one bucket after backward exposes its whole allreduce") {
   Cluster c = toy_cluster(1.0, 10);
   ComputeModel compute(m, c, 8, Precision::FP32);
   CollectiveModel coll(c, 4);
-  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("single", m, "ring", Precision::FP32), "single");
+  Plan p = toy_plan(m, "single");
   Report r = predict(m, c, p, coll, compute);
   REQUIRE(r.buckets.size() == 1);
   CHECK(r.buckets[0].start_s == Approx(0.009));
@@ -86,7 +91,7 @@ TEST_CASE("a framework cycle launches each ready bucket at the next tick of its 
   Cluster c = toy_cluster(1.0, 0);
   ComputeModel compute(m, c, 8, Precision::FP32);
   CollectiveModel coll(c, 4);
-  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("per-tensor", m, "ring", Precision::FP32), "per-tensor");
+  Plan p = toy_plan(m, "per-tensor");
   Report free_run = predict(m, c, p, coll, compute);
   p.cycle_s = 0.004;  // gradients ready at 2, 5 and 9 ms: launched at 4, 8 and 12
   Report cycled = predict(m, c, p, coll, compute);
