@@ -1066,6 +1066,14 @@ TEST_CASE("cli: calibrate --profile --model fits each layer class's efficiency i
              "--model: only with --profile and without --plan");
   expect_bad("calibrate --cluster local-cpu --profile " + profile + " --model resnet50",
              "the profile was measured on model resnet18");
+  // A zoo name with the shape the profile was measured at is the exported file.
+  const std::string by_name = tmp("class-cluster-by-name.json");
+  REQUIRE(run("calibrate --cluster local-cpu --profile " + profile +
+              " --model resnet18 --resolution 28 --channels 1 --classes 10 --out " + by_name)
+              .code == 0);
+  CHECK(nlohmann::json::parse(std::ifstream(by_name))["device"]["by_kind"] == j["device"]["by_kind"]);
+  expect_bad("calibrate --cluster local-cpu --resolution 28 --sweep x.json",
+             "--resolution: sets the shape of --model (with --profile); give --model");
 }
 
 TEST_CASE("cli: whatif --profile holds the profile to each point's precision and batch, as predict does", "[exec]") {

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU checks in one run, for a lent GPU machine (about 8 minutes on an H100/H200).
+# Every result goes under OUT_DIR (the first argument, else $OUT, else ./gpu-check), with a
+# one-line-per-step summary.txt:
+#   device      nvidia-smi
+#   parity      test_cuda_parity (every CUDA op against the CPU op)
+#   train       fuseplan-exec train --backend cuda: ResNet-50, batch 64, FP16, its images/s
+#               and per-layer profile (profile.json)
+#   pytorch     bench/gpu_vs_pytorch.py on the same model, batch and precision
+#   optable     fuseplan calibrate --profile: the measured per-class efficiencies of this GPU
+#               (device.by_kind) written into a copy of the cluster file (calibrated.json)
+#   plan, run   a 25 MiB-bucket plan run for real on one rank with the NCCL exchange
+#               (plumbing, CUDA events, timings): measured.json and the verify table
+#   verify      fuseplan verify of that run against the prediction
+# Prepare on the development machine with scripts/gpu_bundle.sh (the binaries and their
+# libraries in .dev/). GPU_CHECK_BACKEND=cpu runs the same steps on the CPU backend with
+# a small model and no CUDA: the host side's dry run (parity and pytorch are skipped;
+# FUSEPLAN_BIN_DIR names the build's cli/ directory, default build/release/cli).
+set -uo pipefail  # not -e: a failing step is recorded and the next one still runs
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-gpu-check}}
+mkdir -p "$out"
+: > "$out/summary.txt"
+backend=${GPU_CHECK_BACKEND:-cuda}
+if [[ $backend == cuda ]]; then
+  # shellcheck disable=SC1091
+  . .dev/env.sh
+  bin=.dev
+  model=resnet50 res=224 batch=64 steps=40 cluster=${GPU_CHECK_CLUSTER:-hgx-h200} precision=fp16
+else
+  bin=${FUSEPLAN_BIN_DIR:-build/release/cli}
+  model=resnet18 res=32 batch=8 steps=4 cluster=local-cpu precision=fp32
+fi
+F=$bin/fuseplan
+X=$bin/fuseplan-exec
+shape=(--model "$model" --resolution "$res" --channels 3 --classes 1000)
+
+step() {  # name command...: runs it with a time limit, output to OUT_DIR/name.txt
+  local name=$1 t0=$SECONDS rc
+  shift
+  timeout "${STEP_TIMEOUT:-240}" "$@" > "$out/$name.txt" 2>&1
+  rc=$?
+  echo "$name rc=$rc $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+  return $rc
+}
+
+if [[ $backend == cuda ]]; then
+  step device nvidia-smi
+  step parity "$bin/test_cuda_parity"
+fi
+step train "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic --synthetic-size $((batch * (steps + 2))) \
+  --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 --precision "$precision" --no-eval \
+  --profile "$out/profile.json"
+if [[ $backend == cuda ]]; then
+  step pytorch python3 bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
+    --precision "$precision"
+fi
+step optable "$F" calibrate --cluster "$cluster" --profile "$out/profile.json" "${shape[@]}" \
+  --out "$out/calibrated.json"
+step plan "$F" predict "${shape[@]}" --cluster "$cluster" --gpus 1 --batch-per-gpu "$batch" \
+  --precision "$precision" --buckets threshold:25MiB --out "$out/plan.json"
+step run "$X" run --plan "$out/plan.json" --backend "$backend" --dataset synthetic \
+  --synthetic-size $((batch * 8)) --iterations 10 --warmup 3 --report "$out/measured.json" \
+  --profile "$out/run-profile.json" --trace "$out/trace.json" --verify
+step verify "$F" verify --plan "$out/plan.json" --measured "$out/measured.json" --profile "$out/run-profile.json"
+echo "results in $out/ (summary.txt: one line per step)"
