@@ -13,7 +13,9 @@ fp32 transfer: what gloo runs; packed, as PlanDDP copies into flat buffers; two 
 as gloo runs two collectives at once, which DDP uses), `fuseplan export --to ddp`. Then one gloo job per model
 alternates the three trainers round by round (each on its own copy of the same weights,
 same data), so machine drift hits all three alike; the median step over all rounds is
-reported. Runs with Debian's /usr/bin/python3 (python3-torch).
+reported. Before the PlanDDP run verify reads, the same job profiles every layer on all
+ranks side by side; verify is printed with that profile and with the export's.
+Runs with Debian's /usr/bin/python3 (python3-torch).
 """
 import argparse
 import json
@@ -41,7 +43,7 @@ def sh(*args, **kw):
     return r.stdout
 
 
-def compare_rank(rank, ranks, spec, plan, names, ddp_settings, rounds, iterations, out):
+def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, rounds, iterations, out):
     import torch
     import torch.distributed as dist
     import torch.nn as nn
@@ -71,11 +73,16 @@ def compare_rank(rank, ranks, spec, plan, names, ddp_settings, rounds, iteration
                     ("ddp_exported", exported, opts[1], lambda: None))
         for key, model, opt, before in trainers:
             times[key].append(statistics.median(measure_step_time(model, inputs, labels, opt, 2, iterations, before)))
+    # The layers timed in this job, right before the run verify reads, on a copy of the
+    # model with the same weights: the compute of the run itself, which the export's
+    # profile (taken minutes earlier, on a machine whose speed drifts) is not.
+    profile = jobs.profile_side_by_side(rank, ranks, jobs.build_module(a)[0], jobs.make_batch(a, 2, a.seed), inputs,
+                                        2, 5, name=spec_name)
     report = measure_plan(planned, inputs, labels, opt_plan, 2, iterations)  # the PlanDDP run verify reads
     planned.close()
     if rank == 0:
         with open(out, "w") as f:
-            json.dump({"times": times, "report": report}, f)
+            json.dump({"times": times, "report": report, "profile": profile}, f)
 
 
 def main():
@@ -112,40 +119,44 @@ def main():
         with open(model) as f:
             names = [t["name"] for l in json.load(f)["layers"] for t in l["params"]]
         out = os.path.join(work, name + "-out.json")
-        jobs.spawn(a.ranks, compare_rank, (spec, p, names, settings, a.rounds, a.iterations, out))
+        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, a.rounds, a.iterations, out))
         with open(out) as f:
             res = json.load(f)
-        measured = os.path.join(work, name + "-measured.json")
+        measured, run_prof = (os.path.join(work, name + s) for s in ("-measured.json", "-run-profile.json"))
         with open(measured, "w") as f:
             json.dump(res["report"], f)
+        with open(run_prof, "w") as f:
+            json.dump(res["profile"], f)
         med = {k: statistics.median(v) for k, v in res["times"].items()}
-        rows.append([name, len(p["buckets"]), settings["buckets"], med, (plan, measured, prof)])
+        rows.append([name, len(p["buckets"]), settings["buckets"], med, (plan, measured, prof, run_prof)])
     # How much communication and backward slow each other on this machine's shared cores
     # (comm_compute_sharing, dispatch_overhead_us) is fitted on the first model's PlanDDP
     # run; the other models' runs are held out.
     fitted = os.path.join(work, "cal-fitted.json")
-    plan0, measured0, prof0 = rows[0][4]
-    print(sh(fuseplan, "calibrate", "--cluster", cal, "--plan", plan0, "--measured", measured0, "--profile", prof0,
+    plan0, measured0, _, run_prof0 = rows[0][4]
+    print(sh(fuseplan, "calibrate", "--cluster", cal, "--plan", plan0, "--measured", measured0, "--profile", run_prof0,
              "--out", fitted))
-    for row in rows:
-        plan, measured, prof = row[4]
-        row[4] = json.loads(sh(fuseplan, "verify", "--plan", plan, "--measured", measured, "--profile", prof,
+
+    def iteration_error(plan, measured, profile):
+        verify = json.loads(sh(fuseplan, "verify", "--plan", plan, "--measured", measured, "--profile", profile,
                                "--cluster", fitted, "--no-sim", "--json"))
-    print("\nstep time per iteration, median over rounds (ms), %d ranks, gloo, this machine" % a.ranks)
-    print("%-10s %8s %10s %9s %13s %16s %11s %14s" % ("model", "buckets", "PlanDDP", "DDP 25MB", "DDP exported",
-                                                      "PlanDDP/DDP", "verify err", "at run speed"))
-    for name, nb, nd, med, verify in rows:
         row = next(r for r in verify["rows"] if r["metric"] == "iteration")
-        err = row["predicted_s"] / row["measured_s"] - 1
-        drift = verify.get("at_measured_compute_speed")
-        scaled = "%+.1f %%" % (100 * (drift["iteration_s"] / row["measured_s"] - 1)) if drift else "-"
-        print("%-10s %4d/%-3d %10.1f %9.1f %13.1f %15.3fx %+9.1f %% %14s" % (
+        return row["predicted_s"] / row["measured_s"] - 1
+
+    for row in rows:
+        plan, measured, prof, run_prof = row[4]
+        row[4] = (iteration_error(plan, measured, prof), iteration_error(plan, measured, run_prof))
+    print("\nstep time per iteration, median over rounds (ms), %d ranks, gloo, this machine" % a.ranks)
+    print("%-10s %8s %10s %9s %13s %16s %14s %14s" % ("model", "buckets", "PlanDDP", "DDP 25MB", "DDP exported",
+                                                      "PlanDDP/DDP", "verify (run)", "verify (export)"))
+    for name, nb, nd, med, (err_export, err_run) in rows:
+        print("%-10s %4d/%-3d %10.1f %9.1f %13.1f %15.3fx %+12.1f %% %+12.1f %%" % (
             name, nb, nd, med["plan"] * 1e3, med["ddp"] * 1e3, med["ddp_exported"] * 1e3,
-            med["plan"] / med["ddp"], 100 * err, scaled))
-    print("(buckets: the plan's / DDP's with the exported settings; verify err: fuseplan verify's predicted "
-          "iteration vs the PlanDDP run, on the cluster fitted to the first model's run: %s in-sample, the "
-          "others held out; at run speed: verify's diagnostic with the profile scaled by the run's forward, "
-          "not a prediction)\nfiles in %s" % (rows[0][0], work))
+            med["plan"] / med["ddp"], 100 * err_run, 100 * err_export))
+    print("(buckets: the plan's / DDP's with the exported settings; verify: fuseplan verify's predicted iteration "
+          "vs the PlanDDP run, on the cluster whose overlap constants were fitted to the first model's run (%s "
+          "in-sample, the others held out), with the layers profiled in the run's own job (run) or at export "
+          "(export))\nfiles in %s" % (rows[0][0], work))
 
 
 if __name__ == "__main__":

@@ -141,21 +141,33 @@ def _profile_rank(rank: int, ranks: int, a: Any, result: str) -> None:
     keeps the slowest rank's time per layer, as fuseplan-exec's profile does."""
     torch.set_num_threads(_threads(a, ranks))
     module, name = build_module(a)
-    doc, info, gm, nodes = export_model(module, make_batch(a, 2, a.seed), name=name)
-    prof, _ = profile_layers(module, gm, nodes, doc, info.fingerprint, make_batch(a, a.batch, a.seed + 1 + rank),
-                             a.warmup, a.steps, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9),
-                             sync=dist.barrier)
-    gathered: List[Any] = [None] * ranks
-    dist.all_gather_object(gathered, prof)
+    prof = profile_side_by_side(rank, ranks, module, make_batch(a, 2, a.seed), make_batch(a, a.batch, a.seed + 1 + rank),
+                                a.warmup, a.steps, name)
     if rank == 0:
-        for i, layer in enumerate(prof["layers"]):
-            for key in ("fwd_us", "bwd_us"):
-                layer[key] = max(p["layers"][i][key] for p in gathered)
-        if "optimizer_us" in prof:
-            prof["optimizer_us"] = max(p["optimizer_us"] for p in gathered)
-        prof["device"] += ", %d ranks side by side (the slowest per layer)" % ranks
         with open(result, "w") as f:
             json.dump(prof, f)
+
+
+def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: torch.Tensor, batch_input: torch.Tensor,
+                         warmup: int, steps: int, name: str = "") -> Optional[Dict[str, Any]]:
+    """Every rank of the process group profiles `module`'s layers at the same moments (a
+    barrier before each timing), as a data-parallel job loads the machine; rank 0 gets the
+    slowest rank's time per layer (fuseplan.profile/1, as fuseplan-exec's profile keeps),
+    the other ranks None."""
+    doc, info, gm, nodes = export_model(module, example, name=name or None)
+    prof, _ = profile_layers(module, gm, nodes, doc, info.fingerprint, batch_input, warmup, steps,
+                             torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9), sync=dist.barrier)
+    gathered: List[Any] = [None] * ranks
+    dist.all_gather_object(gathered, prof)
+    if rank != 0:
+        return None
+    for i, layer in enumerate(prof["layers"]):
+        for key in ("fwd_us", "bwd_us"):
+            layer[key] = max(p["layers"][i][key] for p in gathered)
+    if "optimizer_us" in prof:
+        prof["optimizer_us"] = max(p["optimizer_us"] for p in gathered)
+    prof["device"] += ", %d ranks side by side (the slowest per layer)" % ranks
+    return prof
 
 
 def _free_port() -> int:
