@@ -224,7 +224,7 @@ TEST_CASE("algbw and busbw follow nccl-tests") {
 
 TEST_CASE("registry: unknown names list the valid ones") {
   CHECK_THROWS_WITH(find_algorithm("butterfly"), Catch::Contains("valid: auto, ring, recursive_doubling"));
-  CHECK(algorithms().size() == 17);  // 8 textbook, mpi, nccl and NCCL's six algorithms
+  CHECK(algorithms().size() == 17);  // 9 textbook, mpi, nccl and NCCL's six algorithms
   CHECK(!algorithm_names().empty());
 }
 

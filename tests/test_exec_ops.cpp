@@ -436,3 +436,135 @@ TEST_CASE("device errors: typed, with the call site - the user's (no GPU, out of
   CHECK_THROWS_WITH(fail(true), Catch::Contains("CUDA: cudaMalloc: out of memory (") &&
                                     Catch::Contains("test_exec_ops.cpp:" + std::to_string(line) + ")"));
 }
+
+namespace {
+// The CPU backend seen as a device timed by its own marks (as the CUDA backend is): every
+// call forwards to it; synchronize() is counted; a mark is the host clock when recorded
+// (the CPU has finished every earlier call by then).
+class DeviceTimed final : public Backend {
+ public:
+  explicit DeviceTimed(Backend& cpu) : cpu_(cpu) {}
+  int syncs = 0;
+  std::string name() const override { return "device-timed " + cpu_.name(); }
+  float* alloc(size_t n) override { return cpu_.alloc(n); }
+  void free(float* p) override { cpu_.free(p); }
+  void zero(float* p, size_t n) override { cpu_.zero(p, n); }
+  void round(Precision p, float* x, size_t n) override { cpu_.round(p, x, n); }
+  void copy_in(float* dst, const float* src, size_t n) override { cpu_.copy_in(dst, src, n); }
+  void synchronize() override { ++syncs; }
+  bool timed_on_device() const override { return true; }
+  void reset_marks() override { marks_.clear(); }
+  int mark() override {
+    marks_.push_back(std::chrono::steady_clock::now());
+    return int(marks_.size()) - 1;
+  }
+  double mark_seconds(int i) override { return std::chrono::duration<double>(marks_.at(size_t(i)) - marks_.at(0)).count(); }
+  bool nonfinite(const float* x, size_t n) override { return cpu_.nonfinite(x, n); }
+  void optimizer_step(const std::vector<OptimizerSlot>& s, const OptimizerStep& o, float* m, float* v, const float* g,
+                      float* p, double* r) override {
+    cpu_.optimizer_step(s, o, m, v, g, p, r);
+  }
+  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
+    cpu_.conv2d_forward(s, x, w, b, y);
+  }
+  void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    cpu_.conv2d_backward(s, x, w, dy, dx, dw, db);
+  }
+  void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) override {
+    cpu_.linear_forward(n, in, out, x, w, b, y);
+  }
+  void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    cpu_.linear_backward(n, in, out, x, w, dy, dx, dw, db);
+  }
+  void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* g, const float* b, float* y,
+                               float* sm, float* si, float* rm, float* rv, float mom, float eps) override {
+    cpu_.batchnorm_forward_train(n, c, hw, x, g, b, y, sm, si, rm, rv, mom, eps);
+  }
+  void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* g, const float* b, float* y,
+                              const float* rm, const float* rv, float eps) override {
+    cpu_.batchnorm_forward_eval(n, c, hw, x, g, b, y, rm, rv, eps);
+  }
+  void batchnorm_backward(int n, int c, int hw, const float* x, const float* g, const float* dy, const float* sm,
+                          const float* si, float* dx, float* dg, float* db) override {
+    cpu_.batchnorm_backward(n, c, hw, x, g, dy, sm, si, dx, dg, db);
+  }
+  void relu_forward(size_t n, const float* x, float* y) override { cpu_.relu_forward(n, x, y); }
+  void relu_backward(size_t n, const float* y, const float* dy, float* dx) override { cpu_.relu_backward(n, y, dy, dx); }
+  void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* a) override { cpu_.maxpool_forward(s, x, y, a); }
+  void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* a, float* dx) override {
+    cpu_.maxpool_backward(s, dy, a, dx);
+  }
+  void avgpool_forward(const PoolShape& s, const float* x, float* y) override { cpu_.avgpool_forward(s, x, y); }
+  void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override { cpu_.avgpool_backward(s, dy, dx); }
+  void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    cpu_.adaptive_avgpool_forward(s, x, y);
+  }
+  void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    cpu_.adaptive_avgpool_backward(s, dy, dx);
+  }
+  void add_forward(size_t n, const float* a, const float* b, float* y) override { cpu_.add_forward(n, a, b, y); }
+  void accumulate(size_t n, const float* dy, float* dx) override { cpu_.accumulate(n, dy, dx); }
+  void dropout_forward(size_t n, const float* x, const float* m, float* y) override { cpu_.dropout_forward(n, x, m, y); }
+  void dropout_backward(size_t n, const float* dy, const float* m, float* dx) override {
+    cpu_.dropout_backward(n, dy, m, dx);
+  }
+  double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing, float scale,
+                      float* dlogits, int* correct) override {
+    return cpu_.softmax_xent(n, classes, logits, labels, smoothing, scale, dlogits, correct);
+  }
+
+ private:
+  Backend& cpu_;
+  std::vector<std::chrono::steady_clock::time_point> marks_;
+};
+}  // namespace
+
+TEST_CASE("a backend timed on its device is waited for once per forward and once per backward, not per layer") {
+  auto cpu = make_cpu_backend(CpuConv::Im2col);
+  DeviceTimed dev(*cpu);
+  Model m = tiny_cnn();
+  const int layers = int(m.layers.size());
+  auto input = randn(size_t(4) * 2 * 8 * 8, 11);
+  std::vector<int32_t> labels{0, 2, 1, 2};
+  // The same step on the CPU backend itself (timed by the host clock) gives the gradients.
+  Network ref(m, 4, *cpu, {});
+  std::mt19937_64 rng_ref(1);
+  ref.forward(input.data(), true, rng_ref);
+  ref.backward(labels.data(), 0.0f, 1.0f, nullptr, {});
+  for (bool host_reads : {false, true}) {
+    INFO("host reads gradients: " << host_reads);
+    NetworkOptions o;
+    o.host_reads_gradients = host_reads;
+    Network net(m, 4, dev, o);
+    std::mt19937_64 rng(1);
+    dev.syncs = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    net.forward(input.data(), true, rng);
+    int ready = 0;
+    net.backward(labels.data(), 0.0f, 1.0f, nullptr, [&](int) { ++ready; });
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // One wait before the forward, one after the backward; each backward layer besides
+    // when the host reads its gradients.
+    CHECK(dev.syncs == 2 + (host_reads ? layers : 0));
+    CHECK(ready == layers);
+    CHECK(std::equal(net.grads(), net.grads() + net.param_count(), ref.grads()));
+    // Every layer's time is the span between its marks: all of them add up to the step,
+    // less what ran between forward and backward (the loss), within the wall time.
+    double sum = 0;
+    const auto& spans = net.last_spans();
+    for (int l = 0; l < layers; ++l) {
+      CHECK(net.timings()[l].fwd_s >= 0);
+      CHECK(net.timings()[l].bwd_s >= 0);
+      CHECK(spans[l].fwd_s == net.timings()[l].fwd_s);
+      CHECK(spans[l].bwd_s == net.timings()[l].bwd_s);
+      sum += spans[l].fwd_s + spans[l].bwd_s;
+      if (l > 0) CHECK(spans[l].fwd_start >= spans[l - 1].fwd_start);
+      if (l > 0) CHECK(spans[l].bwd_start <= spans[l - 1].bwd_start);  // backward runs the layers in reverse
+      CHECK(spans[l].bwd_start >= spans[layers - 1].fwd_start);
+    }
+    CHECK(sum > 0);
+    CHECK(sum <= wall);
+  }
+}

@@ -383,6 +383,7 @@ class CudaBackend final : public Backend {
             (opt.tf32 ? ", TF32" : ", strict FP32") + ")";
   }
   ~CudaBackend() override {
+    for (cudaEvent_t e : marks_) cudaEventDestroy(e);
     plans_.clear();
     cublasDestroy(blas_);
     cudnnDestroy(dnn_);
@@ -411,6 +412,22 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override { check(cudaStreamSynchronize(stream_), "synchronise"); }
+  bool timed_on_device() const override { return true; }
+  void reset_marks() override { marks_used_ = 0; }
+  int mark() override {
+    if (marks_used_ == marks_.size()) {
+      cudaEvent_t e = nullptr;
+      check(cudaEventCreate(&e), "event");
+      marks_.push_back(e);
+    }
+    check(cudaEventRecord(marks_[marks_used_], stream_), "record event");
+    return static_cast<int>(marks_used_++);
+  }
+  double mark_seconds(int i) override {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, marks_.at(0), marks_.at(size_t(i))), "event time");
+    return ms * 1e-3;
+  }
   bool nonfinite(const float* x, size_t n) override {
     int* flag = static_cast<int*>(scratch(sizeof(int)));
     check(cudaMemsetAsync(flag, 0, sizeof(int), stream_), "memset");
@@ -641,6 +658,8 @@ class CudaBackend final : public Backend {
   std::vector<DevSlot> dev_slots_;
   std::unique_ptr<void, CudaFree> dev_slots_buf_;
   double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
+  std::vector<cudaEvent_t> marks_;  // reused step after step
+  size_t marks_used_ = 0;
 };
 
 }  // namespace

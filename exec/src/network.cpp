@@ -57,6 +57,8 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   nodes_.resize(m.layers.size());
   timings_.resize(m.layers.size());
   spans_.resize(m.layers.size());
+  fwd_mark_.assign(m.layers.size(), 0);
+  bwd_mark_.assign(m.layers.size(), 0);
   for (size_t l = 0; l < m.layers.size(); ++l) {
     const Layer& L = m.layers[l];
     Node& n = nodes_[l];
@@ -220,15 +222,41 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
     be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
     input_ = input_buf_.get();
   }
+  const bool marks = be_.timed_on_device();
+  if (marks) {  // the step starts on an idle device, so mark 0 runs when it is recorded
+    be_.synchronize();
+    be_.reset_marks();
+    marks_origin_ = Clock::now();
+    be_.mark();
+  }
   for (size_t l = 0; l < nodes_.size(); ++l) {
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
     if (!exact_out_[l]) be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
-    be_.synchronize();  // the layer's time, and (backward) its gradients readable by the host
+    if (marks) {
+      fwd_mark_[l] = be_.mark();
+      continue;
+    }
+    be_.synchronize();  // the layer's time
     const double d = since(t0);
     timings_[l].fwd_s += d;
     spans_[l].fwd_start = t0;
     spans_[l].fwd_s = d;
+  }
+}
+
+void Network::read_marks() {
+  auto at = [&](int mark) {
+    return marks_origin_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(be_.mark_seconds(mark)));
+  };
+  for (size_t l = 0; l < nodes_.size(); ++l) {
+    const int fwd_from = l ? fwd_mark_[l - 1] : 0;
+    const int bwd_from = l + 1 < nodes_.size() ? bwd_mark_[l + 1] : bwd_start_mark_;
+    const double f = be_.mark_seconds(fwd_mark_[l]) - be_.mark_seconds(fwd_from);
+    const double b = be_.mark_seconds(bwd_mark_[l]) - be_.mark_seconds(bwd_from);
+    timings_[l].fwd_s += f;
+    timings_[l].bwd_s += b;
+    spans_[l] = {at(fwd_from), at(bwd_from), f, b};
   }
 }
 
@@ -317,6 +345,8 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
   // dlogits carries the loss scale, so every gradient below is scaled (and can overflow
   // FP16, which the loss scaler detects).
   const double value = be_.softmax_xent(batch_, classes(), logits(), labels, smoothing, loss_scale, dlogits_, correct);
+  const bool marks = be_.timed_on_device();
+  if (marks) bwd_start_mark_ = be_.mark();
   for (int l = static_cast<int>(nodes_.size()) - 1; l >= 0; --l) {
     auto t0 = Clock::now();
     zero_dout_once(l);  // an output nothing consumed
@@ -327,13 +357,22 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     const Node& n = nodes_[l];
     for (int slot : {n.weight, n.bias})
       if (slot >= 0) be_.round(opt_.precision, grads_.get() + slots_[slot].offset, size_t(slots_[slot].numel));
-    be_.synchronize();  // the layer's time, and (backward) its gradients readable by the host
-    const double d = since(t0);
-    timings_[l].bwd_s += d;
     ++timings_[l].calls;
-    spans_[l].bwd_start = t0;
-    spans_[l].bwd_s = d;
+    if (marks) {
+      bwd_mark_[l] = be_.mark();
+      if (opt_.host_reads_gradients) be_.synchronize();  // its gradients readable by the host
+    } else {
+      be_.synchronize();  // the layer's time, and its gradients readable by the host
+      const double d = since(t0);
+      timings_[l].bwd_s += d;
+      spans_[l].bwd_start = t0;
+      spans_[l].bwd_s = d;
+    }
     if (on_ready) on_ready(ready_after_[l]);
+  }
+  if (marks) {
+    be_.synchronize();
+    read_marks();
   }
   return value;
 }

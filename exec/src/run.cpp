@@ -97,6 +97,7 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
     }
     check_progress_mode(world, o.exchange);
     o.train.exchange = &deferred;
+    o.train.exchange_on_device = o.comm == "nccl";
     // Rank 0 writes the checkpoint while the others wait in the next step's collectives,
     // for comm.timeout at most; half of it for the write lets rank 0 say why it is late
     // (a file system that does not answer) before they give up on it.

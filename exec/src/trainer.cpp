@@ -55,6 +55,7 @@ NetworkOptions network_options(const TrainOptions& o) {
   NetworkOptions n;
   n.precision = o.precision;
   n.seed = o.seed;
+  n.host_reads_gradients = o.exchange && !o.exchange_on_device;
   return n;
 }
 

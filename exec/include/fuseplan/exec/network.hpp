@@ -21,6 +21,11 @@ struct NetworkOptions {
   Precision precision = Precision::FP32;  // storage of parameters, activations, gradients
   uint64_t seed = 1;                      // weight initialisation and dropout masks
   float bn_momentum = 0.1f, bn_eps = 1e-5f;
+  // Whether the host reads each layer's gradients as backward produces them (an exchange
+  // through host memory, as the MPI executor's on a GPU backend): then every backward
+  // layer waits for the device. Otherwise a backend timed on its device (GPUs) is timed by
+  // its own marks and waited for once per forward and once per backward.
+  bool host_reads_gradients = true;
 };
 
 // One parameter tensor's place in the flat buffers.
@@ -118,6 +123,12 @@ class Network {
   std::vector<int32_t> labels_;
   std::vector<LayerTiming> timings_;
   std::vector<LayerSpan> spans_;
+  // Device-timed backends: the mark ending each layer's forward and backward, the one
+  // starting backward, and the host time of mark 0 (the forward's start).
+  std::vector<int> fwd_mark_, bwd_mark_;
+  int bwd_start_mark_ = 0;
+  std::chrono::steady_clock::time_point marks_origin_;
+  void read_marks();  // timings and spans of the step from the marks (after a synchronize)
   std::vector<int> ready_after_;  // backward positions complete after layer l's backward
   std::vector<char> exact_out_, exact_dout_;  // per node: its output / gradient needs no half-precision rounding
   std::vector<char> dout_ready_;  // per node: its gradient zeroed (or written) in this backward

@@ -51,6 +51,14 @@ class Backend {
   // Waits until every call made so far has finished (nothing on the CPU; the stream on a
   // GPU), before host code reads the backend's memory or a clock.
   virtual void synchronize() {}
+  // Timing on the device without stalling it (GPU backends): mark() records a point in
+  // the backend's stream and returns its number since reset_marks(); once synchronize()
+  // has returned, mark_seconds(i) is the time from mark 0 to mark i. Where calls finish
+  // before they return (the CPU), timed_on_device() is false and the host clock times.
+  virtual bool timed_on_device() const { return false; }
+  virtual void reset_marks() {}
+  virtual int mark() { return 0; }
+  virtual double mark_seconds(int) { return 0; }
   // true if any of the n values is infinite or NaN (the loss scaler's overflow check).
   virtual bool nonfinite(const float* x, size_t n) = 0;
   // The optimizer's update (optimizer.hpp), on FP32 masters and momenta in this backend's

@@ -53,6 +53,9 @@ struct TrainOptions {
   int64_t inject_overflow_at = -1;  // test hook: make this step's gradients overflow
   int loss_scale_window = 2000;
   GradientExchange* exchange = nullptr;  // data parallelism across ranks (none: one process)
+  // The exchange reads gradients where the backend keeps them (NCCL on the GPU's streams),
+  // so backward need not wait for the device layer by layer.
+  bool exchange_on_device = false;
   int ranks() const { return exchange ? exchange->ranks() : 1; }
   int64_t global_batch() const { return int64_t(batch) * ranks(); }
 };
