@@ -22,8 +22,13 @@ void add_clusters_command(CLI::App& app) {
       auto fp16 = c.device.peak_TFLOPS.count(Precision::FP16) ? fixed(c.device.peak_TFLOPS.at(Precision::FP16), 1) : "-";
       std::string inter = "-";
       if (c.inter)
+      {
+        const double achieved = c.inter->fraction(c.library);
         inter = std::to_string(c.inter->nics_per_node) + " x " + fixed(c.inter->nic_bw_Gbps, 0) + " Gb/s " +
-                c.inter->topology + (c.inter->gdr ? ", GDR" : ", host-staged");
+                (c.inter->transport.empty() ? "" : c.inter->transport + " ") + c.inter->topology +
+                (c.inter->gdr ? ", GDR" : ", host-staged") +
+                (achieved < 1 ? ", " + fixed(100 * achieved, 0) + " % achieved" : "");
+      }
       t.row({c.name, c.library, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
              c.intra.kind + " " + fixed(c.intra.bw_GBps, 0) + " GB/s", inter, c.description});
     }
