@@ -41,6 +41,11 @@ Cluster toy_cluster(double bw_GBps, double lat_us) {
 Plan toy_plan(const Model& m, const char* spec) {
   return make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32), spec);
 }
+
+// The prediction of a toy plan on cluster c.
+Report predict_toy(const Model& m, const Cluster& c, const Plan& p) {
+  return predict(m, c, p, CollectiveModel(c, 4), ComputeModel(m, c, 8, Precision::FP32));
+}
 }  // namespace
 
 TEST_CASE("per-tensor buckets overlap backward exactly as the wait-free timeline says") {
@@ -71,11 +76,7 @@ TEST_CASE("per-tensor buckets overlap backward exactly as the wait-free timeline
 
 TEST_CASE("one bucket after backward exposes its whole allreduce") {
   Model m = toy();
-  Cluster c = toy_cluster(1.0, 10);
-  ComputeModel compute(m, c, 8, Precision::FP32);
-  CollectiveModel coll(c, 4);
-  Plan p = toy_plan(m, "single");
-  Report r = predict(m, c, p, coll, compute);
+  Report r = predict_toy(m, toy_cluster(1.0, 10), toy_plan(m, "single"));
   REQUIRE(r.buckets.size() == 1);
   CHECK(r.buckets[0].start_s == Approx(0.009));
   CHECK(r.exposed_comm_s == Approx(r.buckets[0].end_s - r.buckets[0].start_s));
@@ -88,13 +89,11 @@ TEST_CASE("a framework cycle launches each ready bucket at the next tick of its 
   CHECK(next_tick(0.015, 0.005) == Approx(0.015));  // ready on a tick: launched at it
   CHECK(next_tick(0.0, 0.005) == 0);
   Model m = toy();
-  Cluster c = toy_cluster(1.0, 0);
-  ComputeModel compute(m, c, 8, Precision::FP32);
-  CollectiveModel coll(c, 4);
+  const Cluster c = toy_cluster(1.0, 0);
   Plan p = toy_plan(m, "per-tensor");
-  Report free_run = predict(m, c, p, coll, compute);
+  Report free_run = predict_toy(m, c, p);
   p.cycle_s = 0.004;  // gradients ready at 2, 5 and 9 ms: launched at 4, 8 and 12
-  Report cycled = predict(m, c, p, coll, compute);
+  Report cycled = predict_toy(m, c, p);
   const double ar = free_run.buckets[0].end_s - free_run.buckets[0].start_s;
   REQUIRE(cycled.buckets.size() == 3);
   CHECK(cycled.buckets[0].ready_s == Approx(0.004));
