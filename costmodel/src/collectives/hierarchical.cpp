@@ -32,7 +32,7 @@ Profile profile(const CollectiveArgs& a) {
   Profile prof;
   for (int d = 1; d < g; d <<= 1) prof.push_back(coll::round_class(a.topo, a.net, binomial_flows(p, g, d, true), 1, 1, 1));
   const auto masters = coll::iota_members(0, M, g);
-  if (kind == Masters::HalvingDoubling) {
+  if constexpr (kind == Masters::HalvingDoubling) {
     coll::rabenseifner_profile(prof, a.topo, a.net, masters);
   } else if (M > 1) {
     auto ring = coll::ring_flows(masters);
@@ -54,7 +54,7 @@ Schedule schedule(const CollectiveArgs& a) {
     s.rounds.push_back(std::move(r));
   }
   const auto masters = coll::iota_members(0, M, g);
-  if (kind == Masters::HalvingDoubling) {
+  if constexpr (kind == Masters::HalvingDoubling) {
     coll::rabenseifner_schedule(s, masters, a.count);
   } else if (M > 1) {
     coll::ring_reduce_scatter(s, masters, 0, a.count);
