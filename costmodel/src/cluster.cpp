@@ -41,7 +41,6 @@ const char* const kTopologies[] = {"fat-tree", "torus", "dragonfly", "star"};
 const char* const kIntraKinds[] = {"nvlink", "nvswitch", "pcie", "shm"};
 const char* const kLibraries[] = {"mpi", "nccl"};
 const char* const kCpus[] = {"intel", "amd", "arm", "power"};
-const char* const kTransports[] = {"infiniband", "roce", "tcp", "efa"};
 const char* const kNcclGraphs[] = {"ring", "tree", "collnet_direct", "collnet_chain", "nvls"};
 
 template <size_t N>
@@ -132,25 +131,6 @@ double Cluster::peak_flops(Precision p) const {
 double Cluster::gamma_s_per_byte() const {
   if (reduce_bw_GBps) return 1.0 / (*reduce_bw_GBps * 1e9);
   return kReduceMemoryPasses / (device.mem_bw_GBps * 1e9 * device.memory_efficiency);
-}
-
-std::optional<double> transport_fraction(std::string_view transport) {
-  // Large-message bandwidth as a fraction of line rate, as published:
-  // - infiniband 0.96: NCCL's maintainers expect 12 GB/s per 100 Gb/s NIC and 24 GB/s per
-  //   200 Gb/s (NVIDIA/nccl-tests#119), 48-49 GB/s per 400 Gb/s ConnectX-7 (nccl-tests#267).
-  // - roce 0.75: 600 of 800 Gb/s on two A100 servers with 8 x 100 Gb/s RoCE, "roughly
-  //   matching our expectation" for the NCCL team (NVIDIA/nccl#495); 4 x 200 Gb/s RoCEv2
-  //   reached about 65 % (NVIDIA/nccl#700).
-  // - tcp 0.55: NCCL's socket transport reached 1.7 GB/s busbw on a 25 Gb/s Azure network
-  //   (0.54; NVIDIA/nccl-tests#83) and "not more than 60 % of wire speed" on 32 Gb/s
-  //   (NVIDIA/nccl#209).
-  // - efa 0.6: 10 GB/s on 2 nodes but 6-8 GB/s on 8-32 nodes of 100 Gb/s EFA
-  //   (NVIDIA/nccl#235); 29.6 GB/s busbw on 4 p4d nodes of 4 x 100 Gb/s (NVIDIA/nccl#527).
-  if (transport == "infiniband") return 0.96;
-  if (transport == "roce") return 0.75;
-  if (transport == "tcp") return 0.55;
-  if (transport == "efa") return 0.6;
-  return std::nullopt;
 }
 
 double InterNodeNetwork::fraction(std::string_view library) const {
@@ -273,8 +253,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       net->fail("host_copy_bw_GBps", "must be > 0 when gdr is false (copies are staged through the host)");
     n.sharp = net->opt_boolean("sharp").value_or(false);
     n.transport = net->opt_string("transport").value_or("");
-    if (!n.transport.empty() && !one_of(n.transport, kTransports))
-      net->fail("transport", "unknown transport '" + n.transport + "' (valid: " + list(kTransports) + ")");
+    if (!n.transport.empty() && !transport_fraction(n.transport))
+      net->fail("transport", "unknown transport '" + n.transport + "' (valid: " + transport_names() + ")");
     n.achieved_fraction = net->opt_in_range("achieved_fraction", 0.01, 1, "(fraction of nic_bw_Gbps)");
     net->finish();
     c.inter = n;

@@ -89,9 +89,10 @@ struct InterNodeNetwork {
 };
 
 // The fraction of line rate that large point-to-point transfers of a collective library
-// reach over each transport, from public measurements (sources in cluster.cpp and
+// reach over each transport, from public measurements (sources in transport.cpp and
 // docs/formats.md); nullopt for a transport without a figure.
 std::optional<double> transport_fraction(std::string_view transport);
+std::string transport_names();  // "infiniband, roce, tcp, efa"
 
 // How NCCL runs on the cluster (library nccl): the release whose tuning constants apply,
 // the host CPU (NCCL's LL bandwidth and network overhead depend on it), channel graphs
