@@ -197,6 +197,41 @@ TEST_CASE("the transport's achieved fraction of line rate slows inter-node bandw
   expect_error(j, "$.inter_node.achieved_fraction: must be in [0.01, 1]");
 }
 
+TEST_CASE("staging once per allreduce adds two copies of the vector to every textbook algorithm across nodes") {
+  auto j = p40();
+  const Cluster direct = cluster_from_json(j, "c.json");
+  j["inter_node"]["gdr"] = false;
+  j["inter_node"]["host_copy_bw_GBps"] = 12;
+  j["inter_node"]["host_copy_lat_us"] = 10;
+  const Cluster per_message = cluster_from_json(j, "c.json");
+  CHECK(per_message.inter->staging == "message");
+  j["inter_node"]["staging"] = "collective";
+  const Cluster per_collective = cluster_from_json(j, "c.json");
+  CHECK(cluster_to_json(per_collective)["inter_node"]["staging"] == "collective");
+  const int64_t count = int64_t(1) << 22;
+  const double n = 4.0 * double(count);
+  for (const char* algo : {"ring", "rabenseifner", "hierarchical", "hierarchical_hd", "torus2d"}) {
+    INFO(algo);
+    const Cost a = CollectiveModel(direct, 64).cost(algo, count, Precision::FP32).cost;
+    const Cost b = CollectiveModel(per_collective, 64).cost(algo, count, Precision::FP32).cost;
+    CHECK(b.latency_s == Approx(a.latency_s + 2 * 10e-6));
+    CHECK(b.bandwidth_s == Approx(a.bandwidth_s + 2 * n / 12e9));
+    CHECK(b.reduce_s == a.reduce_s);
+    // Staging every message pays the copies in every inter-node step instead: more than
+    // twice the vector for the ring, whose 2(p - 1) steps all cross nodes.
+    if (std::string(algo) == "ring")
+      CHECK(CollectiveModel(per_message, 64).cost(algo, count, Precision::FP32).cost.total() > b.total());
+    // Inside one node nothing goes through the host.
+    CHECK(CollectiveModel(per_collective, 8).cost(algo, count, Precision::FP32).cost.total() ==
+          Approx(CollectiveModel(direct, 8).cost(algo, count, Precision::FP32).cost.total()));
+  }
+  j["inter_node"]["staging"] = "pigeon";
+  expect_error(j, "$.inter_node.staging: unknown staging 'pigeon' (valid: message, collective)");
+  j = p40();
+  j["inter_node"]["staging"] = "collective";
+  expect_error(j, "$.inter_node.staging: only applies when gdr is false");
+}
+
 TEST_CASE("calibrated size segments: the segment of the size, blended between, validated, written back") {
   auto j = p40();
   j["calibrated"]["ring"] = {{"segments",

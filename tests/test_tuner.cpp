@@ -133,6 +133,26 @@ TEST_CASE("optimal's affine-tail fast path equals the exhaustive scan on larger 
   CHECK(faster > 0);  // the fast path did cut work somewhere
 }
 
+TEST_CASE("optimal's affine-tail fast path includes staging once per allreduce") {
+  std::mt19937_64 rng(7);
+  nlohmann::json j = cluster_to_json(load_cluster("tencent-p40"));
+  j["inter_node"]["gdr"] = false;
+  j["inter_node"]["host_copy_bw_GBps"] = 12;
+  j["inter_node"]["host_copy_lat_us"] = 10;
+  j["inter_node"]["staging"] = "collective";
+  const Cluster c = cluster_from_json(j, "staged");
+  for (int gpus : {16, 256}) {
+    Model m = random_model(rng, 150);
+    Tuner t(m, c, gpus, 32, Precision::FP16);
+    TuneOptions fast, slow;
+    slow.exhaustive_scan = true;
+    auto a = t.run(fast), b = t.run(slow);
+    INFO("gpus=" << gpus);
+    CHECK(a.objective_s == Approx(b.objective_s).epsilon(1e-12));
+    CHECK(a.report.iteration_s == Approx(b.report.iteration_s).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("optimal is never worse than a baseline: zoo x clusters x {8, 64, 512, 2048} GPUs") {
   for (const auto& entry : zoo()) {
     Model m = entry.build({});

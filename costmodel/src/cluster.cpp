@@ -251,6 +251,12 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
     n.host_copy_lat_us = zero_or(*net, "host_copy_lat_us", kMinUs, kMaxUs, "us").value_or(0);
     if (!n.gdr && !(n.host_copy_bw_GBps > 0))
       net->fail("host_copy_bw_GBps", "must be > 0 when gdr is false (copies are staged through the host)");
+    if (auto staging = net->opt_string("staging")) {
+      if (n.gdr) net->fail("staging", "only applies when gdr is false");
+      if (*staging != "message" && *staging != "collective")
+        net->fail("staging", "unknown staging '" + *staging + "' (valid: message, collective)");
+      n.staging = *staging;
+    }
     n.sharp = net->opt_boolean("sharp").value_or(false);
     n.transport = net->opt_string("transport").value_or("");
     if (!n.transport.empty() && !transport_fraction(n.transport))
@@ -420,6 +426,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
     if (!n.gdr) {
       j["inter_node"]["host_copy_bw_GBps"] = n.host_copy_bw_GBps;
       j["inter_node"]["host_copy_lat_us"] = n.host_copy_lat_us;
+      j["inter_node"]["staging"] = n.staging;
     }
   }
   if (c.reduce_bw_GBps) j["reduce_bw_GBps"] = *c.reduce_bw_GBps;

@@ -17,11 +17,14 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
     net_.inter_alpha = c.inter->lat_us * 1e-6;
     net_.inter_beta = 8.0 / (c.inter->nic_bw_Gbps * 1e9 * c.inter->fraction(c.library));
     net_.nics_per_node = c.inter->nics_per_node;
-    if (!c.inter->gdr) {
+    if (!c.inter->gdr && c.inter->staging == "message") {
       // Without GPUDirect RDMA a message is copied device->host at the sender and
       // host->device at the receiver, store-and-forward (not pipelined; conservative).
       net_.stage_alpha = 2 * c.inter->host_copy_lat_us * 1e-6;
       net_.stage_beta = 2.0 / (c.inter->host_copy_bw_GBps * 1e9);
+    } else if (!c.inter->gdr && topo_.nodes() > 1) {
+      // The vector goes to host memory once before the exchange and comes back after it.
+      collective_stage_ = {2 * c.inter->host_copy_lat_us * 1e-6, 2.0 / (c.inter->host_copy_bw_GBps * 1e9)};
     }
   }
   net_.gamma = c.gamma_s_per_byte();
@@ -95,6 +98,8 @@ CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, Collective
       ch.variant = a.variant;
     }
   }
+  ch.cost.latency_s += collective_stage_.a;
+  ch.cost.bandwidth_s += collective_stage_.b * a.bytes();
   return ch;
 }
 
@@ -114,7 +119,8 @@ std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const 
     if (cache_[k].empty()) evaluate_one(table[k], args(2, transfer));
     for (const auto& prof : cache_[k]) {
       AffineTail t = affine_tail(prof, net_);
-      t.a += launch_s_;
+      t.a += launch_s_ + collective_stage_.a;
+      t.b += collective_stage_.b;
       out.push_back(t);
     }
   }

@@ -77,6 +77,11 @@ struct InterNodeNetwork {
   bool gdr = true;                    // GPUDirect RDMA; false = staged through host memory
   double host_copy_bw_GBps = 0;       // staging copy bandwidth (required when gdr = false)
   double host_copy_lat_us = 0;
+  // Without GPUDirect, what goes through host memory: every inter-node message, copied
+  // out at the sender and in at the receiver ("message", store-and-forward), or the whole
+  // vector once per allreduce, copied out before the inter-node exchange and back after
+  // it ("collective": Gloo's CudaHostWorkspace, PyTorch's gloo backend on CUDA tensors).
+  std::string staging = "message";
   bool sharp = false;                 // the switches reduce (SHARP): NCCL's CollNet algorithms
   // What a large message reaches of nic_bw_Gbps in practice. `transport` names the wire
   // protocol ("infiniband", "roce", "tcp", "efa"; "" = not stated); `achieved_fraction`

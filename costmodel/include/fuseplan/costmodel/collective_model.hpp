@@ -76,6 +76,11 @@ class CollectiveModel {
   Net net_;
   CollectiveOptions opt_;
   double launch_s_ = 0;
+  // Staging once per allreduce (InterNodeNetwork::staging "collective"): seconds, and
+  // seconds per byte, added to every textbook algorithm's cost across nodes.
+  struct {
+    double a = 0, b = 0;
+  } collective_stage_;
   std::string library_;
   std::shared_ptr<const NcclContext> nccl_;
   std::map<std::string, std::vector<Calibration>, std::less<>> calibrated_;
