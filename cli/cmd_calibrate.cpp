@@ -1,7 +1,6 @@
 // `fuseplan calibrate`: fits each measured algorithm's alpha, beta and gamma (an allreduce
 // sweep from `fuseplan-exec sweep`, or nccl-tests all_reduce_perf output) and writes them
 // into a copy of the cluster file; --holdout checks the fit on sizes it did not see.
-#include <array>
 #include <cmath>
 #include <iostream>
 #include <memory>
@@ -24,11 +23,10 @@ struct CalibrateFlags {
   std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, profile, model;
   std::vector<std::string> plans, measured, fit;
   int ranks = 0, per_node = 0, max_segments = 4;
-  int resolution = 0, channels = 0, classes = 0, seq_len = 0;  // --model's shape
   double segment_tolerance = 0.05;
   bool holdout = false, discover = false, accept_degenerate = false;
   CLI::Option* cluster_opt = nullptr;
-  std::array<CLI::Option*, 4> shape_opts{};  // --resolution, --channels, --classes, --seq-len
+  ModelFlags shape;  // --model's shape: the profile names the model, not its input
 };
 
 // A draft cluster file of this machine: the CPU executor's template (local-cpu) with
@@ -62,9 +60,8 @@ void run_calibrate(const CalibrateFlags& f) {
     throw InputError("calibrate: give --sweep, --nccl-tests, --plan with --measured, or --profile with --model (or --discover)");
   if (!f.model.empty() && (f.profile.empty() || !f.plans.empty()))
     throw InputError("--model: only with --profile and without --plan (the layer classes' compute fit)");
-  for (const CLI::Option* o : f.shape_opts)
-    if (o->count() && f.model.empty())
-      throw InputError(o->get_name() + ": sets the shape of --model (with --profile); give --model");
+  if (f.shape.shape_given() && f.model.empty())
+    throw InputError("--resolution/--channels/--classes/--seq-len: set the shape of --model (with --profile); give --model");
   if (!f.nccl_tests.empty() && !f.cluster_opt->count()) {
     std::string names;
     for (const auto& n : shipped_cluster_names())
@@ -118,12 +115,7 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
 void fit_compute(const CalibrateFlags& f, Cluster& c) {
   if (f.model.empty())
     throw InputError("--profile: give --model, the model it was measured on (a zoo name or the model .json)");
-  ModelOptions shape;
-  if (f.shape_opts[0]->count()) shape.resolution = f.resolution;
-  if (f.shape_opts[1]->count()) shape.channels = f.channels;
-  if (f.shape_opts[2]->count()) shape.classes = f.classes;
-  if (f.shape_opts[3]->count()) shape.seq_len = f.seq_len;
-  Model m = load_model(f.model, shape);
+  Model m = load_model(f.model, f.shape.options());
   const ProfileInfo info = apply_profile(m, f.profile);
   const Precision p = parse_precision(info.precision, "--profile " + f.profile + ": precision");
   out() << "fuseplan calibrate: compute per layer class from " << f.profile << " (" << m.name << ", batch "
@@ -222,11 +214,7 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   // The profile names the model but not its input: a zoo CNN profiled at another
   // resolution needs it here, or every layer is priced at the zoo default.
-  f->shape_opts = {cmd->add_option("--resolution", f->resolution, "--model: CNN input height = width in pixels it was "
-                                                                   "profiled at (zoo default: 224)"),
-                   cmd->add_option("--channels", f->channels, "--model: CNN input channels (default 3)"),
-                   cmd->add_option("--classes", f->classes, "--model: CNN classifier outputs (default 1000)"),
-                   cmd->add_option("--seq-len", f->seq_len, "--model: transformer sequence length in tokens")};
+  f->shape.add_shape(cmd);
   cmd->add_option("--out", f->out, "write the calibrated (or discovered) cluster file here");
   cmd->add_flag("--discover", f->discover,
                 "draft a cluster file of this machine: hwloc (sockets, cores, GPUs, NICs) and rdma-core\n"

@@ -12,6 +12,10 @@ namespace fuseplan::cli {
 void ModelFlags::add(CLI::App* app, bool positional) {
   const char* help = "zoo name (see `fuseplan models`) or a model .json path";
   model_opt = positional ? app->add_option("model", model, help)->required() : app->add_option("--model", model, help)->capture_default_str();
+  add_shape(app);
+}
+
+void ModelFlags::add_shape(CLI::App* app) {
   resolution_opt = app->add_option("--resolution", resolution, "CNN input height = width in pixels (zoo default: 224, alexnet_bn 227)");
   channels_opt = app->add_option("--channels", channels, "CNN input channels (default 3)");
   classes_opt = app->add_option("--classes", classes, "CNN classifier outputs (default 1000)");
@@ -26,6 +30,10 @@ ModelOptions ModelFlags::options() const {
   if (classes_opt->count()) o.classes = classes;
   if (seq_len_opt->count()) o.seq_len = seq_len;
   return o;
+}
+
+bool ModelFlags::shape_given() const {
+  return resolution_opt->count() || channels_opt->count() || classes_opt->count() || seq_len_opt->count();
 }
 
 void add_models_commands(CLI::App& app) {

@@ -22,7 +22,9 @@ struct ModelFlags {
   CLI::Option *model_opt = nullptr, *resolution_opt = nullptr, *channels_opt = nullptr, *classes_opt = nullptr,
               *seq_len_opt = nullptr;
   void add(CLI::App* app, bool positional = false);
+  void add_shape(CLI::App* app);  // --resolution, --channels, --classes, --seq-len only
   ModelOptions options() const;
+  bool shape_given() const;  // any of the shape flags
 };
 
 // What "trained" means for time to train: the model family's goal (training_goal),

@@ -1073,7 +1073,7 @@ TEST_CASE("cli: calibrate --profile --model fits each layer class's efficiency i
               .code == 0);
   CHECK(nlohmann::json::parse(std::ifstream(by_name))["device"]["by_kind"] == j["device"]["by_kind"]);
   expect_bad("calibrate --cluster local-cpu --resolution 28 --sweep x.json",
-             "--resolution: sets the shape of --model (with --profile); give --model");
+             "--resolution/--channels/--classes/--seq-len: set the shape of --model (with --profile); give --model");
 }
 
 TEST_CASE("cli: whatif --profile holds the profile to each point's precision and batch, as predict does", "[exec]") {
