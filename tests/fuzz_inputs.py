@@ -10,7 +10,8 @@ with an existing output file, and fails on:
   - "internal error" in the output (bad input must be named, not crash);
   - a run past its time limit (a hang);
   - a failed run that changed the existing output file or left a temporary file.
-Formats: cluster (with per-class efficiencies, and an NCCL one), model, plan, sweep,
+Formats: cluster (with per-class efficiencies and a transport, one staged through the
+host, and an NCCL one), model, plan (and one with a framework cycle), sweep,
 nccl-tests (text and -J JSON); with fuseplan-exec built, also profile (read by predict,
 and fitted per layer class by calibrate) and checkpoint, and with mpirun the measured
 report (verify).
@@ -152,6 +153,10 @@ def main():
     plan = seed_path("plan.json")
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--out", plan], check=True, capture_output=True)
+    plan_cycle = seed_path("plan-cycle.json")  # Horovod's buckets with a background cycle (cycle_ms)
+    subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
+                                          "--precision", "fp32", "--strategy", "horovod", "--cycle-time", "5",
+                                          "--out", plan_cycle], check=True, capture_output=True)
     plan1 = seed_path("plan1.json")
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "1", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--out", plan1], check=True, capture_output=True)
@@ -160,14 +165,19 @@ def main():
                    "points": [{"algorithm": "ring", "bytes": 4096 * 2**i, "seconds": 2e-5 * (1 + 0.3 * 2**i),
                                "iterations": 10} for i in range(8)]}, f)
     formats = {
-        # A cluster with per-class efficiencies (device.by_kind), and an NCCL one (its nccl section).
+        # A cluster with per-class efficiencies (device.by_kind) and a transport, one staged
+        # through host memory once per allreduce, and an NCCL one (its nccl section).
         "cluster": ("json", os.path.join(a.source, "configs/clusters/p100-horovod.json"),
                     lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16", "--out", o]),
+        "cluster-staged": ("json", os.path.join(a.source, "configs/clusters/p100-bigbasin.json"),
+                           lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16",
+                                         "--out", o]),
         "cluster-nccl": ("json", os.path.join(a.source, "configs/clusters/dgx-h100.json"),
                          lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16", "--out", o]),
         "model": ("json", os.path.join(a.source, "tests/data/golden-model.json"),
                   lambda f, o: [fp, "predict", "--model", f, "--cluster", "local-cpu", "--gpus", "2", "--out", o]),
         "plan": ("json", plan, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
+        "plan-cycle": ("json", plan_cycle, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "sweep": ("json", seed_path("sweep.json"), lambda f, o: [fp, "calibrate", "--sweep", f, "--out", o]),
         "nccl-tests": ("lines", os.path.join(a.source, "tests/data/nccl-tests/h100-ndr-2x8.txt"),
                        lambda f, o: [fp, "calibrate", "--nccl-tests", f, "--cluster", "dgx-h100", "--accept-degenerate",
