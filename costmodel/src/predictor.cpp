@@ -115,7 +115,8 @@ class StreamSet {
 
 }  // namespace
 
-SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, double sigma) {
+SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, double sigma,
+                             double cycle_s) {
   const size_t n = bs.size(), L = step_s.size();
   constexpr double kInf = std::numeric_limits<double>::infinity();
   SharedTiming out;
@@ -136,7 +137,7 @@ SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vecto
   while (step < L || done < n) {
     while (step < L && comp_rem <= 1e-12 * std::max(1.0, now)) {  // steps that end now
       out.step_end_s[step] = now;
-      for (size_t b : made_ready[step]) ready[b] = now + bs[b].delay_s;
+      for (size_t b : made_ready[step]) ready[b] = next_tick(now + bs[b].delay_s, cycle_s);
       if (++step < L) comp_rem = step_s[step];
     }
     streams.start(now, ready);
@@ -243,6 +244,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
       after_step = std::max(after_step, ready_step[pos]);
     }
     BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer, b.pack);
+    const double pack_s = t.ready_s - last_ready;
     t.ready_s = next_tick(t.ready_s, plan.cycle_s);
     BucketReport br;
     br.index = static_cast<int>(i);
@@ -262,7 +264,8 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     lat.push_back(t.latency_s);
     bw.push_back(t.bandwidth_s);
     stream.push_back(b.stream);
-    shared_buckets.push_back({after_step, t.ready_s - last_ready, t.latency_s, t.bandwidth_s, b.stream});
+    // Under sharing the steps stretch: the tick is taken on the stretched ready time.
+    shared_buckets.push_back({after_step, pack_s, t.latency_s, t.bandwidth_s, b.stream});
     r.buckets.push_back(br);
   }
   // Backward steps' end times (backward order): stretched when communication shares the
@@ -270,7 +273,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   std::vector<double> step_end = backward_steps_s(compute);
   std::vector<BucketTiming> timing;
   if (shared) {
-    SharedTiming st = schedule_shared(step_end, shared_buckets, cluster.comm_compute_sharing);
+    SharedTiming st = schedule_shared(step_end, shared_buckets, cluster.comm_compute_sharing, plan.cycle_s);
     timing = std::move(st.buckets);
     step_end = std::move(st.step_end_s);
     r.backward_s = st.backward_end_s;

@@ -55,7 +55,8 @@ std::vector<double> backward_steps_s(const ComputeModel& compute);
 // sigma > 0). While k allreduces run, backward proceeds at rate 1 / (1 + sigma k) and,
 // while backward runs, each allreduce at rate 1 / (1 + sigma); the bandwidth parts of
 // concurrent allreduces share the links as in schedule_buckets. A bucket is ready
-// `delay_s` (its packing copy) after the end of backward step `after_step`. With
+// `delay_s` (its packing copy) after the end of backward step `after_step`, at the next
+// tick of the framework's cycle `cycle_s` where there is one (next_tick). With
 // sigma = 1 on one stream this is processor sharing of one core by two threads:
 // overlapping saves nothing but the gaps, the total work stays.
 struct SharedBucket {
@@ -69,6 +70,6 @@ struct SharedTiming {
   double backward_end_s = 0, comm_end_s = 0;
 };
 SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& buckets,
-                             double sigma);
+                             double sigma, double cycle_s = 0);
 
 }  // namespace fuseplan
