@@ -68,11 +68,28 @@ def cluster_path(name):
     return os.path.join(ROOT, "configs", "clusters", name + ".json")
 
 
-def with_efficiencies(base, kxk_eff, conv_1x1_eff):
-    c = json.load(open(cluster_path(base)))
-    c["device"]["by_kind"] = {"conv_kxk": {"compute_efficiency": kxk_eff},
-                              "conv_1x1": {"compute_efficiency": conv_1x1_eff}}
+def with_conv_efficiencies(base, kxk_eff, conv_1x1_eff, precision=None):
+    """A copy of cluster JSON `base` with conv_kxk's and conv_1x1's compute efficiency set:
+    one number for every precision, replacing by_kind (precision None), or at `precision`
+    alone, the file's other values kept."""
+    c = json.loads(json.dumps(base))
+    if precision is None:
+        c["device"]["by_kind"] = {}
+    for k, e in (("conv_kxk", kxk_eff), ("conv_1x1", conv_1x1_eff)):
+        entry = c["device"].setdefault("by_kind", {}).setdefault(k, {"compute_efficiency": {}})
+        if precision is None:
+            entry["compute_efficiency"] = e
+        else:
+            entry["compute_efficiency"][precision] = e
     return c
+
+
+def rate_on(binary, cluster_json, model, batch, precision="fp32"):
+    """The predicted single-GPU images/s on a cluster given as JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, cluster_json["name"] + ".json")
+        json.dump(cluster_json, open(path, "w"))
+        return single_gpu_rate(binary, model, path, batch, precision)
 
 
 def solve(rate_of, target):
@@ -87,15 +104,13 @@ def solve(rate_of, target):
 def fit(binary):
     """conv_kxk's efficiency from VGG-16 (no 1x1 convolutions), then conv_1x1's from ResNet-50;
     every other class keeps the device's (an assumption in the cluster files)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "p100.json")
+    base = json.load(open(cluster_path("p100-dgx1")))
 
-        def rate(model, kxk, one):
-            json.dump(with_efficiencies("p100-dgx1", kxk, one), open(path, "w"))
-            return single_gpu_rate(binary, model, path, 64)
+    def rate(model, kxk, one):
+        return rate_on(binary, with_conv_efficiencies(base, kxk, one), model, 64)
 
-        kxk = solve(lambda e: rate("vgg16", e, e), TF_P100[("vgg16", 64)])
-        one = solve(lambda e: rate("resnet50", kxk, e), TF_P100[("resnet50", 64)])
+    kxk = solve(lambda e: rate("vgg16", e, e), TF_P100[("vgg16", 64)])
+    one = solve(lambda e: rate("resnet50", kxk, e), TF_P100[("resnet50", 64)])
     return kxk, one
 
 
@@ -103,18 +118,8 @@ def fit_conv(binary, cluster, precision, batch, target):
     """The one efficiency of conv_kxk and conv_1x1 in `precision` that gives ResNet-50 `target`
     images/s on one GPU of `cluster`; the file's other precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, cluster + ".json")
-
-        def rate(e):
-            c = json.loads(json.dumps(base))
-            for k in ("conv_kxk", "conv_1x1"):
-                c["device"].setdefault("by_kind", {}).setdefault(k, {"compute_efficiency": {}})
-                c["device"]["by_kind"][k]["compute_efficiency"][precision] = e
-            json.dump(c, open(path, "w"))
-            return single_gpu_rate(binary, "resnet50", path, batch, precision)
-
-        return solve(rate, target)
+    return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, e, e, precision), "resnet50", batch,
+                                   precision), target)
 
 
 def check_dle(binary):
