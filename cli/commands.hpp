@@ -114,6 +114,7 @@ void add_simulate_command(CLI::App& app);
 void add_calibrate_command(CLI::App& app);
 void add_verify_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_schedule_command(CLI::App& app);
 // fuseplan-exec
 void add_train_command(CLI::App& app);
 void add_run_command(CLI::App& app);

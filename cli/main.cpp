@@ -21,5 +21,6 @@ int main(int argc, char** argv) {
   fuseplan::cli::add_calibrate_command(app);
   fuseplan::cli::add_verify_command(app);
   fuseplan::cli::add_export_command(app);
+  fuseplan::cli::add_schedule_command(app);
   return fuseplan::cli::run_app(app, argc, argv, "fuseplan");
 }

@@ -1,0 +1,492 @@
+// The steady pipeline of partitioned, prioritised, reduce-scattered schedules
+// (pipeline.hpp): message costs, the event loop over successive iterations, the lower
+// bound and the memory per scheme.
+#include "fuseplan/costmodel/pipeline.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <queue>
+#include <tuple>
+
+#include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/models/error.hpp"
+
+namespace fuseplan {
+
+const char* exchange_name(Exchange e) { return e == Exchange::Allreduce ? "allreduce" : "rs+ag"; }
+const char* order_name(Order o) { return o == Order::Fifo ? "fifo" : "priority"; }
+const char* gate_name(Gate g) { return g == Gate::Barrier ? "barrier" : "per-layer"; }
+const char* message_kind_name(MessageTiming::Kind k) {
+  switch (k) {
+    case MessageTiming::Allreduce: return "allreduce";
+    case MessageTiming::ReduceScatter: return "reduce-scatter";
+    case MessageTiming::Allgather: return "all-gather";
+  }
+  return "?";
+}
+
+MemoryEstimate schedule_memory(const Model& m, int gpus, int batch_per_gpu, Precision compute, const PipelineSchedule& s) {
+  MemoryEstimate e = estimate_memory(m, batch_per_gpu, compute, s.transfer);
+  if (!s.shard_optimizer || gpus <= 1) return e;
+  int64_t largest = 0, prev = 0;
+  for (int64_t b : s.bounds) largest = std::max(largest, b - std::exchange(prev, b));
+  const double params = double(m.param_count()), p = gpus;
+  e.gradients = (params / p + double(largest)) * bytes_per_element(compute);
+  e.fusion_buffers = double(largest) * bytes_per_element(s.transfer);
+  e.optimizer = params * (4 + 4) / p;
+  return e;
+}
+
+PipelineModel::PipelineModel(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Precision compute,
+                             CollectiveOptions coll)
+    : model_(m), cluster_(c), gpus_(gpus), batch_(batch_per_gpu), precision_(compute), coll_options_(coll), coll_(c, gpus, coll),
+      compute_(m, c, batch_per_gpu, compute) {
+  const int T = static_cast<int>(m.tensors.size());
+  offsets_.assign(1, 0);
+  for (int b = 0; b < T; ++b) {
+    const auto& t = m.tensors[m.tensor_at_backward(b)];
+    offsets_.push_back(offsets_.back() + t.numel);
+    pos_layer_.push_back(t.layer);
+  }
+  pos_step_ = m.ready_steps();
+  const double total = double(m.param_count());
+  update_s_.assign(m.layers.size(), 0);
+  for (const auto& t : m.tensors)
+    if (total > 0) update_s_[size_t(t.layer)] += compute_.optimizer_s() * double(t.numel) / total;
+  rsag_algorithm_ = coll_.library() == "nccl" ? "nccl_ring" : "ring";
+}
+
+std::vector<int64_t> PipelineModel::bounds_from_starts(const std::vector<int>& starts) const {
+  std::vector<int64_t> b;
+  for (size_t i = 1; i < starts.size(); ++i) b.push_back(offsets_[size_t(starts[i])]);
+  b.push_back(offsets_.back());
+  return b;
+}
+
+PipelineModel::Cost PipelineModel::message_cost(MessageTiming::Kind k, int64_t elems, const std::string& algorithm,
+                                                Precision transfer) const {
+  if (gpus_ <= 1) return {};
+  auto& cache = costs_[algorithm];
+  const int64_t key = elems * 16 + int64_t(k) * 4 + int64_t(transfer);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  Cost c;
+  if (k == MessageTiming::Allreduce) {
+    const BucketTerms t = bucket_terms(cluster_, coll_, 0, elems, algorithm, transfer, false);
+    c = {t.latency_s, t.bandwidth_s};
+  } else {
+    // A ring-family allreduce is a reduce-scatter then an all-gather of equal halves.
+    const CollectiveChoice ar = coll_.cost(rsag_algorithm_, elems, transfer);
+    c = {ar.launch_s + ar.cost.latency_s / 2, ar.cost.bandwidth_s / 2};
+    if (k == MessageTiming::ReduceScatter) c.latency_s += ar.cost.reduce_s;
+  }
+  return cache[key] = c;
+}
+
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int kMaxIterations = 40;
+constexpr int kMeanOver = 8;  // periods averaged when the pipeline does not settle
+
+bool at_or_before(double t, double now) { return t <= now + 1e-12 * std::max(1.0, now); }
+bool same_period(double a, double b) { return std::abs(a - b) <= 1e-9 * std::max({1e-9, std::abs(a), std::abs(b)}); }
+
+struct Partition {
+  int64_t begin = 0, elems = 0;
+  int ready_step = 0;   // the backward step whose end makes it ready
+  int first_layer = 0;  // the earliest forward layer it feeds
+  double delay_s = 0;   // its packing copy
+  PipelineModel::Cost first, second;  // allreduce or reduce-scatter; all-gather
+};
+
+// Successive iterations of one schedule: a compute stream and a channel of `credit` slots.
+class Pipeline {
+ public:
+  Pipeline(const PipelineModel& pm, const PipelineSchedule& s, std::vector<Partition> parts,
+           std::vector<std::vector<int>> layer_parts, const std::vector<double>& update_s)
+      : pm_(pm), s_(s), parts_(std::move(parts)), layer_parts_(std::move(layer_parts)), update_s_(update_s) {
+    L_ = pm.compute().layers().size();
+    P_ = parts_.size();
+    rsag_ = s.exchange == Exchange::ReduceScatterAllgather;
+    step_parts_.resize(L_);
+    for (size_t i = 0; i < P_; ++i) step_parts_.at(size_t(parts_[i].ready_step)).push_back(i);
+    for (double u : update_s) total_update_s_ += u;
+    const size_t iters = kMaxIterations + 1;
+    ready_.assign(iters * P_ * 2, kInf);
+    start_.assign(iters * P_ * 2, kInf);
+    end_.assign(iters * P_ * 2, kInf);
+    done_.assign(iters, 0);
+    reduced_.assign(iters, 0);
+    last_end_.assign(iters, 0);
+    last_reduced_.assign(iters, 0);
+    fwd_start_.assign(iters * L_, 0);
+    bwd_start_.assign(iters, 0);
+    bwd_end_.assign(iters, 0);
+  }
+
+  PipelineResult run(bool with_messages);
+
+ private:
+  enum class Op { Forward, Backward, Step };
+  size_t id(int k, size_t part, bool second) const { return (size_t(k) * P_ + part) * 2 + (second ? 1 : 0); }
+  int iteration_of(size_t msg) const { return int(msg / 2 / P_); }
+  size_t part_of(size_t msg) const { return (msg / 2) % P_; }
+  int messages_per_iteration() const { return int(P_) * (rsag_ ? 2 : 1); }
+  // Update placement: the step is the whole optimizer, or each GPU's shard of it.
+  double step_s() const { return s_.shard_optimizer ? total_update_s_ / pm_.gpus() : total_update_s_; }
+
+  double gate() const;
+  double duration() const;
+  void finish_op(double now);
+  void release(size_t msg, double at) {
+    ready_[msg] = at;
+    future_.push({at, msg});
+  }
+  void start_messages(double now);
+  void message_ended(size_t msg, double now);
+  // Smaller goes first: FIFO by ready time, priority by the forward layer it feeds; older
+  // iterations first, all-gathers before reductions, then the lower partition.
+  std::tuple<double, double, int, size_t> key(size_t msg) const {
+    const bool second = msg % 2;
+    if (s_.order == Order::Fifo) return {ready_[msg], double(iteration_of(msg)), second ? 0 : 1, part_of(msg)};
+    return {double(iteration_of(msg)), double(parts_[part_of(msg)].first_layer), second ? 0 : 1, part_of(msg)};
+  }
+
+  const PipelineModel& pm_;
+  const PipelineSchedule& s_;
+  std::vector<Partition> parts_;
+  std::vector<std::vector<int>> layer_parts_;
+  const std::vector<double>& update_s_;
+  double total_update_s_ = 0;
+  size_t L_ = 0, P_ = 0;
+  bool rsag_ = false;
+  std::vector<std::vector<size_t>> step_parts_;
+  std::vector<double> ready_, start_, end_;
+  std::vector<int> done_, reduced_;            // per iteration: messages ended, reductions ended
+  std::vector<double> last_end_, last_reduced_;
+  std::vector<double> fwd_start_, bwd_start_, bwd_end_, iteration_start_;
+
+  // The compute stream: iteration k_, op_, its index_ (layer, or backward step).
+  int k_ = 0;
+  Op op_ = Op::Forward;
+  size_t index_ = 0;
+  bool busy_ = false;
+  double busy_until_ = 0;
+
+  // The channel.
+  struct InFlight {
+    size_t msg;
+    bool in_bw;
+    double rem;
+  };
+  std::vector<InFlight> flight_;
+  using Future = std::pair<double, size_t>;
+  std::priority_queue<Future, std::vector<Future>, std::greater<>> future_;  // released, by ready time
+  std::vector<size_t> ready_heap_;  // ready, not started
+};
+
+double Pipeline::gate() const {
+  const size_t k = size_t(k_);
+  if (op_ == Op::Step) {
+    // Sharded: every reduce-scatter ended (the all-gathers follow the step). Else every
+    // delivery: the update needs the reduced gradients.
+    if (s_.shard_optimizer) return reduced_[k] == int(P_) ? last_reduced_[k] : kInf;
+    return done_[k] == messages_per_iteration() ? last_end_[k] : kInf;
+  }
+  if (op_ != Op::Forward || k_ == 0) return 0;
+  const int prev = k_ - 1;
+  if (s_.gate == Gate::Barrier) {
+    if (index_ != 0) return 0;
+    return done_[size_t(prev)] == messages_per_iteration() ? last_end_[size_t(prev)] : kInf;
+  }
+  double g = 0;
+  for (int part : layer_parts_[index_]) g = std::max(g, end_[id(prev, size_t(part), rsag_)]);
+  return g;
+}
+
+double Pipeline::duration() const {
+  const auto& layers = pm_.compute().layers();
+  switch (op_) {
+    case Op::Forward: return layers[index_].fwd_s + (s_.step_update ? 0 : update_s_[index_]);
+    case Op::Backward: return layers[L_ - 1 - index_].bwd_s;
+    case Op::Step: return step_s();
+  }
+  return 0;
+}
+
+void Pipeline::finish_op(double now) {
+  const size_t k = size_t(k_);
+  switch (op_) {
+    case Op::Forward:
+      if (++index_ == L_) {
+        op_ = Op::Backward;
+        index_ = 0;
+        bwd_start_[k] = now;
+      }
+      return;
+    case Op::Backward:
+      for (size_t i : step_parts_[index_]) release(id(k_, i, false), now + parts_[i].delay_s);
+      if (++index_ < L_) return;
+      bwd_end_[k] = now;
+      index_ = 0;
+      if (s_.step_update) {
+        op_ = Op::Step;
+        return;
+      }
+      break;
+    case Op::Step:
+      if (s_.shard_optimizer)
+        for (size_t i = 0; i < P_; ++i) release(id(k_, i, true), now);
+      break;
+  }
+  op_ = Op::Forward;
+  ++k_;
+}
+
+void Pipeline::message_ended(size_t msg, double now) {
+  end_[msg] = now;
+  const size_t k = size_t(iteration_of(msg));
+  ++done_[k];
+  last_end_[k] = std::max(last_end_[k], now);
+  if (msg % 2 == 0) {
+    ++reduced_[k];
+    last_reduced_[k] = std::max(last_reduced_[k], now);
+    if (rsag_ && !s_.shard_optimizer) release(msg + 1, now);
+  }
+}
+
+void Pipeline::start_messages(double now) {
+  auto later = [this](size_t a, size_t b) { return key(a) > key(b); };
+  while (!future_.empty() && at_or_before(future_.top().first, now)) {
+    ready_heap_.push_back(future_.top().second);
+    std::push_heap(ready_heap_.begin(), ready_heap_.end(), later);
+    future_.pop();
+  }
+  while (int(flight_.size()) < s_.credit && !ready_heap_.empty()) {
+    std::pop_heap(ready_heap_.begin(), ready_heap_.end(), later);
+    const size_t msg = ready_heap_.back();
+    ready_heap_.pop_back();
+    start_[msg] = now;
+    const auto& p = parts_[part_of(msg)];
+    flight_.push_back({msg, false, (msg % 2 ? p.second : p.first).latency_s});
+  }
+}
+
+PipelineResult Pipeline::run(bool with_messages) {
+  double now = 0;
+  int settled_at = -1;  // the iteration whose start closes the third equal period
+  for (;;) {
+    if (!busy_) {
+      const double g = gate();
+      if (at_or_before(g, now)) {
+        if (op_ == Op::Forward) {
+          fwd_start_[size_t(k_) * L_ + index_] = now;
+          if (index_ == 0) {
+            iteration_start_.push_back(now);
+            const auto& s = iteration_start_;
+            const size_t n = s.size();
+            if (n >= 4 && same_period(s[n - 1] - s[n - 2], s[n - 2] - s[n - 3]) &&
+                same_period(s[n - 2] - s[n - 3], s[n - 3] - s[n - 4])) {
+              settled_at = k_;
+              break;
+            }
+            if (k_ == kMaxIterations) break;
+          }
+        }
+        busy_ = true;
+        busy_until_ = now + duration();
+      }
+    }
+    start_messages(now);
+    int in_bw = 0;
+    for (const auto& f : flight_) in_bw += f.in_bw;
+    double dt = kInf;
+    if (busy_) dt = busy_until_ - now;
+    else if (const double g = gate(); g < kInf) dt = g - now;
+    if (!future_.empty()) dt = std::min(dt, future_.top().first - now);
+    for (const auto& f : flight_) dt = std::min(dt, f.in_bw ? f.rem * in_bw : f.rem);
+    if (!(dt < kInf)) throw std::logic_error("pipeline: nothing can progress (a gate waits for no message)");
+    dt = std::max(dt, 0.0);
+    now += dt;
+    for (auto f = flight_.begin(); f != flight_.end();) {
+      f->rem -= f->in_bw ? dt / in_bw : dt;
+      if (!f->in_bw && f->rem <= 1e-12 * std::max(1.0, now)) {
+        f->in_bw = true;
+        const auto& p = parts_[part_of(f->msg)];
+        f->rem = (f->msg % 2 ? p.second : p.first).bandwidth_s;
+      }
+      if (f->in_bw && f->rem <= 1e-12 * std::max(1.0, now)) {
+        message_ended(f->msg, now);
+        f = flight_.erase(f);
+      } else {
+        ++f;
+      }
+    }
+    if (busy_ && at_or_before(busy_until_, now)) {
+      busy_ = false;
+      finish_op(now);
+    }
+  }
+
+  PipelineResult r;
+  const auto& s = iteration_start_;
+  const size_t n = s.size();
+  r.converged = settled_at >= 0;
+  r.iterations_run = int(n);
+  const double period = r.converged ? s[n - 1] - s[n - 2] : (s[n - 1] - s[n - 1 - kMeanOver]) / kMeanOver;
+  const int j = int(n) - 3;  // the steady iteration: every message of it has ended by s[n - 1]
+  const double t0 = s[size_t(j)];
+  const auto& layers = pm_.compute().layers();
+  for (const auto& l : layers) r.compute_s += l.fwd_s + l.bwd_s;
+  r.compute_s += s_.step_update ? step_s() : total_update_s_;
+  for (const auto& p : parts_) r.comm_busy_s += p.first.latency_s + p.first.bandwidth_s +
+                                               (rsag_ ? p.second.latency_s + p.second.bandwidth_s : 0);
+  r.exposed_s = std::max(0.0, period - r.compute_s);
+  r.data_wait_s = pm_.compute().data_wait_s(period);
+  r.iteration_s = period + r.data_wait_s;
+  r.backward_start_s = bwd_start_[size_t(j)] - t0;
+  r.backward_end_s = bwd_end_[size_t(j)] - t0;
+  if (with_messages) {
+    for (size_t l = 0; l < L_; ++l) r.forward_start_s.push_back(fwd_start_[size_t(j) * L_ + l] - t0);
+    for (size_t i = 0; i < P_; ++i)
+      for (bool second : {false, true}) {
+        if (second && !rsag_) continue;
+        const size_t m = id(j, i, second);
+        MessageTiming t;
+        t.partition = int(i);
+        t.kind = second ? MessageTiming::Allgather : rsag_ ? MessageTiming::ReduceScatter : MessageTiming::Allreduce;
+        t.elems = parts_[i].elems;
+        t.ready_s = ready_[m] - t0;
+        t.start_s = start_[m] - t0;
+        t.end_s = end_[m] - t0;
+        r.messages.push_back(t);
+      }
+  }
+  return r;
+}
+
+}  // namespace
+
+PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_messages) const {
+  const int64_t total = elements();
+  if (s.bounds.empty() || s.bounds.back() != total)
+    throw InputError(field("schedule.bounds") + ": the last partition must end at " + std::to_string(total) +
+                     " elements (every gradient once)");
+  for (size_t i = 0; i < s.bounds.size(); ++i)
+    if (s.bounds[i] <= (i ? s.bounds[i - 1] : 0))
+      throw InputError(field("schedule.bounds") + "[" + std::to_string(i) + "]: partitions must be nonempty and in order");
+  if (s.credit < 1) throw InputError(field("schedule.credit") + ": must be >= 1 message in flight");
+  if (s.shard_optimizer && (s.exchange != Exchange::ReduceScatterAllgather || !s.step_update))
+    throw InputError(field("schedule.shard_optimizer") +
+                     ": needs the reduce-scatter + all-gather exchange and an optimizer step (step_update)");
+  std::vector<Partition> parts;
+  std::vector<std::vector<int>> layer_parts(model_.layers.size());
+  int64_t begin = 0;
+  for (int64_t end : s.bounds) {
+    Partition p;
+    p.begin = begin;
+    p.elems = end - begin;
+    const int first = int(std::upper_bound(offsets_.begin(), offsets_.end(), begin) - offsets_.begin()) - 1;
+    const int last = int(std::upper_bound(offsets_.begin(), offsets_.end(), end - 1) - offsets_.begin()) - 1;
+    p.first_layer = std::numeric_limits<int>::max();
+    const int index = int(parts.size());
+    for (int pos = first; pos <= last; ++pos) {
+      if (offsets_[size_t(pos) + 1] == offsets_[size_t(pos)]) continue;  // an empty tensor
+      p.ready_step = std::max(p.ready_step, pos_step_[size_t(pos)]);
+      const int layer = pos_layer_[size_t(pos)];
+      p.first_layer = std::min(p.first_layer, layer);
+      auto& lp = layer_parts[size_t(layer)];
+      if (lp.empty() || lp.back() != index) lp.push_back(index);
+    }
+    if (s.pack && last > first) p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
+    const auto kind = s.exchange == Exchange::Allreduce ? MessageTiming::Allreduce : MessageTiming::ReduceScatter;
+    p.first = message_cost(kind, p.elems, s.algorithm, s.transfer);
+    if (kind == MessageTiming::ReduceScatter) p.second = message_cost(MessageTiming::Allgather, p.elems, s.algorithm, s.transfer);
+    parts.push_back(p);
+    begin = end;
+  }
+  Pipeline pipe(*this, s, std::move(parts), std::move(layer_parts), update_s_);
+  return pipe.run(with_messages);
+}
+
+PipelineModel::Bound PipelineModel::lower_bound(Precision transfer, const std::string& algorithm) const {
+  Bound b;
+  const auto& layers = compute_.layers();
+  const size_t L = layers.size();
+  double update = 0;
+  for (double u : update_s_) update += u;
+  double fwd = 0, bwd = 0;
+  for (const auto& l : layers) fwd += l.fwd_s, bwd += l.bwd_s;
+  // (a) Compute: a sharded optimizer leaves 1/p of the update on each GPU.
+  b.compute_s = fwd + bwd + update / std::max(1, gpus_);
+  // Per kind of message, its smallest latency part and bandwidth part per element over
+  // sizes 2^(k/4) and every element; certified when, for every algorithm a message may
+  // use, the latency part never falls and the bandwidth part per element never rises with
+  // the size there (single-variant alpha-beta costs), so that the minima lie at the ends.
+  const int64_t total = elements();
+  std::vector<int64_t> sizes;  // 2^(k/4), then every element
+  for (double x = 1; x < double(total); x *= std::pow(2.0, 0.25))
+    if (sizes.empty() || int64_t(x) > sizes.back()) sizes.push_back(int64_t(x));
+  sizes.push_back(total);
+  struct Rate {
+    double lat = kInf, per_elem = kInf;
+  };
+  // Over every algorithm a message may use (`auto`: each automatic one of the library).
+  auto rate_of = [&](MessageTiming::Kind k) {
+    std::vector<std::string> names;
+    if (k != MessageTiming::Allreduce) names.push_back(rsag_algorithm_);
+    else if (algorithm != "auto") names.push_back(algorithm);
+    else
+      for (const auto& a : algorithms())
+        if (a.automatic && a.library == coll_.library()) names.emplace_back(a.name);
+    Rate r;
+    for (const auto& name : names) {
+      if (!coll_.monotone(name)) b.certified = false;
+      double prev_lat = -kInf, prev_per = kInf;
+      for (int64_t n : sizes) {
+        Cost c;
+        try {
+          c = message_cost(k, n, name, transfer);
+        } catch (const InputError&) {
+          break;  // not applicable to this rank layout
+        }
+        const double per = c.bandwidth_s / double(n);
+        if (c.latency_s < prev_lat * (1 - 1e-12) || per > prev_per * (1 + 1e-12)) b.certified = false;
+        prev_lat = c.latency_s;
+        prev_per = per;
+        r.lat = std::min(r.lat, c.latency_s);
+        r.per_elem = std::min(r.per_elem, per);
+      }
+    }
+    return r;
+  };
+  const Rate ar = rate_of(MessageTiming::Allreduce), rs = rate_of(MessageTiming::ReduceScatter),
+             ag = rate_of(MessageTiming::Allgather);
+  // Delivering n elements: at least one latency and every element's bandwidth part
+  // (shared links conserve the bandwidth work).
+  auto deliver = [&](int64_t n) {
+    return std::min(ar.lat + double(n) * ar.per_elem, rs.lat + ag.lat + double(n) * (rs.per_elem + ag.per_elem));
+  };
+  // (b) The first forward layer with parameters: its gradients are written by backward
+  // step `step`; its next forward waits for all of them.
+  for (size_t l = 0; l < L; ++l) {
+    const Layer& layer = model_.layers[l];
+    int64_t n = 0;
+    for (int t = layer.first_tensor; t < layer.first_tensor + layer.tensor_count; ++t) n += model_.tensors[size_t(t)].numel;
+    if (n == 0) continue;
+    double fwd_from = 0, bwd_to = 0;
+    for (size_t i = l; i < L; ++i) fwd_from += layers[i].fwd_s, bwd_to += layers[i].bwd_s;
+    b.first_layer_s = fwd_from + bwd_to + (gpus_ > 1 ? deliver(n) : 0);
+    break;
+  }
+  // (c) The channel carries every element once per iteration.
+  if (gpus_ > 1) b.channel_s = double(total) * std::min(ar.per_elem, rs.per_elem + ag.per_elem);
+  const double busy = std::max({b.compute_s, b.first_layer_s, b.channel_s});
+  b.iteration_s = busy + compute_.data_wait_s(busy);
+  return b;
+}
+
+}  // namespace fuseplan
