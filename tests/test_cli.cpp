@@ -150,6 +150,41 @@ TEST_CASE("cli: predict --pack and --cycle-time price the fusion buffer copy and
   CHECK(nlohmann::json::parse(pf)["cycle_ms"] == Approx(5.0));
 }
 
+TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and refuses bad input with exit 2") {
+  const std::string setup = "schedule --model vgg16 --cluster p100-horovod --gpus 512 --batch-per-gpu 32 --precision fp32";
+  Run table = run(setup);
+  REQUIRE(table.code == 0);
+  for (const char* name : {"best", "fusion", "ddp", "horovod", "bytescheduler", "usbyte", "dear", "zero2", "fsdp"})
+    CHECK_THAT(table.out, Catch::Contains(std::string("  ") + name + " "));
+  CHECK_THAT(table.out, Catch::Contains("lower bound of any schedule"));
+  Run js = run_stdout(setup + " --strategy best,fusion --json");
+  REQUIRE(js.code == 0);
+  auto j = nlohmann::json::parse(js.out);
+  REQUIRE(j.size() == 2);
+  const double best = j[0]["prediction"]["iteration_ms"], fusion = j[1]["prediction"]["iteration_ms"];
+  const double bound = j[0]["prediction"]["lower_bound_ms"];
+  CHECK(j[0]["schema"] == "fuseplan.schedule/1");
+  CHECK(bound <= best);
+  CHECK(best <= fusion);
+  // VGG-16 at 512 GPUs over 25 Gbit/s is communication-bound: well beyond fusion.
+  CHECK(fusion / best >= 1.2);
+  const std::string out = tmp("schedule.json");
+  std::filesystem::remove(out);
+  Run written = run(setup + " --strategy dear --out " + out);
+  REQUIRE(written.code == 0);
+  std::ifstream f(out);
+  auto d = nlohmann::json::parse(f);
+  CHECK(d["exchange"] == "rs+ag");
+  CHECK(d["bounds"].back().get<int64_t>() == 138357544);
+  CHECK(d["messages"].size() == 2 * d["bounds"].size());
+  expect_bad(setup + " --strategy bytesched", "--strategy: unknown schedule 'bytesched' (valid: best, fusion,");
+  expect_bad(setup + " --partition 0", "--partition: a whole number of parameters >= 1");
+  expect_bad(setup + " --credit 1.5", "--credit: a whole number");
+  expect_bad(setup + " --budget 0", "--budget: must be in [1, 1000000]");
+  expect_bad(setup + " --out " + out, "--out: writes one schedule; give one --strategy");
+  expect_bad("schedule --model resnet18 --gpus 0", "--gpus");
+}
+
 TEST_CASE("cli: predict defaults run the paper's setup and write a trace and a plan") {
   std::string trace = tmp("trace.json"), plan = tmp("plan.json");
   Run r = run("predict --trace " + trace + " --out " + plan);

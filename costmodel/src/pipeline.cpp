@@ -401,7 +401,7 @@ PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_mess
       auto& lp = layer_parts[size_t(layer)];
       if (lp.empty() || lp.back() != index) lp.push_back(index);
     }
-    if (s.pack && last > first) p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
+    if (s.pack) p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
     const auto kind = s.exchange == Exchange::Allreduce ? MessageTiming::Allreduce : MessageTiming::ReduceScatter;
     p.first = message_cost(kind, p.elems, s.algorithm, s.transfer);
     if (kind == MessageTiming::ReduceScatter) p.second = message_cost(MessageTiming::Allgather, p.elems, s.algorithm, s.transfer);

@@ -67,8 +67,8 @@ struct PipelineSchedule {
   // all-gather carries the reduced gradients and every GPU updates all of them (DeAR).
   bool shard_optimizer = false;
   int credit = 1;                // messages in flight at once (>= 1)
-  // A partition of several tensors is copied into a buffer first (pack_time_s), as
-  // Horovod's fusion buffer and DDP's bucket buffers; else it is a view.
+  // Every partition is copied into a buffer first (pack_time_s), as the tuner's packed
+  // plans are (Horovod's fusion buffer, DDP's bucket buffers); else it is a view.
   bool pack = false;
   std::string algorithm = "auto";  // allreduce messages: a registered name or auto
   Precision transfer = Precision::FP16;
