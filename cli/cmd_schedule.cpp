@@ -8,6 +8,7 @@
 #include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/whatif.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/sim/simulator.hpp"
 
 namespace fuseplan::cli {
 
@@ -16,7 +17,8 @@ struct ScheduleFlags {
   SetupFlags setup;
   std::string strategies = "all", partition = "1000000", credit = "4000000", out;
   int64_t budget = ScheduleOptions{}.search_evaluations;
-  bool json = false;
+  int sim_iterations = 6;
+  bool json = false, simulate = false;
 };
 
 int64_t parse_count(const std::string& s, const std::string& flag) {
@@ -52,11 +54,21 @@ void run_schedule(const ScheduleFlags& f) {
   const PipelineModel::Bound bound = pm.lower_bound(r.transfer);
   std::vector<ScheduleResult> results;
   for (ScheduleStrategy s : which) results.push_back(schedule_for(pm, s, o));
+  std::vector<double> simulated;
+  if (f.simulate) {
+    sim::SimOptions so;
+    so.iterations = f.sim_iterations;
+    so.trace_ranks = 0;
+    for (const auto& res : results) simulated.push_back(sim::simulate_schedule(pm, res.schedule, so).result.iteration_s);
+  }
   if (!f.out.empty())
     write_file_atomic(f.out, schedule_to_json(pm, results.front(), &bound).dump(1) + "\n");
   if (f.json) {
     nlohmann::json j = nlohmann::json::array();
-    for (const auto& res : results) j.push_back(schedule_to_json(pm, res, &bound));
+    for (size_t i = 0; i < results.size(); ++i) {
+      j.push_back(schedule_to_json(pm, results[i], &bound));
+      if (f.simulate) j.back()["prediction"]["simulated_iteration_ms"] = simulated[i] * 1e3;
+    }
     out() << j.dump(2) << "\n";
     return;
   }
@@ -67,16 +79,21 @@ void run_schedule(const ScheduleFlags& f) {
   double fusion_s = 0;
   for (const auto& res : results)
     if (res.schedule.strategy == "fusion") fusion_s = res.result.iteration_s;
-  Table t({"<schedule", "partitions", "<exchange", "<order", "<gate", "<update", "credit", "iteration ms",
-           "exposed ms", "vs fusion", "gap to bound", "memory GiB", "tuned ms"});
-  for (const auto& res : results) {
+  std::vector<std::string> head{"<schedule", "partitions", "<exchange", "<order", "<gate", "<update", "credit",
+                                "iteration ms", "exposed ms", "vs fusion", "gap to bound", "memory GiB", "tuned ms"};
+  if (f.simulate) head.insert(head.end(), {"simulated ms", "sim / model"});
+  Table t(head);
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& res = results[i];
     const auto& s = res.schedule;
     const auto& p = res.result;
-    t.row({s.strategy, partition_summary(s), exchange_name(s.exchange), order_name(s.order), gate_name(s.gate),
+    std::vector<std::string> cells{s.strategy, partition_summary(s), exchange_name(s.exchange), order_name(s.order), gate_name(s.gate),
            s.shard_optimizer ? "shard" : s.step_update ? "step" : "per layer", std::to_string(s.credit),
            ms(p.iteration_s), ms(p.exposed_s), fusion_s > 0 ? fixed(fusion_s / p.iteration_s, 3) + "x" : "-",
            signed_percent(p.iteration_s / bound.iteration_s - 1), fixed(res.memory.total() / (1024.0 * 1024 * 1024), 2),
-           fixed(res.seconds * 1e3, 2)});
+           fixed(res.seconds * 1e3, 2)};
+    if (f.simulate) cells.insert(cells.end(), {ms(simulated[i]), fixed(simulated[i] / p.iteration_s, 4)});
+    t.row(cells);
   }
   t.print(out(), "  ");
   if (!f.out.empty()) out() << "\n  schedule written to " << f.out << "\n";
@@ -102,6 +119,9 @@ void add_schedule_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--budget", f->budget, "best: evaluations of the local search (1 to 1000000)")->capture_default_str();
   cmd->add_option("--out", f->out, "write the schedule (schema fuseplan.schedule/1) to FILE; one --strategy");
+  cmd->add_flag("--simulate", f->simulate, "also replay each schedule rank by rank in SimGrid (simulated ms, sim / model)");
+  cmd->add_option("--sim-iterations", f->sim_iterations, "with --simulate: iterations replayed (3 to 1000; the last period counts)")
+      ->capture_default_str();
   cmd->add_flag("--json", f->json, "print the schedules with their predictions and messages as JSON");
   cmd->callback([f] { run_schedule(*f); });
 }

@@ -94,11 +94,7 @@ constexpr int kMeanOver = 8;  // periods averaged when the pipeline does not set
 bool at_or_before(double t, double now) { return t <= now + 1e-12 * std::max(1.0, now); }
 bool same_period(double a, double b) { return std::abs(a - b) <= 1e-9 * std::max({1e-9, std::abs(a), std::abs(b)}); }
 
-struct Partition {
-  int64_t begin = 0, elems = 0;
-  int ready_step = 0;   // the backward step whose end makes it ready
-  int first_layer = 0;  // the earliest forward layer it feeds
-  double delay_s = 0;   // its packing copy
+struct Partition : PipelineModel::PartitionInfo {
   PipelineModel::Cost first, second;  // allreduce or reduce-scatter; all-gather
 };
 
@@ -123,6 +119,11 @@ class Pipeline {
     last_end_.assign(iters, 0);
     last_reduced_.assign(iters, 0);
     fwd_start_.assign(iters * L_, 0);
+    // Per iteration and layer: deliveries still to come, and the last one's end.
+    owed_.assign(iters * L_, 0);
+    for (size_t k = 0; k < iters; ++k)
+      for (size_t l = 0; l < L_; ++l) owed_[k * L_ + l] = int(layer_parts_[l].size());
+    delivered_.assign(iters * L_, 0);
     bwd_start_.assign(iters, 0);
     bwd_end_.assign(iters, 0);
   }
@@ -168,6 +169,8 @@ class Pipeline {
   std::vector<int> done_, reduced_;            // per iteration: messages ended, reductions ended
   std::vector<double> last_end_, last_reduced_;
   std::vector<double> fwd_start_, bwd_start_, bwd_end_, iteration_start_;
+  std::vector<int> owed_;
+  std::vector<double> delivered_;
 
   // The compute stream: iteration k_, op_, its index_ (layer, or backward step).
   int k_ = 0;
@@ -202,9 +205,8 @@ double Pipeline::gate() const {
     if (index_ != 0) return 0;
     return done_[size_t(prev)] == messages_per_iteration() ? last_end_[size_t(prev)] : kInf;
   }
-  double g = 0;
-  for (int part : layer_parts_[index_]) g = std::max(g, end_[id(prev, size_t(part), rsag_)]);
-  return g;
+  const size_t at = size_t(prev) * L_ + index_;
+  return owed_[at] == 0 ? delivered_[at] : kInf;
 }
 
 double Pipeline::duration() const {
@@ -249,6 +251,11 @@ void Pipeline::finish_op(double now) {
 void Pipeline::message_ended(size_t msg, double now) {
   end_[msg] = now;
   const size_t k = size_t(iteration_of(msg));
+  if (msg % 2 == (rsag_ ? 1u : 0u))  // the delivery of its partition's layers
+    for (int layer : parts_[part_of(msg)].layers) {
+      --owed_[k * L_ + size_t(layer)];
+      delivered_[k * L_ + size_t(layer)] = std::max(delivered_[k * L_ + size_t(layer)], now);
+    }
   ++done_[k];
   last_end_[k] = std::max(last_end_[k], now);
   if (msg % 2 == 0) {
@@ -370,7 +377,7 @@ PipelineResult Pipeline::run(bool with_messages) {
 
 }  // namespace
 
-PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_messages) const {
+std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const PipelineSchedule& s) const {
   const int64_t total = elements();
   if (s.bounds.empty() || s.bounds.back() != total)
     throw InputError(field("schedule.bounds") + ": the last partition must end at " + std::to_string(total) +
@@ -382,31 +389,40 @@ PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_mess
   if (s.shard_optimizer && (s.exchange != Exchange::ReduceScatterAllgather || !s.step_update))
     throw InputError(field("schedule.shard_optimizer") +
                      ": needs the reduce-scatter + all-gather exchange and an optimizer step (step_update)");
-  std::vector<Partition> parts;
-  std::vector<std::vector<int>> layer_parts(model_.layers.size());
+  std::vector<PartitionInfo> parts;
   int64_t begin = 0;
   for (int64_t end : s.bounds) {
-    Partition p;
+    PartitionInfo p;
     p.begin = begin;
     p.elems = end - begin;
     const int first = int(std::upper_bound(offsets_.begin(), offsets_.end(), begin) - offsets_.begin()) - 1;
     const int last = int(std::upper_bound(offsets_.begin(), offsets_.end(), end - 1) - offsets_.begin()) - 1;
     p.first_layer = std::numeric_limits<int>::max();
-    const int index = int(parts.size());
     for (int pos = first; pos <= last; ++pos) {
       if (offsets_[size_t(pos) + 1] == offsets_[size_t(pos)]) continue;  // an empty tensor
       p.ready_step = std::max(p.ready_step, pos_step_[size_t(pos)]);
       const int layer = pos_layer_[size_t(pos)];
       p.first_layer = std::min(p.first_layer, layer);
-      auto& lp = layer_parts[size_t(layer)];
-      if (lp.empty() || lp.back() != index) lp.push_back(index);
+      if (std::find(p.layers.begin(), p.layers.end(), layer) == p.layers.end()) p.layers.push_back(layer);
     }
     if (s.pack) p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
-    const auto kind = s.exchange == Exchange::Allreduce ? MessageTiming::Allreduce : MessageTiming::ReduceScatter;
+    parts.push_back(std::move(p));
+    begin = end;
+  }
+  return parts;
+}
+
+PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_messages) const {
+  std::vector<Partition> parts;
+  std::vector<std::vector<int>> layer_parts(model_.layers.size());
+  const auto kind = s.exchange == Exchange::Allreduce ? MessageTiming::Allreduce : MessageTiming::ReduceScatter;
+  for (auto& info : partitions(s)) {
+    Partition p;
+    static_cast<PartitionInfo&>(p) = std::move(info);
+    for (int layer : p.layers) layer_parts[size_t(layer)].push_back(int(parts.size()));
     p.first = message_cost(kind, p.elems, s.algorithm, s.transfer);
     if (kind == MessageTiming::ReduceScatter) p.second = message_cost(MessageTiming::Allgather, p.elems, s.algorithm, s.transfer);
-    parts.push_back(p);
-    begin = end;
+    parts.push_back(std::move(p));
   }
   Pipeline pipe(*this, s, std::move(parts), std::move(layer_parts), update_s_);
   return pipe.run(with_messages);

@@ -25,4 +25,9 @@ Report simulate_plan_here(const Model&, const Cluster&, const Plan&, CollectiveO
   no_simgrid();
 }
 
+SimScheduleResult simulate_schedule(const PipelineModel&, const PipelineSchedule&, const SimOptions&) { no_simgrid(); }
+SimScheduleResult simulate_schedule_here(const PipelineModel&, const PipelineSchedule&, const SimOptions&) {
+  no_simgrid();
+}
+
 }  // namespace fuseplan::sim

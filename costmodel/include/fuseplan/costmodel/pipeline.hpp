@@ -144,6 +144,21 @@ class PipelineModel {
   };
   Cost message_cost(MessageTiming::Kind k, int64_t elems, const std::string& algorithm, Precision transfer) const;
 
+  // A schedule's partitions as the pipeline (and the simulator) runs them. InputError
+  // when the schedule is malformed.
+  struct PartitionInfo {
+    int64_t begin = 0, elems = 0;
+    int ready_step = 0;        // the backward step whose end makes it ready
+    int first_layer = 0;       // the earliest forward layer it feeds (its priority)
+    double delay_s = 0;        // its packing copy
+    std::vector<int> layers;   // the forward layers whose parameters it carries
+  };
+  std::vector<PartitionInfo> partitions(const PipelineSchedule& s) const;
+  // Per forward layer: its share of the optimizer step (by parameters).
+  const std::vector<double>& update_s() const { return update_s_; }
+  // The algorithm whose halves price a reduce-scatter and an all-gather.
+  const std::string& rsag_algorithm() const { return rsag_algorithm_; }
+
  private:
   const Model& model_;
   const Cluster& cluster_;

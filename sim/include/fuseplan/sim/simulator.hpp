@@ -22,6 +22,7 @@
 #include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
 
@@ -72,6 +73,23 @@ Report simulate_plan(const Scenario& s, const SimOptions& opt);
 // benchmark does to measure the child's memory and CPU time.
 Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, CollectiveOptions coll_opt,
                           const TrainingGoal& goal, const SimOptions& opt);
+
+// Schedules beyond fusion (pipeline.hpp), rank by rank: per rank a compute actor whose
+// forward pass waits for the previous iteration's messages (per layer or at a barrier),
+// backward marking partitions ready, the optimizer step where the schedule has one; and
+// `credit` channel actors replaying each partition's allreduce, or the reduce-scatter
+// and all-gather halves of the ring-family schedule, as messages. Rank 0 coordinates (as
+// Horovod's rank 0 does): a message goes to a free slot of rank 0 once every rank has it
+// ready, the most urgent first (the schedule's order), and every rank's slot replays the
+// same sequence. `opt.iterations` >= 3; no jitter or stragglers. The result is rank 0's,
+// as PipelineModel::evaluate reports it: the last period and the iteration two before the
+// last, plus the traced ranks' events. Runs in a child process (run_isolated).
+struct SimScheduleResult {
+  PipelineResult result;
+  std::vector<TimelineEvent> events;
+};
+SimScheduleResult simulate_schedule(const PipelineModel& pm, const PipelineSchedule& s, const SimOptions& opt);
+SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const PipelineSchedule& s, const SimOptions& opt);
 
 // Runs `fn` in a forked child (SimGrid: one simulation per process) and returns the
 // string it returned. InputError and RunError thrown by `fn` are rethrown here.
