@@ -65,25 +65,52 @@ std::vector<int64_t> PipelineModel::bounds_from_starts(const std::vector<int>& s
   return b;
 }
 
+namespace {
+// The size at which an algorithm's bandwidth part per element is read: large enough that
+// every round's slowest link is the one with the steeper slope (AffineTail).
+constexpr int64_t kLinkDemandElems = int64_t(1) << 28;
+}  // namespace
+
 PipelineModel::Cost PipelineModel::message_cost(MessageTiming::Kind k, int64_t elems, const std::string& algorithm,
                                                 Precision transfer) const {
   if (gpus_ <= 1) return {};
   auto& cache = costs_[algorithm];
   const int64_t key = elems * 16 + int64_t(k) * 4 + int64_t(transfer);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  Cost c;
+  // The closed form's total, and its split into what the links carry (shared by messages
+  // in flight) and the rest. In the closed form a round costs its slowest link, alpha
+  // included: for small chunks that is a high-alpha link while the NIC still carries the
+  // chunk. So the shared part is at least the algorithm's bandwidth per element at a
+  // large size (the busiest link's demand) times the elements, the rest latency.
+  auto raw = [&](int64_t n, std::string_view* chosen) {
+    Cost c;
+    if (k == MessageTiming::Allreduce) {
+      const BucketTerms t = bucket_terms(cluster_, coll_, 0, n, algorithm, transfer, false);
+      if (chosen) *chosen = t.choice.algorithm->name;
+      c = {t.latency_s, t.bandwidth_s};
+    } else {
+      // A ring-family allreduce is a reduce-scatter then an all-gather of equal halves.
+      const CollectiveChoice ar = coll_.cost(rsag_algorithm_, n, transfer);
+      c = {ar.launch_s + ar.cost.latency_s / 2, ar.cost.bandwidth_s / 2};
+      if (k == MessageTiming::ReduceScatter) c.latency_s += ar.cost.reduce_s;
+    }
+    return c;
+  };
+  std::string_view chosen = rsag_algorithm_;
+  Cost c = raw(elems, &chosen);
+  const double total = c.latency_s + c.bandwidth_s;
+  const int64_t big = std::max(elems, kLinkDemandElems);
+  double per_elem = 0;
   if (k == MessageTiming::Allreduce) {
-    const BucketTerms t = bucket_terms(cluster_, coll_, 0, elems, algorithm, transfer, false);
-    c = {t.latency_s, t.bandwidth_s};
+    const BucketTerms t = bucket_terms(cluster_, coll_, 0, big, chosen, transfer, false);
+    per_elem = t.bandwidth_s / double(big);
   } else {
-    // A ring-family allreduce is a reduce-scatter then an all-gather of equal halves.
-    const CollectiveChoice ar = coll_.cost(rsag_algorithm_, elems, transfer);
-    c = {ar.launch_s + ar.cost.latency_s / 2, ar.cost.bandwidth_s / 2};
-    if (k == MessageTiming::ReduceScatter) c.latency_s += ar.cost.reduce_s;
+    per_elem = raw(big, nullptr).bandwidth_s / double(big);
   }
+  c.bandwidth_s = std::min(total, std::max(c.bandwidth_s, per_elem * double(elems)));
+  c.latency_s = total - c.bandwidth_s;
   return cache[key] = c;
 }
-
 
 namespace {
 
@@ -450,17 +477,17 @@ PipelineModel::Bound PipelineModel::lower_bound(Precision transfer, const std::s
   struct Rate {
     double lat = kInf, per_elem = kInf;
   };
-  // Over every algorithm a message may use (`auto`: each automatic one of the library).
+  // Over the algorithm a message uses: `auto` is the cheapest at each size, so its own
+  // costs (certified where each automatic algorithm's cost is monotone and the grid shows
+  // no dip between switches).
   auto rate_of = [&](MessageTiming::Kind k) {
-    std::vector<std::string> names;
-    if (k != MessageTiming::Allreduce) names.push_back(rsag_algorithm_);
-    else if (algorithm != "auto") names.push_back(algorithm);
-    else
+    std::vector<std::string> names{k == MessageTiming::Allreduce ? algorithm : rsag_algorithm_};
+    if (k == MessageTiming::Allreduce && algorithm == "auto")
       for (const auto& a : algorithms())
-        if (a.automatic && a.library == coll_.library()) names.emplace_back(a.name);
+        if (a.automatic && a.library == coll_.library() && !coll_.monotone(a.name)) b.certified = false;
     Rate r;
     for (const auto& name : names) {
-      if (!coll_.monotone(name)) b.certified = false;
+      if (name != "auto" && !coll_.monotone(name)) b.certified = false;
       double prev_lat = -kInf, prev_per = kInf;
       for (int64_t n : sizes) {
         Cost c;
