@@ -35,7 +35,8 @@ std::string partition_summary(const PipelineSchedule& s) {
   return std::to_string(s.bounds.size());
 }
 
-void run_schedule(const ScheduleFlags& f) {
+void run_schedule(ScheduleFlags& f) {
+  f.setup.replicated_memory = false;  // sharded schedules fit where replicated ones do not
   auto r = f.setup.resolve();
   ScheduleOptions o;
   o.transfer = r.transfer;
@@ -43,6 +44,7 @@ void run_schedule(const ScheduleFlags& f) {
   o.credit_elems = parse_count(f.credit, "--credit");
   if (f.budget < 1 || f.budget > 1000000) throw InputError("--budget: must be in [1, 1000000] evaluations");
   o.search_evaluations = f.budget;
+  o.memory_limit_bytes = r.cluster.device.mem_GiB * 1024.0 * 1024 * 1024;
   std::vector<ScheduleStrategy> which;
   if (f.strategies == "all") which.assign(std::begin(kAllScheduleStrategies), std::end(kAllScheduleStrategies));
   else
@@ -80,7 +82,8 @@ void run_schedule(const ScheduleFlags& f) {
   for (const auto& res : results)
     if (res.schedule.strategy == "fusion") fusion_s = res.result.iteration_s;
   std::vector<std::string> head{"<schedule", "partitions", "<exchange", "<order", "<gate", "<update", "credit",
-                                "iteration ms", "exposed ms", "vs fusion", "gap to bound", "memory GiB", "tuned ms"};
+                                "iteration ms", "exposed ms", "vs fusion", "gap to bound", "memory GiB", "fits",
+                                "tuned ms"};
   if (f.simulate) head.insert(head.end(), {"simulated ms", "sim / model"});
   Table t(head);
   for (size_t i = 0; i < results.size(); ++i) {
@@ -91,11 +94,15 @@ void run_schedule(const ScheduleFlags& f) {
            s.shard_optimizer ? "shard" : s.step_update ? "step" : "per layer", std::to_string(s.credit),
            ms(p.iteration_s), ms(p.exposed_s), fusion_s > 0 ? fixed(fusion_s / p.iteration_s, 3) + "x" : "-",
            signed_percent(p.iteration_s / bound.iteration_s - 1), fixed(res.memory.total() / (1024.0 * 1024 * 1024), 2),
-           fixed(res.seconds * 1e3, 2)};
+           res.fits ? "yes" : "no", fixed(res.seconds * 1e3, 2)};
     if (f.simulate) cells.insert(cells.end(), {ms(simulated[i]), fixed(simulated[i] / p.iteration_s, 4)});
     t.row(cells);
   }
   t.print(out(), "  ");
+  if (r.cluster.device.mem_GiB > 0)
+    out() << "\n  fits: the schedule's per-GPU memory (weights, gradients, buffers, optimizer state, activations;\n"
+          << "  a lower bound of what a framework allocates) within the device's " << fixed(r.cluster.device.mem_GiB, 0)
+          << " GiB; best searches only those that fit.\n";
   if (!f.out.empty()) out() << "\n  schedule written to " << f.out << "\n";
 }
 }  // namespace

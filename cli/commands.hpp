@@ -46,6 +46,9 @@ struct SetupFlags {
   double inter_bw_Gbps = 0, inter_lat_us = -1;
   GoalFlags goal_flags;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
+  // Refuse a model whose replicated states exceed the GPU's memory (schedule turns it
+  // off: it prices sharded schedules and marks which fit).
+  bool replicated_memory = true;
   void add(CLI::App* app);
 
   struct Resolved {

@@ -159,7 +159,7 @@ SetupFlags::Resolved SetupFlags::resolve() const {
   if (measured) check_profile(*measured, profile, r.batch, r.compute);
   std::vector<std::string> warnings;
   r.cluster = check_setup(r.model, r.cluster, r.gpus, r.batch, r.compute, r.transfer, "--gpus",
-                          "--model " + r.model.name, warnings);
+                          "--model " + r.model.name, warnings, replicated_memory);
   say(warnings);
   return r;
 }

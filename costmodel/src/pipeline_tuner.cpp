@@ -132,12 +132,18 @@ PipelineSchedule base(const ScheduleOptions& o, ScheduleStrategy st) {
 }
 
 struct Search {
-  explicit Search(const PipelineModel& m) : pm(m) {}
+  explicit Search(const PipelineModel& m, double limit = 0) : pm(m), memory_limit(limit) {}
   const PipelineModel& pm;
+  double memory_limit;
   int64_t evaluations = 0;
   PipelineSchedule best;
   double best_s = std::numeric_limits<double>::infinity();
+  bool fits(const PipelineSchedule& s) const {
+    return !(memory_limit > 0) ||
+           schedule_memory(pm.model(), pm.gpus(), pm.batch(), pm.compute_precision(), s).total() <= memory_limit;
+  }
   bool consider(const PipelineSchedule& s) {
+    if (!fits(s)) return false;
     ++evaluations;
     const double t = pm.evaluate(s, false).iteration_s;
     if (t < best_s * (1 - 1e-12)) {
@@ -210,8 +216,9 @@ void local_search(Search& search, int64_t budget) {
   }
 }
 
-PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o, int64_t* evaluations) {
-  Search search(pm);
+PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o, int64_t* evaluations,
+                               double memory_limit) {
+  Search search(pm, memory_limit);
   bool pack = false;
   PipelineSchedule fusion = base(o, ScheduleStrategy::Best);
   fusion.bounds = fusion_bounds(pm, Strategy::Optimal, o, &pack);
@@ -248,6 +255,9 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
     int credit;
   };
   std::vector<Setting> settings;
+  auto fastest = [&](const PipelineSchedule& s) {
+    return search.fits(s) ? pm.evaluate(s, false).iteration_s : std::numeric_limits<double>::infinity();
+  };
   const std::vector<int64_t> probe_uniform = uniform_bounds(total, std::min<int64_t>(total, 1 << 20));
   const std::vector<int64_t> probe_growing = growing_bounds(total, std::min<int64_t>(total, 1 << 16), 2.0);
   for (size_t k = 0; k < shapes().size(); ++k)
@@ -258,7 +268,7 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
           for (const std::vector<int64_t>* b : {&std::as_const(fusion.bounds), &probe_uniform, &probe_growing}) {
             const PipelineSchedule s = schedule(shapes()[k], gate, order, credit, *b);
             search.consider(s);
-            best = std::min(best, pm.evaluate(s, false).iteration_s);
+            best = std::min(best, fastest(s));
           }
           settings.push_back({best, k, gate, order, credit});
         }
@@ -267,6 +277,10 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
     for (const auto& b : families)
       search.consider(schedule(shapes()[settings[i].shape], settings[i].gate, settings[i].order, settings[i].credit, b));
   // Stage 2: the boundaries of the best, locally.
+  if (search.best.bounds.empty()) {  // nothing fits the memory: the fastest regardless
+    *evaluations = search.evaluations;
+    return best_schedule(pm, o, evaluations, 0);
+  }
   local_search(search, o.search_evaluations);
   *evaluations = search.evaluations;
   return search.best;
@@ -280,7 +294,7 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy st, const 
   PipelineSchedule s = base(o, st);
   bool pack = false;
   switch (st) {
-    case ScheduleStrategy::Best: s = best_schedule(pm, o, &r.evaluations); break;
+    case ScheduleStrategy::Best: s = best_schedule(pm, o, &r.evaluations, o.memory_limit_bytes); break;
     case ScheduleStrategy::Fusion: s.bounds = fusion_bounds(pm, Strategy::Optimal, o, &pack); break;
     case ScheduleStrategy::Ddp:
       s.bounds = fusion_bounds(pm, Strategy::Ddp, o, &pack);
@@ -339,6 +353,7 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy st, const 
   r.result = pm.evaluate(s, true);
   r.evaluations += 1;
   r.memory = schedule_memory(pm.model(), pm.gpus(), pm.batch(), pm.compute_precision(), s);
+  r.fits = !(o.memory_limit_bytes > 0) || r.memory.total() <= o.memory_limit_bytes;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

@@ -10,14 +10,16 @@ namespace fuseplan {
 
 Cluster check_setup(const Model& model, const Cluster& cluster, int gpus, int batch, Precision compute,
                     Precision transfer, const std::string& gpus_origin, const std::string& model_origin,
-                    std::vector<std::string>& warnings) {
+                    std::vector<std::string>& warnings, bool replicated_memory) {
   Cluster c = grown_to(cluster, gpus, gpus_origin);
   if (c.nodes != cluster.nodes)
     warnings.push_back("note: cluster " + cluster.name + " has " + count_of(cluster.capacity(), "GPU") +
                        "; grown by whole nodes to " + count_of(c.nodes, "node") + " for " + count_of(gpus, "GPU") +
                        " (a what-if: the same nodes and network)");
-  const std::string memory = check_memory(model, c, batch, compute, transfer, model_origin);
-  if (!memory.empty()) warnings.push_back(memory);
+  if (replicated_memory) {
+    const std::string memory = check_memory(model, c, batch, compute, transfer, model_origin);
+    if (!memory.empty()) warnings.push_back(memory);
+  }
   // The prediction is of speed, not of convergence: past the literature's largest batch
   // the warning says so.
   const auto limit = published_batch_limit(model);

@@ -195,12 +195,16 @@ struct ScheduleOptions {
   int64_t zero_bucket_elems = 500000000;             // zero2: reduce_bucket_size = allgather_bucket_size
   int64_t fsdp_min_params = 100000000;               // fsdp: size_based_auto_wrap_policy min_num_params
   int64_t search_evaluations = 300;                  // best: the local search's budget
+  // best: only schedules whose per-GPU memory (schedule_memory) is at most this many
+  // bytes, when > 0 (the device's memory); if none is found, the fastest regardless.
+  double memory_limit_bytes = 0;
 };
 
 struct ScheduleResult {
   PipelineSchedule schedule;
   PipelineResult result;
   MemoryEstimate memory;
+  bool fits = true;  // memory.total() within ScheduleOptions::memory_limit_bytes (or no limit)
   int64_t evaluations = 0;
   double seconds = 0;
 };

@@ -27,10 +27,12 @@ struct Scenario {
 // the replicated states cannot fit, a warning when the activations at the batch push it
 // over) and a global batch past the largest the model's literature trained at. Returns
 // the cluster to use; appends the notes and warnings. InputError naming `gpus_origin`
-// (where the GPU count came from) or `model_origin` (where the model did).
+// (where the GPU count came from) or `model_origin` (where the model did). Without
+// `replicated_memory` the memory is left to the caller (schedule: sharded states fit
+// where replicated ones do not).
 Cluster check_setup(const Model& model, const Cluster& cluster, int gpus, int batch, Precision compute,
                     Precision transfer, const std::string& gpus_origin, const std::string& model_origin,
-                    std::vector<std::string>& warnings);
+                    std::vector<std::string>& warnings, bool replicated_memory = true);
 
 // Binds a plan: validated against the model (fingerprint and coverage), then
 // check_setup at the plan's GPUs, batch, precision and widest transfer. InputError
