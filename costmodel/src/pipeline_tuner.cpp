@@ -142,16 +142,20 @@ struct Search {
     return !(memory_limit > 0) ||
            schedule_memory(pm.model(), pm.gpus(), pm.batch(), pm.compute_precision(), s).total() <= memory_limit;
   }
-  bool consider(const PipelineSchedule& s) {
-    if (!fits(s)) return false;
+  // Evaluates `s` (infinity when it does not fit); keeps it when it is the best so far.
+  double value(const PipelineSchedule& s) {
+    if (!fits(s)) return std::numeric_limits<double>::infinity();
     ++evaluations;
     const double t = pm.evaluate(s, false).iteration_s;
     if (t < best_s * (1 - 1e-12)) {
       best_s = t;
       best = s;
-      return true;
     }
-    return false;
+    return t;
+  }
+  bool consider(const PipelineSchedule& s) {
+    const double before = best_s;
+    return value(s) < before * (1 - 1e-12);
   }
 };
 
@@ -227,12 +231,12 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
   // Partition families: the fusion optimum's, uniform pieces over the vector, tensors cut
   // into pieces, tensor-aligned greedy buckets, blocks growing away from the input.
   std::vector<std::vector<int64_t>> families{fusion.bounds};
-  for (int64_t piece = int64_t(1) << 16; piece < total; piece *= 4) {
+  for (int64_t piece = int64_t(1) << 18; piece < total; piece *= 4) {
     families.push_back(uniform_bounds(total, piece));
     families.push_back(tensor_pieces(pm, piece));
     families.push_back(greedy_bounds(pm, piece));
   }
-  for (int64_t first = int64_t(1) << 14; first < total; first *= 4) families.push_back(growing_bounds(total, first, 2.0));
+  for (int64_t first = int64_t(1) << 16; first < total; first *= 4) families.push_back(growing_bounds(total, first, 2.0));
   auto schedule = [&](const Shape& sh, Gate gate, Order order, int credit, const std::vector<int64_t>& b) {
     PipelineSchedule s = base(o, ScheduleStrategy::Best);
     s.exchange = sh.exchange;
@@ -255,9 +259,6 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
     int credit;
   };
   std::vector<Setting> settings;
-  auto fastest = [&](const PipelineSchedule& s) {
-    return search.fits(s) ? pm.evaluate(s, false).iteration_s : std::numeric_limits<double>::infinity();
-  };
   const std::vector<int64_t> probe_uniform = uniform_bounds(total, std::min<int64_t>(total, 1 << 20));
   const std::vector<int64_t> probe_growing = growing_bounds(total, std::min<int64_t>(total, 1 << 16), 2.0);
   for (size_t k = 0; k < shapes().size(); ++k)
@@ -267,8 +268,7 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
           double best = std::numeric_limits<double>::infinity();
           for (const std::vector<int64_t>* b : {&std::as_const(fusion.bounds), &probe_uniform, &probe_growing}) {
             const PipelineSchedule s = schedule(shapes()[k], gate, order, credit, *b);
-            search.consider(s);
-            best = std::min(best, fastest(s));
+            best = std::min(best, search.value(s));
           }
           settings.push_back({best, k, gate, order, credit});
         }
@@ -387,7 +387,7 @@ nlohmann::json schedule_to_json(const PipelineModel& pm, const ScheduleResult& r
   nlohmann::json pred{{"iteration_ms", p.iteration_s * 1e3}, {"compute_ms", p.compute_s * 1e3},
                       {"exposed_ms", p.exposed_s * 1e3},     {"comm_busy_ms", p.comm_busy_s * 1e3},
                       {"data_wait_ms", p.data_wait_s * 1e3}, {"converged", p.converged},
-                      {"iterations_run", p.iterations_run},  {"memory_GiB", r.memory.total() / (1024.0 * 1024 * 1024)},
+                      {"iterations_run", p.iterations_run},  {"memory_GiB", r.memory.total() / (1024.0 * 1024 * 1024)}, {"fits", r.fits},
                       {"evaluations", r.evaluations},        {"tuning_ms", r.seconds * 1e3}};
   if (bound) {
     pred["lower_bound_ms"] = bound->iteration_s * 1e3;
