@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/half.hpp"
+#include "fuseplan/exec/measure.hpp"
 #include "fuseplan/exec/mpi.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "fuseplan/exec/run.hpp"
@@ -168,6 +170,109 @@ TEST_CASE("mpi: a plan's buckets run during backward, polled or on a communicati
       CHECK(ex.timings()[3].start_s >= ex.timings()[1].end_s);
     }
   }
+}
+
+TEST_CASE("mpi: schedules beyond fusion run with exact sums: partitions cutting tensors, priority order, reduce-scatter + all-gather") {
+  MpiWorld& w = *g_world;
+  // 6 tensors in 5 layers (the second holds two), forward order; measured times so the
+  // pipeline model's predicted order is fixed.
+  const std::vector<int64_t> sizes = {4096, 7, 50000, 3, 20000, 1000};  // forward order
+  Model m;
+  m.name = "exchange";
+  m.input_shape = {1};
+  const std::vector<int> layer_of = {0, 1, 1, 2, 3, 4};
+  for (int l = 0; l < 5; ++l) {
+    Layer layer;
+    layer.name = "layer" + std::to_string(l);
+    layer.inputs = {l - 1};
+    layer.in_shape = layer.out_shape = {1};
+    layer.measured = MeasuredTime{100, 200, 8};
+    m.layers.push_back(layer);
+  }
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    ParamTensor p;
+    p.name = "t" + std::to_string(t);
+    p.numel = sizes[t];
+    p.shape = {p.numel};
+    p.layer = layer_of[t];
+    m.tensors.push_back(p);
+    Layer& layer = m.layers[size_t(p.layer)];
+    if (layer.tensor_count == 0) layer.first_tensor = int(t);
+    ++layer.tensor_count;
+  }
+  const Cluster c = load_cluster("tencent-p40");  // an MPI cluster: `ring` halves for rs+ag
+  PipelineModel pm(m, c, w.ranks(), 8, Precision::FP32);
+  const int64_t total = pm.elements();
+  REQUIRE(total == 75106);
+  struct Case {
+    const char* name;
+    PipelineSchedule s;
+  };
+  std::vector<Case> cases;
+  PipelineSchedule cut;  // tensors cut mid-way, priority, two in flight
+  cut.bounds = {500, 1000, 11000, 21003, 46003, 71003, 75106};
+  cut.order = Order::Priority;
+  cut.gate = Gate::PerLayer;
+  cut.step_update = false;
+  cut.credit = 2;
+  cut.transfer = Precision::FP32;
+  cases.push_back({"partitions, priority, credit 2", cut});
+  PipelineSchedule rsag = cut;  // DeAR-like
+  rsag.exchange = Exchange::ReduceScatterAllgather;
+  rsag.credit = 1;
+  cases.push_back({"reduce-scatter + all-gather, priority", rsag});
+  PipelineSchedule zero = rsag;  // ZeRO-2-like, FP16 transfer
+  zero.bounds = {30000, 75106};
+  zero.order = Order::Fifo;
+  zero.gate = Gate::Barrier;
+  zero.step_update = true;
+  zero.shard_optimizer = true;
+  zero.transfer = Precision::FP16;
+  cases.push_back({"reduce-scatter, sharded step, all-gather, fp16", zero});
+  for (const auto& k : cases) {
+    CAPTURE(k.name);
+    const auto buckets = schedule_exchange_buckets(pm, k.s);
+    REQUIRE(buckets.size() == k.s.bounds.size() * (k.s.exchange == Exchange::Allreduce ? 1 : 2));
+    // Every stream runs its buckets in one order on every rank.
+    std::vector<double> orders;
+    for (const auto& b : buckets) orders.push_back(b.order * 1000.0 + b.stream);
+    CHECK(w.allgather(orders) == [&] {
+      std::vector<double> all;
+      for (int r = 0; r < w.ranks(); ++r) all.insert(all.end(), orders.begin(), orders.end());
+      return all;
+    }());
+    for (bool thread : {false, true}) {
+      CAPTURE(thread);
+      std::vector<float> grads(static_cast<size_t>(total));
+      PlanExchange ex(w, grads.data(), buckets, {thread, 20, 30});
+      for (int step = 0; step < 2; ++step) {
+        for (size_t i = 0; i < grads.size(); ++i) grads[i] = value(w.rank(), int64_t(i) + step);
+        ex.begin_step();
+        for (int k2 = 1; k2 <= 6; ++k2) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          ex.ready(k2);
+        }
+        ex.finish();
+        int wrong = 0;
+        for (size_t i = 0; i < grads.size(); ++i) {
+          float want = 0;
+          for (int r = 0; r < w.ranks(); ++r) want += value(r, int64_t(i) + step);
+          wrong += grads[i] != want;
+        }
+        CHECK(wrong == 0);
+        CHECK(same_everywhere(grads));
+        // An all-gather never starts before its reduce-scatter ended.
+        for (size_t b = 0; b + 1 < buckets.size(); ++b)
+          if (buckets[b].spec.half == AllreduceSpec::Half::ReduceScatter)
+            CHECK(ex.timings()[b + 1].start_s >= ex.timings()[b].end_s);
+      }
+    }
+  }
+  // A half needs a ring-family schedule.
+  AllreduceSpec bad;
+  bad.algorithm = "recursive_doubling";
+  bad.half = AllreduceSpec::Half::Allgather;
+  CHECK_THROWS_WITH(Allreduce(w.comm(), w.layout().topo(), 1000, bad, 0), Catch::Contains("needs ring or nccl_ring"));
 }
 
 TEST_CASE("mpi: a rank that does not answer is named after the timeout") {

@@ -63,6 +63,50 @@ std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, c
   return out;
 }
 
+std::vector<ExchangeBucket> schedule_exchange_buckets(const PipelineModel& pm, const PipelineSchedule& s, int64_t base) {
+  const auto parts = pm.partitions(s);
+  const PipelineResult predicted = pm.evaluate(s, true);
+  const bool rsag = s.exchange == Exchange::ReduceScatterAllgather;
+  // The predicted start order of the steady iteration's messages.
+  std::vector<const MessageTiming*> by_start;
+  for (const auto& m : predicted.messages) by_start.push_back(&m);
+  std::stable_sort(by_start.begin(), by_start.end(),
+                   [](const MessageTiming* a, const MessageTiming* b) { return a->start_s < b->start_s; });
+  std::vector<int> rank_of(parts.size() * 2, 0);
+  for (size_t k = 0; k < by_start.size(); ++k)
+    rank_of[size_t(by_start[k]->partition) * 2 + (by_start[k]->kind == MessageTiming::Allgather)] = int(k);
+  const auto& off = pm.tensor_offsets();
+  std::vector<ExchangeBucket> out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const auto& p = parts[i];
+    ExchangeBucket x;
+    // Backward positions: from the tensor holding its first element to the one holding its last.
+    x.begin = int(std::upper_bound(off.begin(), off.end(), p.begin) - off.begin()) - 1;
+    x.end = int(std::upper_bound(off.begin(), off.end(), p.begin + p.elems - 1) - off.begin());
+    x.offset = base + p.begin;
+    x.count = p.elems;
+    x.stream = int(i) % s.credit;
+    x.spec.transfer = s.transfer;
+    if (pm.gpus() > 1) {
+      const CollectiveChoice c = pm.collectives().cost(rsag ? pm.rsag_algorithm() : s.algorithm, p.elems, s.transfer);
+      x.spec.algorithm = rsag ? pm.rsag_algorithm() : std::string(c.algorithm->name);
+      x.spec.variant = c.variant;
+    }
+    if (!rsag) {
+      x.order = rank_of[i * 2];
+      out.push_back(x);
+      continue;
+    }
+    x.spec.half = AllreduceSpec::Half::ReduceScatter;
+    x.order = rank_of[i * 2];
+    out.push_back(x);
+    x.spec.half = AllreduceSpec::Half::Allgather;
+    x.order = std::max(rank_of[i * 2 + 1], rank_of[i * 2] + 1);  // after its reduce-scatter in any case
+    out.push_back(x);
+  }
+  return out;
+}
+
 MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network& net,
                              const std::vector<ExchangeBucket>& buckets, const RankLayout& layout) {
   MeasuredSetup m;

@@ -293,6 +293,8 @@ Allreduce::Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const Allre
   const Algorithm& algo = find_algorithm(spec.algorithm, "algorithm");
   mpi_ = algo.name == "mpi";
   as_int(count, "allreduce");
+  if (mpi_ && spec.half != AllreduceSpec::Half::Whole)
+    throw InputError("algorithm mpi: MPI_Iallreduce has no reduce-scatter or all-gather half; use ring");
   if (mpi_ || topo.ranks == 1 || count == 0) return;
   CollectiveArgs args;
   args.topo = topo;
@@ -307,7 +309,15 @@ Allreduce::Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const Allre
   // of the cluster, which the executor has no use for.
   if (std::string why = algo.not_applicable(args); !why.empty() && algo.library != "nccl")
     throw InputError("algorithm " + spec.algorithm + " does not apply to " + std::to_string(topo.ranks) + " ranks: " + why);
-  const Schedule s = schedule_of(algo, args);
+  Schedule s = schedule_of(algo, args);
+  if (spec.half != AllreduceSpec::Half::Whole) {
+    if (algo.name != "ring" && algo.name != "nccl_ring")
+      throw InputError("algorithm " + spec.algorithm + ": a reduce-scatter or all-gather half needs ring or nccl_ring "
+                       "(their rounds are a reduce-scatter, then an all-gather)");
+    const long mid = long(s.rounds.size() / 2);
+    if (spec.half == AllreduceSpec::Half::ReduceScatter) s.rounds.erase(s.rounds.begin() + mid, s.rounds.end());
+    else s.rounds.erase(s.rounds.begin(), s.rounds.begin() + mid);
+  }
   int64_t scratch_max = 0;
   for (const Round& r : s.rounds) {
     MyRound mine;
@@ -478,10 +488,19 @@ PlanExchange::PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBu
   stream_order_.resize(size_t(streams));
   for (size_t i = 0; i < buckets_.size(); ++i) {
     const auto& b = buckets_[i];
+    if (i > 0 && b.end < buckets_[i - 1].end)
+      throw InputError(field("exchange.buckets") + ": buckets must be in backward order (readiness is a prefix)");
     stream_order_[size_t(b.stream)].push_back(int(i));
     ops_.push_back(std::make_unique<Allreduce>(stream_comms_[size_t(b.stream)], world.layout().topo(), b.count, b.spec,
                                                int(i)));
   }
+  // Each stream by `order` (the same on every rank: a stream's collectives must be posted
+  // in the same order everywhere).
+  for (auto& order : stream_order_)
+    std::stable_sort(order.begin(), order.end(), [this](int a, int b) {
+      auto key = [this](int i) { return buckets_[size_t(i)].order < 0 ? i : buckets_[size_t(i)].order; };
+      return key(a) < key(b);
+    });
   timings_.resize(buckets_.size());
   stream_next_.assign(size_t(streams), 0);
   stream_running_.assign(size_t(streams), -1);

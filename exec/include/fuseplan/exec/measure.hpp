@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/exec/mpi.hpp"
@@ -48,6 +49,15 @@ struct MeasuredSetup {
 // network's layout differs from the plan's.
 std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, const Network& net,
                                          const Cluster& cluster);
+// A schedule beyond fusion (docs/schedules.md) as exchange buckets over a flat gradient
+// buffer holding the tensors in backward order from element `base`: each partition an
+// allreduce (the algorithm `auto` resolves to on the schedule's cluster), or a
+// reduce-scatter and then an all-gather (the halves of the ring schedule) on the same
+// stream. Partitions are dealt round-robin to `credit` streams; each stream runs its
+// buckets in the order the pipeline model predicts they start. What this runs is the
+// schedule's communication: the exchange still ends with every partition allreduced before
+// the optimizer step (no per-layer gating, no sharded step).
+std::vector<ExchangeBucket> schedule_exchange_buckets(const PipelineModel& pm, const PipelineSchedule& s, int64_t base = 0);
 // The MeasuredSetup of `plan` run with `buckets` on this job's `layout`, for the model's
 // family's training goal.
 MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network& net,

@@ -93,6 +93,10 @@ struct AllreduceSpec {
   int variant = 0;
   Precision transfer = Precision::FP32;
   int group = 0, torus_x = 0;  // hierarchical group size, torus row (0 = automatic)
+  // The whole allreduce, or one half of a ring-family schedule (`ring`, `nccl_ring`: a
+  // reduce-scatter's rounds, then an all-gather's): run on the same buffer, the two
+  // halves one after the other are the allreduce.
+  enum class Half { Whole, ReduceScatter, Allgather } half = Half::Whole;
 };
 
 // One allreduce (sum) of `count` floats in place, non-blocking: start() posts, test()
@@ -149,6 +153,9 @@ struct ExchangeBucket {
   int begin = 0, end = 0;        // backward positions [begin, end)
   int64_t offset = 0, count = 0; // in the flat gradient buffer
   int stream = 0;                // buckets of one stream run one after another
+  // Where it runs in its stream: buckets of a stream run by increasing `order` (ties in
+  // index order), each once it is ready and those before it have run; -1 = its index.
+  int order = -1;
   AllreduceSpec spec;
 };
 
