@@ -43,6 +43,9 @@ void run_schedule(ScheduleFlags& f) {
   o.partition_elems = parse_count(f.partition, "--partition");
   o.credit_elems = parse_count(f.credit, "--credit");
   if (f.budget < 1 || f.budget > 1000000) throw InputError("--budget: must be in [1, 1000000] evaluations");
+  if (f.sim_iterations < 3 || f.sim_iterations > sim::kMaxSimIterations)
+    throw InputError("--sim-iterations: must be in [3, " + std::to_string(sim::kMaxSimIterations) +
+                     "] (the steady period is the last one; got " + std::to_string(f.sim_iterations) + ")");
   o.search_evaluations = f.budget;
   o.memory_limit_bytes = r.cluster.device.mem_GiB * 1024.0 * 1024 * 1024;
   std::vector<ScheduleStrategy> which;

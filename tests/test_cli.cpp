@@ -181,6 +181,7 @@ TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and r
   expect_bad(setup + " --partition 0", "--partition: a whole number of parameters >= 1");
   expect_bad(setup + " --credit 1.5", "--credit: a whole number");
   expect_bad(setup + " --budget 0", "--budget: must be in [1, 1000000]");
+  expect_bad(setup + " --simulate --sim-iterations 2", "--sim-iterations: must be in [3, 1000]");
   expect_bad(setup + " --out " + out, "--out: writes one schedule; give one --strategy");
   expect_bad("schedule --model resnet18 --gpus 0", "--gpus");
 }
