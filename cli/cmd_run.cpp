@@ -13,6 +13,7 @@
 #include "format.hpp"
 #include "mpi_setup.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/costmodel/scenario.hpp"
@@ -32,7 +33,7 @@ namespace {
 
 struct RunFlags {
   TrainFlags t;
-  std::string plan_path, cluster, progress = "thread", trace_path, report_path, comm;
+  std::string plan_path, schedule_path, cluster, progress = "thread", trace_path, report_path, comm;
   int64_t iterations = 20;
   int warmup = 2;
   double poll_us = 50, timeout_s = 60;
@@ -46,22 +47,39 @@ struct Bound {
   Scenario scenario;  // through bind_scenario, as predict and simulate bind theirs
   TrainingData data;
   exec::PlanRunOptions run;  // checked; the trainer's options and callbacks come later
+  std::optional<PipelineSchedule> schedule;  // --schedule: the schedule whose communication runs
 };
+
+// --schedule: its setup as the plan the run binds (one bucket of every tensor), and the
+// schedule; --plan: the plan.
+Plan plan_of(RunFlags& f, Bound& b) {
+  if (f.schedule_path.empty() == f.plan_path.empty())
+    throw InputError("--plan or --schedule: give one (a fusion plan, or a schedule of fuseplan schedule --out)");
+  if (f.plan_path.empty()) {
+    if (f.verify) throw InputError("--verify: reads plans; a --schedule run prints the schedule's prediction beside it");
+    ScheduleFile sf = load_schedule(f.schedule_path);
+    b.schedule = std::move(sf.schedule);
+    return std::move(sf.setup);
+  }
+  return load_plan(f.plan_path);
+}
 
 Bound bind(RunFlags& f, exec::MpiWorld& world) {
   Bound b;
-  const Plan plan = load_plan(f.plan_path);
+  const Plan plan = plan_of(f, b);
+  const std::string origin = (b.schedule ? "--schedule " + f.schedule_path : "--plan " + f.plan_path);
+  const std::string& file = b.schedule ? f.schedule_path : f.plan_path;
   if (plan.gpus != world.ranks())
-    throw InputError("--plan " + f.plan_path + ": made for " + count_of(plan.gpus, "GPU") + ", but this job has " +
+    throw InputError(origin + ": made for " + count_of(plan.gpus, "GPU") + ", but this job has " +
                      std::to_string(world.ranks()) + " ranks (mpirun -np " + std::to_string(plan.gpus) + ")");
   if (!world.layout().node_major)
     throw InputError("mpirun placed ranks across nodes out of order; fuseplan's schedules number ranks node by node "
                      "(use --map-by slot)");
   if (f.t.batch_opt->count() && f.t.opt.batch != plan.batch_per_gpu)
-    throw InputError("--batch-per-gpu " + std::to_string(f.t.opt.batch) + " disagrees with " + f.plan_path + " (" +
+    throw InputError("--batch-per-gpu " + std::to_string(f.t.opt.batch) + " disagrees with " + file + " (" +
                      std::to_string(plan.batch_per_gpu) + " per GPU)");
   if (f.t.precision_opt->count() && parse_precision(f.t.precision, "--precision") != plan.compute)
-    throw InputError("--precision " + f.t.precision + " disagrees with " + f.plan_path + " (" +
+    throw InputError("--precision " + f.t.precision + " disagrees with " + file + " (" +
                      std::string(precision_name(plan.compute)) + ")");
   f.t.opt.batch = plan.batch_per_gpu;
   f.t.precision = precision_name(plan.compute);
@@ -86,7 +104,17 @@ Bound bind(RunFlags& f, exec::MpiWorld& world) {
   }
   b.data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan_model_ref(plan));
   b.scenario = bind_scenario(b.data.model, load_cluster(f.cluster.empty() ? plan.cluster : f.cluster), plan, {},
-                             training_goal(b.data.model), "--plan " + f.plan_path);
+                             training_goal(b.data.model), origin);
+  if (b.schedule) {
+    // The bounds against the model the run built, named as the file's JSON paths.
+    try {
+      PipelineModel(b.scenario.model, b.scenario.cluster, plan.gpus, plan.batch_per_gpu, plan.compute).partitions(*b.schedule);
+    } catch (const InputError& e) {
+      throw InputError(origin + ": " + e.render([](std::string_view field) {
+        return "$." + std::string(field.substr(field.rfind('.') + 1));
+      }));
+    }
+  }
   return b;
 }
 
@@ -121,13 +149,27 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   ProgressBar bar("steps", f.t.quiet || rank != 0);
   o.on_step = step_progress(bar, f.t);
   o.on_epoch = epoch_progress(bar);
-  if (!f.t.profile_path.empty() || f.verify)  // the same on every rank
+  if (!f.t.profile_path.empty() || f.verify || bound.schedule)  // the same on every rank
     o.profile_of = [&](const exec::Network& net, const exec::TrainResult& result) {
       return profile_json(f.t, data.model, net, result);
     };
   o.agree = [&](const InputError* e) {
     agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec");
   };
+  std::unique_ptr<PipelineModel> pipeline;
+  if (bound.schedule) {
+    const Scenario& sc = bound.scenario;
+    pipeline = std::make_unique<PipelineModel>(sc.model, sc.cluster, plan.gpus, plan.batch_per_gpu, plan.compute);
+    o.buckets_of = [&](const exec::Network& net) {
+      // The flat gradient buffer holds the tensors in backward order, one after another.
+      const auto& slots = net.slots();
+      const auto& off = pipeline->tensor_offsets();
+      for (size_t pos = 0; pos < slots.size(); ++pos)
+        if (slots[pos].offset != slots[0].offset + off[pos])
+          throw RunError("run: the gradient buffer's layout differs from the schedule's (tensor " + slots[pos].name + ")");
+      return exec::schedule_exchange_buckets(*pipeline, *bound.schedule, slots.empty() ? 0 : slots[0].offset);
+    };
+  }
   try {
     const exec::PlanRun run = exec::run_plan(world, plan, data.model, bound.scenario.cluster, data.train, &data.test, *backend, o);
     if (rank != 0) return std::nullopt;
@@ -148,6 +190,27 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (plan.prediction)
       out() << "  the plan's own prediction (" << plan.cluster << "): " << fixed(plan.prediction->iteration_s * 1e3, 2)
             << " ms per iteration\n";
+    if (bound.schedule) {
+      // What the executor runs of it: the schedule's partitions, order and exchange, with
+      // a barrier and one optimizer step (no per-layer gating, no sharded step).
+      PipelineSchedule as_run = *bound.schedule;
+      as_run.gate = Gate::Barrier;
+      as_run.step_update = true;
+      as_run.shard_optimizer = false;
+      out() << "  the schedule's prediction (" << bound.scenario.cluster.name << ", " << bound.schedule->strategy
+            << "): " << fixed(pipeline->evaluate(*bound.schedule, false).iteration_s * 1e3, 2) << " ms per iteration as "
+            << "scheduled, " << fixed(pipeline->evaluate(as_run, false).iteration_s * 1e3, 2)
+            << " ms as run here (a barrier before one optimizer step)\n";
+      // The same with this run's own per-layer profile (the slowest rank's), as verify
+      // predicts: the error is then the communication's and the overlap's.
+      Model measured = bound.scenario.model;
+      apply_profile_json(measured, run.profile, "the run's profile");
+      const PipelineModel own(measured, bound.scenario.cluster, plan.gpus, plan.batch_per_gpu, plan.compute);
+      const double predicted = own.evaluate(as_run, false).iteration_s;
+      out() << "  with this run's per-layer profile: " << fixed(predicted * 1e3, 2) << " ms predicted as run here, "
+            << fixed(rep.iteration_s * 1e3, 2) << " ms measured (" << signed_percent(predicted / rep.iteration_s - 1)
+            << ")\n";
+    }
     ForVerify v{f.report_path, f.t.profile_path, {}};
     for (std::string* p : {&v.report_path, &v.profile_path})
       if (f.verify && p->empty()) v.temporary.push_back(*p = temporary_file(p == &v.report_path ? "report" : "profile"));
@@ -185,8 +248,10 @@ void add_run_command(CLI::App& app) {
       "Execute a plan across MPI ranks (mpirun -np N fuseplan-exec run --plan P): data-parallel\n"
       "training with one allreduce per bucket, posted as soon as its last gradient is written\n"
       "during backward; measures every layer and bucket on every rank.");
-  cmd->add_option("--plan", f->plan_path, "plan .json (fuseplan tune/predict --out); its GPUs = the ranks")
-      ->required();
+  cmd->add_option("--plan", f->plan_path, "plan .json (fuseplan tune/predict --out); its GPUs = the ranks");
+  cmd->add_option("--schedule", f->schedule_path,
+                  "instead of --plan: a schedule (fuseplan schedule --out): its partitions, order and reduce-scatter + "
+                  "all-gather run, with a barrier before one optimizer step; its GPUs = the ranks");
   add_training_flags(cmd, f->t);
   cmd->add_option("--iterations", f->iterations,
                  "measured iterations after the warm-up (ignored with --epochs)")

@@ -588,6 +588,37 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   CHECK_THAT(nc.out, Catch::Contains("--comm nccl: needs --backend cuda"));
 }
 
+TEST_CASE("cli: fuseplan-exec run --schedule runs a schedule's partitions and reduce-scatter + all-gather on 2 ranks", "[exec]") {
+  const std::string model = "--model resnet18 --resolution 16 --channels 1 --classes 10";
+  const std::string sched = tmp("run-schedule.json");
+  Run s = run("schedule " + model + " --cluster local-cpu --gpus 2 --batch-per-gpu 8 --precision fp32 --strategy dear "
+              "--out " + sched);
+  REQUIRE(s.code == 0);
+  const std::string data = " --dataset synthetic --synthetic-size 64 --resolution 16 --iterations 2 --warmup 1";
+  Run r = run_mpi(2, "run --schedule " + sched + data);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  // A reduce-scatter and an all-gather per partition, measured; the schedule's prediction beside it.
+  const auto j = nlohmann::json::parse(std::ifstream(sched));
+  CHECK(count_of(r.out, " ring ") >= 2 * j["bounds"].size());
+  CHECK_THAT(r.out, Catch::Contains("the schedule's prediction (local-cpu, dear)"));
+  CHECK_THAT(r.out, Catch::Contains("with this run's per-layer profile"));
+  expect_bad("run --schedule " + sched + " --plan " + sched + data, "--plan or --schedule: give one", true);
+  expect_bad("run" + data, "--plan or --schedule: give one", true);
+  expect_bad("run --schedule " + sched + data + " --verify", "--verify: reads plans", true);
+  auto broken = j;
+  broken["bounds"].back() = broken["bounds"].back().get<int64_t>() - 1;
+  const std::string bad = tmp("run-schedule-bad.json");
+  write(bad, broken.dump());
+  Run b = run_mpi(2, "run --schedule " + bad + data);  // checked against the model the ranks build
+  CHECK(b.code == 2);
+  CHECK_THAT(b.out, Catch::Contains("--schedule " + bad + ": $.bounds: the last partition must end at"));
+  broken = j;
+  broken["gate"] = "sometimes";
+  write(bad, broken.dump());
+  expect_bad("run --schedule " + bad + data, "$.gate: unknown value 'sometimes' (valid: barrier, per-layer)", true);
+}
+
 TEST_CASE("cli: a plan made for a model file carries the file relative to the plan, and train and run take the file", "[exec]") {
   namespace fs = std::filesystem;
   const fs::path root = tmp("travel");

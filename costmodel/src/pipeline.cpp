@@ -133,6 +133,7 @@ class Pipeline {
       : pm_(pm), s_(s), parts_(std::move(parts)), layer_parts_(std::move(layer_parts)), update_s_(update_s) {
     L_ = pm.compute().layers().size();
     P_ = parts_.size();
+    sigma_ = pm.gpus() > 1 ? pm.cluster().comm_compute_sharing : 0;
     rsag_ = s.exchange == Exchange::ReduceScatterAllgather;
     step_parts_.resize(L_);
     for (size_t i = 0; i < P_; ++i) step_parts_.at(size_t(parts_[i].ready_step)).push_back(i);
@@ -204,7 +205,11 @@ class Pipeline {
   Op op_ = Op::Forward;
   size_t index_ = 0;
   bool busy_ = false;
-  double busy_until_ = 0;
+  double launched_ = 0;   // the latest ready time of a partition released so far
+  double work_left_ = 0;  // the running op's work, in seconds at full speed
+  // Processor sharing (Cluster::comm_compute_sharing): while k messages are in flight the
+  // compute stream runs at 1 / (1 + sigma k), and messages at 1 / (1 + sigma) while it runs.
+  double sigma_ = 0;
 
   // The channel.
   struct InFlight {
@@ -257,7 +262,12 @@ void Pipeline::finish_op(double now) {
       }
       return;
     case Op::Backward:
-      for (size_t i : step_parts_[index_]) release(id(k_, i, false), now + parts_[i].delay_s);
+      // Partitions are launched in backward order (DDP's and Horovod's rule): one whose
+      // packing copy ends before its predecessor's is not ready before it.
+      for (size_t i : step_parts_[index_]) {
+        launched_ = std::max(launched_, now + parts_[i].delay_s);
+        release(id(k_, i, false), launched_);
+      }
       if (++index_ < L_) return;
       bwd_end_[k] = now;
       index_ = 0;
@@ -331,22 +341,25 @@ PipelineResult Pipeline::run(bool with_messages) {
           }
         }
         busy_ = true;
-        busy_until_ = now + duration();
+        work_left_ = duration();
       }
     }
     start_messages(now);
     int in_bw = 0;
     for (const auto& f : flight_) in_bw += f.in_bw;
+    const double compute_rate = 1 / (1 + sigma_ * double(flight_.size()));
+    const double comm_rate = busy_ ? 1 / (1 + sigma_) : 1.0;
     double dt = kInf;
-    if (busy_) dt = busy_until_ - now;
+    if (busy_) dt = work_left_ / compute_rate;
     else if (const double g = gate(); g < kInf) dt = g - now;
     if (!future_.empty()) dt = std::min(dt, future_.top().first - now);
-    for (const auto& f : flight_) dt = std::min(dt, f.in_bw ? f.rem * in_bw : f.rem);
+    for (const auto& f : flight_) dt = std::min(dt, (f.in_bw ? f.rem * in_bw : f.rem) / comm_rate);
     if (!(dt < kInf)) throw std::logic_error("pipeline: nothing can progress (a gate waits for no message)");
     dt = std::max(dt, 0.0);
     now += dt;
+    if (busy_) work_left_ -= dt * compute_rate;
     for (auto f = flight_.begin(); f != flight_.end();) {
-      f->rem -= f->in_bw ? dt / in_bw : dt;
+      f->rem -= (f->in_bw ? dt / in_bw : dt) * comm_rate;
       if (!f->in_bw && f->rem <= 1e-12 * std::max(1.0, now)) {
         f->in_bw = true;
         const auto& p = parts_[part_of(f->msg)];
@@ -359,7 +372,7 @@ PipelineResult Pipeline::run(bool with_messages) {
         ++f;
       }
     }
-    if (busy_ && at_or_before(busy_until_, now)) {
+    if (busy_ && work_left_ <= 1e-12 * std::max(1.0, now)) {
       busy_ = false;
       finish_op(now);
     }

@@ -2,12 +2,14 @@
 // strategies) on the steady pipeline, and the search over all of them (pipeline.hpp).
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cmath>
 #include <utility>
 
 #include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/json_reader.hpp"
 
 namespace fuseplan {
 
@@ -383,6 +385,11 @@ nlohmann::json schedule_to_json(const PipelineModel& pm, const ScheduleResult& r
   j["algorithm"] = s.algorithm;
   j["transfer"] = precision_name(s.transfer);
   j["bounds"] = s.bounds;
+  PlanBucket all;
+  all.end = static_cast<int>(pm.model().tensors.size());
+  all.transfer = s.transfer;
+  j["setup"] = plan_to_json(make_plan(pm.model(), cluster_reference(pm.cluster()), pm.gpus(), pm.batch(),
+                                      pm.compute_precision(), {all}, "schedule " + s.strategy));
   const PipelineResult& p = r.result;
   nlohmann::json pred{{"iteration_ms", p.iteration_s * 1e3}, {"compute_ms", p.compute_s * 1e3},
                       {"exposed_ms", p.exposed_s * 1e3},     {"comm_busy_ms", p.comm_busy_s * 1e3},
@@ -402,6 +409,51 @@ nlohmann::json schedule_to_json(const PipelineModel& pm, const ScheduleResult& r
   j["forward_start_ms"] = nlohmann::json::array();
   for (double t : p.forward_start_s) j["forward_start_ms"].push_back(t * 1e3);
   return j;
+}
+
+}  // namespace fuseplan
+
+namespace fuseplan {
+
+ScheduleFile load_schedule(const std::string& path) {
+  const nlohmann::json j = parse_json_file(path);
+  JsonObject r(j, path);
+  const std::string schema = r.string("schema");
+  if (schema != kScheduleSchema)
+    r.fail("schema", "unsupported schema '" + schema + "' (this build reads " + kScheduleSchema + ")");
+  ScheduleFile f;
+  f.setup = plan_from_json(r.raw("setup"), path + " ($.setup)");
+  if (!f.setup.model_file.empty() && !std::filesystem::path(f.setup.model_file).is_absolute())
+    f.setup.model_file = (std::filesystem::path(path).parent_path() / f.setup.model_file).lexically_normal().string();
+  PipelineSchedule& s = f.schedule;
+  s.strategy = r.string("strategy");
+  s.bounds = r.int_list("bounds", 1);
+  auto choice = [&](const char* key, std::initializer_list<const char*> valid) {
+    const std::string v = r.string(key);
+    int k = 0;
+    std::string list;
+    for (const char* name : valid) {
+      if (v == name) return k;
+      list += (k++ ? ", " : "") + std::string(name);
+    }
+    r.fail(key, "unknown value '" + v + "' (valid: " + list + ")");
+    return 0;
+  };
+  s.exchange = choice("exchange", {"allreduce", "rs+ag"}) ? Exchange::ReduceScatterAllgather : Exchange::Allreduce;
+  s.order = choice("order", {"fifo", "priority"}) ? Order::Priority : Order::Fifo;
+  s.gate = choice("gate", {"barrier", "per-layer"}) ? Gate::PerLayer : Gate::Barrier;
+  s.step_update = r.boolean("step_update");
+  s.shard_optimizer = r.boolean("shard_optimizer");
+  s.credit = static_cast<int>(r.integer("credit", 1, 64));
+  s.pack = r.boolean("pack");
+  s.algorithm = r.string("algorithm");
+  if (s.algorithm != "auto") find_algorithm(s.algorithm, path + ": $.algorithm");
+  s.transfer = parse_precision(r.string("transfer"), path + ": $.transfer");
+  for (const char* informational : {"model", "fingerprint", "cluster", "gpus", "batch_per_gpu", "compute", "prediction",
+                                    "messages", "forward_start_ms"})
+    if (r.has(informational)) r.raw(informational);
+  r.finish();
+  return f;
 }
 
 }  // namespace fuseplan

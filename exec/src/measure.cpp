@@ -125,7 +125,7 @@ MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network
     br.last_tensor = net.slots()[size_t(br.end - 1)].name;
     br.bytes = buckets[k].count * bytes_per_element(buckets[k].spec.transfer);
     br.algorithm = buckets[k].spec.algorithm;
-    br.auto_chosen = plan.buckets[k].algorithm == "auto";
+    br.auto_chosen = buckets.size() == plan.buckets.size() && plan.buckets[k].algorithm == "auto";
     br.stream = buckets[k].stream;
     br.transfer = buckets[k].spec.transfer;
     m.buckets.push_back(br);

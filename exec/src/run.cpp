@@ -103,7 +103,7 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
     // (a file system that does not answer) before they give up on it.
     o.train.checkpoint_timeout_s = o.exchange.timeout_s / 2;
     trainer_ptr = std::make_unique<Trainer>(model, train, test, backend, o.train);
-    buckets = plan_buckets(plan, model, trainer_ptr->network(), cluster);
+    buckets = o.buckets_of ? o.buckets_of(trainer_ptr->network()) : plan_buckets(plan, model, trainer_ptr->network(), cluster);
   } catch (const InputError& e) {
     refused = e;
   }

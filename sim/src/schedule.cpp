@@ -136,7 +136,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   std::vector<std::vector<int>> done(size_t(P), std::vector<int>(size_t(N), 0)), reduced = done;
   std::vector<std::vector<double>> last_end(size_t(P), std::vector<double>(size_t(N), 0));
   std::vector<double> rank0_start(messages, 0), fwd_start(size_t(N) * L, 0), bwd_start(size_t(N), 0), bwd_end(size_t(N), 0);
-  std::vector<double> iteration_start;
+  std::vector<double> iteration_start, launched(size_t(P), 0);
   std::vector<TimelineEvent> events;
   auto traced = [&](int r) { return r < opt.trace_ranks; };
   Mailboxes boxes(P, s.credit);
@@ -194,8 +194,10 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
         for (size_t k = 0; k < L; ++k) {
           work(layers[L - 1 - k].bwd_s, trace_name::backward(model.layers[L - 1 - k].name), "backward", it);
           std::unique_lock lock(*mutex);
-          for (size_t part : step_parts[k])
-            make_ready(r, id(it, part, false), sg4::Engine::get_clock() + parts[part].info.delay_s);
+          for (size_t part : step_parts[k]) {  // in backward order, as the pipeline launches them
+            launched[size_t(r)] = std::max(launched[size_t(r)], sg4::Engine::get_clock() + parts[part].info.delay_s);
+            make_ready(r, id(it, part, false), launched[size_t(r)]);
+          }
         }
         if (r == 0) bwd_end[size_t(it)] = sg4::Engine::get_clock();
         if (s.step_update) {

@@ -12,7 +12,8 @@
 //   per-layer update the layer's update runs right before its next forward instead.
 // - Gradients are a vector in backward order (position 0 = the last forward tensor);
 //   partition i covers elements [bounds[i-1], bounds[i]). It is ready when the backward
-//   step that writes the last of its elements ends.
+//   step that writes the last of its elements ends (plus its packing copy, and never
+//   before the partition before it: partitions are launched in backward order).
 // - The channel carries up to `credit` messages at once (ByteScheduler's credit; 1 =
 //   one at a time). The latency part of a message runs on its own, the bandwidth parts of
 //   messages in flight share the links equally, as in the predictor's streams. Messages
@@ -28,8 +29,10 @@
 // - The iteration is the steady state's period: the schedule is run for successive
 //   iterations until three periods between forward starts agree, plus the input
 //   pipeline's wait (ComputeModel::data_wait_s).
-// Processor sharing between communication and compute (Cluster::comm_compute_sharing),
-// Horovod's cycle and fusion-buffer copies are not part of this model.
+// - Processor sharing (Cluster::comm_compute_sharing sigma): while k messages are in
+//   flight the compute stream runs at 1 / (1 + sigma k), and messages at 1 / (1 + sigma)
+//   while it computes, as the predictor's shared schedule (schedule_shared).
+// Horovod's cycle is not part of this model.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -218,8 +221,21 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy s, const S
 }  // namespace fuseplan
 
 #include <nlohmann/json.hpp>
+
+#include "fuseplan/costmodel/plan.hpp"
+
 namespace fuseplan {
 inline constexpr const char* kScheduleSchema = "fuseplan.schedule/1";
 // The schedule, its setup and its prediction as JSON (docs/formats.md, "Schedules").
+// `setup` is a one-bucket plan of the same model, cluster, GPUs, batch and precision (the
+// model and cluster written as plans write them), so that a reader rebuilds the setup.
 nlohmann::json schedule_to_json(const PipelineModel& pm, const ScheduleResult& r, const PipelineModel::Bound* bound);
+
+// A schedule file read back: its setup (a plan, whose buckets are one bucket of every
+// tensor) and the schedule. InputError naming the file and JSON path.
+struct ScheduleFile {
+  Plan setup;
+  PipelineSchedule schedule;
+};
+ScheduleFile load_schedule(const std::string& path);
 }  // namespace fuseplan

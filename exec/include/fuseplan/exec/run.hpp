@@ -32,6 +32,9 @@ struct PlanRunOptions {
   // This rank's per-layer profile (fuseplan.profile/1) after the run; when set, the
   // slowest rank's is gathered to rank 0.
   std::function<nlohmann::json(const Network&, const TrainResult&)> profile_of;
+  // The exchange's buckets instead of the plan's (a schedule beyond fusion:
+  // schedule_exchange_buckets), from the trainer's network. Called once on every rank.
+  std::function<std::vector<ExchangeBucket>(const Network&)> buckets_of;
   // The ranks agree on set-up refusals before the exchange's collective set-up: called on
   // every rank with this rank's refusal (null: none); returns only if no rank refused.
   std::function<void(const InputError*)> agree;
