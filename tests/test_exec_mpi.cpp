@@ -55,6 +55,26 @@ bool same_everywhere(const std::vector<float>& v) {
   return true;
 }
 
+// One step of a fake backward over 6 positions (a millisecond each), the exchange posting
+// buckets as they become ready; returns how many sums differ from the exact reference.
+int exchange_step(PlanExchange& ex, std::vector<float>& grads, int step) {
+  MpiWorld& w = *g_world;
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = value(w.rank(), int64_t(i) + step);
+  ex.begin_step();
+  for (int k = 1; k <= 6; ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a layer's backward
+    ex.ready(k);
+  }
+  ex.finish();
+  int wrong = 0;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    float want = 0;
+    for (int r = 0; r < w.ranks(); ++r) want += value(r, int64_t(i) + step);
+    wrong += grads[i] != want;
+  }
+  return wrong;
+}
+
 }  // namespace
 
 TEST_CASE("mpi: every algorithm and transfer precision sums exactly, the same on every rank") {
@@ -146,20 +166,7 @@ TEST_CASE("mpi: a plan's buckets run during backward, polled or on a communicati
                      bucket(3, 5, second.c_str(), 0, Precision::BF16), bucket(5, 6, "recursive_doubling", 1, Precision::FP32)},
                     {thread, 20, 30});
     for (int step = 0; step < 3; ++step) {
-      for (size_t i = 0; i < grads.size(); ++i) grads[i] = value(w.rank(), int64_t(i) + step);
-      ex.begin_step();
-      for (int k = 1; k <= 6; ++k) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a layer's backward
-        ex.ready(k);
-      }
-      ex.finish();
-      int wrong = 0;
-      for (size_t i = 0; i < grads.size(); ++i) {
-        float want = 0;
-        for (int r = 0; r < w.ranks(); ++r) want += value(r, int64_t(i) + step);
-        wrong += grads[i] != want;
-      }
-      CHECK(wrong == 0);
+      CHECK(exchange_step(ex, grads, step) == 0);
       for (const BucketTiming& t : ex.timings()) {
         CHECK(t.ready_s > 0);
         CHECK(t.start_s >= t.ready_s);
@@ -246,20 +253,7 @@ TEST_CASE("mpi: schedules beyond fusion run with exact sums: partitions cutting 
       std::vector<float> grads(static_cast<size_t>(total));
       PlanExchange ex(w, grads.data(), buckets, {thread, 20, 30});
       for (int step = 0; step < 2; ++step) {
-        for (size_t i = 0; i < grads.size(); ++i) grads[i] = value(w.rank(), int64_t(i) + step);
-        ex.begin_step();
-        for (int k2 = 1; k2 <= 6; ++k2) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          ex.ready(k2);
-        }
-        ex.finish();
-        int wrong = 0;
-        for (size_t i = 0; i < grads.size(); ++i) {
-          float want = 0;
-          for (int r = 0; r < w.ranks(); ++r) want += value(r, int64_t(i) + step);
-          wrong += grads[i] != want;
-        }
-        CHECK(wrong == 0);
+        CHECK(exchange_step(ex, grads, step) == 0);
         CHECK(same_everywhere(grads));
         // An all-gather never starts before its reduce-scatter ended.
         for (size_t b = 0; b + 1 < buckets.size(); ++b)
