@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Every shipped and generated model, cluster and plan file against docs/schemas/, and each
+"""Every shipped and generated model, cluster, plan and schedule file against docs/schemas/, and each
 schema refusing broken files (so that the check can fail).
 
     validate_schemas.py SOURCE_DIR BIN_DIR
@@ -88,7 +88,7 @@ def load_schema(source, name):
 def main():
     source, bindir = sys.argv[1], sys.argv[2]
     fuseplan = os.path.join(bindir, "fuseplan")
-    schemas = {n: load_schema(source, n) for n in ("model", "cluster", "plan")}
+    schemas = {n: load_schema(source, n) for n in ("model", "cluster", "plan", "schedule")}
     work = tempfile.mkdtemp(prefix="fuseplan-schemas-")
     files = []  # (kind, label, document)
 
@@ -116,6 +116,12 @@ def main():
         plan = os.path.join(work, "plan.json")
         run("tune", *args, "--streams", "2", "--out", plan)
         files.append(("plan", "tune " + " ".join(args), json.load(open(plan))))
+    for strategy in ("dear", "bytescheduler", "zero2"):
+        sched = os.path.join(work, "schedule.json")
+        run("schedule", "--model", "resnet18", "--gpus", "16", "--strategy", strategy, "--out", sched)
+        doc = json.load(open(sched))
+        files.append(("schedule", "schedule --strategy " + strategy, doc))
+        files.append(("plan", "schedule --strategy %s: $.setup" % strategy, doc["setup"]))
 
     failed = 0
     for kind, label, doc in files:
@@ -143,6 +149,9 @@ def main():
         ("plan", "a stream past 63", lambda d: d["buckets"][0].__setitem__("stream", 64)),
         ("plan", "a bucket without transfer", lambda d: d["buckets"][0].pop("transfer")),
         ("plan", "an unknown precision", lambda d: d.__setitem__("compute", "fp8")),
+        ("schedule", "an unknown exchange", lambda d: d.__setitem__("exchange", "alltoall")),
+        ("schedule", "a credit of 0", lambda d: d.__setitem__("credit", 0)),
+        ("schedule", "no bounds", lambda d: d.pop("bounds")),
     ]
     for kind, what, edit in mutations:
         if not errors(broken(kind, edit), schemas[kind], schemas[kind]):
