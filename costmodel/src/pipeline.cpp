@@ -138,27 +138,35 @@ class Pipeline {
     step_parts_.resize(L_);
     for (size_t i = 0; i < P_; ++i) step_parts_.at(size_t(parts_[i].ready_step)).push_back(i);
     for (double u : update_s) total_update_s_ += u;
-    const size_t iters = kMaxIterations + 1;
-    ready_.assign(iters * P_ * 2, kInf);
-    start_.assign(iters * P_ * 2, kInf);
-    end_.assign(iters * P_ * 2, kInf);
-    done_.assign(iters, 0);
-    reduced_.assign(iters, 0);
-    last_end_.assign(iters, 0);
-    last_reduced_.assign(iters, 0);
-    fwd_start_.assign(iters * L_, 0);
-    // Per iteration and layer: deliveries still to come, and the last one's end.
-    owed_.assign(iters * L_, 0);
-    for (size_t k = 0; k < iters; ++k)
-      for (size_t l = 0; l < L_; ++l) owed_[k * L_ + l] = int(layer_parts_[l].size());
-    delivered_.assign(iters * L_, 0);
-    bwd_start_.assign(iters, 0);
-    bwd_end_.assign(iters, 0);
+    grow(8);  // most schedules settle within a few iterations; grown as needed
   }
 
   PipelineResult run(bool with_messages);
 
  private:
+  // Room for iterations [0, iters): the per-iteration arrays are iteration-major, so
+  // growing keeps what is there.
+  void grow(size_t iters) {
+    if (iters <= iterations_held_) return;
+    ready_.resize(iters * P_ * 2, kInf);
+    start_.resize(iters * P_ * 2, kInf);
+    end_.resize(iters * P_ * 2, kInf);
+    done_.resize(iters, 0);
+    reduced_.resize(iters, 0);
+    last_end_.resize(iters, 0);
+    last_reduced_.resize(iters, 0);
+    fwd_start_.resize(iters * L_, 0);
+    // Per iteration and layer: deliveries still to come, and the last one's end.
+    owed_.resize(iters * L_, 0);
+    for (size_t k = iterations_held_; k < iters; ++k)
+      for (size_t l = 0; l < L_; ++l) owed_[k * L_ + l] = int(layer_parts_[l].size());
+    delivered_.resize(iters * L_, 0);
+    bwd_start_.resize(iters, 0);
+    bwd_end_.resize(iters, 0);
+    iterations_held_ = iters;
+  }
+  size_t iterations_held_ = 0;
+
   enum class Op { Forward, Backward, Step };
   size_t id(int k, size_t part, bool second) const { return (size_t(k) * P_ + part) * 2 + (second ? 1 : 0); }
   int iteration_of(size_t msg) const { return int(msg / 2 / P_); }
@@ -283,6 +291,7 @@ void Pipeline::finish_op(double now) {
   }
   op_ = Op::Forward;
   ++k_;
+  if (size_t(k_) >= iterations_held_) grow(2 * iterations_held_);
 }
 
 void Pipeline::message_ended(size_t msg, double now) {
