@@ -15,7 +15,7 @@ namespace fuseplan::cli {
 namespace {
 struct ScheduleFlags {
   SetupFlags setup;
-  std::string strategies = "all", partition = "1000000", credit = "4000000", out;
+  std::string strategies = "all", partition = "1000000", credit = "4000000", out, trace;
   int64_t budget = ScheduleOptions{}.search_evaluations;
   int sim_iterations = 6;
   bool json = false, simulate = false;
@@ -29,6 +29,25 @@ int64_t parse_count(const std::string& s, const std::string& flag) {
   } catch (const std::exception&) {
   }
   throw InputError(flag + ": a whole number of parameters >= 1, e.g. 1000000 or 4e6 (got '" + s + "')");
+}
+
+// The steady iteration as a Chrome trace: each layer's forward from its (gated) start,
+// backward as one span, the messages on a track per kind.
+void write_trace(const std::string& path, const Model& m, const PipelineModel& pm, const ScheduleResult& res) {
+  const PipelineResult& r = res.result;
+  Timeline t;
+  const auto& layers = pm.compute().layers();
+  for (size_t l = 0; l < m.layers.size(); ++l)
+    t.events.push_back({0, "compute", trace_name::forward(m.layers[l].name), "forward", r.forward_start_s[l],
+                        layers[l].fwd_s, 0});
+  t.events.push_back({0, "compute", "backward", "backward", r.backward_start_s, r.backward_end_s - r.backward_start_s, 0});
+  for (const auto& msg : r.messages) {
+    const std::string kind = message_kind_name(msg.kind);
+    t.events.push_back({0, msg.kind == MessageTiming::Allgather ? "all-gather" : "reduce", "partition " +
+                        std::to_string(msg.partition) + " " + kind, kind, msg.start_s, msg.end_s - msg.start_s,
+                        msg.elems * bytes_per_element(res.schedule.transfer)});
+  }
+  t.write_chrome_trace(path);
 }
 
 std::string partition_summary(const PipelineSchedule& s) {
@@ -54,6 +73,8 @@ void run_schedule(ScheduleFlags& f) {
     for (const auto& s : split_list(f.strategies, "--strategy")) which.push_back(parse_schedule_strategy(s, "--strategy"));
   if (!f.out.empty() && which.size() != 1)
     throw InputError("--out: writes one schedule; give one --strategy (got " + std::to_string(which.size()) + ")");
+  if (!f.trace.empty() && which.size() != 1)
+    throw InputError("--trace: traces one schedule; give one --strategy (got " + std::to_string(which.size()) + ")");
 
   PipelineModel pm(r.model, r.cluster, r.gpus, r.batch, r.compute, f.setup.collective());
   const PipelineModel::Bound bound = pm.lower_bound(r.transfer);
@@ -72,6 +93,7 @@ void run_schedule(ScheduleFlags& f) {
   }
   if (!f.out.empty())
     write_file_atomic(f.out, schedule_to_json(pm, results.front(), &bound).dump(1) + "\n");
+  if (!f.trace.empty()) write_trace(f.trace, r.model, pm, results.front());
   if (f.json) {
     nlohmann::json j = nlohmann::json::array();
     for (size_t i = 0; i < results.size(); ++i) {
@@ -133,6 +155,7 @@ void add_schedule_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--budget", f->budget, "best: evaluations of the local search (1 to 1000000)")->capture_default_str();
   cmd->add_option("--out", f->out, "write the schedule (schema fuseplan.schedule/1) to FILE; one --strategy");
+  cmd->add_option("--trace", f->trace, "write a Chrome trace of the steady iteration to FILE (ui.perfetto.dev); one --strategy");
   cmd->add_flag("--simulate", f->simulate, "also replay each schedule rank by rank in SimGrid (simulated ms, sim / model)");
   cmd->add_option("--sim-iterations", f->sim_iterations, "with --simulate: iterations replayed (3 to 1000; the last period counts)")
       ->capture_default_str();

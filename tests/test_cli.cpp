@@ -183,6 +183,11 @@ TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and r
   expect_bad(setup + " --budget 0", "--budget: must be in [1, 1000000]");
   expect_bad(setup + " --simulate --sim-iterations 2", "--sim-iterations: must be in [3, 1000]");
   expect_bad(setup + " --out " + out, "--out: writes one schedule; give one --strategy");
+  expect_bad(setup + " --trace " + tmp("t.json"), "--trace: traces one schedule; give one --strategy");
+  const std::string trace = tmp("schedule-trace.json");
+  REQUIRE(run(setup + " --strategy zero2 --trace " + trace).code == 0);
+  const auto tj = nlohmann::json::parse(std::ifstream(trace));
+  CHECK(count_of(tj.dump(), "all-gather") >= 1);
   expect_bad("schedule --model resnet18 --gpus 0", "--gpus");
 }
 

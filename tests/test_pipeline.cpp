@@ -3,6 +3,8 @@
 // credit), the lower bound under brute force, the search never worse than the fusion-only
 // optimum, memory per scheme, malformed schedules refused.
 #include <array>
+#include <filesystem>
+#include <fstream>
 #include <catch2/catch.hpp>
 #include <random>
 
@@ -316,4 +318,40 @@ TEST_CASE("pipeline: malformed schedules are refused with the field named") {
   s.shard_optimizer = true;
   CHECK_THROWS_WITH(pm.evaluate(s), Catch::Contains("schedule.shard_optimizer"));
   CHECK_THROWS_WITH(parse_schedule_strategy("bytesched", "--strategy"), Catch::Contains("bytescheduler"));
+}
+
+TEST_CASE("pipeline: a schedule file reads back as the schedule and setup it was written from") {
+  const Model m = load_model("resnet18");
+  const Cluster c = load_cluster("p100-horovod");
+  PipelineModel pm(m, c, 16, 32, Precision::FP16);
+  for (ScheduleStrategy st : {ScheduleStrategy::Dear, ScheduleStrategy::ByteScheduler, ScheduleStrategy::Zero2}) {
+    const ScheduleResult r = schedule_for(pm, st, {});
+    const auto bound = pm.lower_bound(Precision::FP16);
+    const std::string path = (std::filesystem::temp_directory_path() / "fuseplan-test-schedule.json").string();
+    std::ofstream(path) << schedule_to_json(pm, r, &bound).dump(1);
+    const ScheduleFile f = load_schedule(path);
+    INFO(schedule_strategy_name(st));
+    CHECK(f.schedule.bounds == r.schedule.bounds);
+    CHECK(f.schedule.exchange == r.schedule.exchange);
+    CHECK(f.schedule.order == r.schedule.order);
+    CHECK(f.schedule.gate == r.schedule.gate);
+    CHECK(f.schedule.step_update == r.schedule.step_update);
+    CHECK(f.schedule.shard_optimizer == r.schedule.shard_optimizer);
+    CHECK(f.schedule.credit == r.schedule.credit);
+    CHECK(f.schedule.pack == r.schedule.pack);
+    CHECK(f.setup.model == "resnet18");
+    CHECK(f.setup.fingerprint == m.fingerprint_hex());
+    CHECK(f.setup.gpus == 16);
+    CHECK(f.setup.batch_per_gpu == 32);
+    CHECK(pm.evaluate(f.schedule).iteration_s == r.result.iteration_s);
+    // Strict: a misspelt key or value names the file and the JSON path.
+    auto j = schedule_to_json(pm, r, &bound);
+    j["credits"] = 2;
+    std::ofstream(path) << j.dump();
+    CHECK_THROWS_WITH(load_schedule(path), Catch::Contains("$.credits"));
+    j.erase("credits");
+    j["order"] = "lifo";
+    std::ofstream(path) << j.dump();
+    CHECK_THROWS_WITH(load_schedule(path), Catch::Contains("$.order: unknown value 'lifo' (valid: fifo, priority)"));
+  }
 }
