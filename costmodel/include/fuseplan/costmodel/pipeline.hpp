@@ -16,7 +16,8 @@
 //   before the partition before it: partitions are launched in backward order).
 // - The channel carries up to `credit` messages at once (ByteScheduler's credit; 1 =
 //   one at a time). The latency part of a message runs on its own, the bandwidth parts of
-//   messages in flight share the links equally, as in the predictor's streams. Messages
+//   messages in flight share the links equally, as in the predictor's streams; the
+//   bandwidth part is at least the algorithm's busiest-link demand (message_cost). Messages
 //   are not preempted; a new one starts when a slot frees, the most urgent ready one:
 //   FIFO = earliest ready (then lowest index), priority = the earliest forward layer it
 //   feeds (then the all-gather before the reduction, then the lowest index), older
@@ -103,7 +104,7 @@ struct PipelineResult {
 // Per-GPU memory of a schedule (estimate_memory's layout): sharded schedules keep 1/p of
 // the optimizer state and of the reduced gradients plus the largest partition's buffer.
 MemoryEstimate schedule_memory(const Model& m, int gpus, int batch_per_gpu, Precision compute,
-                               const struct PipelineSchedule& s);
+                               const PipelineSchedule& s);
 
 // Binds a model, cluster, GPU count, batch and compute precision. Not thread-safe (the
 // collective model and the message costs are cached).
@@ -141,7 +142,10 @@ class PipelineModel {
   int gpus() const { return gpus_; }
   int batch() const { return batch_; }
   Precision compute_precision() const { return precision_; }
-  // Seconds of one message: latency (own) and bandwidth (shared) parts.
+  // Seconds of one message: latency (own) and bandwidth (shared) parts. The total is the
+  // closed form's; the bandwidth part is at least the algorithm's bandwidth per element
+  // at 2^28 elements times the elements (the busiest link's demand: for small chunks the
+  // closed form books a round at a high-alpha link while the NIC still carries it).
   struct Cost {
     double latency_s = 0, bandwidth_s = 0;
   };
