@@ -35,7 +35,8 @@ namespace {
 
 // Tensor-aligned partitions from one of the fusion tuner's strategies.
 std::vector<int64_t> fusion_bounds(const PipelineModel& pm, Strategy st, const ScheduleOptions& o, bool* pack) {
-  Tuner tuner(pm.model(), pm.cluster(), pm.gpus(), pm.batch(), pm.compute_precision(), pm.collective_options());
+  if (pm.gpus() > 1) pm.collectives().cost(o.algorithm, 2, o.transfer);  // profiles computed once, then shared
+  Tuner tuner(pm.model(), pm.cluster(), pm.batch(), pm.compute_precision(), pm.collectives());
   TuneOptions t;
   t.strategy = st;
   t.algorithm = o.algorithm;

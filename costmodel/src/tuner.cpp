@@ -481,6 +481,20 @@ Tuner::Tuner(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Prec
   ready_ = gradient_ready_times(m, compute_);
 }
 
+Tuner::Tuner(const Model& m, const Cluster& c, int batch_per_gpu, Precision compute, const CollectiveModel& coll,
+             TrainingGoal goal)
+    : model_(m),
+      cluster_(c),
+      gpus_(coll.gpus()),
+      batch_(batch_per_gpu),
+      compute_precision_(compute),
+      goal_(goal),
+      coll_(coll),
+      compute_(m, c, batch_per_gpu, compute) {
+  if (m.tensors.empty()) throw InputError("model " + m.name + " has no parameter tensors to reduce");
+  ready_ = gradient_ready_times(m, compute_);
+}
+
 std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations) const {
   const int n = static_cast<int>(model_.tensors.size());
   BucketCoster cost(model_, cluster_, coll_, opt, ready_);

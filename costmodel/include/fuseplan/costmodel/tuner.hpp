@@ -71,6 +71,10 @@ class Tuner {
  public:
   Tuner(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Precision compute,
         CollectiveOptions coll = {}, TrainingGoal goal = {});
+  // With a copy of a collective model already bound to `c` (its profiles, once computed,
+  // are not computed again): its GPU count is the tuner's.
+  Tuner(const Model& m, const Cluster& c, int batch_per_gpu, Precision compute, const CollectiveModel& coll,
+        TrainingGoal goal = {});
   TuneResult run(const TuneOptions& opt) const;
   // The prediction of a given plan under the same models (for brute-force checks).
   Report evaluate(const Plan& p, bool with_timeline = false) const;
