@@ -2,7 +2,8 @@
 """Schedules beyond fusion: compare tables (predicted), with simulator cross-checks.
 
 For each model, shipped cluster and GPU count, `fuseplan schedule --json` prices the
-schedules users know (DDP, Horovod, ByteScheduler, US-Byte, DeAR, ZeRO-2, FSDP), the
+schedules users know (DDP, Horovod, ByteScheduler, US-Byte, DeAR, ZeRO-2, FSDP
+SHARD_GRAD_OP, ZeRO-3 / FSDP FULL_SHARD), the
 fusion-only optimum (fuseplan's `tune --strategy optimal`), and the best schedule its
 search finds, with a lower bound of any schedule. The table prints each one's iteration
 and the best's speed-up over DDP, Horovod and the fusion-only optimum, the best's shape,
@@ -32,7 +33,7 @@ MODELS = (("resnet50", 64, "fp16"), ("vgg16", 64, "fp32"), ("bert_large", 32, "f
 CLUSTERS = ("p100-horovod", "tencent-p40", "dgx-a100", "aws-p4d")
 GPUS = (64, 512, 2048, 8192)
 QUICK = ((("resnet50", 64, "fp16"), ("vgg16", 64, "fp32")), ("p100-horovod", "dgx-a100"), (64, 512))
-NAMES = ("best", "fusion", "ddp", "horovod", "bytescheduler", "usbyte", "dear", "zero2", "fsdp")
+NAMES = ("best", "fusion", "ddp", "horovod", "bytescheduler", "usbyte", "dear", "zero2", "fsdp", "zero3")
 
 
 def run(binary, args):
@@ -41,7 +42,8 @@ def run(binary, args):
 
 
 def describe(s):
-    update = "shard" if s["shard_optimizer"] else ("step" if s["step_update"] else "per layer")
+    update = "full shard" if s.get("reshard") else "shard" if s["shard_optimizer"] else (
+        "step" if s["step_update"] else "per layer")
     return f'{len(s["bounds"])} parts, {s["exchange"]}, {s["order"]}, {s["gate"]}, {update}, credit {s["credit"]}'
 
 

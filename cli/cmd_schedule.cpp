@@ -1,5 +1,6 @@
 // `fuseplan schedule`: schedules beyond fusion (partitions, priorities, per-layer gating,
 // reduce-scatter + all-gather) on the steady pipeline, next to the fusion strategies.
+#include <cmath>
 #include <iostream>
 #include <memory>
 
@@ -43,7 +44,8 @@ void write_trace(const std::string& path, const Model& m, const PipelineModel& p
   t.events.push_back({0, "compute", "backward", "backward", r.backward_start_s, r.backward_end_s - r.backward_start_s, 0});
   for (const auto& msg : r.messages) {
     const std::string kind = message_kind_name(msg.kind);
-    t.events.push_back({0, msg.kind == MessageTiming::Allgather ? "all-gather" : "reduce", "partition " +
+    const bool gather = msg.kind == MessageTiming::Allgather || msg.kind == MessageTiming::Regather;
+    t.events.push_back({0, gather ? "all-gather" : "reduce", "partition " +
                         std::to_string(msg.partition) + " " + kind, kind, msg.start_s, msg.end_s - msg.start_s,
                         msg.elems * bytes_per_element(res.schedule.transfer)});
   }
@@ -89,7 +91,9 @@ void run_schedule(ScheduleFlags& f) {
     sim::SimOptions so;
     so.iterations = f.sim_iterations;
     so.trace_ranks = 0;
-    for (const auto& res : results) simulated.push_back(sim::simulate_schedule(pm, res.schedule, so).result.iteration_s);
+    for (const auto& res : results)  // resharded schedules are not simulated: no figure
+      simulated.push_back(res.schedule.reshard ? std::nan("")
+                                               : sim::simulate_schedule(pm, res.schedule, so).result.iteration_s);
   }
   if (!f.out.empty())
     write_file_atomic(f.out, schedule_to_json(pm, results.front(), &bound).dump(1) + "\n");
@@ -98,7 +102,7 @@ void run_schedule(ScheduleFlags& f) {
     nlohmann::json j = nlohmann::json::array();
     for (size_t i = 0; i < results.size(); ++i) {
       j.push_back(schedule_to_json(pm, results[i], &bound));
-      if (f.simulate) j.back()["prediction"]["simulated_iteration_ms"] = simulated[i] * 1e3;
+      if (f.simulate && !std::isnan(simulated[i])) j.back()["prediction"]["simulated_iteration_ms"] = simulated[i] * 1e3;
     }
     out() << j.dump(2) << "\n";
     return;
@@ -120,11 +124,12 @@ void run_schedule(ScheduleFlags& f) {
     const auto& s = res.schedule;
     const auto& p = res.result;
     std::vector<std::string> cells{s.strategy, partition_summary(s), exchange_name(s.exchange), order_name(s.order), gate_name(s.gate),
-           s.shard_optimizer ? "shard" : s.step_update ? "step" : "per layer", std::to_string(s.credit),
+           s.reshard ? "full shard" : s.shard_optimizer ? "shard" : s.step_update ? "step" : "per layer", std::to_string(s.credit),
            ms(p.iteration_s), ms(p.exposed_s), fusion_s > 0 ? fixed(fusion_s / p.iteration_s, 3) + "x" : "-",
            signed_percent(p.iteration_s / bound.iteration_s - 1), fixed(res.memory.total() / (1024.0 * 1024 * 1024), 2),
            res.fits ? "yes" : "no", fixed(res.seconds * 1e3, 2)};
-    if (f.simulate) cells.insert(cells.end(), {ms(simulated[i]), fixed(simulated[i] / p.iteration_s, 4)});
+    if (f.simulate && std::isnan(simulated[i])) cells.insert(cells.end(), {"-", "-"});
+    else if (f.simulate) cells.insert(cells.end(), {ms(simulated[i]), fixed(simulated[i] / p.iteration_s, 4)});
     t.row(cells);
   }
   t.print(out(), "  ");

@@ -154,7 +154,7 @@ TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and r
   const std::string setup = "schedule --model vgg16 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 --precision fp32";
   Run table = run(setup);
   REQUIRE(table.code == 0);
-  for (const char* name : {"best", "fusion", "ddp", "horovod", "bytescheduler", "usbyte", "dear", "zero2", "fsdp"})
+  for (const char* name : {"best", "fusion", "ddp", "horovod", "bytescheduler", "usbyte", "dear", "zero2", "fsdp", "zero3"})
     CHECK_THAT(table.out, Catch::Contains(std::string("  ") + name + " "));
   CHECK_THAT(table.out, Catch::Contains("lower bound of any schedule"));
   Run js = run_stdout(setup + " --strategy best,fusion --json");

@@ -262,6 +262,11 @@ TEST_CASE("mpi: schedules beyond fusion run with exact sums: partitions cutting 
       }
     }
   }
+  // Resharded parameters (ZeRO-3) are not executed.
+  PipelineSchedule z3 = zero;
+  z3.gate = Gate::PerLayer;
+  z3.reshard = true;
+  CHECK_THROWS_WITH(schedule_exchange_buckets(pm, z3), Catch::Contains("not executed"));
   // A half needs a ring-family schedule.
   AllreduceSpec bad;
   bad.algorithm = "recursive_doubling";

@@ -175,6 +175,18 @@ TEST_CASE("pipeline: hand-checked timelines of order, gating and credit") {
     // DeAR: the all-gather follows the reduce-scatter at once, every GPU updates all.
     const auto d = pm.evaluate(schedule_of({7000000}, Exchange::ReduceScatterAllgather, Order::Fifo, Gate::PerLayer, false));
     CHECK(d.iteration_s == Approx(F + B + total(rs) + total(ag) + u));
+    // ZeRO-3 (FULL_SHARD): the parameters are gathered again when forward ends, before
+    // the first backward layer (layer 3) may run.
+    auto z3 = schedule_of({7000000}, Exchange::ReduceScatterAllgather, Order::Priority, Gate::PerLayer, true, true);
+    z3.reshard = true;
+    const auto z = pm.evaluate(z3);
+    CHECK(z.iteration_s == Approx(F + total(ag) + B + total(rs) + u / 64 + total(ag)));
+    REQUIRE(z.messages.size() == 3);
+    CHECK(z.messages[2].kind == MessageTiming::Regather);
+    CHECK(z.messages[2].start_s == Approx(F));
+    CHECK(z.messages[2].end_s == Approx(F + total(ag)));
+    z3.shard_optimizer = false;
+    CHECK_THROWS_WITH(pm.evaluate(z3), Catch::Contains("schedule.reshard"));
   }
 }
 
@@ -210,8 +222,8 @@ TEST_CASE("pipeline: the lower bound holds under brute force, and the search rea
       const Model m = random_model(rng, 5);
       PipelineModel pm(m, c, gpus, 32, Precision::FP32);
       const auto bound = pm.lower_bound(Precision::FP32);
-      // Every subset of 7 cuts on a grid of eighths and of the tensor boundaries, every
-      // exchange, order, gate and credit 1 or 2.
+      // Every subset of 7 cuts on a grid of eighths, every exchange (with ZeRO-3's
+      // resharding too), order, gate and credit 1 or 2.
       std::vector<int64_t> cuts;
       for (int k = 1; k < 8; ++k) cuts.push_back(pm.elements() * k / 8);
       double brute = INFINITY;
@@ -221,15 +233,15 @@ TEST_CASE("pipeline: the lower bound holds under brute force, and the search rea
           if (mask >> i & 1u) b.push_back(cuts[i]);
         b.push_back(pm.elements());
         b.erase(std::unique(b.begin(), b.end()), b.end());
-        for (int shape = 0; shape < 4; ++shape)
+        for (int shape = 0; shape < 5; ++shape)
           for (Order o : {Order::Fifo, Order::Priority})
             for (Gate g : {Gate::Barrier, Gate::PerLayer})
               for (int credit : {1, 2}) {
-                const bool rsag = shape >= 2, step = shape != 1 && shape != 2, shard = shape == 3;
-                const auto r = pm.evaluate(schedule_of(b, rsag ? Exchange::ReduceScatterAllgather : Exchange::Allreduce, o, g,
-                                                       step, shard, credit),
-                                           false);
-                brute = std::min(brute, r.iteration_s);
+                const bool rsag = shape >= 2, step = shape != 1 && shape != 2, shard = shape >= 3;
+                auto sched = schedule_of(b, rsag ? Exchange::ReduceScatterAllgather : Exchange::Allreduce, o, g, step,
+                                         shard, credit);
+                sched.reshard = shape == 4;  // ZeRO-3
+                brute = std::min(brute, pm.evaluate(sched, false).iteration_s);
               }
       }
       const ScheduleResult best = schedule_for(pm, ScheduleStrategy::Best, {ScheduleOptions{Precision::FP32}});
@@ -287,6 +299,11 @@ TEST_CASE("pipeline: the schedules users know follow their rules") {
   CHECK(z.schedule.shard_optimizer);
   CHECK(z.memory.optimizer == Approx(double(m.param_count()) * 8 / 64));
   CHECK(z.memory.total() < bs.memory.total());
+  ScheduleOptions units = o;
+  units.fsdp_min_params = 2000000;  // several units: one gathered (and the next prefetched) at a time
+  const auto z3 = schedule_for(pm, ScheduleStrategy::Zero3, units);
+  CHECK(z3.schedule.reshard);
+  CHECK(z3.memory.weights < z.memory.weights);  // parameters sharded too
   const auto f = schedule_for(pm, ScheduleStrategy::Fsdp, o);
   CHECK(f.schedule.bounds.size() == 1);  // under 100M parameters: one wrap unit
   o.fsdp_min_params = 2000000;

@@ -431,4 +431,7 @@ TEST_CASE("schedules beyond fusion: the simulator refuses what it does not model
   so.iterations = 3;
   so.jitter = 0.1;
   CHECK_THROWS_WITH(sim::simulate_schedule(pm, r.schedule, so), Catch::Contains("without jitter or stragglers"));
+  so.jitter = 0;
+  const auto z3 = schedule_for(pm, ScheduleStrategy::Zero3, {});
+  CHECK_THROWS_WITH(sim::simulate_schedule(pm, z3.schedule, so), Catch::Contains("not simulated yet"));
 }

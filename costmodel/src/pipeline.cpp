@@ -23,6 +23,7 @@ const char* message_kind_name(MessageTiming::Kind k) {
     case MessageTiming::Allreduce: return "allreduce";
     case MessageTiming::ReduceScatter: return "reduce-scatter";
     case MessageTiming::Allgather: return "all-gather";
+    case MessageTiming::Regather: return "re-gather";
   }
   return "?";
 }
@@ -36,6 +37,7 @@ MemoryEstimate schedule_memory(const Model& m, int gpus, int batch_per_gpu, Prec
   e.gradients = (params / p + double(largest)) * bytes_per_element(compute);
   e.fusion_buffers = double(largest) * bytes_per_element(s.transfer);
   e.optimizer = params * (4 + 4) / p;
+  if (s.reshard) e.weights = (params / p + 2 * double(largest)) * bytes_per_element(compute);  // a unit, and the next prefetched
   return e;
 }
 
@@ -137,6 +139,9 @@ class Pipeline {
     rsag_ = s.exchange == Exchange::ReduceScatterAllgather;
     step_parts_.resize(L_);
     for (size_t i = 0; i < P_; ++i) step_parts_.at(size_t(parts_[i].ready_step)).push_back(i);
+    forward_last_.resize(L_);
+    if (s.reshard)
+      for (size_t i = 0; i < P_; ++i) forward_last_.at(size_t(parts_[i].last_layer)).push_back(i);
     for (double u : update_s) total_update_s_ += u;
     grow(8);  // most schedules settle within a few iterations; grown as needed
   }
@@ -148,9 +153,9 @@ class Pipeline {
   // growing keeps what is there.
   void grow(size_t iters) {
     if (iters <= iterations_held_) return;
-    ready_.resize(iters * P_ * 2, kInf);
-    start_.resize(iters * P_ * 2, kInf);
-    end_.resize(iters * P_ * 2, kInf);
+    ready_.resize(iters * P_ * kSlots, kInf);
+    start_.resize(iters * P_ * kSlots, kInf);
+    end_.resize(iters * P_ * kSlots, kInf);
     done_.resize(iters, 0);
     reduced_.resize(iters, 0);
     last_end_.resize(iters, 0);
@@ -161,6 +166,10 @@ class Pipeline {
     for (size_t k = iterations_held_; k < iters; ++k)
       for (size_t l = 0; l < L_; ++l) owed_[k * L_ + l] = int(layer_parts_[l].size());
     delivered_.resize(iters * L_, 0);
+    regather_owed_.resize(iters * L_, 0);
+    for (size_t k = iterations_held_; k < iters; ++k)
+      for (size_t l = 0; l < L_; ++l) regather_owed_[k * L_ + l] = s_.reshard ? int(layer_parts_[l].size()) : 0;
+    regathered_.resize(iters * L_, 0);
     bwd_start_.resize(iters, 0);
     bwd_end_.resize(iters, 0);
     iterations_held_ = iters;
@@ -168,10 +177,16 @@ class Pipeline {
   size_t iterations_held_ = 0;
 
   enum class Op { Forward, Backward, Step };
-  size_t id(int k, size_t part, bool second) const { return (size_t(k) * P_ + part) * 2 + (second ? 1 : 0); }
-  int iteration_of(size_t msg) const { return int(msg / 2 / P_); }
-  size_t part_of(size_t msg) const { return (msg / 2) % P_; }
-  int messages_per_iteration() const { return int(P_) * (rsag_ ? 2 : 1); }
+  // A message's slot: its partition's reduction, all-gather, or re-gather (reshard).
+  enum Slot : size_t { kReduce = 0, kGather = 1, kRegather = 2, kSlots = 3 };
+  size_t id(int k, size_t part, Slot slot) const { return (size_t(k) * P_ + part) * kSlots + slot; }
+  int iteration_of(size_t msg) const { return int(msg / kSlots / P_); }
+  size_t part_of(size_t msg) const { return (msg / kSlots) % P_; }
+  static Slot slot_of(size_t msg) { return Slot(msg % kSlots); }
+  int messages_per_iteration() const { return int(P_) * (rsag_ ? (s_.reshard ? 3 : 2) : 1); }
+  const PipelineModel::Cost& cost_of(size_t msg) const {
+    return slot_of(msg) == kReduce ? parts_[part_of(msg)].first : parts_[part_of(msg)].second;
+  }
   // Update placement: the step is the whole optimizer, or each GPU's shard of it.
   double step_s() const { return s_.shard_optimizer ? total_update_s_ / pm_.gpus() : total_update_s_; }
 
@@ -186,10 +201,16 @@ class Pipeline {
   void message_ended(size_t msg, double now);
   // Smaller goes first: FIFO by ready time, priority by the forward layer it feeds; older
   // iterations first, all-gathers before reductions, then the lower partition.
+  // Priority: a re-gather is needed by backward, before anything else of its iteration,
+  // in backward order; the rest by the earliest forward layer fed, the all-gather before
+  // the reduction. FIFO: by ready time, then re-gather, all-gather, reduction.
   std::tuple<double, double, int, size_t> key(size_t msg) const {
-    const bool second = msg % 2;
-    if (s_.order == Order::Fifo) return {ready_[msg], double(iteration_of(msg)), second ? 0 : 1, part_of(msg)};
-    return {double(iteration_of(msg)), double(parts_[part_of(msg)].first_layer), second ? 0 : 1, part_of(msg)};
+    const Slot slot = slot_of(msg);
+    const int rank = slot == kRegather ? 0 : slot == kGather ? 1 : 2;
+    const auto& part = parts_[part_of(msg)];
+    if (s_.order == Order::Fifo) return {ready_[msg], double(iteration_of(msg)), rank, part_of(msg)};
+    const double urgency = slot == kRegather ? -1e9 - double(part.last_layer) : double(part.first_layer);
+    return {double(iteration_of(msg)), urgency, rank, part_of(msg)};
   }
 
   const PipelineModel& pm_;
@@ -205,8 +226,9 @@ class Pipeline {
   std::vector<int> done_, reduced_;            // per iteration: messages ended, reductions ended
   std::vector<double> last_end_, last_reduced_;
   std::vector<double> fwd_start_, bwd_start_, bwd_end_, iteration_start_;
-  std::vector<int> owed_;
-  std::vector<double> delivered_;
+  std::vector<int> owed_, regather_owed_;
+  std::vector<double> delivered_, regathered_;
+  std::vector<std::vector<size_t>> forward_last_;  // per layer: resharded partitions whose forward it ends
 
   // The compute stream: iteration k_, op_, its index_ (layer, or backward step).
   int k_ = 0;
@@ -239,6 +261,11 @@ double Pipeline::gate() const {
     if (s_.shard_optimizer) return reduced_[k] == int(P_) ? last_reduced_[k] : kInf;
     return done_[k] == messages_per_iteration() ? last_end_[k] : kInf;
   }
+  if (op_ == Op::Backward) {
+    if (!s_.reshard) return 0;  // a resharded unit's layer waits for its re-gather
+    const size_t at = k * L_ + (L_ - 1 - index_);
+    return regather_owed_[at] == 0 ? regathered_[at] : kInf;
+  }
   if (op_ != Op::Forward || k_ == 0) return 0;
   const int prev = k_ - 1;
   if (s_.gate == Gate::Barrier) {
@@ -263,6 +290,7 @@ void Pipeline::finish_op(double now) {
   const size_t k = size_t(k_);
   switch (op_) {
     case Op::Forward:
+      for (size_t i : forward_last_[index_]) release(id(k_, i, kRegather), now);  // the unit's forward is done
       if (++index_ == L_) {
         op_ = Op::Backward;
         index_ = 0;
@@ -274,7 +302,7 @@ void Pipeline::finish_op(double now) {
       // packing copy ends before its predecessor's is not ready before it.
       for (size_t i : step_parts_[index_]) {
         launched_ = std::max(launched_, now + parts_[i].delay_s);
-        release(id(k_, i, false), launched_);
+        release(id(k_, i, kReduce), launched_);
       }
       if (++index_ < L_) return;
       bwd_end_[k] = now;
@@ -286,7 +314,7 @@ void Pipeline::finish_op(double now) {
       break;
     case Op::Step:
       if (s_.shard_optimizer)
-        for (size_t i = 0; i < P_; ++i) release(id(k_, i, true), now);
+        for (size_t i = 0; i < P_; ++i) release(id(k_, i, kGather), now);
       break;
   }
   op_ = Op::Forward;
@@ -297,17 +325,24 @@ void Pipeline::finish_op(double now) {
 void Pipeline::message_ended(size_t msg, double now) {
   end_[msg] = now;
   const size_t k = size_t(iteration_of(msg));
-  if (msg % 2 == (rsag_ ? 1u : 0u))  // the delivery of its partition's layers
-    for (int layer : parts_[part_of(msg)].layers) {
+  const Slot slot = slot_of(msg);
+  const auto& layers = parts_[part_of(msg)].layers;
+  if (slot == (rsag_ ? kGather : kReduce))  // the delivery of its partition's layers
+    for (int layer : layers) {
       --owed_[k * L_ + size_t(layer)];
       delivered_[k * L_ + size_t(layer)] = std::max(delivered_[k * L_ + size_t(layer)], now);
     }
+  if (slot == kRegather)
+    for (int layer : layers) {
+      --regather_owed_[k * L_ + size_t(layer)];
+      regathered_[k * L_ + size_t(layer)] = std::max(regathered_[k * L_ + size_t(layer)], now);
+    }
   ++done_[k];
   last_end_[k] = std::max(last_end_[k], now);
-  if (msg % 2 == 0) {
+  if (slot == kReduce) {
     ++reduced_[k];
     last_reduced_[k] = std::max(last_reduced_[k], now);
-    if (rsag_ && !s_.shard_optimizer) release(msg + 1, now);
+    if (rsag_ && !s_.shard_optimizer) release(msg + kGather, now);
   }
 }
 
@@ -323,8 +358,7 @@ void Pipeline::start_messages(double now) {
     const size_t msg = ready_heap_.back();
     ready_heap_.pop_back();
     start_[msg] = now;
-    const auto& p = parts_[part_of(msg)];
-    flight_.push_back({msg, false, (msg % 2 ? p.second : p.first).latency_s});
+    flight_.push_back({msg, false, cost_of(msg).latency_s});
   }
 }
 
@@ -371,8 +405,7 @@ PipelineResult Pipeline::run(bool with_messages) {
       f->rem -= (f->in_bw ? dt / in_bw : dt) * comm_rate;
       if (!f->in_bw && f->rem <= 1e-12 * std::max(1.0, now)) {
         f->in_bw = true;
-        const auto& p = parts_[part_of(f->msg)];
-        f->rem = (f->msg % 2 ? p.second : p.first).bandwidth_s;
+        f->rem = cost_of(f->msg).bandwidth_s;
       }
       if (f->in_bw && f->rem <= 1e-12 * std::max(1.0, now)) {
         message_ended(f->msg, now);
@@ -398,8 +431,9 @@ PipelineResult Pipeline::run(bool with_messages) {
   const auto& layers = pm_.compute().layers();
   for (const auto& l : layers) r.compute_s += l.fwd_s + l.bwd_s;
   r.compute_s += s_.step_update ? step_s() : total_update_s_;
-  for (const auto& p : parts_) r.comm_busy_s += p.first.latency_s + p.first.bandwidth_s +
-                                               (rsag_ ? p.second.latency_s + p.second.bandwidth_s : 0);
+  const int gathers = rsag_ ? (s_.reshard ? 2 : 1) : 0;
+  for (const auto& p : parts_)
+    r.comm_busy_s += p.first.latency_s + p.first.bandwidth_s + gathers * (p.second.latency_s + p.second.bandwidth_s);
   r.exposed_s = std::max(0.0, period - r.compute_s);
   r.data_wait_s = pm_.compute().data_wait_s(period);
   r.iteration_s = period + r.data_wait_s;
@@ -408,12 +442,15 @@ PipelineResult Pipeline::run(bool with_messages) {
   if (with_messages) {
     for (size_t l = 0; l < L_; ++l) r.forward_start_s.push_back(fwd_start_[size_t(j) * L_ + l] - t0);
     for (size_t i = 0; i < P_; ++i)
-      for (bool second : {false, true}) {
-        if (second && !rsag_) continue;
-        const size_t m = id(j, i, second);
+      for (Slot slot : {kReduce, kGather, kRegather}) {
+        if ((slot == kGather && !rsag_) || (slot == kRegather && !s_.reshard)) continue;
+        const size_t m = id(j, i, slot);
         MessageTiming t;
         t.partition = int(i);
-        t.kind = second ? MessageTiming::Allgather : rsag_ ? MessageTiming::ReduceScatter : MessageTiming::Allreduce;
+        t.kind = slot == kRegather ? MessageTiming::Regather
+                 : slot == kGather ? MessageTiming::Allgather
+                 : rsag_           ? MessageTiming::ReduceScatter
+                                   : MessageTiming::Allreduce;
         t.elems = parts_[i].elems;
         t.ready_s = ready_[m] - t0;
         t.start_s = start_[m] - t0;
@@ -438,6 +475,8 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
   if (s.shard_optimizer && (s.exchange != Exchange::ReduceScatterAllgather || !s.step_update))
     throw InputError(field("schedule.shard_optimizer") +
                      ": needs the reduce-scatter + all-gather exchange and an optimizer step (step_update)");
+  if (s.reshard && !s.shard_optimizer)
+    throw InputError(field("schedule.reshard") + ": needs shard_optimizer (parameters sharded with their optimizer state)");
   std::vector<PartitionInfo> parts;
   int64_t begin = 0;
   for (int64_t end : s.bounds) {
@@ -452,6 +491,7 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
       p.ready_step = std::max(p.ready_step, pos_step_[size_t(pos)]);
       const int layer = pos_layer_[size_t(pos)];
       p.first_layer = std::min(p.first_layer, layer);
+      p.last_layer = std::max(p.last_layer, layer);
       if (std::find(p.layers.begin(), p.layers.end(), layer) == p.layers.end()) p.layers.push_back(layer);
     }
     if (s.pack) p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));

@@ -14,7 +14,7 @@
 namespace fuseplan {
 
 namespace {
-constexpr const char* kNames[] = {"best", "fusion", "ddp", "horovod", "bytescheduler", "usbyte", "dear", "zero2", "fsdp"};
+constexpr const char* kNames[] = {"best", "fusion", "ddp", "horovod", "bytescheduler", "usbyte", "dear", "zero2", "fsdp", "zero3"};
 }  // namespace
 
 const char* schedule_strategy_name(ScheduleStrategy s) { return kNames[static_cast<int>(s)]; }
@@ -169,6 +169,7 @@ struct Shape {
   Exchange exchange;
   bool step_update, shard;
   std::vector<Gate> gates;
+  bool reshard = false;
 };
 const std::vector<Shape>& shapes() {
   static const std::vector<Shape> s{
@@ -176,6 +177,7 @@ const std::vector<Shape>& shapes() {
       {Exchange::Allreduce, false, false, {Gate::PerLayer}},                               // ByteScheduler
       {Exchange::ReduceScatterAllgather, false, false, {Gate::PerLayer}},                  // DeAR
       {Exchange::ReduceScatterAllgather, true, true, {Gate::Barrier, Gate::PerLayer}},     // ZeRO-2, FSDP
+      {Exchange::ReduceScatterAllgather, true, true, {Gate::PerLayer}, true},              // ZeRO-3 (FULL_SHARD)
   };
   return s;
 }
@@ -245,6 +247,7 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
     s.exchange = sh.exchange;
     s.step_update = sh.step_update;
     s.shard_optimizer = sh.shard;
+    s.reshard = sh.reshard;
     s.gate = gate;
     s.order = order;
     s.credit = credit;
@@ -345,9 +348,11 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy st, const 
       s.shard_optimizer = true;
       break;
     case ScheduleStrategy::Fsdp:
+    case ScheduleStrategy::Zero3:
       s.bounds = wrap_units(pm, o.fsdp_min_params);
       s.exchange = Exchange::ReduceScatterAllgather;
       s.shard_optimizer = true;
+      s.reshard = st == ScheduleStrategy::Zero3;  // FULL_SHARD: parameters gathered again for backward
       s.order = Order::Priority;
       s.gate = Gate::PerLayer;
       break;
@@ -381,6 +386,7 @@ nlohmann::json schedule_to_json(const PipelineModel& pm, const ScheduleResult& r
   j["gate"] = gate_name(s.gate);
   j["step_update"] = s.step_update;
   j["shard_optimizer"] = s.shard_optimizer;
+  j["reshard"] = s.reshard;
   j["credit"] = s.credit;
   j["pack"] = s.pack;
   j["algorithm"] = s.algorithm;
@@ -445,6 +451,7 @@ ScheduleFile load_schedule(const std::string& path) {
   s.gate = choice("gate", {"barrier", "per-layer"}) ? Gate::PerLayer : Gate::Barrier;
   s.step_update = r.boolean("step_update");
   s.shard_optimizer = r.boolean("shard_optimizer");
+  s.reshard = r.opt_boolean("reshard").value_or(false);
   s.credit = static_cast<int>(r.integer("credit", 1, 64));
   s.pack = r.boolean("pack");
   s.algorithm = r.string("algorithm");

@@ -64,6 +64,8 @@ std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, c
 }
 
 std::vector<ExchangeBucket> schedule_exchange_buckets(const PipelineModel& pm, const PipelineSchedule& s, int64_t base) {
+  if (s.reshard)
+    throw InputError(field("schedule.reshard") + ": resharded parameters (zero3, FSDP FULL_SHARD) are not executed");
   const auto parts = pm.partitions(s);
   const PipelineResult predicted = pm.evaluate(s, true);
   const bool rsag = s.exchange == Exchange::ReduceScatterAllgather;

@@ -84,6 +84,8 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   if (opt.iterations < 3 || opt.iterations > kMaxSimIterations)
     throw InputError(field("sim.iterations") + ": a schedule needs [3, " + std::to_string(kMaxSimIterations) +
                      "] iterations (its steady period is the last one; got " + std::to_string(opt.iterations) + ")");
+  if (s.reshard)
+    throw InputError(field("schedule.reshard") + ": resharded parameters (zero3, FSDP FULL_SHARD) are not simulated yet");
   if (opt.jitter != 0 || !opt.stragglers.empty())
     throw InputError(field("sim.jitter") + ": schedules are simulated without jitter or stragglers");
   check_network_model(opt.network_model);

@@ -70,6 +70,11 @@ struct PipelineSchedule {
   // and the all-gather carries parameters (ZeRO-2, FSDP); needs step_update. Else the
   // all-gather carries the reduced gradients and every GPU updates all of them (DeAR).
   bool shard_optimizer = false;
+  // Sharded parameters too (FSDP FULL_SHARD, ZeRO-3): each unit's parameters are freed
+  // after its forward and all-gathered again before its backward (released when its
+  // forward ends, the first backward layer of the unit waiting for it); needs
+  // shard_optimizer.
+  bool reshard = false;
   int credit = 1;                // messages in flight at once (>= 1)
   // Every partition is copied into a buffer first (pack_time_s), as the tuner's packed
   // plans are (Horovod's fusion buffer, DDP's bucket buffers); else it is a view.
@@ -80,7 +85,9 @@ struct PipelineSchedule {
 
 struct MessageTiming {
   int partition = 0;
-  enum Kind { Allreduce, ReduceScatter, Allgather } kind = Allreduce;
+  // Allgather: the parameters (or gradients) for the next forward; Regather: a resharded
+  // unit's parameters again before its backward.
+  enum Kind { Allreduce, ReduceScatter, Allgather, Regather } kind = Allreduce;
   int64_t elems = 0;
   double ready_s = 0, start_s = 0, end_s = 0;  // from the forward start of the steady iteration
 };
@@ -157,6 +164,7 @@ class PipelineModel {
     int64_t begin = 0, elems = 0;
     int ready_step = 0;        // the backward step whose end makes it ready
     int first_layer = 0;       // the earliest forward layer it feeds (its priority)
+    int last_layer = 0;        // the last forward layer whose parameters it carries
     double delay_s = 0;        // its packing copy
     std::vector<int> layers;   // the forward layers whose parameters it carries
   };
@@ -184,11 +192,11 @@ class PipelineModel {
 };
 
 // The schedules users know, and the search over all of them (docs/schedules.md).
-enum class ScheduleStrategy { Best, Fusion, Ddp, Horovod, ByteScheduler, UsByte, Dear, Zero2, Fsdp };
+enum class ScheduleStrategy { Best, Fusion, Ddp, Horovod, ByteScheduler, UsByte, Dear, Zero2, Fsdp, Zero3 };
 inline constexpr ScheduleStrategy kAllScheduleStrategies[] = {
-    ScheduleStrategy::Best,          ScheduleStrategy::Fusion, ScheduleStrategy::Ddp,
-    ScheduleStrategy::Horovod,       ScheduleStrategy::ByteScheduler, ScheduleStrategy::UsByte,
-    ScheduleStrategy::Dear,          ScheduleStrategy::Zero2,  ScheduleStrategy::Fsdp};
+    ScheduleStrategy::Best,  ScheduleStrategy::Fusion, ScheduleStrategy::Ddp,  ScheduleStrategy::Horovod,
+    ScheduleStrategy::ByteScheduler, ScheduleStrategy::UsByte, ScheduleStrategy::Dear, ScheduleStrategy::Zero2,
+    ScheduleStrategy::Fsdp, ScheduleStrategy::Zero3};
 const char* schedule_strategy_name(ScheduleStrategy s);
 std::string schedule_strategy_names();
 ScheduleStrategy parse_schedule_strategy(const std::string& s, const std::string& flag);
