@@ -267,7 +267,10 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
   std::vector<Setting> settings;
   const std::vector<int64_t> probe_uniform = uniform_bounds(total, std::min<int64_t>(total, 1 << 20));
   const std::vector<int64_t> probe_growing = growing_bounds(total, std::min<int64_t>(total, 1 << 16), 2.0);
+  // Resharding adds messages and gates to the same compute: it only pays in memory, so it
+  // is tried when nothing else has fitted.
   for (size_t k = 0; k < shapes().size(); ++k)
+    if (!shapes()[k].reshard || !std::isfinite(search.best_s))
     for (Gate gate : shapes()[k].gates)
       for (Order order : {Order::Fifo, Order::Priority})
         for (int credit : {1, 4}) {
