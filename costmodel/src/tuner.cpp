@@ -469,17 +469,7 @@ class SharedSearch {
 
 Tuner::Tuner(const Model& m, const Cluster& c, int gpus, int batch_per_gpu, Precision compute,
              CollectiveOptions coll, TrainingGoal goal)
-    : model_(m),
-      cluster_(c),
-      gpus_(gpus),
-      batch_(batch_per_gpu),
-      compute_precision_(compute),
-      goal_(goal),
-      coll_(c, gpus, coll),
-      compute_(m, c, batch_per_gpu, compute) {
-  if (m.tensors.empty()) throw InputError("model " + m.name + " has no parameter tensors to reduce");
-  ready_ = gradient_ready_times(m, compute_);
-}
+    : Tuner(m, c, batch_per_gpu, compute, CollectiveModel(c, gpus, coll), goal) {}
 
 Tuner::Tuner(const Model& m, const Cluster& c, int batch_per_gpu, Precision compute, const CollectiveModel& coll,
              TrainingGoal goal)
