@@ -101,13 +101,18 @@ PipelineModel::Cost PipelineModel::message_cost(MessageTiming::Kind k, int64_t e
   std::string_view chosen = rsag_algorithm_;
   Cost c = raw(elems, &chosen);
   const double total = c.latency_s + c.bandwidth_s;
-  const int64_t big = std::max(elems, kLinkDemandElems);
+  auto per_elem_at = [&](int64_t big) {
+    if (k == MessageTiming::Allreduce) return bucket_terms(cluster_, coll_, 0, big, chosen, transfer, false).bandwidth_s / double(big);
+    return raw(big, nullptr).bandwidth_s / double(big);
+  };
   double per_elem = 0;
-  if (k == MessageTiming::Allreduce) {
-    const BucketTerms t = bucket_terms(cluster_, coll_, 0, big, chosen, transfer, false);
-    per_elem = t.bandwidth_s / double(big);
-  } else {
-    per_elem = raw(big, nullptr).bandwidth_s / double(big);
+  if (elems > kLinkDemandElems) {
+    per_elem = per_elem_at(elems);
+  } else {  // the same for every message of this algorithm, kind and precision
+    auto& known = demand_[std::string(chosen)];
+    const int64_t dkey = int64_t(k) * 4 + int64_t(transfer);
+    auto it = known.find(dkey);
+    per_elem = it != known.end() ? it->second : (known[dkey] = per_elem_at(kLinkDemandElems));
   }
   c.bandwidth_s = std::min(total, std::max(c.bandwidth_s, per_elem * double(elems)));
   c.latency_s = total - c.bandwidth_s;
@@ -199,18 +204,12 @@ class Pipeline {
   }
   void start_messages(double now);
   void message_ended(size_t msg, double now);
-  // Smaller goes first: FIFO by ready time, priority by the forward layer it feeds; older
-  // iterations first, all-gathers before reductions, then the lower partition.
-  // Priority: a re-gather is needed by backward, before anything else of its iteration,
-  // in backward order; the rest by the earliest forward layer fed, the all-gather before
-  // the reduction. FIFO: by ready time, then re-gather, all-gather, reduction.
-  std::tuple<double, double, int, size_t> key(size_t msg) const {
+  PipelineModel::MessageKey key(size_t msg) const {
     const Slot slot = slot_of(msg);
-    const int rank = slot == kRegather ? 0 : slot == kGather ? 1 : 2;
-    const auto& part = parts_[part_of(msg)];
-    if (s_.order == Order::Fifo) return {ready_[msg], double(iteration_of(msg)), rank, part_of(msg)};
-    const double urgency = slot == kRegather ? -1e9 - double(part.last_layer) : double(part.first_layer);
-    return {double(iteration_of(msg)), urgency, rank, part_of(msg)};
+    const auto kind = slot == kRegather ? MessageTiming::Regather
+                      : slot == kGather ? MessageTiming::Allgather
+                                        : MessageTiming::Allreduce;  // a reduction either way
+    return PipelineModel::message_key(s_.order, ready_[msg], iteration_of(msg), kind, parts_[part_of(msg)], part_of(msg));
   }
 
   const PipelineModel& pm_;
@@ -462,6 +461,14 @@ PipelineResult Pipeline::run(bool with_messages) {
 }
 
 }  // namespace
+
+PipelineModel::MessageKey PipelineModel::message_key(Order order, double ready_s, int iteration, MessageTiming::Kind kind,
+                                                     const PartitionInfo& p, size_t partition) {
+  const int rank = kind == MessageTiming::Regather ? 0 : kind == MessageTiming::Allgather ? 1 : 2;
+  if (order == Order::Fifo) return {ready_s, double(iteration), rank, partition};
+  const double urgency = kind == MessageTiming::Regather ? -1e9 - double(p.last_layer) : double(p.first_layer);
+  return {double(iteration), urgency, rank, partition};
+}
 
 std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const PipelineSchedule& s) const {
   const int64_t total = elements();

@@ -192,7 +192,6 @@ void local_search(Search& search, int64_t budget) {
     improved = false;
     for (size_t i = 0; i < search.best.bounds.size() && search.evaluations < stop; ++i) {
       const std::vector<int64_t> b = search.best.bounds;
-      if (i >= b.size()) break;
       const int64_t lo = i ? b[i - 1] : 0, hi = b[i];
       std::vector<std::vector<int64_t>> tries;
       if (hi - lo >= 2) {  // split in two
@@ -287,8 +286,10 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
       search.consider(schedule(shapes()[settings[i].shape], settings[i].gate, settings[i].order, settings[i].credit, b));
   // Stage 2: the boundaries of the best, locally.
   if (search.best.bounds.empty()) {  // nothing fits the memory: the fastest regardless
-    *evaluations = search.evaluations;
-    return best_schedule(pm, o, evaluations, 0);
+    int64_t unlimited = 0;
+    PipelineSchedule fastest = best_schedule(pm, o, &unlimited, 0);
+    *evaluations = search.evaluations + unlimited;
+    return fastest;
   }
   local_search(search, o.search_evaluations);
   *evaluations = search.evaluations;

@@ -148,11 +148,9 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
     steps.total += int64_t(p.first.rounds.size() + p.second.rounds.size()) * P * N;
 
   auto key = [&](size_t msg) {
-    const int it = int(msg / 2 / B);
     const size_t part = (msg / 2) % B;
-    const int second = msg % 2 ? 0 : 1;
-    if (s.order == Order::Fifo) return std::make_tuple(ready_at[msg], double(it), second, part);
-    return std::make_tuple(double(it), double(parts[part].info.first_layer), second, part);
+    return PipelineModel::message_key(s.order, ready_at[msg], int(msg / 2 / B),
+                                      msg % 2 ? MessageTiming::Allgather : MessageTiming::Allreduce, parts[part].info, part);
   };
   // Called with the lock held: rank r has message `msg` ready at `at`.
   auto make_ready = [&](int, size_t msg, double at) {

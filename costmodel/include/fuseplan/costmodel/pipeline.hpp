@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -169,6 +170,14 @@ class PipelineModel {
     std::vector<int> layers;   // the forward layers whose parameters it carries
   };
   std::vector<PartitionInfo> partitions(const PipelineSchedule& s) const;
+  // The order in which ready messages start, smaller first, for the model and the
+  // simulator alike. FIFO: by ready time, then the older iteration, then re-gather,
+  // all-gather, reduction. Priority: older iteration first; a re-gather (needed by
+  // backward) before the rest of its iteration, in backward order; the rest by the
+  // earliest forward layer fed, the all-gather before the reduction. Ties: lower partition.
+  using MessageKey = std::tuple<double, double, int, size_t>;
+  static MessageKey message_key(Order order, double ready_s, int iteration, MessageTiming::Kind kind,
+                                const PartitionInfo& p, size_t partition);
   // Per forward layer: its share of the optimizer step (by parameters).
   const std::vector<double>& update_s() const { return update_s_; }
   // The algorithm whose halves price a reduce-scatter and an all-gather.
@@ -189,6 +198,8 @@ class PipelineModel {
   std::string rsag_algorithm_;
   // message_cost's answers, per algorithm name, by (elements, kind, transfer).
   mutable std::map<std::string, std::unordered_map<int64_t, Cost>, std::less<>> costs_;
+  // The link demand per element at kLinkDemandElems, per chosen algorithm, by (kind, transfer).
+  mutable std::map<std::string, std::unordered_map<int64_t, double>, std::less<>> demand_;
 };
 
 // The schedules users know, and the search over all of them (docs/schedules.md).
