@@ -105,17 +105,22 @@ Bound bind(RunFlags& f, exec::MpiWorld& world) {
   b.data = load_training(f.t, f.t.model_opt->count() ? f.t.model : plan_model_ref(plan));
   b.scenario = bind_scenario(b.data.model, load_cluster(f.cluster.empty() ? plan.cluster : f.cluster), plan, {},
                              training_goal(b.data.model), origin);
-  if (b.schedule) {
-    // The bounds against the model the run built, named as the file's JSON paths.
-    try {
-      PipelineModel(b.scenario.model, b.scenario.cluster, plan.gpus, plan.batch_per_gpu, plan.compute).partitions(*b.schedule);
-    } catch (const InputError& e) {
-      throw InputError(origin + ": " + e.render([](std::string_view field) {
-        return "$." + std::string(field.substr(field.rfind('.') + 1));
-      }));
-    }
-  }
   return b;
+}
+
+// --schedule: the pipeline model of the bound scenario (which must stay where it is), its
+// partitions checked against the model the run built, errors named as the file's JSON paths.
+std::unique_ptr<PipelineModel> bind_pipeline(const RunFlags& f, const Bound& b) {
+  const Scenario& sc = b.scenario;
+  auto pm = std::make_unique<PipelineModel>(sc.model, sc.cluster, sc.plan.gpus, sc.plan.batch_per_gpu, sc.plan.compute);
+  try {
+    pm->partitions(*b.schedule);
+  } catch (const InputError& e) {
+    throw InputError("--schedule " + f.schedule_path + ": " + e.render([](std::string_view field) {
+      return "$." + std::string(field.substr(field.rfind('.') + 1));
+    }));
+  }
+  return pm;
 }
 
 std::optional<ForVerify> run_run(RunFlags& f) {
@@ -124,8 +129,10 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   const int rank = world.rank();
   std::string setup_error;
   Bound bound;
+  std::unique_ptr<PipelineModel> pipeline;  // --schedule
   try {
     bound = bind(f, world);
+    if (bound.schedule) pipeline = bind_pipeline(f, bound);
   } catch (const InputError& e) {
     setup_error = with_flags(e);
   }
@@ -156,10 +163,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
   o.agree = [&](const InputError* e) {
     agree_on_setup(world, e ? with_flags(*e) : "", "fuseplan-exec");
   };
-  std::unique_ptr<PipelineModel> pipeline;
-  if (bound.schedule) {
-    const Scenario& sc = bound.scenario;
-    pipeline = std::make_unique<PipelineModel>(sc.model, sc.cluster, plan.gpus, plan.batch_per_gpu, plan.compute);
+  if (pipeline) {
     o.buckets_of = [&](const exec::Network& net) {
       // The flat gradient buffer holds the tensors in backward order, one after another.
       const auto& slots = net.slots();
