@@ -123,6 +123,23 @@ std::unique_ptr<PipelineModel> bind_pipeline(const RunFlags& f, const Bound& b) 
   return pm;
 }
 
+// What the executor runs of a schedule: its partitions, order and exchange. Per-layer
+// gating with per-layer updates (ByteScheduler, DeAR) as scheduled. The optimizer step is
+// not sharded: a sharded schedule (ZeRO-2, FSDP) runs with every rank updating every
+// layer from the all-gathered sums, per layer before its forward where the schedule gates
+// per layer, else as one step after a barrier.
+PipelineSchedule executed(const PipelineSchedule& s) {
+  PipelineSchedule r = s;
+  r.shard_optimizer = false;
+  if (s.gate == Gate::PerLayer && (!s.step_update || s.shard_optimizer)) {
+    r.step_update = false;
+  } else {
+    r.gate = Gate::Barrier;
+    r.step_update = true;
+  }
+  return r;
+}
+
 std::optional<ForVerify> run_run(RunFlags& f) {
   exec::MpiWorld world(nullptr, nullptr);
   world.set_timeout(setup_wait_s(f.timeout_s));  // no collective waits past --timeout for a silent rank
@@ -152,6 +169,8 @@ std::optional<ForVerify> run_run(RunFlags& f) {
 
   exec::PlanRunOptions& o = bound.run;
   o.train = f.t.opt;
+  const std::optional<PipelineSchedule> as_run = bound.schedule ? std::optional(executed(*bound.schedule)) : std::nullopt;
+  o.train.per_layer = as_run && as_run->gate == Gate::PerLayer;
   o.train_epochs = f.t.epochs_opt->count() > 0;
   ProgressBar bar("steps", f.t.quiet || rank != 0);
   o.on_step = step_progress(bar, f.t);
@@ -171,7 +190,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
       for (size_t pos = 0; pos < slots.size(); ++pos)
         if (slots[pos].offset != slots[0].offset + off[pos])
           throw RunError("run: the gradient buffer's layout differs from the schedule's (tensor " + slots[pos].name + ")");
-      return exec::schedule_exchange_buckets(*pipeline, *bound.schedule, slots.empty() ? 0 : slots[0].offset);
+      return exec::schedule_exchange_buckets(*pipeline, *as_run, slots.empty() ? 0 : slots[0].offset);
     };
   }
   try {
@@ -194,23 +213,19 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (plan.prediction)
       out() << "  the plan's own prediction (" << plan.cluster << "): " << fixed(plan.prediction->iteration_s * 1e3, 2)
             << " ms per iteration\n";
-    if (bound.schedule) {
-      // What the executor runs of it: the schedule's partitions, order and exchange, with
-      // a barrier and one optimizer step (no per-layer gating, no sharded step).
-      PipelineSchedule as_run = *bound.schedule;
-      as_run.gate = Gate::Barrier;
-      as_run.step_update = true;
-      as_run.shard_optimizer = false;
+    if (as_run) {
       out() << "  the schedule's prediction (" << bound.scenario.cluster.name << ", " << bound.schedule->strategy
             << "): " << fixed(pipeline->evaluate(*bound.schedule, false).iteration_s * 1e3, 2) << " ms per iteration as "
-            << "scheduled, " << fixed(pipeline->evaluate(as_run, false).iteration_s * 1e3, 2)
-            << " ms as run here (a barrier before one optimizer step)\n";
+            << "scheduled, " << fixed(pipeline->evaluate(*as_run, false).iteration_s * 1e3, 2) << " ms as run here ("
+            << (as_run->gate == Gate::PerLayer ? "each layer's update and forward after its own sums"
+                                               : "a barrier before one optimizer step")
+            << (bound.schedule->shard_optimizer ? ", every rank updating every layer" : "") << ")\n";
       // The same with this run's own per-layer profile (the slowest rank's), as verify
       // predicts: the error is then the communication's and the overlap's.
       Model measured = bound.scenario.model;
       apply_profile_json(measured, run.profile, "the run's profile");
       const PipelineModel own(measured, bound.scenario.cluster, plan.gpus, plan.batch_per_gpu, plan.compute);
-      const double predicted = own.evaluate(as_run, false).iteration_s;
+      const double predicted = own.evaluate(*as_run, false).iteration_s;
       out() << "  with this run's per-layer profile: " << fixed(predicted * 1e3, 2) << " ms predicted as run here, "
             << fixed(rep.iteration_s * 1e3, 2) << " ms measured (" << signed_percent(predicted / rep.iteration_s - 1)
             << ")\n";
@@ -254,8 +269,8 @@ void add_run_command(CLI::App& app) {
       "during backward; measures every layer and bucket on every rank.");
   cmd->add_option("--plan", f->plan_path, "plan .json (fuseplan tune/predict --out); its GPUs = the ranks");
   cmd->add_option("--schedule", f->schedule_path,
-                  "instead of --plan: a schedule (fuseplan schedule --out): its partitions, order and reduce-scatter + "
-                  "all-gather run, with a barrier before one optimizer step; its GPUs = the ranks");
+                  "instead of --plan: a schedule (fuseplan schedule --out): its partitions, order, reduce-scatter + "
+                  "all-gather and per-layer gating run (the optimizer step is not sharded); its GPUs = the ranks");
   add_training_flags(cmd, f->t);
   cmd->add_option("--iterations", f->iterations,
                  "measured iterations after the warm-up (ignored with --epochs)")

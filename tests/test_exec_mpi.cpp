@@ -5,6 +5,9 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
+#include <map>
+#include <optional>
 #include <cmath>
 #include <thread>
 #include <vector>
@@ -367,6 +370,124 @@ TEST_CASE("mpi: run_plan, the measure runner, runs a plan and gathers the measur
   opts.comm = "gloo";
   CHECK_THROWS_WITH(check_run_options(opts, false), Catch::Contains("comm: unknown 'gloo' (valid: nccl, mpi)"));
   CHECK(default_threads(w.layout()) >= 1);
+}
+
+// Per-layer gating in a measured trace: (rank, iteration, layer) forward events that start
+// before a bucket of the previous iteration writing one of the layer's parameters ended.
+int gate_violations(const Report& r, const Model& m, int* checked) {
+  const int T = int(m.tensors.size());
+  std::map<std::pair<int, int>, std::vector<const TimelineEvent*>> buckets;  // (rank, iteration)
+  for (const auto& e : r.timeline.events)
+    if (e.category == "allreduce") buckets[{e.rank, e.iteration}].push_back(&e);
+  int bad = 0;
+  *checked = 0;
+  for (const auto& e : r.timeline.events) {
+    if (e.category != "forward") continue;
+    const auto it = buckets.find({e.rank, e.iteration - 1});
+    if (it == buckets.end()) continue;
+    const Layer* layer = nullptr;
+    for (const auto& l : m.layers)
+      if (l.name == e.name) layer = &l;
+    REQUIRE(layer);
+    if (layer->tensor_count == 0) continue;
+    const int first = T - layer->first_tensor - layer->tensor_count, end = T - layer->first_tensor;  // backward positions
+    for (const TimelineEvent* b : it->second) {
+      int index = -1;
+      REQUIRE(std::sscanf(b->name.c_str(), "bucket %d", &index) == 1);
+      const BucketReport& br = r.buckets[size_t(index)];
+      if (br.begin >= end || first >= br.end) continue;
+      ++*checked;
+      bad += e.start_s < b->start_s + b->dur_s;
+    }
+  }
+  return bad;
+}
+
+TEST_CASE("mpi: per-layer gating: each layer's update and forward wait only for its own sums, with the weights of one step per iteration") {
+  MpiWorld& w = *g_world;
+  ModelBuilder mb("gated", {1, 8, 8});
+  int x = mb.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, true);
+  x = mb.relu("relu1", x);
+  x = mb.conv("conv2", x, 8, 3, 1, 1, false);
+  x = mb.relu("relu2", x);
+  x = mb.flatten("flat", x);
+  mb.linear("fc", x, 4, true);
+  const Model m = mb.finish();
+  Cluster c = load_cluster("local-cpu");
+  c.gpus_per_node = w.ranks();
+  const Plan plan = make_plan(m, "local-cpu", w.ranks(), 4, Precision::FP32,
+                              buckets_from_spec("splits:1", m, "ring", Precision::FP32), "test");
+  const Dataset train = make_synthetic(64 * w.ranks(), 1, 8, 8, 4, 7);
+  PipelineModel pm(m, c, w.ranks(), 4, Precision::FP32);
+  PipelineSchedule bs;  // ByteScheduler-like: partitions cutting tensors, priority, credit 2
+  bs.bounds = {100, 300, pm.elements() - 200, pm.elements()};
+  bs.order = Order::Priority;
+  bs.gate = Gate::PerLayer;
+  bs.step_update = false;
+  bs.credit = 2;
+  bs.transfer = Precision::FP32;
+  PipelineSchedule dear = bs;  // DeAR-like: reduce-scatter, then all-gather
+  dear.exchange = Exchange::ReduceScatterAllgather;
+  dear.credit = 1;
+  for (const PipelineSchedule& s : {bs, dear}) {
+    for (bool thread : {false, true}) {
+      CAPTURE(exchange_name(s.exchange), thread);
+      // The same buckets gated per layer and with a barrier: the same weights, bit for bit.
+      std::vector<float> weights[2];
+      std::vector<double> losses[2];
+      std::optional<Measurement> gated;
+      for (int per_layer = 0; per_layer < 2; ++per_layer) {
+        auto be = make_cpu_backend();
+        PlanRunOptions o;
+        o.train.batch = plan.batch_per_gpu;
+        o.train.per_layer = per_layer;
+        o.warmup = 1;
+        o.iterations = 4;
+        o.trace_steps = 3;
+        o.exchange = {thread, 20, 30};
+        o.buckets_of = [&](const Network& net) { return schedule_exchange_buckets(pm, s, net.slots()[0].offset); };
+        o.profile_of = [&](const Network& net, const TrainResult&) {
+          weights[per_layer].assign(net.params(), net.params() + net.param_count());
+          return nlohmann::json{{"device", "cpu"}, {"layers", nlohmann::json::array()}};
+        };
+        PlanRun run = run_plan(w, plan, m, c, train, nullptr, *be, o);
+        for (const auto& st : run.result.steps) losses[per_layer].push_back(st.loss);
+        if (per_layer) gated = std::move(run.measurement);
+      }
+      CHECK(losses[0] == losses[1]);
+      CHECK(weights[0] == weights[1]);
+      CHECK(same_everywhere(weights[1]));
+      if (w.rank() != 0) continue;
+      REQUIRE(gated);
+      int checked = 0;
+      CHECK(gate_violations(gated->report, m, &checked) == 0);
+      CHECK(checked >= 3 * w.ranks() * 3);  // 3 layers with parameters, 3 traced pairs of steps, every rank
+      // The check sees a layer started too early.
+      Report early = gated->report;
+      int last = 0;
+      for (const auto& e : early.timeline.events) last = std::max(last, e.category == "forward" ? e.iteration : 0);
+      for (auto& e : early.timeline.events)
+        if (e.category == "forward" && e.name == "fc" && e.iteration == last) e.start_s = -1;
+      CHECK(gate_violations(early, m, &checked) > 0);
+    }
+  }
+  // FP16 compute (its loss scale needs every gradient before any update) is refused.
+  auto be = make_cpu_backend();
+  TrainOptions t;
+  t.batch = 4;
+  t.per_layer = true;
+  t.precision = Precision::FP16;
+  CHECK_THROWS_WITH(Trainer(m, train, nullptr, *be, t), Catch::Contains("per-layer gating needs ranks"));
+  PlanRunOptions o;
+  o.train = t;
+  o.warmup = 1;
+  o.iterations = 1;
+  o.agree = [](const InputError* e) {
+    REQUIRE(e);
+    CHECK_THAT(std::string(e->what()), Catch::Contains("per-layer gating needs") && Catch::Contains("fp32 or bf16"));
+    throw InputError("");
+  };
+  CHECK_THROWS_AS(run_plan(w, plan, m, c, train, nullptr, *be, o), InputError);
 }
 
 TEST_CASE("mpi: a collective waits no longer than twice the world's timeout, then names the call and the silent ranks") {

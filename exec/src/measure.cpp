@@ -15,13 +15,13 @@ StepSample step_sample(const StepRecord& s, const std::vector<BucketTiming>& buc
 }
 
 void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, const Network& net,
-                const std::vector<ExchangeBucket>& buckets, const TimedExchange& exchange,
+                const std::vector<ExchangeBucket>& buckets, const StepBuckets& comm, bool per_layer,
                 std::chrono::steady_clock::time_point origin) {
   auto rel = [&](std::chrono::steady_clock::time_point p) { return std::chrono::duration<double>(p - origin).count(); };
   const auto& spans = net.last_spans();
   const auto& layers = model.layers;
   const int it = int(s.step);
-  const double bwd0 = rel(exchange.step_origin()), fwd0 = rel(spans.front().fwd_start);
+  const double fwd0 = rel(spans.front().fwd_start);
   t.events.push_back({rank, "compute", trace_name::kDataWait, "data", fwd0 - s.data_s, s.data_s, 0, it});
   for (size_t l = 0; l < layers.size(); ++l)
     t.events.push_back({rank, "compute", trace_name::forward(layers[l].name), "forward", rel(spans[l].fwd_start),
@@ -29,14 +29,17 @@ void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, 
   for (size_t l = layers.size(); l-- > 0;)  // backward order, as predicted and simulated
     t.events.push_back({rank, "compute", trace_name::backward(layers[l].name), "backward", rel(spans[l].bwd_start),
                         spans[l].bwd_s, 0, it});
-  for (size_t b = 0; b < buckets.size(); ++b) {
-    const BucketTiming& x = exchange.timings()[b];
+  const double comm0 = rel(comm.origin);
+  for (size_t b = 0; b < buckets.size() && comm.timings; ++b) {
+    const BucketTiming& x = (*comm.timings)[b];
     t.events.push_back({rank, "comm" + std::to_string(buckets[b].stream),
-                        trace_name::bucket(int(b), buckets[b].spec.algorithm), "allreduce", bwd0 + x.start_s,
-                        x.end_s - x.start_s, buckets[b].count * bytes_per_element(buckets[b].spec.transfer), it});
+                        trace_name::bucket(int(b), buckets[b].spec.algorithm), "allreduce", comm0 + x.start_s,
+                        x.end_s - x.start_s, buckets[b].count * bytes_per_element(buckets[b].spec.transfer),
+                        int(comm.step)});
   }
-  t.events.push_back({rank, "compute", trace_name::kOptimizer, "optimizer", bwd0 + s.backward_s + s.comm_wait_s,
-                      s.optimizer_s, 0, it});
+  if (!per_layer)  // after backward and the wait for the last buckets
+    t.events.push_back({rank, "compute", trace_name::kOptimizer, "optimizer", comm0 + s.backward_s + s.comm_wait_s,
+                        s.optimizer_s, 0, it});
 }
 
 std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, const Network& net,

@@ -502,6 +502,7 @@ PlanExchange::PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBu
       return key(a) < key(b);
     });
   timings_.resize(buckets_.size());
+  done_ = std::make_unique<std::atomic<bool>[]>(buckets_.size());
   stream_next_.assign(size_t(streams), 0);
   stream_running_.assign(size_t(streams), -1);
   if (opt.thread) thread_ = std::thread([this] { thread_main(); });
@@ -521,8 +522,14 @@ PlanExchange::~PlanExchange() {
 }
 
 void PlanExchange::begin_step() {
+  if (opt_.thread) {  // the thread may still be closing the last step after its buckets ran
+    std::unique_lock lock(mutex_);
+    cv_.wait(lock, [this] { return !in_step_ || error_; });
+    if (error_) std::rethrow_exception(error_);
+  }
   std::lock_guard lock(mutex_);
   origin_ = Clock::now();
+  for (size_t b = 0; b < buckets_.size(); ++b) done_[b].store(false, std::memory_order_relaxed);
   ready_count_.store(0);
   done_count_ = 0;
   std::fill(stream_next_.begin(), stream_next_.end(), 0);
@@ -554,6 +561,7 @@ bool PlanExchange::pump() {
       if (running >= 0) {
         if (!ops_[size_t(running)]->test()) break;
         timings_[size_t(running)].end_s = now();
+        done_[size_t(running)].store(true, std::memory_order_release);
         ++done_count_;
         running = -1;
       }
@@ -591,6 +599,7 @@ void PlanExchange::thread_main() {
     }
     lock.unlock();
     const int seen = ready_count_.load(std::memory_order_acquire);
+    const int done_before = done_count_;
     bool all = false;
     std::exception_ptr error;
     try {
@@ -599,6 +608,7 @@ void PlanExchange::thread_main() {
       error = std::current_exception();
     }
     lock.lock();
+    if (done_count_ != done_before) cv_.notify_all();  // a gated forward may wait for one
     if (error || all) {
       error_ = error;
       in_step_ = !all;
@@ -623,6 +633,26 @@ void PlanExchange::finish() {
   while (!pump()) {
   }
   in_step_ = false;
+}
+
+
+bool PlanExchange::buckets_done(int begin, int end) const {
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    if (buckets_[b].begin < end && begin < buckets_[b].end && !done_[b].load(std::memory_order_acquire)) return false;
+  return true;
+}
+
+void PlanExchange::wait_positions(int begin, int end) {
+  if (!opt_.thread) {
+    if (!in_step_) return;
+    while (!pump() && !buckets_done(begin, end)) {
+    }
+    if (done_count_ == int(buckets_.size())) in_step_ = false;
+    return;
+  }
+  std::unique_lock lock(mutex_);
+  cv_.wait(lock, [&] { return !in_step_ || error_ || buckets_done(begin, end); });
+  if (error_) std::rethrow_exception(error_);
 }
 
 }  // namespace fuseplan::exec

@@ -212,7 +212,8 @@ float* Network::grad_of_input(int l, int k) {
   return src < 0 ? nullptr : nodes_[src].dout;
 }
 
-void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
+void Network::forward(const float* input, bool training, std::mt19937_64& rng,
+                      const std::function<void(int)>& before_layer) {
   input_ = input;
   if (input_blocked()) {  // into the backend's blocked layout
     const int c = dim(model_.input_shape, 0);
@@ -230,6 +231,7 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng) {
     be_.mark();
   }
   for (size_t l = 0; l < nodes_.size(); ++l) {
+    if (before_layer) before_layer(int(l));
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
     if (!exact_out_[l]) be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));

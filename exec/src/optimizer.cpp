@@ -38,12 +38,24 @@ double Optimizer::lr_at(int64_t step) const {
 }
 
 void Optimizer::step(int64_t step, const float* grads, float loss_scale, float* params, Precision working) {
+  this->step(step, grads, loss_scale, params, working, 0, int(slots_.size()));
+}
+
+void Optimizer::step(int64_t step, const float* grads, float loss_scale, float* params, Precision working, int first,
+                     int end) {
+  if (first < 0 || end > int(slots_.size()) || first > end) throw RunError("optimizer: slots out of range");
+  if (first == end) return;
   Backend::OptimizerStep o;
   o.lr = lr_at(step), o.momentum = opt_.momentum, o.weight_decay = opt_.weight_decay;
   o.trust = opt_.trust, o.eps = opt_.eps, o.inv_scale = 1.0 / double(loss_scale);
   o.lars = opt_.kind == OptimizerKind::Lars;
   o.working = working;
-  be_.optimizer_step(slots_, o, masters_.get(), momenta_.get(), grads, params, local_rate_.data());
+  if (first == 0 && end == int(slots_.size())) {
+    be_.optimizer_step(slots_, o, masters_.get(), momenta_.get(), grads, params, local_rate_.data());
+    return;
+  }
+  const std::vector<Backend::OptimizerSlot> some(slots_.begin() + first, slots_.begin() + end);
+  be_.optimizer_step(some, o, masters_.get(), momenta_.get(), grads, params, local_rate_.data() + first);
 }
 
 bool LossScaler::update(bool overflow) {

@@ -25,9 +25,16 @@ struct Deferred final : GradientExchange {
   explicit Deferred(MpiWorld& world) : w(world) {}
   int rank() const override { return w.rank(); }
   int ranks() const override { return w.ranks(); }
-  void begin_step() override { real->begin_step(); }
+  void begin_step() override {
+    previous = real->timings();  // per-layer gating: the step before, complete by now
+    previous_origin = real->step_origin();
+    real->begin_step();
+  }
   void ready(int k) override { real->ready(k); }
   void finish() override { real->finish(); }
+  void wait_positions(int begin, int end) override { real->wait_positions(begin, end); }
+  std::vector<BucketTiming> previous;
+  std::chrono::steady_clock::time_point previous_origin;
   void sum(double* v, int n) override { w.sum(v, n); }
   void broadcast(float* v, int64_t n) override { w.broadcast(v, n); }
 };
@@ -96,6 +103,9 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
       o.train.evaluate = false;
     }
     check_progress_mode(world, o.exchange);
+    if (o.train.per_layer && o.warmup < 1)
+      throw InputError(field("run.warmup") + ": per-layer gating measures each step with the step before it: needs >= 1");
+    if (o.train.per_layer && o.comm != "mpi") throw InputError(field("comm") + ": per-layer gating runs on mpi");
     o.train.exchange = &deferred;
     o.train.exchange_on_device = o.comm == "nccl";
     // Rank 0 writes the checkpoint while the others wait in the next step's collectives,
@@ -144,9 +154,14 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
           return;
         }
         if (s.step < o.warmup) return;
-        samples.push_back(step_sample(s, exchange.timings()));
+        // With per-layer gating a step's buckets end in the next forward: each step is
+        // measured with the buckets of the step before it, complete by then.
+        const bool gated = o.train.per_layer;
+        samples.push_back(step_sample(s, gated ? deferred.previous : exchange.timings()));
         const int64_t last = total_steps > 0 ? total_steps : total;
-        if (s.step >= last - o.trace_steps) trace_step(timeline, rank, s, model, net, buckets, exchange, t_sync);
+        const StepBuckets comm = gated ? StepBuckets{&deferred.previous, deferred.previous_origin, s.step - 1}
+                                       : StepBuckets{&exchange.timings(), exchange.step_origin(), s.step};
+        if (s.step >= last - o.trace_steps) trace_step(timeline, rank, s, model, net, buckets, comm, gated, t_sync);
       },
       o.on_epoch);
   if (samples.empty()) throw InputError(field("run.iterations") + ": no step after the warm-up was measured");

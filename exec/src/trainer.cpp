@@ -151,7 +151,54 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
   if (net_.classes() != train.classes)
     throw InputError(field("model") + ": " + model.name + " has " + std::to_string(net_.classes()) + " classes but " +
                      train.name + " has " + std::to_string(train.classes) + " (set " + field("model.classes") + ")");
+  if (opt.per_layer) {
+    if (!opt.exchange) throw InputError(field("train.schedule") + ": per-layer gating needs ranks to exchange with");
+    if (opt.precision == Precision::FP16)
+      throw InputError(field("train.schedule") + ": per-layer gating needs " + field("precision") +
+                       " fp32 or bf16 (fp16's dynamic loss scale checks every gradient for overflow before any update)");
+    layer_positions_.assign(model.layers.size(), {0, 0});
+    const auto& slots = net_.slots();
+    for (int pos = int(slots.size()); pos-- > 0;) {  // a layer's tensors are consecutive positions
+      auto& [first, end] = layer_positions_[size_t(slots[size_t(pos)].layer)];
+      if (first == end) end = pos + 1;
+      first = pos;
+    }
+  }
   if (!opt.resume_path.empty()) load_checkpoint(opt.resume_path);
+}
+
+void Trainer::gate_layer(int l) {
+  const auto [first, end] = layer_positions_[size_t(l)];
+  const auto t0 = Clock::now();
+  opt_.exchange->wait_positions(first, end);
+  const auto t1 = Clock::now();
+  pending_.wait_s += std::chrono::duration<double>(t1 - t0).count();
+  if (first == end) return;
+  const auto& slots = net_.slots();
+  const TensorSlot& last = slots[size_t(end - 1)];
+  float* g = net_.grads();
+  if (pending_.step == opt_.inject_overflow_at && first == 0) g[0] = std::numeric_limits<float>::infinity();
+  // After the exchange every rank holds the same sums, so all of them agree.
+  const int64_t from = slots[size_t(first)].offset;
+  if (be_.nonfinite(g + from, size_t(last.offset + last.numel - from))) {
+    pending_.nonfinite = true;
+    return;
+  }
+  optim_.step(pending_.step, g, pending_.scale * float(opt_.ranks()), net_.params(), opt_.precision, first, end);
+  be_.synchronize();
+  pending_.update_s += since(t1);
+}
+
+void Trainer::close_pending() {
+  if (pending_.nonfinite) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
+  pending_.active = false;
+}
+
+void Trainer::drain() {
+  if (!pending_.active) return;
+  opt_.exchange->finish();
+  for (int l = 0; l < int(layer_positions_.size()); ++l) gate_layer(l);
+  close_pending();
 }
 
 TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_epoch) {
@@ -172,7 +219,12 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
     if (b.epoch != epoch_ || b.position != position_) throw RunError("trainer: loader out of step");
     const auto t_fwd = Clock::now();
     dropout_rng_.seed(dropout_seed(opt_.seed, rank, step_));
-    net_.forward(b.input.data(), true, dropout_rng_);
+    const bool gated = pending_.active;  // the last step's sums arrive layer by layer
+    pending_.wait_s = pending_.update_s = 0;
+    net_.forward(b.input.data(), true, dropout_rng_, gated ? [this](int l) { gate_layer(l); } : std::function<void(int)>());
+    // Where the gated forward waited for sums and ran updates (none when not gated).
+    double wait_s = pending_.wait_s, update_s = pending_.update_s;
+    if (gated) close_pending();  // every layer's update ran before its forward
     const float scale = scaler_.scale();
     int correct = 0;
     const auto t_bwd = Clock::now();
@@ -180,25 +232,32 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
     const double loss = net_.backward(b.labels.data(), opt_.label_smoothing, scale, &correct,
                                       ex ? std::function<void(int)>([ex](int k) { ex->ready(k); }) : nullptr);
     const auto t_wait = Clock::now();
-    if (ex) ex->finish();
-    const auto t_opt = Clock::now();
-    if (step_ == opt_.inject_overflow_at) net_.grads()[0] = std::numeric_limits<float>::infinity();
-    // After the exchange every rank holds the same sums, so all of them agree on overflow.
-    const bool overflow = be_.nonfinite(net_.grads(), size_t(net_.param_count()));
-    bool apply = !overflow;
-    if (dynamic_scale) apply = scaler_.update(overflow);
-    else if (overflow) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
-    // A skipped step changes nothing: no LARS, no momentum, no weight update. Dividing by
-    // the loss scale times the ranks turns the summed gradients into the mean.
-    if (apply) optim_.step(step_, net_.grads(), scale * float(opt_.ranks()), net_.params(), opt_.precision);
-    be_.synchronize();
+    bool apply = true;
+    if (opt_.per_layer) {  // the sums are waited for, and applied, in the next forward
+      pending_ = {true, false, step_, scale, 0, 0};
+    } else {
+      if (ex) ex->finish();
+      const auto t_opt = Clock::now();
+      if (step_ == opt_.inject_overflow_at) net_.grads()[0] = std::numeric_limits<float>::infinity();
+      // After the exchange every rank holds the same sums, so all of them agree on overflow.
+      const bool overflow = be_.nonfinite(net_.grads(), size_t(net_.param_count()));
+      apply = !overflow;
+      if (dynamic_scale) apply = scaler_.update(overflow);
+      else if (overflow) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
+      // A skipped step changes nothing: no LARS, no momentum, no weight update. Dividing by
+      // the loss scale times the ranks turns the summed gradients into the mean.
+      if (apply) optim_.step(step_, net_.grads(), scale * float(opt_.ranks()), net_.params(), opt_.precision);
+      be_.synchronize();
+      wait_s = std::chrono::duration<double>(t_opt - t_wait).count();
+      update_s = since(t_opt);
+    }
     StepRecord rec{step_, epoch_, loss, optim_.lr_at(step_), scale, !apply, since(t_step)};
     auto span = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
     rec.data_s = span(t_step, t_fwd);
-    rec.forward_s = span(t_fwd, t_bwd);
+    rec.forward_s = span(t_fwd, t_bwd) - (gated ? wait_s + update_s : 0);
     rec.backward_s = span(t_bwd, t_wait);
-    rec.comm_wait_s = span(t_wait, t_opt);
-    rec.optimizer_s = since(t_opt);
+    rec.comm_wait_s = wait_s;
+    rec.optimizer_s = update_s;
     res.steps.push_back(rec);
     loss_sum += loss;
     correct_sum += correct;
@@ -211,6 +270,9 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
     if (res.steps.size() == 1 && step_ < total) net_.reset_timings();
     if (on_step) on_step(rec, total, double(res.samples) / std::max(1e-9, since(t_run)));
     const bool epoch_done = position_ + global > per_epoch * global;
+    const bool checkpoint_due =
+        opt_.checkpoint_every > 0 && step_ % opt_.checkpoint_every == 0 && !opt_.checkpoint_path.empty();
+    if (step_ == total || checkpoint_due || (epoch_done && opt_.evaluate && test_)) drain();
     if (epoch_done || step_ == total) {
       EpochRecord e;
       e.epoch = epoch_;
@@ -237,7 +299,7 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
         position_ = 0;
       }
     }
-    if (opt_.checkpoint_every > 0 && step_ % opt_.checkpoint_every == 0 && !opt_.checkpoint_path.empty()) {
+    if (checkpoint_due) {
       // The ranks hold the same weights and optimizer state; rank 0's BatchNorm
       // statistics are the ones kept (and evaluated with).
       if (ex) ex->broadcast(net_.running_stats().data(), int64_t(net_.running_stats().size()));

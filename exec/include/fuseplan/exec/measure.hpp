@@ -26,11 +26,21 @@ struct StepSample {
 };
 StepSample step_sample(const StepRecord& s, const std::vector<BucketTiming>& buckets);
 
+// The buckets of one step as they ran: each one's times from `origin`, that step's
+// backward start (TimedExchange::timings and step_origin).
+struct StepBuckets {
+  const std::vector<BucketTiming>* timings = nullptr;
+  std::chrono::steady_clock::time_point origin;
+  int64_t step = 0;
+};
+
 // Appends step `s`'s events on `rank` to `t`: data wait, every layer's forward and
-// backward, every bucket's allreduce and the optimizer, in seconds from `origin`, named
-// as predicted and simulated events are (trace_name), with the step as the iteration.
+// backward, the buckets of `comm` and the optimizer, in seconds from `origin`, named as
+// predicted and simulated events are (trace_name), each with its step as the iteration.
+// With per-layer gating `comm` is the previous step's (its buckets run into this step's
+// forward) and the updates, spread over the forward pass, get no event of their own.
 void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, const Network& net,
-                const std::vector<ExchangeBucket>& buckets, const TimedExchange& exchange,
+                const std::vector<ExchangeBucket>& buckets, const StepBuckets& comm, bool per_layer,
                 std::chrono::steady_clock::time_point origin);
 
 // What the measured Report describes: the run's setup and its buckets as they ran

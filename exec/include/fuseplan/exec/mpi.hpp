@@ -191,6 +191,7 @@ class PlanExchange final : public TimedExchange {
   void begin_step() override;
   void ready(int positions) override;
   void finish() override;
+  void wait_positions(int begin, int end) override;
   void sum(double* v, int n) override { world_.sum(v, n); }
   void broadcast(float* v, int64_t n) override { world_.broadcast(v, n); }
 
@@ -203,6 +204,7 @@ class PlanExchange final : public TimedExchange {
   using Clock = std::chrono::steady_clock;
   double now() const { return std::chrono::duration<double>(Clock::now() - origin_).count(); }
   bool pump();  // starts what may start, tests what runs; true if all buckets are done
+  bool buckets_done(int begin, int end) const;  // every bucket writing positions [begin, end) has run
   void check_timeouts();
   void thread_main();
 
@@ -219,6 +221,7 @@ class PlanExchange final : public TimedExchange {
   Clock::time_point origin_;
   std::atomic<int> ready_count_{0};  // buckets [0, ready_count_) are ready (set by the training thread)
   int done_count_ = 0;
+  std::unique_ptr<std::atomic<bool>[]> done_;  // per bucket, this step (set by whoever pumps)
   bool in_step_ = false;  // guarded by mutex_ with a communication thread
   // Communication thread.
   std::mutex mutex_;

@@ -64,6 +64,7 @@ class Network {
   const std::vector<TensorSlot>& slots() const { return slots_; }
   int64_t param_count() const { return params_n_; }
   float* params() { return params_.get(); }  // working weights (half-rounded in mixed precision)
+  const float* params() const { return params_.get(); }
   float* grads() { return grads_.get(); }
   // BatchNorm running statistics, all layers, in forward order (part of a checkpoint).
   std::span<float> running_stats() { return {running_.get(), running_n_}; }
@@ -74,8 +75,11 @@ class Network {
   void check_same_tensors(const Model& other, const std::string& what) const;
 
   // Forward of a batch of `batch()` samples (input: batch x input_shape floats).
-  // `dropout_rng` draws dropout masks in training.
-  void forward(const float* input, bool training, std::mt19937_64& dropout_rng);
+  // `dropout_rng` draws dropout masks in training. `before_layer(l)`, when given, runs
+  // before layer l's forward starts (and outside its timing): the executor's per-layer
+  // gate, which waits for the layer's parameters and updates them.
+  void forward(const float* input, bool training, std::mt19937_64& dropout_rng,
+               const std::function<void(int)>& before_layer = {});
   // Every layer output and gradient of the last step holds a value of the storage
   // precision (FP16 / BF16 grid; always true in FP32): the check that skipping the
   // rounding where an op cannot leave the grid loses nothing. Host-memory backends only.

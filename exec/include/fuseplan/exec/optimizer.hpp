@@ -41,6 +41,10 @@ class Optimizer {
   // FP32, updates masters and momenta, writes the masters rounded to the working
   // precision into `params`.
   void step(int64_t step, const float* grads, float loss_scale, float* params, Precision working);
+  // The same update of the slots (backward positions) [first, end) only: per-layer
+  // updates (the executor's per-layer gate). LARS is per slot, so updating every slot
+  // once this way equals one step().
+  void step(int64_t step, const float* grads, float loss_scale, float* params, Precision working, int first, int end);
 
   // Host code reads these after Backend::synchronize().
   std::span<float> masters() { return {masters_.get(), n_}; }

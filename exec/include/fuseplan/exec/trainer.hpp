@@ -27,6 +27,14 @@ class GradientExchange {
   virtual void ready(int positions) = 0;
   // Blocks until every bucket is summed over the ranks, in place in the gradients.
   virtual void finish() = 0;
+  // Blocks until the gradients of backward positions [begin, end) are summed over the
+  // ranks (every bucket writing one of them has run), moving the others on meanwhile: the
+  // per-layer gate of the next forward pass (TrainOptions::per_layer). This default waits
+  // for every bucket.
+  virtual void wait_positions(int begin, int end) {
+    (void)begin, (void)end;
+    finish();
+  }
   // Small blocking collectives off the hot path (metrics, BatchNorm statistics).
   virtual void sum(double* v, int n) = 0;
   virtual void broadcast(float* v, int64_t n) = 0;  // from rank 0
@@ -56,6 +64,15 @@ struct TrainOptions {
   // The exchange reads gradients where the backend keeps them (NCCL on the GPU's streams),
   // so backward need not wait for the device layer by layer.
   bool exchange_on_device = false;
+  // Per-layer gating (schedules beyond fusion, docs/schedules.md): the step does not wait
+  // for the exchange after backward; instead each layer of the next forward pass waits
+  // only for its own parameters' sums (GradientExchange::wait_positions) and runs its
+  // update right before its forward, as ByteScheduler and DeAR do. The exchange is
+  // drained (every update applied) before evaluation, checkpoints and at the end. Needs
+  // an exchange and FP32 or BF16 compute: FP16's dynamic loss scale checks every gradient
+  // for overflow before any update. A layer whose summed gradients are not finite keeps
+  // its weights and momenta (the step counts as skipped).
+  bool per_layer = false;
   int ranks() const { return exchange ? exchange->ranks() : 1; }
   int64_t global_batch() const { return int64_t(batch) * ranks(); }
 };
@@ -67,7 +84,9 @@ struct StepRecord {
   bool skipped = false;
   double seconds = 0;  // wall time of the step, waiting for data included
   // Where the step's time went: waiting for data, forward, backward (allreduces run
-  // alongside), waiting for the last allreduces after backward, optimizer.
+  // alongside), waiting for the last allreduces after backward, optimizer. With per-layer
+  // gating the waits and the updates run inside the forward pass (before each layer): they
+  // are counted in comm_wait_s and optimizer_s, not in forward_s.
   double data_s = 0, forward_s = 0, backward_s = 0, comm_wait_s = 0, optimizer_s = 0;
 };
 
@@ -112,6 +131,18 @@ class Trainer {
  private:
   void load_checkpoint(const std::string& path);
   int64_t total_steps() const;  // the schedule's, capped by max_steps
+  // Per-layer gating: the last backward's update, still to run layer by layer.
+  struct Pending {
+    bool active = false, nonfinite = false;
+    int64_t step = 0;
+    float scale = 1;
+    double wait_s = 0, update_s = 0;  // spent on it in the current forward pass
+  };
+  void gate_layer(int l);  // waits for layer l's sums and runs its update
+  void drain();            // waits for the whole exchange and runs every update left
+  void close_pending();
+  Pending pending_;
+  std::vector<std::pair<int, int>> layer_positions_;  // per layer: its backward positions [first, end)
   double evaluate(const Dataset& d, double* loss);
 
   Model model_;
