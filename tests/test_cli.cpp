@@ -607,7 +607,12 @@ TEST_CASE("cli: fuseplan-exec run --schedule runs a schedule's partitions and re
   const auto j = nlohmann::json::parse(std::ifstream(sched));
   CHECK(count_of(r.out, " ring ") >= 2 * j["bounds"].size());
   CHECK_THAT(r.out, Catch::Contains("the schedule's prediction (local-cpu, dear)"));
+  CHECK_THAT(r.out, Catch::Contains("as run here (each layer's update and forward after its own sums)"));
   CHECK_THAT(r.out, Catch::Contains("with this run's per-layer profile"));
+  // Gated per layer, each step is measured with the buckets of the step before it.
+  Run w = run_mpi(2, "run --schedule " + sched + " --dataset synthetic --synthetic-size 64 --resolution 16 --warmup 0");
+  CHECK(w.code == 2);
+  CHECK_THAT(w.out, Catch::Contains("--warmup: per-layer gating measures each step with the step before it: needs >= 1"));
   expect_bad("run --schedule " + sched + " --plan " + sched + data, "--plan or --schedule: give one", true);
   expect_bad("run" + data, "--plan or --schedule: give one", true);
   expect_bad("run --schedule " + sched + data + " --verify", "--verify: reads plans", true);

@@ -379,6 +379,13 @@ PipelineResult Pipeline::run(bool with_messages) {
               settled_at = k_;
               break;
             }
+            // Behind a barrier every iteration starts as the first did (no message in
+            // flight or waiting, the compute stream idle), so it repeats the first one's
+            // period: without the messages asked for, one iteration tells it.
+            if (n == 2 && !with_messages && s_.gate == Gate::Barrier) {
+              settled_at = k_;
+              break;
+            }
             if (k_ == kMaxIterations) break;
           }
         }
@@ -425,7 +432,7 @@ PipelineResult Pipeline::run(bool with_messages) {
   r.converged = settled_at >= 0;
   r.iterations_run = int(n);
   const double period = r.converged ? s[n - 1] - s[n - 2] : (s[n - 1] - s[n - 1 - kMeanOver]) / kMeanOver;
-  const int j = int(n) - 3;  // the steady iteration: every message of it has ended by s[n - 1]
+  const int j = std::max(0, int(n) - 3);  // the steady iteration: every message of it has ended by s[n - 1]
   const double t0 = s[size_t(j)];
   const auto& layers = pm_.compute().layers();
   for (const auto& l : layers) r.compute_s += l.fwd_s + l.bwd_s;

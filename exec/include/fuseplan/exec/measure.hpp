@@ -65,8 +65,8 @@ std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, c
 // reduce-scatter and then an all-gather (the halves of the ring schedule) on the same
 // stream. Partitions are dealt round-robin to `credit` streams; each stream runs its
 // buckets in the order the pipeline model predicts they start. What this runs is the
-// schedule's communication: the exchange still ends with every partition allreduced before
-// the optimizer step (no per-layer gating, no sharded step).
+// schedule's communication; per-layer gating is the trainer's (TrainOptions::per_layer),
+// and the optimizer step is not sharded (the all-gather carries the reduced gradients).
 std::vector<ExchangeBucket> schedule_exchange_buckets(const PipelineModel& pm, const PipelineSchedule& s, int64_t base = 0);
 // The MeasuredSetup of `plan` run with `buckets` on this job's `layout`, for the model's
 // family's training goal.
