@@ -1,7 +1,7 @@
 #!/bin/sh
 # Schedules beyond fusion, executed on 2 MPI ranks of this machine (fuseplan-exec run
-# --schedule): each schedule's partitions, order, reduce-scatter + all-gather and per-layer
-# gating run (the optimizer step unsharded); the table is the pipeline model's prediction of
+# --schedule): each schedule's partitions, order, reduce-scatter + all-gather, per-layer
+# gating and sharded step run; the table is the pipeline model's prediction of
 # that run with the run's own per-layer profile (the slowest rank's) against the
 # measurement, and the gate as the measured trace shows it (bench/gate_trace.py): the
 # (layer, bucket) pairs checked, those whose forward started before the bucket ended, and

@@ -123,13 +123,15 @@ std::unique_ptr<PipelineModel> bind_pipeline(const RunFlags& f, const Bound& b) 
   return pm;
 }
 
-// What the executor runs of a schedule: its partitions, order and exchange. Per-layer
-// gating with per-layer updates (ByteScheduler, DeAR) as scheduled. The optimizer step is
-// not sharded: a sharded schedule (ZeRO-2, FSDP) runs with every rank updating every
-// layer from the all-gathered sums, per layer before its forward where the schedule gates
-// per layer, else as one step after a barrier.
-PipelineSchedule executed(const PipelineSchedule& s) {
+// What the executor runs of a schedule: its partitions, order, exchange and gate.
+// Per-layer updates (ByteScheduler, DeAR) as scheduled; a sharded step (ZeRO-2, FSDP) as
+// scheduled where the backend keeps its memory on the host (cpu). Elsewhere a sharded
+// schedule runs with every rank updating every layer from the all-gathered sums: per
+// layer before its forward where the schedule gates per layer, else as one step after a
+// barrier.
+PipelineSchedule executed(const PipelineSchedule& s, bool can_shard) {
   PipelineSchedule r = s;
+  if (s.shard_optimizer && can_shard) return r;
   r.shard_optimizer = false;
   if (s.gate == Gate::PerLayer && (!s.step_update || s.shard_optimizer)) {
     r.step_update = false;
@@ -138,6 +140,16 @@ PipelineSchedule executed(const PipelineSchedule& s) {
     r.step_update = true;
   }
   return r;
+}
+
+// How the executor runs it, in a few words (the prediction "as run here").
+std::string how_run(const PipelineSchedule& r) {
+  if (r.shard_optimizer)
+    return std::string("the shard's update after the reduce-scatters, ") +
+           (r.gate == Gate::PerLayer ? "each layer's forward after its all-gathered parameters"
+                                     : "the forward after every all-gather");
+  if (r.gate == Gate::PerLayer) return "each layer's update and forward after its own sums";
+  return "a barrier before one optimizer step";
 }
 
 std::optional<ForVerify> run_run(RunFlags& f) {
@@ -169,8 +181,10 @@ std::optional<ForVerify> run_run(RunFlags& f) {
 
   exec::PlanRunOptions& o = bound.run;
   o.train = f.t.opt;
-  const std::optional<PipelineSchedule> as_run = bound.schedule ? std::optional(executed(*bound.schedule)) : std::nullopt;
+  const std::optional<PipelineSchedule> as_run =
+      bound.schedule ? std::optional(executed(*bound.schedule, backend->reads_host_memory())) : std::nullopt;
   o.train.per_layer = as_run && as_run->gate == Gate::PerLayer;
+  o.train.shard_optimizer = as_run && as_run->shard_optimizer;
   o.train_epochs = f.t.epochs_opt->count() > 0;
   ProgressBar bar("steps", f.t.quiet || rank != 0);
   o.on_step = step_progress(bar, f.t);
@@ -217,9 +231,9 @@ std::optional<ForVerify> run_run(RunFlags& f) {
       out() << "  the schedule's prediction (" << bound.scenario.cluster.name << ", " << bound.schedule->strategy
             << "): " << fixed(pipeline->evaluate(*bound.schedule, false).iteration_s * 1e3, 2) << " ms per iteration as "
             << "scheduled, " << fixed(pipeline->evaluate(*as_run, false).iteration_s * 1e3, 2) << " ms as run here ("
-            << (as_run->gate == Gate::PerLayer ? "each layer's update and forward after its own sums"
-                                               : "a barrier before one optimizer step")
-            << (bound.schedule->shard_optimizer ? ", every rank updating every layer" : "") << ")\n";
+            << how_run(*as_run)
+            << (bound.schedule->shard_optimizer && !as_run->shard_optimizer ? ", every rank updating every layer" : "")
+            << ")\n";
       // The same with this run's own per-layer profile (the slowest rank's), as verify
       // predicts: the error is then the communication's and the overlap's.
       Model measured = bound.scenario.model;
@@ -270,7 +284,8 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--plan", f->plan_path, "plan .json (fuseplan tune/predict --out); its GPUs = the ranks");
   cmd->add_option("--schedule", f->schedule_path,
                   "instead of --plan: a schedule (fuseplan schedule --out): its partitions, order, reduce-scatter + "
-                  "all-gather and per-layer gating run (the optimizer step is not sharded); its GPUs = the ranks");
+                  "all-gather, per-layer gating and sharded step run (the step sharded on --backend cpu); its GPUs = "
+                  "the ranks");
   add_training_flags(cmd, f->t);
   cmd->add_option("--iterations", f->iterations,
                  "measured iterations after the warm-up (ignored with --epochs)")

@@ -610,6 +610,18 @@ TEST_CASE("cli: fuseplan-exec run --schedule runs a schedule's partitions and re
   CHECK_THAT(r.out, Catch::Contains("as run here (each layer's update and forward after its own sums)"));
   CHECK_THAT(r.out, Catch::Contains("with this run's per-layer profile"));
   // Gated per layer, each step is measured with the buckets of the step before it.
+  // A sharded schedule runs its sharded step on the cpu backend.
+  const std::string fsdp = tmp("run-schedule-fsdp.json");
+  REQUIRE(run("schedule " + model + " --cluster local-cpu --gpus 2 --batch-per-gpu 8 --precision fp32 --strategy fsdp "
+              "--out " + fsdp).code == 0);
+  Run z = run_mpi(2, "run --schedule " + fsdp + data);
+  INFO(z.out);
+  CHECK(z.code == 0);
+  CHECK_THAT(z.out, Catch::Contains("as run here (the shard's update after the reduce-scatters, each layer's forward "
+                                    "after its all-gathered parameters)"));
+  Run k = run_mpi(2, "run --schedule " + fsdp + data + " --checkpoint-every 1 --checkpoint " + tmp("never.ckpt"));
+  CHECK(k.code == 2);
+  CHECK_THAT(k.out, Catch::Contains("--checkpoint-every: a sharded optimizer step keeps 1/N of the optimizer state"));
   Run w = run_mpi(2, "run --schedule " + sched + " --dataset synthetic --synthetic-size 64 --resolution 16 --warmup 0");
   CHECK(w.code == 2);
   CHECK_THAT(w.out, Catch::Contains("--warmup: per-layer gating measures each step with the step before it: needs >= 1"));

@@ -490,6 +490,106 @@ TEST_CASE("mpi: per-layer gating: each layer's update and forward wait only for 
   CHECK_THROWS_AS(run_plan(w, plan, m, c, train, nullptr, *be, o), InputError);
 }
 
+TEST_CASE("mpi: a sharded optimizer step (ZeRO-2, FSDP) updates each rank's shard and all-gathers parameters, as one step per iteration would") {
+  MpiWorld& w = *g_world;
+  ModelBuilder mb("sharded", {1, 8, 8});
+  int x = mb.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, true);
+  x = mb.batchnorm("bn1", x);
+  x = mb.relu("relu1", x);
+  x = mb.conv("conv2", x, 8, 3, 1, 1, false);
+  x = mb.relu("relu2", x);
+  x = mb.flatten("flat", x);
+  mb.linear("fc", x, 4, true);
+  const Model m = mb.finish();
+  Cluster c = load_cluster("local-cpu");
+  c.gpus_per_node = w.ranks();
+  const Plan plan = make_plan(m, "local-cpu", w.ranks(), 4, Precision::FP32,
+                              buckets_from_spec("splits:1", m, "ring", Precision::FP32), "test");
+  const Dataset train = make_synthetic(64 * w.ranks(), 1, 8, 8, 4, 7);
+  PipelineModel pm(m, c, w.ranks(), 4, Precision::FP32);
+  PipelineSchedule zero2;  // partitions cutting tensors, reduce-scatter, sharded step, all-gather, a barrier
+  zero2.bounds = {100, 300, pm.elements() - 200, pm.elements()};
+  zero2.exchange = Exchange::ReduceScatterAllgather;
+  zero2.shard_optimizer = true;
+  zero2.transfer = Precision::FP32;
+  PipelineSchedule fsdp = zero2;  // the same, each layer's forward after its own parameters
+  fsdp.gate = Gate::PerLayer;
+  fsdp.order = Order::Priority;
+  fsdp.credit = 2;
+  auto run_schedule = [&](const PipelineSchedule& s, bool thread, Precision precision, std::vector<float>* weights,
+                          std::vector<double>* losses) {
+    auto be = make_cpu_backend();
+    PlanRunOptions o;
+    o.train.batch = plan.batch_per_gpu;
+    o.train.precision = precision;
+    o.train.shard_optimizer = s.shard_optimizer;
+    o.train.per_layer = s.gate == Gate::PerLayer;
+    o.warmup = 1;
+    o.iterations = 4;
+    o.trace_steps = 3;
+    o.exchange = {thread, 20, 30};
+    o.buckets_of = [&](const Network& net) { return schedule_exchange_buckets(pm, s, net.slots()[0].offset); };
+    o.profile_of = [&](const Network& net, const TrainResult&) {
+      weights->assign(net.params(), net.params() + net.param_count());
+      return nlohmann::json{{"device", "cpu"}, {"layers", nlohmann::json::array()}};
+    };
+    PlanRun run = run_plan(w, plan, m, c, train, nullptr, *be, o);
+    for (const auto& st : run.result.steps) losses->push_back(st.loss);
+    return run;
+  };
+  for (const PipelineSchedule& s : {zero2, fsdp}) {
+    for (bool thread : {false, true}) {
+      CAPTURE(gate_name(s.gate), thread);
+      // Unsharded, the same partitions: every rank updates everything from all-gathered sums.
+      PipelineSchedule replicated = s;
+      replicated.shard_optimizer = false;
+      if (s.gate == Gate::PerLayer) replicated.step_update = false;
+      std::vector<float> weights[2];
+      std::vector<double> losses[2];
+      run_schedule(replicated, thread, Precision::FP32, &weights[0], &losses[0]);
+      PlanRun sharded = run_schedule(s, thread, Precision::FP32, &weights[1], &losses[1]);
+      // LARS sums a tensor's norms over the ranks' shards: equal up to rounding.
+      REQUIRE(weights[0].size() == weights[1].size());
+      double worst = 0;
+      for (size_t i = 0; i < weights[0].size(); ++i)
+        worst = std::max(worst, std::abs(double(weights[0][i]) - weights[1][i]) / std::max(1.0, std::abs(double(weights[0][i]))));
+      CHECK(worst < 1e-6);
+      for (size_t i = 0; i < losses[0].size(); ++i) CHECK(losses[1][i] == Approx(losses[0][i]).epsilon(1e-6));
+      CHECK(same_everywhere(weights[1]));
+      if (w.rank() == 0) {
+        REQUIRE(sharded.measurement);
+        int checked = 0;
+        CHECK(gate_violations(sharded.measurement->report, m, &checked) == 0);
+        CHECK(checked > 0);
+        int steps = 0;
+        for (const auto& e : sharded.measurement->report.timeline.events) steps += e.category == "optimizer";
+        CHECK(steps == 3 * w.ranks());  // one sharded step per traced step and rank
+      }
+    }
+  }
+  // FP16 compute: the overflow check is summed over the shards, so the loss scale works.
+  std::vector<float> weights;
+  std::vector<double> losses;
+  PipelineSchedule half = fsdp;
+  half.transfer = Precision::FP16;
+  run_schedule(half, true, Precision::FP16, &weights, &losses);
+  for (double l : losses) CHECK(std::isfinite(l));
+  CHECK(same_everywhere(weights));
+  // Each rank keeps 1/N of the optimizer state: no checkpoints.
+  auto be = make_cpu_backend();
+  PlanRunOptions o;
+  o.train.batch = plan.batch_per_gpu;
+  o.train.shard_optimizer = true;
+  o.train.checkpoint_every = 2;
+  o.train.checkpoint_path = "/tmp/never-written.ckpt";
+  o.agree = [](const InputError* e) {
+    REQUIRE(e);
+    CHECK_THAT(std::string(e->what()), Catch::Contains("keeps 1/N of the optimizer state"));
+    throw InputError("");
+  };
+  CHECK_THROWS_AS(run_plan(w, plan, m, c, train, nullptr, *be, o), InputError);
+}
+
 TEST_CASE("mpi: a collective waits no longer than twice the world's timeout, then names the call and the silent ranks") {
   MpiWorld& w = *g_world;
   static double v[1] = {1};  // outlives the call: the late ranks complete it afterwards

@@ -162,10 +162,13 @@ class CpuBackend final : public Backend {
       local_rates[k] = 1.0;
       if (o.lars && !s.plain) {
         // Local rate eta ||w|| / (||g|| + wd ||w||), on the unscaled gradient.
-        double ww = 0, gg = 0;
-        for (int64_t i = 0; i < s.numel; ++i) {
-          ww += double(w[i]) * w[i];
-          gg += double(g[i]) * g[i];
+        double ww = s.ww, gg = s.gg;
+        if (ww < 0) {
+          ww = gg = 0;
+          for (int64_t i = 0; i < s.numel; ++i) {
+            ww += double(w[i]) * w[i];
+            gg += double(g[i]) * g[i];
+          }
         }
         const double wn = std::sqrt(ww), gn = std::sqrt(gg) * o.inv_scale;
         const double local = (wn > 0 && gn > 0) ? o.trust * wn / (gn + o.weight_decay * wn + o.eps) : 1.0;

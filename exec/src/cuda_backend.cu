@@ -444,6 +444,7 @@ class CudaBackend final : public Backend {
     std::vector<DevSlot> table;
     int64_t largest = 0;
     for (const auto& s : slots) {
+      if (s.ww >= 0) throw RunError("cuda backend: a sharded optimizer step (given LARS sums) runs on host memory only");
       table.push_back({s.offset, s.numel, s.plain ? 1 : 0});
       largest = std::max(largest, s.numel);
     }

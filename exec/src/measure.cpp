@@ -15,7 +15,7 @@ StepSample step_sample(const StepRecord& s, const std::vector<BucketTiming>& buc
 }
 
 void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, const Network& net,
-                const std::vector<ExchangeBucket>& buckets, const StepBuckets& comm, bool per_layer,
+                const std::vector<ExchangeBucket>& buckets, const StepBuckets& comm,
                 std::chrono::steady_clock::time_point origin) {
   auto rel = [&](std::chrono::steady_clock::time_point p) { return std::chrono::duration<double>(p - origin).count(); };
   const auto& spans = net.last_spans();
@@ -37,8 +37,8 @@ void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, 
                         x.end_s - x.start_s, buckets[b].count * bytes_per_element(buckets[b].spec.transfer),
                         int(comm.step)});
   }
-  if (!per_layer)  // after backward and the wait for the last buckets
-    t.events.push_back({rank, "compute", trace_name::kOptimizer, "optimizer", comm0 + s.backward_s + s.comm_wait_s,
+  if (s.optimizer_start_s >= 0)  // one step (not per-layer updates)
+    t.events.push_back({rank, "compute", trace_name::kOptimizer, "optimizer", fwd0 - s.data_s + s.optimizer_start_s,
                         s.optimizer_s, 0, it});
 }
 
@@ -106,6 +106,7 @@ std::vector<ExchangeBucket> schedule_exchange_buckets(const PipelineModel& pm, c
     x.order = rank_of[i * 2];
     out.push_back(x);
     x.spec.half = AllreduceSpec::Half::Allgather;
+    x.after_step = s.shard_optimizer;  // it carries the parameters the step updates
     x.order = std::max(rank_of[i * 2 + 1], rank_of[i * 2] + 1);  // after its reduce-scatter in any case
     out.push_back(x);
   }

@@ -295,6 +295,7 @@ Allreduce::Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const Allre
   as_int(count, "allreduce");
   if (mpi_ && spec.half != AllreduceSpec::Half::Whole)
     throw InputError("algorithm mpi: MPI_Iallreduce has no reduce-scatter or all-gather half; use ring");
+  if (spec.half != AllreduceSpec::Half::Whole && topo.ranks == 1 && count > 0) owned_ = {{0, count}};
   if (mpi_ || topo.ranks == 1 || count == 0) return;
   CollectiveArgs args;
   args.topo = topo;
@@ -315,6 +316,21 @@ Allreduce::Allreduce(MPI_Comm comm, const Topo& topo, int64_t count, const Allre
       throw InputError("algorithm " + spec.algorithm + ": a reduce-scatter or all-gather half needs ring or nccl_ring "
                        "(their rounds are a reduce-scatter, then an all-gather)");
     const long mid = long(s.rounds.size() / 2);
+    // What each rank sends first in the all-gather half is what it holds reduced: the
+    // ranks' ranges must cover the vector once.
+    std::vector<std::pair<int64_t, int64_t>> all;
+    if (size_t(mid) < s.rounds.size())
+      for (const Transfer& t : s.rounds[size_t(mid)].transfers) {
+        if (t.src == me_ && t.count > 0) owned_.push_back({t.offset, t.offset + t.count});
+        all.push_back({t.offset, t.offset + t.count});
+      }
+    std::sort(all.begin(), all.end());
+    all.erase(std::unique(all.begin(), all.end()), all.end());
+    int64_t covered = 0;
+    for (const auto& [first, end] : all) covered = first == covered ? end : -1;
+    if (covered != count) throw RunError("allreduce " + spec.algorithm + ": its halves do not leave every element reduced on one rank");
+    std::sort(owned_.begin(), owned_.end());
+    owned_.erase(std::unique(owned_.begin(), owned_.end()), owned_.end());
     if (spec.half == AllreduceSpec::Half::ReduceScatter) s.rounds.erase(s.rounds.begin() + mid, s.rounds.end());
     else s.rounds.erase(s.rounds.begin(), s.rounds.begin() + mid);
   }
@@ -529,6 +545,7 @@ void PlanExchange::begin_step() {
   }
   std::lock_guard lock(mutex_);
   origin_ = Clock::now();
+  released_.store(false);
   for (size_t b = 0; b < buckets_.size(); ++b) done_[b].store(false, std::memory_order_relaxed);
   ready_count_.store(0);
   done_count_ = 0;
@@ -567,7 +584,7 @@ bool PlanExchange::pump() {
       }
       if (stream_next_[s] == stream_order_[s].size()) break;
       const int b = stream_order_[s][stream_next_[s]];
-      if (b >= ready) break;
+      if (b >= ready || (buckets_[size_t(b)].after_step && !released_.load(std::memory_order_acquire))) break;
       ++stream_next_[s];
       running = b;
       timings_[size_t(b)].start_s = now();
@@ -599,6 +616,7 @@ void PlanExchange::thread_main() {
     }
     lock.unlock();
     const int seen = ready_count_.load(std::memory_order_acquire);
+    const bool was_released = released_.load(std::memory_order_acquire);
     const int done_before = done_count_;
     bool all = false;
     std::exception_ptr error;
@@ -616,7 +634,7 @@ void PlanExchange::thread_main() {
       continue;
     }
     if (std::all_of(stream_running_.begin(), stream_running_.end(), [](int b) { return b < 0; }))
-      cv_.wait(lock, [&] { return stop_ || ready_count_.load() != seen; });  // nothing to poll
+      cv_.wait(lock, [&] { return stop_ || ready_count_.load() != seen || released_.load() != was_released; });  // nothing to poll
     else
       cv_.wait_for(lock, std::chrono::duration<double, std::micro>(opt_.poll_us));
   }
@@ -642,17 +660,51 @@ bool PlanExchange::buckets_done(int begin, int end) const {
   return true;
 }
 
-void PlanExchange::wait_positions(int begin, int end) {
+template <class Done>
+void PlanExchange::wait_until(const Done& done) {
   if (!opt_.thread) {
     if (!in_step_) return;
-    while (!pump() && !buckets_done(begin, end)) {
+    while (!pump() && !done()) {
     }
     if (done_count_ == int(buckets_.size())) in_step_ = false;
     return;
   }
   std::unique_lock lock(mutex_);
-  cv_.wait(lock, [&] { return !in_step_ || error_ || buckets_done(begin, end); });
+  cv_.wait(lock, [&] { return !in_step_ || error_ || done(); });
   if (error_) std::rethrow_exception(error_);
+}
+
+void PlanExchange::wait_positions(int begin, int end) {
+  wait_until([&] { return buckets_done(begin, end); });
+}
+
+bool PlanExchange::reductions_done() const {
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    if (!buckets_[b].after_step && !done_[b].load(std::memory_order_acquire)) return false;
+  return true;
+}
+
+void PlanExchange::wait_reductions() {
+  wait_until([&] { return reductions_done(); });
+}
+
+void PlanExchange::release_held() {
+  released_.store(true, std::memory_order_release);
+  if (!opt_.thread) {
+    pump();
+    return;
+  }
+  std::lock_guard lock(mutex_);  // the thread checks for released buckets under the lock
+  cv_.notify_all();
+}
+
+std::vector<std::pair<int64_t, int64_t>> PlanExchange::owned_ranges() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    if (buckets_[b].spec.half == AllreduceSpec::Half::ReduceScatter)
+      for (const auto& [first, end] : ops_[b]->owned())
+        out.push_back({buckets_[b].offset + first, buckets_[b].offset + end});
+  return out;
 }
 
 }  // namespace fuseplan::exec

@@ -58,6 +58,52 @@ void Optimizer::step(int64_t step, const float* grads, float loss_scale, float* 
   be_.optimizer_step(some, o, masters_.get(), momenta_.get(), grads, params, local_rate_.data() + first);
 }
 
+namespace {
+// Calls f(slot, first, end) for every part of a slot inside the shard's ranges.
+template <class F>
+void for_shard(const std::vector<Backend::OptimizerSlot>& slots, const std::vector<std::pair<int64_t, int64_t>>& shard,
+               const F& f) {
+  for (size_t k = 0; k < slots.size(); ++k)
+    for (const auto& [first, end] : shard) {
+      const int64_t lo = std::max(first, slots[k].offset), hi = std::min(end, slots[k].offset + slots[k].numel);
+      if (lo < hi) f(k, lo, hi);
+    }
+}
+}  // namespace
+
+std::vector<double> Optimizer::shard_sums(const std::vector<std::pair<int64_t, int64_t>>& shard, const float* grads) const {
+  if (!be_.reads_host_memory()) throw RunError("optimizer: a sharded step runs on host memory only");
+  std::vector<double> sums(2 * slots_.size(), 0.0);
+  const float* w = masters_.get();
+  for_shard(slots_, shard, [&](size_t k, int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      sums[2 * k] += double(w[i]) * w[i];
+      sums[2 * k + 1] += double(grads[i]) * grads[i];
+    }
+  });
+  return sums;
+}
+
+void Optimizer::step_shard(int64_t step, const std::vector<std::pair<int64_t, int64_t>>& shard,
+                           const std::vector<double>& sums, const float* grads, float loss_scale, float* params,
+                           Precision working) {
+  if (sums.size() < 2 * slots_.size()) throw RunError("optimizer: the shard's sums do not cover every tensor");
+  std::vector<Backend::OptimizerSlot> parts;
+  std::vector<size_t> slot_of;
+  for_shard(slots_, shard, [&](size_t k, int64_t lo, int64_t hi) {
+    parts.push_back({lo, hi - lo, slots_[k].plain, sums[2 * k], sums[2 * k + 1]});
+    slot_of.push_back(k);
+  });
+  Backend::OptimizerStep o;
+  o.lr = lr_at(step), o.momentum = opt_.momentum, o.weight_decay = opt_.weight_decay;
+  o.trust = opt_.trust, o.eps = opt_.eps, o.inv_scale = 1.0 / double(loss_scale);
+  o.lars = opt_.kind == OptimizerKind::Lars;
+  o.working = working;
+  std::vector<double> rates(parts.size(), 1.0);
+  if (!parts.empty()) be_.optimizer_step(parts, o, masters_.get(), momenta_.get(), grads, params, rates.data());
+  for (size_t i = 0; i < parts.size(); ++i) local_rate_[slot_of[i]] = rates[i];
+}
+
 bool LossScaler::update(bool overflow) {
   if (overflow) {
     scale_ = std::max(1.0f, scale_ * 0.5f);

@@ -33,6 +33,9 @@ struct Deferred final : GradientExchange {
   void ready(int k) override { real->ready(k); }
   void finish() override { real->finish(); }
   void wait_positions(int begin, int end) override { real->wait_positions(begin, end); }
+  void wait_reductions() override { real->wait_reductions(); }
+  void release_held() override { real->release_held(); }
+  std::vector<std::pair<int64_t, int64_t>> owned_ranges() const override { return real->owned_ranges(); }
   std::vector<BucketTiming> previous;
   std::chrono::steady_clock::time_point previous_origin;
   void sum(double* v, int n) override { w.sum(v, n); }
@@ -103,9 +106,12 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
       o.train.evaluate = false;
     }
     check_progress_mode(world, o.exchange);
-    if (o.train.per_layer && o.warmup < 1)
-      throw InputError(field("run.warmup") + ": per-layer gating measures each step with the step before it: needs >= 1");
-    if (o.train.per_layer && o.comm != "mpi") throw InputError(field("comm") + ": per-layer gating runs on mpi");
+    const char* deferred_what = o.train.shard_optimizer ? "a sharded optimizer step" : "per-layer gating";
+    if (o.train.defers_exchange() && o.warmup < 1)
+      throw InputError(field("run.warmup") + ": " + deferred_what +
+                       " measures each step with the step before it: needs >= 1");
+    if (o.train.defers_exchange() && o.comm != "mpi")
+      throw InputError(field("comm") + ": " + deferred_what + " runs on mpi");
     o.train.exchange = &deferred;
     o.train.exchange_on_device = o.comm == "nccl";
     // Rank 0 writes the checkpoint while the others wait in the next step's collectives,
@@ -156,12 +162,12 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
         if (s.step < o.warmup) return;
         // With per-layer gating a step's buckets end in the next forward: each step is
         // measured with the buckets of the step before it, complete by then.
-        const bool gated = o.train.per_layer;
+        const bool gated = o.train.defers_exchange();
         samples.push_back(step_sample(s, gated ? deferred.previous : exchange.timings()));
         const int64_t last = total_steps > 0 ? total_steps : total;
         const StepBuckets comm = gated ? StepBuckets{&deferred.previous, deferred.previous_origin, s.step - 1}
                                        : StepBuckets{&exchange.timings(), exchange.step_origin(), s.step};
-        if (s.step >= last - o.trace_steps) trace_step(timeline, rank, s, model, net, buckets, comm, gated, t_sync);
+        if (s.step >= last - o.trace_steps) trace_step(timeline, rank, s, model, net, buckets, comm, t_sync);
       },
       o.on_epoch);
   if (samples.empty()) throw InputError(field("run.iterations") + ": no step after the warm-up was measured");

@@ -151,9 +151,18 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
   if (net_.classes() != train.classes)
     throw InputError(field("model") + ": " + model.name + " has " + std::to_string(net_.classes()) + " classes but " +
                      train.name + " has " + std::to_string(train.classes) + " (set " + field("model.classes") + ")");
-  if (opt.per_layer) {
+  if (opt.shard_optimizer) {
+    if (!opt.exchange) throw InputError(field("train.schedule") + ": a sharded optimizer step needs ranks to exchange with");
+    if (!backend.reads_host_memory())
+      throw InputError(field("train.schedule") + ": a sharded optimizer step runs on " + field("backend") + " cpu");
+    if (opt.checkpoint_every > 0 || !opt.resume_path.empty())
+      throw InputError(field(opt.resume_path.empty() ? "train.checkpoint_every" : "train.resume") +
+                       ": a sharded optimizer step keeps 1/N of the optimizer state on each rank; it writes and reads no "
+                       "checkpoints");
+  }
+  if (opt.defers_exchange()) {
     if (!opt.exchange) throw InputError(field("train.schedule") + ": per-layer gating needs ranks to exchange with");
-    if (opt.precision == Precision::FP16)
+    if (opt.per_layer && !opt.shard_optimizer && opt.precision == Precision::FP16)
       throw InputError(field("train.schedule") + ": per-layer gating needs " + field("precision") +
                        " fp32 or bf16 (fp16's dynamic loss scale checks every gradient for overflow before any update)");
     layer_positions_.assign(model.layers.size(), {0, 0});
@@ -167,12 +176,52 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
   if (!opt.resume_path.empty()) load_checkpoint(opt.resume_path);
 }
 
+void Trainer::take_parameters(int first, int end) {
+  if (first == end) return;
+  const auto& slots = net_.slots();
+  const int64_t from = slots[size_t(first)].offset, to = slots[size_t(end - 1)].offset + slots[size_t(end - 1)].numel;
+  std::copy(net_.grads() + from, net_.grads() + to, net_.params() + from);  // host memory (checked)
+}
+
+bool Trainer::sharded_step(float scale) {
+  GradientExchange& ex = *opt_.exchange;
+  if (shard_.empty()) shard_ = ex.owned_ranges();
+  float* g = net_.grads();
+  if (step_ == opt_.inject_overflow_at && !shard_.empty()) g[shard_.front().first] = std::numeric_limits<float>::infinity();
+  // This rank's part of every tensor's LARS sums and of the overflow check, summed over
+  // the ranks: every rank then agrees on overflow.
+  std::vector<double> sums = optim_.shard_sums(shard_, g);
+  bool bad = false;
+  for (const auto& [first, end] : shard_) bad = bad || be_.nonfinite(g + first, size_t(end - first));
+  sums.push_back(bad ? 1.0 : 0.0);
+  ex.sum(sums.data(), int(sums.size()));
+  const bool overflow = sums.back() > 0;
+  bool apply = !overflow;
+  if (opt_.precision == Precision::FP16) apply = scaler_.update(overflow);
+  else if (overflow) scaler_.restore(scaler_.scale(), 0, scaler_.skipped() + 1);
+  if (apply) optim_.step_shard(step_, shard_, sums, g, scale * float(opt_.ranks()), net_.params(), opt_.precision);
+  // The all-gathers carry the shard's parameters (unchanged when the step is skipped).
+  for (const auto& [first, end] : shard_) std::copy(net_.params() + first, net_.params() + end, g + first);
+  ex.release_held();
+  return apply;
+}
+
 void Trainer::gate_layer(int l) {
-  const auto [first, end] = layer_positions_[size_t(l)];
+  auto [first, end] = layer_positions_[size_t(l)];
+  if (opt_.shard_optimizer && !opt_.per_layer) {  // a barrier: everything before the first layer
+    if (l != 0) return;
+    first = 0;
+    end = int(net_.slots().size());
+  }
   const auto t0 = Clock::now();
   opt_.exchange->wait_positions(first, end);
   const auto t1 = Clock::now();
   pending_.wait_s += std::chrono::duration<double>(t1 - t0).count();
+  if (opt_.shard_optimizer) {
+    take_parameters(first, end);
+    pending_.update_s += since(t1);
+    return;
+  }
   if (first == end) return;
   const auto& slots = net_.slots();
   const TensorSlot& last = slots[size_t(end - 1)];
@@ -223,7 +272,8 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
     pending_.wait_s = pending_.update_s = 0;
     net_.forward(b.input.data(), true, dropout_rng_, gated ? [this](int l) { gate_layer(l); } : std::function<void(int)>());
     // Where the gated forward waited for sums and ran updates (none when not gated).
-    double wait_s = pending_.wait_s, update_s = pending_.update_s;
+    const double forward_wait_s = pending_.wait_s, forward_update_s = pending_.update_s;
+    double wait_s = forward_wait_s, update_s = forward_update_s;
     if (gated) close_pending();  // every layer's update ran before its forward
     const float scale = scaler_.scale();
     int correct = 0;
@@ -233,7 +283,16 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
                                       ex ? std::function<void(int)>([ex](int k) { ex->ready(k); }) : nullptr);
     const auto t_wait = Clock::now();
     bool apply = true;
-    if (opt_.per_layer) {  // the sums are waited for, and applied, in the next forward
+    double optimizer_start_s = -1;
+    if (opt_.shard_optimizer) {  // the shard's update now, its all-gathered parameters in the next forward
+      ex->wait_reductions();
+      const auto t_opt = Clock::now();
+      apply = sharded_step(scale);
+      wait_s += std::chrono::duration<double>(t_opt - t_wait).count();
+      update_s += since(t_opt);
+      optimizer_start_s = std::chrono::duration<double>(t_opt - t_step).count();
+      pending_ = {true, false, step_, scale, 0, 0};
+    } else if (opt_.per_layer) {  // the sums are waited for, and applied, in the next forward
       pending_ = {true, false, step_, scale, 0, 0};
     } else {
       if (ex) ex->finish();
@@ -250,14 +309,16 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
       be_.synchronize();
       wait_s = std::chrono::duration<double>(t_opt - t_wait).count();
       update_s = since(t_opt);
+      optimizer_start_s = std::chrono::duration<double>(t_opt - t_step).count();
     }
     StepRecord rec{step_, epoch_, loss, optim_.lr_at(step_), scale, !apply, since(t_step)};
     auto span = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
     rec.data_s = span(t_step, t_fwd);
-    rec.forward_s = span(t_fwd, t_bwd) - (gated ? wait_s + update_s : 0);
+    rec.forward_s = span(t_fwd, t_bwd) - (gated ? forward_wait_s + forward_update_s : 0);
     rec.backward_s = span(t_bwd, t_wait);
     rec.comm_wait_s = wait_s;
     rec.optimizer_s = update_s;
+    rec.optimizer_start_s = optimizer_start_s;
     res.steps.push_back(rec);
     loss_sum += loss;
     correct_sum += correct;

@@ -37,10 +37,11 @@ struct StepBuckets {
 // Appends step `s`'s events on `rank` to `t`: data wait, every layer's forward and
 // backward, the buckets of `comm` and the optimizer, in seconds from `origin`, named as
 // predicted and simulated events are (trace_name), each with its step as the iteration.
-// With per-layer gating `comm` is the previous step's (its buckets run into this step's
-// forward) and the updates, spread over the forward pass, get no event of their own.
+// Where the trainer defers the exchange (per-layer gating, a sharded step) `comm` is the
+// previous step's (its buckets run into this step's forward); per-layer updates, spread
+// over the forward pass, get no event of their own.
 void trace_step(Timeline& t, int rank, const StepRecord& s, const Model& model, const Network& net,
-                const std::vector<ExchangeBucket>& buckets, const StepBuckets& comm, bool per_layer,
+                const std::vector<ExchangeBucket>& buckets, const StepBuckets& comm,
                 std::chrono::steady_clock::time_point origin);
 
 // What the measured Report describes: the run's setup and its buckets as they ran
@@ -65,8 +66,9 @@ std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, c
 // reduce-scatter and then an all-gather (the halves of the ring schedule) on the same
 // stream. Partitions are dealt round-robin to `credit` streams; each stream runs its
 // buckets in the order the pipeline model predicts they start. What this runs is the
-// schedule's communication; per-layer gating is the trainer's (TrainOptions::per_layer),
-// and the optimizer step is not sharded (the all-gather carries the reduced gradients).
+// schedule's communication; per-layer gating and the sharded step are the trainer's
+// (TrainOptions::per_layer, shard_optimizer): a sharded schedule's all-gathers are held
+// for the step (after_step) and carry parameters, else they carry the reduced gradients.
 std::vector<ExchangeBucket> schedule_exchange_buckets(const PipelineModel& pm, const PipelineSchedule& s, int64_t base = 0);
 // The MeasuredSetup of `plan` run with `buckets` on this job's `layout`, for the model's
 // family's training goal.

@@ -118,6 +118,10 @@ class Allreduce {
   std::vector<int> waiting_on() const;
   int64_t count() const { return count_; }
   const std::string& algorithm() const { return spec_.algorithm; }
+  // A half of a ring-family schedule: the element ranges [first, end) of the vector that
+  // this rank holds fully reduced after the reduce-scatter half (what it sends first in
+  // the all-gather half). The ranks' ranges partition the vector. Whole: empty.
+  const std::vector<std::pair<int64_t, int64_t>>& owned() const { return owned_; }
   int rounds() const { return int(rounds_.size()); }
 
  private:
@@ -147,6 +151,7 @@ class Allreduce {
   std::vector<float> scratch32_;
   float* data_ = nullptr;
   bool active_ = false, done_ = false;
+  std::vector<std::pair<int64_t, int64_t>> owned_;
 };
 
 struct ExchangeBucket {
@@ -156,6 +161,9 @@ struct ExchangeBucket {
   // Where it runs in its stream: buckets of a stream run by increasing `order` (ties in
   // index order), each once it is ready and those before it have run; -1 = its index.
   int order = -1;
+  // Held until the step releases it (GradientExchange::release_held): the all-gather of
+  // a sharded optimizer step, which carries the updated parameters.
+  bool after_step = false;
   AllreduceSpec spec;
 };
 
@@ -192,6 +200,9 @@ class PlanExchange final : public TimedExchange {
   void ready(int positions) override;
   void finish() override;
   void wait_positions(int begin, int end) override;
+  void wait_reductions() override;
+  void release_held() override;
+  std::vector<std::pair<int64_t, int64_t>> owned_ranges() const override;
   void sum(double* v, int n) override { world_.sum(v, n); }
   void broadcast(float* v, int64_t n) override { world_.broadcast(v, n); }
 
@@ -205,6 +216,9 @@ class PlanExchange final : public TimedExchange {
   double now() const { return std::chrono::duration<double>(Clock::now() - origin_).count(); }
   bool pump();  // starts what may start, tests what runs; true if all buckets are done
   bool buckets_done(int begin, int end) const;  // every bucket writing positions [begin, end) has run
+  bool reductions_done() const;                 // every bucket not held has run
+  template <class Done>
+  void wait_until(const Done& done);            // pumps (or waits for the thread) until done()
   void check_timeouts();
   void thread_main();
 
@@ -220,6 +234,7 @@ class PlanExchange final : public TimedExchange {
   std::vector<int> stream_running_;             // bucket running on each stream, or -1
   Clock::time_point origin_;
   std::atomic<int> ready_count_{0};  // buckets [0, ready_count_) are ready (set by the training thread)
+  std::atomic<bool> released_{false};  // this step's held buckets may start
   int done_count_ = 0;
   std::unique_ptr<std::atomic<bool>[]> done_;  // per bucket, this step (set by whoever pumps)
   bool in_step_ = false;  // guarded by mutex_ with a communication thread

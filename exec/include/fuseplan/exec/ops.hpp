@@ -68,6 +68,10 @@ class Backend {
   struct OptimizerSlot {
     int64_t offset = 0, numel = 0;
     bool plain = false;  // BatchNorm parameter or bias: no LARS, no weight decay
+    // A shard of a tensor (a sharded step): the whole tensor's sums of squares of the
+    // masters and of the (scaled) gradients, for LARS; < 0: the slot is the whole tensor
+    // and they are summed over it. Host-memory backends only.
+    double ww = -1, gg = -1;
   };
   struct OptimizerStep {
     double lr = 0, momentum = 0, weight_decay = 0, trust = 0, eps = 0, inv_scale = 1;

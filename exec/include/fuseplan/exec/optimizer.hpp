@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fuseplan/costmodel/precision.hpp"
@@ -45,6 +46,14 @@ class Optimizer {
   // updates (the executor's per-layer gate). LARS is per slot, so updating every slot
   // once this way equals one step().
   void step(int64_t step, const float* grads, float loss_scale, float* params, Precision working, int first, int end);
+  // A sharded step (ZeRO): this rank updates only the element ranges `shard` (sorted,
+  // disjoint) of the flat buffers. LARS needs each tensor's norms over the whole tensor:
+  // shard_sums gives this rank's part of every slot's sums of squares of the masters and
+  // of the gradients (2 per slot, host memory), and step_shard takes them summed over the
+  // ranks. Host-memory backends only.
+  std::vector<double> shard_sums(const std::vector<std::pair<int64_t, int64_t>>& shard, const float* grads) const;
+  void step_shard(int64_t step, const std::vector<std::pair<int64_t, int64_t>>& shard, const std::vector<double>& sums,
+                  const float* grads, float loss_scale, float* params, Precision working);
 
   // Host code reads these after Backend::synchronize().
   std::span<float> masters() { return {masters_.get(), n_}; }

@@ -35,6 +35,13 @@ class GradientExchange {
     (void)begin, (void)end;
     finish();
   }
+  // A sharded optimizer step (TrainOptions::shard_optimizer): blocks until every bucket
+  // but the held all-gathers has run; then, after the step, lets the held ones start.
+  // The element ranges of the flat gradient buffer this rank holds fully reduced once
+  // the reductions ran (its shard). This default has no held buckets and no shard.
+  virtual void wait_reductions() { finish(); }
+  virtual void release_held() {}
+  virtual std::vector<std::pair<int64_t, int64_t>> owned_ranges() const { return {}; }
   // Small blocking collectives off the hot path (metrics, BatchNorm statistics).
   virtual void sum(double* v, int n) = 0;
   virtual void broadcast(float* v, int64_t n) = 0;  // from rank 0
@@ -73,6 +80,17 @@ struct TrainOptions {
   // for overflow before any update. A layer whose summed gradients are not finite keeps
   // its weights and momenta (the step counts as skipped).
   bool per_layer = false;
+  // A sharded optimizer step (ZeRO-2, FSDP SHARD_GRAD_OP), with an exchange whose
+  // reduce-scatters leave each rank a shard (GradientExchange::owned_ranges) and whose
+  // all-gathers are held until the step (ExchangeBucket::after_step): after backward the
+  // step waits for the reduce-scatters, updates this rank's shard (LARS norms summed over
+  // the ranks' shards; the overflow check too, so FP16 works), writes the shard's new
+  // parameters into the gradient buffer and releases the all-gathers, which carry them to
+  // every rank. The next forward pass takes the gathered parameters: all of them before its
+  // first layer, or each layer its own (with per_layer). Host-memory backends; no
+  // checkpoints (each rank keeps 1/N of the optimizer state).
+  bool shard_optimizer = false;
+  bool defers_exchange() const { return per_layer || shard_optimizer; }
   int ranks() const { return exchange ? exchange->ranks() : 1; }
   int64_t global_batch() const { return int64_t(batch) * ranks(); }
 };
@@ -83,6 +101,7 @@ struct StepRecord {
   float loss_scale = 1;
   bool skipped = false;
   double seconds = 0;  // wall time of the step, waiting for data included
+  double optimizer_start_s = -1;  // from the step's start; -1: no single optimizer step (per-layer updates)
   // Where the step's time went: waiting for data, forward, backward (allreduces run
   // alongside), waiting for the last allreduces after backward, optimizer. With per-layer
   // gating the waits and the updates run inside the forward pass (before each layer): they
@@ -131,14 +150,18 @@ class Trainer {
  private:
   void load_checkpoint(const std::string& path);
   int64_t total_steps() const;  // the schedule's, capped by max_steps
-  // Per-layer gating: the last backward's update, still to run layer by layer.
+  // Per-layer gating: the last backward's update, still to run layer by layer. Sharded:
+  // the last step's parameters, still to arrive (all-gathered) and be taken.
   struct Pending {
     bool active = false, nonfinite = false;
     int64_t step = 0;
     float scale = 1;
     double wait_s = 0, update_s = 0;  // spent on it in the current forward pass
   };
-  void gate_layer(int l);  // waits for layer l's sums and runs its update
+  void gate_layer(int l);  // waits for layer l's sums and runs its update (sharded: takes its parameters)
+  void take_parameters(int first, int end);  // sharded: gathered parameters of positions [first, end)
+  bool sharded_step(float scale);  // sharded: the shard's update, then the all-gathers; false if skipped
+  std::vector<std::pair<int64_t, int64_t>> shard_;  // sharded: this rank's element ranges
   void drain();            // waits for the whole exchange and runs every update left
   void close_pending();
   Pending pending_;
