@@ -641,6 +641,9 @@ void PlanExchange::thread_main() {
 }
 
 void PlanExchange::finish() {
+  for (const auto& b : buckets_)
+    if (b.after_step && !released_.load())
+      throw std::logic_error("exchange: finish() before release_held(): the held all-gathers would never run");
   if (opt_.thread) {
     std::unique_lock lock(mutex_);
     cv_.notify_all();
