@@ -413,151 +413,146 @@ int gate_violations(const Report& r, const Model& m, int* checked) {
   return bad;
 }
 
-TEST_CASE("mpi: per-layer gating: each layer's update and forward wait only for its own sums, with the weights of one step per iteration") {
+// A small CNN (conv, [batchnorm,] relu, conv, relu, fc) trained through run_plan on every
+// rank with a schedule's buckets, for the gated and sharded tests.
+struct ScheduleRun {
   MpiWorld& w = *g_world;
-  ModelBuilder mb("gated", {1, 8, 8});
-  int x = mb.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, true);
-  x = mb.relu("relu1", x);
-  x = mb.conv("conv2", x, 8, 3, 1, 1, false);
-  x = mb.relu("relu2", x);
-  x = mb.flatten("flat", x);
-  mb.linear("fc", x, 4, true);
-  const Model m = mb.finish();
+  Model m;
   Cluster c = load_cluster("local-cpu");
-  c.gpus_per_node = w.ranks();
-  const Plan plan = make_plan(m, "local-cpu", w.ranks(), 4, Precision::FP32,
-                              buckets_from_spec("splits:1", m, "ring", Precision::FP32), "test");
-  const Dataset train = make_synthetic(64 * w.ranks(), 1, 8, 8, 4, 7);
-  PipelineModel pm(m, c, w.ranks(), 4, Precision::FP32);
-  PipelineSchedule bs;  // ByteScheduler-like: partitions cutting tensors, priority, credit 2
-  bs.bounds = {100, 300, pm.elements() - 200, pm.elements()};
+  Plan plan;
+  Dataset train = make_synthetic(64 * g_world->ranks(), 1, 8, 8, 4, 7);
+  std::unique_ptr<PipelineModel> pm;
+
+  explicit ScheduleRun(bool batchnorm) {
+    ModelBuilder mb(batchnorm ? "sharded" : "gated", {1, 8, 8});
+    int x = mb.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, true);
+    if (batchnorm) x = mb.batchnorm("bn1", x);
+    x = mb.relu("relu1", x);
+    x = mb.conv("conv2", x, 8, 3, 1, 1, false);
+    x = mb.relu("relu2", x);
+    x = mb.flatten("flat", x);
+    mb.linear("fc", x, 4, true);
+    m = mb.finish();
+    c.gpus_per_node = w.ranks();
+    plan = make_plan(m, "local-cpu", w.ranks(), 4, Precision::FP32,
+                     buckets_from_spec("splits:1", m, "ring", Precision::FP32), "test");
+    pm = std::make_unique<PipelineModel>(m, c, w.ranks(), 4, Precision::FP32);
+  }
+  // Partitions cutting tensors, FP32 transfer.
+  PipelineSchedule schedule() const {
+    PipelineSchedule s;
+    s.bounds = {100, 300, pm->elements() - 200, pm->elements()};
+    s.transfer = Precision::FP32;
+    return s;
+  }
+  // Runs `s`'s buckets: per-layer gating as `per_layer` says, the step sharded as `s` says;
+  // the final weights and every step's loss of this rank.
+  PlanRun run(const PipelineSchedule& s, bool thread, bool per_layer, Precision precision, std::vector<float>* weights,
+              std::vector<double>* losses) {
+    auto be = make_cpu_backend();
+    PlanRunOptions o;
+    o.train.batch = plan.batch_per_gpu;
+    o.train.precision = precision;
+    o.train.per_layer = per_layer;
+    o.train.shard_optimizer = s.shard_optimizer;
+    o.warmup = 1;
+    o.iterations = 3;
+    o.trace_steps = 2;
+    o.exchange = {thread, 20, 30};
+    o.buckets_of = [&](const Network& net) { return schedule_exchange_buckets(*pm, s, net.slots()[0].offset); };
+    o.profile_of = [&](const Network& net, const TrainResult&) {
+      weights->assign(net.params(), net.params() + net.param_count());
+      return nlohmann::json{{"device", "cpu"}, {"layers", nlohmann::json::array()}};
+    };
+    PlanRun r = run_plan(w, plan, m, c, train, nullptr, *be, o);
+    for (const auto& st : r.result.steps) losses->push_back(st.loss);
+    return r;
+  }
+  // Set-up refused on every rank with a message containing `what`.
+  void expect_refused(PlanRunOptions o, const std::string& what) {
+    auto be = make_cpu_backend();
+    o.train.batch = plan.batch_per_gpu;
+    o.warmup = 1;
+    o.iterations = 1;
+    o.agree = [&](const InputError* e) {
+      REQUIRE(e);
+      CHECK_THAT(std::string(e->what()), Catch::Contains(what));
+      throw InputError("");
+    };
+    CHECK_THROWS_AS(run_plan(w, plan, m, c, train, nullptr, *be, o), InputError);
+  }
+};
+
+TEST_CASE("mpi: per-layer gating: each layer's update and forward wait only for its own sums, with the weights of one step per iteration") {
+  ScheduleRun t(false);
+  MpiWorld& w = t.w;
+  PipelineSchedule bs = t.schedule();  // ByteScheduler-like: priority, credit 2
   bs.order = Order::Priority;
   bs.gate = Gate::PerLayer;
   bs.step_update = false;
   bs.credit = 2;
-  bs.transfer = Precision::FP32;
   PipelineSchedule dear = bs;  // DeAR-like: reduce-scatter, then all-gather
   dear.exchange = Exchange::ReduceScatterAllgather;
   dear.credit = 1;
   for (const PipelineSchedule& s : {bs, dear}) {
     for (bool thread : {false, true}) {
       CAPTURE(exchange_name(s.exchange), thread);
-      // The same buckets gated per layer and with a barrier: the same weights, bit for bit.
+      // The same buckets with a barrier and gated per layer: the same weights, bit for bit.
       std::vector<float> weights[2];
       std::vector<double> losses[2];
-      std::optional<Measurement> gated;
-      for (int per_layer = 0; per_layer < 2; ++per_layer) {
-        auto be = make_cpu_backend();
-        PlanRunOptions o;
-        o.train.batch = plan.batch_per_gpu;
-        o.train.per_layer = per_layer;
-        o.warmup = 1;
-        o.iterations = 3;
-        o.trace_steps = 2;
-        o.exchange = {thread, 20, 30};
-        o.buckets_of = [&](const Network& net) { return schedule_exchange_buckets(pm, s, net.slots()[0].offset); };
-        o.profile_of = [&](const Network& net, const TrainResult&) {
-          weights[per_layer].assign(net.params(), net.params() + net.param_count());
-          return nlohmann::json{{"device", "cpu"}, {"layers", nlohmann::json::array()}};
-        };
-        PlanRun run = run_plan(w, plan, m, c, train, nullptr, *be, o);
-        for (const auto& st : run.result.steps) losses[per_layer].push_back(st.loss);
-        if (per_layer) gated = std::move(run.measurement);
-      }
+      t.run(s, thread, false, Precision::FP32, &weights[0], &losses[0]);
+      const PlanRun gated = t.run(s, thread, true, Precision::FP32, &weights[1], &losses[1]);
       CHECK(losses[0] == losses[1]);
       CHECK(weights[0] == weights[1]);
       CHECK(same_everywhere(weights[1]));
       if (w.rank() != 0) continue;
-      REQUIRE(gated);
+      REQUIRE(gated.measurement);
+      const Report& r = gated.measurement->report;
       int checked = 0;
-      CHECK(gate_violations(gated->report, m, &checked) == 0);
+      CHECK(gate_violations(r, t.m, &checked) == 0);
       CHECK(checked >= 3 * w.ranks() * 2);  // 3 layers with parameters, 2 traced pairs of steps, every rank
       // The check sees a layer started too early.
-      Report early = gated->report;
+      Report early = r;
       int last = 0;
       for (const auto& e : early.timeline.events) last = std::max(last, e.category == "forward" ? e.iteration : 0);
       for (auto& e : early.timeline.events)
         if (e.category == "forward" && e.name == "fc" && e.iteration == last) e.start_s = -1;
-      CHECK(gate_violations(early, m, &checked) > 0);
+      CHECK(gate_violations(early, t.m, &checked) > 0);
     }
   }
   // FP16 compute (its loss scale needs every gradient before any update) is refused.
   auto be = make_cpu_backend();
-  TrainOptions t;
-  t.batch = 4;
-  t.per_layer = true;
-  t.precision = Precision::FP16;
-  CHECK_THROWS_WITH(Trainer(m, train, nullptr, *be, t), Catch::Contains("per-layer gating needs ranks"));
+  TrainOptions opt;
+  opt.batch = 4;
+  opt.per_layer = true;
+  opt.precision = Precision::FP16;
+  CHECK_THROWS_WITH(Trainer(t.m, t.train, nullptr, *be, opt), Catch::Contains("per-layer gating needs ranks"));
   PlanRunOptions o;
-  o.train = t;
-  o.warmup = 1;
-  o.iterations = 1;
-  o.agree = [](const InputError* e) {
-    REQUIRE(e);
-    CHECK_THAT(std::string(e->what()), Catch::Contains("per-layer gating needs") && Catch::Contains("fp32 or bf16"));
-    throw InputError("");
-  };
-  CHECK_THROWS_AS(run_plan(w, plan, m, c, train, nullptr, *be, o), InputError);
+  o.train = opt;
+  t.expect_refused(o, "fp32 or bf16 (fp16's dynamic loss scale");
 }
 
 TEST_CASE("mpi: a sharded optimizer step (ZeRO-2, FSDP) updates each rank's shard and all-gathers parameters, as one step per iteration would") {
-  MpiWorld& w = *g_world;
-  ModelBuilder mb("sharded", {1, 8, 8});
-  int x = mb.conv("conv1", ModelBuilder::kInput, 4, 3, 1, 1, true);
-  x = mb.batchnorm("bn1", x);
-  x = mb.relu("relu1", x);
-  x = mb.conv("conv2", x, 8, 3, 1, 1, false);
-  x = mb.relu("relu2", x);
-  x = mb.flatten("flat", x);
-  mb.linear("fc", x, 4, true);
-  const Model m = mb.finish();
-  Cluster c = load_cluster("local-cpu");
-  c.gpus_per_node = w.ranks();
-  const Plan plan = make_plan(m, "local-cpu", w.ranks(), 4, Precision::FP32,
-                              buckets_from_spec("splits:1", m, "ring", Precision::FP32), "test");
-  const Dataset train = make_synthetic(64 * w.ranks(), 1, 8, 8, 4, 7);
-  PipelineModel pm(m, c, w.ranks(), 4, Precision::FP32);
-  PipelineSchedule zero2;  // partitions cutting tensors, reduce-scatter, sharded step, all-gather, a barrier
-  zero2.bounds = {100, 300, pm.elements() - 200, pm.elements()};
+  ScheduleRun t(true);
+  MpiWorld& w = t.w;
+  PipelineSchedule zero2 = t.schedule();  // reduce-scatter, sharded step, all-gather, a barrier
   zero2.exchange = Exchange::ReduceScatterAllgather;
   zero2.shard_optimizer = true;
-  zero2.transfer = Precision::FP32;
   PipelineSchedule fsdp = zero2;  // the same, each layer's forward after its own parameters
   fsdp.gate = Gate::PerLayer;
   fsdp.order = Order::Priority;
   fsdp.credit = 2;
-  auto run_schedule = [&](const PipelineSchedule& s, bool thread, Precision precision, std::vector<float>* weights,
-                          std::vector<double>* losses) {
-    auto be = make_cpu_backend();
-    PlanRunOptions o;
-    o.train.batch = plan.batch_per_gpu;
-    o.train.precision = precision;
-    o.train.shard_optimizer = s.shard_optimizer;
-    o.train.per_layer = s.gate == Gate::PerLayer;
-    o.warmup = 1;
-    o.iterations = 3;
-    o.trace_steps = 2;
-    o.exchange = {thread, 20, 30};
-    o.buckets_of = [&](const Network& net) { return schedule_exchange_buckets(pm, s, net.slots()[0].offset); };
-    o.profile_of = [&](const Network& net, const TrainResult&) {
-      weights->assign(net.params(), net.params() + net.param_count());
-      return nlohmann::json{{"device", "cpu"}, {"layers", nlohmann::json::array()}};
-    };
-    PlanRun run = run_plan(w, plan, m, c, train, nullptr, *be, o);
-    for (const auto& st : run.result.steps) losses->push_back(st.loss);
-    return run;
-  };
   for (const PipelineSchedule& s : {zero2, fsdp}) {
     for (bool thread : {false, true}) {
       CAPTURE(gate_name(s.gate), thread);
+      const bool per_layer = s.gate == Gate::PerLayer;
       // Unsharded, the same partitions: every rank updates everything from all-gathered sums.
       PipelineSchedule replicated = s;
       replicated.shard_optimizer = false;
-      if (s.gate == Gate::PerLayer) replicated.step_update = false;
       std::vector<float> weights[2];
       std::vector<double> losses[2];
-      run_schedule(replicated, thread, Precision::FP32, &weights[0], &losses[0]);
-      PlanRun sharded = run_schedule(s, thread, Precision::FP32, &weights[1], &losses[1]);
+      t.run(replicated, thread, per_layer, Precision::FP32, &weights[0], &losses[0]);
+      const PlanRun sharded = t.run(s, thread, per_layer, Precision::FP32, &weights[1], &losses[1]);
       // LARS sums a tensor's norms over the ranks' shards: equal up to rounding.
       REQUIRE(weights[0].size() == weights[1].size());
       double worst = 0;
@@ -566,15 +561,14 @@ TEST_CASE("mpi: a sharded optimizer step (ZeRO-2, FSDP) updates each rank's shar
       CHECK(worst < 1e-6);
       for (size_t i = 0; i < losses[0].size(); ++i) CHECK(losses[1][i] == Approx(losses[0][i]).epsilon(1e-6));
       CHECK(same_everywhere(weights[1]));
-      if (w.rank() == 0) {
-        REQUIRE(sharded.measurement);
-        int checked = 0;
-        CHECK(gate_violations(sharded.measurement->report, m, &checked) == 0);
-        CHECK(checked > 0);
-        int steps = 0;
-        for (const auto& e : sharded.measurement->report.timeline.events) steps += e.category == "optimizer";
-        CHECK(steps == 2 * w.ranks());  // one sharded step per traced step and rank
-      }
+      if (w.rank() != 0) continue;
+      REQUIRE(sharded.measurement);
+      int checked = 0;
+      CHECK(gate_violations(sharded.measurement->report, t.m, &checked) == 0);
+      CHECK(checked > 0);
+      int steps = 0;
+      for (const auto& e : sharded.measurement->report.timeline.events) steps += e.category == "optimizer";
+      CHECK(steps == 2 * w.ranks());  // one sharded step per traced step and rank
     }
   }
   // FP16 compute: the overflow check is summed over the shards, so the loss scale works.
@@ -582,22 +576,15 @@ TEST_CASE("mpi: a sharded optimizer step (ZeRO-2, FSDP) updates each rank's shar
   std::vector<double> losses;
   PipelineSchedule half = fsdp;
   half.transfer = Precision::FP16;
-  run_schedule(half, true, Precision::FP16, &weights, &losses);
+  t.run(half, true, true, Precision::FP16, &weights, &losses);
   for (double l : losses) CHECK(std::isfinite(l));
   CHECK(same_everywhere(weights));
   // Each rank keeps 1/N of the optimizer state: no checkpoints.
-  auto be = make_cpu_backend();
   PlanRunOptions o;
-  o.train.batch = plan.batch_per_gpu;
   o.train.shard_optimizer = true;
   o.train.checkpoint_every = 2;
   o.train.checkpoint_path = "/tmp/never-written.ckpt";
-  o.agree = [](const InputError* e) {
-    REQUIRE(e);
-    CHECK_THAT(std::string(e->what()), Catch::Contains("keeps 1/N of the optimizer state"));
-    throw InputError("");
-  };
-  CHECK_THROWS_AS(run_plan(w, plan, m, c, train, nullptr, *be, o), InputError);
+  t.expect_refused(o, "keeps 1/N of the optimizer state");
 }
 
 TEST_CASE("mpi: a collective waits no longer than twice the world's timeout, then names the call and the silent ranks") {
