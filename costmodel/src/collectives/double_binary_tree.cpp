@@ -81,30 +81,58 @@ std::string not_applicable(const CollectiveArgs& a) {
   return {};
 }
 
-Profile profile(const CollectiveArgs& a) {
+// What the profile of every variant shares: the trees' height, the busiest port's
+// steady-state chunks, and the up and down rounds' classes for flows of size 1.
+struct TreeRounds {
+  int p = 0, per_node = 0, nics = 0;
+  int H = 0, load = 0;
+  RoundClass up, down;
+};
+
+// The collective model asks for every variant of one layout in a row: the trees of the
+// last layout are kept (per thread), so 9 variants build them once.
+const TreeRounds& tree_rounds(const CollectiveArgs& a) {
+  thread_local TreeRounds last;
   const int p = a.topo.ranks;
-  if (p == 1) return {};
+  if (last.p == p && last.per_node == a.topo.per_node && last.nics == a.net.nics_per_node) return last;
   Tree A = make_tree(p, false), B = make_tree(p, true);
-  int H = std::max(A.max_depth, B.max_depth);
-  int k = chunks(a);
+  TreeRounds t;
+  t.p = p, t.per_node = a.topo.per_node, t.nics = a.net.nics_per_node;
+  t.H = std::max(A.max_depth, B.max_depth);
   coll::Flows upf, downf;
-  for (const Tree* t : {&A, &B})
+  for (const Tree* tree : {&A, &B})
     for (int r = 0; r < p; ++r)
-      if (t->up[r] >= 0) {
-        upf.emplace_back(r, t->up[r]);
-        downf.emplace_back(t->up[r], r);
+      if (tree->up[r] >= 0) {
+        upf.emplace_back(r, tree->up[r]);
+        downf.emplace_back(tree->up[r], r);
       }
   // Steady-state chunks through the busiest port: children of both trees (reduce in,
   // broadcast out) or parents of both trees; 2 for p > 2, 1 for p = 2.
-  int load = 0;
   for (int r = 0; r < p; ++r) {
     int children = static_cast<int>(A.down[r].size() + B.down[r].size());
     int parents = (A.up[r] >= 0) + (B.up[r] >= 0);
-    load = std::max({load, children, parents});
+    t.load = std::max({t.load, children, parents});
   }
-  double chunk = 1.0 / (2 * k);
-  return {coll::round_class(a.topo, a.net, upf, chunk, load * chunk, load * chunk, H + k - 1),
-          coll::round_class(a.topo, a.net, downf, chunk, load * chunk, 0, H + k - 1)};
+  t.up = coll::round_class(a.topo, a.net, upf, 1, 1, 1);
+  t.down = coll::round_class(a.topo, a.net, downf, 1, 1, 0);
+  return last = std::move(t);
+}
+
+Profile profile(const CollectiveArgs& a) {
+  const int p = a.topo.ranks;
+  if (p == 1) return {};
+  const TreeRounds& t = tree_rounds(a);
+  const int k = chunks(a);
+  const double chunk = 1.0 / (2 * k);
+  // round_class is linear in the flow, port and reduce sizes.
+  auto scaled = [&](RoundClass c) {
+    c.repeat = t.H + k - 1;
+    c.port *= t.load * chunk;
+    c.reduce *= t.load * chunk;
+    c.nic *= chunk;
+    return c;
+  };
+  return {scaled(t.up), scaled(t.down)};
 }
 
 Schedule schedule(const CollectiveArgs& a) {
