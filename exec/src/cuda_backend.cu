@@ -448,17 +448,20 @@ class CudaBackend final : public Backend {
       table.push_back({s.offset, s.numel, s.plain ? 1 : 0});
       largest = std::max(largest, s.numel);
     }
-    // The slot table on the device, uploaded again only when another optimizer's slots
-    // come (two optimizers may share this backend).
-    if (table != dev_slots_) {
-      dev_slots_buf_.reset();
+    // Slot tables on the device, each uploaded once: the whole optimizer's, or each
+    // layer's when updates run per layer (per-layer gating), keyed by their first slot.
+    DeviceSlots* found = nullptr;
+    auto range = dev_slots_.equal_range(table.front().offset);
+    for (auto it = range.first; it != range.second && !found; ++it)
+      if (it->second.table == table) found = &it->second;
+    if (!found) {
       void* p = nullptr;
       check(cudaMalloc(&p, k * (sizeof(DevSlot) + sizeof(double))), "optimizer slots");
-      dev_slots_buf_ = std::unique_ptr<void, CudaFree>(p);
+      DeviceSlots fresh{table, std::unique_ptr<void, CudaFree>(p)};
       check(cudaMemcpy(p, table.data(), k * sizeof(DevSlot), cudaMemcpyHostToDevice), "optimizer slots");
-      dev_slots_ = std::move(table);
+      found = &dev_slots_.emplace(table.front().offset, std::move(fresh))->second;
     }
-    auto* dev_table = static_cast<DevSlot*>(dev_slots_buf_.get());
+    auto* dev_table = static_cast<DevSlot*>(found->buffer.get());
     auto* rates = reinterpret_cast<double*>(dev_table + k);
     k_lars_rates<<<unsigned(k), kThreads, 0, stream_>>>(dev_table, masters, grads, o.inv_scale, o.lr, o.trust,
                                                         o.weight_decay, o.eps, o.lars ? 1 : 0, rates);
@@ -656,8 +659,11 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   std::map<std::tuple<int, int, int, int, int, int, int, int>, std::unique_ptr<ConvPlan>> plans_;
   GrowingBuffer workspace_, scratch_;
-  std::vector<DevSlot> dev_slots_;
-  std::unique_ptr<void, CudaFree> dev_slots_buf_;
+  struct DeviceSlots {
+    std::vector<DevSlot> table;
+    std::unique_ptr<void, CudaFree> buffer;  // the table, then one local rate per slot
+  };
+  std::multimap<int64_t, DeviceSlots> dev_slots_;  // by the first slot's offset
   double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
   std::vector<cudaEvent_t> marks_;  // reused step after step
   size_t marks_used_ = 0;
