@@ -4,6 +4,7 @@
 // bucket on every rank into the shared Report and Timeline.
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -152,6 +153,29 @@ std::string how_run(const PipelineSchedule& r) {
   return "a barrier before one optimizer step";
 }
 
+// Each message of a schedule run, predicted (the schedule as run, with the run's own
+// layer profile) beside its measured bucket; times from the start of its iteration's
+// backward. The exchange's buckets are the predicted messages in the same order: per
+// partition its allreduce, or its reduce-scatter and then its all-gather.
+void print_schedule_messages(std::ostream& os, const PipelineResult& predicted, const Report& measured) {
+  if (predicted.messages.size() != measured.buckets.size()) return;  // a schedule the executor did not run as priced
+  Table t({"message", "<kind", "elements", "predicted start ms", "measured", "predicted end ms", "measured", "end error ms"});
+  double abs_error = 0;
+  for (size_t i = 0; i < measured.buckets.size(); ++i) {
+    const MessageTiming& m = predicted.messages[i];
+    const BucketReport& b = measured.buckets[i];
+    const double start = m.start_s - predicted.backward_start_s, end = m.end_s - predicted.backward_start_s;
+    abs_error += std::abs(end - b.end_s);
+    t.row({std::to_string(i), message_kind_name(m.kind), std::to_string(m.elems), fixed(start * 1e3, 2),
+           fixed(b.start_s * 1e3, 2), fixed(end * 1e3, 2), fixed(b.end_s * 1e3, 2), fixed((end - b.end_s) * 1e3, 2)});
+  }
+  os << "\n  each message, predicted as run here with the run's profile and measured (ms from its iteration's backward "
+        "start):\n";
+  t.print(os, "  ");
+  os << "  mean |end error| " << fixed(abs_error / double(measured.buckets.size()) * 1e3, 2) << " ms over "
+     << count_of(int64_t(measured.buckets.size()), "message") << "\n";
+}
+
 std::optional<ForVerify> run_run(RunFlags& f) {
   exec::MpiWorld world(nullptr, nullptr);
   world.set_timeout(setup_wait_s(f.timeout_s));  // no collective waits past --timeout for a silent rank
@@ -239,10 +263,12 @@ std::optional<ForVerify> run_run(RunFlags& f) {
       Model measured = bound.scenario.model;
       apply_profile_json(measured, run.profile, "the run's profile");
       const PipelineModel own(measured, bound.scenario.cluster, plan.gpus, plan.batch_per_gpu, plan.compute);
-      const double predicted = own.evaluate(*as_run, false).iteration_s;
+      const PipelineResult own_run = own.evaluate(*as_run, true);
+      const double predicted = own_run.iteration_s;
       out() << "  with this run's per-layer profile: " << fixed(predicted * 1e3, 2) << " ms predicted as run here, "
             << fixed(rep.iteration_s * 1e3, 2) << " ms measured (" << signed_percent(predicted / rep.iteration_s - 1)
             << ")\n";
+      print_schedule_messages(out(), own_run, rep);
     }
     ForVerify v{f.report_path, f.t.profile_path, {}};
     for (std::string* p : {&v.report_path, &v.profile_path})

@@ -609,6 +609,10 @@ TEST_CASE("cli: fuseplan-exec run --schedule runs a schedule's partitions and re
   CHECK_THAT(r.out, Catch::Contains("the schedule's prediction (local-cpu, dear)"));
   CHECK_THAT(r.out, Catch::Contains("as run here (each layer's update and forward after its own sums)"));
   CHECK_THAT(r.out, Catch::Contains("with this run's per-layer profile"));
+  // Every message predicted beside its measured bucket.
+  CHECK_THAT(r.out, Catch::Contains("each message, predicted as run here with the run's profile and measured"));
+  CHECK_THAT(r.out, Catch::Contains("over " + std::to_string(2 * j["bounds"].size()) + " messages"));
+  CHECK(count_of(r.out, " reduce-scatter ") == j["bounds"].size());
   // Gated per layer, each step is measured with the buckets of the step before it.
   // A sharded schedule runs its sharded step on the cpu backend.
   const std::string fsdp = tmp("run-schedule-fsdp.json");
