@@ -91,9 +91,7 @@ void run_schedule(ScheduleFlags& f) {
     sim::SimOptions so;
     so.iterations = f.sim_iterations;
     so.trace_ranks = 0;
-    for (const auto& res : results)  // resharded schedules are not simulated: no figure
-      simulated.push_back(res.schedule.reshard ? std::nan("")
-                                               : sim::simulate_schedule(pm, res.schedule, so).result.iteration_s);
+    for (const auto& res : results) simulated.push_back(sim::simulate_schedule(pm, res.schedule, so).result.iteration_s);
   }
   if (!f.out.empty())
     write_file_atomic(f.out, schedule_to_json(pm, results.front(), &bound).dump(1) + "\n");

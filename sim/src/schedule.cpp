@@ -1,7 +1,8 @@
 // Schedules beyond fusion, rank by rank (simulator.hpp, simulate_schedule): per rank a
 // compute actor whose forward pass waits per layer (or at a barrier) for the messages of
 // the previous iteration, and `credit` channel actors that replay each partition's
-// allreduce, reduce-scatter or all-gather as messages. Rank 0's channel actors
+// allreduce, reduce-scatter or all-gather as messages. Resharded schedules (ZeRO-3, FSDP
+// FULL_SHARD) re-gather each unit after its forward, and its backward waits for that. Rank 0's channel actors
 // coordinate, as Horovod's rank 0 does: a message is dispatched to a free slot once
 // every rank has it ready, the most urgent first, and every rank's slot replays the
 // same sequence.
@@ -84,8 +85,6 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   if (opt.iterations < 3 || opt.iterations > kMaxSimIterations)
     throw InputError(field("sim.iterations") + ": a schedule needs [3, " + std::to_string(kMaxSimIterations) +
                      "] iterations (its steady period is the last one; got " + std::to_string(opt.iterations) + ")");
-  if (s.reshard)
-    throw InputError(field("schedule.reshard") + ": resharded parameters (zero3, FSDP FULL_SHARD) are not simulated yet");
   if (opt.jitter != 0 || !opt.stragglers.empty())
     throw InputError(field("sim.jitter") + ": schedules are simulated without jitter or stragglers");
   check_network_model(opt.network_model);
@@ -114,14 +113,24 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   const size_t B = parts.size();
   const auto& layers = pm.compute().layers();
   const size_t L = layers.size();
-  std::vector<std::vector<size_t>> step_parts(L);
-  for (size_t i = 0; i < B; ++i) step_parts[size_t(parts[i].info.ready_step)].push_back(i);
+  std::vector<std::vector<size_t>> step_parts(L), forward_last(L);
+  for (size_t i = 0; i < B; ++i) {
+    step_parts[size_t(parts[i].info.ready_step)].push_back(i);
+    if (s.reshard) forward_last[size_t(parts[i].info.last_layer)].push_back(i);  // re-gathered once its forward ends
+  }
   double total_update = 0;
   for (double u : pm.update_s()) total_update += u;
   const double step_s = s.shard_optimizer ? total_update / P : total_update;
-  const int per_iteration = int(B) * (rsag ? 2 : 1);
-  const size_t messages = size_t(N) * B * 2;
-  auto id = [B](int it, size_t part, bool second) { return (size_t(it) * B + part) * 2 + (second ? 1 : 0); };
+  const int per_iteration = int(B) * (rsag ? (s.reshard ? 3 : 2) : 1);
+  // A message: iteration, partition and slot (0 the reduction, 1 the all-gather, 2 the
+  // re-gather before backward).
+  constexpr size_t kSlots = 3;
+  const size_t messages = size_t(N) * B * kSlots;
+  auto id = [B](int it, size_t part, size_t slot) { return (size_t(it) * B + part) * kSlots + slot; };
+  auto kind_of = [rsag](size_t slot) {
+    return slot == 2 ? MessageTiming::Regather : slot == 1 ? MessageTiming::Allgather
+                     : rsag ? MessageTiming::ReduceScatter : MessageTiming::Allreduce;
+  };
 
   sg4::Engine e("fuseplan-sim");
   configure_engine(opt.network_model);
@@ -145,12 +154,13 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   StepCounter steps;
   steps.report = opt.progress;
   for (const auto& p : parts)
-    steps.total += int64_t(p.first.rounds.size() + p.second.rounds.size()) * P * N;
+    steps.total += int64_t(p.first.rounds.size() + p.second.rounds.size() * (s.reshard ? 2 : 1)) * P * N;
 
   auto key = [&](size_t msg) {
-    const size_t part = (msg / 2) % B;
-    return PipelineModel::message_key(s.order, ready_at[msg], int(msg / 2 / B),
-                                      msg % 2 ? MessageTiming::Allgather : MessageTiming::Allreduce, parts[part].info, part);
+    const size_t part = (msg / kSlots) % B;
+    // A reduction either way: the order does not tell a reduce-scatter from an allreduce.
+    const auto kind = msg % kSlots == 0 ? MessageTiming::Allreduce : kind_of(msg % kSlots);
+    return PipelineModel::message_key(s.order, ready_at[msg], int(msg / kSlots / B), kind, parts[part].info, part);
   };
   // Called with the lock held: rank r has message `msg` ready at `at`.
   auto make_ready = [&](int, size_t msg, double at) {
@@ -178,7 +188,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
               for (size_t part = 0; part < B; ++part) {
                 const auto& ls = parts[part].info.layers;
                 if (std::find(ls.begin(), ls.end(), int(l)) == ls.end()) continue;
-                while (end_at[size_t(r)][id(it - 1, part, rsag)] == kNever) cv->wait(lock);
+                while (end_at[size_t(r)][id(it - 1, part, rsag ? 1 : 0)] == kNever) cv->wait(lock);
               }
             }
           }
@@ -189,14 +199,26 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           }
           work(layers[l].fwd_s + (s.step_update ? 0 : pm.update_s()[l]), trace_name::forward(model.layers[l].name),
                "forward", it);
+          if (!forward_last[l].empty()) {  // the units whose forward this layer ends: re-gathered for backward
+            std::unique_lock lock(*mutex);
+            for (size_t part : forward_last[l]) make_ready(r, id(it, part, 2), sg4::Engine::get_clock());
+          }
         }
         if (r == 0) bwd_start[size_t(it)] = sg4::Engine::get_clock();
         for (size_t k = 0; k < L; ++k) {
+          if (s.reshard) {  // a resharded unit's layer waits for the unit's re-gather
+            std::unique_lock lock(*mutex);
+            for (size_t part = 0; part < B; ++part) {
+              const auto& ls = parts[part].info.layers;
+              if (std::find(ls.begin(), ls.end(), int(L - 1 - k)) == ls.end()) continue;
+              while (end_at[size_t(r)][id(it, part, 2)] == kNever) cv->wait(lock);
+            }
+          }
           work(layers[L - 1 - k].bwd_s, trace_name::backward(model.layers[L - 1 - k].name), "backward", it);
           std::unique_lock lock(*mutex);
           for (size_t part : step_parts[k]) {  // in backward order, as the pipeline launches them
             launched[size_t(r)] = std::max(launched[size_t(r)], sg4::Engine::get_clock() + parts[part].info.delay_s);
-            make_ready(r, id(it, part, false), launched[size_t(r)]);
+            make_ready(r, id(it, part, 0), launched[size_t(r)]);
           }
         }
         if (r == 0) bwd_end[size_t(it)] = sg4::Engine::get_clock();
@@ -211,7 +233,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           work(step_s, trace_name::kOptimizer, "optimizer", it);
           if (s.shard_optimizer) {
             std::unique_lock lock(*mutex);
-            for (size_t part = 0; part < B; ++part) make_ready(r, id(it, part, true), sg4::Engine::get_clock());
+            for (size_t part = 0; part < B; ++part) make_ready(r, id(it, part, 1), sg4::Engine::get_clock());
           }
         }
       }
@@ -258,8 +280,9 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
               msg = seq[next];
             }
           }
-          const auto& part = parts[(msg / 2) % B];
-          const bool second = msg % 2;
+          const auto& part = parts[(msg / kSlots) % B];
+          const size_t slot_of_msg = msg % kSlots;
+          const bool second = slot_of_msg != 0;  // an all-gather or a re-gather: the all-gather half
           const double start = sg4::Engine::get_clock();
           if (r == 0) rank0_start[msg] = start;
           if (P > 1) {
@@ -268,11 +291,11 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
                        part.elem_bytes, part.wire, slot, boxes, &steps);
           }
           const double end = sg4::Engine::get_clock();
-          const int it = int(msg / 2 / B);
+          const int it = int(msg / kSlots / B);
           if (traced(r)) {
-            const char* kind = second ? "all-gather" : rsag ? "reduce-scatter" : "allreduce";
+            const std::string kind = message_kind_name(kind_of(slot_of_msg));
             events.push_back({r, "comm" + std::to_string(slot),
-                              "partition " + std::to_string((msg / 2) % B) + " " + kind, kind, start, end - start,
+                              "partition " + std::to_string((msg / kSlots) % B) + " " + kind, kind, start, end - start,
                               part.info.elems * part.elem_bytes, it});
           }
           std::unique_lock lock(*mutex);
@@ -304,12 +327,12 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   for (const auto& l : layers) r.compute_s += l.fwd_s + l.bwd_s;
   r.compute_s += s.step_update ? step_s : total_update;
   for (size_t part = 0; part < B; ++part) {
-    for (bool second : {false, true}) {
-      if (second && !rsag) continue;
-      const size_t m = id(j, part, second);
+    for (size_t slot : {0, 1, 2}) {
+      if ((slot == 1 && !rsag) || (slot == 2 && !s.reshard)) continue;
+      const size_t m = id(j, part, slot);
       MessageTiming t;
       t.partition = int(part);
-      t.kind = second ? MessageTiming::Allgather : rsag ? MessageTiming::ReduceScatter : MessageTiming::Allreduce;
+      t.kind = kind_of(slot);
       t.elems = parts[part].info.elems;
       t.ready_s = ready_at[m] - t0;
       t.start_s = rank0_start[m] - t0;
