@@ -26,7 +26,7 @@ struct Deferred final : GradientExchange {
   int rank() const override { return w.rank(); }
   int ranks() const override { return w.ranks(); }
   void begin_step() override {
-    previous = real->timings();  // per-layer gating: the step before, complete by now
+    previous = real->timings();  // a deferred exchange (TrainOptions::defers_exchange): the step before, complete by now
     previous_origin = real->step_origin();
     real->begin_step();
   }
@@ -160,8 +160,8 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
           return;
         }
         if (s.step < o.warmup) return;
-        // With per-layer gating a step's buckets end in the next forward: each step is
-        // measured with the buckets of the step before it, complete by then.
+        // With per-layer gating or a sharded step a step's buckets end in the next
+        // forward: each step is measured with the buckets of the step before it.
         const bool gated = o.train.defers_exchange();
         samples.push_back(step_sample(s, gated ? deferred.previous : exchange.timings()));
         const int64_t last = total_steps > 0 ? total_steps : total;
