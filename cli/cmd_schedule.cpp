@@ -84,10 +84,6 @@ void run_schedule(ScheduleFlags& f) {
   for (ScheduleStrategy s : which) results.push_back(schedule_for(pm, s, o));
   std::vector<double> simulated;
   if (f.simulate) {
-    if (r.cluster.comm_compute_sharing > 0)
-      err_line("fuseplan schedule: note: the simulation does not share the processor between communication and "
-               "compute (" + r.cluster.name + "'s comm_compute_sharing " + fixed(r.cluster.comm_compute_sharing, 2) +
-               "); the model does");
     sim::SimOptions so;
     so.iterations = f.sim_iterations;
     so.trace_ranks = 0;

@@ -380,8 +380,12 @@ TEST_CASE("schedules beyond fusion: the simulation equals the pipeline model wit
   // Two-level clusters, one message on the links at a time: the simulated period within
   // 1 % of the model; every message's start and end of the steady iteration within 2.5 %
   // of the period (rank 0's own end: a rank may finish a collective before the last one).
-  for (const char* cname : {"p100-horovod", "tencent-p40", "dgx-a100"}) {
-    const Cluster c = load_cluster(cname);
+  // The last case shares the processor between communication and compute (sigma 0.83,
+  // local-cpu's).
+  for (auto [cname, sigma] : {std::pair{"p100-horovod", 0.0}, std::pair{"tencent-p40", 0.0}, std::pair{"dgx-a100", 0.0},
+                              std::pair{"tencent-p40", 0.83}}) {
+    Cluster c = load_cluster(cname);
+    c.comm_compute_sharing = sigma;
     const Model m = build_zoo_model("resnet18");
     const int gpus = 8;
     PipelineModel pm(m, c, gpus, 32, Precision::FP16);
@@ -399,14 +403,18 @@ TEST_CASE("schedules beyond fusion: the simulation equals the pipeline model wit
       so.iterations = 5;
       so.trace_ranks = 0;
       const auto s = sim::simulate_schedule(pm, r.schedule, so);
-      INFO(cname << " " << schedule_strategy_name(st) << " (" << r.schedule.bounds.size() << " partitions, "
+      INFO(cname << " sigma " << sigma << " " << schedule_strategy_name(st) << " (" << r.schedule.bounds.size() << " partitions, "
                  << exchange_name(r.schedule.exchange) << ", " << gate_name(r.schedule.gate) << ")");
-      CHECK(s.result.iteration_s == Approx(r.result.iteration_s).epsilon(0.01));
+      // Processor sharing: the simulation slows each rank by its own messages, whose
+      // rounds end at different times on different ranks, and every collective waits for
+      // the slowest rank; the model has one rank's view. Here they differ by up to 1.5 %
+      // in the period and 3.1 % of it in a message's end, so 2 % and 4 %.
+      CHECK(s.result.iteration_s == Approx(r.result.iteration_s).epsilon(sigma > 0 ? 0.02 : 0.01));
       REQUIRE(s.result.messages.size() == r.result.messages.size());
-      const double scale = r.result.iteration_s;
+      const double margin = (sigma > 0 ? 0.04 : 0.025) * r.result.iteration_s;
       for (size_t i = 0; i < s.result.messages.size(); ++i) {
-        CHECK(s.result.messages[i].start_s == Approx(r.result.messages[i].start_s).margin(0.025 * scale));
-        CHECK(s.result.messages[i].end_s == Approx(r.result.messages[i].end_s).margin(0.025 * scale));
+        CHECK(s.result.messages[i].start_s == Approx(r.result.messages[i].start_s).margin(margin));
+        CHECK(s.result.messages[i].end_s == Approx(r.result.messages[i].end_s).margin(margin));
       }
       // The next forward pass's gating holds in the simulated trace too: a layer starts
       // no earlier than the messages of the iteration before that carry its parameters.
