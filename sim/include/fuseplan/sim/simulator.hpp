@@ -76,9 +76,11 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
 
 // Schedules beyond fusion (pipeline.hpp), rank by rank: per rank a compute actor whose
 // forward pass waits for the previous iteration's messages (per layer or at a barrier),
-// backward marking partitions ready, the optimizer step where the schedule has one; and
-// `credit` channel actors replaying each partition's allreduce, or the reduce-scatter
-// and all-gather halves of the ring-family schedule, as messages. Rank 0 coordinates (as
+// backward marking partitions ready (and, resharded, waiting for each unit's re-gather,
+// released when the unit's forward ends), the optimizer step where the schedule has one;
+// and `credit` channel actors replaying each partition's allreduce, or the reduce-scatter
+// and all-gather halves of the ring-family schedule, as messages. The processor is shared
+// as the model shares it (Cluster::comm_compute_sharing). Rank 0 coordinates (as
 // Horovod's rank 0 does): a message goes to a free slot of rank 0 once every rank has it
 // ready, the most urgent first (the schedule's order), and every rank's slot replays the
 // same sequence. `opt.iterations` >= 3; no jitter or stragglers. The result is rank 0's,
