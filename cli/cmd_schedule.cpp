@@ -1,6 +1,5 @@
 // `fuseplan schedule`: schedules beyond fusion (partitions, priorities, per-layer gating,
 // reduce-scatter + all-gather) on the steady pipeline, next to the fusion strategies.
-#include <cmath>
 #include <iostream>
 #include <memory>
 
@@ -96,7 +95,7 @@ void run_schedule(ScheduleFlags& f) {
     nlohmann::json j = nlohmann::json::array();
     for (size_t i = 0; i < results.size(); ++i) {
       j.push_back(schedule_to_json(pm, results[i], &bound));
-      if (f.simulate && !std::isnan(simulated[i])) j.back()["prediction"]["simulated_iteration_ms"] = simulated[i] * 1e3;
+      if (f.simulate) j.back()["prediction"]["simulated_iteration_ms"] = simulated[i] * 1e3;
     }
     out() << j.dump(2) << "\n";
     return;
@@ -122,8 +121,7 @@ void run_schedule(ScheduleFlags& f) {
            ms(p.iteration_s), ms(p.exposed_s), fusion_s > 0 ? fixed(fusion_s / p.iteration_s, 3) + "x" : "-",
            signed_percent(p.iteration_s / bound.iteration_s - 1), fixed(res.memory.total() / (1024.0 * 1024 * 1024), 2),
            res.fits ? "yes" : "no", fixed(res.seconds * 1e3, 2)};
-    if (f.simulate && std::isnan(simulated[i])) cells.insert(cells.end(), {"-", "-"});
-    else if (f.simulate) cells.insert(cells.end(), {ms(simulated[i]), fixed(simulated[i] / p.iteration_s, 4)});
+    if (f.simulate) cells.insert(cells.end(), {ms(simulated[i]), fixed(simulated[i] / p.iteration_s, 4)});
     t.row(cells);
   }
   t.print(out(), "  ");
