@@ -557,28 +557,28 @@ PipelineModel::Bound PipelineModel::lower_bound(Precision transfer, const std::s
   // costs (certified where each automatic algorithm's cost is monotone and the grid shows
   // no dip between switches).
   auto rate_of = [&](MessageTiming::Kind k) {
-    std::vector<std::string> names{k == MessageTiming::Allreduce ? algorithm : rsag_algorithm_};
-    if (k == MessageTiming::Allreduce && algorithm == "auto")
+    const std::string& name = k == MessageTiming::Allreduce ? algorithm : rsag_algorithm_;
+    if (name == "auto") {
       for (const auto& a : algorithms())
         if (a.automatic && a.library == coll_.library() && !coll_.monotone(a.name)) b.certified = false;
+    } else if (!coll_.monotone(name)) {
+      b.certified = false;
+    }
     Rate r;
-    for (const auto& name : names) {
-      if (name != "auto" && !coll_.monotone(name)) b.certified = false;
-      double prev_lat = -kInf, prev_per = kInf;
-      for (int64_t n : sizes) {
-        Cost c;
-        try {
-          c = message_cost(k, n, name, transfer);
-        } catch (const InputError&) {
-          break;  // not applicable to this rank layout
-        }
-        const double per = c.bandwidth_s / double(n);
-        if (c.latency_s < prev_lat * (1 - 1e-12) || per > prev_per * (1 + 1e-12)) b.certified = false;
-        prev_lat = c.latency_s;
-        prev_per = per;
-        r.lat = std::min(r.lat, c.latency_s);
-        r.per_elem = std::min(r.per_elem, per);
+    double prev_lat = -kInf, prev_per = kInf;
+    for (int64_t n : sizes) {
+      Cost c;
+      try {
+        c = message_cost(k, n, name, transfer);
+      } catch (const InputError&) {
+        break;  // not applicable to this rank layout
       }
+      const double per = c.bandwidth_s / double(n);
+      if (c.latency_s < prev_lat * (1 - 1e-12) || per > prev_per * (1 + 1e-12)) b.certified = false;
+      prev_lat = c.latency_s;
+      prev_per = per;
+      r.lat = std::min(r.lat, c.latency_s);
+      r.per_elem = std::min(r.per_elem, per);
     }
     return r;
   };

@@ -134,6 +134,12 @@ PipelineSchedule base(const ScheduleOptions& o, ScheduleStrategy st) {
   return s;
 }
 
+// The schedule's per-GPU memory, and whether it is within `limit` bytes (> 0; else no limit).
+MemoryEstimate memory_of(const PipelineModel& pm, const PipelineSchedule& s) {
+  return schedule_memory(pm.model(), pm.gpus(), pm.batch(), pm.compute_precision(), s);
+}
+bool within(const MemoryEstimate& m, double limit) { return !(limit > 0) || m.total() <= limit; }
+
 struct Search {
   explicit Search(const PipelineModel& m, double limit = 0) : pm(m), memory_limit(limit) {}
   const PipelineModel& pm;
@@ -141,13 +147,9 @@ struct Search {
   int64_t evaluations = 0;
   PipelineSchedule best;
   double best_s = std::numeric_limits<double>::infinity();
-  bool fits(const PipelineSchedule& s) const {
-    return !(memory_limit > 0) ||
-           schedule_memory(pm.model(), pm.gpus(), pm.batch(), pm.compute_precision(), s).total() <= memory_limit;
-  }
   // Evaluates `s` (infinity when it does not fit); keeps it when it is the best so far.
   double value(const PipelineSchedule& s) {
-    if (!fits(s)) return std::numeric_limits<double>::infinity();
+    if (!within(memory_of(pm, s), memory_limit)) return std::numeric_limits<double>::infinity();
     ++evaluations;
     const double t = pm.evaluate(s, false).iteration_s;
     if (t < best_s * (1 - 1e-12)) {
@@ -268,8 +270,8 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
   const std::vector<int64_t> probe_growing = growing_bounds(total, std::min<int64_t>(total, 1 << 16), 2.0);
   // Resharding adds messages and gates to the same compute: it only pays in memory, so it
   // is tried when nothing else has fitted.
-  for (size_t k = 0; k < shapes().size(); ++k)
-    if (!shapes()[k].reshard || !std::isfinite(search.best_s))
+  for (size_t k = 0; k < shapes().size(); ++k) {
+    if (shapes()[k].reshard && std::isfinite(search.best_s)) continue;
     for (Gate gate : shapes()[k].gates)
       for (Order order : {Order::Fifo, Order::Priority})
         for (int credit : {1, 4}) {
@@ -280,6 +282,7 @@ PipelineSchedule best_schedule(const PipelineModel& pm, const ScheduleOptions& o
           }
           settings.push_back({best, k, gate, order, credit});
         }
+  }
   std::stable_sort(settings.begin(), settings.end(), [](const Setting& a, const Setting& b) { return a.s < b.s; });
   for (size_t i = 0; i < std::min<size_t>(3, settings.size()); ++i)
     for (const auto& b : families)
@@ -364,8 +367,8 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy st, const 
   r.schedule = s;
   r.result = pm.evaluate(s, true);
   r.evaluations += 1;
-  r.memory = schedule_memory(pm.model(), pm.gpus(), pm.batch(), pm.compute_precision(), s);
-  r.fits = !(o.memory_limit_bytes > 0) || r.memory.total() <= o.memory_limit_bytes;
+  r.memory = memory_of(pm, s);
+  r.fits = within(r.memory, o.memory_limit_bytes);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
