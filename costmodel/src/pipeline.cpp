@@ -28,6 +28,12 @@ const char* message_kind_name(MessageTiming::Kind k) {
   return "?";
 }
 
+MessageTiming::Kind message_kind(int slot, Exchange e) {
+  if (slot == 2) return MessageTiming::Regather;
+  if (slot == 1) return MessageTiming::Allgather;
+  return e == Exchange::ReduceScatterAllgather ? MessageTiming::ReduceScatter : MessageTiming::Allreduce;
+}
+
 MemoryEstimate schedule_memory(const Model& m, int gpus, int batch_per_gpu, Precision compute, const PipelineSchedule& s) {
   MemoryEstimate e = estimate_memory(m, batch_per_gpu, compute, s.transfer);
   if (!s.shard_optimizer || gpus <= 1) return e;
@@ -182,7 +188,8 @@ class Pipeline {
   size_t iterations_held_ = 0;
 
   enum class Op { Forward, Backward, Step };
-  // A message's slot: its partition's reduction, all-gather, or re-gather (reshard).
+  // A message's slot: its partition's reduction, all-gather, or re-gather (reshard), as
+  // message_kind numbers them.
   enum Slot : size_t { kReduce = 0, kGather = 1, kRegather = 2, kSlots = 3 };
   size_t id(int k, size_t part, Slot slot) const { return (size_t(k) * P_ + part) * kSlots + slot; }
   int iteration_of(size_t msg) const { return int(msg / kSlots / P_); }
@@ -205,11 +212,8 @@ class Pipeline {
   void start_messages(double now);
   void message_ended(size_t msg, double now);
   PipelineModel::MessageKey key(size_t msg) const {
-    const Slot slot = slot_of(msg);
-    const auto kind = slot == kRegather ? MessageTiming::Regather
-                      : slot == kGather ? MessageTiming::Allgather
-                                        : MessageTiming::Allreduce;  // a reduction either way
-    return PipelineModel::message_key(s_.order, ready_[msg], iteration_of(msg), kind, parts_[part_of(msg)], part_of(msg));
+    return PipelineModel::message_key(s_.order, ready_[msg], iteration_of(msg), message_kind(int(slot_of(msg)), s_.exchange),
+                                      parts_[part_of(msg)], part_of(msg));
   }
 
   const PipelineModel& pm_;
@@ -453,10 +457,7 @@ PipelineResult Pipeline::run(bool with_messages) {
         const size_t m = id(j, i, slot);
         MessageTiming t;
         t.partition = int(i);
-        t.kind = slot == kRegather ? MessageTiming::Regather
-                 : slot == kGather ? MessageTiming::Allgather
-                 : rsag_           ? MessageTiming::ReduceScatter
-                                   : MessageTiming::Allreduce;
+        t.kind = message_kind(int(slot), s_.exchange);
         t.elems = parts_[i].elems;
         t.ready_s = ready_[m] - t0;
         t.start_s = start_[m] - t0;

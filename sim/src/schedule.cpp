@@ -122,15 +122,12 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   for (double u : pm.update_s()) total_update += u;
   const double step_s = s.shard_optimizer ? total_update / P : total_update;
   const int per_iteration = int(B) * (rsag ? (s.reshard ? 3 : 2) : 1);
-  // A message: iteration, partition and slot (0 the reduction, 1 the all-gather, 2 the
-  // re-gather before backward).
+  // A message: iteration, partition and slot (message_kind: 0 the reduction, 1 the
+  // all-gather, 2 the re-gather before backward).
   constexpr size_t kSlots = 3;
   const size_t messages = size_t(N) * B * kSlots;
   auto id = [B](int it, size_t part, size_t slot) { return (size_t(it) * B + part) * kSlots + slot; };
-  auto kind_of = [rsag](size_t slot) {
-    return slot == 2 ? MessageTiming::Regather : slot == 1 ? MessageTiming::Allgather
-                     : rsag ? MessageTiming::ReduceScatter : MessageTiming::Allreduce;
-  };
+  auto kind_of = [&s](size_t slot) { return message_kind(int(slot), s.exchange); };
 
   sg4::Engine e("fuseplan-sim");
   configure_engine(opt.network_model);
@@ -184,9 +181,8 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
 
   auto key = [&](size_t msg) {
     const size_t part = (msg / kSlots) % B;
-    // A reduction either way: the order does not tell a reduce-scatter from an allreduce.
-    const auto kind = msg % kSlots == 0 ? MessageTiming::Allreduce : kind_of(msg % kSlots);
-    return PipelineModel::message_key(s.order, ready_at[msg], int(msg / kSlots / B), kind, parts[part].info, part);
+    return PipelineModel::message_key(s.order, ready_at[msg], int(msg / kSlots / B), kind_of(msg % kSlots),
+                                      parts[part].info, part);
   };
   // Called with the lock held: rank r has message `msg` ready at `at`.
   auto make_ready = [&](int, size_t msg, double at) {

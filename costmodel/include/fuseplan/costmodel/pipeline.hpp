@@ -93,6 +93,10 @@ struct MessageTiming {
   double ready_s = 0, start_s = 0, end_s = 0;  // from the forward start of the steady iteration
 };
 const char* message_kind_name(MessageTiming::Kind k);
+// A partition's messages by slot, for the model and the simulator alike: 0 its reduction
+// (an allreduce, or a reduce-scatter with `e` ReduceScatterAllgather), 1 its all-gather,
+// 2 its re-gather (resharded).
+MessageTiming::Kind message_kind(int slot, Exchange e);
 
 struct PipelineResult {
   double iteration_s = 0;   // the steady period + the input pipeline's wait
