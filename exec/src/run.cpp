@@ -106,12 +106,11 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
       o.train.evaluate = false;
     }
     check_progress_mode(world, o.exchange);
-    const char* deferred_what = o.train.shard_optimizer ? "a sharded optimizer step" : "per-layer gating";
     if (o.train.defers_exchange() && o.warmup < 1)
-      throw InputError(field("run.warmup") + ": " + deferred_what +
+      throw InputError(field("run.warmup") + ": " + o.train.deferred_by() +
                        " measures each step with the step before it: needs >= 1");
     if (o.train.defers_exchange() && o.comm != "mpi")
-      throw InputError(field("comm") + ": " + deferred_what + " runs on mpi");
+      throw InputError(field("comm") + ": " + o.train.deferred_by() + " runs on mpi");
     o.train.exchange = &deferred;
     o.train.exchange_on_device = o.comm == "nccl";
     // Rank 0 writes the checkpoint while the others wait in the next step's collectives,

@@ -151,8 +151,9 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
   if (net_.classes() != train.classes)
     throw InputError(field("model") + ": " + model.name + " has " + std::to_string(net_.classes()) + " classes but " +
                      train.name + " has " + std::to_string(train.classes) + " (set " + field("model.classes") + ")");
+  if (opt.defers_exchange() && !opt.exchange)
+    throw InputError(field("train.schedule") + ": " + opt.deferred_by() + " needs ranks to exchange with");
   if (opt.shard_optimizer) {
-    if (!opt.exchange) throw InputError(field("train.schedule") + ": a sharded optimizer step needs ranks to exchange with");
     if (!backend.reads_host_memory())
       throw InputError(field("train.schedule") + ": a sharded optimizer step runs on " + field("backend") + " cpu");
     if (opt.checkpoint_every > 0 || !opt.resume_path.empty())
@@ -161,7 +162,6 @@ Trainer::Trainer(const Model& model, const Dataset& train, const Dataset* test, 
                        "checkpoints");
   }
   if (opt.defers_exchange()) {
-    if (!opt.exchange) throw InputError(field("train.schedule") + ": per-layer gating needs ranks to exchange with");
     if (opt.per_layer && !opt.shard_optimizer && opt.precision == Precision::FP16)
       throw InputError(field("train.schedule") + ": per-layer gating needs " + field("precision") +
                        " fp32 or bf16 (fp16's dynamic loss scale checks every gradient for overflow before any update)");

@@ -91,6 +91,8 @@ struct TrainOptions {
   // checkpoints (each rank keeps 1/N of the optimizer state).
   bool shard_optimizer = false;
   bool defers_exchange() const { return per_layer || shard_optimizer; }
+  // What defers it, for messages.
+  const char* deferred_by() const { return shard_optimizer ? "a sharded optimizer step" : "per-layer gating"; }
   int ranks() const { return exchange ? exchange->ranks() : 1; }
   int64_t global_batch() const { return int64_t(batch) * ranks(); }
 };
