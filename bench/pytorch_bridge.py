@@ -4,16 +4,17 @@ fuseplan_torch.PlanDDP against torch DDP's default (bucket_cap_mb 25) and DDP wi
 settings `fuseplan export --to ddp` gives for the plan, then `fuseplan verify` on the
 PlanDDP run. Not a test; it prints figures.
 
-    bench/pytorch_bridge.py [--ranks 2] [--rounds 3] [--iterations 8] [--models resnet18,resnet50,tiny_gpt]
+    bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, timed on
 as many ranks side by side as the job has, as they load the machine), a gloo
 allreduce sweep calibrating the cluster (once), `fuseplan tune` (ring for every bucket,
 fp32 transfer: what gloo runs; packed, as PlanDDP copies into flat buffers; two streams,
 as gloo runs two collectives at once, which DDP uses), `fuseplan export --to ddp`. Then one gloo job per model
-alternates the three trainers round by round (each on its own copy of the same weights,
-same data), so machine drift hits all three alike; the median step over all rounds is
-reported. Before the PlanDDP run verify reads, the same job profiles every layer on all
+interleaves the three trainers step by step, in a rotating order (each on its own copy of
+the same weights, same data), so machine drift hits all three alike; the median step is
+reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratios of
+steps run next to each other. Before the PlanDDP run verify reads, the same job profiles every layer on all
 ranks side by side; verify is printed with that profile and with the export's.
 Runs with Debian's /usr/bin/python3 (python3-torch).
 """
@@ -43,13 +44,13 @@ def sh(*args, **kw):
     return r.stdout
 
 
-def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, rounds, iterations, out):
+def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out):
     import torch
     import torch.distributed as dist
     import torch.nn as nn
     from fuseplan_torch import jobs
     from fuseplan_torch.plan_ddp import PlanDDP
-    from fuseplan_torch.runner import measure_plan, measure_step_time
+    from fuseplan_torch.runner import measure_plan, measure_side_by_side
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
     factory, kwargs, shape, dtype, vocab, batch = spec
@@ -66,19 +67,16 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, rounds
     exported = nn.parallel.DistributedDataParallel(copies[2], bucket_cap_mb=ddp_settings["bucket_cap_mb"])
     dist._DEFAULT_FIRST_BUCKET_BYTES = first
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (default, exported)]
-    times = {"plan": [], "ddp": [], "ddp_exported": []}
-    report = None
-    for r in range(rounds):  # the same timing for all three: the slowest rank's step, median
-        trainers = (("plan", planned, opt_plan, planned.start_backward), ("ddp", default, opts[0], lambda: None),
-                    ("ddp_exported", exported, opts[1], lambda: None))
-        for key, model, opt, before in trainers:
-            times[key].append(statistics.median(measure_step_time(model, inputs, labels, opt, 2, iterations, before)))
+    # The same timing for all three (the slowest rank's step), interleaved step by step.
+    trainers = (("plan", planned, opt_plan, planned.start_backward), ("ddp", default, opts[0], lambda: None),
+                ("ddp_exported", exported, opts[1], lambda: None))
+    times = measure_side_by_side(trainers, inputs, labels, 2, steps)
     # The layers timed in this job, right before the run verify reads, on a copy of the
     # model with the same weights: the compute of the run itself, which the export's
     # profile (taken minutes earlier, on a machine whose speed drifts) is not.
     profile = jobs.profile_side_by_side(rank, ranks, jobs.build_module(a)[0], jobs.make_batch(a, 2, a.seed), inputs,
                                         2, 5, name=spec_name)
-    report = measure_plan(planned, inputs, labels, opt_plan, 2, iterations)  # the PlanDDP run verify reads
+    report = measure_plan(planned, inputs, labels, opt_plan, 2, steps)  # the PlanDDP run verify reads
     planned.close()
     if rank == 0:
         with open(out, "w") as f:
@@ -88,8 +86,7 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, rounds
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--iterations", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--models", default="resnet18,resnet50,tiny_gpt")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "cli"))
     a = ap.parse_args()
@@ -119,7 +116,7 @@ def main():
         with open(model) as f:
             names = [t["name"] for l in json.load(f)["layers"] for t in l["params"]]
         out = os.path.join(work, name + "-out.json")
-        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, a.rounds, a.iterations, out))
+        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, a.steps, out))
         with open(out) as f:
             res = json.load(f)
         measured, run_prof = (os.path.join(work, name + s) for s in ("-measured.json", "-run-profile.json"))
@@ -128,6 +125,8 @@ def main():
         with open(run_prof, "w") as f:
             json.dump(res["profile"], f)
         med = {k: statistics.median(v) for k, v in res["times"].items()}
+        paired = statistics.quantiles([x / y for x, y in zip(res["times"]["plan"], res["times"]["ddp"])], n=4)
+        med["ratio"] = paired
         rows.append([name, len(p["buckets"]), settings["buckets"], med, (plan, measured, prof, run_prof)])
     # How much communication and backward slow each other on this machine's shared cores
     # (comm_compute_sharing, dispatch_overhead_us) is fitted on the first model's PlanDDP
@@ -146,13 +145,14 @@ def main():
     for row in rows:
         plan, measured, prof, run_prof = row[4]
         row[4] = (iteration_error(plan, measured, prof), iteration_error(plan, measured, run_prof))
-    print("\nstep time per iteration, median over rounds (ms), %d ranks, gloo, this machine" % a.ranks)
-    print("%-10s %8s %10s %9s %13s %16s %14s %14s" % ("model", "buckets", "PlanDDP", "DDP 25MB", "DDP exported",
-                                                      "PlanDDP/DDP", "verify (run)", "verify (export)"))
+    print("\nstep time per iteration, median of %d steps (ms), %d ranks, gloo, this machine" % (a.steps, a.ranks))
+    print("%-10s %8s %10s %9s %13s %24s %14s %14s" % ("model", "buckets", "PlanDDP", "DDP 25MB", "DDP exported",
+                                                      "PlanDDP/DDP (quartiles)", "verify (run)", "verify (export)"))
     for name, nb, nd, med, (err_export, err_run) in rows:
-        print("%-10s %4d/%-3d %10.1f %9.1f %13.1f %15.3fx %+12.1f %% %+12.1f %%" % (
+        q1, q2, q3 = med["ratio"]
+        print("%-10s %4d/%-3d %10.1f %9.1f %13.1f %9.3fx (%.3f-%.3f) %+12.1f %% %+12.1f %%" % (
             name, nb, nd, med["plan"] * 1e3, med["ddp"] * 1e3, med["ddp_exported"] * 1e3,
-            med["plan"] / med["ddp"], 100 * err_run, 100 * err_export))
+            q2, q1, q3, 100 * err_run, 100 * err_export))
     print("(buckets: the plan's / DDP's with the exported settings; verify: fuseplan verify's predicted iteration "
           "vs the PlanDDP run, on the cluster whose overlap constants were fitted to the first model's run (%s "
           "in-sample, the others held out), with the layers profiled in the run's own job (run) or at export "

@@ -1,13 +1,14 @@
 """Data-parallel training that follows a fuseplan plan exactly.
 
 `PlanDDP` wraps a module. Each plan bucket gets a flat buffer; during backward, a hook on
-every parameter copies its gradient into its bucket's slot, and the moment a bucket's
+every parameter copies its gradient, divided by the number of ranks, into its bucket's
+slot (one pass, as DDP's), and the moment a bucket's
 last gradient is in, it is handed to its plan stream, in the plan's transfer precision
 (fp16/bf16 buffers where the plan says so). A stream is a thread with its own process
 group that runs its buckets' allreduces one after another in plan order, as a CUDA stream
 runs NCCL's (gloo would otherwise run two collectives of one group at once on its worker
 threads); it records when each started and ended. When backward ends, the wrapper waits
-for the outstanding allreduces (the exposed communication) and averages in place; every
+for the outstanding allreduces (the exposed communication), whose sums are the average; every
 parameter's `.grad` is a view of its bucket from then on (as DDP's gradient_as_bucket_view),
 so with `zero_grad(set_to_none=False)` gradients accumulate in the buckets and are not
 copied at all; a fresh `.grad` is copied in when it is ready. Ready (the last gradient in), start and end
@@ -222,8 +223,13 @@ class PlanDDP(nn.Module):
                 return
             b = self.buckets[self.bucket_of[id(p)]]
             view = b.views[self.slot_of[id(p)]]
-            if p.grad.data_ptr() != view.data_ptr():  # a fresh .grad (after zero_grad(set_to_none=True))
-                view.copy_(p.grad)
+            # Averaged here, overlapped with the rest of backward, as DDP divides while it
+            # copies into its buckets: a fresh .grad (after zero_grad(set_to_none=True)) in
+            # the same pass as its copy; a .grad that is already the slot, in place.
+            if p.grad.data_ptr() != view.data_ptr():
+                torch.div(p.grad, self.world, out=view)
+            else:
+                view.div_(self.world)
             now = time.perf_counter()
             b.pending -= 1
             if b.pending == 0:
@@ -247,10 +253,9 @@ class PlanDDP(nn.Module):
         for st in self.streams.values():
             st.drain()
         self.step.comm_wait_s = time.perf_counter() - t0
-        for b in self.buckets:  # in place: no allocation, no copy out
+        for b in self.buckets:  # the sums are the average already: no allocation, no copy out
             if b.wire is not None and b.wire is not b.buffer:
                 b.buffer.copy_(b.wire)
-            b.buffer.div_(self.world)
             for p, view in zip(b.params, b.views):
                 if p.grad is None or p.grad.data_ptr() != view.data_ptr():
                     p.grad = view  # .grad is a view of the bucket from now on, as DDP's gradient_as_bucket_view

@@ -29,11 +29,13 @@ def _loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int, before_backward: Callable[[], None]) -> Iterator[Tuple[float, ...]]:
-    """Runs warm-up and measured steps (a barrier between them) and yields each measured
-    step's times: forward start, forward end, backward end, optimizer end."""
+                 warmup: int, iterations: int, before_backward: Callable[[], None],
+                 barrier: bool = True) -> Iterator[Tuple[float, ...]]:
+    """Runs warm-up and measured steps (a barrier between them unless `barrier` is false)
+    and yields each measured step's times: forward start, forward end, backward end,
+    optimizer end."""
     for i in range(warmup + iterations):
-        if i == warmup:
+        if i == warmup and barrier:
             dist.barrier()
         optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
@@ -93,6 +95,28 @@ def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> 
             "scaling_efficiency": 0.0, "epochs": 0.0, "dataset_size": 0, "tokens": 0.0,
             "goal": "none (measured steps only)", "iterations_to_train": 0, "time_to_train_s": 0.0,
             "buckets": buckets}
+
+
+def measure_side_by_side(trainers: Sequence[Tuple[str, nn.Module, torch.optim.Optimizer, Callable[[], None]]],
+                         inputs: torch.Tensor, labels: torch.Tensor, warmup: int,
+                         iterations: int) -> Dict[str, List[float]]:
+    """Per-step iteration times (the slowest rank's, on every rank) of several data-parallel
+    trainers (name, module, optimizer, what to call right before backward), interleaved step
+    by step in a rotating order after a barrier each, so that the machine's drift and the
+    position in the order hit every trainer alike."""
+    times: Dict[str, List[float]] = {name: [] for name, _, _, _ in trainers}
+    for i in range(warmup + iterations):
+        shift = i % len(trainers)
+        for name, model, optimizer, before_backward in list(trainers[shift:]) + list(trainers[:shift]):
+            dist.barrier()
+            (t0, _, _, t3), = _timed_steps(model, inputs, labels, optimizer, 0, 1, before_backward, barrier=False)
+            if i >= warmup:
+                times[name].append(t3 - t0)
+    for name, ts in times.items():
+        t = torch.tensor(ts, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        times[name] = t.tolist()
+    return times
 
 
 def measure_step_time(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,

@@ -69,6 +69,27 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
             json.dump(gathered, f)
 
 
+def side_by_side(rank: int, ranks: int, out_path: str, steps: int) -> None:
+    """Every rank's result of runner.measure_side_by_side for PlanDDP and DDP on small_cnn."""
+    from fuseplan_torch.runner import measure_side_by_side
+
+    torch.manual_seed(0)
+    a, b = small_cnn(), small_cnn()
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    plan, names = plan_for(a, x[:2], [(0, 4, 0, "fp32"), (4, 10, 0, "fp32")], ranks)
+    pddp, ddp = PlanDDP(a, plan, names), nn.parallel.DistributedDataParallel(b)
+    trainers = [("plan", pddp, torch.optim.SGD(pddp.parameters(), lr=0.1), pddp.start_backward),
+                ("ddp", ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), lambda: None)]
+    times = measure_side_by_side(trainers, x, y, 1, steps)
+    pddp.close()
+    gathered = [None] * ranks
+    dist.all_gather_object(gathered, times)
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(gathered, f)
+
+
 def ddp_buckets(rank: int, ranks: int, out_path: str, first_bytes: int, cap_mb: float) -> None:
     """The buckets torch DDP forms (from the third step, after its rebuild) with a first-bucket
     cap and bucket_cap_mb, as lists of parameter names in the order DDP reduces them."""

@@ -205,13 +205,14 @@ def test_a_pytorch_profile_calibrates_the_compute_per_layer_class(tmp_path):
     assert predicted_ms == pytest.approx(after_ms, rel=1e-2)
 
 
-@pytest.mark.parametrize("buckets", [
-    [(0, 2, 0, "fp32"), (2, 7, 1, "fp32"), (7, 10, 0, "fp32")],
-    [(0, 10, 0, "fp32")],
+@pytest.mark.parametrize("buckets,ranks", [
+    ([(0, 2, 0, "fp32"), (2, 7, 1, "fp32"), (7, 10, 0, "fp32")], 2),
+    ([(0, 10, 0, "fp32")], 2),
+    ([(0, 2, 0, "fp32"), (2, 7, 1, "fp32"), (7, 10, 0, "fp32")], 3),  # a division that rounds
 ])
-def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets):
+def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets, ranks):
     out = str(tmp_path / "out.json")
-    jobs.spawn(2, ddp_check.compare_with_ddp, (out, buckets))
+    jobs.spawn(ranks, ddp_check.compare_with_ddp, (out, buckets))
     ranks = json.load(open(out))
     for r in ranks:
         for name, (diff, scale) in r["diffs"].items():
@@ -221,6 +222,15 @@ def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets):
         for stream in {b[2] for b in buckets}:  # a stream runs its buckets one at a time, in plan order
             mine = [e for b, e in zip(buckets, r["events"]) if b[2] == stream]
             assert all(a["end"] <= b["start"] for a, b in zip(mine, mine[1:]))
+
+
+def test_trainers_measured_side_by_side_get_every_step_as_the_slowest_rank_saw_it(tmp_path):
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.side_by_side, (out, 3))
+    ranks = json.load(open(out))
+    assert ranks[0] == ranks[1]  # the slowest rank's time of each step, on every rank
+    assert set(ranks[0]) == {"plan", "ddp"}
+    assert all(len(t) == 3 and all(x > 0 for x in t) for t in ranks[0].values())
 
 
 def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path):
