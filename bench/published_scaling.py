@@ -12,8 +12,10 @@ The P100 clusters' compute efficiencies are FITTED to two single-GPU throughputs
 TensorFlow's 2017 benchmarks (VGG-16 and ResNet-50, `--fit` recomputes them); the same
 constants serve every P100 case, and five more single-GPU throughputs of that table are
 held out and printed. dgx1-v100 and dgx-a100 carry one convolution efficiency per
-precision FITTED to ResNet-50's single-GPU rate in NVIDIA's DeepLearningExamples; the
-8-GPU rates of the same tables are cases. Nothing is fitted to a scaling result.
+precision FITTED to ResNet-50's single-GPU rate in NVIDIA's DeepLearningExamples
+(PyTorch); the 8-GPU rates of the same tables are cases, and so are the TensorFlow
+(Horovod, XLA) runs of the same model on the same two servers, whose single-GPU rates are
+not fitted. Nothing is fitted to a scaling result.
 
 usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json]
 """
@@ -172,7 +174,7 @@ def main():
                      "predicted_per_gpu": pred, "role": role})
     print()
     print("# scaling efficiency, published vs predicted (no scaling result is fitted)")
-    print(f"  {'case':24s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
+    print(f"  {'case':26s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
           f"  {'per GPU pub/pred':>17s} {'error':>7s}")
     for c in CASES:
         r = predict(a.bin, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"], c["flags"])
@@ -183,7 +185,7 @@ def main():
         per_gpu = r["throughput_samples_s"] / c["gpus"]
         pub_gpu = f"{c['per_gpu']:7.1f}" if c["per_gpu"] else "      -"
         gpu_err = f"{100 * (per_gpu / c['per_gpu'] - 1):+6.1f}%" if c["per_gpu"] else "      -"
-        print(f"  {c['name']:24s} {c['gpus']:5d} {c['base_gpus']:4d}  {100 * c['published']:8.1f}% "
+        print(f"  {c['name']:26s} {c['gpus']:5d} {c['base_gpus']:4d}  {100 * c['published']:8.1f}% "
               f"{100 * eff:8.1f}% {100 * (eff - c['published']):+7.1f}  {pub_gpu} / {per_gpu:7.1f} {gpu_err}")
         rows.append({"case": c["name"], "cluster": c["cluster"], "model": c["model"], "gpus": c["gpus"],
                      "published": c["published"], "predicted": eff, "published_per_gpu": c["per_gpu"],
