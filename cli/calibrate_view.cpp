@@ -1,9 +1,11 @@
 // `fuseplan calibrate`'s tables.
 #include "calibrate_view.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "format.hpp"
+#include "fuseplan/costmodel/collective_model.hpp"
 
 namespace fuseplan::cli {
 
@@ -62,6 +64,38 @@ std::vector<std::string> print_comm_fits(std::ostream& os, const std::vector<Com
      << (!fits.empty() && fits.front().algorithm == "nccl" ? " (nccl: time = alpha + beta x bytes, 1 / beta = algbw)" : "")
      << "\n";
   return bad;
+}
+
+void print_nccl_estimates(std::ostream& os, const Cluster& given, const std::vector<Sweep>& sweeps,
+                          const std::vector<CommCalibration>& fits) {
+  for (size_t i = 0; i < sweeps.size() && i < fits.size(); ++i) {
+    const Sweep& s = sweeps[i];
+    if (std::none_of(s.points.begin(), s.points.end(), [](const SweepPoint& p) { return p.nccl_estimate_s > 0; }))
+      continue;
+    const Precision p = s.elem_bytes == 4 ? Precision::FP32 : Precision::FP16;
+    const CollectiveModel model(given, s.ranks);
+    Table t({"size", "measured us", "as given us", "error", "fitted us", "error", "NCCL's estimate us", "error"});
+    double err_given = 0, err_fit = 0, err_nccl = 0;
+    int with_estimate = 0;
+    for (size_t k = 0; k < s.points.size(); ++k) {
+      const SweepPoint& pt = s.points[k];
+      const int64_t count = std::max<int64_t>(1, static_cast<int64_t>(pt.bytes) / s.elem_bytes);
+      const double as_given = model.cost(s.algorithm, count, p).total_s(), fitted = fits[i].fit.predicted_s[k];
+      err_given += std::abs(as_given / pt.seconds - 1);
+      err_fit += std::abs(fitted / pt.seconds - 1);
+      if (pt.nccl_estimate_s > 0) err_nccl += std::abs(pt.nccl_estimate_s / pt.seconds - 1), ++with_estimate;
+      t.row({bytes_label(pt.bytes), fixed(pt.seconds * 1e6, 2), fixed(as_given * 1e6, 2),
+             signed_percent(as_given / pt.seconds - 1), fixed(fitted * 1e6, 2), signed_percent(fitted / pt.seconds - 1),
+             pt.nccl_estimate_s > 0 ? fixed(pt.nccl_estimate_s * 1e6, 2) : "-",
+             pt.nccl_estimate_s > 0 ? signed_percent(pt.nccl_estimate_s / pt.seconds - 1) : "-"});
+    }
+    const double n = double(s.points.size());
+    t.row({"mean |error|", "", "", percent(err_given / n, 1), "", percent(err_fit / n, 1), "",
+           with_estimate > 0 ? percent(err_nccl / with_estimate, 1) : "-"});
+    os << "\n  " << s.algorithm << " on " << s.ranks << " ranks: measured against fuseplan (cluster " << given.name
+       << " as given, and fitted) and NCCL's own estimate (ncclGroupSimulateEnd)\n";
+    t.print(os, "  ");
+  }
 }
 
 void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,

@@ -15,6 +15,11 @@ std::string bytes_label(double b);
 void print_machine(std::ostream& os, const exec::MachineInfo& m);
 // The fits per algorithm and size range; returns the degenerate ranges, one line each.
 std::vector<std::string> print_comm_fits(std::ostream& os, const std::vector<CommCalibration>& fits, bool holdout);
+// Where a sweep carries NCCL's own estimates (`fuseplan-exec sweep --comm nccl`), per size:
+// the measured time, fuseplan's prediction with the cluster as `given` (before this fit)
+// and with the fit, and NCCL's estimate, each with its error; `fits` are the sweeps' own.
+void print_nccl_estimates(std::ostream& os, const Cluster& given, const std::vector<Sweep>& sweeps,
+                          const std::vector<CommCalibration>& fits);
 void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,
                        const std::vector<std::string>& plans, bool sharing, bool dispatch, const std::string& profile);
 void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, const std::string& precision);

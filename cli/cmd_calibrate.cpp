@@ -160,9 +160,11 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
             << (f.sweep.empty() ? "nccl-tests times: no launch overhead to keep apart"
                                 : "launch overhead " + fixed(c.launch_overhead_us, 1) + " us kept apart")
             << ")\n\n";
+  const Cluster given = c;
   const std::vector<CommCalibration> fits =
       calibrate_communication(c, sweeps, {source, launch_s, f.max_segments, f.segment_tolerance, f.holdout});
   const std::vector<std::string> bad = print_comm_fits(out(), fits, f.holdout);
+  print_nccl_estimates(out(), given, sweeps, fits);
   for (const auto& b : bad) out() << "  degenerate fit: " << b << "\n";
   if (!bad.empty() && !f.out.empty() && !f.accept_degenerate)
     throw InputError("calibrate: " + std::to_string(bad.size()) + " degenerate fit(s), not written to " + f.out +

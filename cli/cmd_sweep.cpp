@@ -1,5 +1,7 @@
 // `fuseplan-exec sweep`: an allreduce sweep across MPI ranks like nccl-tests'
-// all_reduce_perf (time, algbw, busbw per size and algorithm) for `fuseplan calibrate`.
+// all_reduce_perf (time, algbw, busbw per size and algorithm) for `fuseplan calibrate`;
+// with --comm nccl, NCCL's allreduce on the ranks' GPUs, with NCCL's own estimate of
+// each size beside the measurement.
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -12,6 +14,7 @@
 #include "mpi_setup.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/mpi.hpp"
+#include "fuseplan/exec/nccl.hpp"
 #include "fuseplan/models/error.hpp"
 #include "progress.hpp"
 
@@ -20,8 +23,8 @@ namespace fuseplan::cli {
 namespace {
 
 struct SweepFlags {
-  std::string algorithm = "mpi,ring,recursive_doubling,rabenseifner", sizes = "4K:256M", precision = "fp32", out;
-  int step_factor = 2, warmup = 3, iterations = 0;
+  std::string algorithm, sizes = "4K:256M", precision = "fp32", out, comm = "mpi";
+  int step_factor = 2, warmup = 3, iterations = 0, device = -1;
   double seconds_per_size = 0.2, timeout_s = 60;
   bool quiet = false;
 };
@@ -43,11 +46,20 @@ void run_sweep(const SweepFlags& f) {
   std::vector<std::string> algos;
   std::vector<int64_t> sizes;
   Precision p = Precision::FP32;
+  bool nccl = false;
+  int device = -1;
+  std::unique_ptr<exec::NcclAllreduceSweep> gpu;
   std::string error;
   try {
     p = parse_precision(f.precision, "--precision");
-    algos = split_list(f.algorithm);
+    if (f.comm != "mpi" && f.comm != "nccl") throw InputError("--comm: unknown '" + f.comm + "' (valid: mpi, nccl)");
+    nccl = f.comm == "nccl";
+    algos = split_list(f.algorithm.empty() ? (nccl ? "nccl" : "mpi,ring,recursive_doubling,rabenseifner") : f.algorithm);
     if (algos.empty()) throw InputError("--algorithm: empty list");
+    if (nccl && algos != std::vector<std::string>{"nccl"})
+      throw InputError("--algorithm: with --comm nccl it is nccl, NCCL's own choice (NCCL_ALGO and NCCL_PROTO "
+                       "steer it for the job)");
+    if (!nccl && f.device >= 0) throw InputError("--device: only with --comm nccl");
     for (const auto& a : algos) find_algorithm(a, "--algorithm");
     const auto colon = f.sizes.find(':');
     const int64_t lo = parse_bytes(f.sizes.substr(0, colon), "--sizes");
@@ -59,26 +71,36 @@ void run_sweep(const SweepFlags& f) {
     if (!(f.timeout_s > 0)) throw InputError("--timeout: must be > 0 seconds");
     if (f.iterations > kMaxIterations || f.warmup > kMaxIterations)
       throw InputError("--warmup/--iterations: at most " + std::to_string(kMaxIterations));
-    if (world.ranks() < 2) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
+    // One rank is enough for NCCL's plumbing and its estimates (a GPU holds one rank of a
+    // communicator); calibrate needs two.
+    if (world.ranks() < (nccl ? 1 : 2)) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
     // The largest message's buffer and the algorithm's scratch (a lower bound: two FP32
-    // copies per element) on every rank of this node, against the machine's memory.
-    check_fits_in_memory(8.0 * double(hi / bytes_per_element(p)) * world.layout().per_node,
-                         "the largest message on this node's " + std::to_string(world.layout().per_node) +
-                             " ranks",
-                         "--sizes " + f.sizes);
+    // copies per element) on every rank of this node, against the machine's memory (the
+    // GPU's, for NCCL, is checked where it is allocated).
+    if (!nccl)
+      check_fits_in_memory(8.0 * double(hi / bytes_per_element(p)) * world.layout().per_node,
+                           "the largest message on this node's " + std::to_string(world.layout().per_node) +
+                               " ranks",
+                           "--sizes " + f.sizes);
     for (int64_t s = lo; s <= hi; s *= f.step_factor) sizes.push_back(s);
+    if (nccl) device = exec::nccl_device(world, f.device);
   } catch (const InputError& e) {
     error = with_flags(e);
   }
   agree_on_setup(world, error, "fuseplan-exec");
+  if (nccl) gpu = exec::make_nccl_sweep(world, device, p, sizes.back() / bytes_per_element(p), setup_wait_s(f.timeout_s));
 
   const int eb = bytes_per_element(p);
   const bool talk = world.rank() == 0;
   if (talk)
     out() << "# fuseplan-exec sweep: allreduce (sum) on " << world.ranks() << " ranks, " << world.layout().nodes
-              << " node(s), " << world.layout().per_node << " per node, " << precision_name(p) << "\n"
-              << "#        size       count  algorithm                time(us)  algbw(GB/s)  busbw(GB/s)  iters\n";
-  if (talk && csv_output()) std::cout << "size,count,algorithm,time_us,algbw_GBps,busbw_GBps,iterations\n";
+          << " node(s), " << world.layout().per_node << " per node, " << precision_name(p)
+          << (nccl ? ", NCCL on GPU " + std::to_string(device) + " of rank 0" : "") << "\n"
+          << "#        size       count  algorithm                time(us)  algbw(GB/s)  busbw(GB/s)  iters"
+          << (nccl ? "  NCCL est(us)" : "") << "\n";
+  if (talk && csv_output())
+    std::cout << "size,count,algorithm,time_us,algbw_GBps,busbw_GBps,iterations" << (nccl ? ",nccl_estimate_us" : "")
+              << "\n";
   nlohmann::json points = nlohmann::json::array();
   ProgressBar bar("sizes", f.quiet || !talk);
   int64_t done = 0;
@@ -87,51 +109,63 @@ void run_sweep(const SweepFlags& f) {
   for (const auto& a : algos)
     for (int64_t bytes : sizes) {
       const int64_t count = std::max<int64_t>(1, bytes / eb);
-      exec::AllreduceSpec spec;
-      spec.algorithm = a;
-      spec.transfer = p;
-      exec::Allreduce op(world.comm(), world.layout().topo(), count, spec, tag++ % 30000);
-      buf.assign(size_t(count), 1.0f);
-      auto once = [&] {
-        op.start(buf.data());
-        op.wait();
-      };
-      once();  // also checks the result: every rank contributed ones
-      if (buf[0] != float(world.ranks()) || buf[size_t(count - 1)] != float(world.ranks()))
-        throw RunError("sweep: " + a + " at " + std::to_string(bytes) + " B gave a wrong sum");
-      for (int i = 0; i < f.warmup; ++i) once();
-      int iters = f.iterations;
-      if (iters == 0) {  // enough for about --seconds-per-size, agreed by all ranks
-        double t = 1e9;  // the fastest of three (this machine is shared and noisy)
-        for (int k = 0; k < 3; ++k) {
-          world.barrier();
-          const auto t0 = std::chrono::steady_clock::now();
-          once();
-          t = std::min(t, world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+      exec::NcclSweepPoint pt;
+      if (nccl) {
+        pt = gpu->measure(count, f.warmup, f.iterations, f.seconds_per_size);
+      } else {
+        exec::AllreduceSpec spec;
+        spec.algorithm = a;
+        spec.transfer = p;
+        exec::Allreduce op(world.comm(), world.layout().topo(), count, spec, tag++ % 30000);
+        buf.assign(size_t(count), 1.0f);
+        auto once = [&] {
+          op.start(buf.data());
+          op.wait();
+        };
+        once();  // also checks the result: every rank contributed ones
+        if (buf[0] != float(world.ranks()) || buf[size_t(count - 1)] != float(world.ranks()))
+          throw RunError("sweep: " + a + " at " + std::to_string(bytes) + " B gave a wrong sum");
+        for (int i = 0; i < f.warmup; ++i) once();
+        pt.iterations = f.iterations;
+        if (pt.iterations == 0) {  // enough for about --seconds-per-size, agreed by all ranks
+          double t = 1e9;          // the fastest of three (this machine is shared and noisy)
+          for (int k = 0; k < 3; ++k) {
+            world.barrier();
+            const auto t0 = std::chrono::steady_clock::now();
+            once();
+            t = std::min(t, world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+          }
+          pt.iterations = int(std::clamp(f.seconds_per_size / std::max(t, 1e-7), 5.0, 2000.0));
         }
-        iters = int(std::clamp(f.seconds_per_size / std::max(t, 1e-7), 5.0, 2000.0));
+        world.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < pt.iterations; ++i) once();
+        pt.seconds =
+            world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()) / pt.iterations;
       }
-      world.barrier();
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < iters; ++i) once();
-      const double t =
-          world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()) / iters;
-      const double nb = double(count) * eb;
+      const double nb = double(count) * eb, t = pt.seconds;
+      const int iters = pt.iterations;
       if (talk) {
-        char line[200];
-        std::snprintf(line, sizeof line, "%13.0f %11lld  %-22s %10.2f %12.3f %12.3f %6d\n", nb, (long long)count,
+        char line[240];
+        std::snprintf(line, sizeof line, "%13.0f %11lld  %-22s %10.2f %12.3f %12.3f %6d", nb, (long long)count,
                       a.c_str(), t * 1e6, algbw_GBps(nb, t), busbw_GBps(nb, t, world.ranks()), iters);
-        out() << line << std::flush;
+        out() << line << (nccl ? "  " + (pt.nccl_estimate_s > 0 ? fixed(pt.nccl_estimate_s * 1e6, 2) : "-") : "")
+              << "\n" << std::flush;
         if (csv_output())
           std::cout << nb << "," << count << "," << a << "," << t * 1e6 << "," << algbw_GBps(nb, t) << ","
-                    << busbw_GBps(nb, t, world.ranks()) << "," << iters << std::endl;
+                    << busbw_GBps(nb, t, world.ranks()) << "," << iters
+                    << (nccl ? "," + (pt.nccl_estimate_s > 0 ? std::to_string(pt.nccl_estimate_s * 1e6) : "") : "")
+                    << std::endl;
       }
-      points.push_back({{"algorithm", a}, {"bytes", nb}, {"seconds", t}, {"iterations", iters}});
+      nlohmann::json point{{"algorithm", a}, {"bytes", nb}, {"seconds", t}, {"iterations", iters}};
+      if (pt.nccl_estimate_s > 0) point["nccl_estimate_seconds"] = pt.nccl_estimate_s;
+      points.push_back(point);
       bar(++done, int64_t(algos.size() * sizes.size()));
     }
   if (talk && !f.out.empty()) {
     nlohmann::json j{{"schema", "fuseplan.sweep/1"}, {"ranks", world.ranks()}, {"per_node", world.layout().per_node},
-                     {"precision", precision_name(p)}, {"host", "fuseplan-exec sweep"}, {"points", points}};
+                     {"precision", precision_name(p)}, {"host", nccl ? "fuseplan-exec sweep --comm nccl" : "fuseplan-exec sweep"},
+                     {"points", points}};
     write_file_atomic(f.out, j.dump(2) + "\n");
   }
 }
@@ -143,7 +177,14 @@ void add_sweep_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("sweep",
                                  "Allreduce sweep across MPI ranks (like nccl-tests' all_reduce_perf): time, algbw and\n"
                                  "busbw per size and algorithm; --out writes it for `fuseplan calibrate --sweep`.");
-  cmd->add_option("--algorithm", f->algorithm, "allreduce algorithms, comma-separated: mpi and fuseplan's")->capture_default_str();
+  cmd->add_option("--comm", f->comm,
+                  "mpi: the ranks' CPUs over MPI; nccl: NCCL's allreduce on the ranks' GPUs (one rank per GPU), with "
+                  "NCCL's own estimate (ncclGroupSimulateEnd) per size")
+      ->capture_default_str();
+  cmd->add_option("--device", f->device, "--comm nccl: this rank's GPU (default: local rank modulo the node's GPUs)");
+  cmd->add_option("--algorithm", f->algorithm,
+                  "allreduce algorithms, comma-separated: mpi and fuseplan's (default: "
+                  "mpi,ring,recursive_doubling,rabenseifner; nccl with --comm nccl)");
   cmd->add_option("--sizes", f->sizes,
                   "MIN:MAX message bytes (4K, 256M, 64MiB, ...; the largest must fit in the node's memory)")
       ->capture_default_str();

@@ -12,6 +12,8 @@
 #   plan, run   a 25 MiB-bucket plan run for real on one rank with the NCCL exchange
 #               (plumbing, CUDA events, timings): measured.json and the verify table
 #   verify      fuseplan verify of that run against the prediction
+#   ncclsweep   fuseplan-exec sweep --comm nccl on the one GPU (one rank: NCCL's plumbing,
+#               the timed allreduce and NCCL's own estimate per size, nccl-sweep.json)
 # Prepare on the development machine with scripts/gpu_bundle.sh (the binaries and their
 # libraries in .dev/). GPU_CHECK_BACKEND=cpu runs the same steps on the CPU backend with
 # a small model and no CUDA: the host side's dry run (parity and pytorch are skipped;
@@ -63,4 +65,7 @@ step run "$X" run --plan "$out/plan.json" --backend "$backend" --dataset synthet
   --synthetic-size $((batch * 8)) --iterations 10 --warmup 3 --report "$out/measured.json" \
   --profile "$out/run-profile.json" --trace "$out/trace.json" --verify
 step verify "$F" verify --plan "$out/plan.json" --measured "$out/measured.json" --profile "$out/run-profile.json"
+if [[ $backend == cuda ]]; then
+  step ncclsweep "$X" sweep --comm nccl --sizes 4K:256M --step-factor 4 --out "$out/nccl-sweep.json"
+fi
 echo "results in $out/ (summary.txt: one line per step)"

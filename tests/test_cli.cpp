@@ -759,6 +759,52 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK_THAT(many.out, Catch::Contains("--warmup/--iterations: at most 100000"));
 }
 
+TEST_CASE("cli: sweep --comm nccl is refused in one line where it cannot run, and its flags are checked", "[exec]") {
+  // No GPU here (CI): the build without NCCL says so, the build with it finds no device.
+  const Run r = run_exec("sweep --comm nccl --sizes 4K:64K");
+  INFO(r.out);
+  CHECK(r.code == 2);
+  CHECK_THAT(r.out, Catch::Contains("--comm nccl: no CUDA device on this machine") ||
+                        Catch::Contains("--comm nccl: this build has no NCCL"));
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  expect_bad("sweep --comm nccl --algorithm ring", "--algorithm: with --comm nccl it is nccl, NCCL's own choice", true);
+  expect_bad("sweep --comm tcp", "--comm: unknown 'tcp' (valid: mpi, nccl)", true);
+  expect_bad("sweep --device 1", "--device: only with --comm nccl", true);
+}
+
+TEST_CASE("cli: calibrate prints NCCL's own estimate beside the measured sweep and fuseplan's prediction") {
+  // A sweep as `fuseplan-exec sweep --comm nccl` writes it on 8 GPUs of one server: the
+  // measurements 10 % above NCCL's estimate.
+  const std::string sweep = tmp("nccl-sweep.json");
+  nlohmann::json points = nlohmann::json::array();
+  for (double mib : {1.0, 4.0, 16.0, 64.0, 256.0}) {
+    const double bytes = mib * (1 << 20), estimate = 20e-6 + bytes / 150e9;
+    points.push_back({{"algorithm", "nccl"}, {"bytes", bytes}, {"seconds", estimate * 1.1}, {"iterations", 20},
+                      {"nccl_estimate_seconds", estimate}});
+  }
+  nlohmann::json j{{"schema", "fuseplan.sweep/1"}, {"ranks", 8}, {"per_node", 8}, {"precision", "fp32"},
+                   {"host", "fuseplan-exec sweep --comm nccl"}, {"points", points}};
+  std::ofstream(sweep) << j.dump(1);
+  const Run c = run("calibrate --cluster dgx-a100 --sweep " + sweep + " --accept-degenerate");
+  INFO(c.out);
+  REQUIRE(c.code == 0);
+  CHECK_THAT(c.out, Catch::Contains("nccl on 8 ranks: measured against fuseplan (cluster dgx-a100 as given, and "
+                                    "fitted) and NCCL's own estimate (ncclGroupSimulateEnd)"));
+  // 1 MiB: 20 us + 1048576 / 150e9 s = 26.99 us estimated, 29.69 us measured: -9.1 %.
+  CHECK_THAT(c.out, Catch::Contains("29.69") && Catch::Contains("26.99  -9.1 %"));
+  const std::string table = c.out.substr(c.out.find("mean |error|"));
+  CHECK_THAT(table, Catch::Contains("9.1 %"));
+  // Without estimates (a CPU sweep) there is no such table.
+  for (auto& pt : j["points"]) pt.erase("nccl_estimate_seconds");
+  std::ofstream(sweep) << j.dump(1);
+  const Run plain = run("calibrate --cluster dgx-a100 --sweep " + sweep + " --accept-degenerate");
+  REQUIRE(plain.code == 0);
+  CHECK_THAT(plain.out, !Catch::Contains("NCCL's own estimate"));
+  j["points"][0]["nccl_estimate_seconds"] = -1;
+  std::ofstream(sweep) << j.dump(1);
+  expect_bad("calibrate --cluster dgx-a100 --sweep " + sweep, "$.points[0].nccl_estimate_seconds");
+}
+
 TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispatch_overhead_us into the cluster file") {
   // The "measurements" are predictions on local-cpu (sharing 0.83, dispatch 351 us): the
   // fit must find them again, from a cluster file without them.

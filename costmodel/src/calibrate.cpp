@@ -283,13 +283,14 @@ std::vector<Sweep> load_sweep(const std::string& path) {
     const double bytes = p.in_range("bytes", 1, 1e15, "bytes");
     const double seconds = p.in_range("seconds", 1e-9, 1e4, "s");
     p.opt_integer("iterations", 1, int64_t(1) << 40);
+    const double estimate = p.opt_in_range("nccl_estimate_seconds", 1e-9, 1e4, "s").value_or(0);
     p.finish();
     auto it = std::find_if(out.begin(), out.end(), [&](const Sweep& s) { return s.algorithm == algo; });
     if (it == out.end()) {
       out.push_back({algo, ranks, per_node, elem, {}});
       it = out.end() - 1;
     }
-    it->points.push_back({bytes, seconds});
+    it->points.push_back({bytes, seconds, estimate});
   }
   r.finish();
   if (out.empty()) r.fail("points", "no points");

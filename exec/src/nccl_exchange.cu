@@ -60,6 +60,42 @@ ncclComm_t split(ncclComm_t parent, int color, int key) {
   return c;
 }
 
+// The world's communicator: NCCL's id made on rank 0 and broadcast over MPI.
+ncclComm_t world_communicator(MpiWorld& world) {
+  ncclUniqueId id;
+  if (world.rank() == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  if (MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, world.comm()) != MPI_SUCCESS) throw RunError("MPI_Bcast of the NCCL id");
+  ncclComm_t c = nullptr;
+  check(ncclCommInitRank(&c, world.ranks(), id, world.rank()), "ncclCommInitRank");
+  return c;
+}
+
+// Polls `query` (cudaEventQuery or cudaStreamQuery of what NCCL enqueued on `comm`) until
+// it succeeds, with a deadline: a rank that died leaves NCCL waiting forever. On NCCL's
+// asynchronous error (NCCL's rule: that communicator is aborted) or past `timeout_s`,
+// `abort` runs first, then the throw, naming `what`.
+template <class Query, class Abort>
+void wait_polling(Query query, ncclComm_t comm, double timeout_s, int rank, Abort abort, const std::string& what) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const cudaError_t q = query();
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) check(q, what.c_str());
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm, &async);
+    if (async != ncclSuccess) {
+      abort();
+      check(async, what.c_str());
+    }
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s) {
+      abort();
+      throw RunError("rank " + std::to_string(rank) + ": " + what + " did not finish in " +
+                     std::to_string(int(timeout_s)) + " s: a rank died or hangs");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
 class NcclExchange final : public TimedExchange {
  public:
   NcclExchange(MpiWorld& world, Backend& backend, float* grads, std::vector<ExchangeBucket> buckets, double timeout_s)
@@ -71,10 +107,7 @@ class NcclExchange final : public TimedExchange {
         timings_(buckets_.size()) {
     if (!compute_) throw InputError(field("comm") + " nccl: needs " + field("backend") + " cuda");
     const RankLayout& l = world.layout();
-    ncclUniqueId id;
-    if (world.rank() == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    if (MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, world.comm()) != MPI_SUCCESS) throw RunError("MPI_Bcast of the NCCL id");
-    check(ncclCommInitRank(&world_comm_, world.ranks(), id, world.rank()), "ncclCommInitRank");
+    world_comm_ = world_communicator(world);
     int streams = 1;
     bool hierarchical = false;
     int64_t widest = 0;
@@ -144,27 +177,13 @@ class NcclExchange final : public TimedExchange {
 
   void finish() override {
     if (next_ != buckets_.size()) ready(buckets_.back().end);
-    // The host waits (this is the exposed communication), with a deadline: a rank that
-    // died leaves NCCL waiting forever.
+    // The host waits (this is the exposed communication), with a deadline.
     const auto t0 = std::chrono::steady_clock::now();
     for (size_t b = 0; b < buckets_.size(); ++b) {
-      for (;;) {
-        cudaError_t q = cudaEventQuery(events_[b].end);
-        if (q == cudaSuccess) break;
-        if (q != cudaErrorNotReady) check(q, "allreduce");
-        ncclResult_t async = ncclSuccess;
-        ncclCommGetAsyncError(streams_[size_t(buckets_[b].stream)].all, &async);
-        if (async != ncclSuccess) {  // NCCL's rule: a communicator with an async error is aborted
-          abort_all();
-          check(async, "allreduce");
-        }
-        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s_) {
-          abort_all();
-          throw RunError("rank " + std::to_string(rank()) + ": the NCCL allreduce of bucket " + std::to_string(b) +
-                         " did not finish in " + std::to_string(int(timeout_s_)) + " s: a rank died or hangs");
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(20));
-      }
+      const double left = timeout_s_ - std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      wait_polling([&] { return cudaEventQuery(events_[b].end); }, streams_[size_t(buckets_[b].stream)].all,
+                   std::max(left, 0.0), rank(), [&] { abort_all(); },
+                   "the NCCL allreduce of bucket " + std::to_string(b));
     }
     // The optimizer (on the compute stream) reads the sums.
     for (size_t b = 0; b < buckets_.size(); ++b) check(cudaStreamWaitEvent(compute_, events_[b].end, 0), "wait");
@@ -255,9 +274,132 @@ class NcclExchange final : public TimedExchange {
   bool aborted_ = false;
 };
 
+__global__ void k_fill_f32(float* x, int64_t n, float v) { FUSEPLAN_GRID_LOOP(i, n) x[i] = v; }
+__global__ void k_fill_u16(uint16_t* x, int64_t n, uint16_t v) { FUSEPLAN_GRID_LOOP(i, n) x[i] = v; }
+
+class NcclSweep final : public NcclAllreduceSweep {
+ public:
+  NcclSweep(MpiWorld& world, int device, Precision p, int64_t max_count, double timeout_s)
+      : world_(world), precision_(p), timeout_s_(timeout_s), device_(device) {
+    check(cudaSetDevice(device_), "set device");
+    comm_ = world_communicator(world);
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
+    check(cudaMalloc(&buf_, size_t(std::max<int64_t>(max_count, 1)) * elem()), "the sweep's buffer");
+  }
+
+  ~NcclSweep() override {
+    if (comm_) cudaStreamSynchronize(stream_);  // after an abort it may never end
+    if (comm_) ncclCommDestroy(comm_);
+    cudaFree(buf_);
+    cudaStreamDestroy(stream_);
+  }
+
+  int device() const override { return device_; }
+
+  NcclSweepPoint measure(int64_t count, int warmup, int iterations, double seconds_per_size) override {
+    const int64_t n = std::max<int64_t>(count, 1);
+    const std::string at = "the NCCL allreduce of " + std::to_string(n * int64_t(elem())) + " B";
+    if (precision_ == Precision::FP32)
+      k_fill_f32<<<blocks_for(n), kThreads, 0, stream_>>>(static_cast<float*>(buf_), n, 1.0f);
+    else
+      k_fill_u16<<<blocks_for(n), kThreads, 0, stream_>>>(static_cast<uint16_t*>(buf_), n, one_bits());
+    check(cudaGetLastError(), "fill kernel");
+    run(n, 1, at);
+    check_sum(n, at);
+    run(n, warmup, at);
+    NcclSweepPoint pt;
+    pt.iterations = iterations;
+    if (pt.iterations == 0) {  // enough for about seconds_per_size, from the fastest of three
+      double t = 1e9;
+      for (int k = 0; k < 3; ++k) t = std::min(t, timed(n, 1, at));
+      pt.iterations = int(std::clamp(seconds_per_size / std::max(t, 1e-7), 5.0, 2000.0));
+    }
+    pt.seconds = timed(n, pt.iterations, at) / pt.iterations;
+    // NCCL's own estimate of the same call: its tuning model, nothing launched.
+    ncclSimInfo_t sim = NCCL_SIM_INFO_INITIALIZER;
+    check(ncclGroupStart(), "ncclGroupStart");
+    check(ncclAllReduce(buf_, buf_, size_t(n), nccl_type(precision_), ncclSum, comm_, stream_), "ncclAllReduce");
+    check(ncclGroupSimulateEnd(&sim), "ncclGroupSimulateEnd");
+    pt.nccl_estimate_s = sim.estimatedTime > 0 ? double(sim.estimatedTime) * 1e-6 : 0;  // NCCL's microseconds
+    return pt;
+  }
+
+ private:
+  size_t elem() const { return precision_ == Precision::FP32 ? 4 : 2; }
+  uint16_t one_bits() const { return precision_ == Precision::FP16 ? 0x3C00 : 0x3F80; }  // 1.0 in fp16, bf16
+
+  void run(int64_t n, int times, const std::string& at) {
+    for (int i = 0; i < times; ++i)
+      check(ncclAllReduce(buf_, buf_, size_t(n), nccl_type(precision_), ncclSum, comm_, stream_), "ncclAllReduce");
+    wait_polling([&] { return cudaStreamQuery(stream_); }, comm_, timeout_s_, world_.rank(), [&] { abort(); }, at);
+  }
+
+  // Seconds for `times` allreduces back to back, the slowest rank's (after a barrier).
+  double timed(int64_t n, int times, const std::string& at) {
+    world_.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    run(n, times, at);
+    return world_.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+
+  // Ones summed on every rank: the first and last element hold the number of ranks.
+  void check_sum(int64_t n, const std::string& at) {
+    double first = 0, last = 0;
+    if (precision_ == Precision::FP32) {
+      float v[2];
+      check(cudaMemcpy(&v[0], buf_, 4, cudaMemcpyDeviceToHost), "read the sum");
+      check(cudaMemcpy(&v[1], static_cast<float*>(buf_) + (n - 1), 4, cudaMemcpyDeviceToHost), "read the sum");
+      first = v[0], last = v[1];
+    } else {
+      uint16_t v[2];
+      check(cudaMemcpy(&v[0], buf_, 2, cudaMemcpyDeviceToHost), "read the sum");
+      check(cudaMemcpy(&v[1], static_cast<uint16_t*>(buf_) + (n - 1), 2, cudaMemcpyDeviceToHost), "read the sum");
+      auto value = [&](uint16_t bits) {
+        if (precision_ == Precision::FP16) return double(__half2float(__ushort_as_half(bits)));
+        return double(__bfloat162float(__ushort_as_bfloat16(bits)));
+      };
+      first = value(v[0]), last = value(v[1]);
+    }
+    if (first != double(world_.ranks()) || last != double(world_.ranks()))
+      throw RunError("sweep: " + at + " gave a wrong sum (" + std::to_string(first) + " and " +
+                     std::to_string(last) + ", expected " + std::to_string(world_.ranks()) + ")");
+  }
+
+  void abort() {
+    if (comm_) ncclCommAbort(comm_);
+    comm_ = nullptr;
+  }
+
+  MpiWorld& world_;
+  Precision precision_;
+  double timeout_s_;
+  int device_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* buf_ = nullptr;
+};
+
 }  // namespace
 
 bool nccl_built() { return true; }
+
+int nccl_device(const MpiWorld& world, int device) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0)
+    throw InputError("--comm nccl: no CUDA device on this machine (" +
+                     std::string(e != cudaSuccess ? cudaGetErrorString(e) : "none found") + ")");
+  const int d = device >= 0 ? device : world.layout().local_rank % count;
+  if (d >= count)
+    throw InputError("--device: " + std::to_string(d) + " is not one of this machine's " + std::to_string(count) +
+                     " GPU(s) (0 to " + std::to_string(count - 1) + ")");
+  return d;
+}
+
+std::unique_ptr<NcclAllreduceSweep> make_nccl_sweep(MpiWorld& world, int device, Precision precision,
+                                                    int64_t max_count, double timeout_s) {
+  return std::make_unique<NcclSweep>(world, device, precision, max_count, timeout_s);
+}
 
 std::unique_ptr<TimedExchange> make_nccl_exchange(MpiWorld& world, Backend& backend, float* grads,
                                                   std::vector<ExchangeBucket> buckets, double timeout_s) {

@@ -18,6 +18,7 @@ namespace fuseplan {
 
 struct SweepPoint {
   double bytes = 0, seconds = 0;
+  double nccl_estimate_s = 0;  // NCCL's own estimate of the call (`sweep --comm nccl`), 0 = none
 };
 
 // One algorithm's measured sweep on `ranks` ranks with `elem_bytes` per element.

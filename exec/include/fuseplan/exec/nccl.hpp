@@ -25,4 +25,34 @@ bool nccl_built();
 std::unique_ptr<TimedExchange> make_nccl_exchange(MpiWorld& world, Backend& backend, float* grads,
                                                   std::vector<ExchangeBucket> buckets, double timeout_s);
 
+// One message size of an NCCL allreduce sweep (`fuseplan-exec sweep --comm nccl`).
+struct NcclSweepPoint {
+  double seconds = 0;          // per allreduce: the slowest rank's mean over the timed ones
+  int iterations = 0;          // timed allreduces
+  double nccl_estimate_s = 0;  // NCCL's own estimate (ncclGroupSimulateEnd), 0 where it gives none
+};
+
+// The GPU this rank uses: `device`, or local rank modulo the node's GPUs when negative.
+// InputError where the machine has no CUDA device, `device` is not one of its GPUs, or
+// the build has no NCCL. Local: call it before any rank enters a collective.
+int nccl_device(const MpiWorld& world, int device);
+
+// NCCL's allreduce (sum, NCCL's choice of algorithm and protocol; NCCL_ALGO and
+// NCCL_PROTO steer it per job) on one communicator of all ranks (collective: every rank
+// calls it), each on its GPU `device` (from nccl_device), over a buffer of up to
+// `max_count` elements of `precision`. A collective that does not end within `timeout_s`
+// aborts the communicator and throws RunError.
+class NcclAllreduceSweep {
+ public:
+  virtual ~NcclAllreduceSweep() = default;
+  // `count` elements of ones: one allreduce whose sum is checked (RunError when it is
+  // not the number of ranks), `warmup` untimed, then `iterations` timed back to back
+  // (0: enough for about `seconds_per_size`, from the fastest of three, agreed by all
+  // ranks); NCCL's estimate for the same call.
+  virtual NcclSweepPoint measure(int64_t count, int warmup, int iterations, double seconds_per_size) = 0;
+  virtual int device() const = 0;
+};
+std::unique_ptr<NcclAllreduceSweep> make_nccl_sweep(MpiWorld& world, int device, Precision precision,
+                                                    int64_t max_count, double timeout_s);
+
 }  // namespace fuseplan::exec
