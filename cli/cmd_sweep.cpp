@@ -71,9 +71,9 @@ void run_sweep(const SweepFlags& f) {
     if (!(f.timeout_s > 0)) throw InputError("--timeout: must be > 0 seconds");
     if (f.iterations > kMaxIterations || f.warmup > kMaxIterations)
       throw InputError("--warmup/--iterations: at most " + std::to_string(kMaxIterations));
-    // One rank is enough for NCCL's plumbing and its estimates (a GPU holds one rank of a
-    // communicator); calibrate needs two.
-    if (world.ranks() < (nccl ? 1 : 2)) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
+    // NCCL runs on one rank too (its plumbing and its estimates on one GPU); calibrate
+    // needs two.
+    if (!nccl && world.ranks() < 2) throw InputError("sweep: needs 2 or more ranks (mpirun -np N fuseplan-exec sweep)");
     // The largest message's buffer and the algorithm's scratch (a lower bound: two FP32
     // copies per element) on every rank of this node, against the machine's memory (the
     // GPU's, for NCCL, is checked where it is allocated).

@@ -71,12 +71,12 @@ ncclComm_t world_communicator(MpiWorld& world) {
 }
 
 // Polls `query` (cudaEventQuery or cudaStreamQuery of what NCCL enqueued on `comm`) until
-// it succeeds, with a deadline: a rank that died leaves NCCL waiting forever. On NCCL's
-// asynchronous error (NCCL's rule: that communicator is aborted) or past `timeout_s`,
-// `abort` runs first, then the throw, naming `what`.
+// it succeeds, with a deadline `timeout_s` after `since`: a rank that died leaves NCCL
+// waiting forever. On NCCL's asynchronous error (NCCL's rule: that communicator is
+// aborted) or past the deadline, `abort` runs first, then the throw, naming `what`.
 template <class Query, class Abort>
-void wait_polling(Query query, ncclComm_t comm, double timeout_s, int rank, Abort abort, const std::string& what) {
-  const auto t0 = std::chrono::steady_clock::now();
+void wait_polling(Query query, ncclComm_t comm, std::chrono::steady_clock::time_point since, double timeout_s, int rank,
+                  Abort abort, const std::string& what) {
   for (;;) {
     const cudaError_t q = query();
     if (q == cudaSuccess) return;
@@ -87,7 +87,7 @@ void wait_polling(Query query, ncclComm_t comm, double timeout_s, int rank, Abor
       abort();
       check(async, what.c_str());
     }
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s) {
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count() > timeout_s) {
       abort();
       throw RunError("rank " + std::to_string(rank) + ": " + what + " did not finish in " +
                      std::to_string(int(timeout_s)) + " s: a rank died or hangs");
@@ -179,12 +179,9 @@ class NcclExchange final : public TimedExchange {
     if (next_ != buckets_.size()) ready(buckets_.back().end);
     // The host waits (this is the exposed communication), with a deadline.
     const auto t0 = std::chrono::steady_clock::now();
-    for (size_t b = 0; b < buckets_.size(); ++b) {
-      const double left = timeout_s_ - std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      wait_polling([&] { return cudaEventQuery(events_[b].end); }, streams_[size_t(buckets_[b].stream)].all,
-                   std::max(left, 0.0), rank(), [&] { abort_all(); },
-                   "the NCCL allreduce of bucket " + std::to_string(b));
-    }
+    for (size_t b = 0; b < buckets_.size(); ++b)
+      wait_polling([&] { return cudaEventQuery(events_[b].end); }, streams_[size_t(buckets_[b].stream)].all, t0,
+                   timeout_s_, rank(), [&] { abort_all(); }, "the NCCL allreduce of bucket " + std::to_string(b));
     // The optimizer (on the compute stream) reads the sums.
     for (size_t b = 0; b < buckets_.size(); ++b) check(cudaStreamWaitEvent(compute_, events_[b].end, 0), "wait");
     for (size_t b = 0; b < buckets_.size(); ++b) {
@@ -294,8 +291,6 @@ class NcclSweep final : public NcclAllreduceSweep {
     cudaStreamDestroy(stream_);
   }
 
-  int device() const override { return device_; }
-
   NcclSweepPoint measure(int64_t count, int warmup, int iterations, double seconds_per_size) override {
     const int64_t n = std::max<int64_t>(count, 1);
     const std::string at = "the NCCL allreduce of " + std::to_string(n * int64_t(elem())) + " B";
@@ -331,7 +326,8 @@ class NcclSweep final : public NcclAllreduceSweep {
   void run(int64_t n, int times, const std::string& at) {
     for (int i = 0; i < times; ++i)
       check(ncclAllReduce(buf_, buf_, size_t(n), nccl_type(precision_), ncclSum, comm_, stream_), "ncclAllReduce");
-    wait_polling([&] { return cudaStreamQuery(stream_); }, comm_, timeout_s_, world_.rank(), [&] { abort(); }, at);
+    wait_polling([&] { return cudaStreamQuery(stream_); }, comm_, std::chrono::steady_clock::now(), timeout_s_,
+                 world_.rank(), [&] { abort(); }, at);
   }
 
   // Seconds for `times` allreduces back to back, the slowest rank's (after a barrier).

@@ -50,7 +50,6 @@ class NcclAllreduceSweep {
   // (0: enough for about `seconds_per_size`, from the fastest of three, agreed by all
   // ranks); NCCL's estimate for the same call.
   virtual NcclSweepPoint measure(int64_t count, int warmup, int iterations, double seconds_per_size) = 0;
-  virtual int device() const = 0;
 };
 std::unique_ptr<NcclAllreduceSweep> make_nccl_sweep(MpiWorld& world, int device, Precision precision,
                                                     int64_t max_count, double timeout_s);
