@@ -383,12 +383,12 @@ int nccl_device(const MpiWorld& world, int device) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess || count == 0)
-    throw InputError("--comm nccl: no CUDA device on this machine (" +
+    throw InputError(field("comm") + " nccl: no CUDA device on this machine (" +
                      std::string(e != cudaSuccess ? cudaGetErrorString(e) : "none found") + ")");
   const int d = device >= 0 ? device : world.layout().local_rank % count;
   if (d >= count)
-    throw InputError("--device: " + std::to_string(d) + " is not one of this machine's " + std::to_string(count) +
-                     " GPU(s) (0 to " + std::to_string(count - 1) + ")");
+    throw InputError(field("device") + ": " + std::to_string(d) + " is not one of this machine's " +
+                     std::to_string(count) + " GPU(s) (0 to " + std::to_string(count - 1) + ")");
   return d;
 }
 
