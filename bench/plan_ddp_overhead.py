@@ -9,11 +9,13 @@ it prints figures.
 - local: the module alone, no data parallelism (no hooks, no copies, no allreduce);
 - ddp no comm: torch DDP with a comm hook that returns each bucket as it is, so its
   bucketing (copies into buckets and back) runs without any allreduce;
-- PlanDDP no comm: PlanDDP with DDP's buckets, whose buckets are never sent: its hooks
-  and copies alone;
+- PlanDDP hooks, no comm: PlanDDP's Python-hook engine with DDP's buckets, whose
+  buckets are never sent: its hooks and copies alone;
 - ddp: torch DDP as it comes (25 MB buckets);
-- PlanDDP: PlanDDP with the buckets DDP forms (1 MiB first, then 25 MiB, in backward
-  order), on one plan stream.
+- PlanDDP hooks: the Python-hook engine (one hook per tensor) with the buckets DDP forms
+  (1 MiB first, then 25 MiB, in backward order), on one plan stream;
+- PlanDDP: the same plan on PlanDDP's default engine, torch's C++ Reducer (DDP's own
+  bucketing) with the plan's buckets and a comm hook per bucket.
 
 The last column is the median (and quartiles) of each step's time over DDP's step run next
 to it. The difference of the "no comm" rows is the bucketing's cost in each; of the full
@@ -82,24 +84,26 @@ def rank_main(rank, ranks, a):
 
     nocomm = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
     nocomm.register_comm_hook(None, as_is)
-    plan_nocomm = PlanDDPNoComm(copy.deepcopy(base), plan, names)
+    plan_nocomm = PlanDDPNoComm(copy.deepcopy(base), plan, names, engine="hooks")
+    hooks = PlanDDP(copy.deepcopy(base), plan, names, engine="hooks")
     planned = PlanDDP(copy.deepcopy(base), plan, names)
     models = [("local", copy.deepcopy(base), lambda: None), ("ddp no comm", nocomm, lambda: None),
-              ("PlanDDP no comm", plan_nocomm, plan_nocomm.start_backward),
+              ("PlanDDP hooks, no comm", plan_nocomm, plan_nocomm.start_backward),
               ("ddp", nn.parallel.DistributedDataParallel(copy.deepcopy(base)), lambda: None),
-              ("PlanDDP", planned, planned.start_backward)]
+              ("PlanDDP hooks", hooks, hooks.start_backward),
+              ("PlanDDP (" + planned.engine + ")", planned, planned.start_backward)]
     trainers = [(name, m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), before)
                 for name, m, before in models]
     times = measure_side_by_side(trainers, inputs, labels, 3, a.steps)
-    planned.close()
-    plan_nocomm.close()
+    for m in (planned, hooks, plan_nocomm):
+        m.close()
     if rank == 0:
         print("%s, batch %d per rank, %d ranks, gloo; buckets (backward positions) %s" % (
             a.model, a.batch, ranks, [(b["begin"], b["end"]) for b in plan["buckets"]]))
-        print("%-16s %10s %26s" % ("trainer", "median ms", "step / DDP's (quartiles)"))
+        print("%-24s %10s %26s" % ("trainer", "median ms", "step / DDP's (quartiles)"))
         for name, ts in times.items():
             q1, q2, q3 = statistics.quantiles([x / y for x, y in zip(ts, times["ddp"])], n=4)
-            print("%-16s %10.1f %12.3fx (%.3f-%.3f)" % (name, 1e3 * statistics.median(ts), q2, q1, q3))
+            print("%-24s %10.1f %12.3fx (%.3f-%.3f)" % (name, 1e3 * statistics.median(ts), q2, q1, q3))
 
 
 def main():

@@ -47,6 +47,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     _input_flags(run)
     run.add_argument("--plan", default="", help="fuseplan.plan/1 to follow (PlanDDP); without it: torch DDP")
     run.add_argument("--bucket-cap-mb", type=float, default=25.0, help="without --plan: DDP's bucket_cap_mb")
+    run.add_argument("--engine", default="auto", choices=["auto", "reducer", "hooks"],
+                     help="--plan: PlanDDP's bucketing: torch's C++ Reducer (DDP's) or a Python hook per tensor; "
+                          "auto takes the Reducer where this torch has it")
     run.add_argument("--ranks", type=int, default=2, help="processes (gloo, this machine)")
     run.add_argument("--batch", type=int, default=0, help="samples per rank (default: the plan's, else 8)")
     run.add_argument("--warmup", type=int, default=3)

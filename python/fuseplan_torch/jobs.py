@@ -257,7 +257,7 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
     inputs = make_batch(a, batch, a.seed + 100 + rank)
     labels = make_labels(module, inputs, a.seed + 200 + rank)
     if plan is not None:
-        ddp = PlanDDP(module, plan, names)
+        ddp = PlanDDP(module, plan, names, engine=a.engine)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
         report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
         ddp.close()
@@ -265,10 +265,10 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
             if a.report:
                 write_json(report, a.report)
             print("PlanDDP %s x %d ranks: %.2f ms per iteration (forward %.2f, backward %.2f, exposed "
-                  "communication %.2f, optimizer %.2f), %d buckets" %
+                  "communication %.2f, optimizer %.2f), %d buckets, %s engine" %
                   (report["model"], ranks, report["iteration_s"] * 1e3, report["forward_s"] * 1e3,
                    report["backward_s"] * 1e3, report["exposed_comm_s"] * 1e3, report["optimizer_s"] * 1e3,
-                   len(report["buckets"])))
+                   len(report["buckets"]), ddp.engine))
         return
     ddp = nn.parallel.DistributedDataParallel(module, bucket_cap_mb=a.bucket_cap_mb)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)

@@ -1,19 +1,25 @@
 """Data-parallel training that follows a fuseplan plan exactly.
 
-`PlanDDP` wraps a module. Each plan bucket gets a flat buffer; during backward, a hook on
-every parameter copies its gradient, divided by the number of ranks, into its bucket's
-slot (one pass, as DDP's), and the moment a bucket's
-last gradient is in, it is handed to its plan stream, in the plan's transfer precision
-(fp16/bf16 buffers where the plan says so). A stream is a thread with its own process
-group that runs its buckets' allreduces one after another in plan order, as a CUDA stream
-runs NCCL's (gloo would otherwise run two collectives of one group at once on its worker
-threads); it records when each started and ended. When backward ends, the wrapper waits
-for the outstanding allreduces (the exposed communication), whose sums are the average; every
-parameter's `.grad` is a view of its bucket from then on (as DDP's gradient_as_bucket_view),
-so with `zero_grad(set_to_none=False)` gradients accumulate in the buckets and are not
-copied at all; a fresh `.grad` is copied in when it is ready. Ready (the last gradient in), start and end
-are each bucket's measured timeline, in seconds from the start of backward. The copy into the
-flat buffers is what `fuseplan tune --pack pack` prices.
+`PlanDDP` wraps a module. Its plan's buckets are formed by one of two engines:
+- "reducer" (the default where torch has it): torch's own C++ bucketing, DDP's Reducer,
+  given the plan's buckets in plan order (never rebuilt) and a comm hook per bucket. The
+  Reducer copies each gradient into its bucket as it is ready (C++, no Python per
+  tensor) and calls the hook when the bucket is complete; it launches buckets in plan
+  order, one after another, as DDP does.
+- "hooks": a Python hook on every parameter's gradient accumulator copies its gradient,
+  divided by the number of ranks, into its bucket's flat buffer (one pass), and the moment
+  a bucket's last gradient is in, it is launched; each stream's buckets in plan order.
+Either way a complete bucket is averaged (divided before the sum), cast to the plan's
+transfer precision (fp16/bf16 where the plan says so) and handed to its plan stream: a
+thread with its own process group that runs its buckets' allreduces one after another in
+plan order, as a CUDA stream runs NCCL's (gloo would otherwise run two collectives of one
+group at once on its worker threads); it records when each started and ended. When
+backward ends, the wrapper waits for the outstanding allreduces (the exposed
+communication). Every parameter's `.grad` is a view of its bucket from then on (as DDP's
+gradient_as_bucket_view), so with `zero_grad(set_to_none=False)` gradients accumulate in
+the buckets; a fresh `.grad` is copied in when it is ready. Ready (the last gradient in),
+start and end are each bucket's measured timeline, in seconds from the start of
+backward. The copy into the buckets is what `fuseplan tune --pack pack` prices.
 """
 from __future__ import annotations
 
@@ -21,8 +27,9 @@ import json
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,6 +38,9 @@ import torch.nn as nn
 from .model_export import fingerprint
 
 PLAN_SCHEMA = "fuseplan.plan/1"
+# How PlanDDP buckets gradients: torch's C++ Reducer (DDP's) with the plan's buckets, or a
+# Python hook per tensor; "auto" takes the Reducer where this torch has it.
+ENGINES = ("auto", "reducer", "hooks")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -54,8 +64,8 @@ class _Bucket:
     transfer: str
     params: List[nn.Parameter]
     numel: int
-    buffer: torch.Tensor
-    views: List[torch.Tensor]      # each parameter's slot, shaped as the parameter
+    buffer: Optional[torch.Tensor] = None  # the hooks engine's flat bucket (the Reducer keeps its own)
+    views: List[torch.Tensor] = field(default_factory=list)  # each parameter's slot, shaped as the parameter
     pending: int = 0
     wire: Optional[torch.Tensor] = None
 
@@ -138,8 +148,10 @@ class PlanDDP(nn.Module):
     """
 
     def __init__(self, module: nn.Module, plan: Dict[str, Any], tensor_names: Sequence[str],
-                 process_group: Optional[Any] = None) -> None:
+                 process_group: Optional[Any] = None, engine: str = "auto") -> None:
         super().__init__()
+        if engine not in ENGINES:
+            raise ValueError("engine: unknown '%s' (valid: %s)" % (engine, ", ".join(ENGINES)))
         self.module = module
         self.plan = plan
         self.tensor_names = list(tensor_names)
@@ -164,30 +176,52 @@ class PlanDDP(nn.Module):
         self.slot_of: Dict[int, int] = {}
         for i, b in enumerate(plan["buckets"]):
             ps = [params[tensor_names[count - 1 - pos]] for pos in range(b["begin"], b["end"])]
-            n = sum(p.numel() for p in ps)
-            buffer = torch.zeros(n, dtype=torch.float32, device=ps[0].device)
-            views = [flat.view_as(p) for p, flat in zip(ps, buffer.split([p.numel() for p in ps]))]
-            bucket = _Bucket(i, b["begin"], b["end"], int(b.get("stream", 0)), b["transfer"], ps, n, buffer, views)
+            bucket = _Bucket(i, b["begin"], b["end"], int(b.get("stream", 0)), b["transfer"], ps,
+                             sum(p.numel() for p in ps))
             for slot, p in enumerate(ps):
                 self.bucket_of[id(p)] = i
                 self.slot_of[id(p)] = slot
             self.buckets.append(bucket)
         self.by_stream = {s: [b for b in self.buckets if b.stream == s] for s in streams}
         self.next_launch = {s: 0 for s in streams}
-        # A hook on each parameter's gradient accumulator runs once its .grad holds this
-        # backward's gradient (summed with what was there, as DDP sees it).
         self.accumulators = []
         self.handles = []
-        for p in module.parameters():
-            if p.requires_grad:
-                acc = p.view_as(p).grad_fn.next_functions[0][0]
-                self.accumulators.append(acc)  # kept alive: autograd holds it only during backward
-                self.handles.append(acc.register_hook(self._hook(p)))
-        self.step = StepTimes()
+        self.reducer = self._make_reducer([params[n] for n in tensor_names]) if engine != "hooks" else None
+        if self.reducer is None and engine == "reducer":
+            raise PlanError("%s: engine 'reducer': torch %s has no torch.distributed.Reducer of the form PlanDDP "
+                            "uses (use engine 'hooks')" % (origin, torch.__version__.split("+")[0]))
+        self.engine = "reducer" if self.reducer is not None else "hooks"
+        if self.reducer is None:
+            for b in self.buckets:  # the Reducer keeps its own buckets
+                b.buffer = torch.zeros(b.numel, dtype=torch.float32, device=b.params[0].device)
+                b.views = [flat.view_as(p) for p, flat in zip(b.params, b.buffer.split([p.numel() for p in b.params]))]
+            # A hook on each parameter's gradient accumulator runs once its .grad holds this
+            # backward's gradient (summed with what was there, as DDP sees it).
+            for p in module.parameters():
+                if p.requires_grad:
+                    acc = p.view_as(p).grad_fn.next_functions[0][0]
+                    self.accumulators.append(acc)  # kept alive: autograd holds it only during backward
+                    self.handles.append(acc.register_hook(self._hook(p)))
+        self.step = self._fresh_step(0.0)
         self.steps: List[StepTimes] = []
         self.in_backward = False
         self.lock = threading.Lock()
         self.streams = {s: _Stream(self.groups[s]) for s in streams}
+
+    def _make_reducer(self, params: List[nn.Parameter]) -> Optional[Any]:
+        """torch's own C++ bucketing (DDP's Reducer) with the plan's buckets, in plan order
+        (never rebuilt), each handed to `_bucket_hook`; None where this torch has no
+        Reducer of that form."""
+        index = {id(p): i for i, p in enumerate(params)}
+        buckets = [[index[id(p)] for p in b.params] for b in self.buckets]
+        try:
+            reducer = dist.Reducer(params, buckets, [b.numel * 4 for b in self.buckets], dist.group.WORLD,
+                                   [False] * len(params), 25 << 20, False, True, {}, 1 << 20)
+            # The state is a weak proxy: the Reducer (C++) would otherwise keep PlanDDP alive.
+            dist._register_comm_hook(reducer, weakref.proxy(self), PlanDDP._bucket_hook)
+        except (AttributeError, TypeError, RuntimeError):
+            return None
+        return reducer
 
     def _check_transfers(self, origin: str, group: Any) -> None:
         """A transfer precision the backend cannot sum is refused here, not mid-backward
@@ -205,12 +239,21 @@ class PlanDDP(nn.Module):
                                 (origin, first, dist.get_backend(group), torch.__version__.split("+")[0], t))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
+        if self.reducer is None or not torch.is_grad_enabled():
+            return self.module(*args, **kwargs)
+        self.reducer.prepare_for_forward()
+        out = self.module(*args, **kwargs)
+        self.reducer.prepare_for_backward([])  # every parameter gets a gradient, as DDP's default
+        self.step = self._fresh_step(time.perf_counter())  # until start_backward gives the origin
+        return out
+
+    def _fresh_step(self, origin: float) -> StepTimes:
+        return StepTimes(backward_start=origin, buckets=[BucketTimes() for _ in self.buckets])
 
     def start_backward(self) -> None:
         """Marks the start of backward (the origin of the bucket times); call right before
         `loss.backward()`."""
-        self.step = StepTimes(backward_start=time.perf_counter(), buckets=[BucketTimes() for _ in self.buckets])
+        self.step = self._fresh_step(time.perf_counter())
         for b in self.buckets:
             b.pending = len(b.params)
         for s in self.next_launch:
@@ -238,6 +281,36 @@ class PlanDDP(nn.Module):
                 if all(x.pending == 0 for x in self.buckets):
                     torch.autograd.Variable._execution_engine.queue_callback(self._finish)
         return hook
+
+    @staticmethod
+    def _bucket_hook(self: "PlanDDP", grad_bucket: Any) -> Any:
+        """The Reducer's comm hook: bucket `grad_bucket.index()` (the plan's) is complete.
+        Averaged in place, cast to its transfer precision, handed to its stream; the
+        future it returns holds the averaged bucket once the stream has summed it."""
+        b = self.buckets[grad_bucket.index()]
+        times, origin = self.step.buckets[b.index], self.step.backward_start
+        times.ready_s = time.perf_counter() - origin
+        buffer = grad_bucket.buffer()
+        buffer.div_(self.world)
+        wire = buffer if b.transfer == "fp32" else buffer.to(_DTYPES[b.transfer])
+        fut: Any = torch.futures.Future()
+
+        def done(error: Optional[BaseException]) -> None:
+            if error is not None:
+                fut.set_exception(error)
+                return
+            if wire is not buffer:
+                buffer.copy_(wire)
+            fut.set_result(buffer)
+
+        self.streams[b.stream].submit(wire, times, origin, done)
+        if b.index == len(self.buckets) - 1:  # autograd is done: the Reducer's wait comes next
+            torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
+        return fut
+
+    def _backward_done(self) -> None:
+        self.step.backward_end = time.perf_counter()
+        self.steps.append(self.step)
 
     def _launch_ready(self, stream: int) -> None:
         order = self.by_stream[stream]
@@ -283,22 +356,31 @@ class _Stream:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def submit(self, wire: torch.Tensor, times: BucketTimes, origin: float) -> None:
-        self.outstanding += 1
-        self.q.put((wire, times, origin))
+    def submit(self, wire: torch.Tensor, times: BucketTimes, origin: float,
+               done: Optional[Callable[[Optional[BaseException]], None]] = None) -> None:
+        """Queues one allreduce; `done` (the Reducer's future) is told when it ends, else
+        drain() waits for it."""
+        if done is None:
+            self.outstanding += 1
+        self.q.put((wire, times, origin, done))
 
     def _run(self) -> None:
         while True:
             item = self.q.get()
             if item is None:
                 return
-            wire, times, origin = item
+            wire, times, origin, done = item
             times.start_s = time.perf_counter() - origin
+            error: Optional[BaseException] = None
             try:
                 dist.all_reduce(wire, group=self.group, async_op=True).wait()
-            except BaseException as e:  # handed to the training thread by drain()
-                self.error = self.error or e
+            except BaseException as e:  # handed to the training thread by drain() or the future
+                error = e
             times.end_s = time.perf_counter() - origin
+            if done is not None:
+                done(error)
+                continue
+            self.error = self.error or error
             self.done.release()
 
     def drain(self) -> None:

@@ -27,7 +27,8 @@ def plan_for(model: nn.Module, example: torch.Tensor, buckets, ranks: int):
     return plan, names
 
 
-def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none: bool = True) -> None:
+def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none: bool = True,
+                     engine: str = "auto") -> None:
     """Gradients of one step under PlanDDP and under torch DDP, same weights and data: per
     tensor the largest difference and DDP's largest gradient, after two steps that zero the
     gradients first (set_to_none) or accumulate them (both average what .grad holds). A
@@ -45,7 +46,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
             ref.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(ddp(x), y).backward()
     try:
-        pddp = PlanDDP(mine, plan, names)
+        pddp = PlanDDP(mine, plan, names, engine=engine)
     except PlanError as e:
         if rank == 0:
             with open(out_path, "w") as f:
@@ -63,7 +64,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
              for n, p in mine.named_parameters()}
     events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].buckets]
     gathered = [None] * ranks
-    dist.all_gather_object(gathered, {"diffs": diffs, "events": events})
+    dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine})
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)

@@ -205,16 +205,18 @@ def test_a_pytorch_profile_calibrates_the_compute_per_layer_class(tmp_path):
     assert predicted_ms == pytest.approx(after_ms, rel=1e-2)
 
 
+@pytest.mark.parametrize("engine", ["reducer", "hooks"])
 @pytest.mark.parametrize("buckets,ranks", [
     ([(0, 2, 0, "fp32"), (2, 7, 1, "fp32"), (7, 10, 0, "fp32")], 2),
     ([(0, 10, 0, "fp32")], 2),
     ([(0, 2, 0, "fp32"), (2, 7, 1, "fp32"), (7, 10, 0, "fp32")], 3),  # a division that rounds
 ])
-def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets, ranks):
+def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets, ranks, engine):
     out = str(tmp_path / "out.json")
-    jobs.spawn(ranks, ddp_check.compare_with_ddp, (out, buckets))
+    jobs.spawn(ranks, ddp_check.compare_with_ddp, (out, buckets, True, engine))
     ranks = json.load(open(out))
     for r in ranks:
+        assert r["engine"] == engine
         for name, (diff, scale) in r["diffs"].items():
             assert diff <= 1e-6 * scale + 1e-9, name
         for b, e in zip(buckets, r["events"]):
@@ -233,11 +235,12 @@ def test_trainers_measured_side_by_side_get_every_step_as_the_slowest_rank_saw_i
     assert all(len(t) == 3 and all(x > 0 for x in t) for t in ranks[0].values())
 
 
-def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path):
+@pytest.mark.parametrize("engine", ["reducer", "hooks"])
+def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path, engine):
     """Two backwards without zeroing: both average the accumulated .grad (DDP's semantics);
     PlanDDP's .grad are views of its buckets by then, accumulated in place."""
     out = str(tmp_path / "out.json")
-    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 3, 0, "fp32"), (3, 10, 1, "fp32")], False))
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 3, 0, "fp32"), (3, 10, 1, "fp32")], False, engine))
     for r in json.load(open(out)):
         for name, (diff, scale) in r["diffs"].items():
             assert diff <= 1e-6 * scale + 1e-9, name
@@ -286,10 +289,12 @@ def test_plan_ddp_refuses_a_plan_that_does_not_fit(tmp_path):
         dist.destroy_process_group()
 
 
-def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path):
+@pytest.mark.parametrize("engine", ["reducer", "hooks"])
+def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path, engine):
     out = str(tmp_path / "out.json")
-    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 4, 0, "fp16"), (4, 10, 1, "fp32")]))
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 4, 0, "fp16"), (4, 10, 1, "fp32")], True, engine))
     for r in json.load(open(out)):
+        assert r["engine"] == engine
         for name, (diff, scale) in r["diffs"].items():
             assert diff <= 2e-3 * scale + 1e-7, name  # fp16 rounding of the sent gradients and their sum
 
@@ -337,6 +342,7 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
                 "--iterations", "3", "--warmup", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert "PlanDDP small_cnn x 2 ranks" in r.stdout
+    assert "2 buckets, reducer engine" in r.stdout  # torch 1.13 has the Reducer: auto takes it
     report = json.load(open(rep))
     assert report["source"] == "measured" and len(report["buckets"]) == 2
     r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
