@@ -190,6 +190,18 @@ def main():
         rows.append({"case": c["name"], "cluster": c["cluster"], "model": c["model"], "gpus": c["gpus"],
                      "published": c["published"], "predicted": eff, "published_per_gpu": c["per_gpu"],
                      "predicted_per_gpu": per_gpu, "source": c["source"], "strategy": c["strategy"]})
+    # What each step loses against one GPU where the source gives both rates (one server's
+    # GPUs or a whole cluster, against base 1): published, and what fuseplan's efficiency
+    # adds to the published single-GPU step.
+    print(f"\n# time per step lost against one GPU, ms (cases with a per-GPU rate, base 1 GPU)")
+    print(f"  {'case':26s} {'GPUs':>5s} {'1 GPU':>8s} {'N GPUs':>8s} {'lost':>7s} {'predicted lost':>15s}")
+    for c, r in zip(CASES, rows[len(rows) - len(CASES):]):
+        if not c["per_gpu"] or c["base_gpus"] != 1:
+            continue
+        one = c["batch"] / (c["per_gpu"] / c["published"]) * 1e3  # the published single-GPU step
+        many = c["batch"] / c["per_gpu"] * 1e3
+        print(f"  {c['name']:26s} {c['gpus']:5d} {one:8.1f} {many:8.1f} {many - one:7.1f} "
+              f"{one / r['predicted'] - one:15.1f}")
     within = sum(1 for r in rows if "published" in r and abs(r["predicted"] - r["published"]) <= 0.03)
     with_gpu = [r for r in rows if r.get("published_per_gpu") and "published" in r]
     gpu_ok = sum(1 for r in with_gpu if abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) <= 0.10)
