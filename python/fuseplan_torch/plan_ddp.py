@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -67,7 +67,6 @@ class _Bucket:
     buffer: Optional[torch.Tensor] = None  # the hooks engine's flat bucket (the Reducer keeps its own)
     views: List[torch.Tensor] = field(default_factory=list)  # each parameter's slot, shaped as the parameter
     pending: int = 0
-    wire: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -75,7 +74,6 @@ class StepTimes:
     """One step of one rank: what PlanDDP measured during its backward."""
     backward_start: float = 0.0
     backward_end: float = 0.0       # autograd done (the end-of-backward callback)
-    comm_wait_s: float = 0.0        # waiting for allreduces after backward (exposed)
     buckets: List[BucketTimes] = field(default_factory=list)
 
 
@@ -205,7 +203,7 @@ class PlanDDP(nn.Module):
         self.step = self._fresh_step(0.0)
         self.steps: List[StepTimes] = []
         self.in_backward = False
-        self.lock = threading.Lock()
+        self.sent: List[Any] = []  # the hooks engine's futures of this step's buckets
         self.streams = {s: _Stream(self.groups[s]) for s in streams}
 
     def _make_reducer(self, params: List[nn.Parameter]) -> Optional[Any]:
@@ -258,6 +256,7 @@ class PlanDDP(nn.Module):
             b.pending = len(b.params)
         for s in self.next_launch:
             self.next_launch[s] = 0
+        self.sent = []
         self.in_backward = True
 
     def _hook(self, p: nn.Parameter):
@@ -288,25 +287,19 @@ class PlanDDP(nn.Module):
         Averaged in place, cast to its transfer precision, handed to its stream; the
         future it returns holds the averaged bucket once the stream has summed it."""
         b = self.buckets[grad_bucket.index()]
-        times, origin = self.step.buckets[b.index], self.step.backward_start
-        times.ready_s = time.perf_counter() - origin
+        self.step.buckets[b.index].ready_s = time.perf_counter() - self.step.backward_start
         buffer = grad_bucket.buffer()
         buffer.div_(self.world)
-        wire = buffer if b.transfer == "fp32" else buffer.to(_DTYPES[b.transfer])
-        fut: Any = torch.futures.Future()
-
-        def done(error: Optional[BaseException]) -> None:
-            if error is not None:
-                fut.set_exception(error)
-                return
-            if wire is not buffer:
-                buffer.copy_(wire)
-            fut.set_result(buffer)
-
-        self.streams[b.stream].submit(wire, times, origin, done)
+        fut = self._send(b, buffer)
         if b.index == len(self.buckets) - 1:  # autograd is done: the Reducer's wait comes next
             torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
         return fut
+
+    def _send(self, b: _Bucket, buffer: torch.Tensor) -> Any:
+        """Bucket `b`'s averaged `buffer` to its stream, in its transfer precision; the
+        future holds `buffer` once it holds the sum."""
+        wire = buffer if b.transfer == "fp32" else buffer.to(_DTYPES[b.transfer])
+        return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start)
 
     def _backward_done(self) -> None:
         self.step.backward_end = time.perf_counter()
@@ -317,22 +310,16 @@ class PlanDDP(nn.Module):
         while self.next_launch[stream] < len(order) and order[self.next_launch[stream]].pending == 0:
             b = order[self.next_launch[stream]]
             self.next_launch[stream] += 1
-            b.wire = b.buffer if b.transfer == "fp32" else b.buffer.to(_DTYPES[b.transfer])
-            self.streams[stream].submit(b.wire, self.step.buckets[b.index], self.step.backward_start)
+            self.sent.append(self._send(b, b.buffer))
 
     def _finish(self) -> None:
-        t0 = time.perf_counter()
-        self.step.backward_end = t0  # autograd has run every node
-        for st in self.streams.values():
-            st.drain()
-        self.step.comm_wait_s = time.perf_counter() - t0
+        self.step.backward_end = time.perf_counter()  # autograd has run every node
+        for fut in self.sent:  # the exposed communication (raises a failed allreduce's error)
+            fut.wait()
         for b in self.buckets:  # the sums are the average already: no allocation, no copy out
-            if b.wire is not None and b.wire is not b.buffer:
-                b.buffer.copy_(b.wire)
             for p, view in zip(b.params, b.views):
                 if p.grad is None or p.grad.data_ptr() != view.data_ptr():
                     p.grad = view  # .grad is a view of the bucket from now on, as DDP's gradient_as_bucket_view
-            b.wire = None
         self.in_backward = False
         self.steps.append(self.step)
 
@@ -350,46 +337,35 @@ class _Stream:
     def __init__(self, group: Any) -> None:
         self.group = group
         self.q: "queue.Queue[Any]" = queue.Queue()
-        self.done = threading.Semaphore(0)
-        self.outstanding = 0
-        self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def submit(self, wire: torch.Tensor, times: BucketTimes, origin: float,
-               done: Optional[Callable[[Optional[BaseException]], None]] = None) -> None:
-        """Queues one allreduce; `done` (the Reducer's future) is told when it ends, else
-        drain() waits for it."""
-        if done is None:
-            self.outstanding += 1
-        self.q.put((wire, times, origin, done))
+    def submit(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float) -> Any:
+        """Queues the allreduce of `wire` (`buffer` itself, or its 16-bit copy, summed into
+        `buffer` again); the future returned holds `buffer` when it is done, or the error."""
+        fut: Any = torch.futures.Future()
+        self.q.put((wire, buffer, times, origin, fut))
+        return fut
 
     def _run(self) -> None:
         while True:
             item = self.q.get()
             if item is None:
                 return
-            wire, times, origin, done = item
+            wire, buffer, times, origin, fut = item
             times.start_s = time.perf_counter() - origin
             error: Optional[BaseException] = None
             try:
                 dist.all_reduce(wire, group=self.group, async_op=True).wait()
-            except BaseException as e:  # handed to the training thread by drain() or the future
+            except BaseException as e:  # handed to the training thread by the future
                 error = e
             times.end_s = time.perf_counter() - origin
-            if done is not None:
-                done(error)
+            if error is not None:
+                fut.set_exception(error)
                 continue
-            self.error = self.error or error
-            self.done.release()
-
-    def drain(self) -> None:
-        while self.outstanding:
-            self.done.acquire()
-            self.outstanding -= 1
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+            if wire is not buffer:
+                buffer.copy_(wire)
+            fut.set_result(buffer)
 
     def stop(self) -> None:
         self.q.put(None)
