@@ -3,7 +3,6 @@
 // with --comm nccl, NCCL's allreduce on the ranks' GPUs, with NCCL's own estimate of
 // each size beside the measurement.
 #include <algorithm>
-#include <chrono>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -126,25 +125,15 @@ void run_sweep(const SweepFlags& f) {
         if (buf[0] != float(world.ranks()) || buf[size_t(count - 1)] != float(world.ranks()))
           throw RunError("sweep: " + a + " at " + std::to_string(bytes) + " B gave a wrong sum");
         for (int i = 0; i < f.warmup; ++i) once();
-        pt.iterations = f.iterations;
-        if (pt.iterations == 0) {  // enough for about --seconds-per-size, agreed by all ranks
-          double t = 1e9;          // the fastest of three (this machine is shared and noisy)
-          for (int k = 0; k < 3; ++k) {
-            world.barrier();
-            const auto t0 = std::chrono::steady_clock::now();
-            once();
-            t = std::min(t, world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
-          }
-          pt.iterations = int(std::clamp(f.seconds_per_size / std::max(t, 1e-7), 5.0, 2000.0));
-        }
-        world.barrier();
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < pt.iterations; ++i) once();
-        pt.seconds =
-            world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()) / pt.iterations;
+        pt.timing = exec::time_allreduces(
+            world,
+            [&](int n) {
+              for (int i = 0; i < n; ++i) once();
+            },
+            f.iterations, f.seconds_per_size);
       }
-      const double nb = double(count) * eb, t = pt.seconds;
-      const int iters = pt.iterations;
+      const double nb = double(count) * eb, t = pt.timing.seconds;
+      const int iters = pt.timing.iterations;
       if (talk) {
         char line[240];
         std::snprintf(line, sizeof line, "%13.0f %11lld  %-22s %10.2f %12.3f %12.3f %6d", nb, (long long)count,

@@ -303,13 +303,7 @@ class NcclSweep final : public NcclAllreduceSweep {
     check_sum(n, at);
     run(n, warmup, at);
     NcclSweepPoint pt;
-    pt.iterations = iterations;
-    if (pt.iterations == 0) {  // enough for about seconds_per_size, from the fastest of three
-      double t = 1e9;
-      for (int k = 0; k < 3; ++k) t = std::min(t, timed(n, 1, at));
-      pt.iterations = int(std::clamp(seconds_per_size / std::max(t, 1e-7), 5.0, 2000.0));
-    }
-    pt.seconds = timed(n, pt.iterations, at) / pt.iterations;
+    pt.timing = time_allreduces(world_, [&](int times) { run(n, times, at); }, iterations, seconds_per_size);
     // NCCL's own estimate of the same call: its tuning model, nothing launched.
     ncclSimInfo_t sim = NCCL_SIM_INFO_INITIALIZER;
     check(ncclGroupStart(), "ncclGroupStart");
@@ -328,14 +322,6 @@ class NcclSweep final : public NcclAllreduceSweep {
       check(ncclAllReduce(buf_, buf_, size_t(n), nccl_type(precision_), ncclSum, comm_, stream_), "ncclAllReduce");
     wait_polling([&] { return cudaStreamQuery(stream_); }, comm_, std::chrono::steady_clock::now(), timeout_s_,
                  world_.rank(), [&] { abort(); }, at);
-  }
-
-  // Seconds for `times` allreduces back to back, the slowest rank's (after a barrier).
-  double timed(int64_t n, int times, const std::string& at) {
-    world_.barrier();
-    const auto t0 = std::chrono::steady_clock::now();
-    run(n, times, at);
-    return world_.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
 
   // Ones summed on every rank: the first and last element hold the number of ranks.

@@ -5,6 +5,7 @@
 #pragma once
 #include <mpi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -85,6 +86,34 @@ class MpiWorld {
   bool thread_multiple_ = false;
   double timeout_s_ = 0;
 };
+
+// The timing of one message size in an allreduce sweep (`fuseplan-exec sweep`, MPI or
+// NCCL): `run(n)` runs n allreduces back to back and returns when they are done; each
+// timing is after a barrier, the slowest rank's. `iterations` timed ones, or (0) enough
+// for about `seconds_per_size`, from the fastest of three single ones (agreed by every
+// rank, since each timing is; this machine is shared and noisy).
+struct SweepTiming {
+  double seconds = 0;  // per allreduce
+  int iterations = 0;
+};
+template <class Run>
+SweepTiming time_allreduces(MpiWorld& world, Run run, int iterations, double seconds_per_size) {
+  auto timed = [&](int n) {
+    world.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    run(n);
+    return world.max(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  };
+  SweepTiming t;
+  t.iterations = iterations;
+  if (t.iterations == 0) {
+    double fastest = 1e9;
+    for (int k = 0; k < 3; ++k) fastest = std::min(fastest, timed(1));
+    t.iterations = int(std::clamp(seconds_per_size / std::max(fastest, 1e-7), 5.0, 2000.0));
+  }
+  t.seconds = timed(t.iterations) / t.iterations;
+  return t;
+}
 
 // How one allreduce runs: "mpi" (MPI_Iallreduce) or another costmodel algorithm with the
 // variant the cost model chose; `transfer` below FP32 sends 16-bit values.

@@ -27,8 +27,7 @@ std::unique_ptr<TimedExchange> make_nccl_exchange(MpiWorld& world, Backend& back
 
 // One message size of an NCCL allreduce sweep (`fuseplan-exec sweep --comm nccl`).
 struct NcclSweepPoint {
-  double seconds = 0;          // per allreduce: the slowest rank's mean over the timed ones
-  int iterations = 0;          // timed allreduces
+  SweepTiming timing;          // the slowest rank's mean over the timed allreduces (time_allreduces)
   double nccl_estimate_s = 0;  // NCCL's own estimate (ncclGroupSimulateEnd), 0 where it gives none
 };
 
@@ -46,9 +45,8 @@ class NcclAllreduceSweep {
  public:
   virtual ~NcclAllreduceSweep() = default;
   // `count` elements of ones: one allreduce whose sum is checked (RunError when it is
-  // not the number of ranks), `warmup` untimed, then `iterations` timed back to back
-  // (0: enough for about `seconds_per_size`, from the fastest of three, agreed by all
-  // ranks); NCCL's estimate for the same call.
+  // not the number of ranks), `warmup` untimed, then timed as time_allreduces does;
+  // NCCL's estimate for the same call.
   virtual NcclSweepPoint measure(int64_t count, int warmup, int iterations, double seconds_per_size) = 0;
 };
 std::unique_ptr<NcclAllreduceSweep> make_nccl_sweep(MpiWorld& world, int device, Precision precision,
