@@ -29,13 +29,11 @@ def _loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int, before_backward: Callable[[], None],
-                 barrier: bool = True) -> Iterator[Tuple[float, ...]]:
-    """Runs warm-up and measured steps (a barrier between them unless `barrier` is false)
-    and yields each measured step's times: forward start, forward end, backward end,
-    optimizer end."""
+                 warmup: int, iterations: int, before_backward: Callable[[], None]) -> Iterator[Tuple[float, ...]]:
+    """Runs warm-up and measured steps (a barrier between them) and yields each measured
+    step's times: forward start, forward end, backward end, optimizer end."""
     for i in range(warmup + iterations):
-        if i == warmup and barrier:
+        if i == warmup:
             dist.barrier()
         optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
@@ -108,23 +106,23 @@ def measure_side_by_side(trainers: Sequence[Tuple[str, nn.Module, torch.optim.Op
     for i in range(warmup + iterations):
         shift = i % len(trainers)
         for name, model, optimizer, before_backward in list(trainers[shift:]) + list(trainers[:shift]):
-            dist.barrier()
-            (t0, _, _, t3), = _timed_steps(model, inputs, labels, optimizer, 0, 1, before_backward, barrier=False)
+            # no warm-up of its own: one step, after the barrier _timed_steps puts before it
+            (t0, _, _, t3), = _timed_steps(model, inputs, labels, optimizer, 0, 1, before_backward)
             if i >= warmup:
                 times[name].append(t3 - t0)
-    for name, ts in times.items():
-        t = torch.tensor(ts, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        times[name] = t.tolist()
-    return times
+    return {name: _slowest(ts) for name, ts in times.items()}
+
+
+def _slowest(times: List[float]) -> List[float]:
+    """Each step's time as the slowest rank measured it, on every rank."""
+    t = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 def measure_step_time(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                       optimizer: torch.optim.Optimizer, warmup: int, iterations: int,
                       before_backward: Callable[[], None] = lambda: None) -> List[float]:
     """Per-step iteration times (the slowest rank's, on every rank) of any data-parallel module."""
-    times = [t3 - t0 for t0, _, _, t3 in _timed_steps(model, inputs, labels, optimizer, warmup, iterations,
-                                                      before_backward)]
-    t = torch.tensor(times, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    return _slowest([t3 - t0 for t0, _, _, t3 in _timed_steps(model, inputs, labels, optimizer, warmup, iterations,
+                                                              before_backward)])
