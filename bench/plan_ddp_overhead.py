@@ -30,20 +30,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "python")]
 
 
-def ddp_like_buckets(sizes, first, cap):
-    """Backward-position ranges [begin, end) as DDP caps them: a bucket closes once it holds
-    `first` bytes (the first) or `cap` bytes (the others)."""
-    out, begin, held, limit = [], 0, 0, first
-    for i, s in enumerate(sizes):
-        held += s
-        if held >= limit:
-            out.append((begin, i + 1))
-            begin, held, limit = i + 1, 0, cap
-    if begin < len(sizes):
-        out.append((begin, len(sizes)))
-    return out
-
-
 def rank_main(rank, ranks, a):
     import copy
     import torch
@@ -68,12 +54,14 @@ def rank_main(rank, ranks, a):
     base = jobs.build_module(spec)[0]
     names = [n for n, _ in base.named_parameters()]
     params = dict(base.named_parameters())
-    sizes = [params[n].numel() * 4 for n in reversed(names)]
+    # The buckets DDP forms, by torch's own rule (1 MiB first, then 25 MiB, backward order).
+    backward = [params[n] for n in reversed(names)]
+    assignment, _ = dist._compute_bucket_assignment_by_size(backward, [1 << 20, 25 << 20], [False] * len(backward))
     plan = {"schema": "fuseplan.plan/1", "gpus": ranks, "batch_per_gpu": a.batch, "compute": "fp32",
             "model": {"name": a.model, "tensors": len(names),
                       "fingerprint": fingerprint([(n, list(params[n].shape)) for n in names])},
             "buckets": [{"begin": b, "end": e, "algorithm": "ring", "transfer": "fp32", "stream": 0}
-                        for b, e in ddp_like_buckets(sizes, 1 << 20, 25 << 20)]}
+                        for b, e in ((ix[0], ix[-1] + 1) for ix in assignment)]}
     inputs = jobs.make_batch(spec, a.batch, 100 + rank)
     labels = jobs.make_labels(base, inputs, rank)
 
