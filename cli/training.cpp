@@ -79,9 +79,8 @@ std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int lo
     if (f.device >= 0) throw InputError("--device: only with --backend cuda");
     return exec::make_cpu_backend(exec::parse_cpu_conv(f.conv));
   }
-  const int count = exec::cuda_device_count();
   exec::CudaOptions o;
-  o.device = f.device >= 0 ? f.device : (count > 0 ? local_rank % count : 0);
+  o.device = exec::cuda_device_for(f.device, local_rank);
   o.tf32 = !f.no_tf32;
   return exec::make_cuda_backend(o);
 }

@@ -371,7 +371,7 @@ int nccl_device(const MpiWorld& world, int device) {
   if (e != cudaSuccess || count == 0)
     throw InputError(field("comm") + " nccl: no CUDA device on this machine (" +
                      std::string(e != cudaSuccess ? cudaGetErrorString(e) : "none found") + ")");
-  const int d = device >= 0 ? device : world.layout().local_rank % count;
+  const int d = cuda_device_for(device, world.layout().local_rank);
   if (d >= count)
     throw InputError(field("device") + ": " + std::to_string(d) + " is not one of this machine's " +
                      std::to_string(count) + " GPU(s) (0 to " + std::to_string(count - 1) + ")");

@@ -218,6 +218,13 @@ struct CudaOptions {
   bool tf32 = true;
 };
 int cuda_device_count();  // 0 without a driver or a device (or without the CUDA build)
+// The GPU a rank uses: `device` when given (>= 0), else its local rank modulo the node's
+// GPUs (0 where none is visible; the backend or NCCL then says so).
+inline int cuda_device_for(int device, int local_rank) {
+  if (device >= 0) return device;
+  const int count = cuda_device_count();
+  return count > 0 ? local_rank % count : 0;
+}
 // InputError when the build has no CUDA backend, no device is visible or `device` is out
 // of range.
 std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& opt = {});
