@@ -8,7 +8,10 @@ PlanDDP run. Not a test; it prints figures.
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, timed on
 as many ranks side by side as the job has, as they load the machine), a gloo
-allreduce sweep calibrating the cluster (once), `fuseplan tune` (ring for every bucket,
+allreduce sweep calibrating the cluster (once); two pilot runs of the first model through
+PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor) fitting how
+communication and backward slow each other on this machine and what each bucket costs
+(`fuseplan calibrate --plan --measured`, once); `fuseplan tune` on that fitted cluster (ring for every bucket,
 fp32 transfer: what gloo runs; packed, as PlanDDP copies into flat buffers; two streams,
 as gloo runs two collectives at once, which DDP uses), `fuseplan export --to ddp`. Then one gloo job per model
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
@@ -44,7 +47,7 @@ def sh(*args, **kw):
     return r.stdout
 
 
-def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out):
+def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, pilot=False):
     import torch
     import torch.distributed as dist
     import torch.nn as nn
@@ -70,7 +73,7 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     # The same timing for all three (the slowest rank's step), interleaved step by step.
     trainers = (("plan", planned, opt_plan, planned.start_backward), ("ddp", default, opts[0], lambda: None),
                 ("ddp_exported", exported, opts[1], lambda: None))
-    times = measure_side_by_side(trainers, inputs, labels, 2, steps)
+    times = {} if pilot else measure_side_by_side(trainers, inputs, labels, 2, steps)
     # The layers timed in this job, right before the run verify reads, on a copy of the
     # model with the same weights: the compute of the run itself, which the export's
     # profile (taken minutes earlier, on a machine whose speed drifts) is not.
@@ -100,41 +103,64 @@ def main():
     # a range may fit poorly; it is written anyway and its errors printed.
     print(sh(fuseplan, "calibrate", "--cluster", "local-cpu", "--sweep", sweep, "--fit-sizes", "64K:64M",
              "--accept-degenerate", "--out", cal))
-    rows = []
-    for name in a.models.split(","):
-        factory, kwargs, shape, dtype, vocab, batch = spec = MODELS[name]
-        model, prof, plan = (os.path.join(work, name + s) for s in (".json", "-profile.json", "-plan.json"))
-        common = [factory, "--kwargs", json.dumps(kwargs), "--input-shape", shape, "--input-dtype", dtype,
-                  "--name", name] + (["--vocab", str(vocab)] if vocab else [])
-        sh(*py, "export", *common, "--out", model, "--profile", prof, "--batch", str(batch), "--ranks", str(a.ranks))
-        sh(fuseplan, "tune", "--model", model, "--profile", prof, "--cluster", cal, "--gpus", str(a.ranks),
-           "--batch-per-gpu", str(batch), "--precision", "fp32", "--algorithm", "ring", "--pack", "pack",
-           "--streams", "2", "--out", plan)
+    def export(name):
+        factory, kwargs, shape, dtype, vocab, batch = MODELS[name]
+        model, prof = (os.path.join(work, name + s) for s in (".json", "-profile.json"))
+        if not os.path.exists(model):
+            common = [factory, "--kwargs", json.dumps(kwargs), "--input-shape", shape, "--input-dtype", dtype,
+                      "--name", name] + (["--vocab", str(vocab)] if vocab else [])
+            sh(*py, "export", *common, "--out", model, "--profile", prof, "--batch", str(batch), "--ranks",
+               str(a.ranks))
+        return model, prof
+
+    def tune_and_run(name, cluster, tag, steps, pilot=False, buckets=None):
+        spec = MODELS[name]
+        model, prof = export(name)
+        plan = os.path.join(work, name + tag + "-plan.json")
+        common = ["--model", model, "--profile", prof, "--cluster", cluster, "--gpus", str(a.ranks),
+                  "--batch-per-gpu", str(spec[5]), "--precision", "fp32", "--algorithm", "ring", "--out", plan]
+        if buckets:  # a fixed bucketing, one stream
+            sh(fuseplan, "predict", *common, "--pack", "--buckets", buckets)
+        else:
+            sh(fuseplan, "tune", *common, "--pack", "pack", "--streams", "2")
         settings = json.loads(sh(fuseplan, "export", "--plan", plan, "--to", "ddp", "--profile", prof, "--json"))
         from fuseplan_torch.plan_ddp import load_plan
         p = load_plan(plan)
         with open(model) as f:
             names = [t["name"] for l in json.load(f)["layers"] for t in l["params"]]
-        out = os.path.join(work, name + "-out.json")
-        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, a.steps, out))
+        out = os.path.join(work, name + tag + "-out.json")
+        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, pilot))
         with open(out) as f:
             res = json.load(f)
-        measured, run_prof = (os.path.join(work, name + s) for s in ("-measured.json", "-run-profile.json"))
+        measured, run_prof = (os.path.join(work, name + tag + s) for s in ("-measured.json", "-run-profile.json"))
         with open(measured, "w") as f:
             json.dump(res["report"], f)
         with open(run_prof, "w") as f:
             json.dump(res["profile"], f)
+        return p, settings, res, (plan, measured, prof, run_prof)
+
+    # How much communication and backward slow each other on this machine's shared cores
+    # (comm_compute_sharing) and what each bucket costs beyond its allreduce
+    # (dispatch_overhead_us) are fitted on two pilot runs of the first model through
+    # PlanDDP: its plan tuned on the swept cluster, and one bucket per tensor (many
+    # buckets, which separates the two constants). The plans compared below are tuned on
+    # the fitted cluster, as a user's second round would be; the pilots' model is
+    # in-sample for verify, the other models are held out.
+    pilot_model = a.models.split(",")[0]
+    pilot_steps = max(8, a.steps // 3)
+    fit_args = []
+    for tag, buckets in (("-pilot", None), ("-pilot-per-tensor", "per-tensor")):
+        _, _, _, (plan0, measured0, _, run_prof0) = tune_and_run(pilot_model, cal, tag, pilot_steps, True, buckets)
+        fit_args += ["--plan", plan0, "--measured", measured0]
+    fitted = os.path.join(work, "cal-fitted.json")
+    print(sh(fuseplan, "calibrate", "--cluster", cal, *fit_args, "--profile", run_prof0, "--out", fitted))
+    rows = []
+    for name in a.models.split(","):
+        p, settings, res, files = tune_and_run(name, fitted, "", a.steps)
         med = {k: statistics.median(v) for k, v in res["times"].items()}
         paired = statistics.quantiles([x / y for x, y in zip(res["times"]["plan"], res["times"]["ddp"])], n=4)
         med["ratio"] = paired
-        rows.append([name, len(p["buckets"]), settings["buckets"], med, (plan, measured, prof, run_prof)])
-    # How much communication and backward slow each other on this machine's shared cores
-    # (comm_compute_sharing, dispatch_overhead_us) is fitted on the first model's PlanDDP
-    # run; the other models' runs are held out.
-    fitted = os.path.join(work, "cal-fitted.json")
-    plan0, measured0, _, run_prof0 = rows[0][4]
-    print(sh(fuseplan, "calibrate", "--cluster", cal, "--plan", plan0, "--measured", measured0, "--profile", run_prof0,
-             "--out", fitted))
+        rows.append([name, len(p["buckets"]), settings["buckets"], med, files])
 
     def iteration_error(plan, measured, profile):
         verify = json.loads(sh(fuseplan, "verify", "--plan", plan, "--measured", measured, "--profile", profile,
@@ -154,8 +180,8 @@ def main():
             name, nb, nd, med["plan"] * 1e3, med["ddp"] * 1e3, med["ddp_exported"] * 1e3,
             q2, q1, q3, 100 * err_run, 100 * err_export))
     print("(buckets: the plan's / DDP's with the exported settings; verify: fuseplan verify's predicted iteration "
-          "vs the PlanDDP run, on the cluster whose overlap constants were fitted to the first model's run (%s "
-          "in-sample, the others held out), with the layers profiled in the run's own job (run) or at export "
+          "vs the PlanDDP run, on the cluster whose overlap constants were fitted to two pilot runs of %s (that "
+          "model in-sample, the others held out; every plan above was tuned on that cluster), with the layers profiled in the run's own job (run) or at export "
           "(export))\nfiles in %s" % (rows[0][0], work))
 
 

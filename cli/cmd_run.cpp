@@ -197,7 +197,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
 
   std::unique_ptr<exec::Backend> backend;
   try {
-    backend = make_training_backend(f.t, world.layout().local_rank);
+    backend = make_training_backend(f.t, world.layout().local_rank, world.rank(), world.ranks());
   } catch (const InputError& e) {
     setup_error = with_flags(e);
   }

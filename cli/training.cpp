@@ -2,6 +2,7 @@
 
 #include "format.hpp"
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -48,6 +49,14 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
   cmd->add_option("--backend", f->backend, "cpu | cuda (cuDNN, cuBLAS; docs/gpu.md)")->capture_default_str();
   cmd->add_option("--device", f->device, "cuda: the GPU (default: the rank's local rank modulo the GPUs)");
   cmd->add_flag("--no-tf32", f->no_tf32, "cuda: strict FP32 convolutions and GEMMs (default: TF32 tensor cores)");
+  cmd->add_option("--conv-algos", f->conv_algos,
+                  "cuda: how each convolution shape's cuDNN algorithms are chosen: heuristic (cuDNN's first\n"
+                  "deterministic one) or find (every deterministic one timed once, the fastest)")
+      ->capture_default_str();
+  cmd->add_option("--conv-algo-file", f->conv_algo_file,
+                  "cuda: the algorithms chosen per shape (fuseplan.conv-algos/1): read where FILE exists, written\n"
+                  "as shapes are chosen; a run that reuses it computes bit for bit the same (a resume). With\n"
+                  "several ranks each rank has its own: FILE with .rank<r> before the extension");
   cmd->add_option("--checkpoint", f->checkpoint_path, "checkpoint file (written atomically)");
   cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (default: none)");
   cmd->add_option("--resume", f->resume_path, "continue from this checkpoint");
@@ -72,16 +81,29 @@ void prepare_training(TrainFlags& f) {
 
 }
 
-std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int local_rank) {
+std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int local_rank, int rank, int ranks) {
   if (f.backend == "cuda" && f.conv != "auto") throw InputError("--conv: only with --backend cpu (cuda uses cuDNN)");
   const exec::BackendKind kind = exec::parse_backend(f.backend);
+  const exec::ConvAlgoSearch search = exec::parse_conv_algo_search(f.conv_algos);
   if (kind == exec::BackendKind::Cpu) {
     if (f.device >= 0) throw InputError("--device: only with --backend cuda");
+    if (search != exec::ConvAlgoSearch::Heuristic || !f.conv_algo_file.empty())
+      throw InputError(std::string(f.conv_algo_file.empty() ? "--conv-algos" : "--conv-algo-file") +
+                       ": only with --backend cuda (the CPU's convolutions are --conv)");
     return exec::make_cpu_backend(exec::parse_cpu_conv(f.conv));
   }
   exec::CudaOptions o;
   o.device = exec::cuda_device_for(f.device, local_rank);
   o.tf32 = !f.no_tf32;
+  o.conv_algos = search;
+  o.conv_algo_file = exec::conv_algo_path_for_rank(f.conv_algo_file, rank, ranks);
+  if (!o.conv_algo_file.empty()) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(o.conv_algo_file, ec))
+      throw InputError("--conv-algo-file " + o.conv_algo_file + ": is a directory (give a file name)");
+    // Read before the device is touched, so a malformed file is refused like any input.
+    if (std::filesystem::exists(o.conv_algo_file, ec)) (void)exec::ConvAlgoTable::load(o.conv_algo_file);
+  }
   return exec::make_cuda_backend(o);
 }
 

@@ -18,6 +18,7 @@ struct TrainFlags {
   CLI::Option *model_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr, *epochs_opt = nullptr;
   std::string model = "resnet18", dataset = "fashion-mnist", data_dir = exec::kFashionMnistDir, precision = "fp32";
   std::string optimizer = "lars", conv = "auto", backend = "cpu", metrics_path, profile_path, checkpoint_path, resume_path;
+  std::string conv_algos = "heuristic", conv_algo_file;
   int resolution = 0, channels = 0, classes = 0, threads = 0, device = -1;
   bool no_tf32 = false;
   int64_t synthetic_size = 4096, max_steps = 0, checkpoint_every = 0;
@@ -31,10 +32,12 @@ void add_training_flags(CLI::App* cmd, TrainFlags& f);
 // Checks the flags and copies them into f.opt (threads are set here). Throws InputError.
 void prepare_training(TrainFlags& f);
 
-// The backend the flags select (--backend, --conv, --device, --no-tf32); a CUDA rank
-// takes device `local_rank` modulo the devices it sees unless --device says. Throws
+// The backend the flags select (--backend, --conv, --device, --no-tf32, --conv-algos,
+// --conv-algo-file); a CUDA rank takes device `local_rank` modulo the devices it sees
+// unless --device says, and rank `rank` of `ranks` its own algorithm file. Throws
 // InputError.
-std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int local_rank = 0);
+std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int local_rank = 0, int rank = 0,
+                                                     int ranks = 1);
 
 struct TrainingData {
   exec::Dataset train, test;

@@ -6,6 +6,8 @@
 #   parity      test_cuda_parity (every CUDA op against the CPU op)
 #   train       fuseplan-exec train --backend cuda: ResNet-50, batch 64, FP16, its images/s
 #               and per-layer profile (profile.json)
+#   trainfind   the same with --conv-algos find: every convolution shape's deterministic
+#               cuDNN algorithms timed once, the fastest kept (conv-algos.json), its images/s
 #   pytorch     bench/gpu_vs_pytorch.py on the same model, batch and precision
 #   optable     fuseplan calibrate --profile: the measured per-class efficiencies of this GPU
 #               (device.by_kind) written into a copy of the cluster file (calibrated.json)
@@ -54,6 +56,10 @@ step train "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic --s
   --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 --precision "$precision" --no-eval \
   --profile "$out/profile.json"
 if [[ $backend == cuda ]]; then
+  step trainfind "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
+    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
+    --precision "$precision" --no-eval --conv-algos find --conv-algo-file "$out/conv-algos.json" \
+    --metrics "$out/metrics-find.json"
   step pytorch python3 bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
     --precision "$precision"
 fi

@@ -431,6 +431,15 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--device 0", "--device: only with --backend cuda", true);
   // Refused before any device is looked for, so the same with and without a GPU.
   expect_bad(base + "--backend cuda --conv im2col", "--conv: only with --backend cpu", true);
+  expect_bad(base + "--conv-algos find", "--conv-algos: only with --backend cuda", true);
+  expect_bad(base + "--conv-algo-file " + tmp("algos.json"), "--conv-algo-file: only with --backend cuda", true);
+  expect_bad(base + "--backend cuda --conv-algos fastest",
+             "--conv-algos: unknown choice 'fastest' (valid: heuristic, find)", true);
+  write(tmp("bad-algos.json"), R"({"schema": "fuseplan.conv-algos/1", "convolutions": [{"shape": {"n": 8}}]})");
+  expect_bad(base + "--backend cuda --conv-algo-file " + tmp("bad-algos.json"),
+             tmp("bad-algos.json") + ": $.convolutions[0].shape.c", true);
+  expect_bad(base + "--backend cuda --conv-algo-file " + std::filesystem::temp_directory_path().string(),
+             "--conv-algo-file " + std::filesystem::temp_directory_path().string() + ": is a directory", true);
   // A flag given is a value: no 0 or -1 standing for "no limit" or "never".
   expect_bad(base + "--max-steps 0", "--max-steps: must be > 0 (got 0; leave the flag out for its default)", true);
   expect_bad(base + "--max-steps -1", "--max-steps: must be > 0 (got -1", true);

@@ -568,3 +568,92 @@ TEST_CASE("a backend timed on its device is waited for once per forward and once
     CHECK(sum <= wall);
   }
 }
+
+#include <filesystem>
+#include <fstream>
+
+#include "fuseplan/exec/conv_algos.hpp"
+
+namespace {
+std::string algo_tmp(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / "fuseplan-test-conv-algos";
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+}  // namespace
+
+TEST_CASE("a convolution algorithm file reads back what was written, and keeps entries apart by shape and type") {
+  ConvAlgoTable t;
+  t.device = "NVIDIA H200", t.library = "cuDNN 91900";
+  ConvAlgoKey a{64, 3, 224, 224, 64, 7, 2, 3, "float", true};
+  ConvAlgoKey b = a;
+  b.tensor_math = false;  // strict FP32 qualifies other algorithms: its own entry
+  ConvAlgoKey h = a;
+  h.data_type = "half";
+  ConvAlgoChoice found{1, 1, 3, "find", 0.52, 0.61, 0.93};
+  ConvAlgoChoice heur{0, 0, 1};
+  t.put(a, found), t.put(b, heur), t.put(h, heur);
+  const std::string path = algo_tmp("round-trip.json");
+  t.save(path);
+  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+  ConvAlgoTable back = ConvAlgoTable::load(path);
+  CHECK(back.size() == 3);
+  CHECK(back.device == "NVIDIA H200");
+  CHECK(back.library == "cuDNN 91900");
+  REQUIRE(back.find(a));
+  CHECK(*back.find(a) == found);
+  REQUIRE(back.find(b));
+  CHECK(*back.find(b) == heur);
+  CHECK(*back.find(h) == heur);
+  ConvAlgoKey other = a;
+  other.n = 32;  // another batch is another shape
+  CHECK(back.find(other) == nullptr);
+  CHECK(back.to_json() == t.to_json());
+}
+
+TEST_CASE("a malformed convolution algorithm file is refused naming the file and the JSON path") {
+  const std::string path = algo_tmp("bad.json");
+  auto refused = [&](const std::string& text, const std::string& what) {
+    std::ofstream(path) << text;
+    INFO(text);
+    try {
+      (void)ConvAlgoTable::load(path);
+      FAIL("accepted");
+    } catch (const InputError& e) {
+      CHECK_THAT(e.what(), Catch::Contains(path));
+      CHECK_THAT(e.what(), Catch::Contains(what));
+    }
+  };
+  const std::string shape = R"("shape": {"n": 8, "c": 3, "h": 32, "w": 32, "k": 16, "r": 3, "stride": 1, "pad": 1})";
+  const std::string entry = "{" + shape + R"(, "data_type": "float", "tensor_math": true, "how": "heuristic", )";
+  refused(R"({"schema": "fuseplan.plan/1", "convolutions": []})", "$.schema");
+  refused(R"({"schema": "fuseplan.conv-algos/1"})", "$.convolutions");
+  refused(R"({"schema": "fuseplan.conv-algos/1", "convolutions": [)" + entry +
+              R"("fwd": 64, "bwd_data": 0, "bwd_filter": 0}]})",
+          "$.convolutions[0].fwd");
+  refused(R"({"schema": "fuseplan.conv-algos/1", "convolutions": [)" + entry +
+              R"("fwd": 0, "bwd_data": -1, "bwd_filter": 0}]})",
+          "$.convolutions[0].bwd_data");
+  refused(R"({"schema": "fuseplan.conv-algos/1", "convolutions": [{"shape": {"n": 0, "c": 3, "h": 32, "w": 32, "k": 16, "r": 3, "stride": 1, "pad": 1}, "data_type": "float", "tensor_math": true, "how": "heuristic", "fwd": 0, "bwd_data": 0, "bwd_filter": 0}]})",
+          "$.convolutions[0].shape.n");
+  refused(R"({"schema": "fuseplan.conv-algos/1", "convolutions": [)" + entry +
+              R"("fwd": 0, "bwd_data": 0, "bwd_filter": 0, "speed": 1}]})",
+          "speed");
+  refused(R"({"schema": "fuseplan.conv-algos/1", "convolutions": [{)" + shape +
+              R"(, "data_type": "fp8", "tensor_math": true, "how": "heuristic", "fwd": 0, "bwd_data": 0, "bwd_filter": 0}]})",
+          "$.convolutions[0].data_type");
+  refused(R"({"schema": "fuseplan.conv-algos/1", "convolutions": [)" + entry +
+              R"("fwd": 0, "bwd_data": 0, "bwd_filter": 0}, )" + entry + R"("fwd": 1, "bwd_data": 0, "bwd_filter": 0}]})",
+          "$.convolutions[1]: a second entry for the same shape");
+  refused("{not json", "");
+}
+
+TEST_CASE("each rank of a multi-rank run has its own convolution algorithm file") {
+  CHECK(conv_algo_path_for_rank("algos.json", 0, 1) == "algos.json");
+  CHECK(conv_algo_path_for_rank("run/algos.json", 1, 4) == "run/algos.rank1.json");
+  CHECK(conv_algo_path_for_rank("algos", 3, 4) == "algos.rank3");
+  CHECK(conv_algo_path_for_rank("", 1, 4).empty());
+  CHECK(parse_conv_algo_search("find") == ConvAlgoSearch::Find);
+  CHECK(parse_conv_algo_search("heuristic") == ConvAlgoSearch::Heuristic);
+  CHECK_THROWS_AS(parse_conv_algo_search("fastest"), InputError);
+}

@@ -9,8 +9,10 @@
 //   per-layer timers). The optimizer and the overflow check run on the device.
 // - storage is FP32; FP16/BF16 storage is a cast-and-back on the device (round()), and
 //   the arithmetic is FP32 (TF32 on tensor cores when CudaOptions::tf32).
-// Convolution algorithms are cuDNN's heuristics' first deterministic choice, and every
-// reduction kernel has a fixed order, so results do not change from run to run.
+// Convolution algorithms are deterministic ones: cuDNN's heuristics' first, or the fastest
+// when timed (CudaOptions::conv_algos), recorded per shape in a file a later run reuses
+// (conv_algos.hpp). Every reduction kernel has a fixed order, so with the same algorithms
+// results do not change from run to run.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -18,6 +20,7 @@
 #include <cudnn.h>
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -25,6 +28,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fuseplan/exec/conv_algos.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "device_check.hpp"
 #include "fuseplan/models/error.hpp"
@@ -381,6 +385,11 @@ class CudaBackend final : public Backend {
     check(cudaGetDeviceProperties(&prop, opt.device), "device properties");
     name_ = std::string("cuda (") + prop.name + ", cuDNN " + std::to_string(cudnnGetVersion()) +
             (opt.tf32 ? ", TF32" : ", strict FP32") + ")";
+    std::error_code ec;
+    if (!opt.conv_algo_file.empty() && std::filesystem::exists(opt.conv_algo_file, ec))
+      algos_ = ConvAlgoTable::load(opt.conv_algo_file);
+    algos_.device = prop.name;
+    algos_.library = "cuDNN " + std::to_string(cudnnGetVersion());
   }
   ~CudaBackend() override {
     for (cudaEvent_t e : marks_) cudaEventDestroy(e);
@@ -625,29 +634,114 @@ class CudaBackend final : public Backend {
     saved_eps_ = eps;
     return eps;
   }
+  // A convolution shape's descriptors and algorithms, made at its first call: the
+  // algorithms recorded in the table (the file of --conv-algo-file) where it has the shape,
+  // else chosen (heuristics or timed, CudaOptions::conv_algos) and recorded.
   ConvPlan& plan(const ConvShape& s) {
-    const auto key = std::make_tuple(s.n, s.c, s.h, s.w, s.k, s.r, s.stride, s.pad);
+    const ConvAlgoKey key{s.n, s.c, s.h, s.w, s.k, s.r, s.stride, s.pad, "float", opt_.tf32};
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
     auto c = std::make_unique<ConvPlan>(s, opt_.tf32);
-    constexpr int kMax = 16;
-    int found = 0;
-    cudnnConvolutionFwdAlgoPerf_t fwd[kMax];
-    check(cudnnGetConvolutionForwardAlgorithm_v7(dnn_, c->x.get(), c->w, c->conv, c->y.get(), kMax, &found, fwd),
-          "forward algorithms");
-    const auto& f = first_deterministic(fwd, found, "convolution forward");
-    c->fwd = f.algo, c->fwd_ws = f.memory;
-    cudnnConvolutionBwdDataAlgoPerf_t data[kMax];
-    check(cudnnGetConvolutionBackwardDataAlgorithm_v7(dnn_, c->w, c->y.get(), c->conv, c->x.get(), kMax, &found, data),
-          "backward data algorithms");
-    const auto& d = first_deterministic(data, found, "convolution backward data");
-    c->bwd_data = d.algo, c->data_ws = d.memory;
-    cudnnConvolutionBwdFilterAlgoPerf_t filt[kMax];
-    check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(dnn_, c->x.get(), c->y.get(), c->conv, c->w, kMax, &found, filt),
-          "backward filter algorithms");
-    const auto& w = first_deterministic(filt, found, "convolution backward filter");
-    c->bwd_filter = w.algo, c->filter_ws = w.memory;
+    const Candidates cand(dnn_, *c);
+    if (const ConvAlgoChoice* recorded = algos_.find(key)) {
+      c->fwd = cudnnConvolutionFwdAlgo_t(recorded->fwd);
+      c->fwd_ws = recorded_memory(cand.fwd, cand.fwd_found, c->fwd, "forward", key);
+      c->bwd_data = cudnnConvolutionBwdDataAlgo_t(recorded->bwd_data);
+      c->data_ws = recorded_memory(cand.data, cand.data_found, c->bwd_data, "backward data", key);
+      c->bwd_filter = cudnnConvolutionBwdFilterAlgo_t(recorded->bwd_filter);
+      c->filter_ws = recorded_memory(cand.filt, cand.filt_found, c->bwd_filter, "backward filter", key);
+    } else {
+      ConvAlgoChoice chosen;
+      if (opt_.conv_algos == ConvAlgoSearch::Find) {
+        chosen = find_algorithms(s, *c);
+      } else {
+        const auto& f = first_deterministic(cand.fwd, cand.fwd_found, "convolution forward");
+        const auto& d = first_deterministic(cand.data, cand.data_found, "convolution backward data");
+        const auto& w = first_deterministic(cand.filt, cand.filt_found, "convolution backward filter");
+        c->fwd = f.algo, c->fwd_ws = f.memory;
+        c->bwd_data = d.algo, c->data_ws = d.memory;
+        c->bwd_filter = w.algo, c->filter_ws = w.memory;
+        chosen.fwd = int(f.algo), chosen.bwd_data = int(d.algo), chosen.bwd_filter = int(w.algo);
+      }
+      algos_.put(key, chosen);
+      if (!opt_.conv_algo_file.empty()) algos_.save(opt_.conv_algo_file);
+    }
     return *plans_.emplace(key, std::move(c)).first->second;
+  }
+  // Every algorithm cuDNN has for a shape, in its heuristic order, with each one's status,
+  // determinism and workspace.
+  struct Candidates {
+    static constexpr int kMax = 16;
+    Candidates(cudnnHandle_t dnn, const ConvPlan& c) {
+      check(cudnnGetConvolutionForwardAlgorithm_v7(dnn, c.x.get(), c.w, c.conv, c.y.get(), kMax, &fwd_found, fwd),
+            "forward algorithms");
+      check(cudnnGetConvolutionBackwardDataAlgorithm_v7(dnn, c.w, c.y.get(), c.conv, c.x.get(), kMax, &data_found,
+                                                        data),
+            "backward data algorithms");
+      check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(dnn, c.x.get(), c.y.get(), c.conv, c.w, kMax, &filt_found,
+                                                          filt),
+            "backward filter algorithms");
+    }
+    cudnnConvolutionFwdAlgoPerf_t fwd[kMax];
+    cudnnConvolutionBwdDataAlgoPerf_t data[kMax];
+    cudnnConvolutionBwdFilterAlgoPerf_t filt[kMax];
+    int fwd_found = 0, data_found = 0, filt_found = 0;
+  };
+  // The workspace of a recorded algorithm; InputError naming the file where cuDNN does not
+  // run it for this shape here, or not deterministically.
+  template <class Perf, class Algo>
+  size_t recorded_memory(const Perf* perf, int found, Algo algo, const char* what, const ConvAlgoKey& k) const {
+    for (int i = 0; i < found; ++i)
+      if (perf[i].algo == algo && perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].determinism == CUDNN_DETERMINISTIC)
+        return perf[i].memory;
+    throw InputError(field("backend.conv_algo_file") + " " + opt_.conv_algo_file + ": the " + what + " algorithm " +
+                     std::to_string(int(algo)) + " recorded for the convolution n " + std::to_string(k.n) + ", c " +
+                     std::to_string(k.c) + ", " + std::to_string(k.h) + "x" + std::to_string(k.w) + ", k " +
+                     std::to_string(k.k) + ", r " + std::to_string(k.r) + ", stride " + std::to_string(k.stride) +
+                     ", pad " + std::to_string(k.pad) + " does not run deterministically with " + name_ +
+                     " (remove that entry, or the file, to choose again)");
+  }
+  // Times every algorithm of the shape once (cudnnFind*Ex, on zero-filled buffers of its
+  // size and a workspace of up to 1 GiB, all freed afterwards) and takes the fastest
+  // deterministic one of each direction.
+  ConvAlgoChoice find_algorithms(const ConvShape& s, ConvPlan& c) {
+    const size_t nx = size_t(s.n) * s.c * s.h * s.w, ny = size_t(s.n) * s.k * s.p * s.q;
+    const size_t nw = size_t(s.k) * s.c * s.r * s.r;
+    void* raw = nullptr;
+    check(cudaMalloc(&raw, (2 * nx + ny + 2 * nw) * sizeof(float)), "cuDNN algorithm search buffers");
+    std::unique_ptr<void, CudaFree> buffers(raw);
+    float* x = static_cast<float*>(raw);
+    float *dx = x + nx, *y = dx + nx, *w = y + ny, *dw = w + nw;
+    check(cudaMemsetAsync(raw, 0, (2 * nx + ny + 2 * nw) * sizeof(float), stream_), "memset");
+    size_t free_bytes = 0, total_bytes = 0;
+    check(cudaMemGetInfo(&free_bytes, &total_bytes), "free memory");
+    size_t ws_bytes = std::min<size_t>(size_t(1) << 30, free_bytes / 4);
+    void* ws_raw = nullptr;
+    check(cudaMalloc(&ws_raw, std::max<size_t>(ws_bytes, 1)), "cuDNN algorithm search workspace");
+    std::unique_ptr<void, CudaFree> ws(ws_raw);
+    constexpr int kMax = Candidates::kMax;
+    int found = 0;
+    ConvAlgoChoice chosen;
+    chosen.how = "find";
+    cudnnConvolutionFwdAlgoPerf_t fwd[kMax];
+    check(cudnnFindConvolutionForwardAlgorithmEx(dnn_, c.x.get(), x, c.w, w, c.conv, c.y.get(), y, kMax, &found, fwd,
+                                                 ws_raw, ws_bytes),
+          "timing forward algorithms");
+    const auto& f = first_deterministic(fwd, found, "convolution forward");  // Find sorts by time
+    c.fwd = f.algo, c.fwd_ws = f.memory, chosen.fwd = int(f.algo), chosen.fwd_ms = f.time;
+    cudnnConvolutionBwdDataAlgoPerf_t data[kMax];
+    check(cudnnFindConvolutionBackwardDataAlgorithmEx(dnn_, c.w, w, c.y.get(), y, c.conv, c.x.get(), dx, kMax, &found,
+                                                      data, ws_raw, ws_bytes),
+          "timing backward data algorithms");
+    const auto& d = first_deterministic(data, found, "convolution backward data");
+    c.bwd_data = d.algo, c.data_ws = d.memory, chosen.bwd_data = int(d.algo), chosen.bwd_data_ms = d.time;
+    cudnnConvolutionBwdFilterAlgoPerf_t filt[kMax];
+    check(cudnnFindConvolutionBackwardFilterAlgorithmEx(dnn_, c.x.get(), x, c.y.get(), y, c.conv, c.w, dw, kMax,
+                                                        &found, filt, ws_raw, ws_bytes),
+          "timing backward filter algorithms");
+    const auto& g = first_deterministic(filt, found, "convolution backward filter");
+    c.bwd_filter = g.algo, c.filter_ws = g.memory, chosen.bwd_filter = int(g.algo), chosen.bwd_filter_ms = g.time;
+    return chosen;
   }
   void* workspace(size_t bytes) { return workspace_.at_least(bytes, "cuDNN workspace"); }
   void* scratch(size_t bytes) { return scratch_.at_least(bytes, "scratch"); }
@@ -657,7 +751,8 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cudnnHandle_t dnn_ = nullptr;
   cublasHandle_t blas_ = nullptr;
-  std::map<std::tuple<int, int, int, int, int, int, int, int>, std::unique_ptr<ConvPlan>> plans_;
+  std::map<ConvAlgoKey, std::unique_ptr<ConvPlan>> plans_;
+  ConvAlgoTable algos_;  // every shape's algorithms: read from, and written to, opt_.conv_algo_file
   GrowingBuffer workspace_, scratch_;
   struct DeviceSlots {
     std::vector<DevSlot> table;

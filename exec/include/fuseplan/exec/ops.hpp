@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/exec/conv_algos.hpp"
 
 namespace fuseplan::exec {
 
@@ -216,6 +217,11 @@ bool cpu_has_dnnl();
 struct CudaOptions {
   int device = 0;
   bool tf32 = true;
+  // How convolution algorithms are chosen, and the file (fuseplan.conv-algos/1) that
+  // records them: read where it exists (its shapes reuse their algorithms), rewritten as
+  // new shapes are chosen; "" = none.
+  ConvAlgoSearch conv_algos = ConvAlgoSearch::Heuristic;
+  std::string conv_algo_file;
 };
 int cuda_device_count();  // 0 without a driver or a device (or without the CUDA build)
 // The GPU a rank uses: `device` when given (>= 0), else its local rank modulo the node's
