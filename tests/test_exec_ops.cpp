@@ -385,6 +385,67 @@ TEST_CASE("half-precision storage: every output and gradient of a step lies on t
   }
 }
 
+TEST_CASE("a BatchNorm fused with the ReLU after it gives the two ops' bits - forward, backward, evaluation") {
+  // Both CPU layouts (NCHW through im2col, oneDNN's blocked one), every storage precision;
+  // a BatchNorm feeding a residual add stays unfused, and one on the model input is fused
+  // with its gradient discarded.
+  struct Case {
+    const char* what;
+    Model model;
+    int channels, side, fused;
+  };
+  ModelOptions o;
+  o.resolution = 16, o.channels = 3, o.classes = 10;
+  std::vector<Case> cases{{"residual", residual_cnn("fuse", 16, 32, 5, false), 16, 8, 1},
+                          {"resnet18", build_zoo_model("resnet18", o), 3, 16, 9}};
+  {
+    ModelBuilder b("bn_on_input", {16, 4, 4});
+    int x = b.batchnorm("bn0", ModelBuilder::kInput);
+    x = b.relu("relu0", x);
+    x = b.flatten("flat", x);
+    b.linear("fc", x, 3, true);
+    cases.push_back({"batchnorm on the input", b.finish(), 16, 4, 1});
+  }
+  std::vector<std::pair<std::string, std::unique_ptr<Backend>>> backends;
+  backends.emplace_back("im2col", make_cpu_backend(CpuConv::Im2col));
+  if (cpu_has_dnnl()) backends.emplace_back("onednn", make_cpu_backend(CpuConv::Dnnl));
+  auto same_bits = [](const float* a, const float* b, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+      if (std::bit_cast<uint32_t>(a[i]) != std::bit_cast<uint32_t>(b[i])) return false;
+    return true;
+  };
+  for (auto& [be_name, be] : backends)
+    for (const Case& c : cases)
+      for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
+        INFO(be_name << ", " << c.what << ", " << precision_name(p));
+        NetworkOptions fused_opt, plain_opt;
+        fused_opt.precision = plain_opt.precision = p;
+        plain_opt.fuse_batchnorm_relu = false;
+        const int batch = 3;
+        Network fused(c.model, batch, *be, fused_opt), plain(c.model, batch, *be, plain_opt);
+        CHECK(fused.fused_batchnorm_relu() == c.fused);
+        CHECK(plain.fused_batchnorm_relu() == 0);
+        auto input = randn(size_t(batch) * c.channels * c.side * c.side, 5);
+        std::vector<int32_t> labels{0, 2, 1};
+        std::mt19937_64 rng1(1), rng2(1);
+        for (int step = 0; step < 2; ++step) {  // the second from the first's running statistics
+          fused.forward(input.data(), true, rng1);
+          plain.forward(input.data(), true, rng2);
+          const size_t logits = size_t(batch) * size_t(fused.classes());
+          REQUIRE(same_bits(fused.logits(), plain.logits(), logits));
+          const double lf = fused.backward(labels.data(), 0.1f, 256.0f, nullptr, {});
+          const double lp = plain.backward(labels.data(), 0.1f, 256.0f, nullptr, {});
+          CHECK(std::bit_cast<uint64_t>(lf) == std::bit_cast<uint64_t>(lp));
+          REQUIRE(same_bits(fused.grads(), plain.grads(), size_t(fused.param_count())));
+          REQUIRE(same_bits(fused.running_stats().data(), plain.running_stats().data(), fused.running_stats().size()));
+          if (p != Precision::FP32) CHECK(fused.stored_in_precision());
+        }
+        fused.forward(input.data(), false, rng1);
+        plain.forward(input.data(), false, rng2);
+        CHECK(same_bits(fused.logits(), plain.logits(), size_t(batch) * size_t(fused.classes())));
+      }
+}
+
 TEST_CASE("the network refuses layers it cannot run and models that differ") {
   auto be = make_cpu_backend();
   CHECK_THROWS_WITH(Network(build_zoo_model("bert_base"), 2, *be), Catch::Contains("not supported by the trainer"));

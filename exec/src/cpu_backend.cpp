@@ -272,9 +272,33 @@ class CpuBackend final : public Backend {
   void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                                float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                                float momentum, float eps) override {
+    batchnorm_train_impl(n, c, hw, x, gamma, beta, y, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+                         false);
+  }
+  // A BatchNorm and the ReLU after it in one pass over the data each way (ops.hpp).
+  bool fuses_batchnorm_relu() const override { return true; }
+  void batchnorm_relu_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                                    float* y, float* save_mean, float* save_invstd, float* running_mean,
+                                    float* running_var, float momentum, float eps) override {
+    batchnorm_train_impl(n, c, hw, x, gamma, beta, y, save_mean, save_invstd, running_mean, running_var, momentum, eps,
+                         true);
+  }
+  void batchnorm_relu_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                                   float* y, const float* running_mean, const float* running_var, float eps) override {
+    batchnorm_eval_impl(n, c, hw, x, gamma, beta, y, running_mean, running_var, eps, true);
+  }
+  void batchnorm_relu_backward(int n, int c, int hw, const float* x, const float* gamma, const float* relu_y,
+                               const float* dy, const float* save_mean, const float* save_invstd, float* dx,
+                               float* dgamma, float* dbeta, bool add) override {
+    if (add) batchnorm_backward_impl<true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+    else batchnorm_backward_impl<false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+  }
+  void batchnorm_train_impl(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
+                            float* save_mean, float* save_invstd, float* running_mean, float* running_var,
+                            float momentum, float eps, bool relu) {
     if (in_blocks(c, hw))
       return blocked::batchnorm_forward_train(block_, n, c, hw, x, gamma, beta, y, save_mean, save_invstd,
-                                              running_mean, running_var, momentum, eps);
+                                              running_mean, running_var, momentum, eps, relu);
     const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
@@ -299,26 +323,38 @@ class CpuBackend final : public Backend {
       running_mean[ch] = float((1 - momentum) * running_mean[ch] + momentum * mean);
       running_var[ch] = float((1 - momentum) * running_var[ch] + momentum * (count > 1 ? var * count / (count - 1) : var));
       const float a = gamma[ch] * invstd, bshift = beta[ch] - float(mean) * a;
-      for (int img = 0; img < n; ++img) {
-        const float* p = x + (int64_t(img) * c + ch) * hw;
-        float* q = y + (int64_t(img) * c + ch) * hw;
-        for (int i = 0; i < hw; ++i) q[i] = p[i] * a + bshift;
-      }
+      scale_shift(n, c, hw, ch, x, a, bshift, y, relu);
+    }
+  }
+  // y = x a + shift over one channel's planes, then max(0, y) with `relu` (the ReLU's
+  // own select, so a fused BatchNorm and ReLU give the two ops' bits).
+  static void scale_shift(int n, int c, int hw, int ch, const float* x, float a, float shift, float* y, bool relu) {
+    for (int img = 0; img < n; ++img) {
+      const float* p = x + (int64_t(img) * c + ch) * hw;
+      float* q = y + (int64_t(img) * c + ch) * hw;
+      if (relu)
+        for (int i = 0; i < hw; ++i) {
+          const float v = p[i] * a + shift;
+          q[i] = v > 0 ? v : 0.0f;
+        }
+      else
+        for (int i = 0; i < hw; ++i) q[i] = p[i] * a + shift;
     }
   }
 
   void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                               const float* running_mean, const float* running_var, float eps) override {
+    batchnorm_eval_impl(n, c, hw, x, gamma, beta, y, running_mean, running_var, eps, false);
+  }
+  void batchnorm_eval_impl(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
+                           const float* running_mean, const float* running_var, float eps, bool relu) {
     if (in_blocks(c, hw))
-      return blocked::batchnorm_forward_eval(block_, n, c, hw, x, gamma, beta, y, running_mean, running_var, eps);
+      return blocked::batchnorm_forward_eval(block_, n, c, hw, x, gamma, beta, y, running_mean, running_var, eps,
+                                             relu);
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
       const float a = gamma[ch] / std::sqrt(running_var[ch] + eps), bshift = beta[ch] - running_mean[ch] * a;
-      for (int img = 0; img < n; ++img) {
-        const float* p = x + (int64_t(img) * c + ch) * hw;
-        float* q = y + (int64_t(img) * c + ch) * hw;
-        for (int i = 0; i < hw; ++i) q[i] = p[i] * a + bshift;
-      }
+      scale_shift(n, c, hw, ch, x, a, bshift, y, relu);
     }
   }
 
@@ -332,13 +368,22 @@ class CpuBackend final : public Backend {
                               float* dbeta) override {
     batchnorm_backward_impl<false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta);
   }
+  // With relu_y (a fused ReLU's output), dy counts only where relu_y > 0, as the ReLU's
+  // backward would have passed it.
   template <bool Add>
   void batchnorm_backward_impl(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
-                               float* dbeta) {
+                               float* dbeta, const float* relu_y = nullptr) {
     if (in_blocks(c, hw))
       return blocked::batchnorm_backward(block_, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta,
-                                         Add);
+                                         Add, relu_y);
+    if (relu_y) return batchnorm_backward_plain<Add, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+    batchnorm_backward_plain<Add, false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+  }
+  template <bool Add, bool Masked>
+  void batchnorm_backward_plain(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                                const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                                float* dbeta, const float* relu_y) {
     const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
@@ -347,10 +392,12 @@ class CpuBackend final : public Backend {
       for (int img = 0; img < n; ++img) {
         const float* p = x + (int64_t(img) * c + ch) * hw;
         const float* g = dy + (int64_t(img) * c + ch) * hw;
+        const float* m = Masked ? relu_y + (int64_t(img) * c + ch) * hw : nullptr;
 #pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
         for (int i = 0; i < hw; ++i) {
-          sum_dy += g[i];
-          sum_dy_xhat += g[i] * (p[i] - mean) * invstd;
+          const float gi = Masked ? (m[i] > 0 ? g[i] : 0.0f) : g[i];
+          sum_dy += gi;
+          sum_dy_xhat += gi * (p[i] - mean) * invstd;
         }
       }
       dgamma[ch] = float(sum_dy_xhat);
@@ -360,9 +407,11 @@ class CpuBackend final : public Backend {
       for (int img = 0; img < n; ++img) {
         const float* p = x + (int64_t(img) * c + ch) * hw;
         const float* g = dy + (int64_t(img) * c + ch) * hw;
+        const float* m = Masked ? relu_y + (int64_t(img) * c + ch) * hw : nullptr;
         float* d = dx + (int64_t(img) * c + ch) * hw;
         for (int i = 0; i < hw; ++i) {
-          const float v = k * (g[i] - mdy - (p[i] - mean) * invstd * mdyx);
+          const float gi = Masked ? (m[i] > 0 ? g[i] : 0.0f) : g[i];
+          const float v = k * (gi - mdy - (p[i] - mean) * invstd * mdyx);
           if constexpr (Add) d[i] += v;
           else d[i] = v;
         }

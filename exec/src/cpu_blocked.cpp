@@ -42,9 +42,80 @@ void flatten_backward(int B, int n, int c, int hw, const float* dy, float* dx, b
   each_element(B, n, c, hw, [&](int64_t p, int64_t b) { dx[b] = add ? dx[b] + dy[p] : dy[p]; });
 }
 
+namespace {
+// y = x a + shift for one channel block, then max(0, y) with `relu` (the ReLU's own
+// select, so the fused op's values are the two ops' bits).
+template <bool Relu>
+void scale_shift_impl(int B, int CB, int n, int hw, int cb, const float* x, const float* a, const float* shift,
+                      float* y) {
+  for (int img = 0; img < n; ++img)
+    for (int i = 0; i < hw; ++i) {
+      const int64_t o = at(B, CB, hw, img, cb, i);
+      for (int l = 0; l < B; ++l) {
+        const float v = x[o + l] * a[l] + shift[l];
+        if constexpr (Relu) y[o + l] = v > 0 ? v : 0.0f;
+        else y[o + l] = v;
+      }
+    }
+}
+void scale_shift(int B, int CB, int n, int hw, int cb, const float* x, const float* a, const float* shift, float* y,
+                 bool relu) {
+  if (relu) scale_shift_impl<true>(B, CB, n, hw, cb, x, a, shift, y);
+  else scale_shift_impl<false>(B, CB, n, hw, cb, x, a, shift, y);
+}
+
+// dy where the fused ReLU's output is positive, else 0 (the ReLU's backward select).
+template <bool Masked>
+inline float masked(const float* dy, const float* relu_y, int64_t i) {
+  if constexpr (Masked) return relu_y[i] > 0 ? dy[i] : 0.0f;
+  else return dy[i];
+}
+
+template <bool Masked>
+void batchnorm_backward_impl(int B, int n, int c, int hw, const float* x, const float* gamma, const float* dy,
+                             const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
+                             bool add, const float* relu_y) {
+  const int CB = c / B;
+  const double count = double(n) * hw;
+#pragma omp parallel for schedule(static)
+  for (int cb = 0; cb < CB; ++cb) {
+    double sum_dy[kMaxBlock] = {}, sum_dy_xhat[kMaxBlock] = {};
+    float mean[kMaxBlock], invstd[kMaxBlock];
+    for (int l = 0; l < B; ++l) mean[l] = save_mean[cb * B + l], invstd[l] = save_invstd[cb * B + l];
+    for (int img = 0; img < n; ++img)
+      for (int i = 0; i < hw; ++i) {
+        const int64_t o = at(B, CB, hw, img, cb, i);
+        for (int l = 0; l < B; ++l) {
+          const float g = masked<Masked>(dy, relu_y, o + l);
+          sum_dy[l] += g;
+          sum_dy_xhat[l] += g * (x[o + l] - mean[l]) * invstd[l];
+        }
+      }
+    float k[kMaxBlock], mdy[kMaxBlock], mdyx[kMaxBlock];
+    for (int l = 0; l < B; ++l) {
+      const int ch = cb * B + l;
+      dgamma[ch] = float(sum_dy_xhat[l]);
+      dbeta[ch] = float(sum_dy[l]);
+      k[l] = gamma[ch] * invstd[l];
+      mdy[l] = float(sum_dy[l] / count);
+      mdyx[l] = float(sum_dy_xhat[l] / count);
+    }
+    for (int img = 0; img < n; ++img)
+      for (int i = 0; i < hw; ++i) {
+        const int64_t o = at(B, CB, hw, img, cb, i);
+        for (int l = 0; l < B; ++l) {
+          const float v =
+              k[l] * (masked<Masked>(dy, relu_y, o + l) - mdy[l] - (x[o + l] - mean[l]) * invstd[l] * mdyx[l]);
+          dx[o + l] = add ? dx[o + l] + v : v;
+        }
+      }
+  }
+}
+}  // namespace
+
 void batchnorm_forward_train(int B, int n, int c, int hw, const float* x, const float* gamma, const float* beta,
                              float* y, float* save_mean, float* save_invstd, float* running_mean, float* running_var,
-                             float momentum, float eps) {
+                             float momentum, float eps, bool relu) {
   const int CB = c / B;
   const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
@@ -75,16 +146,12 @@ void batchnorm_forward_train(int B, int n, int c, int hw, const float* x, const 
       a[l] = gamma[ch] * invstd;
       shift[l] = beta[ch] - float(mean[l]) * a[l];
     }
-    for (int img = 0; img < n; ++img)
-      for (int i = 0; i < hw; ++i) {
-        const int64_t o = at(B, CB, hw, img, cb, i);
-        for (int l = 0; l < B; ++l) y[o + l] = x[o + l] * a[l] + shift[l];
-      }
+    scale_shift(B, CB, n, hw, cb, x, a, shift, y, relu);
   }
 }
 
 void batchnorm_forward_eval(int B, int n, int c, int hw, const float* x, const float* gamma, const float* beta,
-                            float* y, const float* running_mean, const float* running_var, float eps) {
+                            float* y, const float* running_mean, const float* running_var, float eps, bool relu) {
   const int CB = c / B;
 #pragma omp parallel for schedule(static)
   for (int cb = 0; cb < CB; ++cb) {
@@ -94,50 +161,17 @@ void batchnorm_forward_eval(int B, int n, int c, int hw, const float* x, const f
       a[l] = gamma[ch] / std::sqrt(running_var[ch] + eps);
       shift[l] = beta[ch] - running_mean[ch] * a[l];
     }
-    for (int img = 0; img < n; ++img)
-      for (int i = 0; i < hw; ++i) {
-        const int64_t o = at(B, CB, hw, img, cb, i);
-        for (int l = 0; l < B; ++l) y[o + l] = x[o + l] * a[l] + shift[l];
-      }
+    scale_shift(B, CB, n, hw, cb, x, a, shift, y, relu);
   }
 }
 
 void batchnorm_backward(int B, int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
-                        bool add) {
-  const int CB = c / B;
-  const double count = double(n) * hw;
-#pragma omp parallel for schedule(static)
-  for (int cb = 0; cb < CB; ++cb) {
-    double sum_dy[kMaxBlock] = {}, sum_dy_xhat[kMaxBlock] = {};
-    float mean[kMaxBlock], invstd[kMaxBlock];
-    for (int l = 0; l < B; ++l) mean[l] = save_mean[cb * B + l], invstd[l] = save_invstd[cb * B + l];
-    for (int img = 0; img < n; ++img)
-      for (int i = 0; i < hw; ++i) {
-        const int64_t o = at(B, CB, hw, img, cb, i);
-        for (int l = 0; l < B; ++l) {
-          sum_dy[l] += dy[o + l];
-          sum_dy_xhat[l] += dy[o + l] * (x[o + l] - mean[l]) * invstd[l];
-        }
-      }
-    float k[kMaxBlock], mdy[kMaxBlock], mdyx[kMaxBlock];
-    for (int l = 0; l < B; ++l) {
-      const int ch = cb * B + l;
-      dgamma[ch] = float(sum_dy_xhat[l]);
-      dbeta[ch] = float(sum_dy[l]);
-      k[l] = gamma[ch] * invstd[l];
-      mdy[l] = float(sum_dy[l] / count);
-      mdyx[l] = float(sum_dy_xhat[l] / count);
-    }
-    for (int img = 0; img < n; ++img)
-      for (int i = 0; i < hw; ++i) {
-        const int64_t o = at(B, CB, hw, img, cb, i);
-        for (int l = 0; l < B; ++l) {
-          const float v = k[l] * (dy[o + l] - mdy[l] - (x[o + l] - mean[l]) * invstd[l] * mdyx[l]);
-          dx[o + l] = add ? dx[o + l] + v : v;
-        }
-      }
-  }
+                        bool add, const float* relu_y) {
+  if (relu_y)
+    batchnorm_backward_impl<true>(B, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, add, relu_y);
+  else
+    batchnorm_backward_impl<false>(B, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, add, relu_y);
 }
 
 // Pooling: one plane per (image, channel block), B channels per position.

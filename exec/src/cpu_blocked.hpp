@@ -15,14 +15,17 @@ void import_nchw(int B, int n, int c, int hw, const float* plain, float* dst);
 void flatten_forward(int B, int n, int c, int hw, const float* x, float* y);                  // to NCHW order
 void flatten_backward(int B, int n, int c, int hw, const float* dy, float* dx, bool add);     // from NCHW order
 
+// With `relu`, the forward writes max(0, y) (a BatchNorm fused with the ReLU after it);
+// with `relu_y` (that ReLU's output), the backward reads dy as 0 where relu_y <= 0.
 void batchnorm_forward_train(int B, int n, int c, int hw, const float* x, const float* gamma, const float* beta,
                              float* y, float* save_mean, float* save_invstd, float* running_mean, float* running_var,
-                             float momentum, float eps);
+                             float momentum, float eps, bool relu = false);
 void batchnorm_forward_eval(int B, int n, int c, int hw, const float* x, const float* gamma, const float* beta,
-                            float* y, const float* running_mean, const float* running_var, float eps);
+                            float* y, const float* running_mean, const float* running_var, float eps,
+                            bool relu = false);
 void batchnorm_backward(int B, int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
-                        bool add);
+                        bool add, const float* relu_y = nullptr);
 
 void maxpool_forward(int B, const PoolShape& s, const float* x, float* y, int32_t* argmax);
 void maxpool_backward(int B, const PoolShape& s, const float* dy, const int32_t* argmax, float* dx);

@@ -146,6 +146,18 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     const LayerKind k = m.layers[size_t(l)].kind;
     return k == LayerKind::ReLU || k == LayerKind::Flatten || (!backward && k == LayerKind::MaxPool);
   };
+  relu_of_bn_.assign(nodes_.size(), -1);
+  bn_of_relu_.assign(nodes_.size(), -1);
+  if (opt_.fuse_batchnorm_relu && be_.fuses_batchnorm_relu())
+    for (size_t l = 0; l < nodes_.size(); ++l) {
+      const int r = last[l];
+      if (m.layers[l].kind != LayerKind::BatchNorm || consumers[l] != 1 || m.layers[size_t(r)].kind != LayerKind::ReLU)
+        continue;
+      relu_of_bn_[l] = r, bn_of_relu_[size_t(r)] = int(l);
+      // Never written: zeroed once, so that every buffer holds values of the precision.
+      be_.zero(nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
+      be_.zero(nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
+    }
   exact_out_.assign(nodes_.size(), 0);
   exact_dout_.assign(nodes_.size(), 0);
   for (size_t l = 0; l < nodes_.size(); ++l) {
@@ -234,7 +246,10 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
     if (before_layer) before_layer(int(l));
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
-    if (!exact_out_[l]) be_.round(opt_.precision, nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
+    // A fused BatchNorm wrote its ReLU's output, rounded here as its own would have been
+    // (rounding and ReLU commute); the ReLU then has nothing left to do.
+    float* written = relu_of_bn_[l] >= 0 ? nodes_[size_t(relu_of_bn_[l])].out : nodes_[l].out;
+    if (!exact_out_[l]) be_.round(opt_.precision, written, size_t(batch_) * size_t(nodes_[l].out_elems));
     if (marks) {
       fwd_mark_[l] = be_.mark();
       continue;
@@ -277,14 +292,25 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
     case LayerKind::BatchNorm: {
       const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
       float* mean = running_.get() + n.running;
-      if (training)
+      if (const int r = relu_of_bn_[size_t(l)]; r >= 0) {
+        float* y = nodes_[size_t(r)].out;
+        if (training)
+          be_.batchnorm_relu_forward_train(batch_, c, hw, x, param(n.weight), param(n.bias), y, n.save_mean,
+                                           n.save_invstd, mean, mean + c, opt_.bn_momentum, opt_.bn_eps);
+        else
+          be_.batchnorm_relu_forward_eval(batch_, c, hw, x, param(n.weight), param(n.bias), y, mean, mean + c,
+                                          opt_.bn_eps);
+      } else if (training) {
         be_.batchnorm_forward_train(batch_, c, hw, x, param(n.weight), param(n.bias), n.out, n.save_mean,
                                     n.save_invstd, mean, mean + c, opt_.bn_momentum, opt_.bn_eps);
-      else
+      } else {
         be_.batchnorm_forward_eval(batch_, c, hw, x, param(n.weight), param(n.bias), n.out, mean, mean + c, opt_.bn_eps);
+      }
       break;
     }
-    case LayerKind::ReLU: be_.relu_forward(total, x, n.out); break;
+    case LayerKind::ReLU:
+      if (bn_of_relu_[size_t(l)] < 0) be_.relu_forward(total, x, n.out);  // else its BatchNorm ran it
+      break;
     case LayerKind::MaxPool: be_.maxpool_forward(n.pool, x, n.out, n.argmax); break;
     case LayerKind::AvgPool: be_.avgpool_forward(n.pool, x, n.out); break;
     case LayerKind::AdaptiveAvgPool: be_.adaptive_avgpool_forward(n.pool, x, n.out); break;
@@ -331,6 +357,9 @@ bool Network::stored_in_precision() const {
 }
 
 const float* Network::logits() const { return nodes_.back().out; }
+int Network::fused_batchnorm_relu() const {
+  return int(std::count_if(relu_of_bn_.begin(), relu_of_bn_.end(), [](int r) { return r >= 0; }));
+}
 int Network::classes() const { return static_cast<int>(nodes_.back().out_elems); }
 
 double Network::loss(const int32_t* labels, float smoothing, int* correct) {
@@ -425,7 +454,11 @@ void Network::backward_layer(int l) {
         scratch = DeviceBuffer(be_, total);
         dx = scratch.get();
       }
-      if (set || scratch.get())
+      if (const int r = relu_of_bn_[size_t(l)]; r >= 0)  // the ReLU's gradient, masked by its output
+        be_.batchnorm_relu_backward(batch_, c, hw, x, param(n.weight), nodes_[size_t(r)].out, nodes_[size_t(r)].dout,
+                                    n.save_mean, n.save_invstd, dx, grad(n.weight), grad(n.bias),
+                                    !(set || scratch.get()));
+      else if (set || scratch.get())
         be_.batchnorm_backward_set(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean, n.save_invstd, dx,
                                    grad(n.weight), grad(n.bias));
       else
@@ -434,6 +467,7 @@ void Network::backward_layer(int l) {
       break;
     }
     case LayerKind::ReLU:
+      if (bn_of_relu_[size_t(l)] >= 0) break;  // its BatchNorm's backward applies it
       if (dx && set) be_.relu_backward_set(total, n.out, n.dout, dx);
       else if (dx) be_.relu_backward(total, n.out, n.dout, dx);
       break;

@@ -56,6 +56,7 @@ NetworkOptions network_options(const TrainOptions& o) {
   n.precision = o.precision;
   n.seed = o.seed;
   n.host_reads_gradients = o.exchange && !o.exchange_on_device;
+  n.fuse_batchnorm_relu = o.fuse_batchnorm_relu;
   return n;
 }
 

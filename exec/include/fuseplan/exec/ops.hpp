@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -102,6 +103,33 @@ class Backend {
   virtual void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                   const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                                   float* dbeta) = 0;
+  // A BatchNorm whose only consumer is a ReLU, run as one op where the backend says
+  // fuses_batchnorm_relu() (the network asks): the forward writes max(0, batchnorm(x))
+  // into y, the ReLU's output (the BatchNorm's own output is not written); the backward
+  // takes that output relu_y and its gradient dy and runs the BatchNorm's backward on dy
+  // where relu_y > 0 (0 elsewhere), writing dx or, with `add`, adding to it. The results
+  // are the two ops' bit for bit. A backend without them is never asked.
+  virtual bool fuses_batchnorm_relu() const { return false; }
+  virtual void batchnorm_relu_forward_train(int n, int c, int hw, const float* x, const float* gamma,
+                                            const float* beta, float* y, float* save_mean, float* save_invstd,
+                                            float* running_mean, float* running_var, float momentum, float eps) {
+    (void)n, (void)c, (void)hw, (void)x, (void)gamma, (void)beta, (void)y, (void)save_mean, (void)save_invstd;
+    (void)running_mean, (void)running_var, (void)momentum, (void)eps;
+    throw std::logic_error(name() + ": no fused BatchNorm + ReLU");
+  }
+  virtual void batchnorm_relu_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
+                                           float* y, const float* running_mean, const float* running_var, float eps) {
+    (void)n, (void)c, (void)hw, (void)x, (void)gamma, (void)beta, (void)y, (void)running_mean, (void)running_var;
+    (void)eps;
+    throw std::logic_error(name() + ": no fused BatchNorm + ReLU");
+  }
+  virtual void batchnorm_relu_backward(int n, int c, int hw, const float* x, const float* gamma, const float* relu_y,
+                                       const float* dy, const float* save_mean, const float* save_invstd, float* dx,
+                                       float* dgamma, float* dbeta, bool add) {
+    (void)n, (void)c, (void)hw, (void)x, (void)gamma, (void)relu_y, (void)dy, (void)save_mean, (void)save_invstd;
+    (void)dx, (void)dgamma, (void)dbeta, (void)add;
+    throw std::logic_error(name() + ": no fused BatchNorm + ReLU");
+  }
   virtual void relu_forward(size_t n, const float* x, float* y) = 0;
   virtual void relu_backward(size_t n, const float* y, const float* dy, float* dx) = 0;
   // argmax: one int per output element (the flat input index of the maximum).
