@@ -158,7 +158,8 @@ def measure(a):
         out = subprocess.run([exe, "train", "--model", a.model, *shape, "--dataset", "synthetic", "--synthetic-size",
                               str(a.batch * (a.steps + 3)), "--batch-per-gpu", str(a.batch), "--max-steps",
                               str(a.steps + 3), "--precision", a.precision, "--optimizer", "sgd", "--threads",
-                              str(a.threads), "--conv", a.conv, "--no-eval", "--profile", ppath, "--metrics", metrics],
+                              str(a.threads), "--conv", a.conv, "--no-eval", "--profile", ppath, "--metrics", metrics]
+                             + (["--no-fuse"] if a.no_fuse else []),
                              check=True, capture_output=True, text=True).stdout
         # "fuseplan-exec train: ..., 2 threads, cpu (convolutions: oneDNN 2.6.3 avx512_core; GEMM: OpenBLAS X)"
         line = next(l for l in out.splitlines() if l.startswith("fuseplan-exec train:"))
@@ -172,7 +173,7 @@ def measure(a):
             ours_kind[k] = ours_kind.get(k, 0.0) + (t["fwd_us"] + t["bwd_us"]) / 1e6
     theirs, theirs_kind, version, kernels = run_pytorch(model, a.batch, a.steps, a.threads, classes)
     return {"model": a.model, "resolution": a.resolution, "channels": channels, "batch": a.batch,
-            "precision": a.precision, "threads": a.threads, "conv": a.conv, "steps": a.steps,
+            "precision": a.precision, "threads": a.threads, "conv": a.conv, "steps": a.steps, "fused": not a.no_fuse,
             "ours_s": ours, "theirs_s": theirs, "ours_kind": ours_kind, "theirs_kind": theirs_kind,
             "torch": version, "ours_kernels": backend, "theirs_kernels": "PyTorch " + version + " (" + kernels + ")",
             "blas_env": {k: os.environ[k] for k in BLAS_VARS if k in os.environ}}
@@ -186,7 +187,8 @@ def report(r, label=""):
     theirs_prec = "fp32" if r["precision"] != "fp32" else r["precision"]
     print(f"step time, {r['model']} {r['resolution']}x{r['resolution']}x{r['channels']}, batch {r['batch']}, "
           f"fuseplan {r['precision']}{' (emulated)' if r['precision'] != 'fp32' else ''} vs PyTorch {theirs_prec}, "
-          f"SGD, {r['threads']} threads, --conv {r['conv']} (median of {r['steps']} steps after 3 warm-up){label}")
+          f"SGD, {r['threads']} threads, --conv {r['conv']}{'' if r.get('fused', True) else ' --no-fuse'} "
+          f"(median of {r['steps']} steps after 3 warm-up){label}")
     print(f"  OpenBLAS variables: {env}")
     print(f"  kernels: fuseplan-exec {r['ours_kernels']}; {r['theirs_kernels']}")
     ours, theirs = r["ours_s"], r["theirs_s"]
@@ -198,6 +200,11 @@ def report(r, label=""):
         o, t = ok.get(k, 0.0), tk.get(k, 0.0)
         ratio = f"{o / t:6.2f}x" if t > 0 and o > 0 else "     -"
         print(f"  {k:<12} {o * 1e3:10.2f} {t * 1e3:10.2f} {ratio:>7}")
+    # A BatchNorm fused with its ReLU books the pair's time to the BatchNorm: the two
+    # together compare alike either way.
+    o, t = (sum(d.get(k, 0.0) for k in ("batchnorm", "relu")) for d in (ok, tk))
+    if o > 0 and t > 0:
+        print(f"  {'bn + relu':<12} {o * 1e3:10.2f} {t * 1e3:10.2f} {o / t:6.2f}x")
     print()
 
 
@@ -223,6 +230,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--conv", default="auto", help="fuseplan-exec --conv: auto | im2col | onednn")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="fuseplan-exec --no-fuse: each BatchNorm and its ReLU as two ops (default: fused)")
     ap.add_argument("--suite", action="store_true", help="the four cases, as set and with the OpenBLAS variables unset")
     ap.add_argument("--json", action="store_true", help="one case as JSON (what --suite runs in its children)")
     a = ap.parse_args()
@@ -232,7 +241,8 @@ def main():
     if not a.suite:
         report(measure(a))
         return 0
-    common = ["--steps", str(a.steps), "--threads", str(a.threads), "--build", a.build, "--conv", a.conv]
+    common = ["--steps", str(a.steps), "--threads", str(a.threads), "--build", a.build, "--conv", a.conv] + (
+        ["--no-fuse"] if a.no_fuse else [])
     cases = [["--model", "resnet18", "--resolution", "28", "--batch", "64"],
              ["--model", "resnet50", "--resolution", "224", "--batch", "16"]]
     any_set = any(k in os.environ for k in BLAS_VARS)
