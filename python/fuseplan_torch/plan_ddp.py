@@ -168,7 +168,7 @@ class PlanDDP(nn.Module):
         # allreduces on different streams run concurrently.
         streams = sorted({int(b.get("stream", 0)) for b in plan["buckets"]})
         self.groups = {s: dist.new_group(list(range(self.world))) for s in streams}
-        self._check_transfers(origin, self.groups[streams[0]])
+        self._check_transfers(origin, self.groups[streams[0]], next(iter(params.values())).device)
         self.buckets: List[_Bucket] = []
         self.bucket_of: Dict[int, int] = {}
         self.slot_of: Dict[int, int] = {}
@@ -221,16 +221,17 @@ class PlanDDP(nn.Module):
             return None
         return reducer
 
-    def _check_transfers(self, origin: str, group: Any) -> None:
+    def _check_transfers(self, origin: str, group: Any, device: torch.device) -> None:
         """A transfer precision the backend cannot sum is refused here, not mid-backward
-        (gloo in torch 1.13 sums fp16 but not bf16). Every rank probes alike."""
+        (gloo in torch 1.13 sums fp16 but not bf16). Every rank probes alike, on the
+        module's device (NCCL sums CUDA tensors only)."""
         for i, b in enumerate(self.plan["buckets"]):
             t = b["transfer"]
             if t not in _DTYPES:
                 raise PlanError("%s: $.buckets[%d].transfer: unknown '%s' (valid: fp32, fp16, bf16)" % (origin, i, t))
         for t in sorted({b["transfer"] for b in self.plan["buckets"]} - {"fp32"}):
             try:
-                dist.all_reduce(torch.zeros(1, dtype=_DTYPES[t]), group=group)
+                dist.all_reduce(torch.zeros(1, dtype=_DTYPES[t], device=device), group=group)
             except RuntimeError:
                 first = next(i for i, b in enumerate(self.plan["buckets"]) if b["transfer"] == t)
                 raise PlanError("%s: $.buckets[%d].transfer: the %s backend of torch %s cannot sum %s" %
@@ -332,11 +333,18 @@ class PlanDDP(nn.Module):
 
 class _Stream:
     """One plan stream: a thread that allreduces its buckets one at a time, in the order
-    they were submitted, on its own process group, recording each one's start and end."""
+    they were submitted, on its own process group, recording each one's start and end.
+
+    CUDA tensors (NCCL): the submitter records an event on its current stream, where the
+    bucket was filled; the thread runs the allreduce on a CUDA stream of its own that waits
+    for that event, and waits for the device after it (NCCL's wait() does not block the
+    host), so the end recorded is the sum's and the future's buffer is complete when it
+    is set. Not yet run on a GPU (docs/pytorch.md)."""
 
     def __init__(self, group: Any) -> None:
         self.group = group
         self.q: "queue.Queue[Any]" = queue.Queue()
+        self.cuda_streams: Dict[Any, Any] = {}  # per device, made by the thread
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -344,7 +352,11 @@ class _Stream:
         """Queues the allreduce of `wire` (`buffer` itself, or its 16-bit copy, summed into
         `buffer` again); the future returned holds `buffer` when it is done, or the error."""
         fut: Any = torch.futures.Future()
-        self.q.put((wire, buffer, times, origin, fut))
+        filled = None
+        if wire.is_cuda:
+            filled = torch.cuda.Event()
+            filled.record()  # on the submitter's current stream, after the bucket's copies and cast
+        self.q.put((wire, buffer, times, origin, fut, filled))
         return fut
 
     def _run(self) -> None:
@@ -352,20 +364,40 @@ class _Stream:
             item = self.q.get()
             if item is None:
                 return
-            wire, buffer, times, origin, fut = item
-            times.start_s = time.perf_counter() - origin
+            wire, buffer, times, origin, fut, filled = item
             error: Optional[BaseException] = None
             try:
-                dist.all_reduce(wire, group=self.group, async_op=True).wait()
+                if filled is None:
+                    times.start_s = time.perf_counter() - origin
+                    dist.all_reduce(wire, group=self.group, async_op=True).wait()
+                    times.end_s = time.perf_counter() - origin
+                    if wire is not buffer:
+                        buffer.copy_(wire)
+                else:
+                    self._run_cuda(wire, buffer, times, origin, filled)
             except BaseException as e:  # handed to the training thread by the future
                 error = e
-            times.end_s = time.perf_counter() - origin
+                times.end_s = time.perf_counter() - origin
             if error is not None:
                 fut.set_exception(error)
                 continue
+            fut.set_result(buffer)
+
+    def _run_cuda(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float,
+                  filled: Any) -> None:
+        stream = self.cuda_streams.get(wire.device)
+        if stream is None:
+            stream = self.cuda_streams[wire.device] = torch.cuda.Stream(device=wire.device)
+        with torch.cuda.stream(stream):
+            stream.wait_event(filled)
+            filled.synchronize()  # the start is when the bucket is really filled
+            times.start_s = time.perf_counter() - origin
+            dist.all_reduce(wire, group=self.group, async_op=True).wait()
+            stream.synchronize()
+            times.end_s = time.perf_counter() - origin
             if wire is not buffer:
                 buffer.copy_(wire)
-            fut.set_result(buffer)
+                stream.synchronize()
 
     def stop(self) -> None:
         self.q.put(None)

@@ -36,14 +36,14 @@ def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, o
         if i == warmup:
             dist.barrier()
         optimizer.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
+        t0 = _clock(model)
         loss = _loss(model(inputs), labels)
-        t1 = time.perf_counter()
+        t1 = _clock(model)
         before_backward()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = _clock(model)
         optimizer.step()
-        t3 = time.perf_counter()
+        t3 = _clock(model)
         if i >= warmup:
             yield t0, t1, t2, t3
 
@@ -113,9 +113,26 @@ def measure_side_by_side(trainers: Sequence[Tuple[str, nn.Module, torch.optim.Op
     return {name: _slowest(ts) for name, ts in times.items()}
 
 
+def _collective_device() -> torch.device:
+    """Where the default process group's collectives take their tensors: NCCL's on this
+    rank's current GPU, the others' in host memory."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _clock(model: nn.Module) -> float:
+    """The host clock once the model's device has finished what was queued (a GPU runs
+    asynchronously: without the wait a step would be timed at its launch)."""
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type == "cuda":
+        torch.cuda.synchronize(p.device)
+    return time.perf_counter()
+
+
 def _slowest(times: List[float]) -> List[float]:
     """Each step's time as the slowest rank measured it, on every rank."""
-    t = torch.tensor(times, dtype=torch.float64)
+    t = torch.tensor(times, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
