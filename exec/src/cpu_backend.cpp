@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fuseplan/exec/half.hpp"
@@ -288,10 +289,13 @@ class CpuBackend final : public Backend {
     batchnorm_eval_impl(n, c, hw, x, gamma, beta, y, running_mean, running_var, eps, true);
   }
   void batchnorm_relu_backward(int n, int c, int hw, const float* x, const float* gamma, const float* relu_y,
-                               const float* dy, const float* save_mean, const float* save_invstd, float* dx,
+                               float* dy, const float* save_mean, const float* save_invstd, float* dx,
                                float* dgamma, float* dbeta, bool add) override {
-    if (add) batchnorm_backward_impl<true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
-    else batchnorm_backward_impl<false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+    if (in_blocks(c, hw))
+      return blocked::batchnorm_relu_backward(block_, n, c, hw, x, gamma, relu_y, dy, save_mean, save_invstd, dx,
+                                              dgamma, dbeta, add);
+    if (add) batchnorm_backward_plain<true, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+    else batchnorm_backward_plain<false, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
   }
   void batchnorm_train_impl(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                             float* save_mean, float* save_invstd, float* running_mean, float* running_var,
@@ -373,22 +377,23 @@ class CpuBackend final : public Backend {
   static float relu_masked(float g, float y) {
     return std::bit_cast<float>(std::bit_cast<uint32_t>(g) & -uint32_t(y > 0));
   }
-  // With relu_y (a fused ReLU's output), dy counts only where relu_y > 0, as the ReLU's
-  // backward would have passed it.
   template <bool Add>
   void batchnorm_backward_impl(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
-                               float* dbeta, const float* relu_y = nullptr) {
+                               float* dbeta) {
     if (in_blocks(c, hw))
       return blocked::batchnorm_backward(block_, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta,
-                                         Add, relu_y);
-    if (relu_y) return batchnorm_backward_plain<Add, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
-    batchnorm_backward_plain<Add, false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+                                         Add);
+    batchnorm_backward_plain<Add, false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, nullptr);
   }
+  // Masked: dy is a fused ReLU's gradient, masked by its output relu_y in the sums' pass
+  // and written back masked (nothing reads it afterwards), so that the second pass reads
+  // dy alone.
   template <bool Add, bool Masked>
-  void batchnorm_backward_plain(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
-                                const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
-                                float* dbeta, const float* relu_y) {
+  void batchnorm_backward_plain(int n, int c, int hw, const float* x, const float* gamma,
+                                std::conditional_t<Masked, float*, const float*> dy, const float* save_mean,
+                                const float* save_invstd, float* dx, float* dgamma, float* dbeta,
+                                const float* relu_y) {
     const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
@@ -396,11 +401,12 @@ class CpuBackend final : public Backend {
       double sum_dy = 0, sum_dy_xhat = 0;
       for (int img = 0; img < n; ++img) {
         const float* p = x + (int64_t(img) * c + ch) * hw;
-        const float* g = dy + (int64_t(img) * c + ch) * hw;
+        auto* g = dy + (int64_t(img) * c + ch) * hw;
         const float* m = Masked ? relu_y + (int64_t(img) * c + ch) * hw : nullptr;
 #pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
         for (int i = 0; i < hw; ++i) {
           const float gi = Masked ? relu_masked(g[i], m[i]) : g[i];
+          if constexpr (Masked) g[i] = gi;
           sum_dy += gi;
           sum_dy_xhat += gi * (p[i] - mean) * invstd;
         }
@@ -411,12 +417,10 @@ class CpuBackend final : public Backend {
       const float k = gamma[ch] * invstd, mdy = float(sum_dy / count), mdyx = float(sum_dy_xhat / count);
       for (int img = 0; img < n; ++img) {
         const float* p = x + (int64_t(img) * c + ch) * hw;
-        const float* g = dy + (int64_t(img) * c + ch) * hw;
-        const float* m = Masked ? relu_y + (int64_t(img) * c + ch) * hw : nullptr;
+        const float* g = dy + (int64_t(img) * c + ch) * hw;  // masked already
         float* d = dx + (int64_t(img) * c + ch) * hw;
         for (int i = 0; i < hw; ++i) {
-          const float gi = Masked ? relu_masked(g[i], m[i]) : g[i];
-          const float v = k * (gi - mdy - (p[i] - mean) * invstd * mdyx);
+          const float v = k * (g[i] - mdy - (p[i] - mean) * invstd * mdyx);
           if constexpr (Add) d[i] += v;
           else d[i] = v;
         }

@@ -76,9 +76,12 @@ inline float masked(const float* dy, const float* relu_y, int64_t i) {
     return dy[i];
 }
 
+// Masked: dy is the fused ReLU's gradient, masked by relu_y in the sums' pass and written
+// back masked (nothing reads it afterwards), so the second pass reads dy alone: the
+// ReLU's output, written long before in the forward pass, is read from memory once.
 template <bool Masked>
-void batchnorm_backward_impl(int B, int n, int c, int hw, const float* x, const float* gamma, const float* dy,
-                             const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
+void batchnorm_backward_impl(int B, int n, int c, int hw, const float* x, const float* gamma,
+                             std::conditional_t<Masked, float*, const float*> dy, const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
                              bool add, const float* relu_y) {
   const int CB = c / B;
   const double count = double(n) * hw;
@@ -93,6 +96,7 @@ void batchnorm_backward_impl(int B, int n, int c, int hw, const float* x, const 
 #pragma omp simd  // lanes are channels: each keeps its own sums in order
         for (int l = 0; l < B; ++l) {
           const float g = masked<Masked>(dy, relu_y, o + l);
+          if constexpr (Masked) dy[o + l] = g;
           sum_dy[l] += g;
           sum_dy_xhat[l] += g * (x[o + l] - mean[l]) * invstd[l];
         }
@@ -111,7 +115,7 @@ void batchnorm_backward_impl(int B, int n, int c, int hw, const float* x, const 
         const int64_t o = at(B, CB, hw, img, cb, i);
         for (int l = 0; l < B; ++l) {
           const float v =
-              k[l] * (masked<Masked>(dy, relu_y, o + l) - mdy[l] - (x[o + l] - mean[l]) * invstd[l] * mdyx[l]);
+              k[l] * (dy[o + l] - mdy[l] - (x[o + l] - mean[l]) * invstd[l] * mdyx[l]);
           dx[o + l] = add ? dx[o + l] + v : v;
         }
       }
@@ -173,11 +177,14 @@ void batchnorm_forward_eval(int B, int n, int c, int hw, const float* x, const f
 
 void batchnorm_backward(int B, int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
-                        bool add, const float* relu_y) {
-  if (relu_y)
-    batchnorm_backward_impl<true>(B, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, add, relu_y);
-  else
-    batchnorm_backward_impl<false>(B, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, add, relu_y);
+                        bool add) {
+  batchnorm_backward_impl<false>(B, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, add, nullptr);
+}
+
+void batchnorm_relu_backward(int B, int n, int c, int hw, const float* x, const float* gamma, const float* relu_y,
+                             float* dy, const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                             float* dbeta, bool add) {
+  batchnorm_backward_impl<true>(B, n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, add, relu_y);
 }
 
 // Pooling: one plane per (image, channel block), B channels per position.

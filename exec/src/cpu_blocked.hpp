@@ -16,7 +16,8 @@ void flatten_forward(int B, int n, int c, int hw, const float* x, float* y);    
 void flatten_backward(int B, int n, int c, int hw, const float* dy, float* dx, bool add);     // from NCHW order
 
 // With `relu`, the forward writes max(0, y) (a BatchNorm fused with the ReLU after it);
-// with `relu_y` (that ReLU's output), the backward reads dy as 0 where relu_y <= 0.
+// batchnorm_relu_backward takes that ReLU's output relu_y and its gradient dy, which it
+// masks (0 where relu_y <= 0) in place.
 void batchnorm_forward_train(int B, int n, int c, int hw, const float* x, const float* gamma, const float* beta,
                              float* y, float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                              float momentum, float eps, bool relu = false);
@@ -25,7 +26,10 @@ void batchnorm_forward_eval(int B, int n, int c, int hw, const float* x, const f
                             bool relu = false);
 void batchnorm_backward(int B, int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                         const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
-                        bool add, const float* relu_y = nullptr);
+                        bool add);
+void batchnorm_relu_backward(int B, int n, int c, int hw, const float* x, const float* gamma, const float* relu_y,
+                             float* dy, const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                             float* dbeta, bool add);
 
 void maxpool_forward(int B, const PoolShape& s, const float* x, float* y, int32_t* argmax);
 void maxpool_backward(int B, const PoolShape& s, const float* dy, const int32_t* argmax, float* dx);

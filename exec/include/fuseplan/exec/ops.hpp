@@ -107,8 +107,9 @@ class Backend {
   // fuses_batchnorm_relu() (the network asks): the forward writes max(0, batchnorm(x))
   // into y, the ReLU's output (the BatchNorm's own output is not written); the backward
   // takes that output relu_y and its gradient dy and runs the BatchNorm's backward on dy
-  // where relu_y > 0 (0 elsewhere), writing dx or, with `add`, adding to it. The results
-  // are the two ops' bit for bit. A backend without them is never asked.
+  // where relu_y > 0 (0 elsewhere), writing dx or, with `add`, adding to it; it may leave
+  // dy masked (nothing reads the ReLU's gradient after). The results are the two ops' bit
+  // for bit. A backend without them is never asked.
   virtual bool fuses_batchnorm_relu() const { return false; }
   virtual void batchnorm_relu_forward_train(int n, int c, int hw, const float* x, const float* gamma,
                                             const float* beta, float* y, float* save_mean, float* save_invstd,
@@ -124,7 +125,7 @@ class Backend {
     throw std::logic_error(name() + ": no fused BatchNorm + ReLU");
   }
   virtual void batchnorm_relu_backward(int n, int c, int hw, const float* x, const float* gamma, const float* relu_y,
-                                       const float* dy, const float* save_mean, const float* save_invstd, float* dx,
+                                       float* dy, const float* save_mean, const float* save_invstd, float* dx,
                                        float* dgamma, float* dbeta, bool add) {
     (void)n, (void)c, (void)hw, (void)x, (void)gamma, (void)relu_y, (void)dy, (void)save_mean, (void)save_invstd;
     (void)dx, (void)dgamma, (void)dbeta, (void)add;
