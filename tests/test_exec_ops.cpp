@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -444,6 +445,48 @@ TEST_CASE("a BatchNorm fused with the ReLU after it gives the two ops' bits - fo
         plain.forward(input.data(), false, rng2);
         CHECK(same_bits(fused.logits(), plain.logits(), size_t(batch) * size_t(fused.classes())));
       }
+}
+
+TEST_CASE("max pooling takes the first of equal maxima and the last NaN, as PyTorch, on both layouts") {
+  // Four 2 x 2 windows of a 4 x 4 plane: a tie, NaNs, all -inf, a later tie. The gradient
+  // lands where the maximum was taken.
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  // Row-major 4 x 4: window (0,0) = {1, 3 | 3, 2}, (0,1) = {nan, 5 | nan, 1},
+  // (1,0) = {-inf, -inf | -inf, -inf}, (1,1) = {2, 7 | 7, 7}.
+  const std::vector<float> plane{1, 3, nan, 5, 3, 2, nan, 1, -inf, -inf, 2, 7, -inf, -inf, 7, 7};
+  const int c = 16, hw = 16;
+  std::vector<std::pair<std::string, std::unique_ptr<Backend>>> backends;
+  backends.emplace_back("im2col", make_cpu_backend(CpuConv::Im2col));
+  if (cpu_has_dnnl()) backends.emplace_back("onednn", make_cpu_backend(CpuConv::Dnnl));
+  for (auto& [name, be] : backends) {
+    INFO(name << (be->blocked(c) ? " (blocked)" : " (nchw)"));
+    std::vector<float> x_plain;
+    for (int ch = 0; ch < c; ++ch) x_plain.insert(x_plain.end(), plane.begin(), plane.end());
+    const PoolShape s{1, c, 4, 4, 2, 2, 0, 2, 2};
+    std::vector<float> x(size_t(c) * hw), y(size_t(c) * 4), dy(size_t(c) * 4, 0.0f), dx(size_t(c) * hw, 0.0f);
+    std::vector<float> y_plain(y.size()), dx_plain(dx.size());
+    std::vector<int32_t> argmax(y.size());
+    be->import_activation(1, c, hw, x_plain.data(), x.data());
+    be->maxpool_forward(s, x.data(), y.data(), argmax.data());
+    std::vector<float> ones(y.size(), 1.0f), dy_blocked(y.size());
+    be->import_activation(1, c, 4, ones.data(), dy_blocked.data());
+    be->maxpool_backward(s, dy_blocked.data(), argmax.data(), dx.data());
+    be->flatten_forward(1, c, 4, y.data(), y_plain.data());
+    be->flatten_forward(1, c, hw, dx.data(), dx_plain.data());
+    for (int ch = 0; ch < c; ++ch) {
+      const float* yo = y_plain.data() + ch * 4;
+      const float* d = dx_plain.data() + ch * hw;
+      CHECK(yo[0] == 3.0f);
+      CHECK(std::isnan(yo[1]));
+      CHECK(yo[2] == -inf);
+      CHECK(yo[3] == 7.0f);
+      // Where each window's gradient went: its first 3, its last NaN (row 1), its first
+      // -inf, its first 7.
+      std::vector<float> want(hw, 0.0f);
+      want[1] = 1, want[6] = 1, want[8] = 1, want[11] = 1;
+      for (int i = 0; i < hw; ++i) CHECK(d[i] == want[size_t(i)]);
+    }
+  }
 }
 
 TEST_CASE("the network refuses layers it cannot run and models that differ") {

@@ -241,8 +241,13 @@ void maxpool_forward(int block, const PoolShape& s, const float* x, float* y, in
       for (int l = 0; l < B; ++l) best[l] = -std::numeric_limits<float>::infinity(), where[l] = -1;
       win.each([&](int pos) {
         const float* v = x + in + int64_t(pos) * B;
-        for (int l = 0; l < B; ++l)
-          if (v[l] > best[l] || where[l] < 0 || std::isnan(v[l])) best[l] = v[l], where[l] = pos;
+        // Selects, not a branch (on data in random order, a branch mispredicts often):
+        // the first value, a larger one or a NaN (PyTorch's rule: the last NaN) is taken.
+        for (int l = 0; l < B; ++l) {
+          const bool take = v[l] > best[l] || where[l] < 0 || v[l] != v[l];
+          best[l] = take ? v[l] : best[l];
+          where[l] = take ? pos : where[l];
+        }
       });
       for (int l = 0; l < B; ++l) y[o + l] = best[l], argmax[o + l] = where[l];
     });
