@@ -200,11 +200,11 @@ def report(r, label=""):
         o, t = ok.get(k, 0.0), tk.get(k, 0.0)
         ratio = f"{o / t:6.2f}x" if t > 0 and o > 0 else "     -"
         print(f"  {k:<12} {o * 1e3:10.2f} {t * 1e3:10.2f} {ratio:>7}")
-    # A BatchNorm fused with its ReLU books the pair's time to the BatchNorm: the two
-    # together compare alike either way.
-    o, t = (sum(d.get(k, 0.0) for k in ("batchnorm", "relu")) for d in (ok, tk))
+    # A BatchNorm or add fused with its ReLU books the pair's time to the first layer:
+    # the three together compare alike either way.
+    o, t = (sum(d.get(k, 0.0) for k in ("batchnorm", "add", "relu")) for d in (ok, tk))
     if o > 0 and t > 0:
-        print(f"  {'bn + relu':<12} {o * 1e3:10.2f} {t * 1e3:10.2f} {o / t:6.2f}x")
+        print(f"  {'bn+add+relu':<12} {o * 1e3:10.2f} {t * 1e3:10.2f} {o / t:6.2f}x")
     print()
 
 
@@ -231,7 +231,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--conv", default="auto", help="fuseplan-exec --conv: auto | im2col | onednn")
     ap.add_argument("--no-fuse", action="store_true",
-                    help="fuseplan-exec --no-fuse: each BatchNorm and its ReLU as two ops (default: fused)")
+                    help="fuseplan-exec --no-fuse: each BatchNorm or add and its ReLU as two ops (default: fused)")
     ap.add_argument("--suite", action="store_true", help="the four cases, as set and with the OpenBLAS variables unset")
     ap.add_argument("--json", action="store_true", help="one case as JSON (what --suite runs in its children)")
     a = ap.parse_args()

@@ -49,8 +49,8 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
   cmd->add_option("--backend", f->backend, "cpu | cuda (cuDNN, cuBLAS; docs/gpu.md)")->capture_default_str();
   cmd->add_option("--device", f->device, "cuda: the GPU (default: the rank's local rank modulo the GPUs)");
   cmd->add_flag("--no-fuse", f->no_fuse,
-                "run each BatchNorm and the ReLU after it as two ops (default: one op where the backend has it,\n"
-                "the CPU's; same results, and the per-layer profile books the pair's time to the BatchNorm)");
+                "run each BatchNorm or add and the ReLU after it as two ops (default: one op where the backend\n"
+                "has it, the CPU's; same results, and the per-layer profile books the pair's time to the first)");
   cmd->add_flag("--no-tf32", f->no_tf32, "cuda: strict FP32 convolutions and GEMMs (default: TF32 tensor cores)");
   cmd->add_option("--conv-algos", f->conv_algos,
                   "cuda: how each convolution shape's cuDNN algorithms are chosen: heuristic (cuDNN's first\n"
@@ -79,7 +79,7 @@ void prepare_training(TrainFlags& f) {
   f.opt.checkpoint_path = f.checkpoint_path;
   f.opt.resume_path = f.resume_path;
   f.opt.evaluate = !f.no_eval;
-  f.opt.fuse_batchnorm_relu = !f.no_fuse;
+  f.opt.fuse_relu = !f.no_fuse;
   if (f.checkpoint_every < 0) throw InputError("--checkpoint-every: must be >= 0");
   if (f.checkpoint_every > 0 && f.checkpoint_path.empty()) throw InputError("--checkpoint-every: needs --checkpoint FILE");
 

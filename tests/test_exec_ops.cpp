@@ -386,10 +386,11 @@ TEST_CASE("half-precision storage: every output and gradient of a step lies on t
   }
 }
 
-TEST_CASE("a BatchNorm fused with the ReLU after it gives the two ops' bits - forward, backward, evaluation") {
+TEST_CASE("a BatchNorm or an add fused with the ReLU after it gives the two ops' bits - forward, backward, evaluation") {
   // Both CPU layouts (NCHW through im2col, oneDNN's blocked one), every storage precision;
-  // a BatchNorm feeding a residual add stays unfused, and one on the model input is fused
-  // with its gradient discarded.
+  // a BatchNorm feeding a residual add stays unfused, one on the model input is fused with
+  // its gradient discarded, and an add of a tensor to itself sends both gradients to one
+  // buffer.
   struct Case {
     const char* what;
     Model model;
@@ -397,15 +398,18 @@ TEST_CASE("a BatchNorm fused with the ReLU after it gives the two ops' bits - fo
   };
   ModelOptions o;
   o.resolution = 16, o.channels = 3, o.classes = 10;
-  std::vector<Case> cases{{"residual", residual_cnn("fuse", 16, 32, 5, false), 16, 8, 1},
-                          {"resnet18", build_zoo_model("resnet18", o), 3, 16, 9}};
+  std::vector<Case> cases{{"residual", residual_cnn("fuse", 16, 32, 5, false), 16, 8, 2},
+                          {"resnet18", build_zoo_model("resnet18", o), 3, 16, 17}};
   {
     ModelBuilder b("bn_on_input", {16, 4, 4});
     int x = b.batchnorm("bn0", ModelBuilder::kInput);
     x = b.relu("relu0", x);
-    x = b.flatten("flat", x);
-    b.linear("fc", x, 3, true);
-    cases.push_back({"batchnorm on the input", b.finish(), 16, 4, 1});
+    int y = b.conv("conv", x, 16, 3, 1, 1, true);
+    y = b.add("twice", y, y);
+    y = b.relu("relu1", y);
+    y = b.flatten("flat", y);
+    b.linear("fc", y, 3, true);
+    cases.push_back({"batchnorm on the input, a tensor added to itself", b.finish(), 16, 4, 2});
   }
   std::vector<std::pair<std::string, std::unique_ptr<Backend>>> backends;
   backends.emplace_back("im2col", make_cpu_backend(CpuConv::Im2col));
@@ -421,11 +425,11 @@ TEST_CASE("a BatchNorm fused with the ReLU after it gives the two ops' bits - fo
         INFO(be_name << ", " << c.what << ", " << precision_name(p));
         NetworkOptions fused_opt, plain_opt;
         fused_opt.precision = plain_opt.precision = p;
-        plain_opt.fuse_batchnorm_relu = false;
+        plain_opt.fuse_relu = false;
         const int batch = 3;
         Network fused(c.model, batch, *be, fused_opt), plain(c.model, batch, *be, plain_opt);
-        CHECK(fused.fused_batchnorm_relu() == c.fused);
-        CHECK(plain.fused_batchnorm_relu() == 0);
+        CHECK(fused.fused_relus() == c.fused);
+        CHECK(plain.fused_relus() == 0);
         auto input = randn(size_t(batch) * c.channels * c.side * c.side, 5);
         std::vector<int32_t> labels{0, 2, 1};
         std::mt19937_64 rng1(1), rng2(1);

@@ -276,8 +276,9 @@ class CpuBackend final : public Backend {
     batchnorm_train_impl(n, c, hw, x, gamma, beta, y, save_mean, save_invstd, running_mean, running_var, momentum, eps,
                          false);
   }
-  // A BatchNorm and the ReLU after it in one pass over the data each way (ops.hpp).
-  bool fuses_batchnorm_relu() const override { return true; }
+  // A BatchNorm or an add and the ReLU after it in one pass over the data each way
+  // (ops.hpp).
+  bool fuses_relu() const override { return true; }
   void batchnorm_relu_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta,
                                     float* y, float* save_mean, float* save_invstd, float* running_mean,
                                     float* running_var, float momentum, float eps) override {
@@ -474,6 +475,36 @@ class CpuBackend final : public Backend {
   void add_forward(size_t n, const float* a, const float* b, float* y) override {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+  }
+  void add_relu_forward(size_t n, const float* a, const float* b, float* y) override {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+      const float v = a[i] + b[i];
+      y[i] = v > 0 ? v : 0.0f;
+    }
+  }
+  void add_relu_backward(size_t n, const float* relu_y, const float* dy, float* da, bool set_a, float* db) override {
+    if (da && db) {
+      if (set_a) add_relu_backward_impl<1, true>(n, relu_y, dy, da, db);
+      else add_relu_backward_impl<2, true>(n, relu_y, dy, da, db);
+    } else if (da) {
+      if (set_a) add_relu_backward_impl<1, false>(n, relu_y, dy, da, db);
+      else add_relu_backward_impl<2, false>(n, relu_y, dy, da, db);
+    } else if (db) {
+      add_relu_backward_impl<0, true>(n, relu_y, dy, da, db);
+    }
+  }
+  // A: 0 no da, 1 da written, 2 da added to; B: db added to. da is done before db, as the
+  // two ops do (da and db may be one buffer: a tensor added to itself).
+  template <int A, bool B>
+  static void add_relu_backward_impl(size_t n, const float* relu_y, const float* dy, float* da, float* db) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; ++i) {
+      const float g = relu_masked(dy[i], relu_y[i]);
+      if constexpr (A == 1) da[i] = g;
+      if constexpr (A == 2) da[i] += g;
+      if constexpr (B) db[i] += g;
+    }
   }
   void accumulate(size_t n, const float* dy, float* dx) override {
 #pragma omp parallel for schedule(static)

@@ -146,14 +146,16 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     const LayerKind k = m.layers[size_t(l)].kind;
     return k == LayerKind::ReLU || k == LayerKind::Flatten || (!backward && k == LayerKind::MaxPool);
   };
-  relu_of_bn_.assign(nodes_.size(), -1);
-  bn_of_relu_.assign(nodes_.size(), -1);
-  if (opt_.fuse_batchnorm_relu && be_.fuses_batchnorm_relu())
+  relu_after_.assign(nodes_.size(), -1);
+  fused_into_.assign(nodes_.size(), -1);
+  if (opt_.fuse_relu && be_.fuses_relu())
     for (size_t l = 0; l < nodes_.size(); ++l) {
       const int r = last[l];
-      if (m.layers[l].kind != LayerKind::BatchNorm || consumers[l] != 1 || m.layers[size_t(r)].kind != LayerKind::ReLU)
+      const LayerKind k = m.layers[l].kind;
+      if ((k != LayerKind::BatchNorm && k != LayerKind::Add) || consumers[l] != 1 ||
+          m.layers[size_t(r)].kind != LayerKind::ReLU)
         continue;
-      relu_of_bn_[l] = r, bn_of_relu_[size_t(r)] = int(l);
+      relu_after_[l] = r, fused_into_[size_t(r)] = int(l);
       // Never written: zeroed once, so that every buffer holds values of the precision.
       be_.zero(nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
       be_.zero(nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
@@ -246,9 +248,9 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
     if (before_layer) before_layer(int(l));
     auto t0 = Clock::now();
     forward_layer(static_cast<int>(l), training, rng);
-    // A fused BatchNorm wrote its ReLU's output, rounded here as its own would have been
-    // (rounding and ReLU commute); the ReLU then has nothing left to do.
-    float* written = relu_of_bn_[l] >= 0 ? nodes_[size_t(relu_of_bn_[l])].out : nodes_[l].out;
+    // A fused BatchNorm or add wrote its ReLU's output, rounded here as its own would have
+    // been (rounding and ReLU commute); the ReLU then has nothing left to do.
+    float* written = relu_after_[l] >= 0 ? nodes_[size_t(relu_after_[l])].out : nodes_[l].out;
     if (!exact_out_[l]) be_.round(opt_.precision, written, size_t(batch_) * size_t(nodes_[l].out_elems));
     if (marks) {
       fwd_mark_[l] = be_.mark();
@@ -292,7 +294,7 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
     case LayerKind::BatchNorm: {
       const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
       float* mean = running_.get() + n.running;
-      if (const int r = relu_of_bn_[size_t(l)]; r >= 0) {
+      if (const int r = relu_after_[size_t(l)]; r >= 0) {
         float* y = nodes_[size_t(r)].out;
         if (training)
           be_.batchnorm_relu_forward_train(batch_, c, hw, x, param(n.weight), param(n.bias), y, n.save_mean,
@@ -309,12 +311,15 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
       break;
     }
     case LayerKind::ReLU:
-      if (bn_of_relu_[size_t(l)] < 0) be_.relu_forward(total, x, n.out);  // else its BatchNorm ran it
+      if (fused_into_[size_t(l)] < 0) be_.relu_forward(total, x, n.out);  // else the layer before ran it
       break;
     case LayerKind::MaxPool: be_.maxpool_forward(n.pool, x, n.out, n.argmax); break;
     case LayerKind::AvgPool: be_.avgpool_forward(n.pool, x, n.out); break;
     case LayerKind::AdaptiveAvgPool: be_.adaptive_avgpool_forward(n.pool, x, n.out); break;
-    case LayerKind::Add: be_.add_forward(total, x, input_of(l, 1), n.out); break;
+    case LayerKind::Add:
+      if (const int r = relu_after_[size_t(l)]; r >= 0) be_.add_relu_forward(total, x, input_of(l, 1), nodes_[size_t(r)].out);
+      else be_.add_forward(total, x, input_of(l, 1), n.out);
+      break;
     case LayerKind::Dropout: {
       // The mask is drawn on the host in sample order (the same mask on every backend for
       // a seed) and copied into the backend's memory.
@@ -357,8 +362,8 @@ bool Network::stored_in_precision() const {
 }
 
 const float* Network::logits() const { return nodes_.back().out; }
-int Network::fused_batchnorm_relu() const {
-  return int(std::count_if(relu_of_bn_.begin(), relu_of_bn_.end(), [](int r) { return r >= 0; }));
+int Network::fused_relus() const {
+  return int(std::count_if(relu_after_.begin(), relu_after_.end(), [](int r) { return r >= 0; }));
 }
 int Network::classes() const { return static_cast<int>(nodes_.back().out_elems); }
 
@@ -454,7 +459,7 @@ void Network::backward_layer(int l) {
         scratch = DeviceBuffer(be_, total);
         dx = scratch.get();
       }
-      if (const int r = relu_of_bn_[size_t(l)]; r >= 0)  // the ReLU's gradient, masked by its output
+      if (const int r = relu_after_[size_t(l)]; r >= 0)  // the ReLU's gradient, masked by its output
         be_.batchnorm_relu_backward(batch_, c, hw, x, param(n.weight), nodes_[size_t(r)].out, nodes_[size_t(r)].dout,
                                     n.save_mean, n.save_invstd, dx, grad(n.weight), grad(n.bias),
                                     !(set || scratch.get()));
@@ -467,7 +472,7 @@ void Network::backward_layer(int l) {
       break;
     }
     case LayerKind::ReLU:
-      if (bn_of_relu_[size_t(l)] >= 0) break;  // its BatchNorm's backward applies it
+      if (fused_into_[size_t(l)] >= 0) break;  // the backward of the layer before applies it
       if (dx && set) be_.relu_backward_set(total, n.out, n.dout, dx);
       else if (dx) be_.relu_backward(total, n.out, n.dout, dx);
       break;
@@ -475,6 +480,10 @@ void Network::backward_layer(int l) {
     case LayerKind::AvgPool: if (dx) be_.avgpool_backward(n.pool, n.dout, dx); break;
     case LayerKind::AdaptiveAvgPool: if (dx) be_.adaptive_avgpool_backward(n.pool, n.dout, dx); break;
     case LayerKind::Add:
+      if (const int r = relu_after_[size_t(l)]; r >= 0) {  // the ReLU's gradient, masked by its output
+        be_.add_relu_backward(total, nodes_[size_t(r)].out, nodes_[size_t(r)].dout, dx, set, grad_of_input(l, 1));
+        break;
+      }
       if (dx && set) be_.assign(total, n.dout, dx);
       else if (dx) be_.accumulate(total, n.dout, dx);
       if (float* dx2 = grad_of_input(l, 1)) be_.accumulate(total, n.dout, dx2);

@@ -56,7 +56,7 @@ NetworkOptions network_options(const TrainOptions& o) {
   n.precision = o.precision;
   n.seed = o.seed;
   n.host_reads_gradients = o.exchange && !o.exchange_on_device;
-  n.fuse_batchnorm_relu = o.fuse_batchnorm_relu;
+  n.fuse_relu = o.fuse_relu;
   return n;
 }
 

@@ -26,11 +26,11 @@ struct NetworkOptions {
   // layer waits for the device. Otherwise a backend timed on its device (GPUs) is timed by
   // its own marks and waited for once per forward and once per backward.
   bool host_reads_gradients = true;
-  // A BatchNorm whose only consumer is a ReLU runs with it as one op where the backend
-  // has it (Backend::fuses_batchnorm_relu): same results, one pass over the data less
-  // each way. The pair's time is then the BatchNorm's in the per-layer timings (the
-  // ReLU's is about 0).
-  bool fuse_batchnorm_relu = true;
+  // A BatchNorm or an add whose only consumer is a ReLU runs with it as one op where the
+  // backend has it (Backend::fuses_relu): same results, one pass over the data less each
+  // way. The pair's time is then the first layer's in the per-layer timings (the ReLU's
+  // is about 0).
+  bool fuse_relu = true;
 };
 
 // One parameter tensor's place in the flat buffers.
@@ -90,8 +90,8 @@ class Network {
   // rounding where an op cannot leave the grid loses nothing. Host-memory backends only.
   bool stored_in_precision() const;
   const float* logits() const;
-  // How many BatchNorm + ReLU pairs run as one op (NetworkOptions::fuse_batchnorm_relu).
-  int fused_batchnorm_relu() const;
+  // How many BatchNorm + ReLU and add + ReLU pairs run as one op (NetworkOptions::fuse_relu).
+  int fused_relus() const;
   int classes() const;
   // Loss of the last forward against `labels`, and backward: gradients of every
   // parameter, multiplied by `loss_scale`, into grads(). After each layer's backward
@@ -142,9 +142,9 @@ class Network {
   void read_marks();  // timings and spans of the step from the marks (after a synchronize)
   std::vector<int> ready_after_;  // backward positions complete after layer l's backward
   std::vector<char> exact_out_, exact_dout_;  // per node: its output / gradient needs no half-precision rounding
-  // A BatchNorm run fused with the ReLU after it: relu_of_bn_[bn] = relu, bn_of_relu_[relu]
-  // = bn; -1 elsewhere.
-  std::vector<int> relu_of_bn_, bn_of_relu_;
+  // A BatchNorm or add run fused with the ReLU after it: relu_after_[layer] = relu,
+  // fused_into_[relu] = layer; -1 elsewhere.
+  std::vector<int> relu_after_, fused_into_;
   std::vector<char> dout_ready_;  // per node: its gradient zeroed (or written) in this backward
 };
 

@@ -103,14 +103,17 @@ class Backend {
   virtual void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                   const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                                   float* dbeta) = 0;
-  // A BatchNorm whose only consumer is a ReLU, run as one op where the backend says
-  // fuses_batchnorm_relu() (the network asks): the forward writes max(0, batchnorm(x))
+  // A BatchNorm or an add whose only consumer is a ReLU, run as one op where the backend
+  // says fuses_relu() (the network asks). BatchNorm: the forward writes max(0, batchnorm(x))
   // into y, the ReLU's output (the BatchNorm's own output is not written); the backward
   // takes that output relu_y and its gradient dy and runs the BatchNorm's backward on dy
   // where relu_y > 0 (0 elsewhere), writing dx or, with `add`, adding to it; it may leave
-  // dy masked (nothing reads the ReLU's gradient after). The results are the two ops' bit
-  // for bit. A backend without them is never asked.
-  virtual bool fuses_batchnorm_relu() const { return false; }
+  // dy masked (nothing reads the ReLU's gradient after). Add: the forward writes
+  // max(0, a + b) into y, the ReLU's output; the backward passes dy where relu_y > 0 (0
+  // elsewhere) to both inputs: written into da (`set_a`) or added to it, added to db
+  // (either may be null). The results are the two ops' bit for bit. A backend without
+  // them is never asked.
+  virtual bool fuses_relu() const { return false; }
   virtual void batchnorm_relu_forward_train(int n, int c, int hw, const float* x, const float* gamma,
                                             const float* beta, float* y, float* save_mean, float* save_invstd,
                                             float* running_mean, float* running_var, float momentum, float eps) {
@@ -130,6 +133,14 @@ class Backend {
     (void)n, (void)c, (void)hw, (void)x, (void)gamma, (void)relu_y, (void)dy, (void)save_mean, (void)save_invstd;
     (void)dx, (void)dgamma, (void)dbeta, (void)add;
     throw std::logic_error(name() + ": no fused BatchNorm + ReLU");
+  }
+  virtual void add_relu_forward(size_t n, const float* a, const float* b, float* y) {
+    (void)n, (void)a, (void)b, (void)y;
+    throw std::logic_error(name() + ": no fused add + ReLU");
+  }
+  virtual void add_relu_backward(size_t n, const float* relu_y, const float* dy, float* da, bool set_a, float* db) {
+    (void)n, (void)relu_y, (void)dy, (void)da, (void)set_a, (void)db;
+    throw std::logic_error(name() + ": no fused add + ReLU");
   }
   virtual void relu_forward(size_t n, const float* x, float* y) = 0;
   virtual void relu_backward(size_t n, const float* y, const float* dy, float* dx) = 0;

@@ -71,8 +71,9 @@ struct TrainOptions {
   // The exchange reads gradients where the backend keeps them (NCCL on the GPU's streams),
   // so backward need not wait for the device layer by layer.
   bool exchange_on_device = false;
-  // A BatchNorm and the ReLU after it as one op where the backend has it (NetworkOptions).
-  bool fuse_batchnorm_relu = true;
+  // A BatchNorm or an add and the ReLU after it as one op where the backend has it
+  // (NetworkOptions).
+  bool fuse_relu = true;
   // Per-layer gating (schedules beyond fusion, docs/schedules.md): the step does not wait
   // for the exchange after backward; instead each layer of the next forward pass waits
   // only for its own parameters' sums (GradientExchange::wait_positions) and runs its
