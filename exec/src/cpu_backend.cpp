@@ -295,8 +295,10 @@ class CpuBackend final : public Backend {
     if (in_blocks(c, hw))
       return blocked::batchnorm_relu_backward(block_, n, c, hw, x, gamma, relu_y, dy, save_mean, save_invstd, dx,
                                               dgamma, dbeta, add);
-    if (add) batchnorm_backward_plain<true, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
-    else batchnorm_backward_plain<false, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+    if (add)
+      batchnorm_backward_plain<true, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
+    else
+      batchnorm_backward_plain<false, true>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta, relu_y);
   }
   void batchnorm_train_impl(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                             float* save_mean, float* save_invstd, float* running_mean, float* running_var,

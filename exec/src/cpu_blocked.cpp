@@ -81,8 +81,9 @@ inline float masked(const float* dy, const float* relu_y, int64_t i) {
 // ReLU's output, written long before in the forward pass, is read from memory once.
 template <bool Masked>
 void batchnorm_backward_impl(int B, int n, int c, int hw, const float* x, const float* gamma,
-                             std::conditional_t<Masked, float*, const float*> dy, const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta,
-                             bool add, const float* relu_y) {
+                             std::conditional_t<Masked, float*, const float*> dy, const float* save_mean,
+                             const float* save_invstd, float* dx, float* dgamma, float* dbeta, bool add,
+                             const float* relu_y) {
   const int CB = c / B;
   const double count = double(n) * hw;
 #pragma omp parallel for schedule(static)

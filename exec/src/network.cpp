@@ -317,8 +317,10 @@ void Network::forward_layer(int l, bool training, std::mt19937_64& rng) {
     case LayerKind::AvgPool: be_.avgpool_forward(n.pool, x, n.out); break;
     case LayerKind::AdaptiveAvgPool: be_.adaptive_avgpool_forward(n.pool, x, n.out); break;
     case LayerKind::Add:
-      if (const int r = relu_after_[size_t(l)]; r >= 0) be_.add_relu_forward(total, x, input_of(l, 1), nodes_[size_t(r)].out);
-      else be_.add_forward(total, x, input_of(l, 1), n.out);
+      if (const int r = relu_after_[size_t(l)]; r >= 0)
+        be_.add_relu_forward(total, x, input_of(l, 1), nodes_[size_t(r)].out);
+      else
+        be_.add_forward(total, x, input_of(l, 1), n.out);
       break;
     case LayerKind::Dropout: {
       // The mask is drawn on the host in sample order (the same mask on every backend for
