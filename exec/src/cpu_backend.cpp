@@ -375,11 +375,6 @@ class CpuBackend final : public Backend {
                               float* dbeta) override {
     batchnorm_backward_impl<false>(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta);
   }
-  // g where the ReLU's output y is positive, else +0 (its backward's select) as a bit
-  // mask: no branch to mispredict on every other element, and the loop vectorises.
-  static float relu_masked(float g, float y) {
-    return std::bit_cast<float>(std::bit_cast<uint32_t>(g) & -uint32_t(y > 0));
-  }
   template <bool Add>
   void batchnorm_backward_impl(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
@@ -408,7 +403,7 @@ class CpuBackend final : public Backend {
         const float* m = Masked ? relu_y + (int64_t(img) * c + ch) * hw : nullptr;
 #pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
         for (int i = 0; i < hw; ++i) {
-          const float gi = Masked ? relu_masked(g[i], m[i]) : g[i];
+          const float gi = Masked ? blocked::relu_masked(g[i], m[i]) : g[i];
           if constexpr (Masked) g[i] = gi;
           sum_dy += gi;
           sum_dy_xhat += gi * (p[i] - mean) * invstd;
@@ -502,7 +497,7 @@ class CpuBackend final : public Backend {
   static void add_relu_backward_impl(size_t n, const float* relu_y, const float* dy, float* da, float* db) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; ++i) {
-      const float g = relu_masked(dy[i], relu_y[i]);
+      const float g = blocked::relu_masked(dy[i], relu_y[i]);
       if constexpr (A == 1) da[i] = g;
       if constexpr (A == 2) da[i] += g;
       if constexpr (B) db[i] += g;

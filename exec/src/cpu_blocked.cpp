@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -65,17 +64,6 @@ void scale_shift(int B, int CB, int n, int hw, int cb, const float* x, const flo
   else scale_shift_impl<false>(B, CB, n, hw, cb, x, a, shift, y);
 }
 
-// dy where the fused ReLU's output is positive, else +0 (the ReLU's backward select), as
-// a bit mask: no branch, which on data where half the values are masked costs a
-// misprediction every other element, and the loops vectorise.
-template <bool Masked>
-inline float masked(const float* dy, const float* relu_y, int64_t i) {
-  if constexpr (Masked)
-    return std::bit_cast<float>(std::bit_cast<uint32_t>(dy[i]) & -uint32_t(relu_y[i] > 0));
-  else
-    return dy[i];
-}
-
 // Masked: dy is the fused ReLU's gradient, masked by relu_y in the sums' pass and written
 // back masked (nothing reads it afterwards), so the second pass reads dy alone: the
 // ReLU's output, written long before in the forward pass, is read from memory once.
@@ -96,7 +84,7 @@ void batchnorm_backward_impl(int B, int n, int c, int hw, const float* x, const 
         const int64_t o = at(B, CB, hw, img, cb, i);
 #pragma omp simd  // lanes are channels: each keeps its own sums in order
         for (int l = 0; l < B; ++l) {
-          const float g = masked<Masked>(dy, relu_y, o + l);
+          const float g = Masked ? relu_masked(dy[o + l], relu_y[o + l]) : dy[o + l];
           if constexpr (Masked) dy[o + l] = g;
           sum_dy[l] += g;
           sum_dy_xhat[l] += g * (x[o + l] - mean[l]) * invstd[l];
