@@ -156,9 +156,11 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
           m.layers[size_t(r)].kind != LayerKind::ReLU)
         continue;
       relu_after_[l] = r, fused_into_[size_t(r)] = int(l);
-      // Never written: zeroed once, so that every buffer holds values of the precision.
-      be_.zero(nodes_[l].out, size_t(batch_) * size_t(nodes_[l].out_elems));
-      be_.zero(nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
+      // The layer writes its ReLU's output and reads its ReLU's gradient: its own are
+      // never used.
+      Node& n = nodes_[l];
+      n.out_buf = DeviceBuffer(), n.dout_buf = DeviceBuffer();
+      n.out = n.dout = nullptr;
     }
   exact_out_.assign(nodes_.size(), 0);
   exact_dout_.assign(nodes_.size(), 0);
@@ -358,7 +360,7 @@ bool Network::stored_in_precision() const {
   if (!be_.reads_host_memory()) throw RunError("stored_in_precision: the backend's memory is not the host's");
   for (const Node& n : nodes_)
     for (const float* p : {static_cast<const float*>(n.out), static_cast<const float*>(n.dout)})
-      for (int64_t i = 0; i < int64_t(batch_) * n.out_elems; ++i)
+      for (int64_t i = 0; p && i < int64_t(batch_) * n.out_elems; ++i)
         if (std::bit_cast<uint32_t>(round_to(opt_.precision, p[i])) != std::bit_cast<uint32_t>(p[i])) return false;
   return true;
 }
