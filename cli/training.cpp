@@ -106,7 +106,8 @@ std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int lo
     if (std::filesystem::is_directory(o.conv_algo_file, ec))
       throw InputError("--conv-algo-file " + o.conv_algo_file + ": is a directory (give a file name)");
     // Read before the device is touched, so a malformed file is refused like any input.
-    if (std::filesystem::exists(o.conv_algo_file, ec)) (void)exec::ConvAlgoTable::load(o.conv_algo_file);
+    if (std::filesystem::exists(o.conv_algo_file, ec))
+      o.conv_algos_recorded = exec::ConvAlgoTable::load(o.conv_algo_file);
   }
   return exec::make_cuda_backend(o);
 }

@@ -20,7 +20,6 @@
 #include <cudnn.h>
 
 #include <cmath>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -385,9 +384,7 @@ class CudaBackend final : public Backend {
     check(cudaGetDeviceProperties(&prop, opt.device), "device properties");
     name_ = std::string("cuda (") + prop.name + ", cuDNN " + std::to_string(cudnnGetVersion()) +
             (opt.tf32 ? ", TF32" : ", strict FP32") + ")";
-    std::error_code ec;
-    if (!opt.conv_algo_file.empty() && std::filesystem::exists(opt.conv_algo_file, ec))
-      algos_ = ConvAlgoTable::load(opt.conv_algo_file);
+    algos_ = opt.conv_algos_recorded;
     algos_.device = prop.name;
     algos_.library = "cuDNN " + std::to_string(cudnnGetVersion());
   }
@@ -642,8 +639,8 @@ class CudaBackend final : public Backend {
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
     auto c = std::make_unique<ConvPlan>(s, opt_.tf32);
-    const Candidates cand(dnn_, *c);
     if (const ConvAlgoChoice* recorded = algos_.find(key)) {
+      const Candidates cand(dnn_, *c);
       c->fwd = cudnnConvolutionFwdAlgo_t(recorded->fwd);
       c->fwd_ws = recorded_memory(cand.fwd, cand.fwd_found, c->fwd, "forward", key);
       c->bwd_data = cudnnConvolutionBwdDataAlgo_t(recorded->bwd_data);
@@ -655,6 +652,7 @@ class CudaBackend final : public Backend {
       if (opt_.conv_algos == ConvAlgoSearch::Find) {
         chosen = find_algorithms(s, *c);
       } else {
+        const Candidates cand(dnn_, *c);
         const auto& f = first_deterministic(cand.fwd, cand.fwd_found, "convolution forward");
         const auto& d = first_deterministic(cand.data, cand.data_found, "convolution backward data");
         const auto& w = first_deterministic(cand.filt, cand.filt_found, "convolution backward filter");
@@ -752,7 +750,7 @@ class CudaBackend final : public Backend {
   cudnnHandle_t dnn_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   std::map<ConvAlgoKey, std::unique_ptr<ConvPlan>> plans_;
-  ConvAlgoTable algos_;  // every shape's algorithms: read from, and written to, opt_.conv_algo_file
+  ConvAlgoTable algos_;  // every shape's algorithms: the recorded ones, then those chosen here
   GrowingBuffer workspace_, scratch_;
   struct DeviceSlots {
     std::vector<DevSlot> table;

@@ -257,10 +257,12 @@ bool cpu_has_dnnl();
 struct CudaOptions {
   int device = 0;
   bool tf32 = true;
-  // How convolution algorithms are chosen, and the file (fuseplan.conv-algos/1) that
-  // records them: read where it exists (its shapes reuse their algorithms), rewritten as
-  // new shapes are chosen; "" = none.
+  // How convolution algorithms are chosen; the choices recorded earlier (their shapes
+  // reuse their algorithms; the caller reads them from conv_algo_file, so that a bad file
+  // is refused before a device is used); the file (fuseplan.conv-algos/1) rewritten as
+  // new shapes are chosen, "" = none.
   ConvAlgoSearch conv_algos = ConvAlgoSearch::Heuristic;
+  ConvAlgoTable conv_algos_recorded;
   std::string conv_algo_file;
 };
 int cuda_device_count();  // 0 without a driver or a device (or without the CUDA build)
