@@ -677,6 +677,256 @@ TEST_CASE("a backend timed on its device is waited for once per forward and once
   }
 }
 
+#include <map>
+
+namespace {
+// The CPU backend dressed as a backend that stores activations in half precision (as the
+// CUDA backend does in FP16/BF16): activations come from alloc_activation, and every
+// layer call rounds the activations it writes to the precision, as 16-bit storage holds
+// them. Each call checks that it is handed activations where the interface says
+// activations, and FP32 buffers (parameters, gradients, statistics, masks) elsewhere;
+// the violations are collected. A real 16-bit backend would read or write past a buffer
+// or misread its values where either is confused.
+class HalfStorage final : public Backend {
+ public:
+  HalfStorage(Backend& cpu, Precision p) : cpu_(cpu), p_(p) {}
+  std::vector<std::string> violations;
+  int logits_reads = 0;
+  std::string name() const override { return "half-storage " + cpu_.name(); }
+  Precision activation_storage() const override { return p_; }
+  float* alloc(size_t n) override { return cpu_.alloc(n); }
+  float* alloc_activation(size_t n) override {
+    float* p = cpu_.alloc(n);
+    acts_[p] = n;
+    return p;
+  }
+  void free(float* p) override {
+    acts_.erase(p);
+    cpu_.free(p);
+  }
+  void zero(float* p, size_t n) override { fp32(p, "zero"), cpu_.zero(p, n); }
+  void zero_activation(float* p, size_t n) override { act(p, n, "zero_activation"), cpu_.zero(p, n); }
+  void read_activation(float* host, const float* src, size_t n) override {
+    act(src, n, "read_activation");
+    ++logits_reads;
+    cpu_.read_activation(host, src, n);
+  }
+  void round(Precision p, float* x, size_t n) override { fp32(x, "round"), cpu_.round(p, x, n); }
+  void copy_in(float* dst, const float* src, size_t n) override { fp32(dst, "copy_in"), cpu_.copy_in(dst, src, n); }
+  bool nonfinite(const float* x, size_t n) override { return fp32(x, "nonfinite"), cpu_.nonfinite(x, n); }
+  void optimizer_step(const std::vector<OptimizerSlot>& s, const OptimizerStep& o, float* m, float* v, const float* g,
+                      float* p, double* r) override {
+    cpu_.optimizer_step(s, o, m, v, g, p, r);
+  }
+  void import_activation(int n, int c, int hw, const float* plain, float* dst) override {
+    const size_t e = size_t(n) * size_t(c) * size_t(hw);
+    act(dst, e, "import_activation");
+    cpu_.copy_in(dst, plain, e);
+    out(dst, e);
+  }
+  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
+    act(x, xs(s), "conv x"), fp32(w, "conv w"), fp32(b, "conv b"), act(y, ys(s), "conv y");
+    cpu_.conv2d_forward(s, x, w, b, y);
+    out(y, ys(s));
+  }
+  void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    act(x, xs(s), "conv x"), fp32(w, "conv w"), act(dy, ys(s), "conv dy"), act(dx, xs(s), "conv dx");
+    fp32(dw, "conv dw"), fp32(db, "conv db");
+    cpu_.conv2d_backward(s, x, w, dy, dx, dw, db);
+    out(dx, xs(s));
+  }
+  void linear_forward(int n, int in, int o, const float* x, const float* w, const float* b, float* y) override {
+    act(x, size_t(n) * in, "linear x"), fp32(w, "linear w"), fp32(b, "linear b"), act(y, size_t(n) * o, "linear y");
+    cpu_.linear_forward(n, in, o, x, w, b, y);
+    out(y, size_t(n) * o);
+  }
+  void linear_backward(int n, int in, int o, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    act(x, size_t(n) * in, "linear x"), fp32(w, "linear w"), act(dy, size_t(n) * o, "linear dy");
+    act(dx, size_t(n) * in, "linear dx"), fp32(dw, "linear dw"), fp32(db, "linear db");
+    cpu_.linear_backward(n, in, o, x, w, dy, dx, dw, db);
+    out(dx, size_t(n) * in);
+  }
+  void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* g, const float* b, float* y,
+                               float* sm, float* si, float* rm, float* rv, float mom, float eps) override {
+    const size_t e = size_t(n) * c * hw;
+    act(x, e, "bn x"), act(y, e, "bn y"), fp32(g, "bn gamma"), fp32(b, "bn beta"), fp32(sm, "bn mean");
+    fp32(rm, "bn running");
+    cpu_.batchnorm_forward_train(n, c, hw, x, g, b, y, sm, si, rm, rv, mom, eps);
+    out(y, e);
+  }
+  void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* g, const float* b, float* y,
+                              const float* rm, const float* rv, float eps) override {
+    const size_t e = size_t(n) * c * hw;
+    act(x, e, "bn x"), act(y, e, "bn y"), fp32(g, "bn gamma"), fp32(rm, "bn running");
+    cpu_.batchnorm_forward_eval(n, c, hw, x, g, b, y, rm, rv, eps);
+    out(y, e);
+  }
+  void batchnorm_backward(int n, int c, int hw, const float* x, const float* g, const float* dy, const float* sm,
+                          const float* si, float* dx, float* dg, float* db) override {
+    const size_t e = size_t(n) * c * hw;
+    act(x, e, "bn x"), act(dy, e, "bn dy"), act(dx, e, "bn dx"), fp32(g, "bn gamma"), fp32(dg, "bn dgamma");
+    fp32(sm, "bn mean");
+    cpu_.batchnorm_backward(n, c, hw, x, g, dy, sm, si, dx, dg, db);
+    out(dx, e);
+  }
+  void relu_forward(size_t n, const float* x, float* y) override {
+    act(x, n, "relu x"), act(y, n, "relu y"), cpu_.relu_forward(n, x, y), out(y, n);
+  }
+  void relu_backward(size_t n, const float* y, const float* dy, float* dx) override {
+    act(y, n, "relu y"), act(dy, n, "relu dy"), act(dx, n, "relu dx"), cpu_.relu_backward(n, y, dy, dx), out(dx, n);
+  }
+  void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* a) override {
+    act(x, ins(s), "maxpool x"), act(y, outs(s), "maxpool y"), fp32(reinterpret_cast<float*>(a), "argmax");
+    cpu_.maxpool_forward(s, x, y, a), out(y, outs(s));
+  }
+  void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* a, float* dx) override {
+    act(dy, outs(s), "maxpool dy"), act(dx, ins(s), "maxpool dx");
+    cpu_.maxpool_backward(s, dy, a, dx), out(dx, ins(s));
+  }
+  void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    act(x, ins(s), "avgpool x"), act(y, outs(s), "avgpool y"), cpu_.avgpool_forward(s, x, y), out(y, outs(s));
+  }
+  void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    act(dy, outs(s), "avgpool dy"), act(dx, ins(s), "avgpool dx"), cpu_.avgpool_backward(s, dy, dx), out(dx, ins(s));
+  }
+  void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    act(x, ins(s), "adaptive x"), act(y, outs(s), "adaptive y");
+    cpu_.adaptive_avgpool_forward(s, x, y), out(y, outs(s));
+  }
+  void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    act(dy, outs(s), "adaptive dy"), act(dx, ins(s), "adaptive dx");
+    cpu_.adaptive_avgpool_backward(s, dy, dx), out(dx, ins(s));
+  }
+  void add_forward(size_t n, const float* a, const float* b, float* y) override {
+    act(a, n, "add a"), act(b, n, "add b"), act(y, n, "add y"), cpu_.add_forward(n, a, b, y), out(y, n);
+  }
+  void accumulate(size_t n, const float* dy, float* dx) override {
+    act(dy, n, "accumulate dy"), act(dx, n, "accumulate dx"), cpu_.accumulate(n, dy, dx), out(dx, n);
+  }
+  void dropout_forward(size_t n, const float* x, const float* m, float* y) override {
+    act(x, n, "dropout x"), fp32(m, "dropout mask"), act(y, n, "dropout y");
+    cpu_.dropout_forward(n, x, m, y), out(y, n);
+  }
+  void dropout_backward(size_t n, const float* dy, const float* m, float* dx) override {
+    act(dy, n, "dropout dy"), fp32(m, "dropout mask"), act(dx, n, "dropout dx");
+    cpu_.dropout_backward(n, dy, m, dx), out(dx, n);
+  }
+  double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing, float scale,
+                      float* dlogits, int* correct) override {
+    const size_t e = size_t(n) * size_t(classes);
+    act(logits, e, "logits"), act(dlogits, e, "dlogits");
+    const double loss = cpu_.softmax_xent(n, classes, logits, labels, smoothing, scale, dlogits, correct);
+    out(dlogits, e);
+    return loss;
+  }
+  // Every activation buffer holds values of the precision.
+  bool all_on_grid() const {
+    for (const auto& [p, n] : acts_)
+      for (size_t i = 0; i < n; ++i)
+        if (std::bit_cast<uint32_t>(round_to(p_, p[i])) != std::bit_cast<uint32_t>(p[i])) return false;
+    return true;
+  }
+
+ private:
+  static size_t xs(const ConvShape& s) { return size_t(s.n) * s.c * s.h * s.w; }
+  static size_t ys(const ConvShape& s) { return size_t(s.n) * s.k * s.p * s.q; }
+  static size_t ins(const PoolShape& s) { return size_t(s.n) * s.c * s.h * s.w; }
+  static size_t outs(const PoolShape& s) { return size_t(s.n) * s.c * s.p * s.q; }
+  // An activation argument: a whole activation buffer of at least n elements (null is
+  // allowed: the model input's gradient).
+  void act(const float* p, size_t n, const char* what) {
+    if (!p) return;
+    auto it = acts_.find(p);
+    if (it == acts_.end()) violations.push_back(std::string(what) + ": not an activation buffer");
+    else if (it->second < n) violations.push_back(std::string(what) + ": an activation buffer too small");
+  }
+  void fp32(const float* p, const char* what) {
+    if (p && acts_.count(p)) violations.push_back(std::string(what) + ": an activation buffer where FP32 is expected");
+  }
+  void out(float* p, size_t n) {
+    if (p) cpu_.round(p_, p, n);
+  }
+  Backend& cpu_;
+  Precision p_;
+  std::map<const float*, size_t> acts_;
+};
+}  // namespace
+
+TEST_CASE("a backend storing half-precision activations gets activations and FP32 buffers where each belongs") {
+  // A chain (every tensor has one consumer: real 16-bit storage and the FP32 emulation
+  // round at the same points) gives the emulation's bits when the input is on the grid;
+  // a residual CNN and ResNet-18 (gradients summed over two consumers, which 16-bit
+  // storage rounds at each sum) keep every activation on the grid. Each checks the
+  // buffers handed to every call, two training steps and an evaluation.
+  ModelBuilder b("chain", {3, 8, 8});
+  int x = b.conv("conv1", ModelBuilder::kInput, 8, 3, 1, 1, true);
+  x = b.batchnorm("bn1", x);
+  x = b.relu("relu1", x);
+  x = b.maxpool("pool1", x, 2, 2);
+  x = b.conv("conv2", x, 8, 3, 1, 1, false);
+  x = b.relu("relu2", x);
+  x = b.avgpool("pool2", x, 2, 2);
+  x = b.flatten("flat", x);
+  x = b.linear("fc1", x, 16, true);
+  x = b.batchnorm("bn2", x);
+  x = b.relu("relu3", x);
+  x = b.dropout("drop", x, 0.25);
+  b.linear("fc2", x, 5, true);
+  const Model chain = b.finish();
+  ModelOptions zo;
+  zo.resolution = 16, zo.channels = 3, zo.classes = 5;
+  struct Case {
+    const char* what;
+    Model model;
+    bool equals_emulation;
+  };
+  const std::vector<Case> cases{{"chain", chain, true},
+                                {"residual", residual_cnn("residual", 3, 8, 5, false), false},
+                                {"resnet18", build_zoo_model("resnet18", zo), false}};
+  auto cpu = make_cpu_backend(CpuConv::Im2col);
+  for (const Case& c : cases)
+    for (Precision p : {Precision::FP16, Precision::BF16}) {
+      INFO(c.what << ", " << precision_name(p));
+      HalfStorage half(*cpu, p);
+      NetworkOptions o;
+      o.precision = p;
+      const int batch = 3;
+      const int side = int(c.model.input_shape[1]);
+      auto input = randn(size_t(batch) * 3 * size_t(side) * size_t(side), 17);
+      cpu->round(p, input.data(), input.size());  // on the grid: the emulation does not round its input
+      std::vector<int32_t> labels{0, 4, 2};
+      Network real(c.model, batch, half, o), emulated(c.model, batch, *cpu, o);
+      std::mt19937_64 rng1(3), rng2(3);
+      std::vector<float> logits;
+      for (int step = 0; step < 2; ++step) {
+        real.forward(input.data(), true, rng1);
+        emulated.forward(input.data(), true, rng2);
+        const double lr = real.backward(labels.data(), 0.1f, 512.0f, nullptr, {});
+        const double le = emulated.backward(labels.data(), 0.1f, 512.0f, nullptr, {});
+        if (c.equals_emulation) {
+          CHECK(lr == le);
+          CHECK(std::equal(real.grads(), real.grads() + real.param_count(), emulated.grads()));
+        }
+        CHECK(half.all_on_grid());
+      }
+      real.forward(input.data(), false, rng1);
+      emulated.forward(input.data(), false, rng2);
+      real.read_logits(logits);
+      CHECK(half.logits_reads == 1);
+      if (c.equals_emulation) CHECK(std::equal(logits.begin(), logits.end(), emulated.logits()));
+      CHECK(half.violations.empty());
+      for (const std::string& v : half.violations) UNSCOPED_INFO(v);
+    }
+  // A network whose precision is not the backend's storage is refused.
+  auto cpu2 = make_cpu_backend(CpuConv::Im2col);
+  HalfStorage half(*cpu2, Precision::FP16);
+  NetworkOptions o;
+  o.precision = Precision::BF16;
+  CHECK_THROWS_WITH(Network(chain, 2, half, o), Catch::Contains("stores activations in fp16"));
+}
+
 #include <filesystem>
 #include <fstream>
 

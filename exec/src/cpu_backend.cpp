@@ -562,6 +562,13 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cpu_backend(CpuConv conv) { return std::make_unique<CpuBackend>(conv); }
 
+// FP32 storage in memory the host reads once the backend has finished (the CPU's, and a
+// GPU's managed memory).
+void Backend::read_activation(float* host, const float* src, size_t n) {
+  synchronize();
+  std::memmove(host, src, n * sizeof(float));
+}
+
 CpuConv parse_cpu_conv(const std::string& s) {
   if (s == "auto") return CpuConv::Auto;
   if (s == "im2col") return CpuConv::Im2col;

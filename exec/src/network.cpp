@@ -1,5 +1,6 @@
 // Network: the Model's layer graph executed on a Backend, flat parameter and gradient
-// buffers in backward order, half-precision storage emulated by rounding.
+// buffers in backward order, half-precision storage emulated by rounding (or real, where
+// the backend stores activations in 16 bits: Backend::activation_storage).
 #include "fuseplan/exec/network.hpp"
 
 #include <algorithm>
@@ -39,6 +40,12 @@ struct Network::Node {
 Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& opt)
     : model_(m), batch_(batch), be_(be), opt_(opt) {
   if (batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1");
+  if (const Precision stored = be_.activation_storage(); stored != Precision::FP32) {
+    if (stored != opt.precision)
+      throw InputError(field("precision") + " " + std::string(precision_name(opt.precision)) + ": the backend (" +
+                       be_.name() + ") stores activations in " + std::string(precision_name(stored)));
+    half_storage_ = true;
+  }
   const int T = static_cast<int>(m.tensors.size());
   // Flat buffers in backward order.
   slots_.resize(T);
@@ -85,8 +92,8 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     }
     n.out_elems = numel(L.out_shape);
     if (n.out_elems <= 0) unsupported("has no output shape");
-    n.out_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems));
-    n.dout_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems));
+    n.out_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems), DeviceBuffer::Activation{});
+    n.dout_buf = DeviceBuffer(be_, size_t(batch) * size_t(n.out_elems), DeviceBuffer::Activation{});
     n.out = n.out_buf.get();
     n.dout = n.dout_buf.get();
     if (L.kind == LayerKind::Conv2d) {
@@ -127,8 +134,9 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   running_n_ = running_init.size();
   running_ = DeviceBuffer(be_, std::max<size_t>(running_n_, 1));
   if (running_n_) be_.copy_in(running_.get(), running_init.data(), running_n_);
-  if (!be_.reads_host_memory() || input_blocked())
-    input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)));
+  if (!be_.reads_host_memory() || input_blocked() || half_storage_)
+    input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)),
+                              DeviceBuffer::Activation{});
   dlogits_ = nodes_.back().dout;
   dout_ready_.assign(nodes_.size(), 0);
   ready_after_ = m.ready_prefix_after();  // slots are backward positions
@@ -231,9 +239,9 @@ float* Network::grad_of_input(int l, int k) {
 void Network::forward(const float* input, bool training, std::mt19937_64& rng,
                       const std::function<void(int)>& before_layer) {
   input_ = input;
-  if (input_blocked()) {  // into the backend's blocked layout
-    const int c = dim(model_.input_shape, 0);
-    be_.import_activation(batch_, c, int(numel(model_.input_shape) / c), input, input_buf_.get());
+  if (input_blocked() || half_storage_) {  // into the backend's blocked layout, or its 16-bit storage
+    const auto [c, hw] = channels_and_plane(model_.input_shape);
+    be_.import_activation(batch_, c, hw, input, input_buf_.get());
     input_ = input_buf_.get();
   } else if (!be_.reads_host_memory()) {  // into the backend's memory (device memory on a GPU)
     be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
@@ -253,7 +261,8 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
     // A fused BatchNorm or add wrote its ReLU's output, rounded here as its own would have
     // been (rounding and ReLU commute); the ReLU then has nothing left to do.
     float* written = relu_after_[l] >= 0 ? nodes_[size_t(relu_after_[l])].out : nodes_[l].out;
-    if (!exact_out_[l]) be_.round(opt_.precision, written, size_t(batch_) * size_t(nodes_[l].out_elems));
+    if (!exact_out_[l] && !half_storage_)
+      be_.round(opt_.precision, written, size_t(batch_) * size_t(nodes_[l].out_elems));
     if (marks) {
       fwd_mark_[l] = be_.mark();
       continue;
@@ -366,6 +375,10 @@ bool Network::stored_in_precision() const {
 }
 
 const float* Network::logits() const { return nodes_.back().out; }
+void Network::read_logits(std::vector<float>& host) const {
+  host.resize(size_t(batch_) * size_t(classes()));
+  be_.read_activation(host.data(), logits(), host.size());
+}
 int Network::fused_relus() const {
   return int(std::count_if(relu_after_.begin(), relu_after_.end(), [](int r) { return r >= 0; }));
 }
@@ -392,7 +405,8 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     zero_dout_once(l);  // an output nothing consumed
     // All consumers of this layer's output have run: its gradient is complete and is
     // stored in half precision from here on.
-    if (!exact_dout_[l]) be_.round(opt_.precision, nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
+    if (!exact_dout_[l] && !half_storage_)
+      be_.round(opt_.precision, nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
     backward_layer(l);
     const Node& n = nodes_[l];
     for (int slot : {n.weight, n.bias})
@@ -419,7 +433,7 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
 
 void Network::zero_dout_once(int l) {
   if (l < 0 || dout_ready_[size_t(l)]) return;
-  be_.zero(nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
+  be_.zero_activation(nodes_[l].dout, size_t(batch_) * size_t(nodes_[l].out_elems));
   dout_ready_[size_t(l)] = 1;
 }
 
@@ -437,7 +451,7 @@ void Network::backward_layer(int l) {
   const bool set = first_write(l, 0);
   const bool writes = L.kind == LayerKind::Conv2d || L.kind == LayerKind::BatchNorm || L.kind == LayerKind::ReLU ||
                       L.kind == LayerKind::Add || L.kind == LayerKind::Flatten;
-  if (set && !writes) be_.zero(grad_of_input(l, 0), size_t(batch_) * size_t(numel(L.in_shape)));
+  if (set && !writes) be_.zero_activation(grad_of_input(l, 0), size_t(batch_) * size_t(numel(L.in_shape)));
   for (size_t k = 1; k < L.inputs.size(); ++k) zero_dout_once(L.inputs[k]);
   Node& n = nodes_[l];
   const float* x = input_of(l, 0);
@@ -460,7 +474,7 @@ void Network::backward_layer(int l) {
       const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
       DeviceBuffer scratch;
       if (!dx) {  // BatchNorm on the model input: its gradient is discarded
-        scratch = DeviceBuffer(be_, total);
+        scratch = DeviceBuffer(be_, total, DeviceBuffer::Activation{});
         dx = scratch.get();
       }
       if (const int r = relu_after_[size_t(l)]; r >= 0)  // the ReLU's gradient, masked by its output

@@ -384,6 +384,7 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
   const int64_t e = int64_t(d.channels) * h * w;
   std::vector<float> input(size_t(B * e));
   std::vector<int32_t> labels(static_cast<size_t>(B));
+  std::vector<float> logits;
   int64_t right = 0;
   double loss_sum = 0;
   std::mt19937_64 unused(0);
@@ -395,7 +396,8 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
       labels[size_t(i)] = labels[0];
     }
     net_.forward(input.data(), false, unused);
-    const float* z = net_.logits();
+    net_.read_logits(logits);
+    const float* z = logits.data();
     for (int64_t i = 0; i < count; ++i) {
       const float* row = z + i * C;
       int best = 0;

@@ -89,7 +89,11 @@ class Network {
   // precision (FP16 / BF16 grid; always true in FP32): the check that skipping the
   // rounding where an op cannot leave the grid loses nothing. Host-memory backends only.
   bool stored_in_precision() const;
+  // The logits of the last forward pass, [batch, classes]: in the backend's memory (16-bit
+  // values where the backend stores activations in half precision), and as FP32 values in
+  // host memory.
   const float* logits() const;
+  void read_logits(std::vector<float>& host) const;
   // How many BatchNorm + ReLU and add + ReLU pairs run as one op (NetworkOptions::fuse_relu).
   int fused_relus() const;
   int classes() const;
@@ -146,6 +150,9 @@ class Network {
   // fused_into_[relu] = layer; -1 elsewhere.
   std::vector<int> relu_after_, fused_into_;
   std::vector<char> dout_ready_;  // per node: its gradient zeroed (or written) in this backward
+  // The backend stores activations in the network's half precision (16-bit elements):
+  // nothing to round, and they are zeroed and read through its activation calls.
+  bool half_storage_ = false;
 };
 
 }  // namespace fuseplan::exec

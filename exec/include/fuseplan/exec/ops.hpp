@@ -41,6 +41,21 @@ class Backend {
   virtual float* alloc(size_t n) = 0;
   virtual void free(float* p) = 0;
   virtual void zero(float* p, size_t n) = 0;
+  // Activation storage. A backend may store the network's activations and their
+  // gradients in half precision for real (16-bit elements) instead of as FP32 values
+  // rounded to it: activation_storage() is then FP16 or BF16 (and the network's precision
+  // must be the same). In that mode every activation argument of the layer calls below
+  // (x, y, dy, dx, a, b, da, db of the element-wise calls, the logits and dlogits) points
+  // to 16-bit values, allocated with alloc_activation (n elements), zeroed with
+  // zero_activation and read on the host only through read_activation; parameters, their
+  // gradients, BatchNorm statistics, dropout masks and argmax stay FP32 (int32), and
+  // round(), zero() and copy_in() are for FP32 buffers alone. The defaults are FP32
+  // storage, where the activation calls are the plain ones.
+  virtual Precision activation_storage() const { return Precision::FP32; }
+  virtual float* alloc_activation(size_t n) { return alloc(n); }
+  virtual void zero_activation(float* p, size_t n) { zero(p, n); }
+  // n activation values into host memory as FP32 (waits for the backend first).
+  virtual void read_activation(float* host, const float* src, size_t n);
   // Rounds to the nearest value of precision p where half precision is stored (nothing
   // for FP32): the CPU's emulation of half-precision storage, a cast on a GPU.
   virtual void round(Precision p, float* x, size_t n) = 0;
@@ -158,9 +173,11 @@ class Backend {
   // Activation layout. A backend may keep an activation [n, c, h, w] whose channel count
   // c is a multiple of its block in a channel-blocked layout ([n, c / B, h, w, B], oneDNN's
   // nChw16c), which its convolutions read and write without reordering: blocked(c) says
-  // so. Element-wise ops do not care; the ops that are given shapes (convolution,
-  // BatchNorm, pooling) follow it; the network brings the model input into it and
-  // flattens out of it through the calls below. With hw = 1 both layouts coincide.
+  // so (a block of all c channels is NHWC, the CUDA backend's layout in half-precision
+  // storage). Element-wise ops do not care; the ops that are given shapes (convolution,
+  // BatchNorm, pooling) follow it; the network brings the model input (FP32, NCHW, host
+  // memory) into it, and into the backend's activation storage, with import_activation
+  // and flattens out of it through the calls below. With hw = 1 both layouts coincide.
   virtual bool blocked(int c) const {
     (void)c;
     return false;
@@ -184,21 +201,21 @@ class Backend {
   // traffic matters (the CPU's, whose layers are memory-bound).
   virtual void conv2d_backward_set(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx,
                                    float* dw, float* db) {
-    if (dx) zero(dx, size_t(s.n) * size_t(s.c) * size_t(s.h) * size_t(s.w));
+    if (dx) zero_activation(dx, size_t(s.n) * size_t(s.c) * size_t(s.h) * size_t(s.w));
     conv2d_backward(s, x, w, dy, dx, dw, db);
   }
   virtual void batchnorm_backward_set(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                                       const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                                       float* dbeta) {
-    zero(dx, size_t(n) * size_t(c) * size_t(hw));
+    zero_activation(dx, size_t(n) * size_t(c) * size_t(hw));
     batchnorm_backward(n, c, hw, x, gamma, dy, save_mean, save_invstd, dx, dgamma, dbeta);
   }
   virtual void relu_backward_set(size_t n, const float* y, const float* dy, float* dx) {
-    zero(dx, n);
+    zero_activation(dx, n);
     relu_backward(n, y, dy, dx);
   }
   virtual void assign(size_t n, const float* dy, float* dx) {  // dx = dy
-    zero(dx, n);
+    zero_activation(dx, n);
     accumulate(n, dy, dx);
   }
   // y = x * mask where mask holds 0 or 1 / (1 - p), drawn by the caller.
@@ -224,8 +241,10 @@ std::unique_ptr<Backend> make_cpu_backend(CpuConv conv = CpuConv::Auto);
 // leaks nothing).
 class DeviceBuffer {
  public:
+  struct Activation {};  // the tag of an activation buffer (Backend::alloc_activation)
   DeviceBuffer() = default;
   DeviceBuffer(Backend& be, size_t n) : be_(&be), p_(be.alloc(n)) {}
+  DeviceBuffer(Backend& be, size_t n, Activation) : be_(&be), p_(be.alloc_activation(n)) {}
   ~DeviceBuffer() { reset(); }
   DeviceBuffer(DeviceBuffer&& o) noexcept : be_(o.be_), p_(o.p_) { o.p_ = nullptr; }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
@@ -264,6 +283,10 @@ struct CudaOptions {
   ConvAlgoSearch conv_algos = ConvAlgoSearch::Heuristic;
   ConvAlgoTable conv_algos_recorded;
   std::string conv_algo_file;
+  // Activations stored as 16-bit values in NHWC on tensor cores (FP16 or BF16, the
+  // network's precision), or FP32 NCHW (FP32 networks, and half precision emulated by
+  // rounding as on the CPU). Backend::activation_storage.
+  Precision storage = Precision::FP32;
 };
 int cuda_device_count();  // 0 without a driver or a device (or without the CUDA build)
 // The GPU a rank uses: `device` when given (>= 0), else its local rank modulo the node's
