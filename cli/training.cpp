@@ -52,6 +52,9 @@ void add_training_flags(CLI::App* cmd, TrainFlags& flags) {
                 "run each BatchNorm or add and the ReLU after it as two ops (default: one op where the backend\n"
                 "has it, the CPU's; same results, and the per-layer profile books the pair's time to the first)");
   cmd->add_flag("--no-tf32", f->no_tf32, "cuda: strict FP32 convolutions and GEMMs (default: TF32 tensor cores)");
+  cmd->add_flag("--emulate-half", f->emulate_half,
+                "cuda, --precision fp16/bf16: keep activations as FP32 values rounded to the precision (NCHW, the\n"
+                "CPU's emulation) instead of 16-bit NHWC tensors on tensor cores (the default)");
   cmd->add_option("--conv-algos", f->conv_algos,
                   "cuda: how each convolution shape's cuDNN algorithms are chosen: heuristic (cuDNN's first\n"
                   "deterministic one) or find (every deterministic one timed once, the fastest)")
@@ -91,6 +94,7 @@ std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int lo
   const exec::ConvAlgoSearch search = exec::parse_conv_algo_search(f.conv_algos);
   if (kind == exec::BackendKind::Cpu) {
     if (f.device >= 0) throw InputError("--device: only with --backend cuda");
+    if (f.emulate_half) throw InputError("--emulate-half: only with --backend cuda (the CPU always emulates half precision)");
     if (search != exec::ConvAlgoSearch::Heuristic || !f.conv_algo_file.empty())
       throw InputError(std::string(f.conv_algo_file.empty() ? "--conv-algos" : "--conv-algo-file") +
                        ": only with --backend cuda (the CPU's convolutions are --conv)");
@@ -99,6 +103,9 @@ std::unique_ptr<exec::Backend> make_training_backend(const TrainFlags& f, int lo
   exec::CudaOptions o;
   o.device = exec::cuda_device_for(f.device, local_rank);
   o.tf32 = !f.no_tf32;
+  if (f.emulate_half && f.opt.precision == Precision::FP32)
+    throw InputError("--emulate-half: only with --precision fp16 or bf16");
+  o.storage = f.emulate_half ? Precision::FP32 : f.opt.precision;
   o.conv_algos = search;
   o.conv_algo_file = exec::conv_algo_path_for_rank(f.conv_algo_file, rank, ranks);
   if (!o.conv_algo_file.empty()) {

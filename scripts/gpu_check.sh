@@ -4,8 +4,10 @@
 # one-line-per-step summary.txt:
 #   device      nvidia-smi
 #   parity      test_cuda_parity (every CUDA op against the CPU op)
-#   train       fuseplan-exec train --backend cuda: ResNet-50, batch 64, FP16, its images/s
-#               and per-layer profile (profile.json)
+#   train       fuseplan-exec train --backend cuda: ResNet-50, batch 64, FP16 (16-bit NHWC
+#               activations), its images/s (metrics.json) and per-layer profile (profile.json)
+#   trainemu    the same with --emulate-half (FP32 NCHW activations rounded to FP16, the
+#               path before 16-bit storage): metrics-emulated.json
 #   trainfind   the same with --conv-algos find: every convolution shape's deterministic
 #               cuDNN algorithms timed once, the fastest kept (conv-algos.json), its images/s
 #   pytorch     bench/gpu_vs_pytorch.py on the same model, batch and precision
@@ -54,8 +56,11 @@ if [[ $backend == cuda ]]; then
 fi
 step train "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic --synthetic-size $((batch * (steps + 2))) \
   --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 --precision "$precision" --no-eval \
-  --profile "$out/profile.json"
+  --profile "$out/profile.json" --metrics "$out/metrics.json"
 if [[ $backend == cuda ]]; then
+  step trainemu "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
+    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
+    --precision "$precision" --no-eval --emulate-half --metrics "$out/metrics-emulated.json"
   step trainfind "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
     --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
     --precision "$precision" --no-eval --conv-algos find --conv-algo-file "$out/conv-algos.json" \

@@ -433,6 +433,9 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--backend cuda --conv im2col", "--conv: only with --backend cpu", true);
   expect_bad(base + "--conv-algos find", "--conv-algos: only with --backend cuda", true);
   expect_bad(base + "--conv-algo-file " + tmp("algos.json"), "--conv-algo-file: only with --backend cuda", true);
+  expect_bad(base + "--emulate-half --precision fp16", "--emulate-half: only with --backend cuda", true);
+  expect_bad(base + "--backend cuda --emulate-half --precision fp32", "--emulate-half: only with --precision fp16 or bf16",
+             true);
   expect_bad(base + "--backend cuda --conv-algos fastest",
              "--conv-algos: unknown choice 'fastest' (valid: heuristic, find)", true);
   write(tmp("bad-algos.json"), R"({"schema": "fuseplan.conv-algos/1", "convolutions": [{"shape": {"n": 8}}]})");

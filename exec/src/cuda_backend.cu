@@ -20,6 +20,7 @@
 #include <cudnn.h>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "fuseplan/exec/conv_algos.hpp"
+#include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "device_check.hpp"
 #include "fuseplan/models/error.hpp"
@@ -291,11 +293,237 @@ __global__ void k_nonfinite(const float* x, size_t n, int* flag) {
   FUSEPLAN_GRID_LOOP(i, n) if (!isfinite(x[i])) *flag = 1;
 }
 
+// Half-precision storage (CudaOptions::storage): activations are 16-bit values T
+// (__half or __nv_bfloat16) in NHWC, every kernel computes in FP32 and rounds what it
+// stores to nearest even, as the CPU's emulation rounds.
+__device__ inline float ld(__half x) { return __half2float(x); }
+__device__ inline float ld(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T> __device__ inline T st(float x);
+template <> __device__ inline __half st<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ inline __nv_bfloat16 st<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+template <class T> __global__ void h_relu_fwd(const T* x, T* y, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) {
+    const float v = ld(x[i]);
+    y[i] = st<T>(v > 0 ? v : 0.0f);
+  }
+}
+template <class T> __global__ void h_relu_bwd(const T* y, const T* dy, T* dx, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) dx[i] = st<T>(ld(dx[i]) + (ld(y[i]) > 0 ? ld(dy[i]) : 0.0f));
+}
+template <class T> __global__ void h_add(const T* a, const T* b, T* y, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) y[i] = st<T>(ld(a[i]) + ld(b[i]));
+}
+template <class T> __global__ void h_accumulate(const T* dy, T* dx, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) dx[i] = st<T>(ld(dx[i]) + ld(dy[i]));
+}
+template <class T> __global__ void h_mul(const T* x, const float* m, T* y, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) y[i] = st<T>(ld(x[i]) * m[i]);
+}
+template <class T> __global__ void h_mul_acc(const T* dy, const float* m, T* dx, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) dx[i] = st<T>(ld(dx[i]) + ld(dy[i]) * m[i]);
+}
+template <class T> __global__ void h_from_float(const float* x, T* y, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) y[i] = st<T>(x[i]);
+}
+// y[row, j] += b[j] over `rows` rows of `out` (a linear layer's [n, out], an NHWC
+// convolution's [n p q, k]).
+template <class T> __global__ void h_bias_rows(T* y, const float* b, size_t rows, int out) {
+  FUSEPLAN_GRID_LOOP(i, rows * out) y[i] = st<T>(ld(y[i]) + b[i % out]);
+}
+// db[j] = sum over rows of dy[row, j]: one block per column, each thread summing its rows
+// in order, then a tree in a fixed order (deterministic).
+template <class T> __global__ void h_col_sums(const T* dy, float* db, size_t rows, int out) {
+  __shared__ float part[kThreads];
+  const int j = blockIdx.x;
+  float s = 0;
+  for (size_t r = threadIdx.x; r < rows; r += blockDim.x) s += ld(dy[r * out + j]);
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) part[threadIdx.x] += part[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) db[j] = part[0];
+}
+// The model input, FP32 NCHW, into NHWC storage.
+template <class T> __global__ void h_import_nhwc(const float* x, T* y, int c, int hw, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) {
+    const size_t ch = i % c, s = i / c % hw, b = i / (size_t(c) * hw);
+    y[i] = st<T>(x[(b * c + ch) * hw + s]);
+  }
+}
+// Flatten: NHWC [n, hw, c] into [n, c hw] in NCHW order, and its gradient back (added
+// when `add`).
+template <class T> __global__ void h_flatten_fwd(const T* x, T* y, int c, int hw, size_t n) {
+  FUSEPLAN_GRID_LOOP(j, n) {
+    const size_t s = j % hw, ch = j / hw % c, b = j / (size_t(c) * hw);
+    y[j] = x[(b * hw + s) * c + ch];
+  }
+}
+template <class T> __global__ void h_flatten_bwd(const T* dy, T* dx, int c, int hw, int add, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) {
+    const size_t ch = i % c, s = i / c % hw, b = i / (size_t(c) * hw);
+    const T g = dy[(b * c + ch) * hw + s];
+    dx[i] = add ? st<T>(ld(dx[i]) + ld(g)) : g;
+  }
+}
+// Convolution weights: FP32 [k, c, r, r] (the parameters) into the storage type in
+// cuDNN's NHWC filter layout [k, r, r, c], and a gradient in that layout back to FP32
+// [k, c, r, r].
+template <class T> __global__ void h_weight_krsc(const float* w, T* out, int c, int rr, size_t n) {
+  FUSEPLAN_GRID_LOOP(i, n) {
+    const size_t ch = i % c, rs = i / c % rr, k = i / (size_t(c) * rr);
+    out[i] = st<T>(w[(k * c + ch) * rr + rs]);
+  }
+}
+template <class T> __global__ void h_grad_kcrs(const T* g, float* dw, int c, int rr, size_t n) {
+  FUSEPLAN_GRID_LOOP(j, n) {
+    const size_t rs = j % rr, ch = j / rr % c, k = j / (size_t(c) * rr);
+    dw[j] = ld(g[(k * rr + rs) * c + ch]);
+  }
+}
+
+// Pooling on NHWC: the same windows, ties and NaN rule as the NCHW kernels above; argmax
+// is the input's position in its plane (iy w + ix).
+struct NhwcPool {
+  int n, c, h, w, kernel, stride, pad, p, q;
+};
+NhwcPool nhwc_pool(const PoolShape& s) { return {s.n, s.c, s.h, s.w, s.kernel, s.stride, s.pad, s.p, s.q}; }
+template <class T> __global__ void h_maxpool_fwd(NhwcPool a, const T* x, T* y, int32_t* argmax) {
+  FUSEPLAN_GRID_LOOP(o, size_t(a.n) * a.p * a.q * a.c) {
+    const int ch = int(o % a.c), ox = int(o / a.c % a.q), oy = int(o / a.c / a.q % a.p);
+    const size_t b = o / (size_t(a.c) * a.q * a.p);
+    float best = -INFINITY;
+    int at = -1;
+    for (int ky = 0; ky < a.kernel; ++ky)
+      for (int kx = 0; kx < a.kernel; ++kx) {
+        const int iy = oy * a.stride - a.pad + ky, ix = ox * a.stride - a.pad + kx;
+        if (iy < 0 || iy >= a.h || ix < 0 || ix >= a.w) continue;
+        const float v = ld(x[((b * a.h + iy) * a.w + ix) * a.c + ch]);
+        if (v > best || at < 0 || isnan(v)) {
+          best = v;
+          at = iy * a.w + ix;
+        }
+      }
+    y[o] = st<T>(best);
+    argmax[o] = at;
+  }
+}
+// Input element e of an NHWC pooling layer: its sample, channel, row and column, and the
+// outputs [y0, y1] x [x0, x1] whose windows hold it.
+struct NhwcInput {
+  size_t b;
+  int ch, iy, ix, y0, y1, x0, x1;
+};
+__device__ NhwcInput nhwc_input(const NhwcPool& a, size_t e) {
+  NhwcInput w;
+  w.ch = int(e % a.c), w.ix = int(e / a.c % a.w), w.iy = int(e / a.c / a.w % a.h);
+  w.b = e / (size_t(a.c) * a.w * a.h);
+  window_range(w.iy, a.stride, a.pad, a.kernel, a.p, w.y0, w.y1);
+  window_range(w.ix, a.stride, a.pad, a.kernel, a.q, w.x0, w.x1);
+  return w;
+}
+__device__ size_t nhwc_out(const NhwcPool& a, size_t b, int oy, int ox, int ch) {
+  return ((b * a.p + oy) * a.q + ox) * a.c + ch;
+}
+template <class T> __global__ void h_maxpool_bwd(NhwcPool a, const T* dy, const int32_t* argmax, T* dx) {
+  FUSEPLAN_GRID_LOOP(e, size_t(a.n) * a.h * a.w * a.c) {
+    const NhwcInput w = nhwc_input(a, e);
+    const int self = w.iy * a.w + w.ix;
+    float g = 0;
+    for (int oy = w.y0; oy <= w.y1; ++oy)
+      for (int ox = w.x0; ox <= w.x1; ++ox) {
+        const size_t o = nhwc_out(a, w.b, oy, ox, w.ch);
+        if (argmax[o] == self) g += ld(dy[o]);
+      }
+    dx[e] = st<T>(ld(dx[e]) + g);
+  }
+}
+template <class T> __global__ void h_avgpool_fwd(NhwcPool a, const T* x, T* y) {
+  FUSEPLAN_GRID_LOOP(o, size_t(a.n) * a.p * a.q * a.c) {
+    const int ch = int(o % a.c), ox = int(o / a.c % a.q), oy = int(o / a.c / a.q % a.p);
+    const size_t b = o / (size_t(a.c) * a.q * a.p);
+    float sum = 0;
+    for (int ky = 0; ky < a.kernel; ++ky)
+      for (int kx = 0; kx < a.kernel; ++kx) {
+        const int iy = oy * a.stride - a.pad + ky, ix = ox * a.stride - a.pad + kx;
+        if (iy >= 0 && iy < a.h && ix >= 0 && ix < a.w) sum += ld(x[((b * a.h + iy) * a.w + ix) * a.c + ch]);
+      }
+    y[o] = st<T>(sum / float(a.kernel * a.kernel));
+  }
+}
+template <class T> __global__ void h_avgpool_bwd(NhwcPool a, const T* dy, T* dx) {
+  FUSEPLAN_GRID_LOOP(e, size_t(a.n) * a.h * a.w * a.c) {
+    const NhwcInput w = nhwc_input(a, e);
+    float g = 0;
+    for (int oy = w.y0; oy <= w.y1; ++oy)
+      for (int ox = w.x0; ox <= w.x1; ++ox) g += ld(dy[nhwc_out(a, w.b, oy, ox, w.ch)]);
+    dx[e] = st<T>(ld(dx[e]) + g / float(a.kernel * a.kernel));
+  }
+}
+template <class T> __global__ void h_adaptive_fwd(NhwcPool a, const T* x, T* y) {
+  FUSEPLAN_GRID_LOOP(o, size_t(a.n) * a.p * a.q * a.c) {
+    const int ch = int(o % a.c), ox = int(o / a.c % a.q), oy = int(o / a.c / a.q % a.p);
+    const size_t b = o / (size_t(a.c) * a.q * a.p);
+    const int y0 = bin_lo(oy, a.h, a.p), y1 = bin_hi(oy, a.h, a.p);
+    const int x0 = bin_lo(ox, a.w, a.q), x1 = bin_hi(ox, a.w, a.q);
+    float sum = 0;
+    for (int iy = y0; iy < y1; ++iy)
+      for (int ix = x0; ix < x1; ++ix) sum += ld(x[((b * a.h + iy) * a.w + ix) * a.c + ch]);
+    y[o] = st<T>(sum / float((y1 - y0) * (x1 - x0)));
+  }
+}
+template <class T> __global__ void h_adaptive_bwd(NhwcPool a, const T* dy, T* dx) {
+  FUSEPLAN_GRID_LOOP(e, size_t(a.n) * a.h * a.w * a.c) {
+    const int ch = int(e % a.c), ix = int(e / a.c % a.w), iy = int(e / a.c / a.w % a.h);
+    const size_t b = e / (size_t(a.c) * a.w * a.h);
+    float g = 0;
+    for (int oy = 0; oy < a.p; ++oy) {
+      const int y0 = bin_lo(oy, a.h, a.p), y1 = bin_hi(oy, a.h, a.p);
+      if (iy < y0 || iy >= y1) continue;
+      for (int ox = 0; ox < a.q; ++ox) {
+        const int x0 = bin_lo(ox, a.w, a.q), x1 = bin_hi(ox, a.w, a.q);
+        if (ix >= x0 && ix < x1) g += ld(dy[nhwc_out(a, b, oy, ox, ch)]) / float((y1 - y0) * (x1 - x0));
+      }
+    }
+    dx[e] = st<T>(ld(dx[e]) + g);
+  }
+}
+// The loss of 16-bit logits, as k_softmax_xent.
+template <class T>
+__global__ void h_softmax_xent(int n, int classes, const T* logits, const int32_t* labels, float smoothing, float scale,
+                               T* dlogits, double* row_loss, int* row_right) {
+  FUSEPLAN_GRID_LOOP(i, size_t(n)) {
+    const T* z = logits + i * classes;
+    T* d = dlogits + i * classes;
+    const int label = labels[i];
+    int best = 0;
+    for (int j = 1; j < classes; ++j)
+      if (ld(z[j]) > ld(z[best])) best = j;
+    row_right[i] = best == label;
+    const double off = double(smoothing) / classes, on = 1.0 - smoothing + off;
+    const double top = ld(z[best]);
+    double sum = 0;
+    for (int j = 0; j < classes; ++j) sum += exp(double(ld(z[j])) - top);
+    const double log_sum = log(sum) + top;
+    double loss = 0;
+    for (int j = 0; j < classes; ++j) {
+      const double target = j == label ? on : off;
+      const double logp = double(ld(z[j])) - log_sum;
+      loss -= target * logp;
+      d[j] = st<T>(float(scale * (exp(logp) - target) / n));
+    }
+    row_loss[i] = loss;
+  }
+}
+
 class CudnnTensor {
  public:
-  CudnnTensor(int n, int c, int h, int w) {
+  CudnnTensor(int n, int c, int h, int w, cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW,
+              cudnnDataType_t type = CUDNN_DATA_FLOAT) {
     check(cudnnCreateTensorDescriptor(&d_), "tensor descriptor");
-    check(cudnnSetTensor4dDescriptor(d_, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w), "tensor shape");
+    check(cudnnSetTensor4dDescriptor(d_, format, type, n, c, h, w), "tensor shape");
   }
   ~CudnnTensor() { cudnnDestroyTensorDescriptor(d_); }
   CudnnTensor(const CudnnTensor&) = delete;
@@ -306,16 +534,27 @@ class CudnnTensor {
   cudnnTensorDescriptor_t d_ = nullptr;
 };
 
-// Descriptors and chosen algorithms of one convolution shape (made once, reused).
+// How activations are stored: FP32 NCHW, or 16-bit NHWC (half-precision storage).
+struct Storage {
+  cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
+  cudnnDataType_t type = CUDNN_DATA_FLOAT;
+  bool half() const { return type != CUDNN_DATA_FLOAT; }
+};
+
+// Descriptors and chosen algorithms of one convolution shape (made once, reused). In
+// half-precision storage the filter is 16-bit [k, r, r, c] (a converted copy of the FP32
+// parameters), sums are FP32 on tensor cores.
 struct ConvPlan {
-  ConvPlan(const ConvShape& s, bool tf32) : x(s.n, s.c, s.h, s.w), y(s.n, s.k, s.p, s.q), bias(1, s.k, 1, 1) {
+  ConvPlan(const ConvShape& s, bool tf32, Storage st)
+      : x(s.n, s.c, s.h, s.w, st.format, st.type), y(s.n, s.k, s.p, s.q, st.format, st.type), bias(1, s.k, 1, 1) {
     check(cudnnCreateFilterDescriptor(&w), "filter descriptor");
-    check(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s.k, s.c, s.r, s.r), "filter shape");
+    check(cudnnSetFilter4dDescriptor(w, st.type, st.format, s.k, s.c, s.r, s.r), "filter shape");
     check(cudnnCreateConvolutionDescriptor(&conv), "convolution descriptor");
     check(cudnnSetConvolution2dDescriptor(conv, s.pad, s.pad, s.stride, s.stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                           CUDNN_DATA_FLOAT),
           "convolution shape");
-    check(cudnnSetConvolutionMathType(conv, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), "math type");
+    const cudnnMathType_t math = st.half() ? CUDNN_TENSOR_OP_MATH : tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+    check(cudnnSetConvolutionMathType(conv, math), "math type");
   }
   ~ConvPlan() {
     cudnnDestroyConvolutionDescriptor(conv);
@@ -379,11 +618,24 @@ class CudaBackend final : public Backend {
     check(cudnnSetStream(dnn_, stream_), "set stream");
     check(cublasCreate(&blas_), "create handle");
     check(cublasSetStream(blas_, stream_), "set stream");
-    check(cublasSetMathMode(blas_, opt.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH), "math mode");
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, opt.device), "device properties");
+    if (opt.storage == Precision::BF16 && prop.major < 8)
+      throw InputError(field("precision") + " bf16: " + prop.name + " (compute capability " + std::to_string(prop.major) +
+                       "." + std::to_string(prop.minor) + ") has no BF16 tensor cores; they need 8.0 or newer (fp16 runs here)");
+    half_ = opt.storage != Precision::FP32;
+    if (half_) {
+      storage_ = {CUDNN_TENSOR_NHWC, opt.storage == Precision::FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16};
+      blas_type_ = opt.storage == Precision::FP16 ? CUDA_R_16F : CUDA_R_16BF;
+    }
+    // 16-bit GEMMs sum in FP32 on tensor cores either way.
+    check(cublasSetMathMode(blas_, half_ ? CUBLAS_DEFAULT_MATH
+                                         : opt.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH),
+          "math mode");
     name_ = std::string("cuda (") + prop.name + ", cuDNN " + std::to_string(cudnnGetVersion()) +
-            (opt.tf32 ? ", TF32" : ", strict FP32") + ")";
+            (half_ ? std::string(", ") + std::string(precision_name(opt.storage)) + " NHWC storage"
+                   : opt.tf32 ? ", TF32" : ", strict FP32") +
+            ")";
     algos_ = opt.conv_algos_recorded;
     algos_.device = prop.name;
     algos_.library = "cuDNN " + std::to_string(cudnnGetVersion());
@@ -398,10 +650,44 @@ class CudaBackend final : public Backend {
   std::string name() const override { return name_; }
   void* native_stream() override { return stream_; }
 
-  float* alloc(size_t n) override {
-    void* p = nullptr;
-    check(cudaMallocManaged(&p, std::max<size_t>(n, 1) * sizeof(float)), "managed allocation");
-    return static_cast<float*>(p);
+  float* alloc(size_t n) override { return managed(n * sizeof(float)); }
+  Precision activation_storage() const override { return opt_.storage; }
+  float* alloc_activation(size_t n) override { return managed(n * elem()); }
+  void zero_activation(float* p, size_t n) override {
+    check(cudaMemsetAsync(p, 0, n * elem(), stream_), "memset");
+    done();
+  }
+  void read_activation(float* host, const float* src, size_t n) override {
+    synchronize();  // managed memory: the host reads it once the stream is done
+    if (!half_) {
+      std::memcpy(host, src, n * sizeof(float));
+      return;
+    }
+    const auto* bits = reinterpret_cast<const uint16_t*>(src);
+    for (size_t i = 0; i < n; ++i)
+      host[i] = opt_.storage == Precision::FP16 ? fp16_to_float(bits[i]) : bf16_to_float(bits[i]);
+  }
+  // Half-precision storage keeps every activation NHWC (a block of all its channels).
+  bool blocked(int c) const override {
+    (void)c;
+    return half_;
+  }
+  void import_activation(int n, int c, int hw, const float* plain, float* dst) override {
+    const size_t e = size_t(n) * size_t(c) * size_t(hw);
+    if (!half_) return copy_in(dst, plain, e);
+    auto* staged = static_cast<float*>(scratch(e * sizeof(float)));
+    check(cudaMemcpyAsync(staged, plain, e * sizeof(float), cudaMemcpyDefault, stream_), "input");
+    typed([&](auto t) { launch(h_import_nhwc<decltype(t)>, e, staged, as(t, dst), c, hw, e); });
+  }
+  void flatten_forward(int n, int c, int hw, const float* x, float* y) override {
+    if (!half_) return Backend::flatten_forward(n, c, hw, x, y);
+    const size_t e = size_t(n) * size_t(c) * size_t(hw);
+    typed([&](auto t) { launch(h_flatten_fwd<decltype(t)>, e, as(t, x), as(t, y), c, hw, e); });
+  }
+  void flatten_backward(int n, int c, int hw, const float* dy, float* dx, bool add) override {
+    if (!half_) return Backend::flatten_backward(n, c, hw, dy, dx, add);
+    const size_t e = size_t(n) * size_t(c) * size_t(hw);
+    typed([&](auto t) { launch(h_flatten_bwd<decltype(t)>, e, as(t, dy), as(t, dx), c, hw, add ? 1 : 0, e); });
   }
   void free(float* p) override { cudaFree(p); }
   void zero(float* p, size_t n) override {
@@ -482,23 +768,38 @@ class CudaBackend final : public Backend {
   void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
     ConvPlan& c = plan(s);
     const float one = 1, zero = 0;
-    check(cudnnConvolutionForward(dnn_, &one, c.x.get(), x, c.w, w, c.conv, c.fwd, workspace(c.fwd_ws), c.fwd_ws,
+    const int rr = s.r * s.r;
+    const void* filter = half_ ? weights_in_storage(w, size_t(s.k) * s.c * rr, s.c, rr, true) : w;
+    check(cudnnConvolutionForward(dnn_, &one, c.x.get(), x, c.w, filter, c.conv, c.fwd, workspace(c.fwd_ws), c.fwd_ws,
                                   &zero, c.y.get(), y),
           "convolution forward");
-    if (b) check(cudnnAddTensor(dnn_, &one, c.bias.get(), b, &one, c.y.get(), y), "convolution bias");
+    if (b && half_) {  // NHWC: the output is [n p q, k] rows
+      const size_t rows = size_t(s.n) * s.p * s.q;
+      typed([&](auto t) { launch(h_bias_rows<decltype(t)>, rows * s.k, as(t, y), b, rows, s.k); });
+    } else if (b) {
+      check(cudnnAddTensor(dnn_, &one, c.bias.get(), b, &one, c.y.get(), y), "convolution bias");
+    }
     done();
   }
   void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
                        float* db) override {
     ConvPlan& c = plan(s);
     const float one = 1, zero = 0;
+    const int rr = s.r * s.r;
+    const size_t nw = size_t(s.k) * s.c * rr;
+    // Half-precision storage: the weight gradient comes out 16-bit [k, r, r, c] and is
+    // widened into the FP32 gradient; the filter is the forward's copy.
+    void* filter_grad = half_ ? wgrad_.at_least(nw * elem(), "weight gradient") : static_cast<void*>(dw);
     check(cudnnConvolutionBackwardFilter(dnn_, &one, c.x.get(), x, c.y.get(), dy, c.conv, c.bwd_filter,
-                                         workspace(c.filter_ws), c.filter_ws, &zero, c.w, dw),
+                                         workspace(c.filter_ws), c.filter_ws, &zero, c.w, filter_grad),
           "convolution backward filter");
-    if (db) check(cudnnConvolutionBackwardBias(dnn_, &one, c.y.get(), dy, &zero, c.bias.get(), db), "backward bias");
+    if (half_) typed([&](auto t) { launch(h_grad_kcrs<decltype(t)>, nw, as(t, filter_grad), dw, s.c, rr, nw); });
+    if (db && half_) col_sums(dy, db, size_t(s.n) * s.p * s.q, s.k);
+    else if (db) check(cudnnConvolutionBackwardBias(dnn_, &one, c.y.get(), dy, &zero, c.bias.get(), db), "backward bias");
+    const void* filter = half_ ? weights_in_storage(w, nw, s.c, rr, false) : w;
     if (dx)
-      check(cudnnConvolutionBackwardData(dnn_, &one, c.w, w, c.y.get(), dy, c.conv, c.bwd_data, workspace(c.data_ws),
-                                         c.data_ws, &one, c.x.get(), dx),
+      check(cudnnConvolutionBackwardData(dnn_, &one, c.w, filter, c.y.get(), dy, c.conv, c.bwd_data,
+                                         workspace(c.data_ws), c.data_ws, &one, c.x.get(), dx),
             "convolution backward data");
     done();
   }
@@ -506,6 +807,14 @@ class CudaBackend final : public Backend {
   // Row-major [n, in] x [out, in]^T through column-major cuBLAS: y^T = w x^T.
   void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) override {
     const float one = 1, zero = 0;
+    if (half_) {  // 16-bit operands (the weight a converted copy), FP32 sums
+      const void* wh = weights_in_storage(w, size_t(out) * in, in, 1, true);
+      check(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, wh, blas_type_, in, x, blas_type_, in,
+                         &zero, y, blas_type_, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "linear");
+      if (b) typed([&](auto t) { launch(h_bias_rows<decltype(t)>, size_t(n) * out, as(t, y), b, size_t(n), out); });
+      return;
+    }
     check(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x, in, &zero, y, out), "linear");
     if (b) launch(k_bias_rows, size_t(n) * out, y, b, n, out);
   }
@@ -513,6 +822,18 @@ class CudaBackend final : public Backend {
                        float* db) override {
     const float one = 1, zero = 0;
     // dw^T [in, out] = x^T dy; dx^T [in, n] += w^T dy^T.
+    if (half_) {  // dw straight into the FP32 gradient
+      check(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, blas_type_, in, dy, blas_type_, out,
+                         &zero, dw, CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "linear dw");
+      if (dx)
+        check(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one,
+                           weights_in_storage(w, size_t(out) * in, in, 1, false), blas_type_, in, dy, blas_type_, out,
+                           &one, dx, blas_type_, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "linear dx");
+      if (db) col_sums(dy, db, size_t(n), out);
+      return;
+    }
     check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero, dw, in), "linear dw");
     if (dx) check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy, out, &one, dx, in), "linear dx");
     if (db) launch(k_col_sums, size_t(out), dy, db, n, out);
@@ -521,7 +842,7 @@ class CudaBackend final : public Backend {
   void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                                float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                                float momentum, float eps) override {
-    CudnnTensor t(n, c, hw, 1), p(1, c, 1, 1);
+    CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
     const float one = 1, zero = 0;
     check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
                                                  p.get(), gamma, beta, momentum, running_mean, running_var,
@@ -531,7 +852,7 @@ class CudaBackend final : public Backend {
   }
   void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                               const float* running_mean, const float* running_var, float eps) override {
-    CudnnTensor t(n, c, hw, 1), p(1, c, 1, 1);
+    CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
     const float one = 1, zero = 0;
     check(cudnnBatchNormalizationForwardInference(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
                                                   p.get(), gamma, beta, running_mean, running_var, bn_eps(eps)),
@@ -541,7 +862,7 @@ class CudaBackend final : public Backend {
   void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                           const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                           float* dbeta) override {
-    CudnnTensor t(n, c, hw, 1), p(1, c, 1, 1);
+    CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
     const float one = 1, zero = 0;
     check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t.get(), x, t.get(),
                                           dy, t.get(), dx, p.get(), gamma, dgamma, dbeta, saved_eps_, save_mean,
@@ -550,40 +871,62 @@ class CudaBackend final : public Backend {
     done();
   }
 
+  // Element-wise ops and pooling: FP32 NCHW kernels, or their 16-bit NHWC twins.
   void relu_forward(size_t n, const float* x, float* y) override {
+    if (half_) return typed([&](auto t) { launch(h_relu_fwd<decltype(t)>, n, as(t, x), as(t, y), n); });
     launch(k_relu_fwd, n, x, y, n);
   }
   void relu_backward(size_t n, const float* y, const float* dy, float* dx) override {
+    if (half_) return typed([&](auto t) { launch(h_relu_bwd<decltype(t)>, n, as(t, y), as(t, dy), as(t, dx), n); });
     launch(k_relu_bwd, n, y, dy, dx, n);
   }
   void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* argmax) override {
-    launch(k_maxpool_fwd, size_t(s.n) * s.c * s.p * s.q, pool_args(s), x, y, argmax);
+    const size_t outs = size_t(s.n) * s.c * s.p * s.q;
+    if (half_)
+      return typed([&](auto t) { launch(h_maxpool_fwd<decltype(t)>, outs, nhwc_pool(s), as(t, x), as(t, y), argmax); });
+    launch(k_maxpool_fwd, outs, pool_args(s), x, y, argmax);
   }
   void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) override {
-    launch(k_maxpool_bwd, size_t(s.n) * s.c * s.h * s.w, pool_args(s), dy, argmax, dx);
+    const size_t ins = size_t(s.n) * s.c * s.h * s.w;
+    if (half_)
+      return typed([&](auto t) { launch(h_maxpool_bwd<decltype(t)>, ins, nhwc_pool(s), as(t, dy), argmax, as(t, dx)); });
+    launch(k_maxpool_bwd, ins, pool_args(s), dy, argmax, dx);
   }
   void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
-    launch(k_avgpool_fwd, size_t(s.n) * s.c * s.p * s.q, pool_args(s), x, y);
+    const size_t outs = size_t(s.n) * s.c * s.p * s.q;
+    if (half_) return typed([&](auto t) { launch(h_avgpool_fwd<decltype(t)>, outs, nhwc_pool(s), as(t, x), as(t, y)); });
+    launch(k_avgpool_fwd, outs, pool_args(s), x, y);
   }
   void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
-    launch(k_avgpool_bwd, size_t(s.n) * s.c * s.h * s.w, pool_args(s), dy, dx);
+    const size_t ins = size_t(s.n) * s.c * s.h * s.w;
+    if (half_) return typed([&](auto t) { launch(h_avgpool_bwd<decltype(t)>, ins, nhwc_pool(s), as(t, dy), as(t, dx)); });
+    launch(k_avgpool_bwd, ins, pool_args(s), dy, dx);
   }
   void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
-    launch(k_adaptive_fwd, size_t(s.n) * s.c * s.p * s.q, pool_args(s), x, y);
+    const size_t outs = size_t(s.n) * s.c * s.p * s.q;
+    if (half_) return typed([&](auto t) { launch(h_adaptive_fwd<decltype(t)>, outs, nhwc_pool(s), as(t, x), as(t, y)); });
+    launch(k_adaptive_fwd, outs, pool_args(s), x, y);
   }
   void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
-    launch(k_adaptive_bwd, size_t(s.n) * s.c * s.h * s.w, pool_args(s), dy, dx);
+    const size_t ins = size_t(s.n) * s.c * s.h * s.w;
+    if (half_)
+      return typed([&](auto t) { launch(h_adaptive_bwd<decltype(t)>, ins, nhwc_pool(s), as(t, dy), as(t, dx)); });
+    launch(k_adaptive_bwd, ins, pool_args(s), dy, dx);
   }
   void add_forward(size_t n, const float* a, const float* b, float* y) override {
+    if (half_) return typed([&](auto t) { launch(h_add<decltype(t)>, n, as(t, a), as(t, b), as(t, y), n); });
     launch(k_add, n, a, b, y, n);
   }
   void accumulate(size_t n, const float* dy, float* dx) override {
+    if (half_) return typed([&](auto t) { launch(h_accumulate<decltype(t)>, n, as(t, dy), as(t, dx), n); });
     launch(k_accumulate, n, dy, dx, n);
   }
   void dropout_forward(size_t n, const float* x, const float* mask, float* y) override {
+    if (half_) return typed([&](auto t) { launch(h_mul<decltype(t)>, n, as(t, x), mask, as(t, y), n); });
     launch(k_mul, n, x, mask, y, n);
   }
   void dropout_backward(size_t n, const float* dy, const float* mask, float* dx) override {
+    if (half_) return typed([&](auto t) { launch(h_mul_acc<decltype(t)>, n, as(t, dy), mask, as(t, dx), n); });
     launch(k_mul_acc, n, dy, mask, dx, n);
   }
   double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing, float scale,
@@ -595,9 +938,15 @@ class CudaBackend final : public Backend {
     auto* dev_labels = reinterpret_cast<int32_t*>(s + size_t(n) * sizeof(double));
     int32_t* row_right = dev_labels + n;
     check(cudaMemcpyAsync(dev_labels, labels, size_t(n) * sizeof(int32_t), cudaMemcpyDefault, stream_), "labels");
-    float* d = dlogits;
-    k_softmax_xent<<<blocks_for(size_t(n)), kThreads, 0, stream_>>>(n, classes, logits, dev_labels, smoothing, scale,
-                                                                     d, row_loss, row_right);
+    if (half_)
+      typed([&](auto t) {
+        h_softmax_xent<<<blocks_for(size_t(n)), kThreads, 0, stream_>>>(n, classes, as(t, logits), dev_labels,
+                                                                         smoothing, scale, as(t, dlogits), row_loss,
+                                                                         row_right);
+      });
+    else
+      k_softmax_xent<<<blocks_for(size_t(n)), kThreads, 0, stream_>>>(n, classes, logits, dev_labels, smoothing, scale,
+                                                                       dlogits, row_loss, row_right);
     std::vector<double> loss(static_cast<size_t>(n));
     std::vector<int32_t> right(static_cast<size_t>(n));
     check(cudaMemcpyAsync(loss.data(), row_loss, loss.size() * sizeof(double), cudaMemcpyDefault, stream_), "loss");
@@ -624,6 +973,49 @@ class CudaBackend final : public Backend {
   struct CudaFree {
     void operator()(void* p) const { cudaFree(p); }
   };
+  float* managed(size_t bytes) {
+    void* p = nullptr;
+    check(cudaMallocManaged(&p, std::max<size_t>(bytes, sizeof(float))), "managed allocation");
+    return static_cast<float*>(p);
+  }
+  size_t elem() const { return half_ ? 2 : sizeof(float); }
+  // f(T{}) with T the 16-bit storage type, and activation pointers seen as T.
+  template <class F>
+  void typed(F&& f) {
+    if (opt_.storage == Precision::FP16) f(__half{});
+    else f(__nv_bfloat16{});
+  }
+  template <class T>
+  static T* as(T, float* p) {
+    return reinterpret_cast<T*>(p);
+  }
+  template <class T>
+  static const T* as(T, const float* p) {
+    return reinterpret_cast<const T*>(p);
+  }
+  template <class T>
+  static T* as(T, void* p) {
+    return static_cast<T*>(p);
+  }
+  // The 16-bit copy of FP32 weights w (numel values, [k, c, r r] to [k, r r, c]; a linear
+  // layer's [out, in] is c = in, rr = 1): converted when `convert` (the forward pass, after
+  // which the weights do not change until the backward has used the copy).
+  const void* weights_in_storage(const float* w, size_t numel, int c, int rr, bool convert) {
+    auto& copy = weights_[w];
+    if (!copy) {
+      void* p = nullptr;
+      check(cudaMalloc(&p, numel * elem()), "16-bit weights");
+      copy.reset(p);
+      convert = true;
+    }
+    if (convert) typed([&](auto t) { launch(h_weight_krsc<decltype(t)>, numel, w, as(t, copy.get()), c, rr, numel); });
+    return copy.get();
+  }
+  // db[j] = the sum over `rows` rows of 16-bit dy[row, j], FP32.
+  void col_sums(const float* dy, float* db, size_t rows, int out) {
+    typed([&](auto t) { h_col_sums<<<unsigned(out), kThreads, 0, stream_>>>(as(t, dy), db, rows, out); });
+    done();
+  }
   double bn_eps(float eps) {
     if (double(eps) < CUDNN_BN_MIN_EPSILON)
       throw InputError("batchnorm epsilon " + std::to_string(eps) + " is below cuDNN's minimum " +
@@ -635,10 +1027,11 @@ class CudaBackend final : public Backend {
   // algorithms recorded in the table (the file of --conv-algo-file) where it has the shape,
   // else chosen (heuristics or timed, CudaOptions::conv_algos) and recorded.
   ConvPlan& plan(const ConvShape& s) {
-    const ConvAlgoKey key{s.n, s.c, s.h, s.w, s.k, s.r, s.stride, s.pad, "float", opt_.tf32};
+    const char* type = !half_ ? "float" : opt_.storage == Precision::FP16 ? "half" : "bfloat16";
+    const ConvAlgoKey key{s.n, s.c, s.h, s.w, s.k, s.r, s.stride, s.pad, type, half_ || opt_.tf32};
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
-    auto c = std::make_unique<ConvPlan>(s, opt_.tf32);
+    auto c = std::make_unique<ConvPlan>(s, opt_.tf32, storage_);
     if (const ConvAlgoChoice* recorded = algos_.find(key)) {
       const Candidates cand(dnn_, *c);
       c->fwd = cudnnConvolutionFwdAlgo_t(recorded->fwd);
@@ -706,11 +1099,12 @@ class CudaBackend final : public Backend {
     const size_t nx = size_t(s.n) * s.c * s.h * s.w, ny = size_t(s.n) * s.k * s.p * s.q;
     const size_t nw = size_t(s.k) * s.c * s.r * s.r;
     void* raw = nullptr;
-    check(cudaMalloc(&raw, (2 * nx + ny + 2 * nw) * sizeof(float)), "cuDNN algorithm search buffers");
+    const size_t e = elem(), bytes = (2 * nx + ny + 2 * nw) * e;
+    check(cudaMalloc(&raw, bytes), "cuDNN algorithm search buffers");
     std::unique_ptr<void, CudaFree> buffers(raw);
-    float* x = static_cast<float*>(raw);
-    float *dx = x + nx, *y = dx + nx, *w = y + ny, *dw = w + nw;
-    check(cudaMemsetAsync(raw, 0, (2 * nx + ny + 2 * nw) * sizeof(float), stream_), "memset");
+    char* x = static_cast<char*>(raw);
+    char *dx = x + nx * e, *y = dx + nx * e, *w = y + ny * e, *dw = w + nw * e;
+    check(cudaMemsetAsync(raw, 0, bytes, stream_), "memset");
     size_t free_bytes = 0, total_bytes = 0;
     check(cudaMemGetInfo(&free_bytes, &total_bytes), "free memory");
     size_t ws_bytes = std::min<size_t>(size_t(1) << 30, free_bytes / 4);
@@ -758,6 +1152,11 @@ class CudaBackend final : public Backend {
   };
   std::multimap<int64_t, DeviceSlots> dev_slots_;  // by the first slot's offset
   double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
+  bool half_ = false;  // 16-bit NHWC activations (CudaOptions::storage)
+  Storage storage_;
+  cudaDataType_t blas_type_ = CUDA_R_32F;
+  std::map<const float*, std::unique_ptr<void, CudaFree>> weights_;  // 16-bit copies, by the FP32 weights
+  GrowingBuffer wgrad_;  // a convolution's 16-bit weight gradient
   std::vector<cudaEvent_t> marks_;  // reused step after step
   size_t marks_used_ = 0;
 };
