@@ -43,7 +43,7 @@ struct SetupFlags {
   ModelFlags model;
   std::string cluster = "tencent-p40", precision = "fp16", transfer, profile, nccl_version;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
-  double inter_bw_Gbps = 0, inter_lat_us = -1;
+  double inter_bw_Gbps = 0, inter_lat_us = -1, intra_bw_GBps = 0;
   GoalFlags goal_flags;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
   // Refuse a model whose replicated states exceed the GPU's memory (schedule turns it
@@ -60,7 +60,7 @@ struct SetupFlags {
   // Loads the model and cluster; GPUs default to 1024 (the paper's scale) capped at the
   // cluster's size; batch to the model's default. Throws InputError naming the flag.
   Resolved resolve() const;
-  // --inter-bw / --inter-lat: what-if overrides of the cluster's inter-node network.
+  // --inter-bw / --inter-lat / --intra-bw: what-if overrides of the cluster's networks.
   void apply_overrides(Cluster& c) const;
   // A saved plan bound with the model and cluster it names (--model/--cluster override
   // them) and the training goal: bind_scenario's checks, its warnings on stderr; the

@@ -90,7 +90,7 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
   };
   for (auto* sub : app.get_subcommands({})) {
     for (const char* name : {"--group", "--torus-x", "--target-efficiency", "--max-gpus", "--ranks", "--per-node",
-                             "--threads", "--resolution", "--channels", "--classes", "--inter-bw", "--max-steps",
+                             "--threads", "--resolution", "--channels", "--classes", "--inter-bw", "--intra-bw", "--max-steps",
                              "--checkpoint-every"})
       if (auto* o = sub->get_option_no_throw(name)) o->check(given(false));
     for (const char* name : {"--inter-lat", "--device"})

@@ -58,6 +58,9 @@ void SetupFlags::add(CLI::App* app) {
                   "roofline");
   app->add_option("--inter-bw", inter_bw_Gbps, "what-if: inter-node bandwidth per NIC in Gbps (default: the cluster's)");
   app->add_option("--inter-lat", inter_lat_us, "what-if: inter-node latency in microseconds (default: the cluster's)");
+  app->add_option("--intra-bw", intra_bw_GBps,
+                  "what-if: bandwidth inside a node in GB/s per GPU per direction, as a ring step sees it (replaces an\n"
+                  "NCCL cluster's rates per NVLink; default: the cluster's)");
   goal_flags.add(app);
 }
 
@@ -204,6 +207,11 @@ void SetupFlags::apply_overrides(Cluster& c) const {
   if (lat && !(inter_lat_us >= 0)) throw InputError("--inter-lat: must be >= 0 us");
   if (bw) c.inter->nic_bw_Gbps = inter_bw_Gbps;
   if (lat) c.inter->lat_us = inter_lat_us;
+  if (intra_bw_GBps != 0) {
+    if (!(intra_bw_GBps > 0)) throw InputError("--intra-bw: must be > 0 GB/s");
+    c.intra.bw_GBps = intra_bw_GBps;
+    c.intra.nvlink_links = 0;  // bw_GBps stands for the links
+  }
 }
 
 Report load_measured_run(const std::string& measured_path, const Plan& plan, const std::string& plan_path) {

@@ -1120,6 +1120,15 @@ TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow
   CHECK(iteration(run_stdout(base + "--streams 2")) > 0);
   expect_bad("whatif --streams 0", "--streams: must be >= 1");
   expect_bad("whatif --cluster local-cpu --gpus 2 --inter-lat 5", "--inter-lat: cluster local-cpu has no inter-node");
+  // --intra-bw: the node's links as a ring step sees them; an NCCL cluster's NVLink rates
+  // give way to it.
+  auto iter_of = [](const Run& r) { return nlohmann::json::parse(r.out)["iteration_s"].get<double>(); };
+  const std::string node = "predict --model vgg16 --cluster p100-dgx1 --gpus 8 --batch-per-gpu 32 --precision fp32 "
+                           "--buckets per-tensor --algorithm ring --json ";
+  CHECK(iter_of(run_stdout(node + "--intra-bw 40")) == iter_of(run_stdout(node)));  // the file's own value
+  CHECK(iter_of(run_stdout(node + "--intra-bw 3")) > 1.5 * iter_of(run_stdout(node)));
+  const std::string a100 = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --json ";
+  CHECK(iter_of(run_stdout(a100 + "--intra-bw 2")) > iter_of(run_stdout(a100)));
   expect_bad("whatif --profile /nonexistent/p.json", "/nonexistent/p.json");
   expect_bad("whatif --model resnet50,alexnet_bn --profile /nonexistent/p.json", "give one --model");
 }
@@ -1331,6 +1340,7 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"predict --cluster /tmp/\xff\xfe.json", "/tmp/\xff\xfe.json: cannot open (No such file or directory)"},
       {"predict --model alexnet_bn --gpus 16 --epochs nan", "--epochs: must be > 0"},
       {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
+      {"predict --model alexnet_bn --gpus 8 --cluster dgx-a100 --intra-bw -2", "--intra-bw: must be > 0 (got -2"},
       {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},
       // Counts and ranges are bounded: a mistyped one is refused, not run for hours.
       {"simulate --model alexnet_bn --gpus 16 --iterations 1000000000", "--iterations: must be in [1, 1000] (got 1000000000)"},
