@@ -1125,8 +1125,7 @@ TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow
   auto iter_of = [](const Run& r) { return nlohmann::json::parse(r.out)["iteration_s"].get<double>(); };
   const std::string node = "predict --model vgg16 --cluster p100-dgx1 --gpus 8 --batch-per-gpu 32 --precision fp32 "
                            "--buckets per-tensor --algorithm ring --json ";
-  CHECK(iter_of(run_stdout(node + "--intra-bw 40")) == iter_of(run_stdout(node)));  // the file's own value
-  CHECK(iter_of(run_stdout(node + "--intra-bw 3")) > 1.5 * iter_of(run_stdout(node)));
+  CHECK(iter_of(run_stdout(node + "--intra-bw 3")) > 1.5 * iter_of(run_stdout(node + "--intra-bw 40")));
   const std::string a100 = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --json ";
   CHECK(iter_of(run_stdout(a100 + "--intra-bw 2")) > iter_of(run_stdout(a100)));
   expect_bad("whatif --profile /nonexistent/p.json", "/nonexistent/p.json");
