@@ -18,10 +18,16 @@
 #   verify      fuseplan verify of that run against the prediction
 #   ncclsweep   fuseplan-exec sweep --comm nccl on the one GPU (one rank: NCCL's plumbing,
 #               the timed allreduce and NCCL's own estimate per size, nccl-sweep.json)
+#   torchexport, torchplan, torchrun, torchverify
+#               the PyTorch bridge on the GPU: torchvision's model exported with its layers
+#               timed on the GPU (torch-profile.json), a plan tuned for it, run through
+#               PlanDDP on one NCCL rank (CUDA-event bucket times, torch-measured.json)
+#               and verified
 # Prepare on the development machine with scripts/gpu_bundle.sh (the binaries and their
 # libraries in .dev/). GPU_CHECK_BACKEND=cpu runs the same steps on the CPU backend with
 # a small model and no CUDA: the host side's dry run (parity and pytorch are skipped;
-# FUSEPLAN_BIN_DIR names the build's cli/ directory, default build/release/cli).
+# FUSEPLAN_BIN_DIR names the build's cli/ directory, default build/release/cli;
+# GPU_CHECK_PYTHON a python3 with torch and torchvision, default python3).
 set -uo pipefail  # not -e: a failing step is recorded and the next one still runs
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-check}}
@@ -33,12 +39,15 @@ if [[ $backend == cuda ]]; then
   . .dev/env.sh
   bin=.dev
   model=resnet50 res=224 batch=64 steps=40 cluster=${GPU_CHECK_CLUSTER:-hgx-h200} precision=fp16
+  torch_device=cuda torch_backend=nccl
 else
   bin=${FUSEPLAN_BIN_DIR:-build/release/cli}
   model=resnet18 res=32 batch=8 steps=4 cluster=local-cpu precision=fp32
+  torch_device=cpu torch_backend=gloo
 fi
 F=$bin/fuseplan
 X=$bin/fuseplan-exec
+py=${GPU_CHECK_PYTHON:-python3}  # with torch (and torchvision)
 shape=(--model "$model" --resolution "$res" --channels 3 --classes 1000)
 
 step() {  # name command...: runs it with a time limit, output to OUT_DIR/name.txt
@@ -65,7 +74,7 @@ if [[ $backend == cuda ]]; then
     --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
     --precision "$precision" --no-eval --conv-algos find --conv-algo-file "$out/conv-algos.json" \
     --metrics "$out/metrics-find.json"
-  step pytorch python3 bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
+  step pytorch "$py" bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
     --precision "$precision"
 fi
 step optable "$F" calibrate --cluster "$cluster" --profile "$out/profile.json" "${shape[@]}" \
@@ -79,4 +88,14 @@ step verify "$F" verify --plan "$out/plan.json" --measured "$out/measured.json" 
 if [[ $backend == cuda ]]; then
   step ncclsweep "$X" sweep --comm nccl --sizes 4K:256M --step-factor 4 --out "$out/nccl-sweep.json"
 fi
+torch_cli=(env PYTHONPATH=python "$py" -m fuseplan_torch)
+torch_model=(torchvision.models:"$model" --input-shape "3,$res,$res")
+step torchexport "${torch_cli[@]}" export "${torch_model[@]}" --out "$out/torch-model.json" \
+  --profile "$out/torch-profile.json" --device "$torch_device" --batch "$batch" --steps 5
+step torchplan "$F" tune --model "$out/torch-model.json" --profile "$out/torch-profile.json" --cluster "$cluster" \
+  --gpus 1 --batch-per-gpu "$batch" --precision fp32 --out "$out/torch-plan.json"
+step torchrun "${torch_cli[@]}" run "${torch_model[@]}" --backend "$torch_backend" --ranks 1 \
+  --plan "$out/torch-plan.json" --report "$out/torch-measured.json" --iterations 10
+step torchverify "$F" verify --plan "$out/torch-plan.json" --measured "$out/torch-measured.json" \
+  --profile "$out/torch-profile.json" --no-sim
 echo "results in $out/ (summary.txt: one line per step)"

@@ -38,27 +38,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex.add_argument("--batch", type=int, default=8, help="--profile: samples per timed batch")
     ex.add_argument("--warmup", type=int, default=3, help="--profile: untimed runs per layer")
     ex.add_argument("--steps", type=int, default=10, help="--profile: timed runs per layer (the median is kept)")
+    ex.add_argument("--device", default="cpu",
+                    help="--profile: where the layers are timed: cpu, or cuda / cuda:N (a GPU; with --ranks 1)")
     ex.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's; with --ranks: cores / ranks)")
     ex.add_argument("--ranks", type=int, default=1,
                     help="--profile: time on this many processes side by side, as a data-parallel job of that many "
                          "ranks loads this machine, keeping the slowest rank's time per layer")
 
-    run = sub.add_parser("run", help="train on N local ranks (gloo) with a plan (PlanDDP) or torch DDP, measured")
+    run = sub.add_parser("run", help="train on N local ranks (gloo or NCCL) with a plan (PlanDDP) or torch DDP, measured")
     _input_flags(run)
     run.add_argument("--plan", default="", help="fuseplan.plan/1 to follow (PlanDDP); without it: torch DDP")
     run.add_argument("--bucket-cap-mb", type=float, default=25.0, help="without --plan: DDP's bucket_cap_mb")
     run.add_argument("--engine", default="auto", choices=["auto", "reducer", "hooks"],
                      help="--plan: PlanDDP's bucketing: torch's C++ Reducer (DDP's) or a Python hook per tensor; "
                           "auto takes the Reducer where this torch has it")
-    run.add_argument("--ranks", type=int, default=2, help="processes (gloo, this machine)")
+    run.add_argument("--ranks", type=int, default=2, help="processes on this machine")
+    run.add_argument("--backend", default="gloo", choices=jobs.BACKENDS,
+                     help="process group: gloo (CPU) or nccl (rank r on GPU r)")
     run.add_argument("--batch", type=int, default=0, help="samples per rank (default: the plan's, else 8)")
     run.add_argument("--warmup", type=int, default=3)
     run.add_argument("--iterations", type=int, default=10)
     run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default: cores / ranks)")
     run.add_argument("--report", default="", help="--plan: write the measured fuseplan.report/1 here")
 
-    sw = sub.add_parser("sweep", help="time gloo's allreduce on N local ranks (fuseplan.sweep/1 for `fuseplan calibrate`)")
+    sw = sub.add_parser("sweep", help="time the allreduce of gloo or NCCL on N local ranks (fuseplan.sweep/1 for "
+                                      "`fuseplan calibrate`)")
     sw.add_argument("--ranks", type=int, default=2)
+    sw.add_argument("--backend", default="gloo", choices=jobs.BACKENDS,
+                    help="process group: gloo (CPU) or nccl (rank r on GPU r)")
     sw.add_argument("--sizes", default="4K:64M", help="bytes from:to, doubling (K, M suffixes)")
     sw.add_argument("--iterations", type=int, default=10)
     sw.add_argument("--threads", type=int, default=1)

@@ -82,12 +82,33 @@ def _writable(path: str, flag: str) -> None:
         raise UsageError("%s: directory %s does not exist" % (flag, directory))
 
 
+def profile_device(text: str, ranks: int) -> torch.device:
+    """export --device: cpu, or a GPU this machine has (one rank only)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError("--device: '%s' is not a device (valid: cpu, cuda, cuda:N)" % text)
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError("--device: '%s' is not a device (valid: cpu, cuda, cuda:N)" % text)
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= gpus:
+            raise UsageError("--device %s: this machine has %d CUDA device(s)" % (text, gpus))
+        if ranks > 1:
+            raise UsageError("--device %s: with --ranks 1 (ranks side by side are timed on the CPU)" % text)
+    return device
+
+
 def export_command(a: Any) -> None:
     _writable(a.out, "--out")
+    device = torch.device("cpu")
     if a.profile:
         _writable(a.profile, "--profile")
         for v, flag in ((a.batch, "--batch"), (a.steps, "--steps"), (a.ranks, "--ranks")):
             _positive(v, flag)
+        device = profile_device(a.device, a.ranks)
+    elif a.device != "cpu":
+        raise UsageError("--device: only with --profile (it says where the layers are timed)")
     if a.threads:
         torch.set_num_threads(_positive(a.threads, "--threads"))
     module, name = build_module(a)
@@ -112,8 +133,10 @@ def export_command(a: Any) -> None:
                 if os.path.exists(result):
                     os.unlink(result)
         else:
-            prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, make_batch(a, a.batch, a.seed + 1),
-                                         a.warmup, a.steps, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
+            module.to(device)  # the traced graph shares its modules and parameters
+            prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint,
+                                         make_batch(a, a.batch, a.seed + 1).to(device), a.warmup, a.steps,
+                                         torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
         outputs.append((a.profile, prof))
         if pinfo is not None:
             print("profile: %d layers at batch %d: %.2f ms forward + backward layer by layer, %.2f ms as one model "
@@ -176,19 +199,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(ranks: int, fn: Any, args: Tuple[Any, ...]) -> None:
-    """Runs fn(rank, ranks, *args) in `ranks` processes joined by a gloo process group."""
+BACKENDS = ("gloo", "nccl")
+
+
+def check_backend(backend: str, ranks: int) -> None:
+    """NCCL takes one GPU per rank on this machine: refused before any process starts
+    where there are fewer."""
+    if backend == "nccl":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus < ranks:
+            raise UsageError("--backend nccl: %d ranks need %d GPUs (one per rank), this machine has %d "
+                             "(--backend gloo runs on the CPU)" % (ranks, ranks, gpus))
+
+
+def spawn(ranks: int, fn: Any, args: Tuple[Any, ...], backend: str = "gloo") -> None:
+    """Runs fn(rank, ranks, *args) in `ranks` processes joined by a process group of
+    `backend`: gloo on the CPU, or NCCL with rank r on GPU r."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(_free_port())
-    mp.spawn(_entry, args=(ranks, fn, args), nprocs=ranks, join=True)
+    mp.spawn(_entry, args=(ranks, fn, args, backend), nprocs=ranks, join=True)
 
 
-def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...]) -> None:
-    dist.init_process_group("gloo", rank=rank, world_size=ranks)
+def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...], backend: str) -> None:
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=ranks)
     try:
         fn(rank, ranks, *args)
     finally:
         dist.destroy_process_group()
+
+
+def rank_device(backend: str, rank: int) -> torch.device:
+    return torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
 
 
 def _threads(a: Any, ranks: int) -> int:
@@ -210,6 +253,7 @@ def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Te
 def run_command(a: Any) -> None:
     _positive(a.ranks, "--ranks")
     _positive(a.iterations, "--iterations")
+    check_backend(a.backend, a.ranks)
     if a.report:
         if not a.plan:
             raise UsageError("--report: needs --plan (a DDP run has no buckets to report)")
@@ -236,7 +280,7 @@ def run_command(a: Any) -> None:
             check_plan(plan, module, names)
         except PlanError as e:
             raise UsageError("--plan " + str(e))
-    spawn(a.ranks, _run_rank, (a, plan, names, batch))
+    spawn(a.ranks, _run_rank, (a, plan, names, batch), a.backend)
 
 
 def make_labels(module: nn.Module, inputs: torch.Tensor, seed: int) -> torch.Tensor:
@@ -256,6 +300,8 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
     module, _ = build_module(a)
     inputs = make_batch(a, batch, a.seed + 100 + rank)
     labels = make_labels(module, inputs, a.seed + 200 + rank)
+    device = rank_device(a.backend, rank)
+    module, inputs, labels = module.to(device), inputs.to(device), labels.to(device)
     if plan is not None:
         ddp = PlanDDP(module, plan, names, engine=a.engine)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
@@ -270,7 +316,8 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
                    report["backward_s"] * 1e3, report["exposed_comm_s"] * 1e3, report["optimizer_s"] * 1e3,
                    len(report["buckets"]), ddp.engine))
         return
-    ddp = nn.parallel.DistributedDataParallel(module, bucket_cap_mb=a.bucket_cap_mb)
+    ddp = nn.parallel.DistributedDataParallel(module, bucket_cap_mb=a.bucket_cap_mb,
+                                              device_ids=[rank] if device.type == "cuda" else None)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
     times = measure_step_time(ddp, inputs, labels, opt, a.warmup, a.iterations)
     if rank == 0:
@@ -293,30 +340,36 @@ def sweep_command(a: Any) -> None:
     _positive(a.iterations, "--iterations")
     if a.ranks < 2:
         raise UsageError("--ranks: a sweep needs >= 2 ranks")
+    check_backend(a.backend, a.ranks)
     lo, _, hi = a.sizes.partition(":")
     first, last = parse_bytes(lo), parse_bytes(hi or lo)
     if first < 4 or last < first:
         raise UsageError("--sizes: need 4 <= from <= to (got %s)" % a.sizes)
-    spawn(a.ranks, _sweep_rank, (a, first, last))
+    spawn(a.ranks, _sweep_rank, (a, first, last), a.backend)
 
 
 def _sweep_rank(rank: int, ranks: int, a: Any, first: int, last: int) -> None:
     torch.set_num_threads(a.threads)
+    device = rank_device(a.backend, rank)
+    wait = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     points = []
     size = first
     while size <= last:
-        buf = torch.ones(size // 4)
+        buf = torch.ones(size // 4, device=device)
         for _ in range(2):
             dist.all_reduce(buf)
+        wait()
         dist.barrier()
         t0 = time.perf_counter()
         for _ in range(a.iterations):
             dist.all_reduce(buf)
-        t = torch.tensor([(time.perf_counter() - t0) / a.iterations], dtype=torch.float64)
+        wait()  # NCCL's allreduce returns once queued: the time is the device's
+        t = torch.tensor([(time.perf_counter() - t0) / a.iterations], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         points.append({"algorithm": "ring", "bytes": size, "seconds": float(t.item()), "iterations": a.iterations})
         size *= 2
     if rank == 0:
         write_json({"schema": "fuseplan.sweep/1", "ranks": ranks, "per_node": ranks, "precision": "fp32",
-                    "host": "gloo (torch.distributed) on " + socket.gethostname(), "points": points}, a.out)
+                    "host": "%s (torch.distributed) on %s" % (a.backend, socket.gethostname()), "points": points},
+                   a.out)
         print("sweep: %d sizes, %d to %d bytes -> %s" % (len(points), first, last, a.out))

@@ -53,6 +53,11 @@ class BucketTimes:
     ready_s: float = 0.0
     start_s: float = 0.0
     end_s: float = 0.0
+    # CUDA: the events marking ready, start and end on the streams that do the work, until
+    # StepTimes.resolve() turns them into the seconds above.
+    ready_event: Any = None
+    start_event: Any = None
+    end_event: Any = None
 
 
 @dataclass
@@ -71,10 +76,44 @@ class _Bucket:
 
 @dataclass
 class StepTimes:
-    """One step of one rank: what PlanDDP measured during its backward."""
+    """One step of one rank: what PlanDDP measured during its backward.
+
+    On CUDA the autograd hooks and the collectives' calls return before the device has
+    run the work, so host clocks would tell when work was queued, not done. There every
+    time is a CUDA event recorded on the stream that does the work: backward's start
+    (`origin_event`, when start_backward is called) and end (`end_event`) on the compute
+    stream, a bucket's ready there too, its start and end on its plan stream's CUDA stream.
+    `resolve()` waits for them and turns them into seconds from the start of backward;
+    `backward_end` is then backward_start plus the device's backward time."""
     backward_start: float = 0.0
     backward_end: float = 0.0       # autograd done (the end-of-backward callback)
     buckets: List[BucketTimes] = field(default_factory=list)
+    origin_event: Any = None
+    end_event: Any = None
+
+    def resolve(self) -> "StepTimes":
+        if self.origin_event is None:
+            return self
+        o = self.origin_event
+        seconds = lambda e: o.elapsed_time(e) / 1e3 if e is not None else 0.0
+        if self.end_event is not None:
+            self.end_event.synchronize()
+            self.backward_end = self.backward_start + seconds(self.end_event)
+        for b in self.buckets:
+            for e in (b.ready_event, b.start_event, b.end_event):
+                if e is not None:
+                    e.synchronize()
+            b.ready_s, b.start_s, b.end_s = seconds(b.ready_event), seconds(b.start_event), seconds(b.end_event)
+            b.ready_event = b.start_event = b.end_event = None
+        self.origin_event = self.end_event = None
+        return self
+
+
+def _device_mark() -> Any:
+    """A timing event recorded now on the current CUDA stream."""
+    e = torch.cuda.Event(enable_timing=True)
+    e.record()
+    return e
 
 
 # What PlanDDP reads of a plan: key, type, and for numbers the least value
@@ -168,7 +207,9 @@ class PlanDDP(nn.Module):
         # allreduces on different streams run concurrently.
         streams = sorted({int(b.get("stream", 0)) for b in plan["buckets"]})
         self.groups = {s: dist.new_group(list(range(self.world))) for s in streams}
-        self._check_transfers(origin, self.groups[streams[0]], next(iter(params.values())).device)
+        device = next(iter(params.values())).device
+        self._check_transfers(origin, self.groups[streams[0]], device)
+        self.on_cuda = device.type == "cuda"  # times as CUDA events (StepTimes)
         self.buckets: List[_Bucket] = []
         self.bucket_of: Dict[int, int] = {}
         self.slot_of: Dict[int, int] = {}
@@ -251,8 +292,12 @@ class PlanDDP(nn.Module):
 
     def start_backward(self) -> None:
         """Marks the start of backward (the origin of the bucket times); call right before
-        `loss.backward()`."""
+        `loss.backward()`. On CUDA the origin is also an event on the current stream: times
+        on the host and on the device line up when the device is idle here (the runner
+        waits for it after the forward pass)."""
         self.step = self._fresh_step(time.perf_counter())
+        if self.on_cuda:
+            self.step.origin_event = _device_mark()
         for b in self.buckets:
             b.pending = len(b.params)
         for s in self.next_launch:
@@ -276,7 +321,7 @@ class PlanDDP(nn.Module):
             now = time.perf_counter()
             b.pending -= 1
             if b.pending == 0:
-                self.step.buckets[b.index].ready_s = now - self.step.backward_start
+                self._mark_ready(b, now)
                 self._launch_ready(b.stream)
                 if all(x.pending == 0 for x in self.buckets):
                     torch.autograd.Variable._execution_engine.queue_callback(self._finish)
@@ -288,7 +333,7 @@ class PlanDDP(nn.Module):
         Averaged in place, cast to its transfer precision, handed to its stream; the
         future it returns holds the averaged bucket once the stream has summed it."""
         b = self.buckets[grad_bucket.index()]
-        self.step.buckets[b.index].ready_s = time.perf_counter() - self.step.backward_start
+        self._mark_ready(b, time.perf_counter())
         buffer = grad_bucket.buffer()
         buffer.div_(self.world)
         fut = self._send(b, buffer)
@@ -302,8 +347,19 @@ class PlanDDP(nn.Module):
         wire = buffer if b.transfer == "fp32" else buffer.to(_DTYPES[b.transfer])
         return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start)
 
-    def _backward_done(self) -> None:
+    def _mark_ready(self, b: _Bucket, now: float) -> None:
+        times = self.step.buckets[b.index]
+        times.ready_s = now - self.step.backward_start
+        if self.step.origin_event is not None:
+            times.ready_event = _device_mark()  # after the bucket's copies on the compute stream
+
+    def _mark_backward_end(self) -> None:
         self.step.backward_end = time.perf_counter()
+        if self.step.origin_event is not None:
+            self.step.end_event = _device_mark()
+
+    def _backward_done(self) -> None:
+        self._mark_backward_end()
         self.steps.append(self.step)
 
     def _launch_ready(self, stream: int) -> None:
@@ -314,7 +370,7 @@ class PlanDDP(nn.Module):
             self.sent.append(self._send(b, b.buffer))
 
     def _finish(self) -> None:
-        self.step.backward_end = time.perf_counter()  # autograd has run every node
+        self._mark_backward_end()  # autograd has run every node
         for fut in self.sent:  # the exposed communication (raises a failed allreduce's error)
             fut.wait()
         for b in self.buckets:  # the sums are the average already: no allocation, no copy out
@@ -337,9 +393,9 @@ class _Stream:
 
     CUDA tensors (NCCL): the submitter records an event on its current stream, where the
     bucket was filled; the thread runs the allreduce on a CUDA stream of its own that waits
-    for that event, and waits for the device after it (NCCL's wait() does not block the
-    host), so the end recorded is the sum's and the future's buffer is complete when it
-    is set. Not yet run on a GPU (docs/pytorch.md)."""
+    for that event, marks its start and end there with timing events (StepTimes), and waits
+    for the device after it (NCCL's wait() does not block the host), so the future's buffer
+    is complete when it is set. Not yet run on a GPU (docs/pytorch.md)."""
 
     def __init__(self, group: Any) -> None:
         self.group = group
@@ -390,14 +446,13 @@ class _Stream:
             stream = self.cuda_streams[wire.device] = torch.cuda.Stream(device=wire.device)
         with torch.cuda.stream(stream):
             stream.wait_event(filled)
-            filled.synchronize()  # the start is when the bucket is really filled
-            times.start_s = time.perf_counter() - origin
-            dist.all_reduce(wire, group=self.group, async_op=True).wait()
-            stream.synchronize()
-            times.end_s = time.perf_counter() - origin
+            times.start_event = _device_mark()  # the stream reaches the bucket: filled, and the one before done
+            dist.all_reduce(wire, group=self.group, async_op=True).wait()  # the stream waits for NCCL's
+            times.end_event = _device_mark()
             if wire is not buffer:
                 buffer.copy_(wire)
-                stream.synchronize()
+            stream.synchronize()  # the future's buffer is complete when it is set
+            times.start_s, times.end_s = 0.0, time.perf_counter() - origin  # until StepTimes.resolve()
 
     def stop(self) -> None:
         self.q.put(None)

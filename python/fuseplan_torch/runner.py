@@ -52,7 +52,7 @@ def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optim
                  warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
     steps: List[Dict[str, Any]] = []
     for t0, t1, t2, t3 in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations, ddp.start_backward):
-        st = ddp.steps[-1]
+        st = ddp.steps[-1].resolve()
         steps.append({"forward_s": t1 - t0, "backward_s": st.backward_end - st.backward_start,
                       "exposed_comm_s": t2 - st.backward_end, "optimizer_s": t3 - t2, "iteration_s": t3 - t0,
                       "buckets": [(b.ready_s, b.start_s, b.end_s) for b in st.buckets]})

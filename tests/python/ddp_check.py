@@ -62,7 +62,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     ref_grads = dict(ref.named_parameters())
     diffs = {n: (float((p.grad - ref_grads[n].grad).abs().max()), float(ref_grads[n].grad.abs().max()))
              for n, p in mine.named_parameters()}
-    events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].buckets]
+    events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].resolve().buckets]
     gathered = [None] * ranks
     dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine})
     if rank == 0:

@@ -362,6 +362,12 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--report", "r.json"], "--report: needs --plan"),
     (["sweep", "--ranks", "1", "--out", "s.json"], "--ranks: a sweep needs >= 2 ranks"),
     (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "p.json",
+      "--device", "tpu"], "--device: 'tpu' is not a device (valid: cpu, cuda, cuda:N)"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--device", "cuda"],
+     "--device: only with --profile"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "p.json",
+      "--device", "cuda:64"], "--device cuda:64: this machine has"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "p.json",
       "--ranks", "0"], "--ranks: must be >= 1 (got 0)"),
     (["export", "ddp_check:small_cnn"], "the following arguments are required: --input-shape"),
     (["export", "torchvision.models:resnet18", "--kwargs", '{"bogus": 1}', "--input-shape", "3,8,8", "--out", "x.json"],
@@ -374,4 +380,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     assert r.returncode == 2, r.stderr
     assert says in r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
+    assert not os.path.exists(tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("args", [["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--backend", "nccl"],
+                                  ["sweep", "--backend", "nccl", "--out", "x.json"]])
+def test_nccl_without_a_gpu_per_rank_is_refused_before_any_rank_starts(tmp_path, args):
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has a GPU per rank")
+    r = run_cli(*args, cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--backend nccl: 2 ranks need 2 GPUs (one per rank), this machine has" in r.stderr
     assert not os.path.exists(tmp_path / "x.json")
