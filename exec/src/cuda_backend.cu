@@ -108,24 +108,32 @@ struct PoolArgs {
 };
 PoolArgs pool_args(const PoolShape& s) { return {s.n * s.c, s.h, s.w, s.kernel, s.stride, s.pad, s.p, s.q}; }
 
+// The maximum of output (oy, ox)'s pooling window by PyTorch's rule (the first of equal
+// maxima, the last NaN): value(i) reads the input plane at i = iy w + ix, `at` is where the
+// maximum was.
+template <class Value>
+__device__ float window_max(int oy, int ox, int h, int w, int kernel, int stride, int pad, Value value, int& at) {
+  float best = -INFINITY;
+  at = -1;
+  for (int ky = 0; ky < kernel; ++ky)
+    for (int kx = 0; kx < kernel; ++kx) {
+      const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+      if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+      const float v = value(iy * w + ix);
+      if (v > best || at < 0 || isnan(v)) {
+        best = v;
+        at = iy * w + ix;
+      }
+    }
+  return best;
+}
 __global__ void k_maxpool_fwd(PoolArgs a, const float* x, float* y, int32_t* argmax) {
   FUSEPLAN_GRID_LOOP(o, size_t(a.planes) * a.p * a.q) {
     const int ox = int(o % a.q), oy = int(o / a.q % a.p);
     const size_t plane = o / (size_t(a.p) * a.q);
     const float* in = x + plane * a.h * a.w;
-    float best = -INFINITY;
-    int at = -1;
-    for (int ky = 0; ky < a.kernel; ++ky)
-      for (int kx = 0; kx < a.kernel; ++kx) {
-        const int iy = oy * a.stride - a.pad + ky, ix = ox * a.stride - a.pad + kx;
-        if (iy < 0 || iy >= a.h || ix < 0 || ix >= a.w) continue;
-        const float v = in[iy * a.w + ix];
-        if (v > best || at < 0 || isnan(v)) {
-          best = v;
-          at = iy * a.w + ix;
-        }
-      }
-    y[o] = best;
+    int at;
+    y[o] = window_max(oy, ox, a.h, a.w, a.kernel, a.stride, a.pad, [&](int i) { return in[i]; }, at);
     argmax[o] = at;
   }
 }
@@ -200,49 +208,29 @@ __global__ void k_adaptive_fwd(PoolArgs a, const float* x, float* y) {
     y[o] = sum / float((y1 - y0) * (x1 - x0));
   }
 }
+// The gradient of adaptive-pooling input (iy, ix) of an h x w plane pooled to p x q:
+// grad(oy, ox) / the bin's size over the bins that hold it.
+template <class Grad>
+__device__ float adaptive_gather(int iy, int ix, int h, int w, int p, int q, Grad grad) {
+  float g = 0;
+  for (int oy = 0; oy < p; ++oy) {
+    const int y0 = bin_lo(oy, h, p), y1 = bin_hi(oy, h, p);
+    if (iy < y0 || iy >= y1) continue;
+    for (int ox = 0; ox < q; ++ox) {
+      const int x0 = bin_lo(ox, w, q), x1 = bin_hi(ox, w, q);
+      if (ix >= x0 && ix < x1) g += grad(oy, ox) / float((y1 - y0) * (x1 - x0));
+    }
+  }
+  return g;
+}
 __global__ void k_adaptive_bwd(PoolArgs a, const float* dy, float* dx) {
   FUSEPLAN_GRID_LOOP(e, size_t(a.planes) * a.h * a.w) {
     const int ix = int(e % a.w), iy = int(e / a.w % a.h);
     const size_t plane = e / (size_t(a.h) * a.w);
-    float g = 0;
-    for (int oy = 0; oy < a.p; ++oy) {
-      const int y0 = bin_lo(oy, a.h, a.p), y1 = bin_hi(oy, a.h, a.p);
-      if (iy < y0 || iy >= y1) continue;
-      for (int ox = 0; ox < a.q; ++ox) {
-        const int x0 = bin_lo(ox, a.w, a.q), x1 = bin_hi(ox, a.w, a.q);
-        if (ix >= x0 && ix < x1) g += dy[(plane * a.p + oy) * a.q + ox] / float((y1 - y0) * (x1 - x0));
-      }
-    }
-    dx[e] += g;
+    dx[e] += adaptive_gather(iy, ix, a.h, a.w, a.p, a.q,
+                             [&](int oy, int ox) { return dy[(plane * a.p + oy) * a.q + ox]; });
   }
 }
-// One thread per row: loss (smoothed targets), dlogits = scale (softmax - target) / n,
-// and whether the largest logit is the label. The host sums the rows in order.
-__global__ void k_softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing,
-                               float scale, float* dlogits, double* row_loss, int* row_right) {
-  FUSEPLAN_GRID_LOOP(i, size_t(n)) {
-    const float* z = logits + i * classes;
-    float* d = dlogits + i * classes;
-    const int label = labels[i];
-    int best = 0;
-    for (int j = 1; j < classes; ++j)
-      if (z[j] > z[best]) best = j;
-    row_right[i] = best == label;
-    const double off = double(smoothing) / classes, on = 1.0 - smoothing + off;
-    double sum = 0;
-    for (int j = 0; j < classes; ++j) sum += exp(double(z[j]) - z[best]);
-    const double log_sum = log(sum) + z[best];
-    double loss = 0;
-    for (int j = 0; j < classes; ++j) {
-      const double target = j == label ? on : off;
-      const double logp = double(z[j]) - log_sum;
-      loss -= target * logp;
-      d[j] = float(scale * (exp(logp) - target) / n);
-    }
-    row_loss[i] = loss;
-  }
-}
-
 // The optimizer, per slot (blockIdx.y): first the LARS norms, one block per slot summing
 // in a fixed order (double), then the update over the slot's elements.
 struct DevSlot {
@@ -296,9 +284,11 @@ __global__ void k_nonfinite(const float* x, size_t n, int* flag) {
 // Half-precision storage (CudaOptions::storage): activations are 16-bit values T
 // (__half or __nv_bfloat16) in NHWC, every kernel computes in FP32 and rounds what it
 // stores to nearest even, as the CPU's emulation rounds.
+__device__ inline float ld(float x) { return x; }
 __device__ inline float ld(__half x) { return __half2float(x); }
 __device__ inline float ld(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <class T> __device__ inline T st(float x);
+template <> __device__ inline float st<float>(float x) { return x; }
 template <> __device__ inline __half st<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ inline __nv_bfloat16 st<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
@@ -346,21 +336,23 @@ template <class T> __global__ void h_col_sums(const T* dy, float* db, size_t row
   }
   if (threadIdx.x == 0) db[j] = part[0];
 }
-// The model input, FP32 NCHW, into NHWC storage.
-template <class T> __global__ void h_import_nhwc(const float* x, T* y, int c, int hw, size_t n) {
+// [b, c, hw] (NCHW; convolution weights [k, c, r r]) into [b, hw, c] (NHWC; cuDNN's NHWC
+// filter layout [k, r r, c]) and back, converting the type: the model input and the
+// weights into 16-bit storage, a flatten of NHWC into the NCHW feature order, a 16-bit
+// weight gradient back into the FP32 one.
+template <class In, class Out> __global__ void h_nchw_to_nhwc(const In* x, Out* y, int c, int hw, size_t n) {
   FUSEPLAN_GRID_LOOP(i, n) {
     const size_t ch = i % c, s = i / c % hw, b = i / (size_t(c) * hw);
-    y[i] = st<T>(x[(b * c + ch) * hw + s]);
+    y[i] = st<Out>(ld(x[(b * c + ch) * hw + s]));
   }
 }
-// Flatten: NHWC [n, hw, c] into [n, c hw] in NCHW order, and its gradient back (added
-// when `add`).
-template <class T> __global__ void h_flatten_fwd(const T* x, T* y, int c, int hw, size_t n) {
+template <class In, class Out> __global__ void h_nhwc_to_nchw(const In* x, Out* y, int c, int hw, size_t n) {
   FUSEPLAN_GRID_LOOP(j, n) {
     const size_t s = j % hw, ch = j / hw % c, b = j / (size_t(c) * hw);
-    y[j] = x[(b * hw + s) * c + ch];
+    y[j] = st<Out>(ld(x[(b * hw + s) * c + ch]));
   }
 }
+// Flatten's gradient: NCHW-ordered features back into NHWC (added when `add`).
 template <class T> __global__ void h_flatten_bwd(const T* dy, T* dx, int c, int hw, int add, size_t n) {
   FUSEPLAN_GRID_LOOP(i, n) {
     const size_t ch = i % c, s = i / c % hw, b = i / (size_t(c) * hw);
@@ -368,22 +360,6 @@ template <class T> __global__ void h_flatten_bwd(const T* dy, T* dx, int c, int 
     dx[i] = add ? st<T>(ld(dx[i]) + ld(g)) : g;
   }
 }
-// Convolution weights: FP32 [k, c, r, r] (the parameters) into the storage type in
-// cuDNN's NHWC filter layout [k, r, r, c], and a gradient in that layout back to FP32
-// [k, c, r, r].
-template <class T> __global__ void h_weight_krsc(const float* w, T* out, int c, int rr, size_t n) {
-  FUSEPLAN_GRID_LOOP(i, n) {
-    const size_t ch = i % c, rs = i / c % rr, k = i / (size_t(c) * rr);
-    out[i] = st<T>(w[(k * c + ch) * rr + rs]);
-  }
-}
-template <class T> __global__ void h_grad_kcrs(const T* g, float* dw, int c, int rr, size_t n) {
-  FUSEPLAN_GRID_LOOP(j, n) {
-    const size_t rs = j % rr, ch = j / rr % c, k = j / (size_t(c) * rr);
-    dw[j] = ld(g[(k * rr + rs) * c + ch]);
-  }
-}
-
 // Pooling on NHWC: the same windows, ties and NaN rule as the NCHW kernels above; argmax
 // is the input's position in its plane (iy w + ix).
 struct NhwcPool {
@@ -394,18 +370,10 @@ template <class T> __global__ void h_maxpool_fwd(NhwcPool a, const T* x, T* y, i
   FUSEPLAN_GRID_LOOP(o, size_t(a.n) * a.p * a.q * a.c) {
     const int ch = int(o % a.c), ox = int(o / a.c % a.q), oy = int(o / a.c / a.q % a.p);
     const size_t b = o / (size_t(a.c) * a.q * a.p);
-    float best = -INFINITY;
-    int at = -1;
-    for (int ky = 0; ky < a.kernel; ++ky)
-      for (int kx = 0; kx < a.kernel; ++kx) {
-        const int iy = oy * a.stride - a.pad + ky, ix = ox * a.stride - a.pad + kx;
-        if (iy < 0 || iy >= a.h || ix < 0 || ix >= a.w) continue;
-        const float v = ld(x[((b * a.h + iy) * a.w + ix) * a.c + ch]);
-        if (v > best || at < 0 || isnan(v)) {
-          best = v;
-          at = iy * a.w + ix;
-        }
-      }
+    const T* in = x + b * a.h * a.w * a.c + ch;  // the sample's channel, a.c apart
+    int at;
+    const float best =
+        window_max(oy, ox, a.h, a.w, a.kernel, a.stride, a.pad, [&](int i) { return ld(in[size_t(i) * a.c]); }, at);
     y[o] = st<T>(best);
     argmax[o] = at;
   }
@@ -478,21 +446,16 @@ template <class T> __global__ void h_adaptive_bwd(NhwcPool a, const T* dy, T* dx
   FUSEPLAN_GRID_LOOP(e, size_t(a.n) * a.h * a.w * a.c) {
     const int ch = int(e % a.c), ix = int(e / a.c % a.w), iy = int(e / a.c / a.w % a.h);
     const size_t b = e / (size_t(a.c) * a.w * a.h);
-    float g = 0;
-    for (int oy = 0; oy < a.p; ++oy) {
-      const int y0 = bin_lo(oy, a.h, a.p), y1 = bin_hi(oy, a.h, a.p);
-      if (iy < y0 || iy >= y1) continue;
-      for (int ox = 0; ox < a.q; ++ox) {
-        const int x0 = bin_lo(ox, a.w, a.q), x1 = bin_hi(ox, a.w, a.q);
-        if (ix >= x0 && ix < x1) g += ld(dy[nhwc_out(a, b, oy, ox, ch)]) / float((y1 - y0) * (x1 - x0));
-      }
-    }
+    const float g = adaptive_gather(iy, ix, a.h, a.w, a.p, a.q,
+                                    [&](int oy, int ox) { return ld(dy[nhwc_out(a, b, oy, ox, ch)]); });
     dx[e] = st<T>(ld(dx[e]) + g);
   }
 }
-// The loss of 16-bit logits, as k_softmax_xent.
+// One thread per row: loss (smoothed targets), dlogits = scale (softmax - target) / n,
+// and whether the largest logit is the label; the host sums the rows in order. Logits
+// FP32 or 16-bit (read in FP32, the gradient rounded as it is stored).
 template <class T>
-__global__ void h_softmax_xent(int n, int classes, const T* logits, const int32_t* labels, float smoothing, float scale,
+__global__ void k_softmax_xent(int n, int classes, const T* logits, const int32_t* labels, float smoothing, float scale,
                                T* dlogits, double* row_loss, int* row_right) {
   FUSEPLAN_GRID_LOOP(i, size_t(n)) {
     const T* z = logits + i * classes;
@@ -677,12 +640,15 @@ class CudaBackend final : public Backend {
     if (!half_) return copy_in(dst, plain, e);
     auto* staged = static_cast<float*>(scratch(e * sizeof(float)));
     check(cudaMemcpyAsync(staged, plain, e * sizeof(float), cudaMemcpyDefault, stream_), "input");
-    typed([&](auto t) { launch(h_import_nhwc<decltype(t)>, e, staged, as(t, dst), c, hw, e); });
+    typed([&](auto t) { launch(h_nchw_to_nhwc<float, decltype(t)>, e, staged, as(t, dst), c, hw, e); });
   }
   void flatten_forward(int n, int c, int hw, const float* x, float* y) override {
     if (!half_) return Backend::flatten_forward(n, c, hw, x, y);
     const size_t e = size_t(n) * size_t(c) * size_t(hw);
-    typed([&](auto t) { launch(h_flatten_fwd<decltype(t)>, e, as(t, x), as(t, y), c, hw, e); });
+    typed([&](auto t) {
+      using T = decltype(t);
+      launch(h_nhwc_to_nchw<T, T>, e, as(t, x), as(t, y), c, hw, e);
+    });
   }
   void flatten_backward(int n, int c, int hw, const float* dy, float* dx, bool add) override {
     if (!half_) return Backend::flatten_backward(n, c, hw, dy, dx, add);
@@ -793,7 +759,8 @@ class CudaBackend final : public Backend {
     check(cudnnConvolutionBackwardFilter(dnn_, &one, c.x.get(), x, c.y.get(), dy, c.conv, c.bwd_filter,
                                          workspace(c.filter_ws), c.filter_ws, &zero, c.w, filter_grad),
           "convolution backward filter");
-    if (half_) typed([&](auto t) { launch(h_grad_kcrs<decltype(t)>, nw, as(t, filter_grad), dw, s.c, rr, nw); });
+    if (half_)
+      typed([&](auto t) { launch(h_nhwc_to_nchw<decltype(t), float>, nw, as(t, filter_grad), dw, s.c, rr, nw); });
     if (db && half_) col_sums(dy, db, size_t(s.n) * s.p * s.q, s.k);
     else if (db) check(cudnnConvolutionBackwardBias(dnn_, &one, c.y.get(), dy, &zero, c.bias.get(), db), "backward bias");
     const void* filter = half_ ? weights_in_storage(w, nw, s.c, rr, false) : w;
@@ -938,15 +905,12 @@ class CudaBackend final : public Backend {
     auto* dev_labels = reinterpret_cast<int32_t*>(s + size_t(n) * sizeof(double));
     int32_t* row_right = dev_labels + n;
     check(cudaMemcpyAsync(dev_labels, labels, size_t(n) * sizeof(int32_t), cudaMemcpyDefault, stream_), "labels");
-    if (half_)
-      typed([&](auto t) {
-        h_softmax_xent<<<blocks_for(size_t(n)), kThreads, 0, stream_>>>(n, classes, as(t, logits), dev_labels,
-                                                                         smoothing, scale, as(t, dlogits), row_loss,
-                                                                         row_right);
-      });
-    else
-      k_softmax_xent<<<blocks_for(size_t(n)), kThreads, 0, stream_>>>(n, classes, logits, dev_labels, smoothing, scale,
-                                                                       dlogits, row_loss, row_right);
+    auto loss_kernel = [&](auto* z, auto* dz) {
+      k_softmax_xent<<<blocks_for(size_t(n)), kThreads, 0, stream_>>>(n, classes, z, dev_labels, smoothing, scale, dz,
+                                                                       row_loss, row_right);
+    };
+    if (half_) typed([&](auto t) { loss_kernel(as(t, logits), as(t, dlogits)); });
+    else loss_kernel(logits, dlogits);
     std::vector<double> loss(static_cast<size_t>(n));
     std::vector<int32_t> right(static_cast<size_t>(n));
     check(cudaMemcpyAsync(loss.data(), row_loss, loss.size() * sizeof(double), cudaMemcpyDefault, stream_), "loss");
@@ -1008,7 +972,8 @@ class CudaBackend final : public Backend {
       copy.reset(p);
       convert = true;
     }
-    if (convert) typed([&](auto t) { launch(h_weight_krsc<decltype(t)>, numel, w, as(t, copy.get()), c, rr, numel); });
+    if (convert)
+      typed([&](auto t) { launch(h_nchw_to_nhwc<float, decltype(t)>, numel, w, as(t, copy.get()), c, rr, numel); });
     return copy.get();
   }
   // db[j] = the sum over `rows` rows of 16-bit dy[row, j], FP32.
