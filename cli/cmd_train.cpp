@@ -21,6 +21,12 @@ namespace {
 
 void run_train(TrainFlags& f) {
   prepare_training(f);
+  if (f.cuda_graphs) {
+    if (f.backend != "cuda") throw InputError("--cuda-graphs: only with --backend cuda");
+    if (!f.profile_path.empty())
+      throw InputError("--cuda-graphs: not with --profile (a graph runs its layers without timing each)");
+    f.opt.graphs = true;
+  }
   auto [train, test, model] = load_training(f, f.model);
   auto backend = make_training_backend(f);
   exec::Trainer trainer(model, train, &test, *backend, f.opt);
@@ -46,6 +52,9 @@ void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a zoo CNN in this process (CPU backend): mixed precision, LARS or SGD,\n"
                                           "dynamic loss scaling, checkpoints, per-layer timing profile.");
   add_training_flags(cmd, *f);
+  cmd->add_flag("--cuda-graphs", f->cuda_graphs,
+                "cuda: run the training forward and backward passes as CUDA graphs, recorded on the second\n"
+                "step and replayed after (not with --profile, which times each layer, nor with dropout)");
   cmd->callback([f] { run_train(*f); });
 }
 

@@ -20,7 +20,7 @@ struct TrainFlags {
   std::string optimizer = "lars", conv = "auto", backend = "cpu", metrics_path, profile_path, checkpoint_path, resume_path;
   std::string conv_algos = "heuristic", conv_algo_file;
   int resolution = 0, channels = 0, classes = 0, threads = 0, device = -1;
-  bool no_tf32 = false, no_fuse = false, emulate_half = false;
+  bool no_tf32 = false, no_fuse = false, emulate_half = false, cuda_graphs = false;
   int64_t synthetic_size = 4096, max_steps = 0, checkpoint_every = 0;
   exec::TrainOptions opt;
   bool quiet = false, no_eval = false;

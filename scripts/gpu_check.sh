@@ -8,6 +8,8 @@
 #               activations), its images/s (metrics.json) and per-layer profile (profile.json)
 #   trainemu    the same with --emulate-half (FP32 NCHW activations rounded to FP16, the
 #               path before 16-bit storage): metrics-emulated.json
+#   traingraph  the same with --cuda-graphs (forward and backward replayed as CUDA graphs):
+#               metrics-graphs.json
 #   trainfind   the same with --conv-algos find: every convolution shape's deterministic
 #               cuDNN algorithms timed once, the fastest kept (conv-algos.json), its images/s
 #   pytorch     bench/gpu_vs_pytorch.py on the same model, batch and precision
@@ -70,6 +72,9 @@ if [[ $backend == cuda ]]; then
   step trainemu "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
     --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
     --precision "$precision" --no-eval --emulate-half --metrics "$out/metrics-emulated.json"
+  step traingraph "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
+    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
+    --precision "$precision" --no-eval --cuda-graphs --metrics "$out/metrics-graphs.json"
   step trainfind "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
     --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
     --precision "$precision" --no-eval --conv-algos find --conv-algo-file "$out/conv-algos.json" \

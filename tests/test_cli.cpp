@@ -434,6 +434,8 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--conv-algos find", "--conv-algos: only with --backend cuda", true);
   expect_bad(base + "--conv-algo-file " + tmp("algos.json"), "--conv-algo-file: only with --backend cuda", true);
   expect_bad(base + "--emulate-half --precision fp16", "--emulate-half: only with --backend cuda", true);
+  expect_bad(base + "--cuda-graphs", "--cuda-graphs: only with --backend cuda", true);
+  expect_bad(base + "--backend cuda --cuda-graphs --profile " + tmp("p.json"), "--cuda-graphs: not with --profile", true);
   expect_bad(base + "--backend cuda --emulate-half --precision fp32", "--emulate-half: only with --precision fp16 or bf16",
              true);
   expect_bad(base + "--backend cuda --conv-algos fastest",

@@ -927,6 +927,188 @@ TEST_CASE("a backend storing half-precision activations gets activations and FP3
   CHECK_THROWS_WITH(Network(chain, 2, half, o), Catch::Contains("stores activations in fp16"));
 }
 
+#include "fuseplan/exec/optimizer.hpp"
+
+namespace {
+// The CPU backend with step graphs as CUDA records them: between begin_graph() and
+// end_graph() every call is recorded with its arguments and nothing runs; launch_graph()
+// runs the recorded calls. A call that reads results on the host, copies from host memory
+// or waits while recording is a violation (a captured CUDA stream refuses them, or
+// records a copy from memory that will hold something else by the replay).
+class GraphRecorder final : public Backend {
+ public:
+  explicit GraphRecorder(Backend& cpu) : cpu_(cpu) {}
+  std::vector<std::string> violations;
+  int launches = 0;
+  std::string name() const override { return "graph-recording " + cpu_.name(); }
+  bool supports_graphs() const override { return true; }
+  void begin_graph() override {
+    if (recording_) violations.push_back("begin_graph while recording");
+    recording_ = true;
+    graphs_.emplace_back();
+  }
+  int end_graph() override {
+    recording_ = false;
+    return int(graphs_.size()) - 1;
+  }
+  void launch_graph(int g) override {
+    ++launches;
+    for (const auto& call : graphs_.at(size_t(g))) call();
+  }
+  size_t graphs() const { return graphs_.size(); }
+  float* alloc(size_t n) override { return host_only("alloc"), cpu_.alloc(n); }
+  void free(float* p) override { cpu_.free(p); }
+  void zero(float* p, size_t n) override { call([=, this] { cpu_.zero(p, n); }); }
+  void round(Precision p, float* x, size_t n) override { call([=, this] { cpu_.round(p, x, n); }); }
+  void copy_in(float* dst, const float* src, size_t n) override { host_only("copy_in"), cpu_.copy_in(dst, src, n); }
+  bool reads_host_memory() const override { return cpu_.reads_host_memory(); }
+  void synchronize() override { host_only("synchronize"); }
+  bool nonfinite(const float* x, size_t n) override { return host_only("nonfinite"), cpu_.nonfinite(x, n); }
+  void optimizer_step(const std::vector<OptimizerSlot>& s, const OptimizerStep& o, float* m, float* v, const float* g,
+                      float* p, double* r) override {
+    host_only("optimizer_step");
+    cpu_.optimizer_step(s, o, m, v, g, p, r);
+  }
+  double softmax_xent(int n, int classes, const float* logits, const int32_t* labels, float smoothing, float scale,
+                      float* dlogits, int* correct) override {
+    host_only("softmax_xent");
+    return cpu_.softmax_xent(n, classes, logits, labels, smoothing, scale, dlogits, correct);
+  }
+  void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* b, float* y) override {
+    call([=, this] { cpu_.conv2d_forward(s, x, w, b, y); });
+  }
+  void conv2d_backward(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    call([=, this] { cpu_.conv2d_backward(s, x, w, dy, dx, dw, db); });
+  }
+  void linear_forward(int n, int in, int out, const float* x, const float* w, const float* b, float* y) override {
+    call([=, this] { cpu_.linear_forward(n, in, out, x, w, b, y); });
+  }
+  void linear_backward(int n, int in, int out, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db) override {
+    call([=, this] { cpu_.linear_backward(n, in, out, x, w, dy, dx, dw, db); });
+  }
+  void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* g, const float* b, float* y,
+                               float* sm, float* si, float* rm, float* rv, float mom, float eps) override {
+    call([=, this] { cpu_.batchnorm_forward_train(n, c, hw, x, g, b, y, sm, si, rm, rv, mom, eps); });
+  }
+  void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* g, const float* b, float* y,
+                              const float* rm, const float* rv, float eps) override {
+    call([=, this] { cpu_.batchnorm_forward_eval(n, c, hw, x, g, b, y, rm, rv, eps); });
+  }
+  void batchnorm_backward(int n, int c, int hw, const float* x, const float* g, const float* dy, const float* sm,
+                          const float* si, float* dx, float* dg, float* db) override {
+    call([=, this] { cpu_.batchnorm_backward(n, c, hw, x, g, dy, sm, si, dx, dg, db); });
+  }
+  void relu_forward(size_t n, const float* x, float* y) override { call([=, this] { cpu_.relu_forward(n, x, y); }); }
+  void relu_backward(size_t n, const float* y, const float* dy, float* dx) override {
+    call([=, this] { cpu_.relu_backward(n, y, dy, dx); });
+  }
+  void maxpool_forward(const PoolShape& s, const float* x, float* y, int32_t* a) override {
+    call([=, this] { cpu_.maxpool_forward(s, x, y, a); });
+  }
+  void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* a, float* dx) override {
+    call([=, this] { cpu_.maxpool_backward(s, dy, a, dx); });
+  }
+  void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    call([=, this] { cpu_.avgpool_forward(s, x, y); });
+  }
+  void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    call([=, this] { cpu_.avgpool_backward(s, dy, dx); });
+  }
+  void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
+    call([=, this] { cpu_.adaptive_avgpool_forward(s, x, y); });
+  }
+  void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
+    call([=, this] { cpu_.adaptive_avgpool_backward(s, dy, dx); });
+  }
+  void add_forward(size_t n, const float* a, const float* b, float* y) override {
+    call([=, this] { cpu_.add_forward(n, a, b, y); });
+  }
+  void accumulate(size_t n, const float* dy, float* dx) override { call([=, this] { cpu_.accumulate(n, dy, dx); }); }
+  void dropout_forward(size_t n, const float* x, const float* m, float* y) override {
+    call([=, this] { cpu_.dropout_forward(n, x, m, y); });
+  }
+  void dropout_backward(size_t n, const float* dy, const float* m, float* dx) override {
+    call([=, this] { cpu_.dropout_backward(n, dy, m, dx); });
+  }
+
+ private:
+  void call(std::function<void()> f) {
+    if (recording_) graphs_.back().push_back(std::move(f));
+    else f();
+  }
+  void host_only(const char* what) {
+    if (recording_) violations.push_back(std::string(what) + " while recording");
+  }
+  Backend& cpu_;
+  bool recording_ = false;
+  std::vector<std::vector<std::function<void()>>> graphs_;
+};
+}  // namespace
+
+TEST_CASE("step graphs replay the recorded forward and backward with each step's input and weights") {
+  // The same network stepped with and without graphs on the same backend (so the same op
+  // sequence): a fresh input and labels each step and an optimizer update between steps,
+  // which a replay must see through the buffers it recorded, and an evaluation between
+  // steps, which must not replay the training graph. BatchNorm on the model input (its
+  // discarded gradient), a residual add and a classifier cover the network's branches.
+  ModelBuilder b("graphs", {3, 8, 8});
+  int x = b.batchnorm("bn0", ModelBuilder::kInput);
+  x = b.conv("conv1", x, 8, 3, 1, 1, true);
+  x = b.batchnorm("bn1", x);
+  x = b.relu("relu1", x);
+  int y = b.conv("conv2", x, 8, 3, 1, 1, false);
+  y = b.add("add", y, x);
+  y = b.relu("relu2", y);
+  y = b.adaptive_avgpool("gap", y, 1, 1);
+  y = b.flatten("flat", y);
+  b.linear("fc", y, 5, true);
+  const Model m = b.finish();
+  auto cpu = make_cpu_backend(CpuConv::Im2col);
+  GraphRecorder rec(*cpu), plain(*cpu);
+  NetworkOptions with, without;
+  with.graphs = true;
+  const int batch = 4, steps = 4;
+  Network g(m, batch, rec, with), p(m, batch, plain, without);
+  OptimizerOptions oo;
+  oo.lr = 0.5, oo.total_steps = steps;
+  Optimizer og(g, g.params(), oo), op(p, p.params(), oo);
+  std::vector<float> lg, lp;
+  std::vector<std::vector<float>> inputs;  // each step's at its own address
+  for (int step = 0; step < steps; ++step) inputs.push_back(randn(size_t(batch) * 3 * 8 * 8, uint64_t(60 + step)));
+  for (int step = 0; step < steps; ++step) {
+    INFO("step " << step);
+    const auto& input = inputs[size_t(step)];
+    std::vector<int32_t> labels{step % 5, (step + 1) % 5, (step + 2) % 5, (step + 3) % 5};
+    std::mt19937_64 r1(1), r2(1);
+    g.forward(input.data(), true, r1);
+    p.forward(input.data(), true, r2);
+    const double a = g.backward(labels.data(), 0.1f, 1.0f, nullptr, {});
+    const double c = p.backward(labels.data(), 0.1f, 1.0f, nullptr, {});
+    CHECK(a == c);
+    REQUIRE(std::equal(g.grads(), g.grads() + g.param_count(), p.grads()));
+    og.step(step, g.grads(), 1.0f, g.params(), Precision::FP32);
+    op.step(step, p.grads(), 1.0f, p.params(), Precision::FP32);
+    g.forward(input.data(), false, r1);  // evaluation: never the training graph
+    p.forward(input.data(), false, r2);
+    g.read_logits(lg), p.read_logits(lp);
+    CHECK(lg == lp);
+  }
+  CHECK(rec.graphs() == 2);  // forward and backward, recorded on the second step
+  CHECK(rec.launches == 2 * (steps - 1));
+  CHECK(rec.violations.empty());
+  for (const std::string& v : rec.violations) UNSCOPED_INFO(v);
+  // Refused: a backend without graphs, a model with dropout.
+  CHECK_THROWS_WITH(Network(m, batch, *cpu, with), Catch::Contains("has no step graphs"));
+  ModelBuilder d("dropped", {3, 8, 8});
+  int z = d.conv("conv", ModelBuilder::kInput, 4, 3, 1, 1, true);
+  z = d.flatten("flat", z);
+  z = d.dropout("drop", z, 0.5);
+  d.linear("fc", z, 2, true);
+  CHECK_THROWS_WITH(Network(d.finish(), batch, rec, with), Catch::Contains("has dropout (drop)"));
+}
+
 #include <filesystem>
 #include <fstream>
 

@@ -604,6 +604,7 @@ class CudaBackend final : public Backend {
     algos_.library = "cuDNN " + std::to_string(cudnnGetVersion());
   }
   ~CudaBackend() override {
+    for (cudaGraphExec_t g : graphs_) cudaGraphExecDestroy(g);
     for (cudaEvent_t e : marks_) cudaEventDestroy(e);
     plans_.clear();
     cublasDestroy(blas_);
@@ -670,6 +671,30 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override { check(cudaStreamSynchronize(stream_), "synchronise"); }
+  // CUDA graphs captured from the stream. cuBLAS gets a workspace of its own first, so
+  // that it allocates nothing while the stream is captured.
+  bool supports_graphs() const override { return true; }
+  void begin_graph() override {
+    if (!blas_workspace_) {
+      void* p = nullptr;
+      constexpr size_t kBlasWorkspace = size_t(32) << 20;
+      check(cudaMalloc(&p, kBlasWorkspace), "cuBLAS workspace");
+      blas_workspace_.reset(p);
+      check(cublasSetWorkspace(blas_, p, kBlasWorkspace), "cuBLAS workspace");
+    }
+    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "begin graph capture");
+  }
+  int end_graph() override {
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamEndCapture(stream_, &graph), "end graph capture");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(made, "instantiate graph");
+    graphs_.push_back(exec);
+    return int(graphs_.size()) - 1;
+  }
+  void launch_graph(int g) override { check(cudaGraphLaunch(graphs_.at(size_t(g)), stream_), "launch graph"); }
   bool timed_on_device() const override { return true; }
   void reset_marks() override { marks_used_ = 0; }
   int mark() override {
@@ -1122,6 +1147,8 @@ class CudaBackend final : public Backend {
   cudaDataType_t blas_type_ = CUDA_R_32F;
   std::map<const float*, std::unique_ptr<void, CudaFree>> weights_;  // 16-bit copies, by the FP32 weights
   GrowingBuffer wgrad_;  // a convolution's 16-bit weight gradient
+  std::vector<cudaGraphExec_t> graphs_;  // step graphs, by number
+  std::unique_ptr<void, CudaFree> blas_workspace_;
   std::vector<cudaEvent_t> marks_;  // reused step after step
   size_t marks_used_ = 0;
 };

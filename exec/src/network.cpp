@@ -46,6 +46,8 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
                        be_.name() + ") stores activations in " + std::string(precision_name(stored)));
     half_storage_ = true;
   }
+  if (opt.graphs && !be_.supports_graphs())
+    throw InputError(field("backend.cuda_graphs") + ": the backend (" + be_.name() + ") has no step graphs");
   const int T = static_cast<int>(m.tensors.size());
   // Flat buffers in backward order.
   slots_.resize(T);
@@ -131,10 +133,20 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   }
   if (nodes_.empty() || m.layers.back().out_shape.size() != 1)
     throw InputError("model " + m.name + ": the last layer must output one logit per class");
+  if (opt.graphs)
+    for (const Layer& L : m.layers)
+      if (L.kind == LayerKind::Dropout)
+        throw InputError(field("backend.cuda_graphs") + ": model " + m.name + " has dropout (" + L.name +
+                         "), whose masks come from the host each step");
+  size_t discard = 0;  // a BatchNorm on the model input: its gradient goes here
+  for (const Layer& L : m.layers)
+    if (L.kind == LayerKind::BatchNorm && L.inputs[0] < 0) discard = std::max(discard, size_t(batch) * size_t(numel(L.in_shape)));
+  if (discard) discard_ = DeviceBuffer(be_, discard, DeviceBuffer::Activation{});
   running_n_ = running_init.size();
   running_ = DeviceBuffer(be_, std::max<size_t>(running_n_, 1));
   if (running_n_) be_.copy_in(running_.get(), running_init.data(), running_n_);
-  if (!be_.reads_host_memory() || input_blocked() || half_storage_)
+  // A recorded forward reads its input from one buffer, whatever the caller's.
+  if (!be_.reads_host_memory() || input_blocked() || half_storage_ || opt_.graphs)
     input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)),
                               DeviceBuffer::Activation{});
   dlogits_ = nodes_.back().dout;
@@ -243,11 +255,34 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
     const auto [c, hw] = channels_and_plane(model_.input_shape);
     be_.import_activation(batch_, c, hw, input, input_buf_.get());
     input_ = input_buf_.get();
-  } else if (!be_.reads_host_memory()) {  // into the backend's memory (device memory on a GPU)
+  } else if (input_buf_.get()) {  // into the backend's memory (device memory on a GPU), or for a step graph
     be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
     input_ = input_buf_.get();
   }
-  const bool marks = be_.timed_on_device();
+  if (training && !before_layer && run_as_graph(fwd_graph_, fwd_warm_, [&] { forward_layers(true, rng, {}); }))
+    return;
+  forward_layers(training, rng, before_layer);
+}
+
+bool Network::run_as_graph(int& graph, bool& warm, const std::function<void()>& layers) {
+  if (!opt_.graphs) return false;
+  if (graph < 0) {
+    if (!warm) {  // the first time runs as usual: algorithms are chosen, buffers allocated
+      warm = true;
+      return false;
+    }
+    be_.begin_graph();
+    in_graph_ = true;
+    layers();
+    in_graph_ = false;
+    graph = be_.end_graph();
+  }
+  be_.launch_graph(graph);
+  return true;
+}
+
+void Network::forward_layers(bool training, std::mt19937_64& rng, const std::function<void(int)>& before_layer) {
+  const bool marks = be_.timed_on_device() && !in_graph_;
   if (marks) {  // the step starts on an idle device, so mark 0 runs when it is recorded
     be_.synchronize();
     be_.reset_marks();
@@ -263,6 +298,7 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
     float* written = relu_after_[l] >= 0 ? nodes_[size_t(relu_after_[l])].out : nodes_[l].out;
     if (!exact_out_[l] && !half_storage_)
       be_.round(opt_.precision, written, size_t(batch_) * size_t(nodes_[l].out_elems));
+    if (in_graph_) continue;  // recorded: nothing runs yet, nothing is timed
     if (marks) {
       fwd_mark_[l] = be_.mark();
       continue;
@@ -398,7 +434,13 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
   // dlogits carries the loss scale, so every gradient below is scaled (and can overflow
   // FP16, which the loss scaler detects).
   const double value = be_.softmax_xent(batch_, classes(), logits(), labels, smoothing, loss_scale, dlogits_, correct);
-  const bool marks = be_.timed_on_device();
+  if (!on_ready && run_as_graph(bwd_graph_, bwd_warm_, [&] { backward_layers({}); })) return value;
+  backward_layers(on_ready);
+  return value;
+}
+
+void Network::backward_layers(const std::function<void(int)>& on_ready) {
+  const bool marks = be_.timed_on_device() && !in_graph_;
   if (marks) bwd_start_mark_ = be_.mark();
   for (int l = static_cast<int>(nodes_.size()) - 1; l >= 0; --l) {
     auto t0 = Clock::now();
@@ -411,6 +453,7 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     const Node& n = nodes_[l];
     for (int slot : {n.weight, n.bias})
       if (slot >= 0) be_.round(opt_.precision, grads_.get() + slots_[slot].offset, size_t(slots_[slot].numel));
+    if (in_graph_) continue;  // recorded: nothing runs yet, nothing is timed
     ++timings_[l].calls;
     if (marks) {
       bwd_mark_[l] = be_.mark();
@@ -428,7 +471,6 @@ double Network::backward(const int32_t* labels, float smoothing, float loss_scal
     be_.synchronize();
     read_marks();
   }
-  return value;
 }
 
 void Network::zero_dout_once(int l) {
@@ -472,16 +514,12 @@ void Network::backward_layer(int l) {
       break;
     case LayerKind::BatchNorm: {
       const int c = dim(L.in_shape, 0), hw = static_cast<int>(numel(L.in_shape) / c);
-      DeviceBuffer scratch;
-      if (!dx) {  // BatchNorm on the model input: its gradient is discarded
-        scratch = DeviceBuffer(be_, total, DeviceBuffer::Activation{});
-        dx = scratch.get();
-      }
+      const bool discarded = !dx;  // BatchNorm on the model input: its gradient is not kept
+      if (discarded) dx = discard_.get();
       if (const int r = relu_after_[size_t(l)]; r >= 0)  // the ReLU's gradient, masked by its output
         be_.batchnorm_relu_backward(batch_, c, hw, x, param(n.weight), nodes_[size_t(r)].out, nodes_[size_t(r)].dout,
-                                    n.save_mean, n.save_invstd, dx, grad(n.weight), grad(n.bias),
-                                    !(set || scratch.get()));
-      else if (set || scratch.get())
+                                    n.save_mean, n.save_invstd, dx, grad(n.weight), grad(n.bias), !(set || discarded));
+      else if (set || discarded)
         be_.batchnorm_backward_set(batch_, c, hw, x, param(n.weight), n.dout, n.save_mean, n.save_invstd, dx,
                                    grad(n.weight), grad(n.bias));
       else

@@ -57,6 +57,7 @@ NetworkOptions network_options(const TrainOptions& o) {
   n.seed = o.seed;
   n.host_reads_gradients = o.exchange && !o.exchange_on_device;
   n.fuse_relu = o.fuse_relu;
+  n.graphs = o.graphs;
   return n;
 }
 

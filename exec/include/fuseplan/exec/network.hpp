@@ -31,6 +31,12 @@ struct NetworkOptions {
   // way. The pair's time is then the first layer's in the per-layer timings (the ReLU's
   // is about 0).
   bool fuse_relu = true;
+  // Step graphs (Backend::supports_graphs): the training forward pass and the backward
+  // pass after the loss run as recorded once on the second training step (the first
+  // chooses algorithms and allocates), then replayed each step without the host issuing
+  // each call. Not with dropout (its masks come from the host each step), gated layers or
+  // a per-layer callback in backward; the per-layer timings are not kept.
+  bool graphs = false;
 };
 
 // One parameter tensor's place in the flat buffers.
@@ -153,6 +159,16 @@ class Network {
   // The backend stores activations in the network's half precision (16-bit elements):
   // nothing to round, and they are zeroed and read through its activation calls.
   bool half_storage_ = false;
+  DeviceBuffer discard_;  // the gradient of a BatchNorm on the model input (discarded)
+  // Step graphs (NetworkOptions::graphs): the backend's numbers of the recorded training
+  // forward and backward (-1 until recorded), and whether each has run once unrecorded.
+  int fwd_graph_ = -1, bwd_graph_ = -1;
+  bool fwd_warm_ = false, bwd_warm_ = false, in_graph_ = false;
+  // Runs `layers` as the step graph in `graph` (recorded once `warm`, then replayed);
+  // false where it ran the layers itself (graphs off, or the first time).
+  bool run_as_graph(int& graph, bool& warm, const std::function<void()>& layers);
+  void forward_layers(bool training, std::mt19937_64& rng, const std::function<void(int)>& before_layer);
+  void backward_layers(const std::function<void(int)>& on_ready);
 };
 
 }  // namespace fuseplan::exec

@@ -76,6 +76,18 @@ class Backend {
   virtual void reset_marks() {}
   virtual int mark() { return 0; }
   virtual double mark_seconds(int) { return 0; }
+  // Step graphs (CUDA graphs): the calls made between begin_graph() and end_graph() are
+  // recorded, not run; launch_graph(g) runs graph g's calls as recorded (the same buffers,
+  // shapes and scalars; the buffers' contents as they are then), as often as asked. Only a
+  // backend with supports_graphs() is asked, never with a host read or a copy from host
+  // memory in between.
+  virtual bool supports_graphs() const { return false; }
+  virtual void begin_graph() { throw std::logic_error(name() + ": no step graphs"); }
+  virtual int end_graph() { throw std::logic_error(name() + ": no step graphs"); }
+  virtual void launch_graph(int g) {
+    (void)g;
+    throw std::logic_error(name() + ": no step graphs");
+  }
   // true if any of the n values is infinite or NaN (the loss scaler's overflow check).
   virtual bool nonfinite(const float* x, size_t n) = 0;
   // The optimizer's update (optimizer.hpp), on FP32 masters and momenta in this backend's

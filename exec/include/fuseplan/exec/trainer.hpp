@@ -74,6 +74,8 @@ struct TrainOptions {
   // A BatchNorm or an add and the ReLU after it as one op where the backend has it
   // (NetworkOptions).
   bool fuse_relu = true;
+  // Step graphs (NetworkOptions::graphs; without an exchange).
+  bool graphs = false;
   // Per-layer gating (schedules beyond fusion, docs/schedules.md): the step does not wait
   // for the exchange after backward; instead each layer of the next forward pass waits
   // only for its own parameters' sums (GradientExchange::wait_positions) and runs its
