@@ -18,6 +18,9 @@
 #   plan, run   a 25 MiB-bucket plan run for real on one rank with the NCCL exchange
 #               (plumbing, CUDA events, timings): measured.json and the verify table
 #   verify      fuseplan verify of that run against the prediction
+#   plan2, mpi2 a 2-GPU plan run by two ranks sharing the one GPU through the MPI exchange
+#               (mpirun from the bundle; each rank's gradients read through host memory):
+#               measured2.json
 #   ncclsweep   fuseplan-exec sweep --comm nccl on the one GPU (one rank: NCCL's plumbing,
 #               the timed allreduce and NCCL's own estimate per size, nccl-sweep.json)
 #   torchexport, torchplan, torchrun, torchverify
@@ -90,6 +93,11 @@ step run "$X" run --plan "$out/plan.json" --backend "$backend" --dataset synthet
   --synthetic-size $((batch * 8)) --iterations 10 --warmup 3 --report "$out/measured.json" \
   --profile "$out/run-profile.json" --trace "$out/trace.json" --verify
 step verify "$F" verify --plan "$out/plan.json" --measured "$out/measured.json" --profile "$out/run-profile.json"
+step plan2 "$F" predict "${shape[@]}" --cluster "$cluster" --gpus 2 --batch-per-gpu "$batch" \
+  --precision "$precision" --buckets threshold:25MiB --out "$out/plan2.json"
+step mpi2 mpirun --allow-run-as-root --oversubscribe -np 2 "$X" run --plan "$out/plan2.json" --backend "$backend" \
+  --comm mpi --dataset synthetic --synthetic-size $((batch * 8)) --iterations 10 --warmup 3 \
+  --report "$out/measured2.json" --verify
 if [[ $backend == cuda ]]; then
   step ncclsweep "$X" sweep --comm nccl --sizes 4K:256M --step-factor 4 --out "$out/nccl-sweep.json"
 fi
