@@ -584,8 +584,9 @@ class CudaBackend final : public Backend {
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, opt.device), "device properties");
     if (opt.storage == Precision::BF16 && prop.major < 8)
-      throw InputError(field("precision") + " bf16: " + prop.name + " (compute capability " + std::to_string(prop.major) +
-                       "." + std::to_string(prop.minor) + ") has no BF16 tensor cores; they need 8.0 or newer (fp16 runs here)");
+      throw InputError(field("precision") + " bf16: " + prop.name + " (compute capability " +
+                       std::to_string(prop.major) + "." + std::to_string(prop.minor) +
+                       ") has no BF16 tensor cores; they need 8.0 or newer (fp16 runs here)");
     half_ = opt.storage != Precision::FP32;
     if (half_) {
       storage_ = {CUDNN_TENSOR_NHWC, opt.storage == Precision::FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16};
@@ -787,7 +788,8 @@ class CudaBackend final : public Backend {
     if (half_)
       typed([&](auto t) { launch(h_nhwc_to_nchw<decltype(t), float>, nw, as(t, filter_grad), dw, s.c, rr, nw); });
     if (db && half_) col_sums(dy, db, size_t(s.n) * s.p * s.q, s.k);
-    else if (db) check(cudnnConvolutionBackwardBias(dnn_, &one, c.y.get(), dy, &zero, c.bias.get(), db), "backward bias");
+    else if (db)
+      check(cudnnConvolutionBackwardBias(dnn_, &one, c.y.get(), dy, &zero, c.bias.get(), db), "backward bias");
     const void* filter = half_ ? weights_in_storage(w, nw, s.c, rr, false) : w;
     if (dx)
       check(cudnnConvolutionBackwardData(dnn_, &one, c.w, filter, c.y.get(), dy, c.conv, c.bwd_data,
@@ -881,22 +883,26 @@ class CudaBackend final : public Backend {
   void maxpool_backward(const PoolShape& s, const float* dy, const int32_t* argmax, float* dx) override {
     const size_t ins = size_t(s.n) * s.c * s.h * s.w;
     if (half_)
-      return typed([&](auto t) { launch(h_maxpool_bwd<decltype(t)>, ins, nhwc_pool(s), as(t, dy), argmax, as(t, dx)); });
+      return typed(
+          [&](auto t) { launch(h_maxpool_bwd<decltype(t)>, ins, nhwc_pool(s), as(t, dy), argmax, as(t, dx)); });
     launch(k_maxpool_bwd, ins, pool_args(s), dy, argmax, dx);
   }
   void avgpool_forward(const PoolShape& s, const float* x, float* y) override {
     const size_t outs = size_t(s.n) * s.c * s.p * s.q;
-    if (half_) return typed([&](auto t) { launch(h_avgpool_fwd<decltype(t)>, outs, nhwc_pool(s), as(t, x), as(t, y)); });
+    if (half_)
+      return typed([&](auto t) { launch(h_avgpool_fwd<decltype(t)>, outs, nhwc_pool(s), as(t, x), as(t, y)); });
     launch(k_avgpool_fwd, outs, pool_args(s), x, y);
   }
   void avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {
     const size_t ins = size_t(s.n) * s.c * s.h * s.w;
-    if (half_) return typed([&](auto t) { launch(h_avgpool_bwd<decltype(t)>, ins, nhwc_pool(s), as(t, dy), as(t, dx)); });
+    if (half_)
+      return typed([&](auto t) { launch(h_avgpool_bwd<decltype(t)>, ins, nhwc_pool(s), as(t, dy), as(t, dx)); });
     launch(k_avgpool_bwd, ins, pool_args(s), dy, dx);
   }
   void adaptive_avgpool_forward(const PoolShape& s, const float* x, float* y) override {
     const size_t outs = size_t(s.n) * s.c * s.p * s.q;
-    if (half_) return typed([&](auto t) { launch(h_adaptive_fwd<decltype(t)>, outs, nhwc_pool(s), as(t, x), as(t, y)); });
+    if (half_)
+      return typed([&](auto t) { launch(h_adaptive_fwd<decltype(t)>, outs, nhwc_pool(s), as(t, x), as(t, y)); });
     launch(k_adaptive_fwd, outs, pool_args(s), x, y);
   }
   void adaptive_avgpool_backward(const PoolShape& s, const float* dy, float* dx) override {

@@ -140,7 +140,8 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
                          "), whose masks come from the host each step");
   size_t discard = 0;  // a BatchNorm on the model input: its gradient goes here
   for (const Layer& L : m.layers)
-    if (L.kind == LayerKind::BatchNorm && L.inputs[0] < 0) discard = std::max(discard, size_t(batch) * size_t(numel(L.in_shape)));
+    if (L.kind == LayerKind::BatchNorm && L.inputs[0] < 0)
+      discard = std::max(discard, size_t(batch) * size_t(numel(L.in_shape)));
   if (discard) discard_ = DeviceBuffer(be_, discard, DeviceBuffer::Activation{});
   running_n_ = running_init.size();
   running_ = DeviceBuffer(be_, std::max<size_t>(running_n_, 1));
