@@ -447,12 +447,13 @@ class _Stream:
         with torch.cuda.stream(stream):
             stream.wait_event(filled)
             times.start_event = _device_mark()  # the stream reaches the bucket: filled, and the one before done
+            times.start_s = time.perf_counter() - origin  # the host's, when queued, until StepTimes.resolve()
             dist.all_reduce(wire, group=self.group, async_op=True).wait()  # the stream waits for NCCL's
             times.end_event = _device_mark()
             if wire is not buffer:
                 buffer.copy_(wire)
             stream.synchronize()  # the future's buffer is complete when it is set
-            times.start_s, times.end_s = 0.0, time.perf_counter() - origin  # until StepTimes.resolve()
+            times.end_s = time.perf_counter() - origin
 
     def stop(self) -> None:
         self.q.put(None)
