@@ -576,17 +576,17 @@ class CudaBackend final : public Backend {
       throw InputError(field("backend.device") + " " + std::to_string(opt.device) + ": this machine has " + std::to_string(count) +
                        " CUDA device(s), 0.." + std::to_string(count - 1));
     check(cudaSetDevice(opt.device), "set device");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, opt.device), "device properties");
+    if (opt.storage == Precision::BF16 && prop.major < 8)  // refused before anything is made
+      throw InputError(field("precision") + " bf16: " + prop.name + " (compute capability " +
+                       std::to_string(prop.major) + "." + std::to_string(prop.minor) +
+                       ") has no BF16 tensor cores; they need 8.0 or newer (fp16 runs here)");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
     check(cudnnCreate(&dnn_), "create handle");
     check(cudnnSetStream(dnn_, stream_), "set stream");
     check(cublasCreate(&blas_), "create handle");
     check(cublasSetStream(blas_, stream_), "set stream");
-    cudaDeviceProp prop{};
-    check(cudaGetDeviceProperties(&prop, opt.device), "device properties");
-    if (opt.storage == Precision::BF16 && prop.major < 8)
-      throw InputError(field("precision") + " bf16: " + prop.name + " (compute capability " +
-                       std::to_string(prop.major) + "." + std::to_string(prop.minor) +
-                       ") has no BF16 tensor cores; they need 8.0 or newer (fp16 runs here)");
     half_ = opt.storage != Precision::FP32;
     if (half_) {
       storage_ = {CUDNN_TENSOR_NHWC, opt.storage == Precision::FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16};
