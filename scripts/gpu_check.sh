@@ -28,6 +28,7 @@
 #               timed on the GPU (torch-profile.json), a plan tuned for it, run through
 #               PlanDDP on one NCCL rank (CUDA-event bucket times, torch-measured.json)
 #               and verified
+# Then report.md: the figures of every step (scripts/gpu_report.py).
 # Prepare on the development machine with scripts/gpu_bundle.sh (the binaries and their
 # libraries in .dev/). GPU_CHECK_BACKEND=cpu runs the same steps on the CPU backend with
 # a small model and no CUDA: the host side's dry run (parity and pytorch are skipped;
@@ -111,4 +112,5 @@ step torchrun "${torch_cli[@]}" run "${torch_model[@]}" --backend "$torch_backen
   --plan "$out/torch-plan.json" --report "$out/torch-measured.json" --iterations 10
 step torchverify "$F" verify --plan "$out/torch-plan.json" --measured "$out/torch-measured.json" \
   --profile "$out/torch-profile.json" --no-sim
-echo "results in $out/ (summary.txt: one line per step)"
+"$py" scripts/gpu_report.py "$out" > "$out/report.md" 2>&1
+echo "results in $out/ (summary.txt: one line per step; report.md: the figures, scripts/gpu_report.py)"

@@ -1,0 +1,109 @@
+#!/usr/bin/python3
+"""The figures of one scripts/gpu_check.sh run, from its output folder, as markdown.
+
+usage: scripts/gpu_report.py OUT_DIR [--skip N]
+
+Prints the steps' exit codes and times, then what each step measured where its files are
+there:
+- the parity test's table (parity.txt);
+- ms per step and images/s of each `fuseplan-exec train` (metrics*.json: the mean of the
+  steps after the first N, skipped-for-overflow steps included) beside PyTorch's
+  (pytorch.txt), and their ratio;
+- the verify tables (verify.txt, mpi2.txt, torchverify.txt);
+- the NCCL sweep's sizes (nccl-sweep.json).
+Missing files are said, not guessed. Nothing is written.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def train_rate(path, skip):
+    """(ms per step, images/s) of a fuseplan.metrics/1 file: the mean of the steps after
+    the first `skip` (the first carries cuDNN's and the allocator's set-up)."""
+    text = read(path)
+    if text is None:
+        return None
+    m = json.loads(text)
+    steps = [s["seconds"] for s in m.get("steps", [])][skip:]
+    if not steps:
+        return None
+    dt = sum(steps) / len(steps)
+    return dt * 1e3, m["batch"] * m.get("ranks", 1) / dt
+
+
+def pytorch_rate(path):
+    text = read(path)
+    if text is None:
+        return None
+    found = re.search(r"([0-9.]+) ms/step, ([0-9.]+) images/s", text)
+    return (float(found.group(1)), float(found.group(2))) if found else None
+
+
+def section(title, body):
+    print("\n## " + title + "\n")
+    print(body.rstrip() if body else "(no output)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--skip", type=int, default=5, help="steps left out of each train's mean (default 5)")
+    a = ap.parse_args()
+    summary = read(os.path.join(a.out, "summary.txt"))
+    if summary is None:
+        print("gpu_report: %s: no summary.txt (not a gpu_check.sh output folder)" % a.out, file=sys.stderr)
+        sys.exit(2)
+    print("# GPU check: " + os.path.abspath(a.out))
+    section("Steps (exit code, seconds)", summary)
+
+    parity = read(os.path.join(a.out, "parity.txt"))
+    if parity is not None:
+        section("Parity (test_cuda_parity)", "\n".join(parity.strip().splitlines()[-60:]))
+
+    rows = []
+    torch_rate = pytorch_rate(os.path.join(a.out, "pytorch.txt"))
+    for name, label in (("metrics.json", "fuseplan-exec train (16-bit NHWC storage in fp16/bf16)"),
+                        ("metrics-emulated.json", "trainemu (--emulate-half)"),
+                        ("metrics-graphs.json", "traingraph (--cuda-graphs)"),
+                        ("metrics-find.json", "trainfind (--conv-algos find)")):
+        r = train_rate(os.path.join(a.out, name), a.skip)
+        if r is None:
+            rows.append("| %s | (no %s) | | |" % (label, name))
+            continue
+        ratio = "%.2fx" % (r[1] / torch_rate[1]) if torch_rate else "-"
+        rows.append("| %s | %.1f | %.0f | %s |" % (label, r[0], r[1], ratio))
+    if torch_rate:
+        rows.append("| PyTorch (pytorch.txt) | %.1f | %.0f | 1.00x |" % torch_rate)
+    else:
+        rows.append("| PyTorch | (no pytorch.txt figure) | | |")
+    section("Throughput (mean of the steps after the first %d)" % a.skip,
+            "| run | ms/step | images/s | / PyTorch |\n|---|---|---|---|\n" + "\n".join(rows))
+
+    for name, title in (("verify.txt", "Verify: one rank, NCCL exchange (run)"),
+                        ("mpi2.txt", "Two ranks on the one GPU, MPI exchange (mpi2)"),
+                        ("torchverify.txt", "Verify: PlanDDP on one NCCL rank (torchrun)")):
+        text = read(os.path.join(a.out, name))
+        if text is not None:
+            section(title, text)
+
+    sweep = read(os.path.join(a.out, "nccl-sweep.json"))
+    if sweep is not None:
+        points = json.loads(sweep).get("points", [])
+        body = "| bytes | seconds |\n|---|---|\n" + "\n".join(
+            "| %d | %.3g |" % (p["bytes"], p["seconds"]) for p in points)
+        section("NCCL sweep (nccl-sweep.json, one rank)", body)
+
+
+if __name__ == "__main__":
+    main()
