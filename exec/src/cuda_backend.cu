@@ -20,7 +20,6 @@
 #include <cudnn.h>
 
 #include <cmath>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -623,11 +622,8 @@ class CudaBackend final : public Backend {
     done();
   }
   void read_activation(float* host, const float* src, size_t n) override {
+    if (!half_) return Backend::read_activation(host, src, n);  // managed memory, FP32
     synchronize();  // managed memory: the host reads it once the stream is done
-    if (!half_) {
-      std::memcpy(host, src, n * sizeof(float));
-      return;
-    }
     const auto* bits = reinterpret_cast<const uint16_t*>(src);
     for (size_t i = 0; i < n; ++i)
       host[i] = opt_.storage == Precision::FP16 ? fp16_to_float(bits[i]) : bf16_to_float(bits[i]);
@@ -639,7 +635,7 @@ class CudaBackend final : public Backend {
   }
   void import_activation(int n, int c, int hw, const float* plain, float* dst) override {
     const size_t e = size_t(n) * size_t(c) * size_t(hw);
-    if (!half_) return copy_in(dst, plain, e);
+    if (!half_) return Backend::import_activation(n, c, hw, plain, dst);
     auto* staged = static_cast<float*>(scratch(e * sizeof(float)));
     check(cudaMemcpyAsync(staged, plain, e * sizeof(float), cudaMemcpyDefault, stream_), "input");
     typed([&](auto t) { launch(h_nchw_to_nhwc<float, decltype(t)>, e, staged, as(t, dst), c, hw, e); });

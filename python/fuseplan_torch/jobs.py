@@ -91,7 +91,7 @@ def profile_device(text: str, ranks: int) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UsageError("--device: '%s' is not a device (valid: cpu, cuda, cuda:N)" % text)
     if device.type == "cuda":
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = _gpus()
         if (device.index or 0) >= gpus:
             raise UsageError("--device %s: this machine has %d CUDA device(s)" % (text, gpus))
         if ranks > 1:
@@ -206,7 +206,7 @@ def check_backend(backend: str, ranks: int) -> None:
     """NCCL takes one GPU per rank on this machine: refused before any process starts
     where there are fewer."""
     if backend == "nccl":
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = _gpus()
         if gpus < ranks:
             raise UsageError("--backend nccl: %d ranks need %d GPUs (one per rank), this machine has %d "
                              "(--backend gloo runs on the CPU)" % (ranks, ranks, gpus))
@@ -232,6 +232,11 @@ def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...], backend: str) 
 
 def rank_device(backend: str, rank: int) -> torch.device:
     return torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+
+
+def _gpus() -> int:
+    """CUDA devices this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _threads(a: Any, ranks: int) -> int:
