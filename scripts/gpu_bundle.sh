@@ -38,13 +38,20 @@ cat > .dev/env.sh <<'EOS'
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ -d "$here/libs" ] || tar -C "$here" -xJf "$here/libs.tar.xz"
 cuda=$(python3 - <<'PY' 2>/dev/null
-import importlib, os
+# Every folder of pip's nvidia-* wheels (both the per-library layout and CUDA 13's nvidia/cu13)
+# that holds one of the CUDA libraries the binaries link.
+import os
+wanted = ("libcudart.so.", "libcublas.so.", "libcublasLt.so.", "libcudnn.so.", "libnccl.so.")
 dirs = []
-for m in ("nvidia.cudnn", "nvidia.cublas", "nvidia.cuda_runtime", "nvidia.nccl"):
-    try:
-        dirs += [os.path.join(p, "lib") for p in importlib.import_module(m).__path__]
-    except ImportError:
-        pass
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except ImportError:
+    roots = []
+for root in roots:
+    for d, _, files in sorted(os.walk(root)):
+        if d not in dirs and any(f.startswith(wanted) for f in files):
+            dirs.append(d)
 print(":".join(dirs))
 PY
 )

@@ -3,6 +3,7 @@
 # Every result goes under OUT_DIR (the first argument, else $OUT, else ./gpu-check), with a
 # one-line-per-step summary.txt:
 #   device      nvidia-smi
+#   libs        where the binaries' shared libraries were found (ldd)
 #   parity      test_cuda_parity (every CUDA op against the CPU op)
 #   train       fuseplan-exec train --backend cuda: ResNet-50, batch 64, FP16 (16-bit NHWC
 #               activations), its images/s (metrics.json) and per-layer profile (profile.json)
@@ -67,6 +68,7 @@ step() {  # name command...: runs it with a time limit, output to OUT_DIR/name.t
 
 if [[ $backend == cuda ]]; then
   step device nvidia-smi
+  step libs bash -c 'echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "$0"/fuseplan-exec "$0"/test_cuda_parity' "$bin"
   step parity "$bin/test_cuda_parity"
 fi
 step train "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic --synthetic-size $((batch * (steps + 2))) \
