@@ -60,7 +60,8 @@ export LD_LIBRARY_PATH="$here/libs${cuda:+:$cuda}:/usr/local/cuda/lib64${LD_LIBR
 om=$here/ompi
 export OPAL_PREFIX=$om OPAL_EXEC_PREFIX=$om OPAL_BINDIR=$om/bin OPAL_LIBDIR=$here/libs OPAL_PKGLIBDIR=$om/lib \
   OPAL_DATAROOTDIR=$om/share OPAL_DATADIR=$om/share OPAL_PKGDATADIR=$om/share OPAL_SYSCONFDIR=$om/etc \
-  PMIX_MCA_mca_base_component_path=$om/pmix OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  PMIX_MCA_mca_base_component_path=$om/pmix PMIX_MCA_pcompress_base_silence_warning=1 \
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PATH=$om/bin:$PATH
 EOS
 ex=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$ex")"

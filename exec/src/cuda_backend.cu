@@ -20,6 +20,7 @@
 #include <cudnn.h>
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -550,6 +551,8 @@ class GrowingBuffer {
   ~GrowingBuffer() { cudaFree(p_); }
   GrowingBuffer(const GrowingBuffer&) = delete;
   GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+  void* get() const { return p_; }
+  size_t size() const { return bytes_; }
   void* at_least(size_t bytes, const char* what) {
     if (bytes > bytes_) {
       check(cudaFree(p_), what);
@@ -587,6 +590,7 @@ class CudaBackend final : public Backend {
     check(cublasCreate(&blas_), "create handle");
     check(cublasSetStream(blas_, stream_), "set stream");
     half_ = opt.storage != Precision::FP32;
+    persistent_bn_ = half_;
     if (half_) {
       storage_ = {CUDNN_TENSOR_NHWC, opt.storage == Precision::FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16};
       blas_type_ = opt.storage == Precision::FP16 ? CUDA_R_16F : CUDA_R_16BF;
@@ -834,9 +838,27 @@ class CudaBackend final : public Backend {
                                float momentum, float eps) override {
     CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
     const float one = 1, zero = 0;
+    const double e = bn_eps(eps);
+    if (persistent_bn_) {  // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC)
+      size_t ws = 0, reserve = 0;
+      cudnnStatus_t st = cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(
+          dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t.get(), nullptr, t.get(), p.get(), nullptr, &ws);
+      if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnGetBatchNormalizationTrainingExReserveSpaceSize(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, nullptr,
+                                                                  t.get(), &reserve);
+      if (st == CUDNN_STATUS_SUCCESS) {
+        void* r = reserve ? bn_reserve_[x].at_least(reserve, "batchnorm reserve") : nullptr;
+        st = cudnnBatchNormalizationForwardTrainingEx(
+            dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &zero, t.get(), x, nullptr, nullptr, t.get(), y,
+            p.get(), gamma, beta, momentum, running_mean, running_var, e, save_mean, save_invstd, nullptr,
+            workspace(ws), ws, r, reserve);
+      }
+      if (st == CUDNN_STATUS_SUCCESS) return done();
+      refuse_persistent_bn(st);
+    }
     check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
-                                                 p.get(), gamma, beta, momentum, running_mean, running_var,
-                                                 bn_eps(eps), save_mean, save_invstd),
+                                                 p.get(), gamma, beta, momentum, running_mean, running_var, e,
+                                                 save_mean, save_invstd),
           "batchnorm forward");
     done();
   }
@@ -854,6 +876,23 @@ class CudaBackend final : public Backend {
                           float* dbeta) override {
     CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
     const float one = 1, zero = 0;
+    if (persistent_bn_) {  // the forward's mode, with the reserve it filled for this input
+      size_t ws = 0;
+      cudnnStatus_t st = cudnnGetBatchNormalizationBackwardExWorkspaceSize(
+          dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t.get(), nullptr, t.get(), nullptr, t.get(), p.get(), nullptr,
+          &ws);
+      if (st == CUDNN_STATUS_SUCCESS) {
+        auto r = bn_reserve_.find(x);
+        void* reserve = r == bn_reserve_.end() ? nullptr : r->second.get();
+        const size_t reserve_bytes = r == bn_reserve_.end() ? 0 : r->second.size();
+        st = cudnnBatchNormalizationBackwardEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &one, &one, &zero,
+                                               t.get(), x, nullptr, nullptr, t.get(), dy, nullptr, nullptr, t.get(), dx,
+                                               p.get(), gamma, nullptr, dgamma, dbeta, saved_eps_, save_mean,
+                                               save_invstd, nullptr, workspace(ws), ws, reserve, reserve_bytes);
+      }
+      if (st == CUDNN_STATUS_SUCCESS) return done();
+      refuse_persistent_bn(st);
+    }
     check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t.get(), x, t.get(),
                                           dy, t.get(), dx, p.get(), gamma, dgamma, dbeta, saved_eps_, save_mean,
                                           save_invstd),
@@ -1008,6 +1047,13 @@ class CudaBackend final : public Backend {
     typed([&](auto t) { h_col_sums<<<unsigned(out), kThreads, 0, stream_>>>(as(t, dy), db, rows, out); });
     done();
   }
+  // cuDNN's persistent BatchNorm declined a shape (or failed): from then on every BatchNorm
+  // runs cuDNN's generic kernel, which is correct on NHWC but slow; said once.
+  void refuse_persistent_bn(cudnnStatus_t st) {
+    persistent_bn_ = false;
+    std::fprintf(stderr, "cuda backend: cuDNN's persistent NHWC BatchNorm is unavailable (%s); using its generic "
+                 "kernel\n", cudnnGetErrorString(st));
+  }
   double bn_eps(float eps) {
     if (double(eps) < CUDNN_BN_MIN_EPSILON)
       throw InputError("batchnorm epsilon " + std::to_string(eps) + " is below cuDNN's minimum " +
@@ -1145,6 +1191,11 @@ class CudaBackend final : public Backend {
   std::multimap<int64_t, DeviceSlots> dev_slots_;  // by the first slot's offset
   double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
   bool half_ = false;  // 16-bit NHWC activations (CudaOptions::storage)
+  // BatchNorm on 16-bit NHWC through cuDNN's persistent kernel (what PyTorch uses for
+  // channels-last training), with each input's reserve space kept for its backward.
+  static constexpr cudnnBatchNormMode_t kPersistentBn = CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
+  bool persistent_bn_ = false;
+  std::map<const float*, GrowingBuffer> bn_reserve_;
   Storage storage_;
   cudaDataType_t blas_type_ = CUDA_R_32F;
   std::map<const float*, std::unique_ptr<void, CudaFree>> weights_;  // 16-bit copies, by the FP32 weights
