@@ -839,7 +839,7 @@ class CudaBackend final : public Backend {
     CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
     const float one = 1, zero = 0;
     const double e = bn_eps(eps);
-    if (persistent_bn_) {  // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC)
+    if (persistent_bn(n, c, hw)) {  // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC)
       size_t ws = 0, reserve = 0;
       cudnnStatus_t st = cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(
           dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t.get(), nullptr, t.get(), p.get(), nullptr, &ws);
@@ -853,8 +853,8 @@ class CudaBackend final : public Backend {
             p.get(), gamma, beta, momentum, running_mean, running_var, e, save_mean, save_invstd, nullptr,
             workspace(ws), ws, r, reserve);
       }
-      if (st == CUDNN_STATUS_SUCCESS) return done();
-      refuse_persistent_bn(st);
+      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(n, c, hw)) return done();
+      if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
     }
     check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
                                                  p.get(), gamma, beta, momentum, running_mean, running_var, e,
@@ -876,7 +876,7 @@ class CudaBackend final : public Backend {
                           float* dbeta) override {
     CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
     const float one = 1, zero = 0;
-    if (persistent_bn_) {  // the forward's mode, with the reserve it filled for this input
+    if (persistent_bn(n, c, hw)) {  // the forward's mode, with the reserve it filled for this input
       size_t ws = 0;
       cudnnStatus_t st = cudnnGetBatchNormalizationBackwardExWorkspaceSize(
           dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t.get(), nullptr, t.get(), nullptr, t.get(), p.get(), nullptr,
@@ -890,8 +890,8 @@ class CudaBackend final : public Backend {
                                                p.get(), gamma, nullptr, dgamma, dbeta, saved_eps_, save_mean,
                                                save_invstd, nullptr, workspace(ws), ws, reserve, reserve_bytes);
       }
-      if (st == CUDNN_STATUS_SUCCESS) return done();
-      refuse_persistent_bn(st);
+      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(n, c, hw)) return done();
+      if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
     }
     check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t.get(), x, t.get(),
                                           dy, t.get(), dx, p.get(), gamma, dgamma, dbeta, saved_eps_, save_mean,
@@ -1049,6 +1049,28 @@ class CudaBackend final : public Backend {
   }
   // cuDNN's persistent BatchNorm declined a shape (or failed): from then on every BatchNorm
   // runs cuDNN's generic kernel, which is correct on NHWC but slow; said once.
+  // Whether a BatchNorm of this shape runs the persistent kernel: not after a refusal, nor
+  // for a shape whose first launch failed.
+  bool persistent_bn(int n, int c, int hw) const {
+    if (!persistent_bn_) return false;
+    auto it = bn_shapes_.find({n, c, hw});
+    return it == bn_shapes_.end() || it->second;
+  }
+  // After a persistent BatchNorm call: the first of each shape waits for the stream and
+  // looks for a launch error (the kernel declines some small shapes that way); such a
+  // shape runs the generic kernel from then on, this call included.
+  bool ran_persistent_bn(int n, int c, int hw) {
+    auto [it, first] = bn_shapes_.try_emplace({n, c, hw}, true);
+    if (!first) return it->second;
+    const cudaError_t e = cudaStreamSynchronize(stream_);
+    const cudaError_t launch = e == cudaSuccess ? cudaGetLastError() : e;
+    if (launch == cudaSuccess) return true;
+    if (e != cudaSuccess) check(e, "batchnorm (persistent kernel)");  // the stream itself failed: not recoverable
+    it->second = false;
+    std::fprintf(stderr, "cuda backend: cuDNN's persistent NHWC BatchNorm failed to launch on [%d, %d, %d] (%s); "
+                 "that shape uses its generic kernel\n", n, c, hw, cudaGetErrorString(launch));
+    return false;
+  }
   void refuse_persistent_bn(cudnnStatus_t st) {
     persistent_bn_ = false;
     std::fprintf(stderr, "cuda backend: cuDNN's persistent NHWC BatchNorm is unavailable (%s); using its generic "
@@ -1195,6 +1217,7 @@ class CudaBackend final : public Backend {
   // channels-last training), with each input's reserve space kept for its backward.
   static constexpr cudnnBatchNormMode_t kPersistentBn = CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
   bool persistent_bn_ = false;
+  std::map<std::tuple<int, int, int>, bool> bn_shapes_;  // [n, c, hw]: the persistent kernel runs
   std::map<const float*, GrowingBuffer> bn_reserve_;
   Storage storage_;
   cudaDataType_t blas_type_ = CUDA_R_32F;
