@@ -30,6 +30,8 @@
 #               PlanDDP on one NCCL rank (CUDA-event bucket times, torch-measured.json)
 #               and verified
 # Then report.md: the figures of every step (scripts/gpu_report.py).
+# GPU_CHECK_STEPS="parity train ..." runs only the steps named (a rerun after a fix; a step
+# that reads another's output needs that one named too, e.g. plan before run and verify).
 # Prepare on the development machine with scripts/gpu_bundle.sh (the binaries and their
 # libraries in .dev/). GPU_CHECK_BACKEND=cpu runs the same steps on the CPU backend with
 # a small model and no CUDA: the host side's dry run (parity and pytorch are skipped;
@@ -60,6 +62,7 @@ shape=(--model "$model" --resolution "$res" --channels 3 --classes 1000)
 step() {  # name command...: runs it with a time limit, output to OUT_DIR/name.txt
   local name=$1 t0=$SECONDS rc
   shift
+  [[ -z ${GPU_CHECK_STEPS:-} || " $GPU_CHECK_STEPS " == *" $name "* ]] || return 0
   timeout "${STEP_TIMEOUT:-240}" "$@" > "$out/$name.txt" 2>&1
   rc=$?
   echo "$name rc=$rc $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
