@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "fuseplan/exec/half.hpp"
 #include "fuseplan/exec/network.hpp"
 #include "fuseplan/exec/ops.hpp"
 #include "random_data.hpp"
@@ -355,6 +356,89 @@ TEST_CASE("one LARS step of a small ResNet on the GPU matches the CPU step") {
     auto g = gpu(true);
     check_half_step(lars_step(*g, p), lars_step(*c, p), cpu32, p, std::string(precision_name(p)) + " storage, tf32", 2,
                     false);
+  }
+}
+
+// BatchNorm on 16-bit NHWC activations at a size that runs cuDNN's persistent kernel (a
+// ResNet-50 layer4 shape at batch 64), against the CPU's on the same rounded inputs:
+// outputs and the input gradient within two units of the precision's spacing (each is
+// rounded once to 16 bits), statistics and parameter gradients (FP32 sums) tightly.
+TEST_CASE("BatchNorm on 16-bit NHWC activations, at the persistent kernel's sizes, matches the CPU's") {
+  const int n = 64, c = 512, hw = 49;
+  const size_t total = size_t(n) * c * hw;
+  auto cpu = make_cpu_backend(CpuConv::Im2col);
+  for (Precision p : {Precision::FP16, Precision::BF16}) {
+    std::unique_ptr<Backend> g;
+    try {
+      g = gpu(true, p);
+    } catch (const InputError& e) {  // BF16 before compute capability 8.0
+      WARN(e.what());
+      continue;
+    }
+    const std::string mode = std::string(precision_name(p)) + " NHWC storage";
+    auto rounded = [&](std::vector<float> v) {
+      for (auto& x : v) x = round_to(p, x);
+      return v;
+    };
+    std::vector<float> xv = randn(total, 60), dyv = randn(total, 61);
+    for (size_t i = 0; i < total; ++i) xv[i] = xv[i] * 2 + float(i / hw % 7);  // per-channel offsets
+    xv = rounded(xv), dyv = rounded(dyv);
+    const std::vector<float> gamma = randn(size_t(c), 62), beta = randn(size_t(c), 63);
+    // The CPU reference on NCHW FP32 buffers; outputs rounded as 16-bit storage rounds them.
+    Pair t{*cpu, *g, mode, 0, {}};
+    auto put_cpu = [&](const std::vector<float>& v) {
+      t.keep.emplace_back(*cpu, v.size());
+      cpu->copy_in(t.keep.back().get(), v.data(), v.size());
+      return t.keep.back().get();
+    };
+    float *cx = put_cpu(xv), *cdy = put_cpu(dyv), *cy = put_cpu(std::vector<float>(total)),
+          *cdx = put_cpu(std::vector<float>(total)), *cstat = put_cpu(std::vector<float>(2 * size_t(c))),
+          *crun = put_cpu(std::vector<float>(2 * size_t(c), 1.0f)), *cdg = put_cpu(std::vector<float>(size_t(c))),
+          *cdb = put_cpu(std::vector<float>(size_t(c))), *cgamma = put_cpu(gamma), *cbeta = put_cpu(beta);
+    cpu->batchnorm_forward_train(n, c, hw, cx, cgamma, cbeta, cy, cstat, cstat + c, crun, crun + c, 0.1f, 1e-5f);
+    cpu->batchnorm_backward(n, c, hw, cx, cgamma, cdy, cstat, cstat + c, cdx, cdg, cdb);
+    const std::vector<float> ry = rounded({cy, cy + total}), rdx = rounded({cdx, cdx + total});
+    // The GPU: activations imported into 16-bit NHWC, read back through flatten (NCHW).
+    auto act = [&](const std::vector<float>* v) {
+      t.keep.emplace_back(*g, total, DeviceBuffer::Activation{});
+      float* b = t.keep.back().get();
+      if (v) g->import_activation(n, c, hw, v->data(), b);
+      else g->zero_activation(b, total);
+      return b;
+    };
+    auto put_gpu = [&](const std::vector<float>& v) {
+      t.keep.emplace_back(*g, v.size());
+      g->copy_in(t.keep.back().get(), v.data(), v.size());
+      return t.keep.back().get();
+    };
+    auto read = [&](const float* nhwc) {
+      float* flat = act(nullptr);
+      g->flatten_forward(n, c, hw, nhwc, flat);
+      std::vector<float> host(total);
+      g->read_activation(host.data(), flat, total);
+      return host;
+    };
+    float *gx = act(&xv), *gdy = act(&dyv), *gy = act(nullptr), *gdx = act(nullptr),
+          *gstat = put_gpu(std::vector<float>(2 * size_t(c))), *grun = put_gpu(std::vector<float>(2 * size_t(c), 1.0f)),
+          *ggamma = put_gpu(gamma), *gdg = put_gpu(std::vector<float>(size_t(c))),
+          *gdb = put_gpu(std::vector<float>(size_t(c))), *gbeta = put_gpu(beta);
+    g->batchnorm_forward_train(n, c, hw, gx, ggamma, gbeta, gy, gstat, gstat + c, grun, grun + c, 0.1f, 1e-5f);
+    g->batchnorm_backward(n, c, hw, gx, ggamma, gdy, gstat, gstat + c, gdx, gdg, gdb);
+    const std::vector<float> y = read(gy), dx = read(gdx);
+    g->synchronize();
+    const double spacing = p == Precision::FP16 ? 0x1p-10 : 0x1p-7;
+    auto record = [&](const std::string& op, double e, double tol) {
+      double& worst = table()[op + " (" + mode + ")"];
+      worst = std::max(worst, e);
+      INFO(op << " " << mode << ": normalised error " << e);
+      CHECK(e <= tol);
+    };
+    record("batchnorm forward 64x512x7x7", norm_error(y.data(), ry.data(), total), 2 * spacing);
+    record("batchnorm saved mean, 1/std", norm_error(gstat, cstat, 2 * size_t(c)), 1e-4);
+    record("batchnorm running mean, variance", norm_error(grun, crun, 2 * size_t(c)), 1e-4);
+    record("batchnorm backward dx 64x512x7x7", norm_error(dx.data(), rdx.data(), total), 2 * spacing);
+    record("batchnorm backward dgamma", norm_error(gdg, cdg, size_t(c)), 1e-3);
+    record("batchnorm backward dbeta", norm_error(gdb, cdb, size_t(c)), 1e-3);
   }
 }
 
