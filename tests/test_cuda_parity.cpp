@@ -363,7 +363,7 @@ TEST_CASE("one LARS step of a small ResNet on the GPU matches the CPU step") {
 // ResNet-50 layer4 shape at batch 64), against the CPU's on the same rounded inputs:
 // outputs and the input gradient within two units of the precision's spacing (each is
 // rounded once to 16 bits), statistics and parameter gradients (FP32 sums) tightly.
-TEST_CASE("BatchNorm on 16-bit NHWC activations, at the persistent kernel's sizes, matches the CPU's") {
+TEST_CASE("BatchNorm on 16-bit NHWC activations at the persistent kernel's sizes matches the CPU's") {
   const int n = 64, c = 512, hw = 49;
   const size_t total = size_t(n) * c * hw;
   auto cpu = make_cpu_backend(CpuConv::Im2col);
