@@ -19,6 +19,9 @@
 #   plan, run   a 25 MiB-bucket plan run for real on one rank with the NCCL exchange
 #               (plumbing, CUDA events, timings): measured.json and the verify table
 #   verify      fuseplan verify of that run against the prediction
+#   tune, runtuned, verifytuned
+#               calibrate -> tune -> run -> verify: a plan tuned on calibrated.json with the
+#               train step's profile, run on one rank and verified (verifytuned.txt)
 #   plan2, mpi2 a 2-GPU plan run by two ranks sharing the one GPU through the MPI exchange
 #               (mpirun from the bundle; each rank's gradients read through host memory):
 #               measured2.json
@@ -99,6 +102,15 @@ step run "$X" run --plan "$out/plan.json" --backend "$backend" --dataset synthet
   --synthetic-size $((batch * 8)) --iterations 10 --warmup 3 --report "$out/measured.json" \
   --profile "$out/run-profile.json" --trace "$out/trace.json" --verify
 step verify "$F" verify --plan "$out/plan.json" --measured "$out/measured.json" --profile "$out/run-profile.json"
+# calibrate -> tune -> run -> verify: the plan tuned on the calibrated cluster with the
+# train step's profile, run and verified.
+step tune "$F" tune "${shape[@]}" --cluster "$out/calibrated.json" --profile "$out/profile.json" --gpus 1 \
+  --batch-per-gpu "$batch" --precision "$precision" --out "$out/tuned.json"
+step runtuned "$X" run --plan "$out/tuned.json" --backend "$backend" --dataset synthetic \
+  --synthetic-size $((batch * 8)) --iterations 10 --warmup 3 --report "$out/measured-tuned.json" \
+  --profile "$out/run-profile-tuned.json" --verify
+step verifytuned "$F" verify --plan "$out/tuned.json" --measured "$out/measured-tuned.json" \
+  --profile "$out/run-profile-tuned.json"
 step plan2 "$F" predict "${shape[@]}" --cluster "$cluster" --gpus 2 --batch-per-gpu "$batch" \
   --precision "$precision" --buckets threshold:25MiB --out "$out/plan2.json"
 step mpi2 mpirun --allow-run-as-root --oversubscribe -np 2 "$X" run --plan "$out/plan2.json" --backend "$backend" \

@@ -69,7 +69,15 @@ def main():
 
     parity = read(os.path.join(a.out, "parity.txt"))
     if parity is not None:
-        section("Parity (test_cuda_parity)", "\n".join(parity.strip().splitlines()[-60:]))
+        lines = parity.strip().splitlines()
+        # The failures (Catch's messages), then the whole table of errors, which follows
+        # its header line to the end.
+        header = next((i for i, l in enumerate(lines) if "max normalised error" in l), None)
+        first = next((i for i, l in enumerate(lines[:header]) if "FAILED" in l), header)
+        failures = [l for l in lines[first:header] if not l.startswith(("test cases", "assertions", "====", "...."))]
+        table = lines[header:] if header is not None else lines[-60:]
+        summary_line = [l for l in lines if l.startswith("test cases") or l.startswith("assertions")]
+        section("Parity (test_cuda_parity)", "\n".join(summary_line + failures[:40] + [""] + table))
 
     rows = []
     torch_rate = pytorch_rate(os.path.join(a.out, "pytorch.txt"))
@@ -91,6 +99,7 @@ def main():
             "| run | ms/step | images/s | / PyTorch |\n|---|---|---|---|\n" + "\n".join(rows))
 
     for name, title in (("verify.txt", "Verify: one rank, NCCL exchange (run)"),
+                        ("verifytuned.txt", "Verify: calibrate -> tune -> run on one rank (runtuned)"),
                         ("mpi2.txt", "Two ranks on the one GPU, MPI exchange (mpi2)"),
                         ("torchverify.txt", "Verify: PlanDDP on one NCCL rank (torchrun)")):
         text = read(os.path.join(a.out, name))
