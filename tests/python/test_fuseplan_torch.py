@@ -392,3 +392,57 @@ def test_nccl_without_a_gpu_per_rank_is_refused_before_any_rank_starts(tmp_path,
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--backend nccl: 2 ranks need 2 GPUs (one per rank), this machine has" in r.stderr
     assert not os.path.exists(tmp_path / "x.json")
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda in the GPU timing's control loop: the device reaches the
+    start event before the host has finished issuing the call until the sleep is at least
+    `enough` cycles; each call then takes `device_ms` on the device."""
+
+    def __init__(self, enough, device_ms):
+        self.enough, self.device_ms, self.sleeps, self.cycles = enough, device_ms, [], 0
+        fake = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                pass
+
+            def record(self):
+                pass
+
+            def query(self):  # reached: the sleep was too short for the host to get ahead
+                return fake.cycles < fake.enough
+
+            def elapsed_time(self, other):
+                return fake.device_ms
+
+        self.Event = Event
+
+    def device(self, d):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def synchronize(self, device=None):
+        pass
+
+    def _sleep(self, cycles):
+        self.cycles = cycles
+        self.sleeps.append(cycles)
+
+
+def test_gpu_layer_timing_sleeps_until_the_host_is_ahead_and_keeps_device_times(monkeypatch):
+    from fuseplan_torch import profile
+    fake = _FakeCuda(enough=profile._SLEEP_START * 8, device_ms=0.25)
+    monkeypatch.setattr(profile.torch, "cuda", fake)
+    calls = []
+    us = profile._median_us(lambda s: calls.append(s), lambda: "state", 2, 3, torch.device("cuda"))
+    assert us == pytest.approx(250.0)
+    # Three doublings before the host got ahead, then 2 warm-up and 3 timed calls.
+    assert fake.sleeps[:4] == [profile._SLEEP_START << k for k in range(4)]
+    assert len(calls) == 3 + 2 + 3 and all(c == "state" for c in calls)
+    # A call that never lets the host get ahead (it waits for the device) is timed at the
+    # largest sleep, with the wait in it, rather than retried for ever.
+    stuck = _FakeCuda(enough=profile._SLEEP_LIMIT * 2, device_ms=1.0)
+    monkeypatch.setattr(profile.torch, "cuda", stuck)
+    assert profile._median_us(lambda s: None, lambda: None, 1, 2, torch.device("cuda")) == pytest.approx(1000.0)
+    assert max(stuck.sleeps) == profile._SLEEP_LIMIT
