@@ -282,7 +282,11 @@ TEST_CASE("buffer rounding (F16C where the CPU has it, threads) equals the scala
   }
 }
 
+#include <thread>
+
+#include "fuseplan/exec/data.hpp"
 #include "fuseplan/exec/network.hpp"
+#include "fuseplan/exec/trainer.hpp"
 #include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/zoo.hpp"
@@ -548,17 +552,22 @@ TEST_CASE("device errors: typed, with the call site - the user's (no GPU, out of
 namespace {
 // The CPU backend seen as a device timed by its own marks (as the CUDA backend is): every
 // call forwards to it; synchronize() is counted; a mark is the host clock when recorded
-// (the CPU has finished every earlier call by then).
+// (the CPU has finished every earlier call by then). A copy into it takes `copy_s` longer,
+// as a copy over PCIe does.
 class DeviceTimed final : public Backend {
  public:
   explicit DeviceTimed(Backend& cpu) : cpu_(cpu) {}
   int syncs = 0;
+  double copy_s = 0;
   std::string name() const override { return "device-timed " + cpu_.name(); }
   float* alloc(size_t n) override { return cpu_.alloc(n); }
   void free(float* p) override { cpu_.free(p); }
   void zero(float* p, size_t n) override { cpu_.zero(p, n); }
   void round(Precision p, float* x, size_t n) override { cpu_.round(p, x, n); }
-  void copy_in(float* dst, const float* src, size_t n) override { cpu_.copy_in(dst, src, n); }
+  void copy_in(float* dst, const float* src, size_t n) override {
+    if (copy_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(copy_s));
+    cpu_.copy_in(dst, src, n);
+  }
   void synchronize() override { ++syncs; }
   bool timed_on_device() const override { return true; }
   void reset_marks() override { marks_.clear(); }
@@ -674,6 +683,25 @@ TEST_CASE("a backend timed on its device is waited for once per forward and once
     }
     CHECK(sum > 0);
     CHECK(sum <= wall);
+  }
+}
+
+TEST_CASE("the trainer counts the batch's copy into a device as data wait, not as forward") {
+  auto cpu = make_cpu_backend(CpuConv::Im2col);
+  DeviceTimed dev(*cpu);
+  const Dataset data = make_synthetic(32, 2, 8, 8, 3, 1);
+  TrainOptions o;
+  o.batch = 8;
+  o.epochs = 1;
+  o.max_steps = 3;
+  o.evaluate = false;
+  Trainer t(tiny_cnn(), data, nullptr, dev, o);
+  dev.copy_s = 0.2;  // from here on only the batches are copied in
+  const TrainResult r = t.run();
+  REQUIRE(r.steps.size() == 3);
+  for (const StepRecord& s : r.steps) {
+    CHECK(s.data_s >= 0.2);
+    CHECK(s.forward_s < 0.2);
   }
 }
 

@@ -251,6 +251,11 @@ float* Network::grad_of_input(int l, int k) {
 
 void Network::forward(const float* input, bool training, std::mt19937_64& rng,
                       const std::function<void(int)>& before_layer) {
+  load_input(input);
+  forward_loaded(training, rng, before_layer);
+}
+
+void Network::load_input(const float* input) {
   input_ = input;
   if (input_blocked() || half_storage_) {  // into the backend's blocked layout, or its 16-bit storage
     const auto [c, hw] = channels_and_plane(model_.input_shape);
@@ -260,6 +265,9 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
     be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
     input_ = input_buf_.get();
   }
+}
+
+void Network::forward_loaded(bool training, std::mt19937_64& rng, const std::function<void(int)>& before_layer) {
   if (training && !before_layer && run_as_graph(fwd_graph_, fwd_warm_, [&] { forward_layers(true, rng, {}); }))
     return;
   forward_layers(training, rng, before_layer);

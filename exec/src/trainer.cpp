@@ -268,11 +268,15 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
     const auto t_step = Clock::now();
     Batch b = loader.next();
     if (b.epoch != epoch_ || b.position != position_) throw RunError("trainer: loader out of step");
+    // The batch's copy into the device (and its layout and storage) counts as data wait,
+    // not forward: no layer's time holds it, and a device's copy is waited for here.
+    net_.load_input(b.input.data());
+    if (be_.timed_on_device()) be_.synchronize();
     const auto t_fwd = Clock::now();
     dropout_rng_.seed(dropout_seed(opt_.seed, rank, step_));
     const bool gated = pending_.active;  // the last step's sums arrive layer by layer
     pending_.wait_s = pending_.update_s = 0;
-    net_.forward(b.input.data(), true, dropout_rng_, gated ? [this](int l) { gate_layer(l); } : std::function<void(int)>());
+    net_.forward_loaded(true, dropout_rng_, gated ? [this](int l) { gate_layer(l); } : std::function<void(int)>());
     // Where the gated forward waited for sums and ran updates (none when not gated).
     const double forward_wait_s = pending_.wait_s, forward_update_s = pending_.update_s;
     double wait_s = forward_wait_s, update_s = forward_update_s;

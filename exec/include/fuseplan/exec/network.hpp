@@ -91,6 +91,11 @@ class Network {
   // gate, which waits for the layer's parameters and updates them.
   void forward(const float* input, bool training, std::mt19937_64& dropout_rng,
                const std::function<void(int)>& before_layer = {});
+  // The same in two parts, so that the executor can time them apart: the input brought
+  // into the backend (its memory, layout and storage precision; issued, not waited for),
+  // then the forward pass of it.
+  void load_input(const float* input);
+  void forward_loaded(bool training, std::mt19937_64& dropout_rng, const std::function<void(int)>& before_layer = {});
   // Every layer output and gradient of the last step holds a value of the storage
   // precision (FP16 / BF16 grid; always true in FP32): the check that skipping the
   // rounding where an op cannot leave the grid loses nothing. Host-memory backends only.
