@@ -20,11 +20,15 @@
 #include <cudnn.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -608,6 +612,17 @@ class CudaBackend final : public Backend {
     algos_.library = "cuDNN " + std::to_string(cudnnGetVersion());
   }
   ~CudaBackend() override {
+    if (ahead_thread_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(ahead_mutex_);
+        ahead_stop_ = true;
+      }
+      ahead_cv_.notify_all();
+      ahead_thread_.join();
+    }
+    if (copied_) cudaEventSynchronize(copied_), cudaEventDestroy(copied_);
+    if (copy_stream_) cudaStreamDestroy(copy_stream_);
+    if (pinned_) cudaFreeHost(pinned_);
     for (cudaGraphExec_t g : graphs_) cudaGraphExecDestroy(g);
     for (cudaEvent_t e : marks_) cudaEventDestroy(e);
     plans_.clear();
@@ -671,6 +686,30 @@ class CudaBackend final : public Backend {
     done();
   }
 
+  // The next batch, copied while a step computes: a thread of the backend copies it from
+  // the caller's (pageable) memory into pinned memory, and from there into the device on
+  // a stream of its own, recording an event that await_copy_in() makes the compute stream
+  // wait for. The pinned buffer is refilled only once the device has read it.
+  void copy_in_ahead(float* dst, const float* src, size_t n) override {
+    await_ahead_host();
+    if (!ahead_thread_.joinable()) {
+      check(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "copy stream");
+      check(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "copy event");
+      ahead_thread_ = std::thread([this] { copy_ahead_loop(); });
+    }
+    {
+      std::lock_guard<std::mutex> lock(ahead_mutex_);
+      ahead_job_ = {dst, src, n};
+      ahead_posted_ = true;
+      ahead_done_ = false;
+    }
+    ahead_cv_.notify_all();
+  }
+  void await_copy_in() override {
+    if (!ahead_thread_.joinable()) return;
+    await_ahead_host();
+    check(cudaStreamWaitEvent(stream_, copied_, 0), "wait for the copy ahead");
+  }
   void synchronize() override { check(cudaStreamSynchronize(stream_), "synchronise"); }
   // CUDA graphs captured from the stream. cuBLAS gets a workspace of its own first, so
   // that it allocates nothing while the stream is captured.
@@ -1047,6 +1086,50 @@ class CudaBackend final : public Backend {
     typed([&](auto t) { h_col_sums<<<unsigned(out), kThreads, 0, stream_>>>(as(t, dy), db, rows, out); });
     done();
   }
+  // The copy thread: each job's host part (into pinned memory, then enqueued), reporting
+  // the first CUDA error to the caller's next wait.
+  void copy_ahead_loop() {
+    cudaSetDevice(opt_.device);
+    for (;;) {
+      AheadJob job;
+      {
+        std::unique_lock<std::mutex> lock(ahead_mutex_);
+        ahead_cv_.wait(lock, [this] { return ahead_posted_ || ahead_stop_; });
+        if (ahead_stop_) return;
+        job = ahead_job_;
+        ahead_posted_ = false;
+      }
+      const size_t bytes = job.n * sizeof(float);
+      cudaError_t e = cudaEventSynchronize(copied_);  // the device has read the pinned buffer
+      if (e == cudaSuccess && bytes > pinned_bytes_) {
+        if (pinned_) cudaFreeHost(pinned_);
+        pinned_ = nullptr, pinned_bytes_ = 0;
+        e = cudaHostAlloc(&pinned_, bytes, cudaHostAllocDefault);
+        if (e == cudaSuccess) pinned_bytes_ = bytes;
+      }
+      if (e == cudaSuccess) {
+        std::memcpy(pinned_, job.src, bytes);
+        e = cudaMemcpyAsync(job.dst, pinned_, bytes, cudaMemcpyHostToDevice, copy_stream_);
+      }
+      if (e == cudaSuccess) e = cudaEventRecord(copied_, copy_stream_);
+      {
+        std::lock_guard<std::mutex> lock(ahead_mutex_);
+        if (e != cudaSuccess && ahead_error_ == cudaSuccess) ahead_error_ = e;
+        ahead_done_ = true;
+      }
+      ahead_cv_.notify_all();
+    }
+  }
+  // Waits until the last job's host part is done (its copy enqueued), and raises its error.
+  void await_ahead_host() {
+    cudaError_t e = cudaSuccess;
+    {
+      std::unique_lock<std::mutex> lock(ahead_mutex_);
+      ahead_cv_.wait(lock, [this] { return ahead_done_; });
+      std::swap(e, ahead_error_);
+    }
+    check(e, "copy ahead");
+  }
   // cuDNN's persistent BatchNorm declined a shape (or failed): from then on every BatchNorm
   // runs cuDNN's generic kernel, which is correct on NHWC but slow; said once.
   // Whether a BatchNorm of this shape runs the persistent kernel: not after a refusal, nor
@@ -1217,6 +1300,22 @@ class CudaBackend final : public Backend {
   std::multimap<int64_t, DeviceSlots> dev_slots_;  // by the first slot's offset
   double saved_eps_ = 1e-5;  // cuDNN wants the forward's epsilon in the backward
   bool half_ = false;  // 16-bit NHWC activations (CudaOptions::storage)
+  // The copy ahead (copy_in_ahead): its thread, job, stream, event and pinned buffer.
+  struct AheadJob {
+    float* dst = nullptr;
+    const float* src = nullptr;
+    size_t n = 0;
+  };
+  std::thread ahead_thread_;
+  std::mutex ahead_mutex_;
+  std::condition_variable ahead_cv_;
+  AheadJob ahead_job_;
+  bool ahead_posted_ = false, ahead_done_ = true, ahead_stop_ = false;
+  cudaError_t ahead_error_ = cudaSuccess;
+  cudaStream_t copy_stream_ = nullptr;
+  cudaEvent_t copied_ = nullptr;
+  void* pinned_ = nullptr;
+  size_t pinned_bytes_ = 0;
   // BatchNorm on 16-bit NHWC through cuDNN's persistent kernel (what PyTorch uses for
   // channels-last training), with each input's reserve space kept for its backward.
   static constexpr cudnnBatchNormMode_t kPersistentBn = CUDNN_BATCHNORM_SPATIAL_PERSISTENT;

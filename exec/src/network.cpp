@@ -255,7 +255,20 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
   forward_loaded(training, rng, before_layer);
 }
 
+void Network::prefetch_input(const float* input) {
+  if (be_.reads_host_memory()) return;
+  const size_t n = size_t(batch_) * size_t(std::max<int64_t>(numel(model_.input_shape), 1));
+  if (!ahead_buf_.get()) ahead_buf_ = DeviceBuffer(be_, n);
+  be_.copy_in_ahead(ahead_buf_.get(), input, n);
+  ahead_of_ = input;
+}
+
 void Network::load_input(const float* input) {
+  if (input && input == ahead_of_) {  // copied ahead: wait for it, then convert from there
+    be_.await_copy_in();
+    ahead_of_ = nullptr;
+    input = ahead_buf_.get();
+  }
   input_ = input;
   if (input_blocked() || half_storage_) {  // into the backend's blocked layout, or its 16-bit storage
     const auto [c, hw] = channels_and_plane(model_.input_shape);

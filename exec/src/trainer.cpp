@@ -264,13 +264,33 @@ TrainResult Trainer::run(const StepCallback& on_step, const EpochCallback& on_ep
   auto t_run = Clock::now(), t_epoch = Clock::now();
   double wait_at_epoch = 0, loss_sum = 0;
   int64_t correct_sum = 0, epoch_steps = 0;
+  Batch ahead;  // the next step's batch, being copied into the device during this step
+  bool have_ahead = false;
+  // Whatever ends the loop, a copy still reading `ahead` is waited for before it goes.
+  struct AwaitCopy {
+    Backend& be;
+    const bool& pending;
+    ~AwaitCopy() {
+      try {
+        if (pending) be.await_copy_in();
+      } catch (...) {  // already ending with an error: the wait is what matters
+      }
+    }
+  } await_copy{be_, have_ahead};
   while (step_ < total) {
     const auto t_step = Clock::now();
-    Batch b = loader.next();
+    Batch b = have_ahead ? std::move(ahead) : loader.next();
+    have_ahead = false;
     if (b.epoch != epoch_ || b.position != position_) throw RunError("trainer: loader out of step");
     // The batch's copy into the device (and its layout and storage) counts as data wait,
-    // not forward: no layer's time holds it, and a device's copy is waited for here.
+    // not forward: no layer's time holds it, and a device's copy is waited for here. On
+    // a device the next batch is copied while this step computes (Network::prefetch_input).
     net_.load_input(b.input.data());
+    if (step_ + 1 < total && !be_.reads_host_memory()) {
+      ahead = loader.next();
+      have_ahead = true;
+      net_.prefetch_input(ahead.input.data());
+    }
     if (be_.timed_on_device()) be_.synchronize();
     const auto t_fwd = Clock::now();
     dropout_rng_.seed(dropout_seed(opt_.seed, rank, step_));

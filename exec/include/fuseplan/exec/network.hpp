@@ -96,6 +96,10 @@ class Network {
   // then the forward pass of it.
   void load_input(const float* input);
   void forward_loaded(bool training, std::mt19937_64& dropout_rng, const std::function<void(int)>& before_layer = {});
+  // Starts copying a later batch into the backend (Backend::copy_in_ahead) where the
+  // backend does not read host memory; `input` stays valid and unchanged until it is
+  // passed to load_input, which then waits for the copy instead of making one.
+  void prefetch_input(const float* input);
   // Every layer output and gradient of the last step holds a value of the storage
   // precision (FP16 / BF16 grid; always true in FP32): the check that skipping the
   // rounding where an op cannot leave the grid loses nothing. Host-memory backends only.
@@ -144,6 +148,8 @@ class Network {
   DeviceBuffer running_;
   size_t running_n_ = 0;
   DeviceBuffer input_buf_;  // the input in the backend's memory (none where it reads host memory)
+  DeviceBuffer ahead_buf_;  // a later batch copied ahead, FP32 NCHW (prefetch_input)
+  const float* ahead_of_ = nullptr;  // the host batch ahead_buf_ is (being) copied from
   const float* input_ = nullptr;
   float* dlogits_ = nullptr;
   std::vector<int32_t> labels_;

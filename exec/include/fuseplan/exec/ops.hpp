@@ -65,6 +65,12 @@ class Backend {
   // true where the backend's calls read host memory as is (the CPU): the network then
   // hands its input over without a copy.
   virtual bool reads_host_memory() const { return false; }
+  // A copy of n floats from host memory into this backend's memory that the caller does
+  // not wait for (the next step's batch, copied while this step computes): `src` stays
+  // valid and unchanged until await_copy_in(), after which calls see the data. One copy
+  // at a time. The defaults copy at once.
+  virtual void copy_in_ahead(float* dst, const float* src, size_t n) { copy_in(dst, src, n); }
+  virtual void await_copy_in() {}
   // Waits until every call made so far has finished (nothing on the CPU; the stream on a
   // GPU), before host code reads the backend's memory or a clock.
   virtual void synchronize() {}
