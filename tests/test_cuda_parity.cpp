@@ -208,6 +208,17 @@ std::unique_ptr<Backend> gpu(bool tf32, Precision storage = Precision::FP32) {
   return make_cuda_backend(o);
 }
 
+// A backend storing activations in 16-bit precision p (TF32 on), or none where this GPU
+// cannot (BF16 before compute capability 8.0), with the reason as a warning.
+std::unique_ptr<Backend> gpu_storing(Precision p) {
+  try {
+    return gpu(true, p);
+  } catch (const InputError& e) {
+    WARN(e.what());
+    return nullptr;
+  }
+}
+
 }  // namespace
 
 // The ops compare plain NCHW buffers: the CPU reference is the im2col backend, whose
@@ -368,13 +379,8 @@ TEST_CASE("BatchNorm on 16-bit NHWC activations at the persistent kernel's sizes
   const size_t total = size_t(n) * c * hw;
   auto cpu = make_cpu_backend(CpuConv::Im2col);
   for (Precision p : {Precision::FP16, Precision::BF16}) {
-    std::unique_ptr<Backend> g;
-    try {
-      g = gpu(true, p);
-    } catch (const InputError& e) {  // BF16 before compute capability 8.0
-      WARN(e.what());
-      continue;
-    }
+    const std::unique_ptr<Backend> g = gpu_storing(p);
+    if (!g) continue;
     const std::string mode = std::string(precision_name(p)) + " NHWC storage";
     auto rounded = [&](std::vector<float> v) {
       for (auto& x : v) x = round_to(p, x);
@@ -452,13 +458,8 @@ TEST_CASE("one LARS step of a small ResNet with 16-bit NHWC activations matches 
   auto c = make_cpu_backend();
   const StepResult cpu32 = lars_step(*c, Precision::FP32);
   for (Precision p : {Precision::FP16, Precision::BF16}) {
-    std::unique_ptr<Backend> g;
-    try {
-      g = gpu(true, p);
-    } catch (const InputError& e) {  // BF16 before compute capability 8.0
-      WARN(e.what());
-      continue;
-    }
+    const std::unique_ptr<Backend> g = gpu_storing(p);
+    if (!g) continue;
     check_half_step(lars_step(*g, p), lars_step(*c, p), cpu32, p, std::string(precision_name(p)) + " NHWC storage", 3,
                     true);
   }
