@@ -508,6 +508,15 @@ struct Storage {
   bool half() const { return type != CUDNN_DATA_FLOAT; }
 };
 
+// A BatchNorm shape [n, c, hw]: its tensor and parameter descriptors, and the persistent
+// kernel's workspace and reserve sizes (16-bit storage; `sizes` is cuDNN's answer).
+struct BnPlan {
+  BnPlan(int n, int c, int hw, const Storage& s) : t(n, c, hw, 1, s.format, s.type), p(1, c, 1, 1) {}
+  CudnnTensor t, p;
+  size_t fwd_ws = 0, bwd_ws = 0, reserve = 0;
+  cudnnStatus_t sizes = CUDNN_STATUS_SUCCESS;
+};
+
 // Descriptors and chosen algorithms of one convolution shape (made once, reused). In
 // half-precision storage the filter is 16-bit [k, r, r, c] (a converted copy of the FP32
 // parameters), sums are FP32 on tensor cores.
@@ -875,66 +884,59 @@ class CudaBackend final : public Backend {
   void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                                float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                                float momentum, float eps) override {
-    CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
+    const BnPlan& b = bn_plan(n, c, hw);
+    const cudnnTensorDescriptor_t t = b.t.get(), p = b.p.get();
     const float one = 1, zero = 0;
     const double e = bn_eps(eps);
     if (persistent_bn(n, c, hw)) {  // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC)
-      size_t ws = 0, reserve = 0;
-      cudnnStatus_t st = cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(
-          dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t.get(), nullptr, t.get(), p.get(), nullptr, &ws);
-      if (st == CUDNN_STATUS_SUCCESS)
-        st = cudnnGetBatchNormalizationTrainingExReserveSpaceSize(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, nullptr,
-                                                                  t.get(), &reserve);
+      cudnnStatus_t st = b.sizes;
       if (st == CUDNN_STATUS_SUCCESS) {
-        void* r = reserve ? bn_reserve_[x].at_least(reserve, "batchnorm reserve") : nullptr;
-        st = cudnnBatchNormalizationForwardTrainingEx(
-            dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &zero, t.get(), x, nullptr, nullptr, t.get(), y,
-            p.get(), gamma, beta, momentum, running_mean, running_var, e, save_mean, save_invstd, nullptr,
-            workspace(ws), ws, r, reserve);
+        void* r = b.reserve ? bn_reserve_[x].at_least(b.reserve, "batchnorm reserve") : nullptr;
+        st = cudnnBatchNormalizationForwardTrainingEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &zero, t, x,
+                                                      nullptr, nullptr, t, y, p, gamma, beta, momentum, running_mean,
+                                                      running_var, e, save_mean, save_invstd, nullptr,
+                                                      workspace(b.fwd_ws), b.fwd_ws, r, b.reserve);
       }
       if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(n, c, hw)) return done();
       if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
     }
-    check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
-                                                 p.get(), gamma, beta, momentum, running_mean, running_var, e,
-                                                 save_mean, save_invstd),
+    check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t, x, t, y, p, gamma,
+                                                 beta, momentum, running_mean, running_var, e, save_mean,
+                                                 save_invstd),
           "batchnorm forward");
     done();
   }
   void batchnorm_forward_eval(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                               const float* running_mean, const float* running_var, float eps) override {
-    CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
+    const BnPlan& b = bn_plan(n, c, hw);
     const float one = 1, zero = 0;
-    check(cudnnBatchNormalizationForwardInference(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t.get(), x, t.get(), y,
-                                                  p.get(), gamma, beta, running_mean, running_var, bn_eps(eps)),
+    check(cudnnBatchNormalizationForwardInference(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, b.t.get(), x, b.t.get(), y,
+                                                  b.p.get(), gamma, beta, running_mean, running_var, bn_eps(eps)),
           "batchnorm inference");
     done();
   }
   void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                           const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                           float* dbeta) override {
-    CudnnTensor t(n, c, hw, 1, storage_.format, storage_.type), p(1, c, 1, 1);
+    const BnPlan& b = bn_plan(n, c, hw);
+    const cudnnTensorDescriptor_t t = b.t.get(), p = b.p.get();
     const float one = 1, zero = 0;
     if (persistent_bn(n, c, hw)) {  // the forward's mode, with the reserve it filled for this input
-      size_t ws = 0;
-      cudnnStatus_t st = cudnnGetBatchNormalizationBackwardExWorkspaceSize(
-          dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t.get(), nullptr, t.get(), nullptr, t.get(), p.get(), nullptr,
-          &ws);
+      cudnnStatus_t st = b.sizes;
       if (st == CUDNN_STATUS_SUCCESS) {
         auto r = bn_reserve_.find(x);
         void* reserve = r == bn_reserve_.end() ? nullptr : r->second.get();
         const size_t reserve_bytes = r == bn_reserve_.end() ? 0 : r->second.size();
-        st = cudnnBatchNormalizationBackwardEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &one, &one, &zero,
-                                               t.get(), x, nullptr, nullptr, t.get(), dy, nullptr, nullptr, t.get(), dx,
-                                               p.get(), gamma, nullptr, dgamma, dbeta, saved_eps_, save_mean,
-                                               save_invstd, nullptr, workspace(ws), ws, reserve, reserve_bytes);
+        st = cudnnBatchNormalizationBackwardEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &one, &one, &zero, t,
+                                               x, nullptr, nullptr, t, dy, nullptr, nullptr, t, dx, p, gamma, nullptr,
+                                               dgamma, dbeta, saved_eps_, save_mean, save_invstd, nullptr,
+                                               workspace(b.bwd_ws), b.bwd_ws, reserve, reserve_bytes);
       }
       if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(n, c, hw)) return done();
       if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
     }
-    check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t.get(), x, t.get(),
-                                          dy, t.get(), dx, p.get(), gamma, dgamma, dbeta, saved_eps_, save_mean,
-                                          save_invstd),
+    check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t, x, t, dy, t, dx,
+                                          p, gamma, dgamma, dbeta, saved_eps_, save_mean, save_invstd),
           "batchnorm backward");
     done();
   }
@@ -1132,6 +1134,25 @@ class CudaBackend final : public Backend {
   }
   // cuDNN's persistent BatchNorm declined a shape (or failed): from then on every BatchNorm
   // runs cuDNN's generic kernel, which is correct on NHWC but slow; said once.
+  // A BatchNorm shape's descriptors and, in 16-bit storage, the persistent kernel's
+  // workspace and reserve sizes: made at its first call, as a convolution's plan is.
+  BnPlan& bn_plan(int n, int c, int hw) {
+    std::unique_ptr<BnPlan>& slot = bn_plans_[{n, c, hw}];
+    if (slot) return *slot;
+    slot = std::make_unique<BnPlan>(n, c, hw, storage_);
+    BnPlan& b = *slot;
+    if (!half_) return b;
+    const cudnnTensorDescriptor_t t = b.t.get(), p = b.p.get();
+    b.sizes = cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t,
+                                                                       nullptr, t, p, nullptr, &b.fwd_ws);
+    if (b.sizes == CUDNN_STATUS_SUCCESS)
+      b.sizes = cudnnGetBatchNormalizationTrainingExReserveSpaceSize(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN,
+                                                                     nullptr, t, &b.reserve);
+    if (b.sizes == CUDNN_STATUS_SUCCESS)
+      b.sizes = cudnnGetBatchNormalizationBackwardExWorkspaceSize(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, t,
+                                                                  nullptr, t, nullptr, t, p, nullptr, &b.bwd_ws);
+    return b;
+  }
   // Whether a BatchNorm of this shape runs the persistent kernel: not after a refusal, nor
   // for a shape whose first launch failed.
   bool persistent_bn(int n, int c, int hw) const {
@@ -1327,6 +1348,7 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kPersistentBnMinRows = 3136;
   bool persistent_bn_ = false;
   std::map<std::tuple<int, int, int>, bool> bn_shapes_;  // [n, c, hw]: the persistent kernel runs
+  std::map<std::tuple<int, int, int>, std::unique_ptr<BnPlan>> bn_plans_;  // [n, c, hw]
   std::map<const float*, GrowingBuffer> bn_reserve_;
   Storage storage_;
   cudaDataType_t blas_type_ = CUDA_R_32F;
