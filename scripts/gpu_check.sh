@@ -14,6 +14,8 @@
 #   trainfind   the same with --conv-algos find: every convolution shape's deterministic
 #               cuDNN algorithms timed once, the fastest kept (conv-algos.json), its images/s
 #   pytorch     bench/gpu_vs_pytorch.py on the same model, batch and precision
+#   trainbf16, pytorchbf16
+#               the same in BF16 (fuseplan with --cuda-graphs), metrics-bf16.json
 #   optable     fuseplan calibrate --profile: the measured per-class efficiencies of this GPU
 #               (device.by_kind) written into a copy of the cluster file (calibrated.json)
 #   plan, run   a 25 MiB-bucket plan run for real on one rank with the NCCL exchange
@@ -93,6 +95,12 @@ if [[ $backend == cuda ]]; then
     --metrics "$out/metrics-find.json"
   step pytorch "$py" bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
     --precision "$precision"
+  # BF16 storage with graphs, beside PyTorch's BF16 autocast.
+  step trainbf16 "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
+    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
+    --precision bf16 --no-eval --cuda-graphs --metrics "$out/metrics-bf16.json"
+  step pytorchbf16 "$py" bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
+    --precision bf16
 fi
 step optable "$F" calibrate --cluster "$cluster" --profile "$out/profile.json" "${shape[@]}" \
   --out "$out/calibrated.json"

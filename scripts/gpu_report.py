@@ -81,20 +81,24 @@ def main():
 
     rows = []
     torch_rate = pytorch_rate(os.path.join(a.out, "pytorch.txt"))
+    torch_bf16 = pytorch_rate(os.path.join(a.out, "pytorchbf16.txt"))
     for name, label in (("metrics.json", "fuseplan-exec train (16-bit NHWC storage in fp16/bf16)"),
                         ("metrics-emulated.json", "trainemu (--emulate-half)"),
                         ("metrics-graphs.json", "traingraph (--cuda-graphs)"),
-                        ("metrics-find.json", "trainfind (--conv-algos find)")):
+                        ("metrics-find.json", "trainfind (--conv-algos find)"),
+                        ("metrics-bf16.json", "trainbf16 (BF16, --cuda-graphs; against PyTorch BF16)")):
         r = train_rate(os.path.join(a.out, name), a.skip)
         if r is None:
             rows.append("| %s | (no %s) | | |" % (label, name))
             continue
-        ratio = "%.2fx" % (r[1] / torch_rate[1]) if torch_rate else "-"
+        against = torch_bf16 if name == "metrics-bf16.json" else torch_rate
+        ratio = "%.2fx" % (r[1] / against[1]) if against else "-"
         rows.append("| %s | %.1f | %.0f | %s |" % (label, r[0], r[1], ratio))
-    if torch_rate:
-        rows.append("| PyTorch (pytorch.txt) | %.1f | %.0f | 1.00x |" % torch_rate)
-    else:
-        rows.append("| PyTorch | (no pytorch.txt figure) | | |")
+    for label, rate, name in (("PyTorch", torch_rate, "pytorch.txt"), ("PyTorch BF16", torch_bf16, "pytorchbf16.txt")):
+        if rate:
+            rows.append("| %s (%s) | %.1f | %.0f | 1.00x |" % ((label, name) + rate))
+        else:
+            rows.append("| %s | (no %s figure) | | |" % (label, name))
     section("Throughput (mean of the steps after the first %d)" % a.skip,
             "| run | ms/step | images/s | / PyTorch |\n|---|---|---|---|\n" + "\n".join(rows))
 
