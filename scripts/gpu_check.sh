@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a lent GPU machine (about 8 minutes on an H100/H200).
+# The GPU checks in one run, for a lent GPU machine (about 4-5 minutes on an H200).
 # Every result goes under OUT_DIR (the first argument, else $OUT, else ./gpu-check), with a
 # one-line-per-step summary.txt:
 #   device      nvidia-smi
