@@ -1132,8 +1132,6 @@ class CudaBackend final : public Backend {
     }
     check(e, "copy ahead");
   }
-  // cuDNN's persistent BatchNorm declined a shape (or failed): from then on every BatchNorm
-  // runs cuDNN's generic kernel, which is correct on NHWC but slow; said once.
   // A BatchNorm shape's descriptors and, in 16-bit storage, the persistent kernel's
   // workspace and reserve sizes: made at its first call, as a convolution's plan is.
   BnPlan& bn_plan(int n, int c, int hw) {
@@ -1161,8 +1159,9 @@ class CudaBackend final : public Backend {
     return it == bn_shapes_.end() || it->second;
   }
   // After a persistent BatchNorm call: the first of each shape waits for the stream and
-  // looks for a launch error (the kernel declines some small shapes that way); such a
-  // shape runs the generic kernel from then on, this call included.
+  // looks for a launch error; a shape whose kernel did not launch runs the generic kernel
+  // from then on, this call included. A fault in the kernel loses the CUDA context, and is
+  // raised naming the shape.
   bool ran_persistent_bn(int n, int c, int hw) {
     auto [it, first] = bn_shapes_.try_emplace({n, c, hw}, true);
     if (!first) return it->second;
@@ -1179,6 +1178,8 @@ class CudaBackend final : public Backend {
                  "that shape uses its generic kernel\n", n, c, hw, cudaGetErrorString(launch));
     return false;
   }
+  // cuDNN's persistent BatchNorm declined a shape (or failed): from then on every BatchNorm
+  // runs cuDNN's generic kernel, which is correct on NHWC but slow; said once.
   void refuse_persistent_bn(cudnnStatus_t st) {
     persistent_bn_ = false;
     std::fprintf(stderr, "cuda backend: cuDNN's persistent NHWC BatchNorm is unavailable (%s); using its generic "
