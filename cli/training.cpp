@@ -2,6 +2,7 @@
 
 #include "format.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -224,7 +225,7 @@ void write_metrics(const std::string& path, const TrainFlags& f, const Model& mo
                         {"data_wait_s", e.data_wait_s}, {"loss_scale", e.loss_scale}, {"skipped_steps", e.skipped_steps}});
     for (const auto& s : result.steps)
       steps.push_back({{"step", s.step}, {"epoch", s.epoch}, {"loss", s.loss}, {"lr", s.lr}, {"loss_scale", s.loss_scale},
-                       {"skipped", s.skipped}, {"seconds", s.seconds}});
+                       {"skipped", s.skipped}, {"seconds", s.seconds}, {"optimizer_s", s.optimizer_s}});
     nlohmann::json j{{"schema", "fuseplan.metrics/1"}, {"model", model.name}, {"dataset", train.name},
                      {"batch", f.opt.batch}, {"ranks", ranks}, {"precision", precision_name(f.opt.precision)}, {"optimizer", f.optimizer},
                      {"lr", f.opt.optimizer.lr}, {"threads", exec::cpu_threads()}, {"seconds", result.seconds},
@@ -249,9 +250,19 @@ nlohmann::json profile_json(const TrainFlags& f, const Model& model, const exec:
     layers.push_back({{"name", model.layers[l].name}, {"fwd_us", tm.fwd_s / n * 1e6}, {"bwd_us", tm.bwd_s / n * 1e6},
                       {"batch", f.opt.batch}});
   }
+  // The optimizer: the mean over the steps that applied an update. A step skipped for
+  // overflow (FP16's first steps, while the loss scale comes down) only checks the
+  // gradients, and would pull the mean below what every later step pays.
   double opt_s = 0;
   size_t n = 0;
-  for (size_t k = result.steps.size() > 1 ? 1 : 0; k < result.steps.size(); ++k, ++n) opt_s += result.steps[k].optimizer_s;
+  const size_t first = result.steps.size() > 1 ? 1 : 0;
+  const bool any_applied = std::any_of(result.steps.begin() + std::ptrdiff_t(first), result.steps.end(),
+                                       [](const exec::StepRecord& s) { return !s.skipped; });
+  for (size_t k = first; k < result.steps.size(); ++k) {
+    if (any_applied && result.steps[k].skipped) continue;
+    opt_s += result.steps[k].optimizer_s;
+    ++n;
+  }
   nlohmann::json j{{"schema", "fuseplan.profile/1"}, {"model", model.name}, {"fingerprint", model.fingerprint_hex()},
                    {"device", f.backend == "cpu" ? "cpu (" + std::to_string(exec::cpu_threads()) + " threads)"
                                                  : net.backend().name()},

@@ -401,6 +401,18 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   // ... and the measured optimizer step.
   REQUIRE(p.contains("optimizer_us"));
   CHECK(p["optimizer_us"].get<double>() > 0);
+  // The optimizer's time is the mean over the steps after the first that applied an
+  // update: a step skipped for overflow only checks the gradients.
+  double applied_s = 0, skipped = 0;
+  int applied = 0;
+  for (size_t k = 1; k < m["steps"].size(); ++k) {
+    const auto& s = m["steps"][k];
+    if (s["skipped"].get<bool>()) skipped += 1;
+    else applied_s += s["optimizer_s"].get<double>(), ++applied;
+  }
+  REQUIRE(applied > 0);
+  CHECK(p["optimizer_us"].get<double>() == Approx(applied_s / applied * 1e6).epsilon(1e-9));
+  CHECK(skipped + applied == 2);
   CHECK(nlohmann::json::parse(pr.out)["optimizer_s"].get<double>() ==
         Approx(p["optimizer_us"].get<double>() * 1e-6).epsilon(1e-6));
   expect_bad("predict --model resnet18 --cluster local-cpu --gpus 1 --profile " + profile,
