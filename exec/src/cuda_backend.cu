@@ -280,7 +280,10 @@ __global__ void k_lars_rates(const DevSlot* slots, int k, const double* partials
   double local = 1.0;
   if (lars && !s.plain) {
     double ww = 0, gg = 0;
-    for (int64_t c = 0; c * kNormChunk < s.numel; ++c) ww += partials[2 * (s.chunk0 + c)], gg += partials[2 * (s.chunk0 + c) + 1];
+    for (int64_t c = 0; c * kNormChunk < s.numel; ++c) {
+      ww += partials[2 * (s.chunk0 + c)];
+      gg += partials[2 * (s.chunk0 + c) + 1];
+    }
     const double wn = sqrt(ww), gn = sqrt(gg) * inv_scale;
     if (wn > 0 && gn > 0) local = trust * wn / (gn + wd * wn + eps);
   }
@@ -527,13 +530,17 @@ struct Storage {
   bool half() const { return type != CUDNN_DATA_FLOAT; }
 };
 
-// A BatchNorm shape [n, c, hw]: its tensor and parameter descriptors, and the persistent
-// kernel's workspace and reserve sizes (16-bit storage; `sizes` is cuDNN's answer).
+// A BatchNorm shape [n, c, hw]: its tensor and parameter descriptors, the persistent
+// kernel's workspace and reserve sizes (16-bit storage; `sizes` is cuDNN's answer), and
+// whether that kernel's first launch for the shape was checked and ran.
 struct BnPlan {
-  BnPlan(int n, int c, int hw, const Storage& s) : t(n, c, hw, 1, s.format, s.type), p(1, c, 1, 1) {}
+  BnPlan(int n, int c, int hw, const Storage& s)
+      : n(n), c(c), hw(hw), t(n, c, hw, 1, s.format, s.type), p(1, c, 1, 1) {}
+  int n, c, hw;
   CudnnTensor t, p;
   size_t fwd_ws = 0, bwd_ws = 0, reserve = 0;
   cudnnStatus_t sizes = CUDNN_STATUS_SUCCESS;
+  bool launch_checked = false, persistent_runs = true;
 };
 
 // Descriptors and chosen algorithms of one convolution shape (made once, reused). In
@@ -909,11 +916,11 @@ class CudaBackend final : public Backend {
   void batchnorm_forward_train(int n, int c, int hw, const float* x, const float* gamma, const float* beta, float* y,
                                float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                                float momentum, float eps) override {
-    const BnPlan& b = bn_plan(n, c, hw);
+    BnPlan& b = bn_plan(n, c, hw);
     const cudnnTensorDescriptor_t t = b.t.get(), p = b.p.get();
     const float one = 1, zero = 0;
     const double e = bn_eps(eps);
-    if (persistent_bn(n, c, hw)) {  // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC)
+    if (persistent_bn(b)) {  // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC)
       cudnnStatus_t st = b.sizes;
       if (st == CUDNN_STATUS_SUCCESS) {
         void* r = b.reserve ? bn_reserve_[x].at_least(b.reserve, "batchnorm reserve") : nullptr;
@@ -922,7 +929,7 @@ class CudaBackend final : public Backend {
                                                       running_var, e, save_mean, save_invstd, nullptr,
                                                       workspace(b.fwd_ws), b.fwd_ws, r, b.reserve);
       }
-      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(n, c, hw)) return done();
+      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(b)) return done();
       if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
     }
     check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t, x, t, y, p, gamma,
@@ -935,18 +942,18 @@ class CudaBackend final : public Backend {
                               const float* running_mean, const float* running_var, float eps) override {
     const BnPlan& b = bn_plan(n, c, hw);
     const float one = 1, zero = 0;
-    check(cudnnBatchNormalizationForwardInference(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, b.t.get(), x, b.t.get(), y,
-                                                  b.p.get(), gamma, beta, running_mean, running_var, bn_eps(eps)),
+    check(cudnnBatchNormalizationForwardInference(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, b.t.get(), x, b.t.get(),
+                                                  y, b.p.get(), gamma, beta, running_mean, running_var, bn_eps(eps)),
           "batchnorm inference");
     done();
   }
   void batchnorm_backward(int n, int c, int hw, const float* x, const float* gamma, const float* dy,
                           const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
                           float* dbeta) override {
-    const BnPlan& b = bn_plan(n, c, hw);
+    BnPlan& b = bn_plan(n, c, hw);
     const cudnnTensorDescriptor_t t = b.t.get(), p = b.p.get();
     const float one = 1, zero = 0;
-    if (persistent_bn(n, c, hw)) {  // the forward's mode, with the reserve it filled for this input
+    if (persistent_bn(b)) {  // the forward's mode, with the reserve it filled for this input
       cudnnStatus_t st = b.sizes;
       if (st == CUDNN_STATUS_SUCCESS) {
         auto r = bn_reserve_.find(x);
@@ -957,7 +964,7 @@ class CudaBackend final : public Backend {
                                                dgamma, dbeta, saved_eps_, save_mean, save_invstd, nullptr,
                                                workspace(b.bwd_ws), b.bwd_ws, reserve, reserve_bytes);
       }
-      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(n, c, hw)) return done();
+      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(b)) return done();
       if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
     }
     check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t, x, t, dy, t, dx,
@@ -1177,30 +1184,28 @@ class CudaBackend final : public Backend {
     return b;
   }
   // Whether a BatchNorm of this shape runs the persistent kernel: not after a refusal, nor
-  // for a shape whose first launch failed.
-  bool persistent_bn(int n, int c, int hw) const {
-    if (!persistent_bn_ || int64_t(n) * hw < kPersistentBnMinRows) return false;
-    auto it = bn_shapes_.find({n, c, hw});
-    return it == bn_shapes_.end() || it->second;
+  // below kPersistentBnMinRows rows, nor for a shape whose first launch failed.
+  bool persistent_bn(const BnPlan& b) const {
+    return persistent_bn_ && int64_t(b.n) * b.hw >= kPersistentBnMinRows && b.persistent_runs;
   }
   // After a persistent BatchNorm call: the first of each shape waits for the stream and
   // looks for a launch error; a shape whose kernel did not launch runs the generic kernel
   // from then on, this call included. A fault in the kernel loses the CUDA context, and is
   // raised naming the shape.
-  bool ran_persistent_bn(int n, int c, int hw) {
-    auto [it, first] = bn_shapes_.try_emplace({n, c, hw}, true);
-    if (!first) return it->second;
+  bool ran_persistent_bn(BnPlan& b) {
+    if (b.launch_checked) return b.persistent_runs;
+    b.launch_checked = true;
     const cudaError_t e = cudaStreamSynchronize(stream_);
     const cudaError_t launch = e == cudaSuccess ? cudaGetLastError() : e;
     if (launch == cudaSuccess) return true;
     if (e != cudaSuccess) {  // the stream itself failed: the context is lost
-      const std::string what = "batchnorm (persistent kernel) on [" + std::to_string(n) + ", " + std::to_string(c) +
-                               ", " + std::to_string(hw) + "]";
+      const std::string what = "batchnorm (persistent kernel) on [" + std::to_string(b.n) + ", " + std::to_string(b.c) +
+                               ", " + std::to_string(b.hw) + "]";
       check(e, what.c_str());
     }
-    it->second = false;
+    b.persistent_runs = false;
     std::fprintf(stderr, "cuda backend: cuDNN's persistent NHWC BatchNorm failed to launch on [%d, %d, %d] (%s); "
-                 "that shape uses its generic kernel\n", n, c, hw, cudaGetErrorString(launch));
+                 "that shape uses its generic kernel\n", b.n, b.c, b.hw, cudaGetErrorString(launch));
     return false;
   }
   // cuDNN's persistent BatchNorm declined a shape (or failed): from then on every BatchNorm
@@ -1373,7 +1378,6 @@ class CudaBackend final : public Backend {
   // generic kernel's cost matters least, keep the generic kernel.
   static constexpr int64_t kPersistentBnMinRows = 3136;
   bool persistent_bn_ = false;
-  std::map<std::tuple<int, int, int>, bool> bn_shapes_;  // [n, c, hw]: the persistent kernel runs
   std::map<std::tuple<int, int, int>, std::unique_ptr<BnPlan>> bn_plans_;  // [n, c, hw]
   std::map<const float*, GrowingBuffer> bn_reserve_;
   Storage storage_;
