@@ -79,28 +79,27 @@ if [[ $backend == cuda ]]; then
   step libs bash -c 'echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "$0"/fuseplan-exec "$0"/test_cuda_parity' "$bin"
   step parity "$bin/test_cuda_parity"
 fi
-step train "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic --synthetic-size $((batch * (steps + 2))) \
-  --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 --precision "$precision" --no-eval \
-  --profile "$out/profile.json" --metrics "$out/metrics.json"
+# ResNet-50 (the dry run's small model) trained for `steps` steps on synthetic data with
+# the flags given after the step's name; the PyTorch bench on the same model and batch.
+train_step() {
+  local name=$1
+  shift
+  step "$name" "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
+    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 --no-eval "$@"
+}
+pytorch_step() {
+  step "$1" "$py" bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" --precision "$2"
+}
+train_step train --precision "$precision" --profile "$out/profile.json" --metrics "$out/metrics.json"
 if [[ $backend == cuda ]]; then
-  step trainemu "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
-    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
-    --precision "$precision" --no-eval --emulate-half --metrics "$out/metrics-emulated.json"
-  step traingraph "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
-    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
-    --precision "$precision" --no-eval --cuda-graphs --metrics "$out/metrics-graphs.json"
-  step trainfind "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
-    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
-    --precision "$precision" --no-eval --conv-algos find --conv-algo-file "$out/conv-algos.json" \
+  train_step trainemu --precision "$precision" --emulate-half --metrics "$out/metrics-emulated.json"
+  train_step traingraph --precision "$precision" --cuda-graphs --metrics "$out/metrics-graphs.json"
+  train_step trainfind --precision "$precision" --conv-algos find --conv-algo-file "$out/conv-algos.json" \
     --metrics "$out/metrics-find.json"
-  step pytorch "$py" bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
-    --precision "$precision"
+  pytorch_step pytorch "$precision"
   # BF16 storage with graphs, beside PyTorch's BF16 autocast.
-  step trainbf16 "$X" train "${shape[@]}" --backend "$backend" --dataset synthetic \
-    --synthetic-size $((batch * (steps + 2))) --batch-per-gpu "$batch" --max-steps "$steps" --epochs 1 \
-    --precision bf16 --no-eval --cuda-graphs --metrics "$out/metrics-bf16.json"
-  step pytorchbf16 "$py" bench/gpu_vs_pytorch.py --model "$model" --batch "$batch" --resolution "$res" \
-    --precision bf16
+  train_step trainbf16 --precision bf16 --cuda-graphs --metrics "$out/metrics-bf16.json"
+  pytorch_step pytorchbf16 bf16
 fi
 step optable "$F" calibrate --cluster "$cluster" --profile "$out/profile.json" "${shape[@]}" \
   --out "$out/calibrated.json"
