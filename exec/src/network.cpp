@@ -148,8 +148,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   if (running_n_) be_.copy_in(running_.get(), running_init.data(), running_n_);
   // A recorded forward reads its input from one buffer, whatever the caller's.
   if (!be_.reads_host_memory() || input_blocked() || half_storage_ || opt_.graphs)
-    input_buf_ = DeviceBuffer(be_, size_t(batch) * size_t(std::max<int64_t>(numel(m.input_shape), 1)),
-                              DeviceBuffer::Activation{});
+    input_buf_ = DeviceBuffer(be_, std::max<size_t>(input_elems(), 1), DeviceBuffer::Activation{});
   dlogits_ = nodes_.back().dout;
   dout_ready_.assign(nodes_.size(), 0);
   ready_after_ = m.ready_prefix_after();  // slots are backward positions
@@ -257,9 +256,8 @@ void Network::forward(const float* input, bool training, std::mt19937_64& rng,
 
 void Network::prefetch_input(const float* input) {
   if (be_.reads_host_memory()) return;
-  const size_t n = size_t(batch_) * size_t(std::max<int64_t>(numel(model_.input_shape), 1));
-  if (!ahead_buf_.get()) ahead_buf_ = DeviceBuffer(be_, n);
-  be_.copy_in_ahead(ahead_buf_.get(), input, n);
+  if (!ahead_buf_.get()) ahead_buf_ = DeviceBuffer(be_, std::max<size_t>(input_elems(), 1));
+  be_.copy_in_ahead(ahead_buf_.get(), input, input_elems());
   ahead_of_ = input;
 }
 
@@ -275,7 +273,7 @@ void Network::load_input(const float* input) {
     be_.import_activation(batch_, c, hw, input, input_buf_.get());
     input_ = input_buf_.get();
   } else if (input_buf_.get()) {  // into the backend's memory (device memory on a GPU), or for a step graph
-    be_.copy_in(input_buf_.get(), input, size_t(batch_) * size_t(numel(model_.input_shape)));
+    be_.copy_in(input_buf_.get(), input, input_elems());
     input_ = input_buf_.get();
   }
 }

@@ -131,6 +131,7 @@ class Network {
   void backward_layer(int l);
   void zero_dout_once(int l);  // zeroes node l's gradient unless done this backward
   bool input_blocked() const;  // the model input is brought into the backend's blocked layout
+  size_t input_elems() const { return size_t(batch_) * size_t(numel(model_.input_shape)); }  // one batch's input
   static std::pair<int, int> channels_and_plane(const Shape& shape);
   bool first_write(int l, int k);  // layer l is input k's first consumer in this backward (marks it)
   const float* input_of(int l, int k) const;
