@@ -2,7 +2,6 @@
 
 #include "format.hpp"
 
-#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -253,16 +252,14 @@ nlohmann::json profile_json(const TrainFlags& f, const Model& model, const exec:
   // The optimizer: the mean over the steps that applied an update. A step skipped for
   // overflow (FP16's first steps, while the loss scale comes down) only checks the
   // gradients, and would pull the mean below what every later step pays.
-  double opt_s = 0;
-  size_t n = 0;
-  const size_t first = result.steps.size() > 1 ? 1 : 0;
-  const bool any_applied = std::any_of(result.steps.begin() + std::ptrdiff_t(first), result.steps.end(),
-                                       [](const exec::StepRecord& s) { return !s.skipped; });
-  for (size_t k = first; k < result.steps.size(); ++k) {
-    if (any_applied && result.steps[k].skipped) continue;
-    opt_s += result.steps[k].optimizer_s;
-    ++n;
+  // Every step counts only where none applied one.
+  double opt_s = 0, all_s = 0;
+  size_t n = 0, all = 0;
+  for (size_t k = result.steps.size() > 1 ? 1 : 0; k < result.steps.size(); ++k, ++all) {
+    all_s += result.steps[k].optimizer_s;
+    if (!result.steps[k].skipped) opt_s += result.steps[k].optimizer_s, ++n;
   }
+  if (n == 0) opt_s = all_s, n = all;
   nlohmann::json j{{"schema", "fuseplan.profile/1"}, {"model", model.name}, {"fingerprint", model.fingerprint_hex()},
                    {"device", f.backend == "cpu" ? "cpu (" + std::to_string(exec::cpu_threads()) + " threads)"
                                                  : net.backend().name()},
