@@ -90,13 +90,13 @@ def _median_device_us(fn: Callable[[], None], prepare: Callable[[], Any], warmup
         runs = 0
         while len(times) < steps:
             state = prepare()
-            torch.cuda.synchronize(device)
+            _sync(device)
             torch.cuda._sleep(cycles)
             start.record()
             fn(state)
             end.record()
             ahead = not start.query()  # the device was still asleep when the host finished issuing
-            torch.cuda.synchronize(device)
+            _sync(device)
             if not ahead and cycles < _SLEEP_LIMIT:
                 cycles *= 2
                 continue
