@@ -126,6 +126,7 @@ void add_export_command(CLI::App& app) {
   cmd->callback([f] {
     const Framework framework = parse_framework(f->to, "--to");
     const Scenario s = f->setup.load_plan_file(f->plan_path);
+    require_no_accumulation(s.plan, f->plan_path, "export (the settings it writes are for one micro-batch per step)");
     Tuner tuner(s.model, s.cluster, s.plan.gpus, s.plan.batch_per_gpu, s.plan.compute, s.collective, s.goal);
     const FrameworkSettings settings = framework_settings(tuner, s.plan, framework);
     const std::string code = snippet(settings, s.plan, f->plan_path);

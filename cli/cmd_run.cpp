@@ -62,7 +62,9 @@ Plan plan_of(RunFlags& f, Bound& b) {
     b.schedule = std::move(sf.schedule);
     return std::move(sf.setup);
   }
-  return load_plan(f.plan_path);
+  Plan plan = load_plan(f.plan_path);
+  require_no_accumulation(plan, "--plan " + f.plan_path, "fuseplan-exec run");
+  return plan;
 }
 
 Bound bind(RunFlags& f, exec::MpiWorld& world) {

@@ -150,6 +150,30 @@ TEST_CASE("cli: predict --pack and --cycle-time price the fusion buffer copy and
   CHECK(nlohmann::json::parse(pf)["cycle_ms"] == Approx(5.0));
 }
 
+TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation and are kept in the plan") {
+  const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
+                            "--precision fp16 --buckets threshold:25MiB --json";
+  Run one = run(setup), acc = run(setup + " --accumulate 8 --optimizer-kernels per-tensor");
+  REQUIRE(one.code == 0);
+  REQUIRE(acc.code == 0);
+  auto a = nlohmann::json::parse(one.out), b = nlohmann::json::parse(acc.out);
+  // 161 tensors x 5 kernels at dgx-a100's 4 us, added to the step and shared by 8 micro-batches.
+  CHECK(b["optimizer_s"].get<double>() == Approx((a["optimizer_s"].get<double>() + 161 * 5 * 4e-6) / 8));
+  const std::string plan = tmp("accumulated.json");
+  REQUIRE(run(setup + " --accumulate 4 --no-sync --out " + plan).code == 0);
+  std::ifstream pf(plan);
+  auto pj = nlohmann::json::parse(pf);
+  CHECK(pj["accumulate"]["steps"] == 4);
+  CHECK(pj["accumulate"]["no_sync"] == true);
+  expect_bad("predict --accumulate 0", "--accumulate: must be in [1, 4096] (got 0)");
+  expect_bad("predict --no-sync", "--no-sync: needs --accumulate 2 or more");
+  expect_bad("predict --optimizer-kernels foreach", "--optimizer-kernels: unknown optimizer kernels 'foreach'");
+  expect_bad("predict --accumulate 2 --plan " + plan, "--plan and --accumulate/--no-sync are exclusive");
+  // Runners and fits of one micro-batch per step refuse it, naming the plan and key.
+  expect_bad("export --to ddp --plan " + plan, plan + ": $.accumulate: export");
+  expect_bad("run --plan " + plan, "$.accumulate: fuseplan-exec run runs one micro-batch", true);
+}
+
 TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and refuses bad input with exit 2") {
   const std::string setup = "schedule --model vgg16 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 --precision fp32";
   Run table = run(setup);

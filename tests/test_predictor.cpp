@@ -112,6 +112,78 @@ TEST_CASE("a framework cycle launches each ready bucket at the next tick of its 
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.cycle_ms: must be in [0, 1000] ms"));
 }
 
+TEST_CASE("gradient accumulation shares the optimizer step and no_sync exposes one allreduce in steps") {
+  Model m = toy();
+  const Cluster c = toy_cluster(1.0, 10);
+  Plan p = toy_plan(m, "single");  // one bucket after backward: its whole allreduce is exposed
+  const Report base = predict_toy(m, c, p);
+  REQUIRE(base.exposed_comm_s > 0.001);
+  REQUIRE(base.optimizer_s > 0);
+  // Every micro-batch allreduces (DDP without no_sync): only the optimizer is shared.
+  p.accumulate = {4, false};
+  Report every = predict_toy(m, c, p);
+  CHECK(every.optimizer_s == Approx(base.optimizer_s / 4));
+  CHECK(every.exposed_comm_s == Approx(base.exposed_comm_s));
+  CHECK(every.iteration_s == Approx(base.iteration_s - base.optimizer_s * 3 / 4));
+  CHECK(every.single_gpu_iteration_s == Approx(0.003 + 0.009 + base.optimizer_s / 4));
+  CHECK(every.throughput_samples_s == Approx(4 * 8 / every.iteration_s));
+  // no_sync: three micro-batches only compute, the fourth allreduces and steps.
+  p.accumulate = {4, true};
+  Report last = predict_toy(m, c, p);
+  CHECK(last.backward_s == Approx(0.009));
+  CHECK(last.exposed_comm_s == Approx(base.exposed_comm_s / 4));
+  CHECK(last.comm_busy_s == Approx(base.comm_busy_s / 4));
+  CHECK(last.iteration_s == Approx(0.003 + 0.009 + (base.exposed_comm_s + base.optimizer_s) / 4));
+  CHECK(last.buckets[0].end_s == Approx(base.buckets[0].end_s));  // the allreducing micro-batch's times
+  // The timeline is that micro-batch, with the whole optimizer step.
+  Report traced = predict(m, c, p, CollectiveModel(c, 4), ComputeModel(m, c, 8, Precision::FP32), {}, true);
+  bool found = false;
+  for (const auto& e : traced.timeline.events)
+    if (e.category == "optimizer") {
+      found = true;
+      CHECK(e.dur_s == Approx(base.optimizer_s));
+      CHECK(e.start_s == Approx(0.003 + base.buckets[0].end_s));
+    }
+  CHECK(found);
+  // Written to the plan file and read back; out of range and unknown keys are refused.
+  auto j = plan_to_json(p);
+  CHECK(j["accumulate"]["steps"] == 4);
+  CHECK(j["accumulate"]["no_sync"] == true);
+  CHECK(plan_from_json(j, "p.json").accumulate == Accumulation{4, true});
+  CHECK(!plan_to_json(toy_plan(m, "single")).contains("accumulate"));
+  j["accumulate"]["steps"] = 0;
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.steps: must be in [1, 4096]"));
+  j["accumulate"] = {{"steps", 2}, {"sync", true}};
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.sync"));
+  // Consumers that run one micro-batch per step refuse such a plan, naming it.
+  CHECK_THROWS_WITH(require_no_accumulation(p, "p.json", "fuseplan-exec run"),
+                    Catch::Contains("p.json: $.accumulate: fuseplan-exec run runs one micro-batch"));
+  CHECK_NOTHROW(require_no_accumulation(toy_plan(m, "single"), "p.json", "fuseplan-exec run"));
+}
+
+TEST_CASE("per-tensor optimizer kernels add the device's kernel overhead per kernel and tensor") {
+  Model m = toy();  // three weight tensors (no biases)
+  Cluster c = toy_cluster(1.0, 10);
+  c.device.kernel_overhead_us = 10;
+  Plan p = toy_plan(m, "single");
+  const Report fused = predict_toy(m, c, p);
+  CHECK(fused.optimizer_s == Approx(3 * 1024.0 * 1024 * 28 / 1e12));  // memory bound: 28 B per parameter at 1 TB/s
+  p.optimizer_kernels = OptimizerKernels::PerTensor;
+  const Report looped = predict_toy(m, c, p);
+  CHECK(looped.optimizer_s == Approx(fused.optimizer_s + 3 * kPerTensorOptimizerKernels * 10e-6));
+  CHECK(looped.iteration_s == Approx(fused.iteration_s + 3 * kPerTensorOptimizerKernels * 10e-6));
+  // A measured optimizer step is used as is: it was timed with whatever kernels ran.
+  Model measured = toy();
+  measured.measured_optimizer_us = 500;
+  CHECK(predict_toy(measured, c, p).optimizer_s == Approx(500e-6));
+  auto j = plan_to_json(p);
+  CHECK(j["optimizer_kernels"] == "per-tensor");
+  CHECK(plan_from_json(j, "p.json").optimizer_kernels == OptimizerKernels::PerTensor);
+  j["optimizer_kernels"] = "foreach";
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
+                    Catch::Contains("p.json: $.optimizer_kernels: unknown optimizer kernels 'foreach' (valid: fused, per-tensor)"));
+}
+
 TEST_CASE("streams: one stream equals the serial formula, two streams share bandwidth") {
   std::vector<double> ready{0, 0}, lat{0, 0}, bw{1, 1};
   auto serial = schedule_buckets(ready, lat, bw, {0, 0});

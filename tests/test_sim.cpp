@@ -150,6 +150,29 @@ TEST_CASE("processor sharing: the simulated iteration matches the predictor's sh
   CHECK(simulate(m, c, p)["iteration_s"].get<double>() < shared * 0.99);
 }
 
+TEST_CASE("gradient accumulation: the simulated micro-batch matches the predictor with and without no_sync") {
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Cluster c = load_cluster("local-cpu");
+  c.gpus_per_node = 4;
+  Tuner t(m, c, 2, 16, Precision::FP32);
+  TuneOptions o;
+  o.strategy = Strategy::Single;  // one exposed allreduce: no_sync changes the iteration
+  Plan p = t.run(o).plan;
+  p.optimizer_kernels = OptimizerKernels::PerTensor;
+  double every_step = 0;
+  for (bool no_sync : {false, true}) {
+    p.accumulate = {3, no_sync};
+    CollectiveModel coll(c, 2);
+    const Report predicted = predict(m, c, p, coll, ComputeModel(m, c, 16, Precision::FP32));
+    auto j = simulate(m, c, p);
+    INFO("no_sync " << no_sync);
+    CHECK(j["iteration_s"].get<double>() == Approx(predicted.iteration_s).epsilon(0.01));
+    CHECK(j["exposed_comm_s"].get<double>() == Approx(predicted.exposed_comm_s).epsilon(0.02).margin(1e-7));
+    if (!no_sync) every_step = j["iteration_s"];
+    else CHECK(j["iteration_s"].get<double>() < every_step);
+  }
+}
+
 TEST_CASE("a calibrated cluster is simulated on its calibration's flat network and matches the predictor") {
   Model m = load_model("resnet18", {28, 1, 10, {}});
   Cluster c = load_cluster("local-cpu");

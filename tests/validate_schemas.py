@@ -116,6 +116,10 @@ def main():
         plan = os.path.join(work, "plan.json")
         run("tune", *args, "--streams", "2", "--out", plan)
         files.append(("plan", "tune " + " ".join(args), json.load(open(plan))))
+    plan = os.path.join(work, "accumulated.json")
+    run("predict", "--model", "resnet50", "--gpus", "16", "--accumulate", "4", "--no-sync", "--optimizer-kernels",
+        "per-tensor", "--out", plan)
+    files.append(("plan", "predict --accumulate 4 --no-sync --optimizer-kernels per-tensor", json.load(open(plan))))
     for strategy in ("dear", "bytescheduler", "zero2"):
         sched = os.path.join(work, "schedule.json")
         run("schedule", "--model", "resnet18", "--gpus", "16", "--strategy", strategy, "--out", sched)
@@ -149,6 +153,8 @@ def main():
         ("plan", "a stream past 63", lambda d: d["buckets"][0].__setitem__("stream", 64)),
         ("plan", "a bucket without transfer", lambda d: d["buckets"][0].pop("transfer")),
         ("plan", "an unknown precision", lambda d: d.__setitem__("compute", "fp8")),
+        ("plan", "an accumulation of 0 steps", lambda d: d.__setitem__("accumulate", {"steps": 0})),
+        ("plan", "unknown optimizer kernels", lambda d: d.__setitem__("optimizer_kernels", "foreach")),
         ("schedule", "an unknown exchange", lambda d: d.__setitem__("exchange", "alltoall")),
         ("schedule", "a credit of 0", lambda d: d.__setitem__("credit", 0)),
         ("schedule", "no bounds", lambda d: d.pop("bounds")),

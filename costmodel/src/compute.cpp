@@ -83,6 +83,8 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
   // The optimizer touches every parameter once whatever the batch: a measured step is used as is.
   optimizer_s_ = m.measured_optimizer_us ? *m.measured_optimizer_us * 1e-6
                                          : double(m.param_count()) * kOptimizerBytesPerParam / bw;
+  if (!m.measured_optimizer_us)
+    per_tensor_extra_s_ = double(m.tensors.size()) * kPerTensorOptimizerKernels * c.device.kernel_overhead_us * 1e-6;
   if (c.input_samples_per_s_per_gpu > 0) loader_s_ = batch / c.input_samples_per_s_per_gpu;
 }
 

@@ -40,6 +40,8 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (!o.empty()) j["model"]["options"] = o;
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
+  if (p.accumulate != Accumulation{}) j["accumulate"] = {{"steps", p.accumulate.steps}, {"no_sync", p.accumulate.no_sync}};
+  if (p.optimizer_kernels != OptimizerKernels::Fused) j["optimizer_kernels"] = optimizer_kernels_name(p.optimizer_kernels);
   if (p.prediction)
     j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
                        {"exposed_comm_s", p.prediction->exposed_comm_s},
@@ -76,6 +78,13 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   p.compute = parse_precision(r.string("compute"), origin + ": $.compute");
   p.strategy = r.opt_string("strategy").value_or("");
   p.cycle_s = r.opt_in_range("cycle_ms", 0, kMaxCycleMs, "ms").value_or(0) * 1e-3;
+  if (auto a = r.opt_object("accumulate")) {
+    p.accumulate.steps = static_cast<int>(a->integer("steps", 1, kMaxAccumulationSteps));
+    p.accumulate.no_sync = a->opt_boolean("no_sync").value_or(false);
+    a->finish();
+  }
+  if (auto k = r.opt_string("optimizer_kernels"))
+    p.optimizer_kernels = parse_optimizer_kernels(*k, origin + ": $.optimizer_kernels");
   const auto& bs = r.array("buckets");
   if (bs.empty()) r.fail("buckets", "must hold at least one bucket");
   for (size_t i = 0; i < bs.size(); ++i) {
@@ -103,6 +112,23 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   }
   r.finish();
   return p;
+}
+
+const char* optimizer_kernels_name(OptimizerKernels k) {
+  return k == OptimizerKernels::PerTensor ? "per-tensor" : "fused";
+}
+
+OptimizerKernels parse_optimizer_kernels(const std::string& s, const std::string& where) {
+  if (s == "fused") return OptimizerKernels::Fused;
+  if (s == "per-tensor") return OptimizerKernels::PerTensor;
+  throw InputError(where + ": unknown optimizer kernels '" + s + "' (valid: fused, per-tensor)");
+}
+
+void require_no_accumulation(const Plan& p, const std::string& origin, const std::string& consumer) {
+  if (p.accumulate.steps > 1 || p.accumulate.no_sync)
+    throw InputError(origin + ": $.accumulate: " + consumer + " runs one micro-batch per optimizer step (steps 1, "
+                     "no no_sync); this plan accumulates " + std::to_string(p.accumulate.steps) +
+                     " (predict and simulate price it)");
 }
 
 PlanPrediction plan_prediction(const Report& r) {

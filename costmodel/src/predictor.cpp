@@ -227,7 +227,10 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.compute = plan.compute;
   r.forward_s = compute.forward_s();
   r.backward_s = compute.backward_s();
-  r.optimizer_s = compute.optimizer_s();
+  // Figures per micro-batch: the optimizer step is shared by the plan's accumulation.
+  const int steps = plan.accumulate.steps;
+  const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);
+  r.optimizer_s = optimizer_step_s / steps;
 
   const auto ready_pos = gradient_ready_times(model, compute);
   const auto ready_step = gradient_ready_steps(model);
@@ -287,8 +290,17 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     r.buckets[i].end_s = timing[i].end_s;
   }
   sum_buckets(r);
+  // The buckets' times are the allreducing micro-batch's. Under no_sync the other
+  // steps - 1 micro-batches run backward alone and expose nothing.
+  const double synced_backward_s = r.backward_s;
   r.exposed_comm_s = std::max(0.0, r.comm_end_s - r.backward_s);
-  double busy = r.forward_s + std::max(r.backward_s, r.comm_end_s) + r.optimizer_s;
+  if (plan.accumulate.no_sync) {
+    r.backward_s = ((steps - 1) * compute.backward_s() + r.backward_s) / steps;
+    r.exposed_comm_s /= steps;
+    r.comm_busy_s /= steps;
+  }
+  double busy = r.forward_s + (plan.accumulate.no_sync ? r.backward_s + r.exposed_comm_s
+                                                       : std::max(r.backward_s, r.comm_end_s)) + r.optimizer_s;
   r.data_wait_s = compute.data_wait_s(busy);
   r.iteration_s = busy + r.data_wait_s;
   double single_busy = r.forward_s + compute.backward_s() + r.optimizer_s;
@@ -313,8 +325,10 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     for (const auto& b : r.buckets)
       ev.push_back({0, "comm" + std::to_string(b.stream), trace_name::bucket(b.index, b.algorithm), "allreduce",
                     bwd_start + b.start_s, b.end_s - b.start_s, b.bytes});
-    ev.push_back({0, "compute", trace_name::kOptimizer, "optimizer", bwd_start + std::max(r.backward_s, r.comm_end_s),
-                  r.optimizer_s, 0});
+    // The timeline is the micro-batch that ends an accumulation: its allreduces, then the
+    // whole optimizer step.
+    ev.push_back({0, "compute", trace_name::kOptimizer, "optimizer",
+                  bwd_start + std::max(synced_backward_s, r.comm_end_s), optimizer_step_s, 0});
   }
   return r;
 }

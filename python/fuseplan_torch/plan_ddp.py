@@ -149,6 +149,11 @@ def load_plan(path: str) -> Dict[str, Any]:
         raise PlanError("%s: $.buckets: empty" % path)
     for i, b in enumerate(plan["buckets"]):
         _check_keys(b, _BUCKET_KEYS, "%s: $.buckets[%d]" % (path, i))
+    acc = plan.get("accumulate")
+    if acc is not None and (not isinstance(acc, dict) or acc.get("steps", 1) != 1 or acc.get("no_sync", False)):
+        # PlanDDP allreduces every backward and steps the optimizer after it: one micro-batch.
+        raise PlanError("%s: $.accumulate: PlanDDP runs one micro-batch per optimizer step (steps 1, no no_sync); "
+                        "this plan accumulates %r (fuseplan predict and simulate price it)" % (path, acc))
     plan["_path"] = path
     return plan
 

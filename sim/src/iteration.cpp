@@ -145,6 +145,9 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   Mailboxes boxes(P, std::max(streams, 1));
   auto traced = [&](int r) { return r < opt.trace_ranks; };
   std::vector<TimelineEvent> events;
+  const int micro_batches = plan.accumulate.steps;
+  const bool no_sync = plan.accumulate.no_sync;
+  const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);
 
   for (int r = 0; r < P; ++r) {
     sg4::Actor::create(std::string("compute").append(std::to_string(r)), plat.hosts[r], [&, r] {
@@ -174,6 +177,14 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
       };
       RankState& s = state[r];
       for (; it < N; ++it) {
+        // Each simulated iteration allreduces once. Under no_sync it is a whole accumulation:
+        // micro_batches - 1 that only compute, then the allreducing one.
+        for (int k = 1; no_sync && k < micro_batches; ++k) {
+          for (size_t l = 0; l < m.layers.size(); ++l)
+            work(compute.layers()[l].fwd_s, trace_name::forward(m.layers[l].name), "forward");
+          for (size_t l = m.layers.size(); l-- > 0;)
+            work(compute.layers()[l].bwd_s, trace_name::backward(m.layers[l].name), "backward");
+        }
         for (size_t l = 0; l < m.layers.size(); ++l)
           work(compute.layers()[l].fwd_s, trace_name::forward(m.layers[l].name), "forward");
         last_bwd_start[r] = sg4::Engine::get_clock();
@@ -190,7 +201,8 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
           std::unique_lock lock(*s.mutex);
           while (s.streams_done[it] < streams) s.cv->wait(lock);
         }
-        work(compute.optimizer_s(), trace_name::kOptimizer, "optimizer");
+        // The whole step once per accumulation under no_sync; else each micro-batch's share.
+        work(no_sync ? optimizer_step_s : optimizer_step_s / micro_batches, trace_name::kOptimizer, "optimizer");
       }
       iteration_end[r] = sg4::Engine::get_clock();
     });
@@ -262,7 +274,8 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     br.end_s = bucket_times[0][b].second - bwd0;
   }
   sum_buckets(rep);
-  double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N;
+  if (no_sync) rep.comm_busy_s /= micro_batches;  // per micro-batch, as the predictor's
+  double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N / (no_sync ? micro_batches : 1);
   rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s);
   rep.data_wait_s = compute.data_wait_s(busy);
   rep.iteration_s = busy + rep.data_wait_s;

@@ -254,14 +254,18 @@ def test_a_plan_file_missing_what_plan_ddp_reads_is_refused_naming_the_path(tmp_
                         "gpus": 0, "batch_per_gpu": 1, "compute": "fp32", "buckets": []}, "$.gpus: expected int >= 1"),
                       ({"schema": "fuseplan.plan/1", "model": {"name": "m", "tensors": 2, "fingerprint": "f"},
                         "gpus": 2, "batch_per_gpu": 1, "compute": "fp32", "buckets": [{"begin": 0}]},
-                       "$.buckets[0].end: missing")]:
+                       "$.buckets[0].end: missing"),
+                      ({"schema": "fuseplan.plan/1", "model": {"name": "m", "tensors": 2, "fingerprint": "f"},
+                        "gpus": 2, "batch_per_gpu": 1, "compute": "fp32", "accumulate": {"steps": 4},
+                        "buckets": [{"begin": 0, "end": 2, "algorithm": "auto", "transfer": "fp32"}]},
+                       "$.accumulate: PlanDDP runs one micro-batch per optimizer step")]:
         with open(path, "w") as f:
             json.dump(doc, f)
         with pytest.raises(PlanError) as e:
             load_plan(path)
         assert says in str(e.value)
     r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", path)
-    assert r.returncode == 2 and "$.buckets[0].end: missing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 2 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr  # the last one's
 
 
 def test_plan_ddp_refuses_a_plan_that_does_not_fit(tmp_path):

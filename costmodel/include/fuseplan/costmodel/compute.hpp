@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "fuseplan/costmodel/cluster.hpp"
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/model.hpp"
 
 namespace fuseplan {
@@ -21,6 +22,11 @@ ComputeClass compute_class_of(const Layer& l);
 // Layer `layer`'s roofline time at `batch` (whether or not it carries a measured time).
 LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batch, Precision p);
 
+// Kernels torch.optim.SGD (momentum, weight decay; PyTorch < 2.0, no foreach) launches per
+// parameter tensor: the weight decay add, the momentum buffer's mul_ and add_, the
+// parameter's add_, and zero_grad's zero_.
+inline constexpr int kPerTensorOptimizerKernels = 5;
+
 class ComputeModel {
  public:
   ComputeModel(const Model& m, const Cluster& c, int batch_per_gpu, Precision compute);
@@ -28,15 +34,19 @@ class ComputeModel {
   const std::vector<LayerTime>& layers() const { return layers_; }
   double forward_s() const { return forward_s_; }
   double backward_s() const { return backward_s_; }
-  // Optimizer step (LARS/SGD with momentum, FP32 master weights): memory bound.
-  double optimizer_s() const { return optimizer_s_; }
+  // Optimizer step (LARS/SGD with momentum, FP32 master weights): memory bound when
+  // fused; per-tensor adds kPerTensorOptimizerKernels kernels per parameter tensor at the
+  // device's kernel overhead. A measured step (the model's) is used as is either way.
+  double optimizer_s(OptimizerKernels k = OptimizerKernels::Fused) const {
+    return k == OptimizerKernels::PerTensor ? optimizer_s_ + per_tensor_extra_s_ : optimizer_s_;
+  }
   // Extra wait per iteration when the input pipeline is slower than compute.
   double data_wait_s(double busy_s) const;
   int measured_layers() const { return measured_; }
 
  private:
   std::vector<LayerTime> layers_;
-  double forward_s_ = 0, backward_s_ = 0, optimizer_s_ = 0;
+  double forward_s_ = 0, backward_s_ = 0, optimizer_s_ = 0, per_tensor_extra_s_ = 0;
   double loader_s_ = 0;
   int measured_ = 0;
 };

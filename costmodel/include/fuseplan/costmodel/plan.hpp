@@ -18,6 +18,8 @@ namespace fuseplan {
 inline constexpr const char* kPlanSchema = "fuseplan.plan/1";
 // The longest framework cycle a plan may name (Horovod's autotuner searches 1-100 ms).
 inline constexpr double kMaxCycleMs = 1000;
+// The most micro-batches a plan may accumulate per optimizer step.
+inline constexpr int kMaxAccumulationSteps = 4096;
 
 struct PlanBucket {
   int begin = 0, end = 0;           // backward positions [begin, end); 0 = last forward tensor
@@ -29,6 +31,25 @@ struct PlanBucket {
 };
 
 struct Report;
+
+// Gradient accumulation ($.accumulate): `steps` micro-batches per optimizer step, each
+// with its forward and backward. no_sync: the buckets are allreduced on the last
+// micro-batch only (PyTorch DDP's no_sync() around the others); otherwise on every one
+// (DDP without no_sync, as NVIDIA's DeepLearningExamples train). Figures per micro-batch.
+struct Accumulation {
+  int steps = 1;
+  bool no_sync = false;
+  bool operator==(const Accumulation&) const = default;
+};
+
+// How the optimizer step is launched ($.optimizer_kernels): fused (one pass over the
+// parameters, bound by memory: LARS/SGD in fuseplan-exec, PyTorch's foreach and fused
+// optimizers) or per-tensor (a few kernels per parameter tensor, each paying the
+// device's kernel overhead: torch.optim.SGD's loop before PyTorch 2.0).
+enum class OptimizerKernels { Fused, PerTensor };
+const char* optimizer_kernels_name(OptimizerKernels k);
+// "fused" | "per-tensor"; InputError naming `where` otherwise.
+OptimizerKernels parse_optimizer_kernels(const std::string& s, const std::string& where);
 
 // A plan's prediction on the cluster it was made for, kept in the plan file.
 struct PlanPrediction {
@@ -58,6 +79,8 @@ struct Plan {
   // whose gradients are ready waits for the next tick of the thread that launches
   // allreduces, ticks counted from the start of backward. 0 = launched at once.
   double cycle_s = 0;
+  Accumulation accumulate;
+  OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
   std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)
 };
 
@@ -72,6 +95,9 @@ inline const std::string& plan_model_ref(const Plan& p) { return p.model_file.em
 // Every tensor covered exactly once, in order; algorithms known; the model matches.
 void validate_plan(const Plan& p, const Model& m, const std::string& origin);
 int64_t bucket_elements(const Plan& p, const Model& m, const PlanBucket& b);
+// For consumers that run or fit one micro-batch per optimizer step (the executors,
+// calibrate): InputError naming `origin` and $.accumulate when the plan accumulates.
+void require_no_accumulation(const Plan& p, const std::string& origin, const std::string& consumer);
 
 // Bucket specs for quick what-ifs: "per-tensor", "single", "threshold:SIZE" (greedy in
 // backward order, Horovod-style), "splits:A,B,..." (backward positions that start a new

@@ -69,7 +69,7 @@ struct Report {
   Precision compute = Precision::FP16;
   double iteration_s = 0;
   double forward_s = 0, backward_s = 0, optimizer_s = 0, data_wait_s = 0;
-  double comm_busy_s = 0;           // sum of bucket allreduce durations
+  double comm_busy_s = 0;           // sum of bucket allreduce durations (per micro-batch under no_sync)
   double comm_end_s = 0;            // last allreduce end, from the start of backward
   double exposed_comm_s = 0;        // communication not hidden behind backward
   double throughput_samples_s = 0;
