@@ -42,8 +42,14 @@ FITTED_ON = (("vgg16", 64), ("resnet50", 64))
 # performance", pytorch-21.03 NGC container), batch per GPU from its configs.yml. On A100
 # "FP32" is PyTorch's default TF32 convolutions on tensor cores, priced against the
 # non-tensor FP32 peak of the cluster file (so the fitted efficiency exceeds 1). One
-# efficiency per precision for both convolution classes (one rate cannot separate them):
-# (cluster, precision, batch, images/s).
+# efficiency per precision for both convolution classes (one rate cannot separate them).
+# The single-GPU runs train as the published ones did: torch.optim.SGD's per-tensor loop,
+# stepped once per int(2048 / batch) micro-batches (configs.yml's optimizer_batch_size 2048
+# over main.py's batch_size_multiplier): (cluster, precision, batch, images/s, flags).
+def dle_single_gpu_flags(batch):
+    return ["--accumulate", str(2048 // batch), "--optimizer-kernels", "per-tensor"]
+
+
 DLE_FITS = (("dgx1-v100", "fp32", 112, 356), ("dgx1-v100", "fp16", 256, 1156),
             ("dgx-a100", "fp32", 256, 938), ("dgx-a100", "fp16", 256, 2470))
 P100_CLUSTERS = ("p100-horovod", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
@@ -61,8 +67,8 @@ def predict(binary, model, cluster, gpus, batch, precision, flags=()):
     return json.loads(run.stdout)
 
 
-def single_gpu_rate(binary, model, cluster, batch, precision="fp32"):
-    r = predict(binary, model, cluster, 1, batch, precision)
+def single_gpu_rate(binary, model, cluster, batch, precision="fp32", flags=()):
+    r = predict(binary, model, cluster, 1, batch, precision, flags)
     return batch / r["iteration_s"]
 
 
@@ -86,12 +92,12 @@ def with_conv_efficiencies(base, kxk_eff, conv_1x1_eff, precision=None):
     return c
 
 
-def rate_on(binary, cluster_json, model, batch, precision="fp32"):
+def rate_on(binary, cluster_json, model, batch, precision="fp32", flags=()):
     """The predicted single-GPU images/s on a cluster given as JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, cluster_json["name"] + ".json")
         json.dump(cluster_json, open(path, "w"))
-        return single_gpu_rate(binary, model, path, batch, precision)
+        return single_gpu_rate(binary, model, path, batch, precision, flags)
 
 
 def solve(rate_of, target):
@@ -121,7 +127,7 @@ def fit_conv(binary, cluster, precision, batch, target):
     images/s on one GPU of `cluster`; the file's other precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
     return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, e, e, precision), "resnet50", batch,
-                                   precision), target)
+                                   precision, dle_single_gpu_flags(batch)), target)
 
 
 def check_dle(binary):
@@ -179,7 +185,13 @@ def main():
     for c in CASES:
         r = predict(a.bin, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"], c["flags"])
         eff = r["scaling_efficiency"]
-        if c["base_gpus"] > 1:
+        if "base_flags" in c:
+            # The base run trained otherwise (e.g. accumulating more micro-batches per step):
+            # per-GPU throughput against its own prediction.
+            base = predict(a.bin, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"],
+                           c["base_flags"])
+            eff = (r["throughput_samples_s"] / c["gpus"]) / (base["throughput_samples_s"] / c["base_gpus"])
+        elif c["base_gpus"] > 1:
             base = predict(a.bin, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"], c["flags"])
             eff /= base["scaling_efficiency"]
         per_gpu = r["throughput_samples_s"] / c["gpus"]
