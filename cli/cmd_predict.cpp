@@ -17,12 +17,8 @@ struct PredictFlags {
   std::string trace_path, out;
   bool json = false, pack = false;
   double cycle_ms = 0;
-  int accumulate = 1;
-  bool no_sync = false;
-  std::string optimizer_kernels = "fused";
+  StepFlags step;
   CLI::Option* cycle_opt = nullptr;
-  CLI::Option* accumulate_opt = nullptr;
-  CLI::Option* kernels_opt = nullptr;
   CLI::Option* buckets_opt = nullptr;
 };
 
@@ -33,20 +29,16 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
     if (f.buckets_opt->count()) throw InputError("--plan and --buckets are exclusive: a plan file carries its buckets");
     if (f.pack) throw InputError("--plan and --pack are exclusive: a plan file says which buckets are packed");
     if (f.cycle_opt->count()) throw InputError("--plan and --cycle-time are exclusive: a plan file carries its cycle_ms");
-    if (f.accumulate_opt->count() || f.no_sync)
-      throw InputError("--plan and --accumulate/--no-sync are exclusive: a plan file carries its accumulate");
-    if (f.kernels_opt->count())
-      throw InputError("--plan and --optimizer-kernels are exclusive: a plan file carries its optimizer_kernels");
+    if (f.step.given())
+      throw InputError("--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive: a plan file carries its "
+                       "accumulate and optimizer_kernels");
     *plan_origin = f.plan_path;
     return u.load_plan_file(f.plan_path);
   }
   if (!(f.cycle_ms >= 0 && f.cycle_ms <= kMaxCycleMs))
     throw InputError("--cycle-time: must be in [0, 1000] ms (got " + formatted(f.cycle_ms, "%g") + ")");
-  if (f.accumulate < 1 || f.accumulate > kMaxAccumulationSteps)
-    throw InputError("--accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
-                     std::to_string(f.accumulate) + ")");
-  if (f.no_sync && f.accumulate < 2) throw InputError("--no-sync: needs --accumulate 2 or more");
-  const OptimizerKernels kernels = parse_optimizer_kernels(f.optimizer_kernels, "--optimizer-kernels");
+  const Accumulation accumulate = f.step.accumulation();
+  const OptimizerKernels kernels = f.step.kernels();
   auto r = u.resolve();  // checked there: cluster size, memory, global batch
   Scenario s;
   s.model = std::move(r.model);
@@ -55,7 +47,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   for (auto& b : buckets) b.pack = f.pack && b.end - b.begin > 1;  // one tensor needs no fusion buffer
   s.plan = make_plan(s.model, cluster_reference(s.cluster), r.gpus, r.batch, r.compute, buckets, f.buckets);
   s.plan.cycle_s = f.cycle_ms * 1e-3;
-  s.plan.accumulate = {f.accumulate, f.no_sync};
+  s.plan.accumulate = accumulate;
   s.plan.optimizer_kernels = kernels;
   s.collective = u.collective();
   s.goal = u.goal(s.model);
@@ -66,13 +58,8 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
 void print_report(const Report& r, const Scenario& s, const std::string& plan_origin, const PredictFlags& f) {
   out() << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
   out() << "plan: " << (s.plan.strategy.empty() ? plan_origin : s.plan.strategy) << ", " << r.buckets.size()
-            << " bucket" << (r.buckets.size() == 1 ? "" : "s");
-  if (s.plan.accumulate.steps > 1)
-    out() << ", " << s.plan.accumulate.steps << " micro-batches per optimizer step (allreduce on "
-          << (s.plan.accumulate.no_sync ? "the last" : "every one") << "; figures per micro-batch)";
-  if (s.plan.optimizer_kernels != OptimizerKernels::Fused)
-    out() << ", " << optimizer_kernels_name(s.plan.optimizer_kernels) << " optimizer kernels";
-  out() << "\n\n";
+            << " bucket" << (r.buckets.size() == 1 ? "" : "s")
+            << step_description(s.plan.accumulate, s.plan.optimizer_kernels) << "\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
   if (!f.trace_path.empty()) out() << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
@@ -115,15 +102,7 @@ void add_predict_command(CLI::App& app) {
   f->cycle_opt = cmd->add_option("--cycle-time", f->cycle_ms,
                                  "--buckets: the framework's background cycle in ms (Horovod's HOROVOD_CYCLE_TIME): "
                                  "a ready bucket waits for the next tick (0 = none; at most 1000)");
-  f->accumulate_opt = cmd->add_option("--accumulate", f->accumulate,
-                                      "--buckets: gradient accumulation, micro-batches of --batch-per-gpu per optimizer "
-                                      "step (1 to 4096; figures are per micro-batch; default 1)");
-  cmd->add_flag("--no-sync", f->no_sync, "--accumulate: allreduce on the last micro-batch only, as inside DDP's "
-                                         "no_sync() (default: every micro-batch allreduces, as DDP without it)");
-  f->kernels_opt = cmd->add_option("--optimizer-kernels", f->optimizer_kernels,
-                                   "--buckets: fused (one pass over the parameters, bound by memory) | per-tensor "
-                                   "(a few kernels per parameter tensor, as torch.optim.SGD before PyTorch 2.0)")
-                       ->capture_default_str();
+  f->step.add(cmd);
   cmd->add_option("--trace", f->trace_path, "write a Chrome trace (JSON for ui.perfetto.dev) to FILE");
   cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
   cmd->add_flag("--json", f->json, "print the report as JSON");

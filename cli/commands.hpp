@@ -71,12 +71,32 @@ struct SetupFlags {
   TrainingGoal goal(const Model& m) const { return goal_flags.goal(m); }
 };
 
+// How the training loop steps (--accumulate, --no-sync, --optimizer-kernels): shared by
+// predict, tune and whatif; written to the plans they make.
+struct StepFlags {
+  int accumulate = 1;
+  bool no_sync = false;
+  std::string optimizer_kernels = "fused";
+  CLI::Option* accumulate_opt = nullptr;
+  CLI::Option* kernels_opt = nullptr;
+  void add(CLI::App* app);
+  bool given() const { return accumulate_opt->count() || no_sync || kernels_opt->count(); }
+  Accumulation accumulation() const;  // throws InputError naming the flag
+  OptimizerKernels kernels() const;
+};
+
+// ", 4 micro-batches per optimizer step (...), per-tensor optimizer kernels" for a plan's
+// step, or "" for one micro-batch and fused kernels.
+std::string step_description(const Accumulation& a, OptimizerKernels k);
+
 // The fusion strategies' own settings (Horovod's threshold and cycle, DDP's caps), the
-// FP32 tensors, streams and packing: shared by tune, compare and whatif.
+// FP32 tensors, streams and packing, and the training loop's step: shared by tune,
+// compare and whatif.
 struct FusionFlags {
   std::string threshold = "64MiB", ddp_cap = "25", ddp_first = "1MiB", fp32 = "none", pack = "strategy";
   int streams = 1;
   double cycle_ms = 0;
+  StepFlags step;
   void add(CLI::App* app);
   void apply(TuneOptions& o) const;  // throws InputError naming the flag
 };

@@ -105,6 +105,37 @@ TrainingGoal GoalFlags::goal(const Model& m) const {
   return g;
 }
 
+void StepFlags::add(CLI::App* cmd) {
+  accumulate_opt = cmd->add_option("--accumulate", accumulate,
+                                   "gradient accumulation: micro-batches of --batch-per-gpu per optimizer step (1 to "
+                                   "4096; figures are per micro-batch; default 1)");
+  cmd->add_flag("--no-sync", no_sync, "--accumulate: allreduce on the last micro-batch only, as inside DDP's "
+                                      "no_sync() (default: every micro-batch allreduces, as DDP without it)");
+  kernels_opt = cmd->add_option("--optimizer-kernels", optimizer_kernels,
+                                "fused (one pass over the parameters, bound by memory) | per-tensor (a few kernels "
+                                "per parameter tensor, as torch.optim.SGD before PyTorch 2.0)")
+                    ->capture_default_str();
+}
+
+Accumulation StepFlags::accumulation() const {
+  if (accumulate < 1 || accumulate > kMaxAccumulationSteps)
+    throw InputError("--accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
+                     std::to_string(accumulate) + ")");
+  if (no_sync && accumulate < 2) throw InputError("--no-sync: needs --accumulate 2 or more");
+  return {accumulate, no_sync};
+}
+
+OptimizerKernels StepFlags::kernels() const { return parse_optimizer_kernels(optimizer_kernels, "--optimizer-kernels"); }
+
+std::string step_description(const Accumulation& a, OptimizerKernels k) {
+  std::string s;
+  if (a.steps > 1)
+    s += ", " + std::to_string(a.steps) + " micro-batches per optimizer step (allreduce on " +
+         (a.no_sync ? "the last" : "every one") + "; figures per micro-batch)";
+  if (k != OptimizerKernels::Fused) s += ", " + std::string(optimizer_kernels_name(k)) + " optimizer kernels";
+  return s;
+}
+
 void FusionFlags::add(CLI::App* cmd) {
   cmd->add_option("--threshold", threshold,
                   "horovod: fusion threshold with a unit, e.g. 64MiB (HOROVOD_FUSION_THRESHOLD; 0 = no fusion)")
@@ -123,6 +154,7 @@ void FusionFlags::add(CLI::App* cmd) {
   cmd->add_option("--pack", pack, "copy gradients into a fusion buffer: strategy (horovod, ddp copy; others use "
                                   "views) | pack | view")
       ->capture_default_str();
+  step.add(cmd);
 }
 
 void FusionFlags::apply(TuneOptions& o) const {
@@ -137,6 +169,8 @@ void FusionFlags::apply(TuneOptions& o) const {
   else if (pack == "pack") o.packing = Packing::Pack;
   else if (pack == "view") o.packing = Packing::View;
   else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, view)");
+  o.accumulate = step.accumulation();
+  o.optimizer_kernels = step.kernels();
 }
 
 void add_nccl_version_option(CLI::App* app, std::string& release) {

@@ -54,6 +54,14 @@ size_t count_of(const std::string& text, const std::string& what) {
 
 Run run_exec(const std::string& args) { return run_env("FUSEPLAN_PROGRESS=0", args, true, FUSEPLAN_EXEC_BIN); }
 
+// The JSON a command prints, which must succeed.
+nlohmann::json json_of(const std::string& args) {
+  INFO("fuseplan " << args);
+  Run r = run(args);
+  REQUIRE(r.code == 0);
+  return nlohmann::json::parse(r.out);
+}
+
 void expect_bad(const std::string& args, const std::string& text, bool exec = false) {
   INFO((exec ? "fuseplan-exec " : "fuseplan ") << args);
   Run r = exec ? run_exec(args) : run(args);
@@ -117,10 +125,7 @@ TEST_CASE("cli: bad files exit 2 naming the file and JSON path") {
 TEST_CASE("cli: predict --pack and --cycle-time price the fusion buffer copy and the background cycle of Horovod") {
   const std::string setup = "predict --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
                             "--precision fp32 --buckets threshold:64MiB --algorithm ring --json";
-  Run view = run(setup), packed = run(setup + " --pack");
-  REQUIRE(view.code == 0);
-  REQUIRE(packed.code == 0);
-  auto a = nlohmann::json::parse(view.out), b = nlohmann::json::parse(packed.out);
+  const auto a = json_of(setup), b = json_of(setup + " --pack");
   REQUIRE(a["buckets"].size() == b["buckets"].size());
   REQUIRE(a["buckets"].size() > 1);
   // P100: 732 GB/s at memory_efficiency 0.75; a copy reads and writes every byte once.
@@ -153,10 +158,7 @@ TEST_CASE("cli: predict --pack and --cycle-time price the fusion buffer copy and
 TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation and are kept in the plan") {
   const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
                             "--precision fp16 --buckets threshold:25MiB --json";
-  Run one = run(setup), acc = run(setup + " --accumulate 8 --optimizer-kernels per-tensor");
-  REQUIRE(one.code == 0);
-  REQUIRE(acc.code == 0);
-  auto a = nlohmann::json::parse(one.out), b = nlohmann::json::parse(acc.out);
+  const auto a = json_of(setup), b = json_of(setup + " --accumulate 8 --optimizer-kernels per-tensor");
   // 161 tensors x 5 kernels at dgx-a100's 4 us, added to the step and shared by 8 micro-batches.
   CHECK(b["optimizer_s"].get<double>() == Approx((a["optimizer_s"].get<double>() + 161 * 5 * 4e-6) / 8));
   const std::string plan = tmp("accumulated.json");
@@ -165,10 +167,16 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   auto pj = nlohmann::json::parse(pf);
   CHECK(pj["accumulate"]["steps"] == 4);
   CHECK(pj["accumulate"]["no_sync"] == true);
+  // tune writes the step into the plan it tunes.
+  const std::string tuned = tmp("tuned-accumulated.json");
+  REQUIRE(run("tune --model resnet50 --cluster dgx-a100 --gpus 8 --accumulate 3 --out " + tuned).code == 0);
+  std::ifstream tf(tuned);
+  CHECK(nlohmann::json::parse(tf)["accumulate"]["steps"] == 3);
+  expect_bad("tune --no-sync", "--no-sync: needs --accumulate 2 or more");
   expect_bad("predict --accumulate 0", "--accumulate: must be in [1, 4096] (got 0)");
   expect_bad("predict --no-sync", "--no-sync: needs --accumulate 2 or more");
   expect_bad("predict --optimizer-kernels foreach", "--optimizer-kernels: unknown optimizer kernels 'foreach'");
-  expect_bad("predict --accumulate 2 --plan " + plan, "--plan and --accumulate/--no-sync are exclusive");
+  expect_bad("predict --accumulate 2 --plan " + plan, "--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive");
   // Runners and fits of one micro-batch per step refuse it, naming the plan and key.
   expect_bad("export --to ddp --plan " + plan, plan + ": $.accumulate: export");
   expect_bad("run --plan " + plan, "$.accumulate: fuseplan-exec run runs one micro-batch", true);

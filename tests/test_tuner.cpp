@@ -78,6 +78,28 @@ TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions
   CHECK(checked > 60);
 }
 
+TEST_CASE("the training loop's step is written to every tuned plan and moves each candidate alike") {
+  Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("dgx-a100");
+  Tuner t(m, c, 8, 64, Precision::FP16);
+  for (Strategy s : {Strategy::Optimal, Strategy::Horovod, Strategy::Ddp, Strategy::PerTensor}) {
+    TuneOptions o;
+    o.strategy = s;
+    const TuneResult one = t.run(o);
+    o.accumulate = {4, true};
+    o.optimizer_kernels = OptimizerKernels::PerTensor;
+    const TuneResult acc = t.run(o);
+    INFO(strategy_name(s));
+    CHECK(acc.plan.buckets == one.plan.buckets);  // the same search: the last allreduce end
+    CHECK(acc.plan.accumulate == Accumulation{4, true});
+    CHECK(acc.plan.optimizer_kernels == OptimizerKernels::PerTensor);
+    const double step = t.compute().optimizer_s(OptimizerKernels::PerTensor);
+    CHECK(acc.report.optimizer_s == Approx(step / 4));
+    CHECK(acc.report.exposed_comm_s == Approx(one.report.exposed_comm_s / 4).margin(1e-12));
+    CHECK(acc.report.iteration_s == Approx(t.evaluate(acc.plan).iteration_s));
+  }
+}
+
 TEST_CASE("optimal's affine-tail fast path equals the exhaustive scan on larger models") {
   std::mt19937_64 rng(99);
   int faster = 0;

@@ -569,6 +569,8 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
                      strategy_name(opt.strategy));
   // Horovod's background thread launches a fused bucket at its next tick.
   if (opt.strategy == Strategy::Horovod) p.cycle_s = opt.horovod_cycle_s;
+  p.accumulate = opt.accumulate;
+  p.optimizer_kernels = opt.optimizer_kernels;
   return p;
 }
 

@@ -53,6 +53,11 @@ struct TuneOptions {
   Fp32Tensors fp32 = Fp32Tensors::None;
   int streams = 1;                                   // buckets go round-robin to streams
   Packing packing = Packing::Strategy;
+  // How the training loop steps, written to every plan: it moves every candidate's
+  // iteration alike (the optimizer's share, the exposure under no_sync divided by the
+  // steps), so the search for the last allreduce end is the same.
+  Accumulation accumulate;
+  OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
   // optimal: skip the affine-tail fast path and scan every candidate (tests, benches).
   bool exhaustive_scan = false;
 };
