@@ -30,6 +30,9 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
   std::ostringstream o;
   char cap[40];
   std::snprintf(cap, sizeof cap, "%.9g", s.cap);  // as framework_settings read it back
+  const int k = plan.accumulate.steps;
+  if (plan.optimizer_kernels == OptimizerKernels::PerTensor && s.framework != Framework::DeepSpeed)  // JSON there
+    o << "# the plan prices the optimizer's per-tensor kernels (torch.optim with foreach=False)\n";
   switch (s.framework) {
     case Framework::Ddp:
       o << "# torch.nn.parallel.DistributedDataParallel, from " << plan_path << " ("
@@ -38,6 +41,15 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
         o << "torch.distributed._DEFAULT_FIRST_BUCKET_BYTES = " << s.first_bucket_bytes
           << "  # the first bucket's cap, read when DDP is constructed (default 1 MiB)\n";
       o << "model = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=" << cap << ")\n";
+      if (plan.accumulate.steps > 1 && plan.accumulate.no_sync)
+        o << "# " << k << " micro-batches per optimizer step, allreducing on the last only:\n"
+          << "#   for i, (x, y) in enumerate(loader):\n"
+          << "#       with model.no_sync() if (i + 1) % " << k << " else contextlib.nullcontext():\n"
+          << "#           loss_fn(model(x), y).backward()\n"
+          << "#       if (i + 1) % " << k << " == 0: optimizer.step(); optimizer.zero_grad()\n";
+      else if (plan.accumulate.steps > 1)
+        o << "# " << k << " micro-batches per optimizer step, each allreducing (no no_sync()): call optimizer.step() "
+          << "and zero_grad() after every " << k << "th backward\n";
       break;
     case Framework::Horovod: {
       o << "# horovod.torch: one group per fuseplan bucket (backward order), names from model.named_parameters()\n"
@@ -50,6 +62,7 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
         << "optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),\n"
         << "                                     groups=[[named[n] for n in g] for g in FUSEPLAN_GROUPS]";
       if (plan.buckets.front().transfer != Precision::FP32) o << ",\n                                     compression=hvd.Compression.fp16";
+      if (plan.accumulate.steps > 1) o << ",\n                                     backward_passes_per_step=" << k;
       o << ")\n";
       break;
     }
@@ -82,6 +95,8 @@ nlohmann::json settings_json(const FrameworkSettings& s, const std::string& code
                    {"plan_iteration_s", s.plan_predicted.iteration_s},
                    {"starts", starts(s.approximation)},
                    {"snippet", code}};
+  const Accumulation& a = s.approximation.accumulate;
+  if (a.steps > 1) j["accumulate"] = {{"steps", a.steps}, {"no_sync", a.no_sync}};
   if (s.framework == Framework::Ddp) {
     j["bucket_cap_mb"] = s.cap;
     j["first_bucket_bytes"] = s.first_bucket_bytes;
@@ -126,7 +141,6 @@ void add_export_command(CLI::App& app) {
   cmd->callback([f] {
     const Framework framework = parse_framework(f->to, "--to");
     const Scenario s = f->setup.load_plan_file(f->plan_path);
-    require_no_accumulation(s.plan, f->plan_path, "export (the settings it writes are for one micro-batch per step)");
     Tuner tuner(s.model, s.cluster, s.plan.gpus, s.plan.batch_per_gpu, s.plan.compute, s.collective, s.goal);
     const FrameworkSettings settings = framework_settings(tuner, s.plan, framework);
     const std::string code = snippet(settings, s.plan, f->plan_path);

@@ -177,8 +177,21 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   expect_bad("predict --no-sync", "--no-sync: needs --accumulate 2 or more");
   expect_bad("predict --optimizer-kernels foreach", "--optimizer-kernels: unknown optimizer kernels 'foreach'");
   expect_bad("predict --accumulate 2 --plan " + plan, "--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive");
+  // export writes the accumulation in the framework's terms: DDP's no_sync(), Horovod's
+  // backward_passes_per_step (local accumulation only); DeepSpeed is refused.
+  Run ddp = run("export --to ddp --plan " + plan), hvd = run("export --to horovod --plan " + plan);
+  CHECK(ddp.code == 0);
+  CHECK(ddp.out.find("with model.no_sync() if (i + 1) % 4 else contextlib.nullcontext():") != std::string::npos);
+  CHECK(hvd.code == 0);
+  CHECK(hvd.out.find("backward_passes_per_step=4)") != std::string::npos);
+  CHECK(json_of("export --to ddp --json --plan " + plan)["accumulate"]["steps"] == 4);
+  expect_bad("export --to deepspeed --plan " + plan, "--plan: $.accumulate: not exported to deepspeed");
+  const std::string every = tmp("accumulated-every.json");
+  REQUIRE(run(setup + " --accumulate 4 --out " + every).code == 0);
+  expect_bad("export --to horovod --plan " + every, "$.accumulate: Horovod's backward_passes_per_step allreduces once");
+  CHECK(run("export --to ddp --plan " + every).out.find("call optimizer.step() and zero_grad() after every 4th") !=
+        std::string::npos);
   // Runners and fits of one micro-batch per step refuse it, naming the plan and key.
-  expect_bad("export --to ddp --plan " + plan, plan + ": $.accumulate: export");
   expect_bad("run --plan " + plan, "$.accumulate: fuseplan-exec run runs one micro-batch", true);
 }
 

@@ -34,6 +34,8 @@ TuneOptions options_like(const Plan& p) {
   o.algorithm = common_algorithm(p);
   o.transfer = p.buckets.front().transfer;
   o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers
+  o.accumulate = p.accumulate;
+  o.optimizer_kernels = p.optimizer_kernels;
   return o;
 }
 
@@ -102,6 +104,16 @@ const char* framework_name(Framework f) {
 FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Framework framework) {
   const Model& m = tuner.model();
   validate_plan(plan, m, field("export.plan"));
+  // DDP accumulates either way (no_sync() or not); Horovod's backward_passes_per_step
+  // accumulates locally and allreduces once; DeepSpeed's reduction points under
+  // gradient_accumulation_steps depend on the ZeRO stage, which no plan describes.
+  const std::string accumulating = field("export.plan") + ": $.accumulate: ";
+  if (plan.accumulate.steps > 1 && framework == Framework::Horovod && !plan.accumulate.no_sync)
+    throw InputError(accumulating + "Horovod's backward_passes_per_step allreduces once per accumulation; this plan "
+                     "allreduces every micro-batch (make it with --no-sync, or export --to ddp)");
+  if (plan.accumulate.steps > 1 && framework == Framework::DeepSpeed)
+    throw InputError(accumulating + "not exported to deepspeed (where ZeRO reduces under gradient_accumulation_steps "
+                     "depends on its stage); export --to ddp or horovod");
   TuneOptions o = options_like(plan);
   std::vector<int64_t> elements;  // per plan bucket
   for (const auto& b : plan.buckets) elements.push_back(bucket_elements(plan, m, b));

@@ -128,7 +128,7 @@ void require_no_accumulation(const Plan& p, const std::string& origin, const std
   if (p.accumulate.steps > 1 || p.accumulate.no_sync)
     throw InputError(origin + ": $.accumulate: " + consumer + " runs one micro-batch per optimizer step (steps 1, "
                      "no no_sync); this plan accumulates " + std::to_string(p.accumulate.steps) +
-                     " (predict and simulate price it)");
+                     " (predict and simulate price it; export writes it for DDP and Horovod)");
 }
 
 PlanPrediction plan_prediction(const Report& r) {
