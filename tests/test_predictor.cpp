@@ -153,6 +153,8 @@ TEST_CASE("gradient accumulation shares the optimizer step and no_sync exposes o
   CHECK(!plan_to_json(toy_plan(m, "single")).contains("accumulate"));
   j["accumulate"]["steps"] = 0;
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.steps: must be in [1, 4096]"));
+  j["accumulate"] = {{"steps", 1}, {"no_sync", true}};
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.no_sync: needs steps 2 or more"));
   j["accumulate"] = {{"steps", 2}, {"sync", true}};
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.sync"));
   // Consumers that run one micro-batch per step refuse such a plan, naming it.

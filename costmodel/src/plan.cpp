@@ -81,6 +81,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   if (auto a = r.opt_object("accumulate")) {
     p.accumulate.steps = static_cast<int>(a->integer("steps", 1, kMaxAccumulationSteps));
     p.accumulate.no_sync = a->opt_boolean("no_sync").value_or(false);
+    if (p.accumulate.no_sync && p.accumulate.steps < 2) a->fail("no_sync", "needs steps 2 or more");
     a->finish();
   }
   if (auto k = r.opt_string("optimizer_kernels"))
@@ -125,7 +126,7 @@ OptimizerKernels parse_optimizer_kernels(const std::string& s, const std::string
 }
 
 void require_no_accumulation(const Plan& p, const std::string& origin, const std::string& consumer) {
-  if (p.accumulate.steps > 1 || p.accumulate.no_sync)
+  if (p.accumulate.steps > 1)
     throw InputError(origin + ": $.accumulate: " + consumer + " runs one micro-batch per optimizer step (steps 1, "
                      "no no_sync); this plan accumulates " + std::to_string(p.accumulate.steps) +
                      " (predict and simulate price it; export writes it for DDP and Horovod)");
