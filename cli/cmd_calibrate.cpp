@@ -95,7 +95,7 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
   std::vector<OverlapRun> runs;
   for (size_t i = 0; i < f.plans.size(); ++i) {
     Plan plan = load_plan(f.plans[i]);
-    require_no_accumulation(plan, f.plans[i], "calibrate (it fits runs of fuseplan-exec)");
+    require_no_accumulation(plan, f.plans[i], "calibrate (it fits runs of one micro-batch per step)");
     Model model = load_model(plan_model_ref(plan), plan.model_options);
     if (!f.profile.empty()) apply_profile(model, f.profile);
     // Bound on the cluster being calibrated (its warnings are about training, not this fit).

@@ -129,7 +129,7 @@ void require_no_accumulation(const Plan& p, const std::string& origin, const std
   if (p.accumulate.steps > 1)
     throw InputError(origin + ": $.accumulate: " + consumer + " runs one micro-batch per optimizer step (steps 1, "
                      "no no_sync); this plan accumulates " + std::to_string(p.accumulate.steps) +
-                     " (predict and simulate price it; export writes it for DDP and Horovod)");
+                     " (predict and simulate price it, export writes it for DDP and Horovod, PlanDDP runs it)");
 }
 
 PlanPrediction plan_prediction(const Report& r) {

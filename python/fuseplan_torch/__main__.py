@@ -56,8 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--backend", default="gloo", choices=jobs.BACKENDS,
                      help="process group: gloo (CPU) or nccl (rank r on GPU r)")
     run.add_argument("--batch", type=int, default=0, help="samples per rank (default: the plan's, else 8)")
-    run.add_argument("--warmup", type=int, default=3)
-    run.add_argument("--iterations", type=int, default=10)
+    run.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps")
+    run.add_argument("--iterations", type=int, default=10,
+                     help="timed optimizer steps (with the plan's accumulate: each of its micro-batches)")
     run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default: cores / ranks)")
     run.add_argument("--report", default="", help="--plan: write the measured fuseplan.report/1 here")
 

@@ -315,11 +315,15 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
         if rank == 0:
             if a.report:
                 write_json(report, a.report)
-            print("PlanDDP %s x %d ranks: %.2f ms per iteration (forward %.2f, backward %.2f, exposed "
-                  "communication %.2f, optimizer %.2f), %d buckets, %s engine" %
-                  (report["model"], ranks, report["iteration_s"] * 1e3, report["forward_s"] * 1e3,
+            acc = ddp.accumulate
+            print("PlanDDP %s x %d ranks: %.2f ms per %s (forward %.2f, backward %.2f, exposed "
+                  "communication %.2f, optimizer %.2f), %d buckets, %s engine%s" %
+                  (report["model"], ranks, report["iteration_s"] * 1e3,
+                   "iteration" if acc["steps"] == 1 else "micro-batch", report["forward_s"] * 1e3,
                    report["backward_s"] * 1e3, report["exposed_comm_s"] * 1e3, report["optimizer_s"] * 1e3,
-                   len(report["buckets"]), ddp.engine))
+                   len(report["buckets"]), ddp.engine,
+                   "" if acc["steps"] == 1 else ", %d micro-batches per optimizer step (allreduce on %s)" %
+                   (acc["steps"], "the last" if acc["no_sync"] else "every one")))
         return
     ddp = nn.parallel.DistributedDataParallel(module, bucket_cap_mb=a.bucket_cap_mb,
                                               device_ids=[rank] if device.type == "cuda" else None)

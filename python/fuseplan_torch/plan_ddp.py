@@ -20,16 +20,19 @@ gradient_as_bucket_view), so with `zero_grad(set_to_none=False)` gradients accum
 the buckets; a fresh `.grad` is copied in when it is ready. Ready (the last gradient in),
 start and end are each bucket's measured timeline, in seconds from the start of
 backward. The copy into the buckets is what `fuseplan tune --pack pack` prices.
+`no_sync()` is DDP's (gradient accumulation without allreduce); a plan's `accumulate`
+says how the runner uses it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -149,13 +152,32 @@ def load_plan(path: str) -> Dict[str, Any]:
         raise PlanError("%s: $.buckets: empty" % path)
     for i, b in enumerate(plan["buckets"]):
         _check_keys(b, _BUCKET_KEYS, "%s: $.buckets[%d]" % (path, i))
-    acc = plan.get("accumulate")
-    if acc is not None and (not isinstance(acc, dict) or acc.get("steps", 1) != 1 or acc.get("no_sync", False)):
-        # PlanDDP allreduces every backward and steps the optimizer after it: one micro-batch.
-        raise PlanError("%s: $.accumulate: PlanDDP runs one micro-batch per optimizer step (steps 1, no no_sync); "
-                        "this plan accumulates %r (fuseplan predict and simulate price it)" % (path, acc))
+    plan["accumulate"] = accumulation(plan, path)
     plan["_path"] = path
     return plan
+
+
+MAX_ACCUMULATION_STEPS = 4096  # as fuseplan's plan reader
+
+
+def accumulation(plan: Dict[str, Any], origin: str) -> Dict[str, Any]:
+    """The plan's gradient accumulation as {"steps": K, "no_sync": bool} ({"steps": 1,
+    "no_sync": False} when absent), checked as fuseplan checks it (PlanError naming
+    $.accumulate)."""
+    acc = plan.get("accumulate", {"steps": 1})
+    where = "%s: $.accumulate" % origin
+    _check_keys(acc, {"steps": (int, 1)}, where)
+    steps, no_sync = acc["steps"], acc.get("no_sync", False)
+    if steps > MAX_ACCUMULATION_STEPS:
+        raise PlanError("%s.steps: must be in [1, %d] (got %d)" % (where, MAX_ACCUMULATION_STEPS, steps))
+    if not isinstance(no_sync, bool):
+        raise PlanError("%s.no_sync: expected bool (got %r)" % (where, no_sync))
+    if no_sync and steps < 2:
+        raise PlanError("%s.no_sync: needs steps 2 or more" % where)
+    unknown = set(acc) - {"steps", "no_sync"}
+    if unknown:
+        raise PlanError("%s.%s: unknown key" % (where, sorted(unknown)[0]))
+    return {"steps": steps, "no_sync": no_sync}
 
 
 def check_plan(plan: Dict[str, Any], module: nn.Module, tensor_names: Sequence[str]) -> None:
@@ -249,6 +271,10 @@ class PlanDDP(nn.Module):
         self.step = self._fresh_step(0.0)
         self.steps: List[StepTimes] = []
         self.in_backward = False
+        # The plan's gradient accumulation (the runner follows it); inside no_sync() a
+        # backward only accumulates .grad locally, as in DDP's.
+        self.accumulate = accumulation(plan, origin)
+        self.require_sync = True
         self.sent: List[Any] = []  # the hooks engine's futures of this step's buckets
         self.streams = {s: _Stream(self.groups[s]) for s in streams}
 
@@ -283,8 +309,19 @@ class PlanDDP(nn.Module):
                 raise PlanError("%s: $.buckets[%d].transfer: the %s backend of torch %s cannot sum %s" %
                                 (origin, first, dist.get_backend(group), torch.__version__.split("+")[0], t))
 
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """As DDP's: forward and backward inside it allreduce nothing; the gradients
+        accumulate in .grad and the first backward outside it averages what they sum to."""
+        before = self.require_sync
+        self.require_sync = False
+        try:
+            yield
+        finally:
+            self.require_sync = before
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.reducer is None or not torch.is_grad_enabled():
+        if self.reducer is None or not torch.is_grad_enabled() or not self.require_sync:
             return self.module(*args, **kwargs)
         self.reducer.prepare_for_forward()
         out = self.module(*args, **kwargs)
@@ -299,7 +336,10 @@ class PlanDDP(nn.Module):
         """Marks the start of backward (the origin of the bucket times); call right before
         `loss.backward()`. On CUDA the origin is also an event on the current stream: times
         on the host and on the device line up when the device is idle here (the runner
-        waits for it after the forward pass)."""
+        waits for it after the forward pass). Inside no_sync() it does nothing: that backward
+        has no buckets."""
+        if not self.require_sync:
+            return
         self.step = self._fresh_step(time.perf_counter())
         if self.on_cuda:
             self.step.origin_event = _device_mark()

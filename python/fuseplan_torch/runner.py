@@ -9,6 +9,7 @@ overlap cannot be taken apart from outside).
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -29,33 +30,50 @@ def _loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int, before_backward: Callable[[], None]) -> Iterator[Tuple[float, ...]]:
-    """Runs warm-up and measured steps (a barrier between them) and yields each measured
-    step's times: forward start, forward end, backward end, optimizer end."""
-    for i in range(warmup + iterations):
-        if i == warmup:
+                 warmup: int, iterations: int, before_backward: Callable[[], None], steps: int = 1,
+                 no_sync: bool = False) -> Iterator[Tuple[float, ...]]:
+    """Runs warm-up and measured optimizer steps (a barrier between them), each of `steps`
+    micro-batches (the gradients accumulate; with `no_sync` all but the last run inside
+    the model's no_sync()), and yields each measured micro-batch's times: forward start,
+    forward end, backward end, optimizer end (= backward end where it does not step), and
+    whether it allreduced."""
+    for i in range((warmup + iterations) * steps):
+        if i == warmup * steps:
             dist.barrier()
-        optimizer.zero_grad(set_to_none=True)
-        t0 = _clock(model)
-        loss = _loss(model(inputs), labels)
-        t1 = _clock(model)
-        before_backward()
-        loss.backward()
-        t2 = _clock(model)
-        optimizer.step()
-        t3 = _clock(model)
-        if i >= warmup:
-            yield t0, t1, t2, t3
+        last = i % steps == steps - 1
+        if i % steps == 0:
+            optimizer.zero_grad(set_to_none=True)
+        local = no_sync and not last
+        with model.no_sync() if local else contextlib.nullcontext():
+            t0 = _clock(model)
+            loss = _loss(model(inputs), labels)
+            t1 = _clock(model)
+            before_backward()
+            loss.backward()
+            t2 = _clock(model)
+        if last:
+            optimizer.step()
+        t3 = _clock(model) if last else t2
+        if i >= warmup * steps:
+            yield t0, t1, t2, t3, not local
 
 
 def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                  warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
+    """`warmup` and `iterations` count optimizer steps, each of the plan's accumulation of
+    micro-batches; the report's figures are per micro-batch, as fuseplan predicts them."""
+    acc = ddp.accumulate
     steps: List[Dict[str, Any]] = []
-    for t0, t1, t2, t3 in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations, ddp.start_backward):
-        st = ddp.steps[-1].resolve()
-        steps.append({"forward_s": t1 - t0, "backward_s": st.backward_end - st.backward_start,
-                      "exposed_comm_s": t2 - st.backward_end, "optimizer_s": t3 - t2, "iteration_s": t3 - t0,
-                      "buckets": [(b.ready_s, b.start_s, b.end_s) for b in st.buckets]})
+    for t0, t1, t2, t3, synced in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations,
+                                               ddp.start_backward, acc["steps"], acc["no_sync"]):
+        row = {"forward_s": t1 - t0, "optimizer_s": t3 - t2, "iteration_s": t3 - t0, "buckets": None}
+        if synced:
+            st = ddp.steps[-1].resolve()
+            row.update(backward_s=st.backward_end - st.backward_start, exposed_comm_s=t2 - st.backward_end,
+                       buckets=[(b.ready_s, b.start_s, b.end_s) for b in st.buckets])
+        else:  # inside no_sync(): backward alone
+            row.update(backward_s=t2 - t1, exposed_comm_s=0.0)
+        steps.append(row)
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, steps)
     if dist.get_rank() != 0:
@@ -71,8 +89,9 @@ def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> 
     iteration = statistics.fmean(max(r[s]["iteration_s"] for r in ranks) for s in range(n))
     buckets = []
     names = ddp.tensor_names
+    synced = [c for c in critical if c["buckets"] is not None]  # the micro-batches that allreduced
     for i, b in enumerate(plan["buckets"]):
-        ready, start, end = (statistics.fmean(c["buckets"][i][k] for c in critical) for k in range(3))
+        ready, start, end = (statistics.fmean(c["buckets"][i][k] for c in synced) for k in range(3))
         tb = ddp.buckets[i]
         first, last = names[len(names) - 1 - b["begin"]], names[len(names) - b["end"]]
         buckets.append({"index": i, "begin": b["begin"], "end": b["end"], "first_tensor": first, "last_tensor": last,
@@ -80,7 +99,7 @@ def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> 
                         "auto": False, "stream": int(b.get("stream", 0)), "transfer": b["transfer"],
                         "ready_s": ready, "start_s": start, "end_s": end, "latency_s": 0.0, "bandwidth_s": 0.0,
                         "reduce_s": 0.0, "launch_s": 0.0})
-    comm_busy = sum(b["end_s"] - b["start_s"] for b in buckets)
+    comm_busy = sum(b["end_s"] - b["start_s"] for b in buckets) * len(synced) / n  # per micro-batch
     comm_end = max((b["end_s"] for b in buckets), default=0.0)
     world = dist.get_world_size()
     return {"schema": REPORT_SCHEMA, "source": "measured", "model": plan["model"]["name"],
@@ -107,7 +126,7 @@ def measure_side_by_side(trainers: Sequence[Tuple[str, nn.Module, torch.optim.Op
         shift = i % len(trainers)
         for name, model, optimizer, before_backward in list(trainers[shift:]) + list(trainers[:shift]):
             # no warm-up of its own: one step, after the barrier _timed_steps puts before it
-            (t0, _, _, t3), = _timed_steps(model, inputs, labels, optimizer, 0, 1, before_backward)
+            (t0, _, _, t3, _), = _timed_steps(model, inputs, labels, optimizer, 0, 1, before_backward)
             if i >= warmup:
                 times[name].append(t3 - t0)
     return {name: _slowest(ts) for name, ts in times.items()}
@@ -141,5 +160,5 @@ def measure_step_time(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
                       optimizer: torch.optim.Optimizer, warmup: int, iterations: int,
                       before_backward: Callable[[], None] = lambda: None) -> List[float]:
     """Per-step iteration times (the slowest rank's, on every rank) of any data-parallel module."""
-    return _slowest([t3 - t0 for t0, _, _, t3 in _timed_steps(model, inputs, labels, optimizer, warmup, iterations,
-                                                              before_backward)])
+    return _slowest([t3 - t0 for t0, _, _, t3, _ in _timed_steps(model, inputs, labels, optimizer, warmup,
+                                                                 iterations, before_backward)])

@@ -1,4 +1,5 @@
 """Rank functions for the PlanDDP tests (importable by the spawned processes)."""
+import contextlib
 import json
 
 import torch
@@ -65,6 +66,37 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].resolve().buckets]
     gathered = [None] * ranks
     dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine})
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(gathered, f)
+
+
+def compare_accumulated(rank: int, ranks: int, out_path: str, no_sync: bool, engine: str) -> None:
+    """Gradients after 3 micro-batches of other data each, accumulated under PlanDDP (its
+    plan's accumulate; inside its no_sync() for the first two when `no_sync`) and under
+    torch DDP the same way: per tensor the largest difference and DDP's largest gradient,
+    and how many backwards allreduced."""
+    torch.manual_seed(0)
+    ref, mine = small_cnn(), small_cnn()
+    mine.load_state_dict(ref.state_dict())
+    xs = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + 7 * k + rank)) for k in range(3)]
+    ys = [torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(20 + 7 * k + rank)) for k in range(3)]
+    plan, names = plan_for(mine, xs[0][:2], [(0, 3, 0, "fp32"), (3, 10, 1, "fp32")], ranks)
+    plan["accumulate"] = {"steps": 3, "no_sync": no_sync}
+    pddp = PlanDDP(mine, plan, names, engine=engine)
+    ddp = nn.parallel.DistributedDataParallel(ref)
+    for model, before_backward in ((ddp, lambda: None), (pddp, pddp.start_backward)):
+        for k in range(3):
+            with model.no_sync() if no_sync and k < 2 else contextlib.nullcontext():
+                loss = nn.functional.cross_entropy(model(xs[k]), ys[k])
+                before_backward()
+                loss.backward()
+    pddp.close()
+    ref_grads = dict(ref.named_parameters())
+    diffs = {n: (float((p.grad - ref_grads[n].grad).abs().max()), float(ref_grads[n].grad.abs().max()))
+             for n, p in mine.named_parameters()}
+    gathered = [None] * ranks
+    dist.all_gather_object(gathered, {"diffs": diffs, "synced": len(pddp.steps), "engine": pddp.engine})
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)

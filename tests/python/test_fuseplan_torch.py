@@ -246,6 +246,21 @@ def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path, engine):
             assert diff <= 1e-6 * scale + 1e-9, name
 
 
+@pytest.mark.parametrize("engine", ["reducer", "hooks"])
+@pytest.mark.parametrize("no_sync", [True, False])
+def test_plan_ddp_accumulates_micro_batches_as_ddp_does(tmp_path, no_sync, engine):
+    """Three micro-batches of other data: inside no_sync() for two of them, or allreducing
+    every one; PlanDDP's gradients equal DDP's either way, and only the allreducing
+    backwards have bucket times."""
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.compare_accumulated, (out, no_sync, engine))
+    for r in json.load(open(out)):
+        assert r["engine"] == engine
+        assert r["synced"] == (1 if no_sync else 3)
+        for name, (diff, scale) in r["diffs"].items():
+            assert diff <= 1e-6 * scale + 1e-9, name
+
+
 def test_a_plan_file_missing_what_plan_ddp_reads_is_refused_naming_the_path(tmp_path):
     from fuseplan_torch.plan_ddp import PlanError, load_plan
     path = str(tmp_path / "p.json")
@@ -256,9 +271,9 @@ def test_a_plan_file_missing_what_plan_ddp_reads_is_refused_naming_the_path(tmp_
                         "gpus": 2, "batch_per_gpu": 1, "compute": "fp32", "buckets": [{"begin": 0}]},
                        "$.buckets[0].end: missing"),
                       ({"schema": "fuseplan.plan/1", "model": {"name": "m", "tensors": 2, "fingerprint": "f"},
-                        "gpus": 2, "batch_per_gpu": 1, "compute": "fp32", "accumulate": {"steps": 4},
+                        "gpus": 2, "batch_per_gpu": 1, "compute": "fp32", "accumulate": {"steps": 1, "no_sync": True},
                         "buckets": [{"begin": 0, "end": 2, "algorithm": "auto", "transfer": "fp32"}]},
-                       "$.accumulate: PlanDDP runs one micro-batch per optimizer step")]:
+                       "$.accumulate.no_sync: needs steps 2 or more")]:
         with open(path, "w") as f:
             json.dump(doc, f)
         with pytest.raises(PlanError) as e:
@@ -355,6 +370,25 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     r = run_cli("run", "torchvision.models:resnet18", "--input-shape", "3,8,8", "--plan", plan)  # another module
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--plan " + plan + ": $.model" in r.stderr
+
+
+def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
+    model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
+    assert run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
+                   "--batch", "4", "--steps", "3").returncode == 0
+    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
+                 "--accumulate", "3", "--no-sync", "--out", plan)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
+                "--iterations", "2", "--warmup", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "per micro-batch" in r.stdout and "3 micro-batches per optimizer step (allreduce on the last)" in r.stdout
+    report = json.load(open(rep))
+    busy = sum(b["end_s"] - b["start_s"] for b in report["buckets"])
+    assert report["comm_busy_s"] == pytest.approx(busy / 3)  # per micro-batch, as predicted
+    r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("args,says", [
