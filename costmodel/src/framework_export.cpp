@@ -110,10 +110,10 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
   const std::string accumulating = field("export.plan") + ": $.accumulate: ";
   if (plan.accumulate.steps > 1 && framework == Framework::Horovod && !plan.accumulate.no_sync)
     throw InputError(accumulating + "Horovod's backward_passes_per_step allreduces once per accumulation; this plan "
-                     "allreduces every micro-batch (make it with --no-sync, or export --to ddp)");
+                     "allreduces every micro-batch (make it with no_sync, or export it to ddp)");
   if (plan.accumulate.steps > 1 && framework == Framework::DeepSpeed)
     throw InputError(accumulating + "not exported to deepspeed (where ZeRO reduces under gradient_accumulation_steps "
-                     "depends on its stage); export --to ddp or horovod");
+                     "depends on its stage); export it to ddp or horovod");
   TuneOptions o = options_like(plan);
   std::vector<int64_t> elements;  // per plan bucket
   for (const auto& b : plan.buckets) elements.push_back(bucket_elements(plan, m, b));

@@ -349,17 +349,30 @@ def test_exported_ddp_settings_form_the_buckets_fuseplan_predicted(tmp_path):
     assert [sorted(b) for b in formed] == [sorted(b) for b in predicted]
 
 
-def test_run_writes_a_report_that_verify_reads(tmp_path):
+def exported_small_cnn(tmp_path):
+    """small_cnn exported with a profile: the paths of its model, profile, and of a plan and
+    a report still to be written."""
     model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
     assert run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
                    "--batch", "4", "--steps", "3").returncode == 0
+    return model, prof, plan, rep
+
+
+def run_small_cnn(plan, rep, iterations):
+    """small_cnn trained with `plan` on 2 ranks, its report written to `rep`."""
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
+                "--iterations", str(iterations), "--warmup", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_run_writes_a_report_that_verify_reads(tmp_path):
+    model, prof, plan, rep = exported_small_cnn(tmp_path)
     r = fuseplan("tune", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
                  "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--strategy", "k-split",
                  "--segments", "2", "--out", plan)
     assert r.returncode == 0, r.stderr
-    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
-                "--iterations", "3", "--warmup", "1", "--threads", "1")
-    assert r.returncode == 0, r.stderr
+    r = run_small_cnn(plan, rep, 3)
     assert "PlanDDP small_cnn x 2 ranks" in r.stdout
     assert "2 buckets, reducer engine" in r.stdout  # torch 1.13 has the Reducer: auto takes it
     report = json.load(open(rep))
@@ -373,16 +386,12 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
 
 
 def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
-    model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
-    assert run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
-                   "--batch", "4", "--steps", "3").returncode == 0
+    model, prof, plan, rep = exported_small_cnn(tmp_path)
     r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
                  "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
                  "--accumulate", "3", "--no-sync", "--out", plan)
     assert r.returncode == 0, r.stderr
-    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
-                "--iterations", "2", "--warmup", "1", "--threads", "1")
-    assert r.returncode == 0, r.stderr
+    r = run_small_cnn(plan, rep, 2)
     assert "per micro-batch" in r.stdout and "3 micro-batches per optimizer step (allreduce on the last)" in r.stdout
     report = json.load(open(rep))
     busy = sum(b["end_s"] - b["start_s"] for b in report["buckets"])
