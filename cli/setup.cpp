@@ -125,7 +125,9 @@ Accumulation StepFlags::accumulation() const {
   return {accumulate, no_sync};
 }
 
-OptimizerKernels StepFlags::kernels() const { return parse_optimizer_kernels(optimizer_kernels, "--optimizer-kernels"); }
+OptimizerKernels StepFlags::kernels() const {
+  return parse_optimizer_kernels(optimizer_kernels, "--optimizer-kernels");
+}
 
 std::string step_description(const Accumulation& a, OptimizerKernels k) {
   std::string s;

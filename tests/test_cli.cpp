@@ -176,7 +176,8 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   expect_bad("predict --accumulate 0", "--accumulate: must be in [1, 4096] (got 0)");
   expect_bad("predict --no-sync", "--no-sync: needs --accumulate 2 or more");
   expect_bad("predict --optimizer-kernels foreach", "--optimizer-kernels: unknown optimizer kernels 'foreach'");
-  expect_bad("predict --accumulate 2 --plan " + plan, "--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive");
+  expect_bad("predict --accumulate 2 --plan " + plan,
+             "--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive");
   // export writes the accumulation in the framework's terms: DDP's no_sync(), Horovod's
   // backward_passes_per_step (local accumulation only); DeepSpeed is refused.
   Run ddp = run("export --to ddp --plan " + plan), hvd = run("export --to horovod --plan " + plan);

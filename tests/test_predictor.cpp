@@ -154,7 +154,8 @@ TEST_CASE("gradient accumulation shares the optimizer step and no_sync exposes o
   j["accumulate"]["steps"] = 0;
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.steps: must be in [1, 4096]"));
   j["accumulate"] = {{"steps", 1}, {"no_sync", true}};
-  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.no_sync: needs steps 2 or more"));
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
+                    Catch::Contains("p.json: $.accumulate.no_sync: needs steps 2 or more"));
   j["accumulate"] = {{"steps", 2}, {"sync", true}};
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.sync"));
   // Consumers that run one micro-batch per step refuse such a plan, naming it.
@@ -183,7 +184,8 @@ TEST_CASE("per-tensor optimizer kernels add the device's kernel overhead per ker
   CHECK(plan_from_json(j, "p.json").optimizer_kernels == OptimizerKernels::PerTensor);
   j["optimizer_kernels"] = "foreach";
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
-                    Catch::Contains("p.json: $.optimizer_kernels: unknown optimizer kernels 'foreach' (valid: fused, per-tensor)"));
+                    Catch::Contains("p.json: $.optimizer_kernels: unknown optimizer kernels 'foreach' "
+                                    "(valid: fused, per-tensor)"));
 }
 
 TEST_CASE("streams: one stream equals the serial formula, two streams share bandwidth") {

@@ -40,8 +40,10 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (!o.empty()) j["model"]["options"] = o;
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
-  if (p.accumulate != Accumulation{}) j["accumulate"] = {{"steps", p.accumulate.steps}, {"no_sync", p.accumulate.no_sync}};
-  if (p.optimizer_kernels != OptimizerKernels::Fused) j["optimizer_kernels"] = optimizer_kernels_name(p.optimizer_kernels);
+  if (p.accumulate != Accumulation{})
+    j["accumulate"] = {{"steps", p.accumulate.steps}, {"no_sync", p.accumulate.no_sync}};
+  if (p.optimizer_kernels != OptimizerKernels::Fused)
+    j["optimizer_kernels"] = optimizer_kernels_name(p.optimizer_kernels);
   if (p.prediction)
     j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
                        {"exposed_comm_s", p.prediction->exposed_comm_s},
