@@ -11,7 +11,7 @@ with an existing output file, and fails on:
   - a run past its time limit (a hang);
   - a failed run that changed the existing output file or left a temporary file.
 Formats: cluster (with per-class efficiencies and a transport, one staged through the
-host, and an NCCL one), model, plan (and one with a framework cycle), sweep,
+host, and an NCCL one), model, plan (and one with a framework cycle, one that accumulates), sweep,
 nccl-tests (text and -J JSON); with fuseplan-exec built, also profile (read by predict,
 and fitted per layer class by calibrate) and checkpoint, and with mpirun the measured
 report (verify).
@@ -157,6 +157,11 @@ def main():
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--strategy", "horovod", "--cycle-time", "5",
                                           "--out", plan_cycle], check=True, capture_output=True)
+    plan_acc = seed_path("plan-accumulated.json")  # gradient accumulation and per-tensor optimizer kernels
+    subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
+                                          "--precision", "fp32", "--accumulate", "3", "--no-sync",
+                                          "--optimizer-kernels", "per-tensor", "--out", plan_acc],
+                   check=True, capture_output=True)
     plan1 = seed_path("plan1.json")
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "1", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--out", plan1], check=True, capture_output=True)
@@ -178,6 +183,7 @@ def main():
                   lambda f, o: [fp, "predict", "--model", f, "--cluster", "local-cpu", "--gpus", "2", "--out", o]),
         "plan": ("json", plan, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-cycle": ("json", plan_cycle, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
+        "plan-accumulated": ("json", plan_acc, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "sweep": ("json", seed_path("sweep.json"), lambda f, o: [fp, "calibrate", "--sweep", f, "--out", o]),
         "nccl-tests": ("lines", os.path.join(a.source, "tests/data/nccl-tests/h100-ndr-2x8.txt"),
                        lambda f, o: [fp, "calibrate", "--nccl-tests", f, "--cluster", "dgx-h100", "--accept-degenerate",
