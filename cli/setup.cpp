@@ -118,11 +118,9 @@ void StepFlags::add(CLI::App* cmd) {
 }
 
 Accumulation StepFlags::accumulation() const {
-  if (accumulate < 1 || accumulate > kMaxAccumulationSteps)
-    throw InputError("--accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
-                     std::to_string(accumulate) + ")");
-  if (no_sync && accumulate < 2) throw InputError("--no-sync: needs --accumulate 2 or more");
-  return {accumulate, no_sync};
+  const Accumulation a{accumulate, no_sync};
+  check_accumulation(a);
+  return a;
 }
 
 OptimizerKernels StepFlags::kernels() const {

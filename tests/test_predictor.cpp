@@ -158,6 +158,12 @@ TEST_CASE("gradient accumulation shares the optimizer step and no_sync exposes o
                     Catch::Contains("p.json: $.accumulate.no_sync: needs steps 2 or more"));
   j["accumulate"] = {{"steps", 2}, {"sync", true}};
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.accumulate.sync"));
+  // A plan built in code is held to the same range by the predictor, named bare.
+  Plan bad = toy_plan(m, "single");
+  bad.accumulate = {0, false};
+  CHECK_THROWS_WITH(predict_toy(m, c, bad), Catch::Contains("accumulate: must be in [1, 4096] (got 0)"));
+  bad.accumulate = {1, true};
+  CHECK_THROWS_WITH(predict_toy(m, c, bad), Catch::Contains("no_sync: needs accumulate 2 or more"));
   // Consumers that run one micro-batch per step refuse such a plan, naming it.
   CHECK_THROWS_WITH(require_no_accumulation(p, "p.json", "fuseplan-exec run"),
                     Catch::Contains("p.json: $.accumulate: fuseplan-exec run runs one micro-batch"));

@@ -127,6 +127,13 @@ OptimizerKernels parse_optimizer_kernels(const std::string& s, const std::string
   throw InputError(where + ": unknown optimizer kernels '" + s + "' (valid: fused, per-tensor)");
 }
 
+void check_accumulation(const Accumulation& a) {
+  if (a.steps < 1 || a.steps > kMaxAccumulationSteps)
+    throw InputError(field("accumulate") + ": must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
+                     std::to_string(a.steps) + ")");
+  if (a.no_sync && a.steps < 2) throw InputError(field("no_sync") + ": needs " + field("accumulate") + " 2 or more");
+}
+
 void require_no_accumulation(const Plan& p, const std::string& origin, const std::string& consumer) {
   if (p.accumulate.steps > 1)
     throw InputError(origin + ": $.accumulate: " + consumer + " runs one micro-batch per optimizer step (steps 1, "

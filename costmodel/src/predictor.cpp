@@ -218,6 +218,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
                      std::to_string(coll.gpus()));
   if (goal.epochs <= 0) throw InputError(field("goal.epochs") + ": must be > 0");
   if (goal.dataset_size <= 0) throw InputError(field("goal.dataset_size") + ": must be > 0");
+  check_accumulation(plan.accumulate);
   Report r;
   r.source = "predicted";
   r.model = model.name;

@@ -75,6 +75,7 @@ void check_options(const TuneOptions& opt, int tensors) {
   if (opt.ddp_cap_bytes <= 0) throw InputError(field("tuner.ddp_cap") + ": must be > 0 bytes");
   if (opt.ddp_first_bytes <= 0) throw InputError(field("tuner.ddp_first") + ": must be > 0 bytes");
   if (opt.streams < 1) throw InputError(field("tuner.streams") + ": must be >= 1");
+  check_accumulation(opt.accumulate);
   if (opt.algorithm != "auto") find_algorithm(opt.algorithm);
 }
 

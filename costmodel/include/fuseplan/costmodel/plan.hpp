@@ -42,6 +42,10 @@ struct Accumulation {
   bool operator==(const Accumulation&) const = default;
 };
 
+// InputError naming the field unless 1 <= steps <= kMaxAccumulationSteps and no_sync
+// comes with steps >= 2.
+void check_accumulation(const Accumulation& a);
+
 // How the optimizer step is launched ($.optimizer_kernels): fused (one pass over the
 // parameters, bound by memory: LARS/SGD in fuseplan-exec, PyTorch's foreach and fused
 // optimizers) or per-tensor (a few kernels per parameter tensor, each paying the
