@@ -71,13 +71,16 @@ void run_whatif(const WhatIfFlags& f) {
       for (int b : axes.batch_per_gpu) check_profile(info, f.profile, b ? b : default_batch_per_gpu(axes.models[0]), p);
     settings.profile = f.profile;
   }
+  // Non-default training-loop steps are named above the table ("step: 4 micro-batches ...").
+  const std::string step = step_description(settings.tune.accumulate, settings.tune.optimizer_kernels);
+  const WhatIfOutput output{f.csv, f.json, f.out, step.empty() ? "" : "step:" + step.substr(1)};
   WhatIf w(std::move(base), settings);
   ProgressBar bar("configurations", f.quiet);
   Progress progress = [&bar](size_t d, size_t t) { bar(int64_t(d), int64_t(t)); };
 
   const bool inverse = f.target_efficiency != 0 || !f.deadline.empty();
   if (!inverse) {
-    print_rows(w.sweep(axes, progress), w.cluster(), {f.csv, f.json, f.out});
+    print_rows(w.sweep(axes, progress), w.cluster(), output);
     return;
   }
   if (w.count(axes) != 1)
@@ -128,10 +131,10 @@ void run_whatif(const WhatIfFlags& f) {
     j["row"] = row_json(row, w.cluster());
     emit(j.dump(2) + "\n", f.out);
   } else if (f.csv) {
-    print_rows({row}, w.cluster(), {f.csv, f.json, f.out});
+    print_rows({row}, w.cluster(), output);
   } else {
     std::cout << answer << "\n";
-    print_rows({row}, w.cluster(), {f.csv, f.json, f.out});
+    print_rows({row}, w.cluster(), output);
   }
 }
 

@@ -82,6 +82,7 @@ void print_rows(const std::vector<WhatIfRow>& rows, const Cluster& c, const What
              grouped(static_cast<int64_t>(r.report.throughput_samples_s)), human_duration(r.report.time_to_train_s)});
     }
     std::ostringstream os;
+    if (!f.note.empty()) os << f.note << "\n";
     t.print(os, "  ");
     emit(os.str(), f.out);
   }

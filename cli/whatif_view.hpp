@@ -11,7 +11,8 @@ namespace fuseplan::cli {
 
 struct WhatIfOutput {
   bool csv = false, json = false;
-  std::string out;  // a file, else stdout
+  std::string out;   // a file, else stdout
+  std::string note;  // a line above the table (the training loop's step), if any
 };
 
 int nodes_of(const Cluster& c, int gpus);

@@ -173,6 +173,10 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   std::ifstream tf(tuned);
   CHECK(nlohmann::json::parse(tf)["accumulate"]["steps"] == 3);
   expect_bad("tune --no-sync", "--no-sync: needs --accumulate 2 or more");
+  // whatif prices every point with the step and names it above its table.
+  const Run what = run("whatif --cluster dgx-a100 --gpus 8 --accumulate 3");
+  CHECK(what.code == 0);
+  CHECK(what.out.rfind("step: 3 micro-batches per optimizer step (allreduce on every one", 0) == 0);
   expect_bad("predict --accumulate 0", "--accumulate: must be in [1, 4096] (got 0)");
   expect_bad("predict --no-sync", "--no-sync: needs --accumulate 2 or more");
   expect_bad("predict --optimizer-kernels foreach", "--optimizer-kernels: unknown optimizer kernels 'foreach'");
