@@ -178,13 +178,11 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
       RankState& s = state[r];
       for (; it < N; ++it) {
         // Each simulated iteration allreduces once. Under no_sync it is a whole accumulation:
-        // micro_batches - 1 that only compute, then the allreducing one.
-        for (int k = 1; no_sync && k < micro_batches; ++k) {
-          for (size_t l = 0; l < m.layers.size(); ++l)
-            work(compute.layers()[l].fwd_s, trace_name::forward(m.layers[l].name), "forward");
-          for (size_t l = m.layers.size(); l-- > 0;)
-            work(compute.layers()[l].bwd_s, trace_name::backward(m.layers[l].name), "backward");
-        }
+        // micro_batches - 1 that only compute (one span of work, one jitter draw, whatever
+        // their number), then the allreducing one.
+        if (no_sync)
+          work((micro_batches - 1) * (compute.forward_s() + compute.backward_s()), trace_name::kLocalMicroBatches,
+               "compute");
         for (size_t l = 0; l < m.layers.size(); ++l)
           work(compute.layers()[l].fwd_s, trace_name::forward(m.layers[l].name), "forward");
         last_bwd_start[r] = sg4::Engine::get_clock();

@@ -37,6 +37,8 @@ inline std::string bucket(int index, const std::string& algorithm) {
 }
 inline constexpr const char* kOptimizer = "optimizer";
 inline constexpr const char* kDataWait = "data wait";
+// A simulated accumulation's micro-batches that only compute (no_sync), as one event.
+inline constexpr const char* kLocalMicroBatches = "micro-batches without allreduce";
 }  // namespace trace_name
 
 struct Timeline {
