@@ -920,18 +920,15 @@ class CudaBackend final : public Backend {
     const cudnnTensorDescriptor_t t = b.t.get(), p = b.p.get();
     const float one = 1, zero = 0;
     const double e = bn_eps(eps);
-    if (persistent_bn(b)) {  // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC)
-      cudnnStatus_t st = b.sizes;
-      if (st == CUDNN_STATUS_SUCCESS) {
-        void* r = b.reserve ? bn_reserve_[x].at_least(b.reserve, "batchnorm reserve") : nullptr;
-        st = cudnnBatchNormalizationForwardTrainingEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &zero, t, x,
-                                                      nullptr, nullptr, t, y, p, gamma, beta, momentum, running_mean,
-                                                      running_var, e, save_mean, save_invstd, nullptr,
-                                                      workspace(b.fwd_ws), b.fwd_ws, r, b.reserve);
-      }
-      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(b)) return done();
-      if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
-    }
+    // 16-bit NHWC: cuDNN's persistent kernel (its generic one is slow on NHWC).
+    if (ran_persistent_bn(b, [&] {
+          void* r = b.reserve ? bn_reserve_[x].at_least(b.reserve, "batchnorm reserve") : nullptr;
+          return cudnnBatchNormalizationForwardTrainingEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &zero, t,
+                                                          x, nullptr, nullptr, t, y, p, gamma, beta, momentum,
+                                                          running_mean, running_var, e, save_mean, save_invstd, nullptr,
+                                                          workspace(b.fwd_ws), b.fwd_ws, r, b.reserve);
+        }))
+      return done();
     check(cudnnBatchNormalizationForwardTraining(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &zero, t, x, t, y, p, gamma,
                                                  beta, momentum, running_mean, running_var, e, save_mean,
                                                  save_invstd),
@@ -953,20 +950,17 @@ class CudaBackend final : public Backend {
     BnPlan& b = bn_plan(n, c, hw);
     const cudnnTensorDescriptor_t t = b.t.get(), p = b.p.get();
     const float one = 1, zero = 0;
-    if (persistent_bn(b)) {  // the forward's mode, with the reserve it filled for this input
-      cudnnStatus_t st = b.sizes;
-      if (st == CUDNN_STATUS_SUCCESS) {
-        auto r = bn_reserve_.find(x);
-        void* reserve = r == bn_reserve_.end() ? nullptr : r->second.get();
-        const size_t reserve_bytes = r == bn_reserve_.end() ? 0 : r->second.size();
-        st = cudnnBatchNormalizationBackwardEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &one, &one, &zero, t,
-                                               x, nullptr, nullptr, t, dy, nullptr, nullptr, t, dx, p, gamma, nullptr,
-                                               dgamma, dbeta, saved_eps_, save_mean, save_invstd, nullptr,
-                                               workspace(b.bwd_ws), b.bwd_ws, reserve, reserve_bytes);
-      }
-      if (st == CUDNN_STATUS_SUCCESS && ran_persistent_bn(b)) return done();
-      if (st != CUDNN_STATUS_SUCCESS) refuse_persistent_bn(st);
-    }
+    // The forward's mode, with the reserve it filled for this input.
+    if (ran_persistent_bn(b, [&] {
+          auto r = bn_reserve_.find(x);
+          void* reserve = r == bn_reserve_.end() ? nullptr : r->second.get();
+          const size_t reserve_bytes = r == bn_reserve_.end() ? 0 : r->second.size();
+          return cudnnBatchNormalizationBackwardEx(dnn_, kPersistentBn, CUDNN_BATCHNORM_OPS_BN, &one, &one, &one, &zero,
+                                                   t, x, nullptr, nullptr, t, dy, nullptr, nullptr, t, dx, p, gamma,
+                                                   nullptr, dgamma, dbeta, saved_eps_, save_mean, save_invstd, nullptr,
+                                                   workspace(b.bwd_ws), b.bwd_ws, reserve, reserve_bytes);
+        }))
+      return done();
     check(cudnnBatchNormalizationBackward(dnn_, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &zero, t, x, t, dy, t, dx,
                                           p, gamma, dgamma, dbeta, saved_eps_, save_mean, save_invstd),
           "batchnorm backward");
@@ -1188,11 +1182,25 @@ class CudaBackend final : public Backend {
   bool persistent_bn(const BnPlan& b) const {
     return persistent_bn_ && int64_t(b.n) * b.hw >= kPersistentBnMinRows && b.persistent_runs;
   }
+  // Runs `call` (the persistent kernel's cuDNN call for plan b) where the shape may run it;
+  // true when it ran, false when the caller is to run the generic kernel: the shape may
+  // not, cuDNN declined (refuse_persistent_bn: every shape from then on), or the launch
+  // failed (checked_launch).
+  template <class Call>
+  bool ran_persistent_bn(BnPlan& b, Call call) {
+    if (!persistent_bn(b)) return false;
+    const cudnnStatus_t st = b.sizes == CUDNN_STATUS_SUCCESS ? call() : b.sizes;
+    if (st != CUDNN_STATUS_SUCCESS) {
+      refuse_persistent_bn(st);
+      return false;
+    }
+    return checked_launch(b);
+  }
   // After a persistent BatchNorm call: the first of each shape waits for the stream and
   // looks for a launch error; a shape whose kernel did not launch runs the generic kernel
   // from then on, this call included. A fault in the kernel loses the CUDA context, and is
   // raised naming the shape.
-  bool ran_persistent_bn(BnPlan& b) {
+  bool checked_launch(BnPlan& b) {
     if (b.launch_checked) return b.persistent_runs;
     b.launch_checked = true;
     const cudaError_t e = cudaStreamSynchronize(stream_);
