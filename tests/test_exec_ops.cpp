@@ -502,6 +502,10 @@ TEST_CASE("max pooling takes the first of equal maxima and the last NaN, as PyTo
 TEST_CASE("the network refuses layers it cannot run and models that differ") {
   auto be = make_cpu_backend();
   CHECK_THROWS_WITH(Network(build_zoo_model("bert_base"), 2, *be), Catch::Contains("not supported by the trainer"));
+  ModelBuilder rect("rect", {8, 9, 9});
+  rect.conv("b7", ModelBuilder::kInput, 8, {1, 7}, {1, 1}, {0, 3}, false);
+  CHECK_THROWS_WITH(Network(rect.finish(), 2, *be),
+                    Catch::Contains("layer b7 (conv2d): rectangular kernels, strides or paddings are not supported"));
   Network net(tiny_cnn(), 2, *be);
   net.check_same_tensors(tiny_cnn(), "--plan");
   Model other = tiny_cnn();

@@ -1,6 +1,7 @@
 // Model zoo totals pinned to the reference frameworks, builder shapes, model JSON.
 #include <catch2/catch.hpp>
 
+#include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/zoo.hpp"
@@ -200,6 +201,53 @@ TEST_CASE("model files: shapes and FLOPs that disagree with the layer kind are r
   nlohmann::json close = j;
   close["layers"][4]["fwd_flops"] = close["layers"][4]["fwd_flops"].get<double>() * 1.005;
   CHECK_NOTHROW(model_from_json(close, "x.json"));
+}
+
+TEST_CASE("rectangular convolutions: Inception's 1x7 and 7x1 are conv2d with their own FLOPs and weights") {
+  ModelBuilder b("rect", {128, 17, 17});
+  const int a = b.conv("b7_2", ModelBuilder::kInput, 128, {1, 7}, {1, 1}, {0, 3}, false);
+  const int c = b.conv("b7_3", a, 192, {7, 1}, {1, 1}, {3, 0}, false);
+  b.conv("squeeze", c, 64, {3, 5}, {2, 1}, {0, 0}, true);
+  const Model m = b.finish();
+  CHECK(m.layers[0].out_shape == Shape{128, 17, 17});
+  CHECK(m.layers[0].fwd_flops == 2.0 * 128 * 17 * 17 * 128 * 1 * 7);
+  CHECK(m.layers[1].fwd_flops == 2.0 * 192 * 17 * 17 * 128 * 7 * 1);
+  CHECK(m.tensors[0].shape == Shape{128, 128, 1, 7});
+  CHECK(m.tensors[1].shape == Shape{192, 128, 7, 1});
+  CHECK(m.layers[2].out_shape == Shape{64, 8, 13});  // (17 - 3) / 2 + 1 high, 17 - 5 + 1 wide
+  CHECK(m.layers[0].attrs.kernel_width() == 7);
+  CHECK_FALSE(m.layers[0].attrs.square());
+  // A square window built through the rectangular call is stored as square.
+  ModelBuilder sq("sq", {3, 8, 8});
+  sq.conv("c", ModelBuilder::kInput, 4, {3, 3}, {1, 1}, {1, 1}, false);
+  CHECK(sq.finish().layers[0].attrs == build_zoo_model("resnet18").layers[4].attrs);
+
+  // JSON: [height, width] where the sides differ, round-tripped and rebuilt from the weights.
+  nlohmann::json j = model_to_json(m);
+  CHECK(j["layers"][0]["attrs"]["kernel"] == nlohmann::json({1, 7}));
+  CHECK(j["layers"][0]["attrs"]["padding"] == nlohmann::json({0, 3}));
+  CHECK_FALSE(j["layers"][0]["attrs"].contains("stride"));
+  CHECK(j["layers"][2]["attrs"]["stride"] == nlohmann::json({2, 1}));
+  const Model back = model_from_json(j, "rect.json");
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    CHECK(back.layers[i].attrs == m.layers[i].attrs);
+    CHECK(back.layers[i].out_shape == m.layers[i].out_shape);
+    CHECK(back.layers[i].fwd_flops == m.layers[i].fwd_flops);
+  }
+  auto refused = [&](auto&& edit, const std::string& says) {
+    nlohmann::json bad = j;
+    edit(bad["layers"]);
+    CHECK_THROWS_WITH(model_from_json(bad, "rect.json"), Catch::Contains(says));
+  };
+  refused([](auto& l) { l[0]["attrs"]["kernel"] = {7, 1}; }, "(b7_2, conv2d): attrs.kernel 7x1 disagrees with the weight");
+  refused([](auto& l) { l[0]["attrs"]["kernel"] = {1, 7, 3}; },
+          "$.layers[0].attrs.kernel: must be an integer in [1, 1048576], or [height, width] of two such");
+  refused([](auto& l) { l[0]["attrs"]["padding"] = {0, -3}; }, "$.layers[0].attrs.padding: must be an integer in [0,");
+  refused([](auto& l) { l[0]["out_shape"] = {128, 17, 11}; }, "out_shape 128x17x11 is not what a conv2d of 128x17x17 gives");
+  nlohmann::json pool = model_to_json(build_zoo_model("resnet18"));
+  REQUIRE(pool["layers"][3]["kind"] == "maxpool");
+  pool["layers"][3]["attrs"]["kernel"] = {3, 1};
+  CHECK_THROWS_WITH(model_from_json(pool, "p.json"), Catch::Contains("(maxpool, maxpool): a pooling window is square"));
 }
 
 TEST_CASE("errors name fields, not flags: what() prints them bare, render() spells them as a program does") {

@@ -5,7 +5,7 @@ schema refusing broken files (so that the check can fail).
     validate_schemas.py SOURCE_DIR BIN_DIR
 
 The validator covers the JSON Schema keywords the schemas use (type, const, enum,
-properties, required, additionalProperties, items, minItems, minProperties, minLength,
+properties, required, additionalProperties, items, minItems, maxItems, minProperties, minLength,
 minimum, maximum, exclusiveMinimum, exclusiveMaximum, oneOf, $ref to #/$defs); a
 schema using any other keyword is an error, not silently ignored.
 """
@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 KNOWN = {"$schema", "$id", "title", "description", "type", "const", "enum", "properties", "required",
-         "additionalProperties", "items", "minItems", "minProperties", "minLength", "minimum", "maximum",
+         "additionalProperties", "items", "minItems", "maxItems", "minProperties", "minLength", "minimum", "maximum",
          "exclusiveMinimum", "exclusiveMaximum", "oneOf", "$ref", "$defs"}
 TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
@@ -70,6 +70,8 @@ def errors(value, schema, root, path="$"):
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
             out.append("%s: fewer than %d items" % (path, schema["minItems"]))
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            out.append("%s: more than %d items" % (path, schema["maxItems"]))
         if "items" in schema:
             for i, v in enumerate(value):
                 out += errors(v, schema["items"], root, "%s[%d]" % (path, i))
@@ -146,6 +148,7 @@ def main():
         ("model", "an unknown layer kind", lambda d: d["layers"][0].__setitem__("kind", "conv3d")),
         ("model", "a negative dimension", lambda d: d.__setitem__("input_shape", [3, -1])),
         ("model", "an unknown key", lambda d: d["layers"][0].__setitem__("colour", "red")),
+        ("model", "a kernel of three sides", lambda d: d["layers"][0].__setitem__("attrs", {"kernel": [1, 7, 3]})),
         ("cluster", "no device", lambda d: d.pop("device")),
         ("cluster", "an unknown topology", lambda d: d.__setitem__("inter_node", dict(d.get("inter_node") or {
             "nic_bw_Gbps": 100, "nics_per_node": 1, "lat_us": 1, "gdr": True}, topology="ring"))),

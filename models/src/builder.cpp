@@ -77,21 +77,31 @@ int ModelBuilder::push(Layer l, std::vector<ParamTensor> params) {
 
 int ModelBuilder::conv(const std::string& name, int from, int64_t out_ch, int kernel, int stride,
                        int padding, bool bias, int groups) {
+  return conv(name, from, out_ch, Hw{kernel, kernel}, Hw{stride, stride}, Hw{padding, padding}, bias, groups);
+}
+
+int ModelBuilder::conv(const std::string& name, int from, int64_t out_ch, Hw kernel, Hw stride, Hw padding,
+                       bool bias, int groups) {
   const Shape s = in(from);
   if (s.size() != 3) bad(name, "conv2d needs a [C,H,W] input, got " + shape_str(s));
   if (s[0] % groups || out_ch % groups) bad(name, "channels not divisible by groups");
   Layer l = make_layer(name, LayerKind::Conv2d, {from}, s, {});
-  l.out_shape = {out_ch, conv_out(s[1], kernel, stride, padding), conv_out(s[2], kernel, stride, padding)};
-  l.attrs.kernel = kernel;
-  l.attrs.stride = stride;
-  l.attrs.padding = padding;
+  l.out_shape = {out_ch, conv_out(s[1], kernel.h, stride.h, padding.h), conv_out(s[2], kernel.w, stride.w, padding.w)};
+  l.attrs.kernel = kernel.h;
+  l.attrs.stride = stride.h;
+  l.attrs.padding = padding.h;
+  if (kernel.w != kernel.h || stride.w != stride.h || padding.w != padding.h) {
+    l.attrs.kernel_w = kernel.w;
+    l.attrs.stride_w = stride.w;
+    l.attrs.padding_w = padding.w;
+  }
   l.attrs.groups = groups;
   l.attrs.bias = bias;
-  double macs = double(numel(l.out_shape)) * double(s[0] / groups) * kernel * kernel;
+  double macs = double(numel(l.out_shape)) * double(s[0] / groups) * kernel.h * kernel.w;
   l.fwd_flops = 2 * macs + (bias ? double(numel(l.out_shape)) : 0);
   // The first layer needs no input gradient: only the weight gradient remains.
   l.bwd_flops = from == kInput ? l.fwd_flops : kMatmulBwdRatio * l.fwd_flops;
-  std::vector<ParamTensor> p{param(name + ".weight", {out_ch, s[0] / groups, kernel, kernel})};
+  std::vector<ParamTensor> p{param(name + ".weight", {out_ch, s[0] / groups, kernel.h, kernel.w})};
   if (bias) p.push_back(param(name + ".bias", {out_ch}, TensorRole::Bias));
   return push(std::move(l), std::move(p));
 }

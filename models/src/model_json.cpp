@@ -19,9 +19,14 @@ nlohmann::json model_to_json(const Model& m) {
       params.push_back({{"name", t.name}, {"shape", t.shape}, {"role", tensor_role_name(t.role)}});
     }
     nlohmann::json a = nlohmann::json::object();
-    if (l.attrs.kernel) a["kernel"] = l.attrs.kernel;
-    if (l.attrs.stride != 1) a["stride"] = l.attrs.stride;
-    if (l.attrs.padding) a["padding"] = l.attrs.padding;
+    // One integer for a square window, [height, width] for a rectangular one.
+    auto hw = [&](const char* key, int h, int w, int omitted) {
+      if (w != h) a[key] = {h, w};
+      else if (h != omitted) a[key] = h;
+    };
+    hw("kernel", l.attrs.kernel, l.attrs.kernel_width(), 0);
+    hw("stride", l.attrs.stride, l.attrs.stride_width(), 1);
+    hw("padding", l.attrs.padding, l.attrs.padding_width(), 0);
     if (l.attrs.groups != 1) a["groups"] = l.attrs.groups;
     if (l.attrs.heads) a["heads"] = l.attrs.heads;
     if (l.attrs.dropout) a["dropout"] = l.attrs.dropout;
@@ -58,6 +63,17 @@ Shape read_shape(JsonObject& o, const std::string& key) {
     elements *= d;
   }
   return Shape(v.begin(), v.end());
+}
+// A window attribute: one integer (a square window) or [height, width]; `absent` when not given.
+std::pair<int, int> read_hw(JsonObject& a, const std::string& key, int lo, int absent) {
+  if (!a.has(key)) return {absent, absent};
+  const nlohmann::json& v = a.raw(key);
+  auto valid = [&](const nlohmann::json& x) {
+    return x.is_number_integer() && x.get<int64_t>() >= lo && x.get<int64_t>() <= (1 << 20);
+  };
+  if (valid(v)) return {v.get<int>(), v.get<int>()};
+  if (v.is_array() && v.size() == 2 && valid(v[0]) && valid(v[1])) return {v[0].get<int>(), v[1].get<int>()};
+  a.fail(key, "must be an integer in [" + std::to_string(lo) + ", 1048576], or [height, width] of two such");
 }
 }  // namespace
 
@@ -100,9 +116,17 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
     if (g.bwd_flops) l.bwd_flops = lo.non_negative("bwd_flops");
     l.activation_elems = lo.opt_integer("activation_elems", 0, INT64_MAX).value_or(numel(l.out_shape));
     if (auto a = lo.opt_object("attrs")) {
-      l.attrs.kernel = static_cast<int>(a->opt_integer("kernel", 1, 1 << 20).value_or(0));
-      l.attrs.stride = static_cast<int>(a->opt_integer("stride", 1, 1 << 20).value_or(1));
-      l.attrs.padding = static_cast<int>(a->opt_integer("padding", 0, 1 << 20).value_or(0));
+      const auto [kernel, kernel_w] = read_hw(*a, "kernel", 1, 0);
+      const auto [stride, stride_w] = read_hw(*a, "stride", 1, 1);
+      const auto [padding, padding_w] = read_hw(*a, "padding", 0, 0);
+      l.attrs.kernel = kernel;
+      l.attrs.stride = stride;
+      l.attrs.padding = padding;
+      if (kernel_w != kernel || stride_w != stride || padding_w != padding) {
+        l.attrs.kernel_w = kernel_w;
+        l.attrs.stride_w = stride_w;
+        l.attrs.padding_w = padding_w;
+      }
       l.attrs.groups = static_cast<int>(a->opt_integer("groups", 1, 1 << 20).value_or(1));
       l.attrs.heads = static_cast<int>(a->opt_integer("heads", 1, 1 << 20).value_or(0));
       l.attrs.dropout = a->opt_number("dropout").value_or(0);

@@ -95,16 +95,18 @@ class Rebuild {
         param_count(l, 1, 2, "a weight and an optional bias");
         const Shape& w = p[0]->shape;
         const Shape& in = producer_shape(from);
-        if (w.size() != 4) bad(p[0]->name + " has shape " + shape_str(w) + "; a conv2d weight is [out, in/groups, k, k]");
-        if (w[2] != w[3]) bad("a " + shape_str(w) + " weight has a non-square kernel; make the layer kind custom");
-        if (a.kernel && a.kernel != w[2]) bad("attrs.kernel " + std::to_string(a.kernel) + " disagrees with the weight " + shape_str(w));
+        if (w.size() != 4) bad(p[0]->name + " has shape " + shape_str(w) + "; a conv2d weight is [out, in/groups, kh, kw]");
+        if (a.kernel && (a.kernel != w[2] || a.kernel_width() != w[3]))
+          bad("attrs.kernel " + std::to_string(a.kernel) + "x" + std::to_string(a.kernel_width()) +
+              " disagrees with the weight " + shape_str(w));
         if (in.size() != 3) bad("conv2d needs a [C,H,W] input, its input (" + producer_name(from) + ") gives " + shape_str(in));
         const bool bias = l.tensor_count == 2;
         if (a.bias && !bias) bad("attrs.bias is true but no bias tensor is given");
         expect_shape(*p[0], {w[0], in[0] / std::max(1, a.groups), w[2], w[3]},
                      "input " + shape_str(in) + " with groups " + std::to_string(a.groups));
         if (bias) expect_shape(*p[1], {w[0]}, "a bias of " + std::to_string(w[0]) + " output channels");
-        return b_.conv(l.name, from, w[0], static_cast<int>(w[2]), a.stride, a.padding, bias, a.groups);
+        return b_.conv(l.name, from, w[0], {static_cast<int>(w[2]), static_cast<int>(w[3])},
+                       {a.stride, a.stride_width()}, {a.padding, a.padding_width()}, bias, a.groups);
       }
       case LayerKind::Linear: {
         input_count(l, 1);
@@ -157,6 +159,9 @@ class Rebuild {
       case LayerKind::AvgPool:
         input_count(l, 1);
         if (!a.kernel) bad("needs attrs.kernel");
+        if (!a.square())
+          bad("a pooling window is square here (attrs.kernel, stride and padding one integer each); make the layer "
+              "kind custom");
         return l.kind == LayerKind::MaxPool ? b_.maxpool(l.name, from, a.kernel, a.stride, a.padding)
                                             : b_.avgpool(l.name, from, a.kernel, a.stride, a.padding);
       case LayerKind::AdaptiveAvgPool:

@@ -37,6 +37,14 @@ _FUNCTION_KINDS: Dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", F.gelu: "gelu", torch.tanh: "tanh", F.dropout: "dropout",
     torch.flatten: "flatten",
 }
+# Functional pooling (torchvision's Inception calls F.max_pool2d and F.avg_pool2d): their
+# arguments in call order, with torch's defaults.
+_POOL_FUNCTIONS = {
+    F.max_pool2d: ("maxpool", ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+                   {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}),
+    F.avg_pool2d: ("avgpool", ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+                   {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True}),
+}
 _METHOD_KINDS = {"add": "add", "add_": "add", "relu": "relu", "relu_": "relu", "tanh": "tanh", "flatten": "flatten"}
 
 # Custom operations whose FLOPs follow from shapes (a multiply-add counts 2, as in fuseplan).
@@ -125,19 +133,37 @@ def _pair_is_square(v: Any) -> Optional[int]:
     return None
 
 
+def _hw(v: Any) -> Optional[Any]:
+    """A window attribute as fuseplan writes it: one integer when square, [height, width]
+    when not; None when it is neither (a string padding such as 'same')."""
+    if isinstance(v, int):
+        return v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        return v[0] if v[0] == v[1] else [v[0], v[1]]
+    return None
+
+
+def _pool_attrs(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool,
+                count_include_pad: bool) -> Optional[Dict[str, Any]]:
+    """A pooling window fuseplan models (square, no dilation, floor rounding; an average
+    counting the padding, as its executor does), or None."""
+    k, p = _pair_is_square(kernel), _pair_is_square(padding)
+    s = _pair_is_square(stride if stride not in (None, []) else kernel)
+    if None in (k, s, p) or ceil_mode or _pair_is_square(dilation) != 1 or not count_include_pad:
+        return None
+    return {"kernel": k, "stride": s, "padding": p}
+
+
 def _module_attrs(m: nn.Module, kind: str) -> Optional[Dict[str, Any]]:
     """fuseplan attributes of a known module, or None when fuseplan cannot model it (then custom)."""
     if kind == "conv2d":
-        k, s, p = _pair_is_square(m.kernel_size), _pair_is_square(m.stride), _pair_is_square(m.padding)
-        if None in (k, s, p) or _pair_is_square(m.dilation) != 1:
+        k, s, p = _hw(m.kernel_size), _hw(m.stride), _hw(m.padding)
+        if None in (k, s, p) or _pair_is_square(m.dilation) != 1 or m.padding_mode != "zeros":
             return None
         return {"kernel": k, "stride": s, "padding": p, "groups": m.groups, "bias": m.bias is not None}
     if kind in ("maxpool", "avgpool"):
-        k, p = _pair_is_square(m.kernel_size), _pair_is_square(m.padding)
-        s = _pair_is_square(m.stride if m.stride is not None else m.kernel_size)
-        if None in (k, s, p) or m.ceil_mode or (kind == "maxpool" and _pair_is_square(m.dilation) != 1):
-            return None
-        return {"kernel": k, "stride": s, "padding": p}
+        return _pool_attrs(kind, m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1), m.ceil_mode,
+                           getattr(m, "count_include_pad", True))
     if kind == "dropout":
         return {"dropout": m.p}
     if kind in ("batchnorm", "layernorm"):
@@ -147,6 +173,19 @@ def _module_attrs(m: nn.Module, kind: str) -> Optional[Dict[str, Any]]:
     if kind == "flatten":
         return {} if m.start_dim == 1 and m.end_dim == -1 else None
     return {}
+
+
+def _functional_pool(n: fx.Node) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """The kind and attributes of a functional pooling call, or (None, None) when fuseplan
+    cannot model its window (then custom)."""
+    kind, names, defaults = _POOL_FUNCTIONS[n.target]
+    given = dict(zip(names, n.args), **n.kwargs)
+    arg = {name: given.get(name, defaults.get(name)) for name in names}
+    if any(isinstance(v, fx.Node) for v in arg.values() if v is not arg["input"]):
+        return None, None  # a window computed at run time
+    attrs = _pool_attrs(kind, arg["kernel_size"], arg["stride"], arg["padding"], arg.get("dilation", 1),
+                        bool(arg["ceil_mode"]), bool(arg.get("count_include_pad", True)))
+    return (kind, attrs) if attrs is not None else (None, None)
 
 
 def _role(kind: str, local_name: str) -> str:
@@ -299,6 +338,8 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
                 kind = None
             if kind == "dropout":
                 attrs = {"dropout": float(n.kwargs.get("p", n.args[1] if len(n.args) > 1 else 0.5))}
+            if n.op == "call_function" and n.target in _POOL_FUNCTIONS:
+                kind, attrs = _functional_pool(n)
             for a in n.all_input_nodes:  # parameters used directly (F.linear(x, self.w))
                 if a.op == "get_attr":
                     p = gm.get_parameter(a.target) if _is_param(gm, a.target) else None
@@ -513,7 +554,10 @@ def write_json(doc: Dict[str, Any], path: str) -> None:
     import tempfile
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fuseplan-", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it (mkstemp's is private to its owner)
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")

@@ -72,6 +72,66 @@ def test_torchvision_export_equals_the_zoo(tmp_path, name, factory, shape, flags
     assert info.fingerprint == fingerprint(tensors)
 
 
+INCEPTION_V3 = os.path.join(os.path.dirname(os.path.dirname(HERE)), "bench", "models", "inception_v3.json")
+
+
+def test_inception_v3_exports_rectangular_convolutions_and_functional_pools(tmp_path):
+    """torchvision's Inception v3 (1x7 and 7x1 convolutions, F.max_pool2d and F.avg_pool2d
+    between modules) exports with every convolution and pool a kind fuseplan derives, and
+    equals the file bench/published_scaling.py reads."""
+    model = torchvision.models.inception_v3(aux_logits=False, init_weights=False)
+    doc, info, _, _ = export_model(model, torch.randn(2, 3, 299, 299), name="inception_v3")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    layers = {l["name"]: l for l in doc["layers"]}
+    assert sum(l["kind"] == "conv2d" for l in doc["layers"]) == len(convs)
+    assert layers["Mixed_6b.branch7x7_2.conv"]["attrs"]["kernel"] == [1, 7]
+    assert layers["Mixed_6b.branch7x7_2.conv"]["attrs"]["padding"] == [0, 3]
+    assert layers["Mixed_5b.avg_pool2d"]["kind"] == "avgpool"
+    assert layers["Mixed_5b.avg_pool2d"]["attrs"] == {"kernel": 3, "stride": 1, "padding": 1}
+    assert layers["Mixed_6a.max_pool2d"]["kind"] == "maxpool"
+    assert layers["Mixed_6a.max_pool2d"]["attrs"] == {"kernel": 3, "stride": 2, "padding": 0}
+    assert {l["name"].split(".")[-1].rstrip("_0123456789") for l in doc["layers"] if l["kind"] == "custom"} == {"cat"}
+    assert info.estimated == [] and info.order_matches
+    path = str(tmp_path / "inception_v3.json")
+    write_json(doc, path)
+    read = as_fuseplan_reads(path)  # every derived FLOP count within 1 % of the export's, or refused
+    macs = []
+    model.eval()
+    hooks = [m.register_forward_hook(lambda m, i, o: macs.append(o[0].numel() * m.in_channels // m.groups *
+                                                                 m.kernel_size[0] * m.kernel_size[1]))
+             for m in convs]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 299, 299))
+    for h in hooks:
+        h.remove()
+    assert sum(l["fwd_flops"] for l in read["layers"] if l["kind"] == "conv2d") == 2 * sum(macs)
+    assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []
+    with open(INCEPTION_V3) as f:
+        shipped = json.load(f)
+    assert shipped == json.loads(json.dumps(doc)), "bench/models/inception_v3.json differs from a fresh export"
+
+
+def test_pools_fuseplan_cannot_model_stay_custom(tmp_path):
+    class Pools(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, dilation=2)
+            self.rect = torch.nn.Conv2d(4, 4, (1, 3), stride=(2, 1), padding=(0, 1))
+
+        def forward(self, x):
+            x = torch.nn.functional.avg_pool2d(self.rect(self.conv(x)), 3, 1, 1, count_include_pad=False)
+            return torch.nn.functional.max_pool2d(x, (2, 3))
+
+    doc, _, _, _ = export_model(Pools(), torch.randn(2, 3, 16, 16), name="pools")
+    kinds = {l["name"]: l["kind"] for l in doc["layers"]}
+    assert kinds == {"conv": "custom", "rect": "conv2d", "avg_pool2d": "custom", "max_pool2d": "custom"}
+    path = str(tmp_path / "pools.json")
+    write_json(doc, path)
+    read = as_fuseplan_reads(path)
+    rect = next(l for l in read["layers"] if l["name"] == "rect")
+    assert rect["out_shape"] == [4, 6, 12] and rect["attrs"]["stride"] == [2, 1]
+
+
 def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
     torch.manual_seed(0)
     model = tiny_gpt.tiny_gpt()

@@ -17,6 +17,12 @@ class ModelBuilder {
   // CNN layers on [C, H, W]; `name` is the module path, parameters get ".weight"/".bias".
   int conv(const std::string& name, int from, int64_t out_ch, int kernel, int stride, int padding,
            bool bias, int groups = 1);
+  // A window's height and width: a conv2d with a rectangular kernel, stride or padding.
+  struct Hw {
+    int h, w;
+  };
+  int conv(const std::string& name, int from, int64_t out_ch, Hw kernel, Hw stride, Hw padding, bool bias,
+           int groups = 1);
   int batchnorm(const std::string& name, int from);
   int maxpool(const std::string& name, int from, int kernel, int stride, int padding = 0);
   int avgpool(const std::string& name, int from, int kernel, int stride, int padding = 0);
