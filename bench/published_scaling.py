@@ -8,10 +8,12 @@ precision). The table prints fuseplan's predicted scaling efficiency (against th
 base the publication uses: one GPU, or one server) beside the published one, and the
 predicted per-GPU throughput beside the published one where the source gives it.
 
-The P100 clusters' compute efficiencies are FITTED to two single-GPU throughputs of
-TensorFlow's 2017 benchmarks (VGG-16 and ResNet-50, `--fit` recomputes them); the same
-constants serve every P100 case, and five more single-GPU throughputs of that table are
-held out and printed. dgx1-v100 and dgx-a100 carry one convolution efficiency per
+The P100 clusters' convolution efficiencies are FITTED to three single-GPU throughputs of
+TensorFlow's 2017 benchmarks, one per shape class: VGG-16 (3x3 stride-1 convolutions,
+conv_kxk_s1), ResNet-50 (conv_1x1) and Inception v3 (1x7, 7x1 and strided 3x3: conv_kxk);
+`--fit` recomputes them. The same constants serve every P100 case, and five more
+single-GPU throughputs of that table are held out and printed. Inception v3 is torchvision's
+(bench/models/inception_v3.json, exported by fuseplan_torch; no auxiliary head). dgx1-v100 and dgx-a100 carry one convolution efficiency per
 precision FITTED to ResNet-50's single-GPU rate in NVIDIA's DeepLearningExamples
 (PyTorch); the 8-GPU rates of the same tables are cases, and so are the TensorFlow
 (Horovod, XLA) runs of the same model on the same two servers, whose single-GPU rates are
@@ -34,8 +36,13 @@ ROOT = os.path.dirname(HERE)
 # benchmarks.md, "Details for NVIDIA DGX-1 (NVIDIA Tesla P100)": batch 64, AlexNet 512;
 # "Other Results": batch 32). (model, batch) -> images/s.
 TF_P100 = {("vgg16", 64): 154, ("resnet50", 64): 219, ("resnet152", 64): 91.8, ("alexnet", 512): 2987,
-           ("vgg16", 32): 144, ("resnet50", 32): 195, ("resnet152", 32): 82.7}
-FITTED_ON = (("vgg16", 64), ("resnet50", 64))
+           ("vgg16", 32): 144, ("resnet50", 32): 195, ("resnet152", 32): 82.7,
+           ("inception_v3", 64): 142, ("inception_v3", 32): 128}
+# The class each fitted rate sets (VGG-16 has only 3x3 stride-1 convolutions besides its
+# stem, square stride-1 kernels being conv_kxk_s1; ResNet-50's and Inception v3's both hold 1x1 and other convolutions: fitted together).
+FITTED_ON = {("vgg16", 64): "conv_kxk_s1", ("resnet50", 64): "conv_1x1", ("inception_v3", 64): "conv_kxk"}
+# Models outside the zoo: their model files.
+MODEL_FILES = {"inception_v3": os.path.join(HERE, "models", "inception_v3.json")}
 
 # Single-GPU ResNet-50 v1.5 training throughput on V100 and A100, images/s: NVIDIA
 # DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/README.md ("Training
@@ -59,7 +66,7 @@ CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
 
 
 def predict(binary, model, cluster, gpus, batch, precision, flags=()):
-    cmd = [binary, "predict", "--model", model, "--cluster", cluster, "--gpus", str(gpus), "--batch-per-gpu",
+    cmd = [binary, "predict", "--model", MODEL_FILES.get(model, model), "--cluster", cluster, "--gpus", str(gpus), "--batch-per-gpu",
            str(batch), "--precision", precision, "--json", *flags]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
@@ -76,14 +83,14 @@ def cluster_path(name):
     return os.path.join(ROOT, "configs", "clusters", name + ".json")
 
 
-def with_conv_efficiencies(base, kxk_eff, conv_1x1_eff, precision=None):
-    """A copy of cluster JSON `base` with conv_kxk's and conv_1x1's compute efficiency set:
-    one number for every precision, replacing by_kind (precision None), or at `precision`
-    alone, the file's other values kept."""
+def with_conv_efficiencies(base, efficiencies, precision=None):
+    """A copy of cluster JSON `base` with the compute efficiencies of the classes in
+    `efficiencies` (class -> value) set: one number for every precision, replacing by_kind
+    (precision None), or at `precision` alone, the file's other values kept."""
     c = json.loads(json.dumps(base))
     if precision is None:
         c["device"]["by_kind"] = {}
-    for k, e in (("conv_kxk", kxk_eff), ("conv_1x1", conv_1x1_eff)):
+    for k, e in efficiencies.items():
         entry = c["device"].setdefault("by_kind", {}).setdefault(k, {"compute_efficiency": {}})
         if precision is None:
             entry["compute_efficiency"] = e
@@ -110,23 +117,33 @@ def solve(rate_of, target):
 
 
 def fit(binary):
-    """conv_kxk's efficiency from VGG-16 (no 1x1 convolutions), then conv_1x1's from ResNet-50;
-    every other class keeps the device's (an assumption in the cluster files)."""
+    """conv_kxk_s1's efficiency from VGG-16 (its only convolutions besides the stem), then
+    conv_1x1's from ResNet-50 and conv_kxk's from Inception v3, alternately until neither
+    moves (each model holds both classes); every other class keeps the device's (an
+    assumption in the cluster files). Returns class -> efficiency."""
     base = json.load(open(cluster_path("p100-dgx1")))
 
-    def rate(model, kxk, one):
-        return rate_on(binary, with_conv_efficiencies(base, kxk, one), model, 64)
+    def rate(model, effs):
+        return rate_on(binary, with_conv_efficiencies(base, effs), MODEL_FILES.get(model, model), 64)
 
-    kxk = solve(lambda e: rate("vgg16", e, e), TF_P100[("vgg16", 64)])
-    one = solve(lambda e: rate("resnet50", kxk, e), TF_P100[("resnet50", 64)])
-    return kxk, one
+    s1 = solve(lambda e: rate("vgg16", {"conv_kxk_s1": e, "conv_kxk": e, "conv_1x1": e}), TF_P100[("vgg16", 64)])
+    effs = {"conv_kxk_s1": s1, "conv_kxk": s1, "conv_1x1": s1}
+    for _ in range(10):
+        before = dict(effs)
+        effs["conv_1x1"] = solve(lambda e: rate("resnet50", dict(effs, conv_1x1=e)), TF_P100[("resnet50", 64)])
+        effs["conv_kxk"] = solve(lambda e: rate("inception_v3", dict(effs, conv_kxk=e)),
+                                 TF_P100[("inception_v3", 64)])
+        if effs == before:
+            break
+    return effs
 
 
 def fit_conv(binary, cluster, precision, batch, target):
     """The one efficiency of conv_kxk and conv_1x1 in `precision` that gives ResNet-50 `target`
     images/s on one GPU of `cluster`; the file's other precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
-    return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, e, e, precision), "resnet50", batch,
+    return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, {"conv_kxk": e, "conv_1x1": e}, precision),
+                                   "resnet50", batch,
                                    precision, dle_single_gpu_flags(batch)), target)
 
 
@@ -152,14 +169,13 @@ def main():
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     a = ap.parse_args()
     if a.fit:
-        kxk, one = fit(a.bin)
-        print(f"P100 FP32: by_kind.conv_kxk {kxk}, by_kind.conv_1x1 {one}")
+        effs = fit(a.bin)
+        print("P100 FP32: " + ", ".join(f"by_kind.{k} {e}" for k, e in effs.items()))
         # The shipped files must carry what the fit gives (their provenance says so).
         stale = []
         for name in P100_CLUSTERS:
             k = json.load(open(cluster_path(name)))["device"]["by_kind"]
-            if abs(k["conv_kxk"]["compute_efficiency"] - kxk) > 1e-3 or \
-               abs(k["conv_1x1"]["compute_efficiency"] - one) > 1e-3:
+            if any(abs(k.get(cls, {}).get("compute_efficiency", -1) - e) > 1e-3 for cls, e in effs.items()):
                 stale.append(name)
         stale += check_dle(a.bin)
         if stale:
@@ -172,7 +188,7 @@ def main():
     print("# single-P100 training throughput, images/s: TensorFlow benchmarks (May 2017) vs fuseplan's p100-dgx1")
     for (model, batch), published in TF_P100.items():
         pred = single_gpu_rate(a.bin, model, "p100-dgx1", batch)
-        role = "fitted" if (model, batch) in FITTED_ON else "held out"
+        role = "fitted: " + FITTED_ON[(model, batch)] if (model, batch) in FITTED_ON else "held out"
         err = 100 * (pred / published - 1)
         print(f"  {model:10s} batch {batch:3d}  published {published:7.1f}  predicted {pred:7.1f}  "
               f"({err:+5.1f} %, {role})")

@@ -511,14 +511,17 @@ TEST_CASE("compute per layer class: the device's efficiencies given per class ar
 TEST_CASE("compute per layer class: a class's efficiency prices its layers only, and a profile still overrides it") {
   Model r50 = load_model("resnet50");
   CHECK(compute_class_of(r50.layers[0]) == ComputeClass::ConvStem);  // conv1: 3 input channels
-  int kxk = -1, one = -1, bn = -1;
+  int kxk = -1, k3 = -1, one = -1, bn = -1;
   for (size_t l = 0; l < r50.layers.size(); ++l) {
     const ComputeClass k = compute_class_of(r50.layers[l]);
     if (k == ComputeClass::ConvKxK && kxk < 0) kxk = int(l);
+    if (k == ComputeClass::ConvKxKs1 && k3 < 0) k3 = int(l);
     if (k == ComputeClass::Conv1x1 && one < 0) one = int(l);
     if (k == ComputeClass::Norm && bn < 0) bn = int(l);
   }
-  REQUIRE((kxk > 0 && one > 0 && bn > 0));
+  REQUIRE((kxk > 0 && k3 > 0 && one > 0 && bn > 0));
+  CHECK(r50.layers[size_t(k3)].name == "layer1.0.conv2");  // 3x3, stride 1: what Winograd serves
+  CHECK(r50.layers[size_t(kxk)].name == "layer2.0.conv2");  // 3x3, stride 2 (ResNet v1.5)
   const Cluster plain = one_roofline("dgx-a100");
   nlohmann::json j = cluster_to_json(plain);
   // Half the device's FP16 efficiency for KxK convolutions, FP32 left to the device.
@@ -533,6 +536,12 @@ TEST_CASE("compute per layer class: a class's efficiency prices its layers only,
   CHECK(b.layers()[kxk].fwd_s - overhead == Approx(2 * (a.layers()[kxk].fwd_s - overhead)).epsilon(1e-12));
   CHECK(b.layers()[one].fwd_s == a.layers()[one].fwd_s);
   CHECK(b.layers()[bn].fwd_s - overhead == Approx(4 * (a.layers()[bn].fwd_s - overhead)).epsilon(1e-12));
+  // Without a conv_kxk_s1 value the stride-1 KxK layers are priced as conv_kxk; with one, by it alone.
+  CHECK(b.layers()[k3].fwd_s - overhead == Approx(2 * (a.layers()[k3].fwd_s - overhead)).epsilon(1e-12));
+  j["device"]["by_kind"]["conv_kxk_s1"] = {{"compute_efficiency", {{"fp16", e16 / 4}}}};
+  const ComputeModel c(r50, cluster_from_json(j, "t3"), 64, Precision::FP16);
+  CHECK(c.layers()[k3].fwd_s - overhead == Approx(4 * (a.layers()[k3].fwd_s - overhead)).epsilon(1e-12));
+  CHECK(c.layers()[kxk].fwd_s == b.layers()[kxk].fwd_s);
   const ComputeModel a32(r50, plain, 64, Precision::FP32), b32(r50, kinds, 64, Precision::FP32);
   CHECK(b32.layers()[kxk].fwd_s == a32.layers()[kxk].fwd_s);
   // Measured layers keep their times whatever the class's efficiency.
@@ -547,7 +556,7 @@ TEST_CASE("compute per layer class: bad by_kind entries are refused naming the J
     CHECK_THROWS_WITH(cluster_from_json(j, "c.json"), Catch::Contains(says));
   };
   refused({{"conv3x3", {{"compute_efficiency", 0.5}}}},
-          "$.device.by_kind.conv3x3: unknown layer class (valid: conv_kxk, conv_1x1, conv_grouped, conv_stem, gemm");
+          "$.device.by_kind.conv3x3: unknown layer class (valid: conv_kxk_s1, conv_kxk, conv_1x1, conv_grouped, conv_stem");
   refused({{"gemm", nlohmann::json::object()}}, "$.device.by_kind.gemm.compute_efficiency: missing");
   refused({{"gemm", {{"compute_efficiency", 4.5}}}}, "$.device.by_kind.gemm.compute_efficiency: must be in [0.0001, 4] of peak (got 4.5)");
   refused({{"gemm", {{"compute_efficiency", {{"fp8", 0.5}}}}}}, "fp8");

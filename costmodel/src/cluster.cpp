@@ -104,19 +104,21 @@ std::string config_dir() {
 
 std::string_view compute_class_name(ComputeClass k) {
   static constexpr std::string_view kNames[kComputeClassCount] = {
-      "conv_kxk", "conv_1x1", "conv_grouped", "conv_stem", "gemm", "attention",
-      "norm",     "elementwise", "pool",      "embedding", "other"};
+      "conv_kxk_s1", "conv_kxk", "conv_1x1", "conv_grouped", "conv_stem", "gemm",
+      "attention",   "norm",     "elementwise", "pool",     "embedding", "other"};
   return kNames[static_cast<int>(k)];
 }
 
 double DeviceSpec::compute_efficiency_of(ComputeClass k, Precision p) const {
   if (auto it = by_kind.find(k); it != by_kind.end())
     if (auto e = it->second.compute.find(p); e != it->second.compute.end()) return e->second;
+  if (k == ComputeClass::ConvKxKs1) return compute_efficiency_of(ComputeClass::ConvKxK, p);
   return compute_efficiency.at(p);
 }
 
 double DeviceSpec::memory_efficiency_of(ComputeClass k) const {
   if (auto it = by_kind.find(k); it != by_kind.end() && it->second.memory) return *it->second.memory;
+  if (k == ComputeClass::ConvKxKs1) return memory_efficiency_of(ComputeClass::ConvKxK);
   return memory_efficiency;
 }
 

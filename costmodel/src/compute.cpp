@@ -22,7 +22,9 @@ ComputeClass compute_class_of(const Layer& l) {
     case LayerKind::Conv2d:
       if (l.attrs.groups > 1) return ComputeClass::ConvGrouped;
       if (!l.in_shape.empty() && l.in_shape[0] <= 4) return ComputeClass::ConvStem;
-      return l.attrs.kernel == 1 && l.attrs.kernel_width() == 1 ? ComputeClass::Conv1x1 : ComputeClass::ConvKxK;
+      if (l.attrs.kernel == 1 && l.attrs.kernel_width() == 1) return ComputeClass::Conv1x1;
+      if (l.attrs.kernel >= 3 && l.attrs.square() && l.attrs.stride == 1) return ComputeClass::ConvKxKs1;
+      return ComputeClass::ConvKxK;
     case LayerKind::Linear: return ComputeClass::Gemm;
     case LayerKind::Attention: return ComputeClass::Attention;
     case LayerKind::BatchNorm:
