@@ -108,6 +108,8 @@ def main():
     files.append(("cluster", "calibrate --nccl-tests output", json.load(open(calibrated))))
     files.append(("model", "tests/data/golden-model.json", json.load(open(os.path.join(source, "tests", "data",
                                                                                        "golden-model.json")))))
+    for path in sorted(glob.glob(os.path.join(source, "bench", "models", "*.json"))):
+        files.append(("model", os.path.relpath(path, source), json.load(open(path))))
     for line in run("models").splitlines()[1:]:
         name = line.split()[0]
         files.append(("model", "fuseplan show %s --json" % name, json.loads(run("show", name, "--json"))))
