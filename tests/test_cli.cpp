@@ -1279,9 +1279,13 @@ TEST_CASE("cli: calibrate --profile --model fits each layer class's efficiency i
   CHECK_THAT(r.out, Catch::Contains("conv_kxk") && Catch::Contains("compute_efficiency.fp32"));
   const auto j = nlohmann::json::parse(std::ifstream(out));
   CHECK(j["device"]["by_kind"].contains("conv_kxk"));
+  CHECK(j["device"]["by_kind"].contains("conv_kxk_s1"));
   CHECK(j["device"]["by_kind"].contains("norm"));
+  // ResNet-18's 3x3 convolutions: 13 with stride 1, 3 with stride 2.
+  CHECK_THAT(j["provenance"]["device.by_kind.conv_kxk_s1"].get<std::string>(),
+             Catch::Contains("fuseplan calibrate --profile " + profile + " (resnet18, batch 64, fp32): 13 layers"));
   CHECK_THAT(j["provenance"]["device.by_kind.conv_kxk"].get<std::string>(),
-             Catch::Contains("fuseplan calibrate --profile " + profile + " (resnet18, batch 64, fp32): 16 layers"));
+             Catch::Contains("fuseplan calibrate --profile " + profile + " (resnet18, batch 64, fp32): 3 layers"));
   CHECK(run("predict --cluster " + out + " --model " + model + " --gpus 1 --batch-per-gpu 64 --precision fp32").code == 0);
   expect_bad("calibrate --cluster local-cpu --profile " + profile,
              "--profile: give --model, the model it was measured on (a zoo name or the model .json)");
