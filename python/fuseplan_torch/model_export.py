@@ -35,8 +35,21 @@ _MODULE_KINDS: List[Tuple[type, str]] = [
 _FUNCTION_KINDS: Dict[Any, str] = {
     operator.add: "add", operator.iadd: "add", torch.add: "add",
     F.relu: "relu", torch.relu: "relu", F.gelu: "gelu", torch.tanh: "tanh", F.dropout: "dropout",
-    torch.flatten: "flatten",
+    torch.flatten: "flatten", F.adaptive_avg_pool2d: "adaptive_avgpool",
 }
+# Leaf modules fuseplan has no kind for whose FLOPs follow from shapes anyway: one
+# operation per output element (activations, and torchvision's StochasticDepth, a mask).
+_ELEMENTWISE_MODULES: Tuple[type, ...] = (nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid,
+                                          nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus, nn.Identity)
+_ELEMENTWISE_FUNCTIONS: Tuple[Any, ...] = ()
+try:
+    from torchvision.ops import StochasticDepth, stochastic_depth
+    _ELEMENTWISE_MODULES += (StochasticDepth,)
+    _ELEMENTWISE_FUNCTIONS += (stochastic_depth,)
+except ImportError:  # torchvision is optional
+    pass
+_NORM_FUNCTIONS = {F.layer_norm, F.batch_norm, F.group_norm, "layer_norm", "batch_norm", "group_norm"}
+_NORM_FWD_PER_ELEM, _NORM_BWD_RATIO = 8, 2  # as fuseplan's builder counts a norm
 # Functional pooling (torchvision's Inception calls F.max_pool2d and F.avg_pool2d): their
 # arguments in call order, with torch's defaults.
 _POOL_FUNCTIONS = {
@@ -54,7 +67,9 @@ _SOFTMAX_PER_ELEM = 5  # max, sub, exp, sum, div (fuseplan's builder)
 _ELEMENTWISE = {operator.add, operator.iadd, torch.add, "add", "add_", operator.mul, operator.truediv, operator.sub, operator.imul, operator.isub, operator.itruediv,
                 torch.mul, torch.div, torch.sub, torch.where, torch.sqrt, torch.rsqrt, torch.exp, torch.pow,
                 operator.pow, torch.sigmoid, F.silu, "mul", "div", "sub", "masked_fill", "masked_fill_",
-                "pow", "sqrt", "rsqrt", "exp", "sigmoid", "mean", "sum", "float", "type_as", "to"}
+                "pow", "sqrt", "rsqrt", "exp", "sigmoid", "mean", "sum", "float", "type_as", "to",
+                F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish, torch.clamp,
+                operator.neg, "sigmoid_", "relu6", "hardswish", "clamp", "clamp_", "neg", *_ELEMENTWISE_FUNCTIONS}
 # Operations that move no arithmetic (views, copies of layout, indexing).
 _VIEWS = {"view", "reshape", "permute", "transpose", "contiguous", "split", "chunk", "unsqueeze", "squeeze",
           "expand", "narrow", "__getitem__", "t", operator.getitem, torch.reshape, torch.transpose,
@@ -218,16 +233,37 @@ def _target_key(node: fx.Node) -> Any:
     return node.target if node.op == "call_function" else str(node.target)
 
 
-def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int]) -> Tuple[float, float, bool]:
-    """Forward and backward FLOPs per sample of a custom operation, and whether estimated."""
+def _module_flops(m: nn.Module, out: List[int]) -> Optional[Tuple[float, float]]:
+    """Forward and backward FLOPs per sample of a leaf module fuseplan has no kind for, where
+    they follow from its output's shape; None where they do not."""
+    elems = float(_numel(out))
+    if isinstance(m, _ELEMENTWISE_MODULES):
+        return elems, elems
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):  # a window fuseplan's pools do not take (ceil mode)
+        k = m.kernel_size if isinstance(m.kernel_size, (tuple, list)) else (m.kernel_size, m.kernel_size)
+        return elems * k[0] * k[1], elems
+    if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.InstanceNorm2d)):
+        return _NORM_FWD_PER_ELEM * elems, _NORM_FWD_PER_ELEM * _NORM_BWD_RATIO * elems
+    return None
+
+
+def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int],
+                  module: Optional[nn.Module] = None) -> Tuple[float, float, bool]:
+    """Forward and backward FLOPs per sample of a custom operation (a traced node, the call
+    of `module` where it is one), and whether estimated."""
     key = _target_key(node)
     elems = float(_numel(out))
+    known = _module_flops(module, out) if module is not None else None
+    if known is not None:
+        return known[0], known[1], False
     if key in _MATMULS and len(in_shapes) == 2 and in_shapes[0] and in_shapes[1]:
         k = in_shapes[0][-1]
         f = 2.0 * elems * k
         return f, 2 * f, False
     if key in _SOFTMAX:
         return _SOFTMAX_PER_ELEM * elems, _SOFTMAX_PER_ELEM * elems, False
+    if key in _NORM_FUNCTIONS:
+        return _NORM_FWD_PER_ELEM * elems, _NORM_FWD_PER_ELEM * _NORM_BWD_RATIO * elems, False
     if key in _VIEWS:
         return 0.0, 0.0, False
     if key in _ELEMENTWISE:
@@ -286,6 +322,24 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
         used_names[base] = count + 1
         return base if count == 0 else "%s_%d" % (base, count)
 
+    def constant_parameters(n: fx.Node) -> List[str]:
+        """The parameters node `n` reads itself or through nodes that do not depend on the
+        input, in graph order."""
+        found: List[str] = []
+        stack, seen = [a for a in n.all_input_nodes if not from_input.get(a, False)], set()
+        while stack:
+            a = stack.pop()
+            if a in seen:
+                continue
+            seen.add(a)
+            if a.op == "get_attr":
+                if _is_param(gm, a.target) and a.target not in found:
+                    found.append(a.target)
+            elif not from_input.get(a, False):
+                stack.extend(a.all_input_nodes)
+        return sorted(found, key=lambda t: order.get(t, 0))
+
+    order = {node.target: i for i, node in enumerate(gm.graph.nodes) if node.op == "get_attr"}
     # Nodes computed from the input; the rest (a causal mask cut from a buffer) are constants.
     from_input: Dict[fx.Node, bool] = {}
     for n in gm.graph.nodes:
@@ -336,23 +390,27 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
                 kind = None  # a broadcast or a scalar: element-wise custom
             if kind == "flatten" and len(layer["out_shape"]) != 1:
                 kind = None
+            if kind == "adaptive_avgpool" and len(layer["out_shape"]) != 3:
+                kind = None
             if kind == "dropout":
                 attrs = {"dropout": float(n.kwargs.get("p", n.args[1] if len(n.args) > 1 else 0.5))}
             if n.op == "call_function" and n.target in _POOL_FUNCTIONS:
                 kind, attrs = _functional_pool(n)
-            for a in n.all_input_nodes:  # parameters used directly (F.linear(x, self.w))
-                if a.op == "get_attr":
-                    p = gm.get_parameter(a.target) if _is_param(gm, a.target) else None
-                    if p is not None and id(p) not in seen_params:
-                        seen_params[id(p)] = a.target
-                        params.append({"name": a.target, "shape": list(p.shape), "role": _role("custom", a.target)})
-                        kind = None
+            # Parameters used directly (F.linear(x, self.w)), or through operations on constants
+            # only (Swin's relative position bias, a table indexed before it is added).
+            for target in constant_parameters(n):
+                p = gm.get_parameter(target)
+                if id(p) not in seen_params:
+                    seen_params[id(p)] = target
+                    params.append({"name": target, "shape": list(p.shape), "role": _role("custom", target)})
+                    kind = None
         layer = {"name": lname, "kind": kind or "custom", **layer, "params": params}
         if kind:
             if attrs:
                 layer["attrs"] = attrs
         else:
-            fwd, bwd, estimated = _custom_flops(n, in_shapes, layer["out_shape"])
+            fwd, bwd, estimated = _custom_flops(n, in_shapes, layer["out_shape"],
+                                                modules[n.target] if n.op == "call_module" else None)
             layer["fwd_flops"], layer["bwd_flops"] = fwd, bwd
             if _target_key(n) in _VIEWS:
                 layer["activation_elems"] = 0  # a view stores nothing of its own
@@ -399,7 +457,8 @@ def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: torch.T
 @dataclass
 class ModuleCall:
     """A layer of an export by modules: the `call`-th call (from 0) of the leaf module at
-    `path`, or (path "") a view between modules that the next module's input needed."""
+    `path`, or (path "") a layer between modules that made the next module's input (a view,
+    or operations the export cannot see); the profile times it as a view."""
     path: str
     call: int
 
@@ -475,6 +534,17 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
             producer = len(layers)
             layers.append(view)
             entries.append(ModuleCall("", -1))
+        elif in_shape and given != in_shape:
+            # Made between modules from more than its producer (ShuffleNet's torch.cat and
+            # channel shuffle): a custom layer of estimated FLOPs stands for what ran there, so
+            # that the file still connects every layer to the shape it reads.
+            between = "%s.input" % lname
+            layers.append({"name": between, "kind": "custom", "inputs": [producer], "in_shape": given,
+                           "out_shape": in_shape, "params": [], "fwd_flops": float(_numel(in_shape)),
+                           "bwd_flops": float(_numel(in_shape))})
+            entries.append(ModuleCall("", -1))
+            info.estimated.append(between)
+            producer = len(layers) - 1
         m = modules[path]
         kind = _module_kind(m)
         attrs = _module_attrs(m, kind) if kind else None
@@ -493,9 +563,11 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
         if kind and attrs:
             layer["attrs"] = attrs
         if not kind:
+            known = _module_flops(m, out_shape)
             elems = float(_numel(out_shape))
-            layer["fwd_flops"], layer["bwd_flops"] = elems, elems
-            info.estimated.append(lname)
+            layer["fwd_flops"], layer["bwd_flops"] = known or (elems, elems)
+            if known is None:
+                info.estimated.append(lname)
         by_tensor[id(out)] = len(layers)
         by_storage[out.data_ptr()] = len(layers)
         layers.append(layer)

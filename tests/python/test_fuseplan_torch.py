@@ -132,6 +132,47 @@ def test_pools_fuseplan_cannot_model_stay_custom(tmp_path):
     assert rect["out_shape"] == [4, 6, 12] and rect["attrs"]["stride"] == [2, 1]
 
 
+@pytest.mark.parametrize("factory,size,estimated", [
+    (torchvision.models.mobilenet_v2, 64, []),  # ReLU6: one operation per element, not estimated
+    (torchvision.models.efficientnet_b0, 64, []),  # SiLU, Sigmoid, StochasticDepth
+    # torch.fx cannot trace its channel shuffle (x.size() unpacked): exported by modules, the
+    # concatenations and the global mean between them stand as estimated layers that keep
+    # the file connected.
+    (torchvision.models.shufflenet_v2_x0_5, 64, ["stage3.0.branch1.0.input", "stage4.0.branch1.0.input",
+                                                 "conv5.0.input", "fc.input"]),
+    (torchvision.models.swin_t, 224, None),  # its window attention is one wrapped function: estimated
+])
+def test_torchvision_models_beyond_the_zoo_export_files_fuseplan_reads(tmp_path, factory, size, estimated):
+    model = factory()
+    doc, info, _, _ = export_model(model, torch.randn(2, 3, size, size), name="m")
+    if estimated is not None:
+        assert info.estimated == estimated
+    path = str(tmp_path / "m.json")
+    write_json(doc, path)
+    read = as_fuseplan_reads(path)  # exit 0: every layer reads the shape its producer gives
+    names = [p["name"] for l in read["layers"] for p in l["params"]]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # every parameter placed
+    assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []
+
+
+def test_parameters_read_through_constants_belong_to_the_layer_that_uses_them():
+    """Swin's relative position bias: a parameter table indexed by a buffer, then added to
+    the attention scores; the indexing does not depend on the input."""
+    class Biased(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(9, 4))
+            self.register_buffer("index", torch.arange(16) % 9)
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.proj(x) + self.table[self.index].view(16, 4)
+
+    doc, info, _, _ = export_model(Biased(), torch.randn(2, 16, 4), name="biased")
+    owner = [l for l in doc["layers"] if any(p["name"] == "table" for p in l["params"])]
+    assert len(owner) == 1 and owner[0]["kind"] == "custom" and owner[0]["inputs"] == [0]
+
+
 def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
     torch.manual_seed(0)
     model = tiny_gpt.tiny_gpt()
