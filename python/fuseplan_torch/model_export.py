@@ -40,7 +40,7 @@ _FUNCTION_KINDS: Dict[Any, str] = {
 # Leaf modules fuseplan has no kind for whose FLOPs follow from shapes anyway: one
 # operation per output element (activations, and torchvision's StochasticDepth, a mask).
 _ELEMENTWISE_MODULES: Tuple[type, ...] = (nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid,
-                                          nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus, nn.Identity)
+                                          nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus)
 _ELEMENTWISE_FUNCTIONS: Tuple[Any, ...] = ()
 try:
     from torchvision.ops import StochasticDepth, stochastic_depth
@@ -237,6 +237,8 @@ def _module_flops(m: nn.Module, out: List[int]) -> Optional[Tuple[float, float]]
     """Forward and backward FLOPs per sample of a leaf module fuseplan has no kind for, where
     they follow from its output's shape; None where they do not."""
     elems = float(_numel(out))
+    if isinstance(m, nn.Identity):
+        return 0.0, 0.0
     if isinstance(m, _ELEMENTWISE_MODULES):
         return elems, elems
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):  # a window fuseplan's pools do not take (ceil mode)
