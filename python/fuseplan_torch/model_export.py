@@ -12,6 +12,8 @@ listed in `ExportInfo.estimated`.
 from __future__ import annotations
 
 import json
+import dis
+import inspect
 import operator
 import struct
 from dataclasses import dataclass, field
@@ -127,9 +129,26 @@ class _ScopeTracer(fx.Tracer):
         return node
 
 
+def _proxy_iter(self: fx.Proxy) -> Any:
+    """fx.Proxy.__iter__ as torch.fx means it: unpacking a traced value (`n, c, h, w =
+    x.shape`) gives one item per target of the UNPACK_SEQUENCE being run. torch 1.13 looks
+    that instruction up by list index (offset // 2), which Python 3.11's inline caches
+    break (ViT and ShuffleNet failed to trace); here it is found by its offset."""
+    caller = inspect.currentframe().f_back  # the unpacking code
+    inst = next((i for i in dis.get_instructions(caller.f_code) if i.offset == caller.f_lasti), None)
+    if inst is not None and inst.opname == "UNPACK_SEQUENCE":
+        return (self[i] for i in range(inst.argval))
+    return self.tracer.iter(self)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     tracer = _ScopeTracer()
-    graph = tracer.trace(model)
+    original = fx.Proxy.__iter__
+    fx.Proxy.__iter__ = _proxy_iter  # for this trace only
+    try:
+        graph = tracer.trace(model)
+    finally:
+        fx.Proxy.__iter__ = original
     return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
 
 
@@ -218,6 +237,16 @@ def _shape(node: fx.Node) -> Optional[List[int]]:
     return [int(d) for d in meta.shape]
 
 
+def _first_shape(node: fx.Node) -> Optional[List[int]]:
+    """The shape of the first tensor of a node whose value is a tuple."""
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, (tuple, list)):
+        for m in meta:
+            if hasattr(m, "shape"):
+                return [int(d) for d in m.shape]
+    return None
+
+
 def _per_sample(shape: Optional[List[int]]) -> List[int]:
     return list(shape[1:]) if shape else []
 
@@ -246,6 +275,13 @@ def _module_flops(m: nn.Module, out: List[int]) -> Optional[Tuple[float, float]]
         return elems * k[0] * k[1], elems
     if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.InstanceNorm2d)):
         return _NORM_FWD_PER_ELEM * elems, _NORM_FWD_PER_ELEM * _NORM_BWD_RATIO * elems
+    if isinstance(m, nn.MultiheadAttention) and m.batch_first and len(out) == 2 and m._qkv_same_embed_dim:
+        # Self-attention on [S, E] per sample: the q, k, v projections, Q K^T and A V, the
+        # softmax, the output projection (a multiply-add counts 2; backward twice a product).
+        seq, dim = out
+        products = 2.0 * seq * dim * 3 * dim + 2 * 2.0 * seq * seq * dim + 2.0 * seq * dim * dim
+        softmax = _SOFTMAX_PER_ELEM * m.num_heads * seq * seq
+        return products + softmax, 2 * products + softmax
     return None
 
 
@@ -256,6 +292,11 @@ def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int],
     key = _target_key(node)
     elems = float(_numel(out))
     known = _module_flops(module, out) if module is not None else None
+    if isinstance(module, nn.MultiheadAttention):
+        qkv = [node.kwargs.get(k, node.args[i] if len(node.args) > i else None)
+               for i, k in enumerate(("query", "key", "value"))]
+        if any(a is not qkv[0] for a in qkv):
+            known = None  # attention across two sequences: not the self-attention formula
     if known is not None:
         return known[0], known[1], False
     if key in _MATMULS and len(in_shapes) == 2 and in_shapes[0] and in_shapes[1]:
@@ -312,12 +353,18 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
     info = ExportInfo()
     input_shape: List[int] = []
 
-    def producer(arg: Any) -> Optional[int]:
-        if isinstance(arg, fx.Node):
-            if arg.op == "placeholder":
-                return -1
-            return layer_of.get(arg)
-        return None
+    def producers(arg: fx.Node) -> List[int]:
+        """The layers a node's value comes from: its own, or where it is no layer (a tuple,
+        such as chunk's or split's, or a size) the layers of the values it is made from."""
+        if arg.op == "placeholder":
+            return [-1]
+        if arg in layer_of:
+            return [layer_of[arg]]
+        found: List[int] = []
+        if from_input.get(arg, False):
+            for a in arg.all_input_nodes:
+                found += [p for p in producers(a) if p not in found]
+        return found
 
     def unique(base: str) -> str:
         count = used_names.get(base, 0)
@@ -353,12 +400,16 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
         from_input[n] = any(from_input.get(a, False) for a in n.all_input_nodes)
         if n.op in ("output", "get_attr"):
             continue
-        out = _shape(n)
+        # A module returning a tuple (nn.MultiheadAttention's output and weights) is a layer
+        # of its first tensor's shape; what indexes the tuple is a view of it.
+        out = _shape(n) or (_first_shape(n) if n.op == "call_module" else None)
         if out is None or not from_input[n]:  # not a tensor (a size, a tuple), or a constant: no layer
             continue
         tensor_args = [a for a in n.all_input_nodes
                        if a.op == "placeholder" or (from_input[a] and _shape(a) is not None)]
-        inputs = [p for p in (producer(a) for a in tensor_args) if p is not None]
+        inputs: List[int] = []
+        for a in n.all_input_nodes:
+            inputs += [p for p in producers(a) if p not in inputs]
         in_shapes = [_per_sample(_shape(a)) for a in tensor_args if _shape(a) is not None]
         layer: Dict[str, Any] = {"inputs": inputs or [len(layers) - 1], "out_shape": _per_sample(out)}
         if in_shapes:

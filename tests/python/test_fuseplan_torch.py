@@ -135,11 +135,9 @@ def test_pools_fuseplan_cannot_model_stay_custom(tmp_path):
 @pytest.mark.parametrize("factory,size,estimated", [
     (torchvision.models.mobilenet_v2, 64, []),  # ReLU6: one operation per element, not estimated
     (torchvision.models.efficientnet_b0, 64, []),  # SiLU, Sigmoid, StochasticDepth
-    # torch.fx cannot trace its channel shuffle (x.size() unpacked): exported by modules, the
-    # concatenations and the global mean between them stand as estimated layers that keep
-    # the file connected.
-    (torchvision.models.shufflenet_v2_x0_5, 64, ["stage3.0.branch1.0.input", "stage4.0.branch1.0.input",
-                                                 "conv5.0.input", "fc.input"]),
+    # Its channel shuffle and ViT's input unpack x.size(): torch 1.13's fx failed on Python 3.11.
+    (torchvision.models.shufflenet_v2_x0_5, 64, []),
+    (torchvision.models.vit_b_16, 224, []),  # nn.MultiheadAttention's FLOPs from its shapes
     (torchvision.models.swin_t, 224, None),  # its window attention is one wrapped function: estimated
 ])
 def test_torchvision_models_beyond_the_zoo_export_files_fuseplan_reads(tmp_path, factory, size, estimated):
@@ -153,6 +151,34 @@ def test_torchvision_models_beyond_the_zoo_export_files_fuseplan_reads(tmp_path,
     names = [p["name"] for l in read["layers"] for p in l["params"]]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # every parameter placed
     assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []
+
+
+def test_an_input_made_between_modules_is_a_layer_of_its_own_when_fx_cannot_trace():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+            self.c = torch.nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            if x.mean() > -1e9:  # control flow on a tensor's value: torch.fx cannot trace it
+                x = torch.cat([self.a(x), self.b(x)], 1)
+            return self.c(x)
+
+    doc, info, _, _ = export_model(Branchy(), torch.randn(2, 3, 8, 8), name="branchy")
+    assert info.method == "modules" and info.estimated == ["c.input"]
+    between = next(l for l in doc["layers"] if l["name"] == "c.input")
+    assert between["in_shape"] == [4, 8, 8] and between["out_shape"] == [8, 8, 8]
+
+
+def test_vit_attention_flops_follow_its_shapes():
+    doc, info, _, _ = export_model(torchvision.models.vit_b_16(), torch.randn(2, 3, 224, 224), name="vit")
+    attn = next(l for l in doc["layers"] if l["name"] == "encoder.layers.encoder_layer_0.self_attention")
+    seq, dim = 197, 768
+    products = 2 * seq * dim * 3 * dim + 4 * seq * seq * dim + 2 * seq * dim * dim
+    assert attn["kind"] == "custom" and attn["out_shape"] == [seq, dim]
+    assert attn["fwd_flops"] == products + 5 * 12 * seq * seq
+    assert [p["name"].rsplit(".", 1)[-1] for p in attn["params"]] == ["in_proj_weight", "in_proj_bias", "weight", "bias"]
 
 
 def test_parameters_read_through_constants_belong_to_the_layer_that_uses_them():
