@@ -239,11 +239,13 @@ TEST_CASE("rectangular convolutions: Inception's 1x7 and 7x1 are conv2d with the
     edit(bad["layers"]);
     CHECK_THROWS_WITH(model_from_json(bad, "rect.json"), Catch::Contains(says));
   };
-  refused([](auto& l) { l[0]["attrs"]["kernel"] = {7, 1}; }, "(b7_2, conv2d): attrs.kernel 7x1 disagrees with the weight");
+  refused([](auto& l) { l[0]["attrs"]["kernel"] = {7, 1}; },
+          "(b7_2, conv2d): attrs.kernel 7x1 disagrees with the weight");
   refused([](auto& l) { l[0]["attrs"]["kernel"] = {1, 7, 3}; },
           "$.layers[0].attrs.kernel: must be an integer in [1, 1048576], or [height, width] of two such");
   refused([](auto& l) { l[0]["attrs"]["padding"] = {0, -3}; }, "$.layers[0].attrs.padding: must be an integer in [0,");
-  refused([](auto& l) { l[0]["out_shape"] = {128, 17, 11}; }, "out_shape 128x17x11 is not what a conv2d of 128x17x17 gives");
+  refused([](auto& l) { l[0]["out_shape"] = {128, 17, 11}; },
+          "out_shape 128x17x11 is not what a conv2d of 128x17x17 gives");
   nlohmann::json pool = model_to_json(build_zoo_model("resnet18"));
   REQUIRE(pool["layers"][3]["kind"] == "maxpool");
   pool["layers"][3]["attrs"]["kernel"] = {3, 1};

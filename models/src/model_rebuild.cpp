@@ -95,7 +95,8 @@ class Rebuild {
         param_count(l, 1, 2, "a weight and an optional bias");
         const Shape& w = p[0]->shape;
         const Shape& in = producer_shape(from);
-        if (w.size() != 4) bad(p[0]->name + " has shape " + shape_str(w) + "; a conv2d weight is [out, in/groups, kh, kw]");
+        if (w.size() != 4)
+          bad(p[0]->name + " has shape " + shape_str(w) + "; a conv2d weight is [out, in/groups, kh, kw]");
         if (a.kernel && (a.kernel != w[2] || a.kernel_width() != w[3]))
           bad("attrs.kernel " + std::to_string(a.kernel) + "x" + std::to_string(a.kernel_width()) +
               " disagrees with the weight " + shape_str(w));

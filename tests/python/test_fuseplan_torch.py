@@ -178,7 +178,8 @@ def test_vit_attention_flops_follow_its_shapes():
     products = 2 * seq * dim * 3 * dim + 4 * seq * seq * dim + 2 * seq * dim * dim
     assert attn["kind"] == "custom" and attn["out_shape"] == [seq, dim]
     assert attn["fwd_flops"] == products + 5 * 12 * seq * seq
-    assert [p["name"].rsplit(".", 1)[-1] for p in attn["params"]] == ["in_proj_weight", "in_proj_bias", "weight", "bias"]
+    assert [p["name"].rsplit(".", 1)[-1] for p in attn["params"]] == ["in_proj_weight", "in_proj_bias", "weight",
+                                                                       "bias"]
 
 
 def test_parameters_read_through_constants_belong_to_the_layer_that_uses_them():
