@@ -20,10 +20,11 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 
 MODELS = ("resnet50", "inception_v3", "googlenet", "densenet121", "mobilenet_v2", "mobilenet_v3_small",
           "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_0", "mnasnet0_5", "regnet_y_400mf", "resnext50_32x4d",
-          "wide_resnet50_2", "convnext_tiny", "vit_b_16", "swin_t")
+          "wide_resnet50_2", "convnext_tiny", "vit_b_16", "swin_t", "segmentation.deeplabv3_resnet50")
 # What the constructors need beyond their defaults to train as exported (no auxiliary heads).
 KWARGS = {"inception_v3": {"aux_logits": False, "init_weights": False},
-          "googlenet": {"aux_logits": False, "init_weights": False}}
+          "googlenet": {"aux_logits": False, "init_weights": False},
+          "segmentation.deeplabv3_resnet50": {"weights": None, "weights_backbone": None, "aux_loss": False}}
 INPUT = {"inception_v3": 299}
 
 
@@ -37,29 +38,32 @@ def main():
     import torchvision
     from fuseplan_torch import export_model, write_json
 
-    print("%-20s %-7s %7s %12s %10s %9s  %s" % ("model", "traced", "layers", "parameters", "fwd GFLOP", "estimated",
+    print("%-32s %-7s %7s %12s %10s %9s  %s" % ("model", "traced", "layers", "parameters", "fwd GFLOP", "estimated",
                                                  "fuseplan reads it"))
     with tempfile.TemporaryDirectory() as work:
         for name in a.models.split(","):
-            model = getattr(torchvision.models, name)(**KWARGS.get(name, {}))
+            factory = torchvision.models
+            for part in name.split("."):
+                factory = getattr(factory, part)
+            model = factory(**KWARGS.get(name, {}))
             size = INPUT.get(name, a.resolution)
             try:
                 doc, info, _, _ = export_model(model, torch.randn(2, 3, size, size), name=name)
             except ValueError as e:
-                print("%-20s refused: %s" % (name, str(e)[:100]))
+                print("%-32s refused: %s" % (name, str(e)[:100]))
                 continue
             path = os.path.join(work, name + ".json")
             write_json(doc, path)
             show = subprocess.run([a.bin, "show", path, "--json"], capture_output=True, text=True)
             if show.returncode != 0:
-                print("%-20s %-7s %7d %12s %10s %9d  no: %s" % (name, info.method, len(doc["layers"]), "-", "-",
+                print("%-32s %-7s %7d %12s %10s %9d  no: %s" % (name, info.method, len(doc["layers"]), "-", "-",
                                                                len(info.estimated), show.stderr.strip()[:80]))
                 continue
             read = json.loads(show.stdout)
             params = sum(p.numel() for p in model.parameters())
             placed = sum(_numel(t["shape"]) for l in read["layers"] for t in l["params"])
             gflops = sum(l["fwd_flops"] for l in read["layers"]) / 1e9
-            print("%-20s %-7s %7d %12s %10.2f %9d  yes%s" % (name, info.method, len(read["layers"]), f"{params:,}",
+            print("%-32s %-7s %7d %12s %10.2f %9d  yes%s" % (name, info.method, len(read["layers"]), f"{params:,}",
                                                             gflops, len(info.estimated),
                                                             "" if placed == params else " (parameters differ!)"))
     print("(fwd GFLOP: fuseplan's count at the input size, a multiply-add is 2; estimated: custom layers whose FLOPs "

@@ -252,6 +252,26 @@ TEST_CASE("rectangular convolutions: Inception's 1x7 and 7x1 are conv2d with the
   CHECK_THROWS_WITH(model_from_json(pool, "p.json"), Catch::Contains("(maxpool, maxpool): a pooling window is square"));
 }
 
+TEST_CASE("dilated convolutions: DeepLab's atrous 3x3 keeps its FLOPs and widens its window") {
+  ModelBuilder b("atrous", {256, 33, 33});
+  b.conv("aspp", ModelBuilder::kInput, 256, {3, 3}, {1, 1}, {12, 12}, false, 1, {12, 12});
+  b.conv("strided", 0, 64, {3, 3}, {2, 2}, {2, 2}, false, 1, {2, 2});
+  const Model m = b.finish();
+  CHECK(m.layers[0].out_shape == Shape{256, 33, 33});  // 33 + 24 - 12 x 2 - 1 + 1
+  CHECK(m.layers[0].fwd_flops == 2.0 * 256 * 33 * 33 * 256 * 9);
+  CHECK(m.layers[1].out_shape == Shape{64, 17, 17});  // (33 + 4 - 2 x 2 - 1) / 2 + 1, as torch gives
+  CHECK(m.layers[0].attrs.dilated());
+  CHECK(m.layers[0].attrs.square());
+  nlohmann::json j = model_to_json(m);
+  CHECK(j["layers"][0]["attrs"]["dilation"] == 12);
+  const Model back = model_from_json(j, "atrous.json");
+  CHECK(back.layers[0].attrs == m.layers[0].attrs);
+  CHECK(back.layers[1].out_shape == m.layers[1].out_shape);
+  j["layers"][0]["attrs"]["dilation"] = 0;
+  CHECK_THROWS_WITH(model_from_json(j, "atrous.json"),
+                    Catch::Contains("$.layers[0].attrs.dilation: must be an integer in [1,"));
+}
+
 TEST_CASE("errors name fields, not flags: what() prints them bare, render() spells them as a program does") {
   // A library call's refusal names the input by its field.
   try {

@@ -23,7 +23,8 @@ ComputeClass compute_class_of(const Layer& l) {
       if (l.attrs.groups > 1) return ComputeClass::ConvGrouped;
       if (!l.in_shape.empty() && l.in_shape[0] <= 4) return ComputeClass::ConvStem;
       if (l.attrs.kernel == 1 && l.attrs.kernel_width() == 1) return ComputeClass::Conv1x1;
-      if (l.attrs.kernel >= 3 && l.attrs.square() && l.attrs.stride == 1) return ComputeClass::ConvKxKs1;
+      if (l.attrs.kernel >= 3 && l.attrs.square() && l.attrs.stride == 1 && !l.attrs.dilated())
+        return ComputeClass::ConvKxKs1;
       return ComputeClass::ConvKxK;
     case LayerKind::Linear: return ComputeClass::Gemm;
     case LayerKind::Attention: return ComputeClass::Attention;

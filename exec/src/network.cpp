@@ -101,6 +101,7 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     if (L.kind == LayerKind::Conv2d) {
       if (L.attrs.groups != 1) unsupported("grouped convolutions are not supported");
       if (!L.attrs.square()) unsupported("rectangular kernels, strides or paddings are not supported");
+      if (L.attrs.dilated()) unsupported("dilated convolutions are not supported");
       if (n.weight < 0) unsupported("has no weight");
       n.conv = {batch, dim(L.in_shape, 0), dim(L.in_shape, 1), dim(L.in_shape, 2), dim(L.out_shape, 0), L.attrs.kernel,
                 L.attrs.stride, L.attrs.padding, dim(L.out_shape, 1), dim(L.out_shape, 2)};

@@ -20,7 +20,7 @@ constexpr double kSoftmaxPerElem = 5;        // max, sub, exp, sum, div
 // Matrix products: backward = input gradient + weight gradient = 2 x forward.
 constexpr double kMatmulBwdRatio = 2;
 
-int64_t conv_out(int64_t in, int k, int s, int p) { return (in + 2 * p - k) / s + 1; }
+int64_t conv_out(int64_t in, int k, int s, int p, int d = 1) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
 
 Layer make_layer(const std::string& name, LayerKind kind, std::vector<int> inputs, const Shape& in, const Shape& out) {
   Layer l;
@@ -81,19 +81,22 @@ int ModelBuilder::conv(const std::string& name, int from, int64_t out_ch, int ke
 }
 
 int ModelBuilder::conv(const std::string& name, int from, int64_t out_ch, Hw kernel, Hw stride, Hw padding,
-                       bool bias, int groups) {
+                       bool bias, int groups, Hw dilation) {
   const Shape s = in(from);
   if (s.size() != 3) bad(name, "conv2d needs a [C,H,W] input, got " + shape_str(s));
   if (s[0] % groups || out_ch % groups) bad(name, "channels not divisible by groups");
   Layer l = make_layer(name, LayerKind::Conv2d, {from}, s, {});
-  l.out_shape = {out_ch, conv_out(s[1], kernel.h, stride.h, padding.h), conv_out(s[2], kernel.w, stride.w, padding.w)};
+  l.out_shape = {out_ch, conv_out(s[1], kernel.h, stride.h, padding.h, dilation.h),
+                 conv_out(s[2], kernel.w, stride.w, padding.w, dilation.w)};
   l.attrs.kernel = kernel.h;
   l.attrs.stride = stride.h;
   l.attrs.padding = padding.h;
-  if (kernel.w != kernel.h || stride.w != stride.h || padding.w != padding.h) {
+  l.attrs.dilation = dilation.h;
+  if (kernel.w != kernel.h || stride.w != stride.h || padding.w != padding.h || dilation.w != dilation.h) {
     l.attrs.kernel_w = kernel.w;
     l.attrs.stride_w = stride.w;
     l.attrs.padding_w = padding.w;
+    l.attrs.dilation_w = dilation.w;
   }
   l.attrs.groups = groups;
   l.attrs.bias = bias;

@@ -27,6 +27,7 @@ nlohmann::json model_to_json(const Model& m) {
     hw("kernel", l.attrs.kernel, l.attrs.kernel_width(), 0);
     hw("stride", l.attrs.stride, l.attrs.stride_width(), 1);
     hw("padding", l.attrs.padding, l.attrs.padding_width(), 0);
+    hw("dilation", l.attrs.dilation, l.attrs.dilation_width(), 1);
     if (l.attrs.groups != 1) a["groups"] = l.attrs.groups;
     if (l.attrs.heads) a["heads"] = l.attrs.heads;
     if (l.attrs.dropout) a["dropout"] = l.attrs.dropout;
@@ -119,13 +120,16 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
       const auto [kernel, kernel_w] = read_hw(*a, "kernel", 1, 0);
       const auto [stride, stride_w] = read_hw(*a, "stride", 1, 1);
       const auto [padding, padding_w] = read_hw(*a, "padding", 0, 0);
+      const auto [dilation, dilation_w] = read_hw(*a, "dilation", 1, 1);
       l.attrs.kernel = kernel;
       l.attrs.stride = stride;
       l.attrs.padding = padding;
-      if (kernel_w != kernel || stride_w != stride || padding_w != padding) {
+      l.attrs.dilation = dilation;
+      if (kernel_w != kernel || stride_w != stride || padding_w != padding || dilation_w != dilation) {
         l.attrs.kernel_w = kernel_w;
         l.attrs.stride_w = stride_w;
         l.attrs.padding_w = padding_w;
+        l.attrs.dilation_w = dilation_w;
       }
       l.attrs.groups = static_cast<int>(a->opt_integer("groups", 1, 1 << 20).value_or(1));
       l.attrs.heads = static_cast<int>(a->opt_integer("heads", 1, 1 << 20).value_or(0));

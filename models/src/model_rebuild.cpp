@@ -107,7 +107,8 @@ class Rebuild {
                      "input " + shape_str(in) + " with groups " + std::to_string(a.groups));
         if (bias) expect_shape(*p[1], {w[0]}, "a bias of " + std::to_string(w[0]) + " output channels");
         return b_.conv(l.name, from, w[0], {static_cast<int>(w[2]), static_cast<int>(w[3])},
-                       {a.stride, a.stride_width()}, {a.padding, a.padding_width()}, bias, a.groups);
+                       {a.stride, a.stride_width()}, {a.padding, a.padding_width()}, bias, a.groups,
+                       {a.dilation, a.dilation_width()});
       }
       case LayerKind::Linear: {
         input_count(l, 1);
@@ -160,9 +161,9 @@ class Rebuild {
       case LayerKind::AvgPool:
         input_count(l, 1);
         if (!a.kernel) bad("needs attrs.kernel");
-        if (!a.square())
-          bad("a pooling window is square here (attrs.kernel, stride and padding one integer each); make the layer "
-              "kind custom");
+        if (!a.square() || a.dilated())
+          bad("a pooling window is square and undilated here (attrs.kernel, stride and padding one integer each, no "
+              "dilation); make the layer kind custom");
         return l.kind == LayerKind::MaxPool ? b_.maxpool(l.name, from, a.kernel, a.stride, a.padding)
                                             : b_.avgpool(l.name, from, a.kernel, a.stride, a.padding);
       case LayerKind::AdaptiveAvgPool:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from .model_export import export_model, write_json
+from .model_export import export_model, output_tensors, write_json
 from .plan_ddp import PlanDDP, PlanError, check_plan, load_plan
 from .profile import profile_layers
 from .runner import measure_plan, measure_step_time
@@ -295,7 +295,7 @@ def make_labels(module: nn.Module, inputs: torch.Tensor, seed: int) -> torch.Ten
     with torch.no_grad():
         out = module(inputs[:1])
     module.train()
-    out = out if torch.is_tensor(out) else out[0]
+    out = output_tensors(out)[0]
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, out.shape[-1], (inputs.shape[0],) + tuple(out.shape[1:-1]), generator=g)
 

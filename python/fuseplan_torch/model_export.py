@@ -191,10 +191,13 @@ def _pool_attrs(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any
 def _module_attrs(m: nn.Module, kind: str) -> Optional[Dict[str, Any]]:
     """fuseplan attributes of a known module, or None when fuseplan cannot model it (then custom)."""
     if kind == "conv2d":
-        k, s, p = _hw(m.kernel_size), _hw(m.stride), _hw(m.padding)
-        if None in (k, s, p) or _pair_is_square(m.dilation) != 1 or m.padding_mode != "zeros":
+        k, s, p, d = _hw(m.kernel_size), _hw(m.stride), _hw(m.padding), _hw(m.dilation)
+        if None in (k, s, p, d) or m.padding_mode != "zeros":
             return None
-        return {"kernel": k, "stride": s, "padding": p, "groups": m.groups, "bias": m.bias is not None}
+        attrs = {"kernel": k, "stride": s, "padding": p, "groups": m.groups, "bias": m.bias is not None}
+        if d != 1:
+            attrs["dilation"] = d
+        return attrs
     if kind in ("maxpool", "avgpool"):
         return _pool_attrs(kind, m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1), m.ceil_mode,
                            getattr(m, "count_include_pad", True))
@@ -646,6 +649,18 @@ def _is_param(gm: fx.GraphModule, target: str) -> bool:
         return False
 
 
+def output_tensors(out: Any) -> List[torch.Tensor]:
+    """The tensors of a module's output in order: the tensor itself, or those nested in
+    tuples, lists and dicts (a segmentation model's {"out": ...})."""
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in output_tensors(o)]
+    return []
+
+
 def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, layer_of: Dict[str, int]) -> None:
     """Runs one real backward and records the order in which each tensor's gradient is
     written. fuseplan takes a layer's gradients as ready when backward has run the layer
@@ -657,8 +672,10 @@ def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, l
                for p in model.parameters() if p.requires_grad]
     try:
         model.zero_grad(set_to_none=True)
-        out = model(example)
-        (out.float().sum() if torch.is_tensor(out) else sum(o.float().sum() for o in out)).backward()
+        outputs = output_tensors(model(example))
+        if not outputs:
+            raise ValueError("the module's output holds no tensor to take a gradient from")
+        sum(o.float().sum() for o in outputs).backward()
     finally:
         for h in handles:
             h.remove()

@@ -28,7 +28,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .model_export import module_calls
+from .model_export import module_calls, output_tensors
 
 PROFILE_SCHEMA = "fuseplan.profile/1"
 
@@ -205,8 +205,7 @@ def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     info = ProfileInfo(layers_us=sum(l["fwd_us"] + l["bwd_us"] for l in layers))
 
     def whole(state: Any) -> None:
-        out = model(batch_input)
-        out.float().sum().backward()
+        sum(o.float().sum() for o in output_tensors(model(batch_input))).backward()
 
     sync()
     info.whole_step_us = _median_us(whole, lambda: model.zero_grad(set_to_none=True), warmup, steps, device)

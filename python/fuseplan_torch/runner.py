@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .model_export import output_tensors
 from .plan_ddp import PlanDDP
 
 REPORT_SCHEMA = "fuseplan.report/1"
@@ -25,7 +26,7 @@ _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def _loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
-    logits = out if torch.is_tensor(out) else out[0]
+    logits = output_tensors(out)[0]
     return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 

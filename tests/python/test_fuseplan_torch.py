@@ -111,7 +111,7 @@ def test_inception_v3_exports_rectangular_convolutions_and_functional_pools(tmp_
     assert shipped == json.loads(json.dumps(doc)), "bench/models/inception_v3.json differs from a fresh export"
 
 
-def test_pools_fuseplan_cannot_model_stay_custom(tmp_path):
+def test_pools_fuseplan_cannot_model_stay_custom_and_dilated_convolutions_do_not(tmp_path):
     class Pools(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -124,7 +124,8 @@ def test_pools_fuseplan_cannot_model_stay_custom(tmp_path):
 
     doc, _, _, _ = export_model(Pools(), torch.randn(2, 3, 16, 16), name="pools")
     kinds = {l["name"]: l["kind"] for l in doc["layers"]}
-    assert kinds == {"conv": "custom", "rect": "conv2d", "avg_pool2d": "custom", "max_pool2d": "custom"}
+    assert kinds == {"conv": "conv2d", "rect": "conv2d", "avg_pool2d": "custom", "max_pool2d": "custom"}
+    assert doc["layers"][0]["attrs"]["dilation"] == 2
     path = str(tmp_path / "pools.json")
     write_json(doc, path)
     read = as_fuseplan_reads(path)
@@ -139,6 +140,10 @@ def test_pools_fuseplan_cannot_model_stay_custom(tmp_path):
     (torchvision.models.shufflenet_v2_x0_5, 64, []),
     (torchvision.models.vit_b_16, 224, []),  # nn.MultiheadAttention's FLOPs from its shapes
     (torchvision.models.swin_t, 224, None),  # its window attention is one wrapped function: estimated
+    # A dict output ({"out": ...}), dilated convolutions; its bilinear upsampling is estimated.
+    (lambda: torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                                                aux_loss=False), 64,
+     ["classifier.0.convs.4.interpolate", "interpolate"]),
 ])
 def test_torchvision_models_beyond_the_zoo_export_files_fuseplan_reads(tmp_path, factory, size, estimated):
     model = factory()

@@ -22,7 +22,7 @@ class ModelBuilder {
     int h, w;
   };
   int conv(const std::string& name, int from, int64_t out_ch, Hw kernel, Hw stride, Hw padding, bool bias,
-           int groups = 1);
+           int groups = 1, Hw dilation = {1, 1});
   int batchnorm(const std::string& name, int from);
   int maxpool(const std::string& name, int from, int kernel, int stride, int padding = 0);
   int avgpool(const std::string& name, int from, int kernel, int stride, int padding = 0);

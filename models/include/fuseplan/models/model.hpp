@@ -37,15 +37,22 @@ struct ParamTensor {
 };
 
 // Hyper-parameters a layer needs to be executed; zero where not applicable. `kernel`,
-// `stride` and `padding` are the window's height (and width, when square); a conv2d with a
-// rectangular window (Inception's 1x7 and 7x1) sets the width's own, else they stay -1.
+// `stride`, `padding` and `dilation` are the window's height (and width, when square); a
+// conv2d with a rectangular window (Inception's 1x7 and 7x1) sets the width's own, else
+// they stay -1. A dilated conv2d (DeepLab's atrous convolutions) spaces its kernel's taps
+// `dilation` apart.
 struct LayerAttrs {
-  int kernel = 0, stride = 1, padding = 0, groups = 1;
-  int kernel_w = -1, stride_w = -1, padding_w = -1;
+  int kernel = 0, stride = 1, padding = 0, groups = 1, dilation = 1;
+  int kernel_w = -1, stride_w = -1, padding_w = -1, dilation_w = -1;
   int kernel_width() const { return kernel_w < 0 ? kernel : kernel_w; }
   int stride_width() const { return stride_w < 0 ? stride : stride_w; }
   int padding_width() const { return padding_w < 0 ? padding : padding_w; }
-  bool square() const { return kernel_width() == kernel && stride_width() == stride && padding_width() == padding; }
+  int dilation_width() const { return dilation_w < 0 ? dilation : dilation_w; }
+  bool square() const {
+    return kernel_width() == kernel && stride_width() == stride && padding_width() == padding &&
+           dilation_width() == dilation;
+  }
+  bool dilated() const { return dilation != 1 || dilation_width() != 1; }
   int heads = 0;
   double dropout = 0;
   bool causal = false;
