@@ -506,6 +506,10 @@ TEST_CASE("the network refuses layers it cannot run and models that differ") {
   rect.conv("b7", ModelBuilder::kInput, 8, {1, 7}, {1, 1}, {0, 3}, false);
   CHECK_THROWS_WITH(Network(rect.finish(), 2, *be),
                     Catch::Contains("layer b7 (conv2d): rectangular kernels, strides or paddings are not supported"));
+  ModelBuilder atrous("atrous", {8, 9, 9});
+  atrous.conv("aspp", ModelBuilder::kInput, 8, {3, 3}, {1, 1}, {2, 2}, false, 1, {2, 2});
+  CHECK_THROWS_WITH(Network(atrous.finish(), 2, *be),
+                    Catch::Contains("layer aspp (conv2d): dilated convolutions are not supported"));
   Network net(tiny_cnn(), 2, *be);
   net.check_same_tensors(tiny_cnn(), "--plan");
   Model other = tiny_cnn();

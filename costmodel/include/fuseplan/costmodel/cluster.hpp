@@ -18,7 +18,7 @@ inline constexpr const char* kClusterSchema = "fuseplan.cluster/1";
 // Classes of layers that reach different fractions of a device's peak: convolutions by
 // shape class (a square KxK kernel, K >= 3, with stride 1, which cuDNN runs with fewer
 // multiplications than the direct FLOPs: Winograd for 3x3, FFT for 5x5 and larger; any
-// other kernel larger than 1x1: strided, or rectangular such as Inception's 1x7; a 1x1
+// other kernel larger than 1x1: strided, dilated, or rectangular such as Inception's 1x7; a 1x1
 // kernel; grouped or depthwise; a stem with at most 4 input channels), GEMMs (linear
 // layers), attention, normalisation, element-wise ops, pooling, embeddings, and the rest
 // (compute_class_of, compute.hpp). A device without a conv_kxk_s1 value prices those
