@@ -130,7 +130,7 @@ def fit(binary):
     def rate(model, values, batch=64):
         c = with_conv_efficiencies(base, {k: v for k, v in values.items() if k.startswith("conv")})
         c["device"]["kernel_overhead_us"] = values["kernel_overhead_us"]
-        return rate_on(binary, c, MODEL_FILES.get(model, model), batch)
+        return rate_on(binary, c, model, batch)  # predict() finds the model files
 
     k = base["device"]["by_kind"]
     values = {cls: k.get(cls, {"compute_efficiency": 1.0})["compute_efficiency"] for cls in FITTED_ON.values()}

@@ -159,14 +159,6 @@ def _module_kind(m: nn.Module) -> Optional[str]:
     return None
 
 
-def _pair_is_square(v: Any) -> Optional[int]:
-    if isinstance(v, int):
-        return v
-    if isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1] and isinstance(v[0], int):
-        return v[0]
-    return None
-
-
 def _hw(v: Any) -> Optional[Any]:
     """A window attribute as fuseplan writes it: one integer when square, [height, width]
     when not; None when it is neither (a string padding such as 'same')."""
@@ -175,6 +167,12 @@ def _hw(v: Any) -> Optional[Any]:
     if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) for x in v):
         return v[0] if v[0] == v[1] else [v[0], v[1]]
     return None
+
+
+def _pair_is_square(v: Any) -> Optional[int]:
+    """A window attribute's one side where it is square, else None."""
+    side = _hw(v)
+    return side if isinstance(side, int) else None
 
 
 def _pool_attrs(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool,
@@ -536,16 +534,6 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
     finally:
         model.train(was_training)
 
-    def first_tensor(v: Any) -> Optional[torch.Tensor]:
-        if torch.is_tensor(v):
-            return v
-        if isinstance(v, (tuple, list)):
-            for x in v:
-                t = first_tensor(x)
-                if t is not None:
-                    return t
-        return None
-
     modules = dict(model.named_modules())
     calls: Dict[str, int] = {}
     for path, _, _ in records:
@@ -561,8 +549,8 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
     input_ids = {id(example_inputs)}
     input_ptrs = {example_inputs.data_ptr()}
     for path, inputs, output in records:
-        out = first_tensor(output)
-        x = first_tensor(inputs)
+        out = next(iter(output_tensors(output)), None)
+        x = next(iter(output_tensors(inputs)), None)
         if out is None:
             continue
         k = seen_calls.get(path, 0)
