@@ -5,8 +5,10 @@ settings `fuseplan export --to ddp` gives for the plan, then `fuseplan verify` o
 PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt]
+                            [--layer-times whole-pass|as-timed]
 
-Per model: export with measured layer times (python3 -m fuseplan_torch export, timed on
+Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
+whole training steps unless --layer-times as-timed; timed on
 as many ranks side by side as the job has, as they load the machine), a gloo
 allreduce sweep calibrating the cluster (once); two pilot runs of the first model through
 PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor) fitting how
@@ -47,7 +49,7 @@ def sh(*args, **kw):
     return r.stdout
 
 
-def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, pilot=False):
+def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, layer_times, pilot=False):
     import torch
     import torch.distributed as dist
     import torch.nn as nn
@@ -78,7 +80,7 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     # model with the same weights: the compute of the run itself, which the export's
     # profile (taken minutes earlier, on a machine whose speed drifts) is not.
     profile = jobs.profile_side_by_side(rank, ranks, jobs.build_module(a)[0], jobs.make_batch(a, 2, a.seed), inputs,
-                                        2, 5, name=spec_name)
+                                        2, 5, name=spec_name, fit_whole_pass=layer_times == "whole-pass")
     report = measure_plan(planned, inputs, labels, opt_plan, 2, steps)  # the PlanDDP run verify reads
     planned.close()
     if rank == 0:
@@ -92,6 +94,8 @@ def main():
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--models", default="resnet18,resnet50,tiny_gpt")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "cli"))
+    ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
+                    help="the profiles' layer times: fitted to whole training steps, or as timed alone")
     a = ap.parse_args()
     fuseplan = os.path.join(a.bin, "fuseplan")
     from fuseplan_torch import jobs
@@ -110,7 +114,7 @@ def main():
             common = [factory, "--kwargs", json.dumps(kwargs), "--input-shape", shape, "--input-dtype", dtype,
                       "--name", name] + (["--vocab", str(vocab)] if vocab else [])
             sh(*py, "export", *common, "--out", model, "--profile", prof, "--batch", str(batch), "--ranks",
-               str(a.ranks))
+               str(a.ranks), "--layer-times", a.layer_times)
         return model, prof
 
     def tune_and_run(name, cluster, tag, steps, pilot=False, buckets=None):
@@ -129,7 +133,7 @@ def main():
         with open(model) as f:
             names = [t["name"] for l in json.load(f)["layers"] for t in l["params"]]
         out = os.path.join(work, name + tag + "-out.json")
-        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, pilot))
+        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, a.layer_times, pilot))
         with open(out) as f:
             res = json.load(f)
         measured, run_prof = (os.path.join(work, name + tag + s) for s in ("-measured.json", "-run-profile.json"))

@@ -303,3 +303,36 @@ TEST_CASE("errors name fields, not flags: what() prints them bare, render() spel
   const InputError e(text);
   CHECK(InputError(e.text()).render([](std::string_view f) { return std::string(f); }) == e.what());
 }
+
+TEST_CASE("profiles: the whole pass beside the layers is read and checked") {
+  Model m = build_zoo_model("resnet18");
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& l : m.layers) layers.push_back({{"name", l.name}, {"fwd_us", 2.0}, {"bwd_us", 3.0}, {"batch", 8}});
+  const nlohmann::json plain = {{"schema", "fuseplan.profile/1"}, {"model", m.name},
+                                {"fingerprint", m.fingerprint_hex()}, {"device", "cpu"}, {"precision", "fp32"},
+                                {"batch", 8}, {"layers", layers}};
+  CHECK_FALSE(apply_profile_json(m, plain, "p.json").whole_pass);
+  nlohmann::json j = plain;
+  j["whole_pass"] = {{"forward_us", 150.0}, {"backward_us", 260.0}, {"fitted", true},
+                     {"layers_forward_us", 120.0}, {"layers_backward_us", 300.0}};
+  const ProfileInfo info = apply_profile_json(m, j, "p.json");
+  REQUIRE(info.whole_pass);
+  CHECK(info.whole_pass->fitted);
+  CHECK(info.whole_pass->forward_us == 150.0);
+  CHECK(info.whole_pass->layers_backward_us == 300.0);
+  CHECK(m.layers[0].measured->bwd_us == 3.0);  // the layer times are used as written
+  auto bad = j;
+  bad["whole_pass"]["forward_us"] = -1;
+  CHECK_THROWS_WITH(apply_profile_json(m, bad, "p.json"),
+                    Catch::Contains("p.json: $.whole_pass.forward_us: must be >= 0"));
+  bad = j;
+  bad["whole_pass"].erase("layers_forward_us");
+  CHECK_THROWS_WITH(apply_profile_json(m, bad, "p.json"), Catch::Contains("$.whole_pass.layers_forward_us"));
+  bad = j;
+  bad["whole_pass"]["fitted"] = false;  // the sums as timed come only with fitted layers
+  CHECK_THROWS_WITH(apply_profile_json(m, bad, "p.json"),
+                    Catch::Contains("$.whole_pass.layers_backward_us: unknown key"));
+  bad = plain;
+  bad["whole_pass"] = {{"forward_us", 1.0}, {"backward_us", 2.0}};
+  CHECK_THROWS_WITH(apply_profile_json(m, bad, "p.json"), Catch::Contains("$.whole_pass.fitted"));
+}

@@ -199,6 +199,18 @@ ProfileInfo apply_profile_json(Model& m, const nlohmann::json& j, const std::str
   info.batch = static_cast<int>(r.integer("batch", 1, 1 << 24));
   const std::optional<double> optimizer_us = r.opt_number("optimizer_us");
   if (optimizer_us && *optimizer_us < 0) r.fail("optimizer_us", "must be >= 0");
+  if (std::optional<JsonObject> w = r.opt_object("whole_pass")) {
+    WholePass whole;
+    whole.forward_us = w->non_negative("forward_us");
+    whole.backward_us = w->non_negative("backward_us");
+    whole.fitted = w->boolean("fitted");
+    if (whole.fitted) {
+      whole.layers_forward_us = w->non_negative("layers_forward_us");
+      whole.layers_backward_us = w->non_negative("layers_backward_us");
+    }
+    w->finish();
+    info.whole_pass = whole;
+  }
   const auto& layers = r.array("layers");
   if (layers.size() != m.layers.size())
     r.fail("layers", "has " + std::to_string(layers.size()) + " layers, the model " + std::to_string(m.layers.size()));

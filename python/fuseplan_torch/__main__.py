@@ -44,6 +44,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex.add_argument("--ranks", type=int, default=1,
                     help="--profile: time on this many processes side by side, as a data-parallel job of that many "
                          "ranks loads this machine, keeping the slowest rank's time per layer")
+    ex.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
+                    help="--profile: scale the layers' forward times to the whole model's forward, and their backward "
+                         "times alike (whole-pass), or keep each layer's time as timed alone (as-timed)")
 
     run = sub.add_parser("run", help="train on N local ranks (gloo or NCCL) with a plan (PlanDDP) or torch DDP, measured")
     _input_flags(run)

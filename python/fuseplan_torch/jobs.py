@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .model_export import export_model, output_tensors, write_json
 from .plan_ddp import PlanDDP, PlanError, check_plan, load_plan
-from .profile import profile_layers
+from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
 
 
@@ -128,23 +128,26 @@ def export_command(a: Any) -> None:
             try:
                 spawn(a.ranks, _profile_rank, (a, result))
                 with open(result) as f:
-                    prof, pinfo = json.load(f), None
+                    prof = json.load(f)
             finally:
                 if os.path.exists(result):
                     os.unlink(result)
         else:
             module.to(device)  # the traced graph shares its modules and parameters
-            prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint,
+            prof, _ = profile_layers(module, gm, nodes, doc, info.fingerprint,
                                          make_batch(a, a.batch, a.seed + 1).to(device), a.warmup, a.steps,
-                                         torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
+                                         torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9),
+                                         fit_whole_pass=a.layer_times == "whole-pass")
         outputs.append((a.profile, prof))
-        if pinfo is not None:
-            print("profile: %d layers at batch %d: %.2f ms forward + backward layer by layer, %.2f ms as one model "
-                  "(optimizer %.2f ms)" % (len(nodes), a.batch, pinfo.layers_us / 1e3, pinfo.whole_step_us / 1e3,
-                                           pinfo.optimizer_us / 1e3))
-        else:
-            print("profile: %d layers at batch %d, timed on %d ranks side by side, the slowest rank's time per layer"
-                  % (len(nodes), a.batch, a.ranks))
+        side = "" if a.ranks == 1 else ", timed on %d ranks side by side (the slowest rank's times)" % a.ranks
+        whole = prof["whole_pass"]
+        timed_fwd = whole.get("layers_forward_us", sum(l["fwd_us"] for l in prof["layers"]))
+        timed_bwd = whole.get("layers_backward_us", sum(l["bwd_us"] for l in prof["layers"]))
+        print("profile: %d layers at batch %d%s: forward %.2f ms layer by layer, %.2f ms as one model; backward "
+              "%.2f ms layer by layer, %.2f ms as one model; %s (optimizer %.2f ms)"
+              % (len(nodes), a.batch, side, timed_fwd / 1e3, whole["forward_us"] / 1e3, timed_bwd / 1e3,
+                 whole["backward_us"] / 1e3, "layer times fitted to the whole model" if whole["fitted"]
+                 else "layer times as timed alone (--layer-times as-timed)", prof.get("optimizer_us", 0) / 1e3))
     for path, d in outputs:  # only once everything is measured
         write_json(d, path)
     tensors = sum(len(l["params"]) for l in doc["layers"])
@@ -165,30 +168,32 @@ def _profile_rank(rank: int, ranks: int, a: Any, result: str) -> None:
     torch.set_num_threads(_threads(a, ranks))
     module, name = build_module(a)
     prof = profile_side_by_side(rank, ranks, module, make_batch(a, 2, a.seed), make_batch(a, a.batch, a.seed + 1 + rank),
-                                a.warmup, a.steps, name)
+                                a.warmup, a.steps, name, fit_whole_pass=a.layer_times == "whole-pass")
     if rank == 0:
         with open(result, "w") as f:
             json.dump(prof, f)
 
 
 def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: torch.Tensor, batch_input: torch.Tensor,
-                         warmup: int, steps: int, name: str = "") -> Optional[Dict[str, Any]]:
+                         warmup: int, steps: int, name: str = "",
+                         fit_whole_pass: bool = True) -> Optional[Dict[str, Any]]:
     """Every rank of the process group profiles `module`'s layers at the same moments (a
     barrier before each timing), as a data-parallel job loads the machine; rank 0 gets the
-    slowest rank's time per layer (fuseplan.profile/1, as fuseplan-exec's profile keeps),
-    the other ranks None."""
+    slowest rank's time per layer (fuseplan.profile/1, as fuseplan-exec's profile keeps)
+    and the whole pass of the training steps timed side by side (set_whole_pass), the
+    layers fitted to it with `fit_whole_pass`; the other ranks None."""
     doc, info, gm, nodes = export_model(module, example, name=name or None)
-    prof, _ = profile_layers(module, gm, nodes, doc, info.fingerprint, batch_input, warmup, steps,
-                             torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9), sync=dist.barrier)
+    prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, batch_input, warmup, steps,
+                                 torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9), sync=dist.barrier,
+                                 fit_whole_pass=False)
     gathered: List[Any] = [None] * ranks
-    dist.all_gather_object(gathered, prof)
+    dist.all_gather_object(gathered, (prof, pinfo.steps))
     if rank != 0:
         return None
     for i, layer in enumerate(prof["layers"]):
         for key in ("fwd_us", "bwd_us"):
-            layer[key] = max(p["layers"][i][key] for p in gathered)
-    if "optimizer_us" in prof:
-        prof["optimizer_us"] = max(p["optimizer_us"] for p in gathered)
+            layer[key] = max(p["layers"][i][key] for p, _ in gathered)
+    set_whole_pass(prof, [s for _, s in gathered], True, fit_whole_pass)
     prof["device"] += ", %d ranks side by side (the slowest per layer)" % ranks
     return prof
 

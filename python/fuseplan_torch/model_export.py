@@ -11,13 +11,14 @@ listed in `ExportInfo.estimated`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import dis
 import inspect
 import operator
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx as fx
@@ -500,7 +501,7 @@ def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: torch.T
     modules = dict(model.named_modules())
     handles = [modules[p].register_forward_hook(hook(p)) for p in set(paths)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), untouched(model):
             model(example_inputs)
     finally:
         for h in handles:
@@ -649,6 +650,24 @@ def output_tensors(out: Any) -> List[torch.Tensor]:
     return []
 
 
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Runs what it wraps (passes, optimizer steps) on `model` and then puts back its
+    parameters, buffers (batch-norm statistics), gradients and train/eval modes as they
+    were: exporting or profiling a user's module leaves it as given."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grads = {id(p): (p.grad.detach().clone() if p.grad is not None else None) for p in model.parameters()}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        model.load_state_dict(state)
+        for p in model.parameters():
+            p.grad = grads[id(p)]
+        for m, training in modes:
+            m.training = training
+
+
 def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, layer_of: Dict[str, int]) -> None:
     """Runs one real backward and records the order in which each tensor's gradient is
     written. fuseplan takes a layer's gradients as ready when backward has run the layer
@@ -659,15 +678,15 @@ def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, l
     handles = [p.register_hook(lambda g, n=names[id(p)]: order.append(n) or g)
                for p in model.parameters() if p.requires_grad]
     try:
-        model.zero_grad(set_to_none=True)
-        outputs = output_tensors(model(example))
-        if not outputs:
-            raise ValueError("the module's output holds no tensor to take a gradient from")
-        sum(o.float().sum() for o in outputs).backward()
+        with untouched(model):
+            model.zero_grad(set_to_none=True)
+            outputs = output_tensors(model(example))
+            if not outputs:
+                raise ValueError("the module's output holds no tensor to take a gradient from")
+            sum(o.float().sum() for o in outputs).backward()
     finally:
         for h in handles:
             h.remove()
-        model.zero_grad(set_to_none=True)
     info.gradient_order = order
     lowest = None
     for n in order:

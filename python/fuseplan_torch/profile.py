@@ -3,10 +3,14 @@
 Each layer of an export is timed on its own: the traced graph is run once on the profiling
 batch to capture every layer's inputs, then each layer's operation is run again on copies
 of them, forward (recording the autograd graph, as training does) and then backward (its
-gradient with respect to its inputs and parameters), after `warmup` runs, and the median of `steps` runs is kept. Timing layers
-apart leaves out what a whole-model run shares between them (cache reuse, fused kernels,
-framework overhead between layers): the sum of the layer times is compared with a
-whole-model step in `ProfileInfo.whole_step_us` so that the gap is visible, not hidden.
+gradient with respect to its inputs and parameters), after `warmup` runs, and the median
+of `steps` runs is kept. Timing layers apart leaves out what a whole-model run shares
+between them (cache reuse, fused kernels, framework overhead between layers), so whole
+training steps are timed too, forward, backward and optimizer step back to back as a
+data-parallel job runs them (`whole_pass`, `optimizer_us`), and, by default
+(`fit_whole_pass`), every layer's forward time is scaled by the whole forward over the sum
+of the layers' forward times, and its backward alike: the layers then add up to the
+whole pass, and each keeps its share as timed alone. The sums as timed stay in the file.
 
 On the CPU a timing is the host's clock around the call. On CUDA it is the device's time
 between two events around the call, with the device held busy (`torch.cuda._sleep`)
@@ -22,22 +26,23 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .model_export import module_calls, output_tensors
+from .model_export import module_calls, output_tensors, untouched
 
 PROFILE_SCHEMA = "fuseplan.profile/1"
 
 
 @dataclass
 class ProfileInfo:
-    layers_us: float = 0.0       # sum of the per-layer forward + backward medians
-    whole_step_us: float = 0.0   # median forward + backward of the whole model
+    layers_us: float = 0.0       # sum of the per-layer forward + backward medians, as timed alone
+    whole_step_us: float = 0.0   # the whole model's forward + backward (whole_pass)
     optimizer_us: float = 0.0
+    steps: Optional[List[Tuple[float, float, float]]] = None  # each timed training step: forward, backward, optimizer
 
 
 class _Capture(fx.Interpreter):
@@ -167,13 +172,26 @@ def _captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes:
 def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any], doc: Dict[str, Any],
                    fingerprint: str, batch_input: torch.Tensor, warmup: int = 3, steps: int = 10,
                    optimizer: Optional[torch.optim.Optimizer] = None,
-                   sync: Callable[[], None] = lambda: None) -> Tuple[Dict[str, Any], ProfileInfo]:
+                   sync: Callable[[], None] = lambda: None,
+                   fit_whole_pass: bool = True) -> Tuple[Dict[str, Any], ProfileInfo]:
     """Times every layer of an export (model_export.export_model's graph and layer nodes) at
     the batch of `batch_input`: the fuseplan.profile/1 document, and the whole-model step
-    beside the sum of the layers. With `optimizer`, its step over gradients of this batch
-    is timed too (`optimizer_us`). `sync` runs before each timing: ranks profiling side by
+    beside the sum of the layers. With `optimizer`, its step is timed too, within whole
+    training steps (`optimizer_us`). `sync` runs before each timing: ranks profiling side by
     side (`export --ranks`) time each layer at the same moment, under the same load as in
-    a data-parallel job."""
+    a data-parallel job. With `fit_whole_pass` the layer times are fitted to the whole pass
+    (fit_to_whole_pass); without, they are as timed and `whole_pass` holds the whole
+    model's times alone. The model's parameters, buffers and gradients are left as they
+    were."""
+    with untouched(model):
+        return _timed_profile(model, gm, layer_nodes, doc, fingerprint, batch_input, warmup, steps, optimizer, sync,
+                              fit_whole_pass)
+
+
+def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any], doc: Dict[str, Any],
+                   fingerprint: str, batch_input: torch.Tensor, warmup: int, steps: int,
+                   optimizer: Optional[torch.optim.Optimizer], sync: Callable[[], None],
+                   fit_whole_pass: bool) -> Tuple[Dict[str, Any], ProfileInfo]:
     device = batch_input.device
     model.train()
     calls = _captured_calls(model, gm, layer_nodes, batch_input)
@@ -204,17 +222,82 @@ def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
 
     info = ProfileInfo(layers_us=sum(l["fwd_us"] + l["bwd_us"] for l in layers))
 
-    def whole(state: Any) -> None:
-        sum(o.float().sum() for o in output_tensors(model(batch_input))).backward()
-
-    sync()
-    info.whole_step_us = _median_us(whole, lambda: model.zero_grad(set_to_none=True), warmup, steps, device)
+    info.steps = _training_steps(model, batch_input, optimizer, warmup, steps, device, sync)
     doc_out = {"schema": PROFILE_SCHEMA, "model": doc["name"], "fingerprint": fingerprint,
                "device": _device_name(device), "precision": "fp32", "batch": batch, "layers": layers}
-    if optimizer is not None:
-        whole(None)  # gradients for the optimizer to apply
-        sync()
-        info.optimizer_us = _median_us(lambda s: optimizer.step(), lambda: None, warmup, steps, device)
-        doc_out["optimizer_us"] = info.optimizer_us
-    model.zero_grad(set_to_none=True)
+    set_whole_pass(doc_out, [info.steps], optimizer is not None, fit_whole_pass)
+    info.whole_step_us = doc_out["whole_pass"]["forward_us"] + doc_out["whole_pass"]["backward_us"]
+    info.optimizer_us = doc_out.get("optimizer_us", 0.0)
     return doc_out, info
+
+
+def _training_steps(model: nn.Module, batch_input: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
+                    warmup: int, steps: int, device: torch.device,
+                    sync: Callable[[], None]) -> List[Tuple[float, float, float]]:
+    """Whole training steps run back to back, as a data-parallel job runs them less its
+    communication: each timed step's forward, backward and optimizer step (0 without one)
+    in microseconds. Each phase starts from what the phase before left in caches and
+    memory, which a layer or a pass timed alone on repeat does not. On CUDA, events
+    between the phases time the device, the host issuing ahead as in a real step."""
+    cuda = device.type == "cuda"
+    timed: List[Tuple[float, float, float]] = []
+    for i in range(warmup + steps):
+        sync()
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        marks: List[Any] = []
+
+        def mark() -> None:
+            if cuda:
+                marks.append(torch.cuda.Event(enable_timing=True))
+                marks[-1].record()
+            else:
+                marks.append(time.perf_counter())
+
+        mark()
+        loss = sum(o.float().sum() for o in output_tensors(model(batch_input)))
+        mark()
+        loss.backward()
+        mark()
+        if optimizer is not None:
+            optimizer.step()
+        mark()
+        _sync(device)
+        if i >= warmup:
+            us = [marks[k].elapsed_time(marks[k + 1]) * 1e3 if cuda else (marks[k + 1] - marks[k]) * 1e6
+                  for k in range(3)]
+            timed.append((us[0], us[1], us[2]))
+    model.zero_grad(set_to_none=True)
+    return timed
+
+
+def set_whole_pass(prof: Dict[str, Any], ranks: Sequence[Sequence[Tuple[float, float, float]]], optimizer: bool,
+                   fit: bool) -> None:
+    """Writes the whole pass of training steps timed on one rank or several side by side
+    (`ranks[r][i]`: step i of rank r, as _training_steps gives it), as `fuseplan verify`'s
+    measured report takes a run: per step the critical rank's (the slowest in forward +
+    backward), averaged over the steps; with `optimizer` its step too (`optimizer_us`).
+    With `fit` the layer times are then fitted to it (fit_to_whole_pass)."""
+    critical = [max((r[i] for r in ranks), key=lambda t: t[0] + t[1]) for i in range(len(ranks[0]))]
+    prof["whole_pass"] = {"forward_us": statistics.fmean(c[0] for c in critical),
+                          "backward_us": statistics.fmean(c[1] for c in critical), "fitted": False}
+    if optimizer:
+        prof["optimizer_us"] = statistics.fmean(c[2] for c in critical)
+    if fit:
+        fit_to_whole_pass(prof)
+
+
+def fit_to_whole_pass(prof: Dict[str, Any]) -> None:
+    """Scales a profile's layer times so that they add up to its whole pass: every forward
+    time by the whole forward over the layers' sum, every backward time alike. The sums as
+    timed are kept in `whole_pass` (`layers_forward_us`, `layers_backward_us`), and
+    `fitted` says the layers were scaled. A pass whose layers sum to nothing is left as is."""
+    whole = prof["whole_pass"]
+    for key, total, timed in (("fwd_us", "forward_us", "layers_forward_us"),
+                              ("bwd_us", "backward_us", "layers_backward_us")):
+        layer_sum = sum(l[key] for l in prof["layers"])
+        whole[timed] = layer_sum
+        if layer_sum > 0:
+            for layer in prof["layers"]:
+                layer[key] *= whole[total] / layer_sum
+    whole["fitted"] = True

@@ -239,6 +239,46 @@ def test_the_export_api_writes_model_and_profile(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_profile_layer_times_add_up_to_the_whole_training_step(tmp_path):
+    """By default each layer's forward time is scaled so that the layers add up to the
+    forward of whole training steps, and its backward alike; the sums as timed alone are
+    kept. `--layer-times as-timed` keeps the layers as timed, the whole pass beside them.
+    Exporting and profiling leave the user's module as it was (optimizer steps, batch
+    statistics, gradients and train/eval mode undone)."""
+    import fuseplan_torch
+    module = ddp_check.small_cnn().eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
+    fuseplan_torch.export(module, torch.randn(2, 3, 8, 8), model, profile=prof, name="small_cnn",
+                          profile_inputs=torch.randn(4, 3, 8, 8), steps=3)
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m.training for m in module.modules()) and all(p.grad is None for p in module.parameters())
+    p = json.load(open(prof))
+    whole = p["whole_pass"]
+    assert whole["fitted"] is True and whole["forward_us"] > 0 and whole["backward_us"] > 0
+    assert sum(l["fwd_us"] for l in p["layers"]) == pytest.approx(whole["forward_us"], rel=1e-9)
+    assert sum(l["bwd_us"] for l in p["layers"]) == pytest.approx(whole["backward_us"], rel=1e-9)
+    assert whole["layers_forward_us"] > 0 and whole["layers_backward_us"] > 0
+    for ranks in ("1", "2"):
+        timed = str(tmp_path / ("t%s.json" % ranks))
+        r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", timed,
+                    "--batch", "4", "--steps", "3", "--ranks", ranks, "--layer-times", "as-timed")
+        assert r.returncode == 0, r.stderr
+        assert "layer times as timed alone" in r.stdout
+        t = json.load(open(timed))
+        assert t["whole_pass"]["fitted"] is False and set(t["whole_pass"]) == {"forward_us", "backward_us", "fitted"}
+        r = fuseplan("predict", "--model", model, "--profile", timed, "--cluster", "local-cpu", "--gpus", "2",
+                     "--batch-per-gpu", "4", "--precision", "fp32")
+        assert r.returncode == 0, r.stderr
+    fitted = str(tmp_path / "f.json")
+    r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", fitted,
+                "--batch", "4", "--steps", "3", "--ranks", "2")
+    assert r.returncode == 0 and "layer times fitted to the whole model" in r.stdout, r.stdout + r.stderr
+    f = json.load(open(fitted))  # the slowest rank's whole pass, the layers fitted to it
+    assert sum(l["bwd_us"] for l in f["layers"]) == pytest.approx(f["whole_pass"]["backward_us"], rel=1e-9)
+
+
 def test_a_forward_torch_fx_cannot_trace_is_exported_from_its_modules(tmp_path):
     model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
     r = run_cli("export", "ddp_check:gated_cnn", "--input-shape", "3,8,8", "--out", model, "--profile", prof,
