@@ -13,7 +13,8 @@ TensorFlow's 2017 benchmarks at batch 64, one per shape class: VGG-16 (3x3 strid
 convolutions, conv_kxk_s1), ResNet-50 (conv_1x1) and Inception v3 (1x7, 7x1 and strided
 3x3: conv_kxk), and their fixed cost per layer pass to ResNet-50's rate at batch 32;
 `--fit` recomputes them. The same constants serve every P100 case, and five more
-single-GPU throughputs of that table are held out and printed. Inception v3 is
+single-GPU throughputs of that table are held out and printed, as are the three of Horovod's
+own servers (its README's 16-GPU table, whose runs are cases). Inception v3 is
 torchvision's (bench/models/inception_v3.json, exported by fuseplan_torch; no auxiliary
 head). dgx1-v100 and dgx-a100 carry one convolution efficiency per precision FITTED to
 ResNet-50's single-GPU rate in NVIDIA's DeepLearningExamples (PyTorch); the 8-GPU rates
@@ -44,6 +45,11 @@ TF_P100 = {("vgg16", 64): 154, ("resnet50", 64): 219, ("resnet152", 64): 91.8, (
 FITTED_ON = {("vgg16", 64): "conv_kxk_s1", ("resnet50", 64): "conv_1x1", ("inception_v3", 64): "conv_kxk"}
 # ... and the fixed cost per layer pass (device.kernel_overhead_us) from one batch-32 rate.
 FITTED_OVERHEAD_ON = ("resnet50", 32)
+# Single-GPU training throughput on the servers of Horovod's benchmarks ("4 Pascal GPUs",
+# p100-horovod: taken as P100 PCIe), batch 64, synthetic data: the baselines of the
+# 16-GPU table of Horovod's README (October 2017, replaced by horovod/horovod#44). All
+# held out: (model, batch) -> images/s.
+HOROVOD_P100 = {("inception_v3", 64): 134.4, ("resnet101", 64): 119.4, ("vgg16", 64): 130.9}
 # Models outside the zoo: their model files.
 MODEL_FILES = {"inception_v3": os.path.join(HERE, "models", "inception_v3.json")}
 
@@ -62,7 +68,7 @@ def dle_single_gpu_flags(batch):
 
 DLE_FITS = (("dgx1-v100", "fp32", 112, 356), ("dgx1-v100", "fp16", 256, 1156),
             ("dgx-a100", "fp32", 256, 938), ("dgx-a100", "fp16", 256, 2470))
-P100_CLUSTERS = ("p100-horovod", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
+P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
 CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
@@ -207,6 +213,15 @@ def main():
               f"({err:+5.1f} %, {role})")
         rows.append({"case": f"tf-p100-{model}-b{batch}", "published_per_gpu": published,
                      "predicted_per_gpu": pred, "role": role})
+    print()
+    print("# single-GPU training throughput, images/s: Horovod's README baselines (2017) vs fuseplan's p100-horovod")
+    for (model, batch), published in HOROVOD_P100.items():
+        pred = single_gpu_rate(a.bin, model, "p100-horovod", batch)
+        err = 100 * (pred / published - 1)
+        print(f"  {model:12s} batch {batch:3d}  published {published:7.1f}  predicted {pred:7.1f}  "
+              f"({err:+5.1f} %, held out)")
+        rows.append({"case": f"horovod-p100-{model}-b{batch}", "published_per_gpu": published,
+                     "predicted_per_gpu": pred, "role": "held out"})
     print()
     print("# scaling efficiency, published vs predicted (no scaling result is fitted)")
     print(f"  {'case':26s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"

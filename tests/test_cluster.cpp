@@ -226,10 +226,41 @@ TEST_CASE("staging once per allreduce adds two copies of the vector to every tex
           Approx(CollectiveModel(direct, 8).cost(algo, count, Precision::FP32).cost.total()));
   }
   j["inter_node"]["staging"] = "pigeon";
-  expect_error(j, "$.inter_node.staging: unknown staging 'pigeon' (valid: message, collective)");
+  expect_error(j, "$.inter_node.staging: unknown staging 'pigeon' (valid: message, collective, pipelined)");
   j = p40();
   j["inter_node"]["staging"] = "collective";
   expect_error(j, "$.inter_node.staging: only applies when gdr is false");
+}
+
+TEST_CASE("pipelined staging runs the inter-node path at the slower of the NIC and the host copy") {
+  auto j = p40();
+  const Cluster direct = cluster_from_json(j, "c.json");
+  j["inter_node"]["gdr"] = false;
+  j["inter_node"]["host_copy_bw_GBps"] = 1000;  // far faster than the NIC
+  j["inter_node"]["host_copy_lat_us"] = 0;
+  j["inter_node"]["staging"] = "pipelined";
+  const Cluster free_copy = cluster_from_json(j, "c.json");
+  CHECK(cluster_to_json(free_copy)["inter_node"]["staging"] == "pipelined");
+  const int64_t count = int64_t(1) << 22;
+  auto ring = [&](const Cluster& c, int gpus) { return CollectiveModel(c, gpus).cost("ring", count, Precision::FP32); };
+  // Copies that keep pace with the NIC and cost no latency change nothing.
+  CHECK(ring(free_copy, 64).cost.total() == Approx(ring(direct, 64).cost.total()));
+  j["inter_node"]["host_copy_lat_us"] = 10;
+  const Cluster fast_copy = cluster_from_json(j, "c.json");
+  const CollectiveModel d(direct, 64), f(fast_copy, 64);
+  CHECK(f.net().inter_beta == Approx(d.net().inter_beta));
+  CHECK(f.net().inter_alpha == Approx(d.net().inter_alpha + 2 * 10e-6));
+  CHECK(ring(fast_copy, 64).cost.total() > ring(direct, 64).cost.total());
+  // Store-and-forward pays the copies in every step on top of the wire; the pipeline hides them.
+  j["inter_node"]["staging"] = "message";
+  CHECK(ring(cluster_from_json(j, "c.json"), 64).cost.total() > ring(fast_copy, 64).cost.total());
+  j["inter_node"]["staging"] = "pipelined";
+  j["inter_node"]["host_copy_bw_GBps"] = 0.5;  // slower than the NIC: the copy sets the pace
+  const Cluster slow_copy = cluster_from_json(j, "c.json");
+  CHECK(CollectiveModel(slow_copy, 64).net().inter_beta == Approx(1 / 0.5e9));
+  CHECK(ring(slow_copy, 64).cost.total() > 2 * ring(fast_copy, 64).cost.total());
+  // Inside one node nothing goes through the host.
+  CHECK(ring(slow_copy, 8).cost.total() == Approx(ring(direct, 8).cost.total()));
 }
 
 TEST_CASE("calibrated size segments: the segment of the size, blended between, validated, written back") {

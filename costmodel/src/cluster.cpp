@@ -255,8 +255,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       net->fail("host_copy_bw_GBps", "must be > 0 when gdr is false (copies are staged through the host)");
     if (auto staging = net->opt_string("staging")) {
       if (n.gdr) net->fail("staging", "only applies when gdr is false");
-      if (*staging != "message" && *staging != "collective")
-        net->fail("staging", "unknown staging '" + *staging + "' (valid: message, collective)");
+      if (*staging != "message" && *staging != "collective" && *staging != "pipelined")
+        net->fail("staging", "unknown staging '" + *staging + "' (valid: message, collective, pipelined)");
       n.staging = *staging;
     }
     n.sharp = net->opt_boolean("sharp").value_or(false);

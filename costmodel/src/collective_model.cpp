@@ -1,6 +1,7 @@
 // CollectiveModel: cluster file -> two-level network -> per-algorithm cost.
 #include "fuseplan/costmodel/collective_model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -22,6 +23,13 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
       // host->device at the receiver, store-and-forward (not pipelined; conservative).
       net_.stage_alpha = 2 * c.inter->host_copy_lat_us * 1e-6;
       net_.stage_beta = 2.0 / (c.inter->host_copy_bw_GBps * 1e9);
+    } else if (!c.inter->gdr && c.inter->staging == "pipelined") {
+      // The copies overlap the network (NCCL's network transports without GPUDirect
+      // RDMA: the kernel fills host-memory slices that the proxy thread sends): the path
+      // runs at the slower of the NIC and the copy, and a message pays the copies'
+      // latency once, out at the sender and in at the receiver.
+      net_.inter_beta = std::max(net_.inter_beta, 1.0 / (c.inter->host_copy_bw_GBps * 1e9));
+      net_.inter_alpha += 2 * c.inter->host_copy_lat_us * 1e-6;
     } else if (!c.inter->gdr && topo_.nodes() > 1) {
       // The vector goes to host memory once before the exchange and comes back after it.
       collective_stage_ = {2 * c.inter->host_copy_lat_us * 1e-6, 2.0 / (c.inter->host_copy_bw_GBps * 1e9)};

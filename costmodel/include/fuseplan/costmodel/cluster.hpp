@@ -84,7 +84,9 @@ struct InterNodeNetwork {
   // Without GPUDirect, what goes through host memory: every inter-node message, copied
   // out at the sender and in at the receiver ("message", store-and-forward), or the whole
   // vector once per allreduce, copied out before the inter-node exchange and back after
-  // it ("collective": Gloo's CudaHostWorkspace, PyTorch's gloo backend on CUDA tensors).
+  // it ("collective": Gloo's CudaHostWorkspace, PyTorch's gloo backend on CUDA tensors),
+  // or every message in slices whose copies overlap the network ("pipelined": NCCL's
+  // network transports; the path runs at the slower of NIC and copy).
   std::string staging = "message";
   bool sharp = false;                 // the switches reduce (SHARP): NCCL's CollNet algorithms
   // What a large message reaches of nic_bw_Gbps in practice. `transport` names the wire
