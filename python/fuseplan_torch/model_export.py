@@ -45,10 +45,17 @@ _FUNCTION_KINDS: Dict[Any, str] = {
 _ELEMENTWISE_MODULES: Tuple[type, ...] = (nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid,
                                           nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus)
 _ELEMENTWISE_FUNCTIONS: Tuple[Any, ...] = ()
+# torchvision's functions that torch.fx keeps whole (torch.fx.wrap): Swin's windowed
+# attention, and its patch merging's pad and strided slices (a copy of each element).
+_WINDOW_ATTENTION: Tuple[Any, ...] = ()
+_COPIES: Tuple[Any, ...] = ()
 try:
     from torchvision.ops import StochasticDepth, stochastic_depth
     _ELEMENTWISE_MODULES += (StochasticDepth,)
     _ELEMENTWISE_FUNCTIONS += (stochastic_depth,)
+    from torchvision.models import swin_transformer as _swin
+    _WINDOW_ATTENTION += tuple(f for f in (getattr(_swin, "shifted_window_attention", None),) if f is not None)
+    _COPIES += tuple(f for f in (getattr(_swin, "_patch_merging_pad", None),) if f is not None)
 except ImportError:  # torchvision is optional
     pass
 _NORM_FUNCTIONS = {F.layer_norm, F.batch_norm, F.group_norm, "layer_norm", "batch_norm", "group_norm"}
@@ -277,6 +284,8 @@ def _module_flops(m: nn.Module, out: List[int]) -> Optional[Tuple[float, float]]
         return elems * k[0] * k[1], elems
     if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.InstanceNorm2d)):
         return _NORM_FWD_PER_ELEM * elems, _NORM_FWD_PER_ELEM * _NORM_BWD_RATIO * elems
+    if isinstance(m, nn.Upsample):
+        return _resample_flops(m.mode, out)
     if isinstance(m, nn.MultiheadAttention) and m.batch_first and len(out) == 2 and m._qkv_same_embed_dim:
         # Self-attention on [S, E] per sample: the q, k, v projections, Q K^T and A V, the
         # softmax, the output projection (a multiply-add counts 2; backward twice a product).
@@ -285,6 +294,48 @@ def _module_flops(m: nn.Module, out: List[int]) -> Optional[Tuple[float, float]]
         softmax = _SOFTMAX_PER_ELEM * m.num_heads * seq * seq
         return products + softmax, 2 * products + softmax
     return None
+
+
+# Taps per output element of each interpolation mode (nearest copies one input element).
+_RESAMPLE_TAPS = {"nearest": 0, "nearest-exact": 0, "linear": 2, "bilinear": 4, "bicubic": 16, "trilinear": 8,
+                  "area": 0}
+
+
+def _resample_flops(mode: str, out: List[int]) -> Optional[Tuple[float, float]]:
+    """F.interpolate / nn.Upsample: a multiply-add per tap of each output element (its
+    backward scatters the same products), a copy per element where there is no tap; None
+    for a mode this table does not know."""
+    taps = _RESAMPLE_TAPS.get(mode)
+    if taps is None:
+        return None
+    per_elem = 2.0 * taps if taps else 1.0
+    elems = float(_numel(out))
+    return per_elem * elems, per_elem * elems
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """A call's argument by position or keyword."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _window_attention_flops(node: fx.Node, in_shapes: List[List[int]]) -> Optional[Tuple[float, float]]:
+    """torchvision's shifted_window_attention on [H, W, C] per sample: the input padded to
+    whole windows of N = wh x ww tokens, the q, k, v projections, Q K^T and A V within each
+    window, the relative position bias, the softmax and the output projection (a
+    multiply-add counts 2; backward twice the products)."""
+    window, heads = _arg(node, 4, "window_size"), _arg(node, 5, "num_heads")
+    if not in_shapes or len(in_shapes[0]) != 3 or not isinstance(heads, int) or \
+            not isinstance(window, (list, tuple)) or len(window) != 2:
+        return None
+    h, w, c = in_shapes[0]
+    wh, ww = int(window[0]), int(window[1])
+    tokens = float(-(-h // wh) * wh * -(-w // ww) * ww)
+    n = wh * ww
+    products = 2.0 * tokens * c * 3 * c + 2 * 2.0 * tokens * n * c + 2.0 * tokens * c * c
+    scores = heads * tokens * n
+    return products + (_SOFTMAX_PER_ELEM + 1) * scores, 2 * products + _SOFTMAX_PER_ELEM * scores
 
 
 def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int],
@@ -299,8 +350,14 @@ def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int],
                for i, k in enumerate(("query", "key", "value"))]
         if any(a is not qkv[0] for a in qkv):
             known = None  # attention across two sequences: not the self-attention formula
+    if node.op == "call_function" and key in _WINDOW_ATTENTION:
+        known = _window_attention_flops(node, in_shapes)
+    elif node.op == "call_function" and key is F.interpolate:
+        known = _resample_flops(str(_arg(node, 3, "mode", "nearest")), out)
     if known is not None:
         return known[0], known[1], False
+    if node.op == "call_function" and key in _COPIES:
+        return elems, elems, False
     if key in _MATMULS and len(in_shapes) == 2 and in_shapes[0] and in_shapes[1]:
         k = in_shapes[0][-1]
         f = 2.0 * elems * k
@@ -655,15 +712,26 @@ def untouched(model: nn.Module) -> Iterator[None]:
     """Runs what it wraps (passes, optimizer steps) on `model` and then puts back its
     parameters, buffers (batch-norm statistics), gradients and train/eval modes as they
     were: exporting or profiling a user's module leaves it as given."""
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    grads = {id(p): (p.grad.detach().clone() if p.grad is not None else None) for p in model.parameters()}
+    # Copied back tensor by tensor, not through load_state_dict, which runs the modules'
+    # own loading hooks (torchvision's MNASNet refuses a state without its version).
+    params = [(p, p.detach().clone(), p.grad.detach().clone() if p.grad is not None else None)
+              for p in model.parameters()]
+    buffers = [(m, name, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
+               if b is not None]
     modes = [(m, m.training) for m in model.modules()]
     try:
         yield
     finally:
-        model.load_state_dict(state)
-        for p in model.parameters():
-            p.grad = grads[id(p)]
+        with torch.no_grad():
+            for p, value, grad in params:
+                p.copy_(value)
+                p.grad = grad
+            for m, name, value in buffers:
+                current = m._buffers.get(name)
+                if current is not None and current.shape == value.shape and current.dtype == value.dtype:
+                    current.copy_(value)
+                else:
+                    m._buffers[name] = value
         for m, training in modes:
             m.training = training
 
