@@ -5,7 +5,7 @@ settings `fuseplan export --to ddp` gives for the plan, then `fuseplan verify` o
 PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt]
-                            [--layer-times whole-pass|as-timed]
+                            [--layer-times whole-pass|as-timed] [--min-gain PCT]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
 whole training steps unless --layer-times as-timed; timed on
@@ -19,7 +19,8 @@ as gloo runs two collectives at once, which DDP uses), `fuseplan export --to ddp
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
 the same weights, same data), so machine drift hits all three alike; the median step is
 reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratios of
-steps run next to each other. Before the PlanDDP run verify reads, the same job profiles every layer on all
+steps run next to each other (with --min-gain PCT the plans are tuned with --baseline ddp:
+DDP's buckets unless the tuned plan is predicted PCT % faster). Before the PlanDDP run verify reads, the same job profiles every layer on all
 ranks side by side; verify is printed with that profile and with the export's.
 Runs with Debian's /usr/bin/python3 (python3-torch).
 """
@@ -94,6 +95,9 @@ def main():
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--models", default="resnet18,resnet50,tiny_gpt")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "cli"))
+    ap.add_argument("--min-gain", type=float, default=0.0,
+                    help="tune --baseline ddp --min-gain PCT: keep DDP's buckets unless the tuned plan is predicted "
+                         "PCT %% faster (0: always the tuned plan)")
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
     a = ap.parse_args()
@@ -126,7 +130,8 @@ def main():
         if buckets:  # a fixed bucketing, one stream
             sh(fuseplan, "predict", *common, "--pack", "--buckets", buckets)
         else:
-            sh(fuseplan, "tune", *common, "--pack", "pack", "--streams", "2")
+            keep = ["--baseline", "ddp", "--min-gain", str(a.min_gain)] if a.min_gain > 0 and not pilot else []
+            sh(fuseplan, "tune", *common, "--pack", "pack", "--streams", "2", *keep)
         settings = json.loads(sh(fuseplan, "export", "--plan", plan, "--to", "ddp", "--profile", prof, "--json"))
         from fuseplan_torch.plan_ddp import load_plan
         p = load_plan(plan)
@@ -164,7 +169,7 @@ def main():
         med = {k: statistics.median(v) for k, v in res["times"].items()}
         paired = statistics.quantiles([x / y for x, y in zip(res["times"]["plan"], res["times"]["ddp"])], n=4)
         med["ratio"] = paired
-        rows.append([name, len(p["buckets"]), settings["buckets"], med, files])
+        rows.append([name, len(p["buckets"]), settings["buckets"], med, files, p.get("strategy", "")])
 
     def iteration_error(plan, measured, profile):
         verify = json.loads(sh(fuseplan, "verify", "--plan", plan, "--measured", measured, "--profile", profile,
@@ -178,11 +183,14 @@ def main():
     print("\nstep time per iteration, median of %d steps (ms), %d ranks, gloo, this machine" % (a.steps, a.ranks))
     print("%-10s %8s %10s %9s %13s %24s %14s %14s" % ("model", "buckets", "PlanDDP", "DDP 25MB", "DDP exported",
                                                       "PlanDDP/DDP (quartiles)", "verify (run)", "verify (export)"))
-    for name, nb, nd, med, (err_export, err_run) in rows:
+    for name, nb, nd, med, (err_export, err_run), _ in rows:
         q1, q2, q3 = med["ratio"]
         print("%-10s %4d/%-3d %10.1f %9.1f %13.1f %9.3fx (%.3f-%.3f) %+12.1f %% %+12.1f %%" % (
             name, nb, nd, med["plan"] * 1e3, med["ddp"] * 1e3, med["ddp_exported"] * 1e3,
             q2, q1, q3, 100 * err_run, 100 * err_export))
+    kept = [row[0] for row in rows if row[5] == "ddp"]
+    if a.min_gain > 0:
+        print("--min-gain %g: DDP's buckets kept for %s" % (a.min_gain, ", ".join(kept) if kept else "no model"))
     print("(buckets: the plan's / DDP's with the exported settings; verify: fuseplan verify's predicted iteration "
           "vs the PlanDDP run, on the cluster whose overlap constants were fitted to two pilot runs of %s (that "
           "model in-sample, the others held out; every plan above was tuned on that cluster), with the layers profiled in the run's own job (run) or at export "

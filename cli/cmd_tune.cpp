@@ -23,6 +23,8 @@ struct TuneFlags {
   std::string out, trace_path, validate;
   int top = 3;
   bool json = false, quiet = false;
+  std::string baseline = "none";  // tune: a strategy kept unless the tuned plan beats it by min_gain
+  double min_gain_pct = 0;
 
   void add(CLI::App* cmd, bool with_strategy) {
     setup.add(cmd);
@@ -77,11 +79,48 @@ std::vector<Validated> validate_by_simulation(const Tuner& tuner, const TuneOpti
   return ranked;
 }
 
+// --baseline S --min-gain P: the baseline strategy's buckets (the framework's default the
+// user runs today), unless the tuned plan is predicted at least P % faster. A prediction
+// is only as good as its model: a gain smaller than the model's error on this machine
+// (`fuseplan verify`) may not be one.
+struct Kept {
+  bool kept = false;
+  std::string tuned_strategy;
+  size_t tuned_buckets = 0;
+  double tuned_s = 0, baseline_s = 0, gain_pct = 0;
+};
+
+Kept keep_baseline_unless_faster(const Tuner& tuner, const TuneOptions& o, const TuneFlags& f, TuneResult& res) {
+  Kept k;
+  if (!(f.min_gain_pct >= 0 && f.min_gain_pct <= 100))
+    throw InputError("--min-gain: must be in [0, 100] percent (got " + fixed(f.min_gain_pct, 2) + ")");
+  if (f.baseline == "none") {
+    if (f.min_gain_pct > 0) throw InputError("--min-gain: needs --baseline (the strategy to keep: ddp, horovod, ...)");
+    return k;
+  }
+  TuneOptions b = o;
+  b.strategy = parse_strategy(f.baseline, "--baseline");
+  TuneResult base = tuner.run(b);
+  k.tuned_strategy = res.plan.strategy;
+  k.tuned_buckets = res.plan.buckets.size();
+  k.tuned_s = res.report.iteration_s;
+  k.baseline_s = base.report.iteration_s;
+  k.gain_pct = (1 - k.tuned_s / k.baseline_s) * 100;
+  if (k.gain_pct < f.min_gain_pct) {
+    k.kept = true;
+    base.seconds += res.seconds;  // the search ran all the same
+    base.evaluations += res.evaluations;
+    res = std::move(base);
+  }
+  return k;
+}
+
 void run_tune(const TuneFlags& f) {
   auto s = f.setup.resolve();
   Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneOptions o = f.options(s.transfer);
   TuneResult res = tuner.run(o);
+  const Kept kept = keep_baseline_unless_faster(tuner, o, f, res);
   TuneOptions base = o;
   base.strategy = Strategy::Single;
   Report single = tuner.run(base).report;
@@ -103,13 +142,27 @@ void run_tune(const TuneFlags& f) {
     for (const auto& v : validated)
       j["validation"].push_back({{"plan", v.label}, {"buckets", v.buckets}, {"predicted_s", v.predicted_s},
                                  {"simulated_s", v.simulated_s}});
+    if (f.baseline != "none")
+      j["baseline"] = {{"strategy", f.baseline}, {"iteration_s", kept.baseline_s}, {"kept", kept.kept},
+                       {"tuned", {{"strategy", kept.tuned_strategy}, {"buckets", kept.tuned_buckets},
+                                  {"iteration_s", kept.tuned_s}, {"gain_pct", kept.gain_pct}}},
+                       {"min_gain_pct", f.min_gain_pct}};
     out() << j.dump(2) << "\n";
     return;
   }
   out() << setup_line("tune", s.model, s.cluster, s.gpus, s.batch, s.compute) << "\n";
   out() << "strategy: " << options_line(o) << "\n";
-  out() << "found " << r.buckets.size() << " bucket" << (r.buckets.size() == 1 ? "" : "s") << " in "
-            << ms(res.seconds, 3) << " ms (" << grouped(res.evaluations) << " bucket costs evaluated)\n\n";
+  if (kept.kept)
+    out() << "kept " << f.baseline << "'s buckets: the tuned plan (" << kept.tuned_strategy << ", "
+          << count_of(int64_t(kept.tuned_buckets), "bucket") << ", " << ms(kept.tuned_s) << " ms) is predicted "
+          << fixed(kept.gain_pct, 1) << " % faster than " << f.baseline << " (" << ms(kept.baseline_s)
+          << " ms), under --min-gain " << fixed(f.min_gain_pct, 1) << " %\n";
+  else if (f.baseline != "none")
+    out() << "tuned plan kept: predicted " << fixed(kept.gain_pct, 1) << " % faster than " << f.baseline << " ("
+          << ms(kept.baseline_s) << " ms), at least --min-gain " << fixed(f.min_gain_pct, 1) << " %\n";
+  out() << (kept.kept ? "plan: " + f.baseline + "'s " : std::string("found ")) << r.buckets.size() << " bucket"
+        << (r.buckets.size() == 1 ? "" : "s") << (kept.kept ? ", searched" : "") << " in " << ms(res.seconds, 3)
+        << " ms (" << grouped(res.evaluations) << " bucket costs evaluated)\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
   auto versus = [&](const char* name, const Report& b) {
@@ -192,6 +245,14 @@ void add_tune_commands(CLI::App& app) {
   tune->add_option("--validate", tf->validate, "sim: re-rank the --top best plans by SimGrid simulation");
   tune->add_option("--top", tf->top, "with --validate: how many plans to simulate")->capture_default_str();
   tune->add_flag("--quiet", tf->quiet, "with --validate: no progress on stderr");
+  tune->add_option("--baseline", tf->baseline,
+                   "keep this strategy's buckets (the framework default you run: ddp, horovod, ...) unless the tuned "
+                   "plan is predicted at least --min-gain faster; none = always the tuned plan")
+      ->capture_default_str();
+  tune->add_option("--min-gain", tf->min_gain_pct,
+                   "with --baseline: the predicted gain in percent of the baseline's iteration that the tuned plan "
+                   "must reach to replace it (0 to 100; set it to the model's error on your machine, from verify)")
+      ->capture_default_str();
   tune->add_flag("--json", tf->json, "print the plan, its report and the gains as JSON");
   tune->callback([tf] { run_tune(*tf); });
 

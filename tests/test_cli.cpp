@@ -339,6 +339,32 @@ TEST_CASE("cli: tune writes a plan that predict reproduces - compare and whatif 
   CHECK(nlohmann::json::parse(dl.out)["gpu_hours"].get<double>() > 0);
 }
 
+TEST_CASE("cli: tune --baseline keeps the framework default unless the tuned plan beats it by --min-gain") {
+  const std::string setup = "tune --model resnet50 --cluster tencent-p40 --gpus 1024 --batch-per-gpu 32 --json ";
+  const auto tuned = json_of(setup);
+  const auto ddp = json_of(setup + "--strategy ddp");
+  const double gain = (1 - tuned["report"]["iteration_s"].get<double>() / ddp["report"]["iteration_s"].get<double>());
+  REQUIRE(gain > 0.001);  // the optimum is predicted faster than DDP's buckets here
+  // A threshold above the gain keeps DDP's plan: its buckets, its prediction.
+  const auto kept = json_of(setup + "--baseline ddp --min-gain " + std::to_string(100 * gain + 1));
+  CHECK(kept["baseline"]["kept"] == true);
+  CHECK(kept["plan"]["strategy"] == "ddp");
+  CHECK(kept["plan"]["buckets"] == ddp["plan"]["buckets"]);
+  CHECK(kept["report"]["iteration_s"].get<double>() == Approx(ddp["report"]["iteration_s"].get<double>()));
+  CHECK(kept["baseline"]["tuned"]["gain_pct"].get<double>() == Approx(100 * gain));
+  // Below it the tuned plan stands, with the gain it was judged by.
+  const auto won = json_of(setup + "--baseline ddp --min-gain " + std::to_string(100 * gain - 0.05));
+  CHECK(won["baseline"]["kept"] == false);
+  CHECK(won["plan"]["buckets"] == tuned["plan"]["buckets"]);
+  Run text = run(setup.substr(0, setup.size() - 7) + " --baseline ddp --min-gain 100");
+  REQUIRE(text.code == 0);
+  CHECK_THAT(text.out, Catch::Contains("kept ddp's buckets: the tuned plan (optimal, "));
+  CHECK_THAT(text.out, Catch::Contains("plan: ddp's "));
+  expect_bad("tune --min-gain 3", "--min-gain: needs --baseline");
+  expect_bad("tune --baseline ddp --min-gain 101", "--min-gain: must be in [0, 100] percent (got 101.00)");
+  expect_bad("tune --baseline dpp", "--baseline: unknown strategy 'dpp' (valid: optimal");
+}
+
 TEST_CASE("cli: tune, compare and whatif refuse bad input with exit 2") {
   expect_bad("tune --strategy fastest", "--strategy: unknown strategy 'fastest' (valid: optimal, k-split");
   expect_bad("tune --strategy k-split --segments 500", "--segments: 500 buckets asked for, the model has 161 tensors");
