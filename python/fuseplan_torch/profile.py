@@ -181,8 +181,8 @@ def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     side (`export --ranks`) time each layer at the same moment, under the same load as in
     a data-parallel job. With `fit_whole_pass` the layer times are fitted to the whole pass
     (fit_to_whole_pass); without, they are as timed and `whole_pass` holds the whole
-    model's times alone. The model's parameters, buffers and gradients are left as they
-    were."""
+    model's times alone. The model's parameters, buffers, gradients and train/eval modes
+    are left as they were."""
     with untouched(model):
         return _timed_profile(model, gm, layer_nodes, doc, fingerprint, batch_input, warmup, steps, optimizer, sync,
                               fit_whole_pass)
