@@ -135,9 +135,9 @@ def export_command(a: Any) -> None:
         else:
             module.to(device)  # the traced graph shares its modules and parameters
             prof, _ = profile_layers(module, gm, nodes, doc, info.fingerprint,
-                                         make_batch(a, a.batch, a.seed + 1).to(device), a.warmup, a.steps,
-                                         torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9),
-                                         fit_whole_pass=a.layer_times == "whole-pass")
+                                     make_batch(a, a.batch, a.seed + 1).to(device), a.warmup, a.steps,
+                                     torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9),
+                                     fit_whole_pass=a.layer_times == "whole-pass")
         outputs.append((a.profile, prof))
         side = "" if a.ranks == 1 else ", timed on %d ranks side by side (the slowest rank's times)" % a.ranks
         whole = prof["whole_pass"]
