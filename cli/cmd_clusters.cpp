@@ -26,7 +26,7 @@ void add_clusters_command(CLI::App& app) {
         const double achieved = c.inter->fraction(c.library);
         inter = std::to_string(c.inter->nics_per_node) + " x " + fixed(c.inter->nic_bw_Gbps, 0) + " Gb/s " +
                 (c.inter->transport.empty() ? "" : c.inter->transport + " ") + c.inter->topology +
-                (c.inter->gdr ? ", GDR" : ", host-staged") +
+                (c.inter->gdr ? ", GDR" : ", host-staged (" + c.inter->staging + ")") +
                 (achieved < 1 ? ", " + fixed(100 * achieved, 0) + " % achieved" : "");
       }
       t.row({c.name, c.library, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
