@@ -713,10 +713,13 @@ def untouched(model: nn.Module) -> Iterator[None]:
     parameters, buffers (batch-norm statistics), gradients and train/eval modes as they
     were: exporting or profiling a user's module leaves it as given."""
     # Copied back tensor by tensor, not through load_state_dict, which runs the modules'
-    # own loading hooks (torchvision's MNASNet refuses a state without its version).
-    params = [(p, p.detach().clone(), p.grad.detach().clone() if p.grad is not None else None)
-              for p in model.parameters()]
-    buffers = [(m, name, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
+    # own loading hooks (torchvision's MNASNet refuses a state without its version). The
+    # copies wait in host memory: a model that fills its GPU has no room for a second one.
+    def kept(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu", copy=True)
+
+    params = [(p, kept(p), kept(p.grad) if p.grad is not None else None) for p in model.parameters()]
+    buffers = [(m, name, kept(b), b.device) for m in model.modules() for name, b in m._buffers.items()
                if b is not None]
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -725,13 +728,13 @@ def untouched(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for p, value, grad in params:
                 p.copy_(value)
-                p.grad = grad
-            for m, name, value in buffers:
+                p.grad = grad.to(p.device) if grad is not None else None
+            for m, name, value, device in buffers:
                 current = m._buffers.get(name)
                 if current is not None and current.shape == value.shape and current.dtype == value.dtype:
                     current.copy_(value)
-                else:
-                    m._buffers[name] = value
+                else:  # replaced by one of another shape or type: the original back, where it was
+                    m._buffers[name] = value.to(device)
         for m, training in modes:
             m.training = training
 
