@@ -202,27 +202,30 @@ def main():
         print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100")))
         return 0
 
-    rows = []
-    print("# single-P100 training throughput, images/s: TensorFlow benchmarks (May 2017) vs fuseplan's p100-dgx1")
-    for (model, batch), published in TF_P100.items():
-        pred = single_gpu_rate(a.bin, model, "p100-dgx1", batch)
-        role = "fitted: " + FITTED_ON[(model, batch)] if (model, batch) in FITTED_ON else \
-            "fitted: kernel_overhead_us" if (model, batch) == FITTED_OVERHEAD_ON else "held out"
-        err = 100 * (pred / published - 1)
-        print(f"  {model:10s} batch {batch:3d}  published {published:7.1f}  predicted {pred:7.1f}  "
-              f"({err:+5.1f} %, {role})")
-        rows.append({"case": f"tf-p100-{model}-b{batch}", "published_per_gpu": published,
-                     "predicted_per_gpu": pred, "role": role})
-    print()
-    print("# single-GPU training throughput, images/s: Horovod's README baselines (2017) vs fuseplan's p100-horovod")
-    for (model, batch), published in HOROVOD_P100.items():
-        pred = single_gpu_rate(a.bin, model, "p100-horovod", batch)
-        err = 100 * (pred / published - 1)
-        print(f"  {model:12s} batch {batch:3d}  published {published:7.1f}  predicted {pred:7.1f}  "
-              f"({err:+5.1f} %, held out)")
-        rows.append({"case": f"horovod-p100-{model}-b{batch}", "published_per_gpu": published,
-                     "predicted_per_gpu": pred, "role": "held out"})
-    print()
+    def single_rates(title, cluster, table, prefix, role_of):
+        """Prints and returns the predicted single-GPU rates of `table` on `cluster`."""
+        print(f"# {title} vs fuseplan's {cluster}")
+        out = []
+        for (model, batch), published in table.items():
+            pred = single_gpu_rate(a.bin, model, cluster, batch)
+            role = role_of(model, batch)
+            err = 100 * (pred / published - 1)
+            print(f"  {model:12s} batch {batch:3d}  published {published:7.1f}  predicted {pred:7.1f}  "
+                  f"({err:+5.1f} %, {role})")
+            out.append({"case": f"{prefix}-{model}-b{batch}", "published_per_gpu": published,
+                        "predicted_per_gpu": pred, "role": role})
+        print()
+        return out
+
+    def tf_role(model, batch):
+        if (model, batch) in FITTED_ON:
+            return "fitted: " + FITTED_ON[(model, batch)]
+        return "fitted: kernel_overhead_us" if (model, batch) == FITTED_OVERHEAD_ON else "held out"
+
+    rows = single_rates("single-P100 training throughput, images/s: TensorFlow benchmarks (May 2017)", "p100-dgx1",
+                        TF_P100, "tf-p100", tf_role)
+    rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines (2017)",
+                         "p100-horovod", HOROVOD_P100, "horovod-p100", lambda model, batch: "held out")
     print("# scaling efficiency, published vs predicted (no scaling result is fitted)")
     print(f"  {'case':26s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
           f"  {'per GPU pub/pred':>17s} {'error':>7s}")
