@@ -346,8 +346,7 @@ def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int],
     elems = float(_numel(out))
     known = _module_flops(module, out) if module is not None else None
     if isinstance(module, nn.MultiheadAttention):
-        qkv = [node.kwargs.get(k, node.args[i] if len(node.args) > i else None)
-               for i, k in enumerate(("query", "key", "value"))]
+        qkv = [_arg(node, i, k) for i, k in enumerate(("query", "key", "value"))]
         if any(a is not qkv[0] for a in qkv):
             known = None  # attention across two sequences: not the self-attention formula
     if node.op == "call_function" and key in _WINDOW_ATTENTION:
@@ -505,7 +504,7 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
             if kind == "adaptive_avgpool" and len(layer["out_shape"]) != 3:
                 kind = None
             if kind == "dropout":
-                attrs = {"dropout": float(n.kwargs.get("p", n.args[1] if len(n.args) > 1 else 0.5))}
+                attrs = {"dropout": float(_arg(n, 1, "p", 0.5))}
             if n.op == "call_function" and n.target in _POOL_FUNCTIONS:
                 kind, attrs = _functional_pool(n)
             # Parameters used directly (F.linear(x, self.w)), or through operations on constants

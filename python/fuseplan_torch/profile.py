@@ -33,6 +33,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .model_export import module_calls, output_tensors, untouched
+from .runner import critical_steps
 
 PROFILE_SCHEMA = "fuseplan.profile/1"
 
@@ -278,7 +279,7 @@ def set_whole_pass(prof: Dict[str, Any], ranks: Sequence[Sequence[Tuple[float, f
     measured report takes a run: per step the critical rank's (the slowest in forward +
     backward), averaged over the steps; with `optimizer` its step too (`optimizer_us`).
     With `fit` the layer times are then fitted to it (fit_to_whole_pass)."""
-    critical = [max((r[i] for r in ranks), key=lambda t: t[0] + t[1]) for i in range(len(ranks[0]))]
+    critical = critical_steps(ranks, lambda t: t[0] + t[1])
     prof["whole_pass"] = {"forward_us": statistics.fmean(c[0] for c in critical),
                           "backward_us": statistics.fmean(c[1] for c in critical), "fitted": False}
     if optimizer:

@@ -82,10 +82,17 @@ def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optim
     return _report(ddp, gathered, int(inputs.shape[0]))
 
 
+def critical_steps(ranks: Sequence[Sequence[Any]], compute: Callable[[Any], float]) -> List[Any]:
+    """Per step, the critical rank's record: the rank with the most compute (forward +
+    backward), which every allreduce of the step waits for. `ranks[r][i]` is rank r's
+    record of step i. The measured report and the profile's whole pass both take a run so."""
+    return [max((r[i] for r in ranks), key=compute) for i in range(len(ranks[0]))]
+
+
 def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> Dict[str, Any]:
     plan = ddp.plan
     n = len(ranks[0])
-    critical = [max(ranks, key=lambda r: r[s]["forward_s"] + r[s]["backward_s"])[s] for s in range(n)]
+    critical = critical_steps(ranks, lambda s: s["forward_s"] + s["backward_s"])
     mean = lambda key: statistics.fmean(c[key] for c in critical)
     iteration = statistics.fmean(max(r[s]["iteration_s"] for r in ranks) for s in range(n))
     buckets = []
