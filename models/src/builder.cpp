@@ -88,16 +88,7 @@ int ModelBuilder::conv(const std::string& name, int from, int64_t out_ch, Hw ker
   Layer l = make_layer(name, LayerKind::Conv2d, {from}, s, {});
   l.out_shape = {out_ch, conv_out(s[1], kernel.h, stride.h, padding.h, dilation.h),
                  conv_out(s[2], kernel.w, stride.w, padding.w, dilation.w)};
-  l.attrs.kernel = kernel.h;
-  l.attrs.stride = stride.h;
-  l.attrs.padding = padding.h;
-  l.attrs.dilation = dilation.h;
-  if (kernel.w != kernel.h || stride.w != stride.h || padding.w != padding.h || dilation.w != dilation.h) {
-    l.attrs.kernel_w = kernel.w;
-    l.attrs.stride_w = stride.w;
-    l.attrs.padding_w = padding.w;
-    l.attrs.dilation_w = dilation.w;
-  }
+  l.attrs.set_window(kernel, stride, padding, dilation);
   l.attrs.groups = groups;
   l.attrs.bias = bias;
   double macs = double(numel(l.out_shape)) * double(s[0] / groups) * kernel.h * kernel.w;

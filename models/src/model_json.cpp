@@ -66,7 +66,7 @@ Shape read_shape(JsonObject& o, const std::string& key) {
   return Shape(v.begin(), v.end());
 }
 // A window attribute: one integer (a square window) or [height, width]; `absent` when not given.
-std::pair<int, int> read_hw(JsonObject& a, const std::string& key, int lo, int absent) {
+Hw read_hw(JsonObject& a, const std::string& key, int lo, int absent) {
   if (!a.has(key)) return {absent, absent};
   const nlohmann::json& v = a.raw(key);
   auto valid = [&](const nlohmann::json& x) {
@@ -117,20 +117,9 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
     if (g.bwd_flops) l.bwd_flops = lo.non_negative("bwd_flops");
     l.activation_elems = lo.opt_integer("activation_elems", 0, INT64_MAX).value_or(numel(l.out_shape));
     if (auto a = lo.opt_object("attrs")) {
-      const auto [kernel, kernel_w] = read_hw(*a, "kernel", 1, 0);
-      const auto [stride, stride_w] = read_hw(*a, "stride", 1, 1);
-      const auto [padding, padding_w] = read_hw(*a, "padding", 0, 0);
-      const auto [dilation, dilation_w] = read_hw(*a, "dilation", 1, 1);
-      l.attrs.kernel = kernel;
-      l.attrs.stride = stride;
-      l.attrs.padding = padding;
-      l.attrs.dilation = dilation;
-      if (kernel_w != kernel || stride_w != stride || padding_w != padding || dilation_w != dilation) {
-        l.attrs.kernel_w = kernel_w;
-        l.attrs.stride_w = stride_w;
-        l.attrs.padding_w = padding_w;
-        l.attrs.dilation_w = dilation_w;
-      }
+      const Hw kernel = read_hw(*a, "kernel", 1, 0), stride = read_hw(*a, "stride", 1, 1);
+      const Hw padding = read_hw(*a, "padding", 0, 0), dilation = read_hw(*a, "dilation", 1, 1);
+      l.attrs.set_window(kernel, stride, padding, dilation);
       l.attrs.groups = static_cast<int>(a->opt_integer("groups", 1, 1 << 20).value_or(1));
       l.attrs.heads = static_cast<int>(a->opt_integer("heads", 1, 1 << 20).value_or(0));
       l.attrs.dropout = a->opt_number("dropout").value_or(0);

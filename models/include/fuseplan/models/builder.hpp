@@ -17,10 +17,7 @@ class ModelBuilder {
   // CNN layers on [C, H, W]; `name` is the module path, parameters get ".weight"/".bias".
   int conv(const std::string& name, int from, int64_t out_ch, int kernel, int stride, int padding,
            bool bias, int groups = 1);
-  // A window's height and width: a conv2d with a rectangular kernel, stride or padding.
-  struct Hw {
-    int h, w;
-  };
+  // A conv2d with a rectangular kernel, stride, padding or dilation.
   int conv(const std::string& name, int from, int64_t out_ch, Hw kernel, Hw stride, Hw padding, bool bias,
            int groups = 1, Hw dilation = {1, 1});
   int batchnorm(const std::string& name, int from);

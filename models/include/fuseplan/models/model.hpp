@@ -41,9 +41,28 @@ struct ParamTensor {
 // conv2d with a rectangular window (Inception's 1x7 and 7x1) sets the width's own, else
 // they stay -1. A dilated conv2d (DeepLab's atrous convolutions) spaces its kernel's taps
 // `dilation` apart.
+// A window's height and width: a conv2d with a rectangular kernel, stride or padding.
+struct Hw {
+  int h, w;
+};
+
 struct LayerAttrs {
   int kernel = 0, stride = 1, padding = 0, groups = 1, dilation = 1;
   int kernel_w = -1, stride_w = -1, padding_w = -1, dilation_w = -1;
+  // The window: the heights, and the widths only where one differs from its height, so
+  // that a square window compares equal however it was given.
+  void set_window(Hw k, Hw s, Hw p, Hw d) {
+    kernel = k.h;
+    stride = s.h;
+    padding = p.h;
+    dilation = d.h;
+    if (k.w != k.h || s.w != s.h || p.w != p.h || d.w != d.h) {
+      kernel_w = k.w;
+      stride_w = s.w;
+      padding_w = p.w;
+      dilation_w = d.w;
+    }
+  }
   int kernel_width() const { return kernel_w < 0 ? kernel : kernel_w; }
   int stride_width() const { return stride_w < 0 ? stride : stride_w; }
   int padding_width() const { return padding_w < 0 ? padding : padding_w; }
