@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "commands.hpp"
 #include "format.hpp"
@@ -90,23 +91,28 @@ struct Kept {
   double tuned_s = 0, baseline_s = 0, gain_pct = 0;
 };
 
-Kept keep_baseline_unless_faster(const Tuner& tuner, const TuneOptions& o, const TuneFlags& f, TuneResult& res) {
-  Kept k;
+// The flags are checked before any search runs.
+std::optional<Strategy> baseline_strategy(const TuneFlags& f) {
   if (!(f.min_gain_pct >= 0 && f.min_gain_pct <= 100))
     throw InputError("--min-gain: must be in [0, 100] percent (got " + fixed(f.min_gain_pct, 2) + ")");
-  if (f.baseline == "none") {
-    if (f.min_gain_pct > 0) throw InputError("--min-gain: needs --baseline (the strategy to keep: ddp, horovod, ...)");
-    return k;
-  }
+  if (f.baseline != "none") return parse_strategy(f.baseline, "--baseline");
+  if (f.min_gain_pct > 0) throw InputError("--min-gain: needs --baseline (the strategy to keep: ddp, horovod, ...)");
+  return std::nullopt;
+}
+
+Kept keep_baseline_unless_faster(const Tuner& tuner, const TuneOptions& o, std::optional<Strategy> baseline,
+                                 double min_gain_pct, TuneResult& res) {
+  Kept k;
+  if (!baseline) return k;
   TuneOptions b = o;
-  b.strategy = parse_strategy(f.baseline, "--baseline");
+  b.strategy = *baseline;
   TuneResult base = tuner.run(b);
   k.tuned_strategy = res.plan.strategy;
   k.tuned_buckets = res.plan.buckets.size();
   k.tuned_s = res.report.iteration_s;
   k.baseline_s = base.report.iteration_s;
   k.gain_pct = (1 - k.tuned_s / k.baseline_s) * 100;
-  if (k.gain_pct < f.min_gain_pct) {
+  if (k.gain_pct < min_gain_pct) {
     k.kept = true;
     base.seconds += res.seconds;  // the search ran all the same
     base.evaluations += res.evaluations;
@@ -116,11 +122,12 @@ Kept keep_baseline_unless_faster(const Tuner& tuner, const TuneOptions& o, const
 }
 
 void run_tune(const TuneFlags& f) {
+  const std::optional<Strategy> baseline = baseline_strategy(f);
   auto s = f.setup.resolve();
   Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneOptions o = f.options(s.transfer);
   TuneResult res = tuner.run(o);
-  const Kept kept = keep_baseline_unless_faster(tuner, o, f, res);
+  const Kept kept = keep_baseline_unless_faster(tuner, o, baseline, f.min_gain_pct, res);
   TuneOptions base = o;
   base.strategy = Strategy::Single;
   Report single = tuner.run(base).report;
