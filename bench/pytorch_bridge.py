@@ -14,7 +14,8 @@ allreduce sweep calibrating the cluster (once); two pilot runs of the first mode
 PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor) fitting how
 communication and backward slow each other on this machine and what each bucket costs
 (`fuseplan calibrate --plan --measured`, once); `fuseplan tune` on that fitted cluster (ring for every bucket,
-fp32 transfer: what gloo runs; packed, as PlanDDP copies into flat buffers; two streams,
+fp32 transfer: what gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in
+backward; two streams,
 as gloo runs two collectives at once, which DDP uses), `fuseplan export --to ddp`. Then one gloo job per model
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
 the same weights, same data), so machine drift hits all three alike; the median step is
@@ -129,10 +130,10 @@ def main():
         common = ["--model", model, "--profile", prof, "--cluster", cluster, "--gpus", str(a.ranks),
                   "--batch-per-gpu", str(spec[5]), "--precision", "fp32", "--algorithm", "ring", "--out", plan]
         if buckets:  # a fixed bucketing, one stream
-            sh(fuseplan, "predict", *common, "--pack", "--buckets", buckets)
+            sh(fuseplan, "predict", *common, "--pack", "--pack-on", "compute", "--buckets", buckets)
         else:
             keep = ["--baseline", "ddp", "--min-gain", str(a.min_gain)] if a.min_gain > 0 and not pilot else []
-            sh(fuseplan, "tune", *common, "--pack", "pack", "--streams", "2", *keep)
+            sh(fuseplan, "tune", *common, "--pack", "inline", "--streams", "2", *keep)
         settings = json.loads(sh(fuseplan, "export", "--plan", plan, "--to", "ddp", "--profile", prof, "--json"))
         from fuseplan_torch.plan_ddp import load_plan
         p = load_plan(plan)

@@ -16,10 +16,12 @@ struct PredictFlags {
   std::string plan_path, buckets = "threshold:64MiB", algorithm = "auto";
   std::string trace_path, out;
   bool json = false, pack = false;
+  std::string pack_on = "comm";
   double cycle_ms = 0;
   StepFlags step;
   CLI::Option* cycle_opt = nullptr;
   CLI::Option* buckets_opt = nullptr;
+  CLI::Option* pack_on_opt = nullptr;
 };
 
 // The scenario: a plan file, bound, or a bucket spec on the setup the flags give.
@@ -27,7 +29,8 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   const SetupFlags& u = f.setup;
   if (!f.plan_path.empty()) {
     if (f.buckets_opt->count()) throw InputError("--plan and --buckets are exclusive: a plan file carries its buckets");
-    if (f.pack) throw InputError("--plan and --pack are exclusive: a plan file says which buckets are packed");
+    if (f.pack || f.pack_on_opt->count())
+      throw InputError("--plan and --pack/--pack-on are exclusive: a plan file says which buckets are packed and where");
     if (f.cycle_opt->count()) throw InputError("--plan and --cycle-time are exclusive: a plan file carries its cycle_ms");
     if (f.step.given())
       throw InputError("--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive: a plan file carries its "
@@ -39,14 +42,18 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
     throw InputError("--cycle-time: must be in [0, 1000] ms (got " + formatted(f.cycle_ms, "%g") + ")");
   const Accumulation accumulate = f.step.accumulation();
   const OptimizerKernels kernels = f.step.kernels();
+  const PackOn pack_on = parse_pack_on(f.pack_on, "--pack-on");
+  if (f.pack_on_opt->count() && !f.pack) throw InputError("--pack-on: applies with --pack");
   auto r = u.resolve();  // checked there: cluster size, memory, global batch
   Scenario s;
   s.model = std::move(r.model);
   s.cluster = std::move(r.cluster);
   auto buckets = buckets_from_spec(f.buckets, s.model, f.algorithm, r.transfer);
-  for (auto& b : buckets) b.pack = f.pack && b.end - b.begin > 1;  // one tensor needs no fusion buffer
+  // A fusion buffer is not filled for one tensor (Horovod); copies in backward fill every bucket (DDP).
+  for (auto& b : buckets) b.pack = f.pack && (pack_on == PackOn::Compute || b.end - b.begin > 1);
   s.plan = make_plan(s.model, cluster_reference(s.cluster), r.gpus, r.batch, r.compute, buckets, f.buckets);
   s.plan.cycle_s = f.cycle_ms * 1e-3;
+  s.plan.pack_on = pack_on;
   s.plan.accumulate = accumulate;
   s.plan.optimizer_kernels = kernels;
   s.collective = u.collective();
@@ -99,6 +106,11 @@ void add_predict_command(CLI::App& app) {
   cmd->add_flag("--pack", f->pack, "--buckets: copy each bucket of several tensors into a fusion buffer before its "
                                    "allreduce, as Horovod does (default: buckets are views, as DDP's "
                                    "gradient_as_bucket_view)");
+  f->pack_on_opt = cmd->add_option("--pack-on", f->pack_on,
+                                   "--pack: where the copies run: comm (once a bucket is ready, off the compute stream: "
+                                   "Horovod) | compute (each gradient as backward makes it, lengthening backward: "
+                                   "PyTorch DDP's Reducer; every bucket is copied)")
+                       ->capture_default_str();
   f->cycle_opt = cmd->add_option("--cycle-time", f->cycle_ms,
                                  "--buckets: the framework's background cycle in ms (Horovod's HOROVOD_CYCLE_TIME): "
                                  "a ready bucket waits for the next tick (0 = none; at most 1000)");

@@ -151,8 +151,10 @@ void FusionFlags::add(CLI::App* cmd) {
       ->capture_default_str();
   cmd->add_option("--streams", streams, "communication streams sharing the links; buckets go round-robin (AIACC)")
       ->capture_default_str();
-  cmd->add_option("--pack", pack, "copy gradients into a fusion buffer: strategy (horovod, ddp copy; others use "
-                                  "views) | pack | view")
+  cmd->add_option("--pack", pack, "how gradients fill buckets: pack (a fusion buffer copied once the bucket is "
+                                  "ready, off the compute stream: Horovod) | inline (each gradient copied into its "
+                                  "bucket in backward, on the compute stream: DDP, PlanDDP) | view (no copy) | "
+                                  "strategy (horovod pack, ddp inline, others view)")
       ->capture_default_str();
   step.add(cmd);
 }
@@ -167,8 +169,9 @@ void FusionFlags::apply(TuneOptions& o) const {
   o.streams = streams;
   if (pack == "strategy") o.packing = Packing::Strategy;
   else if (pack == "pack") o.packing = Packing::Pack;
+  else if (pack == "inline") o.packing = Packing::Inline;
   else if (pack == "view") o.packing = Packing::View;
-  else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, view)");
+  else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, inline, view)");
   o.accumulate = step.accumulation();
   o.optimizer_kernels = step.kernels();
 }

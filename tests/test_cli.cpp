@@ -155,6 +155,36 @@ TEST_CASE("cli: predict --pack and --cycle-time price the fusion buffer copy and
   CHECK(nlohmann::json::parse(pf)["cycle_ms"] == Approx(5.0));
 }
 
+TEST_CASE("cli: --pack-on compute and tune --pack inline price DDP's copies in backward and keep them in the plan") {
+  const std::string setup = "predict --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
+                            "--precision fp32 --buckets threshold:25MiB --algorithm ring --json --pack";
+  const auto comm = json_of(setup), compute = json_of(setup + " --pack-on compute");
+  // Every FP32 gradient read and written once more in backward (P100: 732 GB/s at 0.75).
+  double fp32_bytes = 0;
+  for (const auto& b : comm["buckets"]) fp32_bytes += b["bytes"].get<double>();
+  const double copies_s = 2 * fp32_bytes / (732e9 * 0.75);
+  CHECK(compute["backward_s"].get<double>() == Approx(comm["backward_s"].get<double>() + copies_s));
+  CHECK(compute["buckets"].back()["ready_s"].get<double>() == Approx(comm["backward_s"].get<double>() + copies_s));
+  expect_bad("predict --model resnet18 --gpus 16 --pack-on compute", "--pack-on: applies with --pack");
+  expect_bad("predict --model resnet18 --gpus 16 --pack --pack-on gpu",
+             "--pack-on: unknown value 'gpu' (valid: comm, compute)");
+  expect_bad("predict --pack-on compute --plan " + tmp("r18.json"), "--plan and --pack/--pack-on are exclusive");
+  expect_bad("tune --model resnet18 --gpus 16 --pack copy",
+             "--pack: unknown value 'copy' (valid: strategy, pack, inline, view)");
+  // tune --pack inline: the plan says where its copies run, and predict --plan prices them alike.
+  const std::string plan = tmp("inline.json");
+  const auto tuned = json_of("tune --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
+                             "--precision fp32 --algorithm ring --pack inline --json --out " + plan);
+  std::ifstream pf(plan);
+  const auto written = nlohmann::json::parse(pf);
+  CHECK(written["pack_on"] == "compute");
+  for (const auto& b : written["buckets"]) CHECK(b["pack"] == true);
+  const auto again = json_of("predict --json --plan " + plan);
+  CHECK(again["iteration_s"].get<double>() == Approx(tuned["report"]["iteration_s"].get<double>()).epsilon(1e-12));
+  CHECK(again["backward_s"].get<double>() > json_of("predict --json --model resnet50 --cluster p100-horovod --gpus 512 "
+                                                    "--batch-per-gpu 64 --precision fp32")["backward_s"].get<double>());
+}
+
 TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation and are kept in the plan") {
   const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
                             "--precision fp16 --buckets threshold:25MiB --json";

@@ -93,6 +93,7 @@ TEST_CASE("pipeline: a barrier, FIFO allreduce of tensor-aligned buckets is the 
             starts.push_back(b.begin);
             s.pack = s.pack || b.pack;
           }
+          s.pack_on = tr.plan.pack_on;  // ddp copies in backward, horovod into its fusion buffer
           s.bounds = pm.bounds_from_starts(starts);
           s.transfer = Precision::FP16;
           const PipelineResult r = pm.evaluate(s);

@@ -112,6 +112,45 @@ TEST_CASE("a framework cycle launches each ready bucket at the next tick of its 
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.cycle_ms: must be in [0, 1000] ms"));
 }
 
+TEST_CASE("packing copies: in a fusion buffer they delay the bucket - in backward they lengthen backward") {
+  Model m = toy();
+  Cluster c = toy_cluster(100.0, 0);  // allreduces short beside the copies
+  c.device.mem_bw_GBps = 8.388608;  // a 4 MiB FP32 gradient read and written in 1 ms
+  Plan p = toy_plan(m, "per-tensor");
+  for (auto& b : p.buckets) b.pack = true;
+  // Comm (Horovod): backward as before (gradients at 2, 5, 9 ms), each bucket 1 ms later.
+  const Report comm = predict_toy(m, c, p);
+  CHECK(comm.backward_s == Approx(0.009));
+  CHECK(comm.buckets[0].ready_s == Approx(0.003));
+  CHECK(comm.buckets[1].ready_s == Approx(0.006));
+  CHECK(comm.buckets[2].ready_s == Approx(0.010));
+  // Compute (DDP's Reducer): each step copies its gradient, so backward ends 3 ms later
+  // and a bucket is ready once the copies of every gradient before it are done.
+  p.pack_on = PackOn::Compute;
+  const Report inline_copies = predict_toy(m, c, p);
+  CHECK(inline_copies.backward_s == Approx(0.012));
+  CHECK(inline_copies.buckets[0].ready_s == Approx(0.003));
+  CHECK(inline_copies.buckets[1].ready_s == Approx(0.007));
+  CHECK(inline_copies.buckets[2].ready_s == Approx(0.012));
+  CHECK(inline_copies.iteration_s > comm.iteration_s);
+  // The timeline's backward steps carry the copies; the single-GPU iteration does not.
+  double bwd = 0;
+  for (const auto& e : inline_copies.timeline.events) bwd += e.category == "backward" ? e.dur_s : 0;
+  CHECK(bwd == Approx(0.012));
+  CHECK(inline_copies.single_gpu_iteration_s == Approx(comm.single_gpu_iteration_s));
+  // Unpacked buckets copy nothing, wherever the plan says copies run.
+  for (auto& b : p.buckets) b.pack = false;
+  CHECK(predict_toy(m, c, p).backward_s == Approx(0.009));
+  // Written to the plan file when not the default and read back; other values are refused.
+  auto j = plan_to_json(p);
+  CHECK(j["pack_on"] == "compute");
+  CHECK(plan_from_json(j, "p.json").pack_on == PackOn::Compute);
+  CHECK(!plan_to_json(toy_plan(m, "single")).contains("pack_on"));
+  j["pack_on"] = "gpu";
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
+                    Catch::Contains("p.json: $.pack_on: unknown value 'gpu' (valid: comm, compute)"));
+}
+
 TEST_CASE("gradient accumulation shares the optimizer step and no_sync exposes one allreduce in steps") {
   Model m = toy();
   const Cluster c = toy_cluster(1.0, 10);

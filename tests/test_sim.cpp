@@ -124,7 +124,8 @@ TEST_CASE("processor sharing: the simulated iteration matches the predictor's sh
     c.comm_compute_sharing = sigma;
     for (int gpus : {2, 4}) {
       Tuner t(m, c, gpus, 16, Precision::FP32);
-      for (Strategy s : {Strategy::Optimal, Strategy::Single, Strategy::PerTensor, Strategy::Horovod}) {
+      // ddp copies each gradient into its bucket in backward (3.7 ms of ResNet-18's here).
+      for (Strategy s : {Strategy::Optimal, Strategy::Single, Strategy::PerTensor, Strategy::Horovod, Strategy::Ddp}) {
         TuneOptions o;
         o.strategy = s;
         o.algorithm = "ring";
@@ -139,7 +140,7 @@ TEST_CASE("processor sharing: the simulated iteration matches the predictor's sh
       }
     }
   }
-  CHECK(checked == 16);
+  CHECK(checked == 20);
   // Sharing costs time: the same plan simulated with free overlap is faster.
   Tuner t(m, c, 2, 16, Precision::FP32);
   TuneOptions o;

@@ -52,7 +52,8 @@ TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions
         TuneOptions o;
         o.algorithm = algo;
         o.fp32 = checked % 3 == 0 ? Fp32Tensors::Norm : Fp32Tensors::None;
-        o.packing = checked % 2 == 0 ? Packing::Pack : Packing::View;
+        const Packing packings[] = {Packing::Pack, Packing::View, Packing::Inline};
+        o.packing = packings[checked % 3];
         o.strategy = Strategy::Optimal;
         TuneResult r;
         try {
@@ -113,7 +114,7 @@ TEST_CASE("optimal's affine-tail fast path equals the exhaustive scan on larger 
         Tuner t(m, c, gpus, 32, Precision::FP16);
         TuneOptions fast, slow;
         slow.exhaustive_scan = true;
-        for (Packing pk : {Packing::View, Packing::Pack}) {
+        for (Packing pk : {Packing::View, Packing::Pack, Packing::Inline}) {
           fast.packing = slow.packing = pk;
           auto a = t.run(fast), b = t.run(slow);
           INFO(cname << " gpus=" << gpus << " n=" << len);

@@ -33,7 +33,7 @@ TuneOptions options_like(const Plan& p) {
   TuneOptions o;
   o.algorithm = common_algorithm(p);
   o.transfer = p.buckets.front().transfer;
-  o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers
+  o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers (DDP in backward)
   o.accumulate = p.accumulate;
   o.optimizer_kernels = p.optimizer_kernels;
   return o;
@@ -130,6 +130,7 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
       // parameter bytes), and one past the largest; torch's own first bucket and one that
       // is the plan's first.
       o.strategy = Strategy::Ddp;
+      o.packing = Packing::Inline;  // the Reducer copies each gradient into its bucket in backward
       std::set<int64_t> caps, firsts{o.ddp_first_bytes, 4 * elements.front()};
       for (int64_t e : elements) caps.insert(4 * e);
       caps.insert(4 * (*std::max_element(elements.begin(), elements.end())) * 2);
@@ -166,6 +167,7 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
       FrameworkSettings s;
       s.approximation = plan;
       s.approximation.strategy = "horovod groups";
+      s.approximation.pack_on = PackOn::Comm;  // its background thread fills the fusion buffer
       s.approximation.prediction.reset();
       for (size_t k = 0; k < plan.buckets.size(); ++k) {
         const PlanBucket& b = plan.buckets[k];

@@ -143,7 +143,8 @@ class Pipeline {
  public:
   Pipeline(const PipelineModel& pm, const PipelineSchedule& s, std::vector<Partition> parts,
            std::vector<std::vector<int>> layer_parts, const std::vector<double>& update_s)
-      : pm_(pm), s_(s), parts_(std::move(parts)), layer_parts_(std::move(layer_parts)), update_s_(update_s) {
+      : pm_(pm), s_(s), parts_(std::move(parts)), layer_parts_(std::move(layer_parts)), update_s_(update_s),
+        bwd_s_(pm.backward_steps(s)) {
     L_ = pm.compute().layers().size();
     P_ = parts_.size();
     sigma_ = pm.gpus() > 1 ? pm.cluster().comm_compute_sharing : 0;
@@ -221,6 +222,7 @@ class Pipeline {
   std::vector<Partition> parts_;
   std::vector<std::vector<int>> layer_parts_;
   const std::vector<double>& update_s_;
+  std::vector<double> bwd_s_;  // backward order, with the copies made in backward
   double total_update_s_ = 0;
   size_t L_ = 0, P_ = 0;
   bool rsag_ = false;
@@ -283,7 +285,7 @@ double Pipeline::duration() const {
   const auto& layers = pm_.compute().layers();
   switch (op_) {
     case Op::Forward: return layers[index_].fwd_s + (s_.step_update ? 0 : update_s_[index_]);
-    case Op::Backward: return layers[L_ - 1 - index_].bwd_s;
+    case Op::Backward: return bwd_s_[index_];
     case Op::Step: return step_s();
   }
   return 0;
@@ -509,11 +511,18 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
       p.last_layer = std::max(p.last_layer, layer);
       if (std::find(p.layers.begin(), p.layers.end(), layer) == p.layers.end()) p.layers.push_back(layer);
     }
-    if (s.pack) p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
+    if (s.pack && s.pack_on == PackOn::Comm)
+      p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
     parts.push_back(std::move(p));
     begin = end;
   }
   return parts;
+}
+
+std::vector<double> PipelineModel::backward_steps(const PipelineSchedule& s) const {
+  // Partitions tile every element, so a schedule that copies in backward copies every gradient.
+  const bool in_backward = s.pack && s.pack_on == PackOn::Compute;
+  return backward_steps_s(model_, compute_, cluster_, std::vector<bool>(model_.tensors.size(), in_backward));
 }
 
 PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_messages) const {

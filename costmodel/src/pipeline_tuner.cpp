@@ -34,7 +34,8 @@ ScheduleStrategy parse_schedule_strategy(const std::string& s, const std::string
 namespace {
 
 // Tensor-aligned partitions from one of the fusion tuner's strategies.
-std::vector<int64_t> fusion_bounds(const PipelineModel& pm, Strategy st, const ScheduleOptions& o, bool* pack) {
+std::vector<int64_t> fusion_bounds(const PipelineModel& pm, Strategy st, const ScheduleOptions& o, bool* pack,
+                                   PackOn* pack_on = nullptr) {
   if (pm.gpus() > 1) pm.collectives().cost(o.algorithm, 2, o.transfer);  // profiles computed once, then shared
   Tuner tuner(pm.model(), pm.cluster(), pm.batch(), pm.compute_precision(), pm.collectives());
   TuneOptions t;
@@ -48,6 +49,7 @@ std::vector<int64_t> fusion_bounds(const PipelineModel& pm, Strategy st, const S
     starts.push_back(b.begin);
     *pack = *pack || b.pack;
   }
+  if (pack_on) *pack_on = plan.pack_on;
   return pm.bounds_from_starts(starts);
 }
 
@@ -310,11 +312,11 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy st, const 
     case ScheduleStrategy::Best: s = best_schedule(pm, o, &r.evaluations, o.memory_limit_bytes); break;
     case ScheduleStrategy::Fusion: s.bounds = fusion_bounds(pm, Strategy::Optimal, o, &pack); break;
     case ScheduleStrategy::Ddp:
-      s.bounds = fusion_bounds(pm, Strategy::Ddp, o, &pack);
+      s.bounds = fusion_bounds(pm, Strategy::Ddp, o, &pack, &s.pack_on);
       s.pack = pack;
       break;
     case ScheduleStrategy::Horovod:
-      s.bounds = fusion_bounds(pm, Strategy::Horovod, o, &pack);
+      s.bounds = fusion_bounds(pm, Strategy::Horovod, o, &pack, &s.pack_on);
       s.pack = pack;
       break;
     case ScheduleStrategy::ByteScheduler:
@@ -396,6 +398,7 @@ nlohmann::json schedule_to_json(const PipelineModel& pm, const ScheduleResult& r
   j["reshard"] = s.reshard;
   j["credit"] = s.credit;
   j["pack"] = s.pack;
+  if (s.pack_on != PackOn::Comm) j["pack_on"] = pack_on_name(s.pack_on);
   j["algorithm"] = s.algorithm;
   j["transfer"] = precision_name(s.transfer);
   j["bounds"] = s.bounds;
@@ -461,6 +464,7 @@ ScheduleFile load_schedule(const std::string& path) {
   s.reshard = r.opt_boolean("reshard").value_or(false);
   s.credit = static_cast<int>(r.integer("credit", 1, 64));
   s.pack = r.boolean("pack");
+  if (auto po = r.opt_string("pack_on")) s.pack_on = parse_pack_on(*po, path + ": $.pack_on");
   s.algorithm = r.string("algorithm");
   if (s.algorithm != "auto") find_algorithm(s.algorithm, path + ": $.algorithm");
   s.transfer = parse_precision(r.string("transfer"), path + ": $.transfer");

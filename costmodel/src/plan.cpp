@@ -40,6 +40,7 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (!o.empty()) j["model"]["options"] = o;
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
+  if (p.pack_on != PackOn::Comm) j["pack_on"] = pack_on_name(p.pack_on);
   if (p.accumulate != Accumulation{})
     j["accumulate"] = {{"steps", p.accumulate.steps}, {"no_sync", p.accumulate.no_sync}};
   if (p.optimizer_kernels != OptimizerKernels::Fused)
@@ -80,6 +81,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   p.compute = parse_precision(r.string("compute"), origin + ": $.compute");
   p.strategy = r.opt_string("strategy").value_or("");
   p.cycle_s = r.opt_in_range("cycle_ms", 0, kMaxCycleMs, "ms").value_or(0) * 1e-3;
+  if (auto po = r.opt_string("pack_on")) p.pack_on = parse_pack_on(*po, origin + ": $.pack_on");
   if (auto a = r.opt_object("accumulate")) {
     p.accumulate.steps = static_cast<int>(a->integer("steps", 1, kMaxAccumulationSteps));
     p.accumulate.no_sync = a->opt_boolean("no_sync").value_or(false);
@@ -115,6 +117,14 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   }
   r.finish();
   return p;
+}
+
+const char* pack_on_name(PackOn p) { return p == PackOn::Compute ? "compute" : "comm"; }
+
+PackOn parse_pack_on(const std::string& s, const std::string& where) {
+  if (s == "comm") return PackOn::Comm;
+  if (s == "compute") return PackOn::Compute;
+  throw InputError(where + ": unknown value '" + s + "' (valid: comm, compute)");
 }
 
 const char* optimizer_kernels_name(OptimizerKernels k) {

@@ -17,12 +17,34 @@ std::vector<double> backward_steps_s(const ComputeModel& compute) {
   return s;
 }
 
-std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute) {
-  std::vector<double> end = backward_steps_s(compute);
-  for (size_t k = 1; k < end.size(); ++k) end[k] += end[k - 1];
+std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
+                                     const std::vector<bool>& copied) {
+  std::vector<double> s = backward_steps_s(compute);
+  const std::vector<int> step = gradient_ready_steps(model);
+  for (size_t pos = 0; pos < copied.size(); ++pos)
+    if (copied[pos])
+      s[size_t(step[pos])] += copy_in_backward_s(cluster, model.tensors[model.tensor_at_backward(int(pos))].numel);
+  return s;
+}
+
+std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
+                                     const Plan& plan) {
+  std::vector<bool> copied(model.tensors.size(), false);
+  if (plan.pack_on == PackOn::Compute)
+    for (const auto& b : plan.buckets)
+      for (int pos = b.begin; pos < b.end; ++pos) copied[size_t(pos)] = b.pack;
+  return backward_steps_s(model, compute, cluster, copied);
+}
+
+std::vector<double> gradient_ready_times(const Model& model, std::vector<double> steps_s) {
+  for (size_t k = 1; k < steps_s.size(); ++k) steps_s[k] += steps_s[k - 1];
   std::vector<double> ready;
-  for (int step : gradient_ready_steps(model)) ready.push_back(end[size_t(step)]);
+  for (int step : gradient_ready_steps(model)) ready.push_back(steps_s[size_t(step)]);
   return ready;
+}
+
+std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute) {
+  return gradient_ready_times(model, backward_steps_s(compute));
 }
 
 namespace {
@@ -191,6 +213,10 @@ double pack_time_s(const Cluster& cluster, int64_t bytes) {
   return kPackPasses * double(bytes) / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
 }
 
+double copy_in_backward_s(const Cluster& cluster, int64_t elems) {
+  return pack_time_s(cluster, elems * bytes_per_element(Precision::FP32));
+}
+
 double next_tick(double t, double cycle_s) {
   if (!(cycle_s > 0)) return t;
   // A bucket ready within a rounding error of a tick goes at that tick.
@@ -233,7 +259,9 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);
   r.optimizer_s = optimizer_step_s / steps;
 
-  const auto ready_pos = gradient_ready_times(model, compute);
+  // The backward steps, with the copies into the buckets where backward makes them.
+  const std::vector<double> steps_s = backward_steps_s(model, compute, cluster, plan);
+  const auto ready_pos = gradient_ready_times(model, steps_s);
   const auto ready_step = gradient_ready_steps(model);
   const bool shared = cluster.comm_compute_sharing > 0 && plan.gpus > 1;
   std::vector<double> ready, lat, bw;
@@ -247,7 +275,8 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
       last_ready = std::max(last_ready, ready_pos[pos]);
       after_step = std::max(after_step, ready_step[pos]);
     }
-    BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer, b.pack);
+    BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer,
+                                 b.pack && plan.pack_on == PackOn::Comm);
     const double pack_s = t.ready_s - last_ready;
     t.ready_s = next_tick(t.ready_s, plan.cycle_s);
     BucketReport br;
@@ -274,7 +303,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   }
   // Backward steps' end times (backward order): stretched when communication shares the
   // processor, the compute model's otherwise.
-  std::vector<double> step_end = backward_steps_s(compute);
+  std::vector<double> step_end = steps_s;
   std::vector<BucketTiming> timing;
   if (shared) {
     SharedTiming st = schedule_shared(step_end, shared_buckets, cluster.comm_compute_sharing, plan.cycle_s);
@@ -284,6 +313,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   } else {
     timing = schedule_buckets(ready, lat, bw, stream);
     for (size_t k = 1; k < step_end.size(); ++k) step_end[k] += step_end[k - 1];
+    if (plan.pack_on == PackOn::Compute && !step_end.empty()) r.backward_s = step_end.back();  // with the copies
   }
   for (size_t i = 0; i < timing.size(); ++i) {
     r.buckets[i].ready_s = timing[i].ready_s;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <cmath>
 #include <limits>
 #include <list>
@@ -50,10 +51,22 @@ const char* fp32_tensors_name(Fp32Tensors f) {
 
 namespace {
 
-bool packs(const TuneOptions& opt) {
-  if (opt.packing != Packing::Strategy) return opt.packing == Packing::Pack;
-  return opt.strategy == Strategy::Horovod || opt.strategy == Strategy::Ddp;
+// Where the tuned plan's copies run, if it copies: Horovod fills a fusion buffer off the
+// compute stream, DDP copies each gradient into its bucket in backward.
+std::optional<PackOn> copies(const TuneOptions& opt) {
+  switch (opt.packing) {
+    case Packing::View: return std::nullopt;
+    case Packing::Pack: return PackOn::Comm;
+    case Packing::Inline: return PackOn::Compute;
+    case Packing::Strategy: break;
+  }
+  if (opt.strategy == Strategy::Horovod) return PackOn::Comm;
+  if (opt.strategy == Strategy::Ddp) return PackOn::Compute;
+  return std::nullopt;
 }
+
+// The fusion buffer's copy delays a bucket: BucketTerms price it.
+bool packs_after_ready(const TuneOptions& opt) { return copies(opt) == PackOn::Comm; }
 
 bool keeps_fp32(const ParamTensor& t, Fp32Tensors f) {
   bool norm = t.role == TensorRole::NormScale || t.role == TensorRole::NormShift;
@@ -111,7 +124,7 @@ class BucketCoster {
  public:
   BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt,
                const std::vector<double>& ready)
-      : cluster_(c), coll_(coll), opt_(opt), pack_(packs(opt)), monotone_(coll.monotone(opt.algorithm)),
+      : cluster_(c), coll_(coll), opt_(opt), pack_(packs_after_ready(opt)), monotone_(coll.monotone(opt.algorithm)),
         neg_ready_(static_cast<int>(ready.size())) {
     const int n = static_cast<int>(m.tensors.size());
     for (double r : ready) neg_ready_.push(-r);
@@ -384,8 +397,8 @@ std::vector<int> mgwfbp(const std::vector<double>& ready, BucketCoster& cost) {
 // given and one bucket.
 class SharedSearch {
  public:
-  SharedSearch(BucketCoster& cost, const Model& m, const ComputeModel& compute, double sigma, int streams)
-      : cost_(cost), steps_(backward_steps_s(compute)), ready_step_(gradient_ready_steps(m)), sigma_(sigma),
+  SharedSearch(BucketCoster& cost, const Model& m, std::vector<double> steps_s, double sigma, int streams)
+      : cost_(cost), steps_(std::move(steps_s)), ready_step_(gradient_ready_steps(m)), sigma_(sigma),
         streams_(streams) {}
 
   // The last allreduce end (>= the stretched backward end), as predict() computes it.
@@ -483,12 +496,20 @@ Tuner::Tuner(const Model& m, const Cluster& c, int batch_per_gpu, Precision comp
       coll_(coll),
       compute_(m, c, batch_per_gpu, compute) {
   if (m.tensors.empty()) throw InputError("model " + m.name + " has no parameter tensors to reduce");
-  ready_ = gradient_ready_times(m, compute_);
+}
+
+std::vector<double> Tuner::backward_steps(const TuneOptions& opt) const {
+  // Copied in backward, every gradient is (a plan's copies there do not depend on where
+  // its buckets split): the ready times are the partition's own, as the search needs.
+  const bool in_backward = copies(opt) == PackOn::Compute;
+  return backward_steps_s(model_, compute_, cluster_, std::vector<bool>(model_.tensors.size(), in_backward));
 }
 
 std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations) const {
   const int n = static_cast<int>(model_.tensors.size());
-  BucketCoster cost(model_, cluster_, coll_, opt, ready_);
+  const std::vector<double> steps = backward_steps(opt);
+  const std::vector<double> ready = gradient_ready_times(model_, steps);
+  BucketCoster cost(model_, cluster_, coll_, opt, ready);
   std::vector<int> starts{0};
   objective = -1;
   auto tensor_bytes = [&](int pos, int elem_bytes) {
@@ -517,7 +538,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       double tick = 0;
       for (int i = 0; i < n; ++i) {
         int64_t b = tensor_bytes(i, bytes_per_element(cost.transfer(i, i + 1)));
-        double t = opt.horovod_cycle_s > 0 ? std::ceil(ready_[i] / opt.horovod_cycle_s) : 0;
+        double t = opt.horovod_cycle_s > 0 ? std::ceil(ready[i] / opt.horovod_cycle_s) : 0;
         if (i > 0 && (fill + b > opt.horovod_threshold_bytes || t != tick)) {
           starts.push_back(i);
           fill = 0;
@@ -541,11 +562,11 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       }
       break;
     }
-    case Strategy::Mgwfbp: starts = mgwfbp(ready_, cost); break;
+    case Strategy::Mgwfbp: starts = mgwfbp(ready, cost); break;
   }
   const bool searched = opt.strategy == Strategy::Optimal || opt.strategy == Strategy::KSplit;
   if (searched && cluster_.comm_compute_sharing > 0 && gpus_ > 1) {
-    SharedSearch shared(cost, model_, compute_, cluster_.comm_compute_sharing, opt.streams);
+    SharedSearch shared(cost, model_, steps, cluster_.comm_compute_sharing, opt.streams);
     starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
   }
   evaluations = cost.evaluations;
@@ -554,7 +575,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
 
 Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) const {
   const int n = static_cast<int>(model_.tensors.size());
-  BucketCoster cost(model_, cluster_, coll_, opt, ready_);
+  BucketCoster cost(model_, cluster_, coll_, opt, gradient_ready_times(model_, backward_steps(opt)));
   std::vector<PlanBucket> buckets;
   for (size_t k = 0; k < starts.size(); ++k) {
     PlanBucket b;
@@ -563,13 +584,14 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
     b.algorithm = opt.algorithm;
     b.transfer = cost.transfer(b.begin, b.end);
     b.stream = static_cast<int>(k % opt.streams);
-    b.pack = packs(opt);
+    b.pack = copies(opt).has_value();
     buckets.push_back(b);
   }
   Plan p = make_plan(model_, cluster_reference(cluster_), gpus_, batch_, compute_precision_, std::move(buckets),
                      strategy_name(opt.strategy));
   // Horovod's background thread launches a fused bucket at its next tick.
   if (opt.strategy == Strategy::Horovod) p.cycle_s = opt.horovod_cycle_s;
+  p.pack_on = copies(opt).value_or(PackOn::Comm);
   p.accumulate = opt.accumulate;
   p.optimizer_kernels = opt.optimizer_kernels;
   return p;

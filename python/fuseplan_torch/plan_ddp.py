@@ -19,7 +19,7 @@ communication). Every parameter's `.grad` is a view of its bucket from then on (
 gradient_as_bucket_view), so with `zero_grad(set_to_none=False)` gradients accumulate in
 the buckets; a fresh `.grad` is copied in when it is ready. Ready (the last gradient in),
 start and end are each bucket's measured timeline, in seconds from the start of
-backward. The copy into the buckets is what `fuseplan tune --pack pack` prices.
+backward. The copy into the buckets, in backward, is what `fuseplan tune --pack inline` prices.
 `no_sync()` is DDP's (gradient accumulation without allreduce); a plan's `accumulate`
 says how the runner uses it.
 """

@@ -101,7 +101,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     run.end = b.end;
     run.bytes = rep.buckets[k].bytes;
     run.label = trace_name::bucket(int(k), rep.buckets[k].algorithm);
-    run.pack_s = b.pack ? pack_time_s(c, run.bytes) : 0;
+    run.pack_s = b.pack && plan.pack_on == PackOn::Comm ? pack_time_s(c, run.bytes) : 0;
     if (P > 1) {
       const int64_t elems = bucket_elements(plan, m, b);
       CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
@@ -120,6 +120,8 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   steps.report = opt.progress;
   // Backward: after layer l (reverse order) the gradients up to this position are ready.
   const std::vector<int> ready_after = m.ready_prefix_after();
+  // Backward steps (backward order) with the copies the plan makes in backward.
+  const std::vector<double> bwd_steps = backward_steps_s(m, compute, c, plan);
 
   sg4::Engine e("fuseplan-sim");
   configure_engine(opt.network_model);
@@ -188,7 +190,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
         last_bwd_start[r] = sg4::Engine::get_clock();
         int next_bucket = 0;
         for (int l = static_cast<int>(m.layers.size()) - 1; l >= 0; --l) {
-          work(compute.layers()[l].bwd_s, trace_name::backward(m.layers[l].name), "backward");
+          work(bwd_steps[m.layers.size() - 1 - size_t(l)], trace_name::backward(m.layers[l].name), "backward");
           std::unique_lock lock(*s.mutex);
           s.ready = int64_t(it) * L + ready_after[l];
           for (; next_bucket < B && runs[next_bucket].end <= ready_after[l]; ++next_bucket)

@@ -112,6 +112,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   }
   const size_t B = parts.size();
   const auto& layers = pm.compute().layers();
+  const std::vector<double> bwd_steps = pm.backward_steps(s);  // backward order, with copies made in backward
   const size_t L = layers.size();
   std::vector<std::vector<size_t>> step_parts(L), forward_last(L);
   for (size_t i = 0; i < B; ++i) {
@@ -251,7 +252,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
               while (end_at[size_t(r)][id(it, part, 2)] == kNever) cv->wait(lock);
             }
           }
-          work(layers[L - 1 - k].bwd_s, trace_name::backward(model.layers[L - 1 - k].name), "backward", it);
+          work(bwd_steps[k], trace_name::backward(model.layers[L - 1 - k].name), "backward", it);
           std::unique_lock lock(*mutex);
           for (size_t part : step_parts[k]) {  // in backward order, as the pipeline launches them
             launched[size_t(r)] = std::max(launched[size_t(r)], sg4::Engine::get_clock() + parts[part].info.delay_s);

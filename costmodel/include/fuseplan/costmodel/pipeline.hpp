@@ -46,6 +46,7 @@
 #include "fuseplan/costmodel/collective_model.hpp"
 #include "fuseplan/costmodel/compute.hpp"
 #include "fuseplan/costmodel/memory.hpp"
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/precision.hpp"
 #include "fuseplan/models/model.hpp"
 
@@ -77,9 +78,12 @@ struct PipelineSchedule {
   // shard_optimizer.
   bool reshard = false;
   int credit = 1;                // messages in flight at once (>= 1)
-  // Every partition is copied into a buffer first (pack_time_s), as the tuner's packed
-  // plans are (Horovod's fusion buffer, DDP's bucket buffers); else it is a view.
+  // Every partition is copied into a buffer (else it is a view), as the tuner's packed
+  // plans are, where `pack_on` says (Plan::pack_on): once ready, off the compute stream
+  // (pack_time_s delays its message: Horovod's fusion buffer), or each gradient as
+  // backward makes it (copy_in_backward_s lengthens backward: DDP's bucket buffers).
   bool pack = false;
+  PackOn pack_on = PackOn::Comm;
   std::string algorithm = "auto";  // allreduce messages: a registered name or auto
   Precision transfer = Precision::FP16;
 };
@@ -126,6 +130,8 @@ class PipelineModel {
                 CollectiveOptions coll = {});
   // InputError when the schedule is malformed (bounds, credit, shard without a step).
   PipelineResult evaluate(const PipelineSchedule& s, bool with_messages = true) const;
+  // The layers' backward times in backward order with the copies `s` makes in backward.
+  std::vector<double> backward_steps(const PipelineSchedule& s) const;
 
   // A lower bound of every schedule's iteration with this transfer precision (any
   // partition, order, exchange, gate and credit): the larger of (a) the compute

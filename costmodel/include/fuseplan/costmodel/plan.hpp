@@ -26,9 +26,21 @@ struct PlanBucket {
   std::string algorithm = "auto";   // a registered name or "auto"
   int stream = 0;
   Precision transfer = Precision::FP16;
-  bool pack = false;                // copy into a fusion buffer first (else a view)
+  bool pack = false;                // copied into a buffer (Plan::pack_on says where), else a view
   bool operator==(const PlanBucket&) const = default;
 };
+
+// Where a plan's packing copies run ($.pack_on):
+// - Comm: a bucket's gradients are copied into its fusion buffer once they are all ready,
+//   off the compute stream (Horovod's background thread fills its fusion buffer on its own
+//   stream): the copy delays the bucket's allreduce, not backward.
+// - Compute: each gradient is copied into its bucket as backward makes it, on the compute
+//   stream (PyTorch DDP's Reducer copies in the autograd hook, on the gradient's stream):
+//   the copies lengthen backward, and every bucket after them is ready later.
+enum class PackOn { Comm, Compute };
+const char* pack_on_name(PackOn p);
+// "comm" | "compute"; InputError naming `where` otherwise.
+PackOn parse_pack_on(const std::string& s, const std::string& where);
 
 struct Report;
 
@@ -83,6 +95,7 @@ struct Plan {
   // whose gradients are ready waits for the next tick of the thread that launches
   // allreduces, ticks counted from the start of backward. 0 = launched at once.
   double cycle_s = 0;
+  PackOn pack_on = PackOn::Comm;    // where the packed buckets' copies run
   Accumulation accumulate;
   OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
   std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)

@@ -35,6 +35,10 @@ struct BucketTerms {
 };
 // Copying `bytes` into a fusion buffer: one read and one write at effective memory bandwidth.
 double pack_time_s(const Cluster& cluster, int64_t bytes);
+// Copying a gradient of `elems` into its bucket during backward (PackOn::Compute): the
+// buckets hold the parameters' precision, FP32 (mixed precision keeps FP32 parameters and
+// gradients, as torch.cuda.amp does; the cast to the transfer precision is the comm hook's).
+double copy_in_backward_s(const Cluster& cluster, int64_t elems);
 // When a bucket ready at `t` (seconds from the start of backward) is launched by a
 // framework thread that ticks every `cycle_s` (Plan::cycle_s): the first tick at or after
 // `t`; `t` itself when there is no cycle.
@@ -50,6 +54,16 @@ std::vector<double> gradient_ready_times(const Model& model, const ComputeModel&
 std::vector<int> gradient_ready_steps(const Model& model);
 // The layers' backward times in backward order (the last layer first).
 std::vector<double> backward_steps_s(const ComputeModel& compute);
+// The same with copy_in_backward_s of each backward position where `copied` added to the
+// step that makes its gradient.
+std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
+                                     const std::vector<bool>& copied);
+// The same with the copies `plan` makes in backward (its packed buckets' gradients when
+// $.pack_on is compute; none otherwise).
+std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
+                                     const Plan& plan);
+// Ready times from backward steps' times (backward order).
+std::vector<double> gradient_ready_times(const Model& model, std::vector<double> steps_s);
 
 // Backward and the allreduces sharing one processor (Cluster::comm_compute_sharing
 // sigma > 0). While k allreduces run, backward proceeds at rate 1 / (1 + sigma k) and,

@@ -39,7 +39,11 @@ enum class Fp32Tensors { None, Norm, NormAndBias };
 Fp32Tensors parse_fp32_tensors(const std::string& s, const std::string& flag = field("tuner.fp32_tensors"));
 const char* fp32_tensors_name(Fp32Tensors f);
 
-enum class Packing { Strategy, Pack, View };  // Strategy: horovod and ddp pack, the rest view
+// How the tuned plan's buckets are filled: Pack copies each bucket into a fusion buffer
+// once it is ready, off the compute stream (Horovod); Inline copies each gradient into its
+// bucket in backward, on the compute stream (PyTorch DDP's Reducer, fuseplan_torch's
+// PlanDDP); View copies nothing. Strategy: horovod packs, ddp copies inline, the rest view.
+enum class Packing { Strategy, Pack, Inline, View };
 
 struct TuneOptions {
   Strategy strategy = Strategy::Optimal;
@@ -90,6 +94,8 @@ class Tuner {
 
  private:
   std::vector<int> search(const TuneOptions& opt, double& objective, int64_t& evaluations) const;
+  // The backward steps' times (backward order) with the copies `opt` makes in backward.
+  std::vector<double> backward_steps(const TuneOptions& opt) const;
   const Model& model_;
   const Cluster& cluster_;
   int gpus_, batch_;
@@ -97,7 +103,6 @@ class Tuner {
   TrainingGoal goal_;
   CollectiveModel coll_;
   ComputeModel compute_;
-  std::vector<double> ready_;  // per backward position, from backward start
 };
 
 // The `top` best distinct plans by prediction among the tuned one (`tuned`, labelled by
