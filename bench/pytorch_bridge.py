@@ -4,7 +4,7 @@ fuseplan_torch.PlanDDP against torch DDP's default (bucket_cap_mb 25) and DDP wi
 settings `fuseplan export --to ddp` gives for the plan, then `fuseplan verify` on the
 PlanDDP run. Not a test; it prints figures.
 
-    bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt]
+    bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt] [--streams 1]
                             [--layer-times whole-pass|as-timed] [--min-gain PCT]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
@@ -15,8 +15,7 @@ PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor) fitting
 communication and backward slow each other on this machine and what each bucket costs
 (`fuseplan calibrate --plan --measured`, once); `fuseplan tune` on that fitted cluster (ring for every bucket,
 fp32 transfer: what gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in
-backward; two streams,
-as gloo runs two collectives at once, which DDP uses), `fuseplan export --to ddp`. Then one gloo job per model
+backward; one stream unless --streams), `fuseplan export --to ddp`. Then one gloo job per model
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
 the same weights, same data), so machine drift hits all three alike; the median step is
 reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratios of
@@ -100,6 +99,10 @@ def main():
     ap.add_argument("--min-gain", type=float, default=0.0,
                     help="tune --baseline ddp --min-gain PCT: keep DDP's buckets unless the tuned plan is predicted "
                          "PCT %% faster (0: always the tuned plan)")
+    ap.add_argument("--streams", type=int, default=1,
+                    help="plan streams (process groups) the tuned plans use: 1, as DDP runs its buckets on one "
+                         "process group; 2 runs two gloo collectives at once, whose contention with backward on "
+                         "two cores the overlap model fits less well")
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
     a = ap.parse_args()
@@ -133,7 +136,7 @@ def main():
             sh(fuseplan, "predict", *common, "--pack", "--pack-on", "compute", "--buckets", buckets)
         else:
             keep = ["--baseline", "ddp", "--min-gain", str(a.min_gain)] if a.min_gain > 0 and not pilot else []
-            sh(fuseplan, "tune", *common, "--pack", "inline", "--streams", "2", *keep)
+            sh(fuseplan, "tune", *common, "--pack", "inline", "--streams", str(a.streams), *keep)
         settings = json.loads(sh(fuseplan, "export", "--plan", plan, "--to", "ddp", "--profile", prof, "--json"))
         from fuseplan_torch.plan_ddp import load_plan
         p = load_plan(plan)
