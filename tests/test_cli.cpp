@@ -138,7 +138,8 @@ TEST_CASE("cli: predict --pack and --cycle-time price the fusion buffer copy and
           Approx(a["buckets"][i]["ready_s"].get<double>() + (fused ? 2 * bytes / bytes_per_s : 0)));
   }
   CHECK(b["iteration_s"].get<double>() >= a["iteration_s"].get<double>());
-  expect_bad("predict --model resnet18 --gpus 16 --pack --plan " + tmp("r18.json"), "--plan and --pack are exclusive");
+  expect_bad("predict --model resnet18 --gpus 16 --pack --plan " + tmp("r18.json"),
+             "--plan and --pack/--pack-on are exclusive");
   expect_bad("predict --cycle-time 5 --plan " + tmp("r18.json"), "--plan and --cycle-time are exclusive");
   expect_bad("predict --cycle-time 2000", "--cycle-time: must be in [0, 1000] ms (got 2000)");
   expect_bad("predict --cycle-time nan", "--cycle-time");
