@@ -30,7 +30,8 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   if (!f.plan_path.empty()) {
     if (f.buckets_opt->count()) throw InputError("--plan and --buckets are exclusive: a plan file carries its buckets");
     if (f.pack || f.pack_on_opt->count())
-      throw InputError("--plan and --pack/--pack-on are exclusive: a plan file says which buckets are packed and where");
+      throw InputError("--plan and --pack/--pack-on are exclusive: a plan file says which buckets are packed and "
+                       "where");
     if (f.cycle_opt->count()) throw InputError("--plan and --cycle-time are exclusive: a plan file carries its cycle_ms");
     if (f.step.given())
       throw InputError("--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive: a plan file carries its "
@@ -106,11 +107,12 @@ void add_predict_command(CLI::App& app) {
   cmd->add_flag("--pack", f->pack, "--buckets: copy each bucket of several tensors into a fusion buffer before its "
                                    "allreduce, as Horovod does (default: buckets are views, as DDP's "
                                    "gradient_as_bucket_view)");
-  f->pack_on_opt = cmd->add_option("--pack-on", f->pack_on,
-                                   "--pack: where the copies run: comm (once a bucket is ready, off the compute stream: "
-                                   "Horovod) | compute (each gradient as backward makes it, lengthening backward: "
-                                   "PyTorch DDP's Reducer; every bucket is copied)")
-                       ->capture_default_str();
+  f->pack_on_opt =
+      cmd->add_option("--pack-on", f->pack_on,
+                      "--pack: where the copies run: comm (once a bucket is ready, off the compute stream: Horovod) | "
+                      "compute (each gradient as backward makes it, lengthening backward: PyTorch DDP's Reducer; "
+                      "every bucket is copied)")
+          ->capture_default_str();
   f->cycle_opt = cmd->add_option("--cycle-time", f->cycle_ms,
                                  "--buckets: the framework's background cycle in ms (Horovod's HOROVOD_CYCLE_TIME): "
                                  "a ready bucket waits for the next tick (0 = none; at most 1000)");
