@@ -582,8 +582,9 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     model, prof, plan, rep = exported_small_cnn(tmp_path)
     r = fuseplan("tune", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
                  "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--strategy", "k-split",
-                 "--segments", "2", "--out", plan)
+                 "--segments", "2", "--pack", "inline", "--out", plan)
     assert r.returncode == 0, r.stderr
+    assert json.load(open(plan))["pack_on"] == "compute"  # PlanDDP's copies, priced in backward
     r = run_small_cnn(plan, rep, 3)
     assert "PlanDDP small_cnn x 2 ranks" in r.stdout
     assert "2 buckets, reducer engine" in r.stdout  # torch 1.13 has the Reducer: auto takes it
