@@ -9,8 +9,11 @@
 - "hooks": a Python hook on every parameter's gradient accumulator copies its gradient,
   divided by the number of ranks, into its bucket's flat buffer (one pass), and the moment
   a bucket's last gradient is in, it is launched; each stream's buckets in plan order.
-Either way a complete bucket is averaged (divided before the sum), cast to the plan's
-transfer precision (fp16/bf16 where the plan says so) and handed to its plan stream: a
+Either way a complete bucket is averaged, in its transfer precision (fp16/bf16 where the
+plan says so), and handed to its plan stream. The hooks engine divides as it copies; the
+Reducer's buckets (its comm hook gets them undivided) are divided in the pass that casts
+them to 16 bits, before the sum, or, in FP32, by the stream's thread after the sum, off
+the autograd thread. A plan stream is a
 thread with its own process group that runs its buckets' allreduces one after another in
 plan order, as a CUDA stream runs NCCL's (gloo would otherwise run two collectives of one
 group at once on its worker threads); it records when each started and ended. When
@@ -379,18 +382,24 @@ class PlanDDP(nn.Module):
         future it returns holds the averaged bucket once the stream has summed it."""
         b = self.buckets[grad_bucket.index()]
         self._mark_ready(b, time.perf_counter())
-        buffer = grad_bucket.buffer()
-        buffer.div_(self.world)
-        fut = self._send(b, buffer)
+        fut = self._send(b, grad_bucket.buffer(), divided=False)
         if b.index == len(self.buckets) - 1:  # autograd is done: the Reducer's wait comes next
             torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
         return fut
 
-    def _send(self, b: _Bucket, buffer: torch.Tensor) -> Any:
-        """Bucket `b`'s averaged `buffer` to its stream, in its transfer precision; the
-        future holds `buffer` once it holds the sum."""
-        wire = buffer if b.transfer == "fp32" else buffer.to(_DTYPES[b.transfer])
-        return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start)
+    def _send(self, b: _Bucket, buffer: torch.Tensor, divided: bool = True) -> Any:
+        """Bucket `b`'s `buffer` to its stream, in its transfer precision; the future holds
+        `buffer` once it holds the average. An undivided `buffer` is divided in the same pass
+        as its cast to 16 bits (before the sum, whose range it keeps), or in FP32 by the
+        stream's thread after the sum."""
+        if b.transfer == "fp32":
+            wire, after = buffer, (1 if divided else self.world)
+        else:
+            wire = torch.empty_like(buffer, dtype=_DTYPES[b.transfer])
+            torch.div(buffer, 1 if divided else self.world, out=wire)
+            after = 1
+        return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start,
+                                             after)
 
     def _mark_ready(self, b: _Bucket, now: float) -> None:
         times = self.step.buckets[b.index]
@@ -432,6 +441,18 @@ class PlanDDP(nn.Module):
             st.stop()
 
 
+def _average_into(buffer: torch.Tensor, wire: torch.Tensor, divide: int) -> None:
+    """`buffer` = the summed `wire` / `divide`, in one pass (none for an FP32 wire that is
+    the buffer and needs no division)."""
+    if wire is buffer:
+        if divide != 1:
+            buffer.div_(divide)
+    elif divide != 1:
+        torch.div(wire, divide, out=buffer)
+    else:
+        buffer.copy_(wire)
+
+
 class _Stream:
     """One plan stream: a thread that allreduces its buckets one at a time, in the order
     they were submitted, on its own process group, recording each one's start and end.
@@ -449,15 +470,17 @@ class _Stream:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def submit(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float) -> Any:
+    def submit(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float,
+               divide: int = 1) -> Any:
         """Queues the allreduce of `wire` (`buffer` itself, or its 16-bit copy, summed into
-        `buffer` again); the future returned holds `buffer` when it is done, or the error."""
+        `buffer` again), the sum then divided by `divide`; the future returned holds `buffer`
+        when it is done, or the error."""
         fut: Any = torch.futures.Future()
         filled = None
         if wire.is_cuda:
             filled = torch.cuda.Event()
             filled.record()  # on the submitter's current stream, after the bucket's copies and cast
-        self.q.put((wire, buffer, times, origin, fut, filled))
+        self.q.put((wire, buffer, times, origin, fut, filled, divide))
         return fut
 
     def _run(self) -> None:
@@ -465,17 +488,16 @@ class _Stream:
             item = self.q.get()
             if item is None:
                 return
-            wire, buffer, times, origin, fut, filled = item
+            wire, buffer, times, origin, fut, filled, divide = item
             error: Optional[BaseException] = None
             try:
                 if filled is None:
                     times.start_s = time.perf_counter() - origin
                     dist.all_reduce(wire, group=self.group, async_op=True).wait()
                     times.end_s = time.perf_counter() - origin
-                    if wire is not buffer:
-                        buffer.copy_(wire)
+                    _average_into(buffer, wire, divide)
                 else:
-                    self._run_cuda(wire, buffer, times, origin, filled)
+                    self._run_cuda(wire, buffer, times, origin, filled, divide)
             except BaseException as e:  # handed to the training thread by the future
                 error = e
                 times.end_s = time.perf_counter() - origin
@@ -485,7 +507,7 @@ class _Stream:
             fut.set_result(buffer)
 
     def _run_cuda(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float,
-                  filled: Any) -> None:
+                  filled: Any, divide: int) -> None:
         stream = self.cuda_streams.get(wire.device)
         if stream is None:
             stream = self.cuda_streams[wire.device] = torch.cuda.Stream(device=wire.device)
@@ -495,8 +517,7 @@ class _Stream:
             times.start_s = time.perf_counter() - origin  # the host's, when queued, until StepTimes.resolve()
             dist.all_reduce(wire, group=self.group, async_op=True).wait()  # the stream waits for NCCL's
             times.end_event = _device_mark()
-            if wire is not buffer:
-                buffer.copy_(wire)
+            _average_into(buffer, wire, divide)
             stream.synchronize()  # the future's buffer is complete when it is set
             times.end_s = time.perf_counter() - origin
 
