@@ -342,7 +342,9 @@ TEST_CASE("pipeline: a schedule file reads back as the schedule and setup it was
   const Model m = load_model("resnet18");
   const Cluster c = load_cluster("p100-horovod");
   PipelineModel pm(m, c, 16, 32, Precision::FP16);
-  for (ScheduleStrategy st : {ScheduleStrategy::Dear, ScheduleStrategy::ByteScheduler, ScheduleStrategy::Zero2}) {
+  // ddp: its buckets copied in backward (pack_on compute), read back as such.
+  for (ScheduleStrategy st : {ScheduleStrategy::Dear, ScheduleStrategy::ByteScheduler, ScheduleStrategy::Zero2,
+                              ScheduleStrategy::Ddp}) {
     const ScheduleResult r = schedule_for(pm, st, {});
     const auto bound = pm.lower_bound(Precision::FP16);
     const std::string path = (std::filesystem::temp_directory_path() / "fuseplan-test-schedule.json").string();
@@ -357,6 +359,8 @@ TEST_CASE("pipeline: a schedule file reads back as the schedule and setup it was
     CHECK(f.schedule.shard_optimizer == r.schedule.shard_optimizer);
     CHECK(f.schedule.credit == r.schedule.credit);
     CHECK(f.schedule.pack == r.schedule.pack);
+    CHECK(f.schedule.pack_on == r.schedule.pack_on);
+    CHECK((st == ScheduleStrategy::Ddp) == (r.schedule.pack_on == PackOn::Compute));
     CHECK(f.setup.model == "resnet18");
     CHECK(f.setup.fingerprint == m.fingerprint_hex());
     CHECK(f.setup.gpus == 16);

@@ -3,10 +3,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
 #include <cmath>
 #include <limits>
 #include <list>
+#include <optional>
 
 #include "fuseplan/models/error.hpp"
 
