@@ -126,17 +126,14 @@ def main():
                str(a.ranks), "--layer-times", a.layer_times)
         return model, prof
 
-    def tune_and_run(name, cluster, tag, steps, pilot=False, buckets=None):
+    def tune_and_run(name, cluster, tag, steps, pilot=False, strategy="optimal"):
         spec = MODELS[name]
         model, prof = export(name)
         plan = os.path.join(work, name + tag + "-plan.json")
         common = ["--model", model, "--profile", prof, "--cluster", cluster, "--gpus", str(a.ranks),
                   "--batch-per-gpu", str(spec[5]), "--precision", "fp32", "--algorithm", "ring", "--out", plan]
-        if buckets:  # a fixed bucketing, one stream
-            sh(fuseplan, "predict", *common, "--pack", "--pack-on", "compute", "--buckets", buckets)
-        else:
-            keep = ["--baseline", "ddp", "--min-gain", str(a.min_gain)] if a.min_gain > 0 and not pilot else []
-            sh(fuseplan, "tune", *common, "--pack", "inline", "--streams", str(a.streams), *keep)
+        keep = ["--baseline", "ddp", "--min-gain", str(a.min_gain)] if a.min_gain > 0 and not pilot else []
+        sh(fuseplan, "tune", *common, "--strategy", strategy, "--pack", "inline", "--streams", str(a.streams), *keep)
         settings = json.loads(sh(fuseplan, "export", "--plan", plan, "--to", "ddp", "--profile", prof, "--json"))
         from fuseplan_torch.plan_ddp import load_plan
         p = load_plan(plan)
@@ -157,14 +154,15 @@ def main():
     # (comm_compute_sharing) and what each bucket costs beyond its allreduce
     # (dispatch_overhead_us) are fitted on two pilot runs of the first model through
     # PlanDDP: its plan tuned on the swept cluster, and one bucket per tensor (many
-    # buckets, which separates the two constants). The plans compared below are tuned on
+    # buckets, which separates the two constants; round-robin on the plans' streams, so
+    # that the fit sees as many allreduces at once as they run). The plans compared below are tuned on
     # the fitted cluster, as a user's second round would be; the pilots' model is
     # in-sample for verify, the other models are held out.
     pilot_model = a.models.split(",")[0]
     pilot_steps = max(8, a.steps // 3)
     fit_args = []
-    for tag, buckets in (("-pilot", None), ("-pilot-per-tensor", "per-tensor")):
-        _, _, _, (plan0, measured0, _, run_prof0) = tune_and_run(pilot_model, cal, tag, pilot_steps, True, buckets)
+    for tag, strategy in (("-pilot", "optimal"), ("-pilot-per-tensor", "per-tensor")):
+        _, _, _, (plan0, measured0, _, run_prof0) = tune_and_run(pilot_model, cal, tag, pilot_steps, True, strategy)
         fit_args += ["--plan", plan0, "--measured", measured0]
     fitted = os.path.join(work, "cal-fitted.json")
     print(sh(fuseplan, "calibrate", "--cluster", cal, *fit_args, "--profile", run_prof0, "--out", fitted))
