@@ -395,8 +395,8 @@ class PlanDDP(nn.Module):
         if b.transfer == "fp32":
             wire, after = buffer, (1 if divided else self.world)
         else:
-            wire = torch.empty_like(buffer, dtype=_DTYPES[b.transfer])
-            torch.div(buffer, 1 if divided else self.world, out=wire)
+            wire = buffer.to(_DTYPES[b.transfer]) if divided else torch.div(
+                buffer, self.world, out=torch.empty_like(buffer, dtype=_DTYPES[b.transfer]))
             after = 1
         return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start,
                                              after)
