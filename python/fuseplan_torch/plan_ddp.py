@@ -392,12 +392,13 @@ class PlanDDP(nn.Module):
         `buffer` once it holds the average. An undivided `buffer` is divided in the same pass
         as its cast to 16 bits (before the sum, whose range it keeps), or in FP32 by the
         stream's thread after the sum."""
+        dtype = _DTYPES[b.transfer]
         if b.transfer == "fp32":
             wire, after = buffer, (1 if divided else self.world)
+        elif divided:
+            wire, after = buffer.to(dtype), 1
         else:
-            wire = buffer.to(_DTYPES[b.transfer]) if divided else torch.div(
-                buffer, self.world, out=torch.empty_like(buffer, dtype=_DTYPES[b.transfer]))
-            after = 1
+            wire, after = torch.div(buffer, self.world, out=torch.empty_like(buffer, dtype=dtype)), 1
         return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start,
                                              after)
 
