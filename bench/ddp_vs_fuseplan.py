@@ -28,6 +28,7 @@ def ddp_worker(rank, ranks, model, batch, steps, threads, port, out):
     import torch.distributed as dist
     torch.set_num_threads(threads)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    os.environ.setdefault("USE_LIBUV", "0")  # as fuseplan_torch.jobs.spawn: Debian's torch 2.6 has no libuv
     dist.init_process_group("gloo", rank=rank, world_size=ranks)
     torch.manual_seed(1)
     net = torch.nn.parallel.DistributedDataParallel(build_torch(model, torch))  # bucket_cap_mb=25
@@ -50,6 +51,7 @@ def ddp_worker(rank, ranks, model, batch, steps, threads, port, out):
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"step_s": float(t[0]), "torch": torch.__version__}, f)
+    dist.barrier()  # leave together (fuseplan_torch.jobs._entry says why)
     dist.destroy_process_group()
 
 

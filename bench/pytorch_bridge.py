@@ -53,10 +53,9 @@ def sh(*args, **kw):
 
 def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, layer_times, pilot=False):
     import torch
-    import torch.distributed as dist
     import torch.nn as nn
     from fuseplan_torch import jobs
-    from fuseplan_torch.plan_ddp import PlanDDP
+    from fuseplan_torch.plan_ddp import PlanDDP, exported_ddp
     from fuseplan_torch.runner import measure_plan, measure_side_by_side
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
@@ -69,10 +68,7 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     planned = PlanDDP(copies[0], plan, names)
     opt_plan = torch.optim.SGD(planned.parameters(), lr=0.01, momentum=0.9)
     default = nn.parallel.DistributedDataParallel(copies[1])
-    first = dist._DEFAULT_FIRST_BUCKET_BYTES
-    dist._DEFAULT_FIRST_BUCKET_BYTES = ddp_settings["first_bucket_bytes"]
-    exported = nn.parallel.DistributedDataParallel(copies[2], bucket_cap_mb=ddp_settings["bucket_cap_mb"])
-    dist._DEFAULT_FIRST_BUCKET_BYTES = first
+    exported = exported_ddp(copies[2], ddp_settings)
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (default, exported)]
     # The same timing for all three (the slowest rank's step), interleaved step by step.
     trainers = (("plan", planned, opt_plan, planned.start_backward), ("ddp", default, opts[0], lambda: None),

@@ -15,7 +15,7 @@ namespace fuseplan::cli {
 namespace {
 struct ExportFlags {
   SetupFlags setup;
-  std::string plan_path, to, out;
+  std::string plan_path, to, out, torch = "2.6";
   bool json = false;
 };
 
@@ -37,10 +37,21 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
     case Framework::Ddp:
       o << "# torch.nn.parallel.DistributedDataParallel, from " << plan_path << " ("
         << s.approximation.buckets.size() << " buckets from the second step on)\n";
-      if (s.first_bucket_bytes != TuneOptions{}.ddp_first_bytes)
-        o << "torch.distributed._DEFAULT_FIRST_BUCKET_BYTES = " << s.first_bucket_bytes
-          << "  # the first bucket's cap, read when DDP is constructed (default 1 MiB)\n";
-      o << "model = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=" << cap << ")\n";
+      if (s.cap_unset) {
+        if (s.first_bucket_bytes != TuneOptions{}.ddp_first_bytes)
+          o << "torch.distributed._DEFAULT_FIRST_BUCKET_BYTES = " << s.first_bucket_bytes
+            << "  # the first bucket's cap, read when DDP is constructed (default 1 MiB)\n";
+        o << "# bucket_cap_mb left unset (25 MiB): torch 2.x caps the first bucket at bucket_cap_mb once it is "
+             "given\n"
+          << "model = torch.nn.parallel.DistributedDataParallel(model)\n";
+      } else {
+        if (s.first_bucket_bytes != TuneOptions{}.ddp_first_bytes)
+          o << "torch.distributed._DEFAULT_FIRST_BUCKET_BYTES = " << s.first_bucket_bytes
+            << (s.first_bucket_bytes == s.cap_units
+                    ? "  # the first bucket's cap in torch 1.13 (torch 2.x caps it at bucket_cap_mb)\n"
+                    : "  # the first bucket's cap: torch 1.13's rule (torch 2.x caps it at bucket_cap_mb)\n");
+        o << "model = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=" << cap << ")\n";
+      }
       if (plan.accumulate.steps > 1 && plan.accumulate.no_sync)
         o << "# " << k << " micro-batches per optimizer step, allreducing on the last only:\n"
           << "#   for i, (x, y) in enumerate(loader):\n"
@@ -98,7 +109,7 @@ nlohmann::json settings_json(const FrameworkSettings& s, const std::string& code
   const Accumulation& a = s.approximation.accumulate;
   if (a.steps > 1) j["accumulate"] = {{"steps", a.steps}, {"no_sync", a.no_sync}};
   if (s.framework == Framework::Ddp) {
-    j["bucket_cap_mb"] = s.cap;
+    j["bucket_cap_mb"] = s.cap_unset ? nlohmann::json(nullptr) : nlohmann::json(s.cap);  // null: leave it unset
     j["first_bucket_bytes"] = s.first_bucket_bytes;
   }
   if (s.framework == Framework::DeepSpeed) j["reduce_bucket_size"] = s.cap_units;
@@ -138,11 +149,15 @@ void add_export_command(CLI::App& app) {
   cmd->add_option("--to", f->to, "ddp | horovod | deepspeed")->required();
   cmd->add_option("--out", f->out, "write the snippet (Python for ddp and horovod, JSON for deepspeed) to FILE");
   cmd->add_flag("--json", f->json, "print the settings and both predictions as JSON");
+  cmd->add_option("--torch", f->torch,
+                  "ddp: the torch whose first-bucket rule to follow: 2.6 (the default; its settings form the same "
+                  "buckets under 1.13) or 1.13 (any first-bucket cap with any bucket_cap_mb)");
   cmd->callback([f] {
     const Framework framework = parse_framework(f->to, "--to");
+    const DdpTorch torch = parse_ddp_torch(f->torch, "--torch");
     const Scenario s = f->setup.load_plan_file(f->plan_path);
     Tuner tuner(s.model, s.cluster, s.plan.gpus, s.plan.batch_per_gpu, s.plan.compute, s.collective, s.goal);
-    const FrameworkSettings settings = framework_settings(tuner, s.plan, framework);
+    const FrameworkSettings settings = framework_settings(tuner, s.plan, framework, torch);
     const std::string code = snippet(settings, s.plan, f->plan_path);
     if (!f->out.empty()) write_file_atomic(f->out, code);
     if (f->json) {

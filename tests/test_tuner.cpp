@@ -435,14 +435,41 @@ TEST_CASE("framework export: each framework's settings form the buckets fuseplan
     }
     CHECK(s.predicted.iteration_s >= s.plan_predicted.iteration_s);  // Horovod copies into its buffer
   }
-  SECTION("ddp: a plan DDP itself made is found exactly, with its caps") {
+  SECTION("ddp: a plan DDP itself made is found exactly, with its caps, as each torch forms it") {
     TuneOptions d;
     d.strategy = Strategy::Ddp;
-    d.ddp_cap_bytes = int64_t(10) << 20;
-    const Plan ddp_plan = t.run(d).plan;
-    const FrameworkSettings s = framework_settings(t, ddp_plan, Framework::Ddp);
-    CHECK(s.boundaries_missing + s.boundaries_extra == 0);
-    CHECK(s.approximation.buckets.size() == ddp_plan.buckets.size());
+    auto exact = [&](const FrameworkSettings& s, const Plan& p) {
+      CHECK(s.boundaries_missing + s.boundaries_extra == 0);
+      CHECK(s.approximation.buckets.size() == p.buckets.size());
+    };
+    // DDP(bucket_cap_mb unset): 1 MiB then 25 MiB under either torch.
+    const Plan by_default = t.run(d).plan;
+    const FrameworkSettings unset = framework_settings(t, by_default, Framework::Ddp);
+    exact(unset, by_default);
+    CHECK(unset.cap_unset);
+    CHECK(unset.first_bucket_bytes == int64_t(1) << 20);
+    // DDP(bucket_cap_mb=10) under torch 2.6: the first bucket capped at 10 MiB too.
+    d.ddp_cap_bytes = d.ddp_first_bytes = int64_t(10) << 20;
+    const Plan torch26 = t.run(d).plan;
+    const FrameworkSettings given = framework_settings(t, torch26, Framework::Ddp);
+    exact(given, torch26);
+    CHECK_FALSE(given.cap_unset);
+    CHECK(given.first_bucket_bytes == given.cap_units);
+    // A 1 MiB first bucket before 10 MiB ones: torch 1.13 only (bucket_cap_mb=10 with
+    // _DEFAULT_FIRST_BUCKET_BYTES at 1 MiB); the portable settings cannot form it.
+    d.ddp_first_bytes = int64_t(1) << 20;
+    const Plan torch113 = t.run(d).plan;
+    auto begins = [](const Plan& p) {
+      std::vector<int> b;
+      for (const auto& k : p.buckets) b.push_back(k.begin);
+      return b;
+    };
+    REQUIRE(begins(torch113) != begins(torch26));
+    exact(framework_settings(t, torch113, Framework::Ddp, DdpTorch::V1_13), torch113);
+    const FrameworkSettings portable = framework_settings(t, torch113, Framework::Ddp);
+    CHECK(portable.boundaries_missing + portable.boundaries_extra > 0);
+    CHECK((portable.cap_unset || portable.first_bucket_bytes == portable.cap_units));
+    CHECK_THROWS_WITH(parse_ddp_torch("2.0", "--torch"), "--torch: unknown torch '2.0' (valid: 2.6, 1.13)");
   }
   SECTION("ddp and deepspeed: the chosen cap's buckets follow the framework's rule") {
     const FrameworkSettings ds = framework_settings(t, plan, Framework::DeepSpeed);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -11,6 +12,7 @@ namespace fuseplan {
 
 namespace {
 constexpr int64_t kMiB = int64_t(1) << 20;
+constexpr double kDdpDefaultCapMib = 25;  // DDP's bucket_cap_mb when unset
 // Horovod's shortest practical cycle (HOROVOD_CYCLE_TIME, ms): with groups, each group
 // waits for at most one cycle of its background thread, which the prediction prices.
 constexpr double kHorovodCycleMs = 0.1;
@@ -101,7 +103,13 @@ const char* framework_name(Framework f) {
   return "?";
 }
 
-FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Framework framework) {
+DdpTorch parse_ddp_torch(const std::string& s, const std::string& flag) {
+  if (s == "2.6") return DdpTorch::Any;
+  if (s == "1.13") return DdpTorch::V1_13;
+  throw InputError(flag + ": unknown torch '" + s + "' (valid: 2.6, 1.13)");
+}
+
+FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Framework framework, DdpTorch torch) {
   const Model& m = tuner.model();
   validate_plan(plan, m, field("export.plan"));
   // DDP accumulates either way (no_sync() or not); Horovod's backward_passes_per_step
@@ -127,26 +135,34 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
   switch (framework) {
     case Framework::Ddp: {
       // Caps that close a bucket exactly where one of the plan's ends (DDP counts FP32
-      // parameter bytes), and one past the largest; torch's own first bucket and one that
-      // is the plan's first.
+      // parameter bytes), and one past the largest; for the first bucket, torch's own cap
+      // and the plan's first bucket. Under either torch, a given cap with the first
+      // bucket's cap set to it, and bucket_cap_mb left unset with either first cap;
+      // under torch 1.13 only, any pair.
       o.strategy = Strategy::Ddp;
       o.packing = Packing::Inline;  // the Reducer copies each gradient into its bucket in backward
-      std::set<int64_t> caps, firsts{o.ddp_first_bytes, 4 * elements.front()};
+      const int64_t torch_first = o.ddp_first_bytes;
+      std::set<int64_t> caps, firsts{torch_first, 4 * elements.front()};
       for (int64_t e : elements) caps.insert(4 * e);
       caps.insert(4 * (*std::max_element(elements.begin(), elements.end())) * 2);
-      for (int64_t first : firsts)
-        for (int64_t bytes : caps) {
-          FrameworkSettings s;
-          s.cap = printed_mib(bytes);
-          s.cap_units = static_cast<int64_t>(s.cap * double(kMiB));
-          if (s.cap_units < 1) continue;
-          s.first_bucket_bytes = o.ddp_first_bytes = first;
-          o.ddp_cap_bytes = s.cap_units;
-          TuneResult r = tuner.run(o);
-          s.approximation = std::move(r.plan);
-          s.predicted = std::move(r.report);
-          consider(std::move(s));
-        }
+      auto ddp = [&](double cap_mib, std::optional<int64_t> first, bool unset) {
+        FrameworkSettings s;
+        s.cap = cap_mib;
+        s.cap_units = static_cast<int64_t>(s.cap * double(kMiB));
+        if (s.cap_units < 1) return;
+        s.cap_unset = unset;
+        s.first_bucket_bytes = o.ddp_first_bytes = first.value_or(s.cap_units);
+        o.ddp_cap_bytes = s.cap_units;
+        TuneResult r = tuner.run(o);
+        s.approximation = std::move(r.plan);
+        s.predicted = std::move(r.report);
+        consider(std::move(s));
+      };
+      for (int64_t bytes : caps) ddp(printed_mib(bytes), std::nullopt, false);
+      for (int64_t first : firsts) ddp(kDdpDefaultCapMib, first, true);
+      if (torch == DdpTorch::V1_13)
+        for (int64_t first : firsts)
+          for (int64_t bytes : caps) ddp(printed_mib(bytes), first, false);
       break;
     }
     case Framework::DeepSpeed: {

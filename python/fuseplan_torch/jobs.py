@@ -1,11 +1,13 @@
 """What `python3 -m fuseplan_torch` runs: export, a measured gloo job, an allreduce sweep."""
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import json
 import os
 import socket
 import statistics
+import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -205,6 +207,7 @@ def _free_port() -> int:
 
 
 BACKENDS = ("gloo", "nccl")
+_TEARDOWN_S = 60  # how long a failed rank's exit may take
 
 
 def check_backend(backend: str, ranks: int) -> None:
@@ -222,6 +225,9 @@ def spawn(ranks: int, fn: Any, args: Tuple[Any, ...], backend: str = "gloo") -> 
     `backend`: gloo on the CPU, or NCCL with rank r on GPU r."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(_free_port())
+    # torch >= 2.4 asks for a libuv store by default, which Debian's torch 2.6 is built
+    # without (its processes fail at the rendezvous); ranks on one machine need none.
+    os.environ.setdefault("USE_LIBUV", "0")
     mp.spawn(_entry, args=(ranks, fn, args, backend), nprocs=ranks, join=True)
 
 
@@ -231,8 +237,18 @@ def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...], backend: str) 
     dist.init_process_group(backend, rank=rank, world_size=ranks)
     try:
         fn(rank, ranks, *args)
-    finally:
-        dist.destroy_process_group()
+        dist.barrier()
+    except BaseException:
+        # mp.spawn reports the error once this process ends; should the process group's
+        # teardown at exit hang, the process ends anyway (exit code 1, stacks on stderr).
+        faulthandler.dump_traceback_later(_TEARDOWN_S, exit=True)
+        raise
+    # Past the barrier every rank has done its part, its outputs written. The process ends
+    # here, without destroy_process_group: under torch 2.6 gloo's teardown hangs now and
+    # then, and always on a rank whose peer has already left (pytorch/pytorch#75097).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def rank_device(backend: str, rank: int) -> torch.device:

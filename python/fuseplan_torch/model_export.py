@@ -122,18 +122,18 @@ class _ScopeTracer(fx.Tracer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.scope: List[str] = []
+        self.fuseplan_scope: List[str] = []
 
     def call_module(self, m: nn.Module, forward: Callable, args: Any, kwargs: Any) -> Any:
-        self.scope.append(self.path_of_module(m))
+        self.fuseplan_scope.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
         finally:
-            self.scope.pop()
+            self.fuseplan_scope.pop()
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
-        node.meta["fuseplan_scope"] = self.scope[-1] if self.scope else ""
+        node.meta["fuseplan_scope"] = self.fuseplan_scope[-1] if self.fuseplan_scope else ""
         return node
 
 

@@ -525,3 +525,18 @@ class _Stream:
     def stop(self) -> None:
         self.q.put(None)
         self.thread.join()
+
+
+def exported_ddp(module: nn.Module, settings: Dict[str, Any], **ddp_kwargs: Any) -> nn.Module:
+    """torch DDP built with what `fuseplan export --to ddp --json` printed: bucket_cap_mb
+    given, or left unset where it says null (torch 2.x caps the first bucket at a given
+    bucket_cap_mb), and the first bucket's cap set for this construction only."""
+    kwargs = dict(ddp_kwargs)
+    if settings.get("bucket_cap_mb") is not None:
+        kwargs["bucket_cap_mb"] = settings["bucket_cap_mb"]
+    before = dist._DEFAULT_FIRST_BUCKET_BYTES
+    dist._DEFAULT_FIRST_BUCKET_BYTES = int(settings["first_bucket_bytes"])
+    try:
+        return nn.parallel.DistributedDataParallel(module, **kwargs)
+    finally:
+        dist._DEFAULT_FIRST_BUCKET_BYTES = before

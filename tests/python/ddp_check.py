@@ -1,13 +1,14 @@
 """Rank functions for the PlanDDP tests (importable by the spawned processes)."""
 import contextlib
 import json
+from typing import Any, Dict
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from fuseplan_torch.model_export import export_model
-from fuseplan_torch.plan_ddp import PlanDDP, PlanError
+from fuseplan_torch.plan_ddp import PlanDDP, PlanError, exported_ddp
 
 
 def small_cnn() -> nn.Module:
@@ -123,17 +124,17 @@ def side_by_side(rank: int, ranks: int, out_path: str, steps: int) -> None:
             json.dump(gathered, f)
 
 
-def ddp_buckets(rank: int, ranks: int, out_path: str, first_bytes: int, cap_mb: float) -> None:
-    """The buckets torch DDP forms (from the third step, after its rebuild) with a first-bucket
-    cap and bucket_cap_mb, as lists of parameter names in the order DDP reduces them."""
+def ddp_buckets(rank: int, ranks: int, out_path: str, settings: Dict[str, Any]) -> None:
+    """The buckets torch DDP forms (from the third step, after its rebuild) with the settings
+    `fuseplan export --to ddp --json` printed, as lists of parameter names in the order DDP
+    reduces them."""
     import torchvision
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    dist._DEFAULT_FIRST_BUCKET_BYTES = first_bytes
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
     names = {id(p): n for n, p in model.named_parameters()}
-    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cap_mb)
+    ddp = exported_ddp(model, settings)
     seen = []
 
     def hook(state, bucket):
