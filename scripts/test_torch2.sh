@@ -8,7 +8,11 @@
 # and runs pytest there on this source tree, with the fuseplan binary built here (run
 # by this system's own loader and libraries, copied into the tree).
 #
-# Usage: scripts/test_torch2.sh [pytest arguments]   (as root: debootstrap, chroot, mount)
+# Usage (as root: debootstrap, chroot, mount):
+#   scripts/test_torch2.sh [pytest arguments]
+#   scripts/test_torch2.sh --run COMMAND...   any command in the tree instead, from /src, with
+#       /opt/fuseplan/fuseplan as the binary, e.g.
+#       scripts/test_torch2.sh --run python3 bench/pytorch_bridge.py --bin /opt/fuseplan
 # FUSEPLAN_DEBIAN_MIRROR overrides the mirror (default http://deb.debian.org/debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +58,11 @@ chmod +x "$root/opt/fuseplan/fuseplan"
 # The source tree at /src (read-only: the tests write under their own temporary folders),
 # /proc, and a /dev with its own /dev/shm (torch's worker processes share tensors there),
 # in a mount namespace that ends with the run.
+if [ "${1:-}" = "--run" ]; then
+  shift
+else
+  set -- python3 -m pytest -q -p no:cacheprovider /src/tests/python "$@"
+fi
 mkdir -p "$root/src"
 unshare --mount --propagation private sh -s "$root" "$src" "$@" <<'EOF'
 set -e
@@ -65,7 +74,7 @@ mount -t proc proc "$root/proc"
 mount --bind /dev "$root/dev"
 mount -t tmpfs shm "$root/dev/shm"
 chroot "$root" python3 -c 'import sys, torch, torchvision; print("test_torch2: Python %d.%d, torch %s, torchvision %s" % (sys.version_info[:2] + (torch.__version__, torchvision.__version__)))'
-exec chroot "$root" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root TMPDIR=/tmp \
-  FUSEPLAN_BIN=/opt/fuseplan/fuseplan FUSEPLAN_CONFIG_DIR=/src/configs \
-  python3 -m pytest -q -p no:cacheprovider /src/tests/python "$@"
+set -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root TMPDIR=/tmp FUSEPLAN_BIN=/opt/fuseplan/fuseplan \
+  FUSEPLAN_CONFIG_DIR=/src/configs "$@"
+exec chroot "$root" sh -c 'cd /src && exec "$@"' sh "$@"
 EOF

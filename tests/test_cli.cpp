@@ -231,6 +231,31 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   expect_bad("run --plan " + plan, "$.accumulate: fuseplan-exec run runs one micro-batch", true);
 }
 
+TEST_CASE("cli: export --to ddp writes settings both torches honour and torch 1.13's on --torch 1.13") {
+  const std::string setup = "tune --model resnet50 --cluster dgx-a100 --gpus 8 --strategy ddp";
+  // DDP's own default: bucket_cap_mb left unset (null), the first bucket torch's 1 MiB.
+  const std::string by_default = tmp("ddp-default.json"), capped = tmp("ddp-capped.json");
+  REQUIRE(run(setup + " --out " + by_default).code == 0);
+  const nlohmann::json d = json_of("export --to ddp --json --plan " + by_default);
+  CHECK(d["bucket_cap_mb"].is_null());
+  CHECK(d["first_bucket_bytes"] == 1 << 20);
+  CHECK(d["boundaries_missing"] == 0);
+  CHECK(d["boundaries_extra"] == 0);
+  CHECK(d["snippet"].get<std::string>().find("DistributedDataParallel(model)\n") != std::string::npos);
+  // 1 MiB, then 10 MiB buckets: torch 1.13 forms them; by default the closest settings
+  // keep the first bucket's cap equal to a given bucket_cap_mb.
+  REQUIRE(run(setup + " --ddp-cap 10 --out " + capped).code == 0);
+  const nlohmann::json v113 = json_of("export --to ddp --json --torch 1.13 --plan " + capped);
+  CHECK(v113["boundaries_missing"] == 0);
+  CHECK(v113["boundaries_extra"] == 0);
+  CHECK(v113["first_bucket_bytes"] == 1 << 20);
+  CHECK(v113["bucket_cap_mb"].get<double>() >= 10);
+  const nlohmann::json both = json_of("export --to ddp --json --plan " + capped);
+  CHECK((both["bucket_cap_mb"].is_null() ||
+         both["first_bucket_bytes"] == int64_t(both["bucket_cap_mb"].get<double>() * (1 << 20))));
+  expect_bad("export --to ddp --torch 2.0 --plan " + capped, "--torch: unknown torch '2.0' (valid: 2.6, 1.13)");
+}
+
 TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and refuses bad input with exit 2") {
   const std::string setup = "schedule --model vgg16 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 --precision fp32";
   Run table = run(setup);
