@@ -529,7 +529,7 @@ class _Stream:
 
 def exported_ddp(module: nn.Module, settings: Dict[str, Any], **ddp_kwargs: Any) -> nn.Module:
     """torch DDP built with what `fuseplan export --to ddp --json` printed: bucket_cap_mb
-    given, or left unset where it says null (torch 2.x caps the first bucket at a given
+    given, or left unset where it says null (torch 2.6 caps the first bucket at a given
     bucket_cap_mb), and the first bucket's cap set for this construction only."""
     kwargs = dict(ddp_kwargs)
     if settings.get("bucket_cap_mb") is not None:
