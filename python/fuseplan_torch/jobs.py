@@ -225,7 +225,7 @@ def spawn(ranks: int, fn: Any, args: Tuple[Any, ...], backend: str = "gloo") -> 
     `backend`: gloo on the CPU, or NCCL with rank r on GPU r."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(_free_port())
-    # torch >= 2.4 asks for a libuv store by default, which Debian's torch 2.6 is built
+    # torch 2.6 asks for a libuv store by default, which Debian's torch 2.6 is built
     # without (its processes fail at the rendezvous); ranks on one machine need none.
     os.environ.setdefault("USE_LIBUV", "0")
     mp.spawn(_entry, args=(ranks, fn, args, backend), nprocs=ranks, join=True)
