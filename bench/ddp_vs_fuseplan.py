@@ -19,17 +19,15 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path[:0] = [os.path.join(ROOT, "bench"), os.path.join(ROOT, "python")]
 from step_vs_pytorch import build_torch  # noqa: E402
 
 
-def ddp_worker(rank, ranks, model, batch, steps, threads, port, out):
+def ddp_worker(rank, ranks, model, batch, steps, threads, out):
+    """One rank of fuseplan_torch.jobs.spawn's gloo job (which joins and leaves the group)."""
     import torch
     import torch.distributed as dist
     torch.set_num_threads(threads)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    os.environ.setdefault("USE_LIBUV", "0")  # as fuseplan_torch.jobs.spawn: Debian's torch 2.6 has no libuv
-    dist.init_process_group("gloo", rank=rank, world_size=ranks)
     torch.manual_seed(1)
     net = torch.nn.parallel.DistributedDataParallel(build_torch(model, torch))  # bucket_cap_mb=25
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -51,8 +49,6 @@ def ddp_worker(rank, ranks, model, batch, steps, threads, port, out):
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"step_s": float(t[0]), "torch": torch.__version__}, f)
-    dist.barrier()  # leave together (fuseplan_torch.jobs._entry says why)
-    dist.destroy_process_group()
 
 
 def main():
@@ -80,10 +76,9 @@ def main():
                         "--warmup", "3", "--threads", str(a.threads), "--report", report, "--quiet"],
                        check=True, stdout=subprocess.DEVNULL, env=env)
         ours = json.load(open(report))["iteration_s"]
-        import torch.multiprocessing as mp
+        from fuseplan_torch import jobs
         out = os.path.join(d, "ddp.json")
-        mp.spawn(ddp_worker, args=(a.ranks, model, plan["batch_per_gpu"], a.steps, a.threads, 29512, out),
-                 nprocs=a.ranks, join=True)
+        jobs.spawn(a.ranks, ddp_worker, (model, plan["batch_per_gpu"], a.steps, a.threads, out))
         ddp = json.load(open(out))
     print(f"{plan['model']['name']} {opts}, {a.ranks} ranks x {a.threads} thread(s), batch {plan['batch_per_gpu']} "
           f"per rank, fp32, SGD, synthetic data")
