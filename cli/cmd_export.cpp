@@ -37,21 +37,18 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
     case Framework::Ddp:
       o << "# torch.nn.parallel.DistributedDataParallel, from " << plan_path << " ("
         << s.approximation.buckets.size() << " buckets from the second step on)\n";
-      if (s.cap_unset) {
-        if (s.first_bucket_bytes != TuneOptions{}.ddp_first_bytes)
-          o << "torch.distributed._DEFAULT_FIRST_BUCKET_BYTES = " << s.first_bucket_bytes
-            << "  # the first bucket's cap, read when DDP is constructed (default 1 MiB)\n";
+      if (s.first_bucket_bytes != TuneOptions{}.ddp_first_bytes)
+        o << "torch.distributed._DEFAULT_FIRST_BUCKET_BYTES = " << s.first_bucket_bytes << "  # the first bucket's cap"
+          << (s.cap_unset ? ", read when DDP is constructed (default 1 MiB)"
+              : s.first_bucket_bytes == s.cap_units ? " in torch 1.13 (torch 2.6 caps it at bucket_cap_mb)"
+                                                    : ": torch 1.13's rule (torch 2.6 caps it at bucket_cap_mb)")
+          << "\n";
+      if (s.cap_unset)
         o << "# bucket_cap_mb left unset (25 MiB): torch 2.6 caps the first bucket at bucket_cap_mb once it is "
              "given\n"
           << "model = torch.nn.parallel.DistributedDataParallel(model)\n";
-      } else {
-        if (s.first_bucket_bytes != TuneOptions{}.ddp_first_bytes)
-          o << "torch.distributed._DEFAULT_FIRST_BUCKET_BYTES = " << s.first_bucket_bytes
-            << (s.first_bucket_bytes == s.cap_units
-                    ? "  # the first bucket's cap in torch 1.13 (torch 2.6 caps it at bucket_cap_mb)\n"
-                    : "  # the first bucket's cap: torch 1.13's rule (torch 2.6 caps it at bucket_cap_mb)\n");
+      else
         o << "model = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=" << cap << ")\n";
-      }
       if (plan.accumulate.steps > 1 && plan.accumulate.no_sync)
         o << "# " << k << " micro-batches per optimizer step, allreducing on the last only:\n"
           << "#   for i, (x, y) in enumerate(loader):\n"
