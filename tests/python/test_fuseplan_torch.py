@@ -15,6 +15,7 @@ import ddp_check
 import tiny_gpt
 
 FUSEPLAN = os.environ.get("FUSEPLAN_BIN", "fuseplan")
+TORCH_MAJOR = int(torch.__version__.split(".")[0])  # 1 (Debian 12's 1.13) or 2 (Debian 13's 2.6)
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/: the schema validator
 import validate_schemas  # noqa: E402
@@ -539,7 +540,7 @@ def test_plan_ddp_sends_bf16_where_the_backend_sums_it_and_refuses_it_where_not(
     if "error" in r:
         assert "$.buckets[1].transfer: the gloo backend of torch" in r["error"] and "cannot sum bf16" in r["error"]
         return
-    assert int(torch.__version__.split(".")[0]) >= 2  # 1.13's gloo must refuse it
+    assert TORCH_MAJOR >= 2  # 1.13's gloo must refuse it
     for rank in r:  # one result per rank
         for name, (diff, scale) in rank["diffs"].items():
             assert diff <= 1.6e-2 * scale + 1e-7, name  # bf16 (8 significant bits) rounding of the sent gradients
@@ -550,7 +551,7 @@ def test_exported_ddp_settings_form_the_buckets_fuseplan_predicted(tmp_path, rul
     """The DDP bucket rule fuseplan prices, held against torch's own DDP with the exported
     first-bucket cap and bucket_cap_mb: the default settings under any torch, torch 1.13's
     (`--torch 1.13`) under torch 1.x."""
-    if rule == "1.13" and int(torch.__version__.split(".")[0]) >= 2:
+    if rule == "1.13" and TORCH_MAJOR >= 2:
         pytest.skip("torch %s caps DDP's first bucket at a given bucket_cap_mb" % torch.__version__)
     model, plan = str(tmp_path / "m.json"), str(tmp_path / "plan.json")
     write_json(export_model(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32),
