@@ -5,6 +5,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "progress.hpp"
 #include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/whatif.hpp"
 #include "fuseplan/models/error.hpp"
@@ -18,7 +19,7 @@ struct ScheduleFlags {
   std::string strategies = "all", partition = "1000000", credit = "4000000", out, trace;
   int64_t budget = ScheduleOptions{}.search_evaluations;
   int sim_iterations = 6;
-  bool json = false, simulate = false;
+  bool json = false, simulate = false, quiet = false;
 };
 
 int64_t parse_count(const std::string& s, const std::string& flag) {
@@ -86,7 +87,14 @@ void run_schedule(ScheduleFlags& f) {
     sim::SimOptions so;
     so.iterations = f.sim_iterations;
     so.trace_ranks = 0;
-    for (const auto& res : results) simulated.push_back(sim::simulate_schedule(pm, res.schedule, so).result.iteration_s);
+    for (size_t i = 0; i < results.size(); ++i) {
+      // A long replay (1024 ranks: minutes per schedule) is never silent: progress.hpp.
+      ProgressBar bar("rank-rounds of " + results[i].schedule.strategy + " (schedule " + std::to_string(i + 1) + " of " +
+                          std::to_string(results.size()) + ")",
+                      f.quiet);
+      so.progress = [&bar](int64_t done, int64_t total) { bar(done, total); };
+      simulated.push_back(sim::simulate_schedule(pm, results[i].schedule, so).result.iteration_s);
+    }
   }
   if (!f.out.empty())
     write_file_atomic(f.out, schedule_to_json(pm, results.front(), &bound).dump(1) + "\n");
@@ -157,6 +165,7 @@ void add_schedule_command(CLI::App& app) {
   cmd->add_option("--sim-iterations", f->sim_iterations, "with --simulate: iterations replayed (3 to 1000; the last period counts)")
       ->capture_default_str();
   cmd->add_flag("--json", f->json, "print the schedules with their predictions and messages as JSON");
+  cmd->add_flag("--quiet", f->quiet, "no progress on stderr (--simulate)");
   cmd->callback([f] { run_schedule(*f); });
 }
 

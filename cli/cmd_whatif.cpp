@@ -56,10 +56,10 @@ void run_whatif(const WhatIfFlags& f) {
   for (const auto& s : split_list(f.strategies, "--strategy")) axes.strategies.push_back(parse_strategy(s));
 
   Cluster base = load_cluster(f.cluster);
-  if (f.inter_lat_us != -1) {
-    if (!base.inter) throw InputError("--inter-lat: cluster " + base.name + " has no inter-node network");
-    if (!(f.inter_lat_us >= 0)) throw InputError("--inter-lat: must be >= 0 us");
-    base.inter->lat_us = f.inter_lat_us;
+  if (f.inter_lat_us != -1) set_inter_lat(base, f.inter_lat_us, "--inter-lat");
+  for (double bw : axes.inter_bw_Gbps) {  // each value checked here, to name the flag
+    Cluster probe = base;
+    set_inter_bw(probe, bw, "--inter-bw");
   }
   if (!f.profile.empty()) {
     // A profile is one model's layer times at one precision: every point must be of both.

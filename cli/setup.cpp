@@ -237,18 +237,9 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
 }
 
 void SetupFlags::apply_overrides(Cluster& c) const {
-  const bool bw = inter_bw_Gbps != 0, lat = inter_lat_us != -1;
-  if ((bw || lat) && !c.inter)
-    throw InputError(std::string(bw ? "--inter-bw" : "--inter-lat") + ": cluster " + c.name + " has no inter-node network");
-  if (bw && !(inter_bw_Gbps > 0)) throw InputError("--inter-bw: must be > 0 Gbps");
-  if (lat && !(inter_lat_us >= 0)) throw InputError("--inter-lat: must be >= 0 us");
-  if (bw) c.inter->nic_bw_Gbps = inter_bw_Gbps;
-  if (lat) c.inter->lat_us = inter_lat_us;
-  if (intra_bw_GBps != 0) {
-    if (!(intra_bw_GBps > 0)) throw InputError("--intra-bw: must be > 0 GB/s");
-    c.intra.bw_GBps = intra_bw_GBps;
-    c.intra.nvlink_links = 0;  // bw_GBps stands for the links
-  }
+  if (inter_bw_Gbps != 0) set_inter_bw(c, inter_bw_Gbps, "--inter-bw");
+  if (inter_lat_us != -1) set_inter_lat(c, inter_lat_us, "--inter-lat");
+  if (intra_bw_GBps != 0) set_intra_bw(c, intra_bw_GBps, "--intra-bw");
 }
 
 Report load_measured_run(const std::string& measured_path, const Plan& plan, const std::string& plan_path) {

@@ -288,6 +288,13 @@ TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and r
   expect_bad(setup + " --credit 1.5", "--credit: a whole number");
   expect_bad(setup + " --budget 0", "--budget: must be in [1, 1000000]");
   expect_bad(setup + " --simulate --sim-iterations 2", "--sim-iterations: must be in [3, 1000]");
+  // --simulate's replays show progress per schedule (minutes each at 1024 ranks), --quiet not.
+  const std::string replay = setup + " --strategy fusion,ddp --simulate --sim-iterations 3";
+  Run progress = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", replay);
+  REQUIRE(progress.code == 0);
+  CHECK_THAT(progress.out, Catch::Contains("rank-rounds of ddp (schedule 2 of 2)"));
+  CHECK_THAT(run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", replay + " --quiet").out,
+             !Catch::Contains("rank-rounds"));
   expect_bad(setup + " --out " + out, "--out: writes one schedule; give one --strategy");
   expect_bad(setup + " --trace " + tmp("t.json"), "--trace: traces one schedule; give one --strategy");
   const std::string trace = tmp("schedule-trace.json");
@@ -1491,6 +1498,14 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
       {"predict --model alexnet_bn --gpus 8 --cluster dgx-a100 --intra-bw -2", "--intra-bw: must be > 0 (got -2"},
       {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},
+      // What-if network values are held to the cluster file's ranges (SimGrid died on these).
+      {"simulate --model alexnet_bn --gpus 16 --inter-lat inf", "--inter-lat: must be in [1e-06, 1e+06] us, or 0 (got inf)"},
+      {"simulate --model alexnet_bn --gpus 16 --inter-lat 1e-300", "--inter-lat: must be in [1e-06, 1e+06] us, or 0"},
+      {"schedule --model alexnet_bn --gpus 16 --inter-lat 1e999", "--inter-lat: must be in [1e-06, 1e+06] us, or 0"},
+      {"predict --model alexnet_bn --gpus 16 --inter-bw 1e-300", "--inter-bw: must be in [0.008, 8e+06] Gb/s (got 1e-300)"},
+      {"predict --model alexnet_bn --gpus 8 --cluster dgx-a100 --intra-bw 1e308", "--intra-bw: must be in [0.001, 1e+06] GB/s"},
+      {"whatif --model alexnet_bn --gpus 16 --inter-bw 25,1e308", "--inter-bw: must be in [0.008, 8e+06] Gb/s (got 1e+308)"},
+      {"whatif --model alexnet_bn --gpus 16 --inter-lat 1e300", "--inter-lat: must be in [1e-06, 1e+06] us, or 0"},
       // Counts and ranges are bounded: a mistyped one is refused, not run for hours.
       {"simulate --model alexnet_bn --gpus 16 --iterations 1000000000", "--iterations: must be in [1, 1000] (got 1000000000)"},
       {"whatif --model alexnet_bn --gpus 1:1048576:+1", "--gpus: range '1:1048576:+1' makes more than 10000 values"},

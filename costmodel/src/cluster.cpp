@@ -215,7 +215,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
 
   if (auto net = r.opt_object("inter_node")) {
     InterNodeNetwork n;
-    n.nic_bw_Gbps = net->in_range("nic_bw_Gbps", 8 * kMinGBps, 8 * kMaxGBps, "Gb/s");
+    n.nic_bw_Gbps = net->in_range("nic_bw_Gbps", kMinNicGbps, kMaxNicGbps, "Gb/s");
     n.nics_per_node = static_cast<int>(net->integer("nics_per_node", 1, 64));
     n.lat_us = zero_or(*net, "lat_us", kMinUs, kMaxUs, "us", true).value();
     n.topology = net->string("topology");
@@ -247,7 +247,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       df->finish();
       n.dragonfly = d;
     }
-    n.fabric_link_bw_Gbps = net->opt_in_range("fabric_link_bw_Gbps", 8 * kMinGBps, 8 * kMaxGBps, "Gb/s").value_or(0);
+    n.fabric_link_bw_Gbps = net->opt_in_range("fabric_link_bw_Gbps", kMinNicGbps, kMaxNicGbps, "Gb/s").value_or(0);
     n.gdr = net->boolean("gdr");
     n.host_copy_bw_GBps = net->opt_in_range("host_copy_bw_GBps", kMinGBps, kMaxGBps, "GB/s").value_or(0);
     n.host_copy_lat_us = zero_or(*net, "host_copy_lat_us", kMinUs, kMaxUs, "us").value_or(0);
@@ -525,6 +525,32 @@ void check_gpu_count(const Cluster& c, int gpus, const std::string& flag) {
     throw InputError(flag + ": " + std::to_string(gpus) + " GPUs do not fit cluster " + c.name + " (" +
                      std::to_string(c.nodes) + " nodes x " + std::to_string(c.gpus_per_node) + " = " +
                      std::to_string(c.capacity()) + ")");
+}
+
+namespace {
+// `v` within [lo, hi] (or exactly 0 where `zero` allows it), else InputError naming `flag`.
+double checked(double v, double lo, double hi, const std::string& unit, bool zero, const std::string& flag) {
+  if ((zero && v == 0) || (v >= lo && v <= hi)) return v;
+  throw InputError(flag + ": must be in [" + formatted(lo, "%g") + ", " + formatted(hi, "%g") + "] " + unit +
+                   (zero ? ", or 0" : "") + " (got " + formatted(v, "%g") + ")");
+}
+InterNodeNetwork& inter_of(Cluster& c, const std::string& flag) {
+  if (!c.inter) throw InputError(flag + ": cluster " + c.name + " has no inter-node network");
+  return *c.inter;
+}
+}  // namespace
+
+void set_inter_bw(Cluster& c, double Gbps, const std::string& flag) {
+  inter_of(c, flag).nic_bw_Gbps = checked(Gbps, kMinNicGbps, kMaxNicGbps, "Gb/s", false, flag);
+}
+
+void set_inter_lat(Cluster& c, double us, const std::string& flag) {
+  inter_of(c, flag).lat_us = checked(us, kMinUs, kMaxUs, "us", true, flag);
+}
+
+void set_intra_bw(Cluster& c, double GBps, const std::string& flag) {
+  c.intra.bw_GBps = checked(GBps, kMinGBps, kMaxGBps, "GB/s", false, flag);
+  c.intra.nvlink_links = 0;  // bw_GBps stands for the links
 }
 
 Cluster grown_to(Cluster c, int gpus, const std::string& flag) {

@@ -38,10 +38,7 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   const Model& m = model(p.model);
   // A what-if may ask for more GPUs than the cluster file has: grown by whole nodes.
   Cluster c = grown_to(base_, p.gpus, field("gpus"));
-  if (p.inter_bw_Gbps > 0) {
-    if (!c.inter) throw InputError(field("whatif.inter_bw") + ": cluster " + c.name + " has no inter-node network");
-    c.inter->nic_bw_Gbps = p.inter_bw_Gbps;
-  }
+  if (p.inter_bw_Gbps > 0) set_inter_bw(c, p.inter_bw_Gbps, field("whatif.inter_bw"));
   int batch = p.batch_per_gpu > 0 ? p.batch_per_gpu : default_batch_per_gpu(p.model);
   Tuner tuner(m, c, p.gpus, batch, p.precision, settings_.collective,
               settings_.goal ? settings_.goal(m) : training_goal(m));
@@ -95,7 +92,7 @@ double WhatIf::min_bandwidth_for(WhatIfPoint p, double target, const Progress& p
     p.inter_bw_Gbps = bw;
     return evaluate(p).report.scaling_efficiency;
   };
-  double hi = own * 1000, lo = own / 1000;
+  double hi = std::min(own * 1000, kMaxNicGbps), lo = std::max(own / 1000, kMinNicGbps);
   if (eff(hi) < target)
     throw InputError(field("whatif.target_efficiency") + " " + num(target) + " is unreachable: even " + num(hi, "%.0f") +
                      " Gbps per NIC gives " + num(eff(hi), "%.6f") +

@@ -185,4 +185,16 @@ void check_gpu_count(const Cluster& c, int gpus, const std::string& flag);
 // more nodes, or `gpus` outside 1..kMaxGpus.
 Cluster grown_to(Cluster c, int gpus, const std::string& flag);
 
+// The range of a NIC's bandwidth, Gb/s, in a cluster file or a what-if (1 MB/s .. 1 PB/s).
+inline constexpr double kMinNicGbps = 8e-3, kMaxNicGbps = 8e6;
+
+// What-if changes of a loaded cluster's networks, held to the ranges the cluster file's own
+// values must lie in (docs/formats.md): InputError naming `flag`, with the range, otherwise
+// or when the cluster has no inter-node network. Bandwidths must be > 0; a latency may be 0.
+// The NIC bandwidth in Gb/s per NIC:
+void set_inter_bw(Cluster& c, double Gbps, const std::string& flag);
+void set_inter_lat(Cluster& c, double us, const std::string& flag);
+// The bandwidth inside a node in GB/s per GPU per direction; it replaces the NVLink count.
+void set_intra_bw(Cluster& c, double GBps, const std::string& flag);
+
 }  // namespace fuseplan
