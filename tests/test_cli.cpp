@@ -289,7 +289,8 @@ TEST_CASE("cli: schedule prints every schedule with the bound, writes one, and r
   expect_bad(setup + " --budget 0", "--budget: must be in [1, 1000000]");
   expect_bad(setup + " --simulate --sim-iterations 2", "--sim-iterations: must be in [3, 1000]");
   // --simulate's replays show progress per schedule (minutes each at 1024 ranks), --quiet not.
-  const std::string replay = setup + " --strategy fusion,ddp --simulate --sim-iterations 3";
+  const std::string replay = "schedule --model alexnet_bn --cluster p100-horovod --gpus 16 --strategy fusion,ddp "
+                             "--simulate --sim-iterations 3";
   Run progress = run_env("FUSEPLAN_PROGRESS=1 FUSEPLAN_PROGRESS_DELAY=0", replay);
   REQUIRE(progress.code == 0);
   CHECK_THAT(progress.out, Catch::Contains("rank-rounds of ddp (schedule 2 of 2)"));
