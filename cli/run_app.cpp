@@ -1,6 +1,11 @@
 // The one place where library errors become exit codes: 2 for bad input (one line naming
 // the file or flag), 1 for a failed run, 0 otherwise. Both binaries call it.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <set>
 #include <string_view>
@@ -96,6 +101,28 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
     for (const char* name : {"--inter-lat", "--device"})
       if (auto* o = sub->get_option_no_throw(name)) o->check(given(true));
   }
+  // Output files are checked when the flags are read, not when a long run ends: a name (not
+  // a directory) in a directory that exists and can be written. fuseplan-exec's --profile
+  // is written; fuseplan's is read.
+  const CLI::Validator output_file(
+      [](std::string& v) -> std::string {
+        namespace fs = std::filesystem;
+        if (v.empty()) return "an empty file name";
+        std::error_code ec;
+        if (fs::is_directory(v, ec)) return v + ": is a directory (give a file name)";
+        fs::path dir = fs::path(v).parent_path();
+        if (dir.empty()) dir = ".";
+        if (!fs::is_directory(dir, ec)) return v + ": cannot write (directory " + dir.string() + " missing)";
+        if (::access(dir.c_str(), W_OK) != 0)
+          return v + ": cannot write (directory " + dir.string() + ": " + std::strerror(errno) + ")";
+        return "";
+      },
+      "");
+  std::vector<const char*> outputs = {"--out", "--trace", "--report", "--metrics", "--checkpoint"};
+  if (prog == "fuseplan-exec") outputs.insert(outputs.end(), {"--profile", "--conv-algo-file"});
+  for (auto* sub : app.get_subcommands({}))
+    for (const char* name : outputs)
+      if (auto* o = sub->get_option_no_throw(name)) o->check(output_file);
   // Sizes, counts and ranks are bounded; the help says how.
   const std::vector<std::pair<const char*, int>> ranges = {
       {"--gpus", kMaxGpus},          {"--ranks", kMaxGpus},        {"--resolution", kMaxResolution},

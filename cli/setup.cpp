@@ -93,8 +93,7 @@ TrainingGoal GoalFlags::goal(const Model& m) const {
   if (g.tokens > 0 && !dataset_given)
     throw InputError("--epochs: " + m.name + "'s goal is a token budget (" + g.what + "); give --tokens, or "
                      "--dataset-size in sequences with --epochs");
-  if (epochs_given && !(epochs > 0)) throw InputError("--epochs: must be > 0");
-  if (dataset_given && dataset_size <= 0) throw InputError("--dataset-size: must be > 0");
+  // Their ranges are check_goal's (the predictor's), which knows the global batch.
   if (epochs_given) g.epochs = epochs;
   if (dataset_given) g.dataset_size = dataset_size;
   if (g.tokens > 0 && !epochs_given) g.epochs = 1;

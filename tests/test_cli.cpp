@@ -596,12 +596,19 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--backend cuda --conv-algo-file " + tmp("bad-algos.json"),
              tmp("bad-algos.json") + ": $.convolutions[0].shape.c", true);
   expect_bad(base + "--backend cuda --conv-algo-file " + std::filesystem::temp_directory_path().string(),
-             "--conv-algo-file " + std::filesystem::temp_directory_path().string() + ": is a directory", true);
+             "--conv-algo-file: " + std::filesystem::temp_directory_path().string() + ": is a directory", true);
+  // Every output file is checked before the run, not when it ends.
+  expect_bad(base + "--metrics /nonexistent/m.json", "--metrics: /nonexistent/m.json: cannot write (directory "
+             "/nonexistent missing)", true);
+  expect_bad(base + "--profile " + std::filesystem::temp_directory_path().string(), "--profile: " +
+             std::filesystem::temp_directory_path().string() + ": is a directory", true);
+  expect_bad(base + "--checkpoint ''", "--checkpoint: an empty file name", true);
   // A flag given is a value: no 0 or -1 standing for "no limit" or "never".
   expect_bad(base + "--max-steps 0", "--max-steps: must be > 0 (got 0; leave the flag out for its default)", true);
   expect_bad(base + "--max-steps -1", "--max-steps: must be > 0 (got -1", true);
   expect_bad(base + "--checkpoint-every 0 --checkpoint x", "--checkpoint-every: must be > 0 (got 0", true);
-  expect_bad(base + "--epochs nan", "--epochs: must be > 0", true);
+  expect_bad(base + "--epochs nan", "--epochs: must be in (0, 1e+06] (got nan)", true);
+  expect_bad(base + "--epochs inf", "--epochs: must be in (0, 1e+06] (got inf)", true);  // trained 1 step
   expect_bad(base + "--label-smoothing 2", "--label-smoothing: must be in [0, 1)", true);
   expect_bad(base + "--warmup-epochs -1", "--warmup-epochs: must be in [0, --epochs]", true);
   for (const char* flag : {"--threads", "--resolution", "--channels", "--classes"})
@@ -1495,7 +1502,15 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"calibrate --cluster dgx-h100 --ranks 16 --nccl-tests " + nccl_inf, "line 2: cannot read the row"},
       {"predict --cluster " + tmp(""), ": is a directory (give a file)"},
       {"predict --cluster /tmp/\xff\xfe.json", "/tmp/\xff\xfe.json: cannot open (No such file or directory)"},
-      {"predict --model alexnet_bn --gpus 16 --epochs nan", "--epochs: must be > 0"},
+      {"predict --model alexnet_bn --gpus 16 --epochs nan", "--epochs: must be in (0, 1e+06] (got nan)"},
+      // A goal past 1e18 iterations overflowed: "-869905584816926752768.0 ms" to train.
+      {"predict --model alexnet_bn --gpus 16 --epochs inf", "--epochs: must be in (0, 1e+06] (got inf)"},
+      {"whatif --model alexnet_bn --gpus 16 --dataset-size 9223372036854775807",
+       "--dataset-size: must be in [1, 1e+15] samples"},
+      {"predict --model gpt2 --gpus 16 --cluster dgx-h100 --tokens 1e30", "--tokens: must be in (0, 1e+18] (got 1e+30)"},
+      {"simulate --model alexnet_bn --gpus 16 --trace /nonexistent/t.json",
+       "--trace: /nonexistent/t.json: cannot write (directory /nonexistent missing)"},
+      {"whatif --model alexnet_bn --gpus 16 --out ''", "--out: an empty file name"},
       {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
       {"predict --model alexnet_bn --gpus 8 --cluster dgx-a100 --intra-bw -2", "--intra-bw: must be > 0 (got -2"},
       {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},

@@ -242,8 +242,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   if (coll.gpus() != plan.gpus)
     throw InputError("plan is for " + std::to_string(plan.gpus) + " GPUs, the prediction asks for " +
                      std::to_string(coll.gpus()));
-  if (goal.epochs <= 0) throw InputError(field("goal.epochs") + ": must be > 0");
-  if (goal.dataset_size <= 0) throw InputError(field("goal.dataset_size") + ": must be > 0");
+  check_goal(goal, double(plan.gpus) * plan.batch_per_gpu);
   check_accumulation(plan.accumulate);
   Report r;
   r.source = "predicted";

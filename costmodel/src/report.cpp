@@ -186,6 +186,7 @@ void sum_buckets(Report& r) {
 
 void finish_report(Report& r, const TrainingGoal& goal, int seq_len) {
   const double global = double(r.gpus) * r.batch_per_gpu;
+  check_goal(goal, global);
   r.throughput_samples_s = global / r.iteration_s;
   r.scaling_efficiency = r.single_gpu_iteration_s > 0 ? r.single_gpu_iteration_s / r.iteration_s : 0;
   if (goal.tokens > 0 && seq_len < 1)

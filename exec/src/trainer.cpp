@@ -41,7 +41,8 @@ OptimizerOptions schedule(const TrainOptions& o, const Dataset& train) {
     throw InputError(field("batch_per_gpu") + ": " + std::to_string(o.batch) +
                      (o.ranks() > 1 ? " x " + std::to_string(o.ranks()) + " ranks" : "") + " is larger than the data set (" +
                      std::to_string(train.size()) + " samples)");
-  if (!(o.epochs > 0)) throw InputError(field("train.epochs") + ": must be > 0");
+  if (!(o.epochs > 0 && o.epochs <= 1e6))
+    throw InputError(field("train.epochs") + ": must be in (0, 1e+06] (got " + formatted(o.epochs, "%g") + ")");
   if (o.warmup_epochs < 0 || o.warmup_epochs > o.epochs) throw InputError(field("train.warmup_epochs") + ": must be in [0, " + field("train.epochs") + "]");
   if (o.label_smoothing < 0 || o.label_smoothing >= 1) throw InputError(field("train.label_smoothing") + ": must be in [0, 1)");
   OptimizerOptions s = o.optimizer;

@@ -144,6 +144,21 @@ int sequence_length(const Model& m) {
   return e && e->is_transformer && m.input_shape.size() == 1 ? int(m.input_shape[0]) : 0;
 }
 
+void check_goal(const TrainingGoal& g, double global_batch) {
+  auto in = [](double v, double lo, double hi) { return v >= lo && v <= hi; };
+  if (!in(g.epochs, 0, 1e6) || g.epochs == 0)
+    throw InputError(field("goal.epochs") + ": must be in (0, 1e+06] (got " + formatted(g.epochs, "%g") + ")");
+  if (!in(double(g.dataset_size), 1, 1e15))
+    throw InputError(field("goal.dataset_size") + ": must be in [1, 1e+15] samples (got " +
+                     std::to_string(g.dataset_size) + ")");
+  if (!in(g.tokens, 0, 1e18))
+    throw InputError(field("goal.tokens") + ": must be in (0, 1e+18] (got " + formatted(g.tokens, "%g") + ")");
+  // A token budget is at most 1e18 sequences of one token; an epoch goal is checked here.
+  if (g.tokens == 0 && !(g.epochs * double(g.dataset_size) / global_batch <= 1e18))
+    throw InputError(field("goal.epochs") + ": the goal (" + epochs_goal(g.epochs, g.dataset_size) +
+                     ") takes more than 1e+18 iterations of " + formatted(global_batch, "%.0f") + " samples");
+}
+
 TrainingGoal training_goal(const Model& m) {
   const std::string& n = m.name;
   auto starts = [&](const char* prefix) { return n.rfind(prefix, 0) == 0; };

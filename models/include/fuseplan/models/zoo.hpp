@@ -65,6 +65,11 @@ struct TrainingGoal {
 // x 256 x 512 tokens; GPT-2 300B tokens (GPT-3's budget). Anything else: ImageNet-1k's
 // 90 epochs, named as assumed.
 TrainingGoal training_goal(const Model& m);
+// A goal's values within what a training run can be (epochs in (0, 1e6], a data set of 1 to
+// 1e15 samples, a token budget up to 1e18) and, for `global_batch` samples per iteration,
+// at most 1e18 iterations of an epoch goal: InputError naming goal.epochs,
+// goal.dataset_size or goal.tokens.
+void check_goal(const TrainingGoal& g, double global_batch);
 // "90 epochs x 1,281,167 samples": a goal in epochs, as reports name it.
 std::string epochs_goal(double epochs, int64_t samples);
 // The model's sequence length (transformers), else 0.
