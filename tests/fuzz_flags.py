@@ -45,10 +45,11 @@ def main():
     ap.add_argument("--all", action="store_true", help="every (flag, value) pair once")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
-    fp = os.path.join(a.bin_dir, "fuseplan")
-    fx = os.path.join(a.bin_dir, "fuseplan-exec")
+    fp = os.path.abspath(os.path.join(a.bin_dir, "fuseplan"))
+    fx = os.path.abspath(os.path.join(a.bin_dir, "fuseplan-exec"))
     work = tempfile.mkdtemp(prefix="fuseplan-fuzz-flags-")
-    env = dict(os.environ, FUSEPLAN_PROGRESS="0", FUSEPLAN_CONFIG_DIR=os.path.join(a.source_dir, "configs"))
+    configs = os.path.abspath(os.path.join(a.source_dir, "configs"))
+    env = dict(os.environ, FUSEPLAN_PROGRESS="0", FUSEPLAN_CONFIG_DIR=configs)
 
     def made(cmd):
         subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=work)
@@ -56,7 +57,7 @@ def main():
     small = ["--model", "alexnet_bn", "--gpus", "16", "--cluster", "p100-horovod"]
     plan16 = os.path.join(work, "plan16.json")
     made([fp, "tune", *small, "--out", plan16])
-    nccl = os.path.join(a.source_dir, "tests", "data", "nccl-tests-allreduce.txt")
+    nccl = os.path.abspath(os.path.join(a.source_dir, "tests", "data", "nccl-tests-allreduce.txt"))
     setups = {
         (fp, "models"): [], (fp, "clusters"): [], (fp, "show"): ["alexnet_bn"],
         (fp, "predict"): small, (fp, "tune"): small, (fp, "compare"): small, (fp, "whatif"): small,

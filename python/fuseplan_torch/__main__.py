@@ -34,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex = sub.add_parser("export", help="a module as fuseplan.model/1, optionally with measured layer times")
     _input_flags(ex)
     ex.add_argument("--out", required=True, help="model file to write")
-    ex.add_argument("--profile", default="", help="also time every layer and write fuseplan.profile/1 here")
+    ex.add_argument("--profile", help="also time every layer and write fuseplan.profile/1 here")
     ex.add_argument("--batch", type=int, default=8, help="--profile: samples per timed batch")
     ex.add_argument("--warmup", type=int, default=3, help="--profile: untimed runs per layer")
     ex.add_argument("--steps", type=int, default=10, help="--profile: timed runs per layer (the median is kept)")
@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--iterations", type=int, default=10,
                      help="timed optimizer steps (with the plan's accumulate: each of its micro-batches)")
     run.add_argument("--threads", type=int, default=0, help="torch threads per rank (default: cores / ranks)")
-    run.add_argument("--report", default="", help="--plan: write the measured fuseplan.report/1 here")
+    run.add_argument("--report", help="--plan: write the measured fuseplan.report/1 here")
 
     sw = sub.add_parser("sweep", help="time the allreduce of gloo or NCCL on N local ranks (fuseplan.sweep/1 for "
                                       "`fuseplan calibrate`)")

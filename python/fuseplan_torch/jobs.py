@@ -77,11 +77,15 @@ def make_batch(a: Any, batch: int, seed: int) -> torch.Tensor:
 
 
 def _writable(path: str, flag: str) -> None:
+    if not path:
+        raise UsageError("%s: an empty file name" % flag)
     if os.path.isdir(path):
         raise UsageError("%s: %s is a directory (give a file name)" % (flag, path))
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError("%s: directory %s does not exist" % (flag, directory))
+    if not os.access(directory, os.W_OK):
+        raise UsageError("%s: directory %s is not writable" % (flag, directory))
 
 
 def profile_device(text: str, ranks: int) -> torch.device:
@@ -104,7 +108,7 @@ def profile_device(text: str, ranks: int) -> torch.device:
 def export_command(a: Any) -> None:
     _writable(a.out, "--out")
     device = torch.device("cpu")
-    if a.profile:
+    if a.profile is not None:
         _writable(a.profile, "--profile")
         for v, flag in ((a.batch, "--batch"), (a.steps, "--steps"), (a.ranks, "--ranks")):
             _positive(v, flag)
@@ -124,7 +128,7 @@ def export_command(a: Any) -> None:
               "what runs between modules (functional adds, views, control flow) is not in the file"
               % (a.factory, info.untraced, len(doc["layers"])))
     outputs = [(a.out, doc)]
-    if a.profile:
+    if a.profile is not None:
         if a.ranks > 1:
             result = os.path.join(os.path.dirname(os.path.abspath(a.profile)), ".fuseplan-profile-%d.json" % os.getpid())
             try:
@@ -280,7 +284,7 @@ def run_command(a: Any) -> None:
     _positive(a.ranks, "--ranks")
     _positive(a.iterations, "--iterations")
     check_backend(a.backend, a.ranks)
-    if a.report:
+    if a.report is not None:
         if not a.plan:
             raise UsageError("--report: needs --plan (a DDP run has no buckets to report)")
         _writable(a.report, "--report")
@@ -334,7 +338,7 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
         report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
         ddp.close()
         if rank == 0:
-            if a.report:
+            if a.report is not None:
                 write_json(report, a.report)
             acc = ddp.accumulate
             print("PlanDDP %s x %d ranks: %.2f ms per %s (forward %.2f, backward %.2f, exposed "

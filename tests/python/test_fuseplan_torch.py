@@ -474,6 +474,21 @@ def test_plan_ddp_accumulates_micro_batches_as_ddp_does(tmp_path, no_sync, engin
             assert diff <= 1e-6 * scale + 1e-9, name
 
 
+def test_output_files_are_refused_before_any_work_with_one_line(tmp_path):
+    existing = tmp_path / "m.json"
+    existing.write_text("keep")
+    base = ["export", "ddp_check:small_cnn", "--input-shape", "3,8,8"]
+    for extra, says in [(["--out", ""], "--out: an empty file name"),
+                        (["--out", str(tmp_path)], "is a directory (give a file name)"),
+                        (["--out", "/nonexistent/m.json"], "--out: directory /nonexistent does not exist"),
+                        (["--out", str(existing), "--profile", ""], "--profile: an empty file name")]:
+        r = run_cli(*base, *extra)
+        assert r.returncode == 2 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert existing.read_text() == "keep"
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--report", "")
+    assert r.returncode == 2 and "--report" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
 def test_a_plan_file_missing_what_plan_ddp_reads_is_refused_naming_the_path(tmp_path):
     from fuseplan_torch.plan_ddp import PlanError, load_plan
     path = str(tmp_path / "p.json")
