@@ -44,8 +44,13 @@ void run_discover(const CalibrateFlags& f) {
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c);
+std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c);
 void fit_overlap(const CalibrateFlags& f, Cluster& c);
-void fit_compute(const CalibrateFlags& f, Cluster& c);
+struct MeasuredModel {  // --model with its --profile applied
+  Model model;
+  ProfileInfo info;
+};
+void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c);
 
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
@@ -60,6 +65,8 @@ void run_calibrate(const CalibrateFlags& f) {
     throw InputError("calibrate: give --sweep, --nccl-tests, --plan with --measured, or --profile with --model (or --discover)");
   if (!f.model.empty() && (f.profile.empty() || !f.plans.empty()))
     throw InputError("--model: only with --profile and without --plan (the layer classes' compute fit)");
+  if (!f.profile.empty() && f.plans.empty() && f.model.empty())  // before any fit prints
+    throw InputError("--profile: give --model, the model it was measured on (a zoo name or the model .json)");
   if (f.shape.shape_given() && f.model.empty())
     throw InputError("--resolution/--channels/--classes/--seq-len: set the shape of --model (with --profile); give --model");
   if (!f.nccl_tests.empty() && !f.cluster_opt->count()) {
@@ -70,14 +77,39 @@ void run_calibrate(const CalibrateFlags& f) {
                      names + "; or a .json path)");
   }
   Cluster c = load_cluster(f.cluster);
+  // Every input read before any fit prints: a bad one is then the only line.
+  std::optional<MeasuredModel> measured;
+  if (!f.profile.empty() && f.plans.empty()) {
+    Model m = load_model(f.model, f.shape.options());
+    ProfileInfo info = apply_profile(m, f.profile);
+    parse_precision(info.precision, "--profile " + f.profile + ": precision");
+    measured = MeasuredModel{std::move(m), std::move(info)};
+  }
+  overlap_runs(f, c);  // read here, bound again on the cluster as calibrated when fitted
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, c);
-  if (!f.profile.empty() && f.plans.empty()) fit_compute(f, c);
+  if (measured) fit_compute(f, *measured, c);
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
     write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
     out() << "  wrote " << f.out << " (use it as --cluster)\n";
   }
+}
+
+// The measured runs of --plan / --measured, bound on cluster `c` (its warnings are about
+// training, not this fit).
+std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c) {
+  std::vector<OverlapRun> runs;
+  for (size_t i = 0; i < f.plans.size(); ++i) {
+    Plan plan = load_plan(f.plans[i]);
+    require_no_accumulation(plan, f.plans[i], "calibrate (it fits runs of one micro-batch per step)");
+    Model model = load_model(plan_model_ref(plan), plan.model_options);
+    if (!f.profile.empty()) apply_profile(model, f.profile);
+    Scenario s = bind_scenario(std::move(model), c, std::move(plan), {}, {}, f.plans[i]);
+    Report measured = load_measured_run(f.measured[i], s.plan, f.plans[i]);
+    runs.push_back({std::move(s.model), std::move(s.plan), std::move(measured)});
+  }
+  return runs;
 }
 
 // The processor sharing between backward and communication and the per-bucket dispatch
@@ -92,17 +124,7 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
     else if (name == "dispatch") dispatch = true;
     else throw InputError("--fit: unknown '" + name + "' (valid: sharing, dispatch)");
   }
-  std::vector<OverlapRun> runs;
-  for (size_t i = 0; i < f.plans.size(); ++i) {
-    Plan plan = load_plan(f.plans[i]);
-    require_no_accumulation(plan, f.plans[i], "calibrate (it fits runs of one micro-batch per step)");
-    Model model = load_model(plan_model_ref(plan), plan.model_options);
-    if (!f.profile.empty()) apply_profile(model, f.profile);
-    // Bound on the cluster being calibrated (its warnings are about training, not this fit).
-    Scenario s = bind_scenario(std::move(model), c, std::move(plan), {}, {}, f.plans[i]);
-    Report measured = load_measured_run(f.measured[i], s.plan, f.plans[i]);
-    runs.push_back({std::move(s.model), std::move(s.plan), std::move(measured)});
-  }
+  const std::vector<OverlapRun> runs = overlap_runs(f, c);
   const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
   print_overlap_fit(out(), fit, runs, f.plans, sharing, dispatch, f.profile);
   std::string sources;
@@ -113,11 +135,9 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
 
 // Each layer class's efficiency from measured layer times (a profile of fuseplan-exec or
 // of the PyTorch bridge), written into the cluster's device.by_kind.
-void fit_compute(const CalibrateFlags& f, Cluster& c) {
-  if (f.model.empty())
-    throw InputError("--profile: give --model, the model it was measured on (a zoo name or the model .json)");
-  Model m = load_model(f.model, f.shape.options());
-  const ProfileInfo info = apply_profile(m, f.profile);
+void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c) {
+  const Model& m = measured.model;
+  const ProfileInfo& info = measured.info;
   const Precision p = parse_precision(info.precision, "--profile " + f.profile + ": precision");
   out() << "fuseplan calibrate: compute per layer class from " << f.profile << " (" << m.name << ", batch "
         << info.batch << ", " << info.precision << (info.device.empty() ? "" : ", " + info.device) << "), cluster "
@@ -140,9 +160,6 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
     sweeps.push_back(load_nccl_tests(f.nccl_tests, as, f.ranks, f.per_node));
     const Sweep& s = sweeps.back();
     check_gpu_count(c, s.ranks, "--nccl-tests " + f.nccl_tests + " (" + std::to_string(s.ranks) + " ranks)");
-    if (s.ranks > s.per_node && s.per_node != c.gpus_per_node)
-      out() << "note: the log ran " << s.per_node << " ranks per node, cluster " << c.name << " has "
-                << c.gpus_per_node << " GPUs per node\n";
   }
   const std::string source = f.sweep.empty() ? f.nccl_tests : f.sweep;
   if (!f.fit_sizes.empty()) {
@@ -156,14 +173,19 @@ void fit_communication(const CalibrateFlags& f, Cluster& c) {
   // A sweep through the executor includes the per-call launch overhead, which the model
   // adds apart; nccl-tests times are the library's own (no framework overhead).
   const double launch_s = f.sweep.empty() ? 0 : c.launch_overhead_us * 1e-6;
+  // Fitted before anything is printed: a bad fit option is then the only line.
+  const Cluster given = c;
+  const std::vector<CommCalibration> fits =
+      calibrate_communication(c, sweeps, {source, launch_s, f.max_segments, f.segment_tolerance, f.holdout});
+  const Sweep& s = sweeps.front();
+  if (!f.nccl_tests.empty() && s.ranks > s.per_node && s.per_node != c.gpus_per_node)
+    out() << "note: the log ran " << s.per_node << " ranks per node, cluster " << c.name << " has " << c.gpus_per_node
+          << " GPUs per node\n";
   out() << "fuseplan calibrate: " << source << " on " << sweeps.front().ranks << " ranks ("
             << sweeps.front().per_node << " per node), cluster " << c.name << " ("
             << (f.sweep.empty() ? "nccl-tests times: no launch overhead to keep apart"
                                 : "launch overhead " + fixed(c.launch_overhead_us, 1) + " us kept apart")
             << ")\n\n";
-  const Cluster given = c;
-  const std::vector<CommCalibration> fits =
-      calibrate_communication(c, sweeps, {source, launch_s, f.max_segments, f.segment_tolerance, f.holdout});
   const std::vector<std::string> bad = print_comm_fits(out(), fits, f.holdout);
   print_nccl_estimates(out(), given, sweeps, fits);
   for (const auto& b : bad) out() << "  degenerate fit: " << b << "\n";

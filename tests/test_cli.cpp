@@ -755,6 +755,11 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   CHECK_THAT(b.out, Catch::Contains("--batch-per-gpu 4 disagrees"));
   // Said once (by rank 0), whatever mpiexec adds about the exit code.
   CHECK(b.out.find("disagrees") == b.out.rfind("disagrees"));
+  // Epochs too few for a measured step: refused at set-up, not after the run (with MPI_Abort).
+  Run e = run_mpi(2, "run --plan " + plan + data + " --warmup 1 --epochs 0.0000001");
+  CHECK(e.code == 2);
+  CHECK_THAT(e.out, Catch::Contains("--epochs: 1e-07 epochs make 1 steps, none after the 1 of --warmup"));
+  CHECK_THAT(e.out, !Catch::Contains("MPI_ABORT"));
   Run g = run_mpi(2, "run --plan " + plan + data + " --progress spin");
   CHECK(g.code == 2);
   CHECK_THAT(g.out, Catch::Contains("valid: poll, thread"));
@@ -1120,6 +1125,11 @@ TEST_CASE("cli: NCCL clusters: collective shows NCCL's table and choices - nccl-
              "        4096          1024     float     sum      -1    x.54    0.25    0.37       0    16.44    0.25    0.37       0\n");
   expect_bad("calibrate --nccl-tests " + bad + " --cluster dgx-h100 --ranks 16", "line 3: cannot read the row");
   expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-a100 --ranks 2048", "do not fit cluster dgx-a100");
+  // Every input is read before a fit prints: a bad one is the only line.
+  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-h100 --max-segments 0", "--max-segments: must be >= 1");
+  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-h100 --profile x.json", "--profile: give --model");
+  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-h100 --profile /nonexistent/p.json --model resnet18",
+             "/nonexistent/p.json: cannot open");
   // A fit from the log, written and used: the 8 B .. 256 B range is too noisy to fit
   // (degenerate), so the file is written only when asked to, or with --fit-sizes.
   const std::string out = tmp("h100-calibrated.json");

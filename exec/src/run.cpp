@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <memory>
 
 #include "fuseplan/exec/nccl.hpp"
@@ -104,6 +105,13 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
       o.train.max_steps = o.warmup + o.iterations;
       o.train.epochs = double(o.train.max_steps) / double(per_epoch);
       o.train.evaluate = false;
+    } else if (o.train.epochs > 0 && o.train.epochs <= 1e6) {  // else the trainer refuses the value itself
+      int64_t steps = std::max<int64_t>(1, int64_t(std::ceil(o.train.epochs * double(per_epoch))));
+      if (o.train.max_steps > 0) steps = std::min(steps, o.train.max_steps);
+      if (steps <= o.warmup)
+        throw InputError(field("train.epochs") + ": " + formatted(o.train.epochs, "%g") + " epochs make " +
+                         std::to_string(steps) + " steps, none after the " + std::to_string(o.warmup) +
+                         " of " + field("run.warmup") + ": nothing would be measured");
     }
     check_progress_mode(world, o.exchange);
     if (o.train.defers_exchange() && o.warmup < 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import faulthandler
 import importlib
 import json
+import math
 import os
 import socket
 import statistics
@@ -29,6 +30,12 @@ class UsageError(Exception):
 def _positive(value: int, flag: str) -> int:
     if value < 1:
         raise UsageError("%s: must be >= 1 (got %d)" % (flag, value))
+    return value
+
+
+def _at_least_zero(value: int, flag: str) -> int:
+    if value < 0:
+        raise UsageError("%s: must be >= 0 (got %d)" % (flag, value))
     return value
 
 
@@ -63,6 +70,8 @@ def input_shape(a: Any) -> List[int]:
         raise UsageError("--input-shape: '%s' is not comma-separated integers" % a.input_shape)
     if not shape or any(d < 1 for d in shape):
         raise UsageError("--input-shape: every dimension must be >= 1")
+    if math.prod(shape) > 1 << 31:
+        raise UsageError("--input-shape: %s is more than 2^31 elements per sample" % a.input_shape)
     if a.input_dtype == "long" and a.vocab < 1:
         raise UsageError("--vocab: required (>= 1) with --input-dtype long")
     return shape
@@ -112,6 +121,7 @@ def export_command(a: Any) -> None:
         _writable(a.profile, "--profile")
         for v, flag in ((a.batch, "--batch"), (a.steps, "--steps"), (a.ranks, "--ranks")):
             _positive(v, flag)
+        _at_least_zero(a.warmup, "--warmup")
         device = profile_device(a.device, a.ranks)
     elif a.device != "cpu":
         raise UsageError("--device: only with --profile (it says where the layers are timed)")
@@ -283,6 +293,11 @@ def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Te
 def run_command(a: Any) -> None:
     _positive(a.ranks, "--ranks")
     _positive(a.iterations, "--iterations")
+    _at_least_zero(a.warmup, "--warmup")
+    _at_least_zero(a.batch, "--batch")  # 0: the plan's
+    _at_least_zero(a.threads, "--threads")  # 0: cores / ranks
+    if not 0 < a.bucket_cap_mb <= 1e6:  # NaN too; DDP takes int(MB * 2^20) bytes
+        raise UsageError("--bucket-cap-mb: must be in (0, 1e6] MB (got %s)" % a.bucket_cap_mb)
     check_backend(a.backend, a.ranks)
     if a.report is not None:
         if not a.plan:
@@ -372,6 +387,7 @@ def sweep_command(a: Any) -> None:
     _writable(a.out, "--out")
     _positive(a.ranks, "--ranks")
     _positive(a.iterations, "--iterations")
+    _positive(a.threads, "--threads")
     if a.ranks < 2:
         raise UsageError("--ranks: a sweep needs >= 2 ranks")
     check_backend(a.backend, a.ranks)

@@ -489,6 +489,21 @@ def test_output_files_are_refused_before_any_work_with_one_line(tmp_path):
     assert r.returncode == 2 and "--report" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
+@pytest.mark.parametrize("command, says", [
+    (["export", "--out", "m.json", "--seed", "99999999999999999999"], "--seed: must be at most"),  # was a traceback
+    (["export", "--out", "m.json", "--threads", "99999999999999999999"], "--threads: must be at most"),  # was SIGABRT
+    (["export", "--out", "m.json", "--input-shape", "99999999999999999999"], "more than 2^31 elements per sample"),
+    (["export", "--out", "m.json", "--profile", "p.json", "--warmup", "-1"], "--warmup: must be >= 0 (got -1)"),
+    (["run", "--batch", "-1"], "--batch: must be >= 0 (got -1)"),
+    (["run", "--bucket-cap-mb", "nan"], "--bucket-cap-mb: must be in (0, 1e6] MB (got nan)"),
+    (["run", "--bucket-cap-mb", "1e999"], "--bucket-cap-mb: must be in (0, 1e6] MB (got inf)"),
+])
+def test_hostile_numbers_are_refused_with_one_line(tmp_path, command, says):
+    r = run_cli(command[0], "ddp_check:small_cnn", "--input-shape", "3,8,8",
+                *[str(tmp_path / c) if c.endswith(".json") else c for c in command[1:]])
+    assert r.returncode == 2 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
 def test_a_plan_file_missing_what_plan_ddp_reads_is_refused_naming_the_path(tmp_path):
     from fuseplan_torch.plan_ddp import PlanError, load_plan
     path = str(tmp_path / "p.json")
