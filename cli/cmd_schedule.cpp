@@ -89,9 +89,8 @@ void run_schedule(ScheduleFlags& f) {
     so.trace_ranks = 0;
     for (size_t i = 0; i < results.size(); ++i) {
       // A long replay (1024 ranks: minutes per schedule) is never silent: progress.hpp.
-      ProgressBar bar("rank-rounds of " + results[i].schedule.strategy + " (schedule " + std::to_string(i + 1) + " of " +
-                          std::to_string(results.size()) + ")",
-                      f.quiet);
+      const std::string which = " (schedule " + std::to_string(i + 1) + " of " + std::to_string(results.size()) + ")";
+      ProgressBar bar("rank-rounds of " + results[i].schedule.strategy + which, f.quiet);
       so.progress = [&bar](int64_t done, int64_t total) { bar(done, total); };
       simulated.push_back(sim::simulate_schedule(pm, results[i].schedule, so).result.iteration_s);
     }

@@ -43,7 +43,8 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
     p.add_argument("--input-shape", required=True, help="per-sample input shape, e.g. 3,224,224 or 128 (token ids)")
     p.add_argument("--input-dtype", default="float", choices=["float", "long"], help="float images or long token ids")
-    p.add_argument("--vocab", type=_int_to(2 ** 31 - 1), default=0, help="long inputs: token ids are drawn below this (required)")
+    p.add_argument("--vocab", type=_int_to(2 ** 31 - 1), default=0,
+                   help="long inputs: token ids are drawn below this (required)")
     p.add_argument("--seed", type=_int_to(SEED_MAX), default=1, help="weights and synthetic data")
     p.add_argument("--name", default="", help="model name in the files (default: the factory's function name)")
 
@@ -58,10 +59,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex.add_argument("--profile", help="also time every layer and write fuseplan.profile/1 here")
     ex.add_argument("--batch", type=_int_to(BATCH_MAX), default=8, help="--profile: samples per timed batch")
     ex.add_argument("--warmup", type=_int_to(COUNT_MAX), default=3, help="--profile: untimed runs per layer")
-    ex.add_argument("--steps", type=_int_to(COUNT_MAX), default=10, help="--profile: timed runs per layer (the median is kept)")
+    ex.add_argument("--steps", type=_int_to(COUNT_MAX), default=10,
+                    help="--profile: timed runs per layer (the median is kept)")
     ex.add_argument("--device", default="cpu",
                     help="--profile: where the layers are timed: cpu, or cuda / cuda:N (a GPU; with --ranks 1)")
-    ex.add_argument("--threads", type=_int_to(THREADS_MAX), default=0, help="torch threads (default: torch's; with --ranks: cores / ranks)")
+    ex.add_argument("--threads", type=_int_to(THREADS_MAX), default=0,
+                    help="torch threads (default: torch's; with --ranks: cores / ranks)")
     ex.add_argument("--ranks", type=_int_to(RANKS_MAX), default=1,
                     help="--profile: time on this many processes side by side, as a data-parallel job of that many "
                          "ranks loads this machine, keeping the slowest rank's time per layer")
@@ -79,11 +82,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--ranks", type=_int_to(RANKS_MAX), default=2, help="processes on this machine")
     run.add_argument("--backend", default="gloo", choices=jobs.BACKENDS,
                      help="process group: gloo (CPU) or nccl (rank r on GPU r)")
-    run.add_argument("--batch", type=_int_to(BATCH_MAX), default=0, help="samples per rank (default: the plan's, else 8)")
+    run.add_argument("--batch", type=_int_to(BATCH_MAX), default=0,
+                     help="samples per rank (default: the plan's, else 8)")
     run.add_argument("--warmup", type=_int_to(COUNT_MAX), default=3, help="untimed optimizer steps")
     run.add_argument("--iterations", type=_int_to(COUNT_MAX), default=10,
                      help="timed optimizer steps (with the plan's accumulate: each of its micro-batches)")
-    run.add_argument("--threads", type=_int_to(THREADS_MAX), default=0, help="torch threads per rank (default: cores / ranks)")
+    run.add_argument("--threads", type=_int_to(THREADS_MAX), default=0,
+                     help="torch threads per rank (default: cores / ranks)")
     run.add_argument("--report", help="--plan: write the measured fuseplan.report/1 here")
 
     sw = sub.add_parser("sweep", help="time the allreduce of gloo or NCCL on N local ranks (fuseplan.sweep/1 for "
