@@ -49,6 +49,7 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c);
 struct MeasuredModel {  // --model with its --profile applied
   Model model;
   ProfileInfo info;
+  Precision precision;  // the profile's
 };
 void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c);
 
@@ -82,8 +83,8 @@ void run_calibrate(const CalibrateFlags& f) {
   if (!f.profile.empty() && f.plans.empty()) {
     Model m = load_model(f.model, f.shape.options());
     ProfileInfo info = apply_profile(m, f.profile);
-    parse_precision(info.precision, "--profile " + f.profile + ": precision");
-    measured = MeasuredModel{std::move(m), std::move(info)};
+    const Precision p = parse_precision(info.precision, "--profile " + f.profile + ": precision");
+    measured = MeasuredModel{std::move(m), std::move(info), p};
   }
   overlap_runs(f, c);  // read here, bound again on the cluster as calibrated when fitted
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
@@ -138,7 +139,7 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
 void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c) {
   const Model& m = measured.model;
   const ProfileInfo& info = measured.info;
-  const Precision p = parse_precision(info.precision, "--profile " + f.profile + ": precision");
+  const Precision p = measured.precision;
   out() << "fuseplan calibrate: compute per layer class from " << f.profile << " (" << m.name << ", batch "
         << info.batch << ", " << info.precision << (info.device.empty() ? "" : ", " + info.device) << "), cluster "
         << c.name << " (" << c.device.name << ")\n\n";
