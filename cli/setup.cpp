@@ -216,9 +216,11 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
   std::optional<ProfileInfo> measured;
   if (!profile.empty()) measured = apply_profile(m, profile);
   Cluster c = load_cluster(cluster_opt->count() ? cluster : plan.cluster);
+  // Said once the plan is bound: a refusal below is then the only line.
+  std::string other_cluster;
   if (cluster_opt->count() && !same_cluster(c, plan.cluster))
-    std::cerr << "fuseplan: warning: --cluster " << cluster << " is not the cluster " << path << " was made for ("
-              << plan.cluster << "); its buckets and algorithms are priced on " << c.name << " as they are\n";
+    other_cluster = "warning: --cluster " + cluster + " is not the cluster " + path + " was made for (" + plan.cluster +
+                    "); its buckets and algorithms are priced on " + c.name + " as they are";
   apply_overrides(c);
   if (gpus_opt->count() && gpus != plan.gpus)
     throw InputError("--gpus " + std::to_string(gpus) + " disagrees with " + path + " (made for " +
@@ -231,6 +233,7 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
   if (measured) check_profile(*measured, profile, plan.batch_per_gpu, plan.compute);
   TrainingGoal g = goal(m);
   Scenario s = bind_scenario(std::move(m), std::move(c), std::move(plan), collective(), std::move(g), path);
+  if (!other_cluster.empty()) s.warnings.insert(s.warnings.begin(), other_cluster);
   say(s.warnings);
   return s;
 }

@@ -1269,6 +1269,8 @@ TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow
   CHECK(other.code == 0);
   CHECK_THAT(other.out, Catch::Contains("warning: --cluster dgx-a100 is not the cluster"));
   CHECK(count_of(run("predict --plan " + a).out, "warning") == 0);
+  // ... but a refusal of the same command is its only line (the warning came first).
+  expect_bad("export --to ddp --plan " + a + " --cluster dgx-a100 --resolution 64", "plan is for model");
 
   // whatif takes tune's fusion flags, --inter-lat and --profile, with tune's units.
   auto iteration = [](const Run& r) {
@@ -1525,6 +1527,9 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
       {"predict --model alexnet_bn --gpus 8 --cluster dgx-a100 --intra-bw -2", "--intra-bw: must be > 0 (got -2"},
       {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},
+      // 62 million partitions: the bounds alone took the machine's memory.
+      {"schedule --model alexnet_bn --gpus 16 --partition 1",
+       "--partition: 1 parameters per partition make 62,388,424 partitions, more than 100,000; give at least 625"},
       // What-if network values are held to the cluster file's ranges (SimGrid died on these).
       {"simulate --model alexnet_bn --gpus 16 --inter-lat inf",
        "--inter-lat: must be in [1e-06, 1e+06] us, or 0 (got inf)"},

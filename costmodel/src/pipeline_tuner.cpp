@@ -10,6 +10,7 @@
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
 
@@ -65,6 +66,16 @@ std::vector<int64_t> greedy_bounds(const PipelineModel& pm, int64_t cap) {
     }
   if (b.empty() || b.back() != pm.elements()) b.push_back(pm.elements());
   return b;
+}
+
+// The most partitions a ByteScheduler schedule may have: 100 times a 1-billion-parameter
+// model cut at BYTESCHEDULER_PARTITION's default (1M parameters).
+constexpr int64_t kMaxPartitions = 100000;
+// The smallest partition that keeps `elements` in `tensors` tensors within kMaxPartitions
+// (each tensor's last piece may be short: at most elements / piece + tensors pieces).
+int64_t min_partition(int64_t elements, int64_t tensors) {
+  const int64_t room = std::max<int64_t>(1, kMaxPartitions - tensors);
+  return (elements + room - 1) / room;
 }
 
 // Every tensor cut into pieces of at most `piece` elements (ByteScheduler's partitions:
@@ -319,13 +330,24 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy st, const 
       s.bounds = fusion_bounds(pm, Strategy::Horovod, o, &pack, &s.pack_on);
       s.pack = pack;
       break;
-    case ScheduleStrategy::ByteScheduler:
+    case ScheduleStrategy::ByteScheduler: {
+      // A partition per handful of parameters would be millions of messages (hours, and
+      // the bounds alone gigabytes): counted before they are made.
+      const auto& off = pm.tensor_offsets();
+      int64_t pieces = 0;
+      for (size_t pos = 1; pos < off.size(); ++pos)
+        pieces += (off[pos] - off[pos - 1] + o.partition_elems - 1) / o.partition_elems;
+      if (pieces > kMaxPartitions)
+        throw InputError(field("schedule.partition") + ": " + grouped(o.partition_elems) + " parameters per partition make " +
+                         grouped(pieces) + " partitions, more than " + grouped(kMaxPartitions) + "; give at least " +
+                         grouped(min_partition(pm.elements(), int64_t(off.size()) - 1)));
       s.bounds = tensor_pieces(pm, o.partition_elems);
       s.order = Order::Priority;
       s.gate = Gate::PerLayer;
       s.step_update = false;
       s.credit = int(std::clamp<int64_t>(o.credit_elems / std::max<int64_t>(1, o.partition_elems), 1, 64));
       break;
+    }
     case ScheduleStrategy::UsByte: {
       // ByteScheduler's order and gating with unequal blocks growing away from the
       // input and a credit of 1-4, the start size and credit chosen by prediction.
