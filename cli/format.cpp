@@ -48,6 +48,22 @@ void err_line(const std::string& line) {
   std::cerr.flush();
 }
 
+namespace {
+std::vector<std::string>& pending_warnings() {
+  static std::vector<std::string> lines;
+  return lines;
+}
+}  // namespace
+
+void warn_later(const std::string& line) { pending_warnings().push_back(line); }
+
+void say_warnings() {
+  for (const auto& line : pending_warnings()) err_line(line);
+  pending_warnings().clear();
+}
+
+void drop_warnings() { pending_warnings().clear(); }
+
 std::ostream& out() {
   static NullBuffer null_buffer;
   static std::ostream null_stream(&null_buffer);

@@ -32,6 +32,13 @@ std::ostream& out();
 // One line on stderr in a single write: under mpirun, which forwards a rank's stdout and
 // stderr separately, a line written piece by piece can be cut by the other stream's text.
 void err_line(const std::string& line);
+// Warnings about a command's input (a cluster grown, memory, another cluster than the
+// plan's) are held until the command has read all of its input, so that a refusal is its
+// only line: said when the command ends (done, or failed while running, by run_app) or
+// when a progress bar first shows; a refused command drops them.
+void warn_later(const std::string& line);
+void say_warnings();
+void drop_warnings();
 
 // The libraries name inputs by field ("{tuner.segments}", models/error.hpp); the command
 // line spells each as its flag: the name's last part, '_' as '-' ("--segments"), since

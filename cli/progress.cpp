@@ -27,6 +27,7 @@ void ProgressBar::operator()(int64_t done, int64_t total, const std::string& ext
   if (!enabled_ || total <= 0) return;
   double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   if (t < delay_ || done == last_done_ || (shown_ && t - last_ < every_ && done < total)) return;
+  if (!shown_) say_warnings();  // a long run says what it was warned of as it starts
   last_done_ = done;
   last_ = t;
   shown_ = true;

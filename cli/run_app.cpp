@@ -55,8 +55,8 @@ std::vector<std::string> rename_flags(int argc, char** argv, const std::string& 
       if (r.old_name == "--format" && value != "table" && value != "csv" && value != "json")
         throw InputError("--format: unknown value '" + value + "' (valid: table, csv, json; now --csv or --json)");
       if (warned.insert(r.old_name).second)
-        std::cerr << prog << ": warning: " << r.old_name << " is now " << r.new_name
-                  << " (the old spelling still works for now)\n";
+        warn_later(prog + ": warning: " + std::string(r.old_name) + " is now " + std::string(r.new_name) +
+                   " (the old spelling still works for now)");
       if (r.old_name == "--format") {  // --format X -> --X; table is the default
         const size_t n = eq ? 1 : 2;
         args.erase(args.begin() + std::ptrdiff_t(i), args.begin() + std::ptrdiff_t(i + n));
@@ -157,20 +157,25 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
     for (auto& a : args) ptrs.push_back(a.data());
     stage_outputs(true);  // outputs land only once the command has succeeded
     app.parse(int(ptrs.size()), ptrs.data());
+    say_warnings();
     commit_outputs();
   } catch (const CLI::Success& e) {  // --help and friends: CLI11 prints, exit 0
+    say_warnings();                    // a renamed flag's, first
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     err_line(prog + ": " + e.what() + " (see " + prog + " --help)");
     return 2;
   } catch (const InputError& e) {
+    drop_warnings();  // the refusal is the only line
     // An empty message: another rank of the same job has said it.
     if (*e.what()) err_line(prog + ": " + with_flags(e));
     return 2;
   } catch (const RunError& e) {
+    say_warnings();
     err_line(prog + ": error: " + e.what());
     return 1;
   } catch (const std::exception& e) {
+    say_warnings();
     err_line(prog + ": internal error: " + e.what());
     return 1;
   }

@@ -25,7 +25,7 @@ bool same_cluster(const Cluster& c, const std::string& named) {
 
 // Binding's notes and warnings, one line each on stderr.
 void say(const std::vector<std::string>& warnings) {
-  for (const auto& w : warnings) std::cerr << "fuseplan: " << with_flags(w) << "\n";
+  for (const auto& w : warnings) warn_later("fuseplan: " + with_flags(w));
 }
 }  // namespace
 
@@ -37,8 +37,9 @@ void check_profile(const ProfileInfo& p, const std::string& path, int batch, Pre
                      std::string(precision_name(compute)) + " (profile again with --precision " +
                      std::string(precision_name(compute)) + ", or predict with --precision " + p.precision + ")");
   if (p.batch != batch)
-    std::cerr << "fuseplan: warning: --profile " << path << " was measured at batch " << p.batch << " per GPU; its "
-              << "layer times are scaled linearly to batch " << batch << " (small batches often run below that)\n";
+    warn_later("fuseplan: warning: --profile " + path + " was measured at batch " + std::to_string(p.batch) +
+               " per GPU; its layer times are scaled linearly to batch " + std::to_string(batch) +
+               " (small batches often run below that)");
 }
 
 void SetupFlags::add(CLI::App* app) {

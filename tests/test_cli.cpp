@@ -1527,6 +1527,9 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
       {"predict --model alexnet_bn --gpus 8 --cluster dgx-a100 --intra-bw -2", "--intra-bw: must be > 0 (got -2"},
       {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},
+      // A warning about the input (memory, at 1024 pixels) is held: the refusal is the only line.
+      {"compare --model alexnet_bn --gpus 16 --cluster p100-horovod --resolution 1024 --pack gpt2",
+       "--pack: unknown value 'gpt2' (valid: strategy, pack, inline, view)"},
       // 62 million partitions: the bounds alone took the machine's memory.
       {"schedule --model alexnet_bn --gpus 16 --partition 1",
        "--partition: 1 parameters per partition make 62,388,424 partitions, more than 100,000; give at least 625"},
