@@ -338,8 +338,9 @@ ScheduleResult schedule_for(const PipelineModel& pm, ScheduleStrategy st, const 
       for (size_t pos = 1; pos < off.size(); ++pos)
         pieces += (off[pos] - off[pos - 1] + o.partition_elems - 1) / o.partition_elems;
       if (pieces > kMaxPartitions)
-        throw InputError(field("schedule.partition") + ": " + grouped(o.partition_elems) + " parameters per partition make " +
-                         grouped(pieces) + " partitions, more than " + grouped(kMaxPartitions) + "; give at least " +
+        throw InputError(field("schedule.partition") + ": " + grouped(o.partition_elems) +
+                         " parameters per partition make " + grouped(pieces) + " partitions, more than " +
+                         grouped(kMaxPartitions) + "; give at least " +
                          grouped(min_partition(pm.elements(), int64_t(off.size()) - 1)));
       s.bounds = tensor_pieces(pm, o.partition_elems);
       s.order = Order::Priority;
