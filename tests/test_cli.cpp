@@ -1057,7 +1057,8 @@ TEST_CASE("cli: a checkpoint write that does not finish stops fuseplan-exec run 
   CHECK(r.code != 0);
   // Rank 0 gives up after half of --timeout, before the others give up on rank 0 (3 s of
   // margin: with 2 s, a rank 0 starved by parallel tests for over 1 s lost the race).
-  CHECK_THAT(r.out, Catch::Contains("checkpoint " + ckpt + ": not written within 3 s: the file system does not answer"));
+  CHECK_THAT(r.out,
+             Catch::Contains("checkpoint " + ckpt + ": not written within 3 s: the file system does not answer"));
   CHECK(took < 60);  // without the bound: forever
   std::ifstream in(ckpt);
   std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
