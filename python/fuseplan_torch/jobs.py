@@ -27,16 +27,14 @@ class UsageError(Exception):
     """Bad input: one line naming the flag or file."""
 
 
+def _at_least(value: int, least: int, flag: str) -> int:
+    if value < least:
+        raise UsageError("%s: must be >= %d (got %d)" % (flag, least, value))
+    return value
+
+
 def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise UsageError("%s: must be >= 1 (got %d)" % (flag, value))
-    return value
-
-
-def _at_least_zero(value: int, flag: str) -> int:
-    if value < 0:
-        raise UsageError("%s: must be >= 0 (got %d)" % (flag, value))
-    return value
+    return _at_least(value, 1, flag)
 
 
 def build_module(a: Any) -> Tuple[nn.Module, str]:
@@ -121,7 +119,7 @@ def export_command(a: Any) -> None:
         _writable(a.profile, "--profile")
         for v, flag in ((a.batch, "--batch"), (a.steps, "--steps"), (a.ranks, "--ranks")):
             _positive(v, flag)
-        _at_least_zero(a.warmup, "--warmup")
+        _at_least(a.warmup, 0, "--warmup")
         device = profile_device(a.device, a.ranks)
     elif a.device != "cpu":
         raise UsageError("--device: only with --profile (it says where the layers are timed)")
@@ -293,9 +291,9 @@ def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Te
 def run_command(a: Any) -> None:
     _positive(a.ranks, "--ranks")
     _positive(a.iterations, "--iterations")
-    _at_least_zero(a.warmup, "--warmup")
-    _at_least_zero(a.batch, "--batch")  # 0: the plan's
-    _at_least_zero(a.threads, "--threads")  # 0: cores / ranks
+    _at_least(a.warmup, 0, "--warmup")
+    _at_least(a.batch, 0, "--batch")  # 0: the plan's
+    _at_least(a.threads, 0, "--threads")  # 0: cores / ranks
     if not 0 < a.bucket_cap_mb <= 1e6:  # NaN too; DDP takes int(MB * 2^20) bytes
         raise UsageError("--bucket-cap-mb: must be in (0, 1e6] MB (got %s)" % a.bucket_cap_mb)
     check_backend(a.backend, a.ranks)
