@@ -51,23 +51,38 @@ FITTED_OVERHEAD_ON = ("resnet50", 32)
 # held out: (model, batch) -> images/s.
 HOROVOD_P100 = {("inception_v3", 64): 134.4, ("resnet101", 64): 119.4, ("vgg16", 64): 130.9}
 # Models outside the zoo: their model files.
-MODEL_FILES = {"inception_v3": os.path.join(HERE, "models", "inception_v3.json")}
+MODEL_FILES = {m: os.path.join(HERE, "models", m + ".json")
+               for m in ("inception_v3", "resnext101_32x4d", "se_resnext101_32x4d")}
 
-# Single-GPU ResNet-50 v1.5 training throughput on V100 and A100, images/s: NVIDIA
-# DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/README.md ("Training
-# performance", pytorch-21.03 NGC container), batch per GPU from its configs.yml. On A100
-# "FP32" is PyTorch's default TF32 convolutions on tensor cores, priced against the
-# non-tensor FP32 peak of the cluster file (so the fitted efficiency exceeds 1). One
-# efficiency per precision for both convolution classes (one rate cannot separate them).
-# The single-GPU runs train as the published ones did: torch.optim.SGD's per-tensor loop,
-# stepped once per int(2048 / batch) micro-batches (configs.yml's optimizer_batch_size 2048
-# over main.py's batch_size_multiplier): (cluster, precision, batch, images/s, flags).
-def dle_single_gpu_flags(batch):
-    return ["--accumulate", str(2048 // batch), "--optimizer-kernels", "per-tensor"]
+# Single-GPU training throughput on V100 and A100, images/s: NVIDIA DeepLearningExamples,
+# PyTorch/Classification/ConvNets/{resnet50v1.5,resnext101-32x4d,se-resnext101-32x4d}/README.md
+# ("Training performance", pytorch-21.03 NGC container; DGX-1 32GB and DGX A100 80GB), batch
+# per GPU and optimizer batch from its configs.yml. On A100 "FP32" is PyTorch's default TF32
+# convolutions on tensor cores, priced against the non-tensor FP32 peak of the cluster file
+# (so the fitted efficiency exceeds 1). ResNet-50 sets one efficiency per precision for both
+# ungrouped convolution classes (one rate cannot separate them); ResNeXt-101 32x4d, whose 3x3
+# convolutions have 32 groups, then sets conv_grouped's. The single-GPU runs train as the
+# published ones did: torch.optim.SGD's per-tensor loop, stepped once per
+# int(optimizer batch / batch) micro-batches (main.py's batch_size_multiplier).
+def dle_single_gpu_flags(batch, optimizer_batch=2048):
+    return ["--accumulate", str(optimizer_batch // batch), "--optimizer-kernels", "per-tensor"]
 
 
-DLE_FITS = (("dgx1-v100", "fp32", 112, 356), ("dgx1-v100", "fp16", 256, 1156),
-            ("dgx-a100", "fp32", 256, 938), ("dgx-a100", "fp16", 256, 2470))
+UNGROUPED = ("conv_kxk", "conv_1x1")
+# (cluster, precision, model, batch, optimizer batch, images/s, classes fitted), in fitting order.
+DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, 2048, 356, UNGROUPED),
+            ("dgx1-v100", "fp16", "resnet50", 256, 2048, 1156, UNGROUPED),
+            ("dgx-a100", "fp32", "resnet50", 256, 2048, 938, UNGROUPED),
+            ("dgx-a100", "fp16", "resnet50", 256, 2048, 2470, UNGROUPED),
+            ("dgx1-v100", "fp32", "resnext101_32x4d", 64, 1024, 144, ("conv_grouped",)),
+            ("dgx1-v100", "fp16", "resnext101_32x4d", 128, 1024, 565, ("conv_grouped",)),
+            ("dgx-a100", "fp32", "resnext101_32x4d", 128, 1024, 456, ("conv_grouped",)),
+            ("dgx-a100", "fp16", "resnext101_32x4d", 128, 1024, 1211, ("conv_grouped",)))
+# Held out: SE-ResNeXt-101 32x4d, the same grouped convolutions with squeeze-and-excitation.
+DLE_HELD_OUT = (("dgx1-v100", "fp32", "se_resnext101_32x4d", 64, 1024, 130),
+                ("dgx1-v100", "fp16", "se_resnext101_32x4d", 112, 896, 427),
+                ("dgx-a100", "fp32", "se_resnext101_32x4d", 128, 1024, 395),
+                ("dgx-a100", "fp16", "se_resnext101_32x4d", 128, 1024, 855))
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
@@ -152,23 +167,22 @@ def fit(binary):
             break
     return values
 
-def fit_conv(binary, cluster, precision, batch, target):
-    """The one efficiency of conv_kxk and conv_1x1 in `precision` that gives ResNet-50 `target`
-    images/s on one GPU of `cluster`; the file's other precisions and classes stay."""
+def fit_conv(binary, cluster, precision, model, batch, optimizer_batch, target, classes):
+    """The one efficiency of `classes` in `precision` that gives `model` `target` images/s on
+    one GPU of `cluster`; the file's other precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
-    return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, {"conv_kxk": e, "conv_1x1": e}, precision),
-                                   "resnet50", batch,
-                                   precision, dle_single_gpu_flags(batch)), target)
+    return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, {k: e for k in classes}, precision),
+                                   model, batch, precision, dle_single_gpu_flags(batch, optimizer_batch)), target)
 
 
 def check_dle(binary):
     """Refits DLE_FITS; returns the clusters whose shipped values differ."""
     stale = []
-    for cluster, precision, batch, target in DLE_FITS:
-        e = fit_conv(binary, cluster, precision, batch, target)
-        print(f"{cluster} {precision}: by_kind.conv_kxk = conv_1x1 = {e} (ResNet-50 {target} images/s, batch {batch})")
+    for cluster, precision, model, batch, optimizer_batch, target, classes in DLE_FITS:
+        e = fit_conv(binary, cluster, precision, model, batch, optimizer_batch, target, classes)
+        print(f"{cluster} {precision}: by_kind.{' = '.join(classes)} = {e} ({model} {target} images/s, batch {batch})")
         k = json.load(open(cluster_path(cluster)))["device"].get("by_kind", {})
-        for cls in ("conv_kxk", "conv_1x1"):
+        for cls in classes:
             shipped = k.get(cls, {}).get("compute_efficiency", {}).get(precision)
             if shipped is None or abs(shipped - e) > 1e-3:
                 stale.append(f"{cluster} ({cls}, {precision})")
@@ -226,6 +240,17 @@ def main():
                         TF_P100, "tf-p100", tf_role)
     rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines (2017)",
                          "p100-horovod", HOROVOD_P100, "horovod-p100", lambda model, batch: "held out")
+    print("# single-GPU training throughput, images/s: NVIDIA DeepLearningExamples (PyTorch, 21.03) vs fuseplan")
+    fitted = [(f + (", ".join(f[6]),)) for f in DLE_FITS]
+    for cluster, precision, model, batch, optimizer_batch, published, *fitted_as in fitted + list(DLE_HELD_OUT):
+        pred = single_gpu_rate(a.bin, model, cluster, batch, precision, dle_single_gpu_flags(batch, optimizer_batch))
+        role = "fitted: " + fitted_as[-1] if fitted_as else "held out"
+        err = 100 * (pred / published - 1)
+        print(f"  {cluster:9s} {precision} {model:19s} batch {batch:3d}  published {published:7.1f}  "
+              f"predicted {pred:7.1f}  ({err:+5.1f} %, {role})")
+        rows.append({"case": f"dle-{cluster}-{precision}-{model}-b{batch}", "published_per_gpu": published,
+                     "predicted_per_gpu": pred, "role": role})
+    print()
     print("# scaling efficiency, published vs predicted (no scaling result is fitted)")
     print(f"  {'case':26s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
           f"  {'per GPU pub/pred':>17s} {'error':>7s}")
