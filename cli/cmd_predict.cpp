@@ -34,8 +34,8 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
                        "where");
     if (f.cycle_opt->count()) throw InputError("--plan and --cycle-time are exclusive: a plan file carries its cycle_ms");
     if (f.step.given())
-      throw InputError("--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive: a plan file carries its "
-                       "accumulate and optimizer_kernels");
+      throw InputError("--plan and --accumulate/--no-sync/--optimizer-kernels/--step-overhead are exclusive: a plan "
+                       "file carries its accumulate, optimizer_kernels and step_overhead_ms");
     *plan_origin = f.plan_path;
     return u.load_plan_file(f.plan_path);
   }
@@ -43,6 +43,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
     throw InputError("--cycle-time: must be in [0, 1000] ms (got " + formatted(f.cycle_ms, "%g") + ")");
   const Accumulation accumulate = f.step.accumulation();
   const OptimizerKernels kernels = f.step.kernels();
+  const double overhead_s = f.step.overhead_s();
   const PackOn pack_on = parse_pack_on(f.pack_on, "--pack-on");
   if (f.pack_on_opt->count() && !f.pack) throw InputError("--pack-on: applies with --pack");
   auto r = u.resolve();  // checked there: cluster size, memory, global batch
@@ -57,6 +58,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   s.plan.pack_on = pack_on;
   s.plan.accumulate = accumulate;
   s.plan.optimizer_kernels = kernels;
+  s.plan.step_overhead_s = overhead_s;
   s.collective = u.collective();
   s.goal = u.goal(s.model);
   *plan_origin = "--buckets";
@@ -67,7 +69,7 @@ void print_report(const Report& r, const Scenario& s, const std::string& plan_or
   out() << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
   out() << "plan: " << (s.plan.strategy.empty() ? plan_origin : s.plan.strategy) << ", " << r.buckets.size()
             << " bucket" << (r.buckets.size() == 1 ? "" : "s")
-            << step_description(s.plan.accumulate, s.plan.optimizer_kernels) << "\n\n";
+            << step_description(s.plan.accumulate, s.plan.optimizer_kernels, s.plan.step_overhead_s) << "\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
   if (!f.trace_path.empty()) out() << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
@@ -83,6 +85,7 @@ void print_reference(const Scenario& s, const CollectiveModel& coll, const Compu
                        buckets_from_spec(spec, s.model, "auto", transfer), spec);
     p.accumulate = s.plan.accumulate;
     p.optimizer_kernels = s.plan.optimizer_kernels;
+    p.step_overhead_s = s.plan.step_overhead_s;
     Report r = predict(s.model, s.cluster, p, coll, compute, goal, false);
     t.row({spec, std::to_string(p.buckets.size()), ms(r.iteration_s), ms(r.exposed_comm_s), percent(r.scaling_efficiency)});
   }

@@ -56,7 +56,7 @@ std::string options_line(const TuneOptions& o) {
   if (o.fp32 != Fp32Tensors::None) s += std::string(" (") + fp32_tensors_name(o.fp32) + " tensors in fp32)";
   s += o.algorithm == "auto" ? ", algorithm chosen per bucket" : ", " + o.algorithm + " for every bucket";
   s += ", " + std::to_string(o.streams) + (o.streams == 1 ? " stream" : " streams");
-  return s + step_description(o.accumulate, o.optimizer_kernels);
+  return s + step_description(o.accumulate, o.optimizer_kernels, o.step_overhead_s);
 }
 
 nlohmann::json gain_json(const Report& r, const Report& base) {

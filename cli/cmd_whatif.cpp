@@ -72,7 +72,8 @@ void run_whatif(const WhatIfFlags& f) {
     settings.profile = f.profile;
   }
   // Non-default training-loop steps are named above the table ("step: 4 micro-batches ...").
-  const std::string step = step_description(settings.tune.accumulate, settings.tune.optimizer_kernels);
+  const std::string step =
+      step_description(settings.tune.accumulate, settings.tune.optimizer_kernels, settings.tune.step_overhead_s);
   const WhatIfOutput output{f.csv, f.json, f.out, step.empty() ? "" : "step:" + step.substr(1)};
   WhatIf w(std::move(base), settings);
   ProgressBar bar("configurations", f.quiet);

@@ -71,23 +71,29 @@ struct SetupFlags {
   TrainingGoal goal(const Model& m) const { return goal_flags.goal(m); }
 };
 
-// How the training loop steps (--accumulate, --no-sync, --optimizer-kernels): shared by
-// predict, tune and whatif; written to the plans they make.
+// How the training loop steps (--accumulate, --no-sync, --optimizer-kernels,
+// --step-overhead): shared by predict, tune, compare and whatif; written to the plans they make.
 struct StepFlags {
   int accumulate = 1;
   bool no_sync = false;
   std::string optimizer_kernels = "fused";
+  double step_overhead_ms = 0;
   CLI::Option* accumulate_opt = nullptr;
   CLI::Option* kernels_opt = nullptr;
+  CLI::Option* overhead_opt = nullptr;
   void add(CLI::App* app);
-  bool given() const { return accumulate_opt->count() || no_sync || kernels_opt->count(); }
+  bool given() const {
+    return accumulate_opt->count() || no_sync || kernels_opt->count() || overhead_opt->count();
+  }
   Accumulation accumulation() const;  // throws InputError naming the flag
   OptimizerKernels kernels() const;
+  double overhead_s() const;          // throws InputError naming the flag
 };
 
-// ", 4 micro-batches per optimizer step (...), per-tensor optimizer kernels" for a plan's
-// step, or "" for one micro-batch and fused kernels.
-std::string step_description(const Accumulation& a, OptimizerKernels k);
+// ", 4 micro-batches per optimizer step (...), per-tensor optimizer kernels, a fixed 7 ms
+// per step on more than one GPU" for a plan's step, or "" for one micro-batch, fused
+// kernels and no fixed cost.
+std::string step_description(const Accumulation& a, OptimizerKernels k, double step_overhead_s = 0);
 
 // The fusion strategies' own settings (Horovod's threshold and cycle, DDP's caps), the
 // FP32 tensors, streams and packing, and the training loop's step: shared by tune,

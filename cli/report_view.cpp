@@ -39,7 +39,8 @@ void print_iteration_summary(const Report& r, std::ostream& os) {
   const bool waits = r.exposed_comm_s > r.comm_busy_s * (1 + 1e-9) && r.comm_busy_s > 0;
   os << "  iteration time       " << ms(r.iteration_s) << " ms  = forward " << ms(r.forward_s) << " + backward "
             << ms(r.backward_s) << " + exposed communication " << ms(r.exposed_comm_s) << " + optimizer "
-            << ms(r.optimizer_s) << " + data wait " << ms(r.data_wait_s) << "\n";
+            << ms(r.optimizer_s) << (r.step_overhead_s > 0 ? " + step overhead " + ms(r.step_overhead_s) : "")
+            << " + data wait " << ms(r.data_wait_s) << "\n";
   os << "  communication        " << ms(r.comm_busy_s) << " ms busy, " << percent(hidden) << " hidden behind backward"
      << (waits ? " (exposed exceeds busy: the rest is waiting on other ranks)" : "") << "\n";
   os << "  throughput           " << grouped(static_cast<int64_t>(r.throughput_samples_s)) << " samples/s\n";

@@ -115,6 +115,15 @@ void StepFlags::add(CLI::App* cmd) {
                                 "fused (one pass over the parameters, bound by memory) | per-tensor (a few kernels "
                                 "per parameter tensor, as torch.optim.SGD before PyTorch 2.0)")
                     ->capture_default_str();
+  overhead_opt = cmd->add_option("--step-overhead", step_overhead_ms,
+                                 "a fixed cost in ms every step pays on more than one GPU and not on one (the "
+                                 "framework's, beyond what the model prices; calibrated from a measured 1-GPU and "
+                                 "N-GPU rate; 0 to 1000, default 0)");
+}
+
+double StepFlags::overhead_s() const {
+  check_step_overhead(step_overhead_ms * 1e-3);
+  return step_overhead_ms * 1e-3;
 }
 
 Accumulation StepFlags::accumulation() const {
@@ -127,12 +136,13 @@ OptimizerKernels StepFlags::kernels() const {
   return parse_optimizer_kernels(optimizer_kernels, "--optimizer-kernels");
 }
 
-std::string step_description(const Accumulation& a, OptimizerKernels k) {
+std::string step_description(const Accumulation& a, OptimizerKernels k, double step_overhead_s) {
   std::string s;
   if (a.steps > 1)
     s += ", " + std::to_string(a.steps) + " micro-batches per optimizer step (allreduce on " +
          (a.no_sync ? "the last" : "every one") + "; figures per micro-batch)";
   if (k != OptimizerKernels::Fused) s += ", " + std::string(optimizer_kernels_name(k)) + " optimizer kernels";
+  if (step_overhead_s > 0) s += ", a fixed " + formatted(step_overhead_s * 1e3, "%g") + " ms per step on more than one GPU";
   return s;
 }
 
@@ -174,6 +184,7 @@ void FusionFlags::apply(TuneOptions& o) const {
   else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, inline, view)");
   o.accumulate = step.accumulation();
   o.optimizer_kernels = step.kernels();
+  o.step_overhead_s = step.overhead_s();
 }
 
 void add_nccl_version_option(CLI::App* app, std::string& release) {

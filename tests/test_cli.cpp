@@ -212,7 +212,7 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   expect_bad("predict --no-sync", "--no-sync: needs --accumulate 2 or more");
   expect_bad("predict --optimizer-kernels foreach", "--optimizer-kernels: unknown optimizer kernels 'foreach'");
   expect_bad("predict --accumulate 2 --plan " + plan,
-             "--plan and --accumulate/--no-sync/--optimizer-kernels are exclusive");
+             "--plan and --accumulate/--no-sync/--optimizer-kernels/--step-overhead are exclusive");
   // export writes the accumulation in the framework's terms: DDP's no_sync(), Horovod's
   // backward_passes_per_step (local accumulation only); DeepSpeed is refused.
   Run ddp = run("export --to ddp --plan " + plan), hvd = run("export --to horovod --plan " + plan);
@@ -229,6 +229,40 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
         std::string::npos);
   // Runners and fits of one micro-batch per step refuse it, naming the plan and key.
   expect_bad("run --plan " + plan, "$.accumulate: fuseplan-exec run runs one micro-batch", true);
+}
+
+TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU and is kept in the plan") {
+  const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
+                            "--precision fp16 --buckets threshold:25MiB";
+  const auto a = json_of(setup + " --json"), b = json_of(setup + " --json --step-overhead 7.5");
+  CHECK(b["iteration_s"].get<double>() == Approx(a["iteration_s"].get<double>() + 0.0075));
+  CHECK(b["step_overhead_s"].get<double>() == Approx(0.0075));
+  CHECK(b["single_gpu_iteration_s"].get<double>() == Approx(a["single_gpu_iteration_s"].get<double>()));
+  const Run shown = run(setup + " --step-overhead 7.5");
+  CHECK(shown.out.find("a fixed 7.5 ms per step on more than one GPU") != std::string::npos);
+  CHECK(shown.out.find("+ step overhead 7.50") != std::string::npos);
+  // One GPU pays none.
+  const auto one = json_of("predict --model resnet50 --cluster dgx-a100 --gpus 1 --batch-per-gpu 64 --json "
+                           "--step-overhead 7.5");
+  CHECK(one["iteration_s"].get<double>() == Approx(one["single_gpu_iteration_s"].get<double>()));
+  // Kept in the plans predict and tune write, and priced again from them.
+  const std::string plan = tmp("overhead.json"), tuned = tmp("overhead-tuned.json");
+  REQUIRE(run(setup + " --step-overhead 7.5 --out " + plan).code == 0);
+  std::ifstream pf(plan);
+  CHECK(nlohmann::json::parse(pf)["step_overhead_ms"] == Approx(7.5));
+  CHECK(json_of("predict --json --plan " + plan)["iteration_s"].get<double>() ==
+        Approx(b["iteration_s"].get<double>()).epsilon(1e-12));
+  REQUIRE(run("tune --model resnet50 --cluster dgx-a100 --gpus 8 --step-overhead 3 --out " + tuned).code == 0);
+  std::ifstream tf(tuned);
+  CHECK(nlohmann::json::parse(tf)["step_overhead_ms"] == Approx(3));
+  const Run what = run("whatif --cluster dgx-a100 --gpus 8 --step-overhead 3");
+  CHECK(what.code == 0);
+  CHECK(what.out.rfind("step: a fixed 3 ms per step on more than one GPU", 0) == 0);
+  expect_bad("predict --step-overhead 3 --plan " + plan, "--plan and --accumulate/--no-sync/--optimizer-kernels/"
+                                                         "--step-overhead are exclusive");
+  expect_bad("predict --step-overhead 1001", "--step-overhead: must be in [0, 1000] ms (got 1001)");
+  expect_bad("tune --step-overhead -1", "--step-overhead: must be in [0, 1000] ms (got -1)");
+  expect_bad("compare --step-overhead inf", "--step-overhead: must be in [0, 1000] ms (got inf)");
 }
 
 TEST_CASE("cli: export --to ddp writes settings both torches honour and torch 1.13's on --torch 1.13") {

@@ -233,6 +233,58 @@ TEST_CASE("per-tensor optimizer kernels add the device's kernel overhead per ker
                                     "(valid: fused, per-tensor)"));
 }
 
+TEST_CASE("a step overhead is paid after the optimizer on more than one GPU and not on one") {
+  Model m = toy();
+  const Cluster c = toy_cluster(1.0, 10);
+  Plan p = toy_plan(m, "single");
+  const Report base = predict_toy(m, c, p);
+  CHECK(base.step_overhead_s == 0);
+  p.step_overhead_s = 0.005;
+  const Report paid = predict_toy(m, c, p);
+  CHECK(paid.step_overhead_s == Approx(0.005));
+  CHECK(paid.iteration_s == Approx(base.iteration_s + 0.005));
+  CHECK(paid.exposed_comm_s == Approx(base.exposed_comm_s));  // serial: it hides nothing and shows no comm
+  CHECK(paid.single_gpu_iteration_s == Approx(base.single_gpu_iteration_s));
+  CHECK(paid.scaling_efficiency == Approx(base.single_gpu_iteration_s / (base.iteration_s + 0.005)));
+  // Per micro-batch, whatever the accumulation.
+  p.accumulate = {4, true};
+  Plan q = p;
+  q.step_overhead_s = 0;
+  CHECK(predict_toy(m, c, p).iteration_s == Approx(predict_toy(m, c, q).iteration_s + 0.005));
+  p.accumulate = {};
+  // One GPU pays none: the plan's GPUs are 1.
+  Plan one = make_plan(m, "toy", 1, 8, Precision::FP32, buckets_from_spec("single", m, "ring", Precision::FP32), "1");
+  one.step_overhead_s = 0.005;
+  const Report alone = predict(m, c, one, CollectiveModel(c, 1), ComputeModel(m, c, 8, Precision::FP32));
+  CHECK(alone.step_overhead_s == 0);
+  CHECK(alone.iteration_s == Approx(alone.single_gpu_iteration_s));
+  // The timeline shows it after the optimizer.
+  Report traced = predict(m, c, p, CollectiveModel(c, 4), ComputeModel(m, c, 8, Precision::FP32), {}, true);
+  double optimizer_end = -1, overhead_start = -2;
+  for (const auto& e : traced.timeline.events) {
+    if (e.category == "optimizer") optimizer_end = e.start_s + e.dur_s;
+    if (e.name == trace_name::kStepOverhead) {
+      overhead_start = e.start_s;
+      CHECK(e.dur_s == Approx(0.005));
+      CHECK(e.category == "overhead");
+    }
+  }
+  CHECK(overhead_start == Approx(optimizer_end));
+  // Plan and report files carry it (in ms and s); absent means none; the range is the plan's.
+  auto j = plan_to_json(p);
+  CHECK(j["step_overhead_ms"] == Approx(5));
+  CHECK(plan_from_json(j, "p.json").step_overhead_s == Approx(0.005));
+  CHECK(!plan_to_json(toy_plan(m, "single")).contains("step_overhead_ms"));
+  CHECK(report_from_json(report_to_json(paid), "r.json").step_overhead_s == Approx(0.005));
+  CHECK(!report_to_json(base).contains("step_overhead_s"));
+  j["step_overhead_ms"] = 1001;
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.step_overhead_ms: must be in [0, 1000]"));
+  j["step_overhead_ms"] = -1;
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.step_overhead_ms"));
+  CHECK_THROWS_WITH(check_step_overhead(std::nan("")), Catch::Contains("step_overhead: must be in [0, 1000] ms"));
+  CHECK_NOTHROW(check_step_overhead(1.0));
+}
+
 TEST_CASE("streams: one stream equals the serial formula, two streams share bandwidth") {
   std::vector<double> ready{0, 0}, lat{0, 0}, bw{1, 1};
   auto serial = schedule_buckets(ready, lat, bw, {0, 0});

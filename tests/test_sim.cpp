@@ -178,6 +178,39 @@ TEST_CASE("gradient accumulation: the simulated micro-batch matches the predicto
   }
 }
 
+TEST_CASE("a step overhead: the simulated iteration pays it as the predictor does and traces it") {
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Cluster c = load_cluster("local-cpu");
+  c.gpus_per_node = 4;
+  Tuner t(m, c, 2, 16, Precision::FP32);
+  TuneOptions o;
+  o.strategy = Strategy::Single;
+  o.step_overhead_s = 0.004;
+  Plan p = t.run(o).plan;
+  REQUIRE(p.step_overhead_s == Approx(0.004));  // the tuner writes it to its plans
+  for (bool no_sync : {false, true}) {
+    p.accumulate = {no_sync ? 3 : 1, no_sync};
+    Plan none = p;
+    none.step_overhead_s = 0;
+    const Report predicted = predict(m, c, p, CollectiveModel(c, 2), ComputeModel(m, c, 16, Precision::FP32));
+    sim::SimOptions so;
+    so.trace_ranks = 1;
+    auto j = report_to_json(sim::simulate_plan(m, c, p, {}, {}, so), true);
+    INFO("no_sync " << no_sync);
+    CHECK(j["iteration_s"].get<double>() == Approx(predicted.iteration_s).epsilon(0.01));
+    CHECK(j["step_overhead_s"].get<double>() == Approx(0.004));
+    CHECK(j["iteration_s"].get<double>() == Approx(simulate(m, c, none)["iteration_s"].get<double>() + 0.004));
+    CHECK(j["exposed_comm_s"].get<double>() == Approx(predicted.exposed_comm_s).epsilon(0.02).margin(1e-7));
+    int traced = 0;
+    for (const auto& e : j["timeline"])
+      if (e["name"] == trace_name::kStepOverhead) {
+        ++traced;
+        CHECK(e["dur_s"].get<double>() == Approx(0.004 * (no_sync ? 3 : 1)));
+      }
+    CHECK(traced > 0);
+  }
+}
+
 TEST_CASE("a calibrated cluster is simulated on its calibration's flat network and matches the predictor") {
   Model m = load_model("resnet18", {28, 1, 10, {}});
   Cluster c = load_cluster("local-cpu");

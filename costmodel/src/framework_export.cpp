@@ -38,6 +38,7 @@ TuneOptions options_like(const Plan& p) {
   o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers (DDP in backward)
   o.accumulate = p.accumulate;
   o.optimizer_kernels = p.optimizer_kernels;
+  o.step_overhead_s = p.step_overhead_s;
   return o;
 }
 

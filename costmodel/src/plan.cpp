@@ -45,6 +45,7 @@ nlohmann::json plan_to_json(const Plan& p) {
     j["accumulate"] = {{"steps", p.accumulate.steps}, {"no_sync", p.accumulate.no_sync}};
   if (p.optimizer_kernels != OptimizerKernels::Fused)
     j["optimizer_kernels"] = optimizer_kernels_name(p.optimizer_kernels);
+  if (p.step_overhead_s > 0) j["step_overhead_ms"] = p.step_overhead_s * 1e3;
   if (p.prediction)
     j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
                        {"exposed_comm_s", p.prediction->exposed_comm_s},
@@ -90,6 +91,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   }
   if (auto k = r.opt_string("optimizer_kernels"))
     p.optimizer_kernels = parse_optimizer_kernels(*k, origin + ": $.optimizer_kernels");
+  p.step_overhead_s = r.opt_in_range("step_overhead_ms", 0, kMaxStepOverheadMs, "ms").value_or(0) * 1e-3;
   const auto& bs = r.array("buckets");
   if (bs.empty()) r.fail("buckets", "must hold at least one bucket");
   for (size_t i = 0; i < bs.size(); ++i) {
@@ -142,6 +144,12 @@ void check_accumulation(const Accumulation& a) {
     throw InputError(field("accumulate") + ": must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
                      std::to_string(a.steps) + ")");
   if (a.no_sync && a.steps < 2) throw InputError(field("no_sync") + ": needs " + field("accumulate") + " 2 or more");
+}
+
+void check_step_overhead(double seconds) {
+  if (!(seconds >= 0 && seconds <= kMaxStepOverheadMs * 1e-3))
+    throw InputError(field("step_overhead") + ": must be in [0, " + formatted(kMaxStepOverheadMs, "%g") + "] ms (got " +
+                     formatted(seconds * 1e3, "%g") + ")");
 }
 
 void require_no_accumulation(const Plan& p, const std::string& origin, const std::string& consumer) {

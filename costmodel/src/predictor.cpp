@@ -329,8 +329,11 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     r.exposed_comm_s /= steps;
     r.comm_busy_s /= steps;
   }
+  // The plan's fixed cost per step, paid on more than one GPU only, after the optimizer.
+  r.step_overhead_s = plan.gpus > 1 ? plan.step_overhead_s : 0;
   double busy = r.forward_s + (plan.accumulate.no_sync ? r.backward_s + r.exposed_comm_s
-                                                       : std::max(r.backward_s, r.comm_end_s)) + r.optimizer_s;
+                                                       : std::max(r.backward_s, r.comm_end_s)) + r.optimizer_s +
+                r.step_overhead_s;
   r.data_wait_s = compute.data_wait_s(busy);
   r.iteration_s = busy + r.data_wait_s;
   double single_busy = r.forward_s + compute.backward_s() + r.optimizer_s;
@@ -357,8 +360,11 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
                     bwd_start + b.start_s, b.end_s - b.start_s, b.bytes});
     // The timeline is the micro-batch that ends an accumulation: its allreduces, then the
     // whole optimizer step.
-    ev.push_back({0, "compute", trace_name::kOptimizer, "optimizer",
-                  bwd_start + std::max(synced_backward_s, r.comm_end_s), optimizer_step_s, 0});
+    const double optimizer_start = bwd_start + std::max(synced_backward_s, r.comm_end_s);
+    ev.push_back({0, "compute", trace_name::kOptimizer, "optimizer", optimizer_start, optimizer_step_s, 0});
+    if (r.step_overhead_s > 0)
+      ev.push_back({0, "compute", trace_name::kStepOverhead, "overhead", optimizer_start + optimizer_step_s,
+                    r.step_overhead_s, 0});
   }
   return r;
 }

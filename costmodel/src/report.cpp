@@ -85,6 +85,7 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                    {"iterations_to_train", r.iterations_to_train},
                    {"time_to_train_s", r.time_to_train_s},
                    {"buckets", buckets}};
+  if (r.step_overhead_s > 0) j["step_overhead_s"] = r.step_overhead_s;
   if (with_timeline) j["timeline"] = timeline_to_json(r.timeline);
   return j;
 }
@@ -141,6 +142,7 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
                             {"scaling_efficiency", &r.scaling_efficiency}, {"epochs", &r.epochs},
                             {"tokens", &r.tokens}, {"time_to_train_s", &r.time_to_train_s}})
     *field = o.non_negative(key);
+  if (auto v = o.opt_in_range("step_overhead_s", 0, kMaxStepOverheadMs * 1e-3, "s")) r.step_overhead_s = *v;
   r.dataset_size = o.integer("dataset_size", 0, INT64_MAX);
   r.iterations_to_train = o.integer("iterations_to_train", 0, INT64_MAX);
   r.goal = o.string("goal");

@@ -89,6 +89,7 @@ void check_options(const TuneOptions& opt, int tensors) {
   if (opt.ddp_first_bytes <= 0) throw InputError(field("tuner.ddp_first") + ": must be > 0 bytes");
   if (opt.streams < 1) throw InputError(field("tuner.streams") + ": must be >= 1");
   check_accumulation(opt.accumulate);
+  check_step_overhead(opt.step_overhead_s);
   if (opt.algorithm != "auto") find_algorithm(opt.algorithm);
 }
 
@@ -594,6 +595,7 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
   p.pack_on = copies(opt).value_or(PackOn::Comm);
   p.accumulate = opt.accumulate;
   p.optimizer_kernels = opt.optimizer_kernels;
+  p.step_overhead_s = opt.step_overhead_s;
   return p;
 }
 

@@ -150,6 +150,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   const int micro_batches = plan.accumulate.steps;
   const bool no_sync = plan.accumulate.no_sync;
   const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);
+  const double overhead_s = P > 1 ? plan.step_overhead_s : 0;  // per micro-batch, as the predictor's
 
   for (int r = 0; r < P; ++r) {
     sg4::Actor::create(std::string("compute").append(std::to_string(r)), plat.hosts[r], [&, r] {
@@ -203,6 +204,12 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
         }
         // The whole step once per accumulation under no_sync; else each micro-batch's share.
         work(no_sync ? optimizer_step_s : optimizer_step_s / micro_batches, trace_name::kOptimizer, "optimizer");
+        if (overhead_s > 0) {  // the plan's fixed cost per micro-batch: the host's, no jitter or slow-down
+          const double t0 = sg4::Engine::get_clock();
+          sg4::this_actor::sleep_for(overhead_s * (no_sync ? micro_batches : 1));
+          if (traced(r)) events.push_back({r, "compute", trace_name::kStepOverhead, "overhead", t0,
+                                           sg4::Engine::get_clock() - t0, 0, it});
+        }
       }
       iteration_end[r] = sg4::Engine::get_clock();
     });
@@ -276,7 +283,8 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   sum_buckets(rep);
   if (no_sync) rep.comm_busy_s /= micro_batches;  // per micro-batch, as the predictor's
   double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N / (no_sync ? micro_batches : 1);
-  rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s);
+  rep.step_overhead_s = overhead_s;
+  rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s - overhead_s);
   rep.data_wait_s = compute.data_wait_s(busy);
   rep.iteration_s = busy + rep.data_wait_s;
   finish_report(rep, goal, sequence_length(m));

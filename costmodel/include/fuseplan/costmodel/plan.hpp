@@ -18,6 +18,8 @@ namespace fuseplan {
 inline constexpr const char* kPlanSchema = "fuseplan.plan/1";
 // The longest framework cycle a plan may name (Horovod's autotuner searches 1-100 ms).
 inline constexpr double kMaxCycleMs = 1000;
+// The longest fixed cost per step a plan may name ($.step_overhead_ms).
+inline constexpr double kMaxStepOverheadMs = 1000;
 // The most micro-batches a plan may accumulate per optimizer step.
 inline constexpr int kMaxAccumulationSteps = 4096;
 
@@ -57,6 +59,8 @@ struct Accumulation {
 // InputError naming the field unless 1 <= steps <= kMaxAccumulationSteps and no_sync
 // comes with steps >= 2.
 void check_accumulation(const Accumulation& a);
+// InputError naming the field unless 0 <= seconds <= kMaxStepOverheadMs / 1000.
+void check_step_overhead(double seconds);
 
 // How the optimizer step is launched ($.optimizer_kernels): fused (one pass over the
 // parameters, bound by memory: LARS/SGD in fuseplan-exec, PyTorch's foreach and fused
@@ -98,6 +102,11 @@ struct Plan {
   PackOn pack_on = PackOn::Comm;    // where the packed buckets' copies run
   Accumulation accumulate;
   OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
+  // A fixed cost every iteration (micro-batch) pays on more than one GPU and not on one
+  // ($.step_overhead_ms): what a framework's data-parallel step costs beyond the model's
+  // terms, calibrated from a measured single-GPU and multi-GPU rate of the same software
+  // and hardware (nothing derives it). Serial, after the optimizer; 0 = none.
+  double step_overhead_s = 0;
   std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)
 };
 

@@ -22,7 +22,7 @@ struct TimelineEvent {
   int rank = 0;
   std::string stream;    // "compute", "comm0", ...
   std::string name;      // trace_name's: the same for predicted, simulated and measured events
-  std::string category;  // "forward", "backward", "allreduce", "optimizer", "data"
+  std::string category;  // "forward", "backward", "allreduce", "optimizer", "overhead", "data"
   double start_s = 0, dur_s = 0;
   int64_t bytes = 0;
   int iteration = -1;    // which iteration, where a trace holds several (-1: the one predicted)
@@ -37,6 +37,7 @@ inline std::string bucket(int index, const std::string& algorithm) {
 }
 inline constexpr const char* kOptimizer = "optimizer";
 inline constexpr const char* kDataWait = "data wait";
+inline constexpr const char* kStepOverhead = "step overhead";  // the plan's fixed cost per step
 // A simulated accumulation's micro-batches that only compute (no_sync), as one event.
 inline constexpr const char* kLocalMicroBatches = "micro-batches without allreduce";
 }  // namespace trace_name
@@ -74,6 +75,7 @@ struct Report {
   double comm_busy_s = 0;           // sum of bucket allreduce durations (per micro-batch under no_sync)
   double comm_end_s = 0;            // last allreduce end, from the start of backward
   double exposed_comm_s = 0;        // communication not hidden behind backward
+  double step_overhead_s = 0;       // the plan's fixed cost per step on more than one GPU (Plan::step_overhead_s)
   double throughput_samples_s = 0;
   double single_gpu_iteration_s = 0;
   double scaling_efficiency = 0;    // single-GPU iteration time / iteration time

@@ -62,6 +62,7 @@ struct TuneOptions {
   // steps), so the search for the last allreduce end is the same.
   Accumulation accumulate;
   OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
+  double step_overhead_s = 0;  // Plan::step_overhead_s of every plan made (serial: no partition moves)
   // optimal: skip the affine-tail fast path and scan every candidate (tests, benches).
   bool exhaustive_scan = false;
 };
