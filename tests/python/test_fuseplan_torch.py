@@ -112,6 +112,39 @@ def test_inception_v3_exports_rectangular_convolutions_and_functional_pools(tmp_
     assert shipped == json.loads(json.dumps(doc)), "bench/models/inception_v3.json differs from a fresh export"
 
 
+DLE_MODELS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "bench", "models")
+
+
+# ResNeXt-101 32x4d has 44,177,704 parameters (torchvision's ResNet with groups=32 and
+# width_per_group=4); SE adds per block two linear layers through 16 units: 33 C + 16 for a
+# block of C output channels (3 blocks of 256, 4 of 512, 23 of 1024, 3 of 2048).
+SE_PARAMS = sum(n * (33 * c + 16) for n, c in ((3, 256), (4, 512), (23, 1024), (3, 2048)))
+
+
+@pytest.mark.parametrize("name,params,se_blocks", [("resnext101_32x4d", 44177704, 0),
+                                                   ("se_resnext101_32x4d", 44177704 + SE_PARAMS, 33)])
+def test_deeplearningexamples_resnexts_export_grouped_convolutions_and_equal_the_shipped_files(name, params, se_blocks):
+    """bench/models/dle_convnets.py's ResNeXt-101 32x4d (DeepLearningExamples' layers: 32 groups in
+    every 3x3, widths 128-1024) and its SE variant (a squeeze to 16 units per block) export with
+    the groups fuseplan prices as conv_grouped, and equal the files bench/published_scaling.py reads."""
+    sys.path.insert(0, DLE_MODELS)
+    try:
+        import dle_convnets
+    finally:
+        sys.path.remove(DLE_MODELS)
+    model = getattr(dle_convnets, name)()
+    assert sum(p.numel() for p in model.parameters()) == params
+    doc, info, _, _ = export_model(model, torch.randn(2, 3, 224, 224), name=name)
+    grouped = [l for l in doc["layers"] if l["kind"] == "conv2d" and l["attrs"]["groups"] > 1]
+    assert len(grouped) == 33 and all(l["attrs"]["groups"] == 32 for l in grouped)
+    squeezes = [l for l in doc["layers"] if l["name"].endswith("se_squeeze")]
+    assert len(squeezes) == se_blocks and all(l["out_shape"] == [16] for l in squeezes)
+    assert info.order_matches
+    with open(os.path.join(DLE_MODELS, name + ".json")) as f:
+        shipped = json.load(f)
+    assert shipped == json.loads(json.dumps(doc)), "bench/models/%s.json differs from a fresh export" % name
+
+
 def test_pools_fuseplan_cannot_model_stay_custom_and_dilated_convolutions_do_not(tmp_path):
     class Pools(torch.nn.Module):
         def __init__(self):
