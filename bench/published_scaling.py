@@ -228,18 +228,18 @@ def main():
         print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100")))
         return 0
 
+    def rate_row(label, case, published, pred, role):
+        """Prints a single-GPU rate against its published one; returns its row."""
+        print(f"  {label}  published {published:7.1f}  predicted {pred:7.1f}  ({100 * (pred / published - 1):+5.1f} %, "
+              f"{role})")
+        return {"case": case, "published_per_gpu": published, "predicted_per_gpu": pred, "role": role}
+
     def single_rates(title, cluster, table, prefix, role_of):
         """Prints and returns the predicted single-GPU rates of `table` on `cluster`."""
         print(f"# {title} vs fuseplan's {cluster}")
-        out = []
-        for (model, batch), published in table.items():
-            pred = single_gpu_rate(a.bin, model, cluster, batch)
-            role = role_of(model, batch)
-            err = 100 * (pred / published - 1)
-            print(f"  {model:12s} batch {batch:3d}  published {published:7.1f}  predicted {pred:7.1f}  "
-                  f"({err:+5.1f} %, {role})")
-            out.append({"case": f"{prefix}-{model}-b{batch}", "published_per_gpu": published,
-                        "predicted_per_gpu": pred, "role": role})
+        out = [rate_row(f"{model:12s} batch {batch:3d}", f"{prefix}-{model}-b{batch}", published,
+                        single_gpu_rate(a.bin, model, cluster, batch), role_of(model, batch))
+               for (model, batch), published in table.items()]
         print()
         return out
 
@@ -253,16 +253,13 @@ def main():
     rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines (2017)",
                          "p100-horovod", HOROVOD_P100, "horovod-p100", lambda model, batch: "held out")
     print("# single-GPU training throughput, images/s: NVIDIA DeepLearningExamples (PyTorch, 21.03) vs fuseplan")
-    fitted = [(f + (", ".join(f[6]),)) for f in DLE_FITS]
-    for cluster, precision, model, batch, optimizer_batch, published, *fitted_as in fitted + list(DLE_HELD_OUT):
+    dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS] + [(h, "held out") for h in DLE_HELD_OUT]
+    for (cluster, precision, model, batch, optimizer_batch, published), role in dle:
         pred = single_gpu_rate(a.bin, model, cluster, batch, precision, dle_single_gpu_flags(batch, optimizer_batch))
-        role = "fitted: " + fitted_as[-1] if fitted_as else "held out"
-        err = 100 * (pred / published - 1)
-        print(f"  {cluster:9s} {precision} {model:19s} batch {batch:3d}  published {published:7.1f}  "
-              f"predicted {pred:7.1f}  ({err:+5.1f} %, {role})")
-        rows.append({"case": f"dle-{cluster}-{precision}-{model}-b{batch}", "published_per_gpu": published,
-                     "predicted_per_gpu": pred, "role": role})
+        rows.append(rate_row(f"{cluster:9s} {precision} {model:19s} batch {batch:3d}",
+                             f"dle-{cluster}-{precision}-{model}-b{batch}", published, pred, role))
     print()
+
     def efficiency(c, extra=()):
         """The case's predicted N-GPU report and scaling efficiency against its base."""
         r = predict(a.bin, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"], [*c["flags"], *extra])
@@ -343,7 +340,8 @@ def main():
     fitted_cases = len(scaling) - len(held)
     print(f"\n# within 3 points: {within} of the {len(held)} held-out cases (target: all; the {fitted_cases} cases "
           f"whose step overhead is fitted are not counted)")
-    print(f"# per-GPU throughput within 10 %: {gpu_ok} of the {len(measured)} held-out cases that publish a measured rate")
+    print(f"# per-GPU throughput within 10 %: {gpu_ok} of the {len(measured)} held-out cases that publish a "
+          f"measured rate")
     if bounds:
         above = sum(1 for r in bounds if r["predicted_per_gpu"] >= r["published_per_gpu"])
         print(f"# per-GPU throughput above the published lower bound (>=, a time to train that includes more than "

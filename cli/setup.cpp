@@ -142,7 +142,8 @@ std::string step_description(const Accumulation& a, OptimizerKernels k, double s
     s += ", " + std::to_string(a.steps) + " micro-batches per optimizer step (allreduce on " +
          (a.no_sync ? "the last" : "every one") + "; figures per micro-batch)";
   if (k != OptimizerKernels::Fused) s += ", " + std::string(optimizer_kernels_name(k)) + " optimizer kernels";
-  if (step_overhead_s > 0) s += ", a fixed " + formatted(step_overhead_s * 1e3, "%g") + " ms per step on more than one GPU";
+  if (step_overhead_s > 0)
+    s += ", a fixed " + formatted(step_overhead_s * 1e3, "%g") + " ms per step on more than one GPU";
   return s;
 }
 
