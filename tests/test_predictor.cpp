@@ -283,6 +283,10 @@ TEST_CASE("a step overhead is paid after the optimizer on more than one GPU and 
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.step_overhead_ms"));
   CHECK_THROWS_WITH(check_step_overhead(std::nan("")), Catch::Contains("step_overhead: must be in [0, 1000] ms"));
   CHECK_NOTHROW(check_step_overhead(1.0));
+  // A plan built in code is held to the same range by the predictor (and the simulator, which calls it).
+  Plan bad = toy_plan(m, "single");
+  bad.step_overhead_s = -0.001;
+  CHECK_THROWS_WITH(predict_toy(m, c, bad), Catch::Contains("step_overhead: must be in [0, 1000] ms (got -1)"));
 }
 
 TEST_CASE("streams: one stream equals the serial formula, two streams share bandwidth") {

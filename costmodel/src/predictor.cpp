@@ -244,6 +244,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
                      std::to_string(coll.gpus()));
   check_goal(goal, double(plan.gpus) * plan.batch_per_gpu);
   check_accumulation(plan.accumulate);
+  check_step_overhead(plan.step_overhead_s);
   Report r;
   r.source = "predicted";
   r.model = model.name;
