@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchlib import require_binary
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 
@@ -34,6 +36,7 @@ def main():
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "cli", "fuseplan"))
     a = ap.parse_args()
+    require_binary(a.bin, "export_coverage")
     import torch
     import torchvision
     from fuseplan_torch import export_model, write_json

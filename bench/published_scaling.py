@@ -38,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchlib import require_binary
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -205,10 +207,7 @@ def main():
                          "carry them (exit 1 if not)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     a = ap.parse_args()
-    if not (os.path.isfile(a.bin) and os.access(a.bin, os.X_OK)):
-        print(f"published_scaling: --bin: {a.bin} is not an executable (build first: cmake --build --preset release)",
-              file=sys.stderr)
-        return 2
+    require_binary(a.bin, "published_scaling")
     if a.fit:
         values = fit(a.bin)
         print("P100 FP32: " + ", ".join(f"{k if k.endswith('_us') else 'by_kind.' + k} {v}"

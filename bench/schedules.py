@@ -22,6 +22,8 @@ import os
 import subprocess
 import sys
 
+from benchlib import require_binary
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -55,6 +57,7 @@ def main():
     ap.add_argument("--sim-max-gpus", type=int, default=64)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    require_binary(a.bin, "schedules")
     models, clusters, gpus_list = QUICK if a.quick else (MODELS, CLUSTERS, GPUS)
     rows = []
     for model, batch, precision in models:
