@@ -45,7 +45,7 @@ void run_discover(const CalibrateFlags& f) {
 
 void fit_communication(const CalibrateFlags& f, Cluster& c);
 std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c);
-void fit_overlap(const CalibrateFlags& f, Cluster& c);
+void fit_overlap(const CalibrateFlags& f, const std::vector<OverlapRun>& runs, Cluster& c);
 struct MeasuredModel {  // --model with its --profile applied
   Model model;
   ProfileInfo info;
@@ -86,9 +86,12 @@ void run_calibrate(const CalibrateFlags& f) {
     const Precision p = parse_precision(info.precision, "--profile " + f.profile + ": precision");
     measured = MeasuredModel{std::move(m), std::move(info), p};
   }
-  overlap_runs(f, c);  // read here, bound again on the cluster as calibrated when fitted
+  // Bound on the cluster as given: binding checks its size and memory, which the
+  // communication fit below leaves as they are; the overlap is fitted on the cluster as
+  // calibrated by then.
+  const std::vector<OverlapRun> runs = overlap_runs(f, c);
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
-  if (!f.plans.empty()) fit_overlap(f, c);
+  if (!f.plans.empty()) fit_overlap(f, runs, c);
   if (measured) fit_compute(f, *measured, c);
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
@@ -116,7 +119,7 @@ std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c) 
 // The processor sharing between backward and communication and the per-bucket dispatch
 // overhead, fitted to measured runs of plans that overlap them (on the cluster as
 // calibrated so far).
-void fit_overlap(const CalibrateFlags& f, Cluster& c) {
+void fit_overlap(const CalibrateFlags& f, const std::vector<OverlapRun>& runs, Cluster& c) {
   bool sharing = false, dispatch = false;
   std::vector<std::string> what = f.fit;
   if (what.empty()) what = f.plans.size() > 1 ? std::vector<std::string>{"sharing", "dispatch"} : std::vector<std::string>{"sharing"};
@@ -125,7 +128,6 @@ void fit_overlap(const CalibrateFlags& f, Cluster& c) {
     else if (name == "dispatch") dispatch = true;
     else throw InputError("--fit: unknown '" + name + "' (valid: sharing, dispatch)");
   }
-  const std::vector<OverlapRun> runs = overlap_runs(f, c);
   const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
   print_overlap_fit(out(), fit, runs, f.plans, sharing, dispatch, f.profile);
   std::string sources;
