@@ -146,7 +146,7 @@ int sequence_length(const Model& m) {
 
 void check_goal(const TrainingGoal& g, double global_batch) {
   auto in = [](double v, double lo, double hi) { return v >= lo && v <= hi; };
-  if (!in(g.epochs, 0, 1e6) || g.epochs == 0)
+  if (!(g.epochs > 0 && g.epochs <= 1e6))
     throw InputError(field("goal.epochs") + ": must be in (0, 1e+06] (got " + formatted(g.epochs, "%g") + ")");
   if (!in(double(g.dataset_size), 1, 1e15))
     throw InputError(field("goal.dataset_size") + ": must be in [1, 1e+15] samples (got " +
