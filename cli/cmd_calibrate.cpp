@@ -45,7 +45,12 @@ void run_discover(const CalibrateFlags& f) {
 
 void fit_communication(const CalibrateFlags& f, Cluster& c);
 std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c);
-void fit_overlap(const CalibrateFlags& f, const std::vector<OverlapRun>& runs, Cluster& c);
+struct OverlapTargets {
+  bool sharing = false, dispatch = false;
+};
+OverlapTargets overlap_targets(const CalibrateFlags& f);
+void fit_overlap(const CalibrateFlags& f, const OverlapTargets& targets, const std::vector<OverlapRun>& runs,
+                 Cluster& c);
 struct MeasuredModel {  // --model with its --profile applied
   Model model;
   ProfileInfo info;
@@ -77,8 +82,11 @@ void run_calibrate(const CalibrateFlags& f) {
     throw InputError("--nccl-tests: give --cluster, the cluster the log was measured on (shipped NCCL clusters: " +
                      names + "; or a .json path)");
   }
+  if (!f.fit.empty() && f.plans.empty())
+    throw InputError("--fit: only with --plan and --measured (what the overlap fit fits)");
   Cluster c = load_cluster(f.cluster);
   // Every input read before any fit prints: a bad one is then the only line.
+  const OverlapTargets targets = overlap_targets(f);
   std::optional<MeasuredModel> measured;
   if (!f.profile.empty() && f.plans.empty()) {
     Model m = load_model(f.model, f.shape.options());
@@ -91,7 +99,7 @@ void run_calibrate(const CalibrateFlags& f) {
   // calibrated by then.
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
-  if (!f.plans.empty()) fit_overlap(f, runs, c);
+  if (!f.plans.empty()) fit_overlap(f, targets, runs, c);
   if (measured) fit_compute(f, *measured, c);
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
@@ -116,24 +124,31 @@ std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c) 
   return runs;
 }
 
+// What --fit asks the overlap fit for (default: the sharing for one run, with the
+// dispatch overhead for several).
+OverlapTargets overlap_targets(const CalibrateFlags& f) {
+  std::vector<std::string> what = f.fit;
+  if (what.empty()) what = f.plans.size() > 1 ? std::vector<std::string>{"sharing", "dispatch"} : std::vector<std::string>{"sharing"};
+  OverlapTargets t;
+  for (const auto& name : what) {
+    if (name == "sharing") t.sharing = true;
+    else if (name == "dispatch") t.dispatch = true;
+    else throw InputError("--fit: unknown '" + name + "' (valid: sharing, dispatch)");
+  }
+  return t;
+}
+
 // The processor sharing between backward and communication and the per-bucket dispatch
 // overhead, fitted to measured runs of plans that overlap them (on the cluster as
 // calibrated so far).
-void fit_overlap(const CalibrateFlags& f, const std::vector<OverlapRun>& runs, Cluster& c) {
-  bool sharing = false, dispatch = false;
-  std::vector<std::string> what = f.fit;
-  if (what.empty()) what = f.plans.size() > 1 ? std::vector<std::string>{"sharing", "dispatch"} : std::vector<std::string>{"sharing"};
-  for (const auto& name : what) {
-    if (name == "sharing") sharing = true;
-    else if (name == "dispatch") dispatch = true;
-    else throw InputError("--fit: unknown '" + name + "' (valid: sharing, dispatch)");
-  }
-  const OverlapFit fit = fit_overlap(c, runs, sharing, dispatch, {});
-  print_overlap_fit(out(), fit, runs, f.plans, sharing, dispatch, f.profile);
+void fit_overlap(const CalibrateFlags& f, const OverlapTargets& t, const std::vector<OverlapRun>& runs,
+                 Cluster& c) {
+  const OverlapFit fit = fit_overlap(c, runs, t.sharing, t.dispatch, {});
+  print_overlap_fit(out(), fit, runs, f.plans, t.sharing, t.dispatch, f.profile);
   std::string sources;
   for (size_t i = 0; i < runs.size(); ++i)
     sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(fit.after[i].iteration) + ")";
-  apply_overlap_fit(c, fit, sharing, dispatch, sources);
+  apply_overlap_fit(c, fit, t.sharing, t.dispatch, sources);
 }
 
 // Each layer class's efficiency from measured layer times (a profile of fuseplan-exec or

@@ -1053,6 +1053,13 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
   CHECK_THAT(one.out, Catch::Contains("comm_compute_sharing = 0.830 (fitted), dispatch_overhead_us = 351.0 (kept)"));
   expect_bad("calibrate --plan " + plan, "give one --measured per --plan (1 plans, 0 measured)");
   expect_bad("calibrate --plan " + plan + " --measured " + measured + " --fit sharing,speed", "--fit: unknown 'speed'");
+  // Refused before the communication fit prints: the bad name is the only line.
+  const std::string log = std::string(FUSEPLAN_TEST_DATA) + "/nccl-tests/h100-ndr-2x8.txt";
+  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-h100 --fit-sizes 64K:16G --plan " + plan + " --measured " +
+                 measured + " --fit speed",
+             "--fit: unknown 'speed'");
+  expect_bad("calibrate --cluster local-cpu --profile x.json --model resnet18 --fit sharing",
+             "--fit: only with --plan and --measured");
   REQUIRE(run("predict --model resnet50 --cluster local-cpu --gpus 2 --out " + other).code == 0);
   expect_bad("calibrate --plan " + other + " --measured " + measured, "measures another run than --plan");
   CHECK(!std::filesystem::exists(tmp("never-written.json")));
