@@ -259,6 +259,14 @@ def main():
                              f"dle-{cluster}-{precision}-{model}-b{batch}", published, pred, role))
     print()
 
+    bases = {}  # a case's base run, predicted once (it does not depend on the step overhead)
+
+    def base_of(c, flags):
+        key = (c["name"], tuple(flags))
+        if key not in bases:
+            bases[key] = predict(a.bin, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"], flags)
+        return bases[key]
+
     def efficiency(c, extra=()):
         """The case's predicted N-GPU report and scaling efficiency against its base."""
         r = predict(a.bin, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"], [*c["flags"], *extra])
@@ -266,12 +274,10 @@ def main():
         if "base_flags" in c:
             # The base run trained otherwise (e.g. accumulating more micro-batches per step):
             # per-GPU throughput against its own prediction.
-            base = predict(a.bin, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"],
-                           c["base_flags"])
+            base = base_of(c, c["base_flags"])
             eff = (r["throughput_samples_s"] / c["gpus"]) / (base["throughput_samples_s"] / c["base_gpus"])
         elif c["base_gpus"] > 1:
-            base = predict(a.bin, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"], c["flags"])
-            eff /= base["scaling_efficiency"]
+            eff /= base_of(c, c["flags"])["scaling_efficiency"]
         return r, eff
 
     # The fixed cost per step (--step-overhead) of a framework on a server at a precision,
