@@ -14,10 +14,16 @@
 #       /opt/fuseplan/fuseplan as the binary, e.g.
 #       scripts/test_torch2.sh --run python3 bench/pytorch_bridge.py --bin /opt/fuseplan
 # FUSEPLAN_DEBIAN_MIRROR overrides the mirror (default http://deb.debian.org/debian).
+# FUSEPLAN_TORCH2_SUITE picks the Debian release whose torch is tested (default trixie;
+# e.g. sid, whose python3-torch is newer; its tree defaults to /var/tmp/fuseplan-SUITE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$(pwd)
-root=${FUSEPLAN_TORCH2_ROOT:-/var/tmp/fuseplan-trixie}
+suite=${FUSEPLAN_TORCH2_SUITE:-trixie}
+case "$suite" in
+  *[!a-z]* | "") echo "test_torch2: FUSEPLAN_TORCH2_SUITE: a Debian suite name in lower-case letters (got '$suite')" >&2; exit 2 ;;
+esac
+root=${FUSEPLAN_TORCH2_ROOT:-/var/tmp/fuseplan-$suite}
 mirror=${FUSEPLAN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 if [ "$(id -u)" -ne 0 ]; then
   echo "test_torch2: run as root (debootstrap, chroot and mount need it)" >&2
@@ -32,11 +38,14 @@ cmake --build --preset release --target fuseplan
 # The tree: made once, then reused while it still imports what the tests need.
 in_root() { unshare --mount --propagation private sh -c 'mount -t proc proc "$0/proc" && chroot "$0" "$@"' "$root" "$@"; }
 if ! { [ -x "$root/usr/bin/python3" ] && in_root python3 -c 'import torch, torchvision, pytest' 2>/dev/null; }; then
-  echo "test_torch2: installing Debian trixie's python3-torch into $root" >&2
+  echo "test_torch2: installing Debian $suite's python3-torch into $root" >&2
   rm -rf "$root.partial"
-  debootstrap --variant=minbase --include=python3,python3-pytest trixie "$root.partial" "$mirror" >/dev/null
-  chroot "$root.partial" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends python3-torch python3-torchvision' >/dev/null
+  debootstrap --variant=minbase --include=python3,python3-pytest "$suite" "$root.partial" "$mirror" >/dev/null
+  # A mirror's sid and testing carry a Release file valid for days only; the stored
+  # mirror here can be older than that, so its date is not checked.
+  chroot "$root.partial" sh -c 'apt-get update -qq -o Acquire::Check-Valid-Until=false && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch python3-torchvision' \
+    >/dev/null
   rm -rf "$root"
   mv "$root.partial" "$root"
 fi

@@ -29,6 +29,23 @@ def plan_for(model: nn.Module, example: torch.Tensor, buckets, ranks: int):
     return plan, names
 
 
+def backend_sums(rank: int, ranks: int, out_path: str, dtype: str) -> None:
+    """Whether the process group sums a tensor of `dtype` (a name: float16, bfloat16),
+    asked of the backend directly: {"sums": bool, "error": its message or null}. On a group
+    of its own, as PlanDDP probes: torch 1.13's gloo raises a failed collective's error
+    again at its group's next barrier, now and then."""
+    t = torch.ones(8, dtype=getattr(torch, dtype))
+    group = dist.new_group(list(range(ranks)))
+    try:
+        dist.all_reduce(t, group=group)
+        result = {"sums": bool((t.float() == ranks).all()), "error": None}
+    except RuntimeError as e:
+        result = {"sums": False, "error": str(e)}
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+
+
 def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none: bool = True,
                      engine: str = "auto") -> None:
     """Gradients of one step under PlanDDP and under torch DDP, same weights and data: per
