@@ -79,20 +79,40 @@ def dle_single_gpu_flags(batch, optimizer_batch=2048):
 
 
 UNGROUPED = ("conv_kxk", "conv_1x1")
-# (cluster, precision, model, batch, optimizer batch, images/s, classes fitted), in fitting order.
-DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, 2048, 356, UNGROUPED),
-            ("dgx1-v100", "fp16", "resnet50", 256, 2048, 1156, UNGROUPED),
-            ("dgx-a100", "fp32", "resnet50", 256, 2048, 938, UNGROUPED),
-            ("dgx-a100", "fp16", "resnet50", 256, 2048, 2470, UNGROUPED),
-            ("dgx1-v100", "fp32", "resnext101_32x4d", 64, 1024, 144, ("conv_grouped",)),
-            ("dgx1-v100", "fp16", "resnext101_32x4d", 128, 1024, 565, ("conv_grouped",)),
-            ("dgx-a100", "fp32", "resnext101_32x4d", 128, 1024, 456, ("conv_grouped",)),
-            ("dgx-a100", "fp16", "resnext101_32x4d", 128, 1024, 1211, ("conv_grouped",)))
+# BERT-large fine-tuning on SQuAD v1.1: NVIDIA DeepLearningExamples,
+# PyTorch/LanguageModeling/BERT/README.md ("Fine-tuning NVIDIA DGX A100 (8x A100 80GB)" and
+# "Fine-tuning NVIDIA DGX-1 With 32G", pytorch:21.11-py3 NGC container), sequences of 384
+# tokens (run_squad.sh's max_seq_length; every feature padded to it). The zoo's bert_large
+# (BertModel with its pooler, which the run keeps but does not train) stands for
+# BertForQuestionAnswering: its 2-output head and the vocabulary padded to a multiple of 8
+# (30,528 rows) are left out, under 0.01 % of the parameters. run_squad.py trains FP32/TF32
+# with BertAdam, a Python loop of a few kernels per tensor, and mixed precision with apex
+# amp O2 and FusedAdam, one fused pass.
+BERT_SQUAD = ["--seq-len", "384"]
+BERT_FP32 = BERT_SQUAD + ["--optimizer-kernels", "per-tensor"]
+BERT_AMP = BERT_SQUAD + ["--optimizer-kernels", "fused"]
+# BERT's GEMMs (its linear layers) and attention share one efficiency per precision, as the
+# ungrouped convolutions do: one rate cannot separate them.
+TRANSFORMER = ("gemm", "attention")
+# (cluster, precision, model, batch, single-GPU flags, images or sequences/s, classes
+# fitted), in fitting order.
+DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, dle_single_gpu_flags(112), 356, UNGROUPED),
+            ("dgx1-v100", "fp16", "resnet50", 256, dle_single_gpu_flags(256), 1156, UNGROUPED),
+            ("dgx-a100", "fp32", "resnet50", 256, dle_single_gpu_flags(256), 938, UNGROUPED),
+            ("dgx-a100", "fp16", "resnet50", 256, dle_single_gpu_flags(256), 2470, UNGROUPED),
+            ("dgx1-v100", "fp32", "resnext101_32x4d", 64, dle_single_gpu_flags(64, 1024), 144, ("conv_grouped",)),
+            ("dgx1-v100", "fp16", "resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 565, ("conv_grouped",)),
+            ("dgx-a100", "fp32", "resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 456, ("conv_grouped",)),
+            ("dgx-a100", "fp16", "resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 1211, ("conv_grouped",)),
+            ("dgx1-v100", "fp32", "bert_large", 8, BERT_FP32, 12, TRANSFORMER),
+            ("dgx1-v100", "fp16", "bert_large", 16, BERT_AMP, 52, TRANSFORMER),
+            ("dgx-a100", "fp32", "bert_large", 32, BERT_FP32, 61.5, TRANSFORMER),
+            ("dgx-a100", "fp16", "bert_large", 32, BERT_AMP, 110.5, TRANSFORMER))
 # Held out: SE-ResNeXt-101 32x4d, the same grouped convolutions with squeeze-and-excitation.
-DLE_HELD_OUT = (("dgx1-v100", "fp32", "se_resnext101_32x4d", 64, 1024, 130),
-                ("dgx1-v100", "fp16", "se_resnext101_32x4d", 112, 896, 427),
-                ("dgx-a100", "fp32", "se_resnext101_32x4d", 128, 1024, 395),
-                ("dgx-a100", "fp16", "se_resnext101_32x4d", 128, 1024, 855))
+DLE_HELD_OUT = (("dgx1-v100", "fp32", "se_resnext101_32x4d", 64, dle_single_gpu_flags(64, 1024), 130),
+                ("dgx1-v100", "fp16", "se_resnext101_32x4d", 112, dle_single_gpu_flags(112, 896), 427),
+                ("dgx-a100", "fp32", "se_resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 395),
+                ("dgx-a100", "fp16", "se_resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 855))
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
@@ -177,20 +197,21 @@ def fit(binary):
             break
     return values
 
-def fit_conv(binary, cluster, precision, model, batch, optimizer_batch, target, classes):
-    """The one efficiency of `classes` in `precision` that gives `model` `target` images/s on
-    one GPU of `cluster`; the file's other precisions and classes stay."""
+def fit_class(binary, cluster, precision, model, batch, flags, target, classes):
+    """The one efficiency of `classes` in `precision` that gives `model` `target` images (or
+    sequences) per second on one GPU of `cluster`, run with `flags`; the file's other
+    precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
     return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, {k: e for k in classes}, precision),
-                                   model, batch, precision, dle_single_gpu_flags(batch, optimizer_batch)), target)
+                                   model, batch, precision, flags), target)
 
 
 def check_dle(binary):
     """Refits DLE_FITS; returns the clusters whose shipped values differ."""
     stale = []
-    for cluster, precision, model, batch, optimizer_batch, target, classes in DLE_FITS:
-        e = fit_conv(binary, cluster, precision, model, batch, optimizer_batch, target, classes)
-        print(f"{cluster} {precision}: by_kind.{' = '.join(classes)} = {e} ({model} {target} images/s, batch {batch})")
+    for cluster, precision, model, batch, flags, target, classes in DLE_FITS:
+        e = fit_class(binary, cluster, precision, model, batch, flags, target, classes)
+        print(f"{cluster} {precision}: by_kind.{' = '.join(classes)} = {e} ({model} {target}/s, batch {batch})")
         k = json.load(open(cluster_path(cluster)))["device"].get("by_kind", {})
         for cls in classes:
             shipped = k.get(cls, {}).get("compute_efficiency", {}).get(precision)
@@ -251,10 +272,11 @@ def main():
                         TF_P100, "tf-p100", tf_role)
     rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines (2017)",
                          "p100-horovod", HOROVOD_P100, "horovod-p100", lambda model, batch: "held out")
-    print("# single-GPU training throughput, images/s: NVIDIA DeepLearningExamples (PyTorch, 21.03) vs fuseplan")
+    print("# single-GPU training throughput, images/s (BERT: sequences/s): NVIDIA DeepLearningExamples "
+          "(PyTorch; ConvNets 21.03, BERT 21.11) vs fuseplan")
     dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS] + [(h, "held out") for h in DLE_HELD_OUT]
-    for (cluster, precision, model, batch, optimizer_batch, published), role in dle:
-        pred = single_gpu_rate(a.bin, model, cluster, batch, precision, dle_single_gpu_flags(batch, optimizer_batch))
+    for (cluster, precision, model, batch, flags, published), role in dle:
+        pred = single_gpu_rate(a.bin, model, cluster, batch, precision, flags)
         rows.append(rate_row(f"{cluster:9s} {precision} {model:19s} batch {batch:3d}",
                              f"dle-{cluster}-{precision}-{model}-b{batch}", published, pred, role))
     print()

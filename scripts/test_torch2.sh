@@ -21,7 +21,9 @@ cd "$(dirname "$0")/.."
 src=$(pwd)
 suite=${FUSEPLAN_TORCH2_SUITE:-trixie}
 case "$suite" in
-  *[!a-z]* | "") echo "test_torch2: FUSEPLAN_TORCH2_SUITE: a Debian suite name in lower-case letters (got '$suite')" >&2; exit 2 ;;
+  *[!a-z]* | "")
+    echo "test_torch2: FUSEPLAN_TORCH2_SUITE: a Debian suite name in lower-case letters (got '$suite')" >&2
+    exit 2 ;;
 esac
 root=${FUSEPLAN_TORCH2_ROOT:-/var/tmp/fuseplan-$suite}
 mirror=${FUSEPLAN_DEBIAN_MIRROR:-http://deb.debian.org/debian}

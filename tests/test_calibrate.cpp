@@ -247,7 +247,8 @@ TEST_CASE("calibrate: each layer class's efficiency is recovered from a profile 
   j["device"]["by_kind"] = {{"conv_kxk", {{"compute_efficiency", {{"fp16", 0.31}}}}},
                             {"conv_1x1", {{"compute_efficiency", {{"fp16", 0.22}}}}},
                             {"norm", {{"memory_efficiency", 0.41}}}};
-  j["provenance"].erase("device.by_kind.conv_grouped");  // the file's class this truth leaves out
+  for (auto it = j["provenance"].begin(); it != j["provenance"].end();)  // the file's classes, replaced above
+    it = it.key().rfind("device.by_kind", 0) == 0 ? j["provenance"].erase(it) : std::next(it);
   const Cluster truth = cluster_from_json(j, "truth");
   Model m = load_model("resnet50");
   const nlohmann::json profile = roofline_profile(m, truth, 32, Precision::FP16);

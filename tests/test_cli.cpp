@@ -1055,8 +1055,8 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
   expect_bad("calibrate --plan " + plan + " --measured " + measured + " --fit sharing,speed", "--fit: unknown 'speed'");
   // Refused before the communication fit prints: the bad name is the only line.
   const std::string log = std::string(FUSEPLAN_TEST_DATA) + "/nccl-tests/h100-ndr-2x8.txt";
-  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-h100 --fit-sizes 64K:16G --plan " + plan + " --measured " +
-                 measured + " --fit speed",
+  expect_bad("calibrate --nccl-tests " + log + " --cluster dgx-h100 --fit-sizes 64K:16G --plan " + plan +
+                 " --measured " + measured + " --fit speed",
              "--fit: unknown 'speed'");
   expect_bad("calibrate --cluster local-cpu --profile x.json --model resnet18 --fit sharing",
              "--fit: only with --plan and --measured");
