@@ -137,7 +137,7 @@ def cluster_path(name):
     return os.path.join(ROOT, "configs", "clusters", name + ".json")
 
 
-def with_conv_efficiencies(base, efficiencies, precision=None):
+def with_class_efficiencies(base, efficiencies, precision=None):
     """A copy of cluster JSON `base` with the compute efficiencies of the classes in
     `efficiencies` (class -> value) set: one number for every precision, replacing by_kind
     (precision None), or at `precision` alone, the file's other values kept."""
@@ -179,7 +179,7 @@ def fit(binary):
     base = json.load(open(cluster_path("p100-dgx1")))
 
     def rate(model, values, batch=64):
-        c = with_conv_efficiencies(base, {k: v for k, v in values.items() if k.startswith("conv")})
+        c = with_class_efficiencies(base, {k: v for k, v in values.items() if k.startswith("conv")})
         c["device"]["kernel_overhead_us"] = values["kernel_overhead_us"]
         return rate_on(binary, c, model, batch)  # predict() finds the model files
 
@@ -202,7 +202,7 @@ def fit_class(binary, cluster, precision, model, batch, flags, target, classes):
     sequences) per second on one GPU of `cluster`, run with `flags`; the file's other
     precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
-    return solve(lambda e: rate_on(binary, with_conv_efficiencies(base, {k: e for k in classes}, precision),
+    return solve(lambda e: rate_on(binary, with_class_efficiencies(base, {k: e for k in classes}, precision),
                                    model, batch, precision, flags), target)
 
 
