@@ -4,7 +4,7 @@ each trainer below runs the same model (its own copy of the same weights, same d
 interleaved step by step in a rotating order (runner.measure_side_by_side). Not a test;
 it prints figures.
 
-    bench/plan_ddp_overhead.py [--model resnet50] [--batch 8] [--ranks 2] [--steps 40]
+    bench/plan_ddp_overhead.py [--model resnet50] [--batch 8] [--ranks 2] [--steps 40] [--alone]
 
 - local: the module alone, no data parallelism (no hooks, no copies, no allreduce);
 - ddp no comm: torch DDP with a comm hook that returns each bucket as it is, so its
@@ -12,25 +12,35 @@ it prints figures.
 - PlanDDP hooks, no comm: PlanDDP's Python-hook engine with DDP's buckets, whose
   buckets are never sent: its hooks and copies alone;
 - ddp: torch DDP as it comes (25 MB buckets);
+- ddp, bucket views: the same with gradient_as_bucket_view=True (each .grad a view of its
+  bucket: the gradients backward makes are freed as soon as they are copied in);
 - PlanDDP hooks: the Python-hook engine (one hook per tensor) with the buckets DDP forms
   (1 MiB first, then 25 MiB, in backward order), on one plan stream;
 - PlanDDP: the same plan on PlanDDP's default engine, torch's C++ Reducer (DDP's own
   bucketing) with the plan's buckets and a comm hook per bucket.
 
-The last column is the median (and quartiles) of each step's time over DDP's step run next
+The ratio column is the median (and quartiles) of each step's time over DDP's step run next
 to it. The difference of the "no comm" rows is the bucketing's cost in each; of the full
-rows, the rest. Runs with Debian's /usr/bin/python3 (python3-torch).
+rows, the rest. The last column is rank 0's minor page faults per step (median; the whole
+process's during that trainer's step): where glibc's malloc has handed freed memory back
+to the system, taking it again costs a fault per 4 KiB page. All trainers share one
+process and so one heap: a trainer's faults depend on the others' too; with --alone each
+trainer runs in a job of its own, one after another, and the ratio is of the medians.
+Runs with Debian's /usr/bin/python3 (python3-torch).
 """
 import argparse
+import json
 import os
 import statistics
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "python")]
+TRAINERS = ["local", "ddp no comm", "PlanDDP hooks, no comm", "ddp", "ddp, bucket views", "PlanDDP hooks", "PlanDDP"]
 
 
-def rank_main(rank, ranks, a):
+def rank_main(rank, ranks, a, only, out):
     import copy
     import torch
     import torch.distributed as dist
@@ -70,28 +80,31 @@ def rank_main(rank, ranks, a):
         fut.set_result(bucket.buffer())
         return fut
 
-    nocomm = nn.parallel.DistributedDataParallel(copy.deepcopy(base))
-    nocomm.register_comm_hook(None, as_is)
-    plan_nocomm = PlanDDPNoComm(copy.deepcopy(base), plan, names, engine="hooks")
-    hooks = PlanDDP(copy.deepcopy(base), plan, names, engine="hooks")
-    planned = PlanDDP(copy.deepcopy(base), plan, names)
-    models = [("local", copy.deepcopy(base), lambda: None), ("ddp no comm", nocomm, lambda: None),
-              ("PlanDDP hooks, no comm", plan_nocomm, plan_nocomm.start_backward),
-              ("ddp", nn.parallel.DistributedDataParallel(copy.deepcopy(base)), lambda: None),
-              ("PlanDDP hooks", hooks, hooks.start_backward),
-              ("PlanDDP (" + planned.engine + ")", planned, planned.start_backward)]
-    trainers = [(name, m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), before)
-                for name, m, before in models]
-    times = measure_side_by_side(trainers, inputs, labels, 3, a.steps)
-    for m in (planned, hooks, plan_nocomm):
-        m.close()
+    def ddp(**kw):
+        return nn.parallel.DistributedDataParallel(copy.deepcopy(base), **kw)
+
+    def nocomm():
+        m = ddp()
+        m.register_comm_hook(None, as_is)
+        return m
+
+    makers = {"local": lambda: copy.deepcopy(base), "ddp no comm": nocomm,
+              "PlanDDP hooks, no comm": lambda: PlanDDPNoComm(copy.deepcopy(base), plan, names, engine="hooks"),
+              "ddp": ddp, "ddp, bucket views": lambda: ddp(gradient_as_bucket_view=True),
+              "PlanDDP hooks": lambda: PlanDDP(copy.deepcopy(base), plan, names, engine="hooks"),
+              "PlanDDP": lambda: PlanDDP(copy.deepcopy(base), plan, names)}
+    models = [(name, makers[name]()) for name in (only or makers)]
+    trainers = [(name, m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
+                 m.start_backward if isinstance(m, PlanDDP) else lambda: None) for name, m in models]
+    faults = {}
+    times = measure_side_by_side(trainers, inputs, labels, 3, a.steps, faults)
+    for _, m in models:
+        if isinstance(m, PlanDDP):
+            m.close()
     if rank == 0:
-        print("%s, batch %d per rank, %d ranks, gloo; buckets (backward positions) %s" % (
-            a.model, a.batch, ranks, [(b["begin"], b["end"]) for b in plan["buckets"]]))
-        print("%-24s %10s %26s" % ("trainer", "median ms", "step / DDP's (quartiles)"))
-        for name, ts in times.items():
-            q1, q2, q3 = statistics.quantiles([x / y for x, y in zip(ts, times["ddp"])], n=4)
-            print("%-24s %10.1f %12.3fx (%.3f-%.3f)" % (name, 1e3 * statistics.median(ts), q2, q1, q3))
+        with open(out, "w") as f:
+            json.dump({"times": times, "faults": faults, "buckets": [(b["begin"], b["end"]) for b in plan["buckets"]],
+                       "engine": next((m.engine for _, m in models if isinstance(m, PlanDDP)), "")}, f)
 
 
 def main():
@@ -100,9 +113,35 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--alone", action="store_true",
+                    help="each trainer in a job (processes, heap) of its own, one job after another; the ratio column "
+                         "is then of medians, and the machine's drift between the jobs is in it")
     a = ap.parse_args()
     from fuseplan_torch import jobs
-    jobs.spawn(a.ranks, rank_main, (a,))
+    with tempfile.TemporaryDirectory() as work:
+        out = os.path.join(work, "out.json")
+        res = {"times": {}, "faults": {}}
+        for only in ([[name] for name in TRAINERS] if a.alone else [TRAINERS]):
+            jobs.spawn(a.ranks, rank_main, (a, only, out))
+            with open(out) as f:
+                r = json.load(f)
+            for k in ("times", "faults"):
+                res[k].update(r[k])
+            res["buckets"], res["engine"] = r["buckets"], r["engine"] or res.get("engine", "")
+    times, faults = res["times"], res["faults"]
+    print("%s, batch %d per rank, %d ranks, gloo, %s; buckets (backward positions) %s; PlanDDP's engine %s" % (
+        a.model, a.batch, a.ranks, "each trainer alone" if a.alone else "side by side", res["buckets"], res["engine"]))
+    print("%-24s %10s %26s %14s" % ("trainer", "median ms", "step / DDP's (quartiles)", "page faults"))
+    for name in TRAINERS:
+        ts = times[name]
+        if a.alone:
+            q1 = q3 = None
+            q2 = statistics.median(ts) / statistics.median(times["ddp"])
+        else:
+            q1, q2, q3 = statistics.quantiles([x / y for x, y in zip(ts, times["ddp"])], n=4)
+        spread = "(%.3f-%.3f)" % (q1, q3) if q1 is not None else "(medians)"
+        print("%-24s %10.1f %12.3fx %-13s %14.0f" % (name, 1e3 * statistics.median(ts), q2, spread,
+                                                    statistics.median(faults[name])))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ backward; one stream unless --streams), `fuseplan export --to ddp`. Then one glo
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
 the same weights, same data), so machine drift hits all three alike; the median step is
 reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratios of
-steps run next to each other (with --min-gain PCT the plans are tuned with --baseline ddp:
+steps run next to each other, and each trainer's minor page faults per step (with --min-gain PCT the plans are tuned with --baseline ddp:
 DDP's buckets unless the tuned plan is predicted PCT % faster). Before the PlanDDP run
 verify reads, the same job profiles every layer on all ranks side by side; verify is
 printed with that profile and with the export's.
@@ -73,7 +73,8 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     # The same timing for all three (the slowest rank's step), interleaved step by step.
     trainers = (("plan", planned, opt_plan, planned.start_backward), ("ddp", default, opts[0], lambda: None),
                 ("ddp_exported", exported, opts[1], lambda: None))
-    times = {} if pilot else measure_side_by_side(trainers, inputs, labels, 2, steps)
+    faults = {}
+    times = {} if pilot else measure_side_by_side(trainers, inputs, labels, 2, steps, faults)
     # The layers timed in this job, right before the run verify reads, on a copy of the
     # model with the same weights: the compute of the run itself, which the export's
     # profile (taken minutes earlier, on a machine whose speed drifts) is not.
@@ -83,7 +84,7 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     planned.close()
     if rank == 0:
         with open(out, "w") as f:
-            json.dump({"times": times, "report": report, "profile": profile}, f)
+            json.dump({"times": times, "faults": faults, "report": report, "profile": profile}, f)
 
 
 def main():
@@ -168,6 +169,7 @@ def main():
         med = {k: statistics.median(v) for k, v in res["times"].items()}
         paired = statistics.quantiles([x / y for x, y in zip(res["times"]["plan"], res["times"]["ddp"])], n=4)
         med["ratio"] = paired
+        med["faults"] = [statistics.median(res["faults"][k]) for k in ("plan", "ddp", "ddp_exported")]
         rows.append([name, len(p["buckets"]), settings["buckets"], med, files, p.get("strategy", "")])
 
     def iteration_error(plan, measured, profile):
@@ -187,6 +189,9 @@ def main():
         print("%-10s %4d/%-3d %10.1f %9.1f %13.1f %9.3fx (%.3f-%.3f) %+12.1f %% %+12.1f %%" % (
             name, nb, nd, med["plan"] * 1e3, med["ddp"] * 1e3, med["ddp_exported"] * 1e3,
             q2, q1, q3, 100 * err_run, 100 * err_export))
+    print("\nminor page faults per step (rank 0, median; glibc handing freed memory back and taking it again)")
+    for name, _, _, med, _, _ in rows:
+        print("%-10s PlanDDP %6.0f   DDP 25MB %6.0f   DDP exported %6.0f" % (name, *med["faults"]))
     kept = [row[0] for row in rows if row[5] == "ddp"]
     if a.min_gain > 0:
         print("--min-gain %g: DDP's buckets kept for %s" % (a.min_gain, ", ".join(kept) if kept else "no model"))

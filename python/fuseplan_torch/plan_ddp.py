@@ -18,11 +18,14 @@ thread with its own process group that runs its buckets' allreduces one after an
 plan order, as a CUDA stream runs NCCL's (gloo would otherwise run two collectives of one
 group at once on its worker threads); it records when each started and ended. When
 backward ends, the wrapper waits for the outstanding allreduces (the exposed
-communication). Every parameter's `.grad` is a view of its bucket from then on (as DDP's
-gradient_as_bucket_view), so with `zero_grad(set_to_none=False)` gradients accumulate in
-the buckets; a fresh `.grad` is copied in when it is ready. Ready (the last gradient in),
-start and end are each bucket's measured timeline, in seconds from the start of
-backward. The copy into the buckets, in backward, is what `fuseplan tune --pack inline` prices.
+communication) and copies each averaged bucket back into its parameters' `.grad`. Every
+`.grad` stays a tensor of its own, as in DDP's default (gradient_as_bucket_view off): a
+gradient freed as soon as it is in its bucket would leave the heap in backward, and
+glibc gives such memory back to the system and takes it again in page faults, which
+made PlanDDP's steps 1.6-1.9x DDP's on a CPU (docs/pytorch.md). Ready (the last gradient
+in), start and end are each bucket's measured timeline, in seconds from the start of
+backward. The copy into the buckets, in backward, is what `fuseplan tune --pack inline`
+prices; the copy back, after the allreduces, is not priced (nor is DDP's).
 `no_sync()` is DDP's (gradient accumulation without allreduce); a plan's `accumulate`
 says how the runner uses it.
 """
@@ -283,13 +286,14 @@ class PlanDDP(nn.Module):
 
     def _make_reducer(self, params: List[nn.Parameter]) -> Optional[Any]:
         """torch's own C++ bucketing (DDP's Reducer) with the plan's buckets, in plan order
-        (never rebuilt), each handed to `_bucket_hook`; None where this torch has no
-        Reducer of that form."""
+        (never rebuilt), each handed to `_bucket_hook`, and the averaged bucket copied back
+        into each .grad (gradient_as_bucket_view off, DDP's default); None where this torch
+        has no Reducer of that form."""
         index = {id(p): i for i, p in enumerate(params)}
         buckets = [[index[id(p)] for p in b.params] for b in self.buckets]
         try:
             reducer = dist.Reducer(params, buckets, [b.numel * 4 for b in self.buckets], dist.group.WORLD,
-                                   [False] * len(params), 25 << 20, False, True, {}, 1 << 20)
+                                   [False] * len(params), 25 << 20, False, False, {}, 1 << 20)
             # The state is a weak proxy: the Reducer (C++) would otherwise keep PlanDDP alive.
             dist._register_comm_hook(reducer, weakref.proxy(self), PlanDDP._bucket_hook)
         except (AttributeError, TypeError, RuntimeError):
@@ -360,12 +364,8 @@ class PlanDDP(nn.Module):
             b = self.buckets[self.bucket_of[id(p)]]
             view = b.views[self.slot_of[id(p)]]
             # Averaged here, overlapped with the rest of backward, as DDP divides while it
-            # copies into its buckets: a fresh .grad (after zero_grad(set_to_none=True)) in
-            # the same pass as its copy; a .grad that is already the slot, in place.
-            if p.grad.data_ptr() != view.data_ptr():
-                torch.div(p.grad, self.world, out=view)
-            else:
-                view.div_(self.world)
+            # copies into its buckets: in the same pass as the copy.
+            torch.div(p.grad, self.world, out=view)
             now = time.perf_counter()
             b.pending -= 1
             if b.pending == 0:
@@ -428,10 +428,9 @@ class PlanDDP(nn.Module):
         self._mark_backward_end()  # autograd has run every node
         for fut in self.sent:  # the exposed communication (raises a failed allreduce's error)
             fut.wait()
-        for b in self.buckets:  # the sums are the average already: no allocation, no copy out
+        for b in self.buckets:  # the sums are the average already; .grad stays its own tensor (as DDP's)
             for p, view in zip(b.params, b.views):
-                if p.grad is None or p.grad.data_ptr() != view.data_ptr():
-                    p.grad = view  # .grad is a view of the bucket from now on, as DDP's gradient_as_bucket_view
+                p.grad.copy_(view)
         self.in_backward = False
         self.steps.append(self.step)
 

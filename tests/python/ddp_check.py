@@ -82,8 +82,12 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     diffs = {n: (float((p.grad - ref_grads[n].grad).abs().max()), float(ref_grads[n].grad.abs().max()))
              for n, p in mine.named_parameters()}
     events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].resolve().buckets]
+    # PlanDDP keeps every .grad a tensor of its own, as DDP's default does (not a view of
+    # its bucket: docs/pytorch.md); the storages shared by more than one .grad, expected none.
+    storages = [getattr(p.grad, "untyped_storage", p.grad.storage)().data_ptr() for p in mine.parameters()]
+    shared = len(storages) - len(set(storages))
     gathered = [None] * ranks
-    dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine})
+    dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine, "shared": shared})
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)

@@ -463,6 +463,7 @@ def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets, ranks, engine):
     ranks = json.load(open(out))
     for r in ranks:
         assert r["engine"] == engine
+        assert r["shared"] == 0, "PlanDDP's .grad share storage (views of a bucket)"
         for name, (diff, scale) in r["diffs"].items():
             assert diff <= 1e-6 * scale + 1e-9, name
         for b, e in zip(buckets, r["events"]):
@@ -484,10 +485,12 @@ def test_trainers_measured_side_by_side_get_every_step_as_the_slowest_rank_saw_i
 @pytest.mark.parametrize("engine", ["reducer", "hooks"])
 def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path, engine):
     """Two backwards without zeroing: both average the accumulated .grad (DDP's semantics);
-    PlanDDP's .grad are views of its buckets by then, accumulated in place."""
+    PlanDDP's .grad are tensors of their own, accumulated in place and copied into the
+    buckets."""
     out = str(tmp_path / "out.json")
     jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 3, 0, "fp32"), (3, 10, 1, "fp32")], False, engine))
     for r in json.load(open(out)):
+        assert r["shared"] == 0
         for name, (diff, scale) in r["diffs"].items():
             assert diff <= 1e-6 * scale + 1e-9, name
 
