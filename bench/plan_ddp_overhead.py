@@ -104,7 +104,7 @@ def rank_main(rank, ranks, a, only, out):
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"times": times, "faults": faults, "buckets": [(b["begin"], b["end"]) for b in plan["buckets"]],
-                       "engine": next((m.engine for _, m in models if isinstance(m, PlanDDP)), "")}, f)
+                       "engine": next((m.engine for name, m in models if name == "PlanDDP"), "")}, f)
 
 
 def main():
