@@ -105,6 +105,9 @@ void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vecto
      << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (sharing ? " (fitted)" : " (kept)")
      << ", dispatch_overhead_us = " << fixed(fit.dispatch_us, 1) << (dispatch ? " (fitted)" : " (kept)") << "\n";
   if (fit.dispatch_at_bound) os << "    the dispatch overhead reached the search's bound (2000 us)\n";
+  if (fit.sigma_at_bound)
+    os << "    the sharing reached its bound 1 (one core shared evenly): these runs may slow backward more than\n"
+          "    the model can express; the errors below say how much is left\n";
   Table t({"<plan", "buckets", "backward", "allreduce end", "iteration", "iteration before"});
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto& a = fit.after[i];

@@ -180,6 +180,8 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
   CHECK(both.dispatch_us == Approx(250).margin(1));
   for (const auto& e : both.after) CHECK(std::abs(e.iteration) < 0.005);
   CHECK(both.before[1].iteration < -0.05);  // 62 buckets without their dispatch: too fast
+  CHECK_FALSE(both.sigma_at_bound);
+  CHECK_FALSE(both.dispatch_at_bound);
   // Sharing alone on the few-bucket run, dispatch kept at the cluster's.
   c.dispatch_overhead_us = 250;
   const OverlapFit one = fit_overlap(c, {runs[0]}, true, false, {});
@@ -187,6 +189,22 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
   CHECK(one.dispatch_us == 250);
   CHECK(std::abs(one.after[0].iteration) < 1e-6);
   CHECK(one.before[0].iteration < 0);  // free overlap predicts it too fast
+  // Backward half as long again as full sharing makes it: the fit stops at sigma = 1 and says so.
+  std::vector<OverlapRun> slower = runs;
+  for (OverlapRun& r : slower) {
+    c.comm_compute_sharing = 1;
+    CollectiveModel coll(c, 2);
+    ComputeModel compute(m, c, 16, Precision::FP32);
+    r.measured = predict(m, c, r.plan, coll, compute);
+    r.measured.backward_s *= 1.5;
+    r.measured.comm_end_s *= 1.5;
+    r.measured.iteration_s *= 1.5;
+  }
+  c.comm_compute_sharing = 0;
+  const OverlapFit capped = fit_overlap(c, slower, true, false, {});
+  CHECK(capped.sigma == Approx(1));
+  CHECK(capped.sigma_at_bound);
+  CHECK(capped.after[0].backward < -0.2);  // what the bound leaves unexplained
   std::vector<OverlapRun> single = {runs[0]};
   single[0].plan.gpus = 1;
   CHECK_THROWS_AS(fit_overlap(c, single, true, false, {}), InputError);

@@ -352,6 +352,7 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
   fit.sigma = best_sigma;
   fit.dispatch_us = best_dispatch;
   fit.dispatch_at_bound = fit_dispatch && best_dispatch >= kMaxDispatchUs;
+  fit.sigma_at_bound = fit_sigma && best_sigma >= 1 - 1e-9;
   evaluate(cluster.comm_compute_sharing, cluster.dispatch_overhead_us, &fit.before);
   evaluate(best_sigma, best_dispatch, &fit.after);
   return fit;

@@ -129,6 +129,9 @@ struct OverlapFit {
   };
   std::vector<Errors> before, after;  // per run: the cluster as given, and as fitted
   bool dispatch_at_bound = false;     // the fit wanted more than the grid's 2000 us
+  // The sharing ended at its bound 1 (two threads sharing one core evenly): the runs may
+  // slow backward more than the model can express, which their errors after the fit show.
+  bool sigma_at_bound = false;
 };
 OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, bool fit_sigma, bool fit_dispatch,
                        const CollectiveOptions& coll_opt);
