@@ -8,6 +8,7 @@
 #include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/zoo.hpp"
+#include "cluster_json.hpp"
 
 using namespace fuseplan;
 
@@ -578,9 +579,7 @@ namespace {
 // A shipped cluster with its per-class efficiencies taken out: one roofline for every layer.
 Cluster one_roofline(const std::string& name) {
   nlohmann::json j = cluster_to_json(load_cluster(name));
-  j["device"].erase("by_kind");
-  for (auto it = j["provenance"].begin(); it != j["provenance"].end();)
-    it = it.key().rfind("device.by_kind", 0) == 0 ? j["provenance"].erase(it) : std::next(it);
+  drop_by_kind(j);
   return cluster_from_json(j, name + " without by_kind");
 }
 }  // namespace
