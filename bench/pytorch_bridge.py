@@ -19,8 +19,9 @@ backward; one stream unless --streams), `fuseplan export --to ddp`. Then one glo
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
 the same weights, same data), so machine drift hits all three alike; the median step is
 reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratios of
-steps run next to each other, and each trainer's minor page faults per step (with --min-gain PCT the plans are tuned with --baseline ddp:
-DDP's buckets unless the tuned plan is predicted PCT % faster). Before the PlanDDP run
+steps run next to each other, and each trainer's minor page faults per step (with
+--min-gain PCT the plans are tuned with --baseline ddp: DDP's buckets unless the tuned
+plan is predicted PCT % faster). Before the PlanDDP run
 verify reads, the same job profiles every layer on all ranks side by side; verify is
 printed with that profile and with the export's.
 Runs with Debian's /usr/bin/python3 (python3-torch).
