@@ -22,7 +22,7 @@ communication) and copies each averaged bucket back into its parameters' `.grad`
 `.grad` stays a tensor of its own, as in DDP's default (gradient_as_bucket_view off): a
 gradient freed as soon as it is in its bucket would leave the heap in backward, and
 glibc gives such memory back to the system and takes it again in page faults, which
-made PlanDDP's steps 1.6-1.9x DDP's on a CPU (docs/pytorch.md). Ready (the last gradient
+made PlanDDP's steps 1.4-2.1x DDP's on a CPU (docs/pytorch.md). Ready (the last gradient
 in), start and end are each bucket's measured timeline, in seconds from the start of
 backward. The copy into the buckets, in backward, is what `fuseplan tune --pack inline`
 prices; the copy back, after the allreduces, is not priced (nor is DDP's).
