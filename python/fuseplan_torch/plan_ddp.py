@@ -22,9 +22,11 @@ communication) and copies each averaged bucket back into its parameters' `.grad`
 `.grad` stays a tensor of its own, as in DDP's default (gradient_as_bucket_view off): a
 gradient freed as soon as it is in its bucket would leave the heap in backward, and
 glibc gives such memory back to the system and takes it again in page faults, which
-made PlanDDP's steps 1.4-2.1x DDP's on a CPU (docs/pytorch.md). Ready (the last gradient
-in), start and end are each bucket's measured timeline, in seconds from the start of
-backward. The copy into the buckets, in backward, is what `fuseplan tune --pack inline`
+made PlanDDP's steps 1.4-2.1x DDP's on a CPU (docs/pytorch.md).
+`gradient_as_bucket_view=True` asks for views all the same, as DDP's option of that name
+does (GPU jobs, whose caching allocator keeps freed memory, save the copy back and the
+memory). Ready (the last gradient in), start and end are each bucket's measured
+timeline, in seconds from the start of backward. The copy into the buckets, in backward, is what `fuseplan tune --pack inline`
 prices; the copy back, after the allreduces, is not priced (nor is DDP's).
 `no_sync()` is DDP's (gradient accumulation without allreduce); a plan's `accumulate`
 says how the runner uses it.
@@ -215,10 +217,14 @@ class PlanDDP(nn.Module):
     `tensor_names` lists the module's parameters in the model file's (forward) order, as
     `export_model` wrote them; the plan's backward positions refer to its reverse. The
     module's parameter names and shapes must give the plan's fingerprint.
+    `gradient_as_bucket_view` is DDP's option: each .grad becomes a view of its bucket after
+    the first backward, which saves the copy back and a gradient's worth of memory, and on
+    a CPU costs page faults (module docstring).
     """
 
     def __init__(self, module: nn.Module, plan: Dict[str, Any], tensor_names: Sequence[str],
-                 process_group: Optional[Any] = None, engine: str = "auto") -> None:
+                 process_group: Optional[Any] = None, engine: str = "auto",
+                 gradient_as_bucket_view: bool = False) -> None:
         super().__init__()
         if engine not in ENGINES:
             raise ValueError("engine: unknown '%s' (valid: %s)" % (engine, ", ".join(ENGINES)))
@@ -255,6 +261,7 @@ class PlanDDP(nn.Module):
                 self.slot_of[id(p)] = slot
             self.buckets.append(bucket)
         self.by_stream = {s: [b for b in self.buckets if b.stream == s] for s in streams}
+        self.views = gradient_as_bucket_view
         self.next_launch = {s: 0 for s in streams}
         self.accumulators = []
         self.handles = []
@@ -293,7 +300,7 @@ class PlanDDP(nn.Module):
         buckets = [[index[id(p)] for p in b.params] for b in self.buckets]
         try:
             reducer = dist.Reducer(params, buckets, [b.numel * 4 for b in self.buckets], dist.group.WORLD,
-                                   [False] * len(params), 25 << 20, False, False, {}, 1 << 20)
+                                   [False] * len(params), 25 << 20, False, self.views, {}, 1 << 20)
             # The state is a weak proxy: the Reducer (C++) would otherwise keep PlanDDP alive.
             dist._register_comm_hook(reducer, weakref.proxy(self), PlanDDP._bucket_hook)
         except (AttributeError, TypeError, RuntimeError):
@@ -364,8 +371,12 @@ class PlanDDP(nn.Module):
             b = self.buckets[self.bucket_of[id(p)]]
             view = b.views[self.slot_of[id(p)]]
             # Averaged here, overlapped with the rest of backward, as DDP divides while it
-            # copies into its buckets: in the same pass as the copy.
-            torch.div(p.grad, self.world, out=view)
+            # copies into its buckets: in the same pass as the copy, or in place where .grad
+            # is the slot already (gradient_as_bucket_view).
+            if p.grad.data_ptr() != view.data_ptr():
+                torch.div(p.grad, self.world, out=view)
+            else:
+                view.div_(self.world)
             now = time.perf_counter()
             b.pending -= 1
             if b.pending == 0:
@@ -428,9 +439,12 @@ class PlanDDP(nn.Module):
         self._mark_backward_end()  # autograd has run every node
         for fut in self.sent:  # the exposed communication (raises a failed allreduce's error)
             fut.wait()
-        for b in self.buckets:  # the sums are the average already; .grad stays its own tensor (as DDP's)
+        for b in self.buckets:  # the sums are the average already
             for p, view in zip(b.params, b.views):
-                p.grad.copy_(view)
+                if not self.views:
+                    p.grad.copy_(view)  # .grad stays a tensor of its own, as in DDP's default
+                elif p.grad.data_ptr() != view.data_ptr():
+                    p.grad = view  # from now on, as DDP's gradient_as_bucket_view
         self.in_backward = False
         self.steps.append(self.step)
 

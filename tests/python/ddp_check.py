@@ -47,7 +47,7 @@ def backend_sums(rank: int, ranks: int, out_path: str, dtype: str) -> None:
 
 
 def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none: bool = True,
-                     engine: str = "auto") -> None:
+                     engine: str = "auto", views: bool = False) -> None:
     """Gradients of one step under PlanDDP and under torch DDP, same weights and data: per
     tensor the largest difference and DDP's largest gradient, after two steps that zero the
     gradients first (set_to_none) or accumulate them (both average what .grad holds). A
@@ -65,7 +65,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
             ref.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(ddp(x), y).backward()
     try:
-        pddp = PlanDDP(mine, plan, names, engine=engine)
+        pddp = PlanDDP(mine, plan, names, engine=engine, gradient_as_bucket_view=views)
     except PlanError as e:
         if rank == 0:
             with open(out_path, "w") as f:
@@ -83,7 +83,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
              for n, p in mine.named_parameters()}
     events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].resolve().buckets]
     # PlanDDP keeps every .grad a tensor of its own, as DDP's default does (not a view of
-    # its bucket: docs/pytorch.md); the storages shared by more than one .grad, expected none.
+    # its bucket: docs/pytorch.md) unless `views`; how many .grad share another's storage.
     storages = [getattr(p.grad, "untyped_storage", p.grad.storage)().data_ptr() for p in mine.parameters()]
     shared = len(storages) - len(set(storages))
     gathered = [None] * ranks

@@ -496,6 +496,20 @@ def test_plan_ddp_accumulated_gradients_equal_ddp(tmp_path, engine):
 
 
 @pytest.mark.parametrize("engine", ["reducer", "hooks"])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_plan_ddp_gradient_as_bucket_view_equals_ddp(tmp_path, set_to_none, engine):
+    """gradient_as_bucket_view=True, DDP's option: the gradients are still DDP's, zeroed
+    or accumulated, and the .grad of each bucket are views of it (they share its storage)."""
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.compare_with_ddp,
+               (out, [(0, 3, 0, "fp32"), (3, 10, 0, "fp32")], set_to_none, engine, True))
+    for r in json.load(open(out)):
+        assert r["shared"] == 8  # 10 tensors in 2 buckets: all but the first of each share it
+        for name, (diff, scale) in r["diffs"].items():
+            assert diff <= 1e-6 * scale + 1e-9, name
+
+
+@pytest.mark.parametrize("engine", ["reducer", "hooks"])
 @pytest.mark.parametrize("no_sync", [True, False])
 def test_plan_ddp_accumulates_micro_batches_as_ddp_does(tmp_path, no_sync, engine):
     """Three micro-batches of other data: inside no_sync() for two of them, or allreducing
