@@ -26,8 +26,9 @@ made PlanDDP's steps 1.4-2.1x DDP's on a CPU (docs/pytorch.md).
 `gradient_as_bucket_view=True` asks for views all the same, as DDP's option of that name
 does (GPU jobs, whose caching allocator keeps freed memory, save the copy back and the
 memory). Ready (the last gradient in), start and end are each bucket's measured
-timeline, in seconds from the start of backward. The copy into the buckets, in backward, is what `fuseplan tune --pack inline`
-prices; the copy back, after the allreduces, is not priced (nor is DDP's).
+timeline, in seconds from the start of backward. The copy into the buckets, in backward,
+is what `fuseplan tune --pack inline` prices; the copy back, after the allreduces, is not
+priced (nor is DDP's).
 `no_sync()` is DDP's (gradient accumulation without allreduce); a plan's `accumulate`
 says how the runner uses it.
 """
