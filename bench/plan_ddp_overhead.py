@@ -93,7 +93,7 @@ def rank_main(rank, ranks, a, only, out):
               "ddp": ddp, "ddp, bucket views": lambda: ddp(gradient_as_bucket_view=True),
               "PlanDDP hooks": lambda: PlanDDP(copy.deepcopy(base), plan, names, engine="hooks"),
               "PlanDDP": lambda: PlanDDP(copy.deepcopy(base), plan, names)}
-    models = [(name, makers[name]()) for name in (only or makers)]
+    models = [(name, makers[name]()) for name in only]
     trainers = [(name, m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
                  m.start_backward if isinstance(m, PlanDDP) else lambda: None) for name, m in models]
     faults = {}

@@ -136,7 +136,7 @@ def measure_side_by_side(trainers: Sequence[Tuple[str, nn.Module, torch.optim.Op
     for i in range(warmup + iterations):
         shift = i % len(trainers)
         for name, model, optimizer, before_backward in list(trainers[shift:]) + list(trainers[:shift]):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt if faults is not None else 0
             # no warm-up of its own: one step, after the barrier _timed_steps puts before it
             (t0, _, _, t3, _), = _timed_steps(model, inputs, labels, optimizer, 0, 1, before_backward)
             if i >= warmup:
