@@ -79,6 +79,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--engine", default="auto", choices=["auto", "reducer", "hooks"],
                      help="--plan: PlanDDP's bucketing: torch's C++ Reducer (DDP's) or a Python hook per tensor; "
                           "auto takes the Reducer where this torch has it")
+    run.add_argument("--gradient-as-bucket-view", action="store_true",
+                     help="each .grad a view of its bucket (DDP's gradient_as_bucket_view, for PlanDDP and DDP): "
+                          "saves the copy back and a gradient's memory; on the CPU freed gradients fault pages in "
+                          "again (docs/pytorch.md)")
     run.add_argument("--ranks", type=_int_to(RANKS_MAX), default=2, help="processes on this machine")
     run.add_argument("--backend", default="gloo", choices=jobs.BACKENDS,
                      help="process group: gloo (CPU) or nccl (rank r on GPU r)")

@@ -1,6 +1,7 @@
 """What `python3 -m fuseplan_torch` runs: export, a measured gloo job, an allreduce sweep."""
 from __future__ import annotations
 
+import collections
 import faulthandler
 import importlib
 import json
@@ -18,7 +19,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .model_export import export_model, output_tensors, write_json
-from .plan_ddp import PlanDDP, PlanError, check_plan, load_plan
+from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan
 from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
 
@@ -346,7 +347,7 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
     device = rank_device(a.backend, rank)
     module, inputs, labels = module.to(device), inputs.to(device), labels.to(device)
     if plan is not None:
-        ddp = PlanDDP(module, plan, names, engine=a.engine)
+        ddp = PlanDDP(module, plan, names, engine=a.engine, gradient_as_bucket_view=a.gradient_as_bucket_view)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
         report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
         ddp.close()
@@ -355,21 +356,32 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
                 write_json(report, a.report)
             acc = ddp.accumulate
             print("PlanDDP %s x %d ranks: %.2f ms per %s (forward %.2f, backward %.2f, exposed "
-                  "communication %.2f, optimizer %.2f), %d buckets, %s engine%s" %
+                  "communication %.2f, optimizer %.2f), %d buckets, %s engine%s%s" %
                   (report["model"], ranks, report["iteration_s"] * 1e3,
                    "iteration" if acc["steps"] == 1 else "micro-batch", report["forward_s"] * 1e3,
                    report["backward_s"] * 1e3, report["exposed_comm_s"] * 1e3, report["optimizer_s"] * 1e3,
                    len(report["buckets"]), ddp.engine,
                    "" if acc["steps"] == 1 else ", %d micro-batches per optimizer step (allreduce on %s)" %
-                   (acc["steps"], "the last" if acc["no_sync"] else "every one")))
+                   (acc["steps"], "the last" if acc["no_sync"] else "every one"), _views(module)))
         return
     ddp = nn.parallel.DistributedDataParallel(module, bucket_cap_mb=a.bucket_cap_mb,
-                                              device_ids=[rank] if device.type == "cuda" else None)
+                                              device_ids=[rank] if device.type == "cuda" else None,
+                                              gradient_as_bucket_view=a.gradient_as_bucket_view)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
     times = measure_step_time(ddp, inputs, labels, opt, a.warmup, a.iterations)
     if rank == 0:
-        print("DDP bucket_cap_mb=%g x %d ranks: %.2f ms per iteration (median of %d)" %
-              (a.bucket_cap_mb, ranks, statistics.median(times) * 1e3, len(times)))
+        print("DDP bucket_cap_mb=%g x %d ranks: %.2f ms per iteration (median of %d)%s" %
+              (a.bucket_cap_mb, ranks, statistics.median(times) * 1e3, len(times), _views(module)))
+
+
+def _views(module: nn.Module) -> str:
+    """", N .grad share B buckets' storage" where .grad share storage (gradient_as_bucket_view),
+    else ""."""
+    counts = collections.Counter(grad_storages(module))
+    shared = [n for n in counts.values() if n > 1]
+    if not shared:
+        return ""
+    return ", %d .grad are views of %s" % (sum(shared), "1 bucket" if len(shared) == 1 else "%d buckets" % len(shared))
 
 
 def parse_bytes(text: str) -> int:

@@ -541,6 +541,20 @@ class _Stream:
         self.thread.join()
 
 
+def grad_storages(module: nn.Module) -> List[int]:
+    """The address of each `.grad`'s storage, in parameter order: all different where every
+    `.grad` is a tensor of its own; under gradient_as_bucket_view one per bucket."""
+    return [getattr(p.grad, "untyped_storage", p.grad.storage)().data_ptr()
+            for p in module.parameters() if p.grad is not None]
+
+
+def grads_sharing_storage(module: nn.Module) -> int:
+    """How many of `module`'s `.grad` share their storage with an earlier one (0 where every
+    `.grad` is a tensor of its own)."""
+    storages = grad_storages(module)
+    return len(storages) - len(set(storages))
+
+
 def exported_ddp(module: nn.Module, settings: Dict[str, Any], **ddp_kwargs: Any) -> nn.Module:
     """torch DDP built with what `fuseplan export --to ddp --json` printed: bucket_cap_mb
     given, or left unset where it says null (torch 2.6 caps the first bucket at a given

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from fuseplan_torch.model_export import export_model
-from fuseplan_torch.plan_ddp import PlanDDP, PlanError, exported_ddp
+from fuseplan_torch.plan_ddp import PlanDDP, PlanError, exported_ddp, grads_sharing_storage
 
 
 def small_cnn() -> nn.Module:
@@ -84,8 +84,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].resolve().buckets]
     # PlanDDP keeps every .grad a tensor of its own, as DDP's default does (not a view of
     # its bucket: docs/pytorch.md) unless `views`; how many .grad share another's storage.
-    storages = [getattr(p.grad, "untyped_storage", p.grad.storage)().data_ptr() for p in mine.parameters()]
-    shared = len(storages) - len(set(storages))
+    shared = grads_sharing_storage(mine)
     gathered = [None] * ranks
     dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine, "shared": shared})
     if rank == 0:

@@ -711,6 +711,26 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     assert "--plan " + plan + ": $.model" in r.stderr
 
 
+def test_run_gradient_as_bucket_view_makes_grads_views_of_the_buckets(tmp_path):
+    model, prof, plan, _ = exported_small_cnn(tmp_path)
+    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
+                 "--out", plan)
+    assert r.returncode == 0, r.stderr
+    short = ("--input-shape", "3,8,8", "--iterations", "1", "--warmup", "1", "--threads", "1")
+    for engine in ("reducer", "hooks"):
+        r = run_cli("run", "ddp_check:small_cnn", *short, "--plan", plan, "--engine", engine)
+        assert r.returncode == 0 and "views" not in r.stdout, r.stdout + r.stderr
+        r = run_cli("run", "ddp_check:small_cnn", *short, "--plan", plan, "--engine", engine,
+                    "--gradient-as-bucket-view")
+        # splits:4 leaves tensors 0-3 and 4-9 (backward order) in two buckets: all 10 are views
+        assert r.returncode == 0 and ", 10 .grad are views of 2 buckets" in r.stdout, r.stdout + r.stderr
+    r = run_cli("run", "ddp_check:small_cnn", *short)
+    assert r.returncode == 0 and "views" not in r.stdout, r.stdout + r.stderr
+    r = run_cli("run", "ddp_check:small_cnn", *short, "--gradient-as-bucket-view")
+    assert r.returncode == 0 and ", 10 .grad are views of 1 bucket" in r.stdout, r.stdout + r.stderr  # 25 MB
+
+
 def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
     model, prof, plan, rep = exported_small_cnn(tmp_path)
     r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
