@@ -5,6 +5,7 @@ interleaved step by step in a rotating order (runner.measure_side_by_side). Not 
 it prints figures.
 
     bench/plan_ddp_overhead.py [--model resnet50] [--batch 8] [--ranks 2] [--steps 40] [--alone]
+                               [--heap keep|trim]
 
 - local: the module alone, no data parallelism (no hooks, no copies, no allreduce);
 - ddp no comm: torch DDP with a comm hook that returns each bucket as it is, so its
@@ -26,6 +27,8 @@ process's during that trainer's step): where glibc's malloc has handed freed mem
 to the system, taking it again costs a fault per 4 KiB page. All trainers share one
 process and so one heap: a trainer's faults depend on the others' too; with --alone each
 trainer runs in a job of its own, one after another, and the ratio is of the medians.
+Every process keeps its freed memory (fuseplan_torch.keep_heap) unless --heap trim, which
+leaves glibc's defaults: the faults above are then what a plain job pays.
 Runs with Debian's /usr/bin/python3 (python3-torch).
 """
 import argparse
@@ -116,21 +119,24 @@ def main():
     ap.add_argument("--alone", action="store_true",
                     help="each trainer in a job (processes, heap) of its own, one job after another; the ratio column "
                          "is then of medians, and the machine's drift between the jobs is in it")
+    ap.add_argument("--heap", default="keep", choices=["keep", "trim"],
+                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's defaults")
     a = ap.parse_args()
     from fuseplan_torch import jobs
     with tempfile.TemporaryDirectory() as work:
         out = os.path.join(work, "out.json")
         res = {"times": {}, "faults": {}}
         for only in ([[name] for name in TRAINERS] if a.alone else [TRAINERS]):
-            jobs.spawn(a.ranks, rank_main, (a, only, out))
+            jobs.spawn(a.ranks, rank_main, (a, only, out), heap=a.heap)
             with open(out) as f:
                 r = json.load(f)
             for k in ("times", "faults"):
                 res[k].update(r[k])
             res["buckets"], res["engine"] = r["buckets"], r["engine"] or res.get("engine", "")
     times, faults = res["times"], res["faults"]
-    print("%s, batch %d per rank, %d ranks, gloo, %s; buckets (backward positions) %s; PlanDDP's engine %s" % (
-        a.model, a.batch, a.ranks, "each trainer alone" if a.alone else "side by side", res["buckets"], res["engine"]))
+    print("%s, batch %d per rank, %d ranks, gloo, %s, heap %s; buckets (backward positions) %s; PlanDDP's engine %s"
+          % (a.model, a.batch, a.ranks, "each trainer alone" if a.alone else "side by side",
+             "kept" if a.heap == "keep" else "as glibc trims it", res["buckets"], res["engine"]))
     print("%-24s %10s %26s %14s" % ("trainer", "median ms", "step / DDP's (quartiles)", "page faults"))
     for name in TRAINERS:
         ts = times[name]

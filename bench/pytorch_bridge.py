@@ -5,7 +5,7 @@ settings `fuseplan export --to ddp` gives for the plan, then `fuseplan verify` o
 PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt] [--streams 1]
-                            [--layer-times whole-pass|as-timed] [--min-gain PCT]
+                            [--layer-times whole-pass|as-timed] [--min-gain PCT] [--heap keep|trim]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
 whole training steps unless --layer-times as-timed; timed on
@@ -23,7 +23,9 @@ steps run next to each other, and each trainer's minor page faults per step (wit
 --min-gain PCT the plans are tuned with --baseline ddp: DDP's buckets unless the tuned
 plan is predicted PCT % faster). Before the PlanDDP run
 verify reads, the same job profiles every layer on all ranks side by side; verify is
-printed with that profile and with the export's.
+printed with that profile and with the export's. Every process (sweep, export, jobs) keeps
+its freed memory (fuseplan_torch.keep_heap) unless --heap trim, which leaves glibc's
+defaults and their page faults.
 Runs with Debian's /usr/bin/python3 (python3-torch).
 """
 import argparse
@@ -101,6 +103,8 @@ def main():
                     help="plan streams (process groups) the tuned plans use: 1, as DDP runs its buckets on one "
                          "process group; 2 runs two gloo collectives at once, whose contention with backward on "
                          "two cores the overlap model fits less well")
+    ap.add_argument("--heap", default="keep", choices=["keep", "trim"],
+                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's defaults")
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
     a = ap.parse_args()
@@ -109,7 +113,8 @@ def main():
     work = tempfile.mkdtemp(prefix="fuseplan-bridge-")
     py = [sys.executable, "-m", "fuseplan_torch"]
     sweep, cal = os.path.join(work, "sweep.json"), os.path.join(work, "cal.json")
-    sh(*py, "sweep", "--ranks", str(a.ranks), "--sizes", "64K:64M", "--iterations", "20", "--out", sweep)
+    sh(*py, "sweep", "--ranks", str(a.ranks), "--sizes", "64K:64M", "--iterations", "20", "--heap", a.heap,
+       "--out", sweep)
     # gloo's small allreduces are noisy here (0.5-2 ms of per-call overhead that varies):
     # a range may fit poorly; it is written anyway and its errors printed.
     print(sh(fuseplan, "calibrate", "--cluster", "local-cpu", "--sweep", sweep, "--fit-sizes", "64K:64M",
@@ -121,7 +126,7 @@ def main():
             common = [factory, "--kwargs", json.dumps(kwargs), "--input-shape", shape, "--input-dtype", dtype,
                       "--name", name] + (["--vocab", str(vocab)] if vocab else [])
             sh(*py, "export", *common, "--out", model, "--profile", prof, "--batch", str(batch), "--ranks",
-               str(a.ranks), "--layer-times", a.layer_times)
+               str(a.ranks), "--layer-times", a.layer_times, "--heap", a.heap)
         return model, prof
 
     def tune_and_run(name, cluster, tag, steps, pilot=False, strategy="optimal"):
@@ -138,7 +143,8 @@ def main():
         with open(model) as f:
             names = [t["name"] for l in json.load(f)["layers"] for t in l["params"]]
         out = os.path.join(work, name + tag + "-out.json")
-        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, a.layer_times, pilot))
+        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, a.layer_times, pilot),
+                   heap=a.heap)
         with open(out) as f:
             res = json.load(f)
         measured, run_prof = (os.path.join(work, name + tag + s) for s in ("-measured.json", "-run-profile.json"))
@@ -182,7 +188,8 @@ def main():
     for row in rows:
         plan, measured, prof, run_prof = row[4]
         row[4] = (iteration_error(plan, measured, prof), iteration_error(plan, measured, run_prof))
-    print("\nstep time per iteration, median of %d steps (ms), %d ranks, gloo, this machine" % (a.steps, a.ranks))
+    print("\nstep time per iteration, median of %d steps (ms), %d ranks, gloo, this machine, heap %s" %
+          (a.steps, a.ranks, "kept" if a.heap == "keep" else "as glibc trims it"))
     print("%-10s %8s %10s %9s %13s %24s %14s %14s" % ("model", "buckets", "PlanDDP", "DDP 25MB", "DDP exported",
                                                       "PlanDDP/DDP (quartiles)", "verify (run)", "verify (export)"))
     for name, nb, nd, med, (err_export, err_run), _ in rows:

@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .heap import keep_heap
 from .model_export import ExportInfo, export_model, fingerprint, trace, write_json
 from .profile import fit_to_whole_pass, profile_layers
 
@@ -29,5 +30,5 @@ def export(model: torch.nn.Module, example_inputs: torch.Tensor, path: str, prof
     return info
 
 
-__all__ = ["ExportInfo", "export", "export_model", "fingerprint", "fit_to_whole_pass", "profile_layers", "trace",
-           "write_json"]
+__all__ = ["ExportInfo", "export", "export_model", "fingerprint", "fit_to_whole_pass", "keep_heap", "profile_layers",
+           "trace", "write_json"]

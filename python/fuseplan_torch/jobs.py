@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
+from .heap import HEAP_CHOICES, heap_note, keep_heap
 from .model_export import export_model, output_tensors, write_json
 from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan
 from .profile import profile_layers, set_whole_pass
@@ -126,6 +127,8 @@ def export_command(a: Any) -> None:
         raise UsageError("--device: only with --profile (it says where the layers are timed)")
     if a.threads:
         torch.set_num_threads(_positive(a.threads, "--threads"))
+    if a.profile is not None and a.ranks == 1 and a.heap == "keep":
+        keep_heap()  # this process times the layers
     module, name = build_module(a)
     example = make_batch(a, 2, a.seed)
     try:
@@ -141,7 +144,7 @@ def export_command(a: Any) -> None:
         if a.ranks > 1:
             result = os.path.join(os.path.dirname(os.path.abspath(a.profile)), ".fuseplan-profile-%d.json" % os.getpid())
             try:
-                spawn(a.ranks, _profile_rank, (a, result))
+                spawn(a.ranks, _profile_rank, (a, result), heap=a.heap)
                 with open(result) as f:
                     prof = json.load(f)
             finally:
@@ -233,18 +236,23 @@ def check_backend(backend: str, ranks: int) -> None:
                              "(--backend gloo runs on the CPU)" % (ranks, ranks, gpus))
 
 
-def spawn(ranks: int, fn: Any, args: Tuple[Any, ...], backend: str = "gloo") -> None:
+def spawn(ranks: int, fn: Any, args: Tuple[Any, ...], backend: str = "gloo", heap: str = "keep") -> None:
     """Runs fn(rank, ranks, *args) in `ranks` processes joined by a process group of
-    `backend`: gloo on the CPU, or NCCL with rank r on GPU r."""
+    `backend`: gloo on the CPU, or NCCL with rank r on GPU r. With `heap` "keep" every
+    process first keeps its freed memory (heap.keep_heap); "trim" leaves glibc's defaults."""
+    if heap not in HEAP_CHOICES:
+        raise ValueError("heap: unknown '%s' (valid: %s)" % (heap, ", ".join(HEAP_CHOICES)))
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(_free_port())
     # torch 2.6 asks for a libuv store by default, which Debian's torch 2.6 is built
     # without (its processes fail at the rendezvous); ranks on one machine need none.
     os.environ.setdefault("USE_LIBUV", "0")
-    mp.spawn(_entry, args=(ranks, fn, args, backend), nprocs=ranks, join=True)
+    mp.spawn(_entry, args=(ranks, fn, args, backend, heap), nprocs=ranks, join=True)
 
 
-def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...], backend: str) -> None:
+def _entry(rank: int, ranks: int, fn: Any, args: Tuple[Any, ...], backend: str, heap: str) -> None:
+    if heap == "keep":
+        keep_heap()
     if backend == "nccl":
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, rank=rank, world_size=ranks)
@@ -324,7 +332,7 @@ def run_command(a: Any) -> None:
             check_plan(plan, module, names)
         except PlanError as e:
             raise UsageError("--plan " + str(e))
-    spawn(a.ranks, _run_rank, (a, plan, names, batch), a.backend)
+    spawn(a.ranks, _run_rank, (a, plan, names, batch), a.backend, a.heap)
 
 
 def make_labels(module: nn.Module, inputs: torch.Tensor, seed: int) -> torch.Tensor:
@@ -405,7 +413,7 @@ def sweep_command(a: Any) -> None:
     first, last = parse_bytes(lo), parse_bytes(hi or lo)
     if first < 4 or last < first:
         raise UsageError("--sizes: need 4 <= from <= to (got %s)" % a.sizes)
-    spawn(a.ranks, _sweep_rank, (a, first, last), a.backend)
+    spawn(a.ranks, _sweep_rank, (a, first, last), a.backend, a.heap)
 
 
 def _sweep_rank(rank: int, ranks: int, a: Any, first: int, last: int) -> None:
@@ -430,6 +438,7 @@ def _sweep_rank(rank: int, ranks: int, a: Any, first: int, last: int) -> None:
         size *= 2
     if rank == 0:
         write_json({"schema": "fuseplan.sweep/1", "ranks": ranks, "per_node": ranks, "precision": "fp32",
-                    "host": "%s (torch.distributed) on %s" % (a.backend, socket.gethostname()), "points": points},
+                    "host": "%s (torch.distributed) on %s%s" % (a.backend, socket.gethostname(), heap_note()),
+                    "points": points},
                    a.out)
         print("sweep: %d sizes, %d to %d bytes -> %s" % (len(points), first, last, a.out))

@@ -32,6 +32,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .heap import heap_note
 from .model_export import module_calls, output_tensors, untouched
 from .runner import critical_steps
 
@@ -137,7 +138,8 @@ def _call(gm: fx.GraphModule, n: fx.Node, args: Any, kwargs: Any) -> Any:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return "cpu: " + (platform.processor() or platform.machine()) + ", %d threads" % torch.get_num_threads()
+    threads = ", %d threads" % torch.get_num_threads()
+    return "cpu: " + (platform.processor() or platform.machine()) + threads + heap_note()
 
 
 def _captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],

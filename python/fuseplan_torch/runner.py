@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .heap import heap_note
 from .model_export import output_tensors
 from .plan_ddp import PlanDDP
 
@@ -112,7 +113,7 @@ def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> 
     comm_end = max((b["end_s"] for b in buckets), default=0.0)
     world = dist.get_world_size()
     return {"schema": REPORT_SCHEMA, "source": "measured", "model": plan["model"]["name"],
-            "cluster": "this machine (torch.distributed %s, %d ranks)" % (dist.get_backend(), world),
+            "cluster": "this machine (torch.distributed %s, %d ranks%s)" % (dist.get_backend(), world, heap_note()),
             "gpus": world, "batch_per_gpu": batch, "compute": plan["compute"],
             "iteration_s": iteration, "forward_s": mean("forward_s"), "backward_s": mean("backward_s"),
             "optimizer_s": mean("optimizer_s"), "data_wait_s": 0.0, "comm_busy_s": comm_busy,
