@@ -99,12 +99,18 @@ void print_nccl_estimates(std::ostream& os, const Cluster& given, const std::vec
 }
 
 void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,
-                       const std::vector<std::string>& plans, bool sharing, bool dispatch, const std::string& profile) {
+                       const std::vector<std::string>& plans, OverlapTargets fitted, const std::string& profile) {
   os << "\n  overlap: " << runs.size() << " measured run(s)"
      << (profile.empty() ? ", no --profile: modelled compute" : ", profile " + profile) << "\n"
-     << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (sharing ? " (fitted)" : " (kept)")
-     << ", dispatch_overhead_us = " << fixed(fit.dispatch_us, 1) << (dispatch ? " (fitted)" : " (kept)") << "\n";
+     << "    comm_compute_sharing = " << fixed(fit.sigma, 3) << (fitted.sharing ? " (fitted)" : " (kept)")
+     << ", dispatch_overhead_us = " << fixed(fit.dispatch_us, 1) << (fitted.dispatch ? " (fitted)" : " (kept)");
+  if (fit.allreduce_sharing)
+    os << ", allreduce_sharing = " << fixed(*fit.allreduce_sharing, 3)
+       << (fitted.allreduce_sharing ? " (fitted)" : " (kept)");
+  os << "\n";
   if (fit.dispatch_at_bound) os << "    the dispatch overhead reached the search's bound (2000 us)\n";
+  if (fit.allreduce_sharing_at_bound)
+    os << "    the allreduce sharing reached the search's bound (" << fixed(kMaxFittedAllreduceSharing, 0) << ")\n";
   if (fit.sigma_at_bound)
     os << "    the sharing reached its bound 1 (one core shared evenly): these runs may slow backward more than\n"
           "    the model can express; the errors below say how much is left\n";

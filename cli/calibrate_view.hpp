@@ -21,7 +21,7 @@ std::vector<std::string> print_comm_fits(std::ostream& os, const std::vector<Com
 void print_nccl_estimates(std::ostream& os, const Cluster& given, const std::vector<Sweep>& sweeps,
                           const std::vector<CommCalibration>& fits);
 void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,
-                       const std::vector<std::string>& plans, bool sharing, bool dispatch, const std::string& profile);
+                       const std::vector<std::string>& plans, OverlapTargets fitted, const std::string& profile);
 void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, const std::string& precision);
 
 }  // namespace fuseplan::cli

@@ -45,9 +45,6 @@ void run_discover(const CalibrateFlags& f) {
 
 void fit_communication(const CalibrateFlags& f, Cluster& c);
 std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c);
-struct OverlapTargets {
-  bool sharing = false, dispatch = false;
-};
 OverlapTargets overlap_targets(const CalibrateFlags& f);
 void fit_overlap(const CalibrateFlags& f, const OverlapTargets& targets, const std::vector<OverlapRun>& runs,
                  Cluster& c);
@@ -133,7 +130,8 @@ OverlapTargets overlap_targets(const CalibrateFlags& f) {
   for (const auto& name : what) {
     if (name == "sharing") t.sharing = true;
     else if (name == "dispatch") t.dispatch = true;
-    else throw InputError("--fit: unknown '" + name + "' (valid: sharing, dispatch)");
+    else if (name == "allreduce-sharing") t.allreduce_sharing = true;
+    else throw InputError("--fit: unknown '" + name + "' (valid: sharing, dispatch, allreduce-sharing)");
   }
   return t;
 }
@@ -143,12 +141,12 @@ OverlapTargets overlap_targets(const CalibrateFlags& f) {
 // calibrated so far).
 void fit_overlap(const CalibrateFlags& f, const OverlapTargets& t, const std::vector<OverlapRun>& runs,
                  Cluster& c) {
-  const OverlapFit fit = fit_overlap(c, runs, t.sharing, t.dispatch, {});
-  print_overlap_fit(out(), fit, runs, f.plans, t.sharing, t.dispatch, f.profile);
+  const OverlapFit fit = fit_overlap(c, runs, t, {});
+  print_overlap_fit(out(), fit, runs, f.plans, t, f.profile);
   std::string sources;
   for (size_t i = 0; i < runs.size(); ++i)
     sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(fit.after[i].iteration) + ")";
-  apply_overlap_fit(c, fit, t.sharing, t.dispatch, sources);
+  apply_overlap_fit(c, fit, t, sources);
 }
 
 // Each layer class's efficiency from measured layer times (a profile of fuseplan-exec or
@@ -249,7 +247,9 @@ void add_calibrate_command(CLI::App& app) {
                   "several runs): fit comm_compute_sharing and dispatch_overhead_us (see --fit)");
   cmd->add_option("--measured", f->measured, "each --plan's measured report (fuseplan-exec run --report), in order");
   cmd->add_option("--fit", f->fit,
-                  "--plan: what to fit, of sharing,dispatch (default: sharing for one run, both for several)")
+                  "--plan: what to fit, of sharing,dispatch,allreduce-sharing (default: sharing for one run, sharing\n"
+                  "and dispatch for several; allreduce-sharing: how much backward slows an allreduce, apart from\n"
+                  "how much it slows backward)")
       ->delimiter(',');
   cmd->add_option("--profile", f->profile,
                   "measured per-layer times (fuseplan.profile/1): with --plan, the runs' compute; with --model\n"

@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "format.hpp"
 #include "progress.hpp"
+#include "verify_view.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/sim/simulator.hpp"
@@ -86,9 +87,8 @@ void run_simulate(SimulateFlags& f) {
   print_iteration_summary(r, os);
   os << "  predicted            " << ms(predicted.iteration_s) << " ms (simulated / predicted = "
      << fixed(r.iteration_s / predicted.iteration_s, 4) << ")\n";
-  if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
-    os << "  processor sharing    comm_compute_sharing " << fixed(cluster.comm_compute_sharing, 2)
-       << " (communication and backward slow each other)\n";
+  if (const std::string sharing = sharing_text(cluster, plan.gpus); !sharing.empty())
+    os << "  processor sharing    " << sharing << " (communication and backward slow each other)\n";
   if (!f.trace_path.empty())
     os << "  trace                " << f.trace_path << " (ranks 0.." << f.opt.trace_ranks - 1 << ")\n";
 }

@@ -10,6 +10,13 @@
 
 namespace fuseplan::cli {
 
+std::string sharing_text(const Cluster& c, int gpus) {
+  if (!c.sharing(gpus).any()) return "";
+  std::string s = "comm_compute_sharing " + fixed(c.comm_compute_sharing, 2);
+  if (c.allreduce_sharing) s += ", allreduce_sharing " + fixed(*c.allreduce_sharing, 2);
+  return s;
+}
+
 namespace {
 std::string rel_err(double model, double measured) {
   const double e = relative_error(model, measured);
@@ -64,9 +71,9 @@ void print_verification(std::ostream& os, const Verification& v, const Plan& pla
        << " ms (" << rel_err(v.at_speed->iteration_s, measured.iteration_s) << "), last allreduce end "
        << ms_or_dash(v.at_speed->comm_end_s) << " ms (" << rel_err(v.at_speed->comm_end_s, measured.comm_end_s)
        << ")\n";
-  if (cluster.comm_compute_sharing > 0 && plan.gpus > 1)
-    os << (v.no_sim_reason.empty() ? "\n" : "") << "  predicted with comm_compute_sharing "
-       << fixed(cluster.comm_compute_sharing, 2) << " (communication and backward slow each other)\n";
+  if (const std::string sharing = sharing_text(cluster, plan.gpus); !sharing.empty())
+    os << (v.no_sim_reason.empty() ? "\n" : "") << "  predicted with " << sharing
+       << " (communication and backward slow each other)\n";
 }
 
 nlohmann::json verification_json(const Verification& v, const std::string& plan_path, const Cluster& cluster) {

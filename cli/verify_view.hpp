@@ -25,6 +25,10 @@ struct Verification {
   std::vector<ComparisonRow> rows;
 };
 
+// "comm_compute_sharing S[, allreduce_sharing A]" where the cluster shares the processor
+// on `gpus` ranks (verify and simulate say what they predicted with), else "".
+std::string sharing_text(const Cluster& c, int gpus);
+
 // The scenario's model carries the measured profile when there is one. Simulates in an isolated
 // process (SimGrid's engine is one per process).
 Verification verify_plan(const Scenario& s, const Report& measured, bool simulate);

@@ -176,7 +176,7 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
   const std::vector<OverlapRun> runs = {run("splits:20,40"), run("per-tensor")};
   c.comm_compute_sharing = 0;
   c.dispatch_overhead_us = 0;
-  const OverlapFit both = fit_overlap(c, runs, true, true, {});
+  const OverlapFit both = fit_overlap(c, runs, {true, true}, {});
   CHECK(both.sigma == Approx(0.6).margin(0.006));
   CHECK(both.dispatch_us == Approx(250).margin(1));
   for (const auto& e : both.after) CHECK(std::abs(e.iteration) < 0.005);
@@ -185,7 +185,7 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
   CHECK_FALSE(both.dispatch_at_bound);
   // Sharing alone on the few-bucket run, dispatch kept at the cluster's.
   c.dispatch_overhead_us = 250;
-  const OverlapFit one = fit_overlap(c, {runs[0]}, true, false, {});
+  const OverlapFit one = fit_overlap(c, {runs[0]}, {true, false}, {});
   CHECK(one.sigma == Approx(0.6).margin(0.006));
   CHECK(one.dispatch_us == 250);
   CHECK(std::abs(one.after[0].iteration) < 1e-6);
@@ -199,14 +199,64 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
     r.measured.iteration_s *= 1.5;
   }
   c.comm_compute_sharing = 0;
-  const OverlapFit capped = fit_overlap(c, slower, true, false, {});
+  const OverlapFit capped = fit_overlap(c, slower, {true, false}, {});
   CHECK(capped.sigma == Approx(1));
   CHECK(capped.sigma_at_bound);
   CHECK(capped.after[0].backward < -0.2);  // what the bound leaves unexplained
   std::vector<OverlapRun> single = {runs[0]};
   single[0].plan.gpus = 1;
-  CHECK_THROWS_AS(fit_overlap(c, single, true, false, {}), InputError);
-  CHECK_THROWS_AS(fit_overlap(c, {}, true, false, {}), InputError);
+  CHECK_THROWS_AS(fit_overlap(c, single, {true, false}, {}), InputError);
+  CHECK_THROWS_AS(fit_overlap(c, {}, {true, false}, {}), InputError);
+}
+
+TEST_CASE("calibrate: how much backward slows an allreduce is recovered apart from how much it slows backward") {
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Cluster c = load_cluster("local-cpu");
+  c.comm_compute_sharing = 0.4;
+  c.allreduce_sharing = 1.5;
+  c.dispatch_overhead_us = 200;
+  auto run = [&](const std::string& spec) {
+    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32),
+                              "test"), {}};
+    CollectiveModel coll(c, 2);
+    ComputeModel compute(m, c, 16, Precision::FP32);
+    r.measured = predict(m, c, r.plan, coll, compute);
+    return r;
+  };
+  const std::vector<OverlapRun> runs = {run("splits:20,40"), run("single"), run("per-tensor")};
+  c.comm_compute_sharing = 0;
+  c.allreduce_sharing.reset();
+  c.dispatch_overhead_us = 0;
+  const OverlapFit all = fit_overlap(c, runs, {true, true, true}, {});
+  REQUIRE(all.allreduce_sharing);
+  CHECK(*all.allreduce_sharing == Approx(1.5).margin(0.01));
+  CHECK(all.sigma == Approx(0.4).margin(0.004));
+  CHECK(all.dispatch_us == Approx(200).margin(2));
+  CHECK_FALSE(all.allreduce_sharing_at_bound);
+  for (const auto& e : all.after) CHECK(std::abs(e.iteration) < 0.005);
+  // Runs whose end times are 3 % off (noise a real run has) leave the two rates near the
+  // truth, held by the buckets' durations.
+  std::vector<OverlapRun> noisy = runs;
+  for (size_t i = 0; i < noisy.size(); ++i) {
+    const double f = i % 2 ? 0.97 : 1.03;
+    noisy[i].measured.backward_s *= f;
+    noisy[i].measured.comm_end_s *= f;
+  }
+  const OverlapFit near = fit_overlap(c, noisy, {true, true, true}, {});
+  CHECK(*near.allreduce_sharing == Approx(1.5).margin(0.3));
+  // One rate for both sides stands in for the two on these runs' end times (within 0.1 %),
+  // with another sharing and dispatch: the buckets' durations tell them apart.
+  const OverlapFit one_rate = fit_overlap(c, runs, {true, true}, {});
+  CHECK_FALSE(one_rate.allreduce_sharing);
+  CHECK(std::abs(one_rate.sigma - 0.4) > 0.1);
+  // Written into the cluster with its provenance; kept (absent) where not fitted.
+  Cluster written = c;
+  apply_overlap_fit(written, all, {true, true, true}, "runs");
+  CHECK(written.allreduce_sharing == all.allreduce_sharing);
+  CHECK(written.provenance.count("allreduce_sharing") == 1);
+  Cluster kept = c;
+  apply_overlap_fit(kept, one_rate, {true, true}, "runs");
+  CHECK_FALSE(kept.allreduce_sharing);
 }
 
 TEST_CASE("calibrate: calibrate_communication writes the fits into the cluster, held out and judged") {

@@ -73,9 +73,12 @@ const MessageTiming& message(const PipelineResult& r, int partition, MessageTimi
 TEST_CASE("pipeline: a barrier, FIFO allreduce of tensor-aligned buckets is the predictor's iteration") {
   std::mt19937_64 rng(20261204);
   int checked = 0;
-  // local-cpu: processor sharing (comm_compute_sharing 0.83), as the predictor's shared schedule.
-  for (const char* cname : {"tencent-p40", "p100-horovod", "dgx-a100", "p100-bigbasin", "local-cpu"}) {
-    const Cluster c = load_cluster(cname);
+  // local-cpu: processor sharing (comm_compute_sharing 0.83), as the predictor's shared
+  // schedule; "local-cpu*" with the allreduces slowed apart (allreduce_sharing 2).
+  for (const char* cname : {"tencent-p40", "p100-horovod", "dgx-a100", "p100-bigbasin", "local-cpu", "local-cpu*"}) {
+    const bool apart = std::string(cname) == "local-cpu*";
+    Cluster c = load_cluster(apart ? "local-cpu" : cname);
+    if (apart) c.allreduce_sharing = 2;
     for (int gpus : {2, 8, 64, 256}) {
       if (gpus > c.capacity()) continue;
       for (int which = 0; which < 2; ++which) {

@@ -464,6 +464,39 @@ TEST_CASE("processor sharing: hand-checked stretch of backward and communication
   CHECK(lat.comm_end_s == Approx(0.016));
 }
 
+TEST_CASE("processor sharing: each side's rate apart (allreduce_sharing) hand-checked") {
+  // The steps and buckets of the case above.
+  const std::vector<double> steps{0.004, 0.006};
+  const std::vector<SharedBucket> bs{{0, 0, 0, 0.004, 0}, {1, 0, 0, 0.001, 0}};
+  // Backward unslowed, the allreduce at half rate while it runs: backward ends at 10 ms;
+  // by then the allreduce has done 3 of its 4 ms, the last at full rate: 11; bucket 1 at 12.
+  SharedTiming comm = schedule_shared(steps, bs, ProcessorSharing{0, 1});
+  CHECK(comm.backward_end_s == Approx(0.010));
+  CHECK(comm.buckets[0].end_s == Approx(0.011));
+  CHECK(comm.buckets[1].start_s == Approx(0.011));
+  CHECK(comm.comm_end_s == Approx(0.012));
+  // The other way round: the allreduce at full rate ends at 8 ms, backward at half rate
+  // meanwhile (2 of its 6 ms done), then alone: 12; bucket 1 at 13.
+  SharedTiming compute = schedule_shared(steps, bs, ProcessorSharing{1, 0});
+  CHECK(compute.buckets[0].end_s == Approx(0.008));
+  CHECK(compute.backward_end_s == Approx(0.012));
+  CHECK(compute.comm_end_s == Approx(0.013));
+  // An allreduce at a quarter of its rate (allreduce_sharing 3) while backward runs at
+  // half: from 4 ms, backward's 6 ms take 12 (to 16 ms) while the allreduce does 3 of its
+  // 4 ms; its last ms alone: 17; bucket 1 at 18.
+  SharedTiming both = schedule_shared(steps, bs, ProcessorSharing{1, 3});
+  CHECK(both.backward_end_s == Approx(0.016));
+  CHECK(both.buckets[0].end_s == Approx(0.017));
+  CHECK(both.comm_end_s == Approx(0.018));
+  // The predictor takes them from the cluster: absent, the allreduces follow the sharing.
+  Cluster c = load_cluster("local-cpu");
+  CHECK(c.sharing(2).comm == c.comm_compute_sharing);
+  c.allreduce_sharing = 2;
+  CHECK(c.sharing(2).compute == c.comm_compute_sharing);
+  CHECK(c.sharing(2).comm == 2);
+  CHECK_FALSE(c.sharing(1).any());  // one rank shares nothing
+}
+
 TEST_CASE("processor sharing: sigma 0 is the free-overlap predictor, sigma > 0 stretches backward") {
   Model m = toy();
   Cluster c = toy_cluster(1.0, 0);
@@ -509,6 +542,18 @@ TEST_CASE("processor sharing: the cluster key is validated and written back") {
   for (double bad : {-0.1, 1.5}) {
     j["comm_compute_sharing"] = bad;
     CHECK_THROWS_AS(cluster_from_json(j, "t"), InputError);
+  }
+  j["comm_compute_sharing"] = 0.25;
+  CHECK_FALSE(cluster_from_json(j, "t").allreduce_sharing);
+  CHECK_FALSE(cluster_to_json(cluster_from_json(j, "t")).contains("allreduce_sharing"));
+  for (double fine : {0.0, 1.5, 10.0}) {
+    j["allreduce_sharing"] = fine;
+    CHECK(cluster_from_json(j, "t").allreduce_sharing == fine);
+    CHECK(cluster_to_json(cluster_from_json(j, "t"))["allreduce_sharing"] == fine);
+  }
+  for (double bad : {-0.1, 10.5}) {
+    j["allreduce_sharing"] = bad;
+    CHECK_THROWS_WITH(cluster_from_json(j, "t"), Catch::Contains("allreduce_sharing"));
   }
 }
 

@@ -297,7 +297,26 @@ std::vector<Sweep> load_sweep(const std::string& path) {
   return out;
 }
 
-OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, bool fit_sigma, bool fit_dispatch,
+namespace {
+// The mean squared error of each bucket's allreduce duration (end - start), relative to the
+// run's last allreduce end: what an allreduce loses while backward runs shows in the
+// buckets that overlap it, where the run's two end times alone let one sharing rate stand
+// in for two.
+double bucket_duration_error(const Report& predicted, const Report& measured) {
+  const size_t n = std::min(predicted.buckets.size(), measured.buckets.size());
+  if (n == 0) return 0;
+  double sq = 0;
+  for (size_t b = 0; b < n; ++b) {
+    const auto& p = predicted.buckets[b];
+    const auto& m = measured.buckets[b];
+    const double e = ((p.end_s - p.start_s) - (m.end_s - m.start_s)) / measured.comm_end_s;
+    sq += e * e;
+  }
+  return sq / double(n);
+}
+}  // namespace
+
+OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, OverlapTargets fit_what,
                        const CollectiveOptions& coll_opt) {
   if (runs.empty()) throw InputError("calibrate: no measured run to fit");
   std::vector<ComputeModel> compute;
@@ -309,11 +328,18 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
     check_gpu_count(cluster, run.plan.gpus, field("plan"));
     compute.emplace_back(run.model, cluster, run.plan.batch_per_gpu, run.plan.compute);
   }
-  // The squared errors at (sigma, dispatch); the per-run errors into `errs` if given.
-  auto evaluate = [&](double sigma, double dispatch_us, std::vector<OverlapFit::Errors>* errs) {
+  // A point of the search: sharing, allreduce sharing (none: it follows the sharing),
+  // dispatch overhead.
+  struct Point {
+    double sigma, dispatch;
+    std::optional<double> comm;
+  };
+  // The squared errors at a point; the per-run errors into `errs` if given.
+  auto evaluate = [&](const Point& p, std::vector<OverlapFit::Errors>* errs) {
     Cluster c = cluster;
-    c.comm_compute_sharing = sigma;
-    c.dispatch_overhead_us = dispatch_us;
+    c.comm_compute_sharing = p.sigma;
+    c.allreduce_sharing = p.comm;
+    c.dispatch_overhead_us = p.dispatch;
     double sq = 0;
     for (size_t i = 0; i < runs.size(); ++i) {
       const OverlapRun& run = runs[i];
@@ -322,39 +348,62 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
       const ReportErrors x = report_errors(r, run.measured);  // measured times are > 0 (checked above)
       const OverlapFit::Errors e{x.backward, x.comm_end, x.iteration};
       sq += e.backward * e.backward + e.comm_end * e.comm_end;
+      if (fit_what.allreduce_sharing) sq += bucket_duration_error(r, run.measured);
       if (errs) errs->push_back(e);
     }
     return sq;
   };
   constexpr double kMaxDispatchUs = 2000;
-  double best_sigma = cluster.comm_compute_sharing, best_dispatch = cluster.dispatch_overhead_us;
+  const double kMaxComm = kMaxFittedAllreduceSharing;
+  Point best{cluster.comm_compute_sharing, cluster.dispatch_overhead_us, cluster.allreduce_sharing};
   double best_sq = std::numeric_limits<double>::infinity();
-  // Grid over [lo, hi] by step per fitted value (the cluster's value otherwise).
-  auto search = [&](double s_lo, double s_hi, double s_step, double d_lo, double d_hi, double d_step) {
-    const int ns = fit_sigma ? int(std::lround((s_hi - s_lo) / s_step)) : 0;
-    const int nd = fit_dispatch ? int(std::lround((d_hi - d_lo) / d_step)) : 0;
-    const double s0 = best_sigma, d0 = best_dispatch;
-    for (int i = 0; i <= ns; ++i)
-      for (int k = 0; k <= nd; ++k) {
-        const double sigma = fit_sigma ? s_lo + i * s_step : s0, dispatch = fit_dispatch ? d_lo + k * d_step : d0;
-        const double sq = evaluate(sigma, dispatch, nullptr);
-        if (sq < best_sq) {
-          best_sq = sq;
-          best_sigma = sigma;
-          best_dispatch = dispatch;
-        }
-      }
+  // One axis of the grid: from lo to hi by step where fitted, the best value so far else.
+  struct Axis {
+    double lo, hi, step;
   };
-  search(0, 1, 0.05, 0, kMaxDispatchUs, 20);
-  search(std::max(0.0, best_sigma - 0.05), std::min(1.0, best_sigma + 0.05), 0.005, std::max(0.0, best_dispatch - 20),
-         std::min(kMaxDispatchUs, best_dispatch + 20), 0.5);
+  auto values = [](bool fitted, Axis a, double kept) {
+    std::vector<double> v;
+    if (!fitted) return std::vector<double>{kept};
+    const int n = int(std::lround((a.hi - a.lo) / a.step));
+    for (int i = 0; i <= n; ++i) v.push_back(a.lo + i * a.step);
+    return v;
+  };
+  auto search = [&](Axis sigma, Axis comm, Axis dispatch) {
+    const Point at = best;
+    for (double s : values(fit_what.sharing, sigma, at.sigma))
+      for (double k : values(fit_what.allreduce_sharing, comm, at.comm.value_or(0)))
+        for (double d : values(fit_what.dispatch, dispatch, at.dispatch)) {
+          const Point p{s, d, fit_what.allreduce_sharing ? std::optional<double>(k) : at.comm};
+          const double sq = evaluate(p, nullptr);
+          if (sq < best_sq) {
+            best_sq = sq;
+            best = p;
+          }
+        }
+  };
+  // Around the best point so far: +-width, by step, within [0, hi].
+  auto around = [&](double v, double width, double step, double hi) {
+    return Axis{std::max(0.0, v - width), std::min(hi, v + width), step};
+  };
+  if (!fit_what.allreduce_sharing) {
+    search({0, 1, 0.05}, {}, {0, kMaxDispatchUs, 20});
+    search(around(best.sigma, 0.05, 0.005, 1), {}, around(best.dispatch, 20, 0.5, kMaxDispatchUs));
+  } else {
+    search({0, 1, 0.05}, {0, kMaxComm, 0.25}, {0, kMaxDispatchUs, 100});
+    search(around(best.sigma, 0.05, 0.01, 1), around(best.comm.value_or(0), 0.25, 0.025, kMaxComm),
+           around(best.dispatch, 100, 10, kMaxDispatchUs));
+    search(around(best.sigma, 0.01, 0.002, 1), around(best.comm.value_or(0), 0.025, 0.005, kMaxComm),
+           around(best.dispatch, 10, 1, kMaxDispatchUs));
+  }
   OverlapFit fit;
-  fit.sigma = best_sigma;
-  fit.dispatch_us = best_dispatch;
-  fit.dispatch_at_bound = fit_dispatch && best_dispatch >= kMaxDispatchUs;
-  fit.sigma_at_bound = fit_sigma && best_sigma >= 1 - 1e-9;
-  evaluate(cluster.comm_compute_sharing, cluster.dispatch_overhead_us, &fit.before);
-  evaluate(best_sigma, best_dispatch, &fit.after);
+  fit.sigma = best.sigma;
+  fit.dispatch_us = best.dispatch;
+  fit.allreduce_sharing = best.comm;
+  fit.dispatch_at_bound = fit_what.dispatch && best.dispatch >= kMaxDispatchUs;
+  fit.sigma_at_bound = fit_what.sharing && best.sigma >= 1 - 1e-9;
+  fit.allreduce_sharing_at_bound = fit_what.allreduce_sharing && best.comm.value_or(0) >= kMaxComm - 1e-9;
+  evaluate({cluster.comm_compute_sharing, cluster.dispatch_overhead_us, cluster.allreduce_sharing}, &fit.before);
+  evaluate(best, &fit.after);
   return fit;
 }
 
@@ -416,14 +465,16 @@ std::vector<CommCalibration> calibrate_communication(Cluster& cluster, const std
   return out;
 }
 
-void apply_overlap_fit(Cluster& c, const OverlapFit& fit, bool fit_sigma, bool fit_dispatch, const std::string& sources) {
+void apply_overlap_fit(Cluster& c, const OverlapFit& fit, OverlapTargets fitted, const std::string& sources) {
   const std::string provenance = "fuseplan calibrate: fitted to " + sources;
   c.comm_compute_sharing = fit.sigma;
   c.dispatch_overhead_us = fit.dispatch_us;
-  if (fit_sigma) c.provenance.erase("comm_compute_sharing");
-  if (fit_sigma && fit.sigma > 0) c.provenance["comm_compute_sharing"] = provenance;
-  if (fit_dispatch) c.provenance.erase("dispatch_overhead_us");
-  if (fit_dispatch && fit.dispatch_us > 0) c.provenance["dispatch_overhead_us"] = provenance;
+  c.allreduce_sharing = fit.allreduce_sharing;
+  if (fitted.sharing) c.provenance.erase("comm_compute_sharing");
+  if (fitted.sharing && fit.sigma > 0) c.provenance["comm_compute_sharing"] = provenance;
+  if (fitted.dispatch) c.provenance.erase("dispatch_overhead_us");
+  if (fitted.dispatch && fit.dispatch_us > 0) c.provenance["dispatch_overhead_us"] = provenance;
+  if (fitted.allreduce_sharing) c.provenance["allreduce_sharing"] = provenance;  // 0 is written too
 }
 
 std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m, int batch, Precision p) {

@@ -147,7 +147,7 @@ class Pipeline {
         bwd_s_(pm.backward_steps(s)) {
     L_ = pm.compute().layers().size();
     P_ = parts_.size();
-    sigma_ = pm.gpus() > 1 ? pm.cluster().comm_compute_sharing : 0;
+    sigma_ = pm.cluster().sharing(pm.gpus());
     rsag_ = s.exchange == Exchange::ReduceScatterAllgather;
     step_parts_.resize(L_);
     for (size_t i = 0; i < P_; ++i) step_parts_.at(size_t(parts_[i].ready_step)).push_back(i);
@@ -242,9 +242,9 @@ class Pipeline {
   bool busy_ = false;
   double launched_ = 0;   // the latest ready time of a partition released so far
   double work_left_ = 0;  // the running op's work, in seconds at full speed
-  // Processor sharing (Cluster::comm_compute_sharing): while k messages are in flight the
-  // compute stream runs at 1 / (1 + sigma k), and messages at 1 / (1 + sigma) while it runs.
-  double sigma_ = 0;
+  // Processor sharing (Cluster::sharing): while k messages are in flight the compute stream
+  // runs at 1 / (1 + sigma.compute k), and messages at 1 / (1 + sigma.comm) while it runs.
+  ProcessorSharing sigma_;
 
   // The channel.
   struct InFlight {
@@ -402,8 +402,8 @@ PipelineResult Pipeline::run(bool with_messages) {
     start_messages(now);
     int in_bw = 0;
     for (const auto& f : flight_) in_bw += f.in_bw;
-    const double compute_rate = 1 / (1 + sigma_ * double(flight_.size()));
-    const double comm_rate = busy_ ? 1 / (1 + sigma_) : 1.0;
+    const double compute_rate = 1 / (1 + sigma_.compute * double(flight_.size()));
+    const double comm_rate = busy_ ? 1 / (1 + sigma_.comm) : 1.0;
     double dt = kInf;
     if (busy_) dt = work_left_ / compute_rate;
     else if (const double g = gate(); g < kInf) dt = g - now;

@@ -137,7 +137,7 @@ class StreamSet {
 
 }  // namespace
 
-SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, double sigma,
+SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, ProcessorSharing sigma,
                              double cycle_s) {
   const size_t n = bs.size(), L = step_s.size();
   constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -164,8 +164,8 @@ SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vecto
     }
     streams.start(now, ready);
     const bool computing = step < L;
-    const double comp_rate = 1 / (1 + sigma * streams.active());
-    const double comm_rate = computing ? 1 / (1 + sigma) : 1.0;
+    const double comp_rate = 1 / (1 + sigma.compute * streams.active());
+    const double comm_rate = computing ? 1 / (1 + sigma.comm) : 1.0;
     double dt = std::min(computing ? comp_rem / comp_rate : kInf, streams.next_event(now, comm_rate, ready));
     if (!(dt < kInf)) break;  // unreachable: every bucket follows some step
     dt = std::max(dt, 0.0);
@@ -263,7 +263,8 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   const std::vector<double> steps_s = backward_steps_s(model, compute, cluster, plan);
   const auto ready_pos = gradient_ready_times(model, steps_s);
   const auto ready_step = gradient_ready_steps(model);
-  const bool shared = cluster.comm_compute_sharing > 0 && plan.gpus > 1;
+  const ProcessorSharing sharing = cluster.sharing(plan.gpus);
+  const bool shared = sharing.any();
   std::vector<double> ready, lat, bw;
   std::vector<int> stream;
   std::vector<SharedBucket> shared_buckets;
@@ -306,7 +307,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   std::vector<double> step_end = steps_s;
   std::vector<BucketTiming> timing;
   if (shared) {
-    SharedTiming st = schedule_shared(step_end, shared_buckets, cluster.comm_compute_sharing, plan.cycle_s);
+    SharedTiming st = schedule_shared(step_end, shared_buckets, sharing, plan.cycle_s);
     timing = std::move(st.buckets);
     step_end = std::move(st.step_end_s);
     r.backward_s = st.backward_end_s;

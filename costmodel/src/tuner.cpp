@@ -389,7 +389,7 @@ std::vector<int> mgwfbp(const std::vector<double>& ready, BucketCoster& cost) {
   return starts;
 }
 
-// With processor sharing (Cluster::comm_compute_sharing > 0) communication stretches
+// With processor sharing (Cluster::sharing) communication stretches
 // backward, so a bucket's ready time depends on the allreduces before it and the dynamic
 // program's objective (free overlap) is only a lower bound. The search then refines its
 // partition by hill climbing on the predictor's own schedule (schedule_shared): move a
@@ -398,7 +398,7 @@ std::vector<int> mgwfbp(const std::vector<double>& ready, BucketCoster& cost) {
 // given and one bucket.
 class SharedSearch {
  public:
-  SharedSearch(BucketCoster& cost, const Model& m, std::vector<double> steps_s, double sigma, int streams)
+  SharedSearch(BucketCoster& cost, const Model& m, std::vector<double> steps_s, ProcessorSharing sigma, int streams)
       : cost_(cost), steps_(std::move(steps_s)), ready_step_(gradient_ready_steps(m)), sigma_(sigma),
         streams_(streams) {}
 
@@ -476,7 +476,7 @@ class SharedSearch {
   BucketCoster& cost_;
   std::vector<double> steps_;
   std::vector<int> ready_step_;
-  double sigma_;
+  ProcessorSharing sigma_;
   int streams_;
 };
 
@@ -566,8 +566,8 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
     case Strategy::Mgwfbp: starts = mgwfbp(ready, cost); break;
   }
   const bool searched = opt.strategy == Strategy::Optimal || opt.strategy == Strategy::KSplit;
-  if (searched && cluster_.comm_compute_sharing > 0 && gpus_ > 1) {
-    SharedSearch shared(cost, model_, steps, cluster_.comm_compute_sharing, opt.streams);
+  if (searched && cluster_.sharing(gpus_).any()) {
+    SharedSearch shared(cost, model_, steps, cluster_.sharing(gpus_), opt.streams);
     starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
   }
   evaluations = cost.evaluations;

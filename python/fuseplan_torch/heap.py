@@ -5,15 +5,17 @@ A CPU training step frees and allocates tens of megabytes: every activation, eve
 gradient. glibc's malloc gives memory back to the system when the free space at the top of
 its heap passes its trim threshold, and serves blocks above its mmap threshold with mmap
 and munmap; both thresholds adapt as the program runs. Memory given back is taken again
-in minor page faults, each a zeroed 4 KiB page. On this project's 2-core machine that was
-13,700 faults per ResNet-18 step (batch 16, 32x32), and 1.5-4x the step of torch's own DDP,
-depending on what the heap had seen before (docs/results/2026-12-05-pytorch-heap.md). It
-makes the steps of one job differ from another's for reasons that are not the plan.
+in minor page faults, each a zeroed 4 KiB page. On this project's 2-core machine torch's
+own DDP paid 4,600 of them per ResNet-18 step (batch 16, 32x32) and took 2.3 times as long
+as with the heap kept, and how many a trainer pays depends on what its process allocated
+before (docs/results/2026-12-05-pytorch-heap.md): the steps of one job differ from
+another's for reasons that are not the plan.
 
-`keep_heap()` sets both thresholds once, as PyTorch's CPU performance guidance does by
-preloading jemalloc or tcmalloc, without a library that Debian's python3-torch does not
-bring: the trim threshold to 2 GiB (freed memory stays in the heap) and the mmap
-threshold to 32 MiB (glibc's largest; blocks up to it come from the heap and stay).
+`keep_heap()` sets both thresholds once: the trim threshold to 2 GiB (freed memory stays
+in the heap) and the mmap threshold to 32 MiB (glibc's largest; blocks up to it come from
+the heap and stay). PyTorch's Performance Tuning Guide preloads jemalloc or TCMalloc for
+the same reason ("CPU specific optimizations", pytorch/tutorials#1512); this stays within
+glibc, without a library that Debian's python3-torch does not bring.
 fuseplan_torch's own jobs (`run`, `sweep`, `export --profile`, the benches) call it in
 every process unless told `--heap trim`. A GPU job's tensors live in CUDA's caching
 allocator, which keeps freed memory anyway.

@@ -36,9 +36,9 @@ struct RankState {
   int64_t ready = 0;
   std::vector<double> bucket_ready_at;  // [iteration * buckets + b]
   std::vector<int> streams_done;        // [iteration]
-  // Processor sharing (Cluster::comm_compute_sharing > 0): whether the compute actor is
-  // working, which streams run an allreduce, and per stream the service its allreduce has
-  // had (time at rate 1 / (1 + sigma) while computing, 1 otherwise) since `since`.
+  // Processor sharing (Cluster::sharing): whether the compute actor is working, which
+  // streams run an allreduce, and per stream the service its allreduce has had (time at
+  // rate 1 / (1 + sigma.comm) while computing, 1 otherwise) since `since`.
   bool computing = false;
   std::vector<double> service, since;
   std::vector<bool> active;
@@ -46,10 +46,10 @@ struct RankState {
   int comm_active() const { return static_cast<int>(std::count(active.begin(), active.end(), true)); }
 
   // Brings every running allreduce's service up to `now` (before `computing` changes).
-  void accrue(double now, double sigma) {
+  void accrue(double now, double comm_sigma) {
     for (size_t st = 0; st < active.size(); ++st)
       if (active[st]) {
-        service[st] += (now - since[st]) * (computing ? 1 / (1 + sigma) : 1.0);
+        service[st] += (now - since[st]) * (computing ? 1 / (1 + comm_sigma) : 1.0);
         since[st] = now;
       }
   }
@@ -136,10 +136,10 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     s.active.assign(stream_count, false);
   }
   // Processor sharing as the predictor models it (schedule_shared): while k allreduces
-  // run, computation proceeds at 1 / (1 + sigma k); an allreduce's messages move at the
-  // network's speed, and the allreduce then holds its stream until its service (rate
-  // 1 / (1 + sigma) while the rank computes) has caught up with the time its messages took.
-  const double sigma = P > 1 ? c.comm_compute_sharing : 0;
+  // run, computation proceeds at 1 / (1 + sigma.compute k); an allreduce's messages move at
+  // the network's speed, and the allreduce then holds its stream until its service (rate
+  // 1 / (1 + sigma.comm) while the rank computes) has caught up with the time its messages took.
+  const ProcessorSharing sigma = c.sharing(P);
   std::vector<double> slow(P, 1.0);
   for (const auto& [rank, factor] : opt.stragglers) slow[rank] *= factor;
   std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0);
@@ -160,19 +160,19 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
       auto work = [&](double nominal, const std::string& name, const char* cat) {
         double f = slow[r] * (opt.jitter > 0 ? std::max(0.1, 1 + noise(rng)) : 1.0);
         double t0 = sg4::Engine::get_clock();
-        if (sigma == 0) {
+        if (!sigma.any()) {
           sg4::this_actor::sleep_for(nominal * f);
         } else {
           RankState& s = state[r];
           std::unique_lock lock(*s.mutex);
-          s.accrue(t0, sigma);
+          s.accrue(t0, sigma.comm);
           s.computing = true;
           for (double left = nominal * f; left > 1e-12 * std::max(1.0, sg4::Engine::get_clock());) {
-            const double rate = 1 / (1 + sigma * s.comm_active()), from = sg4::Engine::get_clock();
+            const double rate = 1 / (1 + sigma.compute * s.comm_active()), from = sg4::Engine::get_clock();
             s.cv->wait_until(lock, from + left / rate);  // or earlier, when an allreduce starts or ends
             left -= (sg4::Engine::get_clock() - from) * rate;
           }
-          s.accrue(sg4::Engine::get_clock(), sigma);
+          s.accrue(sg4::Engine::get_clock(), sigma.comm);
           s.computing = false;
           s.cv->notify_all();
         }
@@ -231,9 +231,9 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
             double ready = bwd + next_tick(s.bucket_ready_at[size_t(it) * B + b] + run.pack_s - bwd, plan.cycle_s);
             if (sg4::Engine::get_clock() < ready) sg4::this_actor::sleep_until(ready);
             double start = sg4::Engine::get_clock();
-            if (sigma > 0) {
+            if (sigma.any()) {
               std::unique_lock lock(*s.mutex);
-              s.accrue(start, sigma);
+              s.accrue(start, sigma.comm);
               s.active[st] = true;
               s.service[st] = 0;
               s.since[st] = start;
@@ -243,15 +243,15 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
               sg4::this_actor::sleep_for(run.launch_s);
               run_rounds(run.schedule, run.index, r, run.elem_bytes, run.wire, st, boxes, &steps);
             }
-            if (sigma > 0) {
+            if (sigma.any()) {
               std::unique_lock lock(*s.mutex);
               const double needed = sg4::Engine::get_clock() - start;
               for (;;) {
                 const double now = sg4::Engine::get_clock();
-                s.accrue(now, sigma);
+                s.accrue(now, sigma.comm);
                 const double owed = needed - s.service[st];
                 if (owed <= 1e-12 * std::max(1.0, now)) break;
-                s.cv->wait_until(lock, now + owed * (s.computing ? 1 + sigma : 1.0));
+                s.cv->wait_until(lock, now + owed * (s.computing ? 1 + sigma.comm : 1.0));
               }
               s.active[st] = false;
               s.cv->notify_all();

@@ -147,22 +147,22 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   std::vector<double> rank0_start(messages, 0), fwd_start(size_t(N) * L, 0), bwd_start(size_t(N), 0), bwd_end(size_t(N), 0);
   std::vector<double> iteration_start, launched(size_t(P), 0);
   std::vector<TimelineEvent> events;
-  // Processor sharing as the pipeline model has it (Cluster::comm_compute_sharing sigma):
-  // while k of a rank's messages run its computation proceeds at 1 / (1 + sigma k); a
+  // Processor sharing as the pipeline model has it (Cluster::sharing, sigma): while k of a
+  // rank's messages run its computation proceeds at 1 / (1 + sigma.compute k); a
   // message's rounds move at the network's speed, and the message then holds its slot
-  // until its service (rate 1 / (1 + sigma) while the rank computes) has caught up with
+  // until its service (rate 1 / (1 + sigma.comm) while the rank computes) has caught up with
   // the time its rounds took. Per rank: whether it computes, and per slot the running
   // message's service since `since` (all under the one lock).
-  const double sigma = P > 1 ? c.comm_compute_sharing : 0;
+  const ProcessorSharing sigma = c.sharing(P);
   struct Sharing {
     bool computing = false;
     std::vector<bool> active;
     std::vector<double> service, since;
     int comm_active() const { return int(std::count(active.begin(), active.end(), true)); }
-    void accrue(double now, double sigma) {  // before `computing` or `active` changes
+    void accrue(double now, double comm_sigma) {  // before `computing` or `active` changes
       for (size_t k = 0; k < active.size(); ++k)
         if (active[k]) {
-          service[k] += (now - since[k]) * (computing ? 1 / (1 + sigma) : 1.0);
+          service[k] += (now - since[k]) * (computing ? 1 / (1 + comm_sigma) : 1.0);
           since[k] = now;
         }
     }
@@ -196,19 +196,19 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
     sg4::Actor::create(std::string("compute").append(std::to_string(r)), plat.hosts[size_t(r)], [&, r] {
       auto work = [&](double d, const std::string& name, const char* cat, int it) {
         const double t0 = sg4::Engine::get_clock();
-        if (sigma == 0) {
+        if (!sigma.any()) {
           sg4::this_actor::sleep_for(d);
         } else {
           Sharing& sh = sharing[size_t(r)];
           std::unique_lock lock(*mutex);
-          sh.accrue(t0, sigma);
+          sh.accrue(t0, sigma.comm);
           sh.computing = true;
           for (double left = d; left > 1e-12 * std::max(1.0, sg4::Engine::get_clock());) {
-            const double rate = 1 / (1 + sigma * sh.comm_active()), from = sg4::Engine::get_clock();
+            const double rate = 1 / (1 + sigma.compute * sh.comm_active()), from = sg4::Engine::get_clock();
             cv->wait_until(lock, from + left / rate);  // or earlier, when a message starts or ends
             left -= (sg4::Engine::get_clock() - from) * rate;
           }
-          sh.accrue(sg4::Engine::get_clock(), sigma);
+          sh.accrue(sg4::Engine::get_clock(), sigma.comm);
           sh.computing = false;
           cv->notify_all();
         }
@@ -324,9 +324,9 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           const double start = sg4::Engine::get_clock();
           if (r == 0) rank0_start[msg] = start;
           Sharing& sh = sharing[size_t(r)];
-          if (sigma > 0) {
+          if (sigma.any()) {
             std::unique_lock lock(*mutex);
-            sh.accrue(start, sigma);
+            sh.accrue(start, sigma.comm);
             sh.active[size_t(slot)] = true;
             sh.service[size_t(slot)] = 0;
             sh.since[size_t(slot)] = start;
@@ -337,15 +337,15 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
             run_rounds(second ? part.second : part.first, second ? part.second_index : part.first_index, r,
                        part.elem_bytes, part.wire, slot, boxes, &steps);
           }
-          if (sigma > 0) {
+          if (sigma.any()) {
             std::unique_lock lock(*mutex);
             const double needed = sg4::Engine::get_clock() - start;
             for (;;) {
               const double now = sg4::Engine::get_clock();
-              sh.accrue(now, sigma);
+              sh.accrue(now, sigma.comm);
               const double owed = needed - sh.service[size_t(slot)];
               if (owed <= 1e-12 * std::max(1.0, now)) break;
-              cv->wait_until(lock, now + owed * (sh.computing ? 1 + sigma : 1.0));
+              cv->wait_until(lock, now + owed * (sh.computing ? 1 + sigma.comm : 1.0));
             }
             sh.active[size_t(slot)] = false;
             cv->notify_all();

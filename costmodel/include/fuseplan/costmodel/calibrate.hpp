@@ -111,19 +111,31 @@ Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, 
 
 // What a plan's run adds to the sweep's communication model, fitted to measured runs of
 // plans whose allreduces overlap backward: the processor sharing between backward and
-// communication (Cluster::comm_compute_sharing) and the per-bucket dispatch overhead
-// (Cluster::dispatch_overhead_us). Least squares of the relative errors of the
+// communication (Cluster::comm_compute_sharing), optionally how much backward slows an
+// allreduce apart from it (Cluster::allreduce_sharing), and the per-bucket dispatch
+// overhead (Cluster::dispatch_overhead_us). Least squares of the relative errors of the
 // predictor's backward end and last allreduce end over every run, on a grid (sigma 0..1
 // by 0.05, dispatch 0..2000 us by 20 us) refined around its best point (by 0.005 and
-// 0.5 us); the lowest of equal minima. A value not fitted keeps the cluster's. Two runs
-// with different bucket counts tell the two apart (one alone fits both badly).
+// 0.5 us); the lowest of equal minima. With allreduce_sharing (0..4) the grid has three
+// dimensions and is refined twice (0.25, 0.025 then 0.005; dispatch by 100, 10 then 1
+// us), and each bucket's allreduce duration joins the targets (mean squared error
+// relative to the run's last allreduce end): the two end times alone let one rate stand
+// in for two unless they differ several times over. A value not fitted keeps the
+// cluster's. Two runs with different bucket counts tell sharing and dispatch apart (one
+// alone fits both badly); the allreduce sharing wants runs whose allreduces overlap
+// backward to different extents (one bucket, which overlaps nothing, among them).
 struct OverlapRun {
   Model model;    // with the measured per-layer profile
   Plan plan;      // validated against `model`
   Report measured;
 };
+struct OverlapTargets {  // which values fit_overlap fits
+  bool sharing = false, dispatch = false, allreduce_sharing = false;
+};
+inline constexpr double kMaxFittedAllreduceSharing = 4;
 struct OverlapFit {
   double sigma = 0, dispatch_us = 0;
+  std::optional<double> allreduce_sharing;  // the cluster's where not fitted
   struct Errors {
     double backward = 0, comm_end = 0, iteration = 0;  // signed, relative
   };
@@ -132,14 +144,14 @@ struct OverlapFit {
   // The sharing ended at its bound 1 (two threads sharing one core evenly): the runs may
   // slow backward more than the model can express, which their errors after the fit show.
   bool sigma_at_bound = false;
+  bool allreduce_sharing_at_bound = false;  // the fit wanted more than kMaxFittedAllreduceSharing
 };
-OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, bool fit_sigma, bool fit_dispatch,
+OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, OverlapTargets fit,
                        const CollectiveOptions& coll_opt);
 
 // Writes an overlap fit into the cluster: the fitted values with provenance naming
 // `sources` (a value of 0 is not written, so no provenance points at it).
-void apply_overlap_fit(Cluster& cluster, const OverlapFit& fit, bool fit_sigma, bool fit_dispatch,
-                       const std::string& sources);
+void apply_overlap_fit(Cluster& cluster, const OverlapFit& fit, OverlapTargets fitted, const std::string& sources);
 
 // Per layer class, the efficiency that makes the roofline reproduce measured layer times
 // (a profile applied to `m`, measured at `batch` and precision `p`): for each class with

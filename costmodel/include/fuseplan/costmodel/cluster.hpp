@@ -132,6 +132,17 @@ struct Calibration {
 // next one gets cheaper, which a blend of the two smears over the whole gap.
 Calibration calibration_at(const std::vector<Calibration>& segments, double bytes, bool cheaper_line = false);
 
+// Processor sharing's two rates (DESIGN.md "The overlap model"): while k allreduces run,
+// backward proceeds at 1 / (1 + compute k); while backward runs, each allreduce at
+// 1 / (1 + comm). One number is one shared processor: both sides alike.
+struct ProcessorSharing {
+  double compute = 0, comm = 0;
+  ProcessorSharing() = default;
+  ProcessorSharing(double both) : compute(both), comm(both) {}  // NOLINT: implicit, one processor
+  ProcessorSharing(double compute_, double comm_) : compute(compute_), comm(comm_) {}
+  bool any() const { return compute > 0 || comm > 0; }
+};
+
 struct Cluster {
   std::string name, description, source;  // source = file path or "builtin"
   int nodes = 1, gpus_per_node = 1;
@@ -150,6 +161,12 @@ struct Cluster {
   // allreduce and backward share one processor equally (CPU ranks whose communication
   // is memory copies and additions by the same core).
   double comm_compute_sharing = 0;
+  // How much a running backward slows each allreduce, where that differs from how much the
+  // allreduces slow backward: an allreduce runs at 1 / (1 + allreduce_sharing) while
+  // backward computes (absent: comm_compute_sharing, both sides of one shared processor).
+  // A collective of several ranks moves only as fast as its slowest rank's share of a
+  // core, so on CPU ranks it can lose more than backward does.
+  std::optional<double> allreduce_sharing;
   // Per bucket, what a training step adds to each allreduce beyond what a back-to-back
   // sweep measures: the executor handing the ready bucket to its communication stream and
   // waking up for each round of messages (a CPU thread sharing a core). Fitted to plan
@@ -159,6 +176,11 @@ struct Cluster {
   std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
 
   int capacity() const { return nodes * gpus_per_node; }
+  // The processor sharing of a job on `gpus` ranks (none on one rank: nothing to share).
+  ProcessorSharing sharing(int gpus) const {
+    if (gpus < 2) return {};
+    return {comm_compute_sharing, allreduce_sharing.value_or(comm_compute_sharing)};
+  }
   double peak_flops(Precision p) const;  // FLOP/s; InputError if the device lacks it
   // Seconds per byte reduced: three memory passes (two reads, one write) per byte.
   double gamma_s_per_byte() const;
@@ -176,6 +198,7 @@ std::string config_dir();
 // The largest job any command is asked about (GPUs, ranks): 2^20, a thousand times the
 // largest published data-parallel runs; past it, per-GPU tables would not fit memory.
 inline constexpr int kMaxGpus = 1 << 20;
+inline constexpr double kMaxAllreduceSharing = 10;  // Cluster::allreduce_sharing: at worst 1/11 speed
 
 // Checks `gpus` against the cluster; InputError naming `flag` otherwise.
 void check_gpu_count(const Cluster& c, int gpus, const std::string& flag);

@@ -65,9 +65,9 @@ std::vector<double> backward_steps_s(const Model& model, const ComputeModel& com
 // Ready times from backward steps' times (backward order).
 std::vector<double> gradient_ready_times(const Model& model, std::vector<double> steps_s);
 
-// Backward and the allreduces sharing one processor (Cluster::comm_compute_sharing
-// sigma > 0). While k allreduces run, backward proceeds at rate 1 / (1 + sigma k) and,
-// while backward runs, each allreduce at rate 1 / (1 + sigma); the bandwidth parts of
+// Backward and the allreduces sharing the processor (Cluster::sharing, sigma). While k
+// allreduces run, backward proceeds at rate 1 / (1 + sigma.compute k) and, while backward
+// runs, each allreduce at rate 1 / (1 + sigma.comm); the bandwidth parts of
 // concurrent allreduces share the links as in schedule_buckets. A bucket is ready
 // `delay_s` (its packing copy) after the end of backward step `after_step`, at the next
 // tick of the framework's cycle `cycle_s` where there is one (next_tick). With
@@ -84,6 +84,6 @@ struct SharedTiming {
   double backward_end_s = 0, comm_end_s = 0;
 };
 SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& buckets,
-                             double sigma, double cycle_s = 0);
+                             ProcessorSharing sigma, double cycle_s = 0);
 
 }  // namespace fuseplan
