@@ -120,7 +120,8 @@ def main():
                     help="each trainer in a job (processes, heap) of its own, one job after another; the ratio column "
                          "is then of medians, and the machine's drift between the jobs is in it")
     ap.add_argument("--heap", default="keep", choices=["keep", "trim"],
-                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's defaults")
+                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's "
+                         "defaults")
     a = ap.parse_args()
     from fuseplan_torch import jobs
     with tempfile.TemporaryDirectory() as work:

@@ -10,11 +10,11 @@ PlanDDP run. Not a test; it prints figures.
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
 whole training steps unless --layer-times as-timed; timed on
 as many ranks side by side as the job has, as they load the machine), a gloo
-allreduce sweep calibrating the cluster (once); three pilot runs of the first model through
-PlanDDP (its plan tuned on the swept cluster, one bucket, and one bucket per tensor) fitting
-how communication and backward slow each other on this machine, each side apart, and what
-each bucket costs (`fuseplan calibrate --plan --measured --fit
-sharing,dispatch,allreduce-sharing`, once); `fuseplan tune` on that fitted cluster (ring for every bucket,
+allreduce sweep calibrating the cluster (once); two pilot runs of the first model through
+PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor), each profiled in its
+own job, fitting how communication and backward slow each other on this machine, each side
+apart, and what each bucket costs (`fuseplan calibrate --plan --measured --profile (one per
+run) --fit sharing,dispatch,allreduce-sharing`, once); `fuseplan tune` on that fitted cluster (ring for every bucket,
 fp32 transfer: what gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in
 backward; one stream unless --streams), `fuseplan export --to ddp`. Then one gloo job per model
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
@@ -105,7 +105,8 @@ def main():
                          "process group; 2 runs two gloo collectives at once, whose contention with backward on "
                          "two cores the overlap model fits less well")
     ap.add_argument("--heap", default="keep", choices=["keep", "trim"],
-                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's defaults")
+                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's "
+                         "defaults")
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
     a = ap.parse_args()
@@ -157,21 +158,22 @@ def main():
 
     # How much the allreduces slow backward on this machine's shared cores
     # (comm_compute_sharing), how much backward slows them (allreduce_sharing) and what
-    # each bucket costs beyond its allreduce (dispatch_overhead_us) are fitted on three
-    # pilot runs of the first model through PlanDDP: its plan tuned on the swept cluster;
-    # one bucket, which overlaps nothing (backward and the allreduce each alone); and one
-    # bucket per tensor (many buckets, which separates the dispatch; round-robin on the
-    # plans' streams, so that the fit sees as many allreduces at once as they run). The
-    # plans compared below are tuned on the fitted cluster, as a user's second round would
-    # be; the pilots' model is in-sample for verify, the other models are held out.
+    # each bucket costs beyond its allreduce (dispatch_overhead_us) are fitted on two
+    # pilot runs of the first model through PlanDDP: its plan tuned on the swept cluster,
+    # and one bucket per tensor (many buckets, which separates the dispatch; round-robin
+    # on the plans' streams, so that the fit sees as many allreduces at once as they run),
+    # each with the profile taken in its own job. The plans compared below are tuned on
+    # the fitted cluster, as a user's second round would be; the pilots' model is
+    # in-sample for verify, the other models are held out.
     pilot_model = a.models.split(",")[0]
     pilot_steps = max(8, a.steps // 3)
-    fit_args = ["--fit", "sharing,dispatch,allreduce-sharing"]
-    for tag, strategy in (("-pilot", "optimal"), ("-pilot-single", "single"), ("-pilot-per-tensor", "per-tensor")):
+    fit_args, profiles = ["--fit", "sharing,dispatch,allreduce-sharing"], []
+    for tag, strategy in (("-pilot", "optimal"), ("-pilot-per-tensor", "per-tensor")):
         _, _, _, (plan0, measured0, _, run_prof0) = tune_and_run(pilot_model, cal, tag, pilot_steps, True, strategy)
         fit_args += ["--plan", plan0, "--measured", measured0]
+        profiles += ["--profile", run_prof0]
     fitted = os.path.join(work, "cal-fitted.json")
-    print(sh(fuseplan, "calibrate", "--cluster", cal, *fit_args, "--profile", run_prof0, "--out", fitted))
+    print(sh(fuseplan, "calibrate", "--cluster", cal, *fit_args, *profiles, "--out", fitted))
     rows = []
     for name in a.models.split(","):
         p, settings, res, files = tune_and_run(name, fitted, "", a.steps)
@@ -206,7 +208,7 @@ def main():
     if a.min_gain > 0:
         print("--min-gain %g: DDP's buckets kept for %s" % (a.min_gain, ", ".join(kept) if kept else "no model"))
     print("(buckets: the plan's / DDP's with the exported settings; verify: fuseplan verify's predicted iteration "
-          "vs the PlanDDP run, on the cluster whose overlap constants were fitted to three pilot runs of %s (that "
+          "vs the PlanDDP run, on the cluster whose overlap constants were fitted to two pilot runs of %s (that "
           "model in-sample, the others held out; every plan above was tuned on that cluster), with the layers profiled in the run's own job (run) or at export "
           "(export))\nfiles in %s" % (rows[0][0], work))
 

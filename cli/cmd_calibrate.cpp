@@ -21,6 +21,7 @@ namespace {
 
 struct CalibrateFlags {
   std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, profile, model;
+  std::vector<std::string> profiles;  // every --profile; `profile` is the first
   std::vector<std::string> plans, measured, fit;
   int ranks = 0, per_node = 0, max_segments = 4;
   double segment_tolerance = 0.05;
@@ -81,6 +82,11 @@ void run_calibrate(const CalibrateFlags& f) {
   }
   if (!f.fit.empty() && f.plans.empty())
     throw InputError("--fit: only with --plan and --measured (what the overlap fit fits)");
+  if (f.profiles.size() > 1 && f.plans.empty())
+    throw InputError("--profile: one only with --model (the layer classes' compute fit)");
+  if (f.profiles.size() > 1 && f.profiles.size() != f.plans.size())
+    throw InputError("--profile: give one for every run, or one per --plan in order (" +
+                     std::to_string(f.plans.size()) + " plans, " + std::to_string(f.profiles.size()) + " profiles)");
   Cluster c = load_cluster(f.cluster);
   // Every input read before any fit prints: a bad one is then the only line.
   const OverlapTargets targets = overlap_targets(f);
@@ -113,7 +119,8 @@ std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c) 
     Plan plan = load_plan(f.plans[i]);
     require_no_accumulation(plan, f.plans[i], "calibrate (it fits runs of one micro-batch per step)");
     Model model = load_model(plan_model_ref(plan), plan.model_options);
-    if (!f.profile.empty()) apply_profile(model, f.profile);
+    // Each run's own profile where there is one per run (a compute speed of its own job).
+    if (!f.profiles.empty()) apply_profile(model, f.profiles[f.profiles.size() > 1 ? i : 0]);
     Scenario s = bind_scenario(std::move(model), c, std::move(plan), {}, {}, f.plans[i]);
     Report measured = load_measured_run(f.measured[i], s.plan, f.plans[i]);
     runs.push_back({std::move(s.model), std::move(s.plan), std::move(measured)});
@@ -142,7 +149,8 @@ OverlapTargets overlap_targets(const CalibrateFlags& f) {
 void fit_overlap(const CalibrateFlags& f, const OverlapTargets& t, const std::vector<OverlapRun>& runs,
                  Cluster& c) {
   const OverlapFit fit = fit_overlap(c, runs, t, {});
-  print_overlap_fit(out(), fit, runs, f.plans, t, f.profile);
+  print_overlap_fit(out(), fit, runs, f.plans, t,
+                    f.profiles.size() > 1 ? "one per run (" + std::to_string(f.profiles.size()) + ")" : f.profile);
   std::string sources;
   for (size_t i = 0; i < runs.size(); ++i)
     sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(fit.after[i].iteration) + ")";
@@ -251,9 +259,13 @@ void add_calibrate_command(CLI::App& app) {
                   "and dispatch for several; allreduce-sharing: how much backward slows an allreduce, apart from\n"
                   "how much it slows backward)")
       ->delimiter(',');
-  cmd->add_option("--profile", f->profile,
-                  "measured per-layer times (fuseplan.profile/1): with --plan, the runs' compute; with --model\n"
-                  "alone, fit each layer class's efficiency (device.by_kind) to them");
+  cmd->add_option("--profile", f->profiles,
+                  "measured per-layer times (fuseplan.profile/1): with --plan, the runs' compute (one for all, or\n"
+                  "one per --plan in order: each run's own job's); with --model alone, fit each layer class's\n"
+                  "efficiency (device.by_kind) to them")
+      ->each([f](const std::string& p) {
+        if (f->profile.empty()) f->profile = p;
+      });
   cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   // The profile names the model but not its input: a zoo CNN profiled at another
   // resolution needs it here, or every layer is priced at the zoo default.

@@ -216,8 +216,8 @@ TEST_CASE("calibrate: how much backward slows an allreduce is recovered apart fr
   c.allreduce_sharing = 1.5;
   c.dispatch_overhead_us = 200;
   auto run = [&](const std::string& spec) {
-    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32),
-                              "test"), {}};
+    const auto buckets = buckets_from_spec(spec, m, "ring", Precision::FP32);
+    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets, "test"), {}};
     CollectiveModel coll(c, 2);
     ComputeModel compute(m, c, 16, Precision::FP32);
     r.measured = predict(m, c, r.plan, coll, compute);

@@ -1066,6 +1066,17 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
   expect_bad("calibrate --plan " + other + " --measured " + measured + " --out " + tmp("never-written.json"),
              "measures another run");
   CHECK(!std::filesystem::exists(tmp("never-written.json")));
+  // The allreduces' side apart: local-cpu has none, so the fit finds 0.83 again, and the
+  // file says so.
+  const std::string apart = tmp("overlap-apart.json");
+  Run ar = run("calibrate --cluster " + bare + " --plan " + plan + " --measured " + measured + " --plan " + pt +
+               " --measured " + pt_measured + " --fit sharing,dispatch,allreduce-sharing --out " + apart);
+  INFO(ar.out);
+  REQUIRE(ar.code == 0);
+  CHECK_THAT(ar.out, Catch::Contains("allreduce_sharing = 0.830 (fitted)"));
+  const auto ja = nlohmann::json::parse(std::ifstream(apart));
+  CHECK(ja.at("allreduce_sharing").get<double>() == Approx(0.83));
+  CHECK(ja.at("provenance").contains("allreduce_sharing"));
 }
 
 TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that reads back") {
@@ -1442,6 +1453,21 @@ TEST_CASE("cli: calibrate --profile --model fits each layer class's efficiency i
   CHECK(run("predict --cluster " + out + " --model " + model + " --gpus 1 --batch-per-gpu 64 --precision fp32").code == 0);
   expect_bad("calibrate --cluster local-cpu --profile " + profile,
              "--profile: give --model, the model it was measured on (a zoo name or the model .json)");
+  expect_bad("calibrate --profile " + profile + " --profile " + profile + " --model " + model,
+             "--profile: one only with --model");
+  // The overlap fit takes a profile per run, in --plan order; any other count is refused.
+  const std::string plan = tmp("class-plan.json"), measured = tmp("class-measured.json");
+  Run p = run("predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
+              "--batch-per-gpu 64 --precision fp32 --buckets splits:20,40 --json --profile " + profile + " --out " + plan);
+  REQUIRE(p.code == 0);
+  std::ofstream(measured) << p.out;
+  Run per_run = run("calibrate --cluster local-cpu --plan " + plan + " --measured " + measured + " --plan " + plan +
+                    " --measured " + measured + " --profile " + profile + " --profile " + profile);
+  INFO(per_run.out);
+  REQUIRE(per_run.code == 0);
+  CHECK_THAT(per_run.out, Catch::Contains("profile one per run (2)"));
+  expect_bad("calibrate --plan " + plan + " --measured " + measured + " --profile " + profile + " --profile " + profile,
+             "--profile: give one for every run, or one per --plan in order (1 plans, 2 profiles)");
   expect_bad("calibrate --cluster local-cpu --model resnet18 --sweep x.json",
              "--model: only with --profile and without --plan");
   expect_bad("calibrate --cluster local-cpu --profile " + profile + " --model resnet50",

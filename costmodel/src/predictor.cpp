@@ -137,7 +137,8 @@ class StreamSet {
 
 }  // namespace
 
-SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs, ProcessorSharing sigma,
+SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs,
+                             ProcessorSharing sigma,
                              double cycle_s) {
   const size_t n = bs.size(), L = step_s.size();
   constexpr double kInf = std::numeric_limits<double>::infinity();

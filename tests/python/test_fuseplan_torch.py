@@ -807,7 +807,8 @@ def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
      "raised TypeError"),
     (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "/nonexistent/p.json"],
      "--plan /nonexistent/p.json: [Errno 2]"),
-    (["sweep", "--out", "x.json", "--heap", "free"], "--heap: invalid choice: 'free'"),  # the choices' quoting varies with Python
+    # (the choices' quoting varies with Python's version)
+    (["sweep", "--out", "x.json", "--heap", "free"], "--heap: invalid choice: 'free'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     r = run_cli(*args, cwd=str(tmp_path))

@@ -123,7 +123,7 @@ Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, 
 // in for two unless they differ several times over. A value not fitted keeps the
 // cluster's. Two runs with different bucket counts tell sharing and dispatch apart (one
 // alone fits both badly); the allreduce sharing wants runs whose allreduces overlap
-// backward to different extents (one bucket, which overlaps nothing, among them).
+// backward to different extents.
 struct OverlapRun {
   Model model;    // with the measured per-layer profile
   Plan plan;      // validated against `model`
