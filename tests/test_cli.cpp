@@ -1037,8 +1037,12 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
     c["provenance"].erase(key);
   }
   std::ofstream(bare) << c.dump(2);
-  Run both = run("calibrate --cluster " + bare + " --plan " + plan + " --measured " + measured + " --plan " + pt +
-                 " --measured " + pt_measured + " --out " + out);
+  // Both runs fitted from the bare file, with `fit` (--fit ...), into `to`.
+  auto fit_both = [&](const std::string& fit, const std::string& to) {
+    return run("calibrate --cluster " + bare + " --plan " + plan + " --measured " + measured + " --plan " + pt +
+               " --measured " + pt_measured + fit + " --out " + to);
+  };
+  Run both = fit_both("", out);
   INFO(both.out);
   REQUIRE(both.code == 0);
   CHECK_THAT(both.out, Catch::Contains("comm_compute_sharing = 0.830 (fitted), dispatch_overhead_us = 351.0 (fitted)"));
@@ -1069,8 +1073,7 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
   // The allreduces' side apart: local-cpu has none, so the fit finds 0.83 again, and the
   // file says so.
   const std::string apart = tmp("overlap-apart.json");
-  Run ar = run("calibrate --cluster " + bare + " --plan " + plan + " --measured " + measured + " --plan " + pt +
-               " --measured " + pt_measured + " --fit sharing,dispatch,allreduce-sharing --out " + apart);
+  Run ar = fit_both(" --fit sharing,dispatch,allreduce-sharing", apart);
   INFO(ar.out);
   REQUIRE(ar.code == 0);
   CHECK_THAT(ar.out, Catch::Contains("allreduce_sharing = 0.830 (fitted)"));
