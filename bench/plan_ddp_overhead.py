@@ -111,6 +111,7 @@ def rank_main(rank, ranks, a, only, out):
 
 
 def main():
+    from fuseplan_torch.heap import add_heap_flag, heap_setting
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet50", help="a torchvision model name (32x32 inputs, 10 classes)")
     ap.add_argument("--batch", type=int, default=8)
@@ -119,9 +120,7 @@ def main():
     ap.add_argument("--alone", action="store_true",
                     help="each trainer in a job (processes, heap) of its own, one job after another; the ratio column "
                          "is then of medians, and the machine's drift between the jobs is in it")
-    ap.add_argument("--heap", default="keep", choices=["keep", "trim"],
-                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's "
-                         "defaults")
+    add_heap_flag(ap)
     a = ap.parse_args()
     from fuseplan_torch import jobs
     with tempfile.TemporaryDirectory() as work:
@@ -137,7 +136,7 @@ def main():
     times, faults = res["times"], res["faults"]
     print("%s, batch %d per rank, %d ranks, gloo, %s, heap %s; buckets (backward positions) %s; PlanDDP's engine %s"
           % (a.model, a.batch, a.ranks, "each trainer alone" if a.alone else "side by side",
-             "kept" if a.heap == "keep" else "as glibc trims it", res["buckets"], res["engine"]))
+             heap_setting(a.heap), res["buckets"], res["engine"]))
     print("%-24s %10s %26s %14s" % ("trainer", "median ms", "step / DDP's (quartiles)", "page faults"))
     for name in TRAINERS:
         ts = times[name]

@@ -92,6 +92,7 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
 
 
 def main():
+    from fuseplan_torch.heap import add_heap_flag, heap_setting
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--steps", type=int, default=24)
@@ -104,9 +105,7 @@ def main():
                     help="plan streams (process groups) the tuned plans use: 1, as DDP runs its buckets on one "
                          "process group; 2 runs two gloo collectives at once, whose contention with backward on "
                          "two cores the overlap model fits less well")
-    ap.add_argument("--heap", default="keep", choices=["keep", "trim"],
-                    help="keep: every process keeps its freed memory (fuseplan_torch.keep_heap); trim: glibc's "
-                         "defaults")
+    add_heap_flag(ap)
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
     a = ap.parse_args()
@@ -193,7 +192,7 @@ def main():
         plan, measured, prof, run_prof = row[4]
         row[4] = (iteration_error(plan, measured, prof), iteration_error(plan, measured, run_prof))
     print("\nstep time per iteration, median of %d steps (ms), %d ranks, gloo, this machine, heap %s" %
-          (a.steps, a.ranks, "kept" if a.heap == "keep" else "as glibc trims it"))
+          (a.steps, a.ranks, heap_setting(a.heap)))
     print("%-10s %8s %10s %9s %13s %24s %14s %14s" % ("model", "buckets", "PlanDDP", "DDP 25MB", "DDP exported",
                                                       "PlanDDP/DDP (quartiles)", "verify (run)", "verify (export)"))
     for name, nb, nd, med, (err_export, err_run), _ in rows:

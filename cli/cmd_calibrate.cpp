@@ -20,14 +20,15 @@ namespace fuseplan::cli {
 namespace {
 
 struct CalibrateFlags {
-  std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, profile, model;
-  std::vector<std::string> profiles;  // every --profile; `profile` is the first
+  std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, model;
+  std::vector<std::string> profiles;  // every --profile
   std::vector<std::string> plans, measured, fit;
   int ranks = 0, per_node = 0, max_segments = 4;
   double segment_tolerance = 0.05;
   bool holdout = false, discover = false, accept_degenerate = false;
   CLI::Option* cluster_opt = nullptr;
   ModelFlags shape;  // --model's shape: the profile names the model, not its input
+  std::string profile() const { return profiles.empty() ? "" : profiles.front(); }  // the first, or ""
 };
 
 // A draft cluster file of this machine: the CPU executor's template (local-cpu) with
@@ -65,11 +66,11 @@ void run_calibrate(const CalibrateFlags& f) {
   if (f.plans.size() != f.measured.size())
     throw InputError("calibrate: give one --measured per --plan (" + std::to_string(f.plans.size()) + " plans, " +
                      std::to_string(f.measured.size()) + " measured)");
-  if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty() && f.profile.empty())
+  if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty() && f.profile().empty())
     throw InputError("calibrate: give --sweep, --nccl-tests, --plan with --measured, or --profile with --model (or --discover)");
-  if (!f.model.empty() && (f.profile.empty() || !f.plans.empty()))
+  if (!f.model.empty() && (f.profile().empty() || !f.plans.empty()))
     throw InputError("--model: only with --profile and without --plan (the layer classes' compute fit)");
-  if (!f.profile.empty() && f.plans.empty() && f.model.empty())  // before any fit prints
+  if (!f.profile().empty() && f.plans.empty() && f.model.empty())  // before any fit prints
     throw InputError("--profile: give --model, the model it was measured on (a zoo name or the model .json)");
   if (f.shape.shape_given() && f.model.empty())
     throw InputError("--resolution/--channels/--classes/--seq-len: set the shape of --model (with --profile); give --model");
@@ -91,10 +92,10 @@ void run_calibrate(const CalibrateFlags& f) {
   // Every input read before any fit prints: a bad one is then the only line.
   const OverlapTargets targets = overlap_targets(f);
   std::optional<MeasuredModel> measured;
-  if (!f.profile.empty() && f.plans.empty()) {
+  if (!f.profile().empty() && f.plans.empty()) {
     Model m = load_model(f.model, f.shape.options());
-    ProfileInfo info = apply_profile(m, f.profile);
-    const Precision p = parse_precision(info.precision, "--profile " + f.profile + ": precision");
+    ProfileInfo info = apply_profile(m, f.profile());
+    const Precision p = parse_precision(info.precision, "--profile " + f.profile() + ": precision");
     measured = MeasuredModel{std::move(m), std::move(info), p};
   }
   // Bound on the cluster as given: binding checks its size and memory, which the
@@ -150,7 +151,7 @@ void fit_overlap(const CalibrateFlags& f, const OverlapTargets& t, const std::ve
                  Cluster& c) {
   const OverlapFit fit = fit_overlap(c, runs, t, {});
   print_overlap_fit(out(), fit, runs, f.plans, t,
-                    f.profiles.size() > 1 ? "one per run (" + std::to_string(f.profiles.size()) + ")" : f.profile);
+                    f.profiles.size() > 1 ? "one per run (" + std::to_string(f.profiles.size()) + ")" : f.profile());
   std::string sources;
   for (size_t i = 0; i < runs.size(); ++i)
     sources += (i ? ", " : "") + f.plans[i] + " (" + signed_percent(fit.after[i].iteration) + ")";
@@ -163,14 +164,14 @@ void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster
   const Model& m = measured.model;
   const ProfileInfo& info = measured.info;
   const Precision p = measured.precision;
-  out() << "fuseplan calibrate: compute per layer class from " << f.profile << " (" << m.name << ", batch "
+  out() << "fuseplan calibrate: compute per layer class from " << f.profile() << " (" << m.name << ", batch "
         << info.batch << ", " << info.precision << (info.device.empty() ? "" : ", " + info.device) << "), cluster "
         << c.name << " (" << c.device.name << ")\n\n";
   const std::vector<ClassFit> fits = fit_compute_classes(c, m, info.batch, p);
   print_compute_fits(out(), fits, info.precision);
   apply_compute_fit(c, fits, p,
-                    "fuseplan calibrate --profile " + f.profile + " (" + m.name + ", batch " + std::to_string(info.batch) +
-                        ", " + info.precision + ")");
+                    "fuseplan calibrate --profile " + f.profile() + " (" + m.name + ", batch " +
+                        std::to_string(info.batch) + ", " + info.precision + ")");
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
@@ -262,10 +263,7 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--profile", f->profiles,
                   "measured per-layer times (fuseplan.profile/1): with --plan, the runs' compute (one for all, or\n"
                   "one per --plan in order: each run's own job's); with --model alone, fit each layer class's\n"
-                  "efficiency (device.by_kind) to them")
-      ->each([f](const std::string& p) {
-        if (f->profile.empty()) f->profile = p;
-      });
+                  "efficiency (device.by_kind) to them");
   cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   // The profile names the model but not its input: a zoo CNN profiled at another
   // resolution needs it here, or every layer is priced at the zoo default.

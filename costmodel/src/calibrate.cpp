@@ -362,8 +362,8 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
     double lo, hi, step;
   };
   auto values = [](bool fitted, Axis a, double kept) {
-    std::vector<double> v;
     if (!fitted) return std::vector<double>{kept};
+    std::vector<double> v;
     const int n = int(std::lround((a.hi - a.lo) / a.step));
     for (int i = 0; i <= n; ++i) v.push_back(a.lo + i * a.step);
     return v;

@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from . import jobs
-from .heap import HEAP_CHOICES
+from .heap import add_heap_flag
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,12 +50,6 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="", help="model name in the files (default: the factory's function name)")
 
 
-def _heap_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heap", default="keep", choices=HEAP_CHOICES,
-                   help="keep: every process keeps the memory it frees (glibc's trim and mmap thresholds raised), so "
-                        "that CPU steps do not pay page faults; trim: glibc's defaults (docs/pytorch.md)")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     ap = _Parser(prog="python3 -m fuseplan_torch", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -78,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="--profile: scale the layers' forward times to the whole model's forward, and their backward "
                          "times alike (whole-pass), or keep each layer's time as timed alone (as-timed)")
-    _heap_flag(ex)
+    add_heap_flag(ex)
 
     run = sub.add_parser("run", help="train on N local ranks (gloo or NCCL) with a plan (PlanDDP) or torch DDP, measured")
     _input_flags(run)
@@ -102,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--threads", type=_int_to(THREADS_MAX), default=0,
                      help="torch threads per rank (default: cores / ranks)")
     run.add_argument("--report", help="--plan: write the measured fuseplan.report/1 here")
-    _heap_flag(run)
+    add_heap_flag(run)
 
     sw = sub.add_parser("sweep", help="time the allreduce of gloo or NCCL on N local ranks (fuseplan.sweep/1 for "
                                       "`fuseplan calibrate`)")
@@ -113,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sw.add_argument("--iterations", type=_int_to(COUNT_MAX), default=10)
     sw.add_argument("--threads", type=_int_to(THREADS_MAX), default=1)
     sw.add_argument("--out", required=True)
-    _heap_flag(sw)
+    add_heap_flag(sw)
 
     a = ap.parse_args(argv)
     try:

@@ -22,6 +22,7 @@ allocator, which keeps freed memory anyway.
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 
@@ -43,6 +44,19 @@ def keep_heap() -> bool:
     _kept = bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(libc.mallopt(_M_MMAP_THRESHOLD,
                                                                                           MMAP_THRESHOLD))
     return _kept
+
+
+def add_heap_flag(parser: argparse.ArgumentParser) -> None:
+    """`--heap keep|trim`, as `run`, `sweep`, `export` and the benches take it."""
+    parser.add_argument("--heap", default="keep", choices=HEAP_CHOICES,
+                        help="keep: every process keeps the memory it frees (glibc's trim and mmap thresholds "
+                             "raised), so that CPU steps do not pay page faults; trim: glibc's defaults "
+                             "(docs/pytorch.md)")
+
+
+def heap_setting(choice: str) -> str:
+    """A --heap choice as a printed header says it: "kept" or "as glibc trims it"."""
+    return "kept" if choice == "keep" else "as glibc trims it"
 
 
 def heap_kept() -> bool:
