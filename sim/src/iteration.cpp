@@ -10,6 +10,7 @@
 #include "fuseplan/sim/simulator.hpp"
 #include "platform.hpp"
 #include "replay_rounds.hpp"
+#include "sharing.hpp"
 
 namespace fuseplan::sim {
 
@@ -36,23 +37,7 @@ struct RankState {
   int64_t ready = 0;
   std::vector<double> bucket_ready_at;  // [iteration * buckets + b]
   std::vector<int> streams_done;        // [iteration]
-  // Processor sharing (Cluster::sharing): whether the compute actor is working, which
-  // streams run an allreduce, and per stream the service its allreduce has had (time at
-  // rate 1 / (1 + sigma.comm) while computing, 1 otherwise) since `since`.
-  bool computing = false;
-  std::vector<double> service, since;
-  std::vector<bool> active;
-
-  int comm_active() const { return static_cast<int>(std::count(active.begin(), active.end(), true)); }
-
-  // Brings every running allreduce's service up to `now` (before `computing` changes).
-  void accrue(double now, double comm_sigma) {
-    for (size_t st = 0; st < active.size(); ++st)
-      if (active[st]) {
-        service[st] += (now - since[st]) * (computing ? 1 / (1 + comm_sigma) : 1.0);
-        since[st] = now;
-      }
-  }
+  SharedProcessor processor;            // one slot per stream (sharing.hpp)
 };
 
 void check_options(const SimOptions& o, int gpus) {
@@ -131,14 +116,9 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   for (auto& s : state) {
     s.bucket_ready_at.assign(static_cast<size_t>(N) * B, 0);
     s.streams_done.assign(N, 0);
-    s.service.assign(stream_count, 0);
-    s.since.assign(stream_count, 0);
-    s.active.assign(stream_count, false);
+    s.processor = SharedProcessor(size_t(stream_count));
   }
-  // Processor sharing as the predictor models it (schedule_shared): while k allreduces
-  // run, computation proceeds at 1 / (1 + sigma.compute k); an allreduce's messages move at
-  // the network's speed, and the allreduce then holds its stream until its service (rate
-  // 1 / (1 + sigma.comm) while the rank computes) has caught up with the time its messages took.
+  // Processor sharing as the predictor models it (schedule_shared; sharing.hpp), one slot per stream.
   const ProcessorSharing sigma = c.sharing(P);
   std::vector<double> slow(P, 1.0);
   for (const auto& [rank, factor] : opt.stragglers) slow[rank] *= factor;
@@ -165,16 +145,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
         } else {
           RankState& s = state[r];
           std::unique_lock lock(*s.mutex);
-          s.accrue(t0, sigma.comm);
-          s.computing = true;
-          for (double left = nominal * f; left > 1e-12 * std::max(1.0, sg4::Engine::get_clock());) {
-            const double rate = 1 / (1 + sigma.compute * s.comm_active()), from = sg4::Engine::get_clock();
-            s.cv->wait_until(lock, from + left / rate);  // or earlier, when an allreduce starts or ends
-            left -= (sg4::Engine::get_clock() - from) * rate;
-          }
-          s.accrue(sg4::Engine::get_clock(), sigma.comm);
-          s.computing = false;
-          s.cv->notify_all();
+          s.processor.compute(t0, nominal * f, sigma, lock, *s.cv);
         }
         if (traced(r)) events.push_back({r, "compute", name, cat, t0, sg4::Engine::get_clock() - t0, 0, it});
       };
@@ -233,11 +204,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
             double start = sg4::Engine::get_clock();
             if (sigma.any()) {
               std::unique_lock lock(*s.mutex);
-              s.accrue(start, sigma.comm);
-              s.active[st] = true;
-              s.service[st] = 0;
-              s.since[st] = start;
-              s.cv->notify_all();  // the compute actor's rate changes
+              s.processor.start(st, start, sigma, *s.cv);
             }
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
@@ -245,16 +212,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
             }
             if (sigma.any()) {
               std::unique_lock lock(*s.mutex);
-              const double needed = sg4::Engine::get_clock() - start;
-              for (;;) {
-                const double now = sg4::Engine::get_clock();
-                s.accrue(now, sigma.comm);
-                const double owed = needed - s.service[st];
-                if (owed <= 1e-12 * std::max(1.0, now)) break;
-                s.cv->wait_until(lock, now + owed * (s.computing ? 1 + sigma.comm : 1.0));
-              }
-              s.active[st] = false;
-              s.cv->notify_all();
+              s.processor.finish(st, start, sigma, lock, *s.cv);
             }
             double end = sg4::Engine::get_clock();
             if (it == N - 1) bucket_times[r][b] = {start, end};

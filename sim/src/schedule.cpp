@@ -17,6 +17,7 @@
 #include "fuseplan/sim/simulator.hpp"
 #include "platform.hpp"
 #include "replay_rounds.hpp"
+#include "sharing.hpp"
 
 namespace fuseplan::sim {
 
@@ -147,32 +148,10 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
   std::vector<double> rank0_start(messages, 0), fwd_start(size_t(N) * L, 0), bwd_start(size_t(N), 0), bwd_end(size_t(N), 0);
   std::vector<double> iteration_start, launched(size_t(P), 0);
   std::vector<TimelineEvent> events;
-  // Processor sharing as the pipeline model has it (Cluster::sharing, sigma): while k of a
-  // rank's messages run its computation proceeds at 1 / (1 + sigma.compute k); a
-  // message's rounds move at the network's speed, and the message then holds its slot
-  // until its service (rate 1 / (1 + sigma.comm) while the rank computes) has caught up with
-  // the time its rounds took. Per rank: whether it computes, and per slot the running
-  // message's service since `since` (all under the one lock).
+  // Processor sharing as the pipeline model has it (Cluster::sharing; sharing.hpp): one
+  // slot per message credit, all ranks under the one lock.
   const ProcessorSharing sigma = c.sharing(P);
-  struct Sharing {
-    bool computing = false;
-    std::vector<bool> active;
-    std::vector<double> service, since;
-    int comm_active() const { return int(std::count(active.begin(), active.end(), true)); }
-    void accrue(double now, double comm_sigma) {  // before `computing` or `active` changes
-      for (size_t k = 0; k < active.size(); ++k)
-        if (active[k]) {
-          service[k] += (now - since[k]) * (computing ? 1 / (1 + comm_sigma) : 1.0);
-          since[k] = now;
-        }
-    }
-  };
-  std::vector<Sharing> sharing(static_cast<size_t>(P));
-  for (auto& sh : sharing) {
-    sh.active.assign(size_t(s.credit), false);
-    sh.service.assign(size_t(s.credit), 0);
-    sh.since.assign(size_t(s.credit), 0);
-  }
+  std::vector<SharedProcessor> sharing(static_cast<size_t>(P), SharedProcessor(size_t(s.credit)));
   auto traced = [&](int r) { return r < opt.trace_ranks; };
   Mailboxes boxes(P, s.credit);
   StepCounter steps;
@@ -199,18 +178,8 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
         if (!sigma.any()) {
           sg4::this_actor::sleep_for(d);
         } else {
-          Sharing& sh = sharing[size_t(r)];
           std::unique_lock lock(*mutex);
-          sh.accrue(t0, sigma.comm);
-          sh.computing = true;
-          for (double left = d; left > 1e-12 * std::max(1.0, sg4::Engine::get_clock());) {
-            const double rate = 1 / (1 + sigma.compute * sh.comm_active()), from = sg4::Engine::get_clock();
-            cv->wait_until(lock, from + left / rate);  // or earlier, when a message starts or ends
-            left -= (sg4::Engine::get_clock() - from) * rate;
-          }
-          sh.accrue(sg4::Engine::get_clock(), sigma.comm);
-          sh.computing = false;
-          cv->notify_all();
+          sharing[size_t(r)].compute(t0, d, sigma, lock, *cv);
         }
         if (traced(r)) events.push_back({r, "compute", name, cat, t0, sg4::Engine::get_clock() - t0, 0, it});
       };
@@ -323,14 +292,10 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           const bool second = slot_of_msg != 0;  // an all-gather or a re-gather: the all-gather half
           const double start = sg4::Engine::get_clock();
           if (r == 0) rank0_start[msg] = start;
-          Sharing& sh = sharing[size_t(r)];
+          SharedProcessor& processor = sharing[size_t(r)];
           if (sigma.any()) {
             std::unique_lock lock(*mutex);
-            sh.accrue(start, sigma.comm);
-            sh.active[size_t(slot)] = true;
-            sh.service[size_t(slot)] = 0;
-            sh.since[size_t(slot)] = start;
-            cv->notify_all();  // the compute actor's rate changes
+            processor.start(size_t(slot), start, sigma, *cv);
           }
           if (P > 1) {
             sg4::this_actor::sleep_for(part.launch_s);
@@ -339,16 +304,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           }
           if (sigma.any()) {
             std::unique_lock lock(*mutex);
-            const double needed = sg4::Engine::get_clock() - start;
-            for (;;) {
-              const double now = sg4::Engine::get_clock();
-              sh.accrue(now, sigma.comm);
-              const double owed = needed - sh.service[size_t(slot)];
-              if (owed <= 1e-12 * std::max(1.0, now)) break;
-              cv->wait_until(lock, now + owed * (sh.computing ? 1 + sigma.comm : 1.0));
-            }
-            sh.active[size_t(slot)] = false;
-            cv->notify_all();
+            processor.finish(size_t(slot), start, sigma, lock, *cv);
           }
           const double end = sg4::Engine::get_clock();
           const int it = int(msg / kSlots / B);
