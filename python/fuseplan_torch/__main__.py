@@ -118,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             jobs.sweep_command(a)
     except jobs.UsageError as e:
-        print("fuseplan_torch: " + str(e), file=sys.stderr)
+        print("fuseplan_torch: " + jobs.one_line(str(e)), file=sys.stderr)
         return 2
     return 0
 

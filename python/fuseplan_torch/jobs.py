@@ -57,7 +57,7 @@ def build_module(a: Any) -> Tuple[nn.Module, str]:
     try:
         module = fn(**kwargs)
     except Exception as e:  # the user's factory: its failure is theirs to read, in one line
-        raise UsageError("factory: %s(**%s) raised %s: %s" % (a.factory, a.kwargs, type(e).__name__, e))
+        raise UsageError("factory: %s(**%s) raised %s: %s" % (a.factory, a.kwargs, type(e).__name__, one_line(str(e))))
     if not isinstance(module, nn.Module):
         raise UsageError("factory: %s returned a %s, not a torch.nn.Module" % (a.factory, type(module).__name__))
     return module, a.name or fn_name
@@ -75,6 +75,32 @@ def input_shape(a: Any) -> List[int]:
     if a.input_dtype == "long" and a.vocab < 1:
         raise UsageError("--vocab: required (>= 1) with --input-dtype long")
     return shape
+
+
+def one_line(text: str) -> str:
+    """`text` (an error's, which torch writes on several lines) as one line."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def check_input(module: nn.Module, a: Any) -> None:
+    """A batch of --input-shape (with --input-dtype and --vocab) runs through `module`'s
+    forward, or the flags are refused in one line with the module's error, before anything
+    is traced, timed or spawned. In eval mode, so that nothing changes (BatchNorm's running
+    statistics, the random stream of dropout)."""
+    batch = make_batch(a, 2, a.seed)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(batch)
+    except Exception as e:  # whatever the user's module raises on inputs it cannot take
+        flags = "--input-shape %s" % a.input_shape
+        if a.input_dtype == "long":
+            flags += " --input-dtype long --vocab %d" % a.vocab
+        raise UsageError("%s: %s cannot run a batch of this input: %s: %s" %
+                         (flags, a.factory, type(e).__name__, one_line(str(e))))
+    finally:
+        module.train(was_training)
 
 
 def make_batch(a: Any, batch: int, seed: int) -> torch.Tensor:
@@ -117,11 +143,11 @@ def profile_device(text: str, ranks: int) -> torch.device:
 def export_command(a: Any) -> None:
     _writable(a.out, "--out")
     device = torch.device("cpu")
+    for v, flag in ((a.batch, "--batch"), (a.steps, "--steps"), (a.ranks, "--ranks")):
+        _positive(v, flag)  # checked with or without --profile, which they serve
+    _at_least(a.warmup, 0, "--warmup")
     if a.profile is not None:
         _writable(a.profile, "--profile")
-        for v, flag in ((a.batch, "--batch"), (a.steps, "--steps"), (a.ranks, "--ranks")):
-            _positive(v, flag)
-        _at_least(a.warmup, 0, "--warmup")
         device = profile_device(a.device, a.ranks)
     elif a.device != "cpu":
         raise UsageError("--device: only with --profile (it says where the layers are timed)")
@@ -130,6 +156,7 @@ def export_command(a: Any) -> None:
     if a.profile is not None and a.ranks == 1 and a.heap == "keep":
         keep_heap()  # this process times the layers
     module, name = build_module(a)
+    check_input(module, a)
     example = make_batch(a, 2, a.seed)
     try:
         doc, info, gm, nodes = export_model(module, example, name=name)
@@ -324,7 +351,8 @@ def run_command(a: Any) -> None:
             raise UsageError("--batch %d disagrees with --plan %s (%d per rank)" % (a.batch, a.plan, plan["batch_per_gpu"]))
     batch = plan["batch_per_gpu"] if plan else (a.batch or 8)
     input_shape(a)
-    module, _ = build_module(a)  # a bad factory or a plan for another module fails here, once
+    module, _ = build_module(a)  # a bad factory, input or a plan for another module fails here, once
+    check_input(module, a)
     names: List[str] = []
     if plan is not None:
         names = plan_tensor_names(plan, module, make_batch(a, 2, a.seed))

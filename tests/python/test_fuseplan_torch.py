@@ -809,6 +809,18 @@ def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
      "--plan /nonexistent/p.json: [Errno 2]"),
     # (the choices' quoting varies with Python's version)
     (["sweep", "--out", "x.json", "--heap", "free"], "--heap: invalid choice: 'free'"),
+    # torch's own message for these is several lines long
+    (["export", "torch:zeros", "--input-shape", "3", "--out", "x.json"], "factory: torch:zeros(**{}) raised TypeError"),
+    # inputs the module cannot take: refused before tracing, timing or spawning ranks
+    (["export", "ddp_check:small_cnn", "--input-shape", "5,8,8", "--out", "x.json"],
+     "--input-shape 5,8,8: ddp_check:small_cnn cannot run a batch of this input: RuntimeError: "),
+    (["run", "ddp_check:small_cnn", "--input-shape", "5,8,8", "--iterations", "1"],
+     "--input-shape 5,8,8: ddp_check:small_cnn cannot run a batch of this input: RuntimeError: "),
+    (["export", "tiny_gpt:tiny_gpt", "--kwargs", '{"vocab": 64}', "--input-shape", "16", "--input-dtype", "long",
+      "--vocab", "1000", "--out", "x.json"], "--input-shape 16 --input-dtype long --vocab 1000: tiny_gpt:tiny_gpt cannot "
+     "run a batch of this input: IndexError: "),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--batch", "0", "--out", "x.json"],
+     "--batch: must be >= 1 (got 0)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     r = run_cli(*args, cwd=str(tmp_path))
