@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <set>
 #include <string_view>
 #include <vector>
@@ -102,27 +104,51 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
       if (auto* o = sub->get_option_no_throw(name)) o->check(given(true));
   }
   // Output files are checked when the flags are read, not when a long run ends: a name (not
-  // a directory) in a directory that exists and can be written. fuseplan-exec's --profile
-  // is written; fuseplan's is read.
-  const CLI::Validator output_file(
-      [](std::string& v) -> std::string {
-        namespace fs = std::filesystem;
-        if (v.empty()) return "an empty file name";
-        std::error_code ec;
-        if (fs::is_directory(v, ec)) return v + ": is a directory (give a file name)";
-        fs::path dir = fs::path(v).parent_path();
-        if (dir.empty()) dir = ".";
-        if (!fs::is_directory(dir, ec)) return v + ": cannot write (directory " + dir.string() + " missing)";
-        if (::access(dir.c_str(), W_OK) != 0)
-          return v + ": cannot write (directory " + dir.string() + ": " + std::strerror(errno) + ")";
-        return "";
-      },
-      "");
+  // a directory) in a directory that exists and can be written, and neither the file another
+  // output flag of the command writes (one would overwrite the other) nor one it reads (the
+  // input would be lost). fuseplan-exec's --profile is written; fuseplan's is read. Flags
+  // are checked in the command's order, so each side looks for the other.
+  using Files = std::map<std::string, std::string>;  // file -> the flag naming it
+  auto written = std::make_shared<Files>(), read = std::make_shared<Files>();
+  auto file_check = [written, read](const std::string& flag, bool output) {
+    return CLI::Validator(
+        [written, read, flag, output](std::string& v) -> std::string {
+          namespace fs = std::filesystem;
+          std::error_code ec;
+          if (!output) {  // a file read: only an existing file (a zoo or shipped name is not one)
+            if (!fs::is_regular_file(v, ec)) return "";
+            const std::string file = fs::canonical(v, ec).string();
+            read->emplace(file, flag);
+            const auto at = written->find(file);
+            return at == written->end() ? "" : v + ": the file " + at->second + " writes (give another name)";
+          }
+          if (v.empty()) return "an empty file name";
+          if (fs::is_directory(v, ec)) return v + ": is a directory (give a file name)";
+          fs::path dir = fs::path(v).parent_path();
+          if (dir.empty()) dir = ".";
+          if (!fs::is_directory(dir, ec)) return v + ": cannot write (directory " + dir.string() + " missing)";
+          if (::access(dir.c_str(), W_OK) != 0)
+            return v + ": cannot write (directory " + dir.string() + ": " + std::strerror(errno) + ")";
+          const std::string file = fs::weakly_canonical(fs::absolute(v, ec), ec).string();
+          if (const auto at = read->find(file); at != read->end())
+            return v + ": the file " + at->second + " reads (give another name)";
+          const auto [at, fresh] = written->emplace(file, flag);
+          if (!fresh && at->second != flag) return v + ": the file " + at->second + " writes (give another name)";
+          return "";
+        },
+        "");
+  };
   std::vector<const char*> outputs = {"--out", "--trace", "--report", "--metrics", "--checkpoint"};
-  if (prog == "fuseplan-exec") outputs.insert(outputs.end(), {"--profile", "--conv-algo-file"});
-  for (auto* sub : app.get_subcommands({}))
+  std::vector<const char*> inputs = {"--model", "--plan", "--measured", "--sweep", "--nccl-tests"};
+  (prog == "fuseplan-exec" ? outputs : inputs).push_back("--profile");
+  if (prog == "fuseplan-exec") outputs.push_back("--conv-algo-file");
+  for (auto* sub : app.get_subcommands({})) {
     for (const char* name : outputs)
-      if (auto* o = sub->get_option_no_throw(name)) o->check(output_file);
+      if (auto* o = sub->get_option_no_throw(name)) o->check(file_check(name, true));
+    for (const char* name : inputs)  // predict --plan P --out P: P with its prediction, in place
+      if (auto* o = sub->get_option_no_throw(name); o && !(sub->get_name() == "predict" && o->check_name("--plan")))
+        o->check(file_check(name, false));
+  }
   // Sizes, counts and ranks are bounded; the help says how.
   const std::vector<std::pair<const char*, int>> ranges = {
       {"--gpus", kMaxGpus},          {"--ranks", kMaxGpus},        {"--resolution", kMaxResolution},

@@ -637,6 +637,12 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--profile " + std::filesystem::temp_directory_path().string(), "--profile: " +
              std::filesystem::temp_directory_path().string() + ": is a directory", true);
   expect_bad(base + "--checkpoint ''", "--checkpoint: an empty file name", true);
+  // Two output flags naming one file: one would overwrite the other (flags checked in the
+  // command's order, not the line's).
+  std::filesystem::remove(tmp("twice.json"));
+  expect_bad(base + "--profile " + tmp("twice.json") + " --metrics " + tmp("twice.json"),
+             "--profile: " + tmp("twice.json") + ": the file --metrics writes (give another name)", true);
+  CHECK(!std::filesystem::exists(tmp("twice.json")));
   // A flag given is a value: no 0 or -1 standing for "no limit" or "never".
   expect_bad(base + "--max-steps 0", "--max-steps: must be > 0 (got 0; leave the flag out for its default)", true);
   expect_bad(base + "--max-steps -1", "--max-steps: must be > 0 (got -1", true);
@@ -1529,6 +1535,22 @@ TEST_CASE("cli: a failed command leaves existing output files byte-identical, a 
     CHECK_FALSE(strays);
   }
   CHECK_THAT(run("tune --model alexnet_bn --gpus 16 --out " + tmp("")).out, Catch::Contains(": is a directory (give a file name)"));
+  // The same file for two outputs, however spelled, is refused; two files are written.
+  const std::string twice = tmp("tune-twice.json");
+  std::filesystem::remove(twice);
+  const std::string spelled = std::filesystem::path(twice).parent_path().string() + "/./tune-twice.json";
+  expect_bad("tune --model alexnet_bn --gpus 16 --out " + twice + " --trace " + spelled,
+             "--trace: " + spelled + ": the file --out writes (give another name)");
+  CHECK(!std::filesystem::exists(twice));
+  CHECK(run("tune --model alexnet_bn --gpus 16 --out " + twice + " --trace " + twice + ".trace").code == 0);
+  CHECK((std::filesystem::exists(twice) && std::filesystem::exists(twice + ".trace")));
+  // An output over a file the command reads would lose the input: refused, the input kept.
+  const std::string plan_text = text(twice);
+  expect_bad("export --plan " + twice + " --to ddp --out " + twice, "--out: " + twice + ": the file --plan reads");
+  expect_bad("simulate --trace " + twice + " --plan " + twice, "--trace: " + twice + ": the file --plan reads");
+  CHECK(text(twice) == plan_text);
+  // predict --plan P --out P rewrites P with its prediction, in place.
+  CHECK(run("predict --plan " + twice + " --out " + twice).code == 0);
   reset();
   const Run ok = run("tune --model alexnet_bn --gpus 16 --out " + plan + " --trace " + trace);
   CHECK(ok.code == 0);

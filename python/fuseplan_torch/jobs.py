@@ -148,6 +148,8 @@ def export_command(a: Any) -> None:
     _at_least(a.warmup, 0, "--warmup")
     if a.profile is not None:
         _writable(a.profile, "--profile")
+        if os.path.realpath(a.profile) == os.path.realpath(a.out):
+            raise UsageError("--profile %s: the file --out writes (give another name)" % a.profile)
         device = profile_device(a.device, a.ranks)
     elif a.device != "cpu":
         raise UsageError("--device: only with --profile (it says where the layers are timed)")
@@ -337,6 +339,8 @@ def run_command(a: Any) -> None:
         if not a.plan:
             raise UsageError("--report: needs --plan (a DDP run has no buckets to report)")
         _writable(a.report, "--report")
+        if os.path.realpath(a.report) == os.path.realpath(a.plan):
+            raise UsageError("--report %s: the file --plan reads (give another name)" % a.report)
     plan = None
     if a.plan:
         try:

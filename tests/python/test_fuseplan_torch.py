@@ -821,6 +821,10 @@ def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
      "run a batch of this input: IndexError: "),
     (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--batch", "0", "--out", "x.json"],
      "--batch: must be >= 1 (got 0)"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "./x.json"],
+     "--profile ./x.json: the file --out writes (give another name)"),
+    (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "x.json", "--report", "x.json"],
+     "--report x.json: the file --plan reads (give another name)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     r = run_cli(*args, cwd=str(tmp_path))
