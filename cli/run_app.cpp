@@ -106,7 +106,7 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
   // Output files are checked when the flags are read, not when a long run ends: a name (not
   // a directory) in a directory that exists and can be written, and neither the file another
   // output flag of the command writes (one would overwrite the other) nor one it reads (the
-  // input would be lost). fuseplan-exec's --profile is written; fuseplan's is read. Flags
+  // input would be lost); /dev/null and the like excepted (output_target). fuseplan-exec's --profile is written; fuseplan's is read. Flags
   // are checked in the command's order, so each side looks for the other.
   using Files = std::map<std::string, std::string>;  // file -> the flag naming it
   auto written = std::make_shared<Files>(), read = std::make_shared<Files>();
@@ -129,6 +129,7 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
           if (!fs::is_directory(dir, ec)) return v + ": cannot write (directory " + dir.string() + " missing)";
           if (::access(dir.c_str(), W_OK) != 0)
             return v + ": cannot write (directory " + dir.string() + ": " + std::strerror(errno) + ")";
+          if (output_target(v).direct) return "";  // /dev/null, /dev/stdout, a FIFO: written through, any number
           const std::string file = fs::weakly_canonical(fs::absolute(v, ec), ec).string();
           if (const auto at = read->find(file); at != read->end())
             return v + ": the file " + at->second + " reads (give another name)";

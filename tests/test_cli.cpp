@@ -1,6 +1,8 @@
 // End-to-end: run the fuseplan binary; bad input gives one line naming the flag or file
 // and exit code 2, good input gives parseable output and files.
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
@@ -1502,6 +1504,46 @@ TEST_CASE("cli: whatif --profile holds the profile to each point's precision and
   CHECK(ok.code == 0);
   CHECK_THAT(ok.out, Catch::Contains("was measured at batch 64 per GPU; its layer times are scaled linearly to batch 32"));
   expect_bad(base + " --precision fp16", "measured at fp32, the prediction is at fp16");
+}
+
+TEST_CASE("cli: an output through a link lands in the file it names, and /dev/null, /dev/stdout or a FIFO are written "
+          "through") {
+  namespace fs = std::filesystem;
+  const std::string dir = tmp("through");
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/sub");
+  const std::string args = "tune --model alexnet_bn --gpus 16 ";
+  auto text = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  // A link (dangling too) keeps being a link; the file it names gets the output.
+  write(dir + "/target.json", "OLD\n");
+  fs::create_symlink("target.json", dir + "/link.json");
+  fs::create_symlink("sub/new.json", dir + "/dangling.json");
+  CHECK(run(args + "--out " + dir + "/link.json --trace " + dir + "/dangling.json").code == 0);
+  CHECK((fs::is_symlink(dir + "/link.json") && fs::is_symlink(dir + "/dangling.json")));
+  CHECK_THAT(text(dir + "/target.json"), Catch::Contains("fuseplan.plan/1"));
+  CHECK_THAT(text(dir + "/sub/new.json"), Catch::Contains("traceEvents"));
+  // Not regular files: written through, never replaced by one (as root a rename would).
+  CHECK(run(args + "--out /dev/null --trace /dev/null").code == 0);
+  CHECK(fs::is_character_file("/dev/null"));
+  const Run out = run(args + "--out /dev/stdout");
+  CHECK(out.code == 0);
+  CHECK_THAT(out.out, Catch::Contains("plan written to") && Catch::Contains("\"schema\": \"fuseplan.plan/1\""));
+  const std::string fifo = dir + "/fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Open for reading first without waiting for a writer, so nothing can block: the plan
+  // (a few KiB) fits the pipe's buffer, read once the command has ended.
+  const int rfd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  REQUIRE(rfd >= 0);
+  CHECK(run(args + "--out " + fifo).code == 0);
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(rfd, buf, sizeof buf)) > 0;) got.append(buf, size_t(n));
+  ::close(rfd);
+  CHECK_THAT(got, Catch::Contains("fuseplan.plan/1"));
+  CHECK(fs::is_fifo(fifo));
 }
 
 TEST_CASE("cli: a failed command leaves existing output files byte-identical, a successful one writes them all") {

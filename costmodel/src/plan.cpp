@@ -3,10 +3,12 @@
 
 #include "fuseplan/costmodel/report.hpp"
 
+#include <array>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <vector>
 
 #include "fuseplan/costmodel/collective.hpp"
@@ -330,13 +332,41 @@ Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, 
 }
 
 namespace {
+bool under_dev_or_proc(const std::filesystem::path& p) {
+  const std::string s = p.lexically_normal().string();
+  return s.rfind("/dev/", 0) == 0 || s.rfind("/proc/", 0) == 0;
+}
+
+struct Pending {
+  std::string path, tmp;  // the target (output_target), and its temporary file
+  std::string content;    // a direct target's, written at commit
+  bool direct = false;
+};
 struct Staged {
   bool on = false;
-  std::vector<std::pair<std::string, std::string>> files;  // path, temporary
+  std::vector<Pending> files;
 };
 Staged& staged() {
   static Staged s;
   return s;
+}
+
+void write_through(const std::string& target, const std::string& path, const std::string& content) {
+  // This process's own standard streams through their buffers, so that the text before
+  // (and after) stays in order: a file opened again would write at its own offset.
+  for (const auto& [names, stream] : {std::pair{std::array{"/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"}, &std::cout},
+                                      std::pair{std::array{"/dev/stderr", "/dev/fd/2", "/proc/self/fd/2"}, &std::cerr}})
+    for (const char* name : names)
+      if (target == name) {
+        *stream << content << std::flush;
+        if (!*stream) throw RunError(path + ": write failed");
+        return;
+      }
+  std::ofstream out(target, std::ios::binary | std::ios::app);
+  if (!out) throw InputError(path + ": cannot write");
+  out << content;
+  out.flush();
+  if (!out) throw RunError(path + ": write failed");
 }
 
 void rename_into_place(const std::string& tmp, const std::string& path) {
@@ -347,45 +377,72 @@ void rename_into_place(const std::string& tmp, const std::string& path) {
     throw RunError(path + ": rename failed: " + ec.message());
   }
 }
+
+void land(const Pending& f) {
+  if (f.direct) return write_through(f.path, f.path, f.content);
+  rename_into_place(f.tmp, f.path);
+}
 }  // namespace
+
+OutputTarget output_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path p = path;
+  for (int hops = 0; hops < 40 && !under_dev_or_proc(p) && fs::is_symlink(p, ec); ++hops) {
+    const fs::path to = fs::read_symlink(p, ec);
+    if (ec) break;
+    p = to.is_absolute() ? to : p.parent_path() / to;
+  }
+  if (under_dev_or_proc(p) || under_dev_or_proc(fs::absolute(p, ec))) return {p.string(), true};
+  const fs::file_status st = fs::status(p, ec);
+  return {p.string(), fs::exists(st) && !fs::is_regular_file(st) && !fs::is_directory(st)};
+}
 
 void write_file_atomic(const std::string& path, const std::string& content) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw InputError(path + ": is a directory (give a file name)");
   Staged& st = staged();
-  std::string tmp = path + ".tmp";
-  if (st.on) tmp.append(".").append(std::to_string(st.files.size()));
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  const OutputTarget to = output_target(path);
+  Pending f{to.path, "", "", to.direct};
+  if (to.direct) {
+    f.content = content;
+    if (!st.on) return land(f);
+  } else {
+    f.tmp = to.path + ".tmp";
+    if (st.on) f.tmp.append(".").append(std::to_string(st.files.size()));
+    std::ofstream out(f.tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw InputError(path + ": cannot write (directory missing or not writable)");
     out << content;
     out.flush();
     if (!out) {
-      std::remove(tmp.c_str());
+      out.close();
+      std::remove(f.tmp.c_str());
       throw RunError(path + ": write failed");
     }
+    out.close();
+    if (!st.on) return land(f);
   }
-  if (!st.on) return rename_into_place(tmp, path);
-  for (auto& [p, t] : st.files)
-    if (p == path) {
-      std::remove(t.c_str());
-      t = tmp;
+  for (auto& g : st.files)
+    if (g.path == f.path) {
+      if (!g.tmp.empty()) std::remove(g.tmp.c_str());
+      g = std::move(f);
       return;
     }
-  st.files.emplace_back(path, tmp);
+  st.files.push_back(std::move(f));
 }
 
 void stage_outputs(bool on) { staged().on = on; }
 
 void commit_outputs() {
   Staged& st = staged();
-  std::vector<std::pair<std::string, std::string>> files;
+  std::vector<Pending> files;
   files.swap(st.files);
   for (size_t i = 0; i < files.size(); ++i) {
     try {
-      rename_into_place(files[i].second, files[i].first);
+      land(files[i]);
     } catch (...) {
-      for (size_t j = i + 1; j < files.size(); ++j) std::remove(files[j].second.c_str());
+      for (size_t j = i + 1; j < files.size(); ++j)
+        if (!files[j].tmp.empty()) std::remove(files[j].tmp.c_str());
       throw;
     }
   }
@@ -393,7 +450,8 @@ void commit_outputs() {
 
 void discard_outputs() {
   Staged& st = staged();
-  for (const auto& f : st.files) std::remove(f.second.c_str());
+  for (const auto& f : st.files)
+    if (!f.tmp.empty()) std::remove(f.tmp.c_str());
   st.files.clear();
 }
 

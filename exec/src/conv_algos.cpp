@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
 
@@ -95,7 +96,13 @@ ConvAlgoTable ConvAlgoTable::load(const std::string& path) {
 }
 
 void ConvAlgoTable::save(const std::string& path) const {
-  const std::string tmp = path + ".tmp";
+  const OutputTarget to = output_target(path);  // /dev/null and the like: written through
+  if (to.direct) {
+    std::ofstream out(to.path, std::ios::binary | std::ios::app);
+    if (!(out << to_json()) || !out.flush()) throw RunError(path + ": write failed");
+    return;
+  }
+  const std::string tmp = to.path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw InputError(field("backend.conv_algo_file") + " " + path + ": cannot write");
@@ -107,7 +114,7 @@ void ConvAlgoTable::save(const std::string& path) const {
     }
   }
   std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
+  std::filesystem::rename(tmp, to.path, ec);
   if (ec) {
     std::remove(tmp.c_str());
     throw RunError(path + ": rename failed: " + ec.message());

@@ -15,6 +15,7 @@
 #include <span>
 #include <thread>
 
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/text.hpp"
 
@@ -443,21 +444,27 @@ double Trainer::evaluate(const Dataset& d, double* loss) {
 
 namespace {
 // The checkpoint file: a temporary file beside it, written, synced and renamed into place.
+// A target that is not a regular file (/dev/null, a FIFO: output_target) is written through.
 void write_checkpoint_file(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const OutputTarget to = output_target(path);
+  const std::string tmp = to.direct ? to.path : to.path + ".tmp";
+  int fd = to.direct ? ::open(tmp.c_str(), O_WRONLY | O_APPEND) : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw InputError(field("train.checkpoint") + " " + path + ": cannot write: " + std::strerror(errno));
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
     if (n <= 0) {
       ::close(fd);
-      ::unlink(tmp.c_str());
+      if (!to.direct) ::unlink(tmp.c_str());
       throw RunError("checkpoint " + path + ": write failed: " + std::strerror(errno));
     }
     done += size_t(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (to.direct) {
+    ::close(fd);
+    return;
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0 || std::rename(tmp.c_str(), to.path.c_str()) != 0) {
     ::unlink(tmp.c_str());
     throw RunError("checkpoint " + path + ": could not be committed: " + std::strerror(errno));
   }

@@ -767,19 +767,46 @@ def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, l
     info.order_matches = not info.out_of_order and len(order) == len(layer_of)
 
 
-def write_json(doc: Dict[str, Any], path: str) -> None:
-    """Writes through a temporary file and a rename: an interrupted write leaves no half file."""
+def _written_through(path: str) -> bool:
+    """/dev/null, /dev/stdout, a FIFO: anything under /dev or /proc, or an existing file that
+    is not a regular one, is written through, never replaced by a rename (as root that
+    would put a regular file where /dev/null was)."""
     import os
+    import stat
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def write_json(doc: Dict[str, Any], path: str) -> None:
+    """Writes through a temporary file and a rename: an interrupted write leaves no half file.
+    A symbolic link keeps being one (the file it names is replaced); /dev/null and the like
+    are written through (_written_through), standard output through sys.stdout."""
+    import os
+    import sys
     import tempfile
-    directory = os.path.dirname(os.path.abspath(path))
+    text = json.dumps(doc, indent=1) + "\n"
+    if _written_through(path):
+        if os.path.abspath(path) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            with open(path, "a") as f:
+                f.write(text)
+        return
+    path = os.path.realpath(path)  # a link's file, not the link
+    directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fuseplan-", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
     try:
         os.chmod(tmp, 0o666 & ~umask)  # as open() would create it (mkstemp's is private to its owner)
         with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

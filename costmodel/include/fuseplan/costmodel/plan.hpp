@@ -143,7 +143,18 @@ enum class BareNumber { Bytes, MiB, Refused };
 // KiB, MiB, GiB = 1024); throws InputError naming `flag`.
 int64_t parse_bytes(const std::string& s, const std::string& flag, BareNumber bare = BareNumber::Bytes,
                     bool zero_ok = false);
-// Writes atomically: a temporary file, then rename; nothing half-written on failure.
+// Where an output named `path` is written. A path that is not a regular file (/dev/null,
+// /dev/stdout, a FIFO: anything under /dev or /proc, or an existing file of another kind)
+// is written through (`direct`), never replaced; otherwise `path` with its symbolic links
+// followed, so that a rename into place replaces the file a link names, not the link.
+struct OutputTarget {
+  std::string path;
+  bool direct = false;
+};
+OutputTarget output_target(const std::string& path);
+
+// Writes atomically: a temporary file beside the target (output_target), then rename;
+// nothing half-written on failure. A `direct` target is written through, appended to.
 // InputError when `path` is a directory or cannot be written.
 void write_file_atomic(const std::string& path, const std::string& content);
 
