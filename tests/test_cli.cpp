@@ -80,6 +80,8 @@ TEST_CASE("cli: bad flags and names exit 2 with one line naming them") {
   expect_bad("export --to fsdp --plan x.json", "--to: unknown framework 'fsdp' (valid: ddp, horovod, deepspeed)");
   expect_bad("export --to ddp --plan /nonexistent/plan.json", "/nonexistent/plan.json: cannot open (No such file or directory)");
   expect_bad("predict --model resnet9", "unknown model 'resnet9'");
+  // An endless input is refused past 256 MiB instead of filling memory.
+  expect_bad("predict --cluster /dev/zero", "/dev/zero: more than 268435456 bytes (not a file this reads");
   expect_bad("predict --cluster nowhere", "unknown cluster 'nowhere'");
   expect_bad("predict --algorithm butterfly", "unknown algorithm 'butterfly' (valid: auto, ring");
   expect_bad("predict --precision fp8", "--precision: unknown precision 'fp8' (valid: fp32, fp16, bf16)");

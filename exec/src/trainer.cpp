@@ -526,7 +526,9 @@ void Trainer::save_checkpoint(const std::string& path) const {
 
 void Trainer::load_checkpoint(const std::string& path) {
   be_.synchronize();  // the host writes into the backend's memory below
-  Reader r(read_input_file(path, field("train.resume") + " " + path), path);
+  // A checkpoint of this model is at most its header and its floats (zlib adds little).
+  const uint64_t floats = optim_.masters().size() + optim_.momenta().size() + net_.running_stats().size();
+  Reader r(read_input_file(path, field("train.resume") + " " + path, 8 * floats + (uint64_t(1) << 20)), path);
   if (r.get<uint64_t>() != model_.fingerprint()) r.fail("was written for another model (fingerprint differs)");
   if (r.get<int32_t>() != opt_.batch) r.fail("was written with another " + field("batch_per_gpu"));
   if (const int32_t n = r.get<int32_t>(); n != opt_.ranks())

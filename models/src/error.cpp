@@ -34,7 +34,7 @@ std::string bare_fields(std::string_view text) {
   return render_fields(text, [](std::string_view f) { return std::string(f); });
 }
 
-std::string read_input_file(const std::string& path, const std::string& label) {
+std::string read_input_file(const std::string& path, const std::string& label, uint64_t max_bytes) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw InputError(label + ": is a directory (give a file)");
   errno = 0;
@@ -42,7 +42,14 @@ std::string read_input_file(const std::string& path, const std::string& label) {
   if (!in) throw InputError(label + ": cannot open (" + std::strerror(errno ? errno : ENOENT) + ")");
   std::ostringstream text;
   char buf[1 << 16];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) text.write(buf, in.gcount());
+  uint64_t total = 0;
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    total += uint64_t(in.gcount());
+    if (total > max_bytes)
+      throw InputError(label + ": more than " + std::to_string(max_bytes) + " bytes (not a file this reads; a device "
+                       "or an endless pipe?)");
+    text.write(buf, in.gcount());
+  }
   if (in.bad()) throw InputError(label + ": cannot read (" + std::strerror(errno ? errno : EIO) + ")");
   return text.str();
 }

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .heap import HEAP_CHOICES, heap_note, keep_heap
 from .model_export import _written_through, export_model, output_tensors, write_json
-from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan
+from .plan_ddp import read_json_file, PlanDDP, PlanError, check_plan, grad_storages, load_plan
 from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
 
@@ -317,13 +317,18 @@ def _threads(a: Any, ranks: int) -> int:
 def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Tensor) -> List[str]:
     """The plan's tensor order: from its model file when it names one, else a fresh export."""
     model = plan["model"]
-    if "file" in model:
-        path = os.path.join(os.path.dirname(os.path.abspath(plan["_path"])), model["file"])
-        with open(path) as f:
-            doc = json.load(f)
-    else:
+    if "file" not in model:
         doc = export_model(module, example)[0]
-    return [p["name"] for l in doc["layers"] for p in l["params"]]
+        return [p["name"] for l in doc["layers"] for p in l["params"]]
+    path = os.path.join(os.path.dirname(os.path.abspath(plan["_path"])), str(model["file"]))
+    where = "--plan %s: $.model.file: %s" % (plan["_path"], path)
+    try:
+        doc = read_json_file(path)
+        return [str(p["name"]) for l in doc["layers"] for p in l["params"]]
+    except (OSError, ValueError) as e:
+        raise UsageError("%s: %s" % (where, e))
+    except (KeyError, TypeError) as e:
+        raise UsageError("%s: not a fuseplan.model/1 file (no layers with params: %s)" % (where, e))
 
 
 def run_command(a: Any) -> None:

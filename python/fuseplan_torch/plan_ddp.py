@@ -148,11 +148,23 @@ def _check_keys(obj: Any, keys: Dict[str, Any], where: str) -> None:
                                                               "" if least is None else " >= %d" % least, v))
 
 
+MAX_INPUT_BYTES = 1 << 28  # as fuseplan's readers: /dev/zero or an endless pipe cannot hold a command
+
+
+def read_json_file(path: str) -> Any:
+    """A JSON file's document (OSError or ValueError where it cannot be read, is not JSON,
+    or is over MAX_INPUT_BYTES)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ValueError("more than %d bytes (not a file this reads; a device or an endless pipe?)" % MAX_INPUT_BYTES)
+    return json.loads(data)
+
+
 def load_plan(path: str) -> Dict[str, Any]:
     """A fuseplan.plan/1 file, its keys that PlanDDP reads checked (PlanError naming the file
     and JSON path; OSError and ValueError for a file that cannot be read or is not JSON)."""
-    with open(path) as f:
-        plan = json.load(f)
+    plan = read_json_file(path)
     if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
         raise PlanError("%s: $.schema: not a %s file" % (path, PLAN_SCHEMA))
     _check_keys(plan, _PLAN_KEYS, path + ": $")

@@ -593,6 +593,19 @@ def test_a_plan_file_missing_what_plan_ddp_reads_is_refused_naming_the_path(tmp_
     assert r.returncode == 2 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr  # the last one's
 
 
+def test_a_plan_whose_model_file_is_gone_or_endless_input_is_refused_in_one_line(tmp_path):
+    plan, _ = ddp_check.plan_for(ddp_check.small_cnn(), torch.randn(2, 3, 8, 8), [(0, 10, 0, "fp32")], 2)
+    plan["model"]["file"] = "gone.json"
+    with open(tmp_path / "p.json", "w") as f:
+        json.dump(plan, f)
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "p.json", cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--plan p.json: $.model.file: " in r.stderr and "gone.json: [Errno 2]" in r.stderr
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "/dev/zero", cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--plan /dev/zero: more than 268435456 bytes" in r.stderr
+
+
 def test_plan_ddp_refuses_a_plan_that_does_not_fit(tmp_path):
     import torch.distributed as dist
     from fuseplan_torch.plan_ddp import PlanDDP, PlanError

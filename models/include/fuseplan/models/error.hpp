@@ -7,6 +7,7 @@
 // must be >= 1"); a program spells them its own way with render() (the command line:
 // `--segments`, cli/format.hpp).
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -43,8 +44,10 @@ class InputError : public std::runtime_error {
 // The whole content of a file the user named, or an InputError that says why it cannot
 // be read: "LABEL: is a directory (give a file)", "LABEL: cannot open (No such file or
 // directory)", "LABEL: cannot read (...)". `label` names the file the way the caller's
-// messages do (the path, or the flag and the path).
-std::string read_input_file(const std::string& path, const std::string& label);
+// messages do (the path, or the flag and the path). More than `max_bytes` is refused
+// ("LABEL: more than ... bytes"): /dev/zero or an endless FIFO cannot hold the command.
+inline constexpr uint64_t kMaxInputBytes = uint64_t(1) << 28;  // JSON and text inputs: 256 MiB
+std::string read_input_file(const std::string& path, const std::string& label, uint64_t max_bytes = kMaxInputBytes);
 
 // A run that failed for another reason (I/O, an internal limit): exit 1.
 class RunError : public std::runtime_error {
