@@ -106,8 +106,9 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
   // Output files are checked when the flags are read, not when a long run ends: a name (not
   // a directory) in a directory that exists and can be written, and neither the file another
   // output flag of the command writes (one would overwrite the other) nor one it reads (the
-  // input would be lost); /dev/null and the like excepted (output_target). fuseplan-exec's --profile is written; fuseplan's is read. Flags
-  // are checked in the command's order, so each side looks for the other.
+  // input would be lost); /dev/null and the like excepted (output_target). fuseplan-exec's
+  // --profile is written; fuseplan's is read. Flags are checked in the command's order, so
+  // each side looks for the other.
   using Files = std::map<std::string, std::string>;  // file -> the flag naming it
   auto written = std::make_shared<Files>(), read = std::make_shared<Files>();
   auto file_check = [written, read](const std::string& flag, bool output) {

@@ -3,6 +3,7 @@
 
 #include "fuseplan/costmodel/report.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <cstdio>
@@ -351,22 +352,24 @@ Staged& staged() {
   return s;
 }
 
-void write_through(const std::string& target, const std::string& path, const std::string& content) {
+// Appends `content` to a target that is not a regular file (output_target's `direct`).
+void write_through(const std::string& target, const std::string& content) {
   // This process's own standard streams through their buffers, so that the text before
   // (and after) stays in order: a file opened again would write at its own offset.
+  std::error_code ec;
+  const std::string name = std::filesystem::absolute(target, ec).lexically_normal().string();
   for (const auto& [names, stream] : {std::pair{std::array{"/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"}, &std::cout},
                                       std::pair{std::array{"/dev/stderr", "/dev/fd/2", "/proc/self/fd/2"}, &std::cerr}})
-    for (const char* name : names)
-      if (target == name) {
-        *stream << content << std::flush;
-        if (!*stream) throw RunError(path + ": write failed");
-        return;
-      }
+    if (std::find(names.begin(), names.end(), name) != names.end()) {
+      *stream << content << std::flush;
+      if (!*stream) throw RunError(target + ": write failed");
+      return;
+    }
   std::ofstream out(target, std::ios::binary | std::ios::app);
-  if (!out) throw InputError(path + ": cannot write");
+  if (!out) throw InputError(target + ": cannot write");
   out << content;
   out.flush();
-  if (!out) throw RunError(path + ": write failed");
+  if (!out) throw RunError(target + ": write failed");
 }
 
 void rename_into_place(const std::string& tmp, const std::string& path) {
@@ -379,7 +382,7 @@ void rename_into_place(const std::string& tmp, const std::string& path) {
 }
 
 void land(const Pending& f) {
-  if (f.direct) return write_through(f.path, f.path, f.content);
+  if (f.direct) return write_through(f.path, f.content);
   rename_into_place(f.tmp, f.path);
 }
 }  // namespace
@@ -423,8 +426,8 @@ void write_file_atomic(const std::string& path, const std::string& content) {
     if (!st.on) return land(f);
   }
   for (auto& g : st.files)
-    if (g.path == f.path) {
-      if (!g.tmp.empty()) std::remove(g.tmp.c_str());
+    if (!f.direct && g.path == f.path) {  // a file staged again keeps the last content; a direct one gets both
+      std::remove(g.tmp.c_str());
       g = std::move(f);
       return;
     }

@@ -162,8 +162,8 @@ void write_file_atomic(const std::string& path, const std::string& content);
 // (the command line turns it on for every command), write_file_atomic writes the
 // temporary file at once (so a full disk or a missing directory still fails the
 // command) and commit_outputs() renames every staged file into place; discard_outputs()
-// removes them, leaving existing files byte-identical. A path staged twice keeps the
-// last content.
+// removes them, leaving existing files byte-identical. A file staged twice keeps the
+// last content; a `direct` target (output_target) gets each, in order, at commit.
 void stage_outputs(bool on);
 void commit_outputs();
 void discard_outputs();
