@@ -448,7 +448,8 @@ namespace {
 void write_checkpoint_file(const std::string& path, const std::string& bytes) {
   const OutputTarget to = output_target(path);
   const std::string tmp = to.direct ? to.path : to.path + ".tmp";
-  int fd = to.direct ? ::open(tmp.c_str(), O_WRONLY | O_APPEND) : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int fd = to.direct ? ::open(tmp.c_str(), O_WRONLY | O_APPEND)
+                     : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw InputError(field("train.checkpoint") + " " + path + ": cannot write: " + std::strerror(errno));
   size_t done = 0;
   while (done < bytes.size()) {
