@@ -848,7 +848,8 @@ def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
      "--input-shape 5,8,8: ddp_check:small_cnn cannot run a batch of this input: RuntimeError: "),
     (["export", "tiny_gpt:tiny_gpt", "--kwargs", '{"vocab": 64}', "--input-shape", "16", "--input-dtype", "long",
       "--vocab", "1000", "--out", "x.json"],
-     "--input-shape 16 --input-dtype long --vocab 1000: tiny_gpt:tiny_gpt cannot run a batch of this input: IndexError: "),
+     "--input-shape 16 --input-dtype long --vocab 1000: tiny_gpt:tiny_gpt cannot run a batch of this input: "
+     "IndexError: "),
     (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--batch", "0", "--out", "x.json"],
      "--batch: must be >= 1 (got 0)"),
     (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "./x.json"],
