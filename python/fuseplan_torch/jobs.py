@@ -19,8 +19,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .heap import HEAP_CHOICES, heap_note, keep_heap
-from .model_export import _written_through, export_model, output_tensors, write_json
-from .plan_ddp import read_json_file, PlanDDP, PlanError, check_plan, grad_storages, load_plan
+from .model_export import export_model, output_tensors, write_json, written_through
+from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan, read_json_file
 from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
 
@@ -148,7 +148,7 @@ def export_command(a: Any) -> None:
     _at_least(a.warmup, 0, "--warmup")
     if a.profile is not None:
         _writable(a.profile, "--profile")
-        if not _written_through(a.out) and os.path.realpath(a.profile) == os.path.realpath(a.out):
+        if not written_through(a.out) and os.path.realpath(a.profile) == os.path.realpath(a.out):
             raise UsageError("--profile %s: the file --out writes (give another name)" % a.profile)
         device = profile_device(a.device, a.ranks)
     elif a.device != "cpu":

@@ -767,7 +767,7 @@ def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, l
     info.order_matches = not info.out_of_order and len(order) == len(layer_of)
 
 
-def _written_through(path: str) -> bool:
+def written_through(path: str) -> bool:
     """/dev/null, /dev/stdout, a FIFO: anything under /dev or /proc, or an existing file that
     is not a regular one, is written through, never replaced by a rename (as root that
     would put a regular file where /dev/null was)."""
@@ -785,12 +785,12 @@ def _written_through(path: str) -> bool:
 def write_json(doc: Dict[str, Any], path: str) -> None:
     """Writes through a temporary file and a rename: an interrupted write leaves no half file.
     A symbolic link keeps being one (the file it names is replaced); /dev/null and the like
-    are written through (_written_through), standard output through sys.stdout."""
+    are written through (written_through), standard output through sys.stdout."""
     import os
     import sys
     import tempfile
     text = json.dumps(doc, indent=1) + "\n"
-    if _written_through(path):
+    if written_through(path):
         if os.path.abspath(path) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
             sys.stdout.write(text)
             sys.stdout.flush()
