@@ -333,9 +333,10 @@ Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, 
 }
 
 namespace {
-bool under_dev_or_proc(const std::filesystem::path& p) {
+// This process's standard streams by name: /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N.
+bool standard_stream(const std::filesystem::path& p) {
   const std::string s = p.lexically_normal().string();
-  return s.rfind("/dev/", 0) == 0 || s.rfind("/proc/", 0) == 0;
+  return s == "/dev/stdout" || s == "/dev/stderr" || s.rfind("/dev/fd/", 0) == 0 || s.rfind("/proc/self/fd/", 0) == 0;
 }
 
 struct Pending {
@@ -391,12 +392,12 @@ OutputTarget output_target(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path p = path;
-  for (int hops = 0; hops < 40 && !under_dev_or_proc(p) && fs::is_symlink(p, ec); ++hops) {
+  for (int hops = 0; hops < 40 && !standard_stream(p) && fs::is_symlink(p, ec); ++hops) {
     const fs::path to = fs::read_symlink(p, ec);
     if (ec) break;
     p = to.is_absolute() ? to : p.parent_path() / to;
   }
-  if (under_dev_or_proc(p) || under_dev_or_proc(fs::absolute(p, ec))) return {p.string(), true};
+  if (standard_stream(p) || standard_stream(fs::absolute(p, ec))) return {p.string(), true};
   const fs::file_status st = fs::status(p, ec);
   return {p.string(), fs::exists(st) && !fs::is_regular_file(st) && !fs::is_directory(st)};
 }
@@ -410,6 +411,11 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   if (to.direct) {
     f.content = content;
     if (!st.on) return land(f);
+    // Fails the command now, as a temporary file would, where the target cannot be opened
+    // (a FIFO is not opened early: its reader would see the end of the file).
+    if (!std::filesystem::is_fifo(to.path, ec) && !standard_stream(to.path) &&
+        !std::ofstream(to.path, std::ios::binary | std::ios::app))
+      throw InputError(path + ": cannot write");
   } else {
     f.tmp = to.path + ".tmp";
     if (st.on) f.tmp.append(".").append(std::to_string(st.files.size()));

@@ -10,6 +10,7 @@ import os
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -121,6 +122,13 @@ def _writable(path: str, flag: str) -> None:
         raise UsageError("%s: directory %s does not exist" % (flag, directory))
     if not os.access(directory, os.W_OK):
         raise UsageError("%s: directory %s is not writable" % (flag, directory))
+    if not written_through(path):  # a temporary file there, as write_json makes (/proc takes none)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fuseplan-", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise UsageError("%s: cannot write in directory %s (%s)" % (flag, directory, e.strerror))
 
 
 def profile_device(text: str, ranks: int) -> torch.device:

@@ -767,13 +767,17 @@ def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, l
     info.order_matches = not info.out_of_order and len(order) == len(layer_of)
 
 
+STANDARD_STREAMS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+
+
 def written_through(path: str) -> bool:
-    """/dev/null, /dev/stdout, a FIFO: anything under /dev or /proc, or an existing file that
-    is not a regular one, is written through, never replaced by a rename (as root that
-    would put a regular file where /dev/null was)."""
+    """/dev/null, a FIFO, a device (an existing file that is not a regular one), and this
+    process's standard streams by name (/dev/stdout, /dev/fd/N, ...) are written through,
+    never replaced by a rename (as root that would put a regular file where /dev/null was)."""
     import os
     import stat
-    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+    name = os.path.normpath(os.path.abspath(path))
+    if name in STANDARD_STREAMS[:2] or name.startswith(STANDARD_STREAMS[2:]):
         return True
     try:
         mode = os.stat(path).st_mode
@@ -791,7 +795,7 @@ def write_json(doc: Dict[str, Any], path: str) -> None:
     import tempfile
     text = json.dumps(doc, indent=1) + "\n"
     if written_through(path):
-        if os.path.abspath(path) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        if os.path.normpath(os.path.abspath(path)) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
             sys.stdout.write(text)
             sys.stdout.flush()
         else:

@@ -856,6 +856,8 @@ def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
      "--profile ./x.json: the file --out writes (give another name)"),
     (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "x.json", "--report", "x.json"],
      "--report x.json: the file --plan reads (give another name)"),
+    (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "/proc/x.json"],
+     "--out: cannot write in directory /proc"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     r = run_cli(*args, cwd=str(tmp_path))

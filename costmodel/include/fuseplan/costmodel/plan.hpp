@@ -143,10 +143,11 @@ enum class BareNumber { Bytes, MiB, Refused };
 // KiB, MiB, GiB = 1024); throws InputError naming `flag`.
 int64_t parse_bytes(const std::string& s, const std::string& flag, BareNumber bare = BareNumber::Bytes,
                     bool zero_ok = false);
-// Where an output named `path` is written. A path that is not a regular file (/dev/null,
-// /dev/stdout, a FIFO: anything under /dev or /proc, or an existing file of another kind)
-// is written through (`direct`), never replaced; otherwise `path` with its symbolic links
-// followed, so that a rename into place replaces the file a link names, not the link.
+// Where an output named `path` is written: `path` with its symbolic links followed, so
+// that a rename into place replaces the file a link names, not the link. A target that
+// exists and is not a regular file (/dev/null, a FIFO, a device), and this process's
+// standard streams by name (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N), are
+// written through (`direct`), never replaced.
 struct OutputTarget {
   std::string path;
   bool direct = false;
