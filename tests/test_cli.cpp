@@ -2,6 +2,7 @@
 // and exit code 2, good input gives parseable output and files.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include <sys/wait.h>
 
@@ -1508,8 +1509,8 @@ TEST_CASE("cli: whatif --profile holds the profile to each point's precision and
   expect_bad(base + " --precision fp16", "measured at fp32, the prediction is at fp16");
 }
 
-TEST_CASE("cli: an output through a link lands in the file it names, and /dev/null, /dev/stdout or a FIFO are written "
-          "through") {
+TEST_CASE("cli: an output through a link lands in the file it names and a device or standard output or a FIFO is "
+          "written through") {
   namespace fs = std::filesystem;
   const std::string dir = tmp("through");
   fs::remove_all(dir);
@@ -1528,9 +1529,14 @@ TEST_CASE("cli: an output through a link lands in the file it names, and /dev/nu
   CHECK_THAT(text(dir + "/target.json"), Catch::Contains("fuseplan.plan/1"));
   CHECK_THAT(text(dir + "/sub/new.json"), Catch::Contains("traceEvents"));
   // Not regular files: written through, never replaced by one (as root a rename would).
-  CHECK(run(args + "--out /dev/null --trace /dev/null").code == 0);
-  CHECK(fs::is_character_file("/dev/null"));
-  const Run out = run(args + "--out /dev/stdout");
+  // The test's own copy of /dev/null and standard output by /proc (where a rename fails),
+  // so that a regression cannot replace the machine's /dev/null or /dev/stdout.
+  const std::string null = dir + "/null";
+  if (::mknod(null.c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0) {
+    CHECK(run(args + "--out " + null + " --trace " + null).code == 0);
+    CHECK(fs::is_character_file(null));
+  }
+  const Run out = run(args + "--out /proc/self/fd/1");
   CHECK(out.code == 0);
   CHECK_THAT(out.out, Catch::Contains("plan written to") && Catch::Contains("\"schema\": \"fuseplan.plan/1\""));
   const std::string fifo = dir + "/fifo";

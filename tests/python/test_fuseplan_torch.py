@@ -526,19 +526,26 @@ def test_plan_ddp_accumulates_micro_batches_as_ddp_does(tmp_path, no_sync, engin
 
 
 def test_outputs_through_links_and_onto_dev_null_are_written_through(tmp_path):
-    """A link keeps being a link (the file it names gets the output); /dev/null and
-    /dev/stdout are written through, never replaced by a rename (as root one would)."""
+    """A link keeps being a link (the file it names gets the output); a device and standard
+    output are written through, never replaced by a rename (as root one would)."""
     (tmp_path / "sub").mkdir()
     os.symlink("sub/model.json", str(tmp_path / "link.json"))  # dangling until written
     r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "link.json", cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert os.path.islink(tmp_path / "link.json")
     assert json.load(open(tmp_path / "sub" / "model.json"))["schema"] == "fuseplan.model/1"
-    r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "/dev/stdout", "--profile",
-                "/dev/null", "--steps", "1", "--warmup", "0", cwd=str(tmp_path))
+    # The test's own copy of /dev/null (where root may make one) and standard output by /proc
+    # (where a rename fails): a regression cannot replace the machine's.
+    null = str(tmp_path / "null")
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError:
+        null = os.devnull
+    r = run_cli("export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "/proc/self/fd/1", "--profile",
+                null, "--steps", "1", "--warmup", "0", cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert '"schema": "fuseplan.model/1"' in r.stdout
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert stat.S_ISCHR(os.stat(null).st_mode)
 
 
 def test_output_files_are_refused_before_any_work_with_one_line(tmp_path):
