@@ -83,12 +83,11 @@ def one_line(text: str) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-def check_input(module: nn.Module, a: Any) -> None:
-    """A batch of --input-shape (with --input-dtype and --vocab) runs through `module`'s
-    forward, or the flags are refused in one line with the module's error, before anything
-    is traced, timed or spawned. In eval mode, so that nothing changes (BatchNorm's running
-    statistics, the random stream of dropout)."""
-    batch = make_batch(a, 2, a.seed)
+def check_input(module: nn.Module, a: Any, batch: torch.Tensor) -> None:
+    """`batch`, made from --input-shape (with --input-dtype and --vocab), runs through
+    `module`'s forward, or the flags are refused in one line with the module's error, before
+    anything is traced, timed or spawned. In eval mode, so that nothing changes (BatchNorm's
+    running statistics, the random stream of dropout)."""
     was_training = module.training
     module.eval()
     try:
@@ -166,8 +165,8 @@ def export_command(a: Any) -> None:
     if a.profile is not None and a.ranks == 1 and a.heap == "keep":
         keep_heap()  # this process times the layers
     module, name = build_module(a)
-    check_input(module, a)
     example = make_batch(a, 2, a.seed)
+    check_input(module, a, example)
     try:
         doc, info, gm, nodes = export_model(module, example, name=name)
     except ValueError as e:  # untraceable, with parameters outside its leaf modules
@@ -369,10 +368,11 @@ def run_command(a: Any) -> None:
     batch = plan["batch_per_gpu"] if plan else (a.batch or 8)
     input_shape(a)
     module, _ = build_module(a)  # a bad factory, input or a plan for another module fails here, once
-    check_input(module, a)
+    example = make_batch(a, 2, a.seed)
+    check_input(module, a, example)
     names: List[str] = []
     if plan is not None:
-        names = plan_tensor_names(plan, module, make_batch(a, 2, a.seed))
+        names = plan_tensor_names(plan, module, example)
         try:
             check_plan(plan, module, names)
         except PlanError as e:
