@@ -3,7 +3,8 @@
 `measure_plan` runs warm-up and measured steps through a PlanDDP and returns, on rank 0,
 the fuseplan.report/1 document (`source: measured`): per step the critical rank (the
 slowest in forward + backward, the rank every allreduce waits for) is taken, as
-fuseplan-exec does, and its phases and bucket times are averaged over the steps.
+fuseplan-exec does, and its phases and bucket times are averaged over the steps; the
+iteration is the slowest rank's mean step (slowest_mean).
 `measure_ddp` times torch's DistributedDataParallel the same way (iteration only: DDP's
 overlap cannot be taken apart from outside).
 """
@@ -62,9 +63,12 @@ def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, o
 
 
 def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
+                 warmup: int, iterations: int,
+                 between: Callable[[], None] = lambda: None) -> Optional[Dict[str, Any]]:
     """`warmup` and `iterations` count optimizer steps, each of the plan's accumulation of
-    micro-batches; the report's figures are per micro-batch, as fuseplan predicts them."""
+    micro-batches; the report's figures are per micro-batch, as fuseplan predicts them.
+    `between` runs after each measured micro-batch, outside its timing (jobs.profile_alongside
+    times the model's compute there)."""
     acc = ddp.accumulate
     steps: List[Dict[str, Any]] = []
     for t0, t1, t2, t3, synced in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations,
@@ -77,6 +81,7 @@ def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optim
         else:  # inside no_sync(): backward alone
             row.update(backward_s=t2 - t1, exposed_comm_s=0.0)
         steps.append(row)
+        between()
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, steps)
     if dist.get_rank() != 0:
@@ -91,12 +96,20 @@ def critical_steps(ranks: Sequence[Sequence[Any]], compute: Callable[[Any], floa
     return [max((r[i] for r in ranks), key=compute) for i in range(len(ranks[0]))]
 
 
+def slowest_mean(ranks: Sequence[Sequence[float]]) -> float:
+    """The slowest rank's mean step (`ranks[r][i]`: rank r's step i), the measured iteration,
+    as fuseplan-exec takes it. Every rank steps at the same rate, each waiting for the
+    others' allreduces; the mean over the steps of each step's slowest rank would add the
+    ranks' step-to-step noise to that rate."""
+    return max(statistics.fmean(r) for r in ranks)
+
+
 def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> Dict[str, Any]:
     plan = ddp.plan
     n = len(ranks[0])
     critical = critical_steps(ranks, lambda s: s["forward_s"] + s["backward_s"])
     mean = lambda key: statistics.fmean(c[key] for c in critical)
-    iteration = statistics.fmean(max(r[s]["iteration_s"] for r in ranks) for s in range(n))
+    iteration = slowest_mean([[s["iteration_s"] for s in r] for r in ranks])
     buckets = []
     names = ddp.tensor_names
     synced = [c for c in critical if c["buckets"] is not None]  # the micro-batches that allreduced

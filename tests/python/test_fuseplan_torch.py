@@ -474,6 +474,14 @@ def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets, ranks, engine):
             assert all(a["end"] <= b["start"] for a, b in zip(mine, mine[1:]))
 
 
+def test_the_measured_iteration_is_the_slowest_ranks_mean_step():
+    from fuseplan_torch.runner import slowest_mean
+    # Two ranks stepping at one rate, their noise out of phase: each step's slowest rank
+    # would read 1.2 s, a rate neither rank ran at.
+    assert slowest_mean([[1.0, 1.2, 1.0, 1.2], [1.2, 1.0, 1.2, 1.0]]) == pytest.approx(1.1)
+    assert slowest_mean([[1.0, 1.0], [1.5, 1.3]]) == pytest.approx(1.4)  # a straggler sets the rate
+
+
 def test_trainers_measured_side_by_side_get_every_step_as_the_slowest_rank_saw_it(tmp_path):
     out = str(tmp_path / "out.json")
     jobs.spawn(2, ddp_check.side_by_side, (out, 3))
@@ -749,6 +757,35 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     assert "--plan " + plan + ": $.model" in r.stderr
 
 
+def test_run_profiles_its_layers_with_the_whole_pass_timed_between_its_steps(tmp_path):
+    model, prof, plan, rep = exported_small_cnn(tmp_path)
+    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
+                 "--pack", "inline", "--out", plan)
+    assert r.returncode == 0, r.stderr
+    run_prof = str(tmp_path / "run-profile.json")
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
+                "--profile", run_prof, "--iterations", "3", "--warmup", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    got = json.load(open(run_prof))
+    # The note is written only where every rank timed whole steps between the run's steps.
+    assert got["device"].endswith("2 ranks side by side (the slowest per layer), whole pass timed between the "
+                                  "run's steps"), got["device"]
+    assert got["fingerprint"] == json.load(open(prof))["fingerprint"] and got["batch"] == 4
+    whole = got["whole_pass"]
+    assert whole["fitted"] and got["optimizer_us"] > 0
+    for key, total in (("fwd_us", "forward_us"), ("bwd_us", "backward_us")):
+        assert sum(l[key] for l in got["layers"]) == pytest.approx(whole[total])
+    r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", run_prof, "--no-sim")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
+                "--profile", run_prof, "--layer-times", "as-timed", "--iterations", "2", "--warmup", "1",
+                "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    whole = json.load(open(run_prof))["whole_pass"]
+    assert not whole["fitted"] and "layers_forward_us" not in whole
+
+
 HEAP_PROBE = """
 import ctypes, resource, sys
 from fuseplan_torch.heap import heap_kept, keep_heap
@@ -863,6 +900,9 @@ def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
      "--profile ./x.json: the file --out writes (give another name)"),
     (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "x.json", "--report", "x.json"],
      "--report x.json: the file --plan reads (give another name)"),
+    (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--profile", "p.json"], "--profile: needs --plan"),
+    (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "p.json", "--report", "x.json", "--profile",
+      "./x.json"], "--profile ./x.json: the file --report writes (give another name)"),
     (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "/proc/x.json"],
      "--out: cannot write in directory /proc"),
 ])
