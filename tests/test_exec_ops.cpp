@@ -1,6 +1,10 @@
 // The CPU backend's ops: every backward against central finite differences of its
 // forward (small shapes, a random linear functional of the output as the loss), and
 // half-precision rounding against the IEEE definitions.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <bit>
 #include <catch2/catch.hpp>
 
@@ -1234,6 +1238,27 @@ TEST_CASE("a convolution algorithm file reads back what was written, and keeps e
   other.n = 32;  // another batch is another shape
   CHECK(back.find(other) == nullptr);
   CHECK(back.to_json() == t.to_json());
+}
+
+TEST_CASE("a convolution algorithm file saved onto a FIFO is written through it and the FIFO stays") {
+  ConvAlgoTable t;
+  t.device = "NVIDIA H200", t.library = "cuDNN 91900";
+  t.put(ConvAlgoKey{8, 3, 32, 32, 16, 3, 1, 1, "float", true}, ConvAlgoChoice{1, 1, 3, "find", 0.5, 0.6, 0.9});
+  const std::string fifo = algo_tmp("algos.fifo");
+  std::filesystem::remove(fifo);
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Opened for reading first without waiting for a writer, so nothing can block: the
+  // table (well under the pipe's buffer) is read once saved.
+  const int rfd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  REQUIRE(rfd >= 0);
+  t.save(fifo);
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(rfd, buf, sizeof buf)) > 0;) got.append(buf, size_t(n));
+  ::close(rfd);
+  CHECK(got == t.to_json());
+  CHECK(std::filesystem::is_fifo(fifo));
+  std::filesystem::remove(fifo);
 }
 
 TEST_CASE("a malformed convolution algorithm file is refused naming the file and the JSON path") {

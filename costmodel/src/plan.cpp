@@ -353,7 +353,21 @@ Staged& staged() {
   return s;
 }
 
-// Appends `content` to a target that is not a regular file (output_target's `direct`).
+void rename_into_place(const std::string& tmp, const std::string& path) {
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw RunError(path + ": rename failed: " + ec.message());
+  }
+}
+
+void land(const Pending& f) {
+  if (f.direct) return write_through(f.path, f.content);
+  rename_into_place(f.tmp, f.path);
+}
+}  // namespace
+
 void write_through(const std::string& target, const std::string& content) {
   // This process's own standard streams through their buffers, so that the text before
   // (and after) stays in order: a file opened again would write at its own offset.
@@ -372,21 +386,6 @@ void write_through(const std::string& target, const std::string& content) {
   out.flush();
   if (!out) throw RunError(target + ": write failed");
 }
-
-void rename_into_place(const std::string& tmp, const std::string& path) {
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw RunError(path + ": rename failed: " + ec.message());
-  }
-}
-
-void land(const Pending& f) {
-  if (f.direct) return write_through(f.path, f.content);
-  rename_into_place(f.tmp, f.path);
-}
-}  // namespace
 
 OutputTarget output_target(const std::string& path) {
   namespace fs = std::filesystem;

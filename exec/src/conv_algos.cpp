@@ -97,11 +97,7 @@ ConvAlgoTable ConvAlgoTable::load(const std::string& path) {
 
 void ConvAlgoTable::save(const std::string& path) const {
   const OutputTarget to = output_target(path);  // /dev/null and the like: written through
-  if (to.direct) {
-    std::ofstream out(to.path, std::ios::binary | std::ios::app);
-    if (!(out << to_json()) || !out.flush()) throw RunError(path + ": write failed");
-    return;
-  }
+  if (to.direct) return write_through(to.path, to_json());
   const std::string tmp = to.path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);

@@ -153,6 +153,9 @@ struct OutputTarget {
   bool direct = false;
 };
 OutputTarget output_target(const std::string& path);
+// Appends `content` to a `direct` target: this process's standard streams through
+// std::cout / std::cerr (in order with the text around it), any other by opening it.
+void write_through(const std::string& target, const std::string& content);
 
 // Writes atomically: a temporary file beside the target (output_target), then rename;
 // nothing half-written on failure. A `direct` target is written through, appended to.
