@@ -6,7 +6,6 @@ PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt] [--streams 1]
                             [--layer-times whole-pass|as-timed] [--min-gain PCT] [--heap keep|trim]
-                            [--run-profile between|before]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
 whole training steps unless --layer-times as-timed; timed on
@@ -24,10 +23,10 @@ reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratio
 steps run next to each other, and each trainer's minor page faults per step (with
 --min-gain PCT the plans are tuned with --baseline ddp: DDP's buckets unless the tuned
 plan is predicted PCT % faster). Before the PlanDDP run verify reads, the same job
-profiles every layer on all ranks side by side, and times the whole pass the layers are
-fitted to between that run's steps (jobs.profile_alongside; --run-profile before: before
-the run); verify is printed with that profile and with the export's. Every process
-(sweep, export, jobs) keeps its freed memory (fuseplan_torch.keep_heap) unless --heap trim, which leaves glibc's
+profiles every layer on all ranks side by side; verify is printed with that profile and
+with the export's. Each pilot runs in such a job too (the three trainers side by side,
+the profile, the PlanDDP run the fit reads). Every process (sweep, export, jobs) keeps
+its freed memory (fuseplan_torch.keep_heap) unless --heap trim, which leaves glibc's
 defaults and their page faults.
 Runs with Debian's /usr/bin/python3 (python3-torch).
 """
@@ -57,8 +56,7 @@ def sh(*args, **kw):
     return r.stdout
 
 
-def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, layer_times, run_profile,
-                 pilot=False):
+def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, layer_times):
     import torch
     import torch.nn as nn
     from fuseplan_torch import jobs
@@ -81,21 +79,16 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     trainers = (("plan", planned, opt_plan, planned.start_backward), ("ddp", default, opts[0], lambda: None),
                 ("ddp_exported", exported, opts[1], lambda: None))
     faults = {}
-    times = {} if pilot else measure_side_by_side(trainers, inputs, labels, 2, steps, faults)
-    # The layers timed in this job on a copy of the model with the same weights, right
-    # before the run verify reads, and the whole pass they are fitted to timed between
-    # that run's steps: the compute of the run itself, which the export's profile (taken
-    # minutes earlier, on a machine whose speed drifts) is not.
-    local, example, fit = jobs.build_module(a)[0], jobs.make_batch(a, 2, a.seed), layer_times == "whole-pass"
-    if run_profile == "between":
-        profile, report = jobs.profile_alongside(
-            rank, ranks, local, example, inputs, 2, 5,
-            lambda between: measure_plan(planned, inputs, labels, opt_plan, 2, steps, between),  # the run verify reads
-            name=spec_name, fit_whole_pass=fit)
-    else:  # the whole pass timed before the run, with the layers
-        profile = jobs.profile_side_by_side(rank, ranks, local, example, inputs, 2, 5, name=spec_name,
-                                            fit_whole_pass=fit)
-        report = measure_plan(planned, inputs, labels, opt_plan, 2, steps)
+    # A pilot runs this too: the run the fit reads then follows what the compared runs
+    # follow (a job whose steps of three trainers came first), and pilots without it
+    # fitted overlap constants that predicted the compared runs 9-14 % fast.
+    times = measure_side_by_side(trainers, inputs, labels, 2, steps, faults)
+    # The layers timed in this job, right before the run verify reads, on a copy of the
+    # model with the same weights: the compute of the run itself, which the export's
+    # profile (taken minutes earlier, on a machine whose speed drifts) is not.
+    profile = jobs.profile_side_by_side(rank, ranks, jobs.build_module(a)[0], jobs.make_batch(a, 2, a.seed), inputs,
+                                        2, 5, name=spec_name, fit_whole_pass=layer_times == "whole-pass")
+    report = measure_plan(planned, inputs, labels, opt_plan, 2, steps)  # the PlanDDP run verify reads
     planned.close()
     if rank == 0:
         with open(out, "w") as f:
@@ -119,9 +112,6 @@ def main():
     add_heap_flag(ap)
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
-    ap.add_argument("--run-profile", default="between", choices=["between", "before"],
-                    help="the run profile's whole pass (what its layers are fitted to): timed between the steps of "
-                         "the run verify reads, or before the run")
     a = ap.parse_args()
     fuseplan = os.path.join(a.bin, "fuseplan")
     from fuseplan_torch import jobs
@@ -158,8 +148,7 @@ def main():
         with open(model) as f:
             names = [t["name"] for l in json.load(f)["layers"] for t in l["params"]]
         out = os.path.join(work, name + tag + "-out.json")
-        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, a.layer_times, a.run_profile,
-                                           pilot),
+        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, a.layer_times),
                    heap=a.heap)
         with open(out) as f:
             res = json.load(f)

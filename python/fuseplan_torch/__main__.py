@@ -96,11 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--threads", type=_int_to(THREADS_MAX), default=0,
                      help="torch threads per rank (default: cores / ranks)")
     run.add_argument("--report", help="--plan: write the measured fuseplan.report/1 here")
-    run.add_argument("--profile", help="--plan: also write this run's layer profile (fuseplan.profile/1) here: each "
-                                       "layer timed on every rank before the run, the whole pass they are fitted to "
-                                       "timed between the run's measured steps, for `fuseplan verify --profile`")
+    run.add_argument("--profile", help="--plan: also write this run's layer profile (fuseplan.profile/1) here, "
+                                       "timed in the same job right before the measured steps, on every rank side "
+                                       "by side, for `fuseplan verify --profile`")
     run.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
-                     help="--profile: the layers fitted to the whole pass timed between the steps, or as timed alone")
+                     help="--profile: the layers fitted to the whole model's training steps, or as timed alone")
     add_heap_flag(run)
 
     sw = sub.add_parser("sweep", help="time the allreduce of gloo or NCCL on N local ranks (fuseplan.sweep/1 for "

@@ -12,7 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -22,7 +22,7 @@ import torch.nn as nn
 from .heap import HEAP_CHOICES, heap_note, keep_heap
 from .model_export import export_model, output_tensors, write_json, written_through
 from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan, read_json_file
-from .profile import profile_layers, set_whole_pass, training_steps
+from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
 
 
@@ -252,39 +252,6 @@ def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: torc
     return prof
 
 
-def profile_alongside(rank: int, ranks: int, module: nn.Module, example: torch.Tensor, batch_input: torch.Tensor,
-                      warmup: int, steps: int, run: Callable[[Callable[[], None]], Any], name: str = "",
-                      fit_whole_pass: bool = True) -> Tuple[Optional[Dict[str, Any]], Any]:
-    """The layer profile of a run, taken in the run's own job: `module` (a copy of the run's
-    model, on its device) has its layers timed side by side on every rank before the run
-    (profile_side_by_side), and the whole pass they are fitted to is timed between the
-    run's measured steps: `run(between)` runs the measured job and calls `between()` after
-    each measured step, which times one whole training step of the copy (no
-    communication) on every rank at once. A machine whose speed drifts while the job runs
-    (a shared one) then moves the profile's whole pass and the run alike, so that `fuseplan
-    verify` holds the overlap model against the run, not against the drift. Returns the
-    profile (rank 0; None on the others) and what `run` returned."""
-    prof = profile_side_by_side(rank, ranks, module, example, batch_input, warmup, steps, name, fit_whole_pass=False)
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
-    local: List[Tuple[float, float, float]] = []
-
-    def between() -> None:
-        local.extend(training_steps(module, batch_input, optimizer, 0, 1, batch_input.device, dist.barrier))
-
-    result = run(between)
-    gathered: List[Any] = [None] * ranks
-    dist.all_gather_object(gathered, local)
-    if rank != 0:
-        return None, result
-    if all(gathered):
-        prof["device"] += ", whole pass timed between the run's steps"
-    else:  # the run measured no step: the whole pass timed before it
-        whole = prof["whole_pass"]
-        gathered = [[(whole["forward_us"], whole["backward_us"], prof.get("optimizer_us", 0.0))]]
-    set_whole_pass(prof, gathered, True, fit_whole_pass)
-    return prof, result
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -438,17 +405,12 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
     if plan is not None:
         ddp = PlanDDP(module, plan, names, engine=a.engine, gradient_as_bucket_view=a.gradient_as_bucket_view)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
-
-        def measure(between: Callable[[], None] = lambda: None) -> Optional[Dict[str, Any]]:
-            return measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations, between)
-
         profile = None
-        if a.profile is None:
-            report = measure()
-        else:  # a copy with the same weights, its layers timed as export --profile times them
-            profile, report = profile_alongside(rank, ranks, build_module(a)[0].to(device),
-                                                make_batch(a, 2, a.seed).to(device), inputs, 3, 10, measure,
-                                                plan["model"]["name"], a.layer_times == "whole-pass")
+        if a.profile is not None:  # a copy with the same weights, timed as export --profile --ranks times it
+            profile = profile_side_by_side(rank, ranks, build_module(a)[0].to(device),
+                                           make_batch(a, 2, a.seed).to(device), inputs, 3, 10, plan["model"]["name"],
+                                           a.layer_times == "whole-pass")
+        report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
         ddp.close()
         if rank == 0:
             if a.report is not None:

@@ -63,12 +63,9 @@ def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, o
 
 
 def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int,
-                 between: Callable[[], None] = lambda: None) -> Optional[Dict[str, Any]]:
+                 warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
     """`warmup` and `iterations` count optimizer steps, each of the plan's accumulation of
-    micro-batches; the report's figures are per micro-batch, as fuseplan predicts them.
-    `between` runs after each measured micro-batch, outside its timing (jobs.profile_alongside
-    times the model's compute there)."""
+    micro-batches; the report's figures are per micro-batch, as fuseplan predicts them."""
     acc = ddp.accumulate
     steps: List[Dict[str, Any]] = []
     for t0, t1, t2, t3, synced in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations,
@@ -81,7 +78,6 @@ def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optim
         else:  # inside no_sync(): backward alone
             row.update(backward_s=t2 - t1, exposed_comm_s=0.0)
         steps.append(row)
-        between()
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, steps)
     if dist.get_rank() != 0:
