@@ -237,6 +237,7 @@ def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: torc
     and the whole pass of the training steps timed side by side (set_whole_pass), the
     layers fitted to it with `fit_whole_pass`; the other ranks None."""
     doc, info, gm, nodes = export_model(module, example, name=name or None)
+    module.to(batch_input.device)  # exported where built (the CPU), timed where the run's batch is
     prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, batch_input, warmup, steps,
                                  torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9), sync=dist.barrier,
                                  fit_whole_pass=False)
@@ -407,9 +408,8 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
         profile = None
         if a.profile is not None:  # a copy with the same weights, timed as export --profile --ranks times it
-            profile = profile_side_by_side(rank, ranks, build_module(a)[0].to(device),
-                                           make_batch(a, 2, a.seed).to(device), inputs, 3, 10, plan["model"]["name"],
-                                           a.layer_times == "whole-pass")
+            profile = profile_side_by_side(rank, ranks, build_module(a)[0], make_batch(a, 2, a.seed), inputs, 3, 10,
+                                           plan["model"]["name"], a.layer_times == "whole-pass")
         report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
         ddp.close()
         if rank == 0:
