@@ -259,6 +259,36 @@ TEST_CASE("calibrate: how much backward slows an allreduce is recovered apart fr
   CHECK_FALSE(kept.allreduce_sharing);
 }
 
+TEST_CASE("calibrate: a run that starts each bucket after its thread's hand-off is fitted with that hand-off") {
+  // PlanDDP and fuseplan-exec record a bucket's start once their communication thread has
+  // woken for it: later, by the hand-off, than the prediction's start, which counts the
+  // hand-off inside the bucket (dispatch_overhead_us). The end times are the same.
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Cluster c = load_cluster("local-cpu");
+  c.comm_compute_sharing = 0.4;
+  c.allreduce_sharing = 1.5;
+  c.dispatch_overhead_us = 800;
+  auto run = [&](const std::string& spec) {
+    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32),
+                              "test"), {}};
+    CollectiveModel coll(c, 2);
+    ComputeModel compute(m, c, 16, Precision::FP32);
+    r.measured = predict(m, c, r.plan, coll, compute);
+    for (auto& b : r.measured.buckets) b.start_s += 800e-6;
+    return r;
+  };
+  const std::vector<OverlapRun> runs = {run("splits:20,40"), run("single"), run("per-tensor")};
+  c.comm_compute_sharing = 0;
+  c.allreduce_sharing.reset();
+  c.dispatch_overhead_us = 0;
+  const OverlapFit fit = fit_overlap(c, runs, {true, true, true}, {});
+  CHECK(fit.dispatch_us == Approx(800).margin(8));
+  CHECK(fit.sigma == Approx(0.4).margin(0.004));
+  REQUIRE(fit.allreduce_sharing);
+  CHECK(*fit.allreduce_sharing == Approx(1.5).margin(0.01));
+  for (const auto& e : fit.after) CHECK(std::abs(e.iteration) < 0.005);
+}
+
 TEST_CASE("calibrate: calibrate_communication writes the fits into the cluster, held out and judged") {
   Cluster c = load_cluster("local-cpu");
   std::vector<Sweep> sweeps{synthetic("ring", 4, {3.0, 200.0, 10.0}, 0), synthetic("recursive_doubling", 4, {5.0, 90.0, 0}, 0)};

@@ -298,8 +298,23 @@ std::vector<Sweep> load_sweep(const std::string& path) {
 }
 
 namespace {
-// The mean squared error of each bucket's allreduce duration (end - start), relative to the
-// run's last allreduce end: what an allreduce loses while backward runs shows in the
+// Bucket b's time on its stream: from when the stream could take it (the bucket ready, and
+// the one before it on its stream done) to its end. A run records a start once its
+// communication thread has woken for the bucket, later than that by the hand-off the
+// prediction counts inside the bucket (dispatch_overhead_us); from here both count it.
+double stream_time_s(const Report& r, size_t b) {
+  const BucketReport& x = r.buckets[b];
+  double from = x.ready_s;
+  for (size_t k = b; k-- > 0;)
+    if (r.buckets[k].stream == x.stream) {
+      from = std::max(from, r.buckets[k].end_s);
+      break;
+    }
+  return x.end_s - from;
+}
+
+// The mean squared error of each bucket's time on its stream (stream_time_s), relative to
+// the run's last allreduce end: what an allreduce loses while backward runs shows in the
 // buckets that overlap it, where the run's two end times alone let one sharing rate stand
 // in for two.
 double bucket_duration_error(const Report& predicted, const Report& measured) {
@@ -307,9 +322,7 @@ double bucket_duration_error(const Report& predicted, const Report& measured) {
   if (n == 0) return 0;
   double sq = 0;
   for (size_t b = 0; b < n; ++b) {
-    const auto& p = predicted.buckets[b];
-    const auto& m = measured.buckets[b];
-    const double e = ((p.end_s - p.start_s) - (m.end_s - m.start_s)) / measured.comm_end_s;
+    const double e = (stream_time_s(predicted, b) - stream_time_s(measured, b)) / measured.comm_end_s;
     sq += e * e;
   }
   return sq / double(n);
