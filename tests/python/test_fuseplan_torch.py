@@ -784,6 +784,18 @@ def test_run_profiles_its_layers_in_its_own_job_for_verify(tmp_path):
     assert not whole["fitted"] and "layers_forward_us" not in whole
 
 
+def test_a_sweep_writes_what_calibrate_reads(tmp_path):
+    sweep, cal = str(tmp_path / "sweep.json"), str(tmp_path / "cal.json")
+    r = run_cli("sweep", "--ranks", "2", "--sizes", "4K:16K", "--iterations", "2", "--out", sweep)
+    assert r.returncode == 0, r.stderr
+    doc = json.load(open(sweep))
+    assert doc["ranks"] == 2 and [p["bytes"] for p in doc["points"]] == [4096, 8192, 16384]
+    assert all(p["seconds"] > 0 and p["iterations"] == 2 for p in doc["points"])
+    r = fuseplan("calibrate", "--cluster", "local-cpu", "--sweep", sweep, "--accept-degenerate", "--out", cal)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(cal))["calibrated"]["ring"]["alpha_us"] > 0  # one range: the sizes are too few for more
+
+
 HEAP_PROBE = """
 import ctypes, resource, sys
 from fuseplan_torch.heap import heap_kept, keep_heap
