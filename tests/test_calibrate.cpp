@@ -23,6 +23,16 @@ Sweep synthetic(const std::string& algo, int ranks, const Calibration& k, double
   return s;
 }
 std::string data(const std::string& name) { return std::string(FUSEPLAN_TEST_DATA) + "/" + name; }
+// A run of resnet18 (2 ranks of local-cpu, batch 16) with buckets `spec`, "measured" as
+// cluster `c` predicts it.
+OverlapRun predicted_run(const Model& m, const Cluster& c, const std::string& spec) {
+  OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32),
+                            "test"), {}};
+  CollectiveModel coll(c, 2);
+  ComputeModel compute(m, c, 16, Precision::FP32);
+  r.measured = predict(m, c, r.plan, coll, compute);
+  return r;
+}
 }  // namespace
 
 TEST_CASE("calibrate: the fit recovers alpha, beta and gamma from an exact sweep") {
@@ -165,14 +175,7 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
   Cluster c = load_cluster("local-cpu");
   c.comm_compute_sharing = 0.6;
   c.dispatch_overhead_us = 250;
-  auto run = [&](const std::string& spec) {
-    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32),
-                              "test"), {}};
-    CollectiveModel coll(c, 2);
-    ComputeModel compute(m, c, 16, Precision::FP32);
-    r.measured = predict(m, c, r.plan, coll, compute);
-    return r;
-  };
+  auto run = [&](const std::string& spec) { return predicted_run(m, c, spec); };
   const std::vector<OverlapRun> runs = {run("splits:20,40"), run("per-tensor")};
   c.comm_compute_sharing = 0;
   c.dispatch_overhead_us = 0;
@@ -215,14 +218,7 @@ TEST_CASE("calibrate: how much backward slows an allreduce is recovered apart fr
   c.comm_compute_sharing = 0.4;
   c.allreduce_sharing = 1.5;
   c.dispatch_overhead_us = 200;
-  auto run = [&](const std::string& spec) {
-    const auto buckets = buckets_from_spec(spec, m, "ring", Precision::FP32);
-    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets, "test"), {}};
-    CollectiveModel coll(c, 2);
-    ComputeModel compute(m, c, 16, Precision::FP32);
-    r.measured = predict(m, c, r.plan, coll, compute);
-    return r;
-  };
+  auto run = [&](const std::string& spec) { return predicted_run(m, c, spec); };
   const std::vector<OverlapRun> runs = {run("splits:20,40"), run("single"), run("per-tensor")};
   c.comm_compute_sharing = 0;
   c.allreduce_sharing.reset();
@@ -269,11 +265,7 @@ TEST_CASE("calibrate: a run that starts each bucket after its thread's hand-off 
   c.allreduce_sharing = 1.5;
   c.dispatch_overhead_us = 800;
   auto run = [&](const std::string& spec) {
-    OverlapRun r{m, make_plan(m, "local-cpu", 2, 16, Precision::FP32, buckets_from_spec(spec, m, "ring", Precision::FP32),
-                              "test"), {}};
-    CollectiveModel coll(c, 2);
-    ComputeModel compute(m, c, 16, Precision::FP32);
-    r.measured = predict(m, c, r.plan, coll, compute);
+    OverlapRun r = predicted_run(m, c, spec);
     for (auto& b : r.measured.buckets) b.start_s += 800e-6;
     return r;
   };

@@ -728,6 +728,14 @@ def exported_small_cnn(tmp_path):
     return model, prof, plan, rep
 
 
+def predict_small_cnn(model, prof, plan, *flags):
+    """A plan for small_cnn on 2 ranks of local-cpu (batch 4, ring, two buckets: splits:4)."""
+    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
+                 *flags, "--out", plan)
+    assert r.returncode == 0, r.stderr
+
+
 def run_small_cnn(plan, rep, iterations):
     """small_cnn trained with `plan` on 2 ranks, its report written to `rep`."""
     r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
@@ -759,10 +767,7 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
 
 def test_run_profiles_its_layers_in_its_own_job_for_verify(tmp_path):
     model, prof, plan, rep = exported_small_cnn(tmp_path)
-    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
-                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
-                 "--pack", "--pack-on", "compute", "--out", plan)
-    assert r.returncode == 0, r.stderr
+    predict_small_cnn(model, prof, plan, "--pack", "--pack-on", "compute")
     run_prof = str(tmp_path / "run-profile.json")
     r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
                 "--profile", run_prof, "--iterations", "3", "--warmup", "1", "--threads", "1")
@@ -837,10 +842,7 @@ def test_keep_heap_keeps_freed_memory_so_allocating_again_does_not_fault(heap):
 
 def test_run_gradient_as_bucket_view_makes_grads_views_of_the_buckets(tmp_path):
     model, prof, plan, _ = exported_small_cnn(tmp_path)
-    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
-                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
-                 "--out", plan)
-    assert r.returncode == 0, r.stderr
+    predict_small_cnn(model, prof, plan)
     short = ("--input-shape", "3,8,8", "--iterations", "1", "--warmup", "1", "--threads", "1")
     for engine in ("reducer", "hooks"):
         r = run_cli("run", "ddp_check:small_cnn", *short, "--plan", plan, "--engine", engine)
@@ -857,10 +859,7 @@ def test_run_gradient_as_bucket_view_makes_grads_views_of_the_buckets(tmp_path):
 
 def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
     model, prof, plan, rep = exported_small_cnn(tmp_path)
-    r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
-                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--buckets", "splits:4",
-                 "--accumulate", "3", "--no-sync", "--out", plan)
-    assert r.returncode == 0, r.stderr
+    predict_small_cnn(model, prof, plan, "--accumulate", "3", "--no-sync")
     r = run_small_cnn(plan, rep, 2)
     assert "per micro-batch" in r.stdout and "3 micro-batches per optimizer step (allreduce on the last)" in r.stdout
     report = json.load(open(rep))
