@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .heap import HEAP_CHOICES, heap_note, keep_heap
-from .model_export import export_model, output_tensors, write_json, written_through
+from .model_export import export_model, output_tensors, same_output, write_json, written_through
 from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan, read_json_file
 from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
@@ -155,7 +155,7 @@ def export_command(a: Any) -> None:
     _at_least(a.warmup, 0, "--warmup")
     if a.profile is not None:
         _writable(a.profile, "--profile")
-        if not written_through(a.out) and os.path.realpath(a.profile) == os.path.realpath(a.out):
+        if same_output(a.profile, a.out):
             raise UsageError("--profile %s: the file --out writes (give another name)" % a.profile)
         device = profile_device(a.device, a.ranks)
     elif a.device != "cpu":
@@ -354,7 +354,7 @@ def run_command(a: Any) -> None:
             raise UsageError("%s: needs --plan (what verify reads is measured on PlanDDP's runs)" % flag)
         _writable(path, flag)
         for other, taken in [("--plan", a.plan)] + outputs[:i]:
-            if not written_through(path) and os.path.realpath(path) == os.path.realpath(taken):
+            if same_output(path, taken):
                 raise UsageError("%s %s: the file %s %s (give another name)" %
                                  (flag, path, other, "reads" if other == "--plan" else "writes"))
     plan = None

@@ -767,7 +767,14 @@ def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, l
     info.order_matches = not info.out_of_order and len(order) == len(layer_of)
 
 
-STANDARD_STREAMS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+_STREAM_NAMES = ("/dev/stdout", "/dev/stderr")      # this process's standard streams by name,
+_STREAM_DIRS = ("/dev/fd/", "/proc/self/fd/")      # and by descriptor
+_STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+def _stream_name(path: str) -> str:
+    import os
+    return os.path.normpath(os.path.abspath(path))
 
 
 def written_through(path: str) -> bool:
@@ -776,14 +783,22 @@ def written_through(path: str) -> bool:
     never replaced by a rename (as root that would put a regular file where /dev/null was)."""
     import os
     import stat
-    name = os.path.normpath(os.path.abspath(path))
-    if name in STANDARD_STREAMS[:2] or name.startswith(STANDARD_STREAMS[2:]):
+    name = _stream_name(path)
+    if name in _STREAM_NAMES or name.startswith(_STREAM_DIRS):
         return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def same_output(path: str, other: str) -> bool:
+    """Whether output `path` would replace file `other` (another output, or an input):
+    the same file after links, unless `path` is written through (any number of outputs
+    may go to /dev/null)."""
+    import os
+    return not written_through(path) and os.path.realpath(path) == os.path.realpath(other)
 
 
 def write_json(doc: Dict[str, Any], path: str) -> None:
@@ -795,7 +810,7 @@ def write_json(doc: Dict[str, Any], path: str) -> None:
     import tempfile
     text = json.dumps(doc, indent=1) + "\n"
     if written_through(path):
-        if os.path.normpath(os.path.abspath(path)) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        if _stream_name(path) in _STDOUT_NAMES:
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
