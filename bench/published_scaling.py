@@ -18,8 +18,10 @@ own servers (its README's 16-GPU table, whose runs are cases). Inception v3 is
 torchvision's (bench/models/inception_v3.json, exported by fuseplan_torch; no auxiliary
 head). dgx1-v100 and dgx-a100 carry one efficiency per precision for the ungrouped
 convolutions FITTED to ResNet-50's single-GPU rate in NVIDIA's DeepLearningExamples
-(PyTorch), and one for grouped convolutions FITTED to ResNeXt-101 32x4d's; SE-ResNeXt-101
-32x4d's single-GPU rates are held out. The 8-GPU rates of the same tables are cases, and
+(PyTorch), one for grouped convolutions FITTED to ResNeXt-101 32x4d's, and the memory
+efficiency of the layers of no known kind (SE-ResNeXt-101 32x4d's squeeze-and-excitation)
+FITTED to SE-ResNeXt-101's V100 rates and carried to the A100, whose two SE-ResNeXt-101
+rates are held out. The 8-GPU rates of the same tables are cases, and
 so are the TensorFlow (Horovod, XLA) runs of ResNet-50 and ResNeXt-101 on the same two
 servers, whose single-GPU rates are not fitted (ResNeXt-101 and SE-ResNeXt-101 are
 DeepLearningExamples' own: bench/models/dle_convnets.py, exported to bench/models/).
@@ -108,11 +110,18 @@ DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, dle_single_gpu_flags(112), 35
             ("dgx1-v100", "fp16", "bert_large", 16, BERT_AMP, 52, TRANSFORMER),
             ("dgx-a100", "fp32", "bert_large", 32, BERT_FP32, 61.5, TRANSFORMER),
             ("dgx-a100", "fp16", "bert_large", 32, BERT_AMP, 110.5, TRANSFORMER))
-# Held out: SE-ResNeXt-101 32x4d, the same grouped convolutions with squeeze-and-excitation.
-DLE_HELD_OUT = (("dgx1-v100", "fp32", "se_resnext101_32x4d", 64, dle_single_gpu_flags(64, 1024), 130),
-                ("dgx1-v100", "fp16", "se_resnext101_32x4d", 112, dle_single_gpu_flags(112, 896), 427),
-                ("dgx-a100", "fp32", "se_resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 395),
-                ("dgx-a100", "fp16", "se_resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 855))
+# SE-ResNeXt-101 32x4d: ResNeXt's grouped convolutions with squeeze-and-excitation, whose
+# spatial mean, sigmoid and broadcast multiply-add (torch.mean, torch.sigmoid, torch.addcmul)
+# are layers of no known kind, class `other`, priced by their bytes. The fraction of memory
+# bandwidth they reach is fitted per precision on the V100 (the published runs train FP32 in
+# NCHW and AMP in NHWC, which such reductions and broadcasts feel) and carried to the A100,
+# where both rates are held out. (cluster, precision, model, batch, flags, rate, classes).
+SE = "se_resnext101_32x4d"
+DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024), 130, ("other",)),
+                   ("dgx1-v100", "fp16", SE, 112, dle_single_gpu_flags(112, 896), 427, ("other",)))
+MEMORY_CARRIED_TO = ("dgx-a100",)
+DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
+                ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
@@ -137,19 +146,21 @@ def cluster_path(name):
     return os.path.join(ROOT, "configs", "clusters", name + ".json")
 
 
-def with_class_efficiencies(base, efficiencies, precision=None):
-    """A copy of cluster JSON `base` with the compute efficiencies of the classes in
+def with_class_efficiencies(base, efficiencies, precision=None, key="compute_efficiency"):
+    """A copy of cluster JSON `base` with the efficiencies `key` of the classes in
     `efficiencies` (class -> value) set: one number for every precision, replacing by_kind
     (precision None), or at `precision` alone, the file's other values kept."""
     c = json.loads(json.dumps(base))
     if precision is None:
         c["device"]["by_kind"] = {}
     for k, e in efficiencies.items():
-        entry = c["device"].setdefault("by_kind", {}).setdefault(k, {"compute_efficiency": {}})
+        entry = c["device"].setdefault("by_kind", {}).setdefault(k, {})
         if precision is None:
-            entry["compute_efficiency"] = e
+            entry[key] = e
         else:
-            entry["compute_efficiency"][precision] = e
+            if not isinstance(entry.get(key, {}), dict):  # one number for every precision: spelled out
+                entry[key] = {p: entry[key] for p in c["device"]["peak_TFLOPS"]}
+            entry.setdefault(key, {})[precision] = e
     return c
 
 
@@ -197,26 +208,33 @@ def fit(binary):
             break
     return values
 
-def fit_class(binary, cluster, precision, model, batch, flags, target, classes):
-    """The one efficiency of `classes` in `precision` that gives `model` `target` images (or
-    sequences) per second on one GPU of `cluster`, run with `flags`; the file's other
+def fit_class(binary, cluster, precision, model, batch, flags, target, classes, key="compute_efficiency"):
+    """The one efficiency `key` of `classes` in `precision` that gives `model` `target` images
+    (or sequences) per second on one GPU of `cluster`, run with `flags`; the file's other
     precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
-    return solve(lambda e: rate_on(binary, with_class_efficiencies(base, {k: e for k in classes}, precision),
-                                   model, batch, precision, flags), target)
+    hi = 1.0 if key == "memory_efficiency" else 4.0
+    return solve(lambda e: rate_on(binary, with_class_efficiencies(base, {k: e for k in classes}, precision, key),
+                                   model, batch, precision, flags), target, hi=hi)
 
 
 def check_dle(binary):
-    """Refits DLE_FITS; returns the clusters whose shipped values differ."""
+    """Refits DLE_FITS, then DLE_MEMORY_FITS (also shipped in MEMORY_CARRIED_TO); returns
+    the clusters whose shipped values differ."""
     stale = []
-    for cluster, precision, model, batch, flags, target, classes in DLE_FITS:
-        e = fit_class(binary, cluster, precision, model, batch, flags, target, classes)
-        print(f"{cluster} {precision}: by_kind.{' = '.join(classes)} = {e} ({model} {target}/s, batch {batch})")
-        k = json.load(open(cluster_path(cluster)))["device"].get("by_kind", {})
-        for cls in classes:
-            shipped = k.get(cls, {}).get("compute_efficiency", {}).get(precision)
-            if shipped is None or abs(shipped - e) > 1e-3:
-                stale.append(f"{cluster} ({cls}, {precision})")
+    fits = [(f, "compute_efficiency", ()) for f in DLE_FITS]
+    fits += [(f, "memory_efficiency", MEMORY_CARRIED_TO) for f in DLE_MEMORY_FITS]
+    for (cluster, precision, model, batch, flags, target, classes), key, carried in fits:
+        e = fit_class(binary, cluster, precision, model, batch, flags, target, classes, key)
+        print(f"{cluster} {precision}: by_kind.{' = '.join(classes)}.{key} = {e} ({model} {target}/s, batch {batch})"
+              + (" (carried to " + ", ".join(carried) + ")" if carried else ""))
+        for shipped_in in (cluster, *carried):
+            k = json.load(open(cluster_path(shipped_in)))["device"].get("by_kind", {})
+            for cls in classes:
+                shipped = k.get(cls, {}).get(key, {})
+                shipped = shipped.get(precision) if isinstance(shipped, dict) else shipped
+                if shipped is None or abs(shipped - e) > 1e-3:
+                    stale.append(f"{shipped_in} ({cls} {key}, {precision})")
     return stale
 
 
@@ -274,7 +292,9 @@ def main():
                          "p100-horovod", HOROVOD_P100, "horovod-p100", lambda model, batch: "held out")
     print("# single-GPU training throughput, images/s (BERT: sequences/s): NVIDIA DeepLearningExamples "
           "(PyTorch; ConvNets 21.03, BERT 21.11) vs fuseplan")
-    dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS] + [(h, "held out") for h in DLE_HELD_OUT]
+    dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS]
+    dle += [(f[:6], "fitted: " + ", ".join(c + " memory" for c in f[6])) for f in DLE_MEMORY_FITS]
+    dle += [(h, "held out") for h in DLE_HELD_OUT]
     for (cluster, precision, model, batch, flags, published), role in dle:
         pred = single_gpu_rate(a.bin, model, cluster, batch, precision, flags)
         rows.append(rate_row(f"{cluster:9s} {precision} {model:19s} batch {batch:3d}",

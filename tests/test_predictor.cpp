@@ -683,6 +683,12 @@ TEST_CASE("compute per layer class: a class's efficiency prices its layers only,
   CHECK(c.layers()[kxk].fwd_s == b.layers()[kxk].fwd_s);
   const ComputeModel a32(r50, plain, 64, Precision::FP32), b32(r50, kinds, 64, Precision::FP32);
   CHECK(b32.layers()[kxk].fwd_s == a32.layers()[kxk].fwd_s);
+  // A memory efficiency given per precision prices that precision's layers only; written back the same.
+  j["device"]["by_kind"]["norm"] = {{"memory_efficiency", {{"fp16", plain.device.memory_efficiency / 2}}}};
+  const Cluster half16 = cluster_from_json(cluster_to_json(cluster_from_json(j, "t4")), "t5");
+  const ComputeModel d(r50, half16, 64, Precision::FP16), d32(r50, half16, 64, Precision::FP32);
+  CHECK(d.layers()[bn].fwd_s - overhead == Approx(2 * (a.layers()[bn].fwd_s - overhead)).epsilon(1e-12));
+  CHECK(d32.layers()[bn].fwd_s == a32.layers()[bn].fwd_s);
   // Measured layers keep their times whatever the class's efficiency.
   r50.layers[kxk].measured = MeasuredTime{123, 456, 64};
   CHECK(ComputeModel(r50, kinds, 64, Precision::FP16).layers()[kxk].fwd_s == Approx(123e-6));
@@ -700,4 +706,6 @@ TEST_CASE("compute per layer class: bad by_kind entries are refused naming the J
   refused({{"gemm", {{"compute_efficiency", 4.5}}}}, "$.device.by_kind.gemm.compute_efficiency: must be in [0.0001, 4] of peak (got 4.5)");
   refused({{"gemm", {{"compute_efficiency", {{"fp8", 0.5}}}}}}, "fp8");
   refused({{"norm", {{"memory_efficiency", 0}}}}, "$.device.by_kind.norm.memory_efficiency: must be in");
+  refused({{"norm", {{"memory_efficiency", {{"fp16", 1.5}}}}}},
+          "$.device.by_kind.norm.memory_efficiency.fp16: must be in [0.0001, 1] of peak (got 1.5)");
 }

@@ -522,14 +522,14 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
     fit.before_s = class_time(cluster);
     // Which term sets the class's time under the cluster as given: each alone, the other free.
     Cluster trial = cluster;
-    trial.device.by_kind[k].memory = 1e9;
+    trial.device.by_kind[k].memory[p] = 1e9;
     const double flops_s = class_time(trial);
     trial = cluster;
     trial.device.by_kind[k].compute[p] = 1e9;
     fit.memory = class_time(trial) > flops_s;
     trial = cluster;
     auto predicted = [&](double value) {
-      if (fit.memory) trial.device.by_kind[k].memory = value;
+      if (fit.memory) trial.device.by_kind[k].memory[p] = value;
       else trial.device.by_kind[k].compute[p] = value;
       return class_time(trial);
     };
@@ -559,7 +559,7 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
 void apply_compute_fit(Cluster& cluster, const std::vector<ClassFit>& fits, Precision p, const std::string& source) {
   for (const ClassFit& f : fits) {
     ClassEfficiency& e = cluster.device.by_kind[f.k];
-    if (f.memory) e.memory = f.value;
+    if (f.memory) e.memory[p] = f.value;
     else e.compute[p] = f.value;
     cluster.provenance["device.by_kind." + std::string(compute_class_name(f.k))] =
         source + ": " + count_of(f.layers, "layer") +

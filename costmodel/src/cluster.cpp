@@ -116,9 +116,10 @@ double DeviceSpec::compute_efficiency_of(ComputeClass k, Precision p) const {
   return compute_efficiency.at(p);
 }
 
-double DeviceSpec::memory_efficiency_of(ComputeClass k) const {
-  if (auto it = by_kind.find(k); it != by_kind.end() && it->second.memory) return *it->second.memory;
-  if (k == ComputeClass::ConvKxKs1) return memory_efficiency_of(ComputeClass::ConvKxK);
+double DeviceSpec::memory_efficiency_of(ComputeClass k, Precision p) const {
+  if (auto it = by_kind.find(k); it != by_kind.end())
+    if (auto e = it->second.memory.find(p); e != it->second.memory.end()) return e->second;
+  if (k == ComputeClass::ConvKxKs1) return memory_efficiency_of(ComputeClass::ConvKxK, p);
   return memory_efficiency;
 }
 
@@ -186,8 +187,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       auto one = kinds.object(key);
       ClassEfficiency& e = c.device.by_kind[*k];
       e.compute = efficiency_per_precision(one, "compute_efficiency", c.device, kMaxClassEfficiency, false);
-      e.memory = one.opt_in_range("memory_efficiency", kMinFraction, 1, "of peak");
-      if (e.compute.empty() && !e.memory) one.fail("compute_efficiency", "missing: give compute_efficiency, memory_efficiency or both");
+      e.memory = efficiency_per_precision(one, "memory_efficiency", c.device, 1, false);
+      if (e.compute.empty() && e.memory.empty()) one.fail("compute_efficiency", "missing: give compute_efficiency, memory_efficiency or both");
       one.finish();
     }
     kinds.finish();
@@ -390,7 +391,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
   for (const auto& [k, e] : c.device.by_kind) {
     nlohmann::json one = nlohmann::json::object();
     for (auto [p, v] : e.compute) one["compute_efficiency"][std::string(precision_name(p))] = v;
-    if (e.memory) one["memory_efficiency"] = *e.memory;
+    for (auto [p, v] : e.memory) one["memory_efficiency"][std::string(precision_name(p))] = v;
     j["device"]["by_kind"][std::string(compute_class_name(k))] = one;
   }
   if (c.device.compute_capability > 0) j["device"]["compute_capability"] = c.device.compute_capability;

@@ -50,7 +50,7 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
   const Layer& l = m.layers[layer];
   const ComputeClass k = compute_class_of(l);
   const double flops = c.peak_flops(p) * c.device.compute_efficiency_of(k, p);
-  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(k);
+  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(k, p);
   const double eb = bytes_per_element(p);
   const double overhead = c.device.kernel_overhead_us * 1e-6;
   double in_elems = 0;

@@ -158,7 +158,7 @@ void apply_overlap_fit(Cluster& cluster, const OverlapFit& fit, OverlapTargets f
 // FLOPs, the value whose summed forward + backward roofline equals the class's measured
 // sum (bisection; the roofline is monotone in it). Classes whose time the FLOPs set
 // (under the cluster as given) fit compute_efficiency at `p`, up to 4 (fewer operations
-// than the direct FLOPs, as Winograd does); those the bytes set fit memory_efficiency.
+// than the direct FLOPs, as Winograd does); those the bytes set fit memory_efficiency at `p`.
 // The others keep the cluster's values while one class is fitted.
 struct ClassFit {
   ComputeClass k = ComputeClass::Other;

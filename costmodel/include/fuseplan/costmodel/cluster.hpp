@@ -32,7 +32,7 @@ std::string_view compute_class_name(ComputeClass k);  // "conv_kxk", "conv_1x1",
 // A class's own achievable fractions (device.by_kind); what it leaves out is the device's.
 struct ClassEfficiency {
   std::map<Precision, double> compute;  // fraction of peak FLOP/s, per precision
-  std::optional<double> memory;         // fraction of memory bandwidth
+  std::map<Precision, double> memory;   // fraction of memory bandwidth, per precision
 };
 
 struct DeviceSpec {
@@ -44,7 +44,7 @@ struct DeviceSpec {
   double memory_efficiency = 0.7;   // achievable fraction of memory bandwidth
   std::map<ComputeClass, ClassEfficiency> by_kind;  // per layer class; empty = one roofline
   double compute_efficiency_of(ComputeClass k, Precision p) const;
-  double memory_efficiency_of(ComputeClass k) const;
+  double memory_efficiency_of(ComputeClass k, Precision p) const;
   double kernel_overhead_us = 0;    // fixed cost per layer pass (kernel launch)
   int compute_capability = 0;       // CUDA sm (70, 80, 90, ...); required when the cluster runs NCCL
   int pcie_gen = 0;                 // the GPU's PCIe generation (x16); 0 = from the compute capability
