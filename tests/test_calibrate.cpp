@@ -363,6 +363,9 @@ TEST_CASE("calibrate: each layer class's efficiency is recovered from a profile 
   const ComputeModel a(load_model("resnet50"), reread, 32, Precision::FP16), b(load_model("resnet50"), truth, 32, Precision::FP16);
   CHECK(a.forward_s() + a.backward_s() == Approx(b.forward_s() + b.backward_s()).epsilon(1e-6));
   CHECK(reread.provenance.at("device.by_kind.conv_kxk") == "test: " + std::to_string(by[ComputeClass::ConvKxK].layers) + " layers");
+  // A memory-bound class is fitted at the profile's precision only, as a compute-bound one is.
+  CHECK(reread.device.memory_efficiency_of(ComputeClass::Norm, Precision::FP16) == Approx(0.41).epsilon(1e-6));
+  CHECK(reread.device.memory_efficiency_of(ComputeClass::Norm, Precision::FP32) == plain.device.memory_efficiency);
 }
 
 TEST_CASE("calibrate: a class measured faster than its roofline can be is at its bound, and says so") {

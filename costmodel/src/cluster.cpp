@@ -188,7 +188,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
       ClassEfficiency& e = c.device.by_kind[*k];
       e.compute = efficiency_per_precision(one, "compute_efficiency", c.device, kMaxClassEfficiency, false);
       e.memory = efficiency_per_precision(one, "memory_efficiency", c.device, 1, false);
-      if (e.compute.empty() && e.memory.empty()) one.fail("compute_efficiency", "missing: give compute_efficiency, memory_efficiency or both");
+      if (e.compute.empty() && e.memory.empty())
+        one.fail("compute_efficiency", "missing: give compute_efficiency, memory_efficiency or both");
       one.finish();
     }
     kinds.finish();
