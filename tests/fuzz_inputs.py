@@ -11,7 +11,7 @@ with an existing output file, and fails on:
   - a run past its time limit (a hang);
   - a failed run that changed the existing output file or left a temporary file.
 Formats: cluster (with per-class efficiencies and a transport, one staged through the
-host, and an NCCL one), model, plan (and one with a framework cycle, one that accumulates), sweep,
+host, one with per-class efficiencies per precision, and an NCCL one), model, plan (and one with a framework cycle, one that accumulates), sweep,
 nccl-tests (text and -J JSON); with fuseplan-exec built, also profile (read by predict,
 and fitted per layer class by calibrate) and checkpoint, and with mpirun the measured
 report (verify).
@@ -177,6 +177,10 @@ def main():
         "cluster-staged": ("json", os.path.join(a.source, "configs/clusters/p100-bigbasin.json"),
                            lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16",
                                          "--out", o]),
+        # Per-class efficiencies given per precision, compute and memory alike.
+        "cluster-classes": ("json", os.path.join(a.source, "configs/clusters/dgx1-v100.json"),
+                            lambda f, o: [fp, "predict", "--cluster", f, "--model", "resnet18", "--gpus", "8",
+                                          "--precision", "fp16", "--out", o]),
         "cluster-nccl": ("json", os.path.join(a.source, "configs/clusters/dgx-h100.json"),
                          lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16", "--out", o]),
         "model": ("json", os.path.join(a.source, "tests/data/golden-model.json"),
