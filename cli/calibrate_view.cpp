@@ -129,7 +129,8 @@ void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, con
   for (const ClassFit& f : fits)
     t.row({std::string(compute_class_name(f.k)), std::to_string(f.layers), fixed(f.measured_s * 1e3, 3),
            fixed(f.before_s * 1e3, 3),
-           f.memory ? "memory_efficiency" : "compute_efficiency." + precision, fixed(f.value, 4) + (f.bound.empty() ? "" : " *"),
+           (f.memory ? "memory_efficiency." : "compute_efficiency.") + precision,
+           fixed(f.value, 4) + (f.bound.empty() ? "" : " *"),
            fixed(f.after_s * 1e3, 3)});
   t.print(os, "  ");
   os << "  (forward + backward per iteration; roofline = the cluster as given)\n";

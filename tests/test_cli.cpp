@@ -1459,6 +1459,10 @@ TEST_CASE("cli: calibrate --profile --model fits each layer class's efficiency i
   CHECK(j["device"]["by_kind"].contains("conv_kxk"));
   CHECK(j["device"]["by_kind"].contains("conv_kxk_s1"));
   CHECK(j["device"]["by_kind"].contains("norm"));
+  // Memory-bound classes (batch norm on this CPU) are fitted at the profile's precision only, as the table says.
+  const nlohmann::json& norm = j["device"]["by_kind"]["norm"];
+  CHECK((norm.size() == 1 && norm["memory_efficiency"].size() == 1 && norm["memory_efficiency"].contains("fp32")));
+  CHECK_THAT(r.out, Catch::Contains("memory_efficiency.fp32"));
   // ResNet-18's 3x3 convolutions: 13 with stride 1, 3 with stride 2.
   CHECK_THAT(j["provenance"]["device.by_kind.conv_kxk_s1"].get<std::string>(),
              Catch::Contains("fuseplan calibrate --profile " + profile + " (resnet18, batch 64, fp32): 13 layers"));
