@@ -11,10 +11,10 @@ with an existing output file, and fails on:
   - a run past its time limit (a hang);
   - a failed run that changed the existing output file or left a temporary file.
 Formats: cluster (with per-class efficiencies and a transport, one staged through the
-host, one with per-class efficiencies per precision, and an NCCL one), model, plan (and one with a framework cycle, one that accumulates), sweep,
-nccl-tests (text and -J JSON); with fuseplan-exec built, also profile (read by predict,
-and fitted per layer class by calibrate) and checkpoint, and with mpirun the measured
-report (verify).
+host, one with per-class efficiencies per precision, and an NCCL one), model, plan (and
+one with a framework cycle, one that accumulates), sweep, nccl-tests (text and -J JSON);
+with fuseplan-exec built, also profile (read by predict, and fitted per layer class by
+calibrate) and checkpoint, and with mpirun the measured report (verify).
 
 usage: fuzz_inputs.py BIN_DIR SOURCE_DIR [--seconds N] [--seed S] [--formats a,b]
 Prints per format: runs, exits by code, failures; exit 1 on any failure (with the
