@@ -20,6 +20,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,10 @@ def main():
     print(f"  {runs} runs, exits " + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())))
     for f in failures:
         print("  FAILED " + f)
+    if failures:
+        print(f"  the plans and files the commands name are kept under {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
 
 
