@@ -13,6 +13,7 @@ import copy
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,8 @@ def main():
         ("cluster", "an unknown topology", lambda d: d.__setitem__("inter_node", dict(d.get("inter_node") or {
             "nic_bw_Gbps": 100, "nics_per_node": 1, "lat_us": 1, "gdr": True}, topology="ring"))),
         ("cluster", "an efficiency above 1", lambda d: d["device"].__setitem__("memory_efficiency", 1.5)),
+        ("cluster", "a class's memory efficiency above 1 at one precision",
+         lambda d: d["device"].setdefault("by_kind", {}).__setitem__("norm", {"memory_efficiency": {"fp16": 1.5}})),
         ("plan", "a stream past 63", lambda d: d["buckets"][0].__setitem__("stream", 64)),
         ("plan", "a bucket without transfer", lambda d: d["buckets"][0].pop("transfer")),
         ("plan", "an unknown precision", lambda d: d.__setitem__("compute", "fp8")),
@@ -169,6 +172,8 @@ def main():
             failed += 1
             print("ACCEPTED %s schema accepts %s" % (kind, what))
     print("%d broken files refused" % len(mutations))
+    if not failed:
+        shutil.rmtree(work, ignore_errors=True)
     sys.exit(1 if failed else 0)
 
 
