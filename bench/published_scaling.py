@@ -114,8 +114,8 @@ DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, dle_single_gpu_flags(112), 35
 # spatial mean, sigmoid and broadcast multiply-add (torch.mean, torch.sigmoid, torch.addcmul)
 # are layers of no known kind, class `other`, priced by their bytes. The fraction of memory
 # bandwidth they reach is fitted per precision on the V100 (the published runs train FP32 in
-# NCHW and AMP in NHWC, which such reductions and broadcasts feel) and carried to the A100,
-# where both rates are held out. (cluster, precision, model, batch, flags, rate, classes).
+# NCHW and AMP in NHWC, so the two may differ) and carried to the A100, where both rates are
+# held out. (cluster, precision, model, batch, flags, rate, classes).
 SE = "se_resnext101_32x4d"
 DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024), 130, ("other",)),
                    ("dgx1-v100", "fp16", SE, 112, dle_single_gpu_flags(112, 896), 427, ("other",)))
