@@ -33,6 +33,25 @@ OverlapRun predicted_run(const Model& m, const Cluster& c, const std::string& sp
   r.measured = predict(m, c, r.plan, coll, compute);
   return r;
 }
+// The three runs the two-rate fits read (two splits, one bucket, a bucket per tensor),
+// predicted under sharing `sigma`, allreduce sharing `ar` and dispatch `dispatch_us`, each
+// bucket's start recorded `late_s` after the predicted one; `c` is left with the three
+// cleared, for the fit to recover them.
+std::vector<OverlapRun> runs_with_overlap(const Model& m, Cluster& c, double sigma, double ar, double dispatch_us,
+                                          double late_s = 0) {
+  c.comm_compute_sharing = sigma;
+  c.allreduce_sharing = ar;
+  c.dispatch_overhead_us = dispatch_us;
+  std::vector<OverlapRun> runs;
+  for (const char* spec : {"splits:20,40", "single", "per-tensor"}) {
+    runs.push_back(predicted_run(m, c, spec));
+    for (auto& b : runs.back().measured.buckets) b.start_s += late_s;
+  }
+  c.comm_compute_sharing = 0;
+  c.allreduce_sharing.reset();
+  c.dispatch_overhead_us = 0;
+  return runs;
+}
 }  // namespace
 
 TEST_CASE("calibrate: the fit recovers alpha, beta and gamma from an exact sweep") {
@@ -215,14 +234,7 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
 TEST_CASE("calibrate: how much backward slows an allreduce is recovered apart from how much it slows backward") {
   Model m = load_model("resnet18", {28, 1, 10, {}});
   Cluster c = load_cluster("local-cpu");
-  c.comm_compute_sharing = 0.4;
-  c.allreduce_sharing = 1.5;
-  c.dispatch_overhead_us = 200;
-  auto run = [&](const std::string& spec) { return predicted_run(m, c, spec); };
-  const std::vector<OverlapRun> runs = {run("splits:20,40"), run("single"), run("per-tensor")};
-  c.comm_compute_sharing = 0;
-  c.allreduce_sharing.reset();
-  c.dispatch_overhead_us = 0;
+  const std::vector<OverlapRun> runs = runs_with_overlap(m, c, 0.4, 1.5, 200);
   const OverlapFit all = fit_overlap(c, runs, {true, true, true}, {});
   REQUIRE(all.allreduce_sharing);
   CHECK(*all.allreduce_sharing == Approx(1.5).margin(0.01));
@@ -261,18 +273,7 @@ TEST_CASE("calibrate: a run that starts each bucket after its thread's hand-off 
   // hand-off inside the bucket (dispatch_overhead_us). The end times are the same.
   Model m = load_model("resnet18", {28, 1, 10, {}});
   Cluster c = load_cluster("local-cpu");
-  c.comm_compute_sharing = 0.4;
-  c.allreduce_sharing = 1.5;
-  c.dispatch_overhead_us = 800;
-  auto run = [&](const std::string& spec) {
-    OverlapRun r = predicted_run(m, c, spec);
-    for (auto& b : r.measured.buckets) b.start_s += 800e-6;
-    return r;
-  };
-  const std::vector<OverlapRun> runs = {run("splits:20,40"), run("single"), run("per-tensor")};
-  c.comm_compute_sharing = 0;
-  c.allreduce_sharing.reset();
-  c.dispatch_overhead_us = 0;
+  const std::vector<OverlapRun> runs = runs_with_overlap(m, c, 0.4, 1.5, 800, 800e-6);
   const OverlapFit fit = fit_overlap(c, runs, {true, true, true}, {});
   CHECK(fit.dispatch_us == Approx(800).margin(8));
   CHECK(fit.sigma == Approx(0.4).margin(0.004));
