@@ -12,6 +12,13 @@ from . import jobs
 from .heap import add_heap_flag
 
 
+def _add_layer_times_flag(parser: argparse.ArgumentParser) -> None:
+    """`--layer-times`, as `export --profile` and `run --profile` take it."""
+    parser.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
+                        help="--profile: scale the layers' forward times to the whole model's forward, and their "
+                             "backward times alike (whole-pass), or keep each layer's time as timed alone (as-timed)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage first)
         print("fuseplan_torch: " + message, file=sys.stderr)
@@ -69,9 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex.add_argument("--ranks", type=_int_to(RANKS_MAX), default=1,
                     help="--profile: time on this many processes side by side, as a data-parallel job of that many "
                          "ranks loads this machine, keeping the slowest rank's time per layer")
-    ex.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
-                    help="--profile: scale the layers' forward times to the whole model's forward, and their backward "
-                         "times alike (whole-pass), or keep each layer's time as timed alone (as-timed)")
+    _add_layer_times_flag(ex)
     add_heap_flag(ex)
 
     run = sub.add_parser("run", help="train on N local ranks (gloo or NCCL) with a plan (PlanDDP) or torch DDP, measured")
@@ -99,8 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--profile", help="--plan: also write this run's layer profile (fuseplan.profile/1) here, "
                                        "timed in the same job right before the measured steps, on every rank side "
                                        "by side, for `fuseplan verify --profile`")
-    run.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
-                     help="--profile: the layers fitted to the whole model's training steps, or as timed alone")
+    _add_layer_times_flag(run)
     add_heap_flag(run)
 
     sw = sub.add_parser("sweep", help="time the allreduce of gloo or NCCL on N local ranks (fuseplan.sweep/1 for "
