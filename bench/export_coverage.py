@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """How much of torchvision's model zoo the PyTorch bridge imports: each model exported by
 fuseplan_torch (torch.fx, or its leaf modules where fx cannot trace), read back by
-`fuseplan show`, with its parameters, forward FLOPs per sample and the layers whose FLOPs
-are estimated (one per output element). Not a test; it prints a table.
+`fuseplan show`, with its parameters, forward FLOPs per sample, the layers whose FLOPs
+were counted from the operations torch runs (no formula for their kind: the video models'
+3-D convolutions) and those whose FLOPs are estimated (one per output element). Not a
+test; it prints a table.
 
     bench/export_coverage.py [--models m1,m2,...] [--resolution 224]
 
@@ -22,12 +24,15 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 
 MODELS = ("resnet50", "inception_v3", "googlenet", "densenet121", "mobilenet_v2", "mobilenet_v3_small",
           "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_0", "mnasnet0_5", "regnet_y_400mf", "resnext50_32x4d",
-          "wide_resnet50_2", "convnext_tiny", "vit_b_16", "swin_t", "segmentation.deeplabv3_resnet50")
+          "wide_resnet50_2", "convnext_tiny", "vit_b_16", "swin_t", "segmentation.deeplabv3_resnet50",
+          "video.r3d_18", "video.r2plus1d_18")
 # What the constructors need beyond their defaults to train as exported (no auxiliary heads).
 KWARGS = {"inception_v3": {"aux_logits": False, "init_weights": False},
           "googlenet": {"aux_logits": False, "init_weights": False},
           "segmentation.deeplabv3_resnet50": {"weights": None, "weights_backbone": None, "aux_loss": False}}
-INPUT = {"inception_v3": 299}
+# Per-sample input shapes other than 3 x resolution x resolution: torchvision's video
+# models take 16-frame clips of 112 x 112 (their weights' clip_len and crop).
+INPUT = {"inception_v3": (3, 299, 299), "video.r3d_18": (3, 16, 112, 112), "video.r2plus1d_18": (3, 16, 112, 112)}
 
 
 def main():
@@ -41,17 +46,17 @@ def main():
     import torchvision
     from fuseplan_torch import export_model, write_json
 
-    print("%-32s %-7s %7s %12s %10s %9s  %s" % ("model", "traced", "layers", "parameters", "fwd GFLOP", "estimated",
-                                                 "fuseplan reads it"))
+    print("%-32s %-7s %7s %12s %10s %7s %9s  %s" % ("model", "traced", "layers", "parameters", "fwd GFLOP", "counted",
+                                                     "estimated", "fuseplan reads it"))
     with tempfile.TemporaryDirectory() as work:
         for name in a.models.split(","):
             factory = torchvision.models
             for part in name.split("."):
                 factory = getattr(factory, part)
             model = factory(**KWARGS.get(name, {}))
-            size = INPUT.get(name, a.resolution)
+            shape = INPUT.get(name, (3, a.resolution, a.resolution))
             try:
-                doc, info, _, _ = export_model(model, torch.randn(2, 3, size, size), name=name)
+                doc, info, _, _ = export_model(model, torch.randn(2, *shape), name=name)
             except ValueError as e:
                 print("%-32s refused: %s" % (name, str(e)[:100]))
                 continue
@@ -59,18 +64,20 @@ def main():
             write_json(doc, path)
             show = subprocess.run([a.bin, "show", path, "--json"], capture_output=True, text=True)
             if show.returncode != 0:
-                print("%-32s %-7s %7d %12s %10s %9d  no: %s" % (name, info.method, len(doc["layers"]), "-", "-",
-                                                               len(info.estimated), show.stderr.strip()[:80]))
+                print("%-32s %-7s %7d %12s %10s %7d %9d  no: %s" % (name, info.method, len(doc["layers"]), "-", "-",
+                                                                    len(info.counted), len(info.estimated),
+                                                                    show.stderr.strip()[:80]))
                 continue
             read = json.loads(show.stdout)
             params = sum(p.numel() for p in model.parameters())
             placed = sum(_numel(t["shape"]) for l in read["layers"] for t in l["params"])
             gflops = sum(l["fwd_flops"] for l in read["layers"]) / 1e9
-            print("%-32s %-7s %7d %12s %10.2f %9d  yes%s" % (name, info.method, len(read["layers"]), f"{params:,}",
-                                                            gflops, len(info.estimated),
+            print("%-32s %-7s %7d %12s %10.2f %7d %9d  yes%s" % (name, info.method, len(read["layers"]), f"{params:,}",
+                                                                 gflops, len(info.counted), len(info.estimated),
                                                             "" if placed == params else " (parameters differ!)"))
-    print("(fwd GFLOP: fuseplan's count at the input size, a multiply-add is 2; estimated: custom layers whose FLOPs "
-          "are one per output element, which a --profile measures)")
+    print("(fwd GFLOP: fuseplan's count at the input size, a multiply-add is 2; counted: custom layers whose FLOPs "
+          "torch's operations gave; estimated: custom layers whose FLOPs are one per output element, which a "
+          "--profile measures)")
 
 
 def _numel(shape):

@@ -203,6 +203,35 @@ TEST_CASE("model files: shapes and FLOPs that disagree with the layer kind are r
   CHECK_NOTHROW(model_from_json(close, "x.json"));
 }
 
+TEST_CASE("model files: a linear layer reading a tied weight may keep a bias of its own, as BERT's decoder does") {
+  // gpt2's lm_head reads the token embedding's table; give it a bias of its own.
+  const Model zoo = build_zoo_model("gpt2");
+  nlohmann::json j = model_to_json(zoo);
+  auto& head = j["layers"].back();
+  REQUIRE(head["name"] == "lm_head");
+  REQUIRE(head["params"].empty());
+  const int64_t vocab = head["out_shape"].back().get<int64_t>();
+  head["params"] = {{{"name", "lm_head.bias"}, {"shape", {vocab}}, {"role", "bias"}}};
+  for (const char* key : {"fwd_flops", "bwd_flops"}) head.erase(key);
+  const Model back = model_from_json(j, "tied.json");
+  const Layer& l = back.layers.back();
+  REQUIRE(l.tensor_count == 1);
+  CHECK(back.tensors[l.first_tensor].name == "lm_head.bias");
+  CHECK(back.tensors[l.first_tensor].role == TensorRole::Bias);
+  CHECK(back.tensors.size() == zoo.tensors.size() + 1);
+  // The FLOPs of the tied product plus the bias add.
+  CHECK(l.fwd_flops == zoo.layers.back().fwd_flops + double(numel(l.out_shape)));
+  // A bias of the wrong width, or a lone tensor that is no bias, is refused naming it.
+  head["params"][0]["shape"] = {vocab - 1};
+  CHECK_THROWS_WITH(model_from_json(j, "tied.json"),
+                    Catch::Contains("(lm_head, linear): lm_head.bias has shape " + std::to_string(vocab - 1) +
+                                    "; a bias of " + std::to_string(vocab) + " outputs calls for " +
+                                    std::to_string(vocab)));
+  head["params"][0]["shape"] = {vocab};
+  head["params"][0]["role"] = "weight";
+  CHECK_THROWS_WITH(model_from_json(j, "tied.json"), Catch::Contains("lm_head.bias has shape"));
+}
+
 TEST_CASE("rectangular convolutions: Inception's 1x7 and 7x1 are conv2d with their own FLOPs and weights") {
   ModelBuilder b("rect", {128, 17, 17});
   const int a = b.conv("b7_2", ModelBuilder::kInput, 128, {1, 7}, {1, 1}, {0, 3}, false);

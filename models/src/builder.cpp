@@ -164,11 +164,13 @@ int ModelBuilder::linear(const std::string& name, int from, int64_t out_features
   return push(std::move(l), std::move(p));
 }
 
-int ModelBuilder::linear_tied(const std::string& name, int from, int64_t out_features) {
-  int idx = linear(name, from, out_features, false);
-  // Drop the tensor linear() created; the layer reads a tied weight instead.
-  m_.tensors.pop_back();
-  m_.layers[idx].tensor_count = 0;
+int ModelBuilder::linear_tied(const std::string& name, int from, int64_t out_features, bool bias) {
+  int idx = linear(name, from, out_features, bias);
+  // Drop the weight linear() created (the layer's first tensor, its bias after it); the
+  // layer reads a tied weight instead.
+  Layer& l = m_.layers[idx];
+  m_.tensors.erase(m_.tensors.begin() + l.first_tensor);
+  l.tensor_count -= 1;
   return idx;
 }
 

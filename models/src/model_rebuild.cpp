@@ -112,11 +112,15 @@ class Rebuild {
       }
       case LayerKind::Linear: {
         input_count(l, 1);
-        param_count(l, 0, 2, "a weight and an optional bias, or none when it reads a tied weight");
+        param_count(l, 0, 2, "a weight and an optional bias, or, when it reads a tied weight, an optional bias");
         const Shape& in = producer_shape(from);
         if (in.empty()) bad("linear needs a non-scalar input");
         const int64_t in_f = in.back();
-        if (p.empty()) return b_.linear_tied(l.name, from, out_dim(l, 1, "output features (its weight is tied)"));
+        if (p.empty() || (p.size() == 1 && p[0]->role == TensorRole::Bias)) {  // its weight is another layer's
+          const int64_t out_f = out_dim(l, 1, "output features (its weight is tied)");
+          if (!p.empty()) expect_shape(*p[0], {out_f}, "a bias of " + std::to_string(out_f) + " outputs");
+          return b_.linear_tied(l.name, from, out_f, !p.empty());
+        }
         const Shape& w = p[0]->shape;
         if (w.size() != 2) bad(p[0]->name + " has shape " + shape_str(w) + "; a linear weight is [out, in]");
         const bool transposed = w[1] != in_f && w[0] == in_f;  // [in, out], as Hugging Face's Conv1D

@@ -210,6 +210,9 @@ def export_command(a: Any) -> None:
     if not info.order_matches:
         print("warning: %d gradients became ready out of the file's layer order (first: %s); fuseplan assumes "
               "reverse layer order" % (len(info.out_of_order), ", ".join(info.out_of_order[:3])))
+    if info.counted:
+        print("note: FLOPs counted from the operations torch runs (no formula for their kind) for %d custom layers: %s"
+              % (len(info.counted), ", ".join(info.counted[:5])))
     if info.estimated:
         print("warning: FLOPs estimated (one per output element) for %d custom layers: %s; a --profile measures them"
               % (len(info.estimated), ", ".join(info.estimated[:5])))

@@ -6,7 +6,9 @@ Known layer kinds are written with their kind, attributes, shapes and parameters
 fuseplan derives their FLOPs from those when it reads the file, with the formulas the zoo
 uses, and checks every shape (docs/formats.md). Everything else is a `custom` layer whose
 FLOPs are counted here from shapes (matrix products, softmax, element-wise operations) or,
-for an operation this module does not know, estimated as one per output element and
+for an operation this module has no formula for, counted from the operations torch runs
+when the layer runs alone forward and backward (flops.py; listed in `ExportInfo.counted`).
+A layer that cannot run alone is estimated as one operation per output element and
 listed in `ExportInfo.estimated`.
 """
 from __future__ import annotations
@@ -94,6 +96,7 @@ class ExportInfo:
     order_matches: bool = True    # gradient_order is the reverse of the file's tensor order
     out_of_order: List[str] = field(default_factory=list)     # tensors whose gradient came elsewhere
     estimated: List[str] = field(default_factory=list)        # custom layers whose FLOPs are estimated
+    counted: List[str] = field(default_factory=list)          # custom layers whose FLOPs torch's operations gave
     fingerprint: str = ""
     # "fx" (torch.fx traced the forward), or "modules" (it could not: the layers are the
     # leaf modules as a real forward called them; `untraced` says why fx failed).
@@ -536,6 +539,7 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
     missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params]
     if missing:
         raise ValueError("parameters not used by the traced forward: " + ", ".join(missing[:5]))
+    _count_estimated(model, gm, layer_nodes, layers, info, example_inputs)
     tensors = [(p["name"], p["shape"]) for l in layers for p in l["params"]]
     info.fingerprint = fingerprint(tensors)
     doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
@@ -679,11 +683,41 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
                          "cannot be placed without it: %s" % (reason, ", ".join(missing[:5])))
     if not layers:
         raise ValueError("torch.fx cannot trace this forward (%s), and it calls no leaf module" % reason)
+    _count_estimated(model, None, entries, layers, info, example_inputs)
     info.fingerprint = fingerprint([(p["name"], p["shape"]) for l in layers for p in l["params"]])
     doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
            "input_shape": _per_sample(list(example_inputs.shape)), "layers": layers}
     _gradient_order(model, example_inputs, info, {p["name"]: i for i, l in enumerate(layers) for p in l["params"]})
     return doc, info, None, entries
+
+
+def _count_estimated(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
+                     layers: List[Dict[str, Any]], info: ExportInfo, example_inputs: torch.Tensor) -> None:
+    """Counts the FLOPs of each estimated layer from the operations torch runs when the
+    layer runs alone, forward and backward, on the inputs a real training-mode forward of
+    `example_inputs` gives it (flops.count_call), and moves it from `info.estimated` to
+    `info.counted`. A layer that cannot run alone stays estimated, as does a layer an
+    export by modules puts between modules (what ran there is not seen). The model is
+    left as it was."""
+    from .flops import count_call     # flops imports this module
+    from .profile import captured_calls
+    estimated = set(info.estimated)
+    wanted = [i for i, l in enumerate(layers) if l["name"] in estimated and (gm is not None or layer_nodes[i].path)]
+    if not wanted:
+        return
+    batch = int(example_inputs.shape[0])
+    with untouched(model):
+        model.train()
+        calls = captured_calls(model, gm, layer_nodes, example_inputs)
+        for i in wanted:
+            fn, args, kwargs = calls[i]
+            try:
+                fwd, bwd = count_call(fn, args, kwargs, batch)
+            except Exception:  # pylint: disable=broad-except  # any error of the user's layer: left estimated
+                continue
+            layers[i]["fwd_flops"], layers[i]["bwd_flops"] = fwd, bwd
+            info.estimated.remove(layers[i]["name"])
+            info.counted.append(layers[i]["name"])
 
 
 def _is_param(gm: fx.GraphModule, target: str) -> bool:

@@ -3,7 +3,8 @@
 Each layer of an export is timed on its own: the traced graph is run once on the profiling
 batch to capture every layer's inputs, then each layer's operation is run again on copies
 of them, forward (recording the autograd graph, as training does) and then backward (its
-gradient with respect to its inputs and parameters), after `warmup` runs, and the median
+gradient with respect to its inputs and parameters, from every output that carries a
+gradient: a tuple's too), after `warmup` runs, and the median
 of `steps` runs is kept. Timing layers apart leaves out what a whole-model run shares
 between them (cache reuse, fused kernels, framework overhead between layers), so whole
 training steps are timed too, forward, backward and optimizer step back to back as a
@@ -142,7 +143,7 @@ def _device_name(device: torch.device) -> str:
     return "cpu: " + (platform.processor() or platform.machine()) + threads + heap_note()
 
 
-def _captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
+def captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
                     batch_input: torch.Tensor) -> List[Tuple[Callable, Any, Any]]:
     """Each layer's operation and the inputs a real forward of `batch_input` gave it: from
     the traced graph, or (an export by modules) from hooks on the leaf modules."""
@@ -197,7 +198,7 @@ def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
                    fit_whole_pass: bool) -> Tuple[Dict[str, Any], ProfileInfo]:
     device = batch_input.device
     model.train()
-    calls = _captured_calls(model, gm, layer_nodes, batch_input)
+    calls = captured_calls(model, gm, layer_nodes, batch_input)
     batch = int(batch_input.shape[0])
     layers = []
     for layer, (fn, args0, kwargs0) in zip(doc["layers"], calls):
@@ -212,11 +213,16 @@ def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
 
         def prepare_backward(fn: Callable = fn) -> Any:
             args, kwargs = prepare(True)
-            return fn(*args, **kwargs)
+            # Every output that carries a gradient: a module returning a tuple (nn.LSTM's
+            # output and state, nn.MultiheadAttention's output and weights) is timed
+            # through all of them.
+            outs = [t for t in output_tensors(fn(*args, **kwargs)) if t.requires_grad]
+            return outs, [torch.ones_like(t) for t in outs]
 
-        def backward(out: Any) -> None:
-            if torch.is_tensor(out) and out.requires_grad:
-                out.backward(torch.ones_like(out))
+        def backward(state: Any) -> None:
+            outs, seeds = state
+            if outs:
+                torch.autograd.backward(outs, seeds)
 
         sync()
         bwd = _median_us(backward, prepare_backward, warmup, steps, device)

@@ -261,6 +261,104 @@ def test_upsampling_flops_follow_its_mode():
     assert flops["interpolate"] == (8 * 3 * 12 * 12, 8 * 3 * 12 * 12)  # bilinear: 4 multiply-adds each
 
 
+class _NoFormula(torch.nn.Module):
+    """Leaf modules the export has no formula for: torch.fx does not trace into torch.nn's
+    modules, so each is one custom layer whose FLOPs torch's operations give."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv1d(8, 16, 5, padding=2)
+        self.up = torch.nn.ConvTranspose1d(16, 8, 4, stride=2, padding=1, bias=False)
+        self.rnn = torch.nn.LSTM(8, 32, num_layers=2, batch_first=True)
+        self.enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.fc = torch.nn.Linear(32, 3)
+
+    def forward(self, x):  # x: [batch, 8, 16]
+        y = self.up(torch.relu(self.c1(x)))            # [batch, 8, 32]
+        y, _ = self.rnn(y.transpose(1, 2))              # [batch, 32 steps, 32]
+        return self.fc(self.enc(y)).mean(1)
+
+
+def test_layers_without_a_formula_have_their_flops_counted_from_torchs_operations(tmp_path):
+    doc, info, _, _ = export_model(_NoFormula(), torch.randn(2, 8, 16), name="noformula")
+    assert sorted(info.counted) == ["c1", "enc", "rnn", "up"] and info.estimated == []
+    flops = {l["name"]: (l.get("fwd_flops"), l.get("bwd_flops")) for l in doc["layers"]}
+    # Convolutions exactly, per sample: 2 x outputs x (in/groups x kernel), + the bias;
+    # backward: the input's and the weight's gradients (a product each), + the bias's.
+    conv = 2 * (16 * 16) * (8 * 5)
+    assert flops["c1"] == (conv + 16 * 16, 2 * conv + 16 * 16)
+    # Transposed: each input element meets out/groups x kernel weights.
+    tconv = 2 * (16 * 16) * (8 * 4)
+    assert flops["up"] == (tconv, 2 * tconv)
+    # LSTM: 4 gates of (input + hidden) x hidden per step and layer (inputs 8, then 32), and
+    # their element-wise work.
+    lstm = 32 * 2 * 4 * ((8 + 32) + (32 + 32)) * 32
+    assert lstm < flops["rnn"][0] < 1.1 * lstm and 2 * lstm < flops["rnn"][1] < 2.3 * lstm
+    # Two encoder layers: q, k, v and output projections, Q K^T and A V, the feed-forward.
+    seq, dim, ff = 32, 32, 64
+    enc = 2 * (2 * seq * dim * 4 * dim + 2 * 2 * seq * seq * dim + 2 * 2 * seq * dim * ff)
+    assert enc < flops["enc"][0] < 1.15 * enc and 2 * enc < flops["enc"][1] < 2.4 * enc
+    path = str(tmp_path / "m.json")
+    write_json(doc, path)
+    read = as_fuseplan_reads(path)
+    assert {l["name"]: l["fwd_flops"] for l in read["layers"]}["c1"] == conv + 16 * 16
+
+
+def test_the_operation_counter_agrees_with_fuseplans_formulas_on_resnet18s_convolutions_and_classifier(tmp_path):
+    """flops.count_call counts from the operations torch runs; fuseplan derives conv2d and
+    linear FLOPs from kinds and shapes in C++. Two ways to the same numbers."""
+    from fuseplan_torch.flops import count_call
+    from fuseplan_torch.profile import captured_calls
+    model = torchvision.models.resnet18(num_classes=10)
+    example = torch.randn(2, 3, 32, 32)
+    doc, _, gm, nodes = export_model(model, example, name="resnet18")
+    path = str(tmp_path / "r18.json")
+    write_json(doc, path)
+    derived = {l["name"]: l["fwd_flops"] for l in as_fuseplan_reads(path)["layers"]}
+    calls = captured_calls(model, gm, nodes, example)
+    checked = 0
+    for layer, (fn, args, kwargs) in zip(doc["layers"], calls):
+        if layer["kind"] in ("conv2d", "linear"):
+            assert count_call(fn, args, kwargs, 2)[0] == derived[layer["name"]], layer["name"]
+            checked += 1
+    assert checked == 21  # 20 convolutions and the classifier
+
+
+def test_a_layer_that_cannot_run_alone_stays_estimated(monkeypatch):
+    import fuseplan_torch.flops
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot run alone")
+    monkeypatch.setattr(fuseplan_torch.flops, "count_call", refuse)
+    doc, info, _, _ = export_model(_NoFormula(), torch.randn(2, 8, 16), name="noformula")
+    assert info.counted == [] and sorted(info.estimated) == ["c1", "enc", "rnn", "up"]
+    c1 = next(l for l in doc["layers"] if l["name"] == "c1")
+    assert (c1["fwd_flops"], c1["bwd_flops"]) == (16 * 16, 16 * 16)  # one per output element
+
+
+def test_a_tied_head_with_a_bias_of_its_own_exports_a_file_fuseplan_reads(tmp_path):
+    class TiedWithBias(torch.nn.Module):  # BERT's masked-LM decoder: the embedding's table, its own bias
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.head = torch.nn.Linear(16, 50)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(self.emb(x))
+
+    model = TiedWithBias()
+    doc, info, _, _ = export_model(model, torch.randint(0, 50, (2, 7)), name="tied")
+    path = str(tmp_path / "tied.json")
+    write_json(doc, path)
+    read = as_fuseplan_reads(path)
+    head = next(l for l in read["layers"] if l["name"] == "head")
+    assert [p["name"] for p in head["params"]] == ["head.bias"]
+    assert head["fwd_flops"] == 2 * 7 * 16 * 50 + 7 * 50
+    assert sorted(p["name"] for l in read["layers"] for p in l["params"]) == sorted(
+        n for n, _ in model.named_parameters())
+
+
 def test_parameters_read_through_constants_belong_to_the_layer_that_uses_them():
     """Swin's relative position bias: a parameter table indexed by a buffer, then added to
     the attention scores; the indexing does not depend on the input."""
@@ -311,6 +409,28 @@ def test_the_export_api_writes_model_and_profile(tmp_path):
     r = fuseplan("predict", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
                  "--batch-per-gpu", "4", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_layer_with_a_tuple_output_is_timed_through_its_backward(tmp_path):
+    """nn.LSTM returns its output and its state: the layer's backward runs from all of them
+    (it ran from none, and timed an empty call, when only a lone tensor was differentiated)."""
+    import fuseplan_torch
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(16, 64, num_layers=2, batch_first=True)
+            self.fc = torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return self.fc(y)
+
+    model, prof = str(tmp_path / "m.json"), str(tmp_path / "p.json")
+    fuseplan_torch.export(Recurrent(), torch.randn(2, 24, 16), model, profile=prof, name="recurrent",
+                          profile_inputs=torch.randn(8, 24, 16), steps=3, fit_whole_pass=False)
+    rnn = next(l for l in json.load(open(prof))["layers"] if l["name"] == "rnn")
+    assert rnn["bwd_us"] > 0.3 * rnn["fwd_us"]  # an LSTM's backward is about its forward's time or more
 
 
 def test_profile_layer_times_add_up_to_the_whole_training_step(tmp_path):

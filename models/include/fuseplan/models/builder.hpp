@@ -27,8 +27,9 @@ class ModelBuilder {
   int flatten(const std::string& name, int from);
   // Linear on the last dimension; `transposed` stores the weight [in, out] (HF GPT-2 Conv1D).
   int linear(const std::string& name, int from, int64_t out_features, bool bias, bool transposed = false);
-  // Linear whose weight is another layer's tensor (tied embeddings): FLOPs, no tensor.
-  int linear_tied(const std::string& name, int from, int64_t out_features);
+  // Linear whose weight is another layer's tensor (tied embeddings): FLOPs, and a tensor
+  // only for its own bias, if it has one (BERT's masked-LM decoder).
+  int linear_tied(const std::string& name, int from, int64_t out_features, bool bias = false);
   int relu(const std::string& name, int from);
   int gelu(const std::string& name, int from);
   int tanh(const std::string& name, int from);
