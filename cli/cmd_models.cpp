@@ -74,7 +74,11 @@ void add_models_commands(CLI::App& app) {
       return;
     }
     out() << m.name << ": " << m.layers.size() << " layers, " << m.tensors.size() << " tensors, "
-              << grouped(m.param_count()) << " parameters, " << fixed(m.fwd_flops() / 1e9, 3)
+              << grouped(m.param_count()) << " parameters"
+              << (m.frozen.empty() ? std::string()
+                                   : " (and " + std::to_string(m.frozen.size()) + " frozen tensors, " +
+                                         grouped(m.frozen_count()) + " parameters, not trained)")
+              << ", " << fixed(m.fwd_flops() / 1e9, 3)
               << " GFLOPs forward and " << fixed(m.bwd_flops() / 1e9, 3) << " backward per sample, input "
               << shape_str(m.input_shape) << ", fingerprint " << m.fingerprint_hex() << "\n\nLayers (forward order)\n";
     Table lt({"#", "<layer", "<kind", "<output", "params", "fwd MFLOPs", "bwd MFLOPs", "activations"});
@@ -82,8 +86,10 @@ void add_models_commands(CLI::App& app) {
       const auto& l = m.layers[i];
       int64_t params = 0;
       for (int k = 0; k < l.tensor_count; ++k) params += m.tensors[l.first_tensor + k].numel;
+      params += l.frozen_elems;
       lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)), shape_str(l.out_shape), grouped(params),
-              fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops / 1e6, 2), grouped(l.activation_elems)});
+              fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops * l.backward_share / 1e6, 2),
+              grouped(l.activation_elems)});
     }
     lt.print(out(), "  ");
     out() << "\nParameter tensors (fwd = forward index; bwd = gradient order, which plans use)\n";

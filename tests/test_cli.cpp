@@ -610,6 +610,14 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad(base + "--optimizer adam", "--optimizer: unknown optimizer 'adam' (valid: lars, sgd)", true);
   expect_bad("train --dataset imagenet", "--dataset: unknown data set 'imagenet' (valid: fashion-mnist, synthetic)", true);
   expect_bad(base + "--model bert_base", "not supported by the trainer", true);
+  {  // fine-tuning with frozen parameters: fuseplan prices it, the trainer does not run it
+    nlohmann::json frozen = nlohmann::json::parse(run("show resnet18 --resolution 28 --channels 1 --classes 10 --json").out);
+    frozen["layers"][0]["params"][0]["frozen"] = true;
+    write(tmp("frozen-stem.json"), frozen.dump());
+    expect_bad(base + "--model " + tmp("frozen-stem.json"),
+               "model resnet18: 1 parameter tensors are frozen (conv1.weight, ...): the trainer trains every parameter",
+               true);
+  }
   expect_bad(base + "--model resnet9", "unknown model 'resnet9'", true);
   expect_bad(base + "--batch-per-gpu 0", "--batch-per-gpu", true);
   expect_bad(base + "--batch-per-gpu 1000", "larger than the data set", true);

@@ -232,6 +232,70 @@ TEST_CASE("model files: a linear layer reading a tied weight may keep a bias of 
   CHECK_THROWS_WITH(model_from_json(j, "tied.json"), Catch::Contains("lm_head.bias has shape"));
 }
 
+namespace {
+// resnet18 as a model file with every parameter before layer4 frozen (fine-tuning the last
+// stage and the classifier), and how many tensors that froze.
+std::pair<nlohmann::json, size_t> resnet18_frozen_to_layer4() {
+  nlohmann::json j = model_to_json(build_zoo_model("resnet18"));
+  size_t frozen = 0;
+  for (auto& l : j["layers"]) {
+    const std::string name = l["name"];
+    if (name.rfind("layer4", 0) == 0 || name == "fc") continue;
+    for (auto& p : l["params"]) {
+      p["frozen"] = true;
+      ++frozen;
+    }
+  }
+  return {j, frozen};
+}
+}  // namespace
+
+TEST_CASE("model files: frozen parameters are held apart, and only the backward autograd still runs is priced") {
+  const Model zoo = build_zoo_model("resnet18");
+  const auto [j, frozen] = resnet18_frozen_to_layer4();
+  const Model m = model_from_json(j, "frozen.json");
+  REQUIRE(m.frozen.size() == frozen);
+  CHECK(m.tensors.size() + m.frozen.size() == zoo.tensors.size());
+  CHECK(m.param_count() + m.frozen_count() == zoo.param_count());
+  for (const auto& t : m.tensors) CHECK((t.name.rfind("layer4", 0) == 0 || t.name.rfind("fc.", 0) == 0));
+  auto layer = [&](const std::string& name) -> const Layer& {
+    for (const auto& l : m.layers)
+      if (l.name == name) return l;
+    FAIL("no layer " << name);
+    return m.layers.front();
+  };
+  CHECK(layer("conv1").backward_share == 0);           // frozen, and nothing upstream trains
+  CHECK(layer("maxpool").backward_share == 0);
+  CHECK(layer("layer3.1.conv2").backward_share == 0);
+  CHECK(layer("layer4.0.conv1").backward_share == 0.5);  // its weights' gradient, not its input's
+  CHECK(layer("layer4.0.downsample.0").backward_share == 0.5);
+  CHECK(layer("layer4.0.bn1").backward_share == 1);      // a layer upstream trains: its input's gradient too
+  CHECK(layer("layer4.0.relu_1").backward_share == 1);
+  CHECK(layer("fc").backward_share == 1);
+  CHECK(layer("conv1").frozen_elems == 64 * 3 * 7 * 7);
+  CHECK(layer("layer4.0.conv1").tensor_count == 1);
+  CHECK(m.fwd_flops() == zoo.fwd_flops());
+  CHECK(m.bwd_flops() < 0.3 * zoo.bwd_flops());
+  // The fingerprint covers the trained tensors, the ones a plan buckets.
+  Model trained_only = zoo;
+  trained_only.tensors = m.tensors;
+  CHECK(m.fingerprint() == trained_only.fingerprint());
+  CHECK(m.fingerprint() != zoo.fingerprint());
+  // Written back as read: frozen parameters in their places, FLOPs as if all trained.
+  CHECK(model_to_json(m) == j);
+}
+
+TEST_CASE("model files: a model whose every parameter is frozen is refused, as nothing would be allreduced") {
+  nlohmann::json j = model_to_json(build_zoo_model("resnet18"));
+  for (auto& l : j["layers"])
+    for (auto& p : l["params"]) p["frozen"] = true;
+  CHECK_THROWS_WITH(model_from_json(j, "all.json"),
+                    "all.json: $.layers: every parameter tensor is frozen; nothing trains, so no gradient is "
+                    "allreduced (leave one tensor's frozen out)");
+  j["layers"][1]["params"][0]["frozen"] = "yes";
+  CHECK_THROWS_WITH(model_from_json(j, "all.json"), Catch::Contains("$.layers[1].params[0].frozen"));
+}
+
 TEST_CASE("rectangular convolutions: Inception's 1x7 and 7x1 are conv2d with their own FLOPs and weights") {
   ModelBuilder b("rect", {128, 17, 17});
   const int a = b.conv("b7_2", ModelBuilder::kInput, 128, {1, 7}, {1, 1}, {0, 3}, false);

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <functional>
 
+#include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/zoo.hpp"
 #include "cluster_json.hpp"
 
@@ -48,6 +50,30 @@ Report predict_toy(const Model& m, const Cluster& c, const Plan& p) {
   return predict(m, c, p, CollectiveModel(c, 4), ComputeModel(m, c, 8, Precision::FP32));
 }
 }  // namespace
+
+TEST_CASE("frozen parameters: a layer with no backward costs none, one computing its weights' gradient only half") {
+  nlohmann::json j = model_to_json(build_zoo_model("resnet18"));
+  for (auto& l : j["layers"])
+    if (l["name"].get<std::string>().rfind("layer4", 0) != 0 && l["name"] != "fc")
+      for (auto& p : l["params"]) p["frozen"] = true;
+  const Model m = model_from_json(j, "frozen.json");
+  const Model all = build_zoo_model("resnet18");
+  const Cluster c = load_cluster("dgx-a100");
+  const ComputeModel frozen(m, c, 32, Precision::FP16), full(all, c, 32, Precision::FP16);
+  const double overhead = c.device.kernel_overhead_us * 1e-6;
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const double share = m.layers[i].backward_share;
+    CHECK(frozen.layers()[i].fwd_s == Approx(full.layers()[i].fwd_s).epsilon(1e-12));  // frozen weights still read
+    if (share == 0) CHECK(frozen.layers()[i].bwd_s == 0);
+    else CHECK(frozen.layers()[i].bwd_s == Approx(share * (full.layers()[i].bwd_s - overhead) + overhead));
+  }
+  CHECK(frozen.backward_s() < 0.5 * full.backward_s());
+  // Weights held either way; gradients, buffers and optimizer state for the trained ones only.
+  const MemoryEstimate fm = estimate_memory(m, 32, Precision::FP16, Precision::FP16);
+  const MemoryEstimate am = estimate_memory(all, 32, Precision::FP16, Precision::FP16);
+  CHECK(fm.weights == am.weights);
+  CHECK(fm.optimizer == Approx(am.optimizer * double(m.param_count()) / double(all.param_count())));
+}
 
 TEST_CASE("per-tensor buckets overlap backward exactly as the wait-free timeline says") {
   Model m = toy();

@@ -152,6 +152,8 @@ def main():
         ("model", "a negative dimension", lambda d: d.__setitem__("input_shape", [3, -1])),
         ("model", "an unknown key", lambda d: d["layers"][0].__setitem__("colour", "red")),
         ("model", "a kernel of three sides", lambda d: d["layers"][0].__setitem__("attrs", {"kernel": [1, 7, 3]})),
+        ("model", "a frozen mark that is not true or false",
+         lambda d: next(l for l in d["layers"] if l["params"])["params"][0].__setitem__("frozen", "yes")),
         ("cluster", "no device", lambda d: d.pop("device")),
         ("cluster", "an unknown topology", lambda d: d.__setitem__("inter_node", dict(d.get("inter_node") or {
             "nic_bw_Gbps": 100, "nics_per_node": 1, "lat_us": 1, "gdr": True}, topology="ring"))),

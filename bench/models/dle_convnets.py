@@ -9,8 +9,10 @@ layers, shapes and parameter order as torchvision's ResNet with groups=32 and
 width_per_group=4 (44.18 M parameters). The SE variant adds to every bottleneck a
 squeeze-and-excitation of two linear layers (channels -> 16 -> channels: a squeeze to 16
 units, not a ratio of 16), applied as residual + out * sigmoid(...). The export keeps the
-spatial mean, the sigmoid and the multiply-add as custom layers with one FLOP per output
-element (a pass over the block's output, small beside its convolutions).
+spatial mean, the sigmoid and the multiply-add (torch.addcmul) as custom layers: one FLOP
+per output element forward, and the multiply-add's backward as counted from the
+operations torch runs (its three inputs' gradients, a broadcast one summed back: 5 per
+element). All are passes over the block's output, priced by memory bandwidth.
 """
 import torch
 from torch import nn

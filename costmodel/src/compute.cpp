@@ -58,10 +58,14 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
   if (l.inputs.empty()) in_elems = numel(l.in_shape);
   double params = 0;
   for (int i = 0; i < l.tensor_count; ++i) params += m.tensors[l.first_tensor + i].numel;
+  params += double(l.frozen_elems);  // read in forward like any weight
   const double fwd_bytes = (in_elems + numel(l.out_shape)) * batch * eb + params * eb;
   LayerTime t;
   t.fwd_s = std::max(l.fwd_flops * batch / flops, fwd_bytes / bw) + overhead;
-  t.bwd_s = std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
+  // With frozen parameters only part of a layer's backward runs (backward_share), or none.
+  const double share = l.backward_share;
+  if (share > 0)
+    t.bwd_s = share * std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
   return t;
 }
 

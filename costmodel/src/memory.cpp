@@ -20,7 +20,7 @@ std::string gib(double bytes) {
 MemoryEstimate estimate_memory(const Model& m, int batch_per_gpu, Precision compute, Precision transfer) {
   const double params = double(m.param_count());
   MemoryEstimate e;
-  e.weights = params * bytes_per_element(compute);
+  e.weights = (params + double(m.frozen_count())) * bytes_per_element(compute);  // frozen ones too
   e.gradients = params * bytes_per_element(compute);
   e.fusion_buffers = params * bytes_per_element(transfer);
   e.optimizer = params * (4 + 4);  // FP32 master weights and momenta

@@ -68,6 +68,10 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
   spans_.resize(m.layers.size());
   fwd_mark_.assign(m.layers.size(), 0);
   bwd_mark_.assign(m.layers.size(), 0);
+  if (!m.frozen.empty())
+    throw InputError("model " + m.name + ": " + std::to_string(m.frozen.size()) + " parameter tensors are frozen (" +
+                     m.frozen.front().tensor.name + ", ...): the trainer trains every parameter (fine-tuning with "
+                     "frozen ones runs through fuseplan_torch run)");
   for (size_t l = 0; l < m.layers.size(); ++l) {
     const Layer& L = m.layers[l];
     Node& n = nodes_[l];

@@ -110,8 +110,14 @@ double Model::fwd_flops() const {
 
 double Model::bwd_flops() const {
   double f = 0;
-  for (const auto& l : layers) f += l.bwd_flops;
+  for (const auto& l : layers) f += l.bwd_flops * l.backward_share;
   return f;
+}
+
+int64_t Model::frozen_count() const {
+  int64_t n = 0;
+  for (const auto& f : frozen) n += f.tensor.numel;
+  return n;
 }
 
 int64_t Model::activation_elems() const {

@@ -14,10 +14,16 @@ nlohmann::json model_to_json(const Model& m) {
   nlohmann::json layers = nlohmann::json::array();
   for (const auto& l : m.layers) {
     nlohmann::json params = nlohmann::json::array();
-    for (int i = 0; i < l.tensor_count; ++i) {
-      const auto& t = m.tensors[l.first_tensor + i];
-      params.push_back({{"name", t.name}, {"shape", t.shape}, {"role", tensor_role_name(t.role)}});
-    }
+    auto param = [](const ParamTensor& t) {
+      nlohmann::json p{{"name", t.name}, {"shape", t.shape}, {"role", tensor_role_name(t.role)}};
+      if (t.frozen) p["frozen"] = true;
+      return p;
+    };
+    for (int i = 0; i < l.tensor_count; ++i) params.push_back(param(m.tensors[l.first_tensor + i]));
+    // Frozen ones back in their places among the layer's parameters, in slot order.
+    const int layer = static_cast<int>(&l - m.layers.data());
+    for (const auto& f : m.frozen)
+      if (f.tensor.layer == layer) params.insert(params.begin() + f.slot, param(f.tensor));
     nlohmann::json a = nlohmann::json::object();
     // One integer for a square window, [height, width] for a rectangular one.
     auto hw = [&](const char* key, int h, int w, int omitted) {
@@ -150,6 +156,7 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
       auto r = parse_tensor_role(role);
       if (!r) po.fail("role", "unknown role '" + role + "' (valid: weight, bias, norm_scale, norm_shift, embedding)");
       t.role = *r;
+      t.frozen = po.opt_boolean("frozen").value_or(false);
       t.layer = static_cast<int>(i);
       po.finish();
       m.tensors.push_back(std::move(t));

@@ -206,6 +206,7 @@ class Rebuild {
       const ParamTensor& theirs = file_.tensors[l.first_tensor + t];
       mine.name = theirs.name;
       mine.role = theirs.role;
+      mine.frozen = theirs.frozen;
     }
   }
 
@@ -224,9 +225,72 @@ class Rebuild {
 };
 }  // namespace
 
+namespace {
+// A layer's backward FLOPs as (its weights' gradients, its input's gradient). Matrix
+// products split evenly (input gradient + weight gradient = 2 x forward); a conv2d or
+// custom layer reading only the model input has no input gradient in it already (the
+// builder's and the PyTorch export's convention); an embedding's backward is its table's
+// gradient; a norm's, a parameter-free layer's and an attention's are its input's (a
+// norm's scale and shift gradients are reductions, not counted apart).
+std::pair<double, double> backward_parts(const Layer& l, bool has_params) {
+  const bool reads_input_only =
+      !l.inputs.empty() && std::all_of(l.inputs.begin(), l.inputs.end(), [](int i) { return i < 0; });
+  if (!has_params) return {0, l.bwd_flops};
+  switch (l.kind) {
+    case LayerKind::Embedding: return {l.bwd_flops, 0};
+    case LayerKind::BatchNorm:
+    case LayerKind::LayerNorm: return {0, l.bwd_flops};
+    case LayerKind::Conv2d:
+    case LayerKind::Custom:
+      if (reads_input_only) return {l.bwd_flops, 0};
+      [[fallthrough]];
+    default: return {l.bwd_flops / 2, l.bwd_flops / 2};
+  }
+}
+
+// Moves a model's frozen parameters out of its tensors into Model::frozen and sets what
+// each layer's backward still runs (Layer::backward_share).
+void split_frozen(Model& m, const std::string& origin) {
+  if (std::none_of(m.tensors.begin(), m.tensors.end(), [](const ParamTensor& t) { return t.frozen; })) return;
+  // Backward as autograd runs it: a layer computes its weights' gradients only where they
+  // train, and its input's gradient only where some layer upstream trains (nothing else
+  // wants it): layers before the first trained one have no backward at all.
+  std::vector<bool> trains(m.layers.size(), false), upstream(m.layers.size(), false);
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    Layer& l = m.layers[i];
+    for (int t = 0; t < l.tensor_count; ++t) trains[i] = trains[i] || !m.tensors[l.first_tensor + t].frozen;
+    for (int from : l.inputs)
+      if (from >= 0) upstream[i] = upstream[i] || trains[from] || upstream[from];
+    const auto [weights, input] = backward_parts(l, l.tensor_count > 0);
+    const double runs = (trains[i] ? weights : 0) + (upstream[i] ? input : 0);
+    l.backward_share = l.bwd_flops > 0 ? runs / l.bwd_flops : (trains[i] || upstream[i] ? 1 : 0);
+  }
+  std::vector<ParamTensor> trained;
+  for (auto& l : m.layers) {
+    const int first = static_cast<int>(trained.size());
+    for (int t = 0; t < l.tensor_count; ++t) {
+      ParamTensor& p = m.tensors[l.first_tensor + t];
+      if (p.frozen) {
+        l.frozen_elems += p.numel;
+        m.frozen.push_back({std::move(p), t});
+      } else {
+        trained.push_back(std::move(p));
+      }
+    }
+    l.first_tensor = first;
+    l.tensor_count = static_cast<int>(trained.size()) - first;
+  }
+  m.tensors = std::move(trained);
+  if (m.tensors.empty())
+    throw InputError(origin + ": $.layers: every parameter tensor is frozen; nothing trains, so no gradient is "
+                              "allreduced (leave one tensor's frozen out)");
+}
+}  // namespace
+
 Model rebuild_model(const Model& file, const std::vector<GivenLayer>& given, const std::string& origin) {
   Model m = Rebuild(file, given, origin).run();
   m.measured_optimizer_us = file.measured_optimizer_us;
+  split_frozen(m, origin);
   return m;
 }
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .model_export import output_tensors
+from .profile import fresh
 
 _NORM_FWD_PER_ELEM, _NORM_BWD_PER_ELEM = 8, 16   # as fuseplan's builder counts a norm
 _SOFTMAX_PER_ELEM = 5                              # max, sub, exp, sum, div
@@ -141,22 +142,14 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
-def _fresh(v: Any) -> Any:
-    """A copy of a layer's input that backward differentiates (floating point), as the
-    layer's input is in training."""
-    if torch.is_tensor(v):
-        c = v.detach().clone()
-        return c.requires_grad_(True).clone() if c.is_floating_point() else c
-    if isinstance(v, (tuple, list)):
-        return type(v)(_fresh(x) for x in v)
-    return v
-
-
-def count_call(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any], batch: int) -> Tuple[float, float]:
+def count_call(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any], batch: int,
+               input_grad: bool = True) -> Tuple[float, float]:
     """Forward and backward FLOPs per sample of one call of a layer on a batch of `batch`
-    samples: its forward, then the backward of all its floating-point outputs (every
-    element's gradient 1) through its inputs and parameters. Raises what the call raises."""
-    args, kwargs = _fresh(args), {k: _fresh(v) for k, v in kwargs.items()}
+    samples: its forward, then the backward of all its outputs that carry a gradient
+    (every element's gradient 1) to the parameters that train and, with `input_grad`, to
+    its floating-point inputs (as training does where a layer upstream trains). Raises
+    what the call raises."""
+    args, kwargs = fresh(args, input_grad), {k: fresh(v, input_grad) for k, v in kwargs.items()}
     forward = OpCounter()
     with forward:
         out = fn(*args, **kwargs)

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .heap import HEAP_CHOICES, heap_note, keep_heap
-from .model_export import export_model, output_tensors, same_output, write_json, written_through
+from .model_export import export_model, output_tensors, same_output, trained_tensors, write_json, written_through
 from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan, read_json_file
 from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
@@ -326,16 +326,17 @@ def _threads(a: Any, ranks: int) -> int:
 
 
 def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Tensor) -> List[str]:
-    """The plan's tensor order: from its model file when it names one, else a fresh export."""
+    """The plan's tensor order (the parameters that train; frozen ones are in no bucket):
+    from its model file when it names one, else a fresh export."""
     model = plan["model"]
     if "file" not in model:
         doc = export_model(module, example)[0]
-        return [p["name"] for l in doc["layers"] for p in l["params"]]
+        return [name for name, _ in trained_tensors(doc["layers"])]
     path = os.path.join(os.path.dirname(os.path.abspath(plan["_path"])), str(model["file"]))
     where = "--plan %s: $.model.file: %s" % (plan["_path"], path)
     try:
         doc = read_json_file(path)
-        return [str(p["name"]) for l in doc["layers"] for p in l["params"]]
+        return [str(name) for name, _ in trained_tensors(doc["layers"])]
     except (OSError, ValueError) as e:
         raise UsageError("%s: %s" % (where, e))
     except (KeyError, TypeError) as e:

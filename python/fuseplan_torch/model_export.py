@@ -490,8 +490,7 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
                 if id(p) in seen_params:
                     continue  # tied, or a module called again: the first use owns it
                 seen_params[id(p)] = param_names[id(p)]
-                params.append({"name": param_names[id(p)], "shape": list(p.shape),
-                               "role": _role(kind or "custom", local)})
+                params.append(_param(param_names[id(p)], p, _role(kind or "custom", local)))
         else:
             scope = n.meta.get("fuseplan_scope", "")
             base = _name_of(n.target)
@@ -516,7 +515,7 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
                 p = gm.get_parameter(target)
                 if id(p) not in seen_params:
                     seen_params[id(p)] = target
-                    params.append({"name": target, "shape": list(p.shape), "role": _role("custom", target)})
+                    params.append(_param(target, p, _role("custom", target)))
                     kind = None
         layer = {"name": lname, "kind": kind or "custom", **layer, "params": params}
         if kind:
@@ -540,11 +539,11 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
     if missing:
         raise ValueError("parameters not used by the traced forward: " + ", ".join(missing[:5]))
     _count_estimated(model, gm, layer_nodes, layers, info, example_inputs)
-    tensors = [(p["name"], p["shape"]) for l in layers for p in l["params"]]
-    info.fingerprint = fingerprint(tensors)
+    _check_trains(layers)
+    info.fingerprint = fingerprint(trained_tensors(layers))
     doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
            "input_shape": input_shape, "layers": layers}
-    _gradient_order(model, example_inputs, info, {p["name"]: i for i, l in enumerate(layers) for p in l["params"]})
+    _gradient_order(model, example_inputs, info, _trained_layer_of(layers))
     return doc, info, gm, layer_nodes
 
 
@@ -660,7 +659,7 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
             if id(p) in seen_params:
                 continue
             seen_params[id(p)] = param_names[id(p)]
-            params.append({"name": param_names[id(p)], "shape": list(p.shape), "role": _role(kind or "custom", local)})
+            params.append(_param(param_names[id(p)], p, _role(kind or "custom", local)))
         layer: Dict[str, Any] = {"name": lname, "kind": kind or "custom", "inputs": [producer],
                                  "out_shape": out_shape, "params": params}
         if in_shape:
@@ -684,17 +683,58 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
     if not layers:
         raise ValueError("torch.fx cannot trace this forward (%s), and it calls no leaf module" % reason)
     _count_estimated(model, None, entries, layers, info, example_inputs)
-    info.fingerprint = fingerprint([(p["name"], p["shape"]) for l in layers for p in l["params"]])
+    _check_trains(layers)
+    info.fingerprint = fingerprint(trained_tensors(layers))
     doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
            "input_shape": _per_sample(list(example_inputs.shape)), "layers": layers}
-    _gradient_order(model, example_inputs, info, {p["name"]: i for i, l in enumerate(layers) for p in l["params"]})
+    _gradient_order(model, example_inputs, info, _trained_layer_of(layers))
     return doc, info, None, entries
+
+
+def _param(name: str, p: torch.Tensor, role: str) -> Dict[str, Any]:
+    """A parameter as the model file lists it; one that does not require a gradient
+    (frozen, as a fine-tuned backbone's) is marked so: fuseplan neither allreduces nor
+    updates it, and prices only the backward that still runs (docs/formats.md)."""
+    entry: Dict[str, Any] = {"name": name, "shape": list(p.shape), "role": role}
+    if not p.requires_grad:
+        entry["frozen"] = True
+    return entry
+
+
+def trained_tensors(layers: Sequence[Dict[str, Any]]) -> List[Tuple[str, List[int]]]:
+    """(name, shape) of the parameters training updates, in the file's order: the tensors a
+    plan buckets and the fingerprint covers (frozen ones are neither)."""
+    return [(p["name"], p["shape"]) for l in layers for p in l["params"] if not p.get("frozen")]
+
+
+def _trained_layer_of(layers: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    return {p["name"]: i for i, l in enumerate(layers) for p in l["params"] if not p.get("frozen")}
+
+
+def _check_trains(layers: Sequence[Dict[str, Any]]) -> None:
+    if any(l["params"] for l in layers) and not trained_tensors(layers):
+        raise ValueError("every parameter is frozen (requires_grad off): nothing trains, so there is no gradient "
+                         "to allreduce")
+
+
+def input_needs_grad(layers: Sequence[Dict[str, Any]]) -> List[bool]:
+    """Per layer: whether training computes its input's gradient, that is whether some
+    layer upstream has a parameter that trains (autograd computes nothing else). A layer
+    reading only the model input never does; with frozen parameters, no layer before the
+    first trained one does either. fuseplan's reading of a model file follows the same
+    rule (Layer::backward_share)."""
+    trains = [any(not p.get("frozen") for p in l["params"]) for l in layers]
+    needs: List[bool] = []
+    for l in layers:
+        needs.append(any(i >= 0 and (trains[i] or needs[i]) for i in l.get("inputs", [])))
+    return needs
 
 
 def _count_estimated(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
                      layers: List[Dict[str, Any]], info: ExportInfo, example_inputs: torch.Tensor) -> None:
     """Counts the FLOPs of each estimated layer from the operations torch runs when the
-    layer runs alone, forward and backward, on the inputs a real training-mode forward of
+    layer runs alone, forward and backward (its input's gradient only where training
+    computes it: input_needs_grad), on the inputs a real training-mode forward of
     `example_inputs` gives it (flops.count_call), and moves it from `info.estimated` to
     `info.counted`. A layer that cannot run alone stays estimated, as does a layer an
     export by modules puts between modules (what ran there is not seen). The model is
@@ -706,13 +746,14 @@ def _count_estimated(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes
     if not wanted:
         return
     batch = int(example_inputs.shape[0])
+    needs = input_needs_grad(layers)
     with untouched(model):
         model.train()
         calls = captured_calls(model, gm, layer_nodes, example_inputs)
         for i in wanted:
             fn, args, kwargs = calls[i]
             try:
-                fwd, bwd = count_call(fn, args, kwargs, batch)
+                fwd, bwd = count_call(fn, args, kwargs, batch, input_grad=needs[i])
             except Exception:  # pylint: disable=broad-except  # any error of the user's layer: left estimated
                 continue
             layers[i]["fwd_flops"], layers[i]["bwd_flops"] = fwd, bwd

@@ -210,6 +210,16 @@ def check_plan(plan: Dict[str, Any], module: nn.Module, tensor_names: Sequence[s
     missing = [n for n in tensor_names if n not in params]
     if missing:
         raise PlanError("%s: $.model: the module has no parameter %s" % (origin, missing[0]))
+    # The plan buckets the parameters that train; the module must train those and no others.
+    listed = set(tensor_names)
+    frozen = [n for n in tensor_names if not params[n].requires_grad]
+    if frozen:
+        raise PlanError("%s: $.model: parameter %s is frozen in the module (requires_grad off) but trains in the "
+                        "plan's model (export the module as it is trained)" % (origin, frozen[0]))
+    extra = [n for n, p in params.items() if p.requires_grad and n not in listed]
+    if extra:
+        raise PlanError("%s: $.model: parameter %s trains in the module but is in no bucket of the plan (frozen in "
+                        "its model file?); export the module as it is trained" % (origin, extra[0]))
     fp = fingerprint([(n, list(params[n].shape)) for n in tensor_names])
     if fp != plan["model"]["fingerprint"] or len(tensor_names) != plan["model"]["tensors"]:
         raise PlanError("%s: $.model.fingerprint: the plan is for %s (%s), the module's parameters give %s" %

@@ -34,7 +34,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .heap import heap_note
-from .model_export import module_calls, output_tensors, untouched
+from .model_export import input_needs_grad, module_calls, output_tensors, untouched
 from .runner import critical_steps
 
 PROFILE_SCHEMA = "fuseplan.profile/1"
@@ -114,7 +114,7 @@ def _median_device_us(fn: Callable[[], None], prepare: Callable[[], Any], warmup
     return statistics.median(times)
 
 
-def _fresh(v: Any, grad: bool) -> Any:
+def fresh(v: Any, grad: bool) -> Any:
     if torch.is_tensor(v):
         c = v.detach().clone()
         if grad and c.is_floating_point():
@@ -123,7 +123,7 @@ def _fresh(v: Any, grad: bool) -> Any:
             c = c.requires_grad_(True).clone()
         return c
     if isinstance(v, (tuple, list)):
-        return type(v)(_fresh(x, grad) for x in v)
+        return type(v)(fresh(x, grad) for x in v)
     return v
 
 
@@ -201,18 +201,22 @@ def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     calls = captured_calls(model, gm, layer_nodes, batch_input)
     batch = int(batch_input.shape[0])
     layers = []
-    for layer, (fn, args0, kwargs0) in zip(doc["layers"], calls):
-        def prepare(grad: bool = True, args0: Any = args0, kwargs0: Any = kwargs0) -> Any:
-            return _fresh(args0, grad), {k: _fresh(v, grad) for k, v in kwargs0.items()}
+    # A layer's input carries a gradient only where training computes it (a layer upstream
+    # trains): the first layer's, and with frozen parameters every layer's before the
+    # first trained one, do not; with nothing to differentiate, such a backward is empty.
+    needs_grad = input_needs_grad(doc["layers"])
+    for layer, (fn, args0, kwargs0), grad in zip(doc["layers"], calls, needs_grad):
+        def prepare(args0: Any = args0, kwargs0: Any = kwargs0, grad: bool = grad) -> Any:
+            return fresh(args0, grad), {k: fresh(v, grad) for k, v in kwargs0.items()}
 
         def forward(state: Any, fn: Callable = fn) -> None:
             fn(*state[0], **state[1])  # recording the graph for backward, as training does
 
         sync()
-        fwd = _median_us(forward, lambda: prepare(True), warmup, steps, device)
+        fwd = _median_us(forward, prepare, warmup, steps, device)
 
-        def prepare_backward(fn: Callable = fn) -> Any:
-            args, kwargs = prepare(True)
+        def prepare_backward(fn: Callable = fn, prepare: Callable = prepare) -> Any:
+            args, kwargs = prepare()
             # Every output that carries a gradient: a module returning a tuple (nn.LSTM's
             # output and state, nn.MultiheadAttention's output and weights) is timed
             # through all of them.

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from fuseplan_torch.model_export import export_model
+from fuseplan_torch.model_export import export_model, trained_tensors
 from fuseplan_torch.plan_ddp import PlanDDP, PlanError, exported_ddp, grads_sharing_storage
 
 
@@ -20,9 +20,9 @@ def small_cnn() -> nn.Module:
 
 def plan_for(model: nn.Module, example: torch.Tensor, buckets, ranks: int):
     doc, info, _, _ = export_model(model, example, name="small_cnn")
-    names = [p["name"] for l in doc["layers"] for p in l["params"]]
+    names = [name for name, _ in trained_tensors(doc["layers"])]  # frozen ones are in no bucket
     plan = {"schema": "fuseplan.plan/1", "model": {"name": "small_cnn", "tensors": len(names),
-            "params": sum(p.numel() for p in model.parameters()), "fingerprint": info.fingerprint},
+            "params": sum(p.numel() for p in model.parameters() if p.requires_grad), "fingerprint": info.fingerprint},
             "cluster": "local-cpu", "gpus": ranks, "batch_per_gpu": 4, "compute": "fp32", "strategy": "test",
             "buckets": [{"begin": b, "end": e, "algorithm": "ring", "stream": s, "transfer": t, "pack": False}
                         for b, e, s, t in buckets]}
@@ -47,15 +47,20 @@ def backend_sums(rank: int, ranks: int, out_path: str, dtype: str) -> None:
 
 
 def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none: bool = True,
-                     engine: str = "auto", views: bool = False) -> None:
+                     engine: str = "auto", views: bool = False, frozen: int = 0) -> None:
     """Gradients of one step under PlanDDP and under torch DDP, same weights and data: per
     tensor the largest difference and DDP's largest gradient, after two steps that zero the
-    gradients first (set_to_none) or accumulate them (both average what .grad holds). A
-    refused plan is written as {"error": message}."""
+    gradients first (set_to_none) or accumulate them (both average what .grad holds). The
+    first `frozen` parameters are frozen in both (requires_grad off, as in fine-tuning);
+    those without a gradient in both are listed (`no_grad`). A refused plan is written as
+    {"error": message}."""
     torch.manual_seed(0)
     ref = small_cnn()
     mine = small_cnn()
     mine.load_state_dict(ref.state_dict())
+    for model in (ref, mine):
+        for p in list(model.parameters())[:frozen]:
+            p.requires_grad_(False)
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + rank))
     y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(20 + rank))
     plan, names = plan_for(mine, x[:2], buckets, ranks)
@@ -79,14 +84,16 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
         loss.backward()
     pddp.close()
     ref_grads = dict(ref.named_parameters())
+    no_grad = [n for n, p in mine.named_parameters() if p.grad is None and ref_grads[n].grad is None]
     diffs = {n: (float((p.grad - ref_grads[n].grad).abs().max()), float(ref_grads[n].grad.abs().max()))
-             for n, p in mine.named_parameters()}
+             for n, p in mine.named_parameters() if n not in no_grad}
     events = [{"ready": b.ready_s, "start": b.start_s, "end": b.end_s} for b in pddp.steps[-1].resolve().buckets]
     # PlanDDP keeps every .grad a tensor of its own, as DDP's default does (not a view of
     # its bucket: docs/pytorch.md) unless `views`; how many .grad share another's storage.
     shared = grads_sharing_storage(mine)
     gathered = [None] * ranks
-    dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine, "shared": shared})
+    dist.all_gather_object(gathered, {"diffs": diffs, "events": events, "engine": pddp.engine, "shared": shared,
+                                      "no_grad": no_grad})
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)

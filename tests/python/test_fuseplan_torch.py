@@ -284,10 +284,12 @@ def test_layers_without_a_formula_have_their_flops_counted_from_torchs_operation
     assert sorted(info.counted) == ["c1", "enc", "rnn", "up"] and info.estimated == []
     flops = {l["name"]: (l.get("fwd_flops"), l.get("bwd_flops")) for l in doc["layers"]}
     # Convolutions exactly, per sample: 2 x outputs x (in/groups x kernel), + the bias;
-    # backward: the input's and the weight's gradients (a product each), + the bias's.
+    # backward: the weight's gradient (a product) and the bias's; c1 reads the model input,
+    # whose gradient training does not compute.
     conv = 2 * (16 * 16) * (8 * 5)
-    assert flops["c1"] == (conv + 16 * 16, 2 * conv + 16 * 16)
-    # Transposed: each input element meets out/groups x kernel weights.
+    assert flops["c1"] == (conv + 16 * 16, conv + 16 * 16)
+    # Transposed: each input element meets out/groups x kernel weights; its input comes from
+    # c1, so backward computes the input's gradient too.
     tconv = 2 * (16 * 16) * (8 * 4)
     assert flops["up"] == (tconv, 2 * tconv)
     # LSTM: 4 gates of (input + hidden) x hidden per step and layer (inputs 8, then 32), and
@@ -592,6 +594,53 @@ def test_plan_ddp_gradients_equal_ddp(tmp_path, buckets, ranks, engine):
         for stream in {b[2] for b in buckets}:  # a stream runs its buckets one at a time, in plan order
             mine = [e for b, e in zip(buckets, r["events"]) if b[2] == stream]
             assert all(a["end"] <= b["start"] for a, b in zip(mine, mine[1:]))
+
+
+@pytest.mark.parametrize("engine", ["reducer", "hooks"])
+def test_plan_ddp_with_frozen_parameters_equals_ddp_and_buckets_only_the_trained_ones(tmp_path, engine):
+    """Fine-tuning: the first conv and its norm frozen in both trainers. The plan's buckets
+    cover the 6 trained tensors; the 4 frozen ones get no gradient in either (the Reducer
+    crashed the process, and the hooks engine waited for them forever, before)."""
+    out = str(tmp_path / "out.json")
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, [(0, 3, 0, "fp32"), (3, 6, 1, "fp32")], True, engine, False, 4))
+    for r in json.load(open(out)):
+        assert r["engine"] == engine
+        assert r["no_grad"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+        assert len(r["diffs"]) == 6
+        for name, (diff, scale) in r["diffs"].items():
+            assert diff <= 1e-6 * scale + 1e-9, name
+
+
+def test_a_frozen_backbone_exports_with_its_frozen_parameters_marked_and_fuseplan_prices_what_trains(tmp_path):
+    import fuseplan_torch
+    model = torchvision.models.resnet18(num_classes=10)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("layer4", "fc")))
+    path, prof = str(tmp_path / "frozen.json"), str(tmp_path / "frozen-profile.json")
+    info = fuseplan_torch.export(model, torch.randn(2, 3, 32, 32), path, profile=prof, name="frozen",
+                                 profile_inputs=torch.randn(4, 3, 32, 32), steps=2, fit_whole_pass=False)
+    doc = json.load(open(path))
+    frozen = [p["name"] for l in doc["layers"] for p in l["params"] if p.get("frozen")]
+    trained = [(p["name"], p["shape"]) for l in doc["layers"] for p in l["params"] if not p.get("frozen")]
+    assert len(frozen) == 45 and len(trained) == 17
+    assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []
+    assert info.fingerprint == fingerprint(trained) and info.order_matches
+    read = as_fuseplan_reads(path)
+    again = str(tmp_path / "again.json")  # what fuseplan writes back keeps the frozen marks, and reads the same
+    write_json(read, again)
+    assert as_fuseplan_reads(again) == read
+    assert [p["name"] for l in read["layers"] for p in l["params"] if p.get("frozen")] == frozen
+    r = fuseplan("show", path)
+    assert r.returncode == 0 and "17 tensors" in r.stdout and "(and 45 frozen tensors" in r.stdout
+    assert "fingerprint " + info.fingerprint in r.stdout
+    # No layer before layer4 has a backward (nothing upstream trains): the profile times an
+    # empty call there, as training runs none.
+    times = {l["name"]: l for l in json.load(open(prof))["layers"]}
+    assert times["layer1.0.conv1"]["bwd_us"] < 0.1 * times["layer1.0.conv1"]["fwd_us"]
+    assert times["layer4.1.conv2"]["bwd_us"] > 0.5 * times["layer4.1.conv2"]["fwd_us"]
+    r = fuseplan("predict", "--model", path, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--json")
+    assert r.returncode == 0, r.stderr
 
 
 def test_the_measured_iteration_is_the_slowest_ranks_mean_step():

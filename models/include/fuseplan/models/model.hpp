@@ -34,6 +34,16 @@ struct ParamTensor {
   int64_t numel = 0;
   int layer = 0;      // index of the owning layer
   TensorRole role = TensorRole::Weight;
+  // Held but not trained (PyTorch's requires_grad off, a frozen backbone in fine-tuning):
+  // no gradient, no allreduce, no optimizer state. Only a model file's tensors carry it
+  // while being read; a Model keeps such tensors apart, in Model::frozen.
+  bool frozen = false;
+};
+
+// A frozen parameter, with its place among its layer's parameters in the model file.
+struct FrozenTensor {
+  ParamTensor tensor;
+  int slot = 0;
 };
 
 // Hyper-parameters a layer needs to be executed; zero where not applicable. `kernel`,
@@ -92,7 +102,13 @@ struct Layer {
   Shape in_shape, out_shape;
   LayerAttrs attrs;
   int first_tensor = 0, tensor_count = 0;  // range in Model::tensors
-  double fwd_flops = 0, bwd_flops = 0;      // per sample
+  double fwd_flops = 0, bwd_flops = 0;      // per sample; bwd_flops as if every parameter trained
+  // With frozen parameters (Model::frozen): the share of bwd_flops autograd still runs
+  // (the weights' gradients where they train, the input's where a layer upstream trains;
+  // 0: no backward at all), and the frozen parameter elements the layer reads. Derived
+  // when a model file is read, not written.
+  double backward_share = 1;
+  int64_t frozen_elems = 0;
   int64_t activation_elems = 0;              // elements this layer stores per sample
   std::optional<MeasuredTime> measured;
 };
@@ -102,14 +118,16 @@ struct Model {
   std::string file;  // the .json it was read from; empty for a zoo model
   Shape input_shape;
   std::vector<Layer> layers;
-  std::vector<ParamTensor> tensors;  // forward order
+  std::vector<ParamTensor> tensors;  // forward order: the tensors training updates (their gradients are allreduced)
+  std::vector<FrozenTensor> frozen;  // parameters held but not trained, in forward order (none in the zoo)
   // Measured optimizer step (all parameters; it does not depend on the batch), from a
   // profile's optional `optimizer_us`.
   std::optional<double> measured_optimizer_us;
 
-  int64_t param_count() const;
+  int64_t param_count() const;   // trained parameter elements (the gradients)
+  int64_t frozen_count() const;  // frozen parameter elements (held, read, not trained)
   double fwd_flops() const;  // per sample
-  double bwd_flops() const;
+  double bwd_flops() const;  // what backward runs: each layer's bwd_flops x backward_share
   int64_t activation_elems() const;
   // 64-bit FNV-1a over tensor names and shapes: a plan names the model it was made for.
   uint64_t fingerprint() const;
