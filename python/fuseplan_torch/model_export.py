@@ -535,9 +535,11 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
         layers.append(layer)
         layer_nodes.append(n)
 
-    missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params]
+    # A frozen parameter the forward never reads is nothing to plan: left out of the file.
+    missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params and p.requires_grad]
     if missing:
-        raise ValueError("parameters not used by the traced forward: " + ", ".join(missing[:5]))
+        raise ValueError("parameters not used by the traced forward: %s (they would never get a gradient: freeze "
+                         "them with requires_grad_(False), or remove them)" % ", ".join(missing[:5]))
     _count_estimated(model, gm, layer_nodes, layers, info, example_inputs)
     _check_trains(layers)
     info.fingerprint = fingerprint(trained_tensors(layers))
@@ -676,7 +678,7 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
         by_storage[out.data_ptr()] = len(layers)
         layers.append(layer)
         entries.append(ModuleCall(path, k))
-    missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params]
+    missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params and p.requires_grad]
     if missing:
         raise ValueError("torch.fx cannot trace this forward (%s), and parameters used outside its leaf modules "
                          "cannot be placed without it: %s" % (reason, ", ".join(missing[:5])))

@@ -611,6 +611,25 @@ def test_plan_ddp_with_frozen_parameters_equals_ddp_and_buckets_only_the_trained
             assert diff <= 1e-6 * scale + 1e-9, name
 
 
+def test_a_parameter_the_forward_never_reads_is_refused_unless_frozen():
+    class Unused(torch.nn.Module):  # a head kept for another task
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(10, 10), torch.nn.Linear(10, 10)
+
+        def forward(self, x):
+            return self.a(x)
+
+    model = Unused()
+    with pytest.raises(ValueError, match=r"not used by the traced forward: b.weight, b.bias \(they would never get a "
+                                         r"gradient: freeze them with requires_grad_\(False\)"):
+        export_model(model, torch.randn(2, 10))
+    model.b.requires_grad_(False)
+    doc, info, _, _ = export_model(model, torch.randn(2, 10))
+    assert [p["name"] for l in doc["layers"] for p in l["params"]] == ["a.weight", "a.bias"]
+    assert info.fingerprint == fingerprint([("a.weight", [10, 10]), ("a.bias", [10])])
+
+
 def test_a_frozen_backbone_exports_with_its_frozen_parameters_marked_and_fuseplan_prices_what_trains(tmp_path):
     import fuseplan_torch
     model = torchvision.models.resnet18(num_classes=10)
