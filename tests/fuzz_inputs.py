@@ -169,6 +169,17 @@ def main():
         json.dump({"schema": "fuseplan.sweep/1", "ranks": 2, "per_node": 2, "precision": "fp32", "host": "h",
                    "points": [{"algorithm": "ring", "bytes": 4096 * 2**i, "seconds": 2e-5 * (1 + 0.3 * 2**i),
                                "iterations": 10} for i in range(8)]}, f)
+    # A model fine-tuned from a frozen stem: resnet18 with every parameter before layer3 frozen.
+    frozen_model = seed_path("model-frozen.json")
+    shown = subprocess.run([fp, "show", small[1]] + small[2:] + ["--json"], check=True, capture_output=True,
+                           text=True).stdout
+    doc = json.loads(shown)
+    for layer in doc["layers"]:
+        if not layer["name"].startswith(("layer3", "layer4", "fc")):
+            for param in layer["params"]:
+                param["frozen"] = True
+    with open(frozen_model, "w") as f:
+        json.dump(doc, f, indent=1)
     formats = {
         # A cluster with per-class efficiencies (device.by_kind) and a transport, one staged
         # through host memory once per allreduce, and an NCCL one (its nccl section).
@@ -185,6 +196,8 @@ def main():
                          lambda f, o: [fp, "predict", "--cluster", f, "--model", "alexnet_bn", "--gpus", "16", "--out", o]),
         "model": ("json", os.path.join(a.source, "tests/data/golden-model.json"),
                   lambda f, o: [fp, "predict", "--model", f, "--cluster", "local-cpu", "--gpus", "2", "--out", o]),
+        "model-frozen": ("json", frozen_model, lambda f, o: [fp, "tune", "--model", f, "--cluster", "local-cpu",
+                                                             "--gpus", "2", "--out", o]),
         "plan": ("json", plan, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-cycle": ("json", plan_cycle, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-accumulated": ("json", plan_acc, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
