@@ -727,8 +727,8 @@ def input_needs_grad(layers: Sequence[Dict[str, Any]]) -> List[bool]:
     rule (Layer::backward_share)."""
     trains = [any(not p.get("frozen") for p in l["params"]) for l in layers]
     needs: List[bool] = []
-    for l in layers:
-        needs.append(any(i >= 0 and (trains[i] or needs[i]) for i in l.get("inputs", [])))
+    for k, l in enumerate(layers):
+        needs.append(any(i >= 0 and (trains[i] or needs[i]) for i in l.get("inputs", [k - 1])))
     return needs
 
 
