@@ -151,15 +151,23 @@ def side_by_side(rank: int, ranks: int, out_path: str, steps: int) -> None:
             json.dump(gathered, f)
 
 
-def ddp_buckets(rank: int, ranks: int, out_path: str, settings: Dict[str, Any]) -> None:
+def resnet18_fine_tuned(frozen: bool):
+    """torchvision's ResNet-18 (10 classes); with `frozen`, everything before layer3 frozen."""
+    import torchvision
+    model = torchvision.models.resnet18(num_classes=10)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not frozen or name.startswith(("layer3", "layer4", "fc")))
+    return model
+
+
+def ddp_buckets(rank: int, ranks: int, out_path: str, settings: Dict[str, Any], frozen: bool = False) -> None:
     """The buckets torch DDP forms (from the third step, after its rebuild) with the settings
     `fuseplan export --to ddp --json` printed, as lists of parameter names in the order DDP
-    reduces them."""
-    import torchvision
+    reduces them (resnet18_fine_tuned's)."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10)
+    model = resnet18_fine_tuned(frozen)
     names = {id(p): n for n, p in model.named_parameters()}
     ddp = exported_ddp(model, settings)
     seen = []

@@ -878,16 +878,17 @@ def test_plan_ddp_sends_bf16_where_the_backend_sums_it_and_refuses_it_where_not(
             assert diff <= 1.6e-2 * scale + 1e-7, name  # bf16 (8 significant bits) rounding of the sent gradients
 
 
-@pytest.mark.parametrize("rule", ["2.6", "1.13"])
-def test_exported_ddp_settings_form_the_buckets_fuseplan_predicted(tmp_path, rule):
+@pytest.mark.parametrize("rule,frozen", [("2.6", False), ("1.13", False), ("2.6", True)])
+def test_exported_ddp_settings_form_the_buckets_fuseplan_predicted(tmp_path, rule, frozen):
     """The DDP bucket rule fuseplan prices, held against torch's own DDP with the exported
     first-bucket cap and bucket_cap_mb: the default settings under any torch, torch 1.13's
-    (`--torch 1.13`) under torch 1.x."""
+    (`--torch 1.13`) under torch 1.x; and for a model fine-tuned with its stem and first
+    stages frozen, whose frozen parameters DDP leaves out of its buckets as fuseplan does."""
     if rule == "1.13" and TORCH_MAJOR >= 2:
         pytest.skip("torch %s caps DDP's first bucket at a given bucket_cap_mb" % torch.__version__)
     model, plan = str(tmp_path / "m.json"), str(tmp_path / "plan.json")
-    write_json(export_model(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32),
-                            name="resnet18")[0], model)
+    write_json(export_model(ddp_check.resnet18_fine_tuned(frozen), torch.randn(2, 3, 32, 32), name="resnet18")[0],
+               model)
     r = fuseplan("tune", "--model", model, "--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
                  "--precision", "fp32", "--strategy", "k-split", "--segments", "4", "--out", plan)
     assert r.returncode == 0, r.stderr
@@ -897,11 +898,12 @@ def test_exported_ddp_settings_form_the_buckets_fuseplan_predicted(tmp_path, rul
     if rule == "2.6":
         cap = settings["bucket_cap_mb"]
         assert cap is None or settings["first_bucket_bytes"] == int(cap * 2**20)  # one rule for both torches
-    names = [p["name"] for l in json.load(open(model))["layers"] for p in l["params"]]
+    names = [p["name"] for l in json.load(open(model))["layers"] for p in l["params"] if not p.get("frozen")]
+    assert len(names) == (32 if frozen else 62)  # layer3 and layer4: 15 each, fc: 2
     starts = settings["starts"] + [len(names)]
     predicted = [[names[len(names) - 1 - pos] for pos in range(a, b)] for a, b in zip(starts, starts[1:])]
     out = str(tmp_path / "buckets.json")
-    jobs.spawn(2, ddp_check.ddp_buckets, (out, settings))
+    jobs.spawn(2, ddp_check.ddp_buckets, (out, settings, frozen))
     formed = json.load(open(out))
     assert len(formed) >= 2  # DDP's buckets after its rebuild, not the one of the first step
     assert [sorted(b) for b in formed] == [sorted(b) for b in predicted]
