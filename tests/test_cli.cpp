@@ -611,7 +611,8 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
   expect_bad("train --dataset imagenet", "--dataset: unknown data set 'imagenet' (valid: fashion-mnist, synthetic)", true);
   expect_bad(base + "--model bert_base", "not supported by the trainer", true);
   {  // fine-tuning with frozen parameters: fuseplan prices it, the trainer does not run it
-    nlohmann::json frozen = nlohmann::json::parse(run("show resnet18 --resolution 28 --channels 1 --classes 10 --json").out);
+    nlohmann::json frozen =
+        nlohmann::json::parse(run("show resnet18 --resolution 28 --channels 1 --classes 10 --json").out);
     frozen["layers"][0]["params"][0]["frozen"] = true;
     write(tmp("frozen-stem.json"), frozen.dump());
     expect_bad(base + "--model " + tmp("frozen-stem.json"),

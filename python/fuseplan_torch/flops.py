@@ -14,8 +14,9 @@ follows the convention. The count is per sample: the
 batch's count over its batch size.
 
 It runs on torch 1.13 (torch.utils._python_dispatch.TorchDispatchMode, then private) and
-on torch 2.x alike; torch 2's own torch.utils.flop_counter counts matrix products and
-convolutions only, and is not used so that every torch version counts the same way.
+on torch 2.x alike; torch 2's own torch.utils.flop_counter counts matrix products,
+convolutions and attention only, and is not used so that every torch version counts the
+same way.
 """
 from __future__ import annotations
 
