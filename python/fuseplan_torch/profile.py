@@ -115,6 +115,9 @@ def _median_device_us(fn: Callable[[], None], prepare: Callable[[], Any], warmup
 
 
 def fresh(v: Any, grad: bool) -> Any:
+    """A copy of a layer's captured input (tensors, in tuples and lists too) to run it on
+    again; with `grad`, its floating-point tensors carry a gradient, as a layer's input
+    does in training where a layer upstream trains."""
     if torch.is_tensor(v):
         c = v.detach().clone()
         if grad and c.is_floating_point():
@@ -144,7 +147,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
-                    batch_input: torch.Tensor) -> List[Tuple[Callable, Any, Any]]:
+                   batch_input: torch.Tensor) -> List[Tuple[Callable, Any, Any]]:
     """Each layer's operation and the inputs a real forward of `batch_input` gave it: from
     the traced graph, or (an export by modules) from hooks on the leaf modules."""
     if gm is not None:
