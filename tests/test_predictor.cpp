@@ -72,6 +72,11 @@ TEST_CASE("frozen parameters: a layer with no backward costs none, one computing
   const MemoryEstimate fm = estimate_memory(m, 32, Precision::FP16, Precision::FP16);
   const MemoryEstimate am = estimate_memory(all, 32, Precision::FP16, Precision::FP16);
   CHECK(fm.weights == am.weights);
+  // Activations are kept for backward: none for the layers before the first trained one.
+  int64_t kept = 0;
+  for (const auto& l : m.layers) kept += l.backward_share > 0 ? l.activation_elems : 0;
+  CHECK(fm.activations == double(kept) * 32 * 2);
+  CHECK(fm.activations < 0.5 * am.activations);
   CHECK(fm.optimizer == Approx(am.optimizer * double(m.param_count()) / double(all.param_count())));
 }
 

@@ -122,7 +122,8 @@ int64_t Model::frozen_count() const {
 
 int64_t Model::activation_elems() const {
   int64_t n = 0;
-  for (const auto& l : layers) n += l.activation_elems;
+  for (const auto& l : layers)
+    if (l.backward_share > 0) n += l.activation_elems;  // a layer with no backward (frozen) keeps nothing for it
   return n;
 }
 
