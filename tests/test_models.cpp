@@ -5,6 +5,7 @@
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/zoo.hpp"
+#include "frozen_model.hpp"
 
 using namespace fuseplan;
 
@@ -231,24 +232,6 @@ TEST_CASE("model files: a linear layer reading a tied weight may keep a bias of 
   head["params"][0]["role"] = "weight";
   CHECK_THROWS_WITH(model_from_json(j, "tied.json"), Catch::Contains("lm_head.bias has shape"));
 }
-
-namespace {
-// resnet18 as a model file with every parameter before layer4 frozen (fine-tuning the last
-// stage and the classifier), and how many tensors that froze.
-std::pair<nlohmann::json, size_t> resnet18_frozen_to_layer4() {
-  nlohmann::json j = model_to_json(build_zoo_model("resnet18"));
-  size_t frozen = 0;
-  for (auto& l : j["layers"]) {
-    const std::string name = l["name"];
-    if (name.rfind("layer4", 0) == 0 || name == "fc") continue;
-    for (auto& p : l["params"]) {
-      p["frozen"] = true;
-      ++frozen;
-    }
-  }
-  return {j, frozen};
-}
-}  // namespace
 
 TEST_CASE("model files: frozen parameters are held apart, and only the backward autograd still runs is priced") {
   const Model zoo = build_zoo_model("resnet18");

@@ -8,9 +8,9 @@
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
-#include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/zoo.hpp"
 #include "cluster_json.hpp"
+#include "frozen_model.hpp"
 
 using namespace fuseplan;
 
@@ -52,11 +52,7 @@ Report predict_toy(const Model& m, const Cluster& c, const Plan& p) {
 }  // namespace
 
 TEST_CASE("frozen parameters: a layer with no backward costs none, one computing its weights' gradient only half") {
-  nlohmann::json j = model_to_json(build_zoo_model("resnet18"));
-  for (auto& l : j["layers"])
-    if (l["name"].get<std::string>().rfind("layer4", 0) != 0 && l["name"] != "fc")
-      for (auto& p : l["params"]) p["frozen"] = true;
-  const Model m = model_from_json(j, "frozen.json");
+  const Model m = model_from_json(resnet18_frozen_to_layer4().first, "frozen.json");
   const Model all = build_zoo_model("resnet18");
   const Cluster c = load_cluster("dgx-a100");
   const ComputeModel frozen(m, c, 32, Precision::FP16), full(all, c, 32, Precision::FP16);

@@ -223,9 +223,7 @@ class Rebuild {
   ModelBuilder b_;
   int index_ = 0;
 };
-}  // namespace
 
-namespace {
 // A layer's backward FLOPs as (its weights' gradients, its input's gradient). Matrix
 // products split evenly (input gradient + weight gradient = 2 x forward); a conv2d or
 // custom layer reading only the model input has no input gradient in it already (the

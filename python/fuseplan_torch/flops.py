@@ -108,7 +108,6 @@ def op_flops(name: str, args: Sequence[Any], out: Any) -> float:
         rows = _numel(inp) // max(1, int(inp.shape[-1]))  # steps x batch
         products = 2.0 * rows * (_numel(w_ih) + _numel(w_hh))
         return (2 if name.endswith("_backward") else 1) * products + 3.0 * rows * int(w_ih.shape[0])
-    written = sum(_numel(t) for t in _tensors(out))
     if name in _NORMS:
         return _NORM_FWD_PER_ELEM * _numel(args[0])
     if name in _NORM_BACKWARDS:
@@ -117,6 +116,7 @@ def op_flops(name: str, args: Sequence[Any], out: Any) -> float:
         return _SOFTMAX_PER_ELEM * _numel(args[0])
     if name in _FREE:
         return 0.0
+    written = sum(_numel(t) for t in _tensors(out))
     if name in _REDUCTIONS:
         return float(max(_numel(args[0]) if args else 0, written))
     return float(written)
