@@ -36,7 +36,7 @@ def rank_main(rank, ranks, a, mb, steps):
 
     def forward():
         module.zero_grad(set_to_none=True)
-        return sum(o.float().sum() for o in output_tensors(module(x)))
+        return sum(o.float().sum() for o in output_tensors(module(*x)))
 
     times = {"backward": [], "allreduce": [], "backward_with": [], "allreduce_with": []}
     for i in range(steps + 3):
@@ -84,8 +84,8 @@ def main():
     a = ap.parse_args()
     from fuseplan_torch import jobs
     import tempfile
-    spec = argparse.Namespace(factory=a.factory, kwargs=a.kwargs, input_shape=a.input_shape, input_dtype="float",
-                              vocab=0, seed=1, name="", threads=0, batch=a.batch)
+    spec = argparse.Namespace(factory=a.factory, kwargs=a.kwargs, input_shape=a.input_shape, inputs=None,
+                              input_dtype="float", vocab=0, seed=1, name="", threads=0, batch=a.batch)
     fd, spec.out = tempfile.mkstemp(prefix="fuseplan-contention-", suffix=".jsonl")
     os.close(fd)
     try:

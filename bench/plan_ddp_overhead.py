@@ -63,7 +63,7 @@ def rank_main(rank, ranks, a, only, out):
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
     spec = argparse.Namespace(factory="torchvision.models:" + a.model, kwargs='{"num_classes": 10}',
-                              input_shape="3,32,32", input_dtype="float", vocab=0, seed=1, name="")
+                              input_shape="3,32,32", inputs=None, input_dtype="float", vocab=0, seed=1, name="")
     base = jobs.build_module(spec)[0]
     names = [n for n, _ in base.named_parameters()]
     params = dict(base.named_parameters())

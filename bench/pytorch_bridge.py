@@ -65,8 +65,8 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
     factory, kwargs, shape, dtype, vocab, batch = spec
-    a = argparse.Namespace(factory=factory, kwargs=json.dumps(kwargs), input_shape=shape, input_dtype=dtype,
-                           vocab=vocab, seed=1, name="")
+    a = argparse.Namespace(factory=factory, kwargs=json.dumps(kwargs), input_shape=shape, inputs=None,
+                           input_dtype=dtype, vocab=vocab, seed=1, name="")
     copies = [jobs.build_module(a)[0] for _ in range(3)]
     inputs = jobs.make_batch(a, batch, 100 + rank)
     labels = jobs.make_labels(copies[0], inputs, rank)

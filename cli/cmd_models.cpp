@@ -36,6 +36,16 @@ bool ModelFlags::shape_given() const {
   return resolution_opt->count() || channels_opt->count() || classes_opt->count() || seq_len_opt->count();
 }
 
+namespace {
+// " and extra inputs attention_mask 128, ..." for a model of several inputs; empty for one.
+std::string extra_inputs_str(const Model& m) {
+  std::string s;
+  for (const auto& in : m.extra_inputs)
+    s += (s.empty() ? " and extra inputs " : ", ") + in.name + " " + shape_str(in.shape);
+  return s;
+}
+}  // namespace
+
 void add_models_commands(CLI::App& app) {
   auto* models = app.add_subcommand("models", "List the model zoo: tensors, parameters, forward GFLOPs per sample");
   auto models_json = std::make_shared<bool>(false);
@@ -80,7 +90,8 @@ void add_models_commands(CLI::App& app) {
                                          grouped(m.frozen_count()) + " parameters, not trained)")
               << ", " << fixed(m.fwd_flops() / 1e9, 3)
               << " GFLOPs forward and " << fixed(m.bwd_flops() / 1e9, 3) << " backward per sample, input "
-              << shape_str(m.input_shape) << ", fingerprint " << m.fingerprint_hex() << "\n\nLayers (forward order)\n";
+              << shape_str(m.input_shape) << extra_inputs_str(m) << ", fingerprint " << m.fingerprint_hex()
+              << "\n\nLayers (forward order)\n";
     Table lt({"#", "<layer", "<kind", "<output", "params", "fwd MFLOPs", "bwd MFLOPs", "activations"});
     for (size_t i = 0; i < m.layers.size(); ++i) {
       const auto& l = m.layers[i];

@@ -180,6 +180,16 @@ def main():
                 param["frozen"] = True
     with open(frozen_model, "w") as f:
         json.dump(doc, f, indent=1)
+    # A model of three inputs (bert_base, 16 tokens): token types read an input of their own.
+    inputs_model = seed_path("model-inputs.json")
+    doc = json.loads(subprocess.run([fp, "show", "bert_base", "--seq-len", "16", "--json"], check=True,
+                                    capture_output=True, text=True).stdout)
+    doc["extra_inputs"] = [{"name": "attention_mask", "shape": [16]}, {"name": "token_type_ids", "shape": [16]}]
+    for layer in doc["layers"]:
+        if layer["name"] == "embeddings.token_type_embeddings":
+            layer["inputs"] = [-3]
+    with open(inputs_model, "w") as f:
+        json.dump(doc, f, indent=1)
     formats = {
         # A cluster with per-class efficiencies (device.by_kind) and a transport, one staged
         # through host memory once per allreduce, and an NCCL one (its nccl section).
@@ -198,6 +208,8 @@ def main():
                   lambda f, o: [fp, "predict", "--model", f, "--cluster", "local-cpu", "--gpus", "2", "--out", o]),
         "model-frozen": ("json", frozen_model, lambda f, o: [fp, "tune", "--model", f, "--cluster", "local-cpu",
                                                              "--gpus", "2", "--out", o]),
+        "model-inputs": ("json", inputs_model, lambda f, o: [fp, "tune", "--model", f, "--cluster", "dgx-a100",
+                                                             "--gpus", "16", "--out", o]),
         "plan": ("json", plan, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-cycle": ("json", plan_cycle, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-accumulated": ("json", plan_acc, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),

@@ -618,6 +618,13 @@ TEST_CASE("cli: fuseplan-exec train runs, writes metrics and a profile, and refu
     expect_bad(base + "--model " + tmp("frozen-stem.json"),
                "model resnet18: 1 parameter tensors are frozen (conv1.weight, ...): the trainer trains every parameter",
                true);
+    // A model of several inputs: the same, the trainer feeds one.
+    nlohmann::json two =
+        nlohmann::json::parse(run("show resnet18 --resolution 28 --channels 1 --classes 10 --json").out);
+    two["extra_inputs"] = {{{"name", "weights"}, {"shape", {10}}}};
+    write(tmp("two-inputs.json"), two.dump());
+    expect_bad(base + "--model " + tmp("two-inputs.json"),
+               "model resnet18: takes 2 inputs (weights, ...): the trainer feeds one", true);
   }
   expect_bad(base + "--model resnet9", "unknown model 'resnet9'", true);
   expect_bad(base + "--batch-per-gpu 0", "--batch-per-gpu", true);

@@ -279,6 +279,62 @@ TEST_CASE("model files: a model whose every parameter is frozen is refused, as n
   CHECK_THROWS_WITH(model_from_json(j, "all.json"), Catch::Contains("$.layers[1].params[0].frozen"));
 }
 
+TEST_CASE("model files: a model of several inputs names them, and its layers read them as -2, -3, ...") {
+  // bert_base's three embeddings all read the token ids; give token types an input of their own.
+  const Model zoo = build_zoo_model("bert_base");
+  nlohmann::json j = model_to_json(zoo);
+  j["extra_inputs"] = {{{"name", "attention_mask"}, {"shape", {128}}}, {{"name", "token_type_ids"}, {"shape", {128}}}};
+  nlohmann::json* types = nullptr;
+  for (auto& l : j["layers"])
+    if (l["name"] == "embeddings.token_type_embeddings") types = &l;
+  REQUIRE(types != nullptr);
+  (*types)["inputs"] = {-3};
+  const Model m = model_from_json(j, "bert.json");
+  REQUIRE(m.extra_inputs.size() == 2);
+  CHECK(m.extra_inputs[1] == ModelInput{"token_type_ids", {128}});
+  CHECK(m.input_shape_of(-3) == Shape{128});
+  CHECK(m.fwd_flops() == zoo.fwd_flops());
+  CHECK(m.fingerprint() == zoo.fingerprint());  // the tensors'; inputs are not in it
+  CHECK(model_to_json(m) == j);                  // written back as read
+  CHECK_THROWS_WITH(m.input_shape_of(-4), "model bert_base: no model input -4 (it has 3: -1 to -3)");
+  // What the inputs give is checked like any producer's output.
+  auto refused = [&](auto change, const std::string& what) {
+    nlohmann::json bad = j;
+    change(bad);
+    CHECK_THROWS_WITH(model_from_json(bad, "bert.json"), Catch::Contains(what));
+  };
+  refused([](auto& b) { b["extra_inputs"][1]["shape"] = {127}; },
+          "(embeddings.token_type_embeddings, embedding): in_shape 128 is not what its input (model input "
+          "token_type_ids) gives, 127");
+  refused([&](auto& b) { b["layers"][2]["inputs"] = {-4}; }, "$.layers[2].inputs[0]: expected an integer >= -3");
+  refused([](auto& b) { b["extra_inputs"][1]["name"] = "attention_mask"; },
+          "bert.json: $.extra_inputs[1].name: duplicate input name 'attention_mask'");
+  refused([](auto& b) { b["extra_inputs"][0]["name"] = ""; }, "$.extra_inputs[0].name: must not be empty");
+  refused([](auto& b) { b["extra_inputs"][0]["dtype"] = "long"; }, "$.extra_inputs[0].dtype: unknown key");
+  // Without extra inputs, -2 is no input.
+  nlohmann::json one = model_to_json(zoo);
+  one["layers"][2]["inputs"] = {-2};
+  CHECK_THROWS_WITH(model_from_json(one, "bert.json"), Catch::Contains("expected an integer >= -1"));
+}
+
+TEST_CASE("model files: a layer reading no layer (PyTorch's embeddings of a constant) has no input gradient") {
+  // A custom layer of its own table, reading nothing, added to the token embeddings: with the
+  // token embeddings frozen, its backward is all its weights' (inputs [] reads no layer).
+  nlohmann::json j = nlohmann::json::parse(R"({"schema": "fuseplan.model/1", "name": "pos", "input_shape": [8],
+    "layers": [
+      {"name": "tok", "kind": "embedding", "inputs": [-1], "out_shape": [8, 4],
+       "params": [{"name": "tok.weight", "shape": [16, 4], "role": "embedding", "frozen": true}]},
+      {"name": "pos", "kind": "custom", "inputs": [], "out_shape": [8, 4], "fwd_flops": 32, "bwd_flops": 32,
+       "params": [{"name": "pos.weight", "shape": [8, 4]}]},
+      {"name": "add", "kind": "add", "inputs": [0, 1], "params": []},
+      {"name": "fc", "kind": "linear", "params": [{"name": "fc.weight", "shape": [2, 4]}]}]})");
+  const Model m = model_from_json(j, "pos.json");
+  CHECK(m.layers[1].inputs.empty());
+  CHECK(m.layers[0].backward_share == 0);
+  CHECK(m.layers[1].backward_share == 1);
+  CHECK(m.tensors.size() == 2);
+}
+
 TEST_CASE("rectangular convolutions: Inception's 1x7 and 7x1 are conv2d with their own FLOPs and weights") {
   ModelBuilder b("rect", {128, 17, 17});
   const int a = b.conv("b7_2", ModelBuilder::kInput, 128, {1, 7}, {1, 1}, {0, 3}, false);

@@ -54,7 +54,7 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
   const double eb = bytes_per_element(p);
   const double overhead = c.device.kernel_overhead_us * 1e-6;
   double in_elems = 0;
-  for (int src : l.inputs) in_elems += src < 0 ? numel(m.input_shape) : numel(m.layers[src].out_shape);
+  for (int src : l.inputs) in_elems += src < 0 ? numel(m.input_shape_of(src)) : numel(m.layers[src].out_shape);
   if (l.inputs.empty()) in_elems = numel(l.in_shape);
   double params = 0;
   for (int i = 0; i < l.tensor_count; ++i) params += m.tensors[l.first_tensor + i].numel;

@@ -72,6 +72,10 @@ Network::Network(const Model& m, int batch, Backend& be, const NetworkOptions& o
     throw InputError("model " + m.name + ": " + std::to_string(m.frozen.size()) + " parameter tensors are frozen (" +
                      m.frozen.front().tensor.name + ", ...): the trainer trains every parameter (fine-tuning with "
                      "frozen ones runs through fuseplan_torch run)");
+  if (!m.extra_inputs.empty())
+    throw InputError("model " + m.name + ": takes " + std::to_string(1 + m.extra_inputs.size()) + " inputs (" +
+                     m.extra_inputs.front().name + ", ...): the trainer feeds one (models of several inputs run "
+                     "through fuseplan_torch run)");
   for (size_t l = 0; l < m.layers.size(); ++l) {
     const Layer& L = m.layers[l];
     Node& n = nodes_[l];

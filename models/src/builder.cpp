@@ -50,9 +50,14 @@ void ModelBuilder::bad(const std::string& layer, const std::string& what) const 
   throw InputError("model " + m_.name + ": layer " + layer + ": " + what);
 }
 
+int ModelBuilder::add_input(std::string name, Shape shape) {
+  m_.extra_inputs.push_back({std::move(name), std::move(shape)});
+  return -1 - static_cast<int>(m_.extra_inputs.size());
+}
+
 const Shape& ModelBuilder::in(int from) const {
-  if (from == kInput) return m_.input_shape;
-  if (from < 0 || from >= static_cast<int>(m_.layers.size()))
+  if (from < 0) return m_.input_shape_of(from);
+  if (from >= static_cast<int>(m_.layers.size()))
     throw InputError("model " + m_.name + ": bad layer reference " + std::to_string(from));
   return m_.layers[from].out_shape;
 }
@@ -94,7 +99,7 @@ int ModelBuilder::conv(const std::string& name, int from, int64_t out_ch, Hw ker
   double macs = double(numel(l.out_shape)) * double(s[0] / groups) * kernel.h * kernel.w;
   l.fwd_flops = 2 * macs + (bias ? double(numel(l.out_shape)) : 0);
   // The first layer needs no input gradient: only the weight gradient remains.
-  l.bwd_flops = from == kInput ? l.fwd_flops : kMatmulBwdRatio * l.fwd_flops;
+  l.bwd_flops = from < 0 ? l.fwd_flops : kMatmulBwdRatio * l.fwd_flops;
   std::vector<ParamTensor> p{param(name + ".weight", {out_ch, s[0] / groups, kernel.h, kernel.w})};
   if (bias) p.push_back(param(name + ".bias", {out_ch}, TensorRole::Bias));
   return push(std::move(l), std::move(p));

@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <string>
+
+#include "fuseplan/models/error.hpp"
 
 namespace fuseplan {
 
@@ -94,6 +97,16 @@ std::optional<TensorRole> parse_tensor_role(std::string_view name) {
 
 bool role_skips_decay(TensorRole r) {
   return r == TensorRole::Bias || r == TensorRole::NormScale || r == TensorRole::NormShift;
+}
+
+const Shape& Model::input_shape_of(int ref) const {
+  if (ref == -1) return input_shape;
+  const int k = -2 - ref;
+  if (ref >= 0 || k >= static_cast<int>(extra_inputs.size()))
+    throw InputError("model " + name + ": no model input " + std::to_string(ref) + " (it has " +
+                     std::to_string(1 + extra_inputs.size()) + ": -1" +
+                     (extra_inputs.empty() ? "" : " to " + std::to_string(-1 - int(extra_inputs.size()))) + ")");
+  return extra_inputs[k].shape;
 }
 
 int64_t Model::param_count() const {

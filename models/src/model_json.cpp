@@ -53,7 +53,13 @@ nlohmann::json model_to_json(const Model& m) {
       jl["measured"] = {{"fwd_us", l.measured->fwd_us}, {"bwd_us", l.measured->bwd_us}, {"batch", l.measured->batch}};
     layers.push_back(jl);
   }
-  return {{"schema", kModelSchema}, {"name", m.name}, {"input_shape", m.input_shape}, {"layers", layers}};
+  nlohmann::json j{{"schema", kModelSchema}, {"name", m.name}, {"input_shape", m.input_shape}};
+  if (!m.extra_inputs.empty()) {
+    j["extra_inputs"] = nlohmann::json::array();
+    for (const auto& in : m.extra_inputs) j["extra_inputs"].push_back({{"name", in.name}, {"shape", in.shape}});
+  }
+  j["layers"] = layers;
+  return j;
 }
 
 namespace {
@@ -93,6 +99,21 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
   m.name = root.string("name");
   if (m.name.empty()) root.fail("name", "must not be empty");
   m.input_shape = read_shape(root, "input_shape");
+  if (auto extra = root.opt_array("extra_inputs")) {
+    std::set<std::string> names;
+    for (size_t k = 0; k < extra->get().size(); ++k) {
+      JsonObject io = element_object(extra->get()[k], origin, "$.extra_inputs[" + std::to_string(k) + "]");
+      ModelInput in{io.string("name"), read_shape(io, "shape")};
+      if (in.name.empty()) io.fail("name", "must not be empty");
+      if (!names.insert(in.name).second) io.fail("name", "duplicate input name '" + in.name + "'");
+      io.finish();
+      m.extra_inputs.push_back(std::move(in));
+    }
+  }
+  const int64_t first_input = -1 - static_cast<int64_t>(m.extra_inputs.size());
+  const std::string input_refs =
+      m.extra_inputs.empty() ? "-1 for the model input"
+                             : "-1 to " + std::to_string(first_input) + " for the model's inputs";
   const auto& layers = root.array("layers");
   if (layers.empty()) root.fail("layers", "must hold at least one layer");
   std::set<std::string> tensor_names;
@@ -107,8 +128,8 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
     if (!k) lo.fail("kind", "unknown layer kind '" + kind + "' (valid: " + layer_kind_list() + ")");
     l.kind = *k;
     if (lo.has("inputs")) {
-      for (auto v : lo.int_list("inputs", -1)) {
-        if (v >= static_cast<int64_t>(i)) lo.fail("inputs", "must name earlier layers (or -1 for the model input)");
+      for (auto v : lo.int_list("inputs", first_input)) {
+        if (v >= static_cast<int64_t>(i)) lo.fail("inputs", "must name earlier layers (or " + input_refs + ")");
         l.inputs.push_back(static_cast<int>(v));
       }
     } else {

@@ -18,7 +18,9 @@ constexpr double kFlopsTolerance = 0.01;
 class Rebuild {
  public:
   Rebuild(const Model& file, const std::vector<GivenLayer>& given, const std::string& origin)
-      : file_(file), given_(given), origin_(origin), b_(file.name, file.input_shape) {}
+      : file_(file), given_(given), origin_(origin), b_(file.name, file.input_shape) {
+    for (const auto& in : file.extra_inputs) b_.add_input(in.name, in.shape);
+  }
 
   Model run() {
     for (size_t i = 0; i < file_.layers.size(); ++i) {
@@ -62,7 +64,7 @@ class Rebuild {
       bad("has " + std::to_string(l.inputs.size()) + " inputs; a layer of this kind takes " + std::to_string(n));
   }
 
-  const Shape& producer_shape(int from) const { return b_.shape(from); }  // from = -1: the model input
+  const Shape& producer_shape(int from) const { return b_.shape(from); }  // from < 0: a model input
 
   void check_input_shape(const Layer& l) const {
     if (!given_[index_].in_shape || l.inputs.empty()) return;
@@ -72,7 +74,11 @@ class Rebuild {
           shape_str(got));
   }
 
-  std::string producer_name(int from) const { return from < 0 ? "the model input" : "layer " + file_.layers[from].name; }
+  std::string producer_name(int from) const {
+    if (from == ModelBuilder::kInput) return "the model input";
+    if (from < 0) return "model input " + file_.extra_inputs[-2 - from].name;
+    return "layer " + file_.layers[from].name;
+  }
 
   // A weight's shape as the file gives it, against what the kind and input call for.
   void expect_shape(const ParamTensor& t, const Shape& want, const std::string& why) const {
@@ -226,13 +232,13 @@ class Rebuild {
 
 // A layer's backward FLOPs as (its weights' gradients, its input's gradient). Matrix
 // products split evenly (input gradient + weight gradient = 2 x forward); a conv2d or
-// custom layer reading only the model input has no input gradient in it already (the
+// custom layer reading only model inputs, or no layer at all (a PyTorch module applied to a
+// constant, BERT's position embeddings), has no input gradient in it already (the
 // builder's and the PyTorch export's convention); an embedding's backward is its table's
 // gradient; a norm's, a parameter-free layer's and an attention's are its input's (a
 // norm's scale and shift gradients are reductions, not counted apart).
 std::pair<double, double> backward_parts(const Layer& l, bool has_params) {
-  const bool reads_input_only =
-      !l.inputs.empty() && std::all_of(l.inputs.begin(), l.inputs.end(), [](int i) { return i < 0; });
+  const bool reads_input_only = std::all_of(l.inputs.begin(), l.inputs.end(), [](int i) { return i < 0; });
   if (!has_params) return {0, l.bwd_flops};
   switch (l.kind) {
     case LayerKind::Embedding: return {l.bwd_flops, 0};

@@ -6,17 +6,19 @@ from typing import Optional
 import torch
 
 from .heap import keep_heap
+from .inputs import Inputs
 from .model_export import ExportInfo, export_model, fingerprint, trace, write_json
 from .profile import fit_to_whole_pass, profile_layers
 
 
-def export(model: torch.nn.Module, example_inputs: torch.Tensor, path: str, profile: Optional[str] = None,
-           name: Optional[str] = None, profile_inputs: Optional[torch.Tensor] = None, warmup: int = 3,
+def export(model: torch.nn.Module, example_inputs: Inputs, path: str, profile: Optional[str] = None,
+           name: Optional[str] = None, profile_inputs: Optional[Inputs] = None, warmup: int = 3,
            steps: int = 10, fit_whole_pass: bool = True) -> ExportInfo:
     """Writes `model` as fuseplan.model/1 to `path` and, with `profile`, its measured layer
     times as fuseplan.profile/1 (at the batch of `profile_inputs`, else of
-    `example_inputs`; fitted to the whole model's forward and backward unless
-    `fit_whole_pass` is False). Both files are written only once everything is measured."""
+    `example_inputs`; each a tensor, or a tuple of tensors passed to the forward in order;
+    fitted to the whole model's forward and backward unless `fit_whole_pass` is False).
+    Both files are written only once everything is measured."""
     doc, info, gm, nodes = export_model(model, example_inputs, name)
     outputs = [(path, doc)]
     if profile:

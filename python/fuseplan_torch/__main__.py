@@ -49,7 +49,10 @@ BATCH_MAX = 1 << 20
 def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("factory", help="module factory, package.module:function (e.g. torchvision.models:resnet50)")
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
-    p.add_argument("--input-shape", required=True, help="per-sample input shape, e.g. 3,224,224 or 128 (token ids)")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 3,224,224 or 128 (token ids); or --inputs")
+    p.add_argument("--inputs", help="instead of --input-shape: package.module:function called as function(batch, "
+                                    "generator), returning a batch of the forward's inputs: a tensor, or a tuple of "
+                                    "them passed in order (token ids and an attention mask)")
     p.add_argument("--input-dtype", default="float", choices=["float", "long"], help="float images or long token ids")
     p.add_argument("--vocab", type=_int_to(2 ** 31 - 1), default=0,
                    help="long inputs: token ids are drawn below this (required)")

@@ -20,7 +20,9 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .heap import HEAP_CHOICES, heap_note, keep_heap
-from .model_export import export_model, output_tensors, same_output, trained_tensors, write_json, written_through
+from .inputs import as_args, batch_size, first_samples, to_device
+from .model_export import (export_model, gradient_order, output_tensors, same_output, trained_tensors, write_json,
+                           written_through)
 from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan, read_json_file
 from .profile import profile_layers, set_whole_pass
 from .runner import measure_plan, measure_step_time
@@ -40,14 +42,22 @@ def _positive(value: int, flag: str) -> int:
     return _at_least(value, 1, flag)
 
 
-def build_module(a: Any) -> Tuple[nn.Module, str]:
-    if ":" not in a.factory:
-        raise UsageError("factory: '%s' is not package.module:function" % a.factory)
-    mod_name, fn_name = a.factory.split(":", 1)
+def _function(spec: str, flag: str) -> Tuple[Any, str]:
+    """The function `spec` (package.module:function) names, and its name."""
+    if ":" not in spec:
+        raise UsageError("%s: '%s' is not package.module:function" % (flag, spec))
+    mod_name, fn_name = spec.split(":", 1)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise UsageError("factory: %s: %s" % (a.factory, e))
+        raise UsageError("%s: %s: %s" % (flag, spec, e))
+    if not callable(fn):
+        raise UsageError("%s: %s is a %s, not a function" % (flag, spec, type(fn).__name__))
+    return fn, fn_name
+
+
+def build_module(a: Any) -> Tuple[nn.Module, str]:
+    fn, fn_name = _function(a.factory, "factory")
     try:
         kwargs = json.loads(a.kwargs)
     except ValueError as e:
@@ -65,6 +75,15 @@ def build_module(a: Any) -> Tuple[nn.Module, str]:
 
 
 def input_shape(a: Any) -> List[int]:
+    """--input-shape as a list (checked), or [] with --inputs; exactly one of them is given."""
+    if a.inputs is not None and a.input_shape is not None:
+        raise UsageError("--inputs: give either --inputs or --input-shape, not both")
+    if a.inputs is not None:
+        if a.input_dtype != "float" or a.vocab:
+            raise UsageError("--input-dtype/--vocab: describe --input-shape's input; --inputs makes its own")
+        return []
+    if a.input_shape is None:
+        raise UsageError("--input-shape: required (or --inputs, a function making a batch of several inputs)")
     try:
         shape = [int(d) for d in a.input_shape.split(",")]
     except ValueError:
@@ -83,32 +102,75 @@ def one_line(text: str) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-def check_input(module: nn.Module, a: Any, batch: torch.Tensor) -> None:
-    """`batch`, made from --input-shape (with --input-dtype and --vocab), runs through
-    `module`'s forward, or the flags are refused in one line with the module's error, before
-    anything is traced, timed or spawned. In eval mode, so that nothing changes (BatchNorm's
-    running statistics, the random stream of dropout)."""
+def check_input(module: nn.Module, a: Any, batch: Tuple[torch.Tensor, ...]) -> None:
+    """`batch`, made from --input-shape (with --input-dtype and --vocab) or by --inputs,
+    runs through `module`'s forward, or the flags are refused in one line with the module's
+    error, before anything is traced, timed or spawned. In eval mode, so that nothing
+    changes (BatchNorm's running statistics, the random stream of dropout)."""
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            module(batch)
+            module(*batch)
     except Exception as e:  # whatever the user's module raises on inputs it cannot take
-        flags = "--input-shape %s" % a.input_shape
-        if a.input_dtype == "long":
-            flags += " --input-dtype long --vocab %d" % a.vocab
         raise UsageError("%s: %s cannot run a batch of this input: %s: %s" %
-                         (flags, a.factory, type(e).__name__, one_line(str(e))))
+                         (_input_flags(a), a.factory, type(e).__name__, one_line(str(e))))
     finally:
         module.train(was_training)
 
 
-def make_batch(a: Any, batch: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    shape = [batch] + input_shape(a)
+def _input_flags(a: Any) -> str:
+    """The flags that made the forward's inputs, as the user gave them."""
+    if a.inputs is not None:
+        return "--inputs %s" % a.inputs
+    flags = "--input-shape %s" % a.input_shape
     if a.input_dtype == "long":
-        return torch.randint(0, a.vocab, shape, generator=g)
-    return torch.randn(shape, generator=g)
+        flags += " --input-dtype long --vocab %d" % a.vocab
+    return flags
+
+
+def check_gradients(module: nn.Module, a: Any, batch: Tuple[torch.Tensor, ...]) -> None:
+    """Every parameter that trains gets a gradient from a forward and backward of `batch`,
+    or the inputs are refused in one line naming those that get none: a data-parallel run
+    waits for every trained parameter's gradient (torch's DDP fails, PlanDDP's buckets would
+    never fill). A parameter a missing input would use (token types not given) is the usual
+    cause."""
+    try:
+        got = set(gradient_order(module, batch))
+    except Exception as e:  # an output with no gradient to take, the user's backward failing
+        raise UsageError("%s: %s cannot run a backward of this input: %s: %s" %
+                         (_input_flags(a), a.factory, type(e).__name__, one_line(str(e))))
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and n not in got]
+    if missing:
+        raise UsageError("%s: a forward of these inputs gives no gradient to %s%s (a data-parallel run waits for "
+                         "every trained parameter's): give the inputs that use them (--inputs), or freeze them "
+                         "(requires_grad off)" % (_input_flags(a), ", ".join(missing[:5]),
+                                                 ", ..." if len(missing) > 5 else ""))
+
+
+def make_batch(a: Any, batch: int, seed: int) -> Tuple[torch.Tensor, ...]:
+    """`batch` samples of the forward's inputs, drawn from `seed`: random data of
+    --input-shape, or what the --inputs function returns for (batch, generator)."""
+    g = torch.Generator().manual_seed(seed)
+    if a.inputs is None:
+        shape = [batch] + input_shape(a)
+        if a.input_dtype == "long":
+            return (torch.randint(0, a.vocab, shape, generator=g),)
+        return (torch.randn(shape, generator=g),)
+    fn, _ = _function(a.inputs, "--inputs")
+    try:
+        made = fn(batch, g)
+    except Exception as e:  # the user's function: its failure is theirs to read, in one line
+        raise UsageError("--inputs: %s(%d, generator) raised %s: %s" % (a.inputs, batch, type(e).__name__,
+                                                                      one_line(str(e))))
+    try:
+        args = as_args(made)
+    except ValueError as e:
+        raise UsageError("--inputs: %s(%d, generator): %s" % (a.inputs, batch, e))
+    if batch_size(args) != batch:
+        raise UsageError("--inputs: %s(%d, generator) made a batch of %d samples (the first dimension of every "
+                         "input is the batch)" % (a.inputs, batch, batch_size(args)))
+    return args
 
 
 def _writable(path: str, flag: str) -> None:
@@ -164,6 +226,7 @@ def export_command(a: Any) -> None:
         torch.set_num_threads(_positive(a.threads, "--threads"))
     if a.profile is not None and a.ranks == 1 and a.heap == "keep":
         keep_heap()  # this process times the layers
+    input_shape(a)
     module, name = build_module(a)
     example = make_batch(a, 2, a.seed)
     check_input(module, a, example)
@@ -189,7 +252,7 @@ def export_command(a: Any) -> None:
         else:
             module.to(device)  # the traced graph shares its modules and parameters
             prof, _ = profile_layers(module, gm, nodes, doc, info.fingerprint,
-                                     make_batch(a, a.batch, a.seed + 1).to(device), a.warmup, a.steps,
+                                     to_device(make_batch(a, a.batch, a.seed + 1), device), a.warmup, a.steps,
                                      torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9),
                                      fit_whole_pass=a.layer_times == "whole-pass")
         outputs.append((a.profile, prof))
@@ -231,7 +294,8 @@ def _profile_rank(rank: int, ranks: int, a: Any, result: str) -> None:
             json.dump(prof, f)
 
 
-def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: torch.Tensor, batch_input: torch.Tensor,
+def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: Tuple[torch.Tensor, ...],
+                         batch_input: Tuple[torch.Tensor, ...],
                          warmup: int, steps: int, name: str = "",
                          fit_whole_pass: bool = True) -> Optional[Dict[str, Any]]:
     """Every rank of the process group profiles `module`'s layers at the same moments (a
@@ -240,7 +304,7 @@ def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: torc
     and the whole pass of the training steps timed side by side (set_whole_pass), the
     layers fitted to it with `fit_whole_pass`; the other ranks None."""
     doc, info, gm, nodes = export_model(module, example, name=name or None)
-    module.to(batch_input.device)  # exported where built (the CPU), timed where the run's batch is
+    module.to(batch_input[0].device)  # exported where built (the CPU), timed where the run's batch is
     prof, pinfo = profile_layers(module, gm, nodes, doc, info.fingerprint, batch_input, warmup, steps,
                                  torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9), sync=dist.barrier,
                                  fit_whole_pass=False)
@@ -325,7 +389,7 @@ def _threads(a: Any, ranks: int) -> int:
     return a.threads if a.threads > 0 else max(1, (os.cpu_count() or 1) // ranks)
 
 
-def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: torch.Tensor) -> List[str]:
+def plan_tensor_names(plan: Dict[str, Any], module: nn.Module, example: Tuple[torch.Tensor, ...]) -> List[str]:
     """The plan's tensor order (the parameters that train; frozen ones are in no bucket):
     from its model file when it names one, else a fresh export."""
     model = plan["model"]
@@ -378,6 +442,7 @@ def run_command(a: Any) -> None:
     module, _ = build_module(a)  # a bad factory, input or a plan for another module fails here, once
     example = make_batch(a, 2, a.seed)
     check_input(module, a, example)
+    check_gradients(module, a, example)
     names: List[str] = []
     if plan is not None:
         names = plan_tensor_names(plan, module, example)
@@ -388,16 +453,16 @@ def run_command(a: Any) -> None:
     spawn(a.ranks, _run_rank, (a, plan, names, batch), a.backend, a.heap)
 
 
-def make_labels(module: nn.Module, inputs: torch.Tensor, seed: int) -> torch.Tensor:
+def make_labels(module: nn.Module, inputs: Tuple[torch.Tensor, ...], seed: int) -> torch.Tensor:
     """Random class labels shaped as the module's output without its last dimension
     ([batch] for a classifier, [batch, tokens] for a language model)."""
     module.eval()  # the output's shape (batch statistics of one sample would fail)
     with torch.no_grad():
-        out = module(inputs[:1])
+        out = module(*first_samples(inputs, 1))
     module.train()
     out = output_tensors(out)[0]
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, out.shape[-1], (inputs.shape[0],) + tuple(out.shape[1:-1]), generator=g)
+    return torch.randint(0, out.shape[-1], (batch_size(inputs),) + tuple(out.shape[1:-1]), generator=g)
 
 
 def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], names: List[str], batch: int) -> None:
@@ -406,7 +471,7 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
     inputs = make_batch(a, batch, a.seed + 100 + rank)
     labels = make_labels(module, inputs, a.seed + 200 + rank)
     device = rank_device(a.backend, rank)
-    module, inputs, labels = module.to(device), inputs.to(device), labels.to(device)
+    module, inputs, labels = module.to(device), to_device(inputs, device), labels.to(device)
     if plan is not None:
         ddp = PlanDDP(module, plan, names, engine=a.engine, gradient_as_bucket_view=a.gradient_as_bucket_view)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)

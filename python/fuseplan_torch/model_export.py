@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .inputs import Inputs, as_args, batch_size
+
 MODEL_SCHEMA = "fuseplan.model/1"
 
 # Leaf modules whose kind fuseplan knows (its ModelBuilder derives their FLOPs).
@@ -152,12 +154,26 @@ def _proxy_iter(self: fx.Proxy) -> Any:
     return self.tracer.iter(self)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def _left_out(model: nn.Module, given: int) -> Dict[str, Any]:
+    """The forward's parameters after the `given` positional inputs, with their defaults
+    (`attention_mask=None` when only token ids are given): traced as those values, so that
+    `if mask is not None:` takes the branch a real call with `given` inputs takes."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params[given:] if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+
+def trace(model: nn.Module, given: int = 1) -> fx.GraphModule:
+    """The module's forward as torch.fx traces it, for `given` positional inputs."""
     tracer = _ScopeTracer()
     original = fx.Proxy.__iter__
     fx.Proxy.__iter__ = _proxy_iter  # for this trace only
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_left_out(model, given) or None)
     finally:
         fx.Proxy.__iter__ = original
     return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
@@ -382,21 +398,22 @@ def _name_of(target: Any) -> str:
     return name.strip("_")
 
 
-def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[str] = None,
+def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] = None,
                  graph: Optional[fx.GraphModule] = None) -> Tuple[Dict[str, Any], ExportInfo, Optional[fx.GraphModule], List[Any]]:
     """The model as a fuseplan.model/1 dict, what was found about it, the traced graph and
-    the graph node of each layer (for profiling). A forward that torch.fx cannot trace
-    (control flow on tensor values) is exported from its leaf modules instead
+    the graph node of each layer (for profiling). `example_inputs`: a tensor, or a tuple of
+    tensors for a forward of several inputs (inputs.py). A forward that torch.fx cannot
+    trace (control flow on tensor values) is exported from its leaf modules instead
     (export_by_modules): the graph is then None and each layer's entry a ModuleCall."""
+    args = as_args(example_inputs)
     try:
-        gm = graph if graph is not None else trace(model)
+        gm = graph if graph is not None else trace(model, len(args))
     except Exception as e:  # TraceError for `if tensor:`, TypeError for float(tensor), ...: a real forward decides
-        return export_by_modules(model, example_inputs, name,
-                                 reason="%s: %s" % (type(e).__name__, str(e).split("\n")[0]))
+        return export_by_modules(model, args, name, reason="%s: %s" % (type(e).__name__, str(e).split("\n")[0]))
     was_training = model.training
     model.eval()  # shapes only; batch statistics of a batch of one would fail
     with torch.no_grad():
-        ShapeProp(gm).propagate(example_inputs)
+        ShapeProp(gm).propagate(*args)
     model.train(was_training)
 
     modules = dict(gm.named_modules())
@@ -412,13 +429,15 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
     layers: List[Dict[str, Any]] = []
     layer_nodes: List[fx.Node] = []
     info = ExportInfo()
-    input_shape: List[int] = []
+    # The placeholders of the inputs given, in order: model input k, which layers read as -1 - k
+    # (the others are parameters traced as their defaults: _left_out).
+    input_of = {n: k for k, n in enumerate([n for n in gm.graph.nodes if n.op == "placeholder"][:len(args)])}
 
     def producers(arg: fx.Node) -> List[int]:
         """The layers a node's value comes from: its own, or where it is no layer (a tuple,
         such as chunk's or split's, or a size) the layers of the values it is made from."""
-        if arg.op == "placeholder":
-            return [-1]
+        if arg in input_of:
+            return [-1 - input_of[arg]]
         if arg in layer_of:
             return [layer_of[arg]]
         found: List[int] = []
@@ -450,15 +469,19 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
         return sorted(found, key=lambda t: order.get(t, 0))
 
     order = {node.target: i for i, node in enumerate(gm.graph.nodes) if node.op == "get_attr"}
-    # Nodes computed from the input; the rest (a causal mask cut from a buffer) are constants.
+    # Nodes computed from the inputs (or from a module's parameters: below); the rest (a causal
+    # mask cut from a buffer) are constants.
     from_input: Dict[fx.Node, bool] = {}
     for n in gm.graph.nodes:
         if n.op == "placeholder":
-            from_input[n] = True
-            if not input_shape:
-                input_shape = _per_sample(_shape(n))
+            from_input[n] = n in input_of
             continue
         from_input[n] = any(from_input.get(a, False) for a in n.all_input_nodes)
+        # A module with parameters applied to constants only (BERT's position embeddings, of a
+        # buffer of positions) is a layer all the same, reading no layer: its parameters train.
+        reads_constants = (n.op == "call_module" and not from_input[n]
+                           and any(True for _ in modules[n.target].parameters()))
+        from_input[n] = from_input[n] or reads_constants
         if n.op in ("output", "get_attr"):
             continue
         # A module returning a tuple (nn.MultiheadAttention's output and weights) is a layer
@@ -466,13 +489,13 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
         out = _shape(n) or (_first_shape(n) if n.op == "call_module" else None)
         if out is None or not from_input[n]:  # not a tensor (a size, a tuple), or a constant: no layer
             continue
-        tensor_args = [a for a in n.all_input_nodes
-                       if a.op == "placeholder" or (from_input[a] and _shape(a) is not None)]
+        tensor_args = [a for a in n.all_input_nodes if from_input[a] and _shape(a) is not None]
         inputs: List[int] = []
         for a in n.all_input_nodes:
             inputs += [p for p in producers(a) if p not in inputs]
         in_shapes = [_per_sample(_shape(a)) for a in tensor_args if _shape(a) is not None]
-        layer: Dict[str, Any] = {"inputs": inputs or [len(layers) - 1], "out_shape": _per_sample(out)}
+        layer: Dict[str, Any] = {"inputs": inputs if inputs or reads_constants else [len(layers) - 1],
+                                 "out_shape": _per_sample(out)}
         if in_shapes:
             layer["in_shape"] = in_shapes[0]
         params: List[Dict[str, Any]] = []
@@ -482,7 +505,7 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
             m = modules[n.target]
             seen_calls[n.target] = seen_calls.get(n.target, 0) + 1
             lname = n.target if calls[n.target] == 1 else "%s_%d" % (n.target, seen_calls[n.target])
-            kind = _module_kind(m)
+            kind = None if reads_constants else _module_kind(m)  # a known kind reads a layer or the input
             attrs = _module_attrs(m, kind) if kind else None
             if attrs is None:
                 kind = None
@@ -540,16 +563,37 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, name: Optional[
     if missing:
         raise ValueError("parameters not used by the traced forward: %s (they would never get a gradient: freeze "
                          "them with requires_grad_(False), or remove them)" % ", ".join(missing[:5]))
-    _count_estimated(model, gm, layer_nodes, layers, info, example_inputs)
+    _count_estimated(model, gm, layer_nodes, layers, info, args)
     _check_trains(layers)
     info.fingerprint = fingerprint(trained_tensors(layers))
-    doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
-           "input_shape": input_shape, "layers": layers}
-    _gradient_order(model, example_inputs, info, _trained_layer_of(layers))
+    doc = _document(model, name, args, [str(n.target) for n in input_of], layers)
+    _gradient_order(model, args, info, _trained_layer_of(layers))
     return doc, info, gm, layer_nodes
 
 
-def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: torch.Tensor) -> List[Tuple[str, Any, Any]]:
+def _document(model: nn.Module, name: Optional[str], args: Tuple[torch.Tensor, ...], input_names: List[str],
+              layers: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The fuseplan.model/1 document: the first input's shape, the others named after the
+    forward's parameters (`extra_inputs`), and the layers."""
+    doc: Dict[str, Any] = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
+                           "input_shape": _per_sample(list(args[0].shape))}
+    if len(args) > 1:
+        doc["extra_inputs"] = [{"name": input_names[k] if k < len(input_names) else "input%d" % k,
+                                "shape": _per_sample(list(args[k].shape))} for k in range(1, len(args))]
+    doc["layers"] = layers
+    return doc
+
+
+def _input_names(model: nn.Module, given: int) -> List[str]:
+    """The names of the forward's first `given` parameters (its inputs)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params[:given] if p.kind != inspect.Parameter.VAR_POSITIONAL]
+
+
+def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: Inputs) -> List[Tuple[str, Any, Any]]:
     """Every call of the modules at `paths` in one forward of `example_inputs` (without
     autograd), in call order: (path, inputs, output)."""
     records: List[Tuple[str, Any, Any]] = []
@@ -563,7 +607,7 @@ def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: torch.T
     handles = [modules[p].register_forward_hook(hook(p)) for p in set(paths)]
     try:
         with torch.no_grad(), untouched(model):
-            model(example_inputs)
+            model(*as_args(example_inputs))
     finally:
         for h in handles:
             h.remove()
@@ -579,7 +623,7 @@ class ModuleCall:
     call: int
 
 
-def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Optional[str] = None,
+def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[str] = None,
                       reason: str = "") -> Tuple[Dict[str, Any], ExportInfo, None, List[ModuleCall]]:
     """The model from its leaf modules (those without children), in the order a real
     forward calls them: kinds, attributes, shapes and parameters as the fx export gives
@@ -588,11 +632,12 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
     for a view of it), else the latest earlier layer of the same output shape, else the
     one before it. Parameters used outside any leaf module cannot be placed and are
     refused."""
+    args = as_args(example_inputs)
     leaves = [path for path, m in model.named_modules() if path and not list(m.children())]
     was_training = model.training
     model.eval()
     try:
-        records = module_calls(model, leaves, example_inputs)
+        records = module_calls(model, leaves, args)
     finally:
         model.train(was_training)
 
@@ -608,8 +653,9 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
     layers: List[Dict[str, Any]] = []
     entries: List[ModuleCall] = []
     info = ExportInfo(method="modules", untraced=reason)
-    input_ids = {id(example_inputs)}
-    input_ptrs = {example_inputs.data_ptr()}
+    # Model input k, by tensor or by storage (a view of it), is layer input -1 - k.
+    input_ids = {id(t): -1 - k for k, t in reversed(list(enumerate(args)))}
+    input_ptrs = {t.data_ptr(): -1 - k for k, t in reversed(list(enumerate(args)))}
     for path, inputs, output in records:
         out = next(iter(output_tensors(output)), None)
         x = next(iter(output_tensors(inputs)), None)
@@ -619,8 +665,12 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
         seen_calls[path] = k + 1
         in_shape = _per_sample(list(x.shape)) if x is not None else []
         out_shape = _per_sample(list(out.shape))
-        if x is None or id(x) in input_ids or (x.data_ptr() in input_ptrs and id(x) not in by_tensor):
+        if x is None:
             producer = -1
+        elif id(x) in input_ids:
+            producer = input_ids[id(x)]
+        elif x.data_ptr() in input_ptrs and id(x) not in by_tensor:
+            producer = input_ptrs[x.data_ptr()]
         elif id(x) in by_tensor:
             producer = by_tensor[id(x)]
         elif x.data_ptr() in by_storage:
@@ -629,7 +679,7 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
             producer = next((i for i in range(len(layers) - 1, -1, -1) if layers[i]["out_shape"] == in_shape),
                             len(layers) - 1)
         lname = path if calls[path] == 1 else "%s_%d" % (path, k + 1)
-        given = layers[producer]["out_shape"] if producer >= 0 else _per_sample(list(example_inputs.shape))
+        given = layers[producer]["out_shape"] if producer >= 0 else _per_sample(list(args[-1 - producer].shape))
         if in_shape and given != in_shape and _numel(given) == _numel(in_shape):
             # A view between modules (torch.flatten before a linear layer): a layer of its own,
             # as the fx export has it, so that every layer reads the shape its producer gives.
@@ -684,12 +734,11 @@ def export_by_modules(model: nn.Module, example_inputs: torch.Tensor, name: Opti
                          "cannot be placed without it: %s" % (reason, ", ".join(missing[:5])))
     if not layers:
         raise ValueError("torch.fx cannot trace this forward (%s), and it calls no leaf module" % reason)
-    _count_estimated(model, None, entries, layers, info, example_inputs)
+    _count_estimated(model, None, entries, layers, info, args)
     _check_trains(layers)
     info.fingerprint = fingerprint(trained_tensors(layers))
-    doc = {"schema": MODEL_SCHEMA, "name": name or model.__class__.__name__.lower(),
-           "input_shape": _per_sample(list(example_inputs.shape)), "layers": layers}
-    _gradient_order(model, example_inputs, info, _trained_layer_of(layers))
+    doc = _document(model, name, args, _input_names(model, len(args)), layers)
+    _gradient_order(model, args, info, _trained_layer_of(layers))
     return doc, info, None, entries
 
 
@@ -733,7 +782,7 @@ def input_needs_grad(layers: Sequence[Dict[str, Any]]) -> List[bool]:
 
 
 def _count_estimated(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
-                     layers: List[Dict[str, Any]], info: ExportInfo, example_inputs: torch.Tensor) -> None:
+                     layers: List[Dict[str, Any]], info: ExportInfo, example_inputs: Inputs) -> None:
     """Counts the FLOPs of each estimated layer from the operations torch runs when the
     layer runs alone, forward and backward (its input's gradient only where training
     computes it: input_needs_grad), on the inputs a real training-mode forward of
@@ -747,7 +796,7 @@ def _count_estimated(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes
     wanted = [i for i, l in enumerate(layers) if l["name"] in estimated and (gm is not None or layer_nodes[i].path)]
     if not wanted:
         return
-    batch = int(example_inputs.shape[0])
+    batch = batch_size(example_inputs)
     needs = input_needs_grad(layers)
     with untouched(model):
         model.train()
@@ -815,11 +864,9 @@ def untouched(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, layer_of: Dict[str, int]) -> None:
-    """Runs one real backward and records the order in which each tensor's gradient is
-    written. fuseplan takes a layer's gradients as ready when backward has run the layer
-    (in reverse forward order); the order within a layer does not matter to it, so a
-    tensor is out of order only when its layer comes before a later layer's gradients."""
+def gradient_order(model: nn.Module, example: Inputs) -> List[str]:
+    """The parameters that get a gradient from one real forward and backward of `example`,
+    in the order their gradients are written. The model is left as it was."""
     names = {id(p): n for n, p in model.named_parameters()}
     order: List[str] = []
     handles = [p.register_hook(lambda g, n=names[id(p)]: order.append(n) or g)
@@ -827,13 +874,22 @@ def _gradient_order(model: nn.Module, example: torch.Tensor, info: ExportInfo, l
     try:
         with untouched(model):
             model.zero_grad(set_to_none=True)
-            outputs = output_tensors(model(example))
+            outputs = output_tensors(model(*as_args(example)))
             if not outputs:
                 raise ValueError("the module's output holds no tensor to take a gradient from")
             sum(o.float().sum() for o in outputs).backward()
     finally:
         for h in handles:
             h.remove()
+    return order
+
+
+def _gradient_order(model: nn.Module, example: Inputs, info: ExportInfo, layer_of: Dict[str, int]) -> None:
+    """Runs one real backward and records the order in which each tensor's gradient is
+    written. fuseplan takes a layer's gradients as ready when backward has run the layer
+    (in reverse forward order); the order within a layer does not matter to it, so a
+    tensor is out of order only when its layer comes before a later layer's gradients."""
+    order = gradient_order(model, example)
     info.gradient_order = order
     lowest = None
     for n in order:

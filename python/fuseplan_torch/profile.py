@@ -34,6 +34,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .heap import heap_note
+from .inputs import Inputs, as_args, batch_size
 from .model_export import input_needs_grad, module_calls, output_tensors, untouched
 from .runner import critical_steps
 
@@ -147,12 +148,12 @@ def _device_name(device: torch.device) -> str:
 
 
 def captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
-                   batch_input: torch.Tensor) -> List[Tuple[Callable, Any, Any]]:
+                   batch_input: Inputs) -> List[Tuple[Callable, Any, Any]]:
     """Each layer's operation and the inputs a real forward of `batch_input` gave it: from
     the traced graph, or (an export by modules) from hooks on the leaf modules."""
     if gm is not None:
         cap = _Capture(gm)
-        cap.run(batch_input)
+        cap.run(*as_args(batch_input))
         values = cap.values
         out = []
         for n in layer_nodes:
@@ -177,14 +178,14 @@ def captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
 
 
 def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any], doc: Dict[str, Any],
-                   fingerprint: str, batch_input: torch.Tensor, warmup: int = 3, steps: int = 10,
+                   fingerprint: str, batch_input: Inputs, warmup: int = 3, steps: int = 10,
                    optimizer: Optional[torch.optim.Optimizer] = None,
                    sync: Callable[[], None] = lambda: None,
                    fit_whole_pass: bool = True) -> Tuple[Dict[str, Any], ProfileInfo]:
     """Times every layer of an export (model_export.export_model's graph and layer nodes) at
-    the batch of `batch_input`: the fuseplan.profile/1 document, and the whole-model step
-    beside the sum of the layers. With `optimizer`, its step is timed too, within whole
-    training steps (`optimizer_us`). `sync` runs before each timing: ranks profiling side by
+    the batch of `batch_input` (a tensor, or a tuple of the forward's inputs): the
+    fuseplan.profile/1 document, and the whole-model step beside the sum of the layers.
+    With `optimizer`, its step is timed too, within whole training steps (`optimizer_us`). `sync` runs before each timing: ranks profiling side by
     side (`export --ranks`) time each layer at the same moment, under the same load as in
     a data-parallel job. With `fit_whole_pass` the layer times are fitted to the whole pass
     (fit_to_whole_pass); without, they are as timed and `whole_pass` holds the whole
@@ -196,13 +197,14 @@ def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
 
 
 def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any], doc: Dict[str, Any],
-                   fingerprint: str, batch_input: torch.Tensor, warmup: int, steps: int,
+                   fingerprint: str, batch_input: Inputs, warmup: int, steps: int,
                    optimizer: Optional[torch.optim.Optimizer], sync: Callable[[], None],
                    fit_whole_pass: bool) -> Tuple[Dict[str, Any], ProfileInfo]:
-    device = batch_input.device
+    batch_input = as_args(batch_input)
+    device = batch_input[0].device
     model.train()
     calls = captured_calls(model, gm, layer_nodes, batch_input)
-    batch = int(batch_input.shape[0])
+    batch = batch_size(batch_input)
     layers = []
     # A layer's input carries a gradient only where training computes it (a layer upstream
     # trains): the first layer's, and with frozen parameters every layer's before the
@@ -247,7 +249,7 @@ def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     return doc_out, info
 
 
-def _training_steps(model: nn.Module, batch_input: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
+def _training_steps(model: nn.Module, batch_input: Tuple[torch.Tensor, ...], optimizer: Optional[torch.optim.Optimizer],
                     warmup: int, steps: int, device: torch.device,
                     sync: Callable[[], None]) -> List[Tuple[float, float, float]]:
     """Whole training steps run back to back, as a data-parallel job runs them less its
@@ -271,7 +273,7 @@ def _training_steps(model: nn.Module, batch_input: torch.Tensor, optimizer: Opti
                 marks.append(time.perf_counter())
 
         mark()
-        loss = sum(o.float().sum() for o in output_tensors(model(batch_input)))
+        loss = sum(o.float().sum() for o in output_tensors(model(*batch_input)))
         mark()
         loss.backward()
         mark()

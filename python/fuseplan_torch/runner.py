@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .heap import heap_note
+from .inputs import Inputs, as_args, batch_size
 from .model_export import output_tensors
 from .plan_ddp import PlanDDP
 
@@ -33,7 +34,7 @@ def _loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
-def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+def _timed_steps(model: nn.Module, inputs: Inputs, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                  warmup: int, iterations: int, before_backward: Callable[[], None], steps: int = 1,
                  no_sync: bool = False) -> Iterator[Tuple[float, ...]]:
     """Runs warm-up and measured optimizer steps (a barrier between them), each of `steps`
@@ -41,6 +42,7 @@ def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, o
     the model's no_sync()), and yields each measured micro-batch's times: forward start,
     forward end, backward end, optimizer end (= backward end where it does not step), and
     whether it allreduced."""
+    args = as_args(inputs)
     for i in range((warmup + iterations) * steps):
         if i == warmup * steps:
             dist.barrier()
@@ -50,7 +52,7 @@ def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, o
         local = no_sync and not last
         with model.no_sync() if local else contextlib.nullcontext():
             t0 = _clock(model)
-            loss = _loss(model(inputs), labels)
+            loss = _loss(model(*args), labels)
             t1 = _clock(model)
             before_backward()
             loss.backward()
@@ -62,7 +64,7 @@ def _timed_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, o
             yield t0, t1, t2, t3, not local
 
 
-def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                  warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
     """`warmup` and `iterations` count optimizer steps, each of the plan's accumulation of
     micro-batches; the report's figures are per micro-batch, as fuseplan predicts them."""
@@ -82,7 +84,7 @@ def measure_plan(ddp: PlanDDP, inputs: torch.Tensor, labels: torch.Tensor, optim
     dist.all_gather_object(gathered, steps)
     if dist.get_rank() != 0:
         return None
-    return _report(ddp, gathered, int(inputs.shape[0]))
+    return _report(ddp, gathered, batch_size(inputs))
 
 
 def critical_steps(ranks: Sequence[Sequence[Any]], compute: Callable[[Any], float]) -> List[Any]:
@@ -134,7 +136,7 @@ def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> 
 
 
 def measure_side_by_side(trainers: Sequence[Tuple[str, nn.Module, torch.optim.Optimizer, Callable[[], None]]],
-                         inputs: torch.Tensor, labels: torch.Tensor, warmup: int, iterations: int,
+                         inputs: Inputs, labels: torch.Tensor, warmup: int, iterations: int,
                          faults: Optional[Dict[str, List[int]]] = None) -> Dict[str, List[float]]:
     """Per-step iteration times (the slowest rank's, on every rank) of several data-parallel
     trainers (name, module, optimizer, what to call right before backward), interleaved step
@@ -180,7 +182,7 @@ def _slowest(times: List[float]) -> List[float]:
     return t.tolist()
 
 
-def measure_step_time(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+def measure_step_time(model: nn.Module, inputs: Inputs, labels: torch.Tensor,
                       optimizer: torch.optim.Optimizer, warmup: int, iterations: int,
                       before_backward: Callable[[], None] = lambda: None) -> List[float]:
     """Per-step iteration times (the slowest rank's, on every rank) of any data-parallel module."""

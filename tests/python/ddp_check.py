@@ -7,8 +7,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from fuseplan_torch.inputs import first_samples
 from fuseplan_torch.model_export import export_model, trained_tensors
 from fuseplan_torch.plan_ddp import PlanDDP, PlanError, exported_ddp, grads_sharing_storage
+
+import tiny_bert
 
 
 def small_cnn() -> nn.Module:
@@ -18,7 +21,7 @@ def small_cnn() -> nn.Module:
         nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16, 10))
 
 
-def plan_for(model: nn.Module, example: torch.Tensor, buckets, ranks: int):
+def plan_for(model: nn.Module, example, buckets, ranks: int):
     doc, info, _, _ = export_model(model, example, name="small_cnn")
     names = [name for name, _ in trained_tensors(doc["layers"])]  # frozen ones are in no bucket
     plan = {"schema": "fuseplan.plan/1", "model": {"name": "small_cnn", "tensors": len(names),
@@ -46,29 +49,38 @@ def backend_sums(rank: int, ranks: int, out_path: str, dtype: str) -> None:
             json.dump(result, f)
 
 
+def _model_and_batch(model: str, rank: int):
+    """A fresh model and a batch of 4 samples for this rank: `small_cnn` (one input), or
+    `tiny_bert` (token ids, an attention mask and token types)."""
+    if model == "tiny_bert":
+        x = tiny_bert.tiny_bert_inputs(4, torch.Generator().manual_seed(10 + rank))
+        return tiny_bert.tiny_bert, x, torch.randint(0, 3, (4,), generator=torch.Generator().manual_seed(20 + rank))
+    x = (torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + rank)),)
+    return small_cnn, x, torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(20 + rank))
+
+
 def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none: bool = True,
-                     engine: str = "auto", views: bool = False, frozen: int = 0) -> None:
+                     engine: str = "auto", views: bool = False, frozen: int = 0, model: str = "small_cnn") -> None:
     """Gradients of one step under PlanDDP and under torch DDP, same weights and data: per
     tensor the largest difference and DDP's largest gradient, after two steps that zero the
     gradients first (set_to_none) or accumulate them (both average what .grad holds). The
     first `frozen` parameters are frozen in both (requires_grad off, as in fine-tuning);
-    those without a gradient in both are listed (`no_grad`). A refused plan is written as
-    {"error": message}."""
+    those without a gradient in both are listed (`no_grad`). `model`: small_cnn or
+    tiny_bert (_model_and_batch). A refused plan is written as {"error": message}."""
     torch.manual_seed(0)
-    ref = small_cnn()
-    mine = small_cnn()
+    factory, x, y = _model_and_batch(model, rank)
+    ref = factory()
+    mine = factory()
     mine.load_state_dict(ref.state_dict())
-    for model in (ref, mine):
-        for p in list(model.parameters())[:frozen]:
+    for m in (ref, mine):
+        for p in list(m.parameters())[:frozen]:
             p.requires_grad_(False)
-    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + rank))
-    y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(20 + rank))
-    plan, names = plan_for(mine, x[:2], buckets, ranks)
+    plan, names = plan_for(mine, first_samples(x, 2), buckets, ranks)
     ddp = nn.parallel.DistributedDataParallel(ref)
     for step in range(2):
         if set_to_none:
             ref.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(ddp(x), y).backward()
+        nn.functional.cross_entropy(ddp(*x), y).backward()
     try:
         pddp = PlanDDP(mine, plan, names, engine=engine, gradient_as_bucket_view=views)
     except PlanError as e:
@@ -79,7 +91,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     for step in range(2):
         if set_to_none:
             mine.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(pddp(x), y)
+        loss = nn.functional.cross_entropy(pddp(*x), y)
         pddp.start_backward()
         loss.backward()
     pddp.close()
@@ -225,3 +237,13 @@ class GatedScale(GatedCNN):
 
 def gated_scale():
     return GatedScale()
+
+
+def inputs_of_another_batch(batch: int, generator: torch.Generator):
+    """An --inputs function that ignores its batch (refused)."""
+    return tiny_bert.tiny_bert_inputs(batch + 1, generator)
+
+
+def inputs_not_tensors(batch: int, generator: torch.Generator):
+    """An --inputs function that returns no tensors (refused)."""
+    return {"input_ids": tiny_bert.tiny_bert_inputs(batch, generator)[0]}

@@ -13,6 +13,7 @@ from fuseplan_torch import export_model, fingerprint, write_json
 from fuseplan_torch import jobs
 
 import ddp_check
+import tiny_bert
 import tiny_gpt
 
 FUSEPLAN = os.environ.get("FUSEPLAN_BIN", "fuseplan")
@@ -400,6 +401,85 @@ def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
                  "--out", plan)
     assert r.returncode == 0, r.stderr
     assert json.load(open(plan))["model"]["file"] == "gpt.json"
+
+
+def test_a_model_of_several_inputs_exports_them_and_fuseplan_reads_the_file(tmp_path):
+    """tiny_bert takes token ids, an attention mask and token types: the file lists the
+    mask and the types as extra inputs, which the layers using them read (-2, -3); the
+    position embeddings of a buffer are a layer reading no layer. fuseplan reads the file
+    back unchanged. Given the ids only, the forward's defaults are traced (no mask layers)."""
+    torch.manual_seed(0)
+    model = tiny_bert.tiny_bert()
+    ids, mask, types = tiny_bert.tiny_bert_inputs(2, torch.Generator().manual_seed(1))
+    doc, info, _, _ = export_model(model, (ids, mask, types), name="tiny_bert")
+    assert doc["input_shape"] == [16]
+    assert doc["extra_inputs"] == [{"name": "attention_mask", "shape": [16]}, {"name": "token_type_ids", "shape": [16]}]
+    layers = {l["name"]: l for l in doc["layers"]}
+    assert layers["word"]["inputs"] == [-1] and layers["token_type"]["inputs"] == [-3]
+    assert [l["name"] for l in doc["layers"] if -2 in l["inputs"]] == ["getitem_1"]  # the mask, indexed
+    assert layers["position"]["inputs"] == [] and layers["position"]["kind"] == "custom"
+    assert [p["name"] for p in layers["position"]["params"]] == ["position.weight"]
+    assert info.estimated == [] and info.order_matches
+    assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []
+    path = str(tmp_path / "bert.json")
+    write_json(doc, path)
+    read = as_fuseplan_reads(path)
+    assert read["extra_inputs"] == doc["extra_inputs"]
+    assert [(l["name"], l["inputs"], l["out_shape"]) for l in read["layers"]] == \
+        [(l["name"], l["inputs"], l["out_shape"]) for l in doc["layers"]]
+    shown = fuseplan("show", path)
+    assert "input 16 and extra inputs attention_mask 16, token_type_ids 16" in shown.stdout, shown.stdout
+    model.token_type.weight.requires_grad_(False)  # unused without token types: frozen, left out
+    alone, _, _, _ = export_model(model, ids, name="tiny_bert")
+    assert "extra_inputs" not in alone
+    assert len(alone["layers"]) < len(doc["layers"]) - 5  # no mask arithmetic, no token types
+    assert all(i >= -1 for l in alone["layers"] for i in l["inputs"])
+
+
+@pytest.mark.parametrize("engine", ["reducer", "hooks"])
+def test_plan_ddp_gradients_equal_ddp_on_a_model_of_several_inputs(tmp_path, engine):
+    out = str(tmp_path / "out.json")
+    buckets = [(0, 12, 0, "fp32"), (12, 30, 1, "fp32"), (30, 39, 0, "fp32")]
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, buckets, True, engine, False, 0, "tiny_bert"))
+    for r in json.load(open(out)):
+        assert r["engine"] == engine and r["no_grad"] == [] and len(r["diffs"]) == 39
+        for name, (diff, scale) in r["diffs"].items():
+            assert diff <= 1e-5 * scale + 1e-9, name
+
+
+def test_a_model_of_several_inputs_exports_profiles_runs_and_verifies_from_the_command_line(tmp_path):
+    model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
+    flags = ["tiny_bert:tiny_bert", "--inputs", "tiny_bert:tiny_bert_inputs"]
+    r = run_cli("export", *flags, "--out", model, "--profile", prof, "--batch", "4", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert len(json.load(open(model))["extra_inputs"]) == 2
+    r = fuseplan("tune", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--out", plan)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", *flags, "--plan", plan, "--report", rep, "--iterations", "2", "--warmup", "1",
+                "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "PlanDDP tiny_bert x 2 ranks" in r.stdout
+    r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", *flags[:1], "--input-shape", "16", "--input-dtype", "long", "--vocab", "256", "--plan", plan)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "token_type.weight" in r.stderr, r.stderr
+    r = run_cli("export", *flags, "--input-shape", "16", "--out", str(tmp_path / "other.json"))
+    assert r.returncode == 2 and "--inputs: give either --inputs or --input-shape, not both" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("inputs,says", [
+    ("tiny_bert:nothing_here", "--inputs: tiny_bert:nothing_here: module 'tiny_bert' has no attribute"),
+    ("tiny_bert", "--inputs: 'tiny_bert' is not package.module:function"),
+    ("tiny_bert:math", "--inputs: tiny_bert:math is a module, not a function"),
+    ("tiny_bert:tiny_bert", "--inputs: tiny_bert:tiny_bert(2, generator) raised TypeError"),
+    ("ddp_check:inputs_of_another_batch", "made a batch of 3 samples"),
+    ("ddp_check:inputs_not_tensors", "ddp_check:inputs_not_tensors(2, generator): the model's inputs must be"),
+])
+def test_bad_input_functions_are_refused_with_one_line(tmp_path, inputs, says):
+    r = run_cli("export", "tiny_bert:tiny_bert", "--inputs", inputs, "--out", str(tmp_path / "m.json"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not os.listdir(tmp_path)
 
 
 def test_the_export_api_writes_model_and_profile(tmp_path):
@@ -1080,7 +1160,7 @@ def test_an_accumulating_plan_runs_and_verify_reads_its_report(tmp_path):
       "--device", "cuda:64"], "--device cuda:64: this machine has"),
     (["export", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--out", "x.json", "--profile", "p.json",
       "--ranks", "0"], "--ranks: must be >= 1 (got 0)"),
-    (["export", "ddp_check:small_cnn"], "the following arguments are required: --input-shape"),
+    (["export", "ddp_check:small_cnn", "--out", "x.json"], "--input-shape: required (or --inputs"),
     (["export", "torchvision.models:resnet18", "--kwargs", '{"bogus": 1}', "--input-shape", "3,8,8", "--out", "x.json"],
      "raised TypeError"),
     (["run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", "/nonexistent/p.json"],

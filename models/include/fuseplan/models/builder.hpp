@@ -13,6 +13,8 @@ class ModelBuilder {
   static constexpr int kInput = -1;  // "from" value meaning the model input
 
   ModelBuilder(std::string model_name, Shape input_shape);
+  // Another model input (an attention mask): the "from" value layers read it by (-2, -3, ...).
+  int add_input(std::string name, Shape shape);
 
   // CNN layers on [C, H, W]; `name` is the module path, parameters get ".weight"/".bias".
   int conv(const std::string& name, int from, int64_t out_ch, int kernel, int stride, int padding,

@@ -98,7 +98,7 @@ struct MeasuredTime {
 struct Layer {
   std::string name;
   LayerKind kind = LayerKind::Custom;
-  std::vector<int> inputs;  // producer layer indices; -1 = the model input
+  std::vector<int> inputs;  // producer layer indices; -1 = the model input, -1 - k its input k (Model::extra_inputs)
   Shape in_shape, out_shape;
   LayerAttrs attrs;
   int first_tensor = 0, tensor_count = 0;  // range in Model::tensors
@@ -113,10 +113,19 @@ struct Layer {
   std::optional<MeasuredTime> measured;
 };
 
+// A model's second and later inputs (an attention mask, token types), as a model file
+// names them; per sample, no batch dimension.
+struct ModelInput {
+  std::string name;
+  Shape shape;
+  bool operator==(const ModelInput&) const = default;
+};
+
 struct Model {
   std::string name;
   std::string file;  // the .json it was read from; empty for a zoo model
-  Shape input_shape;
+  Shape input_shape;                     // the first input (layer input -1)
+  std::vector<ModelInput> extra_inputs;  // input k >= 1 is extra_inputs[k - 1] (layer input -1 - k)
   std::vector<Layer> layers;
   std::vector<ParamTensor> tensors;  // forward order: the tensors training updates (their gradients are allreduced)
   std::vector<FrozenTensor> frozen;  // parameters held but not trained, in forward order (none in the zoo)
@@ -124,6 +133,8 @@ struct Model {
   // profile's optional `optimizer_us`.
   std::optional<double> measured_optimizer_us;
 
+  // The shape of model input `ref` as layers refer to it (-1, -2, ...); throws on no such input.
+  const Shape& input_shape_of(int ref) const;
   int64_t param_count() const;   // trained parameter elements (the gradients)
   int64_t frozen_count() const;  // frozen parameter elements (held, read, not trained)
   double fwd_flops() const;  // per sample
