@@ -4,6 +4,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
+#include "fuseplan/costmodel/compute.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/model_json.hpp"
 
@@ -92,13 +93,15 @@ void add_models_commands(CLI::App& app) {
               << " GFLOPs forward and " << fixed(m.bwd_flops() / 1e9, 3) << " backward per sample, input "
               << shape_str(m.input_shape) << extra_inputs_str(m) << ", fingerprint " << m.fingerprint_hex()
               << "\n\nLayers (forward order)\n";
-    Table lt({"#", "<layer", "<kind", "<output", "params", "fwd MFLOPs", "bwd MFLOPs", "activations"});
+    // class: what prices the layer where a cluster gives classes their own efficiencies.
+    Table lt({"#", "<layer", "<kind", "<class", "<output", "params", "fwd MFLOPs", "bwd MFLOPs", "activations"});
     for (size_t i = 0; i < m.layers.size(); ++i) {
       const auto& l = m.layers[i];
       int64_t params = 0;
       for (int k = 0; k < l.tensor_count; ++k) params += m.tensors[l.first_tensor + k].numel;
       params += l.frozen_elems;
-      lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)), shape_str(l.out_shape), grouped(params),
+      lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)),
+              std::string(compute_class_name(compute_class_of(l))), shape_str(l.out_shape), grouped(params),
               fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops * l.backward_share / 1e6, 2),
               grouped(l.activation_elems)});
     }

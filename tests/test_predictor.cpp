@@ -8,6 +8,7 @@
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/model_json.hpp"
 #include "fuseplan/models/zoo.hpp"
 #include "cluster_json.hpp"
 #include "frozen_model.hpp"
@@ -719,6 +720,36 @@ TEST_CASE("compute per layer class: a class's efficiency prices its layers only,
   // Measured layers keep their times whatever the class's efficiency.
   r50.layers[kxk].measured = MeasuredTime{123, 456, 64};
   CHECK(ComputeModel(r50, kinds, 64, Precision::FP16).layers()[kxk].fwd_s == Approx(123e-6));
+}
+
+TEST_CASE("compute per layer class: a custom layer that names its class is priced by it, others as other") {
+  // A model file's custom matrix product (a PyTorch export's `x @ w`) names class gemm.
+  nlohmann::json j = nlohmann::json::parse(R"({"schema": "fuseplan.model/1", "name": "c", "input_shape": [64, 256],
+    "layers": [
+      {"name": "mm", "kind": "custom", "out_shape": [64, 256], "fwd_flops": 8388608, "bwd_flops": 16777216,
+       "params": [{"name": "w", "shape": [256, 256]}], "attrs": {"class": "gemm"}},
+      {"name": "mm_other", "kind": "custom", "out_shape": [64, 256], "fwd_flops": 8388608, "bwd_flops": 16777216,
+       "params": [{"name": "w2", "shape": [256, 256]}]}]})");
+  const Model m = model_from_json(j, "c.json");
+  CHECK(compute_class_of(m.layers[0]) == ComputeClass::Gemm);
+  CHECK(compute_class_of(m.layers[1]) == ComputeClass::Other);
+  CHECK(model_to_json(m)["layers"][0]["attrs"] == nlohmann::json{{"class", "gemm"}});  // written back
+  const Cluster plain = one_roofline("dgx-a100");
+  nlohmann::json c = cluster_to_json(plain);
+  const double e16 = plain.device.compute_efficiency.at(Precision::FP16);
+  c["device"]["by_kind"]["gemm"] = {{"compute_efficiency", {{"fp16", e16 / 2}}}};
+  const double overhead = plain.device.kernel_overhead_us * 1e-6;
+  const ComputeModel a(m, plain, 256, Precision::FP16), b(m, cluster_from_json(c, "t"), 256, Precision::FP16);
+  CHECK(b.layers()[0].fwd_s - overhead == Approx(2 * (a.layers()[0].fwd_s - overhead)).epsilon(1e-12));
+  CHECK(b.layers()[1].fwd_s == a.layers()[1].fwd_s);
+  // Only a custom layer names its class, and only one of the classes.
+  j["layers"][0]["attrs"]["class"] = "matmul";
+  CHECK_THROWS_WITH(model_from_json(j, "c.json"), Catch::Contains("c.json: $.layers[0].attrs.class: unknown layer "
+                                                                  "class 'matmul' (valid: conv_kxk_s1"));
+  nlohmann::json conv = model_to_json(load_model("resnet18"));
+  conv["layers"][0]["attrs"]["class"] = "gemm";
+  CHECK_THROWS_WITH(model_from_json(conv, "r.json"), Catch::Contains("$.layers[0].attrs.class: only a custom layer "
+                                                                     "names its class (a conv2d's follows"));
 }
 
 TEST_CASE("compute per layer class: bad by_kind entries are refused naming the JSON path") {

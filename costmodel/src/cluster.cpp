@@ -102,13 +102,6 @@ std::string config_dir() {
   return FUSEPLAN_CONFIG_DIR;  // the source tree's, for binaries run from the build tree
 }
 
-std::string_view compute_class_name(ComputeClass k) {
-  static constexpr std::string_view kNames[kComputeClassCount] = {
-      "conv_kxk_s1", "conv_kxk", "conv_1x1", "conv_grouped", "conv_stem", "gemm",
-      "attention",   "norm",     "elementwise", "pool",     "embedding", "other"};
-  return kNames[static_cast<int>(k)];
-}
-
 double DeviceSpec::compute_efficiency_of(ComputeClass k, Precision p) const {
   if (auto it = by_kind.find(k); it != by_kind.end())
     if (auto e = it->second.compute.find(p); e != it->second.compute.end()) return e->second;
@@ -176,14 +169,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   if (d.has("by_kind")) {
     auto kinds = d.object("by_kind");
     for (const std::string& key : kinds.keys()) {
-      std::optional<ComputeClass> k;
-      for (int i = 0; i < kComputeClassCount; ++i)
-        if (compute_class_name(ComputeClass(i)) == key) k = ComputeClass(i);
-      if (!k) {
-        std::string names;
-        for (int i = 0; i < kComputeClassCount; ++i) names += (i ? ", " : "") + std::string(compute_class_name(ComputeClass(i)));
-        kinds.fail(key, "unknown layer class (valid: " + names + ")");
-      }
+      const std::optional<ComputeClass> k = parse_compute_class(key);
+      if (!k) kinds.fail(key, "unknown layer class (valid: " + compute_class_list() + ")");
       auto one = kinds.object(key);
       ClassEfficiency& e = c.device.by_kind[*k];
       e.compute = efficiency_per_precision(one, "compute_efficiency", c.device, kMaxClassEfficiency, false);

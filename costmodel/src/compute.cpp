@@ -18,6 +18,7 @@ constexpr double kOptimizerBytesPerParam = 28.0;
 }  // namespace
 
 ComputeClass compute_class_of(const Layer& l) {
+  if (l.attrs.compute_class) return *l.attrs.compute_class;  // a custom layer's own
   switch (l.kind) {
     case LayerKind::Conv2d:
       if (l.attrs.groups > 1) return ComputeClass::ConvGrouped;

@@ -99,6 +99,26 @@ bool role_skips_decay(TensorRole r) {
   return r == TensorRole::Bias || r == TensorRole::NormScale || r == TensorRole::NormShift;
 }
 
+std::string_view compute_class_name(ComputeClass k) {
+  static constexpr std::string_view kNames[kComputeClassCount] = {
+      "conv_kxk_s1", "conv_kxk", "conv_1x1", "conv_grouped", "conv_stem", "gemm",
+      "attention",   "norm",     "elementwise", "pool",     "embedding", "other"};
+  return kNames[static_cast<int>(k)];
+}
+
+std::optional<ComputeClass> parse_compute_class(std::string_view name) {
+  for (int i = 0; i < kComputeClassCount; ++i)
+    if (compute_class_name(ComputeClass(i)) == name) return ComputeClass(i);
+  return std::nullopt;
+}
+
+std::string compute_class_list() {
+  std::string names;
+  for (int i = 0; i < kComputeClassCount; ++i)
+    names += (i ? ", " : "") + std::string(compute_class_name(ComputeClass(i)));
+  return names;
+}
+
 const Shape& Model::input_shape_of(int ref) const {
   if (ref == -1) return input_shape;
   const int k = -2 - ref;

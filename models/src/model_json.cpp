@@ -39,6 +39,7 @@ nlohmann::json model_to_json(const Model& m) {
     if (l.attrs.dropout) a["dropout"] = l.attrs.dropout;
     if (l.attrs.causal) a["causal"] = true;
     if (l.attrs.bias) a["bias"] = true;
+    if (l.attrs.compute_class) a["class"] = compute_class_name(*l.attrs.compute_class);
     nlohmann::json jl{{"name", l.name},
                       {"kind", layer_kind_name(l.kind)},
                       {"inputs", l.inputs},
@@ -153,6 +154,13 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
       if (l.attrs.dropout < 0 || l.attrs.dropout >= 1) a->fail("dropout", "must be in [0, 1)");
       l.attrs.causal = a->opt_boolean("causal").value_or(false);
       l.attrs.bias = a->opt_boolean("bias").value_or(false);
+      if (std::optional<std::string> cls = a->opt_string("class")) {
+        if (l.kind != LayerKind::Custom)
+          a->fail("class", "only a custom layer names its class (a " + kind + "'s follows from its kind and shapes)");
+        l.attrs.compute_class = parse_compute_class(*cls);
+        if (!l.attrs.compute_class)
+          a->fail("class", "unknown layer class '" + *cls + "' (valid: " + compute_class_list() + ")");
+      }
       a->finish();
     }
     if (auto mo = lo.opt_object("measured")) {

@@ -17,6 +17,13 @@ It runs on torch 1.13 (torch.utils._python_dispatch.TorchDispatchMode, then priv
 on torch 2.x alike; torch 2's own torch.utils.flop_counter counts matrix products,
 convolutions and attention only, and is not used so that every torch version counts the
 same way.
+
+Each operation also has a class of kernels (fuseplan's compute classes: a convolution by
+its shape as fuseplan classes a conv2d, a matrix product a gemm, a batched one and fused
+attention attention's, a norm, pooling, an embedding lookup; anything else, element-wise
+work, `other`, as model_export.CUSTOM_OTHER says why), and the layer takes the class of
+most of its FLOPs: a counted nn.LSTM or nn.TransformerEncoder is priced as the gemm it
+mostly is, not as `other`.
 """
 from __future__ import annotations
 
@@ -75,6 +82,53 @@ def _attention_flops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float
     return 2.0 * batch * length * source * (e + ev) + _SOFTMAX_PER_ELEM * batch * length * source
 
 
+_CONVOLUTIONS = {"convolution", "_convolution", "cudnn_convolution", "mkldnn_convolution", "convolution_backward"}
+_POOLS = ("max_pool", "avg_pool", "adaptive_max_pool", "adaptive_avg_pool")
+
+
+def _conv_class(name: str, args: Sequence[Any]) -> str:
+    """A convolution's class, as fuseplan classes a conv2d (compute_class_of): grouped, a
+    stem of at most 4 input channels, a 1x1 kernel, a square kernel of 3 or more with stride
+    1 and no dilation, any other. Any number of dimensions."""
+    backward = name == "convolution_backward"
+    weight = args[2] if backward else args[1]
+    stride, dilation, groups = (args[4], args[6], args[9]) if backward else \
+        ((args[3], args[5], args[8]) if name in ("convolution", "_convolution") and len(args) > 8 else (1, 1, 1))
+    kernel = [int(k) for k in weight.shape[2:]]
+    stride = list(stride) if isinstance(stride, (list, tuple)) else [stride]
+    dilation = list(dilation) if isinstance(dilation, (list, tuple)) else [dilation]
+    if int(groups) > 1:
+        return "conv_grouped"
+    if int(weight.shape[1]) <= 4:
+        return "conv_stem"
+    if all(k == 1 for k in kernel):
+        return "conv_1x1"
+    if len(set(kernel)) == 1 and kernel[0] >= 3 and all(int(s) == 1 for s in stride) and \
+            all(int(d) == 1 for d in dilation):
+        return "conv_kxk_s1"
+    return "conv_kxk"
+
+
+def op_class(name: str, args: Sequence[Any]) -> Optional[str]:
+    """The class of kernels of one ATen operation (as op_flops names it); None for one that
+    computes nothing."""
+    if name in ("mm", "addmm", "addbmm", "mkldnn_rnn_layer", "mkldnn_rnn_layer_backward"):
+        return "gemm"
+    if name in ("bmm", "baddbmm") or name.startswith("_scaled_dot_product"):
+        return "attention"
+    if name in _CONVOLUTIONS:
+        return _conv_class(name, args)
+    if name in _NORMS or name in _NORM_BACKWARDS:
+        return "norm"
+    if name.lstrip("_").startswith(_POOLS):
+        return "pool"
+    if name.startswith("embedding"):
+        return "embedding"
+    if name in _FREE:
+        return None
+    return "other"
+
+
 def op_flops(name: str, args: Sequence[Any], out: Any) -> float:
     """The FLOPs of one ATen operation (`name` without namespace and overload) from its
     arguments and result, with this module's conventions."""
@@ -123,11 +177,13 @@ def op_flops(name: str, args: Sequence[Any], out: Any) -> float:
 
 
 class OpCounter(TorchDispatchMode):
-    """Adds up op_flops over every ATen operation run while it is active."""
+    """Adds up op_flops over every ATen operation run while it is active, in all and per
+    class (op_class)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.flops = 0.0
+        self.by_class: Dict[str, float] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Optional[Dict] = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -139,17 +195,23 @@ class OpCounter(TorchDispatchMode):
             return out  # a view of an input: nothing computed
         if name.endswith("_") and not name.endswith("__"):
             name = name[:-1]  # in place (add_, sigmoid_): counted as the operation it is
-        self.flops += op_flops(name, list(args) + list((kwargs or {}).values()), out)
+        every = list(args) + list((kwargs or {}).values())
+        flops = op_flops(name, every, out)
+        self.flops += flops
+        cls = op_class(name, every)
+        if cls is not None and flops > 0:
+            self.by_class[cls] = self.by_class.get(cls, 0.0) + flops
         return out
 
 
 def count_call(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any], batch: int,
-               input_grad: bool = True) -> Tuple[float, float]:
+               input_grad: bool = True) -> Tuple[float, float, Optional[str]]:
     """Forward and backward FLOPs per sample of one call of a layer on a batch of `batch`
     samples: its forward, then the backward of all its outputs that carry a gradient
     (every element's gradient 1) to the parameters that train and, with `input_grad`, to
-    its floating-point inputs (as training does where a layer upstream trains). Raises
-    what the call raises."""
+    its floating-point inputs (as training does where a layer upstream trains); and the
+    class of most of those FLOPs (None where that is `other`, or it computes nothing).
+    Raises what the call raises."""
     args, kwargs = fresh(args, input_grad), {k: fresh(v, input_grad) for k, v in kwargs.items()}
     forward = OpCounter()
     with forward:
@@ -160,4 +222,8 @@ def count_call(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any], batch:
     if outs:
         with backward:
             torch.autograd.backward(outs, seeds)
-    return forward.flops / batch, backward.flops / batch
+    by_class = dict(forward.by_class)
+    for cls, flops in backward.by_class.items():
+        by_class[cls] = by_class.get(cls, 0.0) + flops
+    main = max(sorted(by_class), key=lambda c: by_class[c]) if by_class else None
+    return forward.flops / batch, backward.flops / batch, main if main != "other" else None

@@ -315,6 +315,30 @@ def _module_flops(m: nn.Module, out: List[int]) -> Optional[Tuple[float, float]]
     return None
 
 
+def _module_class(m: nn.Module) -> Optional[str]:
+    """The class of kernels (fuseplan's compute classes, docs/formats.md) a leaf module
+    fuseplan has no kind for runs, where _module_flops knows it; None: `other`, as for every
+    element-wise operation without a kind (CUSTOM_OTHER)."""
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        return "pool"
+    if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.InstanceNorm2d)):
+        return "norm"
+    if isinstance(m, nn.MultiheadAttention):
+        return "attention"
+    return None
+
+
+# Why a custom layer's element-wise work (a spatial mean, a sigmoid, a broadcast
+# multiply-add, a softmax, a copy) keeps class `other` rather than `elementwise`: fuseplan's
+# elementwise class is its ReLU, add and dropout layers, single passes over equal shapes;
+# the operations the export keeps as custom layers are reductions and broadcasts, which
+# bench/published_scaling.py's fit of SE-ResNeXt-101 on one V100 found at about half the
+# device's memory efficiency (configs/clusters/dgx1-v100.json: by_kind.other
+# memory_efficiency 0.40 FP32 and 0.30 FP16, the device's 0.75), so a calibrated `other`
+# prices them.
+CUSTOM_OTHER = "other"
+
+
 # Taps per output element of each interpolation mode (nearest copies one input element).
 _RESAMPLE_TAPS = {"nearest": 0, "nearest-exact": 0, "linear": 2, "bilinear": 4, "bicubic": 16, "trilinear": 8,
                   "area": 0}
@@ -357,38 +381,42 @@ def _window_attention_flops(node: fx.Node, in_shapes: List[List[int]]) -> Option
     return products + (_SOFTMAX_PER_ELEM + 1) * scores, 2 * products + _SOFTMAX_PER_ELEM * scores
 
 
-def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int],
-                  module: Optional[nn.Module] = None) -> Tuple[float, float, bool]:
+def _custom_flops(node: fx.Node, in_shapes: List[List[int]], out: List[int], module: Optional[nn.Module] = None,
+                  reads_params: bool = False) -> Tuple[float, float, bool, Optional[str]]:
     """Forward and backward FLOPs per sample of a custom operation (a traced node, the call
-    of `module` where it is one), and whether estimated."""
+    of `module` where it is one), whether estimated, and its class of kernels where it is
+    not `other` (a matrix product is a gemm where it reads parameters, else attention's
+    batched products, as the zoo's attention layer holds them; a norm; a pool; element-wise
+    operations, softmax and copies stay `other`: CUSTOM_OTHER)."""
     key = _target_key(node)
     elems = float(_numel(out))
     known = _module_flops(module, out) if module is not None else None
+    cls = _module_class(module) if module is not None else None
     if isinstance(module, nn.MultiheadAttention):
         qkv = [_arg(node, i, k) for i, k in enumerate(("query", "key", "value"))]
         if any(a is not qkv[0] for a in qkv):
             known = None  # attention across two sequences: not the self-attention formula
     if node.op == "call_function" and key in _WINDOW_ATTENTION:
-        known = _window_attention_flops(node, in_shapes)
+        known, cls = _window_attention_flops(node, in_shapes), "attention"
     elif node.op == "call_function" and key is F.interpolate:
         known = _resample_flops(str(_arg(node, 3, "mode", "nearest")), out)
     if known is not None:
-        return known[0], known[1], False
+        return known[0], known[1], False, cls
     if node.op == "call_function" and key in _COPIES:
-        return elems, elems, False
+        return elems, elems, False, None
     if key in _MATMULS and len(in_shapes) == 2 and in_shapes[0] and in_shapes[1]:
         k = in_shapes[0][-1]
         f = 2.0 * elems * k
-        return f, 2 * f, False
+        return f, 2 * f, False, "gemm" if reads_params else "attention"
     if key in _SOFTMAX:
-        return _SOFTMAX_PER_ELEM * elems, _SOFTMAX_PER_ELEM * elems, False
+        return _SOFTMAX_PER_ELEM * elems, _SOFTMAX_PER_ELEM * elems, False, None
     if key in _NORM_FUNCTIONS:
-        return _NORM_FWD_PER_ELEM * elems, _NORM_FWD_PER_ELEM * _NORM_BWD_RATIO * elems, False
+        return _NORM_FWD_PER_ELEM * elems, _NORM_FWD_PER_ELEM * _NORM_BWD_RATIO * elems, False, "norm"
     if key in _VIEWS:
-        return 0.0, 0.0, False
+        return 0.0, 0.0, False, None
     if key in _ELEMENTWISE:
-        return elems, elems, False
-    return elems, elems, True
+        return elems, elems, False, None
+    return elems, elems, True, None
 
 
 def _name_of(target: Any) -> str:
@@ -545,9 +573,12 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
             if attrs:
                 layer["attrs"] = attrs
         else:
-            fwd, bwd, estimated = _custom_flops(n, in_shapes, layer["out_shape"],
-                                                modules[n.target] if n.op == "call_module" else None)
+            fwd, bwd, estimated, cls = _custom_flops(n, in_shapes, layer["out_shape"],
+                                                     modules[n.target] if n.op == "call_module" else None,
+                                                     n.op != "call_module" and bool(constant_parameters(n)))
             layer["fwd_flops"], layer["bwd_flops"] = fwd, bwd
+            if cls:
+                layer["attrs"] = {"class": cls}
             if _target_key(n) in _VIEWS:
                 layer["activation_elems"] = 0  # a view stores nothing of its own
             if estimated:
@@ -724,6 +755,8 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
             layer["fwd_flops"], layer["bwd_flops"] = known or (elems, elems)
             if known is None:
                 info.estimated.append(lname)
+            elif _module_class(m):
+                layer["attrs"] = {"class": _module_class(m)}
         by_tensor[id(out)] = len(layers)
         by_storage[out.data_ptr()] = len(layers)
         layers.append(layer)
@@ -804,10 +837,12 @@ def _count_estimated(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes
         for i in wanted:
             fn, args, kwargs = calls[i]
             try:
-                fwd, bwd = count_call(fn, args, kwargs, batch, input_grad=needs[i])
+                fwd, bwd, cls = count_call(fn, args, kwargs, batch, input_grad=needs[i])
             except Exception:  # pylint: disable=broad-except  # any error of the user's layer: left estimated
                 continue
             layers[i]["fwd_flops"], layers[i]["bwd_flops"] = fwd, bwd
+            if cls:
+                layers[i]["attrs"] = {"class": cls}
             info.estimated.remove(layers[i]["name"])
             info.counted.append(layers[i]["name"])
 

@@ -301,15 +301,28 @@ def test_layers_without_a_formula_have_their_flops_counted_from_torchs_operation
     seq, dim, ff = 32, 32, 64
     enc = 2 * (2 * seq * dim * 4 * dim + 2 * 2 * seq * seq * dim + 2 * 2 * seq * dim * ff)
     assert enc < flops["enc"][0] < 1.15 * enc and 2 * enc < flops["enc"][1] < 2.4 * enc
+    # Each priced by the class of most of its FLOPs, as fuseplan classes such kernels.
+    classes = {l["name"]: l.get("attrs", {}).get("class") for l in doc["layers"]}
+    assert [classes[n] for n in ("c1", "up", "rnn", "enc")] == ["conv_kxk_s1", "conv_kxk", "gemm", "gemm"]
     path = str(tmp_path / "m.json")
     write_json(doc, path)
     read = as_fuseplan_reads(path)
     assert {l["name"]: l["fwd_flops"] for l in read["layers"]}["c1"] == conv + 16 * 16
+    assert shown_classes(path)["rnn"] == "gemm"
+
+
+def shown_classes(path):
+    """Each layer's compute class as `fuseplan show` prints it."""
+    r = fuseplan("show", path)
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.split("Layers (forward order)")[1].split("Parameter tensors")[0].splitlines()[2:]
+    return {row.split()[1]: row.split()[3] for row in rows if row.strip()}
 
 
 def test_the_operation_counter_agrees_with_fuseplans_formulas_on_resnet18s_convolutions_and_classifier(tmp_path):
     """flops.count_call counts from the operations torch runs; fuseplan derives conv2d and
-    linear FLOPs from kinds and shapes in C++. Two ways to the same numbers."""
+    linear FLOPs from kinds and shapes in C++. Two ways to the same numbers, and to the
+    same compute class (the stem, 3x3 with stride 1 and 2, the 1x1 shortcuts, the gemm)."""
     from fuseplan_torch.flops import count_call
     from fuseplan_torch.profile import captured_calls
     model = torchvision.models.resnet18(num_classes=10)
@@ -318,13 +331,18 @@ def test_the_operation_counter_agrees_with_fuseplans_formulas_on_resnet18s_convo
     path = str(tmp_path / "r18.json")
     write_json(doc, path)
     derived = {l["name"]: l["fwd_flops"] for l in as_fuseplan_reads(path)["layers"]}
+    classes = shown_classes(path)
     calls = captured_calls(model, gm, nodes, example)
-    checked = 0
+    checked, seen = 0, set()
     for layer, (fn, args, kwargs) in zip(doc["layers"], calls):
         if layer["kind"] in ("conv2d", "linear"):
-            assert count_call(fn, args, kwargs, 2)[0] == derived[layer["name"]], layer["name"]
+            fwd, _, cls = count_call(fn, args, kwargs, 2)
+            assert fwd == derived[layer["name"]], layer["name"]
+            assert cls == classes[layer["name"]], layer["name"]
             checked += 1
+            seen.add(cls)
     assert checked == 21  # 20 convolutions and the classifier
+    assert seen == {"conv_stem", "conv_kxk_s1", "conv_kxk", "conv_1x1", "gemm"}
 
 
 def test_a_layer_that_cannot_run_alone_stays_estimated(monkeypatch):
@@ -389,6 +407,10 @@ def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
     assert [p["name"] for p in layers["add"]["params"]] == ["wpe"]  # used directly, owned by its user
     assert layers["blocks.0.attn.softmax"]["kind"] == "custom"
     assert layers["blocks.0.attn.matmul"]["fwd_flops"] == 2 * 4 * 32 * 32 * 16  # heads x S x S x head dim
+    # Priced as the zoo prices attention's products and softmax (a class, not `other`).
+    assert layers["blocks.0.attn.matmul"]["attrs"] == {"class": "attention"}
+    assert "attrs" not in layers["blocks.0.attn.softmax"]  # element-wise work without a kind: other
+    assert "attrs" not in layers["blocks.0.attn.transpose"]  # a view computes nothing
     assert info.estimated == []
     assert info.order_matches
     assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []

@@ -10,24 +10,12 @@
 
 #include "fuseplan/costmodel/nccl.hpp"
 #include "fuseplan/costmodel/precision.hpp"
+#include "fuseplan/models/model.hpp"  // ComputeClass
 
 namespace fuseplan {
 
 inline constexpr const char* kClusterSchema = "fuseplan.cluster/1";
 
-// Classes of layers that reach different fractions of a device's peak: convolutions by
-// shape class (a square KxK kernel, K >= 3, with stride 1, which cuDNN runs with fewer
-// multiplications than the direct FLOPs: Winograd for 3x3, FFT for 5x5 and larger; any
-// other kernel larger than 1x1: strided, dilated, or rectangular such as Inception's 1x7; a 1x1
-// kernel; grouped or depthwise; a stem with at most 4 input channels), GEMMs (linear
-// layers), attention, normalisation, element-wise ops, pooling, embeddings, and the rest
-// (compute_class_of, compute.hpp). A device without a conv_kxk_s1 value prices those
-// layers as conv_kxk.
-enum class ComputeClass {
-  ConvKxKs1, ConvKxK, Conv1x1, ConvGrouped, ConvStem, Gemm, Attention, Norm, Elementwise, Pool, Embedding, Other
-};
-inline constexpr int kComputeClassCount = 12;
-std::string_view compute_class_name(ComputeClass k);  // "conv_kxk", "conv_1x1", ...
 
 // A class's own achievable fractions (device.by_kind); what it leaves out is the device's.
 struct ClassEfficiency {

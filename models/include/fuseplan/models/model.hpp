@@ -22,6 +22,24 @@ std::string_view layer_kind_name(LayerKind k);
 std::optional<LayerKind> parse_layer_kind(std::string_view name);
 std::string layer_kind_list();  // "conv2d, batchnorm, ..." for error messages
 
+// Classes of layers that reach different fractions of a device's peak: convolutions by
+// shape class (a square KxK kernel, K >= 3, with stride 1, which cuDNN runs with fewer
+// multiplications than the direct FLOPs: Winograd for 3x3, FFT for 5x5 and larger; any
+// other kernel larger than 1x1: strided, dilated, or rectangular such as Inception's 1x7; a 1x1
+// kernel; grouped or depthwise; a stem with at most 4 input channels), GEMMs (linear
+// layers), attention, normalisation, element-wise ops, pooling, embeddings, and the rest.
+// A layer's class follows from its kind and shape (compute_class_of, costmodel/compute.hpp);
+// a custom layer may name its own (LayerAttrs::compute_class). A cluster's device gives a
+// class its own efficiencies (device.by_kind); one without a conv_kxk_s1 value prices those
+// layers as conv_kxk.
+enum class ComputeClass {
+  ConvKxKs1, ConvKxK, Conv1x1, ConvGrouped, ConvStem, Gemm, Attention, Norm, Elementwise, Pool, Embedding, Other
+};
+inline constexpr int kComputeClassCount = 12;
+std::string_view compute_class_name(ComputeClass k);  // "conv_kxk", "conv_1x1", ...
+std::optional<ComputeClass> parse_compute_class(std::string_view name);
+std::string compute_class_list();  // "conv_kxk_s1, conv_kxk, ..." for error messages
+
 // What optimizers must know about a tensor: LARS and weight decay skip norms and biases.
 enum class TensorRole { Weight, Bias, NormScale, NormShift, Embedding };
 std::string_view tensor_role_name(TensorRole r);
@@ -86,6 +104,9 @@ struct LayerAttrs {
   double dropout = 0;
   bool causal = false;
   bool bias = false;
+  // A custom layer's class of kernels, where its export knows it (a matrix product is a
+  // gemm, a counted nn.LSTM too); none: `other`.
+  std::optional<ComputeClass> compute_class;
   bool operator==(const LayerAttrs&) const = default;
 };
 
