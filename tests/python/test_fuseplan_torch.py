@@ -458,6 +458,29 @@ def test_a_model_of_several_inputs_exports_them_and_fuseplan_reads_the_file(tmp_
     assert all(i >= -1 for l in alone["layers"] for i in l["inputs"])
 
 
+class _TwoInputsUntraceable(torch.nn.Module):
+    """Token ids and token types, with a branch on the types' values: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.e, self.t, self.fc = torch.nn.Embedding(32, 8), torch.nn.Embedding(2, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, ids, types):
+        x = self.e(ids)
+        if types.sum() > 0:
+            x = x + self.t(types)
+        return self.fc(x.mean(1))
+
+
+def test_a_forward_of_several_inputs_fx_cannot_trace_is_exported_from_its_modules_reading_each_input():
+    ids, types = torch.randint(0, 32, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    doc, info, _, _ = export_model(_TwoInputsUntraceable(), (ids, types))
+    assert info.method == "modules"
+    assert doc["extra_inputs"] == [{"name": "types", "shape": [6]}]
+    assert {l["name"]: l["inputs"] for l in doc["layers"]}["t"] == [-2]
+    assert {l["name"]: l["inputs"] for l in doc["layers"]}["e"] == [-1]
+
+
 @pytest.mark.parametrize("engine", ["reducer", "hooks"])
 def test_plan_ddp_gradients_equal_ddp_on_a_model_of_several_inputs(tmp_path, engine):
     out = str(tmp_path / "out.json")
