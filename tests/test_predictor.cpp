@@ -752,6 +752,31 @@ TEST_CASE("compute per layer class: a custom layer that names its class is price
                                                                      "names its class (a conv2d's follows"));
 }
 
+TEST_CASE("compute: a custom layer marked a view takes no time, one that copies is priced by its bytes") {
+  // A PyTorch export's transpose (a view) and contiguous (a copy), both of 0 FLOPs.
+  nlohmann::json j = nlohmann::json::parse(R"({"schema": "fuseplan.model/1", "name": "v", "input_shape": [64, 256],
+    "layers": [
+      {"name": "fc", "kind": "linear", "params": [{"name": "fc.weight", "shape": [256, 256]}]},
+      {"name": "transpose", "kind": "custom", "out_shape": [256, 64], "fwd_flops": 0, "bwd_flops": 0,
+       "activation_elems": 0, "params": [], "attrs": {"view": true}},
+      {"name": "contiguous", "kind": "custom", "out_shape": [256, 64], "fwd_flops": 0, "bwd_flops": 0,
+       "activation_elems": 0, "params": []}]})");
+  const Model m = model_from_json(j, "v.json");
+  CHECK(model_to_json(m)["layers"][1]["attrs"] == nlohmann::json{{"view", true}});  // written back
+  const Cluster c = load_cluster("dgx-a100");
+  const ComputeModel t(m, c, 32, Precision::FP16);
+  CHECK(t.layers()[1].fwd_s == 0);
+  CHECK(t.layers()[1].bwd_s == 0);
+  CHECK(t.layers()[2].fwd_s > c.device.kernel_overhead_us * 1e-6);  // its bytes, and a kernel
+  // Only a custom layer of no FLOPs is a view.
+  j["layers"][1]["fwd_flops"] = 5;
+  CHECK_THROWS_WITH(model_from_json(j, "v.json"), Catch::Contains("$.layers[1].attrs.view: a view computes nothing"));
+  nlohmann::json conv = model_to_json(load_model("resnet18"));
+  conv["layers"][0]["attrs"]["view"] = true;
+  CHECK_THROWS_WITH(model_from_json(conv, "r.json"),
+                    Catch::Contains("$.layers[0].attrs.view: only a custom layer is marked a view"));
+}
+
 TEST_CASE("compute per layer class: bad by_kind entries are refused naming the JSON path") {
   nlohmann::json j = cluster_to_json(load_cluster("dgx-a100"));
   auto refused = [&](const nlohmann::json& by_kind, const std::string& says) {

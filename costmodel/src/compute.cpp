@@ -49,6 +49,7 @@ ComputeClass compute_class_of(const Layer& l) {
 
 LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batch, Precision p) {
   const Layer& l = m.layers[layer];
+  if (l.attrs.view) return {};  // no kernel, no memory moved
   const ComputeClass k = compute_class_of(l);
   const double flops = c.peak_flops(p) * c.device.compute_efficiency_of(k, p);
   const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(k, p);

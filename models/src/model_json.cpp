@@ -40,6 +40,7 @@ nlohmann::json model_to_json(const Model& m) {
     if (l.attrs.causal) a["causal"] = true;
     if (l.attrs.bias) a["bias"] = true;
     if (l.attrs.compute_class) a["class"] = compute_class_name(*l.attrs.compute_class);
+    if (l.attrs.view) a["view"] = true;
     nlohmann::json jl{{"name", l.name},
                       {"kind", layer_kind_name(l.kind)},
                       {"inputs", l.inputs},
@@ -154,6 +155,11 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
       if (l.attrs.dropout < 0 || l.attrs.dropout >= 1) a->fail("dropout", "must be in [0, 1)");
       l.attrs.causal = a->opt_boolean("causal").value_or(false);
       l.attrs.bias = a->opt_boolean("bias").value_or(false);
+      l.attrs.view = a->opt_boolean("view").value_or(false);
+      if (l.attrs.view && l.kind != LayerKind::Custom)
+        a->fail("view", "only a custom layer is marked a view (a " + kind + " computes)");
+      if (l.attrs.view && (l.fwd_flops > 0 || l.bwd_flops > 0))
+        a->fail("view", "a view computes nothing: its fwd_flops and bwd_flops must be 0");
       if (std::optional<std::string> cls = a->opt_string("class")) {
         if (l.kind != LayerKind::Custom)
           a->fail("class", "only a custom layer names its class (a " + kind + "'s follows from its kind and shapes)");

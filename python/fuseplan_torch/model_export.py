@@ -89,6 +89,22 @@ _VIEWS = {"view", "reshape", "permute", "transpose", "contiguous", "split", "chu
           "expand", "narrow", "__getitem__", "t", operator.getitem, torch.reshape, torch.transpose,
           torch.permute, torch.split, torch.chunk, torch.unsqueeze, torch.squeeze, torch.cat, torch.stack,
           "size", "dim", getattr}
+# Those of them that copy (a new layout, a concatenation): kernels that move every element.
+_COPYING_VIEWS = {"contiguous", torch.cat, torch.stack}
+
+
+def _is_view(node: fx.Node) -> bool:
+    """Whether a traced operation of _VIEWS returns a view of its input (no kernel, no
+    memory moved): not a copy (_COPYING_VIEWS), nor indexing by a tensor (a gather)."""
+    key = _target_key(node)
+    if key not in _VIEWS or key in _COPYING_VIEWS:
+        return False
+    if key in (operator.getitem, "__getitem__"):
+        index = node.args[1] if len(node.args) > 1 else None
+        nodes: List[fx.Node] = []
+        fx.node.map_arg(index, nodes.append)
+        return not nodes  # slices, integers and None only
+    return True
 
 
 @dataclass
@@ -581,6 +597,8 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
                 layer["attrs"] = {"class": cls}
             if _target_key(n) in _VIEWS:
                 layer["activation_elems"] = 0  # a view stores nothing of its own
+            if _is_view(n):
+                layer["attrs"] = {"view": True}  # fuseplan prices it at no time
             if estimated:
                 info.estimated.append(lname)
             if layer["kind"] == "custom" and not in_shapes:
@@ -717,7 +735,7 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
             view: Dict[str, Any] = {"name": lname + ".input_view", "kind": "flatten" if len(in_shape) == 1 else "custom",
                                     "inputs": [producer], "in_shape": given, "out_shape": in_shape, "params": []}
             if view["kind"] == "custom":
-                view.update({"fwd_flops": 0.0, "bwd_flops": 0.0, "activation_elems": 0})
+                view.update({"fwd_flops": 0.0, "bwd_flops": 0.0, "activation_elems": 0, "attrs": {"view": True}})
             producer = len(layers)
             layers.append(view)
             entries.append(ModuleCall("", -1))

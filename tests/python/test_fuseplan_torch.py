@@ -410,7 +410,10 @@ def test_a_gpt2_like_transformer_exports_and_tunes(tmp_path):
     # Priced as the zoo prices attention's products and softmax (a class, not `other`).
     assert layers["blocks.0.attn.matmul"]["attrs"] == {"class": "attention"}
     assert "attrs" not in layers["blocks.0.attn.softmax"]  # element-wise work without a kind: other
-    assert "attrs" not in layers["blocks.0.attn.transpose"]  # a view computes nothing
+    # A view moves nothing (no time in fuseplan); contiguous copies.
+    assert layers["blocks.0.attn.transpose"]["attrs"] == {"view": True}
+    assert layers["blocks.0.attn.getitem"]["attrs"] == {"view": True}  # qkv[0], from split
+    assert "attrs" not in layers["blocks.0.attn.contiguous"]
     assert info.estimated == []
     assert info.order_matches
     assert validate_schemas.errors(doc, MODEL_SCHEMA, MODEL_SCHEMA) == []

@@ -107,6 +107,9 @@ struct LayerAttrs {
   // A custom layer's class of kernels, where its export knows it (a matrix product is a
   // gemm, a counted nn.LSTM too); none: `other`.
   std::optional<ComputeClass> compute_class;
+  // A custom layer that is a view of its input (a reshape, transpose, slice): no kernel
+  // runs and no memory moves, so it takes no time (a copy such as `contiguous` is no view).
+  bool view = false;
   bool operator==(const LayerAttrs&) const = default;
 };
 
