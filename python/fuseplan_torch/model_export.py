@@ -295,6 +295,13 @@ def _per_sample(shape: Optional[List[int]]) -> List[int]:
     return list(shape[1:]) if shape else []
 
 
+def _constant_per_sample(shape: List[int], batch: int) -> List[int]:
+    """The per-sample shape of what a layer computes from constants only (position
+    embeddings of a buffer): the batch's dimension stripped where it has one (the batch, or
+    1 broadcast over it), else the whole shape, which every sample shares."""
+    return _per_sample(shape) if shape and shape[0] in (batch, 1) else list(shape)
+
+
 def _numel(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:
@@ -450,6 +457,7 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
     trace (control flow on tensor values) is exported from its leaf modules instead
     (export_by_modules): the graph is then None and each layer's entry a ModuleCall."""
     args = as_args(example_inputs)
+    batch = batch_size(args)
     try:
         gm = graph if graph is not None else trace(model, len(args))
     except Exception as e:  # TraceError for `if tensor:`, TypeError for float(tensor), ...: a real forward decides
@@ -539,7 +547,7 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
             inputs += [p for p in producers(a) if p not in inputs]
         in_shapes = [_per_sample(_shape(a)) for a in tensor_args if _shape(a) is not None]
         layer: Dict[str, Any] = {"inputs": inputs if inputs or reads_constants else [len(layers) - 1],
-                                 "out_shape": _per_sample(out)}
+                                 "out_shape": _constant_per_sample(out, batch) if reads_constants else _per_sample(out)}
         if in_shapes:
             layer["in_shape"] = in_shapes[0]
         params: List[Dict[str, Any]] = []
@@ -705,6 +713,7 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     # Model input k, by tensor or by storage (a view of it), is layer input -1 - k.
     input_ids = {id(t): -1 - k for k, t in reversed(list(enumerate(args)))}
     input_ptrs = {t.data_ptr(): -1 - k for k, t in reversed(list(enumerate(args)))}
+    batch = batch_size(args)
     for path, inputs, output in records:
         out = next(iter(output_tensors(output)), None)
         x = next(iter(output_tensors(inputs)), None)
@@ -712,10 +721,17 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
             continue
         k = seen_calls.get(path, 0)
         seen_calls[path] = k + 1
-        in_shape = _per_sample(list(x.shape)) if x is not None else []
-        out_shape = _per_sample(list(out.shape))
+        seen = x is not None and (id(x) in input_ids or id(x) in by_tensor or x.data_ptr() in input_ptrs or
+                                  x.data_ptr() in by_storage)
+        # A tensor made between modules without the batch's dimension is a constant (positions
+        # from torch.arange): the module reads no layer, as in the fx export.
+        constant = x is not None and not seen and (x.dim() == 0 or int(x.shape[0]) != batch)
+        in_shape = _per_sample(list(x.shape)) if x is not None and not constant else []
+        out_shape = _constant_per_sample(list(out.shape), batch) if constant else _per_sample(list(out.shape))
         if x is None:
             producer = -1
+        elif constant:
+            producer = None
         elif id(x) in input_ids:
             producer = input_ids[id(x)]
         elif x.data_ptr() in input_ptrs and id(x) not in by_tensor:
@@ -728,7 +744,12 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
             producer = next((i for i in range(len(layers) - 1, -1, -1) if layers[i]["out_shape"] == in_shape),
                             len(layers) - 1)
         lname = path if calls[path] == 1 else "%s_%d" % (path, k + 1)
-        given = layers[producer]["out_shape"] if producer >= 0 else _per_sample(list(args[-1 - producer].shape))
+        if producer is None:
+            given = in_shape
+        elif producer >= 0:
+            given = layers[producer]["out_shape"]
+        else:
+            given = _per_sample(list(args[-1 - producer].shape))
         if in_shape and given != in_shape and _numel(given) == _numel(in_shape):
             # A view between modules (torch.flatten before a linear layer): a layer of its own,
             # as the fx export has it, so that every layer reads the shape its producer gives.
@@ -751,7 +772,7 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
             info.estimated.append(between)
             producer = len(layers) - 1
         m = modules[path]
-        kind = _module_kind(m)
+        kind = None if constant else _module_kind(m)  # a known kind reads a layer or an input
         attrs = _module_attrs(m, kind) if kind else None
         if attrs is None:
             kind = None
@@ -761,8 +782,9 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
                 continue
             seen_params[id(p)] = param_names[id(p)]
             params.append(_param(param_names[id(p)], p, _role(kind or "custom", local)))
-        layer: Dict[str, Any] = {"name": lname, "kind": kind or "custom", "inputs": [producer],
-                                 "out_shape": out_shape, "params": params}
+        layer: Dict[str, Any] = {"name": lname, "kind": kind or "custom",
+                                 "inputs": [] if producer is None else [producer], "out_shape": out_shape,
+                                 "params": params}
         if in_shape:
             layer["in_shape"] = in_shape
         if kind and attrs:

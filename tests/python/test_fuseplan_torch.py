@@ -484,6 +484,31 @@ def test_a_forward_of_several_inputs_fx_cannot_trace_is_exported_from_its_module
     assert {l["name"]: l["inputs"] for l in doc["layers"]}["e"] == [-1]
 
 
+class _ArangePositions(torch.nn.Module):
+    """Position embeddings of torch.arange(ids.size(1)), as Hugging Face's GPT-2 makes them:
+    torch.fx cannot trace arange of a traced size."""
+
+    def __init__(self):
+        super().__init__()
+        self.e, self.p, self.fc = torch.nn.Embedding(32, 8), torch.nn.Embedding(16, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.fc(self.e(ids) + self.p(torch.arange(ids.size(1), device=ids.device)))
+
+
+def test_a_module_reading_a_constant_made_between_modules_reads_no_layer(tmp_path):
+    """The positions have no batch dimension: the embedding of them reads no layer, its output
+    is every sample's (16 x 8), and fuseplan reads the file (it refused an embedding that
+    read the token embedding's output before)."""
+    doc, info, _, _ = export_model(_ArangePositions(), torch.randint(0, 32, (2, 16)))
+    assert info.method == "modules"
+    p = {l["name"]: l for l in doc["layers"]}["p"]
+    assert p["inputs"] == [] and p["kind"] == "custom" and p["out_shape"] == [16, 8]
+    path = str(tmp_path / "m.json")
+    write_json(doc, path)
+    assert [l["inputs"] for l in as_fuseplan_reads(path)["layers"]] == [[-1], [], [1]]
+
+
 @pytest.mark.parametrize("engine", ["reducer", "hooks"])
 def test_plan_ddp_gradients_equal_ddp_on_a_model_of_several_inputs(tmp_path, engine):
     out = str(tmp_path / "out.json")
