@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .model_export import output_tensors
+from .model_export import CUSTOM_OTHER, output_tensors
 from .profile import fresh
 
 _NORM_FWD_PER_ELEM, _NORM_BWD_PER_ELEM = 8, 16   # as fuseplan's builder counts a norm
@@ -126,7 +126,7 @@ def op_class(name: str, args: Sequence[Any]) -> Optional[str]:
         return "embedding"
     if name in _FREE:
         return None
-    return "other"
+    return CUSTOM_OTHER
 
 
 def op_flops(name: str, args: Sequence[Any], out: Any) -> float:
@@ -226,4 +226,4 @@ def count_call(fn: Callable, args: Sequence[Any], kwargs: Dict[str, Any], batch:
     for cls, flops in backward.by_class.items():
         by_class[cls] = by_class.get(cls, 0.0) + flops
     main = max(sorted(by_class), key=lambda c: by_class[c]) if by_class else None
-    return forward.flops / batch, backward.flops / batch, main if main != "other" else None
+    return forward.flops / batch, backward.flops / batch, main if main != CUSTOM_OTHER else None

@@ -358,7 +358,7 @@ def _module_class(m: nn.Module) -> Optional[str]:
 # bench/published_scaling.py's fit of SE-ResNeXt-101 on one V100 found at about half the
 # device's memory efficiency (configs/clusters/dgx1-v100.json: by_kind.other
 # memory_efficiency 0.40 FP32 and 0.30 FP16, the device's 0.75), so a calibrated `other`
-# prices them.
+# prices them. The class of such work, as flops.op_class names it.
 CUSTOM_OTHER = "other"
 
 
