@@ -112,10 +112,11 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
       m.extra_inputs.push_back(std::move(in));
     }
   }
-  const int64_t first_input = -1 - static_cast<int64_t>(m.extra_inputs.size());
+  // The lowest reference a layer may give: the last input's.
+  const int64_t lowest_input = -1 - static_cast<int64_t>(m.extra_inputs.size());
   const std::string input_refs =
       m.extra_inputs.empty() ? "-1 for the model input"
-                             : "-1 to " + std::to_string(first_input) + " for the model's inputs";
+                             : "-1 to " + std::to_string(lowest_input) + " for the model's inputs";
   const auto& layers = root.array("layers");
   if (layers.empty()) root.fail("layers", "must hold at least one layer");
   std::set<std::string> tensor_names;
@@ -130,7 +131,7 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
     if (!k) lo.fail("kind", "unknown layer kind '" + kind + "' (valid: " + layer_kind_list() + ")");
     l.kind = *k;
     if (lo.has("inputs")) {
-      for (auto v : lo.int_list("inputs", first_input)) {
+      for (auto v : lo.int_list("inputs", lowest_input)) {
         if (v >= static_cast<int64_t>(i)) lo.fail("inputs", "must name earlier layers (or " + input_refs + ")");
         l.inputs.push_back(static_cast<int>(v));
       }

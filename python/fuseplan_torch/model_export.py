@@ -174,13 +174,18 @@ def _left_out(model: nn.Module, given: int) -> Dict[str, Any]:
     """The forward's parameters after the `given` positional inputs, with their defaults
     (`attention_mask=None` when only token ids are given): traced as those values, so that
     `if mask is not None:` takes the branch a real call with `given` inputs takes."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
              inspect.Parameter.KEYWORD_ONLY)
-    return {p.name: p.default for p in params[given:] if p.kind in kinds and p.default is not inspect.Parameter.empty}
+    return {p.name: p.default for p in _forward_parameters(model)[given:]
+            if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+
+def _forward_parameters(model: nn.Module) -> List[inspect.Parameter]:
+    """The parameters of the module's forward, in order; none where Python cannot tell."""
+    try:
+        return list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
 
 
 def trace(model: nn.Module, given: int = 1) -> fx.GraphModule:
@@ -643,11 +648,7 @@ def _document(model: nn.Module, name: Optional[str], args: Tuple[torch.Tensor, .
 
 def _input_names(model: nn.Module, given: int) -> List[str]:
     """The names of the forward's first `given` parameters (its inputs)."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params[:given] if p.kind != inspect.Parameter.VAR_POSITIONAL]
+    return [p.name for p in _forward_parameters(model)[:given] if p.kind != inspect.Parameter.VAR_POSITIONAL]
 
 
 def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: Inputs) -> List[Tuple[str, Any, Any]]:

@@ -185,12 +185,12 @@ def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     """Times every layer of an export (model_export.export_model's graph and layer nodes) at
     the batch of `batch_input` (a tensor, or a tuple of the forward's inputs): the
     fuseplan.profile/1 document, and the whole-model step beside the sum of the layers.
-    With `optimizer`, its step is timed too, within whole training steps (`optimizer_us`). `sync` runs before each timing: ranks profiling side by
-    side (`export --ranks`) time each layer at the same moment, under the same load as in
-    a data-parallel job. With `fit_whole_pass` the layer times are fitted to the whole pass
-    (fit_to_whole_pass); without, they are as timed and `whole_pass` holds the whole
-    model's times alone. The model's parameters, buffers, gradients and train/eval modes
-    are left as they were."""
+    With `optimizer`, its step is timed too, within whole training steps (`optimizer_us`).
+    `sync` runs before each timing: ranks profiling side by side (`export --ranks`) time each
+    layer at the same moment, under the same load as in a data-parallel job. With
+    `fit_whole_pass` the layer times are fitted to the whole pass (fit_to_whole_pass);
+    without, they are as timed and `whole_pass` holds the whole model's times alone. The
+    model's parameters, buffers, gradients and train/eval modes are left as they were."""
     with untouched(model):
         return _timed_profile(model, gm, layer_nodes, doc, fingerprint, batch_input, warmup, steps, optimizer, sync,
                               fit_whole_pass)
