@@ -1,9 +1,12 @@
 """fuseplan_torch: export against the zoo, the transformer path, PlanDDP against DDP, the CLI."""
+import atexit
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -28,9 +31,48 @@ def fuseplan(*args):
     return subprocess.run([FUSEPLAN, *args], capture_output=True, text=True)
 
 
-def run_cli(*args, cwd=None):
-    """python3 -m fuseplan_torch ARGS."""
-    return subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True, cwd=cwd)
+class _CliServer:
+    """One cli_server.py for the session: it forks `python3 -m fuseplan_torch`'s main per
+    call, so that a call does not pay torch's import (1.7 s of CPU here; the suite makes over
+    80 calls)."""
+
+    def __init__(self):
+        self.proc = None
+        self.files = None
+        atexit.register(self.close)
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.stdin.close()  # the server's loop ends
+            self.proc.wait()
+            shutil.rmtree(os.path.dirname(self.files[0]), ignore_errors=True)
+
+    def run(self, args, cwd):
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "cli_server.py")], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
+            out_dir = tempfile.mkdtemp(prefix="fuseplan-cli-")
+            self.files = (os.path.join(out_dir, "stdout"), os.path.join(out_dir, "stderr"))
+        request = {"args": list(args), "cwd": None if cwd is None else str(cwd),
+                   "stdout": self.files[0], "stderr": self.files[1]}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "cli_server.py ended: %s" % self.proc.wait()
+        outputs = [open(path).read() for path in self.files]
+        return subprocess.CompletedProcess(args, json.loads(line)["rc"], *outputs)
+
+
+_CLI = _CliServer()
+
+
+def run_cli(*args, cwd=None, fresh=False):
+    """python3 -m fuseplan_torch ARGS: its main, forked from a process that has imported torch
+    (cli_server.py); with fresh, a new interpreter, as from the shell."""
+    if fresh:
+        return subprocess.run([sys.executable, "-m", "fuseplan_torch", *args], capture_output=True, text=True,
+                              cwd=cwd)
+    return _CLI.run(args, cwd)
 
 
 def as_fuseplan_reads(path):
@@ -523,19 +565,21 @@ def test_plan_ddp_gradients_equal_ddp_on_a_model_of_several_inputs(tmp_path, eng
 def test_a_model_of_several_inputs_exports_profiles_runs_and_verifies_from_the_command_line(tmp_path):
     model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
     flags = ["tiny_bert:tiny_bert", "--inputs", "tiny_bert:tiny_bert_inputs"]
-    r = run_cli("export", *flags, "--out", model, "--profile", prof, "--batch", "4", "--steps", "3")
+    # from the shell, as a user runs it (the other tests fork cli_server.py)
+    r = run_cli("export", *flags, "--out", model, "--profile", prof, "--batch", "4", "--steps", "3", fresh=True)
     assert r.returncode == 0, r.stderr
     assert len(json.load(open(model))["extra_inputs"]) == 2
     r = fuseplan("tune", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
                  "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--out", plan)
     assert r.returncode == 0, r.stderr
     r = run_cli("run", *flags, "--plan", plan, "--report", rep, "--iterations", "2", "--warmup", "1",
-                "--threads", "1")
+                "--threads", "1", fresh=True)
     assert r.returncode == 0, r.stderr
     assert "PlanDDP tiny_bert x 2 ranks" in r.stdout
     r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
     assert r.returncode == 0, r.stderr
-    r = run_cli("run", *flags[:1], "--input-shape", "16", "--input-dtype", "long", "--vocab", "256", "--plan", plan)
+    r = run_cli("run", *flags[:1], "--input-shape", "16", "--input-dtype", "long", "--vocab", "256", "--plan", plan,
+                fresh=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "token_type.weight" in r.stderr, r.stderr
     r = run_cli("export", *flags, "--input-shape", "16", "--out", str(tmp_path / "other.json"))
     assert r.returncode == 2 and "--inputs: give either --inputs or --input-shape, not both" in r.stderr, r.stderr
