@@ -16,7 +16,8 @@ def export(model: torch.nn.Module, example_inputs: Inputs, path: str, profile: O
            steps: int = 10, fit_whole_pass: bool = True) -> ExportInfo:
     """Writes `model` as fuseplan.model/1 to `path` and, with `profile`, its measured layer
     times as fuseplan.profile/1 (at the batch of `profile_inputs`, else of
-    `example_inputs`; each a tensor, or a tuple of tensors passed to the forward in order;
+    `example_inputs`; each a tensor, a tuple of tensors passed to the forward in order, or a
+    dict of them passed by keyword;
     fitted to the whole model's forward and backward unless `fit_whole_pass` is False).
     Both files are written only once everything is measured."""
     doc, info, gm, nodes = export_model(model, example_inputs, name)

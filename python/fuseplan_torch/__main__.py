@@ -51,8 +51,9 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
     p.add_argument("--input-shape", help="per-sample input shape, e.g. 3,224,224 or 128 (token ids); or --inputs")
     p.add_argument("--inputs", help="instead of --input-shape: package.module:function called as function(batch, "
-                                    "generator), returning a batch of the forward's inputs: a tensor, or a tuple of "
-                                    "them passed in order (token ids and an attention mask)")
+                                    "generator), returning a batch of the forward's inputs: a tensor, a tuple of "
+                                    "them passed in order (token ids and an attention mask), or a dict of them passed "
+                                    "by keyword (as Hugging Face's data collators make)")
     p.add_argument("--input-dtype", default="float", choices=["float", "long"], help="float images or long token ids")
     p.add_argument("--vocab", type=_int_to(2 ** 31 - 1), default=0,
                    help="long inputs: token ids are drawn below this (required)")

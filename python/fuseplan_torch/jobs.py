@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .heap import HEAP_CHOICES, heap_note, keep_heap
-from .inputs import as_args, batch_size, first_samples, to_device
+from .inputs import as_args, batch_size, call, check_keywords, first_samples, to_device
 from .model_export import (export_model, gradient_order, output_tensors, same_output, trained_tensors, write_json,
                            written_through)
 from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan, read_json_file
@@ -107,11 +107,15 @@ def check_input(module: nn.Module, a: Any, batch: Tuple[torch.Tensor, ...]) -> N
     runs through `module`'s forward, or the flags are refused in one line with the module's
     error, before anything is traced, timed or spawned. In eval mode, so that nothing
     changes (BatchNorm's running statistics, the random stream of dropout)."""
+    try:
+        check_keywords(module, batch)
+    except ValueError as e:
+        raise UsageError("%s: %s: %s" % (_input_flags(a), a.factory, e))
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            module(*batch)
+            call(module, batch)
     except Exception as e:  # whatever the user's module raises on inputs it cannot take
         raise UsageError("%s: %s cannot run a batch of this input: %s: %s" %
                          (_input_flags(a), a.factory, type(e).__name__, one_line(str(e))))
@@ -458,7 +462,7 @@ def make_labels(module: nn.Module, inputs: Tuple[torch.Tensor, ...], seed: int) 
     ([batch] for a classifier, [batch, tokens] for a language model)."""
     module.eval()  # the output's shape (batch statistics of one sample would fail)
     with torch.no_grad():
-        out = module(*first_samples(inputs, 1))
+        out = call(module, first_samples(inputs, 1))
     module.train()
     out = output_tensors(out)[0]
     g = torch.Generator().manual_seed(seed)

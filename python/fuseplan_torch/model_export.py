@@ -20,7 +20,7 @@ import inspect
 import operator
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx as fx
@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .inputs import Inputs, as_args, batch_size
+from .inputs import Inputs, Keywords, as_args, batch_size, call, check_keywords
 
 MODEL_SCHEMA = "fuseplan.model/1"
 
@@ -170,14 +170,23 @@ def _proxy_iter(self: fx.Proxy) -> Any:
     return self.tracer.iter(self)
 
 
-def _left_out(model: nn.Module, given: int) -> Dict[str, Any]:
-    """The forward's parameters after the `given` positional inputs, with their defaults
-    (`attention_mask=None` when only token ids are given): traced as those values, so that
-    `if mask is not None:` takes the branch a real call with `given` inputs takes."""
+Given = Union[int, Sequence[str]]  # the inputs a forward is given: the first n positionally, or these by name
+
+
+def _given(args: Tuple[torch.Tensor, ...]) -> Given:
+    return args.names if isinstance(args, Keywords) else len(args)
+
+
+def _left_out(model: nn.Module, given: Given) -> Dict[str, Any]:
+    """The forward's parameters not `given` (after the first `given` positional inputs, or
+    other than the names given), with their defaults (`attention_mask=None` when only token
+    ids are given): traced as those values, so that `if mask is not None:` takes the branch
+    a real call with `given` inputs takes."""
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
              inspect.Parameter.KEYWORD_ONLY)
-    return {p.name: p.default for p in _forward_parameters(model)[given:]
-            if p.kind in kinds and p.default is not inspect.Parameter.empty}
+    params = _forward_parameters(model)
+    left = params[given:] if isinstance(given, int) else [p for p in params if p.name not in given]
+    return {p.name: p.default for p in left if p.kind in kinds and p.default is not inspect.Parameter.empty}
 
 
 def _forward_parameters(model: nn.Module) -> List[inspect.Parameter]:
@@ -188,8 +197,9 @@ def _forward_parameters(model: nn.Module) -> List[inspect.Parameter]:
         return []
 
 
-def trace(model: nn.Module, given: int = 1) -> fx.GraphModule:
-    """The module's forward as torch.fx traces it, for `given` positional inputs."""
+def trace(model: nn.Module, given: Given = 1) -> fx.GraphModule:
+    """The module's forward as torch.fx traces it, for `given` inputs: the first n
+    positionally, or these parameters by name."""
     tracer = _ScopeTracer()
     original = fx.Proxy.__iter__
     fx.Proxy.__iter__ = _proxy_iter  # for this trace only
@@ -198,6 +208,25 @@ def trace(model: nn.Module, given: int = 1) -> fx.GraphModule:
     finally:
         fx.Proxy.__iter__ = original
     return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+
+
+def graph_inputs(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> List[Any]:
+    """The traced forward's positional arguments, one per placeholder, for the inputs `args`
+    (as_args): those given, and the defaults the others were traced as (_left_out)."""
+    if not isinstance(args, Keywords):
+        return list(args)
+    named = args.as_dict()
+    return [named[n.target] if n.target in named else (n.args[0] if n.args else None)
+            for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def _input_placeholders(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> Dict[fx.Node, int]:
+    """The placeholders of the inputs given, each to its model input k (which layers read
+    as -1 - k); the other placeholders are parameters traced as their defaults (_left_out)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if isinstance(args, Keywords):
+        return {n: args.names.index(n.target) for n in placeholders if n.target in args.names}
+    return {n: k for k, n in enumerate(placeholders[:len(args)])}
 
 
 def _module_kind(m: nn.Module) -> Optional[str]:
@@ -458,19 +487,21 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
                  graph: Optional[fx.GraphModule] = None) -> Tuple[Dict[str, Any], ExportInfo, Optional[fx.GraphModule], List[Any]]:
     """The model as a fuseplan.model/1 dict, what was found about it, the traced graph and
     the graph node of each layer (for profiling). `example_inputs`: a tensor, or a tuple of
-    tensors for a forward of several inputs (inputs.py). A forward that torch.fx cannot
-    trace (control flow on tensor values) is exported from its leaf modules instead
-    (export_by_modules): the graph is then None and each layer's entry a ModuleCall."""
+    tensors (in order) or dict of them (by keyword) for a forward of several inputs
+    (inputs.py). A forward that torch.fx cannot trace (control flow on tensor values) is
+    exported from its leaf modules instead (export_by_modules): the graph is then None and
+    each layer's entry a ModuleCall."""
     args = as_args(example_inputs)
+    check_keywords(model, args)
     batch = batch_size(args)
     try:
-        gm = graph if graph is not None else trace(model, len(args))
+        gm = graph if graph is not None else trace(model, _given(args))
     except Exception as e:  # TraceError for `if tensor:`, TypeError for float(tensor), ...: a real forward decides
         return export_by_modules(model, args, name, reason="%s: %s" % (type(e).__name__, str(e).split("\n")[0]))
     was_training = model.training
     model.eval()  # shapes only; batch statistics of a batch of one would fail
     with torch.no_grad():
-        ShapeProp(gm).propagate(*args)
+        ShapeProp(gm).propagate(*graph_inputs(gm, args))
     model.train(was_training)
 
     modules = dict(gm.named_modules())
@@ -486,9 +517,7 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
     layers: List[Dict[str, Any]] = []
     layer_nodes: List[fx.Node] = []
     info = ExportInfo()
-    # The placeholders of the inputs given, in order: model input k, which layers read as -1 - k
-    # (the others are parameters traced as their defaults: _left_out).
-    input_of = {n: k for k, n in enumerate([n for n in gm.graph.nodes if n.op == "placeholder"][:len(args)])}
+    input_of = _input_placeholders(gm, args)
 
     def producers(arg: fx.Node) -> List[int]:
         """The layers a node's value comes from: its own, or where it is no layer (a tuple,
@@ -628,7 +657,7 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
     _count_estimated(model, gm, layer_nodes, layers, info, args)
     _check_trains(layers)
     info.fingerprint = fingerprint(trained_tensors(layers))
-    doc = _document(model, name, args, [str(n.target) for n in input_of], layers)
+    doc = _document(model, name, args, [str(n.target) for n in sorted(input_of, key=input_of.get)], layers)
     _gradient_order(model, args, info, _trained_layer_of(layers))
     return doc, info, gm, layer_nodes
 
@@ -646,9 +675,11 @@ def _document(model: nn.Module, name: Optional[str], args: Tuple[torch.Tensor, .
     return doc
 
 
-def _input_names(model: nn.Module, given: int) -> List[str]:
-    """The names of the forward's first `given` parameters (its inputs)."""
-    return [p.name for p in _forward_parameters(model)[:given] if p.kind != inspect.Parameter.VAR_POSITIONAL]
+def _input_names(model: nn.Module, args: Tuple[torch.Tensor, ...]) -> List[str]:
+    """The inputs' names: their keywords, or the forward's first parameters'."""
+    if isinstance(args, Keywords):
+        return list(args.names)
+    return [p.name for p in _forward_parameters(model)[:len(args)] if p.kind != inspect.Parameter.VAR_POSITIONAL]
 
 
 def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: Inputs) -> List[Tuple[str, Any, Any]]:
@@ -665,7 +696,7 @@ def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: Inputs)
     handles = [modules[p].register_forward_hook(hook(p)) for p in set(paths)]
     try:
         with torch.no_grad(), untouched(model):
-            model(*as_args(example_inputs))
+            call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -811,7 +842,7 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     _count_estimated(model, None, entries, layers, info, args)
     _check_trains(layers)
     info.fingerprint = fingerprint(trained_tensors(layers))
-    doc = _document(model, name, args, _input_names(model, len(args)), layers)
+    doc = _document(model, name, args, _input_names(model, args), layers)
     _gradient_order(model, args, info, _trained_layer_of(layers))
     return doc, info, None, entries
 
@@ -950,7 +981,7 @@ def gradient_order(model: nn.Module, example: Inputs) -> List[str]:
     try:
         with untouched(model):
             model.zero_grad(set_to_none=True)
-            outputs = output_tensors(model(*as_args(example)))
+            outputs = output_tensors(call(model, example))
             if not outputs:
                 raise ValueError("the module's output holds no tensor to take a gradient from")
             sum(o.float().sum() for o in outputs).backward()

@@ -34,8 +34,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .heap import heap_note
-from .inputs import Inputs, as_args, batch_size
-from .model_export import input_needs_grad, module_calls, output_tensors, untouched
+from .inputs import Inputs, as_args, batch_size, call
+from .model_export import graph_inputs, input_needs_grad, module_calls, output_tensors, untouched
 from .runner import critical_steps
 
 PROFILE_SCHEMA = "fuseplan.profile/1"
@@ -153,7 +153,7 @@ def captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     the traced graph, or (an export by modules) from hooks on the leaf modules."""
     if gm is not None:
         cap = _Capture(gm)
-        cap.run(*as_args(batch_input))
+        cap.run(*graph_inputs(gm, as_args(batch_input)))
         values = cap.values
         out = []
         for n in layer_nodes:
@@ -183,7 +183,7 @@ def profile_layers(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
                    sync: Callable[[], None] = lambda: None,
                    fit_whole_pass: bool = True) -> Tuple[Dict[str, Any], ProfileInfo]:
     """Times every layer of an export (model_export.export_model's graph and layer nodes) at
-    the batch of `batch_input` (a tensor, or a tuple of the forward's inputs): the
+    the batch of `batch_input` (a tensor, or a tuple or dict of the forward's inputs): the
     fuseplan.profile/1 document, and the whole-model step beside the sum of the layers.
     With `optimizer`, its step is timed too, within whole training steps (`optimizer_us`).
     `sync` runs before each timing: ranks profiling side by side (`export --ranks`) time each
@@ -273,7 +273,7 @@ def _training_steps(model: nn.Module, batch_input: Tuple[torch.Tensor, ...], opt
                 marks.append(time.perf_counter())
 
         mark()
-        loss = sum(o.float().sum() for o in output_tensors(model(*batch_input)))
+        loss = sum(o.float().sum() for o in output_tensors(call(model, batch_input)))
         mark()
         loss.backward()
         mark()

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .heap import heap_note
-from .inputs import Inputs, as_args, batch_size
+from .inputs import Inputs, as_args, batch_size, call
 from .model_export import output_tensors
 from .plan_ddp import PlanDDP
 
@@ -42,7 +42,7 @@ def _timed_steps(model: nn.Module, inputs: Inputs, labels: torch.Tensor, optimiz
     the model's no_sync()), and yields each measured micro-batch's times: forward start,
     forward end, backward end, optimizer end (= backward end where it does not step), and
     whether it allreduced."""
-    args = as_args(inputs)
+    args = as_args(inputs)  # once: a dict of inputs is checked and named here, not per step
     for i in range((warmup + iterations) * steps):
         if i == warmup * steps:
             dist.barrier()
@@ -52,7 +52,7 @@ def _timed_steps(model: nn.Module, inputs: Inputs, labels: torch.Tensor, optimiz
         local = no_sync and not last
         with model.no_sync() if local else contextlib.nullcontext():
             t0 = _clock(model)
-            loss = _loss(model(*args), labels)
+            loss = _loss(call(model, args), labels)
             t1 = _clock(model)
             before_backward()
             loss.backward()

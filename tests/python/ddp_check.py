@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from fuseplan_torch.inputs import first_samples
+from fuseplan_torch.inputs import call, first_samples
 from fuseplan_torch.model_export import export_model, trained_tensors
 from fuseplan_torch.plan_ddp import PlanDDP, PlanError, exported_ddp, grads_sharing_storage
 
@@ -50,10 +50,12 @@ def backend_sums(rank: int, ranks: int, out_path: str, dtype: str) -> None:
 
 
 def _model_and_batch(model: str, rank: int):
-    """A fresh model and a batch of 4 samples for this rank: `small_cnn` (one input), or
-    `tiny_bert` (token ids, an attention mask and token types)."""
-    if model == "tiny_bert":
-        x = tiny_bert.tiny_bert_inputs(4, torch.Generator().manual_seed(10 + rank))
+    """A fresh model and a batch of 4 samples for this rank: `small_cnn` (one input),
+    `tiny_bert` (token ids, an attention mask and token types), or `tiny_bert_keywords`
+    (token ids and token types by keyword, no mask: tiny_bert_keyword_inputs)."""
+    if model.startswith("tiny_bert"):
+        make = tiny_bert.tiny_bert_keyword_inputs if model == "tiny_bert_keywords" else tiny_bert.tiny_bert_inputs
+        x = make(4, torch.Generator().manual_seed(10 + rank))
         return tiny_bert.tiny_bert, x, torch.randint(0, 3, (4,), generator=torch.Generator().manual_seed(20 + rank))
     x = (torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + rank)),)
     return small_cnn, x, torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(20 + rank))
@@ -65,8 +67,8 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     tensor the largest difference and DDP's largest gradient, after two steps that zero the
     gradients first (set_to_none) or accumulate them (both average what .grad holds). The
     first `frozen` parameters are frozen in both (requires_grad off, as in fine-tuning);
-    those without a gradient in both are listed (`no_grad`). `model`: small_cnn or
-    tiny_bert (_model_and_batch). A refused plan is written as {"error": message}."""
+    those without a gradient in both are listed (`no_grad`). `model`: small_cnn, tiny_bert
+    or tiny_bert_keywords (_model_and_batch). A refused plan is written as {"error": message}."""
     torch.manual_seed(0)
     factory, x, y = _model_and_batch(model, rank)
     ref = factory()
@@ -80,7 +82,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     for step in range(2):
         if set_to_none:
             ref.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(ddp(*x), y).backward()
+        nn.functional.cross_entropy(call(ddp, x), y).backward()
     try:
         pddp = PlanDDP(mine, plan, names, engine=engine, gradient_as_bucket_view=views)
     except PlanError as e:
@@ -91,7 +93,7 @@ def compare_with_ddp(rank: int, ranks: int, out_path: str, buckets, set_to_none:
     for step in range(2):
         if set_to_none:
             mine.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(pddp(*x), y)
+        loss = nn.functional.cross_entropy(call(pddp, x), y)
         pddp.start_backward()
         loss.backward()
     pddp.close()
@@ -246,4 +248,14 @@ def inputs_of_another_batch(batch: int, generator: torch.Generator):
 
 def inputs_not_tensors(batch: int, generator: torch.Generator):
     """An --inputs function that returns no tensors (refused)."""
-    return {"input_ids": tiny_bert.tiny_bert_inputs(batch, generator)[0]}
+    return {"input_ids": tiny_bert.tiny_bert_inputs(batch, generator)[0].tolist()}
+
+
+def inputs_by_an_unknown_keyword(batch: int, generator: torch.Generator):
+    """An --inputs function naming no parameter of tiny_bert's forward (refused)."""
+    return {"input_ids": tiny_bert.tiny_bert_inputs(batch, generator)[0], "labels": torch.zeros(batch)}
+
+
+def inputs_without_the_ids(batch: int, generator: torch.Generator):
+    """An --inputs function leaving out tiny_bert's input_ids, which has no default (refused)."""
+    return {"attention_mask": tiny_bert.tiny_bert_inputs(batch, generator)[1]}

@@ -503,6 +503,42 @@ def test_a_model_of_several_inputs_exports_them_and_fuseplan_reads_the_file(tmp_
     assert all(i >= -1 for l in alone["layers"] for i in l["inputs"])
 
 
+def test_inputs_by_keyword_export_in_the_order_given_and_leave_the_others_to_their_defaults(tmp_path):
+    """A dict of inputs, as Hugging Face's data collators make, is passed by keyword: token
+    ids and token types without the mask between them in the forward's parameters. The
+    file lists the inputs in the dict's order; the mask's default (None) is traced, so no
+    layer is made from it, and the layers are those of the positional export given the same
+    mask as the forward makes without one."""
+    torch.manual_seed(0)
+    model = tiny_bert.tiny_bert()
+    batch = tiny_bert.tiny_bert_keyword_inputs(2, torch.Generator().manual_seed(1))
+    doc, info, _, _ = export_model(model, batch, name="tiny_bert")
+    assert doc["extra_inputs"] == [{"name": "token_type_ids", "shape": [16]}]
+    layers = {l["name"]: l for l in doc["layers"]}
+    assert layers["word"]["inputs"] == [-1] and layers["token_type"]["inputs"] == [-2]
+    assert info.estimated == [] and info.order_matches and len(info.gradient_order) == 39
+    positional, _, _, _ = export_model(model, (batch["input_ids"], torch.ones_like(batch["input_ids"]),
+                                               batch["token_type_ids"]), name="tiny_bert")
+    assert len(doc["layers"]) < len(positional["layers"])  # no layers of the mask
+    path = str(tmp_path / "bert.json")
+    write_json(doc, path)
+    assert as_fuseplan_reads(path)["extra_inputs"] == doc["extra_inputs"]
+    swapped, _, _, _ = export_model(model, {"token_type_ids": batch["token_type_ids"],
+                                            "input_ids": batch["input_ids"]}, name="tiny_bert")
+    assert swapped["extra_inputs"] == [{"name": "input_ids", "shape": [16]}]
+    swapped_layers = {l["name"]: l for l in swapped["layers"]}
+    assert swapped_layers["word"]["inputs"] == [-2] and swapped_layers["token_type"]["inputs"] == [-1]
+    import fuseplan_torch
+    prof = str(tmp_path / "p.json")
+    fuseplan_torch.export(model, batch, str(tmp_path / "m.json"), profile=prof, steps=2,
+                          profile_inputs=tiny_bert.tiny_bert_keyword_inputs(4, torch.Generator().manual_seed(2)))
+    assert {l["name"] for l in json.load(open(prof))["layers"]} == {l["name"] for l in doc["layers"]}
+    with pytest.raises(ValueError, match="input 'mask' is no parameter of TinyBert.forward"):
+        export_model(model, {"input_ids": batch["input_ids"], "mask": batch["input_ids"]})
+    with pytest.raises(ValueError, match="input 'token_type_ids' has shape \\[3, 16\\]: every input's first"):
+        export_model(model, {"input_ids": batch["input_ids"], "token_type_ids": torch.zeros(3, 16, dtype=torch.long)})
+
+
 class _TwoInputsUntraceable(torch.nn.Module):
     """Token ids and token types, with a branch on the types' values: torch.fx cannot trace it."""
 
@@ -524,6 +560,10 @@ def test_a_forward_of_several_inputs_fx_cannot_trace_is_exported_from_its_module
     assert doc["extra_inputs"] == [{"name": "types", "shape": [6]}]
     assert {l["name"]: l["inputs"] for l in doc["layers"]}["t"] == [-2]
     assert {l["name"]: l["inputs"] for l in doc["layers"]}["e"] == [-1]
+    doc, info, _, _ = export_model(_TwoInputsUntraceable(), {"types": types, "ids": ids})  # by keyword
+    assert info.method == "modules" and doc["extra_inputs"] == [{"name": "ids", "shape": [6]}]
+    assert {l["name"]: l["inputs"] for l in doc["layers"]}["e"] == [-2]
+    assert {l["name"]: l["inputs"] for l in doc["layers"]}["t"] == [-1]
 
 
 class _ArangePositions(torch.nn.Module):
@@ -551,11 +591,12 @@ def test_a_module_reading_a_constant_made_between_modules_reads_no_layer(tmp_pat
     assert [l["inputs"] for l in as_fuseplan_reads(path)["layers"]] == [[-1], [], [1]]
 
 
-@pytest.mark.parametrize("engine", ["reducer", "hooks"])
-def test_plan_ddp_gradients_equal_ddp_on_a_model_of_several_inputs(tmp_path, engine):
+@pytest.mark.parametrize("engine,model", [("reducer", "tiny_bert"), ("hooks", "tiny_bert"),
+                                          ("reducer", "tiny_bert_keywords")])
+def test_plan_ddp_gradients_equal_ddp_on_a_model_of_several_inputs(tmp_path, engine, model):
     out = str(tmp_path / "out.json")
     buckets = [(0, 12, 0, "fp32"), (12, 30, 1, "fp32"), (30, 39, 0, "fp32")]
-    jobs.spawn(2, ddp_check.compare_with_ddp, (out, buckets, True, engine, False, 0, "tiny_bert"))
+    jobs.spawn(2, ddp_check.compare_with_ddp, (out, buckets, True, engine, False, 0, model))
     for r in json.load(open(out)):
         assert r["engine"] == engine and r["no_grad"] == [] and len(r["diffs"]) == 39
         for name, (diff, scale) in r["diffs"].items():
@@ -585,6 +626,22 @@ def test_a_model_of_several_inputs_exports_profiles_runs_and_verifies_from_the_c
     assert r.returncode == 2 and "--inputs: give either --inputs or --input-shape, not both" in r.stderr, r.stderr
 
 
+def test_inputs_by_keyword_export_tune_run_and_verify_from_the_command_line(tmp_path):
+    model, prof, plan, rep = (str(tmp_path / n) for n in ("m.json", "p.json", "plan.json", "rep.json"))
+    flags = ["tiny_bert:tiny_bert", "--inputs", "tiny_bert:tiny_bert_keyword_inputs"]
+    r = run_cli("export", *flags, "--out", model, "--profile", prof, "--batch", "4", "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(model))["extra_inputs"] == [{"name": "token_type_ids", "shape": [16]}]
+    r = fuseplan("tune", "--model", model, "--profile", prof, "--cluster", "local-cpu", "--gpus", "2",
+                 "--batch-per-gpu", "4", "--precision", "fp32", "--algorithm", "ring", "--out", plan)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", *flags, "--plan", plan, "--report", rep, "--iterations", "2", "--warmup", "1",
+                "--threads", "1")
+    assert r.returncode == 0 and "PlanDDP tiny_bert x 2 ranks" in r.stdout, r.stdout + r.stderr
+    r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("inputs,says", [
     ("tiny_bert:nothing_here", "--inputs: tiny_bert:nothing_here: module 'tiny_bert' has no attribute"),
     ("tiny_bert", "--inputs: 'tiny_bert' is not package.module:function"),
@@ -592,6 +649,11 @@ def test_a_model_of_several_inputs_exports_profiles_runs_and_verifies_from_the_c
     ("tiny_bert:tiny_bert", "--inputs: tiny_bert:tiny_bert(2, generator) raised TypeError"),
     ("ddp_check:inputs_of_another_batch", "made a batch of 3 samples"),
     ("ddp_check:inputs_not_tensors", "ddp_check:inputs_not_tensors(2, generator): the model's inputs must be"),
+    ("ddp_check:inputs_by_an_unknown_keyword",
+     "--inputs ddp_check:inputs_by_an_unknown_keyword: tiny_bert:tiny_bert: input 'labels' is no parameter of "
+     "TinyBert.forward (its parameters: input_ids, attention_mask, token_type_ids)"),
+    ("ddp_check:inputs_without_the_ids", "tiny_bert:tiny_bert: the inputs leave out 'input_ids', which "
+     "TinyBert.forward needs (it has no default)"),
 ])
 def test_bad_input_functions_are_refused_with_one_line(tmp_path, inputs, says):
     r = run_cli("export", "tiny_bert:tiny_bert", "--inputs", inputs, "--out", str(tmp_path / "m.json"))

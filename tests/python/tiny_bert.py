@@ -3,7 +3,7 @@ Face's BERT does: token ids, an attention mask (1 for tokens, 0 for padding) and
 types. The mask becomes an additive bias on the attention scores; the classifier reads the
 first token. `tiny_bert_inputs` makes a batch of the three, padded to random lengths."""
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -85,3 +85,11 @@ def tiny_bert_inputs(batch: int, generator: torch.Generator, vocab: int = 256,
     ids = torch.randint(1, vocab, (batch, seq), generator=generator) * mask
     types = ((positions >= (lengths // 2).unsqueeze(1)).long()) * mask
     return ids, mask, types
+
+
+def tiny_bert_keyword_inputs(batch: int, generator: torch.Generator, vocab: int = 256,
+                             seq: int = 16) -> Dict[str, torch.Tensor]:
+    """Token ids and token types by keyword, as a data collator's dict; no attention mask,
+    which comes between them in the forward's parameters."""
+    ids, _, types = tiny_bert_inputs(batch, generator, vocab, seq)
+    return {"input_ids": ids, "token_type_ids": types}
