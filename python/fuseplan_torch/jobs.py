@@ -236,11 +236,11 @@ def export_command(a: Any) -> None:
     check_input(module, a, example)
     try:
         doc, info, gm, nodes = export_model(module, example, name=name)
-    except ValueError as e:  # untraceable, with parameters outside its leaf modules
+    except ValueError as e:  # untraceable, with a parameter its forward does not use
         raise UsageError("factory: %s: %s" % (a.factory, e))
     if info.method == "modules":
-        print("note: torch.fx cannot trace %s (%s); exported from the %d leaf-module calls of a real forward: "
-              "what runs between modules (functional adds, views, control flow) is not in the file"
+        print("note: torch.fx cannot trace %s (%s); exported from a record of one real forward (%d layers: its "
+              "leaf-module calls and the torch operations between them), in the branches this batch takes"
               % (a.factory, info.untraced, len(doc["layers"])))
     outputs = [(a.out, doc)]
     if a.profile is not None:

@@ -27,6 +27,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.overrides import TorchFunctionMode
 
 from .inputs import Inputs, Keywords, as_args, batch_size, call, check_keywords
 
@@ -682,20 +683,79 @@ def _input_names(model: nn.Module, args: Tuple[torch.Tensor, ...]) -> List[str]:
     return [p.name for p in _forward_parameters(model)[:len(args)] if p.kind != inspect.Parameter.VAR_POSITIONAL]
 
 
-def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: Inputs) -> List[Tuple[str, Any, Any]]:
-    """Every call of the modules at `paths` in one forward of `example_inputs` (without
-    autograd), in call order: (path, inputs, output)."""
-    records: List[Tuple[str, Any, Any]] = []
+@dataclass
+class ForwardCall:
+    """A call one forward made: a leaf module's (`path`), or (path "") a torch function's or
+    tensor method's outside every leaf module (`fn`: a functional add, attention's matmul
+    and softmax, a view), with its arguments, its output and the module whose forward made
+    it (`scope`)."""
+    path: str
+    fn: Any
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    output: Any
+    scope: str
+    in_place: bool = False  # it wrote an argument and returned it (add_, +=, relu(inplace=True))
 
-    def hook(path: str) -> Callable:
-        def record(m: nn.Module, inputs: Any, output: Any) -> None:
-            records.append((path, inputs, output))
-        return record
 
-    modules = dict(model.named_modules())
-    handles = [modules[p].register_forward_hook(hook(p)) for p in set(paths)]
+class _FunctionRecorder(TorchFunctionMode):
+    """Records the torch functions and tensor methods called outside leaf modules (inside
+    them the module is the layer): torch's __torch_function__ hands each call here, as it
+    is made, with this mode off while it runs."""
+
+    def __init__(self, records: List[ForwardCall], state: Dict[str, Any]) -> None:
+        super().__init__()
+        self.records, self.state = records, state
+
+    def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.state["inside_leaf"] > 0:
+            return func(*args, **kwargs)
+        versions = {id(t): t._version for t in _arg_tensors(args, kwargs)}
+        out = func(*args, **kwargs)
+        in_place = any(id(o) in versions and o._version != versions[id(o)] for o in output_tensors(out))
+        self.records.append(ForwardCall("", func, _snapshot(args), _snapshot(kwargs), out, self.state["scope"][-1],
+                                        in_place))
+        return out
+
+
+def _snapshot(v: Any) -> Any:
+    """`v` with its lists, tuples and dicts copied (not their tensors): as a call got them,
+    though the forward appends to its list afterwards (DenseNet's features)."""
+    if isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
+        return type(v)(_snapshot(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _snapshot(x) for k, x in v.items()}
+    return v
+
+
+def forward_calls(model: nn.Module, example_inputs: Inputs) -> List[ForwardCall]:
+    """Every call of a leaf module (one without children) and every torch operation outside
+    them in one forward of `example_inputs`, in the order made, with autograd's graph
+    recorded (what a tensor was made from can be found), in the module's mode. The records
+    hold every output, so no tensor's id is reused while they live; the model is left as
+    it was."""
+    records: List[ForwardCall] = []
+    state: Dict[str, Any] = {"inside_leaf": 0, "scope": [""]}
+    handles = []
+    for path, m in model.named_modules():
+        if path and not list(m.children()):
+            def enter_leaf(m: nn.Module, inputs: Any) -> None:
+                state["inside_leaf"] += 1
+
+            def leave_leaf(m: nn.Module, inputs: Any, output: Any, path: str = path) -> None:
+                state["inside_leaf"] -= 1
+                records.append(ForwardCall(path, None, _snapshot(inputs), {}, output, state["scope"][-1]))
+            handles += [m.register_forward_pre_hook(enter_leaf), m.register_forward_hook(leave_leaf)]
+        elif path:
+            def enter(m: nn.Module, inputs: Any, path: str = path) -> None:
+                state["scope"].append(path)
+
+            def leave(m: nn.Module, inputs: Any, output: Any) -> None:
+                state["scope"].pop()
+            handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
     try:
-        with torch.no_grad(), untouched(model):
+        with torch.enable_grad(), untouched(model), _FunctionRecorder(records, state):
             call(model, example_inputs)
     finally:
         for h in handles:
@@ -706,39 +766,97 @@ def module_calls(model: nn.Module, paths: Sequence[str], example_inputs: Inputs)
 @dataclass
 class ModuleCall:
     """A layer of an export by modules: the `call`-th call (from 0) of the leaf module at
-    `path`, or (path "") a layer between modules that made the next module's input (a view,
-    or operations the export cannot see); the profile times it as a view."""
+    `path`; or (path "") the `call`-th operation outside leaf modules (forward_calls'
+    records of a function, counted from 0), or (call -1) a layer between layers standing
+    for what made the next layer's input where the export saw nothing; the profile times
+    that one as a view."""
     path: str
     call: int
 
 
+# Recorded operations (by their function's or method's name) of a kind fuseplan knows, as
+# _FUNCTION_KINDS and _METHOD_KINDS give the traced ones: same shapes in and out, tensors only.
+_RECORDED_KINDS = {"add": "add", "add_": "add", "__add__": "add", "__radd__": "add", "__iadd__": "add",
+                   "relu": "relu", "relu_": "relu", "tanh": "tanh", "gelu": "gelu"}
+
+
+def _function_name(fn: Any) -> str:
+    """A recorded operation's name: the function's or method's, or a property's (`x.T`)."""
+    name = getattr(fn, "__name__", "") or str(fn)
+    if name == "__get__":
+        name = getattr(getattr(fn, "__self__", None), "__name__", "get")
+    return name.strip("_") or "op"
+
+
+def _made_from(t: torch.Tensor, layer_of_node: Dict[Any, int]) -> Tuple[List[int], List[torch.Tensor]]:
+    """What autograd's graph made `t` from, for a tensor made where the export saw nothing:
+    the layers whose outputs it reached (`layer_of_node`: their autograd nodes), and
+    otherwise the tensors requiring a gradient (a parameter indexed by a buffer, as Swin's
+    relative position bias; `t` itself if it is one)."""
+    if t.grad_fn is None:
+        return [], [t] if t.requires_grad else []
+    layers: List[int] = []
+    found: List[torch.Tensor] = []
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if f in layer_of_node:
+            layers.append(layer_of_node[f])
+            continue
+        if getattr(f, "variable", None) is not None:
+            found.append(f.variable)
+        stack.extend(g for g, _ in f.next_functions)
+    return sorted(set(layers)), ([] if layers else found)
+
+
+def _views_of(out: torch.Tensor, ins: Sequence[torch.Tensor]) -> bool:
+    """Whether `out` is a view (no kernel, no memory moved) of one of `ins` or of what they view."""
+    base = out._base if out._is_view() else None
+    return base is not None and any(base is t or base is t._base for t in ins)
+
+
+def _arg_tensors(args: Any, kwargs: Any) -> List[torch.Tensor]:
+    return output_tensors(list(args) + list(kwargs.values()))
+
+
 def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[str] = None,
                       reason: str = "") -> Tuple[Dict[str, Any], ExportInfo, None, List[ModuleCall]]:
-    """The model from its leaf modules (those without children), in the order a real
-    forward calls them: kinds, attributes, shapes and parameters as the fx export gives
-    them. What runs between modules (a functional add, a view, a loop's bookkeeping) is not
-    seen: a layer's producer is the module whose output it reads (by tensor, or by storage
-    for a view of it), else the latest earlier layer of the same output shape, else the
-    one before it. Parameters used outside any leaf module cannot be placed and are
-    refused."""
+    """The model from one real forward (forward_calls): each call of a leaf module (one
+    without children) is a layer, of the kind, attributes, shapes and parameters the fx
+    export gives it; each torch operation between them that computes from the inputs (a
+    functional add, attention's matmul and softmax, a view) is a custom layer, its FLOPs
+    counted as the fx export counts a custom layer's, a view marked as one. Parameters an
+    operation reads, directly or through operations on constants, are its layer's. Control
+    flow is that of the example's forward. A layer's producers are the layers whose
+    outputs it reads, by tensor, else by storage (a view made where the export did not
+    see); a module input made where nothing was seen stands for the latest earlier layer
+    of its shape. Tensors made from constants only (positions from torch.arange) are
+    constants: a module reading one reads no layer."""
     args = as_args(example_inputs)
-    leaves = [path for path, m in model.named_modules() if path and not list(m.children())]
     was_training = model.training
-    model.eval()
+    model.train()  # as it trains, its layers counted and timed (a MultiheadAttention runs other code in eval)
     try:
-        records = module_calls(model, leaves, args)
+        records = forward_calls(model, args)
     finally:
         model.train(was_training)
 
     modules = dict(model.named_modules())
     calls: Dict[str, int] = {}
-    for path, _, _ in records:
-        calls[path] = calls.get(path, 0) + 1
+    for r in records:
+        if r.path:
+            calls[r.path] = calls.get(r.path, 0) + 1
     seen_calls: Dict[str, int] = {}
+    used_names: Dict[str, int] = {}
     seen_params: Dict[int, str] = {}
     param_names = {id(p): n for n, p in model.named_parameters()}
     by_tensor: Dict[int, int] = {}
     by_storage: Dict[int, int] = {}
+    # Tensors computed from constants only, with the parameters they were made from (a
+    # position table sliced before it is added): the layer that reads one owns those.
+    constants: Dict[int, List[int]] = {}
     layers: List[Dict[str, Any]] = []
     entries: List[ModuleCall] = []
     info = ExportInfo(method="modules", untraced=reason)
@@ -746,63 +864,171 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     input_ids = {id(t): -1 - k for k, t in reversed(list(enumerate(args)))}
     input_ptrs = {t.data_ptr(): -1 - k for k, t in reversed(list(enumerate(args)))}
     batch = batch_size(args)
-    for path, inputs, output in records:
+
+    def unique(base: str) -> str:
+        count = used_names.get(base, 0)
+        used_names[base] = count + 1
+        return base if count == 0 else "%s_%d" % (base, count)
+
+    layer_of_node: Dict[Any, int] = {}  # the autograd node of each layer's output
+
+    def made(t: torch.Tensor, layer: int) -> None:
+        """Tensor `t` is layer `layer`'s output."""
+        by_tensor[id(t)] = layer
+        by_storage.setdefault(t.data_ptr(), layer)
+        if t.grad_fn is not None:
+            layer_of_node[t.grad_fn] = layer
+
+    def adapted(producer: int, in_shape: List[int], lname: str, is_view: bool) -> int:
+        """`producer`, or where what it gives is not the `in_shape` layer `lname` reads (made
+        by something the export did not see) a layer between them that makes it: a view of
+        it (torch.flatten before a linear layer, an item of a tensor), as the fx export has
+        it; else a custom layer of estimated FLOPs standing for what ran there (ShuffleNet's
+        torch.cat and channel shuffle in torch 1.13), so that the file connects every layer
+        to the shape it reads."""
+        given = layers[producer]["out_shape"] if producer >= 0 else _per_sample(list(args[-1 - producer].shape))
+        if given == in_shape:
+            return producer
+        if is_view or _numel(given) == _numel(in_shape):
+            view: Dict[str, Any] = {"name": lname + ".input_view", "kind": "custom", "inputs": [producer],
+                                    "in_shape": given, "out_shape": in_shape, "params": []}
+            if len(in_shape) == 1 and _numel(given) == _numel(in_shape):
+                view["kind"] = "flatten"
+            else:
+                view.update({"fwd_flops": 0.0, "bwd_flops": 0.0, "activation_elems": 0, "attrs": {"view": True}})
+        else:
+            view = {"name": lname + ".input", "kind": "custom", "inputs": [producer], "in_shape": given,
+                    "out_shape": in_shape, "params": [], "fwd_flops": float(_numel(in_shape)),
+                    "bwd_flops": float(_numel(in_shape))}
+            info.estimated.append(view["name"])
+        layers.append(view)
+        entries.append(ModuleCall("", -1))
+        return len(layers) - 1
+
+    def producer_of(t: torch.Tensor) -> Optional[int]:
+        """The layer (>= 0) or model input (< 0) a tensor comes from; None if neither."""
+        if id(t) in by_tensor:
+            return by_tensor[id(t)]
+        if id(t) in input_ids:
+            return input_ids[id(t)]
+        if id(t) in constants:
+            return None
+        if t.grad_fn is not None:  # made where the export saw nothing (an item, qkv[0]): from what, autograd knows
+            reached, _ = _made_from(t, layer_of_node)
+            if reached:
+                return reached[-1]
+        if t.data_ptr() in by_storage:
+            return by_storage[t.data_ptr()]
+        return input_ptrs.get(t.data_ptr())
+
+    def own(params: Sequence[torch.Tensor], kind: str) -> List[Dict[str, Any]]:
+        """The parameters a layer reads that no earlier layer owns (tied, or read again: the
+        first use owns them)."""
+        found = []
+        for p in params:
+            if id(p) in param_names and id(p) not in seen_params:
+                seen_params[id(p)] = param_names[id(p)]
+                found.append(_param(param_names[id(p)], p, _role(kind, param_names[id(p)].split(".")[-1])))
+        return found
+
+    def function_layer(r: ForwardCall, index: int) -> None:
+        """An operation outside leaf modules: a layer where it computes from the inputs."""
+        ins = _arg_tensors(r.args, r.kwargs)
+        outs = output_tensors(r.output)
+        if not outs:
+            return  # a size, a shape, a test: no tensor, no layer
+        sources: List[Optional[int]] = []
+        made_of: List[torch.Tensor] = []
+        for t in ins:
+            src = producer_of(t)
+            if src is None and id(t) in constants:
+                made_of += constants[id(t)]
+            elif src is None:  # made where the export saw nothing: from layers, or from parameters only
+                reached, params = _made_from(t, layer_of_node)
+                made_of += params
+                src = reached[-1] if reached else None
+            sources.append(src)
+        if all(src is None for src in sources):  # constants only: a constant, carrying its parameters
+            for o in outs:
+                constants[id(o)] = made_of
+            return
+        if outs[0] is (ins[0] if ins else None) and not r.in_place:
+            return  # the argument itself (contiguous() of a contiguous tensor, .float() of a float one)
+        inputs: List[int] = []
+        for src in sources:
+            if src is not None and src not in inputs:
+                inputs.append(src)
+        first_at = next(i for i, src in enumerate(sources) if src is not None)
+        first = ins[first_at]
+        view = not r.in_place and all(_views_of(o, ins) for o in outs)
+        # The outputs of a split, a chunk or a sort are layers named as the fx export names
+        # the tuple's items (getitem, getitem_1, ...).
+        prefix = r.scope + "." if r.scope else ""
+        lname = unique(prefix + (_function_name(r.fn) if len(outs) == 1 else "getitem"))
+        adapted_first = adapted(sources[first_at], _per_sample(list(first.shape)), lname, first._is_view())
+        inputs = [adapted_first if src == sources[first_at] else src for src in inputs]
+        layer: Dict[str, Any] = {"name": lname, "kind": "custom", "inputs": inputs,
+                                 "in_shape": _per_sample(list(first.shape)),
+                                 "out_shape": _per_sample(list(outs[0].shape)), "params": own(made_of, "custom")}
+        kind = _RECORDED_KINDS.get(getattr(r.fn, "__name__", ""))
+        shapes_agree = all(list(t.shape) == list(outs[0].shape) for t in ins)
+        if kind and not layer["params"] and len(outs) == 1 and shapes_agree and not r.kwargs and \
+                len(ins) == len(r.args) == (2 if kind == "add" else 1) and len(inputs) == len(ins):
+            layer["kind"] = kind  # as the fx export has it: fuseplan derives its FLOPs
+        elif _function_name(r.fn) == "flatten" and len(layer["out_shape"]) == 1 and len(outs) == 1 and \
+                len(inputs) == 1 and not layer["params"]:
+            layer["kind"] = "flatten"
+        elif _function_name(r.fn) == "adaptive_avg_pool2d" and len(layer["out_shape"]) == 3 and \
+                len(inputs) == 1 and not layer["params"]:
+            layer["kind"] = "adaptive_avgpool"
+        elif view and not layer["params"]:
+            layer.update({"fwd_flops": 0.0, "bwd_flops": 0.0, "activation_elems": 0, "attrs": {"view": True}})
+        else:
+            elems = float(_numel(layer["out_shape"]))
+            layer["fwd_flops"], layer["bwd_flops"] = elems, elems
+            info.estimated.append(lname)  # counted below (_count_estimated), from the operation run alone
+        if len(outs) > 1 and view:
+            layer.pop("in_shape")  # as the fx export has a tuple's items
+        made(outs[0], len(layers))
+        layers.append(layer)
+        entries.append(ModuleCall("", index))
+        # The other outputs: each a view of the same input (split, chunk), or of the first
+        # output (a sort's indices), at no time; the first carries the operation's FLOPs.
+        for o in outs[1:]:
+            item = {"name": unique(prefix + "getitem"), "kind": "custom",
+                    "inputs": inputs if view else [len(layers) - 1],
+                    "out_shape": _per_sample(list(o.shape)), "params": [], "fwd_flops": 0.0, "bwd_flops": 0.0,
+                    "activation_elems": 0, "attrs": {"view": True}}
+            if not view:
+                item["in_shape"] = layer["out_shape"]
+            made(o, len(layers))
+            layers.append(item)
+            entries.append(ModuleCall("", -1))
+
+    def module_layer(r: ForwardCall) -> None:
+        path, output = r.path, r.output
         out = next(iter(output_tensors(output)), None)
-        x = next(iter(output_tensors(inputs)), None)
+        x = next(iter(output_tensors(r.args)), None)
         if out is None:
-            continue
+            return
         k = seen_calls.get(path, 0)
         seen_calls[path] = k + 1
-        seen = x is not None and (id(x) in input_ids or id(x) in by_tensor or x.data_ptr() in input_ptrs or
-                                  x.data_ptr() in by_storage)
-        # A tensor made between modules without the batch's dimension is a constant (positions
-        # from torch.arange): the module reads no layer, as in the fx export.
-        constant = x is not None and not seen and (x.dim() == 0 or int(x.shape[0]) != batch)
+        producer = producer_of(x) if x is not None else -1
+        # A tensor made from constants only (positions from torch.arange), or made where the
+        # export saw nothing and without the batch's dimension, is a constant: the module
+        # reads no layer, as in the fx export.
+        constant = x is not None and producer is None and (id(x) in constants or x.dim() == 0 or
+                                                          int(x.shape[0]) != batch)
         in_shape = _per_sample(list(x.shape)) if x is not None and not constant else []
         out_shape = _constant_per_sample(list(out.shape), batch) if constant else _per_sample(list(out.shape))
-        if x is None:
-            producer = -1
-        elif constant:
-            producer = None
-        elif id(x) in input_ids:
-            producer = input_ids[id(x)]
-        elif x.data_ptr() in input_ptrs and id(x) not in by_tensor:
-            producer = input_ptrs[x.data_ptr()]
-        elif id(x) in by_tensor:
-            producer = by_tensor[id(x)]
-        elif x.data_ptr() in by_storage:
-            producer = by_storage[x.data_ptr()]
-        else:  # made between modules: the latest layer of that shape stands for it
+        if x is not None and producer is None and not constant:
+            # made where nothing was seen, from no layer autograd knows: the latest layer of
+            # that shape stands for it
             producer = next((i for i in range(len(layers) - 1, -1, -1) if layers[i]["out_shape"] == in_shape),
                             len(layers) - 1)
-        lname = path if calls[path] == 1 else "%s_%d" % (path, k + 1)
-        if producer is None:
-            given = in_shape
-        elif producer >= 0:
-            given = layers[producer]["out_shape"]
-        else:
-            given = _per_sample(list(args[-1 - producer].shape))
-        if in_shape and given != in_shape and _numel(given) == _numel(in_shape):
-            # A view between modules (torch.flatten before a linear layer): a layer of its own,
-            # as the fx export has it, so that every layer reads the shape its producer gives.
-            view: Dict[str, Any] = {"name": lname + ".input_view", "kind": "flatten" if len(in_shape) == 1 else "custom",
-                                    "inputs": [producer], "in_shape": given, "out_shape": in_shape, "params": []}
-            if view["kind"] == "custom":
-                view.update({"fwd_flops": 0.0, "bwd_flops": 0.0, "activation_elems": 0, "attrs": {"view": True}})
-            producer = len(layers)
-            layers.append(view)
-            entries.append(ModuleCall("", -1))
-        elif in_shape and given != in_shape:
-            # Made between modules from more than its producer (ShuffleNet's torch.cat and
-            # channel shuffle): a custom layer of estimated FLOPs stands for what ran there, so
-            # that the file still connects every layer to the shape it reads.
-            between = "%s.input" % lname
-            layers.append({"name": between, "kind": "custom", "inputs": [producer], "in_shape": given,
-                           "out_shape": in_shape, "params": [], "fwd_flops": float(_numel(in_shape)),
-                           "bwd_flops": float(_numel(in_shape))})
-            entries.append(ModuleCall("", -1))
-            info.estimated.append(between)
-            producer = len(layers) - 1
+        lname = unique(path if calls[path] == 1 else "%s_%d" % (path, k + 1))
+        if producer is not None and in_shape:
+            producer = adapted(producer, in_shape, lname, x._is_view())
         m = modules[path]
         kind = None if constant else _module_kind(m)  # a known kind reads a layer or an input
         attrs = _module_attrs(m, kind) if kind else None
@@ -829,22 +1055,57 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
                 info.estimated.append(lname)
             elif _module_class(m):
                 layer["attrs"] = {"class": _module_class(m)}
-        by_tensor[id(out)] = len(layers)
+        for o in output_tensors(output):  # a tuple's other tensors read as this layer's too
+            made(o, len(layers))
         by_storage[out.data_ptr()] = len(layers)
         layers.append(layer)
         entries.append(ModuleCall(path, k))
+
+    functions = 0
+    for r in records:
+        if r.path:
+            module_layer(r)
+        else:
+            function_layer(r, functions)
+            functions += 1
+    _drop_dead_ends(layers, entries, info)
     missing = [param_names[id(p)] for p in model.parameters() if id(p) not in seen_params and p.requires_grad]
     if missing:
-        raise ValueError("torch.fx cannot trace this forward (%s), and parameters used outside its leaf modules "
-                         "cannot be placed without it: %s" % (reason, ", ".join(missing[:5])))
+        raise ValueError("torch.fx cannot trace this forward (%s), and its real forward used these parameters in no "
+                         "module and no torch operation on its inputs: %s (they would never get a gradient: freeze "
+                         "them with requires_grad_(False), or remove them)" % (reason, ", ".join(missing[:5])))
     if not layers:
-        raise ValueError("torch.fx cannot trace this forward (%s), and it calls no leaf module" % reason)
+        raise ValueError("torch.fx cannot trace this forward (%s), and it computes nothing from its inputs" % reason)
     _count_estimated(model, None, entries, layers, info, args)
     _check_trains(layers)
     info.fingerprint = fingerprint(trained_tensors(layers))
     doc = _document(model, name, args, _input_names(model, args), layers)
     _gradient_order(model, args, info, _trained_layer_of(layers))
     return doc, info, None, entries
+
+
+def _drop_dead_ends(layers: List[Dict[str, Any]], entries: List[Any], info: ExportInfo) -> None:
+    """Drops the recorded layers whose output nothing reads but a test of control flow
+    (`if x.mean() > 0:`): no parameters, not the last layer, no layer reading them; the
+    others' inputs renumbered."""
+    read = set()
+    dead = [False] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        dead[i] = i != len(layers) - 1 and i not in read and not layers[i]["params"]
+        if not dead[i]:
+            read.update(layers[i]["inputs"])
+    if not any(dead):
+        return
+    index = {}
+    for i, d in enumerate(dead):
+        if not d:
+            index[i] = len(index)
+    gone = {layers[i]["name"] for i, d in enumerate(dead) if d}
+    layers[:] = [l for l, d in zip(layers, dead) if not d]
+    entries[:] = [e for e, d in zip(entries, dead) if not d]
+    for l in layers:
+        l["inputs"] = [index[i] if i >= 0 else i for i in l["inputs"]]
+    info.estimated[:] = [n for n in info.estimated if n not in gone]
 
 
 def _param(name: str, p: torch.Tensor, role: str) -> Dict[str, Any]:
@@ -893,12 +1154,13 @@ def _count_estimated(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes
     computes it: input_needs_grad), on the inputs a real training-mode forward of
     `example_inputs` gives it (flops.count_call), and moves it from `info.estimated` to
     `info.counted`. A layer that cannot run alone stays estimated, as does a layer an
-    export by modules puts between modules (what ran there is not seen). The model is
-    left as it was."""
+    export by modules puts between layers where it saw nothing. The model is left as it
+    was."""
     from .flops import count_call     # flops imports this module
     from .profile import captured_calls
     estimated = set(info.estimated)
-    wanted = [i for i, l in enumerate(layers) if l["name"] in estimated and (gm is not None or layer_nodes[i].path)]
+    wanted = [i for i, l in enumerate(layers)
+              if l["name"] in estimated and (gm is not None or layer_nodes[i].call >= 0)]
     if not wanted:
         return
     batch = batch_size(example_inputs)

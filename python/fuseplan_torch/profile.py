@@ -35,7 +35,8 @@ import torch.nn as nn
 
 from .heap import heap_note
 from .inputs import Inputs, as_args, batch_size, call
-from .model_export import graph_inputs, input_needs_grad, module_calls, output_tensors, untouched
+from .model_export import (ForwardCall, ModuleCall, forward_calls, graph_inputs, input_needs_grad, output_tensors,
+                           untouched)
 from .runner import critical_steps
 
 PROFILE_SCHEMA = "fuseplan.profile/1"
@@ -150,7 +151,7 @@ def _device_name(device: torch.device) -> str:
 def captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: List[Any],
                    batch_input: Inputs) -> List[Tuple[Callable, Any, Any]]:
     """Each layer's operation and the inputs a real forward of `batch_input` gave it: from
-    the traced graph, or (an export by modules) from hooks on the leaf modules."""
+    the traced graph, or (an export by modules) from a recorded forward (forward_calls)."""
     if gm is not None:
         cap = _Capture(gm)
         cap.run(*graph_inputs(gm, as_args(batch_input)))
@@ -164,16 +165,27 @@ def captured_calls(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     modules = dict(model.named_modules())
     seen: Dict[str, int] = {}
     inputs: Dict[Tuple[str, int], Any] = {}
-    for path, args, _ in module_calls(model, [e.path for e in layer_nodes if e.path], batch_input):
-        inputs[(path, seen.get(path, 0))] = args
-        seen[path] = seen.get(path, 0) + 1
-    calls: List[Tuple[Callable, Any, Any]] = []
-    for i, e in enumerate(layer_nodes):
+    functions: List[ForwardCall] = []
+    for r in forward_calls(model, batch_input):
+        if r.path:
+            inputs[(r.path, seen.get(r.path, 0))] = r.args
+            seen[r.path] = seen.get(r.path, 0) + 1
+        else:
+            functions.append(r)
+
+    def call_of(e: ModuleCall) -> Optional[Tuple[Callable, Any, Any]]:
         if e.path:
-            calls.append((modules[e.path], inputs[(e.path, e.call)], {}))
-        else:  # a view between modules, timed as a view of the next module's input
-            nxt = layer_nodes[i + 1]
-            calls.append((lambda t: t.view(t.shape), inputs[(nxt.path, nxt.call)][:1], {}))
+            return modules[e.path], inputs[(e.path, e.call)], {}
+        if e.call >= 0:
+            f = functions[e.call]
+            return f.fn, f.args, f.kwargs
+        return None
+
+    calls: List[Optional[Tuple[Callable, Any, Any]]] = [call_of(e) for e in layer_nodes]
+    for i, found in enumerate(calls):
+        if found is None:  # a tuple's item, or where nothing was seen: timed as a view of the next call's input
+            _, args, kwargs = next(c for c in calls[i + 1:] + calls[i::-1] if c is not None)
+            calls[i] = (lambda t: t.view(t.shape), tuple(output_tensors((args, kwargs))[:1]), {})
     return calls
 
 

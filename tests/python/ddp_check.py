@@ -227,7 +227,7 @@ def gated_cnn():
 
 
 class GatedScale(GatedCNN):
-    """GatedCNN with a parameter of its own, used outside any leaf module."""
+    """GatedCNN with a parameter of its own, used by an operation between its modules."""
 
     def __init__(self):
         super().__init__()
@@ -239,6 +239,18 @@ class GatedScale(GatedCNN):
 
 def gated_scale():
     return GatedScale()
+
+
+class GatedUnused(GatedCNN):
+    """GatedCNN with a parameter its forward never uses (refused: it would get no gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.ones(1))
+
+
+def gated_unused():
+    return GatedUnused()
 
 
 def inputs_of_another_batch(batch: int, generator: torch.Generator):
