@@ -490,8 +490,8 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
     the graph node of each layer (for profiling). `example_inputs`: a tensor, or a tuple of
     tensors (in order) or dict of them (by keyword) for a forward of several inputs
     (inputs.py). A forward that torch.fx cannot trace (control flow on tensor values) is
-    exported from its leaf modules instead (export_by_modules): the graph is then None and
-    each layer's entry a ModuleCall."""
+    exported from a record of one forward instead (export_by_modules): the graph is then
+    None and each layer's entry a ModuleCall."""
     args = as_args(example_inputs)
     check_keywords(model, args)
     batch = batch_size(args)
@@ -830,11 +830,12 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     functional add, attention's matmul and softmax, a view) is a custom layer, its FLOPs
     counted as the fx export counts a custom layer's, a view marked as one. Parameters an
     operation reads, directly or through operations on constants, are its layer's. Control
-    flow is that of the example's forward. A layer's producers are the layers whose
-    outputs it reads, by tensor, else by storage (a view made where the export did not
-    see); a module input made where nothing was seen stands for the latest earlier layer
-    of its shape. Tensors made from constants only (positions from torch.arange) are
-    constants: a module reading one reads no layer."""
+    flow is that of the example's forward; what only tests it is dropped. A layer's
+    producers are the layers whose outputs it reads: by tensor; for a tensor made where
+    nothing was recorded, the layer autograd's graph made it from, else by storage, else
+    (a module's input) the latest earlier layer of its shape. Tensors made from constants
+    only (positions from torch.arange) are constants: a module reading one reads no
+    layer."""
     args = as_args(example_inputs)
     was_training = model.training
     model.train()  # as it trains, its layers counted and timed (a MultiheadAttention runs other code in eval)
@@ -856,7 +857,7 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     by_storage: Dict[int, int] = {}
     # Tensors computed from constants only, with the parameters they were made from (a
     # position table sliced before it is added): the layer that reads one owns those.
-    constants: Dict[int, List[int]] = {}
+    constants: Dict[int, List[torch.Tensor]] = {}
     layers: List[Dict[str, Any]] = []
     entries: List[ModuleCall] = []
     info = ExportInfo(method="modules", untraced=reason)
@@ -882,10 +883,9 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     def adapted(producer: int, in_shape: List[int], lname: str, is_view: bool) -> int:
         """`producer`, or where what it gives is not the `in_shape` layer `lname` reads (made
         by something the export did not see) a layer between them that makes it: a view of
-        it (torch.flatten before a linear layer, an item of a tensor), as the fx export has
-        it; else a custom layer of estimated FLOPs standing for what ran there (ShuffleNet's
-        torch.cat and channel shuffle in torch 1.13), so that the file connects every layer
-        to the shape it reads."""
+        it (an item of a tensor, taken by integer indexing, which torch 1.13 runs without
+        __torch_function__); else a custom layer of estimated FLOPs standing for what ran
+        there, so that the file connects every layer to the shape it reads."""
         given = layers[producer]["out_shape"] if producer >= 0 else _per_sample(list(args[-1 - producer].shape))
         if given == in_shape:
             return producer
