@@ -3,10 +3,12 @@
 fuseplan_torch (torch.fx, or its leaf modules where fx cannot trace), read back by
 `fuseplan show`, with its parameters, forward FLOPs per sample, the layers whose FLOPs
 were counted from the operations torch runs (no formula for their kind: the video models'
-3-D convolutions) and those whose FLOPs are estimated (one per output element). Not a
-test; it prints a table.
+3-D convolutions) and those whose FLOPs are estimated (one per output element). With
+--record, each model is also exported from a record of one forward (the path a forward
+fx cannot trace takes), and that export's layers and FLOPs are printed beside the trace's.
+Not a test; it prints a table.
 
-    bench/export_coverage.py [--models m1,m2,...] [--resolution 224]
+    bench/export_coverage.py [--models m1,m2,...] [--resolution 224] [--record]
 
 Runs with Debian's /usr/bin/python3 (python3-torch, python3-torchvision).
 """
@@ -39,15 +41,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--record", action="store_true",
+                    help="also export each model from a record of one forward (export_by_modules) and compare")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "cli", "fuseplan"))
     a = ap.parse_args()
     require_binary(a.bin, "export_coverage")
     import torch
     import torchvision
     from fuseplan_torch import export_model, write_json
+    from fuseplan_torch.model_export import export_by_modules
 
     print("%-32s %-7s %7s %12s %10s %7s %9s  %s" % ("model", "traced", "layers", "parameters", "fwd GFLOP", "counted",
-                                                     "estimated", "fuseplan reads it"))
+                                                     "estimated", "fuseplan reads it") +
+          ("   recorded: layers  fwd GFLOP  vs traced" if a.record else ""))
     with tempfile.TemporaryDirectory() as work:
         for name in a.models.split(","):
             factory = torchvision.models
@@ -72,12 +78,35 @@ def main():
             params = sum(p.numel() for p in model.parameters())
             placed = sum(_numel(t["shape"]) for l in read["layers"] for t in l["params"])
             gflops = sum(l["fwd_flops"] for l in read["layers"]) / 1e9
-            print("%-32s %-7s %7d %12s %10.2f %7d %9d  yes%s" % (name, info.method, len(read["layers"]), f"{params:,}",
-                                                                 gflops, len(info.counted), len(info.estimated),
-                                                            "" if placed == params else " (parameters differ!)"))
+            line = "%-32s %-7s %7d %12s %10.2f %7d %9d  yes%s" % (
+                name, info.method, len(read["layers"]), f"{params:,}", gflops, len(info.counted), len(info.estimated),
+                "" if placed == params else " (parameters differ!)")
+            if a.record:
+                line += "   " + _recorded(a.bin, export_by_modules, write_json, model, shape, name, work, gflops)
+            print(line)
     print("(fwd GFLOP: fuseplan's count at the input size, a multiply-add is 2; counted: custom layers whose FLOPs "
           "torch's operations gave; estimated: custom layers whose FLOPs are one per output element, which a "
-          "--profile measures)")
+          "--profile measures)" + ("; recorded: the model exported from a record of one forward, the path a forward "
+                                   "torch.fx cannot trace takes, against the trace" if a.record else ""))
+
+
+def _recorded(fuseplan, export_by_modules, write_json, model, shape, name, work, traced_gflops):
+    """The model exported from a record of one forward, as fuseplan reads it: its layers,
+    forward GFLOP and their ratio to the trace's."""
+    import torch
+    try:
+        doc, info, _, _ = export_by_modules(model, torch.randn(2, *shape), name=name)
+    except ValueError as e:
+        return "refused: %s" % str(e)[:80]
+    path = os.path.join(work, name + "-recorded.json")
+    write_json(doc, path)
+    show = subprocess.run([fuseplan, "show", path, "--json"], capture_output=True, text=True)
+    if show.returncode != 0:
+        return "not read: %s" % show.stderr.strip()[:80]
+    read = json.loads(show.stdout)
+    gflops = sum(l["fwd_flops"] for l in read["layers"]) / 1e9
+    return "%6d %10.2f %+9.2f %%%s" % (len(read["layers"]), gflops, 100 * (gflops / traced_gflops - 1),
+                                      " (%d estimated)" % len(info.estimated) if info.estimated else "")
 
 
 def _numel(shape):
