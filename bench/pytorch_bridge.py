@@ -5,7 +5,8 @@ settings `fuseplan export --to ddp` gives for the plan, then `fuseplan verify` o
 PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt] [--streams 1]
-                            [--layer-times whole-pass|as-timed] [--min-gain PCT] [--heap keep|trim]
+                            [--layer-times whole-pass|as-timed] [--whole-pass between|before] [--min-gain PCT]
+                            [--heap keep|trim]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
 whole training steps unless --layer-times as-timed; timed on
@@ -23,8 +24,9 @@ reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratio
 steps run next to each other, and each trainer's minor page faults per step (with
 --min-gain PCT the plans are tuned with --baseline ddp: DDP's buckets unless the tuned
 plan is predicted PCT % faster). Before the PlanDDP run verify reads, the same job
-profiles every layer on all ranks side by side; verify is printed with that profile and
-with the export's. Each pilot runs in such a job too (the three trainers side by side,
+profiles every layer on all ranks side by side, and times the whole pass the layers are
+fitted to between that run's steps (--whole-pass before: with the layers, before the run);
+verify is printed with that profile and with the export's. Each pilot runs in such a job too (the three trainers side by side,
 the profile, the PlanDDP run the fit reads). Every process (sweep, export, jobs) keeps
 its freed memory (fuseplan_torch.keep_heap) unless --heap trim, which leaves glibc's
 defaults and their page faults.
@@ -56,7 +58,7 @@ def sh(*args, **kw):
     return r.stdout
 
 
-def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, layer_times):
+def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps, out, layer_times, interleave):
     import torch
     import torch.nn as nn
     from fuseplan_torch import jobs
@@ -87,8 +89,16 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     # model with the same weights: the compute of the run itself, which the export's
     # profile (taken minutes earlier, on a machine whose speed drifts) is not.
     profile = jobs.profile_side_by_side(rank, ranks, jobs.build_module(a)[0], jobs.make_batch(a, 2, a.seed), inputs,
-                                        2, 5, name=spec_name, fit_whole_pass=layer_times == "whole-pass")
-    report = measure_plan(planned, inputs, labels, opt_plan, 2, steps)  # the PlanDDP run verify reads
+                                        2, 5, name=spec_name, fit_whole_pass=False)
+    # Its whole pass is timed between the steps of the run verify reads (as `run --profile`
+    # times it): a pass timed before the run moved by up to a third from job to job here.
+    between = jobs.InterleavedPass(jobs.build_module(a)[0], inputs) if interleave else None
+    report = measure_plan(planned, inputs, labels, opt_plan, 2, steps, between)  # the PlanDDP run verify reads
+    if between is not None:
+        between.finish(rank, ranks, profile, layer_times == "whole-pass")
+    elif rank == 0 and layer_times == "whole-pass":
+        from fuseplan_torch.profile import fit_to_whole_pass
+        fit_to_whole_pass(profile)
     planned.close()
     if rank == 0:
         with open(out, "w") as f:
@@ -112,6 +122,9 @@ def main():
     add_heap_flag(ap)
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
+    ap.add_argument("--whole-pass", default="between", choices=["between", "before"],
+                    help="the run profiles' whole pass: timed between the steps of the run verify reads (as run "
+                         "--profile times it), or before the run, with the layers")
     a = ap.parse_args()
     fuseplan = os.path.join(a.bin, "fuseplan")
     from fuseplan_torch import jobs
@@ -148,8 +161,8 @@ def main():
         with open(model) as f:
             names = [t["name"] for l in json.load(f)["layers"] for t in l["params"]]
         out = os.path.join(work, name + tag + "-out.json")
-        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, a.layer_times),
-                   heap=a.heap)
+        jobs.spawn(a.ranks, compare_rank, (name, spec, p, names, settings, steps, out, a.layer_times,
+                                           a.whole_pass == "between"), heap=a.heap)
         with open(out) as f:
             res = json.load(f)
         measured, run_prof = (os.path.join(work, name + tag + s) for s in ("-measured.json", "-run-profile.json"))

@@ -24,7 +24,7 @@ from .inputs import as_args, batch_size, call, check_keywords, first_samples, to
 from .model_export import (export_model, gradient_order, output_tensors, same_output, trained_tensors, write_json,
                            written_through)
 from .plan_ddp import PlanDDP, PlanError, check_plan, grad_storages, load_plan, read_json_file
-from .profile import profile_layers, set_whole_pass
+from .profile import profile_layers, set_whole_pass, training_steps
 from .runner import measure_plan, measure_step_time
 
 
@@ -298,6 +298,33 @@ def _profile_rank(rank: int, ranks: int, a: Any, result: str) -> None:
             json.dump(prof, f)
 
 
+class InterleavedPass:
+    """Whole training steps of a copy of the model (no communication), one each time it is
+    called: between a run's measured steps (measure_plan's `between`), so that the profile's
+    whole pass is timed at the moments the run ran. On a machine whose speed drifts, a whole
+    pass timed before the run (as profile_side_by_side times it) moved by a third from one
+    job to the next (ResNet-18's backward: 69-92 ms in one run of the PyTorch bridge's
+    bench); `finish` puts this one in its place."""
+
+    def __init__(self, module: nn.Module, batch_input: Tuple[torch.Tensor, ...]) -> None:
+        self.module, self.batch_input = module, batch_input
+        self.optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
+        self.device = batch_input[0].device
+        self.steps: List[Tuple[float, float, float]] = []
+
+    def __call__(self) -> None:
+        self.steps += training_steps(self.module, self.batch_input, self.optimizer, 0, 1, self.device, lambda: None)
+
+    def finish(self, rank: int, ranks: int, profile: Optional[Dict[str, Any]], fit: bool) -> None:
+        """Every rank's steps to rank 0, whose `profile` (profile_side_by_side's, its layers
+        as timed) takes them as its whole pass, the layers fitted to it with `fit`."""
+        gathered: List[Any] = [None] * ranks
+        dist.all_gather_object(gathered, self.steps)
+        if rank == 0 and profile is not None and self.steps:
+            set_whole_pass(profile, gathered, True, fit)
+            profile["device"] += ", whole pass timed between the run's steps"
+
+
 def profile_side_by_side(rank: int, ranks: int, module: nn.Module, example: Tuple[torch.Tensor, ...],
                          batch_input: Tuple[torch.Tensor, ...],
                          warmup: int, steps: int, name: str = "",
@@ -479,11 +506,14 @@ def _run_rank(rank: int, ranks: int, a: Any, plan: Optional[Dict[str, Any]], nam
     if plan is not None:
         ddp = PlanDDP(module, plan, names, engine=a.engine, gradient_as_bucket_view=a.gradient_as_bucket_view)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
-        profile = None
+        profile, between = None, None
         if a.profile is not None:  # a copy with the same weights, timed as export --profile --ranks times it
             profile = profile_side_by_side(rank, ranks, build_module(a)[0], make_batch(a, 2, a.seed), inputs, 3, 10,
-                                           plan["model"]["name"], a.layer_times == "whole-pass")
-        report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations)
+                                           plan["model"]["name"], fit_whole_pass=False)
+            between = InterleavedPass(build_module(a)[0].to(device), inputs)
+        report = measure_plan(ddp, inputs, labels, opt, a.warmup, a.iterations, between)
+        if between is not None:
+            between.finish(rank, ranks, profile, a.layer_times == "whole-pass")
         ddp.close()
         if rank == 0:
             if a.report is not None:

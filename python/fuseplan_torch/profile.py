@@ -252,7 +252,7 @@ def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
 
     info = ProfileInfo(layers_us=sum(l["fwd_us"] + l["bwd_us"] for l in layers))
 
-    info.steps = _training_steps(model, batch_input, optimizer, warmup, steps, device, sync)
+    info.steps = training_steps(model, batch_input, optimizer, warmup, steps, device, sync)
     doc_out = {"schema": PROFILE_SCHEMA, "model": doc["name"], "fingerprint": fingerprint,
                "device": _device_name(device), "precision": "fp32", "batch": batch, "layers": layers}
     set_whole_pass(doc_out, [info.steps], optimizer is not None, fit_whole_pass)
@@ -261,7 +261,7 @@ def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
     return doc_out, info
 
 
-def _training_steps(model: nn.Module, batch_input: Tuple[torch.Tensor, ...], optimizer: Optional[torch.optim.Optimizer],
+def training_steps(model: nn.Module, batch_input: Tuple[torch.Tensor, ...], optimizer: Optional[torch.optim.Optimizer],
                     warmup: int, steps: int, device: torch.device,
                     sync: Callable[[], None]) -> List[Tuple[float, float, float]]:
     """Whole training steps run back to back, as a data-parallel job runs them less its
@@ -304,7 +304,7 @@ def _training_steps(model: nn.Module, batch_input: Tuple[torch.Tensor, ...], opt
 def set_whole_pass(prof: Dict[str, Any], ranks: Sequence[Sequence[Tuple[float, float, float]]], optimizer: bool,
                    fit: bool) -> None:
     """Writes the whole pass of training steps timed on one rank or several side by side
-    (`ranks[r][i]`: step i of rank r, as _training_steps gives it), as `fuseplan verify`'s
+    (`ranks[r][i]`: step i of rank r, as training_steps gives it), as `fuseplan verify`'s
     measured report takes a run: per step the critical rank's (the slowest in forward +
     backward), averaged over the steps; with `optimizer` its step too (`optimizer_us`).
     With `fit` the layer times are then fitted to it (fit_to_whole_pass)."""

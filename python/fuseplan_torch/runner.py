@@ -65,9 +65,11 @@ def _timed_steps(model: nn.Module, inputs: Inputs, labels: torch.Tensor, optimiz
 
 
 def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int) -> Optional[Dict[str, Any]]:
+                 warmup: int, iterations: int, between: Optional[Callable[[], None]] = None) -> Optional[Dict[str, Any]]:
     """`warmup` and `iterations` count optimizer steps, each of the plan's accumulation of
-    micro-batches; the report's figures are per micro-batch, as fuseplan predicts them."""
+    micro-batches; the report's figures are per micro-batch, as fuseplan predicts them.
+    `between` runs after each measured optimizer step, outside its times (a profile's whole
+    pass timed at the run's own moments: jobs.InterleavedPass)."""
     acc = ddp.accumulate
     steps: List[Dict[str, Any]] = []
     for t0, t1, t2, t3, synced in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations,
@@ -80,6 +82,8 @@ def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: 
         else:  # inside no_sync(): backward alone
             row.update(backward_s=t2 - t1, exposed_comm_s=0.0)
         steps.append(row)
+        if synced and between is not None:
+            between()
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, steps)
     if dist.get_rank() != 0:

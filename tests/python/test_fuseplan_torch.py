@@ -1270,7 +1270,9 @@ def test_run_profiles_its_layers_in_its_own_job_for_verify(tmp_path):
                 "--profile", run_prof, "--iterations", "3", "--warmup", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
     got = json.load(open(run_prof))
-    assert got["device"].endswith("2 ranks side by side (the slowest per layer)"), got["device"]
+    # the layers timed before the run, the whole pass they are fitted to between its steps
+    assert got["device"].endswith("2 ranks side by side (the slowest per layer), whole pass timed between the run's "
+                                  "steps"), got["device"]
     assert got["fingerprint"] == json.load(open(prof))["fingerprint"] and got["batch"] == 4
     whole = got["whole_pass"]
     assert whole["fitted"] and got["optimizer_us"] > 0
