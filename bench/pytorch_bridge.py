@@ -26,11 +26,11 @@ steps run next to each other, and each trainer's minor page faults per step (wit
 plan is predicted PCT % faster). Before the PlanDDP run verify reads, the same job
 profiles every layer on all ranks side by side, and times the whole pass the layers are
 fitted to between that run's steps (--whole-pass before: with the layers, before the run);
-verify is printed with that profile and with the export's. Each pilot runs in such a job too (the three trainers side by side,
-the profile, the PlanDDP run the fit reads). Every process (sweep, export, jobs) keeps
-its freed memory (fuseplan_torch.keep_heap) unless --heap trim, which leaves glibc's
-defaults and their page faults.
-Runs with Debian's /usr/bin/python3 (python3-torch).
+verify is printed with that profile and with the export's. Each pilot runs in such a job
+too (the three trainers side by side, the profile, the PlanDDP run the fit reads). Every
+process (sweep, export, jobs) keeps its freed memory (fuseplan_torch.keep_heap) unless
+--heap trim, which leaves glibc's defaults and their page faults. Runs with Debian's
+/usr/bin/python3 (python3-torch).
 """
 import argparse
 import json

@@ -65,7 +65,8 @@ def _timed_steps(model: nn.Module, inputs: Inputs, labels: torch.Tensor, optimiz
 
 
 def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 warmup: int, iterations: int, between: Optional[Callable[[], None]] = None) -> Optional[Dict[str, Any]]:
+                 warmup: int, iterations: int,
+                 between: Optional[Callable[[], None]] = None) -> Optional[Dict[str, Any]]:
     """`warmup` and `iterations` count optimizer steps, each of the plan's accumulation of
     micro-batches; the report's figures are per micro-batch, as fuseplan predicts them.
     `between` runs after each measured optimizer step, outside its times (a profile's whole
