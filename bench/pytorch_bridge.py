@@ -6,13 +6,14 @@ PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt] [--streams 1]
                             [--layer-times whole-pass|as-timed] [--whole-pass between|before] [--min-gain PCT]
-                            [--heap keep|trim]
+                            [--pilots optimal,per-tensor] [--heap keep|trim]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
 whole training steps unless --layer-times as-timed; timed on
 as many ranks side by side as the job has, as they load the machine), a gloo
 allreduce sweep calibrating the cluster (once); two pilot runs of the first model through
-PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor), each profiled in its
+PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor; --pilots names
+other tune strategies, e.g. optimal,ddp,per-tensor), each profiled in its
 own job, fitting how communication and backward slow each other on this machine, each side
 apart, and what each bucket costs (`fuseplan calibrate --plan --measured --profile (one per
 run) --fit sharing,dispatch,allreduce-sharing`, once); `fuseplan tune` on that fitted cluster (ring for every bucket,
@@ -122,6 +123,9 @@ def main():
     add_heap_flag(ap)
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
+    ap.add_argument("--pilots", default="optimal,per-tensor",
+                    help="the pilot runs' plans, as fuseplan tune --strategy names them (ddp: DDP's buckets, large "
+                         "ones overlapping backward)")
     ap.add_argument("--whole-pass", default="between", choices=["between", "before"],
                     help="the run profiles' whole pass: timed between the steps of the run verify reads (as run "
                          "--profile times it), or before the run, with the layers")
@@ -184,7 +188,8 @@ def main():
     pilot_model = a.models.split(",")[0]
     pilot_steps = max(8, a.steps // 3)
     fit_args, profiles = ["--fit", "sharing,dispatch,allreduce-sharing"], []
-    for tag, strategy in (("-pilot", "optimal"), ("-pilot-per-tensor", "per-tensor")):
+    for strategy in a.pilots.split(","):
+        tag = "-pilot" if strategy == "optimal" else "-pilot-" + strategy
         _, _, _, (plan0, measured0, _, run_prof0) = tune_and_run(pilot_model, cal, tag, pilot_steps, True, strategy)
         fit_args += ["--plan", plan0, "--measured", measured0]
         profiles += ["--profile", run_prof0]
