@@ -311,6 +311,7 @@ class InterleavedPass:
         self.optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
         self.device = batch_input[0].device
         self.steps: List[Tuple[float, float, float]] = []
+        training_steps(module, batch_input, self.optimizer, 1, 0, self.device, lambda: None)  # warm: not timed
 
     def __call__(self) -> None:
         self.steps += training_steps(self.module, self.batch_input, self.optimizer, 0, 1, self.device, lambda: None)
