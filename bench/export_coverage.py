@@ -49,7 +49,6 @@ def main():
     import torch
     import torchvision
     from fuseplan_torch import export_model, write_json
-    from fuseplan_torch.model_export import export_by_modules
 
     print("%-32s %-7s %7s %12s %10s %7s %9s  %s" % ("model", "traced", "layers", "parameters", "fwd GFLOP", "counted",
                                                      "estimated", "fuseplan reads it") +
@@ -82,7 +81,7 @@ def main():
                 name, info.method, len(read["layers"]), f"{params:,}", gflops, len(info.counted), len(info.estimated),
                 "" if placed == params else " (parameters differ!)")
             if a.record:
-                line += "   " + _recorded(a.bin, export_by_modules, write_json, model, shape, name, work, gflops)
+                line += "   " + _recorded(a.bin, model, shape, name, work, gflops)
             print(line)
     print("(fwd GFLOP: fuseplan's count at the input size, a multiply-add is 2; counted: custom layers whose FLOPs "
           "torch's operations gave; estimated: custom layers whose FLOPs are one per output element, which a "
@@ -90,10 +89,12 @@ def main():
                                    "torch.fx cannot trace takes, against the trace" if a.record else ""))
 
 
-def _recorded(fuseplan, export_by_modules, write_json, model, shape, name, work, traced_gflops):
+def _recorded(fuseplan, model, shape, name, work, traced_gflops):
     """The model exported from a record of one forward, as fuseplan reads it: its layers,
     forward GFLOP and their ratio to the trace's."""
     import torch
+    from fuseplan_torch import write_json
+    from fuseplan_torch.model_export import export_by_modules
     try:
         doc, info, _, _ = export_by_modules(model, torch.randn(2, *shape), name=name)
     except ValueError as e:

@@ -90,16 +90,14 @@ def compare_rank(rank, ranks, spec_name, spec, plan, names, ddp_settings, steps,
     # model with the same weights: the compute of the run itself, which the export's
     # profile (taken minutes earlier, on a machine whose speed drifts) is not.
     profile = jobs.profile_side_by_side(rank, ranks, jobs.build_module(a)[0], jobs.make_batch(a, 2, a.seed), inputs,
-                                        2, 5, name=spec_name, fit_whole_pass=False)
+                                        2, 5, name=spec_name,
+                                        fit_whole_pass=layer_times == "whole-pass" and not interleave)
     # Its whole pass is timed between the steps of the run verify reads (as `run --profile`
     # times it): a pass timed before the run moved by up to a third from job to job here.
     between = jobs.InterleavedPass(jobs.build_module(a)[0], inputs) if interleave else None
     report = measure_plan(planned, inputs, labels, opt_plan, 2, steps, between)  # the PlanDDP run verify reads
     if between is not None:
         between.finish(rank, ranks, profile, layer_times == "whole-pass")
-    elif rank == 0 and layer_times == "whole-pass":
-        from fuseplan_torch.profile import fit_to_whole_pass
-        fit_to_whole_pass(profile)
     planned.close()
     if rank == 0:
         with open(out, "w") as f:

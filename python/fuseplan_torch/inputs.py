@@ -6,7 +6,7 @@ first as `input_shape` and the others as `extra_inputs` (docs/formats.md)."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -78,15 +78,22 @@ def call(module: Any, inputs: Inputs) -> Any:
     return module(*args)
 
 
+def forward_parameters(model: nn.Module) -> Optional[List[inspect.Parameter]]:
+    """The parameters of the module's forward, in order; None where Python cannot tell."""
+    try:
+        return list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
 def check_keywords(model: nn.Module, inputs: Inputs) -> None:
     """Raises ValueError where inputs by keyword do not fit the forward: a name it does not
     take, or a parameter of it without a default that they leave out."""
     args = as_args(inputs)
     if not isinstance(args, Keywords):
         return
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
+    params = forward_parameters(model)
+    if params is None:
         return
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not any(p.kind == p.VAR_KEYWORD for p in params):

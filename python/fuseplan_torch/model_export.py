@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.overrides import TorchFunctionMode
 
-from .inputs import Inputs, Keywords, as_args, batch_size, call, check_keywords
+from .inputs import Inputs, Keywords, as_args, batch_size, call, check_keywords, forward_parameters
 
 MODEL_SCHEMA = "fuseplan.model/1"
 
@@ -185,17 +185,9 @@ def _left_out(model: nn.Module, given: Given) -> Dict[str, Any]:
     a real call with `given` inputs takes."""
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
              inspect.Parameter.KEYWORD_ONLY)
-    params = _forward_parameters(model)
+    params = forward_parameters(model) or []
     left = params[given:] if isinstance(given, int) else [p for p in params if p.name not in given]
     return {p.name: p.default for p in left if p.kind in kinds and p.default is not inspect.Parameter.empty}
-
-
-def _forward_parameters(model: nn.Module) -> List[inspect.Parameter]:
-    """The parameters of the module's forward, in order; none where Python cannot tell."""
-    try:
-        return list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return []
 
 
 def trace(model: nn.Module, given: Given = 1) -> fx.GraphModule:
@@ -511,7 +503,7 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
     seen_calls: Dict[str, int] = {}
-    used_names: Dict[str, int] = {}
+    unique = _namer()
     seen_params: Dict[int, str] = {}
     param_names = {id(p): n for n, p in model.named_parameters()}
     layer_of: Dict[fx.Node, int] = {}
@@ -533,10 +525,6 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
                 found += [p for p in producers(a) if p not in found]
         return found
 
-    def unique(base: str) -> str:
-        count = used_names.get(base, 0)
-        used_names[base] = count + 1
-        return base if count == 0 else "%s_%d" % (base, count)
 
     def constant_parameters(n: fx.Node) -> List[str]:
         """The parameters node `n` reads itself or through nodes that do not depend on the
@@ -680,7 +668,8 @@ def _input_names(model: nn.Module, args: Tuple[torch.Tensor, ...]) -> List[str]:
     """The inputs' names: their keywords, or the forward's first parameters'."""
     if isinstance(args, Keywords):
         return list(args.names)
-    return [p.name for p in _forward_parameters(model)[:len(args)] if p.kind != inspect.Parameter.VAR_POSITIONAL]
+    params = (forward_parameters(model) or [])[:len(args)]
+    return [p.name for p in params if p.kind != inspect.Parameter.VAR_POSITIONAL]
 
 
 @dataclass
@@ -780,6 +769,17 @@ _RECORDED_KINDS = {"add": "add", "add_": "add", "__add__": "add", "__radd__": "a
                    "relu": "relu", "relu_": "relu", "tanh": "tanh", "gelu": "gelu"}
 
 
+def _namer() -> Callable[[str], str]:
+    """Layer names made unique: a base the second time is BASE_1, then BASE_2, ..."""
+    used: Dict[str, int] = {}
+
+    def unique(base: str) -> str:
+        count = used.get(base, 0)
+        used[base] = count + 1
+        return base if count == 0 else "%s_%d" % (base, count)
+    return unique
+
+
 def _function_name(fn: Any) -> str:
     """A recorded operation's name: the function's or method's, or a property's (`x.T`)."""
     name = getattr(fn, "__name__", "") or str(fn)
@@ -850,7 +850,7 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
         if r.path:
             calls[r.path] = calls.get(r.path, 0) + 1
     seen_calls: Dict[str, int] = {}
-    used_names: Dict[str, int] = {}
+    unique = _namer()
     seen_params: Dict[int, str] = {}
     param_names = {id(p): n for n, p in model.named_parameters()}
     by_tensor: Dict[int, int] = {}
@@ -866,10 +866,6 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     input_ptrs = {t.data_ptr(): -1 - k for k, t in reversed(list(enumerate(args)))}
     batch = batch_size(args)
 
-    def unique(base: str) -> str:
-        count = used_names.get(base, 0)
-        used_names[base] = count + 1
-        return base if count == 0 else "%s_%d" % (base, count)
 
     layer_of_node: Dict[Any, int] = {}  # the autograd node of each layer's output
 
@@ -943,10 +939,8 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
             src = producer_of(t)
             if src is None and id(t) in constants:
                 made_of += constants[id(t)]
-            elif src is None:  # made where the export saw nothing: from layers, or from parameters only
-                reached, params = _made_from(t, layer_of_node)
-                made_of += params
-                src = reached[-1] if reached else None
+            elif src is None:  # no layer behind it (producer_of asked autograd): parameters only, or none
+                made_of += _made_from(t, layer_of_node)[1]
             sources.append(src)
         if all(src is None for src in sources):  # constants only: a constant, carrying its parameters
             for o in outs:
