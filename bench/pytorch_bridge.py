@@ -6,7 +6,7 @@ PlanDDP run. Not a test; it prints figures.
 
     bench/pytorch_bridge.py [--ranks 2] [--steps 24] [--models resnet18,resnet50,tiny_gpt] [--streams 1]
                             [--layer-times whole-pass|as-timed] [--whole-pass between|before] [--min-gain PCT]
-                            [--pilots optimal,per-tensor] [--heap keep|trim]
+                            [--pilots optimal,per-tensor] [--fit-bandwidth on|off] [--heap keep|trim]
 
 Per model: export with measured layer times (python3 -m fuseplan_torch export, fitted to
 whole training steps unless --layer-times as-timed; timed on
@@ -15,10 +15,12 @@ allreduce sweep calibrating the cluster (once); two pilot runs of the first mode
 PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor; --pilots names
 other tune strategies, e.g. optimal,ddp,per-tensor), each profiled in its
 own job, fitting how communication and backward slow each other on this machine, each side
-apart, and what each bucket costs (`fuseplan calibrate --plan --measured --profile (one per
-run) --fit sharing,dispatch,allreduce-sharing`, once); `fuseplan tune` on that fitted cluster (ring for every bucket,
-fp32 transfer: what gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in
-backward; one stream unless --streams), `fuseplan export --to ddp`. Then one gloo job per model
+apart, how much slower than the sweep a step's allreduces move bytes, and what each bucket
+costs (`fuseplan calibrate --plan --measured --profile (one per run) --fit
+sharing,dispatch,allreduce-sharing,bandwidth`, once; --fit-bandwidth off leaves the last
+out); `fuseplan tune` on that fitted cluster (ring for every bucket, fp32 transfer: what
+gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in backward; one
+stream unless --streams), `fuseplan export --to ddp`. Then one gloo job per model
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
 the same weights, same data), so machine drift hits all three alike; the median step is
 reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratios of
@@ -121,6 +123,9 @@ def main():
     add_heap_flag(ap)
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
+    ap.add_argument("--fit-bandwidth", default="on", choices=["on", "off"],
+                    help="fit how much slower than the sweep a step's allreduces move bytes (job_bandwidth_factor) "
+                         "along with the sharing rates and the dispatch (off: the factor stays 1)")
     ap.add_argument("--pilots", default="optimal,per-tensor",
                     help="the pilot runs' plans, as fuseplan tune --strategy names them (ddp: DDP's buckets, large "
                          "ones overlapping backward)")
@@ -175,7 +180,8 @@ def main():
         return p, settings, res, (plan, measured, prof, run_prof)
 
     # How much the allreduces slow backward on this machine's shared cores
-    # (comm_compute_sharing), how much backward slows them (allreduce_sharing) and what
+    # (comm_compute_sharing), how much backward slows them (allreduce_sharing), how much
+    # slower than the sweep a step's allreduces move bytes (job_bandwidth_factor) and what
     # each bucket costs beyond its allreduce (dispatch_overhead_us) are fitted on two
     # pilot runs of the first model through PlanDDP: its plan tuned on the swept cluster,
     # and one bucket per tensor (many buckets, which separates the dispatch; round-robin
@@ -185,7 +191,8 @@ def main():
     # in-sample for verify, the other models are held out.
     pilot_model = a.models.split(",")[0]
     pilot_steps = max(8, a.steps // 3)
-    fit_args, profiles = ["--fit", "sharing,dispatch,allreduce-sharing"], []
+    fit = "sharing,dispatch,allreduce-sharing" + (",bandwidth" if a.fit_bandwidth == "on" else "")
+    fit_args, profiles = ["--fit", fit], []
     for strategy in a.pilots.split(","):
         tag = "-pilot" if strategy == "optimal" else "-pilot-" + strategy
         _, _, _, (plan0, measured0, _, run_prof0) = tune_and_run(pilot_model, cal, tag, pilot_steps, True, strategy)

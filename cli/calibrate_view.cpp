@@ -107,10 +107,14 @@ void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vecto
   if (fit.allreduce_sharing)
     os << ", allreduce_sharing = " << fixed(*fit.allreduce_sharing, 3)
        << (fitted.allreduce_sharing ? " (fitted)" : " (kept)");
+  if (fitted.bandwidth || fit.bandwidth_factor != 1)
+    os << ", job_bandwidth_factor = " << fixed(fit.bandwidth_factor, 3) << (fitted.bandwidth ? " (fitted)" : " (kept)");
   os << "\n";
   if (fit.dispatch_at_bound) os << "    the dispatch overhead reached the search's bound (2000 us)\n";
   if (fit.allreduce_sharing_at_bound)
     os << "    the allreduce sharing reached the search's bound (" << fixed(kMaxFittedAllreduceSharing, 0) << ")\n";
+  if (fit.bandwidth_at_bound)
+    os << "    the bandwidth factor reached the search's bound (" << fixed(kMaxFittedBandwidthFactor, 0) << ")\n";
   if (fit.sigma_at_bound)
     os << "    the sharing reached its bound 1 (one core shared evenly): these runs may slow backward more than\n"
           "    the model can express; the errors below say how much is left\n";

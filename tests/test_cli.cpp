@@ -1107,6 +1107,33 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
   const auto ja = nlohmann::json::parse(std::ifstream(apart));
   CHECK(ja.at("allreduce_sharing").get<double>() == Approx(0.83));
   CHECK(ja.at("provenance").contains("allreduce_sharing"));
+  // The bandwidth factor: runs "measured" on local-cpu with its allreduces' bytes 1.5
+  // times slower, fitted from local-cpu itself.
+  auto slow = nlohmann::json::parse(std::ifstream(std::string(FUSEPLAN_CONFIG_DIR) + "/clusters/local-cpu.json"));
+  slow["job_bandwidth_factor"] = 1.5;
+  const std::string slow_file = tmp("overlap-slow.json"), slow_measured = tmp("overlap-slow-measured.json"),
+                    bw = tmp("overlap-bw.json");
+  std::ofstream(slow_file) << slow.dump(2);
+  Run s = run("predict --plan " + plan + " --cluster " + slow_file + " --json");
+  REQUIRE(s.code == 0);
+  std::ofstream(slow_measured) << s.out;
+  Run fb = run("calibrate --cluster local-cpu --plan " + plan + " --measured " + slow_measured +
+               " --fit bandwidth --out " + bw);
+  INFO(fb.out);
+  REQUIRE(fb.code == 0);
+  CHECK_THAT(fb.out, Catch::Contains("dispatch_overhead_us = 351.0 (kept), job_bandwidth_factor = 1.500 (fitted)"));
+  const auto jb = nlohmann::json::parse(std::ifstream(bw));
+  CHECK(jb.at("job_bandwidth_factor").get<double>() == Approx(1.5));
+  CHECK(jb.at("provenance").contains("job_bandwidth_factor"));
+  // As swept (the first runs), the factor comes out 1, which the file leaves out.
+  const std::string one_file = tmp("overlap-bw-one.json");
+  Run f1 = run("calibrate --cluster local-cpu --plan " + plan + " --measured " + measured + " --fit bandwidth --out " +
+               one_file);
+  REQUIRE(f1.code == 0);
+  CHECK_THAT(f1.out, Catch::Contains("job_bandwidth_factor = 1.000 (fitted)"));
+  const auto j1 = nlohmann::json::parse(std::ifstream(one_file));
+  CHECK_FALSE(j1.contains("job_bandwidth_factor"));
+  CHECK_FALSE(j1.at("provenance").contains("job_bandwidth_factor"));
 }
 
 TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that reads back") {

@@ -263,6 +263,50 @@ TEST_CASE("a calibrated cluster is simulated on its calibration's flat network a
                     Catch::Contains("is calibrated for ring only"));
 }
 
+TEST_CASE("a job bandwidth factor scales every bandwidth term alike: cost model, simulator, tuner") {
+  // Textbook (MPI), calibrated and NCCL clusters: latency kept, bandwidth term times 2.5.
+  Cluster cal = load_cluster("local-cpu");
+  cal.calibrated["ring"] = {Calibration{30.0, 200.0, 0.0}};
+  for (const Cluster& given : {one_rank_per_node(4), cal, load_cluster("dgx-a100")}) {
+    Cluster scaled = given;
+    scaled.job_bandwidth_factor = 2.5;
+    const int gpus = std::min(4, given.capacity());
+    const CollectiveModel as_swept(given, gpus), in_jobs(scaled, gpus);
+    INFO(given.name);
+    CHECK(in_jobs.bandwidth_factor() == 2.5);
+    for (const char* algo : {"ring", "auto"})
+      for (int64_t n : {int64_t(1) << 10, int64_t(1) << 24}) {
+        const CollectiveChoice a = as_swept.cost(algo, n, Precision::FP32), b = in_jobs.cost(algo, n, Precision::FP32);
+        if (a.algorithm != b.algorithm) continue;  // auto may choose another algorithm at 2.5x
+        INFO(algo << " " << n);
+        CHECK(b.cost.latency_s == a.cost.latency_s);
+        CHECK(b.cost.bandwidth_s == Approx(2.5 * a.cost.bandwidth_s));
+        CHECK(b.cost.reduce_s == a.cost.reduce_s);
+      }
+    CHECK(in_jobs.affine_tails(Precision::FP32).empty());  // the tuner's exact path
+    // The simulated allreduce pays the factor as the closed form does.
+    const auto r = sim::simulate_allreduce(scaled, gpus, "ring", int64_t(1) << 22, Precision::FP32);
+    const auto r1 = sim::simulate_allreduce(given, gpus, "ring", int64_t(1) << 22, Precision::FP32);
+    CHECK(r.simulated_s == Approx(r.closed_form_s).epsilon(0.01));
+    CHECK(r.simulated_s > 1.5 * r1.simulated_s);
+  }
+  // A tuned iteration: the simulation matches the predictor with the factor.
+  Model m = load_model("resnet18", {28, 1, 10, {}});
+  cal.job_bandwidth_factor = 1.8;
+  cal.comm_compute_sharing = 0.5;
+  Tuner t(m, cal, 2, 16, Precision::FP32);
+  for (Strategy s : {Strategy::Optimal, Strategy::PerTensor}) {
+    TuneOptions o;
+    o.strategy = s;
+    o.algorithm = "ring";
+    TuneResult r = t.run(o);
+    auto j = simulate(m, cal, r.plan);
+    INFO(strategy_name(s));
+    CHECK(j["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
+    CHECK(j["comm_end_s"].get<double>() == Approx(r.report.comm_end_s).epsilon(0.01));
+  }
+}
+
 TEST_CASE("stragglers and jitter slow the iteration - the same seed gives the same simulation") {
   Model m = build_zoo_model("alexnet_bn");
   Cluster c = load_cluster("tencent-p40");

@@ -342,17 +342,20 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
     compute.emplace_back(run.model, cluster, run.plan.batch_per_gpu, run.plan.compute);
   }
   // A point of the search: sharing, allreduce sharing (none: it follows the sharing),
-  // dispatch overhead.
+  // dispatch overhead, bandwidth factor.
   struct Point {
     double sigma, dispatch;
     std::optional<double> comm;
+    double bw;
   };
+  const bool per_bucket = fit_what.allreduce_sharing || fit_what.bandwidth;  // bucket durations are targets
   // The squared errors at a point; the per-run errors into `errs` if given.
   auto evaluate = [&](const Point& p, std::vector<OverlapFit::Errors>* errs) {
     Cluster c = cluster;
     c.comm_compute_sharing = p.sigma;
     c.allreduce_sharing = p.comm;
     c.dispatch_overhead_us = p.dispatch;
+    c.job_bandwidth_factor = p.bw;
     double sq = 0;
     for (size_t i = 0; i < runs.size(); ++i) {
       const OverlapRun& run = runs[i];
@@ -361,14 +364,16 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
       const ReportErrors x = report_errors(r, run.measured);  // measured times are > 0 (checked above)
       const OverlapFit::Errors e{x.backward, x.comm_end, x.iteration};
       sq += e.backward * e.backward + e.comm_end * e.comm_end;
-      if (fit_what.allreduce_sharing) sq += bucket_duration_error(r, run.measured);
+      if (per_bucket) sq += bucket_duration_error(r, run.measured);
       if (errs) errs->push_back(e);
     }
     return sq;
   };
   constexpr double kMaxDispatchUs = 2000;
-  const double kMaxComm = kMaxFittedAllreduceSharing;
-  Point best{cluster.comm_compute_sharing, cluster.dispatch_overhead_us, cluster.allreduce_sharing};
+  const double kMaxComm = kMaxFittedAllreduceSharing, kMaxBw = kMaxFittedBandwidthFactor;
+  const Point given{cluster.comm_compute_sharing, cluster.dispatch_overhead_us, cluster.allreduce_sharing,
+                    cluster.job_bandwidth_factor};
+  Point best = given;
   double best_sq = std::numeric_limits<double>::infinity();
   // One axis of the grid: from lo to hi by step where fitted, the best value so far else.
   struct Axis {
@@ -381,41 +386,47 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
     for (int i = 0; i <= n; ++i) v.push_back(a.lo + i * a.step);
     return v;
   };
-  auto search = [&](Axis sigma, Axis comm, Axis dispatch) {
+  auto search = [&](Axis sigma, Axis comm, Axis dispatch, Axis bw) {
     const Point at = best;
     for (double s : values(fit_what.sharing, sigma, at.sigma))
       for (double k : values(fit_what.allreduce_sharing, comm, at.comm.value_or(0)))
-        for (double d : values(fit_what.dispatch, dispatch, at.dispatch)) {
-          const Point p{s, d, fit_what.allreduce_sharing ? std::optional<double>(k) : at.comm};
-          const double sq = evaluate(p, nullptr);
-          if (sq < best_sq) {
-            best_sq = sq;
-            best = p;
+        for (double d : values(fit_what.dispatch, dispatch, at.dispatch))
+          for (double f : values(fit_what.bandwidth, bw, at.bw)) {
+            const Point p{s, d, fit_what.allreduce_sharing ? std::optional<double>(k) : at.comm, f};
+            const double sq = evaluate(p, nullptr);
+            if (sq < best_sq) {
+              best_sq = sq;
+              best = p;
+            }
           }
-        }
   };
-  // Around the best point so far: +-width, by step, within [0, hi].
-  auto around = [&](double v, double width, double step, double hi) {
-    return Axis{std::max(0.0, v - width), std::min(hi, v + width), step};
+  // Around the best point so far: +-width, by step, within [lo, hi].
+  auto around = [&](double v, double width, double step, double hi, double lo = 0) {
+    return Axis{std::max(lo, v - width), std::min(hi, v + width), step};
   };
-  if (!fit_what.allreduce_sharing) {
-    search({0, 1, 0.05}, {}, {0, kMaxDispatchUs, 20});
-    search(around(best.sigma, 0.05, 0.005, 1), {}, around(best.dispatch, 20, 0.5, kMaxDispatchUs));
+  constexpr double kMinBw = kMinJobBandwidthFactor;
+  if (!per_bucket) {
+    search({0, 1, 0.05}, {}, {0, kMaxDispatchUs, 20}, {});
+    search(around(best.sigma, 0.05, 0.005, 1), {}, around(best.dispatch, 20, 0.5, kMaxDispatchUs), {});
   } else {
-    search({0, 1, 0.05}, {0, kMaxComm, 0.25}, {0, kMaxDispatchUs, 100});
+    // The bandwidth factor's first pass is coarser (by 0.25 from 0.25) than the other
+    // axes', so that four axes take seconds.
+    search({0, 1, 0.05}, {0, kMaxComm, 0.25}, {0, kMaxDispatchUs, 100}, {kMinBw, kMaxBw, 0.25});
     search(around(best.sigma, 0.05, 0.01, 1), around(best.comm.value_or(0), 0.25, 0.025, kMaxComm),
-           around(best.dispatch, 100, 10, kMaxDispatchUs));
+           around(best.dispatch, 100, 10, kMaxDispatchUs), around(best.bw, 0.25, 0.025, kMaxBw, kMinBw));
     search(around(best.sigma, 0.01, 0.002, 1), around(best.comm.value_or(0), 0.025, 0.005, kMaxComm),
-           around(best.dispatch, 10, 1, kMaxDispatchUs));
+           around(best.dispatch, 10, 1, kMaxDispatchUs), around(best.bw, 0.025, 0.005, kMaxBw, kMinBw));
   }
   OverlapFit fit;
   fit.sigma = best.sigma;
   fit.dispatch_us = best.dispatch;
   fit.allreduce_sharing = best.comm;
+  fit.bandwidth_factor = best.bw;
   fit.dispatch_at_bound = fit_what.dispatch && best.dispatch >= kMaxDispatchUs;
   fit.sigma_at_bound = fit_what.sharing && best.sigma >= 1 - 1e-9;
   fit.allreduce_sharing_at_bound = fit_what.allreduce_sharing && best.comm.value_or(0) >= kMaxComm - 1e-9;
-  evaluate({cluster.comm_compute_sharing, cluster.dispatch_overhead_us, cluster.allreduce_sharing}, &fit.before);
+  fit.bandwidth_at_bound = fit_what.bandwidth && best.bw >= kMaxBw - 1e-9;
+  evaluate(given, &fit.before);
   evaluate(best, &fit.after);
   return fit;
 }
@@ -483,11 +494,14 @@ void apply_overlap_fit(Cluster& c, const OverlapFit& fit, OverlapTargets fitted,
   c.comm_compute_sharing = fit.sigma;
   c.dispatch_overhead_us = fit.dispatch_us;
   c.allreduce_sharing = fit.allreduce_sharing;
+  c.job_bandwidth_factor = fit.bandwidth_factor;
   if (fitted.sharing) c.provenance.erase("comm_compute_sharing");
   if (fitted.sharing && fit.sigma > 0) c.provenance["comm_compute_sharing"] = provenance;
   if (fitted.dispatch) c.provenance.erase("dispatch_overhead_us");
   if (fitted.dispatch && fit.dispatch_us > 0) c.provenance["dispatch_overhead_us"] = provenance;
   if (fitted.allreduce_sharing) c.provenance["allreduce_sharing"] = provenance;  // 0 is written too
+  if (fitted.bandwidth) c.provenance.erase("job_bandwidth_factor");
+  if (fitted.bandwidth && fit.bandwidth_factor != 1) c.provenance["job_bandwidth_factor"] = provenance;
 }
 
 std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m, int batch, Precision p) {

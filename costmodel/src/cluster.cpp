@@ -305,6 +305,8 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
     r.fail("allreduce_sharing", "must be between 0 (backward does not slow an allreduce) and " +
                                     std::to_string(int(kMaxAllreduceSharing)) + " (an allreduce at 1/" +
                                     std::to_string(int(kMaxAllreduceSharing) + 1) + " speed while backward runs)");
+  c.job_bandwidth_factor =
+      r.opt_in_range("job_bandwidth_factor", kMinJobBandwidthFactor, kMaxJobBandwidthFactor, "").value_or(1);
   c.reduce_bw_GBps = r.opt_in_range("reduce_bw_GBps", kMinGBps, kMaxGBps, "GB/s");
   if (auto ip = r.opt_object("input_pipeline")) {
     c.input_samples_per_s_per_gpu = ip->in_range("samples_per_s_per_gpu", 1e-3, 1e9, "samples/s");
@@ -403,6 +405,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
   if (c.comm_compute_sharing > 0) j["comm_compute_sharing"] = c.comm_compute_sharing;
   if (c.allreduce_sharing) j["allreduce_sharing"] = *c.allreduce_sharing;
   if (c.dispatch_overhead_us > 0) j["dispatch_overhead_us"] = c.dispatch_overhead_us;
+  if (c.job_bandwidth_factor != 1) j["job_bandwidth_factor"] = c.job_bandwidth_factor;
   if (c.intra.gpus_per_switch) j["intra_node"]["gpus_per_switch"] = c.intra.gpus_per_switch;
   if (c.intra.uplink_bw_GBps > 0) j["intra_node"]["uplink_bw_GBps"] = c.intra.uplink_bw_GBps;
   if (c.inter) {

@@ -37,6 +37,7 @@ CollectiveModel::CollectiveModel(const Cluster& c, int gpus, CollectiveOptions o
   }
   net_.gamma = c.gamma_s_per_byte();
   launch_s_ = (c.launch_overhead_us + c.dispatch_overhead_us) * 1e-6;
+  bandwidth_factor_ = c.job_bandwidth_factor;
   if (opt_.group < 0) throw InputError(field("collective.group") + ": must be >= 1");
   if (opt_.torus_x < 0) throw InputError(field("collective.torus_x") + ": must be >= 1");
   cache_.resize(algorithms().size());
@@ -73,7 +74,13 @@ Schedule CollectiveModel::schedule(const CollectiveChoice& choice, int64_t count
   return choice.algorithm->schedule(a);
 }
 
-CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, CollectiveArgs a) const {
+CollectiveChoice CollectiveModel::evaluate_one(const Algorithm& algo, const CollectiveArgs& a) const {
+  CollectiveChoice ch = evaluate_as_swept(algo, a);
+  ch.cost.bandwidth_s *= bandwidth_factor_;  // Cluster::job_bandwidth_factor
+  return ch;
+}
+
+CollectiveChoice CollectiveModel::evaluate_as_swept(const Algorithm& algo, CollectiveArgs a) const {
   CollectiveChoice ch;
   ch.algorithm = &algo;
   ch.launch_s = topo_.ranks > 1 ? launch_s_ : 0;
@@ -119,7 +126,7 @@ std::optional<Calibration> CollectiveModel::calibration(std::string_view algorit
 
 std::vector<AffineTail> CollectiveModel::affine_tails(Precision transfer) const {
   std::vector<AffineTail> out;
-  if (!calibrated_.empty() || topo_.ranks == 1 || library_ == "nccl") return out;
+  if (!calibrated_.empty() || topo_.ranks == 1 || library_ == "nccl" || bandwidth_factor_ != 1) return out;
   cost("auto", 2, transfer);  // fills the applicability and profile caches
   const auto& table = algorithms();
   for (size_t k = 0; k < table.size(); ++k) {
@@ -181,9 +188,11 @@ double CollectiveModel::lower_bound_s(std::string_view algorithm, int64_t count,
   for (const auto& algo : algorithms()) {
     const bool wanted = algorithm == "auto" ? algo.automatic && algo.library == library_ : algo.name == algorithm;
     if (!wanted || !algo.not_applicable(a).empty()) continue;
+    // A bound of the cost as swept bounds latency + f x bandwidth by f times itself where
+    // the factor f is below 1.
     const double b = calibrated_.count(algo.name) ? cost(algo.name, count, transfer).cost.total()
-                     : algo.lower_bound                ? algo.lower_bound(a)
-                                                       : 0;  // no bound known: no pruning
+                     : algo.lower_bound ? algo.lower_bound(a) * std::min(1.0, bandwidth_factor_)
+                                        : 0;  // no bound known: no pruning
     best = std::min(best, b);
   }
   return std::isfinite(best) ? best + launch : 0;

@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -521,27 +521,44 @@ class _Stream:
         return fut
 
     def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
+        item, work = self.q.get(), None  # work: the item's allreduce, where already started
+        while item is not None:
             wire, buffer, times, origin, fut, filled, divide = item
-            error: Optional[BaseException] = None
+            following = None  # the next item, its allreduce started where it runs on the host
             try:
-                if filled is None:
-                    times.start_s = time.perf_counter() - origin
-                    dist.all_reduce(wire, group=self.group, async_op=True).wait()
-                    times.end_s = time.perf_counter() - origin
-                    _average_into(buffer, wire, divide)
-                else:
+                if filled is not None:
                     self._run_cuda(wire, buffer, times, origin, filled, divide)
+                else:
+                    if work is None:
+                        work = self._start(item)
+                    work.wait()
+                    times.end_s = time.perf_counter() - origin
+                    # A queued bucket's allreduce starts before this one is averaged: the
+                    # division's pass over this bucket overlaps it instead of delaying it.
+                    following = self._start_queued()
+                    _average_into(buffer, wire, divide)
             except BaseException as e:  # handed to the training thread by the future
-                error = e
                 times.end_s = time.perf_counter() - origin
-            if error is not None:
-                fut.set_exception(error)
-                continue
-            fut.set_result(buffer)
+                fut.set_exception(e)
+            else:
+                fut.set_result(buffer)
+            item, work = following if following is not None else (self.q.get(), None)
+
+    def _start(self, item: Any) -> Any:
+        """Starts the allreduce of a host (gloo) item and records its start."""
+        item[2].start_s = time.perf_counter() - item[3]
+        return dist.all_reduce(item[0], group=self.group, async_op=True)
+
+    def _start_queued(self) -> Optional[Tuple[Any, Any]]:
+        """The next queued item and its allreduce, started where it runs on the host; None
+        where the queue is empty. The stop sentinel and a CUDA item come unstarted."""
+        try:
+            item = self.q.get_nowait()
+        except queue.Empty:
+            return None
+        if item is None or item[5] is not None:
+            return item, None
+        return item, self._start(item)
 
     def _run_cuda(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float,
                   filled: Any, divide: int) -> None:

@@ -238,8 +238,8 @@ Net platform_net(const Cluster& c, const CollectiveModel& coll) {
   return n;
 }
 
-Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, int64_t count,
-              Precision transfer, const Schedule& schedule) {
+static Wire wire_as_swept(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice,
+                          int64_t count, Precision transfer, const Schedule& schedule) {
   const double bytes = double(count) * bytes_per_element(transfer);
   if (coll.nccl() && c.calibrated.empty()) {
     int rounds = 0;
@@ -248,7 +248,7 @@ Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveCho
     Wire w{1, choice.cost.latency_s / rounds, coll.net().gamma};
     if (choice.algorithm->library == "nccl") {
       const double replayed = busiest_link_s(schedule, coll.topo(), coll.net(), bytes_per_element(transfer));
-      if (replayed > 0) w.scale = choice.cost.bandwidth_s / replayed;
+      if (replayed > 0) w.scale = choice.cost.bandwidth_s / coll.bandwidth_factor() / replayed;  // as swept
       w.gamma = 0;  // NCCL's bandwidth term includes the (pipelined) reduction
     }
     return w;
@@ -266,6 +266,15 @@ Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveCho
   }
   const Net& n = coll.net();
   return {n.intra_beta * kFlatBytesPerS, n.intra_alpha, n.gamma};
+}
+
+// A training step's wire: its bytes take Cluster::job_bandwidth_factor times as long, as
+// the cost model's bandwidth terms do.
+Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, int64_t count,
+              Precision transfer, const Schedule& schedule) {
+  Wire w = wire_as_swept(c, coll, choice, count, transfer, schedule);
+  w.scale *= coll.bandwidth_factor();
+  return w;
 }
 
 Platform build_platform(const Cluster& c, const Topo& topo, const Net& net) {

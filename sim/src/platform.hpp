@@ -35,6 +35,8 @@ Net platform_net(const Cluster& c, const CollectiveModel& coll);
 // links (ports, NIC rails, fabric), so contention shows, with messages scaled so that
 // without contention the replay takes NCCL's bandwidth time and each round adds its share
 // of NCCL's latency; the textbook algorithms spread their own latency over their rounds.
+// In every case the bytes take Cluster::job_bandwidth_factor times as long, as the cost
+// model's bandwidth terms do.
 Wire wire_for(const Cluster& c, const CollectiveModel& coll, const CollectiveChoice& choice, int64_t count,
               Precision transfer, const Schedule& schedule);
 

@@ -1148,6 +1148,50 @@ def gloo_sums(tmp_path, dtype):
     return json.load(open(out))["sums"]
 
 
+def test_a_plan_stream_starts_the_queued_bucket_before_it_averages_the_one_summed(monkeypatch):
+    """On the host, a stream whose next bucket is queued starts that bucket's allreduce
+    before it divides the bucket just summed, so the division does not delay it; each
+    future still holds its own average, in submission order. The allreduce is a stand-in
+    that logs (no process group): the first one is held until all three are queued."""
+    import threading
+    from fuseplan_torch import plan_ddp
+
+    log, release = [], threading.Event()
+
+    class Work:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def wait(self):
+            if len(log) == 1:  # the first allreduce: the other two are queued meanwhile
+                release.wait(10)
+            self.tensor.mul_(2)  # the sum over two ranks holding the same values
+            log.append("end %d" % int(self.tensor[0].item() // 2))
+
+    def all_reduce(tensor, group=None, async_op=False):
+        log.append("start %d" % int(tensor[0].item()))
+        return Work(tensor)
+
+    averaged = plan_ddp._average_into
+    monkeypatch.setattr(plan_ddp.dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(plan_ddp, "_average_into", lambda b, w, d: (log.append("average %d" % int(b[0].item() // 2)),
+                                                                     averaged(b, w, d)))
+    stream = plan_ddp._Stream(group=None)
+    try:
+        buffers = [torch.full((1000,), float(k)) for k in range(3)]
+        times = [plan_ddp.BucketTimes() for _ in buffers]
+        futures = [stream.submit(b, b, t, 0.0, 2) for b, t in zip(buffers, times)]
+        release.set()
+        results = [f.wait() for f in futures]
+    finally:
+        stream.stop()
+    assert log == ["start 0", "end 0", "start 1", "average 0", "end 1", "start 2", "average 1", "end 2", "average 2"]
+    for k, r in enumerate(results):
+        assert r is buffers[k] and torch.equal(r, torch.full((1000,), float(k)))
+    for before, after in zip(times, times[1:]):
+        assert before.start_s <= before.end_s <= after.start_s
+
+
 @pytest.mark.parametrize("engine", ["reducer", "hooks"])
 def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path, engine):
     """Within fp16 rounding of DDP's gradients where gloo sums fp16 (torch 1.13 and 2.6);

@@ -123,19 +123,24 @@ Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, 
 // in for two unless they differ several times over. A value not fitted keeps the
 // cluster's. Two runs with different bucket counts tell sharing and dispatch apart (one
 // alone fits both badly); the allreduce sharing wants runs whose allreduces overlap
-// backward to different extents.
+// backward to different extents. With bandwidth, Cluster::job_bandwidth_factor joins the
+// search (0.25..4 by 0.25, refined by 0.025 then 0.005) and each bucket's duration joins
+// the targets as above: a step's allreduces may move bytes slower than the sweep's also
+// where backward does not run, which no sharing expresses.
 struct OverlapRun {
   Model model;    // with the measured per-layer profile
   Plan plan;      // validated against `model`
   Report measured;
 };
 struct OverlapTargets {  // which values fit_overlap fits
-  bool sharing = false, dispatch = false, allreduce_sharing = false;
+  bool sharing = false, dispatch = false, allreduce_sharing = false, bandwidth = false;
 };
 inline constexpr double kMaxFittedAllreduceSharing = 4;
+inline constexpr double kMaxFittedBandwidthFactor = 4;
 struct OverlapFit {
   double sigma = 0, dispatch_us = 0;
   std::optional<double> allreduce_sharing;  // the cluster's where not fitted
+  double bandwidth_factor = 1;              // Cluster::job_bandwidth_factor (the cluster's where not fitted)
   struct Errors {
     double backward = 0, comm_end = 0, iteration = 0;  // signed, relative
   };
@@ -145,6 +150,7 @@ struct OverlapFit {
   // slow backward more than the model can express, which their errors after the fit show.
   bool sigma_at_bound = false;
   bool allreduce_sharing_at_bound = false;  // the fit wanted more than kMaxFittedAllreduceSharing
+  bool bandwidth_at_bound = false;          // the fit wanted more than kMaxFittedBandwidthFactor
 };
 OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& runs, OverlapTargets fit,
                        const CollectiveOptions& coll_opt);

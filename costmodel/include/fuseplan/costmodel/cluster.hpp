@@ -160,6 +160,13 @@ struct Cluster {
   // waking up for each round of messages (a CPU thread sharing a core). Fitted to plan
   // runs by fuseplan calibrate --plan; counted with launch_overhead_us in every bucket.
   double dispatch_overhead_us = 0;
+  // How much longer a collective's bandwidth term (its per-byte time) takes in a training
+  // step than a back-to-back sweep of the same message: every collective's bandwidth term
+  // is multiplied by it, at every size (1 = as swept). On CPU ranks the gradients a
+  // backward left in memory, and a communication thread that shares cores with the
+  // training's, make a step's allreduces move bytes slower than a sweep's, also after
+  // backward. Fitted to plan runs by fuseplan calibrate --plan --fit bandwidth.
+  double job_bandwidth_factor = 1;
   std::map<std::string, std::vector<Calibration>> calibrated;  // per algorithm, size segments
   std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
 
@@ -187,6 +194,9 @@ std::string config_dir();
 // largest published data-parallel runs; past it, per-GPU tables would not fit memory.
 inline constexpr int kMaxGpus = 1 << 20;
 inline constexpr double kMaxAllreduceSharing = 10;  // Cluster::allreduce_sharing: at worst 1/11 speed
+// Cluster::job_bandwidth_factor's range: a step's bytes moving 4 times faster than a
+// sweep's to 10 times slower.
+inline constexpr double kMinJobBandwidthFactor = 0.25, kMaxJobBandwidthFactor = 10;
 
 // Checks `gpus` against the cluster; InputError naming `flag` otherwise.
 void check_gpu_count(const Cluster& c, int gpus, const std::string& flag);

@@ -42,8 +42,9 @@ class CollectiveModel {
   CollectiveChoice cost(std::string_view algorithm, int64_t count, Precision transfer) const;
   // The affine tails (launch included) of every applicable algorithm and variant for
   // messages of two elements or more, for the tuner's fast path; empty when some
-  // algorithm is calibrated (its cost then follows another network) or when `auto` runs
-  // NCCL (whose costs are not affine in the size).
+  // algorithm is calibrated (its cost then follows another network), when `auto` runs
+  // NCCL (whose costs are not affine in the size) or when the cluster scales the
+  // bandwidth terms (Cluster::job_bandwidth_factor).
   std::vector<AffineTail> affine_tails(Precision transfer) const;
   // The schedule whose cost `choice` is (its algorithm and variant), for simulators and
   // executors.
@@ -60,6 +61,8 @@ class CollectiveModel {
   const NcclContext* nccl() const { return nccl_.get(); }
   // The cluster's communication library ("nccl" or "mpi"): what `auto` chooses among.
   const std::string& library() const { return library_; }
+  // Cluster::job_bandwidth_factor: what every bandwidth term is multiplied by.
+  double bandwidth_factor() const { return bandwidth_factor_; }
   // Whether `algorithm`'s cost ("auto" included) is nondecreasing in the message size (the
   // tuner's pruning needs it; NCCL's tree correction factors break it). Calibrated
   // algorithms count as monotone (nonnegative constants, blended continuously).
@@ -71,11 +74,15 @@ class CollectiveModel {
   static std::string variant_name(const CollectiveChoice& c);
 
  private:
-  CollectiveChoice evaluate_one(const Algorithm& algo, CollectiveArgs a) const;
+  // An algorithm's cost in a training step: as swept, its bandwidth term scaled by
+  // Cluster::job_bandwidth_factor.
+  CollectiveChoice evaluate_one(const Algorithm& algo, const CollectiveArgs& a) const;
+  CollectiveChoice evaluate_as_swept(const Algorithm& algo, CollectiveArgs a) const;
   Topo topo_;
   Net net_;
   CollectiveOptions opt_;
   double launch_s_ = 0;
+  double bandwidth_factor_ = 1;  // Cluster::job_bandwidth_factor
   // Staging once per allreduce (InterNodeNetwork::staging "collective"): seconds, and
   // seconds per byte, added to every textbook algorithm's cost across nodes.
   struct {
