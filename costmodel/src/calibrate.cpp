@@ -404,13 +404,15 @@ OverlapFit fit_overlap(const Cluster& cluster, const std::vector<OverlapRun>& ru
   auto around = [&](double v, double width, double step, double hi, double lo = 0) {
     return Axis{std::max(lo, v - width), std::min(hi, v + width), step};
   };
-  constexpr double kMinBw = kMinJobBandwidthFactor;
+  // A step moves bytes no faster than a back-to-back sweep on idle ranks: a fit below 1
+  // would make up for a sweep that is off, not describe the step.
+  constexpr double kMinBw = 1;
   if (!per_bucket) {
     search({0, 1, 0.05}, {}, {0, kMaxDispatchUs, 20}, {});
     search(around(best.sigma, 0.05, 0.005, 1), {}, around(best.dispatch, 20, 0.5, kMaxDispatchUs), {});
   } else {
-    // The bandwidth factor's first pass is coarser (by 0.25 from 0.25) than the other
-    // axes', so that four axes take seconds.
+    // The bandwidth factor's first pass is coarser (by 0.25 from 1) than the other axes',
+    // so that four axes take seconds.
     search({0, 1, 0.05}, {0, kMaxComm, 0.25}, {0, kMaxDispatchUs, 100}, {kMinBw, kMaxBw, 0.25});
     search(around(best.sigma, 0.05, 0.01, 1), around(best.comm.value_or(0), 0.25, 0.025, kMaxComm),
            around(best.dispatch, 100, 10, kMaxDispatchUs), around(best.bw, 0.25, 0.025, kMaxBw, kMinBw));

@@ -575,6 +575,15 @@ def sweep_command(a: Any) -> None:
     spawn(a.ranks, _sweep_rank, (a, first, last), a.backend, a.heap)
 
 
+SWEEP_BLOCKS = 5
+
+
+def _blocks(total: int, most: int) -> List[int]:
+    """`total` calls split into min(total, most) blocks whose sizes differ by one at most."""
+    n = min(total, most)
+    return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+
 def _sweep_rank(rank: int, ranks: int, a: Any, first: int, last: int) -> None:
     torch.set_num_threads(a.threads)
     device = rank_device(a.backend, rank)
@@ -587,11 +596,16 @@ def _sweep_rank(rank: int, ranks: int, a: Any, first: int, last: int) -> None:
             dist.all_reduce(buf)
         wait()
         dist.barrier()
-        t0 = time.perf_counter()
-        for _ in range(a.iterations):
-            dist.all_reduce(buf)
-        wait()  # NCCL's allreduce returns once queued: the time is the device's
-        t = torch.tensor([(time.perf_counter() - t0) / a.iterations], dtype=torch.float64, device=device)
+        # The median of up to SWEEP_BLOCKS blocks' mean call: one preempted call (a shared
+        # machine's) moves one block, not the size's time.
+        means = []
+        for calls in _blocks(a.iterations, SWEEP_BLOCKS):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                dist.all_reduce(buf)
+            wait()  # NCCL's allreduce returns once queued: the time is the device's
+            means.append((time.perf_counter() - t0) / calls)
+        t = torch.tensor([statistics.median(means)], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         points.append({"algorithm": "ring", "bytes": size, "seconds": float(t.item()), "iterations": a.iterations})
         size *= 2

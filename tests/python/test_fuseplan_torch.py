@@ -1349,6 +1349,17 @@ def test_a_sweep_writes_what_calibrate_reads(tmp_path):
     assert ring["alpha_us"] >= 0 and ring["beta_us_per_MB"] >= 0 and ring["alpha_us"] + ring["beta_us_per_MB"] > 0
 
 
+def test_a_sweep_times_each_size_in_blocks_of_nearly_equal_calls():
+    """The sweep's median is over up to 5 blocks, which together make the calls asked for."""
+    assert jobs._blocks(20, 5) == [4, 4, 4, 4, 4]
+    assert jobs._blocks(7, 5) == [2, 2, 1, 1, 1]
+    assert jobs._blocks(2, 5) == [1, 1]
+    assert jobs._blocks(1, 5) == [1]
+    for total in range(1, 40):
+        b = jobs._blocks(total, jobs.SWEEP_BLOCKS)
+        assert sum(b) == total and len(b) == min(total, 5) and max(b) - min(b) <= 1
+
+
 HEAP_PROBE = """
 import ctypes, resource, sys
 from fuseplan_torch.heap import heap_kept, keep_heap

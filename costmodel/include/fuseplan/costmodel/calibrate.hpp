@@ -124,9 +124,10 @@ Sweep load_nccl_tests(const std::string& path, const std::string& as_algorithm, 
 // cluster's. Two runs with different bucket counts tell sharing and dispatch apart (one
 // alone fits both badly); the allreduce sharing wants runs whose allreduces overlap
 // backward to different extents. With bandwidth, Cluster::job_bandwidth_factor joins the
-// search (0.25..4 by 0.25, refined by 0.025 then 0.005) and each bucket's duration joins
-// the targets as above: a step's allreduces may move bytes slower than the sweep's also
-// where backward does not run, which no sharing expresses.
+// search (1..4 by 0.25, refined by 0.025 then 0.005: a step moves bytes no faster than a
+// back-to-back sweep on idle ranks) and each bucket's duration joins the targets as
+// above: a step's allreduces may move bytes slower than the sweep's also where backward
+// does not run, which no sharing expresses.
 struct OverlapRun {
   Model model;    // with the measured per-layer profile
   Plan plan;      // validated against `model`
