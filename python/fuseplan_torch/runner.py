@@ -70,7 +70,7 @@ def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: 
     """`warmup` and `iterations` count optimizer steps, each of the plan's accumulation of
     micro-batches; the report's figures are per micro-batch, as fuseplan predicts them.
     `between` runs after each measured optimizer step, outside its times (a profile's whole
-    pass timed at the run's own moments: jobs.InterleavedPass)."""
+    pass timed at the run's own moments: jobs.InterleavedPass), followed by a barrier."""
     acc = ddp.accumulate
     steps: List[Dict[str, Any]] = []
     for t0, t1, t2, t3, synced in _timed_steps(ddp, inputs, labels, optimizer, warmup, iterations,
@@ -85,6 +85,10 @@ def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: 
         steps.append(row)
         if synced and between is not None:
             between()
+            # The ranks leave `between` apart by however much its times differ: the rank
+            # that left first would wait for the other inside the next measured step (in its
+            # first allreduce), a wait a run without `between` does not have.
+            dist.barrier()
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, steps)
     if dist.get_rank() != 0:
