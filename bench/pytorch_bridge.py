@@ -15,11 +15,10 @@ allreduce sweep calibrating the cluster (once); two pilot runs of the first mode
 PlanDDP (its plan tuned on the swept cluster, and one bucket per tensor; --pilots names
 other tune strategies, e.g. optimal,ddp,per-tensor), each profiled in its
 own job, fitting how communication and backward slow each other on this machine, each side
-apart, how much slower than the sweep a step's allreduces move bytes, and what each bucket
-costs (`fuseplan calibrate --plan --measured --profile (one per run) --fit
-sharing,dispatch,allreduce-sharing,bandwidth`, once; --fit-bandwidth off leaves the last
-out); `fuseplan tune` on that fitted cluster (ring for every bucket, fp32 transfer: what
-gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in backward; one
+apart, and what each bucket costs (`fuseplan calibrate --plan --measured --profile (one per
+run) --fit sharing,dispatch,allreduce-sharing`, once; --fit-bandwidth on adds `bandwidth`,
+how much slower than the sweep a step's allreduces move bytes); `fuseplan tune` on that
+fitted cluster (ring for every bucket, fp32 transfer: what gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in backward; one
 stream unless --streams), `fuseplan export --to ddp`. Then one gloo job per model
 interleaves the three trainers step by step, in a rotating order (each on its own copy of
 the same weights, same data), so machine drift hits all three alike; the median step is
@@ -123,9 +122,10 @@ def main():
     add_heap_flag(ap)
     ap.add_argument("--layer-times", default="whole-pass", choices=["whole-pass", "as-timed"],
                     help="the profiles' layer times: fitted to whole training steps, or as timed alone")
-    ap.add_argument("--fit-bandwidth", default="on", choices=["on", "off"],
-                    help="fit how much slower than the sweep a step's allreduces move bytes (job_bandwidth_factor) "
-                         "along with the sharing rates and the dispatch (off: the factor stays 1)")
+    ap.add_argument("--fit-bandwidth", default="off", choices=["on", "off"],
+                    help="also fit how much slower than the sweep a step's allreduces move bytes "
+                         "(job_bandwidth_factor; off: it stays 1). On two pilots the fourth value fitted them "
+                         "better and the held-out models worse (docs/results/2026-12-06-pytorch-job-bandwidth.md)")
     ap.add_argument("--pilots", default="optimal,per-tensor",
                     help="the pilot runs' plans, as fuseplan tune --strategy names them (ddp: DDP's buckets, large "
                          "ones overlapping backward)")
@@ -180,8 +180,7 @@ def main():
         return p, settings, res, (plan, measured, prof, run_prof)
 
     # How much the allreduces slow backward on this machine's shared cores
-    # (comm_compute_sharing), how much backward slows them (allreduce_sharing), how much
-    # slower than the sweep a step's allreduces move bytes (job_bandwidth_factor) and what
+    # (comm_compute_sharing), how much backward slows them (allreduce_sharing) and what
     # each bucket costs beyond its allreduce (dispatch_overhead_us) are fitted on two
     # pilot runs of the first model through PlanDDP: its plan tuned on the swept cluster,
     # and one bucket per tensor (many buckets, which separates the dispatch; round-robin
