@@ -18,10 +18,11 @@ own job, fitting how communication and backward slow each other on this machine,
 apart, and what each bucket costs (`fuseplan calibrate --plan --measured --profile (one per
 run) --fit sharing,dispatch,allreduce-sharing`, once; --fit-bandwidth on adds `bandwidth`,
 how much slower than the sweep a step's allreduces move bytes); `fuseplan tune` on that
-fitted cluster (ring for every bucket, fp32 transfer: what gloo runs; copies inline, as PlanDDP copies each gradient into its bucket in backward; one
-stream unless --streams), `fuseplan export --to ddp`. Then one gloo job per model
-interleaves the three trainers step by step, in a rotating order (each on its own copy of
-the same weights, same data), so machine drift hits all three alike; the median step is
+fitted cluster (ring for every bucket, fp32 transfer: what gloo runs; copies inline, as
+PlanDDP copies each gradient into its bucket in backward; one stream unless --streams),
+`fuseplan export --to ddp`. Then one gloo job per model interleaves the three trainers
+step by step, in a rotating order (each on its own copy of the same weights, same data),
+so machine drift hits all three alike; the median step is
 reported, and the ratio PlanDDP / DDP as the median (and quartiles) of the ratios of
 steps run next to each other, and each trainer's minor page faults per step (with
 --min-gain PCT the plans are tuned with --baseline ddp: DDP's buckets unless the tuned

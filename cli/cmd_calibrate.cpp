@@ -257,10 +257,10 @@ void add_calibrate_command(CLI::App& app) {
                   "several runs): fit comm_compute_sharing and dispatch_overhead_us (see --fit)");
   cmd->add_option("--measured", f->measured, "each --plan's measured report (fuseplan-exec run --report), in order");
   cmd->add_option("--fit", f->fit,
-                  "--plan: what to fit, of sharing,dispatch,allreduce-sharing,bandwidth (default: sharing for one run,\n"
-                  "sharing and dispatch for several; allreduce-sharing: how much backward slows an allreduce, apart\n"
-                  "from how much it slows backward; bandwidth: how much slower a step's allreduces move bytes than\n"
-                  "the sweep's, job_bandwidth_factor)")
+                  "--plan: what to fit, of sharing,dispatch,allreduce-sharing,bandwidth (default: sharing for one\n"
+                  "run, sharing and dispatch for several; allreduce-sharing: how much backward slows an allreduce,\n"
+                  "apart from how much it slows backward; bandwidth: how much slower a step's allreduces move bytes\n"
+                  "than the sweep's, job_bandwidth_factor)")
       ->delimiter(',');
   cmd->add_option("--profile", f->profiles,
                   "measured per-layer times (fuseplan.profile/1): with --plan, the runs' compute (one for all, or\n"

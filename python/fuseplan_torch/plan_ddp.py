@@ -478,6 +478,16 @@ class PlanDDP(nn.Module):
             st.stop()
 
 
+class _Failed:
+    """An allreduce that could not start: waiting for it raises why."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def wait(self) -> None:
+        raise self.error
+
+
 def _average_into(buffer: torch.Tensor, wire: torch.Tensor, divide: int) -> None:
     """`buffer` = the summed `wire` / `divide`, in one pass (none for an FP32 wire that is
     the buffer and needs no division)."""
@@ -558,7 +568,10 @@ class _Stream:
             return None
         if item is None or item[5] is not None:
             return item, None
-        return item, self._start(item)
+        try:
+            return item, self._start(item)
+        except BaseException as e:  # raised when the item's turn comes, to its own future
+            return item, _Failed(e)
 
     def _run_cuda(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float,
                   filled: Any, divide: int) -> None:

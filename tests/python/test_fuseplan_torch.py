@@ -1192,6 +1192,44 @@ def test_a_plan_stream_starts_the_queued_bucket_before_it_averages_the_one_summe
         assert before.start_s <= before.end_s <= after.start_s
 
 
+def test_a_plan_stream_hands_an_allreduce_that_fails_to_start_to_its_own_bucket(monkeypatch):
+    """A queued bucket whose allreduce raises as it starts (early, while the bucket before
+    it is averaged) fails its own future; the buckets before and after it complete."""
+    import threading
+    from fuseplan_torch import plan_ddp
+
+    release, calls = threading.Event(), []
+
+    class Work:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def wait(self):
+            if len(calls) == 1:
+                release.wait(10)
+            self.tensor.mul_(2)
+
+    def all_reduce(tensor, group=None, async_op=False):
+        calls.append(int(tensor[0].item()))
+        if tensor[0].item() == 1:
+            raise RuntimeError("connection reset by peer")
+        return Work(tensor)
+
+    monkeypatch.setattr(plan_ddp.dist, "all_reduce", all_reduce)
+    stream = plan_ddp._Stream(group=None)
+    try:
+        buffers = [torch.full((10,), float(k)) for k in range(3)]
+        futures = [stream.submit(b, b, plan_ddp.BucketTimes(), 0.0, 2) for b in buffers]
+        release.set()
+        assert torch.equal(futures[0].wait(), torch.zeros(10))
+        with pytest.raises(RuntimeError, match="connection reset by peer"):
+            futures[1].wait()
+        assert torch.equal(futures[2].wait(), torch.full((10,), 2.0))
+    finally:
+        stream.stop()
+    assert calls == [0, 1, 2]
+
+
 @pytest.mark.parametrize("engine", ["reducer", "hooks"])
 def test_plan_ddp_fp16_transfer_is_close_to_ddp(tmp_path, engine):
     """Within fp16 rounding of DDP's gradients where gloo sums fp16 (torch 1.13 and 2.6);
