@@ -25,6 +25,10 @@ std::string rel_err(double model, double measured) {
 std::string ms_or_dash(double s) { return std::isnan(s) ? std::string("-") : fixed(s * 1e3, 2); }
 }  // namespace
 
+double outside_phases_s(const Report& r) {
+  return r.iteration_s - (r.forward_s + r.backward_s + r.exposed_comm_s + r.optimizer_s + r.data_wait_s);
+}
+
 Verification verify_plan(const Scenario& s, const Report& measured, bool simulate) {
   const Model& model = s.model;
   const Plan& plan = s.plan;
@@ -50,6 +54,8 @@ Verification verify_plan(const Scenario& s, const Report& measured, bool simulat
     v.no_sim_reason = "not simulated (--no-sim)";
   }
   v.rows = compare_reports(v.predicted, v.simulated ? &*v.simulated : nullptr, measured);
+  v.measured_outside_s = outside_phases_s(measured);
+  v.predicted_outside_s = outside_phases_s(v.predicted);
   return v;
 }
 
@@ -71,6 +77,14 @@ void print_verification(std::ostream& os, const Verification& v, const Plan& pla
        << " ms (" << rel_err(v.at_speed->iteration_s, measured.iteration_s) << "), last allreduce end "
        << ms_or_dash(v.at_speed->comm_end_s) << " ms (" << rel_err(v.at_speed->comm_end_s, measured.comm_end_s)
        << ")\n";
+  // More than 2 % of the iteration outside the phases, beyond what the prediction has there.
+  if (const double gap = v.measured_outside_s - v.predicted_outside_s;
+      measured.iteration_s > 0 && std::abs(gap) > 0.02 * measured.iteration_s)
+    os << "\n  outside the phases: the measured iteration is " << ms_or_dash(v.measured_outside_s)
+       << " ms longer than its forward, backward,\n  exposed communication, optimizer and data wait (predicted: "
+       << ms_or_dash(v.predicted_outside_s) << " ms): the slowest rank's mean step\n  holds time the critical rank's "
+       << "phases do not (ranks waiting for each other outside them,\n  work between steps), which no phase of the "
+       << "model prices\n";
   if (const std::string sharing = sharing_text(cluster, plan.gpus); !sharing.empty())
     os << (v.no_sim_reason.empty() ? "\n" : "") << "  predicted with " << sharing
        << " (communication and backward slow each other)\n";
@@ -83,7 +97,10 @@ nlohmann::json verification_json(const Verification& v, const std::string& plan_
                     {"predicted_s", r.predicted_s},
                     {"simulated_s", v.simulated ? nlohmann::json(r.simulated_s) : nullptr},
                     {"measured_s", r.measured_s}});
-  nlohmann::json out{{"plan", plan_path}, {"cluster", cluster.name}, {"rows", rows}};
+  nlohmann::json out{{"plan", plan_path},
+                     {"cluster", cluster.name},
+                     {"rows", rows},
+                     {"outside_phases_s", {{"predicted", v.predicted_outside_s}, {"measured", v.measured_outside_s}}}};
   if (v.at_speed)
     out["at_measured_compute_speed"] = {
         {"compute_scale", v.drift}, {"iteration_s", v.at_speed->iteration_s}, {"comm_end_s", v.at_speed->comm_end_s}};

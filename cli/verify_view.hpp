@@ -23,7 +23,16 @@ struct Verification {
   double drift = 1;
   std::optional<Report> at_speed;
   std::vector<ComparisonRow> rows;
+  // The iteration less its phases (forward, backward, exposed communication, optimizer,
+  // data wait), measured and predicted. A measured iteration is the slowest rank's mean
+  // step and its phases each step's critical rank's: where the two differ by more than
+  // the prediction's own remainder, the run spent time no phase of the model holds (ranks
+  // waiting for each other outside the critical rank's phases, work between steps).
+  double measured_outside_s = 0, predicted_outside_s = 0;
 };
+
+// A report's iteration less its phases (Verification::measured_outside_s).
+double outside_phases_s(const Report& r);
 
 // "comm_compute_sharing S[, allreduce_sharing A]" where the cluster shares the processor
 // on `gpus` ranks (verify and simulate say what they predicted with), else "".

@@ -1136,6 +1136,33 @@ TEST_CASE("cli: calibrate --plan --measured fits comm_compute_sharing and dispat
   CHECK_FALSE(j1.at("provenance").contains("job_bandwidth_factor"));
 }
 
+TEST_CASE("cli: verify says when a measured iteration holds time outside its phases") {
+  // The "measurement" is the prediction itself; then the same with 20 % more iteration
+  // than its phases, as when one rank waits for another outside the critical rank's phases.
+  const std::string plan = tmp("outside-plan.json"), same = tmp("outside-same.json"),
+                    waited = tmp("outside-waited.json");
+  Run p = run("predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu --gpus 2 "
+              "--batch-per-gpu 16 --precision fp32 --json --buckets splits:20,40 --out " + plan);
+  REQUIRE(p.code == 0);
+  std::ofstream(same) << p.out;
+  auto j = nlohmann::json::parse(p.out);
+  const double iteration = j.at("iteration_s").get<double>();
+  j["iteration_s"] = 1.2 * iteration;
+  std::ofstream(waited) << j.dump();
+  Run a = run("verify --no-sim --plan " + plan + " --measured " + same);
+  INFO(a.out);
+  REQUIRE(a.code == 0);
+  CHECK_THAT(a.out, !Catch::Contains("outside the phases"));
+  Run b = run("verify --no-sim --plan " + plan + " --measured " + waited);
+  INFO(b.out);
+  REQUIRE(b.code == 0);
+  CHECK_THAT(b.out, Catch::Contains("outside the phases: the measured iteration is"));
+  Run bj = run("verify --no-sim --json --plan " + plan + " --measured " + waited);
+  REQUIRE(bj.code == 0);
+  const auto o = nlohmann::json::parse(bj.out).at("outside_phases_s");
+  CHECK(o.at("measured").get<double>() - o.at("predicted").get<double>() == Approx(0.2 * iteration).epsilon(1e-6));
+}
+
 TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that reads back") {
   const std::string draft = tmp("discovered.json");
   Run d = run("calibrate --discover --out " + draft);
