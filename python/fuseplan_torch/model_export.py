@@ -525,7 +525,6 @@ def export_model(model: nn.Module, example_inputs: Inputs, name: Optional[str] =
                 found += [p for p in producers(a) if p not in found]
         return found
 
-
     def constant_parameters(n: fx.Node) -> List[str]:
         """The parameters node `n` reads itself or through nodes that do not depend on the
         input, in graph order."""
@@ -865,7 +864,6 @@ def export_by_modules(model: nn.Module, example_inputs: Inputs, name: Optional[s
     input_ids = {id(t): -1 - k for k, t in reversed(list(enumerate(args)))}
     input_ptrs = {t.data_ptr(): -1 - k for k, t in reversed(list(enumerate(args)))}
     batch = batch_size(args)
-
 
     layer_of_node: Dict[Any, int] = {}  # the autograd node of each layer's output
 

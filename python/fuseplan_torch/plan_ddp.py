@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -500,6 +500,17 @@ def _average_into(buffer: torch.Tensor, wire: torch.Tensor, divide: int) -> None
         buffer.copy_(wire)
 
 
+class _Item(NamedTuple):
+    """A bucket queued on a plan stream (_Stream.submit)."""
+    wire: torch.Tensor
+    buffer: torch.Tensor
+    times: BucketTimes
+    origin: float
+    fut: Any
+    filled: Any  # the CUDA event after the bucket's copies; None on the host
+    divide: int
+
+
 class _Stream:
     """One plan stream: a thread that allreduces its buckets one at a time, in the order
     they were submitted, on its own process group, recording each one's start and end.
@@ -512,7 +523,7 @@ class _Stream:
 
     def __init__(self, group: Any) -> None:
         self.group = group
-        self.q: "queue.Queue[Any]" = queue.Queue()
+        self.q: "queue.Queue[Optional[_Item]]" = queue.Queue()
         self.cuda_streams: Dict[Any, Any] = {}  # per device, made by the thread
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -527,7 +538,7 @@ class _Stream:
         if wire.is_cuda:
             filled = torch.cuda.Event()
             filled.record()  # on the submitter's current stream, after the bucket's copies and cast
-        self.q.put((wire, buffer, times, origin, fut, filled, divide))
+        self.q.put(_Item(wire, buffer, times, origin, fut, filled, divide))
         return fut
 
     def _run(self) -> None:
@@ -554,19 +565,19 @@ class _Stream:
                 fut.set_result(buffer)
             item, work = following if following is not None else (self.q.get(), None)
 
-    def _start(self, item: Any) -> Any:
+    def _start(self, item: _Item) -> Any:
         """Starts the allreduce of a host (gloo) item and records its start."""
-        item[2].start_s = time.perf_counter() - item[3]
-        return dist.all_reduce(item[0], group=self.group, async_op=True)
+        item.times.start_s = time.perf_counter() - item.origin
+        return dist.all_reduce(item.wire, group=self.group, async_op=True)
 
-    def _start_queued(self) -> Optional[Tuple[Any, Any]]:
+    def _start_queued(self) -> Optional[Tuple[Optional[_Item], Any]]:
         """The next queued item and its allreduce, started where it runs on the host; None
         where the queue is empty. The stop sentinel and a CUDA item come unstarted."""
         try:
             item = self.q.get_nowait()
         except queue.Empty:
             return None
-        if item is None or item[5] is not None:
+        if item is None or item.filled is not None:
             return item, None
         try:
             return item, self._start(item)

@@ -262,8 +262,8 @@ def _timed_profile(model: nn.Module, gm: Optional[fx.GraphModule], layer_nodes: 
 
 
 def training_steps(model: nn.Module, batch_input: Tuple[torch.Tensor, ...], optimizer: Optional[torch.optim.Optimizer],
-                    warmup: int, steps: int, device: torch.device,
-                    sync: Callable[[], None]) -> List[Tuple[float, float, float]]:
+                   warmup: int, steps: int, device: torch.device,
+                   sync: Callable[[], None]) -> List[Tuple[float, float, float]]:
     """Whole training steps run back to back, as a data-parallel job runs them less its
     communication: each timed step's forward, backward and optimizer step (0 without one)
     in microseconds. Each phase starts from what the phase before left in caches and
