@@ -167,6 +167,32 @@ TEST_CASE("packing copies: in a fusion buffer they delay the bucket - in backwar
   for (const auto& e : inline_copies.timeline.events) bwd += e.category == "backward" ? e.dur_s : 0;
   CHECK(bwd == Approx(0.012));
   CHECK(inline_copies.single_gpu_iteration_s == Approx(comm.single_gpu_iteration_s));
+  // ... and each average is copied back after backward, in bucket order, 1 ms each, once
+  // its allreduce has ended: at 12, 13 and 14 ms (the allreduces end by 12 ms + a little).
+  const double last_end = inline_copies.buckets[2].end_s;
+  REQUIRE(last_end > 0.012);
+  REQUIRE(last_end < 0.0121);
+  CHECK(inline_copies.copy_back_s == Approx(0.015 - last_end));
+  CHECK(inline_copies.exposed_comm_s == Approx(0.003));
+  std::vector<std::pair<double, double>> copies;  // (start, duration) from backward start
+  for (const auto& e : inline_copies.timeline.events)
+    if (e.category == "copy") copies.push_back({e.start_s - inline_copies.forward_s, e.dur_s});
+  REQUIRE(copies.size() == 3);
+  for (int k = 0; k < 3; ++k) {
+    CHECK(copies[size_t(k)].first == Approx(0.012 + 0.001 * k));
+    CHECK(copies[size_t(k)].second == Approx(0.001));
+  }
+  CHECK(inline_copies.iteration_s == Approx(inline_copies.forward_s + 0.015 + inline_copies.optimizer_s));
+  // A slow last allreduce: only its own copy follows it.
+  Cluster slow = toy_cluster(0.5, 0);
+  slow.device.mem_bw_GBps = c.device.mem_bw_GBps;
+  const Report late = predict_toy(m, slow, p);
+  REQUIRE(late.buckets[2].end_s > 0.020);
+  CHECK(late.copy_back_s == Approx(0.001));
+  CHECK(late.exposed_comm_s == Approx(late.comm_end_s - late.backward_s + 0.001));
+  // The report file carries it, and reads it back.
+  CHECK(report_from_json(report_to_json(late), "r.json").copy_back_s == late.copy_back_s);
+  CHECK(!report_to_json(comm).contains("copy_back_s"));
   // Unpacked buckets copy nothing, wherever the plan says copies run.
   for (auto& b : p.buckets) b.pack = false;
   CHECK(predict_toy(m, c, p).backward_s == Approx(0.009));

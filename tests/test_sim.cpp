@@ -126,7 +126,9 @@ TEST_CASE("processor sharing: the simulated iteration matches the predictor's sh
     c.allreduce_sharing = comm < 0 ? std::nullopt : std::optional<double>(comm);
     for (int gpus : {2, 4}) {
       Tuner t(m, c, gpus, 16, Precision::FP32);
-      // ddp copies each gradient into its bucket in backward (3.7 ms of ResNet-18's here).
+      // ddp copies each gradient into its bucket in backward (3.7 ms of ResNet-18's here),
+      // and each bucket's average back after its allreduce, sharing the core with the
+      // allreduces still running.
       for (Strategy s : {Strategy::Optimal, Strategy::Single, Strategy::PerTensor, Strategy::Horovod, Strategy::Ddp}) {
         TuneOptions o;
         o.strategy = s;
@@ -138,6 +140,8 @@ TEST_CASE("processor sharing: the simulated iteration matches the predictor's sh
         INFO("sigma " << sigma << " allreduce sharing " << comm << " gpus " << gpus << " " << strategy_name(s));
         CHECK(j["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
         CHECK(j["comm_end_s"].get<double>() == Approx(r.report.comm_end_s).epsilon(0.01));
+        CHECK(j.value("copy_back_s", 0.0) == Approx(r.report.copy_back_s).margin(0.01 * r.report.iteration_s));
+        CHECK((s == Strategy::Ddp) == (r.report.copy_back_s > 0));
         ++checked;
       }
     }

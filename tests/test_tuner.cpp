@@ -392,6 +392,69 @@ TEST_CASE("processor sharing: the search climbs from the free-overlap optimum on
   CHECK(at_brute * 10 >= cases * 8);
 }
 
+TEST_CASE("copies back: the search minimises the end of the last copy, exactly") {
+  // DDP's buckets (copied in backward) are copied back after their allreduces, in bucket
+  // order. Memory slow enough that the copies weigh as much as the allreduces: the
+  // partition whose allreduces end first is then often not the best one.
+  std::mt19937_64 rng(20261206);
+  int cases = 0, moved = 0, shared_cases = 0, shared_at_brute = 0;
+  for (double mem_GBps : {2.0, 8.0, 40.0}) {
+    for (int trial = 0; trial < 10; ++trial) {
+      Cluster c = load_cluster("local-cpu");
+      c.comm_compute_sharing = 0;
+      c.device.mem_bw_GBps = mem_GBps;
+      std::uniform_int_distribution<int> len(3, 12);
+      Model m = random_model(rng, len(rng));
+      const int n = static_cast<int>(m.tensors.size());
+      Tuner t(m, c, 2, 32, Precision::FP32);
+      TuneOptions o;
+      o.strategy = Strategy::Optimal;
+      o.packing = Packing::Inline;
+      const TuneResult r = t.run(o);
+      INFO("memory " << mem_GBps << " GB/s, trial " << trial << " n=" << n);
+      REQUIRE(r.report.copy_back_s > 0);
+      // The objective is the end of the last copy: backward, the allreduces and the copies.
+      CHECK(r.objective_s == Approx(std::max(r.report.backward_s, r.report.comm_end_s) + r.report.copy_back_s)
+                                 .epsilon(1e-12));
+      // Against every partition; and the partition whose last allreduce ends first.
+      double best = INFINITY, first_end = INFINITY, at_first_end = 0;
+      for (unsigned mask = 0; mask < (1u << (n - 1)); ++mask) {
+        const Report p = t.evaluate(t.plan_for(starts_of(mask, n), o), false);
+        best = std::min(best, p.iteration_s);
+        const double end = std::max(p.backward_s, p.comm_end_s);
+        if (end < first_end * (1 - 1e-12)) {
+          first_end = end;
+          at_first_end = p.iteration_s;
+        }
+      }
+      CHECK(r.report.iteration_s == Approx(best).epsilon(1e-9));
+      moved += at_first_end > best * (1 + 1e-9);
+      ++cases;
+      o.strategy = Strategy::KSplit;
+      o.segments = std::min(n, 3);
+      const TuneResult k = t.run(o);
+      CHECK(static_cast<int>(k.plan.buckets.size()) == o.segments);
+      CHECK(k.report.iteration_s == Approx(brute_force(t, o, n, o.segments)).epsilon(1e-9));
+      // Under processor sharing the copies share the core with the allreduces still
+      // running; the search's local climb judges partitions by the same schedule.
+      c.comm_compute_sharing = 1.0;
+      Tuner shared(m, c, 2, 32, Precision::FP32);
+      o.strategy = Strategy::Optimal;
+      const TuneResult sr = shared.run(o);
+      CHECK(sr.objective_s == Approx(std::max(sr.report.backward_s, sr.report.comm_end_s) + sr.report.copy_back_s)
+                                  .epsilon(1e-12));
+      const double shared_best = brute_force(shared, o, n, 0);
+      CHECK(sr.report.iteration_s >= shared_best * (1 - 1e-12));
+      shared_at_brute += sr.report.iteration_s <= shared_best * (1 + 1e-9);
+      ++shared_cases;
+    }
+  }
+  WARN("copies back: the first-ending partition is not the best in " << moved << " of " << cases << " cases; "
+       "under sharing the search is at the brute-force optimum in " << shared_at_brute << " of " << shared_cases);
+  CHECK(moved > 0);
+  CHECK(shared_at_brute * 10 >= shared_cases * 8);
+}
+
 TEST_CASE("tuner: the best distinct plans for --validate sim, ranked by prediction") {
   const Model m = build_zoo_model("resnet50");
   const Cluster c = load_cluster("tencent-p40");  // the tuner keeps a reference

@@ -155,6 +155,7 @@ class Pipeline {
     if (s.reshard)
       for (size_t i = 0; i < P_; ++i) forward_last_.at(size_t(parts_[i].last_layer)).push_back(i);
     for (double u : update_s) total_update_s_ += u;
+    for (const auto& p : parts_) copies_back_ = copies_back_ || p.copy_back_s > 0;
     grow(8);  // most schedules settle within a few iterations; grown as needed
   }
 
@@ -188,7 +189,7 @@ class Pipeline {
   }
   size_t iterations_held_ = 0;
 
-  enum class Op { Forward, Backward, Step };
+  enum class Op { Forward, Backward, CopyBack, Step };
   // A message's slot: its partition's reduction, all-gather, or re-gather (reshard), as
   // message_kind numbers them.
   enum Slot : size_t { kReduce = 0, kGather = 1, kRegather = 2, kSlots = 3 };
@@ -226,6 +227,7 @@ class Pipeline {
   double total_update_s_ = 0;
   size_t L_ = 0, P_ = 0;
   bool rsag_ = false;
+  bool copies_back_ = false;  // some partition is copied back after backward (Op::CopyBack)
   std::vector<std::vector<size_t>> step_parts_;
   std::vector<double> ready_, start_, end_;
   std::vector<int> done_, reduced_;            // per iteration: messages ended, reductions ended
@@ -266,6 +268,7 @@ double Pipeline::gate() const {
     if (s_.shard_optimizer) return reduced_[k] == int(P_) ? last_reduced_[k] : kInf;
     return done_[k] == messages_per_iteration() ? last_end_[k] : kInf;
   }
+  if (op_ == Op::CopyBack) return end_[id(k_, index_, kReduce)];  // infinity until its allreduce ends
   if (op_ == Op::Backward) {
     if (!s_.reshard) return 0;  // a resharded unit's layer waits for its re-gather
     const size_t at = k * L_ + (L_ - 1 - index_);
@@ -286,6 +289,7 @@ double Pipeline::duration() const {
   switch (op_) {
     case Op::Forward: return layers[index_].fwd_s + (s_.step_update ? 0 : update_s_[index_]);
     case Op::Backward: return bwd_s_[index_];
+    case Op::CopyBack: return parts_[index_].copy_back_s;
     case Op::Step: return step_s();
   }
   return 0;
@@ -311,6 +315,18 @@ void Pipeline::finish_op(double now) {
       }
       if (++index_ < L_) return;
       bwd_end_[k] = now;
+      index_ = 0;
+      if (copies_back_) {
+        op_ = Op::CopyBack;
+        return;
+      }
+      if (s_.step_update) {
+        op_ = Op::Step;
+        return;
+      }
+      break;
+    case Op::CopyBack:
+      if (++index_ < P_) return;
       index_ = 0;
       if (s_.step_update) {
         op_ = Op::Step;
@@ -513,6 +529,8 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
     }
     if (s.pack && s.pack_on == PackOn::Comm)
       p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
+    if (s.pack && s.pack_on == PackOn::Compute && s.exchange == Exchange::Allreduce && gpus_ > 1)
+      p.copy_back_s = copy_in_backward_s(cluster_, p.elems);
     parts.push_back(std::move(p));
     begin = end;
   }

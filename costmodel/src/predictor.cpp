@@ -108,6 +108,7 @@ class StreamSet {
           a.rem = bw_[a.bucket];
         } else {
           out_[a.bucket].end_s = now;
+          ended_[size_t(a.bucket)] = true;
           a.bucket = -1;
           ++ended;
         }
@@ -115,6 +116,7 @@ class StreamSet {
     }
     return ended;
   }
+  bool ended(size_t bucket) const { return ended_[bucket]; }
 
  private:
   int in_bandwidth() const {
@@ -133,13 +135,13 @@ class StreamSet {
   std::vector<BucketTiming>& out_;
   std::vector<std::vector<size_t>> queue_;
   std::vector<Active> st_;
+  std::vector<bool> ended_ = std::vector<bool>(out_.size(), false);
 };
 
 }  // namespace
 
 SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& bs,
-                             ProcessorSharing sigma,
-                             double cycle_s) {
+                             ProcessorSharing sigma, double cycle_s, const std::vector<double>& copy_back_s) {
   const size_t n = bs.size(), L = step_s.size();
   constexpr double kInf = std::numeric_limits<double>::infinity();
   SharedTiming out;
@@ -154,17 +156,32 @@ SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vecto
     bw.push_back(bs[i].bandwidth_s);
     made_ready.at(bs[i].after_step).push_back(i);
   }
+  // The compute stream's work: the backward steps, then (with copies back) one copy per
+  // bucket in bucket order, each waiting for its bucket's end.
+  const size_t copies = copy_back_s.empty() ? 0 : n;
+  out.copy_end_s.assign(copies, 0);
   StreamSet streams(stream, lat, bw, out.buckets);
-  size_t step = 0, done = 0;
+  size_t step = 0, done = 0, copy = 0;
   double now = 0, comp_rem = L ? step_s[0] : 0;
-  while (step < L || done < n) {
+  bool copying = false;
+  while (step < L || done < n || copy < copies) {
     while (step < L && comp_rem <= 1e-12 * std::max(1.0, now)) {  // steps that end now
       out.step_end_s[step] = now;
       for (size_t b : made_ready[step]) ready[b] = next_tick(now + bs[b].delay_s, cycle_s);
       if (++step < L) comp_rem = step_s[step];
     }
+    if (step == L)
+      for (;;) {  // copies back that end now, and the next one that can start
+        if (copying && comp_rem <= 1e-12 * std::max(1.0, now)) {
+          out.copy_end_s[copy++] = now;
+          copying = false;
+        }
+        if (copying || copy == copies || !streams.ended(copy)) break;
+        copying = true;
+        comp_rem = copy_back_s[copy];
+      }
     streams.start(now, ready);
-    const bool computing = step < L;
+    const bool computing = step < L || copying;
     const double comp_rate = 1 / (1 + sigma.compute * streams.active());
     const double comm_rate = computing ? 1 / (1 + sigma.comm) : 1.0;
     double dt = std::min(computing ? comp_rem / comp_rate : kInf, streams.next_event(now, comm_rate, ready));
@@ -176,6 +193,7 @@ SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vecto
   }
   for (const auto& b : out.buckets) out.comm_end_s = std::max(out.comm_end_s, b.end_s);
   out.backward_end_s = L ? out.step_end_s.back() : 0;
+  out.copies_end_s = std::max({out.backward_end_s, out.comm_end_s, copies ? out.copy_end_s.back() : 0.0});
   return out;
 }
 
@@ -216,6 +234,22 @@ double pack_time_s(const Cluster& cluster, int64_t bytes) {
 
 double copy_in_backward_s(const Cluster& cluster, int64_t elems) {
   return pack_time_s(cluster, elems * bytes_per_element(Precision::FP32));
+}
+
+std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan) {
+  std::vector<double> s;
+  for (const auto& b : plan.buckets)
+    s.push_back(b.pack && plan.pack_on == PackOn::Compute
+                    ? copy_in_backward_s(cluster, bucket_elements(plan, model, b)) : 0.0);
+  return s;
+}
+
+std::vector<double> copies_back(double backward_end_s, const std::vector<BucketTiming>& buckets,
+                                const std::vector<double>& copy_s) {
+  std::vector<double> end;
+  double at = backward_end_s;
+  for (size_t k = 0; k < buckets.size(); ++k) end.push_back(at = std::max(at, buckets[k].end_s) + copy_s[k]);
+  return end;
 }
 
 double next_tick(double t, double cycle_s) {
@@ -307,15 +341,22 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   // processor, the compute model's otherwise.
   std::vector<double> step_end = steps_s;
   std::vector<BucketTiming> timing;
+  // The copies back after backward (PackOn::Compute), on more than one GPU.
+  const std::vector<double> copy_s = plan.gpus > 1 ? copy_back_s(model, cluster, plan) : std::vector<double>{};
+  const bool copies = std::any_of(copy_s.begin(), copy_s.end(), [](double s) { return s > 0; });
+  std::vector<double> copy_end;
   if (shared) {
-    SharedTiming st = schedule_shared(step_end, shared_buckets, sharing, plan.cycle_s);
+    SharedTiming st = schedule_shared(step_end, shared_buckets, sharing, plan.cycle_s,
+                                      copies ? copy_s : std::vector<double>{});
     timing = std::move(st.buckets);
     step_end = std::move(st.step_end_s);
+    copy_end = std::move(st.copy_end_s);
     r.backward_s = st.backward_end_s;
   } else {
     timing = schedule_buckets(ready, lat, bw, stream);
     for (size_t k = 1; k < step_end.size(); ++k) step_end[k] += step_end[k - 1];
     if (plan.pack_on == PackOn::Compute && !step_end.empty()) r.backward_s = step_end.back();  // with the copies
+    if (copies) copy_end = copies_back(r.backward_s, timing, copy_s);
   }
   for (size_t i = 0; i < timing.size(); ++i) {
     r.buckets[i].ready_s = timing[i].ready_s;
@@ -326,16 +367,21 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   // The buckets' times are the allreducing micro-batch's. Under no_sync the other
   // steps - 1 micro-batches run backward alone and expose nothing.
   const double synced_backward_s = r.backward_s;
-  r.exposed_comm_s = std::max(0.0, r.comm_end_s - r.backward_s);
+  const double synced_end_s = std::max(r.backward_s, r.comm_end_s);
+  // What the copies back add after the last allreduce and backward: exposed, as the
+  // wait for the allreduces is (the optimizer needs the gradients in place).
+  r.copy_back_s = copy_end.empty() ? 0 : std::max(0.0, copy_end.back() - synced_end_s);
+  r.exposed_comm_s = std::max(0.0, r.comm_end_s - r.backward_s) + r.copy_back_s;
   if (plan.accumulate.no_sync) {
     r.backward_s = ((steps - 1) * compute.backward_s() + r.backward_s) / steps;
     r.exposed_comm_s /= steps;
+    r.copy_back_s /= steps;
     r.comm_busy_s /= steps;
   }
   // The plan's fixed cost per step, paid on more than one GPU only, after the optimizer.
   r.step_overhead_s = plan.gpus > 1 ? plan.step_overhead_s : 0;
   double busy = r.forward_s + (plan.accumulate.no_sync ? r.backward_s + r.exposed_comm_s
-                                                       : std::max(r.backward_s, r.comm_end_s)) + r.optimizer_s +
+                                                       : synced_end_s + r.copy_back_s) + r.optimizer_s +
                 r.step_overhead_s;
   r.data_wait_s = compute.data_wait_s(busy);
   r.iteration_s = busy + r.data_wait_s;
@@ -361,9 +407,14 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     for (const auto& b : r.buckets)
       ev.push_back({0, "comm" + std::to_string(b.stream), trace_name::bucket(b.index, b.algorithm), "allreduce",
                     bwd_start + b.start_s, b.end_s - b.start_s, b.bytes});
-    // The timeline is the micro-batch that ends an accumulation: its allreduces, then the
-    // whole optimizer step.
-    const double optimizer_start = bwd_start + std::max(synced_backward_s, r.comm_end_s);
+    for (size_t k = 0; k < copy_end.size(); ++k)
+      if (copy_s[k] > 0)
+        ev.push_back({0, "compute", trace_name::copy_back(r.buckets[k].index), "copy",
+                      bwd_start + copy_end[k] - copy_s[k], copy_s[k], 0});
+    // The timeline is the micro-batch that ends an accumulation: its allreduces and copies
+    // back, then the whole optimizer step.
+    const double optimizer_start = bwd_start + std::max(synced_backward_s, r.comm_end_s) +
+                                   (plan.accumulate.no_sync ? r.copy_back_s * steps : r.copy_back_s);
     ev.push_back({0, "compute", trace_name::kOptimizer, "optimizer", optimizer_start, optimizer_step_s, 0});
     if (r.step_overhead_s > 0)
       ev.push_back({0, "compute", trace_name::kStepOverhead, "overhead", optimizer_start + optimizer_step_s,

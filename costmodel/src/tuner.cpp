@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <list>
+#include <numeric>
 #include <optional>
 
 #include "fuseplan/models/error.hpp"
@@ -126,7 +127,7 @@ class BucketCoster {
   BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt,
                const std::vector<double>& ready)
       : cluster_(c), coll_(coll), opt_(opt), pack_(packs_after_ready(opt)), monotone_(coll.monotone(opt.algorithm)),
-        neg_ready_(static_cast<int>(ready.size())) {
+        copies_back_(copies(opt) == PackOn::Compute && coll.gpus() > 1), neg_ready_(static_cast<int>(ready.size())) {
     const int n = static_cast<int>(m.tensors.size());
     for (double r : ready) neg_ready_.push(-r);
     elems_.assign(n + 1, 0);
@@ -144,6 +145,9 @@ class BucketCoster {
     return bucket_terms(cluster_, coll_, last_ready(i, j), elems_[j] - elems_[i], opt_.algorithm, transfer(i, j), pack_);
   }
   int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
+  // Bucket [i, j)'s copy back after its allreduce (copy_back_s), 0 where the plan makes none.
+  bool copies_back() const { return copies_back_; }
+  double copy_back(int i, int j) const { return copies_back_ ? copy_in_backward_s(cluster_, elems(i, j)) : 0; }
   int tensors() const { return static_cast<int>(elems_.size()) - 1; }
   // A bound of R + C for bucket [i, j) and every larger bucket [i', j), i' < i: the terms
   // themselves when costs grow with the bucket, else the cost model's monotone lower bound
@@ -158,7 +162,7 @@ class BucketCoster {
   const Cluster& cluster_;
   const CollectiveModel& coll_;
   const TuneOptions& opt_;
-  bool pack_, monotone_;
+  bool pack_, monotone_, copies_back_;
   GrowingRangeMin neg_ready_;  // of -ready: range maxima of the ready times
   std::vector<int64_t> elems_;
   std::vector<int> fp32_;
@@ -177,7 +181,42 @@ double end_after(double free_at, const BucketTerms& t) {
 // larger bucket can beat it and the scan over i stops. NCCL's costs are not monotone in
 // bytes (its tree correction factors): the scan then stops on a monotone lower bound of
 // C instead (BucketCoster::grown_bound), which is as exact.
-std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective) {
+//
+// With copies back (`copies`, CopiesBack) the same program keeps, per prefix, the earliest
+// end among the partitions whose every bucket k meets E_k <= tau + kappa S_k, and is exact
+// for that bound: a smaller end never delays a later bucket. Larger buckets only end later
+// and have less before them, so once the bound fails for [i, j) it fails for every larger
+// bucket and the scan stops. `objective` is infinity where no partition meets it.
+struct CopiesBack;
+std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective,
+                                 const CopiesBack* copies = nullptr, double tau = kInf);
+
+// DDP's copies back (copy_back_s): when backward has ended (at B), bucket k's average is
+// copied back once its allreduce has ended (E_k) and the copy before it is done. Each copy
+// costs kappa per element, so the last one ends at kappa T + max(B, max_k (E_k - kappa S_k))
+// (T: every element; S_k: those before bucket k). The search minimises that end.
+struct CopiesBack {
+  double backward_end = 0;
+  std::vector<double> before;  // kappa S at each backward position (0..n)
+
+  CopiesBack(const BucketCoster& cost, double backward_end_s) : backward_end(backward_end_s) {
+    for (int i = 0; i <= cost.tensors(); ++i) before.push_back(cost.copy_back(0, i));
+  }
+  // max(B, max_k (E_k - kappa S_k)) of the partition `starts`, its allreduces one after another.
+  double value(BucketCoster& cost, const std::vector<int>& starts) const {
+    double free_at = 0, v = backward_end;
+    for (size_t k = 0; k < starts.size(); ++k) {
+      const int j = k + 1 < starts.size() ? starts[k + 1] : cost.tensors();
+      free_at = end_after(free_at, cost.at(starts[k], j));
+      v = std::max(v, free_at - before[size_t(starts[k])]);
+    }
+    return v;
+  }
+  double copies_end(double value) const { return value + before.back(); }
+};
+
+std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective, const CopiesBack* copies,
+                                 double tau) {
   const int n = cost.tensors();
   const bool any = segments == 0;
   const int layers = any ? 1 : segments;
@@ -194,7 +233,8 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
     const int j_hi = any ? n : n - (segments - k - 1);
     for (int j = j_lo; j <= j_hi; ++j) {
       if (!any && k == 0) {  // one bucket [0, j)
-        cur[j] = end_after(0, cost.at(0, j));
+        const double end = end_after(0, cost.at(0, j));
+        cur[j] = !copies || end <= tau ? end : kInf;
         continue;
       }
       const std::vector<double>& before = any ? cur : prev;  // ends of the shorter prefixes
@@ -203,17 +243,20 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
       for (int i = j - 1; i >= i_lo; --i) {
         BucketTerms t = cost.at(i, j);
         double end = end_after(before[i], t);
-        if (end < best) {
+        const double limit = copies ? tau + copies->before[size_t(i)] : kInf;
+        if (end < best && end <= limit) {
           best = end;
           parent[k][j] = i;
         }
-        if (cost.grown_bound(i, j, t) >= best) break;
+        const double bound = cost.grown_bound(i, j, t);
+        if (bound >= best || bound > limit) break;
       }
       cur[j] = best;
     }
     std::swap(prev, cur);
   }
   objective = prev[n];
+  if (!(objective < kInf)) return {};
   std::vector<int> starts;
   for (int j = n, k = layers - 1; j > 0; k = any ? 0 : k - 1) {
     j = parent[k][j];
@@ -221,6 +264,31 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
   }
   std::reverse(starts.begin(), starts.end());
   return starts;
+}
+
+// The least bound tau that some partition meets, by bisection: a partition that meets a
+// bound has a value (CopiesBack::value) at or below it, which becomes the next upper end.
+// It starts from the partition that ends its allreduces first, and stops within 1e-12 of
+// the least value (B where a partition hides everything behind backward). `objective`:
+// the end of the copies back.
+std::vector<int> dynamic_program_copies(BucketCoster& cost, int segments, const CopiesBack& copies,
+                                        double& objective) {
+  double unused = 0;
+  std::vector<int> best = dynamic_program(cost, segments, unused);
+  double hi = copies.value(cost, best), lo = copies.backward_end;
+  for (int round = 0; round < 200 && hi - lo > 1e-12 * std::max(hi, 1e-9); ++round) {
+    const double mid = lo + (hi - lo) / 2;
+    double met = 0;
+    std::vector<int> starts = dynamic_program(cost, segments, met, &copies, mid);
+    if (met < kInf) {
+      best = std::move(starts);
+      hi = std::min(mid, copies.value(cost, best));
+    } else {
+      lo = mid;
+    }
+  }
+  objective = copies.copies_end(copies.value(cost, best));
+  return best;
 }
 
 // The same dynamic program (any number of buckets), faster when communication is
@@ -363,6 +431,62 @@ std::vector<int> merge_ties(BucketCoster& cost, const std::vector<int>& starts) 
   return out;
 }
 
+// merge_ties with copies back: a bucket absorbs the next one when the end of the copies
+// (CopiesBack::value) does not grow. A candidate's value is the larger of the buckets'
+// before it (a running maximum), the merged bucket's, and the later ones', followed until
+// one ends no later than it did (from there on each ends no later, so their old values
+// bound theirs: a merge is never taken on a value lower than its own).
+std::vector<int> merge_ties_copies(BucketCoster& cost, const std::vector<int>& starts, const CopiesBack& copies) {
+  const int n = cost.tensors();
+  struct B {
+    int begin, end;
+    BucketTerms t;
+    double finish;
+  };
+  std::vector<B> bs;
+  double free_at = 0;
+  for (size_t k = 0; k < starts.size(); ++k) {
+    B b{starts[k], k + 1 < starts.size() ? starts[k + 1] : n, {}, 0};
+    b.t = cost.at(b.begin, b.end);
+    b.finish = free_at = end_after(free_at, b.t);
+    bs.push_back(b);
+  }
+  auto value = [&](const B& b, double finish) { return finish - copies.before[size_t(b.begin)]; };
+  std::vector<double> after;  // after[k]: the largest value of buckets k.. (0 past the end)
+  auto refresh = [&] {
+    after.assign(bs.size() + 1, 0);
+    for (size_t k = bs.size(); k-- > 0;) after[k] = std::max(after[k + 1], value(bs[k], bs[k].finish));
+  };
+  refresh();
+  double before = copies.backward_end;  // B and the values of the buckets before k
+  for (size_t k = 0; k + 1 < bs.size();) {
+    const double now = std::max(before, after[k]);
+    const BucketTerms merged = cost.at(bs[k].begin, bs[k + 1].end);
+    const double f = end_after(k ? bs[k - 1].finish : 0, merged);
+    double v = std::max(before, f - copies.before[size_t(bs[k].begin)]), chain = f;
+    size_t m = k + 2;
+    for (; m < bs.size() && chain > bs[m - 1].finish; ++m) {
+      chain = end_after(chain, bs[m].t);
+      v = std::max(v, value(bs[m], chain));
+    }
+    v = std::max(v, after[m]);
+    if (v > now) {
+      before = std::max(before, value(bs[k], bs[k].finish));
+      ++k;
+      continue;
+    }
+    bs[k].end = bs[k + 1].end;
+    bs[k].t = merged;
+    bs[k].finish = f;
+    bs.erase(bs.begin() + static_cast<long>(k) + 1);
+    for (size_t q = k + 1; q < bs.size(); ++q) bs[q].finish = end_after(bs[q - 1].finish, bs[q].t);
+    refresh();
+  }
+  std::vector<int> out;
+  for (const auto& b : bs) out.push_back(b.begin);
+  return out;
+}
+
 // MG-WFBP (Shi, Chu, Li 2019; its reference code's merge rule): walking backward, the
 // next gradient joins the open group when it is ready before the group's allreduce
 // would end and either the allreduce has not started by then or waiting for it costs
@@ -402,10 +526,12 @@ class SharedSearch {
       : cost_(cost), steps_(std::move(steps_s)), ready_step_(gradient_ready_steps(m)), sigma_(sigma),
         streams_(streams) {}
 
-  // The last allreduce end (>= the stretched backward end), as predict() computes it.
+  // The last allreduce end (>= the stretched backward end), as predict() computes it; with
+  // copies back, the end of the last copy.
   double objective(const std::vector<int>& starts) {
     const int n = cost_.tensors();
     std::vector<SharedBucket> bs;
+    std::vector<double> copy_back;
     for (size_t k = 0; k < starts.size(); ++k) {
       const int i = starts[k], j = k + 1 < starts.size() ? starts[k + 1] : n;
       BucketTerms t = cost_.at(i, j);
@@ -413,8 +539,10 @@ class SharedSearch {
       for (int pos = i; pos < j; ++pos) after = std::max(after, ready_step_[pos]);
       bs.push_back({after, t.ready_s - cost_.last_ready(i, j), t.latency_s, t.bandwidth_s,
                     static_cast<int>(k % streams_)});
+      if (cost_.copies_back()) copy_back.push_back(cost_.copy_back(i, j));
     }
-    return schedule_shared(steps_, bs, sigma_).comm_end_s;
+    const SharedTiming st = schedule_shared(steps_, bs, sigma_, 0, copy_back);
+    return cost_.copies_back() ? st.copies_end_s : st.comm_end_s;
   }
 
   std::vector<int> refine(const std::vector<int>& from, bool keep_count, double& best_objective) {
@@ -511,6 +639,9 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   const std::vector<double> steps = backward_steps(opt);
   const std::vector<double> ready = gradient_ready_times(model_, steps);
   BucketCoster cost(model_, cluster_, coll_, opt, ready);
+  // DDP's copies back after backward: the search minimises their end (CopiesBack).
+  std::optional<CopiesBack> copies_back;
+  if (cost.copies_back()) copies_back.emplace(cost, std::accumulate(steps.begin(), steps.end(), 0.0));
   std::vector<int> starts{0};
   objective = -1;
   auto tensor_bytes = [&](int pos, int elem_bytes) {
@@ -518,6 +649,10 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   };
   switch (opt.strategy) {
     case Strategy::Optimal: {
+      if (copies_back) {
+        starts = merge_ties_copies(cost, dynamic_program_copies(cost, 0, *copies_back, objective), *copies_back);
+        break;
+      }
       auto tails = opt.fp32 == Fp32Tensors::None && !opt.exhaustive_scan ? coll_.affine_tails(opt.transfer)
                                                                           : std::vector<AffineTail>{};
       starts = tails.empty() ? dynamic_program(cost, 0, objective)
@@ -526,7 +661,10 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       starts = merge_ties(cost, starts);
       break;
     }
-    case Strategy::KSplit: starts = dynamic_program(cost, opt.segments, objective); break;
+    case Strategy::KSplit:
+      starts = copies_back ? dynamic_program_copies(cost, opt.segments, *copies_back, objective)
+                           : dynamic_program(cost, opt.segments, objective);
+      break;
     case Strategy::PerTensor:
       for (int i = 1; i < n; ++i) starts.push_back(i);
       break;

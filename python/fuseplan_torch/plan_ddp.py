@@ -17,8 +17,9 @@ the autograd thread. A plan stream is a
 thread with its own process group that runs its buckets' allreduces one after another in
 plan order, as a CUDA stream runs NCCL's (gloo would otherwise run two collectives of one
 group at once on its worker threads); it records when each started and ended. When
-backward ends, the wrapper waits for the outstanding allreduces (the exposed
-communication) and copies each averaged bucket back into its parameters' `.grad`. Every
+backward ends, the wrapper takes the buckets in plan order: it waits for each one's
+allreduce and copies its average back into its parameters' `.grad` (the exposed
+communication, as torch's Reducer finalizes DDP's buckets). Every
 `.grad` stays a tensor of its own, as in DDP's default (gradient_as_bucket_view off): a
 gradient freed as soon as it is in its bucket would leave the heap in backward, and
 glibc gives such memory back to the system and takes it again in page faults, which
@@ -26,9 +27,9 @@ made PlanDDP's steps 1.4-2.1x DDP's on a CPU (docs/pytorch.md).
 `gradient_as_bucket_view=True` asks for views all the same, as DDP's option of that name
 does (GPU jobs, whose caching allocator keeps freed memory, save the copy back and the
 memory). Ready (the last gradient in), start and end are each bucket's measured
-timeline, in seconds from the start of backward. The copy into the buckets, in backward,
-is what `fuseplan tune --pack inline` prices; the copy back, after the allreduces, is not
-priced (nor is DDP's).
+timeline, in seconds from the start of backward. The copies into the buckets, in
+backward, and back, after the allreduces, are what `fuseplan tune --pack inline` prices
+(a plan's `pack_on` compute; docs/costmodel.md), for DDP's buckets as for PlanDDP's.
 `no_sync()` is DDP's (gradient accumulation without allreduce); a plan's `accumulate`
 says how the runner uses it.
 """
@@ -311,7 +312,7 @@ class PlanDDP(nn.Module):
         # backward only accumulates .grad locally, as in DDP's.
         self.accumulate = accumulation(plan, origin)
         self.require_sync = True
-        self.sent: List[Any] = []  # the hooks engine's futures of this step's buckets
+        self.sent: Dict[int, Any] = {}  # the hooks engine's futures of this step's buckets, by bucket index
         self.streams = {s: _Stream(self.groups[s]) for s in streams}
 
     def _make_reducer(self, params: List[nn.Parameter]) -> Optional[Any]:
@@ -384,7 +385,7 @@ class PlanDDP(nn.Module):
             b.pending = len(b.params)
         for s in self.next_launch:
             self.next_launch[s] = 0
-        self.sent = []
+        self.sent = {}
         self.in_backward = True
 
     def _hook(self, p: nn.Parameter):
@@ -456,14 +457,13 @@ class PlanDDP(nn.Module):
         while self.next_launch[stream] < len(order) and order[self.next_launch[stream]].pending == 0:
             b = order[self.next_launch[stream]]
             self.next_launch[stream] += 1
-            self.sent.append(self._send(b, b.buffer))
+            self.sent[b.index] = self._send(b, b.buffer)
 
     def _finish(self) -> None:
         self._mark_backward_end()  # autograd has run every node
-        for fut in self.sent:  # the exposed communication (raises a failed allreduce's error)
-            fut.wait()
-        for b in self.buckets:  # the sums are the average already
-            for p, view in zip(b.params, b.views):
+        for b in self.buckets:  # in plan order, as the Reducer finalizes DDP's buckets
+            self.sent[b.index].wait()  # the exposed communication (raises a failed allreduce's error)
+            for p, view in zip(b.params, b.views):  # the sums are the average already
                 if not self.views:
                     p.grad.copy_(view)  # .grad stays a tensor of its own, as in DDP's default
                 elif p.grad.data_ptr() != view.data_ptr():

@@ -36,6 +36,7 @@ struct RankState {
   sg4::ConditionVariablePtr cv = sg4::ConditionVariable::create();
   int64_t ready = 0;
   std::vector<double> bucket_ready_at;  // [iteration * buckets + b]
+  std::vector<char> bucket_done;        // [iteration * buckets + b]: its allreduce has ended
   std::vector<int> streams_done;        // [iteration]
   SharedProcessor processor;            // one slot per stream (sharing.hpp)
 };
@@ -107,6 +108,9 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   const std::vector<int> ready_after = m.ready_prefix_after();
   // Backward steps (backward order) with the copies the plan makes in backward.
   const std::vector<double> bwd_steps = backward_steps_s(m, compute, c, plan);
+  // The copies back after backward (PackOn::Compute), as the predictor's (copy_back_s).
+  std::vector<double> copy_s = P > 1 ? copy_back_s(m, c, plan) : std::vector<double>(size_t(B), 0.0);
+  const bool copies = std::any_of(copy_s.begin(), copy_s.end(), [](double x) { return x > 0; });
 
   sg4::Engine e("fuseplan-sim");
   configure_engine(opt.network_model);
@@ -115,6 +119,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   const int stream_count = std::max(streams, 1);
   for (auto& s : state) {
     s.bucket_ready_at.assign(static_cast<size_t>(N) * B, 0);
+    s.bucket_done.assign(static_cast<size_t>(N) * B, 0);
     s.streams_done.assign(N, 0);
     s.processor = SharedProcessor(size_t(stream_count));
   }
@@ -122,7 +127,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   const ProcessorSharing sigma = c.sharing(P);
   std::vector<double> slow(P, 1.0);
   for (const auto& [rank, factor] : opt.stragglers) slow[rank] *= factor;
-  std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0);
+  std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0), last_bwd_end(P, 0), last_copies_end(P, 0);
   std::vector<std::vector<std::pair<double, double>>> bucket_times(P, std::vector<std::pair<double, double>>(B));
   Mailboxes boxes(P, std::max(streams, 1));
   auto traced = [&](int r) { return r < opt.trace_ranks; };
@@ -169,10 +174,20 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
             s.bucket_ready_at[size_t(it) * B + next_bucket] = sg4::Engine::get_clock();
           s.cv->notify_all();
         }
+        last_bwd_end[r] = sg4::Engine::get_clock();
+        // The copies back, in bucket order, each once its allreduce has ended.
+        for (int b = 0; copies && b < B; ++b) {
+          {
+            std::unique_lock lock(*s.mutex);
+            while (!s.bucket_done[size_t(it) * B + b]) s.cv->wait(lock);
+          }
+          if (copy_s[size_t(b)] > 0) work(copy_s[size_t(b)], trace_name::copy_back(b), "copy");
+        }
         {
           std::unique_lock lock(*s.mutex);
           while (s.streams_done[it] < streams) s.cv->wait(lock);
         }
+        last_copies_end[r] = sg4::Engine::get_clock();
         // The whole step once per accumulation under no_sync; else each micro-batch's share.
         work(no_sync ? optimizer_step_s : optimizer_step_s / micro_batches, trace_name::kOptimizer, "optimizer");
         if (overhead_s > 0) {  // the plan's fixed cost per micro-batch: the host's, no jitter or slow-down
@@ -215,6 +230,11 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
               s.processor.finish(st, start, sigma, lock, *s.cv);
             }
             double end = sg4::Engine::get_clock();
+            {
+              std::unique_lock lock(*s.mutex);
+              s.bucket_done[size_t(it) * B + b] = 1;
+              s.cv->notify_all();
+            }
             if (it == N - 1) bucket_times[r][b] = {start, end};
             if (traced(r))
               events.push_back({r, "comm" + std::to_string(st), run.label, "allreduce", start, end - start, run.bytes, it});
@@ -239,7 +259,12 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     br.end_s = bucket_times[0][b].second - bwd0;
   }
   sum_buckets(rep);
-  if (no_sync) rep.comm_busy_s /= micro_batches;  // per micro-batch, as the predictor's
+  // Rank 0's last copies back: what they add after its backward and its last allreduce.
+  rep.copy_back_s = copies ? std::max(0.0, last_copies_end[0] - std::max(last_bwd_end[0], bwd0 + rep.comm_end_s)) : 0;
+  if (no_sync) {  // per micro-batch, as the predictor's
+    rep.comm_busy_s /= micro_batches;
+    rep.copy_back_s /= micro_batches;
+  }
   double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N / (no_sync ? micro_batches : 1);
   rep.step_overhead_s = overhead_s;
   rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s - overhead_s);

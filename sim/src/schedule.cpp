@@ -229,6 +229,16 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           }
         }
         if (r == 0) bwd_end[size_t(it)] = sg4::Engine::get_clock();
+        // The copies back (PartitionInfo::copy_back_s), in partition order, each once its
+        // allreduce has ended on this rank.
+        for (size_t part = 0; part < B; ++part) {
+          if (!(parts[part].info.copy_back_s > 0)) continue;
+          {
+            std::unique_lock lock(*mutex);
+            while (end_at[size_t(r)][id(it, part, 0)] == kNever) cv->wait(lock);
+          }
+          work(parts[part].info.copy_back_s, trace_name::copy_back(int(part)), "copy", it);
+        }
         if (s.step_update) {
           {
             std::unique_lock lock(*mutex);

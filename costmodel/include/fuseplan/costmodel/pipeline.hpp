@@ -14,6 +14,9 @@
 //   partition i covers elements [bounds[i-1], bounds[i]). It is ready when the backward
 //   step that writes the last of its elements ends (plus its packing copy, and never
 //   before the partition before it: partitions are launched in backward order).
+// - Allreduced partitions copied in backward (pack_on compute, DDP's Reducer) are copied
+//   back after it, as the predictor's (copy_back_s): on the compute stream once backward
+//   has ended, in partition order, each once its allreduce has ended.
 // - The channel carries up to `credit` messages at once (ByteScheduler's credit; 1 =
 //   one at a time). The latency part of a message runs on its own, the bandwidth parts of
 //   messages in flight share the links equally, as in the predictor's streams; the
@@ -177,6 +180,10 @@ class PipelineModel {
     int first_layer = 0;       // the earliest forward layer it feeds (its priority)
     int last_layer = 0;        // the last forward layer whose parameters it carries
     double delay_s = 0;        // its packing copy
+    // Its average copied back into the gradients after its allreduce, on the compute
+    // stream after backward, in partition order (copy_back_s: DDP's Reducer, packed on
+    // compute, allreduce exchange, more than one GPU); 0 otherwise.
+    double copy_back_s = 0;
     std::vector<int> layers;   // the forward layers whose parameters it carries
   };
   std::vector<PartitionInfo> partitions(const PipelineSchedule& s) const;

@@ -2,7 +2,9 @@
 // runs layers in reverse; a bucket is ready when its last gradient is written (plus an
 // optional packing copy); its allreduce starts when its stream is free and lasts the
 // collective cost plus the launch overhead; streams running at once share bandwidth.
-// Iteration = forward + max(backward end, last allreduce end) + optimizer + data wait.
+// Iteration = forward + max(backward end, last allreduce end) + optimizer + data wait,
+// where a plan copies in backward (PackOn::Compute) the max being the end of the copies
+// back after it (copies_back).
 #pragma once
 #include <cstdint>
 
@@ -39,6 +41,18 @@ double pack_time_s(const Cluster& cluster, int64_t bytes);
 // buckets hold the parameters' precision, FP32 (mixed precision keeps FP32 parameters and
 // gradients, as torch.cuda.amp does; the cast to the transfer precision is the comm hook's).
 double copy_in_backward_s(const Cluster& cluster, int64_t elems);
+// A plan that copies its gradients into buckets in backward (PackOn::Compute) copies each
+// averaged bucket back into its parameters' gradients after its allreduce (DDP's Reducer
+// with gradient_as_bucket_view off, and PlanDDP): when backward has ended, in bucket
+// order, each once its allreduce has ended and the copy before it is done, on the compute
+// stream. Each copy costs what its copy in did (copy_in_backward_s of the bucket's
+// elements). Per bucket; 0 for a bucket that is not packed or a plan that packs on comm.
+std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan);
+// The copies back as a chain after backward: each starts at the later of the previous
+// copy's end (the first: `backward_end_s`) and its bucket's end. Their ends (times as
+// `buckets`'); the last is the end of the copies.
+std::vector<double> copies_back(double backward_end_s, const std::vector<BucketTiming>& buckets,
+                                const std::vector<double>& copy_s);
 // When a bucket ready at `t` (seconds from the start of backward) is launched by a
 // framework thread that ticks every `cycle_s` (Plan::cycle_s): the first tick at or after
 // `t`; `t` itself when there is no cycle.
@@ -78,12 +92,17 @@ struct SharedBucket {
   double delay_s = 0, latency_s = 0, bandwidth_s = 0;
   int stream = 0;
 };
+// `copy_back_s` (per bucket, or empty for none): the copies back (copy_back_s above) run
+// after backward as compute work, each once its bucket has ended, sharing the processor
+// with the allreduces still running.
 struct SharedTiming {
   std::vector<BucketTiming> buckets;
   std::vector<double> step_end_s;  // backward order
+  std::vector<double> copy_end_s;  // per bucket, where there are copies back
   double backward_end_s = 0, comm_end_s = 0;
+  double copies_end_s = 0;         // the last copy back's end, else max(backward end, comm end)
 };
 SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vector<SharedBucket>& buckets,
-                             ProcessorSharing sigma, double cycle_s = 0);
+                             ProcessorSharing sigma, double cycle_s = 0, const std::vector<double>& copy_back_s = {});
 
 }  // namespace fuseplan

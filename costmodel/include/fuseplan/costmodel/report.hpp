@@ -35,6 +35,8 @@ inline std::string backward(const std::string& layer) { return layer + " (bwd)";
 inline std::string bucket(int index, const std::string& algorithm) {
   return "bucket " + std::to_string(index) + " " + algorithm;
 }
+// A bucket's average copied back into its parameters' gradients (PackOn::Compute).
+inline std::string copy_back(int index) { return "copy back " + std::to_string(index); }
 inline constexpr const char* kOptimizer = "optimizer";
 inline constexpr const char* kDataWait = "data wait";
 inline constexpr const char* kStepOverhead = "step overhead";  // the plan's fixed cost per step
@@ -74,7 +76,8 @@ struct Report {
   double forward_s = 0, backward_s = 0, optimizer_s = 0, data_wait_s = 0;
   double comm_busy_s = 0;           // sum of bucket allreduce durations (per micro-batch under no_sync)
   double comm_end_s = 0;            // last allreduce end, from the start of backward
-  double exposed_comm_s = 0;        // communication not hidden behind backward
+  double exposed_comm_s = 0;        // communication not hidden behind backward, copies back included
+  double copy_back_s = 0;           // of which the copies back after the last allreduce (PackOn::Compute)
   double step_overhead_s = 0;       // the plan's fixed cost per step on more than one GPU (Plan::step_overhead_s)
   double throughput_samples_s = 0;
   double single_gpu_iteration_s = 0;

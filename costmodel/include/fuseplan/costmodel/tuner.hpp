@@ -70,7 +70,8 @@ struct TuneOptions {
 struct TuneResult {
   Plan plan;               // buckets with concrete algorithm names
   Report report;           // the predictor's report of the plan
-  double objective_s = 0;  // the DP's last allreduce end (optimal, k-split), else report's
+  double objective_s = 0;  // the end the search minimised (optimal, k-split: the last allreduce's, or with
+                           // copies back the last copy's, from backward start), else the report's comm_end_s
   int64_t evaluations = 0; // bucket costs evaluated
   double seconds = 0;      // wall time of the search
 };
