@@ -78,10 +78,14 @@ def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: 
         row = {"forward_s": t1 - t0, "optimizer_s": t3 - t2, "iteration_s": t3 - t0, "buckets": None}
         if synced:
             st = ddp.steps[-1].resolve()
+            # After backward and the last allreduce: the copies back into .grad (those of the
+            # buckets that end last), and the division of an FP32 bucket the Reducer engine's
+            # stream makes after its sum.
+            last = max(st.backward_end, st.backward_start + max((b.end_s for b in st.buckets), default=0.0))
             row.update(backward_s=st.backward_end - st.backward_start, exposed_comm_s=t2 - st.backward_end,
-                       buckets=[(b.ready_s, b.start_s, b.end_s) for b in st.buckets])
+                       copy_back_s=max(0.0, t2 - last), buckets=[(b.ready_s, b.start_s, b.end_s) for b in st.buckets])
         else:  # inside no_sync(): backward alone
-            row.update(backward_s=t2 - t1, exposed_comm_s=0.0)
+            row.update(backward_s=t2 - t1, exposed_comm_s=0.0, copy_back_s=0.0)
         steps.append(row)
         if synced and between is not None:
             between()
@@ -137,7 +141,7 @@ def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> 
             "gpus": world, "batch_per_gpu": batch, "compute": plan["compute"],
             "iteration_s": iteration, "forward_s": mean("forward_s"), "backward_s": mean("backward_s"),
             "optimizer_s": mean("optimizer_s"), "data_wait_s": 0.0, "comm_busy_s": comm_busy,
-            "comm_end_s": comm_end, "exposed_comm_s": mean("exposed_comm_s"),
+            "comm_end_s": comm_end, "exposed_comm_s": mean("exposed_comm_s"), "copy_back_s": mean("copy_back_s"),
             "throughput_samples_s": world * batch / iteration, "single_gpu_iteration_s": 0.0,
             "scaling_efficiency": 0.0, "epochs": 0.0, "dataset_size": 0, "tokens": 0.0,
             "goal": "none (measured steps only)", "iterations_to_train": 0, "time_to_train_s": 0.0,

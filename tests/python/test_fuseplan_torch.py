@@ -1336,9 +1336,12 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     report = json.load(open(rep))
     assert report["source"] == "measured" and len(report["buckets"]) == 2
     assert report["cluster"] == "this machine (torch.distributed gloo, 2 ranks, glibc heap kept)"  # in each rank
+    # the time after backward and the last allreduce (the copies back into .grad), part of the exposed time
+    assert 0 < report["copy_back_s"] <= report["exposed_comm_s"]
     r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
     assert r.returncode == 0, r.stderr
     assert "iteration" in r.stdout
+    assert "of which copies back" in r.stdout  # predicted for a plan packed on compute, and measured
     r = run_cli("run", "torchvision.models:resnet18", "--input-shape", "3,8,8", "--plan", plan)  # another module
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--plan " + plan + ": $.model" in r.stderr
