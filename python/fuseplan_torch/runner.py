@@ -4,7 +4,10 @@
 the fuseplan.report/1 document (`source: measured`): per step the critical rank (the
 slowest in forward + backward, the rank every allreduce waits for) is taken, as
 fuseplan-exec does, and its phases and bucket times are averaged over the steps; the
-iteration is the slowest rank's mean step (slowest_mean).
+iteration is the slowest rank's mean step (slowest_mean). The exposed communication is
+the time from the end of autograd's backward until `loss.backward()` returns (the waits
+for the allreduces and the copies back into .grad), `copy_back_s` the part of it after
+the last allreduce's end.
 `measure_ddp` times torch's DistributedDataParallel the same way (iteration only: DDP's
 overlap cannot be taken apart from outside).
 """
