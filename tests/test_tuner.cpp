@@ -455,6 +455,28 @@ TEST_CASE("copies back: the search minimises the end of the last copy, exactly")
   CHECK(shared_at_brute * 10 >= shared_cases * 8);
 }
 
+TEST_CASE("copies back: on a large backlogged model the search stops at its budget and says how much it may miss") {
+  std::mt19937_64 rng(5);
+  Model m = random_model(rng, 800);
+  for (auto& l : m.layers) l.measured->bwd_us *= 0.05;  // communication backlogged: the bound programs scan long
+  const Cluster cluster = load_cluster("tencent-p40");
+  Tuner t(m, cluster, 1024, 32, Precision::FP16);
+  TuneOptions o;
+  o.packing = Packing::Inline;
+  const TuneResult r = t.run(o);
+  const Report& p = r.report;
+  CHECK(r.objective_s == Approx(std::max(p.backward_s, p.comm_end_s) + p.copy_back_s).epsilon(1e-12));
+  REQUIRE(r.search_gap_s > 0);
+  WARN("800 backlogged tensors: the search stopped within " << r.search_gap_s / r.objective_s * 100
+       << " % of the least end of the copies back");
+  CHECK(r.search_gap_s < 0.05 * r.objective_s);  // the bounds hold it close
+  // A small model is searched to the end.
+  const Model small_model = random_model(rng, 12);
+  const Cluster p40 = load_cluster("tencent-p40");
+  Tuner small(small_model, p40, 1024, 32, Precision::FP16);
+  CHECK(small.run(o).search_gap_s == 0);
+}
+
 TEST_CASE("tuner: the best distinct plans for --validate sim, ranked by prediction") {
   const Model m = build_zoo_model("resnet50");
   const Cluster c = load_cluster("tencent-p40");  // the tuner keeps a reference

@@ -187,9 +187,35 @@ double end_after(double free_at, const BucketTerms& t) {
 // for that bound: a smaller end never delays a later bucket. Larger buckets only end later
 // and have less before them, so once the bound fails for [i, j) it fails for every larger
 // bucket and the scan stops. `objective` is infinity where no partition meets it.
+//
+// `table`, where given, receives the program's prefixes (Prefixes).
 struct CopiesBack;
+struct Prefixes;
+// `stop_at`: a bound program gives up once the coster has evaluated that many bucket costs
+// (`objective` NaN: not known).
 std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective,
-                                 const CopiesBack* copies = nullptr, double tau = kInf);
+                                 const CopiesBack* copies = nullptr, double tau = kInf, Prefixes* table = nullptr,
+                                 int64_t stop_at = INT64_MAX);
+
+// A dynamic program's prefixes: best[j], the earliest end of the last allreduce over the
+// partitions of [0, j) (with one bucket fewer than asked, for k-split: those the last
+// bucket follows), and the partition that gives it.
+struct Prefixes {
+  std::vector<double> best;
+  std::vector<std::vector<int>> parent;  // per layer (one where the count is free), per prefix
+  int layer = 0;                         // the layer `best` holds
+  bool any = true;                       // any number of buckets
+
+  std::vector<int> starts(int j) const {
+    std::vector<int> s;
+    for (int k = layer; j > 0; k = any ? 0 : k - 1) {
+      j = parent[size_t(k)][size_t(j)];
+      s.push_back(j);
+    }
+    std::reverse(s.begin(), s.end());
+    return s;
+  }
+};
 
 // DDP's copies back (copy_back_s): when backward has ended (at B), bucket k's average is
 // copied back once its allreduce has ended (E_k) and the copy before it is done. Each copy
@@ -216,7 +242,7 @@ struct CopiesBack {
 };
 
 std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objective, const CopiesBack* copies,
-                                 double tau) {
+                                 double tau, Prefixes* table, int64_t stop_at) {
   const int n = cost.tensors();
   const bool any = segments == 0;
   const int layers = any ? 1 : segments;
@@ -224,6 +250,7 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
   std::vector<double> prev(n + 1, kInf), cur(n + 1, kInf);
   std::vector<std::vector<int>> parent(layers, std::vector<int>(n + 1, 0));
   for (int k = 0; k < layers; ++k) {
+    if (table && !any && k == layers - 1 && k > 0) table->best = prev;  // k buckets: what the last one follows
     std::fill(cur.begin(), cur.end(), kInf);
     cur[0] = any ? 0 : kInf;
     // Exactly `segments` buckets: layer k covers at least k + 1 tensors and leaves at
@@ -232,6 +259,10 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
     const int j_lo = any ? 1 : (k == layers - 1 ? n : k + 1);
     const int j_hi = any ? n : n - (segments - k - 1);
     for (int j = j_lo; j <= j_hi; ++j) {
+      if (cost.evaluations > stop_at) {
+        objective = std::numeric_limits<double>::quiet_NaN();
+        return {};
+      }
       if (!any && k == 0) {  // one bucket [0, j)
         const double end = end_after(0, cost.at(0, j));
         cur[j] = !copies || end <= tau ? end : kInf;
@@ -256,38 +287,70 @@ std::vector<int> dynamic_program(BucketCoster& cost, int segments, double& objec
     std::swap(prev, cur);
   }
   objective = prev[n];
-  if (!(objective < kInf)) return {};
-  std::vector<int> starts;
-  for (int j = n, k = layers - 1; j > 0; k = any ? 0 : k - 1) {
-    j = parent[k][j];
-    starts.push_back(j);
+  if (table) {
+    if (any) table->best = prev;
+    table->layer = any ? 0 : layers - 2;
+    table->any = any;
+    table->parent = parent;
   }
-  std::reverse(starts.begin(), starts.end());
-  return starts;
+  if (!(objective < kInf)) return {};
+  Prefixes walk{{}, std::move(parent), layers - 1, any};
+  return walk.starts(n);
 }
 
-// The least bound tau that some partition meets, by bisection: a partition that meets a
-// bound has a value (CopiesBack::value) at or below it, which becomes the next upper end.
-// It starts from the partition that ends its allreduces first, and stops within 1e-12 of
-// the least value (B where a partition hides everything behind backward). `objective`:
-// the end of the copies back.
+// The least bound tau that some partition meets. A bound for every partition first: its
+// last bucket [s, n) ends no earlier than after the earliest prefix end best[s], and its
+// copy follows, so the value is at least max(B, end(best[s], [s, n)) - kappa S_s) for the
+// best s. Where the allreduces are backlogged and cost more per element than a copy, the
+// last bucket's term is the largest, and the best prefix followed by the best last bucket
+// meets that bound: the search ends there, after one pass over s. Otherwise the bound
+// program runs, alternately just below the best value found (no partition meets it: that
+// value is the least) and halfway to the lower bound; a met bound gives a partition whose
+// own value becomes the upper end. It stops within 1e-12 of the least value. `best`: the
+// partition whose allreduces end first (the program without a bound, `table` its
+// prefixes). `objective`: the end of the copies back. The bound programs scan quadratically
+// where the allreduces are backlogged (the affine-tail path has no bound), so they stop
+// after kCopiesBudget bucket costs: `gap` is then how much lower the least value may be
+// than the partition returned (0 where it is proven the least).
+constexpr int64_t kCopiesBudget = 250'000;
+
 std::vector<int> dynamic_program_copies(BucketCoster& cost, int segments, const CopiesBack& copies,
-                                        double& objective) {
-  double unused = 0;
-  std::vector<int> best = dynamic_program(cost, segments, unused);
+                                        const Prefixes& table, std::vector<int> best, double& objective,
+                                        double& gap) {
+  const int n = cost.tensors();
+  const int64_t spent = cost.evaluations;  // before the bound programs
   double hi = copies.value(cost, best), lo = copies.backward_end;
+  std::vector<std::pair<double, int>> last;  // (the bound of partitions whose last bucket is [s, n), s)
+  for (int s = 0; s < n && !table.best.empty(); ++s)
+    if (table.best[size_t(s)] < kInf)
+      last.push_back({std::max(copies.backward_end, end_after(table.best[size_t(s)], cost.at(s, n)) -
+                                                        copies.before[size_t(s)]), s});
+  std::sort(last.begin(), last.end());
+  if (!last.empty()) lo = std::max(lo, last.front().first);
+  for (const auto& [bound, s] : last) {
+    if (bound >= hi) break;
+    std::vector<int> cand = table.starts(s);
+    cand.push_back(s);
+    const double v = copies.value(cost, cand);
+    if (v < hi) {
+      hi = v;
+      best = std::move(cand);
+    }
+  }
   for (int round = 0; round < 200 && hi - lo > 1e-12 * std::max(hi, 1e-9); ++round) {
-    const double mid = lo + (hi - lo) / 2;
+    const double tau = round % 2 == 0 ? hi - 1e-12 * std::max(hi, 1e-9) : lo + (hi - lo) / 2;
     double met = 0;
-    std::vector<int> starts = dynamic_program(cost, segments, met, &copies, mid);
+    std::vector<int> starts = dynamic_program(cost, segments, met, &copies, tau, nullptr, spent + kCopiesBudget);
+    if (std::isnan(met)) break;  // the budget is spent
     if (met < kInf) {
       best = std::move(starts);
-      hi = std::min(mid, copies.value(cost, best));
+      hi = std::min(tau, copies.value(cost, best));
     } else {
-      lo = mid;
+      lo = tau;
     }
   }
   objective = copies.copies_end(copies.value(cost, best));
+  gap = hi - lo > 1e-12 * std::max(hi, 1e-9) ? hi - lo : 0;
   return best;
 }
 
@@ -302,7 +365,7 @@ std::vector<int> dynamic_program_copies(BucketCoster& cost, int segments, const 
 // by bisection. Buckets below X are scanned exactly as in dynamic_program, with the same
 // stopping rule. The chosen candidate's end is recomputed with the predictor's terms.
 std::vector<int> dynamic_program_tails(BucketCoster& cost, std::vector<AffineTail> tails, int elem_bytes,
-                                       double& objective) {
+                                       double& objective, Prefixes* table = nullptr) {
   const int n = cost.tensors();
   std::vector<double> S(n + 1, 0);
   for (int i = 0; i < n; ++i) S[i + 1] = double(cost.elems(0, i + 1) * elem_bytes);
@@ -371,9 +434,9 @@ std::vector<int> dynamic_program_tails(BucketCoster& cost, std::vector<AffineTai
     for (size_t q = 0; q < env.size(); ++q) g[q].push(best[j] - env[q].b * S[j]);
   }
   objective = best[n];
-  std::vector<int> starts;
-  for (int j = n; j > 0; j = parent[j]) starts.push_back(parent[j]);
-  std::reverse(starts.begin(), starts.end());
+  Prefixes walk{std::move(best), {std::move(parent)}, 0, true};
+  std::vector<int> starts = walk.starts(n);
+  if (table) *table = std::move(walk);
   return starts;
 }
 
@@ -634,7 +697,7 @@ std::vector<double> Tuner::backward_steps(const TuneOptions& opt) const {
   return backward_steps_s(model_, compute_, cluster_, std::vector<bool>(model_.tensors.size(), in_backward));
 }
 
-std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations) const {
+std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap) const {
   const int n = static_cast<int>(model_.tensors.size());
   const std::vector<double> steps = backward_steps(opt);
   const std::vector<double> ready = gradient_ready_times(model_, steps);
@@ -644,27 +707,31 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   if (cost.copies_back()) copies_back.emplace(cost, std::accumulate(steps.begin(), steps.end(), 0.0));
   std::vector<int> starts{0};
   objective = -1;
+  gap = 0;
   auto tensor_bytes = [&](int pos, int elem_bytes) {
     return model_.tensors[model_.tensor_at_backward(pos)].numel * elem_bytes;
   };
   switch (opt.strategy) {
     case Strategy::Optimal: {
-      if (copies_back) {
-        starts = merge_ties_copies(cost, dynamic_program_copies(cost, 0, *copies_back, objective), *copies_back);
-        break;
-      }
       auto tails = opt.fp32 == Fp32Tensors::None && !opt.exhaustive_scan ? coll_.affine_tails(opt.transfer)
                                                                           : std::vector<AffineTail>{};
-      starts = tails.empty() ? dynamic_program(cost, 0, objective)
+      Prefixes table;
+      Prefixes* keep = copies_back ? &table : nullptr;
+      starts = tails.empty() ? dynamic_program(cost, 0, objective, nullptr, kInf, keep)
                              : dynamic_program_tails(cost, std::move(tails), bytes_per_element(opt.transfer),
-                                                     objective);
-      starts = merge_ties(cost, starts);
+                                                     objective, keep);
+      starts = copies_back ? merge_ties_copies(cost, dynamic_program_copies(cost, 0, *copies_back, table, starts,
+                                                                            objective, gap), *copies_back)
+                           : merge_ties(cost, starts);
       break;
     }
-    case Strategy::KSplit:
-      starts = copies_back ? dynamic_program_copies(cost, opt.segments, *copies_back, objective)
-                           : dynamic_program(cost, opt.segments, objective);
+    case Strategy::KSplit: {
+      Prefixes table;
+      starts = dynamic_program(cost, opt.segments, objective, nullptr, kInf, copies_back ? &table : nullptr);
+      if (copies_back)
+        starts = dynamic_program_copies(cost, opt.segments, *copies_back, table, starts, objective, gap);
       break;
+    }
     case Strategy::PerTensor:
       for (int i = 1; i < n; ++i) starts.push_back(i);
       break;
@@ -707,6 +774,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   if (searched && cluster_.sharing(gpus_).any()) {
     SharedSearch shared(cost, model_, steps, cluster_.sharing(gpus_), opt.streams);
     starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
+    gap = 0;  // a local search under sharing: no bound to hold it to
   }
   evaluations = cost.evaluations;
   return starts;
@@ -745,7 +813,7 @@ TuneResult Tuner::run(const TuneOptions& opt) const {
   check_options(opt, static_cast<int>(model_.tensors.size()));
   auto t0 = std::chrono::steady_clock::now();
   TuneResult r;
-  std::vector<int> starts = search(opt, r.objective_s, r.evaluations);
+  std::vector<int> starts = search(opt, r.objective_s, r.evaluations, r.search_gap_s);
   r.plan = plan_for(starts, opt);
   r.report = evaluate(r.plan);
   // Record the algorithm each bucket runs, so executors need not re-run the choice.

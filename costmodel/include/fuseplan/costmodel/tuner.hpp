@@ -73,6 +73,9 @@ struct TuneResult {
   double objective_s = 0;  // the end the search minimised (optimal, k-split: the last allreduce's, or with
                            // copies back the last copy's, from backward start), else the report's comm_end_s
   int64_t evaluations = 0; // bucket costs evaluated
+  // With copies back (--pack inline), where the search stopped at its budget before it
+  // proved its partition the least: how much lower the least objective may be (0: exact).
+  double search_gap_s = 0;
   double seconds = 0;      // wall time of the search
 };
 
@@ -95,7 +98,7 @@ class Tuner {
   const ComputeModel& compute() const { return compute_; }
 
  private:
-  std::vector<int> search(const TuneOptions& opt, double& objective, int64_t& evaluations) const;
+  std::vector<int> search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap) const;
   // The backward steps' times (backward order) with the copies `opt` makes in backward.
   std::vector<double> backward_steps(const TuneOptions& opt) const;
   const Model& model_;
