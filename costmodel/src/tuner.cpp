@@ -440,26 +440,33 @@ std::vector<int> dynamic_program_tails(BucketCoster& cost, std::vector<AffineTai
   return starts;
 }
 
+// A partition's buckets, their terms and their allreduces' ends, one after another.
+struct ScheduledBucket {
+  int begin, end;
+  BucketTerms t;
+  double finish;
+};
+
+std::vector<ScheduledBucket> schedule_partition(BucketCoster& cost, const std::vector<int>& starts) {
+  std::vector<ScheduledBucket> bs;
+  double free_at = 0;
+  for (size_t k = 0; k < starts.size(); ++k) {
+    const int j = k + 1 < starts.size() ? starts[k + 1] : cost.tensors();
+    ScheduledBucket b{starts[k], j, cost.at(starts[k], j), 0};
+    b.finish = free_at = end_after(free_at, b.t);
+    bs.push_back(b);
+  }
+  return bs;
+}
+
 // Among the many partitions that tie with the optimum (everything hidden behind
 // backward), prefer fewer buckets: walking forward, a bucket absorbs the next one when
 // the schedule's last allreduce end does not grow. After a merge, the first later
 // allreduce that ends no later than before lets every one after it do so too, which
 // cuts the check short.
 std::vector<int> merge_ties(BucketCoster& cost, const std::vector<int>& starts) {
-  const int n = cost.tensors();
-  struct B {
-    int begin, end;
-    BucketTerms t;
-    double finish;
-  };
-  std::list<B> bs;
-  double free_at = 0;
-  for (size_t k = 0; k < starts.size(); ++k) {
-    int j = k + 1 < starts.size() ? starts[k + 1] : n;
-    B b{starts[k], j, cost.at(starts[k], j), 0};
-    b.finish = free_at = end_after(free_at, b.t);
-    bs.push_back(b);
-  }
+  const std::vector<ScheduledBucket> scheduled = schedule_partition(cost, starts);
+  std::list<ScheduledBucket> bs(scheduled.begin(), scheduled.end());
   const double last_finish = bs.back().finish;
   double before = 0;  // finish of the bucket before `cur`
   for (auto cur = bs.begin(); std::next(cur) != bs.end();) {
@@ -500,21 +507,8 @@ std::vector<int> merge_ties(BucketCoster& cost, const std::vector<int>& starts) 
 // one ends no later than it did (from there on each ends no later, so their old values
 // bound theirs: a merge is never taken on a value lower than its own).
 std::vector<int> merge_ties_copies(BucketCoster& cost, const std::vector<int>& starts, const CopiesBack& copies) {
-  const int n = cost.tensors();
-  struct B {
-    int begin, end;
-    BucketTerms t;
-    double finish;
-  };
-  std::vector<B> bs;
-  double free_at = 0;
-  for (size_t k = 0; k < starts.size(); ++k) {
-    B b{starts[k], k + 1 < starts.size() ? starts[k + 1] : n, {}, 0};
-    b.t = cost.at(b.begin, b.end);
-    b.finish = free_at = end_after(free_at, b.t);
-    bs.push_back(b);
-  }
-  auto value = [&](const B& b, double finish) { return finish - copies.before[size_t(b.begin)]; };
+  std::vector<ScheduledBucket> bs = schedule_partition(cost, starts);
+  auto value = [&](const ScheduledBucket& b, double finish) { return finish - copies.before[size_t(b.begin)]; };
   std::vector<double> after;  // after[k]: the largest value of buckets k.. (0 past the end)
   auto refresh = [&] {
     after.assign(bs.size() + 1, 0);
