@@ -217,6 +217,25 @@ struct Prefixes {
   }
 };
 
+// A partition's buckets, their terms and their allreduces' ends, one after another.
+struct ScheduledBucket {
+  int begin, end;
+  BucketTerms t;
+  double finish;
+};
+
+std::vector<ScheduledBucket> schedule_partition(BucketCoster& cost, const std::vector<int>& starts) {
+  std::vector<ScheduledBucket> bs;
+  double free_at = 0;
+  for (size_t k = 0; k < starts.size(); ++k) {
+    const int j = k + 1 < starts.size() ? starts[k + 1] : cost.tensors();
+    ScheduledBucket b{starts[k], j, cost.at(starts[k], j), 0};
+    b.finish = free_at = end_after(free_at, b.t);
+    bs.push_back(b);
+  }
+  return bs;
+}
+
 // DDP's copies back (copy_back_s): when backward has ended (at B), bucket k's average is
 // copied back once its allreduce has ended (E_k) and the copy before it is done. Each copy
 // costs kappa per element, so the last one ends at kappa T + max(B, max_k (E_k - kappa S_k))
@@ -228,14 +247,12 @@ struct CopiesBack {
   CopiesBack(const BucketCoster& cost, double backward_end_s) : backward_end(backward_end_s) {
     for (int i = 0; i <= cost.tensors(); ++i) before.push_back(cost.copy_back(0, i));
   }
+  // E_k - kappa S_k of a bucket that begins at `begin` and whose allreduce ends at `end`.
+  double term(int begin, double end) const { return end - before[size_t(begin)]; }
   // max(B, max_k (E_k - kappa S_k)) of the partition `starts`, its allreduces one after another.
   double value(BucketCoster& cost, const std::vector<int>& starts) const {
-    double free_at = 0, v = backward_end;
-    for (size_t k = 0; k < starts.size(); ++k) {
-      const int j = k + 1 < starts.size() ? starts[k + 1] : cost.tensors();
-      free_at = end_after(free_at, cost.at(starts[k], j));
-      v = std::max(v, free_at - before[size_t(starts[k])]);
-    }
+    double v = backward_end;
+    for (const auto& b : schedule_partition(cost, starts)) v = std::max(v, term(b.begin, b.finish));
     return v;
   }
   double copies_end(double value) const { return value + before.back(); }
@@ -440,25 +457,6 @@ std::vector<int> dynamic_program_tails(BucketCoster& cost, std::vector<AffineTai
   return starts;
 }
 
-// A partition's buckets, their terms and their allreduces' ends, one after another.
-struct ScheduledBucket {
-  int begin, end;
-  BucketTerms t;
-  double finish;
-};
-
-std::vector<ScheduledBucket> schedule_partition(BucketCoster& cost, const std::vector<int>& starts) {
-  std::vector<ScheduledBucket> bs;
-  double free_at = 0;
-  for (size_t k = 0; k < starts.size(); ++k) {
-    const int j = k + 1 < starts.size() ? starts[k + 1] : cost.tensors();
-    ScheduledBucket b{starts[k], j, cost.at(starts[k], j), 0};
-    b.finish = free_at = end_after(free_at, b.t);
-    bs.push_back(b);
-  }
-  return bs;
-}
-
 // Among the many partitions that tie with the optimum (everything hidden behind
 // backward), prefer fewer buckets: walking forward, a bucket absorbs the next one when
 // the schedule's last allreduce end does not grow. After a merge, the first later
@@ -508,11 +506,10 @@ std::vector<int> merge_ties(BucketCoster& cost, const std::vector<int>& starts) 
 // bound theirs: a merge is never taken on a value lower than its own).
 std::vector<int> merge_ties_copies(BucketCoster& cost, const std::vector<int>& starts, const CopiesBack& copies) {
   std::vector<ScheduledBucket> bs = schedule_partition(cost, starts);
-  auto value = [&](const ScheduledBucket& b, double finish) { return finish - copies.before[size_t(b.begin)]; };
   std::vector<double> after;  // after[k]: the largest value of buckets k.. (0 past the end)
   auto refresh = [&] {
     after.assign(bs.size() + 1, 0);
-    for (size_t k = bs.size(); k-- > 0;) after[k] = std::max(after[k + 1], value(bs[k], bs[k].finish));
+    for (size_t k = bs.size(); k-- > 0;) after[k] = std::max(after[k + 1], copies.term(bs[k].begin, bs[k].finish));
   };
   refresh();
   double before = copies.backward_end;  // B and the values of the buckets before k
@@ -520,15 +517,15 @@ std::vector<int> merge_ties_copies(BucketCoster& cost, const std::vector<int>& s
     const double now = std::max(before, after[k]);
     const BucketTerms merged = cost.at(bs[k].begin, bs[k + 1].end);
     const double f = end_after(k ? bs[k - 1].finish : 0, merged);
-    double v = std::max(before, f - copies.before[size_t(bs[k].begin)]), chain = f;
+    double v = std::max(before, copies.term(bs[k].begin, f)), chain = f;
     size_t m = k + 2;
     for (; m < bs.size() && chain > bs[m - 1].finish; ++m) {
       chain = end_after(chain, bs[m].t);
-      v = std::max(v, value(bs[m], chain));
+      v = std::max(v, copies.term(bs[m].begin, chain));
     }
     v = std::max(v, after[m]);
     if (v > now) {
-      before = std::max(before, value(bs[k], bs[k].finish));
+      before = std::max(before, copies.term(bs[k].begin, bs[k].finish));
       ++k;
       continue;
     }
