@@ -18,7 +18,8 @@ it prints figures.
 - PlanDDP hooks: the Python-hook engine (one hook per tensor) with the buckets DDP forms
   (1 MiB first, then 25 MiB, in backward order), on one plan stream;
 - PlanDDP: the same plan on PlanDDP's default engine, torch's C++ Reducer (DDP's own
-  bucketing) with the plan's buckets and a comm hook per bucket.
+  bucketing) with the plan's buckets; its own process group hands each complete bucket
+  to PlanDDP.
 
 The ratio column is the median (and quartiles) of each step's time over DDP's step run next
 to it. The difference of the "no comm" rows is the bucketing's cost in each; of the full

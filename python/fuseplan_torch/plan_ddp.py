@@ -2,18 +2,20 @@
 
 `PlanDDP` wraps a module. Its plan's buckets are formed by one of two engines:
 - "reducer" (the default where torch has it): torch's own C++ bucketing, DDP's Reducer,
-  given the plan's buckets in plan order (never rebuilt) and a comm hook per bucket. The
-  Reducer copies each gradient into its bucket as it is ready (C++, no Python per
-  tensor) and calls the hook when the bucket is complete; it launches buckets in plan
-  order, one after another, as DDP does.
+  given the plan's buckets in plan order (never rebuilt) and, in place of a process
+  group, PlanDDP's own (`_ReducerGroup`). The Reducer copies each gradient into its
+  bucket as it is ready, divided by the number of ranks in the same pass (C++, no Python
+  per tensor), exactly as DDP does without a comm hook, and asks the group to allreduce
+  the bucket when it is complete; it does so in plan order, one bucket after another, as
+  DDP does. The group hands the bucket to PlanDDP. (A comm hook would get the bucket
+  undivided: the Reducer divides while copying in only when it has none, and the
+  division would cost a pass of its own over every gradient.)
 - "hooks": a Python hook on every parameter's gradient accumulator copies its gradient,
   divided by the number of ranks, into its bucket's flat buffer (one pass), and the moment
   a bucket's last gradient is in, it is launched; each stream's buckets in plan order.
-Either way a complete bucket is averaged, in its transfer precision (fp16/bf16 where the
-plan says so), and handed to its plan stream. The hooks engine divides as it copies; the
-Reducer's buckets (its comm hook gets them undivided) are divided in the pass that casts
-them to 16 bits, before the sum, or, in FP32, by the stream's thread after the sum, off
-the autograd thread. A plan stream is a
+Either way a complete bucket holds the gradients divided by the number of ranks, and is
+summed in its transfer precision (cast to fp16/bf16 where the plan says so, before the
+sum, and back after it) by its plan stream. A plan stream is a
 thread with its own process group that runs its buckets' allreduces one after another in
 plan order, as a CUDA stream runs NCCL's (gloo would otherwise run two collectives of one
 group at once on its worker threads); it records when each started and ended. When
@@ -289,6 +291,7 @@ class PlanDDP(nn.Module):
         self.next_launch = {s: 0 for s in streams}
         self.accumulators = []
         self.handles = []
+        self.reduced = 0  # the reducer engine: how many of this step's buckets the Reducer has handed over
         self.reducer = self._make_reducer([params[n] for n in tensor_names]) if engine != "hooks" else None
         if self.reducer is None and engine == "reducer":
             raise PlanError("%s: engine 'reducer': torch %s has no torch.distributed.Reducer of the form PlanDDP "
@@ -317,19 +320,19 @@ class PlanDDP(nn.Module):
 
     def _make_reducer(self, params: List[nn.Parameter]) -> Optional[Any]:
         """torch's own C++ bucketing (DDP's Reducer) with the plan's buckets, in plan order
-        (never rebuilt), each handed to `_bucket_hook`, and the averaged bucket copied back
-        into each .grad (gradient_as_bucket_view off, DDP's default); None where this torch
-        has no Reducer of that form."""
+        (never rebuilt), each handed to `_bucket_ready` by the Reducer's process group, and
+        the averaged bucket copied back into each .grad (gradient_as_bucket_view off, DDP's
+        default); None where this torch has no Reducer, or no process group written in
+        Python, of that form."""
         index = {id(p): i for i, p in enumerate(params)}
         buckets = [[index[id(p)] for p in b.params] for b in self.buckets]
         try:
-            reducer = dist.Reducer(params, buckets, [b.numel * 4 for b in self.buckets], dist.group.WORLD,
-                                   [False] * len(params), 25 << 20, False, self.views, {}, 1 << 20)
-            # The state is a weak proxy: the Reducer (C++) would otherwise keep PlanDDP alive.
-            dist._register_comm_hook(reducer, weakref.proxy(self), PlanDDP._bucket_hook)
+            # A weak proxy: the Reducer (C++) holds its group and would otherwise keep PlanDDP alive.
+            self.reducer_group = _ReducerGroup(weakref.proxy(self), dist.get_rank(), self.world)
+            return dist.Reducer(params, buckets, [b.numel * 4 for b in self.buckets], self.reducer_group,
+                                [False] * len(params), 25 << 20, False, self.views, {}, 1 << 20)
         except (AttributeError, TypeError, RuntimeError):
             return None
-        return reducer
 
     def _check_transfers(self, origin: str, group: Any, device: torch.device) -> None:
         """A transfer precision the backend cannot sum is refused here, not mid-backward
@@ -364,6 +367,7 @@ class PlanDDP(nn.Module):
         self.reducer.prepare_for_forward()
         out = self.module(*args, **kwargs)
         self.reducer.prepare_for_backward([])  # every parameter gets a gradient, as DDP's default
+        self.reduced = 0
         self.step = self._fresh_step(time.perf_counter())  # until start_backward gives the origin
         return out
 
@@ -410,32 +414,27 @@ class PlanDDP(nn.Module):
                     torch.autograd.Variable._execution_engine.queue_callback(self._finish)
         return hook
 
-    @staticmethod
-    def _bucket_hook(self: "PlanDDP", grad_bucket: Any) -> Any:
-        """The Reducer's comm hook: bucket `grad_bucket.index()` (the plan's) is complete.
-        Averaged in place, cast to its transfer precision, handed to its stream; the
-        future it returns holds the averaged bucket once the stream has summed it."""
-        b = self.buckets[grad_bucket.index()]
+    def _bucket_ready(self, buffer: torch.Tensor) -> Any:
+        """The reducer engine: the Reducer's next bucket, in plan order, is complete and
+        `buffer` holds its gradients divided by the number of ranks. Handed to its stream;
+        the future returned holds the averaged bucket once the stream has summed it."""
+        if self.reduced >= len(self.buckets) or buffer.numel() != self.buckets[self.reduced].numel:
+            raise RuntimeError("PlanDDP: the Reducer handed over a bucket of %d elements as bucket %d of %d; "
+                               "its buckets are not the plan's" % (buffer.numel(), self.reduced, len(self.buckets)))
+        b = self.buckets[self.reduced]
+        self.reduced += 1
         self._mark_ready(b, time.perf_counter())
-        fut = self._send(b, grad_bucket.buffer(), divided=False)
+        fut = self._send(b, buffer)
         if b.index == len(self.buckets) - 1:  # autograd is done: the Reducer's wait comes next
             torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
         return fut
 
-    def _send(self, b: _Bucket, buffer: torch.Tensor, divided: bool = True) -> Any:
-        """Bucket `b`'s `buffer` to its stream, in its transfer precision; the future holds
-        `buffer` once it holds the average. An undivided `buffer` is divided in the same pass
-        as its cast to 16 bits (before the sum, whose range it keeps), or in FP32 by the
-        stream's thread after the sum."""
-        dtype = _DTYPES[b.transfer]
-        if b.transfer == "fp32":
-            wire, after = buffer, (1 if divided else self.world)
-        elif divided:
-            wire, after = buffer.to(dtype), 1
-        else:
-            wire, after = torch.div(buffer, self.world, out=torch.empty_like(buffer, dtype=dtype)), 1
-        return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start,
-                                             after)
+    def _send(self, b: _Bucket, buffer: torch.Tensor) -> Any:
+        """Bucket `b`'s `buffer`, its gradients divided by the number of ranks, to its
+        stream in its transfer precision (a 16-bit copy where the plan says so); the future
+        holds `buffer` once it holds the average."""
+        wire = buffer if b.transfer == "fp32" else buffer.to(_DTYPES[b.transfer])
+        return self.streams[b.stream].submit(wire, buffer, self.step.buckets[b.index], self.step.backward_start)
 
     def _mark_ready(self, b: _Bucket, now: float) -> None:
         times = self.step.buckets[b.index]
@@ -488,16 +487,31 @@ class _Failed:
         raise self.error
 
 
-def _average_into(buffer: torch.Tensor, wire: torch.Tensor, divide: int) -> None:
-    """`buffer` = the summed `wire` / `divide`, in one pass (none for an FP32 wire that is
-    the buffer and needs no division)."""
-    if wire is buffer:
-        if divide != 1:
-            buffer.div_(divide)
-    elif divide != 1:
-        torch.div(wire, divide, out=buffer)
-    else:
+def _back_into(buffer: torch.Tensor, wire: torch.Tensor) -> None:
+    """A 16-bit `wire`'s sum, cast back into its FP32 bucket `buffer`; nothing for an FP32
+    wire, which is the bucket."""
+    if wire is not buffer:
         buffer.copy_(wire)
+
+
+class _ReducerGroup(dist.ProcessGroup):
+    """The process group PlanDDP gives torch's Reducer (the reducer engine). Without a comm
+    hook, the Reducer divides each gradient by the group's size as it copies it into its
+    bucket and calls `allreduce` once per complete bucket, in bucket order: the bucket goes
+    to PlanDDP (`_bucket_ready`), whose plan stream does the allreduce on a real group. The
+    Reducer asks for no other collective (its buckets are never rebuilt and every parameter
+    gets a gradient)."""
+
+    def __init__(self, owner: Any, rank: int, size: int) -> None:
+        super().__init__(rank, size)
+        self.owner = owner
+        self.work_from_future = torch._C._distributed_c10d._create_work_from_future  # AttributeError: no such torch
+
+    def getBackendName(self) -> str:
+        return "fuseplan"
+
+    def allreduce(self, tensors: List[torch.Tensor], opts: Any = None) -> Any:
+        return self.work_from_future(self.owner._bucket_ready(tensors[0]))
 
 
 class _Item(NamedTuple):
@@ -508,7 +522,6 @@ class _Item(NamedTuple):
     origin: float
     fut: Any
     filled: Any  # the CUDA event after the bucket's copies; None on the host
-    divide: int
 
 
 class _Stream:
@@ -528,36 +541,35 @@ class _Stream:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def submit(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float,
-               divide: int = 1) -> Any:
-        """Queues the allreduce of `wire` (`buffer` itself, or its 16-bit copy, summed into
-        `buffer` again), the sum then divided by `divide`; the future returned holds `buffer`
-        when it is done, or the error."""
+    def submit(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float) -> Any:
+        """Queues the allreduce of `wire` (`buffer` itself, or its 16-bit copy, whose sum is
+        cast back into `buffer`); the future returned holds `buffer` when it is done, or the
+        error."""
         fut: Any = torch.futures.Future()
         filled = None
         if wire.is_cuda:
             filled = torch.cuda.Event()
             filled.record()  # on the submitter's current stream, after the bucket's copies and cast
-        self.q.put(_Item(wire, buffer, times, origin, fut, filled, divide))
+        self.q.put(_Item(wire, buffer, times, origin, fut, filled))
         return fut
 
     def _run(self) -> None:
         item, work = self.q.get(), None  # work: the item's allreduce, where already started
         while item is not None:
-            wire, buffer, times, origin, fut, filled, divide = item
+            wire, buffer, times, origin, fut, filled = item
             following = None  # the next item, its allreduce started where it runs on the host
             try:
                 if filled is not None:
-                    self._run_cuda(wire, buffer, times, origin, filled, divide)
+                    self._run_cuda(wire, buffer, times, origin, filled)
                 else:
                     if work is None:
                         work = self._start(item)
                     work.wait()
                     times.end_s = time.perf_counter() - origin
-                    # A queued bucket's allreduce starts before this one is averaged: the
-                    # division's pass over this bucket overlaps it instead of delaying it.
+                    # A queued bucket's allreduce starts before a 16-bit sum is cast back
+                    # into its bucket: that pass overlaps it instead of delaying it.
                     following = self._start_queued()
-                    _average_into(buffer, wire, divide)
+                    _back_into(buffer, wire)
             except BaseException as e:  # handed to the training thread by the future
                 times.end_s = time.perf_counter() - origin
                 fut.set_exception(e)
@@ -585,7 +597,7 @@ class _Stream:
             return item, _Failed(e)
 
     def _run_cuda(self, wire: torch.Tensor, buffer: torch.Tensor, times: BucketTimes, origin: float,
-                  filled: Any, divide: int) -> None:
+                  filled: Any) -> None:
         stream = self.cuda_streams.get(wire.device)
         if stream is None:
             stream = self.cuda_streams[wire.device] = torch.cuda.Stream(device=wire.device)
@@ -595,7 +607,7 @@ class _Stream:
             times.start_s = time.perf_counter() - origin  # the host's, when queued, until StepTimes.resolve()
             dist.all_reduce(wire, group=self.group, async_op=True).wait()  # the stream waits for NCCL's
             times.end_event = _device_mark()
-            _average_into(buffer, wire, divide)
+            _back_into(buffer, wire)
             stream.synchronize()  # the future's buffer is complete when it is set
             times.end_s = time.perf_counter() - origin
 

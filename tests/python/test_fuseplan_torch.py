@@ -1148,11 +1148,12 @@ def gloo_sums(tmp_path, dtype):
     return json.load(open(out))["sums"]
 
 
-def test_a_plan_stream_starts_the_queued_bucket_before_it_averages_the_one_summed(monkeypatch):
+def test_a_plan_stream_starts_the_queued_bucket_before_it_casts_back_the_one_summed(monkeypatch):
     """On the host, a stream whose next bucket is queued starts that bucket's allreduce
-    before it divides the bucket just summed, so the division does not delay it; each
-    future still holds its own average, in submission order. The allreduce is a stand-in
-    that logs (no process group): the first one is held until all three are queued."""
+    before it casts the 16-bit sum just made back into its FP32 bucket, so that pass does
+    not delay it; each future still holds its own bucket's sum, in submission order. The
+    allreduce is a stand-in that logs (no process group): the first one is held until all
+    three are queued."""
     import threading
     from fuseplan_torch import plan_ddp
 
@@ -1172,29 +1173,29 @@ def test_a_plan_stream_starts_the_queued_bucket_before_it_averages_the_one_summe
         log.append("start %d" % int(tensor[0].item()))
         return Work(tensor)
 
-    averaged = plan_ddp._average_into
+    back = plan_ddp._back_into
     monkeypatch.setattr(plan_ddp.dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(plan_ddp, "_average_into", lambda b, w, d: (log.append("average %d" % int(b[0].item() // 2)),
-                                                                     averaged(b, w, d)))
+    monkeypatch.setattr(plan_ddp, "_back_into", lambda b, w: (log.append("back %d" % int(w[0].item() // 2)),
+                                                              back(b, w)))
     stream = plan_ddp._Stream(group=None)
     try:
         buffers = [torch.full((1000,), float(k)) for k in range(3)]
         times = [plan_ddp.BucketTimes() for _ in buffers]
-        futures = [stream.submit(b, b, t, 0.0, 2) for b, t in zip(buffers, times)]
+        futures = [stream.submit(b.half(), b, t, 0.0) for b, t in zip(buffers, times)]
         release.set()
         results = [f.wait() for f in futures]
     finally:
         stream.stop()
-    assert log == ["start 0", "end 0", "start 1", "average 0", "end 1", "start 2", "average 1", "end 2", "average 2"]
+    assert log == ["start 0", "end 0", "start 1", "back 0", "end 1", "start 2", "back 1", "end 2", "back 2"]
     for k, r in enumerate(results):
-        assert r is buffers[k] and torch.equal(r, torch.full((1000,), float(k)))
+        assert r is buffers[k] and torch.equal(r, torch.full((1000,), 2.0 * k))
     for before, after in zip(times, times[1:]):
         assert before.start_s <= before.end_s <= after.start_s
 
 
 def test_a_plan_stream_hands_an_allreduce_that_fails_to_start_to_its_own_bucket(monkeypatch):
-    """A queued bucket whose allreduce raises as it starts (early, while the bucket before
-    it is averaged) fails its own future; the buckets before and after it complete."""
+    """A queued bucket whose allreduce raises as it starts (early, once the bucket before
+    it is summed) fails its own future; the buckets before and after it complete."""
     import threading
     from fuseplan_torch import plan_ddp
 
@@ -1219,12 +1220,12 @@ def test_a_plan_stream_hands_an_allreduce_that_fails_to_start_to_its_own_bucket(
     stream = plan_ddp._Stream(group=None)
     try:
         buffers = [torch.full((10,), float(k)) for k in range(3)]
-        futures = [stream.submit(b, b, plan_ddp.BucketTimes(), 0.0, 2) for b in buffers]
+        futures = [stream.submit(b, b, plan_ddp.BucketTimes(), 0.0) for b in buffers]
         release.set()
         assert torch.equal(futures[0].wait(), torch.zeros(10))
         with pytest.raises(RuntimeError, match="connection reset by peer"):
             futures[1].wait()
-        assert torch.equal(futures[2].wait(), torch.full((10,), 2.0))
+        assert torch.equal(futures[2].wait(), torch.full((10,), 4.0))
     finally:
         stream.stop()
     assert calls == [0, 1, 2]
