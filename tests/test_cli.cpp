@@ -832,6 +832,34 @@ TEST_CASE("cli: fuseplan-exec run executes a plan on 2 ranks and refuses mismatc
   CHECK_THAT(nc.out, Catch::Contains("--comm nccl: needs --backend cuda"));
 }
 
+TEST_CASE("cli: fuseplan-exec run makes a packed plan's copies and measures the copies back", "[exec]") {
+  const std::string model = "--model resnet18 --resolution 16 --channels 1 --classes 10";
+  const std::string data = " --dataset synthetic --synthetic-size 128 --resolution 16 --iterations 3 --warmup 1";
+  for (const char* on : {"compute", "comm"}) {
+    CAPTURE(on);
+    const std::string name = std::string("pack-") + on;
+    const std::string plan = tmp(name + "-plan.json"), report = tmp(name + ".json");
+    REQUIRE(run("predict " + model + " --cluster local-cpu --gpus 2 --batch-per-gpu 8 --precision fp32 "
+                "--buckets threshold:1MiB --pack --pack-on " + on + " --out " + plan).code == 0);
+    Run r = run_mpi(2, "run --plan " + plan + data + " --report " + report);
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    const auto rep = nlohmann::json::parse(std::ifstream(report));
+    if (std::string(on) == "compute") {
+      // Copied back after backward, in the wait after it: a part of the exposed time.
+      REQUIRE(rep.contains("copy_back_s"));
+      CHECK(rep.at("copy_back_s").get<double>() > 0);
+      CHECK(rep.at("copy_back_s").get<double>() <= rep.at("exposed_comm_s").get<double>());
+      Run v = run("verify --no-sim --plan " + plan + " --measured " + report);
+      INFO(v.out);
+      CHECK(v.code == 0);
+      CHECK_THAT(v.out, Catch::Contains("of which copies back"));
+    } else {
+      CHECK(!rep.contains("copy_back_s"));
+    }
+  }
+}
+
 TEST_CASE("cli: fuseplan-exec run --schedule runs a schedule's partitions and reduce-scatter + all-gather on 2 ranks", "[exec]") {
   const std::string model = "--model resnet18 --resolution 16 --channels 1 --classes 10";
   const std::string sched = tmp("run-schedule.json");

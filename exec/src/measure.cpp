@@ -56,6 +56,10 @@ std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, c
     if (x.count != bucket_elements(plan, model, b)) throw RunError("run: bucket layout differs from the plan's");
     x.stream = b.stream;
     x.spec.transfer = b.transfer;
+    if (b.pack) x.pack = plan.pack_on == PackOn::Compute ? ExchangeBucket::Pack::Compute : ExchangeBucket::Pack::Comm;
+    if (x.pack == ExchangeBucket::Pack::Compute)
+      for (int pos = b.begin; pos < b.end; ++pos)
+        x.position_ends.push_back(slots[size_t(pos)].offset + slots[size_t(pos)].numel);
     if (plan.gpus > 1) {
       const CollectiveChoice c = cm.cost(b.algorithm, x.count, b.transfer);
       x.spec.algorithm = std::string(c.algorithm->name);
@@ -134,6 +138,7 @@ MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network
     br.auto_chosen = buckets.size() == plan.buckets.size() && plan.buckets[k].algorithm == "auto";
     br.stream = buckets[k].stream;
     br.transfer = buckets[k].spec.transfer;
+    m.copies_back = m.copies_back || buckets[k].pack == ExchangeBucket::Pack::Compute;
     m.buckets.push_back(br);
   }
   return m;
@@ -198,6 +203,14 @@ std::optional<Measurement> measure(MpiWorld& world, const std::vector<StepSample
   rep.backward_s = avg(3);
   rep.exposed_comm_s = avg(4);
   rep.optimizer_s = avg(5);
+  if (setup.copies_back) {
+    for (size_t k = 0; k < S; ++k) {
+      const int r = critical[k];
+      double last_end = at(r, k, 3);  // backward's end
+      for (size_t b = 0; b < B; ++b) last_end = std::max(last_end, at(r, k, 8 + 3 * b));
+      rep.copy_back_s += std::max(0.0, at(r, k, 3) + at(r, k, 4) - last_end) / double(S);
+    }
+  }
   rep.buckets = setup.buckets;
   for (size_t b = 0; b < B; ++b) {
     rep.buckets[b].ready_s = avg(6 + 3 * b);

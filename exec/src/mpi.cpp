@@ -506,7 +506,10 @@ PlanExchange::PlanExchange(MpiWorld& world, float* grads, std::vector<ExchangeBu
     const auto& b = buckets_[i];
     if (i > 0 && b.end < buckets_[i - 1].end)
       throw InputError(field("exchange.buckets") + ": buckets must be in backward order (readiness is a prefix)");
+    if (b.pack == ExchangeBucket::Pack::Compute && b.position_ends.size() != size_t(b.end - b.begin))
+      throw std::logic_error("exchange: a bucket packed on compute needs the end of each of its positions");
     stream_order_[size_t(b.stream)].push_back(int(i));
+    packed_.emplace_back(b.pack == ExchangeBucket::Pack::None ? 0 : size_t(b.count));
     ops_.push_back(std::make_unique<Allreduce>(stream_comms_[size_t(b.stream)], world.layout().topo(), b.count, b.spec,
                                                int(i)));
   }
@@ -549,6 +552,7 @@ void PlanExchange::begin_step() {
   for (size_t b = 0; b < buckets_.size(); ++b) done_[b].store(false, std::memory_order_relaxed);
   ready_count_.store(0);
   done_count_ = 0;
+  copied_ = 0;
   std::fill(stream_next_.begin(), stream_next_.end(), 0);
   std::fill(stream_running_.begin(), stream_running_.end(), -1);
   for (auto& t : timings_) t = {};
@@ -556,6 +560,7 @@ void PlanExchange::begin_step() {
 }
 
 void PlanExchange::ready(int positions) {
+  copy_in_backward(positions);
   int n = ready_count_.load(std::memory_order_relaxed);
   const int before = n;
   const double t = now();
@@ -569,6 +574,31 @@ void PlanExchange::ready(int positions) {
   }
 }
 
+void PlanExchange::copy_in_backward(int positions) {
+  for (size_t i = 0; i < buckets_.size() && copied_ < positions; ++i) {
+    const ExchangeBucket& b = buckets_[i];
+    if (b.pack != ExchangeBucket::Pack::Compute || b.end <= copied_ || b.begin >= positions) continue;
+    const int first = std::max(b.begin, copied_), last = std::min(b.end, positions);  // positions [first, last)
+    const int64_t from = first == b.begin ? b.offset : b.position_ends[size_t(first - 1 - b.begin)];
+    const int64_t to = b.position_ends[size_t(last - 1 - b.begin)];
+    std::copy(grads_ + from, grads_ + to, packed_[i].data() + (from - b.offset));
+  }
+  copied_ = std::max(copied_, positions);
+}
+
+float* PlanExchange::start_data(size_t b) {
+  const ExchangeBucket& x = buckets_[b];
+  if (x.pack == ExchangeBucket::Pack::None) return grads_ + x.offset;
+  if (x.pack == ExchangeBucket::Pack::Comm)
+    std::copy(grads_ + x.offset, grads_ + x.offset + x.count, packed_[b].data());
+  return packed_[b].data();
+}
+
+void PlanExchange::ended(size_t b) {
+  const ExchangeBucket& x = buckets_[b];
+  if (x.pack == ExchangeBucket::Pack::Comm) std::copy(packed_[b].begin(), packed_[b].end(), grads_ + x.offset);
+}
+
 // Runs in the communication thread, or in the training thread when polling.
 bool PlanExchange::pump() {
   const int ready = ready_count_.load(std::memory_order_acquire);
@@ -578,6 +608,7 @@ bool PlanExchange::pump() {
       if (running >= 0) {
         if (!ops_[size_t(running)]->test()) break;
         timings_[size_t(running)].end_s = now();
+        ended(size_t(running));
         done_[size_t(running)].store(true, std::memory_order_release);
         ++done_count_;
         running = -1;
@@ -587,8 +618,9 @@ bool PlanExchange::pump() {
       if (b >= ready || (buckets_[size_t(b)].after_step && !released_.load(std::memory_order_acquire))) break;
       ++stream_next_[s];
       running = b;
+      float* data = start_data(size_t(b));
       timings_[size_t(b)].start_s = now();
-      ops_[size_t(b)]->start(grads_ + buckets_[size_t(b)].offset);
+      ops_[size_t(b)]->start(data);
     }
   }
   check_timeouts();
@@ -644,6 +676,12 @@ void PlanExchange::finish() {
   for (const auto& b : buckets_)
     if (b.after_step && !released_.load())
       throw std::logic_error("exchange: finish() before release_held(): the held all-gathers would never run");
+  // DDP's copies back: in bucket order, each once its allreduce has ended.
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    if (buckets_[b].pack != ExchangeBucket::Pack::Compute) continue;
+    wait_until([&] { return done_[b].load(std::memory_order_acquire); });
+    std::copy(packed_[b].begin(), packed_[b].end(), grads_ + buckets_[b].offset);
+  }
   if (opt_.thread) {
     std::unique_lock lock(mutex_);
     cv_.notify_all();

@@ -98,6 +98,7 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
   std::unique_ptr<Trainer> trainer_ptr;
   std::vector<ExchangeBucket> buckets;
   std::optional<InputError> refused;
+  bool unpacked = false;  // the plan packs, and the NCCL exchange does not
   try {
     const int64_t per_epoch = train.size() / (int64_t(plan.batch_per_gpu) * world.ranks());
     if (per_epoch < 1) throw InputError(field("train.dataset") + ": fewer samples than one global batch");
@@ -127,6 +128,15 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
     o.train.checkpoint_timeout_s = o.exchange.timeout_s / 2;
     trainer_ptr = std::make_unique<Trainer>(model, train, test, backend, o.train);
     buckets = o.buckets_of ? o.buckets_of(trainer_ptr->network()) : plan_buckets(plan, model, trainer_ptr->network(), cluster);
+    const auto packed = std::find_if(buckets.begin(), buckets.end(),
+                                     [](const ExchangeBucket& b) { return b.pack != ExchangeBucket::Pack::None; });
+    if (packed != buckets.end() && o.train.defers_exchange())
+      throw InputError("plan: $.buckets[" + std::to_string(packed - buckets.begin()) + "].pack: " +
+                       o.train.deferred_by() + " runs every bucket in place (a plan without pack)");
+    if (packed != buckets.end() && o.comm == "nccl") {
+      for (auto& b : buckets) b.pack = ExchangeBucket::Pack::None;
+      unpacked = true;
+    }
   } catch (const InputError& e) {
     refused = e;
   }
@@ -142,6 +152,8 @@ PlanRun run_plan(MpiWorld& world, const Plan& plan, const Model& model, const Cl
   deferred.real = &exchange;
 
   PlanRun run;
+  if (rank == 0 && unpacked)
+    run.notes.push_back("the NCCL exchange allreduces every bucket in place: the plan's packing copies are not made");
   if (rank == 0 && trainer.resumed())
     run.notes.push_back(trainer.resumed()->line() + (o.train_epochs ? "" : "; warm-up and iterations count from step 0"));
   if (rank == 0 && world.layout().per_node != std::min(cluster.gpus_per_node, plan.gpus))

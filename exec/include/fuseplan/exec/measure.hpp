@@ -53,11 +53,16 @@ struct MeasuredSetup {
   std::vector<BucketReport> buckets;
   TrainingGoal goal;
   int seq_len = 0;
+  // Buckets packed on compute are copied back after backward (Report::copy_back_s: the
+  // time from the later of backward's end and the last allreduce's end until the wait
+  // after backward returns).
+  bool copies_back = false;
 };
 
-// The plan's buckets as the executor runs them: flat-buffer ranges and the algorithm
-// (and variant) the cost model resolves `auto` to on `cluster`. RunError when the
-// network's layout differs from the plan's.
+// The plan's buckets as the executor runs them: flat-buffer ranges, the packed ones'
+// buffers (PlanBucket::pack, where Plan::pack_on says) and the algorithm (and variant)
+// the cost model resolves `auto` to on `cluster`. RunError when the network's layout
+// differs from the plan's.
 std::vector<ExchangeBucket> plan_buckets(const Plan& plan, const Model& model, const Network& net,
                                          const Cluster& cluster);
 // A schedule beyond fusion (docs/schedules.md) as exchange buckets over a flat gradient

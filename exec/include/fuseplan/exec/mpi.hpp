@@ -194,6 +194,17 @@ struct ExchangeBucket {
   // a sharded optimizer step, which carries the updated parameters.
   bool after_step = false;
   AllreduceSpec spec;
+  // A plan's packed bucket (PlanBucket::pack) is allreduced in a buffer of its own, not in
+  // place in the flat gradient buffer:
+  // - Comm (Horovod's fusion buffer): copied into it once the bucket is ready, by whoever
+  //   starts its allreduce (the communication thread, or the training thread polling),
+  //   and out of it when the allreduce has ended;
+  // - Compute (DDP's bucket buffers): each position's gradient copied in on the training
+  //   thread as backward makes it final (ready()), and the bucket copied back by finish():
+  //   in bucket order, each once its allreduce has ended.
+  enum class Pack { None, Comm, Compute } pack = Pack::None;
+  // Pack::Compute: where each of positions [begin, end) ends in the flat gradient buffer.
+  std::vector<int64_t> position_ends;
 };
 
 struct ExchangeOptions {
@@ -246,6 +257,9 @@ class PlanExchange final : public TimedExchange {
   bool pump();  // starts what may start, tests what runs; true if all buckets are done
   bool buckets_done(int begin, int end) const;  // every bucket writing positions [begin, end) has run
   bool reductions_done() const;                 // every bucket not held has run
+  void copy_in_backward(int positions);         // Pack::Compute: positions [copied_, positions) into their buffers
+  float* start_data(size_t b);                  // where bucket b's allreduce runs (its buffer filled, if Comm)
+  void ended(size_t b);                         // bucket b's allreduce has ended (its buffer copied out, if Comm)
   template <class Done>
   void wait_until(const Done& done);            // pumps (or waits for the thread) until done()
   void check_timeouts();
@@ -266,6 +280,8 @@ class PlanExchange final : public TimedExchange {
   std::atomic<bool> released_{false};  // this step's held buckets may start
   int done_count_ = 0;
   std::unique_ptr<std::atomic<bool>[]> done_;  // per bucket, this step (set by whoever pumps)
+  std::vector<std::vector<float>> packed_;     // per bucket: its own buffer where it is packed, else empty
+  int copied_ = 0;  // Pack::Compute: positions [0, copied_) are in their buffers this step (training thread)
   bool in_step_ = false;  // guarded by mutex_ with a communication thread
   // Communication thread.
   std::mutex mutex_;
