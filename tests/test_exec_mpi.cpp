@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <optional>
 #include <cmath>
@@ -59,14 +60,17 @@ bool same_everywhere(const std::vector<float>& v) {
 }
 
 // One step of a fake backward over 6 positions (a millisecond each), the exchange posting
-// buckets as they become ready; returns how many sums differ from the exact reference.
-int exchange_step(PlanExchange& ex, std::vector<float>& grads, int step) {
+// buckets as they become ready (`after_ready(k)` runs after positions [0, k) are);
+// returns how many sums differ from the exact reference.
+int exchange_step(PlanExchange& ex, std::vector<float>& grads, int step,
+                  const std::function<void(int)>& after_ready = {}) {
   MpiWorld& w = *g_world;
   for (size_t i = 0; i < grads.size(); ++i) grads[i] = value(w.rank(), int64_t(i) + step);
   ex.begin_step();
   for (int k = 1; k <= 6; ++k) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a layer's backward
     ex.ready(k);
+    if (after_ready) after_ready(k);
   }
   // A sharded step's all-gathers wait for it; unchanged, they complete the allreduce.
   ex.wait_reductions();
@@ -79,6 +83,31 @@ int exchange_step(PlanExchange& ex, std::vector<float>& grads, int step) {
     wrong += grads[i] != want;
   }
   return wrong;
+}
+
+// 6 "tensors" of different sizes in backward order: where each begins in the flat buffer
+// (and, last, the buffer's size).
+const std::vector<int64_t> kOffsets = [] {
+  std::vector<int64_t> offsets = {0};
+  for (int64_t s : {1000, 20000, 3, 50000, 7, 4096}) offsets.push_back(offsets.back() + s);
+  return offsets;
+}();
+
+// A bucket of positions [b, e) of kOffsets' tensors.
+ExchangeBucket flat_bucket(int b, int e, const std::string& algo, int stream, Precision p,
+                           ExchangeBucket::Pack pack = ExchangeBucket::Pack::None) {
+  ExchangeBucket x;
+  x.begin = b;
+  x.end = e;
+  x.offset = kOffsets[size_t(b)];
+  x.count = kOffsets[size_t(e)] - kOffsets[size_t(b)];
+  x.stream = stream;
+  x.spec.algorithm = algo;
+  x.spec.transfer = p;
+  x.pack = pack;
+  if (pack == ExchangeBucket::Pack::Compute)
+    for (int pos = b; pos < e; ++pos) x.position_ends.push_back(kOffsets[size_t(pos) + 1]);
+  return x;
 }
 
 }  // namespace
@@ -146,30 +175,17 @@ TEST_CASE("mpi: random FP32 data matches a double-precision reference within rou
 
 TEST_CASE("mpi: a plan's buckets run during backward, polled or on a communication thread") {
   MpiWorld& w = *g_world;
-  // 6 "tensors" of different sizes in backward order, 4 buckets on 2 streams.
-  const std::vector<int64_t> sizes = {1000, 20000, 3, 50000, 7, 4096};
-  std::vector<int64_t> offsets = {0};
-  for (int64_t s : sizes) offsets.push_back(offsets.back() + s);
-  auto bucket = [&](int b, int e, const char* algo, int stream, Precision p) {
-    ExchangeBucket x;
-    x.begin = b;
-    x.end = e;
-    x.offset = offsets[size_t(b)];
-    x.count = offsets[size_t(e)] - offsets[size_t(b)];
-    x.stream = stream;
-    x.spec.algorithm = algo;
-    x.spec.transfer = p;
-    return x;
-  };
+  // 4 buckets of kOffsets' tensors on 2 streams.
   const std::string second = w.ranks() == 3 ? "binary_blocks" : "rabenseifner";
   CHECK(w.thread_multiple());  // Debian's Open MPI provides it; the thread mode needs it
   for (bool thread : {false, true}) {
     if (thread && !w.thread_multiple()) continue;
     CAPTURE(thread);
-    std::vector<float> grads(size_t(offsets.back()));
+    std::vector<float> grads(size_t(kOffsets.back()));
     PlanExchange ex(w, grads.data(),
-                    {bucket(0, 2, "ring", 0, Precision::FP32), bucket(2, 3, "mpi", 1, Precision::FP16),
-                     bucket(3, 5, second.c_str(), 0, Precision::BF16), bucket(5, 6, "recursive_doubling", 1, Precision::FP32)},
+                    {flat_bucket(0, 2, "ring", 0, Precision::FP32), flat_bucket(2, 3, "mpi", 1, Precision::FP16),
+                     flat_bucket(3, 5, second, 0, Precision::BF16),
+                     flat_bucket(5, 6, "recursive_doubling", 1, Precision::FP32)},
                     {thread, 20, 30});
     for (int step = 0; step < 3; ++step) {
       CHECK(exchange_step(ex, grads, step) == 0);
@@ -187,25 +203,12 @@ TEST_CASE("mpi: a plan's buckets run during backward, polled or on a communicati
 
 TEST_CASE("mpi: packed buckets are summed in buffers of their own: the fusion buffer and DDP's bucket buffers") {
   MpiWorld& w = *g_world;
-  const std::vector<int64_t> sizes = {1000, 20000, 3, 50000, 7, 4096};
-  std::vector<int64_t> offsets = {0};
-  for (int64_t s : sizes) offsets.push_back(offsets.back() + s);
-  auto bucket = [&](int b, int e, int stream, ExchangeBucket::Pack pack) {
-    ExchangeBucket x;
-    x.begin = b;
-    x.end = e;
-    x.offset = offsets[size_t(b)];
-    x.count = offsets[size_t(e)] - offsets[size_t(b)];
-    x.stream = stream;
-    x.spec.algorithm = "ring";
-    x.pack = pack;
-    if (pack == ExchangeBucket::Pack::Compute)
-      for (int pos = b; pos < e; ++pos) x.position_ends.push_back(offsets[size_t(pos) + 1]);
-    return x;
-  };
   using Pack = ExchangeBucket::Pack;
-  const std::vector<ExchangeBucket> buckets = {bucket(0, 2, 0, Pack::Compute), bucket(2, 3, 1, Pack::Comm),
-                                               bucket(3, 5, 0, Pack::Compute), bucket(5, 6, 1, Pack::None)};
+  const Precision fp32 = Precision::FP32;
+  const std::vector<ExchangeBucket> buckets = {
+      flat_bucket(0, 2, "ring", 0, fp32, Pack::Compute), flat_bucket(2, 3, "ring", 1, fp32, Pack::Comm),
+      flat_bucket(3, 5, "ring", 0, fp32, Pack::Compute), flat_bucket(5, 6, "ring", 1, fp32, Pack::None)};
+  const std::vector<int64_t>& offsets = kOffsets;
   for (bool thread : {false, true}) {
     if (thread && !w.thread_multiple()) continue;
     CAPTURE(thread);
@@ -213,24 +216,13 @@ TEST_CASE("mpi: packed buckets are summed in buffers of their own: the fusion bu
     PlanExchange ex(w, grads.data(), buckets, {thread, 20, 30});
     for (int step = 0; step < 3; ++step) {
       CAPTURE(step);
-      for (size_t i = 0; i < grads.size(); ++i) grads[i] = value(w.rank(), int64_t(i) + step);
-      ex.begin_step();
-      for (int k = 1; k <= 6; ++k) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        ex.ready(k);
-        // A bucket packed on compute took each gradient as it became final: what is
-        // written into the flat buffer afterwards is not summed, and the bucket's sum is
-        // copied back over it.
+      // A bucket packed on compute took each gradient as it became final: what is written
+      // into the flat buffer afterwards is not summed, and the bucket's sum is copied back
+      // over it.
+      const int wrong = exchange_step(ex, grads, step, [&](int k) {
         if (k != 3 && k != 6)
           std::fill(grads.begin() + offsets[size_t(k) - 1], grads.begin() + offsets[size_t(k)], -1e6f);
-      }
-      ex.finish();
-      int wrong = 0;
-      for (size_t i = 0; i < grads.size(); ++i) {
-        float want = 0;
-        for (int r = 0; r < w.ranks(); ++r) want += value(r, int64_t(i) + step);
-        wrong += grads[i] != want;
-      }
+      });
       CHECK(wrong == 0);
       CHECK(same_everywhere(grads));
       for (const BucketTiming& t : ex.timings()) CHECK(t.start_s >= t.ready_s);
