@@ -239,7 +239,7 @@ double copy_in_backward_s(const Cluster& cluster, int64_t elems) {
 std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan) {
   std::vector<double> s;
   for (const auto& b : plan.buckets)
-    s.push_back(b.pack && plan.pack_on == PackOn::Compute
+    s.push_back(b.pack && plan.pack_on == PackOn::Compute && plan.gpus > 1
                     ? copy_in_backward_s(cluster, bucket_elements(plan, model, b)) : 0.0);
   return s;
 }
@@ -342,7 +342,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   std::vector<double> step_end = steps_s;
   std::vector<BucketTiming> timing;
   // The copies back after backward (PackOn::Compute), on more than one GPU.
-  const std::vector<double> copy_s = plan.gpus > 1 ? copy_back_s(model, cluster, plan) : std::vector<double>{};
+  const std::vector<double> copy_s = copy_back_s(model, cluster, plan);
   const bool copies = std::any_of(copy_s.begin(), copy_s.end(), [](double s) { return s > 0; });
   std::vector<double> copy_end;
   if (shared) {
@@ -366,11 +366,11 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   sum_buckets(r);
   // The buckets' times are the allreducing micro-batch's. Under no_sync the other
   // steps - 1 micro-batches run backward alone and expose nothing.
-  const double synced_backward_s = r.backward_s;
   const double synced_end_s = std::max(r.backward_s, r.comm_end_s);
   // What the copies back add after the last allreduce and backward: exposed, as the
   // wait for the allreduces is (the optimizer needs the gradients in place).
-  r.copy_back_s = copy_end.empty() ? 0 : std::max(0.0, copy_end.back() - synced_end_s);
+  const double synced_copy_back_s = copy_end.empty() ? 0 : std::max(0.0, copy_end.back() - synced_end_s);
+  r.copy_back_s = synced_copy_back_s;
   r.exposed_comm_s = std::max(0.0, r.comm_end_s - r.backward_s) + r.copy_back_s;
   if (plan.accumulate.no_sync) {
     r.backward_s = ((steps - 1) * compute.backward_s() + r.backward_s) / steps;
@@ -413,8 +413,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
                       bwd_start + copy_end[k] - copy_s[k], copy_s[k], 0});
     // The timeline is the micro-batch that ends an accumulation: its allreduces and copies
     // back, then the whole optimizer step.
-    const double optimizer_start = bwd_start + std::max(synced_backward_s, r.comm_end_s) +
-                                   (plan.accumulate.no_sync ? r.copy_back_s * steps : r.copy_back_s);
+    const double optimizer_start = bwd_start + synced_end_s + synced_copy_back_s;
     ev.push_back({0, "compute", trace_name::kOptimizer, "optimizer", optimizer_start, optimizer_step_s, 0});
     if (r.step_overhead_s > 0)
       ev.push_back({0, "compute", trace_name::kStepOverhead, "overhead", optimizer_start + optimizer_step_s,

@@ -82,8 +82,7 @@ def measure_plan(ddp: PlanDDP, inputs: Inputs, labels: torch.Tensor, optimizer: 
         if synced:
             st = ddp.steps[-1].resolve()
             # After backward and the last allreduce: the copies back into .grad (those of the
-            # buckets that end last), and the division of an FP32 bucket the Reducer engine's
-            # stream makes after its sum.
+            # buckets that end last), and the cast of a 16-bit sum back into its bucket.
             last = max(st.backward_end, st.backward_start + max((b.end_s for b in st.buckets), default=0.0))
             row.update(backward_s=st.backward_end - st.backward_start, exposed_comm_s=t2 - st.backward_end,
                        copy_back_s=max(0.0, t2 - last), buckets=[(b.ready_s, b.start_s, b.end_s) for b in st.buckets])

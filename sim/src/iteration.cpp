@@ -109,7 +109,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   // Backward steps (backward order) with the copies the plan makes in backward.
   const std::vector<double> bwd_steps = backward_steps_s(m, compute, c, plan);
   // The copies back after backward (PackOn::Compute), as the predictor's (copy_back_s).
-  const std::vector<double> copy_s = P > 1 ? copy_back_s(m, c, plan) : std::vector<double>(size_t(B), 0.0);
+  const std::vector<double> copy_s = copy_back_s(m, c, plan);
   const bool copies = std::any_of(copy_s.begin(), copy_s.end(), [](double x) { return x > 0; });
 
   sg4::Engine e("fuseplan-sim");

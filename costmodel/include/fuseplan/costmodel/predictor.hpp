@@ -46,7 +46,8 @@ double copy_in_backward_s(const Cluster& cluster, int64_t elems);
 // with gradient_as_bucket_view off, and PlanDDP): when backward has ended, in bucket
 // order, each once its allreduce has ended and the copy before it is done, on the compute
 // stream. Each copy costs what its copy in did (copy_in_backward_s of the bucket's
-// elements). Per bucket; 0 for a bucket that is not packed or a plan that packs on comm.
+// elements). Per bucket; 0 for a bucket that is not packed, a plan that packs on comm,
+// and one GPU (no allreduce, no Reducer).
 std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan);
 // The copies back as a chain after backward: each starts at the later of the previous
 // copy's end (the first: `backward_end_s`) and its bucket's end. Their ends (times as
