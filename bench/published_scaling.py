@@ -12,7 +12,8 @@ The P100 clusters' convolution efficiencies are FITTED to three single-GPU throu
 TensorFlow's 2017 benchmarks at batch 64, one per shape class: VGG-16 (3x3 stride-1
 convolutions, conv_kxk_s1), ResNet-50 (conv_1x1) and Inception v3 (1x7, 7x1 and strided
 3x3: conv_kxk), and their fixed cost per layer pass to ResNet-50's rate at batch 32;
-`--fit` recomputes them. The same constants serve every P100 case, and five more
+`--fit` recomputes them. Their GEMMs are not fitted: cuBLAS SGEMM's rate on DeepBench's
+largest training GEMM (the cluster files' provenance). The same constants serve every P100 case, and five more
 single-GPU throughputs of that table are held out and printed, as are the three of Horovod's
 own servers (its README's 16-GPU table, whose runs are cases). Inception v3 is
 torchvision's (bench/models/inception_v3.json, exported by fuseplan_torch; no auxiliary
@@ -185,12 +186,14 @@ def fit(binary):
     """conv_kxk_s1's efficiency from VGG-16 (its only convolutions besides the stem),
     conv_1x1's from ResNet-50 and conv_kxk's from Inception v3, all at batch 64, and the
     fixed cost per layer pass (kernel_overhead_us) from ResNet-50 at batch 32, in turn until
-    none moves (each rate depends on all four); every other class keeps the device's (an
-    assumption in the cluster files). Returns name -> value."""
+    none moves (each rate depends on all four); every other class keeps the file's (gemm's
+    from DeepBench, the rest the device's assumption). Returns name -> value."""
     base = json.load(open(cluster_path("p100-dgx1")))
+    others = {k: v["compute_efficiency"] for k, v in base["device"]["by_kind"].items()
+              if k not in FITTED_ON.values() and "compute_efficiency" in v}
 
     def rate(model, values, batch=64):
-        c = with_class_efficiencies(base, {k: v for k, v in values.items() if k.startswith("conv")})
+        c = with_class_efficiencies(base, dict(others, **{k: v for k, v in values.items() if k.startswith("conv")}))
         c["device"]["kernel_overhead_us"] = values["kernel_overhead_us"]
         return rate_on(binary, c, model, batch)  # predict() finds the model files
 
