@@ -256,12 +256,17 @@ def main():
                                         for k, v in values.items()))
         # The shipped files must carry what the fit gives (their provenance says so).
         stale = []
+        # ... and the classes the fit keeps (gemm's from DeepBench) must be p100-dgx1's, which it fitted with.
+        kept = {k: v for k, v in json.load(open(cluster_path("p100-dgx1")))["device"]["by_kind"].items()
+                if k not in FITTED_ON.values()}
         for name in P100_CLUSTERS:
             device = json.load(open(cluster_path(name)))["device"]
             shipped = {cls: device["by_kind"].get(cls, {}).get("compute_efficiency", -1) for cls in values}
             shipped["kernel_overhead_us"] = device["kernel_overhead_us"]
             if any(abs(shipped[k] - v) > 1e-3 * max(1.0, abs(v)) for k, v in values.items()):
                 stale.append(name)
+            elif any(device["by_kind"].get(k) != v for k, v in kept.items()):
+                stale.append(name + " (the unfitted classes differ from p100-dgx1's)")
         stale += check_dle(a.bin)
         if stale:
             print("published_scaling: the shipped values differ from the fit in " + ", ".join(stale))
