@@ -2,6 +2,7 @@
 // bucket spec), as a table, JSON, and a Chrome trace.
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "commands.hpp"
 #include "format.hpp"
@@ -18,7 +19,9 @@ struct PredictFlags {
   bool json = false, pack = false;
   std::string pack_on = "comm";
   double cycle_ms = 0;
+  double measured_efficiency = 0;
   StepFlags step;
+  CLI::Option* measured_opt = nullptr;
   CLI::Option* cycle_opt = nullptr;
   CLI::Option* buckets_opt = nullptr;
   CLI::Option* pack_on_opt = nullptr;
@@ -75,6 +78,37 @@ void print_report(const Report& r, const Scenario& s, const std::string& plan_or
   if (!f.trace_path.empty()) out() << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
 }
 
+// --measured-efficiency: the plan's step overhead replaced by the one that reproduces
+// the measured efficiency. Refusals name the flag; the fit itself is the library's.
+StepOverheadFit fit_measured(Scenario& s, const PredictFlags& f) {
+  const double e = f.measured_efficiency;
+  if (f.step.overhead_opt->count())
+    throw InputError("--measured-efficiency and --step-overhead are exclusive: the first fits the second");
+  if (!(e > 0 && e <= 1)) throw InputError("--measured-efficiency: must be in (0, 1] (got " + formatted(e, "%g") + ")");
+  if (s.plan.gpus < 2)
+    throw InputError("--measured-efficiency: needs more than one GPU (a step overhead is paid on more than one only)");
+  const StepOverheadFit fit = fit_step_overhead(s, e);
+  if (fit.kind == StepOverheadFit::Kind::Beyond)
+    throw InputError("--measured-efficiency: " + percent(e, 2) + " would need a step overhead above " +
+                     formatted(kMaxStepOverheadMs, "%g") + " ms (the --step-overhead range); the prediction without "
+                     "one is " + percent(fit.efficiency_without, 2));
+  s.plan.step_overhead_s = fit.overhead_s;
+  return fit;
+}
+
+void print_fit(const StepOverheadFit& fit, double measured, double replaced_s) {
+  out() << "\n  measured efficiency  " << percent(measured, 2) << ": ";
+  if (fit.kind == StepOverheadFit::Kind::AtOrBelow) {
+    out() << "the prediction without a step overhead, " << percent(fit.efficiency_without, 2)
+          << ", is already at or below it: no step overhead fits (what differs is in the priced terms)\n";
+    return;
+  }
+  out() << "a step overhead of " << formatted(fit.overhead_s * 1e3, "%.3f") << " ms per step reproduces it"
+        << (replaced_s > 0 ? " (replacing the plan's " + formatted(replaced_s * 1e3, "%g") + " ms)" : "")
+        << ";\n                       give --step-overhead " << formatted(fit.overhead_s * 1e3, "%.3f")
+        << " to predict other models of the same framework, cluster and precision\n";
+}
+
 // The same model, cluster and GPUs with the fusions users know, for scale.
 void print_reference(const Scenario& s, const CollectiveModel& coll, const ComputeModel& compute, const TrainingGoal& goal,
                      Precision transfer) {
@@ -120,12 +154,20 @@ void add_predict_command(CLI::App& app) {
                                  "--buckets: the framework's background cycle in ms (Horovod's HOROVOD_CYCLE_TIME): "
                                  "a ready bucket waits for the next tick (0 = none; at most 1000)");
   f->step.add(cmd);
+  f->measured_opt = cmd->add_option(
+      "--measured-efficiency", f->measured_efficiency,
+      "a scaling efficiency measured on this setup against one GPU, in (0, 1]: fit the step overhead that\n"
+      "reproduces it (--step-overhead; the framework's cost per step beyond what the model prices), print it\n"
+      "and predict with it");
   cmd->add_option("--trace", f->trace_path, "write a Chrome trace (JSON for ui.perfetto.dev) to FILE");
   cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
   cmd->add_flag("--json", f->json, "print the report as JSON");
   cmd->callback([f] {
     std::string plan_origin;
-    const Scenario s = resolve(*f, &plan_origin);
+    Scenario s = resolve(*f, &plan_origin);
+    const double given_overhead_s = s.plan.step_overhead_s;
+    std::optional<StepOverheadFit> fit;
+    if (f->measured_opt->count()) fit = fit_measured(s, *f);
     Report r = predict(s);
     if (!f->trace_path.empty()) r.timeline.write_chrome_trace(f->trace_path);
     if (!f->out.empty()) {
@@ -134,10 +176,17 @@ void add_predict_command(CLI::App& app) {
       write_file_atomic(f->out, plan_to_json_at(p, f->out).dump(1) + "\n");
     }
     if (f->json) {
-      out() << report_to_json(r).dump(2) << "\n";
+      auto j = report_to_json(r);
+      if (fit) {
+        j["measured_efficiency"] = f->measured_efficiency;
+        j["step_overhead_fit"] = fit->kind == StepOverheadFit::Kind::Fitted ? "fitted" : "at-or-below";
+        j["efficiency_without_step_overhead"] = fit->efficiency_without;
+      }
+      out() << j.dump(2) << "\n";
       return;
     }
     print_report(r, s, plan_origin, *f);
+    if (fit) print_fit(*fit, f->measured_efficiency, given_overhead_s);
     if (s.plan.gpus > 1) {
       CollectiveModel coll(s.cluster, s.plan.gpus, s.collective);
       ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);

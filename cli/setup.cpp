@@ -118,7 +118,7 @@ void StepFlags::add(CLI::App* cmd) {
   overhead_opt = cmd->add_option("--step-overhead", step_overhead_ms,
                                  "a fixed cost in ms every step pays on more than one GPU and not on one (the "
                                  "framework's, beyond what the model prices; calibrated from a measured 1-GPU and "
-                                 "N-GPU rate; 0 to 1000, default 0)");
+                                 "N-GPU rate: predict --measured-efficiency; 0 to 1000, default 0)");
 }
 
 double StepFlags::overhead_s() const {

@@ -270,6 +270,47 @@ TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU 
   expect_bad("compare --step-overhead inf", "--step-overhead: must be in [0, 1000] ms (got inf)");
 }
 
+TEST_CASE("cli: predict --measured-efficiency fits the step overhead that reproduces a measured efficiency") {
+  const std::string setup = "predict --model resnet50 --cluster dgx1-v100 --gpus 8 --batch-per-gpu 112 "
+                            "--precision fp32 --buckets threshold:25MiB";
+  const auto fit = json_of(setup + " --json --measured-efficiency 0.95");
+  CHECK(fit["step_overhead_fit"] == "fitted");
+  CHECK(fit["scaling_efficiency"].get<double>() == Approx(0.95).margin(1e-9));
+  CHECK(fit["efficiency_without_step_overhead"].get<double>() > 0.95);
+  const double x_ms = fit["step_overhead_s"].get<double>() * 1e3;
+  CHECK(x_ms > 1);
+  // Given back as --step-overhead, the value predicts the same step.
+  std::ostringstream x;
+  x.precision(12);
+  x << x_ms;
+  CHECK(json_of(setup + " --json --step-overhead " + x.str())["iteration_s"].get<double>() ==
+        Approx(fit["iteration_s"].get<double>()).epsilon(1e-9));
+  // A lower measured efficiency takes a larger one.
+  CHECK(json_of(setup + " --json --measured-efficiency 0.9")["step_overhead_s"].get<double>() > x_ms * 1e-3);
+  const Run text = run(setup + " --measured-efficiency 0.95");
+  CHECK(text.code == 0);
+  CHECK_THAT(text.out, Catch::Contains("measured efficiency  95.00 %: a step overhead of"));
+  CHECK_THAT(text.out, Catch::Contains("give --step-overhead "));
+  // Kept in the plan --out writes.
+  const std::string plan = tmp("measured-overhead.json");
+  REQUIRE(run(setup + " --measured-efficiency 0.95 --out " + plan).code == 0);
+  std::ifstream pf(plan);
+  CHECK(nlohmann::json::parse(pf)["step_overhead_ms"].get<double>() == Approx(x_ms).epsilon(1e-9));
+  // VGG-16 over 25 Gb/s is predicted below 85 %: no overhead fits, and none is added.
+  const auto below = json_of("predict --model vgg16 --cluster p100-horovod --gpus 16 --batch-per-gpu 64 "
+                             "--precision fp32 --json --measured-efficiency 0.85");
+  CHECK(below["step_overhead_fit"] == "at-or-below");
+  CHECK_FALSE(below.contains("step_overhead_s"));
+  CHECK(below["scaling_efficiency"].get<double>() < 0.85);
+  expect_bad(setup + " --measured-efficiency 0", "--measured-efficiency: must be in (0, 1] (got 0)");
+  expect_bad(setup + " --measured-efficiency 1.5", "--measured-efficiency: must be in (0, 1] (got 1.5)");
+  expect_bad(setup + " --measured-efficiency nan", "--measured-efficiency: must be in (0, 1] (got nan)");
+  expect_bad(setup + " --measured-efficiency 0.01", "would need a step overhead above 1000 ms");
+  expect_bad(setup + " --measured-efficiency 0.9 --step-overhead 3",
+             "--measured-efficiency and --step-overhead are exclusive");
+  expect_bad("predict --gpus 1 --measured-efficiency 0.9", "--measured-efficiency: needs more than one GPU");
+}
+
 TEST_CASE("cli: export --to ddp writes settings both torches honour and torch 1.13's on --torch 1.13") {
   const std::string setup = "tune --model resnet50 --cluster dgx-a100 --gpus 8 --strategy ddp";
   // DDP's own default: bucket_cap_mb left unset (null), the first bucket torch's 1 MiB.

@@ -6,6 +6,7 @@
 
 #include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/models/builder.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
@@ -817,4 +818,43 @@ TEST_CASE("compute per layer class: bad by_kind entries are refused naming the J
   refused({{"norm", {{"memory_efficiency", 0}}}}, "$.device.by_kind.norm.memory_efficiency: must be in");
   refused({{"norm", {{"memory_efficiency", {{"fp16", 1.5}}}}}},
           "$.device.by_kind.norm.memory_efficiency.fp16: must be in [0.0001, 1] of peak (got 1.5)");
+}
+
+TEST_CASE("a step overhead fitted to a measured efficiency reproduces it, also where a data wait absorbs part of it") {
+  const Model m = build_zoo_model("alexnet_bn");
+  Cluster c = load_cluster("tencent-p40");
+  const Plan plan = make_plan(m, "tencent-p40", 16, 64, Precision::FP16,
+                              buckets_from_spec("threshold:25MB", m, "auto", Precision::FP16), "threshold:25MB");
+  const Scenario s = bind_scenario(m, c, plan, {}, training_goal(m), "plan.json");
+  const Report none = predict(s, false);
+  REQUIRE(none.data_wait_s == 0);
+  // An input pipeline just slower than one GPU's step: the 16-GPU step waits for data
+  // until the overhead makes it longer than the loader, so efficiency(overhead) bends.
+  c.input_samples_per_s_per_gpu = 64 / (none.single_gpu_iteration_s * 1.05);
+  const Scenario fed = bind_scenario(m, c, plan, {}, training_goal(m), "plan.json");
+  const Report fed_none = predict(fed, false);
+  REQUIRE(fed_none.data_wait_s > 0);
+  for (const Scenario* sc : {&s, &fed}) {
+    const double without = predict(*sc, false).scaling_efficiency;
+    for (double measured : {without - 0.01, 0.9, 0.6}) {
+      const StepOverheadFit fit = fit_step_overhead(*sc, measured);
+      REQUIRE(fit.kind == StepOverheadFit::Kind::Fitted);
+      CHECK(fit.efficiency_without == Approx(without));
+      Scenario with = *sc;
+      with.plan.step_overhead_s = fit.overhead_s;
+      CHECK(predict(with, false).scaling_efficiency == Approx(measured).margin(1e-9));
+    }
+    CHECK(fit_step_overhead(*sc, 1.0).kind == StepOverheadFit::Kind::AtOrBelow);
+    CHECK(fit_step_overhead(*sc, 1.0).overhead_s == 0);
+    CHECK(fit_step_overhead(*sc, 0.001).kind == StepOverheadFit::Kind::Beyond);
+  }
+  // Where the loader hides part of the overhead, the fit takes more than a linear one would.
+  const double measured = 0.9;
+  const double linear_s = fed_none.iteration_s * (fed_none.scaling_efficiency / measured - 1);
+  CHECK(fit_step_overhead(fed, measured).overhead_s > linear_s * 1.01);
+  Scenario one = s;
+  one.plan.gpus = 1;
+  CHECK_THROWS_AS(fit_step_overhead(one, 0.9), InputError);
+  CHECK_THROWS_AS(fit_step_overhead(s, 0), InputError);
+  CHECK_THROWS_AS(fit_step_overhead(s, 1.01), InputError);
 }

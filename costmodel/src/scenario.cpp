@@ -4,6 +4,7 @@
 #include "fuseplan/costmodel/compute.hpp"
 #include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/models/error.hpp"
 #include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
@@ -52,6 +53,37 @@ Report predict(const Scenario& s, bool with_timeline) {
   CollectiveModel coll(s.cluster, s.plan.gpus, s.collective);
   ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);
   return predict(s.model, s.cluster, s.plan, coll, compute, s.goal, with_timeline);
+}
+
+StepOverheadFit fit_step_overhead(const Scenario& s, double measured) {
+  if (s.plan.gpus < 2) throw InputError("a step overhead is paid on more than one GPU only (the plan has one)");
+  if (!(measured > 0 && measured <= 1))
+    throw InputError("measured scaling efficiency: must be in (0, 1] (got " + formatted(measured, "%g") + ")");
+  const CollectiveModel coll(s.cluster, s.plan.gpus, s.collective);
+  const ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);
+  Plan plan = s.plan;
+  auto efficiency = [&](double overhead_s) {
+    plan.step_overhead_s = overhead_s;
+    return predict(s.model, s.cluster, plan, coll, compute, s.goal, false).scaling_efficiency;
+  };
+  StepOverheadFit fit;
+  fit.efficiency_without = efficiency(0);
+  if (fit.efficiency_without <= measured) {
+    fit.kind = StepOverheadFit::Kind::AtOrBelow;
+    return fit;
+  }
+  double lo = 0, hi = kMaxStepOverheadMs * 1e-3;
+  if (efficiency(hi) > measured) {
+    fit.kind = StepOverheadFit::Kind::Beyond;
+    fit.overhead_s = hi;
+    return fit;
+  }
+  for (int i = 0; i < 64 && hi - lo > 1e-12; ++i) {  // to a picosecond: bit-for-bit the same each run
+    const double mid = 0.5 * (lo + hi);
+    (efficiency(mid) > measured ? lo : hi) = mid;
+  }
+  fit.overhead_s = 0.5 * (lo + hi);
+  return fit;
 }
 
 }  // namespace fuseplan

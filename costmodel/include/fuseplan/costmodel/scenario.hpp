@@ -43,4 +43,23 @@ Scenario bind_scenario(Model model, Cluster cluster, Plan plan, CollectiveOption
 // The predictor on a bound scenario.
 Report predict(const Scenario& s, bool with_timeline = true);
 
+// The fixed cost per step (Plan::step_overhead_s, in [0, kMaxStepOverheadMs]) whose
+// prediction has the scaling efficiency `measured` (against one GPU, in (0, 1]): the
+// calibration of what a framework's data-parallel step costs beyond the priced terms,
+// from one measured model. Found by bisection, since the efficiency falls as the cost
+// grows (data wait included, which is why it is not solved in closed form); the plan's
+// own step overhead is ignored. InputError unless the plan has more than one GPU and
+// `measured` is in range.
+struct StepOverheadFit {
+  enum class Kind {
+    Fitted,     // overhead_s reproduces `measured`
+    AtOrBelow,  // the prediction without one is at or below `measured` already: 0
+    Beyond,     // even kMaxStepOverheadMs leaves the prediction above `measured`: the maximum
+  };
+  Kind kind = Kind::Fitted;
+  double overhead_s = 0;
+  double efficiency_without = 0;  // the prediction with no step overhead
+};
+StepOverheadFit fit_step_overhead(const Scenario& s, double measured);
+
 }  // namespace fuseplan
