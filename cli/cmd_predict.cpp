@@ -100,7 +100,8 @@ void print_fit(const StepOverheadFit& fit, double measured, double replaced_s) {
   out() << "\n  measured efficiency  " << percent(measured, 2) << ": ";
   if (fit.kind == StepOverheadFit::Kind::AtOrBelow) {
     out() << "the prediction without a step overhead, " << percent(fit.efficiency_without, 2)
-          << ", is already at or below it: no step overhead fits (what differs is in the priced terms)\n";
+          << ", is already at or below it: no step overhead fits (what differs is in the priced terms)"
+          << (replaced_s > 0 ? "; the plan's " + formatted(replaced_s * 1e3, "%g") + " ms is dropped" : "") << "\n";
     return;
   }
   out() << "a step overhead of " << formatted(fit.overhead_s * 1e3, "%.3f") << " ms per step reproduces it"

@@ -78,7 +78,7 @@ StepOverheadFit fit_step_overhead(const Scenario& s, double measured) {
     fit.overhead_s = hi;
     return fit;
   }
-  for (int i = 0; i < 64 && hi - lo > 1e-12; ++i) {  // to a picosecond: bit-for-bit the same each run
+  for (int i = 0; i < 64 && hi - lo > 1e-12; ++i) {  // to a picosecond, by the same steps every run
     const double mid = 0.5 * (lo + hi);
     (efficiency(mid) > measured ? lo : hi) = mid;
   }
