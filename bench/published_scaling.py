@@ -182,6 +182,12 @@ def solve(rate_of, target, lo=1e-3, hi=4.0):
     return round((lo + hi) / 2, 4)
 
 
+def unfitted_classes(cluster_json):
+    """The classes of a P100 cluster's by_kind that fit() does not fit (gemm's, from
+    DeepBench): it fits with p100-dgx1's, and every P100 file must carry them alike."""
+    return {k: v for k, v in cluster_json["device"]["by_kind"].items() if k not in FITTED_ON.values()}
+
+
 def fit(binary):
     """conv_kxk_s1's efficiency from VGG-16 (its only convolutions besides the stem),
     conv_1x1's from ResNet-50 and conv_kxk's from Inception v3, all at batch 64, and the
@@ -189,8 +195,7 @@ def fit(binary):
     none moves (each rate depends on all four); every other class keeps the file's (gemm's
     from DeepBench, the rest the device's assumption). Returns name -> value."""
     base = json.load(open(cluster_path("p100-dgx1")))
-    others = {k: v["compute_efficiency"] for k, v in base["device"]["by_kind"].items()
-              if k not in FITTED_ON.values() and "compute_efficiency" in v}
+    others = {k: v["compute_efficiency"] for k, v in unfitted_classes(base).items() if "compute_efficiency" in v}
 
     def rate(model, values, batch=64):
         c = with_class_efficiencies(base, dict(others, **{k: v for k, v in values.items() if k.startswith("conv")}))
@@ -257,8 +262,7 @@ def main():
         # The shipped files must carry what the fit gives (their provenance says so).
         stale = []
         # ... and the classes the fit keeps (gemm's from DeepBench) must be p100-dgx1's, which it fitted with.
-        kept = {k: v for k, v in json.load(open(cluster_path("p100-dgx1")))["device"]["by_kind"].items()
-                if k not in FITTED_ON.values()}
+        kept = unfitted_classes(json.load(open(cluster_path("p100-dgx1"))))
         for name in P100_CLUSTERS:
             device = json.load(open(cluster_path(name)))["device"]
             shipped = {cls: device["by_kind"].get(cls, {}).get("compute_efficiency", -1) for cls in values}
