@@ -63,6 +63,10 @@ FITTED_OVERHEAD_ON = ("resnet50", 32)
 # 16-GPU table of Horovod's README (October 2017, replaced by horovod/horovod#44). All
 # held out: (model, batch) -> images/s.
 HOROVOD_P100 = {("inception_v3", 64): 134.4, ("resnet101", 64): 119.4, ("vgg16", 64): 130.9}
+# ... and of its second table, "16 servers with 4 Pascal GPUs each connected by plain 40
+# Gbit/s network" (p100-horovod-40g: taken as P100 SXM2, whose peak their 11-14 % faster
+# baselines match). All held out.
+HOROVOD_40G_P100 = {("inception_v3", 64): 148.8, ("resnet101", 64): 136.0, ("vgg16", 64): 149.6}
 # Models outside the zoo: their model files.
 MODEL_FILES = {m: os.path.join(HERE, "models", m + ".json")
                for m in ("inception_v3", "resnext101_32x4d", "se_resnext101_32x4d")}
@@ -123,7 +127,7 @@ DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024),
 MEMORY_CARRIED_TO = ("dgx-a100",)
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
-P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
+P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
 CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
@@ -302,6 +306,8 @@ def main():
                         TF_P100, "tf-p100", tf_role)
     rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines (2017)",
                          "p100-horovod", HOROVOD_P100, "horovod-p100", lambda model, batch: "held out")
+    rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines, 40 Gbit/s servers (2017)",
+                         "p100-horovod-40g", HOROVOD_40G_P100, "horovod-40g-p100", lambda model, batch: "held out")
     print("# single-GPU training throughput, images/s (BERT: sequences/s): NVIDIA DeepLearningExamples "
           "(PyTorch; ConvNets 21.03, BERT 21.11) vs fuseplan")
     dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS]
