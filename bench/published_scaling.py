@@ -37,6 +37,7 @@ usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json]
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -413,6 +414,12 @@ def main():
           f"whose step overhead is fitted are not counted)")
     print(f"# per-GPU throughput within 10 %: {gpu_ok} of the {len(measured)} held-out cases that publish a "
           f"measured rate")
+    # How far off the held-out cases are, beyond the count within the targets.
+    points = sorted((abs(r["predicted"] - r["published"]) * 100, r["case"]) for r in held)
+    gpu_errors = sorted(abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) * 100 for r in measured)
+    print(f"# held-out error, points: median {statistics.median(p for p, _ in points):.1f}, mean "
+          f"{statistics.mean(p for p, _ in points):.1f}, worst {points[-1][0]:.1f} ({points[-1][1]}); per GPU, %: "
+          f"median {statistics.median(gpu_errors):.1f}, worst {gpu_errors[-1]:.1f}")
     if bounds:
         above = sum(1 for r in bounds if r["predicted_per_gpu"] >= r["published_per_gpu"])
         print(f"# per-GPU throughput above the published lower bound (>=, a time to train that includes more than "
