@@ -308,7 +308,8 @@ def main():
     rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines (2017)",
                          "p100-horovod", HOROVOD_P100, "horovod-p100", lambda model, batch: "held out")
     rows += single_rates("single-GPU training throughput, images/s: Horovod's README baselines, 40 Gbit/s "
-                         "servers (2017)", "p100-horovod-40g", HOROVOD_40G_P100, "horovod-40g-p100", lambda model, batch: "held out")
+                         "servers (2017)", "p100-horovod-40g", HOROVOD_40G_P100, "horovod-40g-p100",
+                         lambda model, batch: "held out")
     print("# single-GPU training throughput, images/s (BERT: sequences/s): NVIDIA DeepLearningExamples "
           "(PyTorch; ConvNets 21.03, BERT 21.11) vs fuseplan")
     dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS]
