@@ -32,7 +32,11 @@ precision (`--step-overhead`), from its ResNet-50 case, used by the same framewo
 other models on that server and precision, which are held out; the ResNet-50 cases are
 then in-sample and not counted. No other scaling result is fitted.
 
-usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json]
+`--compute-slowdown F` predicts every case with that what-if (`fuseplan predict
+--compute-slowdown`: backward F longer while an allreduce runs beside it), which the
+shipped files do not carry (docs/results/2026-12-06-published-scaling-compute-slowdown.md).
+
+usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json] [--compute-slowdown F]
 """
 import argparse
 import json
@@ -134,9 +138,13 @@ P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-b
 CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
 
 
+# What-if flags given to every prediction (--compute-slowdown).
+WHAT_IF = []
+
+
 def predict(binary, model, cluster, gpus, batch, precision, flags=()):
     cmd = [binary, "predict", "--model", MODEL_FILES.get(model, model), "--cluster", cluster, "--gpus", str(gpus),
-           "--batch-per-gpu", str(batch), "--precision", precision, "--json", *flags]
+           "--batch-per-gpu", str(batch), "--precision", precision, "--json", *flags, *WHAT_IF]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
@@ -258,8 +266,16 @@ def main():
                     help="refit the P100 efficiencies and per-layer cost, print them and check the shipped files "
                          "carry them (exit 1 if not)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--compute-slowdown", type=float, metavar="F",
+                    help="what-if for every case: backward F longer while an allreduce runs beside it (0.189: Lee et "
+                         "al. 2025's mean); the shipped files carry none")
     a = ap.parse_args()
     require_binary(a.bin, "published_scaling")
+    if a.compute_slowdown is not None:
+        if a.fit:
+            ap.error("--fit checks the shipped files: give it without --compute-slowdown")
+        WHAT_IF.extend(["--compute-slowdown", repr(a.compute_slowdown)])
+        print(f"# what-if: --compute-slowdown {a.compute_slowdown:g} on every prediction (not in the shipped files)\n")
     if a.fit:
         values = fit(a.bin)
         print("P100 FP32: " + ", ".join(f"{k if k.endswith('_us') else 'by_kind.' + k} {v}"

@@ -43,8 +43,9 @@ struct SetupFlags {
   ModelFlags model;
   std::string cluster = "tencent-p40", precision = "fp16", transfer, profile, nccl_version;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
-  double inter_bw_Gbps = 0, inter_lat_us = -1, intra_bw_GBps = 0;
+  double inter_bw_Gbps = 0, inter_lat_us = -1, intra_bw_GBps = 0, compute_slowdown = 0;
   GoalFlags goal_flags;
+  CLI::Option* slowdown_opt = nullptr;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
   // Refuse a model whose replicated states exceed the GPU's memory (schedule turns it
   // off: it prices sharded schedules and marks which fit).
@@ -60,7 +61,8 @@ struct SetupFlags {
   // Loads the model and cluster; GPUs default to 1024 (the paper's scale) capped at the
   // cluster's size; batch to the model's default. Throws InputError naming the flag.
   Resolved resolve() const;
-  // --inter-bw / --inter-lat / --intra-bw: what-if overrides of the cluster's networks.
+  // --inter-bw / --inter-lat / --intra-bw: what-if overrides of the cluster's networks;
+  // --compute-slowdown: of backward's rate beside a running allreduce.
   void apply_overrides(Cluster& c) const;
   // A saved plan bound with the model and cluster it names (--model/--cluster override
   // them) and the training goal: bind_scenario's checks, its warnings on stderr; the

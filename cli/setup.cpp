@@ -62,6 +62,11 @@ void SetupFlags::add(CLI::App* app) {
   app->add_option("--intra-bw", intra_bw_GBps,
                   "what-if: bandwidth inside a node in GB/s per GPU per direction, as a ring step sees it (replaces an\n"
                   "NCCL cluster's rates per NVLink; default: the cluster's)");
+  slowdown_opt = app->add_option("--compute-slowdown", compute_slowdown,
+                                 "what-if: how much longer backward takes while an allreduce runs beside it, 0 to 1\n"
+                                 "(0.189: 18.9 %, the mean Lee et al. 2025 measured on A100, H100 and AMD GPUs);\n"
+                                 "the allreduces keep their rate (sets comm_compute_sharing; default: the cluster's,\n"
+                                 "0 on GPU clusters)");
   goal_flags.add(app);
 }
 
@@ -255,6 +260,7 @@ void SetupFlags::apply_overrides(Cluster& c) const {
   if (inter_bw_Gbps != 0) set_inter_bw(c, inter_bw_Gbps, "--inter-bw");
   if (inter_lat_us != -1) set_inter_lat(c, inter_lat_us, "--inter-lat");
   if (intra_bw_GBps != 0) set_intra_bw(c, intra_bw_GBps, "--intra-bw");
+  if (slowdown_opt->count()) set_compute_slowdown(c, compute_slowdown, "--compute-slowdown");
 }
 
 Report load_measured_run(const std::string& measured_path, const Plan& plan, const std::string& plan_path) {

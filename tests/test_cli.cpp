@@ -1509,6 +1509,23 @@ TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow
   CHECK(iter_of(run_stdout(node + "--intra-bw 3")) > 1.5 * iter_of(run_stdout(node + "--intra-bw 40")));
   const std::string a100 = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --json ";
   CHECK(iter_of(run_stdout(a100 + "--intra-bw 2")) > iter_of(run_stdout(a100)));
+  // --compute-slowdown: backward runs longer beside a running allreduce, while each
+  // allreduce keeps its duration; 0 is the GPU cluster's own free overlap.
+  const std::string r101 = "predict --model resnet101 --cluster p100-horovod --gpus 128 --batch-per-gpu 64 "
+                         "--precision fp32 --buckets threshold:64MiB --algorithm ring --pack --cycle-time 5 --json ";
+  const auto free_overlap = nlohmann::json::parse(run_stdout(r101).out);
+  const auto slowed = nlohmann::json::parse(run_stdout(r101 + "--compute-slowdown 0.189").out);
+  CHECK(slowed["backward_s"].get<double>() > free_overlap["backward_s"].get<double>());
+  CHECK(slowed["iteration_s"].get<double>() > free_overlap["iteration_s"].get<double>());
+  CHECK(slowed["single_gpu_iteration_s"] == free_overlap["single_gpu_iteration_s"]);
+  REQUIRE(slowed["buckets"].size() == free_overlap["buckets"].size());
+  for (size_t b = 0; b < slowed["buckets"].size(); ++b) {
+    auto length = [b](const nlohmann::json& r) {
+      return r["buckets"][b]["end_s"].get<double>() - r["buckets"][b]["start_s"].get<double>();
+    };
+    CHECK(length(slowed) == Approx(length(free_overlap)).epsilon(1e-12));
+  }
+  CHECK(run_stdout(r101 + "--compute-slowdown 0").out == run_stdout(r101).out);
   expect_bad("whatif --profile /nonexistent/p.json", "/nonexistent/p.json");
   expect_bad("whatif --model resnet50,alexnet_bn --profile /nonexistent/p.json", "give one --model");
 }
@@ -1814,6 +1831,9 @@ TEST_CASE("cli: hostile inputs: each refused with exit 2 and one line naming the
       {"whatif --model alexnet_bn --gpus 16 --out ''", "--out: an empty file name"},
       {"predict --model alexnet_bn --gpus 16 --inter-bw 0", "--inter-bw: must be > 0 (got 0; leave the flag out for its default)"},
       {"predict --model alexnet_bn --gpus 8 --cluster dgx-a100 --intra-bw -2", "--intra-bw: must be > 0 (got -2"},
+      {"predict --model alexnet_bn --gpus 8 --compute-slowdown -0.1", "--compute-slowdown: must be >= 0 (got -0.1"},
+      {"simulate --model alexnet_bn --gpus 8 --compute-slowdown 1.5",
+       "--compute-slowdown: must be in [0, 1] (a fraction of backward's time) (got 1.5)"},
       {"calibrate --per-node 0 --nccl-tests x", "--per-node: must be > 0"},
       // A warning about the input (memory, at 1024 pixels) is held: the refusal is the only line.
       {"compare --model alexnet_bn --gpus 16 --cluster p100-horovod --resolution 1024 --pack gpt2",

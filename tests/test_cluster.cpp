@@ -1,6 +1,8 @@
 // Cluster files: the shipped ones load; bad values are refused with file and JSON path.
 #include <catch2/catch.hpp>
 
+#include <limits>
+
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/memory.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
@@ -353,4 +355,27 @@ TEST_CASE("memory per GPU: the replicated states and the activations, held again
   // Unknown device memory (0): no check.
   h.device.mem_GiB = 0;
   CHECK(check_memory(gpt, h, 4096, Precision::FP32, Precision::FP32, "--model").empty());
+}
+
+TEST_CASE("a what-if compute slowdown sets backward's side of processor sharing and keeps the allreduces' side") {
+  Cluster gpu = load_cluster("dgx-a100");
+  REQUIRE(gpu.comm_compute_sharing == 0);
+  REQUIRE_FALSE(gpu.allreduce_sharing);
+  set_compute_slowdown(gpu, 0.189, "--x");
+  CHECK(gpu.sharing(8).compute == 0.189);
+  CHECK(gpu.sharing(8).comm == 0);  // the allreduces kept their full rate
+  CHECK_FALSE(gpu.sharing(1).any());  // one rank shares nothing
+
+  // A cluster whose allreduces follow comm_compute_sharing keeps that rate for them.
+  Cluster cpu = load_cluster("dgx-a100");
+  cpu.comm_compute_sharing = 0.5;
+  set_compute_slowdown(cpu, 0.1, "--x");
+  CHECK(cpu.sharing(2).compute == 0.1);
+  CHECK(cpu.sharing(2).comm == 0.5);
+  cpu.allreduce_sharing = 3;
+  set_compute_slowdown(cpu, 0.2, "--x");
+  CHECK(cpu.sharing(2).comm == 3);
+
+  for (double bad : {-0.1, 1.5, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()})
+    CHECK_THROWS_WITH(set_compute_slowdown(gpu, bad, "--x"), Catch::StartsWith("--x: must be in [0, 1]"));
 }

@@ -551,6 +551,12 @@ void set_intra_bw(Cluster& c, double GBps, const std::string& flag) {
   c.intra.nvlink_links = 0;  // bw_GBps stands for the links
 }
 
+void set_compute_slowdown(Cluster& c, double fraction, const std::string& flag) {
+  const double v = checked(fraction, 0, 1, "(a fraction of backward's time)", false, flag);
+  c.allreduce_sharing = c.allreduce_sharing.value_or(c.comm_compute_sharing);
+  c.comm_compute_sharing = v;
+}
+
 Cluster grown_to(Cluster c, int gpus, const std::string& flag) {
   check_gpu_range(gpus, flag);
   if (gpus <= c.capacity()) return c;

@@ -217,5 +217,10 @@ void set_inter_bw(Cluster& c, double Gbps, const std::string& flag);
 void set_inter_lat(Cluster& c, double us, const std::string& flag);
 // The bandwidth inside a node in GB/s per GPU per direction; it replaces the NVLink count.
 void set_intra_bw(Cluster& c, double GBps, const std::string& flag);
+// How much slower backward runs while an allreduce runs beside it, as a fraction of its time
+// in [0, 1] (0.189: 18.9 % longer): comm_compute_sharing. The allreduces keep the rate they
+// had (allreduce_sharing takes its current value where the file left it to follow
+// comm_compute_sharing), so only the computation's side changes.
+void set_compute_slowdown(Cluster& c, double fraction, const std::string& flag);
 
 }  // namespace fuseplan
