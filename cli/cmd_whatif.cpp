@@ -20,7 +20,8 @@ struct WhatIfFlags {
   std::string precisions = "fp16", transfer, algorithms = "auto", strategies = "optimal";
   int segments = 2, group = 0, torus_x = 0, max_gpus = 0;
   std::string nccl_version, profile;
-  double inter_lat_us = -1;
+  double inter_lat_us = -1, compute_slowdown = 0;
+  CLI::Option* slowdown_opt = nullptr;
   FusionFlags fusion;
   GoalFlags goal;
   std::string out, deadline, solve = "bandwidth";
@@ -57,6 +58,7 @@ void run_whatif(const WhatIfFlags& f) {
 
   Cluster base = load_cluster(f.cluster);
   if (f.inter_lat_us != -1) set_inter_lat(base, f.inter_lat_us, "--inter-lat");
+  if (f.slowdown_opt->count()) set_compute_slowdown(base, f.compute_slowdown, "--compute-slowdown");
   for (double bw : axes.inter_bw_Gbps) {  // each value checked here, to name the flag
     Cluster probe = base;
     set_inter_bw(probe, bw, "--inter-bw");
@@ -167,6 +169,9 @@ void add_whatif_command(CLI::App& app) {
   add_nccl_version_option(cmd, f->nccl_version);
   f->fusion.add(cmd);
   cmd->add_option("--inter-lat", f->inter_lat_us, "inter-node latency in microseconds (default: the cluster's)");
+  f->slowdown_opt = cmd->add_option("--compute-slowdown", f->compute_slowdown,
+                                    "how much longer backward takes while an allreduce runs beside it, 0 to 1, for\n"
+                                    "every point (0.189: Lee et al. 2025's mean); the allreduces keep their rate");
   cmd->add_option("--profile", f->profile,
                   "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
                   "roofline; one --model and its precision");

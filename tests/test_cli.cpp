@@ -1498,6 +1498,8 @@ TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow
   CHECK(iteration(run_stdout(ddp + "--ddp-cap 25")) != iteration(run_stdout(ddp + "--ddp-cap 1MiB")));
   const std::string base = "whatif --model resnet50 --gpus 64 --json --quiet ";
   CHECK(iteration(run_stdout(base + "--inter-lat 500")) > iteration(run_stdout(base)));
+  CHECK(iteration(run_stdout(base + "--compute-slowdown 0.189")) > iteration(run_stdout(base)));
+  expect_bad("whatif --compute-slowdown 2", "--compute-slowdown: must be in [0, 1]");
   CHECK(iteration(run_stdout(base + "--streams 2")) > 0);
   expect_bad("whatif --streams 0", "--streams: must be >= 1");
   expect_bad("whatif --cluster local-cpu --gpus 2 --inter-lat 5", "--inter-lat: cluster local-cpu has no inter-node");
