@@ -7,7 +7,9 @@
 #include "fuseplan/models/model.hpp"
 
 // A model of `n` tensors (one or two per layer) with random sizes and measured times.
-inline fuseplan::Model random_model(std::mt19937_64& rng, int n) {
+// `no_params` > 0: the first layer (backward's last step) and that share of the others
+// have no parameters (activations, pooling), so backward runs on after a gradient is ready.
+inline fuseplan::Model random_model(std::mt19937_64& rng, int n, double no_params = 0) {
   using namespace fuseplan;
   Model m;
   m.name = "random" + std::to_string(n);
@@ -21,6 +23,7 @@ inline fuseplan::Model random_model(std::mt19937_64& rng, int n) {
     layer.in_shape = layer.out_shape = {1};
     layer.first_tensor = t;
     layer.tensor_count = (t + 1 < n && coin(rng) < 0.3) ? 2 : 1;
+    if (no_params > 0 && (l == 0 || coin(rng) < no_params)) layer.tensor_count = 0;
     layer.measured = MeasuredTime{time_us(rng) / 2, time_us(rng), 32};
     for (int k = 0; k < layer.tensor_count; ++k, ++t) {
       ParamTensor p;

@@ -580,8 +580,8 @@ class SharedSearch {
       : cost_(cost), steps_(std::move(steps_s)), ready_step_(gradient_ready_steps(m)), sigma_(sigma),
         streams_(streams) {}
 
-  // The last allreduce end (>= the stretched backward end), as predict() computes it; with
-  // copies back, the end of the last copy.
+  // The end of the stretched backward and of the last allreduce, whichever is later, as
+  // predict() computes them; with copies back, the end of the last copy.
   double objective(const std::vector<int>& starts) {
     const int n = cost_.tensors();
     std::vector<SharedBucket> bs;
@@ -595,8 +595,7 @@ class SharedSearch {
                     static_cast<int>(k % streams_)});
       if (cost_.copies_back()) copy_back.push_back(cost_.copy_back(i, j));
     }
-    const SharedTiming st = schedule_shared(steps_, bs, sigma_, 0, copy_back);
-    return cost_.copies_back() ? st.copies_end_s : st.comm_end_s;
+    return schedule_shared(steps_, bs, sigma_, 0, copy_back).copies_end_s;
   }
 
   std::vector<int> refine(const std::vector<int>& from, bool keep_count, double& best_objective) {
@@ -660,6 +659,161 @@ class SharedSearch {
   std::vector<int> ready_step_;
   ProcessorSharing sigma_;
   int streams_;
+};
+
+// Under processor sharing on one stream, with no packing delay and no copies back, the
+// search stays exact: a dynamic program over prefixes that keeps a Pareto front of states
+// instead of one best end. After the buckets of a prefix [0, i), backward has ended step
+// P_i (the latest ready step of its gradients) at wall time W, and the allreduces still
+// queued at W hold X seconds of work at full speed: they run back to back from W (no
+// packing delay, one stream), so the busy time after W is one interval. Backward then
+// runs at 1 / (1 + sigma.compute) while X > 0 and the allreduces at 1 / (1 + sigma.comm)
+// while backward runs, so the next bucket's ready time R, the work X' left then, and
+// every later end are nondecreasing in both W and X: a state with no larger W and no
+// larger X never ends later, and the states of a prefix that no other dominates are all
+// the program needs. Pruning: an upper bound U (a partition's own end) discards a state
+// whose lower bound on the last end exceeds it, and the scan over i stops once even the
+// unstretched ready time of step P_j plus a lower bound of the bucket's cost does.
+class SharedProgram {
+ public:
+  // Where the program is exact: one stream, no packing delay before a bucket, no copies
+  // back after backward.
+  static bool exact_for(const BucketCoster& cost, const TuneOptions& opt) {
+    return opt.streams == 1 && !cost.copies_back() && !packs_after_ready(opt);
+  }
+
+  SharedProgram(BucketCoster& cost, const Model& m, const std::vector<double>& steps_s, ProcessorSharing sigma)
+      : cost_(cost), sigma_(sigma) {
+    for (double s : steps_s) cum_.push_back((cum_.empty() ? 0 : cum_.back()) + s);
+    const std::vector<int> step = gradient_ready_steps(m);
+    prefix_step_.assign(step.size() + 1, -1);
+    for (size_t p = 0; p < step.size(); ++p) prefix_step_[p + 1] = std::max(prefix_step_[p], step[p]);
+  }
+
+  // The partition of exactly `segments` buckets (0: any number) whose last allreduce ends
+  // first; `bound`: the end of a partition known to be reachable (pruning; infinity for
+  // none). Empty where no partition ends by the bound, or past kStates states.
+  std::vector<int> run(int segments, double bound) {
+    const int n = cost_.tensors();
+    const bool any = segments == 0;
+    const int layers = any ? 1 : segments;
+    double min_cost = kInf;  // no bucket costs less than its smallest tensor alone
+    for (int p = 0; p < n; ++p) {
+      const BucketTerms t = cost_.at(p, p + 1);
+      min_cost = std::min(min_cost, cost_.grown_bound(p, p + 1, t) - t.ready_s);
+    }
+    // fronts[k][j]: the states after exactly k + 1 buckets over [0, j) (any number: k = 0).
+    std::vector<std::vector<Front>> fronts(layers, std::vector<Front>(n + 1));
+    auto tail_bound = [&](int j, const State& s) {
+      if (j == n) return last_end(s);
+      return s.W + std::max(s.X, done_at(prefix_step_[n]) - done_at(prefix_step_[j])) + min_cost;
+    };
+    for (int k = 0; k < layers; ++k) {
+      const int j_lo = any ? 1 : (k == layers - 1 ? n : k + 1);
+      const int j_hi = any ? n : n - (segments - k - 1);
+      for (int j = j_lo; j <= j_hi; ++j) {
+        Front& front = fronts[size_t(k)][size_t(j)];
+        const double t0 = done_at(prefix_step_[j]);  // step P_j's end without sharing
+        // The first of k-split's buckets begins at 0, the others after k tensors at least.
+        const int i_lo = any ? 0 : k, i_hi = !any && k == 0 ? 0 : j - 1;
+        for (int i = i_hi; i >= i_lo; --i) {
+          const bool first = any ? i == 0 : k == 0;
+          const BucketTerms t = cost_.at(i, j);
+          const double c = t.latency_s + t.bandwidth_s;
+          if (t0 + cost_.grown_bound(i, j, t) - t.ready_s + (j < n ? min_cost : 0) > bound) break;
+          const Front& from = first ? origin_ : fronts[size_t(any ? 0 : k - 1)][size_t(i)];
+          for (size_t q = 0; q < from.size(); ++q) {
+            State s = advance(from[q], done_at(prefix_step_[j]) - done_at(prefix_step_[i]));
+            s.X += c;
+            s.parent = i;
+            s.from = int(q);
+            s.buckets = from[q].buckets + 1;
+            if (tail_bound(j, s) <= bound && ++states_ <= kStates) insert(front, s);
+          }
+        }
+        if (states_ > kStates) return {};
+      }
+    }
+    const Front& last = fronts[size_t(layers - 1)][size_t(n)];
+    if (last.empty()) return {};
+    size_t best = 0;
+    for (size_t q = 1; q < last.size(); ++q) {
+      const double a = last_end(last[q]), b = last_end(last[best]);
+      if (a < b || (a == b && last[q].buckets < last[best].buckets)) best = q;
+    }
+    std::vector<int> starts;
+    int j = n, q = int(best);
+    for (int k = layers - 1; j > 0; k = any ? 0 : k - 1) {
+      const State& s = fronts[size_t(k)][size_t(j)][size_t(q)];
+      starts.push_back(s.parent);
+      j = s.parent;
+      q = s.from;
+    }
+    std::reverse(starts.begin(), starts.end());
+    return starts;
+  }
+
+ private:
+  struct State {
+    double W = 0, X = 0;  // step P's end; the allreduces' work queued then, at full speed
+    int parent = 0, from = 0, buckets = 0;
+  };
+  using Front = std::vector<State>;  // by W ascending, X descending: none dominates another
+
+  double done_at(int step) const { return step < 0 ? 0 : cum_[size_t(step)]; }
+
+  // Backward computes `work` seconds (at full speed) from state s while its queued
+  // allreduces run: the state when backward is done.
+  State advance(State s, double work) const {
+    if (!(s.X > 0)) {
+      s.W += work;
+      return s;
+    }
+    const double slow_bwd = 1 + sigma_.compute, slow_comm = 1 + sigma_.comm;
+    if (work * slow_bwd <= s.X * slow_comm) {  // backward ends first
+      s.W += work * slow_bwd;
+      s.X = std::max(0.0, s.X - work * slow_bwd / slow_comm);
+    } else {  // the allreduces end first, then backward runs alone
+      const double busy = s.X * slow_comm;
+      s.W += busy + work - busy / slow_bwd;
+      s.X = 0;
+    }
+    return s;
+  }
+
+  // The end of backward and of the last allreduce from a state over the whole model,
+  // whichever is later (the search's objective, SharedSearch::objective): the steps after
+  // the last gradient's still run beside the allreduces.
+  double last_end(const State& s) const {
+    const double rest = done_at(int(cum_.size()) - 1) - done_at(prefix_step_.back());
+    const State b = advance(s, rest);  // backward's end; the allreduces' work left then
+    return b.W + b.X;
+  }
+
+  // Adds s unless a state of the front dominates it (ties: the fewer buckets stays), and
+  // drops the states s dominates.
+  static void insert(Front& front, const State& s) {
+    auto at = std::lower_bound(front.begin(), front.end(), s, [](const State& a, const State& b) {
+      return a.W < b.W || (a.W == b.W && a.X < b.X);
+    });
+    if (at != front.begin() && std::prev(at)->X <= s.X) return;  // a smaller W and no larger X
+    if (at != front.end() && at->W == s.W && at->X == s.X && at->buckets <= s.buckets) return;
+    auto end = at;
+    while (end != front.end() && end->X >= s.X) ++end;  // no smaller W, no smaller X
+    at = front.erase(at, end);
+    front.insert(at, s);
+  }
+
+  // The states the program may keep (about 40 bytes each); k-split with many buckets
+  // could hold more.
+  static constexpr int64_t kStates = 20'000'000;
+
+  BucketCoster& cost_;
+  ProcessorSharing sigma_;
+  int64_t states_ = 0;
+  std::vector<double> cum_;       // backward's time at full speed to the end of each step
+  std::vector<int> prefix_step_;  // P_j: the latest ready step of positions [0, j)
+  Front origin_{State{}};         // before any bucket
 };
 
 }  // namespace
@@ -763,9 +917,23 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   }
   const bool searched = opt.strategy == Strategy::Optimal || opt.strategy == Strategy::KSplit;
   if (searched && cluster_.sharing(gpus_).any()) {
-    SharedSearch shared(cost, model_, steps, cluster_.sharing(gpus_), opt.streams);
-    starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
-    gap = 0;  // a local search under sharing: no bound to hold it to
+    const ProcessorSharing sigma = cluster_.sharing(gpus_);
+    SharedSearch shared(cost, model_, steps, sigma, opt.streams);
+    std::vector<int> exact;
+    if (SharedProgram::exact_for(cost, opt)) {
+      // Bounded by the free-overlap optimum's end under sharing (and a rounding's margin).
+      const double from = shared.objective(starts);
+      SharedProgram program(cost, model_, steps, sigma);
+      exact = program.run(opt.strategy == Strategy::KSplit ? opt.segments : 0, from * (1 + 1e-9));
+      if (!exact.empty() && shared.objective(exact) > from) exact = starts;  // the same end, rounded
+    }
+    if (!exact.empty()) {
+      starts = std::move(exact);
+      objective = shared.objective(starts);
+    } else {  // a local search: no bound to hold it to
+      starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
+    }
+    gap = 0;
   }
   evaluations = cost.evaluations;
   return starts;
