@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 
 #include "fuseplan/costmodel/pipeline.hpp"
 #include "fuseplan/costmodel/tuner.hpp"
@@ -70,9 +71,10 @@ void row(const char* what, const Model& m, const Cluster& c, int gpus, int batch
   o.packing = packing;
   Timing tm = time_tune(t, o, reps);
   double exposed = tm.last.report.exposed_comm_s / std::max(1e-12, tm.last.report.comm_busy_s);
-  std::printf("  %-34s %6zu tensors  %-12s %10.3f ms  %10lld costs  %5zu buckets  eff %5.1f%%  exposed/busy %4.0f%%\n",
+  std::printf("  %-34s %6zu tensors  %-12s %10.3f ms  %10lld costs  %5zu buckets  eff %5.1f%%  exposed/busy %4.0f%%%s\n",
               what, m.tensors.size(), strategy_name(s), tm.median_ms, static_cast<long long>(tm.last.evaluations),
-              tm.last.plan.buckets.size(), tm.last.report.scaling_efficiency * 100, exposed * 100);
+              tm.last.plan.buckets.size(), tm.last.report.scaling_efficiency * 100, exposed * 100,
+              tm.last.proven ? "" : "  (local search)");
 }
 
 }  // namespace
@@ -99,6 +101,18 @@ int main() {
   row("gpt2_xl, dgx-a100 x 1024, copies back", gpt, a100, 1024, 2, Strategy::Optimal, 11, Packing::Inline);
   row("synthetic, compute-heavy, copies back", syn_compute, p40, 1024, 32, Strategy::Optimal, 3, Packing::Inline);
   row("synthetic, comm-heavy, copies back", syn_comm, p40, 1024, 32, Strategy::Optimal, 3, Packing::Inline);
+
+  // Processor sharing (--compute-slowdown 0.189: backward 18.9 % slower beside an
+  // allreduce): the program over Pareto fronts, or past its budget the local search.
+  for (const char* name : {"resnet50", "resnet152", "bert_large"}) {
+    const Model zm = build_zoo_model(name);
+    for (const Cluster* base : {&a100, &p40}) {
+      Cluster c = *base;
+      set_compute_slowdown(c, 0.189, "--compute-slowdown");
+      const std::string what = std::string(name) + ", " + c.name + (base == &a100 ? " x 64" : " x 1024") + ", shared";
+      row(what.c_str(), zm, c, base == &a100 ? 64 : 1024, 32, Strategy::Optimal, 3);
+    }
+  }
 
   const WhatIfSettings settings;
   WhatIf w(p40, settings);

@@ -451,6 +451,16 @@ TEST_CASE("cli: tune writes a plan that predict reproduces - compare and whatif 
   REQUIRE(table.code == 0);
   CHECK_THAT(table.out, Catch::Contains("found 2 buckets"));
   CHECK_THAT(table.out, Catch::Contains("versus single"));
+  CHECK_THAT(table.out, !Catch::Contains("local search"));
+  CHECK(j["search_proven"].get<bool>());
+
+  // Under processor sharing the search is proven on one stream; on two it says it is not.
+  Run shared = run("tune --model resnet18 --gpus 16 --compute-slowdown 0.189 --json");
+  REQUIRE(shared.code == 0);
+  CHECK(nlohmann::json::parse(shared.out)["search_proven"].get<bool>());
+  Run streams = run("tune --model resnet18 --gpus 16 --compute-slowdown 0.189 --streams 2");
+  REQUIRE(streams.code == 0);
+  CHECK_THAT(streams.out, Catch::Contains("search: a local search under processor sharing (several streams)"));
 
   Run c = run("compare --model resnet50 --gpus 64 --json");
   REQUIRE(c.code == 0);

@@ -388,6 +388,7 @@ TEST_CASE("processor sharing: optimal and k-split stay exact on one stream") {
       // The objective is the end of the stretched backward and of the allreduces.
       CHECK(r.objective_s == Approx(std::max(r.report.backward_s, r.report.comm_end_s)).epsilon(1e-12));
       CHECK(r.search_gap_s == 0);
+      CHECK(r.proven);
       // Equal to the best partition; so never worse than the free-overlap optimum or the
       // two extremes, each judged under sharing.
       const double brute = brute_force(t, o, n, 0);
@@ -427,6 +428,7 @@ TEST_CASE("processor sharing: where the program is not exact the search climbs o
       TuneResult r = t.run(o);
       INFO("sigma " << sigma << " trial " << trial << " n=" << n);
       CHECK(r.objective_s == Approx(std::max(r.report.backward_s, r.report.comm_end_s)).epsilon(1e-12));
+      CHECK_FALSE(r.proven);
       for (Strategy s : {Strategy::Single, Strategy::PerTensor}) {
         TuneOptions b = o;
         b.strategy = s;

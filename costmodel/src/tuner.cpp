@@ -704,9 +704,32 @@ class SharedProgram {
     }
     // fronts[k][j]: the states after exactly k + 1 buckets over [0, j) (any number: k = 0).
     std::vector<std::vector<Front>> fronts(layers, std::vector<Front>(n + 1));
+    // The least allreduce work of the positions [j, n) over their partitions.
+    std::vector<double> rest_comm(size_t(n) + 1, 0);
+    for (int j = n - 1; j >= 0; --j) {
+      rest_comm[size_t(j)] = kInf;
+      for (int k = j + 1; k <= n; ++k) {
+        const BucketTerms t = cost_.at(j, k);
+        rest_comm[size_t(j)] = std::min(rest_comm[size_t(j)], t.latency_s + t.bandwidth_s + rest_comm[size_t(k)]);
+      }
+    }
+    // The least work of a last bucket: it runs after the last gradient is ready.
+    double last_cost = kInf;
+    for (int k = n - 1; k >= 0; --k) {
+      const BucketTerms t = cost_.at(k, n);
+      last_cost = std::min(last_cost, t.latency_s + t.bandwidth_s);
+    }
+    // A lower bound of the objective from a state after [0, j): the work queued and the
+    // least work of the positions left run after W; backward's remaining steps run too,
+    // slowed while that work runs beside them (work done after backward ends only ends
+    // later), and the last bucket runs after the last gradient is ready.
+    const double stretch = sigma_.compute / (1 + sigma_.compute);
     auto tail_bound = [&](int j, const State& s) {
       if (j == n) return last_end(s);
-      return s.W + std::max(s.X, done_at(prefix_step_[n]) - done_at(prefix_step_[j])) + min_cost;
+      const double queued = s.X + rest_comm[size_t(j)], at = done_at(prefix_step_[j]);
+      const double to_end = done_at(int(cum_.size()) - 1) - at, to_last = done_at(prefix_step_[n]) - at;
+      return s.W + std::max({queued, to_end + queued * stretch,
+                             to_last + (queued - last_cost) * stretch + last_cost});
     };
     for (int k = 0; k < layers; ++k) {
       const int j_lo = any ? 1 : (k == layers - 1 ? n : k + 1);
@@ -842,7 +865,8 @@ std::vector<double> Tuner::backward_steps(const TuneOptions& opt) const {
   return backward_steps_s(model_, compute_, cluster_, std::vector<bool>(model_.tensors.size(), in_backward));
 }
 
-std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap) const {
+std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap,
+                              bool& proven) const {
   const int n = static_cast<int>(model_.tensors.size());
   const std::vector<double> steps = backward_steps(opt);
   const std::vector<double> ready = gradient_ready_times(model_, steps);
@@ -932,6 +956,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       objective = shared.objective(starts);
     } else {  // a local search: no bound to hold it to
       starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
+      proven = false;
     }
     gap = 0;
   }
@@ -972,7 +997,7 @@ TuneResult Tuner::run(const TuneOptions& opt) const {
   check_options(opt, static_cast<int>(model_.tensors.size()));
   auto t0 = std::chrono::steady_clock::now();
   TuneResult r;
-  std::vector<int> starts = search(opt, r.objective_s, r.evaluations, r.search_gap_s);
+  std::vector<int> starts = search(opt, r.objective_s, r.evaluations, r.search_gap_s, r.proven);
   r.plan = plan_for(starts, opt);
   r.report = evaluate(r.plan);
   // Record the algorithm each bucket runs, so executors need not re-run the choice.

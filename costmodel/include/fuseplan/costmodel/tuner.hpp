@@ -1,7 +1,9 @@
 // The fusion tuner: chooses the gradient buckets (contiguous tensor ranges in backward
 // order) and each bucket's allreduce algorithm, judged by the analytic predictor.
 //   optimal      exact minimum over all contiguous partitions (one stream), by dynamic
-//                programming over prefixes with an exact pruning rule
+//                programming over prefixes with an exact pruning rule; under processor
+//                sharing (backward slowed while an allreduce runs) a program over Pareto
+//                fronts of prefix states, exact on one stream without packing copies
 //   k-split      the same, with exactly K buckets (K = 2: the 4-minute paper's method)
 //   per-tensor   one allreduce per tensor (plain wait-free backprop)
 //   single       one allreduce after backward
@@ -71,11 +73,15 @@ struct TuneResult {
   Plan plan;               // buckets with concrete algorithm names
   Report report;           // the predictor's report of the plan
   double objective_s = 0;  // the end the search minimised (optimal, k-split: the last allreduce's, or with
-                           // copies back the last copy's, from backward start), else the report's comm_end_s
+                           // copies back the last copy's, from backward start; under processor sharing
+                           // the later of it and the stretched backward's), else the report's comm_end_s
   int64_t evaluations = 0; // bucket costs evaluated
   // With copies back (--pack inline), where the search stopped at its budget before it
   // proved its partition the least: how much lower the least objective may be (0: exact).
   double search_gap_s = 0;
+  // False where optimal or k-split ran a local search instead (processor sharing with
+  // several streams or with packing copies): the partition is not proven the least.
+  bool proven = true;
   double seconds = 0;      // wall time of the search
 };
 
@@ -98,7 +104,8 @@ class Tuner {
   const ComputeModel& compute() const { return compute_; }
 
  private:
-  std::vector<int> search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap) const;
+  std::vector<int> search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap,
+                          bool& proven) const;
   // The backward steps' times (backward order) with the copies `opt` makes in backward.
   std::vector<double> backward_steps(const TuneOptions& opt) const;
   const Model& model_;
