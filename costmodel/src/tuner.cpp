@@ -697,11 +697,6 @@ class SharedProgram {
     const int n = cost_.tensors();
     const bool any = segments == 0;
     const int layers = any ? 1 : segments;
-    double min_cost = kInf;  // no bucket costs less than its smallest tensor alone
-    for (int p = 0; p < n; ++p) {
-      const BucketTerms t = cost_.at(p, p + 1);
-      min_cost = std::min(min_cost, cost_.grown_bound(p, p + 1, t) - t.ready_s);
-    }
     // fronts[k][j]: the states after exactly k + 1 buckets over [0, j) (any number: k = 0).
     std::vector<std::vector<Front>> fronts(layers, std::vector<Front>(n + 1));
     // The least allreduce work of the positions [j, n) over their partitions.
@@ -743,18 +738,33 @@ class SharedProgram {
           const bool first = any ? i == 0 : k == 0;
           const BucketTerms t = cost_.at(i, j);
           const double c = t.latency_s + t.bandwidth_s;
-          if (t0 + cost_.grown_bound(i, j, t) - t.ready_s + (j < n ? min_cost : 0) > bound) break;
+          // This bucket and every larger one: no earlier W than step P_j's unslowed end, no
+          // less work queued than the bucket's least cost.
+          if (tail_bound(j, State{t0, cost_.grown_bound(i, j, t) - t.ready_s}) > bound) break;
           const Front& from = first ? origin_ : fronts[size_t(any ? 0 : k - 1)][size_t(i)];
+          const double work = t0 - done_at(prefix_step_[i]);
+          // States whose allreduces are done before backward is: they queue c alone, and
+          // only the one with the earliest W counts.
+          State drained{kInf, c};
+          chain_.clear();  // the others, in the front's order: W rising, X falling
           for (size_t q = 0; q < from.size(); ++q) {
-            State s = advance(from[q], done_at(prefix_step_[j]) - done_at(prefix_step_[i]));
-            s.X += c;
+            State s = advance(from[q], work);
             s.parent = i;
             s.from = int(q);
             s.buckets = from[q].buckets + 1;
-            if (tail_bound(j, s) <= bound && ++states_ <= kStates) insert(front, s);
+            if (s.X > 0) {
+              s.X += c;
+              if (tail_bound(j, s) <= bound && !dominated(front, s)) chain_.push_back(s);
+            } else if (s.W < drained.W || (s.W == drained.W && s.buckets < drained.buckets)) {
+              drained = s;
+              drained.X = c;
+            }
           }
+          states_ += int64_t(from.size());
+          if (states_ > kStates) return {};
+          merge(front, chain_);
+          if (drained.W < kInf && tail_bound(j, drained) <= bound) insert(front, drained);
         }
-        if (states_ > kStates) return {};
       }
     }
     const Front& last = fronts[size_t(layers - 1)][size_t(n)];
@@ -813,27 +823,53 @@ class SharedProgram {
     return b.W + b.X;
   }
 
-  // Adds s unless a state of the front dominates it (ties: the fewer buckets stays), and
-  // drops the states s dominates.
+  // The front's order: W rising, then X, then fewer buckets (ties keep the fewer).
+  static bool before(const State& a, const State& b) {
+    if (a.W != b.W) return a.W < b.W;
+    if (a.X != b.X) return a.X < b.X;
+    return a.buckets < b.buckets;
+  }
+  // Whether a state of the front is no later in W and X than s (ties: no more buckets).
+  static bool dominated(const Front& front, const State& s) {
+    auto at = std::upper_bound(front.begin(), front.end(), s, before);
+    return at != front.begin() && std::prev(at)->X <= s.X;
+  }
+  // Adds s unless a state of the front dominates it, and drops the states s dominates.
   static void insert(Front& front, const State& s) {
-    auto at = std::lower_bound(front.begin(), front.end(), s, [](const State& a, const State& b) {
-      return a.W < b.W || (a.W == b.W && a.X < b.X);
-    });
-    if (at != front.begin() && std::prev(at)->X <= s.X) return;  // a smaller W and no larger X
-    if (at != front.end() && at->W == s.W && at->X == s.X && at->buckets <= s.buckets) return;
+    if (dominated(front, s)) return;
+    auto at = std::upper_bound(front.begin(), front.end(), s, before);
     auto end = at;
     while (end != front.end() && end->X >= s.X) ++end;  // no smaller W, no smaller X
     at = front.erase(at, end);
     front.insert(at, s);
   }
+  // Adds a chain of states in the front's order (W rising, X falling), keeping only the
+  // states no other dominates: one pass over both.
+  void merge(Front& front, const std::vector<State>& chain) {
+    if (chain.size() < 2) {
+      for (const State& s : chain) insert(front, s);
+      return;
+    }
+    merged_.clear();
+    double least_x = kInf;
+    auto keep = [&](const State& s) {
+      if (!(s.X < least_x)) return;  // an earlier state has no larger W and no larger X
+      least_x = s.X;
+      merged_.push_back(s);
+    };
+    size_t a = 0, b = 0;
+    while (a < front.size() || b < chain.size())
+      keep(b == chain.size() || (a < front.size() && before(front[a], chain[b])) ? front[a++] : chain[b++]);
+    front.swap(merged_);
+  }
 
-  // The states the program may keep (about 40 bytes each); k-split with many buckets
-  // could hold more.
-  static constexpr int64_t kStates = 20'000'000;
+  // The states the program may extend (its work), about a second's worth.
+  static constexpr int64_t kStates = 40'000'000;
 
   BucketCoster& cost_;
   ProcessorSharing sigma_;
   int64_t states_ = 0;
+  std::vector<State> chain_, merged_;  // scratch
   std::vector<double> cum_;       // backward's time at full speed to the end of each step
   std::vector<int> prefix_step_;  // P_j: the latest ready step of positions [0, j)
   Front origin_{State{}};         // before any bucket
