@@ -408,6 +408,43 @@ TEST_CASE("processor sharing: optimal and k-split stay exact on one stream") {
   CHECK(cases == 60);
 }
 
+TEST_CASE("processor sharing: optimal's program by values equals the best k-split's by fronts on larger models") {
+  // Two exact programs, independent of each other: optimal's (one function of the queued
+  // work per prefix) and k-split's (Pareto fronts of states), the latter over every bucket
+  // count. Models of 20-40 tensors, too many for brute force, with backward from fast
+  // enough that the allreduces queue to slow enough that they hide, so the functions have
+  // many pieces (leaving out the points where two pieces cross fails this test).
+  std::mt19937_64 rng(11);
+  int cases = 0;
+  for (const char* cname : {"dgx-a100", "tencent-p40", "local-cpu"}) {
+    for (int trial = 0; trial < 24; ++trial) {
+      Cluster c = load_cluster(cname);
+      const int gpus = c.name == "local-cpu" ? 2 : 64;
+      c.comm_compute_sharing = trial % 2 ? 0.189 : 1.0;
+      c.allreduce_sharing = c.name == "local-cpu" ? std::optional<double>() : std::optional<double>(0.0);
+      std::uniform_int_distribution<int> len(20, 40);
+      Model m = random_model(rng, len(rng), trial % 4 < 2 ? 0.0 : 0.3);
+      for (auto& l : m.layers) l.measured->bwd_us *= c.name == "local-cpu" ? 0.1 * (1 + trial % 8) : 0.002 * (1 + trial % 10);
+      const int n = static_cast<int>(m.tensors.size());
+      Tuner t(m, c, gpus, 32, Precision::FP32);
+      TuneOptions o;
+      const TuneResult r = t.run(o);
+      double best_k = INFINITY;
+      o.strategy = Strategy::KSplit;
+      for (o.segments = 1; o.segments <= n; ++o.segments) {
+        const TuneResult k = t.run(o);
+        REQUIRE(k.proven);
+        best_k = std::min(best_k, k.report.iteration_s);
+      }
+      INFO(cname << " trial " << trial << " n=" << n);
+      REQUIRE(r.proven);
+      CHECK(r.report.iteration_s == Approx(best_k).epsilon(1e-9));
+      ++cases;
+    }
+  }
+  CHECK(cases == 72);
+}
+
 TEST_CASE("processor sharing: where the program is not exact the search climbs on the shared schedule") {
   // Two streams, or a packing copy before each allreduce: the busy time after a prefix is
   // not one interval, and the search refines the free-overlap optimum by hill climbing.

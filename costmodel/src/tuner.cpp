@@ -16,6 +16,8 @@ namespace fuseplan {
 namespace {
 constexpr const char* kStrategyNames[] = {"optimal", "k-split", "per-tensor", "single", "horovod", "ddp", "mgwfbp"};
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// The shared program by values (SharedProgram::run_values): breakpoints it may handle.
+constexpr int64_t kValuesBudget = 100'000'000;
 // k-split keeps one parent row per segment count; refuse tables larger than this.
 constexpr int64_t kMaxKSplitCells = 100'000'000;
 }  // namespace
@@ -662,8 +664,10 @@ class SharedSearch {
 };
 
 // Under processor sharing on one stream, with no packing delay and no copies back, the
-// search stays exact: a dynamic program over prefixes that keeps a Pareto front of states
-// instead of one best end. After the buckets of a prefix [0, i), backward has ended step
+// search stays exact (docs/tuner.md, "Under processor sharing"): optimal by one function
+// of the queued work per prefix (run_values), k-split by a dynamic program over prefixes
+// that keeps a Pareto front of states instead of one best end (run). After the buckets of
+// a prefix [0, i), backward has ended step
 // P_i (the latest ready step of its gradients) at wall time W, and the allreduces still
 // queued at W hold X seconds of work at full speed: they run back to back from W (no
 // packing delay, one stream), so the busy time after W is one interval. Backward then
@@ -688,6 +692,88 @@ class SharedProgram {
     const std::vector<int> step = gradient_ready_steps(m);
     prefix_step_.assign(step.size() + 1, -1);
     for (size_t p = 0; p < step.size(); ++p) prefix_step_[p + 1] = std::max(prefix_step_[p], step[p]);
+  }
+
+  // Any number of buckets, by values instead of fronts. The dynamics from a state hold no
+  // absolute time, so W only shifts what follows: the best end from a state (W, X) after
+  // [0, j) is W + v_j(X), one function of the queued work per prefix, continuous, piecewise
+  // linear and nondecreasing. v_n: the steps after the last gradient's with X queued
+  // beside them. v_j: the least over next buckets [j, k) of W' + v_k(X' + C(j, k)), where,
+  // with w the bucket's steps and x* = w (1 + sigma_compute) / (1 + sigma_comm), up to x*
+  // the queued work drains before backward has done them (a line: w + (1 + sigma_comm)
+  // sigma_compute / (1 + sigma_compute) X + v_k(C)), and past x* backward is done first
+  // (w (1 + sigma_compute) + v_k(X - x* + C): v_k moved). Each v_j is the exact lower
+  // envelope of those pieces, and the partition follows from X = 0 at position 0, each
+  // bucket the one whose value is least (ties: the larger bucket). Empty past `budget`
+  // breakpoints handled.
+  //
+  // `bound`: an end some partition meets. A state after [0, j) with more than
+  // bound - (step P_j's unslowed end) queued ends later, so v_j is kept exact up to there
+  // only and continued with slope 1 + sigma_comm, which is never below it (X + d queued
+  // ends no later than X queued d (1 + sigma_comm) later).
+  std::vector<int> run_values(int64_t budget, double bound) {
+    const int n = cost_.tensors();
+    std::vector<Piecewise> v(size_t(n) + 1);
+    auto clip = [&](Piecewise& f, int j) {
+      const double x_max = std::max(0.0, bound - done_at(prefix_step_[size_t(j)]));
+      if (f.x.back() <= x_max && f.slope <= 1 + sigma_.comm) return;
+      const double y = f.at(x_max);
+      while (f.x.size() > 1 && f.x.back() >= x_max) {
+        f.x.pop_back();
+        f.y.pop_back();
+      }
+      if (f.x.back() < x_max) {
+        f.x.push_back(x_max);
+        f.y.push_back(y);
+      }
+      f.slope = 1 + sigma_.comm;
+    };
+    const double rest = done_at(int(cum_.size()) - 1) - done_at(prefix_step_[size_t(n)]);
+    v[size_t(n)] = next_bucket(Piecewise{{0}, {0}, 1}, rest, 0);  // the steps left, no bucket
+    clip(v[size_t(n)], n);
+    int64_t work = 0;
+    Piecewise f, merged;
+    for (int j = n - 1; j >= 0; --j) {
+      Piecewise& best = v[size_t(j)];
+      for (int k = j + 1; k <= n; ++k) {
+        if (!(v[size_t(k)].y[0] < kInf)) continue;  // nothing after k ends in time
+        const BucketTerms t = cost_.at(j, k);
+        // The bucket and every larger one end after `bound`: step P_k's unslowed end, then
+        // at least their least cost.
+        if (done_at(prefix_step_[size_t(k)]) + cost_.grown_bound(j, k, t) - t.ready_s > bound) break;
+        next_bucket(v[size_t(k)], work_between(j, k), t.latency_s + t.bandwidth_s, f);
+        clip(f, j);
+        if (best.x.empty()) {
+          std::swap(best, f);
+        } else {
+          lower_envelope(best, f, merged);
+          std::swap(best, merged);
+        }
+        work += int64_t(best.x.size() + f.x.size());
+      }
+      if (best.x.empty()) best = Piecewise{{0}, {kInf}, 0};  // no bucket from here ends in time
+      if (work > budget) return {};
+    }
+    if (!(v[0].at(0) < kInf)) return {};  // no partition ends by the bound (rounding)
+    std::vector<int> starts;
+    double x = 0;
+    for (int j = 0; j < n;) {
+      starts.push_back(j);
+      std::vector<std::pair<double, State>> value;  // per k > j: the end, the state after
+      double least = kInf;
+      for (int k = j + 1; k <= n; ++k) {
+        const BucketTerms t = cost_.at(j, k);
+        State s = advance(State{0, x}, work_between(j, k));
+        s.X += t.latency_s + t.bandwidth_s;
+        value.push_back({s.W + v[size_t(k)].at(s.X), s});
+        least = std::min(least, value.back().first);
+      }
+      int k = n;
+      while (value[size_t(k - j - 1)].first > least * (1 + 1e-12)) --k;
+      x = value[size_t(k - j - 1)].second.X;
+      j = k;
+    }
+    return starts;
   }
 
   // The partition of exactly `segments` buckets (0: any number) whose last allreduce ends
@@ -794,6 +880,103 @@ class SharedProgram {
   using Front = std::vector<State>;  // by W ascending, X descending: none dominates another
 
   double done_at(int step) const { return step < 0 ? 0 : cum_[size_t(step)]; }
+
+  static constexpr double kTol = 1e-13;  // relative: the envelopes' rounding
+  // A continuous piecewise-linear function on [0, infinity): through (x[m], y[m]), x[0] = 0,
+  // then `slope` past x.back().
+  struct Piecewise {
+    std::vector<double> x, y;
+    double slope = 0;
+    double at(double X) const {
+      if (X >= x.back()) return y.back() + slope * (X - x.back());
+      const size_t m = size_t(std::upper_bound(x.begin(), x.end(), X) - x.begin()) - 1;
+      return y[m] + (y[m + 1] - y[m]) * (X - x[m]) / (x[m + 1] - x[m]);
+    }
+  };
+
+  double work_between(int j, int k) const { return done_at(prefix_step_[size_t(k)]) - done_at(prefix_step_[size_t(j)]); }
+
+  // X -> W' + v(X' + c) for a bucket of cost c whose steps take w at full speed (run_values).
+  Piecewise next_bucket(const Piecewise& v, double w, double c) const {
+    Piecewise f;
+    next_bucket(v, w, c, f);
+    return f;
+  }
+  void next_bucket(const Piecewise& v, double w, double c, Piecewise& f) const {
+    const double slow_bwd = 1 + sigma_.compute, slow_comm = 1 + sigma_.comm;
+    const double x_star = w * slow_bwd / slow_comm, base = v.at(c);
+    f.x.assign(1, 0);
+    f.y.assign(1, w + base);
+    f.slope = v.slope;
+    if (x_star > 0) {
+      f.x.push_back(x_star);
+      f.y.push_back(w * slow_bwd + base);
+    }
+    for (size_t m = 0; m < v.x.size(); ++m)
+      if (v.x[m] > c) {
+        f.x.push_back(v.x[m] - c + x_star);
+        f.y.push_back(w * slow_bwd + v.y[m]);
+      }
+  }
+
+  // The pointwise least of a and b, with the points where they cross, into `out`: one walk
+  // over both functions' points.
+  static void lower_envelope(const Piecewise& a, const Piecewise& b, Piecewise& out) {
+    out.x.clear();
+    out.y.clear();
+    auto push = [&out](double x, double y) {
+      const size_t m = out.x.size();
+      if (m >= 2) {  // within rounding of the line through the two before: moves that point
+        const double s1 = (out.y[m - 1] - out.y[m - 2]) / (out.x[m - 1] - out.x[m - 2]);
+        if (std::abs(out.y[m - 2] + s1 * (x - out.x[m - 2]) - y) <= kTol * std::abs(y)) {
+          out.x.back() = x;
+          out.y.back() = y;
+          return;
+        }
+      }
+      out.x.push_back(x);
+      out.y.push_back(y);
+    };
+    // f's value at X within its segment i (X at or past f.x[i]).
+    auto value = [](const Piecewise& f, size_t i, double X) {
+      if (i + 1 >= f.x.size()) return f.y.back() + f.slope * (X - f.x.back());
+      return f.y[i] + (f.y[i + 1] - f.y[i]) * (X - f.x[i]) / (f.x[i + 1] - f.x[i]);
+    };
+    size_t ia = 0, ib = 0;
+    double X = 0, da = a.y[0], db = b.y[0];
+    for (;;) {
+      push(X, std::min(da, db));
+      const double xa = ia + 1 < a.x.size() ? a.x[ia + 1] : kInf, xb = ib + 1 < b.x.size() ? b.x[ib + 1] : kInf;
+      const double next = std::min(xa, xb);
+      if (!(next < kInf)) {  // past both last points, two lines: where they cross, if they do
+        const double d = da - db, ds = a.slope - b.slope;
+        out.slope = d < 0 || (d == 0 && ds < 0) ? a.slope : b.slope;
+        if ((d > 0 && ds < 0) || (d < 0 && ds > 0)) {
+          const double at = X - d / ds;
+          if (at > X) {
+            push(at, da + a.slope * (at - X));
+            out.slope = std::min(a.slope, b.slope);
+          }
+        }
+        return;
+      }
+      const double na = xa == next ? a.y[ia + 1] : value(a, ia, next);
+      const double nb = xb == next ? b.y[ib + 1] : value(b, ib, next);
+      // Differences within rounding are ties: no crossing.
+      const double tol = kTol * std::max(std::abs(da), std::abs(na));
+      const double d0 = std::abs(da - db) <= tol ? 0 : da - db, d1 = std::abs(na - nb) <= tol ? 0 : na - nb;
+      if ((d0 < 0 && d1 > 0) || (d0 > 0 && d1 < 0)) {  // they cross inside
+        const double at = X + (next - X) * d0 / (d0 - d1);
+        if (at > X && at < next) push(at, std::min(value(a, ia, at), value(b, ib, at)));
+      }
+      ia += xa == next;
+      ib += xb == next;
+      X = next;
+      da = na;
+      db = nb;
+    }
+  }
+
 
   // Backward computes `work` seconds (at full speed) from state s while its queued
   // allreduces run: the state when backward is done.
@@ -984,7 +1167,9 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       // Bounded by the free-overlap optimum's end under sharing (and a rounding's margin).
       const double from = shared.objective(starts);
       SharedProgram program(cost, model_, steps, sigma);
-      exact = program.run(opt.strategy == Strategy::KSplit ? opt.segments : 0, from * (1 + 1e-9));
+      if (opt.strategy == Strategy::Optimal) exact = program.run_values(kValuesBudget, from * (1 + 1e-9));
+      if (exact.empty())
+        exact = program.run(opt.strategy == Strategy::KSplit ? opt.segments : 0, from * (1 + 1e-9));
       if (!exact.empty() && shared.objective(exact) > from) exact = starts;  // the same end, rounded
     }
     if (!exact.empty()) {

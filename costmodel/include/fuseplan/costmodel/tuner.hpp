@@ -2,8 +2,8 @@
 // order) and each bucket's allreduce algorithm, judged by the analytic predictor.
 //   optimal      exact minimum over all contiguous partitions (one stream), by dynamic
 //                programming over prefixes with an exact pruning rule; under processor
-//                sharing (backward slowed while an allreduce runs) a program over Pareto
-//                fronts of prefix states, exact on one stream without packing copies
+//                sharing (backward slowed while an allreduce runs) programs over the
+//                queued allreduce work, exact on one stream without packing copies
 //   k-split      the same, with exactly K buckets (K = 2: the 4-minute paper's method)
 //   per-tensor   one allreduce per tensor (plain wait-free backprop)
 //   single       one allreduce after backward
