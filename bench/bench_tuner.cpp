@@ -113,6 +113,13 @@ int main() {
       row(what.c_str(), zm, c, base == &a100 ? 64 : 1024, 32, Strategy::Optimal, 3);
     }
   }
+  // 10,000 tensors under sharing: past the programs' budgets, a local search with its own.
+  {
+    Cluster c = p40;
+    set_compute_slowdown(c, 0.189, "--compute-slowdown");
+    row("synthetic, compute-heavy, shared", syn_compute, c, 1024, 32, Strategy::Optimal, 1);
+    row("synthetic, comm-heavy, shared", syn_comm, c, 1024, 32, Strategy::Optimal, 1);
+  }
 
   const WhatIfSettings settings;
   WhatIf w(p40, settings);

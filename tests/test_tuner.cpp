@@ -42,19 +42,26 @@ TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions
   for (const auto& a : algorithms()) algos.emplace_back(a.name);
   int checked = 0;
   for (const char* cname : {"tencent-p40", "dgx1-v100", "dgx-a100", "local-cpu"}) {
-    Cluster c = load_cluster(cname);
+    // The shipped cluster, and the same without processor sharing: with packing copies
+    // the search is exact only there (under sharing it is a local search, tested below).
+    const Cluster shipped = load_cluster(cname);
+    Cluster free_overlap = shipped;
+    free_overlap.comm_compute_sharing = 0;
+    free_overlap.allreduce_sharing.reset();
     for (int gpus : {2, 8, 24, 64}) {
-      if (gpus > c.capacity()) continue;
+      if (gpus > shipped.capacity()) continue;
       std::uniform_int_distribution<int> len(2, 14);
       Model m = random_model(rng, len(rng));
       const int n = static_cast<int>(m.tensors.size());
-      Tuner t(m, c, gpus, 32, Precision::FP16);
+      const Tuner with_sharing(m, shipped, gpus, 32, Precision::FP16);
+      const Tuner without(m, free_overlap, gpus, 32, Precision::FP16);
       for (const auto& algo : algos) {
         TuneOptions o;
         o.algorithm = algo;
         o.fp32 = checked % 3 == 0 ? Fp32Tensors::Norm : Fp32Tensors::None;
         const Packing packings[] = {Packing::Pack, Packing::View, Packing::Inline};
         o.packing = packings[checked % 3];
+        const Tuner& t = o.packing == Packing::View ? with_sharing : without;
         o.strategy = Strategy::Optimal;
         TuneResult r;
         try {
@@ -63,6 +70,7 @@ TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions
           continue;  // the algorithm does not apply to this rank layout
         }
         INFO(cname << " gpus=" << gpus << " n=" << n << " algorithm=" << algo);
+        REQUIRE(r.proven);
         double brute = brute_force(t, o, n, 0);
         CHECK(r.report.iteration_s == Approx(brute).epsilon(1e-9));
         CHECK(r.report.iteration_s <= brute * (1 + 1e-9));
@@ -107,6 +115,8 @@ TEST_CASE("optimal's affine-tail fast path equals the exhaustive scan on larger 
   int faster = 0;
   for (const char* cname : {"tencent-p40", "dgx1-v100", "dgx-a100", "dgx-h100"}) {
     Cluster c = load_cluster(cname);
+    c.comm_compute_sharing = 0;  // the free-overlap program's two paths (sharing searches after them)
+    c.allreduce_sharing.reset();
     for (int gpus : {16, 256, 1024}) {
       for (int len : {150, 400}) {
         Model m = random_model(rng, len);
@@ -549,7 +559,10 @@ TEST_CASE("copies back: on a large backlogged model the search stops at its budg
   std::mt19937_64 rng(5);
   Model m = random_model(rng, 800);
   for (auto& l : m.layers) l.measured->bwd_us *= 0.05;  // communication backlogged: the bound programs scan long
-  const Cluster cluster = load_cluster("tencent-p40");
+  // Without processor sharing: under it, copies back are searched locally (below).
+  Cluster cluster = load_cluster("tencent-p40");
+  cluster.comm_compute_sharing = 0;
+  cluster.allreduce_sharing.reset();
   Tuner t(m, cluster, 1024, 32, Precision::FP16);
   TuneOptions o;
   o.packing = Packing::Inline;
@@ -562,9 +575,9 @@ TEST_CASE("copies back: on a large backlogged model the search stops at its budg
   CHECK(r.search_gap_s < 0.05 * r.objective_s);  // the bounds hold it close
   // A small model is searched to the end.
   const Model small_model = random_model(rng, 12);
-  const Cluster p40 = load_cluster("tencent-p40");
-  Tuner small(small_model, p40, 1024, 32, Precision::FP16);
+  Tuner small(small_model, cluster, 1024, 32, Precision::FP16);
   CHECK(small.run(o).search_gap_s == 0);
+  CHECK(small.run(o).proven);
 }
 
 TEST_CASE("tuner: the best distinct plans for --validate sim, ranked by prediction") {

@@ -586,6 +586,7 @@ class SharedSearch {
   // predict() computes them; with copies back, the end of the last copy.
   double objective(const std::vector<int>& starts) {
     const int n = cost_.tensors();
+    work_ += int64_t(steps_.size() + starts.size());
     std::vector<SharedBucket> bs;
     std::vector<double> copy_back;
     for (size_t k = 0; k < starts.size(); ++k) {
@@ -619,9 +620,11 @@ class SharedSearch {
     const int n = cost_.tensors();
     double value = objective(cur);
     for (;;) {
+      if (work_ > kClimbWork) return cur;  // out of budget: the best partition so far
       std::vector<int> best_move;
       double best_value = value;
       auto consider = [&](std::vector<int> cand) {
+        if (work_ > kClimbWork) return;
         double v = objective(cand);
         if (v < best_value * (1 - 1e-12)) {
           best_value = v;
@@ -656,11 +659,16 @@ class SharedSearch {
     }
   }
 
+  // The steps and buckets the climb may schedule (about a second's worth): past it, a
+  // climb takes the best move found and stops.
+  static constexpr int64_t kClimbWork = 100'000'000;
+
   BucketCoster& cost_;
   std::vector<double> steps_;
   std::vector<int> ready_step_;
   ProcessorSharing sigma_;
   int streams_;
+  int64_t work_ = 0;
 };
 
 // Under processor sharing on one stream, with no packing delay and no copies back, the
@@ -738,6 +746,7 @@ class SharedProgram {
       for (int k = j + 1; k <= n; ++k) {
         if (!(v[size_t(k)].y[0] < kInf)) continue;  // nothing after k ends in time
         const BucketTerms t = cost_.at(j, k);
+        work += kCostWork;
         // The bucket and every larger one end after `bound`: step P_k's unslowed end, then
         // at least their least cost.
         if (done_at(prefix_step_[size_t(k)]) + cost_.grown_bound(j, k, t) - t.ready_s > bound) break;
@@ -750,9 +759,9 @@ class SharedProgram {
           std::swap(best, merged);
         }
         work += int64_t(best.x.size() + f.x.size());
+        if (work > budget) return {};
       }
       if (best.x.empty()) best = Piecewise{{0}, {kInf}, 0};  // no bucket from here ends in time
-      if (work > budget) return {};
     }
     if (!(v[0].at(0) < kInf)) return {};  // no partition ends by the bound (rounding)
     std::vector<int> starts;
@@ -783,6 +792,8 @@ class SharedProgram {
     const int n = cost_.tensors();
     const bool any = segments == 0;
     const int layers = any ? 1 : segments;
+    // The least work below prices every bucket: past the budget already, no program.
+    if (int64_t(n) * (n + 1) / 2 * kCostWork > kStates) return {};
     // fronts[k][j]: the states after exactly k + 1 buckets over [0, j) (any number: k = 0).
     std::vector<std::vector<Front>> fronts(layers, std::vector<Front>(n + 1));
     // The least allreduce work of the positions [j, n) over their partitions.
@@ -823,6 +834,7 @@ class SharedProgram {
         for (int i = i_hi; i >= i_lo; --i) {
           const bool first = any ? i == 0 : k == 0;
           const BucketTerms t = cost_.at(i, j);
+          states_ += kCostWork;
           const double c = t.latency_s + t.bandwidth_s;
           // This bucket and every larger one: no earlier W than step P_j's unslowed end, no
           // less work queued than the bucket's least cost.
@@ -882,6 +894,9 @@ class SharedProgram {
   double done_at(int step) const { return step < 0 ? 0 : cum_[size_t(step)]; }
 
   static constexpr double kTol = 1e-13;  // relative: the envelopes' rounding
+  // A bucket's cost, in the budgets' units (a point of an envelope, a state extended): it
+  // takes about as long as that many.
+  static constexpr int64_t kCostWork = 40;
   // A continuous piecewise-linear function on [0, infinity): through (x[m], y[m]), x[0] = 0,
   // then `slope` past x.back().
   struct Piecewise {
