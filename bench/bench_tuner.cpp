@@ -71,7 +71,8 @@ void row(const char* what, const Model& m, const Cluster& c, int gpus, int batch
   o.packing = packing;
   Timing tm = time_tune(t, o, reps);
   double exposed = tm.last.report.exposed_comm_s / std::max(1e-12, tm.last.report.comm_busy_s);
-  std::printf("  %-34s %6zu tensors  %-12s %10.3f ms  %10lld costs  %5zu buckets  eff %5.1f%%  exposed/busy %4.0f%%%s\n",
+  std::printf("  %-34s %6zu tensors  %-12s %10.3f ms  %10lld costs  %5zu buckets  eff %5.1f%%"
+              "  exposed/busy %4.0f%%%s\n",
               what, m.tensors.size(), strategy_name(s), tm.median_ms, static_cast<long long>(tm.last.evaluations),
               tm.last.plan.buckets.size(), tm.last.report.scaling_efficiency * 100, exposed * 100,
               tm.last.proven ? "" : "  (local search)");

@@ -434,7 +434,8 @@ TEST_CASE("processor sharing: optimal's program by values equals the best k-spli
       c.allreduce_sharing = c.name == "local-cpu" ? std::optional<double>() : std::optional<double>(0.0);
       std::uniform_int_distribution<int> len(20, 40);
       Model m = random_model(rng, len(rng), trial % 4 < 2 ? 0.0 : 0.3);
-      for (auto& l : m.layers) l.measured->bwd_us *= c.name == "local-cpu" ? 0.1 * (1 + trial % 8) : 0.002 * (1 + trial % 10);
+      const double scale = c.name == "local-cpu" ? 0.1 * (1 + trial % 8) : 0.002 * (1 + trial % 10);
+      for (auto& l : m.layers) l.measured->bwd_us *= scale;
       const int n = static_cast<int>(m.tensors.size());
       Tuner t(m, c, gpus, 32, Precision::FP32);
       TuneOptions o;

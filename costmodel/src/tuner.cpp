@@ -909,7 +909,10 @@ class SharedProgram {
     }
   };
 
-  double work_between(int j, int k) const { return done_at(prefix_step_[size_t(k)]) - done_at(prefix_step_[size_t(j)]); }
+  // Backward's work at full speed from step P_j to step P_k.
+  double work_between(int j, int k) const {
+    return done_at(prefix_step_[size_t(k)]) - done_at(prefix_step_[size_t(j)]);
+  }
 
   // X -> W' + v(X' + c) for a bucket of cost c whose steps take w at full speed (run_values).
   Piecewise next_bucket(const Piecewise& v, double w, double c) const {
