@@ -674,10 +674,10 @@ class SharedSearch {
 // Under processor sharing on one stream, with no packing delay and no copies back, the
 // search stays exact (docs/tuner.md, "Under processor sharing"): optimal by one function
 // of the queued work per prefix (run_values), k-split by a dynamic program over prefixes
-// that keeps a Pareto front of states instead of one best end (run). After the buckets of
-// a prefix [0, i), backward has ended step
-// P_i (the latest ready step of its gradients) at wall time W, and the allreduces still
-// queued at W hold X seconds of work at full speed: they run back to back from W (no
+// that keeps a Pareto front of states instead of one best end (run). After the buckets
+// of a prefix [0, i), backward has ended step P_i (the latest ready step of its
+// gradients) at wall time W, and the allreduces still queued at W hold X seconds of work
+// at full speed: they run back to back from W (no
 // packing delay, one stream), so the busy time after W is one interval. Backward then
 // runs at 1 / (1 + sigma.compute) while X > 0 and the allreduces at 1 / (1 + sigma.comm)
 // while backward runs, so the next bucket's ready time R, the work X' left then, and
@@ -713,7 +713,7 @@ class SharedProgram {
   // (w (1 + sigma_compute) + v_k(X - x* + C): v_k moved). Each v_j is the exact lower
   // envelope of those pieces, and the partition follows from X = 0 at position 0, each
   // bucket the one whose value is least (ties: the larger bucket). Empty past `budget`
-  // breakpoints handled.
+  // (kCostWork per bucket priced, one per envelope point handled).
   //
   // `bound`: an end some partition meets. A state after [0, j) with more than
   // bound - (step P_j's unslowed end) queued ends later, so v_j is kept exact up to there
@@ -787,7 +787,8 @@ class SharedProgram {
 
   // The partition of exactly `segments` buckets (0: any number) whose last allreduce ends
   // first; `bound`: the end of a partition known to be reachable (pruning; infinity for
-  // none). Empty where no partition ends by the bound, or past kStates states.
+  // none). Empty where no partition ends by the bound, or past kStates (kCostWork per
+  // bucket priced, one per state extended).
   std::vector<int> run(int segments, double bound) {
     const int n = cost_.tensors();
     const bool any = segments == 0;
