@@ -80,7 +80,8 @@ struct TuneResult {
   // proved its partition the least: how much lower the least objective may be (0: exact).
   double search_gap_s = 0;
   // False where optimal or k-split ran a local search instead (processor sharing with
-  // several streams or with packing copies): the partition is not proven the least.
+  // several streams or packing copies, or past the exact programs' budgets): the
+  // partition is not proven the least.
   bool proven = true;
   double seconds = 0;      // wall time of the search
 };
