@@ -363,8 +363,8 @@ TEST_CASE("what-if: sweeps and inverse questions") {
 
 TEST_CASE("processor sharing: optimal and k-split stay exact on one stream") {
   // Backward slowed while an allreduce runs (and, where the sharing is symmetric, the
-  // allreduce slowed while backward runs): the shared dynamic program against every
-  // partition, judged by the predictor's own shared schedule. Models with layers that have
+  // allreduce slowed while backward runs): the shared programs against every partition,
+  // judged by the predictor's own shared schedule. Models with layers that have
   // no parameters (backward runs on after the last gradient), on a CPU cluster with one
   // shared processor and on GPU clusters with backward's side only (--compute-slowdown).
   std::mt19937_64 rng(7);
@@ -399,8 +399,8 @@ TEST_CASE("processor sharing: optimal and k-split stay exact on one stream") {
       CHECK(r.objective_s == Approx(std::max(r.report.backward_s, r.report.comm_end_s)).epsilon(1e-12));
       CHECK(r.search_gap_s == 0);
       CHECK(r.proven);
-      // Equal to the best partition; so never worse than the free-overlap optimum or the
-      // two extremes, each judged under sharing.
+      // Equal to the best partition; so never worse than the free-overlap optimum judged
+      // under sharing.
       const double brute = brute_force(t, o, n, 0);
       CHECK(r.report.iteration_s == Approx(brute).epsilon(1e-9));
       CHECK(r.report.iteration_s <= t.evaluate(free_tuner.run(o).plan).iteration_s * (1 + 1e-12));
