@@ -169,9 +169,7 @@ void add_whatif_command(CLI::App& app) {
   add_nccl_version_option(cmd, f->nccl_version);
   f->fusion.add(cmd);
   cmd->add_option("--inter-lat", f->inter_lat_us, "inter-node latency in microseconds (default: the cluster's)");
-  f->slowdown_opt = cmd->add_option("--compute-slowdown", f->compute_slowdown,
-                                    "how much longer backward takes while an allreduce runs beside it, 0 to 1, for\n"
-                                    "every point (0.189: Lee et al. 2025's mean); the allreduces keep their rate");
+  f->slowdown_opt = add_compute_slowdown_option(cmd, f->compute_slowdown);
   cmd->add_option("--profile", f->profile,
                   "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
                   "roofline; one --model and its precision");

@@ -115,6 +115,9 @@ void check_profile(const ProfileInfo& p, const std::string& path, int batch, Pre
 
 // --nccl-version, listing the NCCL releases whose tuning constants the model carries.
 void add_nccl_version_option(CLI::App* app, std::string& release);
+// --compute-slowdown (the what-if set_compute_slowdown applies); the option, to tell
+// whether it was given.
+CLI::Option* add_compute_slowdown_option(CLI::App* app, double& fraction);
 
 // A measured report (fuseplan-exec run --report) of `plan`: the same model, rank count,
 // batch and bucket count, or InputError naming both files.

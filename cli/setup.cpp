@@ -62,11 +62,7 @@ void SetupFlags::add(CLI::App* app) {
   app->add_option("--intra-bw", intra_bw_GBps,
                   "what-if: bandwidth inside a node in GB/s per GPU per direction, as a ring step sees it (replaces an\n"
                   "NCCL cluster's rates per NVLink; default: the cluster's)");
-  slowdown_opt = app->add_option("--compute-slowdown", compute_slowdown,
-                                 "what-if: how much longer backward takes while an allreduce runs beside it, 0 to 1\n"
-                                 "(0.189: 18.9 %, the mean Lee et al. 2025 measured on A100, H100 and AMD GPUs);\n"
-                                 "the allreduces keep their rate (sets comm_compute_sharing; default: the cluster's,\n"
-                                 "0 on GPU clusters)");
+  slowdown_opt = add_compute_slowdown_option(app, compute_slowdown);
   goal_flags.add(app);
 }
 
@@ -191,6 +187,14 @@ void FusionFlags::apply(TuneOptions& o) const {
   o.accumulate = step.accumulation();
   o.optimizer_kernels = step.kernels();
   o.step_overhead_s = step.overhead_s();
+}
+
+CLI::Option* add_compute_slowdown_option(CLI::App* app, double& fraction) {
+  return app->add_option("--compute-slowdown", fraction,
+                         "what-if: how much longer backward takes while an allreduce runs beside it, 0 to 1\n"
+                         "(0.189: 18.9 %, the mean Lee et al. 2025 measured on A100, H100 and AMD GPUs);\n"
+                         "the allreduces keep their rate (sets comm_compute_sharing; default: the cluster's,\n"
+                         "0 on GPU clusters)");
 }
 
 void add_nccl_version_option(CLI::App* app, std::string& release) {

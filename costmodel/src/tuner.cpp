@@ -736,8 +736,7 @@ class SharedProgram {
       }
       f.slope = 1 + sigma_.comm;
     };
-    const double rest = done_at(int(cum_.size()) - 1) - done_at(prefix_step_[size_t(n)]);
-    v[size_t(n)] = next_bucket(Piecewise{{0}, {0}, 1}, rest, 0);  // the steps left, no bucket
+    next_bucket(Piecewise{{0}, {0}, 1}, after_last_gradient(), 0, v[size_t(n)]);  // the steps left, no bucket
     clip(v[size_t(n)], n);
     int64_t work = 0;
     Piecewise f, merged;
@@ -841,7 +840,7 @@ class SharedProgram {
           // less work queued than the bucket's least cost.
           if (tail_bound(j, State{t0, cost_.grown_bound(i, j, t) - t.ready_s}) > bound) break;
           const Front& from = first ? origin_ : fronts[size_t(any ? 0 : k - 1)][size_t(i)];
-          const double work = t0 - done_at(prefix_step_[i]);
+          const double work = work_between(i, j);
           // States whose allreduces are done before backward is: they queue c alone, and
           // only the one with the earliest W counts.
           State drained{kInf, c};
@@ -904,23 +903,24 @@ class SharedProgram {
     std::vector<double> x, y;
     double slope = 0;
     double at(double X) const {
-      if (X >= x.back()) return y.back() + slope * (X - x.back());
-      const size_t m = size_t(std::upper_bound(x.begin(), x.end(), X) - x.begin()) - 1;
+      if (X >= x.back()) return on(x.size() - 1, X);
+      return on(size_t(std::upper_bound(x.begin(), x.end(), X) - x.begin()) - 1, X);
+    }
+    // The value at X on segment m (X at or past x[m]; the last: the line past x.back()).
+    double on(size_t m, double X) const {
+      if (m + 1 >= x.size()) return y.back() + slope * (X - x.back());
       return y[m] + (y[m + 1] - y[m]) * (X - x[m]) / (x[m + 1] - x[m]);
     }
   };
 
+  // Backward's work at full speed after the last gradient is ready.
+  double after_last_gradient() const { return done_at(int(cum_.size()) - 1) - done_at(prefix_step_.back()); }
   // Backward's work at full speed from step P_j to step P_k.
   double work_between(int j, int k) const {
     return done_at(prefix_step_[size_t(k)]) - done_at(prefix_step_[size_t(j)]);
   }
 
   // X -> W' + v(X' + c) for a bucket of cost c whose steps take w at full speed (run_values).
-  Piecewise next_bucket(const Piecewise& v, double w, double c) const {
-    Piecewise f;
-    next_bucket(v, w, c, f);
-    return f;
-  }
   void next_bucket(const Piecewise& v, double w, double c, Piecewise& f) const {
     const double slow_bwd = 1 + sigma_.compute, slow_comm = 1 + sigma_.comm;
     const double x_star = w * slow_bwd / slow_comm, base = v.at(c);
@@ -956,11 +956,6 @@ class SharedProgram {
       out.x.push_back(x);
       out.y.push_back(y);
     };
-    // f's value at X within its segment i (X at or past f.x[i]).
-    auto value = [](const Piecewise& f, size_t i, double X) {
-      if (i + 1 >= f.x.size()) return f.y.back() + f.slope * (X - f.x.back());
-      return f.y[i] + (f.y[i + 1] - f.y[i]) * (X - f.x[i]) / (f.x[i + 1] - f.x[i]);
-    };
     size_t ia = 0, ib = 0;
     double X = 0, da = a.y[0], db = b.y[0];
     for (;;) {
@@ -979,14 +974,14 @@ class SharedProgram {
         }
         return;
       }
-      const double na = xa == next ? a.y[ia + 1] : value(a, ia, next);
-      const double nb = xb == next ? b.y[ib + 1] : value(b, ib, next);
+      const double na = xa == next ? a.y[ia + 1] : a.on(ia, next);
+      const double nb = xb == next ? b.y[ib + 1] : b.on(ib, next);
       // Differences within rounding are ties: no crossing.
       const double tol = kTol * std::max(std::abs(da), std::abs(na));
       const double d0 = std::abs(da - db) <= tol ? 0 : da - db, d1 = std::abs(na - nb) <= tol ? 0 : na - nb;
       if ((d0 < 0 && d1 > 0) || (d0 > 0 && d1 < 0)) {  // they cross inside
         const double at = X + (next - X) * d0 / (d0 - d1);
-        if (at > X && at < next) push(at, std::min(value(a, ia, at), value(b, ib, at)));
+        if (at > X && at < next) push(at, std::min(a.on(ia, at), b.on(ib, at)));
       }
       ia += xa == next;
       ib += xb == next;
@@ -995,7 +990,6 @@ class SharedProgram {
       db = nb;
     }
   }
-
 
   // Backward computes `work` seconds (at full speed) from state s while its queued
   // allreduces run: the state when backward is done.
@@ -1020,8 +1014,7 @@ class SharedProgram {
   // whichever is later (the search's objective, SharedSearch::objective): the steps after
   // the last gradient's still run beside the allreduces.
   double last_end(const State& s) const {
-    const double rest = done_at(int(cum_.size()) - 1) - done_at(prefix_step_.back());
-    const State b = advance(s, rest);  // backward's end; the allreduces' work left then
+    const State b = advance(s, after_last_gradient());  // backward's end; the allreduces' work left then
     return b.W + b.X;
   }
 
