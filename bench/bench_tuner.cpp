@@ -75,7 +75,7 @@ void row(const char* what, const Model& m, const Cluster& c, int gpus, int batch
               "  exposed/busy %4.0f%%%s\n",
               what, m.tensors.size(), strategy_name(s), tm.median_ms, static_cast<long long>(tm.last.evaluations),
               tm.last.plan.buckets.size(), tm.last.report.scaling_efficiency * 100, exposed * 100,
-              tm.last.proven ? "" : "  (local search)");
+              tm.last.proven() ? "" : "  (local search)");
 }
 
 }  // namespace

@@ -146,7 +146,7 @@ void run_tune(const TuneFlags& f) {
                      {"tuning_s", res.seconds},
                      {"bucket_costs_evaluated", res.evaluations},
                      {"search_gap_s", res.search_gap_s},
-                     {"search_proven", res.proven},
+                     {"search_proven", res.proven()},
                      {"versus", {{"single", gain_json(r, single)}, {"per-tensor", gain_json(r, per_tensor)}}}};
     for (const auto& v : validated)
       j["validation"].push_back({{"plan", v.label}, {"buckets", v.buckets}, {"predicted_s", v.predicted_s},
@@ -175,12 +175,9 @@ void run_tune(const TuneFlags& f) {
   if (res.search_gap_s > 0)
     out() << "search stopped at its budget: the copies back could end up to " << ms(res.search_gap_s, 4)
           << " ms sooner under another partition\n";
-  if (!res.proven) {
-    const bool copying = o.packing == Packing::Pack || o.packing == Packing::Inline;
-    out() << "search: a local search under processor sharing ("
-          << (o.streams > 1 ? "several streams" : copying ? "packing copies" : "past the exact program's budget")
+  if (!res.proven())
+    out() << "search: a local search under processor sharing (" << res.local_search
           << "): another partition may be faster\n";
-  }
   out() << "\n";
   print_bucket_table(r);
   print_iteration_summary(r);

@@ -1097,7 +1097,7 @@ std::vector<double> Tuner::backward_steps(const TuneOptions& opt) const {
 }
 
 std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap,
-                              bool& proven) const {
+                              std::string& local_search) const {
   const int n = static_cast<int>(model_.tensors.size());
   const std::vector<double> steps = backward_steps(opt);
   const std::vector<double> ready = gradient_ready_times(model_, steps);
@@ -1179,17 +1179,20 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       // Bounded by the free-overlap optimum's end under sharing (and a rounding's margin).
       const double from = shared.objective(starts);
       SharedProgram program(cost, model_, steps, sigma);
-      if (opt.strategy == Strategy::Optimal) exact = program.run_values(kValuesBudget, from * (1 + 1e-9));
+      if (opt.strategy == Strategy::Optimal && !opt.exhaustive_scan)
+        exact = program.run_values(kValuesBudget, from * (1 + 1e-9));
       if (exact.empty())
         exact = program.run(opt.strategy == Strategy::KSplit ? opt.segments : 0, from * (1 + 1e-9));
       if (!exact.empty() && shared.objective(exact) > from) exact = starts;  // the same end, rounded
+      if (exact.empty()) local_search = "past the exact program's budget";
+    } else {
+      local_search = opt.streams > 1 ? "several streams" : "packing copies";
     }
     if (!exact.empty()) {
       starts = std::move(exact);
       objective = shared.objective(starts);
     } else {  // a local search: no bound to hold it to
       starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
-      proven = false;
     }
     gap = 0;
   }
@@ -1230,7 +1233,7 @@ TuneResult Tuner::run(const TuneOptions& opt) const {
   check_options(opt, static_cast<int>(model_.tensors.size()));
   auto t0 = std::chrono::steady_clock::now();
   TuneResult r;
-  std::vector<int> starts = search(opt, r.objective_s, r.evaluations, r.search_gap_s, r.proven);
+  std::vector<int> starts = search(opt, r.objective_s, r.evaluations, r.search_gap_s, r.local_search);
   r.plan = plan_for(starts, opt);
   r.report = evaluate(r.plan);
   // Record the algorithm each bucket runs, so executors need not re-run the choice.

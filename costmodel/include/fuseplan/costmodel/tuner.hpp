@@ -65,7 +65,9 @@ struct TuneOptions {
   Accumulation accumulate;
   OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
   double step_overhead_s = 0;  // Plan::step_overhead_s of every plan made (serial: no partition moves)
-  // optimal: skip the affine-tail fast path and scan every candidate (tests, benches).
+  // optimal: skip the fast paths and search every candidate (tests, benches): no affine-tail
+  // scan, and under processor sharing the program over fronts of states instead of the one
+  // by values.
   bool exhaustive_scan = false;
 };
 
@@ -79,10 +81,11 @@ struct TuneResult {
   // With copies back (--pack inline), where the search stopped at its budget before it
   // proved its partition the least: how much lower the least objective may be (0: exact).
   double search_gap_s = 0;
-  // False where optimal or k-split ran a local search instead (processor sharing with
-  // several streams or packing copies, or past the exact programs' budgets): the
-  // partition is not proven the least.
-  bool proven = true;
+  // Where optimal or k-split ran a local search instead of an exact one (processor sharing
+  // with several streams or packing copies, or past the exact programs' budgets), why: "several
+  // streams", "packing copies" or "past the exact program's budget". Empty: not a local search.
+  std::string local_search;
+  bool proven() const { return local_search.empty(); }  // the partition is the least
   double seconds = 0;      // wall time of the search
 };
 
@@ -106,7 +109,7 @@ class Tuner {
 
  private:
   std::vector<int> search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap,
-                          bool& proven) const;
+                          std::string& local_search) const;
   // The backward steps' times (backward order) with the copies `opt` makes in backward.
   std::vector<double> backward_steps(const TuneOptions& opt) const;
   const Model& model_;
