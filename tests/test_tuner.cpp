@@ -421,9 +421,10 @@ TEST_CASE("processor sharing: optimal and k-split stay exact on one stream") {
 TEST_CASE("processor sharing: optimal's program by values equals the best k-split's by fronts on larger models") {
   // Two exact programs, independent of each other: optimal's (one function of the queued
   // work per prefix) and k-split's (Pareto fronts of states), the latter over every bucket
-  // count and, as optimal's fallback, over any count at once. Models of 20-40 tensors, too many for brute force, with backward from fast
-  // enough that the allreduces queue to slow enough that they hide, so the functions have
-  // many pieces (leaving out the points where two pieces cross fails this test).
+  // count and, as optimal's fallback, over any count at once. Models of 20-40 tensors, too
+  // many for brute force, with backward from fast enough that the allreduces queue to slow
+  // enough that they hide, so the functions have many pieces (leaving out the points where
+  // two pieces cross fails this test).
   std::mt19937_64 rng(11);
   int cases = 0;
   for (const char* cname : {"dgx-a100", "tencent-p40", "local-cpu"}) {
