@@ -25,7 +25,9 @@ FITTED to SE-ResNeXt-101's V100 rates and carried to the A100, whose two SE-ResN
 rates are held out. The 8-GPU rates of the same tables are cases, and
 so are the TensorFlow (Horovod, XLA) runs of ResNet-50 and ResNeXt-101 on the same two
 servers, whose single-GPU rates are not fitted (ResNeXt-101 and SE-ResNeXt-101 are
-DeepLearningExamples' own: bench/models/dle_convnets.py, exported to bench/models/).
+DeepLearningExamples' own: bench/models/dle_convnets.py, exported to bench/models/), and
+the MXNet (Horovod) runs of ResNet-50 on 2, 4 and 8 GPUs of the same servers and 2 to 16
+of a DGX-2 (dgx2-v100, which carries dgx1-v100's device as it is), none of them fitted.
 
 One scaling value is fitted: the fixed cost per step of a framework on a server at a
 precision (`--step-overhead`), from its ResNet-50 case, used by the same framework's
@@ -133,6 +135,8 @@ MEMORY_CARRIED_TO = ("dgx-a100",)
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
+# Files that carry another's fitted device as it is (the same chip on another server): file -> source.
+DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
 CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
@@ -239,10 +243,17 @@ def fit_class(binary, cluster, precision, model, batch, flags, target, classes, 
                                    model, batch, precision, flags), target, hi=hi)
 
 
+def device_but_name(cluster):
+    device = dict(json.load(open(cluster_path(cluster)))["device"])
+    device.pop("name")
+    return device
+
+
 def check_dle(binary):
     """Refits DLE_FITS, then DLE_MEMORY_FITS (also shipped in MEMORY_CARRIED_TO); returns
     the clusters whose shipped values differ."""
-    stale = []
+    stale = [f"{name} (its device differs from {source}'s apart from the name)"
+             for name, source in DEVICE_CARRIED.items() if device_but_name(name) != device_but_name(source)]
     fits = [(f, "compute_efficiency", ()) for f in DLE_FITS]
     fits += [(f, "memory_efficiency", MEMORY_CARRIED_TO) for f in DLE_MEMORY_FITS]
     for (cluster, precision, model, batch, flags, target, classes), key, carried in fits:
@@ -296,7 +307,8 @@ def main():
         if stale:
             print("published_scaling: the shipped values differ from the fit in " + ", ".join(stale))
             return 1
-        print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100")))
+        print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100"))
+              + "; " + ", ".join(f"{k} carries {v}'s device" for k, v in DEVICE_CARRIED.items()))
         return 0
 
     def rate_row(label, case, published, pred, role):
