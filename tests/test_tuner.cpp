@@ -489,6 +489,17 @@ TEST_CASE("processor sharing: where the program is not exact the search climbs o
         b.strategy = s;
         CHECK(r.report.iteration_s <= t.run(b).report.iteration_s * (1 + 1e-12));
       }
+      if (o.packing == Packing::Pack) {
+        // One of the climb's starting points is the exact partition without the copies
+        // (the same backward steps when the copies run off the compute stream).
+        TuneOptions view = o;
+        view.packing = Packing::View;
+        const TuneResult exact_view = t.run(view);
+        REQUIRE(exact_view.proven());
+        std::vector<int> starts;
+        for (const auto& b : exact_view.plan.buckets) starts.push_back(b.begin);
+        CHECK(r.report.iteration_s <= t.evaluate(t.plan_for(starts, o)).iteration_s * (1 + 1e-12));
+      }
       const double brute = brute_force(t, o, n, 0);
       CHECK(r.report.iteration_s >= brute * (1 - 1e-12));
       at_brute += r.report.iteration_s <= brute * (1 + 1e-9);
@@ -679,4 +690,39 @@ TEST_CASE("framework export: each framework's settings form the buckets fuseplan
     CHECK(dd.boundaries_missing + dd.boundaries_extra <= int(plan.buckets.size()) + 1);
   }
   CHECK_THROWS_WITH(parse_framework("fsdp"), Catch::Contains("export.to: unknown framework 'fsdp' (valid: ddp, horovod, deepspeed)"));
+}
+
+TEST_CASE("processor sharing: with packing copies the climb also starts from the exact partition without them") {
+  // Random models on dgx1-v100 at 8 and 64 GPUs, a copy into the fusion buffer before each
+  // allreduce (Horovod's), backward slowed 18.9 % or 50 % beside an allreduce. From the
+  // free-overlap optimum (and one bucket) alone the climb stops above the best partition in
+  // one of these 30 cases; started from the exact partition without the copies too, it
+  // reaches the best in all 30. (A heuristic: over 60 such sets it reaches it in 1796 of
+  // 1800 cases, against 1793 without that start.)
+  std::mt19937_64 rng(22);
+  int cases = 0, at_brute = 0;
+  for (int trial = 0; trial < 30; ++trial) {
+    Cluster c = load_cluster("dgx1-v100");
+    const int gpus = trial % 3 == 0 ? 8 : 64;
+    c.comm_compute_sharing = trial % 2 ? 0.189 : 0.5;
+    c.allreduce_sharing = 0.0;
+    std::uniform_int_distribution<int> len(6, 12);
+    Model m = random_model(rng, len(rng), trial % 4 < 2 ? 0.0 : 0.3);
+    for (auto& l : m.layers) l.measured->bwd_us *= 0.002 * (1 + trial % 10);
+    const int n = static_cast<int>(m.tensors.size());
+    Tuner t(m, c, gpus, 32, Precision::FP32);
+    TuneOptions o;
+    o.packing = Packing::Pack;
+    const TuneResult r = t.run(o);
+    INFO("trial " << trial << " n=" << n);
+    CHECK(r.local_search == "packing copies");
+    TuneOptions view = o;
+    view.packing = Packing::View;
+    std::vector<int> starts;
+    for (const auto& b : t.run(view).plan.buckets) starts.push_back(b.begin);
+    CHECK(r.report.iteration_s <= t.evaluate(t.plan_for(starts, o)).iteration_s * (1 + 1e-12));
+    at_brute += r.report.iteration_s <= brute_force(t, o, n, 0) * (1 + 1e-9);
+    ++cases;
+  }
+  CHECK(at_brute == cases);
 }

@@ -574,7 +574,7 @@ std::vector<int> mgwfbp(const std::vector<double>& ready, BucketCoster& cost) {
 // program's objective (free overlap) is only a lower bound. The search then refines its
 // partition by hill climbing on the predictor's own schedule (schedule_shared): move a
 // boundary anywhere between its neighbours, drop it, or (any bucket count) add one;
-// take the best strict improvement until none is left. Starting points: the partition
+// take the best strict improvement until none is left. Starting points: the partitions
 // given and one bucket.
 class SharedSearch {
  public:
@@ -601,14 +601,17 @@ class SharedSearch {
     return schedule_shared(steps_, bs, sigma_, 0, copy_back).copies_end_s;
   }
 
-  std::vector<int> refine(const std::vector<int>& from, bool keep_count, double& best_objective) {
-    std::vector<int> best = climb(from, keep_count);
-    best_objective = objective(best);
-    if (!keep_count && from.size() > 1) {
-      std::vector<int> single = climb({0}, false);
-      double v = objective(single);
+  // The best of the climbs from each of `seeds` (and, any bucket count, from one bucket).
+  std::vector<int> refine(std::vector<std::vector<int>> seeds, bool keep_count, double& best_objective) {
+    if (!keep_count) seeds.push_back({0});
+    std::vector<int> best;
+    best_objective = kInf;
+    for (size_t k = 0; k < seeds.size(); ++k) {
+      if (std::find(seeds.begin(), seeds.begin() + long(k), seeds[k]) != seeds.begin() + long(k)) continue;
+      std::vector<int> s = climb(seeds[k], keep_count);
+      const double v = objective(s);
       if (v < best_objective) {
-        best = std::move(single);
+        best = std::move(s);
         best_objective = v;
       }
     }
@@ -1108,6 +1111,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   std::vector<int> starts{0};
   objective = -1;
   gap = 0;
+  evaluations = 0;
   auto tensor_bytes = [&](int pos, int elem_bytes) {
     return model_.tensors[model_.tensor_at_backward(pos)].numel * elem_bytes;
   };
@@ -1174,16 +1178,22 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   if (searched && cluster_.sharing(gpus_).any()) {
     const ProcessorSharing sigma = cluster_.sharing(gpus_);
     SharedSearch shared(cost, model_, steps, sigma, opt.streams);
+    // The exact program over `c` (one stream, no packing delay, no copies back), bounded by
+    // the end of the partition `from` under the same schedule (and a rounding's margin);
+    // empty past its budgets.
+    auto program = [&](BucketCoster& c, const std::vector<int>& from) {
+      SharedSearch judge(c, model_, steps, sigma, 1);
+      const double end = judge.objective(from);
+      SharedProgram p(c, model_, steps, sigma);
+      std::vector<int> s;
+      if (opt.strategy == Strategy::Optimal && !opt.exhaustive_scan) s = p.run_values(kValuesBudget, end * (1 + 1e-9));
+      if (s.empty()) s = p.run(opt.strategy == Strategy::KSplit ? opt.segments : 0, end * (1 + 1e-9));
+      if (!s.empty() && judge.objective(s) > end) s = from;  // the same end, rounded
+      return s;
+    };
     std::vector<int> exact;
     if (SharedProgram::exact_for(cost, opt)) {
-      // Bounded by the free-overlap optimum's end under sharing (and a rounding's margin).
-      const double from = shared.objective(starts);
-      SharedProgram program(cost, model_, steps, sigma);
-      if (opt.strategy == Strategy::Optimal && !opt.exhaustive_scan)
-        exact = program.run_values(kValuesBudget, from * (1 + 1e-9));
-      if (exact.empty())
-        exact = program.run(opt.strategy == Strategy::KSplit ? opt.segments : 0, from * (1 + 1e-9));
-      if (!exact.empty() && shared.objective(exact) > from) exact = starts;  // the same end, rounded
+      exact = program(cost, starts);
       if (exact.empty()) local_search = "past the exact program's budget";
     } else {
       local_search = opt.streams > 1 ? "several streams" : "packing copies";
@@ -1192,11 +1202,22 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       starts = std::move(exact);
       objective = shared.objective(starts);
     } else {  // a local search: no bound to hold it to
-      starts = shared.refine(starts, opt.strategy == Strategy::KSplit, objective);
+      std::vector<std::vector<int>> seeds{starts};
+      if (opt.streams == 1 && !SharedProgram::exact_for(cost, opt)) {
+        // Packing copies: the exact partition without them (over the same backward steps)
+        // is a second starting point.
+        TuneOptions view = opt;
+        view.packing = Packing::View;
+        BucketCoster view_cost(model_, cluster_, coll_, view, ready);
+        seeds.push_back(program(view_cost, starts));
+        evaluations += view_cost.evaluations;
+        if (seeds.back().empty()) seeds.pop_back();
+      }
+      starts = shared.refine(std::move(seeds), opt.strategy == Strategy::KSplit, objective);
     }
     gap = 0;
   }
-  evaluations = cost.evaluations;
+  evaluations += cost.evaluations;
   return starts;
 }
 
