@@ -726,3 +726,28 @@ TEST_CASE("processor sharing: with packing copies the climb also starts from the
   }
   CHECK(at_brute == cases);
 }
+
+TEST_CASE("processor sharing: past the exact program's budget the search says so and climbs") {
+  // k-split's fronts price every bucket of the model first: 1500 tensors are past their
+  // budget at once, so the search is the climb from the free-overlap partition.
+  std::mt19937_64 rng(5);
+  const Cluster c = load_cluster("local-cpu");
+  REQUIRE(c.sharing(2).any());
+  Model m = random_model(rng, 1500);
+  Tuner t(m, c, 2, 32, Precision::FP32);
+  TuneOptions o;
+  o.strategy = Strategy::KSplit;
+  o.segments = 2;
+  const TuneResult r = t.run(o);
+  CHECK_FALSE(r.proven());
+  CHECK(r.local_search == "past the exact program's budget");
+  REQUIRE(r.plan.buckets.size() == 2);
+  // Never worse than where it started: the free-overlap 2-split, judged under sharing.
+  Cluster free_overlap = c;
+  free_overlap.comm_compute_sharing = 0;
+  free_overlap.allreduce_sharing.reset();
+  Tuner ft(m, free_overlap, 2, 32, Precision::FP32);
+  std::vector<int> starts;
+  for (const auto& b : ft.run(o).plan.buckets) starts.push_back(b.begin);
+  CHECK(r.report.iteration_s <= t.evaluate(t.plan_for(starts, o)).iteration_s * (1 + 1e-12));
+}
