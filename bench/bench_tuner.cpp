@@ -114,6 +114,15 @@ int main() {
       row(what.c_str(), zm, c, base == &a100 ? 64 : 1024, 32, Strategy::Optimal, 3);
     }
   }
+  // With a packing copy before each allreduce (Horovod's) under the same slowdown: a local
+  // search, started from the free-overlap optimum, one bucket and the exact partition
+  // without the copies.
+  for (const char* name : {"resnet50", "bert_large"}) {
+    Cluster c = a100;
+    set_compute_slowdown(c, 0.189, "--compute-slowdown");
+    const std::string what = std::string(name) + ", dgx-a100 x 64, shared, pack";
+    row(what.c_str(), build_zoo_model(name), c, 64, 32, Strategy::Optimal, 3, Packing::Pack);
+  }
   // 10,000 tensors under sharing: past the programs' budgets, a local search with its own.
   {
     Cluster c = p40;
