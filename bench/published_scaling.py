@@ -24,9 +24,9 @@ efficiency of the layers of no known kind (SE-ResNeXt-101 32x4d's squeeze-and-ex
 FITTED to SE-ResNeXt-101's V100 rates and carried to the A100, whose two SE-ResNeXt-101
 rates are held out. The 8-GPU rates of the same tables are cases, and
 so are the TensorFlow (Horovod, XLA) runs of ResNet-50, ResNeXt-101 and SE-ResNeXt-101 on
-the same two servers and on 16 GPUs of a DGX-2, whose single-GPU rates are not fitted (ResNeXt-101 and SE-ResNeXt-101 are
-DeepLearningExamples' own: bench/models/dle_convnets.py, exported to bench/models/), and
-the MXNet (Horovod) runs of ResNet-50 on 2, 4 and 8 GPUs of the same servers and 2 to 16
+the same two servers and on 16 GPUs of a DGX-2, whose single-GPU rates are not fitted
+(ResNeXt-101 and SE-ResNeXt-101 are DeepLearningExamples' own: bench/models/dle_convnets.py,
+exported to bench/models/), and the MXNet (Horovod) runs of ResNet-50 on 2, 4 and 8 GPUs of the same servers and 2 to 16
 of a DGX-2 (dgx2-v100, which carries dgx1-v100's device as it is), none of them fitted.
 
 One scaling value is fitted: the fixed cost per step of a framework on a server at a
