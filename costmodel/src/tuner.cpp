@@ -1192,27 +1192,26 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
       return s;
     };
     std::vector<int> exact;
+    std::vector<std::vector<int>> seeds{starts};  // the local search's starting points
     if (SharedProgram::exact_for(cost, opt)) {
       exact = program(cost, starts);
       if (exact.empty()) local_search = "past the exact program's budget";
+    } else if (opt.streams > 1) {
+      local_search = "several streams";
     } else {
-      local_search = opt.streams > 1 ? "several streams" : "packing copies";
+      local_search = "packing copies";
+      // The exact partition without them (over the same backward steps) is a second start.
+      TuneOptions view = opt;
+      view.packing = Packing::View;
+      BucketCoster view_cost(model_, cluster_, coll_, view, ready);
+      std::vector<int> seed = program(view_cost, starts);
+      evaluations += view_cost.evaluations;
+      if (!seed.empty()) seeds.push_back(std::move(seed));
     }
     if (!exact.empty()) {
       starts = std::move(exact);
       objective = shared.objective(starts);
     } else {  // a local search: no bound to hold it to
-      std::vector<std::vector<int>> seeds{starts};
-      if (opt.streams == 1 && !SharedProgram::exact_for(cost, opt)) {
-        // Packing copies: the exact partition without them (over the same backward steps)
-        // is a second starting point.
-        TuneOptions view = opt;
-        view.packing = Packing::View;
-        BucketCoster view_cost(model_, cluster_, coll_, view, ready);
-        seeds.push_back(program(view_cost, starts));
-        evaluations += view_cost.evaluations;
-        if (seeds.back().empty()) seeds.pop_back();
-      }
       starts = shared.refine(std::move(seeds), opt.strategy == Strategy::KSplit, objective);
     }
     gap = 0;
