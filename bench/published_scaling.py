@@ -29,10 +29,15 @@ the same two servers and on 16 GPUs of a DGX-2, whose single-GPU rates are not f
 exported to bench/models/), and the MXNet (Horovod) runs of ResNet-50 on 2, 4 and 8 GPUs of the same servers and 2 to 16
 of a DGX-2 (dgx2-v100, which carries dgx1-v100's device as it is), none of them fitted.
 
-One scaling value is fitted: the fixed cost per step of a framework on a server at a
+Two scaling values are fitted. The fixed cost per step of a framework on a server at a
 precision (`--step-overhead`), from its ResNet-50 case, used by the same framework's
 other models on that server and precision, which are held out; the ResNet-50 cases are
-then in-sample and not counted. No other scaling result is fitted.
+then in-sample and not counted. And each DGX server's compute_variation (how much one
+GPU's forward and backward time varies; a step waits for its slowest GPU), by least
+squares on MXNet's FP32/TF32 runs of that server on 2, 4 and 8 (and 16) GPUs, which are
+then in-sample; MXNet's mixed-precision runs, and every other framework's runs on those
+servers, are held out. `--fit` refits both kinds of constant the cluster files carry. No
+other scaling result is fitted.
 
 `--compute-slowdown F` predicts every case with that what-if (`fuseplan predict
 --compute-slowdown`: backward F longer while an allreduce runs beside it), which the
@@ -243,6 +248,39 @@ def fit_class(binary, cluster, precision, model, batch, flags, target, classes, 
                                    model, batch, precision, flags), target, hi=hi)
 
 
+def fit_variation(binary):
+    """Each cluster's compute_variation: the value that minimises the squared error in
+    points of its cases marked `compute_variation: fitted`. The wait for the slowest GPU is
+    linear in the value (the predictor's expected maximum of N draws times it times the
+    step's forward and backward), so two predictions per case give each efficiency as a
+    function of it. Returns cluster -> value (5 decimals)."""
+    terms = {}
+    for c in CASES:
+        if c.get("compute_variation") != "fitted":
+            continue
+        assert c["base_gpus"] == 1 and "base_flags" not in c, c["name"]  # efficiency = single / iteration
+        zero = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"],
+                       [*c["flags"], "--compute-variation", "0"])
+        one = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"],
+                      [*c["flags"], "--compute-variation", "0.1"])
+        per_unit = one["variation_wait_s"] / 0.1
+        terms.setdefault(c["cluster"], []).append(
+            (zero["single_gpu_iteration_s"], zero["iteration_s"], per_unit, c["published"]))
+
+    def sq_error(rows, v):
+        return sum((single / (it + v * unit) - pub) ** 2 for single, it, unit, pub in rows)
+
+    values = {}
+    for cluster, rows in terms.items():
+        lo, hi = 0.0, 0.5  # golden-section search: the error is unimodal in v
+        g = (5 ** 0.5 - 1) / 2
+        for _ in range(80):
+            a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+            lo, hi = (lo, b) if sq_error(rows, a) <= sq_error(rows, b) else (a, hi)
+        values[cluster] = round((lo + hi) / 2, 5)
+    return values
+
+
 def device_but_name(cluster):
     device = dict(json.load(open(cluster_path(cluster)))["device"])
     device.pop("name")
@@ -304,10 +342,16 @@ def main():
             elif any(device["by_kind"].get(k) != v for k, v in kept.items()):
                 stale.append(name + " (the unfitted classes differ from p100-dgx1's)")
         stale += check_dle(a.bin)
+        for cluster, v in fit_variation(a.bin).items():
+            users = [c["name"] for c in CASES if c.get("compute_variation") == "fitted" and c["cluster"] == cluster]
+            print(f"{cluster}: compute_variation = {v} (least squares on {', '.join(users)})")
+            shipped = json.load(open(cluster_path(cluster))).get("compute_variation", 0)
+            if abs(shipped - v) > 2e-5:
+                stale.append(f"{cluster} (compute_variation)")
         if stale:
             print("published_scaling: the shipped values differ from the fit in " + ", ".join(stale))
             return 1
-        print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100"))
+        print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100", "dgx2-v100"))
               + "; " + ", ".join(f"{k} carries {v}'s device" for k, v in DEVICE_CARRIED.items()))
         return 0
 
@@ -400,11 +444,20 @@ def main():
         users = [c["name"] for c in CASES if c.get("step_overhead") == name]
         print(f"  {name:26s} {x:6.2f} ms, used by {', '.join(users)}")
     print()
-    print("# scaling efficiency, published vs predicted (no scaling result is fitted but the step overheads above)")
+    print("# compute variation per server (the cluster file's compute_variation): fitted by least squares on MXNet's "
+          "FP32/TF32 runs")
+    for cluster in sorted({c["cluster"] for c in CASES if c.get("compute_variation") == "fitted"}):
+        v = json.load(open(cluster_path(cluster))).get("compute_variation", 0)
+        users = [c["name"] for c in CASES if c.get("compute_variation") == "fitted" and c["cluster"] == cluster]
+        print(f"  {cluster:10s} {v:.5f}, fitted on {', '.join(users)}")
+    print()
+    print("# scaling efficiency, published vs predicted (no scaling result is fitted but the step overheads and "
+          "compute variations above)")
     print(f"  {'case':26s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
           f"  {'per GPU pub/pred':>17s} {'error':>7s}")
     for c in CASES:
         fitted = c.get("step_overhead") == "fitted"
+        what = "step overhead" if fitted else "compute variation" if c.get("compute_variation") == "fitted" else ""
         x = overhead_ms[c["name"] if fitted else c["step_overhead"]] if "step_overhead" in c else 0.0
         r, eff = fitted_rows[c["name"]] if fitted else efficiency(c, overhead_flags(x))
         per_gpu = r["throughput_samples_s"] / c["gpus"]
@@ -413,11 +466,11 @@ def main():
         gpu_err = f"{100 * (per_gpu / c['per_gpu'] - 1):+6.1f}%" if c["per_gpu"] else "      -"
         print(f"  {c['name']:26s} {c['gpus']:5d} {c['base_gpus']:4d}  {100 * c['published']:8.1f}% "
               f"{100 * eff:8.1f}% {100 * (eff - c['published']):+7.1f}  {pub_gpu} / {per_gpu:7.1f} {gpu_err}"
-              f"{'  (fitted: step overhead)' if fitted else ''}")
+              f"{'  (fitted: ' + what + ')' if what else ''}")
         rows.append({"case": c["name"], "cluster": c["cluster"], "model": c["model"], "gpus": c["gpus"],
                      "published": c["published"], "predicted": eff, "published_per_gpu": c["per_gpu"],
                      "predicted_per_gpu": per_gpu, "per_gpu_is": c.get("per_gpu_is", "measured"),
-                     "step_overhead_ms": x, "role": "fitted" if fitted else "held out",
+                     "step_overhead_ms": x, "role": "fitted" if what else "held out",
                      "source": c["source"], "strategy": c["strategy"]})
     # What each step loses against one GPU where the source gives both rates (one server's
     # GPUs or a whole cluster, against base 1): published, and what fuseplan's efficiency
@@ -440,7 +493,7 @@ def main():
     gpu_ok = sum(1 for r in measured if abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) <= 0.10)
     fitted_cases = len(scaling) - len(held)
     print(f"\n# within 3 points: {within} of the {len(held)} held-out cases (target: all; the {fitted_cases} cases "
-          f"whose step overhead is fitted are not counted)")
+          f"that fit a step overhead or a compute variation are not counted)")
     print(f"# per-GPU throughput within 10 %: {gpu_ok} of the {len(measured)} held-out cases that publish a "
           f"measured rate")
     # How far off the held-out cases are, beyond the count within the targets.

@@ -58,6 +58,10 @@ std::string partition_summary(const PipelineSchedule& s) {
 
 void run_schedule(ScheduleFlags& f) {
   f.setup.replicated_memory = false;  // sharded schedules fit where replicated ones do not
+  // The wait for the slowest GPU is the same for every schedule: they are compared without it.
+  if (f.setup.variation_opt->count())
+    throw InputError("--compute-variation: schedules are compared without the wait for the slowest GPU (the same "
+                     "for every schedule); leave it out");
   auto r = f.setup.resolve();
   ScheduleOptions o;
   o.transfer = r.transfer;
@@ -110,7 +114,14 @@ void run_schedule(ScheduleFlags& f) {
   out() << setup_line("schedule", r.model, r.cluster, r.gpus, r.batch, r.compute) << "\n";
   out() << "lower bound of any schedule: " << ms(bound.iteration_s) << " ms (compute " << ms(bound.compute_s)
         << ", first layer's round trip " << ms(bound.first_layer_s) << ", channel " << ms(bound.channel_s) << "; "
-        << (bound.certified ? "certified" : "on sizes 2^k only: the costs per element are not monotone") << ")\n\n";
+        << (bound.certified ? "certified" : "on sizes 2^k only: the costs per element are not monotone") << ")\n";
+  if (r.gpus > 1 && r.cluster.compute_variation > 0)
+    out() << "every schedule is priced without the wait for the slowest GPU (compute_variation "
+          << formatted(r.cluster.compute_variation, "%g") << ": "
+          << ms(expected_max_normal(r.gpus) * r.cluster.compute_variation *
+                (pm.compute().forward_s() + pm.compute().backward_s()))
+          << " ms on each; fuseplan predict adds it)\n";
+  out() << "\n";
   double fusion_s = 0;
   for (const auto& res : results)
     if (res.schedule.strategy == "fusion") fusion_s = res.result.iteration_s;

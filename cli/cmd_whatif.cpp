@@ -20,8 +20,8 @@ struct WhatIfFlags {
   std::string precisions = "fp16", transfer, algorithms = "auto", strategies = "optimal";
   int segments = 2, group = 0, torus_x = 0, max_gpus = 0;
   std::string nccl_version, profile;
-  double inter_lat_us = -1, compute_slowdown = 0;
-  CLI::Option* slowdown_opt = nullptr;
+  double inter_lat_us = -1, compute_slowdown = 0, compute_variation = 0;
+  CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr;
   FusionFlags fusion;
   GoalFlags goal;
   std::string out, deadline, solve = "bandwidth";
@@ -59,6 +59,7 @@ void run_whatif(const WhatIfFlags& f) {
   Cluster base = load_cluster(f.cluster);
   if (f.inter_lat_us != -1) set_inter_lat(base, f.inter_lat_us, "--inter-lat");
   if (f.slowdown_opt->count()) set_compute_slowdown(base, f.compute_slowdown, "--compute-slowdown");
+  if (f.variation_opt->count()) set_compute_variation(base, f.compute_variation, "--compute-variation");
   for (double bw : axes.inter_bw_Gbps) {  // each value checked here, to name the flag
     Cluster probe = base;
     set_inter_bw(probe, bw, "--inter-bw");
@@ -170,6 +171,7 @@ void add_whatif_command(CLI::App& app) {
   f->fusion.add(cmd);
   cmd->add_option("--inter-lat", f->inter_lat_us, "inter-node latency in microseconds (default: the cluster's)");
   f->slowdown_opt = add_compute_slowdown_option(cmd, f->compute_slowdown);
+  f->variation_opt = add_compute_variation_option(cmd, f->compute_variation);
   cmd->add_option("--profile", f->profile,
                   "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
                   "roofline; one --model and its precision");

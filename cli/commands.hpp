@@ -43,9 +43,9 @@ struct SetupFlags {
   ModelFlags model;
   std::string cluster = "tencent-p40", precision = "fp16", transfer, profile, nccl_version;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
-  double inter_bw_Gbps = 0, inter_lat_us = -1, intra_bw_GBps = 0, compute_slowdown = 0;
+  double inter_bw_Gbps = 0, inter_lat_us = -1, intra_bw_GBps = 0, compute_slowdown = 0, compute_variation = 0;
   GoalFlags goal_flags;
-  CLI::Option* slowdown_opt = nullptr;
+  CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
   // Refuse a model whose replicated states exceed the GPU's memory (schedule turns it
   // off: it prices sharded schedules and marks which fit).
@@ -62,7 +62,8 @@ struct SetupFlags {
   // cluster's size; batch to the model's default. Throws InputError naming the flag.
   Resolved resolve() const;
   // --inter-bw / --inter-lat / --intra-bw: what-if overrides of the cluster's networks;
-  // --compute-slowdown: of backward's rate beside a running allreduce.
+  // --compute-slowdown: of backward's rate beside a running allreduce; --compute-variation:
+  // the spread of one GPU's compute time per step.
   void apply_overrides(Cluster& c) const;
   // A saved plan bound with the model and cluster it names (--model/--cluster override
   // them) and the training goal: bind_scenario's checks, its warnings on stderr; the
@@ -118,6 +119,8 @@ void add_nccl_version_option(CLI::App* app, std::string& release);
 // --compute-slowdown (the what-if set_compute_slowdown applies); the option, to tell
 // whether it was given.
 CLI::Option* add_compute_slowdown_option(CLI::App* app, double& fraction);
+// --compute-variation (the what-if set_compute_variation applies); the option likewise.
+CLI::Option* add_compute_variation_option(CLI::App* app, double& cv);
 
 // A measured report (fuseplan-exec run --report) of `plan`: the same model, rank count,
 // batch and bucket count, or InputError naming both files.

@@ -33,8 +33,8 @@ void print_bucket_table(const Report& r, std::ostream& os) {
 void print_iteration_summary(const Report& r, std::ostream& os) {
   if (csv_output()) return;
   // Exposed time can exceed the allreduces' busy time (a measured run waits on slower
-  // ranks, a jittered one on stragglers): nothing is hidden then, and the summary says so
-  // instead of printing a negative share.
+  // ranks; a simulation shows that wait apart, variation_wait_s): nothing is hidden then,
+  // and the summary says so instead of printing a negative share.
   // The copies back (a plan packed on compute) are exposed too, but are not communication.
   const double exposed_allreduces_s = r.exposed_comm_s - r.copy_back_s;
   const double hidden = r.comm_busy_s > 0 ? std::clamp(1 - exposed_allreduces_s / r.comm_busy_s, 0.0, 1.0) : 1;
@@ -43,6 +43,7 @@ void print_iteration_summary(const Report& r, std::ostream& os) {
             << ms(r.backward_s) << " + exposed communication " << ms(r.exposed_comm_s)
             << (r.copy_back_s > 0 ? " (copies back " + ms(r.copy_back_s) + ")" : "") << " + optimizer "
             << ms(r.optimizer_s) << (r.step_overhead_s > 0 ? " + step overhead " + ms(r.step_overhead_s) : "")
+            << (r.variation_wait_s > 0 ? " + wait for the slowest GPU " + ms(r.variation_wait_s) : "")
             << " + data wait " << ms(r.data_wait_s) << "\n";
   os << "  communication        " << ms(r.comm_busy_s) << " ms busy, " << percent(hidden) << " hidden behind backward"
      << (waits ? " (exposed exceeds busy: the rest is waiting on other ranks)" : "") << "\n";

@@ -100,7 +100,7 @@ int run_app(CLI::App& app, int argc, char** argv, const std::string& prog) {
                              "--threads", "--resolution", "--channels", "--classes", "--inter-bw", "--intra-bw", "--max-steps",
                              "--checkpoint-every"})
       if (auto* o = sub->get_option_no_throw(name)) o->check(given(false));
-    for (const char* name : {"--inter-lat", "--device", "--compute-slowdown"})
+    for (const char* name : {"--inter-lat", "--device", "--compute-slowdown", "--compute-variation"})
       if (auto* o = sub->get_option_no_throw(name)) o->check(given(true));
   }
   // Output files are checked when the flags are read, not when a long run ends: a name (not

@@ -63,6 +63,7 @@ void SetupFlags::add(CLI::App* app) {
                   "what-if: bandwidth inside a node in GB/s per GPU per direction, as a ring step sees it (replaces an\n"
                   "NCCL cluster's rates per NVLink; default: the cluster's)");
   slowdown_opt = add_compute_slowdown_option(app, compute_slowdown);
+  variation_opt = add_compute_variation_option(app, compute_variation);
   goal_flags.add(app);
 }
 
@@ -197,6 +198,13 @@ CLI::Option* add_compute_slowdown_option(CLI::App* app, double& fraction) {
                          "0 on GPU clusters)");
 }
 
+CLI::Option* add_compute_variation_option(CLI::App* app, double& cv) {
+  return app->add_option("--compute-variation", cv,
+                         "what-if: how much one GPU's forward and backward time varies from step to step and GPU\n"
+                         "to GPU, as a relative standard deviation, 0 to 0.5; a step waits for its slowest GPU\n"
+                         "(sets compute_variation; default: the cluster's, 0 where it has none)");
+}
+
 void add_nccl_version_option(CLI::App* app, std::string& release) {
   std::string valid;
   for (const auto& r : nccl_releases()) valid += (valid.empty() ? "" : " | ") + r;
@@ -265,6 +273,7 @@ void SetupFlags::apply_overrides(Cluster& c) const {
   if (inter_lat_us != -1) set_inter_lat(c, inter_lat_us, "--inter-lat");
   if (intra_bw_GBps != 0) set_intra_bw(c, intra_bw_GBps, "--intra-bw");
   if (slowdown_opt->count()) set_compute_slowdown(c, compute_slowdown, "--compute-slowdown");
+  if (variation_opt->count()) set_compute_variation(c, compute_variation, "--compute-variation");
 }
 
 Report load_measured_run(const std::string& measured_path, const Plan& plan, const std::string& plan_path) {

@@ -102,7 +102,9 @@ TEST_CASE("pipeline: a barrier, FIFO allreduce of tensor-aligned buckets is the 
           const PipelineResult r = pm.evaluate(s);
           INFO(cname << " " << gpus << " GPUs, " << m.name << ", " << strategy_name(st));
           CHECK(r.converged);
-          CHECK(r.iteration_s == Approx(tr.report.iteration_s).epsilon(1e-9));
+          // The pipeline compares schedules without the wait for the slowest GPU (dgx-a100's
+          // compute_variation), the same for every schedule; the predictor adds it.
+          CHECK(r.iteration_s + tr.report.variation_wait_s == Approx(tr.report.iteration_s).epsilon(1e-9));
           CHECK(r.backward_end_s - r.backward_start_s == Approx(tr.report.backward_s).epsilon(1e-9));
           ++checked;
         }

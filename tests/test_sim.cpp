@@ -336,6 +336,37 @@ TEST_CASE("stragglers and jitter slow the iteration - the same seed gives the sa
   CHECK_THROWS_WITH(simulate(m, c, p, bad), Catch::Contains("rank 16 does not exist"));
 }
 
+TEST_CASE("compute variation: the simulated step waits for its slowest GPU as the predictor's expected maximum says") {
+  Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("dgx-a100");
+  c.compute_variation = 0.05;
+  Tuner t(m, c, 8, 64, Precision::FP16);
+  TuneOptions o;
+  o.strategy = Strategy::Ddp;
+  const TuneResult r = t.run(o);
+  const Plan& p = r.plan;
+  const Report& predicted = r.report;
+  REQUIRE(predicted.exposed_comm_s < 0.01 * predicted.iteration_s);  // the allreduces hide: the wait is exact
+  REQUIRE(predicted.variation_wait_s > 0.03 * predicted.iteration_s);
+  sim::SimOptions so;
+  so.iterations = 200;
+  auto j = simulate(m, c, p, so);
+  // 200 draws of the slowest of 8: the mean is within 3 standard errors (0.59 / sqrt(200) of
+  // one GPU's spread), about 9 % of the expected wait.
+  CHECK(j["variation_wait_s"].get<double>() == Approx(predicted.variation_wait_s).epsilon(0.09));
+  CHECK(j["iteration_s"].get<double>() == Approx(predicted.iteration_s).epsilon(0.01));
+  CHECK(j["exposed_comm_s"].get<double>() < 0.01 * predicted.iteration_s);
+  // Seeded: the same simulation again, another with another seed.
+  so.iterations = 5;
+  auto a = simulate(m, c, p, so);
+  CHECK(a.dump() == simulate(m, c, p, so).dump());
+  so.seed = 7;
+  CHECK(simulate(m, c, p, so)["iteration_s"] != a["iteration_s"]);
+  // Without variation, none is counted.
+  c.compute_variation = 0;
+  CHECK(!simulate(m, c, p, so).contains("variation_wait_s"));
+}
+
 TEST_CASE("an oversubscribed fat-tree slows what crosses the core, as a hand calculation says") {
   // 16 nodes of one rank, 8 nodes per leaf, 4:1 oversubscribed core.
   Cluster c = one_rank_per_node(16);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <stdexcept>
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
@@ -308,6 +309,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   c.job_bandwidth_factor =
       r.opt_in_range("job_bandwidth_factor", kMinJobBandwidthFactor, kMaxJobBandwidthFactor, "").value_or(1);
   c.reduce_bw_GBps = r.opt_in_range("reduce_bw_GBps", kMinGBps, kMaxGBps, "GB/s");
+  c.compute_variation = r.opt_in_range("compute_variation", 0, kMaxComputeVariation, "").value_or(0);
   if (auto ip = r.opt_object("input_pipeline")) {
     c.input_samples_per_s_per_gpu = ip->in_range("samples_per_s_per_gpu", 1e-3, 1e9, "samples/s");
     ip->finish();
@@ -406,6 +408,7 @@ nlohmann::json cluster_to_json(const Cluster& c) {
   if (c.allreduce_sharing) j["allreduce_sharing"] = *c.allreduce_sharing;
   if (c.dispatch_overhead_us > 0) j["dispatch_overhead_us"] = c.dispatch_overhead_us;
   if (c.job_bandwidth_factor != 1) j["job_bandwidth_factor"] = c.job_bandwidth_factor;
+  if (c.compute_variation > 0) j["compute_variation"] = c.compute_variation;
   if (c.intra.gpus_per_switch) j["intra_node"]["gpus_per_switch"] = c.intra.gpus_per_switch;
   if (c.intra.uplink_bw_GBps > 0) j["intra_node"]["uplink_bw_GBps"] = c.intra.uplink_bw_GBps;
   if (c.inter) {
@@ -555,6 +558,29 @@ void set_compute_slowdown(Cluster& c, double fraction, const std::string& flag) 
   const double v = checked(fraction, 0, 1, "(a fraction of backward's time)", false, flag);
   c.allreduce_sharing = c.allreduce_sharing.value_or(c.comm_compute_sharing);
   c.comm_compute_sharing = v;
+}
+
+void set_compute_variation(Cluster& c, double cv, const std::string& flag) {
+  c.compute_variation = checked(cv, 0, kMaxComputeVariation, "(a relative standard deviation)", false, flag);
+}
+
+double expected_max_normal(int n) {
+  if (n < 1) throw std::invalid_argument("expected_max_normal: n must be >= 1");
+  if (n == 1) return 0;
+  // E[max] = int_0^10 (1 - F(x)^n) dx - int_-10^0 F(x)^n dx, F the normal CDF (the
+  // integrands are below 1e-20 beyond +-10 for n <= 2^20), each half by Simpson's rule: the
+  // two meet in a jump at 0. F^n as exp(n log F), log F = log1p(-Q) for accuracy in the tail.
+  const double h = 1.0 / 512;
+  const int steps = 10 * 512;
+  auto simpson = [&](auto&& g) {
+    double sum = g(0.0) + g(10.0);
+    for (int k = 1; k < steps; ++k) sum += g(k * h) * (k % 2 ? 4 : 2);
+    return sum * h / 3;
+  };
+  auto upper_tail = [](double x) { return 0.5 * std::erfc(x / std::sqrt(2.0)); };  // 1 - F(x)
+  const double above = simpson([&](double x) { return -std::expm1(n * std::log1p(-upper_tail(x))); });
+  const double below = simpson([&](double x) { return std::exp(n * std::log1p(-upper_tail(-x))); });
+  return above - below;
 }
 
 Cluster grown_to(Cluster c, int gpus, const std::string& flag) {

@@ -380,9 +380,17 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   }
   // The plan's fixed cost per step, paid on more than one GPU only, after the optimizer.
   r.step_overhead_s = plan.gpus > 1 ? plan.step_overhead_s : 0;
+  // The wait for the slowest GPU: each GPU's forward and backward vary (compute_variation),
+  // and every allreduce needs every GPU's gradients, so the step ends as late as the slowest
+  // GPU's backward makes it: the expected maximum of gpus normal draws, over the mean. Exact
+  // where the allreduces hide behind backward; where they queue, a late GPU's buckets can
+  // wait less, and this is an upper bound. Per micro-batch: under no_sync the spread of the
+  // whole accumulation's compute, shared by its micro-batches, is the same per micro-batch.
+  r.variation_wait_s = expected_max_normal(plan.gpus) * cluster.compute_variation *
+                       (compute.forward_s() + compute.backward_s());
   double busy = r.forward_s + (plan.accumulate.no_sync ? r.backward_s + r.exposed_comm_s
                                                        : synced_end_s + r.copy_back_s) + r.optimizer_s +
-                r.step_overhead_s;
+                r.step_overhead_s + r.variation_wait_s;
   r.data_wait_s = compute.data_wait_s(busy);
   r.iteration_s = busy + r.data_wait_s;
   double single_busy = r.forward_s + compute.backward_s() + r.optimizer_s;
@@ -418,6 +426,9 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     if (r.step_overhead_s > 0)
       ev.push_back({0, "compute", trace_name::kStepOverhead, "overhead", optimizer_start + optimizer_step_s,
                     r.step_overhead_s, 0});
+    if (r.variation_wait_s > 0)
+      ev.push_back({0, "compute", trace_name::kSlowestGpu, "wait", optimizer_start + optimizer_step_s + r.step_overhead_s,
+                    r.variation_wait_s, 0});
   }
   return r;
 }

@@ -86,6 +86,7 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                    {"time_to_train_s", r.time_to_train_s},
                    {"buckets", buckets}};
   if (r.step_overhead_s > 0) j["step_overhead_s"] = r.step_overhead_s;
+  if (r.variation_wait_s > 0) j["variation_wait_s"] = r.variation_wait_s;
   if (r.copy_back_s > 0) j["copy_back_s"] = r.copy_back_s;
   if (with_timeline) j["timeline"] = timeline_to_json(r.timeline);
   return j;
@@ -145,6 +146,7 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
     *field = o.non_negative(key);
   if (auto v = o.opt_in_range("step_overhead_s", 0, kMaxStepOverheadMs * 1e-3, "s")) r.step_overhead_s = *v;
   if (o.has("copy_back_s")) r.copy_back_s = o.non_negative("copy_back_s");
+  if (o.has("variation_wait_s")) r.variation_wait_s = o.non_negative("variation_wait_s");
   r.dataset_size = o.integer("dataset_size", 0, INT64_MAX);
   r.iterations_to_train = o.integer("iterations_to_train", 0, INT64_MAX);
   r.goal = o.string("goal");

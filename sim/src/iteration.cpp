@@ -128,6 +128,10 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   std::vector<double> slow(P, 1.0);
   for (const auto& [rank, factor] : opt.stragglers) slow[rank] *= factor;
   std::vector<double> iteration_end(P, 0), last_bwd_start(P, 0), last_bwd_end(P, 0), last_copies_end(P, 0);
+  // Each rank's forward and backward span per iteration (from its iteration's start): the
+  // wait for the slowest GPU where compute varies (compute_variation, jitter, stragglers).
+  std::vector<std::vector<double>> spans(P, std::vector<double>(N, 0));
+  const bool varies = c.compute_variation > 0 || opt.jitter > 0 || !opt.stragglers.empty();
   std::vector<std::vector<std::pair<double, double>>> bucket_times(P, std::vector<std::pair<double, double>>(B));
   Mailboxes boxes(P, std::max(streams, 1));
   auto traced = [&](int r) { return r < opt.trace_ranks; };
@@ -141,9 +145,14 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     sg4::Actor::create(std::string("compute").append(std::to_string(r)), plat.hosts[r], [&, r] {
       std::mt19937_64 rng(opt.seed * 1000003u + static_cast<uint64_t>(r));
       std::normal_distribution<double> noise(0.0, opt.jitter);
+      // The cluster's compute_variation: one draw per rank and iteration for its forward and
+      // backward, from a stream of its own (the jitter's draws stay as they were).
+      std::mt19937_64 step_rng(opt.seed * 1000003u + static_cast<uint64_t>(r) + 0x9e3779b97f4a7c15u);
+      std::normal_distribution<double> step_noise(0.0, c.compute_variation);
+      double step_factor = 1;
       int it = 0;
-      auto work = [&](double nominal, const std::string& name, const char* cat) {
-        double f = slow[r] * (opt.jitter > 0 ? std::max(0.1, 1 + noise(rng)) : 1.0);
+      auto work = [&](double nominal, const std::string& name, const char* cat, bool varied = true) {
+        double f = slow[r] * (opt.jitter > 0 ? std::max(0.1, 1 + noise(rng)) : 1.0) * (varied ? step_factor : 1.0);
         double t0 = sg4::Engine::get_clock();
         if (!sigma.any()) {
           sg4::this_actor::sleep_for(nominal * f);
@@ -156,6 +165,8 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
       };
       RankState& s = state[r];
       for (; it < N; ++it) {
+        const double iteration_start = sg4::Engine::get_clock();
+        step_factor = c.compute_variation > 0 ? std::max(0.1, 1 + step_noise(step_rng)) : 1.0;
         // Each simulated iteration allreduces once. Under no_sync it is a whole accumulation:
         // micro_batches - 1 that only compute (one span of work, one jitter draw, whatever
         // their number), then the allreducing one.
@@ -175,13 +186,14 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
           s.cv->notify_all();
         }
         last_bwd_end[r] = sg4::Engine::get_clock();
+        spans[r][it] = last_bwd_end[r] - iteration_start;
         // The copies back, in bucket order, each once its allreduce has ended.
         for (int b = 0; copies && b < B; ++b) {
           {
             std::unique_lock lock(*s.mutex);
             while (!s.bucket_done[size_t(it) * B + b]) s.cv->wait(lock);
           }
-          if (copy_s[size_t(b)] > 0) work(copy_s[size_t(b)], trace_name::copy_back(b), "copy");
+          if (copy_s[size_t(b)] > 0) work(copy_s[size_t(b)], trace_name::copy_back(b), "copy", false);
         }
         {
           std::unique_lock lock(*s.mutex);
@@ -189,7 +201,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
         }
         last_copies_end[r] = sg4::Engine::get_clock();
         // The whole step once per accumulation under no_sync; else each micro-batch's share.
-        work(no_sync ? optimizer_step_s : optimizer_step_s / micro_batches, trace_name::kOptimizer, "optimizer");
+        work(no_sync ? optimizer_step_s : optimizer_step_s / micro_batches, trace_name::kOptimizer, "optimizer", false);
         if (overhead_s > 0) {  // the plan's fixed cost per micro-batch: the host's, no jitter or slow-down
           const double t0 = sg4::Engine::get_clock();
           sg4::this_actor::sleep_for(overhead_s * (no_sync ? micro_batches : 1));
@@ -267,7 +279,22 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   }
   double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N / (no_sync ? micro_batches : 1);
   rep.step_overhead_s = overhead_s;
-  rep.exposed_comm_s = std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s - overhead_s);
+  // The wait for the slowest GPU, as simulated: the mean over iterations of the slowest
+  // rank's forward and backward, beyond the predicted span (per micro-batch). Without any
+  // variation none is counted.
+  rep.variation_wait_s = 0;
+  if (varies) {
+    const int per = no_sync ? micro_batches : 1;
+    double slowest = 0;
+    for (int it = 0; it < N; ++it) {
+      double s = 0;
+      for (int r = 0; r < P; ++r) s = std::max(s, spans[r][it]);
+      slowest += s / N;
+    }
+    rep.variation_wait_s = std::max(0.0, slowest / per - rep.forward_s - rep.backward_s);
+  }
+  rep.exposed_comm_s =
+      std::max(0.0, busy - rep.forward_s - rep.backward_s - rep.optimizer_s - overhead_s - rep.variation_wait_s);
   rep.data_wait_s = compute.data_wait_s(busy);
   rep.iteration_s = busy + rep.data_wait_s;
   finish_report(rep, goal, sequence_length(m));

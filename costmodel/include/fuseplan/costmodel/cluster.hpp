@@ -167,6 +167,12 @@ struct Cluster {
   // training's, make a step's allreduces move bytes slower than a sweep's, also after
   // backward. Fitted to plan runs by fuseplan calibrate --plan --fit bandwidth.
   double job_bandwidth_factor = 1;
+  // How much one GPU's computation of a step varies, from step to step and GPU to GPU: the
+  // relative standard deviation of its forward and backward time, each GPU's independent
+  // of the others' (clocks under power and thermal limits, host interruptions). A
+  // synchronous step waits for its slowest GPU (expected_max_normal). 0 = every GPU
+  // computes in the same time.
+  double compute_variation = 0;
   std::map<std::string, std::vector<Calibration>> calibrated;  // per algorithm, size segments
   std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
 
@@ -222,5 +228,17 @@ void set_intra_bw(Cluster& c, double GBps, const std::string& flag);
 // had (allreduce_sharing takes its current value where the file left it to follow
 // comm_compute_sharing), so only the computation's side changes.
 void set_compute_slowdown(Cluster& c, double fraction, const std::string& flag);
+// The relative standard deviation of one GPU's compute time per step, in
+// [0, kMaxComputeVariation]: compute_variation.
+void set_compute_variation(Cluster& c, double cv, const std::string& flag);
+
+// The largest compute_variation a file or a what-if may give: a standard deviation of half
+// the step (the normal model then gives steps of negative length 2 % of the time).
+inline constexpr double kMaxComputeVariation = 0.5;
+
+// E[max(Z_1..Z_n)] of n independent standard normal variables: 0 for n = 1, 1/sqrt(pi)
+// for 2, about 1.42 for 8 and 3.25 for 1024. The wait of a synchronous step for its
+// slowest of n GPUs is this times the spread of one GPU's compute time.
+double expected_max_normal(int n);
 
 }  // namespace fuseplan

@@ -40,6 +40,8 @@ inline std::string copy_back(int index) { return "copy back " + std::to_string(i
 inline constexpr const char* kOptimizer = "optimizer";
 inline constexpr const char* kDataWait = "data wait";
 inline constexpr const char* kStepOverhead = "step overhead";  // the plan's fixed cost per step
+// The predicted wait for the slowest GPU's forward and backward (Cluster::compute_variation).
+inline constexpr const char* kSlowestGpu = "wait for the slowest GPU";
 // A simulated accumulation's micro-batches that only compute (no_sync), as one event.
 inline constexpr const char* kLocalMicroBatches = "micro-batches without allreduce";
 }  // namespace trace_name
@@ -79,6 +81,8 @@ struct Report {
   double exposed_comm_s = 0;        // communication not hidden behind backward, copies back included
   double copy_back_s = 0;           // of which the copies back after the last allreduce (PackOn::Compute)
   double step_overhead_s = 0;       // the plan's fixed cost per step on more than one GPU (Plan::step_overhead_s)
+  double variation_wait_s = 0;      // the step's wait for its slowest GPU's forward and backward (compute_variation;
+                                    // simulated: stragglers and jitter too)
   double throughput_samples_s = 0;
   double single_gpu_iteration_s = 0;
   double scaling_efficiency = 0;    // single-GPU iteration time / iteration time
