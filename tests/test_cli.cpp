@@ -1538,6 +1538,20 @@ TEST_CASE("cli: one vocabulary: old spellings warn and still work, clusters grow
     CHECK(length(slowed) == Approx(length(free_overlap)).epsilon(1e-12));
   }
   CHECK(run_stdout(r101 + "--compute-slowdown 0").out == run_stdout(r101).out);
+  // --compute-variation: the cluster's spread of each GPU's step; the wait for the slowest
+  // GPU grows with it and with the GPU count; 0 takes the shipped value away.
+  const auto wait_of = [](const Run& r) { return nlohmann::json::parse(r.out).value("variation_wait_s", 0.0); };
+  CHECK(wait_of(run_stdout(a100)) > 0);  // dgx-a100 ships one
+  CHECK(wait_of(run_stdout(a100 + "--compute-variation 0")) == 0);
+  CHECK(wait_of(run_stdout(a100 + "--compute-variation 0.1")) > wait_of(run_stdout(a100)));
+  CHECK(wait_of(run_stdout("predict --model resnet50 --cluster dgx-a100 --gpus 64 --json --compute-variation 0.1")) >
+        wait_of(run_stdout(a100 + "--compute-variation 0.1")));
+  CHECK(iteration(run_stdout(base + "--compute-variation 0.05")) > iteration(run_stdout(base)));
+  CHECK_THAT(run_stdout("predict --model resnet50 --cluster dgx-a100 --gpus 8").out,
+             Catch::Contains(" + wait for the slowest GPU "));
+  expect_bad("whatif --compute-variation 0.6", "--compute-variation: must be in [0, 0.5]");
+  expect_bad("schedule --model resnet50 --cluster dgx-a100 --gpus 8 --compute-variation 0.1",
+             "--compute-variation: schedules are compared without the wait for the slowest GPU");
   expect_bad("whatif --profile /nonexistent/p.json", "/nonexistent/p.json");
   expect_bad("whatif --model resnet50,alexnet_bn --profile /nonexistent/p.json", "give one --model");
 }
