@@ -351,7 +351,8 @@ def main():
         if stale:
             print("published_scaling: the shipped values differ from the fit in " + ", ".join(stale))
             return 1
-        print("the shipped clusters carry these values: " + ", ".join(P100_CLUSTERS + ("dgx1-v100", "dgx-a100", "dgx2-v100"))
+        carriers = P100_CLUSTERS + ("dgx1-v100", "dgx-a100", "dgx2-v100")
+        print("the shipped clusters carry these values: " + ", ".join(carriers)
               + "; " + ", ".join(f"{k} carries {v}'s device" for k, v in DEVICE_CARRIED.items()))
         return 0
 

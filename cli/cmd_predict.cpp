@@ -20,8 +20,10 @@ struct PredictFlags {
   std::string pack_on = "comm";
   double cycle_ms = 0;
   double measured_efficiency = 0;
+  std::string fit = "step-overhead";
   StepFlags step;
   CLI::Option* measured_opt = nullptr;
+  CLI::Option* fit_opt = nullptr;
   CLI::Option* cycle_opt = nullptr;
   CLI::Option* buckets_opt = nullptr;
   CLI::Option* pack_on_opt = nullptr;
@@ -78,36 +80,68 @@ void print_report(const Report& r, const Scenario& s, const std::string& plan_or
   if (!f.trace_path.empty()) out() << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
 }
 
-// --measured-efficiency: the plan's step overhead replaced by the one that reproduces
-// the measured efficiency. Refusals name the flag; the fit itself is the library's.
-StepOverheadFit fit_measured(Scenario& s, const PredictFlags& f) {
+// --measured-efficiency: the plan's step overhead, or with --fit compute-variation the
+// cluster's compute_variation, replaced by the value that reproduces the measured
+// efficiency. Refusals name the flag; the fit itself is the library's.
+Calibrated calibrated(const PredictFlags& f) {
+  if (f.fit_opt->count() && !f.measured_opt->count()) throw InputError("--fit: applies with --measured-efficiency");
+  if (f.fit == "step-overhead") return Calibrated::StepOverhead;
+  if (f.fit == "compute-variation") return Calibrated::ComputeVariation;
+  throw InputError("--fit: unknown value '" + f.fit + "' (valid: step-overhead, compute-variation)");
+}
+
+EfficiencyFit fit_measured(Scenario& s, const PredictFlags& f) {
   const double e = f.measured_efficiency;
-  if (f.step.overhead_opt->count())
+  const Calibrated what = calibrated(f);
+  const bool overhead = what == Calibrated::StepOverhead;
+  if (overhead && f.step.overhead_opt->count())
     throw InputError("--measured-efficiency and --step-overhead are exclusive: the first fits the second");
+  if (!overhead && f.setup.variation_opt->count())
+    throw InputError("--measured-efficiency --fit compute-variation and --compute-variation are exclusive: the first "
+                     "fits the second");
   if (!(e > 0 && e <= 1)) throw InputError("--measured-efficiency: must be in (0, 1] (got " + formatted(e, "%g") + ")");
   if (s.plan.gpus < 2)
-    throw InputError("--measured-efficiency: needs more than one GPU (a step overhead is paid on more than one only)");
-  const StepOverheadFit fit = fit_step_overhead(s, e);
-  if (fit.kind == StepOverheadFit::Kind::Beyond)
-    throw InputError("--measured-efficiency: " + percent(e, 2) + " would need a step overhead above " +
-                     formatted(kMaxStepOverheadMs, "%g") + " ms (the --step-overhead range); the prediction without "
-                     "one is " + percent(fit.efficiency_without, 2));
-  s.plan.step_overhead_s = fit.overhead_s;
+    throw InputError(std::string("--measured-efficiency: needs more than one GPU (") +
+                     (overhead ? "a step overhead" : "the wait for the slowest GPU") + " is paid on more than one only)");
+  const EfficiencyFit fit = fit_to_efficiency(s, e, what);
+  if (fit.kind == EfficiencyFit::Kind::Beyond)
+    throw InputError("--measured-efficiency: " + percent(e, 2) + " would need " +
+                     (overhead ? "a step overhead above " + formatted(kMaxStepOverheadMs, "%g") +
+                                     " ms (the --step-overhead range)"
+                               : "a compute variation above " + formatted(kMaxComputeVariation, "%g") +
+                                     " (the --compute-variation range)") +
+                     "; the prediction without one is " + percent(fit.efficiency_without, 2));
+  (overhead ? s.plan.step_overhead_s : s.cluster.compute_variation) = fit.value;
   return fit;
 }
 
-void print_fit(const StepOverheadFit& fit, double measured, double replaced_s) {
+// What the fit found, with the flag that carries it to other predictions. `replaced`:
+// the value the setup had (the plan's step overhead or the cluster's compute variation).
+void print_fit(const EfficiencyFit& fit, Calibrated what, double measured, double replaced) {
+  const bool overhead = what == Calibrated::StepOverhead;
+  const std::string name = overhead ? "step overhead" : "compute variation";
+  auto shown = [overhead](double v) { return overhead ? formatted(v * 1e3, "%.3f") : formatted(v, "%.5f"); };
+  const std::string unit = overhead ? " ms" : "";
   out() << "\n  measured efficiency  " << percent(measured, 2) << ": ";
-  if (fit.kind == StepOverheadFit::Kind::AtOrBelow) {
-    out() << "the prediction without a step overhead, " << percent(fit.efficiency_without, 2)
-          << ", is already at or below it: no step overhead fits (what differs is in the priced terms)"
-          << (replaced_s > 0 ? "; the plan's " + formatted(replaced_s * 1e3, "%g") + " ms is dropped" : "") << "\n";
+  if (fit.kind == EfficiencyFit::Kind::AtOrBelow) {
+    out() << "the prediction without a " << name << ", " << percent(fit.efficiency_without, 2)
+          << ", is already at or below it: no " << name << " fits (what differs is in the priced terms)"
+          << (replaced > 0 ? "; the " + std::string(overhead ? "plan's " : "cluster's ") + shown(replaced) + unit +
+                                 " is dropped"
+                           : "")
+          << "\n";
     return;
   }
-  out() << "a step overhead of " << formatted(fit.overhead_s * 1e3, "%.3f") << " ms per step reproduces it"
-        << (replaced_s > 0 ? " (replacing the plan's " + formatted(replaced_s * 1e3, "%g") + " ms)" : "")
-        << ";\n                       give --step-overhead " << formatted(fit.overhead_s * 1e3, "%.3f")
-        << " to predict other models of the same framework, cluster and precision\n";
+  out() << "a " << name << " of " << shown(fit.value) << unit << (overhead ? " per step" : "") << " reproduces it"
+        << (replaced > 0 ? " (replacing the " + std::string(overhead ? "plan's " : "cluster's ") + shown(replaced) +
+                               unit + ")"
+                         : "")
+        << ";\n                       give --" << (overhead ? "step-overhead " : "compute-variation ")
+        << shown(fit.value)
+        << (overhead ? " to predict other models of the same framework, cluster and precision\n"
+                     : " (or set compute_variation in the cluster file)\n"
+                       "                       to predict other GPU counts and models on this cluster: its wait\n"
+                       "                       grows with the GPU count as the slowest of N does\n");
 }
 
 // The same model, cluster and GPUs with the fusions users know, for scale.
@@ -157,17 +191,22 @@ void add_predict_command(CLI::App& app) {
   f->step.add(cmd);
   f->measured_opt = cmd->add_option(
       "--measured-efficiency", f->measured_efficiency,
-      "a scaling efficiency measured on this setup against one GPU, in (0, 1]: fit the step overhead that\n"
-      "reproduces it (--step-overhead; the framework's cost per step beyond what the model prices), print it\n"
-      "and predict with it");
+      "a scaling efficiency measured on this setup against one GPU, in (0, 1]: fit the value --fit names that\n"
+      "reproduces it, print it and predict with it");
+  f->fit_opt = cmd->add_option("--fit", f->fit,
+                               "with --measured-efficiency: step-overhead (a fixed cost per step, the framework's "
+                               "beyond\nwhat the model prices; for the GPU count measured) | compute-variation (the "
+                               "cluster's spread of\neach GPU's step, whose wait grows with the GPU count)")
+                   ->capture_default_str();
   cmd->add_option("--trace", f->trace_path, "write a Chrome trace (JSON for ui.perfetto.dev) to FILE");
   cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
   cmd->add_flag("--json", f->json, "print the report as JSON");
   cmd->callback([f] {
     std::string plan_origin;
     Scenario s = resolve(*f, &plan_origin);
-    const double given_overhead_s = s.plan.step_overhead_s;
-    std::optional<StepOverheadFit> fit;
+    const Calibrated what = calibrated(*f);
+    const double given = what == Calibrated::StepOverhead ? s.plan.step_overhead_s : s.cluster.compute_variation;
+    std::optional<EfficiencyFit> fit;
     if (f->measured_opt->count()) fit = fit_measured(s, *f);
     Report r = predict(s);
     if (!f->trace_path.empty()) r.timeline.write_chrome_trace(f->trace_path);
@@ -179,15 +218,17 @@ void add_predict_command(CLI::App& app) {
     if (f->json) {
       auto j = report_to_json(r);
       if (fit) {
+        const std::string key = what == Calibrated::StepOverhead ? "step_overhead" : "compute_variation";
         j["measured_efficiency"] = f->measured_efficiency;
-        j["step_overhead_fit"] = fit->kind == StepOverheadFit::Kind::Fitted ? "fitted" : "at-or-below";
-        j["efficiency_without_step_overhead"] = fit->efficiency_without;
+        j[key + "_fit"] = fit->kind == EfficiencyFit::Kind::Fitted ? "fitted" : "at-or-below";
+        j["efficiency_without_" + key] = fit->efficiency_without;
+        if (what == Calibrated::ComputeVariation) j["compute_variation"] = fit->value;
       }
       out() << j.dump(2) << "\n";
       return;
     }
     print_report(r, s, plan_origin, *f);
-    if (fit) print_fit(*fit, f->measured_efficiency, given_overhead_s);
+    if (fit) print_fit(*fit, what, f->measured_efficiency, given);
     if (s.plan.gpus > 1) {
       CollectiveModel coll(s.cluster, s.plan.gpus, s.collective);
       ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);

@@ -309,6 +309,26 @@ TEST_CASE("cli: predict --measured-efficiency fits the step overhead that reprod
   expect_bad(setup + " --measured-efficiency 0.9 --step-overhead 3",
              "--measured-efficiency and --step-overhead are exclusive");
   expect_bad("predict --gpus 1 --measured-efficiency 0.9", "--measured-efficiency: needs more than one GPU");
+  // --fit compute-variation: the cluster's spread instead, whose wait prices other GPU counts.
+  const auto cv = json_of(setup + " --json --measured-efficiency 0.95 --fit compute-variation");
+  CHECK(cv["compute_variation_fit"] == "fitted");
+  CHECK(cv["scaling_efficiency"].get<double>() == Approx(0.95).margin(1e-9));
+  const double v = cv["compute_variation"].get<double>();
+  CHECK(v > 0.01);
+  CHECK(v < 0.5);
+  std::ostringstream vs;
+  vs.precision(12);
+  vs << v;
+  CHECK(json_of(setup + " --json --compute-variation " + vs.str())["iteration_s"].get<double>() ==
+        Approx(cv["iteration_s"].get<double>()).epsilon(1e-9));
+  CHECK_THAT(run(setup + " --measured-efficiency 0.95 --fit compute-variation").out,
+             Catch::Contains("a compute variation of ") && Catch::Contains("give --compute-variation "));
+  expect_bad(setup + " --fit compute-variation", "--fit: applies with --measured-efficiency");
+  expect_bad(setup + " --measured-efficiency 0.9 --fit speed", "--fit: unknown value 'speed' (valid: step-overhead, "
+                                                               "compute-variation)");
+  expect_bad(setup + " --measured-efficiency 0.9 --fit compute-variation --compute-variation 0.1",
+             "--fit compute-variation and --compute-variation are exclusive");
+  expect_bad(setup + " --measured-efficiency 0.01 --fit compute-variation", "would need a compute variation above 0.5");
 }
 
 TEST_CASE("cli: export --to ddp writes settings both torches honour and torch 1.13's on --torch 1.13") {

@@ -347,7 +347,8 @@ TEST_CASE("compute variation: the step waits for its slowest GPU's forward and b
   CHECK(cluster_from_json(j, "c.json").compute_variation == Approx(0.05));
   CHECK(!cluster_to_json(none).contains("compute_variation"));
   j["compute_variation"] = 0.6;
-  CHECK_THROWS_WITH(cluster_from_json(j, "c.json"), Catch::Contains("c.json: $.compute_variation: must be in [0, 0.5]"));
+  CHECK_THROWS_WITH(cluster_from_json(j, "c.json"),
+                    Catch::Contains("c.json: $.compute_variation: must be in [0, 0.5]"));
   CHECK_THROWS_WITH(set_compute_variation(c, -0.1, "--x"), Catch::StartsWith("--x: must be in [0, 0.5]"));
   set_compute_variation(c, 0, "--x");
   CHECK(predict_toy(m, c, p).iteration_s == Approx(base.iteration_s));
@@ -892,6 +893,7 @@ TEST_CASE("a step overhead fitted to a measured efficiency reproduces it, also w
   const Plan plan = make_plan(m, "tencent-p40", 16, 64, Precision::FP16,
                               buckets_from_spec("threshold:25MB", m, "auto", Precision::FP16), "threshold:25MB");
   const Scenario s = bind_scenario(m, c, plan, {}, training_goal(m), "plan.json");
+  auto overhead = [](const Scenario& sc, double e) { return fit_to_efficiency(sc, e, Calibrated::StepOverhead); };
   const Report none = predict(s, false);
   REQUIRE(none.data_wait_s == 0);
   // An input pipeline just slower than one GPU's step: the 16-GPU step waits for data
@@ -903,24 +905,57 @@ TEST_CASE("a step overhead fitted to a measured efficiency reproduces it, also w
   for (const Scenario* sc : {&s, &fed}) {
     const double without = predict(*sc, false).scaling_efficiency;
     for (double measured : {without - 0.01, 0.9, 0.6}) {
-      const StepOverheadFit fit = fit_step_overhead(*sc, measured);
-      REQUIRE(fit.kind == StepOverheadFit::Kind::Fitted);
+      const EfficiencyFit fit = fit_to_efficiency(*sc, measured, Calibrated::StepOverhead);
+      REQUIRE(fit.kind == EfficiencyFit::Kind::Fitted);
       CHECK(fit.efficiency_without == Approx(without));
       Scenario with = *sc;
-      with.plan.step_overhead_s = fit.overhead_s;
+      with.plan.step_overhead_s = fit.value;
       CHECK(predict(with, false).scaling_efficiency == Approx(measured).margin(1e-9));
     }
-    CHECK(fit_step_overhead(*sc, 1.0).kind == StepOverheadFit::Kind::AtOrBelow);
-    CHECK(fit_step_overhead(*sc, 1.0).overhead_s == 0);
-    CHECK(fit_step_overhead(*sc, 0.001).kind == StepOverheadFit::Kind::Beyond);
+    CHECK(overhead(*sc, 1.0).kind == EfficiencyFit::Kind::AtOrBelow);
+    CHECK(overhead(*sc, 1.0).value == 0);
+    CHECK(overhead(*sc, 0.001).kind == EfficiencyFit::Kind::Beyond);
   }
   // Where the loader hides part of the overhead, the fit takes more than a linear one would.
   const double measured = 0.9;
   const double linear_s = fed_none.iteration_s * (fed_none.scaling_efficiency / measured - 1);
-  CHECK(fit_step_overhead(fed, measured).overhead_s > linear_s * 1.01);
+  CHECK(overhead(fed, measured).value > linear_s * 1.01);
   Scenario one = s;
   one.plan.gpus = 1;
-  CHECK_THROWS_AS(fit_step_overhead(one, 0.9), InputError);
-  CHECK_THROWS_AS(fit_step_overhead(s, 0), InputError);
-  CHECK_THROWS_AS(fit_step_overhead(s, 1.01), InputError);
+  CHECK_THROWS_AS(overhead(one, 0.9), InputError);
+  CHECK_THROWS_AS(overhead(s, 0), InputError);
+  CHECK_THROWS_AS(overhead(s, 1.01), InputError);
+}
+
+TEST_CASE("a compute variation fitted to a measured efficiency reproduces it, and prices other GPU counts") {
+  const Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("dgx1-v100");
+  c.compute_variation = 0;
+  auto scenario = [&](int gpus) {
+    const Plan plan = make_plan(m, "dgx1-v100", gpus, 96, Precision::FP32,
+                                buckets_from_spec("threshold:25MB", m, "auto", Precision::FP32), "threshold:25MB");
+    return bind_scenario(m, c, plan, {}, training_goal(m), "plan.json");
+  };
+  const Scenario eight = scenario(8);
+  const double without = predict(eight, false).scaling_efficiency;
+  const double measured = without - 0.02;
+  const EfficiencyFit fit = fit_to_efficiency(eight, measured, Calibrated::ComputeVariation);
+  REQUIRE(fit.kind == EfficiencyFit::Kind::Fitted);
+  CHECK(fit.efficiency_without == Approx(without));
+  Scenario with = eight;
+  with.cluster.compute_variation = fit.value;
+  CHECK(predict(with, false).scaling_efficiency == Approx(measured).margin(1e-9));
+  // The wait it prices grows as the slowest of N: on 2 GPUs the fitted value's wait is
+  // 0.56 / 1.42 of the 8-GPU one (the same forward and backward per GPU).
+  Scenario two = scenario(2);
+  two.cluster.compute_variation = fit.value;
+  CHECK(predict(two, false).variation_wait_s ==
+        Approx(predict(with, false).variation_wait_s * expected_max_normal(2) / expected_max_normal(8)));
+  // Its range's top, and none where the prediction is already at or below.
+  CHECK(fit_to_efficiency(eight, 1.0, Calibrated::ComputeVariation).kind == EfficiencyFit::Kind::AtOrBelow);
+  const EfficiencyFit beyond = fit_to_efficiency(eight, 0.01, Calibrated::ComputeVariation);
+  CHECK(beyond.kind == EfficiencyFit::Kind::Beyond);
+  CHECK(beyond.value == kMaxComputeVariation);
+  CHECK_THROWS_WITH(fit_to_efficiency(scenario(1), 0.9, Calibrated::ComputeVariation),
+                    Catch::Contains("the wait for the slowest GPU is paid on more than one GPU only"));
 }

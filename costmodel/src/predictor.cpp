@@ -427,8 +427,8 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
       ev.push_back({0, "compute", trace_name::kStepOverhead, "overhead", optimizer_start + optimizer_step_s,
                     r.step_overhead_s, 0});
     if (r.variation_wait_s > 0)
-      ev.push_back({0, "compute", trace_name::kSlowestGpu, "wait", optimizer_start + optimizer_step_s + r.step_overhead_s,
-                    r.variation_wait_s, 0});
+      ev.push_back({0, "compute", trace_name::kSlowestGpu, "wait",
+                    optimizer_start + optimizer_step_s + r.step_overhead_s, r.variation_wait_s, 0});
   }
   return r;
 }

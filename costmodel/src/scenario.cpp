@@ -55,34 +55,38 @@ Report predict(const Scenario& s, bool with_timeline) {
   return predict(s.model, s.cluster, s.plan, coll, compute, s.goal, with_timeline);
 }
 
-StepOverheadFit fit_step_overhead(const Scenario& s, double measured) {
-  if (s.plan.gpus < 2) throw InputError("a step overhead is paid on more than one GPU only (the plan has one)");
+EfficiencyFit fit_to_efficiency(const Scenario& s, double measured, Calibrated what) {
+  const bool overhead = what == Calibrated::StepOverhead;
+  if (s.plan.gpus < 2)
+    throw InputError(std::string(overhead ? "a step overhead is paid" : "the wait for the slowest GPU is paid") +
+                     " on more than one GPU only (the plan has one)");
   if (!(measured > 0 && measured <= 1))
     throw InputError("measured scaling efficiency: must be in (0, 1] (got " + formatted(measured, "%g") + ")");
   const CollectiveModel coll(s.cluster, s.plan.gpus, s.collective);
   const ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);
   Plan plan = s.plan;
-  auto efficiency = [&](double overhead_s) {
-    plan.step_overhead_s = overhead_s;
-    return predict(s.model, s.cluster, plan, coll, compute, s.goal, false).scaling_efficiency;
+  Cluster cluster = s.cluster;
+  auto efficiency = [&](double value) {
+    (overhead ? plan.step_overhead_s : cluster.compute_variation) = value;
+    return predict(s.model, cluster, plan, coll, compute, s.goal, false).scaling_efficiency;
   };
-  StepOverheadFit fit;
+  EfficiencyFit fit;
   fit.efficiency_without = efficiency(0);
   if (fit.efficiency_without <= measured) {
-    fit.kind = StepOverheadFit::Kind::AtOrBelow;
+    fit.kind = EfficiencyFit::Kind::AtOrBelow;
     return fit;
   }
-  double lo = 0, hi = kMaxStepOverheadMs * 1e-3;
+  double lo = 0, hi = overhead ? kMaxStepOverheadMs * 1e-3 : kMaxComputeVariation;
   if (efficiency(hi) > measured) {
-    fit.kind = StepOverheadFit::Kind::Beyond;
-    fit.overhead_s = hi;
+    fit.kind = EfficiencyFit::Kind::Beyond;
+    fit.value = hi;
     return fit;
   }
-  for (int i = 0; i < 64 && hi - lo > 1e-12; ++i) {  // to a picosecond, by the same steps every run
+  for (int i = 0; i < 64 && hi - lo > 1e-12; ++i) {  // to 1e-12 (a picosecond), by the same steps every run
     const double mid = 0.5 * (lo + hi);
     (efficiency(mid) > measured ? lo : hi) = mid;
   }
-  fit.overhead_s = 0.5 * (lo + hi);
+  fit.value = 0.5 * (lo + hi);
   return fit;
 }
 

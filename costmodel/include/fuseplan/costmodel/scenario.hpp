@@ -43,23 +43,28 @@ Scenario bind_scenario(Model model, Cluster cluster, Plan plan, CollectiveOption
 // The predictor on a bound scenario.
 Report predict(const Scenario& s, bool with_timeline = true);
 
-// The fixed cost per step (Plan::step_overhead_s, in [0, kMaxStepOverheadMs]) whose
-// prediction has the scaling efficiency `measured` (against one GPU, in (0, 1]): the
-// calibration of what a framework's data-parallel step costs beyond the priced terms,
-// from one measured model. Found by bisection, since the efficiency falls as the cost
-// grows (data wait included, which is why it is not solved in closed form); the plan's
-// own step overhead is ignored. InputError unless the plan has more than one GPU and
-// `measured` is in range.
-struct StepOverheadFit {
+// What a measured scaling efficiency (against one GPU, in (0, 1]) calibrates, in the range
+// its file allows: the plan's fixed cost per step (Plan::step_overhead_s, [0,
+// kMaxStepOverheadMs]: what a framework's data-parallel step costs beyond the priced
+// terms, for the GPU count it was measured at) or the cluster's spread of each GPU's step
+// (Cluster::compute_variation, [0, kMaxComputeVariation]: its wait grows with the GPU
+// count as the expected slowest of N, so one measured count prices the others).
+enum class Calibrated { StepOverhead, ComputeVariation };
+
+// The value whose prediction has the efficiency `measured`, the scenario's own value of it
+// ignored. Found by bisection, since the efficiency falls as the value grows (data wait
+// included, which is why it is not solved in closed form). InputError unless the plan has
+// more than one GPU and `measured` is in range.
+struct EfficiencyFit {
   enum class Kind {
-    Fitted,     // overhead_s reproduces `measured`
-    AtOrBelow,  // the prediction without one is at or below `measured` already: 0
-    Beyond,     // even kMaxStepOverheadMs leaves the prediction above `measured`: the maximum
+    Fitted,     // value reproduces `measured`
+    AtOrBelow,  // the prediction without it is at or below `measured` already: 0
+    Beyond,     // even the range's top leaves the prediction above `measured`: the top
   };
   Kind kind = Kind::Fitted;
-  double overhead_s = 0;
-  double efficiency_without = 0;  // the prediction with no step overhead
+  double value = 0;               // seconds (a step overhead) or a relative standard deviation
+  double efficiency_without = 0;  // the prediction with none
 };
-StepOverheadFit fit_step_overhead(const Scenario& s, double measured);
+EfficiencyFit fit_to_efficiency(const Scenario& s, double measured, Calibrated what);
 
 }  // namespace fuseplan
