@@ -27,7 +27,9 @@ so are the TensorFlow (Horovod, XLA) runs of ResNet-50, ResNeXt-101 and SE-ResNe
 the same two servers and on 16 GPUs of a DGX-2, whose single-GPU rates are not fitted
 (ResNeXt-101 and SE-ResNeXt-101 are DeepLearningExamples' own: bench/models/dle_convnets.py,
 exported to bench/models/), and the MXNet (Horovod) runs of ResNet-50 on 2, 4 and 8 GPUs of the same servers and 2 to 16
-of a DGX-2 (dgx2-v100, which carries dgx1-v100's device as it is), none of them fitted.
+of a DGX-2 (dgx2-v100, which carries dgx1-v100's device as it is), whose FP32/TF32
+series fit each server's compute_variation (below) and whose mixed-precision series is
+held out.
 
 Two scaling values are fitted. The fixed cost per step of a framework on a server at a
 precision (`--step-overhead`), from its ResNet-50 case, used by the same framework's
