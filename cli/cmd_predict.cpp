@@ -102,7 +102,8 @@ EfficiencyFit fit_measured(Scenario& s, const PredictFlags& f) {
   if (!(e > 0 && e <= 1)) throw InputError("--measured-efficiency: must be in (0, 1] (got " + formatted(e, "%g") + ")");
   if (s.plan.gpus < 2)
     throw InputError(std::string("--measured-efficiency: needs more than one GPU (") +
-                     (overhead ? "a step overhead" : "the wait for the slowest GPU") + " is paid on more than one only)");
+                     (overhead ? "a step overhead" : "the wait for the slowest GPU") +
+                     " is paid on more than one only)");
   const EfficiencyFit fit = fit_to_efficiency(s, e, what);
   if (fit.kind == EfficiencyFit::Kind::Beyond)
     throw InputError("--measured-efficiency: " + percent(e, 2) + " would need " +
