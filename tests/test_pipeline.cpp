@@ -79,6 +79,9 @@ TEST_CASE("pipeline: a barrier, FIFO allreduce of tensor-aligned buckets is the 
     const bool apart = std::string(cname) == "local-cpu*";
     Cluster c = load_cluster(apart ? "local-cpu" : cname);
     if (apart) c.allreduce_sharing = 2;
+    // The pipeline compares schedules without the wait for the slowest GPU (dgx-a100's
+    // compute_variation), the same for every schedule; the predictor prices it.
+    c.compute_variation = 0;
     for (int gpus : {2, 8, 64, 256}) {
       if (gpus > c.capacity()) continue;
       for (int which = 0; which < 2; ++which) {
@@ -102,9 +105,7 @@ TEST_CASE("pipeline: a barrier, FIFO allreduce of tensor-aligned buckets is the 
           const PipelineResult r = pm.evaluate(s);
           INFO(cname << " " << gpus << " GPUs, " << m.name << ", " << strategy_name(st));
           CHECK(r.converged);
-          // The pipeline compares schedules without the wait for the slowest GPU (dgx-a100's
-          // compute_variation), the same for every schedule; the predictor adds it.
-          CHECK(r.iteration_s + tr.report.variation_wait_s == Approx(tr.report.iteration_s).epsilon(1e-9));
+          CHECK(r.iteration_s == Approx(tr.report.iteration_s).epsilon(1e-9));
           CHECK(r.backward_end_s - r.backward_start_s == Approx(tr.report.backward_s).epsilon(1e-9));
           ++checked;
         }

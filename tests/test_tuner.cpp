@@ -395,8 +395,11 @@ TEST_CASE("processor sharing: optimal and k-split stay exact on one stream") {
       o.strategy = Strategy::Optimal;
       TuneResult r = t.run(o);
       INFO(setup.cluster << " sigma " << setup.sigma << " trial " << trial << " n=" << n);
-      // The objective is the end of the stretched backward and of the allreduces.
-      CHECK(r.objective_s == Approx(std::max(r.report.backward_s, r.report.comm_end_s)).epsilon(1e-12));
+      // The objective is the end of the stretched backward and of the allreduces, on the
+      // slowest GPU's clock (the DGX files' compute_variation): the report's backward is the
+      // mean GPU's.
+      const double late_s = (slowest_gpu_factor(c, setup.gpus) - 1) * t.compute().backward_s();
+      CHECK(r.objective_s == Approx(std::max(r.report.backward_s + late_s, r.report.comm_end_s)).epsilon(1e-12));
       CHECK(r.search_gap_s == 0);
       CHECK(r.proven());
       // Equal to the best partition; so never worse than the free-overlap optimum judged

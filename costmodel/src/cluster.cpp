@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
 #include <stdexcept>
+#include <unordered_map>
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
@@ -567,6 +569,14 @@ void set_compute_variation(Cluster& c, double cv, const std::string& flag) {
 double expected_max_normal(int n) {
   if (n < 1) throw std::invalid_argument("expected_max_normal: n must be >= 1");
   if (n == 1) return 0;
+  // The integral takes about a millisecond and the predictor and the tuner ask for it on
+  // every plan: each count's value is computed once.
+  static std::mutex mutex;
+  static std::unordered_map<int, double> known;
+  {
+    std::lock_guard lock(mutex);
+    if (auto it = known.find(n); it != known.end()) return it->second;
+  }
   // E[max] = int_0^10 (1 - F(x)^n) dx - int_-10^0 F(x)^n dx, F the normal CDF (the
   // integrands are below 1e-20 beyond +-10 for n <= 2^20), each half by Simpson's rule: the
   // two meet in a jump at 0. F^n as exp(n log F), log F = log1p(-Q) for accuracy in the tail.
@@ -580,7 +590,8 @@ double expected_max_normal(int n) {
   auto upper_tail = [](double x) { return 0.5 * std::erfc(x / std::sqrt(2.0)); };  // 1 - F(x)
   const double above = simpson([&](double x) { return -std::expm1(n * std::log1p(-upper_tail(x))); });
   const double below = simpson([&](double x) { return std::exp(n * std::log1p(-upper_tail(-x))); });
-  return above - below;
+  std::lock_guard lock(mutex);
+  return known[n] = above - below;
 }
 
 Cluster grown_to(Cluster c, int gpus, const std::string& flag) {

@@ -36,6 +36,10 @@ std::vector<double> backward_steps_s(const Model& model, const ComputeModel& com
   return backward_steps_s(model, compute, cluster, copied);
 }
 
+double slowest_gpu_factor(const Cluster& cluster, int gpus) {
+  return gpus > 1 ? 1 + expected_max_normal(gpus) * cluster.compute_variation : 1;
+}
+
 std::vector<double> gradient_ready_times(const Model& model, std::vector<double> steps_s) {
   for (size_t k = 1; k < steps_s.size(); ++k) steps_s[k] += steps_s[k - 1];
   std::vector<double> ready;
@@ -287,15 +291,20 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.gpus = plan.gpus;
   r.batch_per_gpu = plan.batch_per_gpu;
   r.compute = plan.compute;
+  // The step on the slowest GPU's clock (compute_variation): its forward and backward take
+  // `slowest` times the mean GPU's, and the allreduces wait for its gradients. The report
+  // takes that stretch apart below as the wait for the slowest GPU.
+  const double slowest = slowest_gpu_factor(cluster, plan.gpus);
   r.forward_s = compute.forward_s();
-  r.backward_s = compute.backward_s();
+  r.backward_s = compute.backward_s() * slowest;
   // Figures per micro-batch: the optimizer step is shared by the plan's accumulation.
   const int steps = plan.accumulate.steps;
   const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);
   r.optimizer_s = optimizer_step_s / steps;
 
   // The backward steps, with the copies into the buckets where backward makes them.
-  const std::vector<double> steps_s = backward_steps_s(model, compute, cluster, plan);
+  std::vector<double> steps_s = backward_steps_s(model, compute, cluster, plan);
+  for (double& x : steps_s) x *= slowest;
   const auto ready_pos = gradient_ready_times(model, steps_s);
   const auto ready_step = gradient_ready_steps(model);
   const ProcessorSharing sharing = cluster.sharing(plan.gpus);
@@ -373,24 +382,23 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.copy_back_s = synced_copy_back_s;
   r.exposed_comm_s = std::max(0.0, r.comm_end_s - r.backward_s) + r.copy_back_s;
   if (plan.accumulate.no_sync) {
-    r.backward_s = ((steps - 1) * compute.backward_s() + r.backward_s) / steps;
+    r.backward_s = ((steps - 1) * compute.backward_s() * slowest + r.backward_s) / steps;
     r.exposed_comm_s /= steps;
     r.copy_back_s /= steps;
     r.comm_busy_s /= steps;
   }
   // The plan's fixed cost per step, paid on more than one GPU only, after the optimizer.
   r.step_overhead_s = plan.gpus > 1 ? plan.step_overhead_s : 0;
-  // The wait for the slowest GPU: each GPU's forward and backward vary (compute_variation),
-  // and every allreduce needs every GPU's gradients, so the step ends as late as the slowest
-  // GPU's backward makes it: the expected maximum of gpus normal draws, over the mean. Exact
-  // where the allreduces hide behind backward; where they queue, a late GPU's buckets can
-  // wait less, and this is an upper bound. Per micro-batch: under no_sync the spread of the
-  // whole accumulation's compute, shared by its micro-batches, is the same per micro-batch.
-  r.variation_wait_s = expected_max_normal(plan.gpus) * cluster.compute_variation *
-                       (compute.forward_s() + compute.backward_s());
+  // The wait for the slowest GPU: what its forward and backward take beyond the mean GPU's.
+  // The allreduces were timed on its clock, so where they queue, its late gradients join
+  // the queue and part of the wait hides in the exposed communication's place. Per
+  // micro-batch: under no_sync the whole accumulation is on that clock.
+  r.variation_wait_s = (slowest - 1) * (compute.forward_s() + compute.backward_s());
+  const double late_backward_s = (slowest - 1) * compute.backward_s();
+  r.backward_s -= late_backward_s;  // the mean GPU's
   double busy = r.forward_s + (plan.accumulate.no_sync ? r.backward_s + r.exposed_comm_s
-                                                       : synced_end_s + r.copy_back_s) + r.optimizer_s +
-                r.step_overhead_s + r.variation_wait_s;
+                                                       : synced_end_s - late_backward_s + r.copy_back_s) +
+                r.optimizer_s + r.step_overhead_s + r.variation_wait_s;
   r.data_wait_s = compute.data_wait_s(busy);
   r.iteration_s = busy + r.data_wait_s;
   double single_busy = r.forward_s + compute.backward_s() + r.optimizer_s;
@@ -401,8 +409,9 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     auto& ev = r.timeline.events;
     double t = r.data_wait_s;
     if (r.data_wait_s > 0) ev.push_back({0, "compute", trace_name::kDataWait, "data", 0, r.data_wait_s, 0});
+    // The slowest GPU's step (its clock: `slowest`).
     for (size_t l = 0; l < model.layers.size(); ++l) {
-      double d = compute.layers()[l].fwd_s;
+      double d = compute.layers()[l].fwd_s * slowest;
       ev.push_back({0, "compute", trace_name::forward(model.layers[l].name), "forward", t, d, 0});
       t += d;
     }
@@ -426,9 +435,6 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     if (r.step_overhead_s > 0)
       ev.push_back({0, "compute", trace_name::kStepOverhead, "overhead", optimizer_start + optimizer_step_s,
                     r.step_overhead_s, 0});
-    if (r.variation_wait_s > 0)
-      ev.push_back({0, "compute", trace_name::kSlowestGpu, "wait",
-                    optimizer_start + optimizer_step_s + r.step_overhead_s, r.variation_wait_s, 0});
   }
   return r;
 }

@@ -1096,7 +1096,11 @@ std::vector<double> Tuner::backward_steps(const TuneOptions& opt) const {
   // Copied in backward, every gradient is (a plan's copies there do not depend on where
   // its buckets split): the ready times are the partition's own, as the search needs.
   const bool in_backward = copies(opt) == PackOn::Compute;
-  return backward_steps_s(model_, compute_, cluster_, std::vector<bool>(model_.tensors.size(), in_backward));
+  // On the slowest GPU's clock, as the predictor times them (slowest_gpu_factor).
+  std::vector<double> steps =
+      backward_steps_s(model_, compute_, cluster_, std::vector<bool>(model_.tensors.size(), in_backward));
+  for (double& x : steps) x *= slowest_gpu_factor(cluster_, gpus_);
+  return steps;
 }
 
 std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_t& evaluations, double& gap,

@@ -79,6 +79,10 @@ std::vector<double> backward_steps_s(const Model& model, const ComputeModel& com
                                      const Plan& plan);
 // Ready times from backward steps' times (backward order).
 std::vector<double> gradient_ready_times(const Model& model, std::vector<double> steps_s);
+// How much longer the slowest of `gpus` GPUs computes than the mean one: 1 + E[max of gpus
+// standard normals] x Cluster::compute_variation (1 on one GPU). Every allreduce needs every
+// GPU's gradients, so the predictor and the tuner's search time backward on its clock.
+double slowest_gpu_factor(const Cluster& cluster, int gpus);
 
 // Backward and the allreduces sharing the processor (Cluster::sharing, sigma). While k
 // allreduces run, backward proceeds at rate 1 / (1 + sigma.compute k) and, while backward

@@ -40,8 +40,6 @@ inline std::string copy_back(int index) { return "copy back " + std::to_string(i
 inline constexpr const char* kOptimizer = "optimizer";
 inline constexpr const char* kDataWait = "data wait";
 inline constexpr const char* kStepOverhead = "step overhead";  // the plan's fixed cost per step
-// The predicted wait for the slowest GPU's forward and backward (Cluster::compute_variation).
-inline constexpr const char* kSlowestGpu = "wait for the slowest GPU";
 // A simulated accumulation's micro-batches that only compute (no_sync), as one event.
 inline constexpr const char* kLocalMicroBatches = "micro-batches without allreduce";
 }  // namespace trace_name
