@@ -27,7 +27,11 @@ void print_bucket_table(const Report& r, std::ostream& os) {
   }
   t.print(os, "  ");
   if (csv_output()) return;
-  os << "  (times from the start of backward; backward ends at " << ms(r.backward_s) << " ms)\n\n";
+  if (r.variation_wait_s > 0 && r.source == "predicted")  // the predictor times the slowest GPU's step
+    os << "  (times from the start of backward on the slowest GPU; the mean GPU's backward ends at "
+       << ms(r.backward_s) << " ms)\n\n";
+  else
+    os << "  (times from the start of backward; backward ends at " << ms(r.backward_s) << " ms)\n\n";
 }
 
 void print_iteration_summary(const Report& r, std::ostream& os) {
