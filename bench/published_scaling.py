@@ -252,10 +252,13 @@ def fit_class(binary, cluster, precision, model, batch, flags, target, classes, 
 
 def fit_variation(binary):
     """Each cluster's compute_variation: the value that minimises the squared error in
-    points of its cases marked `compute_variation: fitted`. The wait for the slowest GPU is
-    linear in the value (the predictor's expected maximum of N draws times it times the
-    step's forward and backward), so two predictions per case give each efficiency as a
-    function of it. Returns cluster -> value (5 decimals)."""
+    points of its cases marked `compute_variation: fitted`. Where a case's allreduces hide
+    behind backward, the step grows by the whole wait for the slowest GPU, which is linear
+    in the value (the predictor's expected maximum of N draws times it times the step's
+    forward and backward), so two predictions per case give each efficiency as a function
+    of it. That premise is checked: a case whose step at 0.1 is not the linear one, within
+    one tick of its framework's cycle (the ticks a stretched ready time falls on move the
+    tail by up to one), exits. Returns cluster -> value (5 decimals)."""
     terms = {}
     for c in CASES:
         if c.get("compute_variation") != "fitted":
@@ -266,6 +269,11 @@ def fit_variation(binary):
         one = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"],
                       [*c["flags"], "--compute-variation", "0.1"])
         per_unit = one["variation_wait_s"] / 0.1
+        flags = c["flags"]
+        tick_s = float(flags[flags.index("--cycle-time") + 1]) * 1e-3 if "--cycle-time" in flags else 0.0
+        if abs(one["iteration_s"] - (zero["iteration_s"] + 0.1 * per_unit)) > tick_s + 1e-9 * one["iteration_s"]:
+            sys.exit(f"published_scaling: {c['name']}'s allreduces queue, so its step is not linear in "
+                     "compute_variation: fit it by predictions instead")
         terms.setdefault(c["cluster"], []).append(
             (zero["single_gpu_iteration_s"], zero["iteration_s"], per_unit, c["published"]))
 

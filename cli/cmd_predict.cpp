@@ -90,9 +90,8 @@ Calibrated calibrated(const PredictFlags& f) {
   throw InputError("--fit: unknown value '" + f.fit + "' (valid: step-overhead, compute-variation)");
 }
 
-EfficiencyFit fit_measured(Scenario& s, const PredictFlags& f) {
+EfficiencyFit fit_measured(Scenario& s, const PredictFlags& f, Calibrated what) {
   const double e = f.measured_efficiency;
-  const Calibrated what = calibrated(f);
   const bool overhead = what == Calibrated::StepOverhead;
   if (overhead && f.step.overhead_opt->count())
     throw InputError("--measured-efficiency and --step-overhead are exclusive: the first fits the second");
@@ -208,7 +207,7 @@ void add_predict_command(CLI::App& app) {
     const Calibrated what = calibrated(*f);
     const double given = what == Calibrated::StepOverhead ? s.plan.step_overhead_s : s.cluster.compute_variation;
     std::optional<EfficiencyFit> fit;
-    if (f->measured_opt->count()) fit = fit_measured(s, *f);
+    if (f->measured_opt->count()) fit = fit_measured(s, *f, what);
     Report r = predict(s);
     if (!f->trace_path.empty()) r.timeline.write_chrome_trace(f->trace_path);
     if (!f->out.empty()) {

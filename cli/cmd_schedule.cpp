@@ -7,6 +7,7 @@
 #include "format.hpp"
 #include "progress.hpp"
 #include "fuseplan/costmodel/pipeline.hpp"
+#include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/costmodel/whatif.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/sim/simulator.hpp"
@@ -115,11 +116,10 @@ void run_schedule(ScheduleFlags& f) {
   out() << "lower bound of any schedule: " << ms(bound.iteration_s) << " ms (compute " << ms(bound.compute_s)
         << ", first layer's round trip " << ms(bound.first_layer_s) << ", channel " << ms(bound.channel_s) << "; "
         << (bound.certified ? "certified" : "on sizes 2^k only: the costs per element are not monotone") << ")\n";
-  if (r.gpus > 1 && r.cluster.compute_variation > 0)
+  if (const double late = slowest_gpu_factor(r.cluster, r.gpus) - 1; late > 0)  // the predictor's wait
     out() << "every schedule is priced without the wait for the slowest GPU (compute_variation "
           << formatted(r.cluster.compute_variation, "%g") << ": "
-          << ms(expected_max_normal(r.gpus) * r.cluster.compute_variation *
-                (pm.compute().forward_s() + pm.compute().backward_s()))
+          << ms(late * (pm.compute().forward_s() + pm.compute().backward_s()))
           << " ms on each; fuseplan predict adds it)\n";
   out() << "\n";
   double fusion_s = 0;
