@@ -139,8 +139,17 @@ SE = "se_resnext101_32x4d"
 DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024), 130, ("other",)),
                    ("dgx1-v100", "fp16", SE, 112, dle_single_gpu_flags(112, 896), 427, ("other",)))
 MEMORY_CARRIED_TO = ("dgx-a100",)
+# BERT-large pre-training, phase 1 (128 tokens), on one A100 80GB: 317 sequences/s TF32 at
+# batch 128, 580 mixed precision at batch 256 (PyTorch/LanguageModeling/BERT/README.md,
+# "Pre-training NVIDIA DGX A100 (8x A100 80GB)", pytorch:21.11-py3), 64 and 32 micro-batches
+# per optimizer step (global batch 8192 on one GPU), FusedLAMBAMP; mixed precision runs the
+# model in FP16 (model.half()). The zoo's bert_large leaves out the pre-training heads (see
+# the cases in bench/published_scaling.json). Held out: the GEMM rate is SQuAD's.
+BERT_PRETRAIN = ["--seq-len", "128", "--optimizer-kernels", "fused"]
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
-                ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
+                ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855),
+                ("dgx-a100", "fp32", "bert_large", 128, BERT_PRETRAIN + ["--accumulate", "64"], 317),
+                ("dgx-a100", "fp16", "bert_large", 256, BERT_PRETRAIN + ["--accumulate", "32"], 580))
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
 DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
@@ -453,7 +462,7 @@ def main():
     print("# step overhead per framework, server and precision: fitted on each ResNet-50 case (ms per step)")
     for name, x in overhead_ms.items():
         users = [c["name"] for c in CASES if c.get("step_overhead") == name]
-        print(f"  {name:26s} {x:6.2f} ms, used by {', '.join(users)}")
+        print(f"  {name:34s} {x:6.2f} ms, used by {', '.join(users)}")
     print()
     print("# compute variation per server (the cluster file's compute_variation): fitted by least squares on MXNet's "
           "FP32/TF32 runs")
@@ -464,7 +473,7 @@ def main():
     print()
     print("# scaling efficiency, published vs predicted (no scaling result is fitted but the step overheads and "
           "compute variations above)")
-    print(f"  {'case':26s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
+    print(f"  {'case':34s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
           f"  {'per GPU pub/pred':>17s} {'error':>7s}")
     for c in CASES:
         fitted = c.get("step_overhead") == "fitted"
@@ -475,7 +484,7 @@ def main():
         bound = c.get("per_gpu_is", "measured") == "lower bound"
         pub_gpu = f"{('>=' if bound else '') + format(c['per_gpu'], '.1f'):>7s}" if c["per_gpu"] else "      -"
         gpu_err = f"{100 * (per_gpu / c['per_gpu'] - 1):+6.1f}%" if c["per_gpu"] else "      -"
-        print(f"  {c['name']:26s} {c['gpus']:5d} {c['base_gpus']:4d}  {100 * c['published']:8.1f}% "
+        print(f"  {c['name']:34s} {c['gpus']:5d} {c['base_gpus']:4d}  {100 * c['published']:8.1f}% "
               f"{100 * eff:8.1f}% {100 * (eff - c['published']):+7.1f}  {pub_gpu} / {per_gpu:7.1f} {gpu_err}"
               f"{'  (fitted: ' + what + ')' if what else ''}")
         rows.append({"case": c["name"], "cluster": c["cluster"], "model": c["model"], "gpus": c["gpus"],
@@ -487,13 +496,13 @@ def main():
     # GPUs or a whole cluster, against base 1): published, and what fuseplan's efficiency
     # adds to the published single-GPU step. A lower bound of the rate gives no step time.
     print(f"\n# time per step lost against one GPU, ms (cases with a measured per-GPU rate, base 1 GPU)")
-    print(f"  {'case':26s} {'GPUs':>5s} {'1 GPU':>8s} {'N GPUs':>8s} {'lost':>7s} {'predicted lost':>15s}")
+    print(f"  {'case':34s} {'GPUs':>5s} {'1 GPU':>8s} {'N GPUs':>8s} {'lost':>7s} {'predicted lost':>15s}")
     for c, r in zip(CASES, rows[len(rows) - len(CASES):]):
         if not c["per_gpu"] or c["base_gpus"] != 1 or r["per_gpu_is"] != "measured":
             continue
         one = c["batch"] / (c["per_gpu"] / c["published"]) * 1e3  # the published single-GPU step
         many = c["batch"] / c["per_gpu"] * 1e3
-        print(f"  {c['name']:26s} {c['gpus']:5d} {one:8.1f} {many:8.1f} {many - one:7.1f} "
+        print(f"  {c['name']:34s} {c['gpus']:5d} {one:8.1f} {many:8.1f} {many - one:7.1f} "
               f"{one / r['predicted'] - one:15.1f}")
     scaling = [r for r in rows if "published" in r]
     held = [r for r in scaling if r["role"] == "held out"]
