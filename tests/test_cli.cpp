@@ -429,7 +429,7 @@ TEST_CASE("cli: models, show, clusters and collective print what users expect") 
   Run m = run("models --json");
   REQUIRE(m.code == 0);
   auto models = nlohmann::json::parse(m.out);
-  CHECK(models.size() == 12);
+  CHECK(models.size() == 14);
   Run s = run("show resnet50");
   REQUIRE(s.code == 0);
   CHECK_THAT(s.out, Catch::Contains("25,557,032 parameters"));

@@ -31,12 +31,41 @@ TEST_CASE("reference totals: parameters and tensor counts match torchvision and 
   const Ref refs[] = {{"resnet50", 25557032, 161}, {"alexnet", 61100840, 16}, {"vgg16", 138357544, 32},
                       {"resnet18", 11689512, 62},  {"resnet34", 21797672, 110}, {"resnet101", 44549160, 314},
                       {"resnet152", 60192808, 467}, {"bert_base", 109482240, 199}, {"bert_large", 335141888, 391},
-                      {"gpt2", 124439808, 148},    {"gpt2_xl", 1557611200, 580}};
+                      {"gpt2", 124439808, 148},    {"gpt2_xl", 1557611200, 580},
+                      {"bert_base_pretraining", 110106428, 206}, {"bert_large_pretraining", 336226108, 398}};
   for (const auto& r : refs) {
     INFO(r.name);
     Model m = build_zoo_model(r.name);
     CHECK(m.param_count() == r.params);
     CHECK(m.tensors.size() == r.tensors);
+  }
+}
+
+TEST_CASE("BERT's pre-training heads: the masked-LM head scores the masked positions through the tied decoder") {
+  const Model base = build_zoo_model("bert_large");
+  for (int64_t seq : {128, 512}) {
+    INFO(seq);
+    ModelOptions o;
+    o.seq_len = seq;
+    const Model m = build_zoo_model("bert_large_pretraining", o);
+    const int64_t masked = seq == 128 ? 20 : 80;  // max_predictions_per_seq of Google's and NVIDIA's data
+    const auto layer = [&](const std::string& name) -> const Layer& {
+      for (const auto& l : m.layers)
+        if (l.name == name) return l;
+      FAIL("no layer " << name);
+      return m.layers.front();
+    };
+    CHECK(layer("cls.predictions.masked_positions").out_shape == Shape{masked, 1024});
+    const Layer& decoder = layer("cls.predictions.decoder");
+    CHECK(decoder.out_shape == Shape{masked, 30522});
+    CHECK(decoder.fwd_flops == Approx(2.0 * masked * 1024 * 30522 + masked * 30522));
+    // Tied to the word embeddings: its only tensor is the head's bias.
+    REQUIRE(decoder.tensor_count == 1);
+    CHECK(m.tensors[size_t(decoder.first_tensor)].name == "cls.predictions.bias");
+    CHECK(layer("cls.seq_relationship").out_shape == Shape{2});
+    CHECK(m.tensors.front().name == "bert.embeddings.word_embeddings.weight");
+    // The body is bert_large's, renamed under "bert.".
+    CHECK(m.param_count() - base.param_count() == 1024 * 1024 + 1024 + 2 * 1024 + 30522 + 2 * 1024 + 2);
   }
 }
 

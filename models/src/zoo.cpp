@@ -26,6 +26,8 @@ CnnOptions cnn(const ModelOptions& o, int default_res) {
 //                     name            vocab  positions hidden layers heads  inter  default seq
 const TransformerConfig kBertBase{"bert_base", 30522, 512, 768, 12, 12, 3072, 128};
 const TransformerConfig kBertLarge{"bert_large", 30522, 512, 1024, 24, 16, 4096, 128};
+const TransformerConfig kBertBasePre{"bert_base_pretraining", 30522, 512, 768, 12, 12, 3072, 128};
+const TransformerConfig kBertLargePre{"bert_large_pretraining", 30522, 512, 1024, 24, 16, 4096, 128};
 const TransformerConfig kGpt2{"gpt2", 50257, 1024, 768, 12, 12, 3072, 1024};
 const TransformerConfig kGpt2Xl{"gpt2_xl", 50257, 1024, 1600, 48, 25, 6400, 1024};
 
@@ -64,6 +66,10 @@ const std::vector<ZooEntry> kZoo{
      [](const ModelOptions& o) { return zoo_detail::bert(with_seq(kBertBase, o)); }},
     {"bert_large", "BERT-large (BertModel with pooler), Hugging Face", true, 128, 16,
      [](const ModelOptions& o) { return zoo_detail::bert(with_seq(kBertLarge, o)); }},
+    {"bert_base_pretraining", "BERT-base with its pre-training heads (BertForPreTraining), Hugging Face", true, 128,
+     32, [](const ModelOptions& o) { return zoo_detail::bert_pretraining(with_seq(kBertBasePre, o)); }},
+    {"bert_large_pretraining", "BERT-large with its pre-training heads (BertForPreTraining), Hugging Face", true, 128,
+     16, [](const ModelOptions& o) { return zoo_detail::bert_pretraining(with_seq(kBertLargePre, o)); }},
     {"gpt2", "GPT-2 124M (GPT2Model + tied LM head), Hugging Face", true, 1024, 8,
      [](const ModelOptions& o) { return zoo_detail::gpt2(with_seq(kGpt2, o)); }},
     {"gpt2_xl", "GPT-2 XL 1.5B (GPT2Model + tied LM head), Hugging Face", true, 1024, 2,

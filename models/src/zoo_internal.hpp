@@ -21,6 +21,7 @@ Model alexnet_bn(const CnnOptions& o);
 Model vgg16(const CnnOptions& o);
 Model resnet(const std::string& name, const std::array<int, 4>& blocks, bool bottleneck, const CnnOptions& o);
 Model bert(const TransformerConfig& c);
+Model bert_pretraining(const TransformerConfig& c);
 Model gpt2(const TransformerConfig& c);
 
 }  // namespace fuseplan::zoo_detail
