@@ -142,7 +142,9 @@ MEMORY_CARRIED_TO = ("dgx-a100",)
 # BERT-large pre-training, phase 1 (128 tokens), on one A100 80GB: 317 sequences/s TF32 at
 # batch 128, 580 mixed precision at batch 256 (PyTorch/LanguageModeling/BERT/README.md,
 # "Pre-training NVIDIA DGX A100 (8x A100 80GB)", pytorch:21.11-py3), 64 and 32 micro-batches
-# per optimizer step (global batch 8192 on one GPU), FusedLAMBAMP; mixed precision runs the
+# per optimizer step (global batch 8192 on one GPU); on one V100 32GB ("Pre-training NVIDIA
+# DGX-1 With 32G"): 50 FP32 at batch 32, 224 mixed precision at batch 64, 128 and 64
+# micro-batches per step (4096 sequences); FusedLAMBAMP; mixed precision runs the
 # model in FP16 (model.half()). The zoo's bert_large_pretraining is BertForPreTraining, its
 # masked-LM head on the masked positions only, as NVIDIA's run computes it. Held out: the
 # GEMM rate is SQuAD's.
@@ -150,7 +152,9 @@ BERT_PRETRAIN = ["--seq-len", "128", "--optimizer-kernels", "fused"]
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855),
                 ("dgx-a100", "fp32", "bert_large_pretraining", 128, BERT_PRETRAIN + ["--accumulate", "64"], 317),
-                ("dgx-a100", "fp16", "bert_large_pretraining", 256, BERT_PRETRAIN + ["--accumulate", "32"], 580))
+                ("dgx-a100", "fp16", "bert_large_pretraining", 256, BERT_PRETRAIN + ["--accumulate", "32"], 580),
+                ("dgx1-v100", "fp32", "bert_large_pretraining", 32, BERT_PRETRAIN + ["--accumulate", "128"], 50),
+                ("dgx1-v100", "fp16", "bert_large_pretraining", 64, BERT_PRETRAIN + ["--accumulate", "64"], 224))
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
 DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
