@@ -1,6 +1,7 @@
 // Transformer zoo: BERT (Hugging Face BertModel, with pooler, and BertForPreTraining) and
 // GPT-2 (GPT2Model; the LM head is tied to wte: its FLOPs count, it adds no tensor). Names
-// and order follow their state_dicts.
+// and order follow their state_dicts, but for BertForPreTraining's cls.predictions.bias:
+// listed there before the head's transform, here after it, where the decoder uses it.
 #include <string>
 
 #include "fuseplan/models/builder.hpp"
@@ -12,9 +13,6 @@ namespace fuseplan::zoo_detail {
 namespace {
 constexpr double kHiddenDropout = 0.1;  // both BERT and GPT-2 use 0.1
 constexpr int64_t kBertTokenTypes = 2;
-}  // namespace
-
-namespace {
 
 struct BertOutputs {
   int sequence = 0, pooled = 0;  // layer indices: [S, H] and [H]
