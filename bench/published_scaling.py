@@ -305,6 +305,30 @@ def fit_variation(binary):
     return values
 
 
+def single_gpu_measurement(c):
+    """The published single-GPU rate of a case's training and the micro-batches per
+    optimizer step it took, or None where the source gives none."""
+    if "single_gpu" in c:
+        return c["single_gpu"]["rate"], c["single_gpu"]["accumulate"]
+    if c["base_gpus"] != 1 or not c["per_gpu"] or c.get("per_gpu_is", "measured") != "measured":
+        return None
+    flags = c.get("base_flags", c["flags"])
+    return c["per_gpu"] / c["published"], int(flags[flags.index("--accumulate") + 1]) if "--accumulate" in flags else 1
+
+
+def calibrated_efficiency(binary, c, measured, extra=()):
+    """The case's scaling efficiency with the compute set to the measured single-GPU rate."""
+    rate, steps = measured
+    cal = ["--measured-rate", f"{rate:.9g}", "--measured-accumulate", str(steps)]
+    r = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"], [*c["flags"], *extra, *cal])
+    per_gpu = r["throughput_samples_s"] / c["gpus"]
+    if c["base_gpus"] == 1:
+        return per_gpu / rate  # the base run is the measurement itself
+    base = predict(binary, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"],
+                   [*c.get("base_flags", c["flags"]), *cal])
+    return per_gpu / (base["throughput_samples_s"] / c["base_gpus"])
+
+
 def device_but_name(cluster):
     device = dict(json.load(open(cluster_path(cluster)))["device"])
     device.pop("name")
@@ -497,6 +521,24 @@ def main():
                      "predicted_per_gpu": per_gpu, "per_gpu_is": c.get("per_gpu_is", "measured"),
                      "step_overhead_ms": x, "role": "fitted" if what else "held out",
                      "source": c["source"], "strategy": c["strategy"]})
+    # The same cases with the compute model set to the published single-GPU rate (predict
+    # --measured-rate): what remains is the scaling model's own error.
+    print("\n# scaling efficiency with each case's published single-GPU rate (predict --measured-rate: every layer "
+          "and the optimizer\n# scaled to it), the rest as above; cases whose source gives no single-GPU rate are "
+          "left out")
+    print(f"  {'case':34s} {'GPUs':>5s}  {'published':>9s} {'predicted':>9s} {'calibrated':>10s} {'points':>7s}")
+    calibrated = []
+    for c, row in zip(CASES, rows[len(rows) - len(CASES):]):
+        measured = single_gpu_measurement(c)
+        if not measured:
+            continue
+        x = overhead_ms[c["name"] if c.get("step_overhead") == "fitted" else c["step_overhead"]] \
+            if "step_overhead" in c else 0.0
+        eff = calibrated_efficiency(a.bin, c, measured, overhead_flags(x))
+        print(f"  {c['name']:34s} {c['gpus']:5d}  {100 * c['published']:8.1f}% {100 * row['predicted']:8.1f}% "
+              f"{100 * eff:9.1f}% {100 * (eff - c['published']):+7.1f}{'  (fitted)' if row['role'] != 'held out' else ''}")
+        if row["role"] == "held out":
+            calibrated.append((abs(eff - c["published"]) * 100, abs(row["predicted"] - c["published"]) * 100))
     # What each step loses against one GPU where the source gives both rates (one server's
     # GPUs or a whole cluster, against base 1): published, and what fuseplan's efficiency
     # adds to the published single-GPU step. A lower bound of the rate gives no step time.
@@ -527,6 +569,12 @@ def main():
     print(f"# held-out error, points: median {statistics.median(p for p, _ in points):.1f}, mean "
           f"{statistics.mean(p for p, _ in points):.1f}, worst {points[-1][0]:.1f} ({points[-1][1]}); per GPU, %: "
           f"median {statistics.median(gpu_errors):.1f}, worst {gpu_errors[-1]:.1f}")
+    if calibrated:
+        print(f"# with the published single-GPU rate: within 3 points {sum(1 for e, _ in calibrated if e <= 3)} of "
+              f"{len(calibrated)} held-out cases (without it {sum(1 for _, e in calibrated if e <= 3)}); error, "
+              f"points: median {statistics.median(e for e, _ in calibrated):.1f} (without "
+              f"{statistics.median(e for _, e in calibrated):.1f}), mean {statistics.mean(e for e, _ in calibrated):.1f} "
+              f"(without {statistics.mean(e for _, e in calibrated):.1f})")
     if bounds:
         above = sum(1 for r in bounds if r["predicted_per_gpu"] >= r["published_per_gpu"])
         print(f"# per-GPU throughput above the published lower bound (>=, a time to train that includes more than "

@@ -66,6 +66,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   s.plan.step_overhead_s = overhead_s;
   s.collective = u.collective();
   s.goal = u.goal(s.model);
+  u.apply_measured_rate(s.model, s.cluster, r.batch, r.compute, accumulate, kernels);
   *plan_origin = "--buckets";
   return s;
 }

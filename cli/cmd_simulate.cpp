@@ -48,10 +48,11 @@ void run_simulate(SimulateFlags& f) {
     s.cluster = std::move(r.cluster);
     s.collective = f.setup.collective();
     s.goal = f.setup.goal(s.model);
-    Tuner tuner(s.model, s.cluster, r.gpus, r.batch, r.compute, s.collective, s.goal);
     TuneOptions o;
     o.strategy = parse_strategy(f.strategy);
     o.transfer = r.transfer;
+    f.setup.apply_measured_rate(s.model, s.cluster, r.batch, r.compute, o.accumulate, o.optimizer_kernels);
+    Tuner tuner(s.model, s.cluster, r.gpus, r.batch, r.compute, s.collective, s.goal);
     s.plan = tuner.run(o).plan;
   }
   const Model& model = s.model;

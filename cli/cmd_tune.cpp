@@ -124,8 +124,9 @@ Kept keep_baseline_unless_faster(const Tuner& tuner, const TuneOptions& o, std::
 void run_tune(const TuneFlags& f) {
   const std::optional<Strategy> baseline = baseline_strategy(f);
   auto s = f.setup.resolve();
-  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneOptions o = f.options(s.transfer);
+  f.setup.apply_measured_rate(s.model, s.cluster, s.batch, s.compute, o.accumulate, o.optimizer_kernels);
+  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneResult res = tuner.run(o);
   const Kept kept = keep_baseline_unless_faster(tuner, o, baseline, f.min_gain_pct, res);
   TuneOptions base = o;
@@ -198,8 +199,9 @@ void run_tune(const TuneFlags& f) {
 
 void run_compare(const TuneFlags& f) {
   auto s = f.setup.resolve();
-  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneOptions o = f.options(s.transfer);
+  f.setup.apply_measured_rate(s.model, s.cluster, s.batch, s.compute, o.accumulate, o.optimizer_kernels);
+  Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   std::vector<TuneResult> results;
   const TuneResult *ddp = nullptr, *horovod = nullptr;
   for (Strategy st : kAllStrategies) {

@@ -44,8 +44,10 @@ struct SetupFlags {
   std::string cluster = "tencent-p40", precision = "fp16", transfer, profile, nccl_version;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
   double inter_bw_Gbps = 0, inter_lat_us = -1, intra_bw_GBps = 0, compute_slowdown = 0, compute_variation = 0;
+  double measured_rate = 0;
+  int measured_accumulate = 0;
   GoalFlags goal_flags;
-  CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr;
+  CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr, *rate_opt = nullptr, *rate_accumulate_opt = nullptr;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
   // Refuse a model whose replicated states exceed the GPU's memory (schedule turns it
   // off: it prices sharded schedules and marks which fit).
@@ -70,6 +72,16 @@ struct SetupFlags {
   // --inter-* overrides apply; --gpus, --batch-per-gpu
   // and --precision, if given, must agree with it.
   Scenario load_plan_file(const std::string& path) const;
+  // --measured-rate: one GPU's measured training rate in place of the roofline's speed
+  // (set_measured_rate), measured with the training loop the command prices (`a`, `k`)
+  // unless --measured-accumulate gives the measured run's micro-batches per step; a note
+  // on stderr says by how much the compute was scaled. Nothing without the flag.
+  // load_plan_file applies it with the plan's loop.
+  void apply_measured_rate(Model& m, const Cluster& c, int batch, Precision compute, const Accumulation& a,
+                           OptimizerKernels k) const;
+  // --measured-rate's companions and exclusions, before anything is loaded (resolve and
+  // load_plan_file call it).
+  void check_rate_flags() const;
   CollectiveOptions collective() const { return {group, torus_x, nccl_version}; }
   TrainingGoal goal(const Model& m) const { return goal_flags.goal(m); }
 };

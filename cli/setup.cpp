@@ -64,7 +64,36 @@ void SetupFlags::add(CLI::App* app) {
                   "NCCL cluster's rates per NVLink; default: the cluster's)");
   slowdown_opt = add_compute_slowdown_option(app, compute_slowdown);
   variation_opt = add_compute_variation_option(app, compute_variation);
+  rate_opt = app->add_option("--measured-rate", measured_rate,
+                             "samples/s one GPU of the cluster was measured to train with this model, batch, precision\n"
+                             "and training loop: the compute model is scaled to it (every layer and the optimizer by one\n"
+                             "factor) before the GPUs are added; (0, 1e6]; not with --profile");
+  rate_accumulate_opt = app->add_option(
+      "--measured-accumulate", measured_accumulate,
+      "--measured-rate: micro-batches per optimizer step in the measured run, where it stepped otherwise than the\n"
+      "prediction (default: the prediction's own; 1 to 4096)");
   goal_flags.add(app);
+}
+
+void SetupFlags::check_rate_flags() const {
+  if (rate_accumulate_opt->count() && !rate_opt->count())
+    throw InputError("--measured-accumulate: applies with --measured-rate");
+  if (rate_opt->count() && !profile.empty())
+    throw InputError("--measured-rate and --profile are exclusive: both measure the compute");
+  if (rate_accumulate_opt->count() && (measured_accumulate < 1 || measured_accumulate > kMaxAccumulationSteps))
+    throw InputError("--measured-accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
+                     std::to_string(measured_accumulate) + ")");
+}
+
+void SetupFlags::apply_measured_rate(Model& m, const Cluster& c, int batch, Precision compute, const Accumulation& a,
+                                     OptimizerKernels k) const {
+  if (!rate_opt->count()) return;
+  Accumulation measured_loop = a;
+  if (rate_accumulate_opt->count()) measured_loop = {measured_accumulate, false};
+  const double factor = set_measured_rate(m, c, batch, compute, measured_loop, k, measured_rate, "--measured-rate");
+  say({"note: --measured-rate " + formatted(measured_rate, "%g") + ": the compute of one GPU scaled by " +
+       formatted(factor, "%.4f") + " (the roofline gave " + formatted(measured_rate * factor, "%.1f") +
+       " samples/s)"});
 }
 
 void GoalFlags::add(CLI::App* app) {
@@ -214,6 +243,7 @@ void add_nccl_version_option(CLI::App* app, std::string& release) {
 }
 
 SetupFlags::Resolved SetupFlags::resolve() const {
+  check_rate_flags();
   Resolved r;
   r.model = load_model(model.model, model.options());
   std::optional<ProfileInfo> measured;
@@ -234,6 +264,7 @@ SetupFlags::Resolved SetupFlags::resolve() const {
 }
 
 Scenario SetupFlags::load_plan_file(const std::string& path) const {
+  check_rate_flags();
   Plan plan = load_plan(path);
   // The model as the plan recorded it, unless flags say otherwise.
   ModelOptions mo = model.options();
@@ -263,6 +294,8 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
   if (measured) check_profile(*measured, profile, plan.batch_per_gpu, plan.compute);
   TrainingGoal g = goal(m);
   Scenario s = bind_scenario(std::move(m), std::move(c), std::move(plan), collective(), std::move(g), path);
+  apply_measured_rate(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute, s.plan.accumulate,
+                      s.plan.optimizer_kernels);
   if (!other_cluster.empty()) s.warnings.insert(s.warnings.begin(), other_cluster);
   say(s.warnings);
   return s;

@@ -270,6 +270,54 @@ TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU 
   expect_bad("compare --step-overhead inf", "--step-overhead: must be in [0, 1000] ms (got inf)");
 }
 
+TEST_CASE("cli: --measured-rate scales the compute to one GPU's measured rate on every command that prices a setup") {
+  const std::string setup = "--model resnet50 --cluster dgx-a100 --batch-per-gpu 128 --precision fp16";
+  auto stdout_json = [](const std::string& args) {
+    INFO("fuseplan " << args);
+    const Run r = run_stdout(args);  // the note on the scale goes to stderr
+    REQUIRE(r.code == 0);
+    return nlohmann::json::parse(r.out);
+  };
+  // One GPU trains at the measured rate, whatever the loop it was measured with.
+  for (const std::string loop : {"", " --accumulate 4 --no-sync --optimizer-kernels per-tensor"}) {
+    INFO(loop);
+    const auto one = stdout_json("predict " + setup + " --gpus 1 --measured-rate 1500 --json" + loop);
+    CHECK(one["throughput_samples_s"].get<double>() == Approx(1500).epsilon(1e-9));
+  }
+  // On more GPUs the efficiency is against that rate; the roofline's own speed differs.
+  const auto eight = stdout_json("predict " + setup + " --gpus 64 --measured-rate 1500 --json");
+  CHECK(eight["single_gpu_iteration_s"].get<double>() == Approx(128.0 / 1500).epsilon(1e-9));
+  const auto roofline = stdout_json("predict " + setup + " --gpus 64 --json");
+  CHECK(std::abs(roofline["single_gpu_iteration_s"].get<double>() - 128.0 / 1500) > 1e-3);
+  // The measured run's own loop: 4 micro-batches per step there, 1 here.
+  const auto other_loop = stdout_json("predict " + setup + " --gpus 64 --measured-rate 1500 --measured-accumulate 4 "
+                                      "--json");
+  CHECK(other_loop["single_gpu_iteration_s"].get<double>() > 128.0 / 1500);
+  const Run text = run("predict " + setup + " --gpus 8 --measured-rate 1500");
+  CHECK(text.code == 0);
+  CHECK_THAT(text.out, Catch::Contains("note: --measured-rate 1500: the compute of one GPU scaled by "));
+  // A plan file applies it with the plan's loop; tune, compare and simulate take it too.
+  const std::string plan = tmp("measured-rate-plan.json");
+  REQUIRE(run("predict " + setup + " --gpus 8 --out " + plan).code == 0);
+  CHECK(stdout_json("predict --plan " + plan + " --measured-rate 1500 --json")["single_gpu_iteration_s"]
+            .get<double>() == Approx(128.0 / 1500).epsilon(1e-9));
+  CHECK(run("tune " + setup + " --gpus 8 --measured-rate 1500").code == 0);
+  CHECK(run("compare " + setup + " --gpus 8 --measured-rate 1500").code == 0);
+  CHECK(run("simulate " + setup + " --gpus 8 --measured-rate 1500").code == 0);
+  expect_bad("predict " + setup + " --measured-rate 0", "--measured-rate: must be in (0, 1e6] samples/s per GPU (got 0)");
+  expect_bad("predict " + setup + " --measured-rate -5", "--measured-rate: must be in (0, 1e6]");
+  expect_bad("predict " + setup + " --measured-accumulate 4", "--measured-accumulate: applies with --measured-rate");
+  expect_bad("predict " + setup + " --measured-rate 100 --measured-accumulate 0",
+             "--measured-accumulate: must be in [1, 4096] (got 0)");
+  const std::string profile = tmp("measured-rate-profile.json");
+  {
+    std::ofstream pf(profile);
+    pf << R"({"schema": "fuseplan.profile/1", "model": "resnet50", "batch": 128, "precision": "fp16", "layers": []})";
+  }
+  expect_bad("predict " + setup + " --measured-rate 100 --profile " + profile,
+             "--measured-rate and --profile are exclusive");
+}
+
 TEST_CASE("cli: predict --measured-efficiency fits the step overhead that reproduces a measured efficiency") {
   const std::string setup = "predict --model resnet50 --cluster dgx1-v100 --gpus 8 --batch-per-gpu 112 "
                             "--precision fp32 --buckets threshold:25MiB";

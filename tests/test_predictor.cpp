@@ -963,3 +963,47 @@ TEST_CASE("a compute variation fitted to a measured efficiency reproduces it, an
   CHECK_THROWS_WITH(fit_to_efficiency(scenario(1), 0.9, Calibrated::ComputeVariation),
                     Catch::Contains("the wait for the slowest GPU is paid on more than one GPU only"));
 }
+
+TEST_CASE("a measured single-GPU rate scales every layer and the optimizer by one factor, and one GPU then trains at it") {
+  const Cluster c = load_cluster("dgx-a100");
+  const Model roof = load_model("resnet50");
+  const ComputeModel before(roof, c, 128, Precision::FP16);
+  for (const Accumulation a : {Accumulation{1, false}, Accumulation{4, true}}) {
+    for (const OptimizerKernels k : {OptimizerKernels::Fused, OptimizerKernels::PerTensor}) {
+      INFO(a.steps << " micro-batches, kernels " << int(k));
+      Model m = load_model("resnet50");
+      const double factor = set_measured_rate(m, c, 128, Precision::FP16, a, k, 1500, "rate");
+      const ComputeModel after(m, c, 128, Precision::FP16);
+      CHECK(after.measured_layers() == int(m.layers.size()));
+      // One GPU: forward, backward and its share of the optimizer step take batch / rate.
+      CHECK(after.forward_s() + after.backward_s() + after.optimizer_s(k) / a.steps == Approx(128.0 / 1500));
+      CHECK(after.forward_s() == Approx(before.forward_s() * factor));
+      CHECK(after.backward_s() == Approx(before.backward_s() * factor));
+      CHECK(after.optimizer_s(k) == Approx(before.optimizer_s(k) * factor));
+      for (size_t l = 0; l < m.layers.size(); l += 37)
+        CHECK(after.layers()[l].bwd_s == Approx(before.layers()[l].bwd_s * factor));
+      // The predictor's single-GPU step is that time.
+      Plan p = make_plan(m, c.name, 8, 128, Precision::FP16, buckets_from_spec("single", m, "auto", Precision::FP16), "single");
+      p.accumulate = a;
+      p.optimizer_kernels = k;
+      const Report r = predict(m, c, p, CollectiveModel(c, 8), after, training_goal(m), false);
+      CHECK(r.single_gpu_iteration_s == Approx(128.0 / 1500));
+    }
+  }
+  Model m = load_model("resnet50");
+  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, 0, "rate"),
+                    Catch::Contains("rate: must be in (0, 1e6] samples/s per GPU (got 0)"));
+  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, NAN, "rate"),
+                    Catch::Contains("got nan"));
+  set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, 1500, "rate");
+  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, 1500, "rate"),
+                    Catch::Contains("carries measured layer times already"));
+  // An input pipeline slower than the rate cannot have fed it.
+  nlohmann::json j = cluster_to_json(c);
+  j["input_pipeline"] = {{"samples_per_s_per_gpu", 1000}};
+  const Cluster fed = cluster_from_json(j, "fed");
+  Model n = load_model("resnet50");
+  CHECK_THROWS_WITH(set_measured_rate(n, fed, 128, Precision::FP16, {}, OptimizerKernels::Fused, 1500, "rate"),
+                    Catch::Contains("more than cluster dgx-a100's input pipeline feeds one GPU"));
+  CHECK(set_measured_rate(n, fed, 128, Precision::FP16, {}, OptimizerKernels::Fused, 900, "rate") > 0);
+}

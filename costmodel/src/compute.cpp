@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "fuseplan/models/error.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan {
 
@@ -98,5 +99,32 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
 }
 
 double ComputeModel::data_wait_s(double busy_s) const { return std::max(0.0, loader_s_ - busy_s); }
+
+double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
+                         OptimizerKernels k, double samples_per_s, const std::string& where) {
+  if (!(samples_per_s > 0 && samples_per_s <= kMaxMeasuredRate))
+    throw InputError(where + ": must be in (0, 1e6] samples/s per GPU (got " + formatted(samples_per_s, "%g") + ")");
+  check_accumulation(a);
+  for (const auto& l : m.layers)
+    if (l.measured)
+      throw InputError(where + ": model " + m.name + " carries measured layer times already (a profile); give one "
+                       "or the other");
+  if (m.measured_optimizer_us)
+    throw InputError(where + ": model " + m.name + " carries a measured optimizer step already (a profile)");
+  if (c.input_samples_per_s_per_gpu > 0 && samples_per_s > c.input_samples_per_s_per_gpu)
+    throw InputError(where + ": " + formatted(samples_per_s, "%g") + " samples/s is more than cluster " + c.name +
+                     "'s input pipeline feeds one GPU (input_samples_per_s_per_gpu " +
+                     formatted(c.input_samples_per_s_per_gpu, "%g") + ")");
+  const ComputeModel roofline(m, c, batch, p);
+  // One micro-batch's share of the step, as the single-GPU run paid it.
+  const double step_s = roofline.forward_s() + roofline.backward_s() + roofline.optimizer_s(k) / a.steps;
+  const double factor = (batch / samples_per_s) / step_s;
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const LayerTime& t = roofline.layers()[i];
+    m.layers[i].measured = MeasuredTime{t.fwd_s * 1e6 * factor, t.bwd_s * 1e6 * factor, batch};
+  }
+  m.measured_optimizer_us = roofline.optimizer_s(k) * 1e6 * factor;
+  return factor;
+}
 
 }  // namespace fuseplan

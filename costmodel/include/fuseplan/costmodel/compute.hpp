@@ -27,6 +27,21 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
 // parameter's add_, and zero_grad's zero_.
 inline constexpr int kPerTensorOptimizerKernels = 5;
 
+// A measured single-GPU training rate in place of the roofline's speed: what one GPU of
+// `c` trains, in samples per second, with this model, batch, precision and training loop
+// (`a`'s micro-batches per optimizer step, `k`'s optimizer kernels; its whole step:
+// forward, backward and its share of the optimizer). Every layer's forward and backward
+// time and the optimizer step become measured times (as a profile sets them, so every
+// runner prices them), the roofline's times the one factor that makes one GPU train
+// `samples_per_s`. Returns that factor (the measured step over the roofline's). The input
+// pipeline (Cluster::input_samples_per_s_per_gpu) stays as it is. InputError naming
+// `where` unless the rate is positive and finite, the model carries no measured time
+// already (a profile) and the input pipeline can feed the rate.
+double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
+                         OptimizerKernels k, double samples_per_s, const std::string& where);
+// The largest rate set_measured_rate takes (a million samples per second per GPU).
+inline constexpr double kMaxMeasuredRate = 1e6;
+
 class ComputeModel {
  public:
   ComputeModel(const Model& m, const Cluster& c, int batch_per_gpu, Precision compute);
