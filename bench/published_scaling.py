@@ -535,8 +535,9 @@ def main():
         x = overhead_ms[c["name"] if c.get("step_overhead") == "fitted" else c["step_overhead"]] \
             if "step_overhead" in c else 0.0
         eff = calibrated_efficiency(a.bin, c, measured, overhead_flags(x))
+        fitted = "  (fitted)" if row["role"] != "held out" else ""
         print(f"  {c['name']:34s} {c['gpus']:5d}  {100 * c['published']:8.1f}% {100 * row['predicted']:8.1f}% "
-              f"{100 * eff:9.1f}% {100 * (eff - c['published']):+7.1f}{'  (fitted)' if row['role'] != 'held out' else ''}")
+              f"{100 * eff:9.1f}% {100 * (eff - c['published']):+7.1f}{fitted}")
         if row["role"] == "held out":
             calibrated.append((abs(eff - c["published"]) * 100, abs(row["predicted"] - c["published"]) * 100))
     # What each step loses against one GPU where the source gives both rates (one server's
@@ -570,11 +571,11 @@ def main():
           f"{statistics.mean(p for p, _ in points):.1f}, worst {points[-1][0]:.1f} ({points[-1][1]}); per GPU, %: "
           f"median {statistics.median(gpu_errors):.1f}, worst {gpu_errors[-1]:.1f}")
     if calibrated:
-        print(f"# with the published single-GPU rate: within 3 points {sum(1 for e, _ in calibrated if e <= 3)} of "
-              f"{len(calibrated)} held-out cases (without it {sum(1 for _, e in calibrated if e <= 3)}); error, "
-              f"points: median {statistics.median(e for e, _ in calibrated):.1f} (without "
-              f"{statistics.median(e for _, e in calibrated):.1f}), mean {statistics.mean(e for e, _ in calibrated):.1f} "
-              f"(without {statistics.mean(e for _, e in calibrated):.1f})")
+        with_rate, without = [e for e, _ in calibrated], [e for _, e in calibrated]
+        print(f"# with the published single-GPU rate: within 3 points {sum(1 for e in with_rate if e <= 3)} of "
+              f"{len(calibrated)} held-out cases (without it {sum(1 for e in without if e <= 3)}); error, points: "
+              f"median {statistics.median(with_rate):.1f} (without {statistics.median(without):.1f}), mean "
+              f"{statistics.mean(with_rate):.1f} (without {statistics.mean(without):.1f})")
     if bounds:
         above = sum(1 for r in bounds if r["predicted_per_gpu"] >= r["published_per_gpu"])
         print(f"# per-GPU throughput above the published lower bound (>=, a time to train that includes more than "

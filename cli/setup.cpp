@@ -65,9 +65,9 @@ void SetupFlags::add(CLI::App* app) {
   slowdown_opt = add_compute_slowdown_option(app, compute_slowdown);
   variation_opt = add_compute_variation_option(app, compute_variation);
   rate_opt = app->add_option("--measured-rate", measured_rate,
-                             "samples/s one GPU of the cluster was measured to train with this model, batch, precision\n"
-                             "and training loop: the compute model is scaled to it (every layer and the optimizer by one\n"
-                             "factor) before the GPUs are added; (0, 1e6]; not with --profile");
+                             "samples/s one GPU of the cluster was measured to train with this model, batch,\n"
+                             "precision and training loop: the compute model is scaled to it (every layer and the\n"
+                             "optimizer by one factor) before the GPUs are added; (0, 1e6]; not with --profile");
   rate_accumulate_opt = app->add_option(
       "--measured-accumulate", measured_accumulate,
       "--measured-rate: micro-batches per optimizer step in the measured run, where it stepped otherwise than the\n"

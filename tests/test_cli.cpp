@@ -304,7 +304,8 @@ TEST_CASE("cli: --measured-rate scales the compute to one GPU's measured rate on
   CHECK(run("tune " + setup + " --gpus 8 --measured-rate 1500").code == 0);
   CHECK(run("compare " + setup + " --gpus 8 --measured-rate 1500").code == 0);
   CHECK(run("simulate " + setup + " --gpus 8 --measured-rate 1500").code == 0);
-  expect_bad("predict " + setup + " --measured-rate 0", "--measured-rate: must be in (0, 1e6] samples/s per GPU (got 0)");
+  expect_bad("predict " + setup + " --measured-rate 0",
+             "--measured-rate: must be in (0, 1e6] samples/s per GPU (got 0)");
   expect_bad("predict " + setup + " --measured-rate -5", "--measured-rate: must be in (0, 1e6]");
   expect_bad("predict " + setup + " --measured-accumulate 4", "--measured-accumulate: applies with --measured-rate");
   expect_bad("predict " + setup + " --measured-rate 100 --measured-accumulate 0",

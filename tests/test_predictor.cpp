@@ -964,7 +964,7 @@ TEST_CASE("a compute variation fitted to a measured efficiency reproduces it, an
                     Catch::Contains("the wait for the slowest GPU is paid on more than one GPU only"));
 }
 
-TEST_CASE("a measured single-GPU rate scales every layer and the optimizer by one factor, and one GPU then trains at it") {
+TEST_CASE("a measured single-GPU rate scales every layer and the optimizer by one factor, and one GPU trains at it") {
   const Cluster c = load_cluster("dgx-a100");
   const Model roof = load_model("resnet50");
   const ComputeModel before(roof, c, 128, Precision::FP16);
@@ -983,7 +983,8 @@ TEST_CASE("a measured single-GPU rate scales every layer and the optimizer by on
       for (size_t l = 0; l < m.layers.size(); l += 37)
         CHECK(after.layers()[l].bwd_s == Approx(before.layers()[l].bwd_s * factor));
       // The predictor's single-GPU step is that time.
-      Plan p = make_plan(m, c.name, 8, 128, Precision::FP16, buckets_from_spec("single", m, "auto", Precision::FP16), "single");
+      Plan p = make_plan(m, c.name, 8, 128, Precision::FP16, buckets_from_spec("single", m, "auto", Precision::FP16),
+                         "single");
       p.accumulate = a;
       p.optimizer_kernels = k;
       const Report r = predict(m, c, p, CollectiveModel(c, 8), after, training_goal(m), false);
