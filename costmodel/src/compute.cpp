@@ -118,6 +118,7 @@ double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, con
   const ComputeModel roofline(m, c, batch, p);
   // One micro-batch's share of the step, as the single-GPU run paid it.
   const double step_s = roofline.forward_s() + roofline.backward_s() + roofline.optimizer_s(k) / a.steps;
+  if (!(step_s > 0)) throw InputError(where + ": model " + m.name + " prices no compute on one GPU to scale");
   const double factor = (batch / samples_per_s) / step_s;
   for (size_t i = 0; i < m.layers.size(); ++i) {
     const LayerTime& t = roofline.layers()[i];
