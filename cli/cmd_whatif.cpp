@@ -20,8 +20,9 @@ struct WhatIfFlags {
   std::string precisions = "fp16", transfer, algorithms = "auto", strategies = "optimal";
   int segments = 2, group = 0, torus_x = 0, max_gpus = 0;
   std::string nccl_version, profile;
-  double inter_lat_us = -1, compute_slowdown = 0, compute_variation = 0;
-  CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr;
+  double inter_lat_us = -1, compute_slowdown = 0, compute_variation = 0, measured_rate = 0;
+  int measured_accumulate = 0;
+  CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr, *rate_opt = nullptr, *rate_accumulate_opt = nullptr;
   FusionFlags fusion;
   GoalFlags goal;
   std::string out, deadline, solve = "bandwidth";
@@ -73,6 +74,33 @@ void run_whatif(const WhatIfFlags& f) {
     for (Precision p : axes.precisions)
       for (int b : axes.batch_per_gpu) check_profile(info, f.profile, b ? b : default_batch_per_gpu(axes.models[0]), p);
     settings.profile = f.profile;
+  }
+  if (f.rate_accumulate_opt->count() && !f.rate_opt->count())
+    throw InputError("--measured-accumulate: applies with --measured-rate");
+  if (f.rate_opt->count()) {
+    // A rate is one model's at one batch and precision: every point must be of them.
+    if (!f.profile.empty()) throw InputError("--measured-rate and --profile are exclusive: both measure the compute");
+    if (axes.models.size() != 1 || axes.batch_per_gpu.size() != 1 || axes.precisions.size() != 1)
+      throw InputError("--measured-rate: a rate is measured with one model, batch and precision; give one --model, "
+                       "--batch-per-gpu and --precision");
+    settings.measured_rate = f.measured_rate;
+    settings.measured_batch = axes.batch_per_gpu[0] ? axes.batch_per_gpu[0] : default_batch_per_gpu(axes.models[0]);
+    settings.measured_precision = axes.precisions[0];
+    settings.measured_loop = settings.tune.accumulate;
+    if (f.rate_accumulate_opt->count()) {
+      if (f.measured_accumulate < 1 || f.measured_accumulate > kMaxAccumulationSteps)
+        throw InputError("--measured-accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) +
+                         "] (got " + std::to_string(f.measured_accumulate) + ")");
+      settings.measured_loop = {f.measured_accumulate, false};
+    }
+    // Checked here to name the flag, and the factor said once.
+    Model m = load_model(axes.models[0], settings.model_options);
+    const double factor = set_measured_rate(m, base, settings.measured_batch, settings.measured_precision,
+                                            settings.measured_loop, settings.tune.optimizer_kernels, f.measured_rate,
+                                            "--measured-rate");
+    warn_later("fuseplan: note: --measured-rate " + formatted(f.measured_rate, "%g") +
+               ": the compute of one GPU scaled by " + formatted(factor, "%.4f") + " (the roofline gave " +
+               formatted(f.measured_rate * factor, "%.1f") + " samples/s)");
   }
   // Non-default training-loop steps are named above the table ("step: 4 micro-batches ...").
   const std::string step =
@@ -175,6 +203,14 @@ void add_whatif_command(CLI::App& app) {
   cmd->add_option("--profile", f->profile,
                   "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
                   "roofline; one --model and its precision");
+  f->rate_opt = cmd->add_option("--measured-rate", f->measured_rate,
+                                 "samples/s one GPU was measured to train with the one --model, --batch-per-gpu,\n"
+                                 "--precision and training loop: the compute model is scaled to it for every point\n"
+                                 "(as predict --measured-rate); (0, 1e6]; not with --profile");
+  f->rate_accumulate_opt = cmd->add_option(
+      "--measured-accumulate", f->measured_accumulate,
+      "--measured-rate: micro-batches per optimizer step in the measured run, where it stepped otherwise than the\n"
+      "points (default: --accumulate's; 1 to 4096)");
   f->goal.add(cmd);
   auto* json = cmd->add_flag("--json", f->json, "print JSON rows instead of the table");
   cmd->add_flag("--csv", f->csv, "print CSV rows instead of the table")->excludes(json);

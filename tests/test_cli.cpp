@@ -310,6 +310,18 @@ TEST_CASE("cli: --measured-rate scales the compute to one GPU's measured rate on
   expect_bad("predict " + setup + " --measured-accumulate 4", "--measured-accumulate: applies with --measured-rate");
   expect_bad("predict " + setup + " --measured-rate 100 --measured-accumulate 0",
              "--measured-accumulate: must be in [1, 4096] (got 0)");
+  // whatif: every point of the one model, batch and precision, whatever the GPU count.
+  const Run sweep = run_stdout("whatif " + setup + " --gpus 1,64 --measured-rate 1500 --json --quiet");
+  REQUIRE(sweep.code == 0);
+  const auto rows = nlohmann::json::parse(sweep.out);
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0]["report"]["throughput_samples_s"].get<double>() == Approx(1500).epsilon(1e-9));
+  CHECK(rows[1]["report"]["single_gpu_iteration_s"].get<double>() == Approx(128.0 / 1500).epsilon(1e-9));
+  expect_bad("whatif --model resnet50,vgg16 --cluster dgx-a100 --gpus 8 --measured-rate 1500 --quiet",
+             "--measured-rate: a rate is measured with one model, batch and precision");
+  expect_bad("whatif " + setup + " --gpus 8 --measured-accumulate 2 --quiet",
+             "--measured-accumulate: applies with --measured-rate");
+  expect_bad("whatif " + setup + " --gpus 8 --measured-rate 2e6 --quiet", "--measured-rate: must be in (0, 1e6]");
   const std::string profile = tmp("measured-rate-profile.json");
   {
     std::ofstream pf(profile);

@@ -1,6 +1,8 @@
 // What-if sweeps and inverse questions on top of the tuner and the predictor.
 #include "fuseplan/costmodel/whatif.hpp"
 
+#include "fuseplan/costmodel/compute.hpp"
+
 #include "fuseplan/costmodel/scenario.hpp"
 
 #include <algorithm>
@@ -25,6 +27,9 @@ const Model& WhatIf::model(const std::string& name) const {
     if (n == name) return m;
   Model m = load_model(name, settings_.model_options);
   if (!settings_.profile.empty()) apply_profile(m, settings_.profile);
+  if (settings_.measured_rate > 0)
+    set_measured_rate(m, base_, settings_.measured_batch, settings_.measured_precision, settings_.measured_loop,
+                      settings_.tune.optimizer_kernels, settings_.measured_rate, field("measured_rate"));
   models_.emplace_back(name, std::move(m));
   return models_.back().second;
 }

@@ -30,6 +30,13 @@ struct WhatIfSettings {
   TuneOptions tune;        // strategy, algorithm and transfer are set per point
   bool transfer_follows_compute = true;  // else tune.transfer
   std::string profile;     // measured layer times (fuseplan.profile/1) for every model; "" = the roofline
+  // One GPU's measured training rate (samples/s) in place of the roofline's speed
+  // (set_measured_rate), for one model at one batch and precision, measured with
+  // `measured_loop` and the tune options' optimizer kernels; 0: none.
+  double measured_rate = 0;
+  int measured_batch = 1;
+  Precision measured_precision = Precision::FP16;
+  Accumulation measured_loop;
 };
 
 struct WhatIfPoint {
