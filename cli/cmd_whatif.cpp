@@ -86,21 +86,14 @@ void run_whatif(const WhatIfFlags& f) {
     settings.measured_rate = f.measured_rate;
     settings.measured_batch = axes.batch_per_gpu[0] ? axes.batch_per_gpu[0] : default_batch_per_gpu(axes.models[0]);
     settings.measured_precision = axes.precisions[0];
-    settings.measured_loop = settings.tune.accumulate;
-    if (f.rate_accumulate_opt->count()) {
-      if (f.measured_accumulate < 1 || f.measured_accumulate > kMaxAccumulationSteps)
-        throw InputError("--measured-accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) +
-                         "] (got " + std::to_string(f.measured_accumulate) + ")");
-      settings.measured_loop = {f.measured_accumulate, false};
-    }
+    settings.measured_loop =
+        f.rate_accumulate_opt->count() ? measured_loop_of(f.measured_accumulate) : settings.tune.accumulate;
     // Checked here to name the flag, and the factor said once.
     Model m = load_model(axes.models[0], settings.model_options);
     const double factor = set_measured_rate(m, base, settings.measured_batch, settings.measured_precision,
                                             settings.measured_loop, settings.tune.optimizer_kernels, f.measured_rate,
                                             "--measured-rate");
-    warn_later("fuseplan: note: --measured-rate " + formatted(f.measured_rate, "%g") +
-               ": the compute of one GPU scaled by " + formatted(factor, "%.4f") + " (the roofline gave " +
-               formatted(f.measured_rate * factor, "%.1f") + " samples/s)");
+    warn_later("fuseplan: " + measured_rate_note(f.measured_rate, factor));
   }
   // Non-default training-loop steps are named above the table ("step: 4 micro-batches ...").
   const std::string step =

@@ -122,6 +122,11 @@ struct FusionFlags {
   void apply(TuneOptions& o) const;  // throws InputError naming the flag
 };
 
+// --measured-accumulate K as the measured run's loop (InputError naming the flag unless
+// 1 <= K <= kMaxAccumulationSteps), and the note --measured-rate leaves on stderr.
+Accumulation measured_loop_of(int measured_accumulate);
+std::string measured_rate_note(double rate, double factor);
+
 // A profile's layer times hold for the precision they were measured at: another one is
 // refused (InputError). Another batch is scaled linearly, said on stderr.
 void check_profile(const ProfileInfo& p, const std::string& path, int batch, Precision compute);

@@ -80,20 +80,27 @@ void SetupFlags::check_rate_flags() const {
     throw InputError("--measured-accumulate: applies with --measured-rate");
   if (rate_opt->count() && !profile.empty())
     throw InputError("--measured-rate and --profile are exclusive: both measure the compute");
-  if (rate_accumulate_opt->count() && (measured_accumulate < 1 || measured_accumulate > kMaxAccumulationSteps))
-    throw InputError("--measured-accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
-                     std::to_string(measured_accumulate) + ")");
+  if (rate_accumulate_opt->count()) measured_loop_of(measured_accumulate);
 }
 
 void SetupFlags::apply_measured_rate(Model& m, const Cluster& c, int batch, Precision compute, const Accumulation& a,
                                      OptimizerKernels k) const {
   if (!rate_opt->count()) return;
-  Accumulation measured_loop = a;
-  if (rate_accumulate_opt->count()) measured_loop = {measured_accumulate, false};
-  const double factor = set_measured_rate(m, c, batch, compute, measured_loop, k, measured_rate, "--measured-rate");
-  say({"note: --measured-rate " + formatted(measured_rate, "%g") + ": the compute of one GPU scaled by " +
-       formatted(factor, "%.4f") + " (the roofline gave " + formatted(measured_rate * factor, "%.1f") +
-       " samples/s)"});
+  const Accumulation loop = rate_accumulate_opt->count() ? measured_loop_of(measured_accumulate) : a;
+  const double factor = set_measured_rate(m, c, batch, compute, loop, k, measured_rate, "--measured-rate");
+  say({measured_rate_note(measured_rate, factor)});
+}
+
+Accumulation measured_loop_of(int measured_accumulate) {
+  if (measured_accumulate < 1 || measured_accumulate > kMaxAccumulationSteps)
+    throw InputError("--measured-accumulate: must be in [1, " + std::to_string(kMaxAccumulationSteps) + "] (got " +
+                     std::to_string(measured_accumulate) + ")");
+  return {measured_accumulate, false};
+}
+
+std::string measured_rate_note(double rate, double factor) {
+  return "note: --measured-rate " + formatted(rate, "%g") + ": the compute of one GPU scaled by " +
+         formatted(factor, "%.4f") + " (the roofline gave " + formatted(rate * factor, "%.1f") + " samples/s)";
 }
 
 void GoalFlags::add(CLI::App* app) {
