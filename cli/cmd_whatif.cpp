@@ -75,11 +75,9 @@ void run_whatif(const WhatIfFlags& f) {
       for (int b : axes.batch_per_gpu) check_profile(info, f.profile, b ? b : default_batch_per_gpu(axes.models[0]), p);
     settings.profile = f.profile;
   }
-  if (f.rate_accumulate_opt->count() && !f.rate_opt->count())
-    throw InputError("--measured-accumulate: applies with --measured-rate");
+  check_measured_rate_flags(f.rate_opt, f.rate_accumulate_opt, f.profile, f.measured_accumulate);
   if (f.rate_opt->count()) {
     // A rate is one model's at one batch and precision: every point must be of them.
-    if (!f.profile.empty()) throw InputError("--measured-rate and --profile are exclusive: both measure the compute");
     if (axes.models.size() != 1 || axes.batch_per_gpu.size() != 1 || axes.precisions.size() != 1)
       throw InputError("--measured-rate: a rate is measured with one model, batch and precision; give one --model, "
                        "--batch-per-gpu and --precision");

@@ -122,6 +122,10 @@ struct FusionFlags {
   void apply(TuneOptions& o) const;  // throws InputError naming the flag
 };
 
+// --measured-rate's companions and exclusions: --measured-accumulate only with it and in
+// [1, kMaxAccumulationSteps], no --profile beside it (InputError naming the flags).
+void check_measured_rate_flags(const CLI::Option* rate, const CLI::Option* accumulate, const std::string& profile,
+                               int measured_accumulate);
 // --measured-accumulate K as the measured run's loop (InputError naming the flag unless
 // 1 <= K <= kMaxAccumulationSteps), and the note --measured-rate leaves on stderr.
 Accumulation measured_loop_of(int measured_accumulate);

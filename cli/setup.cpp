@@ -76,11 +76,15 @@ void SetupFlags::add(CLI::App* app) {
 }
 
 void SetupFlags::check_rate_flags() const {
-  if (rate_accumulate_opt->count() && !rate_opt->count())
-    throw InputError("--measured-accumulate: applies with --measured-rate");
-  if (rate_opt->count() && !profile.empty())
+  check_measured_rate_flags(rate_opt, rate_accumulate_opt, profile, measured_accumulate);
+}
+
+void check_measured_rate_flags(const CLI::Option* rate, const CLI::Option* accumulate, const std::string& profile,
+                               int measured_accumulate) {
+  if (accumulate->count() && !rate->count()) throw InputError("--measured-accumulate: applies with --measured-rate");
+  if (rate->count() && !profile.empty())
     throw InputError("--measured-rate and --profile are exclusive: both measure the compute");
-  if (rate_accumulate_opt->count()) measured_loop_of(measured_accumulate);
+  if (accumulate->count()) measured_loop_of(measured_accumulate);
 }
 
 void SetupFlags::apply_measured_rate(Model& m, const Cluster& c, int batch, Precision compute, const Accumulation& a,
