@@ -236,6 +236,23 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   expect_bad("run --plan " + plan, "$.accumulate: fuseplan-exec run runs one micro-batch", true);
 }
 
+TEST_CASE("cli: a transformer plan keeps its sequence length, which the fingerprint cannot tell") {
+  const std::string setup = "predict --model bert_base --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 "
+                            "--buckets single --json";
+  const std::string plan = tmp("bert-seq256.json");
+  REQUIRE(run(setup + " --seq-len 256 --out " + plan).code == 0);
+  std::ifstream pf(plan);
+  CHECK(nlohmann::json::parse(pf)["model"]["options"]["seq_len"] == 256);
+  const double at256 = json_of(setup + " --seq-len 256")["iteration_s"].get<double>();
+  const double at128 = json_of(setup + " --seq-len 128")["iteration_s"].get<double>();
+  REQUIRE(at256 > 1.5 * at128);
+  // --plan rebuilds the model at the plan's length; --seq-len still overrides it.
+  CHECK(json_of("predict --json --plan " + plan)["iteration_s"].get<double>() == Approx(at256).epsilon(1e-12));
+  CHECK(json_of("predict --json --seq-len 128 --plan " + plan)["iteration_s"].get<double>() ==
+        Approx(at128).epsilon(1e-12));
+  CHECK(json_of("simulate --json --plan " + plan)["iteration_s"].get<double>() == Approx(at256).epsilon(1e-3));
+}
+
 TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU and is kept in the plan") {
   const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
                             "--precision fp16 --buckets threshold:25MiB";

@@ -40,6 +40,7 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (p.model_options.resolution) o["resolution"] = *p.model_options.resolution;
   if (p.model_options.channels) o["channels"] = *p.model_options.channels;
   if (p.model_options.classes) o["classes"] = *p.model_options.classes;
+  if (p.model_options.seq_len) o["seq_len"] = *p.model_options.seq_len;
   if (!o.empty()) j["model"]["options"] = o;
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
@@ -76,6 +77,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
     p.model_options.resolution = get("resolution");
     p.model_options.channels = get("channels");
     p.model_options.classes = get("classes");
+    p.model_options.seq_len = get("seq_len");
     o->finish();
   }
   m.finish();
@@ -323,6 +325,9 @@ Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, 
     p.model_options.resolution = static_cast<int>(m.input_shape[1]);
     p.model_options.classes = static_cast<int>(m.layers.back().out_shape[0]);
   }
+  // A transformer's sequence length (its input is [S]): it changes no tensor, so the
+  // fingerprint cannot tell a plan made at another length.
+  if (m.file.empty() && m.input_shape.size() == 1) p.model_options.seq_len = static_cast<int>(m.input_shape[0]);
   p.cluster = cluster;
   p.gpus = gpus;
   p.batch_per_gpu = batch;
