@@ -14,6 +14,10 @@ void ModelFlags::add(CLI::App* app, bool positional) {
   const char* help = "zoo name (see `fuseplan models`) or a model .json path";
   model_opt = positional ? app->add_option("model", model, help)->required() : app->add_option("--model", model, help)->capture_default_str();
   add_shape(app);
+  attention_opt = app->add_option("--attention", attention,
+                                  "eager (the attention scores materialised, as 2019-2022 BERT and GPT-2 code runs) | "
+                                  "fused (one kernel: flash attention, PyTorch 2's SDPA) for every attention layer "
+                                  "(default: the model's own; the zoo's are fused)");
 }
 
 void ModelFlags::add_shape(CLI::App* app) {
@@ -30,6 +34,11 @@ ModelOptions ModelFlags::options() const {
   if (channels_opt->count()) o.channels = channels;
   if (classes_opt->count()) o.classes = classes;
   if (seq_len_opt->count()) o.seq_len = seq_len;
+  if (attention_opt && attention_opt->count()) {
+    if (attention != "eager" && attention != "fused")
+      throw InputError("--attention: unknown attention '" + attention + "' (eager, fused)");
+    o.eager_attention = attention == "eager";
+  }
   return o;
 }
 

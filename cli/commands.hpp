@@ -19,11 +19,12 @@ namespace fuseplan::cli {
 struct ModelFlags {
   std::string model = "resnet50";
   int resolution = 0, channels = 0, classes = 0, seq_len = 0;
+  std::string attention;
   CLI::Option *model_opt = nullptr, *resolution_opt = nullptr, *channels_opt = nullptr, *classes_opt = nullptr,
-              *seq_len_opt = nullptr;
+              *seq_len_opt = nullptr, *attention_opt = nullptr;
   void add(CLI::App* app, bool positional = false);
   void add_shape(CLI::App* app);  // --resolution, --channels, --classes, --seq-len only
-  ModelOptions options() const;
+  ModelOptions options() const;   // InputError for an --attention that is neither eager nor fused
   bool shape_given() const;  // any of the shape flags
 };
 

@@ -192,7 +192,7 @@ TEST_CASE("report: a measured report reads back with its buckets and timeline") 
 }
 
 TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from runs they predicted") {
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   c.comm_compute_sharing = 0.6;
   c.dispatch_overhead_us = 250;
@@ -234,7 +234,7 @@ TEST_CASE("calibrate: processor sharing and dispatch overhead are recovered from
 }
 
 TEST_CASE("calibrate: how much backward slows an allreduce is recovered apart from how much it slows backward") {
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   const std::vector<OverlapRun> runs = runs_with_overlap(m, c, 0.4, 1.5, 200);
   const OverlapFit all = fit_overlap(c, runs, {true, true, true}, {});
@@ -272,7 +272,7 @@ TEST_CASE("calibrate: how much backward slows an allreduce is recovered apart fr
 TEST_CASE("calibrate: a step's slower bytes are recovered apart from how backward slows an allreduce") {
   // Runs whose allreduces move bytes 1.8 times slower than the sweep, in backward and
   // after it, besides the two sharing rates and the dispatch.
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   const std::vector<OverlapRun> runs = runs_with_overlap(m, c, 0.4, 0.5, 200, 0, 1.8);
   const OverlapFit all = fit_overlap(c, runs, {true, true, true, true}, {});
@@ -306,7 +306,7 @@ TEST_CASE("calibrate: a run that starts each bucket after its thread's hand-off 
   // PlanDDP and fuseplan-exec record a bucket's start once their communication thread has
   // woken for it: later, by the hand-off, than the prediction's start, which counts the
   // hand-off inside the bucket (dispatch_overhead_us). The end times are the same.
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   const std::vector<OverlapRun> runs = runs_with_overlap(m, c, 0.4, 1.5, 800, 800e-6);
   const OverlapFit fit = fit_overlap(c, runs, {true, true, true}, {});

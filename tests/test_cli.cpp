@@ -253,6 +253,29 @@ TEST_CASE("cli: a transformer plan keeps its sequence length, which the fingerpr
   CHECK(json_of("simulate --json --plan " + plan)["iteration_s"].get<double>() == Approx(at256).epsilon(1e-3));
 }
 
+TEST_CASE("cli: --attention eager prices the materialised scores and is kept in the plan") {
+  const std::string setup = "predict --model bert_base --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 "
+                            "--buckets single --json";
+  const double fused = json_of(setup)["iteration_s"].get<double>();
+  CHECK(json_of(setup + " --attention fused")["iteration_s"].get<double>() == fused);
+  const double eager = json_of(setup + " --attention eager")["iteration_s"].get<double>();
+  CHECK(eager > fused);
+  const std::string plan = tmp("bert-eager.json");
+  REQUIRE(run(setup + " --attention eager --out " + plan).code == 0);
+  std::ifstream pf(plan);
+  CHECK(nlohmann::json::parse(pf)["model"]["options"]["attention"] == "eager");
+  CHECK(json_of("predict --json --plan " + plan)["iteration_s"].get<double>() == Approx(eager).epsilon(1e-12));
+  CHECK(json_of("predict --json --attention fused --plan " + plan)["iteration_s"].get<double>() ==
+        Approx(fused).epsilon(1e-12));
+  // show writes the attribute; a model file with it is priced the same.
+  const std::string model = tmp("bert-eager-model.json");
+  write(model, run_stdout("show bert_base --attention eager --json").out);
+  CHECK(json_of("predict --json --model " + model + " --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 "
+                "--buckets single")["iteration_s"].get<double>() == Approx(eager).epsilon(1e-12));
+  expect_bad("predict --model resnet50 --attention eager", "--attention: resnet50 has no attention layer");
+  expect_bad("predict --model bert_base --attention flash", "--attention: unknown attention 'flash' (eager, fused)");
+}
+
 TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU and is kept in the plan") {
   const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
                             "--precision fp16 --buckets threshold:25MiB";

@@ -690,11 +690,11 @@ TEST_CASE("training goal: each model family's, named with its source, and a toke
   CHECK(resnet.tokens == 0);
   CHECK_THAT(resnet.what, Catch::Contains("ImageNet-1k"));
   CHECK(training_goal(load_model("alexnet_bn")).epochs == 95);
-  const TrainingGoal fashion = training_goal(load_model("resnet18", {28, 1, 10, {}}));
+  const TrainingGoal fashion = training_goal(load_model("resnet18", {28, 1, 10, {}, {}}));
   CHECK(fashion.dataset_size == 60000);
   CHECK_THAT(fashion.what, Catch::Contains("Fashion-MNIST"));
   // A CNN of another shape: ImageNet's goal, said to be assumed.
-  CHECK_THAT(training_goal(load_model("resnet18", {64, 3, 200, {}})).what, Catch::Contains("assumed"));
+  CHECK_THAT(training_goal(load_model("resnet18", {64, 3, 200, {}, {}})).what, Catch::Contains("assumed"));
   const Model bert = load_model("bert_large");
   const TrainingGoal bg = training_goal(bert);
   CHECK(bg.tokens == 1e6 * 256 * 512);
@@ -873,6 +873,51 @@ TEST_CASE("compute: a custom layer marked a view takes no time, one that copies 
   conv["layers"][0]["attrs"]["view"] = true;
   CHECK_THROWS_WITH(model_from_json(conv, "r.json"),
                     Catch::Contains("$.layers[0].attrs.view: only a custom layer is marked a view"));
+}
+
+TEST_CASE("compute: eager attention adds its score traffic to the attention layers, fused attention none") {
+  const Cluster c = load_cluster("dgx-a100");
+  ModelOptions eager;
+  eager.seq_len = 256;
+  ModelOptions fused = eager;
+  eager.eager_attention = true;
+  const Model me = load_model("bert_base", eager), mf = load_model("bert_base", fused);
+  // The zoo builds fused attention, and --attention fused changes nothing.
+  fused.eager_attention = false;
+  CHECK(model_to_json(load_model("bert_base", fused)) == model_to_json(mf));
+  for (Precision p : {Precision::FP16, Precision::FP32}) {
+    const int batch = 8;
+    const ComputeModel te(me, c, batch, p), tf(mf, c, batch, p);
+    const double eb = p == Precision::FP16 ? 2 : 4;
+    const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(ComputeClass::Attention, p);
+    const double scores = 256.0 * 256 * 12 * batch;  // batch x heads x S x S
+    int attention = 0;
+    for (size_t i = 0; i < me.layers.size(); ++i) {
+      if (me.layers[i].kind != LayerKind::Attention) {
+        CHECK(te.layers()[i].fwd_s == tf.layers()[i].fwd_s);
+        CHECK(te.layers()[i].bwd_s == tf.layers()[i].bwd_s);
+        continue;
+      }
+      ++attention;
+      CHECK(me.layers[i].attrs.eager);
+      // Forward: four reads and four writes of the scores and the dropout's byte;
+      // backward: four reads, three writes and the byte.
+      CHECK(te.layers()[i].fwd_s - tf.layers()[i].fwd_s == Approx(scores * (8 * eb + 1) / bw).epsilon(1e-9));
+      CHECK(te.layers()[i].bwd_s - tf.layers()[i].bwd_s == Approx(scores * (7 * eb + 1) / bw).epsilon(1e-9));
+    }
+    CHECK(attention == 12);
+  }
+  // The attribute is the model file's too, on attention layers only.
+  const nlohmann::json j = model_to_json(me);
+  const Model back = model_from_json(j, "e.json");
+  CHECK(model_to_json(back) == j);
+  nlohmann::json bad = model_to_json(load_model("resnet18"));
+  bad["layers"][0]["attrs"]["eager"] = true;
+  CHECK_THROWS_WITH(model_from_json(bad, "r.json"),
+                    Catch::Contains("$.layers[0].attrs.eager: only an attention layer runs eagerly"));
+  ModelOptions cnn;
+  cnn.eager_attention = true;
+  CHECK_THROWS_WITH(load_model("resnet18", cnn), Catch::Contains("resnet18 has no attention layer"));
 }
 
 TEST_CASE("compute per layer class: bad by_kind entries are refused naming the JSON path") {

@@ -116,7 +116,7 @@ TEST_CASE("a simulated iteration matches the predictor on a contention-free plat
 }
 
 TEST_CASE("processor sharing: the simulated iteration matches the predictor's shared schedule") {
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   c.gpus_per_node = 4;  // one node, shared memory: contention-free for 2 and 4 ranks alone
   int checked = 0;
@@ -159,7 +159,7 @@ TEST_CASE("processor sharing: the simulated iteration matches the predictor's sh
 }
 
 TEST_CASE("gradient accumulation: the simulated micro-batch matches the predictor with and without no_sync") {
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   c.gpus_per_node = 4;
   Tuner t(m, c, 2, 16, Precision::FP32);
@@ -186,7 +186,7 @@ TEST_CASE("gradient accumulation: the simulated micro-batch matches the predicto
 }
 
 TEST_CASE("a step overhead: the simulated iteration pays it as the predictor does and traces it") {
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   c.gpus_per_node = 4;
   Tuner t(m, c, 2, 16, Precision::FP32);
@@ -219,7 +219,7 @@ TEST_CASE("a step overhead: the simulated iteration pays it as the predictor doe
 }
 
 TEST_CASE("a calibrated cluster is simulated on its calibration's flat network and matches the predictor") {
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");
   c.gpus_per_node = 4;
   // The ring in two size ranges (cache-resident messages are cheaper per byte).
@@ -295,7 +295,7 @@ TEST_CASE("a job bandwidth factor scales every bandwidth term alike: cost model,
     CHECK(r.simulated_s > 1.5 * r1.simulated_s);
   }
   // A tuned iteration: the simulation matches the predictor with the factor.
-  Model m = load_model("resnet18", {28, 1, 10, {}});
+  Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   cal.job_bandwidth_factor = 1.8;
   cal.comm_compute_sharing = 0.5;
   Tuner t(m, cal, 2, 16, Precision::FP32);

@@ -16,6 +16,14 @@ constexpr double kBackwardTrafficRatio = 2.0;
 // the update reads the gradient (2-4 B), reads and writes the FP32 master (8 B) and the
 // momentum (8 B) and writes the half-precision copy (2 B): about 28 B per parameter.
 constexpr double kOptimizerBytesPerParam = 28.0;
+// Eager attention (LayerAttrs::eager) materialises the scores, batch x heads x S x S, and
+// each step of the chain between the two products reads and writes them. Forward: the
+// scaling, the mask, the softmax and the dropout, four reads and four writes, and the
+// dropout's one-byte mask. Backward: the dropout's gradient (reading the mask), the
+// softmax's (reading its output too) and the scaling's, four reads and three writes. The
+// products' own reads and writes of the scores happen inside their kernels, priced with
+// their FLOPs; a fused kernel (flash attention) moves none of these.
+constexpr double kEagerForwardPasses = 8, kEagerBackwardPasses = 7, kDropoutMaskBytes = 1;
 }  // namespace
 
 ComputeClass compute_class_of(const Layer& l) {
@@ -69,6 +77,11 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
   const double share = l.backward_share;
   if (share > 0)
     t.bwd_s = share * std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
+  if (l.kind == LayerKind::Attention && l.attrs.eager) {
+    const double scores = double(l.out_shape[0]) * double(l.out_shape[0]) * l.attrs.heads * batch;
+    t.fwd_s += scores * (kEagerForwardPasses * eb + kDropoutMaskBytes) / bw;
+    if (share > 0) t.bwd_s += share * scores * (kEagerBackwardPasses * eb + kDropoutMaskBytes) / bw;
+  }
   return t;
 }
 

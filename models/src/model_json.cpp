@@ -38,6 +38,7 @@ nlohmann::json model_to_json(const Model& m) {
     if (l.attrs.heads) a["heads"] = l.attrs.heads;
     if (l.attrs.dropout) a["dropout"] = l.attrs.dropout;
     if (l.attrs.causal) a["causal"] = true;
+    if (l.attrs.eager) a["eager"] = true;
     if (l.attrs.bias) a["bias"] = true;
     if (l.attrs.compute_class) a["class"] = compute_class_name(*l.attrs.compute_class);
     if (l.attrs.view) a["view"] = true;
@@ -155,6 +156,9 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
       l.attrs.dropout = a->opt_number("dropout").value_or(0);
       if (l.attrs.dropout < 0 || l.attrs.dropout >= 1) a->fail("dropout", "must be in [0, 1)");
       l.attrs.causal = a->opt_boolean("causal").value_or(false);
+      l.attrs.eager = a->opt_boolean("eager").value_or(false);
+      if (l.attrs.eager && l.kind != LayerKind::Attention)
+        a->fail("eager", "only an attention layer runs eagerly (a " + kind + " has no scores)");
       l.attrs.bias = a->opt_boolean("bias").value_or(false);
       l.attrs.view = a->opt_boolean("view").value_or(false);
       if (l.attrs.view && l.kind != LayerKind::Custom)

@@ -93,6 +93,21 @@ std::string zoo_names() {
   return out;
 }
 
+namespace {
+// --attention: every attention layer of `m` eager or fused, as `opt` says.
+Model with_attention(Model m, const ModelOptions& opt) {
+  if (!opt.eager_attention) return m;
+  bool any = false;
+  for (Layer& l : m.layers)
+    if (l.kind == LayerKind::Attention) {
+      l.attrs.eager = *opt.eager_attention;
+      any = true;
+    }
+  if (!any) throw InputError(field("model.attention") + ": " + m.name + " has no attention layer");
+  return m;
+}
+}  // namespace
+
 Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
   const ZooEntry* e = find_zoo(name);
   if (!e) throw InputError(field("model") + ": unknown model '" + name + "' (zoo: " + zoo_names() + "; or a model .json path)");
@@ -101,7 +116,7 @@ Model build_zoo_model(const std::string& name, const ModelOptions& opt) {
   if (!e->is_transformer && opt.seq_len)
     throw InputError(field("model.seq_len") + " does not apply to " + name + " (a CNN; use " + field("model.resolution") + ")");
   check_model_options(opt);
-  return e->build(opt);
+  return with_attention(e->build(opt), opt);
 }
 
 void check_model_options(const ModelOptions& opt) {
@@ -119,7 +134,7 @@ Model load_model(const std::string& name_or_path, const ModelOptions& opt) {
   if (!names_a_file(name_or_path)) return build_zoo_model(name_or_path, opt);
   if (opt.resolution || opt.channels || opt.classes || opt.seq_len)
     throw InputError(field("model.resolution") + "/" + field("model.channels") + "/" + field("model.classes") + "/" + field("model.seq_len") + " apply to zoo models, not to " + name_or_path);
-  return load_model_file(name_or_path);
+  return with_attention(load_model_file(name_or_path), opt);
 }
 
 int default_batch_per_gpu(const std::string& name_or_path) {

@@ -103,6 +103,11 @@ struct LayerAttrs {
   int heads = 0;
   double dropout = 0;
   bool causal = false;
+  // An attention layer run eagerly: its scores (batch x heads x S x S) are materialised
+  // and read and written by each step of the scale, mask, softmax and dropout chain, as
+  // 2019-2022 BERT and GPT-2 code does; false: one fused kernel (flash attention, PyTorch
+  // 2's scaled_dot_product_attention) moves only q, k, v and the output.
+  bool eager = false;
   bool bias = false;
   // A custom layer's class of kernels, where its export knows it (a matrix product is a
   // gemm, a counted nn.LSTM too); none: `other`.

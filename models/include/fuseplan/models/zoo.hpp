@@ -13,6 +13,9 @@ struct ModelOptions {
   std::optional<int> channels;     // CNN input channels
   std::optional<int> classes;      // CNN classifier outputs
   std::optional<int> seq_len;      // transformer sequence length
+  // Every attention layer eager (true) or fused (false); unset: as built (the zoo's are
+  // fused) or as the model file says. A model without attention layers refuses it.
+  std::optional<bool> eager_attention;
 };
 
 struct ZooEntry {
