@@ -14,6 +14,9 @@ void ModelFlags::add(CLI::App* app, bool positional) {
   const char* help = "zoo name (see `fuseplan models`) or a model .json path";
   model_opt = positional ? app->add_option("model", model, help)->required() : app->add_option("--model", model, help)->capture_default_str();
   add_shape(app);
+}
+
+void ModelFlags::add_attention(CLI::App* app) {
   attention_opt = app->add_option("--attention", attention,
                                   "eager (the attention scores materialised, as 2019-2022 BERT and GPT-2 code runs) | "
                                   "fused (one kernel: flash attention, PyTorch 2's SDPA) for every attention layer "
@@ -25,6 +28,7 @@ void ModelFlags::add_shape(CLI::App* app) {
   channels_opt = app->add_option("--channels", channels, "CNN input channels (default 3)");
   classes_opt = app->add_option("--classes", classes, "CNN classifier outputs (default 1000)");
   seq_len_opt = app->add_option("--seq-len", seq_len, "transformer sequence length in tokens (bert 128, gpt2 1024)");
+  add_attention(app);
 }
 
 ModelOptions ModelFlags::options() const {
@@ -43,7 +47,8 @@ ModelOptions ModelFlags::options() const {
 }
 
 bool ModelFlags::shape_given() const {
-  return resolution_opt->count() || channels_opt->count() || classes_opt->count() || seq_len_opt->count();
+  return resolution_opt->count() || channels_opt->count() || classes_opt->count() || seq_len_opt->count() ||
+         (attention_opt && attention_opt->count());
 }
 
 namespace {

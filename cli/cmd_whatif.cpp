@@ -220,6 +220,7 @@ void add_whatif_command(CLI::App& app) {
   f->model_shape.channels_opt = cmd->add_option("--channels", f->model_shape.channels, "CNN input channels");
   f->model_shape.classes_opt = cmd->add_option("--classes", f->model_shape.classes, "CNN classifier outputs");
   f->model_shape.seq_len_opt = cmd->add_option("--seq-len", f->model_shape.seq_len, "transformer sequence length");
+  f->model_shape.add_attention(cmd);
   cmd->callback([f] { run_whatif(*f); });
 }
 

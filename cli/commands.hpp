@@ -23,7 +23,8 @@ struct ModelFlags {
   CLI::Option *model_opt = nullptr, *resolution_opt = nullptr, *channels_opt = nullptr, *classes_opt = nullptr,
               *seq_len_opt = nullptr, *attention_opt = nullptr;
   void add(CLI::App* app, bool positional = false);
-  void add_shape(CLI::App* app);  // --resolution, --channels, --classes, --seq-len only
+  void add_shape(CLI::App* app);      // --resolution, --channels, --classes, --seq-len, --attention only
+  void add_attention(CLI::App* app);  // --attention alone
   ModelOptions options() const;   // InputError for an --attention that is neither eager nor fused
   bool shape_given() const;  // any of the shape flags
 };

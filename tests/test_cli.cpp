@@ -274,6 +274,12 @@ TEST_CASE("cli: --attention eager prices the materialised scores and is kept in 
                 "--buckets single")["iteration_s"].get<double>() == Approx(eager).epsilon(1e-12));
   expect_bad("predict --model resnet50 --attention eager", "--attention: resnet50 has no attention layer");
   expect_bad("predict --model bert_base --attention flash", "--attention: unknown attention 'flash' (eager, fused)");
+  // whatif prices its sweep with it too.
+  const std::string what = "whatif --model bert_base --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 --json";
+  const auto eager_sweep = nlohmann::json::parse(run_stdout(what + " --attention eager").out);
+  const auto fused_sweep = nlohmann::json::parse(run_stdout(what).out);
+  CHECK(eager_sweep[0]["report"]["iteration_s"].get<double>() > fused_sweep[0]["report"]["iteration_s"].get<double>());
+  expect_bad("whatif --model resnet50 --attention eager", "--attention: resnet50 has no attention layer");
 }
 
 TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU and is kept in the plan") {
@@ -1800,7 +1806,8 @@ TEST_CASE("cli: calibrate --profile --model fits each layer class's efficiency i
               .code == 0);
   CHECK(nlohmann::json::parse(std::ifstream(by_name))["device"]["by_kind"] == j["device"]["by_kind"]);
   expect_bad("calibrate --cluster local-cpu --resolution 28 --sweep x.json",
-             "--resolution/--channels/--classes/--seq-len: set the shape of --model (with --profile); give --model");
+             "--resolution/--channels/--classes/--seq-len/--attention: set the shape of --model (with --profile); "
+             "give --model");
 }
 
 TEST_CASE("cli: whatif --profile holds the profile to each point's precision and batch, as predict does", "[exec]") {
