@@ -491,7 +491,8 @@ def main():
         print("published_scaling: the fitted step overhead does not reproduce " + ", ".join(off))
         return 1
     print("# step overhead per framework, server and precision: fitted on each ResNet-50 case (ms per step); a server "
-          "with no\n# case of its own takes the one of the same container on the same GPU (TensorFlow's DGX-2 the DGX-1's)")
+          "with no\n# case of its own takes the one of the same container on the same GPU (TensorFlow's DGX-2 the "
+          "DGX-1's)")
     for name, x in overhead_ms.items():
         users = [c["name"] for c in CASES if c.get("step_overhead") == name]
         print(f"  {name:34s} {x:6.2f} ms, used by {', '.join(users)}")

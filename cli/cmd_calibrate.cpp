@@ -73,8 +73,8 @@ void run_calibrate(const CalibrateFlags& f) {
   if (!f.profile().empty() && f.plans.empty() && f.model.empty())  // before any fit prints
     throw InputError("--profile: give --model, the model it was measured on (a zoo name or the model .json)");
   if (f.shape.shape_given() && f.model.empty())
-    throw InputError("--resolution/--channels/--classes/--seq-len/--attention: set the shape of --model (with --profile); "
-                     "give --model");
+    throw InputError("--resolution/--channels/--classes/--seq-len/--attention: set the shape of --model "
+                     "(with --profile); give --model");
   if (!f.nccl_tests.empty() && !f.cluster_opt->count()) {
     std::string names;
     for (const auto& n : shipped_cluster_names())
