@@ -114,7 +114,7 @@ void add_models_commands(CLI::App& app) {
       int64_t params = 0;
       for (int k = 0; k < l.tensor_count; ++k) params += m.tensors[l.first_tensor + k].numel;
       params += l.frozen_elems;
-      lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)),
+      lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)) + (l.attrs.eager ? " (eager)" : ""),
               std::string(compute_class_name(compute_class_of(l))), shape_str(l.out_shape), grouped(params),
               fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops * l.backward_share / 1e6, 2),
               grouped(l.activation_elems)});

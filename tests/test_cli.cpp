@@ -267,7 +267,9 @@ TEST_CASE("cli: --attention eager prices the materialised scores and is kept in 
   CHECK(json_of("predict --json --plan " + plan)["iteration_s"].get<double>() == Approx(eager).epsilon(1e-12));
   CHECK(json_of("predict --json --attention fused --plan " + plan)["iteration_s"].get<double>() ==
         Approx(fused).epsilon(1e-12));
-  // show writes the attribute; a model file with it is priced the same.
+  // show says it and writes it; a model file with it is priced the same.
+  CHECK(run_stdout("show bert_base --attention eager").out.find("attention (eager)") != std::string::npos);
+  CHECK(run_stdout("show bert_base").out.find("(eager)") == std::string::npos);
   const std::string model = tmp("bert-eager-model.json");
   write(model, run_stdout("show bert_base --attention eager --json").out);
   CHECK(json_of("predict --json --model " + model + " --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 "
