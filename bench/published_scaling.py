@@ -588,7 +588,8 @@ def main():
     families = {}
     for r in held:
         parts = r["case"].split("-")
-        fam = "-".join(parts[:2]) if parts[0] == "tf" else parts[0].rstrip("0123456789")
+        fam = "-".join(parts[:2]) if parts[0] == "tf" else parts[0] if parts[0] == "tf2" else \
+            parts[0].rstrip("0123456789")
         families.setdefault(fam, []).append(abs(r["predicted"] - r["published"]))
     print("# held out by source family: within 3 points / cases, mean error in points: " + "; ".join(
         f"{fam} {sum(1 for e in errs if e <= 0.03)}/{len(errs)} {100 * statistics.mean(errs):.1f}"
