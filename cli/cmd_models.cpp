@@ -38,17 +38,13 @@ ModelOptions ModelFlags::options() const {
   if (channels_opt->count()) o.channels = channels;
   if (classes_opt->count()) o.classes = classes;
   if (seq_len_opt->count()) o.seq_len = seq_len;
-  if (attention_opt && attention_opt->count()) {
-    if (attention != "eager" && attention != "fused")
-      throw InputError("--attention: unknown attention '" + attention + "' (eager, fused)");
-    o.eager_attention = attention == "eager";
-  }
+  if (attention_opt->count()) o.eager_attention = parse_eager_attention(attention, "--attention");
   return o;
 }
 
 bool ModelFlags::shape_given() const {
   return resolution_opt->count() || channels_opt->count() || classes_opt->count() || seq_len_opt->count() ||
-         (attention_opt && attention_opt->count());
+         attention_opt->count();
 }
 
 namespace {

@@ -41,7 +41,7 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (p.model_options.channels) o["channels"] = *p.model_options.channels;
   if (p.model_options.classes) o["classes"] = *p.model_options.classes;
   if (p.model_options.seq_len) o["seq_len"] = *p.model_options.seq_len;
-  if (p.model_options.eager_attention) o["attention"] = *p.model_options.eager_attention ? "eager" : "fused";
+  if (p.model_options.eager_attention) o["attention"] = attention_name(*p.model_options.eager_attention);
   if (!o.empty()) j["model"]["options"] = o;
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
@@ -79,10 +79,8 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
     p.model_options.channels = get("channels");
     p.model_options.classes = get("classes");
     p.model_options.seq_len = get("seq_len");
-    if (auto att = o->opt_string("attention")) {
-      if (*att != "eager" && *att != "fused") o->fail("attention", "unknown attention '" + *att + "' (eager, fused)");
-      p.model_options.eager_attention = *att == "eager";
-    }
+    if (auto att = o->opt_string("attention"))
+      p.model_options.eager_attention = parse_eager_attention(*att, origin + ": $.model.options.attention");
     o->finish();
   }
   m.finish();

@@ -93,6 +93,12 @@ std::string zoo_names() {
   return out;
 }
 
+bool parse_eager_attention(const std::string& name, const std::string& where) {
+  if (name != "eager" && name != "fused")
+    throw InputError(where + ": unknown attention '" + name + "' (eager, fused)");
+  return name == "eager";
+}
+
 namespace {
 // --attention: every attention layer of `m` eager or fused, as `opt` says.
 Model with_attention(Model m, const ModelOptions& opt) {

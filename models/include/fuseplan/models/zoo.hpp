@@ -17,6 +17,10 @@ struct ModelOptions {
   // fused) or as the model file says. A model without attention layers refuses it.
   std::optional<bool> eager_attention;
 };
+// --attention's and plans' names: "eager" is true, "fused" false; InputError naming
+// `where` for anything else.
+bool parse_eager_attention(const std::string& name, const std::string& where);
+inline const char* attention_name(bool eager) { return eager ? "eager" : "fused"; }
 
 struct ZooEntry {
   std::string name;
