@@ -16,7 +16,7 @@ struct PredictFlags {
   SetupFlags setup;
   std::string plan_path, buckets = "threshold:64MiB", algorithm = "auto";
   std::string trace_path, out;
-  bool json = false, pack = false;
+  bool json = false, pack = false, by_class = false;
   std::string pack_on = "comm";
   double cycle_ms = 0;
   double measured_efficiency = 0;
@@ -78,6 +78,7 @@ void print_report(const Report& r, const Scenario& s, const std::string& plan_or
             << step_description(s.plan.accumulate, s.plan.optimizer_kernels, s.plan.step_overhead_s) << "\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
+  if (f.by_class) print_compute_by_class(r);
   if (!f.trace_path.empty()) out() << "  trace                " << f.trace_path << " (open in ui.perfetto.dev)\n";
 }
 
@@ -201,6 +202,9 @@ void add_predict_command(CLI::App& app) {
                    ->capture_default_str();
   cmd->add_option("--trace", f->trace_path, "write a Chrome trace (JSON for ui.perfetto.dev) to FILE");
   cmd->add_option("--out", f->out, "write the plan that was predicted (with its prediction) to FILE");
+  cmd->add_flag("--by-class", f->by_class,
+                "also print the compute per layer class (its layers' forward and backward time, share of the step's "
+                "compute,\nFLOP rate, how many are memory-bound); --json always carries it (compute_by_class)");
   cmd->add_flag("--json", f->json, "print the report as JSON");
   cmd->callback([f] {
     std::string plan_origin;

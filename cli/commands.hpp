@@ -156,6 +156,8 @@ std::string setup_line(const std::string& command, const Model& m, const Cluster
 // The per-bucket table (ready/start/end from backward start) and the iteration summary.
 void print_bucket_table(const Report& r, std::ostream& os = out());
 void print_iteration_summary(const Report& r, std::ostream& os = out());
+// predict --by-class: the report's compute per layer class (nothing where it has none).
+void print_compute_by_class(const Report& r, std::ostream& os = out());
 // tune --validate sim: plans ranked by prediction, simulated, ranked again.
 struct Validated {
   std::string label;

@@ -58,6 +58,36 @@ void print_iteration_summary(const Report& r, std::ostream& os) {
      << " iterations: " << r.goal << ")\n";
 }
 
+void print_compute_by_class(const Report& r, std::ostream& os) {
+  if (r.compute_by_class.empty()) return;
+  if (!csv_output()) os << "\n  compute by layer class (one micro-batch on the mean GPU):\n";
+  Table t({"<class", "layers", "forward ms", "backward ms", "share", "TFLOP/s", "bytes-bound", "measured"});
+  double fwd = 0, bwd = 0, flops = 0;
+  int layers = 0, bound = 0, measured = 0;
+  for (const auto& k : r.compute_by_class) {
+    fwd += k.forward_s;
+    bwd += k.backward_s;
+    flops += k.flops;
+    layers += k.layers;
+    bound += k.memory_bound;
+    measured += k.measured;
+  }
+  const double total_s = fwd + bwd;
+  auto rate = [](double f, double s) { return s > 0 ? fixed(f / s * 1e-12, 2) : "-"; };
+  for (const auto& k : r.compute_by_class) {
+    const double s = k.forward_s + k.backward_s;
+    t.row({std::string(compute_class_name(k.k)), std::to_string(k.layers), ms(k.forward_s), ms(k.backward_s),
+           percent(total_s > 0 ? s / total_s : 0), rate(k.flops, s), std::to_string(k.memory_bound),
+           std::to_string(k.measured)});
+  }
+  t.row({"all", std::to_string(layers), ms(fwd), ms(bwd), percent(1), rate(flops, total_s), std::to_string(bound),
+         std::to_string(measured)});
+  t.print(os, "  ");
+  if (csv_output()) return;
+  os << "  (TFLOP/s: the class's forward and backward FLOPs over its time; bytes-bound: layers the roofline prices\n"
+        "   by their memory traffic, not their FLOPs; measured: layers timed by a profile or --measured-rate)\n";
+}
+
 void print_validation(const std::vector<Validated>& v) {
   out() << "\n  validated by simulation (SimGrid, the " << v.size() << " best distinct plans by prediction):\n";
   Table t({"<plan", "buckets", "predicted ms", "simulated ms", "sim/pred", "sim rank"});

@@ -290,6 +290,30 @@ TEST_CASE("cli: --attention eager prices the materialised scores and is kept in 
   expect_bad("whatif --model resnet50 --attention eager", "--attention: resnet50 has no attention layer");
 }
 
+TEST_CASE("cli: predict --by-class prints the compute per layer class and --json carries it") {
+  const std::string setup = "predict --model bert_large --seq-len 384 --attention eager --cluster dgx-a100 --gpus 8 "
+                            "--batch-per-gpu 32 --buckets single --compute-variation 0";
+  const auto j = nlohmann::json::parse(run_stdout(setup + " --json").out);
+  double fwd = 0, bwd = 0;
+  std::vector<std::string> names;
+  for (const auto& k : j.at("compute_by_class")) {
+    fwd += k.at("forward_s").get<double>();
+    bwd += k.at("backward_s").get<double>();
+    names.push_back(k.at("class").get<std::string>());
+  }
+  CHECK(fwd == Approx(j.at("forward_s").get<double>()).epsilon(1e-12));
+  CHECK(bwd == Approx(j.at("backward_s").get<double>()).epsilon(1e-12));  // the mean GPU's (no variation here)
+  CHECK(names == std::vector<std::string>{"gemm", "attention", "norm", "elementwise", "embedding"});
+  const std::string text = run_stdout(setup + " --by-class").out;
+  CHECK(text.find("compute by layer class (one micro-batch on the mean GPU)") != std::string::npos);
+  CHECK(text.find("  attention        24") != std::string::npos);
+  CHECK(run_stdout(setup).out.find("compute by layer class") == std::string::npos);
+  // A sweep's reports leave it out: it does not change with the GPU count.
+  const auto sweep = nlohmann::json::parse(
+      run_stdout("whatif --model bert_base --cluster dgx-a100 --gpus 8,16 --batch-per-gpu 8 --json").out);
+  CHECK_FALSE(sweep[0]["report"].contains("compute_by_class"));
+}
+
 TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU and is kept in the plan") {
   const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
                             "--precision fp16 --buckets threshold:25MiB";

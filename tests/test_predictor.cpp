@@ -1053,3 +1053,78 @@ TEST_CASE("a measured single-GPU rate scales every layer and the optimizer by on
                     Catch::Contains("more than cluster dgx-a100's input pipeline feeds one GPU"));
   CHECK(set_measured_rate(n, fed, 128, Precision::FP16, {}, OptimizerKernels::Fused, 900, "rate") > 0);
 }
+
+TEST_CASE("compute per layer class: the breakdown sums to the compute model, counts bytes-bound and measured layers") {
+  const Cluster c = load_cluster("dgx-a100");
+  ModelOptions o;
+  o.seq_len = 384;
+  o.eager_attention = true;
+  const Model m = load_model("bert_large", o);
+  const int batch = 32;
+  const ComputeModel compute(m, c, batch, Precision::FP16);
+  const auto classes = compute_by_class(m, compute, batch);
+  double fwd = 0, bwd = 0, flops = 0;
+  int layers = 0;
+  for (size_t i = 0; i < classes.size(); ++i) {
+    const ClassCompute& k = classes[i];
+    if (i > 0) CHECK(int(classes[i - 1].k) < int(k.k));  // ComputeClass order, each class once
+    CHECK(k.layers > 0);
+    CHECK(k.measured == 0);
+    fwd += k.forward_s;
+    bwd += k.backward_s;
+    flops += k.flops;
+    layers += k.layers;
+  }
+  CHECK(fwd == Approx(compute.forward_s()).epsilon(1e-12));
+  CHECK(bwd == Approx(compute.backward_s()).epsilon(1e-12));
+  CHECK(layers == int(m.layers.size()));
+  CHECK(flops == Approx((m.fwd_flops() + m.bwd_flops()) * batch).epsilon(1e-12));
+  auto of = [&](ComputeClass want) {
+    for (const auto& k : classes)
+      if (k.k == want) return k;
+    FAIL("no class " << compute_class_name(want));
+    return ClassCompute{};
+  };
+  // Element-wise layers and layer norms move bytes; the encoder's linear layers are FLOP-bound
+  // (the span head's 2 outputs and the pooler's one vector are not); eager attention's
+  // scores make every attention layer bytes-bound.
+  CHECK(of(ComputeClass::Elementwise).memory_bound == of(ComputeClass::Elementwise).layers);
+  CHECK(of(ComputeClass::Norm).memory_bound == of(ComputeClass::Norm).layers);
+  CHECK(of(ComputeClass::Gemm).memory_bound < 3);
+  CHECK(of(ComputeClass::Attention).memory_bound == 24);
+  ModelOptions f = o;
+  f.eager_attention = false;
+  const Model fm = load_model("bert_large", f);
+  for (const auto& k : compute_by_class(fm, ComputeModel(fm, c, batch, Precision::FP16), batch))
+    if (k.k == ComputeClass::Attention) CHECK(k.memory_bound == 0);  // fused: its FLOPs bound it
+  // A measured rate times every layer: all measured, none priced by the roofline's bounds.
+  Model rated = m;
+  set_measured_rate(rated, c, batch, Precision::FP16, {}, OptimizerKernels::Fused, 100, "rate");
+  const ComputeModel measured(rated, c, batch, Precision::FP16);
+  for (const auto& k : compute_by_class(rated, measured, batch)) {
+    CHECK(k.measured == k.layers);
+    CHECK(k.memory_bound == 0);
+  }
+  // Predicted reports carry it, and it survives the JSON round trip; simulated and
+  // measured reports have none (the key is absent).
+  const Plan plan = make_plan(m, c.name, 8, batch, Precision::FP16,
+                              buckets_from_spec("single", m, "auto", Precision::FP16), "single");
+  const Report r = predict(m, c, plan, CollectiveModel(c, 8), compute, training_goal(m), false);
+  CHECK(r.compute_by_class == classes);
+  const nlohmann::json j = report_to_json(r);
+  CHECK(j.at("compute_by_class").size() == classes.size());
+  CHECK(report_from_json(j, "r.json").compute_by_class == classes);
+  Report plain = r;
+  plain.compute_by_class.clear();
+  CHECK_FALSE(report_to_json(plain).contains("compute_by_class"));
+  const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> bad = {
+      {[](nlohmann::json& x) { x["compute_by_class"][0]["class"] = "matmul"; }, "$.compute_by_class[0].class"},
+      {[](nlohmann::json& x) { x["compute_by_class"][0]["memory_bound"] = 1000; }, "memory_bound"},
+      {[](nlohmann::json& x) { x["compute_by_class"][0]["colour"] = 1; }, "$.compute_by_class[0]"}};
+  for (const auto& [change, what] : bad) {
+    INFO(what);
+    nlohmann::json x = j;
+    change(x);
+    CHECK_THROWS_WITH(report_from_json(x, "r.json"), Catch::Contains("r.json") && Catch::Contains(what));
+  }
+}

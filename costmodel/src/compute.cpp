@@ -73,15 +73,19 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
   const double fwd_bytes = (in_elems + numel(l.out_shape)) * batch * eb + params * eb;
   LayerTime t;
   t.fwd_s = std::max(l.fwd_flops * batch / flops, fwd_bytes / bw) + overhead;
+  double fwd_bytes_s = fwd_bytes / bw;
   // With frozen parameters only part of a layer's backward runs (backward_share), or none.
   const double share = l.backward_share;
   if (share > 0)
     t.bwd_s = share * std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
   if (l.kind == LayerKind::Attention && l.attrs.eager) {
     const double scores = double(l.out_shape[0]) * double(l.out_shape[0]) * l.attrs.heads * batch;
-    t.fwd_s += scores * (kEagerForwardPasses * eb + kDropoutMaskBytes) / bw;
+    const double score_bytes_s = scores * (kEagerForwardPasses * eb + kDropoutMaskBytes) / bw;
+    t.fwd_s += score_bytes_s;
+    fwd_bytes_s += score_bytes_s;
     if (share > 0) t.bwd_s += share * scores * (kEagerBackwardPasses * eb + kDropoutMaskBytes) / bw;
   }
+  t.memory_bound = fwd_bytes_s > l.fwd_flops * batch / flops;
   return t;
 }
 
@@ -109,6 +113,25 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
   if (!m.measured_optimizer_us)
     per_tensor_extra_s_ = double(m.tensors.size()) * kPerTensorOptimizerKernels * c.device.kernel_overhead_us * 1e-6;
   if (c.input_samples_per_s_per_gpu > 0) loader_s_ = batch / c.input_samples_per_s_per_gpu;
+}
+
+std::vector<ClassCompute> compute_by_class(const Model& m, const ComputeModel& c, int batch_per_gpu) {
+  std::vector<ClassCompute> all(kComputeClassCount);
+  for (int i = 0; i < kComputeClassCount; ++i) all[size_t(i)].k = ComputeClass(i);
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const Layer& l = m.layers[i];
+    const LayerTime& t = c.layers()[i];
+    if (l.attrs.view && !t.measured) continue;  // no kernel, no time
+    ClassCompute& k = all[size_t(compute_class_of(l))];
+    ++k.layers;
+    k.forward_s += t.fwd_s;
+    k.backward_s += t.bwd_s;
+    k.flops += (l.fwd_flops + l.backward_share * l.bwd_flops) * batch_per_gpu;
+    k.measured += t.measured;
+    k.memory_bound += !t.measured && t.memory_bound;
+  }
+  std::erase_if(all, [](const ClassCompute& k) { return k.layers == 0; });
+  return all;
 }
 
 double ComputeModel::data_wait_s(double busy_s) const { return std::max(0.0, loader_s_ - busy_s); }

@@ -88,6 +88,13 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
   if (r.step_overhead_s > 0) j["step_overhead_s"] = r.step_overhead_s;
   if (r.variation_wait_s > 0) j["variation_wait_s"] = r.variation_wait_s;
   if (r.copy_back_s > 0) j["copy_back_s"] = r.copy_back_s;
+  if (!r.compute_by_class.empty()) {
+    auto& a = j["compute_by_class"] = nlohmann::json::array();
+    for (const auto& k : r.compute_by_class)
+      a.push_back({{"class", compute_class_name(k.k)}, {"layers", k.layers}, {"forward_s", k.forward_s},
+                   {"backward_s", k.backward_s}, {"flops", k.flops}, {"memory_bound", k.memory_bound},
+                   {"measured", k.measured}});
+  }
   if (with_timeline) j["timeline"] = timeline_to_json(r.timeline);
   return j;
 }
@@ -174,6 +181,25 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
     x.launch_s = b.non_negative("launch_s");
     b.finish();
     r.buckets.push_back(std::move(x));
+  }
+  if (auto list = o.opt_array("compute_by_class")) {
+    const nlohmann::json& classes = list->get();
+    for (size_t i = 0; i < classes.size(); ++i) {
+      JsonObject c = element_object(classes[i], origin, "$.compute_by_class[" + std::to_string(i) + "]");
+      ClassCompute k;
+      const std::string name = c.string("class");
+      const auto parsed = parse_compute_class(name);
+      if (!parsed) c.fail("class", "unknown '" + name + "' (valid: " + compute_class_list() + ")");
+      k.k = *parsed;
+      k.layers = int(c.integer("layers", 1, INT32_MAX));
+      k.forward_s = c.non_negative("forward_s");
+      k.backward_s = c.non_negative("backward_s");
+      k.flops = c.non_negative("flops");
+      k.memory_bound = int(c.integer("memory_bound", 0, k.layers));
+      k.measured = int(c.integer("measured", 0, k.layers));
+      c.finish();
+      r.compute_by_class.push_back(k);
+    }
   }
   if (o.has("timeline")) r.timeline = timeline_from_json(o.raw("timeline"), origin, "$.timeline");
   o.finish();

@@ -8,6 +8,7 @@
 
 #include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/plan.hpp"
+#include "fuseplan/costmodel/report.hpp"
 #include "fuseplan/models/model.hpp"
 
 namespace fuseplan {
@@ -15,6 +16,7 @@ namespace fuseplan {
 struct LayerTime {
   double fwd_s = 0, bwd_s = 0;
   bool measured = false;
+  bool memory_bound = false;  // the roofline's forward priced by bytes, not FLOPs
 };
 
 // The class whose efficiencies price a layer (DeviceSpec::by_kind).
@@ -65,5 +67,10 @@ class ComputeModel {
   double loader_s_ = 0;
   int measured_ = 0;
 };
+
+// The compute model's layer times summed per class (ClassCompute), in ComputeClass order;
+// classes without a layer that takes time are left out. The sums are the model's
+// forward_s() and backward_s().
+std::vector<ClassCompute> compute_by_class(const Model& m, const ComputeModel& c, int batch_per_gpu);
 
 }  // namespace fuseplan

@@ -67,6 +67,19 @@ struct BucketReport {
   double launch_s = 0;
 };
 
+// What one layer class costs the mean GPU per micro-batch, as the compute model prices it
+// (predict's compute_by_class): its layers, their forward and backward time, and their
+// FLOPs (forward and backward, at the batch) from which the rate they reach follows.
+struct ClassCompute {
+  ComputeClass k = ComputeClass::Other;
+  int layers = 0;        // layers of the class that take time (views excluded)
+  double forward_s = 0, backward_s = 0;
+  double flops = 0;
+  int memory_bound = 0;  // of them, priced by their bytes rather than their FLOPs (roofline layers)
+  int measured = 0;      // of them, timed by a profile or a measured rate rather than the roofline
+  bool operator==(const ClassCompute&) const = default;
+};
+
 struct Report {
   std::string source;               // "predicted", "simulated", "measured"
   std::string model, cluster;
@@ -91,6 +104,9 @@ struct Report {
   int64_t iterations_to_train = 0;
   double time_to_train_s = 0;
   std::vector<BucketReport> buckets;
+  // Predicted reports: the compute per layer class, in ComputeClass order, classes without
+  // layers left out (empty in simulated and measured ones).
+  std::vector<ClassCompute> compute_by_class;
   Timeline timeline;
 };
 
