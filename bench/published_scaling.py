@@ -22,7 +22,10 @@ convolutions FITTED to ResNet-50's single-GPU rate in NVIDIA's DeepLearningExamp
 (PyTorch), one for grouped convolutions FITTED to ResNeXt-101 32x4d's, and the memory
 efficiency of the layers of no known kind (SE-ResNeXt-101 32x4d's squeeze-and-excitation)
 FITTED to SE-ResNeXt-101's V100 rates and carried to the A100, whose two SE-ResNeXt-101
-rates are held out. The 8-GPU rates of the same tables are cases, and
+rates are held out. Their GEMM and attention efficiency (one per precision) is FITTED to
+BERT-large's single-GPU pre-training rates, and the same repository's SQuAD fine-tuning
+rates are held out (`--bert-anchor squad` swaps the two folds, fitting into a copy of the
+cluster files). The 8-GPU rates of the same tables are cases, and
 so are the TensorFlow (Horovod, XLA) runs of ResNet-50, ResNeXt-101 and SE-ResNeXt-101 on
 the same two servers and on 16 GPUs of a DGX-2, whose single-GPU rates are not fitted
 (ResNeXt-101 and SE-ResNeXt-101 are DeepLearningExamples' own: bench/models/dle_convnets.py,
@@ -46,10 +49,12 @@ other scaling result is fitted.
 shipped files do not carry (docs/results/2026-12-06-published-scaling-compute-slowdown.md).
 
 usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json] [--compute-slowdown F]
+                            [--bert-anchor pretraining|squad]
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,8 +122,34 @@ BERT_AMP = BERT_SQUAD + ["--optimizer-kernels", "fused"]
 # BERT's GEMMs (its linear layers) and attention share one efficiency per precision, as the
 # ungrouped convolutions do: one rate cannot separate them.
 TRANSFORMER = ("gemm", "attention")
+# BERT-large pre-training, phase 1 (128 tokens), on one A100 80GB: 317 sequences/s TF32 at
+# batch 128, 580 mixed precision at batch 256 (PyTorch/LanguageModeling/BERT/README.md,
+# "Pre-training NVIDIA DGX A100 (8x A100 80GB)", pytorch:21.11-py3), 64 and 32 micro-batches
+# per optimizer step (global batch 8192 on one GPU); on one V100 32GB ("Pre-training NVIDIA
+# DGX-1 With 32G"): 50 FP32 at batch 32, 224 mixed precision at batch 64, 128 and 64
+# micro-batches per step (4096 sequences); FusedLAMBAMP; mixed precision runs the
+# model in FP16 (model.half()). The zoo's bert_large_pretraining is BertForPreTraining, its
+# masked-LM head on the masked positions only, as NVIDIA's run computes it.
+BERT_PRETRAIN = ["--seq-len", "128", "--attention", "eager", "--optimizer-kernels", "fused"]
+# Which of the two PyTorch BERT scripts' single-GPU rates the GEMM and attention
+# efficiencies are fitted to (the other's are held out): the same GPU, container and model
+# code train 1.3 (V100) to 1.7 (A100) times more FLOPs per second in pre-training than in
+# SQuAD fine-tuning, so one rate per device and precision serves one of them. The shipped
+# files carry pre-training's (docs/results/2026-12-07-bert-gemm-anchor.md says why, and gives
+# both folds); --bert-anchor squad runs the table with SQuAD's, fitted on the fly.
+# (cluster, precision, model, batch, single-GPU flags, sequences/s)
+BERT_ANCHORS = {
+    "pretraining": (("dgx1-v100", "fp32", "bert_large_pretraining", 32, BERT_PRETRAIN + ["--accumulate", "128"], 50),
+                    ("dgx1-v100", "fp16", "bert_large_pretraining", 64, BERT_PRETRAIN + ["--accumulate", "64"], 224),
+                    ("dgx-a100", "fp32", "bert_large_pretraining", 128, BERT_PRETRAIN + ["--accumulate", "64"], 317),
+                    ("dgx-a100", "fp16", "bert_large_pretraining", 256, BERT_PRETRAIN + ["--accumulate", "32"], 580)),
+    "squad": (("dgx1-v100", "fp32", "bert_large", 8, BERT_FP32, 12),
+              ("dgx1-v100", "fp16", "bert_large", 16, BERT_AMP, 52),
+              ("dgx-a100", "fp32", "bert_large", 32, BERT_FP32, 61.5),
+              ("dgx-a100", "fp16", "bert_large", 32, BERT_AMP, 110.5))}
+SHIPPED_BERT_ANCHOR = "pretraining"
 # (cluster, precision, model, batch, single-GPU flags, images or sequences/s, classes
-# fitted), in fitting order.
+# fitted), in fitting order: the convolutions, then BERT's GEMMs (bert_fits).
 DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, dle_single_gpu_flags(112), 356, UNGROUPED),
             ("dgx1-v100", "fp16", "resnet50", 256, dle_single_gpu_flags(256), 1156, UNGROUPED),
             ("dgx-a100", "fp32", "resnet50", 256, dle_single_gpu_flags(256), 938, UNGROUPED),
@@ -126,11 +157,16 @@ DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, dle_single_gpu_flags(112), 35
             ("dgx1-v100", "fp32", "resnext101_32x4d", 64, dle_single_gpu_flags(64, 1024), 144, ("conv_grouped",)),
             ("dgx1-v100", "fp16", "resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 565, ("conv_grouped",)),
             ("dgx-a100", "fp32", "resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 456, ("conv_grouped",)),
-            ("dgx-a100", "fp16", "resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 1211, ("conv_grouped",)),
-            ("dgx1-v100", "fp32", "bert_large", 8, BERT_FP32, 12, TRANSFORMER),
-            ("dgx1-v100", "fp16", "bert_large", 16, BERT_AMP, 52, TRANSFORMER),
-            ("dgx-a100", "fp32", "bert_large", 32, BERT_FP32, 61.5, TRANSFORMER),
-            ("dgx-a100", "fp16", "bert_large", 32, BERT_AMP, 110.5, TRANSFORMER))
+            ("dgx-a100", "fp16", "resnext101_32x4d", 128, dle_single_gpu_flags(128, 1024), 1211, ("conv_grouped",)))
+
+
+def bert_fits(anchor):
+    """The BERT rows fitted (as DLE_FITS rows) and the ones held out, for an anchor."""
+    fitted = tuple(row + (TRANSFORMER,) for row in BERT_ANCHORS[anchor])
+    held_out = tuple(row for name, rows in BERT_ANCHORS.items() if name != anchor for row in rows)
+    return fitted, held_out
+
+
 # SE-ResNeXt-101 32x4d: ResNeXt's grouped convolutions with squeeze-and-excitation, whose
 # spatial mean, sigmoid and broadcast multiply-add (torch.mean, torch.sigmoid, torch.addcmul)
 # are layers of no known kind, class `other`, priced by their bytes. The fraction of memory
@@ -141,22 +177,8 @@ SE = "se_resnext101_32x4d"
 DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024), 130, ("other",)),
                    ("dgx1-v100", "fp16", SE, 112, dle_single_gpu_flags(112, 896), 427, ("other",)))
 MEMORY_CARRIED_TO = ("dgx-a100",)
-# BERT-large pre-training, phase 1 (128 tokens), on one A100 80GB: 317 sequences/s TF32 at
-# batch 128, 580 mixed precision at batch 256 (PyTorch/LanguageModeling/BERT/README.md,
-# "Pre-training NVIDIA DGX A100 (8x A100 80GB)", pytorch:21.11-py3), 64 and 32 micro-batches
-# per optimizer step (global batch 8192 on one GPU); on one V100 32GB ("Pre-training NVIDIA
-# DGX-1 With 32G"): 50 FP32 at batch 32, 224 mixed precision at batch 64, 128 and 64
-# micro-batches per step (4096 sequences); FusedLAMBAMP; mixed precision runs the
-# model in FP16 (model.half()). The zoo's bert_large_pretraining is BertForPreTraining, its
-# masked-LM head on the masked positions only, as NVIDIA's run computes it. Held out: the
-# GEMM rate is SQuAD's.
-BERT_PRETRAIN = ["--seq-len", "128", "--attention", "eager", "--optimizer-kernels", "fused"]
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
-                ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855),
-                ("dgx-a100", "fp32", "bert_large_pretraining", 128, BERT_PRETRAIN + ["--accumulate", "64"], 317),
-                ("dgx-a100", "fp16", "bert_large_pretraining", 256, BERT_PRETRAIN + ["--accumulate", "32"], 580),
-                ("dgx1-v100", "fp32", "bert_large_pretraining", 32, BERT_PRETRAIN + ["--accumulate", "128"], 50),
-                ("dgx1-v100", "fp16", "bert_large_pretraining", 64, BERT_PRETRAIN + ["--accumulate", "64"], 224))
+                ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
 DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
@@ -184,7 +206,9 @@ def single_gpu_rate(binary, model, cluster, batch, precision="fp32", flags=()):
 
 
 def cluster_path(name):
-    return os.path.join(ROOT, "configs", "clusters", name + ".json")
+    """A cluster file where fuseplan finds it (FUSEPLAN_CONFIG_DIR, set by --bert-anchor)."""
+    return os.path.join(os.environ.get("FUSEPLAN_CONFIG_DIR", os.path.join(ROOT, "configs")), "clusters",
+                        name + ".json")
 
 
 def with_class_efficiencies(base, efficiencies, precision=None, key="compute_efficiency"):
@@ -261,7 +285,7 @@ def fit_class(binary, cluster, precision, model, batch, flags, target, classes, 
     (or sequences) per second on one GPU of `cluster`, run with `flags`; the file's other
     precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
-    hi = 1.0 if key == "memory_efficiency" else 4.0
+    hi = 1.0 if key == "memory_efficiency" else 8.0
     return solve(lambda e: rate_on(binary, with_class_efficiencies(base, {k: e for k in classes}, precision, key),
                                    model, batch, precision, flags), target, hi=hi)
 
@@ -342,7 +366,7 @@ def check_dle(binary):
     the clusters whose shipped values differ."""
     stale = [f"{name} (its device differs from {source}'s apart from the name)"
              for name, source in DEVICE_CARRIED.items() if device_but_name(name) != device_but_name(source)]
-    fits = [(f, "compute_efficiency", ()) for f in DLE_FITS]
+    fits = [(f, "compute_efficiency", ()) for f in DLE_FITS + bert_fits(SHIPPED_BERT_ANCHOR)[0]]
     fits += [(f, "memory_efficiency", MEMORY_CARRIED_TO) for f in DLE_MEMORY_FITS]
     for (cluster, precision, model, batch, flags, target, classes), key, carried in fits:
         e = fit_class(binary, cluster, precision, model, batch, flags, target, classes, key)
@@ -358,6 +382,23 @@ def check_dle(binary):
     return stale
 
 
+def refit_bert_anchor(binary, anchor, config_dir):
+    """Copies the shipped cluster files to config_dir/clusters, fits the GEMM and attention
+    efficiencies there to `anchor`'s single-GPU rates (the other constants as shipped), and
+    points every later prediction at the copy (FUSEPLAN_CONFIG_DIR)."""
+    shutil.copytree(os.path.dirname(cluster_path("any")), os.path.join(config_dir, "clusters"))
+    os.environ["FUSEPLAN_CONFIG_DIR"] = config_dir
+    print(f"# --bert-anchor {anchor}: gemm and attention fitted to these rates, not the shipped files' "
+          f"({SHIPPED_BERT_ANCHOR}):")
+    for cluster, precision, model, batch, flags, target, classes in bert_fits(anchor)[0]:
+        e = fit_class(binary, cluster, precision, model, batch, flags, target, classes)
+        print(f"#   {cluster} {precision}: {' = '.join(classes)} {e} ({model} {target}/s, batch {batch})")
+        for name in [cluster] + [k for k, v in DEVICE_CARRIED.items() if v == cluster]:
+            c = with_class_efficiencies(json.load(open(cluster_path(name))), {k: e for k in classes}, precision)
+            json.dump(c, open(cluster_path(name), "w"), indent=1)
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "cli", "fuseplan"))
@@ -368,8 +409,17 @@ def main():
     ap.add_argument("--compute-slowdown", type=float, metavar="F",
                     help="what-if for every case: backward F longer while an allreduce runs beside it (0.189: Lee et "
                          "al. 2025's mean); the shipped files carry none")
+    ap.add_argument("--bert-anchor", choices=sorted(BERT_ANCHORS), default=SHIPPED_BERT_ANCHOR,
+                    help="which PyTorch BERT script's single-GPU rates the GEMM and attention efficiencies are "
+                         f"fitted to, the other's held out (default: the shipped files', {SHIPPED_BERT_ANCHOR}; "
+                         "another is fitted on the fly into a copy of the cluster files)")
     a = ap.parse_args()
     require_binary(a.bin, "published_scaling")
+    if a.bert_anchor != SHIPPED_BERT_ANCHOR:
+        if a.fit:
+            ap.error("--fit checks the shipped files: give it without --bert-anchor")
+        anchored = tempfile.TemporaryDirectory()
+        refit_bert_anchor(a.bin, a.bert_anchor, anchored.name)
     if a.compute_slowdown is not None:
         if a.fit:
             ap.error("--fit checks the shipped files: give it without --compute-slowdown")
@@ -435,14 +485,22 @@ def main():
                          lambda model, batch: "held out")
     print("# single-GPU training throughput, images/s (BERT: sequences/s): NVIDIA DeepLearningExamples "
           "(PyTorch; ConvNets 21.03, BERT 21.11) vs fuseplan")
-    dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS]
+    bert_fitted, bert_held_out = bert_fits(a.bert_anchor)
+    dle = [(f[:6], "fitted: " + ", ".join(f[6])) for f in DLE_FITS + bert_fitted]
     dle += [(f[:6], "fitted: " + ", ".join(c + " memory" for c in f[6])) for f in DLE_MEMORY_FITS]
-    dle += [(h, "held out") for h in DLE_HELD_OUT]
+    dle += [(h, "held out") for h in DLE_HELD_OUT + bert_held_out]
     for (cluster, precision, model, batch, flags, published), role in dle:
         pred = single_gpu_rate(a.bin, model, cluster, batch, precision, flags)
         rows.append(rate_row(f"{cluster:9s} {precision} {model:19s} batch {batch:3d}",
                              f"dle-{cluster}-{precision}-{model}-b{batch}", published, pred, role))
     print()
+    # Every fitted rate reproduces (a file that does not carry its fit, or --bert-anchor's
+    # copy not read, would not).
+    off = [r["case"] for r in rows if r["role"].startswith("fitted")
+           and abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) > 1e-3]
+    if off:
+        print("published_scaling: a fitted single-GPU rate does not reproduce: " + ", ".join(off))
+        return 1
 
     bases = {}  # a case's base run, predicted once (it does not depend on the step overhead)
 

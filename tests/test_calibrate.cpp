@@ -413,6 +413,6 @@ TEST_CASE("calibrate: a class measured faster than its roofline can be is at its
   for (const auto& f : fit_compute_classes(plain, m, 16, Precision::FP32)) {
     INFO(compute_class_name(f.k));
     CHECK_THAT(f.bound, Catch::Contains("measured faster than the roofline at"));
-    CHECK(f.value == (f.memory ? 1.0 : 4.0));
+    CHECK(f.value == (f.memory ? 1.0 : kMaxClassEfficiency));
   }
 }

@@ -245,7 +245,7 @@ TEST_CASE("cli: a transformer plan keeps its sequence length, which the fingerpr
   CHECK(nlohmann::json::parse(pf)["model"]["options"]["seq_len"] == 256);
   const double at256 = json_of(setup + " --seq-len 256")["iteration_s"].get<double>();
   const double at128 = json_of(setup + " --seq-len 128")["iteration_s"].get<double>();
-  REQUIRE(at256 > 1.5 * at128);
+  REQUIRE(at256 > 1.2 * at128);  // apart enough that rebuilding at 128 tokens would show
   // --plan rebuilds the model at the plan's length; --seq-len still overrides it.
   CHECK(json_of("predict --json --plan " + plan)["iteration_s"].get<double>() == Approx(at256).epsilon(1e-12));
   CHECK(json_of("predict --json --seq-len 128 --plan " + plan)["iteration_s"].get<double>() ==

@@ -929,7 +929,8 @@ TEST_CASE("compute per layer class: bad by_kind entries are refused naming the J
   refused({{"conv3x3", {{"compute_efficiency", 0.5}}}},
           "$.device.by_kind.conv3x3: unknown layer class (valid: conv_kxk_s1, conv_kxk, conv_1x1, conv_grouped");
   refused({{"gemm", nlohmann::json::object()}}, "$.device.by_kind.gemm.compute_efficiency: missing");
-  refused({{"gemm", {{"compute_efficiency", 4.5}}}}, "$.device.by_kind.gemm.compute_efficiency: must be in [0.0001, 4] of peak (got 4.5)");
+  refused({{"gemm", {{"compute_efficiency", 8.5}}}},
+          "$.device.by_kind.gemm.compute_efficiency: must be in [0.0001, 8] of peak (got 8.5)");
   refused({{"gemm", {{"compute_efficiency", {{"fp8", 0.5}}}}}}, "fp8");
   refused({{"norm", {{"memory_efficiency", 0}}}}, "$.device.by_kind.norm.memory_efficiency: must be in");
   refused({{"norm", {{"memory_efficiency", {{"fp16", 1.5}}}}}},

@@ -550,7 +550,7 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
       return class_time(trial);
     };
     // The roofline falls as the efficiency grows: bisect on a log scale.
-    const double lo_bound = 1e-4, hi_bound = fit.memory ? 1.0 : 4.0;
+    const double lo_bound = 1e-4, hi_bound = fit.memory ? 1.0 : kMaxClassEfficiency;
     const std::string of = fit.memory ? " of the memory bandwidth" : " x peak FLOP/s";
     if (measured < predicted(hi_bound)) {
       fit.value = hi_bound;

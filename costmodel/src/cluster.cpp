@@ -165,10 +165,7 @@ Cluster cluster_from_json(const nlohmann::json& j, const std::string& origin) {
   c.device.mem_GiB = d.opt_in_range("mem_GiB", 0, 1e5, "GiB").value_or(0);
   c.device.compute_efficiency = efficiency_per_precision(d, "compute_efficiency", c.device, 1, true);
   c.device.memory_efficiency = d.in_range("memory_efficiency", kMinFraction, 1, "of peak");
-  // A class's compute efficiency counts the layer's direct FLOPs, so it may pass 1 where
-  // the library does fewer operations: Winograd F(4x4, 3x3) multiplies 4x less than a
-  // direct 3x3 convolution (Lavin and Gray 2016), which cuDNN uses for 3x3 kernels.
-  constexpr double kMaxClassEfficiency = 4;
+  // A class's compute efficiency may pass 1 (kMaxClassEfficiency says why).
   if (d.has("by_kind")) {
     auto kinds = d.object("by_kind");
     for (const std::string& key : kinds.keys()) {

@@ -17,6 +17,13 @@ namespace fuseplan {
 inline constexpr const char* kClusterSchema = "fuseplan.cluster/1";
 
 
+// The largest compute efficiency a class may have. It counts the layer's direct FLOPs against
+// the precision's peak, so it may pass 1: Winograd F(4x4, 3x3) multiplies 4x less than a
+// direct 3x3 convolution (Lavin and Gray 2016), which cuDNN uses for 3x3 kernels; and FP32
+// layers that run as TF32 on tensor cores are priced against the FP32 peak, which the A100's
+// TF32 tensor peak passes 8x (156 against 19.5 TFLOPS; the H100 SXM's 7.4x: 495 against 67).
+inline constexpr double kMaxClassEfficiency = 8;
+
 // A class's own achievable fractions (device.by_kind); what it leaves out is the device's.
 struct ClassEfficiency {
   std::map<Precision, double> compute;  // fraction of peak FLOP/s, per precision
