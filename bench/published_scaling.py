@@ -630,10 +630,10 @@ def main():
     print(f"\n# within 3 points: {within} of the {len(held)} held-out cases (target: all; the {fitted_cases} cases "
           f"that fit a step overhead or a compute variation are not counted)")
     apart = [r for r in measured if not r["single_gpu_fitted"]]
+    apart_ok = sum(1 for r in apart if abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) <= 0.10)
     print(f"# per-GPU throughput within 10 %: {gpu_ok} of the {len(measured)} held-out cases that publish a "
           f"measured rate; of those whose script's single-GPU rate is not fitted (all but DeepLearningExamples' "
-          f"PyTorch\n# runs of a fitted model, precision and server): "
-          f"{sum(1 for r in apart if abs(r['predicted_per_gpu'] / r['published_per_gpu'] - 1) <= 0.10)} of {len(apart)}")
+          f"PyTorch\n# runs of a fitted model, precision and server): {apart_ok} of {len(apart)}")
     # How far off the held-out cases are, beyond the count within the targets.
     points = sorted((abs(r["predicted"] - r["published"]) * 100, r["case"]) for r in held)
     gpu_errors = sorted(abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) * 100 for r in measured)
