@@ -285,7 +285,7 @@ def fit_class(binary, cluster, precision, model, batch, flags, target, classes, 
     (or sequences) per second on one GPU of `cluster`, run with `flags`; the file's other
     precisions and classes stay."""
     base = json.load(open(cluster_path(cluster)))
-    hi = 1.0 if key == "memory_efficiency" else 8.0
+    hi = 1.0 if key == "memory_efficiency" else 8.0  # the cluster reader's bounds (kMaxClassEfficiency)
     return solve(lambda e: rate_on(binary, with_class_efficiencies(base, {k: e for k in classes}, precision, key),
                                    model, batch, precision, flags), target, hi=hi)
 
@@ -395,7 +395,8 @@ def refit_bert_anchor(binary, anchor, config_dir):
         print(f"#   {cluster} {precision}: {' = '.join(classes)} {e} ({model} {target}/s, batch {batch})")
         for name in [cluster] + [k for k, v in DEVICE_CARRIED.items() if v == cluster]:
             c = with_class_efficiencies(json.load(open(cluster_path(name))), {k: e for k in classes}, precision)
-            json.dump(c, open(cluster_path(name), "w"), indent=1)
+            with open(cluster_path(name), "w") as f:
+                json.dump(c, f, indent=1)
     print()
 
 
