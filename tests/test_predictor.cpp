@@ -1106,12 +1106,14 @@ TEST_CASE("compute per layer class: the breakdown sums to the compute model, cou
     CHECK(k.measured == k.layers);
     CHECK(k.memory_bound == 0);
   }
-  // Predicted reports carry it, and it survives the JSON round trip; simulated and
-  // measured reports have none (the key is absent).
+  // A scenario's prediction carries it, and it survives the JSON round trip; the
+  // predictor's own reports (the tuner's, the fits') and simulated and measured ones have
+  // none (the key is absent).
   const Plan plan = make_plan(m, c.name, 8, batch, Precision::FP16,
                               buckets_from_spec("single", m, "auto", Precision::FP16), "single");
-  const Report r = predict(m, c, plan, CollectiveModel(c, 8), compute, training_goal(m), false);
+  const Report r = predict(bind_scenario(m, c, plan, {}, training_goal(m), "plan.json"), false);
   CHECK(r.compute_by_class == classes);
+  CHECK(predict(m, c, plan, CollectiveModel(c, 8), compute, training_goal(m), false).compute_by_class.empty());
   const nlohmann::json j = report_to_json(r);
   CHECK(j.at("compute_by_class").size() == classes.size());
   CHECK(report_from_json(j, "r.json").compute_by_class == classes);

@@ -297,7 +297,6 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   const double slowest = slowest_gpu_factor(cluster, plan.gpus);
   r.forward_s = compute.forward_s();
   r.backward_s = compute.backward_s() * slowest;
-  r.compute_by_class = compute_by_class(model, compute, plan.batch_per_gpu);  // the mean GPU's
   // Figures per micro-batch: the optimizer step is shared by the plan's accumulation.
   const int steps = plan.accumulate.steps;
   const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);

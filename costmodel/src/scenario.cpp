@@ -52,7 +52,9 @@ Scenario bind_scenario(Model model, Cluster cluster, Plan plan, CollectiveOption
 Report predict(const Scenario& s, bool with_timeline) {
   CollectiveModel coll(s.cluster, s.plan.gpus, s.collective);
   ComputeModel compute(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute);
-  return predict(s.model, s.cluster, s.plan, coll, compute, s.goal, with_timeline);
+  Report r = predict(s.model, s.cluster, s.plan, coll, compute, s.goal, with_timeline);
+  r.compute_by_class = compute_by_class(s.model, compute, s.plan.batch_per_gpu);  // the mean GPU's
+  return r;
 }
 
 EfficiencyFit fit_to_efficiency(const Scenario& s, double measured, Calibrated what) {

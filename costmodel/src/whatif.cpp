@@ -58,9 +58,6 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   row.point.inter_bw_Gbps = c.inter ? c.inter->nic_bw_Gbps : 0;
   row.buckets = static_cast<int>(r.plan.buckets.size());
   row.report = std::move(r.report);
-  // The compute per layer class is the same at every GPU count: a sweep of up to 100,000
-  // points does not repeat it (predict --by-class gives it).
-  row.report.compute_by_class.clear();
   // A sweep reports every point: a model that does not fit is warned of, not refused;
   // so is a global batch past the literature's (check_setup, as predict and tune do).
   try {

@@ -104,8 +104,10 @@ struct Report {
   int64_t iterations_to_train = 0;
   double time_to_train_s = 0;
   std::vector<BucketReport> buckets;
-  // Predicted reports: the compute per layer class, in ComputeClass order, classes without
-  // layers left out (empty in simulated and measured ones).
+  // A scenario's prediction (predict(const Scenario&): predict, simulate and verify): the
+  // compute per layer class, in ComputeClass order, classes without layers left out; empty
+  // in the predictor's own reports (the tuner's, the fits', whatif's) and in simulated and
+  // measured ones.
   std::vector<ClassCompute> compute_by_class;
   Timeline timeline;
 };

@@ -40,7 +40,7 @@ Cluster check_setup(const Model& model, const Cluster& cluster, int gpus, int ba
 Scenario bind_scenario(Model model, Cluster cluster, Plan plan, CollectiveOptions collective, TrainingGoal goal,
                        const std::string& origin);
 
-// The predictor on a bound scenario.
+// The predictor on a bound scenario, with its compute per layer class (Report::compute_by_class).
 Report predict(const Scenario& s, bool with_timeline = true);
 
 // What a measured scaling efficiency (against one GPU, in (0, 1]) calibrates, in the range
