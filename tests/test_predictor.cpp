@@ -154,6 +154,20 @@ TEST_CASE("packing copies: in a fusion buffer they delay the bucket - in backwar
   CHECK(comm.buckets[0].ready_s == Approx(0.003));
   CHECK(comm.buckets[1].ready_s == Approx(0.006));
   CHECK(comm.buckets[2].ready_s == Approx(0.010));
+  // ... and each average is copied back out after its allreduce, on its stream: every
+  // bucket lasts 1 ms longer than unpacked, and ends with its gradients in place.
+  Plan views = p;
+  for (auto& b : views.buckets) b.pack = false;
+  const Report unpacked = predict_toy(m, c, views);
+  for (size_t k = 0; k < 3; ++k)
+    CHECK(comm.buckets[k].end_s - comm.buckets[k].start_s ==
+          Approx(unpacked.buckets[k].end_s - unpacked.buckets[k].start_s + 0.001));
+  CHECK(comm.comm_busy_s == Approx(unpacked.comm_busy_s + 0.003));
+  // On one GPU there is no allreduce and nothing to copy out.
+  Plan one = p;
+  one.gpus = 1;
+  const Report alone = predict(m, c, one, CollectiveModel(c, 1), ComputeModel(m, c, one.batch_per_gpu, one.compute));
+  for (const auto& b : alone.buckets) CHECK(b.end_s == Approx(b.start_s));
   // Compute (DDP's Reducer): each step copies its gradient, so backward ends 3 ms later
   // and a bucket is ready once the copies of every gradient before it are done.
   p.pack_on = PackOn::Compute;

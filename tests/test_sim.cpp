@@ -115,6 +115,35 @@ TEST_CASE("a simulated iteration matches the predictor on a contention-free plat
   }
 }
 
+TEST_CASE("a fusion buffer: each simulated bucket copies its average out after its allreduce, as predicted") {
+  // The predictor's side: test_predictor's packing copies.
+  Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("tencent-p40");
+  Tuner t(m, c, 64, 32, Precision::FP16);
+  TuneOptions o;
+  o.strategy = Strategy::Horovod;  // packed on comm
+  o.horovod_threshold_bytes = int64_t(8) << 20;
+  TuneResult r = t.run(o);
+  REQUIRE(r.plan.pack_on == PackOn::Comm);
+  Plan views = r.plan;
+  for (auto& b : views.buckets) b.pack = false;
+  const auto packed = simulate(m, c, r.plan), unpacked = simulate(m, c, views);
+  CHECK(packed["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
+  int checked = 0;
+  for (size_t b = 0; b < r.report.buckets.size(); ++b) {
+    if (!r.plan.buckets[b].pack) continue;
+    INFO("bucket " << b);
+    auto span = [b](const nlohmann::json& j) {
+      return j["buckets"][b]["end_s"].get<double>() - j["buckets"][b]["start_s"].get<double>();
+    };
+    const double out_s = pack_time_s(c, r.report.buckets[b].bytes);
+    REQUIRE(out_s > 0);
+    CHECK(span(packed) - span(unpacked) == Approx(out_s).epsilon(1e-6));
+    ++checked;
+  }
+  CHECK(checked > 1);
+}
+
 TEST_CASE("processor sharing: the simulated iteration matches the predictor's shared schedule") {
   Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");

@@ -529,6 +529,7 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
     }
     if (s.pack && s.pack_on == PackOn::Comm)
       p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
+    if (s.pack && s.pack_on == PackOn::Comm && s.exchange == Exchange::Allreduce && gpus_ > 1) p.copy_out_s = p.delay_s;
     if (s.pack && s.pack_on == PackOn::Compute && s.exchange == Exchange::Allreduce && gpus_ > 1)
       p.copy_back_s = copy_in_backward_s(cluster_, p.elems);
     parts.push_back(std::move(p));
@@ -552,6 +553,7 @@ PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_mess
     static_cast<PartitionInfo&>(p) = std::move(info);
     for (int layer : p.layers) layer_parts[size_t(layer)].push_back(int(parts.size()));
     p.first = message_cost(kind, p.elems, s.algorithm, s.transfer);
+    p.first.latency_s += p.copy_out_s;
     if (kind == MessageTiming::ReduceScatter) p.second = message_cost(MessageTiming::Allgather, p.elems, s.algorithm, s.transfer);
     parts.push_back(std::move(p));
   }

@@ -272,6 +272,7 @@ BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, do
     t.choice = coll.cost(algorithm, elems, transfer);
     t.latency_s = t.choice.launch_s + t.choice.cost.latency_s + t.choice.cost.reduce_s;
     t.bandwidth_s = t.choice.cost.bandwidth_s;
+    if (pack) t.latency_s += t.copy_out_s = pack_time_s(cluster, t.bytes);
   }
   return t;
 }

@@ -607,8 +607,8 @@ bool PlanExchange::pump() {
       int& running = stream_running_[s];
       if (running >= 0) {
         if (!ops_[size_t(running)]->test()) break;
+        ended(size_t(running));  // a packed bucket's copy out: the bucket ends with its gradients in place
         timings_[size_t(running)].end_s = now();
-        ended(size_t(running));
         done_[size_t(running)].store(true, std::memory_order_release);
         ++done_count_;
         running = -1;

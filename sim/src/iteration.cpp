@@ -23,7 +23,7 @@ struct BucketRun {
   ScheduleIndex index;
   Wire wire;
   int elem_bytes = 2;
-  double pack_s = 0, launch_s = 0;
+  double pack_s = 0, launch_s = 0, copy_out_s = 0;
   int stream = 0, end = 0;  // end: backward positions [.., end) must be ready
   std::string label;
   int64_t bytes = 0;
@@ -96,6 +96,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
       run.wire = wire_for(c, coll, ch, elems, b.transfer, run.schedule);
       run.elem_bytes = bytes_per_element(b.transfer);
       run.launch_s = ch.launch_s;
+      run.copy_out_s = b.pack && plan.pack_on == PackOn::Comm ? pack_time_s(c, run.bytes) : 0;
     }
     streams = std::max(streams, b.stream + 1);
     runs.push_back(std::move(run));
@@ -236,6 +237,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
               run_rounds(run.schedule, run.index, r, run.elem_bytes, run.wire, st, boxes, &steps);
+              sg4::this_actor::sleep_for(run.copy_out_s);  // the average out of the fusion buffer
             }
             if (sigma.any()) {
               std::unique_lock lock(*s.mutex);

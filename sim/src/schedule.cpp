@@ -311,6 +311,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
             sg4::this_actor::sleep_for(part.launch_s);
             run_rounds(second ? part.second : part.first, second ? part.second_index : part.first_index, r,
                        part.elem_bytes, part.wire, slot, boxes, &steps);
+            if (!second) sg4::this_actor::sleep_for(part.info.copy_out_s);  // out of the fusion buffer
           }
           if (sigma.any()) {
             std::unique_lock lock(*mutex);

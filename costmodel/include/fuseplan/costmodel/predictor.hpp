@@ -30,12 +30,17 @@ std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready_s, c
 // so the tuner's objective and the predictor's iteration time are the same doubles.
 struct BucketTerms {
   double ready_s = 0;      // last gradient ready (+ the packing copy)
-  double latency_s = 0;    // launch + latency + reduction: not shared between streams
+  double latency_s = 0;    // launch + latency + reduction (+ copy_out_s): not shared between streams
+  double copy_out_s = 0;   // a packed bucket's copy out of its fusion buffer after the allreduce
   double bandwidth_s = 0;  // shared between streams that run at once
   int64_t bytes = 0;
   CollectiveChoice choice; // empty when there is one GPU
 };
 // Copying `bytes` into a fusion buffer: one read and one write at effective memory bandwidth.
+// A bucket packed on comm (PackOn::Comm, Horovod's fusion buffer) pays it twice: the copy
+// in delays its allreduce (BucketTerms::ready_s), the copy of the average back out into
+// the gradients follows the allreduce on its stream (BucketTerms::copy_out_s), so the
+// bucket ends, and its stream is free, once the gradients are back in place.
 double pack_time_s(const Cluster& cluster, int64_t bytes);
 // Copying a gradient of `elems` into its bucket during backward (PackOn::Compute): the
 // buckets hold the parameters' precision, FP32 (mixed precision keeps FP32 parameters and
