@@ -49,6 +49,13 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
           << "model = torch.nn.parallel.DistributedDataParallel(model)\n";
       else
         o << "model = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=" << cap << ")\n";
+      if (casts_any(plan)) {
+        const char* hook = plan.buckets.front().transfer == Precision::BF16 ? "bf16_compress_hook" : "fp16_compress_hook";
+        o << "# the plan casts each FP32 bucket to " << precision_name(plan.buckets.front().transfer)
+          << " for its allreduce and back\n"
+          << "from torch.distributed.algorithms.ddp_comm_hooks import default_hooks\n"
+          << "model.register_comm_hook(None, default_hooks." << hook << ")\n";
+      }
       if (plan.accumulate.steps > 1 && plan.accumulate.no_sync)
         o << "# " << k << " micro-batches per optimizer step, allreducing on the last only:\n"
           << "#   for i, (x, y) in enumerate(loader):\n"

@@ -17,7 +17,7 @@ struct PredictFlags {
   std::string plan_path, buckets = "threshold:64MiB", algorithm = "auto";
   std::string trace_path, out;
   bool json = false, pack = false, by_class = false;
-  std::string pack_on = "comm";
+  std::string pack_on = "comm", cast = "none";
   double cycle_ms = 0;
   double measured_efficiency = 0;
   std::string fit = "step-overhead";
@@ -27,6 +27,7 @@ struct PredictFlags {
   CLI::Option* cycle_opt = nullptr;
   CLI::Option* buckets_opt = nullptr;
   CLI::Option* pack_on_opt = nullptr;
+  CLI::Option* cast_opt = nullptr;
 };
 
 // The scenario: a plan file, bound, or a bucket spec on the setup the flags give.
@@ -38,6 +39,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
       throw InputError("--plan and --pack/--pack-on are exclusive: a plan file says which buckets are packed and "
                        "where");
     if (f.cycle_opt->count()) throw InputError("--plan and --cycle-time are exclusive: a plan file carries its cycle_ms");
+    if (f.cast_opt->count()) throw InputError("--plan and --cast are exclusive: a plan file carries its cast");
     if (f.step.given())
       throw InputError("--plan and --accumulate/--no-sync/--optimizer-kernels/--step-overhead are exclusive: a plan "
                        "file carries its accumulate, optimizer_kernels and step_overhead_ms");
@@ -51,6 +53,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   const double overhead_s = f.step.overhead_s();
   const PackOn pack_on = parse_pack_on(f.pack_on, "--pack-on");
   if (f.pack_on_opt->count() && !f.pack) throw InputError("--pack-on: applies with --pack");
+  const std::optional<PackOn> cast = parse_cast(f.cast);
   auto r = u.resolve();  // checked there: cluster size, memory, global batch
   Scenario s;
   s.model = std::move(r.model);
@@ -61,6 +64,8 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   s.plan = make_plan(s.model, cluster_reference(s.cluster), r.gpus, r.batch, r.compute, buckets, f.buckets);
   s.plan.cycle_s = f.cycle_ms * 1e-3;
   s.plan.pack_on = pack_on;
+  s.plan.cast = cast;
+  if (cast && !casts_any(s.plan)) throw InputError(std::string("--cast: ") + kNothingToCast);
   s.plan.accumulate = accumulate;
   s.plan.optimizer_kernels = kernels;
   s.plan.step_overhead_s = overhead_s;
@@ -187,6 +192,7 @@ void add_predict_command(CLI::App& app) {
                       "compute (each gradient as backward makes it, lengthening backward: PyTorch DDP's Reducer; "
                       "every bucket is copied)")
           ->capture_default_str();
+  f->cast_opt = cmd->add_option("--cast", f->cast, kCastHelp)->capture_default_str();
   f->cycle_opt = cmd->add_option("--cycle-time", f->cycle_ms,
                                  "--buckets: the framework's background cycle in ms (Horovod's HOROVOD_CYCLE_TIME): "
                                  "a ready bucket waits for the next tick (0 = none; at most 1000)");

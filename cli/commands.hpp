@@ -116,13 +116,17 @@ std::string step_description(const Accumulation& a, OptimizerKernels k, double s
 // FP32 tensors, streams and packing, and the training loop's step: shared by tune,
 // compare and whatif.
 struct FusionFlags {
-  std::string threshold = "64MiB", ddp_cap = "25", ddp_first = "1MiB", fp32 = "none", pack = "strategy";
+  std::string threshold = "64MiB", ddp_cap = "25", ddp_first = "1MiB", fp32 = "none", pack = "strategy", cast = "none";
   int streams = 1;
   double cycle_ms = 0;
   StepFlags step;
   void add(CLI::App* app);
   void apply(TuneOptions& o) const;  // throws InputError naming the flag
 };
+
+// --cast: none | compute | comm (Plan::cast), InputError naming the flag otherwise; and its help.
+std::optional<PackOn> parse_cast(const std::string& s);
+extern const char* const kCastHelp;
 
 // --measured-rate's companions and exclusions: --measured-accumulate only with it and in
 // [1, kMaxAccumulationSteps], no --profile beside it (InputError naming the flags).

@@ -209,7 +209,20 @@ void FusionFlags::add(CLI::App* cmd) {
                                   "bucket in backward, on the compute stream: DDP, PlanDDP) | view (no copy) | "
                                   "strategy (horovod pack, ddp inline, others view)")
       ->capture_default_str();
+  cmd->add_option("--cast", cast, kCastHelp)->capture_default_str();
   step.add(cmd);
+}
+
+const char* const kCastHelp =
+    "gradient casts: none (gradients at the transfer precision) | compute (FP32 gradients cast to --transfer in "
+    "backward and back after the allreduce, on the compute stream: DDP's fp16_compress_hook, Horovod's "
+    "Compression.fp16) | comm (the same on the allreduce's stream, before and after it)";
+
+std::optional<PackOn> parse_cast(const std::string& s) {
+  if (s == "none") return std::nullopt;
+  if (s == "compute") return PackOn::Compute;
+  if (s == "comm") return PackOn::Comm;
+  throw InputError("--cast: unknown value '" + s + "' (valid: none, compute, comm)");
 }
 
 void FusionFlags::apply(TuneOptions& o) const {
@@ -225,6 +238,7 @@ void FusionFlags::apply(TuneOptions& o) const {
   else if (pack == "inline") o.packing = Packing::Inline;
   else if (pack == "view") o.packing = Packing::View;
   else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, inline, view)");
+  o.cast = parse_cast(cast);
   o.accumulate = step.accumulation();
   o.optimizer_kernels = step.kernels();
   o.step_overhead_s = step.overhead_s();

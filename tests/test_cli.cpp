@@ -191,6 +191,36 @@ TEST_CASE("cli: --pack-on compute and tune --pack inline price DDP's copies in b
                                                     "--batch-per-gpu 64 --precision fp32")["backward_s"].get<double>());
 }
 
+TEST_CASE("cli: --cast prices FP32 gradients cast to the transfer precision and back, and the plan keeps it") {
+  const std::string setup = "predict --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
+                            "--precision fp32 --transfer fp16 --buckets threshold:25MiB --algorithm ring --json";
+  const auto none = json_of(setup), compute = json_of(setup + " --cast compute"), comm = json_of(setup + " --cast comm");
+  // Every gradient read in FP32 and written in FP16 once in backward (P100: 732 GB/s at 0.75).
+  double fp16_bytes = 0;
+  for (const auto& b : none["buckets"]) fp16_bytes += b["bytes"].get<double>();
+  const double casts_s = 3 * fp16_bytes / (732e9 * 0.75);
+  CHECK(compute["backward_s"].get<double>() == Approx(none["backward_s"].get<double>() + casts_s));
+  CHECK(comm["backward_s"].get<double>() == Approx(none["backward_s"].get<double>()));
+  CHECK(compute["iteration_s"].get<double>() > none["iteration_s"].get<double>());
+  CHECK(comm["iteration_s"].get<double>() > none["iteration_s"].get<double>());
+  expect_bad("predict --model resnet18 --gpus 16 --cast gpu", "--cast: unknown value 'gpu' (valid: none, compute, comm)");
+  expect_bad("predict --model resnet18 --gpus 16 --precision fp32 --cast comm", "--cast: every bucket is sent in FP32");
+  expect_bad("predict --cast comm --plan " + tmp("r18.json"), "--plan and --cast are exclusive");
+  expect_bad("tune --model resnet18 --gpus 16 --fp32-tensors norm --cast compute",
+             "--cast: compute with --fp32-tensors norm");
+  // tune --cast: the plan says where its casts run, and predict --plan prices them alike.
+  const std::string plan = tmp("cast.json");
+  const auto tuned = json_of("tune --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
+                             "--precision fp32 --transfer fp16 --algorithm ring --cast compute --json --out " + plan);
+  std::ifstream pf(plan);
+  CHECK(nlohmann::json::parse(pf)["cast"] == "compute");
+  const auto again = json_of("predict --json --plan " + plan);
+  CHECK(again["iteration_s"].get<double>() == Approx(tuned["report"]["iteration_s"].get<double>()).epsilon(1e-12));
+  // export --to ddp registers the compress hook the plan prices.
+  const auto ddp = json_of("export --plan " + plan + " --to ddp --json");
+  CHECK_THAT(ddp["snippet"].get<std::string>(), Catch::Contains("register_comm_hook(None, default_hooks.fp16_compress_hook)"));
+}
+
 TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation and are kept in the plan") {
   const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
                             "--precision fp16 --buckets threshold:25MiB --json";

@@ -142,6 +142,78 @@ TEST_CASE("a framework cycle launches each ready bucket at the next tick of its 
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.cycle_ms: must be in [0, 1000] ms"));
 }
 
+TEST_CASE("gradient casts: on compute they lengthen backward and follow it, on comm they hold each bucket's stream") {
+  Model m = toy();
+  Cluster c = toy_cluster(100.0, 0);  // allreduces short beside the casts
+  c.device.mem_bw_GBps = 8.388608;    // a 1M-element gradient cast from FP32 to FP16 (6 MiB moved) in 0.75 ms
+  CHECK(cast_time_s(c, 1 << 20, Precision::FP16) == Approx(0.00075));
+  CHECK(cast_time_s(c, 1 << 20, Precision::BF16) == Approx(0.00075));
+  CHECK(cast_time_s(c, 1 << 20, Precision::FP32) == 0);
+  Plan p = make_plan(m, "toy", 4, 8, Precision::FP32, buckets_from_spec("per-tensor", m, "ring", Precision::FP16),
+                     "per-tensor");
+  const Report plain = predict_toy(m, c, p);
+  REQUIRE(plain.backward_s == Approx(0.009));
+  // Compute (DDP's compress hook): each gradient cast in the step that makes it, so
+  // backward ends 2.25 ms later and gradients are ready at 2.75, 6.5 and 11.25 ms.
+  p.cast = PackOn::Compute;
+  const Report compute = predict_toy(m, c, p);
+  CHECK(compute.backward_s == Approx(0.01125));
+  CHECK(compute.buckets[0].ready_s == Approx(0.00275));
+  CHECK(compute.buckets[1].ready_s == Approx(0.0065));
+  CHECK(compute.buckets[2].ready_s == Approx(0.01125));
+  // ... and each average cast back after backward, in bucket order, once its allreduce has
+  // ended: 0.75 ms each, the last ending at 13.5 ms.
+  const double last_end = compute.buckets[2].end_s;
+  REQUIRE(last_end > 0.01125);
+  REQUIRE(last_end < 0.012);
+  CHECK(compute.copy_back_s == Approx(0.0135 - last_end));
+  CHECK(compute.iteration_s == Approx(compute.forward_s + 0.0135 + compute.optimizer_s));
+  int casts_back = 0;
+  for (const auto& e : compute.timeline.events)
+    if (e.category == "copy") casts_back += e.dur_s == Approx(0.00075) ? 1 : 100;
+  CHECK(casts_back == 3);
+  CHECK(compute.single_gpu_iteration_s == Approx(plain.single_gpu_iteration_s));
+  // Comm: backward as before; each bucket waits for its cast (0.75 ms) and keeps its
+  // stream 0.75 ms longer for the cast back.
+  p.cast = PackOn::Comm;
+  const Report comm = predict_toy(m, c, p);
+  CHECK(comm.backward_s == Approx(0.009));
+  CHECK(comm.copy_back_s == 0);
+  for (size_t k = 0; k < 3; ++k) {
+    CHECK(comm.buckets[k].ready_s == Approx(plain.buckets[k].ready_s + 0.00075));
+    CHECK(comm.buckets[k].end_s - comm.buckets[k].start_s ==
+          Approx(plain.buckets[k].end_s - plain.buckets[k].start_s + 0.00075));
+  }
+  // A bucket sent in FP32 is not cast; on one GPU nothing is.
+  Plan mixed = p;
+  mixed.buckets[1].transfer = Precision::FP32;
+  const Report m32 = predict_toy(m, c, mixed);
+  CHECK(m32.buckets[1].ready_s == Approx(plain.buckets[1].ready_s));
+  CHECK(m32.buckets[0].ready_s == Approx(comm.buckets[0].ready_s));
+  for (PackOn where : {PackOn::Compute, PackOn::Comm}) {
+    Plan one = p;
+    one.gpus = 1;
+    one.cast = where;
+    Plan uncast = one;
+    uncast.cast.reset();
+    auto alone = [&](const Plan& q) {
+      return predict(m, c, q, CollectiveModel(c, 1), ComputeModel(m, c, q.batch_per_gpu, q.compute)).iteration_s;
+    };
+    CHECK(alone(one) == alone(uncast));
+  }
+  // The plan file carries it ($.cast) and reads it back; unset it is absent; a cast with
+  // nothing to cast and an unknown place are refused.
+  auto j = plan_to_json(p);
+  CHECK(j["cast"] == "comm");
+  CHECK(plan_from_json(j, "p.json").cast == PackOn::Comm);
+  CHECK(!plan_to_json(toy_plan(m, "single")).contains("cast"));
+  j["cast"] = "gpu";
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.cast: unknown value 'gpu' (valid: comm, compute)"));
+  auto fp32 = plan_to_json(toy_plan(m, "single"));
+  fp32["cast"] = "compute";
+  CHECK_THROWS_WITH(plan_from_json(fp32, "p.json"), Catch::Contains("p.json: $.cast: every bucket is sent in FP32"));
+}
+
 TEST_CASE("packing copies: in a fusion buffer they delay the bucket - in backward they lengthen backward") {
   Model m = toy();
   Cluster c = toy_cluster(100.0, 0);  // allreduces short beside the copies

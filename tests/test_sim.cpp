@@ -144,6 +144,28 @@ TEST_CASE("a fusion buffer: each simulated bucket copies its average out after i
   CHECK(checked > 1);
 }
 
+TEST_CASE("gradient casts: the simulated iteration casts where the plan says, as the predictor") {
+  Model m = build_zoo_model("resnet50");
+  Cluster c = load_cluster("tencent-p40");
+  Tuner t(m, c, 64, 32, Precision::FP32);
+  TuneOptions o;
+  o.strategy = Strategy::Horovod;
+  o.horovod_threshold_bytes = int64_t(8) << 20;
+  o.transfer = Precision::FP16;
+  const auto uncast = simulate(m, c, t.run(o).plan);
+  for (PackOn where : {PackOn::Compute, PackOn::Comm}) {
+    o.cast = where;
+    const TuneResult r = t.run(o);
+    REQUIRE(r.plan.cast == where);
+    const auto j = simulate(m, c, r.plan);
+    INFO("cast on " << pack_on_name(where));
+    CHECK(j["iteration_s"].get<double>() == Approx(r.report.iteration_s).epsilon(0.01));
+    CHECK(j["iteration_s"].get<double>() > uncast["iteration_s"].get<double>());
+    CHECK(j["backward_s"].get<double>() == Approx(r.report.backward_s).epsilon(0.01));
+    if (where == PackOn::Compute) CHECK(j["copy_back_s"].get<double>() == Approx(r.report.copy_back_s).epsilon(0.05));
+  }
+}
+
 TEST_CASE("processor sharing: the simulated iteration matches the predictor's shared schedule") {
   Model m = load_model("resnet18", {28, 1, 10, {}, {}});
   Cluster c = load_cluster("local-cpu");

@@ -61,6 +61,11 @@ TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions
         o.fp32 = checked % 3 == 0 ? Fp32Tensors::Norm : Fp32Tensors::None;
         const Packing packings[] = {Packing::Pack, Packing::View, Packing::Inline};
         o.packing = packings[checked % 3];
+        // Casts, without processor sharing (on comm they delay buckets as a fusion buffer
+        // does); on compute with no FP32 tensors, as the tuner requires.
+        const int cast = o.packing == Packing::View ? 0 : checked / 3 % 3;
+        if (cast == 1 && o.fp32 == Fp32Tensors::None) o.cast = PackOn::Compute;
+        if (cast == 2) o.cast = PackOn::Comm;
         const Tuner& t = o.packing == Packing::View ? with_sharing : without;
         o.strategy = Strategy::Optimal;
         TuneResult r;
@@ -69,8 +74,9 @@ TEST_CASE("optimal and k-split equal the brute-force minimum over all partitions
         } catch (const InputError&) {
           continue;  // the algorithm does not apply to this rank layout
         }
-        INFO(cname << " gpus=" << gpus << " n=" << n << " algorithm=" << algo);
+        INFO(cname << " gpus=" << gpus << " n=" << n << " algorithm=" << algo << " cast=" << cast);
         REQUIRE(r.proven());
+        CHECK(r.plan.cast == o.cast);
         double brute = brute_force(t, o, n, 0);
         CHECK(r.report.iteration_s == Approx(brute).epsilon(1e-9));
         CHECK(r.report.iteration_s <= brute * (1 + 1e-9));
@@ -301,6 +307,16 @@ TEST_CASE("baselines follow their rules") {
     o = {};
     o.streams = 0;
     CHECK_THROWS_WITH(t.run(o), Catch::Contains("tuner.streams"));
+    o = {};
+    o.cast = PackOn::Comm;
+    o.transfer = Precision::FP32;
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("tuner.cast: every bucket is sent in FP32, so nothing is cast"));
+    o.transfer = Precision::FP16;
+    o.cast = PackOn::Compute;
+    o.fp32 = Fp32Tensors::Norm;
+    CHECK_THROWS_WITH(t.run(o), Catch::Contains("tuner.cast: compute with tuner.fp32_tensors norm"));
+    o.cast = PackOn::Comm;  // a bucket kept in FP32 is simply not cast there
+    CHECK(t.run(o).plan.cast == PackOn::Comm);
     CHECK_THROWS_WITH(parse_strategy("fastest"), Catch::Contains("valid: optimal, k-split, per-tensor"));
   }
 }

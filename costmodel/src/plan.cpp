@@ -46,6 +46,7 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
   if (p.pack_on != PackOn::Comm) j["pack_on"] = pack_on_name(p.pack_on);
+  if (p.cast) j["cast"] = pack_on_name(*p.cast);
   if (p.accumulate != Accumulation{})
     j["accumulate"] = {{"steps", p.accumulate.steps}, {"no_sync", p.accumulate.no_sync}};
   if (p.optimizer_kernels != OptimizerKernels::Fused)
@@ -91,6 +92,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   p.strategy = r.opt_string("strategy").value_or("");
   p.cycle_s = r.opt_in_range("cycle_ms", 0, kMaxCycleMs, "ms").value_or(0) * 1e-3;
   if (auto po = r.opt_string("pack_on")) p.pack_on = parse_pack_on(*po, origin + ": $.pack_on");
+  if (auto c = r.opt_string("cast")) p.cast = parse_pack_on(*c, origin + ": $.cast");
   if (auto a = r.opt_object("accumulate")) {
     p.accumulate.steps = static_cast<int>(a->integer("steps", 1, kMaxAccumulationSteps));
     p.accumulate.no_sync = a->opt_boolean("no_sync").value_or(false);
@@ -116,6 +118,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
     bo.finish();
     p.buckets.push_back(b);
   }
+  if (p.cast && !casts_any(p)) r.fail("cast", kNothingToCast);
   if (auto po = r.opt_object("prediction")) {
     PlanPrediction x;
     x.iteration_s = po->positive("iteration_s");
@@ -127,6 +130,11 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   }
   r.finish();
   return p;
+}
+
+bool casts_any(const Plan& p) {
+  return p.cast && std::any_of(p.buckets.begin(), p.buckets.end(),
+                               [](const PlanBucket& b) { return b.transfer != Precision::FP32; });
 }
 
 const char* pack_on_name(PackOn p) { return p == PackOn::Compute ? "compute" : "comm"; }

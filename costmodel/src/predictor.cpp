@@ -18,22 +18,26 @@ std::vector<double> backward_steps_s(const ComputeModel& compute) {
 }
 
 std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
-                                     const std::vector<bool>& copied) {
+                                     const std::vector<bool>& copied, const std::vector<bool>& cast) {
   std::vector<double> s = backward_steps_s(compute);
   const std::vector<int> step = gradient_ready_steps(model);
-  for (size_t pos = 0; pos < copied.size(); ++pos)
-    if (copied[pos])
-      s[size_t(step[pos])] += copy_in_backward_s(cluster, model.tensors[model.tensor_at_backward(int(pos))].numel);
+  for (size_t pos = 0; pos < copied.size(); ++pos) {
+    const int64_t n = model.tensors[model.tensor_at_backward(int(pos))].numel;
+    if (copied[pos]) s[size_t(step[pos])] += copy_in_backward_s(cluster, n);
+    if (pos < cast.size() && cast[pos]) s[size_t(step[pos])] += cast_time_s(cluster, n, Precision::FP16);
+  }
   return s;
 }
 
 std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
                                      const Plan& plan) {
-  std::vector<bool> copied(model.tensors.size(), false);
-  if (plan.pack_on == PackOn::Compute)
-    for (const auto& b : plan.buckets)
-      for (int pos = b.begin; pos < b.end; ++pos) copied[size_t(pos)] = b.pack;
-  return backward_steps_s(model, compute, cluster, copied);
+  std::vector<bool> copied(model.tensors.size(), false), cast(model.tensors.size(), false);
+  for (const auto& b : plan.buckets)
+    for (int pos = b.begin; pos < b.end; ++pos) {
+      copied[size_t(pos)] = b.pack && plan.pack_on == PackOn::Compute;
+      cast[size_t(pos)] = plan.cast == PackOn::Compute && b.transfer != Precision::FP32 && plan.gpus > 1;
+    }
+  return backward_steps_s(model, compute, cluster, copied, cast);
 }
 
 double slowest_gpu_factor(const Cluster& cluster, int gpus) {
@@ -240,11 +244,30 @@ double copy_in_backward_s(const Cluster& cluster, int64_t elems) {
   return pack_time_s(cluster, elems * bytes_per_element(Precision::FP32));
 }
 
+double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer) {
+  if (transfer == Precision::FP32) return 0;
+  const double bytes = double(elems) * (bytes_per_element(Precision::FP32) + bytes_per_element(transfer));
+  return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+}
+
+CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack, bool cast, int gpus) {
+  CommCopies c;
+  const double copy_s = pack ? pack_time_s(cluster, elems * bytes_per_element(transfer)) : 0;
+  const double cast_s = cast && gpus > 1 ? cast_time_s(cluster, elems, transfer) : 0;
+  c.before_s = copy_s + cast_s;
+  if (gpus > 1) c.after_s = copy_s + cast_s;
+  return c;
+}
+
 std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan) {
   std::vector<double> s;
-  for (const auto& b : plan.buckets)
-    s.push_back(b.pack && plan.pack_on == PackOn::Compute && plan.gpus > 1
-                    ? copy_in_backward_s(cluster, bucket_elements(plan, model, b)) : 0.0);
+  for (const auto& b : plan.buckets) {
+    const int64_t n = bucket_elements(plan, model, b);
+    double x = 0;
+    if (plan.gpus > 1 && b.pack && plan.pack_on == PackOn::Compute) x += copy_in_backward_s(cluster, n);
+    if (plan.gpus > 1 && plan.cast == PackOn::Compute) x += cast_time_s(cluster, n, b.transfer);
+    s.push_back(x);
+  }
   return s;
 }
 
@@ -263,16 +286,16 @@ double next_tick(double t, double cycle_s) {
 }
 
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
-                         std::string_view algorithm, Precision transfer, bool pack) {
+                         std::string_view algorithm, Precision transfer, bool pack, bool cast) {
   BucketTerms t;
   t.bytes = elems * bytes_per_element(transfer);
-  t.ready_s = last_ready_s;
-  if (pack) t.ready_s += pack_time_s(cluster, t.bytes);
+  const CommCopies copies = comm_copies_s(cluster, elems, transfer, pack, cast, coll.gpus());
+  t.ready_s = last_ready_s + copies.before_s;
   if (coll.gpus() > 1) {
     t.choice = coll.cost(algorithm, elems, transfer);
-    t.latency_s = t.choice.launch_s + t.choice.cost.latency_s + t.choice.cost.reduce_s;
+    t.latency_s = t.choice.launch_s + t.choice.cost.latency_s + t.choice.cost.reduce_s + copies.after_s;
     t.bandwidth_s = t.choice.cost.bandwidth_s;
-    if (pack) t.latency_s += t.copy_out_s = pack_time_s(cluster, t.bytes);
+    t.copy_out_s = copies.after_s;
   }
   return t;
 }
@@ -322,7 +345,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
       after_step = std::max(after_step, ready_step[pos]);
     }
     BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer,
-                                 b.pack && plan.pack_on == PackOn::Comm);
+                                 b.pack && plan.pack_on == PackOn::Comm, plan.cast == PackOn::Comm);
     const double pack_s = t.ready_s - last_ready;
     t.ready_s = next_tick(t.ready_s, plan.cycle_s);
     BucketReport br;
@@ -365,7 +388,9 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   } else {
     timing = schedule_buckets(ready, lat, bw, stream);
     for (size_t k = 1; k < step_end.size(); ++k) step_end[k] += step_end[k - 1];
-    if (plan.pack_on == PackOn::Compute && !step_end.empty()) r.backward_s = step_end.back();  // with the copies
+    // With the copies and casts made in backward.
+    if ((plan.pack_on == PackOn::Compute || plan.cast == PackOn::Compute) && !step_end.empty())
+      r.backward_s = step_end.back();
     if (copies) copy_end = copies_back(r.backward_s, timing, copy_s);
   }
   for (size_t i = 0; i < timing.size(); ++i) {

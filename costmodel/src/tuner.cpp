@@ -68,8 +68,8 @@ std::optional<PackOn> copies(const TuneOptions& opt) {
   return std::nullopt;
 }
 
-// The fusion buffer's copy delays a bucket: BucketTerms price it.
-bool packs_after_ready(const TuneOptions& opt) { return copies(opt) == PackOn::Comm; }
+// The fusion buffer's copy, or a cast on comm, delays a bucket: BucketTerms price it.
+bool packs_after_ready(const TuneOptions& opt) { return copies(opt) == PackOn::Comm || opt.cast == PackOn::Comm; }
 
 bool keeps_fp32(const ParamTensor& t, Fp32Tensors f) {
   bool norm = t.role == TensorRole::NormScale || t.role == TensorRole::NormShift;
@@ -91,6 +91,12 @@ void check_options(const TuneOptions& opt, int tensors) {
   if (opt.ddp_cap_bytes <= 0) throw InputError(field("tuner.ddp_cap") + ": must be > 0 bytes");
   if (opt.ddp_first_bytes <= 0) throw InputError(field("tuner.ddp_first") + ": must be > 0 bytes");
   if (opt.streams < 1) throw InputError(field("tuner.streams") + ": must be >= 1");
+  if (opt.cast && opt.transfer == Precision::FP32) throw InputError(field("tuner.cast") + ": " + kNothingToCast);
+  if (opt.cast == PackOn::Compute && opt.fp32 != Fp32Tensors::None)
+    throw InputError(field("tuner.cast") + ": compute with " + field("tuner.fp32_tensors") + " " +
+                     fp32_tensors_name(opt.fp32) + ": a bucket holding an FP32 tensor is not cast, so the casts in "
+                     "backward would depend on the partition (use " + field("tuner.fp32_tensors") +
+                     " none, or cast on comm)");
   check_accumulation(opt.accumulate);
   check_step_overhead(opt.step_overhead_s);
   if (opt.algorithm != "auto") find_algorithm(opt.algorithm);
@@ -128,8 +134,10 @@ class BucketCoster {
  public:
   BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt,
                const std::vector<double>& ready)
-      : cluster_(c), coll_(coll), opt_(opt), pack_(packs_after_ready(opt)), monotone_(coll.monotone(opt.algorithm)),
-        copies_back_(copies(opt) == PackOn::Compute && coll.gpus() > 1), neg_ready_(static_cast<int>(ready.size())) {
+      : cluster_(c), coll_(coll), opt_(opt), pack_(copies(opt) == PackOn::Comm), cast_(opt.cast == PackOn::Comm),
+        monotone_(coll.monotone(opt.algorithm)),
+        copies_back_((copies(opt) == PackOn::Compute || opt.cast == PackOn::Compute) && coll.gpus() > 1),
+        neg_ready_(static_cast<int>(ready.size())) {
     const int n = static_cast<int>(m.tensors.size());
     for (double r : ready) neg_ready_.push(-r);
     elems_.assign(n + 1, 0);
@@ -144,12 +152,18 @@ class BucketCoster {
   double last_ready(int i, int j) const { return -neg_ready_.min(i, j - 1).first; }
   BucketTerms at(int i, int j) {
     ++evaluations;
-    return bucket_terms(cluster_, coll_, last_ready(i, j), elems_[j] - elems_[i], opt_.algorithm, transfer(i, j), pack_);
+    return bucket_terms(cluster_, coll_, last_ready(i, j), elems_[j] - elems_[i], opt_.algorithm, transfer(i, j), pack_,
+                        cast_);
   }
   int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
-  // Bucket [i, j)'s copy back after its allreduce (copy_back_s), 0 where the plan makes none.
+  // Bucket [i, j)'s copy and cast back after its allreduce (copy_back_s), 0 where the plan
+  // makes none. Linear in its elements (casts on compute come without FP32 tensors).
   bool copies_back() const { return copies_back_; }
-  double copy_back(int i, int j) const { return copies_back_ ? copy_in_backward_s(cluster_, elems(i, j)) : 0; }
+  double copy_back(int i, int j) const {
+    if (!copies_back_) return 0;
+    return (copies(opt_) == PackOn::Compute ? copy_in_backward_s(cluster_, elems(i, j)) : 0) +
+           (opt_.cast == PackOn::Compute ? cast_time_s(cluster_, elems(i, j), transfer(i, j)) : 0);
+  }
   int tensors() const { return static_cast<int>(elems_.size()) - 1; }
   // A bound of R + C for bucket [i, j) and every larger bucket [i', j), i' < i: the terms
   // themselves when costs grow with the bucket, else the cost model's monotone lower bound
@@ -164,7 +178,7 @@ class BucketCoster {
   const Cluster& cluster_;
   const CollectiveModel& coll_;
   const TuneOptions& opt_;
-  bool pack_, monotone_, copies_back_;
+  bool pack_, cast_, monotone_, copies_back_;
   GrowingRangeMin neg_ready_;  // of -ready: range maxima of the ready times
   std::vector<int64_t> elems_;
   std::vector<int> fp32_;
@@ -1096,9 +1110,11 @@ std::vector<double> Tuner::backward_steps(const TuneOptions& opt) const {
   // Copied in backward, every gradient is (a plan's copies there do not depend on where
   // its buckets split): the ready times are the partition's own, as the search needs.
   const bool in_backward = copies(opt) == PackOn::Compute;
+  const bool cast = opt.cast == PackOn::Compute && gpus_ > 1;  // every gradient: no FP32 tensors (check_options)
   // On the slowest GPU's clock, as the predictor times them (slowest_gpu_factor).
+  const size_t n = model_.tensors.size();
   std::vector<double> steps =
-      backward_steps_s(model_, compute_, cluster_, std::vector<bool>(model_.tensors.size(), in_backward));
+      backward_steps_s(model_, compute_, cluster_, std::vector<bool>(n, in_backward), std::vector<bool>(n, cast));
   for (double& x : steps) x *= slowest_gpu_factor(cluster_, gpus_);
   return steps;
 }
@@ -1203,10 +1219,11 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
     } else if (opt.streams > 1) {
       local_search = "several streams";
     } else {
-      local_search = "packing copies";
+      local_search = copies(opt) ? "packing copies" : "gradient casts";
       // The exact partition without them (over the same backward steps) is a second start.
       TuneOptions view = opt;
       view.packing = Packing::View;
+      view.cast.reset();
       BucketCoster view_cost(model_, cluster_, coll_, view, ready);
       std::vector<int> seed = program(view_cost, starts);
       evaluations += view_cost.evaluations;
@@ -1243,6 +1260,7 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
   // Horovod's background thread launches a fused bucket at its next tick.
   if (opt.strategy == Strategy::Horovod) p.cycle_s = opt.horovod_cycle_s;
   p.pack_on = copies(opt).value_or(PackOn::Comm);
+  p.cast = opt.cast;
   p.accumulate = opt.accumulate;
   p.optimizer_kernels = opt.optimizer_kernels;
   p.step_overhead_s = opt.step_overhead_s;

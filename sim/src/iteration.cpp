@@ -87,16 +87,19 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     run.end = b.end;
     run.bytes = rep.buckets[k].bytes;
     run.label = trace_name::bucket(int(k), rep.buckets[k].algorithm);
-    run.pack_s = b.pack && plan.pack_on == PackOn::Comm ? pack_time_s(c, run.bytes) : 0;
+    const int64_t elems = bucket_elements(plan, m, b);
+    // The copies and casts on the bucket's stream, as the predictor's (comm_copies_s).
+    const CommCopies copies =
+        comm_copies_s(c, elems, b.transfer, b.pack && plan.pack_on == PackOn::Comm, plan.cast == PackOn::Comm, P);
+    run.pack_s = copies.before_s;
+    run.copy_out_s = copies.after_s;
     if (P > 1) {
-      const int64_t elems = bucket_elements(plan, m, b);
       CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
       run.schedule = coll.schedule(ch, elems, b.transfer);
       run.index = ScheduleIndex(run.schedule, P);
       run.wire = wire_for(c, coll, ch, elems, b.transfer, run.schedule);
       run.elem_bytes = bytes_per_element(b.transfer);
       run.launch_s = ch.launch_s;
-      run.copy_out_s = b.pack && plan.pack_on == PackOn::Comm ? pack_time_s(c, run.bytes) : 0;
     }
     streams = std::max(streams, b.stream + 1);
     runs.push_back(std::move(run));
@@ -237,7 +240,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
               run_rounds(run.schedule, run.index, r, run.elem_bytes, run.wire, st, boxes, &steps);
-              sg4::this_actor::sleep_for(run.copy_out_s);  // the average out of the fusion buffer
+              sg4::this_actor::sleep_for(run.copy_out_s);  // the average out of the fusion buffer, or cast back
             }
             if (sigma.any()) {
               std::unique_lock lock(*s.mutex);

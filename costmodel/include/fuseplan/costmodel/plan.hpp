@@ -100,6 +100,19 @@ struct Plan {
   // allreduces, ticks counted from the start of backward. 0 = launched at once.
   double cycle_s = 0;
   PackOn pack_on = PackOn::Comm;    // where the packed buckets' copies run
+  // Gradient casts ($.cast): the gradients are FP32 (FP32 parameters, as under
+  // torch.cuda.amp or Keras mixed_float16) and each one sent in FP16 or BF16 is cast to
+  // its bucket's transfer precision before the allreduce and the average back after it,
+  // where this says (a read of 4 bytes and a write of 2 per element each way):
+  // - Compute: on the compute stream, each gradient as backward makes it (lengthening
+  //   backward) and each bucket's average once backward has ended and its allreduce has
+  //   (PyTorch DDP's fp16_compress_hook / bf16_compress_hook, Horovod's Compression.fp16);
+  // - Comm: on the allreduce's stream, the cast in delaying the allreduce and the cast
+  //   back following it (a framework that casts in its communication thread, as
+  //   fuseplan-exec's CPU exchange does).
+  // Unset: the gradients are written at the transfer precision (a model cast to FP16),
+  // nothing is cast.
+  std::optional<PackOn> cast;
   Accumulation accumulate;
   OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
   // A fixed cost every iteration (micro-batch) pays on more than one GPU and not on one
@@ -109,6 +122,12 @@ struct Plan {
   double step_overhead_s = 0;
   std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)
 };
+
+// Whether the plan casts any gradient: a cast and a bucket sent in FP16 or BF16.
+bool casts_any(const Plan& p);
+// The refusal of a cast with nothing to cast (every bucket sent in FP32).
+inline constexpr const char* kNothingToCast =
+    "every bucket is sent in FP32, so nothing is cast (a cast is to a bucket's FP16 or BF16 transfer and back)";
 
 nlohmann::json plan_to_json(const Plan& p);
 Plan plan_from_json(const nlohmann::json& j, const std::string& origin);

@@ -31,7 +31,9 @@ std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready_s, c
 struct BucketTerms {
   double ready_s = 0;      // last gradient ready (+ the packing copy)
   double latency_s = 0;    // launch + latency + reduction (+ copy_out_s): not shared between streams
-  double copy_out_s = 0;   // a packed bucket's copy out of its fusion buffer after the allreduce
+  // On the allreduce's stream after it (in latency_s): a packed bucket's copy out of its
+  // fusion buffer, a bucket cast on comm's cast back (CommCopies::after_s).
+  double copy_out_s = 0;
   double bandwidth_s = 0;  // shared between streams that run at once
   int64_t bytes = 0;
   CollectiveChoice choice; // empty when there is one GPU
@@ -42,17 +44,31 @@ struct BucketTerms {
 // the gradients follows the allreduce on its stream (BucketTerms::copy_out_s), so the
 // bucket ends, and its stream is free, once the gradients are back in place.
 double pack_time_s(const Cluster& cluster, int64_t bytes);
+// Casting a gradient of `elems` FP32 elements to `transfer` (Plan::cast), or its average
+// back: a read of 4 bytes and a write of 2 per element at effective memory bandwidth; 0
+// for an FP32 transfer (nothing is cast).
+double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer);
+// What a bucket's copies on its allreduce's stream cost: before it (delaying it: the copy
+// into a fusion buffer, a cast on comm) and after it (occupying the stream: the copy out,
+// the cast back). On one GPU only the copy into a fusion buffer is paid (it delays the
+// bucket's ready time); nothing is cast or copied out.
+struct CommCopies {
+  double before_s = 0, after_s = 0;
+};
+CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack, bool cast, int gpus);
 // Copying a gradient of `elems` into its bucket during backward (PackOn::Compute): the
 // buckets hold the parameters' precision, FP32 (mixed precision keeps FP32 parameters and
-// gradients, as torch.cuda.amp does; the cast to the transfer precision is the comm hook's).
+// gradients, as torch.cuda.amp does; a cast to the transfer precision is Plan::cast's).
 double copy_in_backward_s(const Cluster& cluster, int64_t elems);
 // A plan that copies its gradients into buckets in backward (PackOn::Compute) copies each
 // averaged bucket back into its parameters' gradients after its allreduce (DDP's Reducer
 // with gradient_as_bucket_view off, and PlanDDP): when backward has ended, in bucket
 // order, each once its allreduce has ended and the copy before it is done, on the compute
 // stream. Each copy costs what its copy in did (copy_in_backward_s of the bucket's
-// elements). Per bucket; 0 for a bucket that is not packed, a plan that packs on comm,
-// and one GPU (no allreduce, no Reducer).
+// elements). A plan that casts on compute (Plan::cast) casts each bucket's average back
+// to FP32 the same way (cast_time_s of its elements; DDP's compress hook runs it once the
+// allreduce's future completes), after the copy where there is one. Per bucket; 0 for a
+// bucket neither copied nor cast there, and on one GPU (no allreduce, no Reducer).
 std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan);
 // The copies back as a chain after backward: each starts at the later of the previous
 // copy's end (the first: `backward_end_s`) and its bucket's end. Their ends (times as
@@ -64,8 +80,9 @@ std::vector<double> copies_back(double backward_end_s, const std::vector<BucketT
 // `t`; `t` itself when there is no cycle.
 double next_tick(double t, double cycle_s);
 // `last_ready_s`: the latest ready time of the bucket's gradients (from backward start).
+// `pack`: copied into a fusion buffer (PackOn::Comm); `cast`: cast on comm (Plan::cast).
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
-                         std::string_view algorithm, Precision transfer, bool pack);
+                         std::string_view algorithm, Precision transfer, bool pack, bool cast = false);
 
 // Time from the start of backward at which each backward position's gradient is ready.
 std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute);
@@ -74,12 +91,14 @@ std::vector<double> gradient_ready_times(const Model& model, const ComputeModel&
 std::vector<int> gradient_ready_steps(const Model& model);
 // The layers' backward times in backward order (the last layer first).
 std::vector<double> backward_steps_s(const ComputeModel& compute);
-// The same with copy_in_backward_s of each backward position where `copied` added to the
-// step that makes its gradient.
+// The same with copy_in_backward_s of each backward position where `copied`, and
+// cast_time_s to a 2-byte transfer where `cast` (empty: none), added to the step that makes
+// its gradient.
 std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
-                                     const std::vector<bool>& copied);
-// The same with the copies `plan` makes in backward (its packed buckets' gradients when
-// $.pack_on is compute; none otherwise).
+                                     const std::vector<bool>& copied, const std::vector<bool>& cast = {});
+// The same with the copies and casts `plan` makes in backward (its packed buckets'
+// gradients when $.pack_on is compute; every gradient of a bucket sent in FP16 or BF16
+// when $.cast is compute, on more than one GPU; none otherwise).
 std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
                                      const Plan& plan);
 // Ready times from backward steps' times (backward order).

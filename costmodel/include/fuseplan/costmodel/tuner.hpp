@@ -59,6 +59,12 @@ struct TuneOptions {
   Fp32Tensors fp32 = Fp32Tensors::None;
   int streams = 1;                                   // buckets go round-robin to streams
   Packing packing = Packing::Strategy;
+  // Gradient casts written to every plan (Plan::cast): priced in every candidate, on
+  // compute (each gradient's cast in backward, each bucket's cast back after it: neither
+  // depends on where buckets split, so the search stays over the same ready times) or on
+  // comm (before and after each allreduce). Compute refuses FP32 tensors (fp32), whose
+  // buckets would not be cast.
+  std::optional<PackOn> cast;
   // How the training loop steps, written to every plan: it moves every candidate's
   // iteration alike (the optimizer's share, the exposure under no_sync divided by the
   // steps), so the search for the last allreduce end is the same.
