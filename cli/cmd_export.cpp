@@ -50,7 +50,8 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
       else
         o << "model = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=" << cap << ")\n";
       if (casts_any(plan)) {
-        const char* hook = plan.buckets.front().transfer == Precision::BF16 ? "bf16_compress_hook" : "fp16_compress_hook";
+        const bool bf16 = plan.buckets.front().transfer == Precision::BF16;
+        const char* hook = bf16 ? "bf16_compress_hook" : "fp16_compress_hook";
         o << "# the plan casts each FP32 bucket to " << precision_name(plan.buckets.front().transfer)
           << " for its allreduce and back\n"
           << "from torch.distributed.algorithms.ddp_comm_hooks import default_hooks\n"

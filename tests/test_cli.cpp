@@ -194,7 +194,8 @@ TEST_CASE("cli: --pack-on compute and tune --pack inline price DDP's copies in b
 TEST_CASE("cli: --cast prices FP32 gradients cast to the transfer precision and back, and the plan keeps it") {
   const std::string setup = "predict --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
                             "--precision fp32 --transfer fp16 --buckets threshold:25MiB --algorithm ring --json";
-  const auto none = json_of(setup), compute = json_of(setup + " --cast compute"), comm = json_of(setup + " --cast comm");
+  const auto none = json_of(setup), compute = json_of(setup + " --cast compute");
+  const auto comm = json_of(setup + " --cast comm");
   // Every gradient read in FP32 and written in FP16 once in backward (P100: 732 GB/s at 0.75).
   double fp16_bytes = 0;
   for (const auto& b : none["buckets"]) fp16_bytes += b["bytes"].get<double>();
@@ -203,7 +204,8 @@ TEST_CASE("cli: --cast prices FP32 gradients cast to the transfer precision and 
   CHECK(comm["backward_s"].get<double>() == Approx(none["backward_s"].get<double>()));
   CHECK(compute["iteration_s"].get<double>() > none["iteration_s"].get<double>());
   CHECK(comm["iteration_s"].get<double>() > none["iteration_s"].get<double>());
-  expect_bad("predict --model resnet18 --gpus 16 --cast gpu", "--cast: unknown value 'gpu' (valid: none, compute, comm)");
+  expect_bad("predict --model resnet18 --gpus 16 --cast gpu",
+             "--cast: unknown value 'gpu' (valid: none, compute, comm)");
   expect_bad("predict --model resnet18 --gpus 16 --precision fp32 --cast comm", "--cast: every bucket is sent in FP32");
   expect_bad("predict --cast comm --plan " + tmp("r18.json"), "--plan and --cast are exclusive");
   expect_bad("tune --model resnet18 --gpus 16 --fp32-tensors norm --cast compute",
@@ -218,7 +220,8 @@ TEST_CASE("cli: --cast prices FP32 gradients cast to the transfer precision and 
   CHECK(again["iteration_s"].get<double>() == Approx(tuned["report"]["iteration_s"].get<double>()).epsilon(1e-12));
   // export --to ddp registers the compress hook the plan prices.
   const auto ddp = json_of("export --plan " + plan + " --to ddp --json");
-  CHECK_THAT(ddp["snippet"].get<std::string>(), Catch::Contains("register_comm_hook(None, default_hooks.fp16_compress_hook)"));
+  CHECK_THAT(ddp["snippet"].get<std::string>(),
+             Catch::Contains("register_comm_hook(None, default_hooks.fp16_compress_hook)"));
 }
 
 TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation and are kept in the plan") {

@@ -208,7 +208,8 @@ TEST_CASE("gradient casts: on compute they lengthen backward and follow it, on c
   CHECK(plan_from_json(j, "p.json").cast == PackOn::Comm);
   CHECK(!plan_to_json(toy_plan(m, "single")).contains("cast"));
   j["cast"] = "gpu";
-  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.cast: unknown value 'gpu' (valid: comm, compute)"));
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
+                    Catch::Contains("p.json: $.cast: unknown value 'gpu' (valid: comm, compute)"));
   auto fp32 = plan_to_json(toy_plan(m, "single"));
   fp32["cast"] = "compute";
   CHECK_THROWS_WITH(plan_from_json(fp32, "p.json"), Catch::Contains("p.json: $.cast: every bucket is sent in FP32"));
