@@ -80,7 +80,10 @@ void print_report(const Report& r, const Scenario& s, const std::string& plan_or
   out() << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
   out() << "plan: " << (s.plan.strategy.empty() ? plan_origin : s.plan.strategy) << ", " << r.buckets.size()
             << " bucket" << (r.buckets.size() == 1 ? "" : "s")
-            << step_description(s.plan.accumulate, s.plan.optimizer_kernels, s.plan.step_overhead_s) << "\n\n";
+            << step_description(s.plan.accumulate, s.plan.optimizer_kernels, s.plan.step_overhead_s)
+            << (s.plan.cast ? std::string(", fp32 gradients cast to the transfer precision on ") + pack_on_name(*s.plan.cast)
+                            : std::string())
+            << "\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
   if (f.by_class) print_compute_by_class(r);

@@ -54,6 +54,7 @@ std::string options_line(const TuneOptions& o) {
   if (o.strategy == Strategy::KSplit) s += " (K = " + std::to_string(o.segments) + ")";
   s += ", " + std::string(precision_name(o.transfer)) + " transfer";
   if (o.fp32 != Fp32Tensors::None) s += std::string(" (") + fp32_tensors_name(o.fp32) + " tensors in fp32)";
+  if (o.cast) s += std::string(", fp32 gradients cast to it on ") + pack_on_name(*o.cast);
   s += o.algorithm == "auto" ? ", algorithm chosen per bucket" : ", " + o.algorithm + " for every bucket";
   s += ", " + std::to_string(o.streams) + (o.streams == 1 ? " stream" : " streams");
   return s + step_description(o.accumulate, o.optimizer_kernels, o.step_overhead_s);
