@@ -527,7 +527,7 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
       p.last_layer = std::max(p.last_layer, layer);
       if (std::find(p.layers.begin(), p.layers.end(), layer) == p.layers.end()) p.layers.push_back(layer);
     }
-    if (s.pack && s.pack_on == PackOn::Comm)
+    if (s.pack && s.pack_on == PackOn::Comm && gpus_ > 1)
       p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
     if (s.pack && s.pack_on == PackOn::Comm && s.exchange == Exchange::Allreduce && gpus_ > 1) p.copy_out_s = p.delay_s;
     if (s.pack && s.pack_on == PackOn::Compute && s.exchange == Exchange::Allreduce && gpus_ > 1)

@@ -252,10 +252,10 @@ double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer) {
 
 CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack, bool cast, int gpus) {
   CommCopies c;
+  if (gpus < 2) return c;  // no allreduce: nothing to fill, empty or cast
   const double copy_s = pack ? pack_time_s(cluster, elems * bytes_per_element(transfer)) : 0;
-  const double cast_s = cast && gpus > 1 ? cast_time_s(cluster, elems, transfer) : 0;
-  c.before_s = copy_s + cast_s;
-  if (gpus > 1) c.after_s = copy_s + cast_s;
+  const double cast_s = cast ? cast_time_s(cluster, elems, transfer) : 0;
+  c.before_s = c.after_s = copy_s + cast_s;
   return c;
 }
 

@@ -39,10 +39,11 @@ struct BucketTerms {
   CollectiveChoice choice; // empty when there is one GPU
 };
 // Copying `bytes` into a fusion buffer: one read and one write at effective memory bandwidth.
-// A bucket packed on comm (PackOn::Comm, Horovod's fusion buffer) pays it twice: the copy
-// in delays its allreduce (BucketTerms::ready_s), the copy of the average back out into
-// the gradients follows the allreduce on its stream (BucketTerms::copy_out_s), so the
-// bucket ends, and its stream is free, once the gradients are back in place.
+// A bucket packed on comm (PackOn::Comm, Horovod's fusion buffer) pays it twice on more
+// than one GPU: the copy in delays its allreduce (BucketTerms::ready_s), the copy of the
+// average back out into the gradients follows the allreduce on its stream
+// (BucketTerms::copy_out_s), so the bucket ends, and its stream is free, once the
+// gradients are back in place.
 double pack_time_s(const Cluster& cluster, int64_t bytes);
 // Casting a gradient of `elems` FP32 elements to `transfer` (Plan::cast), or its average
 // back: a read of 4 bytes and a write of 2 per element at effective memory bandwidth; 0
@@ -50,8 +51,7 @@ double pack_time_s(const Cluster& cluster, int64_t bytes);
 double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer);
 // What a bucket's copies on its allreduce's stream cost: before it (delaying it: the copy
 // into a fusion buffer, a cast on comm) and after it (occupying the stream: the copy out,
-// the cast back). On one GPU only the copy into a fusion buffer is paid (it delays the
-// bucket's ready time); nothing is cast or copied out.
+// the cast back). One GPU has no allreduce and makes none of them.
 struct CommCopies {
   double before_s = 0, after_s = 0;
 };
