@@ -375,6 +375,15 @@ TEST_CASE("what-if: sweeps and inverse questions") {
   const auto capped = w.gpu_candidates(w.cluster().capacity() + 3 * w.cluster().gpus_per_node);
   CHECK(capped.back() == w.cluster().capacity() + 3 * w.cluster().gpus_per_node);
   CHECK(w.gpu_candidates(2) == std::vector<int>{1, 2});
+  // Casts apply to the points sent in FP16 or BF16; an FP32 point casts nothing.
+  WhatIfSettings casting;
+  casting.tune.cast = PackOn::Compute;
+  WhatIf wc(load_cluster("tencent-p40"), casting);
+  WhatIfPoint q{"alexnet_bn", 64, 0, 64, Precision::FP16, "auto", Strategy::Optimal};
+  const WhatIfRow cast16 = wc.evaluate(q);
+  CHECK(cast16.report.iteration_s > w.evaluate(q).report.iteration_s);
+  q.precision = Precision::FP32;
+  CHECK(wc.evaluate(q).report.iteration_s == w.evaluate(q).report.iteration_s);
 }
 
 TEST_CASE("processor sharing: optimal and k-split stay exact on one stream") {

@@ -36,7 +36,7 @@ TuneOptions options_like(const Plan& p) {
   o.algorithm = common_algorithm(p);
   o.transfer = p.buckets.front().transfer;
   o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers (DDP in backward)
-  o.cast = p.cast;            // DDP's compress hook, Horovod's compression
+  if (o.transfer != Precision::FP32) o.cast = p.cast;  // DDP's compress hook, Horovod's compression
   o.accumulate = p.accumulate;
   o.optimizer_kernels = p.optimizer_kernels;
   o.step_overhead_s = p.step_overhead_s;

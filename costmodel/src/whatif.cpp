@@ -51,6 +51,7 @@ WhatIfRow WhatIf::evaluate(const WhatIfPoint& p) const {
   o.strategy = p.strategy;
   o.algorithm = p.algorithm;
   if (settings_.transfer_follows_compute) o.transfer = p.precision;
+  if (o.transfer == Precision::FP32) o.cast.reset();  // an FP32 point has nothing to cast
   TuneResult r = tuner.run(o);
   WhatIfRow row;
   row.point = p;
