@@ -165,6 +165,7 @@ void print_reference(const Scenario& s, const CollectiveModel& coll, const Compu
     p.accumulate = s.plan.accumulate;
     p.optimizer_kernels = s.plan.optimizer_kernels;
     p.step_overhead_s = s.plan.step_overhead_s;
+    p.cast = s.plan.cast;  // the gradients' casts, whatever the fusion
     Report r = predict(s.model, s.cluster, p, coll, compute, goal, false);
     t.row({spec, std::to_string(p.buckets.size()), ms(r.iteration_s), ms(r.exposed_comm_s), percent(r.scaling_efficiency)});
   }

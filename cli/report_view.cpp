@@ -9,8 +9,12 @@ namespace fuseplan::cli {
 
 void print_bucket_table(const Report& r, std::ostream& os) {
   const size_t kMaxRows = 40;
-  Table t({"bucket", "<tensors (bwd)", "<first .. last tensor", "bytes", "<algorithm", "ready ms", "start ms", "end ms",
-           "latency ms", "bandwidth ms"});
+  // Copies out of fusion buffers and casts back on comm: a column where a bucket has them.
+  const bool copies = std::any_of(r.buckets.begin(), r.buckets.end(), [](const auto& b) { return b.copy_out_s > 0; });
+  std::vector<std::string> headers{"bucket",   "<tensors (bwd)", "<first .. last tensor", "bytes",      "<algorithm",
+                                   "ready ms", "start ms",       "end ms",                "latency ms", "bandwidth ms"};
+  if (copies) headers.push_back("copy out ms");
+  Table t(headers);
   for (size_t i = 0; i < r.buckets.size(); ++i) {
     const auto& b = r.buckets[i];
     if (r.buckets.size() > kMaxRows && i == kMaxRows / 2) {
@@ -20,10 +24,13 @@ void print_bucket_table(const Report& r, std::ostream& os) {
     }
     std::string range = b.end - b.begin == 1 ? std::to_string(b.begin) : std::to_string(b.begin) + "-" + std::to_string(b.end - 1);
     std::string names = b.end - b.begin == 1 ? b.first_tensor : b.first_tensor + " .. " + b.last_tensor;
-    t.row({std::to_string(b.index), range, names, human_bytes(double(b.bytes)),
-           b.algorithm + (b.variant.empty() ? "" : " " + b.variant) + (b.auto_chosen ? " (auto)" : "") +
-               (b.stream ? " s" + std::to_string(b.stream) : ""),
-           ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3), ms(b.cost.bandwidth_s, 3)});
+    std::vector<std::string> cells{std::to_string(b.index), range, names, human_bytes(double(b.bytes)),
+                                   b.algorithm + (b.variant.empty() ? "" : " " + b.variant) +
+                                       (b.auto_chosen ? " (auto)" : "") + (b.stream ? " s" + std::to_string(b.stream) : ""),
+                                   ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3),
+                                   ms(b.cost.bandwidth_s, 3)};
+    if (copies) cells.push_back(ms(b.copy_out_s, 3));
+    t.row(std::move(cells));
   }
   t.print(os, "  ");
   if (csv_output()) return;
@@ -44,7 +51,9 @@ void print_iteration_summary(const Report& r, std::ostream& os) {
   const double hidden = r.comm_busy_s > 0 ? std::clamp(1 - exposed_allreduces_s / r.comm_busy_s, 0.0, 1.0) : 1;
   const bool waits = exposed_allreduces_s > r.comm_busy_s * (1 + 1e-9) && r.comm_busy_s > 0;
   os << "  iteration time       " << ms(r.iteration_s) << " ms  = forward " << ms(r.forward_s) << " + backward "
-            << ms(r.backward_s) << " + exposed communication " << ms(r.exposed_comm_s)
+            << ms(r.backward_s)
+            << (r.backward_copies_s > 0 ? " (copies and casts " + ms(r.backward_copies_s) + ")" : "")
+            << " + exposed communication " << ms(r.exposed_comm_s)
             << (r.copy_back_s > 0 ? " (copies back " + ms(r.copy_back_s) + ")" : "") << " + optimizer "
             << ms(r.optimizer_s) << (r.step_overhead_s > 0 ? " + step overhead " + ms(r.step_overhead_s) : "")
             << (r.variation_wait_s > 0 ? " + wait for the slowest GPU " + ms(r.variation_wait_s) : "")

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "fuseplan/models/error.hpp"
 
@@ -250,12 +251,14 @@ double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer) {
   return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
 }
 
-CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack, bool cast, int gpus) {
+CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack,
+                         std::optional<PackOn> cast, int gpus) {
   CommCopies c;
   if (gpus < 2) return c;  // no allreduce: nothing to fill, empty or cast
   const double copy_s = pack ? pack_time_s(cluster, elems * bytes_per_element(transfer)) : 0;
   const double cast_s = cast ? cast_time_s(cluster, elems, transfer) : 0;
-  c.before_s = c.after_s = copy_s + cast_s;
+  c.before_s = copy_s + (cast == PackOn::Comm ? cast_s : 0);  // on compute the cast is in backward
+  c.after_s = copy_s + cast_s;
   return c;
 }
 
@@ -265,7 +268,6 @@ std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, cons
     const int64_t n = bucket_elements(plan, model, b);
     double x = 0;
     if (plan.gpus > 1 && b.pack && plan.pack_on == PackOn::Compute) x += copy_in_backward_s(cluster, n);
-    if (plan.gpus > 1 && plan.cast == PackOn::Compute) x += cast_time_s(cluster, n, b.transfer);
     s.push_back(x);
   }
   return s;
@@ -286,7 +288,7 @@ double next_tick(double t, double cycle_s) {
 }
 
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
-                         std::string_view algorithm, Precision transfer, bool pack, bool cast) {
+                         std::string_view algorithm, Precision transfer, bool pack, std::optional<PackOn> cast) {
   BucketTerms t;
   t.bytes = elems * bytes_per_element(transfer);
   const CommCopies copies = comm_copies_s(cluster, elems, transfer, pack, cast, coll.gpus());
@@ -328,6 +330,11 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
 
   // The backward steps, with the copies into the buckets where backward makes them.
   std::vector<double> steps_s = backward_steps_s(model, compute, cluster, plan);
+  if (plan.pack_on == PackOn::Compute || plan.cast == PackOn::Compute) {
+    const std::vector<double> layers_s = backward_steps_s(compute);
+    r.backward_copies_s = std::max(0.0, std::accumulate(steps_s.begin(), steps_s.end(), 0.0) -
+                                            std::accumulate(layers_s.begin(), layers_s.end(), 0.0));
+  }
   for (double& x : steps_s) x *= slowest;
   const auto ready_pos = gradient_ready_times(model, steps_s);
   const auto ready_step = gradient_ready_steps(model);
@@ -345,7 +352,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
       after_step = std::max(after_step, ready_step[pos]);
     }
     BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer,
-                                 b.pack && plan.pack_on == PackOn::Comm, plan.cast == PackOn::Comm);
+                                 b.pack && plan.pack_on == PackOn::Comm, plan.cast);
     const double pack_s = t.ready_s - last_ready;
     t.ready_s = next_tick(t.ready_s, plan.cycle_s);
     BucketReport br;
@@ -362,6 +369,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     br.variant = CollectiveModel::variant_name(t.choice);
     br.cost = t.choice.cost;
     br.launch_s = t.choice.launch_s;
+    br.copy_out_s = t.copy_out_s;
     ready.push_back(t.ready_s);
     lat.push_back(t.latency_s);
     bw.push_back(t.bandwidth_s);
@@ -411,6 +419,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     r.backward_s = ((steps - 1) * compute.backward_s() * slowest + r.backward_s) / steps;
     r.exposed_comm_s /= steps;
     r.copy_back_s /= steps;
+    r.backward_copies_s /= steps;
     r.comm_busy_s /= steps;
   }
   // The plan's fixed cost per step, paid on more than one GPU only, after the optimizer.

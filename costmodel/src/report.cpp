@@ -60,6 +60,8 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                        {"bandwidth_s", b.cost.bandwidth_s},
                        {"reduce_s", b.cost.reduce_s},
                        {"launch_s", b.launch_s}});
+  for (size_t i = 0; i < r.buckets.size(); ++i)
+    if (r.buckets[i].copy_out_s > 0) buckets[i]["copy_out_s"] = r.buckets[i].copy_out_s;
   nlohmann::json j{{"schema", kReportSchema},
                    {"source", r.source},
                    {"model", r.model},
@@ -88,6 +90,7 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
   if (r.step_overhead_s > 0) j["step_overhead_s"] = r.step_overhead_s;
   if (r.variation_wait_s > 0) j["variation_wait_s"] = r.variation_wait_s;
   if (r.copy_back_s > 0) j["copy_back_s"] = r.copy_back_s;
+  if (r.backward_copies_s > 0) j["backward_copies_s"] = r.backward_copies_s;
   if (!r.compute_by_class.empty()) {
     auto& a = j["compute_by_class"] = nlohmann::json::array();
     for (const auto& k : r.compute_by_class)
@@ -153,6 +156,7 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
     *field = o.non_negative(key);
   if (auto v = o.opt_in_range("step_overhead_s", 0, kMaxStepOverheadMs * 1e-3, "s")) r.step_overhead_s = *v;
   if (o.has("copy_back_s")) r.copy_back_s = o.non_negative("copy_back_s");
+  if (o.has("backward_copies_s")) r.backward_copies_s = o.non_negative("backward_copies_s");
   if (o.has("variation_wait_s")) r.variation_wait_s = o.non_negative("variation_wait_s");
   r.dataset_size = o.integer("dataset_size", 0, INT64_MAX);
   r.iterations_to_train = o.integer("iterations_to_train", 0, INT64_MAX);
@@ -179,6 +183,7 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
     x.cost.bandwidth_s = b.non_negative("bandwidth_s");
     x.cost.reduce_s = b.non_negative("reduce_s");
     x.launch_s = b.non_negative("launch_s");
+    if (b.has("copy_out_s")) x.copy_out_s = b.non_negative("copy_out_s");
     b.finish();
     r.buckets.push_back(std::move(x));
   }

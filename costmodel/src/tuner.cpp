@@ -134,10 +134,8 @@ class BucketCoster {
  public:
   BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt,
                const std::vector<double>& ready)
-      : cluster_(c), coll_(coll), opt_(opt), pack_(copies(opt) == PackOn::Comm), cast_(opt.cast == PackOn::Comm),
-        monotone_(coll.monotone(opt.algorithm)),
-        copies_back_((copies(opt) == PackOn::Compute || opt.cast == PackOn::Compute) && coll.gpus() > 1),
-        neg_ready_(static_cast<int>(ready.size())) {
+      : cluster_(c), coll_(coll), opt_(opt), pack_(copies(opt) == PackOn::Comm), monotone_(coll.monotone(opt.algorithm)),
+        copies_back_(copies(opt) == PackOn::Compute && coll.gpus() > 1), neg_ready_(static_cast<int>(ready.size())) {
     const int n = static_cast<int>(m.tensors.size());
     for (double r : ready) neg_ready_.push(-r);
     elems_.assign(n + 1, 0);
@@ -153,17 +151,12 @@ class BucketCoster {
   BucketTerms at(int i, int j) {
     ++evaluations;
     return bucket_terms(cluster_, coll_, last_ready(i, j), elems_[j] - elems_[i], opt_.algorithm, transfer(i, j), pack_,
-                        cast_);
+                        opt_.cast);
   }
   int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
-  // Bucket [i, j)'s copy and cast back after its allreduce (copy_back_s), 0 where the plan
-  // makes none. Linear in its elements (casts on compute come without FP32 tensors).
+  // Bucket [i, j)'s copy back after its allreduce (copy_back_s), 0 where the plan makes none.
   bool copies_back() const { return copies_back_; }
-  double copy_back(int i, int j) const {
-    if (!copies_back_) return 0;
-    return (copies(opt_) == PackOn::Compute ? copy_in_backward_s(cluster_, elems(i, j)) : 0) +
-           (opt_.cast == PackOn::Compute ? cast_time_s(cluster_, elems(i, j), transfer(i, j)) : 0);
-  }
+  double copy_back(int i, int j) const { return copies_back_ ? copy_in_backward_s(cluster_, elems(i, j)) : 0; }
   int tensors() const { return static_cast<int>(elems_.size()) - 1; }
   // A bound of R + C for bucket [i, j) and every larger bucket [i', j), i' < i: the terms
   // themselves when costs grow with the bucket, else the cost model's monotone lower bound
@@ -178,7 +171,7 @@ class BucketCoster {
   const Cluster& cluster_;
   const CollectiveModel& coll_;
   const TuneOptions& opt_;
-  bool pack_, cast_, monotone_, copies_back_;
+  bool pack_, monotone_, copies_back_;
   GrowingRangeMin neg_ready_;  // of -ready: range maxima of the ready times
   std::vector<int64_t> elems_;
   std::vector<int> fp32_;

@@ -90,7 +90,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     const int64_t elems = bucket_elements(plan, m, b);
     // The copies and casts on the bucket's stream, as the predictor's (comm_copies_s).
     const CommCopies copies =
-        comm_copies_s(c, elems, b.transfer, b.pack && plan.pack_on == PackOn::Comm, plan.cast == PackOn::Comm, P);
+        comm_copies_s(c, elems, b.transfer, b.pack && plan.pack_on == PackOn::Comm, plan.cast, P);
     run.pack_s = copies.before_s;
     run.copy_out_s = copies.after_s;
     if (P > 1) {

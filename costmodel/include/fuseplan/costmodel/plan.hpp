@@ -103,13 +103,13 @@ struct Plan {
   // Gradient casts ($.cast): the gradients are FP32 (FP32 parameters, as under
   // torch.cuda.amp or Keras mixed_float16) and each one sent in FP16 or BF16 is cast to
   // its bucket's transfer precision before the allreduce and the average back after it,
-  // where this says (a read of 4 bytes and a write of 2 per element each way):
+  // a read of 4 bytes and a write of 2 per element each way. The cast in runs where this
+  // says, the cast back on the allreduce's stream as the allreduce ends:
   // - Compute: on the compute stream, each gradient as backward makes it (lengthening
-  //   backward) and each bucket's average once backward has ended and its allreduce has
-  //   (PyTorch DDP's fp16_compress_hook / bf16_compress_hook, Horovod's Compression.fp16);
-  // - Comm: on the allreduce's stream, the cast in delaying the allreduce and the cast
-  //   back following it (a framework that casts in its communication thread, as
-  //   fuseplan-exec's CPU exchange does).
+  //   backward: PyTorch DDP's fp16_compress_hook / bf16_compress_hook, Horovod's
+  //   Compression.fp16);
+  // - Comm: on the allreduce's stream, delaying the allreduce (a framework that casts in
+  //   its communication thread, as fuseplan-exec's CPU exchange and PlanDDP do).
   // Unset: the gradients are written at the transfer precision (a model cast to FP16),
   // nothing is cast.
   std::optional<PackOn> cast;

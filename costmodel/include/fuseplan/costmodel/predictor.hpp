@@ -32,7 +32,7 @@ struct BucketTerms {
   double ready_s = 0;      // last gradient ready (+ the packing copy)
   double latency_s = 0;    // launch + latency + reduction (+ copy_out_s): not shared between streams
   // On the allreduce's stream after it (in latency_s): a packed bucket's copy out of its
-  // fusion buffer, a bucket cast on comm's cast back (CommCopies::after_s).
+  // fusion buffer, a cast bucket's cast back (CommCopies::after_s).
   double copy_out_s = 0;
   double bandwidth_s = 0;  // shared between streams that run at once
   int64_t bytes = 0;
@@ -50,12 +50,14 @@ double pack_time_s(const Cluster& cluster, int64_t bytes);
 // for an FP32 transfer (nothing is cast).
 double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer);
 // What a bucket's copies on its allreduce's stream cost: before it (delaying it: the copy
-// into a fusion buffer, a cast on comm) and after it (occupying the stream: the copy out,
-// the cast back). One GPU has no allreduce and makes none of them.
+// into a fusion buffer, a cast on comm; a cast on compute is in backward instead) and
+// after it (occupying the stream: the copy out, the cast back wherever the cast in ran).
+// One GPU has no allreduce and makes none of them.
 struct CommCopies {
   double before_s = 0, after_s = 0;
 };
-CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack, bool cast, int gpus);
+CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack,
+                         std::optional<PackOn> cast, int gpus);
 // Copying a gradient of `elems` into its bucket during backward (PackOn::Compute): the
 // buckets hold the parameters' precision, FP32 (mixed precision keeps FP32 parameters and
 // gradients, as torch.cuda.amp does; a cast to the transfer precision is Plan::cast's).
@@ -65,10 +67,8 @@ double copy_in_backward_s(const Cluster& cluster, int64_t elems);
 // with gradient_as_bucket_view off, and PlanDDP): when backward has ended, in bucket
 // order, each once its allreduce has ended and the copy before it is done, on the compute
 // stream. Each copy costs what its copy in did (copy_in_backward_s of the bucket's
-// elements). A plan that casts on compute (Plan::cast) casts each bucket's average back
-// to FP32 the same way (cast_time_s of its elements; DDP's compress hook runs it once the
-// allreduce's future completes), after the copy where there is one. Per bucket; 0 for a
-// bucket neither copied nor cast there, and on one GPU (no allreduce, no Reducer).
+// elements). Per bucket; 0 for a bucket that is not packed, a plan that packs on comm,
+// and one GPU (no allreduce, no Reducer).
 std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan);
 // The copies back as a chain after backward: each starts at the later of the previous
 // copy's end (the first: `backward_end_s`) and its bucket's end. Their ends (times as
@@ -80,9 +80,10 @@ std::vector<double> copies_back(double backward_end_s, const std::vector<BucketT
 // `t`; `t` itself when there is no cycle.
 double next_tick(double t, double cycle_s);
 // `last_ready_s`: the latest ready time of the bucket's gradients (from backward start).
-// `pack`: copied into a fusion buffer (PackOn::Comm); `cast`: cast on comm (Plan::cast).
+// `pack`: copied into a fusion buffer (PackOn::Comm); `cast`: the plan's casts (Plan::cast).
 BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, double last_ready_s, int64_t elems,
-                         std::string_view algorithm, Precision transfer, bool pack, bool cast = false);
+                         std::string_view algorithm, Precision transfer, bool pack,
+                         std::optional<PackOn> cast = std::nullopt);
 
 // Time from the start of backward at which each backward position's gradient is ready.
 std::vector<double> gradient_ready_times(const Model& model, const ComputeModel& compute);

@@ -65,6 +65,9 @@ struct BucketReport {
   double ready_s = 0, start_s = 0, end_s = 0;  // from the start of backward
   Cost cost;                        // without the launch overhead
   double launch_s = 0;
+  // After the allreduce on its stream, within [start_s, end_s]: the copy out of a fusion
+  // buffer and a cast back on comm (BucketTerms::copy_out_s); 0 where there is none.
+  double copy_out_s = 0;
 };
 
 // What one layer class costs the mean GPU per micro-batch, as the compute model prices it
@@ -91,6 +94,9 @@ struct Report {
   double comm_end_s = 0;            // last allreduce end, from the start of backward
   double exposed_comm_s = 0;        // communication not hidden behind backward, copies back included
   double copy_back_s = 0;           // of which the copies back after the last allreduce (PackOn::Compute)
+  // Of backward_s, what the plan's copies into buckets and casts in backward add to the
+  // layers' own (PackOn::Compute, Plan::cast compute; per micro-batch under no_sync).
+  double backward_copies_s = 0;
   double step_overhead_s = 0;       // the plan's fixed cost per step on more than one GPU (Plan::step_overhead_s)
   double variation_wait_s = 0;      // the step's wait for its slowest GPU's forward and backward (compute_variation;
                                     // simulated: stragglers and jitter too)

@@ -60,10 +60,10 @@ struct TuneOptions {
   int streams = 1;                                   // buckets go round-robin to streams
   Packing packing = Packing::Strategy;
   // Gradient casts written to every plan (Plan::cast): priced in every candidate, on
-  // compute (each gradient's cast in backward, each bucket's cast back after it: neither
-  // depends on where buckets split, so the search stays over the same ready times) or on
-  // comm (before and after each allreduce). Compute refuses FP32 tensors (fp32), whose
-  // buckets would not be cast.
+  // compute (each gradient's cast in backward, whatever the partition, so the search keeps
+  // its ready times) or on comm (delaying each allreduce); each bucket's cast back is part
+  // of its allreduce's time. Compute refuses FP32 tensors (fp32), whose buckets would not
+  // be cast.
   std::optional<PackOn> cast;
   // How the training loop steps, written to every plan: it moves every candidate's
   // iteration alike (the optimizer's share, the exposure under no_sync divided by the
