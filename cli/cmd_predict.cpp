@@ -78,7 +78,8 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
 
 void print_report(const Report& r, const Scenario& s, const std::string& plan_origin, const PredictFlags& f) {
   std::string casts;
-  if (s.plan.cast) casts = ", fp32 gradients cast to the transfer precision on " + std::string(pack_on_name(*s.plan.cast));
+  if (s.plan.cast)
+    casts = ", fp32 gradients cast to the transfer precision on " + std::string(pack_on_name(*s.plan.cast));
   out() << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
   out() << "plan: " << (s.plan.strategy.empty() ? plan_origin : s.plan.strategy) << ", " << r.buckets.size()
             << " bucket" << (r.buckets.size() == 1 ? "" : "s")

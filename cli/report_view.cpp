@@ -24,9 +24,9 @@ void print_bucket_table(const Report& r, std::ostream& os) {
     }
     std::string range = b.end - b.begin == 1 ? std::to_string(b.begin) : std::to_string(b.begin) + "-" + std::to_string(b.end - 1);
     std::string names = b.end - b.begin == 1 ? b.first_tensor : b.first_tensor + " .. " + b.last_tensor;
-    std::vector<std::string> cells{std::to_string(b.index), range, names, human_bytes(double(b.bytes)),
-                                   b.algorithm + (b.variant.empty() ? "" : " " + b.variant) +
-                                       (b.auto_chosen ? " (auto)" : "") + (b.stream ? " s" + std::to_string(b.stream) : ""),
+    const std::string algorithm = b.algorithm + (b.variant.empty() ? "" : " " + b.variant) +
+                                  (b.auto_chosen ? " (auto)" : "") + (b.stream ? " s" + std::to_string(b.stream) : "");
+    std::vector<std::string> cells{std::to_string(b.index), range, names, human_bytes(double(b.bytes)), algorithm,
                                    ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3),
                                    ms(b.cost.bandwidth_s, 3)};
     if (copies) cells.push_back(ms(b.copy_out_s, 3));

@@ -134,8 +134,9 @@ class BucketCoster {
  public:
   BucketCoster(const Model& m, const Cluster& c, const CollectiveModel& coll, const TuneOptions& opt,
                const std::vector<double>& ready)
-      : cluster_(c), coll_(coll), opt_(opt), pack_(copies(opt) == PackOn::Comm), monotone_(coll.monotone(opt.algorithm)),
-        copies_back_(copies(opt) == PackOn::Compute && coll.gpus() > 1), neg_ready_(static_cast<int>(ready.size())) {
+      : cluster_(c), coll_(coll), opt_(opt), pack_(copies(opt) == PackOn::Comm),
+        monotone_(coll.monotone(opt.algorithm)), copies_back_(copies(opt) == PackOn::Compute && coll.gpus() > 1),
+        neg_ready_(static_cast<int>(ready.size())) {
     const int n = static_cast<int>(m.tensors.size());
     for (double r : ready) neg_ready_.push(-r);
     elems_.assign(n + 1, 0);
