@@ -264,12 +264,9 @@ CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transf
 
 std::vector<double> copy_back_s(const Model& model, const Cluster& cluster, const Plan& plan) {
   std::vector<double> s;
-  for (const auto& b : plan.buckets) {
-    const int64_t n = bucket_elements(plan, model, b);
-    double x = 0;
-    if (plan.gpus > 1 && b.pack && plan.pack_on == PackOn::Compute) x += copy_in_backward_s(cluster, n);
-    s.push_back(x);
-  }
+  for (const auto& b : plan.buckets)
+    s.push_back(b.pack && plan.pack_on == PackOn::Compute && plan.gpus > 1
+                    ? copy_in_backward_s(cluster, bucket_elements(plan, model, b)) : 0.0);
   return s;
 }
 
