@@ -155,6 +155,12 @@ class BucketCoster {
                         opt_.cast);
   }
   int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
+  // What the copies after each allreduce on its stream (copy out, cast back) add per byte
+  // of the transfer type: linear in the bucket, so an affine tail's slope grows by it.
+  double after_per_byte() const {
+    const CommCopies one = comm_copies_s(cluster_, 1, opt_.transfer, pack_, opt_.cast, coll_.gpus());
+    return one.after_s / bytes_per_element(opt_.transfer);
+  }
   // Bucket [i, j)'s copy back after its allreduce (copy_back_s), 0 where the plan makes none.
   bool copies_back() const { return copies_back_; }
   double copy_back(int i, int j) const { return copies_back_ ? copy_in_backward_s(cluster_, elems(i, j)) : 0; }
@@ -1133,6 +1139,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
     case Strategy::Optimal: {
       auto tails = opt.fp32 == Fp32Tensors::None && !opt.exhaustive_scan ? coll_.affine_tails(opt.transfer)
                                                                           : std::vector<AffineTail>{};
+      for (auto& t : tails) t.b += cost.after_per_byte();  // a bucket's copies after its allreduce
       Prefixes table;
       Prefixes* keep = copies_back ? &table : nullptr;
       starts = tails.empty() ? dynamic_program(cost, 0, objective, nullptr, kInf, keep)
