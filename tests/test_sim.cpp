@@ -164,6 +164,15 @@ TEST_CASE("gradient casts: the simulated iteration casts where the plan says, as
     CHECK(j["backward_s"].get<double>() == Approx(r.report.backward_s).epsilon(0.01));
     CHECK(j.value("backward_copies_s", 0.0) == r.report.backward_copies_s);
     CHECK((where == PackOn::Compute) == (r.report.backward_copies_s > 0));
+    // Each bucket's cast back follows its allreduce on its stream, wherever the cast in ran.
+    REQUIRE(j["buckets"].size() == uncast["buckets"].size());
+    for (size_t b = 0; b < j["buckets"].size(); ++b) {
+      auto span = [b](const nlohmann::json& x) {
+        return x["buckets"][b]["end_s"].get<double>() - x["buckets"][b]["start_s"].get<double>();
+      };
+      const int64_t elems = j["buckets"][b]["bytes"].get<int64_t>() / 2;
+      CHECK(span(j) - span(uncast) == Approx(cast_time_s(c, elems, Precision::FP16)).epsilon(1e-6));
+    }
   }
 }
 
