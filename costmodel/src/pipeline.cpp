@@ -527,9 +527,12 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
       p.last_layer = std::max(p.last_layer, layer);
       if (std::find(p.layers.begin(), p.layers.end(), layer) == p.layers.end()) p.layers.push_back(layer);
     }
-    if (s.pack && s.pack_on == PackOn::Comm && gpus_ > 1)
-      p.delay_s = pack_time_s(cluster_, p.elems * bytes_per_element(s.transfer));
-    if (s.pack && s.pack_on == PackOn::Comm && s.exchange == Exchange::Allreduce && gpus_ > 1) p.copy_out_s = p.delay_s;
+    // A fusion buffer's copies, as the predictor's (schedules do not cast); the copy out
+    // after an allreduce only.
+    const CommCopies copies =
+        comm_copies_s(cluster_, p.elems, s.transfer, s.pack && s.pack_on == PackOn::Comm, std::nullopt, gpus_);
+    p.delay_s = copies.before_s;
+    if (s.exchange == Exchange::Allreduce) p.copy_out_s = copies.after_s;
     if (s.pack && s.pack_on == PackOn::Compute && s.exchange == Exchange::Allreduce && gpus_ > 1)
       p.copy_back_s = copy_in_backward_s(cluster_, p.elems);
     parts.push_back(std::move(p));
