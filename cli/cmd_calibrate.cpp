@@ -8,6 +8,7 @@
 #include "commands.hpp"
 #include "calibrate_view.hpp"
 #include "format.hpp"
+#include "verify_view.hpp"
 #include "fuseplan/costmodel/calibrate.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/exec/discover.hpp"
@@ -125,6 +126,8 @@ std::vector<OverlapRun> overlap_runs(const CalibrateFlags& f, const Cluster& c) 
     if (!f.profiles.empty()) apply_profile(model, f.profiles[f.profiles.size() > 1 ? i : 0]);
     Scenario s = bind_scenario(std::move(model), c, std::move(plan), {}, {}, f.plans[i]);
     Report measured = load_measured_run(f.measured[i], s.plan, f.plans[i]);
+    if (const auto planned = plan_as_run(s.plan, measured))
+      out() << "  --plan " << f.plans[i] << ": " << as_run_line(*planned, measured.cast) << "\n";
     runs.push_back({std::move(s.model), std::move(s.plan), std::move(measured)});
   }
   return runs;

@@ -240,6 +240,11 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     const exec::TrainResult& result = run.result;
     const std::optional<exec::Measurement>& m = run.measurement;
     const Report& rep = m->report;
+    if (!bound.schedule && rep.cast && rep.cast != plan.cast)
+      err_line(std::string("fuseplan-exec run: note: the exchange cast the FP32 gradients of the plan's 16-bit "
+                           "buckets to their transfer and back on its stream (on ") + pack_on_name(*rep.cast) +
+               "; the plan's cast: " + (plan.cast ? pack_on_name(*plan.cast) : "none") +
+               "); the report says so and verify predicts the run so");
     out() << "fuseplan-exec run: " << rep.model << " x " << world.ranks() << " ranks on "
               << count_of(world.layout().nodes, "node") << ", batch " << plan.batch_per_gpu << " per rank, "
               << precision_name(plan.compute) << ", " << count_of(int64_t(plan.buckets.size()), "bucket") << " ("

@@ -215,8 +215,8 @@ void FusionFlags::add(CLI::App* cmd) {
 
 const char* const kCastHelp =
     "gradient casts: none (gradients at the transfer precision) | compute (FP32 gradients cast to --transfer in "
-    "backward and back after the allreduce, on the compute stream: DDP's fp16_compress_hook, Horovod's "
-    "Compression.fp16) | comm (the same on the allreduce's stream, before and after it)";
+    "backward, on the compute stream, and back after the allreduce on its stream: DDP's fp16_compress_hook, "
+    "Horovod's Compression.fp16) | comm (both casts on the allreduce's stream, before and after it)";
 
 std::optional<PackOn> parse_cast(const std::string& s) {
   if (s == "none") return std::nullopt;

@@ -29,10 +29,27 @@ double outside_phases_s(const Report& r) {
   return r.iteration_s - (r.forward_s + r.backward_s + r.exposed_comm_s + r.optimizer_s + r.data_wait_s);
 }
 
-Verification verify_plan(const Scenario& s, const Report& measured, bool simulate) {
+std::optional<std::optional<PackOn>> plan_as_run(Plan& plan, const Report& measured) {
+  if (!measured.cast || measured.cast == plan.cast) return std::nullopt;
+  const std::optional<PackOn> planned = plan.cast;
+  plan.cast = measured.cast;
+  if (casts_any(plan)) return planned;
+  plan.cast = planned;  // no 16-bit bucket: nothing was cast, whatever the report says
+  return std::nullopt;
+}
+
+std::string as_run_line(std::optional<PackOn> plan_cast, std::optional<PackOn> run_cast) {
+  auto where = [](std::optional<PackOn> c) { return c ? "on " + std::string(pack_on_name(*c)) : std::string("none"); };
+  return "the run cast its 16-bit buckets " + where(run_cast) + " (the plan's cast: " + where(plan_cast) +
+         "): predicted and simulated with the run's casts";
+}
+
+Verification verify_plan(const Scenario& given, const Report& measured, bool simulate) {
+  Scenario s = given;
+  Verification v;
+  v.plan_cast = plan_as_run(s.plan, measured);
   const Model& model = s.model;
   const Plan& plan = s.plan;
-  Verification v;
   v.predicted = predict(s, true);
   const bool profiled = !model.layers.empty() && model.layers.front().measured.has_value();
   v.drift = v.predicted.forward_s > 0 ? measured.forward_s / v.predicted.forward_s : 1;
@@ -71,6 +88,7 @@ void print_verification(std::ostream& os, const Verification& v, const Plan& pla
            rel_err(r.predicted_s, r.measured_s), v.simulated ? rel_err(r.simulated_s, r.measured_s) : "-"});
   t.print(os, "  ");
   if (!v.no_sim_reason.empty()) os << "\n  " << v.no_sim_reason << "\n";
+  if (v.plan_cast) os << "\n  " << as_run_line(*v.plan_cast, measured.cast) << "\n";
   if (v.at_speed)
     os << "\n  compute drift: this run's forward (no communication in it) took " << fixed(v.drift, 3)
        << "x the profile's;\n  with the profile scaled by it, predicted iteration " << ms_or_dash(v.at_speed->iteration_s)
@@ -101,6 +119,9 @@ nlohmann::json verification_json(const Verification& v, const std::string& plan_
                      {"cluster", cluster.name},
                      {"rows", rows},
                      {"outside_phases_s", {{"predicted", v.predicted_outside_s}, {"measured", v.measured_outside_s}}}};
+  if (v.plan_cast)
+    out["cast"] = {{"plan", *v.plan_cast ? pack_on_name(**v.plan_cast) : "none"},
+                   {"run", v.predicted.cast ? pack_on_name(*v.predicted.cast) : "none"}};
   if (v.at_speed)
     out["at_measured_compute_speed"] = {
         {"compute_scale", v.drift}, {"iteration_s", v.at_speed->iteration_s}, {"comm_end_s", v.at_speed->comm_end_s}};

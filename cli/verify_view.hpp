@@ -29,7 +29,18 @@ struct Verification {
   // the prediction's own remainder, the run spent time no phase of the model holds (ranks
   // waiting for each other outside the critical rank's phases, work between steps).
   double measured_outside_s = 0, predicted_outside_s = 0;
+  // Set where the run cast its 16-bit buckets elsewhere than the plan says (plan_as_run):
+  // the plan's `cast`; the prediction and the simulation then have the run's.
+  std::optional<std::optional<PackOn>> plan_cast;
 };
+
+// The plan as the run made it: where a measured report says its 16-bit buckets were cast
+// elsewhere than the plan's `cast` (fuseplan-exec's exchanges and PlanDDP cast on comm
+// whatever the plan says), `plan` takes the run's casts and the plan's are returned;
+// otherwise nothing changes and nothing is returned.
+std::optional<std::optional<PackOn>> plan_as_run(Plan& plan, const Report& measured);
+// "the run cast ... the plan ...: predicted with the run's", for a plan_as_run that changed the plan.
+std::string as_run_line(std::optional<PackOn> plan_cast, std::optional<PackOn> run_cast);
 
 // A report's iteration less its phases (Verification::measured_outside_s).
 double outside_phases_s(const Report& r);

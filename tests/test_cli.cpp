@@ -1434,6 +1434,65 @@ TEST_CASE("cli: verify says when a measured iteration holds time outside its pha
   CHECK(o.at("measured").get<double>() - o.at("predicted").get<double>() == Approx(0.2 * iteration).epsilon(1e-6));
 }
 
+TEST_CASE("cli: verify and calibrate predict a measured run with the casts it made, not the plan's") {
+  // fuseplan-exec's exchanges and PlanDDP cast 16-bit buckets on comm whatever the plan
+  // says, and their reports say so ($.cast). The "measurement" here is the plan's own
+  // prediction, with and without that key.
+  const std::string plan = tmp("asrun-plan.json"), plain = tmp("asrun-plain.json"), cast = tmp("asrun-cast.json"),
+                    fp32 = tmp("asrun-fp32.json"), fp32_cast = tmp("asrun-fp32-cast.json"), bad = tmp("asrun-bad.json");
+  const std::string shape = "predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu "
+                            "--gpus 2 --batch-per-gpu 16 --precision fp32 --buckets splits:20,40 --json ";
+  Run p = run(shape + "--transfer fp16 --out " + plan);
+  REQUIRE(p.code == 0);
+  auto j = nlohmann::json::parse(p.out);
+  CHECK_FALSE(j.contains("cast"));  // the plan casts nothing
+  std::ofstream(plain) << j.dump();
+  j["cast"] = "comm";
+  std::ofstream(cast) << j.dump();
+  Run comm = run(shape + "--transfer fp16 --cast comm");
+  REQUIRE(comm.code == 0);
+  const auto as_run = nlohmann::json::parse(comm.out);
+  CHECK(as_run.at("cast") == "comm");  // a prediction says where its plan casts
+  const double with_casts = as_run.at("iteration_s").get<double>(), without = j.at("iteration_s").get<double>();
+  REQUIRE(with_casts > without);
+  auto predicted_iteration = [](const nlohmann::json& v) {
+    for (const auto& row : v.at("rows"))
+      if (row.at("metric") == "iteration") return row.at("predicted_s").get<double>();
+    FAIL("no iteration row");
+    return 0.0;
+  };
+  Run a = run("verify --no-sim --json --plan " + plan + " --measured " + plain);
+  REQUIRE(a.code == 0);
+  const auto va = nlohmann::json::parse(a.out);
+  CHECK_FALSE(va.contains("cast"));
+  CHECK(predicted_iteration(va) == Approx(without).epsilon(1e-12));
+  Run b = run("verify --no-sim --json --plan " + plan + " --measured " + cast);
+  REQUIRE(b.code == 0);
+  const auto vb = nlohmann::json::parse(b.out);
+  CHECK(vb.at("cast") == nlohmann::json{{"plan", "none"}, {"run", "comm"}});
+  CHECK(predicted_iteration(vb) == Approx(with_casts).epsilon(1e-12));
+  Run t = run("verify --no-sim --plan " + plan + " --measured " + cast);
+  REQUIRE(t.code == 0);
+  CHECK_THAT(t.out, Catch::Contains("the run cast its 16-bit buckets on comm (the plan's cast: none): predicted and "
+                                    "simulated with the run's casts"));
+  Run c = run("calibrate --cluster local-cpu --plan " + plan + " --measured " + cast);
+  INFO(c.out);
+  REQUIRE(c.code == 0);
+  CHECK_THAT(c.out, Catch::Contains("--plan " + plan + ": the run cast its 16-bit buckets on comm"));
+  // An FP32 plan has nothing to cast: a report that says otherwise changes nothing.
+  Run f = run(shape + "--out " + fp32);
+  REQUIRE(f.code == 0);
+  auto jf = nlohmann::json::parse(f.out);
+  jf["cast"] = "comm";
+  std::ofstream(fp32_cast) << jf.dump();
+  Run g = run("verify --no-sim --json --plan " + fp32 + " --measured " + fp32_cast);
+  REQUIRE(g.code == 0);
+  CHECK_FALSE(nlohmann::json::parse(g.out).contains("cast"));
+  j["cast"] = "gpu";
+  std::ofstream(bad) << j.dump();
+  expect_bad("verify --no-sim --plan " + plan + " --measured " + bad, bad + ": $.cast");
+}
+
 TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that reads back") {
   const std::string draft = tmp("discovered.json");
   Run d = run("calibrate --discover --out " + draft);

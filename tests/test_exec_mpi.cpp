@@ -394,11 +394,23 @@ TEST_CASE("mpi: run_plan, the measure runner, runs a plan and gathers the measur
     const Report& r = run.measurement->report;
     CHECK(r.buckets.size() == plan.buckets.size());
     CHECK(r.iteration_s > 0);
+    CHECK_FALSE(r.cast);  // FP32 buckets: nothing cast
     CHECK(run.measurement->step_s.size() == 3);
     CHECK(run.profile.at("device").get<std::string>().find("the slowest of " + std::to_string(w.ranks())) !=
           std::string::npos);
   } else {
     CHECK_FALSE(run.measurement);
+  }
+  // 16-bit buckets: the exchange casts them on its stream, whatever the plan's cast says.
+  const Plan half = make_plan(m, "local-cpu", w.ranks(), 4, Precision::FP32,
+                              buckets_from_spec("splits:1", m, "ring", Precision::FP16), "test");
+  REQUIRE_FALSE(half.cast);
+  PlanRunOptions short_run = o;
+  short_run.iterations = 1;
+  const PlanRun cast_run = run_plan(w, half, m, c, train, nullptr, *be, short_run);
+  if (w.rank() == 0) {
+    REQUIRE(cast_run.measurement);
+    CHECK(cast_run.measurement->report.cast == PackOn::Comm);
   }
   // A refusal is handed to the agreement, not thrown past it.
   PlanRunOptions bad = o;

@@ -314,6 +314,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.gpus = plan.gpus;
   r.batch_per_gpu = plan.batch_per_gpu;
   r.compute = plan.compute;
+  r.cast = plan.cast;
   // The step on the slowest GPU's clock (compute_variation): its forward and backward take
   // `slowest` times the mean GPU's, and the allreduces wait for its gradients. The report
   // takes that stretch apart below as the wait for the slowest GPU.

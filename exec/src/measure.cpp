@@ -139,6 +139,7 @@ MeasuredSetup measured_setup(const Plan& plan, const Model& model, const Network
     br.stream = buckets[k].stream;
     br.transfer = buckets[k].spec.transfer;
     m.copies_back = m.copies_back || buckets[k].pack == ExchangeBucket::Pack::Compute;
+    if (br.transfer != Precision::FP32) m.cast = PackOn::Comm;
     m.buckets.push_back(br);
   }
   return m;
@@ -193,6 +194,7 @@ std::optional<Measurement> measure(MpiWorld& world, const std::vector<StepSample
   rep.gpus = P;
   rep.batch_per_gpu = setup.batch_per_gpu;
   rep.compute = setup.compute;
+  rep.cast = setup.cast;
   for (int r = 0; r < P; ++r) {  // the slowest rank's mean step
     double sum = 0;
     for (size_t k = 0; k < S; ++k) sum += at(r, k, 0);

@@ -138,16 +138,21 @@ def _report(ddp: PlanDDP, ranks: Sequence[List[Dict[str, Any]]], batch: int) -> 
     comm_busy = sum(b["end_s"] - b["start_s"] for b in buckets) * len(synced) / n  # per micro-batch
     comm_end = max((b["end_s"] for b in buckets), default=0.0)
     world = dist.get_world_size()
-    return {"schema": REPORT_SCHEMA, "source": "measured", "model": plan["model"]["name"],
-            "cluster": "this machine (torch.distributed %s, %d ranks%s)" % (dist.get_backend(), world, heap_note()),
-            "gpus": world, "batch_per_gpu": batch, "compute": plan["compute"],
-            "iteration_s": iteration, "forward_s": mean("forward_s"), "backward_s": mean("backward_s"),
-            "optimizer_s": mean("optimizer_s"), "data_wait_s": 0.0, "comm_busy_s": comm_busy,
-            "comm_end_s": comm_end, "exposed_comm_s": mean("exposed_comm_s"), "copy_back_s": mean("copy_back_s"),
-            "throughput_samples_s": world * batch / iteration, "single_gpu_iteration_s": 0.0,
-            "scaling_efficiency": 0.0, "epochs": 0.0, "dataset_size": 0, "tokens": 0.0,
-            "goal": "none (measured steps only)", "iterations_to_train": 0, "time_to_train_s": 0.0,
-            "buckets": buckets}
+    report = {"schema": REPORT_SCHEMA, "source": "measured", "model": plan["model"]["name"],
+              "cluster": "this machine (torch.distributed %s, %d ranks%s)" % (dist.get_backend(), world, heap_note()),
+              "gpus": world, "batch_per_gpu": batch, "compute": plan["compute"],
+              "iteration_s": iteration, "forward_s": mean("forward_s"), "backward_s": mean("backward_s"),
+              "optimizer_s": mean("optimizer_s"), "data_wait_s": 0.0, "comm_busy_s": comm_busy,
+              "comm_end_s": comm_end, "exposed_comm_s": mean("exposed_comm_s"), "copy_back_s": mean("copy_back_s"),
+              "throughput_samples_s": world * batch / iteration, "single_gpu_iteration_s": 0.0,
+              "scaling_efficiency": 0.0, "epochs": 0.0, "dataset_size": 0, "tokens": 0.0,
+              "goal": "none (measured steps only)", "iterations_to_train": 0, "time_to_train_s": 0.0,
+              "buckets": buckets}
+    # PlanDDP casts a 16-bit bucket from its FP32 gradients and back on the bucket's plan
+    # stream, whatever the plan's `cast` says: a cast on comm (verify predicts it so).
+    if any(b["transfer"] != "fp32" for b in plan["buckets"]):
+        report["cast"] = "comm"
+    return report
 
 
 def measure_side_by_side(trainers: Sequence[Tuple[str, nn.Module, torch.optim.Optimizer, Callable[[], None]]],

@@ -1349,6 +1349,7 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     assert report["cluster"] == "this machine (torch.distributed gloo, 2 ranks, glibc heap kept)"  # in each rank
     # the time after backward and the last allreduce (the copies back into .grad), part of the exposed time
     assert 0 < report["copy_back_s"] <= report["exposed_comm_s"]
+    assert "cast" not in report  # FP32 buckets: nothing cast
     r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
     assert r.returncode == 0, r.stderr
     assert "iteration" in r.stdout
@@ -1356,6 +1357,23 @@ def test_run_writes_a_report_that_verify_reads(tmp_path):
     r = run_cli("run", "torchvision.models:resnet18", "--input-shape", "3,8,8", "--plan", plan)  # another module
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--plan " + plan + ": $.model" in r.stderr
+
+
+def test_run_reports_the_casts_it_made_and_verify_predicts_them(tmp_path):
+    """PlanDDP casts a 16-bit bucket on its plan stream whatever the plan's `cast` says;
+    its report says so, and verify predicts the run with those casts."""
+    model, prof, plan, rep = exported_small_cnn(tmp_path)
+    predict_small_cnn(model, prof, plan, "--transfer", "fp16")
+    assert "cast" not in json.load(open(plan))
+    r = run_cli("run", "ddp_check:small_cnn", "--input-shape", "3,8,8", "--plan", plan, "--report", rep,
+                "--iterations", "2", "--warmup", "1", "--threads", "1")
+    if r.returncode != 0 and "cannot sum fp16" in r.stderr:
+        pytest.skip("this torch's gloo cannot sum fp16")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(rep))["cast"] == "comm"
+    r = fuseplan("verify", "--plan", plan, "--measured", rep, "--profile", prof, "--no-sim")
+    assert r.returncode == 0, r.stderr
+    assert "the run cast its 16-bit buckets on comm (the plan's cast: none)" in r.stdout
 
 
 def test_run_profiles_its_layers_in_its_own_job_for_verify(tmp_path):

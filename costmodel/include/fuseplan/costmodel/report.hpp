@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "fuseplan/costmodel/collective.hpp"
+#include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/precision.hpp"
 #include "fuseplan/models/zoo.hpp"
 
@@ -98,6 +99,11 @@ struct Report {
   // layers' own (PackOn::Compute, Plan::cast compute; per micro-batch under no_sync).
   double backward_copies_s = 0;
   double step_overhead_s = 0;       // the plan's fixed cost per step on more than one GPU (Plan::step_overhead_s)
+  // Where FP32 gradients were cast to their bucket's 16-bit transfer and back: the plan's
+  // `cast` in predicted and simulated reports; in a measured one, what the executor did
+  // (fuseplan-exec's exchanges and PlanDDP cast on comm). Empty: no casts, or a
+  // measurement that does not say.
+  std::optional<PackOn> cast;
   double variation_wait_s = 0;      // the step's wait for its slowest GPU's forward and backward (compute_variation;
                                     // simulated: stragglers and jitter too)
   double throughput_samples_s = 0;

@@ -57,6 +57,10 @@ struct MeasuredSetup {
   // time from the later of backward's end and the last allreduce's end until the wait
   // after backward returns).
   bool copies_back = false;
+  // The exchanges hold FP32 gradients and cast a 16-bit bucket on their stream, to its
+  // transfer when it starts and back when it ends, whatever the plan's `cast` says:
+  // Report::cast comm where a bucket is 16-bit.
+  std::optional<PackOn> cast;
 };
 
 // The plan's buckets as the executor runs them: flat-buffer ranges, the packed ones'
