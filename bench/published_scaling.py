@@ -47,9 +47,12 @@ other scaling result is fitted.
 `--compute-slowdown F` predicts every case with that what-if (`fuseplan predict
 --compute-slowdown`: backward F longer while an allreduce runs beside it), which the
 shipped files do not carry (docs/results/2026-12-06-published-scaling-compute-slowdown.md).
+`--what-if CLUSTER=FLAGS` (repeatable) adds `fuseplan predict` flags to every prediction on
+one cluster (`p100-horovod=--inter-bw 30`): a hypothesis about that hardware, tried on all
+of its cases at once.
 
 usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json] [--compute-slowdown F]
-                            [--bert-anchor pretraining|squad]
+                            [--what-if CLUSTER=FLAGS ...] [--bert-anchor pretraining|squad]
 """
 import argparse
 import json
@@ -187,13 +190,16 @@ DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
 CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
 
 
-# What-if flags given to every prediction (--compute-slowdown).
+# What-if flags given to every prediction (--compute-slowdown), and to those on one
+# cluster (--what-if CLUSTER=FLAGS).
 WHAT_IF = []
+WHAT_IF_ON = {}
 
 
 def predict(binary, model, cluster, gpus, batch, precision, flags=()):
     cmd = [binary, "predict", "--model", MODEL_FILES.get(model, model), "--cluster", cluster, "--gpus", str(gpus),
-           "--batch-per-gpu", str(batch), "--precision", precision, "--json", *flags, *WHAT_IF]
+           "--batch-per-gpu", str(batch), "--precision", precision, "--json", *flags, *WHAT_IF,
+           *WHAT_IF_ON.get(cluster, ())]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
@@ -410,6 +416,9 @@ def main():
     ap.add_argument("--compute-slowdown", type=float, metavar="F",
                     help="what-if for every case: backward F longer while an allreduce runs beside it (0.189: Lee et "
                          "al. 2025's mean); the shipped files carry none")
+    ap.add_argument("--what-if", action="append", default=[], metavar="CLUSTER=FLAGS",
+                    help="fuseplan predict flags added to every prediction on that cluster, e.g. "
+                         "'p100-horovod=--inter-bw 30' (repeatable; the shipped files carry none)")
     ap.add_argument("--bert-anchor", choices=sorted(BERT_ANCHORS), default=SHIPPED_BERT_ANCHOR,
                     help="which PyTorch BERT script's single-GPU rates the GEMM and attention efficiencies are "
                          f"fitted to, the other's held out (default: the shipped files', {SHIPPED_BERT_ANCHOR}; "
@@ -426,6 +435,15 @@ def main():
             ap.error("--fit checks the shipped files: give it without --compute-slowdown")
         WHAT_IF.extend(["--compute-slowdown", repr(a.compute_slowdown)])
         print(f"# what-if: --compute-slowdown {a.compute_slowdown:g} on every prediction (not in the shipped files)\n")
+    for w in a.what_if:
+        cluster, sep, flags = w.partition("=")
+        clusters = sorted({c["cluster"] for c in CASES})
+        if not sep or cluster not in clusters or not flags.split():
+            ap.error(f"--what-if: '{w}' is not CLUSTER=FLAGS with CLUSTER one of the cases' ({', '.join(clusters)})")
+        if a.fit:
+            ap.error("--fit checks the shipped files: give it without --what-if")
+        WHAT_IF_ON.setdefault(cluster, []).extend(flags.split())
+        print(f"# what-if: {flags} on every prediction on {cluster} (not in the shipped files)\n")
     if a.fit:
         values = fit(a.bin)
         print("P100 FP32: " + ", ".join(f"{k if k.endswith('_us') else 'by_kind.' + k} {v}"
