@@ -619,7 +619,88 @@ bool has_f16c() {
   return yes;
 }
 
+// Eight FP32 values to FP16 bits, round to nearest even, a NaN as fp16_bits gives it:
+// the canonical quiet NaN with its sign (vcvtps2ph would keep part of the payload).
+__attribute__((target("avx2,f16c"))) __m128i fp16_bits_f16c(__m256 v) {
+  const __m128i bits = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256i wide = _mm256_castps_si256(v);
+  const __m128i sign = _mm_and_si128(_mm_packs_epi32(_mm256_castsi256_si128(_mm256_srai_epi32(wide, 16)),
+                                                     _mm256_extracti128_si256(_mm256_srai_epi32(wide, 16), 1)),
+                                     _mm_set1_epi16(static_cast<int16_t>(0x8000)));
+  const __m256 unordered = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  const __m128i nan = _mm_packs_epi32(_mm256_castsi256_si128(_mm256_castps_si256(unordered)),
+                                      _mm256_extracti128_si256(_mm256_castps_si256(unordered), 1));
+  return _mm_blendv_epi8(bits, _mm_or_si128(sign, _mm_set1_epi16(0x7e00)), nan);
+}
+
+// Eight FP16 bits to FP32 as fp16_to_float gives them: vcvtph2ps quiets a signalling NaN,
+// fp16_to_float keeps its bits, so NaN lanes take those.
+__attribute__((target("avx2,f16c"))) __m256 fp16_to_float_f16c(__m128i h) {
+  const __m256 f = _mm256_cvtph_ps(h);
+  const __m256i wide = _mm256_cvtepu16_epi32(h);
+  const __m256i exact = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(wide, _mm256_set1_epi32(0x8000)), 16),
+                                        _mm256_or_si256(_mm256_set1_epi32(0x7f800000),
+                                                        _mm256_slli_epi32(_mm256_and_si256(wide,
+                                                                                           _mm256_set1_epi32(0x3ff)),
+                                                                          13)));
+  return _mm256_blendv_ps(f, _mm256_castsi256_ps(exact), _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+}
+
+__attribute__((target("avx2,f16c"))) void to_fp16_f16c(const float* x, uint16_t* out, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), fp16_bits_f16c(_mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) out[i] = fp16_bits(x[i]);
+}
+
+__attribute__((target("avx2,f16c"))) void from_fp16_f16c(const uint16_t* h, float* out, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, fp16_to_float_f16c(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+  for (; i < n; ++i) out[i] = fp16_to_float(h[i]);
+}
+
+__attribute__((target("avx2,f16c"))) void add_fp16_f16c(const uint16_t* a, uint16_t* b, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = fp16_to_float_f16c(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
+    const __m256 y = fp16_to_float_f16c(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(b + i), fp16_bits_f16c(_mm256_add_ps(x, y)));
+  }
+  for (; i < n; ++i) b[i] = fp16_bits(fp16_to_float(a[i]) + fp16_to_float(b[i]));
+}
+
 }  // namespace
+
+void to_half_bits(Precision p, const float* x, uint16_t* out, size_t n) {
+  if (p == Precision::FP16) {
+    if (has_f16c()) return to_fp16_f16c(x, out, n);
+    for (size_t i = 0; i < n; ++i) out[i] = fp16_bits(x[i]);
+  } else {
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) out[i] = bf16_bits(x[i]);
+  }
+}
+
+void from_half_bits(Precision p, const uint16_t* h, float* out, size_t n) {
+  if (p == Precision::FP16) {
+    if (has_f16c()) return from_fp16_f16c(h, out, n);
+    for (size_t i = 0; i < n; ++i) out[i] = fp16_to_float(h[i]);
+  } else {
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) out[i] = bf16_to_float(h[i]);
+  }
+}
+
+void add_half_bits(Precision p, const uint16_t* a, uint16_t* b, size_t n) {
+  if (p == Precision::FP16) {
+    if (has_f16c()) return add_fp16_f16c(a, b, n);
+    for (size_t i = 0; i < n; ++i) b[i] = fp16_bits(fp16_to_float(a[i]) + fp16_to_float(b[i]));
+  } else {
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) b[i] = bf16_bits(bf16_to_float(a[i]) + bf16_to_float(b[i]));
+  }
+}
 
 void round_span(Precision p, float* x, size_t n) {
   if (p == Precision::FP16) {

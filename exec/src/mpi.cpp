@@ -31,14 +31,10 @@ void check(int rc, const char* what, std::source_location at = std::source_locat
 // Sums of 16-bit values for MPI_Iallreduce, rounded after every addition like the
 // schedules' reductions.
 void sum_fp16(void* in, void* inout, int* len, MPI_Datatype*) {
-  auto* a = static_cast<const uint16_t*>(in);
-  auto* b = static_cast<uint16_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = fp16_bits(fp16_to_float(a[i]) + fp16_to_float(b[i]));
+  add_half_bits(Precision::FP16, static_cast<const uint16_t*>(in), static_cast<uint16_t*>(inout), size_t(*len));
 }
 void sum_bf16(void* in, void* inout, int* len, MPI_Datatype*) {
-  auto* a = static_cast<const uint16_t*>(in);
-  auto* b = static_cast<uint16_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = bf16_bits(bf16_to_float(a[i]) + bf16_to_float(b[i]));
+  add_half_bits(Precision::BF16, static_cast<const uint16_t*>(in), static_cast<uint16_t*>(inout), size_t(*len));
 }
 MPI_Op g_sum_fp16 = MPI_OP_NULL, g_sum_bf16 = MPI_OP_NULL;
 
@@ -381,10 +377,7 @@ void Allreduce::start(float* data) {
   void* buf = data;
   if (half_) {
     staging_.resize(size_t(count_));
-    if (spec_.transfer == Precision::FP16)
-      for (int64_t i = 0; i < count_; ++i) staging_[size_t(i)] = fp16_bits(data[i]);
-    else
-      for (int64_t i = 0; i < count_; ++i) staging_[size_t(i)] = bf16_bits(data[i]);
+    to_half_bits(spec_.transfer, data, staging_.data(), size_t(count_));
     buf = staging_.data();
   }
   if (mpi_) {
@@ -433,22 +426,15 @@ void Allreduce::finish_round() {
       const uint16_t* src = scratch16_.data() + p.scratch;
       if (!p.reduce)
         std::memcpy(dst, src, size_t(p.count) * sizeof(uint16_t));
-      else if (spec_.transfer == Precision::FP16)
-        for (int64_t i = 0; i < p.count; ++i) dst[i] = fp16_bits(fp16_to_float(dst[i]) + fp16_to_float(src[i]));
       else
-        for (int64_t i = 0; i < p.count; ++i) dst[i] = bf16_bits(bf16_to_float(dst[i]) + bf16_to_float(src[i]));
+        add_half_bits(spec_.transfer, src, dst, size_t(p.count));
     }
   }
 }
 
 void Allreduce::complete() {
   requests_.clear();
-  if (half_) {
-    if (spec_.transfer == Precision::FP16)
-      for (int64_t i = 0; i < count_; ++i) data_[i] = fp16_to_float(staging_[size_t(i)]);
-    else
-      for (int64_t i = 0; i < count_; ++i) data_[i] = bf16_to_float(staging_[size_t(i)]);
-  }
+  if (half_) from_half_bits(spec_.transfer, staging_.data(), data_, size_t(count_));
   active_ = false;
   done_ = true;
 }

@@ -64,4 +64,14 @@ inline float round_to(Precision p, float f) {
 void round_buffer(Precision p, float* x, size_t n);
 void round_span(Precision p, float* x, size_t n);
 
+// What the exchanges do with a 16-bit bucket (p FP16 or BF16), n values at a time in the
+// calling thread: its FP32 values to 16-bit bits (fp16_bits, bf16_bits) and back
+// (fp16_to_float, bf16_to_float), and the sum of two 16-bit vectors rounded after the
+// addition, b[i] = bits(value(a[i]) + value(b[i])). FP16 uses the F16C instructions where
+// the CPU has them: the same bits as the scalar functions, NaNs as the canonical quiet
+// NaN with the value's sign.
+void to_half_bits(Precision p, const float* x, uint16_t* out, size_t n);
+void from_half_bits(Precision p, const uint16_t* h, float* out, size_t n);
+void add_half_bits(Precision p, const uint16_t* a, uint16_t* b, size_t n);
+
 }  // namespace fuseplan::exec
