@@ -286,7 +286,7 @@ TEST_CASE("buffer rounding (F16C where the CPU has it, threads) equals the scala
   }
 }
 
-TEST_CASE("16-bit conversions and sums of the exchanges (F16C where the CPU has it) equal the scalar ones bit for bit") {
+TEST_CASE("the exchanges' 16-bit conversions and sums (F16C where there is one) equal the scalar ones bit for bit") {
   // Every FP16/BF16 bit pattern one way; float bit patterns across the range the other;
   // sums of pattern pairs. Lengths are not multiples of the vector width.
   std::vector<uint16_t> all(65536);
