@@ -30,7 +30,8 @@ double outside_phases_s(const Report& r) {
 }
 
 std::optional<std::optional<PackOn>> plan_as_run(Plan& plan, const Report& measured) {
-  if (!measured.cast || measured.cast == plan.cast) return std::nullopt;
+  // One GPU has no allreduce, so the model casts nothing there whatever the plan says.
+  if (!measured.cast || measured.cast == plan.cast || plan.gpus < 2) return std::nullopt;
   const std::optional<PackOn> planned = plan.cast;
   plan.cast = measured.cast;
   if (casts_any(plan)) return planned;

@@ -37,7 +37,7 @@ struct Verification {
 // The plan as the run made it: where a measured report says its 16-bit buckets were cast
 // elsewhere than the plan's `cast` (fuseplan-exec's exchanges and PlanDDP cast on comm
 // whatever the plan says), `plan` takes the run's casts and the plan's are returned;
-// otherwise nothing changes and nothing is returned.
+// otherwise (an FP32 plan, one GPU) nothing changes and nothing is returned.
 std::optional<std::optional<PackOn>> plan_as_run(Plan& plan, const Report& measured);
 // "the run cast ... the plan ...: predicted with the run's", for a plan_as_run that changed the plan.
 std::string as_run_line(std::optional<PackOn> plan_cast, std::optional<PackOn> run_cast);

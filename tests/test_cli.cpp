@@ -1488,6 +1488,17 @@ TEST_CASE("cli: verify and calibrate predict a measured run with the casts it ma
   Run g = run("verify --no-sim --json --plan " + fp32 + " --measured " + fp32_cast);
   REQUIRE(g.code == 0);
   CHECK_FALSE(nlohmann::json::parse(g.out).contains("cast"));
+  // Nor on one GPU, which has no allreduce: the model casts nothing there.
+  const std::string one = tmp("asrun-one.json"), one_cast = tmp("asrun-one-cast.json");
+  Run o = run("predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu --gpus 1 "
+              "--batch-per-gpu 16 --precision fp32 --transfer fp16 --json --out " + one);
+  REQUIRE(o.code == 0);
+  auto jo = nlohmann::json::parse(o.out);
+  jo["cast"] = "comm";
+  std::ofstream(one_cast) << jo.dump();
+  Run h = run("verify --no-sim --json --plan " + one + " --measured " + one_cast);
+  REQUIRE(h.code == 0);
+  CHECK_FALSE(nlohmann::json::parse(h.out).contains("cast"));
   j["cast"] = "gpu";
   std::ofstream(bad) << j.dump();
   expect_bad("verify --no-sim --plan " + plan + " --measured " + bad, bad + ": $.cast");
