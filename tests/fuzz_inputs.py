@@ -162,6 +162,10 @@ def main():
                                           "--precision", "fp32", "--accumulate", "3", "--no-sync",
                                           "--optimizer-kernels", "per-tensor", "--out", plan_acc],
                    check=True, capture_output=True)
+    plan_cast = seed_path("plan-cast.json")  # FP16 transfers of FP32 gradients, cast on comm (cast)
+    subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
+                                          "--precision", "fp32", "--transfer", "fp16", "--cast", "comm",
+                                          "--out", plan_cast], check=True, capture_output=True)
     plan1 = seed_path("plan1.json")
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "1", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--out", plan1], check=True, capture_output=True)
@@ -213,6 +217,7 @@ def main():
         "plan": ("json", plan, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-cycle": ("json", plan_cycle, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-accumulated": ("json", plan_acc, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
+        "plan-cast": ("json", plan_cast, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "sweep": ("json", seed_path("sweep.json"), lambda f, o: [fp, "calibrate", "--sweep", f, "--out", o]),
         "nccl-tests": ("lines", os.path.join(a.source, "tests/data/nccl-tests/h100-ndr-2x8.txt"),
                        lambda f, o: [fp, "calibrate", "--nccl-tests", f, "--cluster", "dgx-h100", "--accept-degenerate",
@@ -234,15 +239,16 @@ def main():
         formats["profile-fit"] = ("json", prof, lambda f, o: [fp, "calibrate", "--cluster", "local-cpu", "--profile", f,
                                                               "--model", small_model, "--out", o])
         mpirun = shutil.which("mpirun")
-        if mpirun:  # a measured report of the 2-rank plan, for verify
-            report = seed_path("report.json")
-            subprocess.run([mpirun, "-np", "2", "--oversubscribe", fx, "run", "--plan", plan, "--dataset", "synthetic",
-                            "--synthetic-size", "64", "--resolution", "16", "--iterations", "2", "--warmup", "1",
-                            "--quiet", "--report", report], check=True, capture_output=True,
-                           env=dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-                                    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1"))
-            formats["measured-report"] = ("json", report, lambda f, o: [fp, "verify", "--plan", plan, "--measured", f,
-                                                                       "--no-sim", "--json"])
+        if mpirun:  # measured reports of the 2-rank plans, for verify (the FP16 one says where it cast)
+            for key, run_plan in (("measured-report", plan), ("measured-report-cast", plan_cast)):
+                report = seed_path(key + ".json")
+                subprocess.run([mpirun, "-np", "2", "--oversubscribe", fx, "run", "--plan", run_plan, "--dataset",
+                                "synthetic", "--synthetic-size", "64", "--resolution", "16", "--iterations", "2",
+                                "--warmup", "1", "--quiet", "--report", report], check=True, capture_output=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+                                        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1"))
+                formats[key] = ("json", report, lambda f, o, run_plan=run_plan: [fp, "verify", "--plan", run_plan,
+                                                                                 "--measured", f, "--no-sim", "--json"])
         formats["checkpoint"] = ("bytes", ckpt, lambda f, o: [fx, "train"] + small + [
             "--dataset", "synthetic", "--synthetic-size", "64", "--batch-per-gpu", "8", "--max-steps", "3", "--no-eval",
             "--quiet", "--resume", f, "--metrics", o])
