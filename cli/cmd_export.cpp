@@ -53,7 +53,8 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
         const bool bf16 = plan.buckets.front().transfer == Precision::BF16;
         const char* hook = bf16 ? "bf16_compress_hook" : "fp16_compress_hook";
         o << "# the plan casts each FP32 bucket to " << precision_name(plan.buckets.front().transfer)
-          << " for its allreduce and back\n"
+          << " for its allreduce and back; the hook casts in backward, on the compute stream, where the ddp row "
+             "above prices it\n"
           << "from torch.distributed.algorithms.ddp_comm_hooks import default_hooks\n"
           << "model.register_comm_hook(None, default_hooks." << hook << ")\n";
       }

@@ -727,6 +727,20 @@ TEST_CASE("framework export: each framework's settings form the buckets fuseplan
     CHECK(dd.cap_units > 0);
     CHECK(dd.boundaries_missing + dd.boundaries_extra <= int(plan.buckets.size()) + 1);
   }
+  SECTION("a plan that casts on comm (fuseplan-exec's, PlanDDP's): DDP and Horovod priced casting in backward") {
+    TuneOptions on_comm = o;
+    on_comm.cast = PackOn::Comm;
+    const Plan cast_plan = t.run(on_comm).plan;
+    REQUIRE(cast_plan.cast == PackOn::Comm);
+    for (Framework f : {Framework::Ddp, Framework::Horovod}) {
+      const FrameworkSettings s = framework_settings(t, cast_plan, f);
+      CHECK(s.approximation.cast == PackOn::Compute);
+      CHECK(s.predicted.iteration_s == Approx(t.evaluate(s.approximation).iteration_s).epsilon(1e-12));
+      CHECK(s.predicted.backward_copies_s > 0);  // the casts in backward
+    }
+    CHECK(framework_settings(t, cast_plan, Framework::DeepSpeed).approximation.cast == PackOn::Comm);
+    CHECK_FALSE(framework_settings(t, plan, Framework::Ddp).approximation.cast);  // nothing to cast: none
+  }
   CHECK_THROWS_WITH(parse_framework("fsdp"), Catch::Contains("export.to: unknown framework 'fsdp' (valid: ddp, horovod, deepspeed)"));
 }
 

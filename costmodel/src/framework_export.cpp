@@ -31,12 +31,20 @@ std::string common_algorithm(const Plan& p) {
   return p.buckets.front().algorithm;
 }
 
+// Where DDP and Horovod cast a plan's FP32 gradients: DDP's compress hook runs as the
+// Reducer hands it a bucket, and Horovod's compression in each gradient's hook, both in
+// backward on the compute stream, wherever the plan (made for fuseplan-exec or PlanDDP,
+// which cast on comm) has its casts.
+std::optional<PackOn> cast_in_backward(const std::optional<PackOn>& cast) {
+  return cast ? std::optional(PackOn::Compute) : std::nullopt;
+}
+
 TuneOptions options_like(const Plan& p) {
   TuneOptions o;
   o.algorithm = common_algorithm(p);
   o.transfer = p.buckets.front().transfer;
   o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers (DDP in backward)
-  if (o.transfer != Precision::FP32) o.cast = p.cast;  // DDP's compress hook, Horovod's compression
+  if (o.transfer != Precision::FP32) o.cast = p.cast;  // DDP and Horovod: cast_in_backward
   o.accumulate = p.accumulate;
   o.optimizer_kernels = p.optimizer_kernels;
   o.step_overhead_s = p.step_overhead_s;
@@ -143,6 +151,7 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
       // under torch 1.13 only, any pair.
       o.strategy = Strategy::Ddp;
       o.packing = Packing::Inline;  // the Reducer copies each gradient into its bucket in backward
+      o.cast = cast_in_backward(o.cast);
       const int64_t torch_first = o.ddp_first_bytes;
       std::set<int64_t> caps, firsts{torch_first, 4 * elements.front()};
       for (int64_t e : elements) caps.insert(4 * e);
@@ -186,6 +195,7 @@ FrameworkSettings framework_settings(const Tuner& tuner, const Plan& plan, Frame
       s.approximation = plan;
       s.approximation.strategy = "horovod groups";
       s.approximation.pack_on = PackOn::Comm;  // its background thread fills the fusion buffer
+      s.approximation.cast = cast_in_backward(plan.cast);
       s.approximation.prediction.reset();
       for (size_t k = 0; k < plan.buckets.size(); ++k) {
         const PlanBucket& b = plan.buckets[k];
