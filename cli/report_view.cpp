@@ -9,10 +9,12 @@ namespace fuseplan::cli {
 
 void print_bucket_table(const Report& r, std::ostream& os) {
   const size_t kMaxRows = 40;
-  // Copies out of fusion buffers and casts back on comm: a column where a bucket has them.
+  // Copies into and out of fusion buffers and casts on comm: columns where a bucket has them.
+  const bool copies_in = std::any_of(r.buckets.begin(), r.buckets.end(), [](const auto& b) { return b.copy_in_s > 0; });
   const bool copies = std::any_of(r.buckets.begin(), r.buckets.end(), [](const auto& b) { return b.copy_out_s > 0; });
   std::vector<std::string> headers{"bucket",   "<tensors (bwd)", "<first .. last tensor", "bytes",      "<algorithm",
                                    "ready ms", "start ms",       "end ms",                "latency ms", "bandwidth ms"};
+  if (copies_in) headers.push_back("copy in ms");
   if (copies) headers.push_back("copy out ms");
   Table t(headers);
   for (size_t i = 0; i < r.buckets.size(); ++i) {
@@ -29,6 +31,7 @@ void print_bucket_table(const Report& r, std::ostream& os) {
     std::vector<std::string> cells{std::to_string(b.index), range, names, human_bytes(double(b.bytes)), algorithm,
                                    ms(b.ready_s), ms(b.start_s), ms(b.end_s), ms(b.cost.latency_s + b.launch_s, 3),
                                    ms(b.cost.bandwidth_s, 3)};
+    if (copies_in) cells.push_back(ms(b.copy_in_s, 3));
     if (copies) cells.push_back(ms(b.copy_out_s, 3));
     t.row(std::move(cells));
   }

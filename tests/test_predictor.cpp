@@ -180,24 +180,27 @@ TEST_CASE("gradient casts: in backward or before the allreduce, and back after i
   CHECK(again.buckets[1].copy_out_s == compute.buckets[1].copy_out_s);
   CHECK(!report_to_json(plain).contains("backward_copies_s"));
   CHECK(!report_to_json(plain)["buckets"][0].contains("copy_out_s"));
-  // Comm: backward as before; each bucket waits for its cast (0.75 ms) and keeps its
-  // stream 0.75 ms longer for the cast back.
+  // Comm: backward as before; each bucket is ready with its gradients, and its stream casts
+  // it (0.75 ms) before the allreduce and back (0.75 ms) after it.
   p.cast = PackOn::Comm;
   const Report comm = predict_toy(m, c, p);
   CHECK(comm.backward_s == Approx(0.009));
   CHECK(comm.backward_copies_s == 0);
   CHECK(comm.copy_back_s == 0);
   for (size_t k = 0; k < 3; ++k) {
-    CHECK(comm.buckets[k].ready_s == Approx(plain.buckets[k].ready_s + 0.00075));
+    CHECK(comm.buckets[k].ready_s == Approx(plain.buckets[k].ready_s));
+    CHECK(comm.buckets[k].copy_in_s == Approx(0.00075));
     CHECK(comm.buckets[k].end_s - comm.buckets[k].start_s ==
-          Approx(plain.buckets[k].end_s - plain.buckets[k].start_s + 0.00075));
+          Approx(plain.buckets[k].end_s - plain.buckets[k].start_s + 0.0015));
   }
+  CHECK(report_from_json(report_to_json(comm), "r.json").buckets[2].copy_in_s == comm.buckets[2].copy_in_s);
   // A bucket sent in FP32 is not cast; on one GPU nothing is.
   Plan mixed = p;
   mixed.buckets[1].transfer = Precision::FP32;
   const Report m32 = predict_toy(m, c, mixed);
-  CHECK(m32.buckets[1].ready_s == Approx(plain.buckets[1].ready_s));
-  CHECK(m32.buckets[0].ready_s == Approx(comm.buckets[0].ready_s));
+  CHECK(m32.buckets[1].copy_in_s == 0);
+  CHECK(m32.buckets[1].copy_out_s == 0);
+  CHECK(m32.buckets[0].copy_in_s == Approx(comm.buckets[0].copy_in_s));
   for (PackOn where : {PackOn::Compute, PackOn::Comm}) {
     Plan one = p;
     one.gpus = 1;
@@ -223,27 +226,41 @@ TEST_CASE("gradient casts: in backward or before the allreduce, and back after i
   CHECK_THROWS_WITH(plan_from_json(fp32, "p.json"), Catch::Contains("p.json: $.cast: every bucket is sent in FP32"));
 }
 
-TEST_CASE("packing copies: in a fusion buffer they delay the bucket - in backward they lengthen backward") {
+TEST_CASE("packing copies: in a fusion buffer they occupy the bucket's stream - in backward they lengthen backward") {
   Model m = toy();
   Cluster c = toy_cluster(100.0, 0);  // allreduces short beside the copies
   c.device.mem_bw_GBps = 8.388608;  // a 4 MiB FP32 gradient read and written in 1 ms
   Plan p = toy_plan(m, "per-tensor");
   for (auto& b : p.buckets) b.pack = true;
-  // Comm (Horovod): backward as before (gradients at 2, 5, 9 ms), each bucket 1 ms later.
+  // Comm (Horovod): backward as before, buckets ready with their gradients (2, 5, 9 ms);
+  // the stream copies each into the fusion buffer (1 ms) before its allreduce and its
+  // average back out (1 ms) after it: every bucket lasts 2 ms longer than unpacked, and
+  // ends with its gradients in place.
   const Report comm = predict_toy(m, c, p);
   CHECK(comm.backward_s == Approx(0.009));
-  CHECK(comm.buckets[0].ready_s == Approx(0.003));
-  CHECK(comm.buckets[1].ready_s == Approx(0.006));
-  CHECK(comm.buckets[2].ready_s == Approx(0.010));
-  // ... and each average is copied back out after its allreduce, on its stream: every
-  // bucket lasts 1 ms longer than unpacked, and ends with its gradients in place.
+  CHECK(comm.buckets[0].ready_s == Approx(0.002));
+  CHECK(comm.buckets[1].ready_s == Approx(0.005));
+  CHECK(comm.buckets[2].ready_s == Approx(0.009));
   Plan views = p;
   for (auto& b : views.buckets) b.pack = false;
   const Report unpacked = predict_toy(m, c, views);
-  for (size_t k = 0; k < 3; ++k)
+  for (size_t k = 0; k < 3; ++k) {
+    CHECK(comm.buckets[k].copy_in_s == Approx(0.001));
+    CHECK(comm.buckets[k].copy_out_s == Approx(0.001));
     CHECK(comm.buckets[k].end_s - comm.buckets[k].start_s ==
-          Approx(unpacked.buckets[k].end_s - unpacked.buckets[k].start_s + 0.001));
-  CHECK(comm.comm_busy_s == Approx(unpacked.comm_busy_s + 0.003));
+          Approx(unpacked.buckets[k].end_s - unpacked.buckets[k].start_s + 0.002));
+  }
+  CHECK(comm.comm_busy_s == Approx(unpacked.comm_busy_s + 0.006));
+  // Where buckets queue, a copy in waits for the stream, as Horovod's one fusion buffer
+  // and stream and fuseplan-exec's communication thread run it: on a slow network bucket
+  // 1 starts as bucket 0 ends and lasts its allreduce plus both copies.
+  Cluster slow_copies = toy_cluster(0.5, 0);
+  slow_copies.device.mem_bw_GBps = c.device.mem_bw_GBps;
+  const Report queued = predict_toy(m, slow_copies, p), queued_views = predict_toy(m, slow_copies, views);
+  REQUIRE(queued_views.buckets[0].end_s > queued_views.buckets[1].ready_s);  // bucket 1 waits
+  CHECK(queued.buckets[1].start_s == Approx(queued.buckets[0].end_s));
+  CHECK(queued.buckets[1].end_s - queued.buckets[1].start_s ==
+        Approx(queued_views.buckets[1].end_s - queued_views.buckets[1].start_s + 0.002));
   // On one GPU there is no allreduce and nothing to copy out.
   Plan one = p;
   one.gpus = 1;
@@ -655,7 +672,7 @@ TEST_CASE("processor sharing: hand-checked stretch of backward and communication
   // Backward steps of 4 and 6 ms; bucket 0 ready after step 0 (4 ms of communication),
   // bucket 1 after step 1 (1 ms).
   const std::vector<double> steps{0.004, 0.006};
-  const std::vector<SharedBucket> bs{{0, 0, 0, 0.004, 0}, {1, 0, 0, 0.001, 0}};
+  const std::vector<SharedBucket> bs{{0, 0, 0.004, 0}, {1, 0, 0.001, 0}};
   // sigma = 1: from 4 ms both run at half rate; the allreduce's 4 ms take 8 (to 12 ms),
   // backward has done 4 of its 6 ms by then and ends at 14; bucket 1 ends at 15 = the
   // total work: nothing is hidden.
@@ -675,12 +692,12 @@ TEST_CASE("processor sharing: hand-checked stretch of backward and communication
   CHECK(free.buckets[0].end_s == Approx(0.008));
   CHECK(free.backward_end_s == Approx(0.010));
   CHECK(free.comm_end_s == Approx(0.011));
-  // A packing delay and a latency part: bucket 0 ready at 4 + 1 ms (backward alone until
-  // then: 5 ms left), latency 1 ms; from 5 ms both run at half rate, the allreduce's 5 ms
-  // and backward's 5 ms both end at 15; bucket 1 at 16.
-  SharedTiming lat = schedule_shared(steps, {{0, 0.001, 0.001, 0.004, 0}, {1, 0, 0, 0.001, 0}}, 1.0);
-  CHECK(lat.buckets[0].ready_s == Approx(0.005));
-  CHECK(lat.buckets[0].end_s == Approx(0.015));
+  // A latency part (a copy into a fusion buffer is one): bucket 0 ready at 4 ms with 1 + 4
+  // ms of work; both at half rate from 4 ms, the allreduce ends at 14 with backward 1 ms
+  // short, which it runs alone to 15; bucket 1 at 16.
+  SharedTiming lat = schedule_shared(steps, {{0, 0.001, 0.004, 0}, {1, 0, 0.001, 0}}, 1.0);
+  CHECK(lat.buckets[0].ready_s == Approx(0.004));
+  CHECK(lat.buckets[0].end_s == Approx(0.014));
   CHECK(lat.backward_end_s == Approx(0.015));
   CHECK(lat.comm_end_s == Approx(0.016));
 }
@@ -688,7 +705,7 @@ TEST_CASE("processor sharing: hand-checked stretch of backward and communication
 TEST_CASE("processor sharing: each side's rate apart (allreduce_sharing) hand-checked") {
   // The steps and buckets of the case above.
   const std::vector<double> steps{0.004, 0.006};
-  const std::vector<SharedBucket> bs{{0, 0, 0, 0.004, 0}, {1, 0, 0, 0.001, 0}};
+  const std::vector<SharedBucket> bs{{0, 0, 0.004, 0}, {1, 0, 0.001, 0}};
   // Backward unslowed, the allreduce at half rate while it runs: backward ends at 10 ms;
   // by then the allreduce has done 3 of its 4 ms, the last at full rate: 11; bucket 1 at 12.
   SharedTiming comm = schedule_shared(steps, bs, ProcessorSharing{0, 1});
@@ -729,7 +746,7 @@ TEST_CASE("processor sharing: sigma 0 is the free-overlap predictor, sigma > 0 s
   // The shared schedule at sigma = 0 gives the same times as the free-overlap path.
   std::vector<SharedBucket> bs;
   for (int i = 0; i < 3; ++i)
-    bs.push_back({i, 0, free.buckets[i].cost.latency_s + free.buckets[i].cost.reduce_s + free.buckets[i].launch_s,
+    bs.push_back({i, free.buckets[i].cost.latency_s + free.buckets[i].cost.reduce_s + free.buckets[i].launch_s,
                   free.buckets[i].cost.bandwidth_s, 0});
   SharedTiming zero = schedule_shared(backward_steps_s(compute), bs, 0.0);
   for (int i = 0; i < 3; ++i) {

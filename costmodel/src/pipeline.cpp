@@ -307,10 +307,9 @@ void Pipeline::finish_op(double now) {
       }
       return;
     case Op::Backward:
-      // Partitions are launched in backward order (DDP's and Horovod's rule): one whose
-      // packing copy ends before its predecessor's is not ready before it.
+      // Partitions are launched in backward order (DDP's and Horovod's rule).
       for (size_t i : step_parts_[index_]) {
-        launched_ = std::max(launched_, now + parts_[i].delay_s);
+        launched_ = std::max(launched_, now);
         release(id(k_, i, kReduce), launched_);
       }
       if (++index_ < L_) return;
@@ -527,11 +526,11 @@ std::vector<PipelineModel::PartitionInfo> PipelineModel::partitions(const Pipeli
       p.last_layer = std::max(p.last_layer, layer);
       if (std::find(p.layers.begin(), p.layers.end(), layer) == p.layers.end()) p.layers.push_back(layer);
     }
-    // A fusion buffer's copies, as the predictor's (schedules do not cast); the copy out
-    // after an allreduce only.
+    // A fusion buffer's copies, as the predictor's (schedules do not cast), on the stream of
+    // the partition's messages; the copy out after an allreduce only.
     const CommCopies copies =
         comm_copies_s(cluster_, p.elems, s.transfer, s.pack && s.pack_on == PackOn::Comm, std::nullopt, gpus_);
-    p.delay_s = copies.before_s;
+    p.copy_in_s = copies.before_s;
     if (s.exchange == Exchange::Allreduce) p.copy_out_s = copies.after_s;
     if (s.pack && s.pack_on == PackOn::Compute && s.exchange == Exchange::Allreduce && gpus_ > 1)
       p.copy_back_s = copy_in_backward_s(cluster_, p.elems);
@@ -556,7 +555,7 @@ PipelineResult PipelineModel::evaluate(const PipelineSchedule& s, bool with_mess
     static_cast<PartitionInfo&>(p) = std::move(info);
     for (int layer : p.layers) layer_parts[size_t(layer)].push_back(int(parts.size()));
     p.first = message_cost(kind, p.elems, s.algorithm, s.transfer);
-    p.first.latency_s += p.copy_out_s;
+    p.first.latency_s += p.copy_in_s + p.copy_out_s;
     if (kind == MessageTiming::ReduceScatter) p.second = message_cost(MessageTiming::Allgather, p.elems, s.algorithm, s.transfer);
     parts.push_back(std::move(p));
   }

@@ -176,7 +176,7 @@ SharedTiming schedule_shared(const std::vector<double>& step_s, const std::vecto
   while (step < L || done < n || copy < copies) {
     while (step < L && comp_rem <= 1e-12 * std::max(1.0, now)) {  // steps that end now
       out.step_end_s[step] = now;
-      for (size_t b : made_ready[step]) ready[b] = next_tick(now + bs[b].delay_s, cycle_s);
+      for (size_t b : made_ready[step]) ready[b] = next_tick(now, cycle_s);
       if (++step < L) comp_rem = step_s[step];
     }
     if (step == L)
@@ -289,11 +289,13 @@ BucketTerms bucket_terms(const Cluster& cluster, const CollectiveModel& coll, do
   BucketTerms t;
   t.bytes = elems * bytes_per_element(transfer);
   const CommCopies copies = comm_copies_s(cluster, elems, transfer, pack, cast, coll.gpus());
-  t.ready_s = last_ready_s + copies.before_s;
+  t.ready_s = last_ready_s;
   if (coll.gpus() > 1) {
     t.choice = coll.cost(algorithm, elems, transfer);
-    t.latency_s = t.choice.launch_s + t.choice.cost.latency_s + t.choice.cost.reduce_s + copies.after_s;
+    t.latency_s = t.choice.launch_s + t.choice.cost.latency_s + t.choice.cost.reduce_s + copies.before_s +
+                  copies.after_s;
     t.bandwidth_s = t.choice.cost.bandwidth_s;
+    t.copy_in_s = copies.before_s;
     t.copy_out_s = copies.after_s;
   }
   return t;
@@ -351,7 +353,6 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     }
     BucketTerms t = bucket_terms(cluster, coll, last_ready, bucket_elements(plan, model, b), b.algorithm, b.transfer,
                                  b.pack && plan.pack_on == PackOn::Comm, plan.cast);
-    const double pack_s = t.ready_s - last_ready;
     t.ready_s = next_tick(t.ready_s, plan.cycle_s);
     BucketReport br;
     br.index = static_cast<int>(i);
@@ -367,13 +368,14 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
     br.variant = CollectiveModel::variant_name(t.choice);
     br.cost = t.choice.cost;
     br.launch_s = t.choice.launch_s;
+    br.copy_in_s = t.copy_in_s;
     br.copy_out_s = t.copy_out_s;
     ready.push_back(t.ready_s);
     lat.push_back(t.latency_s);
     bw.push_back(t.bandwidth_s);
     stream.push_back(b.stream);
     // Under sharing the steps stretch: the tick is taken on the stretched ready time.
-    shared_buckets.push_back({after_step, pack_s, t.latency_s, t.bandwidth_s, b.stream});
+    shared_buckets.push_back({after_step, t.latency_s, t.bandwidth_s, b.stream});
     r.buckets.push_back(br);
   }
   // Backward steps' end times (backward order): stretched when communication shares the

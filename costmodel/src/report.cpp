@@ -60,8 +60,10 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                        {"bandwidth_s", b.cost.bandwidth_s},
                        {"reduce_s", b.cost.reduce_s},
                        {"launch_s", b.launch_s}});
-  for (size_t i = 0; i < r.buckets.size(); ++i)
+  for (size_t i = 0; i < r.buckets.size(); ++i) {
+    if (r.buckets[i].copy_in_s > 0) buckets[i]["copy_in_s"] = r.buckets[i].copy_in_s;
     if (r.buckets[i].copy_out_s > 0) buckets[i]["copy_out_s"] = r.buckets[i].copy_out_s;
+  }
   nlohmann::json j{{"schema", kReportSchema},
                    {"source", r.source},
                    {"model", r.model},
@@ -185,6 +187,7 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
     x.cost.bandwidth_s = b.non_negative("bandwidth_s");
     x.cost.reduce_s = b.non_negative("reduce_s");
     x.launch_s = b.non_negative("launch_s");
+    if (b.has("copy_in_s")) x.copy_in_s = b.non_negative("copy_in_s");
     if (b.has("copy_out_s")) x.copy_out_s = b.non_negative("copy_out_s");
     b.finish();
     r.buckets.push_back(std::move(x));

@@ -68,9 +68,6 @@ std::optional<PackOn> copies(const TuneOptions& opt) {
   return std::nullopt;
 }
 
-// The fusion buffer's copy, or a cast on comm, delays a bucket: BucketTerms price it.
-bool packs_after_ready(const TuneOptions& opt) { return copies(opt) == PackOn::Comm || opt.cast == PackOn::Comm; }
-
 bool keeps_fp32(const ParamTensor& t, Fp32Tensors f) {
   bool norm = t.role == TensorRole::NormScale || t.role == TensorRole::NormShift;
   if (f == Fp32Tensors::Norm) return norm;
@@ -155,11 +152,12 @@ class BucketCoster {
                         opt_.cast);
   }
   int64_t elems(int i, int j) const { return elems_[j] - elems_[i]; }
-  // What the copies after each allreduce on its stream (copy out, cast back) add per byte
-  // of the transfer type: linear in the bucket, so an affine tail's slope grows by it.
-  double after_per_byte() const {
+  // What the copies on each allreduce's stream (copy in and out of a fusion buffer, cast
+  // and cast back on comm) add per byte of the transfer type: linear in the bucket, so an
+  // affine tail's slope grows by it.
+  double copies_per_byte() const {
     const CommCopies one = comm_copies_s(cluster_, 1, opt_.transfer, pack_, opt_.cast, coll_.gpus());
-    return one.after_s / bytes_per_element(opt_.transfer);
+    return (one.before_s + one.after_s) / bytes_per_element(opt_.transfer);
   }
   // Bucket [i, j)'s copy back after its allreduce (copy_back_s), 0 where the plan makes none.
   bool copies_back() const { return copies_back_; }
@@ -608,8 +606,7 @@ class SharedSearch {
       BucketTerms t = cost_.at(i, j);
       int after = 0;
       for (int pos = i; pos < j; ++pos) after = std::max(after, ready_step_[pos]);
-      bs.push_back({after, t.ready_s - cost_.last_ready(i, j), t.latency_s, t.bandwidth_s,
-                    static_cast<int>(k % streams_)});
+      bs.push_back({after, t.latency_s, t.bandwidth_s, static_cast<int>(k % streams_)});
       if (cost_.copies_back()) copy_back.push_back(cost_.copy_back(i, j));
     }
     return schedule_shared(steps_, bs, sigma_, 0, copy_back).copies_end_s;
@@ -688,16 +685,16 @@ class SharedSearch {
   int64_t work_ = 0;
 };
 
-// Under processor sharing on one stream, with no packing delay and no copies back, the
-// search stays exact (docs/tuner.md, "Under processor sharing"): optimal by one function
-// of the queued work per prefix (run_values), k-split by a dynamic program over prefixes
-// that keeps a Pareto front of states instead of one best end (run). After the buckets
-// of a prefix [0, i), backward has ended step P_i (the latest ready step of its
-// gradients) at wall time W, and the allreduces still queued at W hold X seconds of work
-// at full speed: they run back to back from W (no
-// packing delay, one stream), so the busy time after W is one interval. Backward then
-// runs at 1 / (1 + sigma.compute) while X > 0 and the allreduces at 1 / (1 + sigma.comm)
-// while backward runs, so the next bucket's ready time R, the work X' left then, and
+// Under processor sharing on one stream, with no copies back, the search stays exact
+// (docs/tuner.md, "Under processor sharing"): optimal by one function of the queued work
+// per prefix (run_values), k-split by a dynamic program over prefixes that keeps a Pareto
+// front of states instead of one best end (run). After the buckets of a prefix [0, i),
+// backward has ended step P_i (the latest ready step of its gradients) at wall time W,
+// and the allreduces still queued at W hold X seconds of work at full speed: they run
+// back to back from W (one stream, each bucket's copies on it part of its work), so the
+// busy time after W is one interval. Backward then runs at 1 / (1 + sigma.compute) while
+// X > 0 and the allreduces at 1 / (1 + sigma.comm) while backward runs, so the next
+// bucket's ready time R, the work X' left then, and
 // every later end are nondecreasing in both W and X: a state with no larger W and no
 // larger X never ends later, and the states of a prefix that no other dominates are all
 // the program needs. Pruning: an upper bound U (a partition's own end) discards a state
@@ -705,10 +702,10 @@ class SharedSearch {
 // unstretched ready time of step P_j plus a lower bound of the bucket's cost does.
 class SharedProgram {
  public:
-  // Where the program is exact: one stream, no packing delay before a bucket, no copies
-  // back after backward.
+  // Where the program is exact: one stream, no copies back after backward. (Copies on a
+  // bucket's stream are part of its work.)
   static bool exact_for(const BucketCoster& cost, const TuneOptions& opt) {
-    return opt.streams == 1 && !cost.copies_back() && !packs_after_ready(opt);
+    return opt.streams == 1 && !cost.copies_back();
   }
 
   SharedProgram(BucketCoster& cost, const Model& m, const std::vector<double>& steps_s, ProcessorSharing sigma)
@@ -1139,7 +1136,7 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
     case Strategy::Optimal: {
       auto tails = opt.fp32 == Fp32Tensors::None && !opt.exhaustive_scan ? coll_.affine_tails(opt.transfer)
                                                                           : std::vector<AffineTail>{};
-      for (auto& t : tails) t.b += cost.after_per_byte();  // a bucket's copies after its allreduce
+      for (auto& t : tails) t.b += cost.copies_per_byte();  // a bucket's copies on its stream
       Prefixes table;
       Prefixes* keep = copies_back ? &table : nullptr;
       starts = tails.empty() ? dynamic_program(cost, 0, objective, nullptr, kInf, keep)
@@ -1199,9 +1196,9 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
   if (searched && cluster_.sharing(gpus_).any()) {
     const ProcessorSharing sigma = cluster_.sharing(gpus_);
     SharedSearch shared(cost, model_, steps, sigma, opt.streams);
-    // The exact program over `c` (one stream, no packing delay, no copies back), bounded by
-    // the end of the partition `from` under the same schedule (and a rounding's margin);
-    // empty past its budgets.
+    // The exact program over `c` (one stream, no copies back), bounded by the end of the
+    // partition `from` under the same schedule (and a rounding's margin); empty past its
+    // budgets.
     auto program = [&](BucketCoster& c, const std::vector<int>& from) {
       SharedSearch judge(c, model_, steps, sigma, 1);
       const double end = judge.objective(from);
@@ -1220,11 +1217,10 @@ std::vector<int> Tuner::search(const TuneOptions& opt, double& objective, int64_
     } else if (opt.streams > 1) {
       local_search = "several streams";
     } else {
-      local_search = copies(opt) ? "packing copies" : "gradient casts";
+      local_search = "copies back";  // DDP's, after backward (pack_on compute)
       // The exact partition without them (over the same backward steps) is a second start.
       TuneOptions view = opt;
       view.packing = Packing::View;
-      view.cast.reset();
       BucketCoster view_cost(model_, cluster_, coll_, view, ready);
       std::vector<int> seed = program(view_cost, starts);
       evaluations += view_cost.evaluations;

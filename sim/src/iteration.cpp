@@ -23,7 +23,7 @@ struct BucketRun {
   ScheduleIndex index;
   Wire wire;
   int elem_bytes = 2;
-  double pack_s = 0, launch_s = 0, copy_out_s = 0;
+  double copy_in_s = 0, launch_s = 0, copy_out_s = 0;
   int stream = 0, end = 0;  // end: backward positions [.., end) must be ready
   std::string label;
   int64_t bytes = 0;
@@ -91,7 +91,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
     // The copies and casts on the bucket's stream, as the predictor's (comm_copies_s).
     const CommCopies copies =
         comm_copies_s(c, elems, b.transfer, b.pack && plan.pack_on == PackOn::Comm, plan.cast, P);
-    run.pack_s = copies.before_s;
+    run.copy_in_s = copies.before_s;
     run.copy_out_s = copies.after_s;
     if (P > 1) {
       CollectiveChoice ch = coll.cost(b.algorithm, elems, b.transfer);
@@ -227,10 +227,10 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
               std::unique_lock lock(*s.mutex);
               while (s.ready < int64_t(it) * L + run.end) s.cv->wait(lock);
             }
-            // The packing copy and the framework's cycle delay readiness, not the stream
-            // (as in the predictor); ticks count from this rank's backward start.
+            // The framework's cycle delays readiness (as in the predictor); ticks count from
+            // this rank's backward start. The copies run on the stream, in the bucket's time.
             const double bwd = last_bwd_start[r];
-            double ready = bwd + next_tick(s.bucket_ready_at[size_t(it) * B + b] + run.pack_s - bwd, plan.cycle_s);
+            double ready = bwd + next_tick(s.bucket_ready_at[size_t(it) * B + b] - bwd, plan.cycle_s);
             if (sg4::Engine::get_clock() < ready) sg4::this_actor::sleep_until(ready);
             double start = sg4::Engine::get_clock();
             if (sigma.any()) {
@@ -239,6 +239,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
             }
             if (P > 1) {
               sg4::this_actor::sleep_for(run.launch_s);
+              sg4::this_actor::sleep_for(run.copy_in_s);  // into the fusion buffer, or the cast on comm
               run_rounds(run.schedule, run.index, r, run.elem_bytes, run.wire, st, boxes, &steps);
               sg4::this_actor::sleep_for(run.copy_out_s);  // the average out of the fusion buffer, or cast back
             }
@@ -271,7 +272,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   const double bwd0 = last_bwd_start[0];
   for (int b = 0; b < B; ++b) {
     auto& br = rep.buckets[b];
-    br.ready_s = next_tick(state[0].bucket_ready_at[size_t(N - 1) * B + b] + runs[b].pack_s - bwd0, plan.cycle_s);
+    br.ready_s = next_tick(state[0].bucket_ready_at[size_t(N - 1) * B + b] - bwd0, plan.cycle_s);
     br.start_s = bucket_times[0][b].first - bwd0;
     br.end_s = bucket_times[0][b].second - bwd0;
   }

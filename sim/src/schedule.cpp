@@ -224,7 +224,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           work(bwd_steps[k], trace_name::backward(model.layers[L - 1 - k].name), "backward", it);
           std::unique_lock lock(*mutex);
           for (size_t part : step_parts[k]) {  // in backward order, as the pipeline launches them
-            launched[size_t(r)] = std::max(launched[size_t(r)], sg4::Engine::get_clock() + parts[part].info.delay_s);
+            launched[size_t(r)] = std::max(launched[size_t(r)], sg4::Engine::get_clock());
             make_ready(r, id(it, part, 0), launched[size_t(r)]);
           }
         }
@@ -309,6 +309,7 @@ SimScheduleResult simulate_schedule_here(const PipelineModel& pm, const Pipeline
           }
           if (P > 1) {
             sg4::this_actor::sleep_for(part.launch_s);
+            if (!second) sg4::this_actor::sleep_for(part.info.copy_in_s);  // into the fusion buffer
             run_rounds(second ? part.second : part.first, second ? part.second_index : part.first_index, r,
                        part.elem_bytes, part.wire, slot, boxes, &steps);
             if (!second) sg4::this_actor::sleep_for(part.info.copy_out_s);  // out of the fusion buffer

@@ -179,11 +179,11 @@ class PipelineModel {
     int ready_step = 0;        // the backward step whose end makes it ready
     int first_layer = 0;       // the earliest forward layer it feeds (its priority)
     int last_layer = 0;        // the last forward layer whose parameters it carries
-    double delay_s = 0;        // its packing copy
-    // Its average copied back out of the fusion buffer after its allreduce, on the
-    // allreduce's stream (packed on comm, allreduce exchange, more than one GPU; as
+    // Its copy into a fusion buffer before its first message, on that message's stream
+    // (packed on comm, more than one GPU; as BucketTerms::copy_in_s), and its average
+    // copied back out after its allreduce, on the same stream (allreduce exchange; as
     // BucketTerms::copy_out_s); 0 otherwise.
-    double copy_out_s = 0;
+    double copy_in_s = 0, copy_out_s = 0;
     // Its average copied back into the gradients after its allreduce, on the compute
     // stream after backward, in partition order (copy_back_s: DDP's Reducer, packed on
     // compute, allreduce exchange, more than one GPU); 0 otherwise.

@@ -29,29 +29,32 @@ std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready_s, c
 // One bucket's inputs to the schedule. The predictor and the tuner both build them here,
 // so the tuner's objective and the predictor's iteration time are the same doubles.
 struct BucketTerms {
-  double ready_s = 0;      // last gradient ready (+ the packing copy)
-  double latency_s = 0;    // launch + latency + reduction (+ copy_out_s): not shared between streams
-  // On the allreduce's stream after it (in latency_s): a packed bucket's copy out of its
-  // fusion buffer, a cast bucket's cast back (CommCopies::after_s).
-  double copy_out_s = 0;
+  double ready_s = 0;      // last gradient ready
+  // launch + latency + reduction (+ copy_in_s + copy_out_s): not shared between streams
+  double latency_s = 0;
+  // On the allreduce's stream (in latency_s), before it: a packed bucket's copy into its
+  // fusion buffer, a cast on comm (CommCopies::before_s); after it: the copy out, the
+  // cast back (CommCopies::after_s). The stream runs them in turn with its allreduces.
+  double copy_in_s = 0, copy_out_s = 0;
   double bandwidth_s = 0;  // shared between streams that run at once
   int64_t bytes = 0;
   CollectiveChoice choice; // empty when there is one GPU
 };
 // Copying `bytes` into a fusion buffer: one read and one write at effective memory bandwidth.
 // A bucket packed on comm (PackOn::Comm, Horovod's fusion buffer) pays it twice on more
-// than one GPU: the copy in delays its allreduce (BucketTerms::ready_s), the copy of the
-// average back out into the gradients follows the allreduce on its stream
-// (BucketTerms::copy_out_s), so the bucket ends, and its stream is free, once the
-// gradients are back in place.
+// than one GPU, both on its allreduce's stream: the copy in before the allreduce
+// (BucketTerms::copy_in_s: once the stream has ended its previous bucket, as Horovod's
+// one fusion buffer and stream and fuseplan-exec's communication thread run it), the copy
+// of the average back out into the gradients after it (BucketTerms::copy_out_s), so the
+// bucket ends, and its stream is free, once the gradients are back in place.
 double pack_time_s(const Cluster& cluster, int64_t bytes);
 // Casting a gradient of `elems` FP32 elements to `transfer` (Plan::cast), or its average
 // back: a read of 4 bytes and a write of 2 per element at effective memory bandwidth; 0
 // for an FP32 transfer (nothing is cast).
 double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer);
-// What a bucket's copies on its allreduce's stream cost: before it (delaying it: the copy
-// into a fusion buffer, a cast on comm; a cast on compute is in backward instead) and
-// after it (occupying the stream: the copy out, the cast back wherever the cast in ran).
+// What a bucket's copies on its allreduce's stream cost: before it (the copy into a fusion
+// buffer, a cast on comm; a cast on compute is in backward instead) and after it (the copy
+// out, the cast back wherever the cast in ran); the stream is busy with them either way.
 // One GPU has no allreduce and makes none of them.
 struct CommCopies {
   double before_s = 0, after_s = 0;
@@ -112,14 +115,14 @@ double slowest_gpu_factor(const Cluster& cluster, int gpus);
 // Backward and the allreduces sharing the processor (Cluster::sharing, sigma). While k
 // allreduces run, backward proceeds at rate 1 / (1 + sigma.compute k) and, while backward
 // runs, each allreduce at rate 1 / (1 + sigma.comm); the bandwidth parts of
-// concurrent allreduces share the links as in schedule_buckets. A bucket is ready
-// `delay_s` (its packing copy) after the end of backward step `after_step`, at the next
-// tick of the framework's cycle `cycle_s` where there is one (next_tick). With
+// concurrent allreduces share the links as in schedule_buckets. A bucket is ready at the
+// end of backward step `after_step`, at the next tick of the framework's cycle `cycle_s`
+// where there is one (next_tick); copies on its stream are in its latency. With
 // sigma = 1 on one stream this is processor sharing of one core by two threads:
 // overlapping saves nothing but the gaps, the total work stays.
 struct SharedBucket {
   int after_step = 0;
-  double delay_s = 0, latency_s = 0, bandwidth_s = 0;
+  double latency_s = 0, bandwidth_s = 0;
   int stream = 0;
 };
 // `copy_back_s` (per bucket, or empty for none): the copies back (copy_back_s above) run

@@ -66,9 +66,10 @@ struct BucketReport {
   double ready_s = 0, start_s = 0, end_s = 0;  // from the start of backward
   Cost cost;                        // without the launch overhead
   double launch_s = 0;
-  // After the allreduce on its stream, within [start_s, end_s]: the copy out of a fusion
-  // buffer and a cast back on comm (BucketTerms::copy_out_s); 0 where there is none.
-  double copy_out_s = 0;
+  // On its stream within [start_s, end_s], before the allreduce: the copy into a fusion
+  // buffer and a cast on comm (BucketTerms::copy_in_s); after it: the copy out and a cast
+  // back (BucketTerms::copy_out_s); 0 where there is none.
+  double copy_in_s = 0, copy_out_s = 0;
 };
 
 // What one layer class costs the mean GPU per micro-batch, as the compute model prices it
