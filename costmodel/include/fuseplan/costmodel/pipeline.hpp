@@ -83,7 +83,7 @@ struct PipelineSchedule {
   int credit = 1;                // messages in flight at once (>= 1)
   // Every partition is copied into a buffer (else it is a view), as the tuner's packed
   // plans are, where `pack_on` says (Plan::pack_on): once ready, off the compute stream
-  // (pack_time_s delays its message: Horovod's fusion buffer), or each gradient as
+  // (pack_time_s on its message's stream before it: Horovod's fusion buffer), or each gradient as
   // backward makes it (copy_in_backward_s lengthens backward: DDP's bucket buffers).
   bool pack = false;
   PackOn pack_on = PackOn::Comm;

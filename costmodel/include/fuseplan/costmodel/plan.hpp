@@ -35,7 +35,8 @@ struct PlanBucket {
 // Where a plan's packing copies run ($.pack_on):
 // - Comm: a bucket's gradients are copied into its fusion buffer once they are all ready,
 //   off the compute stream (Horovod's background thread fills its fusion buffer on its own
-//   stream): the copy delays the bucket's allreduce, not backward.
+//   stream): the copy runs on the allreduce's stream before it (after the stream's
+//   previous bucket), not in backward.
 // - Compute: each gradient is copied into its bucket as backward makes it, on the compute
 //   stream (PyTorch DDP's Reducer copies in the autograd hook, on the gradient's stream):
 //   the copies lengthen backward, and every bucket after them is ready later.
@@ -108,7 +109,7 @@ struct Plan {
   // - Compute: on the compute stream, each gradient as backward makes it (lengthening
   //   backward: PyTorch DDP's fp16_compress_hook / bf16_compress_hook, Horovod's
   //   Compression.fp16);
-  // - Comm: on the allreduce's stream, delaying the allreduce (a framework that casts in
+  // - Comm: on the allreduce's stream, before the allreduce (a framework that casts in
   //   its communication thread, as fuseplan-exec's CPU exchange and PlanDDP do).
   // Unset: the gradients are written at the transfer precision (a model cast to FP16),
   // nothing is cast.

@@ -61,8 +61,8 @@ struct TuneOptions {
   Packing packing = Packing::Strategy;
   // Gradient casts written to every plan (Plan::cast): priced in every candidate, on
   // compute (each gradient's cast in backward, whatever the partition, so the search keeps
-  // its ready times) or on comm (delaying each allreduce); each bucket's cast back is part
-  // of its allreduce's time. Compute refuses FP32 tensors (fp32), whose buckets would not
+  // its ready times) or on comm (before each allreduce on its stream); each bucket's casts
+  // on its stream are part of its time. Compute refuses FP32 tensors (fp32), whose buckets would not
   // be cast.
   std::optional<PackOn> cast;
   // How the training loop steps, written to every plan: it moves every candidate's
