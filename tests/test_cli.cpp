@@ -1486,26 +1486,25 @@ TEST_CASE("cli: verify and calibrate predict a measured run with the casts it ma
   INFO(c.out);
   REQUIRE(c.code == 0);
   CHECK_THAT(c.out, Catch::Contains("--plan " + plan + ": the run cast its 16-bit buckets on comm"));
-  // An FP32 plan has nothing to cast: a report that says otherwise changes nothing.
-  Run f = run(shape + "--out " + fp32);
-  REQUIRE(f.code == 0);
-  auto jf = nlohmann::json::parse(f.out);
-  jf["cast"] = "comm";
-  std::ofstream(fp32_cast) << jf.dump();
-  Run g = run("verify --no-sim --json --plan " + fp32 + " --measured " + fp32_cast);
-  REQUIRE(g.code == 0);
-  CHECK_FALSE(nlohmann::json::parse(g.out).contains("cast"));
-  // Nor on one GPU, which has no allreduce: the model casts nothing there.
-  const std::string one = tmp("asrun-one.json"), one_cast = tmp("asrun-one-cast.json");
-  Run o = run("predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster local-cpu --gpus 1 "
-              "--batch-per-gpu 16 --precision fp32 --transfer fp16 --json --out " + one);
-  REQUIRE(o.code == 0);
-  auto jo = nlohmann::json::parse(o.out);
-  jo["cast"] = "comm";
-  std::ofstream(one_cast) << jo.dump();
-  Run h = run("verify --no-sim --json --plan " + one + " --measured " + one_cast);
-  REQUIRE(h.code == 0);
-  CHECK_FALSE(nlohmann::json::parse(h.out).contains("cast"));
+  // A plan predicted with `args`, verified against its own prediction claiming casts on comm.
+  auto verified_claiming_casts = [&](const std::string& args, const std::string& plan_path,
+                                     const std::string& report_path) {
+    Run q = run(args + "--out " + plan_path);
+    REQUIRE(q.code == 0);
+    auto claimed = nlohmann::json::parse(q.out);
+    claimed["cast"] = "comm";
+    std::ofstream(report_path) << claimed.dump();
+    Run v = run("verify --no-sim --json --plan " + plan_path + " --measured " + report_path);
+    REQUIRE(v.code == 0);
+    return nlohmann::json::parse(v.out);
+  };
+  // An FP32 plan has nothing to cast: a report that says otherwise changes nothing. Nor on
+  // one GPU, which has no allreduce: the model casts nothing there.
+  CHECK_FALSE(verified_claiming_casts(shape, fp32, fp32_cast).contains("cast"));
+  CHECK_FALSE(verified_claiming_casts("predict --model resnet18 --resolution 28 --channels 1 --classes 10 --cluster "
+                                      "local-cpu --gpus 1 --batch-per-gpu 16 --precision fp32 --transfer fp16 --json ",
+                                      tmp("asrun-one.json"), tmp("asrun-one-cast.json"))
+                  .contains("cast"));
   j["cast"] = "gpu";
   std::ofstream(bad) << j.dump();
   expect_bad("verify --no-sim --plan " + plan + " --measured " + bad, bad + ": $.cast");
