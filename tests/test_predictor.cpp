@@ -172,6 +172,13 @@ TEST_CASE("gradient casts: in backward or before the allreduce, and back after i
   }
   CHECK(compute.copy_back_s == 0);
   CHECK(compute.exposed_comm_s == Approx(compute.buckets[2].end_s - 0.01125));
+  // With DDP's Reducer copying into the buckets (1 ms a gradient), its hook also divides
+  // each 16-bit bucket in place (2 + 2 bytes per element: 0.5 ms a gradient).
+  Plan ddp = p;
+  for (auto& b : ddp.buckets) b.pack = true;
+  ddp.pack_on = PackOn::Compute;
+  CHECK(hook_division_s(c, 1 << 20) == Approx(0.0005));
+  CHECK(predict_toy(m, c, ddp).backward_copies_s == Approx(3 * (0.001 + 0.00075 + 0.0005)));
   CHECK(compute.exposed_comm_s > 0.00075);
   CHECK(compute.single_gpu_iteration_s == Approx(plain.single_gpu_iteration_s));
   // The report file carries both, and reads them back.

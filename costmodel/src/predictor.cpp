@@ -25,7 +25,10 @@ std::vector<double> backward_steps_s(const Model& model, const ComputeModel& com
   for (size_t pos = 0; pos < copied.size(); ++pos) {
     const int64_t n = model.tensors[model.tensor_at_backward(int(pos))].numel;
     if (copied[pos]) s[size_t(step[pos])] += copy_in_backward_s(cluster, n);
-    if (pos < cast.size() && cast[pos]) s[size_t(step[pos])] += cast_time_s(cluster, n, Precision::FP16);
+    if (pos < cast.size() && cast[pos]) {
+      s[size_t(step[pos])] += cast_time_s(cluster, n, Precision::FP16);
+      if (copied[pos]) s[size_t(step[pos])] += hook_division_s(cluster, n);  // DDP's hook
+    }
   }
   return s;
 }
@@ -248,6 +251,11 @@ double copy_in_backward_s(const Cluster& cluster, int64_t elems) {
 double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer) {
   if (transfer == Precision::FP32) return 0;
   const double bytes = double(elems) * (bytes_per_element(Precision::FP32) + bytes_per_element(transfer));
+  return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+}
+
+double hook_division_s(const Cluster& cluster, int64_t elems) {
+  const double bytes = double(elems) * 2 * bytes_per_element(Precision::FP16);
   return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
 }
 

@@ -52,6 +52,10 @@ double pack_time_s(const Cluster& cluster, int64_t bytes);
 // back: a read of 4 bytes and a write of 2 per element at effective memory bandwidth; 0
 // for an FP32 transfer (nothing is cast).
 double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer);
+// DDP's compress hook (fp16_compress_hook, bf16_compress_hook) divides the 16-bit bucket
+// by the number of ranks in place, a read and a write of 2 bytes per element at effective
+// memory bandwidth: the Reducer, given a hook, copies the gradients in undivided.
+double hook_division_s(const Cluster& cluster, int64_t elems);
 // What a bucket's copies on its allreduce's stream cost: before it (the copy into a fusion
 // buffer, a cast on comm; a cast on compute is in backward instead) and after it (the copy
 // out, the cast back wherever the cast in ran); the stream is busy with them either way.
@@ -97,7 +101,8 @@ std::vector<int> gradient_ready_steps(const Model& model);
 std::vector<double> backward_steps_s(const ComputeModel& compute);
 // The same with copy_in_backward_s of each backward position where `copied`, and
 // cast_time_s to a 2-byte transfer where `cast` (empty: none), added to the step that makes
-// its gradient.
+// its gradient; where both (DDP's Reducer copies into its bucket and its compress hook
+// casts it), hook_division_s too.
 std::vector<double> backward_steps_s(const Model& model, const ComputeModel& compute, const Cluster& cluster,
                                      const std::vector<bool>& copied, const std::vector<bool>& cast = {});
 // The same with the copies and casts `plan` makes in backward (its packed buckets'
