@@ -238,10 +238,15 @@ std::vector<BucketTiming> schedule_buckets(const std::vector<double>& ready, con
 namespace {
 // A packing copy reads and writes each byte once.
 constexpr double kPackPasses = 2.0;
+
+// Moving `bytes` (reads and writes together) at the device's effective memory bandwidth.
+double memory_time_s(const Cluster& cluster, double bytes) {
+  return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+}
 }  // namespace
 
 double pack_time_s(const Cluster& cluster, int64_t bytes) {
-  return kPackPasses * double(bytes) / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+  return memory_time_s(cluster, kPackPasses * double(bytes));
 }
 
 double copy_in_backward_s(const Cluster& cluster, int64_t elems) {
@@ -250,13 +255,11 @@ double copy_in_backward_s(const Cluster& cluster, int64_t elems) {
 
 double cast_time_s(const Cluster& cluster, int64_t elems, Precision transfer) {
   if (transfer == Precision::FP32) return 0;
-  const double bytes = double(elems) * (bytes_per_element(Precision::FP32) + bytes_per_element(transfer));
-  return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+  return memory_time_s(cluster, double(elems) * (bytes_per_element(Precision::FP32) + bytes_per_element(transfer)));
 }
 
 double hook_division_s(const Cluster& cluster, int64_t elems) {
-  const double bytes = double(elems) * 2 * bytes_per_element(Precision::FP16);
-  return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+  return memory_time_s(cluster, double(elems) * 2 * bytes_per_element(Precision::FP16));
 }
 
 CommCopies comm_copies_s(const Cluster& cluster, int64_t elems, Precision transfer, bool pack,
