@@ -243,7 +243,7 @@ std::optional<ForVerify> run_run(RunFlags& f) {
     if (!bound.schedule && rep.cast && rep.cast != plan.cast)
       err_line(std::string("fuseplan-exec run: note: the exchange cast the FP32 gradients of the plan's 16-bit "
                            "buckets to their transfer and back on its stream (on ") + pack_on_name(*rep.cast) +
-               "; the plan's cast: " + (plan.cast ? pack_on_name(*plan.cast) : "none") +
+               "; the plan's cast: " + cast_name(plan.cast) +
                "); the report says so and verify predicts the run so");
     out() << "fuseplan-exec run: " << rep.model << " x " << world.ranks() << " ranks on "
               << count_of(world.layout().nodes, "node") << ", batch " << plan.batch_per_gpu << " per rank, "

@@ -3,6 +3,7 @@
 #include "verify_view.hpp"
 
 #include <cmath>
+#include <utility>
 
 #include "format.hpp"
 #include "fuseplan/costmodel/compute.hpp"
@@ -30,17 +31,14 @@ double outside_phases_s(const Report& r) {
 }
 
 std::optional<std::optional<PackOn>> plan_as_run(Plan& plan, const Report& measured) {
-  // One GPU has no allreduce, so the model casts nothing there whatever the plan says.
-  if (!measured.cast || measured.cast == plan.cast || plan.gpus < 2) return std::nullopt;
-  const std::optional<PackOn> planned = plan.cast;
-  plan.cast = measured.cast;
-  if (casts_any(plan)) return planned;
-  plan.cast = planned;  // no 16-bit bucket: nothing was cast, whatever the report says
-  return std::nullopt;
+  // Without a 16-bit bucket nothing was cast, whatever the report says; one GPU has no
+  // allreduce, so the model casts nothing there whatever the plan says.
+  if (!measured.cast || measured.cast == plan.cast || !sends_16_bit(plan) || plan.gpus < 2) return std::nullopt;
+  return std::exchange(plan.cast, measured.cast);
 }
 
 std::string as_run_line(std::optional<PackOn> plan_cast, std::optional<PackOn> run_cast) {
-  auto where = [](std::optional<PackOn> c) { return c ? "on " + std::string(pack_on_name(*c)) : std::string("none"); };
+  auto where = [](std::optional<PackOn> c) { return (c ? "on " : "") + std::string(cast_name(c)); };
   return "the run cast its 16-bit buckets " + where(run_cast) + " (the plan's cast: " + where(plan_cast) +
          "): predicted and simulated with the run's casts";
 }
@@ -121,8 +119,7 @@ nlohmann::json verification_json(const Verification& v, const std::string& plan_
                      {"rows", rows},
                      {"outside_phases_s", {{"predicted", v.predicted_outside_s}, {"measured", v.measured_outside_s}}}};
   if (v.plan_cast)
-    out["cast"] = {{"plan", *v.plan_cast ? pack_on_name(**v.plan_cast) : "none"},
-                   {"run", v.predicted.cast ? pack_on_name(*v.predicted.cast) : "none"}};
+    out["cast"] = {{"plan", cast_name(*v.plan_cast)}, {"run", cast_name(v.predicted.cast)}};
   if (v.at_speed)
     out["at_measured_compute_speed"] = {
         {"compute_scale", v.drift}, {"iteration_s", v.at_speed->iteration_s}, {"comm_end_s", v.at_speed->comm_end_s}};

@@ -132,9 +132,9 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   return p;
 }
 
-bool casts_any(const Plan& p) {
-  return p.cast && std::any_of(p.buckets.begin(), p.buckets.end(),
-                               [](const PlanBucket& b) { return b.transfer != Precision::FP32; });
+bool sends_16_bit(const Plan& p) {
+  return std::any_of(p.buckets.begin(), p.buckets.end(),
+                     [](const PlanBucket& b) { return b.transfer != Precision::FP32; });
 }
 
 const char* pack_on_name(PackOn p) { return p == PackOn::Compute ? "compute" : "comm"; }

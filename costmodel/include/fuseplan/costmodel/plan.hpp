@@ -124,8 +124,12 @@ struct Plan {
   std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)
 };
 
+// Whether any of the plan's buckets is sent in FP16 or BF16 (what a cast applies to).
+bool sends_16_bit(const Plan& p);
 // Whether the plan casts any gradient: a cast and a bucket sent in FP16 or BF16.
-bool casts_any(const Plan& p);
+inline bool casts_any(const Plan& p) { return p.cast && sends_16_bit(p); }
+// A plan's `cast` as --cast and the reports spell it: compute, comm, or none.
+inline const char* cast_name(const std::optional<PackOn>& cast) { return cast ? pack_on_name(*cast) : "none"; }
 // The refusal of a cast with nothing to cast (every bucket sent in FP32).
 inline constexpr const char* kNothingToCast =
     "every bucket is sent in FP32, so nothing is cast (a cast is to a bucket's FP16 or BF16 transfer and back)";
