@@ -51,6 +51,21 @@ Plan toy_plan(const Model& m, const char* spec) {
 Report predict_toy(const Model& m, const Cluster& c, const Plan& p) {
   return predict(m, c, p, CollectiveModel(c, 4), ComputeModel(m, c, 8, Precision::FP32));
 }
+
+// A plan key naming where something runs ($.pack_on, $.cast): `p` writes it as `name` and
+// reads it back as `value` (what `read` takes from a plan); a plan left at the default
+// leaves it out; another value is refused.
+template <typename Read>
+void check_place_key(const Plan& p, const Plan& plain, const std::string& key, const std::string& name, Read read,
+                     PackOn value) {
+  auto j = plan_to_json(p);
+  CHECK(j[key] == name);
+  CHECK(read(plan_from_json(j, "p.json")) == value);
+  CHECK(!plan_to_json(plain).contains(key));
+  j[key] = "gpu";
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
+                    Catch::Contains("p.json: $." + key + ": unknown value 'gpu' (valid: comm, compute)"));
+}
 }  // namespace
 
 TEST_CASE("frozen parameters: a layer with no backward costs none, one computing its weights' gradient only half") {
@@ -221,13 +236,7 @@ TEST_CASE("gradient casts: in backward or before the allreduce, and back after i
   }
   // The plan file carries it ($.cast) and reads it back; unset it is absent; a cast with
   // nothing to cast and an unknown place are refused.
-  auto j = plan_to_json(p);
-  CHECK(j["cast"] == "comm");
-  CHECK(plan_from_json(j, "p.json").cast == PackOn::Comm);
-  CHECK(!plan_to_json(toy_plan(m, "single")).contains("cast"));
-  j["cast"] = "gpu";
-  CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
-                    Catch::Contains("p.json: $.cast: unknown value 'gpu' (valid: comm, compute)"));
+  check_place_key(p, toy_plan(m, "single"), "cast", "comm", [](const Plan& q) { return q.cast; }, PackOn::Comm);
   auto fp32 = plan_to_json(toy_plan(m, "single"));
   fp32["cast"] = "compute";
   CHECK_THROWS_WITH(plan_from_json(fp32, "p.json"), Catch::Contains("p.json: $.cast: every bucket is sent in FP32"));
@@ -317,13 +326,8 @@ TEST_CASE("packing copies: in a fusion buffer they occupy the bucket's stream - 
   for (auto& b : p.buckets) b.pack = false;
   CHECK(predict_toy(m, c, p).backward_s == Approx(0.009));
   // Written to the plan file when not the default and read back; other values are refused.
-  auto j = plan_to_json(p);
-  CHECK(j["pack_on"] == "compute");
-  CHECK(plan_from_json(j, "p.json").pack_on == PackOn::Compute);
-  CHECK(!plan_to_json(toy_plan(m, "single")).contains("pack_on"));
-  j["pack_on"] = "gpu";
-  CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
-                    Catch::Contains("p.json: $.pack_on: unknown value 'gpu' (valid: comm, compute)"));
+  check_place_key(p, toy_plan(m, "single"), "pack_on", "compute", [](const Plan& q) { return q.pack_on; },
+                  PackOn::Compute);
 }
 
 TEST_CASE("gradient accumulation shares the optimizer step and no_sync exposes one allreduce in steps") {
