@@ -65,6 +65,16 @@ nlohmann::json json_of(const std::string& args) {
   return nlohmann::json::parse(r.out);
 }
 
+// `fuseplan tune ARGS --json --out PLAN`, whose plan `predict --plan` prices as tune did
+// (the same iteration to 1e-12); the plan file as written.
+nlohmann::json tuned_plan(const std::string& tune_args, const std::string& plan) {
+  const auto tuned = json_of("tune " + tune_args + " --json --out " + plan);
+  const auto again = json_of("predict --json --plan " + plan);
+  CHECK(again["iteration_s"].get<double>() == Approx(tuned["report"]["iteration_s"].get<double>()).epsilon(1e-12));
+  std::ifstream pf(plan);
+  return nlohmann::json::parse(pf);
+}
+
 void expect_bad(const std::string& args, const std::string& text, bool exec = false) {
   INFO((exec ? "fuseplan-exec " : "fuseplan ") << args);
   Run r = exec ? run_exec(args) : run(args);
@@ -186,14 +196,11 @@ TEST_CASE("cli: --pack-on compute and tune --pack inline price DDP's copies in b
              "--pack: unknown value 'copy' (valid: strategy, pack, inline, view)");
   // tune --pack inline: the plan says where its copies run, and predict --plan prices them alike.
   const std::string plan = tmp("inline.json");
-  const auto tuned = json_of("tune --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
-                             "--precision fp32 --algorithm ring --pack inline --json --out " + plan);
-  std::ifstream pf(plan);
-  const auto written = nlohmann::json::parse(pf);
+  const auto written = tuned_plan("--model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
+                                  "--precision fp32 --algorithm ring --pack inline", plan);
   CHECK(written["pack_on"] == "compute");
   for (const auto& b : written["buckets"]) CHECK(b["pack"] == true);
   const auto again = json_of("predict --json --plan " + plan);
-  CHECK(again["iteration_s"].get<double>() == Approx(tuned["report"]["iteration_s"].get<double>()).epsilon(1e-12));
   CHECK(again["backward_s"].get<double>() > json_of("predict --json --model resnet50 --cluster p100-horovod --gpus 512 "
                                                     "--batch-per-gpu 64 --precision fp32")["backward_s"].get<double>());
 }
@@ -219,12 +226,8 @@ TEST_CASE("cli: --cast prices FP32 gradients cast to the transfer precision and 
              "--cast: compute with --fp32-tensors norm");
   // tune --cast: the plan says where its casts run, and predict --plan prices them alike.
   const std::string plan = tmp("cast.json");
-  const auto tuned = json_of("tune --model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 "
-                             "--precision fp32 --transfer fp16 --algorithm ring --cast compute --json --out " + plan);
-  std::ifstream pf(plan);
-  CHECK(nlohmann::json::parse(pf)["cast"] == "compute");
-  const auto again = json_of("predict --json --plan " + plan);
-  CHECK(again["iteration_s"].get<double>() == Approx(tuned["report"]["iteration_s"].get<double>()).epsilon(1e-12));
+  CHECK(tuned_plan("--model resnet50 --cluster p100-horovod --gpus 512 --batch-per-gpu 64 --precision fp32 "
+                   "--transfer fp16 --algorithm ring --cast compute", plan)["cast"] == "compute");
   // export --to ddp registers the compress hook the plan prices.
   const auto ddp = json_of("export --plan " + plan + " --to ddp --json");
   CHECK_THAT(ddp["snippet"].get<std::string>(),
