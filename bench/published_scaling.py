@@ -25,7 +25,10 @@ FITTED to SE-ResNeXt-101's V100 rates and carried to the A100, whose two SE-ResN
 rates are held out. Their GEMM and attention efficiency (one per precision) is FITTED to
 BERT-large's single-GPU pre-training rates, and the same repository's SQuAD fine-tuning
 rates are held out (`--bert-anchor squad` swaps the two folds, fitting into a copy of the
-cluster files). The 8-GPU rates of the same tables are cases, and
+cluster files). Its pre-training phase 2 (at most 512 tokens) read sequences binned by
+length and padded per micro-batch: one padded length is FITTED to the A100's mixed-precision
+single-GPU rate and the other three phase-2 rates (A100 TF32, V100 FP32 and mixed) are held
+out. The 8-GPU rates of the same tables are cases, and
 so are the TensorFlow (Horovod, XLA) runs of ResNet-50, ResNeXt-101 and SE-ResNeXt-101 on
 the same two servers and on 16 GPUs of a DGX-2, whose single-GPU rates are not fitted
 (ResNeXt-101 and SE-ResNeXt-101 are DeepLearningExamples' own: bench/models/dle_convnets.py,
@@ -168,6 +171,53 @@ def bert_fits(anchor):
     fitted = tuple(row + (TRANSFORMER,) for row in BERT_ANCHORS[anchor])
     held_out = tuple(row for name, rows in BERT_ANCHORS.items() if name != anchor for row in rows)
     return fitted, held_out
+
+
+# BERT-large pre-training, phase 2 (at most 512 tokens), in the same README: 210 sequences/s
+# mixed precision at batch 32 and 110 TF32 at batch 16 on one A100 80GB (4096 sequences per
+# optimizer step: 128 and 256 micro-batches), 75 mixed at batch 8 and 19 FP32 at batch 4 on
+# one V100 32GB (2048: 256 and 512). The run reads LDDL's binned shards (bin size 64): each
+# iteration draws one bin for every rank and pads a micro-batch to its longest sequence
+# (Tools/lddl/README.md), so the tokens a micro-batch computes are set by the data, which no
+# source gives. One padded length for every micro-batch (--seq-len) is FITTED to the A100's
+# mixed-precision rate and the other three rates are held out. It stands for a mix of bins:
+# a mean length would price the linear layers, a longer one the attention (quadratic in it).
+# (cluster, precision, model, batch, single-GPU flags without --seq-len, sequences/s)
+BERT_PHASE2 = ["--attention", "eager", "--optimizer-kernels", "fused"]
+BINNED_FIT = ("dgx-a100", "fp16", "bert_large_pretraining", 32, BERT_PHASE2 + ["--accumulate", "128"], 210)
+BINNED_HELD_OUT = (("dgx-a100", "fp32", "bert_large_pretraining", 16, BERT_PHASE2 + ["--accumulate", "256"], 110),
+                   ("dgx1-v100", "fp16", "bert_large_pretraining", 8, BERT_PHASE2 + ["--accumulate", "256"], 75),
+                   ("dgx1-v100", "fp32", "bert_large_pretraining", 4, BERT_PHASE2 + ["--accumulate", "512"], 19))
+MAX_PADDED_LENGTH = 512  # BERT's position embeddings
+
+
+def fit_padded_length(binary):
+    """The padded length (tokens, an integer) at which BINNED_FIT's single-GPU rate is closest
+    to the published one: the rate falls as the length grows, so a bisection."""
+    cluster, precision, model, batch, flags, target = BINNED_FIT
+
+    def rate(length):
+        return single_gpu_rate(binary, model, cluster, batch, precision, ["--seq-len", str(length), *flags])
+
+    lo, hi = 1, MAX_PADDED_LENGTH  # the first length whose rate is at or below the target lies in (lo, hi]
+    if rate(hi) > target:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if rate(mid) > target else (lo, mid)
+    return min((lo, hi), key=lambda n: abs(rate(n) - target))
+
+
+def with_padded_length(cases, length):
+    """The cases, those whose sequences were binned (padded_length) predicted at the fitted length."""
+    out = []
+    for c in cases:
+        if "padded_length" in c:
+            c = dict(c, flags=["--seq-len", str(length), *c["flags"]])
+            if "base_flags" in c:
+                c["base_flags"] = ["--seq-len", str(length), *c["base_flags"]]
+        out.append(c)
+    return out
 
 
 # SE-ResNeXt-101 32x4d: ResNeXt's grouped convolutions with squeeze-and-excitation, whose
@@ -516,6 +566,17 @@ def main():
         rows.append(rate_row(f"{cluster:9s} {precision} {model:19s} batch {batch:3d}",
                              f"dle-{cluster}-{precision}-{model}-b{batch}", published, pred, role))
     print()
+    padded = fit_padded_length(a.bin)
+    print(f"# BERT-large pre-training phase 2 on LDDL's binned data (PyTorch, 21.11), sequences/s: one padded length "
+          f"for every micro-batch,\n# fitted on the A100's mixed-precision rate: {padded} tokens (of at most "
+          f"{MAX_PADDED_LENGTH})")
+    for (cluster, precision, model, batch, flags, published), role in \
+            [(BINNED_FIT, "fitted: padded length")] + [(h, "held out") for h in BINNED_HELD_OUT]:
+        pred = single_gpu_rate(a.bin, model, cluster, batch, precision, ["--seq-len", str(padded), *flags])
+        rows.append(rate_row(f"{cluster:9s} {precision} phase 2 (binned)          batch {batch:3d}",
+                             f"dle-{cluster}-{precision}-bert-phase2-b{batch}", published, pred, role))
+    print()
+    cases = with_padded_length(CASES, padded)
     # Every fitted rate reproduces (a file that does not carry its fit, or --bert-anchor's
     # copy not read, would not).
     off = [r["case"] for r in rows if r["role"].startswith("fitted")
@@ -549,7 +610,7 @@ def main():
     # fitted on its ResNet-50 case (the iteration that gives the published efficiency, less
     # the predicted one) and used by its other models' cases, which are held out.
     overhead_ms = {}
-    for c in CASES:
+    for c in cases:
         if c.get("step_overhead") == "fitted":
             r, eff = efficiency(c)
             overhead_ms[c["name"]] = min(max(0.0, r["iteration_s"] * (eff / c["published"] - 1) * 1e3), 1000.0)
@@ -560,9 +621,9 @@ def main():
     # reproduces its published efficiency (a check, exit 1 otherwise). Its table row is
     # this prediction.
     fitted_rows = {c["name"]: efficiency(c, overhead_flags(overhead_ms[c["name"]]))
-                   for c in CASES if c.get("step_overhead") == "fitted"}
+                   for c in cases if c.get("step_overhead") == "fitted"}
     off = []
-    for c in CASES:
+    for c in cases:
         if c.get("step_overhead") == "fitted" and 0 < overhead_ms[c["name"]] < 1000:
             _, eff = fitted_rows[c["name"]]
             if abs(eff - c["published"]) > 1e-4:
@@ -574,21 +635,21 @@ def main():
           "with no\n# case of its own takes the one of the same container on the same GPU (TensorFlow's DGX-2 the "
           "DGX-1's)")
     for name, x in overhead_ms.items():
-        users = [c["name"] for c in CASES if c.get("step_overhead") == name]
+        users = [c["name"] for c in cases if c.get("step_overhead") == name]
         print(f"  {name:34s} {x:6.2f} ms, used by {', '.join(users)}")
     print()
     print("# compute variation per server (the cluster file's compute_variation): fitted by least squares on MXNet's "
           "FP32/TF32 runs")
-    for cluster in sorted({c["cluster"] for c in CASES if c.get("compute_variation") == "fitted"}):
+    for cluster in sorted({c["cluster"] for c in cases if c.get("compute_variation") == "fitted"}):
         v = json.load(open(cluster_path(cluster))).get("compute_variation", 0)
-        users = [c["name"] for c in CASES if c.get("compute_variation") == "fitted" and c["cluster"] == cluster]
+        users = [c["name"] for c in cases if c.get("compute_variation") == "fitted" and c["cluster"] == cluster]
         print(f"  {cluster:10s} {v:.5f}, fitted on {', '.join(users)}")
     print()
     print("# scaling efficiency, published vs predicted (no scaling result is fitted but the step overheads and "
           "compute variations above)")
     print(f"  {'case':34s} {'GPUs':>5s} {'base':>4s}  {'published':>9s} {'predicted':>9s} {'points':>7s}"
           f"  {'per GPU pub/pred':>17s} {'error':>7s}")
-    for c in CASES:
+    for c in cases:
         fitted = c.get("step_overhead") == "fitted"
         what = "step overhead" if fitted else "compute variation" if c.get("compute_variation") == "fitted" else ""
         x = overhead_ms[c["name"] if fitted else c["step_overhead"]] if "step_overhead" in c else 0.0
@@ -601,8 +662,8 @@ def main():
               f"{100 * eff:8.1f}% {100 * (eff - c['published']):+7.1f}  {pub_gpu} / {per_gpu:7.1f} {gpu_err}"
               f"{'  (fitted: ' + what + ')' if what else ''}")
         rows.append({"case": c["name"], "cluster": c["cluster"], "model": c["model"], "gpus": c["gpus"],
-                     "single_gpu_fitted": (c["cluster"], c["precision"], c["model"]) in fitted_scripts
-                     and c["name"].startswith("dle-"),
+                     "single_gpu_fitted": (c["cluster"], c["precision"]) == BINNED_FIT[:2] if "padded_length" in c
+                     else (c["cluster"], c["precision"], c["model"]) in fitted_scripts and c["name"].startswith("dle-"),
                      "published": c["published"], "predicted": eff, "published_per_gpu": c["per_gpu"],
                      "predicted_per_gpu": per_gpu, "per_gpu_is": c.get("per_gpu_is", "measured"),
                      "step_overhead_ms": x, "role": "fitted" if what else "held out",
@@ -614,7 +675,7 @@ def main():
           "left out")
     print(f"  {'case':34s} {'GPUs':>5s}  {'published':>9s} {'predicted':>9s} {'calibrated':>10s} {'points':>7s}")
     calibrated = []
-    for c, row in zip(CASES, rows[len(rows) - len(CASES):]):
+    for c, row in zip(cases, rows[len(rows) - len(cases):]):
         measured = single_gpu_measurement(c)
         if not measured:
             continue
@@ -631,7 +692,7 @@ def main():
     # adds to the published single-GPU step. A lower bound of the rate gives no step time.
     print(f"\n# time per step lost against one GPU, ms (cases with a measured per-GPU rate, base 1 GPU)")
     print(f"  {'case':34s} {'GPUs':>5s} {'1 GPU':>8s} {'N GPUs':>8s} {'lost':>7s} {'predicted lost':>15s}")
-    for c, r in zip(CASES, rows[len(rows) - len(CASES):]):
+    for c, r in zip(cases, rows[len(rows) - len(cases):]):
         if not c["per_gpu"] or c["base_gpus"] != 1 or r["per_gpu_is"] != "measured":
             continue
         one = c["batch"] / (c["per_gpu"] / c["published"]) * 1e3  # the published single-GPU step
