@@ -28,7 +28,8 @@ rates are held out (`--bert-anchor squad` swaps the two folds, fitting into a co
 cluster files). Its pre-training phase 2 (at most 512 tokens) read sequences binned by
 length and padded per micro-batch: one padded length is FITTED to the A100's mixed-precision
 single-GPU rate and the other three phase-2 rates (A100 TF32, V100 FP32 and mixed) are held
-out. The 8-GPU rates of the same tables are cases, and
+out, as are PaddlePaddle's two (the same data through the same loader). The 8-GPU rates
+of the same tables are cases, and
 so are the TensorFlow (Horovod, XLA) runs of ResNet-50, ResNeXt-101 and SE-ResNeXt-101 on
 the same two servers and on 16 GPUs of a DGX-2, whose single-GPU rates are not fitted
 (ResNeXt-101 and SE-ResNeXt-101 are DeepLearningExamples' own: bench/models/dle_convnets.py,
@@ -188,6 +189,12 @@ BINNED_FIT = ("dgx-a100", "fp16", "bert_large_pretraining", 32, BERT_PHASE2 + ["
 BINNED_HELD_OUT = (("dgx-a100", "fp32", "bert_large_pretraining", 16, BERT_PHASE2 + ["--accumulate", "256"], 110),
                    ("dgx1-v100", "fp16", "bert_large_pretraining", 8, BERT_PHASE2 + ["--accumulate", "256"], 75),
                    ("dgx1-v100", "fp32", "bert_large_pretraining", 4, BERT_PHASE2 + ["--accumulate", "512"], 19))
+# PaddlePaddle's phase 2 reads the same binned data through LDDL's Paddle loader (its README,
+# PaddlePaddle 22.12-py3): 219 sequences/s mixed at batch 32 and 107 TF32 at batch 16 on one
+# A100, its Lamb a loop of ops per parameter; held out at the length fitted above.
+PADDLE_PHASE2 = ["--attention", "eager", "--optimizer-kernels", "per-tensor"]
+PADDLE_BINNED_HELD_OUT = (("dgx-a100", "fp16", "bert_large_pretraining", 32, PADDLE_PHASE2 + ["--accumulate", "128"], 219),
+                          ("dgx-a100", "fp32", "bert_large_pretraining", 16, PADDLE_PHASE2 + ["--accumulate", "256"], 107))
 MAX_PADDED_LENGTH = 512  # BERT's position embeddings
 
 
@@ -570,11 +577,12 @@ def main():
     print(f"# BERT-large pre-training phase 2 on LDDL's binned data (PyTorch, 21.11), sequences/s: one padded length "
           f"for every micro-batch,\n# fitted on the A100's mixed-precision rate: {padded} tokens (of at most "
           f"{MAX_PADDED_LENGTH})")
-    for (cluster, precision, model, batch, flags, published), role in \
-            [(BINNED_FIT, "fitted: padded length")] + [(h, "held out") for h in BINNED_HELD_OUT]:
+    for (cluster, precision, model, batch, flags, published), role, framework in \
+            [(BINNED_FIT, "fitted: padded length", "pytorch")] + [(h, "held out", "pytorch") for h in BINNED_HELD_OUT] \
+            + [(h, "held out", "paddle") for h in PADDLE_BINNED_HELD_OUT]:
         pred = single_gpu_rate(a.bin, model, cluster, batch, precision, ["--seq-len", str(padded), *flags])
-        rows.append(rate_row(f"{cluster:9s} {precision} phase 2 (binned)          batch {batch:3d}",
-                             f"dle-{cluster}-{precision}-bert-phase2-b{batch}", published, pred, role))
+        rows.append(rate_row(f"{cluster:9s} {precision} {framework:7s} phase 2 (binned)  batch {batch:3d}",
+                             f"{framework}-{cluster}-{precision}-bert-phase2-b{batch}", published, pred, role))
     print()
     cases = with_padded_length(CASES, padded)
     # Every fitted rate reproduces (a file that does not carry its fit, or --bert-anchor's
