@@ -742,15 +742,23 @@ def main():
         print(f"# per-GPU throughput above the published lower bound (>=, a time to train that includes more than "
               f"training): {above} of {len(bounds)}")
     # Where the misses are: the held-out cases by source family (the case name's prefix).
+    def family(case):
+        parts = case.split("-")
+        return "-".join(parts[:2]) if parts[0] == "tf" else parts[0] if parts[0] == "tf2" else \
+            parts[0].rstrip("0123456789")
+
     families = {}
     for r in held:
-        parts = r["case"].split("-")
-        fam = "-".join(parts[:2]) if parts[0] == "tf" else parts[0] if parts[0] == "tf2" else \
-            parts[0].rstrip("0123456789")
-        families.setdefault(fam, []).append(abs(r["predicted"] - r["published"]))
+        families.setdefault(family(r["case"]), []).append(abs(r["predicted"] - r["published"]))
     print("# held out by source family: within 3 points / cases, mean error in points: " + "; ".join(
         f"{fam} {sum(1 for e in errs if e <= 0.03)}/{len(errs)} {100 * statistics.mean(errs):.1f}"
         for fam, errs in families.items()))
+    gpu_families = {}
+    for r in measured:
+        gpu_families.setdefault(family(r["case"]), []).append(abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1))
+    print("# per GPU by source family: within 10 % / cases with a measured rate, median error in %: " + "; ".join(
+        f"{fam} {sum(1 for e in errs if e <= 0.10)}/{len(errs)} {100 * statistics.median(errs):.1f}"
+        for fam, errs in gpu_families.items()))
     print("# sources and strategies: bench/published_scaling.json; clusters: configs/clusters/*.json provenance")
     if a.json:
         print(json.dumps(rows, indent=1))
