@@ -199,21 +199,23 @@ PADDLE_BINNED_HELD_OUT = (
 MAX_PADDED_LENGTH = 512  # BERT's position embeddings
 
 
+def binned_rate(binary, length, row=BINNED_FIT):
+    """A phase-2 row's predicted single-GPU rate with its micro-batches padded to `length` tokens."""
+    cluster, precision, model, batch, flags, _ = row
+    return single_gpu_rate(binary, model, cluster, batch, precision, ["--seq-len", str(length), *flags])
+
+
 def fit_padded_length(binary):
     """The padded length (tokens, an integer) at which BINNED_FIT's single-GPU rate is closest
     to the published one: the rate falls as the length grows, so a bisection."""
-    cluster, precision, model, batch, flags, target = BINNED_FIT
-
-    def rate(length):
-        return single_gpu_rate(binary, model, cluster, batch, precision, ["--seq-len", str(length), *flags])
-
+    target = BINNED_FIT[-1]
     lo, hi = 1, MAX_PADDED_LENGTH  # the first length whose rate is at or below the target lies in (lo, hi]
-    if rate(hi) > target:
+    if binned_rate(binary, hi) > target:
         return hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if rate(mid) > target else (lo, mid)
-    return min((lo, hi), key=lambda n: abs(rate(n) - target))
+        lo, hi = (mid, hi) if binned_rate(binary, mid) > target else (lo, mid)
+    return min((lo, hi), key=lambda n: abs(binned_rate(binary, n) - target))
 
 
 def with_padded_length(cases, length):
@@ -581,16 +583,21 @@ def main():
     for (cluster, precision, model, batch, flags, published), role, framework in \
             [(BINNED_FIT, "fitted: padded length", "pytorch")] + [(h, "held out", "pytorch") for h in BINNED_HELD_OUT] \
             + [(h, "held out", "paddle") for h in PADDLE_BINNED_HELD_OUT]:
-        pred = single_gpu_rate(a.bin, model, cluster, batch, precision, ["--seq-len", str(padded), *flags])
+        pred = binned_rate(a.bin, padded, (cluster, precision, model, batch, flags, published))
         rows.append(rate_row(f"{cluster:9s} {precision} {framework:7s} phase 2 (binned)  batch {batch:3d}",
                              f"{framework}-{cluster}-{precision}-bert-phase2-b{batch}", published, pred, role))
     print()
     cases = with_padded_length(CASES, padded)
     # Every fitted rate reproduces (a file that does not carry its fit, or --bert-anchor's
-    # copy not read, would not); the padded length is a whole number of tokens, nearest by
-    # construction, one token about 0.3 % of the rate.
+    # copy not read, would not); the padded length is a whole number of tokens (one token is
+    # about 0.3 % of the rate), so its rate must be nearer the published one than its
+    # neighbours' are.
     off = [r["case"] for r in rows if r["role"].startswith("fitted") and r["role"] != "fitted: padded length"
            and abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) > 1e-3]
+    error_at = {n: abs(binned_rate(a.bin, n) - BINNED_FIT[-1]) for n in (padded - 1, padded, padded + 1)
+                if 1 <= n <= MAX_PADDED_LENGTH}
+    if min(error_at, key=error_at.get) != padded:
+        off.append(f"the padded length ({padded} tokens; errors by length: {error_at})")
     if off:
         print("published_scaling: a fitted single-GPU rate does not reproduce: " + ", ".join(off))
         return 1
