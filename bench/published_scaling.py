@@ -59,6 +59,7 @@ usage: published_scaling.py [--bin build/release/cli/fuseplan] [--fit] [--json] 
                             [--what-if CLUSTER=FLAGS ...] [--bert-anchor pretraining|squad]
 """
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -199,10 +200,19 @@ PADDLE_BINNED_HELD_OUT = (
 MAX_PADDED_LENGTH = 512  # BERT's position embeddings
 
 
-def binned_rate(binary, length, row=BINNED_FIT):
-    """A phase-2 row's predicted single-GPU rate with its micro-batches padded to `length` tokens."""
-    cluster, precision, model, batch, flags, _ = row
+PADDED_ROLE = "fitted: padded length"  # the role of the rate the padded length is fitted on
+
+
+@functools.lru_cache(maxsize=None)
+def _binned_rate(binary, length, cluster, precision, model, batch, flags):
     return single_gpu_rate(binary, model, cluster, batch, precision, ["--seq-len", str(length), *flags])
+
+
+def binned_rate(binary, length, row=BINNED_FIT):
+    """A phase-2 row's predicted single-GPU rate with its micro-batches padded to `length` tokens
+    (each length predicted once: the fit, its check and the table ask for the same ones)."""
+    cluster, precision, model, batch, flags, _ = row
+    return _binned_rate(binary, length, cluster, precision, model, batch, tuple(flags))
 
 
 def fit_padded_length(binary):
@@ -581,7 +591,7 @@ def main():
           f"one padded length\n# for every micro-batch, fitted on PyTorch's A100 mixed-precision rate: {padded} tokens "
           f"(of at most {MAX_PADDED_LENGTH})")
     for (cluster, precision, model, batch, flags, published), role, framework in \
-            [(BINNED_FIT, "fitted: padded length", "pytorch")] + [(h, "held out", "pytorch") for h in BINNED_HELD_OUT] \
+            [(BINNED_FIT, PADDED_ROLE, "pytorch")] + [(h, "held out", "pytorch") for h in BINNED_HELD_OUT] \
             + [(h, "held out", "paddle") for h in PADDLE_BINNED_HELD_OUT]:
         pred = binned_rate(a.bin, padded, (cluster, precision, model, batch, flags, published))
         rows.append(rate_row(f"{cluster:9s} {precision} {framework:7s} phase 2 (binned)  batch {batch:3d}",
@@ -592,7 +602,7 @@ def main():
     # copy not read, would not); the padded length is a whole number of tokens (one token is
     # about 0.3 % of the rate), so its rate must be nearer the published one than its
     # neighbours' are.
-    off = [r["case"] for r in rows if r["role"].startswith("fitted") and r["role"] != "fitted: padded length"
+    off = [r["case"] for r in rows if r["role"].startswith("fitted") and r["role"] != PADDED_ROLE
            and abs(r["predicted_per_gpu"] / r["published_per_gpu"] - 1) > 1e-3]
     error_at = {n: abs(binned_rate(a.bin, n) - BINNED_FIT[-1]) for n in (padded - 1, padded, padded + 1)
                 if 1 <= n <= MAX_PADDED_LENGTH}
