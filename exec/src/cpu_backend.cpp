@@ -602,7 +602,9 @@ namespace {
 // back), eight values at a time: the same values as round_fp16, which handles the rest.
 // The conversion quiets a NaN but keeps its payload; round_fp16 gives the canonical
 // quiet NaN, so NaNs are replaced by it (with their sign) to agree bit for bit.
-__attribute__((target("avx2,f16c"))) void round_fp16_f16c(float* x, size_t n) {
+// This kernel and the three below do the whole groups of eight and return how many
+// values they did; the caller's scalar loop does the rest.
+__attribute__((target("avx2,f16c"))) size_t round_fp16_f16c(float* x, size_t n) {
   const __m256 sign = _mm256_set1_ps(-0.0f), qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000));
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -611,7 +613,7 @@ __attribute__((target("avx2,f16c"))) void round_fp16_f16c(float* x, size_t n) {
     const __m256 nan = _mm256_or_ps(_mm256_and_ps(v, sign), qnan);
     _mm256_storeu_ps(x + i, _mm256_blendv_ps(r, nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   }
-  for (; i < n; ++i) x[i] = round_fp16(x[i]);
+  return i;
 }
 
 bool has_f16c() {
@@ -646,36 +648,35 @@ __attribute__((target("avx2,f16c"))) __m256 fp16_to_float_f16c(__m128i h) {
   return _mm256_blendv_ps(f, _mm256_castsi256_ps(exact), _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
 }
 
-__attribute__((target("avx2,f16c"))) void to_fp16_f16c(const float* x, uint16_t* out, size_t n) {
+__attribute__((target("avx2,f16c"))) size_t to_fp16_f16c(const float* x, uint16_t* out, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), fp16_bits_f16c(_mm256_loadu_ps(x + i)));
-  for (; i < n; ++i) out[i] = fp16_bits(x[i]);
+  return i;
 }
 
-__attribute__((target("avx2,f16c"))) void from_fp16_f16c(const uint16_t* h, float* out, size_t n) {
+__attribute__((target("avx2,f16c"))) size_t from_fp16_f16c(const uint16_t* h, float* out, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(out + i, fp16_to_float_f16c(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
-  for (; i < n; ++i) out[i] = fp16_to_float(h[i]);
+  return i;
 }
 
-__attribute__((target("avx2,f16c"))) void add_fp16_f16c(const uint16_t* a, uint16_t* b, size_t n) {
+__attribute__((target("avx2,f16c"))) size_t add_fp16_f16c(const uint16_t* a, uint16_t* b, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 x = fp16_to_float_f16c(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
     const __m256 y = fp16_to_float_f16c(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(b + i), fp16_bits_f16c(_mm256_add_ps(x, y)));
   }
-  for (; i < n; ++i) b[i] = fp16_bits(fp16_to_float(a[i]) + fp16_to_float(b[i]));
+  return i;
 }
 
 }  // namespace
 
 void to_half_bits(Precision p, const float* x, uint16_t* out, size_t n) {
   if (p == Precision::FP16) {
-    if (has_f16c()) return to_fp16_f16c(x, out, n);
-    for (size_t i = 0; i < n; ++i) out[i] = fp16_bits(x[i]);
+    for (size_t i = has_f16c() ? to_fp16_f16c(x, out, n) : 0; i < n; ++i) out[i] = fp16_bits(x[i]);
   } else {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) out[i] = bf16_bits(x[i]);
@@ -684,8 +685,7 @@ void to_half_bits(Precision p, const float* x, uint16_t* out, size_t n) {
 
 void from_half_bits(Precision p, const uint16_t* h, float* out, size_t n) {
   if (p == Precision::FP16) {
-    if (has_f16c()) return from_fp16_f16c(h, out, n);
-    for (size_t i = 0; i < n; ++i) out[i] = fp16_to_float(h[i]);
+    for (size_t i = has_f16c() ? from_fp16_f16c(h, out, n) : 0; i < n; ++i) out[i] = fp16_to_float(h[i]);
   } else {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) out[i] = bf16_to_float(h[i]);
@@ -694,8 +694,8 @@ void from_half_bits(Precision p, const uint16_t* h, float* out, size_t n) {
 
 void add_half_bits(Precision p, const uint16_t* a, uint16_t* b, size_t n) {
   if (p == Precision::FP16) {
-    if (has_f16c()) return add_fp16_f16c(a, b, n);
-    for (size_t i = 0; i < n; ++i) b[i] = fp16_bits(fp16_to_float(a[i]) + fp16_to_float(b[i]));
+    for (size_t i = has_f16c() ? add_fp16_f16c(a, b, n) : 0; i < n; ++i)
+      b[i] = fp16_bits(fp16_to_float(a[i]) + fp16_to_float(b[i]));
   } else {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) b[i] = bf16_bits(bf16_to_float(a[i]) + bf16_to_float(b[i]));
@@ -704,8 +704,7 @@ void add_half_bits(Precision p, const uint16_t* a, uint16_t* b, size_t n) {
 
 void round_span(Precision p, float* x, size_t n) {
   if (p == Precision::FP16) {
-    if (has_f16c()) return round_fp16_f16c(x, n);
-    for (size_t i = 0; i < n; ++i) x[i] = round_fp16(x[i]);
+    for (size_t i = has_f16c() ? round_fp16_f16c(x, n) : 0; i < n; ++i) x[i] = round_fp16(x[i]);
   } else if (p == Precision::BF16) {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) x[i] = round_bf16(x[i]);
