@@ -31,8 +31,9 @@ std::string snippet(const FrameworkSettings& s, const Plan& plan, const std::str
   char cap[40];
   std::snprintf(cap, sizeof cap, "%.9g", s.cap);  // as framework_settings read it back
   const int k = plan.accumulate.steps;
-  if (plan.optimizer_kernels == OptimizerKernels::PerTensor && s.framework != Framework::DeepSpeed)  // JSON there
-    o << "# the plan prices the optimizer's per-tensor kernels (torch.optim with foreach=False)\n";
+  if (!plan.optimizer.fused() && s.framework != Framework::DeepSpeed)  // JSON there
+    o << "# the plan prices the optimizer's per-tensor kernels (torch.optim with foreach=False): "
+      << optimizer_step_description(plan.optimizer) << "\n";
   switch (s.framework) {
     case Framework::Ddp:
       o << "# torch.nn.parallel.DistributedDataParallel, from " << plan_path << " ("

@@ -41,15 +41,16 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
     if (f.cycle_opt->count()) throw InputError("--plan and --cycle-time are exclusive: a plan file carries its cycle_ms");
     if (f.cast_opt->count()) throw InputError("--plan and --cast are exclusive: a plan file carries its cast");
     if (f.step.given())
-      throw InputError("--plan and --accumulate/--no-sync/--optimizer-kernels/--step-overhead are exclusive: a plan "
-                       "file carries its accumulate, optimizer_kernels and step_overhead_ms");
+      throw InputError("--plan and --accumulate/--no-sync/--optimizer/--optimizer-kernels/--optimizer-bytes/"
+                       "--step-overhead are exclusive: a plan file carries its accumulate, optimizer and "
+                       "step_overhead_ms");
     *plan_origin = f.plan_path;
     return u.load_plan_file(f.plan_path);
   }
   if (!(f.cycle_ms >= 0 && f.cycle_ms <= kMaxCycleMs))
     throw InputError("--cycle-time: must be in [0, 1000] ms (got " + formatted(f.cycle_ms, "%g") + ")");
   const Accumulation accumulate = f.step.accumulation();
-  const OptimizerKernels kernels = f.step.kernels();
+  const OptimizerStep optimizer = f.step.optimizer_step();
   const double overhead_s = f.step.overhead_s();
   const PackOn pack_on = parse_pack_on(f.pack_on, "--pack-on");
   if (f.pack_on_opt->count() && !f.pack) throw InputError("--pack-on: applies with --pack");
@@ -67,11 +68,11 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   s.plan.cast = cast;
   if (cast && !casts_any(s.plan)) throw InputError(std::string("--cast: ") + kNothingToCast);
   s.plan.accumulate = accumulate;
-  s.plan.optimizer_kernels = kernels;
+  s.plan.optimizer = optimizer;
   s.plan.step_overhead_s = overhead_s;
   s.collective = u.collective();
   s.goal = u.goal(s.model);
-  u.apply_measured_rate(s.model, s.cluster, r.batch, r.compute, accumulate, kernels);
+  u.apply_measured_rate(s.model, s.cluster, r.batch, r.compute, accumulate, optimizer);
   *plan_origin = "--buckets";
   return s;
 }
@@ -83,7 +84,7 @@ void print_report(const Report& r, const Scenario& s, const std::string& plan_or
   out() << setup_line("predict", s.model, s.cluster, r.gpus, r.batch_per_gpu, r.compute) << "\n";
   out() << "plan: " << (s.plan.strategy.empty() ? plan_origin : s.plan.strategy) << ", " << r.buckets.size()
             << " bucket" << (r.buckets.size() == 1 ? "" : "s")
-            << step_description(s.plan.accumulate, s.plan.optimizer_kernels, s.plan.step_overhead_s) << casts
+            << step_description(s.plan.accumulate, s.plan.optimizer, s.plan.step_overhead_s) << casts
             << "\n\n";
   print_bucket_table(r);
   print_iteration_summary(r);
@@ -164,7 +165,7 @@ void print_reference(const Scenario& s, const CollectiveModel& coll, const Compu
     Plan p = make_plan(s.model, cluster_reference(s.cluster), s.plan.gpus, s.plan.batch_per_gpu, s.plan.compute,
                        buckets_from_spec(spec, s.model, "auto", transfer), spec);
     p.accumulate = s.plan.accumulate;
-    p.optimizer_kernels = s.plan.optimizer_kernels;
+    p.optimizer = s.plan.optimizer;
     p.step_overhead_s = s.plan.step_overhead_s;
     p.cast = s.plan.cast;  // the gradients' casts, whatever the fusion
     Report r = predict(s.model, s.cluster, p, coll, compute, goal, false);

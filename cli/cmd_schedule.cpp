@@ -65,7 +65,7 @@ void run_schedule(ScheduleFlags& f) {
                      "for every schedule); leave it out");
   auto r = f.setup.resolve();
   // The pipeline steps once per micro-batch with a fused optimizer: the rate is for that loop.
-  f.setup.apply_measured_rate(r.model, r.cluster, r.batch, r.compute, Accumulation{}, OptimizerKernels::Fused);
+  f.setup.apply_measured_rate(r.model, r.cluster, r.batch, r.compute, Accumulation{}, OptimizerStep{});
   ScheduleOptions o;
   o.transfer = r.transfer;
   o.partition_elems = parse_count(f.partition, "--partition");

@@ -51,7 +51,7 @@ void run_simulate(SimulateFlags& f) {
     TuneOptions o;
     o.strategy = parse_strategy(f.strategy);
     o.transfer = r.transfer;
-    f.setup.apply_measured_rate(s.model, s.cluster, r.batch, r.compute, o.accumulate, o.optimizer_kernels);
+    f.setup.apply_measured_rate(s.model, s.cluster, r.batch, r.compute, o.accumulate, o.optimizer);
     Tuner tuner(s.model, s.cluster, r.gpus, r.batch, r.compute, s.collective, s.goal);
     s.plan = tuner.run(o).plan;
   }

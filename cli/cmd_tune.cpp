@@ -57,7 +57,7 @@ std::string options_line(const TuneOptions& o) {
   if (o.cast) s += std::string(", fp32 gradients cast to it on ") + pack_on_name(*o.cast);
   s += o.algorithm == "auto" ? ", algorithm chosen per bucket" : ", " + o.algorithm + " for every bucket";
   s += ", " + std::to_string(o.streams) + (o.streams == 1 ? " stream" : " streams");
-  return s + step_description(o.accumulate, o.optimizer_kernels, o.step_overhead_s);
+  return s + step_description(o.accumulate, o.optimizer, o.step_overhead_s);
 }
 
 nlohmann::json gain_json(const Report& r, const Report& base) {
@@ -126,7 +126,7 @@ void run_tune(const TuneFlags& f) {
   const std::optional<Strategy> baseline = baseline_strategy(f);
   auto s = f.setup.resolve();
   TuneOptions o = f.options(s.transfer);
-  f.setup.apply_measured_rate(s.model, s.cluster, s.batch, s.compute, o.accumulate, o.optimizer_kernels);
+  f.setup.apply_measured_rate(s.model, s.cluster, s.batch, s.compute, o.accumulate, o.optimizer);
   Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   TuneResult res = tuner.run(o);
   const Kept kept = keep_baseline_unless_faster(tuner, o, baseline, f.min_gain_pct, res);
@@ -201,7 +201,7 @@ void run_tune(const TuneFlags& f) {
 void run_compare(const TuneFlags& f) {
   auto s = f.setup.resolve();
   TuneOptions o = f.options(s.transfer);
-  f.setup.apply_measured_rate(s.model, s.cluster, s.batch, s.compute, o.accumulate, o.optimizer_kernels);
+  f.setup.apply_measured_rate(s.model, s.cluster, s.batch, s.compute, o.accumulate, o.optimizer);
   Tuner tuner(s.model, s.cluster, s.gpus, s.batch, s.compute, f.setup.collective(), f.setup.goal(s.model));
   std::vector<TuneResult> results;
   const TuneResult *ddp = nullptr, *horovod = nullptr;

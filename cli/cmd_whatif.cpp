@@ -89,13 +89,13 @@ void run_whatif(const WhatIfFlags& f) {
     // Checked here to name the flag, and the factor said once.
     Model m = load_model(axes.models[0], settings.model_options);
     const double factor = set_measured_rate(m, base, settings.measured_batch, settings.measured_precision,
-                                            settings.measured_loop, settings.tune.optimizer_kernels, f.measured_rate,
+                                            settings.measured_loop, settings.tune.optimizer, f.measured_rate,
                                             "--measured-rate");
     warn_later("fuseplan: " + measured_rate_note(f.measured_rate, factor));
   }
   // Non-default training-loop steps are named above the table ("step: 4 micro-batches ...").
   const std::string step =
-      step_description(settings.tune.accumulate, settings.tune.optimizer_kernels, settings.tune.step_overhead_s);
+      step_description(settings.tune.accumulate, settings.tune.optimizer, settings.tune.step_overhead_s);
   const WhatIfOutput output{f.csv, f.json, f.out, step.empty() ? "" : "step:" + step.substr(1)};
   WhatIf w(std::move(base), settings);
   ProgressBar bar("configurations", f.quiet);

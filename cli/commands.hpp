@@ -80,7 +80,7 @@ struct SetupFlags {
   // on stderr says by how much the compute was scaled. Nothing without the flag.
   // load_plan_file applies it with the plan's loop.
   void apply_measured_rate(Model& m, const Cluster& c, int batch, Precision compute, const Accumulation& a,
-                           OptimizerKernels k) const;
+                           const OptimizerStep& o) const;
   // --measured-rate's companions and exclusions, before anything is loaded (resolve and
   // load_plan_file call it).
   void check_rate_flags() const;
@@ -88,29 +88,34 @@ struct SetupFlags {
   TrainingGoal goal(const Model& m) const { return goal_flags.goal(m); }
 };
 
-// How the training loop steps (--accumulate, --no-sync, --optimizer-kernels,
-// --step-overhead): shared by predict, tune, compare and whatif; written to the plans they make.
+// How the training loop steps (--accumulate, --no-sync, --optimizer, --optimizer-kernels,
+// --optimizer-bytes, --step-overhead): shared by predict, tune, compare and whatif;
+// written to the plans they make.
 struct StepFlags {
   int accumulate = 1;
   bool no_sync = false;
-  std::string optimizer_kernels = "fused";
+  std::string optimizer = "lars", optimizer_kernels = "fused";
+  double optimizer_bytes = 0;
   double step_overhead_ms = 0;
   CLI::Option* accumulate_opt = nullptr;
+  CLI::Option* optimizer_opt = nullptr;
   CLI::Option* kernels_opt = nullptr;
+  CLI::Option* bytes_opt = nullptr;
   CLI::Option* overhead_opt = nullptr;
   void add(CLI::App* app);
   bool given() const {
-    return accumulate_opt->count() || no_sync || kernels_opt->count() || overhead_opt->count();
+    return accumulate_opt->count() || no_sync || optimizer_opt->count() || kernels_opt->count() ||
+           bytes_opt->count() || overhead_opt->count();
   }
   Accumulation accumulation() const;  // throws InputError naming the flag
-  OptimizerKernels kernels() const;
+  OptimizerStep optimizer_step() const;  // throws InputError naming the flag
   double overhead_s() const;          // throws InputError naming the flag
 };
 
-// ", 4 micro-batches per optimizer step (...), per-tensor optimizer kernels, a fixed 7 ms
-// per step on more than one GPU" for a plan's step, or "" for one micro-batch, fused
-// kernels and no fixed cost.
-std::string step_description(const Accumulation& a, OptimizerKernels k, double step_overhead_s = 0);
+// ", 4 micro-batches per optimizer step (...), optimizer 92 B per parameter, 10 kernels
+// per tensor, a fixed 7 ms per step on more than one GPU" for a plan's step, or "" for one
+// micro-batch, the default optimizer step and no fixed cost.
+std::string step_description(const Accumulation& a, const OptimizerStep& o, double step_overhead_s = 0);
 
 // The fusion strategies' own settings (Horovod's threshold and cycle, DDP's caps), the
 // FP32 tensors, streams and packing, and the training loop's step: shared by tune,

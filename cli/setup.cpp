@@ -88,10 +88,10 @@ void check_measured_rate_flags(const CLI::Option* rate, const CLI::Option* accum
 }
 
 void SetupFlags::apply_measured_rate(Model& m, const Cluster& c, int batch, Precision compute, const Accumulation& a,
-                                     OptimizerKernels k) const {
+                                     const OptimizerStep& o) const {
   if (!rate_opt->count()) return;
   const Accumulation loop = rate_accumulate_opt->count() ? measured_loop_of(measured_accumulate) : a;
-  const double factor = set_measured_rate(m, c, batch, compute, loop, k, measured_rate, "--measured-rate");
+  const double factor = set_measured_rate(m, c, batch, compute, loop, o, measured_rate, "--measured-rate");
   say({measured_rate_note(measured_rate, factor)});
 }
 
@@ -153,10 +153,19 @@ void StepFlags::add(CLI::App* cmd) {
                                    "4096; figures are per micro-batch; default 1)");
   cmd->add_flag("--no-sync", no_sync, "--accumulate: allreduce on the last micro-batch only, as inside DDP's "
                                       "no_sync() (default: every micro-batch allreduces, as DDP without it)");
+  optimizer_opt = cmd->add_option("--optimizer", optimizer,
+                                  "the optimizer's update rule, which sets the bytes its step moves per parameter: "
+                                  "lars (28 B fused) | sgd (momentum: 20 fused, 48 per-tensor) | adam (Adam, AdamW: "
+                                  "28 fused, 92 per-tensor) | lamb (52, fused only)")
+                      ->capture_default_str();
   kernels_opt = cmd->add_option("--optimizer-kernels", optimizer_kernels,
-                                "fused (one pass over the parameters, bound by memory) | per-tensor (a few kernels "
-                                "per parameter tensor, as torch.optim.SGD before PyTorch 2.0)")
+                                "fused (one pass over the parameters, bound by memory: apex and PyTorch fused "
+                                "optimizers) | per-tensor (torch.optim's loop before PyTorch 2.0: the rule's kernels "
+                                "per parameter tensor, sgd 5, adam 10) | per-tensor:N (N kernels per tensor)")
                     ->capture_default_str();
+  bytes_opt = cmd->add_option("--optimizer-bytes", optimizer_bytes,
+                              "bytes the optimizer step moves per parameter, in place of the rule's (e.g. a foreach "
+                              "optimizer: the per-tensor bytes, fused launches); (0, 1000]");
   overhead_opt = cmd->add_option("--step-overhead", step_overhead_ms,
                                  "a fixed cost in ms every step pays on more than one GPU and not on one (the "
                                  "framework's, beyond what the model prices; calibrated from a measured 1-GPU and "
@@ -174,16 +183,23 @@ Accumulation StepFlags::accumulation() const {
   return a;
 }
 
-OptimizerKernels StepFlags::kernels() const {
-  return parse_optimizer_kernels(optimizer_kernels, "--optimizer-kernels");
+OptimizerStep StepFlags::optimizer_step() const {
+  OptimizerStep o = fuseplan::optimizer_step(optimizer, "fused", "--optimizer");
+  if (kernels_opt->count() || optimizer_kernels != "fused")
+    o = fuseplan::optimizer_step(optimizer, optimizer_kernels, "--optimizer-kernels");
+  if (bytes_opt->count()) {
+    o.bytes_per_param = optimizer_bytes;
+    check_optimizer_step(o, "--optimizer-bytes");
+  }
+  return o;
 }
 
-std::string step_description(const Accumulation& a, OptimizerKernels k, double step_overhead_s) {
+std::string step_description(const Accumulation& a, const OptimizerStep& o, double step_overhead_s) {
   std::string s;
   if (a.steps > 1)
     s += ", " + std::to_string(a.steps) + " micro-batches per optimizer step (allreduce on " +
          (a.no_sync ? "the last" : "every one") + "; figures per micro-batch)";
-  if (k != OptimizerKernels::Fused) s += ", " + std::string(optimizer_kernels_name(k)) + " optimizer kernels";
+  if (o != OptimizerStep{}) s += ", optimizer " + optimizer_step_description(o);
   if (step_overhead_s > 0)
     s += ", a fixed " + formatted(step_overhead_s * 1e3, "%g") + " ms per step on more than one GPU";
   return s;
@@ -240,7 +256,7 @@ void FusionFlags::apply(TuneOptions& o) const {
   else throw InputError("--pack: unknown value '" + pack + "' (valid: strategy, pack, inline, view)");
   o.cast = parse_cast(cast);
   o.accumulate = step.accumulation();
-  o.optimizer_kernels = step.kernels();
+  o.optimizer = step.optimizer_step();
   o.step_overhead_s = step.overhead_s();
 }
 
@@ -322,7 +338,7 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
   TrainingGoal g = goal(m);
   Scenario s = bind_scenario(std::move(m), std::move(c), std::move(plan), collective(), std::move(g), path);
   apply_measured_rate(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute, s.plan.accumulate,
-                      s.plan.optimizer_kernels);
+                      s.plan.optimizer);
   if (!other_cluster.empty()) s.warnings.insert(s.warnings.begin(), other_cluster);
   say(s.warnings);
   return s;

@@ -234,6 +234,39 @@ TEST_CASE("cli: --cast prices FP32 gradients cast to the transfer precision and 
              Catch::Contains("register_comm_hook(None, default_hooks.fp16_compress_hook)"));
 }
 
+TEST_CASE("cli: --optimizer prices the update rule's bytes and kernels, kept in the plan and named by export") {
+  const std::string setup = "predict --model bert_large --cluster dgx-a100 --gpus 8 --batch-per-gpu 16 "
+                            "--precision fp16 --buckets threshold:25MiB --json";
+  const auto lars = json_of(setup), adam = json_of(setup + " --optimizer adam"),
+             looped = json_of(setup + " --optimizer adam --optimizer-kernels per-tensor"),
+             foreach = json_of(setup + " --optimizer adam --optimizer-bytes 92"),
+             lamb = json_of(setup + " --optimizer lamb");
+  const double lars_s = lars["optimizer_s"].get<double>();
+  CHECK(adam["optimizer_s"].get<double>() == Approx(lars_s));  // fused Adam moves LARS's 28 B
+  CHECK(lamb["optimizer_s"].get<double>() == Approx(lars_s * 52 / 28));
+  CHECK(foreach["optimizer_s"].get<double>() == Approx(lars_s * 92 / 28));
+  const std::string plan = tmp("adam-per-tensor.json");
+  REQUIRE(run(setup + " --optimizer adam --optimizer-kernels per-tensor:12 --out " + plan).code == 0);
+  std::ifstream pf(plan);
+  const auto pj = nlohmann::json::parse(pf);
+  // The per-tensor loop: 92 B, and 10 kernels per tensor at dgx-a100's 4 us.
+  const double tensors = pj["model"]["tensors"].get<double>();
+  CHECK(looped["optimizer_s"].get<double>() == Approx(lars_s * 92 / 28 + tensors * 10 * 4e-6));
+  CHECK(pj["optimizer"]["bytes_per_param"] == 92);
+  CHECK(pj["optimizer"]["kernels_per_tensor"] == 12);
+  const Run text = run("predict --plan " + plan);
+  CHECK(text.code == 0);
+  CHECK_THAT(text.out, Catch::Contains("optimizer 92 B per parameter, 12 kernels per tensor"));
+  CHECK_THAT(run("export --to ddp --plan " + plan).out,
+             Catch::Contains("per-tensor kernels (torch.optim with foreach=False): 92 B per parameter, 12 kernels"));
+  expect_bad("predict --optimizer adagrad", "--optimizer: unknown optimizer 'adagrad' (valid: lars, sgd, adam, lamb)");
+  expect_bad("predict --optimizer lamb --optimizer-kernels per-tensor", "--optimizer-kernels: optimizer 'lamb' runs "
+                                                                         "fused here");
+  expect_bad("predict --optimizer-kernels per-tensor:0", "--optimizer-kernels: per-tensor:N needs N in [1, 100]");
+  expect_bad("predict --optimizer-bytes 0", "--optimizer-bytes: bytes per parameter must be in (0, 1000] (got 0)");
+  expect_bad("tune --optimizer-bytes 1001", "--optimizer-bytes: bytes per parameter must be in (0, 1000] (got 1001)");
+}
+
 TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation and are kept in the plan") {
   const std::string setup = "predict --model resnet50 --cluster dgx-a100 --gpus 8 --batch-per-gpu 64 "
                             "--precision fp16 --buckets threshold:25MiB --json";
@@ -260,7 +293,8 @@ TEST_CASE("cli: predict --accumulate and --optimizer-kernels price accumulation 
   expect_bad("predict --no-sync", "--no-sync: needs --accumulate 2 or more");
   expect_bad("predict --optimizer-kernels foreach", "--optimizer-kernels: unknown optimizer kernels 'foreach'");
   expect_bad("predict --accumulate 2 --plan " + plan,
-             "--plan and --accumulate/--no-sync/--optimizer-kernels/--step-overhead are exclusive");
+             "--plan and --accumulate/--no-sync/--optimizer/--optimizer-kernels/--optimizer-bytes/--step-overhead "
+             "are exclusive");
   // export writes the accumulation in the framework's terms: DDP's no_sync(), Horovod's
   // backward_passes_per_step (local accumulation only); DeepSpeed is refused.
   Run ddp = run("export --to ddp --plan " + plan), hvd = run("export --to horovod --plan " + plan);
@@ -384,8 +418,7 @@ TEST_CASE("cli: --step-overhead adds a fixed cost per step on more than one GPU 
   const Run what = run("whatif --cluster dgx-a100 --gpus 8 --step-overhead 3");
   CHECK(what.code == 0);
   CHECK(what.out.rfind("step: a fixed 3 ms per step on more than one GPU", 0) == 0);
-  expect_bad("predict --step-overhead 3 --plan " + plan, "--plan and --accumulate/--no-sync/--optimizer-kernels/"
-                                                         "--step-overhead are exclusive");
+  expect_bad("predict --step-overhead 3 --plan " + plan, "--plan and --accumulate/--no-sync/--optimizer/");
   expect_bad("predict --step-overhead 1001", "--step-overhead: must be in [0, 1000] ms (got 1001)");
   expect_bad("tune --step-overhead -1", "--step-overhead: must be in [0, 1000] ms (got -1)");
   expect_bad("compare --step-overhead inf", "--step-overhead: must be in [0, 1000] ms (got inf)");

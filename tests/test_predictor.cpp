@@ -395,21 +395,62 @@ TEST_CASE("per-tensor optimizer kernels add the device's kernel overhead per ker
   Plan p = toy_plan(m, "single");
   const Report fused = predict_toy(m, c, p);
   CHECK(fused.optimizer_s == Approx(3 * 1024.0 * 1024 * 28 / 1e12));  // memory bound: 28 B per parameter at 1 TB/s
-  p.optimizer_kernels = OptimizerKernels::PerTensor;
+  p.optimizer = optimizer_step("lars", "per-tensor", "x");  // LARS's bytes, torch.optim.SGD's 5 kernels
   const Report looped = predict_toy(m, c, p);
-  CHECK(looped.optimizer_s == Approx(fused.optimizer_s + 3 * kPerTensorOptimizerKernels * 10e-6));
-  CHECK(looped.iteration_s == Approx(fused.iteration_s + 3 * kPerTensorOptimizerKernels * 10e-6));
+  CHECK(looped.optimizer_s == Approx(fused.optimizer_s + 3 * 5 * 10e-6));
+  CHECK(looped.iteration_s == Approx(fused.iteration_s + 3 * 5 * 10e-6));
   // A measured optimizer step is used as is: it was timed with whatever kernels ran.
   Model measured = toy();
   measured.measured_optimizer_us = 500;
   CHECK(predict_toy(measured, c, p).optimizer_s == Approx(500e-6));
   auto j = plan_to_json(p);
-  CHECK(j["optimizer_kernels"] == "per-tensor");
-  CHECK(plan_from_json(j, "p.json").optimizer_kernels == OptimizerKernels::PerTensor);
+  CHECK(j["optimizer"]["bytes_per_param"] == 28);
+  CHECK(j["optimizer"]["kernels_per_tensor"] == 5);
+  CHECK(plan_from_json(j, "p.json").optimizer == p.optimizer);
+  CHECK_FALSE(plan_to_json(toy_plan(m, "single")).contains("optimizer"));  // the default is not written
+  // Plans written before the bytes were a field say "fused" or "per-tensor" at LARS's bytes.
+  j.erase("optimizer");
+  j["optimizer_kernels"] = "per-tensor";
+  CHECK(plan_from_json(j, "p.json").optimizer == OptimizerStep{28, 5});
   j["optimizer_kernels"] = "foreach";
   CHECK_THROWS_WITH(plan_from_json(j, "p.json"),
                     Catch::Contains("p.json: $.optimizer_kernels: unknown optimizer kernels 'foreach' "
-                                    "(valid: fused, per-tensor)"));
+                                    "(valid: fused, per-tensor;"));
+  j["optimizer_kernels"] = "fused";
+  j["optimizer"] = {{"bytes_per_param", 28}, {"kernels_per_tensor", 0}};
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("$.optimizer_kernels: give it or $.optimizer"));
+  j.erase("optimizer_kernels");
+  j["optimizer"]["bytes_per_param"] = 0;
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.optimizer.bytes_per_param"));
+  j["optimizer"] = {{"bytes_per_param", 92}, {"kernels_per_tensor", 101}};
+  CHECK_THROWS_WITH(plan_from_json(j, "p.json"), Catch::Contains("p.json: $.optimizer.kernels_per_tensor"));
+}
+
+TEST_CASE("an optimizer's update rule sets the bytes its step moves, fused or per tensor") {
+  // Counted from each implementation's code (plan.cpp's table): fused passes once over
+  // every parameter; torch.optim's per-tensor loop moves more, in more kernels.
+  CHECK(optimizer_step("lars", "fused", "x") == OptimizerStep{});
+  CHECK(optimizer_step("sgd", "fused", "x") == OptimizerStep{20, 0});
+  CHECK(optimizer_step("sgd", "per-tensor", "x") == OptimizerStep{48, 5});
+  CHECK(optimizer_step("adam", "fused", "x") == OptimizerStep{28, 0});
+  CHECK(optimizer_step("adam", "per-tensor", "x") == OptimizerStep{92, 10});
+  CHECK(optimizer_step("adam", "per-tensor:12", "x") == OptimizerStep{92, 12});
+  CHECK(optimizer_step("lamb", "fused", "x") == OptimizerStep{52, 0});
+  CHECK_THROWS_WITH(optimizer_step("lamb", "per-tensor", "--k"), Catch::StartsWith("--k: optimizer 'lamb' runs fused"));
+  CHECK_THROWS_WITH(optimizer_step("adagrad", "fused", "--o"),
+                    Catch::Contains("--o: unknown optimizer 'adagrad' (valid: lars, sgd, adam, lamb)"));
+  for (const char* bad : {"per-tensor:", "per-tensor:0", "per-tensor:101", "per-tensor:3x", "per-tensors"})
+    CHECK_THROWS_WITH(optimizer_step("adam", bad, "--k"), Catch::StartsWith("--k: "));
+  // The step costs its bytes at the memory bandwidth and its kernels at the kernel overhead.
+  Model m = toy();  // three weight tensors of 1 Mi parameters
+  Cluster c = toy_cluster(1.0, 10);
+  c.device.kernel_overhead_us = 10;
+  const ComputeModel compute(m, c, 8, Precision::FP32);
+  const double params = 3 * 1024.0 * 1024;
+  CHECK(compute.optimizer_s(optimizer_step("adam", "per-tensor", "x")) == Approx(params * 92 / 1e12 + 3 * 10 * 10e-6));
+  CHECK(compute.optimizer_s(optimizer_step("lamb", "fused", "x")) == Approx(params * 52 / 1e12));
+  CHECK_THROWS_WITH(check_optimizer_step({0, 0}, "--b"), Catch::StartsWith("--b: bytes per parameter must be in"));
+  CHECK_THROWS_WITH(check_optimizer_step({28, -1}, "--b"), Catch::StartsWith("--b: kernels per tensor must be in"));
 }
 
 TEST_CASE("the expected maximum of n standard normals - known values and its growth") {
@@ -1138,8 +1179,8 @@ TEST_CASE("a measured single-GPU rate scales every layer and the optimizer by on
   const Model roof = load_model("resnet50");
   const ComputeModel before(roof, c, 128, Precision::FP16);
   for (const Accumulation a : {Accumulation{1, false}, Accumulation{4, true}}) {
-    for (const OptimizerKernels k : {OptimizerKernels::Fused, OptimizerKernels::PerTensor}) {
-      INFO(a.steps << " micro-batches, kernels " << int(k));
+    for (const OptimizerStep k : {OptimizerStep{}, OptimizerStep{92, 10}}) {
+      INFO(a.steps << " micro-batches, kernels " << k.kernels_per_tensor);
       Model m = load_model("resnet50");
       const double factor = set_measured_rate(m, c, 128, Precision::FP16, a, k, 1500, "rate");
       const ComputeModel after(m, c, 128, Precision::FP16);
@@ -1155,27 +1196,27 @@ TEST_CASE("a measured single-GPU rate scales every layer and the optimizer by on
       Plan p = make_plan(m, c.name, 8, 128, Precision::FP16, buckets_from_spec("single", m, "auto", Precision::FP16),
                          "single");
       p.accumulate = a;
-      p.optimizer_kernels = k;
+      p.optimizer = k;
       const Report r = predict(m, c, p, CollectiveModel(c, 8), after, training_goal(m), false);
       CHECK(r.single_gpu_iteration_s == Approx(128.0 / 1500));
     }
   }
   Model m = load_model("resnet50");
-  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, 0, "rate"),
+  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerStep{}, 0, "rate"),
                     Catch::Contains("rate: must be in (0, 1e6] samples/s per GPU (got 0)"));
-  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, NAN, "rate"),
+  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerStep{}, NAN, "rate"),
                     Catch::Contains("got nan"));
-  set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, 1500, "rate");
-  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerKernels::Fused, 1500, "rate"),
+  set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerStep{}, 1500, "rate");
+  CHECK_THROWS_WITH(set_measured_rate(m, c, 128, Precision::FP16, {}, OptimizerStep{}, 1500, "rate"),
                     Catch::Contains("carries measured layer times already"));
   // An input pipeline slower than the rate cannot have fed it.
   nlohmann::json j = cluster_to_json(c);
   j["input_pipeline"] = {{"samples_per_s_per_gpu", 1000}};
   const Cluster fed = cluster_from_json(j, "fed");
   Model n = load_model("resnet50");
-  CHECK_THROWS_WITH(set_measured_rate(n, fed, 128, Precision::FP16, {}, OptimizerKernels::Fused, 1500, "rate"),
+  CHECK_THROWS_WITH(set_measured_rate(n, fed, 128, Precision::FP16, {}, OptimizerStep{}, 1500, "rate"),
                     Catch::Contains("more than cluster dgx-a100's input pipeline feeds one GPU"));
-  CHECK(set_measured_rate(n, fed, 128, Precision::FP16, {}, OptimizerKernels::Fused, 900, "rate") > 0);
+  CHECK(set_measured_rate(n, fed, 128, Precision::FP16, {}, OptimizerStep{}, 900, "rate") > 0);
 }
 
 TEST_CASE("compute per layer class: the breakdown sums to the compute model, counts bytes-bound and measured layers") {
@@ -1223,7 +1264,7 @@ TEST_CASE("compute per layer class: the breakdown sums to the compute model, cou
     if (k.k == ComputeClass::Attention) CHECK(k.memory_bound == 0);  // fused: its FLOPs bound it
   // A measured rate times every layer: all measured, none priced by the roofline's bounds.
   Model rated = m;
-  set_measured_rate(rated, c, batch, Precision::FP16, {}, OptimizerKernels::Fused, 100, "rate");
+  set_measured_rate(rated, c, batch, Precision::FP16, {}, OptimizerStep{}, 100, "rate");
   const ComputeModel measured(rated, c, batch, Precision::FP16);
   for (const auto& k : compute_by_class(rated, measured, batch)) {
     CHECK(k.measured == k.layers);

@@ -234,7 +234,7 @@ TEST_CASE("gradient accumulation: the simulated micro-batch matches the predicto
     o.strategy = Strategy::Single;  // one exposed allreduce: no_sync changes the iteration
     o.packing = packing;
     Plan p = t.run(o).plan;
-    p.optimizer_kernels = OptimizerKernels::PerTensor;
+    p.optimizer = optimizer_step("sgd", "per-tensor", "x");
     double every_step = 0;
     for (bool no_sync : {false, true}) {
       p.accumulate = {3, no_sync};

@@ -103,13 +103,13 @@ TEST_CASE("the training loop's step is written to every tuned plan and moves eac
     o.strategy = s;
     const TuneResult one = t.run(o);
     o.accumulate = {4, true};
-    o.optimizer_kernels = OptimizerKernels::PerTensor;
+    o.optimizer = optimizer_step("adam", "per-tensor", "x");
     const TuneResult acc = t.run(o);
     INFO(strategy_name(s));
     CHECK(acc.plan.buckets == one.plan.buckets);  // the same search: the last allreduce end
     CHECK(acc.plan.accumulate == Accumulation{4, true});
-    CHECK(acc.plan.optimizer_kernels == OptimizerKernels::PerTensor);
-    const double step = t.compute().optimizer_s(OptimizerKernels::PerTensor);
+    CHECK(acc.plan.optimizer == o.optimizer);
+    const double step = t.compute().optimizer_s(o.optimizer);
     CHECK(acc.report.optimizer_s == Approx(step / 4));
     CHECK(acc.report.exposed_comm_s == Approx(one.report.exposed_comm_s / 4).margin(1e-12));
     CHECK(acc.report.iteration_s == Approx(t.evaluate(acc.plan).iteration_s));

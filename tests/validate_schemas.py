@@ -122,9 +122,10 @@ def main():
         run("tune", *args, "--streams", "2", "--out", plan)
         files.append(("plan", "tune " + " ".join(args), json.load(open(plan))))
     plan = os.path.join(work, "accumulated.json")
-    run("predict", "--model", "resnet50", "--gpus", "16", "--accumulate", "4", "--no-sync", "--optimizer-kernels",
-        "per-tensor", "--out", plan)
-    files.append(("plan", "predict --accumulate 4 --no-sync --optimizer-kernels per-tensor", json.load(open(plan))))
+    run("predict", "--model", "resnet50", "--gpus", "16", "--accumulate", "4", "--no-sync", "--optimizer", "adam",
+        "--optimizer-kernels", "per-tensor", "--out", plan)
+    files.append(("plan", "predict --accumulate 4 --no-sync --optimizer adam --optimizer-kernels per-tensor",
+                  json.load(open(plan))))
     for strategy in ("dear", "bytescheduler", "zero2"):
         sched = os.path.join(work, "schedule.json")
         run("schedule", "--model", "resnet18", "--gpus", "16", "--strategy", strategy, "--out", sched)
@@ -165,6 +166,9 @@ def main():
         ("plan", "an unknown precision", lambda d: d.__setitem__("compute", "fp8")),
         ("plan", "an accumulation of 0 steps", lambda d: d.__setitem__("accumulate", {"steps": 0})),
         ("plan", "unknown optimizer kernels", lambda d: d.__setitem__("optimizer_kernels", "foreach")),
+        ("plan", "an optimizer moving no bytes",
+         lambda d: d.__setitem__("optimizer", {"bytes_per_param": 0, "kernels_per_tensor": 0})),
+        ("plan", "an optimizer without its kernels", lambda d: d.__setitem__("optimizer", {"bytes_per_param": 28})),
         ("schedule", "an unknown exchange", lambda d: d.__setitem__("exchange", "alltoall")),
         ("schedule", "a credit of 0", lambda d: d.__setitem__("credit", 0)),
         ("schedule", "no bounds", lambda d: d.pop("bounds")),

@@ -12,10 +12,6 @@ namespace {
 // Backward reads the forward's inputs and outputs, writes input gradients and reads the
 // output gradients: about twice the forward traffic.
 constexpr double kBackwardTrafficRatio = 2.0;
-// Optimizer bytes per parameter: LARS norms read weight and gradient (8 B in FP32), then
-// the update reads the gradient (2-4 B), reads and writes the FP32 master (8 B) and the
-// momentum (8 B) and writes the half-precision copy (2 B): about 28 B per parameter.
-constexpr double kOptimizerBytesPerParam = 28.0;
 // Eager attention (LayerAttrs::eager) materialises the scores, batch x heads x S x S, and
 // each step of the chain between the two products reads and writes them. Forward: the
 // scaling, the mask, the softmax and the dropout, four reads and four writes, and the
@@ -108,10 +104,11 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
     layers_.push_back(t);
   }
   // The optimizer touches every parameter once whatever the batch: a measured step is used as is.
-  optimizer_s_ = m.measured_optimizer_us ? *m.measured_optimizer_us * 1e-6
-                                         : double(m.param_count()) * kOptimizerBytesPerParam / bw;
-  if (!m.measured_optimizer_us)
-    per_tensor_extra_s_ = double(m.tensors.size()) * kPerTensorOptimizerKernels * c.device.kernel_overhead_us * 1e-6;
+  if (m.measured_optimizer_us) measured_optimizer_s_ = *m.measured_optimizer_us * 1e-6;
+  params_ = double(m.param_count());
+  tensors_ = double(m.tensors.size());
+  optimizer_bw_ = bw;
+  kernel_overhead_s_ = c.device.kernel_overhead_us * 1e-6;
   if (c.input_samples_per_s_per_gpu > 0) loader_s_ = batch / c.input_samples_per_s_per_gpu;
 }
 
@@ -134,10 +131,15 @@ std::vector<ClassCompute> compute_by_class(const Model& m, const ComputeModel& c
   return all;
 }
 
+double ComputeModel::optimizer_s(const OptimizerStep& o) const {
+  if (measured_optimizer_s_) return *measured_optimizer_s_;
+  return params_ * o.bytes_per_param / optimizer_bw_ + tensors_ * o.kernels_per_tensor * kernel_overhead_s_;
+}
+
 double ComputeModel::data_wait_s(double busy_s) const { return std::max(0.0, loader_s_ - busy_s); }
 
 double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
-                         OptimizerKernels k, double samples_per_s, const std::string& where) {
+                         const OptimizerStep& o, double samples_per_s, const std::string& where) {
   if (!(samples_per_s > 0 && samples_per_s <= kMaxMeasuredRate))
     throw InputError(where + ": must be in (0, 1e6] samples/s per GPU (got " + formatted(samples_per_s, "%g") + ")");
   check_accumulation(a);
@@ -153,14 +155,14 @@ double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, con
                      formatted(c.input_samples_per_s_per_gpu, "%g") + ")");
   const ComputeModel roofline(m, c, batch, p);
   // One micro-batch's share of the step, as the single-GPU run paid it.
-  const double step_s = roofline.forward_s() + roofline.backward_s() + roofline.optimizer_s(k) / a.steps;
+  const double step_s = roofline.forward_s() + roofline.backward_s() + roofline.optimizer_s(o) / a.steps;
   if (!(step_s > 0)) throw InputError(where + ": model " + m.name + " prices no compute on one GPU to scale");
   const double factor = (batch / samples_per_s) / step_s;
   for (size_t i = 0; i < m.layers.size(); ++i) {
     const LayerTime& t = roofline.layers()[i];
     m.layers[i].measured = MeasuredTime{t.fwd_s * 1e6 * factor, t.bwd_s * 1e6 * factor, batch};
   }
-  m.measured_optimizer_us = roofline.optimizer_s(k) * 1e6 * factor;
+  m.measured_optimizer_us = roofline.optimizer_s(o) * 1e6 * factor;
   return factor;
 }
 

@@ -46,7 +46,7 @@ TuneOptions options_like(const Plan& p) {
   o.packing = Packing::Pack;  // every framework here copies gradients into bucket buffers (DDP in backward)
   if (o.transfer != Precision::FP32) o.cast = p.cast;  // DDP and Horovod: cast_in_backward
   o.accumulate = p.accumulate;
-  o.optimizer_kernels = p.optimizer_kernels;
+  o.optimizer = p.optimizer;
   o.step_overhead_s = p.step_overhead_s;
   return o;
 }

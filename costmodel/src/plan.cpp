@@ -7,6 +7,7 @@
 #include <array>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -49,8 +50,9 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (p.cast) j["cast"] = pack_on_name(*p.cast);
   if (p.accumulate != Accumulation{})
     j["accumulate"] = {{"steps", p.accumulate.steps}, {"no_sync", p.accumulate.no_sync}};
-  if (p.optimizer_kernels != OptimizerKernels::Fused)
-    j["optimizer_kernels"] = optimizer_kernels_name(p.optimizer_kernels);
+  if (p.optimizer != OptimizerStep{})
+    j["optimizer"] = {{"bytes_per_param", p.optimizer.bytes_per_param},
+                      {"kernels_per_tensor", p.optimizer.kernels_per_tensor}};
   if (p.step_overhead_s > 0) j["step_overhead_ms"] = p.step_overhead_s * 1e3;
   if (p.prediction)
     j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
@@ -99,8 +101,22 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
     if (p.accumulate.no_sync && p.accumulate.steps < 2) a->fail("no_sync", "needs steps 2 or more");
     a->finish();
   }
-  if (auto k = r.opt_string("optimizer_kernels"))
-    p.optimizer_kernels = parse_optimizer_kernels(*k, origin + ": $.optimizer_kernels");
+  if (auto o = r.opt_object("optimizer")) {
+    p.optimizer.bytes_per_param = o->positive("bytes_per_param");
+    check_optimizer_step(p.optimizer, o->where("bytes_per_param"));
+    p.optimizer.kernels_per_tensor =
+        static_cast<int>(o->integer("kernels_per_tensor", 0, kMaxOptimizerKernelsPerTensor));
+    o->finish();
+  }
+  // Plans written before the optimizer's bytes were a field: "fused" or "per-tensor",
+  // both at LARS's 28 bytes per parameter.
+  if (auto k = r.opt_string("optimizer_kernels")) {
+    if (*k != "fused" && *k != "per-tensor")
+      r.fail("optimizer_kernels", "unknown optimizer kernels '" + *k + "' (valid: fused, per-tensor; $.optimizer "
+                                  "gives the bytes and kernels of any other step)");
+    if (r.has("optimizer")) r.fail("optimizer_kernels", "give it or $.optimizer, not both");
+    p.optimizer = optimizer_step("lars", *k, origin + ": $.optimizer_kernels");
+  }
   p.step_overhead_s = r.opt_in_range("step_overhead_ms", 0, kMaxStepOverheadMs, "ms").value_or(0) * 1e-3;
   const auto& bs = r.array("buckets");
   if (bs.empty()) r.fail("buckets", "must hold at least one bucket");
@@ -145,14 +161,83 @@ PackOn parse_pack_on(const std::string& s, const std::string& where) {
   throw InputError(where + ": unknown value '" + s + "' (valid: comm, compute)");
 }
 
-const char* optimizer_kernels_name(OptimizerKernels k) {
-  return k == OptimizerKernels::PerTensor ? "per-tensor" : "fused";
+namespace {
+// What each update rule's step moves per trained parameter, FP32 master weights, moments
+// and gradients (torch.cuda.amp; a model cast to FP16, apex O2, writes its half copy too
+// and reads half-precision gradients: about as many bytes), read from each
+// implementation's code. Fused: one pass (or a few multi-tensor passes) over every
+// parameter. Per tensor: the kernels torch.optim's loop launches for one tensor before
+// PyTorch 2.0, zero_grad's zero_ included (4 bytes), and what they move.
+struct OptimizerRule {
+  const char* name;
+  double fused_bytes;
+  double per_tensor_bytes;  // 0: no per-tensor form
+  int per_tensor_kernels;
+};
+constexpr OptimizerRule kRules[] = {
+    // fuseplan-exec's LARS: the norms read weight and gradient (8 B), the update reads the
+    // gradient (2-4 B), reads and writes the FP32 master (8) and the momentum (8), writes
+    // the half-precision copy (2). Its per-tensor form keeps those bytes and launches
+    // torch.optim.SGD's 5 kernels, as fuseplan priced every per-tensor loop before it knew
+    // the rule (plans with $.optimizer_kernels "per-tensor" read as this).
+    {"lars", 28, 28, 5},
+    // SGD with momentum. Fused (apex FusedSGD, torch fused): reads the gradient, the
+    // parameter and the momentum buffer, writes the last two: 20 B. Per tensor
+    // (torch.optim.SGD, _single_tensor_sgd with weight decay): d_p.add(param) 12,
+    // buf.mul_ 8, buf.add_(d_p) 12, param.add_(buf) 12, zero_ 4: 48 B in 5 kernels.
+    {"sgd", 20, 48, 5},
+    // Adam and AdamW. Fused (apex FusedAdam, torch fused=True): reads the gradient, the
+    // parameter and both moments, writes the last three: 28 B. Per tensor
+    // (torch.optim.AdamW 1.13, _single_tensor_adamw): param.mul_ 8, exp_avg.mul_ 8 and
+    // add_ 12, exp_avg_sq.mul_ 8 and addcmul_ 12, sqrt 8, the division by the bias
+    // correction 8, add_(eps) 8, param.addcdiv_ 16, zero_ 4: 92 B in 10 kernels.
+    {"adam", 28, 92, 10},
+    // LAMB, fused (apex FusedLAMB's multi-tensor stages, as NVIDIA's BERT pre-training
+    // runs it): the global gradient norm reads the gradient (4), stage 1 reads the
+    // gradient, the parameter and both moments and writes the moments and the update
+    // (28), the parameter and update norms read both (8), stage 2 reads the parameter
+    // and the update and writes the parameter (12): 52 B. No per-tensor form here.
+    {"lamb", 52, 0, 0},
+};
+}  // namespace
+
+OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels, const std::string& where) {
+  const OptimizerRule* r = nullptr;
+  for (const auto& x : kRules)
+    if (rule == x.name) r = &x;
+  if (!r) throw InputError(where + ": unknown optimizer '" + rule + "' (valid: lars, sgd, adam, lamb)");
+  if (kernels == "fused") return {r->fused_bytes, 0};
+  const std::string per = "per-tensor";
+  if (kernels.rfind(per, 0) != 0 || (kernels.size() > per.size() && kernels[per.size()] != ':'))
+    throw InputError(where + ": unknown optimizer kernels '" + kernels + "' (valid: fused, per-tensor, per-tensor:N)");
+  if (r->per_tensor_bytes == 0)
+    throw InputError(where + ": optimizer '" + rule + "' runs fused here (apex FusedLAMB); for another " +
+                     "implementation give --optimizer-bytes and per-tensor:N");
+  OptimizerStep s{r->per_tensor_bytes, r->per_tensor_kernels};
+  if (kernels.size() > per.size()) {
+    const std::string n = kernels.substr(per.size() + 1);
+    char* end = nullptr;
+    const long v = n.empty() ? -1 : std::strtol(n.c_str(), &end, 10);
+    if (v < 1 || v > kMaxOptimizerKernelsPerTensor || *end != '\0')
+      throw InputError(where + ": per-tensor:N needs N in [1, " + std::to_string(kMaxOptimizerKernelsPerTensor) +
+                       "] kernels per tensor (got '" + n + "')");
+    s.kernels_per_tensor = int(v);
+  }
+  return s;
 }
 
-OptimizerKernels parse_optimizer_kernels(const std::string& s, const std::string& where) {
-  if (s == "fused") return OptimizerKernels::Fused;
-  if (s == "per-tensor") return OptimizerKernels::PerTensor;
-  throw InputError(where + ": unknown optimizer kernels '" + s + "' (valid: fused, per-tensor)");
+void check_optimizer_step(const OptimizerStep& s, const std::string& where) {
+  if (!(s.bytes_per_param > 0 && s.bytes_per_param <= kMaxOptimizerBytesPerParam))
+    throw InputError(where + ": bytes per parameter must be in (0, " + formatted(kMaxOptimizerBytesPerParam, "%g") +
+                     "] (got " + formatted(s.bytes_per_param, "%g") + ")");
+  if (s.kernels_per_tensor < 0 || s.kernels_per_tensor > kMaxOptimizerKernelsPerTensor)
+    throw InputError(where + ": kernels per tensor must be in [0, " + std::to_string(kMaxOptimizerKernelsPerTensor) +
+                     "] (got " + std::to_string(s.kernels_per_tensor) + ")");
+}
+
+std::string optimizer_step_description(const OptimizerStep& s) {
+  return formatted(s.bytes_per_param, "%g") + " B per parameter, " +
+         (s.fused() ? std::string("fused") : std::to_string(s.kernels_per_tensor) + " kernels per tensor");
 }
 
 void check_accumulation(const Accumulation& a) {

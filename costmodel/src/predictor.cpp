@@ -336,7 +336,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   r.backward_s = compute.backward_s() * slowest;
   // Figures per micro-batch: the optimizer step is shared by the plan's accumulation.
   const int steps = plan.accumulate.steps;
-  const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);
+  const double optimizer_step_s = compute.optimizer_s(plan.optimizer);
   r.optimizer_s = optimizer_step_s / steps;
 
   // The backward steps, with the copies into the buckets where backward makes them.

@@ -1259,7 +1259,7 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
   p.pack_on = copies(opt).value_or(PackOn::Comm);
   p.cast = opt.cast;
   p.accumulate = opt.accumulate;
-  p.optimizer_kernels = opt.optimizer_kernels;
+  p.optimizer = opt.optimizer;
   p.step_overhead_s = opt.step_overhead_s;
   return p;
 }

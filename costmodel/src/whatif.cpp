@@ -29,7 +29,7 @@ const Model& WhatIf::model(const std::string& name) const {
   if (!settings_.profile.empty()) apply_profile(m, settings_.profile);
   if (settings_.measured_rate > 0)
     set_measured_rate(m, base_, settings_.measured_batch, settings_.measured_precision, settings_.measured_loop,
-                      settings_.tune.optimizer_kernels, settings_.measured_rate, field("measured_rate"));
+                      settings_.tune.optimizer, settings_.measured_rate, field("measured_rate"));
   models_.emplace_back(name, std::move(m));
   return models_.back().second;
 }

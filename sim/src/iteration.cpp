@@ -142,7 +142,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   std::vector<TimelineEvent> events;
   const int micro_batches = plan.accumulate.steps;
   const bool no_sync = plan.accumulate.no_sync;
-  const double optimizer_step_s = compute.optimizer_s(plan.optimizer_kernels);
+  const double optimizer_step_s = compute.optimizer_s(plan.optimizer);
   const double overhead_s = P > 1 ? plan.step_overhead_s : 0;  // per micro-batch, as the predictor's
 
   for (int r = 0; r < P; ++r) {

@@ -4,6 +4,7 @@
 // The efficiencies are the layer class's where the cluster gives them (device.by_kind),
 // else the device's: with no by_kind, one roofline for every layer.
 #pragma once
+#include <optional>
 #include <vector>
 
 #include "fuseplan/costmodel/cluster.hpp"
@@ -24,14 +25,9 @@ ComputeClass compute_class_of(const Layer& l);
 // Layer `layer`'s roofline time at `batch` (whether or not it carries a measured time).
 LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batch, Precision p);
 
-// Kernels torch.optim.SGD (momentum, weight decay; PyTorch < 2.0, no foreach) launches per
-// parameter tensor: the weight decay add, the momentum buffer's mul_ and add_, the
-// parameter's add_, and zero_grad's zero_.
-inline constexpr int kPerTensorOptimizerKernels = 5;
-
 // A measured single-GPU training rate in place of the roofline's speed: what one GPU of
 // `c` trains, in samples per second, with this model, batch, precision and training loop
-// (`a`'s micro-batches per optimizer step, `k`'s optimizer kernels; its whole step:
+// (`a`'s micro-batches per optimizer step, `o`'s optimizer step; its whole step:
 // forward, backward and its share of the optimizer). Every layer's forward and backward
 // time and the optimizer step become measured times (as a profile sets them, so every
 // runner prices them), the roofline's times the one factor that makes one GPU train
@@ -40,7 +36,7 @@ inline constexpr int kPerTensorOptimizerKernels = 5;
 // `where` unless the rate is positive and finite, the model carries no measured time
 // already (a profile) and the input pipeline can feed the rate.
 double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
-                         OptimizerKernels k, double samples_per_s, const std::string& where);
+                         const OptimizerStep& o, double samples_per_s, const std::string& where);
 // The largest rate set_measured_rate takes (a million samples per second per GPU).
 inline constexpr double kMaxMeasuredRate = 1e6;
 
@@ -51,19 +47,19 @@ class ComputeModel {
   const std::vector<LayerTime>& layers() const { return layers_; }
   double forward_s() const { return forward_s_; }
   double backward_s() const { return backward_s_; }
-  // Optimizer step (LARS/SGD with momentum, FP32 master weights): memory bound when
-  // fused; per-tensor adds kPerTensorOptimizerKernels kernels per parameter tensor at the
-  // device's kernel overhead. A measured step (the model's) is used as is either way.
-  double optimizer_s(OptimizerKernels k = OptimizerKernels::Fused) const {
-    return k == OptimizerKernels::PerTensor ? optimizer_s_ + per_tensor_extra_s_ : optimizer_s_;
-  }
+  // The optimizer step `o` (OptimizerStep): its bytes per trained parameter at the
+  // device's memory bandwidth, and per tensor its kernels at the device's kernel overhead.
+  // A measured step (the model's) is used as is.
+  double optimizer_s(const OptimizerStep& o = {}) const;
   // Extra wait per iteration when the input pipeline is slower than compute.
   double data_wait_s(double busy_s) const;
   int measured_layers() const { return measured_; }
 
  private:
   std::vector<LayerTime> layers_;
-  double forward_s_ = 0, backward_s_ = 0, optimizer_s_ = 0, per_tensor_extra_s_ = 0;
+  double forward_s_ = 0, backward_s_ = 0;
+  std::optional<double> measured_optimizer_s_;
+  double params_ = 0, tensors_ = 0, optimizer_bw_ = 0, kernel_overhead_s_ = 0;
   double loader_s_ = 0;
   int measured_ = 0;
 };

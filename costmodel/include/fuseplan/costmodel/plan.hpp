@@ -63,14 +63,30 @@ void check_accumulation(const Accumulation& a);
 // InputError naming the field unless 0 <= seconds <= kMaxStepOverheadMs / 1000.
 void check_step_overhead(double seconds);
 
-// How the optimizer step is launched ($.optimizer_kernels): fused (one pass over the
-// parameters, bound by memory: LARS/SGD in fuseplan-exec, PyTorch's foreach and fused
-// optimizers) or per-tensor (a few kernels per parameter tensor, each paying the
-// device's kernel overhead: torch.optim.SGD's loop before PyTorch 2.0).
-enum class OptimizerKernels { Fused, PerTensor };
-const char* optimizer_kernels_name(OptimizerKernels k);
-// "fused" | "per-tensor"; InputError naming `where` otherwise.
-OptimizerKernels parse_optimizer_kernels(const std::string& s, const std::string& where);
+// The optimizer step ($.optimizer): the bytes its update moves per trained parameter and
+// how it is launched. kernels_per_tensor 0: fused (one kernel, or multi-tensor launches
+// over every parameter: launch cost not priced; LARS/SGD in fuseplan-exec, apex's and
+// PyTorch's fused optimizers); N > 0: a loop over the parameter tensors launching N
+// kernels each at the device's kernel overhead (torch.optim before PyTorch 2.0 made
+// foreach the default). The defaults are fuseplan-exec's fused LARS.
+struct OptimizerStep {
+  double bytes_per_param = 28;
+  int kernels_per_tensor = 0;
+  bool fused() const { return kernels_per_tensor == 0; }
+  bool operator==(const OptimizerStep&) const = default;
+};
+inline constexpr double kMaxOptimizerBytesPerParam = 1000;
+inline constexpr int kMaxOptimizerKernelsPerTensor = 100;
+// An update rule ("lars", "sgd", "adam", "lamb") launched as `kernels` says ("fused",
+// "per-tensor", or "per-tensor:N" for N kernels per tensor) -> its step, its bytes from
+// each implementation's code (plan.cpp's table); InputError naming `where` for an
+// unknown rule or launch, or a rule with no per-tensor form.
+OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels, const std::string& where);
+// InputError naming `where` unless bytes_per_param is in (0, kMaxOptimizerBytesPerParam]
+// and kernels_per_tensor in [0, kMaxOptimizerKernelsPerTensor].
+void check_optimizer_step(const OptimizerStep& s, const std::string& where);
+// "28 B per parameter, fused" | "92 B per parameter, 10 kernels per tensor".
+std::string optimizer_step_description(const OptimizerStep& s);
 
 // A plan's prediction on the cluster it was made for, kept in the plan file.
 struct PlanPrediction {
@@ -115,7 +131,7 @@ struct Plan {
   // nothing is cast.
   std::optional<PackOn> cast;
   Accumulation accumulate;
-  OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
+  OptimizerStep optimizer;
   // A fixed cost every iteration (micro-batch) pays on more than one GPU and not on one
   // ($.step_overhead_ms): what a framework's data-parallel step costs beyond the model's
   // terms, calibrated from a measured single-GPU and multi-GPU rate of the same software

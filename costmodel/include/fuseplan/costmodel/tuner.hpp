@@ -69,7 +69,7 @@ struct TuneOptions {
   // iteration alike (the optimizer's share, the exposure under no_sync divided by the
   // steps), so the search for the last allreduce end is the same.
   Accumulation accumulate;
-  OptimizerKernels optimizer_kernels = OptimizerKernels::Fused;
+  OptimizerStep optimizer;
   double step_overhead_s = 0;  // Plan::step_overhead_s of every plan made (serial: no partition moves)
   // optimal: skip the fast paths and search every candidate (tests, benches): no affine-tail
   // scan, and under processor sharing the program over fronts of states instead of the one
