@@ -106,10 +106,11 @@ MODEL_FILES = {m: os.path.join(HERE, "models", m + ".json")
 # (so the fitted efficiency exceeds 1). ResNet-50 sets one efficiency per precision for both
 # ungrouped convolution classes (one rate cannot separate them); ResNeXt-101 32x4d, whose 3x3
 # convolutions have 32 groups, then sets conv_grouped's. The single-GPU runs train as the
-# published ones did: torch.optim.SGD's per-tensor loop, stepped once per
-# int(optimizer batch / batch) micro-batches (main.py's batch_size_multiplier).
+# published ones did: torch.optim.SGD's per-tensor loop (--optimizer sgd --optimizer-kernels
+# per-tensor), stepped once per int(optimizer batch / batch) micro-batches (main.py's
+# batch_size_multiplier).
 def dle_single_gpu_flags(batch, optimizer_batch=2048):
-    return ["--accumulate", str(optimizer_batch // batch), "--optimizer-kernels", "per-tensor"]
+    return ["--accumulate", str(optimizer_batch // batch), "--optimizer", "sgd", "--optimizer-kernels", "per-tensor"]
 
 
 UNGROUPED = ("conv_kxk", "conv_1x1")
@@ -120,13 +121,19 @@ UNGROUPED = ("conv_kxk", "conv_1x1")
 # (BertModel with its pooler, which the run keeps but does not train) stands for
 # BertForQuestionAnswering: its 2-output head and the vocabulary padded to a multiple of 8
 # (30,528 rows) are left out, under 0.01 % of the parameters. run_squad.py trains FP32/TF32
-# with BertAdam, a Python loop of a few kernels per tensor, and mixed precision with apex
-# amp O2 and FusedAdam, one fused pass. Its modeling.py runs attention eagerly (the scores'
-# product, scaling, mask, softmax, dropout and product with V as separate kernels): the
-# scores' reads and writes are priced (--attention eager), and the GEMM fit does not absorb them.
+# with BertAdam (optimization.py): one multi-tensor norm of the gradients (4 B per parameter),
+# then per tensor next_m.mul_ and add_, next_v.mul_ and addcmul_, sqrt, + eps, the division,
+# weight decay's product and sum, the learning rate's product, its negation and the
+# parameter's add_, and zero_grad's zero_: 13 kernels moving 124 B per parameter (its
+# gradient clipping, a product more when the global norm exceeds 1, is left out). Mixed
+# precision runs apex amp O2 with FusedAdam, one fused pass (--optimizer adam). Its
+# modeling.py runs attention eagerly (the scores' product, scaling, mask, softmax, dropout
+# and product with V as separate kernels): the scores' reads and writes are priced
+# (--attention eager), and the GEMM fit does not absorb them.
 BERT_SQUAD = ["--seq-len", "384", "--attention", "eager"]
-BERT_FP32 = BERT_SQUAD + ["--optimizer-kernels", "per-tensor"]
-BERT_AMP = BERT_SQUAD + ["--optimizer-kernels", "fused"]
+BERT_ADAM = ["--optimizer", "adam", "--optimizer-kernels", "per-tensor:13", "--optimizer-bytes", "124"]
+BERT_FP32 = BERT_SQUAD + BERT_ADAM
+BERT_AMP = BERT_SQUAD + ["--optimizer", "adam", "--optimizer-kernels", "fused"]
 # BERT's GEMMs (its linear layers) and attention share one efficiency per precision, as the
 # ungrouped convolutions do: one rate cannot separate them.
 TRANSFORMER = ("gemm", "attention")
@@ -135,10 +142,10 @@ TRANSFORMER = ("gemm", "attention")
 # "Pre-training NVIDIA DGX A100 (8x A100 80GB)", pytorch:21.11-py3), 64 and 32 micro-batches
 # per optimizer step (global batch 8192 on one GPU); on one V100 32GB ("Pre-training NVIDIA
 # DGX-1 With 32G"): 50 FP32 at batch 32, 224 mixed precision at batch 64, 128 and 64
-# micro-batches per step (4096 sequences); FusedLAMBAMP; mixed precision runs the
+# micro-batches per step (4096 sequences); FusedLAMBAMP (--optimizer lamb); mixed precision runs the
 # model in FP16 (model.half()). The zoo's bert_large_pretraining is BertForPreTraining, its
 # masked-LM head on the masked positions only, as NVIDIA's run computes it.
-BERT_PRETRAIN = ["--seq-len", "128", "--attention", "eager", "--optimizer-kernels", "fused"]
+BERT_PRETRAIN = ["--seq-len", "128", "--attention", "eager", "--optimizer", "lamb", "--optimizer-kernels", "fused"]
 # Which of the two PyTorch BERT scripts' single-GPU rates the GEMM and attention
 # efficiencies are fitted to (the other's are held out): the same GPU, container and model
 # code train 1.3 (V100) to 1.7 (A100) times more FLOPs per second in pre-training than in
@@ -185,7 +192,7 @@ def bert_fits(anchor):
 # mixed-precision rate and the other three rates are held out. It stands for a mix of bins:
 # a mean length would price the linear layers, a longer one the attention (quadratic in it).
 # (cluster, precision, model, batch, single-GPU flags without --seq-len, sequences/s)
-BERT_PHASE2 = ["--attention", "eager", "--optimizer-kernels", "fused"]
+BERT_PHASE2 = ["--attention", "eager", "--optimizer", "lamb", "--optimizer-kernels", "fused"]
 BINNED_FIT = ("dgx-a100", "fp16", "bert_large_pretraining", 32, BERT_PHASE2 + ["--accumulate", "128"], 210)
 BINNED_HELD_OUT = (("dgx-a100", "fp32", "bert_large_pretraining", 16, BERT_PHASE2 + ["--accumulate", "256"], 110),
                    ("dgx1-v100", "fp16", "bert_large_pretraining", 8, BERT_PHASE2 + ["--accumulate", "256"], 75),
