@@ -212,7 +212,7 @@ OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels
     throw InputError(where + ": unknown optimizer kernels '" + kernels + "' (valid: fused, per-tensor, per-tensor:N)");
   if (r->per_tensor_bytes == 0)
     throw InputError(where + ": optimizer '" + rule + "' runs fused here (apex FusedLAMB); for another " +
-                     "implementation give --optimizer-bytes and per-tensor:N");
+                     "implementation give its bytes per parameter and per-tensor:N");
   OptimizerStep s{r->per_tensor_bytes, r->per_tensor_kernels};
   if (kernels.size() > per.size()) {
     const std::string n = kernels.substr(per.size() + 1);
