@@ -18,9 +18,11 @@ void ModelFlags::add(CLI::App* app, bool positional) {
 
 void ModelFlags::add_attention(CLI::App* app) {
   attention_opt = app->add_option("--attention", attention,
-                                  "eager (the attention scores materialised, as 2019-2022 BERT and GPT-2 code runs) | "
-                                  "fused (one kernel: flash attention, PyTorch 2's SDPA) for every attention layer "
-                                  "(default: the model's own; the zoo's are fused)");
+                                  "eager (the attention scores materialised, each step of scale, mask, softmax and "
+                                  "dropout a kernel, as 2019-2022 BERT and GPT-2 code runs) | fused-softmax (the scores "
+                                  "materialised, scale, mask and softmax one kernel and dropout another: Megatron-LM's "
+                                  "FusedScaleMaskSoftmax, XLA) | fused (one kernel: flash attention, PyTorch 2's SDPA) "
+                                  "for every attention layer (default: the model's own; the zoo's are fused)");
 }
 
 void ModelFlags::add_shape(CLI::App* app) {
@@ -38,7 +40,7 @@ ModelOptions ModelFlags::options() const {
   if (channels_opt->count()) o.channels = channels;
   if (classes_opt->count()) o.classes = classes;
   if (seq_len_opt->count()) o.seq_len = seq_len;
-  if (attention_opt->count()) o.eager_attention = parse_eager_attention(attention, "--attention");
+  if (attention_opt->count()) o.attention = parse_attention(attention, "--attention");
   return o;
 }
 
@@ -110,7 +112,9 @@ void add_models_commands(CLI::App& app) {
       int64_t params = 0;
       for (int k = 0; k < l.tensor_count; ++k) params += m.tensors[l.first_tensor + k].numel;
       params += l.frozen_elems;
-      lt.row({std::to_string(i), l.name, std::string(layer_kind_name(l.kind)) + (l.attrs.eager ? " (eager)" : ""),
+      std::string kind(layer_kind_name(l.kind));
+      if (l.attrs.attention != AttentionKernels::Fused) kind += " (" + std::string(attention_name(l.attrs.attention)) + ")";
+      lt.row({std::to_string(i), l.name, kind,
               std::string(compute_class_name(compute_class_of(l))), shape_str(l.out_shape), grouped(params),
               fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops * l.backward_share / 1e6, 2),
               grouped(l.activation_elems)});

@@ -314,7 +314,7 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
     if (!mo.channels) mo.channels = plan.model_options.channels;
     if (!mo.classes) mo.classes = plan.model_options.classes;
     if (!mo.seq_len) mo.seq_len = plan.model_options.seq_len;
-    if (!mo.eager_attention) mo.eager_attention = plan.model_options.eager_attention;
+    if (!mo.attention) mo.attention = plan.model_options.attention;
   }
   Model m = load_model(model.model_opt->count() ? model.model : plan_model_ref(plan), mo);
   std::optional<ProfileInfo> measured;

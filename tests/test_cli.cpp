@@ -347,18 +347,30 @@ TEST_CASE("cli: --attention eager prices the materialised scores and is kept in 
   // show says it and writes it; a model file with it is priced the same.
   CHECK(run_stdout("show bert_base --attention eager").out.find("attention (eager)") != std::string::npos);
   CHECK(run_stdout("show bert_base").out.find("(eager)") == std::string::npos);
+  // A fused softmax materialises the scores too, with fewer passes over them.
+  const double softmax = json_of(setup + " --attention fused-softmax")["iteration_s"].get<double>();
+  CHECK(softmax > fused);
+  CHECK(softmax < eager);
+  const std::string softmax_plan = tmp("bert-fused-softmax.json");
+  REQUIRE(run(setup + " --attention fused-softmax --out " + softmax_plan).code == 0);
+  std::ifstream sf(softmax_plan);
+  CHECK(nlohmann::json::parse(sf)["model"]["options"]["attention"] == "fused-softmax");
+  CHECK(json_of("predict --json --plan " + softmax_plan)["iteration_s"].get<double>() ==
+        Approx(softmax).epsilon(1e-12));
+  CHECK(run_stdout("show bert_base --attention fused-softmax").out.find("attention (fused-softmax)") !=
+        std::string::npos);
   const std::string model = tmp("bert-eager-model.json");
   write(model, run_stdout("show bert_base --attention eager --json").out);
   CHECK(json_of("predict --json --model " + model + " --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 "
                 "--buckets single")["iteration_s"].get<double>() == Approx(eager).epsilon(1e-12));
   expect_bad("predict --model resnet50 --attention eager", "--attention: resnet50 has no attention layer");
-  expect_bad("predict --model bert_base --attention flash", "--attention: unknown attention 'flash' (eager, fused)");
+  expect_bad("predict --model bert_base --attention flash", "--attention: unknown attention 'flash' (eager, fused-softmax, fused)");
   std::ifstream ef(plan);
   auto bad_plan = nlohmann::json::parse(ef);
   bad_plan["model"]["options"]["attention"] = "flash";
   const std::string bad = tmp("bert-flash.json");
   write(bad, bad_plan.dump());
-  expect_bad("predict --plan " + bad, "$.model.options.attention: unknown attention 'flash' (eager, fused)");
+  expect_bad("predict --plan " + bad, "$.model.options.attention: unknown attention 'flash' (eager, fused-softmax, fused)");
   // whatif prices its sweep with it too.
   const std::string what = "whatif --model bert_base --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 --json";
   const auto eager_sweep = nlohmann::json::parse(run_stdout(what + " --attention eager").out);

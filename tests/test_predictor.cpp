@@ -1039,19 +1039,22 @@ TEST_CASE("compute: a custom layer marked a view takes no time, one that copies 
                     Catch::Contains("$.layers[0].attrs.view: only a custom layer is marked a view"));
 }
 
-TEST_CASE("compute: eager attention adds its score traffic to the attention layers, fused attention none") {
+TEST_CASE("compute: eager attention and a fused softmax add their score traffic to the attention layers, fused "
+          "attention none") {
   const Cluster c = load_cluster("dgx-a100");
   ModelOptions eager;
   eager.seq_len = 256;
-  ModelOptions fused = eager;
-  eager.eager_attention = true;
-  const Model me = load_model("bert_base", eager), mf = load_model("bert_base", fused);
+  ModelOptions fused = eager, softmax = eager;
+  eager.attention = AttentionKernels::Eager;
+  softmax.attention = AttentionKernels::FusedSoftmax;
+  const Model me = load_model("bert_base", eager), mf = load_model("bert_base", fused),
+              ms = load_model("bert_base", softmax);
   // The zoo builds fused attention, and --attention fused changes nothing.
-  fused.eager_attention = false;
+  fused.attention = AttentionKernels::Fused;
   CHECK(model_to_json(load_model("bert_base", fused)) == model_to_json(mf));
   for (Precision p : {Precision::FP16, Precision::FP32}) {
     const int batch = 8;
-    const ComputeModel te(me, c, batch, p), tf(mf, c, batch, p);
+    const ComputeModel te(me, c, batch, p), tf(mf, c, batch, p), ts(ms, c, batch, p);
     const double eb = p == Precision::FP16 ? 2 : 4;
     const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(ComputeClass::Attention, p);
     const double scores = 256.0 * 256 * 12 * batch;  // batch x heads x S x S
@@ -1060,27 +1063,42 @@ TEST_CASE("compute: eager attention adds its score traffic to the attention laye
       if (me.layers[i].kind != LayerKind::Attention) {
         CHECK(te.layers()[i].fwd_s == tf.layers()[i].fwd_s);
         CHECK(te.layers()[i].bwd_s == tf.layers()[i].bwd_s);
+        CHECK(ts.layers()[i].fwd_s == tf.layers()[i].fwd_s);
         continue;
       }
       ++attention;
-      CHECK(me.layers[i].attrs.eager);
-      // Forward: four reads and four writes of the scores and the dropout's byte;
+      CHECK(me.layers[i].attrs.attention == AttentionKernels::Eager);
+      // Eager, forward: four reads and four writes of the scores and the dropout's byte;
       // backward: four reads, three writes and the byte.
       CHECK(te.layers()[i].fwd_s - tf.layers()[i].fwd_s == Approx(scores * (8 * eb + 1) / bw).epsilon(1e-9));
       CHECK(te.layers()[i].bwd_s - tf.layers()[i].bwd_s == Approx(scores * (7 * eb + 1) / bw).epsilon(1e-9));
+      // A fused softmax, forward: the softmax's read and write and the dropout's, and the
+      // byte; backward: three reads, two writes and the byte.
+      CHECK(ts.layers()[i].fwd_s - tf.layers()[i].fwd_s == Approx(scores * (4 * eb + 1) / bw).epsilon(1e-9));
+      CHECK(ts.layers()[i].bwd_s - tf.layers()[i].bwd_s == Approx(scores * (5 * eb + 1) / bw).epsilon(1e-9));
     }
     CHECK(attention == 12);
   }
   // The attribute is the model file's too, on attention layers only.
-  const nlohmann::json j = model_to_json(me);
-  const Model back = model_from_json(j, "e.json");
-  CHECK(model_to_json(back) == j);
+  for (const Model* m : {&me, &ms}) {
+    const nlohmann::json j = model_to_json(*m);
+    const Model back = model_from_json(j, "e.json");
+    CHECK(model_to_json(back) == j);
+    for (size_t i = 0; i < back.layers.size(); ++i) CHECK(back.layers[i].attrs.attention == m->layers[i].attrs.attention);
+  }
   nlohmann::json bad = model_to_json(load_model("resnet18"));
   bad["layers"][0]["attrs"]["eager"] = true;
   CHECK_THROWS_WITH(model_from_json(bad, "r.json"),
                     Catch::Contains("$.layers[0].attrs.eager: only an attention layer runs eagerly"));
+  bad["layers"][0]["attrs"].erase("eager");
+  bad["layers"][0]["attrs"]["fused_softmax"] = true;
+  CHECK_THROWS_WITH(model_from_json(bad, "r.json"), Catch::Contains("$.layers[0].attrs.fused_softmax: only an"));
+  nlohmann::json both = model_to_json(me);
+  for (auto& l : both["layers"])
+    if (l["kind"] == "attention") l["attrs"]["fused_softmax"] = true;
+  CHECK_THROWS_WITH(model_from_json(both, "b.json"), Catch::Contains("eager or fused_softmax, not both"));
   ModelOptions cnn;
-  cnn.eager_attention = true;
+  cnn.attention = AttentionKernels::Eager;
   CHECK_THROWS_WITH(load_model("resnet18", cnn), Catch::Contains("resnet18 has no attention layer"));
 }
 
@@ -1223,7 +1241,7 @@ TEST_CASE("compute per layer class: the breakdown sums to the compute model, cou
   const Cluster c = load_cluster("dgx-a100");
   ModelOptions o;
   o.seq_len = 384;
-  o.eager_attention = true;
+  o.attention = AttentionKernels::Eager;
   const Model m = load_model("bert_large", o);
   const int batch = 32;
   const ComputeModel compute(m, c, batch, Precision::FP16);
@@ -1258,7 +1276,7 @@ TEST_CASE("compute per layer class: the breakdown sums to the compute model, cou
   CHECK(of(ComputeClass::Gemm).memory_bound < 3);
   CHECK(of(ComputeClass::Attention).memory_bound == 24);
   ModelOptions f = o;
-  f.eager_attention = false;
+  f.attention = AttentionKernels::Fused;
   const Model fm = load_model("bert_large", f);
   for (const auto& k : compute_by_class(fm, ComputeModel(fm, c, batch, Precision::FP16), batch))
     if (k.k == ComputeClass::Attention) CHECK(k.memory_bound == 0);  // fused: its FLOPs bound it

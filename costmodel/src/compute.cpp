@@ -12,14 +12,19 @@ namespace {
 // Backward reads the forward's inputs and outputs, writes input gradients and reads the
 // output gradients: about twice the forward traffic.
 constexpr double kBackwardTrafficRatio = 2.0;
-// Eager attention (LayerAttrs::eager) materialises the scores, batch x heads x S x S, and
-// each step of the chain between the two products reads and writes them. Forward: the
-// scaling, the mask, the softmax and the dropout, four reads and four writes, and the
-// dropout's one-byte mask. Backward: the dropout's gradient (reading the mask), the
-// softmax's (reading its output too) and the scaling's, four reads and three writes. The
-// products' own reads and writes of the scores happen inside their kernels, priced with
-// their FLOPs; a fused kernel (flash attention) moves none of these.
+// Attention that materialises the scores, batch x heads x S x S (LayerAttrs::attention),
+// reads and writes them between its two products. Eager, each step of the chain a kernel:
+// forward the scaling, the mask, the softmax and the dropout, four reads and four writes,
+// and the dropout's one-byte mask; backward the dropout's gradient (reading the mask), the
+// softmax's (reading its output too) and the scaling's, four reads and three writes. A
+// fused softmax: forward one kernel reads the scores and writes the probabilities, the
+// dropout reads them and writes its output and mask (two reads, two writes); backward the
+// dropout's gradient reads the incoming one and the mask and writes, the softmax's reads
+// that and its output and writes the scores' gradient, the scaling folded in (three reads,
+// two writes). The products' own reads and writes of the scores happen inside their
+// kernels, priced with their FLOPs; a fused kernel (flash attention) moves none of these.
 constexpr double kEagerForwardPasses = 8, kEagerBackwardPasses = 7, kDropoutMaskBytes = 1;
+constexpr double kFusedSoftmaxForwardPasses = 4, kFusedSoftmaxBackwardPasses = 5;
 }  // namespace
 
 ComputeClass compute_class_of(const Layer& l) {
@@ -74,12 +79,15 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
   const double share = l.backward_share;
   if (share > 0)
     t.bwd_s = share * std::max(l.bwd_flops * batch / flops, kBackwardTrafficRatio * fwd_bytes / bw) + overhead;
-  if (l.kind == LayerKind::Attention && l.attrs.eager) {
+  if (l.kind == LayerKind::Attention && l.attrs.attention != AttentionKernels::Fused) {
+    const bool eager = l.attrs.attention == AttentionKernels::Eager;
+    const double fwd_passes = eager ? kEagerForwardPasses : kFusedSoftmaxForwardPasses;
+    const double bwd_passes = eager ? kEagerBackwardPasses : kFusedSoftmaxBackwardPasses;
     const double scores = double(l.out_shape[0]) * double(l.out_shape[0]) * l.attrs.heads * batch;
-    const double score_bytes_s = scores * (kEagerForwardPasses * eb + kDropoutMaskBytes) / bw;
+    const double score_bytes_s = scores * (fwd_passes * eb + kDropoutMaskBytes) / bw;
     t.fwd_s += score_bytes_s;
     fwd_bytes_s += score_bytes_s;
-    if (share > 0) t.bwd_s += share * scores * (kEagerBackwardPasses * eb + kDropoutMaskBytes) / bw;
+    if (share > 0) t.bwd_s += share * scores * (bwd_passes * eb + kDropoutMaskBytes) / bw;
   }
   t.memory_bound = fwd_bytes_s > l.fwd_flops * batch / flops;
   return t;

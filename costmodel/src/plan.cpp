@@ -42,7 +42,7 @@ nlohmann::json plan_to_json(const Plan& p) {
   if (p.model_options.channels) o["channels"] = *p.model_options.channels;
   if (p.model_options.classes) o["classes"] = *p.model_options.classes;
   if (p.model_options.seq_len) o["seq_len"] = *p.model_options.seq_len;
-  if (p.model_options.eager_attention) o["attention"] = attention_name(*p.model_options.eager_attention);
+  if (p.model_options.attention) o["attention"] = attention_name(*p.model_options.attention);
   if (!o.empty()) j["model"]["options"] = o;
   if (!p.model_file.empty()) j["model"]["file"] = p.model_file;
   if (p.cycle_s > 0) j["cycle_ms"] = p.cycle_s * 1e3;
@@ -83,7 +83,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
     p.model_options.classes = get("classes");
     p.model_options.seq_len = get("seq_len");
     if (auto att = o->opt_string("attention"))
-      p.model_options.eager_attention = parse_eager_attention(*att, origin + ": $.model.options.attention");
+      p.model_options.attention = parse_attention(*att, origin + ": $.model.options.attention");
     o->finish();
   }
   m.finish();
@@ -426,13 +426,14 @@ Plan make_plan(const Model& m, const std::string& cluster, int gpus, int batch, 
   if (m.file.empty() && m.input_shape.size() == 1) p.model_options.seq_len = static_cast<int>(m.input_shape[0]);
   // How its attention runs, a file's as well as a zoo model's (--attention may have set it),
   // where every attention layer runs alike (a file that mixes them keeps its own).
-  int attention = 0, eager = 0;
+  std::optional<AttentionKernels> kernels;
+  bool alike = true;
   for (const Layer& l : m.layers)
     if (l.kind == LayerKind::Attention) {
-      ++attention;
-      eager += l.attrs.eager;
+      if (kernels && *kernels != l.attrs.attention) alike = false;
+      kernels = l.attrs.attention;
     }
-  if (attention && (eager == 0 || eager == attention)) p.model_options.eager_attention = eager > 0;
+  if (kernels && alike) p.model_options.attention = kernels;
   p.cluster = cluster;
   p.gpus = gpus;
   p.batch_per_gpu = batch;

@@ -232,7 +232,7 @@ int ModelBuilder::layernorm(const std::string& name, int from) {
 }
 
 int ModelBuilder::attention(const std::string& name, const std::vector<int>& from, int heads, bool causal,
-                            bool eager) {
+                            AttentionKernels kernels) {
   if (from.size() != 1 && from.size() != 3) bad(name, "attention takes q,k,v or one fused qkv input");
   const Shape s = in(from[0]);
   if (s.size() != 2) bad(name, "attention needs [S, H] inputs, got " + shape_str(s));
@@ -244,7 +244,7 @@ int ModelBuilder::attention(const std::string& name, const std::vector<int>& fro
   Layer l = make_layer(name, LayerKind::Attention, from, s, {seq, hidden});
   l.attrs.heads = heads;
   l.attrs.causal = causal;
-  l.attrs.eager = eager;
+  l.attrs.attention = kernels;
   double scores = double(seq) * seq * heads;
   double matmuls = 2.0 * 2.0 * seq * seq * hidden;  // QK^T and PV
   l.fwd_flops = matmuls + kSoftmaxPerElem * scores;

@@ -38,7 +38,8 @@ nlohmann::json model_to_json(const Model& m) {
     if (l.attrs.heads) a["heads"] = l.attrs.heads;
     if (l.attrs.dropout) a["dropout"] = l.attrs.dropout;
     if (l.attrs.causal) a["causal"] = true;
-    if (l.attrs.eager) a["eager"] = true;
+    if (l.attrs.attention == AttentionKernels::Eager) a["eager"] = true;
+    if (l.attrs.attention == AttentionKernels::FusedSoftmax) a["fused_softmax"] = true;
     if (l.attrs.bias) a["bias"] = true;
     if (l.attrs.compute_class) a["class"] = compute_class_name(*l.attrs.compute_class);
     if (l.attrs.view) a["view"] = true;
@@ -156,9 +157,15 @@ Model model_from_json(const nlohmann::json& j, const std::string& origin) {
       l.attrs.dropout = a->opt_number("dropout").value_or(0);
       if (l.attrs.dropout < 0 || l.attrs.dropout >= 1) a->fail("dropout", "must be in [0, 1)");
       l.attrs.causal = a->opt_boolean("causal").value_or(false);
-      l.attrs.eager = a->opt_boolean("eager").value_or(false);
-      if (l.attrs.eager && l.kind != LayerKind::Attention)
+      const bool eager = a->opt_boolean("eager").value_or(false);
+      const bool fused_softmax = a->opt_boolean("fused_softmax").value_or(false);
+      if (eager && l.kind != LayerKind::Attention)
         a->fail("eager", "only an attention layer runs eagerly (a " + kind + " has no scores)");
+      if (fused_softmax && l.kind != LayerKind::Attention)
+        a->fail("fused_softmax", "only an attention layer has a softmax of scores (a " + kind + " has none)");
+      if (eager && fused_softmax) a->fail("fused_softmax", "an attention layer runs eager or fused_softmax, not both");
+      if (eager) l.attrs.attention = AttentionKernels::Eager;
+      if (fused_softmax) l.attrs.attention = AttentionKernels::FusedSoftmax;
       l.attrs.bias = a->opt_boolean("bias").value_or(false);
       l.attrs.view = a->opt_boolean("view").value_or(false);
       if (l.attrs.view && l.kind != LayerKind::Custom)

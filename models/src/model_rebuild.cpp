@@ -188,7 +188,7 @@ class Rebuild {
       case LayerKind::Add: input_count(l, 2); return b_.add(l.name, l.inputs[0], l.inputs[1]);
       case LayerKind::Attention:
         if (!a.heads) bad("needs attrs.heads");
-        return b_.attention(l.name, l.inputs, a.heads, a.causal, a.eager);
+        return b_.attention(l.name, l.inputs, a.heads, a.causal, a.attention);
       default:
         bad("unhandled kind");
     }

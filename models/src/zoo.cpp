@@ -93,20 +93,30 @@ std::string zoo_names() {
   return out;
 }
 
-bool parse_eager_attention(const std::string& name, const std::string& where) {
-  if (name != "eager" && name != "fused")
-    throw InputError(where + ": unknown attention '" + name + "' (eager, fused)");
-  return name == "eager";
+AttentionKernels parse_attention(const std::string& name, const std::string& where) {
+  if (name == "eager") return AttentionKernels::Eager;
+  if (name == "fused-softmax") return AttentionKernels::FusedSoftmax;
+  if (name == "fused") return AttentionKernels::Fused;
+  throw InputError(where + ": unknown attention '" + name + "' (eager, fused-softmax, fused)");
+}
+
+const char* attention_name(AttentionKernels k) {
+  switch (k) {
+    case AttentionKernels::Eager: return "eager";
+    case AttentionKernels::FusedSoftmax: return "fused-softmax";
+    case AttentionKernels::Fused: break;
+  }
+  return "fused";
 }
 
 namespace {
-// --attention: every attention layer of `m` eager or fused, as `opt` says.
+// --attention: every attention layer of `m` run as `opt` says.
 Model with_attention(Model m, const ModelOptions& opt) {
-  if (!opt.eager_attention) return m;
+  if (!opt.attention) return m;
   bool any = false;
   for (Layer& l : m.layers)
     if (l.kind == LayerKind::Attention) {
-      l.attrs.eager = *opt.eager_attention;
+      l.attrs.attention = *opt.attention;
       any = true;
     }
   if (!any) throw InputError(field("model.attention") + ": " + m.name + " has no attention layer");

@@ -41,7 +41,8 @@ class ModelBuilder {
   int embedding(const std::string& name, int from, int64_t vocab, int64_t dim);
   int layernorm(const std::string& name, int from);
   // Scaled dot-product attention: inputs q, k, v ([S, H] each), or one fused [S, 3H].
-  int attention(const std::string& name, const std::vector<int>& from, int heads, bool causal, bool eager = false);
+  int attention(const std::string& name, const std::vector<int>& from, int heads, bool causal,
+                AttentionKernels kernels = AttentionKernels::Fused);
   int token_select(const std::string& name, int from);  // [S, H] -> [H] (first token)
   // A layer of a kind the builder does not know, taken as given (shapes, FLOPs, tensors).
   int custom(Layer l, std::vector<ParamTensor> params);

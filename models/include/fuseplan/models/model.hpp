@@ -74,6 +74,17 @@ struct Hw {
   int h, w;
 };
 
+// How an attention layer's kernels run (LayerAttrs::attention):
+// - Fused: one kernel (flash attention, PyTorch 2's scaled_dot_product_attention) moves
+//   only q, k, v and the output;
+// - Eager: its scores (batch x heads x S x S) are materialised by the first product and
+//   read and written by each step of the scale, mask, softmax and dropout chain, as
+//   2019-2022 BERT and GPT-2 code does;
+// - FusedSoftmax: the scores are materialised, the scaling, mask and softmax run as one
+//   kernel and the dropout as another (Megatron-LM's FusedScaleMaskSoftmax; XLA's fusions
+//   of the same chain, split at the softmax's reductions, come to about as many passes).
+enum class AttentionKernels { Fused, Eager, FusedSoftmax };
+
 struct LayerAttrs {
   int kernel = 0, stride = 1, padding = 0, groups = 1, dilation = 1;
   int kernel_w = -1, stride_w = -1, padding_w = -1, dilation_w = -1;
@@ -103,11 +114,8 @@ struct LayerAttrs {
   int heads = 0;
   double dropout = 0;
   bool causal = false;
-  // An attention layer run eagerly: its scores (batch x heads x S x S) are materialised
-  // and read and written by each step of the scale, mask, softmax and dropout chain, as
-  // 2019-2022 BERT and GPT-2 code does; false: one fused kernel (flash attention, PyTorch
-  // 2's scaled_dot_product_attention) moves only q, k, v and the output.
-  bool eager = false;
+  // An attention layer's kernels (AttentionKernels).
+  AttentionKernels attention = AttentionKernels::Fused;
   bool bias = false;
   // A custom layer's class of kernels, where its export knows it (a matrix product is a
   // gemm, a counted nn.LSTM too); none: `other`.

@@ -13,14 +13,14 @@ struct ModelOptions {
   std::optional<int> channels;     // CNN input channels
   std::optional<int> classes;      // CNN classifier outputs
   std::optional<int> seq_len;      // transformer sequence length
-  // Every attention layer eager (true) or fused (false); unset: as built (the zoo's are
-  // fused) or as the model file says. A model without attention layers refuses it.
-  std::optional<bool> eager_attention;
+  // How every attention layer runs; unset: as built (the zoo's are fused) or as the model
+  // file says. A model without attention layers refuses it.
+  std::optional<AttentionKernels> attention;
 };
-// --attention's and plans' names: "eager" is true, "fused" false; InputError naming
+// --attention's and plans' names: "eager", "fused-softmax", "fused"; InputError naming
 // `where` for anything else.
-bool parse_eager_attention(const std::string& name, const std::string& where);
-inline const char* attention_name(bool eager) { return eager ? "eager" : "fused"; }
+AttentionKernels parse_attention(const std::string& name, const std::string& where);
+const char* attention_name(AttentionKernels k);
 
 struct ZooEntry {
   std::string name;
