@@ -18,11 +18,12 @@ void ModelFlags::add(CLI::App* app, bool positional) {
 
 void ModelFlags::add_attention(CLI::App* app) {
   attention_opt = app->add_option("--attention", attention,
-                                  "eager (the attention scores materialised, each step of scale, mask, softmax and "
-                                  "dropout a kernel, as 2019-2022 BERT and GPT-2 code runs) | fused-softmax (the scores "
-                                  "materialised, scale, mask and softmax one kernel and dropout another: Megatron-LM's "
-                                  "FusedScaleMaskSoftmax, XLA) | fused (one kernel: flash attention, PyTorch 2's SDPA) "
-                                  "for every attention layer (default: the model's own; the zoo's are fused)");
+                                  "eager (the attention scores materialised, each step of scale, mask, softmax "
+                                  "and dropout a kernel, as 2019-2022 BERT and GPT-2 code runs) | fused-softmax (the "
+                                  "scores materialised, scale, mask and softmax one kernel and dropout another: "
+                                  "Megatron-LM's FusedScaleMaskSoftmax, XLA) | fused (one kernel: flash attention, "
+                                  "PyTorch 2's SDPA) for every attention layer (default: the model's own; the zoo's "
+                                  "are fused)");
 }
 
 void ModelFlags::add_shape(CLI::App* app) {
@@ -113,7 +114,8 @@ void add_models_commands(CLI::App& app) {
       for (int k = 0; k < l.tensor_count; ++k) params += m.tensors[l.first_tensor + k].numel;
       params += l.frozen_elems;
       std::string kind(layer_kind_name(l.kind));
-      if (l.attrs.attention != AttentionKernels::Fused) kind += " (" + std::string(attention_name(l.attrs.attention)) + ")";
+      if (l.attrs.attention != AttentionKernels::Fused)
+        kind += " (" + std::string(attention_name(l.attrs.attention)) + ")";
       lt.row({std::to_string(i), l.name, kind,
               std::string(compute_class_name(compute_class_of(l))), shape_str(l.out_shape), grouped(params),
               fixed(l.fwd_flops / 1e6, 2), fixed(l.bwd_flops * l.backward_share / 1e6, 2),

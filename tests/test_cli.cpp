@@ -364,13 +364,15 @@ TEST_CASE("cli: --attention eager prices the materialised scores and is kept in 
   CHECK(json_of("predict --json --model " + model + " --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 "
                 "--buckets single")["iteration_s"].get<double>() == Approx(eager).epsilon(1e-12));
   expect_bad("predict --model resnet50 --attention eager", "--attention: resnet50 has no attention layer");
-  expect_bad("predict --model bert_base --attention flash", "--attention: unknown attention 'flash' (eager, fused-softmax, fused)");
+  expect_bad("predict --model bert_base --attention flash",
+             "--attention: unknown attention 'flash' (eager, fused-softmax, fused)");
   std::ifstream ef(plan);
   auto bad_plan = nlohmann::json::parse(ef);
   bad_plan["model"]["options"]["attention"] = "flash";
   const std::string bad = tmp("bert-flash.json");
   write(bad, bad_plan.dump());
-  expect_bad("predict --plan " + bad, "$.model.options.attention: unknown attention 'flash' (eager, fused-softmax, fused)");
+  expect_bad("predict --plan " + bad,
+             "$.model.options.attention: unknown attention 'flash' (eager, fused-softmax, fused)");
   // whatif prices its sweep with it too.
   const std::string what = "whatif --model bert_base --cluster dgx-a100 --gpus 8 --batch-per-gpu 8 --json";
   const auto eager_sweep = nlohmann::json::parse(run_stdout(what + " --attention eager").out);

@@ -1084,7 +1084,8 @@ TEST_CASE("compute: eager attention and a fused softmax add their score traffic 
     const nlohmann::json j = model_to_json(*m);
     const Model back = model_from_json(j, "e.json");
     CHECK(model_to_json(back) == j);
-    for (size_t i = 0; i < back.layers.size(); ++i) CHECK(back.layers[i].attrs.attention == m->layers[i].attrs.attention);
+    for (size_t i = 0; i < back.layers.size(); ++i)
+      CHECK(back.layers[i].attrs.attention == m->layers[i].attrs.attention);
   }
   nlohmann::json bad = model_to_json(load_model("resnet18"));
   bad["layers"][0]["attrs"]["eager"] = true;
