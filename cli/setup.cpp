@@ -160,12 +160,13 @@ void StepFlags::add(CLI::App* cmd) {
                       ->capture_default_str();
   kernels_opt = cmd->add_option("--optimizer-kernels", optimizer_kernels,
                                 "fused (one pass over the parameters, bound by memory: apex and PyTorch fused "
-                                "optimizers) | per-tensor (torch.optim's loop before PyTorch 2.0: the rule's kernels "
-                                "per parameter tensor, sgd 5, adam 10) | per-tensor:N (N kernels per tensor)")
+                                "optimizers) | foreach (the per-tensor loop's passes in multi-tensor launches: "
+                                "PyTorch 2's default) | per-tensor (torch.optim's loop before PyTorch 2.0: the rule's "
+                                "kernels per parameter tensor, sgd 5, adam 10) | per-tensor:N (N kernels per tensor)")
                     ->capture_default_str();
   bytes_opt = cmd->add_option("--optimizer-bytes", optimizer_bytes,
-                              "bytes the optimizer step moves per parameter, in place of the rule's (e.g. a foreach "
-                              "optimizer: the per-tensor bytes, fused launches); (0, 1000]");
+                              "bytes the optimizer step moves per parameter, in place of the rule's (an "
+                              "implementation the rules do not hold); (0, 1000]");
   overhead_opt = cmd->add_option("--step-overhead", step_overhead_ms,
                                  "a fixed cost in ms every step pays on more than one GPU and not on one (the "
                                  "framework's, beyond what the model prices; calibrated from a measured 1-GPU and "

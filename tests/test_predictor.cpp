@@ -435,11 +435,14 @@ TEST_CASE("an optimizer's update rule sets the bytes its step moves, fused or pe
   CHECK(optimizer_step("adam", "fused", "x") == OptimizerStep{28, 0});
   CHECK(optimizer_step("adam", "per-tensor", "x") == OptimizerStep{92, 10});
   CHECK(optimizer_step("adam", "per-tensor:12", "x") == OptimizerStep{92, 12});
+  CHECK(optimizer_step("adam", "foreach", "x") == OptimizerStep{92, 0});  // the loop's passes, few launches
+  CHECK(optimizer_step("sgd", "foreach", "x") == OptimizerStep{48, 0});
   CHECK(optimizer_step("lamb", "fused", "x") == OptimizerStep{52, 0});
   CHECK_THROWS_WITH(optimizer_step("lamb", "per-tensor", "--k"), Catch::StartsWith("--k: optimizer 'lamb' runs fused"));
+  CHECK_THROWS_WITH(optimizer_step("lamb", "foreach", "--k"), Catch::StartsWith("--k: optimizer 'lamb' runs fused"));
   CHECK_THROWS_WITH(optimizer_step("adagrad", "fused", "--o"),
                     Catch::Contains("--o: unknown optimizer 'adagrad' (valid: lars, sgd, adam, lamb)"));
-  for (const char* bad : {"per-tensor:", "per-tensor:0", "per-tensor:101", "per-tensor:3x", "per-tensors"})
+  for (const char* bad : {"per-tensor:", "per-tensor:0", "per-tensor:101", "per-tensor:3x", "per-tensors", "foreach:2"})
     CHECK_THROWS_WITH(optimizer_step("adam", bad, "--k"), Catch::StartsWith("--k: "));
   // The step costs its bytes at the memory bandwidth and its kernels at the kernel overhead.
   Model m = toy();  // three weight tensors of 1 Mi parameters

@@ -208,11 +208,16 @@ OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels
   if (!r) throw InputError(where + ": unknown optimizer '" + rule + "' (valid: lars, sgd, adam, lamb)");
   if (kernels == "fused") return {r->fused_bytes, 0};
   const std::string per = "per-tensor";
-  if (kernels.rfind(per, 0) != 0 || (kernels.size() > per.size() && kernels[per.size()] != ':'))
-    throw InputError(where + ": unknown optimizer kernels '" + kernels + "' (valid: fused, per-tensor, per-tensor:N)");
+  if (kernels != "foreach" &&
+      (kernels.rfind(per, 0) != 0 || (kernels.size() > per.size() && kernels[per.size()] != ':')))
+    throw InputError(where + ": unknown optimizer kernels '" + kernels +
+                     "' (valid: fused, foreach, per-tensor, per-tensor:N)");
   if (r->per_tensor_bytes == 0)
     throw InputError(where + ": optimizer '" + rule + "' runs fused here (apex FusedLAMB); for another " +
                      "implementation give its bytes per parameter and per-tensor:N");
+  // foreach: the per-tensor loop's passes in a few multi-tensor launches (PyTorch 2's
+  // default on GPUs): its bytes, launches not priced.
+  if (kernels == "foreach") return {r->per_tensor_bytes, 0};
   OptimizerStep s{r->per_tensor_bytes, r->per_tensor_kernels};
   if (kernels.size() > per.size()) {
     const std::string n = kernels.substr(per.size() + 1);

@@ -8,6 +8,7 @@ import torch
 from .heap import keep_heap
 from .inputs import Inputs
 from .model_export import ExportInfo, export_model, fingerprint, trace, write_json
+from .optimizer import optimizer_flags
 from .profile import fit_to_whole_pass, profile_layers
 
 
@@ -33,5 +34,5 @@ def export(model: torch.nn.Module, example_inputs: Inputs, path: str, profile: O
     return info
 
 
-__all__ = ["ExportInfo", "export", "export_model", "fingerprint", "fit_to_whole_pass", "keep_heap", "profile_layers",
-           "trace", "write_json"]
+__all__ = ["ExportInfo", "export", "export_model", "fingerprint", "fit_to_whole_pass", "keep_heap", "optimizer_flags",
+           "profile_layers", "trace", "write_json"]

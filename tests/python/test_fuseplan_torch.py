@@ -1615,3 +1615,51 @@ def test_gpu_layer_timing_sleeps_until_the_host_is_ahead_and_keeps_device_times(
     monkeypatch.setattr(profile.torch, "cuda", stuck)
     assert profile._median_us(lambda s: None, lambda: None, 1, 2, torch.device("cuda")) == pytest.approx(1000.0)
     assert max(stuck.sleeps) == profile._SLEEP_LIMIT
+
+
+def _kernels_per_tensor(optimizer_class, **options):
+    """The aten ops one step of `optimizer_class` and zero_grad run on one parameter tensor
+    (the CPU profiler's; each is a kernel on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    p = torch.nn.Parameter(torch.randn(1000))
+    opt = optimizer_class([p], lr=1e-3, **options)
+    p.grad = torch.randn(1000)
+    opt.step()  # the state is made on the first step
+    p.grad = torch.randn(1000)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    return [e.name for e in prof.events() if e.name.startswith("aten::") and [1000] in e.input_shapes]
+
+
+@pytest.mark.parametrize("optimizer_class, options", [
+    (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 1e-4}),
+    (torch.optim.Adam, {"weight_decay": 0.01}),
+    (torch.optim.AdamW, {"weight_decay": 0.01}),
+])
+def test_optimizer_flags_price_the_kernels_torch_runs_per_tensor(optimizer_class, options, tmp_path):
+    from fuseplan_torch import optimizer_flags
+    flags = optimizer_flags(optimizer_class([torch.nn.Parameter(torch.randn(4))], lr=1e-3, **options))
+    assert flags[:4] == ["--optimizer", "sgd" if optimizer_class is torch.optim.SGD else "adam",
+                         "--optimizer-kernels", flags[3]]
+    assert flags[3].startswith("per-tensor")  # CPU parameters: the single-tensor loop in torch 1.13 and 2
+    plan = str(tmp_path / "plan.json")
+    r = fuseplan("predict", "--model", "resnet18", "--gpus", "2", "--out", plan, *flags)
+    assert r.returncode == 0, r.stderr
+    priced = json.load(open(plan))["optimizer"]["kernels_per_tensor"]
+    ops = _kernels_per_tensor(optimizer_class, **options)
+    assert len(ops) == priced, ops
+
+
+def test_optimizer_flags_name_the_launch_and_refuse_what_fuseplan_does_not_price():
+    from fuseplan_torch import optimizer_flags
+    params = [torch.nn.Parameter(torch.randn(4))]
+    flags = optimizer_flags(torch.optim.AdamW(params, lr=1e-3, foreach=True))
+    assert flags[:4] == ["--optimizer", "adam", "--optimizer-kernels", "foreach"]
+    assert flags[4:] == ([] if TORCH_MAJOR < 2 else ["--optimizer-bytes", "84"])
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    sgd.param_groups[0]["fused"] = True  # torch 2's fused=True, as the step would read it
+    assert optimizer_flags(sgd) == ["--optimizer", "sgd", "--optimizer-kernels", "fused"]
+    with pytest.raises(ValueError, match="torch.optim.adagrad.Adagrad is not an update rule fuseplan prices"):
+        optimizer_flags(torch.optim.Adagrad(params, lr=0.1))
+    assert fuseplan("predict", "--model", "resnet18", "--gpus", "2", *optimizer_flags(sgd)).returncode == 0

@@ -77,8 +77,9 @@ struct OptimizerStep {
 };
 inline constexpr double kMaxOptimizerBytesPerParam = 1000;
 inline constexpr int kMaxOptimizerKernelsPerTensor = 100;
-// An update rule ("lars", "sgd", "adam", "lamb") launched as `kernels` says ("fused",
-// "per-tensor", or "per-tensor:N" for N kernels per tensor) -> its step, its bytes from
+// An update rule ("lars", "sgd", "adam", "lamb") launched as `kernels` says ("fused";
+// "foreach": the per-tensor form's bytes in multi-tensor launches; "per-tensor", or
+// "per-tensor:N" for N kernels per tensor) -> its step, its bytes from
 // each implementation's code (plan.cpp's table); InputError naming `where` for an
 // unknown rule or launch, or a rule with no per-tensor form.
 OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels, const std::string& where);
