@@ -265,6 +265,9 @@ TEST_CASE("cli: --optimizer prices the update rule's bytes and kernels, kept in 
   expect_bad("predict --optimizer lamb --optimizer-kernels per-tensor", "--optimizer-kernels: optimizer 'lamb' runs "
                                                                          "fused here");
   expect_bad("predict --optimizer-kernels per-tensor:0", "--optimizer-kernels: per-tensor:N needs N in [1, 100]");
+  // A per-tensor LAMB of another framework: its bytes and kernels given.
+  const auto lamb_loop = json_of(setup + " --optimizer lamb --optimizer-kernels per-tensor:8 --optimizer-bytes 60");
+  CHECK(lamb_loop["optimizer_s"].get<double>() == Approx(lars_s * 60 / 28 + tensors * 8 * 4e-6));
   expect_bad("predict --optimizer-bytes 0", "--optimizer-bytes: bytes per parameter must be in (0, 1000] (got 0)");
   expect_bad("tune --optimizer-bytes 1001", "--optimizer-bytes: bytes per parameter must be in (0, 1000] (got 1001)");
 }

@@ -440,6 +440,10 @@ TEST_CASE("an optimizer's update rule sets the bytes its step moves, fused or pe
   CHECK(optimizer_step("lamb", "fused", "x") == OptimizerStep{52, 0});
   CHECK_THROWS_WITH(optimizer_step("lamb", "per-tensor", "--k"), Catch::StartsWith("--k: optimizer 'lamb' runs fused"));
   CHECK_THROWS_WITH(optimizer_step("lamb", "foreach", "--k"), Catch::StartsWith("--k: optimizer 'lamb' runs fused"));
+  // ... unless the caller gives the bytes of the implementation, and its kernels per tensor.
+  CHECK(optimizer_step("lamb", "per-tensor:8", "x", true).kernels_per_tensor == 8);
+  CHECK(optimizer_step("lamb", "foreach", "x", true).fused());
+  CHECK_THROWS_WITH(optimizer_step("lamb", "per-tensor", "--k", true), Catch::StartsWith("--k: optimizer 'lamb' runs"));
   CHECK_THROWS_WITH(optimizer_step("adagrad", "fused", "--o"),
                     Catch::Contains("--o: unknown optimizer 'adagrad' (valid: lars, sgd, adam, lamb)"));
   for (const char* bad : {"per-tensor:", "per-tensor:0", "per-tensor:101", "per-tensor:3x", "per-tensors", "foreach:2"})

@@ -201,7 +201,8 @@ constexpr OptimizerRule kRules[] = {
 };
 }  // namespace
 
-OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels, const std::string& where) {
+OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels, const std::string& where,
+                             bool bytes_given) {
   const OptimizerRule* r = nullptr;
   for (const auto& x : kRules)
     if (rule == x.name) r = &x;
@@ -212,14 +213,16 @@ OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels
       (kernels.rfind(per, 0) != 0 || (kernels.size() > per.size() && kernels[per.size()] != ':')))
     throw InputError(where + ": unknown optimizer kernels '" + kernels +
                      "' (valid: fused, foreach, per-tensor, per-tensor:N)");
-  if (r->per_tensor_bytes == 0)
+  const bool counted = kernels.size() > per.size();  // per-tensor:N
+  // A rule without a per-tensor form here takes one whose bytes (and kernels) are given.
+  if (r->per_tensor_bytes == 0 && !(bytes_given && (kernels == "foreach" || counted)))
     throw InputError(where + ": optimizer '" + rule + "' runs fused here (apex FusedLAMB); for another " +
                      "implementation give its bytes per parameter and per-tensor:N");
   // foreach: the per-tensor loop's passes in a few multi-tensor launches (PyTorch 2's
   // default on GPUs): its bytes, launches not priced.
   if (kernels == "foreach") return {r->per_tensor_bytes, 0};
   OptimizerStep s{r->per_tensor_bytes, r->per_tensor_kernels};
-  if (kernels.size() > per.size()) {
+  if (counted) {
     const std::string n = kernels.substr(per.size() + 1);
     char* end = nullptr;
     const long v = n.empty() ? -1 : std::strtol(n.c_str(), &end, 10);

@@ -81,8 +81,11 @@ inline constexpr int kMaxOptimizerKernelsPerTensor = 100;
 // "foreach": the per-tensor form's bytes in multi-tensor launches; "per-tensor", or
 // "per-tensor:N" for N kernels per tensor) -> its step, its bytes from
 // each implementation's code (plan.cpp's table); InputError naming `where` for an
-// unknown rule or launch, or a rule with no per-tensor form.
-OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels, const std::string& where);
+// unknown rule or launch, or a rule with no per-tensor form unless `bytes_given` (the
+// caller sets the bytes) and the launch is foreach or per-tensor:N (the bytes_per_param
+// returned is then 0, for the caller to set).
+OptimizerStep optimizer_step(const std::string& rule, const std::string& kernels, const std::string& where,
+                             bool bytes_given = false);
 // InputError naming `where` unless bytes_per_param is in (0, kMaxOptimizerBytesPerParam]
 // and kernels_per_tensor in [0, kMaxOptimizerKernelsPerTensor].
 void check_optimizer_step(const OptimizerStep& s, const std::string& where);
