@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <utility>
 
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
@@ -93,19 +94,21 @@ std::string zoo_names() {
   return out;
 }
 
+namespace {
+constexpr std::pair<AttentionKernels, const char*> kAttentionNames[] = {
+    {AttentionKernels::Eager, "eager"}, {AttentionKernels::FusedSoftmax, "fused-softmax"},
+    {AttentionKernels::Fused, "fused"}};
+}  // namespace
+
 AttentionKernels parse_attention(const std::string& name, const std::string& where) {
-  if (name == "eager") return AttentionKernels::Eager;
-  if (name == "fused-softmax") return AttentionKernels::FusedSoftmax;
-  if (name == "fused") return AttentionKernels::Fused;
+  for (const auto& [k, n] : kAttentionNames)
+    if (name == n) return k;
   throw InputError(where + ": unknown attention '" + name + "' (eager, fused-softmax, fused)");
 }
 
 const char* attention_name(AttentionKernels k) {
-  switch (k) {
-    case AttentionKernels::Eager: return "eager";
-    case AttentionKernels::FusedSoftmax: return "fused-softmax";
-    case AttentionKernels::Fused: break;
-  }
+  for (const auto& [kernels, n] : kAttentionNames)
+    if (k == kernels) return n;
   return "fused";
 }
 
