@@ -186,7 +186,7 @@ Accumulation StepFlags::accumulation() const {
 
 OptimizerStep StepFlags::optimizer_step() const {
   OptimizerStep o = fuseplan::optimizer_step(optimizer, "fused", "--optimizer");
-  if (kernels_opt->count() || optimizer_kernels != "fused")
+  if (kernels_opt->count())
     o = fuseplan::optimizer_step(optimizer, optimizer_kernels, "--optimizer-kernels", bytes_opt->count() > 0);
   if (bytes_opt->count()) {
     o.bytes_per_param = optimizer_bytes;

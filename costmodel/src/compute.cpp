@@ -113,10 +113,8 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
   }
   // The optimizer touches every parameter once whatever the batch: a measured step is used as is.
   if (m.measured_optimizer_us) measured_optimizer_s_ = *m.measured_optimizer_us * 1e-6;
-  params_ = double(m.param_count());
-  tensors_ = double(m.tensors.size());
-  optimizer_bw_ = bw;
-  kernel_overhead_s_ = c.device.kernel_overhead_us * 1e-6;
+  optimizer_s_per_byte_ = double(m.param_count()) / bw;
+  optimizer_s_per_kernel_ = double(m.tensors.size()) * c.device.kernel_overhead_us * 1e-6;
   if (c.input_samples_per_s_per_gpu > 0) loader_s_ = batch / c.input_samples_per_s_per_gpu;
 }
 
@@ -141,7 +139,7 @@ std::vector<ClassCompute> compute_by_class(const Model& m, const ComputeModel& c
 
 double ComputeModel::optimizer_s(const OptimizerStep& o) const {
   if (measured_optimizer_s_) return *measured_optimizer_s_;
-  return params_ * o.bytes_per_param / optimizer_bw_ + tensors_ * o.kernels_per_tensor * kernel_overhead_s_;
+  return o.bytes_per_param * optimizer_s_per_byte_ + o.kernels_per_tensor * optimizer_s_per_kernel_;
 }
 
 double ComputeModel::data_wait_s(double busy_s) const { return std::max(0.0, loader_s_ - busy_s); }

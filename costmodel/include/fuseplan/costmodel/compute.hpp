@@ -59,7 +59,9 @@ class ComputeModel {
   std::vector<LayerTime> layers_;
   double forward_s_ = 0, backward_s_ = 0;
   std::optional<double> measured_optimizer_s_;
-  double params_ = 0, tensors_ = 0, optimizer_bw_ = 0, kernel_overhead_s_ = 0;
+  // The optimizer step's cost per byte it moves per parameter (every trained parameter at
+  // the memory bandwidth) and per kernel it launches per tensor (every trained tensor).
+  double optimizer_s_per_byte_ = 0, optimizer_s_per_kernel_ = 0;
   double loader_s_ = 0;
   int measured_ = 0;
 };
