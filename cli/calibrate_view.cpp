@@ -144,4 +144,21 @@ void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, con
          << " (written as the closest value, marked so in the provenance)\n";
 }
 
+void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit) {
+  Table t({"<model", "batch", "<precision", "measured /s", "given /s", "fitted /s", "<classes", "<efficiency", "given",
+           "fitted"});
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const ThroughputMeasurement& m = ms[i];
+    const ThroughputFit::Row& r = fit.rows[i];
+    std::string classes;
+    for (ComputeClass k : m.classes) classes += (classes.empty() ? "" : ", ") + std::string(compute_class_name(k));
+    t.row({m.model.name, std::to_string(m.batch), std::string(precision_name(m.precision)), fixed(m.samples_per_s, 1),
+           fixed(r.rate_before, 1), fixed(r.rate_after, 1), classes, m.memory ? "memory" : "compute", fixed(r.before, 4),
+           fixed(r.value, 4)});
+  }
+  t.print(os, "  ");
+  os << "  (one GPU's samples/s: forward, backward, the optimizer step's share and any input wait; given = the cluster\n"
+        "   as given; fitted together, " << count_of(fit.rounds, "iteration") << " of Levenberg-Marquardt)\n";
+}
+
 }  // namespace fuseplan::cli

@@ -23,5 +23,8 @@ void print_nccl_estimates(std::ostream& os, const Cluster& given, const std::vec
 void print_overlap_fit(std::ostream& os, const OverlapFit& fit, const std::vector<OverlapRun>& runs,
                        const std::vector<std::string>& plans, OverlapTargets fitted, const std::string& profile);
 void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, const std::string& precision);
+// calibrate --throughput: per measurement its model, batch, precision, the measured rate,
+// the rate predicted with the cluster as given and as fitted, and the value fitted.
+void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit);
 
 }  // namespace fuseplan::cli

@@ -21,7 +21,7 @@ namespace fuseplan::cli {
 namespace {
 
 struct CalibrateFlags {
-  std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, model;
+  std::string cluster = "local-cpu", sweep, nccl_tests, as, out, fit_sizes, model, throughput;
   std::vector<std::string> profiles;  // every --profile
   std::vector<std::string> plans, measured, fit;
   int ranks = 0, per_node = 0, max_segments = 4;
@@ -57,6 +57,7 @@ struct MeasuredModel {  // --model with its --profile applied
   Precision precision;  // the profile's
 };
 void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c);
+void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c);
 
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
@@ -67,8 +68,11 @@ void run_calibrate(const CalibrateFlags& f) {
   if (f.plans.size() != f.measured.size())
     throw InputError("calibrate: give one --measured per --plan (" + std::to_string(f.plans.size()) + " plans, " +
                      std::to_string(f.measured.size()) + " measured)");
-  if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty() && f.profile().empty())
-    throw InputError("calibrate: give --sweep, --nccl-tests, --plan with --measured, or --profile with --model (or --discover)");
+  if (f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty() && f.profile().empty() && f.throughput.empty())
+    throw InputError("calibrate: give --sweep, --nccl-tests, --plan with --measured, --profile with --model, or "
+                     "--throughput (or --discover)");
+  if (!f.throughput.empty() && !f.profile().empty() && f.plans.empty())
+    throw InputError("--throughput and --profile with --model are exclusive: both fit the layer classes' compute");
   if (!f.model.empty() && (f.profile().empty() || !f.plans.empty()))
     throw InputError("--model: only with --profile and without --plan (the layer classes' compute fit)");
   if (!f.profile().empty() && f.plans.empty() && f.model.empty())  // before any fit prints
@@ -104,9 +108,12 @@ void run_calibrate(const CalibrateFlags& f) {
   // communication fit below leaves as they are; the overlap is fitted on the cluster as
   // calibrated by then.
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
+  const std::vector<ThroughputMeasurement> rates = f.throughput.empty() ? std::vector<ThroughputMeasurement>{}
+                                                                        : load_throughputs(f.throughput);
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, targets, runs, c);
   if (measured) fit_compute(f, *measured, c);
+  if (!rates.empty()) fit_rates(f, rates, c);
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
     write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
@@ -179,6 +186,17 @@ void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster
                         std::to_string(info.batch) + ", " + info.precision + ")");
 }
 
+// Each named layer class's efficiency from one GPU's measured training rates of whole
+// models (--throughput), written into the cluster's device.by_kind.
+void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c) {
+  const ThroughputFit fit = fit_throughputs(c, rates);  // before printing: a refusal is the only line
+  out() << "fuseplan calibrate: compute per layer class from one GPU's measured training rates, " << f.throughput
+        << " (" << count_of(int64_t(rates.size()), "measurement") << "), cluster " << c.name << " (" << c.device.name
+        << ")\n\n";
+  print_throughput_fits(out(), rates, fit);
+  apply_throughput_fit(c, rates, fit, "fuseplan calibrate --throughput " + f.throughput);
+}
+
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
   std::vector<Sweep> sweeps;
   if (!f.sweep.empty()) {
@@ -234,7 +252,8 @@ void add_calibrate_command(CLI::App& app) {
       "squares (relative error) from `fuseplan-exec sweep --out` or nccl-tests all_reduce_perf output,\n"
       "written into a copy of the cluster file. Compute: --profile with --model fits each layer class's\n"
       "efficiency (device.by_kind) to measured layer times (fuseplan-exec run/train --profile, or the\n"
-      "PyTorch bridge's); predict, tune and verify also take a profile as --profile.");
+      "PyTorch bridge's), or --throughput to measured training rates of whole models; predict, tune and\n"
+      "verify also take a profile as --profile.");
   f->cluster_opt = cmd->add_option("--cluster", f->cluster,
                                    "cluster file to calibrate (shipped name or path); required with --nccl-tests")
                        ->capture_default_str();
@@ -270,6 +289,10 @@ void add_calibrate_command(CLI::App& app) {
                   "measured per-layer times (fuseplan.profile/1): with --plan, the runs' compute (one for all, or\n"
                   "one per --plan in order: each run's own job's); with --model alone, fit each layer class's\n"
                   "efficiency (device.by_kind) to them");
+  cmd->add_option("--throughput", f->throughput,
+                  "fuseplan.throughput/1 file: one GPU's measured training rates of whole models (a vendor's page,\n"
+                  "a paper, a run of one's own), each naming the layer classes it sets; fits their efficiency\n"
+                  "(device.by_kind) in turn until none moves (docs/formats.md)");
   cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   // The profile names the model but not its input: a zoo CNN profiled at another
   // resolution needs it here, or every layer is priced at the zoo default.

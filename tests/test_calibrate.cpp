@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "fuseplan/costmodel/calibrate.hpp"
+#include "fuseplan/costmodel/compute.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
 #include "fuseplan/models/zoo.hpp"
 #include "fuseplan/costmodel/plan.hpp"
@@ -415,4 +416,122 @@ TEST_CASE("calibrate: a class measured faster than its roofline can be is at its
     CHECK_THAT(f.bound, Catch::Contains("measured faster than the roofline at"));
     CHECK(f.value == (f.memory ? 1.0 : kMaxClassEfficiency));
   }
+}
+
+namespace {
+// A measurement of `model` at batch `batch`, precision `p`, at the rate cluster `truth`
+// predicts for it, fitting `classes`.
+ThroughputMeasurement measured_on(const Cluster& truth, const std::string& model, int batch, Precision p,
+                                  std::vector<ComputeClass> classes, bool memory = false) {
+  ThroughputMeasurement m;
+  m.model = load_model(model);
+  m.batch = batch;
+  m.precision = p;
+  m.loop.steps = 4;
+  m.optimizer = optimizer_step("sgd", "per-tensor", "test");
+  m.samples_per_s = batch / single_gpu_step_s(m.model, truth, batch, p, m.loop, m.optimizer);
+  m.classes = std::move(classes);
+  m.memory = memory;
+  m.where = model;
+  return m;
+}
+// A fuseplan.throughput/1 file of `measurements` (JSON text) in a fresh folder.
+std::string throughput_file(const std::string& measurements) {
+  const auto dir = std::filesystem::temp_directory_path() / "fuseplan_test_throughput";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "rates.json").string();
+  std::ofstream(path) << R"({"schema": "fuseplan.throughput/1", "measurements": [)" << measurements << "]}";
+  return path;
+}
+}  // namespace
+
+TEST_CASE("calibrate: class efficiencies are recovered from the whole-model rates they predicted") {
+  nlohmann::json j = cluster_to_json(load_cluster("dgx-a100"));
+  drop_by_kind(j);
+  const Cluster plain = cluster_from_json(j, "plain");
+  j["device"]["by_kind"] = {{"conv_kxk", {{"compute_efficiency", {{"fp16", 0.37}}}}},
+                            {"conv_1x1", {{"compute_efficiency", {{"fp16", 0.37}}}}},
+                            {"gemm", {{"compute_efficiency", {{"fp16", 0.52}}}}},
+                            {"attention", {{"compute_efficiency", {{"fp16", 0.52}}}}},
+                            {"norm", {{"memory_efficiency", {{"fp16", 0.33}}}}}};
+  const Cluster truth = cluster_from_json(j, "truth");
+  // ResNet-50 holds a GEMM (its classifier), and both ResNets convolutions and norms:
+  // each rate moves with the others' values, and fitted one value at a time the two
+  // ResNets would push convolutions and norms apart to their bounds.
+  const std::vector<ThroughputMeasurement> ms = {
+      measured_on(truth, "resnet50", 256, Precision::FP16, {ComputeClass::ConvKxK, ComputeClass::Conv1x1}),
+      measured_on(truth, "bert_large", 32, Precision::FP16, {ComputeClass::Gemm, ComputeClass::Attention}),
+      measured_on(truth, "resnet18", 128, Precision::FP16, {ComputeClass::Norm}, true)};
+  const ThroughputFit fit = fit_throughputs(plain, ms);
+  REQUIRE(fit.rows.size() == 3);
+  CHECK(fit.rows[0].value == Approx(0.37).epsilon(1e-7));
+  CHECK(fit.rows[1].value == Approx(0.52).epsilon(1e-7));
+  CHECK(fit.rows[2].value == Approx(0.33).epsilon(1e-7));
+  for (size_t i = 0; i < ms.size(); ++i) {
+    CHECK(fit.rows[i].rate_after == Approx(ms[i].samples_per_s).epsilon(1e-9));
+    CHECK(fit.rows[i].rate_before != Approx(ms[i].samples_per_s).epsilon(1e-3));
+  }
+  // Written back and read again: the values at the measured precision, provenance per
+  // class and precision, the other precisions the device's.
+  Cluster fitted = plain;
+  apply_throughput_fit(fitted, ms, fit, "test rates.json");
+  const Cluster reread = cluster_from_json(cluster_to_json(fitted), "fitted");
+  CHECK(reread.device.compute_efficiency_of(ComputeClass::Conv1x1, Precision::FP16) == Approx(0.37).epsilon(1e-7));
+  CHECK(reread.device.compute_efficiency_of(ComputeClass::Conv1x1, Precision::FP32) ==
+        plain.device.compute_efficiency_of(ComputeClass::Conv1x1, Precision::FP32));
+  CHECK(reread.device.memory_efficiency_of(ComputeClass::Norm, Precision::FP16) == Approx(0.33).epsilon(1e-7));
+  CHECK_THAT(reread.provenance.at("device.by_kind.gemm.compute_efficiency.fp16"),
+             Catch::StartsWith("FITTED (test rates.json): bert_large at batch 32, fp16") &&
+                 Catch::Contains("one value for gemm, attention"));
+  CHECK(reread.provenance.count("device.by_kind.norm.memory_efficiency.fp16"));
+}
+
+TEST_CASE("calibrate: rates a cluster already predicts leave its class efficiencies as they are") {
+  const Cluster shipped = load_cluster("dgx1-v100");
+  const std::vector<ThroughputMeasurement> ms = {
+      measured_on(shipped, "resnet50", 112, Precision::FP32, {ComputeClass::ConvKxK, ComputeClass::Conv1x1}),
+      measured_on(shipped, "bert_large", 8, Precision::FP16, {ComputeClass::Gemm})};
+  const ThroughputFit fit = fit_throughputs(shipped, ms);
+  CHECK(fit.rows[0].value == Approx(shipped.device.compute_efficiency_of(ComputeClass::Conv1x1, Precision::FP32))
+                                 .epsilon(1e-9));
+  CHECK(fit.rows[1].value == Approx(shipped.device.compute_efficiency_of(ComputeClass::Gemm, Precision::FP16))
+                                 .epsilon(1e-9));
+}
+
+TEST_CASE("calibrate: throughput files are validated, and a rate out of reach is refused") {
+  const Cluster c = load_cluster("dgx1-v100");
+  const std::string ok = R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900,
+                             "fit": ["conv_kxk", "conv_1x1"], "accumulate": 2, "optimizer": "adam",
+                             "optimizer_kernels": "per-tensor", "source": "a run"})";
+  const auto ms = load_throughputs(throughput_file(ok));
+  REQUIRE(ms.size() == 1);
+  CHECK(ms[0].loop.steps == 2);
+  CHECK(ms[0].optimizer == optimizer_step("adam", "per-tensor", "test"));
+  CHECK(ms[0].source == "a run");
+  auto refused = [](const std::string& measurements, const std::string& what) {
+    INFO(measurements);
+    CHECK_THROWS_WITH(load_throughputs(throughput_file(measurements)), Catch::Contains(what));
+  };
+  refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900,
+              "fit": ["attention"]})",
+          "$.measurements[0].fit[0]: resnet50 has no layer of class attention");
+  refused(ok + R"(, {"model": "resnet101", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 500,
+                     "fit": ["conv_1x1"]})",
+          "$.measurements[1].fit[0]: conv_1x1's compute_efficiency at fp16 is fitted by $.measurements[0] already");
+  refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900, "fit": ["conv"]})",
+          "$.measurements[0].fit[0]: not a layer class");
+  refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 0, "fit": ["gemm"]})",
+          "$.measurements[0].samples_per_s: must be in");
+  refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 9, "fit": ["gemm"],
+              "efficiency": "flops"})",
+          "$.measurements[0].efficiency: unknown 'flops' (valid: compute, memory)");
+  refused(R"({"model": "resnet5", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 9, "fit": ["gemm"]})",
+          "$.measurements[0].model: unknown model 'resnet5'");
+  refused("", "$.measurements: must hold at least one measurement");
+  // Out of reach: ResNet-50's convolutions at any efficiency leave the rest of its step.
+  const auto fast = load_throughputs(throughput_file(
+      R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 99999,
+          "fit": ["conv_kxk", "conv_1x1"]})"));
+  CHECK_THROWS_WITH(fit_throughputs(c, fast), Catch::Contains("$.measurements[0]: 99999 samples/s is more than "
+                                                              "resnet50 trains on one GPU of dgx1-v100"));
 }

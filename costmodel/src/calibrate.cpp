@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -18,6 +19,7 @@
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
 #include "fuseplan/models/text.hpp"
+#include "fuseplan/models/zoo.hpp"
 
 namespace fuseplan {
 
@@ -580,6 +582,245 @@ void apply_compute_fit(Cluster& cluster, const std::vector<ClassFit>& fits, Prec
     cluster.provenance["device.by_kind." + std::string(compute_class_name(f.k))] =
         source + ": " + count_of(f.layers, "layer") +
         (f.bound.empty() ? "" : " (at its bound: " + f.bound + "; the closest the roofline comes)");
+  }
+}
+
+namespace {
+
+// Whether a layer of class `k` in `m` takes a time the efficiency fitted moves: one with
+// FLOPs for compute_efficiency, any priced layer (not a view) for memory_efficiency.
+bool has_priced_layer(const Model& m, ComputeClass k, bool memory) {
+  return std::any_of(m.layers.begin(), m.layers.end(), [&](const Layer& l) {
+    return compute_class_of(l) == k && !l.attrs.view && (memory || l.fwd_flops + l.bwd_flops > 0);
+  });
+}
+
+// A library error about a setting the file gives: its field names as the file's keys
+// (the last part of each name), the leading one left out (the caller names the path).
+std::string as_in_file(const InputError& e) {
+  std::string t = e.render([](std::string_view f) { return std::string(f.substr(f.rfind('.') + 1)); });
+  if (const size_t colon = t.find(": "); colon != std::string::npos && t.find(' ') > colon) t.erase(0, colon + 2);
+  return t;
+}
+
+const char* efficiency_key(bool memory) { return memory ? "memory_efficiency" : "compute_efficiency"; }
+
+void set_efficiency(Cluster& c, const ThroughputMeasurement& m, double value) {
+  for (ComputeClass k : m.classes) {
+    ClassEfficiency& e = c.device.by_kind[k];
+    (m.memory ? e.memory : e.compute)[m.precision] = value;
+  }
+}
+
+double rate_on(const Cluster& c, const ThroughputMeasurement& m) {
+  return m.batch / single_gpu_step_s(m.model, c, m.batch, m.precision, m.loop, m.optimizer);
+}
+
+std::string class_names(const std::vector<ComputeClass>& ks) {
+  std::string s;
+  for (ComputeClass k : ks) s += (s.empty() ? "" : ", ") + std::string(compute_class_name(k));
+  return s;
+}
+
+}  // namespace
+
+std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
+  const std::string origin = field("calibrate.throughput") + " " + path;
+  nlohmann::json j;
+  try {
+    j = parse_json_file(path);
+  } catch (const InputError& e) {
+    throw InputError(field("calibrate.throughput") + " " + e.text());
+  }
+  JsonObject r(j, origin);
+  if (r.string("schema") != "fuseplan.throughput/1") r.fail("schema", "must be \"fuseplan.throughput/1\"");
+  r.opt_string("description");
+  const nlohmann::json& list = r.array("measurements");
+  if (list.empty()) r.fail("measurements", "must hold at least one measurement");
+  r.finish();
+  std::vector<ThroughputMeasurement> out;
+  for (size_t i = 0; i < list.size(); ++i) {
+    JsonObject o = element_object(list[i], origin, "$.measurements[" + std::to_string(i) + "]");
+    ThroughputMeasurement m;
+    m.where = origin + ": " + o.path();
+    ModelOptions options;
+    if (auto opt = o.opt_object("options")) options = model_options_from_json(*opt);
+    std::string model = o.string("model");
+    // A model file beside the throughput file: a relative path not found from here is
+    // taken from the file's folder.
+    if (names_a_file(model) && !std::filesystem::path(model).is_absolute() && !std::filesystem::exists(model)) {
+      const std::filesystem::path beside = std::filesystem::path(path).parent_path() / model;
+      if (std::filesystem::exists(beside)) model = beside.string();
+    }
+    try {
+      m.model = load_model(model, options);
+    } catch (const InputError& e) {
+      throw InputError(origin + ": " + o.where("model") + ": " + as_in_file(e));
+    }
+    m.batch = static_cast<int>(o.integer("batch_per_gpu", 1, 1 << 24));
+    m.precision = parse_precision(o.string("precision"), origin + ": " + o.where("precision"));
+    m.samples_per_s = o.in_range("samples_per_s", 1e-6, kMaxMeasuredRate, "samples/s per GPU");
+    m.loop.steps = static_cast<int>(o.opt_integer("accumulate", 1, kMaxAccumulationSteps).value_or(1));
+    const std::string rule = o.opt_string("optimizer").value_or("lars");
+    const auto kernels = o.opt_string("optimizer_kernels");
+    const auto bytes = o.opt_in_range("optimizer_bytes", 1e-9, kMaxOptimizerBytesPerParam, "B per parameter");
+    m.optimizer = optimizer_step(rule, kernels.value_or("fused"),
+                                 origin + ": " + o.where(kernels ? "optimizer_kernels" : "optimizer"),
+                                 bytes.has_value());
+    if (bytes) m.optimizer.bytes_per_param = *bytes;
+    const std::string kind = o.opt_string("efficiency").value_or("compute");
+    if (kind != "compute" && kind != "memory")
+      o.fail("efficiency", "unknown '" + kind + "' (valid: compute, memory)");
+    m.memory = kind == "memory";
+    const nlohmann::json& fit = o.array("fit");
+    if (fit.empty()) o.fail("fit", "name at least one layer class (" + compute_class_list() + ")");
+    for (size_t k = 0; k < fit.size(); ++k) {
+      const std::string at = o.where("fit") + "[" + std::to_string(k) + "]";
+      const auto cls = fit[k].is_string() ? parse_compute_class(fit[k].get<std::string>()) : std::nullopt;
+      if (!cls) throw InputError(origin + ": " + at + ": not a layer class (valid: " + compute_class_list() + ")");
+      if (std::find(m.classes.begin(), m.classes.end(), *cls) != m.classes.end())
+        throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + " is named twice");
+      if (!has_priced_layer(m.model, *cls, m.memory))
+        throw InputError(origin + ": " + at + ": " + m.model.name + " has no layer of class " +
+                         std::string(compute_class_name(*cls)) + (m.memory ? "" : " with FLOPs") +
+                         " (`fuseplan predict --by-class` lists the classes it holds)");
+      for (size_t before = 0; before < out.size(); ++before) {
+        const ThroughputMeasurement& b = out[before];
+        if (b.precision == m.precision && b.memory == m.memory &&
+            std::find(b.classes.begin(), b.classes.end(), *cls) != b.classes.end())
+          throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + "'s " +
+                           efficiency_key(m.memory) + " at " + std::string(precision_name(m.precision)) +
+                           " is fitted by $.measurements[" + std::to_string(before) +
+                           "] already (one value per class and precision)");
+      }
+      m.classes.push_back(*cls);
+    }
+    m.source = o.opt_string("source").value_or("");
+    o.finish();
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<ThroughputMeasurement>& ms) {
+  Cluster c = cluster;
+  ThroughputFit fit;
+  for (const auto& m : ms) {
+    if (!c.device.peak_TFLOPS.count(m.precision))
+      throw InputError(m.where + ": cluster " + c.name + "'s device has no " + std::string(precision_name(m.precision)) +
+                       " peak (device.peak_TFLOPS)");
+    const ComputeClass k = m.classes.front();
+    const double before = m.memory ? c.device.memory_efficiency_of(k, m.precision)
+                                   : c.device.compute_efficiency_of(k, m.precision);
+    fit.rows.push_back({before, before, rate_on(c, m), 0});
+  }
+  // Levenberg-Marquardt on the log rates' errors, in the values' logs: each rate moves
+  // with every class its model holds, and two measurements may share their models'
+  // classes (ResNet-18 fitting norms, ResNet-50 convolutions), which fitting one value at
+  // a time can push apart to the bounds. Values stay within their bounds.
+  const size_t n = ms.size();
+  std::vector<double> lo(n), hi(n), x(n);
+  for (size_t i = 0; i < n; ++i) {
+    lo[i] = std::log(kMinThroughputEfficiency);
+    hi[i] = std::log(ms[i].memory ? 1.0 : kMaxClassEfficiency);
+    x[i] = std::clamp(std::log(fit.rows[i].before), lo[i], hi[i]);
+  }
+  auto errors = [&](const std::vector<double>& at) {
+    std::vector<double> f(n);
+    for (size_t i = 0; i < n; ++i) set_efficiency(c, ms[i], std::exp(at[i]));
+    for (size_t i = 0; i < n; ++i) f[i] = std::log(rate_on(c, ms[i]) / ms[i].samples_per_s);
+    return f;
+  };
+  auto sq = [](const std::vector<double>& f) { return std::inner_product(f.begin(), f.end(), f.begin(), 0.0); };
+  constexpr int kMaxRounds = 200;
+  constexpr double kStep = 1e-7;  // of a value's log, for the finite differences
+  std::vector<double> f = errors(x);
+  double lambda = 1e-3;
+  while (fit.rounds < kMaxRounds && sq(f) > 1e-24 * double(n)) {
+    ++fit.rounds;
+    std::vector<std::vector<double>> jac(n, std::vector<double>(n));  // jac[i][j] = d f_i / d x_j
+    for (size_t j = 0; j < n; ++j) {
+      std::vector<double> xj = x;
+      const double h = xj[j] + kStep <= hi[j] ? kStep : -kStep;
+      xj[j] += h;
+      const std::vector<double> fj = errors(xj);
+      for (size_t i = 0; i < n; ++i) jac[i][j] = (fj[i] - f[i]) / h;
+    }
+    std::vector<std::vector<double>> a(n, std::vector<double>(n, 0.0));
+    std::vector<double> g(n, 0.0);
+    for (size_t i = 0; i < n; ++i)
+      for (size_t j = 0; j < n; ++j) {
+        g[j] += jac[i][j] * f[i];
+        for (size_t k = 0; k < n; ++k) a[j][k] += jac[i][j] * jac[i][k];
+      }
+    bool improved = false;
+    while (!improved && lambda < 1e12) {
+      std::vector<std::vector<double>> m = a;
+      std::vector<double> d(n);
+      for (size_t j = 0; j < n; ++j) {
+        m[j][j] += lambda * (a[j][j] + 1e-12);
+        d[j] = -g[j];
+      }
+      // Gaussian elimination (the damped normal matrix is positive definite).
+      for (size_t p = 0; p < n; ++p)
+        for (size_t r = p + 1; r < n; ++r) {
+          const double q = m[r][p] / m[p][p];
+          for (size_t k = p; k < n; ++k) m[r][k] -= q * m[p][k];
+          d[r] -= q * d[p];
+        }
+      for (size_t p = n; p-- > 0;) {
+        for (size_t k = p + 1; k < n; ++k) d[p] -= m[p][k] * d[k];
+        d[p] /= m[p][p];
+      }
+      std::vector<double> xn(n);
+      for (size_t i = 0; i < n; ++i) xn[i] = std::clamp(x[i] + d[i], lo[i], hi[i]);
+      const std::vector<double> fn = errors(xn);
+      if (sq(fn) < sq(f)) {
+        x = xn;
+        f = fn;
+        lambda = std::max(lambda / 10, 1e-12);
+        improved = true;
+      } else {
+        lambda *= 10;
+      }
+    }
+    if (!improved) break;  // no step lowers the errors: at a bound, or settled
+  }
+  errors(x);  // the cluster at the values found
+  for (size_t i = 0; i < n; ++i) fit.rows[i].value = std::exp(x[i]);
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const ThroughputMeasurement& m = ms[i];
+    fit.rows[i].rate_after = rate_on(c, m);
+    if (std::abs(fit.rows[i].rate_after - m.samples_per_s) <= 1e-6 * m.samples_per_s) continue;
+    const bool more = m.samples_per_s > fit.rows[i].rate_after;
+    if (std::abs(x[i] - (more ? hi[i] : lo[i])) > 1e-9)
+      throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is not reached together with "
+                       "the other measurements (" + formatted(fit.rows[i].rate_after, "%.4g") + " at " +
+                       class_names(m.classes) + " " + efficiency_key(m.memory) + " " +
+                       formatted(fit.rows[i].value, "%.4g") + "): measurements of models whose classes overlap "
+                       "contradict each other");
+    throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is " + (more ? "more" : "less") +
+                     " than " + m.model.name + " trains on one GPU of " + cluster.name + " with " +
+                     class_names(m.classes) + " at " + efficiency_key(m.memory) + " " +
+                     formatted(fit.rows[i].value, "%g") + ", its bound: " + formatted(fit.rows[i].rate_after, "%.4g") +
+                     " samples/s (the other classes, the optimizer step or the input pipeline set the rest)");
+  }
+  return fit;
+}
+
+void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit,
+                          const std::string& how) {
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const ThroughputMeasurement& m = ms[i];
+    set_efficiency(cluster, m, fit.rows[i].value);
+    const std::string precision(precision_name(m.precision));
+    const std::string what = "FITTED (" + how + "): " + m.model.name + " at batch " + std::to_string(m.batch) + ", " +
+                             precision + ", " + formatted(m.samples_per_s, "%g") + " samples/s on one GPU" +
+                             (m.classes.size() > 1 ? ", one value for " + class_names(m.classes) : "") +
+                             (m.source.empty() ? "" : " (" + m.source + ")");
+    for (ComputeClass k : m.classes)
+      cluster.provenance["device.by_kind." + std::string(compute_class_name(k)) + "." + efficiency_key(m.memory) +
+                         "." + precision] = what;
   }
 }
 

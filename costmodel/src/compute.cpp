@@ -144,6 +144,13 @@ double ComputeModel::optimizer_s(const OptimizerStep& o) const {
 
 double ComputeModel::data_wait_s(double busy_s) const { return std::max(0.0, loader_s_ - busy_s); }
 
+double single_gpu_step_s(const Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
+                         const OptimizerStep& o) {
+  const ComputeModel compute(m, c, batch, p);
+  const double busy = compute.forward_s() + compute.backward_s() + compute.optimizer_s(o) / a.steps;
+  return busy + compute.data_wait_s(busy);
+}
+
 double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
                          const OptimizerStep& o, double samples_per_s, const std::string& where) {
   if (!(samples_per_s > 0 && samples_per_s <= kMaxMeasuredRate))

@@ -62,6 +62,21 @@ nlohmann::json plan_to_json(const Plan& p) {
   return j;
 }
 
+ModelOptions model_options_from_json(JsonObject& o) {
+  auto get = [&](const char* key) -> std::optional<int> {
+    if (auto v = o.opt_integer(key, 1, 1 << 20)) return static_cast<int>(*v);
+    return std::nullopt;
+  };
+  ModelOptions m;
+  m.resolution = get("resolution");
+  m.channels = get("channels");
+  m.classes = get("classes");
+  m.seq_len = get("seq_len");
+  if (auto att = o.opt_string("attention")) m.attention = parse_attention(*att, o.origin() + ": " + o.where("attention"));
+  o.finish();
+  return m;
+}
+
 Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   JsonObject r(j, origin);
   std::string schema = r.string("schema");
@@ -73,19 +88,7 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
   p.params = m.integer("params", 1, INT64_MAX);
   p.fingerprint = m.string("fingerprint");
   p.model_file = m.opt_string("file").value_or("");
-  if (auto o = m.opt_object("options")) {
-    auto get = [&](const char* key) -> std::optional<int> {
-      if (auto v = o->opt_integer(key, 1, 1 << 20)) return static_cast<int>(*v);
-      return std::nullopt;
-    };
-    p.model_options.resolution = get("resolution");
-    p.model_options.channels = get("channels");
-    p.model_options.classes = get("classes");
-    p.model_options.seq_len = get("seq_len");
-    if (auto att = o->opt_string("attention"))
-      p.model_options.attention = parse_attention(*att, origin + ": $.model.options.attention");
-    o->finish();
-  }
+  if (auto o = m.opt_object("options")) p.model_options = model_options_from_json(*o);
   m.finish();
   p.cluster = r.string("cluster");
   p.gpus = static_cast<int>(r.integer("gpus", 1, 1 << 24));

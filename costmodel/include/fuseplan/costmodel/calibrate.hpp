@@ -181,4 +181,52 @@ std::vector<ClassFit> fit_compute_classes(const Cluster& cluster, const Model& m
 // (a value at its bound, the closest the roofline comes, says so).
 void apply_compute_fit(Cluster& cluster, const std::vector<ClassFit>& fits, Precision p, const std::string& source);
 
+// One GPU's measured training rate of one model (a fuseplan.throughput/1 file's
+// measurement: a vendor's performance page, a paper, a run of one's own) and the layer
+// classes it calibrates: their efficiency, one value for all of them at the measured
+// precision (compute_efficiency, or memory_efficiency for classes the bytes price).
+struct ThroughputMeasurement {
+  Model model;
+  int batch = 1;
+  Precision precision = Precision::FP32;
+  Accumulation loop;       // micro-batches per optimizer step in the measured run
+  OptimizerStep optimizer;
+  double samples_per_s = 0;
+  std::vector<ComputeClass> classes;
+  bool memory = false;     // memory_efficiency (else compute_efficiency)
+  std::string where;       // "FILE: $.measurements[i]", for messages
+  std::string source;      // where the rate comes from (provenance); may be empty
+};
+// Reads a fuseplan.throughput/1 file; InputError naming the file and JSON path of a bad
+// field, an unknown class, a class the model has no priced layer of, or a class fitted at
+// one precision by two measurements.
+std::vector<ThroughputMeasurement> load_throughputs(const std::string& path);
+
+// The class efficiencies that make one GPU of `cluster` train each measured model at its
+// measured rate (single_gpu_step_s: forward, backward, the optimizer's share, the input
+// pipeline's wait), all together: a rate moves with every class its model holds, so a
+// measurement fitting convolutions also moves with a GEMM or norm value another one fits.
+// Levenberg-Marquardt on the logs of the rates' ratios, in the logs of the values, with
+// finite-difference derivatives; values within [kMinThroughputEfficiency,
+// kMaxClassEfficiency] (memory: up to 1). InputError naming the measurement when its rate
+// lies beyond what its classes reach at their bound (the other classes', the optimizer's
+// or the input pipeline's time bound it), or when measurements contradict each other.
+inline constexpr double kMinThroughputEfficiency = 1e-3;
+struct ThroughputFit {
+  struct Row {
+    double value = 0;                     // the fitted efficiency
+    double before = 0;                    // its value in the cluster as given
+    double rate_before = 0, rate_after = 0;  // predicted samples/s, as given and fitted
+  };
+  std::vector<Row> rows;  // per measurement, in order
+  int rounds = 0;         // iterations of the fit
+};
+ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<ThroughputMeasurement>& ms);
+
+// Writes the fitted values into the cluster's device.by_kind at each measurement's
+// precision, with provenance (device.by_kind.CLASS.KEY.PRECISION) naming `how` (the
+// command and file), the measurement and its source.
+void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit,
+                          const std::string& how);
+
 }  // namespace fuseplan

@@ -40,6 +40,12 @@ double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, con
 // The largest rate set_measured_rate takes (a million samples per second per GPU).
 inline constexpr double kMaxMeasuredRate = 1e6;
 
+// One GPU's training time per micro-batch, as a run on one GPU pays it: forward, backward,
+// its share of the optimizer step (`o` once every `a.steps` micro-batches) and the wait for
+// an input pipeline slower than those (the predictor's single_gpu_iteration_s).
+double single_gpu_step_s(const Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
+                         const OptimizerStep& o);
+
 class ComputeModel {
  public:
   ComputeModel(const Model& m, const Cluster& c, int batch_per_gpu, Precision compute);

@@ -156,6 +156,10 @@ inline constexpr const char* kNothingToCast =
 
 nlohmann::json plan_to_json(const Plan& p);
 Plan plan_from_json(const nlohmann::json& j, const std::string& origin);
+class JsonObject;
+// A model's shape options as plans keep them ($.model.options: resolution, channels,
+// classes, seq_len, attention); InputError naming the file and path of a bad one.
+ModelOptions model_options_from_json(JsonObject& o);
 // Reads a plan file; its model and cluster paths are taken relative to its directory.
 Plan load_plan(const std::string& path);
 // The plan as written to `path`: model and cluster paths made relative to its directory.
