@@ -164,7 +164,8 @@ BERT_ANCHORS = {
               ("dgx-a100", "fp16", "bert_large", 32, BERT_AMP, 110.5))}
 SHIPPED_BERT_ANCHOR = "pretraining"
 # (cluster, precision, model, batch, single-GPU flags, images or sequences/s, classes
-# fitted), in fitting order: the convolutions, then BERT's GEMMs (bert_fits).
+# fitted); with BERT's GEMMs (bert_fits) and the memory rows, each cluster's are fitted
+# together (fuseplan calibrate --throughput: check_dle).
 DLE_FITS = (("dgx1-v100", "fp32", "resnet50", 112, dle_single_gpu_flags(112), 356, UNGROUPED),
             ("dgx1-v100", "fp16", "resnet50", 256, dle_single_gpu_flags(256), 1156, UNGROUPED),
             ("dgx-a100", "fp32", "resnet50", 256, dle_single_gpu_flags(256), 938, UNGROUPED),
@@ -365,14 +366,45 @@ def fit(binary):
             break
     return values
 
-def fit_class(binary, cluster, precision, model, batch, flags, target, classes, key="compute_efficiency"):
-    """The one efficiency `key` of `classes` in `precision` that gives `model` `target` images
-    (or sequences) per second on one GPU of `cluster`, run with `flags`; the file's other
-    precisions and classes stay."""
-    base = json.load(open(cluster_path(cluster)))
-    hi = 1.0 if key == "memory_efficiency" else 8.0  # the cluster reader's bounds (kMaxClassEfficiency)
-    return solve(lambda e: rate_on(binary, with_class_efficiencies(base, {k: e for k in classes}, precision, key),
-                                   model, batch, precision, flags), target, hi=hi)
+# A single-GPU row's flags as a fuseplan.throughput/1 measurement's keys (flag -> key,
+# type); the model options go under "options".
+MEASUREMENT_KEYS = {"--accumulate": ("accumulate", int), "--optimizer": ("optimizer", str),
+                    "--optimizer-kernels": ("optimizer_kernels", str), "--optimizer-bytes": ("optimizer_bytes", float)}
+OPTION_KEYS = {"--seq-len": ("seq_len", int), "--attention": ("attention", str)}
+
+
+def measurement(row, key="compute_efficiency"):
+    """A fitted row (cluster, precision, model, batch, flags, rate, classes) as a
+    fuseplan.throughput/1 measurement fitting `key`."""
+    _, precision, model, batch, flags, target, classes = row
+    m = {"model": MODEL_FILES.get(model, model), "batch_per_gpu": batch, "precision": precision,
+         "samples_per_s": target, "fit": list(classes)}
+    if key == "memory_efficiency":
+        m["efficiency"] = "memory"
+    for flag, value in zip(flags[::2], flags[1::2]):
+        name, kind = OPTION_KEYS[flag] if flag in OPTION_KEYS else MEASUREMENT_KEYS[flag]
+        (m.setdefault("options", {}) if flag in OPTION_KEYS else m)[name] = kind(value)
+    return m
+
+
+def calibrated_classes(binary, cluster, rows):
+    """The class efficiencies `fuseplan calibrate --throughput` fits, all together, to the
+    (row, key) pairs `rows` on `cluster`: (class, key, precision) -> value."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rates, out = os.path.join(tmp, "rates.json"), os.path.join(tmp, "fitted.json")
+        with open(rates, "w") as f:
+            json.dump({"schema": "fuseplan.throughput/1", "measurements": [measurement(r, k) for r, k in rows]}, f)
+        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates, "--out", out]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
+        by_kind = json.load(open(out))["device"]["by_kind"]
+    values = {}
+    for (_, precision, _, _, _, _, classes), key in rows:
+        for cls in classes:
+            v = by_kind[cls][key]
+            values[cls, key, precision] = round(v[precision] if isinstance(v, dict) else v, 4)
+    return values
 
 
 def fit_variation(binary):
@@ -447,23 +479,28 @@ def device_but_name(cluster):
 
 
 def check_dle(binary):
-    """Refits DLE_FITS, then DLE_MEMORY_FITS (also shipped in MEMORY_CARRIED_TO); returns
-    the clusters whose shipped values differ."""
+    """Refits DLE_FITS, the BERT rows and DLE_MEMORY_FITS (also shipped in
+    MEMORY_CARRIED_TO) with `fuseplan calibrate --throughput`, each cluster's together;
+    returns the clusters whose shipped values differ."""
     stale = [f"{name} (its device differs from {source}'s apart from the name)"
              for name, source in DEVICE_CARRIED.items() if device_but_name(name) != device_but_name(source)]
-    fits = [(f, "compute_efficiency", ()) for f in DLE_FITS + bert_fits(SHIPPED_BERT_ANCHOR)[0]]
-    fits += [(f, "memory_efficiency", MEMORY_CARRIED_TO) for f in DLE_MEMORY_FITS]
-    for (cluster, precision, model, batch, flags, target, classes), key, carried in fits:
-        e = fit_class(binary, cluster, precision, model, batch, flags, target, classes, key)
-        print(f"{cluster} {precision}: by_kind.{' = '.join(classes)}.{key} = {e} ({model} {target}/s, batch {batch})"
-              + (" (carried to " + ", ".join(carried) + ")" if carried else ""))
-        for shipped_in in (cluster, *carried):
-            k = json.load(open(cluster_path(shipped_in)))["device"].get("by_kind", {})
-            for cls in classes:
-                shipped = k.get(cls, {}).get(key, {})
-                shipped = shipped.get(precision) if isinstance(shipped, dict) else shipped
-                if shipped is None or abs(shipped - e) > 1e-3:
-                    stale.append(f"{shipped_in} ({cls} {key}, {precision})")
+    rows = [(f, "compute_efficiency") for f in DLE_FITS + bert_fits(SHIPPED_BERT_ANCHOR)[0]]
+    rows += [(f, "memory_efficiency") for f in DLE_MEMORY_FITS]
+    for cluster in dict.fromkeys(f[0] for f, _ in rows):
+        mine = [(f, key) for f, key in rows if f[0] == cluster]
+        values = calibrated_classes(binary, cluster, mine)
+        for (_, precision, model, batch, _, target, classes), key in mine:
+            e = values[classes[0], key, precision]
+            carried = MEMORY_CARRIED_TO if key == "memory_efficiency" else ()
+            print(f"{cluster} {precision}: by_kind.{' = '.join(classes)}.{key} = {e} ({model} {target}/s, batch {batch})"
+                  + (" (carried to " + ", ".join(carried) + ")" if carried else ""))
+            for shipped_in in (cluster, *carried):
+                k = json.load(open(cluster_path(shipped_in)))["device"].get("by_kind", {})
+                for cls in classes:
+                    shipped = k.get(cls, {}).get(key, {})
+                    shipped = shipped.get(precision) if isinstance(shipped, dict) else shipped
+                    if shipped is None or abs(shipped - e) > 1e-4:  # the fit's value, rounded to 4 decimals
+                        stale.append(f"{shipped_in} ({cls} {key}, {precision})")
     return stale
 
 
@@ -475,8 +512,12 @@ def refit_bert_anchor(binary, anchor, config_dir):
     os.environ["FUSEPLAN_CONFIG_DIR"] = config_dir
     print(f"# --bert-anchor {anchor}: gemm and attention fitted to these rates, not the shipped files' "
           f"({SHIPPED_BERT_ANCHOR}):")
-    for cluster, precision, model, batch, flags, target, classes in bert_fits(anchor)[0]:
-        e = fit_class(binary, cluster, precision, model, batch, flags, target, classes)
+    rows = bert_fits(anchor)[0]
+    values = {}
+    for cluster in dict.fromkeys(r[0] for r in rows):
+        values.update(calibrated_classes(binary, cluster, [(r, "compute_efficiency") for r in rows if r[0] == cluster]))
+    for cluster, precision, model, batch, flags, target, classes in rows:
+        e = values[classes[0], "compute_efficiency", precision]
         print(f"#   {cluster} {precision}: {' = '.join(classes)} {e} ({model} {target}/s, batch {batch})")
         for name in [cluster] + [k for k, v in DEVICE_CARRIED.items() if v == cluster]:
             c = with_class_efficiencies(json.load(open(cluster_path(name))), {k: e for k in classes}, precision)
