@@ -262,6 +262,7 @@ DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024),
 MEMORY_CARRIED_TO = ("dgx-a100",)
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
+EXAMPLE_RATES = os.path.join(ROOT, "configs", "throughput", "dgx-a100-dle.json")
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
 DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
@@ -486,6 +487,13 @@ def check_dle(binary):
              for name, source in DEVICE_CARRIED.items() if device_but_name(name) != device_but_name(source)]
     rows = [(f, "compute_efficiency") for f in DLE_FITS + bert_fits(SHIPPED_BERT_ANCHOR)[0]]
     rows += [(f, "memory_efficiency") for f in DLE_MEMORY_FITS]
+    # The example rate file users are shown (docs/costmodel.md) holds the A100's rows.
+    example = json.load(open(EXAMPLE_RATES))["measurements"]
+    for m in example:
+        m.pop("source")
+        m["model"] = MODEL_FILES.get(os.path.splitext(os.path.basename(m["model"]))[0], m["model"])
+    if example != [measurement(f, key) for f, key in rows if f[0] == "dgx-a100"]:
+        stale.append(os.path.relpath(EXAMPLE_RATES, ROOT) + " (its rates are not the dgx-a100 rows here)")
     for cluster in dict.fromkeys(f[0] for f, _ in rows):
         mine = [(f, key) for f, key in rows if f[0] == cluster]
         values = calibrated_classes(binary, cluster, mine)

@@ -61,11 +61,11 @@ def commands(body):
 
 
 def workdir(source):
-    """A fresh directory with the fixtures, scripts/ and python/ the examples use."""
+    """A fresh directory with the fixtures, scripts/, python/ and configs/ the examples use."""
     work = tempfile.mkdtemp(prefix="fuseplan-docs-")
     for name, src in FIXTURES.items():
         shutil.copy(os.path.join(source, src), os.path.join(work, name))
-    for d in ("scripts", "python"):
+    for d in ("scripts", "python", "configs"):
         os.symlink(os.path.join(source, d), os.path.join(work, d))
     return work
 

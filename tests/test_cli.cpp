@@ -1319,7 +1319,7 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK(j.at("calibrated").contains("mpi"));
   CHECK(run("predict --model resnet18 --cluster " + cal + " --gpus 2 --algorithm ring").code == 0);
   expect_bad("calibrate --sweep " + sweep + " --nccl-tests " + sweep, "give --sweep or --nccl-tests, not both");
-  expect_bad("calibrate", "give --sweep, --nccl-tests, --plan with --measured, or --profile with --model");
+  expect_bad("calibrate", "give --sweep, --nccl-tests, --plan with --measured, --profile with --model, or --throughput");
   Run bad = run_mpi(2, "sweep --algorithm ring,spin");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));
@@ -2296,4 +2296,57 @@ TEST_CASE("cli: a SimGrid process that dies is one line, without its backtrace")
                                     "'[simgrid] a fatal error (fault test)'; the same command reproduces it"));
   CHECK_THAT(r.out, !Catch::Contains("Backtrace"));
   CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+}
+
+TEST_CASE("cli: calibrate --throughput fits the layer classes to measured training rates, and the shipped A100 "
+          "rates give the shipped A100 values") {
+  const std::string rates = std::string(FUSEPLAN_TEST_DATA) + "/../../configs/throughput/dgx-a100-dle.json";
+  const std::string out = tmp("throughput-calibrated.json");
+  std::filesystem::remove(out);
+  // Fitted into a copy of the file without the classes the rates set (its `other`, carried
+  // from the V100, kept): the rates alone bring them back.
+  nlohmann::json bare = nlohmann::json::parse(std::ifstream(std::string(FUSEPLAN_TEST_DATA) +
+                                                            "/../../configs/clusters/dgx-a100.json"));
+  const nlohmann::json shipped = bare["device"]["by_kind"];
+  for (const char* cls : {"conv_kxk", "conv_1x1", "conv_grouped", "gemm", "attention"}) {
+    bare["device"]["by_kind"].erase(cls);
+    bare["provenance"].erase(std::string("device.by_kind.") + cls);
+  }
+  const std::string bare_path = tmp("dgx-a100-bare.json");
+  write(bare_path, bare.dump());
+  const Run r = run("calibrate --cluster " + bare_path + " --throughput " + rates + " --out " + out);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("6 measurements") && Catch::Contains("Levenberg-Marquardt"));
+  const auto fitted = nlohmann::json::parse(std::ifstream(out));
+  for (const char* cls : {"conv_kxk", "conv_1x1", "conv_grouped", "gemm", "attention"})
+    for (const char* p : {"fp32", "fp16"}) {
+      INFO(cls << " " << p);
+      CHECK(fitted["device"]["by_kind"][cls]["compute_efficiency"][p].get<double>() ==
+            Approx(shipped[cls]["compute_efficiency"][p].get<double>()).margin(1e-4));
+    }
+  CHECK_THAT(fitted["provenance"]["device.by_kind.conv_grouped.compute_efficiency.fp16"].get<std::string>(),
+             Catch::StartsWith("FITTED (fuseplan calibrate --throughput ") &&
+                 Catch::Contains("resnext101_32x4d at batch 128, fp16, 1211 samples/s on one GPU"));
+  // predict on the written file trains ResNet-50 at the measured rate.
+  const auto p = json_of("predict --cluster " + out + " --model resnet50 --gpus 1 --batch-per-gpu 256 --precision fp16 "
+                         "--accumulate 8 --optimizer sgd --optimizer-kernels per-tensor --json");
+  CHECK(256 / p["iteration_s"].get<double>() == Approx(2470).epsilon(1e-6));
+
+  // Bad input: one line naming the file and JSON path, exit 2, the output left alone.
+  write(out, "keep");
+  const std::string bad = tmp("rates-bad.json");
+  write(bad, R"({"schema": "fuseplan.throughput/1", "measurements": [{"model": "resnet50", "batch_per_gpu": 64,
+      "precision": "fp16", "samples_per_s": 900, "fit": ["attention"]}]})");
+  expect_bad("calibrate --cluster dgx-a100 --throughput " + bad + " --out " + out,
+             "--throughput " + bad + ": $.measurements[0].fit[0]: resnet50 has no layer of class attention");
+  write(bad, R"({"schema": "fuseplan.throughput/1", "measurements": [{"model": "resnet50", "batch_per_gpu": 64,
+      "precision": "fp16", "samples_per_s": 90000, "fit": ["conv_kxk", "conv_1x1"]}]})");
+  expect_bad("calibrate --cluster dgx-a100 --throughput " + bad + " --out " + out,
+             "$.measurements[0]: 90000 samples/s is more than resnet50 trains on one GPU of dgx-a100");
+  std::stringstream kept;
+  kept << std::ifstream(out).rdbuf();
+  CHECK(kept.str() == "keep");
+  expect_bad("calibrate --throughput " + rates + " --profile x.json --model resnet50",
+             "--throughput and --profile with --model are exclusive");
 }

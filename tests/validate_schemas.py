@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Every shipped and generated model, cluster, plan and schedule file against docs/schemas/, and each
+"""Every shipped and generated model, cluster, plan, schedule and throughput file against docs/schemas/, and each
 schema refusing broken files (so that the check can fail).
 
     validate_schemas.py SOURCE_DIR BIN_DIR
@@ -91,7 +91,7 @@ def load_schema(source, name):
 def main():
     source, bindir = sys.argv[1], sys.argv[2]
     fuseplan = os.path.join(bindir, "fuseplan")
-    schemas = {n: load_schema(source, n) for n in ("model", "cluster", "plan", "schedule")}
+    schemas = {n: load_schema(source, n) for n in ("model", "cluster", "plan", "schedule", "throughput")}
     work = tempfile.mkdtemp(prefix="fuseplan-schemas-")
     files = []  # (kind, label, document)
 
@@ -107,6 +107,11 @@ def main():
     run("calibrate", "--cluster", "dgx-h100", "--ranks", "16", "--per-node", "8", "--nccl-tests",
         os.path.join(source, "tests", "data", "nccl-tests", "h100-ndr-2x8.txt"), "--accept-degenerate", "--out", calibrated)
     files.append(("cluster", "calibrate --nccl-tests output", json.load(open(calibrated))))
+    for path in sorted(glob.glob(os.path.join(source, "configs", "throughput", "*.json"))):
+        files.append(("throughput", os.path.relpath(path, source), json.load(open(path))))
+        fitted = os.path.join(work, "throughput-fitted.json")
+        run("calibrate", "--cluster", "dgx-a100", "--throughput", path, "--out", fitted)
+        files.append(("cluster", "calibrate --throughput " + os.path.relpath(path, source), json.load(open(fitted))))
     files.append(("model", "tests/data/golden-model.json", json.load(open(os.path.join(source, "tests", "data",
                                                                                        "golden-model.json")))))
     for path in sorted(glob.glob(os.path.join(source, "bench", "models", "*.json"))):
@@ -169,6 +174,11 @@ def main():
         ("plan", "an optimizer moving no bytes",
          lambda d: d.__setitem__("optimizer", {"bytes_per_param": 0, "kernels_per_tensor": 0})),
         ("plan", "an optimizer without its kernels", lambda d: d.__setitem__("optimizer", {"bytes_per_param": 28})),
+        ("throughput", "a rate of 0", lambda d: d["measurements"][0].__setitem__("samples_per_s", 0)),
+        ("throughput", "no class to fit", lambda d: d["measurements"][0].__setitem__("fit", [])),
+        ("throughput", "an unknown class", lambda d: d["measurements"][0].__setitem__("fit", ["conv"])),
+        ("throughput", "an unknown efficiency", lambda d: d["measurements"][0].__setitem__("efficiency", "flops")),
+        ("throughput", "no measurements", lambda d: d.__setitem__("measurements", [])),
         ("schedule", "an unknown exchange", lambda d: d.__setitem__("exchange", "alltoall")),
         ("schedule", "a credit of 0", lambda d: d.__setitem__("credit", 0)),
         ("schedule", "no bounds", lambda d: d.pop("bounds")),
