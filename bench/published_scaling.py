@@ -521,11 +521,10 @@ def refit_bert_anchor(binary, anchor, config_dir):
     print(f"# --bert-anchor {anchor}: gemm and attention fitted to these rates, not the shipped files' "
           f"({SHIPPED_BERT_ANCHOR}):")
     rows = bert_fits(anchor)[0]
-    values = {}
-    for cluster in dict.fromkeys(r[0] for r in rows):
-        values.update(calibrated_classes(binary, cluster, [(r, "compute_efficiency") for r in rows if r[0] == cluster]))
+    values = {cluster: calibrated_classes(binary, cluster, [(r, "compute_efficiency") for r in rows if r[0] == cluster])
+              for cluster in dict.fromkeys(r[0] for r in rows)}
     for cluster, precision, model, batch, flags, target, classes in rows:
-        e = values[classes[0], "compute_efficiency", precision]
+        e = values[cluster][classes[0], "compute_efficiency", precision]
         print(f"#   {cluster} {precision}: {' = '.join(classes)} {e} ({model} {target}/s, batch {batch})")
         for name in [cluster] + [k for k, v in DEVICE_CARRIED.items() if v == cluster]:
             c = with_class_efficiencies(json.load(open(cluster_path(name))), {k: e for k in classes}, precision)

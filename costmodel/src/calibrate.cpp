@@ -683,7 +683,7 @@ std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
       if (!has_priced_layer(m.model, *cls, m.memory))
         throw InputError(origin + ": " + at + ": " + m.model.name + " has no layer of class " +
                          std::string(compute_class_name(*cls)) + (m.memory ? "" : " with FLOPs") +
-                         " (`fuseplan predict --by-class` lists the classes it holds)");
+                         " (a prediction's compute_by_class lists the classes it holds)");
       for (size_t before = 0; before < out.size(); ++before) {
         const ThroughputMeasurement& b = out[before];
         if (b.precision == m.precision && b.memory == m.memory &&

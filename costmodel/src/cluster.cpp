@@ -129,7 +129,7 @@ double Cluster::peak_flops(Precision p) const {
 
 double Cluster::gamma_s_per_byte() const {
   if (reduce_bw_GBps) return 1.0 / (*reduce_bw_GBps * 1e9);
-  return kReduceMemoryPasses / (device.mem_bw_GBps * 1e9 * device.memory_efficiency);
+  return kReduceMemoryPasses / device.memory_Bps();
 }
 
 double InterNodeNetwork::fraction(std::string_view library) const {

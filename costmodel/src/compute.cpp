@@ -62,7 +62,7 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
   if (l.attrs.view) return {};  // no kernel, no memory moved
   const ComputeClass k = compute_class_of(l);
   const double flops = c.peak_flops(p) * c.device.compute_efficiency_of(k, p);
-  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency_of(k, p);
+  const double bw = c.device.memory_Bps(k, p);
   const double eb = bytes_per_element(p);
   const double overhead = c.device.kernel_overhead_us * 1e-6;
   double in_elems = 0;
@@ -95,7 +95,7 @@ LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batc
 
 ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precision p) {
   if (batch < 1) throw InputError(field("batch_per_gpu") + ": must be >= 1 (got " + std::to_string(batch) + ")");
-  const double bw = c.device.mem_bw_GBps * 1e9 * c.device.memory_efficiency;
+  const double bw = c.device.memory_Bps();
   for (size_t i = 0; i < m.layers.size(); ++i) {
     const Layer& l = m.layers[i];
     LayerTime t;

@@ -241,7 +241,7 @@ constexpr double kPackPasses = 2.0;
 
 // Moving `bytes` (reads and writes together) at the device's effective memory bandwidth.
 double memory_time_s(const Cluster& cluster, double bytes) {
-  return bytes / (cluster.device.mem_bw_GBps * 1e9 * cluster.device.memory_efficiency);
+  return bytes / cluster.device.memory_Bps();
 }
 }  // namespace
 

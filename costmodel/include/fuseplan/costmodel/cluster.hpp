@@ -40,6 +40,10 @@ struct DeviceSpec {
   std::map<ComputeClass, ClassEfficiency> by_kind;  // per layer class; empty = one roofline
   double compute_efficiency_of(ComputeClass k, Precision p) const;
   double memory_efficiency_of(ComputeClass k, Precision p) const;
+  // Bytes per second moved at the device's memory efficiency (the optimizer step, packing
+  // copies), or at class `k`'s at precision `p` (a layer's roofline).
+  double memory_Bps() const { return mem_bw_GBps * 1e9 * memory_efficiency; }
+  double memory_Bps(ComputeClass k, Precision p) const { return mem_bw_GBps * 1e9 * memory_efficiency_of(k, p); }
   double kernel_overhead_us = 0;    // fixed cost per layer pass (kernel launch)
   int compute_capability = 0;       // CUDA sm (70, 80, 90, ...); required when the cluster runs NCCL
   int pcie_gen = 0;                 // the GPU's PCIe generation (x16); 0 = from the compute capability
