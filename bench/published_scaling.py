@@ -316,23 +316,6 @@ def with_class_efficiencies(base, efficiencies, precision=None, key="compute_eff
     return c
 
 
-def rate_on(binary, cluster_json, model, batch, precision="fp32", flags=()):
-    """The predicted single-GPU images/s on a cluster given as JSON."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, cluster_json["name"] + ".json")
-        json.dump(cluster_json, open(path, "w"))
-        return single_gpu_rate(binary, model, path, batch, precision, flags)
-
-
-def solve(rate_of, target, lo=1e-3, hi=4.0):
-    """The value in [lo, hi] (an efficiency, by default) whose predicted single-GPU rate is
-    `target`, where the rate grows with the value (negate both for one that falls)."""
-    for _ in range(32):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if rate_of(mid) < target else (lo, mid)
-    return round((lo + hi) / 2, 4)
-
-
 def unfitted_classes(cluster_json):
     """The classes of a P100 cluster's by_kind that fit() does not fit (gemm's, from
     DeepBench): it fits with p100-dgx1's, and every P100 file must carry them alike."""
@@ -342,30 +325,17 @@ def unfitted_classes(cluster_json):
 def fit(binary):
     """conv_kxk_s1's efficiency from VGG-16 (its only convolutions besides the stem),
     conv_1x1's from ResNet-50 and conv_kxk's from Inception v3, all at batch 64, and the
-    fixed cost per layer pass (kernel_overhead_us) from ResNet-50 at batch 32, in turn until
-    none moves (each rate depends on all four); every other class keeps the file's (gemm's
-    from DeepBench, the rest the device's assumption). Returns name -> value."""
-    base = json.load(open(cluster_path("p100-dgx1")))
-    others = {k: v["compute_efficiency"] for k, v in unfitted_classes(base).items() if "compute_efficiency" in v}
+    fixed cost per layer pass (kernel_overhead_us) from ResNet-50 at batch 32, all together
+    (each rate depends on all four) by `fuseplan calibrate --throughput` on p100-dgx1; every
+    other class keeps the file's (gemm's from DeepBench, the rest the device's assumption).
+    Returns name -> value."""
+    rows = [(("p100-dgx1", "fp32", model, batch, [], TF_P100[model, batch], (cls,)), "compute_efficiency")
+            for (model, batch), cls in FITTED_ON.items()]
+    rows.append((("p100-dgx1", "fp32", *FITTED_OVERHEAD_ON, [], TF_P100[FITTED_OVERHEAD_ON], ("kernel_overhead_us",)),
+                 "compute_efficiency"))
+    values = calibrated_classes(binary, "p100-dgx1", rows)
+    return {cls: values[cls, "compute_efficiency", "fp32"] for (_, _, _, _, _, _, (cls,)), _ in rows}
 
-    def rate(model, values, batch=64):
-        c = with_class_efficiencies(base, dict(others, **{k: v for k, v in values.items() if k.startswith("conv")}))
-        c["device"]["kernel_overhead_us"] = values["kernel_overhead_us"]
-        return rate_on(binary, c, model, batch)  # predict() finds the model files
-
-    k = base["device"]["by_kind"]
-    values = {cls: k.get(cls, {"compute_efficiency": 1.0})["compute_efficiency"] for cls in FITTED_ON.values()}
-    values["kernel_overhead_us"] = base["device"]["kernel_overhead_us"]
-    for _ in range(20):
-        before = dict(values)
-        for (model, batch), cls in FITTED_ON.items():
-            values[cls] = solve(lambda e: rate(model, dict(values, **{cls: e}), batch), TF_P100[(model, batch)])
-        model, batch = FITTED_OVERHEAD_ON
-        values["kernel_overhead_us"] = solve(lambda o: -rate(model, dict(values, kernel_overhead_us=o), batch),
-                                             -TF_P100[FITTED_OVERHEAD_ON], 0.0, 1000.0)
-        if values == before:
-            break
-    return values
 
 # A single-GPU row's flags as a fuseplan.throughput/1 measurement's keys (flag -> key,
 # type); the model options go under "options".
@@ -389,8 +359,9 @@ def measurement(row, key="compute_efficiency"):
 
 
 def calibrated_classes(binary, cluster, rows):
-    """The class efficiencies `fuseplan calibrate --throughput` fits, all together, to the
-    (row, key) pairs `rows` on `cluster`: (class, key, precision) -> value."""
+    """The class efficiencies (and kernel_overhead_us, where a row fits it) `fuseplan
+    calibrate --throughput` fits, all together, to the (row, key) pairs `rows` on `cluster`:
+    (class, key, precision) -> value."""
     with tempfile.TemporaryDirectory() as tmp:
         rates, out = os.path.join(tmp, "rates.json"), os.path.join(tmp, "fitted.json")
         with open(rates, "w") as f:
@@ -399,11 +370,11 @@ def calibrated_classes(binary, cluster, rows):
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
-        by_kind = json.load(open(out))["device"]["by_kind"]
+        device = json.load(open(out))["device"]
     values = {}
     for (_, precision, _, _, _, _, classes), key in rows:
-        for cls in classes:
-            v = by_kind[cls][key]
+        for cls in classes:  # kernel_overhead_us: the device's own
+            v = device["kernel_overhead_us"] if cls == "kernel_overhead_us" else device["by_kind"][cls][key]
             values[cls, key, precision] = round(v[precision] if isinstance(v, dict) else v, 4)
     return values
 
@@ -583,7 +554,7 @@ def main():
             device = json.load(open(cluster_path(name)))["device"]
             shipped = {cls: device["by_kind"].get(cls, {}).get("compute_efficiency", -1) for cls in values}
             shipped["kernel_overhead_us"] = device["kernel_overhead_us"]
-            if any(abs(shipped[k] - v) > 1e-3 * max(1.0, abs(v)) for k, v in values.items()):
+            if any(abs(shipped[k] - v) > 1e-4 for k, v in values.items()):  # the fit's values, rounded to 4 decimals
                 stale.append(name)
             elif any(device["by_kind"].get(k) != v for k, v in kept.items()):
                 stale.append(name + " (the unfitted classes differ from p100-dgx1's)")

@@ -152,8 +152,10 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
     const ThroughputFit::Row& r = fit.rows[i];
     std::string classes;
     for (ComputeClass k : m.classes) classes += (classes.empty() ? "" : ", ") + std::string(compute_class_name(k));
+    if (m.overhead) classes = "kernel_overhead_us";
     t.row({m.model.name, std::to_string(m.batch), std::string(precision_name(m.precision)), fixed(m.samples_per_s, 1),
-           fixed(r.rate_before, 1), fixed(r.rate_after, 1), classes, m.memory ? "memory" : "compute", fixed(r.before, 4),
+           fixed(r.rate_before, 1), fixed(r.rate_after, 1), classes, m.overhead ? "us" : m.memory ? "memory" : "compute",
+           fixed(r.before, 4),
            fixed(r.value, 4)});
   }
   t.print(os, "  ");

@@ -535,3 +535,32 @@ TEST_CASE("calibrate: throughput files are validated, and a rate out of reach is
   CHECK_THROWS_WITH(fit_throughputs(c, fast), Catch::Contains("$.measurements[0]: 99999 samples/s is more than "
                                                               "resnet50 trains on one GPU of dgx1-v100"));
 }
+
+TEST_CASE("calibrate: the fixed cost per layer pass is recovered beside a class from rates at two batches") {
+  const Cluster plain = load_cluster("p100-dgx1");
+  Cluster truth = plain;
+  truth.device.kernel_overhead_us = 150;
+  truth.device.by_kind[ComputeClass::Conv1x1].compute[Precision::FP32] = 0.6;
+  std::vector<ThroughputMeasurement> ms = {
+      measured_on(truth, "resnet50", 64, Precision::FP32, {ComputeClass::Conv1x1}),
+      measured_on(truth, "resnet50", 16, Precision::FP32, {})};
+  ms[1].overhead = true;
+  const ThroughputFit fit = fit_throughputs(plain, ms);
+  CHECK(fit.rows[0].value == Approx(0.6).epsilon(1e-7));
+  CHECK(fit.rows[1].value == Approx(150).epsilon(1e-7));
+  CHECK(fit.rows[1].before == plain.device.kernel_overhead_us);
+  Cluster fitted = plain;
+  apply_throughput_fit(fitted, ms, fit, "test");
+  CHECK(fitted.device.kernel_overhead_us == Approx(150).epsilon(1e-7));
+  CHECK_THAT(fitted.provenance.at("device.kernel_overhead_us"), Catch::StartsWith("FITTED (test): resnet50 at batch 16"));
+
+  const std::string one = R"({"model": "resnet50", "batch_per_gpu": 16, "precision": "fp32", "samples_per_s": 100,
+                              "fit": ["kernel_overhead_us"]})";
+  CHECK(load_throughputs(throughput_file(one)).at(0).overhead);
+  CHECK_THROWS_WITH(load_throughputs(throughput_file(one + ", " + one)),
+                    Catch::Contains("$.measurements[1].fit[0]: kernel_overhead_us is fitted by $.measurements[0] already"));
+  CHECK_THROWS_WITH(load_throughputs(throughput_file(
+                        R"({"model": "resnet50", "batch_per_gpu": 16, "precision": "fp32", "samples_per_s": 100,
+                            "fit": ["gemm", "kernel_overhead_us"]})")),
+                    Catch::Contains("$.measurements[0].fit[1]: kernel_overhead_us is the device's, fitted alone"));
+}

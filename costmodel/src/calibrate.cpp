@@ -604,8 +604,12 @@ std::string as_in_file(const InputError& e) {
 }
 
 const char* efficiency_key(bool memory) { return memory ? "memory_efficiency" : "compute_efficiency"; }
+const char* fitted_key(const ThroughputMeasurement& m) {
+  return m.overhead ? "kernel_overhead_us" : efficiency_key(m.memory);
+}
 
 void set_efficiency(Cluster& c, const ThroughputMeasurement& m, double value) {
+  if (m.overhead) c.device.kernel_overhead_us = value;
   for (ComputeClass k : m.classes) {
     ClassEfficiency& e = c.device.by_kind[k];
     (m.memory ? e.memory : e.compute)[m.precision] = value;
@@ -617,6 +621,7 @@ double rate_on(const Cluster& c, const ThroughputMeasurement& m) {
 }
 
 std::string class_names(const std::vector<ComputeClass>& ks) {
+  if (ks.empty()) return "the fixed cost per layer pass";
   std::string s;
   for (ComputeClass k : ks) s += (s.empty() ? "" : ", ") + std::string(compute_class_name(k));
   return s;
@@ -676,8 +681,21 @@ std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
     if (fit.empty()) o.fail("fit", "name at least one layer class (" + compute_class_list() + ")");
     for (size_t k = 0; k < fit.size(); ++k) {
       const std::string at = o.where("fit") + "[" + std::to_string(k) + "]";
+      if (fit[k] == "kernel_overhead_us") {
+        if (fit.size() > 1 || m.memory)
+          throw InputError(origin + ": " + at + ": kernel_overhead_us is the device's, fitted alone (no class and "
+                           "no efficiency beside it)");
+        for (size_t before = 0; before < out.size(); ++before)
+          if (out[before].overhead)
+            throw InputError(origin + ": " + at + ": kernel_overhead_us is fitted by $.measurements[" +
+                             std::to_string(before) + "] already");
+        m.overhead = true;
+        continue;
+      }
       const auto cls = fit[k].is_string() ? parse_compute_class(fit[k].get<std::string>()) : std::nullopt;
-      if (!cls) throw InputError(origin + ": " + at + ": not a layer class (valid: " + compute_class_list() + ")");
+      if (!cls)
+        throw InputError(origin + ": " + at + ": not a layer class (valid: " + compute_class_list() +
+                         "; or kernel_overhead_us)");
       if (std::find(m.classes.begin(), m.classes.end(), *cls) != m.classes.end())
         throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + " is named twice");
       if (!has_priced_layer(m.model, *cls, m.memory))
@@ -709,9 +727,9 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     if (!c.device.peak_TFLOPS.count(m.precision))
       throw InputError(m.where + ": cluster " + c.name + "'s device has no " + std::string(precision_name(m.precision)) +
                        " peak (device.peak_TFLOPS)");
-    const ComputeClass k = m.classes.front();
-    const double before = m.memory ? c.device.memory_efficiency_of(k, m.precision)
-                                   : c.device.compute_efficiency_of(k, m.precision);
+    const double before = m.overhead ? c.device.kernel_overhead_us
+                          : m.memory ? c.device.memory_efficiency_of(m.classes.front(), m.precision)
+                                     : c.device.compute_efficiency_of(m.classes.front(), m.precision);
     fit.rows.push_back({before, before, rate_on(c, m), 0});
   }
   // Levenberg-Marquardt on the log rates' errors, in the values' logs: each rate moves
@@ -721,9 +739,10 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
   const size_t n = ms.size();
   std::vector<double> lo(n), hi(n), x(n);
   for (size_t i = 0; i < n; ++i) {
-    lo[i] = std::log(kMinThroughputEfficiency);
-    hi[i] = std::log(ms[i].memory ? 1.0 : kMaxClassEfficiency);
-    x[i] = std::clamp(std::log(fit.rows[i].before), lo[i], hi[i]);
+    lo[i] = std::log(ms[i].overhead ? kMinThroughputOverheadUs : kMinThroughputEfficiency);
+    hi[i] = std::log(ms[i].overhead ? kMaxThroughputOverheadUs : ms[i].memory ? 1.0 : kMaxClassEfficiency);
+    // A device without a fixed cost (0) starts the fit at 1 us.
+    x[i] = std::clamp(std::log(ms[i].overhead && fit.rows[i].before <= 0 ? 1.0 : fit.rows[i].before), lo[i], hi[i]);
   }
   auto errors = [&](const std::vector<double>& at) {
     std::vector<double> f(n);
@@ -793,15 +812,16 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     fit.rows[i].rate_after = rate_on(c, m);
     if (std::abs(fit.rows[i].rate_after - m.samples_per_s) <= 1e-6 * m.samples_per_s) continue;
     const bool more = m.samples_per_s > fit.rows[i].rate_after;
-    if (std::abs(x[i] - (more ? hi[i] : lo[i])) > 1e-9)
+    // The rate grows with an efficiency and falls as the fixed cost grows.
+    if (std::abs(x[i] - (more != m.overhead ? hi[i] : lo[i])) > 1e-9)
       throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is not reached together with "
                        "the other measurements (" + formatted(fit.rows[i].rate_after, "%.4g") + " at " +
-                       class_names(m.classes) + " " + efficiency_key(m.memory) + " " +
+                       class_names(m.classes) + " " + fitted_key(m) + " " +
                        formatted(fit.rows[i].value, "%.4g") + "): measurements of models whose classes overlap "
                        "contradict each other");
     throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is " + (more ? "more" : "less") +
                      " than " + m.model.name + " trains on one GPU of " + cluster.name + " with " +
-                     class_names(m.classes) + " at " + efficiency_key(m.memory) + " " +
+                     class_names(m.classes) + " at " + fitted_key(m) + " " +
                      formatted(fit.rows[i].value, "%g") + ", its bound: " + formatted(fit.rows[i].rate_after, "%.4g") +
                      " samples/s (the other classes, the optimizer step or the input pipeline set the rest)");
   }
@@ -818,6 +838,7 @@ void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurem
                              precision + ", " + formatted(m.samples_per_s, "%g") + " samples/s on one GPU" +
                              (m.classes.size() > 1 ? ", one value for " + class_names(m.classes) : "") +
                              (m.source.empty() ? "" : " (" + m.source + ")");
+    if (m.overhead) cluster.provenance["device.kernel_overhead_us"] = what;
     for (ComputeClass k : m.classes)
       cluster.provenance["device.by_kind." + std::string(compute_class_name(k)) + "." + efficiency_key(m.memory) +
                          "." + precision] = what;

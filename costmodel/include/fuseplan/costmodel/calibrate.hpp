@@ -192,14 +192,17 @@ struct ThroughputMeasurement {
   Accumulation loop;       // micro-batches per optimizer step in the measured run
   OptimizerStep optimizer;
   double samples_per_s = 0;
-  std::vector<ComputeClass> classes;
+  std::vector<ComputeClass> classes;  // empty when `overhead`
   bool memory = false;     // memory_efficiency (else compute_efficiency)
+  // The device's kernel_overhead_us instead of a class efficiency: the fixed cost of each
+  // layer pass, which a rate at a second, smaller batch sets apart from the classes.
+  bool overhead = false;
   std::string where;       // "FILE: $.measurements[i]", for messages
   std::string source;      // where the rate comes from (provenance); may be empty
 };
 // Reads a fuseplan.throughput/1 file; InputError naming the file and JSON path of a bad
-// field, an unknown class, a class the model has no priced layer of, or a class fitted at
-// one precision by two measurements.
+// field, an unknown class, a class the model has no priced layer of, a class fitted at one
+// precision by two measurements, or kernel_overhead_us fitted twice or beside a class.
 std::vector<ThroughputMeasurement> load_throughputs(const std::string& path);
 
 // The class efficiencies that make one GPU of `cluster` train each measured model at its
@@ -208,13 +211,15 @@ std::vector<ThroughputMeasurement> load_throughputs(const std::string& path);
 // measurement fitting convolutions also moves with a GEMM or norm value another one fits.
 // Levenberg-Marquardt on the logs of the rates' ratios, in the logs of the values, with
 // finite-difference derivatives; values within [kMinThroughputEfficiency,
-// kMaxClassEfficiency] (memory: up to 1). InputError naming the measurement when its rate
+// kMaxClassEfficiency] (memory: up to 1; kernel_overhead_us within
+// [kMinThroughputOverheadUs, kMaxThroughputOverheadUs]). InputError naming the measurement when its rate
 // lies beyond what its classes reach at their bound (the other classes', the optimizer's
 // or the input pipeline's time bound it), or when measurements contradict each other.
 inline constexpr double kMinThroughputEfficiency = 1e-3;
+inline constexpr double kMinThroughputOverheadUs = 1e-3, kMaxThroughputOverheadUs = 1e4;
 struct ThroughputFit {
   struct Row {
-    double value = 0;                     // the fitted efficiency
+    double value = 0;                     // the fitted efficiency (kernel_overhead_us: in us)
     double before = 0;                    // its value in the cluster as given
     double rate_before = 0, rate_after = 0;  // predicted samples/s, as given and fitted
   };
