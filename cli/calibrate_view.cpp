@@ -145,22 +145,27 @@ void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, con
 }
 
 void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit) {
-  Table t({"<model", "batch", "<precision", "measured /s", "given /s", "fitted /s", "<classes", "<efficiency", "given",
-           "fitted"});
+  Table t({"<model", "batch", "<precision", "measured /s", "given /s", "fitted /s", "error", "<fits", "<efficiency",
+           "given", "fitted"});
+  bool held_out = false;
   for (size_t i = 0; i < ms.size(); ++i) {
     const ThroughputMeasurement& m = ms[i];
     const ThroughputFit::Row& r = fit.rows[i];
     std::string classes;
     for (ComputeClass k : m.classes) classes += (classes.empty() ? "" : ", ") + std::string(compute_class_name(k));
     if (m.overhead) classes = "kernel_overhead_us";
+    const bool out = classes.empty();
+    held_out = held_out || out;
     t.row({m.model.name, std::to_string(m.batch), std::string(precision_name(m.precision)), fixed(m.samples_per_s, 1),
-           fixed(r.rate_before, 1), fixed(r.rate_after, 1), classes, m.overhead ? "us" : m.memory ? "memory" : "compute",
-           fixed(r.before, 4),
-           fixed(r.value, 4)});
+           fixed(r.rate_before, 1), fixed(r.rate_after, 1), signed_percent(r.rate_after / m.samples_per_s - 1),
+           out ? "(held out)" : classes, out ? "-" : m.overhead ? "us" : m.memory ? "memory" : "compute",
+           out ? "-" : fixed(r.before, 4), out ? "-" : fixed(r.value, 4)});
   }
   t.print(os, "  ");
   os << "  (one GPU's samples/s: forward, backward, the optimizer step's share and any input wait; given = the cluster\n"
-        "   as given; fitted together, " << count_of(fit.rounds, "iteration") << " of Levenberg-Marquardt)\n";
+        "   as given; error = fitted against measured; fitted together, "
+     << count_of(fit.rounds, "iteration") << " of Levenberg-Marquardt)\n";
+  if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
 }
 
 }  // namespace fuseplan::cli

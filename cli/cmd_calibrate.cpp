@@ -1,6 +1,7 @@
 // `fuseplan calibrate`: fits each measured algorithm's alpha, beta and gamma (an allreduce
 // sweep from `fuseplan-exec sweep`, or nccl-tests all_reduce_perf output) and writes them
 // into a copy of the cluster file; --holdout checks the fit on sizes it did not see.
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <memory>
@@ -110,6 +111,11 @@ void run_calibrate(const CalibrateFlags& f) {
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
   const std::vector<ThroughputMeasurement> rates = f.throughput.empty() ? std::vector<ThroughputMeasurement>{}
                                                                         : load_throughputs(f.throughput);
+  const bool rates_fit =
+      std::any_of(rates.begin(), rates.end(), [](const auto& m) { return m.overhead || !m.classes.empty(); });
+  if (!rates.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty())
+    throw InputError("--out: every measurement of --throughput " + f.throughput + " is held out (its `fit` empty): "
+                     "nothing is fitted to write");
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, targets, runs, c);
   if (measured) fit_compute(f, *measured, c);

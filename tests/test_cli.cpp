@@ -2317,7 +2317,8 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
   const Run r = run("calibrate --cluster " + bare_path + " --throughput " + rates + " --out " + out);
   INFO(r.out);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("6 measurements") && Catch::Contains("Levenberg-Marquardt"));
+  CHECK_THAT(r.out, Catch::Contains("8 measurements") && Catch::Contains("Levenberg-Marquardt") &&
+                        Catch::Contains("(held out)"));
   const auto fitted = nlohmann::json::parse(std::ifstream(out));
   for (const char* cls : {"conv_kxk", "conv_1x1", "conv_grouped", "gemm", "attention"})
     for (const char* p : {"fp32", "fp16"}) {
@@ -2349,4 +2350,14 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
   CHECK(kept.str() == "keep");
   expect_bad("calibrate --throughput " + rates + " --profile x.json --model resnet50",
              "--throughput and --profile with --model are exclusive");
+  // A rate held out (its `fit` empty) is predicted beside the fitted ones, not fitted.
+  const std::string held = tmp("rates-held-out.json");
+  write(held, R"({"schema": "fuseplan.throughput/1", "measurements": [{"model": "resnet50", "batch_per_gpu": 256,
+      "precision": "fp16", "samples_per_s": 2470, "fit": [], "accumulate": 8, "optimizer": "sgd",
+      "optimizer_kernels": "per-tensor"}]})");
+  const Run h = run("calibrate --cluster dgx-a100 --throughput " + held);
+  CHECK(h.code == 0);
+  CHECK_THAT(h.out, Catch::Contains("(held out)") && Catch::Contains("held out: predicted with the values fitted"));
+  expect_bad("calibrate --cluster dgx-a100 --throughput " + held + " --out " + out,
+             "--out: every measurement of --throughput " + held + " is held out");
 }

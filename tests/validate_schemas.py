@@ -175,7 +175,7 @@ def main():
          lambda d: d.__setitem__("optimizer", {"bytes_per_param": 0, "kernels_per_tensor": 0})),
         ("plan", "an optimizer without its kernels", lambda d: d.__setitem__("optimizer", {"bytes_per_param": 28})),
         ("throughput", "a rate of 0", lambda d: d["measurements"][0].__setitem__("samples_per_s", 0)),
-        ("throughput", "no class to fit", lambda d: d["measurements"][0].__setitem__("fit", [])),
+        ("throughput", "no fit", lambda d: d["measurements"][0].pop("fit")),
         ("throughput", "an unknown class", lambda d: d["measurements"][0].__setitem__("fit", ["conv"])),
         ("throughput", "an unknown efficiency", lambda d: d["measurements"][0].__setitem__("efficiency", "flops")),
         ("throughput", "no measurements", lambda d: d.__setitem__("measurements", [])),

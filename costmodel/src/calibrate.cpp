@@ -678,7 +678,7 @@ std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
       o.fail("efficiency", "unknown '" + kind + "' (valid: compute, memory)");
     m.memory = kind == "memory";
     const nlohmann::json& fit = o.array("fit");
-    if (fit.empty()) o.fail("fit", "name at least one layer class (" + compute_class_list() + ")");
+    // An empty list holds the rate out: predicted and reported beside the fitted ones.
     for (size_t k = 0; k < fit.size(); ++k) {
       const std::string at = o.where("fit") + "[" + std::to_string(k) + "]";
       if (fit[k] == "kernel_overhead_us") {
@@ -727,27 +727,33 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     if (!c.device.peak_TFLOPS.count(m.precision))
       throw InputError(m.where + ": cluster " + c.name + "'s device has no " + std::string(precision_name(m.precision)) +
                        " peak (device.peak_TFLOPS)");
-    const double before = m.overhead ? c.device.kernel_overhead_us
+    const double before = m.overhead         ? c.device.kernel_overhead_us
+                          : m.classes.empty() ? 0  // held out
                           : m.memory ? c.device.memory_efficiency_of(m.classes.front(), m.precision)
                                      : c.device.compute_efficiency_of(m.classes.front(), m.precision);
     fit.rows.push_back({before, before, rate_on(c, m), 0});
   }
+  std::vector<size_t> fitted;  // the measurements that fit a value; the others are held out
+  for (size_t i = 0; i < ms.size(); ++i)
+    if (ms[i].overhead || !ms[i].classes.empty()) fitted.push_back(i);
   // Levenberg-Marquardt on the log rates' errors, in the values' logs: each rate moves
   // with every class its model holds, and two measurements may share their models'
   // classes (ResNet-18 fitting norms, ResNet-50 convolutions), which fitting one value at
   // a time can push apart to the bounds. Values stay within their bounds.
-  const size_t n = ms.size();
+  const size_t n = fitted.size();
   std::vector<double> lo(n), hi(n), x(n);
-  for (size_t i = 0; i < n; ++i) {
-    lo[i] = std::log(ms[i].overhead ? kMinThroughputOverheadUs : kMinThroughputEfficiency);
-    hi[i] = std::log(ms[i].overhead ? kMaxThroughputOverheadUs : ms[i].memory ? 1.0 : kMaxClassEfficiency);
+  for (size_t j = 0; j < n; ++j) {
+    const ThroughputMeasurement& m = ms[fitted[j]];
+    lo[j] = std::log(m.overhead ? kMinThroughputOverheadUs : kMinThroughputEfficiency);
+    hi[j] = std::log(m.overhead ? kMaxThroughputOverheadUs : m.memory ? 1.0 : kMaxClassEfficiency);
     // A device without a fixed cost (0) starts the fit at 1 us.
-    x[i] = std::clamp(std::log(ms[i].overhead && fit.rows[i].before <= 0 ? 1.0 : fit.rows[i].before), lo[i], hi[i]);
+    const double start = fit.rows[fitted[j]].before;
+    x[j] = std::clamp(std::log(m.overhead && start <= 0 ? 1.0 : start), lo[j], hi[j]);
   }
   auto errors = [&](const std::vector<double>& at) {
     std::vector<double> f(n);
-    for (size_t i = 0; i < n; ++i) set_efficiency(c, ms[i], std::exp(at[i]));
-    for (size_t i = 0; i < n; ++i) f[i] = std::log(rate_on(c, ms[i]) / ms[i].samples_per_s);
+    for (size_t j = 0; j < n; ++j) set_efficiency(c, ms[fitted[j]], std::exp(at[j]));
+    for (size_t j = 0; j < n; ++j) f[j] = std::log(rate_on(c, ms[fitted[j]]) / ms[fitted[j]].samples_per_s);
     return f;
   };
   auto sq = [](const std::vector<double>& f) { return std::inner_product(f.begin(), f.end(), f.begin(), 0.0); };
@@ -806,14 +812,15 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     if (!improved) break;  // no step lowers the errors: at a bound, or settled
   }
   errors(x);  // the cluster at the values found
-  for (size_t i = 0; i < n; ++i) fit.rows[i].value = std::exp(x[i]);
-  for (size_t i = 0; i < ms.size(); ++i) {
+  for (size_t j = 0; j < n; ++j) fit.rows[fitted[j]].value = std::exp(x[j]);
+  for (size_t i = 0; i < ms.size(); ++i) fit.rows[i].rate_after = rate_on(c, ms[i]);
+  for (size_t j = 0; j < n; ++j) {
+    const size_t i = fitted[j];
     const ThroughputMeasurement& m = ms[i];
-    fit.rows[i].rate_after = rate_on(c, m);
     if (std::abs(fit.rows[i].rate_after - m.samples_per_s) <= 1e-6 * m.samples_per_s) continue;
     const bool more = m.samples_per_s > fit.rows[i].rate_after;
     // The rate grows with an efficiency and falls as the fixed cost grows.
-    if (std::abs(x[i] - (more != m.overhead ? hi[i] : lo[i])) > 1e-9)
+    if (std::abs(x[j] - (more != m.overhead ? hi[j] : lo[j])) > 1e-9)
       throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is not reached together with "
                        "the other measurements (" + formatted(fit.rows[i].rate_after, "%.4g") + " at " +
                        class_names(m.classes) + " " + fitted_key(m) + " " +
@@ -832,6 +839,7 @@ void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurem
                           const std::string& how) {
   for (size_t i = 0; i < ms.size(); ++i) {
     const ThroughputMeasurement& m = ms[i];
+    if (!m.overhead && m.classes.empty()) continue;  // held out
     set_efficiency(cluster, m, fit.rows[i].value);
     const std::string precision(precision_name(m.precision));
     const std::string what = "FITTED (" + how + "): " + m.model.name + " at batch " + std::to_string(m.batch) + ", " +

@@ -192,7 +192,7 @@ struct ThroughputMeasurement {
   Accumulation loop;       // micro-batches per optimizer step in the measured run
   OptimizerStep optimizer;
   double samples_per_s = 0;
-  std::vector<ComputeClass> classes;  // empty when `overhead`
+  std::vector<ComputeClass> classes;  // empty when `overhead`, or held out (fits nothing)
   bool memory = false;     // memory_efficiency (else compute_efficiency)
   // The device's kernel_overhead_us instead of a class efficiency: the fixed cost of each
   // layer pass, which a rate at a second, smaller batch sets apart from the classes.
@@ -214,12 +214,13 @@ std::vector<ThroughputMeasurement> load_throughputs(const std::string& path);
 // kMaxClassEfficiency] (memory: up to 1; kernel_overhead_us within
 // [kMinThroughputOverheadUs, kMaxThroughputOverheadUs]). InputError naming the measurement when its rate
 // lies beyond what its classes reach at their bound (the other classes', the optimizer's
-// or the input pipeline's time bound it), or when measurements contradict each other.
+// or the input pipeline's time bound it), or when measurements contradict each other. A
+// measurement that fits nothing is held out: its rate is predicted as given and as fitted.
 inline constexpr double kMinThroughputEfficiency = 1e-3;
 inline constexpr double kMinThroughputOverheadUs = 1e-3, kMaxThroughputOverheadUs = 1e4;
 struct ThroughputFit {
   struct Row {
-    double value = 0;                     // the fitted efficiency (kernel_overhead_us: in us)
+    double value = 0;                     // the fitted efficiency (kernel_overhead_us: in us); 0 held out
     double before = 0;                    // its value in the cluster as given
     double rate_before = 0, rate_after = 0;  // predicted samples/s, as given and fitted
   };
