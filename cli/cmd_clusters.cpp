@@ -14,8 +14,8 @@ void add_clusters_command(CLI::App& app) {
   cmd->add_flag("--json", *json, "print the parsed cluster files as JSON");
   cmd->callback([json] {
     nlohmann::json rows = nlohmann::json::array();
-    Table t({"<cluster", "<library", "nodes", "GPUs/node", "<device", "fp16 TFLOPS", "<intra-node", "<inter-node",
-             "<description"});
+    Table t({"<cluster", "<library", "nodes", "GPUs/node", "<device", "fp16 TFLOPS", "<compute", "<intra-node",
+             "<inter-node", "<description"});
     for (const auto& name : shipped_cluster_names()) {
       Cluster c = load_cluster(name);
       rows.push_back(cluster_to_json(c));
@@ -29,7 +29,12 @@ void add_clusters_command(CLI::App& app) {
                 (c.inter->gdr ? ", GDR" : ", host-staged (" + c.inter->staging + ")") +
                 (achieved < 1 ? ", " + fixed(100 * achieved, 0) + " % achieved" : "");
       }
-      t.row({c.name, c.library, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16,
+      // Whether the device prices each layer class with its own efficiencies (calibrated, as
+      // its provenance says) or every layer with the device's one roofline.
+      const std::string compute = c.device.by_kind.empty()
+                                      ? "one roofline"
+                                      : "by class (" + std::to_string(c.device.by_kind.size()) + ")";
+      t.row({c.name, c.library, std::to_string(c.nodes), std::to_string(c.gpus_per_node), c.device.name, fp16, compute,
              c.intra.kind + " " + fixed(c.intra.bw_GBps, 0) + " GB/s", inter, c.description});
     }
     if (*json) out() << rows.dump(2) << "\n";

@@ -677,6 +677,10 @@ TEST_CASE("cli: models, show, clusters and collective print what users expect") 
   Run cl = run("clusters");
   REQUIRE(cl.code == 0);
   CHECK_THAT(cl.out, Catch::Contains("tencent-p40"));
+  // Which devices price each layer class with their own (fitted) efficiencies.
+  auto line_of = [&](const std::string& name) { return cl.out.substr(cl.out.find("\n" + name + " ") + 1, 200); };
+  CHECK_THAT(line_of("dgx-a100"), Catch::Contains("by class (6)"));
+  CHECK_THAT(line_of("dgx-h100"), Catch::Contains("one roofline"));
   Run co = run("collective --algorithm ring --gpus 8 --sizes 8:1G --json");
   REQUIRE(co.code == 0);
   auto rows = nlohmann::json::parse(co.out)["rows"];
