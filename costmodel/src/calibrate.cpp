@@ -262,16 +262,26 @@ SegmentedFit fit_segments(const Algorithm& algo, const Sweep& s, double launch_s
   return out;
 }
 
+namespace {
+// A file that the option field(`option`) names, parsed; a bad one is named by the option
+// and the path.
+nlohmann::json parse_option_file(const std::string& option, const std::string& path) {
+  try {
+    return parse_json_file(path);
+  } catch (const InputError& e) {
+    throw InputError(field(option) + " " + e.text());
+  }
+}
+void require_schema(JsonObject& r, const std::string& schema) {
+  if (r.string("schema") != schema) r.fail("schema", "must be \"" + schema + "\"");
+}
+}  // namespace
+
 std::vector<Sweep> load_sweep(const std::string& path) {
   const std::string origin = field("calibrate.sweep") + " " + path;
-  nlohmann::json j;
-  try {
-    j = parse_json_file(path);
-  } catch (const InputError& e) {
-    throw InputError(field("calibrate.sweep") + " " + e.text());
-  }
+  const nlohmann::json j = parse_option_file("calibrate.sweep", path);
   JsonObject r(j, origin);
-  if (r.string("schema") != "fuseplan.sweep/1") r.fail("schema", "must be \"fuseplan.sweep/1\"");
+  require_schema(r, "fuseplan.sweep/1");
   const int ranks = static_cast<int>(r.integer("ranks", 2, kMaxGpus));
   const int per_node = static_cast<int>(r.integer("per_node", 1, ranks));
   const int elem = bytes_per_element(parse_precision(r.string("precision"), origin + ": $.precision"));
@@ -631,14 +641,9 @@ std::string class_names(const std::vector<ComputeClass>& ks) {
 
 std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
   const std::string origin = field("calibrate.throughput") + " " + path;
-  nlohmann::json j;
-  try {
-    j = parse_json_file(path);
-  } catch (const InputError& e) {
-    throw InputError(field("calibrate.throughput") + " " + e.text());
-  }
+  const nlohmann::json j = parse_option_file("calibrate.throughput", path);
   JsonObject r(j, origin);
-  if (r.string("schema") != "fuseplan.throughput/1") r.fail("schema", "must be \"fuseplan.throughput/1\"");
+  require_schema(r, "fuseplan.throughput/1");
   r.opt_string("description");
   const nlohmann::json& list = r.array("measurements");
   if (list.empty()) r.fail("measurements", "must hold at least one measurement");
