@@ -637,6 +637,72 @@ std::string class_names(const std::vector<ComputeClass>& ks) {
   return s;
 }
 
+// Levenberg-Marquardt from `x`, kept within [lo, hi]: the x whose residuals f(x) have the
+// least sum of squares (zero where the system has a solution), with finite-difference
+// derivatives. Stops when the residuals are at rounding level, when no damped step
+// lowers them (at a bound, or settled), or after 200 iterations; returns the iterations.
+int least_squares(const std::function<std::vector<double>(const std::vector<double>&)>& residuals,
+                  std::vector<double>& x, const std::vector<double>& lo, const std::vector<double>& hi) {
+  const size_t n = x.size();
+  auto sq = [](const std::vector<double>& f) { return std::inner_product(f.begin(), f.end(), f.begin(), 0.0); };
+  constexpr int kMaxIterations = 200;
+  constexpr double kStep = 1e-7;  // of x, for the finite differences
+  std::vector<double> f = residuals(x);
+  double lambda = 1e-3;
+  int iterations = 0;
+  while (iterations < kMaxIterations && sq(f) > 1e-24 * double(f.size())) {
+    ++iterations;
+    std::vector<std::vector<double>> jac(f.size(), std::vector<double>(n));  // jac[i][j] = d f_i / d x_j
+    for (size_t j = 0; j < n; ++j) {
+      std::vector<double> xj = x;
+      const double h = xj[j] + kStep <= hi[j] ? kStep : -kStep;
+      xj[j] += h;
+      const std::vector<double> fj = residuals(xj);
+      for (size_t i = 0; i < f.size(); ++i) jac[i][j] = (fj[i] - f[i]) / h;
+    }
+    std::vector<std::vector<double>> a(n, std::vector<double>(n, 0.0));  // the normal matrix
+    std::vector<double> g(n, 0.0);
+    for (size_t i = 0; i < f.size(); ++i)
+      for (size_t j = 0; j < n; ++j) {
+        g[j] += jac[i][j] * f[i];
+        for (size_t k = 0; k < n; ++k) a[j][k] += jac[i][j] * jac[i][k];
+      }
+    bool improved = false;
+    while (!improved && lambda < 1e12) {
+      std::vector<std::vector<double>> m = a;
+      std::vector<double> d(n);
+      for (size_t j = 0; j < n; ++j) {
+        m[j][j] += lambda * (a[j][j] + 1e-12);
+        d[j] = -g[j];
+      }
+      // Gaussian elimination (the damped normal matrix is positive definite).
+      for (size_t p = 0; p < n; ++p)
+        for (size_t r = p + 1; r < n; ++r) {
+          const double q = m[r][p] / m[p][p];
+          for (size_t k = p; k < n; ++k) m[r][k] -= q * m[p][k];
+          d[r] -= q * d[p];
+        }
+      for (size_t p = n; p-- > 0;) {
+        for (size_t k = p + 1; k < n; ++k) d[p] -= m[p][k] * d[k];
+        d[p] /= m[p][p];
+      }
+      std::vector<double> xn(n);
+      for (size_t j = 0; j < n; ++j) xn[j] = std::clamp(x[j] + d[j], lo[j], hi[j]);
+      const std::vector<double> fn = residuals(xn);
+      if (sq(fn) < sq(f)) {
+        x = xn;
+        f = fn;
+        lambda = std::max(lambda / 10, 1e-12);
+        improved = true;
+      } else {
+        lambda *= 10;
+      }
+    }
+    if (!improved) break;
+  }
+  return iterations;
+}
+
 }  // namespace
 
 std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
@@ -741,10 +807,10 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
   std::vector<size_t> fitted;  // the measurements that fit a value; the others are held out
   for (size_t i = 0; i < ms.size(); ++i)
     if (ms[i].overhead || !ms[i].classes.empty()) fitted.push_back(i);
-  // Levenberg-Marquardt on the log rates' errors, in the values' logs: each rate moves
-  // with every class its model holds, and two measurements may share their models'
-  // classes (ResNet-18 fitting norms, ResNet-50 convolutions), which fitting one value at
-  // a time can push apart to the bounds. Values stay within their bounds.
+  // All values together, on the logs of the rates' ratios in the logs of the values: each
+  // rate moves with every class its model holds, and two measurements may share their
+  // models' classes (ResNet-18 fitting norms, ResNet-50 convolutions), which fitting one
+  // value at a time can push apart to the bounds.
   const size_t n = fitted.size();
   std::vector<double> lo(n), hi(n), x(n);
   for (size_t j = 0; j < n; ++j) {
@@ -761,61 +827,7 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     for (size_t j = 0; j < n; ++j) f[j] = std::log(rate_on(c, ms[fitted[j]]) / ms[fitted[j]].samples_per_s);
     return f;
   };
-  auto sq = [](const std::vector<double>& f) { return std::inner_product(f.begin(), f.end(), f.begin(), 0.0); };
-  constexpr int kMaxRounds = 200;
-  constexpr double kStep = 1e-7;  // of a value's log, for the finite differences
-  std::vector<double> f = errors(x);
-  double lambda = 1e-3;
-  while (fit.rounds < kMaxRounds && sq(f) > 1e-24 * double(n)) {
-    ++fit.rounds;
-    std::vector<std::vector<double>> jac(n, std::vector<double>(n));  // jac[i][j] = d f_i / d x_j
-    for (size_t j = 0; j < n; ++j) {
-      std::vector<double> xj = x;
-      const double h = xj[j] + kStep <= hi[j] ? kStep : -kStep;
-      xj[j] += h;
-      const std::vector<double> fj = errors(xj);
-      for (size_t i = 0; i < n; ++i) jac[i][j] = (fj[i] - f[i]) / h;
-    }
-    std::vector<std::vector<double>> a(n, std::vector<double>(n, 0.0));
-    std::vector<double> g(n, 0.0);
-    for (size_t i = 0; i < n; ++i)
-      for (size_t j = 0; j < n; ++j) {
-        g[j] += jac[i][j] * f[i];
-        for (size_t k = 0; k < n; ++k) a[j][k] += jac[i][j] * jac[i][k];
-      }
-    bool improved = false;
-    while (!improved && lambda < 1e12) {
-      std::vector<std::vector<double>> m = a;
-      std::vector<double> d(n);
-      for (size_t j = 0; j < n; ++j) {
-        m[j][j] += lambda * (a[j][j] + 1e-12);
-        d[j] = -g[j];
-      }
-      // Gaussian elimination (the damped normal matrix is positive definite).
-      for (size_t p = 0; p < n; ++p)
-        for (size_t r = p + 1; r < n; ++r) {
-          const double q = m[r][p] / m[p][p];
-          for (size_t k = p; k < n; ++k) m[r][k] -= q * m[p][k];
-          d[r] -= q * d[p];
-        }
-      for (size_t p = n; p-- > 0;) {
-        for (size_t k = p + 1; k < n; ++k) d[p] -= m[p][k] * d[k];
-        d[p] /= m[p][p];
-      }
-      std::vector<double> xn(n);
-      for (size_t i = 0; i < n; ++i) xn[i] = std::clamp(x[i] + d[i], lo[i], hi[i]);
-      const std::vector<double> fn = errors(xn);
-      if (sq(fn) < sq(f)) {
-        x = xn;
-        f = fn;
-        lambda = std::max(lambda / 10, 1e-12);
-        improved = true;
-      } else {
-        lambda *= 10;
-      }
-    }
-    if (!improved) break;  // no step lowers the errors: at a bound, or settled
-  }
+  fit.rounds = least_squares(errors, x, lo, hi);
   errors(x);  // the cluster at the values found
   for (size_t j = 0; j < n; ++j) fit.rows[fitted[j]].value = std::exp(x[j]);
   for (size_t i = 0; i < ms.size(); ++i) fit.rows[i].rate_after = rate_on(c, ms[i]);
