@@ -62,7 +62,8 @@ void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>
 
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
-    if (!f.sweep.empty() || !f.nccl_tests.empty()) throw InputError("--discover: give it without --sweep/--nccl-tests");
+    if (!f.sweep.empty() || !f.nccl_tests.empty() || !f.throughput.empty() || !f.plans.empty() || !f.profiles.empty())
+      throw InputError("--discover: give it without --sweep/--nccl-tests/--plan/--profile/--throughput");
     return run_discover(f);
   }
   if (!f.sweep.empty() && !f.nccl_tests.empty()) throw InputError("calibrate: give --sweep or --nccl-tests, not both");

@@ -1581,6 +1581,7 @@ TEST_CASE("cli: calibrate --discover drafts a cluster file of this machine that 
   CHECK(j.at("provenance").at("gpus_per_node").get<std::string>().find("discovered") == 0);
   CHECK(run("predict --model resnet18 --cluster " + draft + " --gpus 1").code == 0);
   expect_bad("calibrate --discover --sweep x.json", "--discover: give it without --sweep/--nccl-tests");
+  expect_bad("calibrate --discover --throughput x.json", "--discover: give it without");
 }
 
 TEST_CASE("cli: a checkpoint write that does not finish stops fuseplan-exec run within --timeout, the old file kept", "[exec]") {
