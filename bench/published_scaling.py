@@ -473,7 +473,8 @@ def check_dle(binary):
         for (_, precision, model, batch, _, target, classes), key in mine:
             e = values[classes[0], key, precision]
             carried = MEMORY_CARRIED_TO if key == "memory_efficiency" else ()
-            print(f"{cluster} {precision}: by_kind.{' = '.join(classes)}.{key} = {e} ({model} {target}/s, batch {batch})"
+            print(f"{cluster} {precision}: by_kind.{' = '.join(classes)}.{key} = {e} "
+                  f"({model} {target}/s, batch {batch})"
                   + (" (carried to " + ", ".join(carried) + ")" if carried else ""))
             for shipped_in in (cluster, *carried):
                 k = json.load(open(cluster_path(shipped_in)))["device"].get("by_kind", {})

@@ -162,8 +162,8 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
            out ? "-" : fixed(r.before, 4), out ? "-" : fixed(r.value, 4)});
   }
   t.print(os, "  ");
-  os << "  (one GPU's samples/s: forward, backward, the optimizer step's share and any input wait; given = the cluster\n"
-        "   as given; error = fitted against measured; fitted together, "
+  os << "  (one GPU's samples/s: forward, backward, the optimizer step's share and any input wait; given = the\n"
+        "   cluster as given; error = fitted against measured; fitted together, "
      << count_of(fit.rounds, "iteration") << " of Levenberg-Marquardt)\n";
   if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
 }

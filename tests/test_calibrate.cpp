@@ -557,13 +557,15 @@ TEST_CASE("calibrate: the fixed cost per layer pass is recovered beside a class 
   Cluster fitted = plain;
   apply_throughput_fit(fitted, ms, fit, "test");
   CHECK(fitted.device.kernel_overhead_us == Approx(150).epsilon(1e-7));
-  CHECK_THAT(fitted.provenance.at("device.kernel_overhead_us"), Catch::StartsWith("FITTED (test): resnet50 at batch 16"));
+  CHECK_THAT(fitted.provenance.at("device.kernel_overhead_us"),
+             Catch::StartsWith("FITTED (test): resnet50 at batch 16"));
 
   const std::string one = R"({"model": "resnet50", "batch_per_gpu": 16, "precision": "fp32", "samples_per_s": 100,
                               "fit": ["kernel_overhead_us"]})";
   CHECK(load_throughputs(throughput_file(one)).at(0).overhead);
   CHECK_THROWS_WITH(load_throughputs(throughput_file(one + ", " + one)),
-                    Catch::Contains("$.measurements[1].fit[0]: kernel_overhead_us is fitted by $.measurements[0] already"));
+                    Catch::Contains("$.measurements[1].fit[0]: kernel_overhead_us is fitted by $.measurements[0] "
+                                    "already"));
   CHECK_THROWS_WITH(load_throughputs(throughput_file(
                         R"({"model": "resnet50", "batch_per_gpu": 16, "precision": "fp32", "samples_per_s": 100,
                             "fit": ["gemm", "kernel_overhead_us"]})")),

@@ -1323,7 +1323,8 @@ TEST_CASE("cli: an allreduce sweep on 2 ranks calibrates a cluster file that pre
   CHECK(j.at("calibrated").contains("mpi"));
   CHECK(run("predict --model resnet18 --cluster " + cal + " --gpus 2 --algorithm ring").code == 0);
   expect_bad("calibrate --sweep " + sweep + " --nccl-tests " + sweep, "give --sweep or --nccl-tests, not both");
-  expect_bad("calibrate", "give --sweep, --nccl-tests, --plan with --measured, --profile with --model, or --throughput");
+  expect_bad("calibrate",
+             "give --sweep, --nccl-tests, --plan with --measured, --profile with --model, or --throughput");
   Run bad = run_mpi(2, "sweep --algorithm ring,spin");
   CHECK(bad.code == 2);
   CHECK_THAT(bad.out, Catch::Contains("unknown algorithm 'spin'"));

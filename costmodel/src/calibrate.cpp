@@ -796,8 +796,8 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
   ThroughputFit fit;
   for (const auto& m : ms) {
     if (!c.device.peak_TFLOPS.count(m.precision))
-      throw InputError(m.where + ": cluster " + c.name + "'s device has no " + std::string(precision_name(m.precision)) +
-                       " peak (device.peak_TFLOPS)");
+      throw InputError(m.where + ": cluster " + c.name + "'s device has no " +
+                       std::string(precision_name(m.precision)) + " peak (device.peak_TFLOPS)");
     const double before = m.overhead         ? c.device.kernel_overhead_us
                           : m.classes.empty() ? 0  // held out
                           : m.memory ? c.device.memory_efficiency_of(m.classes.front(), m.precision)

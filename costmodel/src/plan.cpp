@@ -72,7 +72,8 @@ ModelOptions model_options_from_json(JsonObject& o) {
   m.channels = get("channels");
   m.classes = get("classes");
   m.seq_len = get("seq_len");
-  if (auto att = o.opt_string("attention")) m.attention = parse_attention(*att, o.origin() + ": " + o.where("attention"));
+  if (auto att = o.opt_string("attention"))
+    m.attention = parse_attention(*att, o.origin() + ": " + o.where("attention"));
   o.finish();
   return m;
 }
