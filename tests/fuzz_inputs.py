@@ -12,7 +12,8 @@ with an existing output file, and fails on:
   - a failed run that changed the existing output file or left a temporary file.
 Formats: cluster (with per-class efficiencies and a transport, one staged through the
 host, one with per-class efficiencies per precision, and an NCCL one), model, plan (and
-one with a framework cycle, one that accumulates), sweep, nccl-tests (text and -J JSON);
+one with a framework cycle, one that accumulates), sweep, throughput (measured training
+rates), nccl-tests (text and -J JSON);
 with fuseplan-exec built, also profile (read by predict, and fitted per layer class by
 calibrate) and checkpoint, and with mpirun the measured report (verify).
 
@@ -169,6 +170,19 @@ def main():
     plan1 = seed_path("plan1.json")
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "1", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--out", plan1], check=True, capture_output=True)
+    # Measured training rates: classes of both kinds, the fixed cost and a held-out rate.
+    with open(seed_path("throughput.json"), "w") as f:
+        json.dump({"schema": "fuseplan.throughput/1", "measurements": [
+            {"model": "resnet50", "batch_per_gpu": 256, "precision": "fp16", "samples_per_s": 2470,
+             "fit": ["conv_kxk", "conv_1x1"], "accumulate": 8, "optimizer": "sgd", "optimizer_kernels": "per-tensor"},
+            {"model": "resnet50", "batch_per_gpu": 32, "precision": "fp16", "samples_per_s": 2190,
+             "fit": ["kernel_overhead_us"]},
+            {"model": "bert_large_pretraining", "options": {"seq_len": 128, "attention": "eager"},
+             "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 515, "fit": ["gemm", "attention"],
+             "optimizer": "lamb", "source": "seed"},
+            {"model": "resnet18", "batch_per_gpu": 128, "precision": "fp16", "samples_per_s": 7600,
+             "fit": ["norm"], "efficiency": "memory"},
+            {"model": "resnet101", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 500, "fit": []}]}, f)
     with open(seed_path("sweep.json"), "w") as f:
         json.dump({"schema": "fuseplan.sweep/1", "ranks": 2, "per_node": 2, "precision": "fp32", "host": "h",
                    "points": [{"algorithm": "ring", "bytes": 4096 * 2**i, "seconds": 2e-5 * (1 + 0.3 * 2**i),
@@ -219,6 +233,8 @@ def main():
         "plan-accumulated": ("json", plan_acc, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "plan-cast": ("json", plan_cast, lambda f, o: [fp, "predict", "--plan", f, "--out", o]),
         "sweep": ("json", seed_path("sweep.json"), lambda f, o: [fp, "calibrate", "--sweep", f, "--out", o]),
+        "throughput": ("json", seed_path("throughput.json"),
+                       lambda f, o: [fp, "calibrate", "--cluster", "dgx-a100", "--throughput", f, "--out", o]),
         "nccl-tests": ("lines", os.path.join(a.source, "tests/data/nccl-tests/h100-ndr-2x8.txt"),
                        lambda f, o: [fp, "calibrate", "--nccl-tests", f, "--cluster", "dgx-h100", "--accept-degenerate",
                                      "--out", o]),

@@ -533,6 +533,17 @@ TEST_CASE("calibrate: throughput files are validated, and a rate out of reach is
   refused(R"({"model": "resnet5", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 9, "fit": ["gemm"]})",
           "$.measurements[0].model: unknown model 'resnet5'");
   refused("", "$.measurements: must hold at least one measurement");
+  // Two rates no values within the bounds meet together: the refusal names the value held
+  // at its bound.
+  const auto apart = load_throughputs(throughput_file(
+      R"({"model": "resnet50", "batch_per_gpu": 256, "precision": "fp16", "samples_per_s": 2470,
+          "fit": ["conv_kxk", "conv_1x1"], "accumulate": 8, "optimizer": "sgd", "optimizer_kernels": "per-tensor"},
+         {"model": "resnet18", "batch_per_gpu": 128, "precision": "fp16", "samples_per_s": 7400,
+          "fit": ["norm"], "efficiency": "memory"})"));
+  CHECK_THROWS_WITH(fit_throughputs(load_cluster("dgx-a100"), apart),
+                    Catch::Contains("$.measurements[0]: 2470 samples/s is not reached together with the other "
+                                    "measurements") &&
+                        Catch::Contains("norm memory_efficiency at its bound 1 ($.measurements[1])"));
   // Out of reach: ResNet-50's convolutions at any efficiency leave the rest of its step.
   const auto fast = load_throughputs(throughput_file(
       R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 99999,

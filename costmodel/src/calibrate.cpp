@@ -837,12 +837,19 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     if (std::abs(fit.rows[i].rate_after - m.samples_per_s) <= 1e-6 * m.samples_per_s) continue;
     const bool more = m.samples_per_s > fit.rows[i].rate_after;
     // The rate grows with an efficiency and falls as the fixed cost grows.
-    if (std::abs(x[j] - (more != m.overhead ? hi[j] : lo[j])) > 1e-9)
+    if (std::abs(x[j] - (more != m.overhead ? hi[j] : lo[j])) > 1e-9) {
+      std::string bounded;  // the other values the fit left at a bound, which keep this one from its rate
+      for (size_t k = 0; k < n; ++k)
+        if (k != j && (std::abs(x[k] - lo[k]) <= 1e-9 || std::abs(x[k] - hi[k]) <= 1e-9))
+          bounded += (bounded.empty() ? "" : "; ") + class_names(ms[fitted[k]].classes) + " " +
+                     fitted_key(ms[fitted[k]]) + " at its bound " + formatted(std::exp(x[k]), "%g") + " (" +
+                     ms[fitted[k]].where.substr(ms[fitted[k]].where.rfind(": ") + 2) + ")";
       throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is not reached together with "
                        "the other measurements (" + formatted(fit.rows[i].rate_after, "%.4g") + " at " +
-                       class_names(m.classes) + " " + fitted_key(m) + " " +
-                       formatted(fit.rows[i].value, "%.4g") + "): measurements of models whose classes overlap "
-                       "contradict each other");
+                       class_names(m.classes) + " " + fitted_key(m) + " " + formatted(fit.rows[i].value, "%.4g") +
+                       (bounded.empty() ? "): measurements of models whose classes overlap contradict each other"
+                                        : "; " + bounded + ")"));
+    }
     throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is " + (more ? "more" : "less") +
                      " than " + m.model.name + " trains on one GPU of " + cluster.name + " with " +
                      class_names(m.classes) + " at " + fitted_key(m) + " " +
