@@ -164,7 +164,7 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
   t.print(os, "  ");
   os << "  (one GPU's samples/s: forward, backward, the optimizer step's share and any input wait; given = the\n"
         "   cluster as given; error = fitted against measured; fitted together, "
-     << count_of(fit.rounds, "iteration") << " of Levenberg-Marquardt)\n";
+     << count_of(fit.iterations, "iteration") << " of Levenberg-Marquardt)\n";
   if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
 }
 

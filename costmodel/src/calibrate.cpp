@@ -827,7 +827,7 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     for (size_t j = 0; j < n; ++j) f[j] = std::log(rate_on(c, ms[fitted[j]]) / ms[fitted[j]].samples_per_s);
     return f;
   };
-  fit.rounds = least_squares(errors, x, lo, hi);
+  fit.iterations = least_squares(errors, x, lo, hi);
   errors(x);  // the cluster at the values found
   for (size_t j = 0; j < n; ++j) fit.rows[fitted[j]].value = std::exp(x[j]);
   for (size_t i = 0; i < ms.size(); ++i) fit.rows[i].rate_after = rate_on(c, ms[i]);

@@ -225,7 +225,7 @@ struct ThroughputFit {
     double rate_before = 0, rate_after = 0;  // predicted samples/s, as given and fitted
   };
   std::vector<Row> rows;  // per measurement, in order
-  int rounds = 0;         // iterations of the fit
+  int iterations = 0;     // of the least-squares fit
 };
 ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<ThroughputMeasurement>& ms);
 
