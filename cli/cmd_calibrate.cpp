@@ -298,8 +298,8 @@ void add_calibrate_command(CLI::App& app) {
                   "efficiency (device.by_kind) to them");
   cmd->add_option("--throughput", f->throughput,
                   "fuseplan.throughput/1 file: one GPU's measured training rates of whole models (a vendor's page,\n"
-                  "a paper, a run of one's own), each naming the layer classes it sets; fits their efficiency\n"
-                  "(device.by_kind) in turn until none moves (docs/formats.md)");
+                  "a paper, a run of one's own), each naming the layer classes it sets (or kernel_overhead_us, or\n"
+                  "none: held out); fits their efficiencies (device.by_kind) all together (docs/formats.md)");
   cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   // The profile names the model but not its input: a zoo CNN profiled at another
   // resolution needs it here, or every layer is priced at the zoo default.

@@ -212,10 +212,11 @@ std::vector<ThroughputMeasurement> load_throughputs(const std::string& path);
 // Levenberg-Marquardt on the logs of the rates' ratios, in the logs of the values, with
 // finite-difference derivatives; values within [kMinThroughputEfficiency,
 // kMaxClassEfficiency] (memory: up to 1; kernel_overhead_us within
-// [kMinThroughputOverheadUs, kMaxThroughputOverheadUs]). InputError naming the measurement when its rate
-// lies beyond what its classes reach at their bound (the other classes', the optimizer's
-// or the input pipeline's time bound it), or when measurements contradict each other. A
-// measurement that fits nothing is held out: its rate is predicted as given and as fitted.
+// [kMinThroughputOverheadUs, kMaxThroughputOverheadUs]). InputError naming the
+// measurement when its rate lies beyond what its classes reach at their bound (the other
+// classes', the optimizer's or the input pipeline's time bound it), or when no values
+// meet the rates together (naming any value held at its bound). A measurement that fits
+// nothing is held out: its rate is predicted as given and as fitted.
 inline constexpr double kMinThroughputEfficiency = 1e-3;
 inline constexpr double kMinThroughputOverheadUs = 1e-3, kMaxThroughputOverheadUs = 1e4;
 struct ThroughputFit {
