@@ -262,7 +262,9 @@ DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024),
 MEMORY_CARRIED_TO = ("dgx-a100",)
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
-EXAMPLE_RATES = os.path.join(ROOT, "configs", "throughput", "dgx-a100-dle.json")
+# The rate files users are shown (configs/throughput/CLUSTER-dle.json, docs/costmodel.md):
+# each fitted cluster's rows, fitted and held out.
+RATE_FILES = {c: os.path.join(ROOT, "configs", "throughput", c + "-dle.json") for c in ("dgx1-v100", "dgx-a100")}
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
 DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
@@ -458,15 +460,16 @@ def check_dle(binary):
              for name, source in DEVICE_CARRIED.items() if device_but_name(name) != device_but_name(source)]
     rows = [(f, "compute_efficiency") for f in DLE_FITS + bert_fits(SHIPPED_BERT_ANCHOR)[0]]
     rows += [(f, "memory_efficiency") for f in DLE_MEMORY_FITS]
-    # The example rate file users are shown (docs/costmodel.md) holds the A100's rows, fitted and held out.
-    example = json.load(open(EXAMPLE_RATES))["measurements"]
-    for m in example:
-        m.pop("source")
-        m["model"] = MODEL_FILES.get(os.path.splitext(os.path.basename(m["model"]))[0], m["model"])
-    expected = [measurement(f, key) for f, key in rows if f[0] == "dgx-a100"]
-    expected += [measurement(h + ((),)) for h in DLE_HELD_OUT if h[0] == "dgx-a100"]  # `fit` empty: held out
-    if example != expected:
-        stale.append(os.path.relpath(EXAMPLE_RATES, ROOT) + " (its rates are not the dgx-a100 rows here)")
+    for cluster, path in RATE_FILES.items():
+        shipped = json.load(open(path))["measurements"]
+        for m in shipped:
+            m.pop("source")
+            m["model"] = MODEL_FILES.get(os.path.splitext(os.path.basename(m["model"]))[0], m["model"])
+        expected = [measurement(f, key) for f, key in rows if f[0] == cluster]
+        held_out = DLE_HELD_OUT + bert_fits(SHIPPED_BERT_ANCHOR)[1]
+        expected += [measurement(h + ((),)) for h in held_out if h[0] == cluster]  # `fit` empty: held out
+        if shipped != expected:
+            stale.append(os.path.relpath(path, ROOT) + f" (its rates are not the {cluster} rows here)")
     for cluster in dict.fromkeys(f[0] for f, _ in rows):
         mine = [(f, key) for f, key in rows if f[0] == cluster]
         values = calibrated_classes(binary, cluster, mine)

@@ -2323,7 +2323,7 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
   const Run r = run("calibrate --cluster " + bare_path + " --throughput " + rates + " --out " + out);
   INFO(r.out);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("8 measurements") && Catch::Contains("Levenberg-Marquardt") &&
+  CHECK_THAT(r.out, Catch::Contains("10 measurements") && Catch::Contains("Levenberg-Marquardt") &&
                         Catch::Contains("(held out)"));
   const auto fitted = nlohmann::json::parse(std::ifstream(out));
   for (const char* cls : {"conv_kxk", "conv_1x1", "conv_grouped", "gemm", "attention"})

@@ -110,7 +110,8 @@ def main():
     for path in sorted(glob.glob(os.path.join(source, "configs", "throughput", "*.json"))):
         files.append(("throughput", os.path.relpath(path, source), json.load(open(path))))
         fitted = os.path.join(work, "throughput-fitted.json")
-        run("calibrate", "--cluster", "dgx-a100", "--throughput", path, "--out", fitted)
+        cluster = os.path.basename(path).rsplit("-", 1)[0]  # CLUSTER-dle.json: the rates' own cluster
+        run("calibrate", "--cluster", cluster, "--throughput", path, "--out", fitted)
         files.append(("cluster", "calibrate --throughput " + os.path.relpath(path, source), json.load(open(fitted))))
     files.append(("model", "tests/data/golden-model.json", json.load(open(os.path.join(source, "tests", "data",
                                                                                        "golden-model.json")))))
