@@ -262,9 +262,10 @@ DLE_MEMORY_FITS = (("dgx1-v100", "fp32", SE, 64, dle_single_gpu_flags(64, 1024),
 MEMORY_CARRIED_TO = ("dgx-a100",)
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
-# The rate files users are shown (configs/throughput/CLUSTER-dle.json, docs/costmodel.md):
-# each fitted cluster's rows, fitted and held out.
-RATE_FILES = {c: os.path.join(ROOT, "configs", "throughput", c + "-dle.json") for c in ("dgx1-v100", "dgx-a100")}
+# The rate files users are shown (configs/throughput/, docs/costmodel.md): each fitted
+# cluster's rows, fitted and held out (rate_file_rows).
+RATE_FILES = {c: os.path.join(ROOT, "configs", "throughput", f) for c, f in (
+    ("p100-dgx1", "p100-dgx1-tf.json"), ("dgx1-v100", "dgx1-v100-dle.json"), ("dgx-a100", "dgx-a100-dle.json"))}
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
 DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
@@ -324,6 +325,42 @@ def unfitted_classes(cluster_json):
     return {k: v for k, v in cluster_json["device"]["by_kind"].items() if k not in FITTED_ON.values()}
 
 
+def p100_rows():
+    """The rows fit() fits, as (row, key) pairs."""
+    rows = [(("p100-dgx1", "fp32", model, batch, [], TF_P100[model, batch], (cls,)), "compute_efficiency")
+            for (model, batch), cls in FITTED_ON.items()]
+    rows.append((("p100-dgx1", "fp32", *FITTED_OVERHEAD_ON, [], TF_P100[FITTED_OVERHEAD_ON], ("kernel_overhead_us",)),
+                 "compute_efficiency"))
+    return rows
+
+
+def rate_file_rows(cluster):
+    """The (row, key) pairs a cluster's shipped rate file holds: those fitted, then those
+    held out (their `fit` empty)."""
+    if cluster == "p100-dgx1":
+        fitted = p100_rows()
+        held = [("p100-dgx1", "fp32", model, batch, [], rate) for (model, batch), rate in TF_P100.items()
+                if (model, batch) not in FITTED_ON and (model, batch) != FITTED_OVERHEAD_ON]
+    else:
+        fitted = [(f, "compute_efficiency") for f in DLE_FITS + bert_fits(SHIPPED_BERT_ANCHOR)[0] if f[0] == cluster]
+        fitted += [(f, "memory_efficiency") for f in DLE_MEMORY_FITS if f[0] == cluster]
+        held = [h for h in DLE_HELD_OUT + bert_fits(SHIPPED_BERT_ANCHOR)[1] if h[0] == cluster]
+    return fitted + [(h + ((),), "compute_efficiency") for h in held]
+
+
+def check_rate_files():
+    """The shipped rate files that do not hold their cluster's rows (sources aside)."""
+    stale = []
+    for cluster, path in RATE_FILES.items():
+        shipped = json.load(open(path))["measurements"]
+        for m in shipped:
+            m.pop("source")
+            m["model"] = MODEL_FILES.get(os.path.splitext(os.path.basename(m["model"]))[0], m["model"])
+        if shipped != [measurement(r, key) for r, key in rate_file_rows(cluster)]:
+            stale.append(os.path.relpath(path, ROOT) + f" (its rates are not the {cluster} rows here)")
+    return stale
+
+
 def fit(binary):
     """conv_kxk_s1's efficiency from VGG-16 (its only convolutions besides the stem),
     conv_1x1's from ResNet-50 and conv_kxk's from Inception v3, all at batch 64, and the
@@ -331,10 +368,7 @@ def fit(binary):
     (each rate depends on all four) by `fuseplan calibrate --throughput` on p100-dgx1; every
     other class keeps the file's (gemm's from DeepBench, the rest the device's assumption).
     Returns name -> value."""
-    rows = [(("p100-dgx1", "fp32", model, batch, [], TF_P100[model, batch], (cls,)), "compute_efficiency")
-            for (model, batch), cls in FITTED_ON.items()]
-    rows.append((("p100-dgx1", "fp32", *FITTED_OVERHEAD_ON, [], TF_P100[FITTED_OVERHEAD_ON], ("kernel_overhead_us",)),
-                 "compute_efficiency"))
+    rows = p100_rows()
     values = calibrated_classes(binary, "p100-dgx1", rows)
     return {cls: values[cls, "compute_efficiency", "fp32"] for (_, _, _, _, _, _, (cls,)), _ in rows}
 
@@ -460,16 +494,6 @@ def check_dle(binary):
              for name, source in DEVICE_CARRIED.items() if device_but_name(name) != device_but_name(source)]
     rows = [(f, "compute_efficiency") for f in DLE_FITS + bert_fits(SHIPPED_BERT_ANCHOR)[0]]
     rows += [(f, "memory_efficiency") for f in DLE_MEMORY_FITS]
-    for cluster, path in RATE_FILES.items():
-        shipped = json.load(open(path))["measurements"]
-        for m in shipped:
-            m.pop("source")
-            m["model"] = MODEL_FILES.get(os.path.splitext(os.path.basename(m["model"]))[0], m["model"])
-        expected = [measurement(f, key) for f, key in rows if f[0] == cluster]
-        held_out = DLE_HELD_OUT + bert_fits(SHIPPED_BERT_ANCHOR)[1]
-        expected += [measurement(h + ((),)) for h in held_out if h[0] == cluster]  # `fit` empty: held out
-        if shipped != expected:
-            stale.append(os.path.relpath(path, ROOT) + f" (its rates are not the {cluster} rows here)")
     for cluster in dict.fromkeys(f[0] for f, _ in rows):
         mine = [(f, key) for f, key in rows if f[0] == cluster]
         values = calibrated_classes(binary, cluster, mine)
@@ -564,7 +588,7 @@ def main():
                 stale.append(name)
             elif any(device["by_kind"].get(k) != v for k, v in kept.items()):
                 stale.append(name + " (the unfitted classes differ from p100-dgx1's)")
-        stale += check_dle(a.bin)
+        stale += check_dle(a.bin) + check_rate_files()
         for cluster, v in fit_variation(a.bin).items():
             users = [c["name"] for c in CASES if c.get("compute_variation") == "fitted" and c["cluster"] == cluster]
             print(f"{cluster}: compute_variation = {v} (least squares on {', '.join(users)})")
