@@ -147,7 +147,7 @@ double ComputeModel::data_wait_s(double busy_s) const { return std::max(0.0, loa
 double single_gpu_step_s(const Model& m, const Cluster& c, int batch, Precision p, const Accumulation& a,
                          const OptimizerStep& o) {
   const ComputeModel compute(m, c, batch, p);
-  const double busy = compute.forward_s() + compute.backward_s() + compute.optimizer_s(o) / a.steps;
+  const double busy = compute.single_gpu_busy_s(o, a.steps);
   return busy + compute.data_wait_s(busy);
 }
 
@@ -168,7 +168,7 @@ double set_measured_rate(Model& m, const Cluster& c, int batch, Precision p, con
                      formatted(c.input_samples_per_s_per_gpu, "%g") + ")");
   const ComputeModel roofline(m, c, batch, p);
   // One micro-batch's share of the step, as the single-GPU run paid it.
-  const double step_s = roofline.forward_s() + roofline.backward_s() + roofline.optimizer_s(o) / a.steps;
+  const double step_s = roofline.single_gpu_busy_s(o, a.steps);
   if (!(step_s > 0)) throw InputError(where + ": model " + m.name + " prices no compute on one GPU to scale");
   const double factor = (batch / samples_per_s) / step_s;
   for (size_t i = 0; i < m.layers.size(); ++i) {

@@ -447,7 +447,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
                 r.optimizer_s + r.step_overhead_s + r.variation_wait_s;
   r.data_wait_s = compute.data_wait_s(busy);
   r.iteration_s = busy + r.data_wait_s;
-  double single_busy = r.forward_s + compute.backward_s() + r.optimizer_s;
+  const double single_busy = compute.single_gpu_busy_s(plan.optimizer, steps);
   r.single_gpu_iteration_s = single_busy + compute.data_wait_s(single_busy);
   finish_report(r, goal, sequence_length(model));
 

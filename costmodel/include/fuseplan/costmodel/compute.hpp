@@ -59,6 +59,11 @@ class ComputeModel {
   double optimizer_s(const OptimizerStep& o = {}) const;
   // Extra wait per iteration when the input pipeline is slower than compute.
   double data_wait_s(double busy_s) const;
+  // One micro-batch on one GPU: forward, backward and the optimizer step's share (`o` once
+  // every `steps` micro-batches), before any wait for the input pipeline.
+  double single_gpu_busy_s(const OptimizerStep& o, int steps) const {
+    return forward_s_ + backward_s_ + optimizer_s(o) / steps;
+  }
   int measured_layers() const { return measured_; }
 
  private:
