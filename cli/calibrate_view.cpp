@@ -154,7 +154,7 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
     std::string classes;
     for (ComputeClass k : m.classes) classes += (classes.empty() ? "" : ", ") + std::string(compute_class_name(k));
     if (m.overhead) classes = "kernel_overhead_us";
-    const bool out = classes.empty();
+    const bool out = m.held_out();
     held_out = held_out || out;
     t.row({m.model.name, std::to_string(m.batch), std::string(precision_name(m.precision)), fixed(m.samples_per_s, 1),
            fixed(r.rate_before, 1), fixed(r.rate_after, 1), signed_percent(r.rate_after / m.samples_per_s - 1),

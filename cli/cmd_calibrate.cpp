@@ -112,8 +112,7 @@ void run_calibrate(const CalibrateFlags& f) {
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
   const std::vector<ThroughputMeasurement> rates = f.throughput.empty() ? std::vector<ThroughputMeasurement>{}
                                                                         : load_throughputs(f.throughput);
-  const bool rates_fit =
-      std::any_of(rates.begin(), rates.end(), [](const auto& m) { return m.overhead || !m.classes.empty(); });
+  const bool rates_fit = std::any_of(rates.begin(), rates.end(), [](const auto& m) { return !m.held_out(); });
   if (!rates.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty())
     throw InputError("--out: every measurement of --throughput " + f.throughput + " is held out (its `fit` empty): "
                      "nothing is fitted to write");

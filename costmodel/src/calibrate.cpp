@@ -798,15 +798,15 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
     if (!c.device.peak_TFLOPS.count(m.precision))
       throw InputError(m.where + ": cluster " + c.name + "'s device has no " +
                        std::string(precision_name(m.precision)) + " peak (device.peak_TFLOPS)");
-    const double before = m.overhead         ? c.device.kernel_overhead_us
-                          : m.classes.empty() ? 0  // held out
-                          : m.memory ? c.device.memory_efficiency_of(m.classes.front(), m.precision)
-                                     : c.device.compute_efficiency_of(m.classes.front(), m.precision);
+    const double before = m.overhead     ? c.device.kernel_overhead_us
+                          : m.held_out() ? 0
+                          : m.memory     ? c.device.memory_efficiency_of(m.classes.front(), m.precision)
+                                         : c.device.compute_efficiency_of(m.classes.front(), m.precision);
     fit.rows.push_back({before, before, rate_on(c, m), 0});
   }
   std::vector<size_t> fitted;  // the measurements that fit a value; the others are held out
   for (size_t i = 0; i < ms.size(); ++i)
-    if (ms[i].overhead || !ms[i].classes.empty()) fitted.push_back(i);
+    if (!ms[i].held_out()) fitted.push_back(i);
   // All values together, on the logs of the rates' ratios in the logs of the values: each
   // rate moves with every class its model holds, and two measurements may share their
   // models' classes (ResNet-18 fitting norms, ResNet-50 convolutions), which fitting one
@@ -863,7 +863,7 @@ void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurem
                           const std::string& how) {
   for (size_t i = 0; i < ms.size(); ++i) {
     const ThroughputMeasurement& m = ms[i];
-    if (!m.overhead && m.classes.empty()) continue;  // held out
+    if (m.held_out()) continue;
     set_efficiency(cluster, m, fit.rows[i].value);
     const std::string precision(precision_name(m.precision));
     const std::string what = "FITTED (" + how + "): " + m.model.name + " at batch " + std::to_string(m.batch) + ", " +

@@ -199,6 +199,7 @@ struct ThroughputMeasurement {
   bool overhead = false;
   std::string where;       // "FILE: $.measurements[i]", for messages
   std::string source;      // where the rate comes from (provenance); may be empty
+  bool held_out() const { return !overhead && classes.empty(); }  // fits nothing: predicted and reported
 };
 // Reads a fuseplan.throughput/1 file; InputError naming the file and JSON path of a bad
 // field, an unknown class, a class the model has no priced layer of, a class fitted at one
