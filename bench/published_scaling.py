@@ -516,10 +516,10 @@ def workload_of(c):
 def framework_spread(cases, rows):
     """Per model, server and precision that two frameworks or more publish: each framework's predicted over
     published per-GPU rate of its base run (scaling left out; a framework's cases differ where their base runs
-    do, as at another batch size or accumulation), and the floor no constant the frameworks share gets under: scaling every prediction of the group by
-    s, the worst error is smallest when s puts the largest and smallest ratio the same distance either side of
-    1, (q_max - q_min) / (q_max + q_min). Returns (workload, cluster, precision) -> ({framework: [ratios]},
-    floor, [the group's rows])."""
+    do, as at another batch size or accumulation), and the floor no constant the frameworks share gets under:
+    scaling every prediction of the group by s, the worst error is smallest when s puts the largest and
+    smallest ratio the same distance either side of 1, (q_max - q_min) / (q_max + q_min). Returns (workload,
+    cluster, precision) -> ({framework: [ratios]}, floor, [the group's rows])."""
     groups = {}
     for c, r in zip(cases, rows):
         framework = framework_of(c["name"])
