@@ -43,10 +43,12 @@ precision (`--step-overhead`), from its ResNet-50 case, used by the same framewo
 other models on that server and precision, which are held out; the ResNet-50 cases are
 then in-sample and not counted. And each DGX server's compute_variation (how much one
 GPU's forward and backward time varies; a step waits for its slowest GPU), by least
-squares on MXNet's FP32/TF32 runs of that server on 2, 4 and 8 (and 16) GPUs, which are
-then in-sample; MXNet's mixed-precision runs, and every other framework's runs on those
-servers, are held out. `--fit` refits both kinds of constant the cluster files carry. No
-other scaling result is fitted.
+squares on MXNet's FP32/TF32 runs of that server on 2, 4 and 8 (and 16) GPUs (`fuseplan
+calibrate --throughput` on the rate file's scaling measurements, each run's plan written
+by `fuseplan predict --out` with the case's flags), which are then in-sample; MXNet's
+mixed-precision runs, and every other framework's runs on those servers, are held out.
+`--fit` refits both kinds of constant the cluster files carry. No other scaling result is
+fitted.
 
 Where DeepLearningExamples publishes one model on one server at one precision in two
 frameworks or more, a table gives each framework's predicted over published per-GPU rate of
@@ -268,9 +270,12 @@ MEMORY_CARRIED_TO = ("dgx-a100",)
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
 # The rate files users are shown (configs/throughput/, docs/costmodel.md): each fitted
-# cluster's rows, fitted and held out (rate_file_rows).
+# cluster's rows, fitted and held out (rate_file_rows), and its scaling measurements, each
+# with its plan in plans/ beside the files (scaling_rows).
 RATE_FILES = {c: os.path.join(ROOT, "configs", "throughput", f) for c, f in (
-    ("p100-dgx1", "p100-dgx1-tf.json"), ("dgx1-v100", "dgx1-v100-dle.json"), ("dgx-a100", "dgx-a100-dle.json"))}
+    ("p100-dgx1", "p100-dgx1-tf.json"), ("dgx1-v100", "dgx1-v100-dle.json"), ("dgx-a100", "dgx-a100-dle.json"),
+    ("dgx2-v100", "dgx2-v100-mxnet.json"))}
+PLANS = "plans"  # the scaling measurements' plans, relative to the rate files
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
 DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
@@ -353,17 +358,85 @@ def rate_file_rows(cluster):
     return fitted + [(h + ((),), "compute_efficiency") for h in held]
 
 
-def check_rate_files():
-    """The shipped rate files that do not hold their cluster's rows (sources aside)."""
+def scaling_rows(cluster):
+    """The (case, fitted) pairs a cluster's rate file holds as scaling measurements: the cases
+    whose published efficiency fits its compute_variation, then MXNet's other runs on it, held out."""
+    on = [c for c in CASES if c["cluster"] == cluster]
+    fitted = [c for c in on if c.get("compute_variation") == "fitted"]
+    return [(c, True) for c in fitted] + [(c, False) for c in on if c["name"].startswith("mx-") and c not in fitted]
+
+
+def scaling_plan(binary, c):
+    """A case's plan as `fuseplan predict --out` writes it with the case's flags, without its
+    prediction (informational, and moved by every constant)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "plan.json")
+        cmd = [binary, "predict", "--model", MODEL_FILES.get(c["model"], c["model"]), "--cluster", c["cluster"],
+               "--gpus", str(c["gpus"]), "--batch-per-gpu", str(c["batch"]), "--precision", c["precision"],
+               *c["flags"], "--out", out]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
+        plan = json.load(open(out))
+    plan.pop("prediction", None)
+    return plan
+
+
+def scaling_measurement(c, fitted):
+    """A case as a fuseplan.throughput/1 scaling measurement, its plan named as the rate files name it."""
+    assert c["base_gpus"] == 1 and "base_flags" not in c, c["name"]  # an efficiency against the same plan on one GPU
+    return {"plan": f"{PLANS}/{c['name']}.json", "scaling_efficiency": c["published"],
+            "fit": ["compute_variation"] if fitted else [], "source": c["source"]}
+
+
+def rate_file(binary, cluster, plans_dir):
+    """A cluster's rate file as the bench makes it (its plans written to plans_dir)."""
+    os.makedirs(plans_dir, exist_ok=True)
+    scaling = []
+    for c, fitted in scaling_rows(cluster):
+        with open(os.path.join(plans_dir, c["name"] + ".json"), "w") as f:
+            f.write(json.dumps(scaling_plan(binary, c), indent=1) + "\n")
+        scaling.append(scaling_measurement(c, fitted))
+    return [measurement(r, key) for r, key in rate_file_rows(cluster)] + scaling
+
+
+def check_rate_files(binary):
+    """The shipped rate files (and their plans) that do not hold their cluster's rows (sources aside)."""
     stale = []
-    for cluster, path in RATE_FILES.items():
-        shipped = json.load(open(path))["measurements"]
-        for m in shipped:
-            m.pop("source")
-            m["model"] = MODEL_FILES.get(os.path.splitext(os.path.basename(m["model"]))[0], m["model"])
-        if shipped != [measurement(r, key) for r, key in rate_file_rows(cluster)]:
-            stale.append(os.path.relpath(path, ROOT) + f" (its rates are not the {cluster} rows here)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for cluster, path in RATE_FILES.items():
+            shipped = json.load(open(path))["measurements"]
+            plans = os.path.join(tmp, cluster)
+            mine = rate_file(binary, cluster, os.path.join(plans, PLANS))
+            for m in shipped + mine:
+                m.pop("source", None)
+                if "model" in m:
+                    m["model"] = MODEL_FILES.get(os.path.splitext(os.path.basename(m["model"]))[0], m["model"])
+            if shipped != mine:
+                stale.append(os.path.relpath(path, ROOT) + f" (its measurements are not the {cluster} rows here)")
+            for m in mine:
+                if "plan" in m:
+                    there = os.path.join(os.path.dirname(path), m["plan"])
+                    if not os.path.exists(there) or json.load(open(there)) != json.load(open(os.path.join(plans,
+                                                                                                          m["plan"]))):
+                        stale.append(os.path.relpath(there, ROOT) + " (not the plan its case's flags give)")
     return stale
+
+
+def calibrated_variation(binary, cluster):
+    """The compute_variation `fuseplan calibrate --throughput` fits to the cluster's scaling
+    measurements (least squares in points; plans written by `predict --out`) after its rates'
+    classes, as its rate file gives them: 5 decimals."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rates, out = os.path.join(tmp, "rates.json"), os.path.join(tmp, "fitted.json")
+        with open(rates, "w") as f:
+            json.dump({"schema": "fuseplan.throughput/1",
+                       "measurements": rate_file(binary, cluster, os.path.join(tmp, PLANS))}, f)
+        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates, "--out", out]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
+        return round(json.load(open(out))["compute_variation"], 5)
 
 
 def fit(binary):
@@ -417,47 +490,6 @@ def calibrated_classes(binary, cluster, rows):
         for cls in classes:  # kernel_overhead_us: the device's own
             v = device["kernel_overhead_us"] if cls == "kernel_overhead_us" else device["by_kind"][cls][key]
             values[cls, key, precision] = round(v[precision] if isinstance(v, dict) else v, 4)
-    return values
-
-
-def fit_variation(binary):
-    """Each cluster's compute_variation: the value that minimises the squared error in
-    points of its cases marked `compute_variation: fitted`. Where a case's allreduces hide
-    behind backward, the step grows by the whole wait for the slowest GPU, which is linear
-    in the value (the predictor's expected maximum of N draws times it times the step's
-    forward and backward), so two predictions per case give each efficiency as a function
-    of it. That premise is checked: a case whose step at 0.1 is not the linear one, within
-    one tick of its framework's cycle (the ticks a stretched ready time falls on move the
-    tail by up to one), exits. Returns cluster -> value (5 decimals)."""
-    terms = {}
-    for c in CASES:
-        if c.get("compute_variation") != "fitted":
-            continue
-        assert c["base_gpus"] == 1 and "base_flags" not in c, c["name"]  # efficiency = single / iteration
-        zero = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"],
-                       [*c["flags"], "--compute-variation", "0"])
-        one = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"],
-                      [*c["flags"], "--compute-variation", "0.1"])
-        per_unit = one["variation_wait_s"] / 0.1
-        flags = c["flags"]
-        tick_s = float(flags[flags.index("--cycle-time") + 1]) * 1e-3 if "--cycle-time" in flags else 0.0
-        if abs(one["iteration_s"] - (zero["iteration_s"] + 0.1 * per_unit)) > tick_s + 1e-9 * one["iteration_s"]:
-            sys.exit(f"published_scaling: {c['name']}'s allreduces queue, so its step is not linear in "
-                     "compute_variation: fit it by predictions instead")
-        terms.setdefault(c["cluster"], []).append(
-            (zero["single_gpu_iteration_s"], zero["iteration_s"], per_unit, c["published"]))
-
-    def sq_error(rows, v):
-        return sum((single / (it + v * unit) - pub) ** 2 for single, it, unit, pub in rows)
-
-    values = {}
-    for cluster, rows in terms.items():
-        lo, hi = 0.0, 0.5  # golden-section search: the error is unimodal in v
-        g = (5 ** 0.5 - 1) / 2
-        for _ in range(80):
-            a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-            lo, hi = (lo, b) if sq_error(rows, a) <= sq_error(rows, b) else (a, hi)
-        values[cluster] = round((lo + hi) / 2, 5)
     return values
 
 
@@ -639,12 +671,13 @@ def main():
                 stale.append(name)
             elif any(device["by_kind"].get(k) != v for k, v in kept.items()):
                 stale.append(name + " (the unfitted classes differ from p100-dgx1's)")
-        stale += check_dle(a.bin) + check_rate_files()
-        for cluster, v in fit_variation(a.bin).items():
-            users = [c["name"] for c in CASES if c.get("compute_variation") == "fitted" and c["cluster"] == cluster]
+        stale += check_dle(a.bin) + check_rate_files(a.bin)
+        for cluster in sorted({c["cluster"] for c in CASES if c.get("compute_variation") == "fitted"}):
+            v = calibrated_variation(a.bin, cluster)
+            users = [c["name"] for c, fitted in scaling_rows(cluster) if fitted]
             print(f"{cluster}: compute_variation = {v} (least squares on {', '.join(users)})")
             shipped = json.load(open(cluster_path(cluster))).get("compute_variation", 0)
-            if abs(shipped - v) > 2e-5:
+            if abs(shipped - v) > 1e-5:  # the fit's value, rounded to 5 decimals
                 stale.append(f"{cluster} (compute_variation)")
         if stale:
             print("published_scaling: the shipped values differ from the fit in " + ", ".join(stale))

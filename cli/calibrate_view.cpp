@@ -6,6 +6,7 @@
 
 #include "format.hpp"
 #include "fuseplan/costmodel/collective_model.hpp"
+#include "fuseplan/models/text.hpp"
 
 namespace fuseplan::cli {
 
@@ -166,6 +167,26 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
         "   cluster as given; error = fitted against measured; fitted together, "
      << count_of(fit.iterations, "iteration") << " of Levenberg-Marquardt)\n";
   if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
+}
+
+void print_variation_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit) {
+  Table t({"<plan", "<model", "GPUs", "measured", "given", "fitted", "points", "<role"});
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const ScalingMeasurement& m = ms[i];
+    t.row({m.plan_path, m.model.name, std::to_string(m.plan.gpus), percent(m.efficiency), percent(fit.given[i]),
+           percent(fit.after[i]), formatted(100 * (fit.after[i] - m.efficiency) + 0.0, "%+.1f"),
+           m.fit ? "fits compute_variation" : "(held out)"});
+  }
+  t.print(os, "  ");
+  os << "  (scaling efficiency: the rate on the plan's GPUs over as many times one GPU's; given = the cluster as\n"
+        "   given; points = fitted against measured)\n";
+  const auto fitting = std::count_if(ms.begin(), ms.end(), [](const ScalingMeasurement& m) { return m.fit; });
+  if (fit.fitted)
+    os << "  compute_variation " << fixed(fit.value, 5) << " (given " << fixed(fit.before, 5)
+       << "): least squares over " << count_of(fitting, "measurement") << ", " << fixed(fit.rms_points, 2)
+       << " points rms\n";
+  else
+    os << "  (every scaling measurement is held out: compute_variation as given, " << fixed(fit.before, 5) << ")\n";
 }
 
 }  // namespace fuseplan::cli

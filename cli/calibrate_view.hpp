@@ -26,5 +26,9 @@ void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, con
 // calibrate --throughput: per measurement its model, batch, precision, the measured rate,
 // the rate predicted with the cluster as given and as fitted, and the value fitted.
 void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit);
+// calibrate --throughput's scaling measurements: per plan its model and GPUs, the measured
+// scaling efficiency, the one predicted with the cluster as given and as fitted, and the
+// compute_variation fitted.
+void print_variation_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit);
 
 }  // namespace fuseplan::cli

@@ -59,6 +59,7 @@ struct MeasuredModel {  // --model with its --profile applied
 };
 void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c);
 void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c);
+void fit_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c);
 
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
@@ -110,16 +111,22 @@ void run_calibrate(const CalibrateFlags& f) {
   // communication fit below leaves as they are; the overlap is fitted on the cluster as
   // calibrated by then.
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
-  const std::vector<ThroughputMeasurement> rates = f.throughput.empty() ? std::vector<ThroughputMeasurement>{}
-                                                                        : load_throughputs(f.throughput);
-  const bool rates_fit = std::any_of(rates.begin(), rates.end(), [](const auto& m) { return !m.held_out(); });
-  if (!rates.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() && f.plans.empty())
+  const ThroughputFile rates = f.throughput.empty() ? ThroughputFile{} : load_throughput_file(f.throughput);
+  const bool rates_fit =
+      std::any_of(rates.rates.begin(), rates.rates.end(), [](const auto& m) { return !m.held_out(); }) ||
+      std::any_of(rates.scaling.begin(), rates.scaling.end(), [](const auto& m) { return m.fit; });
+  if (!f.throughput.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() &&
+      f.plans.empty())
     throw InputError("--out: every measurement of --throughput " + f.throughput + " is held out (its `fit` empty): "
                      "nothing is fitted to write");
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, targets, runs, c);
   if (measured) fit_compute(f, *measured, c);
-  if (!rates.empty()) fit_rates(f, rates, c);
+  if (!rates.rates.empty()) fit_rates(f, rates.rates, c);
+  if (!rates.scaling.empty()) {
+    if (!rates.rates.empty()) out() << "\n";  // after the rates' table
+    fit_scaling(f, rates.scaling, c);
+  }
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
     write_file_atomic(f.out, cluster_to_json(c).dump(2) + "\n");
@@ -201,6 +208,17 @@ void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>
         << ")\n\n";
   print_throughput_fits(out(), rates, fit);
   apply_throughput_fit(c, rates, fit, "fuseplan calibrate --throughput " + f.throughput);
+}
+
+// The cluster's compute_variation from measured scaling efficiencies of plans (--throughput
+// measurements with a plan), on the cluster as calibrated so far (its classes fitted first).
+void fit_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c) {
+  const VariationFit fit = fit_compute_variation(c, ms);  // before printing: a refusal is the only line
+  out() << "fuseplan calibrate: the wait for the slowest GPU (compute_variation) from measured scaling "
+           "efficiencies, "
+        << f.throughput << " (" << count_of(int64_t(ms.size()), "measurement") << "), cluster " << c.name << "\n\n";
+  print_variation_fit(out(), ms, fit);
+  apply_variation_fit(c, ms, fit, "fuseplan calibrate --throughput " + f.throughput);
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
@@ -298,7 +316,8 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--throughput", f->throughput,
                   "fuseplan.throughput/1 file: one GPU's measured training rates of whole models (a vendor's page,\n"
                   "a paper, a run of one's own), each naming the layer classes it sets (or kernel_overhead_us, or\n"
-                  "none: held out); fits their efficiencies (device.by_kind) all together (docs/formats.md)");
+                  "none: held out); fits their efficiencies (device.by_kind) all together; and measured scaling\n"
+                  "efficiencies of plans, which fit compute_variation (docs/formats.md)");
   cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   // The profile names the model but not its input: a zoo CNN profiled at another
   // resolution needs it here, or every layer is priced at the zoo default.

@@ -13,7 +13,7 @@ with an existing output file, and fails on:
 Formats: cluster (with per-class efficiencies and a transport, one staged through the
 host, one with per-class efficiencies per precision, and an NCCL one), model, plan (and
 one with a framework cycle, one that accumulates), sweep, throughput (measured training
-rates), nccl-tests (text and -J JSON);
+rates, and scaling efficiencies of plans), nccl-tests (text and -J JSON);
 with fuseplan-exec built, also profile (read by predict, and fitted per layer class by
 calibrate) and checkpoint, and with mpirun the measured report (verify).
 
@@ -170,7 +170,8 @@ def main():
     plan1 = seed_path("plan1.json")
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "1", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--out", plan1], check=True, capture_output=True)
-    # Measured training rates: classes of both kinds, the fixed cost and a held-out rate.
+    # Measured training rates: classes of both kinds, the fixed cost and a held-out rate; and
+    # scaling efficiencies of two plans, one fitting compute_variation, one held out.
     with open(seed_path("throughput.json"), "w") as f:
         json.dump({"schema": "fuseplan.throughput/1", "measurements": [
             {"model": "resnet50", "batch_per_gpu": 256, "precision": "fp16", "samples_per_s": 2470,
@@ -182,7 +183,9 @@ def main():
              "optimizer": "lamb", "source": "seed"},
             {"model": "resnet18", "batch_per_gpu": 128, "precision": "fp16", "samples_per_s": 7600,
              "fit": ["norm"], "efficiency": "memory"},
-            {"model": "resnet101", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 500, "fit": []}]}, f)
+            {"model": "resnet101", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 500, "fit": []},
+            {"plan": plan, "scaling_efficiency": 0.95, "fit": ["compute_variation"]},
+            {"plan": plan_cycle, "scaling_efficiency": 0.9, "fit": []}]}, f)
     with open(seed_path("sweep.json"), "w") as f:
         json.dump({"schema": "fuseplan.sweep/1", "ranks": 2, "per_node": 2, "precision": "fp32", "host": "h",
                    "points": [{"algorithm": "ring", "bytes": 4096 * 2**i, "seconds": 2e-5 * (1 + 0.3 * 2**i),

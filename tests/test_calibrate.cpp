@@ -10,6 +10,7 @@
 #include "fuseplan/models/zoo.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/costmodel/report.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/model_json.hpp"
 #include "cluster_json.hpp"
@@ -581,4 +582,117 @@ TEST_CASE("calibrate: the fixed cost per layer pass is recovered beside a class 
                         R"({"model": "resnet50", "batch_per_gpu": 16, "precision": "fp32", "samples_per_s": 100,
                             "fit": ["gemm", "kernel_overhead_us"]})")),
                     Catch::Contains("$.measurements[0].fit[1]: kernel_overhead_us is the device's, fitted alone"));
+}
+
+namespace {
+// Plans of ResNet-50 at batch 64 in FP32, 25 MB buckets, on `gpus` of `cluster`.
+Plan resnet50_plan(const Model& m, int gpus) {
+  return make_plan(m, "dgx1-v100", gpus, 64, Precision::FP32,
+                   buckets_from_spec("threshold:25MB", m, "auto", Precision::FP32), "threshold:25MB");
+}
+ScalingMeasurement scaling_on(const Cluster& truth, const Model& m, int gpus, bool fit) {
+  ScalingMeasurement s;
+  s.model = m;
+  s.plan = resnet50_plan(m, gpus);
+  s.efficiency = predict(bind_scenario(m, truth, s.plan, {}, {}, "test"), false).scaling_efficiency;
+  s.fit = fit;
+  s.where = "plan-" + std::to_string(gpus);
+  s.plan_path = "plan-" + std::to_string(gpus) + ".json";
+  return s;
+}
+}  // namespace
+
+TEST_CASE("calibrate: compute_variation is recovered from the scaling efficiencies it predicted") {
+  const Model m = load_model("resnet50", {});
+  Cluster truth = load_cluster("dgx1-v100");
+  truth.compute_variation = 0.03;
+  std::vector<ScalingMeasurement> ms = {scaling_on(truth, m, 2, true), scaling_on(truth, m, 4, true),
+                                        scaling_on(truth, m, 8, true), scaling_on(truth, m, 16, false)};
+  Cluster given = truth;
+  given.compute_variation = 0;
+  const VariationFit fit = fit_compute_variation(given, ms);
+  REQUIRE(fit.fitted);
+  CHECK(fit.before == 0);
+  CHECK(fit.value == Approx(0.03).margin(1e-7));
+  CHECK(fit.rms_points < 1e-4);
+  for (size_t i = 0; i < ms.size(); ++i) {
+    INFO(ms[i].where);
+    CHECK(fit.given[i] > ms[i].efficiency);  // without the wait, every prediction is above
+    CHECK(fit.after[i] == Approx(ms[i].efficiency).margin(1e-7));  // the held-out one too
+  }
+  apply_variation_fit(given, ms, fit, "test");
+  CHECK(given.compute_variation == fit.value);
+  CHECK_THAT(given.provenance.at("compute_variation"),
+             Catch::StartsWith("FITTED (test): least squares in points of scaling efficiency on resnet50 on 2 GPUs "
+                               "(plan-2.json)") &&
+                 !Catch::Contains("16 GPUs"));
+  // The least squares of runs that disagree lie between the values each gives alone.
+  std::vector<ScalingMeasurement> apart = {ms[0], ms[2]};
+  apart[0].efficiency -= 0.004;  // loses more on 2 GPUs than the truth's wait
+  const VariationFit both = fit_compute_variation(given, apart);
+  const VariationFit first = fit_compute_variation(given, {apart[0]});
+  CHECK(first.value > 0.03);
+  CHECK(both.value > 0.03);
+  CHECK(both.value < first.value);
+  CHECK(both.rms_points > 0.1);
+  // A run at or above the prediction without any wait is met by none; held out alone, nothing is fitted.
+  ScalingMeasurement linear = ms[0];
+  linear.efficiency = 1;
+  CHECK(fit_compute_variation(given, {linear}).value == 0);
+  linear.fit = false;
+  const VariationFit none = fit_compute_variation(given, {linear});
+  CHECK_FALSE(none.fitted);
+  CHECK(none.value == given.compute_variation);
+  Cluster kept = given;
+  apply_variation_fit(kept, {linear}, none, "test");
+  CHECK(kept.compute_variation == given.compute_variation);
+}
+
+TEST_CASE("calibrate: scaling measurements read their plans beside the file, and bad ones are refused") {
+  const Model m = load_model("resnet50", {});
+  const auto dir = std::filesystem::temp_directory_path() / "fuseplan_test_throughput";
+  std::filesystem::create_directories(dir);
+  for (int gpus : {1, 8}) {
+    const std::string path = (dir / ("plan-" + std::to_string(gpus) + ".json")).string();
+    std::ofstream(path) << plan_to_json_at(resnet50_plan(m, gpus), path).dump();
+  }
+  const std::string rate = R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900,
+                               "fit": ["conv_1x1"]})";
+  const std::string scaling = R"({"plan": "plan-8.json", "scaling_efficiency": 0.97, "fit": ["compute_variation"],
+                                  "source": "a run"})";
+  // A relative plan not found from the working directory is read from the file's folder.
+  const ThroughputFile f = load_throughput_file(throughput_file(rate + ", " + scaling));
+  REQUIRE(f.rates.size() == 1);
+  REQUIRE(f.scaling.size() == 1);
+  CHECK(f.scaling[0].plan.gpus == 8);
+  CHECK(f.scaling[0].model.name == "resnet50");
+  CHECK(f.scaling[0].efficiency == 0.97);
+  CHECK(f.scaling[0].fit);
+  CHECK(f.scaling[0].source == "a run");
+  CHECK_THAT(f.scaling[0].where, Catch::EndsWith("$.measurements[1]"));
+  CHECK(load_throughputs(throughput_file(rate + ", " + scaling)).size() == 1);
+  auto refused = [](const std::string& measurements, const std::string& what) {
+    INFO(measurements);
+    CHECK_THROWS_WITH(load_throughput_file(throughput_file(measurements)), Catch::Contains(what));
+  };
+  // A class fitted twice names the earlier measurement by its place in the file.
+  refused(rate + ", " + scaling + ", " + rate,
+          "$.measurements[2].fit[0]: conv_1x1's compute_efficiency at fp16 is fitted by $.measurements[0] already");
+  refused(R"({"plan": "plan-8.json", "model": "resnet50", "scaling_efficiency": 0.9, "fit": []})",
+          "$.measurements[0].model: a measurement with a plan takes its model, batch, precision and training loop "
+          "from the plan");
+  refused(R"({"plan": "plan-1.json", "scaling_efficiency": 0.9, "fit": []})",
+          "$.measurements[0].plan: a scaling efficiency is measured on more than one GPU (plan-1.json has 1)");
+  refused(R"({"plan": "plan-8.json", "scaling_efficiency": 0.9, "fit": ["conv_1x1"]})",
+          "$.measurements[0].fit: a measurement with a plan fits compute_variation");
+  refused(R"({"plan": "plan-8.json", "scaling_efficiency": 3, "fit": []})",
+          "$.measurements[0].scaling_efficiency: must be in [1e-06, 2]");
+  refused(R"({"plan": "nowhere.json", "scaling_efficiency": 0.9, "fit": []})",
+          "$.measurements[0].plan nowhere.json: cannot open");
+  refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900, "fit": [],
+              "scaling_efficiency": 0.9})",
+          "$.measurements[0].scaling_efficiency: needs `plan`");
+  refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900,
+              "fit": ["compute_variation"]})",
+          "compute_variation is fitted by a measurement with a plan");
 }

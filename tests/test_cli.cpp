@@ -2314,18 +2314,27 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
   nlohmann::json bare = nlohmann::json::parse(std::ifstream(std::string(FUSEPLAN_TEST_DATA) +
                                                             "/../../configs/clusters/dgx-a100.json"));
   const nlohmann::json shipped = bare["device"]["by_kind"];
+  const double variation = bare["compute_variation"].get<double>();
   for (const char* cls : {"conv_kxk", "conv_1x1", "conv_grouped", "gemm", "attention"}) {
     bare["device"]["by_kind"].erase(cls);
     bare["provenance"].erase(std::string("device.by_kind.") + cls);
   }
+  bare.erase("compute_variation");  // and the wait for the slowest GPU, which its scaling measurements fit
+  bare["provenance"].erase("compute_variation");
   const std::string bare_path = tmp("dgx-a100-bare.json");
   write(bare_path, bare.dump());
   const Run r = run("calibrate --cluster " + bare_path + " --throughput " + rates + " --out " + out);
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("10 measurements") && Catch::Contains("Levenberg-Marquardt") &&
-                        Catch::Contains("(held out)"));
+                        Catch::Contains("(held out)") && Catch::Contains("(6 measurements), cluster") &&
+                        Catch::Contains("plans/mx-a100-resnet50-tf32-2gpu.json") &&
+                        Catch::Contains("least squares over 3 measurements"));
   const auto fitted = nlohmann::json::parse(std::ifstream(out));
+  CHECK(fitted["compute_variation"].get<double>() == Approx(variation).margin(1e-5));  // shipped to 5 decimals
+  CHECK_THAT(fitted["provenance"]["compute_variation"].get<std::string>(),
+             Catch::StartsWith("FITTED (fuseplan calibrate --throughput ") &&
+                 Catch::Contains("resnet50 on 8 GPUs (plans/mx-a100-resnet50-tf32.json)"));
   for (const char* cls : {"conv_kxk", "conv_1x1", "conv_grouped", "gemm", "attention"})
     for (const char* p : {"fp32", "fp16"}) {
       INFO(cls << " " << p);
@@ -2351,6 +2360,10 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
       "precision": "fp16", "samples_per_s": 90000, "fit": ["conv_kxk", "conv_1x1"]}]})");
   expect_bad("calibrate --cluster dgx-a100 --throughput " + bad + " --out " + out,
              "$.measurements[0]: 90000 samples/s is more than resnet50 trains on one GPU of dgx-a100");
+  write(bad, R"({"schema": "fuseplan.throughput/1", "measurements": [{"plan": "no-such-plan.json",
+      "scaling_efficiency": 0.9, "fit": ["compute_variation"]}]})");
+  expect_bad("calibrate --cluster dgx-a100 --throughput " + bad + " --out " + out,
+             "--throughput " + bad + ": $.measurements[0].plan no-such-plan.json: cannot open");
   std::stringstream kept;
   kept << std::ifstream(out).rdbuf();
   CHECK(kept.str() == "keep");

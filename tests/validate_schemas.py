@@ -107,6 +107,8 @@ def main():
     run("calibrate", "--cluster", "dgx-h100", "--ranks", "16", "--per-node", "8", "--nccl-tests",
         os.path.join(source, "tests", "data", "nccl-tests", "h100-ndr-2x8.txt"), "--accept-degenerate", "--out", calibrated)
     files.append(("cluster", "calibrate --nccl-tests output", json.load(open(calibrated))))
+    for path in sorted(glob.glob(os.path.join(source, "configs", "throughput", "plans", "*.json"))):
+        files.append(("plan", os.path.relpath(path, source), json.load(open(path))))  # the scaling measurements'
     for path in sorted(glob.glob(os.path.join(source, "configs", "throughput", "*.json"))):
         files.append(("throughput", os.path.relpath(path, source), json.load(open(path))))
         fitted = os.path.join(work, "throughput-fitted.json")
@@ -180,6 +182,12 @@ def main():
         ("throughput", "an unknown class", lambda d: d["measurements"][0].__setitem__("fit", ["conv"])),
         ("throughput", "an unknown efficiency", lambda d: d["measurements"][0].__setitem__("efficiency", "flops")),
         ("throughput", "no measurements", lambda d: d.__setitem__("measurements", [])),
+        ("throughput", "a plan beside a model", lambda d: d["measurements"].append(
+            {"plan": "p.json", "scaling_efficiency": 0.9, "fit": [], "model": "resnet50"})),
+        ("throughput", "a plan fitting a class", lambda d: d["measurements"].append(
+            {"plan": "p.json", "scaling_efficiency": 0.9, "fit": ["gemm"]})),
+        ("throughput", "a scaling efficiency of 3", lambda d: d["measurements"].append(
+            {"plan": "p.json", "scaling_efficiency": 3, "fit": []})),
         ("schedule", "an unknown exchange", lambda d: d.__setitem__("exchange", "alltoall")),
         ("schedule", "a credit of 0", lambda d: d.__setitem__("credit", 0)),
         ("schedule", "no bounds", lambda d: d.pop("bounds")),

@@ -16,6 +16,7 @@
 #include "fuseplan/costmodel/compute.hpp"
 #include "fuseplan/costmodel/precision.hpp"
 #include "fuseplan/costmodel/predictor.hpp"
+#include "fuseplan/costmodel/scenario.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
 #include "fuseplan/models/text.hpp"
@@ -705,7 +706,125 @@ int least_squares(const std::function<std::vector<double>(const std::vector<doub
 
 }  // namespace
 
-std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
+namespace {
+
+// A file a throughput file names (a model or a plan): a relative path not found from the
+// working directory is taken from the throughput file's folder.
+std::string beside(std::string name, const std::string& path) {
+  if (!std::filesystem::path(name).is_absolute() && !std::filesystem::exists(name)) {
+    const std::filesystem::path there = std::filesystem::path(path).parent_path() / name;
+    if (std::filesystem::exists(there)) name = there.string();
+  }
+  return name;
+}
+
+// Where in its file a measurement read earlier sits ($.measurements[i]).
+std::string json_path_of(const ThroughputMeasurement& m, const std::string& origin) {
+  return m.where.substr(origin.size() + 2);  // where = origin + ": " + path
+}
+
+// A measurement of one GPU's training rate ($.measurements[i] without `plan`).
+ThroughputMeasurement read_rate(JsonObject& o, const std::string& origin, const std::string& path,
+                                const std::vector<ThroughputMeasurement>& out) {
+  ThroughputMeasurement m;
+  m.where = origin + ": " + o.path();
+  ModelOptions options;
+  if (auto opt = o.opt_object("options")) options = model_options_from_json(*opt);
+  std::string model = o.string("model");
+  if (names_a_file(model)) model = beside(model, path);
+  try {
+    m.model = load_model(model, options);
+  } catch (const InputError& e) {
+    throw InputError(origin + ": " + o.where("model") + ": " + as_in_file(e));
+  }
+  m.batch = static_cast<int>(o.integer("batch_per_gpu", 1, 1 << 24));
+  m.precision = parse_precision(o.string("precision"), origin + ": " + o.where("precision"));
+  m.samples_per_s = o.in_range("samples_per_s", 1e-6, kMaxMeasuredRate, "samples/s per GPU");
+  m.loop.steps = static_cast<int>(o.opt_integer("accumulate", 1, kMaxAccumulationSteps).value_or(1));
+  const std::string rule = o.opt_string("optimizer").value_or("lars");
+  const auto kernels = o.opt_string("optimizer_kernels");
+  const auto bytes = o.opt_in_range("optimizer_bytes", 1e-9, kMaxOptimizerBytesPerParam, "B per parameter");
+  m.optimizer = optimizer_step(rule, kernels.value_or("fused"),
+                               origin + ": " + o.where(kernels ? "optimizer_kernels" : "optimizer"),
+                               bytes.has_value());
+  if (bytes) m.optimizer.bytes_per_param = *bytes;
+  const std::string kind = o.opt_string("efficiency").value_or("compute");
+  if (kind != "compute" && kind != "memory")
+    o.fail("efficiency", "unknown '" + kind + "' (valid: compute, memory)");
+  m.memory = kind == "memory";
+  const nlohmann::json& fit = o.array("fit");
+  // An empty list holds the rate out: predicted and reported beside the fitted ones.
+  for (size_t k = 0; k < fit.size(); ++k) {
+    const std::string at = o.where("fit") + "[" + std::to_string(k) + "]";
+    if (fit[k] == "kernel_overhead_us") {
+      if (fit.size() > 1 || m.memory)
+        throw InputError(origin + ": " + at + ": kernel_overhead_us is the device's, fitted alone (no class and "
+                         "no efficiency beside it)");
+      for (const ThroughputMeasurement& before : out)
+        if (before.overhead)
+          throw InputError(origin + ": " + at + ": kernel_overhead_us is fitted by " + json_path_of(before, origin) +
+                           " already");
+      m.overhead = true;
+      continue;
+    }
+    const auto cls = fit[k].is_string() ? parse_compute_class(fit[k].get<std::string>()) : std::nullopt;
+    if (!cls)
+      throw InputError(origin + ": " + at + ": not a layer class (valid: " + compute_class_list() +
+                       "; or kernel_overhead_us; compute_variation is fitted by a measurement with a plan)");
+    if (std::find(m.classes.begin(), m.classes.end(), *cls) != m.classes.end())
+      throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + " is named twice");
+    if (!has_priced_layer(m.model, *cls, m.memory))
+      throw InputError(origin + ": " + at + ": " + m.model.name + " has no layer of class " +
+                       std::string(compute_class_name(*cls)) + (m.memory ? "" : " with FLOPs") +
+                       " (a prediction's compute_by_class lists the classes it holds)");
+    for (const ThroughputMeasurement& b : out)
+      if (b.precision == m.precision && b.memory == m.memory &&
+          std::find(b.classes.begin(), b.classes.end(), *cls) != b.classes.end())
+        throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + "'s " +
+                         efficiency_key(m.memory) + " at " + std::string(precision_name(m.precision)) +
+                         " is fitted by " + json_path_of(b, origin) + " already (one value per class and precision)");
+    m.classes.push_back(*cls);
+  }
+  m.source = o.opt_string("source").value_or("");
+  o.finish();
+  return m;
+}
+
+// A measured scaling efficiency of a plan's training ($.measurements[i] with `plan`).
+ScalingMeasurement read_scaling(JsonObject& o, const std::string& origin, const std::string& path) {
+  for (const char* key : {"model", "options", "batch_per_gpu", "precision", "samples_per_s", "accumulate",
+                          "optimizer", "optimizer_kernels", "optimizer_bytes", "efficiency"})
+    if (o.has(key))
+      o.fail(key, "a measurement with a plan takes its model, batch, precision and training loop from the plan "
+                  "(give the plan and scaling_efficiency)");
+  ScalingMeasurement m;
+  m.where = origin + ": " + o.path();
+  m.plan_path = o.string("plan");
+  try {
+    m.plan = load_plan(beside(m.plan_path, path));
+    m.model = load_model(plan_model_ref(m.plan), m.plan.model_options);
+    validate_plan(m.plan, m.model, m.plan_path);
+  } catch (const InputError& e) {
+    throw InputError(origin + ": " + o.where("plan") + " " + m.plan_path + ": " + as_in_file(e));
+  }
+  if (m.plan.gpus < 2)
+    o.fail("plan", "a scaling efficiency is measured on more than one GPU (" + m.plan_path + " has " +
+                       std::to_string(m.plan.gpus) + ")");
+  m.efficiency = o.in_range("scaling_efficiency", 1e-6, kMaxMeasuredScaling,
+                            "(the rate on the plan's GPUs over as many times the rate on one)");
+  const nlohmann::json& fit = o.array("fit");
+  if (fit.size() > 1 || (fit.size() == 1 && fit[0] != "compute_variation"))
+    o.fail("fit", "a measurement with a plan fits compute_variation (the cluster's wait for the slowest GPU), or "
+                  "nothing (empty: held out)");
+  m.fit = fit.size() == 1;
+  m.source = o.opt_string("source").value_or("");
+  o.finish();
+  return m;
+}
+
+}  // namespace
+
+ThroughputFile load_throughput_file(const std::string& path) {
   const std::string origin = field("calibrate.throughput") + " " + path;
   const nlohmann::json j = parse_option_file("calibrate.throughput", path);
   JsonObject r(j, origin);
@@ -714,79 +833,15 @@ std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
   const nlohmann::json& list = r.array("measurements");
   if (list.empty()) r.fail("measurements", "must hold at least one measurement");
   r.finish();
-  std::vector<ThroughputMeasurement> out;
+  ThroughputFile out;
   for (size_t i = 0; i < list.size(); ++i) {
     JsonObject o = element_object(list[i], origin, "$.measurements[" + std::to_string(i) + "]");
-    ThroughputMeasurement m;
-    m.where = origin + ": " + o.path();
-    ModelOptions options;
-    if (auto opt = o.opt_object("options")) options = model_options_from_json(*opt);
-    std::string model = o.string("model");
-    // A model file beside the throughput file: a relative path not found from here is
-    // taken from the file's folder.
-    if (names_a_file(model) && !std::filesystem::path(model).is_absolute() && !std::filesystem::exists(model)) {
-      const std::filesystem::path beside = std::filesystem::path(path).parent_path() / model;
-      if (std::filesystem::exists(beside)) model = beside.string();
+    if (o.has("plan")) {
+      out.scaling.push_back(read_scaling(o, origin, path));
+    } else {
+      if (o.has("scaling_efficiency")) o.fail("scaling_efficiency", "needs `plan`: the training it was measured on");
+      out.rates.push_back(read_rate(o, origin, path, out.rates));
     }
-    try {
-      m.model = load_model(model, options);
-    } catch (const InputError& e) {
-      throw InputError(origin + ": " + o.where("model") + ": " + as_in_file(e));
-    }
-    m.batch = static_cast<int>(o.integer("batch_per_gpu", 1, 1 << 24));
-    m.precision = parse_precision(o.string("precision"), origin + ": " + o.where("precision"));
-    m.samples_per_s = o.in_range("samples_per_s", 1e-6, kMaxMeasuredRate, "samples/s per GPU");
-    m.loop.steps = static_cast<int>(o.opt_integer("accumulate", 1, kMaxAccumulationSteps).value_or(1));
-    const std::string rule = o.opt_string("optimizer").value_or("lars");
-    const auto kernels = o.opt_string("optimizer_kernels");
-    const auto bytes = o.opt_in_range("optimizer_bytes", 1e-9, kMaxOptimizerBytesPerParam, "B per parameter");
-    m.optimizer = optimizer_step(rule, kernels.value_or("fused"),
-                                 origin + ": " + o.where(kernels ? "optimizer_kernels" : "optimizer"),
-                                 bytes.has_value());
-    if (bytes) m.optimizer.bytes_per_param = *bytes;
-    const std::string kind = o.opt_string("efficiency").value_or("compute");
-    if (kind != "compute" && kind != "memory")
-      o.fail("efficiency", "unknown '" + kind + "' (valid: compute, memory)");
-    m.memory = kind == "memory";
-    const nlohmann::json& fit = o.array("fit");
-    // An empty list holds the rate out: predicted and reported beside the fitted ones.
-    for (size_t k = 0; k < fit.size(); ++k) {
-      const std::string at = o.where("fit") + "[" + std::to_string(k) + "]";
-      if (fit[k] == "kernel_overhead_us") {
-        if (fit.size() > 1 || m.memory)
-          throw InputError(origin + ": " + at + ": kernel_overhead_us is the device's, fitted alone (no class and "
-                           "no efficiency beside it)");
-        for (size_t before = 0; before < out.size(); ++before)
-          if (out[before].overhead)
-            throw InputError(origin + ": " + at + ": kernel_overhead_us is fitted by $.measurements[" +
-                             std::to_string(before) + "] already");
-        m.overhead = true;
-        continue;
-      }
-      const auto cls = fit[k].is_string() ? parse_compute_class(fit[k].get<std::string>()) : std::nullopt;
-      if (!cls)
-        throw InputError(origin + ": " + at + ": not a layer class (valid: " + compute_class_list() +
-                         "; or kernel_overhead_us)");
-      if (std::find(m.classes.begin(), m.classes.end(), *cls) != m.classes.end())
-        throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + " is named twice");
-      if (!has_priced_layer(m.model, *cls, m.memory))
-        throw InputError(origin + ": " + at + ": " + m.model.name + " has no layer of class " +
-                         std::string(compute_class_name(*cls)) + (m.memory ? "" : " with FLOPs") +
-                         " (a prediction's compute_by_class lists the classes it holds)");
-      for (size_t before = 0; before < out.size(); ++before) {
-        const ThroughputMeasurement& b = out[before];
-        if (b.precision == m.precision && b.memory == m.memory &&
-            std::find(b.classes.begin(), b.classes.end(), *cls) != b.classes.end())
-          throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + "'s " +
-                           efficiency_key(m.memory) + " at " + std::string(precision_name(m.precision)) +
-                           " is fitted by $.measurements[" + std::to_string(before) +
-                           "] already (one value per class and precision)");
-      }
-      m.classes.push_back(*cls);
-    }
-    m.source = o.opt_string("source").value_or("");
-    o.finish();
-    out.push_back(std::move(m));
   }
   return out;
 }
@@ -875,6 +930,90 @@ void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurem
       cluster.provenance["device.by_kind." + std::string(compute_class_name(k)) + "." + efficiency_key(m.memory) +
                          "." + precision] = what;
   }
+}
+
+VariationFit fit_compute_variation(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms) {
+  VariationFit fit;
+  fit.before = fit.value = cluster.compute_variation;
+  std::vector<Scenario> runs;
+  for (const ScalingMeasurement& m : ms) runs.push_back(bind_scenario(m.model, cluster, m.plan, {}, {}, m.where));
+  auto efficiency = [&](size_t i, double value) {
+    runs[i].cluster.compute_variation = value;
+    return predict(runs[i], false).scaling_efficiency;
+  };
+  for (size_t i = 0; i < ms.size(); ++i) fit.given.push_back(efficiency(i, fit.before));
+  // Each efficiency falls as the value grows: below every measurement's own value all the
+  // predictions are above their measurements and the squares fall; above every one, they
+  // rise. The least squares lie between.
+  double lo = kMaxComputeVariation, hi = 0;
+  std::vector<size_t> fitting;
+  for (size_t i = 0; i < ms.size(); ++i) {
+    if (!ms[i].fit) continue;
+    fitting.push_back(i);
+    double own = 0;  // a measurement at or above the prediction without any wait is met by none
+    if (ms[i].efficiency <= 1) {
+      const EfficiencyFit one = fit_to_efficiency(runs[i], ms[i].efficiency, Calibrated::ComputeVariation);
+      own = one.kind == EfficiencyFit::Kind::AtOrBelow ? 0 : one.value;
+    }
+    lo = std::min(lo, own);
+    hi = std::max(hi, own);
+  }
+  auto squares = [&](double value) {
+    double sum = 0;
+    for (size_t i : fitting) sum += std::pow(efficiency(i, value) - ms[i].efficiency, 2);
+    return sum;
+  };
+  if (!fitting.empty()) {
+    fit.fitted = true;
+    fit.value = lo;
+    if (hi > lo) {
+      // A scan first (the squares need not have one minimum where queues form), then
+      // golden sections around its best point, by the same steps every run.
+      constexpr int kScan = 32;
+      const double step = (hi - lo) / kScan;
+      double best = lo, best_sq = squares(lo);
+      for (int k = 1; k <= kScan; ++k) {
+        const double v = lo + step * k, sq = squares(v);
+        if (sq < best_sq) {
+          best = v;
+          best_sq = sq;
+        }
+      }
+      double a = std::max(lo, best - step), b = std::min(hi, best + step);
+      const double g = (std::sqrt(5.0) - 1) / 2;
+      for (int k = 0; k < 100 && b - a > 1e-12; ++k) {
+        const double x1 = b - g * (b - a), x2 = a + g * (b - a);
+        if (squares(x1) <= squares(x2))
+          b = x2;
+        else
+          a = x1;
+      }
+      fit.value = squares(0.5 * (a + b)) <= best_sq ? 0.5 * (a + b) : best;
+    }
+  }
+  double sum = 0;
+  for (size_t i = 0; i < ms.size(); ++i) {
+    fit.after.push_back(efficiency(i, fit.value));
+    if (ms[i].fit) sum += std::pow(100 * (fit.after[i] - ms[i].efficiency), 2);
+  }
+  if (!fitting.empty()) fit.rms_points = std::sqrt(sum / double(fitting.size()));
+  return fit;
+}
+
+void apply_variation_fit(Cluster& cluster, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit,
+                         const std::string& how) {
+  if (!fit.fitted) return;
+  cluster.compute_variation = fit.value;
+  std::string on;
+  for (const ScalingMeasurement& m : ms) {
+    if (!m.fit) continue;
+    on += (on.empty() ? "" : "; ") + m.model.name + " on " + std::to_string(m.plan.gpus) + " GPUs (" + m.plan_path +
+          "), " + formatted(100 * m.efficiency, "%.4g") + " % of linear";
+    if (!m.source.empty()) on += " (" + m.source + ")";
+  }
+  cluster.provenance["compute_variation"] = "FITTED (" + how + "): least squares in points of scaling efficiency on " +
+                                            on + ". A relative standard deviation of each GPU's forward and backward "
+                                            "time per step; a step waits for its slowest GPU";
 }
 
 }  // namespace fuseplan

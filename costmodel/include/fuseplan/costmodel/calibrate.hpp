@@ -201,10 +201,37 @@ struct ThroughputMeasurement {
   std::string source;      // where the rate comes from (provenance); may be empty
   bool held_out() const { return !overhead && classes.empty(); }  // fits nothing: predicted and reported
 };
+// A measured scaling efficiency (a fuseplan.throughput/1 measurement with a `plan`): the
+// training the plan describes ran `efficiency` times as fast per GPU on the plan's GPUs
+// as on one (its rate on N GPUs over N times its rate on one, the same software and
+// hardware), which calibrates the cluster's compute_variation (the wait for the slowest
+// GPU) or, held out, is predicted and reported.
+struct ScalingMeasurement {
+  Model model;
+  Plan plan;                // more than one GPU; its model, batch, precision and training loop
+  double efficiency = 0;    // in (0, kMaxMeasuredScaling]
+  bool fit = false;         // fits compute_variation (else held out)
+  std::string where;        // "FILE: $.measurements[i]", for messages
+  std::string plan_path;    // as the file names it
+  std::string source;       // may be empty
+};
+// A run may beat N times one GPU's rate a little (caches, clocks): published 100.9 %.
+inline constexpr double kMaxMeasuredScaling = 2;
+
+// A fuseplan.throughput/1 file: one GPU's rates and measured scaling efficiencies.
+struct ThroughputFile {
+  std::vector<ThroughputMeasurement> rates;
+  std::vector<ScalingMeasurement> scaling;
+};
 // Reads a fuseplan.throughput/1 file; InputError naming the file and JSON path of a bad
 // field, an unknown class, a class the model has no priced layer of, a class fitted at one
-// precision by two measurements, or kernel_overhead_us fitted twice or beside a class.
-std::vector<ThroughputMeasurement> load_throughputs(const std::string& path);
+// precision by two measurements, kernel_overhead_us fitted twice or beside a class, or a
+// scaling measurement's plan that does not read, is for one GPU or beside the keys it gives.
+ThroughputFile load_throughput_file(const std::string& path);
+// Its single-GPU rates only.
+inline std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
+  return load_throughput_file(path).rates;
+}
 
 // The class efficiencies that make one GPU of `cluster` train each measured model at its
 // measured rate (single_gpu_step_s: forward, backward, the optimizer's share, the input
@@ -236,5 +263,26 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
 // command and file), the measurement and its source.
 void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit,
                           const std::string& how);
+
+// The cluster's compute_variation that brings the predicted scaling efficiencies of the
+// measurements that fit it closest to the measured ones, least squares in points, the
+// plans bound on `cluster` (its other values as given). Every efficiency falls as the
+// value grows, so the least squares lie between the smallest and the largest value that
+// meets one measurement alone (fit_to_efficiency; 0 where one is met or beaten without
+// any wait): a scan of that range and golden sections around its best point find them.
+// Held-out measurements are predicted as given and as fitted.
+struct VariationFit {
+  bool fitted = false;   // some measurement fits the value
+  double before = 0;     // the cluster's value as given
+  double value = 0;      // the fitted value (the given one when nothing fits it)
+  std::vector<double> given, after;  // per measurement: the predicted efficiency as given and fitted
+  double rms_points = 0;              // of the fitted measurements, after
+};
+VariationFit fit_compute_variation(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms);
+
+// Writes a fitted compute_variation into the cluster, with provenance naming `how` (the
+// command and file) and the measurements it was fitted on.
+void apply_variation_fit(Cluster& cluster, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit,
+                         const std::string& how);
 
 }  // namespace fuseplan
