@@ -981,12 +981,21 @@ VariationFit fit_compute_variation(const Cluster& cluster, const std::vector<Sca
       }
       double a = std::max(lo, best - step), b = std::min(hi, best + step);
       const double g = (std::sqrt(5.0) - 1) / 2;
+      double x1 = b - g * (b - a), x2 = a + g * (b - a), f1 = squares(x1), f2 = squares(x2);
       for (int k = 0; k < 100 && b - a > 1e-12; ++k) {
-        const double x1 = b - g * (b - a), x2 = a + g * (b - a);
-        if (squares(x1) <= squares(x2))
+        if (f1 <= f2) {  // the minimum is in [a, x2]: x1 becomes its upper inner point
           b = x2;
-        else
+          x2 = x1;
+          f2 = f1;
+          x1 = b - g * (b - a);
+          f1 = squares(x1);
+        } else {
           a = x1;
+          x1 = x2;
+          f1 = f2;
+          x2 = a + g * (b - a);
+          f2 = squares(x2);
+        }
       }
       fit.value = squares(0.5 * (a + b)) <= best_sq ? 0.5 * (a + b) : best;
     }
