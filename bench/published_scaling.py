@@ -69,6 +69,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -423,6 +424,27 @@ def check_rate_files(binary):
     return stale
 
 
+def variation_beside_overhead(binary, cluster):
+    """compute_variation and a step overhead `fuseplan calibrate --throughput` fits together to
+    the runs that fit the cluster's compute_variation (their plans as calibrated_variation's):
+    (compute_variation, step overhead in ms), as it prints them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = os.path.join(tmp, "rates.json")
+        runs = [dict(m, fit=["compute_variation", "step_overhead"]) for m in
+                rate_file(binary, cluster, os.path.join(tmp, PLANS)) if m.get("fit") == ["compute_variation"]]
+        with open(rates, "w") as f:
+            json.dump({"schema": "fuseplan.throughput/1", "measurements": runs}, f)
+        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
+        cv = re.search(r"compute_variation ([0-9.]+) \(given", run.stdout)
+        overhead = re.search(r"step overhead ([0-9.]+) ms", run.stdout)
+        if not cv or not overhead:
+            sys.exit("published_scaling: " + " ".join(cmd) + " printed no compute_variation and step overhead")
+        return float(cv.group(1)), float(overhead.group(1))
+
+
 def calibrated_variation(binary, cluster):
     """The compute_variation `fuseplan calibrate --throughput` fits to the cluster's scaling
     measurements (least squares in points; plans written by `predict --out`) after its rates'
@@ -679,6 +701,13 @@ def main():
             shipped = json.load(open(cluster_path(cluster))).get("compute_variation", 0)
             if abs(shipped - v) > 1e-5:  # the fit's value, rounded to 5 decimals
                 stale.append(f"{cluster} (compute_variation)")
+            # Fitted with a fixed cost per step beside it on the same runs, the cost comes
+            # out at none: what they lose grows as the slowest of N (docs/costmodel.md).
+            beside, overhead = variation_beside_overhead(a.bin, cluster)
+            print(f"{cluster}: fitted together with a step overhead, compute_variation = {beside}, step overhead = "
+                  f"{overhead} ms")
+            if overhead > 0.5:
+                stale.append(f"{cluster} (a step overhead of {overhead} ms beside compute_variation)")
         if stale:
             print("published_scaling: the shipped values differ from the fit in " + ", ".join(stale))
             return 1

@@ -169,24 +169,32 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
   if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
 }
 
-void print_variation_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit) {
-  Table t({"<plan", "<model", "GPUs", "measured", "given", "fitted", "points", "<role"});
+void print_scaling_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const ScalingFit& fit) {
+  Table t({"<plan", "<model", "GPUs", "measured", "given", "fitted", "points", "<fits"});
   for (size_t i = 0; i < ms.size(); ++i) {
     const ScalingMeasurement& m = ms[i];
+    const std::string fits = m.fits_variation && m.fits_overhead ? "compute_variation, step_overhead"
+                             : m.fits_variation                  ? "compute_variation"
+                             : m.fits_overhead                   ? "step_overhead"
+                                                                 : "(held out)";
     t.row({m.plan_path, m.model.name, std::to_string(m.plan.gpus), percent(m.efficiency), percent(fit.given[i]),
-           percent(fit.after[i]), formatted(100 * (fit.after[i] - m.efficiency) + 0.0, "%+.1f"),
-           m.fit ? "fits compute_variation" : "(held out)"});
+           percent(fit.after[i]), formatted(100 * (fit.after[i] - m.efficiency) + 0.0, "%+.1f"), fits});
   }
   t.print(os, "  ");
-  os << "  (scaling efficiency: the rate on the plan's GPUs over as many times one GPU's; given = the cluster as\n"
-        "   given; points = fitted against measured)\n";
-  const auto fitting = std::count_if(ms.begin(), ms.end(), [](const ScalingMeasurement& m) { return m.fit; });
-  if (fit.fitted)
-    os << "  compute_variation " << fixed(fit.value, 5) << " (given " << fixed(fit.before, 5)
-       << "): least squares over " << count_of(fitting, "measurement") << ", " << fixed(fit.rms_points, 2)
+  os << "  (scaling efficiency: the rate on the plan's GPUs over as many times one GPU's; given = the cluster and\n"
+        "   plans as given; points = fitted against measured)\n";
+  const auto fitting = std::count_if(ms.begin(), ms.end(), [](const ScalingMeasurement& m) { return !m.held_out(); });
+  if (fit.variation_fitted)
+    os << "  compute_variation " << fixed(fit.variation, 5) << " (given " << fixed(fit.variation_before, 5) << ")\n";
+  if (fit.overhead_fitted)
+    os << "  step overhead " << fixed(fit.overhead_s * 1e3, 3) << " ms: a plan's fixed cost per step, not the "
+          "cluster's (not written; give it to predict, tune, compare or whatif as --step-overhead)\n";
+  if (fitting > 0)
+    os << "  least squares over " << count_of(fitting, "measurement") << ", " << fixed(fit.rms_points, 2)
        << " points rms\n";
   else
-    os << "  (every scaling measurement is held out: compute_variation as given, " << fixed(fit.before, 5) << ")\n";
+    os << "  (every scaling measurement is held out: compute_variation as given, " << fixed(fit.variation_before, 5)
+       << ")\n";
 }
 
 }  // namespace fuseplan::cli

@@ -28,7 +28,7 @@ void print_compute_fits(std::ostream& os, const std::vector<ClassFit>& fits, con
 void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit);
 // calibrate --throughput's scaling measurements: per plan its model and GPUs, the measured
 // scaling efficiency, the one predicted with the cluster as given and as fitted, and the
-// compute_variation fitted.
-void print_variation_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit);
+// compute_variation and step overhead fitted.
+void print_scaling_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const ScalingFit& fit);
 
 }  // namespace fuseplan::cli

@@ -59,7 +59,7 @@ struct MeasuredModel {  // --model with its --profile applied
 };
 void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c);
 void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c);
-void fit_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c);
+void calibrate_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c);
 
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
@@ -112,20 +112,21 @@ void run_calibrate(const CalibrateFlags& f) {
   // calibrated by then.
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
   const ThroughputFile rates = f.throughput.empty() ? ThroughputFile{} : load_throughput_file(f.throughput);
+  // What the file fits into the cluster (a step overhead is the plans', printed only).
   const bool rates_fit =
       std::any_of(rates.rates.begin(), rates.rates.end(), [](const auto& m) { return !m.held_out(); }) ||
-      std::any_of(rates.scaling.begin(), rates.scaling.end(), [](const auto& m) { return m.fit; });
+      std::any_of(rates.scaling.begin(), rates.scaling.end(), [](const auto& m) { return m.fits_variation; });
   if (!f.throughput.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() &&
       f.plans.empty())
-    throw InputError("--out: every measurement of --throughput " + f.throughput + " is held out (its `fit` empty): "
-                     "nothing is fitted to write");
+    throw InputError("--out: no measurement of --throughput " + f.throughput + " fits a value of the cluster file "
+                     "(each is held out, its `fit` empty, or fits only the step overhead, a plan's): nothing to write");
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, targets, runs, c);
   if (measured) fit_compute(f, *measured, c);
   if (!rates.rates.empty()) fit_rates(f, rates.rates, c);
   if (!rates.scaling.empty()) {
     if (!rates.rates.empty()) out() << "\n";  // after the rates' table
-    fit_scaling(f, rates.scaling, c);
+    calibrate_scaling(f, rates.scaling, c);
   }
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
@@ -210,15 +211,16 @@ void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>
   apply_throughput_fit(c, rates, fit, "fuseplan calibrate --throughput " + f.throughput);
 }
 
-// The cluster's compute_variation from measured scaling efficiencies of plans (--throughput
-// measurements with a plan), on the cluster as calibrated so far (its classes fitted first).
-void fit_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c) {
-  const VariationFit fit = fit_compute_variation(c, ms);  // before printing: a refusal is the only line
+// The cluster's compute_variation (and a step overhead, printed) from measured scaling
+// efficiencies of plans (--throughput measurements with a plan), on the cluster as
+// calibrated so far (its classes fitted first).
+void calibrate_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c) {
+  const ScalingFit fit = fit_scaling(c, ms);  // before printing: a refusal is the only line
   out() << "fuseplan calibrate: the wait for the slowest GPU (compute_variation) from measured scaling "
            "efficiencies, "
         << f.throughput << " (" << count_of(int64_t(ms.size()), "measurement") << "), cluster " << c.name << "\n\n";
-  print_variation_fit(out(), ms, fit);
-  apply_variation_fit(c, ms, fit, "fuseplan calibrate --throughput " + f.throughput);
+  print_scaling_fit(out(), ms, fit);
+  apply_scaling_fit(c, ms, fit, "fuseplan calibrate --throughput " + f.throughput);
 }
 
 void fit_communication(const CalibrateFlags& f, Cluster& c) {
@@ -317,7 +319,7 @@ void add_calibrate_command(CLI::App& app) {
                   "fuseplan.throughput/1 file: one GPU's measured training rates of whole models (a vendor's page,\n"
                   "a paper, a run of one's own), each naming the layer classes it sets (or kernel_overhead_us, or\n"
                   "none: held out); fits their efficiencies (device.by_kind) all together; and measured scaling\n"
-                  "efficiencies of plans, which fit compute_variation (docs/formats.md)");
+                  "efficiencies of plans, which fit compute_variation and a step overhead (docs/formats.md)");
   cmd->add_option("--model", f->model, "--profile: the model it was measured on (zoo name or model .json)");
   // The profile names the model but not its input: a zoo CNN profiled at another
   // resolution needs it here, or every layer is priced at the zoo default.

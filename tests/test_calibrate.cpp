@@ -590,12 +590,16 @@ Plan resnet50_plan(const Model& m, int gpus) {
   return make_plan(m, "dgx1-v100", gpus, 64, Precision::FP32,
                    buckets_from_spec("threshold:25MB", m, "auto", Precision::FP32), "threshold:25MB");
 }
-ScalingMeasurement scaling_on(const Cluster& truth, const Model& m, int gpus, bool fit) {
+// A scaling measurement of ResNet-50 on `gpus` as `truth` predicts it (with a fixed cost
+// per step of `overhead_s`), fitting compute_variation where `fit`.
+ScalingMeasurement scaling_on(const Cluster& truth, const Model& m, int gpus, bool fit, double overhead_s = 0) {
   ScalingMeasurement s;
   s.model = m;
   s.plan = resnet50_plan(m, gpus);
-  s.efficiency = predict(bind_scenario(m, truth, s.plan, {}, {}, "test"), false).scaling_efficiency;
-  s.fit = fit;
+  Plan measured = s.plan;
+  measured.step_overhead_s = overhead_s;
+  s.efficiency = predict(bind_scenario(m, truth, measured, {}, {}, "test"), false).scaling_efficiency;
+  s.fits_variation = fit;
   s.where = "plan-" + std::to_string(gpus);
   s.plan_path = "plan-" + std::to_string(gpus) + ".json";
   return s;
@@ -610,18 +614,19 @@ TEST_CASE("calibrate: compute_variation is recovered from the scaling efficienci
                                         scaling_on(truth, m, 8, true), scaling_on(truth, m, 16, false)};
   Cluster given = truth;
   given.compute_variation = 0;
-  const VariationFit fit = fit_compute_variation(given, ms);
-  REQUIRE(fit.fitted);
-  CHECK(fit.before == 0);
-  CHECK(fit.value == Approx(0.03).margin(1e-7));
+  const ScalingFit fit = fit_scaling(given, ms);
+  REQUIRE(fit.variation_fitted);
+  CHECK_FALSE(fit.overhead_fitted);
+  CHECK(fit.variation_before == 0);
+  CHECK(fit.variation == Approx(0.03).margin(1e-7));
   CHECK(fit.rms_points < 1e-4);
   for (size_t i = 0; i < ms.size(); ++i) {
     INFO(ms[i].where);
     CHECK(fit.given[i] > ms[i].efficiency);  // without the wait, every prediction is above
     CHECK(fit.after[i] == Approx(ms[i].efficiency).margin(1e-7));  // the held-out one too
   }
-  apply_variation_fit(given, ms, fit, "test");
-  CHECK(given.compute_variation == fit.value);
+  apply_scaling_fit(given, ms, fit, "test");
+  CHECK(given.compute_variation == fit.variation);
   CHECK_THAT(given.provenance.at("compute_variation"),
              Catch::StartsWith("FITTED (test): least squares in points of scaling efficiency on resnet50 on 2 GPUs "
                                "(plan-2.json)") &&
@@ -629,22 +634,22 @@ TEST_CASE("calibrate: compute_variation is recovered from the scaling efficienci
   // The least squares of runs that disagree lie between the values each gives alone.
   std::vector<ScalingMeasurement> apart = {ms[0], ms[2]};
   apart[0].efficiency -= 0.004;  // loses more on 2 GPUs than the truth's wait
-  const VariationFit both = fit_compute_variation(given, apart);
-  const VariationFit first = fit_compute_variation(given, {apart[0]});
-  CHECK(first.value > 0.03);
-  CHECK(both.value > 0.03);
-  CHECK(both.value < first.value);
+  const ScalingFit both = fit_scaling(given, apart);
+  const ScalingFit first = fit_scaling(given, {apart[0]});
+  CHECK(first.variation > 0.03);
+  CHECK(both.variation > 0.03);
+  CHECK(both.variation < first.variation);
   CHECK(both.rms_points > 0.1);
   // A run at or above the prediction without any wait is met by none; held out alone, nothing is fitted.
   ScalingMeasurement linear = ms[0];
   linear.efficiency = 1;
-  CHECK(fit_compute_variation(given, {linear}).value == 0);
-  linear.fit = false;
-  const VariationFit none = fit_compute_variation(given, {linear});
-  CHECK_FALSE(none.fitted);
-  CHECK(none.value == given.compute_variation);
+  CHECK(fit_scaling(given, {linear}).variation == 0);
+  linear.fits_variation = false;
+  const ScalingFit none = fit_scaling(given, {linear});
+  CHECK_FALSE(none.variation_fitted);
+  CHECK(none.variation == given.compute_variation);
   Cluster kept = given;
-  apply_variation_fit(kept, {linear}, none, "test");
+  apply_scaling_fit(kept, {linear}, none, "test");
   CHECK(kept.compute_variation == given.compute_variation);
 }
 
@@ -667,7 +672,8 @@ TEST_CASE("calibrate: scaling measurements read their plans beside the file, and
   CHECK(f.scaling[0].plan.gpus == 8);
   CHECK(f.scaling[0].model.name == "resnet50");
   CHECK(f.scaling[0].efficiency == 0.97);
-  CHECK(f.scaling[0].fit);
+  CHECK(f.scaling[0].fits_variation);
+  CHECK_FALSE(f.scaling[0].fits_overhead);
   CHECK(f.scaling[0].source == "a run");
   CHECK_THAT(f.scaling[0].where, Catch::EndsWith("$.measurements[1]"));
   CHECK(load_throughputs(throughput_file(rate + ", " + scaling)).size() == 1);
@@ -684,7 +690,15 @@ TEST_CASE("calibrate: scaling measurements read their plans beside the file, and
   refused(R"({"plan": "plan-1.json", "scaling_efficiency": 0.9, "fit": []})",
           "$.measurements[0].plan: a scaling efficiency is measured on more than one GPU (plan-1.json has 1)");
   refused(R"({"plan": "plan-8.json", "scaling_efficiency": 0.9, "fit": ["conv_1x1"]})",
-          "$.measurements[0].fit: a measurement with a plan fits compute_variation");
+          "$.measurements[0].fit[0]: a measurement with a plan fits compute_variation");
+  refused(R"({"plan": "plan-8.json", "scaling_efficiency": 0.9, "fit": ["step_overhead", "step_overhead"]})",
+          "$.measurements[0].fit[1]: a measurement with a plan fits compute_variation (the cluster's wait for the "
+          "slowest GPU), step_overhead (the plans' fixed cost per step), each once");
+  CHECK(load_throughput_file(throughput_file(
+                                 R"({"plan": "plan-8.json", "scaling_efficiency": 0.9,
+                                     "fit": ["step_overhead", "compute_variation"]})"))
+            .scaling.at(0)
+            .fits_overhead);
   refused(R"({"plan": "plan-8.json", "scaling_efficiency": 3, "fit": []})",
           "$.measurements[0].scaling_efficiency: must be in [1e-06, 2]");
   refused(R"({"plan": "nowhere.json", "scaling_efficiency": 0.9, "fit": []})",
@@ -695,4 +709,52 @@ TEST_CASE("calibrate: scaling measurements read their plans beside the file, and
   refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900,
               "fit": ["compute_variation"]})",
           "compute_variation is fitted by a measurement with a plan");
+}
+
+TEST_CASE("calibrate: compute_variation and a step overhead are told apart by runs at several GPU counts") {
+  const Model m = load_model("resnet50", {});
+  Cluster truth = load_cluster("dgx1-v100");
+  truth.compute_variation = 0.02;
+  const double overhead = 5e-3;  // a framework's fixed 5 ms per step on more than one GPU
+  std::vector<ScalingMeasurement> ms;
+  for (int gpus : {2, 4, 8, 16}) {
+    ms.push_back(scaling_on(truth, m, gpus, true, overhead));
+    ms.back().fits_overhead = true;
+  }
+  Cluster given = truth;
+  given.compute_variation = 0;
+  const ScalingFit fit = fit_scaling(given, ms);
+  REQUIRE(fit.variation_fitted);
+  REQUIRE(fit.overhead_fitted);
+  CHECK(fit.variation == Approx(0.02).margin(1e-6));
+  CHECK(fit.overhead_s == Approx(overhead).margin(1e-7));
+  CHECK(fit.rms_points < 1e-3);
+  // The wait alone cannot follow a fixed cost over the counts: its best leaves more.
+  std::vector<ScalingMeasurement> wait_only = ms;
+  for (auto& s : wait_only) s.fits_overhead = false;
+  CHECK(fit_scaling(given, wait_only).rms_points > 10 * fit.rms_points + 0.01);
+  // The step overhead alone, the wait as the cluster gives it.
+  std::vector<ScalingMeasurement> overhead_only = ms;
+  for (auto& s : overhead_only) s.fits_variation = false;
+  const ScalingFit alone = fit_scaling(truth, overhead_only);
+  CHECK_FALSE(alone.variation_fitted);
+  CHECK(alone.variation == truth.compute_variation);
+  CHECK(alone.overhead_s == Approx(overhead).margin(1e-7));
+  Cluster unchanged = truth;
+  apply_scaling_fit(unchanged, overhead_only, alone, "test");  // a plan's value: the cluster keeps its own
+  CHECK(unchanged.compute_variation == truth.compute_variation);
+  CHECK(unchanged.provenance.count("compute_variation") == truth.provenance.count("compute_variation"));
+  // One run fitting the wait alone (its plan's own fixed cost, none) pins it, and another at
+  // the same count then gives the fixed cost.
+  ScalingMeasurement pinned = scaling_on(truth, m, 8, true);
+  ScalingMeasurement costly = ms[2];
+  costly.fits_variation = false;
+  const ScalingFit apart_kinds = fit_scaling(given, {pinned, costly});
+  CHECK(apart_kinds.variation == Approx(0.02).margin(1e-6));
+  CHECK(apart_kinds.overhead_s == Approx(overhead).margin(1e-7));
+  // At one GPU count the two are one unknown: refused, naming the measurement.
+  const std::vector<ScalingMeasurement> one_count = {ms[2], ms[2]};
+  CHECK_THROWS_WITH(fit_scaling(given, one_count),
+                    Catch::Contains("plan-8: compute_variation and step_overhead fitted together need runs that fit "
+                                    "both at two GPU counts or more"));
 }

@@ -2378,5 +2378,16 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
   CHECK(h.code == 0);
   CHECK_THAT(h.out, Catch::Contains("(held out)") && Catch::Contains("held out: predicted with the values fitted"));
   expect_bad("calibrate --cluster dgx-a100 --throughput " + held + " --out " + out,
-             "--out: every measurement of --throughput " + held + " is held out");
+             "--out: no measurement of --throughput " + held + " fits a value of the cluster file");
+  // A step overhead is the plans', not the cluster's: printed, not written.
+  const std::string plans = std::string(FUSEPLAN_TEST_DATA) + "/../../configs/throughput/plans/";
+  write(held, R"({"schema": "fuseplan.throughput/1", "measurements": [
+      {"plan": ")" + plans + R"(mx-a100-resnet50-tf32-2gpu.json", "scaling_efficiency": 0.99, "fit": ["step_overhead"]},
+      {"plan": ")" + plans + R"(mx-a100-resnet50-tf32.json", "scaling_efficiency": 0.97, "fit": ["step_overhead"]}]})");
+  const Run o = run("calibrate --cluster dgx-a100 --throughput " + held);
+  CHECK(o.code == 0);
+  CHECK_THAT(o.out, Catch::Contains("step overhead ") && Catch::Contains("give it to predict, tune, compare or "
+                                                                         "whatif as --step-overhead"));
+  expect_bad("calibrate --cluster dgx-a100 --throughput " + held + " --out " + out,
+             "--out: no measurement of --throughput " + held + " fits a value of the cluster file");
 }

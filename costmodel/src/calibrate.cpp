@@ -11,6 +11,7 @@
 #include <limits>
 #include <numeric>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "fuseplan/costmodel/compute.hpp"
@@ -813,10 +814,14 @@ ScalingMeasurement read_scaling(JsonObject& o, const std::string& origin, const 
   m.efficiency = o.in_range("scaling_efficiency", 1e-6, kMaxMeasuredScaling,
                             "(the rate on the plan's GPUs over as many times the rate on one)");
   const nlohmann::json& fit = o.array("fit");
-  if (fit.size() > 1 || (fit.size() == 1 && fit[0] != "compute_variation"))
-    o.fail("fit", "a measurement with a plan fits compute_variation (the cluster's wait for the slowest GPU), or "
-                  "nothing (empty: held out)");
-  m.fit = fit.size() == 1;
+  for (size_t k = 0; k < fit.size(); ++k) {
+    bool& fits = fit[k] == "compute_variation" ? m.fits_variation : m.fits_overhead;
+    if ((fit[k] != "compute_variation" && fit[k] != "step_overhead") || fits)
+      throw InputError(origin + ": " + o.where("fit") + "[" + std::to_string(k) + "]: a measurement with a plan fits "
+                       "compute_variation (the cluster's wait for the slowest GPU), step_overhead (the plans' fixed "
+                       "cost per step), each once, or nothing (empty: held out)");
+    fits = true;
+  }
   m.source = o.opt_string("source").value_or("");
   o.finish();
   return m;
@@ -932,97 +937,144 @@ void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurem
   }
 }
 
-VariationFit fit_compute_variation(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms) {
-  VariationFit fit;
-  fit.before = fit.value = cluster.compute_variation;
+namespace {
+
+// The argument in [lo, hi] where f is least: a scan of 32 steps first (f need not have one
+// minimum: the framework's cycle makes a step a staircase in the values), then golden
+// sections around its best point, by the same steps every run.
+double least_in(const std::function<double(double)>& f, double lo, double hi) {
+  if (!(hi > lo)) return lo;
+  constexpr int kScan = 32;
+  const double step = (hi - lo) / kScan;
+  double best = lo, best_f = f(lo);
+  for (int k = 1; k <= kScan; ++k) {
+    const double x = lo + step * k, fx = f(x);
+    if (fx < best_f) {
+      best = x;
+      best_f = fx;
+    }
+  }
+  double a = std::max(lo, best - step), b = std::min(hi, best + step);
+  const double g = (std::sqrt(5.0) - 1) / 2;
+  double x1 = b - g * (b - a), x2 = a + g * (b - a), f1 = f(x1), f2 = f(x2);
+  for (int k = 0; k < 100 && b - a > 1e-12 * std::max(1.0, hi); ++k) {
+    if (f1 <= f2) {  // the minimum is in [a, x2]: x1 becomes its upper inner point
+      b = x2;
+      x2 = x1;
+      f2 = f1;
+      x1 = b - g * (b - a);
+      f1 = f(x1);
+    } else {
+      a = x1;
+      x1 = x2;
+      f1 = f2;
+      x2 = a + g * (b - a);
+      f2 = f(x2);
+    }
+  }
+  return f(0.5 * (a + b)) <= best_f ? 0.5 * (a + b) : best;
+}
+
+}  // namespace
+
+ScalingFit fit_scaling(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms) {
+  ScalingFit fit;
+  fit.variation_before = fit.variation = cluster.compute_variation;
   std::vector<Scenario> runs;
   for (const ScalingMeasurement& m : ms) runs.push_back(bind_scenario(m.model, cluster, m.plan, {}, {}, m.where));
-  auto efficiency = [&](size_t i, double value) {
-    runs[i].cluster.compute_variation = value;
-    return predict(runs[i], false).scaling_efficiency;
+  // Run i's scenario at compute_variation `cv`, its step overhead `overhead` where it fits
+  // one (its plan's own otherwise).
+  auto at = [&](size_t i, double cv, double overhead) -> Scenario& {
+    runs[i].cluster.compute_variation = cv;
+    runs[i].plan.step_overhead_s = ms[i].fits_overhead ? overhead : ms[i].plan.step_overhead_s;
+    return runs[i];
   };
-  for (size_t i = 0; i < ms.size(); ++i) fit.given.push_back(efficiency(i, fit.before));
-  // Each efficiency falls as the value grows: below every measurement's own value all the
-  // predictions are above their measurements and the squares fall; above every one, they
-  // rise. The least squares lie between.
-  double lo = kMaxComputeVariation, hi = 0;
+  auto efficiency = [&](size_t i, double cv, double overhead) {
+    return predict(at(i, cv, overhead), false).scaling_efficiency;
+  };
   std::vector<size_t> fitting;
+  bool all_both = true;  // every run that fits fits both values
+  std::set<int> counts;  // at these GPU counts
   for (size_t i = 0; i < ms.size(); ++i) {
-    if (!ms[i].fit) continue;
+    fit.given.push_back(predict(runs[i], false).scaling_efficiency);  // the cluster and plan as given
+    if (ms[i].held_out()) continue;
     fitting.push_back(i);
-    double own = 0;  // a measurement at or above the prediction without any wait is met by none
-    if (ms[i].efficiency <= 1) {
-      const EfficiencyFit one = fit_to_efficiency(runs[i], ms[i].efficiency, Calibrated::ComputeVariation);
-      own = one.kind == EfficiencyFit::Kind::AtOrBelow ? 0 : one.value;
-    }
-    lo = std::min(lo, own);
-    hi = std::max(hi, own);
+    fit.variation_fitted = fit.variation_fitted || ms[i].fits_variation;
+    fit.overhead_fitted = fit.overhead_fitted || ms[i].fits_overhead;
+    all_both = all_both && ms[i].fits_variation && ms[i].fits_overhead;
+    counts.insert(ms[i].plan.gpus);
   }
-  auto squares = [&](double value) {
+  // A run fitting one value alone pins it; runs fitting both at one count cannot tell them apart.
+  if (fit.variation_fitted && fit.overhead_fitted && all_both && counts.size() == 1)
+    throw InputError(ms[fitting.front()].where + ": compute_variation and step_overhead fitted together need runs "
+                     "that fit both at two GPU counts or more (the wait for the slowest GPU grows with the count, a "
+                     "fixed cost per step does not: at one count the two are one unknown)");
+  auto squares = [&](double cv, double overhead) {
     double sum = 0;
-    for (size_t i : fitting) sum += std::pow(efficiency(i, value) - ms[i].efficiency, 2);
+    for (size_t i : fitting) sum += std::pow(efficiency(i, cv, overhead) - ms[i].efficiency, 2);
     return sum;
   };
-  if (!fitting.empty()) {
-    fit.fitted = true;
-    fit.value = lo;
-    if (hi > lo) {
-      // A scan first (the squares need not have one minimum where queues form), then
-      // golden sections around its best point, by the same steps every run.
-      constexpr int kScan = 32;
-      const double step = (hi - lo) / kScan;
-      double best = lo, best_sq = squares(lo);
-      for (int k = 1; k <= kScan; ++k) {
-        const double v = lo + step * k, sq = squares(v);
-        if (sq < best_sq) {
-          best = v;
-          best_sq = sq;
-        }
+  // Each value `what` that one run alone needs (the other value as given): every efficiency
+  // falls as either value grows, so below the smallest of them every prediction is above
+  // its run and the squares fall, above the largest they rise; the least squares lie
+  // between. A run at or above its prediction without the value needs none.
+  auto own_range = [&](Calibrated what, double cv, double overhead) {
+    std::pair<double, double> range{std::numeric_limits<double>::infinity(), 0};
+    for (size_t i : fitting) {
+      if (!(what == Calibrated::ComputeVariation ? ms[i].fits_variation : ms[i].fits_overhead)) continue;
+      double own = 0;
+      if (ms[i].efficiency <= 1) {
+        const EfficiencyFit one = fit_to_efficiency(at(i, cv, overhead), ms[i].efficiency, what);
+        own = one.kind == EfficiencyFit::Kind::AtOrBelow ? 0 : one.value;
       }
-      double a = std::max(lo, best - step), b = std::min(hi, best + step);
-      const double g = (std::sqrt(5.0) - 1) / 2;
-      double x1 = b - g * (b - a), x2 = a + g * (b - a), f1 = squares(x1), f2 = squares(x2);
-      for (int k = 0; k < 100 && b - a > 1e-12; ++k) {
-        if (f1 <= f2) {  // the minimum is in [a, x2]: x1 becomes its upper inner point
-          b = x2;
-          x2 = x1;
-          f2 = f1;
-          x1 = b - g * (b - a);
-          f1 = squares(x1);
-        } else {
-          a = x1;
-          x1 = x2;
-          f1 = f2;
-          x2 = a + g * (b - a);
-          f2 = squares(x2);
-        }
-      }
-      fit.value = squares(0.5 * (a + b)) <= best_sq ? 0.5 * (a + b) : best;
+      range = {std::min(range.first, own), std::max(range.second, own)};
     }
+    return range;
+  };
+  // The compute_variation that fits best at step overhead `overhead`.
+  auto best_variation = [&](double overhead) {
+    const auto [lo, hi] = own_range(Calibrated::ComputeVariation, 0, overhead);
+    return least_in([&](double cv) { return squares(cv, overhead); }, lo, hi);
+  };
+  if (fit.overhead_fitted) {
+    // The overhead each run would need with no wait for the slowest GPU bounds it from
+    // above; with the wait fitted beside it, from below by none.
+    auto [lo, hi] = own_range(Calibrated::StepOverhead, fit.variation_fitted ? 0 : fit.variation, 0);
+    if (fit.variation_fitted) lo = 0;
+    fit.overhead_s = least_in(
+        [&](double overhead) {
+          return squares(fit.variation_fitted ? best_variation(overhead) : fit.variation, overhead);
+        },
+        lo, hi);
   }
+  if (fit.variation_fitted) fit.variation = best_variation(fit.overhead_s);
   double sum = 0;
   for (size_t i = 0; i < ms.size(); ++i) {
-    fit.after.push_back(efficiency(i, fit.value));
-    if (ms[i].fit) sum += std::pow(100 * (fit.after[i] - ms[i].efficiency), 2);
+    fit.after.push_back(efficiency(i, fit.variation, fit.overhead_s));
+    if (!ms[i].held_out()) sum += std::pow(100 * (fit.after[i] - ms[i].efficiency), 2);
   }
   if (!fitting.empty()) fit.rms_points = std::sqrt(sum / double(fitting.size()));
   return fit;
 }
 
-void apply_variation_fit(Cluster& cluster, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit,
-                         const std::string& how) {
-  if (!fit.fitted) return;
-  cluster.compute_variation = fit.value;
+void apply_scaling_fit(Cluster& cluster, const std::vector<ScalingMeasurement>& ms, const ScalingFit& fit,
+                       const std::string& how) {
+  if (!fit.variation_fitted) return;
+  cluster.compute_variation = fit.variation;
   std::string on;
   for (const ScalingMeasurement& m : ms) {
-    if (!m.fit) continue;
+    if (!m.fits_variation) continue;
     on += (on.empty() ? "" : "; ") + m.model.name + " on " + std::to_string(m.plan.gpus) + " GPUs (" + m.plan_path +
           "), " + formatted(100 * m.efficiency, "%.4g") + " % of linear";
     if (!m.source.empty()) on += " (" + m.source + ")";
   }
-  cluster.provenance["compute_variation"] = "FITTED (" + how + "): least squares in points of scaling efficiency on " +
-                                            on + ". A relative standard deviation of each GPU's forward and backward "
-                                            "time per step; a step waits for its slowest GPU";
+  cluster.provenance["compute_variation"] =
+      "FITTED (" + how + "): least squares in points of scaling efficiency on " + on +
+      (fit.overhead_fitted ? ", with a fixed cost per step of " + formatted(fit.overhead_s * 1e3, "%.4g") +
+                                 " ms fitted beside it"
+                           : "") +
+      ". A relative standard deviation of each GPU's forward and backward time per step; a step waits for its "
+      "slowest GPU";
 }
 
 }  // namespace fuseplan

@@ -210,10 +210,12 @@ struct ScalingMeasurement {
   Model model;
   Plan plan;                // more than one GPU; its model, batch, precision and training loop
   double efficiency = 0;    // in (0, kMaxMeasuredScaling]
-  bool fit = false;         // fits compute_variation (else held out)
+  bool fits_variation = false;  // fits the cluster's compute_variation
+  bool fits_overhead = false;   // fits one step overhead with the others that do (the plans' own otherwise)
   std::string where;        // "FILE: $.measurements[i]", for messages
   std::string plan_path;    // as the file names it
   std::string source;       // may be empty
+  bool held_out() const { return !fits_variation && !fits_overhead; }  // predicted and reported only
 };
 // A run may beat N times one GPU's rate a little (caches, clocks): published 100.9 %.
 inline constexpr double kMaxMeasuredScaling = 2;
@@ -264,25 +266,31 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
 void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit,
                           const std::string& how);
 
-// The cluster's compute_variation that brings the predicted scaling efficiencies of the
-// measurements that fit it closest to the measured ones, least squares in points, the
-// plans bound on `cluster` (its other values as given). Every efficiency falls as the
-// value grows, so the least squares lie between the smallest and the largest value that
-// meets one measurement alone (fit_to_efficiency; 0 where one is met or beaten without
-// any wait): a scan of that range and golden sections around its best point find them.
-// Held-out measurements are predicted as given and as fitted.
-struct VariationFit {
-  bool fitted = false;   // some measurement fits the value
-  double before = 0;     // the cluster's value as given
-  double value = 0;      // the fitted value (the given one when nothing fits it)
+// The cluster's compute_variation, and one step overhead (a plan's fixed cost per step on
+// more than one GPU: one framework's), that bring the predicted scaling efficiencies of the
+// measurements that fit them closest to the measured ones, least squares in points over
+// every measurement that fits either, the plans bound on `cluster` (its other values as
+// given). Every efficiency falls as either value grows, so the least squares lie between
+// the smallest and the largest value one measurement alone needs (fit_to_efficiency; 0
+// where a run is met or beaten without it): a scan of that range and golden sections
+// around its best point find them, the step overhead outside and compute_variation for
+// each step overhead inside. Runs that all fit both need two GPU counts or more
+// (InputError): the wait grows with the count, a fixed cost does not. Held-out
+// measurements are predicted as given and as fitted.
+struct ScalingFit {
+  bool variation_fitted = false, overhead_fitted = false;  // some measurement fits it
+  double variation_before = 0;  // the cluster's compute_variation as given
+  double variation = 0;         // fitted (the given one when nothing fits it)
+  double overhead_s = 0;        // the step overhead fitted, seconds (0 when nothing fits it)
   std::vector<double> given, after;  // per measurement: the predicted efficiency as given and fitted
-  double rms_points = 0;              // of the fitted measurements, after
+  double rms_points = 0;              // of the measurements that fit, after
 };
-VariationFit fit_compute_variation(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms);
+ScalingFit fit_scaling(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms);
 
 // Writes a fitted compute_variation into the cluster, with provenance naming `how` (the
-// command and file) and the measurements it was fitted on.
-void apply_variation_fit(Cluster& cluster, const std::vector<ScalingMeasurement>& ms, const VariationFit& fit,
-                         const std::string& how);
+// command and file) and the measurements it was fitted on (the step overhead is the
+// plans', not the cluster's: not written).
+void apply_scaling_fit(Cluster& cluster, const std::vector<ScalingMeasurement>& ms, const ScalingFit& fit,
+                       const std::string& how);
 
 }  // namespace fuseplan
