@@ -424,25 +424,34 @@ def check_rate_files(binary):
     return stale
 
 
+def calibrate(binary, cluster, measurements):
+    """`fuseplan calibrate --throughput` on `cluster` with a rate file of `measurements` (a
+    scaling measurement's plan named relative to the working directory or absolute): its
+    output and the cluster file it writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rates, out = os.path.join(tmp, "rates.json"), os.path.join(tmp, "fitted.json")
+        with open(rates, "w") as f:
+            json.dump({"schema": "fuseplan.throughput/1", "measurements": measurements}, f)
+        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates, "--out", out]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
+        return run.stdout, json.load(open(out))
+
+
 def variation_beside_overhead(binary, cluster):
     """compute_variation and a step overhead `fuseplan calibrate --throughput` fits together to
     the runs that fit the cluster's compute_variation (their plans as calibrated_variation's):
     (compute_variation, step overhead in ms), as it prints them."""
     with tempfile.TemporaryDirectory() as tmp:
-        rates = os.path.join(tmp, "rates.json")
-        runs = [dict(m, fit=["compute_variation", "step_overhead"]) for m in
-                rate_file(binary, cluster, os.path.join(tmp, PLANS)) if m.get("fit") == ["compute_variation"]]
-        with open(rates, "w") as f:
-            json.dump({"schema": "fuseplan.throughput/1", "measurements": runs}, f)
-        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
-        cv = re.search(r"compute_variation ([0-9.]+) \(given", run.stdout)
-        overhead = re.search(r"step overhead ([0-9.]+) ms", run.stdout)
-        if not cv or not overhead:
-            sys.exit("published_scaling: " + " ".join(cmd) + " printed no compute_variation and step overhead")
-        return float(cv.group(1)), float(overhead.group(1))
+        runs = [dict(m, plan=os.path.join(tmp, m["plan"]), fit=["compute_variation", "step_overhead"])
+                for m in rate_file(binary, cluster, os.path.join(tmp, PLANS)) if m.get("fit") == ["compute_variation"]]
+        printed, _ = calibrate(binary, cluster, runs)
+    cv = re.search(r"compute_variation ([0-9.]+) \(given", printed)
+    overhead = re.search(r"step overhead ([0-9.]+) ms", printed)
+    if not cv or not overhead:
+        sys.exit(f"published_scaling: calibrate on {cluster} printed no compute_variation and step overhead")
+    return float(cv.group(1)), float(overhead.group(1))
 
 
 def calibrated_variation(binary, cluster):
@@ -450,15 +459,10 @@ def calibrated_variation(binary, cluster):
     measurements (least squares in points; plans written by `predict --out`) after its rates'
     classes, as its rate file gives them: 5 decimals."""
     with tempfile.TemporaryDirectory() as tmp:
-        rates, out = os.path.join(tmp, "rates.json"), os.path.join(tmp, "fitted.json")
-        with open(rates, "w") as f:
-            json.dump({"schema": "fuseplan.throughput/1",
-                       "measurements": rate_file(binary, cluster, os.path.join(tmp, PLANS))}, f)
-        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates, "--out", out]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
-        return round(json.load(open(out))["compute_variation"], 5)
+        measurements = [dict(m, plan=os.path.join(tmp, m["plan"])) if "plan" in m else m
+                        for m in rate_file(binary, cluster, os.path.join(tmp, PLANS))]
+        _, fitted = calibrate(binary, cluster, measurements)
+    return round(fitted["compute_variation"], 5)
 
 
 def fit(binary):
@@ -498,15 +502,7 @@ def calibrated_classes(binary, cluster, rows):
     """The class efficiencies (and kernel_overhead_us, where a row fits it) `fuseplan
     calibrate --throughput` fits, all together, to the (row, key) pairs `rows` on `cluster`:
     (class, key, precision) -> value."""
-    with tempfile.TemporaryDirectory() as tmp:
-        rates, out = os.path.join(tmp, "rates.json"), os.path.join(tmp, "fitted.json")
-        with open(rates, "w") as f:
-            json.dump({"schema": "fuseplan.throughput/1", "measurements": [measurement(r, k) for r, k in rows]}, f)
-        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates, "--out", out]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
-        device = json.load(open(out))["device"]
+    device = calibrate(binary, cluster, [measurement(r, k) for r, k in rows])[1]["device"]
     values = {}
     for (_, precision, _, _, _, _, classes), key in rows:
         for cls in classes:  # kernel_overhead_us: the device's own
