@@ -752,6 +752,18 @@ TEST_CASE("calibrate: compute_variation and a step overhead are told apart by ru
   const ScalingFit apart_kinds = fit_scaling(given, {pinned, costly});
   CHECK(apart_kinds.variation == Approx(0.02).margin(1e-6));
   CHECK(apart_kinds.overhead_s == Approx(overhead).margin(1e-7));
+  // A run fitting only the step overhead still moves with the cluster's wait: one that
+  // loses less than another run's wait allows pulls the wait down, where no fixed cost
+  // (at least 0) can make up for it.
+  Cluster low = truth, high = truth;
+  low.compute_variation = 0.01;
+  high.compute_variation = 0.03;
+  ScalingMeasurement wait_run = scaling_on(high, m, 2, true), fixed_run = scaling_on(low, m, 8, false);
+  fixed_run.fits_overhead = true;
+  const ScalingFit pulled = fit_scaling(given, {wait_run, fixed_run});
+  CHECK(pulled.variation > 0.011);
+  CHECK(pulled.variation < 0.029);
+  CHECK(pulled.overhead_s < 1e-6);
   // At one GPU count the two are one unknown: refused, naming the measurement.
   const std::vector<ScalingMeasurement> one_count = {ms[2], ms[2]};
   CHECK_THROWS_WITH(fit_scaling(given, one_count),

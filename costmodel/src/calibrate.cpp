@@ -1014,14 +1014,16 @@ ScalingFit fit_scaling(const Cluster& cluster, const std::vector<ScalingMeasurem
     for (size_t i : fitting) sum += std::pow(efficiency(i, cv, overhead) - ms[i].efficiency, 2);
     return sum;
   };
-  // Each value `what` that one run alone needs (the other value as given): every efficiency
-  // falls as either value grows, so below the smallest of them every prediction is above
-  // its run and the squares fall, above the largest they rise; the least squares lie
-  // between. A run at or above its prediction without the value needs none.
+  // Each value `what` that one run alone needs (the other value as given), over the runs
+  // whose prediction moves with it (every fitting run moves with the cluster's wait, only
+  // those fitting it with the step overhead): every efficiency falls as either value grows,
+  // so below the smallest of them every prediction is above its run and the squares fall,
+  // above the largest they rise; the least squares lie between. A run at or above its
+  // prediction without the value needs none.
   auto own_range = [&](Calibrated what, double cv, double overhead) {
     std::pair<double, double> range{std::numeric_limits<double>::infinity(), 0};
     for (size_t i : fitting) {
-      if (!(what == Calibrated::ComputeVariation ? ms[i].fits_variation : ms[i].fits_overhead)) continue;
+      if (what == Calibrated::StepOverhead && !ms[i].fits_overhead) continue;
       double own = 0;
       if (ms[i].efficiency <= 1) {
         const EfficiencyFit one = fit_to_efficiency(at(i, cv, overhead), ms[i].efficiency, what);
