@@ -372,12 +372,7 @@ def scaling_plan(binary, c):
     prediction (informational, and moved by every constant)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "plan.json")
-        cmd = [binary, "predict", "--model", MODEL_FILES.get(c["model"], c["model"]), "--cluster", c["cluster"],
-               "--gpus", str(c["gpus"]), "--batch-per-gpu", str(c["batch"]), "--precision", c["precision"],
-               *c["flags"], "--out", out]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
+        predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"], [*c["flags"], "--out", out])
         plan = json.load(open(out))
     plan.pop("prediction", None)
     return plan

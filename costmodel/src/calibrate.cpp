@@ -705,10 +705,6 @@ int least_squares(const std::function<std::vector<double>(const std::vector<doub
   return iterations;
 }
 
-}  // namespace
-
-namespace {
-
 // A file a throughput file names (a model or a plan): a relative path not found from the
 // working directory is taken from the throughput file's folder.
 std::string beside(std::string name, const std::string& path) {
@@ -719,10 +715,8 @@ std::string beside(std::string name, const std::string& path) {
   return name;
 }
 
-// Where in its file a measurement read earlier sits ($.measurements[i]).
-std::string json_path_of(const ThroughputMeasurement& m, const std::string& origin) {
-  return m.where.substr(origin.size() + 2);  // where = origin + ": " + path
-}
+// Where in its file a measurement sits ($.measurements[i]): `where` past its file.
+std::string json_path_of(const ThroughputMeasurement& m) { return m.where.substr(m.where.rfind(": ") + 2); }
 
 // A measurement of one GPU's training rate ($.measurements[i] without `plan`).
 ThroughputMeasurement read_rate(JsonObject& o, const std::string& origin, const std::string& path,
@@ -763,7 +757,7 @@ ThroughputMeasurement read_rate(JsonObject& o, const std::string& origin, const 
                          "no efficiency beside it)");
       for (const ThroughputMeasurement& before : out)
         if (before.overhead)
-          throw InputError(origin + ": " + at + ": kernel_overhead_us is fitted by " + json_path_of(before, origin) +
+          throw InputError(origin + ": " + at + ": kernel_overhead_us is fitted by " + json_path_of(before) +
                            " already");
       m.overhead = true;
       continue;
@@ -783,7 +777,7 @@ ThroughputMeasurement read_rate(JsonObject& o, const std::string& origin, const 
           std::find(b.classes.begin(), b.classes.end(), *cls) != b.classes.end())
         throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + "'s " +
                          efficiency_key(m.memory) + " at " + std::string(precision_name(m.precision)) +
-                         " is fitted by " + json_path_of(b, origin) + " already (one value per class and precision)");
+                         " is fitted by " + json_path_of(b) + " already (one value per class and precision)");
     m.classes.push_back(*cls);
   }
   m.source = o.opt_string("source").value_or("");
@@ -903,7 +897,7 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
         if (k != j && (std::abs(x[k] - lo[k]) <= 1e-9 || std::abs(x[k] - hi[k]) <= 1e-9))
           bounded += (bounded.empty() ? "" : "; ") + class_names(ms[fitted[k]].classes) + " " +
                      fitted_key(ms[fitted[k]]) + " at its bound " + formatted(std::exp(x[k]), "%g") + " (" +
-                     ms[fitted[k]].where.substr(ms[fitted[k]].where.rfind(": ") + 2) + ")";
+                     json_path_of(ms[fitted[k]]) + ")";
       throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s is not reached together with "
                        "the other measurements (" + formatted(fit.rows[i].rate_after, "%.4g") + " at " +
                        class_names(m.classes) + " " + fitted_key(m) + " " + formatted(fit.rows[i].value, "%.4g") +
