@@ -155,11 +155,13 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
     std::string classes;
     for (ComputeClass k : m.classes) classes += (classes.empty() ? "" : ", ") + std::string(compute_class_name(k));
     if (m.overhead) classes = "kernel_overhead_us";
+    if (m.scale) classes = "compute_scale";
     const bool out = m.held_out();
     held_out = held_out || out;
     t.row({m.model.name, std::to_string(m.batch), std::string(precision_name(m.precision)), fixed(m.samples_per_s, 1),
            fixed(r.rate_before, 1), fixed(r.rate_after, 1), signed_percent(r.rate_after / m.samples_per_s - 1),
-           out ? "(held out)" : classes, out ? "-" : m.overhead ? "us" : m.memory ? "memory" : "compute",
+           out ? "(held out)" : classes,
+           out ? "-" : m.overhead ? "us" : m.scale ? "framework" : m.memory ? "memory" : "compute",
            out ? "-" : fixed(r.before, 4), out ? "-" : fixed(r.value, 4)});
   }
   t.print(os, "  ");
@@ -167,6 +169,10 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
         "   cluster as given; error = fitted against measured; fitted together, "
      << count_of(fit.iterations, "iteration") << " of Levenberg-Marquardt)\n";
   if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
+  if (fit.compute_scale)
+    os << "  compute_scale " << fixed(*fit.compute_scale, 4) << ": the framework's compute time over what the cluster's "
+          "constants price\n  (not the cluster's: not written; give it to predict, tune, compare, simulate or whatif "
+          "as --compute-scale)\n";
 }
 
 void print_scaling_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const ScalingFit& fit) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "commands.hpp"
 #include "calibrate_view.hpp"
@@ -58,7 +59,7 @@ struct MeasuredModel {  // --model with its --profile applied
   Precision precision;  // the profile's
 };
 void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c);
-void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c);
+std::optional<double> fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c);
 void calibrate_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c);
 
 void run_calibrate(const CalibrateFlags& f) {
@@ -112,21 +113,27 @@ void run_calibrate(const CalibrateFlags& f) {
   // calibrated by then.
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
   const ThroughputFile rates = f.throughput.empty() ? ThroughputFile{} : load_throughput_file(f.throughput);
-  // What the file fits into the cluster (a step overhead is the plans', printed only).
+  // What the file fits into the cluster (a step overhead is the plans', a compute scale the
+  // framework's: printed only).
   const bool rates_fit =
-      std::any_of(rates.rates.begin(), rates.rates.end(), [](const auto& m) { return !m.held_out(); }) ||
+      std::any_of(rates.rates.begin(), rates.rates.end(), [](const auto& m) { return m.fits_cluster(); }) ||
       std::any_of(rates.scaling.begin(), rates.scaling.end(), [](const auto& m) { return m.fits_variation; });
   if (!f.throughput.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() &&
       f.plans.empty())
     throw InputError("--out: no measurement of --throughput " + f.throughput + " fits a value of the cluster file "
-                     "(each is held out, its `fit` empty, or fits only the step overhead, a plan's): nothing to write");
+                     "(each is held out, its `fit` empty, or fits only a framework's compute_scale or step overhead): nothing "
+                     "to write");
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, targets, runs, c);
   if (measured) fit_compute(f, *measured, c);
-  if (!rates.rates.empty()) fit_rates(f, rates.rates, c);
+  // A framework's compute scale prices the file's scaling runs too (its runs are that
+  // framework's), but is not the cluster's: the file written leaves it out.
+  const std::optional<double> scale = rates.rates.empty() ? std::nullopt : fit_rates(f, rates.rates, c);
   if (!rates.scaling.empty()) {
     if (!rates.rates.empty()) out() << "\n";  // after the rates' table
+    if (scale) c.compute_scale = *scale;
     calibrate_scaling(f, rates.scaling, c);
+    c.compute_scale = 1;
   }
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
@@ -201,14 +208,17 @@ void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster
 }
 
 // Each named layer class's efficiency from one GPU's measured training rates of whole
-// models (--throughput), written into the cluster's device.by_kind.
-void fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c) {
+// models (--throughput), written into the cluster's device.by_kind; the framework's
+// compute_scale where rates name it (returned, not written).
+std::optional<double> fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates,
+                                Cluster& c) {
   const ThroughputFit fit = fit_throughputs(c, rates);  // before printing: a refusal is the only line
   out() << "fuseplan calibrate: compute per layer class from one GPU's measured training rates, " << f.throughput
         << " (" << count_of(int64_t(rates.size()), "measurement") << "), cluster " << c.name << " (" << c.device.name
         << ")\n\n";
   print_throughput_fits(out(), rates, fit);
   apply_throughput_fit(c, rates, fit, "fuseplan calibrate --throughput " + f.throughput);
+  return fit.compute_scale;
 }
 
 // The cluster's compute_variation (and a step overhead, printed) from measured scaling

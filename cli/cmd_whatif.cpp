@@ -20,9 +20,10 @@ struct WhatIfFlags {
   std::string precisions = "fp16", transfer, algorithms = "auto", strategies = "optimal";
   int segments = 2, group = 0, torus_x = 0, max_gpus = 0;
   std::string nccl_version, profile;
-  double inter_lat_us = -1, compute_slowdown = 0, compute_variation = 0, measured_rate = 0;
+  double inter_lat_us = -1, compute_slowdown = 0, compute_variation = 0, measured_rate = 0, compute_scale = 1;
   int measured_accumulate = 0;
   CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr, *rate_opt = nullptr, *rate_accumulate_opt = nullptr;
+  CLI::Option* scale_opt = nullptr;
   FusionFlags fusion;
   GoalFlags goal;
   std::string out, deadline, solve = "bandwidth";
@@ -61,6 +62,7 @@ void run_whatif(const WhatIfFlags& f) {
   if (f.inter_lat_us != -1) set_inter_lat(base, f.inter_lat_us, "--inter-lat");
   if (f.slowdown_opt->count()) set_compute_slowdown(base, f.compute_slowdown, "--compute-slowdown");
   if (f.variation_opt->count()) set_compute_variation(base, f.compute_variation, "--compute-variation");
+  if (f.scale_opt->count()) set_compute_scale(base, f.compute_scale, "--compute-scale");
   for (double bw : axes.inter_bw_Gbps) {  // each value checked here, to name the flag
     Cluster probe = base;
     set_inter_bw(probe, bw, "--inter-bw");
@@ -75,7 +77,7 @@ void run_whatif(const WhatIfFlags& f) {
       for (int b : axes.batch_per_gpu) check_profile(info, f.profile, b ? b : default_batch_per_gpu(axes.models[0]), p);
     settings.profile = f.profile;
   }
-  check_measured_rate_flags(f.rate_opt, f.rate_accumulate_opt, f.profile, f.measured_accumulate);
+  check_measured_rate_flags(f.rate_opt, f.rate_accumulate_opt, f.profile, f.measured_accumulate, f.scale_opt);
   if (f.rate_opt->count()) {
     // A rate is one model's at one batch and precision: every point must be of them.
     if (axes.models.size() != 1 || axes.batch_per_gpu.size() != 1 || axes.precisions.size() != 1)
@@ -191,6 +193,7 @@ void add_whatif_command(CLI::App& app) {
   cmd->add_option("--inter-lat", f->inter_lat_us, "inter-node latency in microseconds (default: the cluster's)");
   f->slowdown_opt = add_compute_slowdown_option(cmd, f->compute_slowdown);
   f->variation_opt = add_compute_variation_option(cmd, f->compute_variation);
+  f->scale_opt = add_compute_scale_option(cmd, f->compute_scale);
   cmd->add_option("--profile", f->profile,
                   "measured per-layer times (fuseplan.profile/1, from `fuseplan-exec train --profile`) instead of the "
                   "roofline; one --model and its precision");

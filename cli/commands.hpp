@@ -46,10 +46,11 @@ struct SetupFlags {
   std::string cluster = "tencent-p40", precision = "fp16", transfer, profile, nccl_version;
   int gpus = 0, batch = 0, group = 0, torus_x = 0;
   double inter_bw_Gbps = 0, inter_lat_us = -1, intra_bw_GBps = 0, compute_slowdown = 0, compute_variation = 0;
-  double measured_rate = 0;
+  double measured_rate = 0, compute_scale = 1;
   int measured_accumulate = 0;
   GoalFlags goal_flags;
   CLI::Option *slowdown_opt = nullptr, *variation_opt = nullptr, *rate_opt = nullptr, *rate_accumulate_opt = nullptr;
+  CLI::Option* scale_opt = nullptr;
   CLI::Option *cluster_opt = nullptr, *gpus_opt = nullptr, *batch_opt = nullptr, *precision_opt = nullptr;
   // Refuse a model whose replicated states exceed the GPU's memory (schedule turns it
   // off: it prices sharded schedules and marks which fit).
@@ -67,7 +68,7 @@ struct SetupFlags {
   Resolved resolve() const;
   // --inter-bw / --inter-lat / --intra-bw: what-if overrides of the cluster's networks;
   // --compute-slowdown: of backward's rate beside a running allreduce; --compute-variation:
-  // the spread of one GPU's compute time per step.
+  // the spread of one GPU's compute time per step; --compute-scale: the framework's speed.
   void apply_overrides(Cluster& c) const;
   // A saved plan bound with the model and cluster it names (--model/--cluster override
   // them) and the training goal: bind_scenario's checks, its warnings on stderr; the
@@ -134,9 +135,10 @@ std::optional<PackOn> parse_cast(const std::string& s);
 extern const char* const kCastHelp;
 
 // --measured-rate's companions and exclusions: --measured-accumulate only with it and in
-// [1, kMaxAccumulationSteps], no --profile beside it (InputError naming the flags).
+// [1, kMaxAccumulationSteps], no --profile beside it, and --compute-scale (`scale`) beside
+// neither (InputError naming the flags).
 void check_measured_rate_flags(const CLI::Option* rate, const CLI::Option* accumulate, const std::string& profile,
-                               int measured_accumulate);
+                               int measured_accumulate, const CLI::Option* scale);
 // --measured-accumulate K as the measured run's loop (InputError naming the flag unless
 // 1 <= K <= kMaxAccumulationSteps), and the note --measured-rate leaves on stderr.
 Accumulation measured_loop_of(int measured_accumulate);
@@ -153,6 +155,8 @@ void add_nccl_version_option(CLI::App* app, std::string& release);
 CLI::Option* add_compute_slowdown_option(CLI::App* app, double& fraction);
 // --compute-variation (the what-if set_compute_variation applies); the option likewise.
 CLI::Option* add_compute_variation_option(CLI::App* app, double& cv);
+// --compute-scale (the framework's factor set_compute_scale applies); the option likewise.
+CLI::Option* add_compute_scale_option(CLI::App* app, double& scale);
 
 // A measured report (fuseplan-exec run --report) of `plan`: the same model, rank count,
 // batch and bucket count, or InputError naming both files.

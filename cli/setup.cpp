@@ -64,6 +64,7 @@ void SetupFlags::add(CLI::App* app) {
                   "NCCL cluster's rates per NVLink; default: the cluster's)");
   slowdown_opt = add_compute_slowdown_option(app, compute_slowdown);
   variation_opt = add_compute_variation_option(app, compute_variation);
+  scale_opt = add_compute_scale_option(app, compute_scale);
   rate_opt = app->add_option("--measured-rate", measured_rate,
                              "samples/s one GPU of the cluster was measured to train with this model, batch,\n"
                              "precision and training loop: the compute model is scaled to it (every layer and the\n"
@@ -76,14 +77,17 @@ void SetupFlags::add(CLI::App* app) {
 }
 
 void SetupFlags::check_rate_flags() const {
-  check_measured_rate_flags(rate_opt, rate_accumulate_opt, profile, measured_accumulate);
+  check_measured_rate_flags(rate_opt, rate_accumulate_opt, profile, measured_accumulate, scale_opt);
 }
 
 void check_measured_rate_flags(const CLI::Option* rate, const CLI::Option* accumulate, const std::string& profile,
-                               int measured_accumulate) {
+                               int measured_accumulate, const CLI::Option* scale) {
   if (accumulate->count() && !rate->count()) throw InputError("--measured-accumulate: applies with --measured-rate");
   if (rate->count() && !profile.empty())
     throw InputError("--measured-rate and --profile are exclusive: both measure the compute");
+  if (scale->count() && (rate->count() || !profile.empty()))
+    throw InputError(std::string("--compute-scale and ") + (rate->count() ? "--measured-rate" : "--profile") +
+                     " are exclusive: the scale is of the roofline's compute, which the other measures");
   if (accumulate->count()) measured_loop_of(measured_accumulate);
 }
 
@@ -276,6 +280,14 @@ CLI::Option* add_compute_variation_option(CLI::App* app, double& cv) {
                          "(sets compute_variation; default: the cluster's, 0 where it has none)");
 }
 
+CLI::Option* add_compute_scale_option(CLI::App* app, double& scale) {
+  return app->add_option("--compute-scale", scale,
+                         "the framework's compute time over what the cluster's constants price: every layer's\n"
+                         "forward and backward and the optimizer step times it (TensorFlow with XLA, MXNet, ...\n"
+                         "against the cluster's fit; calibrate --throughput fits it from the framework's rate of\n"
+                         "another model: compute_scale); 0.05 to 20, default 1; not with --profile or --measured-rate");
+}
+
 void add_nccl_version_option(CLI::App* app, std::string& release) {
   std::string valid;
   for (const auto& r : nccl_releases()) valid += (valid.empty() ? "" : " | ") + r;
@@ -351,6 +363,7 @@ void SetupFlags::apply_overrides(Cluster& c) const {
   if (intra_bw_GBps != 0) set_intra_bw(c, intra_bw_GBps, "--intra-bw");
   if (slowdown_opt->count()) set_compute_slowdown(c, compute_slowdown, "--compute-slowdown");
   if (variation_opt->count()) set_compute_variation(c, compute_variation, "--compute-variation");
+  if (scale_opt->count()) set_compute_scale(c, compute_scale, "--compute-scale");
 }
 
 Report load_measured_run(const std::string& measured_path, const Plan& plan, const std::string& plan_path) {
@@ -370,7 +383,8 @@ std::string setup_line(const std::string& command, const Model& m, const Cluster
   int nodes = (gpus + c.gpus_per_node - 1) / c.gpus_per_node;
   return "fuseplan " + command + ": " + m.name + " on " + c.name + " (" + count_of(gpus, "GPU") + " = " +
          std::to_string(nodes) + (nodes == 1 ? " node x " : " nodes x ") + std::to_string(std::min(gpus, c.gpus_per_node)) + "), batch " +
-         std::to_string(batch) + " per GPU, " + std::string(precision_name(compute)) + " compute";
+         std::to_string(batch) + " per GPU, " + std::string(precision_name(compute)) + " compute" +
+         (c.compute_scale != 1 ? " x " + formatted(c.compute_scale, "%g") + " (the framework's compute scale)" : "");
 }
 
 }  // namespace fuseplan::cli

@@ -584,6 +584,55 @@ TEST_CASE("calibrate: the fixed cost per layer pass is recovered beside a class 
                     Catch::Contains("$.measurements[0].fit[1]: kernel_overhead_us is the device's, fitted alone"));
 }
 
+TEST_CASE("calibrate: a framework's compute_scale is recovered from its rates, and prices its held-out rates") {
+  const Cluster plain = load_cluster("dgx1-v100");
+  Cluster framework = plain;  // another framework on the same server: everything 14 % faster
+  framework.compute_scale = 0.86;
+  std::vector<ThroughputMeasurement> ms = {measured_on(framework, "resnet50", 128, Precision::FP32, {}),
+                                           measured_on(framework, "resnet101", 64, Precision::FP32, {}),
+                                           measured_on(framework, "vgg16", 32, Precision::FP32, {})};
+  ms[0].scale = ms[1].scale = true;  // vgg16 held out
+  const ThroughputFit fit = fit_throughputs(plain, ms);
+  REQUIRE(fit.compute_scale);
+  CHECK(*fit.compute_scale == Approx(0.86).epsilon(1e-7));
+  CHECK(fit.rows[0].value == *fit.compute_scale);
+  CHECK(fit.rows[0].before == 1);
+  CHECK(fit.rows[2].rate_before == Approx(ms[2].samples_per_s * 0.86).epsilon(1e-3));  // all compute, no input wait
+  CHECK(fit.rows[2].rate_after == Approx(ms[2].samples_per_s).epsilon(1e-7));          // the held-out one, with it
+  // Not the cluster's: nothing written.
+  Cluster written = plain;
+  apply_throughput_fit(written, ms, fit, "test");
+  CHECK(cluster_to_json(written) == cluster_to_json(plain));
+  // Two rates that disagree: the geometric mean of what each needs alone.
+  ms[1].samples_per_s *= 1.1;
+  const ThroughputFit apart = fit_throughputs(plain, ms);
+  CHECK(*apart.compute_scale == Approx(0.86 / std::sqrt(1.1)).epsilon(1e-6));
+  // Beyond its bounds: refused, naming the rate.
+  ms[1].samples_per_s = 1e5;
+  CHECK_THROWS_WITH(fit_throughputs(plain, {ms[1]}), Catch::Contains("resnet101: 100000 samples/s needs compute_scale "
+                                                                     "beyond [0.05, 20] on dgx1-v100"));
+
+  const std::string scale = R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 300,
+                                "fit": ["compute_scale"]})";
+  CHECK(load_throughputs(throughput_file(scale)).at(0).scale);
+  CHECK(load_throughputs(throughput_file(scale + ", " + scale)).size() == 2);  // one value, shared
+  const std::string cls = R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 300,
+                              "fit": ["conv_1x1"]})";
+  auto refused = [](const std::string& measurements, const std::string& what) {
+    INFO(measurements);
+    CHECK_THROWS_WITH(load_throughputs(throughput_file(measurements)), Catch::Contains(what));
+  };
+  refused(cls + ", " + scale, "$.measurements[1].fit[0]: compute_scale is a framework's speed on the cluster as given, "
+                              "and $.measurements[0] fits the cluster's own values");
+  refused(scale + ", " + cls, "$.measurements[1].fit: $.measurements[0] fits compute_scale");
+  refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 300,
+              "fit": ["compute_scale", "gemm"]})",
+          "$.measurements[0].fit[0]: compute_scale is the framework's, fitted alone");
+  refused(scale + R"(, {"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900,
+                        "fit": ["compute_scale"]})",
+          "$.measurements[1].fit[0]: compute_scale is fitted at one precision ($.measurements[0] is fp32)");
+}
+
 namespace {
 // Plans of ResNet-50 at batch 64 in FP32, 25 MB buckets, on `gpus` of `cluster`.
 Plan resnet50_plan(const Model& m, int gpus) {

@@ -2391,3 +2391,36 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
   expect_bad("calibrate --cluster dgx-a100 --throughput " + held + " --out " + out,
              "--out: no measurement of --throughput " + held + " fits a value of the cluster file");
 }
+
+TEST_CASE("cli: calibrate --throughput fits a framework's compute_scale, which --compute-scale then predicts with") {
+  // A framework 20 % slower than the cluster's fit: its ResNet-50 rate on one GPU.
+  const std::string setup = "--model resnet50 --cluster dgx1-v100 --batch-per-gpu 128 --precision fp32";
+  const double rate = 128 / json_of("predict " + setup + " --gpus 1 --json")["iteration_s"].get<double>() / 1.2;
+  const std::string rates = tmp("rates-framework.json");
+  write(rates, R"({"schema": "fuseplan.throughput/1", "measurements": [{"model": "resnet50", "batch_per_gpu": 128,
+      "precision": "fp32", "samples_per_s": )" + std::to_string(rate) + R"(, "fit": ["compute_scale"]},
+      {"model": "resnet101", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 100, "fit": []}]})");
+  const Run r = run("calibrate --cluster dgx1-v100 --throughput " + rates);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("compute_scale 1.2000: the framework's compute time") &&
+                        Catch::Contains("as --compute-scale") && Catch::Contains("(held out)"));
+  // predict with it trains ResNet-50 at the framework's rate, and says so.
+  const auto p = json_of("predict " + setup + " --gpus 1 --compute-scale 1.2 --json");
+  CHECK(128 / p["iteration_s"].get<double>() == Approx(rate).epsilon(1e-6));
+  CHECK_THAT(run("predict " + setup + " --gpus 8 --compute-scale 1.2").out,
+             Catch::Contains("fp32 compute x 1.2 (the framework's compute scale)"));
+  // Not the cluster's: nothing to write. Bad values and companions: one line, exit 2.
+  const std::string out = tmp("framework-calibrated.json");
+  write(out, "keep");
+  expect_bad("calibrate --cluster dgx1-v100 --throughput " + rates + " --out " + out,
+             "--out: no measurement of --throughput " + rates + " fits a value of the cluster file");
+  std::stringstream kept;
+  kept << std::ifstream(out).rdbuf();
+  CHECK(kept.str() == "keep");
+  expect_bad("predict " + setup + " --compute-scale 21", "--compute-scale: must be in [0.05, 20]");
+  expect_bad("predict " + setup + " --compute-scale 1.2 --measured-rate 300",
+             "--compute-scale and --measured-rate are exclusive");
+  expect_bad("whatif --model resnet50 --cluster dgx1-v100 --gpus 8 --compute-scale 0",
+             "--compute-scale: must be in [0.05, 20]");
+}

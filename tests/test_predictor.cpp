@@ -944,6 +944,43 @@ TEST_CASE("compute per layer class: the device's efficiencies given per class ar
   }
 }
 
+TEST_CASE("compute scale: a framework's factor multiplies the roofline's layers and optimizer, not measured ones") {
+  const Model bert = load_model("bert_large");
+  Cluster plain = load_cluster("dgx-a100"), scaled = plain;
+  set_compute_scale(scaled, 1.25, "--compute-scale");
+  const OptimizerStep adam = optimizer_step("adam", "per-tensor", "test");
+  const ComputeModel a(bert, plain, 8, Precision::FP16), b(bert, scaled, 8, Precision::FP16);
+  for (size_t l = 0; l < bert.layers.size(); ++l) {
+    CHECK(b.layers()[l].fwd_s == Approx(1.25 * a.layers()[l].fwd_s));
+    CHECK(b.layers()[l].bwd_s == Approx(1.25 * a.layers()[l].bwd_s));
+    CHECK(b.layers()[l].memory_bound == a.layers()[l].memory_bound);
+  }
+  CHECK(b.optimizer_s(adam) == Approx(1.25 * a.optimizer_s(adam)));
+  CHECK(single_gpu_step_s(bert, scaled, 8, Precision::FP16, {}, adam) ==
+        Approx(1.25 * single_gpu_step_s(bert, plain, 8, Precision::FP16, {}, adam)));
+  // 1 is the model as it was: the same times to the bit.
+  Cluster one = plain;
+  set_compute_scale(one, 1, "--compute-scale");
+  const ComputeModel c(bert, one, 8, Precision::FP16);
+  for (size_t l = 0; l < bert.layers.size(); ++l) CHECK(c.layers()[l].fwd_s == a.layers()[l].fwd_s);
+  // Measured times (a profile, a measured rate) are the framework's own: left as they are.
+  Model measured = bert;
+  set_measured_rate(measured, plain, 8, Precision::FP16, {}, adam, 40, "rate");
+  const ComputeModel m1(measured, plain, 8, Precision::FP16), m2(measured, scaled, 8, Precision::FP16);
+  CHECK(m2.forward_s() == m1.forward_s());
+  CHECK(m2.optimizer_s(adam) == m1.optimizer_s(adam));
+  // The iteration on 8 GPUs: compute 25 % longer, so more of the same communication hidden.
+  const Plan plan = make_plan(bert, "dgx-a100", 8, 8, Precision::FP16,
+                              buckets_from_spec("threshold:25MB", bert, "auto", Precision::FP16), "threshold:25MB");
+  const Report ra = predict(bind_scenario(bert, plain, plan, {}, {}, "t"), false);
+  const Report rb = predict(bind_scenario(bert, scaled, plan, {}, {}, "t"), false);
+  CHECK(rb.single_gpu_iteration_s == Approx(1.25 * ra.single_gpu_iteration_s));
+  CHECK(rb.scaling_efficiency >= ra.scaling_efficiency);
+  CHECK_THROWS_WITH(set_compute_scale(scaled, 0.01, "--compute-scale"),
+                    "--compute-scale: must be in [0.05, 20] (the framework's compute time over the cluster's) "
+                    "(got 0.01)");
+}
+
 TEST_CASE("compute per layer class: a class's efficiency prices its layers only, and a profile still overrides it") {
   Model r50 = load_model("resnet50");
   CHECK(compute_class_of(r50.layers[0]) == ComputeClass::ConvStem);  // conv1: 3 input channels

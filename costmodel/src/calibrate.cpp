@@ -762,10 +762,27 @@ ThroughputMeasurement read_rate(JsonObject& o, const std::string& origin, const 
       m.overhead = true;
       continue;
     }
+    if (fit[k] == "compute_scale") {
+      if (fit.size() > 1 || m.memory)
+        throw InputError(origin + ": " + at + ": compute_scale is the framework's, fitted alone (no class and no "
+                         "efficiency beside it)");
+      for (const ThroughputMeasurement& before : out) {
+        if (before.fits_cluster())
+          throw InputError(origin + ": " + at + ": compute_scale is a framework's speed on the cluster as given, and " +
+                           json_path_of(before) + " fits the cluster's own values: fit them in a file of their own");
+        if (before.scale && before.precision != m.precision)
+          throw InputError(origin + ": " + at + ": compute_scale is fitted at one precision (" +
+                           json_path_of(before) + " is " + std::string(precision_name(before.precision)) +
+                           "): a framework's speed differs with it; give each precision a file");
+      }
+      m.scale = true;
+      continue;
+    }
     const auto cls = fit[k].is_string() ? parse_compute_class(fit[k].get<std::string>()) : std::nullopt;
     if (!cls)
       throw InputError(origin + ": " + at + ": not a layer class (valid: " + compute_class_list() +
-                       "; or kernel_overhead_us; compute_variation is fitted by a measurement with a plan)");
+                       "; or kernel_overhead_us, or compute_scale; compute_variation is fitted by a measurement "
+                       "with a plan)");
     if (std::find(m.classes.begin(), m.classes.end(), *cls) != m.classes.end())
       throw InputError(origin + ": " + at + ": " + std::string(compute_class_name(*cls)) + " is named twice");
     if (!has_priced_layer(m.model, *cls, m.memory))
@@ -780,6 +797,12 @@ ThroughputMeasurement read_rate(JsonObject& o, const std::string& origin, const 
                          " is fitted by " + json_path_of(b) + " already (one value per class and precision)");
     m.classes.push_back(*cls);
   }
+  if (m.fits_cluster())
+    for (const ThroughputMeasurement& before : out)
+      if (before.scale)
+        throw InputError(origin + ": " + o.where("fit") + ": " + json_path_of(before) + " fits compute_scale, a "
+                         "framework's speed on the cluster as given: fit the cluster's own values in a file of "
+                         "their own");
   m.source = o.opt_string("source").value_or("");
   o.finish();
   return m;
@@ -821,6 +844,42 @@ ScalingMeasurement read_scaling(JsonObject& o, const std::string& origin, const 
   return m;
 }
 
+// The framework's compute_scale that brings the rates naming it closest to their
+// measurements (least squares on the logs of their ratios, as the classes), on `c` as the
+// classes left it; every rate's prediction after it in `fit` (the held-out ones with it).
+void fit_compute_scale(Cluster& c, const std::vector<ThroughputMeasurement>& ms, ThroughputFit& fit) {
+  std::vector<size_t> scaled;
+  for (size_t i = 0; i < ms.size(); ++i)
+    if (ms[i].scale) scaled.push_back(i);
+  if (!scaled.empty()) {
+    std::vector<double> x{std::log(c.compute_scale)};
+    const std::vector<double> lo{std::log(kMinComputeScale)}, hi{std::log(kMaxComputeScale)};
+    auto errors = [&](const std::vector<double>& at) {
+      c.compute_scale = std::exp(at[0]);
+      std::vector<double> f;
+      for (size_t i : scaled) f.push_back(std::log(rate_on(c, ms[i]) / ms[i].samples_per_s));
+      return f;
+    };
+    fit.iterations += least_squares(errors, x, lo, hi);
+    const std::vector<double> f = errors(x);  // the cluster at the value found
+    fit.compute_scale = c.compute_scale;
+    for (size_t i : scaled) fit.rows[i].value = c.compute_scale;
+    // At a bound, a rate still short of its measurement is beyond what a framework's
+    // factor explains (or the input pipeline caps it).
+    const bool at_bound = std::abs(x[0] - lo[0]) <= 1e-9 || std::abs(x[0] - hi[0]) <= 1e-9;
+    for (size_t j = 0; j < scaled.size() && at_bound; ++j)
+      if (std::abs(f[j]) > 1e-6) {
+        const ThroughputMeasurement& m = ms[scaled[j]];
+        throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s needs compute_scale " +
+                         "beyond [" + formatted(kMinComputeScale, "%g") + ", " + formatted(kMaxComputeScale, "%g") +
+                         "] on " + c.name + " (at " + formatted(c.compute_scale, "%g") + ": " +
+                         formatted(m.samples_per_s * std::exp(f[j]), "%.4g") + " samples/s): the cluster's own " +
+                         "constants, or its input pipeline, are what is off");
+      }
+  }
+  for (size_t i = 0; i < ms.size(); ++i) fit.rows[i].rate_after = rate_on(c, ms[i]);
+}
+
 }  // namespace
 
 ThroughputFile load_throughput_file(const std::string& path) {
@@ -853,14 +912,15 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
       throw InputError(m.where + ": cluster " + c.name + "'s device has no " +
                        std::string(precision_name(m.precision)) + " peak (device.peak_TFLOPS)");
     const double before = m.overhead     ? c.device.kernel_overhead_us
+                          : m.scale      ? c.compute_scale
                           : m.held_out() ? 0
                           : m.memory     ? c.device.memory_efficiency_of(m.classes.front(), m.precision)
                                          : c.device.compute_efficiency_of(m.classes.front(), m.precision);
     fit.rows.push_back({before, before, rate_on(c, m), 0});
   }
-  std::vector<size_t> fitted;  // the measurements that fit a value; the others are held out
+  std::vector<size_t> fitted;  // the measurements that fit a value of the cluster
   for (size_t i = 0; i < ms.size(); ++i)
-    if (!ms[i].held_out()) fitted.push_back(i);
+    if (ms[i].fits_cluster()) fitted.push_back(i);
   // All values together, on the logs of the rates' ratios in the logs of the values: each
   // rate moves with every class its model holds, and two measurements may share their
   // models' classes (ResNet-18 fitting norms, ResNet-50 convolutions), which fitting one
@@ -910,6 +970,7 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
                      formatted(fit.rows[i].value, "%g") + ", its bound: " + formatted(fit.rows[i].rate_after, "%.4g") +
                      " samples/s (the other classes, the optimizer step or the input pipeline set the rest)");
   }
+  fit_compute_scale(c, ms, fit);
   return fit;
 }
 
@@ -917,7 +978,7 @@ void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurem
                           const std::string& how) {
   for (size_t i = 0; i < ms.size(); ++i) {
     const ThroughputMeasurement& m = ms[i];
-    if (m.held_out()) continue;
+    if (!m.fits_cluster()) continue;  // held out, or the framework's compute_scale
     set_efficiency(cluster, m, fit.rows[i].value);
     const std::string precision(precision_name(m.precision));
     const std::string what = "FITTED (" + how + "): " + m.model.name + " at batch " + std::to_string(m.batch) + ", " +

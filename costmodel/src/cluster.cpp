@@ -563,6 +563,12 @@ void set_compute_variation(Cluster& c, double cv, const std::string& flag) {
   c.compute_variation = checked(cv, 0, kMaxComputeVariation, "(a relative standard deviation)", false, flag);
 }
 
+void set_compute_scale(Cluster& c, double scale, const std::string& flag) {
+  c.compute_scale =
+      checked(scale, kMinComputeScale, kMaxComputeScale, "(the framework's compute time over the cluster's)", false,
+              flag);
+}
+
 double expected_max_normal(int n) {
   if (n < 1) throw std::invalid_argument("expected_max_normal: n must be >= 1");
   if (n == 1) return 0;

@@ -106,6 +106,8 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
       ++measured_;
     } else {
       t = roofline_time(m, i, c, batch, p);
+      t.fwd_s *= c.compute_scale;
+      t.bwd_s *= c.compute_scale;
     }
     forward_s_ += t.fwd_s;
     backward_s_ += t.bwd_s;
@@ -113,8 +115,8 @@ ComputeModel::ComputeModel(const Model& m, const Cluster& c, int batch, Precisio
   }
   // The optimizer touches every parameter once whatever the batch: a measured step is used as is.
   if (m.measured_optimizer_us) measured_optimizer_s_ = *m.measured_optimizer_us * 1e-6;
-  optimizer_s_per_byte_ = double(m.param_count()) / bw;
-  optimizer_s_per_kernel_ = double(m.tensors.size()) * c.device.kernel_overhead_us * 1e-6;
+  optimizer_s_per_byte_ = c.compute_scale * double(m.param_count()) / bw;
+  optimizer_s_per_kernel_ = c.compute_scale * double(m.tensors.size()) * c.device.kernel_overhead_us * 1e-6;
   if (c.input_samples_per_s_per_gpu > 0) loader_s_ = batch / c.input_samples_per_s_per_gpu;
 }
 

@@ -197,9 +197,14 @@ struct ThroughputMeasurement {
   // The device's kernel_overhead_us instead of a class efficiency: the fixed cost of each
   // layer pass, which a rate at a second, smaller batch sets apart from the classes.
   bool overhead = false;
+  // The framework's compute_scale instead (Cluster::compute_scale: its compute time over
+  // what the cluster's constants price), one value shared by every rate naming it; not
+  // the cluster's, so not written into it.
+  bool scale = false;
   std::string where;       // "FILE: $.measurements[i]", for messages
   std::string source;      // where the rate comes from (provenance); may be empty
-  bool held_out() const { return !overhead && classes.empty(); }  // fits nothing: predicted and reported
+  bool held_out() const { return !overhead && !scale && classes.empty(); }  // fits nothing: predicted and reported
+  bool fits_cluster() const { return !held_out() && !scale; }  // a value of the cluster file
 };
 // A measured scaling efficiency (a fuseplan.throughput/1 measurement with a `plan`): the
 // training the plan describes ran `efficiency` times as fast per GPU on the plan's GPUs
@@ -227,8 +232,10 @@ struct ThroughputFile {
 };
 // Reads a fuseplan.throughput/1 file; InputError naming the file and JSON path of a bad
 // field, an unknown class, a class the model has no priced layer of, a class fitted at one
-// precision by two measurements, kernel_overhead_us fitted twice or beside a class, or a
-// scaling measurement's plan that does not read, is for one GPU or beside the keys it gives.
+// precision by two measurements, kernel_overhead_us fitted twice or beside a class,
+// compute_scale beside anything else or in a file whose rates fit the cluster's values, or
+// a scaling measurement's plan that does not read, is for one GPU or beside the keys it
+// gives.
 ThroughputFile load_throughput_file(const std::string& path);
 // Its single-GPU rates only.
 inline std::vector<ThroughputMeasurement> load_throughputs(const std::string& path) {
@@ -247,6 +254,10 @@ inline std::vector<ThroughputMeasurement> load_throughputs(const std::string& pa
 // classes', the optimizer's or the input pipeline's time bound it), or when no values
 // meet the rates together (naming any value held at its bound). A measurement that fits
 // nothing is held out: its rate is predicted as given and as fitted.
+// Rates naming compute_scale fit the framework's one factor (Cluster::compute_scale) the
+// same way, on the cluster as given (such a file fits no class); the held-out rates are
+// then predicted with it (a file of one framework's runs). InputError when it lies at its
+// bound [kMinComputeScale, kMaxComputeScale] short of a rate.
 inline constexpr double kMinThroughputEfficiency = 1e-3;
 inline constexpr double kMinThroughputOverheadUs = 1e-3, kMaxThroughputOverheadUs = 1e4;
 struct ThroughputFit {
@@ -257,12 +268,13 @@ struct ThroughputFit {
   };
   std::vector<Row> rows;  // per measurement, in order
   int iterations = 0;     // of the least-squares fit
+  std::optional<double> compute_scale;  // fitted where a rate names it (its rows' value too)
 };
 ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<ThroughputMeasurement>& ms);
 
 // Writes the fitted values into the cluster's device.by_kind at each measurement's
 // precision, with provenance (device.by_kind.CLASS.KEY.PRECISION) naming `how` (the
-// command and file), the measurement and its source.
+// command and file), the measurement and its source. Not compute_scale: the framework's.
 void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurement>& ms, const ThroughputFit& fit,
                           const std::string& how);
 

@@ -184,6 +184,13 @@ struct Cluster {
   // synchronous step waits for its slowest GPU (expected_max_normal). 0 = every GPU
   // computes in the same time.
   double compute_variation = 0;
+  // How much longer a framework computes than the device's constants price: every layer's
+  // roofline forward and backward time and the optimizer step times this (XLA's fusions
+  // and another framework's kernels make the same model faster or slower on the same
+  // GPU). Measured layer times (a profile, --measured-rate) are used as they are. Not a
+  // key of the cluster file: the framework's, set by --compute-scale and fitted by
+  // calibrate --throughput (`compute_scale`) on the framework's own measured rates.
+  double compute_scale = 1;
   std::map<std::string, std::vector<Calibration>> calibrated;  // per algorithm, size segments
   std::map<std::string, std::string> provenance;  // JSON path -> where the value comes from
 
@@ -242,6 +249,13 @@ void set_compute_slowdown(Cluster& c, double fraction, const std::string& flag);
 // The relative standard deviation of one GPU's compute time per step, in
 // [0, kMaxComputeVariation]: compute_variation.
 void set_compute_variation(Cluster& c, double cv, const std::string& flag);
+
+// A framework's compute time over the cluster's pricing, in [kMinComputeScale,
+// kMaxComputeScale]: compute_scale.
+void set_compute_scale(Cluster& c, double scale, const std::string& flag);
+// Twenty times faster or slower than the device's constants price: past that the
+// constants, not the framework, are wrong.
+inline constexpr double kMinComputeScale = 0.05, kMaxComputeScale = 20;
 
 // The largest compute_variation a file or a what-if may give: a standard deviation of half
 // the step (the normal model then gives steps of negative length 2 % of the time).

@@ -2,7 +2,8 @@
 // carries one, else a roofline: max(FLOPs / (peak x efficiency), bytes / (memory
 // bandwidth x efficiency)) + a kernel overhead, scaled by batch per GPU and precision.
 // The efficiencies are the layer class's where the cluster gives them (device.by_kind),
-// else the device's: with no by_kind, one roofline for every layer.
+// else the device's: with no by_kind, one roofline for every layer. The cluster's
+// compute_scale (a framework's speed) multiplies the roofline's times and the optimizer's.
 #pragma once
 #include <optional>
 #include <vector>
@@ -22,7 +23,8 @@ struct LayerTime {
 
 // The class whose efficiencies price a layer (DeviceSpec::by_kind).
 ComputeClass compute_class_of(const Layer& l);
-// Layer `layer`'s roofline time at `batch` (whether or not it carries a measured time).
+// Layer `layer`'s roofline time at `batch` (whether or not it carries a measured time), as
+// the device's constants price it: ComputeModel scales it by the cluster's compute_scale.
 LayerTime roofline_time(const Model& m, size_t layer, const Cluster& c, int batch, Precision p);
 
 // A measured single-GPU training rate in place of the roofline's speed: what one GPU of
