@@ -283,6 +283,7 @@ DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
 CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
+CASES_BY_NAME = {c["name"]: c for c in CASES}
 
 
 # What-if flags given to every prediction (--compute-slowdown), and to those on one
@@ -419,19 +420,21 @@ def check_rate_files(binary):
     return stale
 
 
-def calibrate(binary, cluster, measurements):
+def calibrate(binary, cluster, measurements, write=True):
     """`fuseplan calibrate --throughput` on `cluster` with a rate file of `measurements` (a
     scaling measurement's plan named relative to the working directory or absolute): its
-    output and the cluster file it writes."""
+    output and the cluster file it writes (None without `write`: a file that fits only a
+    framework's values writes none)."""
     with tempfile.TemporaryDirectory() as tmp:
         rates, out = os.path.join(tmp, "rates.json"), os.path.join(tmp, "fitted.json")
         with open(rates, "w") as f:
             json.dump({"schema": "fuseplan.throughput/1", "measurements": measurements}, f)
-        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates, "--out", out]
+        cmd = [binary, "calibrate", "--cluster", cluster_path(cluster), "--throughput", rates,
+               *(["--out", out] if write else [])]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit("published_scaling: " + " ".join(cmd) + " failed: " + run.stderr.strip())
-        return run.stdout, json.load(open(out))
+        return run.stdout, json.load(open(out)) if write else None
 
 
 def variation_beside_overhead(binary, cluster):
@@ -518,16 +521,86 @@ def single_gpu_measurement(c):
 
 
 def calibrated_efficiency(binary, c, measured, extra=()):
-    """The case's scaling efficiency with the compute set to the measured single-GPU rate."""
+    """The case's scaling efficiency with the compute set to the measured single-GPU rate (in
+    place of a framework's compute scale)."""
     rate, steps = measured
     cal = ["--measured-rate", f"{rate:.9g}", "--measured-accumulate", str(steps)]
-    r = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"], [*c["flags"], *extra, *cal])
+    r = predict(binary, c["model"], c["cluster"], c["gpus"], c["batch"], c["precision"],
+                [*without_scale(c["flags"]), *extra, *cal])
     per_gpu = r["throughput_samples_s"] / c["gpus"]
     if c["base_gpus"] == 1:
         return per_gpu / rate  # the base run is the measurement itself
     base = predict(binary, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"],
-                   [*c.get("base_flags", c["flags"]), *cal])
+                   [*without_scale(c.get("base_flags", c["flags"])), *cal])
     return per_gpu / (base["throughput_samples_s"] / c["base_gpus"])
+
+
+SCALE_FLAG = "--compute-scale"
+
+
+def dropped(flags, flag):
+    """`flags` without `flag` and its value."""
+    flags = list(flags)
+    if flag in flags:
+        i = flags.index(flag)
+        del flags[i:i + 2]
+    return flags
+
+
+def without_scale(flags):
+    """Case flags without a framework's --compute-scale (what --measured-rate replaces)."""
+    return dropped(flags, SCALE_FLAG)
+
+
+def scale_rate(binary, c):
+    """The single-GPU rate a case fitting its framework's compute scale gives, and the
+    micro-batches per optimizer step it took: its published one (single_gpu_measurement),
+    else, its base run being one server, that run's published per-GPU rate over the
+    scaling efficiency predicted for it (on the cluster as shipped, the scale at 1)."""
+    measured = single_gpu_measurement(c)
+    if measured:
+        return measured
+    flags = c.get("base_flags", c["flags"])
+    base = predict(binary, c["model"], c["cluster"], c["base_gpus"], c["batch"], c["precision"], flags)
+    steps = int(flags[flags.index("--accumulate") + 1]) if "--accumulate" in flags else 1
+    return c["per_gpu"] / c["published"] / base["scaling_efficiency"], steps
+
+
+def fit_compute_scales(binary, cases):
+    """Each framework's compute scale (predict --compute-scale) on a server at a precision:
+    `fuseplan calibrate --throughput` fitting compute_scale to the single-GPU rate of the
+    case marked "fitted" (scale_rate), on its cluster as shipped. Returns name -> (scale,
+    rate fitted on)."""
+    scales = {}
+    for c in cases:
+        if c.get("compute_scale") != "fitted":
+            continue
+        rate, steps = scale_rate(binary, c)
+        flags = c.get("base_flags", c["flags"])
+        kept = [x for flag, value in zip(flags, flags[1:]) if flag in MEASUREMENT_KEYS or flag in OPTION_KEYS
+                for x in (flag, value)]
+        kept = [*dropped(kept, "--accumulate"), *(["--accumulate", str(steps)] if steps > 1 else [])]
+        m = measurement((c["cluster"], c["precision"], c["model"], c["batch"], kept, rate, ("compute_scale",)))
+        printed, _ = calibrate(binary, c["cluster"], [m], write=False)
+        found = re.search(r"compute_scale ([0-9.]+):", printed)
+        if not found:
+            sys.exit(f"published_scaling: calibrate on {c['cluster']} printed no compute_scale for {c['name']}")
+        scales[c["name"]] = (float(found.group(1)), rate)
+    return scales
+
+
+def with_compute_scales(cases, scales):
+    """The cases with their framework's compute scale among their flags (and their base run's)."""
+    out = []
+    for c in cases:
+        name = c.get("compute_scale")
+        if name:
+            x = [SCALE_FLAG, f"{scales[c['name'] if name == 'fitted' else name][0]:.6g}"]
+            c = dict(c, flags=[*c["flags"], *x])
+            if "base_flags" in c:
+                c["base_flags"] = [*c["base_flags"], *x]
+        out.append(c)
+    return out
 
 
 def device_but_name(cluster):
@@ -759,7 +832,8 @@ def main():
         rows.append(rate_row(f"{cluster:9s} {precision} {framework:7s} phase 2 (binned)  batch {batch:3d}",
                              f"{framework}-{cluster}-{precision}-bert-phase2-b{batch}", published, pred, role))
     print()
-    cases = with_padded_length(CASES, padded)
+    scales = fit_compute_scales(a.bin, with_padded_length(CASES, padded))
+    cases = with_compute_scales(with_padded_length(CASES, padded), scales)
     # Every fitted rate reproduces (a file that does not carry its fit, or --bert-anchor's
     # copy not read, would not); the padded length is a whole number of tokens (one token is
     # about 0.3 % of the rate), so its rate must be nearer the published one than its
@@ -827,6 +901,33 @@ def main():
         users = [c["name"] for c in cases if c.get("step_overhead") == name]
         print(f"  {name:34s} {x:6.2f} ms, used by {', '.join(users)}")
     print()
+    print("# compute scale per framework, server and precision (predict --compute-scale: its compute time over the "
+          "cluster's,\n# whose classes PyTorch's rates fit): fitted by fuseplan calibrate --throughput on each case's "
+          "single-GPU rate (one\n# server's rate over its predicted efficiency where the source gives no single-GPU "
+          "one); a server with no case of\n# its own takes the one of the same container on the same GPU")
+    by_name = {c["name"]: c for c in cases}
+    off = []
+    for name, (x, rate) in scales.items():
+        users = [c["name"] for c in cases if c.get("compute_scale") == name]
+        print(f"  {name:36s} {x:.4f} ({rate:.1f}/s on one GPU), used by {', '.join(users)}")
+        c = by_name[name]
+        steps = scale_rate(a.bin, CASES_BY_NAME[name])[1]
+        flags = [*dropped(c.get("base_flags", c["flags"]), "--accumulate"), "--accumulate", str(steps)]
+        one = predict(a.bin, c["model"], c["cluster"], 1, c["batch"], c["precision"], flags)
+        pred = c["batch"] / one["single_gpu_iteration_s"]  # as a run on one GPU pays it (no framework cycle)
+        if abs(pred / rate - 1) > 1e-3:  # the scale as printed, to 4 decimals
+            off.append(f"{name} ({pred:.1f}/s against {rate:.1f})")
+    if off:
+        print("published_scaling: a fitted compute scale does not reproduce its rate: " + ", ".join(off))
+        return 1
+    print()
+
+    def scale_fitted_on_script(c):
+        """Whether the case's framework scale was fitted on its own training (model, script, server, precision)."""
+        ref = by_name.get(c["name"] if c.get("compute_scale") == "fitted" else c.get("compute_scale"))
+        return bool(ref) and workload_of(ref) == workload_of(c) and (ref["cluster"], ref["precision"]) == (
+            c["cluster"], c["precision"])
+
     print("# compute variation per server (the cluster file's compute_variation): fitted by least squares on MXNet's "
           "FP32/TF32 runs")
     for cluster in sorted({c["cluster"] for c in cases if c.get("compute_variation") == "fitted"}):
@@ -851,7 +952,7 @@ def main():
               f"{100 * eff:8.1f}% {100 * (eff - c['published']):+7.1f}  {pub_gpu} / {per_gpu:7.1f} {gpu_err}"
               f"{'  (fitted: ' + what + ')' if what else ''}")
         rows.append({"case": c["name"], "cluster": c["cluster"], "model": c["model"], "gpus": c["gpus"],
-                     "single_gpu_fitted": c["name"].startswith("dle-") and (
+                     "single_gpu_fitted": scale_fitted_on_script(c) or c["name"].startswith("dle-") and (
                          (c["cluster"], c["precision"]) == BINNED_FIT[:2] if "padded_length" in c
                          else (c["cluster"], c["precision"], c["model"]) in fitted_scripts),
                      "published": c["published"], "predicted": eff, "published_per_gpu": c["per_gpu"],
