@@ -171,8 +171,8 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
   if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
   if (fit.compute_scale)
     os << "  compute_scale " << fixed(*fit.compute_scale, 4) << ": the framework's compute time over what the cluster's "
-          "constants price\n  (not the cluster's: not written; give it to predict, tune, compare, simulate or whatif "
-          "as --compute-scale)\n";
+          "constants price\n  (not the cluster's: not written; give it to predict, tune, simulate and the other "
+          "commands as --compute-scale)\n";
 }
 
 void print_scaling_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const ScalingFit& fit) {

@@ -13,7 +13,8 @@ with an existing output file, and fails on:
 Formats: cluster (with per-class efficiencies and a transport, one staged through the
 host, one with per-class efficiencies per precision, and an NCCL one), model, plan (and
 one with a framework cycle, one that accumulates), sweep, throughput (measured training
-rates, and scaling efficiencies of plans), nccl-tests (text and -J JSON);
+rates, and scaling efficiencies of plans; and a framework's, fitting its compute scale),
+nccl-tests (text and -J JSON);
 with fuseplan-exec built, also profile (read by predict, and fitted per layer class by
 calibrate) and checkpoint, and with mpirun the measured report (verify).
 
@@ -187,6 +188,16 @@ def main():
             {"plan": plan, "scaling_efficiency": 0.95, "fit": ["compute_variation"]},
             {"plan": plan_cycle, "scaling_efficiency": 0.9, "fit": []},
             {"plan": plan_acc, "scaling_efficiency": 0.92, "fit": ["step_overhead"]}]}, f)
+    # A framework's rates: two fitting its compute_scale, one held out, and a plan's scaling
+    # efficiency fitting compute_variation with the scale applied.
+    with open(seed_path("throughput-framework.json"), "w") as f:
+        json.dump({"schema": "fuseplan.throughput/1", "measurements": [
+            {"model": "resnet50", "batch_per_gpu": 256, "precision": "fp16", "samples_per_s": 2375,
+             "fit": ["compute_scale"], "accumulate": 8, "optimizer": "sgd", "optimizer_kernels": "per-tensor"},
+            {"model": "resnet101", "batch_per_gpu": 128, "precision": "fp16", "samples_per_s": 1400,
+             "fit": ["compute_scale"]},
+            {"model": "resnet18", "batch_per_gpu": 128, "precision": "fp16", "samples_per_s": 7000, "fit": []},
+            {"plan": plan, "scaling_efficiency": 0.95, "fit": ["compute_variation"]}]}, f)
     with open(seed_path("sweep.json"), "w") as f:
         json.dump({"schema": "fuseplan.sweep/1", "ranks": 2, "per_node": 2, "precision": "fp32", "host": "h",
                    "points": [{"algorithm": "ring", "bytes": 4096 * 2**i, "seconds": 2e-5 * (1 + 0.3 * 2**i),
@@ -239,6 +250,9 @@ def main():
         "sweep": ("json", seed_path("sweep.json"), lambda f, o: [fp, "calibrate", "--sweep", f, "--out", o]),
         "throughput": ("json", seed_path("throughput.json"),
                        lambda f, o: [fp, "calibrate", "--cluster", "dgx-a100", "--throughput", f, "--out", o]),
+        "throughput-framework": ("json", seed_path("throughput-framework.json"),
+                                 lambda f, o: [fp, "calibrate", "--cluster", "dgx-a100", "--throughput", f, "--out",
+                                               o]),
         "nccl-tests": ("lines", os.path.join(a.source, "tests/data/nccl-tests/h100-ndr-2x8.txt"),
                        lambda f, o: [fp, "calibrate", "--nccl-tests", f, "--cluster", "dgx-h100", "--accept-degenerate",
                                      "--out", o]),

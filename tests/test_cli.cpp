@@ -2404,7 +2404,7 @@ TEST_CASE("cli: calibrate --throughput fits a framework's compute_scale, which -
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("compute_scale 1.2000: the framework's compute time") &&
-                        Catch::Contains("as --compute-scale") && Catch::Contains("(held out)"));
+                        Catch::Contains("commands as --compute-scale") && Catch::Contains("(held out)"));
   // predict with it trains ResNet-50 at the framework's rate, and says so.
   const auto p = json_of("predict " + setup + " --gpus 1 --compute-scale 1.2 --json");
   CHECK(128 / p["iteration_s"].get<double>() == Approx(rate).epsilon(1e-6));
