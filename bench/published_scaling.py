@@ -1043,8 +1043,9 @@ def main():
     # serves every framework's run on that GPU.
     spread = framework_spread(cases, rows[len(rows) - len(cases):])
     print("\n# frameworks on one model, server and precision: predicted over published per-GPU rate of each "
-          "framework's base run\n# (its scaling left out), and the floor that any constant the frameworks share "
-          "leaves on the worst of them,\n# (max - min) / (max + min) of the ratios")
+          "framework's base run\n# (its scaling left out; with the framework's compute scale above, where it has "
+          "one), and the floor that any\n# further constant the frameworks share leaves on the worst of them, "
+          "(max - min) / (max + min) of the ratios")
     for (workload, cluster, precision), (q, floor, _) in sorted(spread.items()):
         def span(xs):
             lo, hi = (f"{round(100 * (x - 1), 1) + 0.0:+.1f}" for x in (min(xs), max(xs)))  # no "-0.0"

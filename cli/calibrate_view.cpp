@@ -169,10 +169,14 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
         "   cluster as given; error = fitted against measured; fitted together, "
      << count_of(fit.iterations, "iteration") << " of Levenberg-Marquardt)\n";
   if (held_out) os << "  (held out: predicted with the values fitted, not fitted)\n";
-  if (fit.compute_scale)
-    os << "  compute_scale " << fixed(*fit.compute_scale, 4) << ": the framework's compute time over what the cluster's "
-          "constants price\n  (not the cluster's: not written; give it to predict, tune, simulate and the other "
+  if (!fit.compute_scale.empty()) {
+    std::string values;
+    for (const auto& [p, scale] : fit.compute_scale)
+      values += (values.empty() ? "" : ", ") + std::string(precision_name(p)) + " " + fixed(scale, 4);
+    os << "  compute_scale " << values << ": the framework's compute time over what the cluster's constants price\n"
+          "  (not the cluster's: not written; give it at that precision to predict, tune, simulate and the other "
           "commands as --compute-scale)\n";
+  }
 }
 
 void print_scaling_fit(std::ostream& os, const std::vector<ScalingMeasurement>& ms, const ScalingFit& fit) {

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <iostream>
 #include <memory>
-#include <optional>
+#include <map>
 
 #include "commands.hpp"
 #include "calibrate_view.hpp"
@@ -59,8 +59,10 @@ struct MeasuredModel {  // --model with its --profile applied
   Precision precision;  // the profile's
 };
 void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster& c);
-std::optional<double> fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates, Cluster& c);
-void calibrate_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c);
+std::map<Precision, double> fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates,
+                                      Cluster& c);
+void calibrate_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms,
+                       const std::map<Precision, double>& compute_scale, Cluster& c);
 
 void run_calibrate(const CalibrateFlags& f) {
   if (f.discover) {
@@ -128,12 +130,10 @@ void run_calibrate(const CalibrateFlags& f) {
   if (measured) fit_compute(f, *measured, c);
   // A framework's compute scale prices the file's scaling runs too (its runs are that
   // framework's), but is not the cluster's: the file written leaves it out.
-  const std::optional<double> scale = rates.rates.empty() ? std::nullopt : fit_rates(f, rates.rates, c);
+  const auto scale = rates.rates.empty() ? std::map<Precision, double>{} : fit_rates(f, rates.rates, c);
   if (!rates.scaling.empty()) {
     if (!rates.rates.empty()) out() << "\n";  // after the rates' table
-    if (scale) c.compute_scale = *scale;
-    calibrate_scaling(f, rates.scaling, c);
-    c.compute_scale = 1;
+    calibrate_scaling(f, rates.scaling, scale, c);
   }
   if (!f.out.empty()) {
     if (c.name.find("-calibrated") == std::string::npos) c.name += "-calibrated";
@@ -210,8 +210,8 @@ void fit_compute(const CalibrateFlags& f, const MeasuredModel& measured, Cluster
 // Each named layer class's efficiency from one GPU's measured training rates of whole
 // models (--throughput), written into the cluster's device.by_kind; the framework's
 // compute_scale where rates name it (returned, not written).
-std::optional<double> fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates,
-                                Cluster& c) {
+std::map<Precision, double> fit_rates(const CalibrateFlags& f, const std::vector<ThroughputMeasurement>& rates,
+                                      Cluster& c) {
   const ThroughputFit fit = fit_throughputs(c, rates);  // before printing: a refusal is the only line
   out() << "fuseplan calibrate: compute per layer class from one GPU's measured training rates, " << f.throughput
         << " (" << count_of(int64_t(rates.size()), "measurement") << "), cluster " << c.name << " (" << c.device.name
@@ -223,9 +223,11 @@ std::optional<double> fit_rates(const CalibrateFlags& f, const std::vector<Throu
 
 // The cluster's compute_variation (and a step overhead, printed) from measured scaling
 // efficiencies of plans (--throughput measurements with a plan), on the cluster as
-// calibrated so far (its classes fitted first).
-void calibrate_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms, Cluster& c) {
-  const ScalingFit fit = fit_scaling(c, ms);  // before printing: a refusal is the only line
+// calibrated so far (its classes fitted first), each run at the framework's compute scale
+// where the file fits one at its precision.
+void calibrate_scaling(const CalibrateFlags& f, const std::vector<ScalingMeasurement>& ms,
+                       const std::map<Precision, double>& compute_scale, Cluster& c) {
+  const ScalingFit fit = fit_scaling(c, ms, compute_scale);  // before printing: a refusal is the only line
   out() << "fuseplan calibrate: the wait for the slowest GPU (compute_variation) from measured scaling "
            "efficiencies, "
         << f.throughput << " (" << count_of(int64_t(ms.size()), "measurement") << "), cluster " << c.name << "\n\n";

@@ -593,9 +593,9 @@ TEST_CASE("calibrate: a framework's compute_scale is recovered from its rates, a
                                            measured_on(framework, "vgg16", 32, Precision::FP32, {})};
   ms[0].scale = ms[1].scale = true;  // vgg16 held out
   const ThroughputFit fit = fit_throughputs(plain, ms);
-  REQUIRE(fit.compute_scale);
-  CHECK(*fit.compute_scale == Approx(0.86).epsilon(1e-7));
-  CHECK(fit.rows[0].value == *fit.compute_scale);
+  REQUIRE(fit.compute_scale.size() == 1);
+  CHECK(fit.compute_scale.at(Precision::FP32) == Approx(0.86).epsilon(1e-7));
+  CHECK(fit.rows[0].value == fit.compute_scale.at(Precision::FP32));
   CHECK(fit.rows[0].before == 1);
   CHECK(fit.rows[2].rate_before == Approx(ms[2].samples_per_s * 0.86).epsilon(1e-3));  // all compute, no input wait
   CHECK(fit.rows[2].rate_after == Approx(ms[2].samples_per_s).epsilon(1e-7));          // the held-out one, with it
@@ -606,7 +606,25 @@ TEST_CASE("calibrate: a framework's compute_scale is recovered from its rates, a
   // Two rates that disagree: the geometric mean of what each needs alone.
   ms[1].samples_per_s *= 1.1;
   const ThroughputFit apart = fit_throughputs(plain, ms);
-  CHECK(*apart.compute_scale == Approx(0.86 / std::sqrt(1.1)).epsilon(1e-6));
+  CHECK(apart.compute_scale.at(Precision::FP32) == Approx(0.86 / std::sqrt(1.1)).epsilon(1e-6));
+  // Another precision its own value, which its held-out rates take; a held-out rate at a
+  // precision with none is predicted on the cluster as given.
+  ms[1].samples_per_s /= 1.1;
+  const Cluster a100 = load_cluster("dgx-a100");
+  Cluster fp32 = a100, fp16 = a100;
+  fp32.compute_scale = 0.86;
+  fp16.compute_scale = 1.3;
+  std::vector<ThroughputMeasurement> two = {measured_on(fp32, "resnet50", 128, Precision::FP32, {}),
+                                            measured_on(fp16, "resnet50", 256, Precision::FP16, {}),
+                                            measured_on(fp16, "resnet101", 128, Precision::FP16, {}),
+                                            measured_on(a100, "resnet18", 128, Precision::BF16, {})};
+  two[0].scale = two[1].scale = true;
+  const ThroughputFit both = fit_throughputs(a100, two);
+  CHECK(both.compute_scale.size() == 2);
+  CHECK(both.compute_scale.at(Precision::FP16) == Approx(1.3).epsilon(1e-7));
+  CHECK(both.compute_scale.at(Precision::FP32) == Approx(0.86).epsilon(1e-7));
+  CHECK(both.rows[2].rate_after == Approx(two[2].samples_per_s).epsilon(1e-7));
+  CHECK(both.rows[3].rate_after == both.rows[3].rate_before);
   // Beyond its bounds: refused, naming the rate.
   ms[1].samples_per_s = 1e5;
   CHECK_THROWS_WITH(fit_throughputs(plain, {ms[1]}), Catch::Contains("resnet101: 100000 samples/s needs compute_scale "
@@ -628,9 +646,6 @@ TEST_CASE("calibrate: a framework's compute_scale is recovered from its rates, a
   refused(R"({"model": "resnet50", "batch_per_gpu": 64, "precision": "fp32", "samples_per_s": 300,
               "fit": ["compute_scale", "gemm"]})",
           "$.measurements[0].fit[0]: compute_scale is the framework's, fitted alone");
-  refused(scale + R"(, {"model": "resnet50", "batch_per_gpu": 64, "precision": "fp16", "samples_per_s": 900,
-                        "fit": ["compute_scale"]})",
-          "$.measurements[1].fit[0]: compute_scale is fitted at one precision ($.measurements[0] is fp32)");
 }
 
 namespace {
@@ -700,6 +715,14 @@ TEST_CASE("calibrate: compute_variation is recovered from the scaling efficienci
   Cluster kept = given;
   apply_scaling_fit(kept, {linear}, none, "test");
   CHECK(kept.compute_variation == given.compute_variation);
+  // Runs of a framework 20 % faster than the cluster prices: priced at its compute scale
+  // (the runs' precision), the wait comes back; at the cluster's speed it does not.
+  Cluster faster = truth;
+  faster.compute_scale = 0.8;
+  const std::vector<ScalingMeasurement> framework = {scaling_on(faster, m, 2, true), scaling_on(faster, m, 8, true)};
+  CHECK(fit_scaling(given, framework, {{Precision::FP32, 0.8}}).variation == Approx(0.03).margin(1e-7));
+  CHECK(fit_scaling(given, framework, {{Precision::FP16, 0.8}}).variation !=
+        Approx(0.03).margin(1e-4));  // another precision's scale: the runs at the cluster's speed
 }
 
 TEST_CASE("calibrate: scaling measurements read their plans beside the file, and bad ones are refused") {

@@ -2403,7 +2403,7 @@ TEST_CASE("cli: calibrate --throughput fits a framework's compute_scale, which -
   const Run r = run("calibrate --cluster dgx1-v100 --throughput " + rates);
   INFO(r.out);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("compute_scale 1.2000: the framework's compute time") &&
+  CHECK_THAT(r.out, Catch::Contains("compute_scale fp32 1.2000: the framework's compute time") &&
                         Catch::Contains("commands as --compute-scale") && Catch::Contains("(held out)"));
   // predict with it trains ResNet-50 at the framework's rate, and says so.
   const auto p = json_of("predict " + setup + " --gpus 1 --compute-scale 1.2 --json");

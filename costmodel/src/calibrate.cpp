@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -766,15 +767,10 @@ ThroughputMeasurement read_rate(JsonObject& o, const std::string& origin, const 
       if (fit.size() > 1 || m.memory)
         throw InputError(origin + ": " + at + ": compute_scale is the framework's, fitted alone (no class and no "
                          "efficiency beside it)");
-      for (const ThroughputMeasurement& before : out) {
+      for (const ThroughputMeasurement& before : out)
         if (before.fits_cluster())
           throw InputError(origin + ": " + at + ": compute_scale is a framework's speed on the cluster as given, and " +
                            json_path_of(before) + " fits the cluster's own values: fit them in a file of their own");
-        if (before.scale && before.precision != m.precision)
-          throw InputError(origin + ": " + at + ": compute_scale is fitted at one precision (" +
-                           json_path_of(before) + " is " + std::string(precision_name(before.precision)) +
-                           "): a framework's speed differs with it; give each precision a file");
-      }
       m.scale = true;
       continue;
     }
@@ -844,40 +840,46 @@ ScalingMeasurement read_scaling(JsonObject& o, const std::string& origin, const 
   return m;
 }
 
-// The framework's compute_scale that brings the rates naming it closest to their
-// measurements (least squares on the logs of their ratios, as the classes), on `c` as the
-// classes left it; every rate's prediction after it in `fit` (the held-out ones with it).
-void fit_compute_scale(Cluster& c, const std::vector<ThroughputMeasurement>& ms, ThroughputFit& fit) {
-  std::vector<size_t> scaled;
+// The framework's compute_scale at each precision that brings the rates naming it there
+// closest to their measurements (least squares on the logs of their ratios, as the
+// classes), on `c` as the classes left it; every rate's prediction after it in `fit` (the
+// held-out ones with their precision's scale).
+void fit_compute_scale(const Cluster& c, const std::vector<ThroughputMeasurement>& ms, ThroughputFit& fit) {
+  std::map<Precision, std::vector<size_t>> scaled;  // the rates naming it, per precision
   for (size_t i = 0; i < ms.size(); ++i)
-    if (ms[i].scale) scaled.push_back(i);
-  if (!scaled.empty()) {
-    std::vector<double> x{std::log(c.compute_scale)};
+    if (ms[i].scale) scaled[ms[i].precision].push_back(i);
+  Cluster framework = c;
+  for (const auto& [p, rates] : scaled) {
+    std::vector<double> x{0.0};  // log(1): the cluster's own speed
     const std::vector<double> lo{std::log(kMinComputeScale)}, hi{std::log(kMaxComputeScale)};
     auto errors = [&](const std::vector<double>& at) {
-      c.compute_scale = std::exp(at[0]);
+      framework.compute_scale = std::exp(at[0]);
       std::vector<double> f;
-      for (size_t i : scaled) f.push_back(std::log(rate_on(c, ms[i]) / ms[i].samples_per_s));
+      for (size_t i : rates) f.push_back(std::log(rate_on(framework, ms[i]) / ms[i].samples_per_s));
       return f;
     };
     fit.iterations += least_squares(errors, x, lo, hi);
-    const std::vector<double> f = errors(x);  // the cluster at the value found
-    fit.compute_scale = c.compute_scale;
-    for (size_t i : scaled) fit.rows[i].value = c.compute_scale;
+    const std::vector<double> f = errors(x);  // at the value found
+    fit.compute_scale[p] = framework.compute_scale;
+    for (size_t i : rates) fit.rows[i].value = framework.compute_scale;
     // At a bound, a rate still short of its measurement is beyond what a framework's
     // factor explains (or the input pipeline caps it).
     const bool at_bound = std::abs(x[0] - lo[0]) <= 1e-9 || std::abs(x[0] - hi[0]) <= 1e-9;
-    for (size_t j = 0; j < scaled.size() && at_bound; ++j)
+    for (size_t j = 0; j < rates.size() && at_bound; ++j)
       if (std::abs(f[j]) > 1e-6) {
-        const ThroughputMeasurement& m = ms[scaled[j]];
+        const ThroughputMeasurement& m = ms[rates[j]];
         throw InputError(m.where + ": " + formatted(m.samples_per_s, "%g") + " samples/s needs compute_scale " +
                          "beyond [" + formatted(kMinComputeScale, "%g") + ", " + formatted(kMaxComputeScale, "%g") +
-                         "] on " + c.name + " (at " + formatted(c.compute_scale, "%g") + ": " +
+                         "] on " + c.name + " (at " + formatted(framework.compute_scale, "%g") + ": " +
                          formatted(m.samples_per_s * std::exp(f[j]), "%.4g") + " samples/s): the cluster's own " +
                          "constants, or its input pipeline, are what is off");
       }
   }
-  for (size_t i = 0; i < ms.size(); ++i) fit.rows[i].rate_after = rate_on(c, ms[i]);
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const auto it = fit.compute_scale.find(ms[i].precision);
+    framework.compute_scale = it == fit.compute_scale.end() ? c.compute_scale : it->second;
+    fit.rows[i].rate_after = rate_on(framework, ms[i]);
+  }
 }
 
 }  // namespace
@@ -912,7 +914,7 @@ ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<Throughp
       throw InputError(m.where + ": cluster " + c.name + "'s device has no " +
                        std::string(precision_name(m.precision)) + " peak (device.peak_TFLOPS)");
     const double before = m.overhead     ? c.device.kernel_overhead_us
-                          : m.scale      ? c.compute_scale
+                          : m.scale      ? 1
                           : m.held_out() ? 0
                           : m.memory     ? c.device.memory_efficiency_of(m.classes.front(), m.precision)
                                          : c.device.compute_efficiency_of(m.classes.front(), m.precision);
@@ -1032,11 +1034,16 @@ double least_in(const std::function<double(double)>& f, double lo, double hi) {
 
 }  // namespace
 
-ScalingFit fit_scaling(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms) {
+ScalingFit fit_scaling(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms,
+                       const std::map<Precision, double>& compute_scale) {
   ScalingFit fit;
   fit.variation_before = fit.variation = cluster.compute_variation;
   std::vector<Scenario> runs;
-  for (const ScalingMeasurement& m : ms) runs.push_back(bind_scenario(m.model, cluster, m.plan, {}, {}, m.where));
+  for (const ScalingMeasurement& m : ms) {
+    runs.push_back(bind_scenario(m.model, cluster, m.plan, {}, {}, m.where));
+    if (const auto it = compute_scale.find(m.plan.compute); it != compute_scale.end())
+      runs.back().cluster.compute_scale = it->second;
+  }
   // Run i's scenario at compute_variation `cv`, its step overhead `overhead` where it fits
   // one (its plan's own otherwise).
   auto at = [&](size_t i, double cv, double overhead) -> Scenario& {

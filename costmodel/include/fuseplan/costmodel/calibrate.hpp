@@ -3,6 +3,7 @@
 // to the alpha, beta and gamma of an algorithm's textbook formula, as the cluster file's
 // `calibrated` section holds them (CollectiveModel then costs that algorithm with them).
 #pragma once
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -198,8 +199,8 @@ struct ThroughputMeasurement {
   // layer pass, which a rate at a second, smaller batch sets apart from the classes.
   bool overhead = false;
   // The framework's compute_scale instead (Cluster::compute_scale: its compute time over
-  // what the cluster's constants price), one value shared by every rate naming it; not
-  // the cluster's, so not written into it.
+  // what the cluster's constants price), one value per precision shared by every rate
+  // naming it there; not the cluster's, so not written into it.
   bool scale = false;
   std::string where;       // "FILE: $.measurements[i]", for messages
   std::string source;      // where the rate comes from (provenance); may be empty
@@ -254,10 +255,11 @@ inline std::vector<ThroughputMeasurement> load_throughputs(const std::string& pa
 // classes', the optimizer's or the input pipeline's time bound it), or when no values
 // meet the rates together (naming any value held at its bound). A measurement that fits
 // nothing is held out: its rate is predicted as given and as fitted.
-// Rates naming compute_scale fit the framework's one factor (Cluster::compute_scale) the
-// same way, on the cluster as given (such a file fits no class); the held-out rates are
-// then predicted with it (a file of one framework's runs). InputError when it lies at its
-// bound [kMinComputeScale, kMaxComputeScale] short of a rate.
+// Rates naming compute_scale fit the framework's factor (Cluster::compute_scale) at their
+// precision the same way, on the cluster as given (such a file fits no class); the
+// held-out rates at that precision are then predicted with it (a file of one framework's
+// runs). InputError when it lies at its bound [kMinComputeScale, kMaxComputeScale] short
+// of a rate.
 inline constexpr double kMinThroughputEfficiency = 1e-3;
 inline constexpr double kMinThroughputOverheadUs = 1e-3, kMaxThroughputOverheadUs = 1e4;
 struct ThroughputFit {
@@ -268,7 +270,7 @@ struct ThroughputFit {
   };
   std::vector<Row> rows;  // per measurement, in order
   int iterations = 0;     // of the least-squares fit
-  std::optional<double> compute_scale;  // fitted where a rate names it (its rows' value too)
+  std::map<Precision, double> compute_scale;  // per precision where a rate names it (its rows' value too)
 };
 ThroughputFit fit_throughputs(const Cluster& cluster, const std::vector<ThroughputMeasurement>& ms);
 
@@ -288,7 +290,9 @@ void apply_throughput_fit(Cluster& cluster, const std::vector<ThroughputMeasurem
 // around its best point find them, the step overhead outside and compute_variation for
 // each step overhead inside. Runs that all fit both need two GPU counts or more
 // (InputError): the wait grows with the count, a fixed cost does not. Held-out
-// measurements are predicted as given and as fitted.
+// measurements are predicted as given and as fitted. Each run is priced with
+// `compute_scale` at its plan's precision where it holds one (a framework's, fitted on the
+// file's rates), else the cluster's.
 struct ScalingFit {
   bool variation_fitted = false, overhead_fitted = false;  // some measurement fits it
   double variation_before = 0;  // the cluster's compute_variation as given
@@ -297,7 +301,8 @@ struct ScalingFit {
   std::vector<double> given, after;  // per measurement: the predicted efficiency as given and fitted
   double rms_points = 0;              // of the measurements that fit, after
 };
-ScalingFit fit_scaling(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms);
+ScalingFit fit_scaling(const Cluster& cluster, const std::vector<ScalingMeasurement>& ms,
+                       const std::map<Precision, double>& compute_scale = {});
 
 // Writes a fitted compute_variation into the cluster, with provenance naming `how` (the
 // command and file) and the measurements it was fitted on (the step overhead is the
