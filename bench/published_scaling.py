@@ -271,11 +271,13 @@ MEMORY_CARRIED_TO = ("dgx-a100",)
 DLE_HELD_OUT = (("dgx-a100", "fp32", SE, 128, dle_single_gpu_flags(128, 1024), 395),
                 ("dgx-a100", "fp16", SE, 128, dle_single_gpu_flags(128, 1024), 855))
 # The rate files users are shown (configs/throughput/, docs/costmodel.md): each fitted
-# cluster's rows, fitted and held out (rate_file_rows), and its scaling measurements, each
-# with its plan in plans/ beside the files (scaling_rows).
+# cluster's single-GPU rows, fitted and held out (rate_file_rows); and per DGX server
+# MXNet's: its single-GPU ResNet-50 rates, fitting MXNet's compute scale at each precision,
+# and its scaling measurements, each with its plan in plans/ beside the files (scaling_rows).
 RATE_FILES = {c: os.path.join(ROOT, "configs", "throughput", f) for c, f in (
-    ("p100-dgx1", "p100-dgx1-tf.json"), ("dgx1-v100", "dgx1-v100-dle.json"), ("dgx-a100", "dgx-a100-dle.json"),
-    ("dgx2-v100", "dgx2-v100-mxnet.json"))}
+    ("p100-dgx1", "p100-dgx1-tf.json"), ("dgx1-v100", "dgx1-v100-dle.json"), ("dgx-a100", "dgx-a100-dle.json"))}
+MXNET_FILES = {c: os.path.join(ROOT, "configs", "throughput", c + "-mxnet.json")
+               for c in ("dgx1-v100", "dgx-a100", "dgx2-v100")}
 PLANS = "plans"  # the scaling measurements' plans, relative to the rate files
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
@@ -386,25 +388,36 @@ def scaling_measurement(c, fitted):
             "fit": ["compute_variation"] if fitted else [], "source": c["source"]}
 
 
-def rate_file(binary, cluster, plans_dir):
-    """A cluster's rate file as the bench makes it (its plans written to plans_dir)."""
+def rate_file(cluster):
+    """A cluster's single-GPU rate file as the bench makes it."""
+    return [measurement(r, key) for r, key in rate_file_rows(cluster)]
+
+
+def mxnet_file(binary, cluster, plans_dir):
+    """MXNet's rate file on a DGX server as the bench makes it (its plans written to
+    plans_dir): the single-GPU rates its compute scale is fitted on, then its scaling runs."""
     os.makedirs(plans_dir, exist_ok=True)
+    refs = sorted((c for c in CASES if c["cluster"] == cluster and c["name"].startswith("mx-")
+                   and c.get("compute_scale") == "fitted"), key=lambda c: c["precision"], reverse=True)
     scaling = []
     for c, fitted in scaling_rows(cluster):
         with open(os.path.join(plans_dir, c["name"] + ".json"), "w") as f:
             f.write(json.dumps(scaling_plan(binary, c), indent=1) + "\n")
         scaling.append(scaling_measurement(c, fitted))
-    return [measurement(r, key) for r, key in rate_file_rows(cluster)] + scaling
+    return [dict(scale_measurement(binary, c), source=c["source"]) for c in refs] + scaling
 
 
 def check_rate_files(binary):
     """The shipped rate files (and their plans) that do not hold their cluster's rows (sources aside)."""
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cluster, path in RATE_FILES.items():
+        files = [(cluster, path, lambda cluster, plans: rate_file(cluster)) for cluster, path in RATE_FILES.items()]
+        files += [(cluster, path, lambda cluster, plans: mxnet_file(binary, cluster, plans))
+                  for cluster, path in MXNET_FILES.items()]
+        for cluster, path, make in files:
             shipped = json.load(open(path))["measurements"]
-            plans = os.path.join(tmp, cluster)
-            mine = rate_file(binary, cluster, os.path.join(plans, PLANS))
+            plans = os.path.join(tmp, os.path.basename(path))
+            mine = make(cluster, os.path.join(plans, PLANS))
             for m in shipped + mine:
                 m.pop("source", None)
                 if "model" in m:
@@ -442,8 +455,10 @@ def variation_beside_overhead(binary, cluster):
     the runs that fit the cluster's compute_variation (their plans as calibrated_variation's):
     (compute_variation, step overhead in ms), as it prints them."""
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [dict(m, plan=os.path.join(tmp, m["plan"]), fit=["compute_variation", "step_overhead"])
-                for m in rate_file(binary, cluster, os.path.join(tmp, PLANS)) if m.get("fit") == ["compute_variation"]]
+        file = mxnet_file(binary, cluster, os.path.join(tmp, PLANS))
+        runs = [m for m in file if "plan" not in m]  # the rates its compute scale is fitted on
+        runs += [dict(m, plan=os.path.join(tmp, m["plan"]), fit=["compute_variation", "step_overhead"])
+                 for m in file if m.get("fit") == ["compute_variation"]]
         printed, _ = calibrate(binary, cluster, runs)
     cv = re.search(r"compute_variation ([0-9.]+) \(given", printed)
     overhead = re.search(r"step overhead ([0-9.]+) ms", printed)
@@ -453,12 +468,12 @@ def variation_beside_overhead(binary, cluster):
 
 
 def calibrated_variation(binary, cluster):
-    """The compute_variation `fuseplan calibrate --throughput` fits to the cluster's scaling
-    measurements (least squares in points; plans written by `predict --out`) after its rates'
-    classes, as its rate file gives them: 5 decimals."""
+    """The compute_variation `fuseplan calibrate --throughput` fits to MXNet's scaling
+    measurements on the cluster as shipped (least squares in points; plans written by
+    `predict --out`), priced at MXNet's compute scale, as its MXNet file gives them: 5 decimals."""
     with tempfile.TemporaryDirectory() as tmp:
         measurements = [dict(m, plan=os.path.join(tmp, m["plan"])) if "plan" in m else m
-                        for m in rate_file(binary, cluster, os.path.join(tmp, PLANS))]
+                        for m in mxnet_file(binary, cluster, os.path.join(tmp, PLANS))]
         _, fitted = calibrate(binary, cluster, measurements)
     return round(fitted["compute_variation"], 5)
 
@@ -566,6 +581,18 @@ def scale_rate(binary, c):
     return c["per_gpu"] / c["published"] / base["scaling_efficiency"], steps
 
 
+def scale_measurement(binary, c):
+    """The single-GPU rate a case fitting its framework's compute scale gives (scale_rate), as
+    a fuseplan.throughput/1 measurement fitting compute_scale (to 0.01 samples/s)."""
+    rate, steps = scale_rate(binary, c)
+    flags = c.get("base_flags", c["flags"])
+    kept = [x for flag, value in zip(flags, flags[1:]) if flag in MEASUREMENT_KEYS or flag in OPTION_KEYS
+            for x in (flag, value)]
+    kept = [*dropped(kept, "--accumulate"), *(["--accumulate", str(steps)] if steps > 1 else [])]
+    return measurement((c["cluster"], c["precision"], c["model"], c["batch"], kept, round(rate, 2),
+                        ("compute_scale",)))
+
+
 def fit_compute_scales(binary, cases):
     """Each framework's compute scale (predict --compute-scale) on a server at a precision:
     `fuseplan calibrate --throughput` fitting compute_scale to the single-GPU rate of the
@@ -575,14 +602,10 @@ def fit_compute_scales(binary, cases):
     for c in cases:
         if c.get("compute_scale") != "fitted":
             continue
-        rate, steps = scale_rate(binary, c)
-        flags = c.get("base_flags", c["flags"])
-        kept = [x for flag, value in zip(flags, flags[1:]) if flag in MEASUREMENT_KEYS or flag in OPTION_KEYS
-                for x in (flag, value)]
-        kept = [*dropped(kept, "--accumulate"), *(["--accumulate", str(steps)] if steps > 1 else [])]
-        m = measurement((c["cluster"], c["precision"], c["model"], c["batch"], kept, rate, ("compute_scale",)))
+        m = scale_measurement(binary, c)
+        rate = m["samples_per_s"]
         printed, _ = calibrate(binary, c["cluster"], [m], write=False)
-        found = re.search(r"compute_scale ([0-9.]+):", printed)
+        found = re.search(r"compute_scale [a-z0-9]+ ([0-9.]+):", printed)
         if not found:
             sys.exit(f"published_scaling: calibrate on {c['cluster']} printed no compute_scale for {c['name']}")
         scales[c["name"]] = (float(found.group(1)), rate)

@@ -2307,6 +2307,7 @@ TEST_CASE("cli: a SimGrid process that dies is one line, without its backtrace")
 TEST_CASE("cli: calibrate --throughput fits the layer classes to measured training rates, and the shipped A100 "
           "rates give the shipped A100 values") {
   const std::string rates = std::string(FUSEPLAN_TEST_DATA) + "/../../configs/throughput/dgx-a100-dle.json";
+  const std::string mxnet = std::string(FUSEPLAN_TEST_DATA) + "/../../configs/throughput/dgx-a100-mxnet.json";
   const std::string out = tmp("throughput-calibrated.json");
   std::filesystem::remove(out);
   // Fitted into a copy of the file without the classes the rates set (its `other`, carried
@@ -2323,11 +2324,18 @@ TEST_CASE("cli: calibrate --throughput fits the layer classes to measured traini
   bare["provenance"].erase("compute_variation");
   const std::string bare_path = tmp("dgx-a100-bare.json");
   write(bare_path, bare.dump());
-  const Run r = run("calibrate --cluster " + bare_path + " --throughput " + rates + " --out " + out);
+  // The classes from PyTorch's rates, then the wait from MXNet's runs, each priced at
+  // MXNet's compute scale (its single-GPU rates in the same file).
+  const std::string classes = tmp("throughput-classes.json");
+  const Run r = run("calibrate --cluster " + bare_path + " --throughput " + rates + " --out " + classes);
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("10 measurements") && Catch::Contains("Levenberg-Marquardt") &&
-                        Catch::Contains("(held out)") && Catch::Contains("(6 measurements), cluster") &&
+                        Catch::Contains("(held out)"));
+  const Run w = run("calibrate --cluster " + classes + " --throughput " + mxnet + " --out " + out);
+  INFO(w.out);
+  REQUIRE(w.code == 0);
+  CHECK_THAT(w.out, Catch::Contains("compute_scale fp32 0.91") && Catch::Contains("(6 measurements), cluster") &&
                         Catch::Contains("plans/mx-a100-resnet50-tf32-2gpu.json") &&
                         Catch::Contains("least squares over 3 measurements"));
   const auto fitted = nlohmann::json::parse(std::ifstream(out));
