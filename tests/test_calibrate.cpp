@@ -182,8 +182,10 @@ TEST_CASE("report: a measured report reads back with its buckets and timeline") 
   b.end_s = 0.2;
   r.buckets.push_back(b);
   r.timeline.events.push_back({1, "comm0", "bucket 0 ring", "allreduce", 0.11, 0.09, 4096});
+  r.compute_scale = 1.25;
   const Report back = report_from_json(report_to_json(r, true), "test");
   CHECK(back.iteration_s == r.iteration_s);
+  CHECK(back.compute_scale == 1.25);
   REQUIRE(back.buckets.size() == 1);
   CHECK(back.buckets[0].start_s == b.start_s);
   REQUIRE(back.timeline.events.size() == 1);

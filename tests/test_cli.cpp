@@ -2416,6 +2416,8 @@ TEST_CASE("cli: calibrate --throughput fits a framework's compute_scale, which -
   // predict with it trains ResNet-50 at the framework's rate, and says so.
   const auto p = json_of("predict " + setup + " --gpus 1 --compute-scale 1.2 --json");
   CHECK(128 / p["iteration_s"].get<double>() == Approx(rate).epsilon(1e-6));
+  CHECK(p["compute_scale"].get<double>() == 1.2);  // the report says what it was priced at
+  CHECK_FALSE(json_of("predict " + setup + " --gpus 1 --json").contains("compute_scale"));
   CHECK_THAT(run("predict " + setup + " --gpus 8 --compute-scale 1.2").out,
              Catch::Contains("fp32 compute x 1.2 (the framework's compute scale)"));
   // Not the cluster's: nothing to write. Bad values and companions: one line, exit 2.

@@ -435,6 +435,7 @@ Report predict(const Model& model, const Cluster& cluster, const Plan& plan, con
   }
   // The plan's fixed cost per step, paid on more than one GPU only, after the optimizer.
   r.step_overhead_s = plan.gpus > 1 ? plan.step_overhead_s : 0;
+  r.compute_scale = cluster.compute_scale;
   // The wait for the slowest GPU: what its forward and backward take beyond the mean GPU's.
   // The allreduces were timed on its clock, so where they queue, its late gradients join
   // the queue and part of the wait hides in the exposed communication's place. Per

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 
+#include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/plan.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
@@ -90,6 +91,7 @@ nlohmann::json report_to_json(const Report& r, bool with_timeline) {
                    {"time_to_train_s", r.time_to_train_s},
                    {"buckets", buckets}};
   if (r.step_overhead_s > 0) j["step_overhead_s"] = r.step_overhead_s;
+  if (r.compute_scale != 1) j["compute_scale"] = r.compute_scale;
   if (r.cast) j["cast"] = pack_on_name(*r.cast);
   if (r.variation_wait_s > 0) j["variation_wait_s"] = r.variation_wait_s;
   if (r.copy_back_s > 0) j["copy_back_s"] = r.copy_back_s;
@@ -158,6 +160,7 @@ Report report_from_json(const nlohmann::json& j, const std::string& origin) {
                             {"tokens", &r.tokens}, {"time_to_train_s", &r.time_to_train_s}})
     *field = o.non_negative(key);
   if (auto v = o.opt_in_range("step_overhead_s", 0, kMaxStepOverheadMs * 1e-3, "s")) r.step_overhead_s = *v;
+  if (auto v = o.opt_in_range("compute_scale", kMinComputeScale, kMaxComputeScale, "")) r.compute_scale = *v;
   if (auto c = o.opt_string("cast")) r.cast = parse_pack_on(*c, origin + ": $.cast");
   if (o.has("copy_back_s")) r.copy_back_s = o.non_negative("copy_back_s");
   if (o.has("backward_copies_s")) r.backward_copies_s = o.non_negative("backward_copies_s");

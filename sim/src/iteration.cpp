@@ -285,6 +285,7 @@ Report simulate_plan_here(const Model& m, const Cluster& c, const Plan& plan, Co
   }
   double busy = *std::max_element(iteration_end.begin(), iteration_end.end()) / N / (no_sync ? micro_batches : 1);
   rep.step_overhead_s = overhead_s;
+  rep.compute_scale = c.compute_scale;
   // The wait for the slowest GPU, as simulated: the mean over iterations of the slowest
   // rank's forward and backward, beyond the predicted span (per micro-batch). Without any
   // variation none is counted.

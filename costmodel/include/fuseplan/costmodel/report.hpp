@@ -100,6 +100,7 @@ struct Report {
   // layers' own (PackOn::Compute, Plan::cast compute; per micro-batch under no_sync).
   double backward_copies_s = 0;
   double step_overhead_s = 0;       // the plan's fixed cost per step on more than one GPU (Plan::step_overhead_s)
+  double compute_scale = 1;         // the framework's compute scale the compute was priced at (Cluster::compute_scale)
   // Where FP32 gradients were cast to their bucket's 16-bit transfer and back: the plan's
   // `cast` in predicted and simulated reports; in a measured one, what the executor did
   // (fuseplan-exec's exchanges and PlanDDP cast on comm). Empty: no casts, or a
