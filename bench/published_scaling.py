@@ -285,7 +285,6 @@ DEVICE_CARRIED = {"dgx2-v100": "dgx1-v100"}
 
 # Published runs, with sources and strategies: bench/published_scaling.json.
 CASES = json.load(open(os.path.join(HERE, "published_scaling.json")))["cases"]
-CASES_BY_NAME = {c["name"]: c for c in CASES}
 
 
 # What-if flags given to every prediction (--compute-slowdown), and to those on one
@@ -597,18 +596,17 @@ def fit_compute_scales(binary, cases):
     """Each framework's compute scale (predict --compute-scale) on a server at a precision:
     `fuseplan calibrate --throughput` fitting compute_scale to the single-GPU rate of the
     case marked "fitted" (scale_rate), on its cluster as shipped. Returns name -> (scale,
-    rate fitted on)."""
+    the measurement it was fitted on)."""
     scales = {}
     for c in cases:
         if c.get("compute_scale") != "fitted":
             continue
         m = scale_measurement(binary, c)
-        rate = m["samples_per_s"]
         printed, _ = calibrate(binary, c["cluster"], [m], write=False)
         found = re.search(r"compute_scale [a-z0-9]+ ([0-9.]+):", printed)
         if not found:
             sys.exit(f"published_scaling: calibrate on {c['cluster']} printed no compute_scale for {c['name']}")
-        scales[c["name"]] = (float(found.group(1)), rate)
+        scales[c["name"]] = (float(found.group(1)), m)
     return scales
 
 
@@ -930,12 +928,12 @@ def main():
           "one); a server with no case of\n# its own takes the one of the same container on the same GPU")
     by_name = {c["name"]: c for c in cases}
     off = []
-    for name, (x, rate) in scales.items():
+    for name, (x, m) in scales.items():
         users = [c["name"] for c in cases if c.get("compute_scale") == name]
+        rate = m["samples_per_s"]
         print(f"  {name:36s} {x:.4f} ({rate:.1f}/s on one GPU), used by {', '.join(users)}")
         c = by_name[name]
-        steps = scale_rate(a.bin, CASES_BY_NAME[name])[1]
-        flags = [*dropped(c.get("base_flags", c["flags"]), "--accumulate"), "--accumulate", str(steps)]
+        flags = [*dropped(c.get("base_flags", c["flags"]), "--accumulate"), "--accumulate", str(m.get("accumulate", 1))]
         one = predict(a.bin, c["model"], c["cluster"], 1, c["batch"], c["precision"], flags)
         pred = c["batch"] / one["single_gpu_iteration_s"]  # as a run on one GPU pays it (no framework cycle)
         if abs(pred / rate - 1) > 1e-3:  # the scale as printed, to 4 decimals

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
-#include <memory>
 #include <map>
+#include <memory>
 
 #include "commands.hpp"
 #include "calibrate_view.hpp"
@@ -123,8 +123,8 @@ void run_calibrate(const CalibrateFlags& f) {
   if (!f.throughput.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() &&
       f.plans.empty())
     throw InputError("--out: no measurement of --throughput " + f.throughput + " fits a value of the cluster file "
-                     "(each is held out, its `fit` empty, or fits only a framework's compute_scale or step overhead): nothing "
-                     "to write");
+                     "(each is held out, its `fit` empty, or fits only a framework's compute_scale or step "
+                     "overhead): nothing to write");
   if (!f.sweep.empty() || !f.nccl_tests.empty()) fit_communication(f, c);
   if (!f.plans.empty()) fit_overlap(f, targets, runs, c);
   if (measured) fit_compute(f, *measured, c);
