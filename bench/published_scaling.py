@@ -278,6 +278,11 @@ RATE_FILES = {c: os.path.join(ROOT, "configs", "throughput", f) for c, f in (
     ("p100-dgx1", "p100-dgx1-tf.json"), ("dgx1-v100", "dgx1-v100-dle.json"), ("dgx-a100", "dgx-a100-dle.json"))}
 MXNET_FILES = {c: os.path.join(ROOT, "configs", "throughput", c + "-mxnet.json")
                for c in ("dgx1-v100", "dgx-a100", "dgx2-v100")}
+# And TensorFlow's (DeepLearningExamples' ConvNets): the single-GPU rates of its cases on
+# the server, its ResNet-50 fitting its compute scale at each precision, the others held
+# out (tensorflow_file).
+TENSORFLOW_FILES = {c: os.path.join(ROOT, "configs", "throughput", c + "-tensorflow.json")
+                    for c in ("dgx1-v100", "dgx-a100")}
 PLANS = "plans"  # the scaling measurements' plans, relative to the rate files
 P100_CLUSTERS = ("p100-horovod", "p100-horovod-tcp", "p100-horovod-40g", "p100-bigbasin", "p100-aiacc", "p100-dgx1")
 # Files that carry another's fitted device as it is (the same chip on another server): file -> source.
@@ -406,6 +411,15 @@ def mxnet_file(binary, cluster, plans_dir):
     return [dict(scale_measurement(binary, c), source=c["source"]) for c in refs] + scaling
 
 
+def tensorflow_file(binary, cluster):
+    """TensorFlow's rate file on a server as the bench makes it: each tf-dle case's single-GPU
+    rate there, the ones its compute scale is fitted on first, the rest held out."""
+    on = sorted((c for c in CASES if c["name"].startswith("tf-dle-") and c["cluster"] == cluster),
+                key=lambda c: (c.get("compute_scale") != "fitted", c["precision"] != "fp32", c["name"]))
+    return [dict(scale_measurement(binary, c), fit=["compute_scale"] if c.get("compute_scale") == "fitted" else [],
+                 source=c["source"]) for c in on]
+
+
 def check_rate_files(binary):
     """The shipped rate files (and their plans) that do not hold their cluster's rows (sources aside)."""
     stale = []
@@ -413,6 +427,8 @@ def check_rate_files(binary):
         files = [(cluster, path, lambda cluster, plans: rate_file(cluster)) for cluster, path in RATE_FILES.items()]
         files += [(cluster, path, lambda cluster, plans: mxnet_file(binary, cluster, plans))
                   for cluster, path in MXNET_FILES.items()]
+        files += [(cluster, path, lambda cluster, plans: tensorflow_file(binary, cluster))
+                  for cluster, path in TENSORFLOW_FILES.items()]
         for cluster, path, make in files:
             shipped = json.load(open(path))["measurements"]
             plans = os.path.join(tmp, os.path.basename(path))
@@ -567,7 +583,7 @@ def without_scale(flags):
 
 
 def scale_rate(binary, c):
-    """The single-GPU rate a case fitting its framework's compute scale gives, and the
+    """The single-GPU rate a case gives (one fitting its framework's compute scale), and the
     micro-batches per optimizer step it took: its published one (single_gpu_measurement),
     else, its base run being one server, that run's published per-GPU rate over the
     scaling efficiency predicted for it (on the cluster as shipped, the scale at 1)."""
@@ -581,14 +597,14 @@ def scale_rate(binary, c):
 
 
 def scale_measurement(binary, c):
-    """The single-GPU rate a case fitting its framework's compute scale gives (scale_rate), as
-    a fuseplan.throughput/1 measurement fitting compute_scale (to 0.01 samples/s)."""
+    """The single-GPU rate a case gives (scale_rate), as a fuseplan.throughput/1 measurement
+    fitting compute_scale (to 0.1 samples/s)."""
     rate, steps = scale_rate(binary, c)
     flags = c.get("base_flags", c["flags"])
     kept = [x for flag, value in zip(flags, flags[1:]) if flag in MEASUREMENT_KEYS or flag in OPTION_KEYS
             for x in (flag, value)]
     kept = [*dropped(kept, "--accumulate"), *(["--accumulate", str(steps)] if steps > 1 else [])]
-    return measurement((c["cluster"], c["precision"], c["model"], c["batch"], kept, round(rate, 2),
+    return measurement((c["cluster"], c["precision"], c["model"], c["batch"], kept, round(rate, 1),
                         ("compute_scale",)))
 
 

@@ -174,8 +174,8 @@ void print_throughput_fits(std::ostream& os, const std::vector<ThroughputMeasure
     for (const auto& [p, scale] : fit.compute_scale)
       values += (values.empty() ? "" : ", ") + std::string(precision_name(p)) + " " + fixed(scale, 4);
     os << "  compute_scale " << values << ": the framework's compute time over what the cluster's constants price\n"
-          "  (not the cluster's: not written; give it at that precision to predict, tune, simulate and the other "
-          "commands as --compute-scale)\n";
+          "  (not the cluster's: not written; give it at its precision to predict, tune, simulate and the other\n"
+          "   commands as --compute-scale)\n";
   }
 }
 
