@@ -110,7 +110,11 @@ def main():
     for path in sorted(glob.glob(os.path.join(source, "configs", "throughput", "plans", "*.json"))):
         files.append(("plan", os.path.relpath(path, source), json.load(open(path))))  # the scaling measurements'
     for path in sorted(glob.glob(os.path.join(source, "configs", "throughput", "*.json"))):
-        files.append(("throughput", os.path.relpath(path, source), json.load(open(path))))
+        rates = json.load(open(path))
+        files.append(("throughput", os.path.relpath(path, source), rates))
+        # A file of a framework's rates alone (its compute scale) writes no cluster file.
+        if all(m.get("fit") in ([], ["compute_scale"]) for m in rates["measurements"]):
+            continue
         fitted = os.path.join(work, "throughput-fitted.json")
         cluster = os.path.basename(path).rsplit("-", 1)[0]  # CLUSTER-dle.json: the rates' own cluster
         run("calibrate", "--cluster", cluster, "--throughput", path, "--out", fitted)
@@ -186,6 +190,8 @@ def main():
             {"plan": "p.json", "scaling_efficiency": 0.9, "fit": [], "model": "resnet50"})),
         ("throughput", "a plan fitting a class", lambda d: d["measurements"].append(
             {"plan": "p.json", "scaling_efficiency": 0.9, "fit": ["gemm"]})),
+        ("throughput", "a plan fitting compute_scale", lambda d: d["measurements"].append(
+            {"plan": "p.json", "scaling_efficiency": 0.9, "fit": ["compute_scale"]})),
         ("throughput", "a scaling efficiency of 3", lambda d: d["measurements"].append(
             {"plan": "p.json", "scaling_efficiency": 3, "fit": []})),
         ("schedule", "an unknown exchange", lambda d: d.__setitem__("exchange", "alltoall")),
