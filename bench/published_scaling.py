@@ -627,10 +627,17 @@ def fit_compute_scales(binary, cases):
 
 
 def with_compute_scales(cases, scales):
-    """The cases with their framework's compute scale among their flags (and their base run's)."""
+    """The cases with their framework's compute scale among their flags (and their base run's).
+    A case takes the scale of a fitted case of its own framework, precision and GPU, or exits."""
+    by_name = {c["name"]: c for c in cases}
     out = []
     for c in cases:
         name = c.get("compute_scale")
+        ref = by_name.get(c["name"] if name == "fitted" else name)
+        if name and not (ref and ref.get("compute_scale") == "fitted" and framework_of(ref["name"]) == framework_of(
+                c["name"]) and ref["precision"] == c["precision"] and device_of(ref) == device_of(c)):
+            sys.exit(f"published_scaling: {c['name']} takes the compute scale of {name}, which is not a fitted case "
+                     "of its framework, precision and GPU")
         if name:
             x = [SCALE_FLAG, f"{scales[c['name'] if name == 'fitted' else name][0]:.6g}"]
             c = dict(c, flags=[*c["flags"], *x])
@@ -638,6 +645,11 @@ def with_compute_scales(cases, scales):
                 c["base_flags"] = [*c["base_flags"], *x]
         out.append(c)
     return out
+
+
+def device_of(c):
+    """A case's GPU: its cluster's device, or the device the cluster carries (DEVICE_CARRIED)."""
+    return DEVICE_CARRIED.get(c["cluster"], c["cluster"])
 
 
 def device_but_name(cluster):
