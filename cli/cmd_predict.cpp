@@ -70,6 +70,7 @@ Scenario resolve(const PredictFlags& f, std::string* plan_origin) {
   s.plan.accumulate = accumulate;
   s.plan.optimizer = optimizer;
   s.plan.step_overhead_s = overhead_s;
+  s.plan.compute_scale = s.cluster.compute_scale;
   s.collective = u.collective();
   s.goal = u.goal(s.model);
   u.apply_measured_rate(s.model, s.cluster, r.batch, r.compute, accumulate, optimizer);
@@ -167,6 +168,7 @@ void print_reference(const Scenario& s, const CollectiveModel& coll, const Compu
     p.accumulate = s.plan.accumulate;
     p.optimizer = s.plan.optimizer;
     p.step_overhead_s = s.plan.step_overhead_s;
+    p.compute_scale = s.plan.compute_scale;
     p.cast = s.plan.cast;  // the gradients' casts, whatever the fusion
     Report r = predict(s.model, s.cluster, p, coll, compute, goal, false);
     t.row({spec, std::to_string(p.buckets.size()), ms(r.iteration_s), ms(r.exposed_comm_s), percent(r.scaling_efficiency)});

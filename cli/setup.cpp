@@ -348,6 +348,7 @@ Scenario SetupFlags::load_plan_file(const std::string& path) const {
   if (precision_opt->count() && parse_precision(precision, "--precision") != plan.compute)
     throw InputError("--precision disagrees with " + path);
   if (measured) check_profile(*measured, profile, plan.batch_per_gpu, plan.compute);
+  if (scale_opt->count()) plan.compute_scale = c.compute_scale;  // in place of the plan's own
   TrainingGoal g = goal(m);
   Scenario s = bind_scenario(std::move(m), std::move(c), std::move(plan), collective(), std::move(g), path);
   apply_measured_rate(s.model, s.cluster, s.plan.batch_per_gpu, s.plan.compute, s.plan.accumulate,

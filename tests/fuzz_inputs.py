@@ -159,10 +159,12 @@ def main():
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--strategy", "horovod", "--cycle-time", "5",
                                           "--out", plan_cycle], check=True, capture_output=True)
-    plan_acc = seed_path("plan-accumulated.json")  # gradient accumulation and per-tensor optimizer kernels
+    # Gradient accumulation, per-tensor optimizer kernels and a framework's compute scale.
+    plan_acc = seed_path("plan-accumulated.json")
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",
                                           "--precision", "fp32", "--accumulate", "3", "--no-sync",
-                                          "--optimizer-kernels", "per-tensor", "--out", plan_acc],
+                                          "--optimizer-kernels", "per-tensor", "--compute-scale", "1.2",
+                                          "--out", plan_acc],
                    check=True, capture_output=True)
     plan_cast = seed_path("plan-cast.json")  # FP16 transfers of FP32 gradients, cast on comm (cast)
     subprocess.run([fp, "tune"] + small + ["--cluster", "local-cpu", "--gpus", "2", "--batch-per-gpu", "8",

@@ -657,13 +657,14 @@ Plan resnet50_plan(const Model& m, int gpus) {
                    buckets_from_spec("threshold:25MB", m, "auto", Precision::FP32), "threshold:25MB");
 }
 // A scaling measurement of ResNet-50 on `gpus` as `truth` predicts it (with a fixed cost
-// per step of `overhead_s`), fitting compute_variation where `fit`.
+// per step of `overhead_s`, at truth's compute scale), fitting compute_variation where `fit`.
 ScalingMeasurement scaling_on(const Cluster& truth, const Model& m, int gpus, bool fit, double overhead_s = 0) {
   ScalingMeasurement s;
   s.model = m;
   s.plan = resnet50_plan(m, gpus);
   Plan measured = s.plan;
   measured.step_overhead_s = overhead_s;
+  measured.compute_scale = truth.compute_scale;
   s.efficiency = predict(bind_scenario(m, truth, measured, {}, {}, "test"), false).scaling_efficiency;
   s.fits_variation = fit;
   s.where = "plan-" + std::to_string(gpus);
@@ -725,6 +726,10 @@ TEST_CASE("calibrate: compute_variation is recovered from the scaling efficienci
   CHECK(fit_scaling(given, framework, {{Precision::FP32, 0.8}}).variation == Approx(0.03).margin(1e-7));
   CHECK(fit_scaling(given, framework, {{Precision::FP16, 0.8}}).variation !=
         Approx(0.03).margin(1e-4));  // another precision's scale: the runs at the cluster's speed
+  // Plans made for that framework (their compute_scale) are priced at it with no scale fitted.
+  std::vector<ScalingMeasurement> own = framework;
+  for (auto& r : own) r.plan.compute_scale = 0.8;
+  CHECK(fit_scaling(given, own).variation == Approx(0.03).margin(1e-7));
 }
 
 TEST_CASE("calibrate: scaling measurements read their plans beside the file, and bad ones are refused") {

@@ -2420,6 +2420,14 @@ TEST_CASE("cli: calibrate --throughput fits a framework's compute_scale, which -
   CHECK_FALSE(json_of("predict " + setup + " --gpus 1 --json").contains("compute_scale"));
   CHECK_THAT(run("predict " + setup + " --gpus 8 --compute-scale 1.2").out,
              Catch::Contains("fp32 compute x 1.2 (the framework's compute scale)"));
+  // A plan made with it keeps it: predict --plan prices it so, and --compute-scale replaces it.
+  const std::string plan = tmp("plan-framework.json");
+  json_of("tune " + setup + " --gpus 8 --compute-scale 1.2 --out " + plan + " --json");
+  const auto again = json_of("predict --plan " + plan + " --json");
+  CHECK(again["compute_scale"].get<double>() == 1.2);
+  CHECK(again["iteration_s"].get<double>() ==
+        Approx(nlohmann::json::parse(std::ifstream(plan))["prediction"]["iteration_s"].get<double>()).epsilon(1e-12));
+  CHECK_FALSE(json_of("predict --plan " + plan + " --compute-scale 1 --json").contains("compute_scale"));
   // Not the cluster's: nothing to write. Bad values and companions: one line, exit 2.
   const std::string out = tmp("framework-calibrated.json");
   write(out, "keep");

@@ -972,10 +972,24 @@ TEST_CASE("compute scale: a framework's factor multiplies the roofline's layers 
   // The iteration on 8 GPUs: compute 25 % longer, so more of the same communication hidden.
   const Plan plan = make_plan(bert, "dgx-a100", 8, 8, Precision::FP16,
                               buckets_from_spec("threshold:25MB", bert, "auto", Precision::FP16), "threshold:25MB");
-  const Report ra = predict(bind_scenario(bert, plain, plan, {}, {}, "t"), false);
-  const Report rb = predict(bind_scenario(bert, scaled, plan, {}, {}, "t"), false);
+  const Report ra = predict(bert, plain, plan, CollectiveModel(plain, 8), a);
+  const Report rb = predict(bert, scaled, plan, CollectiveModel(scaled, 8), b);
   CHECK(rb.single_gpu_iteration_s == Approx(1.25 * ra.single_gpu_iteration_s));
   CHECK(rb.scaling_efficiency >= ra.scaling_efficiency);
+  // A plan carries the scale it was made for ($.compute_scale, absent at 1), and binding it
+  // prices its compute with it whatever the cluster says.
+  Plan framework = plan;
+  framework.compute_scale = 1.25;
+  nlohmann::json pj = plan_to_json(framework);
+  CHECK(pj["compute_scale"] == 1.25);
+  CHECK_FALSE(plan_to_json(plan).contains("compute_scale"));
+  CHECK(plan_from_json(pj, "p.json").compute_scale == 1.25);
+  const Scenario bound = bind_scenario(bert, plain, plan_from_json(pj, "p.json"), {}, {}, "p.json");
+  CHECK(bound.cluster.compute_scale == 1.25);
+  CHECK(predict(bound, false).iteration_s == Approx(rb.iteration_s).epsilon(1e-12));
+  CHECK(bind_scenario(bert, scaled, plan, {}, {}, "p.json").cluster.compute_scale == 1);  // the plan's own
+  pj["compute_scale"] = 0;
+  CHECK_THROWS_WITH(plan_from_json(pj, "p.json"), Catch::Contains("p.json: $.compute_scale: must be in [0.05, 20]"));
   CHECK_THROWS_WITH(set_compute_scale(scaled, 0.01, "--compute-scale"),
                     "--compute-scale: must be in [0.05, 20] (the framework's compute time over the cluster's) "
                     "(got 0.01)");

@@ -428,8 +428,10 @@ nlohmann::json schedule_to_json(const PipelineModel& pm, const ScheduleResult& r
   PlanBucket all;
   all.end = static_cast<int>(pm.model().tensors.size());
   all.transfer = s.transfer;
-  j["setup"] = plan_to_json(make_plan(pm.model(), cluster_reference(pm.cluster()), pm.gpus(), pm.batch(),
-                                      pm.compute_precision(), {all}, "schedule " + s.strategy));
+  Plan setup = make_plan(pm.model(), cluster_reference(pm.cluster()), pm.gpus(), pm.batch(), pm.compute_precision(),
+                         {all}, "schedule " + s.strategy);
+  setup.compute_scale = pm.cluster().compute_scale;
+  j["setup"] = plan_to_json(setup);
   const PipelineResult& p = r.result;
   nlohmann::json pred{{"iteration_ms", p.iteration_s * 1e3}, {"compute_ms", p.compute_s * 1e3},
                       {"exposed_ms", p.exposed_s * 1e3},     {"comm_busy_ms", p.comm_busy_s * 1e3},

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <vector>
 
+#include "fuseplan/costmodel/cluster.hpp"
 #include "fuseplan/costmodel/collective.hpp"
 #include "fuseplan/models/error.hpp"
 #include "fuseplan/models/json_reader.hpp"
@@ -54,6 +55,7 @@ nlohmann::json plan_to_json(const Plan& p) {
     j["optimizer"] = {{"bytes_per_param", p.optimizer.bytes_per_param},
                       {"kernels_per_tensor", p.optimizer.kernels_per_tensor}};
   if (p.step_overhead_s > 0) j["step_overhead_ms"] = p.step_overhead_s * 1e3;
+  if (p.compute_scale != 1) j["compute_scale"] = p.compute_scale;
   if (p.prediction)
     j["prediction"] = {{"iteration_s", p.prediction->iteration_s},
                        {"exposed_comm_s", p.prediction->exposed_comm_s},
@@ -122,6 +124,8 @@ Plan plan_from_json(const nlohmann::json& j, const std::string& origin) {
     p.optimizer = optimizer_step("lars", *k, origin + ": $.optimizer_kernels");
   }
   p.step_overhead_s = r.opt_in_range("step_overhead_ms", 0, kMaxStepOverheadMs, "ms").value_or(0) * 1e-3;
+  p.compute_scale = r.opt_in_range("compute_scale", kMinComputeScale, kMaxComputeScale,
+                                   "(the framework's compute time over the cluster's)").value_or(1);
   const auto& bs = r.array("buckets");
   if (bs.empty()) r.fail("buckets", "must hold at least one bucket");
   for (size_t i = 0; i < bs.size(); ++i) {

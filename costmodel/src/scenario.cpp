@@ -42,6 +42,7 @@ Scenario bind_scenario(Model model, Cluster cluster, Plan plan, CollectiveOption
   Scenario s;
   s.cluster = check_setup(model, cluster, plan.gpus, plan.batch_per_gpu, plan.compute, widest, origin + ": $.gpus",
                           origin + ": $.model", s.warnings);
+  s.cluster.compute_scale = plan.compute_scale;  // the framework's the plan was made for
   s.model = std::move(model);
   s.plan = std::move(plan);
   s.collective = std::move(collective);

@@ -1261,6 +1261,7 @@ Plan Tuner::plan_for(const std::vector<int>& starts, const TuneOptions& opt) con
   p.accumulate = opt.accumulate;
   p.optimizer = opt.optimizer;
   p.step_overhead_s = opt.step_overhead_s;
+  p.compute_scale = cluster_.compute_scale;
   return p;
 }
 

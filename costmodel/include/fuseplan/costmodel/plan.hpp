@@ -141,6 +141,10 @@ struct Plan {
   // terms, calibrated from a measured single-GPU and multi-GPU rate of the same software
   // and hardware (nothing derives it). Serial, after the optimizer; 0 = none.
   double step_overhead_s = 0;
+  // The framework's compute scale the plan was made for ($.compute_scale; Cluster::
+  // compute_scale: its compute time over what the cluster's constants price): binding the
+  // plan prices its compute with it. 1 = the cluster's own speed.
+  double compute_scale = 1;
   std::optional<PlanPrediction> prediction;  // what it was predicted to do when made (informational)
 };
 
