@@ -15,7 +15,7 @@ namespace fuseplan {
 
 struct Scenario {
   Model model;
-  Cluster cluster;  // grown to the plan's GPUs where the file holds fewer
+  Cluster cluster;  // grown to the plan's GPUs where the file holds fewer, at the plan's compute_scale
   Plan plan;        // validated against `model`
   CollectiveOptions collective;
   TrainingGoal goal;
@@ -35,8 +35,9 @@ Cluster check_setup(const Model& model, const Cluster& cluster, int gpus, int ba
                     std::vector<std::string>& warnings, bool replicated_memory = true);
 
 // Binds a plan: validated against the model (fingerprint and coverage), then
-// check_setup at the plan's GPUs, batch, precision and widest transfer. InputError
-// naming `origin` (the plan's file).
+// check_setup at the plan's GPUs, batch, precision and widest transfer; the cluster takes
+// the plan's compute_scale (the framework's the plan was made for). InputError naming
+// `origin` (the plan's file).
 Scenario bind_scenario(Model model, Cluster cluster, Plan plan, CollectiveOptions collective, TrainingGoal goal,
                        const std::string& origin);
 
