@@ -416,8 +416,7 @@ def tensorflow_file(binary, cluster):
     rate there, the ones its compute scale is fitted on first, the rest held out."""
     on = sorted((c for c in CASES if c["name"].startswith("tf-dle-") and c["cluster"] == cluster),
                 key=lambda c: (c.get("compute_scale") != "fitted", c["precision"] != "fp32", c["name"]))
-    return [dict(scale_measurement(binary, c), fit=["compute_scale"] if c.get("compute_scale") == "fitted" else [],
-                 source=c["source"]) for c in on]
+    return [dict(scale_measurement(binary, c, c.get("compute_scale") == "fitted"), source=c["source"]) for c in on]
 
 
 def check_rate_files(binary):
@@ -596,16 +595,16 @@ def scale_rate(binary, c):
     return c["per_gpu"] / c["published"] / base["scaling_efficiency"], steps
 
 
-def scale_measurement(binary, c):
+def scale_measurement(binary, c, fits=True):
     """The single-GPU rate a case gives (scale_rate), as a fuseplan.throughput/1 measurement
-    fitting compute_scale (to 0.1 samples/s)."""
+    fitting compute_scale (held out where not `fits`), to 0.1 samples/s."""
     rate, steps = scale_rate(binary, c)
     flags = c.get("base_flags", c["flags"])
     kept = [x for flag, value in zip(flags, flags[1:]) if flag in MEASUREMENT_KEYS or flag in OPTION_KEYS
             for x in (flag, value)]
     kept = [*dropped(kept, "--accumulate"), *(["--accumulate", str(steps)] if steps > 1 else [])]
     return measurement((c["cluster"], c["precision"], c["model"], c["batch"], kept, round(rate, 1),
-                        ("compute_scale",)))
+                        ("compute_scale",) if fits else ()))
 
 
 def fit_compute_scales(binary, cases):
@@ -626,20 +625,27 @@ def fit_compute_scales(binary, cases):
     return scales
 
 
+def set_by(c, key):
+    """The name of the case whose value of `key` (step_overhead, compute_scale) case c takes:
+    its own where it is "fitted", the case it names otherwise; None where it has none."""
+    name = c.get(key)
+    return c["name"] if name == "fitted" else name
+
+
 def with_compute_scales(cases, scales):
     """The cases with their framework's compute scale among their flags (and their base run's).
     A case takes the scale of a fitted case of its own framework, precision and GPU, or exits."""
     by_name = {c["name"]: c for c in cases}
     out = []
     for c in cases:
-        name = c.get("compute_scale")
-        ref = by_name.get(c["name"] if name == "fitted" else name)
+        name = set_by(c, "compute_scale")
+        ref = by_name.get(name)
         if name and not (ref and ref.get("compute_scale") == "fitted" and framework_of(ref["name"]) == framework_of(
                 c["name"]) and ref["precision"] == c["precision"] and device_of(ref) == device_of(c)):
             sys.exit(f"published_scaling: {c['name']} takes the compute scale of {name}, which is not a fitted case "
                      "of its framework, precision and GPU")
         if name:
-            x = [SCALE_FLAG, f"{scales[c['name'] if name == 'fitted' else name][0]:.6g}"]
+            x = [SCALE_FLAG, f"{scales[name][0]:.6g}"]
             c = dict(c, flags=[*c["flags"], *x])
             if "base_flags" in c:
                 c["base_flags"] = [*c["base_flags"], *x]
@@ -881,8 +887,9 @@ def main():
         rows.append(rate_row(f"{cluster:9s} {precision} {framework:7s} phase 2 (binned)  batch {batch:3d}",
                              f"{framework}-{cluster}-{precision}-bert-phase2-b{batch}", published, pred, role))
     print()
-    scales = fit_compute_scales(a.bin, with_padded_length(CASES, padded))
-    cases = with_compute_scales(with_padded_length(CASES, padded), scales)
+    padded_cases = with_padded_length(CASES, padded)
+    scales = fit_compute_scales(a.bin, padded_cases)
+    cases = with_compute_scales(padded_cases, scales)
     # Every fitted rate reproduces (a file that does not carry its fit, or --bert-anchor's
     # copy not read, would not); the padded length is a whole number of tokens (one token is
     # about 0.3 % of the rate), so its rate must be nearer the published one than its
@@ -973,7 +980,7 @@ def main():
 
     def scale_fitted_on_script(c):
         """Whether the case's framework scale was fitted on its own training (model, script, server, precision)."""
-        ref = by_name.get(c["name"] if c.get("compute_scale") == "fitted" else c.get("compute_scale"))
+        ref = by_name.get(set_by(c, "compute_scale"))
         return bool(ref) and workload_of(ref) == workload_of(c) and (ref["cluster"], ref["precision"]) == (
             c["cluster"], c["precision"])
 
@@ -991,7 +998,7 @@ def main():
     for c in cases:
         fitted = c.get("step_overhead") == "fitted"
         what = "step overhead" if fitted else "compute variation" if c.get("compute_variation") == "fitted" else ""
-        x = overhead_ms[c["name"] if fitted else c["step_overhead"]] if "step_overhead" in c else 0.0
+        x = overhead_ms[set_by(c, "step_overhead")] if "step_overhead" in c else 0.0
         r, eff = fitted_rows[c["name"]] if fitted else efficiency(c, overhead_flags(x))
         per_gpu = r["throughput_samples_s"] / c["gpus"]
         bound = c.get("per_gpu_is", "measured") == "lower bound"
@@ -1019,8 +1026,7 @@ def main():
         measured = single_gpu_measurement(c)
         if not measured:
             continue
-        x = overhead_ms[c["name"] if c.get("step_overhead") == "fitted" else c["step_overhead"]] \
-            if "step_overhead" in c else 0.0
+        x = overhead_ms[set_by(c, "step_overhead")] if "step_overhead" in c else 0.0
         eff = calibrated_efficiency(a.bin, c, measured, overhead_flags(x))
         fitted = "  (fitted)" if row["role"] != "held out" else ""
         print(f"  {c['name']:34s} {c['gpus']:5d}  {100 * c['published']:8.1f}% {100 * row['predicted']:8.1f}% "

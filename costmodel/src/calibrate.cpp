@@ -842,12 +842,13 @@ ScalingMeasurement read_scaling(JsonObject& o, const std::string& origin, const 
 
 // The framework's compute_scale at each precision that brings the rates naming it there
 // closest to their measurements (least squares on the logs of their ratios, as the
-// classes), on `c` as the classes left it; every rate's prediction after it in `fit` (the
-// held-out ones with their precision's scale).
+// classes), on `c` as the classes left it; where one is fitted, every rate's prediction
+// after it in `fit` (the held-out ones with their precision's scale).
 void fit_compute_scale(const Cluster& c, const std::vector<ThroughputMeasurement>& ms, ThroughputFit& fit) {
   std::map<Precision, std::vector<size_t>> scaled;  // the rates naming it, per precision
   for (size_t i = 0; i < ms.size(); ++i)
     if (ms[i].scale) scaled[ms[i].precision].push_back(i);
+  if (scaled.empty()) return;  // the rates after the classes stand
   Cluster framework = c;
   for (const auto& [p, rates] : scaled) {
     std::vector<double> x{0.0};  // log(1): the cluster's own speed
