@@ -115,12 +115,7 @@ void run_calibrate(const CalibrateFlags& f) {
   // calibrated by then.
   const std::vector<OverlapRun> runs = overlap_runs(f, c);
   const ThroughputFile rates = f.throughput.empty() ? ThroughputFile{} : load_throughput_file(f.throughput);
-  // What the file fits into the cluster (a step overhead is the plans', a compute scale the
-  // framework's: printed only).
-  const bool rates_fit =
-      std::any_of(rates.rates.begin(), rates.rates.end(), [](const auto& m) { return m.fits_cluster(); }) ||
-      std::any_of(rates.scaling.begin(), rates.scaling.end(), [](const auto& m) { return m.fits_variation; });
-  if (!f.throughput.empty() && !rates_fit && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() &&
+  if (!f.throughput.empty() && !rates.fits_cluster() && !f.out.empty() && f.sweep.empty() && f.nccl_tests.empty() &&
       f.plans.empty())
     throw InputError("--out: no measurement of --throughput " + f.throughput + " fits a value of the cluster file "
                      "(each is held out, its `fit` empty, or fits only a framework's compute_scale or step "

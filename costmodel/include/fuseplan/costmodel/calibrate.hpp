@@ -3,6 +3,7 @@
 // to the alpha, beta and gamma of an algorithm's textbook formula, as the cluster file's
 // `calibrated` section holds them (CollectiveModel then costs that algorithm with them).
 #pragma once
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
@@ -230,6 +231,12 @@ inline constexpr double kMaxMeasuredScaling = 2;
 struct ThroughputFile {
   std::vector<ThroughputMeasurement> rates;
   std::vector<ScalingMeasurement> scaling;
+  // Whether a measurement fits a value the cluster file holds (a class, kernel_overhead_us,
+  // compute_variation); a compute scale and a step overhead are a framework's, not written.
+  bool fits_cluster() const {
+    return std::any_of(rates.begin(), rates.end(), [](const auto& m) { return m.fits_cluster(); }) ||
+           std::any_of(scaling.begin(), scaling.end(), [](const auto& m) { return m.fits_variation; });
+  }
 };
 // Reads a fuseplan.throughput/1 file; InputError naming the file and JSON path of a bad
 // field, an unknown class, a class the model has no priced layer of, a class fitted at one
